@@ -1,0 +1,47 @@
+# carapace — the two commands: `make run` and `make test`.
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+HOME_DIR ?= $(CURDIR)/.carapace-home
+
+.PHONY: venv run test check lint fmt bench clean docs
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+## make run: set up, initialise a home, start the host and chat with the default agent
+run: $(STAMP)
+	$(BIN)/carapace init --home "$(HOME_DIR)"
+	$(BIN)/carapace chat --home "$(HOME_DIR)"
+
+## make test: set up and run the whole suite
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench
+	$(BIN)/mypy
+
+check: lint test
+
+fmt: $(STAMP)
+	$(BIN)/ruff format src tests bench
+	$(BIN)/ruff check --fix src tests bench
+
+bench: $(STAMP)
+	$(BIN)/carapace bench roundtrip --home "$$(mktemp -d)" --write-docs
+
+docs: $(STAMP)
+	$(BIN)/python -m carapace.admin.reference > docs/cli-reference.md
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,3 @@
+from carapace.cli import main
+
+main()

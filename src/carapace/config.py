@@ -1,0 +1,98 @@
+"""The carapace home: where everything lives, and the host's settings.
+
+A home is NanoClaw-shaped so a NanoClaw v2 folder opens in place::
+
+    <home>/carapace.toml          host settings (optional)
+    <home>/data/v2.db             central DB
+    <home>/data/v2-sessions/      session folders
+    <home>/data/host.sock         host socket (admin + CLI channel), mode 0600
+    <home>/groups/<folder>/       agent group folders
+
+The home is ``--home``, else ``$CARAPACE_HOME``, else the user data directory
+(``$XDG_DATA_HOME/carapace`` or ``~/.local/share/carapace``).
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from carapace.errors import ConfigError
+
+
+def default_home() -> Path:
+    env = os.environ.get("CARAPACE_HOME")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_DATA_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".local" / "share"
+    return base / "carapace"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Host settings from ``carapace.toml`` (every key optional)."""
+
+    timezone: str = "UTC"
+    max_runners: int = 8
+    runner_backend: str = "subprocess"
+    runner_idle_exit_s: float = 300.0
+    default_provider: str | None = None
+    max_tries: int = 5
+    approval_ttl_s: float = 7 * 24 * 3600.0
+    deny_ttl_s: float = 24 * 3600.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Home:
+    root: Path
+
+    @classmethod
+    def resolve(cls, home: str | os.PathLike[str] | None = None) -> Home:
+        return cls(Path(home).expanduser() if home else default_home())
+
+    @property
+    def data_dir(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def central_db(self) -> Path:
+        return self.data_dir / "v2.db"
+
+    @property
+    def sessions_dir(self) -> Path:
+        return self.data_dir / "v2-sessions"
+
+    @property
+    def groups_dir(self) -> Path:
+        return self.root / "groups"
+
+    @property
+    def socket_path(self) -> Path:
+        return self.data_dir / "host.sock"
+
+    @property
+    def config_file(self) -> Path:
+        return self.root / "carapace.toml"
+
+    def group_dir(self, folder: str) -> Path:
+        return self.groups_dir / folder
+
+    def load_settings(self) -> Settings:
+        if not self.config_file.exists():
+            return Settings()
+        try:
+            raw = tomllib.loads(self.config_file.read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read {self.config_file}: {exc}")
+        known = {f for f in Settings.__dataclass_fields__ if f != "extra"}
+        kwargs = {k.replace("-", "_"): v for k, v in raw.items()}
+        extra = {k: v for k, v in kwargs.items() if k not in known}
+        try:
+            return Settings(**{k: v for k, v in kwargs.items() if k in known}, extra=extra)
+        except TypeError as exc:
+            raise ConfigError(f"bad setting in {self.config_file}: {exc}")

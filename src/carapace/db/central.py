@@ -1,0 +1,44 @@
+"""Opening the central DB (``data/v2.db``) and small row helpers shared by the table modules."""
+
+from __future__ import annotations
+
+import dataclasses
+import sqlite3
+from pathlib import Path
+from typing import Any, TypeVar
+
+from carapace.db.connection import connect
+from carapace.db.migrations import migrate
+from carapace.errors import ConfigError
+
+T = TypeVar("T")
+
+
+def open_central(path: str | Path, *, run_migrations: bool = True) -> sqlite3.Connection:
+    """Open (creating if needed) and migrate the central DB."""
+    p = Path(path)
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        conn = connect(p, "central", check_same_thread=False)
+    except (OSError, sqlite3.Error) as exc:
+        raise ConfigError(f"cannot open central DB {p}: {exc}")
+    if run_migrations:
+        migrate(conn)
+    return conn
+
+
+def from_row(cls: type[T], row: sqlite3.Row | None) -> T | None:
+    """Build a row dataclass from a ``sqlite3.Row``, ignoring columns it does not declare."""
+    if row is None:
+        return None
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    keys = row.keys()
+    return cls(**{k: row[k] for k in keys if k in names})
+
+
+def from_rows(cls: type[T], rows: list[sqlite3.Row]) -> list[T]:
+    return [r for r in (from_row(cls, row) for row in rows) if r is not None]
+
+
+def as_dict(row: Any) -> dict[str, Any]:
+    return dataclasses.asdict(row)

@@ -1,0 +1,299 @@
+"""Session databases: ``inbound.db`` (host writes) and ``outbound.db`` (runner writes).
+
+Folder layout (spec/host.md §2.1)::
+
+    <home>/data/v2-sessions/<agent_group_id>/<session_id>/
+        inbound.db  outbound.db  .heartbeat  inbox/<message_id>/  outbox/<message_out_id>/
+
+Seq parity (DESIGN §1 invariant 2): host rows are even, runner rows odd. Both are
+allocated inside ``BEGIN IMMEDIATE`` on the owning file, so two writers of the same file
+never draw the same number; each side also looks at the other file's maximum so seqs grow
+across both tables (NanoClaw's host ignored ``messages_out``, spec §11.1 item 16).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from carapace.db.connection import column_names, connect, has_table, run_statements, transaction
+
+INBOUND_SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages_in (
+  id                TEXT PRIMARY KEY,
+  seq               INTEGER UNIQUE,
+  kind              TEXT NOT NULL,
+  timestamp         TEXT NOT NULL,
+  status            TEXT DEFAULT 'pending',
+  process_after     TEXT,
+  recurrence        TEXT,
+  series_id         TEXT,
+  tries             INTEGER DEFAULT 0,
+  trigger           INTEGER NOT NULL DEFAULT 1,
+  platform_id       TEXT,
+  channel_type      TEXT,
+  thread_id         TEXT,
+  content           TEXT NOT NULL,
+  source_session_id TEXT,
+  on_wake           INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS idx_messages_in_series ON messages_in(series_id);
+CREATE TABLE IF NOT EXISTS delivered (
+  message_out_id      TEXT PRIMARY KEY,
+  platform_message_id TEXT,
+  status              TEXT NOT NULL DEFAULT 'delivered',
+  delivered_at        TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS destinations (
+  name           TEXT PRIMARY KEY,
+  display_name   TEXT,
+  type           TEXT NOT NULL,
+  channel_type   TEXT,
+  platform_id    TEXT,
+  agent_group_id TEXT
+);
+CREATE TABLE IF NOT EXISTS session_routing (
+  id           INTEGER PRIMARY KEY CHECK (id = 1),
+  channel_type TEXT,
+  platform_id  TEXT,
+  thread_id    TEXT
+);
+"""
+
+OUTBOUND_SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages_out (
+  id            TEXT PRIMARY KEY,
+  seq           INTEGER UNIQUE,
+  in_reply_to   TEXT,
+  timestamp     TEXT NOT NULL,
+  deliver_after TEXT,
+  recurrence    TEXT,
+  kind          TEXT NOT NULL,
+  platform_id   TEXT,
+  channel_type  TEXT,
+  thread_id     TEXT,
+  content       TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS processing_ack (
+  message_id     TEXT PRIMARY KEY,
+  status         TEXT NOT NULL,
+  status_changed TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS session_state (
+  key TEXT PRIMARY KEY, value TEXT NOT NULL, updated_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS container_state (
+  id                       INTEGER PRIMARY KEY CHECK (id = 1),
+  current_tool             TEXT,
+  tool_declared_timeout_ms INTEGER,
+  tool_started_at          TEXT,
+  updated_at               TEXT NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class SessionPaths:
+    """Where one session's files live."""
+
+    root: Path
+
+    @classmethod
+    def of(cls, data_dir: Path, agent_group_id: str, session_id: str) -> SessionPaths:
+        return cls(data_dir / "v2-sessions" / agent_group_id / session_id)
+
+    @property
+    def inbound(self) -> Path:
+        return self.root / "inbound.db"
+
+    @property
+    def outbound(self) -> Path:
+        return self.root / "outbound.db"
+
+    @property
+    def heartbeat(self) -> Path:
+        return self.root / ".heartbeat"
+
+    @property
+    def inbox(self) -> Path:
+        return self.root / "inbox"
+
+    @property
+    def outbox(self) -> Path:
+        return self.root / "outbox"
+
+
+def init_session_folder(paths: SessionPaths) -> None:
+    """Create the folder, ``outbox/`` and both DB files (idempotent; spec §2.2)."""
+    paths.outbox.mkdir(parents=True, exist_ok=True)
+    for path, schema in ((paths.inbound, INBOUND_SCHEMA), (paths.outbound, OUTBOUND_SCHEMA)):
+        conn = connect(path, "session")
+        try:
+            with transaction(conn):
+                run_statements(conn, schema)
+            if path == paths.inbound:
+                upgrade_inbound(conn)
+            else:
+                upgrade_outbound(conn)
+        finally:
+            conn.close()
+
+
+def upgrade_inbound(conn: sqlite3.Connection) -> None:
+    """Lazy column upgrades for old ``inbound.db`` files (spec §2.6)."""
+    cols = set(column_names(conn, "messages_in"))
+    if {"series_id", "trigger", "source_session_id", "on_wake"} <= cols and "status" in set(
+        column_names(conn, "delivered")
+    ):
+        return
+    with transaction(conn):
+        if "series_id" not in cols:
+            conn.execute("ALTER TABLE messages_in ADD COLUMN series_id TEXT")
+            conn.execute("UPDATE messages_in SET series_id = id")
+            conn.execute(
+                "CREATE INDEX IF NOT EXISTS idx_messages_in_series ON messages_in(series_id)"
+            )
+        if "trigger" not in cols:
+            conn.execute("ALTER TABLE messages_in ADD COLUMN trigger INTEGER NOT NULL DEFAULT 1")
+        if "source_session_id" not in cols:
+            conn.execute("ALTER TABLE messages_in ADD COLUMN source_session_id TEXT")
+        if "on_wake" not in cols:
+            conn.execute("ALTER TABLE messages_in ADD COLUMN on_wake INTEGER NOT NULL DEFAULT 0")
+        dcols = set(column_names(conn, "delivered"))
+        if "platform_message_id" not in dcols:
+            conn.execute("ALTER TABLE delivered ADD COLUMN platform_message_id TEXT")
+        if "status" not in dcols:
+            conn.execute(
+                "ALTER TABLE delivered ADD COLUMN status TEXT NOT NULL DEFAULT 'delivered'"
+            )
+
+
+def upgrade_outbound(conn: sqlite3.Connection) -> None:
+    """The runner-side lazy upgrades (spec §2.6): state tables, ``session_state.updated_at``."""
+    if not has_table(conn, "session_state") or not has_table(conn, "container_state"):
+        with transaction(conn):
+            run_statements(conn, OUTBOUND_SCHEMA)
+    if "updated_at" not in column_names(conn, "session_state"):
+        conn.execute("ALTER TABLE session_state ADD COLUMN updated_at TEXT NOT NULL DEFAULT ''")
+
+
+def open_inbound(paths: SessionPaths, *, readonly: bool = False) -> sqlite3.Connection:
+    """The host opens read-write (and upgrades); the runner opens read-only."""
+    if readonly:
+        return connect(paths.inbound, "session", readonly=True)
+    conn = connect(paths.inbound, "session")
+    if not has_table(conn, "messages_in"):
+        with transaction(conn):
+            run_statements(conn, INBOUND_SCHEMA)
+    upgrade_inbound(conn)
+    return conn
+
+
+def open_outbound(paths: SessionPaths, *, readonly: bool = False) -> sqlite3.Connection:
+    """The runner opens read-write; the host opens read-only."""
+    if readonly:
+        return connect(paths.outbound, "session", readonly=True)
+    conn = connect(paths.outbound, "session")
+    conn.execute("PRAGMA foreign_keys = ON")
+    if not has_table(conn, "messages_out"):
+        with transaction(conn):
+            run_statements(conn, OUTBOUND_SCHEMA)
+    upgrade_outbound(conn)
+    return conn
+
+
+def max_seq(conn: sqlite3.Connection, table: str) -> int:
+    row = conn.execute(f"SELECT COALESCE(MAX(seq), 0) FROM {table}").fetchone()
+    return int(row[0])
+
+
+def peek_max_seq(path: Path, table: str) -> int:
+    """The other side's highest seq, read without locking it (0 if the file is missing)."""
+    if not path.exists():
+        return 0
+    try:
+        conn = connect(path, "session", readonly=True)
+    except sqlite3.Error:
+        return 0
+    try:
+        if not has_table(conn, table):
+            return 0
+        return max_seq(conn, table)
+    except sqlite3.Error:
+        return 0
+    finally:
+        conn.close()
+
+
+def next_even(current_max: int) -> int:
+    """The smallest even number above ``current_max`` (2 when empty)."""
+    return 2 if current_max < 2 else current_max + 2 - (current_max % 2)
+
+
+def next_odd(current_max: int) -> int:
+    """The smallest odd number above ``current_max`` (1 when empty)."""
+    return current_max + 1 if current_max % 2 == 0 else current_max + 2
+
+
+def insert_message_in(conn: sqlite3.Connection, row: dict[str, Any], *, other_max: int = 0) -> int:
+    """Insert one ``messages_in`` row with a freshly allocated even seq; returns the seq.
+
+    Runs in its own ``BEGIN IMMEDIATE`` (or a savepoint of the caller's transaction).
+    ``other_max`` is the outbound side's highest seq, to keep seqs growing across tables.
+    """
+    cols = [
+        "id", "kind", "timestamp", "status", "process_after", "recurrence", "series_id",
+        "tries", "trigger", "platform_id", "channel_type", "thread_id", "content",
+        "source_session_id", "on_wake",
+    ]  # fmt: skip
+    values = {
+        "status": "pending",
+        "tries": 0,
+        "trigger": 1,
+        "on_wake": 0,
+        **{k: row.get(k) for k in cols if k in row},
+    }
+    if values.get("series_id") is None and values.get("kind") == "task":
+        values["series_id"] = values["id"]
+    with transaction(conn):
+        seq = next_even(max(max_seq(conn, "messages_in"), other_max))
+        names = ["seq", *(c for c in cols if c in values)]
+        conn.execute(
+            f"INSERT INTO messages_in ({', '.join(names)}) VALUES "
+            f"({', '.join('?' for _ in names)})",
+            [seq, *(values[c] for c in names[1:])],
+        )
+    return seq
+
+
+def insert_message_out(conn: sqlite3.Connection, row: dict[str, Any], *, other_max: int = 0) -> int:
+    """Insert one ``messages_out`` row with a freshly allocated odd seq; returns the seq."""
+    cols = [
+        "id", "in_reply_to", "timestamp", "deliver_after", "recurrence", "kind",
+        "platform_id", "channel_type", "thread_id", "content",
+    ]  # fmt: skip
+    with transaction(conn):
+        seq = next_odd(max(max_seq(conn, "messages_out"), other_max))
+        names = ["seq", *(c for c in cols if c in row)]
+        conn.execute(
+            f"INSERT INTO messages_out ({', '.join(names)}) VALUES "
+            f"({', '.join('?' for _ in names)})",
+            [seq, *(row[c] for c in names[1:])],
+        )
+    return seq
+
+
+def touch_heartbeat(paths: SessionPaths) -> None:
+    paths.heartbeat.touch(exist_ok=True)
+    os.utime(paths.heartbeat)
+
+
+def heartbeat_mtime(paths: SessionPaths) -> float:
+    """Seconds since the epoch of the last heartbeat, 0.0 when absent."""
+    try:
+        return paths.heartbeat.stat().st_mtime
+    except FileNotFoundError:
+        return 0.0

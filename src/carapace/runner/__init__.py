@@ -1,0 +1,1 @@
+"""The agent runner: one process per session (NanoClaw's "container side")."""

@@ -1,0 +1,71 @@
+"""Helpers shared by the SDK-backed providers: error wording, key redaction, settings."""
+
+from __future__ import annotations
+
+import os
+import re
+from urllib.parse import urlsplit, urlunsplit
+
+from carapace.errors import ProviderError
+
+# A stand-in key for endpoints that need none (Ollama, vLLM) or get one injected on the
+# way (the host's credential proxy): the SDKs refuse to build a client without a key.
+PLACEHOLDER_KEY = "not-needed"
+
+_MAX_DETAIL = 300
+# Key-like tokens that APIs echo back in auth errors, e.g. OpenAI's "sk-proj-****abcd".
+_KEYLIKE = re.compile(r"\b(sk|key)-[A-Za-z0-9_\-*.]{6,}")
+
+
+class ProviderAPIError(ProviderError):
+    """The model API answered with an error, or could not be reached.
+
+    ``status_code`` is the HTTP status (``None`` for connection errors and timeouts);
+    ``retryable`` is true for timeouts, connection errors, 408, 409, 429 and 5xx.
+    """
+
+    def __init__(self, message: str, *, status_code: int | None, retryable: bool) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.retryable = retryable
+
+
+def is_retryable_status(status: int) -> bool:
+    return status in (408, 409, 429) or status >= 500
+
+
+def first_set(*values: str | None) -> str | None:
+    """The first non-empty value."""
+    for value in values:
+        if value:
+            return value
+    return None
+
+
+def env(name: str) -> str | None:
+    return os.environ.get(name) or None
+
+
+def redact(text: str, *secrets: str | None) -> str:
+    """``text`` without any of ``secrets`` and without key-looking tokens."""
+    for secret in secrets:
+        if secret and secret != PLACEHOLDER_KEY:
+            text = text.replace(secret, "***")
+    return _KEYLIKE.sub(lambda m: f"{m.group(1)}-***", text)
+
+
+def one_line(text: str, *secrets: str | None) -> str:
+    """Collapse whitespace, redact, and cut to a readable length."""
+    flat = " ".join(redact(str(text), *secrets).split())
+    return flat if len(flat) <= _MAX_DETAIL else flat[: _MAX_DETAIL - 1] + "…"
+
+
+def safe_url(url: str | None) -> str:
+    """``url`` without user info and query (either may carry a credential)."""
+    if not url:
+        return "(default endpoint)"
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))

@@ -1,0 +1,224 @@
+"""The OpenAI-compatible provider: Chat Completions with function tools, official SDK.
+
+Works with OpenAI and any compatible endpoint (Ollama, vLLM, OpenRouter, LM Studio).
+
+Settings (``ProviderConfig``): ``model`` (default ``gpt-4o-mini``), ``max_tokens``,
+``api_key`` (else env ``OPENAI_API_KEY``), ``base_url`` (else env ``OPENAI_BASE_URL``,
+else OpenAI), ``timeout_s``, ``max_retries``. With a base URL but no key (a keyless
+local server), the placeholder key ``not-needed`` is sent; with neither, creating the
+provider fails. ``extra["max_tokens_field"]`` names the request field for the token limit:
+by default ``max_completion_tokens`` against OpenAI itself and ``max_tokens`` against a
+custom base URL (what most compatible servers understand).
+
+Conversion notes: the system prompt is the first message; a tool result that is an error
+is sent with the content prefixed by ``Error: `` (the API has no error flag). Tool-call
+arguments in a response that are not a JSON object (malformed JSON, or another JSON
+type) become ``{"_raw": "<the string as received>"}``; the runner's argument validation
+then reports the error to the model, which can retry. Empty arguments mean ``{}``.
+Finish reasons map to the neutral (Anthropic) vocabulary: ``stop`` → ``end_turn``,
+``tool_calls`` → ``tool_use``, ``length`` → ``max_tokens``; others pass through.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import openai
+from openai.types.chat import (
+    ChatCompletion,
+    ChatCompletionAssistantMessageParam,
+    ChatCompletionFunctionToolParam,
+    ChatCompletionMessageFunctionToolCallParam,
+    ChatCompletionMessageParam,
+)
+
+from carapace.errors import ProviderError
+
+from ._common import (
+    PLACEHOLDER_KEY,
+    ProviderAPIError,
+    env,
+    first_set,
+    is_retryable_status,
+    one_line,
+    safe_url,
+)
+from .base import Message, ProviderConfig, ToolCall, ToolSpec, Turn
+
+DEFAULT_MODEL = "gpt-4o-mini"
+_FINISH_REASONS = {"stop": "end_turn", "tool_calls": "tool_use", "length": "max_tokens"}
+
+
+class OpenAIProvider:
+    name: str = "openai"
+
+    def __init__(self, config: ProviderConfig) -> None:
+        self.config = config
+        self.model = config.model or DEFAULT_MODEL
+        self.base_url = first_set(config.base_url, env("OPENAI_BASE_URL"))
+        key = first_set(config.api_key, env("OPENAI_API_KEY"))
+        if key is None:
+            if self.base_url is None:
+                raise ProviderError(
+                    "The openai provider needs an API key: set OPENAI_API_KEY or api_key "
+                    "in the provider config (or a base_url for a keyless local server)"
+                )
+            key = PLACEHOLDER_KEY
+        self._key = key
+        default_field = "max_tokens" if self.base_url else "max_completion_tokens"
+        self.max_tokens_field = str(config.extra.get("max_tokens_field", default_field))
+        self.client = openai.OpenAI(
+            api_key=key,
+            base_url=self.base_url,
+            timeout=config.timeout_s,
+            max_retries=config.max_retries,
+        )
+
+    def complete(self, system: str, messages: list[Message], tools: list[ToolSpec]) -> Turn:
+        kwargs: dict[str, Any] = {self.max_tokens_field: self.config.max_tokens}
+        if tools:
+            kwargs["tools"] = to_openai_tools(tools)
+        try:
+            response = self.client.chat.completions.create(
+                model=self.model,
+                messages=to_openai_messages(system, messages),
+                **kwargs,
+            )
+        except openai.OpenAIError as exc:
+            raise self._error(exc) from None
+        return parse_openai_completion(response)
+
+    def _error(self, exc: openai.OpenAIError) -> ProviderError:
+        if isinstance(exc, openai.APIStatusError):
+            status = exc.status_code
+            body = exc.body
+            detail = exc.message
+            if isinstance(body, dict) and isinstance(body.get("message"), str):
+                detail = body["message"]
+            kind = f" ({exc.type})" if exc.type else ""
+            return ProviderAPIError(
+                f"OpenAI API error {status}{kind}: {one_line(detail, self._key)}",
+                status_code=status,
+                retryable=is_retryable_status(status),
+            )
+        if isinstance(exc, openai.APITimeoutError):
+            return ProviderAPIError(
+                f"OpenAI API timed out after {self.config.timeout_s:g}s "
+                f"({safe_url(self.base_url)})",
+                status_code=None,
+                retryable=True,
+            )
+        if isinstance(exc, openai.APIConnectionError):
+            cause = exc.__cause__ or exc
+            return ProviderAPIError(
+                f"OpenAI API unreachable at {safe_url(self.base_url)}: "
+                f"{one_line(str(cause), self._key)}",
+                status_code=None,
+                retryable=True,
+            )
+        return ProviderError(
+            f"OpenAI SDK error ({type(exc).__name__}): {one_line(str(exc), self._key)}"
+        )
+
+
+def to_openai_tools(tools: list[ToolSpec]) -> list[ChatCompletionFunctionToolParam]:
+    return [
+        {
+            "type": "function",
+            "function": {
+                "name": t.name,
+                "description": t.description,
+                "parameters": t.input_schema,
+            },
+        }
+        for t in tools
+    ]
+
+
+def to_openai_messages(system: str, messages: list[Message]) -> list[ChatCompletionMessageParam]:
+    out: list[ChatCompletionMessageParam] = []
+    if system:
+        out.append({"role": "system", "content": system})
+    for message in messages:
+        role = message.get("role")
+        content = _text(message.get("content"))
+        if role == "user":
+            out.append({"role": "user", "content": content})
+        elif role == "tool":
+            if message.get("is_error"):
+                content = f"Error: {content}"
+            out.append(
+                {
+                    "role": "tool",
+                    "tool_call_id": str(message.get("tool_call_id", "")),
+                    "content": content,
+                }
+            )
+        elif role == "assistant":
+            calls: list[ChatCompletionMessageFunctionToolCallParam] = [
+                {
+                    "id": str(call["id"]),
+                    "type": "function",
+                    "function": {
+                        "name": str(call["name"]),
+                        "arguments": json.dumps(call.get("arguments") or {}, ensure_ascii=False),
+                    },
+                }
+                for call in message.get("tool_calls") or ()
+            ]
+            assistant: ChatCompletionAssistantMessageParam = {"role": "assistant"}
+            if calls:
+                assistant["tool_calls"] = calls
+                assistant["content"] = content or None
+            else:
+                assistant["content"] = content
+            out.append(assistant)
+        else:
+            raise ProviderError(f"Unsupported message role for openai: {role!r}")
+    return out
+
+
+def parse_openai_completion(response: ChatCompletion) -> Turn:
+    if not response.choices:
+        raise ProviderError("OpenAI API returned no choices")
+    choice = response.choices[0]
+    message = choice.message
+    calls: list[ToolCall] = []
+    for i, call in enumerate(message.tool_calls or ()):
+        if call.type != "function":
+            continue  # custom (free-form) tools are never offered
+        calls.append(
+            ToolCall(
+                id=call.id or f"call-{i + 1}",
+                name=call.function.name,
+                arguments=parse_arguments(call.function.arguments),
+            )
+        )
+    finish = str(choice.finish_reason or "")
+    stop_reason = _FINISH_REASONS.get(finish, finish) or ("tool_use" if calls else "end_turn")
+    usage = response.usage
+    return Turn(
+        text=message.content or "",
+        tool_calls=tuple(calls),
+        stop_reason=stop_reason,
+        input_tokens=(usage.prompt_tokens or 0) if usage else 0,
+        output_tokens=(usage.completion_tokens or 0) if usage else 0,
+    )
+
+
+def parse_arguments(raw: str | None) -> dict[str, Any]:
+    """JSON-object arguments; anything else becomes ``{"_raw": raw}`` (see module doc)."""
+    if raw is None or not raw.strip():
+        return {}
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return {"_raw": raw}
+    return value if isinstance(value, dict) else {"_raw": raw}
+
+
+def _text(content: object) -> str:
+    if content is None:
+        return ""
+    return content if isinstance(content, str) else str(content)

@@ -1,0 +1,321 @@
+"""The ``web_fetch`` tool's engine: fetch one http(s) URL and turn it into readable text.
+
+stdlib only (``urllib.request`` and ``html.parser``). The body is read up to a byte cap
+within a wall-clock deadline; HTML becomes plain text (scripts and styles dropped,
+whitespace collapsed, links kept as ``[text](url)``), other text types are returned as
+they are and binary bodies are refused. Redirects are followed only to http(s) URLs.
+Loopback and private addresses are not blocked: that is a job for the sandbox's network
+policy, not for this module.
+"""
+
+from __future__ import annotations
+
+import codecs
+import http.client
+import re
+import socket
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from html.parser import HTMLParser
+from typing import IO, Any
+
+from carapace.runner.providers.base import ToolResult
+
+USER_AGENT = "carapace-web-fetch/0.1 (+https://github.com/)"
+ALLOWED_SCHEMES = ("http", "https")
+_HTML_TYPES = ("text/html", "application/xhtml+xml")
+_TEXT_APPLICATION_TYPES = (
+    "application/json",
+    "application/ld+json",
+    "application/xml",
+    "application/javascript",
+    "application/ecmascript",
+    "application/x-javascript",
+    "application/x-yaml",
+    "application/yaml",
+    "application/toml",
+    "application/x-sh",
+    "application/sql",
+    "application/graphql",
+    "application/x-www-form-urlencoded",
+    "application/rss+xml",
+    "application/atom+xml",
+)
+_CHUNK = 64 * 1024
+_ERROR_BODY_CHARS = 2_000
+
+
+class _RefusingRedirects(urllib.request.HTTPRedirectHandler):
+    """Follow redirects only to http(s) URLs (urllib would also follow ``ftp:``)."""
+
+    def redirect_request(
+        self,
+        req: urllib.request.Request,
+        fp: IO[bytes],
+        code: int,
+        msg: str,
+        headers: http.client.HTTPMessage,
+        newurl: str,
+    ) -> urllib.request.Request | None:
+        scheme = urllib.parse.urlsplit(newurl).scheme.lower()
+        if scheme not in ALLOWED_SCHEMES:
+            raise urllib.error.URLError(f"redirect to a non-http(s) URL refused: {newurl}")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def check_url(url: str) -> str | None:
+    """Return why ``url`` is refused, or None when it is a fetchable http(s) URL."""
+    if any(ch.isspace() or ord(ch) < 32 for ch in url):
+        return "the URL contains whitespace or control characters"
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError as exc:
+        return f"the URL does not parse ({exc})"
+    if parts.scheme.lower() not in ALLOWED_SCHEMES:
+        shown = parts.scheme or "(none)"
+        return f"only http and https URLs can be fetched, not scheme {shown!r}"
+    if not parts.hostname:
+        return "the URL has no host"
+    return None
+
+
+def fetch(url: str, *, max_chars: int, max_bytes: int, timeout_s: float) -> ToolResult:
+    """Fetch ``url`` and return its readable text; never raises for network trouble."""
+    problem = check_url(url)
+    if problem is not None:
+        return ToolResult(f"Cannot fetch {url!r}: {problem}.", is_error=True)
+    # Non-ASCII paths would make http.client raise; percent-encode them, keep the rest.
+    quoted = urllib.parse.quote(url, safe=":/?#[]@!$&'()*+,;=%~")
+    request = urllib.request.Request(quoted, headers={"User-Agent": USER_AGENT, "Accept": "*/*"})
+    opener = urllib.request.build_opener(_RefusingRedirects())
+    deadline = time.monotonic() + timeout_s
+    try:
+        with opener.open(request, timeout=timeout_s) as response:
+            body, overflow = _read_capped(response, max_bytes, deadline)
+            return _render(response.status, response.reason, response.geturl(),
+                           response.headers, body, overflow, max_chars, max_bytes)
+    except urllib.error.HTTPError as exc:
+        try:
+            body, overflow = _read_capped(exc, min(max_bytes, 256 * 1024), deadline)
+        except (OSError, http.client.HTTPException, TimeoutError):
+            body, overflow = b"", False
+        finally:
+            exc.close()
+        rendered = _render(exc.code, str(exc.reason), exc.geturl() or url, exc.headers,
+                           body, overflow, _ERROR_BODY_CHARS, max_bytes)
+        return ToolResult(f"HTTP error {exc.code} {exc.reason}.\n{rendered.content}",
+                          is_error=True)
+    except urllib.error.URLError as exc:
+        return ToolResult(f"Cannot fetch {url}: {exc.reason}.", is_error=True)
+    except (TimeoutError, socket.timeout):
+        return ToolResult(f"Cannot fetch {url}: timed out after {timeout_s:g} s.", is_error=True)
+    except (OSError, http.client.HTTPException, ValueError, UnicodeError) as exc:
+        return ToolResult(f"Cannot fetch {url}: {type(exc).__name__}: {exc}.", is_error=True)
+
+
+def _read_capped(response: IO[bytes], max_bytes: int, deadline: float) -> tuple[bytes, bool]:
+    """Read at most ``max_bytes``; the bool says the body was longer. Honours ``deadline``."""
+    chunks: list[bytes] = []
+    size = 0
+    while size <= max_bytes:
+        if time.monotonic() > deadline:
+            raise TimeoutError("deadline passed while reading the body")
+        chunk = response.read(min(_CHUNK, max_bytes + 1 - size))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    body = b"".join(chunks)
+    return body[:max_bytes], len(body) > max_bytes
+
+
+def _render(
+    status: int,
+    reason: str,
+    final_url: str,
+    headers: Any,
+    body: bytes,
+    overflow: bool,
+    max_chars: int,
+    max_bytes: int,
+) -> ToolResult:
+    content_type = (headers.get_content_type() if headers is not None else "") or ""
+    raw_type = (headers.get("Content-Type") if headers is not None else None) or "(none)"
+    charset = headers.get_content_charset() if headers is not None else None
+    lines = [f"URL: {final_url}", f"Status: {status} {reason}".rstrip(), f"Content-Type: {raw_type}"]
+    kind = _classify(content_type, body)
+    if kind == "binary":
+        lines.append(
+            f"\nThe response is binary ({content_type or 'unknown type'}, "
+            f"{len(body)}{'+' if overflow else ''} bytes) and is not shown."
+        )
+        return ToolResult("\n".join(lines), is_error=True)
+    text = _decode(body, charset, html=kind == "html")
+    if kind == "html":
+        title, text = html_to_text(text, base_url=final_url)
+        if title:
+            lines.append(f"Title: {title}")
+    notes: list[str] = []
+    if overflow:
+        notes.append(f"[The body exceeded {max_bytes} bytes; only the first {max_bytes} were read.]")
+    if len(text) > max_chars:
+        notes.append(
+            f"[Truncated: showing the first {max_chars} of {len(text)} characters; "
+            "pass a larger max_chars to see more.]"
+        )
+        text = text[:max_chars]
+    return ToolResult("\n".join([*lines, "", text, *notes]).rstrip() + "\n")
+
+
+def _classify(content_type: str, body: bytes) -> str:
+    """``html``, ``text`` or ``binary``."""
+    if content_type in _HTML_TYPES:
+        return "html"
+    main, _, sub = content_type.partition("/")
+    if main == "text" or content_type in _TEXT_APPLICATION_TYPES:
+        return "text"
+    if sub.endswith(("+json", "+xml")):
+        return "text"
+    if main in ("image", "audio", "video", "font", "model"):
+        return "binary"
+    if main == "application" and content_type not in ("application/octet-stream", ""):
+        return "binary"
+    # Unknown or octet-stream (and the parser's text/plain default): sniff the start.
+    head = body[:4096]
+    if b"\x00" in head:
+        return "binary"
+    if re.match(rb"\s*(<!doctype html|<html)", head, re.IGNORECASE):
+        return "html"
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if exc.start < len(head) - 4:  # not just a character cut at the sniff boundary
+            return "binary"
+    return "text"
+
+
+_META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([A-Za-z0-9._:-]+)""", re.I)
+
+
+def _decode(body: bytes, charset: str | None, *, html: bool) -> str:
+    if charset is None and html:
+        found = _META_CHARSET.search(body[:4096])
+        if found:
+            charset = found.group(1).decode("ascii", "replace")
+    if body.startswith(codecs.BOM_UTF8):
+        charset = "utf-8-sig"
+    try:
+        codecs.lookup(charset or "utf-8")
+    except LookupError:
+        charset = None
+    return body.decode(charset or "utf-8", errors="replace")
+
+
+# --- HTML to text -------------------------------------------------------------------------
+
+_SKIP_TAGS = frozenset({"script", "style", "noscript", "template", "svg", "iframe", "object",
+                        "canvas"})
+_BLOCK_TAGS = frozenset({
+    "address", "article", "aside", "blockquote", "body", "dd", "details", "div", "dl", "dt",
+    "figcaption", "figure", "footer", "form", "header", "hr", "li", "main", "nav", "ol", "p",
+    "pre", "section", "summary", "table", "tbody", "thead", "tfoot", "tr", "ul", "h1", "h2",
+    "h3", "h4", "h5", "h6",
+})
+_VOID_TAGS = frozenset({"br", "hr", "img", "input", "meta", "link", "area", "base", "col",
+                        "embed", "source", "track", "wbr"})
+
+
+class _TextExtractor(HTMLParser):
+    def __init__(self, base_url: str) -> None:
+        super().__init__(convert_charrefs=True)
+        self.base_url = base_url
+        self.parts: list[str] = []
+        self.title_parts: list[str] = []
+        self._skip_depth = 0
+        self._in_title = False
+        self._pre_depth = 0
+        self._link: tuple[str, int] | None = None  # (href, len(parts) when the <a> opened)
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "title":
+            self._in_title = True
+            return
+        if tag in _SKIP_TAGS:
+            if tag not in _VOID_TAGS:
+                self._skip_depth += 1
+            return
+        if self._skip_depth:
+            return
+        if tag == "br":
+            self.parts.append("\n")
+        elif tag in _BLOCK_TAGS:
+            self.parts.append("\n\n" if tag in ("p", "pre", "blockquote", "table") else "\n")
+            if tag in ("h1", "h2", "h3", "h4", "h5", "h6"):
+                self.parts.append("#" * int(tag[1]) + " ")
+            elif tag == "li":
+                self.parts.append("- ")
+            elif tag == "pre":
+                self._pre_depth += 1
+        elif tag in ("td", "th"):
+            self.parts.append(" | ")
+        elif tag == "a":
+            href = dict(attrs).get("href") or ""
+            url = urllib.parse.urljoin(self.base_url, href.strip()) if href else ""
+            if urllib.parse.urlsplit(url).scheme in ALLOWED_SCHEMES:
+                self._link = (url, len(self.parts))
+        elif tag == "img":
+            alt = (dict(attrs).get("alt") or "").strip()
+            if alt:
+                self.parts.append(f" [image: {alt}] ")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "title":
+            self._in_title = False
+            return
+        if tag in _SKIP_TAGS:
+            if self._skip_depth:
+                self._skip_depth -= 1
+            return
+        if self._skip_depth:
+            return
+        if tag == "a" and self._link is not None:
+            url, start = self._link
+            self._link = None
+            text = " ".join("".join(self.parts[start:]).split())
+            if text and text != url:
+                del self.parts[start:]
+                self.parts.append(f" [{text}]({url}) ")
+        elif tag in _BLOCK_TAGS:
+            if tag == "pre" and self._pre_depth:
+                self._pre_depth -= 1
+            self.parts.append("\n")
+
+    def handle_data(self, data: str) -> None:
+        if self._in_title:
+            self.title_parts.append(data)
+        elif self._skip_depth:
+            return
+        elif self._pre_depth:
+            # Protected from whitespace collapsing, restored in html_to_text.
+            self.parts.append(data.replace("\n", "\x00").replace(" ", "\x01"))
+        else:
+            self.parts.append(re.sub(r"\s+", " ", data))
+
+
+def html_to_text(html: str, base_url: str = "") -> tuple[str, str]:
+    """Return ``(title, text)`` for an HTML document."""
+    parser = _TextExtractor(base_url)
+    try:
+        parser.feed(html)
+        parser.close()
+    except AssertionError:  # html.parser gives up on some malformed declarations
+        pass
+    title = " ".join("".join(parser.title_parts).split())
+    lines = []
+    for line in "".join(parser.parts).split("\n"):
+        line = re.sub(r" {2,}", " ", line).strip().replace("\x00", "\n").replace("\x01", " ")
+        lines.append(line)
+    text = re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
+    return title, text

@@ -1,0 +1,92 @@
+"""Clocks, timestamp formats and id formats shared with NanoClaw (spec/host.md §2.9, App. A).
+
+Two timestamp formats coexist in NanoClaw's files and carapace keeps both:
+
+* ``now_iso`` — JavaScript ``Date.toISOString()``: ``YYYY-MM-DDTHH:MM:SS.mmmZ``.
+* ``sqlite_now`` — SQLite ``datetime('now')``: ``YYYY-MM-DD HH:MM:SS`` (UTC, no marker).
+
+Every function takes the time it needs; only outer loops read the clock.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from datetime import UTC, datetime
+from typing import Protocol
+
+_B36 = "0123456789abcdefghijklmnopqrstuvwxyz"
+
+
+class Clock(Protocol):
+    def now(self) -> datetime: ...
+
+
+class SystemClock:
+    """The real wall clock (UTC, aware)."""
+
+    def now(self) -> datetime:
+        return datetime.now(UTC)
+
+
+class FakeClock:
+    """A clock for tests: it moves only when told to."""
+
+    def __init__(self, start: datetime | None = None) -> None:
+        self._now = start or datetime(2026, 1, 1, tzinfo=UTC)
+
+    def now(self) -> datetime:
+        return self._now
+
+    def advance(self, seconds: float) -> datetime:
+        from datetime import timedelta
+
+        self._now = self._now + timedelta(seconds=seconds)
+        return self._now
+
+    def set(self, when: datetime) -> None:
+        self._now = when
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def to_utc(when: datetime) -> datetime:
+    if when.tzinfo is None:
+        return when.replace(tzinfo=UTC)
+    return when.astimezone(UTC)
+
+
+def iso(when: datetime | None = None) -> str:
+    """``Date.toISOString()`` format: millisecond precision, ``Z``."""
+    w = to_utc(when or utcnow())
+    return w.strftime("%Y-%m-%dT%H:%M:%S.") + f"{w.microsecond // 1000:03d}Z"
+
+
+def sqlite_ts(when: datetime | None = None) -> str:
+    """SQLite ``datetime('now')`` format: ``YYYY-MM-DD HH:MM:SS`` in UTC."""
+    return to_utc(when or utcnow()).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def parse_ts(text: str) -> datetime:
+    """Parse either format (or any ISO 8601 string); a value with no zone is UTC."""
+    s = text.strip()
+    if s.endswith("Z") or s.endswith("z"):
+        s = s[:-1] + "+00:00"
+    dt = datetime.fromisoformat(s)
+    return to_utc(dt)
+
+
+def epoch_ms(when: datetime | None = None) -> int:
+    return int(to_utc(when or utcnow()).timestamp() * 1000)
+
+
+def rand6() -> str:
+    return "".join(secrets.choice(_B36) for _ in range(6))
+
+
+def new_id(prefix: str, when: datetime | None = None) -> str:
+    """``<prefix>-<epoch ms>-<rand6>``, NanoClaw's generated id format."""
+    ms = epoch_ms(when) if when is not None else int(time.time() * 1000)
+    return f"{prefix}-{ms}-{rand6()}"
