@@ -1,0 +1,89 @@
+"""Writing the central ACL and routing into a session's ``inbound.db`` (spec/host.md §4.5).
+
+``project_group`` is what the destinations projection hook calls: it rewrites the
+``destinations`` table of every active session of the agent group at once, so a change
+made by the admin CLI or an approval reaches running runners without a restart.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from pathlib import Path
+
+from carapace.db.connection import transaction
+from carapace.db.destinations import projection
+from carapace.db.session import SessionPaths, open_inbound
+from carapace.db.sessions import Session, list_sessions
+
+logger = logging.getLogger(__name__)
+
+
+def write_destinations(db: sqlite3.Connection, data_dir: Path, session: Session) -> bool:
+    """Replace the session's ``destinations`` rows; False when its folder does not exist."""
+    paths = SessionPaths.of(data_dir, session.agent_group_id, session.id)
+    if not paths.inbound.exists():
+        return False
+    rows = projection(db, session.agent_group_id)
+    conn = open_inbound(paths)
+    try:
+        with transaction(conn):
+            conn.execute("DELETE FROM destinations")
+            conn.executemany(
+                "INSERT INTO destinations (name, display_name, type, channel_type, platform_id, "
+                "agent_group_id) VALUES (?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        r.name,
+                        r.display_name,
+                        r.type,
+                        r.channel_type,
+                        r.platform_id,
+                        r.agent_group_id,
+                    )
+                    for r in rows
+                ],
+            )
+    finally:
+        conn.close()
+    return True
+
+
+def write_routing(db: sqlite3.Connection, data_dir: Path, session: Session) -> bool:
+    """Set ``session_routing`` row 1 to the session's chat and thread (all NULL if none)."""
+    paths = SessionPaths.of(data_dir, session.agent_group_id, session.id)
+    if not paths.inbound.exists():
+        return False
+    channel_type = platform_id = None
+    if session.messaging_group_id is not None:
+        mg = db.execute(
+            "SELECT channel_type, platform_id FROM messaging_groups WHERE id=?",
+            (session.messaging_group_id,),
+        ).fetchone()
+        if mg is not None:
+            channel_type, platform_id = mg["channel_type"], mg["platform_id"]
+    conn = open_inbound(paths)
+    try:
+        with transaction(conn):
+            conn.execute(
+                "INSERT INTO session_routing (id, channel_type, platform_id, thread_id) "
+                "VALUES (1, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET "
+                "channel_type=excluded.channel_type, platform_id=excluded.platform_id, "
+                "thread_id=excluded.thread_id",
+                (channel_type, platform_id, session.thread_id),
+            )
+    finally:
+        conn.close()
+    return True
+
+
+def project_group(db: sqlite3.Connection, data_dir: Path, agent_group_id: str) -> int:
+    """Refresh ``destinations`` in every active session of the group; returns how many."""
+    n = 0
+    for session in list_sessions(db, agent_group_id=agent_group_id, status="active"):
+        try:
+            if write_destinations(db, data_dir, session):
+                n += 1
+        except sqlite3.Error:
+            logger.exception("destinations projection failed for session %s", session.id)
+    return n
