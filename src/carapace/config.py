@@ -5,7 +5,8 @@ A home is NanoClaw-shaped so a NanoClaw v2 folder opens in place::
     <home>/carapace.toml          host settings (optional)
     <home>/data/v2.db             central DB
     <home>/data/v2-sessions/      session folders
-    <home>/data/host.sock         host socket (admin + CLI channel), mode 0600
+    <home>/data/ncl.sock          admin socket, mode 0600
+    <home>/data/cli.sock          local CLI chat channel socket, mode 0600
     <home>/groups/<folder>/       agent group folders
 
 The home is ``--home``, else ``$CARAPACE_HOME``, else the user data directory
@@ -72,8 +73,18 @@ class Home:
         return self.root / "groups"
 
     @property
-    def socket_path(self) -> Path:
-        return self.data_dir / "host.sock"
+    def admin_socket(self) -> Path:
+        """The admin socket (NanoClaw's name), mode 0600."""
+        return self.data_dir / "ncl.sock"
+
+    @property
+    def cli_socket(self) -> Path:
+        """The local CLI chat channel's socket (NanoClaw's name), mode 0600."""
+        return self.data_dir / "cli.sock"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.data_dir / "host.pid"
 
     @property
     def config_file(self) -> Path:
