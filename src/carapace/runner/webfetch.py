@@ -13,7 +13,6 @@ from __future__ import annotations
 import codecs
 import http.client
 import re
-import socket
 import time
 import urllib.error
 import urllib.parse
@@ -94,22 +93,42 @@ def fetch(url: str, *, max_chars: int, max_bytes: int, timeout_s: float) -> Tool
     try:
         with opener.open(request, timeout=timeout_s) as response:
             body, overflow = _read_capped(response, max_bytes, deadline)
-            return _render(response.status, response.reason, response.geturl(),
-                           response.headers, body, overflow, max_chars, max_bytes)
+            return _render(
+                response.status,
+                response.reason,
+                response.geturl(),
+                response.headers,
+                body,
+                overflow,
+                max_chars,
+                max_bytes,
+            )
     except urllib.error.HTTPError as exc:
+        if 300 <= exc.code < 400:  # a redirect urllib would not follow
+            exc.close()
+            return ToolResult(f"Cannot fetch {url}: {exc.reason}.", is_error=True)
         try:
             body, overflow = _read_capped(exc, min(max_bytes, 256 * 1024), deadline)
         except (OSError, http.client.HTTPException, TimeoutError):
             body, overflow = b"", False
         finally:
             exc.close()
-        rendered = _render(exc.code, str(exc.reason), exc.geturl() or url, exc.headers,
-                           body, overflow, _ERROR_BODY_CHARS, max_bytes)
-        return ToolResult(f"HTTP error {exc.code} {exc.reason}.\n{rendered.content}",
-                          is_error=True)
+        rendered = _render(
+            exc.code,
+            str(exc.reason),
+            exc.geturl() or url,
+            exc.headers,
+            body,
+            overflow,
+            _ERROR_BODY_CHARS,
+            max_bytes,
+        )
+        return ToolResult(f"HTTP error {exc.code} {exc.reason}.\n{rendered.content}", is_error=True)
     except urllib.error.URLError as exc:
+        if isinstance(exc.reason, TimeoutError):
+            return ToolResult(f"Cannot fetch {url}: timed out after {timeout_s:g} s.", True)
         return ToolResult(f"Cannot fetch {url}: {exc.reason}.", is_error=True)
-    except (TimeoutError, socket.timeout):
+    except TimeoutError:
         return ToolResult(f"Cannot fetch {url}: timed out after {timeout_s:g} s.", is_error=True)
     except (OSError, http.client.HTTPException, ValueError, UnicodeError) as exc:
         return ToolResult(f"Cannot fetch {url}: {type(exc).__name__}: {exc}.", is_error=True)
@@ -144,7 +163,11 @@ def _render(
     content_type = (headers.get_content_type() if headers is not None else "") or ""
     raw_type = (headers.get("Content-Type") if headers is not None else None) or "(none)"
     charset = headers.get_content_charset() if headers is not None else None
-    lines = [f"URL: {final_url}", f"Status: {status} {reason}".rstrip(), f"Content-Type: {raw_type}"]
+    lines = [
+        f"URL: {final_url}",
+        f"Status: {status} {reason}".rstrip(),
+        f"Content-Type: {raw_type}",
+    ]
     kind = _classify(content_type, body)
     if kind == "binary":
         lines.append(
@@ -159,7 +182,9 @@ def _render(
             lines.append(f"Title: {title}")
     notes: list[str] = []
     if overflow:
-        notes.append(f"[The body exceeded {max_bytes} bytes; only the first {max_bytes} were read.]")
+        notes.append(
+            f"[The body exceeded {max_bytes} bytes; only the first {max_bytes} were read.]"
+        )
     if len(text) > max_chars:
         notes.append(
             f"[Truncated: showing the first {max_chars} of {len(text)} characters; "
@@ -215,16 +240,70 @@ def _decode(body: bytes, charset: str | None, *, html: bool) -> str:
 
 # --- HTML to text -------------------------------------------------------------------------
 
-_SKIP_TAGS = frozenset({"script", "style", "noscript", "template", "svg", "iframe", "object",
-                        "canvas"})
-_BLOCK_TAGS = frozenset({
-    "address", "article", "aside", "blockquote", "body", "dd", "details", "div", "dl", "dt",
-    "figcaption", "figure", "footer", "form", "header", "hr", "li", "main", "nav", "ol", "p",
-    "pre", "section", "summary", "table", "tbody", "thead", "tfoot", "tr", "ul", "h1", "h2",
-    "h3", "h4", "h5", "h6",
-})
-_VOID_TAGS = frozenset({"br", "hr", "img", "input", "meta", "link", "area", "base", "col",
-                        "embed", "source", "track", "wbr"})
+_SKIP_TAGS = frozenset(
+    {"script", "style", "noscript", "template", "svg", "iframe", "object", "canvas"}
+)
+_BLOCK_TAGS = frozenset(
+    {
+        "address",
+        "article",
+        "aside",
+        "blockquote",
+        "body",
+        "dd",
+        "details",
+        "div",
+        "dl",
+        "dt",
+        "figcaption",
+        "figure",
+        "footer",
+        "form",
+        "header",
+        "hr",
+        "li",
+        "main",
+        "nav",
+        "ol",
+        "p",
+        "pre",
+        "section",
+        "summary",
+        "table",
+        "tbody",
+        "thead",
+        "tfoot",
+        "tr",
+        "ul",
+        "h1",
+        "h2",
+        "h3",
+        "h4",
+        "h5",
+        "h6",
+    }
+)
+_PARAGRAPH_TAGS = frozenset(
+    {"p", "pre", "blockquote", "table", "ul", "ol", "dl", "h1", "h2", "h3", "h4", "h5", "h6"}
+)
+_LINE_TAGS = frozenset({"li", "tr", "dt", "dd"})
+_VOID_TAGS = frozenset(
+    {
+        "br",
+        "hr",
+        "img",
+        "input",
+        "meta",
+        "link",
+        "area",
+        "base",
+        "col",
+        "embed",
+        "source",
+        "track",
+        "wbr",
+    }
+)
 
 
 class _TextExtractor(HTMLParser):
@@ -251,7 +330,7 @@ class _TextExtractor(HTMLParser):
         if tag == "br":
             self.parts.append("\n")
         elif tag in _BLOCK_TAGS:
-            self.parts.append("\n\n" if tag in ("p", "pre", "blockquote", "table") else "\n")
+            self.parts.append("\n\n" if tag in _PARAGRAPH_TAGS else "\n")
             if tag in ("h1", "h2", "h3", "h4", "h5", "h6"):
                 self.parts.append("#" * int(tag[1]) + " ")
             elif tag == "li":
@@ -290,7 +369,8 @@ class _TextExtractor(HTMLParser):
         elif tag in _BLOCK_TAGS:
             if tag == "pre" and self._pre_depth:
                 self._pre_depth -= 1
-            self.parts.append("\n")
+            if tag not in _LINE_TAGS:  # items end where the next one starts
+                self.parts.append("\n\n" if tag in _PARAGRAPH_TAGS else "\n")
 
     def handle_data(self, data: str) -> None:
         if self._in_title:

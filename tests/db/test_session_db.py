@@ -1,0 +1,228 @@
+"""Session DBs: layout, schemas, pragmas, read-only sides, lazy upgrades, seq parity."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from carapace.db.connection import connect
+from carapace.db.session import (
+    SessionPaths,
+    init_session_folder,
+    insert_message_in,
+    insert_message_out,
+    max_seq,
+    next_even,
+    next_odd,
+    open_inbound,
+    open_outbound,
+    peek_max_seq,
+)
+from carapace.timefmt import iso, sqlite_ts
+
+INBOUND_COLUMNS = {
+    "messages_in": [
+        "id", "seq", "kind", "timestamp", "status", "process_after", "recurrence", "series_id",
+        "tries", "trigger", "platform_id", "channel_type", "thread_id", "content",
+        "source_session_id", "on_wake",
+    ],
+    "delivered": ["message_out_id", "platform_message_id", "status", "delivered_at"],
+    "destinations": [
+        "name", "display_name", "type", "channel_type", "platform_id", "agent_group_id",
+    ],
+    "session_routing": ["id", "channel_type", "platform_id", "thread_id"],
+}  # fmt: skip
+OUTBOUND_COLUMNS = {
+    "messages_out": [
+        "id", "seq", "in_reply_to", "timestamp", "deliver_after", "recurrence", "kind",
+        "platform_id", "channel_type", "thread_id", "content",
+    ],
+    "processing_ack": ["message_id", "status", "status_changed"],
+    "session_state": ["key", "value", "updated_at"],
+    "container_state": [
+        "id", "current_tool", "tool_declared_timeout_ms", "tool_started_at", "updated_at",
+    ],
+}  # fmt: skip
+
+
+@pytest.fixture
+def paths(tmp_path: Path) -> SessionPaths:
+    p = SessionPaths.of(tmp_path / "data", "ag-1", "sess-1")
+    init_session_folder(p)
+    return p
+
+
+def chat(i: int) -> dict[str, object]:
+    return {"id": f"m{i}", "kind": "chat", "timestamp": iso(), "content": '{"text":"hi"}'}
+
+
+def out(i: int) -> dict[str, object]:
+    return {"id": f"o{i}", "kind": "chat", "timestamp": sqlite_ts(), "content": '{"text":"yo"}'}
+
+
+def test_layout_and_schemas(paths: SessionPaths, tmp_path: Path) -> None:
+    assert paths.root == tmp_path / "data" / "v2-sessions" / "ag-1" / "sess-1"
+    assert paths.outbox.is_dir() and paths.inbound.is_file() and paths.outbound.is_file()
+    for path, expected in ((paths.inbound, INBOUND_COLUMNS), (paths.outbound, OUTBOUND_COLUMNS)):
+        db = connect(path, "session")
+        for table, cols in expected.items():
+            assert [r[1] for r in db.execute(f"PRAGMA table_info({table})")] == cols
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+        assert db.execute("PRAGMA busy_timeout").fetchone()[0] == 5000
+
+
+def test_each_side_opens_the_other_file_read_only(paths: SessionPaths) -> None:
+    ro_in = open_inbound(paths, readonly=True)
+    with pytest.raises(sqlite3.OperationalError, match="readonly"):
+        ro_in.execute("INSERT INTO messages_in (id, kind, timestamp, content) VALUES (1,2,3,4)")
+    ro_out = open_outbound(paths, readonly=True)
+    with pytest.raises(sqlite3.OperationalError, match="readonly"):
+        ro_out.execute("DELETE FROM processing_ack")
+
+
+def test_init_is_idempotent_and_keeps_rows(paths: SessionPaths) -> None:
+    db = open_inbound(paths)
+    insert_message_in(db, chat(1))
+    db.close()
+    init_session_folder(paths)
+    db = open_inbound(paths)
+    assert db.execute("SELECT COUNT(*) FROM messages_in").fetchone()[0] == 1
+
+
+def test_lazy_upgrade_of_old_inbound_file(tmp_path: Path) -> None:
+    """An inbound.db from before series_id/trigger/source_session_id/on_wake gets them."""
+    p = SessionPaths.of(tmp_path, "ag", "old")
+    p.root.mkdir(parents=True)
+    raw = sqlite3.connect(p.inbound)
+    raw.executescript(
+        """
+        CREATE TABLE messages_in (id TEXT PRIMARY KEY, seq INTEGER UNIQUE, kind TEXT NOT NULL,
+          timestamp TEXT NOT NULL, status TEXT DEFAULT 'pending', process_after TEXT,
+          recurrence TEXT, tries INTEGER DEFAULT 0, platform_id TEXT, channel_type TEXT,
+          thread_id TEXT, content TEXT NOT NULL);
+        CREATE TABLE delivered (message_out_id TEXT PRIMARY KEY, delivered_at TEXT NOT NULL);
+        INSERT INTO messages_in (id, seq, kind, timestamp, content, recurrence)
+          VALUES ('task-1', 2, 'task', '2025-01-01 00:00:00', '{"prompt":"p"}', '0 9 * * *');
+        INSERT INTO delivered VALUES ('o1', '2025-01-01 00:00:01');
+        """
+    )
+    raw.commit()
+    raw.close()
+    db = open_inbound(p)
+    row = db.execute("SELECT * FROM messages_in").fetchone()
+    assert row["series_id"] == "task-1" and row["trigger"] == 1 and row["on_wake"] == 0
+    assert row["source_session_id"] is None
+    d = db.execute("SELECT * FROM delivered").fetchone()
+    assert d["status"] == "delivered" and d["platform_message_id"] is None
+    idx = [r[1] for r in db.execute("PRAGMA index_list(messages_in)")]
+    assert "idx_messages_in_series" in idx
+    assert insert_message_in(db, chat(5)) == 4
+
+
+def test_lazy_upgrade_of_old_outbound_file(tmp_path: Path) -> None:
+    p = SessionPaths.of(tmp_path, "ag", "old")
+    p.root.mkdir(parents=True)
+    raw = sqlite3.connect(p.outbound)
+    raw.executescript(
+        """
+        CREATE TABLE messages_out (id TEXT PRIMARY KEY, seq INTEGER UNIQUE, in_reply_to TEXT,
+          timestamp TEXT NOT NULL, deliver_after TEXT, recurrence TEXT, kind TEXT NOT NULL,
+          platform_id TEXT, channel_type TEXT, thread_id TEXT, content TEXT NOT NULL);
+        CREATE TABLE processing_ack (message_id TEXT PRIMARY KEY, status TEXT NOT NULL,
+          status_changed TEXT NOT NULL);
+        CREATE TABLE session_state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        INSERT INTO session_state VALUES ('sdk_session', 'abc');
+        """
+    )
+    raw.commit()
+    raw.close()
+    db = open_outbound(p)
+    cols = [r[1] for r in db.execute("PRAGMA table_info(session_state)")]
+    assert cols == ["key", "value", "updated_at"]
+    assert db.execute("SELECT value FROM session_state").fetchone()[0] == "abc"
+    assert [r[1] for r in db.execute("PRAGMA table_info(container_state)")][0] == "id"
+
+
+def test_seq_formulas() -> None:
+    assert [next_even(m) for m in (0, 1, 2, 3, 7, 8)] == [2, 2, 4, 4, 8, 10]
+    assert [next_odd(m) for m in (0, 1, 2, 3, 8)] == [1, 3, 3, 5, 9]
+
+
+def test_seq_grows_across_both_tables(paths: SessionPaths) -> None:
+    inbound, outbound = open_inbound(paths), open_outbound(paths)
+    assert insert_message_in(inbound, chat(1)) == 2
+    o = insert_message_out(outbound, out(1), other_max=peek_max_seq(paths.inbound, "messages_in"))
+    assert o == 3
+    o2 = insert_message_out(outbound, out(2), other_max=peek_max_seq(paths.inbound, "messages_in"))
+    assert o2 == 5
+    s = insert_message_in(
+        inbound, chat(2), other_max=peek_max_seq(paths.outbound, "messages_out")
+    )
+    assert s == 6
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.sampled_from(["in_a", "in_b", "out_a", "out_b"]), min_size=1, max_size=30))
+def test_interleaved_writers_keep_parity_and_uniqueness(
+    tmp_path_factory: pytest.TempPathFactory, order: list[str]
+) -> None:
+    p = SessionPaths.of(tmp_path_factory.mktemp("s"), "ag", "s")
+    init_session_folder(p)
+    conns = {
+        "in_a": open_inbound(p),
+        "in_b": open_inbound(p),
+        "out_a": open_outbound(p),
+        "out_b": open_outbound(p),
+    }
+    for i, who in enumerate(order):
+        if who.startswith("in"):
+            insert_message_in(
+                conns[who], chat(i), other_max=peek_max_seq(p.outbound, "messages_out")
+            )
+        else:
+            insert_message_out(
+                conns[who], out(i), other_max=peek_max_seq(p.inbound, "messages_in")
+            )
+    ins = [r[0] for r in conns["in_a"].execute("SELECT seq FROM messages_in ORDER BY rowid")]
+    outs = [r[0] for r in conns["out_a"].execute("SELECT seq FROM messages_out ORDER BY rowid")]
+    assert all(s % 2 == 0 for s in ins) and all(s % 2 == 1 for s in outs)
+    everything = ins + outs
+    assert len(set(everything)) == len(everything) == len(order)
+    assert ins == sorted(ins) and outs == sorted(outs)
+    for c in conns.values():
+        c.close()
+
+
+WRITER = """
+import sys
+from pathlib import Path
+from carapace.db.session import SessionPaths, open_inbound, open_outbound
+from carapace.db.session import insert_message_in, insert_message_out
+p = SessionPaths(Path(sys.argv[1])); side = sys.argv[2]; tag = sys.argv[3]
+conn = open_inbound(p) if side == "in" else open_outbound(p)
+for i in range(int(sys.argv[4])):
+    row = {"id": f"{tag}-{i}", "kind": "chat", "timestamp": "t", "content": "{}"}
+    (insert_message_in if side == "in" else insert_message_out)(conn, row)
+"""
+
+
+@pytest.mark.parametrize("side", ["in", "out"])
+def test_two_processes_writing_at_once_never_share_a_seq(paths: SessionPaths, side: str) -> None:
+    n = 150
+    procs = [
+        subprocess.Popen([sys.executable, "-c", WRITER, str(paths.root), side, tag, str(n)])
+        for tag in ("a", "b")
+    ]
+    assert [p.wait(timeout=60) for p in procs] == [0, 0]
+    db = open_inbound(paths) if side == "in" else open_outbound(paths)
+    table = "messages_in" if side == "in" else "messages_out"
+    seqs = [r[0] for r in db.execute(f"SELECT seq FROM {table}")]
+    assert len(seqs) == len(set(seqs)) == 2 * n
+    assert {s % 2 for s in seqs} == ({0} if side == "in" else {1})
+    assert max_seq(db, table) == (2 * n * 2 if side == "in" else 2 * n * 2 - 1)
