@@ -37,8 +37,9 @@ home_option = click.option(
     "--home",
     "home",
     envvar="CARAPACE_HOME",
-    type=click.Path(file_okay=False, path_type=str),
+    type=str,
     default=None,
+    metavar="DIR",
     help="The carapace home (env CARAPACE_HOME; default: the user data directory).",
 )
 
