@@ -44,9 +44,7 @@ def _missing_sdk(exc: ImportError, sdk: str) -> ProviderError | None:
     root = (exc.name or "").split(".")[0]
     if root != sdk:
         return None
-    return ProviderError(
-        f"The {sdk} provider needs the {sdk} SDK: pip install 'carapace[{sdk}]'"
-    )
+    return ProviderError(f"The {sdk} provider needs the {sdk} SDK: pip install 'carapace[{sdk}]'")
 
 
 def _create_mock(config: ProviderConfig) -> Provider:

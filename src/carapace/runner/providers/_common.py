@@ -13,8 +13,9 @@ from carapace.errors import ProviderError
 PLACEHOLDER_KEY = "not-needed"
 
 _MAX_DETAIL = 300
-# Key-like tokens that APIs echo back in auth errors, e.g. OpenAI's "sk-proj-****abcd".
-_KEYLIKE = re.compile(r"\b(sk|key)-[A-Za-z0-9_\-*.]{6,}")
+# Key-like tokens that APIs echo back in auth errors, e.g. OpenAI's "sk-proj-****abcd"
+# (Anthropic keys start with "sk-ant-").
+_KEYLIKE = re.compile(r"\bsk-[A-Za-z0-9_\-*.]{6,}")
 
 
 class ProviderAPIError(ProviderError):
@@ -51,7 +52,7 @@ def redact(text: str, *secrets: str | None) -> str:
     for secret in secrets:
         if secret and secret != PLACEHOLDER_KEY:
             text = text.replace(secret, "***")
-    return _KEYLIKE.sub(lambda m: f"{m.group(1)}-***", text)
+    return _KEYLIKE.sub("sk-***", text)
 
 
 def one_line(text: str, *secrets: str | None) -> str:

@@ -1,6 +1,6 @@
 """The Anthropic provider: the Messages API with tool use, through the official SDK.
 
-Settings (``ProviderConfig``): ``model`` (default ``claude-sonnet-4-5``), ``max_tokens``,
+Settings (``ProviderConfig``): ``model`` (default ``claude-sonnet-4-6``), ``max_tokens``,
 ``api_key`` (else env ``ANTHROPIC_API_KEY``), ``base_url`` (else env
 ``ANTHROPIC_BASE_URL``, else the SDK's default), ``timeout_s``, ``max_retries`` (the SDK's
 own retries with backoff). With a base URL but no key, a placeholder key is sent (for a
@@ -9,18 +9,19 @@ credential-injecting proxy); with neither, creating the provider fails.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import anthropic
 from anthropic.types import (
     ContentBlockParam,
-    Message as AnthropicMessage,
     MessageParam,
     TextBlockParam,
     ToolParam,
     ToolResultBlockParam,
     ToolUseBlockParam,
 )
+from anthropic.types import Message as AnthropicMessage
 
 from carapace.errors import ProviderError
 
@@ -35,7 +36,9 @@ from ._common import (
 )
 from .base import Message, ProviderConfig, ToolCall, ToolSpec, Turn
 
-DEFAULT_MODEL = "claude-sonnet-4-5"
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "claude-sonnet-4-6"
 EMPTY_TEXT = "(empty)"  # the API rejects empty text blocks
 
 
@@ -73,11 +76,14 @@ class AnthropicProvider:
                 model=self.model,
                 max_tokens=self.config.max_tokens,
                 messages=to_anthropic_messages(messages),
+                timeout=self.config.timeout_s,  # explicit: no SDK "use streaming" refusal
                 **kwargs,
             )
         except anthropic.AnthropicError as exc:
             raise self._error(exc) from None
-        return parse_anthropic_message(response)
+        turn = parse_anthropic_message(response)
+        _log_turn(self.model, turn)
+        return turn
 
     def _error(self, exc: anthropic.AnthropicError) -> ProviderError:
         if isinstance(exc, anthropic.APIStatusError):
@@ -202,3 +208,14 @@ def _text(content: object) -> str:
     if content is None:
         return ""
     return content if isinstance(content, str) else str(content)
+
+
+def _log_turn(model: str, turn: Turn) -> None:
+    logger.debug(
+        "%s: stop=%s tool_calls=%d tokens in=%d out=%d",
+        model,
+        turn.stop_reason,
+        len(turn.tool_calls),
+        turn.input_tokens,
+        turn.output_tokens,
+    )

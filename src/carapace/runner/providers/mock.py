@@ -266,9 +266,7 @@ def _last_tool_result(messages: list[Message]) -> str:
 
 
 def _count_tool_calls(messages: list[Message]) -> int:
-    return sum(
-        len(m.get("tool_calls") or ()) for m in messages if m.get("role") == "assistant"
-    )
+    return sum(len(m.get("tool_calls") or ()) for m in messages if m.get("role") == "assistant")
 
 
 def _substitute(text: str, subs: dict[str, str]) -> str:

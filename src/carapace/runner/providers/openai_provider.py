@@ -22,6 +22,7 @@ Finish reasons map to the neutral (Anthropic) vocabulary: ``stop`` → ``end_tur
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 import openai
@@ -45,6 +46,8 @@ from ._common import (
     safe_url,
 )
 from .base import Message, ProviderConfig, ToolCall, ToolSpec, Turn
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "gpt-4o-mini"
 _FINISH_REASONS = {"stop": "end_turn", "tool_calls": "tool_use", "length": "max_tokens"}
@@ -87,7 +90,9 @@ class OpenAIProvider:
             )
         except openai.OpenAIError as exc:
             raise self._error(exc) from None
-        return parse_openai_completion(response)
+        turn = parse_openai_completion(response)
+        _log_turn(self.model, turn)
+        return turn
 
     def _error(self, exc: openai.OpenAIError) -> ProviderError:
         if isinstance(exc, openai.APIStatusError):
@@ -222,3 +227,14 @@ def _text(content: object) -> str:
     if content is None:
         return ""
     return content if isinstance(content, str) else str(content)
+
+
+def _log_turn(model: str, turn: Turn) -> None:
+    logger.debug(
+        "%s: stop=%s tool_calls=%d tokens in=%d out=%d",
+        model,
+        turn.stop_reason,
+        len(turn.tool_calls),
+        turn.input_tokens,
+        turn.output_tokens,
+    )
