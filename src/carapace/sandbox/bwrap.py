@@ -1,0 +1,331 @@
+"""The ``bwrap`` runner backend: a runner inside a Linux bubblewrap sandbox (DESIGN §2, §5).
+
+What the sandboxed runner sees (everything else of the host is absent)::
+
+    /usr /bin /sbin /lib* /etc/{ssl,ca-certificates,alternatives,ld.so.*,localtime}  ro
+    /etc/{resolv.conf,hosts,nsswitch.conf,gai.conf,host.conf}     ro, only with network
+    sys.base_prefix, sys.prefix, the folder holding ``carapace``   ro (the interpreter, venv, code)
+    /proc (new pid namespace), /dev (minimal), /tmp (fresh tmpfs)
+    <session dir>                     rw, same path (the runner takes paths as arguments)
+    <session dir>/inbound.db          ro on top: the host's commits are seen live, writes fail
+    <agent dir>                       rw, same path; cwd and $HOME
+    <agent dir>/{container.json,CLAUDE.md,.claude-fragments}   ro on top, when present
+    <home>/groups/global              ro, when present
+    /workspace/extra/<name>           validated additional mounts (see ``mounts.py``)
+
+Namespaces: all unshared (user, pid, ipc, uts, cgroup, mount, net); ``--share-net`` only
+when the network is on. All capabilities are dropped, the environment is cleared and only
+what the host passes is set; the sandbox dies with the host (``--die-with-parent``) and has
+its own session (``--new-session``: no terminal injection).
+
+Stopping: bwrap does not forward signals, and killing it kills the runner at once. So
+``SIGTERM`` goes to the processes *inside* the sandbox (the runner exits cleanly, then bwrap
+exits with its code); ``SIGKILL`` goes to bwrap's group and everything below it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import carapace
+from carapace.errors import ConfigError
+from carapace.host.pool import (
+    LOG_FILE,
+    RunnerBackend,
+    RunnerHandle,
+    RunnerSpec,
+    SubprocessBackend,
+)
+from carapace.sandbox.mounts import Mount
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
+SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+SYSTEM_ETC = (
+    "/etc/ssl", "/etc/ca-certificates", "/etc/alternatives", "/etc/ld.so.cache",
+    "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/localtime", "/etc/timezone",
+    "/etc/mime.types",
+)  # fmt: skip
+NETWORK_ETC = ("/etc/resolv.conf", "/etc/hosts", "/etc/nsswitch.conf", "/etc/gai.conf",
+               "/etc/host.conf")  # fmt: skip
+AGENT_READ_ONLY = ("container.json", "CLAUDE.md", ".claude-fragments")
+# Host environment variables the backend passes on by default: what providers need until the
+# host's credential proxy exists (DESIGN §5), plus time zone and proxy settings.
+DEFAULT_PASS_ENV = (
+    "ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL", "ANTHROPIC_AUTH_TOKEN", "OPENAI_API_KEY",
+    "OPENAI_BASE_URL", "CARAPACE_TZ", "TZ", "HTTPS_PROXY", "HTTP_PROXY", "NO_PROXY",
+    "https_proxy", "http_proxy", "no_proxy", "SSL_CERT_FILE",
+)  # fmt: skip
+BACKENDS = ("bwrap", "subprocess")
+
+
+@dataclass(frozen=True)
+class SandboxSpec:
+    """Everything that decides what one sandboxed runner can see and do."""
+
+    session_dir: Path
+    agent_dir: Path
+    runner_argv: Sequence[str]
+    global_dir: Path | None = None
+    python: str = sys.executable
+    env: Mapping[str, str] = field(default_factory=dict)
+    network: bool = False
+    mounts: Sequence[Mount] = ()
+    bwrap: str = "bwrap"
+
+
+def _inside(path: Path, roots: Sequence[Path]) -> bool:
+    return any(path == r or path.is_relative_to(r) for r in roots)
+
+
+def python_paths(python: str = sys.executable) -> list[Path]:
+    """Folders the interpreter and carapace live in, outer ones only, host-real paths."""
+    candidates = [Path(sys.base_prefix), Path(sys.prefix), Path(carapace.__file__).parent.parent]
+    exe = Path(python)
+    candidates += [exe.parent, Path(os.path.realpath(exe)).parent]
+    candidates = [Path(os.path.abspath(p)) for p in candidates]
+    out: list[Path] = []
+    for path in sorted(set(candidates), key=lambda p: len(p.parts)):
+        if not _inside(path, out) and not _inside(path, [Path(d) for d in SYSTEM_DIRS]):
+            out.append(path)
+    return out
+
+
+def _system_args(network: bool) -> list[str]:
+    args: list[str] = []
+    for d in SYSTEM_DIRS:
+        if os.path.islink(d):
+            args += ["--symlink", os.readlink(d), d]
+        elif os.path.isdir(d):
+            args += ["--ro-bind", d, d]
+    for p in SYSTEM_ETC + (NETWORK_ETC if network else ()):
+        args += ["--ro-bind-try", p, p]
+    return args
+
+
+def bwrap_argv(spec: SandboxSpec) -> list[str]:
+    """The full ``bwrap`` command line that runs ``spec.runner_argv`` in the sandbox."""
+    session = Path(os.path.abspath(spec.session_dir))
+    agent = Path(os.path.abspath(spec.agent_dir))
+    argv = [spec.bwrap, "--unshare-all"]
+    if spec.network:
+        argv.append("--share-net")
+    argv += ["--die-with-parent", "--new-session", "--cap-drop", "ALL"]
+    argv += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
+    argv += _system_args(spec.network)
+    pypaths = python_paths(spec.python)
+    for path in pypaths:
+        argv += ["--ro-bind", str(path), str(path)]
+    argv += ["--bind", str(session), str(session)]
+    inbound = session / "inbound.db"
+    argv += ["--ro-bind", str(inbound), str(inbound)]
+    argv += ["--bind", str(agent), str(agent)]
+    for name in AGENT_READ_ONLY:
+        if (agent / name).exists():
+            argv += ["--ro-bind", str(agent / name), str(agent / name)]
+    if spec.global_dir is not None and spec.global_dir.is_dir():
+        gdir = os.path.abspath(spec.global_dir)
+        argv += ["--ro-bind", gdir, gdir]
+    for mount in spec.mounts:
+        argv += ["--ro-bind" if mount.read_only else "--bind", str(mount.host_path)]
+        argv.append(str(mount.sandbox_path))
+    env = {"PATH": DEFAULT_PATH, "HOME": str(agent), "LANG": "C.UTF-8",
+           "PYTHONDONTWRITEBYTECODE": "1"}  # fmt: skip
+    pkg_root = Path(carapace.__file__).parent.parent
+    if not _inside(pkg_root, [Path(sys.prefix), Path(sys.base_prefix)]):
+        env["PYTHONPATH"] = str(pkg_root)
+    env.update(spec.env)
+    argv.append("--clearenv")
+    for key, value in sorted(env.items()):
+        argv += ["--setenv", key, value]
+    argv += ["--chdir", str(agent), "--", *spec.runner_argv]
+    return argv
+
+
+@functools.cache
+def bwrap_available(bwrap: str = "bwrap") -> bool:
+    """Whether bubblewrap is installed and can make a sandbox here (probed once)."""
+    return bwrap_unusable_reason(bwrap) is None
+
+
+@functools.cache
+def bwrap_unusable_reason(bwrap: str = "bwrap") -> str | None:
+    """None when bwrap works, else why not (for skip reasons and log lines)."""
+    exe = shutil.which(bwrap)
+    if exe is None:
+        return f"{bwrap} not found on PATH (install bubblewrap)"
+    probe = [exe, "--unshare-all", "--die-with-parent", "--ro-bind", "/", "/", "true"]
+    try:
+        res = subprocess.run(probe, capture_output=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"{bwrap} probe failed: {exc}"
+    if res.returncode != 0:
+        err = res.stderr.decode(errors="replace").strip().splitlines()
+        return f"{bwrap} cannot create a sandbox here: {err[-1] if err else res.returncode}"
+    return None
+
+
+def choose_backend(preferred: str | None = None) -> str:
+    """The runner backend to use, logged with the reason.
+
+    ``None``/``"auto"``: the strongest available (``bwrap``, else ``subprocess``).
+    ``"bwrap"`` when it cannot work is a ``ConfigError``: asked-for isolation is never
+    dropped silently. ``"subprocess"`` is honoured, with a note that nothing is isolated.
+    """
+    name = (preferred or "auto").strip().lower()
+    if name not in (*BACKENDS, "auto"):
+        raise ConfigError(f"unknown runner backend {preferred!r} (known: auto, bwrap, subprocess)")
+    reason = bwrap_unusable_reason()
+    if name == "bwrap":
+        if reason is not None:
+            raise ConfigError(f"runner backend bwrap requested but unusable: {reason}")
+        logger.info("runner backend: bwrap (configured)")
+        return "bwrap"
+    if name == "subprocess":
+        logger.info("runner backend: subprocess (configured; runners are not isolated)")
+        return "subprocess"
+    if reason is None:
+        logger.info("runner backend: bwrap (strongest available)")
+        return "bwrap"
+    logger.warning("runner backend: subprocess, runners are NOT isolated (%s)", reason)
+    return "subprocess"
+
+
+def _descendants(pid: int) -> list[int]:
+    """Host pids below ``pid``, parents before children (from ``/proc/*/stat``)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as fh:
+                stat = fh.read()
+            ppid = int(stat.rsplit(b")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(entry.name))
+    out: list[int] = []
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+class BwrapHandle:
+    """The pool's handle on one sandbox (``pid`` is bwrap's own, in the host namespace)."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.pid: int | None = proc.pid
+
+    async def wait(self) -> int:
+        return await self.proc.wait()
+
+    def signal(self, sig: int) -> None:
+        if self.proc.returncode is not None:
+            return
+        inner = _descendants(self.proc.pid)
+        if sig != signal.SIGKILL and inner:
+            # bwrap's pid-namespace init (inner[0]) ignores signals it has no handler for.
+            targets = inner
+        else:
+            targets = [self.proc.pid, *inner]
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, sig)
+        for pid in targets:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+
+
+class BwrapBackend:
+    """Runner backend for ``RunnerPool``: ``python -m carapace.runner`` inside bubblewrap.
+
+    * ``home``: the carapace home; its ``groups/global`` is mounted read-only.
+    * ``network``: a bool or a function of the ``RunnerSpec`` (per agent group config).
+    * ``mounts_for``: the agent group's ``additional_mounts`` for a spec, already validated
+      (``mounts.validate_mounts``); default none.
+    * ``pass_env``: host variables copied in when set (``spec.env`` is always passed).
+    """
+
+    name = "bwrap"
+
+    def __init__(
+        self,
+        home: Path | None = None,
+        *,
+        network: bool | Callable[[RunnerSpec], bool] = True,
+        mounts_for: Callable[[RunnerSpec], Sequence[Mount]] | None = None,
+        pass_env: Sequence[str] = DEFAULT_PASS_ENV,
+        python: str | None = None,
+        module: str = "carapace.runner",
+        bwrap: str = "bwrap",
+    ) -> None:
+        self.home = home
+        self.network = network
+        self.mounts_for = mounts_for
+        self.pass_env = tuple(pass_env)
+        self.python = python or sys.executable
+        self.bwrap = bwrap
+        self._runner = SubprocessBackend(module=module, python=self.python)
+
+    def describe(self) -> str:
+        net = self.network if isinstance(self.network, bool) else "per agent group"
+        return f"bwrap sandbox (network: {net}, bwrap: {shutil.which(self.bwrap) or 'missing'})"
+
+    def sandbox_spec(self, spec: RunnerSpec) -> SandboxSpec:
+        env = {k: os.environ[k] for k in self.pass_env if os.environ.get(k)}
+        env.update(spec.env)
+        network = self.network if isinstance(self.network, bool) else self.network(spec)
+        global_dir = self.home / "groups" / "global" if self.home is not None else None
+        if global_dir is not None and os.path.abspath(global_dir) == os.path.abspath(
+            spec.agent_dir
+        ):
+            global_dir = None
+        return SandboxSpec(
+            session_dir=spec.session_dir,
+            agent_dir=spec.agent_dir,
+            runner_argv=self._runner.argv(spec),
+            global_dir=global_dir,
+            python=self.python,
+            env=env,
+            network=network,
+            mounts=tuple(self.mounts_for(spec)) if self.mounts_for is not None else (),
+            bwrap=self.bwrap,
+        )
+
+    async def start(self, spec: RunnerSpec) -> RunnerHandle:
+        argv = bwrap_argv(self.sandbox_spec(spec))
+        log = open(spec.session_dir / LOG_FILE, "ab")  # noqa: SIM115 - handed to the child
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=log,
+                env={"PATH": os.environ.get("PATH", DEFAULT_PATH)},
+                cwd=str(spec.agent_dir),
+                start_new_session=True,
+            )
+        finally:
+            log.close()
+        logger.debug("session %s: sandboxed runner pid %d", spec.session_id, proc.pid)
+        return BwrapHandle(proc)
+
+
+if TYPE_CHECKING:  # BwrapBackend satisfies the pool's seam
+    _backend: RunnerBackend = BwrapBackend()
