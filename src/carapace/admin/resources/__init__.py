@@ -1,0 +1,1 @@
+"""One module per admin resource; each defines ``RESOURCE`` (see ``carapace.admin.registry``)."""

@@ -1,0 +1,196 @@
+"""``groups config …``: an agent group's ``container_configs`` row (applied on next spawn)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from carapace.admin.context import AdminContext
+from carapace.admin.registry import Opt, Verb
+from carapace.db import groups
+from carapace.errors import NotFoundError, ValidationError
+from carapace.jsonutil import loads_or
+
+GROUP_ID = Opt("id", "The agent group's id or folder (may be given positionally).", required=True)
+PACKAGE_RE = re.compile(r"^[A-Za-z0-9@][A-Za-z0-9@._+/:=~^-]{0,127}$")
+_JSON_COLUMNS = ("skills", "mcp_servers", "packages_apt", "packages_npm", "additional_mounts")
+_NULLABLE = ("provider", "model", "effort", "image_tag", "assistant_name")
+
+
+def config_dict(cfg: groups.ContainerConfig) -> dict[str, Any]:
+    """The config row with its JSON columns decoded."""
+    return {
+        "agent_group_id": cfg.agent_group_id,
+        "provider": cfg.provider,
+        "model": cfg.model,
+        "effort": cfg.effort,
+        "image_tag": cfg.image_tag,
+        "assistant_name": cfg.assistant_name,
+        "max_messages_per_prompt": cfg.max_messages_per_prompt,
+        "skills": loads_or(cfg.skills, "all"),
+        "mcp_servers": loads_or(cfg.mcp_servers, {}),
+        "packages_apt": loads_or(cfg.packages_apt, []),
+        "packages_npm": loads_or(cfg.packages_npm, []),
+        "additional_mounts": loads_or(cfg.additional_mounts, []),
+        "cli_scope": cfg.cli_scope,
+        "settings": cfg.settings_dict(),
+        "updated_at": cfg.updated_at,
+    }
+
+
+def _config(ctx: AdminContext, args: dict[str, Any]) -> tuple[str, groups.ContainerConfig]:
+    g = groups.require_agent_group(ctx.db, args["id"])
+    cfg = groups.get_container_config(ctx.db, g.id) or groups.ContainerConfig(g.id)
+    return g.id, cfg
+
+
+def _get(ctx: AdminContext, args: dict[str, Any]) -> Any:
+    return config_dict(_config(ctx, args)[1])
+
+
+def _update(ctx: AdminContext, args: dict[str, Any]) -> Any:
+    ag, _ = _config(ctx, args)
+    keys = (*_NULLABLE, "max_messages_per_prompt", "cli_scope")
+    changes = {k: args[k] for k in keys if k in args}
+    if not changes:
+        flags = ", ".join("--" + k.replace("_", "-") for k in keys)
+        raise ValidationError(f"nothing to update: give at least one of {flags}")
+    for key in _NULLABLE:
+        if changes.get(key) == "":
+            changes[key] = None  # an empty value clears the setting
+    return config_dict(groups.update_container_config(ctx.db, ag, changes, now=ctx.now()))
+
+
+def _add_mcp(ctx: AdminContext, args: dict[str, Any]) -> Any:
+    ag, cfg = _config(ctx, args)
+    name = args["name"].strip()
+    if not name:
+        raise ValidationError("--name must not be empty")
+    servers = loads_or(cfg.mcp_servers, {})
+    if not isinstance(servers, dict):
+        servers = {}
+    entry: dict[str, Any] = {
+        "command": args["command"],
+        "args": args.get("args", []),
+        "env": args.get("env", {}),
+    }
+    if any(not isinstance(a, str) for a in entry["args"]):
+        raise ValidationError("--args must be a JSON array of strings")
+    if any(not isinstance(v, str) for v in entry["env"].values()):
+        raise ValidationError("--env must be a JSON object of strings")
+    if args.get("instructions"):
+        entry["instructions"] = args["instructions"]
+    servers[name] = entry
+    cfg2 = groups.update_container_config(ctx.db, ag, {"mcp_servers": servers}, now=ctx.now())
+    return config_dict(cfg2)
+
+
+def _remove_mcp(ctx: AdminContext, args: dict[str, Any]) -> Any:
+    ag, cfg = _config(ctx, args)
+    servers = loads_or(cfg.mcp_servers, {})
+    if not isinstance(servers, dict) or args["name"] not in servers:
+        raise NotFoundError(f"agent group {ag} has no MCP server {args['name']!r}")
+    del servers[args["name"]]
+    cfg2 = groups.update_container_config(ctx.db, ag, {"mcp_servers": servers}, now=ctx.now())
+    return config_dict(cfg2)
+
+
+def _packages(args: dict[str, Any]) -> dict[str, str]:
+    wanted: dict[str, str] = {k: args[k] for k in ("apt", "npm") if k in args}
+    if not wanted:
+        raise ValidationError("give --apt PACKAGE or --npm PACKAGE")
+    for kind, name in wanted.items():
+        if not PACKAGE_RE.match(name):
+            raise ValidationError(f"invalid {kind} package name {name!r}")
+    return wanted
+
+
+def _add_package(ctx: AdminContext, args: dict[str, Any]) -> Any:
+    ag, cfg = _config(ctx, args)
+    changes: dict[str, Any] = {}
+    for kind, name in _packages(args).items():
+        current = loads_or(getattr(cfg, f"packages_{kind}"), [])
+        current = current if isinstance(current, list) else []
+        changes[f"packages_{kind}"] = current if name in current else [*current, name]
+    return config_dict(groups.update_container_config(ctx.db, ag, changes, now=ctx.now()))
+
+
+def _remove_package(ctx: AdminContext, args: dict[str, Any]) -> Any:
+    ag, cfg = _config(ctx, args)
+    changes: dict[str, Any] = {}
+    for kind, name in _packages(args).items():
+        current = loads_or(getattr(cfg, f"packages_{kind}"), [])
+        if not isinstance(current, list) or name not in current:
+            raise NotFoundError(f"agent group {ag} has no {kind} package {name!r}")
+        changes[f"packages_{kind}"] = [p for p in current if p != name]
+    return config_dict(groups.update_container_config(ctx.db, ag, changes, now=ctx.now()))
+
+
+APT = Opt("apt", "A Debian package name.")
+NPM = Opt("npm", "An npm package name.")
+
+CONFIG_VERBS = (
+    Verb(
+        "config get",
+        _get,
+        "Show the group's runner config (JSON columns decoded).",
+        options=(GROUP_ID,),
+        kind="get",
+    ),
+    Verb(
+        "config update",
+        _update,
+        "Change runner config fields (an empty value clears one); applied on next spawn.",
+        access="approval",
+        options=(
+            GROUP_ID,
+            Opt("provider", "Model provider: mock, anthropic, openai."),
+            Opt("model", "Model name."),
+            Opt("effort", "Reasoning effort."),
+            Opt("image_tag", "Runner image tag."),
+            Opt("assistant_name", "The name the agent answers to."),
+            Opt("max_messages_per_prompt", "Batch size of one turn.", type="int"),
+            Opt(
+                "cli_scope",
+                "What the agent may do with the admin CLI.",
+                type="enum",
+                choices=groups.CLI_SCOPES,
+            ),
+        ),
+    ),
+    Verb(
+        "config add-mcp-server",
+        _add_mcp,
+        "Add (or replace) an MCP server of the group.",
+        access="approval",
+        options=(
+            GROUP_ID,
+            Opt("name", "Server name.", required=True),
+            Opt("command", "Executable to start.", required=True),
+            Opt("args", "Arguments as a JSON array.", type="json", json_kind=list),
+            Opt("env", "Environment as a JSON object.", type="json", json_kind=dict),
+            Opt("instructions", "Extra instructions for the agent about this server."),
+        ),
+    ),
+    Verb(
+        "config remove-mcp-server",
+        _remove_mcp,
+        "Remove an MCP server of the group.",
+        access="approval",
+        options=(GROUP_ID, Opt("name", "Server name.", required=True)),
+    ),
+    Verb(
+        "config add-package",
+        _add_package,
+        "Add an apt and/or npm package to the group's runner image.",
+        access="approval",
+        options=(GROUP_ID, APT, NPM),
+    ),
+    Verb(
+        "config remove-package",
+        _remove_package,
+        "Remove an apt and/or npm package from the group's runner image.",
+        access="approval",
+        options=(GROUP_ID, APT, NPM),
+    ),
+)

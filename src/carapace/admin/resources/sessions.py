@@ -1,0 +1,88 @@
+"""``sessions``: conversations between a chat (or nothing) and an agent group."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from carapace.admin.context import AdminContext
+from carapace.admin.registry import Opt, Resource, Verb
+from carapace.admin.resources.common import ID, LIMIT, group_id, row, rows
+from carapace.db import sessions
+from carapace.db.session import SessionPaths
+from carapace.errors import NotFoundError
+
+
+def _owner(ctx: AdminContext, args: dict[str, Any]) -> str | None:
+    s = sessions.get_session(ctx.db, args["id"])
+    return s.agent_group_id if s else None
+
+
+def _require(ctx: AdminContext, id: str) -> sessions.Session:
+    s = sessions.get_session(ctx.db, id)
+    if s is None:
+        raise NotFoundError(f"no session {id!r}")
+    return s
+
+
+def _list(ctx: AdminContext, args: dict[str, Any]) -> Any:
+    ag = group_id(ctx, args["agent_group_id"]) if "agent_group_id" in args else None
+    found = sessions.list_sessions(
+        ctx.db,
+        agent_group_id=ag,
+        status=args.get("status"),
+        container_status=args.get("container_status"),
+    )
+    if "messaging_group_id" in args:
+        found = [s for s in found if s.messaging_group_id == args["messaging_group_id"]]
+    return rows(found, args)
+
+
+def _get(ctx: AdminContext, args: dict[str, Any]) -> Any:
+    s = _require(ctx, args["id"])
+    paths = SessionPaths.of(ctx.home.data_dir, s.agent_group_id, s.id)
+    return {**row(s), "path": str(paths.root), "folder_exists": paths.inbound.exists()}
+
+
+def _close(ctx: AdminContext, args: dict[str, Any]) -> Any:
+    s = _require(ctx, args["id"])
+    stopped = ctx.stop_session(s.id)
+    sessions.close_session(ctx.db, s.id)
+    return {"closed": s.id, "stopped": stopped}
+
+
+RESOURCE = Resource(
+    name="sessions",
+    singular="session",
+    help="Sessions of agent groups: status, runner state, last activity.",
+    scope_field="agent_group_id",
+    group_scope=True,
+    verbs=(
+        Verb(
+            "list",
+            _list,
+            "List sessions.",
+            options=(
+                Opt("agent_group_id", "Only this agent group (id or folder)."),
+                Opt("messaging_group_id", "Only sessions of this chat."),
+                Opt("status", "Only this status.", type="enum", choices=("active", "closed")),
+                Opt(
+                    "container_status",
+                    "Only this runner state.",
+                    type="enum",
+                    choices=sessions.CONTAINER_STATUSES,
+                ),
+                LIMIT,
+            ),
+            kind="list",
+        ),
+        Verb("get", _get, "Show one session.", options=(ID,), kind="get", owner=_owner),
+        Verb(
+            "close",
+            _close,
+            "Close a session: stop its runner; the next message starts a new session.",
+            access="approval",
+            options=(ID,),
+            owner=_owner,
+        ),
+    ),
+)
