@@ -1,0 +1,69 @@
+"""``python -m carapace.runner --session-dir DIR --agent-dir DIR [--provider NAME] [--idle-exit S]``.
+
+Serves one session until SIGTERM (or ``--idle-exit`` seconds without work). Logs go to
+stderr. Exit codes: 0 clean stop, 1 fatal error, 2 bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from carapace.runner.config import RunnerConfig
+from carapace.runner.loop import Runner
+from carapace.runner.setup import build_provider, build_workspace
+
+logger = logging.getLogger("carapace.runner")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m carapace.runner", description="Serve one carapace session."
+    )
+    parser.add_argument("session_dir_pos", nargs="?", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--session-dir", type=Path, help="the session folder (inbound.db …)")
+    parser.add_argument("--agent-dir", type=Path, help="the agent group's folder")
+    parser.add_argument("--provider", help="override the provider (mock, anthropic, openai)")
+    parser.add_argument(
+        "--idle-exit", type=float, default=None, help="exit after this many seconds without work"
+    )
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    args.session_dir = args.session_dir or args.session_dir_pos
+    if args.session_dir is None:
+        parser.error("--session-dir is required")
+    if args.agent_dir is None:
+        parser.error("--agent-dir is required")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s [runner %(name)s] %(message)s",
+    )
+    session_dir: Path = args.session_dir.resolve()
+    agent_dir: Path = args.agent_dir.resolve()
+    if not (session_dir / "inbound.db").is_file():
+        logger.error("no inbound.db in %s", session_dir)
+        return 1
+    config = RunnerConfig.load(
+        session_dir, agent_dir, provider=args.provider, idle_exit_s=args.idle_exit
+    )
+    provider, error = build_provider(config)
+    workspace = build_workspace(config)
+    runner = Runner(config, provider, provider_error=error, workspace=workspace)
+    runner.install_signal_handlers()
+    try:
+        return runner.run()
+    except Exception:
+        logger.exception("fatal error in session %s", config.session_id)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,144 @@
+"""The agent: the tool loop around a provider, and the conversation it keeps.
+
+One turn: append the formatted batch as a user message, call ``provider.complete``, run
+the tool calls it asks for, append the results, and repeat until a turn has no tool calls
+(at most ``max_tool_rounds`` rounds). The heartbeat is touched around every provider call
+and tool call.
+
+The conversation is provider-neutral (``providers/base.py``) and persisted in
+``session_state`` under ``conversation`` (JSON, bounded to the last ``history_messages``
+messages, cut at a user message), so a restarted runner resumes it; the full transcript is
+appended to ``<agent_dir>/conversations/<session_id>.jsonl``. A turn's messages are only
+kept when the turn succeeded; a failed or abandoned turn leaves the conversation as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from carapace.jsonutil import dumps
+from carapace.runner.outbound import Outbound
+from carapace.runner.providers.base import Message, Provider
+from carapace.runner.tools import ToolBox, TurnAbandoned
+from carapace.timefmt import iso, utcnow
+
+logger = logging.getLogger(__name__)
+
+STATE_KEY = "conversation"
+MAX_STATE_CHARS = 500_000
+ROUNDS_NOTE = "(I stopped after {n} rounds of tool calls without finishing.)"
+
+
+@dataclass(frozen=True)
+class TurnResult:
+    text: str
+    messages: list[Message]  # the turn's new messages, user prompt first
+    rounds: int
+
+
+def load_conversation(outbound: Outbound) -> list[Message]:
+    raw = outbound.get_state(STATE_KEY)
+    if not raw:
+        return []
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        logger.warning("stored conversation is not JSON; starting fresh")
+        return []
+    if not isinstance(value, list):
+        return []
+    return [m for m in value if isinstance(m, dict) and m.get("role")]
+
+
+def bound_conversation(messages: list[Message], max_messages: int) -> list[Message]:
+    """The newest messages, at most ``max_messages`` and ``MAX_STATE_CHARS``, starting at a
+    user message (never with a dangling tool result)."""
+    out = messages[-max_messages:] if max_messages > 0 else []
+    while out and (out[0].get("role") != "user" or len(dumps(out)) > MAX_STATE_CHARS):
+        out = out[1:]
+        while out and out[0].get("role") != "user":
+            out = out[1:]
+    return out
+
+
+class Agent:
+    def __init__(
+        self,
+        provider: Provider,
+        toolbox: ToolBox,
+        *,
+        max_tool_rounds: int,
+        heartbeat: Callable[[], None],
+        should_stop: Callable[[], bool],
+        conversation: list[Message] | None = None,
+    ) -> None:
+        self.provider = provider
+        self.toolbox = toolbox
+        self.max_tool_rounds = max_tool_rounds
+        self.heartbeat = heartbeat
+        self.should_stop = should_stop
+        self.conversation: list[Message] = list(conversation or [])
+
+    def run_turn(self, system: str, prompt: str) -> TurnResult:
+        """Run one turn; raises ``ProviderError`` (or any provider failure) and
+        ``TurnAbandoned``, leaving ``self.conversation`` untouched in both cases."""
+        new: list[Message] = [{"role": "user", "content": prompt}]
+        specs = self.toolbox.specs()
+        text = ""
+        for round_no in range(1, self.max_tool_rounds + 1):
+            if self.should_stop():
+                raise TurnAbandoned("shutdown before the provider call")
+            self.heartbeat()
+            turn = self.provider.complete(system, self.conversation + new, specs)
+            self.heartbeat()
+            new.append(turn.as_message())
+            text = turn.text
+            if not turn.tool_calls:
+                return TurnResult(text, new, round_no)
+            for call in turn.tool_calls:
+                if self.should_stop():
+                    raise TurnAbandoned("shutdown before a tool call")
+                result = self.toolbox.call(call.name, call.arguments)
+                new.append(
+                    {
+                        "role": "tool",
+                        "tool_call_id": call.id,
+                        "name": call.name,
+                        "content": result.content,
+                        "is_error": result.is_error,
+                    }
+                )
+        note = ROUNDS_NOTE.format(n=self.max_tool_rounds)
+        logger.warning("turn stopped after %d tool rounds", self.max_tool_rounds)
+        return TurnResult(f"{text}\n\n{note}".strip(), new, self.max_tool_rounds)
+
+    def accept(self, result: TurnResult) -> None:
+        self.conversation.extend(result.messages)
+
+    def clear(self) -> None:
+        self.conversation = []
+
+
+def save_conversation(outbound: Outbound, conversation: list[Message], max_messages: int) -> None:
+    bounded = bound_conversation(conversation, max_messages)
+    outbound.set_state(STATE_KEY, dumps(bounded))
+
+
+def append_transcript(
+    agent_dir: Path, session_id: str, messages: list[Message], extra: dict[str, Any] | None = None
+) -> None:
+    """Append messages to ``<agent_dir>/conversations/<session_id>.jsonl`` (best effort)."""
+    try:
+        folder = agent_dir / "conversations"
+        folder.mkdir(parents=True, exist_ok=True)
+        ts = iso(utcnow())
+        with (folder / f"{session_id}.jsonl").open("a", encoding="utf-8") as f:
+            for m in messages:
+                f.write(dumps({"ts": ts, **(extra or {}), **m}) + "\n")
+    except OSError as exc:
+        logger.warning("could not append to the transcript: %s", exc)

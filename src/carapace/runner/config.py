@@ -1,0 +1,126 @@
+"""The runner's configuration: command line, ``<agent-dir>/container.json`` and environment.
+
+``container.json`` is what the host materialises from ``container_configs``
+(``ContainerConfig.to_json()``): ``provider``, ``model``, ``assistantName``,
+``maxMessagesPerPrompt``, ``settings{...}`` and more. Unreadable or malformed files mean
+defaults (NanoClaw logs and goes on). Credentials never come from the file: the providers
+read ``ANTHROPIC_API_KEY``/``OPENAI_API_KEY`` and base URLs from the environment, or a
+``base_url`` from ``settings``.
+
+Provider choice: ``--provider`` (the host's per-session override, spec W-20), else
+``container.json`` ``provider`` (NanoClaw's ``claude`` means ``anthropic``), else the first
+provider whose key is in the environment, else ``mock``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from carapace.db.session import SessionPaths
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_MESSAGES = 10
+DEFAULT_MAX_TOOL_ROUNDS = 25
+DEFAULT_QUESTION_TIMEOUT_S = 300
+DEFAULT_HISTORY_MESSAGES = 200
+PROVIDER_ALIASES = {"claude": "anthropic"}
+
+
+def resolve_timezone(name: str | None) -> str:
+    """``name`` if it is a valid IANA zone, else ``UTC`` (spec §6.9)."""
+    if not name or name in ("localtime", "posixrules"):
+        return "UTC"
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        logger.warning("invalid time zone %r, using UTC", name)
+        return "UTC"
+    return name
+
+
+def read_container_json(agent_dir: Path) -> dict[str, Any]:
+    path = agent_dir / "container.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        logger.warning("Failed to read %s (%s), using defaults", path, exc)
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def default_provider(environ: dict[str, str] | os._Environ[str]) -> str:
+    if environ.get("ANTHROPIC_API_KEY") or environ.get("ANTHROPIC_BASE_URL"):
+        return "anthropic"
+    if environ.get("OPENAI_API_KEY") or environ.get("OPENAI_BASE_URL"):
+        return "openai"
+    return "mock"
+
+
+@dataclass(frozen=True)
+class RunnerConfig:
+    session_dir: Path
+    agent_dir: Path
+    provider: str = "mock"
+    model: str | None = None
+    assistant_name: str = ""
+    max_messages_per_prompt: int = DEFAULT_MAX_MESSAGES
+    timezone: str = "UTC"
+    idle_exit_s: float | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+    max_tool_rounds: int = DEFAULT_MAX_TOOL_ROUNDS
+    history_messages: int = DEFAULT_HISTORY_MESSAGES
+    poll_interval_s: float = 5.0  # safety poll even with inotify
+
+    @property
+    def paths(self) -> SessionPaths:
+        return SessionPaths(self.session_dir)
+
+    @property
+    def session_id(self) -> str:
+        return self.session_dir.name
+
+    @classmethod
+    def load(
+        cls,
+        session_dir: Path,
+        agent_dir: Path,
+        *,
+        provider: str | None = None,
+        idle_exit_s: float | None = None,
+        environ: dict[str, str] | None = None,
+    ) -> RunnerConfig:
+        env = environ if environ is not None else dict(os.environ)
+        data = read_container_json(agent_dir)
+        settings = data.get("settings") if isinstance(data.get("settings"), dict) else {}
+        name = provider or _str(data.get("provider")) or default_provider(env)
+        name = name.lower()
+        name = PROVIDER_ALIASES.get(name, name)
+        max_msgs = data.get("maxMessagesPerPrompt")
+        if not isinstance(max_msgs, int) or isinstance(max_msgs, bool) or max_msgs <= 0:
+            max_msgs = DEFAULT_MAX_MESSAGES
+        rounds = (settings or {}).get("max_tool_rounds")
+        return cls(
+            session_dir=session_dir,
+            agent_dir=agent_dir,
+            provider=name,
+            model=_str(data.get("model")),
+            assistant_name=_str(data.get("assistantName")) or "",
+            max_messages_per_prompt=max_msgs,
+            timezone=resolve_timezone(env.get("CARAPACE_TZ")),
+            idle_exit_s=idle_exit_s,
+            settings=dict(settings or {}),
+            max_tool_rounds=rounds if isinstance(rounds, int) and rounds > 0 else 25,
+        )
+
+
+def _str(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None

@@ -1,0 +1,255 @@
+"""Reading ``inbound.db`` (read-only): pending rows, destinations, routing, lookups.
+
+Every read opens a fresh read-only connection and closes it (spec §4.1: a long-lived
+connection can keep an old snapshot on virtiofs/NFS; this also fixes W-7 for the
+destinations, routing and seq lookups NanoClaw read through its singleton).
+
+The pending query fixes W-4/W-5: it returns *every* due pending row oldest first; the
+caller filters out rows it has acknowledged and only then applies the batch limit, so an
+acknowledged-but-not-yet-synced row never hides an older one.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from functools import cached_property
+from typing import Any
+
+from carapace.db.connection import column_names, connect, has_table
+from carapace.db.session import SessionPaths
+from carapace.jsonutil import loads_or
+from carapace.timefmt import parse_ts, sqlite_ts
+
+PENDING_SCAN_LIMIT = 1000
+
+
+@dataclass(frozen=True)
+class InRow:
+    id: str
+    seq: int | None
+    kind: str
+    timestamp: str
+    status: str | None
+    process_after: str | None
+    recurrence: str | None
+    series_id: str | None
+    trigger: int
+    platform_id: str | None
+    channel_type: str | None
+    thread_id: str | None
+    content: str
+    on_wake: int = 0
+
+    @cached_property
+    def data(self) -> dict[str, Any]:
+        """The content as an object; malformed JSON becomes ``{"text": <raw>}`` (spec §2.3)."""
+        value = loads_or(self.content, None)
+        if isinstance(value, dict):
+            return value
+        return {"text": self.content}
+
+    @property
+    def routing(self) -> Routing:
+        return Routing(self.channel_type, self.platform_id, self.thread_id)
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> InRow:
+        keys = row.keys()
+        trig = row["trigger"] if "trigger" in keys else 1
+        return cls(
+            id=row["id"],
+            seq=row["seq"],
+            kind=row["kind"],
+            timestamp=row["timestamp"],
+            status=row["status"],
+            process_after=row["process_after"],
+            recurrence=row["recurrence"] if "recurrence" in keys else None,
+            series_id=row["series_id"] if "series_id" in keys else None,
+            trigger=1 if trig is None else int(trig),
+            platform_id=row["platform_id"],
+            channel_type=row["channel_type"],
+            thread_id=row["thread_id"],
+            content=row["content"],
+            on_wake=int(row["on_wake"] or 0) if "on_wake" in keys else 0,
+        )
+
+
+@dataclass(frozen=True)
+class Routing:
+    channel_type: str | None = None
+    platform_id: str | None = None
+    thread_id: str | None = None
+
+    @property
+    def empty(self) -> bool:
+        return not (self.channel_type and self.platform_id)
+
+
+@dataclass(frozen=True)
+class Destination:
+    name: str
+    display_name: str | None
+    type: str
+    channel_type: str | None
+    platform_id: str | None
+    agent_group_id: str | None
+
+    def routing(self) -> Routing:
+        if self.type == "agent":
+            return Routing("agent", self.agent_group_id, None)
+        return Routing(self.channel_type, self.platform_id, None)
+
+
+class Inbound:
+    """Read-only access to one session's ``inbound.db``."""
+
+    def __init__(self, paths: SessionPaths) -> None:
+        self.paths = paths
+
+    @contextmanager
+    def _open(self) -> Iterator[sqlite3.Connection]:
+        conn = connect(self.paths.inbound, "session", readonly=True)
+        try:
+            yield conn
+        finally:
+            conn.close()
+
+    # --- the queue --------------------------------------------------------------------------
+
+    def pending(self, now: datetime) -> list[InRow]:
+        """Every pending row that is due at ``now``, in seq order (oldest first)."""
+        with self._open() as conn:
+            rows = conn.execute(
+                "SELECT * FROM messages_in WHERE status = 'pending' AND "
+                "(process_after IS NULL OR datetime(process_after) <= datetime(?)) "
+                "ORDER BY seq ASC LIMIT ?",
+                (sqlite_ts(now), PENDING_SCAN_LIMIT),
+            ).fetchall()
+        return [InRow.from_row(r) for r in rows]
+
+    def next_due(self, now: datetime) -> datetime | None:
+        """The earliest ``process_after`` of a pending row that is not due yet."""
+        with self._open() as conn:
+            rows = conn.execute(
+                "SELECT process_after FROM messages_in WHERE status = 'pending' AND "
+                "process_after IS NOT NULL AND datetime(process_after) > datetime(?)",
+                (sqlite_ts(now),),
+            ).fetchall()
+        times: list[datetime] = []
+        for (value,) in rows:
+            try:
+                times.append(parse_ts(value))
+            except ValueError:
+                continue
+        return min(times) if times else None
+
+    def question_response(self, question_id: str) -> InRow | None:
+        """The pending ``question_response`` row for ``question_id`` (parsed, not LIKE-matched)."""
+        with self._open() as conn:
+            rows = conn.execute(
+                "SELECT * FROM messages_in WHERE kind = 'system' AND status = 'pending' "
+                "AND instr(content, ?) > 0 ORDER BY seq ASC",
+                (question_id,),
+            ).fetchall()
+        for r in rows:
+            row = InRow.from_row(r)
+            data = row.data
+            if data.get("type") == "question_response" and data.get("questionId") == question_id:
+                return row
+        return None
+
+    # --- destinations and routing ------------------------------------------------------------
+
+    def destinations(self) -> list[Destination]:
+        with self._open() as conn:
+            if not has_table(conn, "destinations"):
+                return []
+            rows = conn.execute("SELECT * FROM destinations ORDER BY name").fetchall()
+        return [
+            Destination(
+                r["name"],
+                r["display_name"],
+                r["type"],
+                r["channel_type"],
+                r["platform_id"],
+                r["agent_group_id"],
+            )
+            for r in rows
+        ]
+
+    def session_routing(self) -> Routing:
+        with self._open() as conn:
+            if not has_table(conn, "session_routing"):
+                return Routing()
+            row = conn.execute(
+                "SELECT channel_type, platform_id, thread_id FROM session_routing WHERE id = 1"
+            ).fetchone()
+        if row is None:
+            return Routing()
+        return Routing(row["channel_type"], row["platform_id"], row["thread_id"])
+
+    def latest_from(self, channel_type: str, platform_id: str) -> InRow | None:
+        """The newest row (any status or kind) from that channel or agent (spec §5.4)."""
+        with self._open() as conn:
+            row = conn.execute(
+                "SELECT * FROM messages_in WHERE channel_type = ? AND platform_id = ? "
+                "ORDER BY seq DESC LIMIT 1",
+                (channel_type, platform_id),
+            ).fetchone()
+        return InRow.from_row(row) if row is not None else None
+
+    def by_seq(self, seq: int) -> InRow | None:
+        with self._open() as conn:
+            row = conn.execute("SELECT * FROM messages_in WHERE seq = ?", (seq,)).fetchone()
+        return InRow.from_row(row) if row is not None else None
+
+    def delivered_platform_id(self, message_out_id: str) -> str | None:
+        with self._open() as conn:
+            if not has_table(conn, "delivered"):
+                return None
+            cols = column_names(conn, "delivered")
+            if "platform_message_id" not in cols:
+                return None
+            row = conn.execute(
+                "SELECT platform_message_id FROM delivered WHERE message_out_id = ?",
+                (message_out_id,),
+            ).fetchone()
+        return row[0] if row is not None and row[0] else None
+
+    def is_delivered(self, message_out_id: str) -> bool:
+        with self._open() as conn:
+            if not has_table(conn, "delivered"):
+                return False
+            row = conn.execute(
+                "SELECT 1 FROM delivered WHERE message_out_id = ?", (message_out_id,)
+            ).fetchone()
+        return row is not None
+
+    def tasks(self, status: str | None) -> list[sqlite3.Row]:
+        """One row per task series (the newest occurrence), oldest due first (spec §8.9)."""
+        where = "status = ?" if status else "status IN ('pending', 'paused')"
+        params: tuple[Any, ...] = (status,) if status else ()
+        with self._open() as conn:
+            return conn.execute(
+                "SELECT COALESCE(series_id, id) AS id, status, process_after, recurrence, "
+                f"content, MAX(seq) AS seq FROM messages_in WHERE kind = 'task' AND {where} "
+                "GROUP BY COALESCE(series_id, id) ORDER BY process_after ASC",
+                params,
+            ).fetchall()
+
+    def task_exists(self, task_id: str) -> bool:
+        with self._open() as conn:
+            row = conn.execute(
+                "SELECT 1 FROM messages_in WHERE kind = 'task' AND (id = ? OR series_id = ?) "
+                "LIMIT 1",
+                (task_id, task_id),
+            ).fetchone()
+        return row is not None
+
+    def max_seq(self) -> int:
+        with self._open() as conn:
+            return int(conn.execute("SELECT COALESCE(MAX(seq), 0) FROM messages_in").fetchone()[0])

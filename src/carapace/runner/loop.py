@@ -1,0 +1,351 @@
+"""The runner's main loop: wait for inbound work, claim a batch, run a turn, ack it.
+
+::
+
+    start: release stale claims (recover), touch .heartbeat, load the conversation
+    loop:
+      rows  = due pending rows of inbound.db            (fresh read-only connection)
+      sel   = select_batch(rows minus our acks)          (batching.py)
+      ack late answers / aged context  completed
+      no batch -> wait for an inbound commit (inotify), the next process_after, or 5 s;
+                  exit after --idle-exit seconds without work
+      claim batch (processing)
+      /clear rows -> "Session cleared.", conversation dropped, completed
+      turn    -> reply rows + completed acks + conversation, in ONE outbound transaction
+      failure -> "Sorry — the model provider failed: …" to the origin, acks failed
+      SIGTERM -> idle: exit; in a turn: abandon at the next step, release the claims
+
+Claims are completed only after the agent has handled the batch (NanoClaw completed
+follow-ups when pushed, W-3); messages arriving during a turn are the next batch. A crash
+anywhere leaves ``processing`` claims that the next runner's ``recover`` releases, so the
+batch is answered again (at most one duplicate per crash, and none when the crash comes
+after the final transaction).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from datetime import datetime
+from types import FrameType
+from typing import Any
+
+from carapace.db.session import touch_heartbeat
+from carapace.errors import CarapaceError
+from carapace.runner.agent import Agent, append_transcript, load_conversation, save_conversation
+from carapace.runner.batching import select_batch
+from carapace.runner.config import RunnerConfig
+from carapace.runner.formatter import format_messages, is_clear_command
+from carapace.runner.inbound import Inbound, InRow
+from carapace.runner.outbound import Outbound
+from carapace.runner.prompt import compose_system_prompt
+from carapace.runner.providers._common import one_line
+from carapace.runner.providers.base import Provider
+from carapace.runner.reply import dispatch_final_text, reply_routing, send_text
+from carapace.runner.tools import Batch, ToolBox, ToolContext, TurnAbandoned
+from carapace.timefmt import Clock, SystemClock
+from carapace.watch import DirWatcher
+
+logger = logging.getLogger(__name__)
+
+KEEPALIVE_S = 4.0
+INBOUND_NAMES = ("inbound.db", "inbound.db-journal")
+CLEARED_TEXT = "Session cleared."
+ERROR_TEXT = "Sorry — the model provider failed: {detail}"
+
+
+class _Stop(Exception):
+    pass
+
+
+class Keepalive:
+    """Touches ``.heartbeat`` every few seconds while a turn runs (typing indicator, stuck rule)."""
+
+    def __init__(self, touch: Any, interval: float = KEEPALIVE_S) -> None:
+        self.touch = touch
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> Keepalive:
+        self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.touch()
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+
+class Runner:
+    """Serves one session until idle-exit, SIGTERM or ``stop()``."""
+
+    def __init__(
+        self,
+        config: RunnerConfig,
+        provider: Provider | None,
+        *,
+        provider_error: str | None = None,
+        clock: Clock | None = None,
+        workspace: Any = None,
+        watcher: DirWatcher | None = None,
+    ) -> None:
+        self.config = config
+        self.paths = config.paths
+        self.provider = provider
+        self.provider_error = provider_error
+        self.clock: Clock = clock or SystemClock()
+        self.inbound = Inbound(self.paths)
+        self.outbound = Outbound(self.paths)
+        self.watcher = watcher or DirWatcher(poll_interval=1.0)
+        self._stop = threading.Event()
+        self._busy = False
+        self._on_wake_visible: set[str] | None = None
+        self.ctx = ToolContext(
+            config=config,
+            inbound=self.inbound,
+            outbound=self.outbound,
+            now=self.clock.now,
+            heartbeat=self.heartbeat,
+            wait=self._wait_inbound,
+            should_stop=self._stop.is_set,
+            workspace=workspace,
+        )
+        self.toolbox = ToolBox(self.ctx, workspace)
+        self.agent = Agent(
+            provider or _FailingProvider(provider_error or "no provider"),
+            self.toolbox,
+            max_tool_rounds=config.max_tool_rounds,
+            heartbeat=self.heartbeat,
+            should_stop=self._stop.is_set,
+        )
+
+    # --- life cycle -----------------------------------------------------------------------
+
+    def heartbeat(self) -> None:
+        try:
+            touch_heartbeat(self.paths)
+        except OSError:
+            pass
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        logger.info("signal %d: stopping", signum)
+        self._stop.set()
+        if not self._busy:
+            raise _Stop()
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+
+    def _wait_inbound(self, timeout: float) -> None:
+        self.watcher.wait(timeout)
+
+    def start(self) -> None:
+        released = self.outbound.recover()
+        if released:
+            logger.info("released %d stale processing claim(s) of a previous runner", released)
+        self.agent.conversation = load_conversation(self.outbound)
+        if self.agent.conversation:
+            logger.info("resuming conversation (%d messages)", len(self.agent.conversation))
+        self.heartbeat()
+        self.watcher.add(self.paths.root, names=INBOUND_NAMES)
+
+    def run(self) -> int:
+        """The main loop; returns the exit code."""
+        logger.info(
+            "runner starting: session %s, provider %s",
+            self.config.session_id,
+            getattr(self.provider, "name", None) or f"(failed: {self.provider_error})",
+        )
+        self.start()
+        last_work = time.monotonic()
+        try:
+            while not self._stop.is_set():
+                self._busy = True
+                try:
+                    worked = self.step()
+                finally:
+                    self._busy = False
+                if self._stop.is_set():
+                    break
+                if worked:
+                    last_work = time.monotonic()
+                    continue
+                timeout = self.config.poll_interval_s
+                if self.config.idle_exit_s is not None:
+                    idle_left = self.config.idle_exit_s - (time.monotonic() - last_work)
+                    if idle_left <= 0:
+                        logger.info("idle for %.1fs: exiting", self.config.idle_exit_s)
+                        break
+                    timeout = min(timeout, idle_left)
+                due = self.inbound.next_due(self.clock.now())
+                if due is not None:
+                    timeout = min(timeout, max(0.01, (due - self.clock.now()).total_seconds()))
+                self.watcher.wait(timeout)
+        except _Stop:
+            pass
+        finally:
+            self.close()
+        logger.info("runner stopped: session %s", self.config.session_id)
+        return 0
+
+    def close(self) -> None:
+        self.watcher.close()
+        self.outbound.close()
+
+    # --- one iteration --------------------------------------------------------------------
+
+    def step(self, now: datetime | None = None) -> bool:
+        """Poll once and process at most one batch; True if anything was done."""
+        now = now or self.clock.now()
+        rows = self.inbound.pending(now)
+        first_poll = self._on_wake_visible is None
+        if first_poll:
+            self._on_wake_visible = {r.id for r in rows if r.on_wake}
+        acked = set(self.outbound.acked(r.id for r in rows))
+        sel = select_batch(
+            rows,
+            acked,
+            limit=self.config.max_messages_per_prompt,
+            on_wake_visible=None if first_poll else self._on_wake_visible,
+        )
+        done = [*sel.late, *sel.aged]
+        if done:
+            for r in sel.late:
+                logger.info("acking late %s row %s", r.data.get("type"), r.id)
+            for r in sel.aged:
+                logger.info("context row %s aged out of the batch window", r.id)
+            self.outbound.complete([r.id for r in done], now=now)
+        if not sel.batch or sel.trigger is None:
+            return bool(done)
+        self.process(sel.batch, sel.trigger)
+        return True
+
+    def process(self, rows: list[InRow], trigger: InRow) -> None:
+        ids = [r.id for r in rows]
+        sid = self.config.session_id
+        self.outbound.claim(ids, now=self.clock.now())
+        batch = Batch(in_reply_to=trigger.id, origin=trigger.routing, ids=tuple(ids))
+        if batch.origin.empty:
+            batch.origin = self.inbound.session_routing()
+        self.ctx.batch = batch
+        clears = [r for r in rows if is_clear_command(r)]
+        if clears:
+            self._clear(clears, batch)
+            rows = [r for r in rows if r not in clears]
+            if not rows or not any(r.trigger for r in rows):
+                self.outbound.complete([r.id for r in rows], now=self.clock.now())
+                return
+        ids = [r.id for r in rows]
+        kinds = ",".join(sorted({r.kind for r in rows}))
+        logger.info(
+            "session %s: processing %d message(s) %s (kinds: %s)", sid, len(ids), ids, kinds
+        )
+        dests = self.inbound.destinations()
+        prompt = format_messages(
+            rows,
+            self.config.timezone,
+            _origin_lookup(dests),
+            session_dir=self.paths.root,
+        )
+        system = compose_system_prompt(self.config.agent_dir, dests, self.config.assistant_name)
+        try:
+            with Keepalive(self.heartbeat):
+                result = self.agent.run_turn(system, prompt)
+        except TurnAbandoned as exc:
+            logger.info("session %s: turn abandoned (%s); releasing %s", sid, exc, ids)
+            self.outbound.release(ids)
+            return
+        except Exception as exc:
+            detail = one_line_error(exc)
+            if isinstance(exc, CarapaceError):
+                logger.error("session %s: provider failed on %s: %s", sid, ids, detail)
+            else:
+                logger.exception("session %s: turn failed on %s", sid, ids)
+            self._fail(ids, batch, detail)
+            return
+        with self.outbound.atomic():
+            seqs = dispatch_final_text(
+                result.text, batch, self.inbound, self.outbound, self.clock.now
+            )
+            self.outbound.complete(ids, now=self.clock.now())
+            self.agent.accept(result)
+            save_conversation(self.outbound, self.agent.conversation, self.config.history_messages)
+        append_transcript(self.config.agent_dir, sid, result.messages)
+        logger.info(
+            "session %s: completed %s in %d round(s); reply seqs %s", sid, ids, result.rounds, seqs
+        )
+
+    def _clear(self, rows: list[InRow], batch: Batch) -> None:
+        with self.outbound.atomic():
+            self.agent.clear()
+            save_conversation(self.outbound, [], self.config.history_messages)
+            for row in rows:
+                routing = row.routing if not row.routing.empty else batch.origin
+                send_text(
+                    CLEARED_TEXT, routing, self.outbound, in_reply_to=row.id, now=self.clock.now()
+                )
+            self.outbound.complete([r.id for r in rows], now=self.clock.now())
+        logger.info("session %s: conversation cleared by %s", self.config.session_id, rows[0].id)
+
+    def _fail(self, ids: list[str], batch: Batch, detail: str) -> None:
+        routing = reply_routing(batch, self.inbound)
+        with self.outbound.atomic():
+            if not routing.empty:
+                send_text(
+                    ERROR_TEXT.format(detail=detail),
+                    routing,
+                    self.outbound,
+                    in_reply_to=batch.in_reply_to,
+                    now=self.clock.now(),
+                )
+            self.outbound.fail(ids, now=self.clock.now())
+
+
+def one_line_error(exc: BaseException) -> str:
+    text = one_line(str(exc))
+    return text or type(exc).__name__
+
+
+def _origin_lookup(dests: list[Any]) -> Any:
+    def lookup(channel_type: str | None, platform_id: str | None) -> str | None:
+        if not channel_type or not platform_id:
+            return None
+        for d in dests:
+            if channel_type == "agent":
+                if d.type == "agent" and d.agent_group_id == platform_id:
+                    return str(d.name)
+            elif (
+                d.type == "channel"
+                and d.channel_type == channel_type
+                and d.platform_id == platform_id
+            ):
+                return str(d.name)
+        return None
+
+    return lookup
+
+
+class _FailingProvider:
+    """Stands in when the configured provider could not be created: every turn fails."""
+
+    name = "unavailable"
+
+    def __init__(self, error: str) -> None:
+        self.error = error
+
+    def complete(self, system: str, messages: list[Any], tools: list[Any]) -> Any:
+        from carapace.errors import ProviderError
+
+        raise ProviderError(self.error)

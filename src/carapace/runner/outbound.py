@@ -1,0 +1,186 @@
+"""Writing ``outbound.db``: messages (odd seq), processing acks, session state, tool in flight.
+
+The runner is the only writer of this file (DESIGN §1). Every message insert allocates
+its odd seq inside ``BEGIN IMMEDIATE`` (fixes W-2), looking at ``inbound.db``'s highest
+seq through a fresh read-only connection (fixes the stale read of W-7).
+
+Ack life cycle (``processing_ack``)::
+
+    (absent) --claim--> processing --complete--> completed
+                                   --fail------> failed
+                                   --release---> (absent)    abandoned turn (SIGTERM)
+    processing --recover (runner start)--> (absent)           a dead runner's claims
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any
+
+from carapace.db.connection import transaction
+from carapace.db.session import SessionPaths, insert_message_out, open_outbound, peek_max_seq
+from carapace.jsonutil import dumps
+from carapace.timefmt import iso, sqlite_ts, utcnow
+
+_CHUNK = 500
+
+
+class Outbound:
+    """The runner's long-lived read-write connection to ``outbound.db``."""
+
+    def __init__(self, paths: SessionPaths) -> None:
+        self.paths = paths
+        self.conn = open_outbound(paths)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    @contextmanager
+    def atomic(self) -> Iterator[sqlite3.Connection]:
+        """Group several writes (reply + acks + state) into one transaction."""
+        with transaction(self.conn) as conn:
+            yield conn
+
+    # --- messages --------------------------------------------------------------------------
+
+    def write(
+        self,
+        *,
+        id: str,
+        kind: str,
+        content: dict[str, Any],
+        platform_id: str | None = None,
+        channel_type: str | None = None,
+        thread_id: str | None = None,
+        in_reply_to: str | None = None,
+        now: datetime | None = None,
+    ) -> int:
+        """Insert one ``messages_out`` row; returns its (odd) seq."""
+        row = {
+            "id": id,
+            "in_reply_to": in_reply_to,
+            "timestamp": sqlite_ts(now or utcnow()),
+            "kind": kind,
+            "platform_id": platform_id,
+            "channel_type": channel_type,
+            "thread_id": thread_id,
+            "content": dumps(content),
+        }
+        other = peek_max_seq(self.paths.inbound, "messages_in")
+        return insert_message_out(self.conn, row, other_max=other)
+
+    def by_seq(self, seq: int) -> sqlite3.Row | None:
+        row: sqlite3.Row | None = self.conn.execute(
+            "SELECT * FROM messages_out WHERE seq = ?", (seq,)
+        ).fetchone()
+        return row
+
+    def undelivered_actions(self, action: str) -> list[dict[str, Any]]:
+        """Contents of ``kind='system'`` rows with ``action`` (the caller filters delivered)."""
+        rows = self.conn.execute(
+            "SELECT id, content FROM messages_out WHERE kind = 'system' AND instr(content, ?) > 0 "
+            "ORDER BY seq",
+            (f'"action":"{action}"',),
+        ).fetchall()
+        out: list[dict[str, Any]] = []
+        for r in rows:
+            try:
+                data = json.loads(r["content"])
+            except ValueError:
+                continue
+            if isinstance(data, dict) and data.get("action") == action:
+                out.append({"_row_id": r["id"], **data})
+        return out
+
+    # --- acks ------------------------------------------------------------------------------
+
+    def acked(self, ids: Iterable[str]) -> dict[str, str]:
+        """``{message_id: status}`` for those of ``ids`` that have an ack row."""
+        id_list = list(ids)
+        out: dict[str, str] = {}
+        for i in range(0, len(id_list), _CHUNK):
+            chunk = id_list[i : i + _CHUNK]
+            marks = ",".join("?" for _ in chunk)
+            for r in self.conn.execute(
+                f"SELECT message_id, status FROM processing_ack WHERE message_id IN ({marks})",
+                chunk,
+            ):
+                out[r[0]] = r[1]
+        return out
+
+    def _set_ack(self, ids: Iterable[str], status: str, now: datetime | None) -> None:
+        id_list = list(ids)
+        if not id_list:
+            return
+        ts = sqlite_ts(now or utcnow())
+        with transaction(self.conn):
+            self.conn.executemany(
+                "INSERT OR REPLACE INTO processing_ack (message_id, status, status_changed) "
+                "VALUES (?, ?, ?)",
+                [(i, status, ts) for i in id_list],
+            )
+
+    def claim(self, ids: Iterable[str], now: datetime | None = None) -> None:
+        self._set_ack(ids, "processing", now)
+
+    def complete(self, ids: Iterable[str], now: datetime | None = None) -> None:
+        self._set_ack(ids, "completed", now)
+
+    def fail(self, ids: Iterable[str], now: datetime | None = None) -> None:
+        self._set_ack(ids, "failed", now)
+
+    def release(self, ids: Iterable[str]) -> None:
+        """Drop our own ``processing`` claims so the next runner takes the rows again."""
+        id_list = list(ids)
+        with transaction(self.conn):
+            for i in range(0, len(id_list), _CHUNK):
+                chunk = id_list[i : i + _CHUNK]
+                marks = ",".join("?" for _ in chunk)
+                self.conn.execute(
+                    "DELETE FROM processing_ack WHERE status = 'processing' "
+                    f"AND message_id IN ({marks})",
+                    chunk,
+                )
+
+    def recover(self) -> int:
+        """Startup recovery: release every claim a previous (dead) runner left behind."""
+        with transaction(self.conn):
+            cur = self.conn.execute("DELETE FROM processing_ack WHERE status = 'processing'")
+        return cur.rowcount
+
+    # --- session state ---------------------------------------------------------------------
+
+    def get_state(self, key: str) -> str | None:
+        row = self.conn.execute("SELECT value FROM session_state WHERE key = ?", (key,)).fetchone()
+        return row[0] if row is not None else None
+
+    def set_state(self, key: str, value: str, now: datetime | None = None) -> None:
+        with transaction(self.conn):
+            self.conn.execute(
+                "INSERT INTO session_state (key, value, updated_at) VALUES (?, ?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = excluded.value, "
+                "updated_at = excluded.updated_at",
+                (key, value, iso(now or utcnow())),
+            )
+
+    def delete_state(self, key: str) -> None:
+        with transaction(self.conn):
+            self.conn.execute("DELETE FROM session_state WHERE key = ?", (key,))
+
+    # --- tool in flight (container_state, read by the host's stuck rule) --------------------
+
+    def set_tool(self, name: str | None, timeout_ms: int | None = None) -> None:
+        now = iso(utcnow())
+        with transaction(self.conn):
+            self.conn.execute(
+                "INSERT INTO container_state (id, current_tool, tool_declared_timeout_ms, "
+                "tool_started_at, updated_at) VALUES (1, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE "
+                "SET current_tool = excluded.current_tool, "
+                "tool_declared_timeout_ms = excluded.tool_declared_timeout_ms, "
+                "tool_started_at = excluded.tool_started_at, updated_at = excluded.updated_at",
+                (name, timeout_ms, now if name else None, now),
+            )

@@ -1,0 +1,113 @@
+"""Delivering the agent's final text for a turn (spec §5.4, adapted).
+
+* Plain text (outside ``<message to="…">`` blocks, with ``<internal>`` removed) goes to the
+  conversation the turn answers: the triggering row's routing, else ``session_routing``,
+  else the only destination. NanoClaw required every reply to be wrapped and dropped bare
+  text (after a "nudge"); carapace does not.
+* ``<message to="name">body</message>`` blocks are routed as NanoClaw does: the named
+  destination, the thread and id of the newest inbound row from it (else no thread and the
+  batch's id). ``<internal>`` inside a block is removed too (W-18). Unknown names are
+  dropped with a warning.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable
+from datetime import datetime
+
+from carapace.runner.formatter import strip_internal_tags
+from carapace.runner.inbound import Inbound, Routing
+from carapace.runner.outbound import Outbound
+from carapace.runner.tools.base import Batch
+from carapace.timefmt import new_id
+
+logger = logging.getLogger(__name__)
+
+MESSAGE_BLOCK_RE = re.compile(r'<message\s+to="([^"]+)"\s*>([\s\S]*?)</message>')
+
+
+def reply_routing(batch: Batch, inbound: Inbound) -> Routing:
+    """Where a plain reply goes (see the module docstring); empty when nowhere."""
+    if not batch.origin.empty:
+        return batch.origin
+    session = inbound.session_routing()
+    if not session.empty:
+        return session
+    dests = inbound.destinations()
+    if len(dests) == 1:
+        return dests[0].routing()
+    return Routing()
+
+
+def send_text(
+    text: str,
+    routing: Routing,
+    outbound: Outbound,
+    *,
+    in_reply_to: str | None,
+    now: datetime,
+) -> int:
+    return outbound.write(
+        id=new_id("msg"),
+        kind="chat",
+        content={"text": text},
+        platform_id=routing.platform_id,
+        channel_type=routing.channel_type,
+        thread_id=routing.thread_id,
+        in_reply_to=in_reply_to,
+        now=now,
+    )
+
+
+def dispatch_final_text(
+    text: str,
+    batch: Batch,
+    inbound: Inbound,
+    outbound: Outbound,
+    now: Callable[[], datetime],
+) -> list[int]:
+    """Write the rows for the agent's final text; returns their seqs."""
+    seqs: list[int] = []
+    plain_parts: list[str] = []
+    last = 0
+    dests = {d.name: d for d in inbound.destinations()}
+    for match in MESSAGE_BLOCK_RE.finditer(text):
+        plain_parts.append(text[last : match.start()])
+        last = match.end()
+        name, body = match.group(1), strip_internal_tags(match.group(2))
+        dest = dests.get(name)
+        if dest is None:
+            logger.warning('Unknown destination in <message to="%s">, dropping block', name)
+            continue
+        if not body:
+            continue
+        target = dest.routing()
+        latest = (
+            inbound.latest_from(target.channel_type, target.platform_id)
+            if target.channel_type and target.platform_id
+            else None
+        )
+        thread = latest.thread_id if latest is not None else None
+        routing = Routing(target.channel_type, target.platform_id, thread)
+        seqs.append(
+            send_text(
+                body,
+                routing,
+                outbound,
+                in_reply_to=latest.id if latest is not None else batch.in_reply_to,
+                now=now(),
+            )
+        )
+    plain_parts.append(text[last:])
+    plain = strip_internal_tags("".join(plain_parts))
+    if plain:
+        routing = reply_routing(batch, inbound)
+        if routing.empty:
+            logger.warning("no conversation to reply to; dropping reply: %s", plain[:200])
+        else:
+            seqs.append(
+                send_text(plain, routing, outbound, in_reply_to=batch.in_reply_to, now=now())
+            )
+    return seqs

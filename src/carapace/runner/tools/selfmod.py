@@ -1,0 +1,129 @@
+"""``create_agent``, ``install_packages``, ``add_mcp_server`` (spec §8.10-8.11).
+
+Fire-and-forget ``kind='system'`` requests; the host checks permissions and asks an admin.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from carapace.runner.tools.base import Tool, ToolContext, ToolError, tool
+from carapace.timefmt import new_id
+
+MAX_PACKAGES = 20
+APT_RE = re.compile(r"^[a-z0-9][a-z0-9._+-]*$")
+NPM_RE = re.compile(r"^(@[a-z0-9][a-z0-9._-]*/)?[a-z0-9][a-z0-9._-]*$")
+
+
+def _create_agent(ctx: ToolContext, args: dict[str, Any]) -> str:
+    name = args.get("name")
+    if not name:
+        raise ToolError("name is required")
+    request_id = new_id("msg")
+    ctx.outbound.write(
+        id=request_id,
+        kind="system",
+        content={
+            "action": "create_agent",
+            "requestId": request_id,
+            "name": name,
+            "instructions": args.get("instructions") or None,
+        },
+        now=ctx.now(),
+    )
+    return f'Creating agent "{name}". You will be notified when it is ready.'
+
+
+def _install_packages(ctx: ToolContext, args: dict[str, Any]) -> str:
+    apt: list[str] = list(args.get("apt") or [])
+    npm: list[str] = list(args.get("npm") or [])
+    if not apt and not npm:
+        raise ToolError("At least one apt or npm package is required")
+    if len(apt) + len(npm) > MAX_PACKAGES:
+        raise ToolError(f"Maximum {MAX_PACKAGES} packages per request")
+    for p in apt:
+        if not APT_RE.match(p):
+            raise ToolError(
+                f'Invalid apt package name: "{p}". Only lowercase letters, digits, and ._+- '
+                "allowed."
+            )
+    for p in npm:
+        if not NPM_RE.match(p):
+            raise ToolError(
+                f'Invalid npm package name: "{p}". No version specs or shell characters.'
+            )
+    ctx.outbound.write(
+        id=new_id("msg"),
+        kind="system",
+        content={
+            "action": "install_packages",
+            "apt": apt,
+            "npm": npm,
+            "reason": args.get("reason") or "",
+        },
+        now=ctx.now(),
+    )
+    return "Package install request submitted. You will be notified when admin approves or rejects."
+
+
+def _add_mcp_server(ctx: ToolContext, args: dict[str, Any]) -> str:
+    name, command = args.get("name"), args.get("command")
+    if not name or not command:
+        raise ToolError("name and command are required")
+    ctx.outbound.write(
+        id=new_id("msg"),
+        kind="system",
+        content={
+            "action": "add_mcp_server",
+            "name": name,
+            "command": command,
+            "args": args.get("args") or [],
+            "env": args.get("env") or {},
+        },
+        now=ctx.now(),
+    )
+    return "MCP server request submitted. You will be notified when admin approves or rejects."
+
+
+TOOLS = [
+    Tool(
+        tool(
+            "create_agent",
+            "Ask the host to create a new agent you can then message by name (admins only).",
+            {
+                "name": {"type": "string"},
+                "instructions": {"type": "string", "description": "Its initial memory."},
+            },
+            ["name"],
+        ),
+        _create_agent,
+    ),
+    Tool(
+        tool(
+            "install_packages",
+            "Request apt/npm packages for your environment (an admin must approve).",
+            {
+                "apt": {"type": "array", "items": {"type": "string"}},
+                "npm": {"type": "array", "items": {"type": "string"}},
+                "reason": {"type": "string"},
+            },
+            [],
+        ),
+        _install_packages,
+    ),
+    Tool(
+        tool(
+            "add_mcp_server",
+            "Request an extra MCP server (an admin must approve).",
+            {
+                "name": {"type": "string"},
+                "command": {"type": "string"},
+                "args": {"type": "array", "items": {"type": "string"}},
+                "env": {"type": "object"},
+            },
+            ["name", "command"],
+        ),
+        _add_mcp_server,
+    ),
+]

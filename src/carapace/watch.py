@@ -1,0 +1,276 @@
+"""File-change notification for session folders: inotify through ctypes, or polling.
+
+DESIGN §3: each side wakes as soon as the other side commits. SQLite in
+``journal_mode=DELETE`` writes the database file and then removes ``<db>-journal``, so a
+watch on the *folder* sees every commit (the journal's removal is the commit point).
+
+``DirWatcher`` watches folders (or single files)::
+
+    w = DirWatcher()
+    w.add(session_dir, names={"inbound.db", "inbound.db-journal"})
+    changed = w.wait(5.0)        # blocks up to 5 s; the watched paths that had events
+    w.drain()                    # non-blocking
+    w.fileno()                   # for select()/asyncio add_reader; None when polling
+    w.close()
+
+A notification only says "look now": callers re-read the database and must also poll
+now and then (a notification can be coalesced, or missed while a folder is re-created).
+Where inotify is unavailable (not Linux, or out of watches) the same API polls: it compares
+the ``stat`` of the folder's files every ``poll_interval`` seconds, and ``fileno()`` is None.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import logging
+import os
+import select
+import struct
+import sys
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+IN_MODIFY = 0x00000002
+IN_ATTRIB = 0x00000004
+IN_CLOSE_WRITE = 0x00000008
+IN_MOVED_TO = 0x00000080
+IN_CREATE = 0x00000100
+IN_DELETE = 0x00000200
+IN_DELETE_SELF = 0x00000400
+IN_MOVE_SELF = 0x00000800
+IN_Q_OVERFLOW = 0x00004000
+IN_IGNORED = 0x00008000
+IN_NONBLOCK = 0o4000
+IN_CLOEXEC = 0o2000000
+
+# IN_DELETE is added to the issue's list: a rollback-journal commit ends with the journal's
+# removal, which is the one event guaranteed to come after the new data is readable.
+WATCH_MASK = IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE | IN_MODIFY | IN_ATTRIB | IN_DELETE
+_EVENT = struct.Struct("iIII")
+_READ_SIZE = 64 * 1024
+
+
+class _Inotify:
+    """A thin ctypes binding of inotify_init1 / inotify_add_watch / inotify_rm_watch."""
+
+    def __init__(self) -> None:
+        if not sys.platform.startswith("linux"):
+            raise OSError(errno.ENOSYS, "inotify needs Linux")
+        libname = ctypes.util.find_library("c") or "libc.so.6"
+        libc = ctypes.CDLL(libname, use_errno=True)
+        self._add = libc.inotify_add_watch
+        self._add.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
+        self._add.restype = ctypes.c_int
+        self._rm = libc.inotify_rm_watch
+        self._rm.argtypes = [ctypes.c_int, ctypes.c_int]
+        self._rm.restype = ctypes.c_int
+        init = libc.inotify_init1
+        init.argtypes = [ctypes.c_int]
+        init.restype = ctypes.c_int
+        fd = init(IN_NONBLOCK | IN_CLOEXEC)
+        if fd < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+        self.fd = fd
+
+    def add_watch(self, path: Path, mask: int) -> int:
+        wd = int(self._add(self.fd, os.fsencode(path), mask))
+        if wd < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"inotify_add_watch {path}: {os.strerror(err)}")
+        return wd
+
+    def rm_watch(self, wd: int) -> None:
+        self._rm(self.fd, wd)
+
+    def read(self) -> list[tuple[int, int, str]]:
+        """All queued events as (wd, mask, name); [] when none are queued."""
+        events: list[tuple[int, int, str]] = []
+        while True:
+            try:
+                data = os.read(self.fd, _READ_SIZE)
+            except BlockingIOError:
+                return events
+            if not data:
+                return events
+            offset = 0
+            while offset + _EVENT.size <= len(data):
+                wd, mask, _cookie, length = _EVENT.unpack_from(data, offset)
+                offset += _EVENT.size
+                raw = data[offset : offset + length].split(b"\0", 1)[0]
+                offset += length
+                events.append((wd, mask, os.fsdecode(raw)))
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+class DirWatcher:
+    """Watch folders for file changes; inotify when available, else ``stat`` polling."""
+
+    def __init__(self, *, poll_interval: float = 1.0, use_inotify: bool = True) -> None:
+        self.poll_interval = poll_interval
+        self._names: dict[Path, frozenset[str] | None] = {}
+        self._wds: dict[int, Path] = {}
+        self._by_path: dict[Path, int] = {}
+        self._snapshots: dict[Path, dict[str, tuple[int, int, int]]] = {}
+        self._pending: set[Path] = set()
+        self._next_poll = 0.0
+        self._inotify: _Inotify | None = None
+        if use_inotify:
+            try:
+                self._inotify = _Inotify()
+            except (OSError, AttributeError) as exc:
+                logger.info("inotify unavailable (%s); polling every %.1fs", exc, poll_interval)
+
+    @property
+    def uses_inotify(self) -> bool:
+        return self._inotify is not None
+
+    def add(self, path: Path, names: Iterable[str] | None = None) -> None:
+        """Watch ``path`` (a folder, or a file); ``names`` limits a folder watch to those files.
+
+        Re-adding a path replaces its name filter.
+        """
+        path = Path(path)
+        self._names[path] = frozenset(names) if names is not None else None
+        if self._inotify is not None:
+            if path in self._by_path:
+                return
+            try:
+                wd = self._inotify.add_watch(path, WATCH_MASK | IN_DELETE_SELF | IN_MOVE_SELF)
+            except OSError as exc:
+                if exc.errno == errno.ENOENT:
+                    raise FileNotFoundError(errno.ENOENT, "no such folder", str(path)) from None
+                logger.warning("inotify watch failed (%s); falling back to polling", exc)
+                self._fall_back()
+            else:
+                self._wds[wd] = path
+                self._by_path[path] = wd
+                return
+        self._snapshots[path] = self._snapshot(path)
+
+    def remove(self, path: Path) -> None:
+        path = Path(path)
+        self._names.pop(path, None)
+        self._snapshots.pop(path, None)
+        self._pending.discard(path)
+        wd = self._by_path.pop(path, None)
+        if wd is not None:
+            self._wds.pop(wd, None)
+            if self._inotify is not None:
+                self._inotify.rm_watch(wd)
+
+    def paths(self) -> list[Path]:
+        return list(self._names)
+
+    def fileno(self) -> int | None:
+        """The inotify descriptor to select on (readable = call ``drain()``); None when polling."""
+        return self._inotify.fd if self._inotify is not None else None
+
+    def drain(self) -> set[Path]:
+        """The watched paths that had events since the last call; never blocks."""
+        changed = set(self._pending)
+        self._pending.clear()
+        if self._inotify is not None:
+            for wd, mask, name in self._inotify.read():
+                if mask & IN_Q_OVERFLOW:
+                    changed.update(self._names)  # events were lost: everything may have changed
+                    continue
+                path = self._wds.get(wd)
+                if path is None:
+                    continue
+                if mask & IN_IGNORED:  # the folder went away; a later add() re-watches it
+                    self._wds.pop(wd, None)
+                    self._by_path.pop(path, None)
+                    changed.add(path)
+                    continue
+                wanted = self._names.get(path)
+                if wanted is None or not name or name in wanted:
+                    changed.add(path)
+        else:
+            changed.update(self._poll_changes())
+        return changed
+
+    def wait(self, timeout: float) -> set[Path]:
+        """Block until some watched path changes or ``timeout`` seconds pass."""
+        deadline = time.monotonic() + max(0.0, timeout)
+        changed = self.drain()
+        while not changed:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return changed
+            fd = self.fileno()
+            if fd is not None:
+                try:
+                    ready, _, _ = select.select([fd], [], [], remaining)
+                except InterruptedError:
+                    ready = []
+                if not ready:
+                    return self.drain()
+            else:
+                time.sleep(min(self.poll_interval, remaining))
+            changed = self.drain()
+        return changed
+
+    def close(self) -> None:
+        if self._inotify is not None:
+            self._inotify.close()
+            self._inotify = None
+        self._wds.clear()
+        self._by_path.clear()
+
+    def __enter__(self) -> DirWatcher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- polling ---------------------------------------------------------------------------
+
+    def _fall_back(self) -> None:
+        if self._inotify is not None:
+            self._inotify.close()
+            self._inotify = None
+        self._wds.clear()
+        self._by_path.clear()
+        for p in self._names:
+            self._snapshots[p] = self._snapshot(p)
+
+    def _snapshot(self, path: Path) -> dict[str, tuple[int, int, int]]:
+        wanted = self._names.get(path)
+        out: dict[str, tuple[int, int, int]] = {}
+        try:
+            if path.is_dir():
+                entries = [(e.name, e.path) for e in os.scandir(path)]
+            else:
+                entries = [("", str(path))]
+        except OSError:
+            return out
+        for name, full in entries:
+            if wanted is not None and name and name not in wanted:
+                continue
+            try:
+                st = os.stat(full, follow_symlinks=False)
+            except OSError:
+                continue
+            out[name] = (st.st_mtime_ns, st.st_size, st.st_ino)
+        return out
+
+    def _poll_changes(self) -> set[Path]:
+        now = time.monotonic()
+        if now < self._next_poll:
+            return set()
+        self._next_poll = now + self.poll_interval * 0.5
+        changed: set[Path] = set()
+        for path in list(self._names):
+            snap = self._snapshot(path)
+            if snap != self._snapshots.get(path):
+                changed.add(path)
+            self._snapshots[path] = snap
+        return changed

@@ -1,0 +1,357 @@
+"""The poll loop in process: batching, trigger gate, acks, /clear, errors, resume."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from carapace.db.session import SessionPaths
+from carapace.errors import ProviderError
+from carapace.runner.config import RunnerConfig
+from carapace.runner.loop import Runner
+from carapace.runner.providers import ProviderConfig, create_provider
+from carapace.runner.providers.base import Message, ToolSpec, Turn
+from carapace.runner.setup import build_workspace
+from carapace.testing.sessions import (
+    agent_dest,
+    channel_dest,
+    make_agent_dir,
+    make_session,
+    read_acks,
+    read_outbound,
+    read_state,
+    write_chat,
+    write_message,
+)
+from carapace.timefmt import iso
+from carapace.watch import DirWatcher
+
+DESTS = [channel_dest("family", "telegram", "chat-1"), agent_dest("helper", "ag-helper")]
+ROUTING = ("telegram", "chat-1", None)
+
+
+class Harness:
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.paths: SessionPaths = make_session(tmp_path, destinations=DESTS, routing=ROUTING)
+        self.runners: list[Runner] = []
+
+    def runner(
+        self,
+        *,
+        script: list[Any] | None = None,
+        config: dict[str, Any] | None = None,
+        provider: Any = None,
+        workspace: bool = False,
+    ) -> Runner:
+        agent_dir = make_agent_dir(self.tmp_path, config=config or {}, mock_script=script)
+        cfg = RunnerConfig.load(
+            self.paths.root, agent_dir, provider="mock", environ={"CARAPACE_TZ": "UTC"}
+        )
+        prov = provider or create_provider(ProviderConfig(agent_dir=str(agent_dir)))
+        ws = build_workspace(cfg) if workspace else None
+        r = Runner(cfg, prov, watcher=DirWatcher(use_inotify=False), workspace=ws)
+        r.start()
+        self.runners.append(r)
+        return r
+
+    def out(self) -> list[dict[str, Any]]:
+        return read_outbound(self.paths)
+
+
+@pytest.fixture
+def h(tmp_path: Path) -> Iterator[Harness]:
+    harness = Harness(tmp_path)
+    yield harness
+    for r in harness.runners:
+        r.close()
+
+
+class Recorder:
+    """A provider that records prompts and answers with a fixed text (or raises)."""
+
+    name = "recorder"
+
+    def __init__(self, reply: str = "ok", error: Exception | None = None) -> None:
+        self.reply = reply
+        self.error = error
+        self.calls: list[list[Message]] = []
+        self.systems: list[str] = []
+
+    def complete(self, system: str, messages: list[Message], tools: list[ToolSpec]) -> Turn:
+        self.calls.append(list(messages))
+        self.systems.append(system)
+        if self.error is not None:
+            raise self.error
+        return Turn(text=self.reply)
+
+
+def test_one_message_one_reply(h: Harness) -> None:
+    write_chat(h.paths, "what is 6*7", id="m1")
+    r = h.runner(script=[{"match": "6\\*7", "reply": "42"}])
+    assert r.step()
+    [out] = h.out()
+    assert out["seq"] % 2 == 1
+    assert out["content"] == {"text": "42"}
+    assert (out["platform_id"], out["channel_type"], out["thread_id"]) == (
+        "chat-1",
+        "telegram",
+        None,
+    )
+    assert out["in_reply_to"] == "m1" and out["kind"] == "chat"
+    assert read_acks(h.paths) == {"m1": "completed"}
+    assert not r.step()
+
+
+def test_two_messages_one_batch_one_reply(h: Harness) -> None:
+    rec = Recorder()
+    write_chat(h.paths, "a", id="m1")
+    write_chat(h.paths, "b", id="m2")
+    r = h.runner(provider=rec)
+    r.step()
+    assert len(h.out()) == 1 and len(rec.calls) == 1
+    assert "<messages>" in rec.calls[0][-1]["content"]
+    assert read_acks(h.paths) == {"m1": "completed", "m2": "completed"}
+
+
+def test_trigger_gate_and_context(h: Harness) -> None:
+    rec = Recorder()
+    write_chat(h.paths, "chatter", id="c1", trigger=0)
+    r = h.runner(provider=rec)
+    assert not r.step()
+    assert rec.calls == [] and read_acks(h.paths) == {}
+    write_chat(h.paths, "@bot hi", id="t1")
+    assert r.step()
+    prompt = rec.calls[0][-1]["content"]
+    assert "chatter" in prompt and "@bot hi" in prompt
+    assert read_acks(h.paths) == {"c1": "completed", "t1": "completed"}
+    assert h.out()[0]["in_reply_to"] == "t1"
+
+
+def test_many_context_rows_never_starve_the_trigger(h: Harness) -> None:
+    # W-4: 10 trigger=0 rows newer than the mention; W-5: older rows are not hidden
+    write_chat(h.paths, "mention", id="t1")
+    for i in range(12):
+        write_chat(h.paths, f"chatter {i}", id=f"c{i}", trigger=0)
+    rec = Recorder()
+    r = h.runner(provider=rec, config={"maxMessagesPerPrompt": 5})
+    assert r.step()
+    assert "mention" in rec.calls[0][-1]["content"]
+    acks = read_acks(h.paths)
+    assert acks["t1"] == "completed" and len(acks) == 5
+    assert not r.step()  # the rest is context, waiting for a trigger
+
+
+def test_oldest_first_and_nothing_hidden(h: Harness) -> None:
+    for i in range(12):
+        write_chat(h.paths, f"msg {i}", id=f"m{i}")
+    rec = Recorder()
+    r = h.runner(provider=rec, config={"maxMessagesPerPrompt": 10})
+    r.step()
+    assert "msg 0" in rec.calls[0][-1]["content"] and "msg 10" not in rec.calls[0][-1]["content"]
+    r.step()  # acks are not synced to inbound yet: the window must still move on
+    assert "msg 10" in rec.calls[1][-1]["content"]
+    assert len(read_acks(h.paths)) == 12
+
+
+def test_other_origin_waits_for_the_next_batch(h: Harness) -> None:
+    rec = Recorder()
+    write_chat(h.paths, "from chat", id="m1")
+    write_message(
+        h.paths, kind="chat", id="a1", content={"text": "from agent"},
+        channel_type="agent", platform_id="ag-helper",
+    )  # fmt: skip
+    r = h.runner(provider=rec)
+    r.step()
+    r.step()
+    outs = h.out()
+    assert [(o["channel_type"], o["platform_id"], o["in_reply_to"]) for o in outs] == [
+        ("telegram", "chat-1", "m1"),
+        ("agent", "ag-helper", "a1"),
+    ]
+    assert 'from="helper"' in rec.calls[1][-1]["content"]
+
+
+def test_process_after_compared_as_datetimes(h: Harness) -> None:
+    now = datetime.now(UTC)
+    future = now + timedelta(hours=1)
+    write_message(h.paths, kind="task", id="iso", content={"prompt": "a"},
+                  process_after=iso(future))  # fmt: skip
+    write_message(h.paths, kind="task", id="sql", content={"prompt": "b"},
+                  process_after=future.strftime("%Y-%m-%d %H:%M:%S"))  # fmt: skip
+    write_message(h.paths, kind="task", id="due", content={"prompt": "c"},
+                  process_after=(now - timedelta(minutes=1)).strftime("%Y-%m-%d %H:%M:%S"))  # fmt: skip
+    rec = Recorder()
+    r = h.runner(provider=rec)
+    r.step(now)
+    assert set(read_acks(h.paths)) == {"due"}
+    assert r.inbound.next_due(now) is not None
+    r.step(future + timedelta(seconds=1))
+    assert set(read_acks(h.paths)) == {"due", "iso", "sql"}
+
+
+def test_on_wake_only_on_first_poll(h: Harness) -> None:
+    rec = Recorder()
+    r = h.runner(provider=rec)
+    assert not r.step()  # first poll, nothing there
+    write_message(h.paths, kind="chat", id="w1", content={"text": "wake"}, on_wake=1,
+                  channel_type="telegram", platform_id="chat-1")  # fmt: skip
+    assert not r.step()
+    r2 = h.runner(provider=rec)
+    assert r2.step()
+    assert read_acks(h.paths) == {"w1": "completed"}
+
+
+def test_on_wake_rows_beyond_the_first_batch_are_kept(h: Harness) -> None:
+    for i in range(3):
+        write_message(h.paths, kind="chat", id=f"w{i}", content={"text": f"w{i}"}, on_wake=1,
+                      channel_type="telegram", platform_id="chat-1")  # fmt: skip
+    r = h.runner(provider=Recorder(), config={"maxMessagesPerPrompt": 2})
+    r.step()
+    r.step()
+    assert read_acks(h.paths) == {f"w{i}": "completed" for i in range(3)}
+
+
+def test_provider_error_tells_the_user_and_fails_the_ack(h: Harness) -> None:
+    write_chat(h.paths, "hello", id="m1")
+    r = h.runner(provider=Recorder(error=ProviderError("HTTP 529 overloaded\nretry later")))
+    r.step()
+    [out] = h.out()
+    assert out["content"]["text"] == (
+        "Sorry — the model provider failed: HTTP 529 overloaded retry later"
+    )
+    assert out["in_reply_to"] == "m1" and out["platform_id"] == "chat-1"
+    assert read_acks(h.paths) == {"m1": "failed"}
+    assert r.agent.conversation == []
+
+
+def test_unknown_provider_still_answers(h: Harness) -> None:
+    write_chat(h.paths, "hello", id="m1")
+    agent_dir = make_agent_dir(h.tmp_path)
+    cfg = RunnerConfig.load(h.paths.root, agent_dir, provider="bogus", environ={})
+    from carapace.runner.setup import build_provider
+
+    prov, err = build_provider(cfg)
+    assert prov is None and err is not None and "Unknown provider: bogus" in err
+    r = Runner(cfg, None, provider_error=err, watcher=DirWatcher(use_inotify=False))
+    h.runners.append(r)
+    r.start()
+    r.step()
+    assert "Unknown provider: bogus" in h.out()[0]["content"]["text"]
+
+
+def test_clear_command(h: Harness) -> None:
+    rec = Recorder()
+    write_chat(h.paths, "remember x", id="m1")
+    r = h.runner(provider=rec)
+    r.step()
+    assert json.loads(read_state(h.paths, "conversation") or "[]")
+    write_chat(h.paths, "/clear", id="m2")
+    r.step()
+    assert h.out()[-1]["content"] == {"text": "Session cleared."}
+    assert h.out()[-1]["in_reply_to"] == "m2"
+    assert read_state(h.paths, "conversation") == "[]"
+    assert len(rec.calls) == 1 and read_acks(h.paths)["m2"] == "completed"
+    write_chat(h.paths, "/clearance", id="m3")
+    r.step()
+    assert len(rec.calls) == 2 and len(rec.calls[1]) == 1  # fresh conversation
+
+
+def test_conversation_resumes_after_restart(h: Harness) -> None:
+    rec = Recorder()
+    write_chat(h.paths, "first", id="m1")
+    h.runner(provider=rec).step()
+    write_chat(h.paths, "second", id="m2")
+    r2 = h.runner(provider=rec)
+    r2.step()
+    roles = [m["role"] for m in rec.calls[1]]
+    assert roles == ["user", "assistant", "user"]
+    transcript = h.tmp_path / "groups" / "main" / "conversations" / "sess-test.jsonl"
+    assert len(transcript.read_text().splitlines()) == 4
+
+
+def test_stale_claims_are_recovered(h: Harness) -> None:
+    write_chat(h.paths, "hello", id="m1")
+    r = h.runner(provider=Recorder())
+    r.outbound.claim(["m1"])
+    assert not r.step()  # our own claim hides it
+    r2 = h.runner(provider=Recorder())
+    assert r2.step()
+    assert read_acks(h.paths) == {"m1": "completed"}
+
+
+def test_late_question_answer_is_acked(h: Harness) -> None:
+    write_message(h.paths, kind="system", id="qr-1", content={
+        "type": "question_response", "questionId": "msg-old", "selectedOption": "yes",
+        "userId": "u"})  # fmt: skip
+    rec = Recorder()
+    r = h.runner(provider=rec)
+    assert r.step()
+    assert read_acks(h.paths) == {"qr-1": "completed"} and rec.calls == []
+
+
+def test_message_blocks_and_internal(h: Harness) -> None:
+    write_chat(h.paths, "older", id="old", thread_id="thread-old")
+    write_chat(h.paths, "hi", id="m-new", thread_id="thread-new")
+    text = (
+        "<internal>thinking</internal>"
+        '<message to="family">to family <internal>secret</internal></message>'
+        '<message to="nobody">lost</message>'
+        '<message to="helper">to helper</message>'
+    )
+    h.runner(provider=Recorder(text)).step()
+    outs = h.out()
+    assert [o["content"]["text"] for o in outs] == ["to family", "to helper"]
+    assert (outs[0]["thread_id"], outs[0]["in_reply_to"]) == ("thread-new", "m-new")
+    assert (outs[1]["channel_type"], outs[1]["platform_id"], outs[1]["thread_id"]) == (
+        "agent", "ag-helper", None,
+    )  # fmt: skip
+    assert outs[1]["in_reply_to"] == "old"  # no inbound from helper: the batch's trigger
+
+
+def test_plain_reply_goes_to_origin_thread(h: Harness) -> None:
+    write_chat(h.paths, "hi", id="m1", thread_id="t-9")
+    h.runner(provider=Recorder("hello back")).step()
+    [out] = h.out()
+    assert (out["thread_id"], out["content"]["text"]) == ("t-9", "hello back")
+
+
+def test_system_prompt_has_memory_and_destinations(h: Harness) -> None:
+    rec = Recorder()
+    (h.tmp_path / "groups" / "global").mkdir(parents=True)
+    (h.tmp_path / "groups" / "global" / "CLAUDE.md").write_text("GLOBAL RULES")
+    write_chat(h.paths, "hi")
+    r = h.runner(provider=rec, config={"assistantName": "Andy"})
+    (h.tmp_path / "groups" / "main" / "CLAUDE.local.md").write_text("LOCAL MEMORY")
+    r.step()
+    system = rec.systems[0]
+    assert "# You are Andy" in system and "LOCAL MEMORY" in system and "GLOBAL RULES" in system
+    assert "- `family`" in system and "- `helper`" in system
+
+
+def test_tool_round_cap(h: Harness) -> None:
+    script = [{"match": "loop", "steps": [
+        {"tool_calls": [{"name": "list_tasks", "arguments": {}}]} for _ in range(30)]}]  # fmt: skip
+    write_chat(h.paths, "loop please", id="m1")
+    r = h.runner(script=script, config={"settings": {"max_tool_rounds": 3}})
+    r.step()
+    assert "stopped after 3 rounds" in h.out()[0]["content"]["text"]
+    assert read_acks(h.paths) == {"m1": "completed"}
+
+
+def test_workspace_tools_are_offered(h: Harness) -> None:
+    script = [{"match": "write", "tool_calls": [
+        {"name": "write_file", "arguments": {"path": "notes.txt", "content": "hello"}}],
+        "reply": "done: {tool_result}"}]  # fmt: skip
+    write_chat(h.paths, "write it", id="m1")
+    r = h.runner(script=script, workspace=True)
+    names = [s.name for s in r.toolbox.specs()]
+    assert names[:15][0] == "send_message" and "read_file" in names and "bash" not in names
+    r.step()
+    assert (h.tmp_path / "groups" / "main" / "notes.txt").read_text() == "hello"
+    assert h.out()[0]["content"]["text"].startswith("done:")

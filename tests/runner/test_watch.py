@@ -1,0 +1,98 @@
+"""DirWatcher: inotify and polling give the same answers."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from carapace.watch import DirWatcher
+
+
+@pytest.fixture(params=[True, False], ids=["inotify", "polling"])
+def watcher(request: pytest.FixtureRequest) -> Iterator[DirWatcher]:
+    w = DirWatcher(poll_interval=0.05, use_inotify=request.param)
+    yield w
+    w.close()
+
+
+def test_inotify_is_used_on_linux() -> None:
+    with DirWatcher() as w:
+        assert w.uses_inotify
+        assert isinstance(w.fileno(), int)
+
+
+def test_polling_has_no_fileno() -> None:
+    with DirWatcher(use_inotify=False) as w:
+        assert w.fileno() is None
+
+
+def test_wait_times_out_without_events(watcher: DirWatcher, tmp_path: Path) -> None:
+    watcher.add(tmp_path)
+    start = time.monotonic()
+    assert watcher.wait(0.2) == set()
+    assert time.monotonic() - start >= 0.15
+
+
+def test_write_wakes_wait(watcher: DirWatcher, tmp_path: Path) -> None:
+    watcher.add(tmp_path)
+    threading.Timer(0.1, lambda: (tmp_path / "f").write_text("x")).start()
+    start = time.monotonic()
+    assert watcher.wait(5.0) == {tmp_path}
+    assert time.monotonic() - start < 2.0
+
+
+def test_drain_is_non_blocking_and_resets(watcher: DirWatcher, tmp_path: Path) -> None:
+    watcher.add(tmp_path)
+    (tmp_path / "f").write_text("x")
+    deadline = time.monotonic() + 2
+    seen: set[Path] = set()
+    while not seen and time.monotonic() < deadline:
+        seen = watcher.drain()
+        time.sleep(0.06)
+    assert seen == {tmp_path}
+    time.sleep(0.1)
+    assert watcher.drain() == set()
+
+
+def test_name_filter_ignores_other_files(watcher: DirWatcher, tmp_path: Path) -> None:
+    watcher.add(tmp_path, names={"inbound.db", "inbound.db-journal"})
+    (tmp_path / ".heartbeat").write_text("")
+    assert watcher.wait(0.3) == set()
+    (tmp_path / "inbound.db").write_text("x")
+    assert watcher.wait(2.0) == {tmp_path}
+
+
+def test_sqlite_commit_is_seen(watcher: DirWatcher, tmp_path: Path) -> None:
+    db = tmp_path / "inbound.db"
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=DELETE")
+    conn.execute("CREATE TABLE t (x)")
+    watcher.add(tmp_path, names={"inbound.db", "inbound.db-journal"})
+    watcher.wait(0.2)  # settle
+    conn.execute("INSERT INTO t VALUES (1)")
+    assert watcher.wait(2.0) == {tmp_path}
+    conn.close()
+
+
+def test_two_dirs_and_remove(watcher: DirWatcher, tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    watcher.add(a)
+    watcher.add(b)
+    (b / "f").write_text("x")
+    assert watcher.wait(2.0) == {b}
+    watcher.remove(b)
+    (b / "g").write_text("x")
+    assert watcher.wait(0.3) == set()
+    assert watcher.paths() == [a]
+
+
+def test_missing_dir_raises(tmp_path: Path) -> None:
+    with DirWatcher() as w, pytest.raises(FileNotFoundError):
+        w.add(tmp_path / "nope")
