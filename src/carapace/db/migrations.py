@@ -406,6 +406,145 @@ def _unique_global_roles(db: sqlite3.Connection) -> None:
     )
 
 
+def _session_work(db: sqlite3.Connection) -> None:
+    """The sweep's work index: sessions with due or in-flight work (spec §11.4 item 34)."""
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS carapace_session_work ("
+        "session_id TEXT PRIMARY KEY, next_due TEXT NOT NULL)"
+    )
+    db.execute(
+        "CREATE INDEX IF NOT EXISTS idx_carapace_session_work_due "
+        "ON carapace_session_work(next_due)"
+    )
+
+
+def _carapace_task_runs(db: sqlite3.Connection) -> None:
+    """Task run history (v1 ``task_run_logs`` imported; the scheduler appends)."""
+    run_statements(
+        db,
+        """
+        CREATE TABLE IF NOT EXISTS carapace_task_runs (
+          id             TEXT PRIMARY KEY,
+          series_id      TEXT NOT NULL,
+          agent_group_id TEXT,
+          session_id     TEXT,
+          scheduled_for  TEXT,
+          run_at         TEXT NOT NULL,
+          outcome        TEXT NOT NULL,
+          duration_ms    INTEGER,
+          detail         TEXT,
+          created_at     TEXT NOT NULL
+        );
+        CREATE INDEX IF NOT EXISTS idx_carapace_task_runs_series
+          ON carapace_task_runs(series_id);
+        """,
+    )
+
+
+def _carapace_v1_imports(db: sqlite3.Connection) -> None:
+    """What ``migrate-v1`` imported (for idempotent re-runs) and the v1 chat-history archive."""
+    run_statements(
+        db,
+        """
+        CREATE TABLE IF NOT EXISTS carapace_v1_imports (
+          source_table TEXT NOT NULL,
+          source_key   TEXT NOT NULL,
+          target_kind  TEXT NOT NULL,
+          target_id    TEXT,
+          imported_at  TEXT NOT NULL,
+          PRIMARY KEY (source_table, source_key, target_kind)
+        );
+        CREATE TABLE IF NOT EXISTS carapace_v1_messages (
+          chat_jid                 TEXT NOT NULL,
+          id                       TEXT NOT NULL,
+          messaging_group_id       TEXT,
+          sender                   TEXT,
+          sender_name              TEXT,
+          content                  TEXT,
+          timestamp                TEXT,
+          is_from_me               INTEGER,
+          is_bot_message           INTEGER,
+          reply_to_message_id      TEXT,
+          reply_to_message_content TEXT,
+          reply_to_sender_name     TEXT,
+          imported_at              TEXT NOT NULL,
+          PRIMARY KEY (chat_jid, id)
+        );
+        CREATE INDEX IF NOT EXISTS idx_carapace_v1_messages_mg
+          ON carapace_v1_messages(messaging_group_id, timestamp);
+        """,
+    )
+
+
+def _carapace_approvals(db: sqlite3.Connection) -> None:
+    """Card state, expiry and reply codes for every pending decision; the deny memory; the
+    channel-registration conversation; a durable queue of card side effects (spec §5.7,
+    §11.2 items 20–22, §11.3 items 28–29). NanoClaw's own tables are left as they are."""
+    run_statements(
+        db,
+        """
+        CREATE TABLE IF NOT EXISTS carapace_cards (
+          card_id             TEXT PRIMARY KEY,
+          kind                TEXT NOT NULL,
+          code                TEXT NOT NULL,
+          agent_group_id      TEXT,
+          session_id          TEXT,
+          approver_user_id    TEXT,
+          candidates          TEXT NOT NULL DEFAULT '[]',
+          origin_channel_type TEXT,
+          title               TEXT NOT NULL DEFAULT '',
+          question            TEXT NOT NULL DEFAULT '',
+          options_json        TEXT NOT NULL DEFAULT '[]',
+          channel_type        TEXT,
+          platform_id         TEXT,
+          thread_id           TEXT,
+          platform_message_id TEXT,
+          status              TEXT NOT NULL DEFAULT 'pending',
+          created_at          TEXT NOT NULL,
+          expires_at          TEXT,
+          delivered_at        TEXT,
+          decided_at          TEXT,
+          decided_by          TEXT,
+          decision            TEXT
+        );
+        CREATE UNIQUE INDEX IF NOT EXISTS idx_carapace_cards_code
+          ON carapace_cards(code) WHERE status = 'pending';
+        CREATE INDEX IF NOT EXISTS idx_carapace_cards_expiry
+          ON carapace_cards(status, expires_at);
+        CREATE TABLE IF NOT EXISTS carapace_card_effects (
+          id         INTEGER PRIMARY KEY AUTOINCREMENT,
+          card_id    TEXT,
+          kind       TEXT NOT NULL,
+          payload    TEXT NOT NULL,
+          created_at TEXT NOT NULL,
+          next_at    TEXT NOT NULL,
+          attempts   INTEGER NOT NULL DEFAULT 0,
+          done_at    TEXT,
+          error      TEXT
+        );
+        CREATE INDEX IF NOT EXISTS idx_carapace_card_effects_due
+          ON carapace_card_effects(next_at) WHERE done_at IS NULL;
+        CREATE TABLE IF NOT EXISTS carapace_denied_senders (
+          messaging_group_id TEXT NOT NULL,
+          sender_identity    TEXT NOT NULL,
+          denied_until       TEXT NOT NULL,
+          denied_by          TEXT,
+          denied_at          TEXT NOT NULL,
+          PRIMARY KEY (messaging_group_id, sender_identity)
+        );
+        CREATE TABLE IF NOT EXISTS carapace_channel_registrations (
+          messaging_group_id TEXT PRIMARY KEY,
+          approver_user_id   TEXT NOT NULL,
+          channel_type       TEXT NOT NULL,
+          platform_id        TEXT NOT NULL,
+          thread_id          TEXT,
+          stage              TEXT NOT NULL,
+          created_at         TEXT NOT NULL
+        );
+        """,
+    )
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial-v2-schema", _initial),
     Migration(2, "chat-sdk-state", _chat_sdk_state),
@@ -422,6 +561,10 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(15, "cli-scope", _cli_scope),
     Migration(1001, "carapace-settings", _carapace_settings),
     Migration(1002, "carapace-unique-global-roles", _unique_global_roles),
+    Migration(1003, "carapace-session-work", _session_work),
+    Migration(1010, "carapace-task-runs", _carapace_task_runs),
+    Migration(1011, "carapace-v1-imports", _carapace_v1_imports),
+    Migration(1020, "carapace-approval-expiry", _carapace_approvals),
 )
 
 NANOCLAW_MIGRATION_NAMES = tuple(m.name for m in MIGRATIONS if not m.name.startswith("carapace-"))

@@ -1,0 +1,144 @@
+"""The channel adapter protocol and the inbound event shape (spec/host.md §3.1, DESIGN §6).
+
+An adapter turns a chat platform into inbound events (through the callbacks it is given in
+``start``) and delivers outbound messages. ``deliver`` returns the platform's message id
+(or None) and raises:
+
+* ``ChannelUnavailable`` — nobody is there to receive it right now (e.g. no CLI client
+  connected). The host keeps the row undelivered and retries later; never "delivered".
+* ``DeliveryError`` — the send failed (retried with backoff, then ``failed``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from carapace.errors import DeliveryError
+
+
+class ChannelUnavailable(DeliveryError):
+    """No reader is connected for this address; try again later (does not use up tries)."""
+
+    code = "channel-unavailable"
+
+
+@dataclass(frozen=True)
+class InboundMessage:
+    id: str
+    kind: str
+    content: str  # JSON text, as NanoClaw stores it
+    timestamp: str
+    is_mention: bool | None = None
+    is_group: bool | None = None
+
+
+@dataclass(frozen=True)
+class Address:
+    channel_type: str
+    platform_id: str
+    thread_id: str | None = None
+
+
+@dataclass(frozen=True)
+class InboundEvent:
+    """NanoClaw's ``InboundEvent``; ``to_json`` gives its exact JSON shape."""
+
+    channel_type: str
+    platform_id: str
+    thread_id: str | None
+    message: InboundMessage
+    reply_to: Address | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        msg: dict[str, Any] = {
+            "id": self.message.id,
+            "kind": self.message.kind,
+            "content": self.message.content,
+            "timestamp": self.message.timestamp,
+        }
+        if self.message.is_mention is not None:
+            msg["isMention"] = self.message.is_mention
+        if self.message.is_group is not None:
+            msg["isGroup"] = self.message.is_group
+        out: dict[str, Any] = {
+            "channelType": self.channel_type,
+            "platformId": self.platform_id,
+            "threadId": self.thread_id,
+            "message": msg,
+        }
+        if self.reply_to is not None:
+            out["replyTo"] = {
+                "channelType": self.reply_to.channel_type,
+                "platformId": self.reply_to.platform_id,
+                "threadId": self.reply_to.thread_id,
+            }
+        return out
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> InboundEvent:
+        m = data["message"]
+        content = m.get("content", "")
+        rt = data.get("replyTo")
+        return cls(
+            channel_type=str(data["channelType"]),
+            platform_id=str(data["platformId"]),
+            thread_id=data.get("threadId"),
+            message=InboundMessage(
+                id=str(m.get("id") or ""),
+                kind=str(m.get("kind") or "chat"),
+                content=content if isinstance(content, str) else _dumps(content),
+                timestamp=str(m.get("timestamp") or ""),
+                is_mention=m.get("isMention"),
+                is_group=m.get("isGroup"),
+            ),
+            reply_to=None
+            if not rt
+            else Address(str(rt["channelType"]), str(rt["platformId"]), rt.get("threadId")),
+        )
+
+
+def _dumps(value: Any) -> str:
+    from carapace.jsonutil import dumps
+
+    return dumps(value)
+
+
+@dataclass(frozen=True)
+class OutboundFile:
+    name: str
+    data: bytes
+
+
+@dataclass(frozen=True)
+class OutboundMessage:
+    """What an adapter is asked to send: NanoClaw's ``{kind, content, files}``."""
+
+    kind: str
+    content: Any
+    files: tuple[OutboundFile, ...] = ()
+    message_out_id: str | None = None
+    in_reply_to: str | None = None
+
+
+@dataclass
+class ChannelCallbacks:
+    """Given to ``start``: inbound events go to ``on_inbound`` (the router)."""
+
+    on_inbound: Callable[[InboundEvent], Awaitable[Any]]
+    on_ready: Callable[[str], None] = field(default=lambda channel_type: None)
+
+
+@runtime_checkable
+class ChannelAdapter(Protocol):
+    channel_type: str
+    supports_threads: bool
+
+    async def start(self, callbacks: ChannelCallbacks) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def deliver(
+        self, platform_id: str, thread_id: str | None, message: OutboundMessage
+    ) -> str | None: ...

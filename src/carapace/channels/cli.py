@@ -1,0 +1,192 @@
+"""The local CLI chat channel over ``data/cli.sock`` (spec §3.12, extended).
+
+Socket: mode 0600, stale file unlinked at start, one JSON object per line.
+
+Client → host:
+  ``{"type": "hello", "mode": "chat" | "send"}``   (optional; default ``chat``)
+  ``{"text": str, "id"?: str, "senderId"?: "cli:<user>", "sender"?: str}``
+      a message in the chat ``cli``/``local`` (NanoClaw's plain line)
+  ``{"text": str, "to": {"channelType", "platformId", "threadId"?}, "reply_to"?: {...}}``
+      NanoClaw's admin transport: inject an event for any chat
+
+Host → client:
+  ``{"type": "ack", "id": <event id>, "routed": [<messages_in ids>], "dropped": reason|null}``
+  ``{"type": "message", "id": <messages_out id>, "in_reply_to": str|null, "kind": str,
+     "text": str|null, "content": <content>}``
+
+Replies go to every ``chat`` client, and to a ``send`` client only when they answer one of
+its own messages. With no such reader ``deliver`` raises ``ChannelUnavailable``: the row
+stays undelivered until a reader connects (``on_ready``), never silently "delivered".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from carapace.channels.base import (
+    Address,
+    ChannelCallbacks,
+    ChannelUnavailable,
+    InboundEvent,
+    InboundMessage,
+    OutboundMessage,
+)
+from carapace.jsonutil import dumps
+from carapace.timefmt import iso, new_id
+
+logger = logging.getLogger(__name__)
+
+CHANNEL = "cli"
+PLATFORM_ID = "local"
+MAX_LINE = 1024 * 1024
+WRITE_TIMEOUT_S = 5.0
+
+
+@dataclass(eq=False)
+class _Client:
+    writer: asyncio.StreamWriter
+    mode: str = "chat"
+    sent: set[str] = field(default_factory=set)
+
+    def wants(self, in_reply_to: str | None) -> bool:
+        if self.mode == "chat":
+            return True
+        if not in_reply_to:
+            return False
+        return any(in_reply_to == s or in_reply_to.startswith(s + ":") for s in self.sent)
+
+
+class CliChannel:
+    channel_type = CHANNEL
+    supports_threads = False
+
+    def __init__(self, socket_path: Path) -> None:
+        self.path = socket_path
+        self.clients: list[_Client] = []
+        self.callbacks: ChannelCallbacks | None = None
+        self.server: asyncio.AbstractServer | None = None
+
+    async def start(self, callbacks: ChannelCallbacks) -> None:
+        self.callbacks = callbacks
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        old = os.umask(0o177)
+        try:
+            self.server = await asyncio.start_unix_server(
+                self._serve, path=str(self.path), limit=MAX_LINE
+            )
+        finally:
+            os.umask(old)
+        os.chmod(self.path, 0o600)
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        for c in list(self.clients):
+            c.writer.close()
+        self.clients.clear()
+        if self.server is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.server.wait_closed(), 1.0)
+            self.server = None
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+    async def _send(self, client: _Client, obj: dict[str, Any]) -> bool:
+        try:
+            client.writer.write((dumps(obj) + "\n").encode())
+            await asyncio.wait_for(client.writer.drain(), WRITE_TIMEOUT_S)
+            return True
+        except (OSError, TimeoutError, ConnectionError):
+            self._drop(client)
+            return False
+
+    def _drop(self, client: _Client) -> None:
+        if client in self.clients:
+            self.clients.remove(client)
+        client.writer.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        client = _Client(writer)
+        self.clients.append(client)
+        if self.callbacks is not None:
+            self.callbacks.on_ready(CHANNEL)
+        try:
+            while True:
+                try:
+                    line = await reader.readline()
+                except (ValueError, ConnectionError):
+                    break
+                if not line:
+                    break
+                try:
+                    obj = json.loads(line)
+                except ValueError:
+                    await self._send(client, {"type": "error", "error": "not JSON"})
+                    continue
+                if not isinstance(obj, dict):
+                    continue
+                await self._handle(client, obj)
+        finally:
+            self._drop(client)
+
+    async def _handle(self, client: _Client, obj: dict[str, Any]) -> None:
+        if obj.get("type") == "hello":
+            client.mode = "send" if obj.get("mode") == "send" else "chat"
+            if self.callbacks is not None:
+                self.callbacks.on_ready(CHANNEL)
+            return
+        text = obj.get("text")
+        if not isinstance(text, str) or self.callbacks is None:
+            await self._send(client, {"type": "error", "error": "a line needs a text"})
+            return
+        eid = obj.get("id") if isinstance(obj.get("id"), str) and obj.get("id") else None
+        eid = eid or new_id("cli")
+        sender_id = obj.get("senderId") if isinstance(obj.get("senderId"), str) else "cli:local"
+        sender = obj.get("sender") if isinstance(obj.get("sender"), str) else "cli"
+        content = dumps({"text": text, "sender": sender, "senderId": sender_id})
+        to = obj.get("to")
+        if isinstance(to, dict) and to.get("channelType") and to.get("platformId"):
+            rt = obj.get("reply_to")
+            event = InboundEvent(
+                str(to["channelType"]), str(to["platformId"]), to.get("threadId"),
+                InboundMessage(eid, "chat", content, iso()),
+                Address(str(rt["channelType"]), str(rt["platformId"]), rt.get("threadId"))
+                if isinstance(rt, dict) and rt.get("channelType") and rt.get("platformId")
+                else None,
+            )  # fmt: skip
+        else:
+            event = InboundEvent(
+                CHANNEL, PLATFORM_ID, None, InboundMessage(eid, "chat", content, iso())
+            )
+        client.sent.add(eid)
+        result = await self.callbacks.on_inbound(event)
+        routed = [r.message_id for r in getattr(result, "routed", [])]
+        await self._send(client, {"type": "ack", "id": eid, "routed": routed,
+                                  "dropped": getattr(result, "dropped_reason", None)})  # fmt: skip
+
+    async def deliver(
+        self, platform_id: str, thread_id: str | None, message: OutboundMessage
+    ) -> str | None:
+        targets = [c for c in self.clients if c.wants(message.in_reply_to)]
+        if platform_id != PLATFORM_ID or not targets:
+            raise ChannelUnavailable(f"no CLI client connected for {platform_id}")
+        content = message.content
+        text = content if isinstance(content, str) else None
+        if isinstance(content, dict):
+            t = content.get("text") or content.get("markdown")
+            text = t if isinstance(t, str) else None
+        line = {"type": "message", "id": message.message_out_id, "in_reply_to": message.in_reply_to,
+                "kind": message.kind, "text": text, "content": content}  # fmt: skip
+        ok = [await self._send(c, line) for c in targets]
+        if not any(ok):
+            raise ChannelUnavailable("every CLI client went away")
+        return message.message_out_id

@@ -1,0 +1,88 @@
+"""A client of ``data/cli.sock`` (used by ``carapace chat`` and ``carapace send``), and the
+embedded host they start when none runs for the home."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from carapace.bootstrap import init_home
+from carapace.channels.cli import CliChannel
+from carapace.config import Home
+from carapace.host.host import Host, HostRunning
+from carapace.jsonutil import dumps
+from carapace.timefmt import new_id
+
+logger = logging.getLogger(__name__)
+
+
+def build_host(home: Home) -> Host:
+    """The host ``carapace run`` starts: the CLI channel on ``data/cli.sock``."""
+    return Host(home, channels=[CliChannel(home.cli_socket)])
+
+
+@dataclass
+class CliClient:
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+
+    @classmethod
+    async def connect(cls, home: Home, mode: str) -> CliClient:
+        reader, writer = await asyncio.open_unix_connection(str(home.cli_socket), limit=1 << 20)
+        client = cls(reader, writer)
+        await client.write({"type": "hello", "mode": mode})
+        return client
+
+    async def write(self, obj: dict[str, Any]) -> None:
+        self.writer.write((dumps(obj) + "\n").encode())
+        await self.writer.drain()
+
+    async def say(self, text: str, user: str) -> str:
+        eid = new_id("cli")
+        await self.write({"id": eid, "text": text, "senderId": f"cli:{user}", "sender": user})
+        return eid
+
+    async def read(self) -> dict[str, Any] | None:
+        line = await self.reader.readline()
+        if not line:
+            return None
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            return {"type": "error", "error": "bad line from host"}
+        return obj if isinstance(obj, dict) else {}
+
+    async def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(Exception):
+            await self.writer.wait_closed()
+
+
+async def connect_or_embed(home: Home, mode: str) -> tuple[CliClient, Host | None]:
+    """Connect to the home's running host, or start an embedded one for our lifetime."""
+    try:
+        return await CliClient.connect(home, mode), None
+    except OSError:
+        pass
+    init_home(home)
+    host = build_host(home)
+    try:
+        await host.start()
+    except HostRunning:
+        host.close()
+        for _ in range(50):  # another host is starting; its socket appears shortly
+            await asyncio.sleep(0.1)
+            with contextlib.suppress(OSError):
+                return await CliClient.connect(home, mode), None
+        raise
+    return await CliClient.connect(home, mode), host
+
+
+async def stop_embedded(host: Host | None) -> None:
+    if host is not None:
+        await host.stop()
+        host.close()

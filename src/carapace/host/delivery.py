@@ -1,0 +1,440 @@
+"""Delivery: outbound rows → channel adapters, system actions, other agents (spec §4).
+
+* Woken by the session folder's file notifications (the host watches each live session),
+  so a reply leaves within milliseconds of the runner's commit (DESIGN §3).
+* Reads only rows above a per-session cursor (``carapace_delivery_cursor`` in
+  ``inbound.db``: every row at or below it is done) in ``seq`` order (§11.1 item 15,
+  §11.4 item 35). Attempts live in ``carapace_delivery`` (inbound.db, host-owned), so they
+  survive restarts (§11.3 item 27).
+* Nothing is marked delivered that was not sent (§11.3 item 26): no adapter → retried with
+  backoff then ``failed``; no reader connected (``ChannelUnavailable``) → kept undelivered,
+  delivered when a reader comes back, ``failed`` after ``UNAVAILABLE_TTL_S``.
+* Rows after a waiting row for the same address wait too (per-address order).
+* A final failure is told to the agent as a system note and wakes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import sqlite3
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from carapace.channels.base import ChannelAdapter, ChannelUnavailable, OutboundFile, OutboundMessage
+from carapace.db.connection import connect, has_table
+from carapace.db.session import SessionPaths, open_inbound
+from carapace.db.sessions import Session
+from carapace.errors import DeliveryError
+from carapace.host.actions import SystemActions, route_agent_message
+from carapace.host.sessions import SessionManager, safe_name
+from carapace.jsonutil import loads_or
+from carapace.timefmt import iso, parse_ts, sqlite_ts
+
+logger = logging.getLogger(__name__)
+
+MAX_DELIVERY_ATTEMPTS = 3
+UNAVAILABLE_RETRY_S = 30.0
+UNAVAILABLE_TTL_S = 24 * 3600.0
+MAX_FILE_BYTES = 25 * 1024 * 1024
+MAX_TOTAL_FILE_BYTES = 50 * 1024 * 1024
+
+HOST_TABLES = """
+CREATE TABLE IF NOT EXISTS carapace_delivery (
+  message_out_id TEXT PRIMARY KEY,
+  attempts       INTEGER NOT NULL DEFAULT 0,
+  next_attempt   TEXT,
+  first_seen     TEXT NOT NULL,
+  last_error     TEXT
+);
+CREATE TABLE IF NOT EXISTS carapace_delivery_cursor (
+  id  INTEGER PRIMARY KEY CHECK (id = 1),
+  seq INTEGER NOT NULL
+);
+"""
+
+
+@dataclass
+class DrainResult:
+    delivered: int = 0
+    failed: int = 0
+    next_retry: datetime | None = None
+
+
+def backoff_s(attempts: int) -> float:
+    return float(2 ** max(0, attempts - 1))
+
+
+def read_outbox_files(paths: SessionPaths, row_id: str, names: list[Any]) -> list[OutboundFile]:
+    """Spec §4.3 step 8: only safe, regular, non-symlink files inside the row's outbox."""
+    if not safe_name(row_id):
+        return []
+    base = paths.outbox / row_id
+    if base.is_symlink() or not base.is_dir():
+        return []
+    real = os.path.realpath(base)
+    out: list[OutboundFile] = []
+    total = 0
+    for name in names:
+        if not isinstance(name, str) or not safe_name(name):
+            logger.warning("unsafe outbox file name %r skipped", name)
+            continue
+        f = base / name
+        try:
+            st = os.lstat(f)
+        except OSError:
+            logger.warning("outbox file %s missing", name)
+            continue
+        if not stat.S_ISREG(st.st_mode) or not os.path.realpath(f).startswith(real + os.sep):
+            logger.warning("outbox file %s is not a regular file inside the outbox", name)
+            continue
+        if st.st_size > MAX_FILE_BYTES or total + st.st_size > MAX_TOTAL_FILE_BYTES:
+            logger.warning("outbox file %s over the size limit", name)
+            continue
+        total += st.st_size
+        out.append(OutboundFile(name, f.read_bytes()))
+    return out
+
+
+def clear_outbox(paths: SessionPaths, row_id: str) -> None:
+    if not safe_name(row_id):
+        return
+    base = paths.outbox / row_id
+    try:
+        if base.is_dir() and not base.is_symlink():
+            shutil.rmtree(base)
+    except OSError:
+        logger.warning("could not clear outbox %s", base)
+
+
+class Delivery:
+    def __init__(
+        self,
+        db: sqlite3.Connection,
+        sessions: SessionManager,
+        adapters: dict[str, ChannelAdapter],
+        actions: SystemActions,
+        wake: Callable[[str], None],
+    ) -> None:
+        self.db = db
+        self.sessions = sessions
+        self.adapters = adapters
+        self.actions = actions
+        self.wake = wake
+        self._inflight: set[str] = set()
+        self._again: set[str] = set()
+        self._ready: set[str] = set()
+
+    def _open(self, paths: SessionPaths) -> sqlite3.Connection:
+        inb = open_inbound(paths)
+        if str(paths.root) not in self._ready:
+            if not has_table(inb, "carapace_delivery_cursor"):
+                for stmt in HOST_TABLES.split(";"):
+                    if stmt.strip():
+                        inb.execute(stmt)
+            self._ready.add(str(paths.root))
+        return inb
+
+    def pending_count(self, session: Session) -> int:
+        """Outbound rows above the cursor that are not done (cheap: cursor + index)."""
+        paths = self.sessions.paths(session)
+        if not paths.outbound.exists():
+            return 0
+        inb = self._open(paths)
+        out = connect(paths.outbound, "session", readonly=True)
+        try:
+            cur = inb.execute("SELECT seq FROM carapace_delivery_cursor WHERE id=1").fetchone()
+            ids = [r[0] for r in out.execute(
+                "SELECT id FROM messages_out WHERE seq > ?", (cur[0] if cur else 0,))]  # fmt: skip
+            if not ids:
+                return 0
+            done = self._done(inb, ids)
+            return len([i for i in ids if i not in done])
+        finally:
+            inb.close()
+            out.close()
+
+    def _done(self, inb: sqlite3.Connection, ids: list[str]) -> set[str]:
+        done: set[str] = set()
+        for i in range(0, len(ids), 500):
+            chunk = ids[i : i + 500]
+            marks = ",".join("?" for _ in chunk)
+            done.update(
+                r[0]
+                for r in inb.execute(
+                    f"SELECT message_out_id FROM delivered WHERE message_out_id IN ({marks})",
+                    chunk,
+                )
+            )
+        return done
+
+    async def drain(self, session_id: str, now: Callable[[], datetime]) -> DrainResult:
+        """Deliver what is due for one session; concurrent calls coalesce (no double send)."""
+        if session_id in self._inflight:
+            self._again.add(session_id)
+            return DrainResult()
+        self._inflight.add(session_id)
+        total = DrainResult()
+        try:
+            while True:
+                self._again.discard(session_id)
+                r = await self._drain(session_id, now())
+                total.delivered += r.delivered
+                total.failed += r.failed
+                total.next_retry = r.next_retry
+                if session_id not in self._again:
+                    return total
+        finally:
+            self._inflight.discard(session_id)
+
+    async def _drain(self, session_id: str, now: datetime) -> DrainResult:
+        result = DrainResult()
+        session = self.sessions.get(session_id)
+        if session is None:
+            return result
+        paths = self.sessions.paths(session)
+        if not paths.outbound.exists() or not paths.inbound.exists():
+            return result
+        inb = self._open(paths)
+        try:
+            out = connect(paths.outbound, "session", readonly=True)
+        except sqlite3.Error:
+            inb.close()
+            return result
+        try:
+            cur = inb.execute("SELECT seq FROM carapace_delivery_cursor WHERE id=1").fetchone()
+            cursor = int(cur[0]) if cur else 0
+            rows = out.execute(
+                "SELECT * FROM messages_out WHERE seq > ? ORDER BY seq", (cursor,)
+            ).fetchall()
+            out.close()
+            if not rows:
+                return result
+            done = self._done(inb, [r["id"] for r in rows])
+            states = {
+                r["message_out_id"]: r
+                for r in inb.execute(
+                    "SELECT * FROM carapace_delivery WHERE message_out_id IN "
+                    f"({','.join('?' for _ in rows)})",
+                    [r["id"] for r in rows],
+                )
+            }
+            blocked: set[tuple[Any, ...]] = set()
+            new_cursor, contiguous = cursor, True
+            for row in rows:
+                if row["id"] in done:
+                    if contiguous:
+                        new_cursor = row["seq"]
+                    continue
+                dest = (row["channel_type"], row["platform_id"], row["thread_id"])
+                wait_until = self._wait_until(row, states.get(row["id"]), now)
+                if wait_until is not None or dest in blocked:
+                    contiguous = False
+                    blocked.add(dest)
+                    if wait_until is not None:
+                        result.next_retry = min(result.next_retry or wait_until, wait_until)
+                    continue
+                outcome = await self._deliver_row(session, paths, row, inb, states, now)
+                if outcome is None:
+                    contiguous = False
+                    blocked.add(dest)
+                    st = inb.execute(
+                        "SELECT next_attempt FROM carapace_delivery WHERE message_out_id=?",
+                        (row["id"],),
+                    ).fetchone()
+                    if st and st[0]:
+                        nxt = parse_ts(st[0])
+                        result.next_retry = min(result.next_retry or nxt, nxt)
+                    continue
+                if outcome == "delivered":
+                    result.delivered += 1
+                else:
+                    result.failed += 1
+                if contiguous:
+                    new_cursor = row["seq"]
+            if new_cursor != cursor:
+                inb.execute(
+                    "INSERT INTO carapace_delivery_cursor (id, seq) VALUES (1, ?) "
+                    "ON CONFLICT(id) DO UPDATE SET seq=excluded.seq",
+                    (new_cursor,),
+                )
+            return result
+        finally:
+            inb.close()
+
+    def _wait_until(
+        self, row: sqlite3.Row, st: sqlite3.Row | None, now: datetime
+    ) -> datetime | None:
+        for value in (row["deliver_after"], st["next_attempt"] if st else None):
+            if value:
+                try:
+                    when = parse_ts(value)
+                except ValueError:
+                    continue
+                if when > now:
+                    return when
+        return None
+
+    async def _deliver_row(
+        self,
+        session: Session,
+        paths: SessionPaths,
+        row: sqlite3.Row,
+        inb: sqlite3.Connection,
+        states: dict[str, sqlite3.Row],
+        now: datetime,
+    ) -> str | None:
+        """'delivered' / 'failed', or None when it waits for a retry."""
+        rid = row["id"]
+        try:
+            pm = await self.dispatch(session, paths, row, inb, now)
+        except ChannelUnavailable as exc:
+            st = states.get(rid)
+            first = parse_ts(st["first_seen"]) if st else now
+            if (now - first).total_seconds() >= UNAVAILABLE_TTL_S:
+                return self._fail(session, row, inb, f"no reader for {UNAVAILABLE_TTL_S:g} s", now)
+            self._record_attempt(
+                inb, rid, 0, now + timedelta(seconds=UNAVAILABLE_RETRY_S), str(exc), now
+            )
+            logger.info("message %s of session %s waits for a reader: %s", rid, session.id, exc)
+            return None
+        except Exception as exc:
+            permanent = isinstance(exc, DeliveryError) and exc.permanent
+            st = states.get(rid)
+            attempts = (int(st["attempts"]) if st else 0) + 1
+            if permanent or attempts >= MAX_DELIVERY_ATTEMPTS:
+                return self._fail(session, row, inb, str(exc) or type(exc).__name__, now)
+            self._record_attempt(inb, rid, 1, now + timedelta(seconds=backoff_s(attempts)),
+                                 str(exc), now)  # fmt: skip
+            logger.warning("delivery of %s (session %s) failed, attempt %d: %s",
+                           rid, session.id, attempts, exc)  # fmt: skip
+            return None
+        inb.execute(
+            "INSERT OR IGNORE INTO delivered (message_out_id, platform_message_id, status, "
+            "delivered_at) VALUES (?, ?, 'delivered', ?)",
+            (rid, pm, sqlite_ts(now)),
+        )
+        logger.info("delivered %s (session %s, seq %s) to %s:%s", rid, session.id, row["seq"],
+                    row["channel_type"], row["platform_id"])  # fmt: skip
+        return "delivered"
+
+    def _record_attempt(
+        self, inb: sqlite3.Connection, rid: str, inc: int, nxt: datetime, err: str, now: datetime
+    ) -> None:
+        inb.execute(
+            "INSERT INTO carapace_delivery (message_out_id, attempts, next_attempt, first_seen, "
+            "last_error) VALUES (?, ?, ?, ?, ?) ON CONFLICT(message_out_id) DO UPDATE SET "
+            "attempts=attempts+excluded.attempts, next_attempt=excluded.next_attempt, "
+            "last_error=excluded.last_error",
+            (rid, inc, iso(nxt), iso(now), err[:500]),
+        )
+
+    def _fail(
+        self, session: Session, row: sqlite3.Row, inb: sqlite3.Connection, err: str, now: datetime
+    ) -> str:
+        rid = row["id"]
+        inb.execute(
+            "INSERT OR IGNORE INTO delivered (message_out_id, platform_message_id, status, "
+            "delivered_at) VALUES (?, NULL, 'failed', ?)",
+            (rid, sqlite_ts(now)),
+        )
+        logger.error("delivery of %s (session %s) failed for good: %s", rid, session.id, err)
+        where = "another agent" if row["channel_type"] == "agent" else (
+            f"{row['channel_type']}:{row['platform_id']}" if row["channel_type"] else "(no address)"
+        )  # fmt: skip
+        if row["kind"] == "system":
+            where = "the host (system action)"
+        self.sessions.notify_agent(
+            session, f"Your message (seq {row['seq']}) to {where} could not be delivered: {err}",
+            now=now,
+        )  # fmt: skip
+        self.wake(session.id)
+        return "failed"
+
+    async def dispatch(
+        self,
+        session: Session,
+        paths: SessionPaths,
+        row: sqlite3.Row,
+        inb: sqlite3.Connection,
+        now: datetime,
+    ) -> str | None:
+        """Spec §4.3: one outbound row. Returns the platform message id (or None)."""
+        content = loads_or(row["content"], None)
+        if content is None:
+            raise DeliveryError("outbound content is not JSON", permanent=True)
+        if row["kind"] == "system":
+            if not isinstance(content, dict):
+                raise DeliveryError("system row content is not an object", permanent=True)
+            await self.actions.handle(session, content, inb, now)
+            return None
+        ct, pid, tid = row["channel_type"], row["platform_id"], row["thread_id"]
+        if ct == "agent":
+            await route_agent_message(self.db, self.sessions, session, row, inb, self.wake, now)
+            return None
+        if not ct or not pid:
+            raise DeliveryError("outbound row without channel_type/platform_id", permanent=True)
+        mg = self.db.execute(
+            "SELECT id FROM messaging_groups WHERE channel_type=? AND platform_id=?", (ct, pid)
+        ).fetchone()
+        if mg is None:
+            raise DeliveryError(f"unknown messaging group {ct}:{pid}", permanent=True)
+        if session.messaging_group_id != mg[0]:
+            allowed = self.db.execute(
+                "SELECT 1 FROM agent_destinations WHERE agent_group_id=? AND "
+                "target_type='channel' AND target_id=?",
+                (session.agent_group_id, mg[0]),
+            ).fetchone()
+            if allowed is None:
+                raise DeliveryError(f"unauthorized channel destination {ct}:{pid}", permanent=True)
+        adapter = self.adapters.get(ct)
+        if adapter is None:
+            raise DeliveryError(f"no channel adapter for {ct!r}")
+        if isinstance(content, dict):
+            op = content.get("operation")
+            if op == "edit" and hasattr(adapter, "edit"):
+                text = content.get("text") or content.get("markdown") or ""
+                await adapter.edit(pid, tid, str(content.get("messageId")), str(text))
+                return None
+            if op == "reaction" and hasattr(adapter, "react"):
+                await adapter.react(
+                    pid, tid, str(content.get("messageId")), str(content.get("emoji"))
+                )
+                return None
+            if (
+                content.get("type") == "ask_question"
+                and content.get("questionId")
+                and content.get("title")
+                and isinstance(content.get("options"), list)
+            ):
+                from carapace.host.questions import record_question  # approvals engine
+
+                content = record_question(
+                    self.db, session.id, row["id"], content, channel_type=ct, platform_id=pid,
+                    thread_id=tid, now=now,
+                )  # fmt: skip
+        files: list[OutboundFile] = []
+        if (
+            isinstance(content, dict)
+            and isinstance(content.get("files"), list)
+            and content["files"]
+        ):
+            files = read_outbox_files(paths, row["id"], content["files"])
+        msg = OutboundMessage(row["kind"], content, tuple(files), row["id"], row["in_reply_to"])
+        pm = await adapter.deliver(pid, tid, msg)
+        if isinstance(content, dict) and content.get("replyCode"):
+            from carapace.host.questions import question_delivered
+
+            question_delivered(self.db, str(content.get("questionId")), pm, now)
+        clear_outbox(paths, row["id"])
+        return pm
+
+
+async def gather_drains(delivery: Delivery, ids: list[str], now: Callable[[], datetime]) -> int:
+    results = await asyncio.gather(*(delivery.drain(i, now) for i in ids))
+    return sum(r.delivered for r in results)

@@ -1,0 +1,465 @@
+"""The ``Host``: one asyncio process wiring channels, router, sessions, runners, delivery
+and the sweep together (DESIGN §2). Also the Python API for tests (DESIGN §6)::
+
+    host = Host(home, clock=FakeClock(), channels=[FakeChannel()], backend=FakeBackend())
+    await host.start(background=False)        # no timers, no sockets: drive it by hand
+    await host.route(event); await host.deliver_once(); await host.sweep_once(now)
+
+Hooks for other modules: ``host.hooks.on_sweep_session(ctx)`` (recurrence, called once per
+swept session), ``host.router.on_sender_approval`` / ``on_channel_request`` (approvals),
+``host.actions.register(action, handler)`` (system actions).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import sqlite3
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import IO, Any
+
+from carapace.bootstrap import open_home
+from carapace.channels.base import ChannelAdapter, ChannelCallbacks, InboundEvent
+from carapace.config import Home, Settings
+from carapace.db.destinations import add_projection_hook, remove_projection_hook
+from carapace.db.projection import project_group
+from carapace.db.sessions import set_container_status
+from carapace.errors import ConfigError
+from carapace.host.actions import SystemActions
+from carapace.host.delivery import Delivery
+from carapace.host.pool import (
+    RunnerBackend,
+    RunnerExit,
+    RunnerPool,
+    RunnerSpec,
+    SubprocessBackend,
+    cleanup_orphans,
+)
+from carapace.host.recurrence import default_recurrence
+from carapace.host.router import Router, RouteResult
+from carapace.host.sessions import SessionManager
+from carapace.host.sweep import (
+    SLA_CHECK_S,
+    Claim,
+    SweepContext,
+    SweepReport,
+    container_state,
+    decide_stuck_action,
+    due_iso,
+    earliest,
+    heartbeat_at,
+    reset_claims,
+    scan_session,
+)
+from carapace.timefmt import Clock, SystemClock
+
+logger = logging.getLogger(__name__)
+
+SAFETY_TICK_S = 60.0
+SPAWN_BACKOFF_MAX_S = 300.0
+
+
+class HostRunning(ConfigError):
+    code = "host-running"
+
+
+@dataclass
+class HostHooks:
+    on_sweep_session: Any = default_recurrence  # Callable[[SweepContext], datetime | None]
+
+
+@dataclass
+class _SpawnHealth:
+    quick_exits: int = 0
+    not_before: datetime | None = None
+
+
+@dataclass
+class HostOptions:
+    sockets: bool = True  # cli.sock / ncl.sock (when a CLI channel is given / admin)
+    watch: bool = True
+    cleanup_orphans: bool = True
+    runner_env: dict[str, str] = field(default_factory=dict)
+
+
+class Host:
+    def __init__(
+        self,
+        home: Home,
+        *,
+        settings: Settings | None = None,
+        clock: Clock | None = None,
+        channels: Iterable[ChannelAdapter] = (),
+        backend: RunnerBackend | None = None,
+        hooks: HostHooks | None = None,
+        options: HostOptions | None = None,
+    ) -> None:
+        self.home = home
+        self.settings = settings or home.load_settings()
+        self.clock: Clock = clock or SystemClock()
+        self.options = options or HostOptions()
+        self.hooks = hooks or HostHooks()
+        self.db, self.migrations = open_home(home)
+        self.adapters: dict[str, ChannelAdapter] = {c.channel_type: c for c in channels}
+        self.sessions = SessionManager(home, self.db)
+        self.backend: RunnerBackend = backend or SubprocessBackend()
+        self.pool = RunnerPool(
+            self.backend, max_runners=self.settings.max_runners, prepare=self._prepare,
+            on_exit=self._on_exit, now=self.now,
+        )  # fmt: skip
+        self.actions = SystemActions(self.sessions, self.wake, admin=self._admin_call)
+        self.delivery = Delivery(self.db, self.sessions, self.adapters, self.actions, self.wake)
+        self.router = Router(self.db, self.sessions, self.adapters, self.wake)
+        self._health: dict[str, _SpawnHealth] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._sweep_event: asyncio.Event | None = None
+        self._stopped = asyncio.Event()
+        self._started = False
+        self._lock_fh: IO[str] | None = None
+        self._watcher: Any = None
+        self._admin_server: Any = None
+        self._hook = self._projection_hook
+
+    # ---------------------------------------------------------------- basics
+    def now(self) -> datetime:
+        return self.clock.now()
+
+    def _projection_hook(self, db: sqlite3.Connection, agent_group_id: str) -> None:
+        project_group(db, self.home.data_dir, agent_group_id)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("background task failed", exc_info=task.exception())
+
+    def wake(self, session_id: str) -> None:
+        h = self._health.get(session_id)
+        if h is not None and h.not_before is not None and h.not_before > self.now():
+            self.sessions.mark_work(session_id, due_iso(h.not_before) or "")
+            self._kick_sweep()
+            return
+        self.pool.wake(session_id)
+        self._kick_sweep()
+
+    def _kick_sweep(self) -> None:
+        if self._sweep_event is not None:
+            self._sweep_event.set()
+
+    # ---------------------------------------------------------------- lifecycle
+    def _acquire_lock(self) -> None:
+        self.home.data_dir.mkdir(parents=True, exist_ok=True)
+        fh = open(self.home.pid_file, "a+")  # noqa: SIM115 - held for the host's lifetime
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.close()
+            raise HostRunning(f"a host is already running for {self.home.root}")
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"{os.getpid()}\n")
+        fh.flush()
+        self._lock_fh = fh
+
+    async def start(self, *, background: bool = True) -> None:
+        """Take the home's lock, reap orphans, start channels, watcher, sweep and sockets.
+        ``background=False`` (tests): no timers or watchers; drive the passes by hand."""
+        self._acquire_lock()
+        if self.options.cleanup_orphans:
+            n = await asyncio.to_thread(cleanup_orphans, self.home.sessions_dir)
+            if n:
+                logger.warning("stopped %d orphan runner(s)", n)
+        self.db.execute(
+            "UPDATE sessions SET container_status='stopped' WHERE container_status != 'stopped'"
+        )
+        add_projection_hook(self._hook)
+        callbacks = ChannelCallbacks(on_inbound=self._on_inbound, on_ready=self._on_channel_ready)
+        for adapter in self.adapters.values():
+            await adapter.start(callbacks)
+        self._started = True
+        from carapace.host.approvals_host import install as install_approvals
+
+        install_approvals(self, background=background)
+        if background:
+            if self.options.watch:
+                self._start_watcher()
+            self._sweep_event = asyncio.Event()
+            self._spawn(self._sweep_loop())
+            if self.options.sockets:
+                from carapace.host.admin_server import AdminServer
+
+                self._admin_server = AdminServer(self)
+                await self._admin_server.start()
+        logger.info("host started for %s (backend %s)", self.home.root, self.backend.name)
+
+    async def stop(self) -> None:
+        if not self._started:
+            return
+        self._started = False
+        self._stopped.set()
+        if self._admin_server is not None:
+            await self._admin_server.stop()
+        for adapter in self.adapters.values():
+            with contextlib.suppress(Exception):
+                await adapter.stop()
+        await self.pool.stop_all("shutdown")
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(BaseException):
+                await task
+        self._stop_watcher()
+        remove_projection_hook(self._hook)
+        if self._lock_fh is not None:
+            self._lock_fh.close()
+            self._lock_fh = None
+        logger.info("host stopped")
+
+    def close(self) -> None:
+        self.db.close()
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
+
+    # ---------------------------------------------------------------- inbound
+    async def _on_inbound(self, event: InboundEvent) -> RouteResult:
+        return await self.route(event)
+
+    def _on_channel_ready(self, channel_type: str) -> None:
+        """A reader came back (e.g. a CLI client): retry every session with waiting rows."""
+        for sid in self.sessions.due_work(self.now() + timedelta(days=3650)):
+            self._spawn(self._drain(sid))
+
+    async def route(self, event: InboundEvent) -> RouteResult:
+        return await self.router.route(event, now=self.now())
+
+    # ---------------------------------------------------------------- delivery
+    async def _drain(self, session_id: str) -> int:
+        r = await self.delivery.drain(session_id, self.now)
+        if r.next_retry is not None:
+            self.sessions.mark_work(session_id, due_iso(r.next_retry) or "")
+            self._kick_sweep()
+        return r.delivered
+
+    async def deliver_once(self, session_id: str | None = None) -> int:
+        """One delivery pass over one session, or every session with work or a runner."""
+        if session_id is not None:
+            return await self._drain(session_id)
+        ids = set(self.sessions.due_work(self.now() + timedelta(days=3650)))
+        ids.update(self.pool.running)
+        total = 0
+        for sid in sorted(ids):
+            total += await self._drain(sid)
+        return total
+
+    def _on_outbound_change(self, session_id: str) -> None:
+        self._spawn(self._after_commit(session_id))
+
+    async def _after_commit(self, session_id: str) -> None:
+        await self._drain(session_id)
+        session = self.sessions.get(session_id)
+        if session is not None:
+            await asyncio.sleep(0)
+            scan_session(self.sessions.paths(session), self.now())  # ack sync at once
+
+    # ---------------------------------------------------------------- runners
+    def _prepare(self, session_id: str) -> RunnerSpec | None:
+        session = self.sessions.get(session_id)
+        if session is None or (session.status or "active") != "active":
+            return None
+        agent_dir = self.sessions.prepare_wake(session)
+        paths = self.sessions.paths(session)
+        with contextlib.suppress(FileNotFoundError):
+            paths.heartbeat.unlink()
+        set_container_status(self.db, session.id, "running")
+        self.db.execute(
+            "UPDATE sessions SET last_active=? WHERE id=?", (due_iso(self.now()), session.id)
+        )
+        if self._watcher is not None:
+            self._watch_session(paths.root)
+        self.sessions.mark_work(
+            session.id, due_iso(self.now() + timedelta(seconds=SLA_CHECK_S)) or ""
+        )
+        env = {"CARAPACE_TZ": self.settings.timezone, **self.options.runner_env}
+        cfg = self.db.execute(
+            "SELECT provider FROM container_configs WHERE agent_group_id=?",
+            (session.agent_group_id,),
+        ).fetchone()
+        provider = session.agent_provider or (cfg[0] if cfg and cfg[0] else None)
+        provider = provider or self.settings.default_provider
+        return RunnerSpec(session.id, session.agent_group_id, paths.root, agent_dir, provider,
+                          self.settings.runner_idle_exit_s, env)  # fmt: skip
+
+    def _on_exit(self, session_id: str, exit: RunnerExit) -> None:
+        session = self.sessions.get(session_id)
+        if session is None:
+            return
+        now = self.now()
+        with contextlib.suppress(sqlite3.Error):
+            set_container_status(self.db, session_id, "stopped")
+        count = exit.count_try or (exit.reason is None and exit.returncode != 0)
+        retried, failed = reset_claims(
+            self.sessions.paths(session), now, self.settings.max_tries, count_try=count
+        )
+        if retried or failed:
+            logger.warning("runner of session %s died holding %s; retried %s, failed %s",
+                           session_id, retried + failed, retried, failed)  # fmt: skip
+        h = self._health.setdefault(session_id, _SpawnHealth())
+        quick = (now - exit.started_at).total_seconds() < 5 and exit.returncode != 0
+        if quick and exit.reason is None:
+            h.quick_exits += 1
+            delay = min(SPAWN_BACKOFF_MAX_S, 2.0**h.quick_exits)
+            h.not_before = now + timedelta(seconds=delay)
+            logger.error("runner of session %s exited at once (code %s); next try in %.0f s",
+                         session_id, exit.returncode, delay)  # fmt: skip
+        elif exit.returncode == 0 or not quick:
+            self._health.pop(session_id, None)
+        if self._started:
+            self.sessions.mark_work(session_id, due_iso(h.not_before or now) or "")
+            self._kick_sweep()
+            self._on_outbound_change(session_id)
+
+    # ---------------------------------------------------------------- sweep
+    async def sweep_once(self, now: datetime | None = None) -> SweepReport:
+        when = now or self.now()
+        report = SweepReport()
+        for sid in self.sessions.due_work(when):
+            try:
+                await self.sweep_session(sid, when, report)
+            except Exception:
+                logger.exception("sweep of session %s failed", sid)
+                self.sessions.set_work(sid, due_iso(when + timedelta(seconds=SAFETY_TICK_S)))
+        return report
+
+    async def sweep_session(self, sid: str, now: datetime, report: SweepReport) -> None:
+        session = self.sessions.get(sid)
+        if session is None or (session.status or "active") != "active":
+            self.sessions.set_work(sid, None)
+            return
+        paths = self.sessions.paths(session)
+        if not paths.inbound.exists():
+            self.sessions.set_work(sid, None)
+            return
+        report.visited.append(sid)
+        running = self.pool.is_running(sid)
+        scan = scan_session(paths, now)
+        if not running and scan.claims:
+            retried, failed = reset_claims(paths, now, self.settings.max_tries, count_try=True)
+            report.reset.extend(retried)
+            report.failed.extend(failed)
+            scan = scan_session(paths, now)
+        started = self.pool.started_at(sid)
+        if running and started is not None:
+            live = [Claim(m, t) for m, t in scan.claims.items()
+                    if t is not None and t >= started - timedelta(seconds=1)]  # fmt: skip
+            action, mid = decide_stuck_action(
+                now, heartbeat_at(paths), container_state(paths), live
+            )
+            if action != "ok":
+                logger.warning("session %s: %s (message %s); stopping its runner", sid, action, mid)
+                report.killed.append((sid, action))
+                self._spawn(self.pool.stop(sid, action, count_try=True))
+            elif not scan.due_now and not scan.claims and self._idle(paths, started, now):
+                self._spawn(self.pool.stop(sid, "idle"))
+        h = self._health.get(sid)
+        blocked = h is not None and h.not_before is not None and h.not_before > now
+        if scan.due_now and not running and not blocked:
+            self.pool.wake(sid)
+            report.woken.append(sid)
+        hook_next = None
+        with contextlib.closing(self.sessions_inbound(paths)) as inb:
+            ctx = SweepContext(session, paths, inb, now, self.settings.timezone)
+            hook_next = self.hooks.on_sweep_session(ctx)
+        r = await self.delivery.drain(sid, lambda: now)
+        alive = self.pool.is_running(sid)
+        nxt = earliest(
+            scan.next_due, hook_next, r.next_retry,
+            now + timedelta(seconds=SLA_CHECK_S) if alive else None,
+            h.not_before if (blocked and h is not None and scan.due_now) else None,
+        )  # fmt: skip
+        self.sessions.set_work(sid, due_iso(nxt))
+
+    def sessions_inbound(self, paths: Any) -> sqlite3.Connection:
+        from carapace.db.session import open_inbound
+
+        return open_inbound(paths)
+
+    def _idle(self, paths: Any, started: datetime, now: datetime) -> bool:
+        limit = self.settings.runner_idle_exit_s
+        if not limit or limit <= 0:
+            return False
+        hb = heartbeat_at(paths)
+        last = max(started, hb) if hb is not None else started
+        return (now - last).total_seconds() > 2 * limit
+
+    async def _sweep_loop(self) -> None:
+        assert self._sweep_event is not None
+        while True:
+            try:
+                await self.sweep_once()
+            except Exception:
+                logger.exception("sweep pass failed")
+            nxt = self.sessions.next_work_due()
+            delay = SAFETY_TICK_S
+            if nxt:
+                from carapace.timefmt import parse_ts
+
+                delay = max(0.0, min(delay, (parse_ts(nxt) - self.now()).total_seconds()))
+            self._sweep_event.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._sweep_event.wait(), delay + 0.005)
+
+    # ---------------------------------------------------------------- watching
+    def _start_watcher(self) -> None:
+        try:
+            from carapace.watch import DirWatcher
+        except ImportError:  # pragma: no cover
+            logger.warning("carapace.watch missing; delivery falls back to the sweep")
+            return
+        self._watcher = DirWatcher(poll_interval=0.25)
+        fd = self._watcher.fileno()
+        if fd is not None:
+            asyncio.get_running_loop().add_reader(fd, self._on_watch)
+        else:
+            self._spawn(self._poll_watch())
+
+    def _watch_session(self, root: Any) -> None:
+        try:
+            self._watcher.add(root, names={"outbound.db", "outbound.db-journal"})
+        except Exception:
+            logger.exception("cannot watch %s", root)
+
+    def _on_watch(self) -> None:
+        for path in self._watcher.drain():
+            self._on_outbound_change(path.name if path.is_dir() else path.parent.name)
+
+    async def _poll_watch(self) -> None:
+        while True:
+            await asyncio.sleep(0.25)
+            self._on_watch()
+
+    def _stop_watcher(self) -> None:
+        if self._watcher is None:
+            return
+        fd = self._watcher.fileno()
+        if fd is not None:
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().remove_reader(fd)
+        self._watcher.close()
+        self._watcher = None
+
+    # ---------------------------------------------------------------- admin
+    async def _admin_call(self, frame: dict[str, Any], caller: dict[str, Any]) -> dict[str, Any]:
+        from carapace.host.admin_server import dispatch_in_thread
+
+        return await asyncio.to_thread(dispatch_in_thread, self, asyncio.get_running_loop(), frame,
+                                       caller)  # fmt: skip

@@ -1,0 +1,346 @@
+"""The runner pool: one runner process per active session, started through a backend.
+
+* ``RunnerBackend`` is the seam for sandboxes (``subprocess`` now; ``bwrap``/``docker``
+  later slot in by implementing ``start``). The pool never looks inside a handle beyond
+  ``pid``, ``wait`` and ``signal``.
+* A cap (``max_runners``) with a FIFO queue; spawning is awaited, never done inline.
+* Each session dir gets ``.runner.pid`` (``<pid> <start time>``) so orphans left by a
+  crashed host are reaped at the next start (spec §5.10, §7.8 item 3).
+* ``stop`` sends SIGTERM to the runner's process group, then SIGKILL after the grace.
+* Exits are reported to ``on_exit(session_id, RunnerExit)``; the host decides there
+  whether the exit costs the claimed messages a try (spec §11.1 item 4).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import sys
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Protocol
+
+logger = logging.getLogger(__name__)
+
+PID_FILE = ".runner.pid"
+LOG_FILE = ".runner.log"
+
+
+@dataclass(frozen=True)
+class RunnerSpec:
+    session_id: str
+    agent_group_id: str
+    session_dir: Path
+    agent_dir: Path
+    provider: str | None = None
+    idle_exit_s: float | None = None
+    env: dict[str, str] = field(default_factory=dict)
+
+
+class RunnerHandle(Protocol):
+    pid: int | None
+
+    async def wait(self) -> int: ...
+
+    def signal(self, sig: int) -> None: ...
+
+
+class RunnerBackend(Protocol):
+    name: str
+
+    async def start(self, spec: RunnerSpec) -> RunnerHandle: ...
+
+
+@dataclass(frozen=True)
+class RunnerExit:
+    returncode: int
+    reason: str | None  # None: the runner exited on its own (idle exit or crash)
+    count_try: bool
+    started_at: datetime
+
+
+def _pdeathsig() -> None:  # pragma: no cover - runs in the child
+    """Runners die with the host (Linux): no orphan keeps working after a host crash."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+
+
+def proc_start_time(pid: int) -> str | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+class _ProcHandle:
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.pid: int | None = proc.pid
+
+    async def wait(self) -> int:
+        return await self.proc.wait()
+
+    def signal(self, sig: int) -> None:
+        if self.proc.returncode is not None:
+            return
+        try:
+            os.killpg(self.proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            self.proc.send_signal(sig)
+
+
+class SubprocessBackend:
+    """No isolation: ``python -m carapace.runner`` as a child process (development, tests)."""
+
+    name = "subprocess"
+
+    def __init__(self, module: str = "carapace.runner", python: str | None = None) -> None:
+        self.module = module
+        self.python = python or sys.executable
+
+    def argv(self, spec: RunnerSpec) -> list[str]:
+        argv = [self.python, "-m", self.module, "--session-dir", str(spec.session_dir),
+                "--agent-dir", str(spec.agent_dir)]  # fmt: skip
+        if spec.provider:
+            argv += ["--provider", spec.provider]
+        if spec.idle_exit_s is not None:
+            argv += ["--idle-exit", f"{spec.idle_exit_s:g}"]
+        return argv
+
+    async def start(self, spec: RunnerSpec) -> RunnerHandle:
+        env = {**os.environ, **spec.env}
+        log = open(spec.session_dir / LOG_FILE, "ab")  # noqa: SIM115 - handed to the child
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *self.argv(spec),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=log,
+                env=env,
+                cwd=str(spec.agent_dir),
+                start_new_session=True,
+                preexec_fn=_pdeathsig if sys.platform.startswith("linux") else None,
+            )
+        finally:
+            log.close()
+        return _ProcHandle(proc)
+
+
+@dataclass
+class _Running:
+    handle: RunnerHandle
+    started_at: datetime
+    stop_reason: str | None = None
+    count_try: bool = False
+    waiter: asyncio.Task[None] | None = None
+
+
+class RunnerPool:
+    def __init__(
+        self,
+        backend: RunnerBackend,
+        *,
+        max_runners: int,
+        prepare: Callable[[str], RunnerSpec | None],
+        on_exit: Callable[[str, RunnerExit], None],
+        on_started: Callable[[str], None] = lambda sid: None,
+        now: Callable[[], datetime],
+        grace_s: float = 1.0,
+    ) -> None:
+        self.backend = backend
+        self.max_runners = max(1, max_runners)
+        self.prepare = prepare
+        self.on_exit = on_exit
+        self.on_started = on_started
+        self.now = now
+        self.grace_s = grace_s
+        self.running: dict[str, _Running] = {}
+        self._spawning: dict[str, asyncio.Task[bool]] = {}
+        self._queue: deque[str] = deque()
+        self._closed = False
+        self.spawn_count = 0
+
+    def is_running(self, session_id: str) -> bool:
+        return session_id in self.running or session_id in self._spawning
+
+    def started_at(self, session_id: str) -> datetime | None:
+        r = self.running.get(session_id)
+        return None if r is None else r.started_at
+
+    def queued(self) -> list[str]:
+        return list(self._queue)
+
+    def wake(self, session_id: str) -> None:
+        """Make sure a runner runs (or is queued) for the session. Never blocks."""
+        if self._closed or self.is_running(session_id) or session_id in self._queue:
+            return
+        if len(self.running) + len(self._spawning) >= self.max_runners:
+            logger.info("runner cap %d reached; session %s queued", self.max_runners, session_id)
+            self._queue.append(session_id)
+            return
+        self._spawning[session_id] = asyncio.get_running_loop().create_task(
+            self._spawn(session_id), name=f"spawn-{session_id}"
+        )
+
+    async def wake_and_wait(self, session_id: str) -> bool:
+        self.wake(session_id)
+        task = self._spawning.get(session_id)
+        if task is not None:
+            return await task
+        return session_id in self.running
+
+    async def _spawn(self, session_id: str) -> bool:
+        try:
+            spec = self.prepare(session_id)
+            if spec is None:
+                return False
+            pidfile = spec.session_dir / PID_FILE
+            handle = await self.backend.start(spec)
+            run = _Running(handle, self.now())
+            self.running[session_id] = run
+            self.spawn_count += 1
+            if handle.pid is not None:
+                with contextlib.suppress(OSError):
+                    pidfile.write_text(f"{handle.pid} {proc_start_time(handle.pid) or ''}\n")
+            run.waiter = asyncio.get_running_loop().create_task(
+                self._watch(session_id, run, pidfile)
+            )
+            logger.info(
+                "runner started for session %s (backend %s, pid %s)",
+                session_id, self.backend.name, handle.pid,
+            )  # fmt: skip
+            self.on_started(session_id)
+            return True
+        except Exception:
+            logger.exception("runner spawn failed for session %s; the sweep will retry", session_id)
+            return False
+        finally:
+            self._spawning.pop(session_id, None)
+
+    async def _watch(self, session_id: str, run: _Running, pidfile: Path) -> None:
+        code = await run.handle.wait()
+        self.running.pop(session_id, None)
+        with contextlib.suppress(OSError):
+            pidfile.unlink()
+        logger.info(
+            "runner for session %s exited (code %s, reason %s)",
+            session_id, code, run.stop_reason or "own",
+        )  # fmt: skip
+        try:
+            self.on_exit(
+                session_id, RunnerExit(code, run.stop_reason, run.count_try, run.started_at)
+            )
+        except Exception:
+            logger.exception("exit handling failed for session %s", session_id)
+        self._next_from_queue()
+
+    def _next_from_queue(self) -> None:
+        while self._queue and not self._closed:
+            if len(self.running) + len(self._spawning) >= self.max_runners:
+                return
+            self.wake(self._queue.popleft())
+
+    async def stop(self, session_id: str, reason: str, *, count_try: bool = False) -> bool:
+        """SIGTERM the runner's group, SIGKILL after the grace period; waits for the exit."""
+        if session_id in self._queue:
+            self._queue.remove(session_id)
+        spawning = self._spawning.get(session_id)
+        if spawning is not None:
+            await spawning
+        run = self.running.get(session_id)
+        if run is None:
+            return False
+        run.stop_reason = run.stop_reason or reason
+        run.count_try = run.count_try or count_try
+        run.handle.signal(signal.SIGTERM)
+        waiter = run.waiter
+        if waiter is None:
+            return True
+        try:
+            await asyncio.wait_for(asyncio.shield(waiter), self.grace_s)
+        except TimeoutError:
+            run.handle.signal(signal.SIGKILL)
+            await waiter
+        return True
+
+    async def stop_all(self, reason: str = "shutdown") -> None:
+        self._closed = True
+        self._queue.clear()
+        await asyncio.gather(*(self.stop(sid, reason) for sid in list(self.running)))
+
+
+def cleanup_orphans(sessions_dir: Path, grace_s: float = 1.0) -> int:
+    """Stop runners recorded in ``.runner.pid`` files whose process still lives (blocking;
+    call it through ``asyncio.to_thread``). Returns how many were stopped."""
+    stopped = 0
+    for pidfile in sessions_dir.glob(f"*/*/{PID_FILE}"):
+        try:
+            pid_s, _, start = pidfile.read_text().strip().partition(" ")
+            pid = int(pid_s)
+        except (OSError, ValueError):
+            continue
+        if proc_start_time(pid) is not None and proc_start_time(pid) == (start or None):
+            logger.warning("stopping orphan runner pid %d (%s)", pid, pidfile.parent.name)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGTERM)
+            deadline = time.monotonic() + grace_s
+            while time.monotonic() < deadline and proc_start_time(pid) is not None:
+                time.sleep(0.02)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
+            stopped += 1
+        with contextlib.suppress(OSError):
+            pidfile.unlink()
+    return stopped
+
+
+@dataclass
+class FakeHandle:
+    pid: int | None = None
+    _done: asyncio.Event = field(default_factory=asyncio.Event)
+    code: int = 0
+    signals: list[int] = field(default_factory=list)
+
+    async def wait(self) -> int:
+        await self._done.wait()
+        return self.code
+
+    def signal(self, sig: int) -> None:
+        self.signals.append(sig)
+        self.exit(-sig)
+
+    def exit(self, code: int = 0) -> None:
+        self.code = code
+        self._done.set()
+
+
+@dataclass
+class FakeBackend:
+    """Records wakes; runs nothing (spec/nanoclaw-tests.md seam S3)."""
+
+    name: str = "fake"
+    fail: bool = False
+    started: list[RunnerSpec] = field(default_factory=list)
+    handles: dict[str, FakeHandle] = field(default_factory=dict)
+
+    async def start(self, spec: RunnerSpec) -> RunnerHandle:
+        if self.fail:
+            raise OSError("fake backend: spawn refused")
+        self.started.append(spec)
+        handle = FakeHandle()
+        self.handles[spec.session_id] = handle
+        return handle

@@ -1,0 +1,246 @@
+"""The session manager: find-or-create sessions, write inbound rows, prepare a wake.
+
+Spec/host.md §3.7–3.8 and §4.5. Find-or-create runs in one ``BEGIN IMMEDIATE`` on the
+central DB, so two routers (or a router and the admin thread) never create two sessions
+for one key. ``agent-shared`` sessions are keyed ``(agent group, NULL chat, NULL thread)``
+and never merge into a chat's ``shared``/``per-thread`` session (fixes §11.1 item 14).
+
+The work index ``carapace_session_work`` (central, migration ``carapace-session-work``)
+lists the sessions that may have due or in-flight work with the time they are next due; the
+sweep visits only those rows (fixes §11.4 item 34).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import os
+import sqlite3
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from carapace.config import Home
+from carapace.db import groups
+from carapace.db.connection import has_table, transaction
+from carapace.db.projection import write_destinations, write_routing
+from carapace.db.session import (
+    SessionPaths,
+    init_session_folder,
+    insert_message_in,
+    open_inbound,
+    peek_max_seq,
+)
+from carapace.db.sessions import Session, create_session, find_session, get_session
+from carapace.jsonutil import dumps, loads_or
+from carapace.timefmt import iso, new_id, sqlite_ts
+
+logger = logging.getLogger(__name__)
+
+MAX_ATTACHMENT_BYTES = 25 * 1024 * 1024
+_MIME_EXT = {
+    "image/jpeg": "jpg", "image/png": "png", "image/gif": "gif", "image/webp": "webp",
+    "application/pdf": "pdf", "text/plain": "txt", "audio/ogg": "ogg", "audio/mpeg": "mp3",
+    "video/mp4": "mp4", "application/json": "json", "text/csv": "csv",
+}  # fmt: skip
+_TYPE_EXT = {"image": "jpg", "photo": "jpg", "sticker": "webp", "voice": "ogg", "audio": "mp3",
+             "video": "mp4", "animation": "mp4"}  # fmt: skip
+
+WORK_TABLE_SQL = (
+    "CREATE TABLE IF NOT EXISTS carapace_session_work ("
+    "session_id TEXT PRIMARY KEY, next_due TEXT NOT NULL)"
+)
+
+
+def safe_name(name: str) -> bool:
+    """NanoClaw's ``isSafeAttachmentName``: a plain basename."""
+    return bool(name) and name not in (".", "..") and not any(c in name for c in "/\\\0")
+
+
+class SessionManager:
+    def __init__(self, home: Home, db: sqlite3.Connection) -> None:
+        self.home = home
+        self.db = db
+        if not has_table(db, "carapace_session_work"):
+            db.execute(WORK_TABLE_SQL)  # a DB migrated before the migration existed
+
+    def paths(self, session: Session) -> SessionPaths:
+        return SessionPaths.of(self.home.data_dir, session.agent_group_id, session.id)
+
+    def get(self, session_id: str) -> Session | None:
+        return get_session(self.db, session_id)
+
+    def resolve(
+        self,
+        agent_group_id: str,
+        messaging_group_id: str | None,
+        thread_id: str | None,
+        mode: str,
+        *,
+        now: datetime,
+    ) -> tuple[Session, bool]:
+        """The active session for this key, created (folder and DBs too) when missing."""
+        if mode == "agent-shared":
+            mg_key, thread_key = None, None
+        elif mode == "per-thread":
+            mg_key, thread_key = messaging_group_id, thread_id
+        else:
+            mg_key, thread_key = messaging_group_id, None
+        with transaction(self.db):
+            found = find_session(self.db, agent_group_id, mg_key, thread_key)
+            if found is not None:
+                created = False
+                session = found
+            else:
+                session = create_session(self.db, agent_group_id, mg_key, thread_key, now=now)
+                created = True
+        paths = self.paths(session)
+        if created or not paths.inbound.exists():
+            init_session_folder(paths)
+            logger.info("session %s created for agent group %s", session.id, agent_group_id)
+        return session, created
+
+    def write_message(
+        self, session: Session, row: dict[str, Any], *, now: datetime, due: str | None = None
+    ) -> int | None:
+        """Insert one ``messages_in`` row (even seq); None when the id exists already."""
+        paths = self.paths(session)
+        row = dict(row)
+        if "content" in row and isinstance(row["content"], str):
+            row["content"] = self.extract_attachments(paths, str(row["id"]), row["content"], now)
+        row.setdefault("series_id", row["id"])
+        conn = open_inbound(paths)
+        try:
+            if conn.execute("SELECT 1 FROM messages_in WHERE id=?", (row["id"],)).fetchone():
+                return None
+            other = peek_max_seq(paths.outbound, "messages_out")
+            try:
+                seq = insert_message_in(conn, row, other_max=other)
+            except sqlite3.IntegrityError:
+                return None
+        finally:
+            conn.close()
+        self.db.execute("UPDATE sessions SET last_active=? WHERE id=?", (iso(now), session.id))
+        self.mark_work(session.id, due or iso(now))
+        return seq
+
+    def notify_agent(
+        self, session: Session, text: str, *, now: datetime, prefix: str = "sys"
+    ) -> str:
+        """A host/system note to the agent (spec §2.10): kind chat, channel agent, trigger 1."""
+        mid = new_id(prefix, now)
+        self.write_message(
+            session,
+            {
+                "id": mid, "kind": "chat", "timestamp": iso(now),
+                "platform_id": session.agent_group_id, "channel_type": "agent",
+                "thread_id": None,
+                "content": dumps({"text": text, "sender": "system", "senderId": "system"}),
+            },
+            now=now,
+        )  # fmt: skip
+        return mid
+
+    def mark_work(self, session_id: str, next_due: str) -> None:
+        """Put the session in the sweep's work index, due no later than ``next_due``."""
+        self.db.execute(
+            "INSERT INTO carapace_session_work (session_id, next_due) VALUES (?, ?) "
+            "ON CONFLICT(session_id) DO UPDATE SET next_due=MIN(next_due, excluded.next_due)",
+            (session_id, next_due),
+        )
+
+    def set_work(self, session_id: str, next_due: str | None) -> None:
+        if next_due is None:
+            self.db.execute("DELETE FROM carapace_session_work WHERE session_id=?", (session_id,))
+        else:
+            self.db.execute(
+                "INSERT INTO carapace_session_work (session_id, next_due) VALUES (?, ?) "
+                "ON CONFLICT(session_id) DO UPDATE SET next_due=excluded.next_due",
+                (session_id, next_due),
+            )
+
+    def due_work(self, now: datetime) -> list[str]:
+        rows = self.db.execute(
+            "SELECT session_id FROM carapace_session_work WHERE next_due <= ? ORDER BY next_due",
+            (iso(now),),
+        )
+        return [r[0] for r in rows]
+
+    def next_work_due(self) -> str | None:
+        row = self.db.execute("SELECT MIN(next_due) FROM carapace_session_work").fetchone()
+        return None if row is None else row[0]
+
+    def prepare_wake(self, session: Session) -> Path:
+        """Before each spawn: destinations + routing projections and ``container.json``.
+        Returns the agent group folder."""
+        write_destinations(self.db, self.home.data_dir, session)
+        write_routing(self.db, self.home.data_dir, session)
+        group = groups.get_agent_group(self.db, session.agent_group_id)
+        if group is None:
+            raise LookupError(f"agent group {session.agent_group_id} is gone")
+        agent_dir = self.home.group_dir(group.folder)
+        agent_dir.mkdir(parents=True, exist_ok=True)
+        cfg = groups.get_container_config(self.db, group.id) or groups.ContainerConfig(group.id)
+        doc = cfg.to_json()
+        doc.update({"groupName": group.name, "agentGroupId": group.id})
+        doc["assistantName"] = doc.get("assistantName") or group.name
+        if session.agent_provider:
+            doc["provider"] = session.agent_provider
+        doc = {k: v for k, v in doc.items() if v is not None}
+        tmp = agent_dir / ".container.json.tmp"
+        tmp.write_text(dumps(doc), encoding="utf-8")
+        os.replace(tmp, agent_dir / "container.json")
+        return agent_dir
+
+    def extract_attachments(
+        self, paths: SessionPaths, message_id: str, content: str, now: datetime
+    ) -> str:
+        """Decode base64 ``data`` of attachments into ``inbox/<message id>/`` (spec §3.8)."""
+        doc = loads_or(content, None)
+        if not isinstance(doc, dict) or not isinstance(doc.get("attachments"), list):
+            return content
+        if not safe_name(message_id):
+            return content
+        changed = False
+        inbox = paths.inbox
+        for att in doc["attachments"]:
+            if not isinstance(att, dict) or not isinstance(att.get("data"), str):
+                continue
+            try:
+                data = base64.b64decode(att["data"], validate=False)
+            except (binascii.Error, ValueError):
+                continue
+            if len(data) > MAX_ATTACHMENT_BYTES:
+                logger.warning("attachment over size limit dropped (message %s)", message_id)
+                att.pop("data", None)
+                changed = True
+                continue
+            name = att.get("name") if isinstance(att.get("name"), str) else ""
+            ms = int(now.timestamp() * 1000)
+            if not name:
+                ext = _MIME_EXT.get(str(att.get("mimeType"))) or _TYPE_EXT.get(str(att.get("type")))
+                name = f"attachment-{ms}" + (f".{ext}" if ext else "")
+            if not safe_name(name):
+                name = f"attachment-{ms}"
+            target_dir = inbox / message_id
+            if target_dir.is_symlink() or (target_dir.exists() and not target_dir.is_dir()):
+                continue
+            target_dir.mkdir(parents=True, exist_ok=True)
+            if not str(target_dir.resolve()).startswith(str(inbox.resolve()) + os.sep):
+                continue
+            try:
+                with open(target_dir / name, "xb") as fh:
+                    fh.write(data)
+            except FileExistsError:
+                logger.warning("attachment %s exists; skipped (message %s)", name, message_id)
+                continue
+            att["name"] = name
+            att["localPath"] = f"inbox/{message_id}/{name}"
+            del att["data"]
+            changed = True
+        return dumps(doc) if changed else content
+
+
+def sqlite_due(when: datetime) -> str:
+    return sqlite_ts(when)

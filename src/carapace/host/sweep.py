@@ -1,0 +1,252 @@
+"""The sweep: ack sync, due wakes, stuck/idle stops, retries, recurrence hook (spec §5).
+
+Visits only the sessions in the work index (``carapace_session_work``) whose ``next_due``
+has come; after a visit the session's next due time is recomputed (earliest future
+``process_after``, the next SLA check while a runner lives, a delivery retry) or the
+session leaves the index when nothing is pending. The host arms one timer for the
+earliest ``next_due``; no 60 s tick is needed for correctness.
+
+Deviations from NanoClaw (docs/compat.md):
+* ``failed`` acks stay ``failed`` (§11.1 item 5).
+* ``kind='system'`` rows never count as due (§11.1 item 3).
+* Stale claims of a dead runner are reset (a try counted) *before* a new runner is woken,
+  and claims older than the current runner are ignored by the stuck check (§11.1 4/4b).
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal, Protocol
+
+from carapace.db.connection import connect, has_table
+from carapace.db.session import SessionPaths, heartbeat_mtime, open_inbound
+from carapace.db.sessions import Session
+from carapace.timefmt import iso, parse_ts, sqlite_ts
+
+logger = logging.getLogger(__name__)
+
+ABSOLUTE_CEILING_S = 30 * 60.0
+CLAIM_STUCK_S = 60.0
+BACKOFF_BASE_S = 5.0
+SLA_CHECK_S = 30.0
+
+StuckAction = Literal["ok", "kill-ceiling", "kill-claim"]
+
+
+@dataclass(frozen=True)
+class Claim:
+    message_id: str
+    claimed_at: datetime | None
+
+
+def decide_stuck_action(
+    now: datetime,
+    heartbeat: datetime | None,
+    container_state: dict[str, Any] | None,
+    claims: list[Claim],
+) -> tuple[StuckAction, str | None]:
+    """Spec §5.4, pure. ``heartbeat`` None = no heartbeat file (a fresh runner)."""
+    bash_s = 0.0
+    if container_state and container_state.get("current_tool") == "Bash":
+        ms = container_state.get("tool_declared_timeout_ms")
+        if isinstance(ms, int | float):
+            bash_s = float(ms) / 1000.0
+    if heartbeat is not None:
+        age = (now - heartbeat).total_seconds()
+        if age > max(ABSOLUTE_CEILING_S, bash_s):
+            return "kill-ceiling", None
+    tolerance = max(CLAIM_STUCK_S, bash_s)
+    for c in claims:
+        if c.claimed_at is None:
+            continue
+        if (now - c.claimed_at).total_seconds() <= tolerance:
+            continue
+        if heartbeat is not None and heartbeat > c.claimed_at:
+            continue
+        return "kill-claim", c.message_id
+    return "ok", None
+
+
+def retry_backoff_s(tries: int) -> float:
+    """5, 10, 20, 40, 80 s for tries 0..4."""
+    return BACKOFF_BASE_S * float(2**tries)
+
+
+@dataclass
+class SweepContext:
+    """What the per-session hook gets (the scheduling engineer's seam)."""
+
+    session: Session
+    paths: SessionPaths
+    inbound: sqlite3.Connection
+    now: datetime
+    timezone: str
+
+
+class SweepHooks(Protocol):
+    def on_sweep_session(self, ctx: SweepContext) -> datetime | None:
+        """Called once per swept session (recurrence). Returns when it next needs the session."""
+        ...
+
+
+@dataclass
+class SweepReport:
+    visited: list[str] = field(default_factory=list)
+    woken: list[str] = field(default_factory=list)
+    killed: list[tuple[str, str]] = field(default_factory=list)
+    reset: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+
+
+def _ts(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    try:
+        return parse_ts(value)
+    except ValueError:
+        return None
+
+
+def ack_sync(inb: sqlite3.Connection, out: sqlite3.Connection) -> dict[str, datetime | None]:
+    """Copy terminal acks of *pending* rows into ``messages_in``; return open claims."""
+    pending = [r[0] for r in inb.execute("SELECT id FROM messages_in WHERE status='pending'")]
+    claims: dict[str, datetime | None] = {}
+    if not pending or not has_table(out, "processing_ack"):
+        return claims
+    for i in range(0, len(pending), 500):
+        chunk = pending[i : i + 500]
+        marks = ",".join("?" for _ in chunk)
+        for r in out.execute(
+            f"SELECT message_id, status, status_changed FROM processing_ack "
+            f"WHERE message_id IN ({marks})",
+            chunk,
+        ):
+            if r[1] in ("completed", "failed"):
+                inb.execute(
+                    "UPDATE messages_in SET status=? WHERE id=? AND status='pending'", (r[1], r[0])
+                )
+            elif r[1] == "processing":
+                claims[r[0]] = _ts(r[2])
+    return claims
+
+
+def reset_claims(
+    paths: SessionPaths, now: datetime, max_tries: int, *, count_try: bool
+) -> tuple[list[str], list[str]]:
+    """A runner died holding claims: bump tries with backoff (or fail at the limit) and
+    delete the stale claims. Only call when no runner lives (the host then may write
+    ``outbound.db``). Returns (retried ids, failed ids)."""
+    if not paths.outbound.exists():
+        return [], []
+    out = connect(paths.outbound, "session")
+    inb = open_inbound(paths)
+    retried: list[str] = []
+    failed: list[str] = []
+    try:
+        if not has_table(out, "processing_ack"):
+            return [], []
+        ids = [r[0] for r in out.execute(
+            "SELECT message_id FROM processing_ack WHERE status='processing'")]  # fmt: skip
+        for mid in ids if count_try else []:
+            row = inb.execute(
+                "SELECT tries, process_after FROM messages_in WHERE id=? AND status='pending'",
+                (mid,),
+            ).fetchone()
+            if row is None:
+                continue
+            after = _ts(row[1])
+            if after is not None and after > now:
+                continue
+            tries = int(row[0] or 0)
+            if tries >= max_tries:
+                inb.execute("UPDATE messages_in SET status='failed' WHERE id=?", (mid,))
+                failed.append(mid)
+                logger.error("message %s failed after %d tries", mid, tries)
+            else:
+                due = now + timedelta(seconds=retry_backoff_s(tries))
+                inb.execute(
+                    "UPDATE messages_in SET tries=tries+1, process_after=? WHERE id=?",
+                    (sqlite_ts(due), mid),
+                )
+                retried.append(mid)
+                logger.warning("message %s retried in %.0f s (try %d)", mid,
+                               retry_backoff_s(tries), tries + 1)  # fmt: skip
+        out.execute("DELETE FROM processing_ack WHERE status='processing'")
+    finally:
+        out.close()
+        inb.close()
+    return retried, failed
+
+
+@dataclass
+class SessionScan:
+    due_now: bool
+    next_due: datetime | None
+    claims: dict[str, datetime | None]
+
+
+def scan_session(paths: SessionPaths, now: datetime) -> SessionScan:
+    """Ack sync + the due computation for one session (opens and closes its DBs)."""
+    inb = open_inbound(paths)
+    try:
+        claims: dict[str, datetime | None] = {}
+        if paths.outbound.exists():
+            try:
+                out = connect(paths.outbound, "session", readonly=True)
+            except sqlite3.Error:
+                out = None
+            if out is not None:
+                try:
+                    claims = ack_sync(inb, out)
+                finally:
+                    out.close()
+        due_now, next_due = False, None
+        for r in inb.execute(
+            "SELECT process_after FROM messages_in WHERE status='pending' AND trigger=1 "
+            "AND kind != 'system'"
+        ):
+            after = _ts(r[0])
+            if after is None or after <= now:
+                due_now = True
+            elif next_due is None or after < next_due:
+                next_due = after
+        return SessionScan(due_now, next_due, claims)
+    finally:
+        inb.close()
+
+
+def container_state(paths: SessionPaths) -> dict[str, Any] | None:
+    try:
+        out = connect(paths.outbound, "session", readonly=True)
+    except sqlite3.Error:
+        return None
+    try:
+        if not has_table(out, "container_state"):
+            return None
+        row = out.execute("SELECT * FROM container_state WHERE id=1").fetchone()
+        return dict(row) if row else None
+    finally:
+        out.close()
+
+
+def heartbeat_at(paths: SessionPaths) -> datetime | None:
+    mtime = heartbeat_mtime(paths)
+    if not mtime:
+        return None
+    return datetime.fromtimestamp(mtime, tz=UTC)
+
+
+AsyncStop = Callable[[str, str, bool], Awaitable[Any]]
+
+
+def earliest(*values: datetime | None) -> datetime | None:
+    present = [v for v in values if v is not None]
+    return min(present) if present else None
+
+
+def due_iso(when: datetime | None) -> str | None:
+    return None if when is None else iso(when)

@@ -1,0 +1,210 @@
+"""Routing table: engage modes × sender policies × session modes (spec §3, §6 scenarios)."""
+
+from __future__ import annotations
+
+import pytest
+
+from carapace.channels.fake import make_event
+from carapace.db.dropped import list_dropped
+from carapace.db.users import get_user
+from conftest import Rig
+
+
+def test_round_trip_row_shape(rig: Rig) -> None:
+    ag = rig.agent()
+    mg = rig.chat("chan-123", is_group=True)
+    rig.wire(mg, ag)
+    res = rig.run(rig.host.route(make_event("What is 2+2?", platform_id="chan-123", id="m1")))
+    assert [r.message_id for r in res.routed] == [f"m1:{ag}"]
+    [s] = rig.sessions()
+    assert (s.agent_group_id, s.messaging_group_id, s.thread_id) == (ag, mg, None)
+    [row] = rig.inbound(s)
+    assert row["seq"] == 2 and row["kind"] == "chat" and row["trigger"] == 1
+    assert row["series_id"] == row["id"] and row["channel_type"] == "fake"
+    rig.run(__import__("asyncio").sleep(0))
+    assert [sp.session_id for sp in rig.backend.started] == [s.id]
+    # the wake wrote the projections
+    assert rig.inbound(s, "SELECT channel_type, platform_id FROM session_routing") == [
+        {"channel_type": "fake", "platform_id": "chan-123"}
+    ]
+    assert rig.inbound(s, "SELECT name, type FROM destinations")[0]["type"] == "channel"
+    # the same platform message again is not stored twice
+    rig.run(rig.host.route(make_event("What is 2+2?", platform_id="chan-123", id="m1")))
+    assert len(rig.inbound(s)) == 1
+
+
+@pytest.mark.parametrize(
+    ("mode", "pattern", "text", "mention", "engaged"),
+    [
+        ("pattern", ".", "anything", None, True),
+        ("pattern", "^hey", "hey you", None, True),
+        ("pattern", "^hey", "you hey", None, False),
+        ("pattern", "(a+)+$", "aaaa", None, False),  # unsafe pattern: fail closed
+        ("mention", None, "hi", True, True),
+        ("mention", None, "hi", None, False),
+        ("mention-sticky", None, "hi", True, True),
+        ("mention-sticky", None, "hi", None, False),
+    ],
+)
+def test_engage_modes(rig: Rig, mode: str, pattern: str | None, text: str, mention: bool | None,
+                      engaged: bool) -> None:  # fmt: skip
+    ag = rig.agent()
+    mg = rig.chat()
+    rig.wire(mg, ag, engage_mode="mention")
+    if pattern is not None:
+        rig.db.execute("UPDATE messaging_group_agents SET engage_mode=?, engage_pattern=?",
+                       (mode, pattern))  # fmt: skip
+    else:
+        rig.db.execute("UPDATE messaging_group_agents SET engage_mode=?", (mode,))
+    res = rig.run(rig.host.route(make_event(text, is_mention=mention)))
+    assert bool(res.routed) is engaged
+    if not engaged:
+        [d] = list_dropped(rig.db)
+        assert d.reason == "no_agent_engaged" and d.user_id == "fake:u1"
+
+
+def test_mention_sticky_threads(rig: Rig) -> None:
+    ag = rig.agent()
+    mg = rig.chat("g", is_group=True, channel="threaded")
+    rig.wire(mg, ag, engage_mode="mention-sticky")
+    ev = lambda text, thread, mention=None: make_event(  # noqa: E731
+        text, channel_type="threaded", platform_id="g", thread_id=thread, is_mention=mention
+    )
+    assert rig.run(rig.host.route(ev("hi", "t1", True))).routed
+    assert rig.run(rig.host.route(ev("follow", "t1"))).routed
+    assert not rig.run(rig.host.route(ev("other", "t2"))).routed
+    assert [s.thread_id for s in rig.sessions()] == ["t1"]
+
+
+@pytest.mark.parametrize("policy", ["strict", "request_approval", "public"])
+def test_unknown_sender_policy(rig: Rig, policy: str) -> None:
+    ag = rig.agent()
+    mg = rig.chat(policy=policy)
+    rig.wire(mg, ag)
+    rig.user("fake:owner", role="owner")
+    res = rig.run(rig.host.route(make_event("hi", sender_id="stranger")))
+    assert get_user(rig.db, "fake:stranger") is not None
+    if policy == "public":
+        assert res.routed and not list_dropped(rig.db)
+        return
+    assert not res.routed and not rig.sessions()
+    [d] = list_dropped(rig.db)
+    assert d.reason == f"unknown_sender_{policy}" and d.message_count == 1  # not double counted
+    held = rig.db.execute("SELECT * FROM pending_sender_approvals").fetchall()
+    if policy == "strict":
+        assert held == []
+    else:
+        [row] = held
+        assert row["approver_user_id"] == "fake:owner"
+        assert "hi" in row["original_message"]  # the message is kept for the replay
+        rig.run(rig.host.route(make_event("again", sender_id="stranger")))
+        assert len(rig.db.execute("SELECT * FROM pending_sender_approvals").fetchall()) == 1
+        assert list_dropped(rig.db)[0].message_count == 2
+
+
+def test_strict_membership_and_roles(rig: Rig) -> None:
+    ag = rig.agent()
+    other = rig.agent("other")
+    mg = rig.chat(policy="strict")
+    rig.wire(mg, ag)
+    rig.user("fake:m", member_of=ag)
+    rig.user("fake:o", role="owner")
+    rig.user("fake:x")
+    from carapace.db.users import grant_role
+
+    grant_role(rig.db, "fake:x", "admin", other)
+    assert rig.run(rig.host.route(make_event("hi", sender_id="m"))).routed
+    assert rig.run(rig.host.route(make_event("hi", sender_id="o"))).routed
+    assert not rig.run(rig.host.route(make_event("hi", sender_id="x"))).routed
+
+
+def test_sender_scope_known_on_public_chat(rig: Rig) -> None:
+    ag = rig.agent()
+    mg = rig.chat(policy="public")
+    rig.wire(mg, ag, sender_scope="known")
+    assert not rig.run(rig.host.route(make_event("hi", sender_id="who"))).routed
+    rig.user("fake:who", member_of=ag)
+    assert rig.run(rig.host.route(make_event("hi", sender_id="who"))).routed
+
+
+def test_accumulate_only_for_senders_who_pass(rig: Rig) -> None:
+    ag = rig.agent()
+    mg = rig.chat(policy="strict")
+    rig.wire(mg, ag, engage_mode="mention", ignored_message_policy="accumulate")
+    rig.user("fake:m", member_of=ag)
+    res = rig.run(rig.host.route(make_event("chatter", sender_id="m")))
+    assert [r.trigger for r in res.routed] == [0]
+    assert rig.backend.started == []
+    stranger = rig.run(rig.host.route(make_event("inject", sender_id="evil")))
+    assert not stranger.routed
+    [s] = rig.sessions()
+    assert [r["trigger"] for r in rig.inbound(s)] == [0]
+    report = rig.run(rig.host.sweep_once())
+    assert report.woken == []
+
+
+def test_session_modes(rig: Rig) -> None:
+    ag = rig.agent()
+    g = rig.chat("g", is_group=True, channel="threaded")
+    rig.wire(g, ag, session_mode="shared")
+    for t in ("t1", "t2"):
+        rig.run(
+            rig.host.route(make_event("x", channel_type="threaded", platform_id="g", thread_id=t))
+        )
+    assert sorted(s.thread_id or "" for s in rig.sessions()) == ["t1", "t2"]
+    # non-threaded adapter: one session, thread dropped
+    ag2 = rig.agent("b")
+    mg = rig.chat("n")
+    rig.wire(mg, ag2, session_mode="per-thread")
+    for t in ("t1", "t2"):
+        rig.run(rig.host.route(make_event("x", platform_id="n", thread_id=t)))
+    s2 = [s for s in rig.sessions() if s.agent_group_id == ag2]
+    assert len(s2) == 1 and all(r["thread_id"] is None for r in rig.inbound(s2[0]))
+
+
+def test_agent_shared_does_not_merge_into_chat_sessions(rig: Rig) -> None:
+    ag = rig.agent()
+    a, b, c = rig.chat("a"), rig.chat("b"), rig.chat("c")
+    rig.wire(a, ag, session_mode="shared")
+    rig.wire(b, ag, session_mode="agent-shared")
+    rig.wire(c, ag, session_mode="agent-shared")
+    rig.run(rig.host.route(make_event("1", platform_id="a")))
+    rig.run(rig.host.route(make_event("2", platform_id="b")))
+    rig.run(rig.host.route(make_event("3", platform_id="c")))
+    ss = rig.sessions()
+    assert len(ss) == 2
+    shared = next(s for s in ss if s.messaging_group_id is None)
+    assert len(rig.inbound(shared)) == 2
+
+
+def test_fan_out_two_agents(rig: Rig) -> None:
+    a1, a2 = rig.agent("a1"), rig.agent("a2")
+    mg = rig.chat("chan", is_group=True, channel="threaded")
+    rig.wire(mg, a1, priority=1)
+    rig.wire(mg, a2)
+    res = rig.run(rig.host.route(make_event("m", channel_type="threaded", platform_id="chan",
+                                            thread_id="tf", id="m")))  # fmt: skip
+    assert [r.message_id for r in res.routed] == [f"m:{a1}", f"m:{a2}"]
+    assert len(rig.sessions()) == 2
+
+
+def test_unknown_chat_and_unwired_mention(rig: Rig) -> None:
+    rig.run(rig.host.route(make_event("plain", platform_id="new")))
+    assert rig.db.execute("SELECT COUNT(*) FROM messaging_groups").fetchone()[0] == 0
+    assert rig.db.execute("SELECT COUNT(*) FROM users").fetchone()[0] == 0
+    res = rig.run(rig.host.route(make_event("@bot", platform_id="new", is_mention=True)))
+    assert res.dropped_reason == "no_agent_wired"
+    assert list_dropped(rig.db)[0].reason == "no_agent_wired"
+
+
+def test_command_gate(rig: Rig) -> None:
+    ag = rig.agent()
+    mg = rig.chat()
+    rig.wire(mg, ag)
+    rig.user("fake:boss", role="owner")
+    assert not rig.run(rig.host.route(make_event("/help"))).routed
+    res = rig.run(rig.host.route(make_event("/clear")))
+    assert not res.routed and res.denied == "/clear"
+    assert rig.channel.texts() == ["Permission denied: /clear requires admin access."]
+    assert rig.run(rig.host.route(make_event("/clear", sender_id="boss"))).routed
+    assert rig.run(rig.host.route(make_event("/other"))).routed
