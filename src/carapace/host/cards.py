@@ -1,0 +1,445 @@
+"""Cards: the visible side of every pending decision, and a durable queue of its effects.
+
+Every pending decision (generic approval ``appr-…``, unknown sender ``nsa-…``, unknown
+channel = its messaging group id, agent question ``msg-…``) has one ``carapace_cards`` row:
+where its card is shown, a short reply code for channels without buttons, its status
+(``pending`` → ``approved``/``rejected``/``answered``/``expired``/``cancelled``) and its
+expiry. NanoClaw's own ``pending_*`` rows stay as NanoClaw writes them.
+
+Side effects that need the network (delivering a card, editing it, telling a clicker
+"not authorised", replaying a held message through the router) are rows of
+``carapace_card_effects``, written in the same transaction as the decision and run by
+``pump``; a host restart between a decision and its effects loses nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import sqlite3
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+from carapace.channels.base import ChannelUnavailable, InboundEvent, OutboundMessage
+from carapace.config import Home, Settings
+from carapace.db.approvals import normalize_options
+from carapace.db.central import from_row, from_rows
+from carapace.db.connection import transaction
+from carapace.host import access
+from carapace.jsonutil import dumps, loads_or
+from carapace.timefmt import iso, parse_ts
+
+logger = logging.getLogger(__name__)
+
+KINDS = ("approval", "sender", "channel", "question")
+TERMINAL = ("approved", "rejected", "answered", "expired", "cancelled")
+CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
+CODE_LEN = 4
+MAX_EFFECT_TRIES = 6
+UNAVAILABLE_RETRY_S = 5.0
+
+
+class Ctx(Protocol):
+    """What the approval code needs from its caller (the host, or the admin's context)."""
+
+    home: Home
+    db: sqlite3.Connection
+    settings: Settings
+
+    def now(self) -> datetime: ...
+
+    def restart_group(self, agent_group_id: str, message: str | None = None) -> int: ...
+
+    def wake_session(self, session_id: str) -> None: ...
+
+
+Replay = Callable[[InboundEvent], Awaitable[Any]]
+UndeliverableHook = Callable[[Ctx, "Card"], None]
+# kind → what to do when nobody can be reached for a card (set by the flow modules)
+UNDELIVERABLE: dict[str, UndeliverableHook] = {}
+# called after new effects are committed (the host's pump registers a thread-safe wake-up)
+KICKERS: list[Callable[[], None]] = []
+
+
+def kick() -> None:
+    """Tell the effect pump to look now (safe from any thread)."""
+    for k in list(KICKERS):
+        try:
+            k()
+        except RuntimeError:  # the loop is closed
+            pass
+
+
+@dataclass(frozen=True)
+class Card:
+    card_id: str
+    kind: str
+    code: str
+    agent_group_id: str | None
+    session_id: str | None
+    approver_user_id: str | None
+    candidates: str
+    origin_channel_type: str | None
+    title: str
+    question: str
+    options_json: str
+    channel_type: str | None
+    platform_id: str | None
+    thread_id: str | None
+    platform_message_id: str | None
+    status: str
+    created_at: str
+    expires_at: str | None
+    delivered_at: str | None
+    decided_at: str | None
+    decided_by: str | None
+    decision: str | None
+
+    @property
+    def options(self) -> list[dict[str, str]]:
+        value = loads_or(self.options_json, [])
+        return [o for o in value if isinstance(o, dict)] if isinstance(value, list) else []
+
+    def option(self, value: str) -> dict[str, str] | None:
+        return next((o for o in self.options if o.get("value") == value), None)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a click, a text reply or an operator decision did."""
+
+    id: str
+    kind: str
+    status: str  # approved | rejected | answered | pending | unauthorised | gone | invalid
+    message: str
+
+    @property
+    def applied(self) -> bool:
+        return self.status in ("approved", "rejected", "answered", "pending")
+
+    def to_json(self) -> dict[str, str]:
+        return {"id": self.id, "kind": self.kind, "status": self.status, "message": self.message}
+
+
+NOT_AUTHORISED = "You are not authorised to answer this."
+
+
+def _code(db: sqlite3.Connection) -> str:
+    for _ in range(200):
+        code = "".join(secrets.choice(CODE_ALPHABET) for _ in range(CODE_LEN))
+        if get_by_code(db, code) is None:
+            return code
+    return "".join(secrets.choice(CODE_ALPHABET) for _ in range(CODE_LEN + 2))
+
+
+def expiry(ctx: Ctx, now: datetime) -> datetime:
+    return now + timedelta(seconds=float(ctx.settings.approval_ttl_s))
+
+
+def create_card(
+    db: sqlite3.Connection,
+    card_id: str,
+    kind: str,
+    *,
+    title: str,
+    question: str,
+    options: list[Any],
+    now: datetime,
+    expires_at: datetime | None,
+    agent_group_id: str | None = None,
+    session_id: str | None = None,
+    candidates: list[str] | None = None,
+    origin_channel_type: str | None = None,
+    target: tuple[str, str, str | None] | None = None,
+    platform_message_id: str | None = None,
+    deliver: bool = True,
+) -> Card:
+    """A pending card (replacing a finished one with the same id) and its delivery effect.
+
+    ``candidates`` are approvers in preference order; the pump delivers to the first one it
+    can reach. ``target`` fixes the chat instead (questions, follow-up cards)."""
+    ct, pid, tid = target if target is not None else (None, None, None)
+    with transaction(db):
+        db.execute("DELETE FROM carapace_cards WHERE card_id=? AND status<>'pending'", (card_id,))
+        db.execute(
+            "INSERT INTO carapace_cards (card_id, kind, code, agent_group_id, session_id, "
+            "approver_user_id, candidates, origin_channel_type, title, question, options_json, "
+            "channel_type, platform_id, thread_id, platform_message_id, status, created_at, "
+            "expires_at, delivered_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?)",
+            (card_id, kind, _code(db), agent_group_id, session_id,
+             candidates[0] if candidates else None, dumps(candidates or []), origin_channel_type, title,
+             question, dumps(normalize_options(options)), ct, pid, tid, platform_message_id,
+             iso(now), iso(expires_at) if expires_at else None,
+             iso(now) if platform_message_id else None),
+        )  # fmt: skip
+        if deliver:
+            enqueue(db, "deliver_card", {}, card_id=card_id, now=now)
+    card = get_card(db, card_id)
+    assert card is not None
+    return card
+
+
+def get_card(db: sqlite3.Connection, card_id: str) -> Card | None:
+    row = db.execute("SELECT * FROM carapace_cards WHERE card_id=?", (card_id,)).fetchone()
+    return from_row(Card, row)
+
+
+def get_by_code(db: sqlite3.Connection, code: str) -> Card | None:
+    row = db.execute(
+        "SELECT * FROM carapace_cards WHERE code=? ORDER BY status<>'pending', created_at DESC "
+        "LIMIT 1",
+        (code.upper(),),
+    ).fetchone()
+    return from_row(Card, row)
+
+
+def pending_cards(db: sqlite3.Connection) -> list[Card]:
+    rows = db.execute(
+        "SELECT * FROM carapace_cards WHERE status='pending' ORDER BY created_at, card_id"
+    ).fetchall()
+    return from_rows(Card, rows)
+
+
+def expired_cards(db: sqlite3.Connection, now: datetime) -> list[Card]:
+    rows = db.execute(
+        "SELECT * FROM carapace_cards WHERE status='pending' AND expires_at IS NOT NULL "
+        "AND expires_at <= ? ORDER BY expires_at",
+        (iso(now),),
+    ).fetchall()
+    return from_rows(Card, rows)
+
+
+def update_card(db: sqlite3.Connection, card_id: str, **changes: Any) -> None:
+    for key, value in changes.items():
+        db.execute(f"UPDATE carapace_cards SET {key}=? WHERE card_id=?", (value, card_id))
+
+
+def finish_card(
+    db: sqlite3.Connection,
+    card_id: str,
+    status: str,
+    *,
+    now: datetime,
+    by: str | None = None,
+    decision: str | None = None,
+    label: str | None = None,
+) -> bool:
+    """Move a pending card to ``status`` and edit it to show the outcome; False when it was
+    not pending any more (someone else decided first)."""
+    assert status in TERMINAL
+    cur = db.execute(
+        "UPDATE carapace_cards SET status=?, decided_at=?, decided_by=?, decision=? "
+        "WHERE card_id=? AND status='pending'",
+        (status, iso(now), by, decision, card_id),
+    )
+    if cur.rowcount == 0:
+        return False
+    card = get_card(db, card_id)
+    if card is not None and label:
+        enqueue(db, "edit_card", {"text": f"{card.title or '❓ Question'}\n\n{label}"},
+                card_id=card_id, now=now)  # fmt: skip
+    return True
+
+
+def enqueue(
+    db: sqlite3.Connection,
+    kind: str,
+    payload: dict[str, Any],
+    *,
+    now: datetime,
+    card_id: str | None = None,
+) -> None:
+    db.execute(
+        "INSERT INTO carapace_card_effects (card_id, kind, payload, created_at, next_at) "
+        "VALUES (?, ?, ?, ?, ?)",
+        (card_id, kind, dumps(payload), iso(now), iso(now)),
+    )
+
+
+def send_text(
+    db: sqlite3.Connection,
+    channel_type: str,
+    platform_id: str,
+    thread_id: str | None,
+    text: str,
+    *,
+    now: datetime,
+) -> None:
+    """Queue a plain text message to a chat (a reply to a clicker, a prompt)."""
+    enqueue(db, "send_text",
+            {"channelType": channel_type, "platformId": platform_id, "threadId": thread_id,
+             "text": text}, now=now)  # fmt: skip
+
+
+def render_text(card: Card) -> str:
+    """The card as text, for channels without buttons (and as every card's fallback)."""
+    lines = [card.title] if card.title else []
+    if card.question:
+        lines.append(card.question)
+    opts = card.options
+    if opts:
+        lines.append("Options: " + ", ".join(o["label"] for o in opts))
+        words = [f"`{card.code} {reply_word(o)}`" for o in opts]
+        lines.append("Reply " + (" or ".join(words) if len(words) <= 2 else ", ".join(words)))
+    return "\n".join(lines)
+
+
+def reply_word(option: dict[str, str]) -> str:
+    label = option.get("label", "")
+    return label.split()[0].lower() if label.split() else option.get("value", "")
+
+
+def card_content(card: Card) -> dict[str, Any]:
+    """NanoClaw's ``ask_question`` payload plus ``text`` (fallback) and ``replyCode``."""
+    return {
+        "type": "ask_question", "questionId": card.card_id, "title": card.title,
+        "question": card.question, "options": card.options, "text": render_text(card),
+        "replyCode": card.code,
+    }  # fmt: skip
+
+
+def match_option(card: Card, answer: str) -> dict[str, str] | None:
+    """The option an answer names: its value, its label, its first word, or its 1-based
+    number (all case-insensitive)."""
+    a = answer.strip().strip("`").lower()
+    opts = card.options
+    if a.isdigit() and 1 <= int(a) <= len(opts):
+        return opts[int(a) - 1]
+    for o in opts:
+        if a in (o.get("value", "").lower(), o.get("label", "").lower(), reply_word(o)):
+            return o
+    return None
+
+
+async def _resolve_target(ctx: Ctx, adapters: Mapping[str, Any], card: Card) -> bool:
+    if card.channel_type and card.platform_id:
+        return True
+    cands = loads_or(card.candidates, [])
+    approvers = [c for c in cands if isinstance(c, str)] if isinstance(cands, list) else []
+    target = await access.pick_approval_delivery(
+        ctx.db, adapters, approvers, card.origin_channel_type, now=ctx.now()
+    )
+    if target is None:
+        return False
+    mg = target.messaging_group
+    with transaction(ctx.db):
+        update_card(ctx.db, card.card_id, approver_user_id=target.user_id,
+                    channel_type=mg.channel_type, platform_id=mg.platform_id, thread_id=None)  # fmt: skip
+        table = {"sender": ("pending_sender_approvals", "id"),
+                 "channel": ("pending_channel_approvals", "messaging_group_id")}.get(card.kind)  # fmt: skip
+        if table is not None:
+            ctx.db.execute(
+                f"UPDATE {table[0]} SET approver_user_id=? WHERE {table[1]}=?",
+                (target.user_id, card.card_id),
+            )
+        if card.kind == "approval":
+            ctx.db.execute(
+                "UPDATE pending_approvals SET channel_type=?, platform_id=? WHERE approval_id=?",
+                (mg.channel_type, mg.platform_id, card.card_id),
+            )
+    return True
+
+
+async def _run(ctx: Ctx, adapters: Mapping[str, Any], replay: Replay, kind: str,
+               card_id: str | None, payload: dict[str, Any]) -> None:  # fmt: skip
+    if kind == "replay":
+        await replay(InboundEvent.from_json(payload["event"]))
+        return
+    if kind == "send_text":
+        adapter = adapters.get(payload["channelType"])
+        if adapter is None:
+            raise LookupError(f"no adapter for {payload['channelType']}")
+        await adapter.deliver(payload["platformId"], payload.get("threadId"),
+                              OutboundMessage("chat", {"text": payload["text"]}))  # fmt: skip
+        return
+    card = get_card(ctx.db, card_id or "")
+    if card is None:
+        return
+    if kind == "deliver_card":
+        if card.status != "pending":
+            return
+        if not await _resolve_target(ctx, adapters, card):
+            logger.warning("card %s: no approver reachable; cancelled", card.card_id)
+            with transaction(ctx.db):
+                finish_card(ctx.db, card.card_id, "cancelled", now=ctx.now())
+                hook = UNDELIVERABLE.get(card.kind)
+                if hook is not None:
+                    hook(ctx, card)
+            return
+        card = get_card(ctx.db, card.card_id)
+        assert card is not None and card.channel_type and card.platform_id
+        adapter = adapters.get(card.channel_type)
+        if adapter is None:
+            raise LookupError(f"no adapter for {card.channel_type}")
+        pmid = await adapter.deliver(card.platform_id, card.thread_id,
+                                     OutboundMessage("chat-sdk", card_content(card)))  # fmt: skip
+        update_card(ctx.db, card.card_id, platform_message_id=pmid, delivered_at=iso(ctx.now()))
+        if card.kind == "approval" and pmid:
+            ctx.db.execute("UPDATE pending_approvals SET platform_message_id=? "
+                           "WHERE approval_id=?", (pmid, card.card_id))  # fmt: skip
+        logger.info("card %s (%s) delivered to %s:%s", card.card_id, card.kind,
+                    card.channel_type, card.platform_id)  # fmt: skip
+        return
+    if kind == "edit_card":
+        if not card.channel_type or not card.platform_id or card.delivered_at is None:
+            return  # never shown: nothing to edit
+        adapter = adapters.get(card.channel_type)
+        if adapter is None:
+            raise LookupError(f"no adapter for {card.channel_type}")
+        edit = getattr(adapter, "edit", None)
+        if edit is not None and card.platform_message_id:
+            await edit(card.platform_id, card.thread_id, card.platform_message_id,
+                       payload["text"])  # fmt: skip
+        else:
+            await adapter.deliver(card.platform_id, card.thread_id,
+                                  OutboundMessage("chat", {"text": payload["text"]}))  # fmt: skip
+        return
+    raise ValueError(f"unknown card effect {kind!r}")
+
+
+async def pump(ctx: Ctx, adapters: Mapping[str, Any], replay: Replay) -> int:
+    """Run the due card effects in order; returns how many finished. Safe to call often."""
+    now = ctx.now()
+    rows = ctx.db.execute(
+        "SELECT * FROM carapace_card_effects WHERE done_at IS NULL AND next_at <= ? "
+        "ORDER BY id LIMIT 100",
+        (iso(now),),
+    ).fetchall()
+    done = 0
+    for row in rows:
+        payload = loads_or(row["payload"], {})
+        try:
+            await _run(ctx, adapters, replay, row["kind"], row["card_id"], payload)
+        except ChannelUnavailable:
+            later = now + timedelta(seconds=UNAVAILABLE_RETRY_S)
+            ctx.db.execute("UPDATE carapace_card_effects SET next_at=? WHERE id=?",
+                           (iso(later), row["id"]))  # fmt: skip
+            continue
+        except Exception as exc:  # one bad effect must not stop the others
+            tries = int(row["attempts"]) + 1
+            logger.warning("card effect %s (%s) failed (try %d): %s", row["id"], row["kind"],
+                           tries, exc)  # fmt: skip
+            if tries >= MAX_EFFECT_TRIES:
+                ctx.db.execute("UPDATE carapace_card_effects SET attempts=?, done_at=?, error=? "
+                               "WHERE id=?", (tries, iso(now), str(exc)[:500], row["id"]))  # fmt: skip
+            else:
+                later = now + timedelta(seconds=5 * 2 ** (tries - 1))
+                ctx.db.execute("UPDATE carapace_card_effects SET attempts=?, next_at=?, error=? "
+                               "WHERE id=?", (tries, iso(later), str(exc)[:500], row["id"]))  # fmt: skip
+            continue
+        ctx.db.execute("UPDATE carapace_card_effects SET done_at=? WHERE id=?",
+                       (iso(ctx.now()), row["id"]))  # fmt: skip
+        done += 1
+    return done
+
+
+def pending_effects(db: sqlite3.Connection) -> int:
+    row = db.execute("SELECT COUNT(*) FROM carapace_card_effects WHERE done_at IS NULL")
+    return int(row.fetchone()[0])
+
+
+def card_expires(card: Card) -> datetime | None:
+    return parse_ts(card.expires_at) if card.expires_at else None

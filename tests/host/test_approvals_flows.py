@@ -1,0 +1,274 @@
+"""Unknown senders, unknown channels, generic approvals and questions, end to end through the
+``Host`` test API with a recording fake channel and a fake clock (spec §6, §11.2–11.3)."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from carapace.channels.fake import make_event
+from carapace.config import Settings
+from carapace.db import approvals as dba
+from carapace.db import destinations, groups, messaging, users
+from carapace.db.sessions import list_sessions
+from carapace.host import approvals, cards, questions
+from carapace.host.approvals_host import HostContext, tick
+from carapace.host.host import Host, HostOptions
+
+if TYPE_CHECKING:
+    from conftest import Rig  # tests/host/conftest.py
+
+
+def setup_sender(rig: Rig, n_agents: int = 1) -> tuple[list[str], str]:
+    ags = [rig.agent(f"ag{i}") for i in range(n_agents)]
+    mg = rig.chat("chat-1", policy="request_approval")
+    for ag in ags:
+        rig.wire(mg, ag)
+    rig.user("fake:owner", role="owner")
+    return ags, mg
+
+
+def stranger(text: str = "hi", **kw: Any) -> Any:
+    return make_event(text, sender="Stranger", sender_id="stranger", **kw)
+
+
+def cards_sent(rig: Rig) -> list[dict[str, Any]]:
+    return [d.content for d in rig.channel.deliveries if d.kind == "chat-sdk"]
+
+
+def texts_to(rig: Rig, pid: str) -> list[str]:
+    return [str(d.content.get("text")) for d in rig.channel.deliveries
+            if d.platform_id == pid and d.kind == "chat"]  # fmt: skip
+
+
+def test_unknown_sender_approve_replays(rig: Rig) -> None:
+    [ag], _mg = setup_sender(rig)
+    res = rig.run(rig.host.route(stranger()))
+    assert res.routed == [] and len(dba.list_sender_approvals(rig.db)) == 1
+    rig.run(rig.host.route(stranger("again")))  # dedup while pending
+    rig.run(tick(rig.host))
+    [card] = cards_sent(rig)
+    assert card["type"] == "ask_question" and card["questionId"].startswith("nsa-")
+    assert card["title"] == "👤 New sender" and [o["value"] for o in card["options"]] == [
+        "approve", "reject"]  # fmt: skip
+    assert rig.channel.deliveries[0].platform_id == "owner"  # the owner's DM
+    out = approvals.handle_action(HostContext(rig.host), card["questionId"], "0", "owner", "fake",
+                                  "owner")  # fmt: skip
+    assert out.status == "approved"
+    rig.run(tick(rig.host))
+    assert users.is_member(rig.db, "fake:stranger", ag)
+    assert dba.list_sender_approvals(rig.db) == []
+    [s] = rig.sessions()
+    [row] = rig.inbound(s)
+    assert json.loads(row["content"])["text"] == "hi" and row["trigger"] == 1
+    assert rig.channel.edits[-1][3] == "👤 New sender\n\n✅ Allowed"
+
+
+def test_unknown_sender_deny_is_remembered(rig: Rig) -> None:
+    setup_sender(rig)
+    rig.run(rig.host.route(stranger()))
+    rig.run(tick(rig.host))
+    [card] = cards_sent(rig)
+    out = approvals.decide(HostContext(rig.host), card["questionId"], False, "fake:owner")
+    assert out["status"] == "rejected"
+    rig.run(tick(rig.host))
+    assert users.list_members(rig.db) == [] and rig.sessions() == []
+    rig.run(rig.host.route(stranger("let me in")))
+    rig.run(tick(rig.host))
+    assert len(cards_sent(rig)) == 1 and dba.list_sender_approvals(rig.db) == []
+    rig.clock.advance(Settings().deny_ttl_s + 1)
+    rig.run(rig.host.route(stranger("please")))
+    rig.run(tick(rig.host))
+    assert len(cards_sent(rig)) == 2
+
+
+def test_unauthorised_click_changes_nothing(rig: Rig) -> None:
+    [ag], _ = setup_sender(rig)
+    rig.user("fake:bystander")
+    rig.run(rig.host.route(stranger()))
+    rig.run(tick(rig.host))
+    [card] = cards_sent(rig)
+    out = approvals.handle_action(HostContext(rig.host), card["questionId"], "0", "bystander",
+                                  "fake", "chat-1")  # fmt: skip
+    assert out.status == "unauthorised"
+    rig.run(tick(rig.host))
+    assert not users.is_member(rig.db, "fake:stranger", ag)
+    assert len(dba.list_sender_approvals(rig.db)) == 1 and rig.channel.edits == []
+    assert texts_to(rig, "chat-1") == [cards.NOT_AUTHORISED]
+
+
+def test_expiry_edits_card_and_unblocks(rig: Rig) -> None:
+    setup_sender(rig)
+    rig.run(rig.host.route(stranger()))
+    rig.run(tick(rig.host))
+    rig.clock.advance(Settings().approval_ttl_s + 1)
+    rig.run(tick(rig.host))
+    assert dba.list_sender_approvals(rig.db) == []
+    assert "Expired" in rig.channel.edits[-1][3]
+    [card] = cards_sent(rig)
+    assert cards.get_card(rig.db, card["questionId"]).status == "expired"  # type: ignore[union-attr]
+    out = approvals.decide(HostContext(rig.host), card["questionId"], True, "fake:owner")
+    assert out["status"] == "gone"
+    rig.run(rig.host.route(stranger("hello?")))
+    rig.run(tick(rig.host))
+    assert len(cards_sent(rig)) == 2
+
+
+def test_two_wirings_refusing_make_one_card(rig: Rig) -> None:
+    setup_sender(rig, n_agents=2)
+    rig.run(rig.host.route(stranger()))
+    rig.run(tick(rig.host))
+    assert len(cards_sent(rig)) == 1 and len(dba.list_sender_approvals(rig.db)) == 1
+
+
+def test_strict_and_public_policies(rig: Rig) -> None:
+    [_ag], mg = setup_sender(rig)
+    messaging.update_messaging_group(rig.db, mg, unknown_sender_policy="strict")
+    rig.run(rig.host.route(stranger()))
+    rig.run(tick(rig.host))
+    assert cards_sent(rig) == [] and dba.list_sender_approvals(rig.db) == []
+    messaging.update_messaging_group(rig.db, mg, unknown_sender_policy="public")
+    assert rig.run(rig.host.route(stranger("public"))).routed
+
+
+def test_restart_mid_flow_loses_nothing(rig: Rig) -> None:
+    [ag], _ = setup_sender(rig)
+    rig.run(rig.host.route(stranger()))  # card queued, not yet sent
+    rig.run(rig.host.stop())
+    rig.host.close()
+    host2 = Host(rig.host.home, settings=rig.host.settings, clock=rig.clock,
+                 channels=[rig.channel], backend=rig.backend,
+                 options=HostOptions(sockets=False, watch=False, cleanup_orphans=False))  # fmt: skip
+    rig.host = host2
+    rig.run(host2.start(background=False))
+    rig.run(tick(host2))
+    rig.run(tick(host2))
+    [card] = cards_sent(rig)
+    approvals.decide(HostContext(host2), card["questionId"], True, "fake:owner")
+    rig.run(tick(host2))
+    assert len(cards_sent(rig)) == 1 and users.is_member(host2.db, "fake:stranger", ag)
+    assert len(list_sessions(host2.db)) == 1
+
+
+def test_text_reply_code_on_a_chat_without_buttons(rig: Rig) -> None:
+    [ag], _ = setup_sender(rig)
+    rig.run(rig.host.route(stranger()))
+    rig.run(tick(rig.host))
+    [card] = cards_sent(rig)
+    code = card["replyCode"]
+    assert f"`{code} allow`" in card["text"]
+    # the stranger cannot answer; the owner can, and the reply is not routed to an agent
+    rig.user("fake:someone")
+    intruder = make_event(f"{code} allow", platform_id="owner", sender_id="someone")
+    assert rig.run(rig.host.route(intruder)).routed == []
+    assert not users.is_member(rig.db, "fake:stranger", ag)
+    reply = make_event(f"{code.lower()} allow", platform_id="owner", sender_id="owner")
+    assert rig.run(rig.host.route(reply)).routed == []
+    rig.run(tick(rig.host))
+    assert users.is_member(rig.db, "fake:stranger", ag)
+
+
+def test_unknown_channel_connect_and_reject(rig: Rig) -> None:
+    ag = rig.agent("andy")
+    rig.user("fake:owner", role="owner")
+    ev = make_event("hello bot", platform_id="chat-new", sender_id="caller", is_mention=True)
+    rig.run(rig.host.route(ev))
+    rig.run(rig.host.route(ev))
+    rig.run(tick(rig.host))
+    [card] = cards_sent(rig)
+    assert card["title"] == "💬 New direct message"
+    assert card["options"][0]["value"] == f"connect:{ag}"
+    mg_id = card["questionId"]
+    out = approvals.decide(HostContext(rig.host), mg_id, True, "fake:owner")
+    assert out["status"] == "approved"
+    rig.run(tick(rig.host))
+    [w] = messaging.wirings_for_chat(rig.db, mg_id)
+    assert (w.engage_mode, w.engage_pattern, w.sender_scope) == ("pattern", ".", "known")
+    assert users.is_member(rig.db, "fake:caller", ag)
+    [s] = rig.sessions()
+    assert json.loads(rig.inbound(s)[0]["content"])["text"] == "hello bot"
+    # another chat, rejected: later mentions are silent
+    ev2 = make_event("yo", platform_id="chat-x", sender_id="c2", is_mention=True)
+    rig.run(rig.host.route(ev2))
+    rig.run(tick(rig.host))
+    card2 = cards_sent(rig)[-1]
+    approvals.decide(HostContext(rig.host), card2["questionId"], False, "fake:owner")
+    rig.run(rig.host.route(ev2))
+    rig.run(tick(rig.host))
+    assert len(cards_sent(rig)) == 2
+    assert messaging.get_messaging_group(rig.db, card2["questionId"]).denied_at  # type: ignore[union-attr]
+
+
+def test_new_agent_name_survives_restart_of_state(rig: Rig) -> None:
+    rig.agent("andy")
+    rig.user("fake:owner", role="owner")
+    rig.run(rig.host.route(make_event("hi", platform_id="chat-n", sender_id="c", is_mention=True)))
+    rig.run(tick(rig.host))
+    [card] = cards_sent(rig)
+    ctx = HostContext(rig.host)
+    out = approvals.handle_action(ctx, card["questionId"], "1", "owner", "fake", "owner")
+    assert out.status == "pending"
+    rig.run(tick(rig.host))
+    assert "Reply with the name" in texts_to(rig, "owner")[-1]
+    rig.run(rig.host.route(make_event("Helper Bot", platform_id="owner", sender_id="owner")))
+    rig.run(tick(rig.host))
+    g = groups.get_agent_group_by_folder(rig.db, "helper-bot")
+    assert g is not None and messaging.wirings_for_chat(rig.db, card["questionId"])
+    assert texts_to(rig, "owner")[-1] == '✅ Agent "Helper Bot" created and connected.'
+
+
+def agent_session(rig: Rig) -> Any:
+    ag = rig.agent("main")
+    mg = rig.chat("chat-1")
+    rig.wire(mg, ag)
+    rig.user("fake:owner", role="owner")
+    rig.run(rig.host.route(make_event("hi", sender_id="owner")))
+    [s] = rig.sessions()
+    return ag, s
+
+
+def test_create_agent_held_until_approved(rig: Rig) -> None:
+    ag, s = agent_session(rig)
+    rig.reply(s, {"action": "create_agent", "requestId": "r1", "name": "Researcher",
+                  "instructions": "Dig."}, kind="system")  # fmt: skip
+    rig.run(rig.host.deliver_once(s.id))
+    assert groups.get_agent_group_by_folder(rig.db, "researcher") is None
+    rig.run(tick(rig.host))
+    card = cards_sent(rig)[-1]
+    assert card["questionId"].startswith("appr-")
+    rig.user("fake:nobody")
+    bad = approvals.decide(HostContext(rig.host), card["questionId"], True, "fake:nobody")
+    assert bad["status"] == "unauthorised"
+    ok = approvals.decide(HostContext(rig.host), card["replyCode"], True, "fake:owner")
+    assert ok["status"] == "approved"
+    child = groups.get_agent_group_by_folder(rig.db, "researcher")
+    assert child is not None
+    assert destinations.get_destination(rig.db, ag, "researcher") is not None
+    assert destinations.get_destination(rig.db, child.id, "parent") is not None
+    note = json.loads(rig.inbound(s)[-1]["content"])
+    assert note["sender"] == "system" and 'Agent "researcher" created' in note["text"]
+
+
+def test_install_packages_rejected_and_expired(rig: Rig) -> None:
+    ag, s = agent_session(rig)
+    ctx = HostContext(rig.host)
+    approvals.handle_system_action(ctx, s.id, {"action": "install_packages", "apt": ["curl"]})
+    aid = dba.list_approvals(rig.db)[0].approval_id
+    approvals.decide(ctx, aid, False, "fake:owner")
+    assert "rejected" in json.loads(rig.inbound(s)[-1]["content"])["text"]
+    approvals.handle_system_action(ctx, s.id, {"action": "add_mcp_server", "name": "x",
+                                               "command": "run-x"})  # fmt: skip
+    rig.clock.advance(Settings().approval_ttl_s + 1)
+    rig.run(tick(rig.host))
+    assert dba.list_approvals(rig.db) == []
+    assert "expired" in json.loads(rig.inbound(s)[-1]["content"])["text"]
+    cfg = groups.get_container_config(rig.db, ag)
+    assert cfg is not None and cfg.mcp_servers == "{}" and cfg.packages_apt == "[]"
+
+
+def test_list_pending_covers_every_kind(rig: Rig) -> None:
+    setup_sender(rig)
+    rig.run(rig.host.route(stranger()))
+    found = approvals.list_pending(rig.db)
+    assert [f["kind"] for f in found] == ["sender"] and found[0]["expires_at"]
+    assert rig.host.settings.approval_ttl_s == questions.DEFAULT_TTL_S
