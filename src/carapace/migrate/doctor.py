@@ -1,0 +1,262 @@
+"""``carapace doctor``: what in a home (carapace's or a NanoClaw v2 folder) carapace cannot use.
+
+Read-only: the central DB and the session DBs are opened ``mode=ro`` and nothing is
+repaired. Findings are ``error`` (something is broken: carapace will fail on it),
+``warning`` (works, but not as the user may expect, or unsafe) or ``info``.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from carapace.config import Home
+from carapace.db.migrations import MIGRATIONS
+from carapace.errors import CarapaceError
+from carapace.jsonutil import loads_or
+from carapace.migrate.mapping import KNOWN_CHANNELS
+
+Level = Literal["error", "warning", "info"]
+SANDBOXED_BACKENDS = ("bwrap", "docker", "podman")
+
+
+@dataclass(frozen=True)
+class Finding:
+    level: Level
+    code: str
+    subject: str
+    message: str
+
+
+@dataclass
+class DoctorReport:
+    home: str
+    findings: list[Finding] = field(default_factory=list)
+
+    def add(self, level: Level, code: str, subject: str, message: str) -> None:
+        self.findings.append(Finding(level, code, subject, message))
+
+    @property
+    def errors(self) -> int:
+        return sum(1 for f in self.findings if f.level == "error")
+
+    @property
+    def warnings(self) -> int:
+        return sum(1 for f in self.findings if f.level == "warning")
+
+    @property
+    def ok(self) -> bool:
+        return self.errors == 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "home": self.home,
+            "ok": self.ok,
+            "errors": self.errors,
+            "warnings": self.warnings,
+            "findings": [asdict(f) for f in self.findings],
+        }
+
+    def render(self) -> str:
+        lines = [f"carapace doctor: {self.home}"]
+        for f in self.findings:
+            lines.append(f"  {f.level.upper():7} {f.code}: {f.subject}: {f.message}")
+        verdict = "OK" if self.ok else "PROBLEMS"
+        lines.append(f"{verdict}: {self.errors} error(s), {self.warnings} warning(s)")
+        return "\n".join(lines)
+
+
+def open_readonly(path: Path) -> sqlite3.Connection:
+    """Open without creating or changing any file.
+
+    ``mode=ro`` on a WAL database still creates ``-wal``/``-shm`` files; when there is no
+    ``-wal`` (the DB was closed cleanly) there is nothing in it to miss, so the file is
+    opened ``immutable``. With a ``-wal`` present (a host is running) ``mode=ro`` is used.
+    """
+    p = path.resolve().as_posix()
+    wal = Path(f"{path}-wal")
+    uri = f"file:{p}?mode=ro" if wal.exists() else f"file:{p}?mode=ro&immutable=1"
+    conn = sqlite3.connect(uri, uri=True)
+    conn.row_factory = sqlite3.Row
+    return conn
+
+
+def _open_ro(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(f"file:{path.resolve().as_posix()}?mode=ro", uri=True)
+    conn.row_factory = sqlite3.Row
+    return conn
+
+
+def _has(conn: sqlite3.Connection, table: str) -> bool:
+    q = "SELECT 1 FROM sqlite_master WHERE type='table' AND name=?"
+    return conn.execute(q, (table,)).fetchone() is not None
+
+
+def diagnose(home: Home) -> DoctorReport:
+    rep = DoctorReport(str(home.root))
+    if not home.central_db.exists():
+        rep.add("error", "no-central-db", str(home.central_db), "missing; run `carapace init`")
+        return rep
+    try:
+        conn = open_readonly(home.central_db)
+        conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+    except sqlite3.Error as exc:
+        rep.add("error", "central-db-unreadable", str(home.central_db), str(exc))
+        return rep
+    try:
+        _checks(home, conn, rep)
+    except sqlite3.Error as exc:
+        rep.add("error", "central-db-unreadable", str(home.central_db), str(exc))
+    finally:
+        conn.close()
+    return rep
+
+
+def _checks(home: Home, conn: sqlite3.Connection, rep: DoctorReport) -> None:
+    _ledger(conn, rep)
+    if not _has(conn, "agent_groups"):
+        rep.add("error", "no-schema", "v2.db", "has no agent_groups table")
+        return
+    _wirings(conn, rep)
+    _groups(home, conn, rep)
+    _sessions(home, conn, rep)
+    _chats(conn, rep)
+    _roles(conn, rep)
+
+
+def _ledger(conn: sqlite3.Connection, rep: DoctorReport) -> None:
+    if not _has(conn, "schema_version"):
+        rep.add("warning", "no-ledger", "schema_version", "missing; every migration will run")
+        return
+    known = {m.name for m in MIGRATIONS}
+    applied = [r[0] for r in conn.execute("SELECT name FROM schema_version ORDER BY version")]
+    for name in applied:
+        if name not in known:
+            rep.add(
+                "warning", "unknown-migration", name,
+                "applied by something carapace does not know (a NanoClaw skill?); the tables "
+                "it made are left alone and unused",
+            )  # fmt: skip
+    missing = [m.name for m in MIGRATIONS if m.name not in set(applied)]
+    if missing:
+        rep.add(
+            "info", "pending-migrations", "v2.db", "applied at next start: " + ", ".join(missing)
+        )
+
+
+_NULL_READ = {
+    "engage_mode": "'mention' (NanoClaw never engages such a wiring)",
+    "sender_scope": "'all'",
+    "ignored_message_policy": "'drop'",
+    "session_mode": "'shared'",
+}
+
+
+def _wirings(conn: sqlite3.Connection, rep: DoctorReport) -> None:
+    cols = {r[1] for r in conn.execute("PRAGMA table_info(messaging_group_agents)")}
+    for col, reading in _NULL_READ.items():
+        if col not in cols:
+            continue
+        for r in conn.execute(f"SELECT id FROM messaging_group_agents WHERE {col} IS NULL"):
+            rep.add("warning", "null-engage", f"wiring {r[0]}", f"{col} is NULL; read as {reading}")
+        if col == "engage_mode" and "engage_pattern" in cols:
+            q = (
+                "SELECT id FROM messaging_group_agents WHERE engage_mode='pattern' "
+                "AND (engage_pattern IS NULL OR engage_pattern='')"
+            )
+            for r in conn.execute(q):
+                rep.add("warning", "null-engage", f"wiring {r[0]}", "pattern mode with no pattern")
+
+
+def _groups(home: Home, conn: sqlite3.Connection, rep: DoctorReport) -> None:
+    has_cfg = _has(conn, "container_configs")
+    cfg_cols = {r[1] for r in conn.execute("PRAGMA table_info(container_configs)")}
+    backend = "subprocess"
+    try:
+        backend = home.load_settings().runner_backend
+    except CarapaceError as exc:
+        rep.add("error", "bad-config", str(home.config_file), str(exc))
+    for g in conn.execute("SELECT id, folder FROM agent_groups ORDER BY folder"):
+        subject = f"agent group {g['id']} ({g['folder']})"
+        if not home.group_dir(g["folder"]).is_dir():
+            rep.add("warning", "no-group-folder", subject, f"groups/{g['folder']}/ is missing")
+        row = None
+        if has_cfg:
+            row = conn.execute(
+                "SELECT * FROM container_configs WHERE agent_group_id=?", (g["id"],)
+            ).fetchone()
+        if row is None:
+            rep.add("warning", "no-container-config", subject, "no container_configs row; "
+                    "defaults are used until one is written")  # fmt: skip
+            continue
+        settings = loads_or(row["settings"], {}) if "settings" in cfg_cols else {}
+        if not isinstance(settings, dict):
+            rep.add("error", "bad-settings", subject, "container_configs.settings is not an object")
+            continue
+        group_backend = settings.get("runner_backend") or backend
+        if settings.get("bash") == "allowed" and group_backend not in SANDBOXED_BACKENDS:
+            rep.add(
+                "warning", "bash-unsandboxed", subject,
+                f"bash is allowed but the runner backend is {group_backend!r} (no sandbox): "
+                "the agent can run any command as you",
+            )  # fmt: skip
+
+
+def _sessions(home: Home, conn: sqlite3.Connection, rep: DoctorReport) -> None:
+    q = "SELECT id, agent_group_id, COALESCE(status, 'active') AS status FROM sessions"
+    for s in conn.execute(q):
+        subject = f"session {s['id']}"
+        folder = home.sessions_dir / s["agent_group_id"] / s["id"]
+        if not folder.is_dir():
+            level: Level = "warning" if s["status"] == "active" else "info"
+            rep.add(level, "no-session-folder", subject, f"{folder} is missing")
+            continue
+        for name, table in (("inbound.db", "messages_in"), ("outbound.db", "messages_out")):
+            path = folder / name
+            if not path.exists():
+                rep.add("warning", "no-session-db", subject, f"{name} is missing")
+                continue
+            try:
+                db = _open_ro(path)
+                try:
+                    db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()
+                finally:
+                    db.close()
+            except sqlite3.Error as exc:
+                rep.add("error", "session-db-unreadable", subject, f"{name}: {exc}")
+
+
+def _chats(conn: sqlite3.Connection, rep: DoctorReport) -> None:
+    counts = conn.execute(
+        "SELECT channel_type, COUNT(*) FROM messaging_groups GROUP BY channel_type ORDER BY 1"
+    ).fetchall()
+    for ct, n in counts:
+        if ct not in KNOWN_CHANNELS:
+            rep.add(
+                "warning", "unknown-channel", f"{n} messaging group(s) of type {ct!r}",
+                f"carapace has no {ct} adapter ({', '.join(KNOWN_CHANNELS)} exist); "
+                "messages there are neither received nor sent",
+            )  # fmt: skip
+
+
+def _roles(conn: sqlite3.Connection, rep: DoctorReport) -> None:
+    if not _has(conn, "user_roles"):
+        return
+    dups = conn.execute(
+        "SELECT user_id, role, COUNT(*) FROM user_roles WHERE agent_group_id IS NULL "
+        "GROUP BY user_id, role HAVING COUNT(*) > 1"
+    ).fetchall()
+    for uid, role, n in dups:
+        rep.add("warning", "duplicate-global-role", uid,
+                f"holds global {role!r} {n} times; carapace keeps the earliest at next start")  # fmt: skip
+    owner = conn.execute(
+        "SELECT 1 FROM user_roles WHERE role='owner' AND agent_group_id IS NULL LIMIT 1"
+    ).fetchone()
+    if owner is None:
+        rep.add(
+            "warning", "no-owner", "user_roles",
+            "nobody holds the global 'owner' role: approvals have no one to go to; grant it "
+            "to your '<channel>:<id>' user with carapace admin",
+        )  # fmt: skip
