@@ -223,7 +223,10 @@ EXPECTED_FKS = {
         ("messaging_group_id", "messaging_groups", "id"),
     },
     "pending_questions": {("session_id", "sessions", "id")},
-    "pending_approvals": {("session_id", "sessions", "id"), ("agent_group_id", "agent_groups", "id")},
+    "pending_approvals": {
+        ("session_id", "sessions", "id"),
+        ("agent_group_id", "agent_groups", "id"),
+    },
     "agent_destinations": {("agent_group_id", "agent_groups", "id")},
     "pending_sender_approvals": {
         ("messaging_group_id", "messaging_groups", "id"),

@@ -24,7 +24,9 @@ def world(central: sqlite3.Connection) -> dict[str, str]:
     return {"ag": ag.id, "other": other.id, "mg": mg.id}
 
 
-def test_group_creation_makes_config_row(central: sqlite3.Connection, world: dict[str, str]) -> None:
+def test_group_creation_makes_config_row(
+    central: sqlite3.Connection, world: dict[str, str]
+) -> None:
     cfg = groups.get_container_config(central, world["ag"])
     assert cfg is not None and cfg.cli_scope == "group" and cfg.skills == '"all"'
     assert world["ag"].startswith("ag-")
@@ -57,7 +59,9 @@ def test_no_duplicate_global_roles(central: sqlite3.Connection, world: dict[str,
     assert len(users.list_roles(central, user_id="telegram:1")) == 1
 
 
-def test_scoped_admin_implies_membership(central: sqlite3.Connection, world: dict[str, str]) -> None:
+def test_scoped_admin_implies_membership(
+    central: sqlite3.Connection, world: dict[str, str]
+) -> None:
     users.grant_role(central, "telegram:2", "admin", world["ag"])
     assert users.is_member(central, "telegram:2", world["ag"])
     assert not users.is_member(central, "telegram:2", world["other"])
@@ -120,7 +124,9 @@ def test_every_destination_change_calls_the_hook(
     assert seen == [world["ag"], world["ag"], world["other"], world["other"], world["other"]]
 
 
-def test_bad_destinations_change_nothing(central: sqlite3.Connection, world: dict[str, str]) -> None:
+def test_bad_destinations_change_nothing(
+    central: sqlite3.Connection, world: dict[str, str]
+) -> None:
     with pytest.raises(ValidationError):
         destinations.add_destination(central, world["ag"], "Bad Name", "agent", world["other"])
     with pytest.raises(ValidationError):
@@ -196,7 +202,9 @@ def test_projection_into_live_sessions(
 
 def test_container_config_update(central: sqlite3.Connection, world: dict[str, str]) -> None:
     cfg = groups.update_container_config(
-        central, world["ag"], {"provider": "anthropic", "packages_apt": ["jq"], "settings": {"bash": "off"}}
+        central,
+        world["ag"],
+        {"provider": "anthropic", "packages_apt": ["jq"], "settings": {"bash": "off"}},
     )
     assert cfg.provider == "anthropic" and cfg.packages_apt == '["jq"]'
     assert cfg.to_json()["packages"] == {"apt": ["jq"], "npm": []}

@@ -116,9 +116,7 @@ def test_agent_destinations_backfill_matches_nanoclaw(tmp_path: Path) -> None:
             (f"w{i}", mg, f"2025-01-0{i + 1}"),
         )
     migrate(db)
-    names = {
-        r[1]: r[0] for r in db.execute("SELECT local_name, target_id FROM agent_destinations")
-    }
+    names = {r[1]: r[0] for r in db.execute("SELECT local_name, target_id FROM agent_destinations")}
     assert names == {
         "mg-aaaaaaaaaa": "family-chat",
         "mg-bbbbbbbbbb": "family-chat-2",
@@ -131,9 +129,7 @@ def test_todays_nanoclaw_db_runs_only_carapace_migrations(tmp_path: Path) -> Non
     nanoclaw = tuple(m for m in MIGRATIONS if m.name in NANOCLAW_MIGRATION_NAMES)
     migrate(db, nanoclaw)
     # NanoClaw numbers its ledger by applied order; an unknown skill migration may be there too.
-    db.execute(
-        "INSERT INTO schema_version (version, name, applied) VALUES (99, 'some-skill', 'x')"
-    )
+    db.execute("INSERT INTO schema_version (version, name, applied) VALUES (99, 'some-skill', 'x')")
     ran = migrate(db)
     assert ran and all(name.startswith("carapace-") for name in ran)
     assert "some-skill" in applied_names(db)

@@ -146,7 +146,7 @@ def test_lazy_upgrade_of_old_outbound_file(tmp_path: Path) -> None:
     cols = [r[1] for r in db.execute("PRAGMA table_info(session_state)")]
     assert cols == ["key", "value", "updated_at"]
     assert db.execute("SELECT value FROM session_state").fetchone()[0] == "abc"
-    assert [r[1] for r in db.execute("PRAGMA table_info(container_state)")][0] == "id"
+    assert next(r[1] for r in db.execute("PRAGMA table_info(container_state)")) == "id"
 
 
 def test_seq_formulas() -> None:
@@ -161,9 +161,7 @@ def test_seq_grows_across_both_tables(paths: SessionPaths) -> None:
     assert o == 3
     o2 = insert_message_out(outbound, out(2), other_max=peek_max_seq(paths.inbound, "messages_in"))
     assert o2 == 5
-    s = insert_message_in(
-        inbound, chat(2), other_max=peek_max_seq(paths.outbound, "messages_out")
-    )
+    s = insert_message_in(inbound, chat(2), other_max=peek_max_seq(paths.outbound, "messages_out"))
     assert s == 6
 
 
@@ -186,9 +184,7 @@ def test_interleaved_writers_keep_parity_and_uniqueness(
                 conns[who], chat(i), other_max=peek_max_seq(p.outbound, "messages_out")
             )
         else:
-            insert_message_out(
-                conns[who], out(i), other_max=peek_max_seq(p.inbound, "messages_in")
-            )
+            insert_message_out(conns[who], out(i), other_max=peek_max_seq(p.inbound, "messages_in"))
     ins = [r[0] for r in conns["in_a"].execute("SELECT seq FROM messages_in ORDER BY rowid")]
     outs = [r[0] for r in conns["out_a"].execute("SELECT seq FROM messages_out ORDER BY rowid")]
     assert all(s % 2 == 0 for s in ins) and all(s % 2 == 1 for s in outs)
