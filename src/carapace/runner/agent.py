@@ -10,6 +10,10 @@ The conversation is provider-neutral (``providers/base.py``) and persisted in
 messages, cut at a user message), so a restarted runner resumes it; the full transcript is
 appended to ``<agent_dir>/conversations/<session_id>.jsonl``. A turn's messages are only
 kept when the turn succeeded; a failed or abandoned turn leaves the conversation as it was.
+
+Before each provider call the conversation is compacted when it outgrows the group's
+context limit (``compaction.py``); a restarted runner resumes from ``session_state``, or
+rebuilds the conversation from the transcript when the state is missing (``transcript.py``).
 """
 
 from __future__ import annotations
@@ -22,9 +26,11 @@ from pathlib import Path
 from typing import Any
 
 from carapace.jsonutil import dumps
+from carapace.runner.compaction import Compaction, compact, conversation_chars, is_summary
 from carapace.runner.outbound import Outbound
 from carapace.runner.providers.base import Message, Provider
 from carapace.runner.tools import ToolBox, TurnAbandoned
+from carapace.runner.transcript import rebuild_conversation
 from carapace.timefmt import iso, utcnow
 
 logger = logging.getLogger(__name__)
@@ -42,17 +48,36 @@ class TurnResult:
 
 
 def load_conversation(outbound: Outbound) -> list[Message]:
+    return _stored_conversation(outbound) or []
+
+
+def _stored_conversation(outbound: Outbound) -> list[Message] | None:
+    """The conversation in ``session_state``; None when there is none or it is unreadable."""
     raw = outbound.get_state(STATE_KEY)
-    if not raw:
-        return []
+    if raw is None:
+        return None
     try:
         value = json.loads(raw)
     except ValueError:
-        logger.warning("stored conversation is not JSON; starting fresh")
-        return []
+        logger.warning("stored conversation is not JSON")
+        return None
     if not isinstance(value, list):
-        return []
+        return None
     return [m for m in value if isinstance(m, dict) and m.get("role")]
+
+
+def resume_conversation(
+    outbound: Outbound, agent_dir: Path, session_id: str, max_messages: int
+) -> list[Message]:
+    """The conversation to continue after a restart: ``session_state``, else the transcript."""
+    stored = _stored_conversation(outbound)
+    if stored is not None:
+        return stored
+    rebuilt = rebuild_conversation(agent_dir, session_id)
+    if not rebuilt:
+        return []
+    logger.info("conversation rebuilt from the transcript (%d messages)", len(rebuilt))
+    return bound_conversation(rebuilt, max_messages)
 
 
 def bound_conversation(messages: list[Message], max_messages: int) -> list[Message]:
@@ -63,6 +88,10 @@ def bound_conversation(messages: list[Message], max_messages: int) -> list[Messa
         out = out[1:]
         while out and out[0].get("role") != "user":
             out = out[1:]
+    if messages and out and is_summary(messages[0]) and out[0] is not messages[0]:
+        with_summary = [messages[0], *out]
+        if len(with_summary) <= max_messages and len(dumps(with_summary)) <= MAX_STATE_CHARS:
+            out = with_summary  # the compaction summary outlives the messages it precedes
     return out
 
 
@@ -76,6 +105,9 @@ class Agent:
         heartbeat: Callable[[], None],
         should_stop: Callable[[], bool],
         conversation: list[Message] | None = None,
+        context_limit_chars: int | None = None,
+        history_messages: int | None = None,
+        on_compaction: Callable[[Compaction], None] | None = None,
     ) -> None:
         self.provider = provider
         self.toolbox = toolbox
@@ -83,6 +115,9 @@ class Agent:
         self.heartbeat = heartbeat
         self.should_stop = should_stop
         self.conversation: list[Message] = list(conversation or [])
+        self.context_limit_chars = context_limit_chars
+        self.history_messages = history_messages
+        self.on_compaction = on_compaction
 
     def run_turn(self, system: str, prompt: str) -> TurnResult:
         """Run one turn; raises ``ProviderError`` (or any provider failure) and
@@ -94,6 +129,7 @@ class Agent:
             if self.should_stop():
                 raise TurnAbandoned("shutdown before the provider call")
             self.heartbeat()
+            self._fit(new)
             turn = self.provider.complete(system, self.conversation + new, specs)
             self.heartbeat()
             new.append(turn.as_message())
@@ -116,6 +152,31 @@ class Agent:
         note = ROUNDS_NOTE.format(n=self.max_tool_rounds)
         logger.warning("turn stopped after %d tool rounds", self.max_tool_rounds)
         return TurnResult(f"{text}\n\n{note}".strip(), new, self.max_tool_rounds)
+
+    def _fit(self, new: list[Message]) -> None:
+        """Compact the stored conversation when it and the turn so far are over the limit."""
+        limit = self.context_limit_chars
+        if limit is None or not self.conversation:
+            return
+        too_many = self.history_messages is not None and (
+            len(self.conversation) + len(new) > self.history_messages
+        )
+        pending = conversation_chars(new)
+        if not too_many and conversation_chars(self.conversation) + pending <= limit:
+            return
+        result = compact(
+            self.provider,
+            self.conversation,
+            limit_chars=limit,
+            pending_chars=pending,
+            keep_messages=self.history_messages // 2 if self.history_messages else None,
+        )
+        self.heartbeat()
+        if result is None:
+            return
+        self.conversation = result.conversation
+        if self.on_compaction is not None:
+            self.on_compaction(result)
 
     def accept(self, result: TurnResult) -> None:
         self.conversation.extend(result.messages)

@@ -5,7 +5,9 @@
 ``maxMessagesPerPrompt``, ``settings{...}`` and more. Unreadable or malformed files mean
 defaults (NanoClaw logs and goes on). Credentials never come from the file: the providers
 read ``ANTHROPIC_API_KEY``/``OPENAI_API_KEY`` and base URLs from the environment, or a
-``base_url`` from ``settings``.
+``base_url`` from ``settings``. The runner's ``settings`` keys are parsed once into
+``agent_settings`` (``settings.py``, documented in ``docs/agent-settings.md``); ``sandboxed``
+says whether the host started this runner in a sandbox (``CARAPACE_SANDBOX``).
 
 Provider choice: ``--provider`` (the host's per-session override, spec W-20), else
 ``container.json`` ``provider`` (NanoClaw's ``claude`` means ``anthropic``), else the first
@@ -23,6 +25,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from carapace.db.session import SessionPaths
+from carapace.runner.settings import AgentSettings, is_sandboxed
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +82,8 @@ class RunnerConfig:
     max_tool_rounds: int = DEFAULT_MAX_TOOL_ROUNDS
     history_messages: int = DEFAULT_HISTORY_MESSAGES
     poll_interval_s: float = 5.0  # safety poll even with inotify
+    agent_settings: AgentSettings = field(default_factory=AgentSettings)  # parsed ``settings``
+    sandboxed: bool = False  # CARAPACE_SANDBOX is set: the host started us in a sandbox
 
     @property
     def paths(self) -> SessionPaths:
@@ -107,7 +112,7 @@ class RunnerConfig:
         max_msgs = data.get("maxMessagesPerPrompt")
         if not isinstance(max_msgs, int) or isinstance(max_msgs, bool) or max_msgs <= 0:
             max_msgs = DEFAULT_MAX_MESSAGES
-        rounds = (settings or {}).get("max_tool_rounds")
+        agent_settings = AgentSettings.parse(settings)
         return cls(
             session_dir=session_dir,
             agent_dir=agent_dir,
@@ -118,7 +123,9 @@ class RunnerConfig:
             timezone=resolve_timezone(env.get("CARAPACE_TZ")),
             idle_exit_s=idle_exit_s,
             settings=dict(settings or {}),
-            max_tool_rounds=rounds if isinstance(rounds, int) and rounds > 0 else 25,
+            max_tool_rounds=agent_settings.max_tool_rounds,
+            agent_settings=agent_settings,
+            sandboxed=is_sandboxed(env),
         )
 
 

@@ -34,8 +34,9 @@ from typing import Any
 
 from carapace.db.session import touch_heartbeat
 from carapace.errors import CarapaceError
-from carapace.runner.agent import Agent, append_transcript, load_conversation, save_conversation
+from carapace.runner.agent import Agent, append_transcript, resume_conversation, save_conversation
 from carapace.runner.batching import select_batch
+from carapace.runner.compaction import Compaction
 from carapace.runner.config import RunnerConfig
 from carapace.runner.formatter import format_messages, is_clear_command
 from carapace.runner.inbound import Inbound, InRow
@@ -125,6 +126,9 @@ class Runner:
             max_tool_rounds=config.max_tool_rounds,
             heartbeat=self.heartbeat,
             should_stop=self._stop.is_set,
+            context_limit_chars=config.agent_settings.context_limit_chars,
+            history_messages=config.history_messages,
+            on_compaction=self._on_compaction,
         )
 
     # --- life cycle -----------------------------------------------------------------------
@@ -155,7 +159,12 @@ class Runner:
         released = self.outbound.recover()
         if released:
             logger.info("released %d stale processing claim(s) of a previous runner", released)
-        self.agent.conversation = load_conversation(self.outbound)
+        self.agent.conversation = resume_conversation(
+            self.outbound,
+            self.config.agent_dir,
+            self.config.session_id,
+            self.config.history_messages,
+        )
         if self.agent.conversation:
             logger.info("resuming conversation (%d messages)", len(self.agent.conversation))
         self.heartbeat()
@@ -259,7 +268,14 @@ class Runner:
             _origin_lookup(dests),
             session_dir=self.paths.root,
         )
-        system = compose_system_prompt(self.config.agent_dir, dests, self.config.assistant_name)
+        system = compose_system_prompt(
+            self.config.agent_dir,
+            dests,
+            self.config.assistant_name,
+            settings=self.config.agent_settings if self.toolbox.workspace is not None else None,
+            session_dir=self.paths.root,
+            sandboxed=self.config.sandboxed,
+        )
         try:
             with Keepalive(self.heartbeat):
                 result = self.agent.run_turn(system, prompt)
@@ -287,6 +303,10 @@ class Runner:
             "session %s: completed %s in %d round(s); reply seqs %s", sid, ids, result.rounds, seqs
         )
 
+    def _on_compaction(self, result: Compaction) -> None:
+        # A compaction sends nothing (no messages_out row): it is only recorded (spec W-3b).
+        append_transcript(self.config.agent_dir, self.config.session_id, [result.record()])
+
     def _clear(self, rows: list[InRow], batch: Batch) -> None:
         with self.outbound.atomic():
             self.agent.clear()
@@ -297,6 +317,7 @@ class Runner:
                     CLEARED_TEXT, routing, self.outbound, in_reply_to=row.id, now=self.clock.now()
                 )
             self.outbound.complete([r.id for r in rows], now=self.clock.now())
+        append_transcript(self.config.agent_dir, self.config.session_id, [{"type": "clear"}])
         logger.info("session %s: conversation cleared by %s", self.config.session_id, rows[0].id)
 
     def _fail(self, ids: list[str], batch: Batch, detail: str) -> None:

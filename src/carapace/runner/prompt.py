@@ -1,26 +1,38 @@
-"""The agent's system prompt: base instructions, the group's memory files, destinations.
+"""The agent's system prompt: base instructions, the group's memory files, tools, destinations.
 
-``compose_system_prompt(agent_dir, destinations, assistant_name)`` joins, with blank lines:
+``compose_system_prompt(agent_dir, destinations, assistant_name, …)`` joins, with blank lines:
 
 1. ``# You are <name>`` and a sentence about the name (when a name is configured);
 2. the base instructions (``BASE_INSTRUCTIONS``; NanoClaw's ``container/CLAUDE.md``);
-3. ``<agent_dir>/CLAUDE.md``, ``<agent_dir>/CLAUDE.local.md`` and
-   ``<agent_dir>/../global/CLAUDE.md`` when present, each under a heading naming the file;
-4. ``## Sending messages`` with the destinations (spec §7.1 wording, adapted: a plain reply
+3. ``<agent_dir>/CLAUDE.md`` (operator-written), ``<agent_dir>/CLAUDE.local.md`` (the
+   agent's memory) and ``<agent_dir>/../global/CLAUDE.md`` when present, each under a
+   heading naming the file. Lines that are only ``@path`` are Claude Code imports (how
+   NanoClaw composes a group's ``CLAUDE.md``): the file is inlined when it lies inside the
+   group or global folder, and dropped otherwise (NanoClaw's shared base, ``/app/CLAUDE.md``,
+   is replaced by the base instructions above);
+4. ``## Your workspace``: the folders and the workspace tools the group's settings enable
+   (when ``settings`` is given);
+5. ``## Sending messages`` with the destinations (spec §7.1 wording, adapted: a plain reply
    goes back to where the message came from, so ``<message to="…">`` is needed only for
    other destinations).
 
 The runner rebuilds it for every batch, so destination changes show up at once (W-8).
-The admin CLI shows the same text.
+The admin CLI (``carapace admin groups prompt``) shows the same text.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
+
+from carapace.runner.settings import AgentSettings
 
 MAX_FILE_CHARS = 100_000
+MAX_IMPORT_DEPTH = 5
+_IMPORT_RE = re.compile(r"^@(\S+)$")
 
 BASE_INSTRUCTIONS = """\
 You are a personal assistant running inside carapace. People and other agents reach you
@@ -94,30 +106,119 @@ def _read(path: Path) -> str:
     return text[:MAX_FILE_CHARS].strip()
 
 
+def _inside(real: str, roots: Sequence[str]) -> bool:
+    return any(real == r or real.startswith(r.rstrip("/") + "/") for r in roots)
+
+
+def expand_imports(text: str, base: Path, roots: Sequence[str], depth: int = 0) -> str:
+    """Inline ``@path`` lines (Claude Code imports) whose target lies inside ``roots``."""
+    out: list[str] = []
+    for line in text.splitlines():
+        m = _IMPORT_RE.match(line.strip())
+        if m is None:
+            out.append(line)
+            continue
+        target = os.path.realpath(os.path.join(base, os.path.expanduser(m.group(1))))
+        if depth >= MAX_IMPORT_DEPTH or not _inside(target, roots) or not os.path.isfile(target):
+            continue
+        inner = _read(Path(target))
+        if inner:
+            out.append(expand_imports(inner, Path(target).parent, roots, depth + 1))
+    return "\n".join(out).strip()
+
+
 def memory_sections(agent_dir: Path) -> list[str]:
+    global_dir = agent_dir.parent / "global"
+    roots = [os.path.realpath(agent_dir), os.path.realpath(global_dir)]
     files = (
         ("Group instructions (CLAUDE.md)", agent_dir / "CLAUDE.md"),
         ("Group memory (CLAUDE.local.md)", agent_dir / "CLAUDE.local.md"),
-        ("Shared memory (global/CLAUDE.md)", agent_dir.parent / "global" / "CLAUDE.md"),
+        ("Shared memory (global/CLAUDE.md, read-only)", global_dir / "CLAUDE.md"),
     )
     out: list[str] = []
     for title, path in files:
-        text = _read(path)
+        text = expand_imports(_read(path), path.parent, roots)
         if text:
             out.append(f"## {title}\n\n{text}")
     return out
+
+
+def workspace_section(
+    agent_dir: Path,
+    settings: AgentSettings,
+    *,
+    session_dir: Path | None = None,
+    sandboxed: bool | None = None,
+) -> str:
+    """What the workspace tools can reach and which of them this group has."""
+    lines = [
+        "## Your workspace",
+        "",
+        f"- Working folder (the agent group's folder, read-write): `{agent_dir}`. Relative "
+        "paths start here; keep your notes and files in it.",
+    ]
+    if session_dir is not None:
+        lines.append(
+            f"- This conversation's session folder (read-write; attachments in `inbox/`, "
+            f"files to send in `outbox/`): `{session_dir}`."
+        )
+    global_dir = agent_dir.parent / "global"
+    if global_dir.is_dir():
+        lines.append(f"- Shared folder of all agent groups (read-only): `{global_dir}`.")
+    lines.append(
+        "- File tools refuse anything outside these folders and the runner's temp folder "
+        "(symlinks are followed and re-checked)."
+    )
+    tools = [t for t in ("read_file", "write_file", "edit_file", "list_files", "grep")
+             if t in settings.tools]  # fmt: skip
+    if tools:
+        lines.append("- File tools: " + ", ".join(f"`{t}`" for t in tools) + ".")
+    if "web_fetch" in settings.tools:
+        lines.append(
+            "- `web_fetch` fetches a web page as text."
+            if settings.web
+            else "- Web access (`web_fetch`) is disabled for this group."
+        )
+    if sandboxed is None:
+        mode = settings.bash if "bash" in settings.tools else "off"
+        on = {"allowed": True, "sandboxed": None, "off": False}[mode]
+    else:
+        on = settings.bash_mode(sandboxed)[0] != "off"
+    if on is None:
+        lines.append("- `bash` runs shell commands when the runner is sandboxed.")
+    elif on:
+        lines.append("- `bash` runs shell commands in the working folder (with a timeout).")
+    else:
+        lines.append("- Shell commands (`bash`) are disabled for this group.")
+    lines.append(
+        "- Update `CLAUDE.local.md` (edit_file or write_file) when you learn something "
+        "worth remembering; it is part of these instructions at your next message."
+    )
+    return "\n".join(lines)
 
 
 def compose_system_prompt(
     agent_dir: Path,
     destinations: Sequence[NamedDestination],
     assistant_name: str,
+    *,
+    settings: AgentSettings | Mapping[str, Any] | None = None,
+    session_dir: Path | None = None,
+    sandboxed: bool | None = None,
 ) -> str:
     """The whole system prompt for one agent group's runner (see the module docstring)."""
+    agent_dir = Path(agent_dir)
+    workspace = ""
+    if settings is not None:
+        parsed = settings if isinstance(settings, AgentSettings) else AgentSettings.parse(settings)
+        workspace = workspace_section(
+            agent_dir, parsed, session_dir=session_dir, sandboxed=sandboxed
+        )
     parts = [
         identity_section(assistant_name),
         BASE_INSTRUCTIONS,
-        *memory_sections(Path(agent_dir)),
+        *memory_sections(agent_dir),
+        workspace,
         destinations_section(destinations),
     ]
     return "\n\n".join(p for p in parts if p)

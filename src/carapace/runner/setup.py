@@ -17,6 +17,7 @@ from carapace.errors import CarapaceError
 from carapace.runner.config import RunnerConfig
 from carapace.runner.providers import ProviderConfig, create_provider
 from carapace.runner.providers.base import Provider
+from carapace.runner.workspace_specs import bash_refusal
 
 if TYPE_CHECKING:
     from carapace.runner.workspace import Workspace
@@ -25,14 +26,12 @@ logger = logging.getLogger(__name__)
 
 
 def provider_config(config: RunnerConfig) -> ProviderConfig:
-    settings = config.settings
-    max_tokens = settings.get("max_tokens")
-    base_url = settings.get("base_url")
+    agent = config.agent_settings
     return ProviderConfig(
         name=config.provider,
         model=config.model,
-        max_tokens=max_tokens if isinstance(max_tokens, int) and max_tokens > 0 else 4096,
-        base_url=base_url if isinstance(base_url, str) and base_url else None,
+        max_tokens=agent.max_tokens,
+        base_url=agent.base_url,
         agent_dir=str(config.agent_dir),
     )
 
@@ -47,16 +46,12 @@ def build_provider(config: RunnerConfig) -> tuple[Provider | None, str | None]:
 
 def build_workspace(config: RunnerConfig) -> Workspace | None:
     try:
-        from carapace.runner.workspace import Workspace, WorkspacePolicy
+        from carapace.runner.workspace import Workspace, WorkspaceLimits, WorkspacePolicy
     except ImportError:
         return None
-    settings = config.settings
-    bash = settings.get("bash", "off")
-    if bash is True:
-        bash = "allowed"
-    elif bash is False or bash is None:
-        bash = "off"
-    web = settings.get("web", True)
+    agent = config.agent_settings
+    bash, why_off = agent.bash_mode(config.sandboxed)
+    limits = WorkspaceLimits(bash_timeout_s=agent.bash_timeout_s)
     global_dir = config.agent_dir.parent / "global"
     tmp = Path(tempfile.mkdtemp(prefix=f"carapace-runner-{config.session_id}-"))
     try:
@@ -66,8 +61,11 @@ def build_workspace(config: RunnerConfig) -> Workspace | None:
                 session_dir=config.session_dir,
                 tmp_dir=tmp,
                 bash=bash,
-                web=bool(web),
+                web=agent.web and "web_fetch" in agent.tools,
                 read_only_roots=(global_dir,) if global_dir.is_dir() else (),
+                limits=limits,
+                tools=agent.tools,
+                bash_refusal=bash_refusal(why_off, agent.bash),
             )
         )
     except (CarapaceError, OSError) as exc:

@@ -32,7 +32,13 @@ from carapace.errors import ConfigError, ValidationError
 from carapace.runner import webfetch
 from carapace.runner.providers.base import ToolResult, ToolSpec
 from carapace.runner.workspace_shell import run_shell
-from carapace.runner.workspace_specs import BASH_DISABLED, TOOL_SPECS, WEB_DISABLED, validate_args
+from carapace.runner.workspace_specs import (
+    BASH_DISABLED,
+    TOOL_DISABLED,
+    TOOL_SPECS,
+    WEB_DISABLED,
+    validate_args,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +88,8 @@ class WorkspacePolicy:
     read_only_roots: tuple[Path, ...] = ()  # folders or single files: readable, never written
     env: Mapping[str, str] = field(default_factory=dict)  # extra bash env the operator set
     limits: WorkspaceLimits = field(default_factory=WorkspaceLimits)
+    tools: frozenset[str] | None = None  # the tools the group's settings enable (None: all)
+    bash_refusal: str = BASH_DISABLED  # what a bash call gets while bash is off
 
 
 @dataclass(frozen=True)
@@ -126,7 +134,13 @@ class Workspace:
 
     # --- the tool surface ------------------------------------------------------------------
 
+    def knows(self, name: str) -> bool:
+        """A workspace tool, offered or not (a call to a disabled one gets an explanation)."""
+        return name in self._tools
+
     def enabled(self, name: str) -> bool:
+        if self.policy.tools is not None and name not in self.policy.tools:
+            return False
         if name == "bash":
             return self.policy.bash != "off"
         if name == "web_fetch":
@@ -144,7 +158,7 @@ class Workspace:
             known = ", ".join(s.name for s in self.tools())
             return ToolResult(f"Unknown tool {name!r}. Available tools: {known}.", True)
         if not self.enabled(name):
-            return ToolResult(BASH_DISABLED if name == "bash" else WEB_DISABLED, True)
+            return ToolResult(self._refusal(name), True)
         spec, handler = entry
         checked = validate_args(spec.input_schema, args)
         if isinstance(checked, str):
@@ -159,6 +173,13 @@ class Workspace:
         except Exception:  # the tool boundary: one bad call must not kill the runner
             logger.exception("workspace tool %s failed", name)
             return ToolResult(f"{name} failed with an internal error (see the runner log).", True)
+
+    def _refusal(self, name: str) -> str:
+        if name == "bash":
+            return self.policy.bash_refusal
+        if self.policy.tools is not None and name not in self.policy.tools:
+            return TOOL_DISABLED.format(name=name)
+        return WEB_DISABLED
 
     # --- confinement -------------------------------------------------------------------------
 

@@ -12,16 +12,36 @@ from typing import Any
 from carapace.runner.providers.base import ToolSpec
 
 BASH_DISABLED = (
-    "Shell access is disabled for this agent group, so the bash tool cannot run. "
-    'An operator can enable it by setting `bash: "allowed"` in the group\'s container '
-    "config (container.json), or by running the group in the bwrap sandbox, where bash is "
-    "enabled as `sandboxed`. The file tools (read_file, write_file, edit_file, list_files, "
-    "grep) still work."
+    "Shell access is disabled for this agent group, so the bash tool cannot run. An "
+    "operator can enable it in the group's settings (carapace admin groups config update "
+    '--settings): `bash: "sandboxed"` runs commands only when the runner is in the bwrap '
+    'sandbox; `bash: "allowed"` runs them even without a sandbox (unsafe). The file tools '
+    "(read_file, write_file, edit_file, list_files, grep) still work."
+)
+BASH_NOT_SANDBOXED = (
+    'Shell access for this agent group is set to `bash: "sandboxed"`, but this runner is not '
+    "running in a sandbox (the host's runner backend is not bwrap), so the bash tool cannot "
+    "run. An operator can run the group with the bwrap backend, or set "
+    '`bash: "allowed"` to run commands without a sandbox (unsafe). The file tools '
+    "(read_file, write_file, edit_file, list_files, grep) still work."
 )
 WEB_DISABLED = (
     "Web access is disabled for this agent group, so web_fetch cannot run. An operator can "
     "enable it by setting `web: true` in the group's container config (container.json)."
 )
+TOOL_DISABLED = (
+    "The {name} tool is turned off for this agent group (the `tools` list in the group's "
+    "settings); an operator can enable it with `carapace admin groups config update`."
+)
+
+
+def bash_refusal(why_off: str, setting: str) -> str:
+    """The text a bash call gets when bash is off; ``why_off`` from ``AgentSettings.bash_mode``."""
+    if why_off == "tools":
+        return TOOL_DISABLED.format(name="bash")
+    if why_off == "not-sandboxed":
+        return BASH_NOT_SANDBOXED
+    return BASH_DISABLED
 
 
 _JSON_TYPES: dict[str, Callable[[object], bool]] = {

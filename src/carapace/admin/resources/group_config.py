@@ -48,10 +48,24 @@ def _get(ctx: AdminContext, args: dict[str, Any]) -> Any:
     return config_dict(_config(ctx, args)[1])
 
 
+def _merged_settings(cfg: groups.ContainerConfig, patch: dict[str, Any]) -> dict[str, Any]:
+    """``settings`` with ``patch`` applied (a null value removes a key), checked."""
+    from carapace.runner.settings import validate_settings
+
+    merged = {**cfg.settings_dict(), **patch}
+    merged = {k: v for k, v in merged.items() if v is not None}
+    problems = validate_settings(merged)
+    if problems:
+        raise ValidationError("invalid --settings: " + "; ".join(problems))
+    return merged
+
+
 def _update(ctx: AdminContext, args: dict[str, Any]) -> Any:
-    ag, _ = _config(ctx, args)
-    keys = (*_NULLABLE, "max_messages_per_prompt", "cli_scope")
+    ag, cfg = _config(ctx, args)
+    keys = (*_NULLABLE, "max_messages_per_prompt", "cli_scope", "settings")
     changes = {k: args[k] for k in keys if k in args}
+    if "settings" in changes:
+        changes["settings"] = _merged_settings(cfg, changes["settings"])
     if not changes:
         flags = ", ".join("--" + k.replace("_", "-") for k in keys)
         raise ValidationError(f"nothing to update: give at least one of {flags}")
@@ -155,6 +169,14 @@ CONFIG_VERBS = (
                 "What the agent may do with the admin CLI.",
                 type="enum",
                 choices=groups.CLI_SCOPES,
+            ),
+            Opt(
+                "settings",
+                "Agent settings to merge, as a JSON object (null removes a key): provider "
+                "base_url, max_tokens, context_limit_tokens, tools, bash, web, max_tool_rounds "
+                "(docs/agent-settings.md).",
+                type="json",
+                json_kind=dict,
             ),
         ),
     ),

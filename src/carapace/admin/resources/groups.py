@@ -102,7 +102,12 @@ def _prompt(ctx: AdminContext, args: dict[str, Any]) -> Any:
         raise CarapaceError("the prompt composer (carapace.runner.prompt) is not available")
     cfg = groups.get_container_config(ctx.db, g.id)
     name = (cfg.assistant_name if cfg else None) or g.name
-    text = compose_system_prompt(ctx.home.group_dir(g.folder), projection(ctx.db, g.id), name)
+    text = compose_system_prompt(
+        ctx.home.group_dir(g.folder),
+        projection(ctx.db, g.id),
+        name,
+        settings=cfg.settings_dict() if cfg else {},
+    )
     return str(text)
 
 

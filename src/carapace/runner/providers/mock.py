@@ -38,6 +38,9 @@ Substitutions in ``reply`` and in string values of tool-call ``arguments``:
 ``{user_text}`` the last user text. Nothing else is interpreted; other braces are kept.
 
 Tool call ids are ``mock-call-<n>``, numbered across the whole conversation.
+
+A compaction request (system prompt starting with ``COMPACTION_MARKER``) never goes
+through the script: it gets a deterministic summary (``compaction.mock_summary``).
 """
 
 from __future__ import annotations
@@ -95,6 +98,10 @@ class MockProvider:
         self.config = config or ProviderConfig()
 
     def complete(self, system: str, messages: list[Message], tools: list[ToolSpec]) -> Turn:
+        from carapace.runner.compaction import COMPACTION_MARKER, mock_summary
+
+        if system.startswith(COMPACTION_MARKER):  # a compaction summary, never scripted
+            return Turn(text=mock_summary(messages))
         user_index = _last_user_index(messages)
         user_text = last_user_text(messages)
         rules = self._load_rules()

@@ -82,8 +82,8 @@ class ToolBox:
     def _call(self, name: str, args: object) -> ToolResult:
         tool = self._tools.get(name)
         if tool is None:
-            if self.workspace is not None and name in {s.name for s in self.workspace.tools()}:
-                return self.workspace.call(name, args)
+            if self.workspace is not None and self.workspace.knows(name):
+                return self.workspace.call(name, args)  # a disabled tool explains itself
             return ToolResult(f"Unknown tool: {name}", is_error=True)
         checked = validate_args(tool.spec, args)
         if isinstance(checked, str):
