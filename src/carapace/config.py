@@ -27,7 +27,7 @@ from carapace.errors import ConfigError
 def default_home() -> Path:
     env = os.environ.get("CARAPACE_HOME")
     if env:
-        return Path(env).expanduser()
+        return Path(env).expanduser().absolute()
     xdg = os.environ.get("XDG_DATA_HOME")
     base = Path(xdg).expanduser() if xdg else Path.home() / ".local" / "share"
     return base / "carapace"
@@ -39,7 +39,8 @@ class Settings:
 
     timezone: str = "UTC"
     max_runners: int = 8
-    runner_backend: str = "subprocess"
+    runner_backend: str = "auto"  # auto | bwrap | subprocess (docs/sandbox.md)
+    bwrap: str = "bwrap"  # the bubblewrap executable
     runner_idle_exit_s: float = 300.0
     default_provider: str | None = None
     max_tries: int = 5
@@ -54,7 +55,7 @@ class Home:
 
     @classmethod
     def resolve(cls, home: str | os.PathLike[str] | None = None) -> Home:
-        return cls(Path(home).expanduser() if home else default_home())
+        return cls(Path(home).expanduser().absolute() if home else default_home())
 
     @property
     def data_dir(self) -> Path:

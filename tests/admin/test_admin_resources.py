@@ -10,6 +10,7 @@ from admin_helpers import call, call_err, dump
 from carapace.admin.direct import DirectContext
 from carapace.admin.registry import commands, resource
 from carapace.db import approvals, dropped, sessions, users
+from carapace.host.approvals import request_approval
 
 
 def test_registry_has_every_resource_and_a_tasks_slot() -> None:
@@ -260,9 +261,7 @@ def test_sessions_verbs(ctx: DirectContext, main_id: str) -> None:
     assert call_err(ctx, "sessions-get", id="sess-nope")[0] == "not-found"
 
 
-def test_approvals_list_every_kind_and_decide(
-    ctx: DirectContext, main_id: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_approvals_list_every_kind_and_decide(ctx: DirectContext, main_id: str) -> None:
     s = sessions.create_session(ctx.db, main_id, None)
     a = approvals.create_approval(
         ctx.db,
@@ -286,15 +285,21 @@ def test_approvals_list_every_kind_and_decide(
     assert call(ctx, "approvals-get", id="q-1")["options_json"][0]["value"] == "a"
     assert call_err(ctx, "approvals-get", id="appr-none")[0] == "not-found"
 
-    # without the approvals engine only the status is recorded
-    monkeypatch.setattr("carapace.admin.resources.approvals._engine", lambda: None)
+    # the engine decides (the session has no folder: the agent's note makes one)
     out = call(ctx, "approvals-approve", id=a.approval_id)
-    assert out["decision"] == "approved" and out["applied"] is False
-    assert "not available" in out["note"]
-    row = approvals.get_approval(ctx.db, a.approval_id)
-    assert row is not None and row.status == "approved"
-    assert call_err(ctx, "approvals-reject", id=a.approval_id)[0] == "handler-error"
-    assert call_err(ctx, "approvals-reject", id="q-1")[0] == "handler-error"
+    assert out["decision"] == "approved" and out["applied"]
+    assert approvals.get_approval(ctx.db, a.approval_id) is None
+    assert call_err(ctx, "approvals-reject", id=a.approval_id)[0] == "not-found"  # no card
+    aid = request_approval(ctx, s.id, "install_packages", {"apt": ["y"]}, "Install y", "y?")
+    [card] = [x for x in call(ctx, "approvals-list") if x["id"] == aid]
+    assert card["code"] and card["expires_at"], card  # a real card: reply code and expiry
+    out = call(ctx, "approvals-reject", id=card["code"])  # by reply code
+    assert out["id"] == aid and out["decision"] == "rejected"
+    assert call_err(ctx, "approvals-approve", id=aid)[0] == "handler-error"  # rejected already
+    assert call_err(ctx, "approvals-approve", id=sa.id, user="tg:nobody")[0] == (
+        "permission-denied"
+    )
+    assert approvals.get_sender_approval(ctx.db, sa.id) is not None  # unchanged
 
 
 @pytest.mark.parametrize("command", sorted(c for c in commands() if c.endswith("-list")))

@@ -45,7 +45,8 @@ def test_unknown_sender_approve_replays(rig: Rig) -> None:
     [ag], _mg = setup_sender(rig)
     res = rig.run(rig.host.route(stranger()))
     assert res.routed == [] and len(dba.list_sender_approvals(rig.db)) == 1
-    rig.run(rig.host.route(stranger("again")))  # dedup while pending
+    again = rig.run(rig.host.route(stranger("again")))  # one card; the message is kept
+    assert again.routed == [] and again.held == res.held and len(res.held) == 1
     rig.run(tick(rig.host))
     [card] = cards_sent(rig)
     assert card["type"] == "ask_question" and card["questionId"].startswith("nsa-")
@@ -59,8 +60,9 @@ def test_unknown_sender_approve_replays(rig: Rig) -> None:
     assert users.is_member(rig.db, "fake:stranger", ag)
     assert dba.list_sender_approvals(rig.db) == []
     [s] = rig.sessions()
-    [row] = rig.inbound(s)
-    assert json.loads(row["content"])["text"] == "hi" and row["trigger"] == 1
+    rows = rig.inbound(s)  # both held messages, replayed in order
+    assert [json.loads(r["content"])["text"] for r in rows] == ["hi", "again"]
+    assert all(r["trigger"] == 1 for r in rows)
     assert rig.channel.edits[-1][3] == "👤 New sender\n\n✅ Allowed"
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import click
@@ -55,6 +56,11 @@ def run_admin(
         return 2 if command == res.name and not wants_help else 0
     if command == "help":
         return _show(global_help(), as_json, out)
+    if positionals[0] == "tasks" and isinstance(args.get("script"), str):  # --script FILE
+        try:
+            args["script"] = Path(args["script"]).expanduser().read_text(encoding="utf-8")
+        except OSError as exc:
+            return _show_error("invalid-args", f"--script: {exc}", as_json, out, err)
     frame = {"id": new_id("cli"), "command": command, "args": args}
     try:
         resp = send_frame(home.admin_socket, frame)

@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
-from datetime import timedelta
 from typing import Any
 
 from carapace.admin.context import AdminContext
@@ -38,7 +37,7 @@ from carapace.admin.registry import (
     resolve,
     resources,
 )
-from carapace.db import approvals, groups
+from carapace.db import groups
 from carapace.db.sessions import get_session
 from carapace.errors import CarapaceError, NotFoundError, ValidationError
 
@@ -227,32 +226,24 @@ def _gate(
 def _request_approval(
     ctx: AdminContext, caller: dict[str, Any], frame_id: str, command: str, values: dict[str, Any]
 ) -> None:
+    """Hold an agent's command for an admin's decision: a ``pending_approvals`` row with its
+    card (delivered to the approver, expiring), through the approvals engine."""
+    from carapace.host.approvals import request_approval
+
     sid = caller.get("sessionId")
     session = get_session(ctx.db, sid) if isinstance(sid, str) else None
     if session is None:
         raise AdminError("handler-error", "session not found")
     g = groups.get_agent_group(ctx.db, session.agent_group_id)
     flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in values.items())
-    now = ctx.now()
-    appr = approvals.create_approval(
-        ctx.db,
-        "cli_command",
-        {
-            "frame": {"id": frame_id, "command": command, "args": values},
-            "question": f'Agent "{g.name if g else session.agent_group_id}" wants to run:\n'
-            f"`carapace admin {command} {flags}`".rstrip(),
-        },
-        session_id=session.id,
-        agent_group_id=session.agent_group_id,
-        title=f"CLI: {command}",
-        options=APPROVAL_OPTIONS,
-        expires_at=now + timedelta(seconds=ctx.settings.approval_ttl_s),
-        now=now,
-    )
-    raise AdminError(
-        "approval-pending",
-        f"{command} needs an admin's approval; requested as {appr.approval_id}",
-    )
+    question = (f'Agent "{g.name if g else session.agent_group_id}" wants to run:\n'
+                f"`carapace admin {command} {flags}`".rstrip())  # fmt: skip
+    payload = {"frame": {"id": frame_id, "command": command, "args": values},
+               "question": question}  # fmt: skip
+    aid = request_approval(ctx, session.id, "cli_command", payload, f"CLI: {command}", question)
+    if aid is None:
+        raise AdminError("handler-error", "no owner or admin is configured to approve it")
+    raise AdminError("approval-pending", f"{command} needs an admin's approval; requested as {aid}")
 
 
 def _post_filter(res: Resource, verb: Verb, data: Any, ag: str, values: dict[str, Any]) -> Any:

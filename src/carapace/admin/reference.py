@@ -28,8 +28,8 @@ JSON_SHAPES = """\
 | `members add` / `remove` | `{"user_id", "agent_group_id", "added" \\| "removed": bool}` |
 | `destinations remove` | `{"agent_group_id", "local_name", "removed": true}` |
 | `sessions close` | `{"closed": id, "stopped": bool}` |
-| `approvals list` | `[{"id", "kind": "approval"\\|"sender"\\|"channel"\\|"question", "action", "title", "agent_group_id", "session_id", "created_at", "expires_at"}]` |
-| `approvals approve` / `reject` | `{"id", "kind", "decision": "approved"\\|"rejected", "applied": bool, "result" \\| "note"}` |
+| `approvals list` | `[{"id", "kind": "approval"\\|"sender"\\|"channel"\\|"question", "action", "code", "title", "agent_group_id", "session_id", "created_at", "expires_at", "question"}]` (`code`: the reply code, accepted wherever an id is) |
+| `approvals approve` / `reject` | `{"id", "kind", "decision": "approved"\\|"rejected"\\|"answered", "message", "applied": true}`; a refused decision is an error (`permission-denied`: not authorised; `handler-error`: decided already) |
 | `help`, `RESOURCE help`, `groups prompt` | a string |
 
 Errors print `{"error": {"code": CODE, "message": TEXT}}` on stdout and exit 1 (2 for

@@ -14,9 +14,15 @@ Host → client:
   ``{"type": "message", "id": <messages_out id>, "in_reply_to": str|null, "kind": str,
      "text": str|null, "content": <content>}``
 
-Replies go to every ``chat`` client, and to a ``send`` client only when they answer one of
-its own messages. With no such reader ``deliver`` raises ``ChannelUnavailable``: the row
-stays undelivered until a reader connects (``on_ready``), never silently "delivered".
+The ack also carries ``"held": [<approval ids>]`` when the message waits for an admin's
+approval (an unknown sender on a ``request_approval`` chat).
+
+Replies go to every ``chat`` client, and to a ``send`` client when they answer one of its
+own messages. A message no connected client asked for (the reply to a client that has gone
+away, e.g. to a held message approved later; a card) goes to every client, ``send`` ones
+included: the next client of the chat receives it. With no reader at all ``deliver`` raises
+``ChannelUnavailable``: the row stays undelivered until a reader connects (``on_ready``),
+never silently "delivered".
 """
 
 from __future__ import annotations
@@ -55,9 +61,7 @@ class _Client:
     mode: str = "chat"
     sent: set[str] = field(default_factory=set)
 
-    def wants(self, in_reply_to: str | None) -> bool:
-        if self.mode == "chat":
-            return True
+    def owns(self, in_reply_to: str | None) -> bool:
         if not in_reply_to:
             return False
         return any(in_reply_to == s or in_reply_to.startswith(s + ":") for s in self.sent)
@@ -171,12 +175,14 @@ class CliChannel:
         result = await self.callbacks.on_inbound(event)
         routed = [r.message_id for r in getattr(result, "routed", [])]
         await self._send(client, {"type": "ack", "id": eid, "routed": routed,
-                                  "dropped": getattr(result, "dropped_reason", None)})  # fmt: skip
+                                  "dropped": getattr(result, "dropped_reason", None),
+                                  "held": list(getattr(result, "held", []))})  # fmt: skip
 
     async def deliver(
         self, platform_id: str, thread_id: str | None, message: OutboundMessage
     ) -> str | None:
-        targets = [c for c in self.clients if c.wants(message.in_reply_to)]
+        owners = [c for c in self.clients if c.owns(message.in_reply_to)]
+        targets = [c for c in self.clients if c.mode == "chat" or not owners or c in owners]
         if platform_id != PLATFORM_ID or not targets:
             raise ChannelUnavailable(f"no CLI client connected for {platform_id}")
         content = message.content

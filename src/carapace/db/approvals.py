@@ -223,6 +223,17 @@ def get_sender_approval(db: sqlite3.Connection, id: str) -> PendingSenderApprova
     return from_row(PendingSenderApproval, row)
 
 
+def sender_approval_for(
+    db: sqlite3.Connection, messaging_group_id: str, sender_identity: str
+) -> PendingSenderApproval | None:
+    """The pending row of this sender in this chat (there is at most one)."""
+    row = db.execute(
+        "SELECT * FROM pending_sender_approvals WHERE messaging_group_id=? AND sender_identity=?",
+        (messaging_group_id, sender_identity),
+    ).fetchone()
+    return from_row(PendingSenderApproval, row)
+
+
 def list_sender_approvals(db: sqlite3.Connection) -> list[PendingSenderApproval]:
     rows = db.execute("SELECT * FROM pending_sender_approvals ORDER BY created_at").fetchall()
     return from_rows(PendingSenderApproval, rows)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import re
+import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -34,6 +35,7 @@ from carapace.db import destinations, groups
 from carapace.db.connection import transaction
 from carapace.db.messaging import get_messaging_group
 from carapace.db.migrations import normalize_name
+from carapace.db.session import init_session_folder
 from carapace.db.sessions import Session, get_session
 from carapace.errors import NotFoundError, ValidationError
 from carapace.host import access, cards, channel_approval, questions, sender_approval
@@ -72,8 +74,17 @@ def register_handler(action: str, handler: Handler) -> None:
 
 
 def notify_agent(ctx: Ctx, session: Session, text: str) -> None:
-    """A system note to the agent (spec §2.10), then a wake."""
-    SessionManager(ctx.home, ctx.db).notify_agent(session, text, now=ctx.now())
+    """A system note to the agent (spec §2.10), then a wake. A session whose folder is gone
+    gets a fresh one; a note that cannot be written is logged (the decision stands)."""
+    manager = SessionManager(ctx.home, ctx.db)
+    try:
+        paths = manager.paths(session)
+        if not paths.inbound.exists():
+            init_session_folder(paths)
+        manager.notify_agent(session, text, now=ctx.now())
+    except (OSError, sqlite3.Error) as exc:
+        logger.warning("note to session %s not written: %s", session.id, exc)
+        return
     ctx.wake_session(session.id)
 
 
@@ -553,20 +564,22 @@ def expire_due(ctx: Ctx) -> int:
 
 
 def list_pending(db: Any) -> list[dict[str, Any]]:
-    """Every pending decision: ``{id, kind, title, agent_group_id, created_at, expires_at,
-    code, question}``, oldest first."""
+    """Every pending decision: ``{id, kind, title, agent_group_id, session_id, created_at,
+    expires_at, code, question}``, oldest first."""
     out: list[dict[str, Any]] = []
     for c in cards.pending_cards(db):
         if c.kind == "approval" and dba.get_approval(db, c.card_id) is None:
             continue
         out.append({"id": c.card_id, "kind": c.kind, "title": c.title,
-                    "agent_group_id": c.agent_group_id, "created_at": c.created_at,
-                    "expires_at": c.expires_at, "code": c.code, "question": c.question})  # fmt: skip
+                    "agent_group_id": c.agent_group_id, "session_id": c.session_id,
+                    "created_at": c.created_at, "expires_at": c.expires_at, "code": c.code,
+                    "question": c.question})  # fmt: skip
     for o in _orphans(db):
         if not any(x["id"] == o["id"] for x in out):
             out.append({"id": o["id"], "kind": o["kind"], "title": o["title"],
-                        "agent_group_id": o["agent_group_id"], "created_at": o["created_at"],
-                        "expires_at": None, "code": None, "question": ""})  # fmt: skip
+                        "agent_group_id": o["agent_group_id"], "session_id": None,
+                        "created_at": o["created_at"], "expires_at": None, "code": None,
+                        "question": ""})  # fmt: skip
     return sorted(out, key=lambda x: (x["created_at"], x["id"]))
 
 

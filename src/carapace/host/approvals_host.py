@@ -75,8 +75,8 @@ def install(host: Host, *, background: bool = True) -> None:
     ctx = HostContext(host)
     questions.DEFAULT_TTL_S = float(host.settings.approval_ttl_s)
 
-    async def on_sender(row: dba.PendingSenderApproval, event: InboundEvent) -> None:
-        sender_approval.adopt_held(ctx, row, event)
+    async def on_sender(row: dba.PendingSenderApproval, event: InboundEvent) -> str | None:
+        return sender_approval.adopt_held(ctx, row, event)
 
     async def on_channel(mg: MessagingGroup, event: InboundEvent) -> None:
         channel_approval.request_channel_approval(ctx, mg, event)
@@ -116,7 +116,9 @@ async def _pump_loop(host: Host) -> None:
         while True:
             event.clear()
             try:
-                if loop.time() - last_expiry >= EXPIRY_EVERY_S:
+                if loop.time() - last_expiry >= EXPIRY_EVERY_S or cards.expiry_due(
+                    host.db, host.now()
+                ):
                     approvals.expire_due(HostContext(host))
                     last_expiry = loop.time()
                 else:

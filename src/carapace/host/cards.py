@@ -212,6 +212,16 @@ def expired_cards(db: sqlite3.Connection, now: datetime) -> list[Card]:
     return from_rows(Card, rows)
 
 
+def expiry_due(db: sqlite3.Connection, now: datetime) -> bool:
+    """Whether some pending card has expired (cheap; the pump asks every second)."""
+    row = db.execute(
+        "SELECT 1 FROM carapace_cards WHERE status='pending' AND expires_at IS NOT NULL "
+        "AND expires_at <= ? LIMIT 1",
+        (iso(now),),
+    ).fetchone()
+    return row is not None
+
+
 def update_card(db: sqlite3.Connection, card_id: str, **changes: Any) -> None:
     for key, value in changes.items():
         db.execute(f"UPDATE carapace_cards SET {key}=? WHERE card_id=?", (value, card_id))
@@ -257,6 +267,54 @@ def enqueue(
         "VALUES (?, ?, ?, ?, ?)",
         (card_id, kind, dumps(payload), iso(now), iso(now)),
     )
+
+
+HELD_UNTIL = "9999-12-31T23:59:59.999Z"  # a ``held`` effect is never due by itself
+
+
+def hold(db: sqlite3.Connection, card_id: str, event: dict[str, Any], *, now: datetime) -> bool:
+    """Keep one more message (an ``InboundEvent`` as JSON) with a pending decision, to be
+    replayed after the first one when it is approved (``release_held``) or dropped with it
+    (``drop_held``). False when that message is kept already (a redelivered event)."""
+    msg = event.get("message")
+    mid = msg.get("id") if isinstance(msg, dict) else None
+    for (raw,) in db.execute(
+        "SELECT payload FROM carapace_card_effects WHERE card_id=? AND kind='held' "
+        "AND done_at IS NULL",
+        (card_id,),
+    ).fetchall():
+        held = loads_or(raw, {})
+        kept = held.get("event", {}).get("message", {}) if isinstance(held, dict) else {}
+        if mid and isinstance(kept, dict) and kept.get("id") == mid:
+            return False
+    db.execute(
+        "INSERT INTO carapace_card_effects (card_id, kind, payload, created_at, next_at) "
+        "VALUES (?, 'held', ?, ?, ?)",
+        (card_id, dumps({"event": event}), iso(now), HELD_UNTIL),
+    )
+    return True
+
+
+def release_held(db: sqlite3.Connection, card_id: str, *, now: datetime) -> int:
+    """Queue a replay of every message kept with ``card_id``, oldest first."""
+    rows = db.execute(
+        "SELECT id, payload FROM carapace_card_effects WHERE card_id=? AND kind='held' "
+        "AND done_at IS NULL ORDER BY id",
+        (card_id,),
+    ).fetchall()
+    for row in rows:
+        enqueue(db, "replay", loads_or(row["payload"], {}), card_id=card_id, now=now)
+        db.execute("UPDATE carapace_card_effects SET done_at=? WHERE id=?", (iso(now), row["id"]))
+    return len(rows)
+
+
+def drop_held(db: sqlite3.Connection, card_id: str, *, now: datetime, why: str) -> int:
+    cur = db.execute(
+        "UPDATE carapace_card_effects SET done_at=?, error=? WHERE card_id=? AND kind='held' "
+        "AND done_at IS NULL",
+        (iso(now), f"dropped: {why}", card_id),
+    )
+    return cur.rowcount
 
 
 def send_text(
@@ -437,7 +495,9 @@ async def pump(ctx: Ctx, adapters: Mapping[str, Any], replay: Replay) -> int:
 
 
 def pending_effects(db: sqlite3.Connection) -> int:
-    row = db.execute("SELECT COUNT(*) FROM carapace_card_effects WHERE done_at IS NULL")
+    row = db.execute(
+        "SELECT COUNT(*) FROM carapace_card_effects WHERE done_at IS NULL AND kind<>'held'"
+    )
     return int(row.fetchone()[0])
 
 

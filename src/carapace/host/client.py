@@ -41,8 +41,8 @@ class CliClient:
         self.writer.write((dumps(obj) + "\n").encode())
         await self.writer.drain()
 
-    async def say(self, text: str, user: str) -> str:
-        eid = new_id("cli")
+    async def say(self, text: str, user: str, eid: str | None = None) -> str:
+        eid = eid or new_id("cli")
         await self.write({"id": eid, "text": text, "senderId": f"cli:{user}", "sender": user})
         return eid
 

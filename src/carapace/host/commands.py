@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import signal
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -43,17 +45,28 @@ async def _run(home: Home) -> None:
     from carapace.host.client import build_host
 
     host = build_host(home)
-    await host.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in (signal.SIGINT, signal.SIGTERM):  # before the sockets appear: no window
         loop.add_signal_handler(sig, stop.set)
+    await host.start()
     click.echo(f"carapace host running for {home.root} (cli socket {home.cli_socket})", err=True)
+    click.echo(f"runner backend: {host.backend_note}", err=True)
     try:
         await stop.wait()
     finally:
         await host.stop()
         host.close()
+
+
+def _owns(eid: str, msg: dict[str, Any]) -> bool:
+    irt = msg.get("in_reply_to")
+    return isinstance(irt, str) and (irt == eid or irt.startswith(eid + ":"))
+
+
+def _held_note(ids: list[Any]) -> str:
+    return (f"[held for approval ({', '.join(str(i) for i in ids)}): an admin must approve "
+            "this sender; the reply comes to the next client of this chat]")  # fmt: skip
 
 
 @click.command()
@@ -66,26 +79,42 @@ async def _run(home: Home) -> None:
 @clean_errors
 def send(home: str | None, user: str, timeout: float, quiet_period: float, as_json: bool,
          text: str) -> None:  # fmt: skip
-    """Send one message to the agent, print its reply(ies) and exit."""
+    """Send one message to the agent, print its reply(ies) and exit.
+
+    \b
+    Replies to earlier messages that were waiting for a reader (e.g. to a message held for
+    approval and approved since) are printed too, marked "[earlier]". A message from an
+    unknown sender on a request_approval chat is held: that is printed, exit status 0.
+    Exit status 1: not routed, or no reply within --timeout.
+    """
     _quiet_embedded_logs()
-    replies = asyncio.run(_send(Home.resolve(home), user, text, timeout, quiet_period))
-    for r in replies:
-        click.echo(json.dumps(r, ensure_ascii=False) if as_json else (r.get("text") or ""))
+
+    def show(msg: dict[str, Any]) -> None:
+        if as_json:
+            click.echo(json.dumps(msg, ensure_ascii=False))
+        elif msg.get("type") == "held":
+            click.echo(_held_note(msg.get("held") or []))
+        else:
+            mark = "" if msg.get("own") else "[earlier] "
+            click.echo(mark + (msg.get("text") or json.dumps(msg.get("content"))))
+
+    asyncio.run(_send(Home.resolve(home), user, text, timeout, quiet_period, show))
 
 
 async def _send(
-    home: Home, user: str, text: str, timeout: float, quiet: float
-) -> list[dict[str, Any]]:
+    home: Home, user: str, text: str, timeout: float, quiet: float,
+    show: Callable[[dict[str, Any]], None],
+) -> None:  # fmt: skip
     from carapace.host.client import connect_or_embed, stop_embedded
 
     client, host = await connect_or_embed(home, "send")
-    replies: list[dict[str, Any]] = []
+    answered = acked = False
     try:
         eid = await client.say(text, user)
         deadline = time.monotonic() + timeout
         while True:
             left = deadline - time.monotonic()
-            if replies:
+            if answered:
                 left = min(left, quiet)
             if left <= 0:
                 break
@@ -95,36 +124,69 @@ async def _send(
                 break
             if msg is None:
                 raise click.ClickException("the host closed the connection")
-            if msg.get("type") == "ack" and msg.get("id") == eid and not msg.get("routed"):
+            if msg.get("type") == "ack" and msg.get("id") == eid and msg.get("routed"):
+                acked = True
+            elif msg.get("type") == "ack" and msg.get("id") == eid:
+                if msg.get("held"):
+                    show({"type": "held", "id": eid, "held": msg["held"]})
+                    return
                 raise click.ClickException(
                     f"the message was not routed to any agent ({msg.get('dropped') or 'dropped'})"
                 )
             if msg.get("type") == "message":
-                replies.append(msg)
+                own = _owns(eid, msg)
+                # a turn answers a batch and names its first message: a reply that comes
+                # after our ack may answer ours together with an earlier one
+                answered = answered or own or (acked and bool(msg.get("in_reply_to")))
+                show({**msg, "own": own})
     finally:
         await client.close()
         await stop_embedded(host)
-    if not replies:
+    if not answered:
         raise click.ClickException(f"no reply within {timeout:g} s")
-    return replies
 
 
 @click.command()
 @home_option
 @click.option("--as", "user", default="local", show_default=True, help="Sender handle (cli:USER).")
+@click.option("--timeout", type=float, default=60.0, show_default=True,
+              help="Non-interactive input: seconds to wait for the replies after end of input.")  # fmt: skip
+@click.option("--quiet-period", type=float, default=0.4, hidden=True)
 @clean_errors
-def chat(home: str | None, user: str) -> None:
-    """Talk to the default agent interactively (starts a host if none runs)."""
+def chat(home: str | None, user: str, timeout: float, quiet_period: float) -> None:
+    """Talk to the default agent interactively (starts a host if none runs).
+
+    \b
+    Each input line is one message; replies print as "agent> …". With input from a pipe or
+    file, the lines are sent as they are read and, at end of input, chat waits until every
+    routed message has a reply (at most --timeout seconds), then exits (status 1 when some
+    reply did not come).
+    """
     _quiet_embedded_logs()
-    asyncio.run(_chat(Home.resolve(home), user))
+    ok = asyncio.run(_chat(Home.resolve(home), user, timeout, quiet_period))
+    if not ok:
+        raise click.ClickException(f"not every message was answered within {timeout:g} s")
 
 
-async def _chat(home: Home, user: str) -> None:
+async def _chat(home: Home, user: str, timeout: float, quiet: float) -> bool:
     from carapace.host.client import connect_or_embed, stop_embedded
+    from carapace.timefmt import new_id
 
     client, host = await connect_or_embed(home, "chat")
+    interactive = sys.stdin.isatty()
     where = "embedded host" if host else "running host"
-    click.echo(f"carapace chat ({where}, home {home.root}) — Ctrl-D to quit")
+    if interactive:
+        click.echo(f"carapace chat ({where}, home {home.root}) — Ctrl-D to quit")
+    waiting: set[str] = set()  # sent, not yet answered (nor refused, nor held)
+    routed: list[str] = []  # acked as routed, in order
+    changed = asyncio.Event()
+
+    def answered(msg: dict[str, Any]) -> None:
+        # a turn answers a batch: the reply names the batch's first message, and the
+        # messages routed after it (before this reply) were in that batch too
+        first = next((i for i, e in enumerate(routed) if _owns(e, msg)), None)
+        if first is not None:
+            waiting.difference_update(routed[first:])
 
     async def printer() -> None:
         while True:
@@ -134,8 +196,16 @@ async def _chat(home: Home, user: str) -> None:
                 return
             if msg.get("type") == "message":
                 click.echo(f"agent> {msg.get('text') or json.dumps(msg.get('content'))}")
-            elif msg.get("type") == "ack" and not msg.get("routed"):
-                click.echo(f"[not routed: {msg.get('dropped')}]")
+                answered(msg)
+            elif msg.get("type") == "ack" and msg.get("routed"):
+                routed.append(str(msg.get("id")))
+            elif msg.get("type") == "ack":
+                waiting.discard(str(msg.get("id")))
+                if msg.get("held"):
+                    click.echo(_held_note(msg["held"]))
+                else:
+                    click.echo(f"[not routed: {msg.get('dropped')}]")
+            changed.set()
 
     task = asyncio.get_running_loop().create_task(printer())
     try:
@@ -144,8 +214,23 @@ async def _chat(home: Home, user: str) -> None:
             if not line:
                 break
             if line.strip():
-                await client.say(line.rstrip("\n"), user)
-        await asyncio.sleep(0)
+                eid = new_id("cli")
+                waiting.add(eid)
+                await client.say(line.rstrip("\n"), user, eid)
+        if interactive:
+            return True
+        deadline = time.monotonic() + timeout
+        while waiting and not task.done() and time.monotonic() < deadline:
+            changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), deadline - time.monotonic())
+        while not task.done():  # let further replies to the last message arrive
+            changed.clear()
+            try:
+                await asyncio.wait_for(changed.wait(), quiet)
+            except TimeoutError:
+                break
+        return not waiting
     finally:
         task.cancel()
         await client.close()

@@ -8,7 +8,9 @@
   survive restarts (§11.3 item 27).
 * Nothing is marked delivered that was not sent (§11.3 item 26): no adapter → retried with
   backoff then ``failed``; no reader connected (``ChannelUnavailable``) → kept undelivered,
-  delivered when a reader comes back, ``failed`` after ``UNAVAILABLE_TTL_S``.
+  delivered when a reader comes back, ``failed`` after ``UNAVAILABLE_TTL_S``. Such a row is
+  tried again on every drain (a reader's ``on_ready`` drains at once), not only after
+  ``UNAVAILABLE_RETRY_S``: asking an adapter for a reader costs nothing.
 * Rows after a waiting row for the same address wait too (per-address order).
 * A final failure is told to the agent as a system note and wakes it.
 """
@@ -41,6 +43,7 @@ logger = logging.getLogger(__name__)
 MAX_DELIVERY_ATTEMPTS = 3
 UNAVAILABLE_RETRY_S = 30.0
 UNAVAILABLE_TTL_S = 24 * 3600.0
+UNAVAILABLE_MARK = "no reader: "
 MAX_FILE_BYTES = 25 * 1024 * 1024
 MAX_TOTAL_FILE_BYTES = 50 * 1024 * 1024
 
@@ -270,7 +273,11 @@ class Delivery:
     def _wait_until(
         self, row: sqlite3.Row, st: sqlite3.Row | None, now: datetime
     ) -> datetime | None:
-        for value in (row["deliver_after"], st["next_attempt"] if st else None):
+        waits_for_reader = st is not None and str(st["last_error"] or "").startswith(
+            UNAVAILABLE_MARK
+        )
+        nxt = st["next_attempt"] if st is not None and not waits_for_reader else None
+        for value in (row["deliver_after"], nxt):
             if value:
                 try:
                     when = parse_ts(value)
@@ -299,8 +306,9 @@ class Delivery:
             if (now - first).total_seconds() >= UNAVAILABLE_TTL_S:
                 return self._fail(session, row, inb, f"no reader for {UNAVAILABLE_TTL_S:g} s", now)
             self._record_attempt(
-                inb, rid, 0, now + timedelta(seconds=UNAVAILABLE_RETRY_S), str(exc), now
-            )
+                inb, rid, 0, now + timedelta(seconds=UNAVAILABLE_RETRY_S),
+                UNAVAILABLE_MARK + str(exc), now,
+            )  # fmt: skip
             logger.info("message %s of session %s waits for a reader: %s", rid, session.id, exc)
             return None
         except Exception as exc:

@@ -60,13 +60,18 @@ class RouteResult:
     denied: str | None = None
 
 
-SenderApprovalHook = Callable[[approvals.PendingSenderApproval, InboundEvent], Awaitable[None]]
+# returns the approval id while the message is held (None: it was dropped after all)
+SenderApprovalHook = Callable[
+    [approvals.PendingSenderApproval, InboundEvent], Awaitable[str | None]
+]
 ChannelRequestHook = Callable[[MessagingGroup, InboundEvent], Awaitable[None]]
 InterceptHook = Callable[[InboundEvent], Awaitable[bool]]
 
 
-async def _noop_sender(approval: approvals.PendingSenderApproval, event: InboundEvent) -> None:
-    return None
+async def _noop_sender(
+    approval: approvals.PendingSenderApproval, event: InboundEvent
+) -> str | None:
+    return approval.id
 
 
 async def _noop_channel(mg: MessagingGroup, event: InboundEvent) -> None:
@@ -280,9 +285,12 @@ class Router:
             self.db, mg.id, w.agent_group_id, user_id, event.to_json(), owner,
             sender_name=sender_name, title="New sender", options=["approve", "reject"], now=now,
         )  # fmt: skip
-        if row is not None:
-            result.held.append(row.id)
-            await self.on_sender_approval(row, event)
+        if row is None:  # this sender waits for a decision already: keep this one too
+            row = approvals.sender_approval_for(self.db, mg.id, user_id)
+        if row is not None and row.agent_group_id == w.agent_group_id:
+            held = await self.on_sender_approval(row, event)
+            if held is not None and held not in result.held:
+                result.held.append(held)
 
     async def _deliver(
         self, event: InboundEvent, mg: MessagingGroup, w: Wiring, user_id: str | None,

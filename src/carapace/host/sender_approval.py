@@ -120,10 +120,22 @@ def request_sender_approval(
 
 
 def adopt_held(ctx: Ctx, row: dba.PendingSenderApproval, event: InboundEvent) -> str | None:
-    """The router's hook: it has just inserted ``row`` (the winner of the race). Give it the
-    card; drop it when the sender was denied recently or nobody can approve."""
+    """The router's hook: ``row`` holds ``event`` (the router has just inserted it, the
+    winner of the race) or is the pending row of this sender in this chat (a later message:
+    kept with it, replayed after it on approval). Give it the card; drop it when the sender
+    was denied recently or nobody can approve. Returns the row's id while it is held."""
     now = ctx.now()
     mg = get_messaging_group(ctx.db, row.messaging_group_id)
+    first = _event(row)
+    first_id = first.get("message", {}).get("id") if isinstance(first, dict) else None
+    if event.message.id != first_id and cards.get_card(ctx.db, row.id) is not None:
+        with transaction(ctx.db):
+            if dba.get_sender_approval(ctx.db, row.id) is None:
+                return None  # decided meanwhile
+            if cards.hold(ctx.db, row.id, event.to_json(), now=now):
+                logger.info("message %s of sender %s kept with pending approval %s",
+                            event.message.id, row.sender_identity, row.id)  # fmt: skip
+        return row.id
     with transaction(ctx.db):
         if mg is None or is_denied(ctx.db, row.messaging_group_id, row.sender_identity, now):
             dba.delete_sender_approval(ctx.db, row.id)
@@ -164,11 +176,13 @@ def decide_sender(ctx: Ctx, row: dba.PendingSenderApproval, value: str, clicker:
             cards.finish_card(ctx.db, row.id, "approved", now=now, by=clicker, decision=value,
                               label="✅ Allowed")  # fmt: skip
             cards.enqueue(ctx.db, "replay", {"event": _event(row)}, card_id=row.id, now=now)
+            cards.release_held(ctx.db, row.id, now=now)
             logger.info("sender %s allowed into %s by %s; replaying %s", row.sender_identity,
                         row.agent_group_id, clicker, row.id)  # fmt: skip
             return Outcome(row.id, "sender", "approved",
                            f"{row.sender_name or row.sender_identity} allowed.")  # fmt: skip
         remember_denial(ctx, row.messaging_group_id, row.sender_identity, clicker, now)
+        cards.drop_held(ctx.db, row.id, now=now, why="sender denied")
         cards.finish_card(ctx.db, row.id, "rejected", now=now, by=clicker, decision=value,
                           label="❌ Denied")  # fmt: skip
     logger.info("sender %s denied in %s by %s", row.sender_identity, row.messaging_group_id,
@@ -185,12 +199,14 @@ def _event(row: dba.PendingSenderApproval) -> Any:
 
 
 def expire_sender(ctx: Ctx, card: cards.Card, now: datetime) -> None:
-    """The card expired: the held message is dropped, a new message makes a new card."""
+    """The card expired: the held messages are dropped, a new message makes a new card."""
     dba.delete_sender_approval(ctx.db, card.card_id)
+    cards.drop_held(ctx.db, card.card_id, now=now, why="approval expired")
 
 
 def cancel_sender(ctx: Ctx, card: cards.Card) -> None:
     dba.delete_sender_approval(ctx.db, card.card_id)
+    cards.drop_held(ctx.db, card.card_id, now=ctx.now(), why="nobody can approve")
 
 
 cards.UNDELIVERABLE["sender"] = cancel_sender
