@@ -1,8 +1,9 @@
 """File-change notification for session folders: inotify through ctypes, or polling.
 
-DESIGN §3: each side wakes as soon as the other side commits. SQLite in
-``journal_mode=DELETE`` writes the database file and then removes ``<db>-journal``, so a
-watch on the *folder* sees every commit (the journal's removal is the commit point).
+DESIGN §3: each side wakes as soon as the other side commits. Session DBs use
+``journal_mode=PERSIST``: a commit writes the database file (``IN_MODIFY``) and then zeroes
+the header of ``<db>-journal`` (``IN_MODIFY``, the commit point), so a watch on the *folder*
+filtered to both names sees every commit (in ``DELETE`` mode the journal's removal is it).
 
 ``DirWatcher`` watches folders (or single files)::
 

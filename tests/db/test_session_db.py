@@ -73,7 +73,9 @@ def test_layout_and_schemas(paths: SessionPaths, tmp_path: Path) -> None:
         db = connect(path, "session")
         for table, cols in expected.items():
             assert [r[1] for r in db.execute(f"PRAGMA table_info({table})")] == cols
-        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+        # A rollback journal that is never deleted (docs/sandbox.md, DESIGN invariant 3).
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "persist"
+        assert Path(f"{path}-journal").is_file()
         assert db.execute("PRAGMA busy_timeout").fetchone()[0] == 5000
 
 

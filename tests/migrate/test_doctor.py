@@ -84,6 +84,7 @@ def test_bash_without_sandbox_is_unsafe(tmp_path: Path) -> None:
     conn = sqlite3.connect(home / "data" / "v2.db", isolation_level=None)
     conn.execute('UPDATE container_configs SET settings=\'{"bash":"allowed"}\'')
     conn.close()
+    (home / "carapace.toml").write_text('runner_backend = "subprocess"\n')  # default is auto
     assert codes(home)["bash-unsandboxed"] == ["warning"]
     (home / "carapace.toml").write_text('runner_backend = "bwrap"\n')
     assert "bash-unsandboxed" not in codes(home)

@@ -308,7 +308,7 @@ def _alive(pid: int) -> bool:
 
 @needs_bwrap
 def test_handle_sigterm_reaches_the_runner_inside(layout: Layout) -> None:
-    marker = layout.session.root / "terminated"
+    marker = layout.session.outbox / "terminated"  # the session folder itself is read-only
     code = f"""
     import signal, sys, time
     from pathlib import Path
@@ -486,9 +486,12 @@ def test_argv_layout_is_as_documented(layout: Layout) -> None:
     argv = bwrap_argv(sandbox(layout, "pass", env={"X": "1"}))
     joined = " ".join(argv)
     root = str(layout.session.root)
-    assert f"--bind {root} {root}" in joined
+    assert f"--ro-bind {root} {root}" in joined  # no entry can be created or replaced
     assert f"--ro-bind {root}/inbound.db {root}/inbound.db" in joined
-    assert joined.index(f"--bind {root} ") < joined.index(f"--ro-bind {root}/inbound.db")
+    assert f"--ro-bind {root}/inbound.db-journal {root}/inbound.db-journal" in joined
+    for name in ("outbound.db", "outbound.db-journal", ".heartbeat", "outbox"):
+        assert f"--bind {root}/{name} {root}/{name}" in joined
+        assert joined.index(f"--ro-bind {root} ") < joined.index(f"--bind {root}/{name} ")
     assert "--share-net" not in argv and "/etc/resolv.conf" not in argv
     assert "--clearenv" in argv and argv[argv.index("X") - 1 :][:3] == ["--setenv", "X", "1"]
     assert str(layout.home / "data" / "v2.db") not in joined

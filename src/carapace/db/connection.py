@@ -1,8 +1,11 @@
 """One way to open SQLite: ``connect()`` with the pragmas of each DB kind, and ``transaction()``.
 
 Central DB (``data/v2.db``): WAL, ``foreign_keys=ON``, busy timeout. Session DBs
-(``inbound.db``/``outbound.db``): ``journal_mode=DELETE`` (WAL does not survive container
-mounts), busy timeout, opened read-only by the side that does not own the file.
+(``inbound.db``/``outbound.db``): a rollback journal (WAL does not survive container mounts)
+in ``journal_mode=PERSIST``: the ``-journal`` file is created once and never deleted, so a
+sandbox can bind it read-only and the agent cannot plant a hot journal (docs/sandbox.md);
+busy timeout; ``synchronous`` stays at its default (FULL); opened read-only by the side that
+does not own the file.
 Connections run in autocommit mode (``isolation_level=None``); every write that must be
 atomic goes through ``transaction()`` (``BEGIN IMMEDIATE``; savepoints when nested).
 """
@@ -17,6 +20,7 @@ from pathlib import Path
 from typing import Literal
 
 BUSY_TIMEOUT_MS = 5000
+SESSION_JOURNAL_MODE = "PERSIST"
 
 DbKind = Literal["central", "session"]
 
@@ -55,7 +59,7 @@ def connect(
         conn.execute("PRAGMA foreign_keys = ON")
     else:
         if not readonly:
-            conn.execute("PRAGMA journal_mode = DELETE")
+            conn.execute(f"PRAGMA journal_mode = {SESSION_JOURNAL_MODE}")
         else:
             conn.execute("PRAGMA mmap_size = 0")
     return conn

@@ -114,6 +114,14 @@ class SessionPaths:
         return self.root / "outbound.db"
 
     @property
+    def inbound_journal(self) -> Path:
+        return self.root / "inbound.db-journal"
+
+    @property
+    def outbound_journal(self) -> Path:
+        return self.root / "outbound.db-journal"
+
+    @property
     def heartbeat(self) -> Path:
         return self.root / ".heartbeat"
 
@@ -126,9 +134,24 @@ class SessionPaths:
         return self.root / "outbox"
 
 
+def ensure_journals(paths: SessionPaths) -> None:
+    """Create both ``-journal`` files if missing (never truncated: a hot journal stays hot).
+
+    Session DBs run in ``journal_mode=PERSIST``, so a journal, once there, is never deleted;
+    creating it up front lets a sandbox bind it (``inbound.db-journal`` read-only) before
+    the first transaction. A NanoClaw process (``journal_mode=DELETE``) deletes them again;
+    the host re-creates them before each spawn.
+    """
+    for path in (paths.inbound_journal, paths.outbound_journal):
+        if not path.exists():
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+            os.close(fd)
+
+
 def init_session_folder(paths: SessionPaths) -> None:
-    """Create the folder, ``outbox/`` and both DB files (idempotent; spec §2.2)."""
+    """Create the folder, ``outbox/``, both DB files and their journals (idempotent)."""
     paths.outbox.mkdir(parents=True, exist_ok=True)
+    ensure_journals(paths)
     for path, schema in ((paths.inbound, INBOUND_SCHEMA), (paths.outbound, OUTBOUND_SCHEMA)):
         conn = connect(path, "session")
         try:

@@ -37,10 +37,8 @@ from carapace.host.pool import (
     RunnerExit,
     RunnerPool,
     RunnerSpec,
-    SubprocessBackend,
     cleanup_orphans,
 )
-from carapace.host.recurrence import default_recurrence
 from carapace.host.router import Router, RouteResult
 from carapace.host.sessions import SessionManager
 from carapace.host.sweep import (
@@ -70,7 +68,8 @@ class HostRunning(ConfigError):
 
 @dataclass
 class HostHooks:
-    on_sweep_session: Any = default_recurrence  # Callable[[SweepContext], datetime | None]
+    # Callable[[SweepContext], datetime | None]; None = the task series (sched/runs.py)
+    on_sweep_session: Any = None
 
 
 @dataclass
@@ -105,14 +104,25 @@ class Host:
         self.options = options or HostOptions()
         self.hooks = hooks or HostHooks()
         self.db, self.migrations = open_home(home)
+        if self.hooks.on_sweep_session is None:
+            from carapace.sched.runs import SeriesSweep
+
+            self.hooks.on_sweep_session = SeriesSweep(self.db)
         self.adapters: dict[str, ChannelAdapter] = {c.channel_type: c for c in channels}
         self.sessions = SessionManager(home, self.db)
-        self.backend: RunnerBackend = backend or SubprocessBackend()
+        try:
+            self.backend: RunnerBackend = backend or self._default_backend()
+        except ConfigError:
+            self.db.close()
+            raise
+        self.backend_note: str = getattr(self.backend, "note", f"{self.backend.name} (given)")
         self.pool = RunnerPool(
             self.backend, max_runners=self.settings.max_runners, prepare=self._prepare,
             on_exit=self._on_exit, now=self.now,
         )  # fmt: skip
-        self.actions = SystemActions(self.sessions, self.wake, admin=self._admin_call)
+        self.actions = SystemActions(
+            self.sessions, self.wake, admin=self._admin_call, timezone=self.settings.timezone
+        )
         self.delivery = Delivery(self.db, self.sessions, self.adapters, self.actions, self.wake)
         self.router = Router(self.db, self.sessions, self.adapters, self.wake)
         self._health: dict[str, _SpawnHealth] = {}
@@ -124,6 +134,16 @@ class Host:
         self._watcher: Any = None
         self._admin_server: Any = None
         self._hook = self._projection_hook
+
+    def _default_backend(self) -> RunnerBackend:
+        """``settings.runner_backend`` (auto: bwrap when usable), per agent group overrides;
+        a forced but unusable bwrap raises ``ConfigError`` here (docs/sandbox.md)."""
+        from carapace.db.groups import get_container_config
+        from carapace.sandbox.policy import SandboxBackend
+
+        return SandboxBackend(
+            self.home.root, self.settings, lambda gid: get_container_config(self.db, gid)
+        )
 
     # ---------------------------------------------------------------- basics
     def now(self) -> datetime:
@@ -199,7 +219,7 @@ class Host:
 
                 self._admin_server = AdminServer(self)
                 await self._admin_server.start()
-        logger.info("host started for %s (backend %s)", self.home.root, self.backend.name)
+        logger.info("host started for %s; runner backend: %s", self.home.root, self.backend_note)
 
     async def stop(self) -> None:
         if not self._started:
@@ -370,15 +390,17 @@ class Host:
                 self._spawn(self.pool.stop(sid, action, count_try=True))
             elif not scan.due_now and not scan.claims and self._idle(paths, started, now):
                 self._spawn(self.pool.stop(sid, "idle"))
+        # the hook (task series: hand-over, catch-up) runs before the wake decision
+        with contextlib.closing(self.sessions_inbound(paths)) as inb:
+            ctx = SweepContext(session, paths, inb, now, self.settings.timezone)
+            hook_next = self.hooks.on_sweep_session(ctx)
+        if hook_next is not None or scan.due_now:
+            scan = scan_session(paths, now)
         h = self._health.get(sid)
         blocked = h is not None and h.not_before is not None and h.not_before > now
         if scan.due_now and not running and not blocked:
             self.pool.wake(sid)
             report.woken.append(sid)
-        hook_next = None
-        with contextlib.closing(self.sessions_inbound(paths)) as inb:
-            ctx = SweepContext(session, paths, inb, now, self.settings.timezone)
-            hook_next = self.hooks.on_sweep_session(ctx)
         r = await self.delivery.drain(sid, lambda: now)
         alive = self.pool.is_running(sid)
         nxt = earliest(

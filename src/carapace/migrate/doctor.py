@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from carapace.config import Home
 from carapace.db.migrations import MIGRATIONS
-from carapace.errors import CarapaceError
+from carapace.errors import CarapaceError, ValidationError
 from carapace.jsonutil import loads_or
 from carapace.migrate.mapping import KNOWN_CHANNELS
 
@@ -173,11 +173,7 @@ def _wirings(conn: sqlite3.Connection, rep: DoctorReport) -> None:
 def _groups(home: Home, conn: sqlite3.Connection, rep: DoctorReport) -> None:
     has_cfg = _has(conn, "container_configs")
     cfg_cols = {r[1] for r in conn.execute("PRAGMA table_info(container_configs)")}
-    backend = "subprocess"
-    try:
-        backend = home.load_settings().runner_backend
-    except CarapaceError as exc:
-        rep.add("error", "bad-config", str(home.config_file), str(exc))
+    backend = _sandbox_backend(home, rep)
     for g in conn.execute("SELECT id, folder FROM agent_groups ORDER BY folder"):
         subject = f"agent group {g['id']} ({g['folder']})"
         if not home.group_dir(g["folder"]).is_dir():
@@ -195,13 +191,64 @@ def _groups(home: Home, conn: sqlite3.Connection, rep: DoctorReport) -> None:
         if not isinstance(settings, dict):
             rep.add("error", "bad-settings", subject, "container_configs.settings is not an object")
             continue
-        group_backend = settings.get("runner_backend") or backend
+        group_backend = _group_sandbox(home, row, settings, backend, subject, rep)
         if settings.get("bash") == "allowed" and group_backend not in SANDBOXED_BACKENDS:
             rep.add(
                 "warning", "bash-unsandboxed", subject,
                 f"bash is allowed but the runner backend is {group_backend!r} (no sandbox): "
                 "the agent can run any command as you",
             )  # fmt: skip
+
+
+def _sandbox_backend(home: Home, rep: DoctorReport) -> str:
+    """The host's runner backend as ``carapace run`` would resolve it (docs/sandbox.md)."""
+    from carapace.sandbox.bwrap import resolve_backend
+
+    try:
+        settings = home.load_settings()
+    except CarapaceError as exc:
+        rep.add("error", "bad-config", str(home.config_file), str(exc))
+        return "subprocess"
+    try:
+        name, _why = resolve_backend(settings.runner_backend, settings.bwrap)
+    except CarapaceError as exc:  # the host will refuse to start
+        rep.add("error", "runner-backend", str(home.config_file), str(exc))
+        return settings.runner_backend
+    return name  # an unisolated runner matters where bash is allowed: see bash-unsandboxed
+
+
+def _group_sandbox(
+    home: Home, row: sqlite3.Row, settings: dict[str, Any], backend: str, subject: str,
+    rep: DoctorReport,
+) -> str:  # fmt: skip
+    """The group's effective backend; bad ``settings.sandbox`` and refused mounts reported."""
+    from carapace.sandbox.mounts import MountRequest, load_allowlist, validate_mount
+    from carapace.sandbox.policy import group_sandbox
+
+    try:
+        choice = group_sandbox(settings)
+    except CarapaceError as exc:
+        rep.add("error", "bad-sandbox", subject, str(exc))
+        choice = "auto"
+    try:
+        requests = loads_or(row["additional_mounts"], [])
+    except IndexError:  # an old container_configs without the column
+        requests = []
+    if isinstance(requests, list) and requests:
+        try:
+            roots = load_allowlist(home.root)
+        except CarapaceError:
+            roots = []
+        for raw in requests:
+            try:
+                if not roots:
+                    raise ValidationError("no mount_allowlist in carapace.toml")
+                validate_mount(MountRequest.from_json(raw), roots)
+            except ValidationError as exc:
+                rep.add("warning", "mount-refused", subject, f"additional mount refused: {exc}")
+    if choice == "auto":
+        return backend
+    return "subprocess" if choice == "none" else choice
 
 
 def _sessions(home: Home, conn: sqlite3.Connection, rep: DoctorReport) -> None:

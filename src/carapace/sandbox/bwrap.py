@@ -6,12 +6,21 @@ What the sandboxed runner sees (everything else of the host is absent)::
     /etc/{resolv.conf,hosts,nsswitch.conf,gai.conf,host.conf}     ro, only with network
     sys.base_prefix, sys.prefix, the folder holding ``carapace``   ro (the interpreter, venv, code)
     /proc (new pid namespace), /dev (minimal), /tmp (fresh tmpfs)
-    <session dir>                     rw, same path (the runner takes paths as arguments)
-    <session dir>/inbound.db          ro on top: the host's commits are seen live, writes fail
+    <session dir>                     ro, same path (the runner takes paths as arguments)
+      outbound.db outbound.db-journal .heartbeat outbox/      rw on top (the runner's files)
+      inbound.db inbound.db-journal   ro (also bound explicitly): host commits seen live
     <agent dir>                       rw, same path; cwd and $HOME
     <agent dir>/{container.json,CLAUDE.md,.claude-fragments}   ro on top, when present
     <home>/groups/global              ro, when present
     /workspace/extra/<name>           validated additional mounts (see ``mounts.py``)
+
+The session folder itself is read-only so the runner cannot create, replace or remove any
+entry in it: no planted ``inbound.db-journal`` (a "hot journal" the host would roll back
+into ``inbound.db``) and no planted ``inbound.db-wal`` (SQLite opens a database in WAL mode
+whenever that file exists, and a checkpoint would copy its pages into ``inbound.db``). Both
+session DBs use ``journal_mode=PERSIST`` so the journals are created once and never deleted;
+the backend creates any missing one (and ``.heartbeat``, mtime 0 = "no beat yet") on the
+host side before each start. The runner gets ``CARAPACE_SANDBOX=bwrap``.
 
 Namespaces: all unshared (user, pid, ipc, uts, cgroup, mount, net); ``--share-net`` only
 when the network is on. All capabilities are dropped, the environment is cleared and only
@@ -40,6 +49,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import carapace
+from carapace.db.session import SessionPaths, ensure_journals
 from carapace.errors import ConfigError
 from carapace.host.pool import (
     LOG_FILE,
@@ -62,6 +72,8 @@ SYSTEM_ETC = (
 NETWORK_ETC = ("/etc/resolv.conf", "/etc/hosts", "/etc/nsswitch.conf", "/etc/gai.conf",
                "/etc/host.conf")  # fmt: skip
 AGENT_READ_ONLY = ("container.json", "CLAUDE.md", ".claude-fragments")
+SESSION_WRITABLE = ("outbound.db", "outbound.db-journal", ".heartbeat", "outbox")
+SESSION_READ_ONLY = ("inbound.db", "inbound.db-journal")
 # Host environment variables the backend passes on by default: what providers need until the
 # host's credential proxy exists (DESIGN §5), plus time zone and proxy settings.
 DEFAULT_PASS_ENV = (
@@ -117,8 +129,11 @@ def _system_args(network: bool) -> list[str]:
 
 
 def bwrap_argv(spec: SandboxSpec) -> list[str]:
-    """The full ``bwrap`` command line that runs ``spec.runner_argv`` in the sandbox."""
+    """The full ``bwrap`` command line that runs ``spec.runner_argv`` in the sandbox.
+
+    Creates the session files it binds when missing (``prepare_session_dir``)."""
     session = Path(os.path.abspath(spec.session_dir))
+    prepare_session_dir(session)
     agent = Path(os.path.abspath(spec.agent_dir))
     argv = [spec.bwrap, "--unshare-all"]
     if spec.network:
@@ -129,9 +144,11 @@ def bwrap_argv(spec: SandboxSpec) -> list[str]:
     pypaths = python_paths(spec.python)
     for path in pypaths:
         argv += ["--ro-bind", str(path), str(path)]
-    argv += ["--bind", str(session), str(session)]
-    inbound = session / "inbound.db"
-    argv += ["--ro-bind", str(inbound), str(inbound)]
+    argv += ["--ro-bind", str(session), str(session)]
+    for name in SESSION_WRITABLE:
+        argv += ["--bind", str(session / name), str(session / name)]
+    for name in SESSION_READ_ONLY:
+        argv += ["--ro-bind", str(session / name), str(session / name)]
     argv += ["--bind", str(agent), str(agent)]
     for name in AGENT_READ_ONLY:
         if (agent / name).exists():
@@ -143,11 +160,12 @@ def bwrap_argv(spec: SandboxSpec) -> list[str]:
         argv += ["--ro-bind" if mount.read_only else "--bind", str(mount.host_path)]
         argv.append(str(mount.sandbox_path))
     env = {"PATH": DEFAULT_PATH, "HOME": str(agent), "LANG": "C.UTF-8",
-           "PYTHONDONTWRITEBYTECODE": "1"}  # fmt: skip
+           "PYTHONDONTWRITEBYTECODE": "1", "CARAPACE_SANDBOX": "bwrap"}  # fmt: skip
     pkg_root = Path(carapace.__file__).parent.parent
     if not _inside(pkg_root, [Path(sys.prefix), Path(sys.base_prefix)]):
         env["PYTHONPATH"] = str(pkg_root)
     env.update(spec.env)
+    env["CARAPACE_SANDBOX"] = "bwrap"
     argv.append("--clearenv")
     for key, value in sorted(env.items()):
         argv += ["--setenv", key, value]
@@ -178,8 +196,8 @@ def bwrap_unusable_reason(bwrap: str = "bwrap") -> str | None:
     return None
 
 
-def choose_backend(preferred: str | None = None) -> str:
-    """The runner backend to use, logged with the reason.
+def resolve_backend(preferred: str | None = None, bwrap: str = "bwrap") -> tuple[str, str]:
+    """``(backend, why)`` for a configured ``runner_backend``; nothing is logged.
 
     ``None``/``"auto"``: the strongest available (``bwrap``, else ``subprocess``).
     ``"bwrap"`` when it cannot work is a ``ConfigError``: asked-for isolation is never
@@ -188,20 +206,34 @@ def choose_backend(preferred: str | None = None) -> str:
     name = (preferred or "auto").strip().lower()
     if name not in (*BACKENDS, "auto"):
         raise ConfigError(f"unknown runner backend {preferred!r} (known: auto, bwrap, subprocess)")
-    reason = bwrap_unusable_reason()
+    if name == "subprocess":
+        return "subprocess", "configured; runners are NOT isolated (development only)"
+    reason = bwrap_unusable_reason(bwrap)
     if name == "bwrap":
         if reason is not None:
             raise ConfigError(f"runner backend bwrap requested but unusable: {reason}")
-        logger.info("runner backend: bwrap (configured)")
-        return "bwrap"
-    if name == "subprocess":
-        logger.info("runner backend: subprocess (configured; runners are not isolated)")
-        return "subprocess"
+        return "bwrap", "configured"
     if reason is None:
-        logger.info("runner backend: bwrap (strongest available)")
-        return "bwrap"
-    logger.warning("runner backend: subprocess, runners are NOT isolated (%s)", reason)
-    return "subprocess"
+        return "bwrap", "auto: strongest available"
+    return "subprocess", f"auto: bwrap unusable ({reason}); runners are NOT isolated"
+
+
+def choose_backend(preferred: str | None = None, bwrap: str = "bwrap") -> str:
+    """The runner backend to use (see ``resolve_backend``), logged with the reason."""
+    name, why = resolve_backend(preferred, bwrap)
+    log = logger.info if name == "bwrap" or why.startswith("configured") else logger.warning
+    log("runner backend: %s (%s)", name, why)
+    return name
+
+
+def prepare_session_dir(session_dir: Path) -> None:
+    """Host side, before a start: every file the sandbox binds exists (nothing truncated)."""
+    paths = SessionPaths(Path(session_dir))
+    ensure_journals(paths)
+    paths.outbox.mkdir(exist_ok=True)
+    if not paths.heartbeat.exists():
+        paths.heartbeat.touch()
+        os.utime(paths.heartbeat, (0, 0))  # mtime 0 reads as "no heartbeat yet"
 
 
 def _descendants(pid: int) -> list[int]:
