@@ -18,9 +18,11 @@ from typing import Any
 from carapace.db import groups
 from carapace.db.session import SessionPaths, open_inbound
 from carapace.db.sessions import Session, get_session
-from carapace.errors import DeliveryError
+from carapace.errors import DeliveryError, ValidationError
+from carapace.host.a2a_guard import HOPS_FIELD, A2AGuard, hops_of
 from carapace.host.sessions import SessionManager, safe_name
 from carapace.jsonutil import dumps, loads_or
+from carapace.sched import series
 from carapace.timefmt import epoch_ms, iso, parse_ts, sqlite_ts
 
 logger = logging.getLogger(__name__)
@@ -29,31 +31,25 @@ ActionHandler = Callable[[Session, dict[str, Any], sqlite3.Connection, datetime]
 AdminCall = Callable[[dict[str, Any], dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
-def _live_rows(inb: sqlite3.Connection, task_id: str, statuses: tuple[str, ...]) -> list[Any]:
-    marks = ",".join("?" for _ in statuses)
-    return inb.execute(
-        f"SELECT * FROM messages_in WHERE (id=? OR series_id=?) AND kind='task' "
-        f"AND status IN ({marks})",
-        (task_id, task_id, *statuses),
-    ).fetchall()
-
-
 class SystemActions:
     def __init__(
         self,
         sessions: SessionManager,
         wake: Callable[[str], None],
         admin: AdminCall | None = None,
+        timezone: str = "UTC",
     ) -> None:
         self.sessions = sessions
         self.wake = wake
         self.admin = admin
+        self.timezone = timezone  # the default zone of a task without its own
         self.handlers: dict[str, ActionHandler] = {
             "schedule_task": self.schedule_task,
             "cancel_task": self.cancel_task,
             "pause_task": self.pause_task,
             "resume_task": self.resume_task,
             "update_task": self.update_task,
+            "task_script_result": self.task_script_result,
             "cli_request": self.cli_request,
         }
 
@@ -81,73 +77,73 @@ class SystemActions:
                 parse_ts(str(after))
             except ValueError:
                 raise DeliveryError(f"schedule_task: bad processAfter {after!r}", permanent=True)
+        try:
+            content = series.task_content_from_action(c)
+        except ValidationError as exc:
+            self._note(session, f"schedule_task {task_id}: {exc}", now)
+            return
         self.sessions.write_message(
             session,
             {
                 "id": task_id, "kind": "task", "timestamp": sqlite_ts(now),
-                "process_after": after, "recurrence": c.get("recurrence"),
+                "process_after": after, "recurrence": c.get("recurrence") or None,
                 "platform_id": c.get("platformId"), "channel_type": c.get("channelType"),
                 "thread_id": c.get("threadId"), "series_id": task_id,
-                "content": dumps({"prompt": c.get("prompt"), "script": c.get("script")}),
+                "content": content.to_json(),
             },
             now=now,
             due=iso(parse_ts(str(after))) if after else iso(now),
         )  # fmt: skip
 
-    async def _set_status(
-        self, inb: sqlite3.Connection, c: dict[str, Any], sql_set: str, statuses: tuple[str, ...]
-    ) -> int:
-        task_id = str(c.get("taskId") or "")
-        marks = ",".join("?" for _ in statuses)
-        cur = inb.execute(
-            f"UPDATE messages_in SET {sql_set} WHERE (id=? OR series_id=?) AND kind='task' "
-            f"AND status IN ({marks})",
-            (task_id, task_id, *statuses),
-        )
-        return cur.rowcount
+    def _note(self, session: Session, text: str, now: datetime) -> None:
+        self.sessions.notify_agent(session, text, now=now)
+        self.wake(session.id)
+
+    def _no_match(self, session: Session, action: str, c: dict[str, Any], now: datetime) -> None:
+        self._note(session, f'{action}: no live task matched id "{c.get("taskId") or ""}".', now)
 
     async def cancel_task(
         self, session: Session, c: dict[str, Any], inb: sqlite3.Connection, now: datetime
     ) -> None:
-        await self._set_status(inb, c, "status='completed', recurrence=NULL", ("pending", "paused"))
+        if not series.cancel_series(inb, str(c.get("taskId") or ""), now=now):
+            self._no_match(session, "cancel_task", c, now)
 
     async def pause_task(
         self, session: Session, c: dict[str, Any], inb: sqlite3.Connection, now: datetime
     ) -> None:
-        await self._set_status(inb, c, "status='paused'", ("pending",))
+        if not series.pause_series(inb, str(c.get("taskId") or ""), now=now):
+            self._no_match(session, "pause_task", c, now)
 
     async def resume_task(
         self, session: Session, c: dict[str, Any], inb: sqlite3.Connection, now: datetime
     ) -> None:
-        if await self._set_status(inb, c, "status='pending'", ("paused",)):
+        task_id = str(c.get("taskId") or "")
+        if series.resume_series(inb, task_id, now=now, default_tz=self.timezone):
             self.sessions.mark_work(session.id, iso(now))
+        else:
+            self._no_match(session, "resume_task", c, now)
 
     async def update_task(
         self, session: Session, c: dict[str, Any], inb: sqlite3.Connection, now: datetime
     ) -> None:
         task_id = str(c.get("taskId") or "")
-        rows = _live_rows(inb, task_id, ("pending", "paused"))
-        if not rows:
-            self.sessions.notify_agent(
-                session, f'update_task: no live task matched id "{task_id}".', now=now
-            )
-            self.wake(session.id)
+        try:
+            fields = series.update_fields_from_action(c)
+        except ValidationError as exc:
+            self._note(session, f"update_task {task_id}: {exc}", now)
             return
-        for r in rows:
-            content = loads_or(r["content"], {})
-            content = content if isinstance(content, dict) else {}
-            for key in ("prompt", "script"):
-                if key in c:
-                    content[key] = c[key]
-            sets, args = ["content=?"], [dumps(content)]
-            if "processAfter" in c:
-                sets.append("process_after=?")
-                args.append(c["processAfter"])
-            if "recurrence" in c:
-                sets.append("recurrence=?")
-                args.append(c["recurrence"])
-            inb.execute(f"UPDATE messages_in SET {', '.join(sets)} WHERE id=?", (*args, r["id"]))
+        if not series.update_series(inb, task_id, fields, now=now):
+            self._no_match(session, "update_task", c, now)
+            return
         self.sessions.mark_work(session.id, iso(now))
+
+    async def task_script_result(
+        self, session: Session, c: dict[str, Any], inb: sqlite3.Connection, now: datetime
+    ) -> None:
+        """The runner ran a task's pre-task script (runner.md §11.3): record its outcome."""
+        from carapace.sched.runs import record_script_result
+
+        record_script_result(self.sessions.db, session, c, inb, now)
 
     async def cli_request(
         self, session: Session, c: dict[str, Any], inb: sqlite3.Connection, now: datetime
@@ -194,8 +190,10 @@ async def route_agent_message(
     inb: sqlite3.Connection,
     wake: Callable[[str], None],
     now: datetime,
+    guard: A2AGuard | None = None,
 ) -> Session:
-    """Spec §4.7: ACL, target session with return path, files, write + wake."""
+    """Spec §4.7: ACL, loop guard (``a2a_guard``), target session with return path, files,
+    write + wake."""
     target = row["platform_id"]
     if not target:
         raise DeliveryError("agent message without a target", permanent=True)
@@ -210,11 +208,16 @@ async def route_agent_message(
     if groups.get_agent_group(db, target) is None:
         raise DeliveryError(f"target agent group {target} not found", permanent=True)
     candidate: str | None = None
+    parent: sqlite3.Row | None = None
     if row["in_reply_to"]:
-        r = inb.execute(
-            "SELECT source_session_id FROM messages_in WHERE id=?", (row["in_reply_to"],)
+        parent = inb.execute(
+            "SELECT source_session_id, channel_type, content FROM messages_in WHERE id=?",
+            (row["in_reply_to"],),
         ).fetchone()
-        candidate = r[0] if r else None
+        candidate = parent[0] if parent else None
+    hops = hops_of(parent) + 1
+    if guard is not None:
+        guard.check(session.id, hops, now)
     if candidate is None:
         r = inb.execute(
             "SELECT source_session_id FROM messages_in WHERE channel_type='agent' AND "
@@ -232,6 +235,7 @@ async def route_agent_message(
     mid = a2a_id(row["id"], now if not row["timestamp"] else parse_ts(row["timestamp"]))
     content = loads_or(row["content"], {})
     content = content if isinstance(content, dict) else {"text": str(content)}
+    content[HOPS_FIELD] = hops  # the host's count; an agent's own value is overwritten
     files = content.get("files")
     if isinstance(files, list) and files:
         src = sessions.paths(session).outbox / row["id"]
@@ -257,7 +261,10 @@ async def route_agent_message(
         },
         now=now,
     )  # fmt: skip
-    logger.info("a2a %s from session %s to session %s", mid, session.id, target_session.id)
+    if guard is not None:
+        guard.record(session.id, now)
+    logger.info("a2a %s from session %s to session %s (hop %d)", mid, session.id,
+                target_session.id, hops)  # fmt: skip
     wake(target_session.id)
     return target_session
 

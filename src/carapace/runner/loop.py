@@ -45,6 +45,7 @@ from carapace.runner.prompt import compose_system_prompt
 from carapace.runner.providers._common import one_line
 from carapace.runner.providers.base import Provider
 from carapace.runner.reply import dispatch_final_text, reply_routing, send_text
+from carapace.runner.task_scripts import apply_pre_task_scripts
 from carapace.runner.tools import Batch, ToolBox, ToolContext, TurnAbandoned
 from carapace.timefmt import Clock, SystemClock
 from carapace.watch import DirWatcher
@@ -253,6 +254,15 @@ class Runner:
         if clears:
             self._clear(clears, batch)
             rows = [r for r in rows if r not in clears]
+            if not rows or not any(r.trigger for r in rows):
+                self.outbound.complete([r.id for r in rows], now=self.clock.now())
+                return
+        rows, skipped = apply_pre_task_scripts(
+            rows, cwd=self.config.agent_dir, outbound=self.outbound, now=self.clock.now,
+            heartbeat=self.heartbeat,
+        )  # fmt: skip
+        if skipped:
+            self.outbound.complete([r.id for r in skipped], now=self.clock.now())
             if not rows or not any(r.trigger for r in rows):
                 self.outbound.complete([r.id for r in rows], now=self.clock.now())
                 return

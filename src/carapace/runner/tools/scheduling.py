@@ -26,6 +26,7 @@ from carapace.timefmt import iso, new_id
 
 PAST_TOLERANCE_S = 300
 PROMPT_PREVIEW = 80
+CATCH_UP = ("skip", "latest", "all")
 
 
 def _cron() -> Any:
@@ -65,6 +66,14 @@ def _check_cron(expr: str) -> None:
         raise ToolError(f"invalid recurrence: {exc}") from None
 
 
+def _catch_up(value: Any) -> str | None:
+    if value in (None, ""):
+        return None
+    if value not in CATCH_UP:
+        raise ToolError(f"invalid catch_up: {value!r} (use skip, latest or all)")
+    return str(value)
+
+
 def _schedule_task(ctx: ToolContext, args: dict[str, Any]) -> str:
     prompt, after = args.get("prompt"), args.get("processAfter")
     if not prompt or not after:
@@ -88,6 +97,9 @@ def _schedule_task(ctx: ToolContext, args: dict[str, Any]) -> str:
         "threadId": routing.thread_id,
         "timezone": tz,
     }
+    catch_up = _catch_up(args.get("catch_up"))
+    if catch_up:
+        content["catchUp"] = catch_up
     ctx.outbound.write(
         id=task_id,
         kind="system",
@@ -122,11 +134,12 @@ def _show_time(value: str | None, tz: str) -> str:
 
 def _list_tasks(ctx: ToolContext, args: dict[str, Any]) -> str:
     status = args.get("status") or None
-    tz = ctx.config.timezone
     lines: list[str] = []
     for row in ctx.inbound.tasks(status):
         data = loads_or(row["content"], {})
-        prompt = str(data.get("prompt") or "") if isinstance(data, dict) else ""
+        data = data if isinstance(data, dict) else {}
+        prompt = str(data.get("prompt") or "")
+        tz = str(data.get("timezone") or ctx.config.timezone)  # the task's own zone
         recur = f"recur={row['recurrence']} " if row["recurrence"] else ""
         lines.append(
             f"- {row['id']} [{row['status']}] at={_show_time(row['process_after'], tz)} "
@@ -135,6 +148,7 @@ def _list_tasks(ctx: ToolContext, args: dict[str, Any]) -> str:
     if status in (None, "pending"):
         for a in _unapplied(ctx):
             recur = f"recur={a['recurrence']} " if a.get("recurrence") else ""
+            tz = str(a.get("timezone") or ctx.config.timezone)
             lines.append(
                 f"- {a.get('taskId')} [scheduling] at={_show_time(a.get('processAfter'), tz)} "
                 f"{recur}→ {str(a.get('prompt') or '')[:PROMPT_PREVIEW]}"
@@ -184,6 +198,10 @@ def _update_task(ctx: ToolContext, args: dict[str, Any]) -> str:
         fields["recurrence"] = recurrence
     if isinstance(args.get("script"), str):
         fields["script"] = args["script"] or None
+    if args.get("catch_up"):
+        fields["catchUp"] = _catch_up(args["catch_up"])
+    if isinstance(args.get("timezone"), str) and args["timezone"]:
+        fields["timezone"] = _zone(ctx, args["timezone"])
     if not fields:
         raise ToolError("at least one field to update is required")
     _require_task(ctx, task_id)
@@ -202,6 +220,12 @@ _WHEN = (
     "(default: the configured time zone)."
 )
 _TZ = {"type": "string", "description": "IANA time zone, e.g. Europe/Oslo."}
+_CATCH_UP = {
+    "type": "string",
+    "enum": list(CATCH_UP),
+    "description": "Occurrences missed while the host was down: skip (default), latest "
+    "(run the most recent once) or all (run each, at most 10).",
+}
 
 TOOLS = [
     Tool(
@@ -216,6 +240,7 @@ TOOLS = [
                 "recurrence": {"type": "string", "description": "Cron expression (5 fields)."},
                 "script": {"type": "string", "description": "Optional pre-task bash script."},
                 "timezone": _TZ,
+                "catch_up": _CATCH_UP,
             },
             ["prompt", "processAfter"],
         ),
@@ -242,6 +267,7 @@ TOOLS = [
                 "recurrence": {"type": "string"},
                 "script": {"type": "string"},
                 "timezone": _TZ,
+                "catch_up": _CATCH_UP,
             },
             ["taskId"],
         ),
