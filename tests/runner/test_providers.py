@@ -142,7 +142,7 @@ def test_mock_default_quotes_last_message_of_formatted_prompt() -> None:
         '\n  <quoted_message from="Ann">first</quoted_message>\nTom &amp; Jerry &lt;3 &quot;x&quot;',
     )
     turn = MockProvider().complete("", [{"role": "user", "content": text}], [])
-    assert turn.text == DEFAULT_PREFIX + '"Tom & Jerry <3 "x""'
+    assert turn.text == DEFAULT_PREFIX + '"Tom & Jerry ‹3 "x""'  # angle brackets neutralised
     assert turn.text.startswith("Mock reply (no model configured — set a provider")
     assert turn.tool_calls == ()
     assert turn.stop_reason == "end_turn"

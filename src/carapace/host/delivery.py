@@ -33,6 +33,7 @@ from carapace.db.connection import connect, has_table
 from carapace.db.session import SessionPaths, open_inbound
 from carapace.db.sessions import Session
 from carapace.errors import DeliveryError
+from carapace.host.a2a_guard import A2AGuard, A2AStopped, write_stop_note
 from carapace.host.actions import SystemActions, route_agent_message
 from carapace.host.sessions import SessionManager, safe_name
 from carapace.jsonutil import loads_or
@@ -132,6 +133,7 @@ class Delivery:
         self._inflight: set[str] = set()
         self._again: set[str] = set()
         self._ready: set[str] = set()
+        self.a2a_guard = A2AGuard()  # hop and rate bounds of agent-to-agent messages
 
     def _open(self, paths: SessionPaths) -> sqlite3.Connection:
         inb = open_inbound(paths)
@@ -315,6 +317,8 @@ class Delivery:
             permanent = isinstance(exc, DeliveryError) and exc.permanent
             st = states.get(rid)
             attempts = (int(st["attempts"]) if st else 0) + 1
+            if isinstance(exc, A2AStopped):
+                return self._fail(session, row, inb, str(exc), now, stopped=exc)
             if permanent or attempts >= MAX_DELIVERY_ATTEMPTS:
                 return self._fail(session, row, inb, str(exc) or type(exc).__name__, now)
             self._record_attempt(inb, rid, 1, now + timedelta(seconds=backoff_s(attempts)),
@@ -343,7 +347,14 @@ class Delivery:
         )
 
     def _fail(
-        self, session: Session, row: sqlite3.Row, inb: sqlite3.Connection, err: str, now: datetime
+        self,
+        session: Session,
+        row: sqlite3.Row,
+        inb: sqlite3.Connection,
+        err: str,
+        now: datetime,
+        *,
+        stopped: A2AStopped | None = None,
     ) -> str:
         rid = row["id"]
         inb.execute(
@@ -352,6 +363,11 @@ class Delivery:
             (rid, sqlite_ts(now)),
         )
         logger.error("delivery of %s (session %s) failed for good: %s", rid, session.id, err)
+        if stopped is not None:  # the loop guard: one note, carrying the hop count
+            if stopped.notify:
+                write_stop_note(self.sessions, session, row["seq"], stopped, now)
+                self.wake(session.id)
+            return "failed"
         where = "another agent" if row["channel_type"] == "agent" else (
             f"{row['channel_type']}:{row['platform_id']}" if row["channel_type"] else "(no address)"
         )  # fmt: skip
@@ -383,7 +399,9 @@ class Delivery:
             return None
         ct, pid, tid = row["channel_type"], row["platform_id"], row["thread_id"]
         if ct == "agent":
-            await route_agent_message(self.db, self.sessions, session, row, inb, self.wake, now)
+            await route_agent_message(
+                self.db, self.sessions, session, row, inb, self.wake, now, self.a2a_guard
+            )
             return None
         if not ct or not pid:
             raise DeliveryError("outbound row without channel_type/platform_id", permanent=True)

@@ -130,6 +130,8 @@ class Host:
         self._sweep_event: asyncio.Event | None = None
         self._stopped = asyncio.Event()
         self._started = False
+        self._stopping = False  # set by stop(): late callbacks and wakes become no-ops
+        self._closed = False
         self._lock_fh: IO[str] | None = None
         self._watcher: Any = None
         self._admin_server: Any = None
@@ -153,6 +155,9 @@ class Host:
         project_group(db, self.home.data_dir, agent_group_id)
 
     def _spawn(self, coro: Any) -> None:
+        if self._stopping:
+            coro.close()
+            return
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
@@ -163,6 +168,8 @@ class Host:
             logger.error("background task failed", exc_info=task.exception())
 
     def wake(self, session_id: str) -> None:
+        if self._stopping:  # the row is on disk: the next start's sweep picks it up
+            return
         h = self._health.get(session_id)
         if h is not None and h.not_before is not None and h.not_before > self.now():
             self.sessions.mark_work(session_id, due_iso(h.not_before) or "")
@@ -224,6 +231,7 @@ class Host:
     async def stop(self) -> None:
         if not self._started:
             return
+        self._stopping = True
         self._started = False
         self._stopped.set()
         if self._admin_server is not None:
@@ -231,12 +239,14 @@ class Host:
         for adapter in self.adapters.values():
             with contextlib.suppress(Exception):
                 await adapter.stop()
-        await self.pool.stop_all("shutdown")
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(BaseException):
-                await task
+        await self.pool.stop_all("shutdown")  # also waits for spawns in flight
+        while self._tasks:  # drains, sweep timer, approvals pump; none can start now
+            for task in list(self._tasks):
+                task.cancel()
+            for task in list(self._tasks):
+                with contextlib.suppress(BaseException):
+                    await task
+                self._tasks.discard(task)
         self._stop_watcher()
         remove_projection_hook(self._hook)
         if self._lock_fh is not None:
@@ -245,6 +255,7 @@ class Host:
         logger.info("host stopped")
 
     def close(self) -> None:
+        self._closed = True
         self.db.close()
 
     async def wait_stopped(self) -> None:
@@ -256,6 +267,8 @@ class Host:
 
     def _on_channel_ready(self, channel_type: str) -> None:
         """A reader came back (e.g. a CLI client): retry every session with waiting rows."""
+        if self._stopping:
+            return
         for sid in self.sessions.due_work(self.now() + timedelta(days=3650)):
             self._spawn(self._drain(sid))
 
@@ -293,6 +306,8 @@ class Host:
 
     # ---------------------------------------------------------------- runners
     def _prepare(self, session_id: str) -> RunnerSpec | None:
+        if self._stopping:
+            return None
         session = self.sessions.get(session_id)
         if session is None or (session.status or "active") != "active":
             return None
@@ -320,6 +335,8 @@ class Host:
                           self.settings.runner_idle_exit_s, env)  # fmt: skip
 
     def _on_exit(self, session_id: str, exit: RunnerExit) -> None:
+        if self._closed:  # claims are reset by the next start's sweep
+            return
         session = self.sessions.get(session_id)
         if session is None:
             return

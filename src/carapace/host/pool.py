@@ -280,7 +280,8 @@ class RunnerPool:
     async def stop_all(self, reason: str = "shutdown") -> None:
         self._closed = True
         self._queue.clear()
-        await asyncio.gather(*(self.stop(sid, reason) for sid in list(self.running)))
+        ids = {*self.running, *self._spawning}  # a spawn in flight is awaited, then stopped
+        await asyncio.gather(*(self.stop(sid, reason) for sid in ids))
 
 
 def cleanup_orphans(sessions_dir: Path, grace_s: float = 1.0) -> int:

@@ -78,6 +78,16 @@ class InRow:
         )
 
 
+def is_host_note(row: InRow, agent_group_id: str) -> bool:
+    """A host/system note (spec §2.10): on the agent channel, from the agent's own group or
+    sent by ``system``. It is nobody's message to answer: replies go to the session's chat."""
+    if row.channel_type != "agent":
+        return False
+    if row.platform_id == agent_group_id:
+        return True
+    return "system" in (row.data.get("senderId"), row.data.get("sender"))
+
+
 @dataclass(frozen=True)
 class Routing:
     channel_type: str | None = None
@@ -206,6 +216,25 @@ class Inbound:
         with self._open() as conn:
             row = conn.execute("SELECT * FROM messages_in WHERE seq = ?", (seq,)).fetchone()
         return InRow.from_row(row) if row is not None else None
+
+    def by_id(self, message_id: str) -> InRow | None:
+        with self._open() as conn:
+            row = conn.execute("SELECT * FROM messages_in WHERE id = ?", (message_id,)).fetchone()
+        return InRow.from_row(row) if row is not None else None
+
+    @property
+    def agent_group_id(self) -> str:
+        """The session's agent group (sessions live in ``<agent_group_id>/<session_id>/``)."""
+        return self.paths.root.parent.name
+
+    def answers_note(self, origin: Routing, trigger_id: str | None) -> bool:
+        """Whether a turn with this origin and triggering row answers a host/system note."""
+        if origin.channel_type != "agent":
+            return False
+        if origin.platform_id == self.agent_group_id:
+            return True
+        row = self.by_id(trigger_id) if trigger_id else None
+        return row is not None and is_host_note(row, self.agent_group_id)
 
     def delivered_platform_id(self, message_out_id: str) -> str | None:
         with self._open() as conn:

@@ -4,10 +4,16 @@
   conversation the turn answers: the triggering row's routing, else ``session_routing``,
   else the only destination. NanoClaw required every reply to be wrapped and dropped bare
   text (after a "nudge"); carapace does not.
+* A host/system note (spec §2.10: agent channel, the agent's own group or sender
+  ``system``) is nobody's message: plain text answering it goes to ``session_routing`` (the
+  user's chat, where NanoClaw's ``send_message`` would send it), never back to the agent
+  itself; without a session chat it is dropped with a log line.
 * ``<message to="name">body</message>`` blocks are routed as NanoClaw does: the named
   destination, the thread and id of the newest inbound row from it (else no thread and the
   batch's id). ``<internal>`` inside a block is removed too (W-18). Unknown names are
-  dropped with a warning.
+  dropped with a warning. For an *agent* destination, ``in_reply_to`` is that agent's row
+  only when it is part of this batch (else the batch's id): the host counts agent-to-agent
+  hops along ``in_reply_to``, so a new conversation must not continue an old chain.
 """
 
 from __future__ import annotations
@@ -30,6 +36,11 @@ MESSAGE_BLOCK_RE = re.compile(r'<message\s+to="([^"]+)"\s*>([\s\S]*?)</message>'
 
 def reply_routing(batch: Batch, inbound: Inbound) -> Routing:
     """Where a plain reply goes (see the module docstring); empty when nowhere."""
+    if inbound.answers_note(batch.origin, batch.in_reply_to):
+        session = inbound.session_routing()
+        if session.channel_type == "agent" and session.platform_id == inbound.agent_group_id:
+            return Routing()
+        return session
     if not batch.origin.empty:
         return batch.origin
     session = inbound.session_routing()
@@ -89,6 +100,8 @@ def dispatch_final_text(
             if target.channel_type and target.platform_id
             else None
         )
+        if latest is not None and target.channel_type == "agent" and latest.id not in batch.ids:
+            latest = None  # not answering that agent in this turn: no chain to continue
         thread = latest.thread_id if latest is not None else None
         routing = Routing(target.channel_type, target.platform_id, thread)
         seqs.append(
@@ -104,7 +117,12 @@ def dispatch_final_text(
     plain = strip_internal_tags("".join(plain_parts))
     if plain:
         routing = reply_routing(batch, inbound)
-        if routing.empty:
+        if routing.empty and inbound.answers_note(batch.origin, batch.in_reply_to):
+            logger.info(
+                "reply to host note %s dropped: the session has no chat: %s",
+                batch.in_reply_to, plain[:200],
+            )  # fmt: skip
+        elif routing.empty:
             logger.warning("no conversation to reply to; dropping reply: %s", plain[:200])
         else:
             seqs.append(

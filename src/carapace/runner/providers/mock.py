@@ -36,6 +36,9 @@ call raises ``ProviderError`` with it). ``error`` on the rule is a one-step shor
 Substitutions in ``reply`` and in string values of tool-call ``arguments``:
 ``{tool_result}`` is the content of the last ``tool`` message (empty when none) and
 ``{user_text}`` the last user text. Nothing else is interpreted; other braces are kept.
+Quoted text (the default reply's quote, substitutions in ``reply``) has ``<`` and ``>``
+replaced by ``‹`` and ``›`` (``neutralise``), so a quote can never become a
+``<message to="…">`` block; substitutions in tool-call arguments are left as they are.
 
 Tool call ids are ``mock-call-<n>``, numbered across the whole conversation.
 
@@ -67,6 +70,7 @@ _RULE_KEYS = frozenset({"match", "tool_calls", "reply", "steps", "error"})
 _STEP_KEYS = frozenset({"tool_calls", "reply", "error"})
 _CALL_KEYS = frozenset({"name", "arguments", "id"})
 _SUBST_RE = re.compile(r"\{(?:tool_result|user_text)\}")
+_NEUTRAL = str.maketrans({"<": "\u2039", ">": "\u203a"})
 
 _Fail = Callable[[str], ProviderError]
 
@@ -107,7 +111,7 @@ class MockProvider:
         rules = self._load_rules()
         rule = next((r for r in rules if r.match is None or r.match.search(user_text)), None)
         if rule is None:
-            return Turn(text=f'{DEFAULT_PREFIX}"{user_text[:QUOTE_CHARS]}"')
+            return Turn(text=f'{DEFAULT_PREFIX}"{neutralise(user_text[:QUOTE_CHARS])}"')
         after = messages[user_index + 1 :] if user_index >= 0 else messages
         step_no = sum(1 for m in after if m.get("role") == "assistant")
         if step_no >= len(rule.steps):
@@ -116,6 +120,7 @@ class MockProvider:
         if step.error is not None:
             raise ProviderError(step.error)
         subs = {"{tool_result}": _last_tool_result(after), "{user_text}": user_text}
+        quoted = {k: neutralise(v) for k, v in subs.items()}  # a quote in a reply
         next_id = _count_tool_calls(messages) + 1
         calls = tuple(
             ToolCall(
@@ -126,7 +131,7 @@ class MockProvider:
             for i, c in enumerate(step.tool_calls)
         )
         return Turn(
-            text=_substitute(step.reply, subs),
+            text=_substitute(step.reply, quoted),
             tool_calls=calls,
             stop_reason="tool_use" if calls else "end_turn",
         )
@@ -166,6 +171,12 @@ def last_user_text(messages: list[Message]) -> str:
         return text
     body = _QUOTED_RE.sub("", bodies[-1], count=1)
     return html.unescape(body)
+
+
+def neutralise(text: str) -> str:
+    """Quoted text with ``<`` and ``>`` turned into ``‹`` and ``›``, so that quoting a
+    message (say a note that mentions ``<message to="x">``) never makes routable markup."""
+    return text.translate(_NEUTRAL)
 
 
 def parse_script(data: object, *, source: str) -> list[ScriptRule]:

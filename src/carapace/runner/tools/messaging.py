@@ -6,6 +6,7 @@ Deviations from NanoClaw (docs/compat.md):
   answers (NanoClaw's MCP process always wrote NULL, W-1).
 * Without ``to``, the reply goes to the conversation the turn answers (the batch's origin),
   then ``session_routing``, then the only destination (NanoClaw: ``session_routing`` first).
+  A turn answering a host/system note skips the origin (the agent itself).
 * ``send_file`` refuses file names with ``/``, ``..`` or a leading dot (W-19), source paths
   outside the workspace, and directories; it returns the message's seq as its id.
 * Edits and reactions on inbound messages strip the router's ``:<agent_group_id>`` suffix
@@ -30,7 +31,7 @@ def resolve_target(ctx: ToolContext, to: str | None) -> tuple[Routing, str]:
     """(routing, label) for ``send_message``/``send_file`` (spec §8.2, adapted)."""
     if not to:
         origin = ctx.batch.origin
-        if not origin.empty:
+        if not origin.empty and not ctx.inbound.answers_note(origin, ctx.batch.in_reply_to):
             return origin, "(current conversation)"
         session = ctx.inbound.session_routing()
         if not session.empty:
