@@ -31,7 +31,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +45,7 @@ from carapace.channels.base import (
 )
 from carapace.jsonutil import dumps
 from carapace.timefmt import iso, new_id
+from carapace.unixsock import start_private_server
 
 logger = logging.getLogger(__name__)
 
@@ -79,17 +79,8 @@ class CliChannel:
 
     async def start(self, callbacks: ChannelCallbacks) -> None:
         self.callbacks = callbacks
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        old = os.umask(0o177)
-        try:
-            self.server = await asyncio.start_unix_server(
-                self._serve, path=str(self.path), limit=MAX_LINE
-            )
-        finally:
-            os.umask(old)
-        os.chmod(self.path, 0o600)
+        self.server = await start_private_server(self._serve, self.path, limit=MAX_LINE)
 
     async def stop(self) -> None:
         if self.server is not None:

@@ -178,11 +178,8 @@ def clicker_id(raw_user_id: str, channel_type: str | None) -> str:
     return users.user_id_for(channel_type, raw_user_id)
 
 
-def event_sender(channel_type: str, content: str) -> tuple[str | None, str | None]:
-    """``(user id, display name)`` of an inbound message, as the router resolves them."""
-    doc = loads_or(content, None)
-    if not isinstance(doc, dict):
-        return None, None
+def sender_handle(doc: dict[str, Any]) -> tuple[str | None, str | None]:
+    """(raw handle, display name) as NanoClaw's sender resolver reads them."""
     author = doc.get("author") if isinstance(doc.get("author"), dict) else {}
     assert isinstance(author, dict)
     handle = next(
@@ -195,6 +192,15 @@ def event_sender(channel_type: str, content: str) -> tuple[str | None, str | Non
                      doc.get("sender")) if isinstance(v, str) and v),
         None,
     )  # fmt: skip
+    return handle, name
+
+
+def event_sender(channel_type: str, content: str) -> tuple[str | None, str | None]:
+    """``(user id, display name)`` of an inbound message, as the router resolves them."""
+    doc = loads_or(content, None)
+    if not isinstance(doc, dict):
+        return None, None
+    handle, name = sender_handle(doc)
     if handle is None:
         return None, name
     return (handle if ":" in handle else users.user_id_for(channel_type, handle)), name

@@ -24,6 +24,7 @@ from carapace.db.connection import connect
 from carapace.db.sessions import list_sessions
 from carapace.jsonutil import dumps
 from carapace.timefmt import iso, new_id
+from carapace.unixsock import start_private_server
 
 if TYPE_CHECKING:
     from carapace.host.host import Host
@@ -131,16 +132,7 @@ class AdminServer:
         self.server: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
-        old = os.umask(0o177)
-        try:
-            self.server = await asyncio.start_unix_server(
-                self._client, path=str(self.path), limit=MAX_REQUEST_BYTES
-            )
-        finally:
-            os.umask(old)
-        os.chmod(self.path, 0o600)
+        self.server = await start_private_server(self._client, self.path, limit=MAX_REQUEST_BYTES)
 
     async def stop(self) -> None:
         if self.server is not None:

@@ -84,7 +84,9 @@ def proc_start_time(pid: int) -> str | None:
     return stat.rsplit(")", 1)[1].split()[19]
 
 
-class _ProcHandle:
+class ProcHandle:
+    """The pool's handle on one runner process (its own process group)."""
+
     def __init__(self, proc: asyncio.subprocess.Process) -> None:
         self.proc = proc
         self.pid: int | None = proc.pid
@@ -137,7 +139,7 @@ class SubprocessBackend:
             )
         finally:
             log.close()
-        return _ProcHandle(proc)
+        return ProcHandle(proc)
 
 
 @dataclass

@@ -30,6 +30,7 @@ from carapace.db.dropped import record_dropped
 from carapace.db.messaging import MessagingGroup, Wiring
 from carapace.db.sessions import find_session
 from carapace.errors import CarapaceError, ValidationError
+from carapace.host.access import sender_handle
 from carapace.host.sessions import SessionManager
 from carapace.jsonutil import loads_or
 from carapace.timefmt import iso, new_id
@@ -97,23 +98,6 @@ def content_doc(content: str) -> dict[str, Any]:
     if isinstance(doc, dict):
         return doc
     return {"text": content}
-
-
-def sender_handle(doc: dict[str, Any]) -> tuple[str | None, str | None]:
-    """(raw handle, display name) as NanoClaw's sender resolver reads them."""
-    author = doc.get("author") if isinstance(doc.get("author"), dict) else {}
-    assert isinstance(author, dict)
-    handle = next(
-        (v for v in (doc.get("senderId"), doc.get("sender"), author.get("userId"))
-         if isinstance(v, str) and v),
-        None,
-    )  # fmt: skip
-    name = next(
-        (v for v in (doc.get("senderName"), author.get("fullName"), author.get("userName"),
-                     doc.get("sender")) if isinstance(v, str) and v),
-        None,
-    )  # fmt: skip
-    return handle, name
 
 
 def can_access(db: sqlite3.Connection, user_id: str | None, agent_group_id: str) -> bool:

@@ -53,6 +53,7 @@ from carapace.db.session import SessionPaths, ensure_journals
 from carapace.errors import ConfigError
 from carapace.host.pool import (
     LOG_FILE,
+    ProcHandle,
     RunnerBackend,
     RunnerHandle,
     RunnerSpec,
@@ -258,15 +259,8 @@ def _descendants(pid: int) -> list[int]:
     return out
 
 
-class BwrapHandle:
+class BwrapHandle(ProcHandle):
     """The pool's handle on one sandbox (``pid`` is bwrap's own, in the host namespace)."""
-
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
-        self.proc = proc
-        self.pid: int | None = proc.pid
-
-    async def wait(self) -> int:
-        return await self.proc.wait()
 
     def signal(self, sig: int) -> None:
         if self.proc.returncode is not None:

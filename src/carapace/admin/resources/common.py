@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, TypeVar
 
 from carapace.admin.context import AdminContext
 from carapace.admin.registry import Opt
 from carapace.db import groups
 from carapace.db.destinations import notify_changed
-from carapace.errors import ValidationError
+from carapace.errors import NotFoundError, ValidationError
 
 ID = Opt("id", "The row's id (may also be given positionally).", required=True)
 FORCE = Opt("force", "Also delete the rows that depend on it.", type="bool")
 LIMIT = Opt("limit", "At most this many rows (default 200).", type="int", minimum=1)
 DEFAULT_LIMIT = 200
+
+T = TypeVar("T")
 
 
 def row(obj: Any) -> dict[str, Any]:
@@ -25,6 +27,13 @@ def row(obj: Any) -> dict[str, Any]:
 def rows(objs: list[Any], args: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     limit = (args or {}).get("limit") or DEFAULT_LIMIT
     return [row(o) for o in objs[:limit]]
+
+
+def require(found: T | None, what: str, id: str) -> T:
+    """``found``, or not-found ("no <what> '<id>'") when it is ``None``."""
+    if found is None:
+        raise NotFoundError(f"no {what} {id!r}")
+    return found
 
 
 def group_id(ctx: AdminContext, id_or_folder: str) -> str:

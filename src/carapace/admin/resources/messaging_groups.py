@@ -12,11 +12,11 @@ from carapace.admin.resources.common import (
     LIMIT,
     need_change,
     notify_targets_of_channel,
+    require,
     row,
     rows,
 )
 from carapace.db import messaging
-from carapace.errors import NotFoundError
 
 POLICY = Opt(
     "unknown_sender_policy",
@@ -28,10 +28,7 @@ IS_GROUP = Opt("is_group", "A group chat (true) or a direct message (false).", t
 
 
 def _require(ctx: AdminContext, id: str) -> messaging.MessagingGroup:
-    mg = messaging.get_messaging_group(ctx.db, id)
-    if mg is None:
-        raise NotFoundError(f"no messaging group {id!r}")
-    return mg
+    return require(messaging.get_messaging_group(ctx.db, id), "messaging group", id)
 
 
 def _list(ctx: AdminContext, args: dict[str, Any]) -> Any:

@@ -6,10 +6,9 @@ from typing import Any
 
 from carapace.admin.context import AdminContext
 from carapace.admin.registry import Opt, Resource, Verb
-from carapace.admin.resources.common import ID, LIMIT, group_id, row, rows
+from carapace.admin.resources.common import ID, LIMIT, group_id, require, row, rows
 from carapace.db import sessions
 from carapace.db.session import SessionPaths
-from carapace.errors import NotFoundError
 
 
 def _owner(ctx: AdminContext, args: dict[str, Any]) -> str | None:
@@ -18,10 +17,7 @@ def _owner(ctx: AdminContext, args: dict[str, Any]) -> str | None:
 
 
 def _require(ctx: AdminContext, id: str) -> sessions.Session:
-    s = sessions.get_session(ctx.db, id)
-    if s is None:
-        raise NotFoundError(f"no session {id!r}")
-    return s
+    return require(sessions.get_session(ctx.db, id), "session", id)
 
 
 def _list(ctx: AdminContext, args: dict[str, Any]) -> Any:

@@ -6,18 +6,15 @@ from typing import Any
 
 from carapace.admin.context import AdminContext
 from carapace.admin.registry import Opt, Resource, Verb
-from carapace.admin.resources.common import FORCE, LIMIT, row, rows
+from carapace.admin.resources.common import FORCE, LIMIT, require, row, rows
 from carapace.db import users
-from carapace.errors import ConflictError, NotFoundError
+from carapace.errors import ConflictError
 
 USER_ID = Opt("id", "The namespaced user id, e.g. telegram:123.", required=True)
 
 
 def _require(ctx: AdminContext, id: str) -> users.User:
-    u = users.get_user(ctx.db, id)
-    if u is None:
-        raise NotFoundError(f"no user {id!r}")
-    return u
+    return require(users.get_user(ctx.db, id), "user", id)
 
 
 def _list(ctx: AdminContext, args: dict[str, Any]) -> Any:

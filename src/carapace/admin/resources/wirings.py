@@ -10,9 +10,8 @@ from typing import Any
 
 from carapace.admin.context import AdminContext
 from carapace.admin.registry import Opt, Resource, Verb
-from carapace.admin.resources.common import ID, LIMIT, group_id, need_change, row, rows
+from carapace.admin.resources.common import ID, LIMIT, group_id, need_change, require, row, rows
 from carapace.db import messaging
-from carapace.errors import NotFoundError
 
 _FIELDS = (
     "engage_mode",
@@ -38,10 +37,7 @@ WIRING_OPTS = (
 
 
 def _require(ctx: AdminContext, id: str) -> messaging.Wiring:
-    w = messaging.get_wiring(ctx.db, id)
-    if w is None:
-        raise NotFoundError(f"no wiring {id!r}")
-    return w
+    return require(messaging.get_wiring(ctx.db, id), "wiring", id)
 
 
 def _owner(ctx: AdminContext, args: dict[str, Any]) -> str | None:

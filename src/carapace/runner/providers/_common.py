@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from urllib.parse import urlsplit, urlunsplit
 
 from carapace.errors import ProviderError
+
+from .base import Turn
 
 # A stand-in key for endpoints that need none (Ollama, vLLM) or get one injected on the
 # way (the host's credential proxy): the SDKs refuse to build a client without a key.
@@ -45,6 +48,65 @@ def first_set(*values: str | None) -> str | None:
 
 def env(name: str) -> str | None:
     return os.environ.get(name) or None
+
+
+def api_key(configured: str | None, env_name: str, base_url: str | None, missing: str) -> str:
+    """The configured key, else env ``env_name``; with neither, the placeholder key when
+    there is a base URL (a keyless server or a credential-injecting proxy), else
+    ``ProviderError(missing)``."""
+    key = first_set(configured, env(env_name))
+    if key is None:
+        if base_url is None:
+            raise ProviderError(missing)
+        key = PLACEHOLDER_KEY
+    return key
+
+
+def sdk_error(
+    api: str,
+    exc: Exception,
+    *,
+    timeout_error: type[Exception],
+    connection_error: type[Exception],
+    timeout_s: float,
+    base_url: str | None,
+    key: str,
+) -> ProviderError:
+    """The error for an SDK failure other than an HTTP error status: a timeout, an
+    unreachable endpoint (both retryable), or anything else. ``api`` names the API in the
+    message ("Anthropic", "OpenAI")."""
+    if isinstance(exc, timeout_error):
+        return ProviderAPIError(
+            f"{api} API timed out after {timeout_s:g}s ({safe_url(base_url)})",
+            status_code=None,
+            retryable=True,
+        )
+    if isinstance(exc, connection_error):
+        cause = exc.__cause__ or exc
+        return ProviderAPIError(
+            f"{api} API unreachable at {safe_url(base_url)}: {one_line(str(cause), key)}",
+            status_code=None,
+            retryable=True,
+        )
+    return ProviderError(f"{api} SDK error ({type(exc).__name__}): {one_line(str(exc), key)}")
+
+
+def text_of(content: object) -> str:
+    """Message content as text (``None`` → empty)."""
+    if content is None:
+        return ""
+    return content if isinstance(content, str) else str(content)
+
+
+def log_turn(logger: logging.Logger, model: str, turn: Turn) -> None:
+    logger.debug(
+        "%s: stop=%s tool_calls=%d tokens in=%d out=%d",
+        model,
+        turn.stop_reason,
+        len(turn.tool_calls),
+        turn.input_tokens,
+        turn.output_tokens,
+    )
 
 
 def redact(text: str, *secrets: str | None) -> str:

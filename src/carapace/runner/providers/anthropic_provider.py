@@ -26,13 +26,15 @@ from anthropic.types import Message as AnthropicMessage
 from carapace.errors import ProviderError
 
 from ._common import (
-    PLACEHOLDER_KEY,
     ProviderAPIError,
+    api_key,
     env,
     first_set,
     is_retryable_status,
+    log_turn,
     one_line,
-    safe_url,
+    sdk_error,
+    text_of,
 )
 from .base import Message, ProviderConfig, ToolCall, ToolSpec, Turn
 
@@ -49,14 +51,13 @@ class AnthropicProvider:
         self.config = config
         self.model = config.model or DEFAULT_MODEL
         self.base_url = first_set(config.base_url, env("ANTHROPIC_BASE_URL"))
-        key = first_set(config.api_key, env("ANTHROPIC_API_KEY"))
-        if key is None:
-            if self.base_url is None:
-                raise ProviderError(
-                    "The anthropic provider needs an API key: set ANTHROPIC_API_KEY "
-                    "or api_key in the provider config"
-                )
-            key = PLACEHOLDER_KEY
+        key = api_key(
+            config.api_key,
+            "ANTHROPIC_API_KEY",
+            self.base_url,
+            "The anthropic provider needs an API key: set ANTHROPIC_API_KEY "
+            "or api_key in the provider config",
+        )
         self._key = key
         self.client = anthropic.Anthropic(
             api_key=key,
@@ -82,7 +83,7 @@ class AnthropicProvider:
         except anthropic.AnthropicError as exc:
             raise self._error(exc) from None
         turn = parse_anthropic_message(response)
-        _log_turn(self.model, turn)
+        log_turn(logger, self.model, turn)
         return turn
 
     def _error(self, exc: anthropic.AnthropicError) -> ProviderError:
@@ -95,23 +96,14 @@ class AnthropicProvider:
                 status_code=status,
                 retryable=is_retryable_status(status),
             )
-        if isinstance(exc, anthropic.APITimeoutError):
-            return ProviderAPIError(
-                f"Anthropic API timed out after {self.config.timeout_s:g}s "
-                f"({safe_url(self.base_url)})",
-                status_code=None,
-                retryable=True,
-            )
-        if isinstance(exc, anthropic.APIConnectionError):
-            cause = exc.__cause__ or exc
-            return ProviderAPIError(
-                f"Anthropic API unreachable at {safe_url(self.base_url)}: "
-                f"{one_line(str(cause), self._key)}",
-                status_code=None,
-                retryable=True,
-            )
-        return ProviderError(
-            f"Anthropic SDK error ({type(exc).__name__}): {one_line(str(exc), self._key)}"
+        return sdk_error(
+            "Anthropic",
+            exc,
+            timeout_error=anthropic.APITimeoutError,
+            connection_error=anthropic.APIConnectionError,
+            timeout_s=self.config.timeout_s,
+            base_url=self.base_url,
+            key=self._key,
         )
 
 
@@ -134,20 +126,20 @@ def to_anthropic_messages(messages: list[Message]) -> list[MessageParam]:
     for message in messages:
         role = message.get("role")
         if role == "user":
-            text = _text(message.get("content")) or EMPTY_TEXT
+            text = text_of(message.get("content")) or EMPTY_TEXT
             _append(out, "user", [TextBlockParam(type="text", text=text)])
         elif role == "tool":
             block = ToolResultBlockParam(
                 type="tool_result",
                 tool_use_id=str(message.get("tool_call_id", "")),
-                content=_text(message.get("content")),
+                content=text_of(message.get("content")),
             )
             if message.get("is_error"):
                 block["is_error"] = True
             _append(out, "user", [block])
         elif role == "assistant":
             blocks: list[ContentBlockParam] = []
-            text = _text(message.get("content"))
+            text = text_of(message.get("content"))
             if text:
                 blocks.append(TextBlockParam(type="text", text=text))
             for call in message.get("tool_calls") or ():
@@ -202,20 +194,3 @@ def _append(out: list[MessageParam], role: str, blocks: list[ContentBlockParam])
         out.append({"role": "user", "content": blocks})
     else:
         out.append({"role": "assistant", "content": blocks})
-
-
-def _text(content: object) -> str:
-    if content is None:
-        return ""
-    return content if isinstance(content, str) else str(content)
-
-
-def _log_turn(model: str, turn: Turn) -> None:
-    logger.debug(
-        "%s: stop=%s tool_calls=%d tokens in=%d out=%d",
-        model,
-        turn.stop_reason,
-        len(turn.tool_calls),
-        turn.input_tokens,
-        turn.output_tokens,
-    )

@@ -37,13 +37,15 @@ from openai.types.chat import (
 from carapace.errors import ProviderError
 
 from ._common import (
-    PLACEHOLDER_KEY,
     ProviderAPIError,
+    api_key,
     env,
     first_set,
     is_retryable_status,
+    log_turn,
     one_line,
-    safe_url,
+    sdk_error,
+    text_of,
 )
 from .base import Message, ProviderConfig, ToolCall, ToolSpec, Turn
 
@@ -60,14 +62,13 @@ class OpenAIProvider:
         self.config = config
         self.model = config.model or DEFAULT_MODEL
         self.base_url = first_set(config.base_url, env("OPENAI_BASE_URL"))
-        key = first_set(config.api_key, env("OPENAI_API_KEY"))
-        if key is None:
-            if self.base_url is None:
-                raise ProviderError(
-                    "The openai provider needs an API key: set OPENAI_API_KEY or api_key "
-                    "in the provider config (or a base_url for a keyless local server)"
-                )
-            key = PLACEHOLDER_KEY
+        key = api_key(
+            config.api_key,
+            "OPENAI_API_KEY",
+            self.base_url,
+            "The openai provider needs an API key: set OPENAI_API_KEY or api_key "
+            "in the provider config (or a base_url for a keyless local server)",
+        )
         self._key = key
         default_field = "max_tokens" if self.base_url else "max_completion_tokens"
         self.max_tokens_field = str(config.extra.get("max_tokens_field", default_field))
@@ -91,7 +92,7 @@ class OpenAIProvider:
         except openai.OpenAIError as exc:
             raise self._error(exc) from None
         turn = parse_openai_completion(response)
-        _log_turn(self.model, turn)
+        log_turn(logger, self.model, turn)
         return turn
 
     def _error(self, exc: openai.OpenAIError) -> ProviderError:
@@ -107,23 +108,14 @@ class OpenAIProvider:
                 status_code=status,
                 retryable=is_retryable_status(status),
             )
-        if isinstance(exc, openai.APITimeoutError):
-            return ProviderAPIError(
-                f"OpenAI API timed out after {self.config.timeout_s:g}s "
-                f"({safe_url(self.base_url)})",
-                status_code=None,
-                retryable=True,
-            )
-        if isinstance(exc, openai.APIConnectionError):
-            cause = exc.__cause__ or exc
-            return ProviderAPIError(
-                f"OpenAI API unreachable at {safe_url(self.base_url)}: "
-                f"{one_line(str(cause), self._key)}",
-                status_code=None,
-                retryable=True,
-            )
-        return ProviderError(
-            f"OpenAI SDK error ({type(exc).__name__}): {one_line(str(exc), self._key)}"
+        return sdk_error(
+            "OpenAI",
+            exc,
+            timeout_error=openai.APITimeoutError,
+            connection_error=openai.APIConnectionError,
+            timeout_s=self.config.timeout_s,
+            base_url=self.base_url,
+            key=self._key,
         )
 
 
@@ -147,7 +139,7 @@ def to_openai_messages(system: str, messages: list[Message]) -> list[ChatComplet
         out.append({"role": "system", "content": system})
     for message in messages:
         role = message.get("role")
-        content = _text(message.get("content"))
+        content = text_of(message.get("content"))
         if role == "user":
             out.append({"role": "user", "content": content})
         elif role == "tool":
@@ -221,20 +213,3 @@ def parse_arguments(raw: str | None) -> dict[str, Any]:
     except ValueError:
         return {"_raw": raw}
     return value if isinstance(value, dict) else {"_raw": raw}
-
-
-def _text(content: object) -> str:
-    if content is None:
-        return ""
-    return content if isinstance(content, str) else str(content)
-
-
-def _log_turn(model: str, turn: Turn) -> None:
-    logger.debug(
-        "%s: stop=%s tool_calls=%d tokens in=%d out=%d",
-        model,
-        turn.stop_reason,
-        len(turn.tool_calls),
-        turn.input_tokens,
-        turn.output_tokens,
-    )

@@ -188,6 +188,7 @@ _TO = {
     "type": "string",
     "description": "Destination name; omit to answer the conversation you are in.",
 }
+_MESSAGE_ID = {"type": "integer", "description": "The message id (seq)."}
 
 TOOLS = [
     Tool(
@@ -219,7 +220,7 @@ TOOLS = [
             "edit_message",
             "Edit a message you sent earlier, by its id (the seq number shown as id).",
             {
-                "messageId": {"type": "integer", "description": "The message id (seq)."},
+                "messageId": _MESSAGE_ID,
                 "text": {"type": "string", "description": "The new text."},
             },
             ["messageId", "text"],
@@ -231,7 +232,7 @@ TOOLS = [
             "add_reaction",
             "React to a message with an emoji, by its id (the seq number shown as id).",
             {
-                "messageId": {"type": "integer", "description": "The message id (seq)."},
+                "messageId": _MESSAGE_ID,
                 "emoji": {"type": "string", "description": "Emoji shortcode, e.g. thumbs_up."},
             },
             ["messageId", "emoji"],
