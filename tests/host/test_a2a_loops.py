@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from host_rig import Rig
+
 from carapace.channels.fake import make_event
 from carapace.db.destinations import add_destination
 from carapace.db.sessions import Session
@@ -20,7 +22,6 @@ from carapace.runner.loop import Runner
 from carapace.runner.providers import ProviderConfig, create_provider
 from carapace.timefmt import iso
 from carapace.watch import DirWatcher
-from conftest import Rig
 
 CREATED_NOTE = 'Agent "beta" created. You can now message it with <message to="beta">...</message>.'
 

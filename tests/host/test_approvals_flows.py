@@ -16,7 +16,7 @@ from carapace.host.approvals_host import HostContext, tick
 from carapace.host.host import Host, HostOptions
 
 if TYPE_CHECKING:
-    from conftest import Rig  # tests/host/conftest.py
+    from host_rig import Rig  # tests/host/conftest.py
 
 
 def setup_sender(rig: Rig, n_agents: int = 1) -> tuple[list[str], str]:

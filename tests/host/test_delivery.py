@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 
+from host_rig import Rig
+
 from carapace.channels.fake import make_event
 from carapace.db.destinations import add_destination
 from carapace.db.sessions import Session
-from conftest import Rig
 
 
 def _session(rig: Rig, platform: str = "chan") -> tuple[str, str, Session]:

@@ -13,7 +13,7 @@ from carapace.host import approvals, cards
 from carapace.host.approvals_host import HostContext, tick
 
 if TYPE_CHECKING:
-    from conftest import Rig  # tests/host/conftest.py
+    from host_rig import Rig  # tests/host/conftest.py
 
 OPTS = [{"label": "Yes", "value": "yes"}, {"label": "No", "value": "no"}]
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from host_rig import Rig
 
 from carapace.channels.fake import make_event
 from carapace.db.dropped import list_dropped
 from carapace.db.users import get_user
-from conftest import Rig
 
 
 def test_round_trip_row_shape(rig: Rig) -> None:

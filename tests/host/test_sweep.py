@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 from datetime import timedelta
 
+from host_rig import Rig
+
 from carapace.channels.fake import make_event
 from carapace.host.sweep import Claim, decide_stuck_action
 from carapace.timefmt import sqlite_ts
-from conftest import Rig
 
 
 def test_decide_stuck_action(clock: object) -> None:
