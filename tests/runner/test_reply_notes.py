@@ -191,3 +191,13 @@ def test_mock_script_substitution_in_reply_is_neutralised() -> None:
     msgs += [{"role": "assistant", "content": "", "tool_calls": [{"id": "c1"}]},
              {"role": "tool", "content": "done"}]  # fmt: skip
     assert mock.complete("", msgs, []).text == "you said: a ‹b› c"
+
+
+def test_mock_quotes_a_task_by_its_instructions() -> None:
+    from carapace.runner.providers.mock import last_user_text
+
+    prompt = (
+        '<context timezone="UTC" />\n<task from="cli" time="Nov 26, 2026, 11:52 AM">'
+        "Instructions:\nsales &amp; overview</task>"
+    )
+    assert last_user_text([{"role": "user", "content": prompt}]) == "sales & overview"

@@ -65,6 +65,7 @@ QUOTE_CHARS = 200
 DEFAULT_PREFIX = "Mock reply (no model configured — set a provider in the agent group's config): "
 
 _MESSAGE_RE = re.compile(r"<message\b[^>]*>(.*?)</message>", re.DOTALL)
+_TASK_RE = re.compile(r"<task\b[^>]*>.*?Instructions:\n(.*?)</task>", re.DOTALL)
 _QUOTED_RE = re.compile(r"\s*<quoted_message\b[^>]*>.*?</quoted_message>\s*", re.DOTALL)
 _RULE_KEYS = frozenset({"match", "tool_calls", "reply", "steps", "error"})
 _STEP_KEYS = frozenset({"tool_calls", "reply", "error"})
@@ -159,7 +160,8 @@ def last_user_text(messages: list[Message]) -> str:
     """The text of the last user message, unwrapped from the runner's prompt format.
 
     When the content has ``<message …>…</message>`` elements, this is the (XML-unescaped)
-    body of the last one, without its ``<quoted_message>``; otherwise the raw content.
+    body of the last one, without its ``<quoted_message>``; for a scheduled task, its
+    instructions; otherwise the raw content.
     """
     index = _last_user_index(messages)
     if index < 0:
@@ -168,7 +170,8 @@ def last_user_text(messages: list[Message]) -> str:
     text = content if isinstance(content, str) else json.dumps(content, ensure_ascii=False)
     bodies = _MESSAGE_RE.findall(text)
     if not bodies:
-        return text
+        tasks = _TASK_RE.findall(text)
+        return html.unescape(tasks[-1].strip()) if tasks else text
     body = _QUOTED_RE.sub("", bodies[-1], count=1)
     return html.unescape(body)
 
