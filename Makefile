@@ -18,7 +18,7 @@ $(STAMP): $(BIN)/python pyproject.toml
 venv: $(STAMP)
 
 ## make run: set up, initialise a home, start the host and chat with the default agent
-run: $(STAMP)
+run: $(STAMP) sandbox-tools
 	$(BIN)/carapace init --home "$(HOME_DIR)"
 	$(BIN)/carapace chat --home "$(HOME_DIR)"
 
