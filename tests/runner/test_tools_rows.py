@@ -77,6 +77,7 @@ def test_fifteen_tools_in_order() -> None:
         "send_message", "send_file", "edit_message", "add_reaction", "schedule_task",
         "list_tasks", "update_task", "cancel_task", "pause_task", "resume_task",
         "ask_user_question", "send_card", "create_agent", "install_packages", "add_mcp_server",
+        "admin",
     )  # fmt: skip
 
 

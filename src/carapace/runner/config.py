@@ -84,6 +84,7 @@ class RunnerConfig:
     poll_interval_s: float = 5.0  # safety poll even with inotify
     agent_settings: AgentSettings = field(default_factory=AgentSettings)  # parsed ``settings``
     sandboxed: bool = False  # CARAPACE_SANDBOX is set: the host started us in a sandbox
+    cli_scope: str = "group"  # container.json ``cliScope``: disabled | group | global
 
     @property
     def paths(self) -> SessionPaths:
@@ -126,6 +127,7 @@ class RunnerConfig:
             max_tool_rounds=agent_settings.max_tool_rounds,
             agent_settings=agent_settings,
             sandboxed=is_sandboxed(env),
+            cli_scope=_str(data.get("cliScope")) or "group",
         )
 
 

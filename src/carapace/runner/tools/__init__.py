@@ -1,4 +1,5 @@
-"""The agent's tools: NanoClaw's fifteen messaging tools (spec §8) plus the workspace tools.
+"""The agent's tools: NanoClaw's fifteen messaging tools (spec §8), ``admin`` (its in-container
+``ncl``, §12; left out when the group's ``cli_scope`` is ``disabled``) and the workspace tools.
 
 ``ToolBox(ctx, workspace)`` offers ``specs()`` to the provider and runs ``call(name, args)``:
 arguments are checked against the schema, the heartbeat is touched before and after, the
@@ -13,7 +14,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from carapace.runner.providers.base import ToolResult, ToolSpec
-from carapace.runner.tools import interactive, messaging, scheduling, selfmod
+from carapace.runner.tools import admin, interactive, messaging, scheduling, selfmod
 from carapace.runner.tools.base import (
     Batch,
     Tool,
@@ -33,6 +34,7 @@ MESSAGING_TOOLS: tuple[Tool, ...] = (
     *scheduling.TOOLS,
     *interactive.TOOLS,
     *selfmod.TOOLS,
+    *admin.TOOLS,
 )
 TOOL_NAMES = tuple(t.spec.name for t in MESSAGING_TOOLS)
 
@@ -52,10 +54,10 @@ class ToolBox:
     def __init__(self, ctx: ToolContext, workspace: Workspace | None = None) -> None:
         self.ctx = ctx
         self.workspace = workspace
-        self._tools = {t.spec.name: t for t in MESSAGING_TOOLS}
+        self._tools = {t.spec.name: t for t in MESSAGING_TOOLS if t.enabled(ctx.config)}
 
     def specs(self) -> list[ToolSpec]:
-        specs = [t.spec for t in MESSAGING_TOOLS]
+        specs = [t.spec for t in self._tools.values()]
         if self.workspace is not None:
             specs += [s for s in self.workspace.tools() if s.name not in self._tools]
         return specs

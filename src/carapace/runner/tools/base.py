@@ -93,6 +93,7 @@ Handler = Callable[[ToolContext, dict[str, Any]], str]
 class Tool:
     spec: ToolSpec
     handler: Handler
+    enabled: Callable[[RunnerConfig], bool] = lambda _config: True  # offered to the agent?
 
 
 def tool(name: str, description: str, properties: dict[str, Any], required: list[str]) -> ToolSpec:
