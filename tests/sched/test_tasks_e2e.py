@@ -61,7 +61,7 @@ def test_recurring_task_fires_once_and_rolls_over(tmp_path: Path) -> None:
         r = e2e.send("hello")
         assert r.returncode == 0 and r.stdout.startswith("[earlier]"), r.stdout
         earlier, now_reply = r.stdout.split("Mock reply", 2)[1:]
-        assert "report" in earlier and "task" in earlier and '"hello"' in now_reply
+        assert '"report"' in earlier and '"hello"' in now_reply
         wait_for(lambda: [h["outcome"] for h in e2e.ok("tasks", "get", tid)["history"]]
                  == ["ran"], what="history 'ran'")  # fmt: skip
         # operator verbs on the live host, by occurrence id and by series id
