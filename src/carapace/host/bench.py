@@ -57,6 +57,7 @@ class BenchResult:
     p99_ms: float
     cold_start_ms: float
     samples_ms: list[float]
+    backend: str = "?"
 
     def as_json(self) -> dict[str, float | int]:
         return {"p50_ms": round(self.p50_ms, 2), "p99_ms": round(self.p99_ms, 2),
@@ -64,7 +65,7 @@ class BenchResult:
 
     def summary(self) -> str:
         return (
-            f"round trip (mock provider, n={self.n}): p50 {self.p50_ms:.2f} ms, "
+            f"round trip (mock provider, {self.backend} runner, n={self.n}): p50 {self.p50_ms:.2f} ms, "
             f"p99 {self.p99_ms:.2f} ms; cold start {self.cold_start_ms:.0f} ms "
             f"(NanoClaw median ~{NANOCLAW_MEDIAN_MS:.0f} ms)"
         )
@@ -99,6 +100,7 @@ async def run_roundtrip(home: Home, n: int) -> BenchResult:
     host = Host(home, settings=settings, channels=[channel],
                 options=HostOptions(sockets=False))  # fmt: skip
     await host.start()
+    backend = host.backend_note
     try:
         cold = await _one(host, channel, "hello (cold)")
         samples = []
@@ -108,7 +110,7 @@ async def run_roundtrip(home: Home, n: int) -> BenchResult:
         await host.stop()
         host.close()
     return BenchResult(len(samples), statistics.median(samples), percentile(samples, 0.99), cold,
-                       samples)  # fmt: skip
+                       samples, backend)  # fmt: skip
 
 
 def machine_facts() -> list[tuple[str, str]]:
@@ -150,6 +152,15 @@ soon as the runner's commit is seen (inotify on the session folder).
 | warm p99 | {result.p99_ms:.2f} ms | — |
 | cold start (first message, runner spawn) | {result.cold_start_ms:.0f} ms | seconds (docker run) |
 | samples | {result.n} | 5 runs |
+| runner backend | {result.backend} | docker |
+
+## Where the time goes
+
+A warm round trip makes three durable commits on the session files (the inbound row; the
+runner's claim; its reply, `completed` ack and saved conversation in one transaction), each
+with `synchronous=FULL`, plus two inotify wake-ups and the delivery pass. On a disk whose
+`fsync` is slow (or under load from other processes) the commits dominate: the same code
+measured 50–100 ms while the machine was busy running test suites.
 
 ## Machine
 
