@@ -29,7 +29,7 @@ from carapace.testing.sessions import make_agent_dir, make_session
 def test_defaults() -> None:
     s = AgentSettings.parse({})
     assert s == AgentSettings()
-    assert (s.bash, s.web, s.max_tokens, s.max_tool_rounds) == ("off", True, 4096, 25)
+    assert (s.bash, s.web, s.max_tokens, s.max_tool_rounds) == ("sandboxed", True, 4096, 25)
     assert s.tools == frozenset(WORKSPACE_TOOL_NAMES) and s.context_limit_chars == 400_000
 
 
@@ -123,8 +123,9 @@ class _NoState:
 
 
 def test_bash_refused_without_permission_or_sandbox(tmp_path: Path) -> None:
-    assert bash_result(tmp_path / "a", {}, {}) == (BASH_DISABLED, True)
+    assert bash_result(tmp_path / "a", {"bash": "off"}, {}) == (BASH_DISABLED, True)
     assert bash_result(tmp_path / "b", {"bash": "sandboxed"}, {}) == (BASH_NOT_SANDBOXED, True)
+    assert bash_result(tmp_path / "d", {}, {}) == (BASH_NOT_SANDBOXED, True)  # the default
     text, err = bash_result(tmp_path / "c", {"bash": "allowed", "tools": ["read_file"]}, {})
     assert err and text == TOOL_DISABLED.format(name="bash")
     assert "bwrap" in BASH_NOT_SANDBOXED and 'bash: "allowed"' in BASH_DISABLED

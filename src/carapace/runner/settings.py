@@ -14,7 +14,7 @@ key                         default                  meaning
 ``context_limit_chars``     (from tokens)            the same threshold in characters
 ``tools``                   ``"all"``                workspace tools: ``"all"``, ``"none"``
                                                      or a list of tool names
-``bash``                    ``"off"``                ``off`` / ``sandboxed`` (= ``auto``) /
+``bash``                    ``"sandboxed"``          ``off`` / ``sandboxed`` (= ``auto``) /
                                                      ``allowed`` (``true`` = ``allowed``)
 ``web``                     ``true``                 ``web_fetch`` on/off
 ``max_tool_rounds``         25                       tool rounds per turn
@@ -87,7 +87,7 @@ class AgentSettings:
     base_url: str | None = None
     context_limit_chars: int = DEFAULT_CONTEXT_TOKENS * CHARS_PER_TOKEN
     tools: frozenset[str] = frozenset(WORKSPACE_TOOL_NAMES)
-    bash: BashSetting = "off"
+    bash: BashSetting = "sandboxed"
     web: bool = True
     max_tool_rounds: int = DEFAULT_MAX_TOOL_ROUNDS
     bash_timeout_s: float = DEFAULT_BASH_TIMEOUT_S
