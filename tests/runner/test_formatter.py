@@ -180,3 +180,14 @@ def test_clear_command_is_a_whole_word() -> None:
     assert is_clear_command(row(content={"text": "/CLEAR now"}))
     assert not is_clear_command(row(content={"text": "/clearance"}))
     assert not is_clear_command(row("task", {"text": "/clear"}))
+
+
+def test_task_time_in_the_tasks_own_zone() -> None:
+    own = format_messages(
+        [row("task", {"prompt": "p", "timezone": "America/New_York"})], "Europe/London"
+    )
+    assert 'time="Feb 4, 2026, 1:30 PM" timezone="America/New_York"' in own
+    same = format_messages([row("task", {"prompt": "p", "timezone": "UTC"})], "UTC")
+    assert 'time="Feb 4, 2026, 6:30 PM">' in same and "timezone=" not in same.split("<task")[1]
+    bogus = format_messages([row("task", {"prompt": "p", "timezone": "Mars/Base"})], "UTC")
+    assert 'time="Feb 4, 2026, 6:30 PM">' in bogus

@@ -184,8 +184,16 @@ def format_task(row: InRow, tz: str, origin: OriginLookup) -> str:
             "",
         ]
     lines += ["Instructions:", str(data.get("prompt") or "")]
+    own = data.get("timezone")
+    zone_attr = ""
+    if isinstance(own, str) and own != tz and _zone(own).key == own:
+        tz, zone_attr = own, f' timezone="{escape_xml(own)}"'  # the task's own zone
     time_attr = escape_xml(format_local_time(row.timestamp, tz))
-    return f'<task{_from_attr(row, origin)} time="{time_attr}">' + "\n".join(lines) + "</task>"
+    return (
+        f'<task{_from_attr(row, origin)} time="{time_attr}"{zone_attr}>'
+        + "\n".join(lines)
+        + "</task>"
+    )
 
 
 def format_webhook(row: InRow, origin: OriginLookup) -> str:
