@@ -44,6 +44,7 @@ class Home:
             session_dir=self.session,
             tmp_dir=self.tmp,
             read_only_roots=(self.global_dir,),
+            web_private=True,  # the test servers listen on loopback
         )
         return Workspace(dataclasses.replace(policy, **overrides))
 
@@ -523,3 +524,13 @@ def test_html_to_text() -> None:
 )
 def test_glob_to_regex(pattern: str, path: str, matches: bool) -> None:
     assert (re.fullmatch(glob_to_regex(pattern), path) is not None) is matches
+
+
+def test_web_fetch_refuses_local_addresses_by_default(home: Home, server: str) -> None:
+    ws = home.workspace(web_private=False)
+    text = err(ws.call("web_fetch", {"url": f"{server}/data.json"}))
+    assert "local or private-network address (127.0.0.1)" in text and "web_private" in text
+    assert "private-network" in err(ws.call("web_fetch", {"url": "http://localhost:9/"}))
+    assert "private-network" in err(ws.call("web_fetch", {"url": "http://10.1.2.3/"}))
+    assert "private-network" in err(ws.call("web_fetch", {"url": "http://[::1]:9/"}))
+    assert "private-network" in err(ws.call("web_fetch", {"url": "http://169.254.169.254/"}))

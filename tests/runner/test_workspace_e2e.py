@@ -198,7 +198,7 @@ def test_anthropic_tools_on_a_running_host_and_resume_after_sigkill(
     with FakeLLMProcess(script, workdir=tmp_path / "llm", flavour="anthropic") as llm:
         admin(home, "groups", "config", "update", "main", "--provider", "anthropic",
               "--settings", json.dumps({"base_url": llm.base_url, "bash": "allowed",
-                                        "web": True}))  # fmt: skip
+                                        "web": True, "web_private": True}))  # fmt: skip
         prompt = admin(home, "groups", "prompt", "main")
         assert "OPS-RULE-17" in prompt and "The secret word is PLUM." in prompt
         host = Host(home, host_env(ANTHROPIC_API_KEY="sk-test"))

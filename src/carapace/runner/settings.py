@@ -17,6 +17,8 @@ key                         default                  meaning
 ``bash``                    ``"sandboxed"``          ``off`` / ``sandboxed`` (= ``auto``) /
                                                      ``allowed`` (``true`` = ``allowed``)
 ``web``                     ``true``                 ``web_fetch`` on/off
+``web_private``             ``false``                let ``web_fetch`` reach loopback and
+                                                     private-network addresses
 ``max_tool_rounds``         25                       tool rounds per turn
 ``bash_timeout_s``          120                      default bash timeout
 ==========================  =======================  ======================================
@@ -76,6 +78,7 @@ RUNNER_KEYS = (
     "tools",
     "bash",
     "web",
+    "web_private",
     "max_tool_rounds",
     "bash_timeout_s",
 )
@@ -89,6 +92,7 @@ class AgentSettings:
     tools: frozenset[str] = frozenset(WORKSPACE_TOOL_NAMES)
     bash: BashSetting = "sandboxed"
     web: bool = True
+    web_private: bool = False
     max_tool_rounds: int = DEFAULT_MAX_TOOL_ROUNDS
     bash_timeout_s: float = DEFAULT_BASH_TIMEOUT_S
 
@@ -159,11 +163,12 @@ def _parse(s: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
             errors.append(f"bash must be off, sandboxed, auto or allowed, not {value!r}")
         else:
             out["bash"] = mode
-    if "web" in s:
-        if isinstance(s["web"], bool):
-            out["web"] = s["web"]
-        else:
-            errors.append(f"web must be true or false, not {s['web']!r}")
+    for key in ("web", "web_private"):
+        if key in s:
+            if isinstance(s[key], bool):
+                out[key] = s[key]
+            else:
+                errors.append(f"{key} must be true or false, not {s[key]!r}")
     if "bash_timeout_s" in s:
         t = s["bash_timeout_s"]
         if isinstance(t, int | float) and not isinstance(t, bool) and t > 0:

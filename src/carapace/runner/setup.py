@@ -62,6 +62,7 @@ def build_workspace(config: RunnerConfig) -> Workspace | None:
                 tmp_dir=tmp,
                 bash=bash,
                 web=agent.web and "web_fetch" in agent.tools,
+                web_private=agent.web_private,
                 read_only_roots=(global_dir,) if global_dir.is_dir() else (),
                 limits=limits,
                 tools=agent.tools,

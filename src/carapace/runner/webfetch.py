@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import codecs
 import http.client
+import ipaddress
 import re
+import socket
 import time
 import urllib.error
 import urllib.parse
@@ -46,8 +48,41 @@ _CHUNK = 64 * 1024
 _ERROR_BODY_CHARS = 2_000
 
 
+def private_address(host: str) -> str | None:
+    """The first loopback, private, link-local or otherwise non-public address ``host``
+    resolves to, or None when every address is public (or the name does not resolve:
+    the fetch then fails on its own)."""
+    try:
+        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+    except (OSError, UnicodeError):
+        return None
+    for info in infos:
+        addr = ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])
+        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+            addr = addr.ipv4_mapped
+        if not addr.is_global or addr.is_multicast:
+            return str(addr)
+    return None
+
+
+def _private_refusal(url: str) -> str | None:
+    host = urllib.parse.urlsplit(url).hostname or ""
+    addr = private_address(host)
+    if addr is None:
+        return None
+    return (
+        f"{host} resolves to a local or private-network address ({addr}); web_fetch reaches "
+        "only public addresses unless the group's settings set web_private: true"
+    )
+
+
 class _RefusingRedirects(urllib.request.HTTPRedirectHandler):
-    """Follow redirects only to http(s) URLs (urllib would also follow ``ftp:``)."""
+    """Follow redirects only to http(s) URLs (urllib would also follow ``ftp:``), and, unless
+    private addresses are allowed, only to hosts with public addresses."""
+
+    def __init__(self, allow_private: bool = True) -> None:
+        super().__init__()
+        self.allow_private = allow_private
 
     def redirect_request(
         self,
@@ -61,6 +96,10 @@ class _RefusingRedirects(urllib.request.HTTPRedirectHandler):
         scheme = urllib.parse.urlsplit(newurl).scheme.lower()
         if scheme not in ALLOWED_SCHEMES:
             raise urllib.error.URLError(f"redirect to a non-http(s) URL refused: {newurl}")
+        if not self.allow_private:
+            why = _private_refusal(newurl)
+            if why is not None:
+                raise urllib.error.URLError(f"redirect refused: {why}")
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
@@ -80,15 +119,29 @@ def check_url(url: str) -> str | None:
     return None
 
 
-def fetch(url: str, *, max_chars: int, max_bytes: int, timeout_s: float) -> ToolResult:
-    """Fetch ``url`` and return its readable text; never raises for network trouble."""
+def fetch(
+    url: str,
+    *,
+    max_chars: int,
+    max_bytes: int,
+    timeout_s: float,
+    allow_private: bool = True,
+) -> ToolResult:
+    """Fetch ``url`` and return its readable text; never raises for network trouble.
+
+    With ``allow_private`` False, hosts resolving to loopback, private-network, link-local
+    or other non-public addresses are refused (also on redirects), so an agent cannot use
+    the fetch to reach services on the host or its network.
+    """
     problem = check_url(url)
+    if problem is None and not allow_private:
+        problem = _private_refusal(url)
     if problem is not None:
         return ToolResult(f"Cannot fetch {url!r}: {problem}.", is_error=True)
     # Non-ASCII paths would make http.client raise; percent-encode them, keep the rest.
     quoted = urllib.parse.quote(url, safe=":/?#[]@!$&'()*+,;=%~")
     request = urllib.request.Request(quoted, headers={"User-Agent": USER_AGENT, "Accept": "*/*"})
-    opener = urllib.request.build_opener(_RefusingRedirects())
+    opener = urllib.request.build_opener(_RefusingRedirects(allow_private))
     deadline = time.monotonic() + timeout_s
     try:
         with opener.open(request, timeout=timeout_s) as response:

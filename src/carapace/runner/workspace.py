@@ -85,6 +85,7 @@ class WorkspacePolicy:
     tmp_dir: Path  # the runner's own temp folder (TMPDIR for bash)
     bash: BashMode = "off"
     web: bool = True
+    web_private: bool = False  # may web_fetch reach loopback / private-network addresses?
     read_only_roots: tuple[Path, ...] = ()  # folders or single files: readable, never written
     env: Mapping[str, str] = field(default_factory=dict)  # extra bash env the operator set
     limits: WorkspaceLimits = field(default_factory=WorkspaceLimits)
@@ -509,6 +510,7 @@ class Workspace:
             max_chars=max_chars,
             max_bytes=limits.web_bytes,
             timeout_s=limits.web_timeout_s,
+            allow_private=self.policy.web_private,
         )
 
 
