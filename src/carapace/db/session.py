@@ -203,15 +203,26 @@ def upgrade_outbound(conn: sqlite3.Connection) -> None:
         conn.execute("ALTER TABLE session_state ADD COLUMN updated_at TEXT NOT NULL DEFAULT ''")
 
 
+# Inbound files this process has already checked for missing tables and columns, by
+# (path, inode): the host opens inbound.db per operation, and re-running the schema check
+# on every open is pure overhead (NanoClaw spec §11.4 item 40). A replaced file has a new
+# inode and is checked again.
+_checked_inbound: set[tuple[str, int]] = set()
+
+
 def open_inbound(paths: SessionPaths, *, readonly: bool = False) -> sqlite3.Connection:
-    """The host opens read-write (and upgrades); the runner opens read-only."""
+    """The host opens read-write (and upgrades, once per file); the runner opens read-only."""
     if readonly:
         return connect(paths.inbound, "session", readonly=True)
     conn = connect(paths.inbound, "session")
+    key = (str(paths.inbound), paths.inbound.stat().st_ino)
+    if key in _checked_inbound:
+        return conn
     if not has_table(conn, "messages_in"):
         with transaction(conn):
             run_statements(conn, INBOUND_SCHEMA)
     upgrade_inbound(conn)
+    _checked_inbound.add(key)
     return conn
 
 
