@@ -110,3 +110,13 @@ def touch_session(db: sqlite3.Connection, id: str, *, now: datetime | None = Non
 def close_session(db: sqlite3.Connection, id: str) -> None:
     require_session(db, id)
     db.execute("UPDATE sessions SET status='closed', container_status='stopped' WHERE id=?", (id,))
+
+
+def mark_session_work(db: sqlite3.Connection, session_id: str, next_due: str) -> None:
+    """Put the session in the sweep's work index (``carapace_session_work``), due no later
+    than ``next_due`` (ISO); the sweep visits only indexed sessions."""
+    db.execute(
+        "INSERT INTO carapace_session_work (session_id, next_due) VALUES (?, ?) "
+        "ON CONFLICT(session_id) DO UPDATE SET next_due=MIN(next_due, excluded.next_due)",
+        (session_id, next_due),
+    )

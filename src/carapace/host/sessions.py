@@ -23,7 +23,7 @@ from typing import Any
 
 from carapace.config import Home
 from carapace.db import groups
-from carapace.db.connection import has_table, transaction
+from carapace.db.connection import transaction
 from carapace.db.projection import write_destinations, write_routing
 from carapace.db.session import (
     SessionPaths,
@@ -32,7 +32,13 @@ from carapace.db.session import (
     open_inbound,
     peek_max_seq,
 )
-from carapace.db.sessions import Session, create_session, find_session, get_session
+from carapace.db.sessions import (
+    Session,
+    create_session,
+    find_session,
+    get_session,
+    mark_session_work,
+)
 from carapace.jsonutil import dumps, loads_or
 from carapace.timefmt import iso, new_id, sqlite_ts
 
@@ -47,11 +53,6 @@ _MIME_EXT = {
 _TYPE_EXT = {"image": "jpg", "photo": "jpg", "sticker": "webp", "voice": "ogg", "audio": "mp3",
              "video": "mp4", "animation": "mp4"}  # fmt: skip
 
-WORK_TABLE_SQL = (
-    "CREATE TABLE IF NOT EXISTS carapace_session_work ("
-    "session_id TEXT PRIMARY KEY, next_due TEXT NOT NULL)"
-)
-
 
 def safe_name(name: str) -> bool:
     """NanoClaw's ``isSafeAttachmentName``: a plain basename."""
@@ -62,8 +63,6 @@ class SessionManager:
     def __init__(self, home: Home, db: sqlite3.Connection) -> None:
         self.home = home
         self.db = db
-        if not has_table(db, "carapace_session_work"):
-            db.execute(WORK_TABLE_SQL)  # a DB migrated before the migration existed
 
     def paths(self, session: Session) -> SessionPaths:
         return SessionPaths.of(self.home.data_dir, session.agent_group_id, session.id)
@@ -144,11 +143,7 @@ class SessionManager:
 
     def mark_work(self, session_id: str, next_due: str) -> None:
         """Put the session in the sweep's work index, due no later than ``next_due``."""
-        self.db.execute(
-            "INSERT INTO carapace_session_work (session_id, next_due) VALUES (?, ?) "
-            "ON CONFLICT(session_id) DO UPDATE SET next_due=MIN(next_due, excluded.next_due)",
-            (session_id, next_due),
-        )
+        mark_session_work(self.db, session_id, next_due)
 
     def set_work(self, session_id: str, next_due: str | None) -> None:
         if next_due is None:

@@ -8,8 +8,8 @@ import sqlite3
 from collections import Counter
 
 from carapace.db import groups, messaging, users
-from carapace.db.connection import has_table
 from carapace.db.session import insert_message_in, open_inbound, peek_max_seq
+from carapace.db.sessions import mark_session_work
 from carapace.jsonutil import dumps
 from carapace.migrate.context import ImportContext
 from carapace.migrate.mapping import JidError, map_jid, map_schedule
@@ -104,7 +104,7 @@ def _import_task(ctx: ImportContext, t: V1Task, out: dict[str, tuple[str, str]])
     ctx.record(T, t.id, "task", f"{ag_id}/{sid}/{t.id}")
     out[t.id] = (ag_id, sid)
     if sched.status == "pending":
-        _mark_work(ctx.conn, sid, sched.process_after)
+        mark_session_work(ctx.conn, sid, sched.process_after)
     target = f"messages_in {t.id} in session {sid} ({sched.status}"
     target += f", first {sched.process_after}" if sched.status != "completed" else ""
     target += f", recurrence {sched.recurrence!r})" if sched.recurrence else ")"
@@ -115,16 +115,6 @@ def _import_task(ctx: ImportContext, t: V1Task, out: dict[str, tuple[str, str]])
     if sched.needs_person and outcome == "imported":
         outcome = "kept"
     ctx.report.add(T, t.id, outcome, target, "; ".join(notes))
-
-
-def _mark_work(conn: sqlite3.Connection, session_id: str, due: str) -> None:
-    """Put the session in the sweep's work index so the task is seen without a full scan."""
-    if has_table(conn, "carapace_session_work"):
-        conn.execute(
-            "INSERT INTO carapace_session_work (session_id, next_due) VALUES (?, ?) "
-            "ON CONFLICT(session_id) DO UPDATE SET next_due=MIN(next_due, excluded.next_due)",
-            (session_id, due),
-        )
 
 
 def import_run_logs(ctx: ImportContext, tasks: dict[str, tuple[str, str]]) -> None:
