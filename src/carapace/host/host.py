@@ -26,9 +26,10 @@ from typing import IO, Any
 from carapace.bootstrap import open_home
 from carapace.channels.base import ChannelAdapter, ChannelCallbacks, InboundEvent
 from carapace.config import Home, Settings
+from carapace.db.connection import transaction
 from carapace.db.destinations import add_projection_hook, remove_projection_hook
 from carapace.db.projection import project_group
-from carapace.db.sessions import set_container_status
+from carapace.db.sessions import mark_session_work, set_container_status
 from carapace.errors import ConfigError
 from carapace.host.actions import SystemActions
 from carapace.host.delivery import Delivery
@@ -208,6 +209,7 @@ class Host:
         self.db.execute(
             "UPDATE sessions SET container_status='stopped' WHERE container_status != 'stopped'"
         )
+        await self.rebuild_work_index()
         add_projection_hook(self._hook)
         callbacks = ChannelCallbacks(on_inbound=self._on_inbound, on_ready=self._on_channel_ready)
         for adapter in self.adapters.values():
@@ -227,6 +229,21 @@ class Host:
                 self._admin_server = AdminServer(self)
                 await self._admin_server.start()
         logger.info("host started for %s; runner backend: %s", self.home.root, self.backend_note)
+
+    async def rebuild_work_index(self) -> int:
+        """Index every session with work on disk (a home NanoClaw ran has no index entries):
+        the files are read in a worker thread, the merge is one transaction here."""
+        from carapace.host.work_index import scan_work
+
+        found = await asyncio.to_thread(
+            scan_work, self.home.central_db, self.home.data_dir, self.now()
+        )
+        with transaction(self.db):
+            for sid, due in found:
+                mark_session_work(self.db, sid, due)
+        if found:
+            logger.info("work index: %d session(s) with work on disk", len(found))
+        return len(found)
 
     async def stop(self) -> None:
         if not self._started:
