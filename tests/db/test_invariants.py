@@ -206,7 +206,7 @@ def test_container_config_update(central: sqlite3.Connection, world: dict[str, s
         world["ag"],
         {"provider": "anthropic", "packages_apt": ["jq"], "settings": {"bash": "off"}},
     )
-    assert cfg.provider == "anthropic" and cfg.packages_apt == '["jq"]'
+    assert cfg.provider == "claude" and cfg.packages_apt == '["jq"]'
     assert cfg.to_json()["packages"] == {"apt": ["jq"], "npm": []}
     with pytest.raises(ValidationError):
         groups.update_container_config(central, world["ag"], {"cli_scope": "root"})
