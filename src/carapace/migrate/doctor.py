@@ -12,11 +12,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from carapace.channels.registry import adapter_types
 from carapace.config import Home
 from carapace.db.migrations import MIGRATIONS
 from carapace.errors import CarapaceError, ValidationError
 from carapace.jsonutil import loads_or
-from carapace.migrate.mapping import KNOWN_CHANNELS
 
 Level = Literal["error", "warning", "info"]
 SANDBOXED_BACKENDS = ("bwrap", "docker", "podman")
@@ -280,10 +280,10 @@ def _chats(conn: sqlite3.Connection, rep: DoctorReport) -> None:
         "SELECT channel_type, COUNT(*) FROM messaging_groups GROUP BY channel_type ORDER BY 1"
     ).fetchall()
     for ct, n in counts:
-        if ct not in KNOWN_CHANNELS:
+        if ct not in adapter_types():
             rep.add(
                 "warning", "unknown-channel", f"{n} messaging group(s) of type {ct!r}",
-                f"carapace has no {ct} adapter ({', '.join(KNOWN_CHANNELS)} exist); "
+                f"carapace has no {ct} adapter (adapters: {', '.join(adapter_types())}); "
                 "messages there are neither received nor sent",
             )  # fmt: skip
 

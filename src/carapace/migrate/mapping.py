@@ -14,9 +14,6 @@ from zoneinfo import ZoneInfo
 
 from carapace.timefmt import iso, parse_ts
 
-#: Channel types a carapace adapter exists for; others import but stay inert.
-KNOWN_CHANNELS = ("cli", "telegram", "webhook", "web")
-
 _WHATSAPP_HOSTS = {"s.whatsapp.net", "g.us", "lid", "broadcast", "newsletter"}
 _ALIASES = {
     "dc": "discord", "discord": "discord", "tg": "telegram", "telegram": "telegram",
