@@ -331,6 +331,18 @@ def test_escapes_are_refused(ws: Workspace, home: Home) -> None:
     assert not (home.group.parent / "escape.txt").exists()
 
 
+def test_a_sibling_folder_sharing_the_prefix_is_outside(ws: Workspace, home: Home) -> None:
+    """Group ``main`` does not reach ``groups/main2/`` (the root check needs its ``/``)."""
+    sibling = home.group.parent / (home.group.name + "2")
+    sibling.mkdir()
+    (sibling / "secret.txt").write_text("other group's\n")
+    for path in [str(sibling / "secret.txt"), "../main2/secret.txt"]:
+        assert "outside the workspace" in err(ws.call("read_file", {"path": path}))
+        assert "outside the workspace" in err(ws.call("write_file", {"path": path, "content": "x"}))
+    assert "outside the workspace" in err(ws.call("list_files", {"path": str(sibling)}))
+    assert (sibling / "secret.txt").read_text() == "other group's\n"
+
+
 def test_nul_byte_and_empty_paths_are_refused(ws: Workspace) -> None:
     assert "NUL byte" in err(ws.call("read_file", {"path": "a\x00b"}))
     assert "NUL byte" in err(ws.call("write_file", {"path": "a\x00/etc/passwd", "content": ""}))

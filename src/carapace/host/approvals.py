@@ -42,7 +42,7 @@ from carapace.host import access, cards, channel_approval, questions, sender_app
 from carapace.host.cards import Ctx, Outcome
 from carapace.host.sessions import SessionManager
 from carapace.jsonutil import dumps, loads_or
-from carapace.timefmt import parse_ts
+from carapace.timefmt import iso, parse_ts
 
 logger = logging.getLogger(__name__)
 
@@ -342,6 +342,11 @@ def respond(
 def _respond(
     ctx: Ctx, card_id: str, value: str, clicker: str, where: tuple[str, str] | None
 ) -> Outcome:
+    card = cards.get_card(ctx.db, card_id)
+    if card is not None and card.status == "pending" and card.expires_at is not None:
+        if card.expires_at <= iso(ctx.now()):  # expiry holds at decision time, not at the pass
+            expire_due(ctx)
+            return Outcome(card_id, card.kind, "gone", "This request has expired.")
     row = dba.get_approval(ctx.db, card_id)
     if row is not None and row.status == "pending":
         return decide_generic(ctx, row, value, clicker)
@@ -354,7 +359,7 @@ def _respond(
     q = dba.get_question(ctx.db, card_id)
     if q is not None:
         return questions.answer_question(ctx, q, value, clicker, where)
-    card = cards.get_card(ctx.db, card_id)
+    card = cards.get_card(ctx.db, card_id)  # decided just now by another path
     if card is not None:
         return Outcome(card_id, card.kind, "gone", f"This request is {card.status} already.")
     raise NotFoundError(f"no pending approval or question {card_id!r}")
