@@ -343,10 +343,10 @@ def _respond(
     ctx: Ctx, card_id: str, value: str, clicker: str, where: tuple[str, str] | None
 ) -> Outcome:
     card = cards.get_card(ctx.db, card_id)
-    if card is not None and card.status == "pending" and card.expires_at is not None:
-        if card.expires_at <= iso(ctx.now()):  # expiry holds at decision time, not at the pass
-            expire_due(ctx)
-            return Outcome(card_id, card.kind, "gone", "This request has expired.")
+    expires = card.expires_at if card is not None and card.status == "pending" else None
+    if card is not None and expires is not None and expires <= iso(ctx.now()):
+        expire_due(ctx)  # expiry holds at decision time, not only at the expiry pass
+        return Outcome(card_id, card.kind, "gone", "This request has expired.")
     row = dba.get_approval(ctx.db, card_id)
     if row is not None and row.status == "pending":
         return decide_generic(ctx, row, value, clicker)
