@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from _pytest.reports import TestReport
 
 from carapace.config import Home
 from carapace.db.central import open_central
@@ -29,3 +31,26 @@ def home(tmp_path: Path) -> Home:
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock(datetime(2026, 3, 1, 12, 0, tzinfo=UTC))
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, object, None]:
+    """Under ``CI=true`` a sandbox test skipped for want of a usable bubblewrap fails the run
+    (CI must not go green with the sandbox tests skipped); elsewhere it stays a skip."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    assert isinstance(report, TestReport)
+    longrepr = report.longrepr
+    reason = str(longrepr[-1] if isinstance(longrepr, tuple) else longrepr).lower()
+    if in_ci() and report.skipped and ("bubblewrap" in reason or "bwrap" in reason):
+        report.outcome = "failed"
+        report.longrepr = (
+            f"CI=true and this sandbox test was skipped: {report.longrepr}. "
+            "Install a usable bubblewrap (make sandbox-tools as root)."
+        )
