@@ -395,7 +395,7 @@ def _alive(pid: int) -> bool:
 
 
 def _wait_dead(pids: list[int]) -> list[int]:
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 30
     while (alive := [p for p in pids if _alive(p)]) and time.monotonic() < deadline:
         time.sleep(0.05)
     return alive
@@ -407,7 +407,7 @@ def test_bash_timeout_kills_the_whole_group(home: Home) -> None:
     text = err(
         ws.call("bash", {"command": "echo $$; sleep 100 & echo $!; sleep 100", "timeout_s": 1})
     )
-    assert time.monotonic() - started < 10
+    assert time.monotonic() - started < 60  # not the 100 s sleep: generous under load
     assert "Timed out after 1 s" in text and "process group was killed" in text
     pids = [int(x) for x in re.findall(r"^\d+$", text, re.M)]
     assert len(pids) == 2
