@@ -12,11 +12,13 @@ Usage: ``python bench/mutation.py [--n 20] [--seed 1] [--timeout 300] [--module 
 from __future__ import annotations
 
 import argparse
+import io
 import random
 import re
 import subprocess
 import sys
 import time
+import tokenize
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,8 +54,21 @@ class Mutant:
     after: str
 
 
+def _string_spans(source: str) -> dict[int, list[tuple[int, int]]]:
+    """line -> column spans of string literals (mutants inside them are not code bugs)."""
+    spans: dict[int, list[tuple[int, int]]] = {}
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        if tok.type == tokenize.STRING:
+            (r0, c0), (r1, c1) = tok.start, tok.end
+            for r in range(r0, r1 + 1):
+                spans.setdefault(r, []).append((c0 if r == r0 else 0, c1 if r == r1 else 10**6))
+    return spans
+
+
 def candidates(module: str) -> list[Mutant]:
-    lines = (SRC / module).read_text(encoding="utf-8").splitlines()
+    source = (SRC / module).read_text(encoding="utf-8")
+    lines = source.splitlines()
+    strings = _string_spans(source)
     out: list[Mutant] = []
     in_doc = False
     for i, line in enumerate(lines, 1):
@@ -65,6 +80,8 @@ def candidates(module: str) -> list[Mutant]:
             continue
         for pattern, repl in OPERATORS:
             for m in re.finditer(pattern, line):
+                if pattern != r'/"\)' and any(a <= m.start() < b for a, b in strings.get(i, [])):
+                    continue
                 after = line[: m.start()] + re.sub(pattern, repl, m.group(0)) + line[m.end() :]
                 if after != line:
                     out.append(Mutant(module, i, line, after))
