@@ -22,16 +22,21 @@ import signal
 import sys
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
+from carapace.limits import Limits, rlimit_preexec, scope_argv, systemd_scope_usable
+
 logger = logging.getLogger(__name__)
 
 PID_FILE = ".runner.pid"
 LOG_FILE = ".runner.log"
+# The host variables a runner may get (docs/sandbox.md "Process boundary"); everything else
+# of the host's environment stays out. Providers' settings come from the backend's pass_env.
+BASE_ENV = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "PYTHONPATH")
 
 
 @dataclass(frozen=True)
@@ -43,6 +48,7 @@ class RunnerSpec:
     provider: str | None = None
     idle_exit_s: float | None = None
     env: dict[str, str] = field(default_factory=dict)
+    limits: Limits = field(default_factory=Limits)  # the agent group's (carapace.limits)
 
 
 class RunnerHandle(Protocol):
@@ -65,6 +71,25 @@ class RunnerExit:
     reason: str | None  # None: the runner exited on its own (idle exit or crash)
     count_try: bool
     started_at: datetime
+
+
+def runner_env(spec: RunnerSpec, pass_env: Sequence[str]) -> dict[str, str]:
+    """A runner's whole environment: allow-listed host variables, then ``spec.env``."""
+    names = (*BASE_ENV, *pass_env)
+    env = {k: os.environ[k] for k in names if os.environ.get(k)}
+    env.update(spec.env)
+    return env
+
+
+def child_setup(limits: Limits) -> Callable[[], None]:
+    """``preexec_fn`` of a runner: die with the host, then the group's rlimits."""
+    apply_limits = rlimit_preexec(limits)
+
+    def setup() -> None:  # pragma: no cover - runs in the child
+        _pdeathsig()
+        apply_limits()
+
+    return setup
 
 
 def _pdeathsig() -> None:  # pragma: no cover - runs in the child
@@ -110,9 +135,19 @@ class SubprocessBackend:
 
     name = "subprocess"
 
-    def __init__(self, module: str = "carapace.runner", python: str | None = None) -> None:
+    def __init__(
+        self,
+        module: str = "carapace.runner",
+        python: str | None = None,
+        pass_env: Sequence[str] | None = None,
+    ) -> None:
         self.module = module
         self.python = python or sys.executable
+        if pass_env is None:
+            from carapace.sandbox.bwrap import DEFAULT_PASS_ENV
+
+            pass_env = DEFAULT_PASS_ENV
+        self.pass_env = tuple(pass_env)
 
     def argv(self, spec: RunnerSpec) -> list[str]:
         argv = [self.python, "-m", self.module, "--session-dir", str(spec.session_dir),
@@ -124,18 +159,21 @@ class SubprocessBackend:
         return argv
 
     async def start(self, spec: RunnerSpec) -> RunnerHandle:
-        env = {**os.environ, **spec.env}
+        env = runner_env(spec, self.pass_env)
+        argv = self.argv(spec)
+        if systemd_scope_usable():
+            argv = [*scope_argv(spec.limits), *argv]
         log = open(spec.session_dir / LOG_FILE, "ab")  # noqa: SIM115 - handed to the child
         try:
             proc = await asyncio.create_subprocess_exec(
-                *self.argv(spec),
+                *argv,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.DEVNULL,
                 stderr=log,
                 env=env,
                 cwd=str(spec.agent_dir),
                 start_new_session=True,
-                preexec_fn=_pdeathsig if sys.platform.startswith("linux") else None,
+                preexec_fn=child_setup(spec.limits) if sys.platform.startswith("linux") else None,
             )
         finally:
             log.close()

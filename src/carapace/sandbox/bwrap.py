@@ -58,7 +58,9 @@ from carapace.host.pool import (
     RunnerHandle,
     RunnerSpec,
     SubprocessBackend,
+    child_setup,
 )
+from carapace.limits import Limits, scope_argv, systemd_scope_usable
 from carapace.sandbox.mounts import Mount
 
 logger = logging.getLogger(__name__)
@@ -98,6 +100,7 @@ class SandboxSpec:
     network: bool = False
     mounts: Sequence[Mount] = ()
     bwrap: str = "bwrap"
+    tmp_mb: int = Limits.tmp_mb  # size of the sandbox's /tmp (tmpfs)
 
 
 def _inside(path: Path, roots: Sequence[Path]) -> bool:
@@ -139,8 +142,12 @@ def bwrap_argv(spec: SandboxSpec) -> list[str]:
     argv = [spec.bwrap, "--unshare-all"]
     if spec.network:
         argv.append("--share-net")
-    argv += ["--die-with-parent", "--new-session", "--cap-drop", "ALL"]
-    argv += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
+    # --as-pid-1: the runner is the namespace's init, so bwrap (whose memory holds this
+    # command line) is not in the sandbox, and when the runner dies the kernel kills
+    # everything left in the namespace.
+    argv += ["--die-with-parent", "--new-session", "--cap-drop", "ALL", "--as-pid-1"]
+    argv += ["--proc", "/proc", "--dev", "/dev"]
+    argv += ["--size", str(spec.tmp_mb * 1024 * 1024), "--tmpfs", "/tmp"]
     argv += _system_args(spec.network)
     pypaths = python_paths(spec.python)
     for path in pypaths:
@@ -307,7 +314,7 @@ class BwrapBackend:
         self.pass_env = tuple(pass_env)
         self.python = python or sys.executable
         self.bwrap = bwrap
-        self._runner = SubprocessBackend(module=module, python=self.python)
+        self._runner = SubprocessBackend(module=module, python=self.python, pass_env=())
 
     def describe(self) -> str:
         net = self.network if isinstance(self.network, bool) else "per agent group"
@@ -332,10 +339,13 @@ class BwrapBackend:
             network=network,
             mounts=tuple(self.mounts_for(spec)) if self.mounts_for is not None else (),
             bwrap=self.bwrap,
+            tmp_mb=spec.limits.tmp_mb,
         )
 
     async def start(self, spec: RunnerSpec) -> RunnerHandle:
         argv = bwrap_argv(self.sandbox_spec(spec))
+        if systemd_scope_usable():
+            argv = [*scope_argv(spec.limits), *argv]
         log = open(spec.session_dir / LOG_FILE, "ab")  # noqa: SIM115 - handed to the child
         try:
             proc = await asyncio.create_subprocess_exec(
@@ -346,6 +356,7 @@ class BwrapBackend:
                 env={"PATH": os.environ.get("PATH", DEFAULT_PATH)},
                 cwd=str(spec.agent_dir),
                 start_new_session=True,
+                preexec_fn=child_setup(spec.limits),
             )
         finally:
             log.close()
