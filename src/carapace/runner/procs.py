@@ -21,6 +21,7 @@ logger = logging.getLogger(__name__)
 
 PR_SET_DUMPABLE = 4
 PR_SET_CHILD_SUBREAPER = 36
+_state = {"reaper": False}  # set by harden_self: this process is a runner
 
 
 def _prctl(option: int, value: int) -> bool:
@@ -36,7 +37,7 @@ def harden_self() -> bool:
     ok = _prctl(PR_SET_DUMPABLE, 0)
     if not ok:
         logger.warning("PR_SET_DUMPABLE failed: commands may read this runner's memory")
-    _prctl(PR_SET_CHILD_SUBREAPER, 1)
+    _state["reaper"] = _prctl(PR_SET_CHILD_SUBREAPER, 1)
     return ok
 
 
@@ -67,7 +68,11 @@ def descendants(pid: int) -> list[int]:
 
 
 def kill_descendants(rounds: int = 5) -> int:
-    """SIGKILL every process below this one and reap what became our zombie child."""
+    """SIGKILL every process below this one and reap what became our zombie child. Only in
+    a runner (``harden_self`` made it the subreaper); elsewhere (tests calling the tools in
+    process) a no-op, as the process's other children are not a command's."""
+    if not _state["reaper"]:
+        return 0
     me = os.getpid()
     killed = 0
     for _ in range(rounds):
