@@ -22,7 +22,7 @@ from carapace.db import groups
 from carapace.host.host import Host, HostOptions
 from carapace.jsonutil import dumps
 from carapace.sandbox import bwrap_unusable_reason
-from carapace.timefmt import iso, new_id
+from carapace.timefmt import Clock, iso, new_id
 
 REASON = bwrap_unusable_reason()
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -77,13 +77,15 @@ class SecRig:
         settings: dict[str, Any] | None = None,
         backend: str = "bwrap",
         runner_env: dict[str, str] | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self.home = Home(tmp_path / "home")
         init_home(self.home)
         self.home.config_file.write_text(f'runner_backend = "{backend}"\n')
         self.channel = Recorder()
         self.host = Host(
-            self.home, settings=Settings(runner_idle_exit_s=60.0, default_provider="mock"), channels=[self.channel],
+            self.home, settings=Settings(runner_idle_exit_s=60.0, default_provider="mock"),
+            channels=[self.channel], clock=clock,
             options=HostOptions(sockets=False, runner_env=runner_env or {}),
         )  # fmt: skip
         [self.group] = groups.list_agent_groups(self.host.db)
@@ -131,3 +133,25 @@ class SecRig:
             await self.host.stop()
         finally:
             self.host.close()
+
+
+def add_script_task(rig: SecRig, script: str, prompt: str = "scripted task") -> str:
+    """A due ``task`` row with a pre-task script in the rig's (only) session."""
+    from datetime import UTC, datetime
+
+    from carapace.timefmt import sqlite_ts
+
+    sid = rig.session_id()
+    session = rig.host.sessions.get(sid)
+    assert session is not None
+    now = datetime.now(UTC)
+    task_id = new_id("task")
+    rig.host.sessions.write_message(
+        session,
+        {"id": task_id, "kind": "task", "timestamp": sqlite_ts(now), "process_after": iso(now),
+         "platform_id": CLI_PLATFORM_ID, "channel_type": CLI_CHANNEL,
+         "content": dumps({"prompt": prompt, "script": script})},
+        now=now, due=iso(now),
+    )  # fmt: skip
+    rig.host.pool.wake(sid)
+    return task_id
