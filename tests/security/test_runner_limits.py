@@ -83,12 +83,18 @@ def test_setsid_child_dies_with_the_command(tmp_path: Path) -> None:
     require_bwrap()
     marker = "4321.123"
     rig = SecRig(tmp_path)
-    out = _ask_all(rig, {
-        "escape": f"setsid sleep {marker} </dev/null >/dev/null 2>&1 & "
-                  f"(setsid sh -c 'sleep {marker}' </dev/null >/dev/null 2>&1 &); echo STARTED",
-    })["escape"]  # fmt: skip
+    rig.script([rig.bash_rule("escape", f"setsid sleep {marker} </dev/null >/dev/null 2>&1 & "
+                                        f"(setsid sh -c 'sleep {marker}; true' </dev/null "
+                                        f">/dev/null 2>&1 &); echo STARTED")])  # fmt: skip
+
+    async def go() -> tuple[str, list[int]]:
+        async with rig:
+            out = await rig.ask("escape")
+            return out, _alive(marker)  # checked while the runner still lives
+
+    out, alive = asyncio.run(go())
     assert "STARTED" in out, out
-    assert _alive(marker) == [], "a setsid child outlived the bash command"
+    assert alive == [], "a setsid child outlived the bash command"
 
 
 def test_future_heartbeat_does_not_keep_a_stuck_runner_alive(tmp_path: Path) -> None:
