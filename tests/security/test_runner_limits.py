@@ -22,7 +22,7 @@ ALLOC = "python3 -c 'b = bytearray(600 * 1024 * 1024); print(\"ALLOCATED\", len(
 FORK = (
     "python3 -c '\nimport os, time\nn = 0\nfor i in range(300):\n    try:\n        pid = os.fork()\n"
     "    except OSError:\n        break\n    if pid == 0:\n        time.sleep(60)\n        os._exit(0)\n"
-    "    n += 1\nprint(\"FORKED\", n)'"
+    '    n += 1\nprint("FORKED", n)\''
 )
 
 

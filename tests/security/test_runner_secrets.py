@@ -20,6 +20,7 @@ PROBE = Path(__file__).with_name("probe_secrets.py")
 
 def _probe_rule(rig: SecRig, mode: str = "") -> None:
     shutil.copy(PROBE, rig.group_dir / "probe.py")
+
     def probe(value: str) -> str:
         half = len(value) // 2
         return f"python3 probe.py {value[:half]} {value[half:]} $PPID {mode}"
