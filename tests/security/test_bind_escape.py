@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -139,3 +141,32 @@ def test_container_json_write_never_follows_a_planted_link(tmp_path: Path) -> No
     assert "mock" in asyncio.run(_ask(home, "hello again")).lower()
     assert victim.read_text() == "precious"
     assert json.loads((agent_dir / "container.json").read_text())["agentGroupId"]
+
+
+@needs_bwrap
+@pytest.mark.parametrize("where", ["CLAUDE.local.md", "import"])
+def test_groups_prompt_never_reads_through_a_planted_link(tmp_path: Path, where: str) -> None:
+    """Attack (issue 12, item 3): the agent makes ``CLAUDE.local.md`` (or a file it imports
+    with ``@…``) a link to the user's key, then asks for ``groups prompt``, which the host
+    composes: the key must not come back."""
+    home = Home(tmp_path / "home")
+    init_home(home)
+    key = tmp_path / "id_rsa"
+    key.write_text(f"-----BEGIN KEY----- {MARKER}")
+    agent_dir = home.group_dir("main")
+    if where == "CLAUDE.local.md":
+        plant = f"rm -f CLAUDE.local.md; ln -s {key} CLAUDE.local.md; echo planted"
+    else:
+        plant = f"ln -s {key} notes.md; printf '@./notes.md\\n' > CLAUDE.local.md; echo planted"
+    rules = [{"match": "plant", "tool_calls": [{"name": "bash", "arguments": {"command": plant}}],
+              "reply": "P: {tool_result}"}]  # fmt: skip
+    (agent_dir / "mock-script.json").write_text(json.dumps(rules))
+    assert "planted" in asyncio.run(_ask(home, "plant"))
+    assert (agent_dir / ("CLAUDE.local.md" if where != "import" else "notes.md")).is_symlink()
+    res = subprocess.run(
+        [sys.executable, "-m", "carapace", "admin", "--home", str(home.root), "groups",
+         "prompt", "main"], capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert "You are Main" in res.stdout  # the real instructions are still composed
+    assert MARKER not in res.stdout
