@@ -243,7 +243,7 @@ def _group_sandbox(
             try:
                 if not roots:
                     raise ValidationError("no mount_allowlist in carapace.toml")
-                validate_mount(MountRequest.from_json(raw), roots)
+                validate_mount(MountRequest.from_json(raw), roots, home=home.root)
             except ValidationError as exc:
                 rep.add("warning", "mount-refused", subject, f"additional mount refused: {exc}")
     if choice == "auto":

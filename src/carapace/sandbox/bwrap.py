@@ -53,7 +53,7 @@ from typing import TYPE_CHECKING
 import carapace
 from carapace import safefs
 from carapace.db.session import SessionPaths, ensure_journals
-from carapace.errors import ConfigError
+from carapace.errors import ConfigError, ValidationError
 from carapace.host.pool import (
     LOG_FILE,
     ProcHandle,
@@ -62,7 +62,7 @@ from carapace.host.pool import (
     RunnerSpec,
     SubprocessBackend,
 )
-from carapace.sandbox.mounts import Mount
+from carapace.sandbox.mounts import EXTRA_ROOT, Mount, check_not_forbidden
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +101,23 @@ class SandboxSpec:
     network: bool = False
     mounts: Sequence[Mount] = ()
     bwrap: str = "bwrap"
+    home: Path | None = None  # the carapace home: never mountable (``recheck_mount``)
+
+
+def recheck_mount(mount: Mount, home: Path | None) -> None:
+    """The builder's own check of a mount it is handed (``validate_mounts`` made it):
+    a real absolute host path (no link), nothing forbidden, a target under
+    ``/workspace/extra``. ``ConfigError`` otherwise: the sandbox is not started."""
+    host = str(mount.host_path)
+    try:
+        if not os.path.isabs(host) or os.path.realpath(host) != os.path.normpath(host):
+            raise ValidationError(f"mount host path is not a real absolute path: {host!r}")
+        check_not_forbidden(Path(host), home)
+        target = mount.sandbox_path
+        if ".." in target.parts or not target.is_relative_to(EXTRA_ROOT) or target == EXTRA_ROOT:
+            raise ValidationError(f"mount target outside {EXTRA_ROOT}: {target}")
+    except ValidationError as exc:
+        raise ConfigError(f"refusing to start the sandbox: {exc}") from None
 
 
 def _inside(path: Path, roots: Sequence[Path]) -> bool:
@@ -207,6 +224,7 @@ def bwrap_argv(spec: SandboxSpec, agent_fds: Sequence[tuple[int, str]] = ()) -> 
         gdir = os.path.abspath(spec.global_dir)
         argv += ["--ro-bind", gdir, gdir]
     for mount in spec.mounts:
+        recheck_mount(mount, spec.home)
         argv += ["--ro-bind" if mount.read_only else "--bind", str(mount.host_path)]
         argv.append(str(mount.sandbox_path))
     env = {"PATH": DEFAULT_PATH, "HOME": str(agent), "LANG": "C.UTF-8",
@@ -381,6 +399,7 @@ class BwrapBackend:
             network=network,
             mounts=tuple(self.mounts_for(spec)) if self.mounts_for is not None else (),
             bwrap=self.bwrap,
+            home=self.home,
         )
 
     async def start(self, spec: RunnerSpec) -> RunnerHandle:
