@@ -80,6 +80,13 @@ def _q(value: str) -> str:
     return f'"{v}"'
 
 
+def _path(value: str) -> str:
+    """A bare path setting (no quoting there): specifiers escaped."""
+    if "\n" in value or "\0" in value:
+        raise ServiceError("a path in the unit contains a newline or NUL")
+    return value.replace("%", "%%")
+
+
 def systemd_unit(spec: ServiceSpec) -> str:
     home = str(spec.home.root)
     backoff = (
@@ -99,7 +106,7 @@ def systemd_unit(spec: ServiceSpec) -> str:
         "Type=simple",
         f"Environment={_q('CARAPACE_HOME=' + home)}",
         'Environment="CARAPACE_SERVICE=systemd"',
-        f"EnvironmentFile=-{_q(str(spec.env_file))}",
+        f"EnvironmentFile=-{_path(str(spec.env_file))}",
         f"ExecStart={_q(spec.python)} -m carapace run --home {_q(home)}",
         "Restart=always",
         *backoff,
@@ -162,10 +169,14 @@ def installed_home(path: Path, kind: str) -> str | None:
             return None
         env = doc.get("EnvironmentVariables") if isinstance(doc, dict) else None
         return str(env.get("CARAPACE_HOME")) if isinstance(env, dict) else None
-    m = re.search(r'^Environment="CARAPACE_HOME=(.*)"$', data.decode("utf-8", "replace"), re.M)
+    return installed_home_text(data.decode("utf-8", "replace"))
+
+
+def installed_home_text(text: str) -> str | None:
+    m = re.search(r'^Environment="CARAPACE_HOME=(.*)"$', text, re.M)
     if m is None:
         return None
-    return m.group(1).replace("$$", "$").replace("%%", "%").replace('\\"', '"').replace("\\\\", "\\")
+    return re.sub(r'\$\$|%%|\\(.)', lambda x: x.group(1) or x.group(0)[0], m.group(1))
 
 
 @dataclass
