@@ -114,3 +114,19 @@ def test_linger_advice(tmp_path: Path) -> None:
     assert not svc.lingering("alice", tmp_path)
     (tmp_path / "alice").write_text("")
     assert svc.lingering("alice", tmp_path)
+
+
+def test_doctor_reports_unit_for_another_home_and_sizes(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    from carapace.bootstrap import init_home
+    from carapace.migrate.doctor import diagnose
+
+    monkeypatch.setenv("CARAPACE_UNIT_DIR", str(tmp_path / "units"))
+    home = Home(tmp_path / "home")
+    init_home(home)
+    rep = diagnose(home)
+    assert not [f for f in rep.findings if f.code == "service-unit"]
+    assert any(f.code == "sizes" and "central db" in f.message for f in rep.findings)
+    svc.install(svc.spec_for(Home(tmp_path / "elsewhere")), tmp_path / "units", enable=False)
+    [f] = [f for f in diagnose(home).findings if f.code == "service-unit"]
+    assert "elsewhere" in f.message

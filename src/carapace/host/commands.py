@@ -38,6 +38,9 @@ def run(home: str | None) -> None:
         click.echo(f"created {line}", err=True)
     if logging.getLogger().level > logging.INFO:
         logging.getLogger("carapace").setLevel(logging.INFO)
+    from carapace.ops.runtime import setup_logging
+
+    setup_logging(h)
     asyncio.run(_run(h))
 
 
@@ -45,6 +48,9 @@ async def _run(home: Home) -> None:
     from carapace.host.client import build_host
 
     host = build_host(home)
+    from carapace.ops.runtime import start_metrics
+
+    metrics = start_metrics(host)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):  # before the sockets appear: no window
@@ -57,6 +63,8 @@ async def _run(home: Home) -> None:
     finally:
         await host.stop()
         host.close()
+        if metrics is not None:
+            metrics.stop()
 
 
 def _owns(eid: str, msg: dict[str, Any]) -> bool:
