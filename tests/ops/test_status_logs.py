@@ -110,3 +110,27 @@ def test_configure_rotates_file_unless_under_service_manager(tmp_path: Path) -> 
         configure(home, Settings(extra={"log_format": "xml"}), env={}, root=root)
     with pytest.raises(ConfigError):
         configure(home, Settings(extra={"logs": {"backups": "many"}}), env={}, root=root)
+
+
+def test_host_routing_and_delivery_lines_carry_ids(live_host: LiveHost) -> None:
+    lines: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(self.format(record))
+
+    h = Keep(level=logging.INFO)
+    h.setFormatter(JsonFormatter())
+    lg = logging.getLogger("carapace.host")
+    old = lg.level
+    lg.addHandler(h)
+    lg.setLevel(logging.INFO)
+    try:
+        live_host.wire_chat("c9")
+        live_host.call(live_host.host.route(make_event("hi", platform_id="c9", id="m9")))
+    finally:
+        lg.removeHandler(h)
+        lg.setLevel(old)
+    routed = [json.loads(x) for x in lines if json.loads(x)["msg"].startswith("routed")]
+    assert routed and routed[0]["message_id"].startswith("m9:") and routed[0]["chat_id"] == "c9"
+    assert routed[0]["session_id"].startswith("sess-") and routed[0]["channel_type"] == "fake"
