@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import LiveHost
 
 from carapace.channels.fake import make_event
 from carapace.cli import main
 from carapace.config import Home, Settings
 from carapace.errors import ConfigError
 from carapace.ops.logs import JsonFormatter, LogIds, configure, under_service_manager
+from conftest import LiveHost
 
 
 def test_status_one_screen_with_host_up(live_host: LiveHost) -> None:
@@ -134,3 +134,24 @@ def test_host_routing_and_delivery_lines_carry_ids(live_host: LiveHost) -> None:
     routed = [json.loads(x) for x in lines if json.loads(x)["msg"].startswith("routed")]
     assert routed and routed[0]["message_id"].startswith("m9:") and routed[0]["chat_id"] == "c9"
     assert routed[0]["session_id"].startswith("sess-") and routed[0]["channel_type"] == "fake"
+
+
+def test_progress_draws_on_a_terminal_only() -> None:
+    import io
+
+    from carapace.ops.progress import progress
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    quiet = io.StringIO()
+    with progress("backup", 3, stream=quiet) as advance:
+        for i in range(3):
+            advance(f"step {i}")
+    assert quiet.getvalue() == ""
+    tty = Tty()
+    with progress("backup", 3, stream=tty) as advance:
+        for i in range(3):
+            advance(f"step {i}")
+    assert "backup" in tty.getvalue()

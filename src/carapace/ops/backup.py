@@ -187,8 +187,10 @@ def _safe_rel(path: Any) -> bool:
     if not isinstance(path, str) or not path or "\0" in path:
         return False
     p = PurePosixPath(path)
-    return not p.is_absolute() and all(part not in ("", ".", "..") for part in p.parts) and (
-        p.parts[0] in ("data", "groups", "carapace.toml")
+    return (
+        not p.is_absolute()
+        and all(part not in ("", ".", "..") for part in p.parts)
+        and (p.parts[0] in ("data", "groups", "carapace.toml"))
     )
 
 

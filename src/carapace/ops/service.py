@@ -176,7 +176,7 @@ def installed_home_text(text: str) -> str | None:
     m = re.search(r'^Environment="CARAPACE_HOME=(.*)"$', text, re.M)
     if m is None:
         return None
-    return re.sub(r'\$\$|%%|\\(.)', lambda x: x.group(1) or x.group(0)[0], m.group(1))
+    return re.sub(r"\$\$|%%|\\(.)", lambda x: x.group(1) or x.group(0)[0], m.group(1))
 
 
 @dataclass
@@ -221,7 +221,9 @@ def install(spec: ServiceSpec, directory: Path, *, enable: bool = True) -> Servi
         else:
             for cmd in (["daemon-reload"], ["enable", "--now", UNIT_NAME]):
                 rc, text = _run([ctl, "--user", *cmd])
-                out.lines.append(f"systemctl --user {' '.join(cmd)}: " + ("ok" if rc == 0 else text))
+                out.lines.append(
+                    f"systemctl --user {' '.join(cmd)}: " + ("ok" if rc == 0 else text)
+                )
         if not lingering():
             user = os.environ.get("USER", "$USER")
             out.lines.append(f"lingering is off: the host stops when you log out; run "

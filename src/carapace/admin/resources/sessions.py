@@ -108,8 +108,9 @@ RESOURCE = Resource(
             options=(
                 Opt("id", "Only this session (default: every session)."),
                 Opt("days", "Age in days (default: retention.days, 30).", type="int", minimum=1),
-                Opt("policy", "What to do with old rows.", type="enum",
-                    choices=("archive", "prune")),  # fmt: skip
+                Opt(
+                    "policy", "What to do with old rows.", type="enum", choices=("archive", "prune")
+                ),
             ),
         ),
     ),
