@@ -98,8 +98,6 @@ def systemd_unit(spec: ServiceSpec) -> str:
         "# Written by `carapace service install`; `carapace doctor` checks it.",
         "[Unit]",
         f"Description=carapace host ({home.replace('%', '%%')})",
-        "After=network-online.target",
-        "Wants=network-online.target",
         "StartLimitIntervalSec=0",
         "",
         "[Service]",
