@@ -136,3 +136,10 @@ def test_restore_force_moves_old_contents_aside(live_host: LiveHost, tmp_path: P
     assert r.exit_code == 0, r.output
     aside: list[Any] = list(other.root.glob("pre-restore-*/data/old.txt"))
     assert len(aside) == 1 and "m1" in _messages(other)
+
+
+def test_backup_refuses_a_destination_inside_the_home(live_host: LiveHost) -> None:
+    dest = live_host.home.group_dir("main-ish") / "bk"
+    with pytest.raises(BackupError, match="inside the home"):
+        backup(live_host.home, dest)
+    assert not dest.exists()

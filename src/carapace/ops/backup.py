@@ -86,6 +86,8 @@ def backup(home: Home, dest: Path, *, on_step: Callable[[str], None] | None = No
     ``on_step(name)`` is called after each session and group folder (progress, tests)."""
     if not home.central_db.exists():
         raise BackupError(f"{home.root} has no central DB ({home.central_db}); nothing to back up")
+    if dest.resolve().is_relative_to(home.root.resolve()):
+        raise BackupError(f"{dest} is inside the home {home.root}; back up to somewhere else")
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise BackupError(f"{dest} exists and is not an empty directory")
     dest.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import sqlite3
 import time
 from collections import OrderedDict
@@ -24,6 +25,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from carapace.config import Settings
+
+logger = logging.getLogger(__name__)
 from carapace.ops import section, setting_int
 
 if TYPE_CHECKING:
@@ -166,7 +169,8 @@ class HostMetrics:
         self.host = host
         self.db_path = host.home.central_db.resolve().as_posix()
         route, sweep_once = host.route, host.sweep_once
-        drain, deliver_row = host.delivery.drain, host.delivery._deliver_row
+        drain = host.delivery.drain
+        deliver_row = getattr(host.delivery, "_deliver_row", None)
 
         async def timed_route(event: Any) -> Any:
             res = await route(event)
@@ -188,6 +192,7 @@ class HostMetrics:
                 self.drain.observe(time.perf_counter() - t)
 
         async def counted_row(session: Any, paths: Any, row: Any, *a: Any, **kw: Any) -> Any:
+            assert deliver_row is not None
             status = await deliver_row(session, paths, row, *a, **kw)
             with contextlib.suppress(Exception):
                 self.note_delivery(row["channel_type"], status, row["in_reply_to"])
@@ -196,7 +201,10 @@ class HostMetrics:
         host.route = timed_route  # type: ignore[method-assign]
         host.sweep_once = timed_sweep  # type: ignore[method-assign]
         host.delivery.drain = timed_drain  # type: ignore[method-assign]
-        host.delivery._deliver_row = counted_row  # type: ignore[method-assign]
+        if deliver_row is not None:
+            host.delivery._deliver_row = counted_row  # type: ignore[method-assign]
+        else:  # pragma: no cover - the delivery code changed shape
+            logger.warning("delivery counts unavailable: Delivery._deliver_row is gone")
 
     async def _probe_loop(self) -> None:
         loop = asyncio.get_running_loop()
