@@ -10,13 +10,13 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from ops_rig import LiveHost
 
 from carapace.channels.fake import make_event
 from carapace.cli import main
 from carapace.config import Home
 from carapace.db.session import SessionPaths
 from carapace.ops.backup import BackupError, backup, restore
-from conftest import LiveHost
 
 
 def _messages(home: Home) -> set[str]:

@@ -7,6 +7,7 @@ import sqlite3
 import urllib.request
 from typing import Any
 
+from ops_rig import LiveHost
 from prometheus_client.parser import text_string_to_metric_families
 
 from carapace.channels.fake import make_event
@@ -15,7 +16,6 @@ from carapace.db.session import SessionPaths, insert_message_out, open_outbound
 from carapace.db.sessions import list_sessions
 from carapace.ops.metrics import HostMetrics, metrics_port
 from carapace.timefmt import sqlite_ts
-from conftest import LiveHost
 
 
 def _scrape(port: int) -> dict[str, list[Any]]:

@@ -10,13 +10,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from click.testing import CliRunner
+from ops_rig import LiveHost
 
 from carapace.channels.fake import make_event
 from carapace.cli import main
 from carapace.db.session import SessionPaths, insert_message_out, open_outbound
 from carapace.ops.retention import RetentionPolicy, compact_home, sizes
 from carapace.timefmt import sqlite_ts
-from conftest import LiveHost
 
 
 def _setup(live: LiveHost) -> tuple[str, SessionPaths, list[str]]:

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from ops_rig import LiveHost
 
 from carapace.channels.fake import make_event
 from carapace.cli import main
 from carapace.config import Home, Settings
 from carapace.errors import ConfigError
 from carapace.ops.logs import JsonFormatter, LogIds, configure, under_service_manager
-from conftest import LiveHost
 
 
 def test_status_one_screen_with_host_up(live_host: LiveHost) -> None:

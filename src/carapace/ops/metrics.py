@@ -25,12 +25,12 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from carapace.config import Settings
-
-logger = logging.getLogger(__name__)
 from carapace.ops import section, setting_int
 
 if TYPE_CHECKING:
     from carapace.host.host import Host
+
+logger = logging.getLogger(__name__)
 
 LATENCY_BUCKETS = (0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600)
 DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
