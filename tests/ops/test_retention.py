@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
 import os
@@ -15,6 +16,7 @@ from ops_rig import LiveHost
 from carapace.channels.fake import make_event
 from carapace.cli import main
 from carapace.db.session import SessionPaths, insert_message_out, open_outbound
+from carapace.db.sessions import list_sessions
 from carapace.ops.retention import RetentionPolicy, compact_home, sizes
 from carapace.timefmt import sqlite_ts
 
@@ -23,8 +25,7 @@ def _setup(live: LiveHost) -> tuple[str, SessionPaths, list[str]]:
     live.wire_chat("c1")
     for mid in ("m1", "m2", "m3"):
         live.call(live.host.route(make_event(mid, platform_id="c1", id=mid)))
-    [s] = live.sync(lambda: live.host.sessions.list_all() if hasattr(live.host.sessions, "list_all")
-                    else __import__("carapace.db.sessions", fromlist=["x"]).list_sessions(live.host.db))  # fmt: skip
+    [s] = live.sync(list_sessions, live.host.db)
     paths = SessionPaths.of(live.home.data_dir, s.agent_group_id, s.id)
     inb = sqlite3.connect(paths.inbound)
     ids = [r[0] for r in inb.execute("SELECT id FROM messages_in ORDER BY seq")]
@@ -136,3 +137,45 @@ def test_admin_sessions_compact_verb(tmp_path: Path) -> None:
     assert r.exit_code == 0, r.output
     # rows from just now are younger than a day: nothing goes
     assert _ids(paths.inbound, "SELECT id FROM messages_in") == set(ids)
+
+
+def test_running_host_retention_pass_spares_busy_sessions(tmp_path: Path) -> None:
+    from carapace.config import Home, Settings
+    from carapace.ops.runtime import retention_pass, start_retention
+
+    live = LiveHost(Home(tmp_path / "home"),
+                    Settings(runner_idle_exit_s=0, extra={"retention": {"days": 1}}))  # fmt: skip
+    try:
+        sid, paths, ids = _setup(live)
+        for p in (paths.inbound, paths.outbound):  # everything is a week old
+            c = sqlite3.connect(p)
+            for table, col in (("messages_in", "timestamp"), ("messages_out", "timestamp"),
+                               ("processing_ack", "status_changed"),
+                               ("delivered", "delivered_at")):  # fmt: skip
+                if c.execute("SELECT 1 FROM sqlite_master WHERE name=?", (table,)).fetchone():
+                    c.execute(f"UPDATE {table} SET {col}='2000-01-01 00:00:00'")
+            c.commit()
+            c.close()
+        assert live.host.pool.is_running(sid)  # the routed messages woke a (fake) runner
+        [c] = live.call(retention_pass(live.host))
+        assert (c.inbound, c.acks, c.outbound, c.delivered) == (2, 0, 0, 0)
+        assert _ids(paths.inbound, "SELECT id FROM messages_in") == {ids[2]}
+        # stop it; the exit drains r3 (its channel is unknown: failed, the agent is told and
+        # woken once more), so stop until no runner is left
+        for _ in range(50):
+            live.call(live.host.pool.stop(sid, "idle"))
+            live.call(asyncio.sleep(0.02))  # the exit's drain task runs
+            if not live.host.pool.is_running(sid):
+                break
+        assert not live.host.pool.is_running(sid)
+        [c] = live.call(retention_pass(live.host))
+        assert (c.inbound, c.acks, c.outbound, c.delivered) == (0, 2, 2, 2)
+        assert live.sync(start_retention, live.host) is True  # host.stop() cancels the loop
+    finally:
+        live.close()
+    off = Settings(extra={"retention": {"policy": "off"}})
+    live = LiveHost(Home(tmp_path / "home2"), off)
+    try:
+        assert live.sync(start_retention, live.host) is False
+    finally:
+        live.close()

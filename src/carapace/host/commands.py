@@ -56,6 +56,9 @@ async def _run(home: Home) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):  # before the sockets appear: no window
         loop.add_signal_handler(sig, stop.set)
     await host.start()
+    from carapace.ops.runtime import start_retention
+
+    start_retention(host)
     click.echo(f"carapace host running for {home.root} (cli socket {home.cli_socket})", err=True)
     click.echo(f"runner backend: {host.backend_note}", err=True)
     try:

@@ -5,7 +5,7 @@ Settings come from ``carapace.toml`` (all optional)::
     log_format = "json"            # or "text" (default)
     [logs]    file = true, max_bytes = 10485760, backups = 5
     [metrics] port = 9464           # loopback only; 0 or absent: off
-    [retention] days = 30, policy = "archive"   # or "prune" / "off"
+    [retention] days = 30, policy = "archive", interval_hours = 24   # or "prune" / "off"
 """
 
 from __future__ import annotations
