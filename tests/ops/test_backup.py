@@ -143,3 +143,15 @@ def test_backup_refuses_a_destination_inside_the_home(live_host: LiveHost) -> No
     with pytest.raises(BackupError, match="inside the home"):
         backup(live_host.home, dest)
     assert not dest.exists()
+
+
+def test_bad_destinations_are_one_line_errors(live_host: LiveHost, tmp_path: Path) -> None:
+    runner = CliRunner()
+    home = str(live_host.home.root)
+    (tmp_path / "file").write_text("x")
+    for dest in (tmp_path / "file", tmp_path / "file" / "sub"):
+        r = runner.invoke(main, ["backup", "--home", home, str(dest)])
+        assert r.exit_code == 1 and r.output.startswith("Error: "), r.output
+        assert len(r.output.strip().splitlines()) == 1
+    r = runner.invoke(main, ["restore", "--home", str(tmp_path / "h"), str(tmp_path / "nothing")])
+    assert r.exit_code == 1 and "not a directory" in r.output

@@ -136,3 +136,11 @@ def test_doctor_reports_unit_for_another_home_and_sizes(tmp_path: Path,
     svc.install(svc.spec_for(Home(tmp_path / "elsewhere")), tmp_path / "units", enable=False)
     [f] = [f for f in diagnose(home).findings if f.code == "service-unit"]
     assert "elsewhere" in f.message
+
+
+def test_unwritable_unit_dir_is_a_one_line_error(tmp_path: Path) -> None:
+    (tmp_path / "units").write_text("a file, not a directory")
+    r = CliRunner().invoke(main, ["service", "install", "--no-enable", "--kind", "systemd",
+                                  "--unit-dir", str(tmp_path / "units" / "x"),
+                                  "--home", str(tmp_path / "h")])  # fmt: skip
+    assert r.exit_code == 1 and r.output.startswith("Error: ") and "[io]" in r.output

@@ -3,13 +3,32 @@
 from __future__ import annotations
 
 import json
+import sqlite3
+from collections.abc import Callable
+from functools import wraps
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
 from carapace.cli import clean_errors, home_option
 from carapace.config import Home
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def io_errors(fn: F) -> F:
+    """A file or database the command cannot use is one line, not a traceback."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (OSError, sqlite3.Error) as exc:
+            raise click.ClickException(f"{exc} [io]")
+
+    return wrapper  # type: ignore[return-value]
+
 
 unit_dir_option = click.option(
     "--unit-dir",
@@ -36,6 +55,7 @@ def service() -> None:
 @kind_option
 @click.option("--no-enable", is_flag=True, help="Only write the unit; do not enable or start it.")
 @clean_errors
+@io_errors
 def service_install(home: str | None, unit_dir: str | None, kind: str | None,
                     no_enable: bool) -> None:  # fmt: skip
     """Write the unit for this home and enable and start it (restarts on exit, with backoff)."""
@@ -53,6 +73,7 @@ def service_install(home: str | None, unit_dir: str | None, kind: str | None,
 @kind_option
 @click.option("--no-disable", is_flag=True, help="Only remove the unit file.")
 @clean_errors
+@io_errors
 def service_uninstall(home: str | None, unit_dir: str | None, kind: str | None,
                       no_disable: bool) -> None:  # fmt: skip
     """Stop and disable the service and remove its unit."""
@@ -70,6 +91,7 @@ def service_uninstall(home: str | None, unit_dir: str | None, kind: str | None,
 @kind_option
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @clean_errors
+@io_errors
 def service_status(home: str | None, unit_dir: str | None, kind: str | None,
                    as_json: bool) -> None:  # fmt: skip
     """Whether the unit is installed, names this home, and is running."""
@@ -89,6 +111,7 @@ def service_status(home: str | None, unit_dir: str | None, kind: str | None,
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable report.")
 @click.argument("dest", type=click.Path(path_type=Path))
 @clean_errors
+@io_errors
 def backup(home: str | None, as_json: bool, dest: Path) -> None:
     """Copy the home to DEST (a new directory) while the host may keep running.
 
@@ -99,7 +122,10 @@ def backup(home: str | None, as_json: bool, dest: Path) -> None:
     """
     from carapace.ops.backup import backup as run_backup
 
-    rep = run_backup(Home.resolve(home), dest.expanduser().absolute())
+    try:
+        rep = run_backup(Home.resolve(home), dest.expanduser().absolute())
+    except (OSError, sqlite3.Error) as exc:
+        raise click.ClickException(f"backup failed: {exc} [backup]")
     doc: dict[str, Any] = {"dest": str(rep.dest), "files": rep.files, "bytes": rep.bytes,
                            "sessions": rep.sessions, "skipped": rep.skipped}  # fmt: skip
     if as_json:
@@ -116,6 +142,7 @@ def backup(home: str | None, as_json: bool, dest: Path) -> None:
 @click.option("--force", is_flag=True, help="Restore into a non-empty home (moved aside first).")
 @click.argument("src", type=click.Path(path_type=Path))
 @clean_errors
+@io_errors
 def restore(home: str | None, force: bool, src: Path) -> None:
     """Restore a backup into the home, after checking every file's checksum.
 
@@ -124,7 +151,10 @@ def restore(home: str | None, force: bool, src: Path) -> None:
     """
     from carapace.ops.backup import restore as run_restore
 
-    rep = run_restore(src.expanduser().absolute(), Home.resolve(home), force=force)
+    try:
+        rep = run_restore(src.expanduser().absolute(), Home.resolve(home), force=force)
+    except OSError as exc:
+        raise click.ClickException(f"restore failed: {exc} [backup]")
     click.echo(f"restored {rep.files} file(s) into {rep.home}")
     if rep.moved_aside is not None:
         click.echo(f"the previous contents are in {rep.moved_aside}")
@@ -134,6 +164,7 @@ def restore(home: str | None, force: bool, src: Path) -> None:
 @home_option
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @clean_errors
+@io_errors
 def status(home: str | None, as_json: bool) -> None:
     """One screen: host up?, backend, channels, sessions, approvals, errors, today's usage."""
     from carapace.ops.status import collect, render
