@@ -136,6 +136,12 @@ def test_doctor_reports_unit_for_another_home_and_sizes(tmp_path: Path,
     svc.install(svc.spec_for(Home(tmp_path / "elsewhere")), tmp_path / "units", enable=False)
     [f] = [f for f in diagnose(home).findings if f.code == "service-unit"]
     assert "elsewhere" in f.message
+    env = home.root / "carapace.env"
+    env.write_text("ANTHROPIC_API_KEY=x\n")
+    env.chmod(0o644)
+    assert [f.code for f in diagnose(home).findings if f.code == "env-file-readable"]
+    env.chmod(0o600)
+    assert not [f.code for f in diagnose(home).findings if f.code == "env-file-readable"]
 
 
 def test_unwritable_unit_dir_is_a_one_line_error(tmp_path: Path) -> None:

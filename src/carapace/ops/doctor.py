@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from typing import TYPE_CHECKING
 
 from carapace.config import Home
@@ -20,6 +22,15 @@ def ops_checks(home: Home, rep: DoctorReport) -> None:
 
     for problem in service.check(home):
         rep.add("warning", "service-unit", "service", problem)
+    env = home.root / "carapace.env"
+    try:
+        st = os.lstat(env)
+    except OSError:
+        st = None
+    if st is not None and stat.S_ISREG(st.st_mode) and st.st_mode & 0o077:
+        rep.add("warning", "env-file-readable", str(env),
+                f"mode {stat.S_IMODE(st.st_mode):o}: others can read the service's "
+                "environment (keys); chmod 600 it")  # fmt: skip
     s = sizes(home)
     rep.add("info", "sizes", str(home.root),
             ", ".join(f"{k.replace('_', ' ')} {_mib(v)}" for k, v in s.items())
