@@ -111,6 +111,9 @@ def diagnose(home: Home) -> DoctorReport:
         rep.add("error", "central-db-unreadable", str(home.central_db), str(exc))
     finally:
         conn.close()
+    from carapace.ops.doctor import ops_checks
+
+    ops_checks(home, rep)
     return rep
 
 
