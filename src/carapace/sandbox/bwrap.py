@@ -5,7 +5,7 @@ What the sandboxed runner sees (everything else of the host is absent)::
     /usr /bin /sbin /lib* /etc/{ssl,ca-certificates,alternatives,ld.so.*,localtime}  ro
     /etc/{resolv.conf,hosts,nsswitch.conf,gai.conf,host.conf}     ro, only with network
     sys.base_prefix, sys.prefix, the folder holding ``carapace``   ro (the interpreter, venv, code)
-    /proc (new pid namespace), /dev (minimal), /tmp (fresh tmpfs)
+    /proc (new pid namespace), /dev (minimal), /tmp (fresh tmpfs of limits.tmp_mb)
     <session dir>                     ro, same path (the runner takes paths as arguments)
       outbound.db outbound.db-journal .heartbeat outbox/      rw on top (the runner's files)
       inbound.db inbound.db-journal   ro (also bound explicitly): host commits seen live
@@ -26,7 +26,11 @@ host side before each start. The runner gets ``CARAPACE_SANDBOX=bwrap``.
 Namespaces: all unshared (user, pid, ipc, uts, cgroup, mount, net); ``--share-net`` only
 when the network is on. All capabilities are dropped, the environment is cleared and only
 what the host passes is set; the sandbox dies with the host (``--die-with-parent``) and has
-its own session (``--new-session``: no terminal injection).
+its own session (``--new-session``: no terminal injection). The runner is the pid
+namespace's init (``--as-pid-1``): bwrap, whose command line and memory hold the runner's
+environment, is not visible inside, and when the runner dies the kernel kills whatever is
+left in the sandbox (docs/sandbox.md, "Process boundary"). bwrap starts under the agent
+group's rlimits (``carapace.limits``), in its own systemd scope when one is available.
 
 Stopping: bwrap does not forward signals, and killing it kills the runner at once. So
 ``SIGTERM`` goes to the processes *inside* the sandbox (the runner exits cleanly, then bwrap
@@ -341,7 +345,7 @@ class BwrapHandle(ProcHandle):
             return
         inner = _descendants(self.proc.pid)
         if sig != signal.SIGKILL and inner:
-            # bwrap's pid-namespace init (inner[0]) ignores signals it has no handler for.
+            # The namespace's init (inner[0], the runner) gets only signals it handles.
             targets = inner
         else:
             targets = [self.proc.pid, *inner]
