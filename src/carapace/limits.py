@@ -10,8 +10,10 @@ How they apply:
 * the host starts each runner with ``setrlimit`` (``preexec``): address space
   (``memory_mb``, per process), processes (``processes``: Linux counts them per user, and
   not at all for root), file size (``file_size_mb``); under ``systemd-run --user --scope``
-  when that works here, ``MemoryMax``/``TasksMax`` bound the runner's whole tree instead
-  (``mechanism`` says which applies; the host's start-up line names it);
+  when that works here, ``MemoryMax``/``TasksMax`` bound the runner's whole tree instead;
+  else, where the host can make cgroup v1 ``pids`` cgroups (root in a container), each
+  runner's tree is bounded by its own ``pids.max`` (``mechanism`` says which applies; the
+  host's start-up line names it);
 * the bwrap sandbox's ``/tmp`` is a tmpfs of ``tmp_mb``;
 * the runner applies them again to every command it starts (bash, pre-task scripts), with
   ``cpu_s`` of CPU time each, and caps every command's wall clock at ``tool_timeout_s``
@@ -20,13 +22,16 @@ How they apply:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
+import os
 import resource
 import shutil
 import subprocess
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
+from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
@@ -121,8 +126,76 @@ def scope_argv(limits: Limits) -> list[str]:
             "--"]  # fmt: skip
 
 
+PIDS_V1 = Path("/sys/fs/cgroup/pids")
+
+
+@functools.cache
+def pids_cgroup_root() -> Path | None:
+    """Without systemd: a cgroup v1 ``pids`` folder where this process can make one cgroup
+    per runner (typically when the host runs as root in a container), else None."""
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _n, _sep, rest = line.partition(":")
+        controllers, _sep, path = rest.partition(":")
+        if "pids" not in controllers.split(","):
+            continue
+        base = PIDS_V1 / path.lstrip("/")
+        probe = base / f"carapace-probe-{os.getpid()}"
+        try:
+            probe.mkdir()
+            (probe / "pids.max").write_text("8\n")
+            probe.rmdir()
+        except OSError:
+            with contextlib.suppress(OSError):
+                probe.rmdir()
+            return None
+        return base
+    return None
+
+
+def runner_cgroup(name: str, limits: Limits) -> Path | None:
+    """A ``pids`` cgroup bounding one runner's tree to ``limits.processes`` tasks (None
+    when systemd scopes are used instead or no cgroup can be made here)."""
+    if systemd_scope_usable():
+        return None
+    base = pids_cgroup_root()
+    if base is None:
+        return None
+    path = base / f"carapace-{name}"
+    try:
+        path.mkdir(exist_ok=True)
+        (path / "pids.max").write_text(f"{limits.processes}\n")
+    except OSError as exc:
+        logger.warning("cannot make the pids cgroup %s: %s", path, exc)
+        return None
+    return path
+
+
+def join_cgroup(path: Path | None) -> None:  # pragma: no cover - runs in the child
+    if path is not None:
+        with contextlib.suppress(OSError), open(path / "cgroup.procs", "w") as fh:
+            fh.write("0\n")
+
+
+def remove_cgroup(path: Path | None) -> None:
+    """Remove a runner's cgroup once its tree is gone (kills what is left first)."""
+    if path is None:
+        return
+    with contextlib.suppress(OSError):
+        for pid in (path / "cgroup.procs").read_text().split():
+            with contextlib.suppress(OSError):
+                os.kill(int(pid), 9)
+    with contextlib.suppress(OSError):
+        path.rmdir()
+
+
 def mechanism() -> str:
     """Which mechanism bounds runners here, for the host's start-up line."""
     if systemd_scope_usable():
         return "cgroups v2 (systemd-run --user --scope) + setrlimit"
+    if pids_cgroup_root() is not None:
+        return "setrlimit + cgroup v1 pids (pids.max per runner; memory per process)"
     return "setrlimit (no user systemd: limits are per process; processes per user)"

@@ -28,7 +28,15 @@ from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
-from carapace.limits import Limits, rlimit_preexec, scope_argv, systemd_scope_usable
+from carapace.limits import (
+    Limits,
+    join_cgroup,
+    remove_cgroup,
+    rlimit_preexec,
+    runner_cgroup,
+    scope_argv,
+    systemd_scope_usable,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -81,12 +89,13 @@ def runner_env(spec: RunnerSpec, pass_env: Sequence[str]) -> dict[str, str]:
     return env
 
 
-def child_setup(limits: Limits) -> Callable[[], None]:
-    """``preexec_fn`` of a runner: die with the host, then the group's rlimits."""
+def child_setup(limits: Limits, cgroup: Path | None = None) -> Callable[[], None]:
+    """``preexec_fn`` of a runner: die with the host, join its cgroup, the group's rlimits."""
     apply_limits = rlimit_preexec(limits)
 
     def setup() -> None:  # pragma: no cover - runs in the child
         _pdeathsig()
+        join_cgroup(cgroup)
         apply_limits()
 
     return setup
@@ -112,12 +121,17 @@ def proc_start_time(pid: int) -> str | None:
 class ProcHandle:
     """The pool's handle on one runner process (its own process group)."""
 
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+    def __init__(self, proc: asyncio.subprocess.Process, cgroup: Path | None = None) -> None:
         self.proc = proc
         self.pid: int | None = proc.pid
+        self.cgroup = cgroup  # the runner's own pids cgroup, removed after its exit
 
     async def wait(self) -> int:
-        return await self.proc.wait()
+        code = await self.proc.wait()
+        if self.cgroup is not None:
+            remove_cgroup(self.cgroup)
+            self.cgroup = None
+        return code
 
     def signal(self, sig: int) -> None:
         if self.proc.returncode is not None:
@@ -163,6 +177,7 @@ class SubprocessBackend:
         argv = self.argv(spec)
         if systemd_scope_usable():
             argv = [*scope_argv(spec.limits), *argv]
+        cgroup = runner_cgroup(spec.session_id, spec.limits)
         log = open(spec.session_dir / LOG_FILE, "ab")  # noqa: SIM115 - handed to the child
         try:
             proc = await asyncio.create_subprocess_exec(
@@ -173,11 +188,13 @@ class SubprocessBackend:
                 env=env,
                 cwd=str(spec.agent_dir),
                 start_new_session=True,
-                preexec_fn=child_setup(spec.limits) if sys.platform.startswith("linux") else None,
+                preexec_fn=child_setup(spec.limits, cgroup)
+                if sys.platform.startswith("linux")
+                else None,
             )
         finally:
             log.close()
-        return ProcHandle(proc)
+        return ProcHandle(proc, cgroup)
 
 
 @dataclass

@@ -67,7 +67,7 @@ from carapace.host.pool import (
     SubprocessBackend,
     child_setup,
 )
-from carapace.limits import Limits, scope_argv, systemd_scope_usable
+from carapace.limits import Limits, runner_cgroup, scope_argv, systemd_scope_usable
 from carapace.sandbox.mounts import EXTRA_ROOT, Mount, check_not_forbidden
 
 logger = logging.getLogger(__name__)
@@ -421,6 +421,7 @@ class BwrapBackend:
             argv = bwrap_argv(self.sandbox_spec(spec), agent_fds)
             if systemd_scope_usable():
                 argv = [*scope_argv(spec.limits), *argv]
+            cgroup = runner_cgroup(spec.session_id, spec.limits)
             log = open(spec.session_dir / LOG_FILE, "ab")  # noqa: SIM115 - handed to the child
             proc = await asyncio.create_subprocess_exec(
                 *argv,
@@ -431,14 +432,14 @@ class BwrapBackend:
                 env={"PATH": os.environ.get("PATH", DEFAULT_PATH)},
                 cwd=str(spec.agent_dir),
                 start_new_session=True,
-                preexec_fn=child_setup(spec.limits),
+                preexec_fn=child_setup(spec.limits, cgroup),
             )
         finally:
             if log is not None:
                 log.close()
             close_fds(agent_fds)
         logger.debug("session %s: sandboxed runner pid %d", spec.session_id, proc.pid)
-        return BwrapHandle(proc)
+        return BwrapHandle(proc, cgroup)
 
 
 if TYPE_CHECKING:  # BwrapBackend satisfies the pool's seam
