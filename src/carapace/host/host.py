@@ -30,6 +30,7 @@ from carapace.db.destinations import add_projection_hook, remove_projection_hook
 from carapace.db.projection import project_group
 from carapace.db.sessions import set_container_status
 from carapace.errors import ConfigError
+from carapace.host import work_index
 from carapace.host.actions import SystemActions
 from carapace.host.delivery import Delivery
 from carapace.host.pool import (
@@ -208,6 +209,7 @@ class Host:
         self.db.execute(
             "UPDATE sessions SET container_status='stopped' WHERE container_status != 'stopped'"
         )
+        await self.rebuild_work_index()
         add_projection_hook(self._hook)
         callbacks = ChannelCallbacks(on_inbound=self._on_inbound, on_ready=self._on_channel_ready)
         for adapter in self.adapters.values():
@@ -227,6 +229,19 @@ class Host:
                 self._admin_server = AdminServer(self)
                 await self._admin_server.start()
         logger.info("host started for %s; runner backend: %s", self.home.root, self.backend_note)
+
+    async def rebuild_work_index(self) -> int:
+        """Index every session whose files hold work (``host/work_index.py``): what NanoClaw
+        or an older carapace left behind runs without waiting for a new message. The file
+        reads run in a worker thread."""
+        refs = work_index.active_sessions(self.db)
+        found = await asyncio.to_thread(
+            work_index.scan_sessions, self.home.data_dir, refs, self.now()
+        )
+        n = work_index.apply(self.db, found)
+        if n:
+            logger.info("work index: %d of %d session(s) have pending work", n, len(refs))
+        return n
 
     async def stop(self) -> None:
         if not self._started:
