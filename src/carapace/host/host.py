@@ -119,7 +119,7 @@ class Host:
         self.backend_note: str = getattr(self.backend, "note", f"{self.backend.name} (given)")
         self.pool = RunnerPool(
             self.backend, max_runners=self.settings.max_runners, prepare=self._prepare,
-            on_exit=self._on_exit, now=self.now,
+            on_exit=self._on_exit, now=self.now, idle_since=self._idle_since,
         )  # fmt: skip
         self.actions = SystemActions(
             self.sessions, self.wake, admin=self._admin_call, timezone=self.settings.timezone
@@ -318,6 +318,23 @@ class Host:
         if session is not None:
             await asyncio.sleep(0)
             scan_session(self.sessions.paths(session), self.now())  # ack sync at once
+            if self.pool.queued():
+                self.pool.make_room()  # this runner may just have become idle
+
+    def _idle_since(self, session_id: str) -> datetime | None:
+        """For the pool: None while the session has due or claimed work, else since when its
+        runner has been idle (its last heartbeat, or its start; the host's clock bounds it)."""
+        session = self.sessions.get(session_id)
+        if session is None:
+            return self.now()
+        paths = self.sessions.paths(session)
+        scan = scan_session(paths, self.now())
+        if scan.due_now or scan.claims:
+            return None
+        started = self.pool.started_at(session_id) or self.now()
+        hb = heartbeat_at(paths)
+        last = max(started, hb) if hb is not None else started
+        return min(last, self.now())
 
     # ---------------------------------------------------------------- runners
     def _prepare(self, session_id: str) -> RunnerSpec | None:
