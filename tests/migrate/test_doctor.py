@@ -114,7 +114,7 @@ def test_only_adapters_that_exist_are_named(tmp_path: Path) -> None:
     from carapace.channels.registry import ADAPTERS, available_channels
     from carapace.migrate.mapping import KNOWN_CHANNELS
 
-    assert KNOWN_CHANNELS == available_channels()
+    assert available_channels() == KNOWN_CHANNELS
     for module in ADAPTERS.values():
         importlib.import_module(module)
     v2 = make_nanoclaw_v2_home(tmp_path / "nc")
