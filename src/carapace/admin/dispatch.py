@@ -229,7 +229,7 @@ def _request_approval(
     """Hold an agent's command for an admin's decision: a ``pending_approvals`` row with its
     card (delivered to the approver, expiring), through the approvals engine."""
     from carapace.host.approvals import request_approval
-    from carapace.host.cards import AGENT_MARK, quote_agent
+    from carapace.host.card_text import AGENT_MARK, quote_agent
 
     sid = caller.get("sessionId")
     session = get_session(ctx.db, sid) if isinstance(sid, str) else None
