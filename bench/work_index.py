@@ -1,92 +1,109 @@
-"""Work-index rebuild benchmark: the host-start scan of every session's files.
+"""Benchmark: the work-index rebuild at host start over N sessions (issue 18, item 1).
 
-Builds a home with N sessions (default 1,000) in carapace's session format; every tenth
-has a pending message, every tenth (others) a task due in an hour, every tenth an
-undelivered reply, the rest nothing. Then times :func:`carapace.host.work_index.scan_work`
-(what ``Host.start`` runs in a worker thread) ``--runs`` times and prints each run.
+    .venv/bin/python bench/work_index.py [--sessions 1000] [--history 100]
 
-Usage: ``python bench/work_index.py [--n 1000] [--runs 5] [--home DIR]``
+Creates a home with N sessions in a temp folder (each with an inbound.db holding ``history``
+completed rows and an outbound.db with as many replies, all delivered; every tenth session
+also has one pending message), then times ``scan_sessions`` (the worker-thread part) and
+``apply`` (the central-DB part). Prints the figures; nothing is asserted.
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
-from carapace.bootstrap import init_home, open_home
+from carapace.bootstrap import init_home
 from carapace.config import Home
-from carapace.db.groups import create_agent_group
-from carapace.db.session import (
-    SessionPaths,
-    init_session_folder,
-    insert_message_in,
-    insert_message_out,
-    open_inbound,
-    open_outbound,
-)
-from carapace.db.sessions import create_session
-from carapace.host.work_index import scan_work
+from carapace.db.central import open_central
+from carapace.db.connection import transaction
+from carapace.db.session import SessionPaths, init_session_folder, open_inbound, open_outbound
+from carapace.host import work_index
 from carapace.timefmt import iso
 
 
-def build(root: Path, n: int, now: datetime) -> Home:
+def build(root: Path, n: int, history: int) -> tuple[Home, list[work_index.SessionRef]]:
     home = Home(root)
     init_home(home)
-    db, _ = open_home(home)
-    ag = create_agent_group(db, "Bench", "bench")
-    for i in range(n):
-        s = create_session(db, ag.id, None, id=f"sess-bench-{i:05d}", now=now)
-        paths = SessionPaths.of(home.data_dir, ag.id, s.id)
+    db = open_central(home.central_db)
+    ag = db.execute("SELECT id FROM agent_groups LIMIT 1").fetchone()[0]
+    mg = db.execute("SELECT id FROM messaging_groups LIMIT 1").fetchone()[0]
+    t = iso(datetime(2026, 1, 1, tzinfo=UTC))
+    refs = []
+    with transaction(db):
+        for i in range(n):
+            sid = f"sess-bench-{i:05d}"
+            db.execute(
+                "INSERT INTO sessions (id, agent_group_id, messaging_group_id, thread_id, "
+                "agent_provider, status, container_status, last_active, created_at) "
+                "VALUES (?, ?, ?, ?, NULL, 'active', 'stopped', ?, ?)",
+                (sid, ag, mg, f"t{i}", t, t),
+            )
+            refs.append(work_index.SessionRef(sid, ag))
+    for i, ref in enumerate(refs):
+        paths = SessionPaths.of(home.data_dir, ref.agent_group_id, ref.session_id)
         init_session_folder(paths)
-        kind = i % 10
-        if kind in (0, 1):
-            inb = open_inbound(paths)
-            after = None if kind == 0 else iso(now + timedelta(hours=1))
-            insert_message_in(inb, {
-                "id": f"m-{i}", "kind": "chat" if kind == 0 else "task", "timestamp": iso(now),
-                "process_after": after, "platform_id": "p", "channel_type": "cli",
-                "content": '{"text":"hi"}',
-            })  # fmt: skip
-            inb.close()
-        elif kind == 2:
-            out = open_outbound(paths)
-            insert_message_out(out, {
-                "id": f"o-{i}", "kind": "chat", "timestamp": iso(now), "platform_id": "p",
-                "channel_type": "cli", "content": '{"text":"hi"}',
-            })  # fmt: skip
-            out.close()
+        inb, out = open_inbound(paths), open_outbound(paths)
+        with transaction(inb), transaction(out):
+            for k in range(history):
+                status = "pending" if (i % 10 == 0 and k == history - 1) else "completed"
+                inb.execute(
+                    "INSERT INTO messages_in (id, seq, kind, timestamp, status, trigger, "
+                    "content) VALUES (?, ?, 'chat', ?, ?, 1, '{}')",
+                    (f"in-{i}-{k}", 2 * (k + 1), t, status),
+                )
+                out.execute(
+                    "INSERT INTO messages_out (id, seq, kind, timestamp, content) "
+                    "VALUES (?, ?, 'chat', ?, '{}')",
+                    (f"out-{i}-{k}", 2 * k + 1, t),
+                )
+                inb.execute("INSERT INTO delivered (message_out_id, delivered_at) VALUES (?, ?)",
+                            (f"out-{i}-{k}", t))  # fmt: skip
+            inb.execute(
+                "CREATE TABLE IF NOT EXISTS carapace_delivery_cursor "
+                "(id INTEGER PRIMARY KEY CHECK (id = 1), seq INTEGER NOT NULL)"
+            )
+            inb.execute("INSERT OR REPLACE INTO carapace_delivery_cursor VALUES (1, ?)",
+                        (2 * history - 1,))  # fmt: skip
+        inb.close()
+        out.close()
     db.close()
-    return home
+    return home, refs
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n", type=int, default=1000)
+    ap.add_argument("--sessions", type=int, default=1000)
+    ap.add_argument("--history", type=int, default=100)
     ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("--home", type=Path, default=None)
-    args = ap.parse_args()
-    now = datetime.now(UTC)
+    args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
-        root = args.home or Path(tmp) / "home"
-        t0 = time.perf_counter()
-        home = build(root, args.n, now)
-        print(f"built {args.n} sessions in {time.perf_counter() - t0:.1f} s")
-        times = []
-        for run in range(args.runs):
+        home, refs = build(Path(tmp) / "home", args.sessions, args.history)
+        now = datetime(2026, 6, 1, tzinfo=UTC)
+        scans, applies = [], []
+        for _ in range(args.runs):
             t0 = time.perf_counter()
-            found = scan_work(home.central_db, home.data_dir, now)
-            ms = (time.perf_counter() - t0) * 1000
-            times.append(ms)
-            print(f"run {run + 1}: {ms:.0f} ms, {len(found)} sessions with work")
-        print(
-            f"sessions {args.n}, runs {args.runs}: median {statistics.median(times):.0f} ms, "
-            f"max {max(times):.0f} ms (files just written: warm page cache)"
-        )
+            found = work_index.scan_sessions(home.data_dir, refs, now)
+            t1 = time.perf_counter()
+            db = open_central(home.central_db)
+            work_index.apply(db, found)
+            db.close()
+            t2 = time.perf_counter()
+            scans.append(t1 - t0)
+            applies.append(t2 - t1)
+        print(f"sessions: {args.sessions}, history rows per session: {args.history} in + "
+              f"{args.history} out, runs: {args.runs}")  # fmt: skip
+        print(f"sessions with work found: {len(found)}")
+        print(f"scan (worker thread): median {statistics.median(scans) * 1000:.0f} ms, "
+              f"max {max(scans) * 1000:.0f} ms")  # fmt: skip
+        print(f"index writes (event loop): median {statistics.median(applies) * 1000:.1f} ms")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,32 +1,15 @@
-"""The channel adapters carapace ships: one place that names them.
-
-``carapace run`` builds its adapters from here, and ``migrate-v1`` / ``doctor`` warn about
-chats whose channel type is not in :data:`ADAPTERS` (those chats are neither received nor
-answered). Adding an adapter here is what makes it exist everywhere.
-"""
+"""The channel adapters that exist, by channel type: the one list every place that names
+adapters reads (``migrate-v1``'s report, ``doctor``, the docs' claims). Add an adapter here
+when it lands, and only then: a chat on any other channel type is inert, and says so."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-from carapace.channels.base import ChannelAdapter
-from carapace.config import Home
-
-
-def _cli(home: Home) -> ChannelAdapter:
-    from carapace.channels.cli import CliChannel
-
-    return CliChannel(home.cli_socket)
+#: channel type → the module holding its adapter (the test-only ``fake`` is not listed).
+ADAPTERS: dict[str, str] = {
+    "cli": "carapace.channels.cli",
+}
 
 
-#: channel type -> factory of its adapter for a home
-ADAPTERS: dict[str, Callable[[Home], ChannelAdapter]] = {"cli": _cli}
-
-
-def adapter_types() -> tuple[str, ...]:
-    """The channel types an adapter exists for, sorted."""
+def available_channels() -> tuple[str, ...]:
+    """Channel types carapace has an adapter for, sorted."""
     return tuple(sorted(ADAPTERS))
-
-
-def build_adapters(home: Home) -> list[ChannelAdapter]:
-    return [factory(home) for _, factory in sorted(ADAPTERS.items())]

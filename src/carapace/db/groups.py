@@ -82,17 +82,17 @@ def validate_folder(folder: str) -> str:
     return folder
 
 
-#: carapace's provider names -> the names NanoClaw v2's runner registers (``claude``,
-#: ``mock``); stored values use NanoClaw's so its runner accepts a carapace home. The runner
-#: reads both (runner/config.py ``PROVIDER_ALIASES``), so older carapace rows still work.
-NANOCLAW_PROVIDER_NAMES = {"anthropic": "claude"}
+# NanoClaw's names for providers, stored as NanoClaw stores them so that its runner can
+# serve a carapace home: carapace's ``anthropic`` is NanoClaw's ``claude``.
+STORED_PROVIDER_NAMES = {"anthropic": "claude"}
 
 
 def stored_provider(name: str | None) -> str | None:
-    """The provider name as written to the DB: NanoClaw's where NanoClaw has one."""
+    """The provider name as the DB stores it (NanoClaw's name where NanoClaw has one)."""
     if name is None:
         return None
-    return NANOCLAW_PROVIDER_NAMES.get(name.strip().lower(), name)
+    key = name.strip().lower()
+    return STORED_PROVIDER_NAMES.get(key, key) if key else None
 
 
 def create_agent_group(
@@ -108,8 +108,9 @@ def create_agent_group(
     validate_folder(folder)
     if not name.strip():
         raise ValidationError("agent group name must not be empty")
-    agent_provider = stored_provider(agent_provider)
-    group = AgentGroup(id or new_id("ag", now), name, folder, agent_provider, iso(now))
+    group = AgentGroup(
+        id or new_id("ag", now), name, folder, stored_provider(agent_provider), iso(now)
+    )
     with transaction(db):
         if db.execute("SELECT 1 FROM agent_groups WHERE folder=?", (folder,)).fetchone():
             raise ConflictError(f"an agent group with folder {folder!r} exists already")

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from carapace.bootstrap import init_home
-from carapace.channels.registry import build_adapters
+from carapace.channels.cli import CliChannel
 from carapace.config import Home
 from carapace.host.host import Host, HostRunning
 from carapace.jsonutil import dumps
@@ -21,9 +21,8 @@ logger = logging.getLogger(__name__)
 
 
 def build_host(home: Home) -> Host:
-    """The host ``carapace run`` starts: every adapter of the channel registry (today the
-    CLI channel on ``data/cli.sock``)."""
-    return Host(home, channels=build_adapters(home))
+    """The host ``carapace run`` starts: the CLI channel on ``data/cli.sock``."""
+    return Host(home, channels=[CliChannel(home.cli_socket)])
 
 
 @dataclass

@@ -1,98 +1,74 @@
-"""Rebuild the sweep's work index (``carapace_session_work``) from the session files.
+"""Rebuild the sweep's work index from the session files at host start (issue 18, item 1).
 
-The index is carapace's own; NanoClaw neither reads nor writes it. A home that NanoClaw ran
-(or that was copied in) can hold pending inbound rows, due one-off or recurring tasks and
-undelivered ``messages_out`` rows with no index entry, and the sweep would never visit
-them. At every host start :func:`scan_work` looks at every active session's files and
-returns when each is next due; the host then merges that into the index (earlier wins).
+The sweep and delivery visit only sessions listed in ``carapace_session_work``. That index
+is carapace's own: a home last run by NanoClaw (or by an older carapace) can hold pending
+messages, due one-off and recurring tasks and undelivered replies that the index does not
+name, and they would wait for the next message routed into their session. So at every
+start the host asks each active session's files what is there:
 
-:func:`scan_work` opens its own read-only connections and is meant to run in a worker
-thread (``asyncio.to_thread``); the central DB is read through a connection of its own.
-``outbound.db`` is agent-written: it is opened read-only, only if it is a regular file
-(never through a symlink), and only ``messages_out.id`` is read.
+* ``inbound.db`` (the host's own file): the earliest ``process_after`` of a pending
+  trigger row that is not a system row (a task due later is indexed for its time);
+* ``outbound.db`` (the runner's): a highest seq above the delivery cursor means replies
+  may wait for delivery; that session is due now.
+
+The file reads run in a worker thread (``scan_sessions``); only the final index writes touch
+the central DB, in one transaction. Sessions found with nothing to do are left alone.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import sqlite3
-import stat
+from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from carapace.db.session import SessionPaths
+from carapace.db.connection import connect, has_table, transaction
+from carapace.db.session import SessionPaths, peek_max_seq
+from carapace.db.sessions import mark_session_work
 from carapace.timefmt import iso, parse_ts
 
 logger = logging.getLogger(__name__)
 
 
-def _open_ro(path: Path) -> sqlite3.Connection | None:
-    """A read-only connection to a regular file, never following a link."""
-    try:
-        st = os.lstat(path)
-    except OSError:
-        return None
-    if not stat.S_ISREG(st.st_mode):
-        return None
-    try:
-        conn = sqlite3.connect(f"file:{path.as_posix()}?mode=ro", uri=True, isolation_level=None)
-        conn.execute("PRAGMA busy_timeout = 2000")
-        return conn
-    except sqlite3.Error:
-        return None
+@dataclass(frozen=True)
+class SessionRef:
+    session_id: str
+    agent_group_id: str
 
 
-def session_next_due(paths: SessionPaths, now: datetime) -> datetime | None:
-    """When this session next needs the sweep: ``now`` for work due or undelivered, the
-    earliest future ``process_after`` of a pending row, None when there is nothing."""
-    inb = _open_ro(paths.inbound)
-    if inb is None:
-        return None
+def active_sessions(db: sqlite3.Connection) -> list[SessionRef]:
+    rows = db.execute(
+        "SELECT id, agent_group_id FROM sessions WHERE COALESCE(status, 'active') = 'active'"
+    )
+    return [SessionRef(r[0], r[1]) for r in rows]
+
+
+def _inbound_due(paths: SessionPaths, now: datetime) -> tuple[datetime | None, int]:
+    """(earliest due time of a pending trigger row, delivery cursor) from ``inbound.db``."""
+    conn = connect(paths.inbound, "session", readonly=True)
     try:
-        nxt: datetime | None = None
-        try:
-            rows = inb.execute(
-                "SELECT process_after FROM messages_in WHERE status='pending' AND kind != 'system'"
-            ).fetchall()
-            # a recurring series whose last occurrence ended: the recurrence hook needs a visit
-            series = inb.execute(
-                "SELECT 1 FROM messages_in WHERE recurrence IS NOT NULL AND recurrence != '' "
-                "AND status != 'pending' LIMIT 1"
-            ).fetchone()
-            delivered = {r[0] for r in inb.execute("SELECT message_out_id FROM delivered")}
-        except sqlite3.Error as exc:
-            logger.warning("work index: %s unreadable (%s); visiting it", paths.inbound, exc)
-            return now
-        if series is not None:
-            return now
-        for (after,) in rows:
-            when = _ts(after)
-            if when is None or when <= now:
-                return now
-            if nxt is None or when < nxt:
-                nxt = when
+        due: datetime | None = None
+        if has_table(conn, "messages_in"):
+            cols = {r[1] for r in conn.execute("PRAGMA table_info(messages_in)")}
+            trigger = "AND trigger = 1 " if "trigger" in cols else ""  # older files: all are
+            for (after,) in conn.execute(
+                "SELECT process_after FROM messages_in WHERE status = 'pending' "
+                f"{trigger}AND kind != 'system'"
+            ):
+                when = _parse(after) or now
+                due = when if due is None or when < due else due
+        cursor = 0
+        if has_table(conn, "carapace_delivery_cursor"):
+            row = conn.execute("SELECT seq FROM carapace_delivery_cursor WHERE id=1").fetchone()
+            cursor = int(row[0]) if row and row[0] is not None else 0
+        return due, cursor
     finally:
-        inb.close()
-    if _has_undelivered(paths.outbound, delivered):
-        return now
-    return nxt
+        conn.close()
 
 
-def _has_undelivered(path: Path, delivered: set[str]) -> bool:
-    out = _open_ro(path)
-    if out is None:
-        return False
-    try:
-        rows = out.execute("SELECT id FROM messages_out")
-        return any(r[0] not in delivered for r in rows)
-    except sqlite3.Error:
-        return False
-    finally:
-        out.close()
-
-
-def _ts(value: object) -> datetime | None:
+def _parse(value: object) -> datetime | None:
     if not isinstance(value, str) or not value:
         return None
     try:
@@ -101,21 +77,32 @@ def _ts(value: object) -> datetime | None:
         return None
 
 
-def scan_work(central: Path, data_dir: Path, now: datetime) -> list[tuple[str, str]]:
-    """(session id, next due ISO) for every active session with work on disk."""
-    db = sqlite3.connect(f"file:{central.as_posix()}?mode=ro", uri=True, isolation_level=None)
-    try:
-        db.execute("PRAGMA busy_timeout = 5000")
-        sessions = db.execute(
-            "SELECT id, agent_group_id FROM sessions WHERE COALESCE(status, 'active') = 'active'"
-        ).fetchall()
-    finally:
-        db.close()
-    found: list[tuple[str, str]] = []
-    for sid, agid in sessions:
-        if not isinstance(sid, str) or not isinstance(agid, str):
+def scan_sessions(
+    data_dir: Path, sessions: Iterable[SessionRef], now: datetime
+) -> dict[str, datetime]:
+    """``{session id: next due}`` for the sessions whose files hold work (thread-safe: opens
+    its own connections; a damaged file is logged and that session indexed due now)."""
+    found: dict[str, datetime] = {}
+    for ref in sessions:
+        paths = SessionPaths.of(data_dir, ref.agent_group_id, ref.session_id)
+        if not paths.inbound.exists():
             continue
-        due = session_next_due(SessionPaths.of(data_dir, agid, sid), now)
+        try:
+            due, cursor = _inbound_due(paths, now)
+            if peek_max_seq(paths.outbound, "messages_out") > cursor:
+                due = now
+        except sqlite3.Error as exc:
+            logger.warning("session %s: cannot read its files (%s); visiting it", ref.session_id,
+                           exc)  # fmt: skip
+            due = now
         if due is not None:
-            found.append((sid, iso(due)))
+            found[ref.session_id] = due
     return found
+
+
+def apply(db: sqlite3.Connection, found: dict[str, datetime]) -> int:
+    """Index each session due no later than found (an earlier existing due time stays)."""
+    with transaction(db):
+        for sid, due in found.items():
+            mark_session_work(db, sid, iso(due))
+    return len(found)

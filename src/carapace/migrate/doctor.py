@@ -12,11 +12,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from carapace.channels.registry import adapter_types
 from carapace.config import Home
 from carapace.db.migrations import MIGRATIONS
 from carapace.errors import CarapaceError, ValidationError
 from carapace.jsonutil import loads_or
+from carapace.migrate.mapping import KNOWN_CHANNELS
 
 Level = Literal["error", "warning", "info"]
 SANDBOXED_BACKENDS = ("bwrap", "docker", "podman")
@@ -111,6 +111,9 @@ def diagnose(home: Home) -> DoctorReport:
         rep.add("error", "central-db-unreadable", str(home.central_db), str(exc))
     finally:
         conn.close()
+    from carapace.ops.doctor import ops_checks
+
+    ops_checks(home, rep)
     return rep
 
 
@@ -243,7 +246,7 @@ def _group_sandbox(
             try:
                 if not roots:
                     raise ValidationError("no mount_allowlist in carapace.toml")
-                validate_mount(MountRequest.from_json(raw), roots)
+                validate_mount(MountRequest.from_json(raw), roots, home=home.root)
             except ValidationError as exc:
                 rep.add("warning", "mount-refused", subject, f"additional mount refused: {exc}")
     if choice == "auto":
@@ -280,10 +283,10 @@ def _chats(conn: sqlite3.Connection, rep: DoctorReport) -> None:
         "SELECT channel_type, COUNT(*) FROM messaging_groups GROUP BY channel_type ORDER BY 1"
     ).fetchall()
     for ct, n in counts:
-        if ct not in adapter_types():
+        if ct not in KNOWN_CHANNELS:
             rep.add(
                 "warning", "unknown-channel", f"{n} messaging group(s) of type {ct!r}",
-                f"carapace has no {ct} adapter (adapters: {', '.join(adapter_types())}); "
+                f"carapace has no {ct} adapter ({', '.join(KNOWN_CHANNELS)} exist); "
                 "messages there are neither received nor sent",
             )  # fmt: skip
 

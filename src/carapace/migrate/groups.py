@@ -9,7 +9,6 @@ import sqlite3
 from typing import Any
 
 from carapace.bootstrap import ensure_group_folder
-from carapace.channels.registry import adapter_types
 from carapace.db import groups, messaging
 from carapace.db.connection import transaction
 from carapace.db.destinations import find_by_target
@@ -17,7 +16,7 @@ from carapace.db.session import open_outbound
 from carapace.errors import CarapaceError
 from carapace.migrate.context import ImportContext, Wired
 from carapace.migrate.files import copy_claude_state, copy_group_folder, pick_transcript
-from carapace.migrate.mapping import Chat, JidError, map_engage, map_jid
+from carapace.migrate.mapping import KNOWN_CHANNELS, Chat, JidError, map_engage, map_jid
 from carapace.migrate.report import Outcome
 from carapace.migrate.v1source import V1Group
 from carapace.timefmt import iso
@@ -80,12 +79,11 @@ def _import_group(ctx: ImportContext, g: V1Group) -> None:
             f"imported without a chat: {jid_error}",
             "create a messaging group and a wiring for it (carapace admin)",
         )
-    elif chat is not None and chat.channel_type not in adapter_types():
+    elif chat is not None and chat.channel_type not in KNOWN_CHANNELS:
         ctx.report.need(
             f"{chat.channel_type} chats",
-            f"carapace has no {chat.channel_type} adapter (only {', '.join(adapter_types())}); "
-            "those chats are imported but neither receive nor get replies",
-            f"rewire the agent groups to a channel with an adapter ({', '.join(adapter_types())})",
+            f"carapace has no {chat.channel_type} adapter; those chats are imported but inert",
+            f"rewire the agent groups to a channel with an adapter ({', '.join(KNOWN_CHANNELS)})",
         )
     if mg_id is not None:
         assert chat is not None
