@@ -43,6 +43,13 @@ class RunnerSpec:
     provider: str | None = None
     idle_exit_s: float | None = None
     env: dict[str, str] = field(default_factory=dict)
+    proxy_socket: Path | None = None  # the host's egress proxy for this session (host path)
+
+
+# Provider keys: only the host's egress proxy holds them (carapace.proxy); no runner gets
+# them in its environment, sandboxed or not.
+SECRET_ENV = ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "OPENAI_API_KEY")
+PROXY_SOCKET_ENV = "CARAPACE_PROXY_SOCKET"
 
 
 class RunnerHandle(Protocol):
@@ -124,7 +131,10 @@ class SubprocessBackend:
         return argv
 
     async def start(self, spec: RunnerSpec) -> RunnerHandle:
-        env = {**os.environ, **spec.env}
+        env = {k: v for k, v in {**os.environ, **spec.env}.items() if k not in SECRET_ENV}
+        env.pop(PROXY_SOCKET_ENV, None)
+        if spec.proxy_socket is not None:
+            env[PROXY_SOCKET_ENV] = str(spec.proxy_socket)
         log = open(spec.session_dir / LOG_FILE, "ab")  # noqa: SIM115 - handed to the child
         try:
             proc = await asyncio.create_subprocess_exec(

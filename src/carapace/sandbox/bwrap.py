@@ -23,7 +23,10 @@ the backend creates any missing one (and ``.heartbeat``, mtime 0 = "no beat yet"
 host side before each start. The runner gets ``CARAPACE_SANDBOX=bwrap``.
 
 Namespaces: all unshared (user, pid, ipc, uts, cgroup, mount, net); ``--share-net`` only
-when the network is on. All capabilities are dropped, the environment is cleared and only
+when the group is granted the network (``network: true``; default off: an empty network
+namespace with only its own loopback). Model calls and ``web_fetch`` go through the host's
+egress proxy, a unix socket bound at ``/run/carapace/proxy.sock`` (``CARAPACE_PROXY_SOCKET``).
+No provider key is ever in the sandbox's environment. All capabilities are dropped, the environment is cleared and only
 what the host passes is set; the sandbox dies with the host (``--die-with-parent``) and has
 its own session (``--new-session``: no terminal injection).
 
@@ -53,6 +56,8 @@ from carapace.db.session import SessionPaths, ensure_journals
 from carapace.errors import ConfigError
 from carapace.host.pool import (
     LOG_FILE,
+    PROXY_SOCKET_ENV,
+    SECRET_ENV,
     ProcHandle,
     RunnerBackend,
     RunnerHandle,
@@ -75,14 +80,14 @@ NETWORK_ETC = ("/etc/resolv.conf", "/etc/hosts", "/etc/nsswitch.conf", "/etc/gai
 AGENT_READ_ONLY = ("container.json", "CLAUDE.md", ".claude-fragments")
 SESSION_WRITABLE = ("outbound.db", "outbound.db-journal", ".heartbeat", "outbox")
 SESSION_READ_ONLY = ("inbound.db", "inbound.db-journal")
-# Host environment variables the backend passes on by default: what providers need until the
-# host's credential proxy exists (DESIGN §5), plus time zone and proxy settings.
+# Host environment variables the backend passes on by default: time zone and the like. No
+# provider key: the host's egress proxy adds keys outside the sandbox (carapace.proxy).
 DEFAULT_PASS_ENV = (
-    "ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL", "ANTHROPIC_AUTH_TOKEN", "OPENAI_API_KEY",
-    "OPENAI_BASE_URL", "CARAPACE_TZ", "TZ", "HTTPS_PROXY", "HTTP_PROXY", "NO_PROXY",
+    "ANTHROPIC_BASE_URL", "OPENAI_BASE_URL", "CARAPACE_TZ", "TZ", "HTTPS_PROXY", "HTTP_PROXY", "NO_PROXY",
     "https_proxy", "http_proxy", "no_proxy", "SSL_CERT_FILE",
 )  # fmt: skip
 BACKENDS = ("bwrap", "subprocess")
+SANDBOX_PROXY_SOCKET = "/run/carapace/proxy.sock"
 
 
 @dataclass(frozen=True)
@@ -98,6 +103,7 @@ class SandboxSpec:
     network: bool = False
     mounts: Sequence[Mount] = ()
     bwrap: str = "bwrap"
+    proxy_socket: Path | None = None  # host path; bound at SANDBOX_PROXY_SOCKET
 
 
 def _inside(path: Path, roots: Sequence[Path]) -> bool:
@@ -160,12 +166,18 @@ def bwrap_argv(spec: SandboxSpec) -> list[str]:
     for mount in spec.mounts:
         argv += ["--ro-bind" if mount.read_only else "--bind", str(mount.host_path)]
         argv.append(str(mount.sandbox_path))
+    if spec.proxy_socket is not None:  # the only way out: the host's egress proxy
+        argv += ["--bind", str(spec.proxy_socket), SANDBOX_PROXY_SOCKET]
     env = {"PATH": DEFAULT_PATH, "HOME": str(agent), "LANG": "C.UTF-8",
            "PYTHONDONTWRITEBYTECODE": "1", "CARAPACE_SANDBOX": "bwrap"}  # fmt: skip
     pkg_root = Path(carapace.__file__).parent.parent
     if not _inside(pkg_root, [Path(sys.prefix), Path(sys.base_prefix)]):
         env["PYTHONPATH"] = str(pkg_root)
     env.update(spec.env)
+    for name in (*SECRET_ENV, PROXY_SOCKET_ENV):
+        env.pop(name, None)
+    if spec.proxy_socket is not None:
+        env[PROXY_SOCKET_ENV] = SANDBOX_PROXY_SOCKET
     env["CARAPACE_SANDBOX"] = "bwrap"
     argv.append("--clearenv")
     for key, value in sorted(env.items()):
@@ -294,7 +306,7 @@ class BwrapBackend:
         self,
         home: Path | None = None,
         *,
-        network: bool | Callable[[RunnerSpec], bool] = True,
+        network: bool | Callable[[RunnerSpec], bool] = False,
         mounts_for: Callable[[RunnerSpec], Sequence[Mount]] | None = None,
         pass_env: Sequence[str] = DEFAULT_PASS_ENV,
         python: str | None = None,
@@ -332,6 +344,7 @@ class BwrapBackend:
             network=network,
             mounts=tuple(self.mounts_for(spec)) if self.mounts_for is not None else (),
             bwrap=self.bwrap,
+            proxy_socket=spec.proxy_socket,
         )
 
     async def start(self, spec: RunnerSpec) -> RunnerHandle:
