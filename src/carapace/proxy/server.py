@@ -370,18 +370,33 @@ class EgressProxy:
         ctype = (resp.head.get("content-type") or "").lower()
         meter = Meter(provider, streaming="text/event-stream" in ctype)
         writer.write(encode_head(f"HTTP/1.1 {resp.status} {resp.reason}".rstrip(), out))
+        recorded = False
+        sent = 0
+
+        def record() -> None:
+            # before the client sees the end of the reply, so the row is never behind it
+            nonlocal recorded
+            recorded = True
+            counts = meter.finish()
+            self._record(route, provider, counts.model or model, counts, started,
+                         resp.status, stream)  # fmt: skip
+
         try:
             async for data in resp.body:
-                writer.write(data if length is not None else chunk(data))
                 meter.feed(data)
+                sent += len(data)
+                if length is not None and sent >= length:
+                    record()
+                writer.write(data if length is not None else chunk(data))
                 await writer.drain()
+            if not recorded:
+                record()
             if length is None:
                 writer.write(LAST_CHUNK)
             await writer.drain()
         finally:
-            counts = meter.finish()
-            self._record(route, provider, counts.model or model, counts, started,
-                         resp.status, stream)  # fmt: skip
+            if not recorded:
+                record()
         await self._after_call(route)
 
     def _record(

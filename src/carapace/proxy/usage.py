@@ -162,7 +162,7 @@ class UsageStore:
         if total is None:
             self.flush()
             if self._reader is None:
-                self._reader = connect(self.db_path, readonly=True)
+                self._reader = connect(self.db_path, readonly=True, check_same_thread=False)
             row = self._reader.execute(
                 "SELECT COALESCE(SUM(input_tokens + output_tokens + cache_read_tokens"
                 " + cache_write_tokens), 0), COALESCE(SUM(cost_usd), 0) FROM carapace_usage"
