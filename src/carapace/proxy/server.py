@@ -121,6 +121,7 @@ class EgressProxy:
             str, tuple[asyncio.Task[asyncio.AbstractServer], socket.socket, Path]
         ] = {}
         self._warned: set[tuple[str, str, str]] = set()
+        self._tasks: set[asyncio.Future[None]] = set()
         self.calls = 0
 
     # -- sockets ------------------------------------------------------------------------
@@ -247,7 +248,9 @@ class EgressProxy:
                 return bud.refusal_text(name, route.agent_group_id, standing)
         return None
 
-    async def _after_call(self, route: SessionRoute) -> None:
+    def _after_call(self, route: SessionRoute) -> None:
+        """Warn the group's owner/admins once per period when a limit's share is crossed
+        (decided before the reply ends; the message is sent in the background)."""
         if self.db is None or self.usage is None or self.on_warning is None:
             return
         budget = bud.effective_budget(self.db, route.agent_group_id)
@@ -267,7 +270,9 @@ class EgressProxy:
                 )
                 result = self.on_warning(group, text)
                 if result is not None:
-                    await result
+                    task = asyncio.ensure_future(result)
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
 
     def _request(
         self, provider: str, head: Head, body: bytes
@@ -380,6 +385,7 @@ class EgressProxy:
             counts = meter.finish()
             self._record(route, provider, counts.model or model, counts, started,
                          resp.status, stream)  # fmt: skip
+            self._after_call(route)
 
         try:
             async for data in resp.body:
@@ -397,7 +403,6 @@ class EgressProxy:
         finally:
             if not recorded:
                 record()
-        await self._after_call(route)
 
     def _record(
         self,
