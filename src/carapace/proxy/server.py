@@ -263,10 +263,14 @@ class EgressProxy:
             if s.share >= share and key not in self._warned:
                 self._warned.add(key)
                 name = route.group_name or group
+                state = (
+                    "is reached: further model calls are refused"
+                    if s.share >= 1 else "is used; at 100% model calls are refused"
+                )  # fmt: skip
                 text = (
-                    f"Budget warning for {name}: {s.share:.0%} of the {s.describe()} is used. "
-                    f"At 100% model calls are refused; raise it with `carapace admin budgets "
-                    f"set --scope {group} --{s.name.replace('_', '-')} N`."
+                    f"Budget warning for {name}: {s.share:.0%} of the {s.describe()} {state}. "
+                    f"Raise it with `carapace admin budgets set --scope {group} "
+                    f"--{s.name.replace('_', '-')} N`."
                 )
                 result = self.on_warning(group, text)
                 if result is not None:
