@@ -75,7 +75,9 @@ def _non_public(address: str) -> bool:
 
 
 def pinned_connector(
-    allow_private: bool, resolve: Resolver = socket.getaddrinfo
+    allow_private: bool,
+    resolve: Resolver = socket.getaddrinfo,
+    non_public: Callable[[str], bool] = _non_public,
 ) -> Callable[..., socket.socket]:
     """A ``socket.create_connection`` stand-in: one lookup, every address checked, then a
     connection to a checked address (never a second lookup)."""
@@ -92,7 +94,7 @@ def pinned_connector(
             raise OSError(f"{host} does not resolve")
         if not allow_private:
             for info in infos:
-                if _non_public(str(info[4][0])):
+                if non_public(str(info[4][0])):
                     raise AddressRefused(
                         f"{host} resolves to a local or private-network address "
                         f"({info[4][0]}); web_fetch reaches only public addresses unless "
@@ -133,9 +135,9 @@ class _PinnedHTTPS(http.client.HTTPSConnection):
 
 
 def _pinned_handlers(
-    allow_private: bool, resolve: Resolver
+    allow_private: bool, resolve: Resolver, non_public: Callable[[str], bool]
 ) -> list[urllib.request.BaseHandler]:
-    connector = staticmethod(pinned_connector(allow_private, resolve))
+    connector = staticmethod(pinned_connector(allow_private, resolve, non_public))
     http_cls = type("PinnedHTTP", (_PinnedHTTP,), {"connector": connector})
     https_cls = type("PinnedHTTPS", (_PinnedHTTPS,), {"connector": connector})
 
@@ -228,6 +230,7 @@ def fetch(
     timeout_s: float,
     allow_private: bool = True,
     resolve: Resolver = socket.getaddrinfo,
+    non_public: Callable[[str], bool] = _non_public,
 ) -> ToolResult:
     """Fetch ``url`` and return its readable text; never raises for network trouble.
 
@@ -242,7 +245,7 @@ def fetch(
     quoted = urllib.parse.quote(url, safe=":/?#[]@!$&'()*+,;=%~")
     request = urllib.request.Request(quoted, headers={"User-Agent": USER_AGENT, "Accept": "*/*"})
     opener = urllib.request.build_opener(
-        *_pinned_handlers(allow_private, resolve), _RefusingRedirects(allow_private)
+        *_pinned_handlers(allow_private, resolve, non_public), _RefusingRedirects(allow_private)
     )
     deadline = time.monotonic() + timeout_s
     try:
