@@ -25,6 +25,7 @@ run: $(STAMP) sandbox-tools
 # bubblewrap for the bwrap runner backend and its tests; never fails the build.
 sandbox-tools:
 	@command -v bwrap >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && (apt-get update -qq && apt-get install -y -qq bubblewrap) >/dev/null 2>&1; } || echo "note: bubblewrap not installed; sandbox tests will be skipped"
+	@command -v slirp4netns >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && (apt-get update -qq && apt-get install -y -qq slirp4netns) >/dev/null 2>&1; } || echo "note: slirp4netns not installed; groups with network: true will not start"
 
 ## make test: set up and run the whole suite
 test: $(STAMP) sandbox-tools

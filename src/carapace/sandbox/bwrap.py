@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import os
@@ -64,6 +65,7 @@ from carapace.host.pool import (
     RunnerSpec,
     SubprocessBackend,
 )
+from carapace.sandbox import netns
 from carapace.sandbox.mounts import Mount
 
 logger = logging.getLogger(__name__)
@@ -104,6 +106,7 @@ class SandboxSpec:
     mounts: Sequence[Mount] = ()
     bwrap: str = "bwrap"
     proxy_socket: Path | None = None  # host path; bound at SANDBOX_PROXY_SOCKET
+    info_fd: int | None = None  # network: bwrap reports the sandbox pid here (netns.py)
 
 
 def _inside(path: Path, roots: Sequence[Path]) -> bool:
@@ -131,7 +134,10 @@ def _system_args(network: bool) -> list[str]:
         elif os.path.isdir(d):
             args += ["--ro-bind", d, d]
     for p in SYSTEM_ETC + (NETWORK_ETC if network else ()):
-        args += ["--ro-bind-try", p, p]
+        if p == "/etc/resolv.conf":
+            args += ["--ro-bind", str(netns.resolv_conf()), p]
+        else:
+            args += ["--ro-bind-try", p, p]
     return args
 
 
@@ -142,9 +148,9 @@ def bwrap_argv(spec: SandboxSpec) -> list[str]:
     session = Path(os.path.abspath(spec.session_dir))
     prepare_session_dir(session)
     agent = Path(os.path.abspath(spec.agent_dir))
-    argv = [spec.bwrap, "--unshare-all"]
-    if spec.network:
-        argv.append("--share-net")
+    argv = [spec.bwrap, "--unshare-all"]  # network: own namespace + slirp4netns (netns.py)
+    if spec.info_fd is not None:
+        argv += ["--info-fd", str(spec.info_fd)]
     argv += ["--die-with-parent", "--new-session", "--cap-drop", "ALL"]
     argv += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
     argv += _system_args(spec.network)
@@ -272,7 +278,22 @@ def _descendants(pid: int) -> list[int]:
 
 
 class BwrapHandle(ProcHandle):
-    """The pool's handle on one sandbox (``pid`` is bwrap's own, in the host namespace)."""
+    """The pool's handle on one sandbox (``pid`` is bwrap's own, in the host namespace);
+    ``helpers`` (slirp4netns) are stopped when the sandbox ends."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        super().__init__(proc)
+        self.helpers: list[asyncio.subprocess.Process] = []
+
+    async def wait(self) -> int:
+        try:
+            return await self.proc.wait()
+        finally:
+            for helper in self.helpers:
+                if helper.returncode is None:
+                    with contextlib.suppress(ProcessLookupError):
+                        helper.kill()
+                    await helper.wait()
 
     def signal(self, sig: int) -> None:
         if self.proc.returncode is not None:
@@ -348,7 +369,13 @@ class BwrapBackend:
         )
 
     async def start(self, spec: RunnerSpec) -> RunnerHandle:
-        argv = bwrap_argv(self.sandbox_spec(spec))
+        sb = self.sandbox_spec(spec)
+        info_r = info_w = None
+        if sb.network:
+            netns.require_slirp()
+            info_r, info_w = os.pipe()
+            sb = dataclasses.replace(sb, info_fd=info_w)
+        argv = bwrap_argv(sb)
         log = open(spec.session_dir / LOG_FILE, "ab")  # noqa: SIM115 - handed to the child
         try:
             proc = await asyncio.create_subprocess_exec(
@@ -359,11 +386,21 @@ class BwrapBackend:
                 env={"PATH": os.environ.get("PATH", DEFAULT_PATH)},
                 cwd=str(spec.agent_dir),
                 start_new_session=True,
+                pass_fds=(info_w,) if info_w is not None else (),
             )
         finally:
             log.close()
+            if info_w is not None:
+                os.close(info_w)
+        handle = BwrapHandle(proc)
+        if info_r is not None:
+            try:
+                handle.helpers.append(await netns.attach_slirp(info_r))
+            except Exception:
+                handle.signal(signal.SIGKILL)
+                raise
         logger.debug("session %s: sandboxed runner pid %d", spec.session_id, proc.pid)
-        return BwrapHandle(proc)
+        return handle
 
 
 if TYPE_CHECKING:  # BwrapBackend satisfies the pool's seam
