@@ -126,3 +126,17 @@ def test_price_table_override_and_bad_values() -> None:
         PriceTable.from_settings({"prices": {"m": {"input": "x", "output": 1}}})
     assert PriceTable().cost("openai", "unknown-model", 1, 1) is None
     _ = open_central  # the store writes into the migrated central DB (carapace-usage)
+
+
+def test_proxy_bench_runs_and_writes_its_section(tmp_path: Path) -> None:
+    from carapace.proxy.bench import run_proxy_bench, write_docs
+
+    result = run_proxy_bench(n=5, clients=2)
+    assert result.n == 5 and result.throughput_per_s > 0 and result.first_byte_max_ms >= 0
+    doc = tmp_path / "benchmarks.md"
+    doc.write_text("# Benchmarks\n\n## Round trip\n\nx\n\n## Machine\n\n| a | b |\n")
+    write_docs(result, doc)
+    write_docs(result, doc)  # replaced, not appended twice
+    text = doc.read_text()
+    assert text.count("## Egress proxy") == 1
+    assert text.index("## Round trip") < text.index("## Egress proxy") < text.index("## Machine")

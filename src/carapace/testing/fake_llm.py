@@ -538,6 +538,7 @@ _ROUTES: dict[str, Flavour] = {
 def _make_handler(server: FakeLLMServer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive, chunked streams
+        wbufsize = 1 << 16  # head and body in one write (no Nagle/delayed-ACK stall)
 
         def do_POST(self) -> None:
             path = self.path.split("?", 1)[0]
