@@ -43,8 +43,13 @@ def test_anthropic_tool_turn_key_added_and_usage_recorded(
     rig: ProxyRig, server: FakeLLMServer
 ) -> None:
     server.add(
-        FakeReply(tool_calls=(FakeToolCall("echo", {"x": 1}),), input_tokens=123,
-                  output_tokens=45, cache_read_tokens=7, cache_write_tokens=3),  # fmt: skip
+        FakeReply(
+            tool_calls=(FakeToolCall("echo", {"x": 1}),),
+            input_tokens=123,
+            output_tokens=45,
+            cache_read_tokens=7,
+            cache_write_tokens=3,
+        ),
         FakeReply(text="done", input_tokens=200, output_tokens=9),
     )
     client = rig.anthropic()
@@ -63,9 +68,7 @@ def test_anthropic_tool_turn_key_added_and_usage_recorded(
     assert [_usage(r) for r in rows] == [(123, 45, 7, 3), (200, 9, 0, 0)]
     assert {(r["agent_group_id"], r["session_id"], r["provider"], r["model"], r["status"])
             for r in rows} == {(GROUP, "sess-1", "anthropic", "claude-sonnet-4-6", 200)}  # fmt: skip
-    assert rows[0]["cost_usd"] == pytest.approx(
-        (123 * 3.0 + 45 * 15.0 + 7 * 0.3 + 3 * 3.75) / 1e6
-    )
+    assert rows[0]["cost_usd"] == pytest.approx((123 * 3.0 + 45 * 15.0 + 7 * 0.3 + 3 * 3.75) / 1e6)
 
 
 def test_anthropic_stream_usage_and_text(rig: ProxyRig, server: FakeLLMServer) -> None:
@@ -84,8 +87,12 @@ def test_anthropic_stream_usage_and_text(rig: ProxyRig, server: FakeLLMServer) -
 
 def test_openai_tool_turn_and_stream(rig: ProxyRig, server: FakeLLMServer) -> None:
     server.add(
-        FakeReply(tool_calls=(FakeToolCall("echo", {"y": 2}),), input_tokens=50,
-                  output_tokens=6, cache_read_tokens=20),  # fmt: skip
+        FakeReply(
+            tool_calls=(FakeToolCall("echo", {"y": 2}),),
+            input_tokens=50,
+            output_tokens=6,
+            cache_read_tokens=20,
+        ),
         FakeReply(text="openai streamed", input_tokens=70, output_tokens=8),
     )
     client = rig.openai()
@@ -107,7 +114,7 @@ def test_openai_tool_turn_and_stream(rig: ProxyRig, server: FakeLLMServer) -> No
 
 def test_client_key_never_forwarded(rig: ProxyRig, server: FakeLLMServer) -> None:
     server.add(FakeReply(text="ok"))
-    transport = rig.anthropic()._client._transport  # noqa: SLF001 - reuse the uds transport
+    transport = rig.anthropic()._client._transport
     client = anthropic.Anthropic(api_key="sk-ant-agent-supplied", max_retries=0,
                                  base_url="http://carapace-proxy/anthropic",
                                  http_client=anthropic.DefaultHttpxClient(transport=transport))  # fmt: skip

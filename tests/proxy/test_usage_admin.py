@@ -72,7 +72,9 @@ def test_usage_report_by_period_group_model_json_and_csv(tmp_path: Path) -> None
 def test_budgets_admin_set_reset_list(tmp_path: Path) -> None:
     home = Home(tmp_path / "home")
     init_home(home)
-    assert _admin(home, "budgets", "set", "--scope", "main", "--daily-tokens", "500").returncode == 0
+    assert (
+        _admin(home, "budgets", "set", "--scope", "main", "--daily-tokens", "500").returncode == 0
+    )
     assert _admin(home, "budgets", "set", "--scope", "*", "--monthly-usd", "2.5").returncode == 0
     res = _admin(home, "budgets", "list", "--json")
     data = {b["scope"]: b for b in json.loads(res.stdout)}

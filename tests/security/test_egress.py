@@ -49,7 +49,9 @@ class Recorder:
     async def stop(self) -> None:
         return None
 
-    async def deliver(self, platform_id: str, thread_id: str | None, message: OutboundMessage) -> str | None:
+    async def deliver(
+        self, platform_id: str, thread_id: str | None, message: OutboundMessage
+    ) -> str | None:
         self.got.put_nowait(message)
         return message.message_out_id
 
@@ -161,10 +163,12 @@ def test_no_key_and_no_way_out_from_the_default_sandbox(
     )
     with FakeLLMServer() as srv:
         srv.add(
-            FakeReply(tool_calls=(
-                FakeToolCall("bash", {"command": hunt}),
-                FakeToolCall("bash", {"command": f"{sys.executable} probe.py"}),
-            )),  # fmt: skip
+            FakeReply(
+                tool_calls=(
+                    FakeToolCall("bash", {"command": hunt}),
+                    FakeToolCall("bash", {"command": f"{sys.executable} probe.py"}),
+                )
+            ),
             FakeReply(text="nothing found"),
         )
         host, channel = _host(tmp_path, srv, monkeypatch)

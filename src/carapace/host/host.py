@@ -41,7 +41,6 @@ from carapace.host.pool import (
 )
 from carapace.host.router import Router, RouteResult
 from carapace.host.sessions import SessionManager
-from carapace.proxy.hostside import HostProxy, budget_warning
 from carapace.host.sweep import (
     SLA_CHECK_S,
     Claim,
@@ -55,6 +54,7 @@ from carapace.host.sweep import (
     reset_claims,
     scan_session,
 )
+from carapace.proxy.hostside import HostProxy, budget_warning
 from carapace.timefmt import Clock, SystemClock
 
 logger = logging.getLogger(__name__)

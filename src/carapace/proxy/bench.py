@@ -158,7 +158,7 @@ def _first_byte(sock_path: str, upstream: _SlowStream) -> float:
     conn = _UnixConnection(sock_path)
     conn.request("POST", "/anthropic/v1/messages", BODY, {"Content-Type": "application/json"})
     resp = conn.getresponse()
-    resp.read1(1)  # type: ignore[attr-defined]
+    resp.read1(1)
     got = time.perf_counter()
     resp.read()
     conn.close()

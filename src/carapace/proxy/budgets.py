@@ -71,9 +71,7 @@ def list_budgets(db: sqlite3.Connection) -> list[Budget]:
     return [b for b in (_row(r) for r in rows) if b is not None]
 
 
-def set_budget(
-    db: sqlite3.Connection, scope: str, values: dict[str, Any], now: datetime
-) -> Budget:
+def set_budget(db: sqlite3.Connection, scope: str, values: dict[str, Any], now: datetime) -> Budget:
     """Set the given limit fields (a value of ``None`` or a negative number clears one)."""
     unknown = set(values) - {*LIMIT_FIELDS, "warn_share"}
     if unknown:

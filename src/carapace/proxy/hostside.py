@@ -12,7 +12,6 @@ import logging
 import sqlite3
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 from carapace.config import Home, Settings
@@ -26,9 +25,7 @@ from carapace.proxy.usage import UsageStore
 logger = logging.getLogger(__name__)
 
 
-def session_route(
-    db: sqlite3.Connection, keys: KeyStore, spec: RunnerSpec
-) -> SessionRoute:
+def session_route(db: sqlite3.Connection, keys: KeyStore, spec: RunnerSpec) -> SessionRoute:
     """What the session's socket serves, from the host's DB (never from agent files)."""
     group = get_agent_group(db, spec.agent_group_id)
     cfg = get_container_config(db, spec.agent_group_id)
@@ -125,5 +122,3 @@ class HostProxy:
 
     def close(self) -> None:
         self.usage.close()
-
-

@@ -136,7 +136,9 @@ async def iter_body(
         yield data
 
 
-async def read_body(reader: asyncio.StreamReader, head: Head, limit: int = MAX_REQUEST_BODY) -> bytes:
+async def read_body(
+    reader: asyncio.StreamReader, head: Head, limit: int = MAX_REQUEST_BODY
+) -> bytes:
     parts: list[bytes] = []
     size = 0
     async for data in iter_body(reader, head):

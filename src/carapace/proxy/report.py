@@ -21,9 +21,7 @@ def parse_by(raw: str | None) -> list[str]:
     dims = [d.strip() for d in (raw or "day,group").split(",") if d.strip()]
     bad = [d for d in dims if d not in DIMENSIONS]
     if bad or not dims:
-        raise ValidationError(
-            f"--by takes a comma list of {', '.join(DIMENSIONS)} (got {raw!r})"
-        )
+        raise ValidationError(f"--by takes a comma list of {', '.join(DIMENSIONS)} (got {raw!r})")
     if sum(d in PERIODS for d in dims) > 1:
         raise ValidationError("--by takes at most one of day, week, month")
     return dims

@@ -53,7 +53,10 @@ from carapace.timefmt import iso, utcnow
 logger = logging.getLogger(__name__)
 
 PROVIDERS = ("anthropic", "openai")
-DEFAULT_UPSTREAMS = {"anthropic": "https://api.anthropic.com", "openai": "https://api.openai.com/v1"}
+DEFAULT_UPSTREAMS = {
+    "anthropic": "https://api.anthropic.com",
+    "openai": "https://api.openai.com/v1",
+}
 CLIENT_BASE = "http://carapace-proxy"
 SANDBOX_SOCKET = "/run/carapace/proxy.sock"
 WEB_FETCH_PATH = "/_carapace/web_fetch"
@@ -436,8 +439,11 @@ class EgressProxy:
         )  # fmt: skip
 
     # -- web fetch ------------------------------------------------------------------------
-    async def _web_fetch(self, route: SessionRoute, body: bytes, writer: asyncio.StreamWriter) -> None:
+    async def _web_fetch(
+        self, route: SessionRoute, body: bytes, writer: asyncio.StreamWriter
+    ) -> None:
         from carapace.runner import webfetch
+        from carapace.runner.providers.base import ToolResult
 
         try:
             doc = json.loads(body)
@@ -449,9 +455,7 @@ class EgressProxy:
             await _send(writer, 400, "application/json", b'{"error":"bad web_fetch request"}')
             return
         if not route.web:
-            result = webfetch.ToolResult(
-                "Web access is disabled for this agent group.", is_error=True
-            )
+            result = ToolResult("Web access is disabled for this agent group.", is_error=True)
         else:
             result = await asyncio.to_thread(
                 webfetch.fetch, url, max_chars=max_chars, max_bytes=max_bytes,

@@ -22,16 +22,16 @@ from __future__ import annotations
 import codecs
 import functools
 import http.client
-import json
 import ipaddress
+import json
 import re
 import socket
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from html.parser import HTMLParser
 from collections.abc import Callable
+from html.parser import HTMLParser
 from typing import IO, Any
 
 from carapace.runner.providers.base import ToolResult
@@ -143,7 +143,7 @@ def _pinned_handlers(
 
     class HTTP(urllib.request.HTTPHandler):
         def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
-            return self.do_open(http_cls, req)
+            return self.do_open(http_cls, req)  # type: ignore[arg-type]
 
     class HTTPS(urllib.request.HTTPSHandler):
         def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:

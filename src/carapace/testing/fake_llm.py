@@ -447,10 +447,13 @@ def _anthropic_events(reply: dict[str, Any]) -> list[str]:
              "usage": {**usage, "output_tokens": 1}}  # fmt: skip
     events = [_sse("message_start", {"type": "message_start", "message": start})]
     for index, block in enumerate(reply["content"]):
+        first: dict[str, Any]
         if block["type"] == "text":
             first = {"type": "text", "text": ""}
             text = block["text"]
-            deltas = [{"type": "text_delta", "text": text[i : i + 8]} for i in range(0, len(text), 8)]
+            deltas = [
+                {"type": "text_delta", "text": text[i : i + 8]} for i in range(0, len(text), 8)
+            ]
         else:
             first = {**block, "input": {}}
             raw = json.dumps(block["input"])

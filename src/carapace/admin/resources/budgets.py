@@ -79,11 +79,20 @@ RESOURCE = Resource(
     "at 100% the host refuses further model calls and the user is told.",
     verbs=(
         Verb("list", _list, "List the budgets.", kind="list"),
-        Verb("set", _set, "Set or raise limits (unset fields fall back to scope *).",
-             access="approval", options=(SCOPE, *_LIMITS)),  # fmt: skip
-        Verb("reset", _reset, "Start counting afresh from now (earlier calls stop counting).",
-             access="approval", options=(SCOPE,)),  # fmt: skip
-        Verb("delete", _delete, "Remove a scope's budget.", access="approval",
-             options=(SCOPE,)),  # fmt: skip
+        Verb(
+            "set",
+            _set,
+            "Set or raise limits (unset fields fall back to scope *).",
+            access="approval",
+            options=(SCOPE, *_LIMITS),
+        ),
+        Verb(
+            "reset",
+            _reset,
+            "Start counting afresh from now (earlier calls stop counting).",
+            access="approval",
+            options=(SCOPE,),
+        ),
+        Verb("delete", _delete, "Remove a scope's budget.", access="approval", options=(SCOPE,)),
     ),
 )
