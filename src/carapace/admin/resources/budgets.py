@@ -8,7 +8,7 @@ from typing import Any
 
 from carapace.admin.context import AdminContext
 from carapace.admin.registry import Opt, Resource, Verb
-from carapace.admin.resources.common import group_id
+from carapace.admin.resources.common import DEFAULT_LIMIT, LIMIT, group_id
 from carapace.errors import NotFoundError, ValidationError
 from carapace.proxy import budgets
 
@@ -61,7 +61,8 @@ def _delete(ctx: AdminContext, args: dict[str, Any]) -> Any:
 
 
 def _list(ctx: AdminContext, args: dict[str, Any]) -> Any:
-    return [dataclasses.asdict(b) for b in budgets.list_budgets(ctx.db)]
+    found = [dataclasses.asdict(b) for b in budgets.list_budgets(ctx.db)]
+    return found[: args.get("limit") or DEFAULT_LIMIT]
 
 
 _LIMITS = (
@@ -78,7 +79,7 @@ RESOURCE = Resource(
     help="Limits on model usage per agent group (scope * is the default for all groups); "
     "at 100% the host refuses further model calls and the user is told.",
     verbs=(
-        Verb("list", _list, "List the budgets.", kind="list"),
+        Verb("list", _list, "List the budgets.", options=(LIMIT,), kind="list"),
         Verb(
             "set",
             _set,

@@ -26,7 +26,8 @@ def _filters(ctx: AdminContext, args: dict[str, Any]) -> dict[str, Any]:
 
 def _report(ctx: AdminContext, args: dict[str, Any]) -> Any:
     prices = PriceTable.from_settings(ctx.settings.extra)
-    return report.report(ctx.db, prices, by=args.get("by"), **_filters(ctx, args))
+    found = report.report(ctx.db, prices, by=args.get("by"), **_filters(ctx, args))
+    return found[: args["limit"]] if args.get("limit") else found
 
 
 def _export(ctx: AdminContext, args: dict[str, Any]) -> Any:
@@ -46,6 +47,7 @@ RESOURCE = Resource(
             options=(
                 Opt("by", "Comma list of day|week|month|group|model (default day,group)."),
                 *_FILTERS,
+                Opt("limit", "At most this many rows (default: all).", type="int", minimum=1),
             ),
             kind="list",
         ),
