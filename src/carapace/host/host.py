@@ -30,6 +30,7 @@ from carapace.db.destinations import add_projection_hook, remove_projection_hook
 from carapace.db.projection import project_group
 from carapace.db.sessions import set_container_status
 from carapace.errors import ConfigError
+from carapace.host import work_index
 from carapace.host.actions import SystemActions
 from carapace.host.delivery import Delivery
 from carapace.host.pool import (
@@ -122,8 +123,9 @@ class Host:
             raise
         self.backend_note: str = getattr(self.backend, "note", f"{self.backend.name} (given)")
         self.pool = RunnerPool(
-            self.proxy.wrap(self.backend) if self.proxy else self.backend, max_runners=self.settings.max_runners, prepare=self._prepare,
-            on_exit=self._on_exit, now=self.now,
+            self.proxy.wrap(self.backend) if self.proxy else self.backend,
+            max_runners=self.settings.max_runners, prepare=self._prepare,
+            on_exit=self._on_exit, now=self.now, idle_since=self._idle_since,
         )  # fmt: skip
         self.actions = SystemActions(
             self.sessions, self.wake, admin=self._admin_call, timezone=self.settings.timezone
@@ -213,6 +215,7 @@ class Host:
         self.db.execute(
             "UPDATE sessions SET container_status='stopped' WHERE container_status != 'stopped'"
         )
+        await self.rebuild_work_index()
         add_projection_hook(self._hook)
         callbacks = ChannelCallbacks(on_inbound=self._on_inbound, on_ready=self._on_channel_ready)
         for adapter in self.adapters.values():
@@ -232,6 +235,19 @@ class Host:
                 self._admin_server = AdminServer(self)
                 await self._admin_server.start()
         logger.info("host started for %s; runner backend: %s", self.home.root, self.backend_note)
+
+    async def rebuild_work_index(self) -> int:
+        """Index every session whose files hold work (``host/work_index.py``): what NanoClaw
+        or an older carapace left behind runs without waiting for a new message. The file
+        reads run in a worker thread."""
+        refs = work_index.active_sessions(self.db)
+        found = await asyncio.to_thread(
+            work_index.scan_sessions, self.home.data_dir, refs, self.now()
+        )
+        n = work_index.apply(self.db, found)
+        if n:
+            logger.info("work index: %d of %d session(s) have pending work", n, len(refs))
+        return n
 
     async def stop(self) -> None:
         if not self._started:
@@ -316,6 +332,23 @@ class Host:
         if session is not None:
             await asyncio.sleep(0)
             scan_session(self.sessions.paths(session), self.now())  # ack sync at once
+            if self.pool.queued():
+                self.pool.make_room()  # this runner may just have become idle
+
+    def _idle_since(self, session_id: str) -> datetime | None:
+        """For the pool: None while the session has due or claimed work, else since when its
+        runner has been idle (its last heartbeat, or its start; the host's clock bounds it)."""
+        session = self.sessions.get(session_id)
+        if session is None:
+            return self.now()
+        paths = self.sessions.paths(session)
+        scan = scan_session(paths, self.now())
+        if scan.due_now or scan.claims:
+            return None
+        started = self.pool.started_at(session_id) or self.now()
+        hb = heartbeat_at(paths)
+        last = max(started, hb) if hb is not None else started
+        return min(last, self.now())
 
     # ---------------------------------------------------------------- runners
     def _prepare(self, session_id: str) -> RunnerSpec | None:

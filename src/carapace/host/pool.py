@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import functools
 import logging
 import os
 import signal
@@ -172,8 +173,13 @@ class RunnerPool:
         on_started: Callable[[str], None] = lambda sid: None,
         now: Callable[[], datetime],
         grace_s: float = 1.0,
+        idle_since: Callable[[str], datetime | None] = lambda sid: None,
     ) -> None:
         self.backend = backend
+        # ``idle_since(sid)``: when the session's runner last had work, or None while it has
+        # some. With the cap reached and work queued, the longest-idle runner yields its slot.
+        self.idle_since = idle_since
+        self._yielding: set[str] = set()
         self.max_runners = max(1, max_runners)
         self.prepare = prepare
         self.on_exit = on_exit
@@ -203,6 +209,7 @@ class RunnerPool:
         if len(self.running) + len(self._spawning) >= self.max_runners:
             logger.info("runner cap %d reached; session %s queued", self.max_runners, session_id)
             self._queue.append(session_id)
+            self.make_room()
             return
         self._spawning[session_id] = asyncio.get_running_loop().create_task(
             self._spawn(session_id), name=f"spawn-{session_id}"
@@ -259,6 +266,37 @@ class RunnerPool:
         except Exception:
             logger.exception("exit handling failed for session %s", session_id)
         self._next_from_queue()
+
+    def make_room(self) -> int:
+        """With work queued and the cap reached, stop idle runners (longest idle first), one
+        per queued session not already covered by a runner on its way out. Returns how many
+        were asked to stop. Call it when work is queued and when a runner may have become
+        idle; an idle runner never holds a slot that queued work is waiting for."""
+        want = len(self._queue) - len(self._yielding)
+        if want <= 0 or self._closed:
+            return 0
+        idle: list[tuple[datetime, str]] = []
+        for sid, run in self.running.items():
+            if sid in self._yielding or run.stop_reason is not None:
+                continue
+            try:
+                since = self.idle_since(sid)
+            except Exception:
+                logger.exception("idle check of session %s failed", sid)
+                continue
+            if since is not None:
+                idle.append((since, sid))
+        idle.sort()
+        loop = asyncio.get_running_loop()
+        for _, sid in idle[:want]:
+            logger.info("session %s: idle runner yields its slot to queued work", sid)
+            self._yielding.add(sid)
+            task = loop.create_task(self.stop(sid, "yield"), name=f"yield-{sid}")
+            task.add_done_callback(functools.partial(self._yielded, sid))
+        return min(want, len(idle))
+
+    def _yielded(self, session_id: str, _task: asyncio.Task[bool]) -> None:
+        self._yielding.discard(session_id)
 
     def _next_from_queue(self) -> None:
         while self._queue and not self._closed:

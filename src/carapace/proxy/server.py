@@ -79,7 +79,11 @@ class SessionRoute:
 
 def upstreams_for(provider: str | None, base_url: str | None, keys: KeyStore) -> dict[str, str]:
     """Each provider's upstream for a group: its own ``base_url`` for its own provider."""
+    from carapace.runner.config import PROVIDER_ALIASES
+
     out = {p: keys.base_url(p) or DEFAULT_UPSTREAMS[p] for p in PROVIDERS}
+    provider = (provider or "").lower()
+    provider = PROVIDER_ALIASES.get(provider, provider)  # NanoClaw's "claude"
     if provider in out and base_url:
         out[provider] = base_url
     return {p: url.rstrip("/") for p, url in out.items()}

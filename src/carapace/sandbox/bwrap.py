@@ -10,7 +10,8 @@ What the sandboxed runner sees (everything else of the host is absent)::
       outbound.db outbound.db-journal .heartbeat outbox/      rw on top (the runner's files)
       inbound.db inbound.db-journal   ro (also bound explicitly): host commits seen live
     <agent dir>                       rw, same path; cwd and $HOME
-    <agent dir>/{container.json,CLAUDE.md,.claude-fragments}   ro on top, when present
+    <agent dir>/{container.json,CLAUDE.md,.claude-fragments}   ro on top, when present, bound
+                                      from descriptors opened without following links
     <home>/groups/global              ro, when present
     /workspace/extra/<name>           validated additional mounts (see ``mounts.py``)
 
@@ -45,6 +46,7 @@ import logging
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -53,8 +55,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import carapace
+from carapace import safefs
 from carapace.db.session import SessionPaths, ensure_journals
-from carapace.errors import ConfigError
+from carapace.errors import ConfigError, ValidationError
 from carapace.host.pool import (
     LOG_FILE,
     PROXY_SOCKET_ENV,
@@ -66,7 +69,7 @@ from carapace.host.pool import (
     SubprocessBackend,
 )
 from carapace.sandbox import netns
-from carapace.sandbox.mounts import Mount
+from carapace.sandbox.mounts import EXTRA_ROOT, Mount, check_not_forbidden
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +110,23 @@ class SandboxSpec:
     bwrap: str = "bwrap"
     proxy_socket: Path | None = None  # host path; bound at SANDBOX_PROXY_SOCKET
     info_fd: int | None = None  # network: bwrap reports the sandbox pid here (netns.py)
+    home: Path | None = None  # the carapace home: never mountable (``recheck_mount``)
+
+
+def recheck_mount(mount: Mount, home: Path | None) -> None:
+    """The builder's own check of a mount it is handed (``validate_mounts`` made it):
+    a real absolute host path (no link), nothing forbidden, a target under
+    ``/workspace/extra``. ``ConfigError`` otherwise: the sandbox is not started."""
+    host = str(mount.host_path)
+    try:
+        if not os.path.isabs(host) or os.path.realpath(host) != os.path.normpath(host):
+            raise ValidationError(f"mount host path is not a real absolute path: {host!r}")
+        check_not_forbidden(Path(host), home)
+        target = mount.sandbox_path
+        if ".." in target.parts or not target.is_relative_to(EXTRA_ROOT) or target == EXTRA_ROOT:
+            raise ValidationError(f"mount target outside {EXTRA_ROOT}: {target}")
+    except ValidationError as exc:
+        raise ConfigError(f"refusing to start the sandbox: {exc}") from None
 
 
 def _inside(path: Path, roots: Sequence[Path]) -> bool:
@@ -141,10 +161,55 @@ def _system_args(network: bool) -> list[str]:
     return args
 
 
-def bwrap_argv(spec: SandboxSpec) -> list[str]:
+def open_agent_binds(agent_dir: Path) -> list[tuple[int, str]]:
+    """``(fd, name)`` for each host-owned entry of the agent folder that the sandbox sees
+    read-only (``AGENT_READ_ONLY``), opened with ``O_NOFOLLOW`` and confined (``safefs``).
+
+    A missing entry is skipped; a link or anything but a regular file (a folder for
+    ``.claude-fragments``) is refused with a warning and not bound: the agent planted it.
+    The caller passes the descriptors to bwrap and closes them after the spawn."""
+    out: list[tuple[int, str]] = []
+    try:
+        root = safefs.open_root(agent_dir)
+    except safefs.UnsafePathError as exc:
+        raise ConfigError(f"agent folder refused: {exc}") from None
+    try:
+        for name in AGENT_READ_ONLY:
+            want_dir = name == ".claude-fragments"
+            flags = os.O_RDONLY | (os.O_DIRECTORY if want_dir else os.O_NONBLOCK)
+            try:
+                fd = safefs.open_beneath(root, name, flags)
+            except FileNotFoundError:
+                continue
+            except (safefs.UnsafePathError, OSError) as exc:
+                logger.warning("%s/%s not bound into the sandbox: %s", agent_dir, name, exc)
+                continue
+            mode = os.fstat(fd).st_mode
+            if not (stat.S_ISDIR(mode) if want_dir else stat.S_ISREG(mode)):
+                os.close(fd)
+                logger.warning("%s/%s not bound into the sandbox: wrong file type", agent_dir,
+                               name)  # fmt: skip
+                continue
+            out.append((fd, name))
+    except BaseException:
+        close_fds(out)
+        raise
+    finally:
+        os.close(root)
+    return out
+
+
+def close_fds(fds: Sequence[tuple[int, str]]) -> None:
+    for fd, _ in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+def bwrap_argv(spec: SandboxSpec, agent_fds: Sequence[tuple[int, str]] = ()) -> list[str]:
     """The full ``bwrap`` command line that runs ``spec.runner_argv`` in the sandbox.
 
-    Creates the session files it binds when missing (``prepare_session_dir``)."""
+    ``agent_fds`` (from ``open_agent_binds``) must be inherited by bwrap. Creates the
+    session files it binds when missing (``prepare_session_dir``)."""
     session = Path(os.path.abspath(spec.session_dir))
     prepare_session_dir(session)
     agent = Path(os.path.abspath(spec.agent_dir))
@@ -163,13 +228,15 @@ def bwrap_argv(spec: SandboxSpec) -> list[str]:
     for name in SESSION_READ_ONLY:
         argv += ["--ro-bind", str(session / name), str(session / name)]
     argv += ["--bind", str(agent), str(agent)]
-    for name in AGENT_READ_ONLY:
-        if (agent / name).exists():
-            argv += ["--ro-bind", str(agent / name), str(agent / name)]
+    for fd, name in agent_fds:
+        # Bound from a descriptor the host opened without following links: bwrap never
+        # resolves a path the agent could have planted (a link to the host's /tmp, /proc…).
+        argv += ["--ro-bind-fd", str(fd), str(agent / name)]
     if spec.global_dir is not None and spec.global_dir.is_dir():
         gdir = os.path.abspath(spec.global_dir)
         argv += ["--ro-bind", gdir, gdir]
     for mount in spec.mounts:
+        recheck_mount(mount, spec.home)
         argv += ["--ro-bind" if mount.read_only else "--bind", str(mount.host_path)]
         argv.append(str(mount.sandbox_path))
     if spec.proxy_socket is not None:  # the only way out: the host's egress proxy
@@ -366,6 +433,7 @@ class BwrapBackend:
             mounts=tuple(self.mounts_for(spec)) if self.mounts_for is not None else (),
             bwrap=self.bwrap,
             proxy_socket=spec.proxy_socket,
+            home=self.home,
         )
 
     async def start(self, spec: RunnerSpec) -> RunnerHandle:
@@ -375,21 +443,30 @@ class BwrapBackend:
             netns.require_slirp()
             info_r, info_w = os.pipe()
             sb = dataclasses.replace(sb, info_fd=info_w)
-        argv = bwrap_argv(sb)
-        log = open(spec.session_dir / LOG_FILE, "ab")  # noqa: SIM115 - handed to the child
+        agent_fds = open_agent_binds(Path(os.path.abspath(spec.agent_dir)))
+        log = None
         try:
+            argv = bwrap_argv(sb, agent_fds)
+            log = open(spec.session_dir / LOG_FILE, "ab")  # noqa: SIM115 - handed to the child
+            fds = [fd for fd, _ in agent_fds] + ([info_w] if info_w is not None else [])
             proc = await asyncio.create_subprocess_exec(
                 *argv,
+                pass_fds=fds,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.DEVNULL,
                 stderr=log,
                 env={"PATH": os.environ.get("PATH", DEFAULT_PATH)},
                 cwd=str(spec.agent_dir),
                 start_new_session=True,
-                pass_fds=(info_w,) if info_w is not None else (),
             )
+        except BaseException:
+            if info_r is not None:
+                os.close(info_r)
+            raise
         finally:
-            log.close()
+            if log is not None:
+                log.close()
+            close_fds(agent_fds)
             if info_w is not None:
                 os.close(info_w)
         handle = BwrapHandle(proc)

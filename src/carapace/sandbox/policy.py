@@ -73,7 +73,7 @@ def group_mounts(home: Path, cfg: ContainerConfig | None) -> list[Mount]:
     except ConfigError as exc:
         logger.warning("additional mounts of agent group %s refused: %s", cfg.agent_group_id, exc)
         return []
-    return validate_mounts(requests, roots, context=f"agent group {cfg.agent_group_id}")
+    return validate_mounts(requests, roots, context=f"agent group {cfg.agent_group_id}", home=home)
 
 
 class SandboxBackend:
