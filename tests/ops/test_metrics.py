@@ -62,13 +62,13 @@ def test_metrics_count_route_delivery_roundtrip_and_usage(live_host: LiveHost) -
         assert "carapace_runners_live" in first and "carapace_runners_queued" in first
         assert _value(first, "carapace_approvals_pending") == 0
         assert "carapace_event_loop_stall_max_seconds" in first
-        assert "carapace_model_calls_total" not in first  # no usage table: not exported
+        assert "carapace_model_calls_total" not in first  # no model call recorded: no sample
         conn = sqlite3.connect(live_host.home.central_db)
         conn.execute("CREATE TABLE IF NOT EXISTS carapace_usage (id INTEGER PRIMARY KEY, "
                      "at TEXT, agent_group_id TEXT, input_tokens INTEGER, "
                      "output_tokens INTEGER)")  # fmt: skip
         conn.executemany("INSERT INTO carapace_usage (at, agent_group_id, input_tokens, "
-                         "output_tokens) VALUES (?, ?, ?, ?)",
+                         "output_tokens, provider, status) VALUES (?, ?, ?, ?, 'openai', 200)",
                          [("x", "ag-1", 10, 5), ("y", "ag-1", 1, 2)])  # fmt: skip
         conn.commit()
         conn.close()

@@ -33,9 +33,9 @@ def test_status_one_screen_with_host_up(live_host: LiveHost) -> None:
                  "agent_group_id TEXT, input_tokens INTEGER, output_tokens INTEGER, "
                  "cost_usd REAL)")  # fmt: skip
     conn.execute("INSERT INTO carapace_usage (at, agent_group_id, input_tokens, output_tokens, "
-                 "cost_usd) VALUES (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), 'ag', 7, 3, 0.5)")  # fmt: skip
+                 "cost_usd, provider, status) VALUES (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), 'ag', 7, 3, 0.5, 'openai', 200)")  # fmt: skip
     conn.execute("INSERT INTO carapace_usage (at, agent_group_id, input_tokens, output_tokens, "
-                 "cost_usd) VALUES ('2000-01-01T00:00:00Z', 'ag', 100, 100, 9)")  # fmt: skip
+                 "cost_usd, provider, status) VALUES ('2000-01-01T00:00:00Z', 'ag', 100, 100, 9, 'openai', 200)")  # fmt: skip
     conn.commit()
     conn.close()
     r = CliRunner().invoke(main, ["status", "--home", str(home.root), "--json"])

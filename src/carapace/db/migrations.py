@@ -545,6 +545,43 @@ def _carapace_approvals(db: sqlite3.Connection) -> None:
     )
 
 
+def _carapace_usage(db: sqlite3.Connection) -> None:
+    """Model calls through the host's egress proxy, and per-group budgets (docs: README)."""
+    run_statements(
+        db,
+        """
+        CREATE TABLE carapace_usage (
+          id                 INTEGER PRIMARY KEY AUTOINCREMENT,
+          at                 TEXT NOT NULL,
+          agent_group_id     TEXT NOT NULL,
+          session_id         TEXT,
+          provider           TEXT NOT NULL,
+          model              TEXT,
+          input_tokens       INTEGER NOT NULL DEFAULT 0,
+          output_tokens      INTEGER NOT NULL DEFAULT 0,
+          cache_read_tokens  INTEGER NOT NULL DEFAULT 0,
+          cache_write_tokens INTEGER NOT NULL DEFAULT 0,
+          cost_usd           REAL,
+          latency_ms         REAL NOT NULL DEFAULT 0,
+          status             INTEGER NOT NULL,
+          streamed           INTEGER NOT NULL DEFAULT 0
+        );
+        CREATE INDEX idx_carapace_usage_group_at ON carapace_usage(agent_group_id, at);
+        CREATE INDEX idx_carapace_usage_at ON carapace_usage(at);
+        CREATE TABLE carapace_budgets (
+          scope          TEXT PRIMARY KEY,
+          daily_tokens   INTEGER,
+          monthly_tokens INTEGER,
+          daily_usd      REAL,
+          monthly_usd    REAL,
+          warn_share     REAL,
+          reset_at       TEXT,
+          updated_at     TEXT NOT NULL
+        );
+        """,
+    )
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial-v2-schema", _initial),
     Migration(2, "chat-sdk-state", _chat_sdk_state),
@@ -565,6 +602,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(1010, "carapace-task-runs", _carapace_task_runs),
     Migration(1011, "carapace-v1-imports", _carapace_v1_imports),
     Migration(1020, "carapace-approval-expiry", _carapace_approvals),
+    Migration(1030, "carapace-usage", _carapace_usage),
 )
 
 NANOCLAW_MIGRATION_NAMES = tuple(m.name for m in MIGRATIONS if not m.name.startswith("carapace-"))

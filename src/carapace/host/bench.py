@@ -153,6 +153,13 @@ def machine_facts() -> list[tuple[str, str]]:
 def write_docs(result: BenchResult, path: Path | None = None) -> Path:
     target = path or Path.cwd() / "docs" / "benchmarks.md"
     target.parent.mkdir(parents=True, exist_ok=True)
+    kept = ""  # other benchmarks' sections (e.g. ``carapace bench proxy``) stay
+    if target.exists():
+        old = target.read_text(encoding="utf-8")
+        if "## Egress proxy" in old:
+            start = old.index("## Egress proxy")
+            end = old.find("\n## ", start + 1)
+            kept = old[start : end + 1 if end >= 0 else len(old)]
     facts = "\n".join(f"| {k} | {v} |" for k, v in machine_facts())
     kept = _kept_sections(target, ("Round trip", "Where the time goes", "Machine"))
     target.write_text(

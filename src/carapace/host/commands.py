@@ -255,6 +255,22 @@ def bench() -> None:
     """Benchmarks."""
 
 
+@bench.command("proxy")
+@click.option("--n", "n", type=int, default=300, show_default=True, help="Calls each way.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object.")
+@click.option("--write-docs", is_flag=True, help="Update the section in docs/benchmarks.md.")
+@clean_errors
+def proxy_bench(n: int, as_json: bool, write_docs: bool) -> None:
+    """Egress proxy: added latency per call (p50/p99), throughput, streamed first byte."""
+    from carapace.proxy.bench import run_proxy_bench
+    from carapace.proxy.bench import write_docs as write
+
+    result = run_proxy_bench(n)
+    if write_docs:
+        click.echo(f"wrote {write(result)}", err=True)
+    click.echo(json.dumps(result.as_json()) if as_json else result.summary())
+
+
 @bench.command("roundtrip")
 @home_option
 @click.option("--n", "n", type=int, default=50, show_default=True, help="Warm round trips.")

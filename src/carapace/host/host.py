@@ -57,6 +57,7 @@ from carapace.host.sweep import (
     scan_session,
 )
 from carapace.limits import mechanism as limits_mechanism
+from carapace.proxy.hostside import HostProxy, budget_warning
 from carapace.timefmt import Clock, SystemClock
 
 logger = logging.getLogger(__name__)
@@ -87,6 +88,7 @@ class HostOptions:
     watch: bool = True
     cleanup_orphans: bool = True
     runner_env: dict[str, str] = field(default_factory=dict)
+    egress_proxy: bool = True  # runners reach models and the web only through the host
 
 
 class Host:
@@ -113,15 +115,19 @@ class Host:
             self.hooks.on_sweep_session = SeriesSweep(self.db)
         self.adapters: dict[str, ChannelAdapter] = {c.channel_type: c for c in channels}
         self.sessions = SessionManager(home, self.db)
+        self.proxy: HostProxy | None = None
         try:
             self.backend: RunnerBackend = backend or self._default_backend()
+            if self.options.egress_proxy:
+                self.proxy = HostProxy(home, self.db, self.settings, on_warning=self._warn)
         except ConfigError:
             self.db.close()
             raise
         self._host_seen = HostSeen()  # agent-written times on the host's clock (stuck check)
         self.backend_note: str = getattr(self.backend, "note", f"{self.backend.name} (given)")
         self.pool = RunnerPool(
-            self.backend, max_runners=self.settings.max_runners, prepare=self._prepare,
+            self.proxy.wrap(self.backend) if self.proxy else self.backend,
+            max_runners=self.settings.max_runners, prepare=self._prepare,
             on_exit=self._on_exit, now=self.now, idle_since=self._idle_since,
         )  # fmt: skip
         self.actions = SystemActions(
@@ -259,6 +265,8 @@ class Host:
             with contextlib.suppress(Exception):
                 await adapter.stop()
         await self.pool.stop_all("shutdown")  # also waits for spawns in flight
+        if self.proxy is not None:
+            await self.proxy.aclose()
         while self._tasks:  # drains, sweep timer, approvals pump; none can start now
             for task in list(self._tasks):
                 task.cancel()
@@ -275,7 +283,13 @@ class Host:
 
     def close(self) -> None:
         self._closed = True
+        if self.proxy is not None:
+            self.proxy.close()
         self.db.close()
+
+    async def _warn(self, agent_group_id: str, text: str) -> None:
+        """A budget warning to the group's owner/admins (carapace.proxy)."""
+        await budget_warning(self.db, self.adapters, agent_group_id, text, self.now())
 
     async def wait_stopped(self) -> None:
         await self._stopped.wait()
@@ -367,11 +381,15 @@ class Host:
         ).fetchone()
         provider = session.agent_provider or (cfg[0] if cfg and cfg[0] else None)
         provider = provider or self.settings.default_provider
+        if provider is None and self.proxy is not None:
+            provider = self.proxy.default_provider()
         return RunnerSpec(session.id, session.agent_group_id, paths.root, agent_dir, provider,
                           self.settings.runner_idle_exit_s, env)  # fmt: skip
 
     def _on_exit(self, session_id: str, exit: RunnerExit) -> None:
         self._host_seen.forget(session_id)
+        if self.proxy is not None:
+            self.proxy.egress.session_ended(session_id)
         if self._closed:  # claims are reset by the next start's sweep
             return
         session = self.sessions.get(session_id)

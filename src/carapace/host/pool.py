@@ -58,6 +58,13 @@ class RunnerSpec:
     idle_exit_s: float | None = None
     env: dict[str, str] = field(default_factory=dict)
     limits: Limits = field(default_factory=Limits)  # the agent group's (carapace.limits)
+    proxy_socket: Path | None = None  # the host's egress proxy for this session (host path)
+
+
+# Provider keys: only the host's egress proxy holds them (carapace.proxy); no runner gets
+# them in its environment, sandboxed or not.
+SECRET_ENV = ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "OPENAI_API_KEY")
+PROXY_SOCKET_ENV = "CARAPACE_PROXY_SOCKET"
 
 
 class RunnerHandle(Protocol):
@@ -174,7 +181,10 @@ class SubprocessBackend:
         return argv
 
     async def start(self, spec: RunnerSpec) -> RunnerHandle:
-        env = runner_env(spec, self.pass_env)
+        env = {k: v for k, v in runner_env(spec, self.pass_env).items() if k not in SECRET_ENV}
+        env.pop(PROXY_SOCKET_ENV, None)
+        if spec.proxy_socket is not None:
+            env[PROXY_SOCKET_ENV] = str(spec.proxy_socket)
         argv = self.argv(spec)
         if systemd_scope_usable():
             argv = [*scope_argv(spec.limits), *argv]

@@ -127,6 +127,7 @@ def _checks(home: Home, conn: sqlite3.Connection, rep: DoctorReport) -> None:
     _sessions(home, conn, rep)
     _chats(conn, rep)
     _roles(conn, rep)
+    _secrets(home, rep)
 
 
 def _ledger(conn: sqlite3.Connection, rep: DoctorReport) -> None:
@@ -249,9 +250,38 @@ def _group_sandbox(
                 validate_mount(MountRequest.from_json(raw), roots, home=home.root)
             except ValidationError as exc:
                 rep.add("warning", "mount-refused", subject, f"additional mount refused: {exc}")
+    _group_network(settings, subject, rep)
     if choice == "auto":
         return backend
     return "subprocess" if choice == "none" else choice
+
+
+def _secrets(home: Home, rep: DoctorReport) -> None:
+    """The provider-key file the host's egress proxy reads: owner-only or refused."""
+    from carapace.proxy.keys import SECRETS_FILE, read_secrets_file
+
+    try:
+        read_secrets_file(home.root / SECRETS_FILE)
+    except CarapaceError as exc:
+        rep.add("error", "secrets-file", str(home.root / SECRETS_FILE), str(exc))
+
+
+def _group_network(settings: dict[str, Any], subject: str, rep: DoctorReport) -> None:
+    """``network: true`` is reported: direct network through slirp4netns (never the host's
+    loopback), or no start at all when slirp4netns is missing."""
+    from carapace.sandbox import netns
+    from carapace.sandbox.policy import group_network
+
+    if not group_network(settings):
+        return
+    if netns.slirp_path() is None:
+        rep.add("error", "network-unavailable", subject,
+                "network: true but slirp4netns is not installed: the group's runners will "
+                "not start (apt install slirp4netns)")  # fmt: skip
+    else:
+        rep.add("info", "network-granted", subject,
+                "network: true: the sandbox has direct network through slirp4netns "
+                "(not the host's loopback); model calls still go through the host's proxy")  # fmt: skip
 
 
 def _sessions(home: Home, conn: sqlite3.Connection, rep: DoctorReport) -> None:

@@ -4,21 +4,33 @@ stdlib only (``urllib.request`` and ``html.parser``). The body is read up to a b
 within a wall-clock deadline; HTML becomes plain text (scripts and styles dropped,
 whitespace collapsed, links kept as ``[text](url)``), other text types are returned as
 they are and binary bodies are refused. Redirects are followed only to http(s) URLs.
-Loopback and private addresses are not blocked: that is a job for the sandbox's network
-policy, not for this module.
+
+Address policy where the connection is made: each connection (the first and every
+redirect's) resolves the host name once, checks every address it got (with
+``allow_private`` False, loopback, private, link-local and other non-public addresses are
+refused) and connects to a checked address; TLS still verifies the certificate against
+the host name (SNI and ``Host`` are the name). A name that resolves differently on a
+second lookup (DNS rebinding) cannot move the connection. Proxy variables are ignored.
+
+In a runner with the host's egress proxy (``CARAPACE_PROXY_SOCKET``), ``fetch_via_host``
+asks the host to fetch instead: the sandbox has no network of its own, and the host
+applies the group's ``web``/``web_private`` settings as it reads them from its DB.
 """
 
 from __future__ import annotations
 
 import codecs
+import functools
 import http.client
 import ipaddress
+import json
 import re
 import socket
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from html.parser import HTMLParser
 from typing import IO, Any
 
@@ -46,6 +58,101 @@ _TEXT_APPLICATION_TYPES = (
 )
 _CHUNK = 64 * 1024
 _ERROR_BODY_CHARS = 2_000
+
+
+Resolver = Callable[..., list[tuple[Any, ...]]]
+
+
+class AddressRefused(OSError):
+    """The host name resolved to an address the policy refuses."""
+
+
+def _non_public(address: str) -> bool:
+    addr = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    return not addr.is_global or addr.is_multicast
+
+
+def pinned_connector(
+    allow_private: bool,
+    resolve: Resolver = socket.getaddrinfo,
+    non_public: Callable[[str], bool] = _non_public,
+) -> Callable[..., socket.socket]:
+    """A ``socket.create_connection`` stand-in: one lookup, every address checked, then a
+    connection to a checked address (never a second lookup)."""
+
+    def connect(
+        address: tuple[str, int],
+        timeout: Any = socket._GLOBAL_DEFAULT_TIMEOUT,  # type: ignore[attr-defined]
+        source_address: Any = None,
+        **_: Any,
+    ) -> socket.socket:
+        host, port = address
+        infos = resolve(host, port, 0, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        if not infos:
+            raise OSError(f"{host} does not resolve")
+        if not allow_private:
+            for info in infos:
+                if non_public(str(info[4][0])):
+                    raise AddressRefused(
+                        f"{host} resolves to a local or private-network address "
+                        f"({info[4][0]}); web_fetch reaches only public addresses unless "
+                        "the group's settings set web_private: true"
+                    )
+        error: OSError | None = None
+        for family, kind, proto, _name, sockaddr in infos:
+            sock = socket.socket(family, kind, proto)
+            try:
+                if timeout is not socket._GLOBAL_DEFAULT_TIMEOUT:  # type: ignore[attr-defined]
+                    sock.settimeout(timeout)
+                if source_address:
+                    sock.bind(source_address)
+                sock.connect(sockaddr)
+                return sock
+            except OSError as exc:
+                error = exc
+                sock.close()
+        raise error or OSError(f"cannot connect to {host}")
+
+    return connect
+
+
+class _PinnedHTTP(http.client.HTTPConnection):
+    connector: Callable[..., socket.socket] = staticmethod(socket.create_connection)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._create_connection = type(self).connector
+
+
+class _PinnedHTTPS(http.client.HTTPSConnection):
+    connector: Callable[..., socket.socket] = staticmethod(socket.create_connection)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._create_connection = type(self).connector
+
+
+def _pinned_handlers(
+    allow_private: bool, resolve: Resolver, non_public: Callable[[str], bool]
+) -> list[urllib.request.BaseHandler]:
+    connector = staticmethod(pinned_connector(allow_private, resolve, non_public))
+    http_cls = type("PinnedHTTP", (_PinnedHTTP,), {"connector": connector})
+    https_cls = type("PinnedHTTPS", (_PinnedHTTPS,), {"connector": connector})
+
+    class HTTP(urllib.request.HTTPHandler):
+        def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+            return self.do_open(http_cls, req)  # type: ignore[arg-type]
+
+    class HTTPS(urllib.request.HTTPSHandler):
+        def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+            return self.do_open(
+                functools.partial(https_cls, context=self._context),  # type: ignore[attr-defined]
+                req,
+            )
+
+    return [urllib.request.ProxyHandler({}), HTTP(), HTTPS()]
 
 
 def private_address(host: str) -> str | None:
@@ -96,10 +203,6 @@ class _RefusingRedirects(urllib.request.HTTPRedirectHandler):
         scheme = urllib.parse.urlsplit(newurl).scheme.lower()
         if scheme not in ALLOWED_SCHEMES:
             raise urllib.error.URLError(f"redirect to a non-http(s) URL refused: {newurl}")
-        if not self.allow_private:
-            why = _private_refusal(newurl)
-            if why is not None:
-                raise urllib.error.URLError(f"redirect refused: {why}")
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
@@ -126,6 +229,8 @@ def fetch(
     max_bytes: int,
     timeout_s: float,
     allow_private: bool = True,
+    resolve: Resolver = socket.getaddrinfo,
+    non_public: Callable[[str], bool] = _non_public,
 ) -> ToolResult:
     """Fetch ``url`` and return its readable text; never raises for network trouble.
 
@@ -134,14 +239,14 @@ def fetch(
     the fetch to reach services on the host or its network.
     """
     problem = check_url(url)
-    if problem is None and not allow_private:
-        problem = _private_refusal(url)
     if problem is not None:
         return ToolResult(f"Cannot fetch {url!r}: {problem}.", is_error=True)
     # Non-ASCII paths would make http.client raise; percent-encode them, keep the rest.
     quoted = urllib.parse.quote(url, safe=":/?#[]@!$&'()*+,;=%~")
     request = urllib.request.Request(quoted, headers={"User-Agent": USER_AGENT, "Accept": "*/*"})
-    opener = urllib.request.build_opener(_RefusingRedirects(allow_private))
+    opener = urllib.request.build_opener(
+        *_pinned_handlers(allow_private, resolve, non_public), _RefusingRedirects(allow_private)
+    )
     deadline = time.monotonic() + timeout_s
     try:
         with opener.open(request, timeout=timeout_s) as response:
@@ -177,7 +282,11 @@ def fetch(
             max_bytes,
         )
         return ToolResult(f"HTTP error {exc.code} {exc.reason}.\n{rendered.content}", is_error=True)
+    except AddressRefused as exc:
+        return ToolResult(f"Cannot fetch {url!r}: {exc}.", is_error=True)
     except urllib.error.URLError as exc:
+        if isinstance(exc.reason, AddressRefused):
+            return ToolResult(f"Cannot fetch {url!r}: {exc.reason}.", is_error=True)
         if isinstance(exc.reason, TimeoutError):
             return ToolResult(f"Cannot fetch {url}: timed out after {timeout_s:g} s.", True)
         return ToolResult(f"Cannot fetch {url}: {exc.reason}.", is_error=True)
@@ -185,6 +294,40 @@ def fetch(
         return ToolResult(f"Cannot fetch {url}: timed out after {timeout_s:g} s.", is_error=True)
     except (OSError, http.client.HTTPException, ValueError, UnicodeError) as exc:
         return ToolResult(f"Cannot fetch {url}: {type(exc).__name__}: {exc}.", is_error=True)
+
+
+def fetch_via_host(
+    socket_path: str, url: str, *, max_chars: int, max_bytes: int, timeout_s: float
+) -> ToolResult:
+    """Ask the host's egress proxy to fetch ``url`` (the sandbox has no network)."""
+    conn = _UnixHTTPConnection(socket_path, timeout=timeout_s + 15)
+    body = json.dumps(
+        {"url": url, "max_chars": max_chars, "max_bytes": max_bytes, "timeout_s": timeout_s}
+    )
+    try:
+        conn.request("POST", "/_carapace/web_fetch", body, {"Content-Type": "application/json"})
+        response = conn.getresponse()
+        data = response.read()
+        doc = json.loads(data) if response.status == 200 else None
+    except (OSError, http.client.HTTPException, ValueError) as exc:
+        return ToolResult(f"Cannot fetch {url}: the host's fetch failed ({exc}).", True)
+    finally:
+        conn.close()
+    if not isinstance(doc, dict) or not isinstance(doc.get("content"), str):
+        return ToolResult(f"Cannot fetch {url}: the host refused the request.", True)
+    return ToolResult(doc["content"], is_error=bool(doc.get("is_error")))
+
+
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("carapace-proxy", timeout=timeout)
+        self.socket_path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        sock.connect(self.socket_path)
+        self.sock = sock
 
 
 def _read_capped(response: IO[bytes], max_bytes: int, deadline: float) -> tuple[bytes, bool]:

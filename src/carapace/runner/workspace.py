@@ -512,6 +512,12 @@ class Workspace:
     def _web_fetch(self, args: dict[str, Any]) -> ToolResult:
         limits = self.limits
         max_chars = min(int(args.get("max_chars", limits.web_chars)), limits.web_max_chars)
+        proxy = os.environ.get("CARAPACE_PROXY_SOCKET")
+        if proxy:  # no network here: the host fetches, with its own policy
+            return webfetch.fetch_via_host(
+                proxy, args["url"], max_chars=max_chars, max_bytes=limits.web_bytes,
+                timeout_s=limits.web_timeout_s,
+            )  # fmt: skip
         return webfetch.fetch(
             args["url"],
             max_chars=max_chars,

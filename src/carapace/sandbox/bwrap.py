@@ -24,7 +24,10 @@ the backend creates any missing one (and ``.heartbeat``, mtime 0 = "no beat yet"
 host side before each start. The runner gets ``CARAPACE_SANDBOX=bwrap``.
 
 Namespaces: all unshared (user, pid, ipc, uts, cgroup, mount, net); ``--share-net`` only
-when the network is on. All capabilities are dropped, the environment is cleared and only
+when the group is granted the network (``network: true``; default off: an empty network
+namespace with only its own loopback). Model calls and ``web_fetch`` go through the host's
+egress proxy, a unix socket bound at ``/run/carapace/proxy.sock`` (``CARAPACE_PROXY_SOCKET``).
+No provider key is ever in the sandbox's environment. All capabilities are dropped, the environment is cleared and only
 what the host passes is set; the sandbox dies with the host (``--die-with-parent``) and has
 its own session (``--new-session``: no terminal injection). The runner is the pid
 namespace's init (``--as-pid-1``): bwrap, whose command line and memory hold the runner's
@@ -41,6 +44,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import os
@@ -60,6 +64,8 @@ from carapace.db.session import SessionPaths, ensure_journals
 from carapace.errors import ConfigError, ValidationError
 from carapace.host.pool import (
     LOG_FILE,
+    PROXY_SOCKET_ENV,
+    SECRET_ENV,
     ProcHandle,
     RunnerBackend,
     RunnerHandle,
@@ -68,6 +74,7 @@ from carapace.host.pool import (
     child_setup,
 )
 from carapace.limits import Limits, runner_cgroup, scope_argv, systemd_scope_usable
+from carapace.sandbox import netns
 from carapace.sandbox.mounts import EXTRA_ROOT, Mount, check_not_forbidden
 
 logger = logging.getLogger(__name__)
@@ -84,14 +91,14 @@ NETWORK_ETC = ("/etc/resolv.conf", "/etc/hosts", "/etc/nsswitch.conf", "/etc/gai
 AGENT_READ_ONLY = ("container.json", "CLAUDE.md", ".claude-fragments")
 SESSION_WRITABLE = ("outbound.db", "outbound.db-journal", ".heartbeat", "outbox")
 SESSION_READ_ONLY = ("inbound.db", "inbound.db-journal")
-# Host environment variables the backend passes on by default: what providers need until the
-# host's credential proxy exists (DESIGN §5), plus time zone and proxy settings.
+# Host environment variables the backend passes on by default: time zone and the like. No
+# provider key: the host's egress proxy adds keys outside the sandbox (carapace.proxy).
 DEFAULT_PASS_ENV = (
-    "ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL", "ANTHROPIC_AUTH_TOKEN", "OPENAI_API_KEY",
-    "OPENAI_BASE_URL", "CARAPACE_TZ", "TZ", "HTTPS_PROXY", "HTTP_PROXY", "NO_PROXY",
+    "ANTHROPIC_BASE_URL", "OPENAI_BASE_URL", "CARAPACE_TZ", "TZ", "HTTPS_PROXY", "HTTP_PROXY", "NO_PROXY",
     "https_proxy", "http_proxy", "no_proxy", "SSL_CERT_FILE",
 )  # fmt: skip
 BACKENDS = ("bwrap", "subprocess")
+SANDBOX_PROXY_SOCKET = "/run/carapace/proxy.sock"
 
 
 @dataclass(frozen=True)
@@ -108,6 +115,8 @@ class SandboxSpec:
     mounts: Sequence[Mount] = ()
     bwrap: str = "bwrap"
     tmp_mb: int = Limits.tmp_mb  # size of the sandbox's /tmp (tmpfs)
+    proxy_socket: Path | None = None  # host path; bound at SANDBOX_PROXY_SOCKET
+    info_fd: int | None = None  # network: bwrap reports the sandbox pid here (netns.py)
     home: Path | None = None  # the carapace home: never mountable (``recheck_mount``)
 
 
@@ -152,7 +161,10 @@ def _system_args(network: bool) -> list[str]:
         elif os.path.isdir(d):
             args += ["--ro-bind", d, d]
     for p in SYSTEM_ETC + (NETWORK_ETC if network else ()):
-        args += ["--ro-bind-try", p, p]
+        if p == "/etc/resolv.conf":
+            args += ["--ro-bind", str(netns.resolv_conf()), p]
+        else:
+            args += ["--ro-bind-try", p, p]
     return args
 
 
@@ -208,9 +220,9 @@ def bwrap_argv(spec: SandboxSpec, agent_fds: Sequence[tuple[int, str]] = ()) -> 
     session = Path(os.path.abspath(spec.session_dir))
     prepare_session_dir(session)
     agent = Path(os.path.abspath(spec.agent_dir))
-    argv = [spec.bwrap, "--unshare-all"]
-    if spec.network:
-        argv.append("--share-net")
+    argv = [spec.bwrap, "--unshare-all"]  # network: own namespace + slirp4netns (netns.py)
+    if spec.info_fd is not None:
+        argv += ["--info-fd", str(spec.info_fd)]
     # --as-pid-1: the runner is the namespace's init, so bwrap (whose memory holds this
     # command line) is not in the sandbox, and when the runner dies the kernel kills
     # everything left in the namespace.
@@ -238,12 +250,18 @@ def bwrap_argv(spec: SandboxSpec, agent_fds: Sequence[tuple[int, str]] = ()) -> 
         recheck_mount(mount, spec.home)
         argv += ["--ro-bind" if mount.read_only else "--bind", str(mount.host_path)]
         argv.append(str(mount.sandbox_path))
+    if spec.proxy_socket is not None:  # the only way out: the host's egress proxy
+        argv += ["--bind", str(spec.proxy_socket), SANDBOX_PROXY_SOCKET]
     env = {"PATH": DEFAULT_PATH, "HOME": str(agent), "LANG": "C.UTF-8",
            "PYTHONDONTWRITEBYTECODE": "1", "CARAPACE_SANDBOX": "bwrap"}  # fmt: skip
     pkg_root = Path(carapace.__file__).parent.parent
     if not _inside(pkg_root, [Path(sys.prefix), Path(sys.base_prefix)]):
         env["PYTHONPATH"] = str(pkg_root)
     env.update(spec.env)
+    for name in (*SECRET_ENV, PROXY_SOCKET_ENV):
+        env.pop(name, None)
+    if spec.proxy_socket is not None:
+        env[PROXY_SOCKET_ENV] = SANDBOX_PROXY_SOCKET
     env["CARAPACE_SANDBOX"] = "bwrap"
     argv.append("--clearenv")
     for key, value in sorted(env.items()):
@@ -338,7 +356,22 @@ def _descendants(pid: int) -> list[int]:
 
 
 class BwrapHandle(ProcHandle):
-    """The pool's handle on one sandbox (``pid`` is bwrap's own, in the host namespace)."""
+    """The pool's handle on one sandbox (``pid`` is bwrap's own, in the host namespace);
+    ``helpers`` (slirp4netns) are stopped when the sandbox ends."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, cgroup: Path | None = None) -> None:
+        super().__init__(proc, cgroup)
+        self.helpers: list[asyncio.subprocess.Process] = []
+
+    async def wait(self) -> int:
+        try:
+            return await super().wait()  # also removes the runner's cgroup
+        finally:
+            for helper in self.helpers:
+                if helper.returncode is None:
+                    with contextlib.suppress(ProcessLookupError):
+                        helper.kill()
+                    await helper.wait()
 
     def signal(self, sig: int) -> None:
         if self.proc.returncode is not None:
@@ -372,7 +405,7 @@ class BwrapBackend:
         self,
         home: Path | None = None,
         *,
-        network: bool | Callable[[RunnerSpec], bool] = True,
+        network: bool | Callable[[RunnerSpec], bool] = False,
         mounts_for: Callable[[RunnerSpec], Sequence[Mount]] | None = None,
         pass_env: Sequence[str] = DEFAULT_PASS_ENV,
         python: str | None = None,
@@ -411,21 +444,29 @@ class BwrapBackend:
             mounts=tuple(self.mounts_for(spec)) if self.mounts_for is not None else (),
             bwrap=self.bwrap,
             tmp_mb=spec.limits.tmp_mb,
+            proxy_socket=spec.proxy_socket,
             home=self.home,
         )
 
     async def start(self, spec: RunnerSpec) -> RunnerHandle:
+        sb = self.sandbox_spec(spec)
+        info_r = info_w = None
+        if sb.network:
+            netns.require_slirp()
+            info_r, info_w = os.pipe()
+            sb = dataclasses.replace(sb, info_fd=info_w)
         agent_fds = open_agent_binds(Path(os.path.abspath(spec.agent_dir)))
         log = None
         try:
-            argv = bwrap_argv(self.sandbox_spec(spec), agent_fds)
+            argv = bwrap_argv(sb, agent_fds)
             if systemd_scope_usable():
                 argv = [*scope_argv(spec.limits), *argv]
             cgroup = runner_cgroup(spec.session_id, spec.limits)
             log = open(spec.session_dir / LOG_FILE, "ab")  # noqa: SIM115 - handed to the child
+            fds = [fd for fd, _ in agent_fds] + ([info_w] if info_w is not None else [])
             proc = await asyncio.create_subprocess_exec(
                 *argv,
-                pass_fds=[fd for fd, _ in agent_fds],
+                pass_fds=fds,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.DEVNULL,
                 stderr=log,
@@ -434,12 +475,25 @@ class BwrapBackend:
                 start_new_session=True,
                 preexec_fn=child_setup(spec.limits, cgroup),
             )
+        except BaseException:
+            if info_r is not None:
+                os.close(info_r)
+            raise
         finally:
             if log is not None:
                 log.close()
             close_fds(agent_fds)
+            if info_w is not None:
+                os.close(info_w)
+        handle = BwrapHandle(proc, cgroup)
+        if info_r is not None:
+            try:
+                handle.helpers.append(await netns.attach_slirp(info_r))
+            except Exception:
+                handle.signal(signal.SIGKILL)
+                raise
         logger.debug("session %s: sandboxed runner pid %d", spec.session_id, proc.pid)
-        return BwrapHandle(proc, cgroup)
+        return handle
 
 
 if TYPE_CHECKING:  # BwrapBackend satisfies the pool's seam

@@ -14,8 +14,8 @@ Per agent group (``container_configs.settings``, JSON)::
 
 ``sandbox``: ``auto`` (or absent) follows the host default; ``bwrap`` requires the sandbox
 (the runner does not start when bwrap is unusable); ``subprocess``/``none`` run this group
-without isolation. ``network`` (default true: providers need it) is bwrap's network
-namespace. ``container_configs.additional_mounts`` go through ``validate_mounts`` with the
+without isolation. ``network`` (default false: model calls and ``web_fetch`` go through
+the host's egress proxy) grants bwrap's ``--share-net``, the host's network namespace. ``container_configs.additional_mounts`` go through ``validate_mounts`` with the
 home's ``mount_allowlist``; refusals are logged and the runner starts without them.
 
 ``SandboxBackend`` is one ``RunnerBackend`` for the pool: it picks per spawn, so the pool
@@ -58,8 +58,8 @@ def group_sandbox(settings: Mapping[str, object]) -> str:
 
 
 def group_network(settings: Mapping[str, object]) -> bool:
-    """``settings.network``: on unless explicitly ``false``."""
-    return settings.get("network", True) is not False
+    """``settings.network``: off unless explicitly ``true``."""
+    return settings.get("network", False) is True
 
 
 def group_mounts(home: Path, cfg: ContainerConfig | None) -> list[Mount]:

@@ -68,6 +68,9 @@ class FakeReply:
     input_tokens: int = 10
     output_tokens: int = 5
     delay_s: float = 0.0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    event_delay_s: float = 0.0  # streaming only: pause between server-sent events
 
 
 @dataclass(frozen=True)
@@ -129,6 +132,9 @@ def parse_item(data: Any) -> Item:
         "input_tokens",
         "output_tokens",
         "delay_s",
+        "cache_read_tokens",
+        "cache_write_tokens",
+        "event_delay_s",
     }
     if unknown:
         raise ValueError(f"unknown script item field(s): {', '.join(sorted(unknown))}")
@@ -148,6 +154,9 @@ def parse_item(data: Any) -> Item:
         input_tokens=int(data.get("input_tokens", 10)),
         output_tokens=int(data.get("output_tokens", 5)),
         delay_s=float(data.get("delay_s", 0.0)),
+        cache_read_tokens=int(data.get("cache_read_tokens", 0)),
+        cache_write_tokens=int(data.get("cache_write_tokens", 0)),
+        event_delay_s=float(data.get("event_delay_s", 0.0)),
     )
 
 
@@ -175,6 +184,9 @@ def item_to_json(item: ScriptItem) -> Any:
         "input_tokens": item.input_tokens,
         "output_tokens": item.output_tokens,
         "delay_s": item.delay_s,
+        "cache_read_tokens": item.cache_read_tokens,
+        "cache_write_tokens": item.cache_write_tokens,
+        "event_delay_s": item.event_delay_s,
     }
 
 
@@ -335,8 +347,14 @@ class FakeLLMServer:
             return item.status, payload, item.headers
         model = str(body.get("model", "fake-model"))
         if api == "anthropic":
-            return 200, self._anthropic_reply(item, model), {}
-        return 200, self._openai_reply(item, model), {}
+            reply = self._anthropic_reply(item, model)
+        else:
+            reply = self._openai_reply(item, model)
+        if body.get("stream") is True:
+            opts = body.get("stream_options")
+            want = isinstance(opts, dict) and opts.get("include_usage") is True
+            return 200, _Stream(stream_events(api, reply, want), item.event_delay_s), {}
+        return 200, reply, {}
 
     def _anthropic_reply(self, item: FakeReply, model: str) -> dict[str, Any]:
         content: list[dict[str, Any]] = []
@@ -360,7 +378,7 @@ class FakeLLMServer:
             "content": content,
             "stop_reason": stop,
             "stop_sequence": None,
-            "usage": {"input_tokens": item.input_tokens, "output_tokens": item.output_tokens},
+            "usage": _anthropic_usage(item),
         }
 
     def _openai_reply(self, item: FakeReply, model: str) -> dict[str, Any]:
@@ -388,12 +406,93 @@ class FakeLLMServer:
             "choices": [
                 {"index": 0, "message": message, "finish_reason": finish, "logprobs": None}
             ],
-            "usage": {
-                "prompt_tokens": item.input_tokens,
-                "completion_tokens": item.output_tokens,
-                "total_tokens": item.input_tokens + item.output_tokens,
-            },
+            "usage": _openai_usage(item),
         }
+
+
+def _anthropic_usage(item: FakeReply) -> dict[str, Any]:
+    usage: dict[str, Any] = {"input_tokens": item.input_tokens, "output_tokens": item.output_tokens}
+    if item.cache_read_tokens or item.cache_write_tokens:
+        usage["cache_read_input_tokens"] = item.cache_read_tokens
+        usage["cache_creation_input_tokens"] = item.cache_write_tokens
+    return usage
+
+
+def _openai_usage(item: FakeReply) -> dict[str, Any]:
+    usage: dict[str, Any] = {
+        "prompt_tokens": item.input_tokens,
+        "completion_tokens": item.output_tokens,
+        "total_tokens": item.input_tokens + item.output_tokens,
+    }
+    if item.cache_read_tokens:
+        usage["prompt_tokens_details"] = {"cached_tokens": item.cache_read_tokens}
+    return usage
+
+
+def stream_events(api: Flavour, reply: dict[str, Any], want_usage: bool) -> list[str]:
+    """A non-streamed reply (as ``_respond`` builds it) as server-sent events."""
+    if api == "anthropic":
+        return _anthropic_events(reply)
+    return _openai_events(reply, want_usage)
+
+
+def _sse(event: str | None, data: Any) -> str:
+    head = f"event: {event}\n" if event else ""
+    return f"{head}data: {json.dumps(data)}\n\n"
+
+
+def _anthropic_events(reply: dict[str, Any]) -> list[str]:
+    usage = dict(reply["usage"])
+    start = {**reply, "content": [], "stop_reason": None,
+             "usage": {**usage, "output_tokens": 1}}  # fmt: skip
+    events = [_sse("message_start", {"type": "message_start", "message": start})]
+    for index, block in enumerate(reply["content"]):
+        first: dict[str, Any]
+        if block["type"] == "text":
+            first = {"type": "text", "text": ""}
+            text = block["text"]
+            deltas = [
+                {"type": "text_delta", "text": text[i : i + 8]} for i in range(0, len(text), 8)
+            ]
+        else:
+            first = {**block, "input": {}}
+            raw = json.dumps(block["input"])
+            deltas = [{"type": "input_json_delta", "partial_json": raw}]
+        events.append(_sse("content_block_start", {"type": "content_block_start",
+                                                   "index": index, "content_block": first}))  # fmt: skip
+        for delta in deltas:
+            events.append(_sse("content_block_delta", {"type": "content_block_delta",
+                                                       "index": index, "delta": delta}))  # fmt: skip
+        events.append(_sse("content_block_stop", {"type": "content_block_stop", "index": index}))
+    events.append(_sse("message_delta", {
+        "type": "message_delta",
+        "delta": {"stop_reason": reply["stop_reason"], "stop_sequence": None},
+        "usage": {"output_tokens": usage["output_tokens"]},
+    }))  # fmt: skip
+    events.append(_sse("message_stop", {"type": "message_stop"}))
+    return events
+
+
+def _openai_events(reply: dict[str, Any], want_usage: bool) -> list[str]:
+    base = {k: reply[k] for k in ("id", "created", "model")}
+    base["object"] = "chat.completion.chunk"
+    message = reply["choices"][0]["message"]
+
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> str:
+        choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
+        return _sse(None, {**base, "choices": [choice]})
+
+    events = [chunk({"role": "assistant", "content": ""})]
+    text = message.get("content") or ""
+    for i in range(0, len(text), 8):
+        events.append(chunk({"content": text[i : i + 8]}))
+    for index, call in enumerate(message.get("tool_calls") or ()):
+        events.append(chunk({"tool_calls": [{"index": index, **call}]}))
+    events.append(chunk({}, reply["choices"][0]["finish_reason"]))
+    if want_usage:
+        events.append(_sse(None, {**base, "choices": [], "usage": reply["usage"]}))
+    events.append("data: [DONE]\n\n")
+    return events
 
 
 _ANTHROPIC_ERROR_TYPES = {
@@ -413,6 +512,12 @@ def _error_body(api: Flavour, status: int, message: str) -> dict[str, Any]:
         return {"type": "error", "error": {"type": kind, "message": message}}
     kind = {401: "invalid_request_error", 429: "rate_limit_exceeded"}.get(status, "server_error")
     return {"error": {"message": message, "type": kind, "param": None, "code": None}}
+
+
+@dataclass(frozen=True)
+class _Stream:
+    events: list[str]
+    delay_s: float
 
 
 class _HTTPServer(ThreadingHTTPServer):
@@ -435,6 +540,9 @@ _ROUTES: dict[str, Flavour] = {
 
 def _make_handler(server: FakeLLMServer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive, chunked streams
+        wbufsize = 1 << 16  # head and body in one write (no Nagle/delayed-ACK stall)
+
         def do_POST(self) -> None:
             path = self.path.split("?", 1)[0]
             length = int(self.headers.get("content-length") or 0)
@@ -453,6 +561,9 @@ def _make_handler(server: FakeLLMServer) -> type[BaseHTTPRequestHandler]:
             self._send(status, payload, extra)
 
         def _send(self, status: int, payload: Any, extra: dict[str, str]) -> None:
+            if isinstance(payload, _Stream):
+                self._stream(payload)
+                return
             data = (payload if isinstance(payload, str) else json.dumps(payload)).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
@@ -461,6 +572,20 @@ def _make_handler(server: FakeLLMServer) -> type[BaseHTTPRequestHandler]:
                 self.send_header(name, value)
             self.end_headers()
             self.wfile.write(data)
+
+        def _stream(self, stream: _Stream) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for n, event in enumerate(stream.events):
+                if n and stream.delay_s > 0:
+                    server._stopping.wait(stream.delay_s)
+                data = event.encode()
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+                self.wfile.flush()
+            self.wfile.write(b"0\r\n\r\n")
+            self.wfile.flush()
 
         def log_message(self, format: str, *args: Any) -> None:
             pass

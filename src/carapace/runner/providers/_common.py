@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import re
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from carapace.errors import ProviderError
@@ -32,6 +34,31 @@ class ProviderAPIError(ProviderError):
         super().__init__(message)
         self.status_code = status_code
         self.retryable = retryable
+
+
+PROXY_SOCKET_ENV = "CARAPACE_PROXY_SOCKET"
+PROXY_BASE = "http://carapace-proxy"
+
+
+def proxy_socket() -> str | None:
+    """The host's egress proxy socket, when the host gave one (docs/sandbox.md)."""
+    return env(PROXY_SOCKET_ENV)
+
+
+def proxy_client(provider: str, sdk: Any, timeout_s: float) -> tuple[str, Any] | None:
+    """``(base_url, http client)`` reaching the host's proxy for ``provider`` over its unix
+    socket, or None when there is no proxy. The client sends no key: the host adds it.
+
+    The client is the SDK's own ``DefaultHttpxClient`` with a transport of the httpx
+    package that SDK is built on (``httpx`` or ``httpx2``, whichever it imports)."""
+    sock = proxy_socket()
+    if sock is None:
+        return None
+    client_cls = sdk.DefaultHttpxClient
+    roots = [c.__module__.split(".")[0] for c in client_cls.__mro__]
+    root = next(r for r in roots if r.startswith("httpx"))
+    transport = importlib.import_module(root).HTTPTransport(uds=sock)
+    return f"{PROXY_BASE}/{provider}", client_cls(transport=transport, timeout=timeout_s)
 
 
 def is_retryable_status(status: int) -> bool:

@@ -26,6 +26,7 @@ from anthropic.types import Message as AnthropicMessage
 from carapace.errors import ProviderError
 
 from ._common import (
+    PLACEHOLDER_KEY,
     ProviderAPIError,
     api_key,
     env,
@@ -33,6 +34,7 @@ from ._common import (
     is_retryable_status,
     log_turn,
     one_line,
+    proxy_client,
     sdk_error,
     text_of,
 )
@@ -50,6 +52,15 @@ class AnthropicProvider:
     def __init__(self, config: ProviderConfig) -> None:
         self.config = config
         self.model = config.model or DEFAULT_MODEL
+        proxied = proxy_client("anthropic", anthropic, config.timeout_s)
+        if proxied is not None:  # the host adds the key and retries (carapace.proxy)
+            self.base_url: str | None = proxied[0]
+            self._key = PLACEHOLDER_KEY
+            self.client = anthropic.Anthropic(
+                api_key=PLACEHOLDER_KEY, base_url=proxied[0], http_client=proxied[1],
+                timeout=config.timeout_s, max_retries=0,
+            )  # fmt: skip
+            return
         self.base_url = first_set(config.base_url, env("ANTHROPIC_BASE_URL"))
         key = api_key(
             config.api_key,

@@ -37,6 +37,7 @@ from openai.types.chat import (
 from carapace.errors import ProviderError
 
 from ._common import (
+    PLACEHOLDER_KEY,
     ProviderAPIError,
     api_key,
     env,
@@ -44,6 +45,7 @@ from ._common import (
     is_retryable_status,
     log_turn,
     one_line,
+    proxy_client,
     sdk_error,
     text_of,
 )
@@ -61,6 +63,18 @@ class OpenAIProvider:
     def __init__(self, config: ProviderConfig) -> None:
         self.config = config
         self.model = config.model or DEFAULT_MODEL
+        proxied = proxy_client("openai", openai, config.timeout_s)
+        if proxied is not None:  # the host adds the key and retries (carapace.proxy)
+            self.base_url: str | None = proxied[0]
+            self._key = PLACEHOLDER_KEY
+            custom = first_set(config.base_url, env("OPENAI_BASE_URL")) is not None
+            default_field = "max_tokens" if custom else "max_completion_tokens"
+            self.max_tokens_field = str(config.extra.get("max_tokens_field", default_field))
+            self.client = openai.OpenAI(
+                api_key=PLACEHOLDER_KEY, base_url=proxied[0], http_client=proxied[1],
+                timeout=config.timeout_s, max_retries=0,
+            )  # fmt: skip
+            return
         self.base_url = first_set(config.base_url, env("OPENAI_BASE_URL"))
         key = api_key(
             config.api_key,

@@ -1,0 +1,78 @@
+"""``network: true`` for a bwrap sandbox: its own network namespace, connected to the
+outside by ``slirp4netns`` (user-mode networking), never to the host's loopback.
+
+bwrap unshares the network as always and reports the sandbox's pid on ``--info-fd``; the
+host then starts ``slirp4netns --configure --disable-host-loopback`` for that pid: the
+sandbox gets ``tap0`` (10.0.2.100/24, gateway 10.0.2.2, DNS 10.0.2.3), outgoing TCP/UDP
+is relayed by the slirp process as the host user, and the gateway address does not lead
+to the host's 127.0.0.1. Abstract unix sockets stay per namespace, so the host's are out
+of reach too. Without ``slirp4netns`` a group with ``network: true`` does not start (the
+alternative, bwrap's ``--share-net``, would expose the host's loopback); ``doctor`` says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from carapace.errors import ConfigError
+
+SLIRP = "slirp4netns"
+RESOLV_CONF = "nameserver 10.0.2.3\n"
+_resolv: Path | None = None
+
+
+def slirp_path() -> str | None:
+    return shutil.which(SLIRP)
+
+
+def require_slirp() -> str:
+    path = slirp_path()
+    if path is None:
+        raise ConfigError(
+            "network: true needs slirp4netns (apt install slirp4netns); without it the "
+            "sandbox would share the host's network, loopback included"
+        )
+    return path
+
+
+def resolv_conf() -> Path:
+    """A host-owned resolv.conf naming slirp's DNS (bound read-only into the sandbox)."""
+    global _resolv
+    if _resolv is None or not _resolv.exists():
+        folder = Path(tempfile.mkdtemp(prefix="carapace-net-"))
+        path = folder / "resolv.conf"
+        path.write_text(RESOLV_CONF, encoding="utf-8")
+        _resolv = path
+    return _resolv
+
+
+def _read_child_pid(fd: int) -> int:
+    buf = b""
+    with contextlib.closing(os.fdopen(fd, "rb", buffering=0)) as fh:
+        while True:
+            chunk = fh.read(4096)
+            if not chunk:
+                raise ConfigError("bwrap ended before reporting its sandbox")
+            buf += chunk
+            try:
+                info = json.loads(buf)
+            except ValueError:
+                continue
+            return int(info["child-pid"])
+
+
+async def attach_slirp(info_fd: int) -> asyncio.subprocess.Process:
+    """Wait for bwrap's info on ``info_fd`` (read end), then connect the sandbox."""
+    pid = await asyncio.to_thread(_read_child_pid, info_fd)
+    return await asyncio.create_subprocess_exec(
+        require_slirp(), "--configure", "--mtu=65520", "--disable-host-loopback",
+        "--userns-path", f"/proc/{pid}/ns/user", str(pid), "tap0",
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
