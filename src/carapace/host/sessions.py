@@ -24,6 +24,7 @@ from typing import Any
 from carapace import safefs
 from carapace.config import Home
 from carapace.db import groups
+from carapace.host import groupfiles
 from carapace.db.connection import transaction
 from carapace.db.projection import write_destinations, write_routing
 from carapace.db.session import (
@@ -187,6 +188,7 @@ class SessionManager:
         # The group folder is the agent's: a fresh O_EXCL temp file renamed over the entry,
         # so a planted ``container.json`` or temp-file link is replaced, never followed.
         safefs.write_beneath(agent_dir, "container.json", dumps(doc).encode(), 0o644)
+        groupfiles.compose_group(self.home, agent_dir)  # NanoClaw's roles; composed CLAUDE.md
         return agent_dir
 
     def extract_attachments(
