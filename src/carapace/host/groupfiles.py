@@ -57,8 +57,7 @@ def is_composed(text: str | None) -> bool:
         return True
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     return bool(lines) and all(
-        line.startswith("@") or (line.startswith("<!--") and line.endswith("-->"))
-        for line in lines
+        line.startswith("@") or (line.startswith("<!--") and line.endswith("-->")) for line in lines
     )
 
 
@@ -159,7 +158,8 @@ def nanoclaw_rewrites(home: Home) -> list[tuple[str, str]]:
         if text is None:
             continue
         if is_composed(text):
-            out.append((f"groups/{folder}/CLAUDE.md", "regenerated (already composed here: no text of its own)"))
+            what = "regenerated (already composed here: no text of its own)"
+            out.append((f"groups/{folder}/CLAUDE.md", what))
         else:
             out.append((f"groups/{folder}/CLAUDE.md", "regenerated: operator text not yet moved "
                         "to CLAUDE.local.md would be lost (carapace moves it at next start)"))  # fmt: skip

@@ -24,7 +24,6 @@ from typing import Any
 from carapace import safefs
 from carapace.config import Home
 from carapace.db import groups
-from carapace.host import groupfiles
 from carapace.db.connection import transaction
 from carapace.db.projection import write_destinations, write_routing
 from carapace.db.session import (
@@ -41,6 +40,7 @@ from carapace.db.sessions import (
     get_session,
     mark_session_work,
 )
+from carapace.host import groupfiles
 from carapace.jsonutil import dumps, loads_or
 from carapace.timefmt import iso, new_id, sqlite_ts
 

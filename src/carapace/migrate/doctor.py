@@ -128,8 +128,8 @@ def _nanoclaw_rewrites(home: Home, rep: DoctorReport) -> None:
         rep.add("warning", "nanoclaw-rewrites", "groups/", f"not checked: {exc}")
         return
     for path, what in found:
-        level = "warning" if "would be lost" in what else "info"
-        rep.add(level, "nanoclaw-rewrites", path, f"NanoClaw would: {what}")
+        lost = "would be lost" in what
+        rep.add("warning" if lost else "info", "nanoclaw-rewrites", path, f"NanoClaw would: {what}")
 
 
 def _checks(home: Home, conn: sqlite3.Connection, rep: DoctorReport) -> None:
