@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 HOME_DIR ?= $(CURDIR)/.carapace-home
 
-.PHONY: venv run test check lint fmt bench clean docs sandbox-tools
+.PHONY: venv run test check lint fmt bench clean docs sandbox-tools mutation
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,11 @@ fmt: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/carapace bench roundtrip --home "$$(mktemp -d)" --write-docs
+
+## make mutation: sample one-line bugs in the core modules, report the share the tests catch
+MUTANTS ?= 20
+mutation: $(STAMP)
+	$(BIN)/python bench/mutation.py --n $(MUTANTS)
 
 docs: $(STAMP)
 	$(BIN)/python -m carapace.admin.reference > docs/cli-reference.md

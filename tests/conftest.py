@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -45,12 +45,21 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         pytest.exit(f"CI=true but bubblewrap is unusable: {reason}", returncode=3)
 
 
-def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    """Under ``CI=true`` a test skipped for want of bubblewrap is a failure."""
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, object, None]:
+    """Under ``CI=true`` a test skipped for want of bubblewrap is a failure. (Changing the
+    report in ``pytest_runtest_logreport`` is too late: the run was still counted a skip and
+    exited 0; tests/test_ci_skips.py checks this hook.)"""
     import os
 
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    assert isinstance(report, pytest.TestReport)
     if os.environ.get("CI", "").lower() not in ("1", "true", "yes") or not report.skipped:
         return
     reason = str(report.longrepr[-1]) if isinstance(report.longrepr, tuple) else ""
     if "bubblewrap" in reason or "bwrap" in reason:
         report.outcome = "failed"
+        report.longrepr = f"CI=true and this sandbox test was skipped: {reason}"

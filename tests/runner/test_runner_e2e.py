@@ -194,9 +194,9 @@ def test_wakes_on_new_message_and_stops_on_sigterm(
     wait_for(session.heartbeat.exists)
     time.sleep(0.2)
     write_chat(session, "ping", id="m1")
-    start = time.monotonic()
-    wait_for(lambda: read_acks(session).get("m1") == "completed", timeout=4.0)
-    assert time.monotonic() - start < 3.0  # the safety poll is 5 s: this was a notification
+    # that a notification (not the 5 s safety poll) woke it is tests/runner/test_watch.py's
+    # subject; a wall-clock bound here flaked under load
+    wait_for(lambda: read_acks(session).get("m1") == "completed", timeout=30.0)
     assert [r["content"]["text"] for r in read_outbound(session)] == ["pong"]
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=5) == 0

@@ -331,6 +331,18 @@ def test_escapes_are_refused(ws: Workspace, home: Home) -> None:
     assert not (home.group.parent / "escape.txt").exists()
 
 
+def test_a_sibling_folder_sharing_the_prefix_is_outside(ws: Workspace, home: Home) -> None:
+    """Group ``main`` does not reach ``groups/main2/`` (the root check needs its ``/``)."""
+    sibling = home.group.parent / (home.group.name + "2")
+    sibling.mkdir()
+    (sibling / "secret.txt").write_text("other group's\n")
+    for path in [str(sibling / "secret.txt"), "../main2/secret.txt"]:
+        assert "outside the workspace" in err(ws.call("read_file", {"path": path}))
+        assert "outside the workspace" in err(ws.call("write_file", {"path": path, "content": "x"}))
+    assert "outside the workspace" in err(ws.call("list_files", {"path": str(sibling)}))
+    assert (sibling / "secret.txt").read_text() == "other group's\n"
+
+
 def test_nul_byte_and_empty_paths_are_refused(ws: Workspace) -> None:
     assert "NUL byte" in err(ws.call("read_file", {"path": "a\x00b"}))
     assert "NUL byte" in err(ws.call("write_file", {"path": "a\x00/etc/passwd", "content": ""}))
@@ -383,7 +395,7 @@ def _alive(pid: int) -> bool:
 
 
 def _wait_dead(pids: list[int]) -> list[int]:
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 30
     while (alive := [p for p in pids if _alive(p)]) and time.monotonic() < deadline:
         time.sleep(0.05)
     return alive
@@ -395,7 +407,7 @@ def test_bash_timeout_kills_the_whole_group(home: Home) -> None:
     text = err(
         ws.call("bash", {"command": "echo $$; sleep 100 & echo $!; sleep 100", "timeout_s": 1})
     )
-    assert time.monotonic() - started < 10
+    assert time.monotonic() - started < 60  # not the 100 s sleep: generous under load
     assert "Timed out after 1 s" in text and "process group was killed" in text
     pids = [int(x) for x in re.findall(r"^\d+$", text, re.M)]
     assert len(pids) == 2

@@ -16,6 +16,7 @@ import click
 
 from carapace.cli import clean_errors, home_option
 from carapace.config import Home
+from carapace.limits import mechanism as limits_mechanism
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +62,7 @@ async def _run(home: Home) -> None:
     start_retention(host)
     click.echo(f"carapace host running for {home.root} (cli socket {home.cli_socket})", err=True)
     click.echo(f"runner backend: {host.backend_note}", err=True)
+    click.echo(f"runner limits: {limits_mechanism()}", err=True)
     try:
         await stop.wait()
     finally:

@@ -45,6 +45,7 @@ from carapace.host.sessions import SessionManager
 from carapace.host.sweep import (
     SLA_CHECK_S,
     Claim,
+    HostSeen,
     SweepContext,
     SweepReport,
     container_state,
@@ -55,6 +56,7 @@ from carapace.host.sweep import (
     reset_claims,
     scan_session,
 )
+from carapace.limits import mechanism as limits_mechanism
 from carapace.timefmt import Clock, SystemClock
 
 logger = logging.getLogger(__name__)
@@ -116,6 +118,7 @@ class Host:
         except ConfigError:
             self.db.close()
             raise
+        self._host_seen = HostSeen()  # agent-written times on the host's clock (stuck check)
         self.backend_note: str = getattr(self.backend, "note", f"{self.backend.name} (given)")
         self.pool = RunnerPool(
             self.backend, max_runners=self.settings.max_runners, prepare=self._prepare,
@@ -232,7 +235,8 @@ class Host:
 
                 self._admin_server = AdminServer(self)
                 await self._admin_server.start()
-        logger.info("host started for %s; runner backend: %s", self.home.root, self.backend_note)
+        logger.info("host started for %s; runner backend: %s; runner limits: %s",
+                    self.home.root, self.backend_note, limits_mechanism())  # fmt: skip
 
     async def rebuild_work_index(self) -> int:
         """Index every session whose files hold work (``host/work_index.py``): what NanoClaw
@@ -371,6 +375,7 @@ class Host:
                           self.settings.runner_idle_exit_s, env)  # fmt: skip
 
     def _on_exit(self, session_id: str, exit: RunnerExit) -> None:
+        self._host_seen.forget(session_id)
         if self._closed:  # claims are reset by the next start's sweep
             return
         session = self.sessions.get(session_id)
@@ -432,11 +437,11 @@ class Host:
             scan = scan_session(paths, now)
         started = self.pool.started_at(sid)
         if running and started is not None:
-            live = [Claim(m, t) for m, t in scan.claims.items()
+            seen = self._host_seen
+            live = [Claim(m, seen.clamp(sid, f"claim:{m}", t, now)) for m, t in scan.claims.items()
                     if t is not None and t >= started - timedelta(seconds=1)]  # fmt: skip
-            action, mid = decide_stuck_action(
-                now, heartbeat_at(paths), container_state(paths), live
-            )
+            beat = seen.clamp(sid, "heartbeat", heartbeat_at(paths), now)
+            action, mid = decide_stuck_action(now, beat, container_state(paths), live)
             if action != "ok":
                 logger.warning("session %s: %s (message %s); stopping its runner", sid, action, mid)
                 report.killed.append((sid, action))

@@ -23,16 +23,29 @@ import signal
 import sys
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
+from carapace.limits import (
+    Limits,
+    join_cgroup,
+    remove_cgroup,
+    rlimit_preexec,
+    runner_cgroup,
+    scope_argv,
+    systemd_scope_usable,
+)
+
 logger = logging.getLogger(__name__)
 
 PID_FILE = ".runner.pid"
 LOG_FILE = ".runner.log"
+# The host variables a runner may get (docs/sandbox.md "Process boundary"); everything else
+# of the host's environment stays out. Providers' settings come from the backend's pass_env.
+BASE_ENV = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "PYTHONPATH")
 
 
 @dataclass(frozen=True)
@@ -44,6 +57,7 @@ class RunnerSpec:
     provider: str | None = None
     idle_exit_s: float | None = None
     env: dict[str, str] = field(default_factory=dict)
+    limits: Limits = field(default_factory=Limits)  # the agent group's (carapace.limits)
 
 
 class RunnerHandle(Protocol):
@@ -68,6 +82,26 @@ class RunnerExit:
     started_at: datetime
 
 
+def runner_env(spec: RunnerSpec, pass_env: Sequence[str]) -> dict[str, str]:
+    """A runner's whole environment: allow-listed host variables, then ``spec.env``."""
+    names = (*BASE_ENV, *pass_env)
+    env = {k: os.environ[k] for k in names if os.environ.get(k)}
+    env.update(spec.env)
+    return env
+
+
+def child_setup(limits: Limits, cgroup: Path | None = None) -> Callable[[], None]:
+    """``preexec_fn`` of a runner: die with the host, join its cgroup, the group's rlimits."""
+    apply_limits = rlimit_preexec(limits)
+
+    def setup() -> None:  # pragma: no cover - runs in the child
+        _pdeathsig()
+        join_cgroup(cgroup)
+        apply_limits()
+
+    return setup
+
+
 def _pdeathsig() -> None:  # pragma: no cover - runs in the child
     """Runners die with the host (Linux): no orphan keeps working after a host crash."""
     try:
@@ -88,12 +122,17 @@ def proc_start_time(pid: int) -> str | None:
 class ProcHandle:
     """The pool's handle on one runner process (its own process group)."""
 
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+    def __init__(self, proc: asyncio.subprocess.Process, cgroup: Path | None = None) -> None:
         self.proc = proc
         self.pid: int | None = proc.pid
+        self.cgroup = cgroup  # the runner's own pids cgroup, removed after its exit
 
     async def wait(self) -> int:
-        return await self.proc.wait()
+        code = await self.proc.wait()
+        if self.cgroup is not None:
+            remove_cgroup(self.cgroup)
+            self.cgroup = None
+        return code
 
     def signal(self, sig: int) -> None:
         if self.proc.returncode is not None:
@@ -111,9 +150,19 @@ class SubprocessBackend:
 
     name = "subprocess"
 
-    def __init__(self, module: str = "carapace.runner", python: str | None = None) -> None:
+    def __init__(
+        self,
+        module: str = "carapace.runner",
+        python: str | None = None,
+        pass_env: Sequence[str] | None = None,
+    ) -> None:
         self.module = module
         self.python = python or sys.executable
+        if pass_env is None:
+            from carapace.sandbox.bwrap import DEFAULT_PASS_ENV
+
+            pass_env = DEFAULT_PASS_ENV
+        self.pass_env = tuple(pass_env)
 
     def argv(self, spec: RunnerSpec) -> list[str]:
         argv = [self.python, "-m", self.module, "--session-dir", str(spec.session_dir),
@@ -125,22 +174,28 @@ class SubprocessBackend:
         return argv
 
     async def start(self, spec: RunnerSpec) -> RunnerHandle:
-        env = {**os.environ, **spec.env}
+        env = runner_env(spec, self.pass_env)
+        argv = self.argv(spec)
+        if systemd_scope_usable():
+            argv = [*scope_argv(spec.limits), *argv]
+        cgroup = runner_cgroup(spec.session_id, spec.limits)
         log = open(spec.session_dir / LOG_FILE, "ab")  # noqa: SIM115 - handed to the child
         try:
             proc = await asyncio.create_subprocess_exec(
-                *self.argv(spec),
+                *argv,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.DEVNULL,
                 stderr=log,
                 env=env,
                 cwd=str(spec.agent_dir),
                 start_new_session=True,
-                preexec_fn=_pdeathsig if sys.platform.startswith("linux") else None,
+                preexec_fn=child_setup(spec.limits, cgroup)
+                if sys.platform.startswith("linux")
+                else None,
             )
         finally:
             log.close()
-        return ProcHandle(proc)
+        return ProcHandle(proc, cgroup)
 
 
 @dataclass

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from carapace.runner.config import RunnerConfig
 from carapace.runner.loop import Runner
+from carapace.runner.procs import harden_self
 from carapace.runner.setup import build_provider, build_workspace
 
 logger = logging.getLogger("carapace.runner")
@@ -40,6 +41,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    harden_self()  # before anything: agent commands must never read this process
     args = parse_args(argv)
     logging.basicConfig(
         level=getattr(logging, str(args.log_level).upper(), logging.INFO),

@@ -5,7 +5,7 @@ What the sandboxed runner sees (everything else of the host is absent)::
     /usr /bin /sbin /lib* /etc/{ssl,ca-certificates,alternatives,ld.so.*,localtime}  ro
     /etc/{resolv.conf,hosts,nsswitch.conf,gai.conf,host.conf}     ro, only with network
     sys.base_prefix, sys.prefix, the folder holding ``carapace``   ro (the interpreter, venv, code)
-    /proc (new pid namespace), /dev (minimal), /tmp (fresh tmpfs)
+    /proc (new pid namespace), /dev (minimal), /tmp (fresh tmpfs of limits.tmp_mb)
     <session dir>                     ro, same path (the runner takes paths as arguments)
       outbound.db outbound.db-journal .heartbeat outbox/      rw on top (the runner's files)
       inbound.db inbound.db-journal   ro (also bound explicitly): host commits seen live
@@ -26,7 +26,11 @@ host side before each start. The runner gets ``CARAPACE_SANDBOX=bwrap``.
 Namespaces: all unshared (user, pid, ipc, uts, cgroup, mount, net); ``--share-net`` only
 when the network is on. All capabilities are dropped, the environment is cleared and only
 what the host passes is set; the sandbox dies with the host (``--die-with-parent``) and has
-its own session (``--new-session``: no terminal injection).
+its own session (``--new-session``: no terminal injection). The runner is the pid
+namespace's init (``--as-pid-1``): bwrap, whose command line and memory hold the runner's
+environment, is not visible inside, and when the runner dies the kernel kills whatever is
+left in the sandbox (docs/sandbox.md, "Process boundary"). bwrap starts under the agent
+group's rlimits (``carapace.limits``), in its own systemd scope when one is available.
 
 Stopping: bwrap does not forward signals, and killing it kills the runner at once. So
 ``SIGTERM`` goes to the processes *inside* the sandbox (the runner exits cleanly, then bwrap
@@ -61,7 +65,9 @@ from carapace.host.pool import (
     RunnerHandle,
     RunnerSpec,
     SubprocessBackend,
+    child_setup,
 )
+from carapace.limits import Limits, runner_cgroup, scope_argv, systemd_scope_usable
 from carapace.sandbox.mounts import EXTRA_ROOT, Mount, check_not_forbidden
 
 logger = logging.getLogger(__name__)
@@ -101,6 +107,7 @@ class SandboxSpec:
     network: bool = False
     mounts: Sequence[Mount] = ()
     bwrap: str = "bwrap"
+    tmp_mb: int = Limits.tmp_mb  # size of the sandbox's /tmp (tmpfs)
     home: Path | None = None  # the carapace home: never mountable (``recheck_mount``)
 
 
@@ -204,8 +211,12 @@ def bwrap_argv(spec: SandboxSpec, agent_fds: Sequence[tuple[int, str]] = ()) -> 
     argv = [spec.bwrap, "--unshare-all"]
     if spec.network:
         argv.append("--share-net")
-    argv += ["--die-with-parent", "--new-session", "--cap-drop", "ALL"]
-    argv += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
+    # --as-pid-1: the runner is the namespace's init, so bwrap (whose memory holds this
+    # command line) is not in the sandbox, and when the runner dies the kernel kills
+    # everything left in the namespace.
+    argv += ["--die-with-parent", "--new-session", "--cap-drop", "ALL", "--as-pid-1"]
+    argv += ["--proc", "/proc", "--dev", "/dev"]
+    argv += ["--size", str(spec.tmp_mb * 1024 * 1024), "--tmpfs", "/tmp"]
     argv += _system_args(spec.network)
     pypaths = python_paths(spec.python)
     for path in pypaths:
@@ -334,7 +345,7 @@ class BwrapHandle(ProcHandle):
             return
         inner = _descendants(self.proc.pid)
         if sig != signal.SIGKILL and inner:
-            # bwrap's pid-namespace init (inner[0]) ignores signals it has no handler for.
+            # The namespace's init (inner[0], the runner) gets only signals it handles.
             targets = inner
         else:
             targets = [self.proc.pid, *inner]
@@ -374,7 +385,7 @@ class BwrapBackend:
         self.pass_env = tuple(pass_env)
         self.python = python or sys.executable
         self.bwrap = bwrap
-        self._runner = SubprocessBackend(module=module, python=self.python)
+        self._runner = SubprocessBackend(module=module, python=self.python, pass_env=())
 
     def describe(self) -> str:
         net = self.network if isinstance(self.network, bool) else "per agent group"
@@ -399,6 +410,7 @@ class BwrapBackend:
             network=network,
             mounts=tuple(self.mounts_for(spec)) if self.mounts_for is not None else (),
             bwrap=self.bwrap,
+            tmp_mb=spec.limits.tmp_mb,
             home=self.home,
         )
 
@@ -407,6 +419,9 @@ class BwrapBackend:
         log = None
         try:
             argv = bwrap_argv(self.sandbox_spec(spec), agent_fds)
+            if systemd_scope_usable():
+                argv = [*scope_argv(spec.limits), *argv]
+            cgroup = runner_cgroup(spec.session_id, spec.limits)
             log = open(spec.session_dir / LOG_FILE, "ab")  # noqa: SIM115 - handed to the child
             proc = await asyncio.create_subprocess_exec(
                 *argv,
@@ -417,13 +432,14 @@ class BwrapBackend:
                 env={"PATH": os.environ.get("PATH", DEFAULT_PATH)},
                 cwd=str(spec.agent_dir),
                 start_new_session=True,
+                preexec_fn=child_setup(spec.limits, cgroup),
             )
         finally:
             if log is not None:
                 log.close()
             close_fds(agent_fds)
         logger.debug("session %s: sandboxed runner pid %d", spec.session_id, proc.pid)
-        return BwrapHandle(proc)
+        return BwrapHandle(proc, cgroup)
 
 
 if TYPE_CHECKING:  # BwrapBackend satisfies the pool's seam
