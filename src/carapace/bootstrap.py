@@ -29,8 +29,8 @@ DEFAULT_INSTRUCTIONS = """\
 
 You are {name}, a personal assistant. Answer briefly and helpfully.
 
-This file holds the operator's instructions for this agent group; edit it freely.
-Your own notes belong in `CLAUDE.local.md` next to it.
+This file (`CLAUDE.local.md`) holds this agent group's instructions and notes; edit it
+freely. `CLAUDE.md` next to it is composed by the host before each start.
 """
 
 
@@ -46,11 +46,12 @@ class InitReport:
 
 
 def ensure_group_folder(home: Home, folder: str, name: str) -> Path:
-    """Create ``groups/<folder>/`` with an instructions file if missing (never overwrites)."""
+    """Create ``groups/<folder>/`` with an instructions file (``CLAUDE.local.md``, NanoClaw's
+    role for it) if the folder has none (never overwrites)."""
     path = home.group_dir(folder)
     path.mkdir(parents=True, exist_ok=True)
-    instructions = path / "CLAUDE.md"
-    if not instructions.exists():
+    instructions = path / "CLAUDE.local.md"
+    if not instructions.exists() and not (path / "CLAUDE.md").exists():
         instructions.write_text(DEFAULT_INSTRUCTIONS.format(name=name), encoding="utf-8")
     return path
 

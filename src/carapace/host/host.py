@@ -29,8 +29,8 @@ from carapace.config import Home, Settings
 from carapace.db.destinations import add_projection_hook, remove_projection_hook
 from carapace.db.projection import project_group
 from carapace.db.sessions import set_container_status
-from carapace.errors import ConfigError
-from carapace.host import work_index
+from carapace.errors import CarapaceError, ConfigError
+from carapace.host import groupfiles, work_index
 from carapace.host.actions import SystemActions
 from carapace.host.delivery import Delivery
 from carapace.host.pool import (
@@ -219,6 +219,10 @@ class Host:
             "UPDATE sessions SET container_status='stopped' WHERE container_status != 'stopped'"
         )
         await self.rebuild_work_index()
+        try:  # NanoClaw deletes groups/global at its first start: bring it back from a copy
+            await asyncio.to_thread(groupfiles.restore_global, self.home)
+        except (OSError, CarapaceError) as exc:
+            logger.warning("shared memory not restored: %s", exc)
         add_projection_hook(self._hook)
         callbacks = ChannelCallbacks(on_inbound=self._on_inbound, on_ready=self._on_channel_ready)
         for adapter in self.adapters.values():

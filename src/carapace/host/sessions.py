@@ -40,6 +40,7 @@ from carapace.db.sessions import (
     get_session,
     mark_session_work,
 )
+from carapace.host import groupfiles
 from carapace.jsonutil import dumps, loads_or
 from carapace.timefmt import iso, new_id, sqlite_ts
 
@@ -187,6 +188,7 @@ class SessionManager:
         # The group folder is the agent's: a fresh O_EXCL temp file renamed over the entry,
         # so a planted ``container.json`` or temp-file link is replaced, never followed.
         safefs.write_beneath(agent_dir, "container.json", dumps(doc).encode(), 0o644)
+        groupfiles.compose_group(self.home, agent_dir)  # NanoClaw's roles; composed CLAUDE.md
         return agent_dir
 
     def extract_attachments(

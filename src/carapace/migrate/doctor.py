@@ -114,7 +114,22 @@ def diagnose(home: Home) -> DoctorReport:
     from carapace.ops.doctor import ops_checks
 
     ops_checks(home, rep)
+    _nanoclaw_rewrites(home, rep)
     return rep
+
+
+def _nanoclaw_rewrites(home: Home, rep: DoctorReport) -> None:
+    """Which files NanoClaw v2 would rewrite or delete if it ran this home (issue 18)."""
+    from carapace.host.groupfiles import nanoclaw_rewrites
+
+    try:
+        found = nanoclaw_rewrites(home)
+    except (OSError, CarapaceError) as exc:
+        rep.add("warning", "nanoclaw-rewrites", "groups/", f"not checked: {exc}")
+        return
+    for path, what in found:
+        lost = "would be lost" in what
+        rep.add("warning" if lost else "info", "nanoclaw-rewrites", path, f"NanoClaw would: {what}")
 
 
 def _checks(home: Home, conn: sqlite3.Connection, rep: DoctorReport) -> None:
