@@ -19,10 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import shutil
 import sqlite3
-import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -35,7 +32,8 @@ from carapace.db.sessions import Session
 from carapace.errors import DeliveryError
 from carapace.host.a2a_guard import A2AGuard, A2AStopped, write_stop_note
 from carapace.host.actions import SystemActions, route_agent_message
-from carapace.host.sessions import SessionManager, safe_name
+from carapace.host.outbox_files import clear_outbox, read_outbox_files
+from carapace.host.sessions import SessionManager
 from carapace.jsonutil import loads_or
 from carapace.timefmt import iso, parse_ts, sqlite_ts
 
@@ -45,8 +43,6 @@ MAX_DELIVERY_ATTEMPTS = 3
 UNAVAILABLE_RETRY_S = 30.0
 UNAVAILABLE_TTL_S = 24 * 3600.0
 UNAVAILABLE_MARK = "no reader: "
-MAX_FILE_BYTES = 25 * 1024 * 1024
-MAX_TOTAL_FILE_BYTES = 50 * 1024 * 1024
 
 HOST_TABLES = """
 CREATE TABLE IF NOT EXISTS carapace_delivery (
@@ -72,48 +68,6 @@ class DrainResult:
 
 def backoff_s(attempts: int) -> float:
     return float(2 ** max(0, attempts - 1))
-
-
-def read_outbox_files(paths: SessionPaths, row_id: str, names: list[Any]) -> list[OutboundFile]:
-    """Spec §4.3 step 8: only safe, regular, non-symlink files inside the row's outbox."""
-    if not safe_name(row_id):
-        return []
-    base = paths.outbox / row_id
-    if base.is_symlink() or not base.is_dir():
-        return []
-    real = os.path.realpath(base)
-    out: list[OutboundFile] = []
-    total = 0
-    for name in names:
-        if not isinstance(name, str) or not safe_name(name):
-            logger.warning("unsafe outbox file name %r skipped", name)
-            continue
-        f = base / name
-        try:
-            st = os.lstat(f)
-        except OSError:
-            logger.warning("outbox file %s missing", name)
-            continue
-        if not stat.S_ISREG(st.st_mode) or not os.path.realpath(f).startswith(real + os.sep):
-            logger.warning("outbox file %s is not a regular file inside the outbox", name)
-            continue
-        if st.st_size > MAX_FILE_BYTES or total + st.st_size > MAX_TOTAL_FILE_BYTES:
-            logger.warning("outbox file %s over the size limit", name)
-            continue
-        total += st.st_size
-        out.append(OutboundFile(name, f.read_bytes()))
-    return out
-
-
-def clear_outbox(paths: SessionPaths, row_id: str) -> None:
-    if not safe_name(row_id):
-        return
-    base = paths.outbox / row_id
-    try:
-        if base.is_dir() and not base.is_symlink():
-            shutil.rmtree(base)
-    except OSError:
-        logger.warning("could not clear outbox %s", base)
 
 
 class Delivery:
@@ -450,7 +404,11 @@ class Delivery:
             and isinstance(content.get("files"), list)
             and content["files"]
         ):
-            files = read_outbox_files(paths, row["id"], content["files"])
+            read = read_outbox_files(paths, row["id"], content["files"])
+            files = read.files
+            if (note := read.note(f"(seq {row['seq']})")) is not None:
+                self.sessions.notify_agent(session, note, now=now)
+                self.wake(session.id)
         msg = OutboundMessage(row["kind"], content, tuple(files), row["id"], row["in_reply_to"])
         pm = await adapter.deliver(pid, tid, msg)
         if isinstance(content, dict) and content.get("replyCode"):
