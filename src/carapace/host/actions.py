@@ -20,6 +20,7 @@ from carapace.db.sessions import Session, get_session
 from carapace.errors import DeliveryError, ValidationError
 from carapace.host.a2a_guard import HOPS_FIELD, A2AGuard, hops_of
 from carapace.host.outbox_files import copy_to_inbox, row_folder
+from carapace.host.outbox_reader import OutRow
 from carapace.host.sessions import SessionManager
 from carapace.jsonutil import dumps, loads_or
 from carapace.sched import series
@@ -186,7 +187,7 @@ async def route_agent_message(
     db: sqlite3.Connection,
     sessions: SessionManager,
     session: Session,
-    row: sqlite3.Row,
+    row: OutRow,
     inb: sqlite3.Connection,
     wake: Callable[[str], None],
     now: datetime,

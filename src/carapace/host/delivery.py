@@ -26,13 +26,22 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from carapace.channels.base import ChannelAdapter, ChannelUnavailable, OutboundFile, OutboundMessage
-from carapace.db.connection import connect, has_table
+from carapace.db.connection import has_table
 from carapace.db.session import SessionPaths, open_inbound
 from carapace.db.sessions import Session
 from carapace.errors import DeliveryError
 from carapace.host.a2a_guard import A2AGuard, A2AStopped, write_stop_note
 from carapace.host.actions import SystemActions, route_agent_message
 from carapace.host.outbox_files import clear_outbox, read_outbox_files
+from carapace.host.outbox_reader import (
+    MAX_CONTENT_BYTES,
+    MAX_ROWS,
+    OutboxReader,
+    OutboxRefused,
+    OutRow,
+    read_ids_after,
+    read_rows,
+)
 from carapace.host.sessions import SessionManager
 from carapace.jsonutil import loads_or
 from carapace.timefmt import iso, parse_ts, sqlite_ts
@@ -64,6 +73,7 @@ class DrainResult:
     delivered: int = 0
     failed: int = 0
     next_retry: datetime | None = None
+    more: bool = False
 
 
 def backoff_s(attempts: int) -> float:
@@ -88,6 +98,7 @@ class Delivery:
         self._again: set[str] = set()
         self._ready: set[str] = set()
         self.a2a_guard = A2AGuard()  # hop and rate bounds of agent-to-agent messages
+        self.outbox = OutboxReader()  # every outbound.db read: checked, bounded, off the loop
 
     def _open(self, paths: SessionPaths) -> sqlite3.Connection:
         inb = open_inbound(paths)
@@ -105,18 +116,18 @@ class Delivery:
         if not paths.outbound.exists():
             return 0
         inb = self._open(paths)
-        out = connect(paths.outbound, "session", readonly=True)
         try:
             cur = inb.execute("SELECT seq FROM carapace_delivery_cursor WHERE id=1").fetchone()
-            ids = [r[0] for r in out.execute(
-                "SELECT id FROM messages_out WHERE seq > ?", (cur[0] if cur else 0,))]  # fmt: skip
+            try:
+                ids = read_ids_after(paths.outbound, cur[0] if cur else 0)
+            except (OSError, OutboxRefused):
+                return 0
             if not ids:
                 return 0
             done = self._done(inb, ids)
             return len([i for i in ids if i not in done])
         finally:
             inb.close()
-            out.close()
 
     def _done(self, inb: sqlite3.Connection, ids: list[str]) -> set[str]:
         done: set[str] = set()
@@ -146,7 +157,7 @@ class Delivery:
                 total.delivered += r.delivered
                 total.failed += r.failed
                 total.next_retry = r.next_retry
-                if session_id not in self._again:
+                if session_id not in self._again and not r.more:
                     return total
         finally:
             self._inflight.discard(session_id)
@@ -161,17 +172,17 @@ class Delivery:
             return result
         inb = self._open(paths)
         try:
-            out = connect(paths.outbound, "session", readonly=True)
-        except sqlite3.Error:
-            inb.close()
-            return result
-        try:
             cur = inb.execute("SELECT seq FROM carapace_delivery_cursor WHERE id=1").fetchone()
             cursor = int(cur[0]) if cur else 0
-            rows = out.execute(
-                "SELECT * FROM messages_out WHERE seq > ? ORDER BY seq", (cursor,)
-            ).fetchall()
-            out.close()
+            try:
+                rows = await self.outbox.call(read_rows, paths.outbound, cursor)
+            except FileNotFoundError:
+                return result
+            except OutboxRefused as exc:
+                self.outbox.refused(self.sessions, session, exc, now, self.wake)
+                return result
+            self.outbox.accepted(session.id)
+            result.more = len(rows) >= MAX_ROWS  # a full batch: drain() reads on if it moved
             if not rows:
                 return result
             done = self._done(inb, [r["id"] for r in rows])
@@ -216,7 +227,9 @@ class Delivery:
                     result.failed += 1
                 if contiguous:
                     new_cursor = row["seq"]
-            if new_cursor != cursor:
+            if new_cursor == cursor:
+                result.more = False  # nothing moved: no busy loop over a blocked full batch
+            else:
                 inb.execute(
                     "INSERT INTO carapace_delivery_cursor (id, seq) VALUES (1, ?) "
                     "ON CONFLICT(id) DO UPDATE SET seq=excluded.seq",
@@ -227,7 +240,7 @@ class Delivery:
             inb.close()
 
     def _wait_until(
-        self, row: sqlite3.Row, st: sqlite3.Row | None, now: datetime
+        self, row: OutRow, st: sqlite3.Row | None, now: datetime
     ) -> datetime | None:
         waits_for_reader = st is not None and str(st["last_error"] or "").startswith(
             UNAVAILABLE_MARK
@@ -247,7 +260,7 @@ class Delivery:
         self,
         session: Session,
         paths: SessionPaths,
-        row: sqlite3.Row,
+        row: OutRow,
         inb: sqlite3.Connection,
         states: dict[str, sqlite3.Row],
         now: datetime,
@@ -303,7 +316,7 @@ class Delivery:
     def _fail(
         self,
         session: Session,
-        row: sqlite3.Row,
+        row: OutRow,
         inb: sqlite3.Connection,
         err: str,
         now: datetime,
@@ -338,11 +351,13 @@ class Delivery:
         self,
         session: Session,
         paths: SessionPaths,
-        row: sqlite3.Row,
+        row: OutRow,
         inb: sqlite3.Connection,
         now: datetime,
     ) -> str | None:
         """Spec §4.3: one outbound row. Returns the platform message id (or None)."""
+        if row["content"] is None:
+            raise DeliveryError(f"outbound content over {MAX_CONTENT_BYTES} bytes", permanent=True)
         content = loads_or(row["content"], None)
         if content is None:
             raise DeliveryError("outbound content is not JSON", permanent=True)

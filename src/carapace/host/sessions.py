@@ -30,7 +30,6 @@ from carapace.db.session import (
     init_session_folder,
     insert_message_in,
     open_inbound,
-    peek_max_seq,
 )
 from carapace.db.sessions import (
     Session,
@@ -39,6 +38,7 @@ from carapace.db.sessions import (
     get_session,
     mark_session_work,
 )
+from carapace.host.outbox_reader import read_max_seq
 from carapace.jsonutil import dumps, loads_or
 from carapace.timefmt import iso, new_id, sqlite_ts
 
@@ -113,7 +113,7 @@ class SessionManager:
         try:
             if conn.execute("SELECT 1 FROM messages_in WHERE id=?", (row["id"],)).fetchone():
                 return None
-            other = peek_max_seq(paths.outbound, "messages_out")
+            other = read_max_seq(paths.outbound)
             try:
                 seq = insert_message_in(conn, row, other_max=other)
             except sqlite3.IntegrityError:

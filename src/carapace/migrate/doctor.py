@@ -15,6 +15,7 @@ from typing import Any, Literal
 from carapace.config import Home
 from carapace.db.migrations import MIGRATIONS
 from carapace.errors import CarapaceError, ValidationError
+from carapace.host.outbox_reader import OutboxRefused, read_max_seq_checked
 from carapace.jsonutil import loads_or
 from carapace.migrate.mapping import KNOWN_CHANNELS
 
@@ -264,6 +265,12 @@ def _sessions(home: Home, conn: sqlite3.Connection, rep: DoctorReport) -> None:
             path = folder / name
             if not path.exists():
                 rep.add("warning", "no-session-db", subject, f"{name} is missing")
+                continue
+            if name == "outbound.db":  # the agent's file: schema-checked, bounded work
+                try:
+                    read_max_seq_checked(path)
+                except (OSError, OutboxRefused) as exc:
+                    rep.add("error", "session-db-unreadable", subject, f"{name}: {exc}")
                 continue
             try:
                 db = _open_ro(path)
