@@ -48,6 +48,7 @@ class Recorder:
     def __init__(self) -> None:
         self.got: asyncio.Queue[OutboundMessage] = asyncio.Queue()
         self.all: list[OutboundMessage] = []
+        self.to: list[tuple[str, OutboundMessage]] = []  # (platform id, message)
 
     async def start(self, callbacks: ChannelCallbacks) -> None:
         return None
@@ -59,6 +60,7 @@ class Recorder:
         self, platform_id: str, thread_id: str | None, message: OutboundMessage
     ) -> str | None:
         self.all.append(message)
+        self.to.append((platform_id, message))
         self.got.put_nowait(message)
         return message.message_out_id
 
