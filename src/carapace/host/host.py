@@ -33,6 +33,7 @@ from carapace.db.sessions import set_container_status
 from carapace.errors import ConfigError
 from carapace.host.actions import SystemActions
 from carapace.host.delivery import Delivery
+from carapace.runner.transcript import adopt_legacy_transcript
 from carapace.host.pool import (
     RunnerBackend,
     RunnerExit,
@@ -339,6 +340,7 @@ class Host:
             return None
         agent_dir = self.sessions.prepare_wake(session)
         paths = self.sessions.paths(session)
+        adopt_legacy_transcript(agent_dir, paths.root, session.id)  # out of the shared folder
         with contextlib.suppress(FileNotFoundError):
             paths.heartbeat.unlink()
         set_container_status(self.db, session.id, "running")
