@@ -150,7 +150,7 @@ def ensure_journals(paths: SessionPaths) -> None:
     """
     for path in (paths.inbound_journal, paths.outbound_journal):
         if not path.exists():
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
             os.close(fd)
 
 

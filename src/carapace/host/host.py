@@ -33,6 +33,7 @@ from carapace.db.sessions import set_container_status
 from carapace.errors import ConfigError
 from carapace.host.actions import SystemActions
 from carapace.host.delivery import Delivery
+from carapace.perms import private_umask
 from carapace.runner.transcript import adopt_legacy_transcript
 from carapace.host.pool import (
     RunnerBackend,
@@ -105,6 +106,7 @@ class Host:
         self.clock: Clock = clock or SystemClock()
         self.options = options or HostOptions()
         self.hooks = hooks or HostHooks()
+        private_umask()  # session folders, DBs, transcripts, sockets: owner-only
         self.db, self.migrations = open_home(home)
         if self.hooks.on_sweep_session is None:
             from carapace.sched.runs import SeriesSweep

@@ -397,7 +397,7 @@ class Workspace:
         os.makedirs(parent, exist_ok=True)
         if os.path.realpath(parent) != parent:  # a symlink appeared under us
             raise PathRefused(f"The folder {parent} changed while writing; refused.")
-        mode = 0o644
+        mode = 0o600  # new files are private (issue 12 item 11)
         try:
             st = os.stat(real)
         except FileNotFoundError:
