@@ -17,9 +17,9 @@ from typing import Any, TypeVar
 import click
 
 from carapace import __version__
-from carapace.perms import private_umask
 from carapace.config import Home
 from carapace.errors import CarapaceError
+from carapace.perms import private_umask
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -129,9 +129,9 @@ def paths_of(host: Host, s: Session) -> SessionPaths:
     return host.sessions.paths(s)
 
 
-def inbound_rows(paths: SessionPaths, sql: str = "SELECT * FROM messages_in ORDER BY seq") -> list[
-    dict[str, Any]
-]:
+def inbound_rows(
+    paths: SessionPaths, sql: str = "SELECT * FROM messages_in ORDER BY seq"
+) -> list[dict[str, Any]]:
     conn = sqlite3.connect(f"file:{paths.inbound}?mode=ro", uri=True)
     conn.row_factory = sqlite3.Row
     try:

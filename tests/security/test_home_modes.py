@@ -89,7 +89,9 @@ def test_init_run_and_doctor_keep_the_home_private(tmp_path: Path) -> None:
     session_dir.chmod(0o755)
     res = _cli("doctor", "--home", str(root), "--json")
     assert res.returncode != 0  # v2.db readable by others is an error
-    found = {f["subject"]: f for f in json.loads(res.stdout)["findings"] if f["code"] == "wide-mode"}
+    found = {
+        f["subject"]: f for f in json.loads(res.stdout)["findings"] if f["code"] == "wide-mode"
+    }
     for f in (home.central_db, memory, transcript):
         assert found[str(f)]["message"].endswith(f"chmod 600 {f}"), found[str(f)]
     assert found[str(session_dir)]["message"].endswith(f"chmod 700 {session_dir}")

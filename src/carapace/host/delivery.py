@@ -239,9 +239,7 @@ class Delivery:
         finally:
             inb.close()
 
-    def _wait_until(
-        self, row: OutRow, st: sqlite3.Row | None, now: datetime
-    ) -> datetime | None:
+    def _wait_until(self, row: OutRow, st: sqlite3.Row | None, now: datetime) -> datetime | None:
         waits_for_reader = st is not None and str(st["last_error"] or "").startswith(
             UNAVAILABLE_MARK
         )

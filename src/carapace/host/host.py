@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import fcntl
+import functools
 import logging
 import os
 import sqlite3
@@ -33,8 +33,6 @@ from carapace.db.sessions import set_container_status
 from carapace.errors import ConfigError
 from carapace.host.actions import SystemActions
 from carapace.host.delivery import Delivery
-from carapace.perms import private_umask
-from carapace.runner.transcript import adopt_legacy_transcript
 from carapace.host.pool import (
     RunnerBackend,
     RunnerExit,
@@ -57,6 +55,8 @@ from carapace.host.sweep import (
     reset_claims,
     scan_session,
 )
+from carapace.perms import private_umask
+from carapace.runner.transcript import adopt_legacy_transcript
 from carapace.timefmt import Clock, SystemClock
 
 logger = logging.getLogger(__name__)

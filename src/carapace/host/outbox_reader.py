@@ -64,13 +64,32 @@ PROGRESS_OPS = 1000  # SQLite VM instructions between two budget checks
 # The runner's tables (db/session.py OUTBOUND_SCHEMA) and the columns each may have:
 # (required, optional). Optional ones are what older NanoClaw files lack.
 TABLES: dict[str, tuple[frozenset[str], frozenset[str]]] = {
-    "messages_out": (frozenset({"id", "seq", "in_reply_to", "timestamp", "deliver_after",
-                                "recurrence", "kind", "platform_id", "channel_type", "thread_id",
-                                "content"}), frozenset()),  # fmt: skip
+    "messages_out": (
+        frozenset(
+            {
+                "id",
+                "seq",
+                "in_reply_to",
+                "timestamp",
+                "deliver_after",
+                "recurrence",
+                "kind",
+                "platform_id",
+                "channel_type",
+                "thread_id",
+                "content",
+            }
+        ),
+        frozenset(),
+    ),
     "processing_ack": (frozenset({"message_id", "status", "status_changed"}), frozenset()),
     "session_state": (frozenset({"key", "value"}), frozenset({"updated_at"})),
-    "container_state": (frozenset({"id", "current_tool", "tool_declared_timeout_ms",
-                                   "tool_started_at", "updated_at"}), frozenset()),  # fmt: skip
+    "container_state": (
+        frozenset(
+            {"id", "current_tool", "tool_declared_timeout_ms", "tool_started_at", "updated_at"}
+        ),
+        frozenset(),
+    ),
 }
 
 

@@ -18,8 +18,8 @@ from carapace.db.migrations import MIGRATIONS
 from carapace.errors import CarapaceError, ValidationError
 from carapace.host.outbox_reader import OutboxRefused, read_max_seq_checked
 from carapace.jsonutil import loads_or
-from carapace.perms import wide_entries
 from carapace.migrate.mapping import KNOWN_CHANNELS
+from carapace.perms import wide_entries
 
 Level = Literal["error", "warning", "info"]
 SANDBOXED_BACKENDS = ("bwrap", "docker", "podman")

@@ -9,8 +9,8 @@ from collections import Counter
 
 from carapace.db import groups, messaging, users
 from carapace.db.session import insert_message_in, open_inbound
-from carapace.host.outbox_reader import read_max_seq
 from carapace.db.sessions import mark_session_work
+from carapace.host.outbox_reader import read_max_seq
 from carapace.jsonutil import dumps
 from carapace.migrate.context import ImportContext
 from carapace.migrate.mapping import JidError, map_jid, map_schedule

@@ -25,7 +25,6 @@ import os
 from pathlib import Path
 
 from carapace import safefs
-
 from carapace.runner.providers.base import Message
 
 logger = logging.getLogger(__name__)
