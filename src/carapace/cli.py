@@ -32,6 +32,10 @@ LAZY_COMMANDS: dict[str, str] = {
     "admin": "carapace.admin.commands:admin",
     "migrate-v1": "carapace.migrate.commands:migrate_v1",
     "doctor": "carapace.migrate.commands:doctor",
+    "service": "carapace.ops.commands:service",
+    "backup": "carapace.ops.commands:backup",
+    "restore": "carapace.ops.commands:restore",
+    "status": "carapace.ops.commands:status",
 }
 
 home_option = click.option(

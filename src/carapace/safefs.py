@@ -183,16 +183,21 @@ def open_beneath(
 
 
 def read_beneath(
-    root: int | str | os.PathLike[str], rel: str | os.PathLike[str], max_bytes: int
+    root: int | str | os.PathLike[str],
+    rel: str | os.PathLike[str],
+    max_bytes: int,
+    *,
+    truncate: bool = False,
 ) -> bytes:
     """The bytes of the regular file ``root/rel`` (see :func:`open_beneath`), at most
-    ``max_bytes``; a FIFO, device, directory or larger file is refused, nothing blocks."""
+    ``max_bytes``; a FIFO, device, directory or larger file is refused (or, with
+    ``truncate``, cut at ``max_bytes``); nothing blocks."""
     fd = open_beneath(root, rel, os.O_RDONLY | os.O_NONBLOCK)
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise UnsafePathError(f"refused {os.fspath(rel)!r}: not a regular file")
-        if st.st_size > max_bytes:
+        if st.st_size > max_bytes and not truncate:
             raise UnsafePathError(f"refused {os.fspath(rel)!r}: larger than {max_bytes} bytes")
         chunks: list[bytes] = []
         total = 0
@@ -200,6 +205,8 @@ def read_beneath(
             chunks.append(chunk)
             total += len(chunk)
             if total > max_bytes:
+                if truncate:
+                    return b"".join(chunks)[:max_bytes]
                 raise UnsafePathError(f"refused {os.fspath(rel)!r}: larger than {max_bytes} bytes")
         return b"".join(chunks)
     finally:

@@ -49,9 +49,11 @@ IN_IGNORED = 0x00008000
 IN_NONBLOCK = 0o4000
 IN_CLOEXEC = 0o2000000
 
-# IN_DELETE is added to the list: a rollback-journal commit ends with the journal's
-# removal, which is the one event guaranteed to come after the new data is readable.
-WATCH_MASK = IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE | IN_MODIFY | IN_ATTRIB | IN_DELETE
+# IN_DELETE: in DELETE journal mode a commit ends with the journal's removal, the one event
+# guaranteed to come after the new data is readable. No IN_ATTRIB: as root SQLite fchowns a
+# journal every time it opens it, so a *read* raised an event, the reader re-read, and the
+# two sides woke each other forever (a CPU core spent while any runner lived).
+WATCH_MASK = IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE | IN_MODIFY | IN_DELETE
 _EVENT = struct.Struct("iIII")
 _READ_SIZE = 64 * 1024
 

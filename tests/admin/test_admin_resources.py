@@ -72,7 +72,7 @@ def test_group_config_verbs(ctx: DirectContext) -> None:
         cli_scope="global",
     )
     assert (cfg["provider"], cfg["model"], cfg["max_messages_per_prompt"]) == (
-        "anthropic",
+        "claude",  # NanoClaw's name for it
         "claude",
         7,
     )

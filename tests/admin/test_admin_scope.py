@@ -146,7 +146,6 @@ def test_invalid_args_from_agents_are_refused_before_approval(
 
 
 def test_operator_approves_an_agent_cli_request(ctx: DirectContext, two: dict[str, Any]) -> None:
-    pytest.importorskip("carapace.host.approvals")
     from carapace.db.session import SessionPaths, init_session_folder
 
     init_session_folder(SessionPaths.of(ctx.home.data_dir, two["main"], two["s_main"]))

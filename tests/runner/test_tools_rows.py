@@ -267,12 +267,15 @@ def test_update_task(env: Env) -> None:
     assert env.call("update_task", taskId="task-1").content == (
         "Error: at least one field to update is required"
     )
-    res = env.call("update_task", taskId="task-1", prompt="new", recurrence="", script="echo",
+    # no workspace here, so bash is off: a script is refused (scripts obey the bash setting)
+    refused = env.call("update_task", taskId="task-1", script="echo")
+    assert refused.is_error and "script refused: bash is off" in refused.content
+    res = env.call("update_task", taskId="task-1", prompt="new", recurrence="", script="",
                    processAfter="2099-01-15T09:00:00")  # fmt: skip
     assert res.content == "Task update requested: task-1"
     assert env.last()["content"] == {
         "action": "update_task", "taskId": "task-1", "prompt": "new",
-        "processAfter": "2099-01-15T14:00:00.000Z", "recurrence": None, "script": "echo",
+        "processAfter": "2099-01-15T14:00:00.000Z", "recurrence": None, "script": None,
     }  # fmt: skip
     assert env.call("update_task", taskId="task-1", recurrence="bad").is_error
 

@@ -28,9 +28,6 @@ from carapace.runner.compaction import COMPACTION_MARKER
 from carapace.runner.workspace_specs import BASH_NOT_SANDBOXED
 from carapace.testing.fake_llm import FakeLLMProcess, FakeReply, FakeToolCall
 
-pytest.importorskip("anthropic")
-pytest.importorskip("openai")
-
 CARAPACE = [sys.executable, "-m", "carapace"]
 NANOCLAW_CLAUDE_MD = "# Ops rules\n\nAlways answer in one line. Rule marker: OPS-RULE-17.\n"
 MEMORY = "# Memory\n\n- The secret word is PLUM.\n- nothing else yet\n"

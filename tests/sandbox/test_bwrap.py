@@ -48,7 +48,6 @@ from carapace.sandbox import bwrap as bwrap_mod
 
 REASON = bwrap_unusable_reason()
 needs_bwrap = pytest.mark.skipif(REASON is not None, reason=f"bubblewrap unusable: {REASON}")
-RUNNER_MAIN = Path(carapace.__file__).parent / "runner" / "__main__.py"
 
 
 @dataclass
@@ -378,7 +377,6 @@ def test_backend_start_runs_module_in_sandbox(layout: Layout, tmp_path: Path) ->
 
 
 @needs_bwrap
-@pytest.mark.skipif(not RUNNER_MAIN.exists(), reason="carapace.runner has no __main__ yet")
 def test_real_runner_replies_inside_sandbox(layout: Layout) -> None:
     conn = open_inbound(layout.session)
     insert_message_in(conn, {

@@ -27,6 +27,11 @@ def _e2e(tmp_path: Path) -> E2E:
     return env
 
 
+# Yearly: the first occurrence is the explicit --at (five seconds ago); the next one can
+# never come due while the test runs (a per-minute cron flaked when creation crossed a minute).
+CRON = "0 12 15 6 *"
+
+
 def test_recurring_task_fires_once_and_rolls_over(tmp_path: Path) -> None:
     e2e = _e2e(tmp_path)
     try:
@@ -34,7 +39,7 @@ def test_recurring_task_fires_once_and_rolls_over(tmp_path: Path) -> None:
         at = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=5)
         local = at.astimezone(__import__("zoneinfo").ZoneInfo("America/New_York"))
         task = e2e.ok("tasks", "create", "--group", "main", "--prompt", "report",
-                      "--cron", "* * * * *", "--tz", "America/New_York",
+                      "--cron", CRON, "--tz", "America/New_York",
                       "--at", local.replace(tzinfo=None).isoformat(), "--catch-up", "latest")  # fmt: skip
         tid = task["id"]
         assert task["timezone"] == "America/New_York" and task["catch_up"] == "latest"
@@ -44,16 +49,16 @@ def test_recurring_task_fires_once_and_rolls_over(tmp_path: Path) -> None:
                  timeout=30, what="first occurrence ran")  # fmt: skip
         replies = rows(d / "outbound.db", "SELECT id FROM messages_out WHERE in_reply_to=?", (tid,))
         assert len(replies) == 1  # fired once
-        nxt = next_after("* * * * *", "America/New_York", at)
+        nxt = next_after(CRON, "America/New_York", at)
         occ = rows(d / "inbound.db", "SELECT id, series_id, process_after, recurrence, status "
                    "FROM messages_in WHERE kind='task' ORDER BY seq")  # fmt: skip
         assert occ[0][0] == tid and occ[0][3] is None
         by_id = {o[0]: o for o in occ}
         assert len(by_id) == len(occ) and {o[1] for o in occ} == {tid}
-        # the next occurrence: the next whole minute in the task's zone after the first one
+        # the next occurrence: the next 15 June, noon, in the task's zone after the first one
         assert by_id[f"{tid}@{iso(nxt)}"][1:3] == (tid, iso(nxt))
         [head] = [o for o in occ if o[3] is not None]
-        assert head[3] == "* * * * *" and head[4] == "pending" and head[2].endswith(":00.000Z")
+        assert head[3] == CRON and head[4] == "pending" and head[2].endswith(":00.000Z")
         got = e2e.ok("tasks", "get", tid)
         assert got["next_run_utc"] in {o[2] for o in occ if o[4] == "pending"} | {head[2]}
         assert "America/New_York" in got["next_run"]

@@ -229,15 +229,19 @@ def _request_approval(
     """Hold an agent's command for an admin's decision: a ``pending_approvals`` row with its
     card (delivered to the approver, expiring), through the approvals engine."""
     from carapace.host.approvals import request_approval
+    from carapace.host.card_text import AGENT_MARK, quote_agent
 
     sid = caller.get("sessionId")
     session = get_session(ctx.db, sid) if isinstance(sid, str) else None
     if session is None:
         raise AdminError("handler-error", "session not found")
     g = groups.get_agent_group(ctx.db, session.agent_group_id)
-    flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in values.items())
-    question = (f'Agent "{g.name if g else session.agent_group_id}" wants to run:\n'
-                f"`carapace admin {command} {flags}`".rstrip())  # fmt: skip
+    flags = "\n".join(
+        f"  --{str(k).replace('_', '-')[:40]} {quote_agent(v)}" for k, v in values.items()
+    )
+    who = quote_agent(g.name if g else session.agent_group_id, 80)
+    question = (f"Agent {who} wants to run `carapace admin {command}` with these options "
+                f"{AGENT_MARK}:\n{flags or '  (none)'}")  # fmt: skip
     payload = {"frame": {"id": frame_id, "command": command, "args": values},
                "question": question}  # fmt: skip
     aid = request_approval(ctx, session.id, "cli_command", payload, f"CLI: {command}", question)

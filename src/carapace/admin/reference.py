@@ -93,6 +93,13 @@ def generate() -> str:
     ]
     for name in main.list_commands(root):
         parts += ["", f"## carapace {name}", "", "```text", _command_help(main, name), "```"]
+        sub = main.get_command(root, name) if name != "admin" else None
+        if isinstance(sub, click.Group):  # e.g. `carapace service install`
+            for child in sub.list_commands(root):
+                text = _command_help(sub, child).replace(
+                    "Usage: carapace ", f"Usage: carapace {name} ", 1
+                )
+                parts += ["", f"### carapace {name} {child}", "", "```text", text, "```"]
     parts += ["", "## carapace admin: resources", "", "```text", global_help(), "```"]
     for res in resources():
         parts += ["", f"### carapace admin {res.name}", "", "```text", resource_help(res), "```"]

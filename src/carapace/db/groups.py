@@ -82,6 +82,19 @@ def validate_folder(folder: str) -> str:
     return folder
 
 
+# NanoClaw's names for providers, stored as NanoClaw stores them so that its runner can
+# serve a carapace home: carapace's ``anthropic`` is NanoClaw's ``claude``.
+STORED_PROVIDER_NAMES = {"anthropic": "claude"}
+
+
+def stored_provider(name: str | None) -> str | None:
+    """The provider name as the DB stores it (NanoClaw's name where NanoClaw has one)."""
+    if name is None:
+        return None
+    key = name.strip().lower()
+    return STORED_PROVIDER_NAMES.get(key, key) if key else None
+
+
 def create_agent_group(
     db: sqlite3.Connection,
     name: str,
@@ -95,7 +108,9 @@ def create_agent_group(
     validate_folder(folder)
     if not name.strip():
         raise ValidationError("agent group name must not be empty")
-    group = AgentGroup(id or new_id("ag", now), name, folder, agent_provider, iso(now))
+    group = AgentGroup(
+        id or new_id("ag", now), name, folder, stored_provider(agent_provider), iso(now)
+    )
     with transaction(db):
         if db.execute("SELECT 1 FROM agent_groups WHERE folder=?", (folder,)).fetchone():
             raise ConflictError(f"an agent group with folder {folder!r} exists already")
@@ -146,7 +161,10 @@ def update_agent_group(
                 raise ValidationError("agent group name must not be empty")
             db.execute("UPDATE agent_groups SET name=? WHERE id=?", (name, id))
         if agent_provider is not None:
-            db.execute("UPDATE agent_groups SET agent_provider=? WHERE id=?", (agent_provider, id))
+            db.execute(
+                "UPDATE agent_groups SET agent_provider=? WHERE id=?",
+                (stored_provider(agent_provider), id),
+            )
     result = get_agent_group(db, id)
     assert result is not None
     return result
@@ -251,6 +269,8 @@ def update_container_config(
         raise ValidationError("max_messages_per_prompt must be a positive integer")
     if get_agent_group(db, agent_group_id) is None:
         raise NotFoundError(f"no agent group {agent_group_id!r}")
+    if isinstance(changes.get("provider"), str):
+        changes = {**changes, "provider": stored_provider(changes["provider"])}
     with transaction(db):
         ensure_container_config(db, agent_group_id, now=now)
         for key, value in changes.items():

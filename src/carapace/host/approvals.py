@@ -38,7 +38,7 @@ from carapace.db.migrations import normalize_name
 from carapace.db.session import init_session_folder
 from carapace.db.sessions import Session, get_session
 from carapace.errors import NotFoundError, ValidationError
-from carapace.host import access, cards, channel_approval, questions, sender_approval
+from carapace.host import access, card_text, cards, channel_approval, questions, sender_approval
 from carapace.host.cards import Ctx, Outcome
 from carapace.host.sessions import SessionManager
 from carapace.jsonutil import dumps, loads_or
@@ -159,17 +159,18 @@ def handle_system_action(ctx: Ctx, session_id: str, content: dict[str, Any]) -> 
                                       f'destination named "{local}".')  # fmt: skip
             payload: dict[str, Any] = {"requestId": content.get("requestId"), "name": name,
                                        "instructions": content.get("instructions")}  # fmt: skip
-            question = f'Agent "{who}" wants to create a new agent "{name}".'
+            question = (f"Agent {card_text.quote_agent(who, 80)} wants to create a new agent "
+                        f"{card_text.quote_agent(name, 80)} {card_text.AGENT_MARK}.")  # fmt: skip
             request_approval(ctx, session_id, action, payload, "Create Agent Request", question)
         elif action == "install_packages":
             apt, npm = _packages(content)
             payload = {"apt": apt, "npm": npm, "reason": str(content.get("reason") or "")}
-            listing = ", ".join(x for x in (f"apt: {' '.join(apt)}" if apt else "",
-                                            f"npm: {' '.join(npm)}" if npm else "") if x)  # fmt: skip
-            question = (f'Agent "{who}" is attempting to install a package + rebuild container:'
-                        f"\n{listing}")  # fmt: skip
+            listing = ", ".join(x for x in (f"apt: {card_text.quote_agent(' '.join(apt))}" if apt else "",
+                                            f"npm: {card_text.quote_agent(' '.join(npm))}" if npm else "") if x)  # fmt: skip
+            question = (f"Agent {card_text.quote_agent(who, 80)} is attempting to install a package "
+                        f"+ rebuild container {card_text.AGENT_MARK}:\n{listing}")  # fmt: skip
             if payload["reason"]:
-                question += f"\nReason: {payload['reason']}"
+                question += f"\nReason: {card_text.quote_agent(payload['reason'])}"
             request_approval(ctx, session_id, action, payload, "Install Packages Request", question)
         else:
             mcp_name, command = content.get("name"), content.get("command")
@@ -184,7 +185,9 @@ def handle_system_action(ctx: Ctx, session_id: str, content: dict[str, Any]) -> 
             env = content.get("env") if isinstance(content.get("env"), dict) else {}
             payload = {"name": mcp_name, "command": command, "args": args, "env": env}
             question = (
-                f'Agent "{who}" is attempting to add a new MCP server:\n{mcp_name} ({command})'
+                f"Agent {card_text.quote_agent(who, 80)} is attempting to add a new MCP server "
+                f"{card_text.AGENT_MARK}:\nname {card_text.quote_agent(mcp_name, 80)}, command "
+                f"{card_text.quote_agent(command)}, args {card_text.quote_agent(args)}"
             )
             request_approval(ctx, session_id, action, payload, "Add MCP Request", question)
     except ValidationError as exc:

@@ -28,6 +28,7 @@ from carapace.db.approvals import normalize_options
 from carapace.db.central import from_row, from_rows
 from carapace.db.connection import transaction
 from carapace.host import access
+from carapace.host.card_text import bound_card_text
 from carapace.jsonutil import dumps, loads_or
 from carapace.timefmt import iso, parse_ts
 
@@ -161,6 +162,8 @@ def create_card(
     ``candidates`` are approvers in preference order; the pump delivers to the first one it
     can reach. ``target`` fixes the chat instead (questions, follow-up cards)."""
     ct, pid, tid = target if target is not None else (None, None, None)
+    title = bound_card_text(title, chars=200, lines=1)
+    question = bound_card_text(question)
     with transaction(db):
         db.execute("DELETE FROM carapace_cards WHERE card_id=? AND status<>'pending'", (card_id,))
         db.execute(

@@ -16,6 +16,7 @@ import click
 
 from carapace.cli import clean_errors, home_option
 from carapace.config import Home
+from carapace.limits import mechanism as limits_mechanism
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +39,9 @@ def run(home: str | None) -> None:
         click.echo(f"created {line}", err=True)
     if logging.getLogger().level > logging.INFO:
         logging.getLogger("carapace").setLevel(logging.INFO)
+    from carapace.ops.runtime import setup_logging
+
+    setup_logging(h)
     asyncio.run(_run(h))
 
 
@@ -45,18 +49,27 @@ async def _run(home: Home) -> None:
     from carapace.host.client import build_host
 
     host = build_host(home)
+    from carapace.ops.runtime import start_metrics
+
+    metrics = start_metrics(host)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):  # before the sockets appear: no window
         loop.add_signal_handler(sig, stop.set)
     await host.start()
+    from carapace.ops.runtime import start_retention
+
+    start_retention(host)
     click.echo(f"carapace host running for {home.root} (cli socket {home.cli_socket})", err=True)
     click.echo(f"runner backend: {host.backend_note}", err=True)
+    click.echo(f"runner limits: {limits_mechanism()}", err=True)
     try:
         await stop.wait()
     finally:
         await host.stop()
         host.close()
+        if metrics is not None:
+            metrics.stop()
 
 
 def _owns(eid: str, msg: dict[str, Any]) -> bool:

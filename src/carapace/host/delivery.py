@@ -297,7 +297,10 @@ class Delivery:
             (rid, pm, sqlite_ts(now)),
         )
         logger.info("delivered %s (session %s, seq %s) to %s:%s", rid, session.id, row["seq"],
-                    row["channel_type"], row["platform_id"])  # fmt: skip
+                    row["channel_type"], row["platform_id"],
+                    extra={"session_id": session.id, "agent_group_id": session.agent_group_id,
+                           "message_id": rid, "chat_id": row["platform_id"],
+                           "channel_type": row["channel_type"]})  # fmt: skip
         return "delivered"
 
     def _record_attempt(
@@ -327,7 +330,9 @@ class Delivery:
             "delivered_at) VALUES (?, NULL, 'failed', ?)",
             (rid, sqlite_ts(now)),
         )
-        logger.error("delivery of %s (session %s) failed for good: %s", rid, session.id, err)
+        logger.error("delivery of %s (session %s) failed for good: %s", rid, session.id, err,
+                     extra={"session_id": session.id, "agent_group_id": session.agent_group_id,
+                            "message_id": rid, "chat_id": row["platform_id"]})  # fmt: skip
         if stopped is not None:  # the loop guard: one note, carrying the hop count
             if stopped.notify:
                 write_stop_note(self.sessions, session, row["seq"], stopped, now)

@@ -31,6 +31,7 @@ from carapace.db.destinations import add_projection_hook, remove_projection_hook
 from carapace.db.projection import project_group
 from carapace.db.sessions import set_container_status
 from carapace.errors import ConfigError
+from carapace.host import work_index
 from carapace.host.actions import SystemActions
 from carapace.host.delivery import Delivery
 from carapace.host.pool import (
@@ -45,6 +46,7 @@ from carapace.host.sessions import SessionManager
 from carapace.host.sweep import (
     SLA_CHECK_S,
     Claim,
+    HostSeen,
     SweepContext,
     SweepReport,
     container_state,
@@ -55,6 +57,7 @@ from carapace.host.sweep import (
     reset_claims,
     scan_session,
 )
+from carapace.limits import mechanism as limits_mechanism
 from carapace.perms import private_umask
 from carapace.runner.transcript import adopt_legacy_transcript
 from carapace.timefmt import Clock, SystemClock
@@ -119,10 +122,11 @@ class Host:
         except ConfigError:
             self.db.close()
             raise
+        self._host_seen = HostSeen()  # agent-written times on the host's clock (stuck check)
         self.backend_note: str = getattr(self.backend, "note", f"{self.backend.name} (given)")
         self.pool = RunnerPool(
             self.backend, max_runners=self.settings.max_runners, prepare=self._prepare,
-            on_exit=self._on_exit, now=self.now,
+            on_exit=self._on_exit, now=self.now, idle_since=self._idle_since,
         )  # fmt: skip
         self.actions = SystemActions(
             self.sessions, self.wake, admin=self._admin_call, timezone=self.settings.timezone
@@ -214,6 +218,7 @@ class Host:
         self.db.execute(
             "UPDATE sessions SET container_status='stopped' WHERE container_status != 'stopped'"
         )
+        await self.rebuild_work_index()
         add_projection_hook(self._hook)
         callbacks = ChannelCallbacks(on_inbound=self._on_inbound, on_ready=self._on_channel_ready)
         for adapter in self.adapters.values():
@@ -232,7 +237,21 @@ class Host:
 
                 self._admin_server = AdminServer(self)
                 await self._admin_server.start()
-        logger.info("host started for %s; runner backend: %s", self.home.root, self.backend_note)
+        logger.info("host started for %s; runner backend: %s; runner limits: %s",
+                    self.home.root, self.backend_note, limits_mechanism())  # fmt: skip
+
+    async def rebuild_work_index(self) -> int:
+        """Index every session whose files hold work (``host/work_index.py``): what NanoClaw
+        or an older carapace left behind runs without waiting for a new message. The file
+        reads run in a worker thread."""
+        refs = work_index.active_sessions(self.db)
+        found = await asyncio.to_thread(
+            work_index.scan_sessions, self.home.data_dir, refs, self.now()
+        )
+        n = work_index.apply(self.db, found)
+        if n:
+            logger.info("work index: %d of %d session(s) have pending work", n, len(refs))
+        return n
 
     async def stop(self) -> None:
         if not self._started:
@@ -332,6 +351,23 @@ class Host:
         session = self.sessions.get(session_id)
         if session is not None:  # ack sync at once, off the loop (outbound.db is the agent's)
             await self.delivery.outbox.call(scan_session, self.sessions.paths(session), self.now())
+            if self.pool.queued():
+                self.pool.make_room()  # this runner may just have become idle
+
+    def _idle_since(self, session_id: str) -> datetime | None:
+        """For the pool: None while the session has due or claimed work, else since when its
+        runner has been idle (its last heartbeat, or its start; the host's clock bounds it)."""
+        session = self.sessions.get(session_id)
+        if session is None:
+            return self.now()
+        paths = self.sessions.paths(session)
+        scan = scan_session(paths, self.now())
+        if scan.due_now or scan.claims:
+            return None
+        started = self.pool.started_at(session_id) or self.now()
+        hb = heartbeat_at(paths)
+        last = max(started, hb) if hb is not None else started
+        return min(last, self.now())
 
     # ---------------------------------------------------------------- runners
     def _prepare(self, session_id: str) -> RunnerSpec | None:
@@ -365,6 +401,7 @@ class Host:
                           self.settings.runner_idle_exit_s, env)  # fmt: skip
 
     def _on_exit(self, session_id: str, exit: RunnerExit) -> None:
+        self._host_seen.forget(session_id)
         if self._closed:  # claims are reset by the next start's sweep
             return
         session = self.sessions.get(session_id)
@@ -446,11 +483,11 @@ class Host:
             scan = await off(scan_session, paths, now)
         started = self.pool.started_at(sid)
         if running and started is not None:
-            live = [Claim(m, t) for m, t in scan.claims.items()
+            seen = self._host_seen
+            live = [Claim(m, seen.clamp(sid, f"claim:{m}", t, now)) for m, t in scan.claims.items()
                     if t is not None and t >= started - timedelta(seconds=1)]  # fmt: skip
-            action, mid = decide_stuck_action(
-                now, heartbeat_at(paths), await off(container_state, paths), live
-            )
+            beat = seen.clamp(sid, "heartbeat", heartbeat_at(paths), now)
+            action, mid = decide_stuck_action(now, beat, await off(container_state, paths), live)
             if action != "ok":
                 logger.warning("session %s: %s (message %s); stopping its runner", sid, action, mid)
                 report.killed.append((sid, action))

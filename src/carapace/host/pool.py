@@ -16,22 +16,36 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import functools
 import logging
 import os
 import signal
 import sys
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
+from carapace.limits import (
+    Limits,
+    join_cgroup,
+    remove_cgroup,
+    rlimit_preexec,
+    runner_cgroup,
+    scope_argv,
+    systemd_scope_usable,
+)
+
 logger = logging.getLogger(__name__)
 
 PID_FILE = ".runner.pid"
 LOG_FILE = ".runner.log"
+# The host variables a runner may get (docs/sandbox.md "Process boundary"); everything else
+# of the host's environment stays out. Providers' settings come from the backend's pass_env.
+BASE_ENV = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "PYTHONPATH")
 
 
 @dataclass(frozen=True)
@@ -43,6 +57,7 @@ class RunnerSpec:
     provider: str | None = None
     idle_exit_s: float | None = None
     env: dict[str, str] = field(default_factory=dict)
+    limits: Limits = field(default_factory=Limits)  # the agent group's (carapace.limits)
 
 
 class RunnerHandle(Protocol):
@@ -67,6 +82,26 @@ class RunnerExit:
     started_at: datetime
 
 
+def runner_env(spec: RunnerSpec, pass_env: Sequence[str]) -> dict[str, str]:
+    """A runner's whole environment: allow-listed host variables, then ``spec.env``."""
+    names = (*BASE_ENV, *pass_env)
+    env = {k: os.environ[k] for k in names if os.environ.get(k)}
+    env.update(spec.env)
+    return env
+
+
+def child_setup(limits: Limits, cgroup: Path | None = None) -> Callable[[], None]:
+    """``preexec_fn`` of a runner: die with the host, join its cgroup, the group's rlimits."""
+    apply_limits = rlimit_preexec(limits)
+
+    def setup() -> None:  # pragma: no cover - runs in the child
+        _pdeathsig()
+        join_cgroup(cgroup)
+        apply_limits()
+
+    return setup
+
+
 def _pdeathsig() -> None:  # pragma: no cover - runs in the child
     """Runners die with the host (Linux): no orphan keeps working after a host crash."""
     try:
@@ -87,12 +122,17 @@ def proc_start_time(pid: int) -> str | None:
 class ProcHandle:
     """The pool's handle on one runner process (its own process group)."""
 
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+    def __init__(self, proc: asyncio.subprocess.Process, cgroup: Path | None = None) -> None:
         self.proc = proc
         self.pid: int | None = proc.pid
+        self.cgroup = cgroup  # the runner's own pids cgroup, removed after its exit
 
     async def wait(self) -> int:
-        return await self.proc.wait()
+        code = await self.proc.wait()
+        if self.cgroup is not None:
+            remove_cgroup(self.cgroup)
+            self.cgroup = None
+        return code
 
     def signal(self, sig: int) -> None:
         if self.proc.returncode is not None:
@@ -110,9 +150,19 @@ class SubprocessBackend:
 
     name = "subprocess"
 
-    def __init__(self, module: str = "carapace.runner", python: str | None = None) -> None:
+    def __init__(
+        self,
+        module: str = "carapace.runner",
+        python: str | None = None,
+        pass_env: Sequence[str] | None = None,
+    ) -> None:
         self.module = module
         self.python = python or sys.executable
+        if pass_env is None:
+            from carapace.sandbox.bwrap import DEFAULT_PASS_ENV
+
+            pass_env = DEFAULT_PASS_ENV
+        self.pass_env = tuple(pass_env)
 
     def argv(self, spec: RunnerSpec) -> list[str]:
         argv = [self.python, "-m", self.module, "--session-dir", str(spec.session_dir),
@@ -124,22 +174,28 @@ class SubprocessBackend:
         return argv
 
     async def start(self, spec: RunnerSpec) -> RunnerHandle:
-        env = {**os.environ, **spec.env}
+        env = runner_env(spec, self.pass_env)
+        argv = self.argv(spec)
+        if systemd_scope_usable():
+            argv = [*scope_argv(spec.limits), *argv]
+        cgroup = runner_cgroup(spec.session_id, spec.limits)
         log = open(spec.session_dir / LOG_FILE, "ab")  # noqa: SIM115 - handed to the child
         try:
             proc = await asyncio.create_subprocess_exec(
-                *self.argv(spec),
+                *argv,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.DEVNULL,
                 stderr=log,
                 env=env,
                 cwd=str(spec.agent_dir),
                 start_new_session=True,
-                preexec_fn=_pdeathsig if sys.platform.startswith("linux") else None,
+                preexec_fn=child_setup(spec.limits, cgroup)
+                if sys.platform.startswith("linux")
+                else None,
             )
         finally:
             log.close()
-        return ProcHandle(proc)
+        return ProcHandle(proc, cgroup)
 
 
 @dataclass
@@ -162,8 +218,13 @@ class RunnerPool:
         on_started: Callable[[str], None] = lambda sid: None,
         now: Callable[[], datetime],
         grace_s: float = 1.0,
+        idle_since: Callable[[str], datetime | None] = lambda sid: None,
     ) -> None:
         self.backend = backend
+        # ``idle_since(sid)``: when the session's runner last had work, or None while it has
+        # some. With the cap reached and work queued, the longest-idle runner yields its slot.
+        self.idle_since = idle_since
+        self._yielding: set[str] = set()
         self.max_runners = max(1, max_runners)
         self.prepare = prepare
         self.on_exit = on_exit
@@ -193,6 +254,7 @@ class RunnerPool:
         if len(self.running) + len(self._spawning) >= self.max_runners:
             logger.info("runner cap %d reached; session %s queued", self.max_runners, session_id)
             self._queue.append(session_id)
+            self.make_room()
             return
         self._spawning[session_id] = asyncio.get_running_loop().create_task(
             self._spawn(session_id), name=f"spawn-{session_id}"
@@ -249,6 +311,37 @@ class RunnerPool:
         except Exception:
             logger.exception("exit handling failed for session %s", session_id)
         self._next_from_queue()
+
+    def make_room(self) -> int:
+        """With work queued and the cap reached, stop idle runners (longest idle first), one
+        per queued session not already covered by a runner on its way out. Returns how many
+        were asked to stop. Call it when work is queued and when a runner may have become
+        idle; an idle runner never holds a slot that queued work is waiting for."""
+        want = len(self._queue) - len(self._yielding)
+        if want <= 0 or self._closed:
+            return 0
+        idle: list[tuple[datetime, str]] = []
+        for sid, run in self.running.items():
+            if sid in self._yielding or run.stop_reason is not None:
+                continue
+            try:
+                since = self.idle_since(sid)
+            except Exception:
+                logger.exception("idle check of session %s failed", sid)
+                continue
+            if since is not None:
+                idle.append((since, sid))
+        idle.sort()
+        loop = asyncio.get_running_loop()
+        for _, sid in idle[:want]:
+            logger.info("session %s: idle runner yields its slot to queued work", sid)
+            self._yielding.add(sid)
+            task = loop.create_task(self.stop(sid, "yield"), name=f"yield-{sid}")
+            task.add_done_callback(functools.partial(self._yielded, sid))
+        return min(want, len(idle))
+
+    def _yielded(self, session_id: str, _task: asyncio.Task[bool]) -> None:
+        self._yielding.discard(session_id)
 
     def _next_from_queue(self) -> None:
         while self._queue and not self._closed:

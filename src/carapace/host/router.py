@@ -316,7 +316,9 @@ class Router:
             now=now,
         )  # fmt: skip
         result.routed.append(Routed(session.id, w.agent_group_id, mid, int(wake), seq))
-        logger.info("routed %s to session %s (seq %s, trigger %d)", mid, session.id, seq, int(wake))
+        logger.info("routed %s to session %s (seq %s, trigger %d)", mid, session.id, seq, int(wake),
+                    extra={"session_id": session.id, "agent_group_id": w.agent_group_id,
+                           "message_id": mid, "chat_id": pid, "channel_type": ct})  # fmt: skip
         if wake and seq is not None:
             self.wake(session.id)
 

@@ -21,6 +21,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from carapace import safefs
 from carapace.config import Home
 from carapace.db import groups
 from carapace.db.connection import transaction
@@ -183,9 +184,9 @@ class SessionManager:
         if session.agent_provider:
             doc["provider"] = session.agent_provider
         doc = {k: v for k, v in doc.items() if v is not None}
-        tmp = agent_dir / ".container.json.tmp"
-        tmp.write_text(dumps(doc), encoding="utf-8")
-        os.replace(tmp, agent_dir / "container.json")
+        # The group folder is the agent's: a fresh O_EXCL temp file renamed over the entry,
+        # so a planted ``container.json`` or temp-file link is replaced, never followed.
+        safefs.write_beneath(agent_dir, "container.json", dumps(doc).encode(), 0o644)
         return agent_dir
 
     def extract_attachments(

@@ -34,6 +34,7 @@ from carapace.host.outbox_reader import (
     read_acks,
     read_container_state,
 )
+from carapace.limits import MAX_TOOL_TIMEOUT_S
 from carapace.timefmt import iso, parse_ts, sqlite_ts
 
 logger = logging.getLogger(__name__)
@@ -62,8 +63,8 @@ def decide_stuck_action(
     bash_s = 0.0
     if container_state and container_state.get("current_tool") == "Bash":
         ms = container_state.get("tool_declared_timeout_ms")
-        if isinstance(ms, int | float):
-            bash_s = float(ms) / 1000.0
+        if isinstance(ms, int | float):  # agent-written: capped (limits.MAX_TOOL_TIMEOUT_S)
+            bash_s = min(max(float(ms) / 1000.0, 0.0), MAX_TOOL_TIMEOUT_S)
     if heartbeat is not None:
         age = (now - heartbeat).total_seconds()
         if age > max(ABSOLUTE_CEILING_S, bash_s):
@@ -78,6 +79,33 @@ def decide_stuck_action(
             continue
         return "kill-claim", c.message_id
     return "ok", None
+
+
+class HostSeen:
+    """Agent-written timestamps (heartbeat mtime, claim times) on the host's clock.
+
+    A value counts as no later than the host time it was first seen with: a heartbeat or
+    claim dated in the future ages from the moment the host saw it, and only a *changed*
+    value (the runner really beat again) is fresh."""
+
+    def __init__(self) -> None:
+        self._seen: dict[tuple[str, str], tuple[datetime, datetime]] = {}
+
+    def clamp(self, sid: str, key: str, value: datetime | None, now: datetime) -> datetime | None:
+        if value is None:
+            self._seen.pop((sid, key), None)
+            return None
+        prev = self._seen.get((sid, key))
+        if prev is None or prev[0] != value:
+            self._seen[(sid, key)] = (value, now)
+            first = now
+        else:
+            first = prev[1]
+        return min(value, first)
+
+    def forget(self, sid: str) -> None:
+        for key in [k for k in self._seen if k[0] == sid]:
+            del self._seen[key]
 
 
 def retry_backoff_s(tries: int) -> float:

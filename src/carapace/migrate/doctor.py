@@ -114,6 +114,9 @@ def diagnose(home: Home) -> DoctorReport:
         rep.add("error", "central-db-unreadable", str(home.central_db), str(exc))
     finally:
         conn.close()
+    from carapace.ops.doctor import ops_checks
+
+    ops_checks(home, rep)
     return rep
 
 
@@ -247,7 +250,7 @@ def _group_sandbox(
             try:
                 if not roots:
                     raise ValidationError("no mount_allowlist in carapace.toml")
-                validate_mount(MountRequest.from_json(raw), roots)
+                validate_mount(MountRequest.from_json(raw), roots, home=home.root)
             except ValidationError as exc:
                 rep.add("warning", "mount-refused", subject, f"additional mount refused: {exc}")
     if choice == "auto":

@@ -83,7 +83,7 @@ def _import_group(ctx: ImportContext, g: V1Group) -> None:
         ctx.report.need(
             f"{chat.channel_type} chats",
             f"carapace has no {chat.channel_type} adapter; those chats are imported but inert",
-            "rewire the agent groups to a supported channel (cli, telegram, webhook, web)",
+            f"rewire the agent groups to a channel with an adapter ({', '.join(KNOWN_CHANNELS)})",
         )
     if mg_id is not None:
         assert chat is not None

@@ -133,13 +133,23 @@ def _run(src: V1Source, home: Home, now: datetime, *, files_home: Home | None) -
 
 
 def _steps(ctx: ImportContext) -> None:
-    import_groups(ctx)
-    import_sessions(ctx)
-    tasks = import_tasks(ctx)
-    import_run_logs(ctx, tasks)
-    import_messages(ctx)
-    report_dropped(ctx)
-    import_owner(ctx)
+    from carapace.ops.progress import progress
+
+    with progress("migrate-v1", 7) as advance:  # a bar on a terminal only
+        import_groups(ctx)
+        advance("groups")
+        import_sessions(ctx)
+        advance("sessions")
+        tasks = import_tasks(ctx)
+        advance("tasks")
+        import_run_logs(ctx, tasks)
+        advance("task runs")
+        import_messages(ctx)
+        advance("messages")
+        report_dropped(ctx)
+        advance("dropped")
+        import_owner(ctx)
+        advance("owner")
     groups = ctx.src.groups()
     if groups and not ctx.imported:
         ctx.report.fatal = "no v1 group could be imported"

@@ -12,10 +12,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
+from carapace.channels.registry import available_channels
 from carapace.timefmt import iso, parse_ts
 
-#: Channel types a carapace adapter exists for; others import but stay inert.
-KNOWN_CHANNELS = ("cli", "telegram", "webhook", "web")
+#: Channel types a carapace adapter exists for (``channels/registry.py``); others import but
+#: stay inert.
+KNOWN_CHANNELS = available_channels()
 
 _WHATSAPP_HOSTS = {"s.whatsapp.net", "g.us", "lid", "broadcast", "newsletter"}
 _ALIASES = {

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from carapace.runner.config import RunnerConfig
 from carapace.runner.loop import Runner
+from carapace.runner.procs import harden_self
 from carapace.runner.setup import build_provider, build_workspace
 
 logger = logging.getLogger("carapace.runner")
@@ -41,6 +42,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    harden_self()  # before anything: agent commands must never read this process
     args = parse_args(argv)
     os.umask(0o077)  # transcripts, outbox files, the agent's files: owner-only
     logging.basicConfig(

@@ -34,6 +34,7 @@ from typing import Any
 
 from carapace.db.session import touch_heartbeat
 from carapace.errors import CarapaceError
+from carapace.limits import limits_of, rlimit_preexec
 from carapace.runner.agent import Agent, append_transcript, resume_conversation, save_conversation
 from carapace.runner.batching import select_batch
 from carapace.runner.compaction import Compaction
@@ -45,7 +46,7 @@ from carapace.runner.prompt import compose_system_prompt
 from carapace.runner.providers._common import one_line
 from carapace.runner.providers.base import Provider
 from carapace.runner.reply import dispatch_final_text, reply_routing, send_text
-from carapace.runner.task_scripts import apply_pre_task_scripts
+from carapace.runner.task_scripts import SCRIPT_TIMEOUT_S, apply_pre_task_scripts
 from carapace.runner.tools import Batch, ToolBox, ToolContext, TurnAbandoned
 from carapace.timefmt import Clock, SystemClock
 from carapace.watch import DirWatcher
@@ -258,10 +259,7 @@ class Runner:
             if not rows or not any(r.trigger for r in rows):
                 self.outbound.complete([r.id for r in rows], now=self.clock.now())
                 return
-        rows, skipped = apply_pre_task_scripts(
-            rows, cwd=self.config.agent_dir, outbound=self.outbound, now=self.clock.now,
-            heartbeat=self.heartbeat,
-        )  # fmt: skip
+        rows, skipped = self._task_scripts(rows, batch)
         if skipped:
             self.outbound.complete([r.id for r in skipped], now=self.clock.now())
             if not rows or not any(r.trigger for r in rows):
@@ -313,6 +311,25 @@ class Runner:
         logger.info(
             "session %s: completed %s in %d round(s); reply seqs %s", sid, ids, result.rounds, seqs
         )
+
+    def _task_scripts(self, rows: list[InRow], batch: Batch) -> tuple[list[InRow], list[InRow]]:
+        """Pre-task scripts run exactly as bash does: same policy, env, limits (or not at all)."""
+        ws = self.toolbox.workspace
+        mode, _why = self.config.agent_settings.bash_mode(self.config.sandboxed)
+        allowed = ws is not None and mode != "off" and ws.policy.bash != "off"
+        limits = limits_of(self.config.settings)
+
+        def notify(row: InRow, text: str) -> None:
+            routing = row.routing if not row.routing.empty else batch.origin
+            send_text(text, routing, self.outbound, in_reply_to=row.id, now=self.clock.now())
+
+        return apply_pre_task_scripts(
+            rows, cwd=self.config.agent_dir, outbound=self.outbound, now=self.clock.now,
+            heartbeat=self.heartbeat, allowed=allowed,
+            env=ws.bash_env() if ws is not None else None,
+            preexec=ws.command_preexec() if ws is not None else rlimit_preexec(limits, cpu=True),
+            timeout=min(SCRIPT_TIMEOUT_S, limits.tool_timeout_s), notify=notify,
+        )  # fmt: skip
 
     def _on_compaction(self, result: Compaction) -> None:
         # A compaction sends nothing (no messages_out row): it is only recorded (spec W-3b).

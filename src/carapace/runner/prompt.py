@@ -28,6 +28,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from carapace import safefs
 from carapace.runner.settings import AgentSettings
 
 MAX_FILE_CHARS = 100_000
@@ -99,19 +100,27 @@ def destinations_section(destinations: Sequence[NamedDestination]) -> str:
     )
 
 
-def _read(path: Path) -> str:
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return ""
-    return text[:MAX_FILE_CHARS].strip()
+def _read(path: str, roots: Sequence[str]) -> str:
+    """The text of ``path`` if it lies inside one of ``roots``, read without following any
+    link on the way (``safefs``): the group folder is the agent's, and the host composes
+    this prompt too (``admin groups prompt``). A link, a FIFO or a missing file reads as ""."""
+    for root in roots:
+        if not _inside(path, [root]) or path == root:
+            continue
+        rel = os.path.relpath(path, root)
+        try:
+            data = safefs.read_beneath(root, rel, MAX_FILE_CHARS * 4, truncate=True)
+        except (OSError, safefs.UnsafePathError):
+            return ""
+        return data.decode("utf-8", errors="replace")[:MAX_FILE_CHARS].strip()
+    return ""
 
 
 def _inside(real: str, roots: Sequence[str]) -> bool:
     return any(real == r or real.startswith(r.rstrip("/") + "/") for r in roots)
 
 
-def expand_imports(text: str, base: Path, roots: Sequence[str], depth: int = 0) -> str:
+def expand_imports(text: str, base: str, roots: Sequence[str], depth: int = 0) -> str:
     """Inline ``@path`` lines (Claude Code imports) whose target lies inside ``roots``."""
     out: list[str] = []
     for line in text.splitlines():
@@ -119,26 +128,30 @@ def expand_imports(text: str, base: Path, roots: Sequence[str], depth: int = 0) 
         if m is None:
             out.append(line)
             continue
-        target = os.path.realpath(os.path.join(base, os.path.expanduser(m.group(1))))
-        if depth >= MAX_IMPORT_DEPTH or not _inside(target, roots) or not os.path.isfile(target):
+        if depth >= MAX_IMPORT_DEPTH or m.group(1).startswith("~"):
             continue
-        inner = _read(Path(target))
+        target = os.path.normpath(os.path.join(base, m.group(1)))
+        inner = _read(target, roots)
         if inner:
-            out.append(expand_imports(inner, Path(target).parent, roots, depth + 1))
+            out.append(expand_imports(inner, os.path.dirname(target), roots, depth + 1))
     return "\n".join(out).strip()
 
 
 def memory_sections(agent_dir: Path) -> list[str]:
     global_dir = agent_dir.parent / "global"
-    roots = [os.path.realpath(agent_dir), os.path.realpath(global_dir)]
+    # The folders themselves are the host's choice (resolved once); nothing inside them is
+    # followed.
+    agent_root, global_root = os.path.realpath(agent_dir), os.path.realpath(global_dir)
+    roots = [agent_root, global_root]
     files = (
-        ("Group instructions (CLAUDE.md)", agent_dir / "CLAUDE.md"),
-        ("Group memory (CLAUDE.local.md)", agent_dir / "CLAUDE.local.md"),
-        ("Shared memory (global/CLAUDE.md, read-only)", global_dir / "CLAUDE.md"),
+        ("Group instructions (CLAUDE.md)", agent_root, "CLAUDE.md"),
+        ("Group memory (CLAUDE.local.md)", agent_root, "CLAUDE.local.md"),
+        ("Shared memory (global/CLAUDE.md, read-only)", global_root, "CLAUDE.md"),
     )
     out: list[str] = []
-    for title, path in files:
-        text = expand_imports(_read(path), path.parent, roots)
+    for title, root, name in files:
+        path = os.path.join(root, name)
+        text = expand_imports(_read(path, [root]), root, roots)
         if text:
             out.append(f"## {title}\n\n{text}")
     return out

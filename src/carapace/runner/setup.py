@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from carapace.errors import CarapaceError
+from carapace.limits import limits_of
 from carapace.runner.config import RunnerConfig
 from carapace.runner.providers import ProviderConfig, create_provider
 from carapace.runner.providers.base import Provider
@@ -51,7 +52,12 @@ def build_workspace(config: RunnerConfig) -> Workspace | None:
         return None
     agent = config.agent_settings
     bash, why_off = agent.bash_mode(config.sandboxed)
-    limits = WorkspaceLimits(bash_timeout_s=agent.bash_timeout_s)
+    process = limits_of(config.settings)
+    limits = WorkspaceLimits(
+        bash_timeout_s=min(agent.bash_timeout_s, process.tool_timeout_s),
+        bash_max_timeout_s=process.tool_timeout_s,
+        process=process,
+    )
     global_dir = config.agent_dir.parent / "global"
     tmp = Path(tempfile.mkdtemp(prefix=f"carapace-runner-{config.session_id}-"))
     try:

@@ -1,9 +1,16 @@
 """Pre-task scripts (spec/runner.md §11.3): a task's ``script`` decides whether to wake the agent.
 
 Before a claimed ``task`` row whose content has a non-empty ``script`` is given to the
-agent, the script runs with ``bash -c`` in the agent group's folder with the runner's
-environment, a ``SCRIPT_TIMEOUT_S`` time limit (its whole process group is killed on
-timeout) and stdout/stderr capped at ``OUTPUT_CAP`` bytes each.
+agent, the script runs with ``bash -c`` in the agent group's folder, exactly as the ``bash``
+tool runs a command: the same environment (``Workspace.bash_env``: nothing of the runner's
+own environment), the same per-command limits (``limits.child_preexec``), a
+``SCRIPT_TIMEOUT_S`` time limit, and afterwards every process it left behind is killed
+(``procs.kill_descendants``). stdout/stderr are capped at ``OUTPUT_CAP`` bytes each.
+
+A script is code the agent wrote, so it obeys the group's bash policy: when bash is off for
+the group (``bash: off``, or ``sandboxed`` in a runner without a sandbox) the script is not
+run, the task is not woken, the result row carries the reason and a notice goes to the
+task's chat (``SCRIPT_REFUSED``).
 
 * exit 0 and the last stdout line is JSON ``{"wakeAgent": bool, "data": ...}``: wake when
   ``wakeAgent`` is true, with ``data`` as the task's ``scriptOutput``;
@@ -28,21 +35,27 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import IO, Any, Protocol
 
 from carapace.jsonutil import dumps
+from carapace.runner import procs
 from carapace.runner.inbound import InRow
 from carapace.timefmt import new_id
 
 logger = logging.getLogger(__name__)
 
+MINIMAL_PATH = "/usr/local/bin:/usr/bin:/bin"
+
 SCRIPT_TIMEOUT_S = 30.0
 OUTPUT_CAP = 1024 * 1024
 REPORT_CAP = 4000
+SCRIPT_REFUSED = (
+    "not run: pre-task scripts obey the bash setting, and bash is off for this agent group"
+)
 
 
 class _Writer(Protocol):
@@ -68,18 +81,30 @@ def _read(fh: IO[bytes]) -> str:
     return fh.read(OUTPUT_CAP).decode("utf-8", errors="replace")
 
 
-def run_script(script: str, cwd: Path, *, timeout: float = SCRIPT_TIMEOUT_S) -> ScriptResult:
-    """Run one script and decide (see the module docstring)."""
+def run_script(
+    script: str,
+    cwd: Path,
+    *,
+    timeout: float = SCRIPT_TIMEOUT_S,
+    env: Mapping[str, str] | None = None,
+    preexec: Callable[[], None] | None = None,
+) -> ScriptResult:
+    """Run one script and decide (see the module docstring). ``env`` is its whole
+    environment (minimal when None: never the runner's own)."""
     started = time.monotonic()
+    env = dict(env) if env is not None else {"PATH": MINIMAL_PATH, "LANG": "C.UTF-8"}
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         try:
             proc = subprocess.Popen(
                 ["bash", "-c", script],
                 cwd=str(cwd) if cwd.is_dir() else None,
+                env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=err,
                 start_new_session=True,
+                close_fds=True,
+                preexec_fn=preexec,
             )
         except OSError as exc:
             return ScriptResult(False, error=f"cannot start bash: {exc}")
@@ -94,6 +119,7 @@ def run_script(script: str, cwd: Path, *, timeout: float = SCRIPT_TIMEOUT_S) -> 
                 pass
             proc.wait()
             code = None
+        procs.kill_descendants()  # background jobs, setsid'd children: nothing outlives it
         stdout, stderr = _read(out), _read(err)
     ms = int((time.monotonic() - started) * 1000)
 
@@ -130,9 +156,15 @@ def apply_pre_task_scripts(
     now: Callable[[], datetime],
     heartbeat: Callable[[], None],
     timeout: float = SCRIPT_TIMEOUT_S,
+    allowed: bool = True,
+    env: Mapping[str, str] | None = None,
+    preexec: Callable[[], None] | None = None,
+    notify: Callable[[InRow, str], None] | None = None,
 ) -> tuple[list[InRow], list[InRow]]:
     """Run the scripts of the task rows, one at a time. Returns (keep, skipped); a kept
-    task row carries ``scriptOutput`` in its content (in memory only)."""
+    task row carries ``scriptOutput`` in its content (in memory only). ``allowed`` False
+    (bash is off for the group): no script runs, each such task is skipped with
+    ``SCRIPT_REFUSED`` and ``notify(row, text)`` is called."""
     keep: list[InRow] = []
     skipped: list[InRow] = []
     for row in rows:
@@ -140,10 +172,17 @@ def apply_pre_task_scripts(
         if script is None:
             keep.append(row)
             continue
-        logger.info("running script for task %s", row.id)
-        heartbeat()
-        result = run_script(script, cwd, timeout=timeout)
-        heartbeat()
+        if allowed:
+            logger.info("running script for task %s", row.id)
+            heartbeat()
+            result = run_script(script, cwd, timeout=timeout, env=env, preexec=preexec)
+            heartbeat()
+        else:
+            logger.warning("task %s: script %s", row.id, SCRIPT_REFUSED)
+            result = ScriptResult(False, error=SCRIPT_REFUSED)
+            if notify is not None:
+                notify(row, f"Scheduled task {row.id} was not run: its pre-task script was "
+                            f"{SCRIPT_REFUSED}.")  # fmt: skip
         if result.stderr:
             logger.info("task %s script stderr: %s", row.id, result.stderr[:500])
         outbound.write(

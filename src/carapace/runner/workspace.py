@@ -32,6 +32,7 @@ from typing import IO, Any, Literal
 
 from carapace import safefs
 from carapace.errors import ConfigError, ValidationError
+from carapace.limits import Limits, rlimit_preexec
 from carapace.runner import webfetch
 from carapace.runner.providers.base import ToolResult, ToolSpec
 from carapace.runner.workspace_shell import run_shell
@@ -71,6 +72,7 @@ class WorkspaceLimits:
     write_bytes: int = 1024 * 1024  # write_file content, edit_file file size
     list_entries: int = 500
     grep_matches: int = 500
+    process: Limits = field(default_factory=Limits)  # rlimits for every command (limits.py)
     grep_file_bytes: int = 2 * 1024 * 1024
     walk_entries: int = 100_000  # directory entries visited by one list_files/grep
     web_bytes: int = 2 * 1024 * 1024
@@ -292,7 +294,12 @@ class Workspace:
             env=self.bash_env(),
             timeout=min(timeout, limits.bash_max_timeout_s),
             max_chars=limits.output_chars,
+            preexec=self.command_preexec(),
         )
+
+    def command_preexec(self) -> Callable[[], None]:
+        """The per-command limits (memory, processes, file size, CPU time) for a child."""
+        return rlimit_preexec(self.limits.process, cpu=True)
 
     # --- files --------------------------------------------------------------------------------
 

@@ -1,9 +1,10 @@
 """The ``bash`` tool's engine: run one command in its own process group, capture its output.
 
 The command runs in a new session (so it and everything it starts share one process
-group), with stdin at ``/dev/null`` and stdout+stderr on one pipe drained by a thread that
+group), under the group's per-command limits (``preexec``), with stdin at ``/dev/null`` and stdout+stderr on one pipe drained by a thread that
 keeps only the head and tail. When the command returns or times out the whole group gets
-SIGKILL, sent while the leader is still an unreaped zombie so its id cannot be reused.
+SIGKILL, sent while the leader is still an unreaped zombie so its id cannot be reused; then
+every process left below the runner (``setsid`` children, double forks) is killed as well.
 """
 
 from __future__ import annotations
@@ -13,14 +14,21 @@ import shutil
 import signal
 import subprocess
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import IO
 
+from carapace.runner.procs import kill_descendants
 from carapace.runner.providers.base import ToolResult
 
 
 def run_shell(
-    command: str, *, cwd: str, env: Mapping[str, str], timeout: float, max_chars: int
+    command: str,
+    *,
+    cwd: str,
+    env: Mapping[str, str],
+    timeout: float,
+    max_chars: int,
+    preexec: Callable[[], None] | None = None,
 ) -> ToolResult:
     """Run ``command`` with ``bash -c`` (``sh`` if bash is missing); never waits past timeout."""
     shell = shutil.which("bash", path=env.get("PATH")) or "/bin/sh"
@@ -33,6 +41,7 @@ def run_shell(
         stderr=subprocess.STDOUT,
         start_new_session=True,
         close_fds=True,
+        preexec_fn=preexec,
     )
     assert proc.stdout is not None
     capture = _Capture(proc.stdout, max_chars)
@@ -42,6 +51,7 @@ def run_shell(
     # have been reused: this ends background jobs too, and on timeout everything.
     _kill_group(proc.pid)
     code = proc.wait()
+    kill_descendants()  # what left the group (setsid, double fork) dies too
     capture.join(timeout=2.0)
     parts = [capture.text().rstrip("\n") or "(no output)"]
     if capture.is_alive():

@@ -5,13 +5,14 @@ What the sandboxed runner sees (everything else of the host is absent)::
     /usr /bin /sbin /lib* /etc/{ssl,ca-certificates,alternatives,ld.so.*,localtime}  ro
     /etc/{resolv.conf,hosts,nsswitch.conf,gai.conf,host.conf}     ro, only with network
     sys.base_prefix, sys.prefix, the folder holding ``carapace``   ro (the interpreter, venv, code)
-    /proc (new pid namespace), /dev (minimal), /tmp (fresh tmpfs)
+    /proc (new pid namespace), /dev (minimal), /tmp (fresh tmpfs of limits.tmp_mb)
     <session dir>                     ro, same path (the runner takes paths as arguments)
       outbound.db outbound.db-journal .heartbeat outbox/      rw on top (the runner's files)
       conversations/                  rw on top (this session's transcript)
       inbound.db inbound.db-journal   ro (also bound explicitly): host commits seen live
     <agent dir>                       rw, same path; cwd and $HOME
-    <agent dir>/{container.json,CLAUDE.md,.claude-fragments}   ro on top, when present
+    <agent dir>/{container.json,CLAUDE.md,.claude-fragments}   ro on top, when present, bound
+                                      from descriptors opened without following links
     <home>/groups/global              ro, when present
     /workspace/extra/<name>           validated additional mounts (see ``mounts.py``)
 
@@ -26,7 +27,11 @@ host side before each start. The runner gets ``CARAPACE_SANDBOX=bwrap``.
 Namespaces: all unshared (user, pid, ipc, uts, cgroup, mount, net); ``--share-net`` only
 when the network is on. All capabilities are dropped, the environment is cleared and only
 what the host passes is set; the sandbox dies with the host (``--die-with-parent``) and has
-its own session (``--new-session``: no terminal injection).
+its own session (``--new-session``: no terminal injection). The runner is the pid
+namespace's init (``--as-pid-1``): bwrap, whose command line and memory hold the runner's
+environment, is not visible inside, and when the runner dies the kernel kills whatever is
+left in the sandbox (docs/sandbox.md, "Process boundary"). bwrap starts under the agent
+group's rlimits (``carapace.limits``), in its own systemd scope when one is available.
 
 Stopping: bwrap does not forward signals, and killing it kills the runner at once. So
 ``SIGTERM`` goes to the processes *inside* the sandbox (the runner exits cleanly, then bwrap
@@ -42,6 +47,7 @@ import logging
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -50,8 +56,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import carapace
+from carapace import safefs
 from carapace.db.session import SessionPaths, ensure_journals
-from carapace.errors import ConfigError
+from carapace.errors import ConfigError, ValidationError
 from carapace.host.pool import (
     LOG_FILE,
     ProcHandle,
@@ -59,8 +66,10 @@ from carapace.host.pool import (
     RunnerHandle,
     RunnerSpec,
     SubprocessBackend,
+    child_setup,
 )
-from carapace.sandbox.mounts import Mount
+from carapace.limits import Limits, runner_cgroup, scope_argv, systemd_scope_usable
+from carapace.sandbox.mounts import EXTRA_ROOT, Mount, check_not_forbidden
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +108,24 @@ class SandboxSpec:
     network: bool = False
     mounts: Sequence[Mount] = ()
     bwrap: str = "bwrap"
+    tmp_mb: int = Limits.tmp_mb  # size of the sandbox's /tmp (tmpfs)
+    home: Path | None = None  # the carapace home: never mountable (``recheck_mount``)
+
+
+def recheck_mount(mount: Mount, home: Path | None) -> None:
+    """The builder's own check of a mount it is handed (``validate_mounts`` made it):
+    a real absolute host path (no link), nothing forbidden, a target under
+    ``/workspace/extra``. ``ConfigError`` otherwise: the sandbox is not started."""
+    host = str(mount.host_path)
+    try:
+        if not os.path.isabs(host) or os.path.realpath(host) != os.path.normpath(host):
+            raise ValidationError(f"mount host path is not a real absolute path: {host!r}")
+        check_not_forbidden(Path(host), home)
+        target = mount.sandbox_path
+        if ".." in target.parts or not target.is_relative_to(EXTRA_ROOT) or target == EXTRA_ROOT:
+            raise ValidationError(f"mount target outside {EXTRA_ROOT}: {target}")
+    except ValidationError as exc:
+        raise ConfigError(f"refusing to start the sandbox: {exc}") from None
 
 
 def _inside(path: Path, roots: Sequence[Path]) -> bool:
@@ -130,18 +157,67 @@ def _system_args(network: bool) -> list[str]:
     return args
 
 
-def bwrap_argv(spec: SandboxSpec) -> list[str]:
+def open_agent_binds(agent_dir: Path) -> list[tuple[int, str]]:
+    """``(fd, name)`` for each host-owned entry of the agent folder that the sandbox sees
+    read-only (``AGENT_READ_ONLY``), opened with ``O_NOFOLLOW`` and confined (``safefs``).
+
+    A missing entry is skipped; a link or anything but a regular file (a folder for
+    ``.claude-fragments``) is refused with a warning and not bound: the agent planted it.
+    The caller passes the descriptors to bwrap and closes them after the spawn."""
+    out: list[tuple[int, str]] = []
+    try:
+        root = safefs.open_root(agent_dir)
+    except safefs.UnsafePathError as exc:
+        raise ConfigError(f"agent folder refused: {exc}") from None
+    try:
+        for name in AGENT_READ_ONLY:
+            want_dir = name == ".claude-fragments"
+            flags = os.O_RDONLY | (os.O_DIRECTORY if want_dir else os.O_NONBLOCK)
+            try:
+                fd = safefs.open_beneath(root, name, flags)
+            except FileNotFoundError:
+                continue
+            except (safefs.UnsafePathError, OSError) as exc:
+                logger.warning("%s/%s not bound into the sandbox: %s", agent_dir, name, exc)
+                continue
+            mode = os.fstat(fd).st_mode
+            if not (stat.S_ISDIR(mode) if want_dir else stat.S_ISREG(mode)):
+                os.close(fd)
+                logger.warning("%s/%s not bound into the sandbox: wrong file type", agent_dir,
+                               name)  # fmt: skip
+                continue
+            out.append((fd, name))
+    except BaseException:
+        close_fds(out)
+        raise
+    finally:
+        os.close(root)
+    return out
+
+
+def close_fds(fds: Sequence[tuple[int, str]]) -> None:
+    for fd, _ in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+def bwrap_argv(spec: SandboxSpec, agent_fds: Sequence[tuple[int, str]] = ()) -> list[str]:
     """The full ``bwrap`` command line that runs ``spec.runner_argv`` in the sandbox.
 
-    Creates the session files it binds when missing (``prepare_session_dir``)."""
+    ``agent_fds`` (from ``open_agent_binds``) must be inherited by bwrap. Creates the
+    session files it binds when missing (``prepare_session_dir``)."""
     session = Path(os.path.abspath(spec.session_dir))
     prepare_session_dir(session)
     agent = Path(os.path.abspath(spec.agent_dir))
     argv = [spec.bwrap, "--unshare-all"]
     if spec.network:
         argv.append("--share-net")
-    argv += ["--die-with-parent", "--new-session", "--cap-drop", "ALL"]
-    argv += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
+    # --as-pid-1: the runner is the namespace's init, so bwrap (whose memory holds this
+    # command line) is not in the sandbox, and when the runner dies the kernel kills
+    # everything left in the namespace.
+    argv += ["--die-with-parent", "--new-session", "--cap-drop", "ALL", "--as-pid-1"]
+    argv += ["--proc", "/proc", "--dev", "/dev"]
+    argv += ["--size", str(spec.tmp_mb * 1024 * 1024), "--tmpfs", "/tmp"]
     argv += _system_args(spec.network)
     pypaths = python_paths(spec.python)
     for path in pypaths:
@@ -152,13 +228,15 @@ def bwrap_argv(spec: SandboxSpec) -> list[str]:
     for name in SESSION_READ_ONLY:
         argv += ["--ro-bind", str(session / name), str(session / name)]
     argv += ["--bind", str(agent), str(agent)]
-    for name in AGENT_READ_ONLY:
-        if (agent / name).exists():
-            argv += ["--ro-bind", str(agent / name), str(agent / name)]
+    for fd, name in agent_fds:
+        # Bound from a descriptor the host opened without following links: bwrap never
+        # resolves a path the agent could have planted (a link to the host's /tmp, /proc…).
+        argv += ["--ro-bind-fd", str(fd), str(agent / name)]
     if spec.global_dir is not None and spec.global_dir.is_dir():
         gdir = os.path.abspath(spec.global_dir)
         argv += ["--ro-bind", gdir, gdir]
     for mount in spec.mounts:
+        recheck_mount(mount, spec.home)
         argv += ["--ro-bind" if mount.read_only else "--bind", str(mount.host_path)]
         argv.append(str(mount.sandbox_path))
     env = {"PATH": DEFAULT_PATH, "HOME": str(agent), "LANG": "C.UTF-8",
@@ -269,7 +347,7 @@ class BwrapHandle(ProcHandle):
             return
         inner = _descendants(self.proc.pid)
         if sig != signal.SIGKILL and inner:
-            # bwrap's pid-namespace init (inner[0]) ignores signals it has no handler for.
+            # The namespace's init (inner[0], the runner) gets only signals it handles.
             targets = inner
         else:
             targets = [self.proc.pid, *inner]
@@ -309,7 +387,7 @@ class BwrapBackend:
         self.pass_env = tuple(pass_env)
         self.python = python or sys.executable
         self.bwrap = bwrap
-        self._runner = SubprocessBackend(module=module, python=self.python)
+        self._runner = SubprocessBackend(module=module, python=self.python, pass_env=())
 
     def describe(self) -> str:
         net = self.network if isinstance(self.network, bool) else "per agent group"
@@ -334,25 +412,36 @@ class BwrapBackend:
             network=network,
             mounts=tuple(self.mounts_for(spec)) if self.mounts_for is not None else (),
             bwrap=self.bwrap,
+            tmp_mb=spec.limits.tmp_mb,
+            home=self.home,
         )
 
     async def start(self, spec: RunnerSpec) -> RunnerHandle:
-        argv = bwrap_argv(self.sandbox_spec(spec))
-        log = open(spec.session_dir / LOG_FILE, "ab")  # noqa: SIM115 - handed to the child
+        agent_fds = open_agent_binds(Path(os.path.abspath(spec.agent_dir)))
+        log = None
         try:
+            argv = bwrap_argv(self.sandbox_spec(spec), agent_fds)
+            if systemd_scope_usable():
+                argv = [*scope_argv(spec.limits), *argv]
+            cgroup = runner_cgroup(spec.session_id, spec.limits)
+            log = open(spec.session_dir / LOG_FILE, "ab")  # noqa: SIM115 - handed to the child
             proc = await asyncio.create_subprocess_exec(
                 *argv,
+                pass_fds=[fd for fd, _ in agent_fds],
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.DEVNULL,
                 stderr=log,
                 env={"PATH": os.environ.get("PATH", DEFAULT_PATH)},
                 cwd=str(spec.agent_dir),
                 start_new_session=True,
+                preexec_fn=child_setup(spec.limits, cgroup),
             )
         finally:
-            log.close()
+            if log is not None:
+                log.close()
+            close_fds(agent_fds)
         logger.debug("session %s: sandboxed runner pid %d", spec.session_id, proc.pid)
-        return BwrapHandle(proc)
+        return BwrapHandle(proc, cgroup)
 
 
 if TYPE_CHECKING:  # BwrapBackend satisfies the pool's seam

@@ -8,7 +8,11 @@ allowlist in ``<home>/carapace.toml``::
 
 No allowlist means no extra mounts. A request is refused unless its host path is absolute,
 has no ``..``, exists, resolves (symlinks followed) inside an allowed root, and has no
-component that looks like a credential store (``.ssh``, ``.aws``, ``.env``, …). The sandbox
+component that looks like a credential store (``.ssh``, ``.aws``, ``.env``, …). Whatever the
+allowlist says, ``/``, ``/proc``, ``/sys``, ``/dev`` (and ``/run``, ``/boot``), the carapace
+home and the user's credential folders are never mounted, nor any folder containing them,
+and a host path that goes through a symbolic link is refused. The bwrap builder checks each
+mount it is handed again (``check_not_forbidden``). The sandbox
 path is ``/workspace/extra/<containerPath>`` and can never leave that folder. A mount is
 read-only unless the request says ``readonly: false`` *and* its root allows read-write.
 Refusals are logged and the runner starts without them (NanoClaw's behaviour).
@@ -105,17 +109,57 @@ def _blocked(path: Path, patterns: Iterable[str]) -> str | None:
     return None
 
 
+# Never mounted, whatever the allowlist says: these folders themselves, anything inside them
+# (SYSTEM_INSIDE), and for the home and credential folders also anything containing them.
+SYSTEM_INSIDE = ("/proc", "/sys", "/dev", "/run", "/boot")
+USER_CREDENTIALS = (
+    ".ssh", ".gnupg", ".aws", ".azure", ".config/gcloud", ".kube", ".docker", ".netrc",
+    ".password-store", ".local/share/keyrings", ".config/carapace", ".pypirc", ".npmrc",
+    ".git-credentials", ".config/gh",
+)  # fmt: skip
+
+
+def forbidden_paths(home: Path | None) -> list[Path]:
+    """Real paths no mount may equal, lie in, or contain: the carapace home and the user's
+    credential folders (``~/.ssh`` …)."""
+    out: list[Path] = []
+    if home is not None:
+        out.append(Path(os.path.realpath(home)))
+    user_home = os.path.expanduser("~")
+    if user_home and user_home != "~":
+        out += [Path(os.path.realpath(os.path.join(user_home, c))) for c in USER_CREDENTIALS]
+    return out
+
+
+def check_not_forbidden(real: Path, home: Path | None) -> None:
+    """``ValidationError`` when the real path ``real`` is ``/``, a system folder (or inside
+    one), or equals, lies in or contains the carapace home or a credential folder."""
+    if real == Path("/"):
+        raise ValidationError("mounting / is never allowed")
+    for sys_dir in SYSTEM_INSIDE:
+        if real == Path(sys_dir) or real.is_relative_to(sys_dir):
+            raise ValidationError(f"mounting {sys_dir} (or inside it) is never allowed: {real}")
+    for bad in forbidden_paths(home):
+        if real == bad or real.is_relative_to(bad) or bad.is_relative_to(real):
+            raise ValidationError(f"mount {real} would expose {bad}, which is never mounted")
+
+
 def validate_mount(
     req: MountRequest,
     roots: Sequence[AllowedRoot],
     blocked: Iterable[str] = DEFAULT_BLOCKED_PATTERNS,
+    *,
+    home: Path | None = None,
 ) -> Mount:
-    """The checked mount for ``req``, or ``ValidationError`` saying why it is refused."""
+    """The checked mount for ``req``, or ``ValidationError`` saying why it is refused.
+    ``home`` is the carapace home, never mountable (nor anything around it)."""
     host = req.host_path
     if not host or not os.path.isabs(host):
         raise ValidationError(f"mount host path must be absolute: {host!r}")
     if ".." in PurePosixPath(host).parts:
         raise ValidationError(f"mount host path must not contain '..': {host!r}")
+    if os.path.realpath(host) != os.path.normpath(host):
+        raise ValidationError(f"mount host path must not go through a symbolic link: {host!r}")
     target = req.container_path if req.container_path is not None else PurePosixPath(host).name
     tparts = PurePosixPath(target).parts
     if not target or target.startswith("/") or ":" in target or ".." in tparts or not tparts:
@@ -123,6 +167,7 @@ def validate_mount(
     real = Path(os.path.realpath(host))
     if not real.exists():
         raise ValidationError(f"mount host path does not exist: {host!r}")
+    check_not_forbidden(real, home)
     pattern = _blocked(real, blocked) or _blocked(Path(host), blocked)
     if pattern is not None:
         raise ValidationError(f"mount host path matches blocked pattern {pattern!r}: {host!r}")
@@ -140,6 +185,7 @@ def validate_mounts(
     roots: Sequence[AllowedRoot],
     *,
     context: str = "",
+    home: Path | None = None,
 ) -> list[Mount]:
     """The valid mounts among ``requests``; each refusal is logged and skipped."""
     mounts: list[Mount] = []
@@ -148,7 +194,7 @@ def validate_mounts(
             req = raw if isinstance(raw, MountRequest) else MountRequest.from_json(raw)
             if not roots:
                 raise ValidationError("no mount_allowlist in carapace.toml")
-            mounts.append(validate_mount(req, roots))
+            mounts.append(validate_mount(req, roots, home=home))
         except ValidationError as exc:
             logger.warning(
                 "additional mount refused%s: %s", f" ({context})" if context else "", exc

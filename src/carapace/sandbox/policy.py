@@ -35,6 +35,7 @@ from carapace.db.groups import ContainerConfig
 from carapace.errors import ConfigError
 from carapace.host.pool import RunnerBackend, RunnerHandle, RunnerSpec, SubprocessBackend
 from carapace.jsonutil import loads_or
+from carapace.limits import limits_of
 from carapace.sandbox.bwrap import BwrapBackend, bwrap_unusable_reason, resolve_backend
 from carapace.sandbox.mounts import Mount, load_allowlist, validate_mounts
 
@@ -73,7 +74,7 @@ def group_mounts(home: Path, cfg: ContainerConfig | None) -> list[Mount]:
     except ConfigError as exc:
         logger.warning("additional mounts of agent group %s refused: %s", cfg.agent_group_id, exc)
         return []
-    return validate_mounts(requests, roots, context=f"agent group {cfg.agent_group_id}")
+    return validate_mounts(requests, roots, context=f"agent group {cfg.agent_group_id}", home=home)
 
 
 class SandboxBackend:
@@ -129,6 +130,7 @@ class SandboxBackend:
         return "bwrap"
 
     async def start(self, spec: RunnerSpec) -> RunnerHandle:
+        spec = dataclasses.replace(spec, limits=limits_of(self._settings(spec)))
         try:
             name = self.backend_for(spec)
         except ConfigError as exc:

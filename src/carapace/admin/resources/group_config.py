@@ -158,7 +158,9 @@ CONFIG_VERBS = (
         access="approval",
         options=(
             GROUP_ID,
-            Opt("provider", "Model provider: mock, anthropic, openai."),
+            Opt(
+                "provider", "Model provider: mock, anthropic (stored as NanoClaw's claude), openai."
+            ),
             Opt("model", "Model name."),
             Opt("effort", "Reasoning effort."),
             Opt("image_tag", "Runner image tag."),

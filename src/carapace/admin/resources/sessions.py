@@ -46,6 +46,23 @@ def _close(ctx: AdminContext, args: dict[str, Any]) -> Any:
     return {"closed": s.id, "stopped": stopped}
 
 
+def _compact(ctx: AdminContext, args: dict[str, Any]) -> Any:
+    from carapace.ops.retention import POLICIES, RetentionPolicy, compact_home
+
+    base = RetentionPolicy.from_settings(ctx.settings)
+    policy = RetentionPolicy(
+        float(args.get("days", base.days)), str(args.get("policy", base.policy))
+    )
+    if policy.policy not in POLICIES:
+        policy = base
+    sid = args.get("id")
+    if sid is not None:
+        _require(ctx, sid)
+    done = compact_home(ctx.home, ctx.db, policy, now=ctx.now(), session_id=sid)
+    return {"days": policy.days, "policy": policy.policy,
+            "sessions": [c.as_dict() for c in done]}  # fmt: skip
+
+
 RESOURCE = Resource(
     name="sessions",
     singular="session",
@@ -79,6 +96,22 @@ RESOURCE = Resource(
             access="approval",
             options=(ID,),
             owner=_owner,
+        ),
+        Verb(
+            "compact",
+            _compact,
+            "Archive or prune processed messages, acks, delivered rows and transcripts older "
+            "than the retention age (carapace.toml [retention]); never anything not yet "
+            "processed or delivered.",
+            access="approval",
+            group_scope=False,
+            options=(
+                Opt("id", "Only this session (default: every session)."),
+                Opt("days", "Age in days (default: retention.days, 30).", type="int", minimum=1),
+                Opt(
+                    "policy", "What to do with old rows.", type="enum", choices=("archive", "prune")
+                ),
+            ),
         ),
     ),
 )

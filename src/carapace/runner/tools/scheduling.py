@@ -74,6 +74,22 @@ def _catch_up(value: Any) -> str | None:
     return str(value)
 
 
+SCRIPT_OFF = (
+    "script refused: bash is off for this agent group, and a pre-task script is a bash "
+    "command (it obeys the same setting). Schedule the task without a script."
+)
+
+
+def _check_script(ctx: ToolContext, script: object) -> None:
+    """A pre-task script is bash: refused when bash is off for the group."""
+    if not isinstance(script, str) or not script.strip():
+        return
+    ws = ctx.workspace
+    mode, _why = ctx.config.agent_settings.bash_mode(ctx.config.sandboxed)
+    if ws is None or mode == "off" or getattr(ws.policy, "bash", "off") == "off":
+        raise ToolError(SCRIPT_OFF)
+
+
 def _schedule_task(ctx: ToolContext, args: dict[str, Any]) -> str:
     prompt, after = args.get("prompt"), args.get("processAfter")
     if not prompt or not after:
@@ -83,6 +99,7 @@ def _schedule_task(ctx: ToolContext, args: dict[str, Any]) -> str:
     recurrence = args.get("recurrence") or None
     if recurrence:
         _check_cron(recurrence)
+    _check_script(ctx, args.get("script"))
     routing = ctx.conversation_routing()
     task_id = new_id("task")
     content = {
@@ -197,6 +214,7 @@ def _update_task(ctx: ToolContext, args: dict[str, Any]) -> str:
             _check_cron(recurrence)
         fields["recurrence"] = recurrence
     if isinstance(args.get("script"), str):
+        _check_script(ctx, args["script"])
         fields["script"] = args["script"] or None
     if args.get("catch_up"):
         fields["catchUp"] = _catch_up(args["catch_up"])

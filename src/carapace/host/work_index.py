@@ -1,0 +1,108 @@
+"""Rebuild the sweep's work index from the session files at host start (issue 18, item 1).
+
+The sweep and delivery visit only sessions listed in ``carapace_session_work``. That index
+is carapace's own: a home last run by NanoClaw (or by an older carapace) can hold pending
+messages, due one-off and recurring tasks and undelivered replies that the index does not
+name, and they would wait for the next message routed into their session. So at every
+start the host asks each active session's files what is there:
+
+* ``inbound.db`` (the host's own file): the earliest ``process_after`` of a pending
+  trigger row that is not a system row (a task due later is indexed for its time);
+* ``outbound.db`` (the runner's): a highest seq above the delivery cursor means replies
+  may wait for delivery; that session is due now.
+
+The file reads run in a worker thread (``scan_sessions``); only the final index writes touch
+the central DB, in one transaction. Sessions found with nothing to do are left alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from carapace.db.connection import connect, has_table, transaction
+from carapace.db.session import SessionPaths, peek_max_seq
+from carapace.db.sessions import mark_session_work
+from carapace.timefmt import iso, parse_ts
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SessionRef:
+    session_id: str
+    agent_group_id: str
+
+
+def active_sessions(db: sqlite3.Connection) -> list[SessionRef]:
+    rows = db.execute(
+        "SELECT id, agent_group_id FROM sessions WHERE COALESCE(status, 'active') = 'active'"
+    )
+    return [SessionRef(r[0], r[1]) for r in rows]
+
+
+def _inbound_due(paths: SessionPaths, now: datetime) -> tuple[datetime | None, int]:
+    """(earliest due time of a pending trigger row, delivery cursor) from ``inbound.db``."""
+    conn = connect(paths.inbound, "session", readonly=True)
+    try:
+        due: datetime | None = None
+        if has_table(conn, "messages_in"):
+            cols = {r[1] for r in conn.execute("PRAGMA table_info(messages_in)")}
+            trigger = "AND trigger = 1 " if "trigger" in cols else ""  # older files: all are
+            for (after,) in conn.execute(
+                "SELECT process_after FROM messages_in WHERE status = 'pending' "
+                f"{trigger}AND kind != 'system'"
+            ):
+                when = _parse(after) or now
+                due = when if due is None or when < due else due
+        cursor = 0
+        if has_table(conn, "carapace_delivery_cursor"):
+            row = conn.execute("SELECT seq FROM carapace_delivery_cursor WHERE id=1").fetchone()
+            cursor = int(row[0]) if row and row[0] is not None else 0
+        return due, cursor
+    finally:
+        conn.close()
+
+
+def _parse(value: object) -> datetime | None:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return parse_ts(value)
+    except ValueError:
+        return None
+
+
+def scan_sessions(
+    data_dir: Path, sessions: Iterable[SessionRef], now: datetime
+) -> dict[str, datetime]:
+    """``{session id: next due}`` for the sessions whose files hold work (thread-safe: opens
+    its own connections; a damaged file is logged and that session indexed due now)."""
+    found: dict[str, datetime] = {}
+    for ref in sessions:
+        paths = SessionPaths.of(data_dir, ref.agent_group_id, ref.session_id)
+        if not paths.inbound.exists():
+            continue
+        try:
+            due, cursor = _inbound_due(paths, now)
+            if peek_max_seq(paths.outbound, "messages_out") > cursor:
+                due = now
+        except sqlite3.Error as exc:
+            logger.warning("session %s: cannot read its files (%s); visiting it", ref.session_id,
+                           exc)  # fmt: skip
+            due = now
+        if due is not None:
+            found[ref.session_id] = due
+    return found
+
+
+def apply(db: sqlite3.Connection, found: dict[str, datetime]) -> int:
+    """Index each session due no later than found (an earlier existing due time stays)."""
+    with transaction(db):
+        for sid, due in found.items():
+            mark_session_work(db, sid, iso(due))
+    return len(found)

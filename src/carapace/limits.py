@@ -1,0 +1,201 @@
+"""Per-runner resource limits (docs/sandbox.md "Limits"), configurable per agent group.
+
+``container_configs.settings.limits`` (all optional; bad values are logged and defaulted)::
+
+    {"memory_mb": 2048, "processes": 512, "cpu_s": 600, "file_size_mb": 1024,
+     "tmp_mb": 256, "tool_timeout_s": 600}
+
+How they apply:
+
+* the host starts each runner with ``setrlimit`` (``preexec``): address space
+  (``memory_mb``, per process), processes (``processes``: Linux counts them per user, and
+  not at all for root), file size (``file_size_mb``); under ``systemd-run --user --scope``
+  when that works here, ``MemoryMax``/``TasksMax`` bound the runner's whole tree instead;
+  else, where the host can make cgroup v1 ``pids`` cgroups (root in a container), each
+  runner's tree is bounded by its own ``pids.max`` (``mechanism`` says which applies; the
+  host's start-up line names it);
+* the bwrap sandbox's ``/tmp`` is a tmpfs of ``tmp_mb``;
+* the runner applies them again to every command it starts (bash, pre-task scripts), with
+  ``cpu_s`` of CPU time each, and caps every command's wall clock at ``tool_timeout_s``
+  (the host's stuck check uses the same cap).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import os
+import resource
+import shutil
+import subprocess
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+MB = 1024 * 1024
+MAX_TOOL_TIMEOUT_S = 3600.0  # no group can declare more: the stuck check trusts no larger value
+
+
+@dataclass(frozen=True)
+class Limits:
+    memory_mb: int = 2048
+    processes: int = 512
+    cpu_s: int = 600
+    file_size_mb: int = 1024
+    tmp_mb: int = 256
+    tool_timeout_s: float = 600.0
+
+
+def parse_limits(settings: Mapping[str, object] | None) -> tuple[Limits, list[str]]:
+    """``settings["limits"]`` → ``Limits`` and the errors of bad values (defaulted)."""
+    raw = (settings or {}).get("limits")
+    if raw is None:
+        return Limits(), []
+    if not isinstance(raw, dict):
+        return Limits(), [f"limits must be an object, not {raw!r}"]
+    values: dict[str, object] = {}
+    errors: list[str] = []
+    known = {f.name: f.type for f in fields(Limits)}
+    for key, value in raw.items():
+        if key not in known:
+            errors.append(f"unknown limit {key!r}")
+            continue
+        ok = isinstance(value, int | float) and not isinstance(value, bool) and value > 0
+        if not ok:
+            errors.append(f"limits.{key} must be a positive number, not {value!r}")
+            continue
+        assert isinstance(value, int | float)
+        if key == "tool_timeout_s":
+            values[key] = min(float(value), MAX_TOOL_TIMEOUT_S)
+        else:
+            values[key] = max(1, int(value))
+    return Limits(**values), errors  # type: ignore[arg-type]
+
+
+def limits_of(settings: Mapping[str, object] | None) -> Limits:
+    limits, errors = parse_limits(settings)
+    for error in errors:
+        logger.warning("settings: %s; using the default", error)
+    return limits
+
+
+def _set(which: int, value: int) -> None:
+    try:
+        _soft, hard = resource.getrlimit(which)
+        if hard != resource.RLIM_INFINITY:
+            value = min(value, hard)
+        resource.setrlimit(which, (value, value))
+    except (ValueError, OSError):
+        pass
+
+
+def rlimit_preexec(limits: Limits, *, cpu: bool = False) -> Callable[[], None]:
+    """A ``preexec_fn`` setting the limits in the child (``cpu``: also CPU seconds)."""
+
+    def apply() -> None:  # pragma: no cover - runs in the child
+        _set(resource.RLIMIT_AS, limits.memory_mb * MB)
+        _set(resource.RLIMIT_NPROC, limits.processes)
+        _set(resource.RLIMIT_FSIZE, limits.file_size_mb * MB)
+        if cpu:
+            _set(resource.RLIMIT_CPU, limits.cpu_s)
+
+    return apply
+
+
+@functools.cache
+def systemd_scope_usable() -> bool:
+    """Whether ``systemd-run --user --scope`` can start a process here (probed once)."""
+    exe = shutil.which("systemd-run")
+    if exe is None:
+        return False
+    try:
+        res = subprocess.run([exe, "--user", "--scope", "--quiet", "true"],
+                             capture_output=True, timeout=10, check=False)  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return res.returncode == 0
+
+
+def scope_argv(limits: Limits) -> list[str]:
+    """The ``systemd-run`` prefix that puts a runner in its own bounded cgroup."""
+    return ["systemd-run", "--user", "--scope", "--quiet", "--collect",
+            "-p", f"MemoryMax={limits.memory_mb}M", "-p", f"TasksMax={limits.processes}",
+            "--"]  # fmt: skip
+
+
+PIDS_V1 = Path("/sys/fs/cgroup/pids")
+
+
+@functools.cache
+def pids_cgroup_root() -> Path | None:
+    """Without systemd: a cgroup v1 ``pids`` folder where this process can make one cgroup
+    per runner (typically when the host runs as root in a container), else None."""
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _n, _sep, rest = line.partition(":")
+        controllers, _sep, path = rest.partition(":")
+        if "pids" not in controllers.split(","):
+            continue
+        base = PIDS_V1 / path.lstrip("/")
+        probe = base / f"carapace-probe-{os.getpid()}"
+        try:
+            probe.mkdir()
+            (probe / "pids.max").write_text("8\n")
+            probe.rmdir()
+        except OSError:
+            with contextlib.suppress(OSError):
+                probe.rmdir()
+            return None
+        return base
+    return None
+
+
+def runner_cgroup(name: str, limits: Limits) -> Path | None:
+    """A ``pids`` cgroup bounding one runner's tree to ``limits.processes`` tasks (None
+    when systemd scopes are used instead or no cgroup can be made here)."""
+    if systemd_scope_usable():
+        return None
+    base = pids_cgroup_root()
+    if base is None:
+        return None
+    path = base / f"carapace-{name}"
+    try:
+        path.mkdir(exist_ok=True)
+        (path / "pids.max").write_text(f"{limits.processes}\n")
+    except OSError as exc:
+        logger.warning("cannot make the pids cgroup %s: %s", path, exc)
+        return None
+    return path
+
+
+def join_cgroup(path: Path | None) -> None:  # pragma: no cover - runs in the child
+    if path is not None:
+        with contextlib.suppress(OSError), open(path / "cgroup.procs", "w") as fh:
+            fh.write("0\n")
+
+
+def remove_cgroup(path: Path | None) -> None:
+    """Remove a runner's cgroup once its tree is gone (kills what is left first)."""
+    if path is None:
+        return
+    with contextlib.suppress(OSError):
+        for pid in (path / "cgroup.procs").read_text().split():
+            with contextlib.suppress(OSError):
+                os.kill(int(pid), 9)
+    with contextlib.suppress(OSError):
+        path.rmdir()
+
+
+def mechanism() -> str:
+    """Which mechanism bounds runners here, for the host's start-up line."""
+    if systemd_scope_usable():
+        return "cgroups v2 (systemd-run --user --scope) + setrlimit"
+    if pids_cgroup_root() is not None:
+        return "setrlimit + cgroup v1 pids (pids.max per runner; memory per process)"
+    return "setrlimit (no user systemd: limits are per process; processes per user)"
