@@ -186,7 +186,7 @@ class SessionManager:
         doc = {k: v for k, v in doc.items() if v is not None}
         # The group folder is the agent's: a fresh O_EXCL temp file renamed over the entry,
         # so a planted ``container.json`` or temp-file link is replaced, never followed.
-        safefs.write_beneath(agent_dir, "container.json", dumps(doc).encode(), 0o644)
+        safefs.write_beneath(agent_dir, "container.json", dumps(doc).encode(), 0o600)
         return agent_dir
 
     def extract_attachments(
