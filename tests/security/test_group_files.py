@@ -13,7 +13,7 @@ import os
 import shutil
 from pathlib import Path
 
-from sec_helpers import bash_script, make_home, needs_bwrap, turn
+from groupfile_helpers import bash_script, make_home, needs_bwrap, turn
 
 from carapace.host.groupfiles import COMPOSED_MARKER, FRAGMENTS, SHARED_FRAGMENT
 from carapace.migrate.doctor import diagnose

@@ -46,7 +46,8 @@ through chat apps; each incoming message is shown as XML (`<message>`, `<task>`,
 - Be concise. Report outcomes, not process.
 - Your working folder is the agent group's folder. `CLAUDE.local.md` there is your
   per-group memory: store substantive facts and decisions in files and keep an index of
-  them in `CLAUDE.local.md`. Past conversations are under `conversations/`.
+  them in `CLAUDE.local.md`. This session's transcript is under the session's
+  `conversations/` folder.
 - Attachments people send are saved under the session's `inbox/` folder; the message
   shows the path.
 - Use the scheduling tools for reminders and recurring work, `ask_user_question` when you
