@@ -46,7 +46,7 @@ def test_init_run_and_doctor_keep_the_home_private(tmp_path: Path) -> None:
     home = Home(root)
     for folder in (root, home.data_dir, home.groups_dir, home.group_dir("main")):
         assert _mode(folder) == 0o700, folder
-    for f in (home.central_db, home.group_dir("main") / "CLAUDE.md"):
+    for f in (home.central_db, home.group_dir("main") / "CLAUDE.local.md"):
         assert _mode(f) == 0o600, f
 
     # a real host and a sandboxed runner that writes the agent's memory

@@ -74,7 +74,7 @@ def migrate_group(agent_dir: Path) -> bool:
         return False
     local = _read(agent_dir, "CLAUDE.local.md")
     merged = old if local is None or not local.strip() else f"{old.rstrip()}\n\n{local}"
-    safefs.write_beneath(agent_dir, "CLAUDE.local.md", merged.encode(), 0o644)
+    safefs.write_beneath(agent_dir, "CLAUDE.local.md", merged.encode(), 0o600)
     # Until the composed file replaces it, the old text stays where it was: nothing is lost
     # if the write below fails.
     logger.info("moved %s/CLAUDE.md into CLAUDE.local.md (NanoClaw's file roles)", agent_dir)
@@ -86,7 +86,7 @@ def _fragments_dir(agent_dir: Path) -> int | None:
     root = safefs.open_root(agent_dir)
     try:
         with contextlib.suppress(FileExistsError):
-            os.mkdir(FRAGMENTS, 0o755, dir_fd=root)
+            os.mkdir(FRAGMENTS, 0o700, dir_fd=root)
         try:
             return safefs.open_beneath(root, FRAGMENTS, os.O_RDONLY | os.O_DIRECTORY)
         except (OSError, safefs.UnsafePathError) as exc:
@@ -106,11 +106,11 @@ def compose_group(home: Home, agent_dir: Path) -> None:
         fd = _fragments_dir(agent_dir)
         if fd is not None:
             try:
-                safefs.write_beneath(fd, SHARED_FRAGMENT, shared.encode(), 0o644)
+                safefs.write_beneath(fd, SHARED_FRAGMENT, shared.encode(), 0o600)
                 fragments.append(SHARED_FRAGMENT)
             finally:
                 os.close(fd)
-    safefs.write_beneath(agent_dir, "CLAUDE.md", composed_text(fragments).encode(), 0o644)
+    safefs.write_beneath(agent_dir, "CLAUDE.md", composed_text(fragments).encode(), 0o600)
 
 
 def restore_global(home: Home) -> bool:
@@ -138,8 +138,8 @@ def restore_global(home: Home) -> bool:
         return False
     gdir = home.groups_dir / GLOBAL
     with contextlib.suppress(FileExistsError):
-        os.mkdir(gdir, 0o755)
-    safefs.write_beneath(home.groups_dir, f"{GLOBAL}/CLAUDE.md", best[1].encode(), 0o644)
+        os.mkdir(gdir, 0o700)
+    safefs.write_beneath(home.groups_dir, f"{GLOBAL}/CLAUDE.md", best[1].encode(), 0o600)
     logger.info("restored %s/CLAUDE.md from a group's shared-memory copy", gdir)
     return True
 
