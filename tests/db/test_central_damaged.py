@@ -11,7 +11,9 @@ from carapace.errors import ConfigError
 
 
 @pytest.mark.parametrize(("content", "words"), [(b"", "empty"), (b"garbage" * 10, "not an SQLite")])
-def test_damaged_central_db_is_refused_and_left_alone(tmp_path: Path, content: bytes, words: str) -> None:
+def test_damaged_central_db_is_refused_and_left_alone(
+    tmp_path: Path, content: bytes, words: str
+) -> None:
     db = tmp_path / "data" / "v2.db"
     db.parent.mkdir()
     db.write_bytes(content)

@@ -7,6 +7,7 @@ import json
 import sqlite3
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from carapace.cli import main
@@ -122,3 +123,15 @@ def test_only_adapters_that_exist_are_named(tmp_path: Path) -> None:
     assert len(findings) == ("telegram" not in ADAPTERS)
     if findings:
         assert "telegram" in findings[0].subject and "cli" in findings[0].message
+
+
+def test_full_disk_is_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from carapace.migrate import doctor
+
+    home = Home(tmp_path / "home")
+    assert CliRunner().invoke(main, ["init", "--home", str(home.root)]).exit_code == 0
+    with monkeypatch.context() as mp:
+        mp.setattr(doctor, "MIN_FREE_BYTES", 1 << 62)  # more than any real disk has free
+        rep = diagnose(home)
+    assert "disk-full" in [f.code for f in rep.findings if f.level == "error"]
+    assert "disk-full" not in [f.code for f in diagnose(home).findings]

@@ -42,7 +42,9 @@ def _refuse_damaged(p: Path) -> None:
         raise ConfigError(f"cannot read central DB {p}: {exc}")
     if head != b"SQLite format 3\x00":
         what = "is empty (zero length)" if not head else "is not an SQLite database"
-        raise ConfigError(f"central DB {p} {what}; restore it from a backup (refusing to create a new one)")
+        raise ConfigError(
+            f"central DB {p} {what}; restore it from a backup (refusing to create a new one)"
+        )
 
 
 def from_row(cls: type[T], row: sqlite3.Row | None) -> T | None:
