@@ -135,3 +135,12 @@ def test_full_disk_is_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
         rep = diagnose(home)
     assert "disk-full" in [f.code for f in rep.findings if f.level == "error"]
     assert "disk-full" not in [f.code for f in diagnose(home).findings]
+
+
+def test_wrong_type_config_is_a_doctor_error(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    assert CliRunner().invoke(main, ["init", "--home", str(home)]).exit_code == 0
+    (home / "carapace.toml").write_text('max_runners = "eight"\n')
+    res = CliRunner().invoke(main, ["doctor", "--home", str(home)])
+    assert res.exit_code != 0, res.output
+    assert "max_runners" in res.output
