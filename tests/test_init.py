@@ -35,7 +35,7 @@ def test_init_twice_from_the_command_line(tmp_path: Path) -> None:
     second = run_cli("init", "--home", str(home))
     assert second.returncode == 0
     assert "nothing changed" in second.stdout
-    assert (home / "groups" / "main" / "CLAUDE.md").is_file()
+    assert (home / "groups" / "main" / "CLAUDE.local.md").is_file()
     db = open_central(home / "data" / "v2.db")
     (ag,) = groups.list_agent_groups(db)
     assert ag.folder == "main"
@@ -85,5 +85,5 @@ def test_init_keeps_existing_groups(tmp_path: Path) -> None:
     db.close()
     report = init_home(home)
     assert report.created == ["folder groups/work"]
-    assert (home.groups_dir / "work" / "CLAUDE.md").is_file()
+    assert (home.groups_dir / "work" / "CLAUDE.local.md").is_file()
     assert not init_home(home).changed

@@ -19,6 +19,7 @@ from carapace.db import groups, messaging, users
 from carapace.db.central import open_central
 from carapace.db.migrations import migrate
 from carapace.errors import ConfigError
+from carapace.perms import make_private, secure_home
 
 CLI_CHANNEL = "cli"
 CLI_PLATFORM_ID = "local"
@@ -29,8 +30,8 @@ DEFAULT_INSTRUCTIONS = """\
 
 You are {name}, a personal assistant. Answer briefly and helpfully.
 
-This file holds the operator's instructions for this agent group; edit it freely.
-Your own notes belong in `CLAUDE.local.md` next to it.
+This file (`CLAUDE.local.md`) holds this agent group's instructions and notes; edit it
+freely. `CLAUDE.md` next to it is composed by the host before each start.
 """
 
 
@@ -46,12 +47,16 @@ class InitReport:
 
 
 def ensure_group_folder(home: Home, folder: str, name: str) -> Path:
-    """Create ``groups/<folder>/`` with an instructions file if missing (never overwrites)."""
+    """Create ``groups/<folder>/`` with an instructions file (``CLAUDE.local.md``, NanoClaw's
+    role for it) if the folder has none (never overwrites)."""
     path = home.group_dir(folder)
-    path.mkdir(parents=True, exist_ok=True)
-    instructions = path / "CLAUDE.md"
-    if not instructions.exists():
-        instructions.write_text(DEFAULT_INSTRUCTIONS.format(name=name), encoding="utf-8")
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    make_private(path)
+    instructions = path / "CLAUDE.local.md"
+    if not instructions.exists() and not (path / "CLAUDE.md").exists():
+        fd = os.open(instructions, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(DEFAULT_INSTRUCTIONS.format(name=name))
     return path
 
 
@@ -61,8 +66,8 @@ def check_home(home: Home) -> None:
     if root.exists() and not root.is_dir():
         raise ConfigError(f"home {root} exists and is not a directory")
     try:
-        home.data_dir.mkdir(parents=True, exist_ok=True)
-        home.groups_dir.mkdir(parents=True, exist_ok=True)
+        home.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        home.groups_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as exc:
         raise ConfigError(f"cannot create home {root}: {exc.strerror or exc}")
     if not os.access(home.data_dir, os.W_OK):
@@ -73,7 +78,9 @@ def open_home(home: Home) -> tuple[sqlite3.Connection, list[str]]:
     """Check the home, open the central DB and apply missing migrations."""
     check_home(home)
     conn = open_central(home.central_db, run_migrations=False)
-    return conn, migrate(conn)
+    ran = migrate(conn)
+    secure_home(home.root, home.data_dir, home.groups_dir, home.central_db)
+    return conn, ran
 
 
 def init_home(home: Home, *, now: datetime | None = None) -> InitReport:

@@ -19,6 +19,7 @@ import click
 from carapace import __version__
 from carapace.config import Home
 from carapace.errors import CarapaceError
+from carapace.perms import private_umask
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -80,6 +81,7 @@ class LazyGroup(click.Group):
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
 def main(verbose: int) -> None:
     """carapace: a personal AI-assistant host."""
+    private_umask()  # everything carapace creates is owner-only (0700 folders, 0600 files)
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(
         level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"

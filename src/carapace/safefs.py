@@ -32,6 +32,7 @@ __all__ = [
     "UnsafePathError",
     "copy_beneath",
     "list_beneath",
+    "mkdirs_beneath",
     "open_beneath",
     "open_root",
     "plain_name",
@@ -285,3 +286,25 @@ def list_beneath(
         return sorted(os.listdir(fd))
     finally:
         os.close(fd)
+
+
+def mkdirs_beneath(root: int | str | os.PathLike[str], rel: str | os.PathLike[str],
+                   mode: int = 0o700) -> None:  # fmt: skip
+    """Create the folders ``root/rel`` one component at a time, never through a link."""
+    parts = _parts(rel)
+    current = os.dup(root) if isinstance(root, int) else open_root(root)
+    try:
+        for part in parts:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(part, mode, dir_fd=current)
+            try:
+                nxt = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                              dir_fd=current)  # fmt: skip
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                    raise UnsafePathError(f"refused {os.fspath(rel)!r}: {_why(exc)}") from None
+                raise
+            os.close(current)
+            current = nxt
+    finally:
+        os.close(current)

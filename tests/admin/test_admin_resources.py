@@ -31,7 +31,7 @@ def test_groups_crud_and_side_effects(ctx: DirectContext, main_id: str) -> None:
 
     g = call(ctx, "groups-create", name="Work", folder="work")
     folder = ctx.home.group_dir("work")
-    assert (folder / "CLAUDE.md").read_text().startswith("# Work")
+    assert (folder / "CLAUDE.local.md").read_text().startswith("# Work")
     cfg = call(ctx, "groups-config-get", id=g["id"])
     assert cfg["agent_group_id"] == g["id"] and cfg["cli_scope"] == "group"
 

@@ -38,8 +38,16 @@ def sql(v2: V2Home, statement: str, *args: object) -> None:
     conn.close()
 
 
+def make_private(root: Path) -> None:
+    """A clean home is owner-only (doctor flags wider modes: ``wide-mode``)."""
+    for p in [root, *root.rglob("*")]:
+        if not p.is_symlink():
+            p.chmod(p.stat().st_mode & 0o700)
+
+
 def test_clean_nanoclaw_home_is_ok_and_untouched(tmp_path: Path) -> None:
     v2 = make_nanoclaw_v2_home(tmp_path / "nc")
+    make_private(v2.root)
     before = files_hash(v2.root)
     res = CliRunner().invoke(main, ["doctor", "--home", str(v2.root), "--json"])
     assert res.exit_code == 0, res.output

@@ -90,7 +90,7 @@ def test_s1_whatsapp_group_with_trigger(v1: V1Tree, home: Home) -> None:
     [cfg] = rows(home, "SELECT * FROM container_configs")
     assert cfg["additional_mounts"] == "[]" and cfg["skills"] == '"all"'
     assert report.summary()["registered_groups"] == {"imported": 1}
-    assert home.group_dir("whatsapp_family").joinpath("CLAUDE.md").exists()
+    assert home.group_dir("whatsapp_family").joinpath("CLAUDE.local.md").exists()
 
 
 def test_s2_s3_main_groups_answer_everything(final: V1Tree, home: Home) -> None:
@@ -353,7 +353,7 @@ def test_group_folders_copied_without_overwriting(final: V1Tree, home: Home) -> 
     report = run(final, home)
     g = home.group_dir("a")
     assert (g / "CLAUDE.local.md").read_text() == "# v1 memory"
-    assert (g / "CLAUDE.md").exists()  # carapace's default instructions
+    assert not (g / "CLAUDE.md").exists()  # composed by the host at the first start
     assert (g / "notes/todo.md").read_text() == "todo"
     assert (g / "notes/CLAUDE.md").read_text() == "nested"
     assert not (g / "logs").exists() and not (g / "link").exists()

@@ -153,11 +153,11 @@ def test_runner_compacts_without_sending_anything_twice(tmp_path: Path) -> None:
         assert is_summary(state[0]) and "summary" in state[0]["content"]
     finally:
         runner.close()
-    transcript = runner.config.agent_dir / "conversations" / f"{runner.config.session_id}.jsonl"
+    transcript = runner.paths.root / "conversations" / f"{runner.config.session_id}.jsonl"
     events = [json.loads(line) for line in transcript.read_text().splitlines()]
     assert sum(1 for e in events if e.get("type") == "compaction") == provider.summaries
     # The transcript replays to the same conversation as session_state.
-    assert rebuild_conversation(runner.config.agent_dir, runner.config.session_id) == state
+    assert rebuild_conversation(runner.paths.root, runner.config.session_id) == state
 
 
 def test_resume_from_transcript_when_the_state_is_gone(tmp_path: Path) -> None:
@@ -165,19 +165,19 @@ def test_resume_from_transcript_when_the_state_is_gone(tmp_path: Path) -> None:
     runner = make_runner(tmp_path, mock, {})
     write_chat(runner.paths, "remember KIWI", id="m1")
     assert runner.step()
-    sid, agent_dir = runner.config.session_id, runner.config.agent_dir
+    sid, sdir = runner.config.session_id, runner.paths.root
     runner.outbound.conn.execute("DELETE FROM session_state WHERE key='conversation'")
     runner.close()
     out = Outbound(runner.paths)
     try:
-        conv = resume_conversation(out, agent_dir, sid, 200)
+        conv = resume_conversation(out, sdir, sid, 200)
         assert [m["role"] for m in conv] == ["user", "assistant"]
         assert "remember KIWI" in conv[0]["content"]
         # A /clear line empties it; an explicit empty state wins over the transcript.
-        append_transcript(agent_dir, sid, [{"type": "clear"}])
-        assert rebuild_conversation(agent_dir, sid) == []
+        append_transcript(sdir, sid, [{"type": "clear"}])
+        assert rebuild_conversation(sdir, sid) == []
         out.set_state("conversation", "[]")
-        assert resume_conversation(out, agent_dir, sid, 200) == []
+        assert resume_conversation(out, sdir, sid, 200) == []
     finally:
         out.close()
 
@@ -190,3 +190,14 @@ def test_torn_transcript_lines_are_skipped(tmp_path: Path) -> None:
     )
     assert rebuild_conversation(tmp_path, "s") == [{"role": "user", "content": "a"}]
     assert rebuild_conversation(tmp_path, "missing") is None
+
+
+def test_a_legacy_transcript_in_the_group_folder_is_still_read(tmp_path: Path) -> None:
+    group, session = tmp_path / "group", tmp_path / "session"
+    (group / "conversations").mkdir(parents=True)
+    session.mkdir()
+    (group / "conversations" / "s.jsonl").write_text(
+        '{"ts":"t","role":"user","content":"old"}\n', encoding="utf-8"
+    )
+    assert rebuild_conversation(session, "s") is None
+    assert rebuild_conversation(session, "s", group) == [{"role": "user", "content": "old"}]

@@ -271,7 +271,7 @@ def test_conversation_resumes_after_restart(h: Harness) -> None:
     r2.step()
     roles = [m["role"] for m in rec.calls[1]]
     assert roles == ["user", "assistant", "user"]
-    transcript = h.tmp_path / "groups" / "main" / "conversations" / "sess-test.jsonl"
+    transcript = r2.paths.root / "conversations" / "sess-test.jsonl"
     assert len(transcript.read_text().splitlines()) == 4
 
 

@@ -229,7 +229,7 @@ def test_anthropic_tools_on_a_running_host_and_resume_after_sigkill(
             assert (group / "out.txt").read_text().strip() == "42"
             assert not (home / "groups" / "escaped.txt").exists()
             d = host.session_dir()
-            transcript = group / "conversations" / f"{d.name}.jsonl"
+            transcript = d / "conversations" / f"{d.name}.jsonl"
             assert "Sunny, 21 C" in transcript.read_text()
 
             # SIGKILL the runner: the next runner resumes the conversation.
@@ -285,7 +285,7 @@ def test_openai_bash_refused_unsandboxed_and_compaction_sends_nothing_twice(
     outs = rows(d / "outbound.db", "SELECT content FROM messages_out ORDER BY seq")
     assert len(outs) == 2
     assert "First answer" in outs[0][0] and "Second answer." in outs[1][0]
-    transcript = home / "groups" / "main" / "conversations" / f"{d.name}.jsonl"
+    transcript = d / "conversations" / f"{d.name}.jsonl"
     events = [json.loads(line) for line in transcript.read_text().splitlines()]
     [event] = [e for e in events if e.get("type") == "compaction"]
     assert event["replaced"] >= 3 and "Summary:" in event["message"]["content"]

@@ -143,8 +143,8 @@ def test_sandboxed_runner_cannot_plant_a_hot_journal_or_wal(tmp_path: Path) -> N
     assert all(v != "ok" for v in out.values()), out  # every attempt failed (EROFS / EBUSY)
     assert not Path(f"{inbound}-wal").exists()
     assert sorted(p.name for p in root.iterdir()) == [
-        ".heartbeat", "inbound.db", "inbound.db-journal", "outbound.db", "outbound.db-journal",
-        "outbox",
+        ".heartbeat", "conversations", "inbound.db", "inbound.db-journal", "outbound.db",
+        "outbound.db-journal", "outbox",
     ]  # fmt: skip
     # Host reads are unaffected: no forged row, the real rows intact.
     assert _destinations(paths) == ["home"]

@@ -4,6 +4,7 @@ Folder layout (spec/host.md §2.1)::
 
     <home>/data/v2-sessions/<agent_group_id>/<session_id>/
         inbound.db  outbound.db  .heartbeat  inbox/<message_id>/  outbox/<message_out_id>/
+        conversations/<session_id>.jsonl   (the transcript, per session)
 
 Seq parity (DESIGN §1 invariant 2): host rows are even, runner rows odd. Both are
 allocated inside ``BEGIN IMMEDIATE`` on the owning file, so two writers of the same file
@@ -133,6 +134,11 @@ class SessionPaths:
     def outbox(self) -> Path:
         return self.root / "outbox"
 
+    @property
+    def transcripts(self) -> Path:
+        """Per-session transcripts (``conversations/<session>.jsonl``; runner-written)."""
+        return self.root / "conversations"
+
 
 def ensure_journals(paths: SessionPaths) -> None:
     """Create both ``-journal`` files if missing (never truncated: a hot journal stays hot).
@@ -144,13 +150,14 @@ def ensure_journals(paths: SessionPaths) -> None:
     """
     for path in (paths.inbound_journal, paths.outbound_journal):
         if not path.exists():
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
             os.close(fd)
 
 
 def init_session_folder(paths: SessionPaths) -> None:
     """Create the folder, ``outbox/``, both DB files and their journals (idempotent)."""
     paths.outbox.mkdir(parents=True, exist_ok=True)
+    paths.transcripts.mkdir(mode=0o700, exist_ok=True)
     ensure_journals(paths)
     for path, schema in ((paths.inbound, INBOUND_SCHEMA), (paths.outbound, OUTBOUND_SCHEMA)):
         conn = connect(path, "session")

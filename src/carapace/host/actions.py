@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import shutil
 import sqlite3
 from collections.abc import Awaitable, Callable
 from datetime import datetime
@@ -20,7 +19,9 @@ from carapace.db.session import SessionPaths, open_inbound
 from carapace.db.sessions import Session, get_session
 from carapace.errors import DeliveryError, ValidationError
 from carapace.host.a2a_guard import HOPS_FIELD, A2AGuard, hops_of
-from carapace.host.sessions import SessionManager, safe_name
+from carapace.host.outbox_files import copy_to_inbox, row_folder
+from carapace.host.outbox_reader import OutRow
+from carapace.host.sessions import SessionManager
 from carapace.jsonutil import dumps, loads_or
 from carapace.sched import series
 from carapace.timefmt import epoch_ms, iso, parse_ts, sqlite_ts
@@ -186,7 +187,7 @@ async def route_agent_message(
     db: sqlite3.Connection,
     sessions: SessionManager,
     session: Session,
-    row: sqlite3.Row,
+    row: OutRow,
     inb: sqlite3.Connection,
     wake: Callable[[str], None],
     now: datetime,
@@ -207,6 +208,9 @@ async def route_agent_message(
             raise DeliveryError(f"unauthorized agent destination {target}", permanent=True)
     if groups.get_agent_group(db, target) is None:
         raise DeliveryError(f"target agent group {target} not found", permanent=True)
+    early = loads_or(row["content"], {})
+    if isinstance(early, dict) and isinstance(early.get("files"), list) and early["files"]:
+        row_folder(row["id"])  # a row id that is no plain name is refused before any effect
     candidate: str | None = None
     parent: sqlite3.Row | None = None
     if row["in_reply_to"]:
@@ -238,20 +242,12 @@ async def route_agent_message(
     content[HOPS_FIELD] = hops  # the host's count; an agent's own value is overwritten
     files = content.get("files")
     if isinstance(files, list) and files:
-        src = sessions.paths(session).outbox / row["id"]
-        dst_paths = sessions.paths(target_session)
-        dst = dst_paths.inbox / mid
-        atts = content.setdefault("attachments", [])
-        for name in files:
-            if not isinstance(name, str) or not safe_name(name):
-                continue
-            f = src / name
-            if f.is_symlink() or not f.is_file() or src.is_symlink():
-                continue
-            dst.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(f, dst / name)
-            atts.append({"name": name, "filename": name, "type": "file",
-                         "localPath": f"inbox/{mid}/{name}"})  # fmt: skip
+        atts, read = copy_to_inbox(sessions.paths(session), row["id"], files,
+                                   sessions.paths(target_session), mid)  # fmt: skip
+        content.setdefault("attachments", []).extend(atts)
+        if (note := read.note(f"(seq {row['seq']}) to another agent")) is not None:
+            sessions.notify_agent(session, note, now=now)
+            wake(session.id)
     sessions.write_message(
         target_session,
         {

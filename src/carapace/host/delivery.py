@@ -19,23 +19,30 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import shutil
 import sqlite3
-import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from carapace.channels.base import ChannelAdapter, ChannelUnavailable, OutboundFile, OutboundMessage
-from carapace.db.connection import connect, has_table
+from carapace.db.connection import has_table
 from carapace.db.session import SessionPaths, open_inbound
 from carapace.db.sessions import Session
 from carapace.errors import DeliveryError
 from carapace.host.a2a_guard import A2AGuard, A2AStopped, write_stop_note
 from carapace.host.actions import SystemActions, route_agent_message
-from carapace.host.sessions import SessionManager, safe_name
+from carapace.host.outbox_files import clear_outbox, read_outbox_files
+from carapace.host.outbox_reader import (
+    MAX_CONTENT_BYTES,
+    MAX_ROWS,
+    OutboxReader,
+    OutboxRefused,
+    OutRow,
+    read_ids_after,
+    read_rows,
+)
+from carapace.host.sessions import SessionManager
 from carapace.jsonutil import loads_or
 from carapace.timefmt import iso, parse_ts, sqlite_ts
 
@@ -45,8 +52,6 @@ MAX_DELIVERY_ATTEMPTS = 3
 UNAVAILABLE_RETRY_S = 30.0
 UNAVAILABLE_TTL_S = 24 * 3600.0
 UNAVAILABLE_MARK = "no reader: "
-MAX_FILE_BYTES = 25 * 1024 * 1024
-MAX_TOTAL_FILE_BYTES = 50 * 1024 * 1024
 
 HOST_TABLES = """
 CREATE TABLE IF NOT EXISTS carapace_delivery (
@@ -68,52 +73,11 @@ class DrainResult:
     delivered: int = 0
     failed: int = 0
     next_retry: datetime | None = None
+    more: bool = False
 
 
 def backoff_s(attempts: int) -> float:
     return float(2 ** max(0, attempts - 1))
-
-
-def read_outbox_files(paths: SessionPaths, row_id: str, names: list[Any]) -> list[OutboundFile]:
-    """Spec §4.3 step 8: only safe, regular, non-symlink files inside the row's outbox."""
-    if not safe_name(row_id):
-        return []
-    base = paths.outbox / row_id
-    if base.is_symlink() or not base.is_dir():
-        return []
-    real = os.path.realpath(base)
-    out: list[OutboundFile] = []
-    total = 0
-    for name in names:
-        if not isinstance(name, str) or not safe_name(name):
-            logger.warning("unsafe outbox file name %r skipped", name)
-            continue
-        f = base / name
-        try:
-            st = os.lstat(f)
-        except OSError:
-            logger.warning("outbox file %s missing", name)
-            continue
-        if not stat.S_ISREG(st.st_mode) or not os.path.realpath(f).startswith(real + os.sep):
-            logger.warning("outbox file %s is not a regular file inside the outbox", name)
-            continue
-        if st.st_size > MAX_FILE_BYTES or total + st.st_size > MAX_TOTAL_FILE_BYTES:
-            logger.warning("outbox file %s over the size limit", name)
-            continue
-        total += st.st_size
-        out.append(OutboundFile(name, f.read_bytes()))
-    return out
-
-
-def clear_outbox(paths: SessionPaths, row_id: str) -> None:
-    if not safe_name(row_id):
-        return
-    base = paths.outbox / row_id
-    try:
-        if base.is_dir() and not base.is_symlink():
-            shutil.rmtree(base)
-    except OSError:
-        logger.warning("could not clear outbox %s", base)
 
 
 class Delivery:
@@ -134,6 +98,7 @@ class Delivery:
         self._again: set[str] = set()
         self._ready: set[str] = set()
         self.a2a_guard = A2AGuard()  # hop and rate bounds of agent-to-agent messages
+        self.outbox = OutboxReader()  # every outbound.db read: checked, bounded, off the loop
 
     def _open(self, paths: SessionPaths) -> sqlite3.Connection:
         inb = open_inbound(paths)
@@ -151,18 +116,18 @@ class Delivery:
         if not paths.outbound.exists():
             return 0
         inb = self._open(paths)
-        out = connect(paths.outbound, "session", readonly=True)
         try:
             cur = inb.execute("SELECT seq FROM carapace_delivery_cursor WHERE id=1").fetchone()
-            ids = [r[0] for r in out.execute(
-                "SELECT id FROM messages_out WHERE seq > ?", (cur[0] if cur else 0,))]  # fmt: skip
+            try:
+                ids = read_ids_after(paths.outbound, cur[0] if cur else 0)
+            except (OSError, OutboxRefused):
+                return 0
             if not ids:
                 return 0
             done = self._done(inb, ids)
             return len([i for i in ids if i not in done])
         finally:
             inb.close()
-            out.close()
 
     def _done(self, inb: sqlite3.Connection, ids: list[str]) -> set[str]:
         done: set[str] = set()
@@ -192,7 +157,7 @@ class Delivery:
                 total.delivered += r.delivered
                 total.failed += r.failed
                 total.next_retry = r.next_retry
-                if session_id not in self._again:
+                if session_id not in self._again and not r.more:
                     return total
         finally:
             self._inflight.discard(session_id)
@@ -207,17 +172,17 @@ class Delivery:
             return result
         inb = self._open(paths)
         try:
-            out = connect(paths.outbound, "session", readonly=True)
-        except sqlite3.Error:
-            inb.close()
-            return result
-        try:
             cur = inb.execute("SELECT seq FROM carapace_delivery_cursor WHERE id=1").fetchone()
             cursor = int(cur[0]) if cur else 0
-            rows = out.execute(
-                "SELECT * FROM messages_out WHERE seq > ? ORDER BY seq", (cursor,)
-            ).fetchall()
-            out.close()
+            try:
+                rows = await self.outbox.call(read_rows, paths.outbound, cursor)
+            except FileNotFoundError:
+                return result
+            except OutboxRefused as exc:
+                self.outbox.refused(self.sessions, session, exc, now, self.wake)
+                return result
+            self.outbox.accepted(session.id)
+            result.more = len(rows) >= MAX_ROWS  # a full batch: drain() reads on if it moved
             if not rows:
                 return result
             done = self._done(inb, [r["id"] for r in rows])
@@ -262,7 +227,9 @@ class Delivery:
                     result.failed += 1
                 if contiguous:
                     new_cursor = row["seq"]
-            if new_cursor != cursor:
+            if new_cursor == cursor:
+                result.more = False  # nothing moved: no busy loop over a blocked full batch
+            else:
                 inb.execute(
                     "INSERT INTO carapace_delivery_cursor (id, seq) VALUES (1, ?) "
                     "ON CONFLICT(id) DO UPDATE SET seq=excluded.seq",
@@ -272,9 +239,7 @@ class Delivery:
         finally:
             inb.close()
 
-    def _wait_until(
-        self, row: sqlite3.Row, st: sqlite3.Row | None, now: datetime
-    ) -> datetime | None:
+    def _wait_until(self, row: OutRow, st: sqlite3.Row | None, now: datetime) -> datetime | None:
         waits_for_reader = st is not None and str(st["last_error"] or "").startswith(
             UNAVAILABLE_MARK
         )
@@ -293,7 +258,7 @@ class Delivery:
         self,
         session: Session,
         paths: SessionPaths,
-        row: sqlite3.Row,
+        row: OutRow,
         inb: sqlite3.Connection,
         states: dict[str, sqlite3.Row],
         now: datetime,
@@ -352,7 +317,7 @@ class Delivery:
     def _fail(
         self,
         session: Session,
-        row: sqlite3.Row,
+        row: OutRow,
         inb: sqlite3.Connection,
         err: str,
         now: datetime,
@@ -389,11 +354,13 @@ class Delivery:
         self,
         session: Session,
         paths: SessionPaths,
-        row: sqlite3.Row,
+        row: OutRow,
         inb: sqlite3.Connection,
         now: datetime,
     ) -> str | None:
         """Spec §4.3: one outbound row. Returns the platform message id (or None)."""
+        if row["content"] is None:
+            raise DeliveryError(f"outbound content over {MAX_CONTENT_BYTES} bytes", permanent=True)
         content = loads_or(row["content"], None)
         if content is None:
             raise DeliveryError("outbound content is not JSON", permanent=True)
@@ -455,7 +422,11 @@ class Delivery:
             and isinstance(content.get("files"), list)
             and content["files"]
         ):
-            files = read_outbox_files(paths, row["id"], content["files"])
+            read = read_outbox_files(paths, row["id"], content["files"])
+            files = read.files
+            if (note := read.note(f"(seq {row['seq']})")) is not None:
+                self.sessions.notify_agent(session, note, now=now)
+                self.wake(session.id)
         msg = OutboundMessage(row["kind"], content, tuple(files), row["id"], row["in_reply_to"])
         pm = await adapter.deliver(pid, tid, msg)
         if isinstance(content, dict) and content.get("replyCode"):

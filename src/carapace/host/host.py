@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import functools
 import logging
 import os
 import sqlite3
@@ -29,8 +30,8 @@ from carapace.config import Home, Settings
 from carapace.db.destinations import add_projection_hook, remove_projection_hook
 from carapace.db.projection import project_group
 from carapace.db.sessions import set_container_status
-from carapace.errors import ConfigError
-from carapace.host import work_index
+from carapace.errors import CarapaceError, ConfigError
+from carapace.host import groupfiles, work_index
 from carapace.host.actions import SystemActions
 from carapace.host.delivery import Delivery
 from carapace.host.pool import (
@@ -57,7 +58,9 @@ from carapace.host.sweep import (
     scan_session,
 )
 from carapace.limits import mechanism as limits_mechanism
+from carapace.perms import private_umask
 from carapace.proxy.hostside import HostProxy, budget_warning
+from carapace.runner.transcript import adopt_legacy_transcript
 from carapace.timefmt import Clock, SystemClock
 
 logger = logging.getLogger(__name__)
@@ -108,6 +111,7 @@ class Host:
         self.clock: Clock = clock or SystemClock()
         self.options = options or HostOptions()
         self.hooks = hooks or HostHooks()
+        private_umask()  # session folders, DBs, transcripts, sockets: owner-only
         self.db, self.migrations = open_home(home)
         if self.hooks.on_sweep_session is None:
             from carapace.sched.runs import SeriesSweep
@@ -136,6 +140,8 @@ class Host:
         self.delivery = Delivery(self.db, self.sessions, self.adapters, self.actions, self.wake)
         self.router = Router(self.db, self.sessions, self.adapters, self.wake)
         self._health: dict[str, _SpawnHealth] = {}
+        self._releasing: set[str] = set()  # sessions whose dead runner's claims are being reset
+        self._outbound_sig: dict[str, tuple[tuple[int, int], ...]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._sweep_event: asyncio.Event | None = None
         self._stopped = asyncio.Event()
@@ -219,6 +225,10 @@ class Host:
             "UPDATE sessions SET container_status='stopped' WHERE container_status != 'stopped'"
         )
         await self.rebuild_work_index()
+        try:  # NanoClaw deletes groups/global at its first start: bring it back from a copy
+            await asyncio.to_thread(groupfiles.restore_global, self.home)
+        except (OSError, CarapaceError) as exc:
+            logger.warning("shared memory not restored: %s", exc)
         add_projection_hook(self._hook)
         callbacks = ChannelCallbacks(on_inbound=self._on_inbound, on_ready=self._on_channel_ready)
         for adapter in self.adapters.values():
@@ -285,6 +295,7 @@ class Host:
         self._closed = True
         if self.proxy is not None:
             self.proxy.close()
+        self.delivery.outbox.close()
         self.db.close()
 
     async def _warn(self, agent_group_id: str, text: str) -> None:
@@ -327,15 +338,37 @@ class Host:
             total += await self._drain(sid)
         return total
 
-    def _on_outbound_change(self, session_id: str) -> None:
+    def _on_outbound_change(self, session_id: str, *, force: bool = True) -> None:
+        if not force and not self._outbound_moved(session_id):
+            return  # e.g. IN_ATTRIB from the host's own read (SQLite fchowns as root)
         self._spawn(self._after_commit(session_id))
+
+    def _outbound_moved(self, session_id: str) -> bool:
+        """Whether the session's ``outbound.db`` or its journal changed content (mtime or
+        size) since the last look: a read by the host itself must not wake the host."""
+        session = self.sessions.get(session_id)
+        if session is None:
+            return False
+        paths = self.sessions.paths(session)
+        sig: list[tuple[int, int]] = []
+        for p in (paths.outbound, paths.outbound_journal):
+            try:
+                st = os.lstat(p)
+            except OSError:
+                sig.append((0, 0))
+                continue
+            sig.append((st.st_mtime_ns, st.st_size))
+        key = tuple(sig)
+        if self._outbound_sig.get(session_id) == key:
+            return False
+        self._outbound_sig[session_id] = key
+        return True
 
     async def _after_commit(self, session_id: str) -> None:
         await self._drain(session_id)
         session = self.sessions.get(session_id)
-        if session is not None:
-            await asyncio.sleep(0)
-            scan_session(self.sessions.paths(session), self.now())  # ack sync at once
+        if session is not None:  # ack sync at once, off the loop (outbound.db is the agent's)
+            await self.delivery.outbox.call(scan_session, self.sessions.paths(session), self.now())
             if self.pool.queued():
                 self.pool.make_room()  # this runner may just have become idle
 
@@ -363,6 +396,7 @@ class Host:
             return None
         agent_dir = self.sessions.prepare_wake(session)
         paths = self.sessions.paths(session)
+        adopt_legacy_transcript(agent_dir, paths.root, session.id)  # out of the shared folder
         with contextlib.suppress(FileNotFoundError):
             paths.heartbeat.unlink()
         set_container_status(self.db, session.id, "running")
@@ -399,12 +433,6 @@ class Host:
         with contextlib.suppress(sqlite3.Error):
             set_container_status(self.db, session_id, "stopped")
         count = exit.count_try or (exit.reason is None and exit.returncode != 0)
-        retried, failed = reset_claims(
-            self.sessions.paths(session), now, self.settings.max_tries, count_try=count
-        )
-        if retried or failed:
-            logger.warning("runner of session %s died holding %s; retried %s, failed %s",
-                           session_id, retried + failed, retried, failed)  # fmt: skip
         h = self._health.setdefault(session_id, _SpawnHealth())
         quick = (now - exit.started_at).total_seconds() < 5 and exit.returncode != 0
         if quick and exit.reason is None:
@@ -415,10 +443,32 @@ class Host:
                          session_id, exit.returncode, delay)  # fmt: skip
         elif exit.returncode == 0 or not quick:
             self._health.pop(session_id, None)
-        if self._started:
-            self.sessions.mark_work(session_id, due_iso(h.not_before or now) or "")
-            self._kick_sweep()
-            self._on_outbound_change(session_id)
+        if not self._started:
+            self._release(session_id, now, count)
+            return
+        self._releasing.add(session_id)
+        self._spawn(self._after_exit(session_id, now, count, h.not_before or now))
+
+    def _release(self, session_id: str, now: datetime, count: bool) -> None:
+        """Reset the claims a dead runner held (writes its outbound.db: schema-checked)."""
+        session = self.sessions.get(session_id)
+        if session is None:
+            return
+        retried, failed = reset_claims(
+            self.sessions.paths(session), now, self.settings.max_tries, count_try=count
+        )
+        if retried or failed:
+            logger.warning("runner of session %s died holding %s; retried %s, failed %s",
+                           session_id, retried + failed, retried, failed)  # fmt: skip
+
+    async def _after_exit(self, session_id: str, now: datetime, count: bool, due: datetime) -> None:
+        try:
+            await self.delivery.outbox.call(self._release, session_id, now, count)
+        finally:
+            self._releasing.discard(session_id)
+        self.sessions.mark_work(session_id, due_iso(due) or "")
+        self._kick_sweep()
+        self._on_outbound_change(session_id)
 
     # ---------------------------------------------------------------- sweep
     async def sweep_once(self, now: datetime | None = None) -> SweepReport:
@@ -443,19 +493,23 @@ class Host:
             return
         report.visited.append(sid)
         running = self.pool.is_running(sid)
-        scan = scan_session(paths, now)
-        if not running and scan.claims:
-            retried, failed = reset_claims(paths, now, self.settings.max_tries, count_try=True)
+        off = self.delivery.outbox.call  # outbound.db is read off the loop, bounded
+        scan = await off(scan_session, paths, now)
+        if not running and scan.claims and sid not in self._releasing:
+            retried, failed = await off(
+                functools.partial(reset_claims, count_try=True), paths, now,
+                self.settings.max_tries,
+            )  # fmt: skip
             report.reset.extend(retried)
             report.failed.extend(failed)
-            scan = scan_session(paths, now)
+            scan = await off(scan_session, paths, now)
         started = self.pool.started_at(sid)
         if running and started is not None:
             seen = self._host_seen
             live = [Claim(m, seen.clamp(sid, f"claim:{m}", t, now)) for m, t in scan.claims.items()
                     if t is not None and t >= started - timedelta(seconds=1)]  # fmt: skip
             beat = seen.clamp(sid, "heartbeat", heartbeat_at(paths), now)
-            action, mid = decide_stuck_action(now, beat, container_state(paths), live)
+            action, mid = decide_stuck_action(now, beat, await off(container_state, paths), live)
             if action != "ok":
                 logger.warning("session %s: %s (message %s); stopping its runner", sid, action, mid)
                 report.killed.append((sid, action))
@@ -467,7 +521,7 @@ class Host:
             ctx = SweepContext(session, paths, inb, now, self.settings.timezone)
             hook_next = self.hooks.on_sweep_session(ctx)
         if hook_next is not None or scan.due_now:
-            scan = scan_session(paths, now)
+            scan = await off(scan_session, paths, now)
         h = self._health.get(sid)
         blocked = h is not None and h.not_before is not None and h.not_before > now
         if scan.due_now and not running and not blocked:
@@ -534,7 +588,8 @@ class Host:
 
     def _on_watch(self) -> None:
         for path in self._watcher.drain():
-            self._on_outbound_change(path.name if path.is_dir() else path.parent.name)
+            sid = path.name if path.is_dir() else path.parent.name
+            self._on_outbound_change(sid, force=False)
 
     async def _poll_watch(self) -> None:
         while True:

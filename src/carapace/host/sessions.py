@@ -31,7 +31,6 @@ from carapace.db.session import (
     init_session_folder,
     insert_message_in,
     open_inbound,
-    peek_max_seq,
 )
 from carapace.db.sessions import (
     Session,
@@ -40,6 +39,8 @@ from carapace.db.sessions import (
     get_session,
     mark_session_work,
 )
+from carapace.host import groupfiles
+from carapace.host.outbox_reader import read_max_seq
 from carapace.jsonutil import dumps, loads_or
 from carapace.timefmt import iso, new_id, sqlite_ts
 
@@ -114,7 +115,7 @@ class SessionManager:
         try:
             if conn.execute("SELECT 1 FROM messages_in WHERE id=?", (row["id"],)).fetchone():
                 return None
-            other = peek_max_seq(paths.outbound, "messages_out")
+            other = read_max_seq(paths.outbound)
             try:
                 seq = insert_message_in(conn, row, other_max=other)
             except sqlite3.IntegrityError:
@@ -186,7 +187,8 @@ class SessionManager:
         doc = {k: v for k, v in doc.items() if v is not None}
         # The group folder is the agent's: a fresh O_EXCL temp file renamed over the entry,
         # so a planted ``container.json`` or temp-file link is replaced, never followed.
-        safefs.write_beneath(agent_dir, "container.json", dumps(doc).encode(), 0o644)
+        safefs.write_beneath(agent_dir, "container.json", dumps(doc).encode(), 0o600)
+        groupfiles.compose_group(self.home, agent_dir)  # NanoClaw's roles; composed CLAUDE.md
         return agent_dir
 
     def extract_attachments(

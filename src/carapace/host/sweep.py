@@ -15,16 +15,25 @@ Deviations from NanoClaw (docs/compat.md):
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from carapace.db.connection import connect, has_table
+from carapace.db.connection import has_table
 from carapace.db.session import SessionPaths, heartbeat_mtime, open_inbound
 from carapace.db.sessions import Session
+from carapace.host.outbox_reader import (
+    MAX_IDS,
+    OutboxRefused,
+    open_checked,
+    read_acks,
+    read_container_state,
+)
 from carapace.limits import MAX_TOOL_TIMEOUT_S
 from carapace.timefmt import iso, parse_ts, sqlite_ts
 
@@ -139,26 +148,20 @@ def _ts(value: str | None) -> datetime | None:
         return None
 
 
-def ack_sync(inb: sqlite3.Connection, out: sqlite3.Connection) -> dict[str, datetime | None]:
-    """Copy terminal acks of *pending* rows into ``messages_in``; return open claims."""
+def ack_sync(inb: sqlite3.Connection, outbound: Path) -> dict[str, datetime | None]:
+    """Copy terminal acks of *pending* rows into ``messages_in``; return open claims.
+    ``outbound.db`` is read through the defensive reader (``OutboxRefused`` if refused)."""
     pending = [r[0] for r in inb.execute("SELECT id FROM messages_in WHERE status='pending'")]
     claims: dict[str, datetime | None] = {}
-    if not pending or not has_table(out, "processing_ack"):
+    if not pending:
         return claims
-    for i in range(0, len(pending), 500):
-        chunk = pending[i : i + 500]
-        marks = ",".join("?" for _ in chunk)
-        for r in out.execute(
-            f"SELECT message_id, status, status_changed FROM processing_ack "
-            f"WHERE message_id IN ({marks})",
-            chunk,
-        ):
-            if r[1] in ("completed", "failed"):
-                inb.execute(
-                    "UPDATE messages_in SET status=? WHERE id=? AND status='pending'", (r[1], r[0])
-                )
-            elif r[1] == "processing":
-                claims[r[0]] = _ts(r[2])
+    for mid, (status, changed) in read_acks(outbound, pending).items():
+        if status in ("completed", "failed"):
+            inb.execute(
+                "UPDATE messages_in SET status=? WHERE id=? AND status='pending'", (status, mid)
+            )
+        elif status == "processing":
+            claims[mid] = _ts(changed)
     return claims
 
 
@@ -168,45 +171,55 @@ def reset_claims(
     """A runner died holding claims: bump tries with backoff (or fail at the limit) and
     delete the stale claims. Only call when no runner lives (the host then may write
     ``outbound.db``). Returns (retried ids, failed ids)."""
-    if not paths.outbound.exists():
+    try:
+        with (
+            open_checked(paths.outbound, write=True) as out,
+            contextlib.closing(open_inbound(paths)) as inb,
+        ):
+            return _reset(out, inb, now, max_tries, count_try)
+    except FileNotFoundError:
         return [], []
-    out = connect(paths.outbound, "session")
-    inb = open_inbound(paths)
+    except (OSError, OutboxRefused) as exc:
+        logger.warning("claims of session %s not reset: %s", paths.root.name, exc)
+        return [], []
+
+
+def _reset(
+    out: sqlite3.Connection, inb: sqlite3.Connection, now: datetime, max_tries: int,
+    count_try: bool,
+) -> tuple[list[str], list[str]]:  # fmt: skip
     retried: list[str] = []
     failed: list[str] = []
-    try:
-        if not has_table(out, "processing_ack"):
-            return [], []
-        ids = [r[0] for r in out.execute(
-            "SELECT message_id FROM processing_ack WHERE status='processing'")]  # fmt: skip
-        for mid in ids if count_try else []:
-            row = inb.execute(
-                "SELECT tries, process_after FROM messages_in WHERE id=? AND status='pending'",
-                (mid,),
-            ).fetchone()
-            if row is None:
-                continue
-            after = _ts(row[1])
-            if after is not None and after > now:
-                continue
-            tries = int(row[0] or 0)
-            if tries >= max_tries:
-                inb.execute("UPDATE messages_in SET status='failed' WHERE id=?", (mid,))
-                failed.append(mid)
-                logger.error("message %s failed after %d tries", mid, tries)
-            else:
-                due = now + timedelta(seconds=retry_backoff_s(tries))
-                inb.execute(
-                    "UPDATE messages_in SET tries=tries+1, process_after=? WHERE id=?",
-                    (sqlite_ts(due), mid),
-                )
-                retried.append(mid)
-                logger.warning("message %s retried in %.0f s (try %d)", mid,
-                               retry_backoff_s(tries), tries + 1)  # fmt: skip
-        out.execute("DELETE FROM processing_ack WHERE status='processing'")
-    finally:
-        out.close()
-        inb.close()
+    if not has_table(out, "processing_ack"):
+        return [], []
+    ids = [str(r[0]) for r in out.execute(
+        "SELECT message_id FROM processing_ack WHERE status='processing' LIMIT ?",
+        (MAX_IDS,))]  # fmt: skip
+    for mid in ids if count_try else []:
+        row = inb.execute(
+            "SELECT tries, process_after FROM messages_in WHERE id=? AND status='pending'",
+            (mid,),
+        ).fetchone()
+        if row is None:
+            continue
+        after = _ts(row[1])
+        if after is not None and after > now:
+            continue
+        tries = int(row[0] or 0)
+        if tries >= max_tries:
+            inb.execute("UPDATE messages_in SET status='failed' WHERE id=?", (mid,))
+            failed.append(mid)
+            logger.error("message %s failed after %d tries", mid, tries)
+        else:
+            due = now + timedelta(seconds=retry_backoff_s(tries))
+            inb.execute(
+                "UPDATE messages_in SET tries=tries+1, process_after=? WHERE id=?",
+                (sqlite_ts(due), mid),
+            )
+            retried.append(mid)
+            logger.warning("message %s retried in %.0f s (try %d)", mid,
+                           retry_backoff_s(tries), tries + 1)  # fmt: skip
+    out.execute("DELETE FROM processing_ack WHERE status='processing'")
     return retried, failed
 
 
@@ -222,16 +235,10 @@ def scan_session(paths: SessionPaths, now: datetime) -> SessionScan:
     inb = open_inbound(paths)
     try:
         claims: dict[str, datetime | None] = {}
-        if paths.outbound.exists():
-            try:
-                out = connect(paths.outbound, "session", readonly=True)
-            except sqlite3.Error:
-                out = None
-            if out is not None:
-                try:
-                    claims = ack_sync(inb, out)
-                finally:
-                    out.close()
+        try:
+            claims = ack_sync(inb, paths.outbound)
+        except (OSError, OutboxRefused):
+            pass  # missing, or refused (logged and told by delivery)
         due_now, next_due = False, None
         for r in inb.execute(
             "SELECT process_after FROM messages_in WHERE status='pending' AND trigger=1 "
@@ -249,16 +256,9 @@ def scan_session(paths: SessionPaths, now: datetime) -> SessionScan:
 
 def container_state(paths: SessionPaths) -> dict[str, Any] | None:
     try:
-        out = connect(paths.outbound, "session", readonly=True)
-    except sqlite3.Error:
+        return read_container_state(paths.outbound)
+    except (OSError, OutboxRefused):
         return None
-    try:
-        if not has_table(out, "container_state"):
-            return None
-        row = out.execute("SELECT * FROM container_state WHERE id=1").fetchone()
-        return dict(row) if row else None
-    finally:
-        out.close()
 
 
 def heartbeat_at(paths: SessionPaths) -> datetime | None:

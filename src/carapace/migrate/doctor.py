@@ -7,6 +7,7 @@ repaired. Findings are ``error`` (something is broken: carapace will fail on it)
 
 from __future__ import annotations
 
+import shlex
 import sqlite3
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -15,8 +16,10 @@ from typing import Any, Literal
 from carapace.config import Home
 from carapace.db.migrations import MIGRATIONS
 from carapace.errors import CarapaceError, ValidationError
+from carapace.host.outbox_reader import OutboxRefused, read_max_seq_checked
 from carapace.jsonutil import loads_or
 from carapace.migrate.mapping import KNOWN_CHANNELS
+from carapace.perms import wide_entries
 
 Level = Literal["error", "warning", "info"]
 SANDBOXED_BACKENDS = ("bwrap", "docker", "podman")
@@ -115,6 +118,7 @@ def diagnose(home: Home) -> DoctorReport:
     from carapace.ops.doctor import ops_checks
 
     ops_checks(home, rep)
+    _nanoclaw_rewrites(home, rep)
     return rep
 
 
@@ -152,6 +156,20 @@ def _storage(home: Home, rep: DoctorReport) -> None:
         )
 
 
+def _nanoclaw_rewrites(home: Home, rep: DoctorReport) -> None:
+    """Which files NanoClaw v2 would rewrite or delete if it ran this home (issue 18)."""
+    from carapace.host.groupfiles import nanoclaw_rewrites
+
+    try:
+        found = nanoclaw_rewrites(home)
+    except (OSError, CarapaceError) as exc:
+        rep.add("warning", "nanoclaw-rewrites", "groups/", f"not checked: {exc}")
+        return
+    for path, what in found:
+        lost = "would be lost" in what
+        rep.add("warning" if lost else "info", "nanoclaw-rewrites", path, f"NanoClaw would: {what}")
+
+
 def _checks(home: Home, conn: sqlite3.Connection, rep: DoctorReport) -> None:
     _ledger(conn, rep)
     if not _has(conn, "agent_groups"):
@@ -163,6 +181,7 @@ def _checks(home: Home, conn: sqlite3.Connection, rep: DoctorReport) -> None:
     _chats(conn, rep)
     _roles(conn, rep)
     _secrets(home, rep)
+    _modes(home, rep)
 
 
 def _ledger(conn: sqlite3.Connection, rep: DoctorReport) -> None:
@@ -333,6 +352,12 @@ def _sessions(home: Home, conn: sqlite3.Connection, rep: DoctorReport) -> None:
             if not path.exists():
                 rep.add("warning", "no-session-db", subject, f"{name} is missing")
                 continue
+            if name == "outbound.db":  # the agent's file: schema-checked, bounded work
+                try:
+                    read_max_seq_checked(path)
+                except (OSError, OutboxRefused) as exc:
+                    rep.add("error", "session-db-unreadable", subject, f"{name}: {exc}")
+                continue
             try:
                 db = _open_ro(path)
                 try:
@@ -341,6 +366,26 @@ def _sessions(home: Home, conn: sqlite3.Connection, rep: DoctorReport) -> None:
                     db.close()
             except sqlite3.Error as exc:
                 rep.add("error", "session-db-unreadable", subject, f"{name}: {exc}")
+
+
+MAX_MODE_FINDINGS = 20
+
+
+def _modes(home: Home, rep: DoctorReport) -> None:
+    """Anything in the home that other OS users may read or write (issue 12 item 11)."""
+    wide, capped = wide_entries(home.root)
+    central = str(home.central_db)
+    for path, mode in wide[:MAX_MODE_FINDINGS]:
+        is_dir = path.is_dir() and not path.is_symlink()
+        level: Level = "error" if str(path).startswith(central) or path == home.root else "warning"
+        rep.add(level, "wide-mode", str(path),
+                f"mode {mode:04o} lets other users {'list' if is_dir else 'read'} it; fix: "
+                f"chmod {'700' if is_dir else '600'} {shlex.quote(str(path))}")  # fmt: skip
+    if len(wide) > MAX_MODE_FINDINGS:
+        rep.add("warning", "wide-mode", f"{len(wide) - MAX_MODE_FINDINGS} more entries",
+                f"fix all at once: chmod -R go-rwx {shlex.quote(str(home.root))}")  # fmt: skip
+    if capped:
+        rep.add("info", "wide-mode", str(home.root), "mode scan stopped early (very large home)")
 
 
 def _chats(conn: sqlite3.Connection, rep: DoctorReport) -> None:

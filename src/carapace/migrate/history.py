@@ -8,8 +8,9 @@ import sqlite3
 from collections import Counter
 
 from carapace.db import groups, messaging, users
-from carapace.db.session import insert_message_in, open_inbound, peek_max_seq
+from carapace.db.session import insert_message_in, open_inbound
 from carapace.db.sessions import mark_session_work
+from carapace.host.outbox_reader import read_max_seq
 from carapace.jsonutil import dumps
 from carapace.migrate.context import ImportContext
 from carapace.migrate.mapping import JidError, map_jid, map_schedule
@@ -97,7 +98,7 @@ def _import_task(ctx: ImportContext, t: V1Task, out: dict[str, tuple[str, str]])
             ctx.report.need(f"task {t.id}", "its id is taken in the session", "re-create it")
             return
         if clash is None:
-            other = peek_max_seq(paths.outbound, "messages_out")
+            other = read_max_seq(paths.outbound)
             insert_message_in(conn, row, other_max=other)
     finally:
         conn.close()

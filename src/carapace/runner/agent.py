@@ -8,7 +8,8 @@ and tool call.
 The conversation is provider-neutral (``providers/base.py``) and persisted in
 ``session_state`` under ``conversation`` (JSON, bounded to the last ``history_messages``
 messages, cut at a user message), so a restarted runner resumes it; the full transcript is
-appended to ``<agent_dir>/conversations/<session_id>.jsonl``. A turn's messages are only
+appended to ``<session_dir>/conversations/<session_id>.jsonl`` (per session: never in the
+group folder that other sessions' agents can read). A turn's messages are only
 kept when the turn succeeded; a failed or abandoned turn leaves the conversation as it was.
 
 Before each provider call the conversation is compacted when it outgrows the group's
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +32,7 @@ from carapace.runner.compaction import Compaction, compact, conversation_chars, 
 from carapace.runner.outbound import Outbound
 from carapace.runner.providers.base import Message, Provider
 from carapace.runner.tools import ToolBox, TurnAbandoned
-from carapace.runner.transcript import rebuild_conversation
+from carapace.runner.transcript import rebuild_conversation, transcript_path
 from carapace.timefmt import iso, utcnow
 
 logger = logging.getLogger(__name__)
@@ -67,13 +69,18 @@ def _stored_conversation(outbound: Outbound) -> list[Message] | None:
 
 
 def resume_conversation(
-    outbound: Outbound, agent_dir: Path, session_id: str, max_messages: int
+    outbound: Outbound,
+    session_dir: Path,
+    session_id: str,
+    max_messages: int,
+    agent_dir: Path | None = None,
 ) -> list[Message]:
-    """The conversation to continue after a restart: ``session_state``, else the transcript."""
+    """The conversation to continue after a restart: ``session_state``, else the transcript
+    (a legacy one in ``agent_dir`` when the session has none)."""
     stored = _stored_conversation(outbound)
     if stored is not None:
         return stored
-    rebuilt = rebuild_conversation(agent_dir, session_id)
+    rebuilt = rebuild_conversation(session_dir, session_id, agent_dir)
     if not rebuilt:
         return []
     logger.info("conversation rebuilt from the transcript (%d messages)", len(rebuilt))
@@ -191,14 +198,19 @@ def save_conversation(outbound: Outbound, conversation: list[Message], max_messa
 
 
 def append_transcript(
-    agent_dir: Path, session_id: str, messages: list[Message], extra: dict[str, Any] | None = None
+    session_dir: Path,
+    session_id: str,
+    messages: list[Message],
+    extra: dict[str, Any] | None = None,
 ) -> None:
-    """Append messages to ``<agent_dir>/conversations/<session_id>.jsonl`` (best effort)."""
+    """Append messages to ``<session_dir>/conversations/<session_id>.jsonl`` (best effort)."""
     try:
-        folder = agent_dir / "conversations"
-        folder.mkdir(parents=True, exist_ok=True)
+        path = transcript_path(session_dir, session_id)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         ts = iso(utcnow())
-        with (folder / f"{session_id}.jsonl").open("a", encoding="utf-8") as f:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o600)  # fmt: skip
+        with os.fdopen(fd, "a", encoding="utf-8") as f:
             for m in messages:
                 f.write(dumps({"ts": ts, **(extra or {}), **m}) + "\n")
     except OSError as exc:

@@ -163,9 +163,10 @@ class Runner:
             logger.info("released %d stale processing claim(s) of a previous runner", released)
         self.agent.conversation = resume_conversation(
             self.outbound,
-            self.config.agent_dir,
+            self.paths.root,
             self.config.session_id,
             self.config.history_messages,
+            self.config.agent_dir,
         )
         if self.agent.conversation:
             logger.info("resuming conversation (%d messages)", len(self.agent.conversation))
@@ -306,7 +307,7 @@ class Runner:
             self.outbound.complete(ids, now=self.clock.now())
             self.agent.accept(result)
             save_conversation(self.outbound, self.agent.conversation, self.config.history_messages)
-        append_transcript(self.config.agent_dir, sid, result.messages)
+        append_transcript(self.paths.root, sid, result.messages)
         logger.info(
             "session %s: completed %s in %d round(s); reply seqs %s", sid, ids, result.rounds, seqs
         )
@@ -332,7 +333,7 @@ class Runner:
 
     def _on_compaction(self, result: Compaction) -> None:
         # A compaction sends nothing (no messages_out row): it is only recorded (spec W-3b).
-        append_transcript(self.config.agent_dir, self.config.session_id, [result.record()])
+        append_transcript(self.paths.root, self.config.session_id, [result.record()])
 
     def _clear(self, rows: list[InRow], batch: Batch) -> None:
         with self.outbound.atomic():
@@ -344,7 +345,7 @@ class Runner:
                     CLEARED_TEXT, routing, self.outbound, in_reply_to=row.id, now=self.clock.now()
                 )
             self.outbound.complete([r.id for r in rows], now=self.clock.now())
-        append_transcript(self.config.agent_dir, self.config.session_id, [{"type": "clear"}])
+        append_transcript(self.paths.root, self.config.session_id, [{"type": "clear"}])
         logger.info("session %s: conversation cleared by %s", self.config.session_id, rows[0].id)
 
     def _fail(self, ids: list[str], batch: Batch, detail: str) -> None:

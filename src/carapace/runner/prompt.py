@@ -32,6 +32,9 @@ from carapace import safefs
 from carapace.runner.settings import AgentSettings
 
 MAX_FILE_CHARS = 100_000
+# First line of a host-composed CLAUDE.md (``carapace.host.groupfiles``; kept here so the
+# runner imports nothing of the host).
+COMPOSED_MARKER = "<!-- composed by the host: edits here are lost; use CLAUDE.local.md -->"
 MAX_IMPORT_DEPTH = 5
 _IMPORT_RE = re.compile(r"^@(\S+)$")
 
@@ -43,7 +46,8 @@ through chat apps; each incoming message is shown as XML (`<message>`, `<task>`,
 - Be concise. Report outcomes, not process.
 - Your working folder is the agent group's folder. `CLAUDE.local.md` there is your
   per-group memory: store substantive facts and decisions in files and keep an index of
-  them in `CLAUDE.local.md`. Past conversations are under `conversations/`.
+  them in `CLAUDE.local.md`. This session's transcript is under the session's
+  `conversations/` folder.
 - Attachments people send are saved under the session's `inbox/` folder; the message
   shows the path.
 - Use the scheduling tools for reminders and recurring work, `ask_user_question` when you
@@ -150,7 +154,10 @@ def memory_sections(agent_dir: Path) -> list[str]:
     out: list[str] = []
     for title, root, name in files:
         path = os.path.join(root, name)
-        text = expand_imports(_read(path, [root]), root, roots)
+        raw = _read(path, [root])
+        if name == "CLAUDE.md" and raw.startswith(COMPOSED_MARKER):
+            continue  # the host's composed file: its sources are read directly
+        text = expand_imports(raw, root, roots)
         if text:
             out.append(f"## {title}\n\n{text}")
     return out

@@ -5,7 +5,9 @@ the group folder, ``realpath``-ed (symlinks followed) and checked against the re
 the roots: the group folder, the session folder and the runner's temp folder (read-write)
 plus any extra read-only roots (e.g. ``groups/global``). Anything that escapes — ``..``,
 an absolute path elsewhere, a symlink to ``/etc`` or to the central DB — is refused with a
-tool error. Directory walks never follow symlinks.
+tool error. Directory walks never follow symlinks. Files are then opened beneath their
+root with ``safefs.open_beneath`` (no link followed, ``fstat`` on the descriptor), so a
+link swapped in between the check and the open is refused, not followed.
 
 ``bash`` is the exception: a shell is only as confined as the process running it, so it
 is offered only when the runner itself is sandboxed (``bash: "sandboxed"``) or the
@@ -28,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Literal
 
+from carapace import safefs
 from carapace.errors import ConfigError, ValidationError
 from carapace.limits import Limits, rlimit_preexec
 from carapace.runner import webfetch
@@ -233,6 +236,31 @@ class Workspace:
         matches = [r for r in self.roots if r.contains(real)]
         return max(matches, key=lambda r: len(r.path)) if matches else None
 
+    def open_confined(self, real: str, shown: str) -> int:
+        """A descriptor on the regular file ``real`` (a checked realpath), opened beneath its
+        root without following any link, then checked with ``fstat``: a link swapped in after
+        ``resolve`` is refused instead of followed (no check-then-use)."""
+        root = self._root_of(real)
+        if root is None or real == root.path:
+            raise WorkspaceError(f"{shown} is a directory; use list_files to see its entries.")
+        rel = real[len(root.path.rstrip("/")) + 1 :]
+        try:
+            fd = safefs.open_beneath(root.path, rel, os.O_RDONLY | os.O_NONBLOCK)
+        except FileNotFoundError:
+            raise WorkspaceError(f"File not found: {shown}") from None
+        except safefs.UnsafePathError:
+            raise PathRefused(f"{shown} changed into a link while being opened; refused.") from None
+        except OSError as exc:
+            raise WorkspaceError(f"Cannot open {shown}: {exc.strerror or exc}.") from None
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            os.close(fd)
+            if stat.S_ISDIR(st.st_mode):
+                raise WorkspaceError(f"{shown} is a directory; use list_files to see its entries.")
+            raise WorkspaceError(f"{shown} is not a regular file.")
+        os.set_blocking(fd, True)
+        return fd
+
     def _protected(self, real: str) -> bool:
         if os.path.dirname(real) != self.session:
             return False
@@ -281,12 +309,11 @@ class Workspace:
         shown = self.display(real)
         offset = int(args.get("offset", 1))
         limit = min(int(args.get("limit", limits.read_lines)), limits.read_lines)
-        _require_regular(real, shown)
         out: list[str] = []
         used = 0
         last = offset - 1
         more = False
-        with open(real, "rb") as f:
+        with os.fdopen(self.open_confined(real, shown), "rb") as f:
             if b"\x00" in f.read(8192):
                 size = os.fstat(f.fileno()).st_size
                 raise WorkspaceError(f"{shown} is a binary file ({size} bytes); not shown.")
@@ -344,11 +371,10 @@ class Workspace:
             raise WorkspaceError("old_string and new_string are the same; nothing to change.")
         real = self.resolve(args["path"], write=True)
         shown = self.display(real)
-        _require_regular(real, shown)
-        if os.path.getsize(real) > self.limits.write_bytes:
-            raise WorkspaceError(f"{shown} is larger than {self.limits.write_bytes} bytes.")
-        with open(real, "rb") as f:
-            raw = f.read()
+        with os.fdopen(self.open_confined(real, shown), "rb") as f:
+            if os.fstat(f.fileno()).st_size > self.limits.write_bytes:
+                raise WorkspaceError(f"{shown} is larger than {self.limits.write_bytes} bytes.")
+            raw = f.read(self.limits.write_bytes + 1)
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError:
@@ -378,7 +404,7 @@ class Workspace:
         os.makedirs(parent, exist_ok=True)
         if os.path.realpath(parent) != parent:  # a symlink appeared under us
             raise PathRefused(f"The folder {parent} changed while writing; refused.")
-        mode = 0o644
+        mode = 0o600  # new files are private (issue 12 item 11)
         try:
             st = os.stat(real)
         except FileNotFoundError:
@@ -452,11 +478,16 @@ class Workspace:
         used = searched = skipped = 0
         full = False
         for path in paths:
-            if os.path.getsize(path) > limits.grep_file_bytes:
+            try:
+                fd = self.open_confined(path, self.display(path))
+            except WorkspaceError:
                 skipped += 1
                 continue
-            with open(path, "rb") as f:
-                data = f.read()
+            with os.fdopen(fd, "rb") as f:
+                if os.fstat(fd).st_size > limits.grep_file_bytes:
+                    skipped += 1
+                    continue
+                data = f.read(limits.grep_file_bytes + 1)
             if b"\x00" in data[:8192]:
                 skipped += 1
                 continue
@@ -525,17 +556,6 @@ class Workspace:
             timeout_s=limits.web_timeout_s,
             allow_private=self.policy.web_private,
         )
-
-
-def _require_regular(real: str, shown: str) -> None:
-    try:
-        st = os.stat(real)
-    except FileNotFoundError:
-        raise WorkspaceError(f"File not found: {shown}")
-    if stat.S_ISDIR(st.st_mode):
-        raise WorkspaceError(f"{shown} is a directory; use list_files to see its entries.")
-    if not stat.S_ISREG(st.st_mode):
-        raise WorkspaceError(f"{shown} is not a regular file.")
 
 
 def _lines(f: IO[bytes], max_bytes: int) -> Iterator[bytes]:

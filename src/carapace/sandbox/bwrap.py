@@ -8,6 +8,7 @@ What the sandboxed runner sees (everything else of the host is absent)::
     /proc (new pid namespace), /dev (minimal), /tmp (fresh tmpfs of limits.tmp_mb)
     <session dir>                     ro, same path (the runner takes paths as arguments)
       outbound.db outbound.db-journal .heartbeat outbox/      rw on top (the runner's files)
+      conversations/                  rw on top (this session's transcript)
       inbound.db inbound.db-journal   ro (also bound explicitly): host commits seen live
     <agent dir>                       rw, same path; cwd and $HOME
     <agent dir>/{container.json,CLAUDE.md,.claude-fragments}   ro on top, when present, bound
@@ -89,7 +90,7 @@ SYSTEM_ETC = (
 NETWORK_ETC = ("/etc/resolv.conf", "/etc/hosts", "/etc/nsswitch.conf", "/etc/gai.conf",
                "/etc/host.conf")  # fmt: skip
 AGENT_READ_ONLY = ("container.json", "CLAUDE.md", ".claude-fragments")
-SESSION_WRITABLE = ("outbound.db", "outbound.db-journal", ".heartbeat", "outbox")
+SESSION_WRITABLE = ("outbound.db", "outbound.db-journal", ".heartbeat", "outbox", "conversations")
 SESSION_READ_ONLY = ("inbound.db", "inbound.db-journal")
 # Host environment variables the backend passes on by default: time zone and the like. No
 # provider key: the host's egress proxy adds keys outside the sandbox (carapace.proxy).
@@ -328,6 +329,7 @@ def prepare_session_dir(session_dir: Path) -> None:
     paths = SessionPaths(Path(session_dir))
     ensure_journals(paths)
     paths.outbox.mkdir(exist_ok=True)
+    paths.transcripts.mkdir(mode=0o700, exist_ok=True)  # per-session transcripts
     if not paths.heartbeat.exists():
         paths.heartbeat.touch()
         os.utime(paths.heartbeat, (0, 0))  # mtime 0 reads as "no heartbeat yet"

@@ -17,9 +17,9 @@ import sqlite3
 from datetime import datetime, timedelta
 from typing import Any
 
-from carapace.db.connection import connect, has_table
-from carapace.db.session import SessionPaths, peek_max_seq
+from carapace.db.session import SessionPaths
 from carapace.db.sessions import Session
+from carapace.host.outbox_reader import INLINE_BUDGET_S, OutboxRefused, read_acks, read_max_seq
 from carapace.host.sweep import SweepContext, earliest
 from carapace.jsonutil import dumps
 from carapace.sched.series import Missed, advance_series, due_heads, next_head_due
@@ -101,28 +101,11 @@ def history(db: sqlite3.Connection, series_id: str, limit: int = 50) -> list[dic
 
 
 def _acks(paths: SessionPaths, ids: list[str]) -> dict[str, tuple[str, str | None]]:
-    if not ids or not paths.outbound.exists():
-        return {}
+    """Acks of ``ids`` through the defensive outbound reader (empty when refused)."""
     try:
-        out = connect(paths.outbound, "session", readonly=True)
-    except sqlite3.Error:
+        return read_acks(paths.outbound, ids, budget_s=INLINE_BUDGET_S)
+    except (OSError, OutboxRefused):
         return {}
-    try:
-        if not has_table(out, "processing_ack"):
-            return {}
-        found: dict[str, tuple[str, str | None]] = {}
-        for i in range(0, len(ids), 500):
-            chunk = ids[i : i + 500]
-            marks = ",".join("?" for _ in chunk)
-            for r in out.execute(
-                f"SELECT message_id, status, status_changed FROM processing_ack "
-                f"WHERE message_id IN ({marks})",
-                chunk,
-            ):
-                found[r[0]] = (r[1], r[2])
-        return found
-    finally:
-        out.close()
 
 
 def sync_outcomes(
@@ -207,7 +190,7 @@ class SeriesSweep:
         soonest: datetime | None = None
         for head in due_heads(inb, now):
             try:
-                other = peek_max_seq(ctx.paths.outbound, "messages_out")
+                other = read_max_seq(ctx.paths.outbound)
                 result = advance_series(
                     inb,
                     head,

@@ -113,7 +113,7 @@ def _send_file(ctx: ToolContext, args: dict[str, Any]) -> str:
     target_dir = outbox / msg_id
     target_dir.mkdir()
     target = target_dir / filename
-    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "wb") as out, Path(source).open("rb") as src:
         shutil.copyfileobj(src, out)
     seq = ctx.outbound.write(

@@ -1,0 +1,312 @@
+"""Reading an agent-written ``outbound.db`` defensively (DESIGN §5; issue 12 item 7).
+
+The runner writes ``outbound.db``, so the agent can too, schema included: a view named
+``messages_out`` (a recursive CTE), a trigger, a generated column or a virtual table is code
+the host would run while it reads. One such file froze a host for ~13 minutes when it was
+read with blocking calls on the event loop. So every host access to an ``outbound.db`` goes
+through this module:
+
+* the file is opened only if it is a regular file reached without a link (``safefs``; the
+  SQLite URI adds ``nofollow=1``), read-only with ``query_only`` (the one writer, the
+  claim reset after a runner died, opens it read-write inside ``BEGIN IMMEDIATE``);
+* ``PRAGMA trusted_schema=OFF``, then ``sqlite_master`` is compared with what the runner
+  creates (:func:`check_schema`): only the four runner tables with their known columns
+  (older NanoClaw shapes included), only their automatic indexes; no view, trigger,
+  user index, virtual table, generated column or other object. Anything else refuses the
+  whole file with an :class:`OutboxRefused` (checked in the same transaction as the read);
+* every read has a bound on work: a SQLite progress handler aborts it after a budget of
+  wall time, queries carry a ``LIMIT``, and text fields are size-capped in SQL;
+* the host's async code runs these reads on a small thread pool with a timeout
+  (:class:`OutboxReader`), never on the event loop. The few synchronous call sites (the
+  highest ``seq`` when the host writes an inbound row, ack lookups of the task sweep hook)
+  use :data:`INLINE_BUDGET_S` (20 ms) on indexed lookups, which take well under 1 ms.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sqlite3
+import stat
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import quote
+
+from carapace import safefs
+from carapace.db.connection import BUSY_TIMEOUT_MS, SESSION_JOURNAL_MODE
+from carapace.errors import ValidationError
+
+if TYPE_CHECKING:
+    from carapace.db.sessions import Session
+    from carapace.host.sessions import SessionManager
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+OutRow = dict[str, Any]  # one messages_out row as read_rows returns it
+
+READ_BUDGET_S = 0.5  # wall time one worker read may take before SQLite aborts it
+INLINE_BUDGET_S = 0.02  # the same for the few indexed lookups made on the event loop
+CALL_TIMEOUT_S = 5.0  # an awaited read gives up after this (the budget fires first)
+BUSY_WAIT_MS = 1000  # a runner's write lock is waited for at most this long
+MAX_ROWS = 500  # outbound rows per delivery read
+MAX_IDS = 500
+MAX_CONTENT_BYTES = 4 * 1024 * 1024
+MAX_FIELD_BYTES = 1024  # id, addresses, timestamps
+PROGRESS_OPS = 1000  # SQLite VM instructions between two budget checks
+
+# The runner's tables (db/session.py OUTBOUND_SCHEMA) and the columns each may have:
+# (required, optional). Optional ones are what older NanoClaw files lack.
+TABLES: dict[str, tuple[frozenset[str], frozenset[str]]] = {
+    "messages_out": (
+        frozenset(
+            {
+                "id",
+                "seq",
+                "in_reply_to",
+                "timestamp",
+                "deliver_after",
+                "recurrence",
+                "kind",
+                "platform_id",
+                "channel_type",
+                "thread_id",
+                "content",
+            }
+        ),
+        frozenset(),
+    ),
+    "processing_ack": (frozenset({"message_id", "status", "status_changed"}), frozenset()),
+    "session_state": (frozenset({"key", "value"}), frozenset({"updated_at"})),
+    "container_state": (
+        frozenset(
+            {"id", "current_tool", "tool_declared_timeout_ms", "tool_started_at", "updated_at"}
+        ),
+        frozenset(),
+    ),
+}
+
+
+class OutboxRefused(ValidationError):
+    """An ``outbound.db`` the host will not read (wrong schema, a link, too much work)."""
+
+    code = "outbox-refused"
+
+
+def check_schema(conn: sqlite3.Connection) -> None:
+    """``OutboxRefused`` unless ``sqlite_master`` holds exactly the runner's objects."""
+    objects = conn.execute(
+        "SELECT type, name, tbl_name, sql FROM sqlite_master LIMIT 64"
+    ).fetchall()
+    if len(objects) >= 64:
+        raise OutboxRefused("outbound.db has too many schema objects")
+    for kind, name, table, sql in objects:
+        if kind == "table" and name in TABLES:
+            if not str(sql or "").lstrip().upper().startswith("CREATE TABLE"):
+                raise OutboxRefused(f"outbound.db table {name!r} is not a plain table")
+            required, optional = TABLES[name]
+            cols = conn.execute(f"PRAGMA table_xinfo({name})").fetchall()
+            names = {c[1] for c in cols}
+            if any(c[6] != 0 for c in cols):  # hidden: generated or virtual-table columns
+                raise OutboxRefused(f"outbound.db table {name!r} has generated columns")
+            if not required <= names or not names <= required | optional:
+                raise OutboxRefused(f"outbound.db table {name!r} has unexpected columns")
+        elif kind == "index" and sql is None and table in TABLES:
+            continue  # the automatic index of a PRIMARY KEY / UNIQUE column
+        else:
+            raise OutboxRefused(f"outbound.db has an unexpected {kind} {name!r}")
+    if "messages_out" not in {o[1] for o in objects if o[0] == "table"}:
+        raise OutboxRefused("outbound.db has no messages_out table")
+
+
+def _check_file(path: Path) -> None:
+    """A regular file reached without following a link (``FileNotFoundError`` if none)."""
+    fd = safefs.open_beneath(path.parent, path.name, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OutboxRefused("outbound.db is not a regular file")
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def open_checked(
+    path: Path, *, budget_s: float = READ_BUDGET_S, write: bool = False
+) -> Iterator[sqlite3.Connection]:
+    """A connection on ``path`` inside one transaction whose schema was checked, with work
+    bounded by ``budget_s``. Raises ``OutboxRefused`` or ``FileNotFoundError``."""
+    try:
+        _check_file(path)
+    except safefs.UnsafePathError as exc:
+        raise OutboxRefused(f"outbound.db refused: {exc}") from None
+    mode = "rw" if write else "ro"
+    uri = f"file:{quote(str(path))}?mode={mode}&nofollow=1"
+    try:
+        conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=BUSY_WAIT_MS / 1000,
+                               check_same_thread=False)  # fmt: skip
+    except sqlite3.Error as exc:
+        raise OutboxRefused(f"outbound.db cannot be opened: {exc}") from None
+    deadline = time.monotonic() + budget_s
+    conn.set_progress_handler(lambda: int(time.monotonic() > deadline), PROGRESS_OPS)
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {min(BUSY_WAIT_MS, BUSY_TIMEOUT_MS)}")
+        conn.execute("PRAGMA trusted_schema = OFF")
+        conn.execute("PRAGMA mmap_size = 0")
+        if write:
+            conn.execute(f"PRAGMA journal_mode = {SESSION_JOURNAL_MODE}")
+        else:
+            conn.execute("PRAGMA query_only = ON")
+        conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+        check_schema(conn)
+        yield conn
+        conn.execute("COMMIT")
+    except sqlite3.OperationalError as exc:
+        if "interrupted" in str(exc):
+            raise OutboxRefused(f"reading outbound.db took over {budget_s:g} s") from None
+        raise OutboxRefused(f"outbound.db: {exc}") from None
+    except sqlite3.DatabaseError as exc:
+        raise OutboxRefused(f"outbound.db: {exc}") from None
+    finally:
+        if conn.in_transaction:
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+        conn.close()
+
+
+_ROW_SQL = f"""
+SELECT substr(id, 1, {MAX_FIELD_BYTES}) AS id, seq,
+       substr(in_reply_to, 1, {MAX_FIELD_BYTES}) AS in_reply_to,
+       substr(timestamp, 1, 64) AS timestamp, substr(deliver_after, 1, 64) AS deliver_after,
+       substr(recurrence, 1, {MAX_FIELD_BYTES}) AS recurrence, substr(kind, 1, 32) AS kind,
+       substr(platform_id, 1, {MAX_FIELD_BYTES}) AS platform_id,
+       substr(channel_type, 1, 64) AS channel_type,
+       substr(thread_id, 1, {MAX_FIELD_BYTES}) AS thread_id,
+       CASE WHEN length(CAST(content AS BLOB)) > {MAX_CONTENT_BYTES} THEN NULL
+            ELSE CAST(content AS TEXT) END AS content
+FROM messages_out WHERE seq > ? ORDER BY seq LIMIT ?
+"""
+
+
+def read_rows(path: Path, after_seq: int, limit: int = MAX_ROWS) -> list[OutRow]:
+    """``messages_out`` rows above ``after_seq`` in seq order (at most ``limit``); a row
+    whose content is over ``MAX_CONTENT_BYTES`` comes with ``content`` None."""
+    with open_checked(path) as conn:
+        cur = conn.execute(_ROW_SQL, (after_seq, limit))
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+
+
+def read_ids_after(path: Path, after_seq: int, limit: int = MAX_ROWS) -> list[str]:
+    with open_checked(path) as conn:
+        return [str(r[0]) for r in conn.execute(
+            "SELECT id FROM messages_out WHERE seq > ? ORDER BY seq LIMIT ?",
+            (after_seq, limit))]  # fmt: skip
+
+
+def _has(conn: sqlite3.Connection, table: str) -> bool:
+    row = conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (table,))
+    return row.fetchone() is not None
+
+
+def read_acks(
+    path: Path, ids: list[str], *, budget_s: float = READ_BUDGET_S
+) -> dict[str, tuple[str, str | None]]:
+    """``processing_ack`` entries (status, status_changed) of ``ids``."""
+    found: dict[str, tuple[str, str | None]] = {}
+    if not ids:
+        return found
+    with open_checked(path, budget_s=budget_s) as conn:
+        if not _has(conn, "processing_ack"):
+            return found
+        for i in range(0, len(ids), MAX_IDS):
+            chunk = ids[i : i + MAX_IDS]
+            marks = ",".join("?" for _ in chunk)
+            for r in conn.execute(
+                "SELECT substr(message_id, 1, 1024), substr(status, 1, 32), "
+                f"substr(status_changed, 1, 64) FROM processing_ack WHERE message_id IN ({marks})",
+                chunk,
+            ):
+                found[str(r[0])] = (str(r[1]), r[2])
+    return found
+
+
+def read_container_state(path: Path) -> dict[str, Any] | None:
+    with open_checked(path) as conn:
+        if not _has(conn, "container_state"):
+            return None
+        cur = conn.execute(
+            "SELECT id, substr(current_tool, 1, 64) AS current_tool, tool_declared_timeout_ms, "
+            "substr(tool_started_at, 1, 64) AS tool_started_at, "
+            "substr(updated_at, 1, 64) AS updated_at FROM container_state WHERE id=1"
+        )
+        row = cur.fetchone()
+        return dict(zip([d[0] for d in cur.description], row, strict=True)) if row else None
+
+
+def read_max_seq(path: Path, *, budget_s: float = INLINE_BUDGET_S) -> int:
+    """The highest ``messages_out`` seq (0 when missing or refused): an indexed lookup."""
+    try:
+        with open_checked(path, budget_s=budget_s) as conn:
+            value = conn.execute("SELECT MAX(seq) FROM messages_out").fetchone()[0]
+            return int(value) if isinstance(value, int) else 0
+    except (OSError, OutboxRefused):
+        return 0
+
+
+def read_max_seq_checked(path: Path, *, budget_s: float = READ_BUDGET_S) -> int:
+    """Like :func:`read_max_seq` but raising ``OutboxRefused``/``OSError`` (for doctor)."""
+    with open_checked(path, budget_s=budget_s) as conn:
+        value = conn.execute("SELECT MAX(seq) FROM messages_out").fetchone()[0]
+        return int(value) if isinstance(value, int) else 0
+
+
+class OutboxReader:
+    """Runs outbound.db reads on a small thread pool, off the event loop, with a timeout.
+
+    A refusal is logged once per session and file state (not on every read)."""
+
+    def __init__(self, workers: int = 4, timeout_s: float = CALL_TIMEOUT_S) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="outbox")
+        self.timeout_s = timeout_s
+        self._told: dict[str, str] = {}
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await asyncio.wait_for(loop.run_in_executor(self._pool, fn, *args), self.timeout_s)
+
+    def first_refusal(self, key: str, why: str) -> bool:
+        """True the first time ``why`` is reported for ``key`` (a session id)."""
+        if self._told.get(key) == why:
+            return False
+        self._told[key] = why
+        return True
+
+    def accepted(self, key: str) -> None:
+        self._told.pop(key, None)
+
+    def refused(self, sessions: SessionManager, session: Session, exc: OutboxRefused,
+                now: datetime, wake: Callable[[str], None]) -> None:  # fmt: skip
+        """Log the refusal and tell the agent, once per session and reason."""
+        why = str(exc)
+        if not self.first_refusal(session.id, why):
+            return
+        logger.error("session %s: outbound.db refused, nothing from it is read: %s",
+                     session.id, why)  # fmt: skip
+        sessions.notify_agent(
+            session,
+            f"The host refused your outbound.db ({why}). Nothing you send is delivered until "
+            "it has exactly the runner's schema again.",
+            now=now,
+        )
+        wake(session.id)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
