@@ -99,12 +99,37 @@ class Home:
             return Settings()
         try:
             raw = tomllib.loads(self.config_file.read_text(encoding="utf-8"))
-        except (OSError, tomllib.TOMLDecodeError) as exc:
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"cannot read {self.config_file}: {exc}")
         known = {f for f in Settings.__dataclass_fields__ if f != "extra"}
         kwargs = {k.replace("-", "_"): v for k, v in raw.items()}
         extra = {k: v for k, v in kwargs.items() if k not in known}
+        for key, value in kwargs.items():
+            if key in known:
+                _check_setting(self.config_file, key, value)
         try:
             return Settings(**{k: v for k, v in kwargs.items() if k in known}, extra=extra)
         except TypeError as exc:
             raise ConfigError(f"bad setting in {self.config_file}: {exc}")
+
+
+_INT_KEYS = {"max_runners": 1, "max_tries": 1}
+_SECONDS_KEYS = {"runner_idle_exit_s", "approval_ttl_s", "deny_ttl_s"}
+_STR_KEYS = {"timezone", "runner_backend", "bwrap", "default_provider"}
+
+
+def _check_setting(path: Path, key: str, value: Any) -> None:
+    """One clear line naming the key when a known setting has the wrong type or range."""
+    where = f"{path}: {key}"
+    if key in _INT_KEYS:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where} must be a whole number, not {value!r}")
+        if not _INT_KEYS[key] <= value <= 1_000_000:
+            raise ConfigError(f"{where} must be between {_INT_KEYS[key]} and 1000000, not {value}")
+    elif key in _SECONDS_KEYS:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where} must be a number of seconds, not {value!r}")
+        if not 0 <= value <= 10 * 365 * 24 * 3600:
+            raise ConfigError(f"{where} must be between 0 and 10 years in seconds, not {value}")
+    elif key in _STR_KEYS and not isinstance(value, str):
+        raise ConfigError(f"{where} must be a string, not {value!r}")

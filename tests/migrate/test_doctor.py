@@ -7,6 +7,7 @@ import json
 import sqlite3
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from carapace.cli import main
@@ -130,3 +131,24 @@ def test_only_adapters_that_exist_are_named(tmp_path: Path) -> None:
     assert len(findings) == ("telegram" not in ADAPTERS)
     if findings:
         assert "telegram" in findings[0].subject and "cli" in findings[0].message
+
+
+def test_full_disk_is_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from carapace.migrate import doctor
+
+    home = Home(tmp_path / "home")
+    assert CliRunner().invoke(main, ["init", "--home", str(home.root)]).exit_code == 0
+    with monkeypatch.context() as mp:
+        mp.setattr(doctor, "MIN_FREE_BYTES", 1 << 62)  # more than any real disk has free
+        rep = diagnose(home)
+    assert "disk-full" in [f.code for f in rep.findings if f.level == "error"]
+    assert "disk-full" not in [f.code for f in diagnose(home).findings]
+
+
+def test_wrong_type_config_is_a_doctor_error(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    assert CliRunner().invoke(main, ["init", "--home", str(home)]).exit_code == 0
+    (home / "carapace.toml").write_text('max_runners = "eight"\n')
+    res = CliRunner().invoke(main, ["doctor", "--home", str(home)])
+    assert res.exit_code != 0, res.output
+    assert "max_runners" in res.output

@@ -17,6 +17,7 @@ T = TypeVar("T")
 def open_central(path: str | Path, *, run_migrations: bool = True) -> sqlite3.Connection:
     """Open (creating if needed) and migrate the central DB."""
     p = Path(path)
+    _refuse_damaged(p)
     try:
         p.parent.mkdir(parents=True, exist_ok=True)
         conn = connect(p, "central", check_same_thread=False)
@@ -25,6 +26,25 @@ def open_central(path: str | Path, *, run_migrations: bool = True) -> sqlite3.Co
     if run_migrations:
         migrate(conn)
     return conn
+
+
+def _refuse_damaged(p: Path) -> None:
+    """An existing central DB that is empty or not SQLite is damage, never a fresh home.
+
+    SQLite would silently turn a zero-length file into a new empty DB, orphaning every session.
+    """
+    try:
+        with open(p, "rb") as f:
+            head = f.read(16)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise ConfigError(f"cannot read central DB {p}: {exc}")
+    if head != b"SQLite format 3\x00":
+        what = "is empty (zero length)" if not head else "is not an SQLite database"
+        raise ConfigError(
+            f"central DB {p} {what}; restore it from a backup (refusing to create a new one)"
+        )
 
 
 def from_row(cls: type[T], row: sqlite3.Row | None) -> T | None:

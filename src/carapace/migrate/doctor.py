@@ -114,11 +114,46 @@ def diagnose(home: Home) -> DoctorReport:
         rep.add("error", "central-db-unreadable", str(home.central_db), str(exc))
     finally:
         conn.close()
+    _storage(home, rep)
     from carapace.ops.doctor import ops_checks
 
     ops_checks(home, rep)
     _nanoclaw_rewrites(home, rep)
     return rep
+
+
+MIN_FREE_BYTES = 16 * 1024 * 1024
+
+
+def _storage(home: Home, rep: DoctorReport) -> None:
+    """The home must be writable and its disk must have room, or messages cannot be accepted."""
+    import os
+    import shutil
+    import tempfile
+
+    data = home.central_db.parent
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".doctor-", dir=data)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        rep.add(
+            "error", "home-unwritable", str(data), f"cannot create a file: {exc.strerror or exc}"
+        )
+    try:
+        free = shutil.disk_usage(data).free
+    except OSError as exc:
+        rep.add(
+            "error", "disk-unknown", str(data), f"cannot read free space: {exc.strerror or exc}"
+        )
+        return
+    if free < MIN_FREE_BYTES:
+        rep.add(
+            "error",
+            "disk-full",
+            str(data),
+            f"only {free // 1024} KiB free (need at least {MIN_FREE_BYTES // (1024 * 1024)} MiB)",
+        )
 
 
 def _nanoclaw_rewrites(home: Home, rep: DoctorReport) -> None:
