@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from carapace.bootstrap import CLI_CHANNEL, CLI_PLATFORM_ID, init_home
-from carapace.channels.base import ChannelCallbacks, InboundEvent, InboundMessage, OutboundMessage
+from carapace.channels.base import InboundEvent, InboundMessage
 from carapace.config import Home, Settings
 from carapace.db import groups
 from carapace.errors import ConfigError
@@ -24,33 +24,12 @@ from carapace.migrate.doctor import diagnose
 from carapace.sandbox import BwrapHandle, bwrap_unusable_reason
 from carapace.sandbox import bwrap as bwrap_mod
 from carapace.sandbox.policy import SandboxBackend
+from carapace.testing.recorder import Recorder
 from carapace.timefmt import iso, new_id
 
 REASON = bwrap_unusable_reason()
 needs_bwrap = pytest.mark.skipif(REASON is not None, reason=f"bubblewrap unusable: {REASON}")
 MISSING_BWRAP = "/nonexistent/carapace-test/bwrap"
-
-
-class Recorder:
-    """A CLI-type channel that resolves a future per delivered message."""
-
-    channel_type = CLI_CHANNEL
-    supports_threads = False
-
-    def __init__(self) -> None:
-        self.got: asyncio.Queue[OutboundMessage] = asyncio.Queue()
-
-    async def start(self, callbacks: ChannelCallbacks) -> None:
-        return None
-
-    async def stop(self) -> None:
-        return None
-
-    async def deliver(
-        self, platform_id: str, thread_id: str | None, message: OutboundMessage
-    ) -> str | None:
-        self.got.put_nowait(message)
-        return message.message_out_id
 
 
 def _home(tmp_path: Path, toml: str = "") -> Home:

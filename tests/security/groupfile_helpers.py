@@ -12,11 +12,12 @@ from typing import Any
 import pytest
 
 from carapace.bootstrap import CLI_CHANNEL, CLI_PLATFORM_ID, init_home
-from carapace.channels.base import ChannelCallbacks, InboundEvent, InboundMessage, OutboundMessage
+from carapace.channels.base import InboundEvent, InboundMessage
 from carapace.config import Home, Settings
 from carapace.host.host import Host, HostOptions
 from carapace.jsonutil import dumps
 from carapace.sandbox import bwrap_unusable_reason
+from carapace.testing.recorder import Recorder
 from carapace.timefmt import iso, new_id
 
 REASON = bwrap_unusable_reason()
@@ -25,26 +26,6 @@ needs_bwrap = pytest.mark.skipif(
     REASON is not None and os.environ.get("CI") != "true",
     reason=f"bubblewrap unusable: {REASON}",
 )
-
-
-class Recorder:
-    channel_type = CLI_CHANNEL
-    supports_threads = False
-
-    def __init__(self) -> None:
-        self.got: asyncio.Queue[OutboundMessage] = asyncio.Queue()
-
-    async def start(self, callbacks: ChannelCallbacks) -> None:
-        return None
-
-    async def stop(self) -> None:
-        return None
-
-    async def deliver(
-        self, platform_id: str, thread_id: str | None, message: OutboundMessage
-    ) -> str | None:
-        self.got.put_nowait(message)
-        return message.message_out_id
 
 
 def make_home(root: Path, toml: str = "") -> Home:

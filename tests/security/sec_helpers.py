@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from carapace.bootstrap import CLI_CHANNEL, CLI_PLATFORM_ID, init_home
-from carapace.channels.base import ChannelCallbacks, InboundEvent, InboundMessage, OutboundMessage
+from carapace.channels.base import InboundEvent, InboundMessage
 from carapace.config import Home, Settings
 from carapace.db import groups
 from carapace.db.session import SessionPaths
@@ -25,6 +25,7 @@ from carapace.db.sessions import Session, list_sessions
 from carapace.host.host import Host, HostOptions
 from carapace.jsonutil import dumps
 from carapace.sandbox import bwrap_unusable_reason
+from carapace.testing.recorder import Recorder
 from carapace.timefmt import iso, new_id
 
 REASON = bwrap_unusable_reason()
@@ -37,32 +38,6 @@ def require_bwrap() -> None:
     if os.environ.get("CI") == "true":
         pytest.fail(f"bubblewrap unusable under CI: {REASON}")
     pytest.skip(f"bubblewrap unusable: {REASON}")
-
-
-class Recorder:
-    """The local CLI channel, recording every delivered message."""
-
-    channel_type = CLI_CHANNEL
-    supports_threads = False
-
-    def __init__(self) -> None:
-        self.got: asyncio.Queue[OutboundMessage] = asyncio.Queue()
-        self.all: list[OutboundMessage] = []
-        self.to: list[tuple[str, OutboundMessage]] = []  # (platform id, message)
-
-    async def start(self, callbacks: ChannelCallbacks) -> None:
-        return None
-
-    async def stop(self) -> None:
-        return None
-
-    async def deliver(
-        self, platform_id: str, thread_id: str | None, message: OutboundMessage
-    ) -> str | None:
-        self.all.append(message)
-        self.to.append((platform_id, message))
-        self.got.put_nowait(message)
-        return message.message_out_id
 
 
 def event(text: str, platform_id: str = CLI_PLATFORM_ID) -> InboundEvent:

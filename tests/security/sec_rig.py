@@ -16,12 +16,13 @@ from typing import Any
 import pytest
 
 from carapace.bootstrap import CLI_CHANNEL, CLI_PLATFORM_ID, init_home
-from carapace.channels.base import ChannelCallbacks, InboundEvent, InboundMessage, OutboundMessage
+from carapace.channels.base import InboundEvent, InboundMessage, OutboundMessage
 from carapace.config import Home, Settings
 from carapace.db import groups
 from carapace.host.host import Host, HostOptions
 from carapace.jsonutil import dumps
 from carapace.sandbox import bwrap_unusable_reason
+from carapace.testing.recorder import Recorder
 from carapace.timefmt import Clock, iso, new_id
 
 REASON = bwrap_unusable_reason()
@@ -36,28 +37,6 @@ def require_bwrap() -> None:
     if IN_CI:
         pytest.fail(f"bubblewrap unusable under CI: {REASON}")
     pytest.skip(f"bubblewrap unusable: {REASON}")
-
-
-class Recorder:
-    """A CLI-type channel that queues every delivered message."""
-
-    channel_type = CLI_CHANNEL
-    supports_threads = False
-
-    def __init__(self) -> None:
-        self.got: asyncio.Queue[OutboundMessage] = asyncio.Queue()
-
-    async def start(self, callbacks: ChannelCallbacks) -> None:
-        return None
-
-    async def stop(self) -> None:
-        return None
-
-    async def deliver(
-        self, platform_id: str, thread_id: str | None, message: OutboundMessage
-    ) -> str | None:
-        self.got.put_nowait(message)
-        return message.message_out_id
 
 
 def text_of(message: OutboundMessage) -> str:

@@ -16,37 +16,18 @@ from pathlib import Path
 import pytest
 
 from carapace.bootstrap import CLI_CHANNEL, CLI_PLATFORM_ID, init_home
-from carapace.channels.base import ChannelCallbacks, InboundEvent, InboundMessage, OutboundMessage
+from carapace.channels.base import InboundEvent, InboundMessage
 from carapace.config import Home, Settings
 from carapace.host.host import Host, HostOptions
 from carapace.jsonutil import dumps
 from carapace.sandbox import bwrap_unusable_reason
 from carapace.sandbox.bwrap import open_agent_binds
+from carapace.testing.recorder import Recorder
 from carapace.timefmt import iso, new_id
 
 REASON = bwrap_unusable_reason()
 needs_bwrap = pytest.mark.skipif(REASON is not None, reason=f"bubblewrap unusable: {REASON}")
 MARKER = "host-only-secret-7f3a"
-
-
-class Recorder:
-    channel_type = CLI_CHANNEL
-    supports_threads = False
-
-    def __init__(self) -> None:
-        self.got: asyncio.Queue[OutboundMessage] = asyncio.Queue()
-
-    async def start(self, callbacks: ChannelCallbacks) -> None:
-        return None
-
-    async def stop(self) -> None:
-        return None
-
-    async def deliver(
-        self, platform_id: str, thread_id: str | None, message: OutboundMessage
-    ) -> str | None:
-        self.got.put_nowait(message)
-        return message.message_out_id
 
 
 def _event(text: str) -> InboundEvent:

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from carapace.bootstrap import CLI_CHANNEL, CLI_PLATFORM_ID, init_home
-from carapace.channels.base import ChannelCallbacks, InboundEvent, InboundMessage, OutboundMessage
+from carapace.channels.base import InboundEvent, InboundMessage, OutboundMessage
 from carapace.config import Home, Settings
 from carapace.db import groups
 from carapace.host.host import Host, HostOptions
@@ -25,6 +25,7 @@ from carapace.jsonutil import dumps
 from carapace.proxy import budgets
 from carapace.sandbox import bwrap_unusable_reason
 from carapace.testing.fake_llm import FakeLLMServer, FakeReply, FakeToolCall
+from carapace.testing.recorder import Recorder
 from carapace.timefmt import iso, new_id
 
 pytest.importorskip("anthropic")
@@ -34,26 +35,6 @@ if REASON is not None and os.environ.get("CI") == "true":
 needs_bwrap = pytest.mark.skipif(REASON is not None, reason=f"bubblewrap unusable: {REASON}")
 
 KEY = "sk-ant-host-secret-4242424242"
-
-
-class Recorder:
-    channel_type = CLI_CHANNEL
-    supports_threads = False
-
-    def __init__(self) -> None:
-        self.got: asyncio.Queue[OutboundMessage] = asyncio.Queue()
-
-    async def start(self, callbacks: ChannelCallbacks) -> None:
-        return None
-
-    async def stop(self) -> None:
-        return None
-
-    async def deliver(
-        self, platform_id: str, thread_id: str | None, message: OutboundMessage
-    ) -> str | None:
-        self.got.put_nowait(message)
-        return message.message_out_id
 
 
 def _event(text: str) -> InboundEvent:
