@@ -75,6 +75,7 @@ from carapace.host.pool import (
     child_setup,
 )
 from carapace.limits import Limits, runner_cgroup, scope_argv, systemd_scope_usable
+from carapace.runner.procs import descendants
 from carapace.sandbox import netns
 from carapace.sandbox.mounts import EXTRA_ROOT, Mount, check_not_forbidden
 
@@ -335,26 +336,7 @@ def prepare_session_dir(session_dir: Path) -> None:
         os.utime(paths.heartbeat, (0, 0))  # mtime 0 reads as "no heartbeat yet"
 
 
-def _descendants(pid: int) -> list[int]:
-    """Host pids below ``pid``, parents before children (from ``/proc/*/stat``)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat", "rb") as fh:
-                stat = fh.read()
-            ppid = int(stat.rsplit(b")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        children.setdefault(ppid, []).append(int(entry.name))
-    out: list[int] = []
-    todo = [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
+_descendants = descendants  # host pids below a pid (runner/procs.py)
 
 
 class BwrapHandle(ProcHandle):
