@@ -1,0 +1,64 @@
+"""A runner (or the agent's code beside it) holding ``outbound.db``'s write lock must not
+stall the host's event loop (issue 12, item 7): the few reads still made on the loop — the
+highest outbound seq when a message is routed in, the task hook's ack lookups — never wait
+for that lock; the host carries on and reads the file again later."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+
+import pytest
+from host_rig import Rig
+
+from carapace.channels.fake import make_event
+from carapace.host.outbox_reader import OutboxRefused, read_acks, read_max_seq
+
+
+def test_a_held_write_lock_never_stalls_the_loop(rig: Rig) -> None:
+    ag = rig.agent()
+    mg = rig.chat()
+    rig.wire(mg, ag)
+    rig.run(rig.host.route(make_event("hi", id="m1")))
+    [s] = rig.sessions()
+    rig.reply(s, {"text": "answer"}, in_reply_to="m1")
+    out = rig.paths(s).outbound
+    hostile = sqlite3.connect(str(out), isolation_level=None)
+    hostile.execute("BEGIN EXCLUSIVE")  # what a hostile bash can hold for a whole tool call
+
+    async def passes() -> float:
+        """Route a message in and sweep, while a ticker measures the longest loop stall."""
+        gaps: list[float] = []
+        stop = asyncio.Event()
+
+        async def ticker() -> None:
+            last = time.perf_counter()
+            while not stop.is_set():
+                await asyncio.sleep(0.005)
+                now = time.perf_counter()
+                gaps.append(now - last)
+                last = now
+
+        tick = asyncio.ensure_future(ticker())
+        await asyncio.sleep(0.01)
+        await rig.host.route(make_event("second", id="m2"))  # the insert peeks max seq
+        rig.clock.advance(1)
+        await rig.host.sweep_once()  # the task hook's ack lookups; delivery off the loop
+        stop.set()
+        await tick
+        return max(gaps)
+
+    try:
+        assert read_max_seq(out) == 0  # refused at once, not waited for
+        with pytest.raises(OutboxRefused, match="locked"):
+            read_acks(out, ["m1"], budget_s=0.25)
+        stall = rig.run(passes())
+    finally:
+        hostile.execute("ROLLBACK")
+        hostile.close()
+    assert stall < 0.5, f"the event loop stalled {stall:.2f} s on the runner's lock"
+    # the lock gone, the file reads normally again and both messages are there
+    assert read_max_seq(out) >= 1
+    ids = [r["id"] for sess in rig.sessions() for r in rig.inbound(sess)]
+    assert any(i.startswith("m1") for i in ids) and any(i.startswith("m2") for i in ids)
