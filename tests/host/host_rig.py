@@ -11,7 +11,7 @@ from carapace.db import groups, messaging, users
 from carapace.db.session import SessionPaths, insert_message_out, open_outbound
 from carapace.db.sessions import Session, list_sessions
 from carapace.host.host import Host
-from carapace.host.pool import FakeBackend
+from carapace.host.pool import FakeBackend, FakeHandle
 from carapace.jsonutil import dumps
 from carapace.timefmt import FakeClock, sqlite_ts
 
@@ -27,6 +27,24 @@ class Rig:
 
     def run(self, coro: Any) -> Any:
         return self.loop.run_until_complete(coro)
+
+    def settle(self, timeout: float = 10.0) -> None:
+        """Run the loop until every exited runner is handled and the host's background
+        tasks (exit handling, claim resets, drains) are done: event-based, no fixed sleep."""
+
+        async def _settle() -> None:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + timeout
+            while loop.time() < deadline:
+                await asyncio.sleep(0.002)
+                exited = [sid for sid, r in self.host.pool.running.items()
+                          if isinstance(r.handle, FakeHandle) and r.handle._done.is_set()]  # fmt: skip
+                busy = [t for t in self.host._tasks if not t.done()]
+                if not exited and not busy:
+                    return
+            raise AssertionError("the host did not settle")
+
+        self.run(_settle())
 
     @property
     def db(self) -> Any:

@@ -59,7 +59,7 @@ def test_crash_retry_budget(rig: Rig) -> None:
     for tries in range(5):
         rig.ack(s, mid, "processing", sqlite_ts(rig.clock.now() - timedelta(hours=2)))
         handle.exit(1)  # the runner dies holding the claim
-        rig.run(__import__("asyncio").sleep(0.01))
+        rig.settle()
         [row] = rig.inbound(s)
         assert row["tries"] == tries + 1 and row["status"] == "pending"
         assert rig.inbound(s.__class__ and s, "SELECT 1 FROM messages_in") and True
@@ -72,7 +72,7 @@ def test_crash_retry_budget(rig: Rig) -> None:
         handle = rig.backend.handles[s.id]
     rig.ack(s, mid, "processing", sqlite_ts(rig.clock.now()))
     handle.exit(1)
-    rig.run(__import__("asyncio").sleep(0.01))
+    rig.settle()
     assert rig.inbound(s)[0]["status"] == "failed"
 
 
@@ -92,7 +92,7 @@ def test_sweep_kills_stuck_runner_but_not_a_fresh_one(rig: Rig) -> None:
     rig.clock.advance(61)
     report = rig.run(rig.host.sweep_once())
     assert report.killed == [(s.id, "kill-claim")]
-    rig.run(__import__("asyncio").sleep(0.01))
+    rig.settle()
     assert rig.inbound(s)[0]["tries"] == 1
 
 
@@ -100,7 +100,7 @@ def test_process_after_due_wakes_and_index(rig: Rig) -> None:
     s = _pending(rig)
     handle = rig.backend.handles[s.id]
     handle.exit(0)
-    rig.run(__import__("asyncio").sleep(0.01))
+    rig.settle()
     rig.ack(s, f"m:{s.agent_group_id}", "completed")
     rig.reply(s, {"action": "schedule_task", "taskId": "task-9", "prompt": "p",
                   "processAfter": (rig.clock.now() + timedelta(minutes=5)).isoformat()},
@@ -115,7 +115,7 @@ def test_process_after_due_wakes_and_index(rig: Rig) -> None:
     assert report.woken == [s.id]
     # nothing pending and no runner: the session leaves the index
     rig.backend.handles[s.id].exit(0) if s.id in rig.backend.handles else None
-    rig.run(__import__("asyncio").sleep(0.01))
+    rig.settle()
     rig.ack(s, "task-9", "completed")
     rig.run(rig.host.sweep_once(rig.clock.now()))
     assert rig.db.execute("SELECT COUNT(*) FROM carapace_session_work").fetchone()[0] == 0
