@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from carapace.db.central import open_central
+from carapace.host.bench import percentile
 from carapace.proxy.keys import KeyStore
 from carapace.proxy.server import EgressProxy, SessionRoute
 from carapace.proxy.usage import UsageStore
@@ -33,16 +34,6 @@ from carapace.testing.fake_llm import FakeLLMServer, FakeReply
 
 BODY = json.dumps({"model": "claude-haiku-4-5", "max_tokens": 5,
                    "messages": [{"role": "user", "content": "bench"}]}).encode()  # fmt: skip
-
-
-def percentile(values: list[float], q: float) -> float:
-    data = sorted(values)
-    if not data:
-        return 0.0
-    k = (len(data) - 1) * q
-    lo = int(k)
-    hi = min(lo + 1, len(data) - 1)
-    return data[lo] + (data[hi] - data[lo]) * (k - lo)
 
 
 @dataclass
