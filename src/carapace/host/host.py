@@ -141,7 +141,6 @@ class Host:
         self.router = Router(self.db, self.sessions, self.adapters, self.wake)
         self._health: dict[str, _SpawnHealth] = {}
         self._releasing: set[str] = set()  # sessions whose dead runner's claims are being reset
-        self._outbound_sig: dict[str, tuple[tuple[int, int], ...]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._sweep_event: asyncio.Event | None = None
         self._stopped = asyncio.Event()
@@ -338,31 +337,8 @@ class Host:
             total += await self._drain(sid)
         return total
 
-    def _on_outbound_change(self, session_id: str, *, force: bool = True) -> None:
-        if not force and not self._outbound_moved(session_id):
-            return  # e.g. IN_ATTRIB from the host's own read (SQLite fchowns as root)
+    def _on_outbound_change(self, session_id: str) -> None:
         self._spawn(self._after_commit(session_id))
-
-    def _outbound_moved(self, session_id: str) -> bool:
-        """Whether the session's ``outbound.db`` or its journal changed content (mtime or
-        size) since the last look: a read by the host itself must not wake the host."""
-        session = self.sessions.get(session_id)
-        if session is None:
-            return False
-        paths = self.sessions.paths(session)
-        sig: list[tuple[int, int]] = []
-        for p in (paths.outbound, paths.outbound_journal):
-            try:
-                st = os.lstat(p)
-            except OSError:
-                sig.append((0, 0))
-                continue
-            sig.append((st.st_mtime_ns, st.st_size))
-        key = tuple(sig)
-        if self._outbound_sig.get(session_id) == key:
-            return False
-        self._outbound_sig[session_id] = key
-        return True
 
     async def _after_commit(self, session_id: str) -> None:
         await self._drain(session_id)
@@ -589,7 +565,7 @@ class Host:
     def _on_watch(self) -> None:
         for path in self._watcher.drain():
             sid = path.name if path.is_dir() else path.parent.name
-            self._on_outbound_change(sid, force=False)
+            self._on_outbound_change(sid)
 
     async def _poll_watch(self) -> None:
         while True:
