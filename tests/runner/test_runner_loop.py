@@ -305,8 +305,13 @@ def test_message_blocks_and_internal(h: Harness) -> None:
         '<message to="helper">to helper</message>'
     )
     h.runner(provider=Recorder(text)).step()
-    outs = h.out()
+    notes = [o for o in h.out() if o["kind"] == "system"]
+    outs = [o for o in h.out() if o["kind"] != "system"]
     assert [o["content"]["text"] for o in outs] == ["to family", "to helper"]
+    # the unknown name is not sent, and the host is asked to tell the agent (issue 14)
+    [note] = notes
+    assert note["content"]["action"] == "unknown_destination"
+    assert note["content"]["to"] == "nobody" and "family" in note["content"]["known"]
     assert (outs[0]["thread_id"], outs[0]["in_reply_to"]) == ("thread-new", "m-new")
     assert (outs[1]["channel_type"], outs[1]["platform_id"], outs[1]["thread_id"]) == (
         "agent", "ag-helper", None,

@@ -113,13 +113,26 @@ class OutboundFile:
 
 @dataclass(frozen=True)
 class OutboundMessage:
-    """What an adapter is asked to send: NanoClaw's ``{kind, content, files}``."""
+    """What an adapter is asked to send: NanoClaw's ``{kind, content, files}``.
+
+    * ``key`` — the row's idempotency key: 32 hex digits derived from the session and the
+      row id, the same on every attempt (also after a host restart). An adapter whose
+      platform deduplicates sends (a nonce, a client message id) passes it there.
+    * ``resend`` — the host recorded that it was about to send this row and then crashed
+      before it recorded the outcome: the platform may already show it. An adapter that can
+      look it up on the platform (by ``key``) should, and skip the send if it is there.
+    * ``answers`` — every inbound message id the reply answers (a batch of messages from
+      several senders gets one reply); ``in_reply_to`` is only the batch's first.
+    """
 
     kind: str
     content: Any
     files: tuple[OutboundFile, ...] = ()
     message_out_id: str | None = None
     in_reply_to: str | None = None
+    key: str | None = None
+    resend: bool = False
+    answers: tuple[str, ...] = ()
 
 
 @dataclass

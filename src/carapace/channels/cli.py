@@ -11,14 +11,17 @@ Client → host:
 
 Host → client:
   ``{"type": "ack", "id": <event id>, "routed": [<messages_in ids>], "dropped": reason|null}``
-  ``{"type": "message", "id": <messages_out id>, "in_reply_to": str|null, "kind": str,
+  ``{"type": "message", "id": <messages_out id>, "in_reply_to": str|null,
+     "answers": [<messages_in ids>], "key": <idempotency key>|null, "kind": str,
      "text": str|null, "content": <content>}``
+  (``answers``: every message of the batch the reply answers; ``key``: the same on a
+  re-send after a host crash, so a client drops a message whose key it has shown)
 
 The ack also carries ``"held": [<approval ids>]`` when the message waits for an admin's
 approval (an unknown sender on a ``request_approval`` chat).
 
 Replies go to every ``chat`` client, and to a ``send`` client when they answer one of its
-own messages. A message no connected client asked for (the reply to a client that has gone
+own messages (``in_reply_to`` or ``answers``: a reply to a batch answers every sender in it). A message no connected client asked for (the reply to a client that has gone
 away, e.g. to a held message approved later; a card) goes to every client, ``send`` ones
 included: the next client of the chat receives it. With no reader at all ``deliver`` raises
 ``ChannelUnavailable``: the row stays undelivered until a reader connects (``on_ready``),
@@ -49,6 +52,11 @@ from carapace.unixsock import start_private_server
 
 logger = logging.getLogger(__name__)
 
+
+def one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())[:300]
+    return text or type(exc).__name__
+
 CHANNEL = "cli"
 PLATFORM_ID = "local"
 MAX_LINE = 1024 * 1024
@@ -61,10 +69,10 @@ class _Client:
     mode: str = "chat"
     sent: set[str] = field(default_factory=set)
 
-    def owns(self, in_reply_to: str | None) -> bool:
-        if not in_reply_to:
-            return False
-        return any(in_reply_to == s or in_reply_to.startswith(s + ":") for s in self.sent)
+    def owns(self, message: OutboundMessage) -> bool:
+        """The message answers one of ours (``in_reply_to`` or any id in ``answers``)."""
+        ids = [i for i in (message.in_reply_to, *message.answers) if i]
+        return any(i == s or i.startswith(s + ":") for i in ids for s in self.sent)
 
 
 class CliChannel:
@@ -163,7 +171,14 @@ class CliChannel:
                 CHANNEL, PLATFORM_ID, None, InboundMessage(eid, "chat", content, iso())
             )
         client.sent.add(eid)
-        result = await self.callbacks.on_inbound(event)
+        try:
+            result = await self.callbacks.on_inbound(event)
+        except Exception as exc:  # e.g. a full disk: the sender hears it, the line is not lost
+            logger.exception("message %s could not be accepted", eid)
+            reason = f"not stored, send it again later: {one_line(exc)}"
+            await self._send(client, {"type": "ack", "id": eid, "routed": [], "dropped": reason,
+                                      "held": []})  # fmt: skip
+            return
         routed = [r.message_id for r in getattr(result, "routed", [])]
         await self._send(client, {"type": "ack", "id": eid, "routed": routed,
                                   "dropped": getattr(result, "dropped_reason", None),
@@ -172,7 +187,7 @@ class CliChannel:
     async def deliver(
         self, platform_id: str, thread_id: str | None, message: OutboundMessage
     ) -> str | None:
-        owners = [c for c in self.clients if c.owns(message.in_reply_to)]
+        owners = [c for c in self.clients if c.owns(message)]
         targets = [c for c in self.clients if c.mode == "chat" or not owners or c in owners]
         if platform_id != PLATFORM_ID or not targets:
             raise ChannelUnavailable(f"no CLI client connected for {platform_id}")
@@ -182,7 +197,8 @@ class CliChannel:
             t = content.get("text") or content.get("markdown")
             text = t if isinstance(t, str) else None
         line = {"type": "message", "id": message.message_out_id, "in_reply_to": message.in_reply_to,
-                "kind": message.kind, "text": text, "content": content}  # fmt: skip
+                "answers": list(message.answers), "key": message.key, "kind": message.kind,
+                "text": text, "content": content}  # fmt: skip
         ok = [await self._send(c, line) for c in targets]
         if not any(ok):
             raise ChannelUnavailable("every CLI client went away")

@@ -52,6 +52,7 @@ class SystemActions:
             "update_task": self.update_task,
             "task_script_result": self.task_script_result,
             "cli_request": self.cli_request,
+            "unknown_destination": self.unknown_destination,
         }
 
     def register(self, action: str, handler: ActionHandler) -> None:
@@ -95,6 +96,17 @@ class SystemActions:
             now=now,
             due=iso(parse_ts(str(after))) if after else iso(now),
         )  # fmt: skip
+
+    async def unknown_destination(
+        self, session: Session, c: dict[str, Any], inb: sqlite3.Connection, now: datetime
+    ) -> None:
+        """The runner dropped a ``<message to="…">`` block naming no destination: say so."""
+        name = _plain(c.get("to"))
+        known = c.get("known")
+        names = [_plain(k) for k in known[:50]] if isinstance(known, list) else []
+        self._note(session, f'Your <message to="{name}"> was not delivered: you have no '
+                   f'destination named "{name}". Known destinations: '
+                   f"{', '.join(names) or '(none)'}.", now)  # fmt: skip
 
     def _note(self, session: Session, text: str, now: datetime) -> None:
         self.sessions.notify_agent(session, text, now=now)
@@ -267,3 +279,8 @@ async def route_agent_message(
 
 def open_session_inbound(paths: SessionPaths) -> sqlite3.Connection:
     return open_inbound(paths)
+
+
+def _plain(value: object, limit: int = 100) -> str:
+    """An agent-written name on one line, bounded (it lands in a note to that agent)."""
+    return " ".join(str(value or "").split())[:limit]

@@ -73,8 +73,11 @@ async def _run(home: Home) -> None:
 
 
 def _owns(eid: str, msg: dict[str, Any]) -> bool:
-    irt = msg.get("in_reply_to")
-    return isinstance(irt, str) and (irt == eid or irt.startswith(eid + ":"))
+    """The message answers ``eid``: its ``in_reply_to``, or one of its ``answers`` (a reply
+    to a batch names every message in it)."""
+    answers = msg.get("answers")
+    ids = [msg.get("in_reply_to"), *(answers if isinstance(answers, list) else [])]
+    return any(isinstance(i, str) and (i == eid or i.startswith(eid + ":")) for i in ids)
 
 
 def _held_note(ids: list[Any]) -> str:
@@ -121,7 +124,8 @@ async def _send(
     from carapace.host.client import connect_or_embed, stop_embedded
 
     client, host = await connect_or_embed(home, "send")
-    answered = acked = False
+    answered = False
+    seen: set[Any] = set()
     try:
         eid = await client.say(text, user)
         deadline = time.monotonic() + timeout
@@ -138,7 +142,7 @@ async def _send(
             if msg is None:
                 raise click.ClickException("the host closed the connection")
             if msg.get("type") == "ack" and msg.get("id") == eid and msg.get("routed"):
-                acked = True
+                pass
             elif msg.get("type") == "ack" and msg.get("id") == eid:
                 if msg.get("held"):
                     show({"type": "held", "id": eid, "held": msg["held"]})
@@ -147,10 +151,12 @@ async def _send(
                     f"the message was not routed to any agent ({msg.get('dropped') or 'dropped'})"
                 )
             if msg.get("type") == "message":
+                key = msg.get("key") or msg.get("id")
+                if key in seen:  # re-sent after a host crash: shown once
+                    continue
+                seen.add(key)
                 own = _owns(eid, msg)
-                # a turn answers a batch and names its first message: a reply that comes
-                # after our ack may answer ours together with an earlier one
-                answered = answered or own or (acked and bool(msg.get("in_reply_to")))
+                answered = answered or own
                 show({**msg, "own": own})
     finally:
         await client.close()
@@ -192,14 +198,11 @@ async def _chat(home: Home, user: str, timeout: float, quiet: float) -> bool:
         click.echo(f"carapace chat ({where}, home {home.root}) — Ctrl-D to quit")
     waiting: set[str] = set()  # sent, not yet answered (nor refused, nor held)
     routed: list[str] = []  # acked as routed, in order
+    seen: set[Any] = set()  # keys of the messages shown
     changed = asyncio.Event()
 
     def answered(msg: dict[str, Any]) -> None:
-        # a turn answers a batch: the reply names the batch's first message, and the
-        # messages routed after it (before this reply) were in that batch too
-        first = next((i for i, e in enumerate(routed) if _owns(e, msg)), None)
-        if first is not None:
-            waiting.difference_update(routed[first:])
+        waiting.difference_update([e for e in routed if _owns(e, msg)])
 
     async def printer() -> None:
         while True:
@@ -208,6 +211,10 @@ async def _chat(home: Home, user: str, timeout: float, quiet: float) -> bool:
                 click.echo("[host went away]")
                 return
             if msg.get("type") == "message":
+                key = msg.get("key") or msg.get("id")
+                if key in seen:  # re-sent after a host crash: shown once
+                    continue
+                seen.add(key)
                 click.echo(f"agent> {msg.get('text') or json.dumps(msg.get('content'))}")
                 answered(msg)
             elif msg.get("type") == "ack" and msg.get("routed"):

@@ -13,20 +13,30 @@
   ``UNAVAILABLE_RETRY_S``: asking an adapter for a reader costs nothing.
 * Rows after a waiting row for the same address wait too (per-address order).
 * A final failure is told to the agent as a system note and wakes it.
+* At-least-once with idempotent sends (issue 14): before a row goes to an adapter the host
+  commits its *send intent* (``carapace_send_intent``); the outcome (``delivered`` row,
+  attempt, cursor) is committed afterwards. The outcomes of a pass ride in the next row's
+  intent transaction and the pass's final one (cursor included), so a session has at most
+  one row whose fate is unknown at any moment. After a crash, a row with an intent and no
+  outcome is sent again with ``resend=True`` and the same ``key`` (one possible visible
+  duplicate per crash, none where the platform deduplicates by key). An intent that
+  cannot be written (full disk) means no send; an outcome that cannot be written is kept
+  in memory, so the row is not sent twice while the host lives, and written later.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import sqlite3
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 from carapace.channels.base import ChannelAdapter, ChannelUnavailable, OutboundFile, OutboundMessage
-from carapace.db.connection import has_table
+from carapace.db.connection import has_table, transaction
 from carapace.db.session import SessionPaths, open_inbound
 from carapace.db.sessions import Session
 from carapace.errors import DeliveryError
@@ -65,7 +75,56 @@ CREATE TABLE IF NOT EXISTS carapace_delivery_cursor (
   id  INTEGER PRIMARY KEY CHECK (id = 1),
   seq INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS carapace_send_intent (
+  message_out_id TEXT PRIMARY KEY,
+  started_at     TEXT NOT NULL
+);
 """
+RECORD_RETRY_S = 5.0  # a pass whose records could not be written (full disk) runs again
+
+
+def delivery_key(session_id: str, row_id: str) -> str:
+    """The row's idempotency key: stable across attempts and restarts, unique per session
+    (row ids are agent-chosen: the session id keeps one agent from reusing another's)."""
+    raw = f"{session_id}\0{row_id}".encode("utf-8", "replace")
+    return hashlib.sha256(raw).hexdigest()[:32]
+
+
+@dataclass
+class _Records:
+    """Outcomes of one session not yet committed (written with the next transaction)."""
+
+    outcomes: dict[str, tuple[str, str | None, str]] = field(default_factory=dict)
+    attempts: dict[str, tuple[int, str, str, str]] = field(default_factory=dict)
+    cursor: int | None = None
+
+    def __bool__(self) -> bool:
+        return bool(self.outcomes or self.attempts or self.cursor is not None)
+
+    def write(self, inb: sqlite3.Connection) -> None:
+        """Inside the caller's transaction."""
+        inb.executemany(
+            "INSERT OR IGNORE INTO delivered (message_out_id, platform_message_id, status, "
+            "delivered_at) VALUES (?, ?, ?, ?)",
+            [(rid, pm, st, ts) for rid, (st, pm, ts) in self.outcomes.items()],
+        )
+        inb.executemany(
+            "INSERT INTO carapace_delivery (message_out_id, attempts, next_attempt, first_seen, "
+            "last_error) VALUES (?, ?, ?, ?, ?) ON CONFLICT(message_out_id) DO UPDATE SET "
+            "attempts=attempts+excluded.attempts, next_attempt=excluded.next_attempt, "
+            "last_error=excluded.last_error",
+            [(rid, inc, nxt, first, err) for rid, (inc, nxt, first, err) in self.attempts.items()],
+        )
+        done = [*self.outcomes, *self.attempts]
+        inb.executemany(
+            "DELETE FROM carapace_send_intent WHERE message_out_id=?", [(r,) for r in done]
+        )
+        if self.cursor is not None:
+            inb.execute(
+                "INSERT INTO carapace_delivery_cursor (id, seq) VALUES (1, ?) "
+                "ON CONFLICT(id) DO UPDATE SET seq=excluded.seq",
+                (self.cursor,),
+            )
 
 
 @dataclass
@@ -96,18 +155,20 @@ class Delivery:
         self.wake = wake
         self._inflight: set[str] = set()
         self._again: set[str] = set()
-        self._ready: set[str] = set()
+        self._records: dict[str, _Records] = {}  # per session: outcomes not yet committed
         self.a2a_guard = A2AGuard()  # hop and rate bounds of agent-to-agent messages
         self.outbox = OutboxReader()  # every outbound.db read: checked, bounded, off the loop
 
     def _open(self, paths: SessionPaths) -> sqlite3.Connection:
+        """The session's inbound.db with the host's delivery tables. Checked on every open
+        (one indexed read): a session folder deleted and made again gets them back, no
+        per-session cache goes stale."""
         inb = open_inbound(paths)
-        if str(paths.root) not in self._ready:
-            if not has_table(inb, "carapace_delivery_cursor"):
+        if not has_table(inb, "carapace_send_intent"):
+            with transaction(inb):
                 for stmt in HOST_TABLES.split(";"):
                     if stmt.strip():
                         inb.execute(stmt)
-            self._ready.add(str(paths.root))
         return inb
 
     def pending_count(self, session: Session) -> int:
@@ -124,10 +185,13 @@ class Delivery:
                 return 0
             if not ids:
                 return 0
-            done = self._done(inb, ids)
+            done = self._done(inb, ids) | set(self._pending(session.id).outcomes)
             return len([i for i in ids if i not in done])
         finally:
             inb.close()
+
+    def _pending(self, session_id: str) -> _Records:
+        return self._records.setdefault(session_id, _Records())
 
     def _done(self, inb: sqlite3.Connection, ids: list[str]) -> set[str]:
         done: set[str] = set()
@@ -142,6 +206,29 @@ class Delivery:
                 )
             )
         return done
+
+    def _commit(self, session_id: str, inb: sqlite3.Connection, intent: str | None,
+                now: datetime) -> bool:  # fmt: skip
+        """One transaction: the session's uncommitted outcomes, then (optionally) the send
+        intent of the next row. False when it could not be written (nothing changed)."""
+        rec = self._pending(session_id)
+        if not rec and intent is None:
+            return True
+        try:
+            with transaction(inb):
+                rec.write(inb)
+                if intent is not None:
+                    inb.execute(
+                        "INSERT OR REPLACE INTO carapace_send_intent (message_out_id, started_at) "
+                        "VALUES (?, ?)",
+                        (intent, iso(now)),
+                    )
+        except sqlite3.Error as exc:
+            logger.warning("delivery records of session %s not written (kept, retried): %s",
+                           session_id, exc)  # fmt: skip
+            return False
+        self._records.pop(session_id, None)
+        return True
 
     async def drain(self, session_id: str, now: Callable[[], datetime]) -> DrainResult:
         """Deliver what is due for one session; concurrent calls coalesce (no double send)."""
@@ -170,7 +257,12 @@ class Delivery:
         paths = self.sessions.paths(session)
         if not paths.outbound.exists() or not paths.inbound.exists():
             return result
-        inb = self._open(paths)
+        try:
+            inb = self._open(paths)
+        except sqlite3.Error as exc:
+            logger.warning("delivery of session %s waits: %s", session_id, exc)
+            result.next_retry = now + timedelta(seconds=RECORD_RETRY_S)
+            return result
         try:
             cur = inb.execute("SELECT seq FROM carapace_delivery_cursor WHERE id=1").fetchone()
             cursor = int(cur[0]) if cur else 0
@@ -185,13 +277,22 @@ class Delivery:
             result.more = len(rows) >= MAX_ROWS  # a full batch: drain() reads on if it moved
             if not rows:
                 return result
-            done = self._done(inb, [r["id"] for r in rows])
+            ids = [r["id"] for r in rows]
+            rec = self._pending(session_id)
+            done = self._done(inb, ids) | set(rec.outcomes)
+            marks = ",".join("?" for _ in rows)
             states = {
                 r["message_out_id"]: r
                 for r in inb.execute(
-                    "SELECT * FROM carapace_delivery WHERE message_out_id IN "
-                    f"({','.join('?' for _ in rows)})",
-                    [r["id"] for r in rows],
+                    f"SELECT * FROM carapace_delivery WHERE message_out_id IN ({marks})", ids
+                )
+            }
+            intents = {
+                r[0]
+                for r in inb.execute(
+                    f"SELECT message_out_id FROM carapace_send_intent WHERE message_out_id IN "
+                    f"({marks})",
+                    ids,
                 )
             }
             blocked: set[tuple[Any, ...]] = set()
@@ -202,24 +303,30 @@ class Delivery:
                         new_cursor = row["seq"]
                     continue
                 dest = (row["channel_type"], row["platform_id"], row["thread_id"])
-                wait_until = self._wait_until(row, states.get(row["id"]), now)
+                wait_until = self._wait_until(row, self._state(rec, states, row["id"]), now)
                 if wait_until is not None or dest in blocked:
                     contiguous = False
                     blocked.add(dest)
                     if wait_until is not None:
                         result.next_retry = min(result.next_retry or wait_until, wait_until)
                     continue
-                outcome = await self._deliver_row(session, paths, row, inb, states, now)
+                if not self._commit(session_id, inb, row["id"], now):  # the intent, first
+                    retry = now + timedelta(seconds=RECORD_RETRY_S)
+                    result.next_retry = min(result.next_retry or retry, retry)
+                    result.more = False
+                    break
+                resend = row["id"] in intents
+                if resend:
+                    logger.warning("message %s (session %s) may have been sent before a crash: "
+                                   "sending it again with its key", row["id"], session.id)  # fmt: skip
+                outcome = await self._deliver_row(session, paths, row, inb, states, now, resend)
                 if outcome is None:
                     contiguous = False
                     blocked.add(dest)
-                    st = inb.execute(
-                        "SELECT next_attempt FROM carapace_delivery WHERE message_out_id=?",
-                        (row["id"],),
-                    ).fetchone()
-                    if st and st[0]:
-                        nxt = parse_ts(st[0])
-                        result.next_retry = min(result.next_retry or nxt, nxt)
+                    nxt = self._pending(session_id).attempts.get(row["id"])
+                    if nxt is not None:
+                        when = parse_ts(nxt[1])
+                        result.next_retry = min(result.next_retry or when, when)
                     continue
                 if outcome == "delivered":
                     result.delivered += 1
@@ -230,16 +337,31 @@ class Delivery:
             if new_cursor == cursor:
                 result.more = False  # nothing moved: no busy loop over a blocked full batch
             else:
-                inb.execute(
-                    "INSERT INTO carapace_delivery_cursor (id, seq) VALUES (1, ?) "
-                    "ON CONFLICT(id) DO UPDATE SET seq=excluded.seq",
-                    (new_cursor,),
-                )
+                self._pending(session_id).cursor = new_cursor
+            if not self._commit(session_id, inb, None, now):
+                retry = now + timedelta(seconds=RECORD_RETRY_S)
+                result.next_retry = min(result.next_retry or retry, retry)
+                result.more = False
             return result
         finally:
             inb.close()
 
-    def _wait_until(self, row: OutRow, st: sqlite3.Row | None, now: datetime) -> datetime | None:
+    @staticmethod
+    def _state(rec: _Records, states: dict[str, sqlite3.Row], rid: str) -> dict[str, Any] | None:
+        """The row's attempt state: committed, with what this host has not written yet."""
+        st = states.get(rid)
+        out: dict[str, Any] | None = dict(st) if st is not None else None
+        mem = rec.attempts.get(rid)
+        if mem is not None:
+            inc, nxt, first, err = mem
+            base = out or {"attempts": 0, "first_seen": first}
+            out = {**base, "attempts": int(base["attempts"] or 0) + inc, "next_attempt": nxt,
+                   "last_error": err}  # fmt: skip
+        return out
+
+    def _wait_until(
+        self, row: OutRow, st: dict[str, Any] | None, now: datetime
+    ) -> datetime | None:
         waits_for_reader = st is not None and str(st["last_error"] or "").startswith(
             UNAVAILABLE_MARK
         )
@@ -262,40 +384,36 @@ class Delivery:
         inb: sqlite3.Connection,
         states: dict[str, sqlite3.Row],
         now: datetime,
+        resend: bool = False,
     ) -> str | None:
         """'delivered' / 'failed', or None when it waits for a retry."""
         rid = row["id"]
+        st = self._state(self._pending(session.id), states, rid)
         try:
-            pm = await self.dispatch(session, paths, row, inb, now)
+            pm = await self.dispatch(session, paths, row, inb, now, resend=resend)
         except ChannelUnavailable as exc:
-            st = states.get(rid)
             first = parse_ts(st["first_seen"]) if st else now
             if (now - first).total_seconds() >= UNAVAILABLE_TTL_S:
                 return self._fail(session, row, inb, f"no reader for {UNAVAILABLE_TTL_S:g} s", now)
             self._record_attempt(
-                inb, rid, 0, now + timedelta(seconds=UNAVAILABLE_RETRY_S),
-                UNAVAILABLE_MARK + str(exc), now,
+                session.id, rid, 0, now + timedelta(seconds=UNAVAILABLE_RETRY_S),
+                UNAVAILABLE_MARK + str(exc), now, st,
             )  # fmt: skip
             logger.info("message %s of session %s waits for a reader: %s", rid, session.id, exc)
             return None
         except Exception as exc:
             permanent = isinstance(exc, DeliveryError) and exc.permanent
-            st = states.get(rid)
-            attempts = (int(st["attempts"]) if st else 0) + 1
+            attempts = (int(st["attempts"] or 0) if st else 0) + 1
             if isinstance(exc, A2AStopped):
                 return self._fail(session, row, inb, str(exc), now, stopped=exc)
             if permanent or attempts >= MAX_DELIVERY_ATTEMPTS:
                 return self._fail(session, row, inb, str(exc) or type(exc).__name__, now)
-            self._record_attempt(inb, rid, 1, now + timedelta(seconds=backoff_s(attempts)),
-                                 str(exc), now)  # fmt: skip
+            self._record_attempt(session.id, rid, 1, now + timedelta(seconds=backoff_s(attempts)),
+                                 str(exc), now, st)  # fmt: skip
             logger.warning("delivery of %s (session %s) failed, attempt %d: %s",
                            rid, session.id, attempts, exc)  # fmt: skip
             return None
-        inb.execute(
-            "INSERT OR IGNORE INTO delivered (message_out_id, platform_message_id, status, "
-            "delivered_at) VALUES (?, ?, 'delivered', ?)",
-            (rid, pm, sqlite_ts(now)),
-        )
+        self._pending(session.id).outcomes[rid] = ("delivered", pm, sqlite_ts(now))
         logger.info("delivered %s (session %s, seq %s) to %s:%s", rid, session.id, row["seq"],
                     row["channel_type"], row["platform_id"],
                     extra={"session_id": session.id, "agent_group_id": session.agent_group_id,
@@ -304,15 +422,14 @@ class Delivery:
         return "delivered"
 
     def _record_attempt(
-        self, inb: sqlite3.Connection, rid: str, inc: int, nxt: datetime, err: str, now: datetime
-    ) -> None:
-        inb.execute(
-            "INSERT INTO carapace_delivery (message_out_id, attempts, next_attempt, first_seen, "
-            "last_error) VALUES (?, ?, ?, ?, ?) ON CONFLICT(message_out_id) DO UPDATE SET "
-            "attempts=attempts+excluded.attempts, next_attempt=excluded.next_attempt, "
-            "last_error=excluded.last_error",
-            (rid, inc, iso(nxt), iso(now), err[:500]),
-        )
+        self, session_id: str, rid: str, inc: int, nxt: datetime, err: str, now: datetime,
+        st: dict[str, Any] | None,
+    ) -> None:  # fmt: skip
+        rec = self._pending(session_id)
+        prev = rec.attempts.get(rid)
+        total = inc + (prev[0] if prev else 0)
+        first = prev[2] if prev else (str(st["first_seen"]) if st else iso(now))
+        rec.attempts[rid] = (total, iso(nxt), first, err[:500])
 
     def _fail(
         self,
@@ -325,11 +442,7 @@ class Delivery:
         stopped: A2AStopped | None = None,
     ) -> str:
         rid = row["id"]
-        inb.execute(
-            "INSERT OR IGNORE INTO delivered (message_out_id, platform_message_id, status, "
-            "delivered_at) VALUES (?, NULL, 'failed', ?)",
-            (rid, sqlite_ts(now)),
-        )
+        self._pending(session.id).outcomes[rid] = ("failed", None, sqlite_ts(now))
         logger.error("delivery of %s (session %s) failed for good: %s", rid, session.id, err,
                      extra={"session_id": session.id, "agent_group_id": session.agent_group_id,
                             "message_id": rid, "chat_id": row["platform_id"]})  # fmt: skip
@@ -343,12 +456,20 @@ class Delivery:
         )  # fmt: skip
         if row["kind"] == "system":
             where = "the host (system action)"
-        self.sessions.notify_agent(
+        self._tell_agent(
             session, f"Your message (seq {row['seq']}) to {where} could not be delivered: {err}",
-            now=now,
+            now,
         )  # fmt: skip
-        self.wake(session.id)
         return "failed"
+
+    def _tell_agent(self, session: Session, text: str, now: datetime) -> None:
+        try:
+            self.sessions.notify_agent(session, text, now=now)
+        except (sqlite3.Error, OSError) as exc:  # e.g. a full disk: the log keeps it
+            logger.error("note to the agent of session %s not written (%s): %s",
+                         session.id, exc, text)  # fmt: skip
+            return
+        self.wake(session.id)
 
     async def dispatch(
         self,
@@ -357,6 +478,8 @@ class Delivery:
         row: OutRow,
         inb: sqlite3.Connection,
         now: datetime,
+        *,
+        resend: bool = False,
     ) -> str | None:
         """Spec §4.3: one outbound row. Returns the platform message id (or None)."""
         if row["content"] is None:
@@ -416,7 +539,12 @@ class Delivery:
                     self.db, session.id, row["id"], content, channel_type=ct, platform_id=pid,
                     thread_id=tid, now=now,
                 )  # fmt: skip
+        answers: tuple[str, ...] = ()
+        if isinstance(content, dict) and "answers" in content:
+            content = dict(content)
+            answers = _answers(content.pop("answers"))
         files: list[OutboundFile] = []
+        note: str | None = None
         if (
             isinstance(content, dict)
             and isinstance(content.get("files"), list)
@@ -424,17 +552,30 @@ class Delivery:
         ):
             read = read_outbox_files(paths, row["id"], content["files"])
             files = read.files
-            if (note := read.note(f"(seq {row['seq']})")) is not None:
-                self.sessions.notify_agent(session, note, now=now)
-                self.wake(session.id)
-        msg = OutboundMessage(row["kind"], content, tuple(files), row["id"], row["in_reply_to"])
+            note = read.note(f"(seq {row['seq']})")
+            text = content.get("text") or content.get("markdown")
+            if not files and not (isinstance(text, str) and text.strip()):
+                raise DeliveryError(f"nothing left to send: {note}", permanent=True)
+        msg = OutboundMessage(
+            row["kind"], content, tuple(files), row["id"], row["in_reply_to"],
+            key=delivery_key(session.id, row["id"]), resend=resend, answers=answers,
+        )  # fmt: skip
         pm = await adapter.deliver(pid, tid, msg)
+        if note is not None:  # sent without them: the agent hears which and why
+            self._tell_agent(session, note, now)
         if isinstance(content, dict) and content.get("replyCode"):
             from carapace.host.questions import question_delivered
 
             question_delivered(self.db, str(content.get("questionId")), pm, now)
         clear_outbox(paths, row["id"])
         return pm
+
+
+def _answers(value: object) -> tuple[str, ...]:
+    """``content["answers"]`` (agent-written): at most 100 bounded strings, else nothing."""
+    if not isinstance(value, list):
+        return ()
+    return tuple(v for v in value[:100] if isinstance(v, str) and 0 < len(v) <= 1024)
 
 
 async def gather_drains(delivery: Delivery, ids: list[str], now: Callable[[], datetime]) -> int:

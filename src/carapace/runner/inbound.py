@@ -98,6 +98,12 @@ class Routing:
     def empty(self) -> bool:
         return not (self.channel_type and self.platform_id)
 
+    def same_chat(self, other: Routing) -> bool:
+        return not self.empty and (self.channel_type, self.platform_id) == (
+            other.channel_type,
+            other.platform_id,
+        )
+
 
 @dataclass(frozen=True)
 class Destination:

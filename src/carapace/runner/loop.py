@@ -358,6 +358,7 @@ class Runner:
                     self.outbound,
                     in_reply_to=batch.in_reply_to,
                     now=self.clock.now(),
+                    answers=batch.answers() if routing.same_chat(batch.origin) else None,
                 )
             self.outbound.fail(ids, now=self.clock.now())
 

@@ -58,8 +58,13 @@ class Outbound:
         thread_id: str | None = None,
         in_reply_to: str | None = None,
         now: datetime | None = None,
+        once: bool = False,
     ) -> int:
-        """Insert one ``messages_out`` row; returns its (odd) seq."""
+        """Insert one ``messages_out`` row; returns its (odd) seq. ``once``: when a row with
+        this id exists already (a retried turn's tool message), write nothing and return
+        that row's seq."""
+        if once and (seq := self.seq_of(id)) is not None:
+            return seq
         row = {
             "id": id,
             "in_reply_to": in_reply_to,
@@ -72,6 +77,10 @@ class Outbound:
         }
         other = peek_max_seq(self.paths.inbound, "messages_in")
         return insert_message_out(self.conn, row, other_max=other)
+
+    def seq_of(self, id: str) -> int | None:
+        row = self.conn.execute("SELECT seq FROM messages_out WHERE id = ?", (id,)).fetchone()
+        return int(row[0]) if row is not None else None
 
     def by_seq(self, seq: int) -> sqlite3.Row | None:
         row: sqlite3.Row | None = self.conn.execute(

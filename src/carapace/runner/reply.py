@@ -10,8 +10,9 @@
   itself; without a session chat it is dropped with a log line.
 * ``<message to="name">body</message>`` blocks are routed as NanoClaw does: the named
   destination, the thread and id of the newest inbound row from it (else no thread and the
-  batch's id). ``<internal>`` inside a block is removed too (W-18). Unknown names are
-  dropped with a warning. For an *agent* destination, ``in_reply_to`` is that agent's row
+  batch's id). ``<internal>`` inside a block is removed too (W-18). A block naming no
+  destination is not sent; a ``system`` row (action ``unknown_destination``) asks the host
+  to tell the agent, with the names it has (not when the turn answers a host note). For an *agent* destination, ``in_reply_to`` is that agent's row
   only when it is part of this batch (else the batch's id): the host counts agent-to-agent
   hops along ``in_reply_to``, so a new conversation must not continue an old chain.
 """
@@ -59,11 +60,17 @@ def send_text(
     *,
     in_reply_to: str | None,
     now: datetime,
+    answers: list[str] | None = None,
 ) -> int:
+    """One chat row. ``answers``: the batch's inbound ids when the row answers the batch's own
+    conversation (``content["answers"]``, read by the host: every sender in it is answered)."""
+    content: dict[str, object] = {"text": text}
+    if answers:
+        content["answers"] = answers
     return outbound.write(
         id=new_id("msg"),
         kind="chat",
-        content={"text": text},
+        content=content,
         platform_id=routing.platform_id,
         channel_type=routing.channel_type,
         thread_id=routing.thread_id,
@@ -91,6 +98,13 @@ def dispatch_final_text(
         dest = dests.get(name)
         if dest is None:
             logger.warning('Unknown destination in <message to="%s">, dropping block', name)
+            if not inbound.answers_note(batch.origin, batch.in_reply_to):  # no note ping-pong
+                seqs.append(outbound.write(
+                    id=new_id("sys"), kind="system",
+                    content={"action": "unknown_destination", "to": name,
+                             "known": sorted(dests)},
+                    now=now(),
+                ))  # fmt: skip
             continue
         if not body:
             continue
@@ -111,6 +125,7 @@ def dispatch_final_text(
                 outbound,
                 in_reply_to=latest.id if latest is not None else batch.in_reply_to,
                 now=now(),
+                answers=batch.answers() if routing.same_chat(batch.origin) else None,
             )
         )
     plain_parts.append(text[last:])
@@ -125,7 +140,9 @@ def dispatch_final_text(
         elif routing.empty:
             logger.warning("no conversation to reply to; dropping reply: %s", plain[:200])
         else:
+            answers = batch.answers() if routing.same_chat(batch.origin) else None
             seqs.append(
-                send_text(plain, routing, outbound, in_reply_to=batch.in_reply_to, now=now())
-            )
+                send_text(plain, routing, outbound, in_reply_to=batch.in_reply_to, now=now(),
+                          answers=answers)
+            )  # fmt: skip
     return seqs

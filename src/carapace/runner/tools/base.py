@@ -8,6 +8,7 @@ missing required values are left to the handlers so their error texts match Nano
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from carapace.runner.config import RunnerConfig
 from carapace.runner.inbound import Destination, Inbound, Routing
 from carapace.runner.outbound import Outbound
 from carapace.runner.providers.base import ToolSpec
+from carapace.timefmt import new_id
 
 if TYPE_CHECKING:
     from carapace.runner.workspace import Workspace
@@ -32,13 +34,34 @@ class TurnAbandoned(Exception):
     """The runner is shutting down: stop the turn, release its claims, reply nothing."""
 
 
+MAX_ANSWERS = 100  # batch ids a reply names in ``content["answers"]``
+
+
 @dataclass
 class Batch:
-    """The conversation a turn answers: the triggering row's id and routing."""
+    """The conversation a turn answers: the triggering row's id and routing.
+
+    ``sent`` counts the rows the turn's tools wrote so far: with the trigger's id it makes
+    each tool row's id (:meth:`stable_id`), so a turn retried after its runner died writes
+    the same ids and a message it had already sent is not sent again."""
 
     in_reply_to: str | None = None
     origin: Routing = field(default_factory=Routing)
     ids: tuple[str, ...] = ()
+    sent: int = 0
+
+    def stable_id(self, prefix: str = "msg") -> str:
+        """The id of the turn's next tool-written row: the same on every try of the batch."""
+        if not self.in_reply_to:
+            return new_id(prefix)
+        self.sent += 1
+        digest = hashlib.sha256(self.in_reply_to.encode("utf-8", "replace")).hexdigest()[:20]
+        return f"{prefix}-t{digest}-{self.sent}"
+
+    def answers(self) -> list[str]:
+        """The inbound ids a reply to this batch answers (several senders may wait for it);
+        empty for a batch of one (``in_reply_to`` says it all)."""
+        return list(self.ids[:MAX_ANSWERS]) if len(self.ids) > 1 else []
 
 
 @dataclass

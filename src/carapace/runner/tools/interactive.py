@@ -17,7 +17,6 @@ import time
 from typing import Any
 
 from carapace.runner.tools.base import Tool, ToolContext, ToolError, TurnAbandoned, tool
-from carapace.timefmt import new_id
 
 DEFAULT_TIMEOUT_S = 300
 WAIT_SLICE_S = 1.0
@@ -44,7 +43,7 @@ def _ask_user_question(ctx: ToolContext, args: dict[str, Any]) -> str:
     routing = ctx.conversation_routing()
     if routing.empty:
         raise ToolError("There is no conversation to ask in (this session has no chat routing).")
-    question_id = new_id("msg")
+    question_id = ctx.batch.stable_id()  # a retried turn asks the same question, once
     ctx.outbound.write(
         id=question_id,
         kind="chat-sdk",
@@ -60,6 +59,7 @@ def _ask_user_question(ctx: ToolContext, args: dict[str, Any]) -> str:
         thread_id=routing.thread_id,
         in_reply_to=ctx.batch.in_reply_to,
         now=ctx.now(),
+        once=True,
     )
     deadline = time.monotonic() + timeout_s
     while True:
@@ -83,7 +83,7 @@ def _send_card(ctx: ToolContext, args: dict[str, Any]) -> str:
     if not card:
         raise ToolError("card is required")
     routing = ctx.conversation_routing()
-    card_id = new_id("msg")
+    card_id = ctx.batch.stable_id()
     ctx.outbound.write(
         id=card_id,
         kind="chat-sdk",
@@ -93,6 +93,7 @@ def _send_card(ctx: ToolContext, args: dict[str, Any]) -> str:
         thread_id=routing.thread_id,
         in_reply_to=ctx.batch.in_reply_to,
         now=ctx.now(),
+        once=True,
     )
     return f"Card sent (id: {card_id})"
 

@@ -15,6 +15,7 @@ Deviations from NanoClaw (docs/compat.md):
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from pathlib import Path
@@ -22,7 +23,6 @@ from typing import Any
 
 from carapace.runner.inbound import Routing
 from carapace.runner.tools.base import Tool, ToolContext, ToolError, tool
-from carapace.timefmt import new_id
 
 MAX_FILENAME = 255
 
@@ -64,14 +64,23 @@ def _send_message(ctx: ToolContext, args: dict[str, Any]) -> str:
         raise ToolError("text is required")
     routing, label = resolve_target(ctx, args.get("to"))
     seq = ctx.outbound.write(
-        id=new_id("msg"),
+        id=ctx.batch.stable_id(),
         kind="chat",
-        content={"text": text},
+        content=_with_answers(ctx, routing, {"text": text}),
         in_reply_to=ctx.batch.in_reply_to,
         **_cols(routing),
         now=ctx.now(),
+        once=True,
     )
     return f"Message sent to {label} (id: {seq})"
+
+
+def _with_answers(ctx: ToolContext, routing: Routing, content: dict[str, Any]) -> dict[str, Any]:
+    """A message to the batch's own conversation answers every sender in the batch."""
+    answers = ctx.batch.answers()
+    if answers and routing.same_chat(ctx.batch.origin):
+        return {**content, "answers": answers}
+    return content
 
 
 def safe_filename(name: str) -> bool:
@@ -104,25 +113,32 @@ def _send_file(ctx: ToolContext, args: dict[str, Any]) -> str:
             f'Invalid filename "{filename}": use a plain file name (no "/", no "..", '
             "not starting with a dot)."
         )
-    msg_id = new_id("msg")
+    msg_id = ctx.batch.stable_id()
+    if (seq := ctx.outbound.seq_of(msg_id)) is not None:  # sent by an earlier try of the turn
+        return f"File sent to {label} (id: {seq}, filename: {filename})"
     outbox = ctx.config.paths.outbox
     outbox.mkdir(parents=True, exist_ok=True)
     session_real = os.path.realpath(ctx.config.session_dir)
     if outbox.is_symlink() or os.path.realpath(outbox) != os.path.join(session_real, "outbox"):
         raise ToolError("The outbox folder is not a plain folder of the session; refusing.")
     target_dir = outbox / msg_id
-    target_dir.mkdir()
+    target_dir.mkdir(exist_ok=True)  # left by a try whose runner died before its row
     target = target_dir / filename
+    if target_dir.is_symlink() or not target_dir.is_dir():
+        raise ToolError("The outbox folder is not a plain folder of the session; refusing.")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(target)  # a partial copy of a try whose runner died (unlink: no link followed)
     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "wb") as out, Path(source).open("rb") as src:
         shutil.copyfileobj(src, out)
     seq = ctx.outbound.write(
         id=msg_id,
         kind="chat",
-        content={"text": args.get("text") or "", "files": [filename]},
+        content=_with_answers(ctx, routing, {"text": args.get("text") or "", "files": [filename]}),
         in_reply_to=ctx.batch.in_reply_to,
         **_cols(routing),
         now=ctx.now(),
+        once=True,
     )
     return f"File sent to {label} (id: {seq}, filename: {filename})"
 
@@ -155,11 +171,12 @@ def _operation(ctx: ToolContext, seq_arg: object, content: dict[str, Any], requi
         raise ToolError(f"Cannot determine destination for message #{seq}")
     op = content.pop("operation")
     ctx.outbound.write(
-        id=new_id("msg"),
+        id=ctx.batch.stable_id(),
         kind="chat",
         content={"operation": op, "messageId": pid, **content},
         **_cols(routing),
         now=ctx.now(),
+        once=True,
     )
     return seq
 
