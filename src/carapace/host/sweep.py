@@ -16,6 +16,7 @@ Deviations from NanoClaw (docs/compat.md):
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import sqlite3
 from collections.abc import Awaitable, Callable
@@ -25,7 +26,12 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from carapace.db.connection import has_table
-from carapace.db.session import SessionPaths, heartbeat_mtime, open_inbound
+from carapace.db.session import (
+    SessionPaths,
+    heartbeat_mtime,
+    insert_message_out,
+    open_inbound,
+)
 from carapace.db.sessions import Session
 from carapace.host.outbox_reader import (
     MAX_IDS,
@@ -34,6 +40,7 @@ from carapace.host.outbox_reader import (
     read_acks,
     read_container_state,
 )
+from carapace.jsonutil import dumps
 from carapace.limits import MAX_TOOL_TIMEOUT_S
 from carapace.timefmt import iso, parse_ts, sqlite_ts
 
@@ -197,7 +204,8 @@ def _reset(
         (MAX_IDS,))]  # fmt: skip
     for mid in ids if count_try else []:
         row = inb.execute(
-            "SELECT tries, process_after FROM messages_in WHERE id=? AND status='pending'",
+            "SELECT tries, process_after, channel_type, platform_id, thread_id FROM messages_in "
+            "WHERE id=? AND status='pending'",
             (mid,),
         ).fetchone()
         if row is None:
@@ -210,6 +218,7 @@ def _reset(
             inb.execute("UPDATE messages_in SET status='failed' WHERE id=?", (mid,))
             failed.append(mid)
             logger.error("message %s failed after %d tries", mid, tries)
+            tell_sender_failed(out, inb, mid, (row[2], row[3], row[4]), tries, now)
         else:
             due = now + timedelta(seconds=retry_backoff_s(tries))
             inb.execute(
@@ -221,6 +230,35 @@ def _reset(
                            retry_backoff_s(tries), tries + 1)  # fmt: skip
     out.execute("DELETE FROM processing_ack WHERE status='processing'")
     return retried, failed
+
+
+FAILED_TEXT = (
+    "Sorry — your message could not be answered: the assistant's runner stopped {tries} "
+    "times while working on it (a crash, a limit or a stuck tool). Send it again, perhaps "
+    "shorter or split in parts; if it keeps happening, an admin can look at `carapace logs`."
+)
+
+
+def tell_sender_failed(
+    out: sqlite3.Connection, inb: sqlite3.Connection, mid: str,
+    routing: tuple[Any, Any, Any], tries: int, now: datetime,
+) -> None:  # fmt: skip
+    """A message given up on is told to its sender, in its chat: one ``messages_out`` row
+    (inside the caller's claim-reset transaction; delivery sends it). Its id comes from the
+    message's, so it is written once. Not for agent or system rows (no person waits)."""
+    channel_type, platform_id, thread_id = routing
+    if not channel_type or not platform_id or channel_type == "agent":
+        return
+    rid = "fail-" + hashlib.sha256(mid.encode("utf-8", "replace")).hexdigest()[:24]
+    if out.execute("SELECT 1 FROM messages_out WHERE id=?", (rid,)).fetchone() is not None:
+        return
+    top = inb.execute("SELECT COALESCE(MAX(seq), 0) FROM messages_in").fetchone()[0]
+    insert_message_out(out, {
+        "id": rid, "in_reply_to": mid, "timestamp": sqlite_ts(now), "kind": "chat",
+        "channel_type": channel_type, "platform_id": platform_id, "thread_id": thread_id,
+        "content": dumps({"text": FAILED_TEXT.format(tries=tries)}),
+    }, other_max=int(top or 0))  # fmt: skip
+    logger.info("message %s: its sender is told it failed (row %s)", mid, rid)
 
 
 @dataclass
