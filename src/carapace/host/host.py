@@ -565,6 +565,12 @@ class Host:
     def _on_watch(self) -> None:
         for path in self._watcher.drain():
             sid = path.name if path.is_dir() else path.parent.name
+            if not path.exists() and path.name.startswith("sess-") and self.pool.is_running(sid):
+                # the session folder was deleted under its runner, which would go on writing
+                # into the deleted files: stop it; the next message starts one on a new folder
+                logger.warning("session folder of %s deleted: stopping its runner", sid)
+                self._spawn(self.pool.stop(sid, "session folder deleted"))
+                continue
             self._on_outbound_change(sid)
 
     async def _poll_watch(self) -> None:

@@ -1,0 +1,206 @@
+"""Delivery at least once, visibly once (issue 14): the send intent is committed before the
+adapter is called, a crash between send and record re-sends once with the same key, a
+write that fails after the send (full disk) never causes another send."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import sqlite3
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from host_rig import Rig
+
+from carapace.channels.base import OutboundMessage
+from carapace.channels.fake import FakeChannel, make_event
+from carapace.config import Home, Settings
+from carapace.db.sessions import Session
+from carapace.host.host import Host, HostOptions
+from carapace.host.pool import FakeBackend
+from carapace.timefmt import FakeClock
+
+
+def _session(rig: Rig) -> Session:
+    ag = rig.agent()
+    mg = rig.chat("chan")
+    rig.wire(mg, ag)
+    rig.run(rig.host.route(make_event("hi", platform_id="chan", id="m1")))
+    [s] = rig.sessions()
+    return s
+
+
+def _sql(path: Path, sql: str) -> list[tuple[Any, ...]]:
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        return conn.execute(sql).fetchall()
+    finally:
+        conn.close()
+
+
+@dataclass
+class Watching(FakeChannel):
+    """Looks at inbound.db (its own connection) at the moment it is asked to send."""
+
+    inbound: Path | None = None
+    intents_seen: list[list[str]] = field(default_factory=list)
+    messages: list[OutboundMessage] = field(default_factory=list)
+
+    async def deliver(self, platform_id: str, thread_id: str | None,
+                      message: OutboundMessage) -> str | None:  # fmt: skip
+        assert self.inbound is not None
+        self.intents_seen.append([r[0] for r in _sql(
+            self.inbound, "SELECT message_out_id FROM carapace_send_intent")])  # fmt: skip
+        self.messages.append(message)
+        return await super().deliver(platform_id, thread_id, message)
+
+
+def test_intent_committed_before_the_adapter_and_cleared_with_the_outcome(rig: Rig) -> None:
+    s = _session(rig)
+    watching = Watching("fake", inbound=rig.paths(s).inbound)
+    rig.host.adapters["fake"] = watching
+    a = rig.reply(s, {"text": "one"}, channel_type="fake", platform_id="chan", id="ra")
+    b = rig.reply(s, {"text": "two"}, channel_type="fake", platform_id="chan", id="rb")
+    assert rig.run(rig.host.deliver_once(s.id)) == 2
+    # each send had its own intent on disk, and only its own (the previous outcome was
+    # committed with it): at most one row of a session has an unknown fate
+    assert watching.intents_seen == [[a], [b]]
+    assert _sql(rig.paths(s).inbound, "SELECT * FROM carapace_send_intent") == []
+    assert {d["message_out_id"] for d in rig.delivered(s)} == {a, b}
+    keys = [m.key for m in watching.messages]
+    assert all(k and len(k) == 32 for k in keys) and keys[0] != keys[1]
+    assert not any(m.resend for m in watching.messages)
+
+
+class _Crash(BaseException):
+    """The host process dies (nothing after this point runs)."""
+
+
+@dataclass
+class CrashAfterSend(FakeChannel):
+    crash_on: str = ""
+    sent: list[OutboundMessage] = field(default_factory=list)
+
+    async def deliver(self, platform_id: str, thread_id: str | None,
+                      message: OutboundMessage) -> str | None:  # fmt: skip
+        pm = await super().deliver(platform_id, thread_id, message)
+        self.sent.append(message)
+        if message.message_out_id == self.crash_on:
+            raise _Crash()  # sent, not recorded
+        return pm
+
+
+def test_crash_between_send_and_record_resends_that_row_once_with_its_key(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    home = Home(tmp_path / "home")
+
+    def make(channel: FakeChannel) -> tuple[Host, asyncio.AbstractEventLoop]:
+        loop = asyncio.new_event_loop()
+        host = Host(home, settings=Settings(runner_idle_exit_s=0), clock=clock,
+                    channels=[channel], backend=FakeBackend(),
+                    options=HostOptions(sockets=False, watch=False, cleanup_orphans=False))  # fmt: skip
+        loop.run_until_complete(host.start(background=False))
+        return host, loop
+
+    first = CrashAfterSend("fake", crash_on="r2")
+    host, loop = make(first)
+    rig = Rig(host, first, first, FakeBackend(), clock, loop)
+    s = _session(rig)
+    for rid in ("r1", "r2", "r3"):
+        rig.reply(s, {"text": rid}, channel_type="fake", platform_id="chan", id=rid)
+    with pytest.raises(_Crash):
+        loop.run_until_complete(host.deliver_once(s.id))
+    assert [d.message_out_id for d in first.deliveries] == ["r1", "r2"]
+    host.close()  # no stop(): the process is gone, its lock with it
+    if host._lock_fh is not None:
+        host._lock_fh.close()
+    loop.close()
+
+    second = Watching("fake", inbound=rig.paths(s).inbound)
+    host2, loop2 = make(second)
+    try:
+        loop2.run_until_complete(host2.deliver_once(s.id))
+        # r1 was recorded with r2's intent: not sent again; r2's fate was unknown: sent
+        # again, flagged, with the key it had; r3 was never tried: sent normally
+        assert [m.message_out_id for m in second.messages] == ["r2", "r3"]
+        assert [m.resend for m in second.messages] == [True, False]
+        assert second.messages[0].key == first.sent[1].key
+        loop2.run_until_complete(host2.deliver_once(s.id))
+        assert len(second.messages) == 2
+    finally:
+        loop2.run_until_complete(host2.stop())
+        host2.close()
+        loop2.close()
+
+
+def test_full_disk_after_the_send_sends_once(rig: Rig) -> None:
+    s = _session(rig)
+    inbound = rig.paths(s).inbound
+    rig.run(rig.host.deliver_once(s.id))  # the delivery tables exist
+    # the disk fills between the send and its record: every write of `delivered` fails
+    _sql(inbound, "CREATE TRIGGER full BEFORE INSERT ON delivered "
+                  "BEGIN SELECT RAISE(FAIL, 'database or disk is full'); END")  # fmt: skip
+    r = rig.reply(s, {"text": "once"}, channel_type="fake", platform_id="chan")
+    for _ in range(5):
+        rig.run(rig.host.deliver_once(s.id))
+        rig.clock.advance(10)
+    assert rig.channel.texts() == ["once"]  # NanoClaw's order sent it on every pass
+    assert rig.delivered(s) == []
+    _sql(inbound, "DROP TRIGGER full")  # space again: the outcome is written, nothing re-sent
+    rig.run(rig.host.deliver_once(s.id))
+    assert rig.channel.texts() == ["once"]
+    assert [d["message_out_id"] for d in rig.delivered(s)] == [r]
+    assert _sql(inbound, "SELECT * FROM carapace_send_intent") == []
+
+
+def test_full_disk_before_the_send_sends_nothing_then_once(rig: Rig) -> None:
+    s = _session(rig)
+    inbound = rig.paths(s).inbound
+    rig.run(rig.host.deliver_once(s.id))
+    _sql(inbound, "CREATE TRIGGER full BEFORE INSERT ON carapace_send_intent "
+                  "BEGIN SELECT RAISE(FAIL, 'database or disk is full'); END")  # fmt: skip
+    rig.reply(s, {"text": "later"}, channel_type="fake", platform_id="chan")
+    for _ in range(3):
+        rig.run(rig.host.deliver_once(s.id))
+    assert rig.channel.deliveries == []  # no send that could not be recorded first
+    _sql(inbound, "DROP TRIGGER full")
+    rig.run(rig.host.deliver_once(s.id))
+    rig.run(rig.host.deliver_once(s.id))
+    assert rig.channel.texts() == ["later"]
+
+
+def test_batch_reply_names_every_message_it_answers(rig: Rig) -> None:
+    s = _session(rig)
+    rig.reply(s, {"text": "to all", "answers": ["m1:x", "m2:x", 7, "m3:x"]},
+              channel_type="fake", platform_id="chan", in_reply_to="m1:x", id="batch")  # fmt: skip
+    watching = Watching("fake", inbound=rig.paths(s).inbound)
+    rig.host.adapters["fake"] = watching
+    rig.run(rig.host.deliver_once(s.id))
+    [m] = watching.messages
+    assert m.answers == ("m1:x", "m2:x", "m3:x")  # bounded, strings only
+    assert m.content == {"text": "to all"}  # the host's field is not shown to the platform
+
+
+def test_deleted_session_folder_gets_its_replies_without_restart(rig: Rig) -> None:
+    s = _session(rig)
+    rig.reply(s, {"text": "one"}, channel_type="fake", platform_id="chan")
+    assert rig.run(rig.host.deliver_once(s.id)) == 1
+    shutil.rmtree(rig.paths(s).root)
+    rig.run(rig.host.route(make_event("again", platform_id="chan", id="m2")))
+    rig.reply(s, {"text": "two"}, channel_type="fake", platform_id="chan")
+    assert rig.run(rig.host.deliver_once(s.id)) == 1
+    assert rig.channel.texts() == ["one", "two"]
+
+
+def test_outbox_file_missing_and_no_text_is_failed_and_told(rig: Rig) -> None:
+    s = _session(rig)
+    r = rig.reply(s, {"text": "", "files": ["gone.pdf"]}, channel_type="fake",
+                  platform_id="chan")  # fmt: skip
+    rig.run(rig.host.deliver_once(s.id))
+    assert rig.channel.deliveries == []  # nothing to show: not "delivered" empty
+    assert {d["message_out_id"]: d["status"] for d in rig.delivered(s)} == {r: "failed"}
+    notes = rig.inbound(s, "SELECT content FROM messages_in WHERE channel_type='agent'")
+    assert len(notes) == 1 and "gone.pdf" in notes[0]["content"]
