@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -135,4 +137,42 @@ def test_message_that_kills_its_runner_is_told_to_the_sender_and_tools_send_once
         assert status == "failed"
     finally:
         client.close()
+    assert e2e.stop_host() == 0
+
+
+def _sql(db: Path, sql: str) -> None:
+    conn = sqlite3.connect(db, isolation_level=None, timeout=10)
+    try:
+        conn.execute(sql)
+    finally:
+        conn.close()
+
+
+def test_message_not_stored_gets_a_clear_error_then_goes_through(e2e: E2E) -> None:
+    e2e.start_host()
+    assert e2e.send("first").returncode == 0
+    [session] = e2e.sessions()
+    # storing the next message fails with an OperationalError, as on a full disk (a
+    # RAISE() in a trigger would be a constraint error, which is read as "already there")
+    _sql(session / "inbound.db", "CREATE TRIGGER full BEFORE INSERT ON messages_in "
+                                 "BEGIN SELECT disk_is_full(); END")
+    r = e2e.send("second", timeout=10)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert "not stored, send it again later" in r.stderr and "disk_is_full" in r.stderr
+    _sql(session / "inbound.db", "DROP TRIGGER full")
+    r = e2e.send("third")
+    assert r.returncode == 0 and '"third"' in r.stdout, r.stderr
+    assert e2e.stop_host() == 0
+
+
+def test_deleted_session_folder_answers_again_without_restart(e2e: E2E) -> None:
+    e2e.start_host()
+    assert e2e.send("before").returncode == 0
+    [session] = e2e.sessions()
+    for _ in range(50):  # the live runner and host may create files while it goes
+        shutil.rmtree(session, ignore_errors=True)
+        if not session.exists():
+            break
+    r = e2e.send("after", timeout=30)
+    assert r.returncode == 0 and '"after"' in r.stdout, (r.stderr, e2e.host_log()[-2000:])
     assert e2e.stop_host() == 0

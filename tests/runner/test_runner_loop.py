@@ -360,3 +360,45 @@ def test_workspace_tools_are_offered(h: Harness) -> None:
     r.step()
     assert (h.tmp_path / "groups" / "main" / "notes.txt").read_text() == "hello"
     assert h.out()[0]["content"]["text"].startswith("done:")
+
+
+class _Died(BaseException):
+    """The runner process dies mid-turn (nothing after this runs)."""
+
+
+class SendThenDie:
+    """Calls send_message, then (on the next model call) dies once; later tries finish."""
+
+    name = "send-then-die"
+
+    def __init__(self, die: bool) -> None:
+        self.die = die
+
+    def complete(self, system: str, messages: list[Message], tools: list[ToolSpec]) -> Turn:
+        from carapace.runner.providers.base import ToolCall
+
+        if messages[-1].get("role") == "user":
+            return Turn(text="", tool_calls=(ToolCall("c1", "send_message", {"text": "on it"}),))
+        if self.die:
+            raise _Died()
+        return Turn(text="done")
+
+
+def test_retried_turn_does_not_send_its_tool_message_again(h: Harness) -> None:
+    write_chat(h.paths, "please", id="m1")
+    with pytest.raises(_Died):
+        h.runner(provider=SendThenDie(die=True)).step()
+    assert [o["content"]["text"] for o in h.out()] == ["on it"]
+    r2 = h.runner(provider=SendThenDie(die=False))  # start(): the dead runner's claim released
+    assert r2.step()
+    # the retried turn's send_message wrote the same row id: nothing new, the final reply only
+    assert [o["content"]["text"] for o in h.out()] == ["on it", "done"]
+    assert read_acks(h.paths) == {"m1": "completed"}
+
+
+def test_batch_reply_names_every_message_of_the_batch(h: Harness) -> None:
+    write_chat(h.paths, "first", id="m1")
+    write_chat(h.paths, "second", id="m2")
+    h.runner(provider=Recorder("both")).step()
+    [out] = h.out()
+    assert out["in_reply_to"] == "m1" and out["content"]["answers"] == ["m1", "m2"]
