@@ -174,7 +174,7 @@ class CliChannel:
         try:
             result = await self.callbacks.on_inbound(event)
         except Exception as exc:  # e.g. a full disk: the sender hears it, the line is not lost
-            logger.exception("message %s could not be accepted", eid)
+            logger.error("message %s could not be accepted: %s", eid, one_line(exc))
             reason = f"not stored, send it again later: {one_line(exc)}"
             await self._send(client, {"type": "ack", "id": eid, "routed": [], "dropped": reason,
                                       "held": []})  # fmt: skip
