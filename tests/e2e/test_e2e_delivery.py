@@ -19,8 +19,18 @@ from e2e_helpers import CARAPACE, E2E, rows, wait_for
 def test_twenty_concurrent_senders_all_get_their_answer(e2e: E2E) -> None:
     # the runner is held in a turn (a question) while 20 senders write: their messages
     # queue up and are answered in batches (10 a turn), one reply per batch
-    script = [{"match": "hold on", "tool_calls": [{"name": "ask_user_question", "arguments": {
-        "title": "Hold", "question": "Go on?", "options": ["go"]}}], "reply": "released"}]
+    script = [
+        {
+            "match": "hold on",
+            "tool_calls": [
+                {
+                    "name": "ask_user_question",
+                    "arguments": {"title": "Hold", "question": "Go on?", "options": ["go"]},
+                }
+            ],
+            "reply": "released",
+        }
+    ]
     (e2e.home / "groups" / "main" / "mock-script.json").write_text(json.dumps(script))
     e2e.start_host()
     holder = ChatClient(e2e.home)
@@ -43,11 +53,11 @@ def test_twenty_concurrent_senders_all_get_their_answer(e2e: E2E) -> None:
         results = [p.communicate(timeout=90) for p in procs]
     finally:
         holder.close()
-    failed = [(t, p.returncode, err[-300:]) for t, p, (_, err) in zip(texts, procs, results)
+    failed = [(t, p.returncode, err[-300:]) for t, p, (_, err) in zip(texts, procs, results, strict=True)
               if p.returncode != 0]  # fmt: skip
     assert failed == []
     replies = {}
-    for t, (out, _) in zip(texts, results):
+    for t, (out, _) in zip(texts, results, strict=True):
         msgs = [json.loads(line) for line in out.splitlines() if line.strip()]
         replies[t] = [m["id"] for m in msgs if m.get("type") == "message"]
         assert replies[t], t
@@ -88,8 +98,13 @@ class ChatClient:
 
 
 def _cards(client: ChatClient) -> list[dict[str, Any]]:
-    return [m for m in client.poll() if m.get("type") == "message"
-            and isinstance(m.get("content"), dict) and m["content"].get("type") == "ask_question"]
+    return [
+        m
+        for m in client.poll()
+        if m.get("type") == "message"
+        and isinstance(m.get("content"), dict)
+        and m["content"].get("type") == "ask_question"
+    ]
 
 
 def _runner_pid(session: Path, not_pid: int | None = None) -> int:
@@ -132,8 +147,9 @@ def test_message_that_kills_its_runner_is_told_to_the_sender_and_tools_send_once
         assert "Send it again" in told[0]
         cards = _cards(client)
         assert len(cards) == 1, cards  # the retried turn did not ask again
-        [(status,)] = rows(session / "inbound.db",
-                           "SELECT status FROM messages_in WHERE id LIKE 'cli-crash%'")
+        [(status,)] = rows(
+            session / "inbound.db", "SELECT status FROM messages_in WHERE id LIKE 'cli-crash%'"
+        )
         assert status == "failed"
     finally:
         client.close()
@@ -154,8 +170,10 @@ def test_message_not_stored_gets_a_clear_error_then_goes_through(e2e: E2E) -> No
     [session] = e2e.sessions()
     # storing the next message fails with an OperationalError, as on a full disk (a
     # RAISE() in a trigger would be a constraint error, which is read as "already there")
-    _sql(session / "inbound.db", "CREATE TRIGGER full BEFORE INSERT ON messages_in "
-                                 "BEGIN SELECT disk_is_full(); END")
+    _sql(
+        session / "inbound.db",
+        "CREATE TRIGGER full BEFORE INSERT ON messages_in BEGIN SELECT disk_is_full(); END",
+    )
     r = e2e.send("second", timeout=10)
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert "not stored, send it again later" in r.stderr and "disk_is_full" in r.stderr

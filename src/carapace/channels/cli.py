@@ -57,6 +57,7 @@ def one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split())[:300]
     return text or type(exc).__name__
 
+
 CHANNEL = "cli"
 PLATFORM_ID = "local"
 MAX_LINE = 1024 * 1024

@@ -359,9 +359,7 @@ class Delivery:
                    "last_error": err}  # fmt: skip
         return out
 
-    def _wait_until(
-        self, row: OutRow, st: dict[str, Any] | None, now: datetime
-    ) -> datetime | None:
+    def _wait_until(self, row: OutRow, st: dict[str, Any] | None, now: datetime) -> datetime | None:
         waits_for_reader = st is not None and str(st["last_error"] or "").startswith(
             UNAVAILABLE_MARK
         )
