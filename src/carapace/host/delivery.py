@@ -27,11 +27,10 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import sqlite3
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -42,6 +41,7 @@ from carapace.db.sessions import Session
 from carapace.errors import DeliveryError
 from carapace.host.a2a_guard import A2AGuard, A2AStopped, write_stop_note
 from carapace.host.actions import SystemActions, route_agent_message
+from carapace.host.delivery_log import HOST_TABLES, RECORD_RETRY_S, Records, delivery_key
 from carapace.host.outbox_files import clear_outbox, read_outbox_files
 from carapace.host.outbox_reader import (
     MAX_CONTENT_BYTES,
@@ -62,69 +62,6 @@ MAX_DELIVERY_ATTEMPTS = 3
 UNAVAILABLE_RETRY_S = 30.0
 UNAVAILABLE_TTL_S = 24 * 3600.0
 UNAVAILABLE_MARK = "no reader: "
-
-HOST_TABLES = """
-CREATE TABLE IF NOT EXISTS carapace_delivery (
-  message_out_id TEXT PRIMARY KEY,
-  attempts       INTEGER NOT NULL DEFAULT 0,
-  next_attempt   TEXT,
-  first_seen     TEXT NOT NULL,
-  last_error     TEXT
-);
-CREATE TABLE IF NOT EXISTS carapace_delivery_cursor (
-  id  INTEGER PRIMARY KEY CHECK (id = 1),
-  seq INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS carapace_send_intent (
-  message_out_id TEXT PRIMARY KEY,
-  started_at     TEXT NOT NULL
-);
-"""
-RECORD_RETRY_S = 5.0  # a pass whose records could not be written (full disk) runs again
-
-
-def delivery_key(session_id: str, row_id: str) -> str:
-    """The row's idempotency key: stable across attempts and restarts, unique per session
-    (row ids are agent-chosen: the session id keeps one agent from reusing another's)."""
-    raw = f"{session_id}\0{row_id}".encode("utf-8", "replace")
-    return hashlib.sha256(raw).hexdigest()[:32]
-
-
-@dataclass
-class _Records:
-    """Outcomes of one session not yet committed (written with the next transaction)."""
-
-    outcomes: dict[str, tuple[str, str | None, str]] = field(default_factory=dict)
-    attempts: dict[str, tuple[int, str, str, str]] = field(default_factory=dict)
-    cursor: int | None = None
-
-    def __bool__(self) -> bool:
-        return bool(self.outcomes or self.attempts or self.cursor is not None)
-
-    def write(self, inb: sqlite3.Connection) -> None:
-        """Inside the caller's transaction."""
-        inb.executemany(
-            "INSERT OR IGNORE INTO delivered (message_out_id, platform_message_id, status, "
-            "delivered_at) VALUES (?, ?, ?, ?)",
-            [(rid, pm, st, ts) for rid, (st, pm, ts) in self.outcomes.items()],
-        )
-        inb.executemany(
-            "INSERT INTO carapace_delivery (message_out_id, attempts, next_attempt, first_seen, "
-            "last_error) VALUES (?, ?, ?, ?, ?) ON CONFLICT(message_out_id) DO UPDATE SET "
-            "attempts=attempts+excluded.attempts, next_attempt=excluded.next_attempt, "
-            "last_error=excluded.last_error",
-            [(rid, inc, nxt, first, err) for rid, (inc, nxt, first, err) in self.attempts.items()],
-        )
-        done = [*self.outcomes, *self.attempts]
-        inb.executemany(
-            "DELETE FROM carapace_send_intent WHERE message_out_id=?", [(r,) for r in done]
-        )
-        if self.cursor is not None:
-            inb.execute(
-                "INSERT INTO carapace_delivery_cursor (id, seq) VALUES (1, ?) "
-                "ON CONFLICT(id) DO UPDATE SET seq=excluded.seq",
-                (self.cursor,),
-            )
 
 
 @dataclass
@@ -155,7 +92,7 @@ class Delivery:
         self.wake = wake
         self._inflight: set[str] = set()
         self._again: set[str] = set()
-        self._records: dict[str, _Records] = {}  # per session: outcomes not yet committed
+        self._records: dict[str, Records] = {}  # per session: outcomes not yet committed
         self.a2a_guard = A2AGuard()  # hop and rate bounds of agent-to-agent messages
         self.outbox = OutboxReader()  # every outbound.db read: checked, bounded, off the loop
 
@@ -190,8 +127,8 @@ class Delivery:
         finally:
             inb.close()
 
-    def _pending(self, session_id: str) -> _Records:
-        return self._records.setdefault(session_id, _Records())
+    def _pending(self, session_id: str) -> Records:
+        return self._records.setdefault(session_id, Records())
 
     def _done(self, inb: sqlite3.Connection, ids: list[str]) -> set[str]:
         done: set[str] = set()
@@ -347,7 +284,7 @@ class Delivery:
             inb.close()
 
     @staticmethod
-    def _state(rec: _Records, states: dict[str, sqlite3.Row], rid: str) -> dict[str, Any] | None:
+    def _state(rec: Records, states: dict[str, sqlite3.Row], rid: str) -> dict[str, Any] | None:
         """The row's attempt state: committed, with what this host has not written yet."""
         st = states.get(rid)
         out: dict[str, Any] | None = dict(st) if st is not None else None

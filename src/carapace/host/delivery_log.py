@@ -1,0 +1,79 @@
+"""Delivery's bookkeeping in a session's ``inbound.db`` (host tables; issue 14).
+
+* ``carapace_delivery`` — attempts of a row not yet sent (backoff, "no reader" marks);
+* ``carapace_delivery_cursor`` — every row at or below ``seq`` is done;
+* ``carapace_send_intent`` — rows handed to an adapter whose outcome is not recorded yet:
+  after a crash, exactly these may have been sent (and are sent again, flagged).
+
+:class:`Records` holds what one session's pass has not committed yet; it is written inside
+the next transaction (the next row's intent, or the pass's last one with the cursor).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+from dataclasses import dataclass, field
+
+HOST_TABLES = """
+CREATE TABLE IF NOT EXISTS carapace_delivery (
+  message_out_id TEXT PRIMARY KEY,
+  attempts       INTEGER NOT NULL DEFAULT 0,
+  next_attempt   TEXT,
+  first_seen     TEXT NOT NULL,
+  last_error     TEXT
+);
+CREATE TABLE IF NOT EXISTS carapace_delivery_cursor (
+  id  INTEGER PRIMARY KEY CHECK (id = 1),
+  seq INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS carapace_send_intent (
+  message_out_id TEXT PRIMARY KEY,
+  started_at     TEXT NOT NULL
+);
+"""
+RECORD_RETRY_S = 5.0  # a pass whose records could not be written (full disk) runs again
+
+
+def delivery_key(session_id: str, row_id: str) -> str:
+    """The row's idempotency key: stable across attempts and restarts, unique per session
+    (row ids are agent-chosen: the session id keeps one agent from reusing another's)."""
+    raw = f"{session_id}\0{row_id}".encode("utf-8", "replace")
+    return hashlib.sha256(raw).hexdigest()[:32]
+
+
+@dataclass
+class Records:
+    """Outcomes of one session not yet committed (written with the next transaction)."""
+
+    outcomes: dict[str, tuple[str, str | None, str]] = field(default_factory=dict)
+    attempts: dict[str, tuple[int, str, str, str]] = field(default_factory=dict)
+    cursor: int | None = None
+
+    def __bool__(self) -> bool:
+        return bool(self.outcomes or self.attempts or self.cursor is not None)
+
+    def write(self, inb: sqlite3.Connection) -> None:
+        """Inside the caller's transaction."""
+        inb.executemany(
+            "INSERT OR IGNORE INTO delivered (message_out_id, platform_message_id, status, "
+            "delivered_at) VALUES (?, ?, ?, ?)",
+            [(rid, pm, st, ts) for rid, (st, pm, ts) in self.outcomes.items()],
+        )
+        inb.executemany(
+            "INSERT INTO carapace_delivery (message_out_id, attempts, next_attempt, first_seen, "
+            "last_error) VALUES (?, ?, ?, ?, ?) ON CONFLICT(message_out_id) DO UPDATE SET "
+            "attempts=attempts+excluded.attempts, next_attempt=excluded.next_attempt, "
+            "last_error=excluded.last_error",
+            [(rid, inc, nxt, first, err) for rid, (inc, nxt, first, err) in self.attempts.items()],
+        )
+        done = [*self.outcomes, *self.attempts]
+        inb.executemany(
+            "DELETE FROM carapace_send_intent WHERE message_out_id=?", [(r,) for r in done]
+        )
+        if self.cursor is not None:
+            inb.execute(
+                "INSERT INTO carapace_delivery_cursor (id, seq) VALUES (1, ?) "
+                "ON CONFLICT(id) DO UPDATE SET seq=excluded.seq",
+                (self.cursor,),
+            )
