@@ -115,6 +115,9 @@ class SessionManager:
         try:
             if conn.execute("SELECT 1 FROM messages_in WHERE id=?", (row["id"],)).fetchone():
                 return None
+            # indexed before it is stored: if the central write fails (a full disk) nothing
+            # is stored and the sender is told; a stored row is never left out of the index
+            self.mark_work(session.id, due or iso(now))
             other = read_max_seq(paths.outbound)
             try:
                 seq = insert_message_in(conn, row, other_max=other)
@@ -122,8 +125,10 @@ class SessionManager:
                 return None
         finally:
             conn.close()
-        self.db.execute("UPDATE sessions SET last_active=? WHERE id=?", (iso(now), session.id))
-        self.mark_work(session.id, due or iso(now))
+        try:
+            self.db.execute("UPDATE sessions SET last_active=? WHERE id=?", (iso(now), session.id))
+        except sqlite3.OperationalError as exc:  # bookkeeping only: the message is stored
+            logger.warning("last_active of session %s not updated: %s", session.id, exc)
         return seq
 
     def notify_agent(
