@@ -321,7 +321,8 @@ class Runner:
 
         def notify(row: InRow, text: str) -> None:
             routing = row.routing if not row.routing.empty else batch.origin
-            send_text(text, routing, self.outbound, in_reply_to=row.id, now=self.clock.now())
+            send_text(text, routing, self.outbound, in_reply_to=row.id, now=self.clock.now(),
+                      id=f"{Batch(in_reply_to=row.id).stable_id()}-script")  # fmt: skip
 
         return apply_pre_task_scripts(
             rows, cwd=self.config.agent_dir, outbound=self.outbound, now=self.clock.now,

@@ -61,6 +61,7 @@ def send_text(
     in_reply_to: str | None,
     now: datetime,
     answers: list[str] | None = None,
+    id: str | None = None,
 ) -> int:
     """One chat row. ``answers``: the batch's inbound ids when the row answers the batch's own
     conversation (``content["answers"]``, read by the host: every sender in it is answered)."""
@@ -68,9 +69,10 @@ def send_text(
     if answers:
         content["answers"] = answers
     return outbound.write(
-        id=new_id("msg"),
+        id=id or new_id("msg"),
         kind="chat",
         content=content,
+        once=id is not None,
         platform_id=routing.platform_id,
         channel_type=routing.channel_type,
         thread_id=routing.thread_id,
