@@ -156,10 +156,15 @@ class HostProc:
 
 
 def runner_pids(home: Path) -> list[int]:
+    """Live runners of this home: a pid file can outlive its process and its pid be reused,
+    so a pid counts only while its command line names this home (never kill a stranger)."""
     pids = []
     for f in (home / "data" / "v2-sessions").glob("*/*/.runner.pid"):
         with contextlib.suppress(OSError, ValueError, IndexError):
-            pids.append(int(f.read_text().split()[0]))
+            pid = int(f.read_text().split()[0])
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            if str(f.parent).encode() in cmdline:
+                pids.append(pid)
     return pids
 
 
