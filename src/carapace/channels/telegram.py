@@ -59,6 +59,14 @@ ALLOWED_UPDATES = ["message", "edited_message", "callback_query"]
 
 T = TypeVar("T")
 
+# the agent's add_reaction takes shortcodes; Telegram takes (a fixed set of) emoji
+SHORTCODES = {
+    "thumbs_up": "👍", "+1": "👍", "thumbsup": "👍", "thumbs_down": "👎", "-1": "👎",
+    "heart": "❤", "fire": "🔥", "tada": "🎉", "party": "🎉", "eyes": "👀", "ok_hand": "👌",
+    "clap": "👏", "pray": "🙏", "joy": "😂", "laughing": "😁", "thinking": "🤔",
+    "white_check_mark": "👍", "check": "👍", "100": "💯", "rocket": "🚀",
+}  # fmt: skip
+
 
 @dataclass(frozen=True)
 class TelegramConfig:
@@ -377,6 +385,7 @@ class TelegramChannel:
                     emoji: str) -> None:  # fmt: skip
         chat, _ = _address(platform_id, thread_id)
         mid = _message(message_id)
+        emoji = SHORTCODES.get(emoji.strip(":").lower(), emoji)
         try:
             await self._call("setMessageReaction", lambda: self.bot.set_message_reaction(
                 chat, mid, [ReactionTypeEmoji(emoji)]))  # fmt: skip

@@ -34,6 +34,7 @@ import re
 import threading
 import time
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
@@ -129,6 +130,7 @@ class FakeTelegram:
         self.lock = threading.Condition()
         self.updates: list[dict[str, Any]] = []
         self.confirmed = 0  # every update_id below this was confirmed by an offset
+        self.returned: list[int] = []  # update ids, once per getUpdates answer holding them
         self.calls: list[tuple[str, dict[str, Any]]] = []
         self.messages: dict[tuple[int, int], BotMessage] = {}
         self.user_messages: dict[tuple[int, int], dict[str, Any]] = {}
@@ -138,6 +140,9 @@ class FakeTelegram:
         self.faults: list[tuple[str, ApiError, int]] = []
         self.blocked: set[int] = set()
         self.revoked = False
+        # called (in the server's thread) right after a getUpdates answer with updates was
+        # written: e.g. to kill the bot's process before it can commit them
+        self.on_updates_returned: Callable[[list[dict[str, Any]]], None] | None = None
         self._update_ids = itertools.count(1)
         self._message_ids: dict[int, itertools.count[int]] = {}
         self._file_ids = itertools.count(1)
@@ -412,6 +417,7 @@ class FakeTelegram:
                 ready = [u for u in self.updates if u["update_id"] >= self.confirmed]
                 left = deadline - time.monotonic()
                 if ready or left <= 0 or self._closed:
+                    self.returned.extend(u["update_id"] for u in ready[:limit])
                     return ready[:limit]
                 self.lock.wait(left)
 
@@ -584,6 +590,9 @@ def _make_handler(tg: FakeTelegram) -> type[BaseHTTPRequestHandler]:
                 self._reply(exc.code, json.dumps(body).encode())
                 return
             self._reply(200, json.dumps({"ok": True, "result": result}).encode())
+            hook = tg.on_updates_returned
+            if method == "getUpdates" and result and hook is not None:
+                hook(result)
 
         def do_POST(self) -> None:
             self._route()
