@@ -149,6 +149,7 @@ class Host:
 
         self.typing = TypingKeeper(self.adapters, self._heartbeat_of, self.now)
         self._background = False
+        self._failed_channels: set[str] = set()
         self._health: dict[str, _SpawnHealth] = {}
         self._releasing: set[str] = set()  # sessions whose dead runner's claims are being reset
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -295,7 +296,8 @@ class Host:
         for channel_type, adapter in self.adapters.items():
             with contextlib.suppress(Exception):
                 await adapter.stop()
-            self._on_channel_status(channel_type, "stopped", None)
+            if channel_type not in self._failed_channels:  # a failure stays shown
+                self._on_channel_status(channel_type, "stopped", None)
         await self.typing.stop_all()
         await self.pool.stop_all("shutdown")  # also waits for spawns in flight
         if self.proxy is not None:
@@ -344,8 +346,10 @@ class Host:
     def _on_channel_status(self, channel_type: str, state: str, detail: str | None) -> None:
         from carapace.channels.registry import record_state
 
-        if state == "failed" and self._started:
-            logger.error("channel %s stopped working: %s", channel_type, detail)
+        if state == "failed":
+            if self._started:
+                logger.error("channel %s stopped working: %s", channel_type, detail)
+            self._failed_channels.add(channel_type)
         record_state(self.home, channel_type, state, detail)
 
     def _on_channel_ready(self, channel_type: str) -> None:

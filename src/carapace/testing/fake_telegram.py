@@ -137,7 +137,7 @@ class FakeTelegram:
         self.actions: list[tuple[int, str, int | None]] = []
         self.answers: list[dict[str, Any]] = []
         self.files: dict[str, tuple[str, bytes]] = {}  # file_id → (file_path, data)
-        self.faults: list[tuple[str, ApiError, int]] = []
+        self.faults: list[tuple[str, ApiError, int, int | None]] = []
         self.blocked: set[int] = set()
         self.revoked = False
         # called (in the server's thread) right after a getUpdates answer with updates was
@@ -280,12 +280,13 @@ class FakeTelegram:
 
     # ---------------------------------------------------------------- faults
     def fail(self, method: str, code: int, description: str | None = None, *,
-             retry_after: int | None = None, times: int = 1) -> None:  # fmt: skip
-        """The next ``times`` calls of ``method`` fail with ``code``."""
+             retry_after: int | None = None, times: int = 1,
+             chat_id: int | None = None) -> None:  # fmt: skip
+        """The next ``times`` calls of ``method`` (to ``chat_id`` only, if given) fail."""
         desc = description or {429: f"Too Many Requests: retry after {retry_after}",
                                400: "Bad Request", 500: "Internal Server Error"}.get(code, "Error")  # fmt: skip
         with self.lock:
-            self.faults.append((method, ApiError(code, desc, retry_after), times))
+            self.faults.append((method, ApiError(code, desc, retry_after), times, chat_id))
 
     def block(self, chat_id: int) -> None:
         self.blocked.add(chat_id)
@@ -340,12 +341,12 @@ class FakeTelegram:
             self.calls.append((method, params))
             if self.revoked:
                 raise ApiError(401, "Unauthorized")
-            for i, (m, err, times) in enumerate(self.faults):
-                if m == method:
+            for i, (m, err, times, chat) in enumerate(self.faults):
+                if m == method and (chat is None or str(params.get("chat_id")) == str(chat)):
                     if times <= 1:
                         del self.faults[i]
                     else:
-                        self.faults[i] = (m, err, times - 1)
+                        self.faults[i] = (m, err, times - 1, chat)
                     raise err
         fn = getattr(self, f"_api_{method}", None)
         if fn is None:
