@@ -139,6 +139,18 @@ def test_a_conversation_as_a_person_has_it(e2e: E2E, tg: FakeTelegram) -> None:
     wait_for(lambda: not tg.messages[(ANN, card.message_id)].buttons, what="the card edited")
     assert "Approved" in tg.messages[(ANN, card.message_id)].text
     assert e2e.ok("approvals", "list") == []
+
+    # an unknown chat: Bob writes to the bot; the registration card reaches the owner's
+    # DM on Telegram, and her "connect" button wires the chat and answers Bob
+    tg.user_message(tg.private_chat(BOB, "Bob"), bob, "hi, who are you?")
+    wait_for(lambda: [m for m in tg.bot_messages(ANN) if m.buttons], what="the chat card")
+    [reg] = [m for m in tg.bot_messages(ANN) if m.buttons]
+    labels = [b["text"] for row in reg.buttons for b in row]
+    assert any("main" in x or "Connect" in x for x in labels), labels
+    assert not tg.bot_messages(BOB)  # nothing reaches Bob before the owner decides
+    tg.press_button(ANN, reg.message_id, 0, ann)
+    wait_for(lambda: said(tg, BOB, "who are you?"), timeout=30, what="Bob answered")
+    assert not tg.messages[(ANN, reg.message_id)].buttons
     assert e2e.stop_host() == 0
     assert tg.token not in e2e.central.read_bytes().decode("latin-1")
 
