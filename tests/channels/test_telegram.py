@@ -326,3 +326,20 @@ def test_verify(tg: FakeTelegram) -> None:
         asyncio.run(verify({"TELEGRAM_BOT_TOKEN": "nocolon"}, base_url=tg.root_url))
     with pytest.raises(ConfigError, match="cannot reach"):
         asyncio.run(verify({"TELEGRAM_BOT_TOKEN": tg.token}, base_url="http://127.0.0.1:9"))
+
+
+def test_the_token_never_reaches_a_log(tg: FakeTelegram, caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    tg.fail("getUpdates", 502, "Bad Gateway")
+    tg.fail("sendMessage", 502, "Bad Gateway")
+
+    async def case(a: TelegramChannel, rec: Recorder) -> None:
+        tg.user_message(tg.private_chat(ANN, "Ann"), tg.user(ANN, "Ann"), "hi",
+                        document=("a.txt", b"x"))  # fmt: skip
+        await rec.event(1)
+        await a.deliver(f"telegram:{ANN}", None, text("hello"))
+
+    run(tg, case)
+    assert caplog.records and tg.token.split(":")[1] not in caplog.text

@@ -78,7 +78,19 @@ class TelegramConfig:
     backoff_max_s: float = 60.0
 
 
+def _quiet_http_logs() -> None:
+    """httpx logs each request's URL at INFO and python-telegram-bot its API URLs at DEBUG,
+    and a Bot API URL holds the token: those loggers are kept above those levels so the
+    token never reaches a log."""
+    for name, level in (("httpx", logging.WARNING), ("httpcore", logging.WARNING),
+                        ("telegram", logging.INFO)):  # fmt: skip
+        lg = logging.getLogger(name)
+        if lg.getEffectiveLevel() < level:
+            lg.setLevel(level)
+
+
 def make_bot(token: str, base_url: str | None, *, read_timeout: float = 30.0) -> Bot:
+    _quiet_http_logs()
     root = (base_url or "https://api.telegram.org").rstrip("/")
     return Bot(
         token, base_url=f"{root}/bot", base_file_url=f"{root}/file/bot",
