@@ -209,3 +209,28 @@ def test_a_nanoclaw_v2_home_with_a_telegram_chat_answers_there(
         if e2e.host is not None:
             e2e.host.kill()
             e2e.host.wait(5)
+
+
+def test_a_nanoclaw_v1_import_with_telegram_chats_answers_there(
+    tmp_path: Path, tg: FakeTelegram
+) -> None:
+    from carapace.testing.v1fixtures import add_group, make_v1_tree
+
+    tree = make_v1_tree(tmp_path / "v1")
+    c = tree.db()
+    add_group(c, "tg:42", "Me", "main", requires_trigger=0, is_main=1)
+    c.close()
+    e2e = E2E(tmp_path)
+    r = e2e.cli("migrate-v1", "--home", str(e2e.home), str(tree.root))
+    assert r.returncode == 0, r.stdout + r.stderr
+    e2e.write_settings('runner_backend = "subprocess"\n')
+    configure(e2e, tg)
+    try:
+        e2e.start_host()
+        tg.user_message(tg.private_chat(42, "Me"), tg.user(42, "Me"), "still you?")
+        wait_for(lambda: said(tg, 42, "still you?"), timeout=30, what="the reply")
+        assert e2e.stop_host() == 0
+    finally:
+        if e2e.host is not None:
+            e2e.host.kill()
+            e2e.host.wait(5)
