@@ -170,7 +170,7 @@ class TelegramChannel:
                           "`carapace channels add telegram` with a valid one")  # fmt: skip
                 return
             except RetryAfter as exc:
-                await asyncio.sleep(_seconds(exc.retry_after))
+                await asyncio.sleep(_retry_after(exc))
                 continue
             except TelegramError as exc:
                 logger.warning("telegram: getUpdates failed (%s); retrying in %.1f s", exc, delay)
@@ -244,7 +244,7 @@ class TelegramChannel:
             try:
                 return await fn()
             except RetryAfter as exc:
-                wait = _seconds(exc.retry_after)
+                wait = _retry_after(exc)
                 if wait > MAX_RETRY_AFTER_S or attempt == SEND_TRIES:
                     raise DeliveryError(f"telegram: rate limited for {wait:g} s")
                 await asyncio.sleep(wait)
@@ -418,7 +418,15 @@ class TelegramChannel:
         return inbound.platform_id(int(handle.removeprefix(f"{CHANNEL}:")))
 
 
-def _seconds(value: Any) -> float:
+def _retry_after(exc: RetryAfter) -> float:
+    """Seconds to wait (PTB 22 warns that ``retry_after`` becomes a timedelta: either works)."""
+    import warnings
+
+    from telegram.warnings import PTBDeprecationWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PTBDeprecationWarning)
+        value: Any = exc.retry_after
     return float(value.total_seconds()) if hasattr(value, "total_seconds") else float(value)
 
 
