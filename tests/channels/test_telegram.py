@@ -264,6 +264,33 @@ def test_files_in_are_capped_and_every_kind_arrives(tg: FakeTelegram) -> None:
     assert len(tg.called("getFile")) == 3  # the big one was never fetched
 
 
+def test_a_file_telegram_will_not_give_is_named_and_the_message_kept(tg: FakeTelegram) -> None:
+    tg.fail("getFile", 400, "Bad Request: file is too big")
+
+    async def case(a: TelegramChannel, rec: Recorder) -> None:
+        tg.user_message(tg.private_chat(ANN, "Ann"), tg.user(ANN, "Ann"), "look",
+                        document=("huge.iso", b"x"))  # fmt: skip
+        await rec.event(1)
+        doc = content(rec, 0)
+        assert doc["text"].startswith("look") and "file is too big" in doc["text"].lower()
+        assert "data" not in doc["attachments"][0]
+
+    run(tg, case)
+
+
+def test_a_file_download_cut_by_the_network_reads_the_update_again(tg: FakeTelegram) -> None:
+    tg.fail("getFile", 502, "Bad Gateway", times=1)
+
+    async def case(a: TelegramChannel, rec: Recorder) -> None:
+        tg.user_message(tg.private_chat(ANN, "Ann"), tg.user(ANN, "Ann"), "look",
+                        document=("a.txt", b"abc"))  # fmt: skip
+        await rec.event(1)
+        assert base64.b64decode(content(rec, 0)["attachments"][0]["data"]) == b"abc"
+
+    run(tg, case)
+    assert len(tg.called("getFile")) == 2
+
+
 def test_cards_edits_and_unknown_buttons(tg: FakeTelegram) -> None:
     long_id = "q" * 80  # callback data would pass Telegram's 64 bytes: a text card instead
 

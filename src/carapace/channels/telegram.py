@@ -156,7 +156,7 @@ class TelegramChannel:
 
     # ---------------------------------------------------------------- inbound
     async def _poll_loop(self) -> None:
-        delay = self.config.backoff_s
+        delay = route_delay = self.config.backoff_s
         while True:
             try:
                 if not self.bot_id:
@@ -172,7 +172,7 @@ class TelegramChannel:
             except RetryAfter as exc:
                 await asyncio.sleep(_retry_after(exc))
                 continue
-            except TelegramError as exc:
+            except Exception as exc:  # the network, a 5xx, an answer PTB cannot parse
                 logger.warning("telegram: getUpdates failed (%s); retrying in %.1f s", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.config.backoff_max_s)
@@ -183,10 +183,11 @@ class TelegramChannel:
                     await self._handle(update)
                 except Exception as exc:  # the router did not commit: read it again later
                     logger.warning("telegram: update %s not routed (%s); retrying in %.1f s",
-                                   update.update_id, exc, delay)  # fmt: skip
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, self.config.backoff_max_s)
+                                   update.update_id, exc, route_delay)  # fmt: skip
+                    await asyncio.sleep(route_delay)
+                    route_delay = min(route_delay * 2, self.config.backoff_max_s)
                     break
+                route_delay = self.config.backoff_s
                 self.offset = update.update_id + 1
 
     async def _handle(self, update: Any) -> None:

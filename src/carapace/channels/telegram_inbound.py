@@ -25,6 +25,7 @@ from datetime import UTC
 from typing import Any
 
 from telegram import Message, MessageEntity, User
+from telegram.error import BadRequest, NetworkError, TelegramError
 
 from carapace.channels.base import InboundEvent, InboundMessage
 from carapace.jsonutil import dumps
@@ -158,8 +159,16 @@ async def to_event(msg: Message, *, bot_id: int, bot_username: str, download: Do
             att["skipped"] = f"over the {max_file_bytes // (1024 * 1024)} MiB limit"
             skipped.append(f"{name or kind} ({size} bytes): not downloaded, {att['skipped']}")
         else:
-            data = await download(file_id)
-            if len(data) > max_file_bytes:
+            try:
+                data = await download(file_id)
+            except TelegramError as exc:
+                if isinstance(exc, NetworkError) and not isinstance(exc, BadRequest):
+                    raise  # the network: the whole update is read again later
+                data, att["skipped"] = b"", f"download failed: {exc.message}"
+                skipped.append(f"{name or kind}: not downloaded, {att['skipped']}")
+            if "skipped" in att:
+                pass  # named in the text already
+            elif len(data) > max_file_bytes:
                 att["skipped"] = f"over the {max_file_bytes // (1024 * 1024)} MiB limit"
                 skipped.append(f"{name or kind}: not downloaded, {att['skipped']}")
             else:
