@@ -28,7 +28,8 @@ def channels() -> None:
 @channels.command("add")
 @home_option
 @click.option("--base-url", default=None, metavar="URL",
-              help="The platform API's base URL (a test server, a self-hosted Bot API).")  # fmt: skip
+              help="Check against this API base URL (a test server, a self-hosted Bot API); "
+                   "the host reads its own from [channels.TYPE] base_url.")  # fmt: skip
 @click.argument("channel_type")
 @clean_errors
 def channels_add(home: str | None, base_url: str | None, channel_type: str) -> None:
