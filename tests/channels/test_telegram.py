@@ -370,3 +370,19 @@ def test_the_token_never_reaches_a_log(tg: FakeTelegram, caplog: pytest.LogCaptu
 
     run(tg, case)
     assert caplog.records and tg.token.split(":")[1] not in caplog.text
+
+
+def test_a_link_card_has_url_buttons_only(tg: FakeTelegram) -> None:
+    async def case(a: TelegramChannel, rec: Recorder) -> None:
+        card = {"type": "card", "card": {
+            "title": "Build <7>", "description": "passed & green", "children": ["a", {"text": "b"}],
+            "actions": [{"label": "Open", "url": "https://ci.example/7"},
+                        {"label": "Run", "url": "javascript:alert(1)"}]}}  # fmt: skip
+        assert await a.deliver(f"telegram:{ANN}", None, OutboundMessage("chat-sdk", card))
+        assert await a.deliver(f"telegram:{ANN}", None, OutboundMessage(
+            "chat-sdk", {"type": "card", "card": {}})) is None  # fmt: skip
+
+    run(tg, case)
+    [m] = tg.bot_messages(ANN)
+    assert m.text == "Build <7>\n\npassed & green\n\na\n\nb"
+    assert m.buttons == [[{"text": "Open", "url": "https://ci.example/7"}]]
