@@ -22,6 +22,7 @@ from carapace.testing.v1fixtures import make_nanoclaw_v2_home
 
 ANN, BOB = 1001, 1002
 GROUP = -1009990001
+CAREFUL = -1009990002
 REPORT = b"quarterly numbers\n" * 50
 
 
@@ -71,6 +72,9 @@ def said(tg: FakeTelegram, chat: int, needle: str, thread: int | None = None) ->
 def test_a_conversation_as_a_person_has_it(e2e: E2E, tg: FakeTelegram) -> None:
     configure(e2e, tg)
     setup_chats(e2e)
+    careful = e2e.ok("messaging-groups", "create", "--channel-type", "telegram",
+                     "--platform-id", f"telegram:{CAREFUL}", "--name", "Careful", "--is-group",
+                     "--unknown-sender-policy", "request_approval")["id"]  # fmt: skip
     (e2e.home / "groups" / "main" / "report.txt").write_bytes(REPORT)
     mock_script(e2e, [
         {"match": "send me the report",
@@ -151,6 +155,19 @@ def test_a_conversation_as_a_person_has_it(e2e: E2E, tg: FakeTelegram) -> None:
     tg.press_button(ANN, reg.message_id, 0, ann)
     wait_for(lambda: said(tg, BOB, "who are you?"), timeout=30, what="Bob answered")
     assert not tg.messages[(ANN, reg.message_id)].buttons
+
+    # an unknown sender in a chat that asks (Cid; Bob became a member when his chat was
+    # connected): the owner allows Cid by button, his message is replayed and answered
+    e2e.ok("wirings", "create", "--messaging-group-id", careful, "--agent-group-id", "main",
+           "--engage-mode", "pattern", "--engage-pattern", ".")  # fmt: skip
+    tg.user_message(tg.group_chat(CAREFUL, "Careful"), tg.user(1003, "Cid"), "may I join in?")
+    wait_for(lambda: len([m for m in tg.bot_messages(ANN) if m.buttons]) == 1,
+             what="the sender card")  # fmt: skip
+    [who] = [m for m in tg.bot_messages(ANN) if m.buttons]
+    assert "sender" in who.text.lower() or "Cid" in who.text
+    assert not tg.bot_messages(CAREFUL)
+    tg.press_button(ANN, who.message_id, 0, ann)
+    wait_for(lambda: said(tg, CAREFUL, "may I join in?"), timeout=30, what="Cid answered")
     assert e2e.stop_host() == 0
     # the token is in secrets.env only: not in a DB, a session, a log or the host's output
     secret = tg.token.encode()
