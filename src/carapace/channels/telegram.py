@@ -133,6 +133,7 @@ class TelegramChannel:
     async def _hello(self) -> None:
         await self.bot.initialize()  # getMe
         self.bot_id, self.username = self.bot.bot.id, self.bot.bot.username or ""
+        logger.info("telegram: polling as @%s (id %s)", self.username, self.bot_id)
 
     async def stop(self) -> None:
         if self._poll is not None:
