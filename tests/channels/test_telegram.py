@@ -386,3 +386,18 @@ def test_a_link_card_has_url_buttons_only(tg: FakeTelegram) -> None:
     [m] = tg.bot_messages(ANN)
     assert m.text == "Build <7>\n\npassed & green\n\na\n\nb"
     assert m.buttons == [[{"text": "Open", "url": "https://ci.example/7"}]]
+
+
+def test_settings_are_checked(tmp_path: Path) -> None:
+    from carapace.channels.telegram import from_home
+    from carapace.config import Settings
+
+    home = Home(tmp_path)
+    secrets = {"TELEGRAM_BOT_TOKEN": "1:x"}
+    assert from_home(home, {}, Settings()) is None  # not configured: not started
+    ok = from_home(home, secrets, Settings(extra={"channels": {"telegram": {"max_file_mb": 5}}}))
+    assert ok is not None and ok.config.max_file_bytes == 5 * 1024 * 1024
+    for bad in ({"max_file_mb": 100}, {"max_file_mb": "5"}, {"poll_timeout_s": -1},
+                {"base_url": 7}):  # fmt: skip
+        with pytest.raises(ConfigError, match=r"\[channels.telegram\]"):
+            from_home(home, secrets, Settings(extra={"channels": {"telegram": bad}}))

@@ -52,6 +52,7 @@ logger = logging.getLogger(__name__)
 CHANNEL = inbound.CHANNEL
 SECRET_KEYS: tuple[str, ...] = ("TELEGRAM_BOT_TOKEN",)
 DEFAULT_MAX_FILE_MB = 20  # Telegram's own getFile limit
+MAX_FILE_MB = 25  # the host writes no bigger attachment (host/sessions.py)
 POLL_TIMEOUT_S = 25
 MAX_RETRY_AFTER_S = 60.0
 SEND_TRIES = 4
@@ -479,10 +480,9 @@ def from_home(home: Home, secrets: Mapping[str, str], settings: Settings) -> Tel
     cfg = channel_settings(settings, CHANNEL)
     mb = cfg.get("max_file_mb", DEFAULT_MAX_FILE_MB)
     poll = cfg.get("poll_timeout_s", POLL_TIMEOUT_S)
-    if isinstance(mb, bool) or not isinstance(mb, (int, float)) or not 0 < mb <= 2000:
-        raise ConfigError(
-            f"carapace.toml: [channels.telegram] max_file_mb must be 1..2000, not {mb!r}"
-        )
+    if isinstance(mb, bool) or not isinstance(mb, (int, float)) or not 0 < mb <= MAX_FILE_MB:
+        raise ConfigError(f"carapace.toml: [channels.telegram] max_file_mb must be more than 0 "
+                          f"and at most {MAX_FILE_MB} (the host's attachment limit), not {mb!r}")  # fmt: skip
     if isinstance(poll, bool) or not isinstance(poll, int) or not 0 <= poll <= 50:
         raise ConfigError(
             f"carapace.toml: [channels.telegram] poll_timeout_s must be 0..50, not {poll!r}"
