@@ -71,7 +71,7 @@ def split_text(text: str, limit: int = SPLIT_BUDGET) -> list[str]:
         piece, rest = rest[:cut], rest[cut:]
         reopen = ""
         if piece.count("```") % 2 == 1:  # a code block goes on: close it here, reopen there
-            lang = re.findall(r"```([\w+-]*)", piece)[-1]
+            lang = re.findall(r"```([A-Za-z0-9_+-]*)", piece)[-1]
             piece = piece.rstrip("\n") + "\n```"
             reopen = f"```{lang}\n"
         piece = piece.strip("\n")
@@ -122,7 +122,7 @@ def to_html(markdown: str) -> str:
     i = 0
     while i < len(lines):
         line = lines[i]
-        fence = re.match(r"^\s*```([\w+-]*)\s*$", line)
+        fence = re.match(r"^\s*```([A-Za-z0-9_+-]*)\s*$", line)  # ASCII language names
         if fence:
             lang = fence.group(1)
             body: list[str] = []
