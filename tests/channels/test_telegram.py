@@ -401,3 +401,14 @@ def test_settings_are_checked(tmp_path: Path) -> None:
                 {"base_url": 7}):  # fmt: skip
         with pytest.raises(ConfigError, match=r"\[channels.telegram\]"):
             from_home(home, secrets, Settings(extra={"channels": {"telegram": bad}}))
+
+
+def test_a_mention_after_an_emoji_is_found_by_utf16_offsets(tg: FakeTelegram) -> None:
+    handle = f"@{tg.username}"
+
+    async def case(a: TelegramChannel, rec: Recorder) -> None:
+        tg.user_message(tg.group_chat(-555, "Team"), tg.user(ANN, "Ann"), f"😀😀 {handle} hi",
+                        entities=[{"type": "mention", "offset": 5, "length": len(handle)}])  # fmt: skip
+        assert (await rec.event(1)).message.is_mention is True
+
+    run(tg, case)
