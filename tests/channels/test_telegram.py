@@ -129,6 +129,10 @@ def test_a_blocked_bot_is_a_permanent_failure(tg: FakeTelegram) -> None:
         with pytest.raises(DeliveryError) as err:
             await a.deliver("telegram:not-a-chat", None, text("x"))
         assert err.value.permanent
+        tg.fail("sendMessage", 400, "Bad Request: chat not found")  # a deleted chat
+        with pytest.raises(DeliveryError) as err:
+            await a.deliver("telegram:-4242", None, text("anyone?"))
+        assert err.value.permanent and "chat not found" in str(err.value)
 
     run(tg, case)
 
