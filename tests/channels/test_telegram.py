@@ -132,7 +132,7 @@ def test_a_blocked_bot_is_a_permanent_failure(tg: FakeTelegram) -> None:
         tg.fail("sendMessage", 400, "Bad Request: chat not found")  # a deleted chat
         with pytest.raises(DeliveryError) as err:
             await a.deliver("telegram:-4242", None, text("anyone?"))
-        assert err.value.permanent and "chat not found" in str(err.value)
+        assert err.value.permanent and "chat not found" in str(err.value).lower()
 
     run(tg, case)
 
