@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -216,6 +217,10 @@ class Delivery:
                 return result
             ids = [r["id"] for r in rows]
             rec = self._pending(session_id)
+            inode = os.stat(paths.inbound).st_ino
+            if rec.inode and rec.inode != inode:  # records of a deleted, re-made folder
+                rec = self._records[session_id] = Records()
+            rec.inode = inode
             done = self._done(inb, ids) | set(rec.outcomes)
             marks = ",".join("?" for _ in rows)
             states = {
