@@ -12,6 +12,7 @@ import os
 import sys
 from pathlib import Path
 
+from carapace.runner import lifeline
 from carapace.runner.config import RunnerConfig
 from carapace.runner.loop import Runner
 from carapace.runner.procs import harden_self
@@ -42,6 +43,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    lifeline.watch()  # first: the orphan of a killed sandbox wrapper exits before any work
     harden_self()  # before anything: agent commands must never read this process
     args = parse_args(argv)
     os.umask(0o077)  # transcripts, outbox files, the agent's files: owner-only
