@@ -16,6 +16,7 @@ The home is ``--home``, else ``$CARAPACE_HOME``, else the user data directory
 from __future__ import annotations
 
 import os
+import stat
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,22 @@ def default_home() -> Path:
     xdg = os.environ.get("XDG_DATA_HOME")
     base = Path(xdg).expanduser() if xdg else Path.home() / ".local" / "share"
     return base / "carapace"
+
+
+def check_home_path(root: Path) -> None:
+    """``ConfigError`` unless ``root`` is a usable folder or does not exist yet."""
+    try:
+        st = root.stat()
+    except FileNotFoundError:
+        return
+    except NotADirectoryError:
+        raise ConfigError(f"cannot use {root} as the home: a part of that path is not a directory")
+    except OSError as exc:
+        raise ConfigError(f"cannot use {root} as the home: {exc.strerror or exc}")
+    if not stat.S_ISDIR(st.st_mode):
+        raise ConfigError(f"cannot use {root} as the home: it is not a directory")
+    if not os.access(root, os.R_OK | os.X_OK):
+        raise ConfigError(f"cannot use {root} as the home: permission denied (not readable)")
 
 
 @dataclass(frozen=True)
@@ -55,7 +72,16 @@ class Home:
 
     @classmethod
     def resolve(cls, home: str | os.PathLike[str] | None = None) -> Home:
-        return cls(Path(home).expanduser().absolute() if home else default_home())
+        """The home named by ``--home`` (else the default); ``ConfigError`` when that path
+        cannot be a home: a NUL in it, an existing non-folder, or a folder we cannot enter."""
+        if home is not None and "\0" in os.fspath(home):
+            raise ConfigError("the home path contains a NUL character")
+        try:
+            root = Path(home).expanduser().absolute() if home else default_home()
+        except (RuntimeError, ValueError, OSError) as exc:  # ~unknown-user, bad $HOME
+            raise ConfigError(f"cannot resolve the home {home!r}: {exc}")
+        check_home_path(root)
+        return cls(root)
 
     @property
     def data_dir(self) -> Path:

@@ -13,11 +13,47 @@ from typing import Any
 from carapace.bootstrap import init_home
 from carapace.channels.cli import CliChannel
 from carapace.config import Home
+from carapace.errors import ValidationError
 from carapace.host.host import Host, HostRunning
 from carapace.jsonutil import dumps
 from carapace.timefmt import new_id
 
 logger = logging.getLogger(__name__)
+
+
+MAX_MESSAGE_BYTES = 512 * 1024  # one message's text (the socket's lines stop at 1 MiB)
+MAX_USER_CHARS = 64
+
+
+def check_message(text: str) -> str:
+    """``ValidationError`` (one line) unless ``text`` can be sent as one message."""
+    try:
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise ValidationError(
+            "the message is not valid UTF-8 (undecodable bytes or lone surrogates)"
+        ) from None
+    if not text.strip():
+        raise ValidationError("the message is empty")
+    if size > MAX_MESSAGE_BYTES:
+        raise ValidationError(
+            f"the message is {size:,} bytes; one message may carry at most "
+            f"{MAX_MESSAGE_BYTES // 1024} KiB"
+        )
+    return text
+
+
+def check_user(user: str) -> str:
+    """The ``--as`` handle: 1–64 printable characters, no spaces, valid UTF-8."""
+    try:
+        user.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValidationError("--as is not valid UTF-8") from None
+    if not user or len(user) > MAX_USER_CHARS:
+        raise ValidationError(f"--as must be 1 to {MAX_USER_CHARS} characters")
+    if not user.isprintable() or any(c.isspace() for c in user):
+        raise ValidationError("--as must be printable, without spaces")
+    return user
 
 
 def build_host(home: Home) -> Host:
@@ -42,6 +78,7 @@ class CliClient:
         await self.writer.drain()
 
     async def say(self, text: str, user: str, eid: str | None = None) -> str:
+        check_message(text)
         eid = eid or new_id("cli")
         await self.write({"id": eid, "text": text, "senderId": f"cli:{user}", "sender": user})
         return eid

@@ -14,8 +14,9 @@ from typing import Any
 
 import click
 
-from carapace.cli import clean_errors, home_option
+from carapace.cli import clean_errors, home_option, seconds_option
 from carapace.config import Home
+from carapace.host.client import check_message, check_user
 from carapace.limits import mechanism as limits_mechanism
 
 logger = logging.getLogger(__name__)
@@ -85,8 +86,9 @@ def _held_note(ids: list[Any]) -> str:
 @click.command()
 @home_option
 @click.option("--as", "user", default="local", show_default=True, help="Sender handle (cli:USER).")
-@click.option("--timeout", type=float, default=60.0, show_default=True, help="Seconds to wait.")
-@click.option("--quiet-period", type=float, default=0.4, hidden=True)
+@click.option("--timeout", type=float, default=60.0, show_default=True, callback=seconds_option,
+              help="Seconds to wait.")  # fmt: skip
+@click.option("--quiet-period", type=float, default=0.4, hidden=True, callback=seconds_option)
 @click.option("--json", "as_json", is_flag=True, help="Print the replies as JSON lines.")
 @click.argument("text")
 @clean_errors
@@ -98,8 +100,13 @@ def send(home: str | None, user: str, timeout: float, quiet_period: float, as_js
     Replies to earlier messages that were waiting for a reader (e.g. to a message held for
     approval and approved since) are printed too, marked "[earlier]". A message from an
     unknown sender on a request_approval chat is held: that is printed, exit status 0.
-    Exit status 1: not routed, or no reply within --timeout.
+    Exit status 1: not routed, or no reply within --timeout. A message that is empty, not
+    UTF-8 or over 512 KiB is refused before anything is sent.
     """
+    check_message(text)
+    check_user(user)
+    h = Home.resolve(home)
+    h.load_settings()
     _quiet_embedded_logs()
 
     def show(msg: dict[str, Any]) -> None:
@@ -111,7 +118,7 @@ def send(home: str | None, user: str, timeout: float, quiet_period: float, as_js
             mark = "" if msg.get("own") else "[earlier] "
             click.echo(mark + (msg.get("text") or json.dumps(msg.get("content"))))
 
-    asyncio.run(_send(Home.resolve(home), user, text, timeout, quiet_period, show))
+    asyncio.run(_send(h, user, text, timeout, quiet_period, show))
 
 
 async def _send(
@@ -162,9 +169,9 @@ async def _send(
 @click.command()
 @home_option
 @click.option("--as", "user", default="local", show_default=True, help="Sender handle (cli:USER).")
-@click.option("--timeout", type=float, default=60.0, show_default=True,
+@click.option("--timeout", type=float, default=60.0, show_default=True, callback=seconds_option,
               help="Non-interactive input: seconds to wait for the replies after end of input.")  # fmt: skip
-@click.option("--quiet-period", type=float, default=0.4, hidden=True)
+@click.option("--quiet-period", type=float, default=0.4, hidden=True, callback=seconds_option)
 @clean_errors
 def chat(home: str | None, user: str, timeout: float, quiet_period: float) -> None:
     """Talk to the default agent interactively (starts a host if none runs).
@@ -173,81 +180,66 @@ def chat(home: str | None, user: str, timeout: float, quiet_period: float) -> No
     Each input line is one message; replies print as "agent> …". With input from a pipe or
     file, the lines are sent as they are read and, at end of input, chat waits until every
     routed message has a reply (at most --timeout seconds), then exits (status 1 when some
-    reply did not come).
+    reply did not come, or some line was refused).
+    \b
+    A line that is not UTF-8, or over 512 KiB, is not sent: "[not sent: …]" says why.
+    When the host goes away (restarted, crashed), chat says so, reconnects (to the home's
+    host when it is back within 10 s, else to an embedded host) and sends again what was not
+    acknowledged; no message is lost and no reply is printed twice.
     """
+    check_user(user)
+    h = Home.resolve(home)
+    h.load_settings()
     _quiet_embedded_logs()
-    ok = asyncio.run(_chat(Home.resolve(home), user, timeout, quiet_period))
-    if not ok:
+    unanswered, refused = asyncio.run(_chat(h, user, timeout, quiet_period))
+    if refused:
+        raise click.ClickException(f"{refused} line(s) were not sent (see the [not sent] notes)")
+    if unanswered:
         raise click.ClickException(f"not every message was answered within {timeout:g} s")
 
 
-async def _chat(home: Home, user: str, timeout: float, quiet: float) -> bool:
-    from carapace.host.client import connect_or_embed, stop_embedded
-    from carapace.timefmt import new_id
+def _read_line() -> bytes | str:
+    stream = getattr(sys.stdin, "buffer", sys.stdin)
+    line: bytes | str = stream.readline()
+    return line
 
-    client, host = await connect_or_embed(home, "chat")
+
+async def _chat(home: Home, user: str, timeout: float, quiet: float) -> tuple[int, int]:
+    """(messages without a reply, lines refused)."""
+    from carapace.host.chat_client import ChatSession
+
+    session = ChatSession(home, user, click.echo)
+    await session.open()
     interactive = sys.stdin.isatty()
-    where = "embedded host" if host else "running host"
     if interactive:
-        click.echo(f"carapace chat ({where}, home {home.root}) — Ctrl-D to quit")
-    waiting: set[str] = set()  # sent, not yet answered (nor refused, nor held)
-    routed: list[str] = []  # acked as routed, in order
-    changed = asyncio.Event()
-
-    def answered(msg: dict[str, Any]) -> None:
-        # a turn answers a batch: the reply names the batch's first message, and the
-        # messages routed after it (before this reply) were in that batch too
-        first = next((i for i, e in enumerate(routed) if _owns(e, msg)), None)
-        if first is not None:
-            waiting.difference_update(routed[first:])
-
-    async def printer() -> None:
-        while True:
-            msg = await client.read()
-            if msg is None:
-                click.echo("[host went away]")
-                return
-            if msg.get("type") == "message":
-                click.echo(f"agent> {msg.get('text') or json.dumps(msg.get('content'))}")
-                answered(msg)
-            elif msg.get("type") == "ack" and msg.get("routed"):
-                routed.append(str(msg.get("id")))
-            elif msg.get("type") == "ack":
-                waiting.discard(str(msg.get("id")))
-                if msg.get("held"):
-                    click.echo(_held_note(msg["held"]))
-                else:
-                    click.echo(f"[not routed: {msg.get('dropped')}]")
-            changed.set()
-
-    task = asyncio.get_running_loop().create_task(printer())
+        click.echo(f"carapace chat ({session.where}, home {home.root}) — Ctrl-D to quit")
+    task = asyncio.get_running_loop().create_task(session.reader())
     try:
         while not task.done():
-            line = await asyncio.to_thread(sys.stdin.readline)
+            line = await asyncio.to_thread(_read_line)
             if not line:
                 break
-            if line.strip():
-                eid = new_id("cli")
-                waiting.add(eid)
-                await client.say(line.rstrip("\n"), user, eid)
+            session.line(line)
+            await session.flush()
         if interactive:
-            return True
+            return 0, session.refused
         deadline = time.monotonic() + timeout
-        while waiting and not task.done() and time.monotonic() < deadline:
-            changed.clear()
+        while session.waiting and not task.done() and time.monotonic() < deadline:
+            session.changed.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(changed.wait(), deadline - time.monotonic())
+                await asyncio.wait_for(session.changed.wait(), deadline - time.monotonic())
         while not task.done():  # let further replies to the last message arrive
-            changed.clear()
+            session.changed.clear()
             try:
-                await asyncio.wait_for(changed.wait(), quiet)
+                await asyncio.wait_for(session.changed.wait(), quiet)
             except TimeoutError:
                 break
-        return not waiting
+        return len(session.waiting), session.refused
     finally:
         task.cancel()
-        await client.close()
-        await stop_embedded(host)
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await session.close()
 
 
 @click.group()

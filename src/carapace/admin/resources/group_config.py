@@ -17,6 +17,20 @@ _JSON_COLUMNS = ("skills", "mcp_servers", "packages_apt", "packages_npm", "addit
 _NULLABLE = ("provider", "model", "effort", "image_tag", "assistant_name")
 
 
+def check_provider(name: Any, flag: str = "--provider") -> None:
+    """``ValidationError`` unless ``name`` is a provider the runner has (or empty: clear)."""
+    from carapace.runner.config import PROVIDER_ALIASES
+    from carapace.runner.providers import provider_names
+
+    if name is None or (isinstance(name, str) and not name.strip()):
+        return
+    key = str(name).strip().lower()
+    known = provider_names()
+    if PROVIDER_ALIASES.get(key, key) not in known:
+        names = ", ".join([*known, *PROVIDER_ALIASES])
+        raise ValidationError(f"{flag}: unknown provider {str(name)[:64]!r} (known: {names})")
+
+
 def config_dict(cfg: groups.ContainerConfig) -> dict[str, Any]:
     """The config row with its JSON columns decoded."""
     return {
@@ -64,6 +78,8 @@ def _update(ctx: AdminContext, args: dict[str, Any]) -> Any:
     ag, cfg = _config(ctx, args)
     keys = (*_NULLABLE, "max_messages_per_prompt", "cli_scope", "settings")
     changes = {k: args[k] for k in keys if k in args}
+    if "provider" in changes:
+        check_provider(changes["provider"])
     if "settings" in changes:
         changes["settings"] = _merged_settings(cfg, changes["settings"])
     if not changes:
