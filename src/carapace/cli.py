@@ -92,11 +92,33 @@ def seconds_option(ctx: click.Context, param: click.Parameter, value: Any) -> An
     return value
 
 
+class OneLineUsageError(click.ClickException):
+    """A usage error as one line (click's own prints the usage and a help hint first)."""
+
+    exit_code = 2
+
+    @classmethod
+    def of(cls, exc: click.UsageError) -> OneLineUsageError:
+        where = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+        return cls(one_line(exc.format_message()) + where)
+
+
 class LazyGroup(click.Group):
+    def make_context(
+        self, info_name: str | None, args: list[str], parent: click.Context | None = None,
+        **extra: Any,
+    ) -> click.Context:  # fmt: skip
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.UsageError as exc:
+            raise OneLineUsageError.of(exc)
+
     def invoke(self, ctx: click.Context) -> Any:
         """The one top-level guard: no traceback reaches the user (unless ``CARAPACE_DEBUG``)."""
         try:
             return super().invoke(ctx)
+        except click.UsageError as exc:
+            raise OneLineUsageError.of(exc)
         except (click.exceptions.ClickException, click.exceptions.Exit, click.Abort):
             raise
         except CarapaceError as exc:

@@ -50,8 +50,11 @@ def held_note(ids: list[Any]) -> str:
 
 
 class ChatSession:
-    def __init__(self, home: Home, user: str, echo: Echo) -> None:
+    def __init__(
+        self, home: Home, user: str, echo: Echo, *, reconnect_grace: float = RECONNECT_GRACE_S
+    ) -> None:
         self.home = home
+        self.reconnect_grace = reconnect_grace
         self.user = user
         self.echo = echo
         self.client: CliClient | None = None
@@ -177,7 +180,7 @@ class ChatSession:
             with contextlib.suppress(Exception):
                 await stop_embedded(self.host)
             self.host = None
-        deadline = time.monotonic() + RECONNECT_GRACE_S
+        deadline = time.monotonic() + self.reconnect_grace
         delay = 0.05
         while True:
             try:

@@ -172,8 +172,10 @@ async def _send(
 @click.option("--timeout", type=float, default=60.0, show_default=True, callback=seconds_option,
               help="Non-interactive input: seconds to wait for the replies after end of input.")  # fmt: skip
 @click.option("--quiet-period", type=float, default=0.4, hidden=True, callback=seconds_option)
+@click.option("--reconnect-grace", type=float, default=10.0, hidden=True, callback=seconds_option)
 @clean_errors
-def chat(home: str | None, user: str, timeout: float, quiet_period: float) -> None:
+def chat(home: str | None, user: str, timeout: float, quiet_period: float,
+         reconnect_grace: float) -> None:  # fmt: skip
     """Talk to the default agent interactively (starts a host if none runs).
 
     \b
@@ -191,7 +193,7 @@ def chat(home: str | None, user: str, timeout: float, quiet_period: float) -> No
     h = Home.resolve(home)
     h.load_settings()
     _quiet_embedded_logs()
-    unanswered, refused = asyncio.run(_chat(h, user, timeout, quiet_period))
+    unanswered, refused = asyncio.run(_chat(h, user, timeout, quiet_period, reconnect_grace))
     if refused:
         raise click.ClickException(f"{refused} line(s) were not sent (see the [not sent] notes)")
     if unanswered:
@@ -204,11 +206,13 @@ def _read_line() -> bytes | str:
     return line
 
 
-async def _chat(home: Home, user: str, timeout: float, quiet: float) -> tuple[int, int]:
+async def _chat(
+    home: Home, user: str, timeout: float, quiet: float, grace: float = 10.0
+) -> tuple[int, int]:
     """(messages without a reply, lines refused)."""
     from carapace.host.chat_client import ChatSession
 
-    session = ChatSession(home, user, click.echo)
+    session = ChatSession(home, user, click.echo, reconnect_grace=grace)
     await session.open()
     interactive = sys.stdin.isatty()
     if interactive:
