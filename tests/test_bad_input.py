@@ -186,7 +186,7 @@ bad_toml = st.one_of(
             b"runner_idle_exit_s = nan\n",
             b"runner_idle_exit_s = inf\n",
         ]
-    ),  # fmt: skip
+    ),
 )
 
 
