@@ -16,7 +16,6 @@ from typing import Any, Literal
 from carapace.config import Home
 from carapace.db.migrations import MIGRATIONS
 from carapace.errors import CarapaceError, ValidationError
-from carapace.host.outbox_reader import OutboxRefused, read_max_seq_checked
 from carapace.jsonutil import loads_or
 from carapace.migrate.mapping import KNOWN_CHANNELS
 from carapace.perms import wide_entries
@@ -82,12 +81,6 @@ def open_readonly(path: Path) -> sqlite3.Connection:
     wal = Path(f"{path}-wal")
     uri = f"file:{p}?mode=ro" if wal.exists() else f"file:{p}?mode=ro&immutable=1"
     conn = sqlite3.connect(uri, uri=True)
-    conn.row_factory = sqlite3.Row
-    return conn
-
-
-def _open_ro(path: Path) -> sqlite3.Connection:
-    conn = sqlite3.connect(f"file:{path.resolve().as_posix()}?mode=ro", uri=True)
     conn.row_factory = sqlite3.Row
     return conn
 
@@ -347,25 +340,36 @@ def _sessions(home: Home, conn: sqlite3.Connection, rep: DoctorReport) -> None:
             level: Level = "warning" if s["status"] == "active" else "info"
             rep.add(level, "no-session-folder", subject, f"{folder} is missing")
             continue
-        for name, table in (("inbound.db", "messages_in"), ("outbound.db", "messages_out")):
-            path = folder / name
-            if not path.exists():
-                rep.add("warning", "no-session-db", subject, f"{name} is missing")
-                continue
-            if name == "outbound.db":  # the agent's file: schema-checked, bounded work
-                try:
-                    read_max_seq_checked(path)
-                except (OSError, OutboxRefused) as exc:
-                    rep.add("error", "session-db-unreadable", subject, f"{name}: {exc}")
-                continue
-            try:
-                db = _open_ro(path)
-                try:
-                    db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()
-                finally:
-                    db.close()
-            except sqlite3.Error as exc:
-                rep.add("error", "session-db-unreadable", subject, f"{name}: {exc}")
+        for name in ("inbound.db", "outbound.db"):
+            _session_db(folder / name, subject, rep)
+
+
+def _session_db(path: Path, subject: str, rep: DoctorReport) -> None:
+    """A session DB that is missing, unreadable, truncated or corrupted is reported; the file
+    is not trusted (``host/db_check.py``: read-only, bounded, outbound.db schema-checked)."""
+    from carapace.host.db_check import Unchecked, session_db_problem
+
+    name = path.name
+    if not path.exists() and not path.is_symlink():
+        rep.add("warning", "no-session-db", subject, f"{name} is missing")
+        return
+    try:
+        problem = session_db_problem(path)
+    except Unchecked as exc:
+        rep.add("warning", "session-db-unchecked", subject, f"{name}: not checked: {exc}")
+        return
+    except OSError as exc:
+        rep.add("error", "session-db-unreadable", subject, f"{name}: {exc.strerror or exc}")
+        return
+    if problem is None:
+        return
+    code = "session-db-corrupt" if _is_damage(problem) else "session-db-unreadable"
+    rep.add("error", code, subject, f"{name}: {problem}")
+
+
+def _is_damage(problem: str) -> bool:
+    words = ("truncated", "malformed", "integrity check", "corrupt")
+    return any(w in problem for w in words)
 
 
 MAX_MODE_FINDINGS = 20
