@@ -104,3 +104,18 @@ def test_a_hostile_outbound_schema_is_refused(v2: Path) -> None:
     conn.close()
     [(level, code, message)] = session_findings(v2.parents[3])
     assert (level, code) == ("error", "session-db-unreadable") and "view" in message
+
+
+def test_an_empty_or_truncated_central_db_is_an_error(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    assert CliRunner().invoke(main, ["init", "--home", str(home)]).exit_code == 0
+    central = home / "data" / "v2.db"
+    data = central.read_bytes()
+    central.write_bytes(data[: len(data) - 4096])
+    codes = {f.code: f.level for f in diagnose(Home(home)).findings}
+    assert codes.get("central-db-corrupt") == "error", codes
+    central.write_bytes(b"")
+    before = files_hash(home)
+    res = CliRunner().invoke(main, ["doctor", "--home", str(home)])
+    assert res.exit_code == 1 and "central-db-empty" in res.output, res.output
+    assert files_hash(home) == before

@@ -106,7 +106,9 @@ def session_db_problem(path: Path, *, budget_s: float = CHECK_BUDGET_S) -> str |
     except safefs.UnsafePathError as exc:
         return f"refused: {exc}"
     if problem is not None:
-        return problem
+        problem = _confirmed(path, problem, budget_s)
+        if problem is not None:
+            return problem
     if path.name == "outbound.db":
         try:
             with open_checked(path, budget_s=budget_s) as conn:
@@ -132,3 +134,15 @@ def session_db_problem(path: Path, *, budget_s: float = CHECK_BUDGET_S) -> str |
         return str(exc)
     except sqlite3.DatabaseError as exc:
         return str(exc)
+
+
+def _confirmed(path: Path, problem: str, budget_s: float) -> str | None:
+    """Judge the header again while holding a read lock: a writer in the middle of a commit
+    can leave the header ahead of the file for a moment; under the lock no commit runs."""
+    try:
+        with _open_inbound(path, budget_s) as conn:
+            conn.execute("BEGIN")
+            conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+            return header_problem(path)
+    except (sqlite3.Error, OSError, safefs.UnsafePathError):
+        return problem  # unreadable as well: the header's verdict stands

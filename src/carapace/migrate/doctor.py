@@ -95,6 +95,8 @@ def diagnose(home: Home) -> DoctorReport:
     if not home.central_db.exists():
         rep.add("error", "no-central-db", str(home.central_db), "missing; run `carapace init`")
         return rep
+    if not _central_whole(home, rep):
+        return rep
     try:
         conn = open_readonly(home.central_db)
         conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
@@ -113,6 +115,30 @@ def diagnose(home: Home) -> DoctorReport:
     ops_checks(home, rep)
     _nanoclaw_rewrites(home, rep)
     return rep
+
+
+def _central_whole(home: Home, rep: DoctorReport) -> bool:
+    """An empty or truncated ``v2.db`` is reported (and nothing else is read from it)."""
+    from carapace.host.db_check import header_problem
+
+    subject = str(home.central_db)
+    try:
+        size = home.central_db.stat().st_size
+        problem = header_problem(home.central_db)
+    except (OSError, CarapaceError) as exc:
+        rep.add("error", "central-db-unreadable", subject, str(exc))
+        return False
+    if size == 0:
+        rep.add("error", "central-db-empty", subject,
+                "0 bytes (truncated?): `carapace run` refuses it; restore it from a backup "
+                "(`carapace restore`), or move it away to start a new home")  # fmt: skip
+        return False
+    if problem is not None and not Path(f"{home.central_db}-wal").exists():
+        # (with a -wal a host runs: a checkpoint may be growing the file right now)
+        rep.add("error", "central-db-corrupt", subject,
+                f"{problem}; restore it from a backup (`carapace restore`)")  # fmt: skip
+        return False
+    return True
 
 
 MIN_FREE_BYTES = 16 * 1024 * 1024
