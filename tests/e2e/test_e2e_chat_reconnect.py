@@ -84,3 +84,28 @@ def test_chat_reconnects_after_host_restarts_and_crashes(e2e: E2E) -> None:
     for text in ("one", "two", "three"):
         assert sum(f'"text":"{text}"' in t for t in texts) == 1, texts
     e2e.stop_host()
+
+
+def test_chat_refuses_bad_lines_and_goes_on(e2e: E2E) -> None:
+    """Not UTF-8, over 512 KiB (a 10 MB line used to vanish silently): one note each, the
+    good lines are answered, the exit status says lines were refused."""
+    e2e.start_host()
+    stdin = b"first\n\xff\xfe broken\n" + b"y" * (10 * 1024 * 1024) + b"\nsecond\n"
+    res = subprocess.run(
+        [*CARAPACE, "chat", "--home", str(e2e.home), "--timeout", "60"],
+        input=stdin, capture_output=True, timeout=120,
+    )  # fmt: skip
+    out = res.stdout.decode()
+    err = [line for line in res.stderr.decode().splitlines() if line.strip()]
+    assert res.returncode == 1 and err == [
+        "Error: 2 line(s) were not sent (see the [not sent] notes)"
+    ], (out, err)
+    assert "[not sent: the line is not valid UTF-8]" in out
+    assert (
+        "[not sent: the message is 10,485,760 bytes; one message may carry at most 512 KiB]" in out
+    )
+    assert "agent> " in out  # one turn may answer both good lines (a batch)
+    [d] = e2e.sessions()
+    texts = [r[0] for r in rows(d / "inbound.db", "SELECT content FROM messages_in")]
+    assert len(texts) == 2 and '"first"' in texts[0] and '"second"' in texts[1]
+    e2e.stop_host()
