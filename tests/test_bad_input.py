@@ -262,3 +262,57 @@ def test_unexpected_errors_are_one_line_unless_debugging(
     ]
     res = CliRunner().invoke(main, ["doctor", "--home", str(tmp_path)], env={"CARAPACE_DEBUG": "1"})
     assert isinstance(res.exception, RuntimeError)
+
+
+# --- every admin verb, junk in every option -----------------------------------------------
+
+JUNK = [
+    "", " ", "\ud800x", "9" * 25, "-1", "0", "1e999", "null", "[]", "{}", '{"a": 1e999}',
+    '{"max_tokens": 99999999999999999999999}', "main", "../../etc", "x" * 5000, "\x00",
+    "true", "nan", '[1, 2, "x"]', '{"bash": "allowed", "limits": {"memory_mb": 1e30}}',
+    "* * * * *", "99 99 99 99 99", "2026-13-45T99:99", "cli:local", "tg:1", "owner",
+]  # fmt: skip
+
+
+def _admin_commands() -> list[tuple[str, tuple[str, ...]]]:
+    from carapace.admin.registry import commands
+
+    return [
+        (res.command(verb), tuple(o.flag for o in verb.options))
+        for res, verb in commands().values()
+    ]
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(data=st.data())
+def test_every_admin_verb_survives_junk(
+    tmp_path_factory: pytest.TempPathFactory, data: st.DataObject
+) -> None:
+    home = _fuzz_home(tmp_path_factory)
+    command, flags = data.draw(st.sampled_from(_admin_commands()))
+    words = [command]
+    for flag in flags:
+        if data.draw(st.booleans()):
+            words += [flag, data.draw(st.one_of(st.sampled_from(JUNK), st.text(max_size=12)))]
+    before = home_hash(home)
+    res = CliRunner().invoke(
+        main, ["admin", "--home", str(home), *words], env={"CARAPACE_DEBUG": ""}
+    )
+    assert res.exception is None or isinstance(res.exception, SystemExit), (words, res.exception)
+    assert "Traceback" not in res.output and "internal error" not in res.output, res.output
+    assert res.exit_code in (0, 1, 2)
+    if res.exit_code != 0:
+        assert home_hash(home) == before, (words, res.output[-300:])
+
+
+_FUZZ_HOME: list[Path] = []
+
+
+def _fuzz_home(factory: pytest.TempPathFactory) -> Path:
+    if not _FUZZ_HOME:
+        root = factory.mktemp("admin-fuzz") / "home"
+        assert CliRunner().invoke(main, ["init", "--home", str(root)]).exit_code == 0
+        _FUZZ_HOME.append(root)
+    return _FUZZ_HOME[0]
