@@ -27,6 +27,7 @@ from typing import Any
 
 from carapace.config import Home
 from carapace.errors import CarapaceError
+from carapace.host.admin_server import AdminDispatch
 from carapace.host.client import CliClient, check_message, connect_or_embed, stop_embedded
 from carapace.host.host import Host
 from carapace.timefmt import new_id
@@ -51,9 +52,11 @@ def held_note(ids: list[Any]) -> str:
 
 class ChatSession:
     def __init__(
-        self, home: Home, user: str, echo: Echo, *, reconnect_grace: float = RECONNECT_GRACE_S
-    ) -> None:
+        self, home: Home, user: str, echo: Echo, *, reconnect_grace: float = RECONNECT_GRACE_S,
+        admin: AdminDispatch | None = None,
+    ) -> None:  # fmt: skip
         self.home = home
+        self.admin = admin  # the embedded host's admin dispatcher (commands floor)
         self.reconnect_grace = reconnect_grace
         self.user = user
         self.echo = echo
@@ -72,7 +75,7 @@ class ChatSession:
         self._sent_on_this_connection: set[str] = set()
 
     async def open(self) -> None:
-        self.client, self.host = await connect_or_embed(self.home, "chat")
+        self.client, self.host = await connect_or_embed(self.home, "chat", admin=self.admin)
         self.connected.set()
 
     @property
@@ -187,7 +190,9 @@ class ChatSession:
                 if time.monotonic() < deadline:
                     self.client = await CliClient.connect(self.home, "chat")
                 else:
-                    self.client, self.host = await connect_or_embed(self.home, "chat")
+                    self.client, self.host = await connect_or_embed(
+                        self.home, "chat", admin=self.admin
+                    )
                 break
             except (OSError, CarapaceError) as exc:
                 logger.debug("reconnect: %s", exc)

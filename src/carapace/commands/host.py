@@ -10,7 +10,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -19,7 +19,17 @@ from carapace.config import Home
 from carapace.host.client import check_message, check_user
 from carapace.limits import mechanism as limits_mechanism
 
+if TYPE_CHECKING:
+    from carapace.host.admin_server import AdminDispatch
+
 logger = logging.getLogger(__name__)
+
+
+def admin_dispatch() -> AdminDispatch:
+    """The admin verbs for the host this command builds (the admin floor sits above it)."""
+    from carapace.admin.dispatch import dispatch
+
+    return dispatch
 
 
 def _quiet_embedded_logs() -> None:
@@ -49,7 +59,7 @@ def run(home: str | None) -> None:
 async def _run(home: Home) -> None:
     from carapace.host.client import build_host
 
-    host = build_host(home)
+    host = build_host(home, admin=admin_dispatch())
     from carapace.ops.runtime import start_metrics
 
     metrics = start_metrics(host)
@@ -127,7 +137,7 @@ async def _send(
 ) -> None:  # fmt: skip
     from carapace.host.client import connect_or_embed, stop_embedded
 
-    client, host = await connect_or_embed(home, "send")
+    client, host = await connect_or_embed(home, "send", admin=admin_dispatch())
     answered = acked = False
     try:
         eid = await client.say(text, user)
@@ -212,7 +222,7 @@ async def _chat(
     """(messages without a reply, lines refused)."""
     from carapace.host.chat_client import ChatSession
 
-    session = ChatSession(home, user, click.echo, reconnect_grace=grace)
+    session = ChatSession(home, user, click.echo, reconnect_grace=grace, admin=admin_dispatch())
     await session.open()
     interactive = sys.stdin.isatty()
     if interactive:
