@@ -158,15 +158,35 @@ def test_unusable_home(home: Path, tmp_path: Path, kind: str, command: list[str]
     assert afile.read_bytes() == before
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any folder")
-def test_unreadable_home(tmp_path: Path) -> None:
-    locked = tmp_path / "locked"
+def test_unreadable_home() -> None:
+    """A home the user cannot read: one line, exit 1 (as root: run as nobody via setpriv)."""
+    import shutil
+    import tempfile
+
+    base = Path(tempfile.mkdtemp(prefix="carapace-locked-"))  # tmp_path's parents are 0700
+    base.chmod(0o755)
+    locked = base / "locked"
     locked.mkdir(mode=0)
+    prefix: list[str] = []
+    if os.geteuid() == 0:
+        setpriv = shutil.which("setpriv")
+        assert setpriv is not None, "setpriv (util-linux) is needed to test as another user"
+        prefix = [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups"]
+        probe = subprocess.run([*prefix, *CARAPACE, "--version"], capture_output=True, cwd="/")
+        if probe.returncode != 0:  # e.g. a checkout under /root: nobody cannot run it
+            pytest.skip("root reads every folder, and user nobody cannot run this checkout")
     try:
-        res = CliRunner().invoke(main, ["doctor", "--home", str(locked)])
-        assert res.exit_code == 1 and "permission denied" in res.stderr
+        for command in (["doctor"], ["send", "hi"], ["admin", "groups", "list"]):
+            res = subprocess.run(
+                [*prefix, *CARAPACE, command[0], "--home", str(locked), *command[1:]],
+                capture_output=True, text=True, timeout=60, cwd="/",
+            )  # fmt: skip
+            err = [line for line in res.stderr.splitlines() if line.strip()]
+            assert res.returncode == 1 and len(err) == 1, (command, res.stderr)
+            assert "permission denied (not readable)" in err[0], err
     finally:
         locked.chmod(0o700)
+        shutil.rmtree(base)
 
 
 # --- carapace.toml --------------------------------------------------------------------------
