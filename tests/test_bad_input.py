@@ -80,7 +80,7 @@ huge_int = st.one_of(st.integers(min_value=2**63), st.integers(max_value=-(2**63
 @SETTINGS
 @given(text=bad_text)
 def test_send_refuses_bad_messages(home: Path, text: str) -> None:
-    line = check_refused(home, ["send", "--home", str(home), "--timeout", "1", text])
+    line = check_refused(home, ["send", "--home", str(home), "--timeout", "1", "--", text])
     assert "message" in line
 
 
