@@ -205,6 +205,10 @@ bad_toml = st.one_of(
             b"[x\n",
             b"runner_idle_exit_s = nan\n",
             b"runner_idle_exit_s = inf\n",
+            b'timezone = "Mars/Olympus"\n',
+            b'timezone = ""\n',
+            b'default_provider = "bogus"\n',
+            b'runner_backend = "bogus"\n',
         ]
     ),
 )

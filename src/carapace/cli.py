@@ -172,7 +172,11 @@ def init(home: str | None, as_json: bool) -> None:
     """Create the home, run migrations and (first time only) the default agent."""
     from carapace.bootstrap import init_home
 
-    report = init_home(Home.resolve(home))
+    from carapace.host.client import preflight
+
+    h = Home.resolve(home)
+    preflight(h)  # what the host would refuse in carapace.toml, refused now
+    report = init_home(h)
     if as_json:
         click.echo(
             json.dumps(

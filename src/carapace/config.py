@@ -21,6 +21,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from carapace.errors import ConfigError
 
@@ -142,6 +143,7 @@ class Home:
 _INT_KEYS = {"max_runners": 1, "max_tries": 1}
 _SECONDS_KEYS = {"runner_idle_exit_s", "approval_ttl_s", "deny_ttl_s"}
 _STR_KEYS = {"timezone", "runner_backend", "bwrap", "default_provider"}
+RUNNER_BACKENDS = ("auto", "bwrap", "subprocess")  # sandbox.bwrap.BACKENDS and "auto"
 
 
 def _check_setting(path: Path, key: str, value: Any) -> None:
@@ -159,3 +161,12 @@ def _check_setting(path: Path, key: str, value: Any) -> None:
             raise ConfigError(f"{where} must be between 0 and 10 years in seconds, not {value}")
     elif key in _STR_KEYS and not isinstance(value, str):
         raise ConfigError(f"{where} must be a string, not {value!r}")
+    elif key == "runner_backend" and value.strip().lower() not in RUNNER_BACKENDS:
+        raise ConfigError(
+            f"{where} must be one of {', '.join(RUNNER_BACKENDS)}, not {value[:64]!r}"
+        )
+    elif key == "timezone":
+        try:
+            ZoneInfo(value)
+        except (ValueError, OSError, ZoneInfoNotFoundError):
+            raise ConfigError(f"{where} is not a known time zone: {value[:64]!r}")

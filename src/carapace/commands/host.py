@@ -16,7 +16,7 @@ import click
 
 from carapace.cli import clean_errors, home_option, seconds_option
 from carapace.config import Home
-from carapace.host.client import check_message, check_user
+from carapace.host.client import check_message, check_user, preflight
 from carapace.limits import mechanism as limits_mechanism
 
 if TYPE_CHECKING:
@@ -45,6 +45,7 @@ def run(home: str | None) -> None:
     from carapace.bootstrap import init_home
 
     h = Home.resolve(home)
+    preflight(h)  # a bad carapace.toml is refused before the home is touched
     report = init_home(h)
     for line in report.created:
         click.echo(f"created {line}", err=True)
@@ -116,7 +117,7 @@ def send(home: str | None, user: str, timeout: float, quiet_period: float, as_js
     check_message(text)
     check_user(user)
     h = Home.resolve(home)
-    h.load_settings()
+    preflight(h)
     _quiet_embedded_logs()
 
     def show(msg: dict[str, Any]) -> None:
@@ -201,7 +202,7 @@ def chat(home: str | None, user: str, timeout: float, quiet_period: float,
     """
     check_user(user)
     h = Home.resolve(home)
-    h.load_settings()
+    preflight(h)
     _quiet_embedded_logs()
     unanswered, refused = asyncio.run(_chat(h, user, timeout, quiet_period, reconnect_grace))
     if refused:

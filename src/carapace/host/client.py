@@ -12,8 +12,8 @@ from typing import Any
 
 from carapace.bootstrap import init_home
 from carapace.channels.cli import CliChannel
-from carapace.config import Home
-from carapace.errors import ValidationError
+from carapace.config import Home, Settings
+from carapace.errors import ConfigError, ValidationError
 from carapace.host.admin_server import AdminDispatch
 from carapace.host.host import Host, HostRunning
 from carapace.jsonutil import dumps
@@ -60,7 +60,36 @@ def check_user(user: str) -> str:
 def build_host(home: Home, *, admin: AdminDispatch | None = None) -> Host:
     """The host ``carapace run`` starts: the CLI channel on ``data/cli.sock``; ``admin`` is
     the admin verbs' dispatcher (the commands floor passes ``carapace.admin.dispatch``)."""
-    return Host(home, channels=[CliChannel(home.cli_socket)], admin=admin)
+    settings = home.load_settings()
+    check_default_provider(settings.default_provider)
+    return Host(home, settings=settings, channels=[CliChannel(home.cli_socket)], admin=admin)
+
+
+def preflight(home: Home) -> Settings:
+    """The checks a host start makes on carapace.toml, made before anything is written:
+    a bad setting, an unknown ``default_provider``, an unusable requested runner backend."""
+    from carapace.sandbox.bwrap import resolve_backend
+
+    settings = home.load_settings()
+    check_default_provider(settings.default_provider)
+    resolve_backend(settings.runner_backend, settings.bwrap)
+    return settings
+
+
+def check_default_provider(name: str | None) -> None:
+    """``ConfigError`` when carapace.toml's ``default_provider`` names no known provider."""
+    from carapace.runner.config import PROVIDER_ALIASES
+    from carapace.runner.providers import provider_names
+
+    if not name:
+        return
+    key = name.strip().lower()
+    if PROVIDER_ALIASES.get(key, key) not in provider_names():
+        known = ", ".join([*provider_names(), *PROVIDER_ALIASES])
+        raise ConfigError(
+            f"carapace.toml: default_provider {name[:64]!r} is not a known provider "
+            f"(known: {known})"
+        )
 
 
 @dataclass

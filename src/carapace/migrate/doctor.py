@@ -281,8 +281,11 @@ def _sandbox_backend(home: Home, rep: DoctorReport) -> str:
     """The host's runner backend as ``carapace run`` would resolve it (docs/sandbox.md)."""
     from carapace.sandbox.bwrap import resolve_backend
 
+    from carapace.host.client import check_default_provider
+
     try:
         settings = home.load_settings()
+        check_default_provider(settings.default_provider)
     except CarapaceError as exc:
         rep.add("error", "bad-config", str(home.config_file), str(exc))
         return "subprocess"
