@@ -171,7 +171,6 @@ def main(verbose: int) -> None:
 def init(home: str | None, as_json: bool) -> None:
     """Create the home, run migrations and (first time only) the default agent."""
     from carapace.bootstrap import init_home
-
     from carapace.host.client import preflight
 
     h = Home.resolve(home)

@@ -279,9 +279,8 @@ def _groups(home: Home, conn: sqlite3.Connection, rep: DoctorReport) -> None:
 
 def _sandbox_backend(home: Home, rep: DoctorReport) -> str:
     """The host's runner backend as ``carapace run`` would resolve it (docs/sandbox.md)."""
-    from carapace.sandbox.bwrap import resolve_backend
-
     from carapace.host.client import check_default_provider
+    from carapace.sandbox.bwrap import resolve_backend
 
     try:
         settings = home.load_settings()
