@@ -123,6 +123,8 @@ class LazyGroup(click.Group):
             raise
         except CarapaceError as exc:
             raise click.ClickException(one_line(f"{exc} [{exc.code}]"))
+        except BrokenPipeError:
+            raise  # the reader went away (``| head``): click ends quietly
         except Exception as exc:
             if debug_enabled():
                 raise
