@@ -245,6 +245,15 @@ def test_doctor_reports_a_bad_config_without_changing_anything(home: Path) -> No
 
 
 @pytest.mark.parametrize(
+    "args",
+    [["bench", "proxy", "--n", "0"], ["bench", "roundtrip", "--n", "-5"],
+     ["bench", "proxy", "--n", "9" * 25]],
+)  # fmt: skip
+def test_bench_counts_are_bounded(home: Path, args: list[str]) -> None:
+    check_refused(home, args)
+
+
+@pytest.mark.parametrize(
     "argv",
     [
         [b"send", b"\xff\xfe not utf-8"],

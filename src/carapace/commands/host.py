@@ -263,7 +263,14 @@ def bench() -> None:
 
 
 @bench.command("proxy")
-@click.option("--n", "n", type=int, default=300, show_default=True, help="Calls each way.")
+@click.option(
+    "--n",
+    "n",
+    type=click.IntRange(1, 100_000),
+    default=300,
+    show_default=True,
+    help="Calls each way.",
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object.")
 @click.option("--write-docs", is_flag=True, help="Update the section in docs/benchmarks.md.")
 @clean_errors
@@ -280,7 +287,14 @@ def proxy_bench(n: int, as_json: bool, write_docs: bool) -> None:
 
 @bench.command("roundtrip")
 @home_option
-@click.option("--n", "n", type=int, default=50, show_default=True, help="Warm round trips.")
+@click.option(
+    "--n",
+    "n",
+    type=click.IntRange(1, 100_000),
+    default=50,
+    show_default=True,
+    help="Warm round trips.",
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object.")
 @click.option("--write-docs", is_flag=True, help="Write docs/benchmarks.md.")
 @clean_errors
