@@ -236,9 +236,16 @@ async def _chat(
                 break
             session.line(line)
             await session.flush()
-        if interactive:
-            return 0, session.refused
         deadline = time.monotonic() + timeout
+        if interactive:  # replies may come later (to the next client); unsent lines may not
+            if session.unacked:
+                click.echo(f"[{len(session.unacked)} message(s) not yet taken by the host; "
+                           f"waiting up to {timeout:g} s]")  # fmt: skip
+            while session.unacked and not task.done() and time.monotonic() < deadline:
+                session.changed.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(session.changed.wait(), deadline - time.monotonic())
+            return len(session.unacked), session.refused
         while session.waiting and not task.done() and time.monotonic() < deadline:
             session.changed.clear()
             with contextlib.suppress(TimeoutError):
