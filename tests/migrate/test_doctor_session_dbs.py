@@ -119,3 +119,14 @@ def test_an_empty_or_truncated_central_db_is_an_error(tmp_path: Path) -> None:
     res = CliRunner().invoke(main, ["doctor", "--home", str(home)])
     assert res.exit_code == 1 and "central-db-empty" in res.output, res.output
     assert files_hash(home) == before
+
+
+def test_failed_messages_are_a_warning(v2: Path) -> None:
+    conn = sqlite3.connect(v2 / "inbound.db")
+    conn.execute("UPDATE messages_in SET status='failed' WHERE rowid IN "
+                 "(SELECT rowid FROM messages_in LIMIT 2)")  # fmt: skip
+    conn.commit()
+    conn.close()
+    found = [(f.level, f.code, f.message) for f in diagnose(Home(v2.parents[3])).findings
+             if f.code == "failed-messages"]  # fmt: skip
+    assert found and found[0][0] == "warning" and found[0][2].startswith("2 message(s)")

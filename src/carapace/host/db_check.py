@@ -146,3 +146,13 @@ def _confirmed(path: Path, problem: str, budget_s: float) -> str | None:
             return header_problem(path)
     except (sqlite3.Error, OSError, safefs.UnsafePathError):
         return problem  # unreadable as well: the header's verdict stands
+
+
+def failed_messages(path: Path, *, budget_s: float = CHECK_BUDGET_S) -> int:
+    """How many ``messages_in`` rows of an ``inbound.db`` ended ``failed`` (0 if unreadable)."""
+    try:
+        with _open_inbound(path, budget_s) as conn:
+            row = conn.execute("SELECT COUNT(*) FROM messages_in WHERE status='failed'")
+            return int(row.fetchone()[0])
+    except (sqlite3.Error, OSError, TypeError, ValueError):
+        return 0

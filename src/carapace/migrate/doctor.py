@@ -375,7 +375,7 @@ def _sessions(home: Home, conn: sqlite3.Connection, rep: DoctorReport) -> None:
 def _session_db(path: Path, subject: str, rep: DoctorReport) -> None:
     """A session DB that is missing, unreadable, truncated or corrupted is reported; the file
     is not trusted (``host/db_check.py``: read-only, bounded, outbound.db schema-checked)."""
-    from carapace.host.db_check import Unchecked, session_db_problem
+    from carapace.host.db_check import Unchecked, failed_messages, session_db_problem
 
     name = path.name
     if not path.exists() and not path.is_symlink():
@@ -390,6 +390,11 @@ def _session_db(path: Path, subject: str, rep: DoctorReport) -> None:
         rep.add("error", "session-db-unreadable", subject, f"{name}: {exc.strerror or exc}")
         return
     if problem is None:
+        failed = failed_messages(path) if name == "inbound.db" else 0
+        if failed:
+            rep.add("warning", "failed-messages", subject,
+                    f"{failed} message(s) ended failed (the runner gave up on them, or "
+                    "crashed on them max_tries times); they are not retried")  # fmt: skip
         return
     code = "session-db-corrupt" if _is_damage(problem) else "session-db-unreadable"
     rep.add("error", code, subject, f"{name}: {problem}")
