@@ -162,9 +162,8 @@ def _check_setting(path: Path, key: str, value: Any) -> None:
     elif key in _STR_KEYS and not isinstance(value, str):
         raise ConfigError(f"{where} must be a string, not {value!r}")
     elif key == "runner_backend" and value.strip().lower() not in RUNNER_BACKENDS:
-        raise ConfigError(
-            f"{where} must be one of {', '.join(RUNNER_BACKENDS)}, not {value[:64]!r}"
-        )
+        known = ", ".join(RUNNER_BACKENDS)
+        raise ConfigError(f"{where}: unknown runner backend {value[:64]!r} (known: {known})")
     elif key == "timezone":
         try:
             ZoneInfo(value)
