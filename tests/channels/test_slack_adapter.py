@@ -7,12 +7,13 @@ import base64
 import json
 
 import pytest
-from .slack_helpers import Recorder, run, slack_world
 
 from carapace.channels.base import ButtonClick, OutboundFile, OutboundMessage
 from carapace.channels.slack import SlackChannel, SlackError, verify
 from carapace.errors import DeliveryError
 from carapace.testing.fake_slack import FakeSlack
+
+from .slack_helpers import Recorder, run, slack_world
 
 
 def _content(ev: object) -> dict[str, object]:
@@ -45,7 +46,9 @@ def test_dm_channel_thread_and_mention_ids_as_nanoclaw() -> None:
             assert [e.message.id for e in rec.events].count(ts) == 1
             assert rec.events[-1].message.is_mention is True
             # the bot answers in the thread; a reply there is a reply to the bot
-            await adapter.deliver("slack:C1", f"slack:C1:{ts}", OutboundMessage("chat", {"text": "hi"}))
+            await adapter.deliver(
+                "slack:C1", f"slack:C1:{ts}", OutboundMessage("chat", {"text": "hi"})
+            )
             [bot_msg] = slack.bot_messages("C1")
             assert bot_msg.thread_ts == ts
             reply = await slack.user_says("C1", "U2", "thanks", thread_ts=bot_msg.ts)
@@ -62,7 +65,7 @@ def test_dm_channel_thread_and_mention_ids_as_nanoclaw() -> None:
 
 def test_bot_and_system_messages_are_not_routed_but_acked() -> None:
     async def go() -> None:
-        async with slack_world() as (slack, adapter, rec):
+        async with slack_world() as (slack, _adapter, rec):
             eid = await slack.send_event({"type": "message", "subtype": "channel_join",
                                           "channel": "C1", "user": "U2", "ts": "1.000001"})  # fmt: skip
             eid2 = await slack.send_event({"type": "message", "channel": "C1", "user": "UBOT",
@@ -96,7 +99,7 @@ def test_edit_is_a_new_event_naming_the_original() -> None:
 
 def test_files_downloaded_with_a_cap_and_only_from_slack() -> None:
     async def go() -> None:
-        async with slack_world(max_file_bytes=1000) as (slack, adapter, rec):
+        async with slack_world(max_file_bytes=1000) as (slack, _adapter, rec):
             dm = slack.dm_of("U1")
             small = slack.share_file("notes.txt", b"a" * 600, "text/plain")
             big = slack.share_file("big.bin", b"b" * 5000)
@@ -108,7 +111,9 @@ def test_files_downloaded_with_a_cap_and_only_from_slack() -> None:
             await slack.wait_acked(ts)
             atts = _content(rec.events[-1])["attachments"]
             assert isinstance(atts, list) and len(atts) == 4
-            assert base64.b64decode(atts[0]["data"]) == b"a" * 600 and atts[0]["name"] == "notes.txt"
+            assert (
+                base64.b64decode(atts[0]["data"]) == b"a" * 600 and atts[0]["name"] == "notes.txt"
+            )
             assert "data" not in atts[1] and "limit" in atts[1]["note"]
             assert "data" not in atts[2] and "limit" in atts[2]["note"]
             assert "data" not in atts[3] and "file host" in atts[3]["note"]
@@ -120,7 +125,7 @@ def test_files_downloaded_with_a_cap_and_only_from_slack() -> None:
 
 def test_router_failure_leaves_the_envelope_for_redelivery_after_reconnect() -> None:
     async def go() -> None:
-        async with slack_world() as (slack, adapter, rec):
+        async with slack_world() as (slack, _adapter, rec):
             dm = slack.dm_of("U1")
             rec.fail = 1
             ts = await slack.user_says(dm, "U1", "do not lose me")
@@ -142,7 +147,7 @@ def test_router_failure_leaves_the_envelope_for_redelivery_after_reconnect() -> 
 
 def test_outbound_mrkdwn_escaped_and_split() -> None:
     async def go() -> None:
-        async with slack_world() as (slack, adapter, rec):
+        async with slack_world() as (slack, adapter, _rec):
             text = "**Bold** and _it_ <!channel> <@U1> a&b [site](https://e.com/?a=1&b=2)"
             pm = await adapter.deliver("slack:C1", None, OutboundMessage("chat", {"text": text}))
             [m] = slack.bot_messages("C1")
@@ -201,7 +206,7 @@ def test_edit_files_and_question_buttons() -> None:
 
 def test_rate_limit_retry_after_is_honoured() -> None:
     async def go() -> None:
-        async with slack_world() as (slack, adapter, rec):
+        async with slack_world() as (slack, adapter, _rec):
             slack.rate_limit("chat.postMessage", retry_after=1)
             await adapter.deliver("slack:C1", None, OutboundMessage("chat", {"text": "wait"}))
             limited, ok = slack.calls_of("chat.postMessage")
@@ -217,7 +222,7 @@ def test_rate_limit_retry_after_is_honoured() -> None:
 
 def test_unreachable_chat_is_a_permanent_failure() -> None:
     async def go() -> None:
-        async with slack_world() as (slack, adapter, rec):
+        async with slack_world() as (slack, adapter, _rec):
             slack.archive("C1")
             with pytest.raises(DeliveryError) as err:
                 await adapter.deliver("slack:C1", None, OutboundMessage("chat", {"text": "x"}))
@@ -231,7 +236,7 @@ def test_unreachable_chat_is_a_permanent_failure() -> None:
 
 def test_open_dm_and_verify() -> None:
     async def go() -> None:
-        async with slack_world() as (slack, adapter, rec):
+        async with slack_world() as (slack, adapter, _rec):
             assert await adapter.open_dm("slack:U2") == "slack:D2"
             secrets = {"SLACK_BOT_TOKEN": slack.bot_token, "SLACK_APP_TOKEN": slack.app_token}
             assert await verify(secrets, base_url=slack.api_url) == "@carapace (Fake Team)"

@@ -208,7 +208,7 @@ class SlackChannel:
                 self.client.apps_connections_open(app_token=self.app_token), self.connect_timeout
             )
             self.handler.client.wss_uri = str(opened["url"])
-            await asyncio.wait_for(self.handler.connect_async(), self.connect_timeout)
+            await asyncio.wait_for(self.handler.connect_async(), self.connect_timeout)  # type: ignore[no-untyped-call]
         except SlackApiError as exc:
             err = _error(exc)
             if err in AUTH_ERRORS:
@@ -250,7 +250,7 @@ class SlackChannel:
             self._task = None
         if self.handler is not None:
             with contextlib.suppress(Exception):
-                await self.handler.close_async()
+                await self.handler.close_async()  # type: ignore[no-untyped-call]
         if self._http is not None:
             await self._http.close()
             self._http = None

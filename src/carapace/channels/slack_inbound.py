@@ -59,10 +59,12 @@ def parse_message(event: dict[str, Any], bot_user_id: str, names: dict[str, str]
     None for what is not a person speaking (the bot itself, other bots, joins, deletions)."""
     subtype = event.get("subtype")
     edited_ts: str | None = None
-    inner = event
+    inner: dict[str, Any] = event
     if subtype == "message_changed":
-        inner = event.get("message") if isinstance(event.get("message"), dict) else {}
-        edited = inner.get("edited") if isinstance(inner.get("edited"), dict) else {}
+        raw = event.get("message")
+        inner = raw if isinstance(raw, dict) else {}
+        raw_edit = inner.get("edited")
+        edited: dict[str, Any] = raw_edit if isinstance(raw_edit, dict) else {}
         edited_ts = str(edited.get("ts") or event.get("ts") or "")
         if not edited_ts or inner.get("subtype") not in _SPOKEN:
             return None

@@ -149,7 +149,7 @@ class FakeSlack:
         await site.start()
         server = site._server
         assert server is not None
-        self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
         return self.api_url
 
     async def stop(self) -> None:
@@ -238,6 +238,13 @@ class FakeSlack:
         return {"id": fid, "name": name, "title": name, "mimetype": mimetype, "size": len(data),
                 "url_private": f"{self.base}/files/{fid}",
                 "url_private_download": f"{self.base}/files/{fid}"}  # fmt: skip
+
+    def history(self, channel: str, user: str, text: str) -> str:
+        """A message from before the app was there (no event): e.g. a thread's root."""
+        self.channels.setdefault(channel, Channel(channel, "channel"))
+        msg = Message(channel, self._ts(), user, text)
+        self.all_messages.append(msg)
+        return msg.ts
 
     async def user_says(
         self,
