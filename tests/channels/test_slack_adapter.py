@@ -267,3 +267,54 @@ def test_revoked_token_start_does_not_raise_and_says_why() -> None:
             await slack.stop()
 
     run(go())
+
+
+def test_agent_written_addresses_ids_and_cards_cannot_escape() -> None:
+    """The agent is hostile: its thread ids, message ids and card text are attacker input."""
+
+    async def go() -> None:
+        async with slack_world() as (slack, adapter, rec):
+            slack.add_channel("C2", "channel")
+            other = await slack.user_says("C2", "U1", "a thread elsewhere")
+            for tid in (f"slack:C2:{other}", "slack:C1:../../x", "slack:C1:1.1\nx", "garbage"):
+                await adapter.deliver("slack:C1", tid, OutboundMessage("chat", {"text": "hi"}))
+            assert [m.thread_ts for m in slack.bot_messages()] == [None] * 4
+            assert slack.bot_messages("C2") == []
+            n = len(slack.calls)
+            for bad in ("1.1?x=1", "../x", "", "C2/1.1"):
+                with pytest.raises(DeliveryError) as err:
+                    await adapter.edit("slack:C1", None, bad, "x")
+                assert err.value.permanent
+                with pytest.raises(DeliveryError):
+                    await adapter.react("slack:C1", None, bad, "eyes")
+            assert len(slack.calls) == n  # refused before Slack was asked
+            text = "<!channel> <https://evil.test|click> <@U1> [ok](javascript:alert(1))"
+            await adapter.deliver("slack:C1", None, OutboundMessage("chat", {"text": text}))
+            shown = slack.bot_messages("C1")[-1].text
+            assert "<" not in shown and ">" not in shown  # no ping, no link
+            card = {"type": "ask_question", "questionId": "q" * 300, "title": "<!here> hi",
+                    "question": "<@U1>?", "options": ["a", "b"],
+                    "text": "<!here> hi\nReply `AB12 a`"}  # fmt: skip
+            await adapter.deliver("slack:C1", None, OutboundMessage("chat-sdk", card))
+            m = slack.bot_messages("C1")[-1]
+            assert m.buttons() == [] and "AB12" in m.text and "<!here>" not in m.text
+            card["questionId"] = "q-2"
+            await adapter.deliver("slack:C1", None, OutboundMessage("chat-sdk", card))
+            m = slack.bot_messages("C1")[-1]
+            assert len(m.buttons()) == 2 and "<" not in json.dumps(m.blocks)
+
+    run(go())
+
+
+def test_token_revoked_while_running_is_reported_once() -> None:
+    async def go() -> None:
+        async with slack_world() as (slack, adapter, rec):
+            slack.revoke()
+            for _ in range(2):
+                with pytest.raises(DeliveryError, match="token_revoked"):
+                    await adapter.deliver("slack:C1", None, OutboundMessage("chat", {"text": "x"}))
+            assert rec.statuses == [
+                ("slack", "failed", "Slack rejected the bot token (token_revoked)")
+            ]
+
+    run(go())

@@ -1,7 +1,8 @@
 """A conversation on the fake Slack as people would have it, through a real host and real
 runner processes: a DM, a file, a channel mention answered in its thread (per-thread
 sessions), a stranger held for approval whose card's button is clicked first by the wrong
-person and then by the owner, and a network cut mid-conversation."""
+person and then by the owner, an unwired channel registered by the owner's click, and a
+network cut mid-conversation."""
 
 from __future__ import annotations
 
@@ -120,6 +121,19 @@ def test_a_conversation_on_slack(tmp_path: Path) -> None:
             await slack.wait_for(lambda: any("me too" in t for t in _texts(slack, TEAM, mention)),
                                  WAIT, "Bob answered after the approval")  # fmt: skip
             await slack.wait_for(lambda: not card.buttons(), WAIT, "the card edited")
+            # a channel nobody wired: a mention asks the owner to register it
+            slack.add_channel("C0NEW", "channel")
+            asked = await slack.user_says("C0NEW", ANN, f"<@{slack.bot_user_id}> are you here?")
+            reg = await slack.wait_for(
+                lambda: next((m for m in slack.bot_messages(dm)
+                              if m.buttons() and m.ts != card.ts), None),
+                WAIT, "the registration card")  # fmt: skip
+            assert reg.buttons()[0]["text"]["text"] == "Connect to Main"
+            eid = await slack.click(dm, reg.ts, 0, ANN)
+            await slack.wait_acked(eid)
+            await slack.wait_for(lambda: any("are you here?" in t
+                                             for t in _texts(slack, "C0NEW", asked)),
+                                 WAIT, "the new channel answered in the thread")  # fmt: skip
             # the network is cut; what is said meanwhile is delivered after the reconnect
             await slack.drop()
             cut = await slack.user_says(dm, ANN, "said during the cut")

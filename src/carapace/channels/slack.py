@@ -361,6 +361,15 @@ class SlackChannel:
         ts = tid[len(prefix) :] if tid.startswith(prefix) else ""
         return ts if _TS_RE.match(ts) else None
 
+    @staticmethod
+    def _message_ts(message_id: str) -> str:
+        """A message's ts from the id the agent names (an inbound row id is
+        ``<ts>:<agent group>``, an edit's ``<ts>:edited:<edit ts>:<agent group>``)."""
+        ts = message_id.split(":", 1)[0]
+        if not _TS_RE.match(ts):
+            raise DeliveryError(f"not a Slack message id: {message_id[:80]!r}", permanent=True)
+        return ts
+
     async def _call(self, what: str, coro: Any) -> Any:
         try:
             return await coro
@@ -368,6 +377,9 @@ class SlackChannel:
             err = _error(exc)
             if err == "ratelimited":
                 raise DeliveryError(f"slack {what}: still rate limited after retrying")
+            if err in AUTH_ERRORS and self.callbacks is not None and self.status != "failed":
+                self.status = "failed"  # said once: channels list / doctor show it
+                self.callbacks.on_status(CHANNEL, "failed", f"Slack rejected the bot token ({err})")
             raise DeliveryError(f"slack {what}: {err}", permanent=err in PERMANENT)
         except (SlackClientError, aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise DeliveryError(f"slack {what}: {exc}")
@@ -417,7 +429,7 @@ class SlackChannel:
     async def edit(self, platform_id: str, thread_id: str | None, message_id: str,
                    text: str) -> None:  # fmt: skip
         channel = self._channel(platform_id)
-        ts = message_id.split(":", 1)[0]
+        ts = self._message_ts(message_id)
         body = fmt.split(fmt.to_mrkdwn(text))[0] if text.strip() else " "
         await self._call("chat.update", self._client().chat_update(
             channel=channel, ts=ts, text=body, blocks=[]))  # fmt: skip
@@ -425,7 +437,7 @@ class SlackChannel:
     async def react(self, platform_id: str, thread_id: str | None, message_id: str,
                     emoji: str) -> None:  # fmt: skip
         channel = self._channel(platform_id)
-        ts = message_id.split(":", 1)[0]  # an inbound row id is '<ts>:<agent group>'
+        ts = self._message_ts(message_id)
         name = _EMOJI.get(emoji.strip(), emoji.strip().strip(":").lower())
         try:
             await self._call("reactions.add", self._client().reactions_add(
