@@ -273,7 +273,7 @@ def test_agent_written_addresses_ids_and_cards_cannot_escape() -> None:
     """The agent is hostile: its thread ids, message ids and card text are attacker input."""
 
     async def go() -> None:
-        async with slack_world() as (slack, adapter, rec):
+        async with slack_world() as (slack, adapter, _rec):
             slack.add_channel("C2", "channel")
             other = await slack.user_says("C2", "U1", "a thread elsewhere")
             for tid in (f"slack:C2:{other}", "slack:C1:../../x", "slack:C1:1.1\nx", "garbage"):
