@@ -32,7 +32,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -60,7 +59,6 @@ from carapace.errors import CarapaceError, DeliveryError
 logger = logging.getLogger(__name__)
 
 SECRET_KEYS = ("SLACK_BOT_TOKEN", "SLACK_APP_TOKEN")
-BASE_URL_ENV = "CARAPACE_SLACK_BASE_URL"
 DEFAULT_MAX_FILE_BYTES = 20 * 1024 * 1024
 SEEN_MAX = 2000
 _CHANNEL_RE = re.compile(r"^[CDG][A-Z0-9]{1,30}$")
@@ -122,24 +120,19 @@ async def verify(secrets: Mapping[str, str], *, base_url: str | None = None) -> 
     return f"@{who.get('user')} ({who.get('team')})"
 
 
-def base_url_of(settings: Any) -> str | None:
-    extra = getattr(settings, "extra", None) or {}
-    section = (extra.get("channels") or {}).get(CHANNEL) if isinstance(extra, dict) else None
-    url = section.get("base_url") if isinstance(section, dict) else None
-    return url if isinstance(url, str) and url else os.environ.get(BASE_URL_ENV) or None
-
-
 def from_home(home: Any, secrets: Mapping[str, str], settings: Any) -> SlackChannel | None:
-    """The adapter when both tokens are configured (None: Slack is not set up)."""
+    """The adapter when both tokens are configured (None: Slack is not set up). Settings:
+    ``[channels.slack] base_url`` (or ``CARAPACE_SLACK_BASE_URL``) and ``max_file_mb``."""
+    from carapace.channels import registry
+
     bot, app = secrets.get("SLACK_BOT_TOKEN"), secrets.get("SLACK_APP_TOKEN")
     if not bot or not app:
         return None
-    extra = getattr(settings, "extra", None) or {}
-    section = (extra.get("channels") or {}).get(CHANNEL) if isinstance(extra, dict) else None
-    max_mb = section.get("max_file_mb") if isinstance(section, dict) else None
-    max_bytes = int(max_mb * 1024 * 1024) if isinstance(max_mb, int | float) and max_mb > 0 \
-        else DEFAULT_MAX_FILE_BYTES  # fmt: skip
-    return SlackChannel(bot, app, base_url=base_url_of(settings), max_file_bytes=max_bytes)
+    max_mb = registry.channel_settings(settings, CHANNEL).get("max_file_mb", 20)
+    if isinstance(max_mb, bool) or not isinstance(max_mb, int | float) or max_mb <= 0:
+        raise SlackError("carapace.toml: [channels.slack] max_file_mb must be a positive number")
+    return SlackChannel(bot, app, base_url=registry.base_url(settings, CHANNEL),
+                        max_file_bytes=int(max_mb * 1024 * 1024))  # fmt: skip
 
 
 class SlackChannel:

@@ -613,3 +613,42 @@ class FakeSlack:
 
 class _ApiError(Exception):
     pass
+
+
+class FakeSlackThread:
+    """A ``FakeSlack`` on its own event loop in a thread, for code that runs its own loop
+    (the ``carapace`` command line, a host started with ``asyncio.run``)::
+
+        with FakeSlackThread() as slack:
+            CliRunner().invoke(main, ["channels", "add", "slack", "--base-url", slack.api_url])
+            slack.call(slack.fake.user_says("C1", "U1", "hi"))
+    """
+
+    def __init__(self, **kw: Any) -> None:
+        import threading
+
+        self.fake = FakeSlack(**kw)
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True,
+                                        name="fake-slack")  # fmt: skip
+
+    @property
+    def api_url(self) -> str:
+        return self.fake.api_url
+
+    def call(self, coro: Any, timeout: float = 30.0) -> Any:
+        """Run a coroutine of the fake on its loop and wait for the result."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def __enter__(self) -> FakeSlackThread:
+        self._thread.start()
+        self.call(self.fake.start())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self.call(self.fake.stop())
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(10)
+            self.loop.close()
