@@ -2,7 +2,7 @@
 runner processes: a DM, a file, a channel mention answered in its thread (per-thread
 sessions), a stranger held for approval whose card's button is clicked first by the wrong
 person and then by the owner, an unwired channel registered by the owner's click, and a
-network cut mid-conversation."""
+network cut mid-conversation; a reply Slack refuses is reported to the agent."""
 
 from __future__ import annotations
 
@@ -144,6 +144,13 @@ def test_a_conversation_on_slack(tmp_path: Path) -> None:
                                  WAIT, "the message from the cut answered")  # fmt: skip
             ins = _rows(host, dm_session, "SELECT id FROM messages_in")
             assert sum(1 for (i,) in ins if i.startswith(cut)) == 1  # routed once
+            # Slack refuses the reply: the agent is told
+            slack.fail("chat.postMessage", "not_in_channel")
+            await slack.user_says(dm, ANN, "this answer will bounce")
+            await slack.wait_for(
+                lambda: any("could not be delivered" in c and "not_in_channel" in c for (c,) in
+                            _rows(host, dm_session, "SELECT content FROM messages_in")),
+                WAIT, "the agent told of the failure")  # fmt: skip
 
     run(go())
 
