@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from carapace.channels.base import ButtonClick, ChannelCallbacks, ClickAnswer, InboundEvent
-from carapace.channels.slack import SlackChannel
+from carapace.channels.slack_adapter import SlackChannel
 from carapace.testing.fake_slack import FakeSlack
 
 

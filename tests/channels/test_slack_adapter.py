@@ -9,7 +9,8 @@ import json
 import pytest
 
 from carapace.channels.base import ButtonClick, OutboundFile, OutboundMessage
-from carapace.channels.slack import SlackChannel, SlackError, verify
+from carapace.channels.slack import SlackError, verify
+from carapace.channels.slack_adapter import SlackChannel
 from carapace.errors import DeliveryError
 from carapace.testing.fake_slack import FakeSlack
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from carapace.bootstrap import init_home
 from carapace.channels.fake import FakeChannel, make_event
-from carapace.channels.slack import SlackChannel
+from carapace.channels.slack_adapter import SlackChannel
 from carapace.config import Home
 from carapace.db import groups, messaging, users
 from carapace.db.sessions import list_sessions

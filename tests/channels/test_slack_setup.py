@@ -12,7 +12,7 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from carapace.bootstrap import init_home
-from carapace.channels.slack import SlackChannel
+from carapace.channels.slack_adapter import SlackChannel
 from carapace.cli import main
 from carapace.config import Home
 from carapace.host.client import build_host
@@ -81,3 +81,17 @@ def test_add_slack_then_the_host_serves_it_and_a_revoked_token_is_reported(
         findings = [f for f in json.loads(r.output)["findings"] if f["code"] == "channel-failed"]
         assert findings and findings[0]["level"] == "error"
         assert "token_revoked" in findings[0]["message"] and "slack" in findings[0]["subject"]
+
+
+def test_a_home_without_slack_never_loads_the_slack_libraries(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom carapace.config import Home, Settings\n"
+            "from carapace.channels.registry import build_adapters\n"
+            "from pathlib import Path\n"
+            f"built = build_adapters(Home(Path({str(tmp_path)!r})), Settings(), environ={{}})\n"
+            "print([a.channel_type for a in built], 'slack_bolt' in sys.modules, "
+            "'aiohttp' in sys.modules)")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.split() == ["['cli']", "False", "False"], out.stderr

@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 
 from carapace.channels.base import ChannelAdapter
-from carapace.channels.slack import _EMOJI, SlackChannel
+from carapace.channels.slack_adapter import _EMOJI, SlackChannel
 from carapace.testing.fake_slack import FakeSlack, Message
 
 from ..contract import SentItem
