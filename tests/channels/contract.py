@@ -49,7 +49,7 @@ from carapace.channels.base import (
     OutboundMessage,
 )
 from carapace.errors import DeliveryError
-from carapace.host.access import clicker_id, event_sender
+from carapace.permissions.access import clicker_id, event_sender
 from carapace.jsonutil import loads_or
 
 CAPS = frozenset(
