@@ -213,7 +213,7 @@ def test_rate_limit_retry_after_is_honoured() -> None:
             limited, ok = slack.calls_of("chat.postMessage")
             assert limited.status == 429 and ok.status == 200
             assert ok.at - limited.at >= 1.0  # not before Retry-After
-            slack.rate_limit("chat.postMessage", retry_after=0, times=3)
+            slack.rate_limit("chat.postMessage", retry_after=0, times=4)
             with pytest.raises(DeliveryError) as err:  # still limited: retryable failure
                 await adapter.deliver("slack:C1", None, OutboundMessage("chat", {"text": "x"}))
             assert not err.value.permanent and "rate limited" in str(err.value)
@@ -317,5 +317,26 @@ def test_token_revoked_while_running_is_reported_once() -> None:
             assert rec.statuses == [
                 ("slack", "failed", "Slack rejected the bot token (token_revoked)")
             ]
+
+    run(go())
+
+
+def test_a_retry_after_a_failure_part_way_posts_only_the_rest() -> None:
+    async def go() -> None:
+        async with slack_world() as (slack, adapter, _rec):
+            long = "\n\n".join(f"part {i} " + "y" * 3000 for i in range(3))
+            msg = OutboundMessage("chat", {"text": long}, (OutboundFile("a.txt", b"a"),), "out-1")
+            slack.fail("chat.postMessage", "ratelimited", after=1)
+            with pytest.raises(DeliveryError) as err:
+                await adapter.deliver("slack:C1", None, msg)
+            assert not err.value.permanent and len(slack.bot_messages("C1")) == 1
+            slack.fail("files.completeUploadExternal", "internal_error")
+            with pytest.raises(DeliveryError):
+                await adapter.deliver("slack:C1", None, msg)
+            assert len(slack.bot_messages("C1")) == 3
+            pm = await adapter.deliver("slack:C1", None, msg)
+            shown = slack.bot_messages("C1")
+            assert [m.text.split()[1] for m in shown[:3]] == ["0", "1", "2"] and pm == shown[0].ts
+            assert len(shown) == 4 and [f["name"] for f in shown[3].files] == ["a.txt"]
 
     run(go())

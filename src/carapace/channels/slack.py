@@ -18,7 +18,8 @@ Outbound: Markdown → mrkdwn with everything else escaped (``slack_format``), s
 ``files_upload_v2`` (``files.getUploadURLExternal``, upload, ``files.completeUploadExternal``);
 cards and questions as Block Kit buttons whose clicks go to the approvals entry point
 (``ChannelCallbacks.on_action``) with the clicker's Slack user id. HTTP 429 is retried after
-its ``Retry-After`` (slack_sdk's handler, twice), then reported as a retryable failure;
+its ``Retry-After`` (slack_sdk's handler, three times), then reported as a retryable failure
+(the pieces of a long message already posted are not posted again when it is retried);
 Slack's refusals (an archived or unknown channel, a message too long) are permanent and
 the agent is told.
 

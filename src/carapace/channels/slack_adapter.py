@@ -55,7 +55,7 @@ _EMOJI = {"👍": "thumbsup", "👎": "thumbsdown", "❤️": "heart", "❤": "h
 
 def make_client(token: str, base_url: str | None = None) -> AsyncWebClient:
     client = AsyncWebClient(token=token, base_url=base_url or AsyncWebClient.BASE_URL)
-    client.retry_handlers.append(AsyncRateLimitErrorRetryHandler(max_retry_count=2))
+    client.retry_handlers.append(AsyncRateLimitErrorRetryHandler(max_retry_count=3))
     return client
 
 
@@ -120,6 +120,7 @@ class SlackChannel:
         self._http: aiohttp.ClientSession | None = None
         self._names: dict[str, str] = {}
         self._seen: dict[str, None] = {}  # ids routed lately (message + app_mention twins)
+        self._partial: dict[str, list[str]] = {}  # message → ts of the pieces already posted
         self._task: asyncio.Task[None] | None = None
         self._closing = False
 
@@ -353,20 +354,34 @@ class SlackChannel:
         elif isinstance(content, str):
             text = content
         client = self._client()
-        first: str | None = None
+        # pieces of this message already shown (a retry after a failure part-way posts only
+        # the rest: no piece twice while this process lives)
+        key = f"{platform_id}/{message.message_out_id}" if message.message_out_id else None
+        done = self._partial.pop(key, []) if key else []
+        pieces: list[dict[str, Any]] = []
         if blocks:
             fallback = fmt.split(fmt.escape(text), fmt.TEXT_LIMIT)[0] if text else " "
-            r = await self._call("chat.postMessage", client.chat_postMessage(
-                channel=channel, text=fallback, blocks=blocks, thread_ts=thread_ts))  # fmt: skip
-            first = str(r.get("ts"))
+            pieces.append({"text": fallback, "blocks": blocks})
         elif text.strip():
-            for chunk in fmt.split(fmt.to_mrkdwn(text)):
-                r = await self._call("chat.postMessage", client.chat_postMessage(
-                    channel=channel, text=chunk, thread_ts=thread_ts, unfurl_links=False))  # fmt: skip
-                first = first or str(r.get("ts"))
+            pieces += [{"text": c, "unfurl_links": False} for c in fmt.split(fmt.to_mrkdwn(text))]
         if message.files:
-            await self._upload(channel, thread_ts, message.files)
-        return first
+            pieces.append({"files": message.files})
+        try:
+            for piece in pieces[len(done) :]:
+                if "files" in piece:
+                    await self._upload(channel, thread_ts, piece["files"])
+                    done.append("")
+                    continue
+                r = await self._call("chat.postMessage", client.chat_postMessage(
+                    channel=channel, thread_ts=thread_ts, **piece))  # fmt: skip
+                done.append(str(r.get("ts")))
+        except DeliveryError:
+            if key and done:
+                self._partial[key] = done
+                while len(self._partial) > SEEN_MAX:
+                    del self._partial[next(iter(self._partial))]
+            raise
+        return next((ts for ts in done if ts), None)
 
     async def _upload(self, channel: str, thread_ts: str | None,
                       files: tuple[OutboundFile, ...]) -> None:  # fmt: skip

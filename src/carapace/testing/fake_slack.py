@@ -30,7 +30,7 @@ next connection, ``retry_attempt`` counted), then new ones. An ack is
 opens a new connection); ``drop()`` closes the socket without a word.
 
 Injection: ``rate_limit(method, retry_after, times)`` answers HTTP 429 with ``Retry-After``;
-``fail(method, error, times)`` answers ``{"ok": false, "error": error}``; ``revoke()`` makes
+``fail(method, error, times, after)`` answers ``{"ok": false, "error": error}``; ``revoke()`` makes
 every token ``token_revoked``; ``archive(channel)``.
 """
 
@@ -97,8 +97,11 @@ class FakeSlack(SlackState):
     def rate_limit(self, method: str, retry_after: int = 1, times: int = 1) -> None:
         self._limits.setdefault(method, []).extend([retry_after] * times)
 
-    def fail(self, method: str, error: str, times: int = 1) -> None:
-        self._fails.setdefault(method, []).extend([error] * times)
+    def fail(self, method: str, error: str, times: int = 1, after: int = 0) -> None:
+        """The next ``times`` calls of ``method`` answer ``error``, once ``after`` more calls
+        have succeeded."""
+        queue = self._fails.setdefault(method, [])
+        queue.extend([[after, error]] + [[0, error] for _ in range(times - 1)])
 
     def revoke(self) -> None:
         self.revoked = True

@@ -90,7 +90,7 @@ class SlackState:
         self.connections = 0
         self.revoked = False
         self._limits: dict[str, list[int]] = {}
-        self._fails: dict[str, list[str]] = {}
+        self._fails: dict[str, list[list[Any]]] = {}  # method → [[calls to let pass, error]]
         self._tickets: set[str] = set()
         self._sockets: list[web.WebSocketResponse] = []
         self._ids = itertools.count(1)
@@ -174,8 +174,10 @@ class SlackState:
             return self._err("invalid_auth" if token.startswith(("xoxb-", "xapp-")) else
                              "not_allowed_token_type")  # fmt: skip
         fails = self._fails.get(method)
-        if fails:
-            return self._err(fails.pop(0))
+        if fails and fails[0][0] > 0:
+            fails[0][0] -= 1
+        elif fails:
+            return self._err(str(fails.pop(0)[1]))
         handler = getattr(self, "_m_" + method.replace(".", "_"), None)
         if handler is None:
             return self._err("unknown_method")
