@@ -66,8 +66,8 @@ def from_home(home: Any, secrets: Mapping[str, str], settings: Any) -> SlackChan
 
 async def verify(secrets: Mapping[str, str], *, base_url: str | None = None) -> str:
     """Check both tokens against Slack: ``auth.test`` for the bot token,
-    ``apps.connections.open`` for the app token (the one method an app-level token may
-    call); returns ``@<bot name> (<team>)``. Raises ``SlackError`` with one line."""
+    ``apps.connections.open`` for the app token (a method called with an app-level
+    token); returns ``@<bot name> (<team>)``. Raises ``SlackError`` with one line."""
     from carapace.channels.slack_adapter import verify_tokens
 
     return await verify_tokens(secrets, base_url=base_url)

@@ -39,12 +39,13 @@ _CHANNEL_RE = re.compile(r"^[CDG][A-Z0-9]{1,30}$")
 _TS_RE = re.compile(r"^\d{1,12}\.\d{1,9}$")
 #: Slack's answers that mean "the token is wrong": no retry helps until someone fixes it.
 AUTH_ERRORS = frozenset({"invalid_auth", "not_authed", "token_revoked", "token_expired",
-                         "account_inactive", "not_allowed_token_type", "missing_scope"})  # fmt: skip
+                         "account_inactive", "not_allowed_token_type"})  # fmt: skip
 #: Slack's answers that mean "this message can never be sent as it is".
 PERMANENT = frozenset({"channel_not_found", "is_archived", "not_in_channel", "msg_too_long",
                        "invalid_blocks", "no_text", "message_not_found", "cant_update_message",
                        "invalid_name", "thread_not_found", "file_too_large", "restricted_action",
-                       "too_many_attachments", "invalid_arguments", "user_not_found"})  # fmt: skip
+                       "too_many_attachments", "invalid_arguments", "user_not_found",
+                       "missing_scope"})  # fmt: skip
 
 
 #: Slack names reactions; agents often write the emoji itself.
@@ -67,8 +68,8 @@ def _error(exc: SlackApiError) -> str:
 
 async def verify_tokens(secrets: Mapping[str, str], *, base_url: str | None = None) -> str:
     """Check both tokens against Slack: ``auth.test`` for the bot token,
-    ``apps.connections.open`` for the app token (the one method an app-level token
-    may call); returns ``@<bot name> (<team>)``. Raises ``SlackError`` with one line."""
+    ``apps.connections.open`` for the app token (a method called with an
+    app-level token); returns ``@<bot name> (<team>)``. Raises ``SlackError`` with one line."""
     bot, app = secrets.get("SLACK_BOT_TOKEN", ""), secrets.get("SLACK_APP_TOKEN", "")
     if not bot.startswith("xoxb-"):
         raise SlackError("SLACK_BOT_TOKEN must be a bot token (xoxb-…)")
