@@ -103,7 +103,7 @@ class SlackChannel:
         base_url: str | None = None,
         max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
         ping_interval: float = 10.0,
-        connect_timeout: float = 30.0,
+        connect_timeout: float = 10.0,
     ) -> None:
         self.bot_token = bot_token
         self.app_token = app_token
