@@ -340,3 +340,27 @@ def test_a_retry_after_a_failure_part_way_posts_only_the_rest() -> None:
             assert len(shown) == 4 and [f["name"] for f in shown[3].files] == ["a.txt"]
 
     run(go())
+
+
+def test_slack_down_at_start_is_retried_in_the_background() -> None:
+    async def go() -> None:
+        slack = FakeSlack()
+        await slack.start()
+        slack.fail("apps.connections.open", "internal_error")
+        adapter = SlackChannel(slack.bot_token, slack.app_token, base_url=slack.api_url,
+                               ping_interval=0.5)  # fmt: skip
+        rec = Recorder()
+        try:
+            await adapter.start(rec.callbacks())  # does not wait for Slack to come back
+            assert adapter.status == "retrying: internal_error" and rec.ready == []
+            await slack.wait_connected(1, 15)
+            await slack.wait_for(lambda: adapter.status == "connected", 15, "connected")
+            assert rec.ready == ["slack"]
+            ts = await slack.user_says(slack.dm_of("U1"), "U1", "back")
+            await slack.wait_acked(ts)
+            assert [e.message.id for e in rec.events] == [ts]
+        finally:
+            await adapter.stop()
+            await slack.stop()
+
+    run(go())
