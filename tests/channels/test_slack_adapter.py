@@ -364,3 +364,21 @@ def test_slack_down_at_start_is_retried_in_the_background() -> None:
             await slack.stop()
 
     run(go())
+
+
+def test_a_chat_reaches_the_router_in_slack_order() -> None:
+    """slack_sdk handles envelopes concurrently: a message whose file is still downloading
+    must not be overtaken by the next one."""
+
+    async def go() -> None:
+        async with slack_world() as (slack, _adapter, rec):
+            dm = slack.dm_of("U1")
+            slack.download_delay = 0.3
+            f = slack.share_file("slow.txt", b"x")
+            first = await slack.user_says(dm, "U1", "with a file", files=[f])
+            second = await slack.user_says(dm, "U1", "right after")
+            await slack.wait_acked(second)
+            await slack.wait_acked(first)
+            assert [e.message.id for e in rec.events] == [first, second]
+
+    run(go())

@@ -23,6 +23,7 @@ from carapace.channels.base import ButtonClick, ChannelCallbacks, OutboundFile, 
 from carapace.channels.slack import SlackError
 from carapace.channels.slack_inbound import (
     CHANNEL,
+    Arrivals,
     fetch_files,
     parse_message,
     platform_id,
@@ -122,6 +123,7 @@ class SlackChannel:
         self._names: dict[str, str] = {}
         self._seen: dict[str, None] = {}  # ids routed lately (message + app_mention twins)
         self._partial: dict[str, list[str]] = {}  # message → ts of the pieces already posted
+        self._arrivals = Arrivals()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
 
@@ -138,6 +140,7 @@ class SlackChannel:
         self.handler = AsyncSocketModeHandler(
             self.app, self.app_token, web_client=self.client, ping_interval=self.ping_interval
         )
+        self.handler.client.message_listeners.insert(0, self._arrived)
         self.status = "connecting"
         try:
             if await self._connect_once():
@@ -211,8 +214,10 @@ class SlackChannel:
         app = AsyncApp(client=client, process_before_response=True,
                        request_verification_enabled=False, logger=logger)  # fmt: skip
 
-        async def on_message(event: dict[str, Any]) -> None:
-            await self._on_message(event)
+        async def on_message(event: dict[str, Any], body: dict[str, Any]) -> None:
+            event_id = body.get("event_id")
+            async with self._arrivals.turn(event_id if isinstance(event_id, str) else None):
+                await self._on_message(event)
 
         async def on_action(body: dict[str, Any], ack: Any) -> None:
             await self._on_click(body)
@@ -242,6 +247,19 @@ class SlackChannel:
                 self._names[user] = name
         except (SlackApiError, SlackClientError, aiohttp.ClientError, OSError, TimeoutError):
             pass
+
+    async def _arrived(self, client: Any, message: dict[str, Any], raw: str | None) -> None:
+        """Every envelope as it comes off the socket, in order, before bolt sees it: number
+        the chat's message events (``Arrivals``). Nothing here may wait."""
+        payload = message.get("payload") if message.get("type") == "events_api" else None
+        event = payload.get("event") if isinstance(payload, dict) else None
+        event_id = payload.get("event_id") if isinstance(payload, dict) else None
+        if not isinstance(event, dict) or not isinstance(event_id, str):
+            return
+        if event.get("type") in ("message", "app_mention"):
+            parsed = parse_message(event, self.bot_user_id, {})
+            if parsed is not None:
+                self._arrivals.arrived(event_id, parsed.event.platform_id)
 
     async def _on_message(self, event: dict[str, Any]) -> None:
         """One message event → the router; returns only once the router is done (bolt acks

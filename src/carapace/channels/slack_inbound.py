@@ -18,8 +18,12 @@ over the cap, or one that cannot be fetched, is listed with a ``note`` and no da
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
+import itertools
 import logging
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -192,3 +196,53 @@ async def _download(
 def _kind(mime: str) -> str:
     head = mime.split("/", 1)[0]
     return {"image": "image", "audio": "audio", "video": "video"}.get(head, "file")
+
+
+class Arrivals:
+    """A conversation's events reach the router in the order Slack sent them. slack_sdk
+    handles envelopes concurrently, so a message whose file is being fetched (or whose
+    sender's name is being looked up) could otherwise be overtaken by the next one.
+    ``arrived`` numbers each event as it comes off the socket (synchronously, in order);
+    ``turn`` waits until every earlier event of the same chat is done, at most ``wait_s``
+    (an event bolt never hands over must not hold the chat up for longer)."""
+
+    def __init__(self, wait_s: float = 5.0) -> None:
+        self.wait_s = wait_s
+        self._n = itertools.count(1)
+        self._seq: dict[str, tuple[str, int]] = {}  # event id → (platform id, number)
+        self._pending: dict[str, list[int]] = {}  # platform id → numbers not yet done
+        self._cond: asyncio.Condition | None = None
+
+    def arrived(self, event_id: str, platform_id: str) -> None:
+        n = next(self._n)
+        self._seq[event_id] = (platform_id, n)
+        self._pending.setdefault(platform_id, []).append(n)
+
+    def _first(self, platform_id: str) -> float:
+        pend = self._pending.get(platform_id)
+        return min(pend) if pend else float("inf")
+
+    @contextlib.asynccontextmanager
+    async def turn(self, event_id: str | None) -> AsyncIterator[None]:
+        entry = self._seq.pop(event_id, None) if event_id else None
+        if entry is None:
+            yield
+            return
+        pid, n = entry
+        if self._cond is None:
+            self._cond = asyncio.Condition()
+        cond = self._cond
+        try:
+            async with cond:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(cond.wait_for(lambda: self._first(pid) >= n),
+                                           self.wait_s)  # fmt: skip
+            yield
+        finally:
+            pend = self._pending.get(pid, [])
+            if n in pend:
+                pend.remove(n)
+            if not pend:
+                self._pending.pop(pid, None)
+            async with cond:
+                cond.notify_all()

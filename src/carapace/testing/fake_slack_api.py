@@ -90,6 +90,7 @@ class SlackState:
         self.connections = 0
         self.revoked = False
         self._limits: dict[str, list[int]] = {}
+        self.download_delay = 0.0  # a slow file host, in seconds
         self._fails: dict[str, list[list[Any]]] = {}  # method → [[calls to let pass, error]]
         self._tickets: set[str] = set()
         self._sockets: list[web.WebSocketResponse] = []
@@ -349,4 +350,6 @@ class SlackState:
             return web.Response(status=403, text="forbidden")
         if f is None or f.get("data") is None:
             return web.Response(status=404, text="no such file")
+        if self.download_delay:
+            await asyncio.sleep(self.download_delay)
         return web.Response(body=f["data"], content_type=f["mimetype"])
