@@ -7,6 +7,10 @@ where the platform has one) and plays the human on the platform side. Tests hand
 adapter a ``Recorder`` as its ``ChannelCallbacks`` and ``OutboundMessage``s, then look at
 what the platform shows (``driver.sent``).
 
+One case (``test_a_conversation_through_a_real_host``) hands the adapter to a real, hand-
+driven ``Host`` instead: the message goes through the router into a session and the reply
+row is delivered and recorded.
+
 A case needing a capability the driver's ``caps`` lack is skipped, with the reason printed
 (``-ra``). A driver may leave out only what its platform truly lacks:
 

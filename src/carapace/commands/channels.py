@@ -28,7 +28,8 @@ def channels() -> None:
 @channels.command("add")
 @home_option
 @click.option("--base-url", default=None, metavar="URL",
-              help="The platform API's base URL (a test server, a self-hosted Bot API).")  # fmt: skip
+              help="Check against this API base URL (a test server, a self-hosted Bot API); "
+                   "the host reads its own from [channels.TYPE] base_url.")  # fmt: skip
 @click.argument("channel_type")
 @clean_errors
 def channels_add(home: str | None, base_url: str | None, channel_type: str) -> None:
@@ -64,7 +65,14 @@ def channels_add(home: str | None, base_url: str | None, channel_type: str) -> N
 @clean_errors
 def channels_list(home: str | None, as_json: bool) -> None:
     """Each adapter: configured or not, and the state the host last recorded."""
-    infos = registry.list_channels(Home.resolve(home))
+    from dataclasses import replace
+
+    from carapace.ops.backup import host_running
+
+    h = Home.resolve(home)
+    up = host_running(h)
+    infos = [i if up or i.state != "running" else replace(i, state="stopped", detail="no host running")
+             for i in registry.list_channels(h)]  # fmt: skip
     if as_json:
         click.echo(json.dumps([i.to_json() for i in infos], indent=2))
         return
