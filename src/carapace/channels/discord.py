@@ -1,0 +1,488 @@
+"""The Discord channel adapter, on discord.py (gateway for events, REST for sending).
+
+Set up with ``carapace channels add discord`` (the bot token is checked against Discord and
+kept in ``<home>/secrets.env`` as ``DISCORD_BOT_TOKEN``). The bot needs the Message Content
+intent switched on in Discord's developer portal.
+
+Inbound: DMs (always a mention), guild channels and threads (``thread_id``: NanoClaw's
+thread id, so each thread has its own session), a mention of the bot or a reply to one of
+its messages sets ``isMention``; an edit arrives as a new message marked ``edited``; files
+are downloaded up to ``max_file_bytes`` each (larger ones are announced, not fetched) and
+handed to the host, which writes them to the session's ``inbox/``. Across a dropped gateway
+connection discord.py resumes the session and Discord replays what was missed.
+
+Outbound: Markdown mapped for Discord and split at 2000 characters (``discord_format``),
+files (10 per message), edits, reactions, typing, and cards as buttons whose clicks go to
+the host's single approvals entry point (``on_action``). Nobody is ever pinged by the bot.
+Discord's per-route rate limits are honoured by discord.py (it waits ``retry_after`` on a
+429 and follows the bucket headers). A refused send (403, 404, 400) is a permanent
+delivery failure, which the host tells the agent; other failures are retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import io
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import aiohttp
+import discord
+import yarl
+from discord.gateway import DiscordWebSocket
+from discord.http import Route, handle_message_parameters
+
+from carapace.channels import discord_format as fmt
+from carapace.channels.base import (
+    ButtonClick,
+    ChannelCallbacks,
+    InboundEvent,
+    InboundMessage,
+    OutboundMessage,
+)
+from carapace.errors import CarapaceError, DeliveryError
+from carapace.jsonutil import dumps
+
+logger = logging.getLogger(__name__)
+
+CHANNEL_TYPE = "discord"
+SECRET_KEYS = ("DISCORD_BOT_TOKEN",)
+MAX_FILE_BYTES = 25 * 1024 * 1024  # the host's own cap on an inbound attachment
+FILES_PER_MESSAGE = 10
+BUTTONS_PER_ROW, MAX_ROWS, LABEL_CHARS = 5, 5, 80
+_API_BASE = Route.BASE
+_GATEWAY = DiscordWebSocket.DEFAULT_GATEWAY
+EMOJI = {
+    "thumbsup": "👍", "+1": "👍", "thumbs_up": "👍", "thumbsdown": "👎", "-1": "👎",
+    "heart": "❤️", "eyes": "👀", "white_check_mark": "✅", "check": "✅", "x": "❌",
+    "tada": "🎉", "fire": "🔥", "rocket": "🚀", "smile": "😄", "laughing": "😆",
+    "thinking": "🤔", "wave": "👋", "pray": "🙏", "ok_hand": "👌", "warning": "⚠️",
+}  # fmt: skip
+
+
+class DiscordError(CarapaceError):
+    """Discord refused the bot (bad or revoked token, missing intent, unreachable)."""
+
+    code = "discord"
+
+
+def point_at(base_url: str | None) -> None:
+    """Send discord.py's REST calls and gateway connection to ``base_url`` (a test server
+    or a proxy); None restores Discord's own. discord.py keeps these per process."""
+    if base_url:
+        base = base_url.rstrip("/")
+        Route.BASE = f"{base}/api/v10"
+        gw = base.replace("https://", "wss://").replace("http://", "ws://")
+        DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(f"{gw}/gateway")
+    else:
+        Route.BASE = _API_BASE
+        DiscordWebSocket.DEFAULT_GATEWAY = _GATEWAY
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, discord.LoginFailure):
+        return "Discord refused the bot token (401): it is wrong or was revoked"
+    if isinstance(exc, discord.PrivilegedIntentsRequired):
+        return "the Message Content intent is not enabled for this bot in Discord's portal"
+    if isinstance(exc, discord.ConnectionClosed) and exc.code == 4004:
+        return "Discord refused the bot token on the gateway (4004): it was revoked"
+    if isinstance(exc, discord.HTTPException):
+        return f"Discord answered {exc.status}: {exc.text or exc}".strip()
+    return f"cannot reach Discord: {type(exc).__name__}: {exc}"
+
+
+def _fatal(exc: BaseException) -> bool:
+    """Discord refused the bot itself: trying again cannot help."""
+    return isinstance(exc, discord.LoginFailure | discord.PrivilegedIntentsRequired) or (
+        isinstance(exc, discord.ConnectionClosed) and exc.code in (4004, 4010, 4011, 4012, 4013, 4014)
+    )
+
+
+async def verify(secrets: Mapping[str, str], *, base_url: str | None = None) -> str:
+    """Check the token with Discord (``GET /users/@me``); returns ``@name (id)``."""
+    token = secrets.get("DISCORD_BOT_TOKEN", "").strip()
+    if not token:
+        raise DiscordError("DISCORD_BOT_TOKEN is not set")
+    point_at(base_url)
+    http = discord.http.HTTPClient(asyncio.get_running_loop())
+    try:
+        data = await http.static_login(token)
+    except (discord.DiscordException, aiohttp.ClientError, OSError) as exc:
+        raise DiscordError(_reason(exc)) from None
+    finally:
+        await http.close()
+    return f"@{data.get('username')} ({data.get('id')})"
+
+
+def from_home(home: Any, secrets: Mapping[str, str], settings: Any) -> DiscordChannel | None:
+    token = secrets.get("DISCORD_BOT_TOKEN", "").strip()
+    if not token:
+        return None
+    from carapace.channels.registry import base_url
+
+    return DiscordChannel(token, base_url=base_url(settings, CHANNEL_TYPE))
+
+
+class DiscordChannel:
+    """A Discord bot as a carapace channel (see the module doc)."""
+
+    channel_type = CHANNEL_TYPE
+    supports_threads = True
+
+    def __init__(self, token: str, *, base_url: str | None = None,
+                 max_file_bytes: int = MAX_FILE_BYTES) -> None:  # fmt: skip
+        self.token = token
+        self.base_url = base_url
+        self.max_file_bytes = max_file_bytes
+        self.callbacks: ChannelCallbacks | None = None
+        self.client: discord.Client | None = None
+        self.ready = asyncio.Event()
+        self.failure: str | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._parents: dict[int, tuple[int, int]] = {}  # thread → (guild, parent channel)
+        self._order = asyncio.Lock()  # discord.py runs each event as a task: keep their order
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self, callbacks: ChannelCallbacks) -> None:
+        """Log in (a refused token raises ``DiscordError``), then keep the gateway connection
+        in the background; if it dies for good, ``on_status`` says why, once."""
+        self.callbacks = callbacks
+        point_at(self.base_url)
+        intents = discord.Intents.none()
+        intents.guilds = intents.guild_messages = intents.dm_messages = True
+        intents.message_content = True
+        client = discord.Client(intents=intents, max_messages=None,
+                                allowed_mentions=discord.AllowedMentions.none())  # fmt: skip
+        self.client = client
+        client.event(self.on_ready)
+        client.event(self.on_message)
+        client.event(self.on_raw_message_edit)
+        client.event(self.on_interaction)
+        try:
+            await client.login(self.token)
+        except (discord.DiscordException, aiohttp.ClientError, OSError) as exc:
+            await client.close()
+            raise DiscordError(_reason(exc)) from None
+        self._task = asyncio.create_task(self._run(client))
+
+    async def _run(self, client: discord.Client) -> None:
+        """discord.py reconnects and resumes by itself; when its loop ends anyway, start it
+        again after ``min(1 h, 2^failures s)`` (NanoClaw's gateway backoff), unless Discord
+        refused the bot (a revoked token, a missing intent): that is reported, once."""
+        failures = 0
+        while not client.is_closed():
+            try:
+                await client.connect(reconnect=True)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if _fatal(exc):
+                    self.failure = _reason(exc)
+                    logger.error("discord: gateway stopped: %s", self.failure)
+                    if self.callbacks is not None:
+                        self.callbacks.on_status(CHANNEL_TYPE, "failed", self.failure)
+                    return
+                failures += 1
+                delay = min(3600.0, 2.0**failures)
+                logger.warning("discord: gateway loop ended (%s); again in %.0f s", _reason(exc), delay)
+                await asyncio.sleep(delay)
+
+    async def stop(self) -> None:
+        if self.client is not None:
+            await self.client.close()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._task
+        self._task = None
+
+    async def on_ready(self) -> None:
+        self.ready.set()
+        logger.info("discord: connected as %s", self.client.user if self.client else "?")
+
+    def _bot_id(self) -> int:
+        user = self.client.user if self.client is not None else None
+        return user.id if user is not None else 0
+
+    # ------------------------------------------------------------------ inbound
+    async def _address(self, channel: Any, guild_id: int | None) -> tuple[str, str | None]:
+        """(platform id, thread id) of a message's channel, as NanoClaw names them."""
+        if guild_id is None:
+            return fmt.channel_id(None, str(channel.id)), None
+        if isinstance(channel, discord.Thread):
+            return (fmt.channel_id(str(guild_id), str(channel.parent_id)),
+                    fmt.thread_id(str(guild_id), str(channel.parent_id), str(channel.id)))  # fmt: skip
+        if isinstance(channel, discord.PartialMessageable) and self.client is not None:
+            known = self._parents.get(channel.id)
+            if known is None:  # a channel discord.py has not cached: ask Discord what it is
+                with contextlib.suppress(discord.DiscordException, aiohttp.ClientError):
+                    data = await self.client.http.get_channel(channel.id)
+                    parent = data.get("parent_id")
+                    if data.get("type") in (10, 11, 12) and parent:
+                        known = (guild_id, int(parent))
+                        self._parents[channel.id] = known
+            if known is not None:
+                return (fmt.channel_id(str(guild_id), str(known[1])),
+                        fmt.thread_id(str(guild_id), str(known[1]), str(channel.id)))  # fmt: skip
+        return fmt.channel_id(str(guild_id), str(channel.id)), None
+
+    def _is_mention(self, message: discord.Message) -> bool:
+        bot = self._bot_id()
+        if _guild_id(message) is None or any(u.id == bot for u in message.mentions):
+            return True
+        ref = message.reference.resolved if message.reference is not None else None
+        return isinstance(ref, discord.Message) and ref.author.id == bot
+
+    async def _attachments(self, message: discord.Message) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for a in message.attachments:
+            item: dict[str, Any] = {"type": _kind(a.content_type), "name": a.filename,
+                                    "size": a.size, "mimeType": a.content_type}  # fmt: skip
+            if a.size > self.max_file_bytes:
+                item["note"] = f"not downloaded: over {self.max_file_bytes} bytes"
+            else:
+                try:
+                    data = await a.read()
+                except (discord.DiscordException, aiohttp.ClientError, OSError) as exc:
+                    item["note"] = f"not downloaded: {exc}"
+                else:
+                    if len(data) > self.max_file_bytes:
+                        item["note"] = f"not downloaded: over {self.max_file_bytes} bytes"
+                    else:
+                        item["data"] = base64.b64encode(data).decode()
+            out.append(item)
+        return out
+
+    async def _event(self, message: discord.Message, *, edited: bool) -> InboundEvent:
+        platform_id, thread = await self._address(message.channel, _guild_id(message))
+        author = message.author
+        name = getattr(author, "global_name", None) or author.name
+        content: dict[str, Any] = {
+            "id": str(message.id), "threadId": thread or platform_id, "text": message.clean_content,
+            "author": {"userId": str(author.id), "userName": author.name, "fullName": name,
+                       "isBot": author.bot, "isMe": False},
+            "metadata": {"dateSent": message.created_at.isoformat(), "edited": edited},
+            "attachments": await self._attachments(message),
+            "isMention": self._is_mention(message),
+            "senderId": str(author.id), "sender": name, "senderName": name,
+        }  # fmt: skip
+        ref = message.reference.resolved if message.reference is not None else None
+        if isinstance(ref, discord.Message):
+            ref_name = getattr(ref.author, "global_name", None) or ref.author.name
+            content["replyTo"] = {"id": str(ref.id), "text": ref.clean_content[:500],
+                                  "sender": ref_name}  # fmt: skip
+        mid = str(message.id)
+        if edited:
+            stamp = message.edited_at or message.created_at
+            mid = f"{message.id}-edit-{int(stamp.timestamp() * 1000)}"
+            content["editOf"] = str(message.id)
+        return InboundEvent(
+            CHANNEL_TYPE, platform_id, thread,
+            InboundMessage(mid, "chat-sdk", dumps(content), message.created_at.isoformat(),
+                           is_mention=content["isMention"], is_group=_guild_id(message) is not None),
+        )  # fmt: skip
+
+    async def _inbound(self, message: discord.Message, *, edited: bool) -> None:
+        if self.callbacks is None or message.author.bot or message.author.id == self._bot_id():
+            return
+        if message.type not in (discord.MessageType.default, discord.MessageType.reply):
+            return
+        async with self._order:  # FIFO: events reach the router in the gateway's order
+            try:
+                event = await self._event(message, edited=edited)
+                await self.callbacks.on_inbound(event)
+            except Exception:
+                logger.exception("discord: inbound message %s not routed", message.id)
+
+    async def on_message(self, message: discord.Message) -> None:
+        await self._inbound(message, edited=False)
+
+    async def on_raw_message_edit(self, payload: discord.RawMessageUpdateEvent) -> None:
+        message = payload.message
+        if message.edited_at is None or "content" not in payload.data:
+            return  # an embed or pin update, not a person editing their words
+        await self._inbound(message, edited=True)
+
+    async def on_interaction(self, interaction: discord.Interaction) -> None:
+        """A card's button: acknowledged at once (Discord wants it within 3 s), then decided
+        by the host's approvals engine with the clicker's id."""
+        data = interaction.data or {}
+        custom_id = str(data.get("custom_id", ""))
+        if interaction.type is not discord.InteractionType.component or not custom_id.startswith("ncq:"):
+            return
+        qid, _, value = custom_id[4:].rpartition(":")
+        with contextlib.suppress(discord.DiscordException, aiohttp.ClientError):
+            await interaction.response.defer()
+        if self.callbacks is None or not qid:
+            return
+        guild_id = interaction.guild_id
+        platform_id, thread = await self._address(interaction.channel, guild_id)
+        answer = await self.callbacks.on_action(
+            ButtonClick(CHANNEL_TYPE, qid, value, str(interaction.user.id), platform_id, thread)
+        )
+        logger.info("discord: click on %s by %s: %s", qid, interaction.user.id, answer.status)
+
+    # ------------------------------------------------------------------ outbound
+    def _http(self) -> discord.http.HTTPClient:
+        if self.client is None or self.client.is_closed() or self.failure:
+            raise DeliveryError(f"discord is not connected{': ' + self.failure if self.failure else ''}")
+        return self.client.http
+
+    async def _call(self, coro: Any) -> Any:
+        """Run one REST call; Discord's refusals become permanent delivery errors."""
+        try:
+            return await coro
+        except (discord.Forbidden, discord.NotFound) as exc:
+            raise DeliveryError(f"discord refused: {exc.status} {exc.text}", permanent=True) from None
+        except discord.HTTPException as exc:
+            permanent = 400 <= exc.status < 500 and exc.status != 429
+            raise DeliveryError(f"discord: {exc.status} {exc.text}", permanent=permanent) from None
+        except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+            raise DeliveryError(f"discord unreachable: {type(exc).__name__}: {exc}") from None
+
+    async def _post(self, channel: int, payload: dict[str, Any],
+                    files: list[tuple[str, bytes]] = ()) -> dict[str, Any]:  # type: ignore[assignment]
+        http = self._http()
+        payload.setdefault("allowed_mentions", {"parse": []})
+        if files:
+            params = handle_message_parameters(
+                content=payload.get("content") or None,
+                files=[discord.File(io.BytesIO(d), filename=n) for n, d in files],
+                allowed_mentions=discord.AllowedMentions.none(),
+            )
+            result: dict[str, Any] = await self._call(http.send_message(channel, params=params))
+            return result
+        route = Route("POST", "/channels/{channel_id}/messages", channel_id=channel)
+        result = await self._call(http.request(route, json=payload))
+        return result
+
+    async def deliver(self, platform_id: str, thread_id: str | None, message: OutboundMessage) -> str | None:
+        try:
+            channel = fmt.target_channel(platform_id, thread_id)
+        except fmt.BadDiscordId as exc:
+            raise DeliveryError(str(exc), permanent=True) from None
+        content = message.content if isinstance(message.content, dict) else {"text": str(message.content)}
+        files = [(f.name, f.data) for f in message.files]
+        if content.get("type") == "ask_question":
+            return await self._card(channel, content)
+        if content.get("type") == "card":
+            return await self._display_card(channel, content)
+        text = content.get("markdown") or content.get("text") or ""
+        if not isinstance(text, str):
+            text = str(text)
+        chunks = fmt.split(fmt.to_discord(text)) if text.strip() else []
+        if not chunks and not files:
+            return None
+        first: str | None = None
+        batches = [files[i : i + FILES_PER_MESSAGE] for i in range(0, len(files), FILES_PER_MESSAGE)]
+        for i, chunk in enumerate(chunks or [""]):
+            batch = batches.pop(0) if i == 0 and batches else []
+            sent = await self._post(channel, {"content": chunk} if chunk else {}, batch)
+            first = first or str(sent["id"])
+        for batch in batches:
+            sent = await self._post(channel, {}, batch)
+        return first
+
+    async def _card(self, channel: int, content: dict[str, Any]) -> str | None:
+        qid = str(content.get("questionId", ""))
+        options = content.get("options") if isinstance(content.get("options"), list) else []
+        title = str(content.get("title") or "❓ Question")
+        question = str(content.get("question") or "")
+        body = fmt.to_discord(f"**{title}**\n\n{question}".strip())
+        custom = [f"ncq:{qid}:{i}" for i in range(len(options))]
+        if len(options) > BUTTONS_PER_ROW * MAX_ROWS or any(len(c) > 100 for c in custom):
+            text = str(content.get("text") or body)  # too many to show: the text form
+            return await self.deliver_text(channel, text)
+        buttons = []
+        for i, opt in enumerate(options):
+            label = opt.get("label") if isinstance(opt, dict) else opt
+            label = str(label or f"Option {i + 1}")
+            if len(label) > LABEL_CHARS:
+                label = label[: LABEL_CHARS - 1] + "…"
+            buttons.append({"type": 2, "style": 1 if i == 0 else 2, "label": label, "custom_id": custom[i]})
+        rows = [{"type": 1, "components": buttons[i : i + BUTTONS_PER_ROW]}
+                for i in range(0, len(buttons), BUTTONS_PER_ROW)]  # fmt: skip
+        chunks = fmt.split(body)
+        for chunk in chunks[:-1]:
+            await self._post(channel, {"content": chunk})
+        sent = await self._post(channel, {"content": chunks[-1] if chunks else title, "components": rows})
+        return str(sent["id"])
+
+    async def deliver_text(self, channel: int, text: str) -> str | None:
+        first: str | None = None
+        for chunk in fmt.split(fmt.to_discord(text)):
+            sent = await self._post(channel, {"content": chunk})
+            first = first or str(sent["id"])
+        return first
+
+    async def _display_card(self, channel: int, content: dict[str, Any]) -> str | None:
+        card = content.get("card") if isinstance(content.get("card"), dict) else {}
+        lines = [f"**{card['title']}**"] if card.get("title") else []
+        if card.get("description"):
+            lines.append(str(card["description"]))
+        for child in card.get("children") or []:
+            lines.append(str(child.get("text", "")) if isinstance(child, dict) else str(child))
+        links = [a for a in card.get("actions") or []
+                 if isinstance(a, dict) and str(a.get("url", "")).startswith(("https://", "http://"))]  # fmt: skip
+        text = "\n".join(lines) or str(content.get("fallbackText") or "")
+        if not text and not links:
+            return None
+        payload: dict[str, Any] = {"content": fmt.split(fmt.to_discord(text))[0] if text else "​"}
+        if links:
+            buttons = [{"type": 2, "style": 5, "label": str(a.get("label") or a["url"])[:LABEL_CHARS],
+                        "url": str(a["url"])} for a in links[: BUTTONS_PER_ROW * MAX_ROWS]]  # fmt: skip
+            payload["components"] = [{"type": 1, "components": buttons[i : i + BUTTONS_PER_ROW]}
+                                     for i in range(0, len(buttons), BUTTONS_PER_ROW)]  # fmt: skip
+        sent = await self._post(channel, payload)
+        return str(sent["id"])
+
+    async def edit(self, platform_id: str, thread_id: str | None, message_id: str, text: str) -> None:
+        """Edit one of the bot's messages (a decided card loses its buttons)."""
+        try:
+            channel = fmt.target_channel(platform_id, thread_id)
+            mid = fmt.platform_message_id(message_id)
+        except fmt.BadDiscordId as exc:
+            raise DeliveryError(str(exc), permanent=True) from None
+        body = fmt.split(fmt.to_discord(text)) or ["​"]
+        content = body[0] if len(body) == 1 else body[0][: fmt.MAX_CHARS - 1] + "…"
+        route = Route("PATCH", "/channels/{channel_id}/messages/{message_id}",
+                      channel_id=channel, message_id=mid)  # fmt: skip
+        await self._call(self._http().request(route, json={"content": content, "components": []}))
+
+    async def react(self, platform_id: str, thread_id: str | None, message_id: str, emoji: str) -> None:
+        try:
+            channel = fmt.target_channel(platform_id, thread_id)
+            mid = fmt.platform_message_id(message_id)
+        except fmt.BadDiscordId as exc:
+            raise DeliveryError(str(exc), permanent=True) from None
+        name = emoji.strip().strip(":")
+        await self._call(self._http().add_reaction(channel, mid, EMOJI.get(name, name)))
+
+    async def set_typing(self, platform_id: str, thread_id: str | None) -> None:
+        with contextlib.suppress(CarapaceError, ValueError):
+            channel = fmt.target_channel(platform_id, thread_id)
+            await self._call(self._http().send_typing(channel))
+
+    async def open_dm(self, handle: str) -> str:
+        """The DM channel with a person (``discord:@me:<channel>``), for approval cards."""
+        user = handle.split(":")[-1]
+        if not user.isdigit():
+            raise DeliveryError(f"not a Discord user id: {handle!r}", permanent=True)
+        data = await self._call(self._http().start_private_message(int(user)))
+        return fmt.channel_id(None, str(data["id"]))
+
+
+def _guild_id(message: discord.Message) -> int | None:
+    """The message's guild, cached by discord.py or not (None: a DM)."""
+    if message.guild is not None:
+        return message.guild.id
+    guild_id = getattr(message.channel, "guild_id", None)
+    return guild_id if isinstance(guild_id, int) else None
+
+
+def _kind(content_type: str | None) -> str:
+    major = (content_type or "").split("/")[0]
+    return {"image": "image", "video": "video", "audio": "audio"}.get(major, "file")
