@@ -36,6 +36,7 @@ LAZY_COMMANDS: dict[str, str] = {
     "backup": "carapace.ops.commands:backup",
     "restore": "carapace.ops.commands:restore",
     "status": "carapace.ops.commands:status",
+    "channels": "carapace.channels.commands:channels",
 }
 
 home_option = click.option(
