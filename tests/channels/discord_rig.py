@@ -63,10 +63,14 @@ def content(event: InboundEvent) -> dict[str, Any]:
 
 
 @asynccontextmanager
-async def discord_rig(**fake_kw: Any) -> AsyncIterator[tuple[FakeDiscord, DiscordChannel, Recorded]]:
+async def discord_rig(
+    **fake_kw: Any,
+) -> AsyncIterator[tuple[FakeDiscord, DiscordChannel, Recorded]]:
     fake = await FakeDiscord(**fake_kw).start()
     rec = Recorded()
-    adapter = DiscordChannel(fake.token, base_url=fake.base_url, max_file_bytes=1024)
+    adapter = DiscordChannel(
+        fake.token, base_url=fake.base_url, max_file_bytes=1024, guild_ready_timeout=0.05
+    )
     try:
         await adapter.start(rec.callbacks())
         await asyncio.wait_for(adapter.ready.wait(), TIMEOUT)

@@ -26,7 +26,10 @@ def test_dm_channel_thread_and_mention_ids() -> None:
             await fake.user_says(dm, ann, "hello in private")
             ev = await rec.next_event(1)
             assert (ev.channel_type, ev.platform_id, ev.thread_id) == (
-                "discord", f"discord:@me:{dm.id}", None)
+                "discord",
+                f"discord:@me:{dm.id}",
+                None,
+            )
             assert ev.message.is_mention is True and ev.message.is_group is False
             doc = content(ev)
             assert doc["text"] == "hello in private"
@@ -106,8 +109,9 @@ def test_outbound_split_markdown_files_edit_react_typing() -> None:
             assert first == sent[0]["id"]
             assert " ".join(m["content"] for m in sent).split() == long.split()
 
-            await adapter.deliver(pid, None, OutboundMessage(
-                "chat", {"text": "__bold__ and ||not a spoiler||"}))
+            await adapter.deliver(
+                pid, None, OutboundMessage("chat", {"text": "__bold__ and ||not a spoiler||"})
+            )
             assert fake.bot_messages(dm)[-1]["content"] == "**bold** and \\|\\|not a spoiler\\|\\|"
 
             files = tuple(OutboundFile(f"f{i}.txt", b"data %d" % i) for i in range(12))
@@ -131,10 +135,16 @@ def test_card_buttons_and_clicks_carry_the_clicker() -> None:
             ann, bob = fake.person("ann"), fake.person("bob")
             general = fake.text_channel("home", "general")
             pid = f"discord:{general.guild_id}:{general.id}"
-            card = {"type": "ask_question", "questionId": "nsa-1-abc", "title": "👤 New sender",
-                    "question": "bob wants to talk. Allow?",
-                    "options": [{"label": "Allow", "value": "approve"},
-                                {"label": "Deny", "value": "reject"}]}
+            card = {
+                "type": "ask_question",
+                "questionId": "nsa-1-abc",
+                "title": "👤 New sender",
+                "question": "bob wants to talk. Allow?",
+                "options": [
+                    {"label": "Allow", "value": "approve"},
+                    {"label": "Deny", "value": "reject"},
+                ],
+            }
             mid = await adapter.deliver(pid, None, OutboundMessage("chat-sdk", card))
             msg = fake.bot_messages(general)[-1]
             assert msg["id"] == mid and "New sender" in msg["content"]
@@ -229,7 +239,7 @@ def test_bad_token_is_refused_at_start_and_revocation_reported() -> None:
             bad = DiscordChannel("wrong", base_url=fake.base_url)
             with pytest.raises(DiscordError, match="wrong or was revoked"):
                 await bad.start(rec.callbacks())
-            good = DiscordChannel(fake.token, base_url=fake.base_url)
+            good = DiscordChannel(fake.token, base_url=fake.base_url, guild_ready_timeout=0.05)
             await good.start(rec.callbacks())
             await asyncio.wait_for(good.ready.wait(), TIMEOUT)
             fake.token = "rotated"  # the old token is revoked; the gateway drops the bot

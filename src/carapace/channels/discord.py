@@ -26,7 +26,7 @@ import base64
 import contextlib
 import io
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import aiohttp
@@ -97,7 +97,8 @@ def _reason(exc: BaseException) -> str:
 def _fatal(exc: BaseException) -> bool:
     """Discord refused the bot itself: trying again cannot help."""
     return isinstance(exc, discord.LoginFailure | discord.PrivilegedIntentsRequired) or (
-        isinstance(exc, discord.ConnectionClosed) and exc.code in (4004, 4010, 4011, 4012, 4013, 4014)
+        isinstance(exc, discord.ConnectionClosed)
+        and exc.code in (4004, 4010, 4011, 4012, 4013, 4014)
     )
 
 
@@ -133,10 +134,12 @@ class DiscordChannel:
     supports_threads = True
 
     def __init__(self, token: str, *, base_url: str | None = None,
-                 max_file_bytes: int = MAX_FILE_BYTES) -> None:  # fmt: skip
+                 max_file_bytes: int = MAX_FILE_BYTES, guild_ready_timeout: float = 2.0,
+                 ) -> None:  # fmt: skip
         self.token = token
         self.base_url = base_url
         self.max_file_bytes = max_file_bytes
+        self.guild_ready_timeout = guild_ready_timeout  # discord.py's wait for GUILD_CREATEs
         self.callbacks: ChannelCallbacks | None = None
         self.client: discord.Client | None = None
         self.ready = asyncio.Event()
@@ -155,7 +158,8 @@ class DiscordChannel:
         intents.guilds = intents.guild_messages = intents.dm_messages = True
         intents.message_content = True
         client = discord.Client(intents=intents, max_messages=None,
-                                allowed_mentions=discord.AllowedMentions.none())  # fmt: skip
+                                allowed_mentions=discord.AllowedMentions.none(),
+                                guild_ready_timeout=self.guild_ready_timeout)  # fmt: skip
         self.client = client
         client.event(self.on_ready)
         client.event(self.on_message)
@@ -187,7 +191,9 @@ class DiscordChannel:
                     return
                 failures += 1
                 delay = min(3600.0, 2.0**failures)
-                logger.warning("discord: gateway loop ended (%s); again in %.0f s", _reason(exc), delay)
+                logger.warning(
+                    "discord: gateway loop ended (%s); again in %.0f s", _reason(exc), delay
+                )
                 await asyncio.sleep(delay)
 
     async def stop(self) -> None:
@@ -219,10 +225,10 @@ class DiscordChannel:
             known = self._parents.get(channel.id)
             if known is None:  # a channel discord.py has not cached: ask Discord what it is
                 with contextlib.suppress(discord.DiscordException, aiohttp.ClientError):
-                    data = await self.client.http.get_channel(channel.id)
+                    data: dict[str, Any] = dict(await self.client.http.get_channel(channel.id))
                     parent = data.get("parent_id")
                     if data.get("type") in (10, 11, 12) and parent:
-                        known = (guild_id, int(parent))
+                        known = (guild_id, int(str(parent)))
                         self._parents[channel.id] = known
             if known is not None:
                 return (fmt.channel_id(str(guild_id), str(known[1])),
@@ -309,9 +315,11 @@ class DiscordChannel:
     async def on_interaction(self, interaction: discord.Interaction) -> None:
         """A card's button: acknowledged at once (Discord wants it within 3 s), then decided
         by the host's approvals engine with the clicker's id."""
-        data = interaction.data or {}
+        data: dict[str, Any] = dict(interaction.data or {})
         custom_id = str(data.get("custom_id", ""))
-        if interaction.type is not discord.InteractionType.component or not custom_id.startswith("ncq:"):
+        if interaction.type is not discord.InteractionType.component or not custom_id.startswith(
+            "ncq:"
+        ):
             return
         qid, _, value = custom_id[4:].rpartition(":")
         with contextlib.suppress(discord.DiscordException, aiohttp.ClientError):
@@ -328,7 +336,9 @@ class DiscordChannel:
     # ------------------------------------------------------------------ outbound
     def _http(self) -> discord.http.HTTPClient:
         if self.client is None or self.client.is_closed() or self.failure:
-            raise DeliveryError(f"discord is not connected{': ' + self.failure if self.failure else ''}")
+            raise DeliveryError(
+                f"discord is not connected{': ' + self.failure if self.failure else ''}"
+            )
         return self.client.http
 
     async def _call(self, coro: Any) -> Any:
@@ -336,15 +346,18 @@ class DiscordChannel:
         try:
             return await coro
         except (discord.Forbidden, discord.NotFound) as exc:
-            raise DeliveryError(f"discord refused: {exc.status} {exc.text}", permanent=True) from None
+            raise DeliveryError(
+                f"discord refused: {exc.status} {exc.text}", permanent=True
+            ) from None
         except discord.HTTPException as exc:
             permanent = 400 <= exc.status < 500 and exc.status != 429
             raise DeliveryError(f"discord: {exc.status} {exc.text}", permanent=permanent) from None
-        except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise DeliveryError(f"discord unreachable: {type(exc).__name__}: {exc}") from None
 
-    async def _post(self, channel: int, payload: dict[str, Any],
-                    files: list[tuple[str, bytes]] = ()) -> dict[str, Any]:  # type: ignore[assignment]
+    async def _post(
+        self, channel: int, payload: dict[str, Any], files: Sequence[tuple[str, bytes]] = ()
+    ) -> dict[str, Any]:
         http = self._http()
         payload.setdefault("allowed_mentions", {"parse": []})
         if files:
@@ -359,12 +372,16 @@ class DiscordChannel:
         result = await self._call(http.request(route, json=payload))
         return result
 
-    async def deliver(self, platform_id: str, thread_id: str | None, message: OutboundMessage) -> str | None:
+    async def deliver(
+        self, platform_id: str, thread_id: str | None, message: OutboundMessage
+    ) -> str | None:
         try:
             channel = fmt.target_channel(platform_id, thread_id)
         except fmt.BadDiscordId as exc:
             raise DeliveryError(str(exc), permanent=True) from None
-        content = message.content if isinstance(message.content, dict) else {"text": str(message.content)}
+        content = (
+            message.content if isinstance(message.content, dict) else {"text": str(message.content)}
+        )
         files = [(f.name, f.data) for f in message.files]
         if content.get("type") == "ask_question":
             return await self._card(channel, content)
@@ -377,7 +394,9 @@ class DiscordChannel:
         if not chunks and not files:
             return None
         first: str | None = None
-        batches = [files[i : i + FILES_PER_MESSAGE] for i in range(0, len(files), FILES_PER_MESSAGE)]
+        batches = [
+            files[i : i + FILES_PER_MESSAGE] for i in range(0, len(files), FILES_PER_MESSAGE)
+        ]
         for i, chunk in enumerate(chunks or [""]):
             batch = batches.pop(0) if i == 0 and batches else []
             sent = await self._post(channel, {"content": chunk} if chunk else {}, batch)
@@ -388,7 +407,8 @@ class DiscordChannel:
 
     async def _card(self, channel: int, content: dict[str, Any]) -> str | None:
         qid = str(content.get("questionId", ""))
-        options = content.get("options") if isinstance(content.get("options"), list) else []
+        raw = content.get("options")
+        options: list[Any] = raw if isinstance(raw, list) else []
         title = str(content.get("title") or "❓ Question")
         question = str(content.get("question") or "")
         body = fmt.to_discord(f"**{title}**\n\n{question}".strip())
@@ -402,13 +422,17 @@ class DiscordChannel:
             label = str(label or f"Option {i + 1}")
             if len(label) > LABEL_CHARS:
                 label = label[: LABEL_CHARS - 1] + "…"
-            buttons.append({"type": 2, "style": 1 if i == 0 else 2, "label": label, "custom_id": custom[i]})
+            buttons.append(
+                {"type": 2, "style": 1 if i == 0 else 2, "label": label, "custom_id": custom[i]}
+            )
         rows = [{"type": 1, "components": buttons[i : i + BUTTONS_PER_ROW]}
                 for i in range(0, len(buttons), BUTTONS_PER_ROW)]  # fmt: skip
         chunks = fmt.split(body)
         for chunk in chunks[:-1]:
             await self._post(channel, {"content": chunk})
-        sent = await self._post(channel, {"content": chunks[-1] if chunks else title, "components": rows})
+        sent = await self._post(
+            channel, {"content": chunks[-1] if chunks else title, "components": rows}
+        )
         return str(sent["id"])
 
     async def deliver_text(self, channel: int, text: str) -> str | None:
@@ -419,7 +443,8 @@ class DiscordChannel:
         return first
 
     async def _display_card(self, channel: int, content: dict[str, Any]) -> str | None:
-        card = content.get("card") if isinstance(content.get("card"), dict) else {}
+        raw = content.get("card")
+        card: dict[str, Any] = raw if isinstance(raw, dict) else {}
         lines = [f"**{card['title']}**"] if card.get("title") else []
         if card.get("description"):
             lines.append(str(card["description"]))
@@ -439,7 +464,9 @@ class DiscordChannel:
         sent = await self._post(channel, payload)
         return str(sent["id"])
 
-    async def edit(self, platform_id: str, thread_id: str | None, message_id: str, text: str) -> None:
+    async def edit(
+        self, platform_id: str, thread_id: str | None, message_id: str, text: str
+    ) -> None:
         """Edit one of the bot's messages (a decided card loses its buttons)."""
         try:
             channel = fmt.target_channel(platform_id, thread_id)
@@ -452,7 +479,9 @@ class DiscordChannel:
                       channel_id=channel, message_id=mid)  # fmt: skip
         await self._call(self._http().request(route, json={"content": content, "components": []}))
 
-    async def react(self, platform_id: str, thread_id: str | None, message_id: str, emoji: str) -> None:
+    async def react(
+        self, platform_id: str, thread_id: str | None, message_id: str, emoji: str
+    ) -> None:
         try:
             channel = fmt.target_channel(platform_id, thread_id)
             mid = fmt.platform_message_id(message_id)

@@ -77,7 +77,9 @@ def _map_prose(line: str) -> str:
 
 def _map_plain(text: str) -> str:
     text = text.replace("||", "\\|\\|")
-    text = re.sub(r"!\[([^\]]*)\]\(([^)\s]+)\)", lambda m: f"[{m.group(1) or 'image'}]({m.group(2)})", text)
+    text = re.sub(
+        r"!\[([^\]]*)\]\(([^)\s]+)\)", lambda m: f"[{m.group(1) or 'image'}]({m.group(2)})", text
+    )
     text = re.sub(r"(?<![\\_])__(?=\S)(.+?)(?<=\S)__(?!_)", r"**\1**", text)
     return text
 

@@ -113,9 +113,10 @@ async def _channel_route(fake: FakeDiscord, request: web.Request, channel: Chann
         err = _check_message(fake, body, files, creating=True)
         if err:
             return _error(400, 50035, f"Invalid Form Body: {err}")
-        msg = _store(fake, channel, body, files)
-        return json_response(msg)
-    msg = next((x for x in channel.messages if len(parts) > 3 and x["id"] == parts[3]), None)
+        return json_response(_store(fake, channel, body, files))
+    msg: dict[str, Any] | None = next(
+        (x for x in channel.messages if len(parts) > 3 and x["id"] == parts[3]), None
+    )
     if msg is None:
         return _error(404, 10008, "Unknown Message")
     if (m, route) == ("PATCH", "/channels/{id}/messages/{id}"):
@@ -151,7 +152,7 @@ def _check_message(fake: FakeDiscord, body: dict[str, Any], files: list[tuple[st
         return f"files: at most {MAX_FILES}"
     if sum(len(d) for _, d in files) > MAX_UPLOAD:
         return "Request entity too large"
-    if "components" in body and body["components"]:
+    if body.get("components"):
         err = fake.check_components(body["components"])
         if err:
             return f"components: {err}"
