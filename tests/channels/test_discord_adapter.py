@@ -8,7 +8,7 @@ import base64
 from typing import Any
 
 import pytest
-from discord_rig import TIMEOUT, content, discord_rig
+from .discord_rig import TIMEOUT, content, discord_rig
 
 from carapace.channels.base import ClickAnswer, OutboundFile, OutboundMessage
 from carapace.errors import DeliveryError
@@ -48,7 +48,7 @@ def test_dm_channel_thread_and_mention_ids() -> None:
             assert ev.message.is_mention is True
             assert content(ev)["text"].endswith("are you there?")
 
-            thread = await fake.thread(general, "plans")
+            thread = fake.thread(general, "plans")
             await fake.user_says(thread, ann, "in the thread")
             ev = await rec.next_event(4)
             assert ev.platform_id == f"discord:{gid}:{general.id}"
@@ -233,7 +233,7 @@ def test_bad_token_is_refused_at_start_and_revocation_reported() -> None:
                 await verify({"DISCORD_BOT_TOKEN": "wrong"}, base_url=fake.base_url)
             who = await verify({"DISCORD_BOT_TOKEN": fake.token}, base_url=fake.base_url)
             assert who == f"@{fake.bot.username} ({fake.bot.id})"
-            from discord_rig import Recorded
+            from .discord_rig import Recorded
 
             rec = Recorded()
             bad = DiscordChannel("wrong", base_url=fake.base_url)

@@ -95,7 +95,7 @@ def test_discord_conversation(e2e: E2E, discord: ThreadedFake) -> None:
     assert not any("just chatting" in t for t in _bot_texts(discord, general))
 
     # --- a thread: its own session, the answer in the thread
-    thread = discord.call(fake.thread(general, "plans"))
+    thread = discord.sync(lambda: fake.thread(general, "plans"))
     discord.call(fake.user_says(thread, ann, "thread question", mention=True))
     wait_for(lambda: any("thread question" in t for t in _bot_texts(discord, thread)), 30,
              "thread reply")  # fmt: skip

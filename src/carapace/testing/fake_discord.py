@@ -191,16 +191,14 @@ class FakeDiscord:
         self.channels[c.id] = c
         return c
 
-    async def thread(self, parent: Channel, name: str) -> Channel:
-        """A thread under ``parent``, announced with THREAD_CREATE like Discord does."""
+    def thread(self, parent: Channel, name: str) -> Channel:
+        """A thread under ``parent`` (THREAD_CREATE goes out before the next event)."""
         for c in self.channels.values():
             if c.parent_id == parent.id and c.name == name:
                 return c
         t = Channel(snowflake(), parent.guild_id, name, parent_id=parent.id)
         self.channels[t.id] = t
-        if self.gateway.current is not None:
-            await self.gateway.dispatch("THREAD_CREATE", {**self.channel_payload(t),
-                                                          "newly_created": True})  # fmt: skip
+        self.announce.append(("THREAD_CREATE", t.id))
         return t
 
     def channel_payload(self, c: Channel) -> dict[str, Any]:

@@ -136,8 +136,10 @@ class Gateway:
                 await self._dispatch_to(self.current, kind, self.fake.guild_payload(ident))
             elif not any(k == "GUILD_CREATE" and i == self.fake.channels[ident].guild_id
                          for k, i in pending):  # fmt: skip
-                await self._dispatch_to(self.current, kind,
-                                        self.fake.channel_payload(self.fake.channels[ident]))  # fmt: skip
+                told = self.fake.channel_payload(self.fake.channels[ident])
+                if kind == "THREAD_CREATE":
+                    told["newly_created"] = True
+                await self._dispatch_to(self.current, kind, told)
         await self._dispatch_to(self.current, event, data)
 
     async def disconnect(self, code: int = 4000) -> None:
