@@ -8,10 +8,11 @@ import base64
 from typing import Any
 
 import pytest
-from .discord_rig import TIMEOUT, content, discord_rig
 
 from carapace.channels.base import ClickAnswer, OutboundFile, OutboundMessage
 from carapace.errors import DeliveryError
+
+from .discord_rig import TIMEOUT, content, discord_rig
 
 
 def run(coro: Any) -> Any:
