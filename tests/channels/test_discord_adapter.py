@@ -253,3 +253,57 @@ def test_bad_token_is_refused_at_start_and_revocation_reported() -> None:
             await fake.stop()
 
     run(scenario())
+
+
+def test_said_while_the_host_was_down_is_caught_up(tmp_path: Any) -> None:
+    """Discord gives a new session no backlog: the adapter reads the history after the last
+    message it routed, in order; the cursor file is private and a damaged one is ignored."""
+
+    async def scenario() -> None:
+        from carapace.channels.discord import DiscordChannel
+        from carapace.testing.fake_discord import FakeDiscord
+
+        from .discord_rig import Recorded
+
+        fake = await FakeDiscord().start()
+        state = tmp_path / "discord-cursor.json"
+
+        async def up(rec: Recorded) -> DiscordChannel:
+            a = DiscordChannel(fake.token, base_url=fake.base_url, guild_ready_timeout=0.05,
+                               state_path=state)  # fmt: skip
+            await a.start(rec.callbacks())
+            await asyncio.wait_for(a.ready.wait(), TIMEOUT)
+            return a
+
+        try:
+            ann = fake.person("ann")
+            dm, general = fake.dm(ann), fake.text_channel("home", "general")
+            first = Recorded()
+            a = await up(first)
+            await fake.user_says(dm, ann, "one")
+            await fake.user_says(general, ann, "in general")
+            await first.next_event(2)
+            await a.stop()  # the host is down; people go on talking
+            assert oct(state.stat().st_mode & 0o777) == "0o600"
+            for text in ("two", "three"):
+                await fake.user_says(dm, ann, text)
+            await fake.user_says(general, ann, "more in general", mention=True)
+            second = Recorded()
+            b = await up(second)
+            got = [(e.platform_id, content(e)["text"]) for e in second.events]
+            assert got == [
+                (f"discord:@me:{dm.id}", "two"), (f"discord:@me:{dm.id}", "three"),
+                (f"discord:{general.guild_id}:{general.id}", "@carapace-bot more in general"),
+            ]  # fmt: skip
+            assert second.events[-1].message.is_mention is True
+            await b.stop()
+            state.write_text("{not json")
+            third = Recorded()
+            c = await up(third)  # a damaged cursor: no catch-up, no error
+            await fake.user_says(dm, ann, "four")
+            assert content(await third.next_event(1))["text"] == "four"
+            await c.stop()
+        finally:
+            await fake.stop()
+
+    run(scenario())

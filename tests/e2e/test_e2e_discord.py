@@ -3,7 +3,8 @@ real ``carapace run`` (discord.py inside) against the fake Discord, with real ru
 
 DM, a channel where the bot answers when mentioned, a thread (its own session), a file
 (lands in the session's inbox), a stranger held for approval and the owner's card clicked
-first by the wrong person then by the owner, and a gateway drop mid-conversation."""
+first by the wrong person then by the owner, an unknown channel's registration card, a
+gateway drop mid-conversation, and a host killed while people go on talking."""
 
 from __future__ import annotations
 
@@ -129,6 +130,25 @@ def test_discord_conversation(e2e: E2E, discord: ThreadedFake) -> None:
     wait_for(lambda: any("said while you were away" in t for t in _bot_texts(discord, dm)), 30,
              "reply after resume")  # fmt: skip
     assert fake.gateway.resumes >= 1 and fake.gateway.identifies == 1
+
+    # --- an unknown channel: the owner is asked whether to connect it
+    random = discord.sync(lambda: fake.text_channel("home", "random"))
+    discord.call(fake.user_says(random, bob, "hello bot?", mention=True))
+    ask = wait_for(lambda: discord.sync(lambda: next(
+        (m for m in fake.bot_messages(dm) if m["components"] and m is not card), None)), 30,
+        "channel registration card")  # fmt: skip
+    assert "channel" in ask["content"].lower()
+    discord.call(fake.click(ask, len(ask["components"][-1]["components"]) - 1, ann))  # Reject
+    wait_for(lambda: discord.sync(lambda: ask["components"] == []), 30, "registration decided")
+    assert _bot_texts(discord, random) == []
+
+    # --- the host is killed: what is said meanwhile is read back at its next start
+    e2e.kill_host()
+    discord.call(fake.user_says(dm, ann, "said while the host was down"))
+    e2e.start_host()
+    wait_for(lambda: any("said while the host was down" in t for t in _bot_texts(discord, dm)),
+             30, "reply after the host restart")  # fmt: skip
+    assert fake.gateway.identifies == 2
     assert all(len(t) <= 2000 for c in (dm, general, thread) for t in _bot_texts(discord, c))
     assert e2e.stop_host() == 0
 

@@ -26,6 +26,7 @@ import base64
 import contextlib
 import logging
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -41,6 +42,7 @@ from carapace.channels.base import (
     InboundEvent,
     InboundMessage,
 )
+from carapace.channels.discord_catchup import CATCH_UP_LIMIT, FILE_NAME, Cursor
 from carapace.channels.discord_outbound import DiscordOutbound
 from carapace.errors import CarapaceError
 from carapace.jsonutil import dumps
@@ -115,7 +117,8 @@ def from_home(home: Any, secrets: Mapping[str, str], settings: Any) -> DiscordCh
         return None
     from carapace.channels.registry import base_url
 
-    return DiscordChannel(token, base_url=base_url(settings, CHANNEL_TYPE))
+    return DiscordChannel(token, base_url=base_url(settings, CHANNEL_TYPE),
+                          state_path=home.data_dir / FILE_NAME)  # fmt: skip
 
 
 class DiscordChannel(DiscordOutbound):
@@ -126,11 +129,12 @@ class DiscordChannel(DiscordOutbound):
 
     def __init__(self, token: str, *, base_url: str | None = None,
                  max_file_bytes: int = MAX_FILE_BYTES, guild_ready_timeout: float = 2.0,
-                 ) -> None:  # fmt: skip
+                 state_path: Path | None = None) -> None:  # fmt: skip
         self.token = token
         self.base_url = base_url
         self.max_file_bytes = max_file_bytes
         self.guild_ready_timeout = guild_ready_timeout  # discord.py's wait for GUILD_CREATEs
+        self.cursor = Cursor(state_path)  # what was routed, for the catch-up at a new session
         self.callbacks: ChannelCallbacks | None = None
         self.client: discord.Client | None = None
         self.ready = asyncio.Event()
@@ -197,8 +201,29 @@ class DiscordChannel(DiscordOutbound):
         self._task = None
 
     async def on_ready(self) -> None:
-        self.ready.set()
+        """A new gateway session (not a resume): read what was said since the last routed
+        message of every channel heard from (``discord_catchup``), then we are ready."""
         logger.info("discord: connected as %s", self.client.user if self.client else "?")
+        await self._catch_up()
+        self.ready.set()
+
+    async def _catch_up(self) -> None:
+        if self.client is None:
+            return
+        async with self._order:
+            for cid, mark in list(self.cursor.marks.items()):
+                after, mark.failed = mark.after(), None
+                channel = self.client.get_partial_messageable(cid, guild_id=mark.guild)
+                n = 0
+                try:
+                    async for message in channel.history(
+                        after=discord.Object(after), oldest_first=True, limit=CATCH_UP_LIMIT
+                    ):
+                        n += await self._route(message, edited=False)
+                except (discord.DiscordException, aiohttp.ClientError, OSError) as exc:
+                    logger.warning("discord: no catch-up for channel %s: %s", cid, _reason(exc))
+                if n:
+                    logger.info("discord: %d message(s) in channel %s caught up", n, cid)
 
     def _bot_id(self) -> int:
         user = self.client.user if self.client is not None else None
@@ -283,16 +308,28 @@ class DiscordChannel(DiscordOutbound):
         )  # fmt: skip
 
     async def _inbound(self, message: discord.Message, *, edited: bool) -> None:
-        if self.callbacks is None or message.author.bot or message.author.id == self._bot_id():
-            return
-        if message.type not in (discord.MessageType.default, discord.MessageType.reply):
-            return
         async with self._order:  # FIFO: events reach the router in the gateway's order
-            try:
-                event = await self._event(message, edited=edited)
-                await self.callbacks.on_inbound(event)
-            except Exception:
-                logger.exception("discord: inbound message %s not routed", message.id)
+            await self._route(message, edited=edited)
+
+    async def _route(self, message: discord.Message, *, edited: bool) -> int:
+        """Hand one message to the router; 1 when it was routed. A failure is remembered
+        (``cursor``) so the next session reads it again."""
+        if self.callbacks is None or message.author.bot or message.author.id == self._bot_id():
+            return 0
+        if message.type not in (discord.MessageType.default, discord.MessageType.reply):
+            return 0
+        guild = _guild_id(message)
+        try:
+            event = await self._event(message, edited=edited)
+            await self.callbacks.on_inbound(event)
+        except Exception:
+            logger.exception("discord: inbound message %s not routed", message.id)
+            if not edited:
+                self.cursor.failed(message.channel.id, guild, message.id)
+            return 0
+        if not edited:
+            self.cursor.routed(message.channel.id, guild, message.id)
+        return 1
 
     async def on_message(self, message: discord.Message) -> None:
         await self._inbound(message, edited=False)

@@ -107,7 +107,8 @@ async def _channel_route(fake: FakeDiscord, request: web.Request, channel: Chann
     if (m, route) == ("GET", "/channels/{id}/messages"):
         after = int(request.query.get("after", "0"))
         msgs = [x for x in channel.messages if int(x["id"]) > after]
-        return json_response(list(reversed(msgs))[: int(request.query.get("limit", "50"))])
+        msgs = msgs[: int(request.query.get("limit", "50"))]  # the oldest after, newest first
+        return json_response(list(reversed(msgs)))
     if (m, route) == ("POST", "/channels/{id}/messages"):
         body, files = await _body(request)
         err = _check_message(fake, body, files, creating=True)

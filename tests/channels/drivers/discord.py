@@ -1,9 +1,11 @@
 """Contract driver for the Discord adapter: discord.py against the fake Discord
 (``carapace.testing.fake_discord``, gateway and REST on loopback).
 
-Discord lacks only ``restart_redelivers``: a new gateway session (IDENTIFY) gets no backlog,
-so an event the host never committed is not offered again after a restart. (A dropped
-connection resumes and gets what it missed: ``test_discord_adapter``.)"""
+Every capability: Discord itself does not redeliver after a restart (a new gateway session
+gets no backlog), but the adapter reads each channel's history after the last message it
+routed (``carapace.channels.discord_catchup``), so an event the host never committed is
+offered again. (A dropped connection resumes and gets what it missed:
+``test_discord_adapter``.)"""
 
 from __future__ import annotations
 
@@ -27,7 +29,17 @@ def _readable(text: str) -> str:
 class DiscordDriver:
     channel_type = "discord"
     caps = frozenset(
-        {"threads", "mention", "files_in", "files_out", "edit", "react", "buttons", "typing"}
+        {
+            "threads",
+            "mention",
+            "files_in",
+            "files_out",
+            "edit",
+            "react",
+            "buttons",
+            "typing",
+            "restart_redelivers",
+        }
     )
     max_text: int | None = 2000
 
@@ -39,7 +51,8 @@ class DiscordDriver:
         if self.fake is None:
             self.fake = await FakeDiscord().start()
         self.adapter = DiscordChannel(self.fake.token, base_url=self.fake.base_url,
-                                      guild_ready_timeout=0.05)  # fmt: skip
+                                      guild_ready_timeout=0.05,
+                                      state_path=tmp_path / "discord-cursor.json")  # fmt: skip
         return self.adapter
 
     async def stop(self) -> None:
