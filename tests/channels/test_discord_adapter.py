@@ -171,7 +171,7 @@ def test_card_buttons_and_clicks_carry_the_clicker() -> None:
 
 def test_429_is_waited_out_per_route_and_limits_are_kept() -> None:
     async def scenario() -> None:
-        async with discord_rig(limit_per_route=3, window=0.3) as (fake, adapter, _rec):
+        async with discord_rig(limit_per_route=3, window=0.1) as (fake, adapter, _rec):
             ann = fake.person("ann")
             dm = fake.dm(ann)
             pid = f"discord:@me:{dm.id}"
@@ -240,7 +240,9 @@ def test_bad_token_is_refused_at_start_and_revocation_reported() -> None:
             bad = DiscordChannel("wrong", base_url=fake.base_url)
             with pytest.raises(DiscordError, match="wrong or was revoked"):
                 await bad.start(rec.callbacks())
-            good = DiscordChannel(fake.token, base_url=fake.base_url, guild_ready_timeout=0.05)
+            good = DiscordChannel(
+                fake.token, base_url=fake.base_url, guild_ready_timeout=0.05, identify_pause=0
+            )
             await good.start(rec.callbacks())
             await asyncio.wait_for(good.ready.wait(), TIMEOUT)
             fake.token = "rotated"  # the old token is revoked; the gateway drops the bot

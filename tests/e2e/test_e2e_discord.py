@@ -9,6 +9,7 @@ gateway drop mid-conversation, and a host killed while people go on talking."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sqlite3
 import threading
@@ -176,3 +177,40 @@ def _wire(e2e: E2E, ann_id: str, dm_pid: str, general_pid: str) -> None:
     finally:
         conn.close()
     assert isinstance(conn, sqlite3.Connection)
+
+
+def test_revoked_token_is_a_doctor_error_and_the_host_serves_the_rest(
+    e2e: E2E, discord: ThreadedFake
+) -> None:
+    fake = discord.fake
+    env = {**os.environ, "DISCORD_BOT_TOKEN": fake.token}
+    r = e2e.cli("channels", "add", "discord", "--home", str(e2e.home), "--base-url",
+                fake.base_url, env=env)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    e2e.write_settings(f'\n[channels.discord]\nbase_url = "{fake.base_url}"\n')
+    e2e.start_host()
+    wait_for(lambda: fake.gateway.connected.is_set(), what="the bot connected")
+    assert e2e.cli("doctor", "--home", str(e2e.home)).returncode == 0
+
+    def state() -> str:
+        r = e2e.cli("channels", "list", "--home", str(e2e.home), "--json")
+        return str({row["channel_type"]: row for row in json.loads(r.stdout)}["discord"]["state"])
+
+    assert state() == "running"
+    # revoked in Discord's portal while the host runs: the gateway drops the bot for good
+    discord.sync(lambda: setattr(fake, "token", "a-new-token"))
+    discord.sync(fake.gateway.invalidate)
+    discord.call(fake.gateway.disconnect(4000))
+    wait_for(lambda: state() == "failed", 30, "discord recorded as failed")
+    doc = e2e.cli("doctor", "--home", str(e2e.home), "--json")
+    assert doc.returncode == 1
+    [finding] = [f for f in json.loads(doc.stdout)["findings"] if f["code"] == "channel-failed"]
+    assert "discord" in finding["subject"] and "revoked" in finding["message"]
+    r = e2e.send("still there?")  # the CLI channel is served all the same
+    assert r.returncode == 0 and '"still there?"' in r.stdout, (r.stdout, r.stderr)
+    # a restart with the revoked token: refused at log-in, the rest starts
+    e2e.stop_host()
+    e2e.start_host()
+    wait_for(lambda: state() == "failed", 30, "discord failed at start")
+    assert e2e.send("and now?").returncode == 0
+    assert e2e.stop_host() == 0

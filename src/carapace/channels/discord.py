@@ -121,6 +121,17 @@ def from_home(home: Any, secrets: Mapping[str, str], settings: Any) -> DiscordCh
                           state_path=home.data_dir / FILE_NAME)  # fmt: skip
 
 
+class _Client(discord.Client):
+    """discord.py's client with its pause before a repeated IDENTIFY made adjustable
+    (Discord allows one IDENTIFY per 5 s; tests against the fake need no pause)."""
+
+    identify_pause = 5.0
+
+    async def before_identify_hook(self, shard_id: int | None, *, initial: bool = False) -> None:
+        if not initial:
+            await asyncio.sleep(self.identify_pause)
+
+
 class DiscordChannel(DiscordOutbound):
     """A Discord bot as a carapace channel (see the module doc)."""
 
@@ -129,11 +140,12 @@ class DiscordChannel(DiscordOutbound):
 
     def __init__(self, token: str, *, base_url: str | None = None,
                  max_file_bytes: int = MAX_FILE_BYTES, guild_ready_timeout: float = 2.0,
-                 state_path: Path | None = None) -> None:  # fmt: skip
+                 state_path: Path | None = None, identify_pause: float = 5.0) -> None:  # fmt: skip
         self.token = token
         self.base_url = base_url
         self.max_file_bytes = max_file_bytes
         self.guild_ready_timeout = guild_ready_timeout  # discord.py's wait for GUILD_CREATEs
+        self.identify_pause = identify_pause
         self.cursor = Cursor(state_path)  # what was routed, for the catch-up at a new session
         self.callbacks: ChannelCallbacks | None = None
         self.client: discord.Client | None = None
@@ -152,9 +164,10 @@ class DiscordChannel(DiscordOutbound):
         intents = discord.Intents.none()
         intents.guilds = intents.guild_messages = intents.dm_messages = True
         intents.message_content = True
-        client = discord.Client(intents=intents, max_messages=None,
+        client = _Client(intents=intents, max_messages=None,
                                 allowed_mentions=discord.AllowedMentions.none(),
                                 guild_ready_timeout=self.guild_ready_timeout)  # fmt: skip
+        client.identify_pause = self.identify_pause
         self.client = client
         client.event(self.on_ready)
         client.event(self.on_message)

@@ -112,6 +112,7 @@ class FakeDiscord:
         self.typing: list[str] = []
         self.interaction_responses: list[dict[str, Any]] = []
         self.followups: list[dict[str, Any]] = []
+        self.allowed_mentions: list[Any] = []  # of every message the bot posted
         self.requests: list[tuple[str, str]] = []  # (method, path) of every REST call
         self.rate_limited: list[tuple[str, str]] = []  # 429s sent (injected or enforced)
         self.violations: list[str] = []  # requests sent while a bucket was exhausted

@@ -175,6 +175,7 @@ def _store(fake: FakeDiscord, channel: Channel, body: dict[str, Any],
                                attachments=attachments)  # fmt: skip
     msg["components"] = body.get("components") or []
     msg["embeds"] = body.get("embeds") or []
+    fake.allowed_mentions.append(body.get("allowed_mentions"))
     ref = body.get("message_reference")
     if isinstance(ref, dict):
         msg["message_reference"] = ref
