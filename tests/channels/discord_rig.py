@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from carapace.channels.base import ButtonClick, ChannelCallbacks, ClickAnswer, InboundEvent
-from carapace.channels.discord import DiscordChannel
+from carapace.channels.discord_adapter import DiscordChannel
 from carapace.testing.fake_discord import FakeDiscord
 
 TIMEOUT = 20.0

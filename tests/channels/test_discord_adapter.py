@@ -225,7 +225,8 @@ def test_events_sent_while_disconnected_arrive_after_resume() -> None:
 
 def test_bad_token_is_refused_at_start_and_revocation_reported() -> None:
     async def scenario() -> None:
-        from carapace.channels.discord import DiscordChannel, DiscordError, verify
+        from carapace.channels.discord import DiscordError, verify
+        from carapace.channels.discord_adapter import DiscordChannel
         from carapace.testing.fake_discord import FakeDiscord
 
         fake = await FakeDiscord().start()
@@ -262,7 +263,7 @@ def test_said_while_the_host_was_down_is_caught_up(tmp_path: Any) -> None:
     message it routed, in order; the cursor file is private and a damaged one is ignored."""
 
     async def scenario() -> None:
-        from carapace.channels.discord import DiscordChannel
+        from carapace.channels.discord_adapter import DiscordChannel
         from carapace.testing.fake_discord import FakeDiscord
 
         from .discord_rig import Recorded

@@ -4,6 +4,9 @@ agent can put in a row (hostile input: only NanoClaw's Discord forms are accepte
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
+from typing import Any
 
 import pytest
 
@@ -96,3 +99,24 @@ def test_agent_written_ids_and_text_cannot_reach_other_routes_or_ping() -> None:
             assert mid is not None
 
     asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+def test_a_home_without_discord_py_still_lists_channels(tmp_path: Any) -> None:
+    """The registry imports ``carapace.channels.discord`` for every home: without the
+    ``discord`` extra it still loads, and a configured token fails with one clear line."""
+    code = (
+        "import sys; sys.modules['discord'] = None\n"
+        "from carapace.channels import discord, registry\n"
+        "from carapace.config import Home, Settings\n"
+        "from carapace.errors import ConfigError\n"
+        f"home = Home.resolve({str(tmp_path)!r})\n"
+        "assert [c.channel_type for c in registry.list_channels(home, {})][:2] == ['cli', 'discord']\n"
+        "assert discord.from_home(home, {}, Settings()) is None\n"
+        "try:\n"
+        "    discord.from_home(home, {'DISCORD_BOT_TOKEN': 't'}, Settings())\n"
+        "except ConfigError as exc:\n"
+        "    print(exc)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "discord.py is not installed (pip install 'carapace[discord]')"

@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 
 from carapace.channels.base import ChannelAdapter
-from carapace.channels.discord import DiscordChannel
+from carapace.channels.discord_adapter import DiscordChannel
 from carapace.testing.fake_discord import Channel, FakeDiscord
 
 from ..contract import WAIT_S, SentItem
