@@ -1,0 +1,75 @@
+"""The Discord adapter inside a host (fake runner, single passes): a reply Discord refuses
+is a permanent failure the agent is told about, and typing reaches the chat."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+from carapace.channels.discord_adapter import DiscordChannel
+from carapace.config import Home, Settings
+from carapace.db import groups, messaging
+from carapace.db.session import insert_message_out, open_inbound, open_outbound
+from carapace.db.sessions import list_sessions
+from carapace.host.host import Host, HostOptions
+from carapace.host.pool import FakeBackend
+from carapace.jsonutil import dumps
+from carapace.testing.fake_discord import FakeDiscord
+from carapace.timefmt import sqlite_ts
+
+
+def test_refused_reply_is_told_to_the_agent(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        fake = await FakeDiscord().start()
+        adapter = DiscordChannel(fake.token, base_url=fake.base_url, guild_ready_timeout=0.05)
+        host = Host(Home(tmp_path / "home"), settings=Settings(runner_idle_exit_s=0),
+                    channels=[adapter], backend=FakeBackend(),
+                    options=HostOptions(sockets=False, watch=False, cleanup_orphans=False))  # fmt: skip
+        await host.start(background=False)
+        try:
+            await asyncio.wait_for(adapter.ready.wait(), 20)
+            general = fake.text_channel("home", "general")
+            pid = f"discord:{general.guild_id}:{general.id}"
+            ag = groups.create_agent_group(host.db, "main", "main")
+            mg = messaging.create_messaging_group(host.db, "discord", pid, name="general",
+                                                  is_group=True, unknown_sender_policy="public")  # fmt: skip
+            messaging.create_wiring(host.db, mg.id, ag.id, engage_mode="mention")
+            await fake.user_says(general, fake.person("ann"), "help me", mention=True)
+
+            def routed() -> bool:
+                return bool(list_sessions(host.db))
+
+            while not routed():
+                await asyncio.sleep(0.01)
+            [session] = list_sessions(host.db)
+            paths = host.sessions.paths(session)
+            fake.make_unreachable(general)  # the bot was removed from the channel
+            out = open_outbound(paths)
+            try:
+                insert_message_out(out, {
+                    "id": "reply-1", "kind": "chat", "timestamp": sqlite_ts(host.now()),
+                    "channel_type": "discord", "platform_id": pid, "thread_id": None,
+                    "in_reply_to": None, "content": dumps({"text": "here you go"}),
+                })  # fmt: skip
+            finally:
+                out.close()
+            await host.deliver_once(session.id)
+            inb = open_inbound(paths)
+            try:
+                notes = [json.loads(c)["text"] for (c,) in inb.execute(
+                    "SELECT content FROM messages_in WHERE content LIKE '%could not be delivered%'")]  # fmt: skip
+                [(status,)] = inb.execute(
+                    "SELECT status FROM delivered WHERE message_out_id='reply-1'"
+                )
+            finally:
+                inb.close()
+            assert status == "failed"
+            assert len(notes) == 1 and "403" in notes[0] and "Missing Access" in notes[0]
+            assert fake.bot_messages(general) == []
+        finally:
+            await host.stop()
+            host.close()
+            await fake.stop()
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
