@@ -310,3 +310,36 @@ def test_said_while_the_host_was_down_is_caught_up(tmp_path: Any) -> None:
             await fake.stop()
 
     run(scenario())
+
+
+def test_discord_unreachable_at_start_is_tried_again() -> None:
+    """No network when the host starts (a home machine booting): the adapter does not fail,
+    it logs in once Discord answers."""
+
+    async def scenario() -> None:
+        import socket
+
+        from carapace.channels.discord_adapter import DiscordChannel
+        from carapace.testing.fake_discord import FakeDiscord
+
+        from .discord_rig import Recorded
+
+        with socket.socket() as s:  # a loopback port nobody listens on (yet)
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        rec = Recorded()
+        a = DiscordChannel("fake-discord-token", base_url=f"http://127.0.0.1:{port}",
+                           guild_ready_timeout=0.05, retry_base=0.02)  # fmt: skip
+        await a.start(rec.callbacks())  # does not raise: Discord is merely unreachable
+        fake = await FakeDiscord().start(port)
+        try:
+            await asyncio.wait_for(a.ready.wait(), TIMEOUT)
+            ann = fake.person("ann")
+            await fake.user_says(fake.dm(ann), ann, "you made it")
+            assert content(await rec.next_event(1))["text"] == "you made it"
+            assert rec.statuses == []
+        finally:
+            await a.stop()
+            await fake.stop()
+
+    run(scenario())

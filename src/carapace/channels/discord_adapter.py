@@ -115,12 +115,15 @@ class DiscordChannel(DiscordOutbound):
 
     def __init__(self, token: str, *, base_url: str | None = None,
                  max_file_bytes: int = MAX_FILE_BYTES, guild_ready_timeout: float = 2.0,
-                 state_path: Path | None = None, identify_pause: float = 5.0) -> None:  # fmt: skip
+                 state_path: Path | None = None, identify_pause: float = 5.0,
+                 retry_base: float = 1.0) -> None:  # fmt: skip
         self.token = token
         self.base_url = base_url
         self.max_file_bytes = max_file_bytes
         self.guild_ready_timeout = guild_ready_timeout  # discord.py's wait for GUILD_CREATEs
         self.identify_pause = identify_pause
+        self.retry_base = retry_base  # seconds: the first retry's pause (doubles each time)
+        self._stopping = False
         self.cursor = Cursor(state_path)  # what was routed, for the catch-up at a new session
         self.callbacks: ChannelCallbacks | None = None
         self.client: discord.Client | None = None
@@ -132,8 +135,9 @@ class DiscordChannel(DiscordOutbound):
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self, callbacks: ChannelCallbacks) -> None:
-        """Log in (a refused token raises ``DiscordError``), then keep the gateway connection
-        in the background; if it dies for good, ``on_status`` says why, once."""
+        """Log in (a refused token raises ``DiscordError``; an unreachable Discord is tried
+        again in the background), then keep the gateway connection in the background; if it
+        dies for good, ``on_status`` says why, once."""
         self.callbacks = callbacks
         point_at(self.base_url)
         intents = discord.Intents.none()
@@ -148,38 +152,52 @@ class DiscordChannel(DiscordOutbound):
         client.event(self.on_message)
         client.event(self.on_raw_message_edit)
         client.event(self.on_interaction)
+        logged_in = True
         try:
             await client.login(self.token)
-        except (discord.DiscordException, aiohttp.ClientError, OSError) as exc:
+        except discord.LoginFailure as exc:  # the token itself is refused: nothing to retry
             await client.close()
             raise DiscordError(_reason(exc)) from None
-        self._task = asyncio.create_task(self._run(client))
+        except (discord.DiscordException, aiohttp.ClientError, OSError) as exc:
+            logged_in = False  # Discord unreachable for now (no network yet): keep trying
+            logger.warning("discord: cannot log in yet (%s); trying again", _reason(exc))
+        self._task = asyncio.create_task(self._run(client, logged_in))
 
-    async def _run(self, client: discord.Client) -> None:
-        """discord.py reconnects and resumes by itself; when its loop ends anyway, start it
-        again after ``min(1 h, 2^failures s)`` (NanoClaw's gateway backoff), unless Discord
-        refused the bot (a revoked token, a missing intent): that is reported, once."""
+    async def _run(self, client: discord.Client, logged_in: bool) -> None:
+        """discord.py reconnects and resumes by itself; when its loop ends anyway (or Discord
+        could not be reached to log in), try again after ``min(1 h, 2^failures · retry_base
+        s)`` (NanoClaw's gateway backoff), unless Discord refused the bot (a revoked token, a
+        missing intent): that is reported, once."""
         failures = 0
         while not client.is_closed():
             try:
+                if not logged_in:  # the failed try's session (and its connector) is closed
+                    await client.http.close()
+                    client.http.connector = discord.utils.MISSING
+                    await client.login(self.token)
+                    logged_in = True
                 await client.connect(reconnect=True)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 if _fatal(exc):
-                    self.failure = _reason(exc)
-                    logger.error("discord: gateway stopped: %s", self.failure)
-                    if self.callbacks is not None:
-                        self.callbacks.on_status(CHANNEL_TYPE, "failed", self.failure)
+                    self._failed(_reason(exc))
                     return
                 failures += 1
-                delay = min(3600.0, 2.0**failures)
-                logger.warning(
-                    "discord: gateway loop ended (%s); again in %.0f s", _reason(exc), delay
-                )
+                delay = min(3600.0, 2.0**failures * self.retry_base)
+                logger.warning("discord: %s; again in %.1f s", _reason(exc), delay)
                 await asyncio.sleep(delay)
+        if not self._stopping:
+            self._failed("the gateway connection was closed")
+
+    def _failed(self, reason: str) -> None:
+        self.failure = reason
+        logger.error("discord: stopped: %s", reason)
+        if self.callbacks is not None:
+            self.callbacks.on_status(CHANNEL_TYPE, "failed", reason)
 
     async def stop(self) -> None:
+        self._stopping = True
         if self.client is not None:
             await self.client.close()
         if self._task is not None:
@@ -343,7 +361,12 @@ class DiscordChannel(DiscordOutbound):
         if self.callbacks is None or not qid:
             return
         guild_id = interaction.guild_id
-        platform_id, thread = await self._address(interaction.channel, guild_id)
+        channel: Any = interaction.channel
+        if channel is None and self.client is not None and interaction.channel_id is not None:
+            channel = self.client.get_partial_messageable(interaction.channel_id, guild_id=guild_id)
+        if channel is None:
+            return
+        platform_id, thread = await self._address(channel, guild_id)
         answer = await self.callbacks.on_action(
             ButtonClick(CHANNEL_TYPE, qid, value, str(interaction.user.id), platform_id, thread)
         )

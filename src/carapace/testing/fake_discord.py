@@ -128,14 +128,14 @@ class FakeDiscord:
         self.changed = asyncio.Condition()
 
     # ------------------------------------------------------------------ lifecycle
-    async def start(self) -> FakeDiscord:
+    async def start(self, port: int = 0) -> FakeDiscord:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_get("/gateway", self.gateway.handle)
         app.router.add_route("*", API + "/{tail:.*}", self._rest)
         app.router.add_get("/cdn/{key}/{name}", self._cdn)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", port)
         await site.start()
         server: Any = site._server
         assert server is not None and server.sockets
