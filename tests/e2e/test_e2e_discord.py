@@ -197,10 +197,9 @@ def test_revoked_token_is_a_doctor_error_and_the_host_serves_the_rest(
         return str({row["channel_type"]: row for row in json.loads(r.stdout)}["discord"]["state"])
 
     assert state() == "running"
-    # revoked in Discord's portal while the host runs: the gateway drops the bot for good
+    # revoked in Discord's portal while the host runs: the gateway closes with 4004
     discord.sync(lambda: setattr(fake, "token", "a-new-token"))
-    discord.sync(fake.gateway.invalidate)
-    discord.call(fake.gateway.disconnect(4000))
+    discord.call(fake.gateway.disconnect(4004))
     wait_for(lambda: state() == "failed", 30, "discord recorded as failed")
     doc = e2e.cli("doctor", "--home", str(e2e.home), "--json")
     assert doc.returncode == 1
