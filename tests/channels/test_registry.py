@@ -24,7 +24,7 @@ from carapace.errors import ConfigError
 from carapace.host.host import Host, HostOptions
 from carapace.host.pool import FakeBackend
 from carapace.migrate.doctor import diagnose
-from carapace.proxy.keys import read_secrets_file, write_secret
+from carapace.secrets_file import read_secrets_file, write_secret
 
 
 def test_write_secret_is_private_atomic_and_keeps_other_lines(tmp_path: Path) -> None:

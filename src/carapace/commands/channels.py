@@ -49,7 +49,7 @@ def channels_add(home: str | None, base_url: str | None, channel_type: str) -> N
     url = base_url or registry.base_url(h.load_settings(), channel_type)
     identity = asyncio.run(module.verify(values, base_url=url))
     if keys:
-        from carapace.proxy.keys import SECRETS_FILE, write_secret
+        from carapace.secrets_file import SECRETS_FILE, write_secret
 
         h.root.mkdir(parents=True, exist_ok=True)
         write_secret(h.root / SECRETS_FILE, dict(values))
@@ -80,7 +80,7 @@ def channels_list(home: str | None, as_json: bool) -> None:
 @clean_errors
 def channels_remove(home: str | None, channel_type: str) -> None:
     """Delete CHANNEL_TYPE's secrets from the home's secrets file."""
-    from carapace.proxy.keys import SECRETS_FILE, read_secrets_file, write_secret
+    from carapace.secrets_file import SECRETS_FILE, read_secrets_file, write_secret
 
     h = Home.resolve(home)
     keys = tuple(getattr(registry.adapter_module(channel_type), "SECRET_KEYS", ()))
