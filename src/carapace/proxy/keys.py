@@ -1,9 +1,5 @@
-"""Provider keys: the host's environment, else ``<home>/secrets.env`` (owner-only).
-
-The file holds ``NAME=value`` lines (``#`` comments, blank lines and an optional ``export``
-prefix allowed; values may be quoted). It must be a regular file owned by the user running
-the host with no group or other permission bits (``chmod 600``); anything wider is refused
-with a ``ConfigError`` naming the file and its mode. It is opened without following links.
+"""Provider keys: the host's environment, else ``<home>/secrets.env`` (owner-only; its
+format, checks and ``write_secret`` are in ``carapace.secretsfile``).
 
 Keys never go into the DB, the runner's environment, logs or the sandbox: only the proxy
 holds them and adds them to requests on the way out.
@@ -15,15 +11,14 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from carapace.secrets_file import SECRETS_FILE as SECRETS_FILE
-from carapace.secrets_file import read_secrets_file as read_secrets_file
-from carapace.secrets_file import write_secret as write_secret
+from carapace.secretsfile import SECRETS_FILE, read_secrets_file, write_secret
 
 # provider -> (the variable holding its key, the variable holding a host-side base URL)
 KEY_VARS: dict[str, str] = {"anthropic": "ANTHROPIC_API_KEY", "openai": "OPENAI_API_KEY"}
 ALT_KEY_VARS: dict[str, str] = {"anthropic": "ANTHROPIC_AUTH_TOKEN"}
 BASE_URL_VARS: dict[str, str] = {"anthropic": "ANTHROPIC_BASE_URL", "openai": "OPENAI_BASE_URL"}
 SECRET_VARS = (*KEY_VARS.values(), *ALT_KEY_VARS.values())
+__all__ = ["SECRETS_FILE", "KeyStore", "read_secrets_file", "write_secret"]
 
 
 class KeyStore:
