@@ -343,3 +343,24 @@ def test_discord_unreachable_at_start_is_tried_again() -> None:
             await fake.stop()
 
     run(scenario())
+
+
+def test_missing_message_content_intent_is_reported() -> None:
+    async def scenario() -> None:
+        from carapace.channels.discord_adapter import DiscordChannel
+        from carapace.testing.fake_discord import FakeDiscord
+
+        from .discord_rig import Recorded
+
+        fake = await FakeDiscord(content_intent=False).start()
+        rec = Recorded()
+        a = DiscordChannel(fake.token, base_url=fake.base_url, guild_ready_timeout=0.05)
+        try:
+            await a.start(rec.callbacks())  # the token is fine: the gateway refuses the intent
+            st = await rec.wait(lambda: rec.statuses and rec.statuses[-1])
+            assert st[:2] == ("discord", "failed") and "Message Content intent" in (st[2] or "")
+        finally:
+            await a.stop()
+            await fake.stop()
+
+    run(scenario())

@@ -101,8 +101,10 @@ class FakeDiscord:
     """Start with ``await fake.start()``; ``base_url`` is what the adapter points at."""
 
     def __init__(self, *, token: str = "fake-discord-token", bot_name: str = "carapace-bot",
-                 limit_per_route: int = 50, window: float = 1.0) -> None:  # fmt: skip
+                 limit_per_route: int = 50, window: float = 1.0,
+                 content_intent: bool = True) -> None:  # fmt: skip
         self.token = token
+        self.content_intent = content_intent  # the portal's Message Content switch
         self.bot = Person(snowflake(), bot_name, bot=True)
         self.application_id = self.bot.id
         self.people: dict[str, Person] = {}

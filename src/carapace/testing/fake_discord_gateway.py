@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 
 HELLO, IDENTIFY, HEARTBEAT, HEARTBEAT_ACK, RESUME, INVALID_SESSION, DISPATCH = 10, 2, 1, 11, 6, 9, 0
 AUTH_FAILED = 4004  # Discord's close code for a bad token: the client must not reconnect
+DISALLOWED_INTENTS = 4014  # a privileged intent the bot is not granted in the portal
+MESSAGE_CONTENT = 1 << 15
 _session_ids = itertools.count(1)
 
 
@@ -69,6 +71,12 @@ class Gateway:
                 elif op == IDENTIFY:
                     if d.get("token") != self.fake.token:
                         await ws.close(code=AUTH_FAILED, message=b"Authentication failed.")
+                        break
+                    if (
+                        int(d.get("intents") or 0) & MESSAGE_CONTENT
+                        and not self.fake.content_intent
+                    ):
+                        await ws.close(code=DISALLOWED_INTENTS, message=b"Disallowed intent(s).")
                         break
                     session = await self._identify(ws, d)
                 elif op == RESUME:
