@@ -6,7 +6,9 @@ thread id, so each thread has its own session), a mention of the bot or a reply 
 its messages sets ``isMention``; an edit arrives as a new message marked ``edited``; files
 are downloaded up to ``max_file_bytes`` each (larger ones are announced, not fetched) and
 handed to the host, which writes them to the session's ``inbox/``. Across a dropped gateway
-connection discord.py resumes the session and Discord replays what was missed.
+connection discord.py resumes the session and Discord replays what was missed; at a new
+session the adapter reads what it missed from each channel's history (``discord_catchup``).
+Events reach the router one at a time, in the order Discord sent them.
 
 Outbound (``discord_outbound``): Markdown mapped for Discord, split at 2000 characters,
 files (10 per message), edits, reactions, typing, and cards as buttons whose clicks go to
@@ -70,6 +72,8 @@ def _reason(exc: BaseException) -> str:
         return "the Message Content intent is not enabled for this bot in Discord's portal"
     if isinstance(exc, discord.ConnectionClosed) and exc.code == 4004:
         return "Discord refused the bot token on the gateway (4004): it was revoked"
+    if isinstance(exc, discord.ConnectionClosed):
+        return f"Discord closed the gateway connection ({exc.code}): {exc.reason or 'no reason'}"
     if isinstance(exc, discord.HTTPException):
         return f"Discord answered {exc.status}: {exc.text or exc}".strip()
     return f"cannot reach Discord: {type(exc).__name__}: {exc}"
