@@ -19,6 +19,62 @@ from carapace.testing.fake_discord import FakeDiscord
 from carapace.timefmt import sqlite_ts
 
 
+def _reply(paths: object, rid: str, pid: str, content: dict[str, object], now: str) -> None:
+    out = open_outbound(paths)  # type: ignore[arg-type]
+    try:
+        insert_message_out(out, {
+            "id": rid, "kind": "chat", "timestamp": now, "channel_type": "discord",
+            "platform_id": pid, "thread_id": None, "in_reply_to": None, "content": dumps(content),
+        })  # fmt: skip
+    finally:
+        out.close()
+
+
+def test_agent_edits_and_reactions_reach_discord_by_the_ids_it_sees(tmp_path: Path) -> None:
+    """The agent names messages as it sees them: an inbound row id is
+    ``<discord message id>:<agent group>``, its own reply the platform id the host stored."""
+
+    async def scenario() -> None:
+        fake = await FakeDiscord().start()
+        adapter = DiscordChannel(fake.token, base_url=fake.base_url, guild_ready_timeout=0.05)
+        host = Host(Home(tmp_path / "home"), settings=Settings(runner_idle_exit_s=0),
+                    channels=[adapter], backend=FakeBackend(),
+                    options=HostOptions(sockets=False, watch=False, cleanup_orphans=False))  # fmt: skip
+        await host.start(background=False)
+        try:
+            await asyncio.wait_for(adapter.ready.wait(), 20)
+            ann = fake.person("ann")
+            dm = fake.dm(ann)
+            pid = f"discord:@me:{dm.id}"
+            ag = groups.create_agent_group(host.db, "main", "main")
+            mg = messaging.create_messaging_group(host.db, "discord", pid, name="ann",
+                                                  unknown_sender_policy="public")  # fmt: skip
+            messaging.create_wiring(host.db, mg.id, ag.id, engage_mode="pattern",
+                                    engage_pattern=".")  # fmt: skip
+            said = await fake.user_says(dm, ann, "thumbs up this please")
+            while not list_sessions(host.db):
+                await asyncio.sleep(0.01)
+            [session] = list_sessions(host.db)
+            paths = host.sessions.paths(session)
+            now = sqlite_ts(host.now())
+            _reply(paths, "r-1", pid, {"text": "first words"}, now)
+            await host.deliver_once(session.id)
+            [mine] = fake.bot_messages(dm)
+            _reply(paths, "r-2", pid, {"operation": "reaction", "emoji": "thumbsup",
+                                       "messageId": f"{said['id']}:{ag.id}"}, now)  # fmt: skip
+            _reply(paths, "r-3", pid, {"operation": "edit", "messageId": mine["id"],
+                                       "text": "better words"}, now)  # fmt: skip
+            await host.deliver_once(session.id)
+            assert fake.reactions == [(dm.id, said["id"], "👍")]
+            assert mine["content"] == "better words" and mine["edited_timestamp"]
+        finally:
+            await host.stop()
+            host.close()
+            await fake.stop()
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
 def test_refused_reply_is_told_to_the_agent(tmp_path: Path) -> None:
     async def scenario() -> None:
         fake = await FakeDiscord().start()
