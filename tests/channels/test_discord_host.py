@@ -129,3 +129,64 @@ def test_refused_reply_is_told_to_the_agent(tmp_path: Path) -> None:
             await fake.stop()
 
     asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+def test_a_nanoclaw_home_with_discord_chats_works_unchanged(tmp_path: Path) -> None:
+    """A NanoClaw v2 home whose chats are Discord's (ids as NanoClaw's bridge wrote them): a
+    DM and a thread reach the sessions NanoClaw made for them."""
+    import sqlite3
+
+    from carapace.testing.v1fixtures import make_nanoclaw_v2_home
+
+    async def scenario() -> None:
+        fake = await FakeDiscord().start()
+        ann = fake.person("ann")
+        dm, general = fake.dm(ann), fake.text_channel("home", "general")
+        thread = fake.thread(general, "plans")
+        g = general.guild_id
+        v2 = make_nanoclaw_v2_home(tmp_path / "nc")
+        ag, t = v2.agent_group_id, "2026-01-10T08:00:00.000Z"
+        tid = f"discord:{g}:{general.id}:{thread.id}"
+        conn = sqlite3.connect(str(v2.central_db), isolation_level=None)
+        conn.execute("UPDATE messaging_groups SET channel_type='discord', platform_id=? "
+                     "WHERE id=?", (f"discord:@me:{dm.id}", v2.messaging_group_id))  # fmt: skip
+        conn.execute("INSERT INTO users VALUES (?, 'discord', 'ann', ?)", (f"discord:{ann.id}", t))
+        conn.execute("INSERT INTO user_roles VALUES (?, 'owner', NULL, NULL, ?)",
+                     (f"discord:{ann.id}", t))  # fmt: skip
+        conn.execute("INSERT INTO messaging_groups VALUES ('mg-2', 'discord', ?, 'general', 1, "
+                     "'strict', ?, NULL)", (f"discord:{g}:{general.id}", t))  # fmt: skip
+        conn.execute("INSERT INTO messaging_group_agents VALUES ('mga-2', 'mg-2', ?, 'shared', 0, "
+                     "?, 'mention', NULL, 'all', 'drop')", (ag, t))  # fmt: skip
+        conn.execute("INSERT INTO sessions VALUES ('sess-thread', ?, 'mg-2', ?, NULL, 'active', "
+                     "'stopped', ?, ?)", (ag, tid, t, t))  # fmt: skip
+        conn.close()
+        adapter = DiscordChannel(fake.token, base_url=fake.base_url, guild_ready_timeout=0.05)
+        host = Host(Home(v2.root), settings=Settings(runner_idle_exit_s=0), channels=[adapter],
+                    backend=FakeBackend(),
+                    options=HostOptions(sockets=False, watch=False, cleanup_orphans=False))  # fmt: skip
+        await host.start(background=False)
+        try:
+            await asyncio.wait_for(adapter.ready.wait(), 20)
+            said = await fake.user_says(dm, ann, "hello again")
+            in_thread = await fake.user_says(thread, ann, "about the plans", mention=True)
+
+            def rows(session_id: str) -> list[str]:
+                [s] = [s for s in list_sessions(host.db) if s.id == session_id]
+                if not host.sessions.paths(s).inbound.exists():  # NanoClaw made no folder yet
+                    return []
+                inb = open_inbound(host.sessions.paths(s))
+                try:
+                    return [r[0] for r in inb.execute("SELECT id FROM messages_in")]
+                finally:
+                    inb.close()
+
+            while f"{in_thread['id']}:{ag}" not in rows("sess-thread"):
+                await asyncio.sleep(0.01)
+            assert f"{said['id']}:{ag}" in rows(v2.session_id)
+            assert {s.id for s in list_sessions(host.db)} == {v2.session_id, "sess-thread"}
+        finally:
+            await host.stop()
+            host.close()
+            await fake.stop()
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
