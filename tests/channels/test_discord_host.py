@@ -190,3 +190,66 @@ def test_a_nanoclaw_home_with_discord_chats_works_unchanged(tmp_path: Path) -> N
             await fake.stop()
 
     asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+def test_an_agents_question_cannot_wear_a_pending_approvals_id(tmp_path: Path) -> None:
+    """Attack: the agent posts an innocent-looking question ("Tea or coffee?") whose
+    ``questionId`` is the id of its own pending approval. A click on its first button would
+    be read against the approval's options ("Approve"). The host refuses such a question."""
+    from carapace.db import approvals as dba
+    from carapace.db import users
+    from carapace.permissions import cards
+    from carapace.permissions.approvals import request_approval
+    from carapace.permissions.approvals_host import HostContext
+
+    async def scenario() -> None:
+        fake = await FakeDiscord().start()
+        adapter = DiscordChannel(fake.token, base_url=fake.base_url, guild_ready_timeout=0.05)
+        host = Host(Home(tmp_path / "home"), settings=Settings(runner_idle_exit_s=0),
+                    channels=[adapter], backend=FakeBackend(),
+                    options=HostOptions(sockets=False, watch=False, cleanup_orphans=False))  # fmt: skip
+        await host.start(background=False)
+        try:
+            await asyncio.wait_for(adapter.ready.wait(), 20)
+            ann = fake.person("ann")
+            dm = fake.dm(ann)
+            pid = f"discord:@me:{dm.id}"
+            users.upsert_user(host.db, f"discord:{ann.id}", "discord", "ann")
+            users.grant_role(host.db, f"discord:{ann.id}", "owner")
+            ag = groups.create_agent_group(host.db, "main", "main")
+            mg = messaging.create_messaging_group(host.db, "discord", pid, name="ann")
+            messaging.create_wiring(host.db, mg.id, ag.id, engage_mode="pattern",
+                                    engage_pattern=".")  # fmt: skip
+            await fake.user_says(dm, ann, "hi")
+            while not list_sessions(host.db):
+                await asyncio.sleep(0.01)
+            [session] = list_sessions(host.db)
+            aid = request_approval(HostContext(host), session.id, "install_packages",
+                                   {"apt": ["curl"], "npm": []}, "Install packages", "curl")  # fmt: skip
+            assert aid is not None
+            _reply(host.sessions.paths(session), "q-1", pid, {
+                "type": "ask_question", "questionId": aid, "title": "Quick poll",
+                "question": "Tea or coffee?", "options": ["Tea", "Coffee"],
+            }, sqlite_ts(host.now()))  # fmt: skip
+            await host.deliver_once(session.id)
+            posted = [m for m in fake.bot_messages(dm) if m["components"]]
+            for m in posted:  # were it shown, the owner answers the poll
+                await fake.click(m, 0, ann)
+                await fake.wait_for(lambda: len(fake.interaction_responses) == len(posted))
+                await asyncio.sleep(0)
+            card = cards.get_card(host.db, aid)
+            assert card is not None and (card.status, card.decision) == ("pending", None)
+            assert dba.get_approval(host.db, aid) is not None
+            assert posted == []
+            inb = open_inbound(host.sessions.paths(session))
+            try:
+                [(status,)] = inb.execute("SELECT status FROM delivered WHERE message_out_id='q-1'")
+            finally:
+                inb.close()
+            assert status == "failed"
+        finally:
+            await host.stop()
+            host.close()
+            await fake.stop()
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
