@@ -179,3 +179,16 @@ def test_build_host_starts_the_cli_channel_from_the_registry(tmp_path: Path) -> 
         assert isinstance(host.adapters["cli"], CliChannel)
     finally:
         host.close()
+
+
+def test_doctor_names_chats_whose_adapter_has_no_credentials(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from carapace.testing.v1fixtures import make_nanoclaw_v2_home
+
+    monkeypatch.delenv("TELEGRAM_BOT_TOKEN", raising=False)
+    v2 = make_nanoclaw_v2_home(tmp_path / "nc")
+    [f] = [f for f in diagnose(Home(v2.root)).findings if f.code == "channel-not-configured"]
+    assert f.level == "warning" and "carapace channels add telegram" in f.message
+    write_secret(v2.root / "secrets.env", {"TELEGRAM_BOT_TOKEN": "1:x"})
+    assert not [f for f in diagnose(Home(v2.root)).findings if f.code == "channel-not-configured"]

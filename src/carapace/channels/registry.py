@@ -46,6 +46,7 @@ logger = logging.getLogger(__name__)
 ADAPTERS: dict[str, str] = {
     "cli": "carapace.channels.cli",
     "discord": "carapace.channels.discord",
+    "telegram": "carapace.channels.telegram",
 }
 
 STATE_FILE = "channels.json"
