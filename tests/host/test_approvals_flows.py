@@ -274,3 +274,22 @@ def test_list_pending_covers_every_kind(rig: Rig) -> None:
     found = approvals.list_pending(rig.db)
     assert [f["kind"] for f in found] == ["sender"] and found[0]["expires_at"]
     assert rig.host.settings.approval_ttl_s == questions.DEFAULT_TTL_S
+
+
+def test_approved_packages_and_mcp_server_say_they_are_only_recorded(rig: Rig) -> None:
+    ag, s = agent_session(rig)
+    ctx = HostContext(rig.host)
+    approvals.handle_system_action(ctx, s.id, {"action": "install_packages", "apt": ["jq"]})
+    aid = dba.list_approvals(rig.db)[0].approval_id
+    out = approvals.decide(ctx, aid, True, "fake:owner")
+    note = json.loads(rig.inbound(s)[-1]["content"])["text"]
+    assert out["status"] == "approved"
+    assert "Nothing was installed" in note and "installed (" not in note
+    approvals.handle_system_action(ctx, s.id, {"action": "add_mcp_server", "name": "fs",
+                                               "command": "srv"})  # fmt: skip
+    aid = dba.list_approvals(rig.db)[0].approval_id
+    approvals.decide(ctx, aid, True, "fake:owner")
+    note = json.loads(rig.inbound(s)[-1]["content"])["text"]
+    assert "It is not running" in note and "added" not in note
+    cfg = groups.get_container_config(rig.db, ag)
+    assert cfg is not None and "jq" in cfg.packages_apt and "fs" in cfg.mcp_servers

@@ -167,8 +167,8 @@ def handle_system_action(ctx: Ctx, session_id: str, content: dict[str, Any]) -> 
             payload = {"apt": apt, "npm": npm, "reason": str(content.get("reason") or "")}
             listing = ", ".join(x for x in (f"apt: {card_text.quote_agent(' '.join(apt))}" if apt else "",
                                             f"npm: {card_text.quote_agent(' '.join(npm))}" if npm else "") if x)  # fmt: skip
-            question = (f"Agent {card_text.quote_agent(who, 80)} is attempting to install a package "
-                        f"+ rebuild container {card_text.AGENT_MARK}:\n{listing}")  # fmt: skip
+            question = (f"Agent {card_text.quote_agent(who, 80)} asks to record packages in its "
+                        f"config (they are not installed) {card_text.AGENT_MARK}:\n{listing}")  # fmt: skip
             if payload["reason"]:
                 question += f"\nReason: {card_text.quote_agent(payload['reason'])}"
             request_approval(ctx, session_id, action, payload, "Install Packages Request", question)
@@ -185,8 +185,8 @@ def handle_system_action(ctx: Ctx, session_id: str, content: dict[str, Any]) -> 
             env = content.get("env") if isinstance(content.get("env"), dict) else {}
             payload = {"name": mcp_name, "command": command, "args": args, "env": env}
             question = (
-                f"Agent {card_text.quote_agent(who, 80)} is attempting to add a new MCP server "
-                f"{card_text.AGENT_MARK}:\nname {card_text.quote_agent(mcp_name, 80)}, command "
+                f"Agent {card_text.quote_agent(who, 80)} asks to record an MCP server in its "
+                f"config (it will not be started) {card_text.AGENT_MARK}:\nname {card_text.quote_agent(mcp_name, 80)}, command "
                 f"{card_text.quote_agent(command)}, args {card_text.quote_agent(args)}"
             )
             request_approval(ctx, session_id, action, payload, "Add MCP Request", question)
@@ -245,8 +245,9 @@ def apply_install_packages(ctx: Ctx, session: Session, payload: dict[str, Any], 
     groups.update_container_config(ctx.db, ag, {"packages_apt": apt, "packages_npm": npm},
                                    now=ctx.now())  # fmt: skip
     names = ", ".join([*(payload.get("apt") or []), *(payload.get("npm") or [])])
-    return Applied(f"Packages installed ({names}) and your runner restarted with them. "
-                   "Verify they work before relying on them.", restart_group=ag)  # fmt: skip
+    return Applied(f"Your install_packages request was approved: {names} recorded in your "
+                   "group's config. Nothing was installed: this carapace does not install "
+                   "packages yet, so do not rely on them.")  # fmt: skip
 
 
 def apply_add_mcp_server(ctx: Ctx, session: Session, payload: dict[str, Any], by: str) -> Applied:
@@ -258,8 +259,9 @@ def apply_add_mcp_server(ctx: Ctx, session: Session, payload: dict[str, Any], by
     servers[name] = {"command": payload["command"], "args": payload.get("args") or [],
                      "env": payload.get("env") or {}}  # fmt: skip
     groups.update_container_config(ctx.db, ag, {"mcp_servers": servers}, now=ctx.now())
-    return Applied(f'MCP server "{name}" added and your runner restarted with it. '
-                   "Verify it works before relying on it.", restart_group=ag)  # fmt: skip
+    return Applied(f'Your add_mcp_server request was approved: MCP server "{name}" recorded '
+                   "in your group's config. It is not running: this carapace does not start "
+                   "MCP servers yet, so its tools are not available.")  # fmt: skip
 
 
 def apply_cli_command(ctx: Ctx, session: Session, payload: dict[str, Any], by: str) -> Applied:

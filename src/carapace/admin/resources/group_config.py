@@ -185,7 +185,7 @@ CONFIG_VERBS = (
     Verb(
         "config add-mcp-server",
         _add_mcp,
-        "Add (or replace) an MCP server of the group.",
+        "Record (or replace) an MCP server in the group's config (not started yet).",
         access="approval",
         options=(
             GROUP_ID,
@@ -206,14 +206,14 @@ CONFIG_VERBS = (
     Verb(
         "config add-package",
         _add_package,
-        "Add an apt and/or npm package to the group's runner image.",
+        "Record an apt and/or npm package in the group's config (not installed yet).",
         access="approval",
         options=(GROUP_ID, APT, NPM),
     ),
     Verb(
         "config remove-package",
         _remove_package,
-        "Remove an apt and/or npm package from the group's runner image.",
+        "Remove an apt and/or npm package from the group's config.",
         access="approval",
         options=(GROUP_ID, APT, NPM),
     ),

@@ -102,7 +102,8 @@ TOOLS = [
     Tool(
         tool(
             "install_packages",
-            "Request apt/npm packages for your environment (an admin must approve).",
+            "Ask to record apt/npm packages in your group's config (an admin must approve; "
+            "this carapace does not install them yet).",
             {
                 "apt": {"type": "array", "items": {"type": "string"}},
                 "npm": {"type": "array", "items": {"type": "string"}},
@@ -115,7 +116,8 @@ TOOLS = [
     Tool(
         tool(
             "add_mcp_server",
-            "Request an extra MCP server (an admin must approve).",
+            "Ask to record an MCP server in your group's config (an admin must approve; "
+            "this carapace does not start MCP servers yet).",
             {
                 "name": {"type": "string"},
                 "command": {"type": "string"},
