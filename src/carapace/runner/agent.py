@@ -147,15 +147,16 @@ class Agent:
                 if self.should_stop():
                     raise TurnAbandoned("shutdown before a tool call")
                 result = self.toolbox.call(call.name, call.arguments)
-                new.append(
-                    {
-                        "role": "tool",
-                        "tool_call_id": call.id,
-                        "name": call.name,
-                        "content": result.content,
-                        "is_error": result.is_error,
-                    }
-                )
+                message: Message = {
+                    "role": "tool",
+                    "tool_call_id": call.id,
+                    "name": call.name,
+                    "content": result.content,
+                    "is_error": result.is_error,
+                }
+                if result.images:
+                    message["images"] = [dict(i) for i in result.images]
+                new.append(message)
         note = ROUNDS_NOTE.format(n=self.max_tool_rounds)
         logger.warning("turn stopped after %d tool rounds", self.max_tool_rounds)
         return TurnResult(f"{text}\n\n{note}".strip(), new, self.max_tool_rounds)

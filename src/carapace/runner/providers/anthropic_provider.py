@@ -143,7 +143,7 @@ def to_anthropic_messages(messages: list[Message]) -> list[MessageParam]:
             block = ToolResultBlockParam(
                 type="tool_result",
                 tool_use_id=str(message.get("tool_call_id", "")),
-                content=text_of(message.get("content")),
+                content=_result_content(message),
             )
             if message.get("is_error"):
                 block["is_error"] = True
@@ -167,6 +167,19 @@ def to_anthropic_messages(messages: list[Message]) -> list[MessageParam]:
         else:
             raise ProviderError(f"Unsupported message role for anthropic: {role!r}")
     return out
+
+
+def _result_content(message: Message) -> Any:
+    """A tool result's text, with its images as image blocks when it has any."""
+    text = text_of(message.get("content"))
+    images = [i for i in message.get("images") or () if isinstance(i, dict)]
+    if not images:
+        return text
+    blocks: list[dict[str, Any]] = [{"type": "text", "text": text or EMPTY_TEXT}]
+    for image in images:
+        blocks.append({"type": "image", "source": {"type": "base64",
+                       "media_type": str(image.get("media_type")), "data": str(image.get("data"))}})  # fmt: skip
+    return blocks
 
 
 def parse_anthropic_message(response: AnthropicMessage) -> Turn:
