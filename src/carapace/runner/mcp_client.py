@@ -298,6 +298,8 @@ class McpHub:
                 await self._serve(server)
             except Exception as exc:
                 server.error = _one_line(exc)
+                if server.config.url and self.proxy_socket:
+                    server.error = await self._proxy_reason(server) or server.error
                 logger.warning("MCP server %s: %s", server.config.name, server.error)
             finally:
                 server.session = None
@@ -347,6 +349,23 @@ class McpHub:
                     logger.warning("MCP server %s %s; restarting it", server.config.name,
                                    server.error)  # fmt: skip
                     break
+
+    async def _proxy_reason(self, server: _Server) -> str | None:
+        """The host proxy's one-line refusal for this server (the SDK hides error bodies)."""
+        import httpx2
+
+        url = f"http://carapace-proxy{MCP_ROUTE}{quote(server.config.name, safe='')}"
+        try:
+            transport = httpx2.AsyncHTTPTransport(uds=self.proxy_socket)
+            async with httpx2.AsyncClient(transport=transport, timeout=10.0) as client:
+                resp = await client.post(url, content=b"{}",
+                                         headers={"Content-Type": "application/json"})  # fmt: skip
+            doc = resp.json() if resp.status_code >= 400 else None
+        except Exception:
+            return None
+        if isinstance(doc, dict) and isinstance(doc.get("error"), str):
+            return f"the host refused it ({resp.status_code}): {doc['error']}"[:300]
+        return None
 
     async def _list_tools(self, session: Any) -> list[Any]:
         tools: list[Any] = []
