@@ -276,7 +276,7 @@ def test_list_pending_covers_every_kind(rig: Rig) -> None:
     assert rig.host.settings.approval_ttl_s == questions.DEFAULT_TTL_S
 
 
-def test_approved_packages_and_mcp_server_say_they_are_only_recorded(rig: Rig) -> None:
+def test_approved_packages_say_they_are_only_recorded(rig: Rig) -> None:
     ag, s = agent_session(rig)
     ctx = HostContext(rig.host)
     approvals.handle_system_action(ctx, s.id, {"action": "install_packages", "apt": ["jq"]})
@@ -285,11 +285,33 @@ def test_approved_packages_and_mcp_server_say_they_are_only_recorded(rig: Rig) -
     note = json.loads(rig.inbound(s)[-1]["content"])["text"]
     assert out["status"] == "approved"
     assert "Nothing was installed" in note and "installed (" not in note
-    approvals.handle_system_action(ctx, s.id, {"action": "add_mcp_server", "name": "fs",
-                                               "command": "srv"})  # fmt: skip
-    aid = dba.list_approvals(rig.db)[0].approval_id
-    approvals.decide(ctx, aid, True, "fake:owner")
-    note = json.loads(rig.inbound(s)[-1]["content"])["text"]
-    assert "It is not running" in note and "added" not in note
     cfg = groups.get_container_config(rig.db, ag)
-    assert cfg is not None and "jq" in cfg.packages_apt and "fs" in cfg.mcp_servers
+    assert cfg is not None and "jq" in cfg.packages_apt
+
+
+def test_add_mcp_server_checked_carded_and_applied(rig: Rig) -> None:
+    ag, s = agent_session(rig)
+    ctx = HostContext(rig.host)
+    for bad, why in (({"name": "a b", "command": "x"}, "name is required"),
+                     ({"name": "w", "url": "file:///etc"}, "url must be"),
+                     ({"name": "w", "command": "x", "args": [1]}, "must be strings")):  # fmt: skip
+        approvals.handle_system_action(ctx, s.id, {"action": "add_mcp_server", **bad})
+        assert why in json.loads(rig.inbound(s)[-1]["content"])["text"]
+    assert dba.list_approvals(rig.db) == []
+    approvals.handle_system_action(ctx, s.id, {"action": "add_mcp_server", "name": "web",
+                                               "url": "https://mcp.example/mcp"})  # fmt: skip
+    [row] = dba.list_approvals(rig.db)
+    card = cards.get_card(rig.db, row.approval_id)
+    assert card is not None and "https://mcp.example/mcp" in card.question
+
+    async def approve() -> None:  # the restart is scheduled on the host's loop
+        approvals.decide(ctx, row.approval_id, True, "fake:owner")
+
+    rig.run(approve())
+    note = json.loads(rig.inbound(s)[-1]["content"])["text"]
+    assert 'MCP server "web" added' in note and "next turn" in note
+    cfg = groups.get_container_config(rig.db, ag)
+    assert cfg is not None
+    assert json.loads(cfg.mcp_servers) == {
+        "web": {"type": "http", "url": "https://mcp.example/mcp"}
+    }

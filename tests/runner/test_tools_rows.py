@@ -369,7 +369,13 @@ def test_install_packages(env: Env) -> None:
 
 
 def test_add_mcp_server(env: Env) -> None:
-    assert env.call("add_mcp_server", name="x").content == ("Error: name and command are required")
+    assert env.call("add_mcp_server", name="x").content == (
+        "Error: name and a command or url are required"
+    )
+    env.call("add_mcp_server", name="web", url="https://example.org/mcp")
+    assert env.last()["content"] == {
+        "action": "add_mcp_server", "name": "web", "url": "https://example.org/mcp"
+    }  # fmt: skip
     res = env.call("add_mcp_server", name="fs", command="npx", args=["-y", "srv"])
     assert res.content == (
         "MCP server request submitted. You will be notified when admin approves or rejects."

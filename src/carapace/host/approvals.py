@@ -53,6 +53,7 @@ OPTIONS: list[Any] = [
 EXPIRED_LABEL = "⌛ Expired (no response)"
 MAX_PACKAGES = 20
 APT_RE = re.compile(r"^[a-z0-9][a-z0-9._+-]*$")
+MCP_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,40}$")
 NPM_RE = re.compile(r"^(@[a-z0-9][a-z0-9._-]*/)?[a-z0-9][a-z0-9._-]*$")
 REPLY_RE = re.compile(r"\s*`?([A-Za-z0-9]{4,6})\s+([^`]+?)`?\s*")
 
@@ -173,26 +174,42 @@ def handle_system_action(ctx: Ctx, session_id: str, content: dict[str, Any]) -> 
                 question += f"\nReason: {card_text.quote_agent(payload['reason'])}"
             request_approval(ctx, session_id, action, payload, "Install Packages Request", question)
         else:
-            mcp_name, command = content.get("name"), content.get("command")
-            if (
-                not isinstance(mcp_name, str)
-                or not mcp_name
-                or not isinstance(command, str)
-                or not command
-            ):
-                raise ValidationError("add_mcp_server failed: name and command are required.")
-            args = content.get("args") if isinstance(content.get("args"), list) else []
-            env = content.get("env") if isinstance(content.get("env"), dict) else {}
-            payload = {"name": mcp_name, "command": command, "args": args, "env": env}
+            payload = _mcp_payload(content)
+            mcp_name = payload["name"]
+            what = (f"url {card_text.quote_agent(payload['url'])}" if "url" in payload else
+                    f"command {card_text.quote_agent(payload['command'])}, args "
+                    f"{card_text.quote_agent(payload['args'])}, env "
+                    f"{card_text.quote_agent(sorted(payload['env']))}")  # fmt: skip
             question = (
-                f"Agent {card_text.quote_agent(who, 80)} asks to record an MCP server in its "
-                f"config (it will not be started) {card_text.AGENT_MARK}:\nname {card_text.quote_agent(mcp_name, 80)}, command "
-                f"{card_text.quote_agent(command)}, args {card_text.quote_agent(args)}"
+                f"Agent {card_text.quote_agent(who, 80)} asks to add an MCP server, started "
+                f"with its runner {card_text.AGENT_MARK}:\nname "
+                f"{card_text.quote_agent(mcp_name, 80)}, {what}"
             )
             request_approval(ctx, session_id, action, payload, "Add MCP Request", question)
     except ValidationError as exc:
         notify_agent(ctx, session, str(exc))
     return True
+
+
+def _mcp_payload(content: dict[str, Any]) -> dict[str, Any]:
+    """A checked ``add_mcp_server`` request: a name and a stdio command or an http(s) URL."""
+    name, command, url = content.get("name"), content.get("command"), content.get("url")
+    if not isinstance(name, str) or not MCP_NAME_RE.match(name):
+        raise ValidationError("add_mcp_server failed: name is required (letters, digits, _ "
+                              "and -, at most 40 characters).")  # fmt: skip
+    if isinstance(url, str) and url:
+        if not url.startswith(("http://", "https://")) or any(c.isspace() for c in url):
+            raise ValidationError("add_mcp_server failed: url must be an http(s) URL.")
+        return {"name": name, "url": url}
+    if not isinstance(command, str) or not command:
+        raise ValidationError("add_mcp_server failed: name and command (or url) are required.")
+    args = content.get("args") if isinstance(content.get("args"), list) else []
+    env = content.get("env") if isinstance(content.get("env"), dict) else {}
+    if not all(isinstance(a, str) for a in args) or not all(
+        isinstance(v, str) for v in env.values()
+    ):
+        raise ValidationError("add_mcp_server failed: args and env values must be strings.")
+    return {"name": name, "command": command, "args": args, "env": env}
 
 
 def _packages(content: dict[str, Any]) -> tuple[list[str], list[str]]:
@@ -256,12 +273,15 @@ def apply_add_mcp_server(ctx: Ctx, session: Session, payload: dict[str, Any], by
     servers = loads_or(cfg.mcp_servers, {})
     servers = servers if isinstance(servers, dict) else {}
     name = str(payload["name"])
-    servers[name] = {"command": payload["command"], "args": payload.get("args") or [],
-                     "env": payload.get("env") or {}}  # fmt: skip
+    if payload.get("url"):
+        servers[name] = {"type": "http", "url": payload["url"]}
+    else:
+        servers[name] = {"command": payload["command"], "args": payload.get("args") or [],
+                         "env": payload.get("env") or {}}  # fmt: skip
     groups.update_container_config(ctx.db, ag, {"mcp_servers": servers}, now=ctx.now())
-    return Applied(f'Your add_mcp_server request was approved: MCP server "{name}" recorded '
-                   "in your group's config. It is not running: this carapace does not start "
-                   "MCP servers yet, so its tools are not available.")  # fmt: skip
+    return Applied(f'MCP server "{name}" added: your runner restarts with it, and its tools '
+                   f"(mcp__{name}__…) are offered from your next turn. If it fails to start, "
+                   "calling them tells you why.", restart_group=ag)  # fmt: skip
 
 
 def apply_cli_command(ctx: Ctx, session: Session, payload: dict[str, Any], by: str) -> Applied:

@@ -51,6 +51,8 @@ MCP_ROUTE = "/_carapace/mcp/"
 MAX_IMAGE_B64 = 1_500_000  # characters of base64 per image kept in a tool result
 MAX_TEXT = 100_000
 _NAME_RE = re.compile(r"[^A-Za-z0-9_-]")
+# passed to stdio servers besides the SDK's defaults (HOME, PATH, …); never a proxy socket
+_PASSED_ENV = frozenset({"CARAPACE_SANDBOX", "TZ", "LANG", "LC_ALL", "PYTHONPATH", "TMPDIR"})
 _IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "image/gif", "image/webp"})
 
 
@@ -407,8 +409,9 @@ class McpHub:
         reader = threading.Thread(target=_log_stderr, args=(cfg.name, rfd), daemon=True)
         reader.start()
         try:
+            env = {k: v for k, v in os.environ.items() if k in _PASSED_ENV} | dict(cfg.env)
             params = StdioServerParameters(command=cfg.command or "", args=list(cfg.args),
-                                           env=dict(cfg.env), cwd=str(self.cwd))  # fmt: skip
+                                           env=env, cwd=str(self.cwd))  # fmt: skip
             async with stdio_client(params, errlog=errlog) as streams:
                 server.sid = _child_with_stderr(os.fstat(wfd).st_ino)
                 if server.sid is not None:

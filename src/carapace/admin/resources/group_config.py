@@ -185,7 +185,7 @@ CONFIG_VERBS = (
     Verb(
         "config add-mcp-server",
         _add_mcp,
-        "Record (or replace) an MCP server in the group's config (not started yet).",
+        "Add (or replace) an MCP server of the group (started with its runners).",
         access="approval",
         options=(
             GROUP_ID,

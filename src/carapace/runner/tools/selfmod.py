@@ -68,21 +68,15 @@ def _install_packages(ctx: ToolContext, args: dict[str, Any]) -> str:
 
 
 def _add_mcp_server(ctx: ToolContext, args: dict[str, Any]) -> str:
-    name, command = args.get("name"), args.get("command")
-    if not name or not command:
-        raise ToolError("name and command are required")
-    ctx.outbound.write(
-        id=new_id("msg"),
-        kind="system",
-        content={
-            "action": "add_mcp_server",
-            "name": name,
-            "command": command,
-            "args": args.get("args") or [],
-            "env": args.get("env") or {},
-        },
-        now=ctx.now(),
-    )
+    name, command, url = args.get("name"), args.get("command"), args.get("url")
+    if not name or not (command or url):
+        raise ToolError("name and a command or url are required")
+    content: dict[str, Any] = {"action": "add_mcp_server", "name": name}
+    if url and not command:
+        content["url"] = url
+    else:
+        content.update(command=command, args=args.get("args") or [], env=args.get("env") or {})
+    ctx.outbound.write(id=new_id("msg"), kind="system", content=content, now=ctx.now())
     return "MCP server request submitted. You will be notified when admin approves or rejects."
 
 
@@ -116,15 +110,17 @@ TOOLS = [
     Tool(
         tool(
             "add_mcp_server",
-            "Ask to record an MCP server in your group's config (an admin must approve; "
-            "this carapace does not start MCP servers yet).",
+            "Request an extra MCP server (an admin must approve): a stdio command (run inside "
+            "your sandbox) or a streamable-HTTP url. Its tools appear as "
+            "mcp__<name>__<tool> from the turn after approval.",
             {
                 "name": {"type": "string"},
                 "command": {"type": "string"},
                 "args": {"type": "array", "items": {"type": "string"}},
                 "env": {"type": "object"},
+                "url": {"type": "string", "description": "Instead of command: an http(s) URL."},
             },
-            ["name", "command"],
+            ["name"],
         ),
         _add_mcp_server,
     ),
