@@ -203,8 +203,9 @@ def _mcp_payload(content: dict[str, Any]) -> dict[str, Any]:
         return {"name": name, "url": url}
     if not isinstance(command, str) or not command:
         raise ValidationError("add_mcp_server failed: name and command (or url) are required.")
-    args = content.get("args") if isinstance(content.get("args"), list) else []
-    env = content.get("env") if isinstance(content.get("env"), dict) else {}
+    raw_args, raw_env = content.get("args"), content.get("env")
+    args: list[Any] = raw_args if isinstance(raw_args, list) else []
+    env: dict[str, Any] = raw_env if isinstance(raw_env, dict) else {}
     if not all(isinstance(a, str) for a in args) or not all(
         isinstance(v, str) for v in env.values()
     ):

@@ -43,7 +43,8 @@ def mcp_upstreams(raw: str | None) -> dict[str, tuple[str, tuple[tuple[str, str]
         url = entry["url"]
         if urlsplit(url).scheme not in ("http", "https"):
             continue
-        headers = entry.get("headers") if isinstance(entry.get("headers"), dict) else {}
+        raw_headers = entry.get("headers")
+        headers: dict[str, object] = raw_headers if isinstance(raw_headers, dict) else {}
         pairs = tuple((str(k), str(v)) for k, v in headers.items() if isinstance(v, str))
         out[str(name)] = (url, pairs)
     return out
