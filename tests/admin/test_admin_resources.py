@@ -100,17 +100,21 @@ def test_group_config_verbs(ctx: DirectContext) -> None:
     assert call(ctx, "groups-config-remove-mcp-server", id="main", name="fs")["mcp_servers"] == {}
     assert call_err(ctx, "groups-config-remove-mcp-server", id="main", name="fs")[0] == "not-found"
 
-    cfg = call(ctx, "groups-config-add-package", id="main", apt="ripgrep", npm="left-pad")
-    assert (cfg["packages_apt"], cfg["packages_npm"]) == (["ripgrep"], ["left-pad"])
-    assert call(ctx, "groups-config-add-package", id="main", apt="ripgrep")["packages_apt"] == [
-        "ripgrep"
-    ]
+    out = call(ctx, "groups-config-add-package", id="main", apt="ripgrep")
+    assert out["installed"] == [] and out["config"]["packages_apt"] == []
+    [failed] = out["failed"]
+    assert (
+        failed["package"] == "apt:ripgrep" and "does not install apt packages" in failed["reason"]
+    )
     assert (
         call_err(ctx, "groups-config-add-package", id="main", apt="x; rm -rf /")[0]
         == "invalid-args"
     )
+    assert call_err(ctx, "groups-config-add-package", id="main", pip="six==1.0")[0] == (
+        "invalid-args"
+    )
     assert call_err(ctx, "groups-config-add-package", id="main")[0] == "invalid-args"
-    assert call(ctx, "groups-config-remove-package", id="main", apt="ripgrep")["packages_apt"] == []
+    assert call_err(ctx, "groups-config-remove-package", id="main", apt="ripgrep")[0] == "not-found"
     assert call_err(ctx, "groups-config-remove-package", id="main", npm="nope")[0] == "not-found"
 
 

@@ -3,8 +3,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import TYPE_CHECKING, Any
+
+import pytest
 
 from carapace.channels.fake import make_event
 from carapace.config import Settings
@@ -14,6 +17,7 @@ from carapace.db.sessions import list_sessions
 from carapace.host import approvals, cards, questions
 from carapace.host.approvals_host import HostContext, tick
 from carapace.host.host import Host, HostOptions
+from carapace.sandbox import bwrap_unusable_reason
 
 if TYPE_CHECKING:
     from host_rig import Rig  # tests/host/conftest.py
@@ -276,17 +280,20 @@ def test_list_pending_covers_every_kind(rig: Rig) -> None:
     assert rig.host.settings.approval_ttl_s == questions.DEFAULT_TTL_S
 
 
-def test_approved_packages_say_they_are_only_recorded(rig: Rig) -> None:
+def test_approved_apt_package_is_refused_with_its_reason(rig: Rig) -> None:
     ag, s = agent_session(rig)
     ctx = HostContext(rig.host)
     approvals.handle_system_action(ctx, s.id, {"action": "install_packages", "apt": ["jq"]})
-    aid = dba.list_approvals(rig.db)[0].approval_id
-    out = approvals.decide(ctx, aid, True, "fake:owner")
+    [row] = dba.list_approvals(rig.db)
+    card = cards.get_card(rig.db, row.approval_id)
+    assert card is not None and "will NOT be installed" in card.question
+    out = approvals.decide(ctx, row.approval_id, True, "fake:owner")
     note = json.loads(rig.inbound(s)[-1]["content"])["text"]
     assert out["status"] == "approved"
-    assert "Nothing was installed" in note and "installed (" not in note
+    assert "Not installed: apt:jq" in note and "does not install apt packages" in note
+    assert "Installed:" not in note
     cfg = groups.get_container_config(rig.db, ag)
-    assert cfg is not None and "jq" in cfg.packages_apt
+    assert cfg is None or cfg.packages_apt == "[]"
 
 
 def test_add_mcp_server_checked_carded_and_applied(rig: Rig) -> None:
@@ -315,3 +322,30 @@ def test_add_mcp_server_checked_carded_and_applied(rig: Rig) -> None:
     assert json.loads(cfg.mcp_servers) == {
         "web": {"type": "http", "url": "https://mcp.example/mcp"}
     }
+
+
+@pytest.mark.skipif(bwrap_unusable_reason() is not None, reason="bubblewrap unusable")
+def test_approved_pip_package_installs_off_the_loop_then_the_agent_is_told(rig: Rig) -> None:
+    ag, s = agent_session(rig)
+    ctx = HostContext(rig.host)
+    approvals.handle_system_action(ctx, s.id, {"action": "install_packages", "pip": ["six"],
+                                               "apt": ["jq"]})  # fmt: skip
+    [row] = dba.list_approvals(rig.db)
+    card = cards.get_card(rig.db, row.approval_id)
+    assert card is not None and "pip (PyPI, into its own virtualenv)" in card.question
+
+    async def approve_and_wait() -> str:
+        approvals.decide(ctx, row.approval_id, True, "fake:owner")
+        first = json.loads(rig.inbound(s)[-1]["content"])["text"]
+        assert first.startswith("Approved: installing pip:six")
+        for _ in range(6000):  # the loop keeps running while pip works in a thread
+            last = json.loads(rig.inbound(s)[-1]["content"])["text"]
+            if last != first:
+                return str(last)
+            await asyncio.sleep(0.05)
+        raise AssertionError("no result note")
+
+    note = rig.run(approve_and_wait())
+    assert note.startswith("Installed: pip:six.") and "Not installed: apt:jq" in note
+    cfg = groups.get_container_config(rig.db, ag)
+    assert cfg is not None and cfg.settings_dict()["packages_pip"] == ["six"]

@@ -347,7 +347,7 @@ def test_create_agent(env: Env) -> None:
 
 def test_install_packages(env: Env) -> None:
     assert env.call("install_packages").content == (
-        "Error: At least one apt or npm package is required"
+        "Error: At least one apt, npm or pip package is required"
     )
     assert env.call("install_packages", apt=[f"p{i}" for i in range(21)]).content == (
         "Error: Maximum 20 packages per request"

@@ -53,6 +53,7 @@ OPTIONS: list[Any] = [
 EXPIRED_LABEL = "⌛ Expired (no response)"
 MAX_PACKAGES = 20
 APT_RE = re.compile(r"^[a-z0-9][a-z0-9._+-]*$")
+PIP_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 MCP_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,40}$")
 NPM_RE = re.compile(r"^(@[a-z0-9][a-z0-9._-]*/)?[a-z0-9][a-z0-9._-]*$")
 REPLY_RE = re.compile(r"\s*`?([A-Za-z0-9]{4,6})\s+([^`]+?)`?\s*")
@@ -164,12 +165,21 @@ def handle_system_action(ctx: Ctx, session_id: str, content: dict[str, Any]) -> 
                         f"{card_text.quote_agent(name, 80)} {card_text.AGENT_MARK}.")  # fmt: skip
             request_approval(ctx, session_id, action, payload, "Create Agent Request", question)
         elif action == "install_packages":
-            apt, npm = _packages(content)
-            payload = {"apt": apt, "npm": npm, "reason": str(content.get("reason") or "")}
-            listing = ", ".join(x for x in (f"apt: {card_text.quote_agent(' '.join(apt))}" if apt else "",
-                                            f"npm: {card_text.quote_agent(' '.join(npm))}" if npm else "") if x)  # fmt: skip
-            question = (f"Agent {card_text.quote_agent(who, 80)} asks to record packages in its "
-                        f"config (they are not installed) {card_text.AGENT_MARK}:\n{listing}")  # fmt: skip
+            apt, npm, pip = _packages(content)
+            payload = {"apt": apt, "npm": npm, "pip": pip,
+                       "reason": str(content.get("reason") or "")}  # fmt: skip
+            listing = "\n".join(
+                f"{kind}: {card_text.quote_agent(' '.join(names))}"
+                for kind, names in (("pip (PyPI, into its own virtualenv)", pip),
+                                    ("npm (npm registry, into its own prefix)", npm))
+                if names
+            )  # fmt: skip
+            if apt:
+                listing += (f"\napt: {card_text.quote_agent(' '.join(apt))} — will NOT be "
+                            "installed (carapace does not install apt packages per group)")  # fmt: skip
+            question = (f"Agent {card_text.quote_agent(who, 80)} asks to install packages, for "
+                        f"its own sandbox only, running their install code in a sandbox with "
+                        f"network only to the registries {card_text.AGENT_MARK}:\n{listing}")  # fmt: skip
             if payload["reason"]:
                 question += f"\nReason: {card_text.quote_agent(payload['reason'])}"
             request_approval(ctx, session_id, action, payload, "Install Packages Request", question)
@@ -213,15 +223,19 @@ def _mcp_payload(content: dict[str, Any]) -> dict[str, Any]:
     return {"name": name, "command": command, "args": args, "env": env}
 
 
-def _packages(content: dict[str, Any]) -> tuple[list[str], list[str]]:
+def _packages(content: dict[str, Any]) -> tuple[list[str], list[str], list[str]]:
     apt, npm = content.get("apt") or [], content.get("npm") or []
-    if not isinstance(apt, list) or not isinstance(npm, list):
-        raise ValidationError("install_packages failed: apt and npm must be lists.")
-    if not apt and not npm:
+    pip = content.get("pip") or []
+    if not isinstance(apt, list) or not isinstance(npm, list) or not isinstance(pip, list):
+        raise ValidationError("install_packages failed: apt, npm and pip must be lists.")
+    if not apt and not npm and not pip:
         raise ValidationError(
-            "install_packages failed: at least one apt or npm package is required."
+            "install_packages failed: at least one apt, npm or pip package is required."
         )
-    if len(apt) + len(npm) > MAX_PACKAGES:
+    for p in pip:
+        if not isinstance(p, str) or not PIP_RE.match(p):
+            raise ValidationError(f'install_packages failed: invalid pip package name "{p}".')
+    if len(apt) + len(npm) + len(pip) > MAX_PACKAGES:
         raise ValidationError(f"install_packages failed: at most {MAX_PACKAGES} packages.")
     for p in apt:
         if not isinstance(p, str) or not APT_RE.match(p):
@@ -229,7 +243,7 @@ def _packages(content: dict[str, Any]) -> tuple[list[str], list[str]]:
     for p in npm:
         if not isinstance(p, str) or not NPM_RE.match(p):
             raise ValidationError(f'install_packages failed: invalid npm package name "{p}".')
-    return [str(p) for p in apt], [str(p) for p in npm]
+    return [str(p) for p in apt], [str(p) for p in npm], [str(p) for p in pip]
 
 
 # --- handlers ---------------------------------------------------------------------------------
@@ -256,16 +270,11 @@ def apply_create_agent(ctx: Ctx, session: Session, payload: dict[str, Any], by: 
 
 
 def apply_install_packages(ctx: Ctx, session: Session, payload: dict[str, Any], by: str) -> Applied:
-    ag = session.agent_group_id
-    cfg = groups.get_container_config(ctx.db, ag) or groups.ContainerConfig(ag)
-    apt = _merge(loads_or(cfg.packages_apt, []), payload.get("apt"))
-    npm = _merge(loads_or(cfg.packages_npm, []), payload.get("npm"))
-    groups.update_container_config(ctx.db, ag, {"packages_apt": apt, "packages_npm": npm},
-                                   now=ctx.now())  # fmt: skip
-    names = ", ".join([*(payload.get("apt") or []), *(payload.get("npm") or [])])
-    return Applied(f"Your install_packages request was approved: {names} recorded in your "
-                   "group's config. Nothing was installed: this carapace does not install "
-                   "packages yet, so do not rely on them.")  # fmt: skip
+    """Install for real (carapace.packages): off the event loop when there is one (the agent is
+    told the result when it is known), else at once (the operator's CLI)."""
+    from carapace.packages import jobs
+
+    return jobs.start_install(ctx, session, payload, notify_agent)
 
 
 def apply_add_mcp_server(ctx: Ctx, session: Session, payload: dict[str, Any], by: str) -> Applied:

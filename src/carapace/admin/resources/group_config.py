@@ -110,38 +110,67 @@ def _remove_mcp(ctx: AdminContext, args: dict[str, Any]) -> Any:
 
 
 def _packages(args: dict[str, Any]) -> dict[str, str]:
-    wanted: dict[str, str] = {k: args[k] for k in ("apt", "npm") if k in args}
+    from carapace.packages.install import check_names
+
+    wanted: dict[str, str] = {k: args[k] for k in ("apt", "npm", "pip") if k in args}
     if not wanted:
-        raise ValidationError("give --apt PACKAGE or --npm PACKAGE")
-    for kind, name in wanted.items():
-        if not PACKAGE_RE.match(name):
-            raise ValidationError(f"invalid {kind} package name {name!r}")
+        raise ValidationError("give --pip PACKAGE, --npm PACKAGE or --apt PACKAGE")
+    check_names([wanted["pip"]] if "pip" in wanted else [],
+                [wanted["npm"]] if "npm" in wanted else [],
+                [wanted["apt"]] if "apt" in wanted else [])  # fmt: skip
     return wanted
 
 
 def _add_package(ctx: AdminContext, args: dict[str, Any]) -> Any:
-    ag, cfg = _config(ctx, args)
-    changes: dict[str, Any] = {}
-    for kind, name in _packages(args).items():
-        current = loads_or(getattr(cfg, f"packages_{kind}"), [])
-        current = current if isinstance(current, list) else []
-        changes[f"packages_{kind}"] = current if name in current else [*current, name]
-    return config_dict(groups.update_container_config(ctx.db, ag, changes, now=ctx.now()))
+    """Install for real (carapace.packages), record what installed, restart the group."""
+    from carapace.packages.install import install
+    from carapace.packages.jobs import record
+
+    ag, _cfg = _config(ctx, args)
+    wanted = _packages(args)
+    report = install(ctx.home, ag, bwrap=ctx.settings.bwrap,
+                     **{k: [v] for k, v in wanted.items()})  # fmt: skip
+    record(ctx, ag, report)
+    if report.installed:
+        ctx.restart_group(ag)
+    cfg = groups.get_container_config(ctx.db, ag) or groups.ContainerConfig(ag)
+    return {"installed": report.installed, "failed": [{"package": n, "reason": why}
+            for n, why in report.failed], "config": config_dict(cfg)}  # fmt: skip
 
 
 def _remove_package(ctx: AdminContext, args: dict[str, Any]) -> Any:
+    from carapace.packages.install import remove
+
     ag, cfg = _config(ctx, args)
+    wanted = _packages(args)
     changes: dict[str, Any] = {}
-    for kind, name in _packages(args).items():
+    for kind, name in wanted.items():
+        if kind == "pip":
+            settings = cfg.settings_dict()
+            current = settings.get("packages_pip")
+            current = current if isinstance(current, list) else []
+            if name not in current:
+                raise NotFoundError(f"agent group {ag} has no pip package {name!r}")
+            changes["settings"] = {**settings, "packages_pip": [p for p in current if p != name]}
+            continue
         current = loads_or(getattr(cfg, f"packages_{kind}"), [])
         if not isinstance(current, list) or name not in current:
             raise NotFoundError(f"agent group {ag} has no {kind} package {name!r}")
         changes[f"packages_{kind}"] = [p for p in current if p != name]
-    return config_dict(groups.update_container_config(ctx.db, ag, changes, now=ctx.now()))
+    report = remove(ctx.home, ag, bwrap=ctx.settings.bwrap,
+                    **{k: [v] for k, v in wanted.items() if k != "apt"})  # fmt: skip
+    cfg2 = groups.update_container_config(ctx.db, ag, changes, now=ctx.now())
+    if report.installed:
+        ctx.restart_group(ag)
+    return {"removed": report.installed, "failed": [{"package": n, "reason": why}
+            for n, why in report.failed], "config": config_dict(cfg2)}  # fmt: skip
 
 
-APT = Opt("apt", "A Debian package name.")
-NPM = Opt("npm", "An npm package name.")
+APT = Opt(
+    "apt", "A Debian package name (recorded; not installed per group: refused with a reason)."
+)
+NPM = Opt("npm", "An npm package name (installed into the group's own npm prefix).")
+PIP = Opt("pip", "A PyPI package name (installed into the group's own virtualenv).")
 
 CONFIG_VERBS = (
     Verb(
@@ -206,15 +235,16 @@ CONFIG_VERBS = (
     Verb(
         "config add-package",
         _add_package,
-        "Record an apt and/or npm package in the group's config (not installed yet).",
+        "Install a pip or npm package for the group's sandbox only (sandboxed install, "
+        "registries-only network); says what installed and what failed.",
         access="approval",
-        options=(GROUP_ID, APT, NPM),
+        options=(GROUP_ID, PIP, NPM, APT),
     ),
     Verb(
         "config remove-package",
         _remove_package,
-        "Remove an apt and/or npm package from the group's config.",
+        "Uninstall a pip or npm package of the group (and drop it from the config).",
         access="approval",
-        options=(GROUP_ID, APT, NPM),
+        options=(GROUP_ID, PIP, NPM, APT),
     ),
 )

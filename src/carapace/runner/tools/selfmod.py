@@ -13,6 +13,7 @@ from carapace.timefmt import new_id
 
 MAX_PACKAGES = 20
 APT_RE = re.compile(r"^[a-z0-9][a-z0-9._+-]*$")
+PIP_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 NPM_RE = re.compile(r"^(@[a-z0-9][a-z0-9._-]*/)?[a-z0-9][a-z0-9._-]*$")
 
 
@@ -38,9 +39,10 @@ def _create_agent(ctx: ToolContext, args: dict[str, Any]) -> str:
 def _install_packages(ctx: ToolContext, args: dict[str, Any]) -> str:
     apt: list[str] = list(args.get("apt") or [])
     npm: list[str] = list(args.get("npm") or [])
-    if not apt and not npm:
-        raise ToolError("At least one apt or npm package is required")
-    if len(apt) + len(npm) > MAX_PACKAGES:
+    pip: list[str] = list(args.get("pip") or [])
+    if not apt and not npm and not pip:
+        raise ToolError("At least one apt, npm or pip package is required")
+    if len(apt) + len(npm) + len(pip) > MAX_PACKAGES:
         raise ToolError(f"Maximum {MAX_PACKAGES} packages per request")
     for p in apt:
         if not APT_RE.match(p):
@@ -53,17 +55,14 @@ def _install_packages(ctx: ToolContext, args: dict[str, Any]) -> str:
             raise ToolError(
                 f'Invalid npm package name: "{p}". No version specs or shell characters.'
             )
-    ctx.outbound.write(
-        id=new_id("msg"),
-        kind="system",
-        content={
-            "action": "install_packages",
-            "apt": apt,
-            "npm": npm,
-            "reason": args.get("reason") or "",
-        },
-        now=ctx.now(),
-    )
+    for p in pip:
+        if not PIP_RE.match(p):
+            raise ToolError(f'Invalid pip package name: "{p}". A bare name: no version specs.')
+    content: dict[str, Any] = {"action": "install_packages", "apt": apt, "npm": npm,
+                               "reason": args.get("reason") or ""}  # fmt: skip
+    if pip:
+        content["pip"] = pip
+    ctx.outbound.write(id=new_id("msg"), kind="system", content=content, now=ctx.now())
     return "Package install request submitted. You will be notified when admin approves or rejects."
 
 
@@ -96,9 +95,11 @@ TOOLS = [
     Tool(
         tool(
             "install_packages",
-            "Ask to record apt/npm packages in your group's config (an admin must approve; "
-            "this carapace does not install them yet).",
+            "Request packages for your sandbox (an admin must approve): pip (PyPI) into your "
+            "own virtualenv, npm into your own prefix, both on your PATH from the turn after "
+            "they install. apt packages are not installed per group (the request says so).",
             {
+                "pip": {"type": "array", "items": {"type": "string"}},
                 "apt": {"type": "array", "items": {"type": "string"}},
                 "npm": {"type": "array", "items": {"type": "string"}},
                 "reason": {"type": "string"},
