@@ -111,7 +111,7 @@ def test_approval_decided_after_expiry_does_not_apply(rig: Rig) -> None:
 
 
 def test_approval_just_before_expiry_applies(rig: Rig) -> None:
-    ag, s, aid = _request(rig, "install_packages")
+    _ag, s, aid = _request(rig, "install_packages")
     rig.clock.advance(Settings().approval_ttl_s - 1)
 
     async def decide() -> dict[str, str]:  # applying restarts the group's runner: in a loop

@@ -117,6 +117,6 @@ def test_pip_and_npm_install_then_used_by_the_agents_bash(tmp_path: Path) -> Non
             host.close()
 
     text = asyncio.run(go())
-    assert f"six 1." in text and str(group_dir(home, g.id) / "venv") in text, text
+    assert "six 1." in text and str(group_dir(home, g.id) / "venv") in text, text
     assert "isnum true" in text, text
     assert sys.prefix not in text.split("six", 1)[1].split("\n", 1)[0]
