@@ -20,8 +20,8 @@ from carapace.packages.install import Report, install
 
 if TYPE_CHECKING:
     from carapace.db.sessions import Session
-    from carapace.host.approvals import Applied
-    from carapace.host.cards import Ctx
+    from carapace.permissions.approvals import Applied
+    from carapace.permissions.cards import Ctx
 
 logger = logging.getLogger(__name__)
 _RUNNING: set[asyncio.Future[Report]] = set()
@@ -69,7 +69,7 @@ def start_install(
     payload: dict[str, Any],
     notify: Callable[[Ctx, Session, str], None],
 ) -> Applied:
-    from carapace.host.approvals import Applied
+    from carapace.permissions.approvals import Applied
 
     ag = session.agent_group_id
     pip, npm, apt = _names(payload, "pip"), _names(payload, "npm"), _names(payload, "apt")
