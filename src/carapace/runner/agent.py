@@ -40,6 +40,13 @@ logger = logging.getLogger(__name__)
 STATE_KEY = "conversation"
 MAX_STATE_CHARS = 500_000
 ROUNDS_NOTE = "(I stopped after {n} rounds of tool calls without finishing.)"
+MAX_CONTINUATIONS = 3
+CONTINUE_PROMPT = (
+    "(Your last reply was cut off by the output token limit. Continue exactly where it "
+    "stopped, without repeating anything.)"
+)
+CUT_NOTE = "(This reply is incomplete: the model hit its output token limit {n} times.)"
+CUT_CALLS_NOTE = "(tool calls cut off by the output token limit were not run)"
 
 
 @dataclass(frozen=True)
@@ -132,6 +139,8 @@ class Agent:
         new: list[Message] = [{"role": "user", "content": prompt}]
         specs = self.toolbox.specs()
         text = ""
+        pieces: list[str] = []  # text of replies cut by max_tokens, continued
+        cuts = 0
         for round_no in range(1, self.max_tool_rounds + 1):
             if self.should_stop():
                 raise TurnAbandoned("shutdown before the provider call")
@@ -139,8 +148,22 @@ class Agent:
             self._fit(new)
             turn = self.provider.complete(system, self.conversation + new, specs)
             self.heartbeat()
+            if turn.stop_reason == "max_tokens":
+                # never delivered as if complete: continued, or said to be cut
+                cuts += 1
+                logger.warning("model reply cut by max_tokens (%d of %d continuations)",
+                               cuts, MAX_CONTINUATIONS)  # fmt: skip
+                cut_text = turn.text + (f"\n{CUT_CALLS_NOTE}" if turn.tool_calls else "")
+                new.append({"role": "assistant", "content": cut_text, "tool_calls": []})
+                pieces.append(turn.text)
+                if cuts > MAX_CONTINUATIONS:
+                    text = "".join(pieces) + "\n\n" + CUT_NOTE.format(n=cuts)
+                    return TurnResult(text.strip(), new, round_no)
+                new.append({"role": "user", "content": CONTINUE_PROMPT})
+                continue
             new.append(turn.as_message())
-            text = turn.text
+            text = "".join(pieces) + turn.text
+            pieces = []
             if not turn.tool_calls:
                 return TurnResult(text, new, round_no)
             for call in turn.tool_calls:

@@ -35,6 +35,7 @@ def provider_config(config: RunnerConfig) -> ProviderConfig:
         model=config.model,
         max_tokens=agent.max_tokens,
         base_url=agent.base_url,
+        timeout_s=agent.model_timeout_s,
         agent_dir=str(config.agent_dir),
     )
 
