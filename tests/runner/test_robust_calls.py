@@ -25,7 +25,9 @@ from carapace.testing.sessions import (
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 
-def run_once(paths: SessionPaths, agent_dir: Path, **extra: str) -> subprocess.CompletedProcess[str]:
+def run_once(
+    paths: SessionPaths, agent_dir: Path, **extra: str
+) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("ANTHROPIC_", "OPENAI_", "CARAPACE_"))}  # fmt: skip
     env["PYTHONPATH"] = SRC + os.pathsep + env.get("PYTHONPATH", "")
@@ -78,7 +80,9 @@ def test_max_tokens_every_time_is_reported_as_cut(
                        stop_reason="max_tokens")  # fmt: skip
     text, requests = _run(flavour, session, tmp_path, cut)
     assert text.startswith("part 0. part 1. part 2. part 3.")
-    assert text.endswith("(This reply is incomplete: the model hit its output token limit 4 times.)")
+    assert text.endswith(
+        "(This reply is incomplete: the model hit its output token limit 4 times.)"
+    )
     assert len(requests) == 4
     # the cut-off tool call was not run
     assert [r["content"]["text"] for r in read_outbound(session)] == [text]
@@ -125,8 +129,27 @@ def test_openai_structure_rules() -> None:
     ok = {"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}, call,
                        {"role": "tool", "tool_call_id": "c1", "content": "r"}]}  # fmt: skip
     assert llm_openai.check_messages(ok) is None
-    skipped = {"messages": [{"role": "user", "content": "u"}, call, {"role": "user", "content": "u"}]}
+    skipped = {
+        "messages": [{"role": "user", "content": "u"}, call, {"role": "user", "content": "u"}]
+    }
     assert "must be followed by tool messages" in (llm_openai.check_messages(skipped) or "")
     stray = {"messages": [{"role": "user", "content": "u"},
                           {"role": "tool", "tool_call_id": "zz", "content": "r"}]}  # fmt: skip
     assert "does not answer" in (llm_openai.check_messages(stray) or "")
+
+
+def test_anthropic_prompt_caching_and_cache_tokens() -> None:
+    from carapace.runner.providers import ProviderConfig, ToolSpec, create_provider
+
+    tools = [ToolSpec("a", "A", {"type": "object", "properties": {}}),
+             ToolSpec("b", "B", {"type": "object", "properties": {}})]  # fmt: skip
+    reply = FakeReply(text="hi", cache_read_tokens=900, cache_write_tokens=40)
+    with FakeLLMServer([reply]) as srv:
+        provider = create_provider(ProviderConfig(name="anthropic", base_url=srv.anthropic_base_url,
+                                                  api_key="test-key", max_retries=0))  # fmt: skip
+        turn = provider.complete("the system", [{"role": "user", "content": "x"}], tools)
+        body = srv.requests[0]
+    assert (turn.cache_read_tokens, turn.cache_write_tokens) == (900, 40)
+    assert body["system"][0]["cache_control"] == {"type": "ephemeral"}
+    assert "cache_control" not in body["tools"][0]
+    assert body["tools"][1]["cache_control"] == {"type": "ephemeral"}

@@ -57,6 +57,8 @@ class Turn:
     stop_reason: str = "end_turn"
     input_tokens: int = 0
     output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
 
     def as_message(self) -> Message:
         return {
