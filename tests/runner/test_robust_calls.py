@@ -109,7 +109,7 @@ def test_anthropic_structure_rules() -> None:
                                      {"type": "text", "text": "more"}]},
     ]}  # fmt: skip
     assert llm_anthropic.check_messages(ok) is None
-    unanswered = {"messages": ok["messages"][:2] + [{"role": "user", "content": "no result"}]}
+    unanswered = {"messages": [*ok["messages"][:2], {"role": "user", "content": "no result"}]}
     assert "no tool_result" in (llm_anthropic.check_messages(unanswered) or "")
     stray = {"messages": [{"role": "user", "content": [
         {"type": "tool_result", "tool_use_id": "zz", "content": "r"}]}]}  # fmt: skip
