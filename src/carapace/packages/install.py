@@ -30,14 +30,15 @@ from pathlib import Path
 import carapace
 from carapace.config import Home
 from carapace.errors import ValidationError
+from carapace.sandbox.packages import group_dir, sandbox_env
 from carapace.timefmt import iso, utcnow
 
 logger = logging.getLogger(__name__)
+__all__ = ["Report", "check_names", "group_dir", "install", "log_path", "remove", "sandbox_env"]
 
 PIP_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 NPM_RE = re.compile(r"^(@[a-z0-9][a-z0-9._-]*/)?[a-z0-9][a-z0-9._-]{0,99}$")
 APT_RE = re.compile(r"^[a-z0-9][a-z0-9._+-]*$")
-GROUP_RE = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
 SANDBOX_SOCKET = "/run/carapace/registry.sock"
 INSTALL_TIMEOUT_S = 1800
 APT_REFUSAL = ("not installed: carapace does not install apt packages per group (a Debian "
@@ -64,23 +65,8 @@ class Report:
         return " ".join(parts) or "Nothing to install."
 
 
-def group_dir(home: Home, agent_group_id: str) -> Path:
-    if not GROUP_RE.match(agent_group_id):
-        raise ValidationError(f"bad agent group id {agent_group_id!r}")
-    return home.data_dir / "packages" / agent_group_id
-
-
 def log_path(home: Home, agent_group_id: str) -> Path:
     return group_dir(home, agent_group_id).with_suffix(".log")
-
-
-def sandbox_env(prefix: Path, path: str) -> dict[str, str]:
-    """``PATH`` (and ``NODE_PATH``) for a sandbox that sees the group's prefix ``prefix``."""
-    bins = [str(prefix / d / "bin") for d in ("venv", "npm") if (prefix / d / "bin").is_dir()]
-    env = {"PATH": ":".join([*bins, path])}
-    if (prefix / "npm" / "lib" / "node_modules").is_dir():
-        env["NODE_PATH"] = str(prefix / "npm" / "lib" / "node_modules")
-    return env
 
 
 def check_names(pip: list[str], npm: list[str], apt: list[str]) -> None:

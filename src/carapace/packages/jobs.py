@@ -20,7 +20,6 @@ from carapace.packages.install import Report, install
 
 if TYPE_CHECKING:
     from carapace.db.sessions import Session
-    from carapace.permissions.approvals import Applied
     from carapace.permissions.cards import Ctx
 
 logger = logging.getLogger(__name__)
@@ -68,9 +67,8 @@ def start_install(
     session: Session,
     payload: dict[str, Any],
     notify: Callable[[Ctx, Session, str], None],
-) -> Applied:
-    from carapace.permissions.approvals import Applied
-
+) -> tuple[str, str | None]:
+    """The note for the agent now, and the group to restart now (None: later or never)."""
     ag = session.agent_group_id
     pip, npm, apt = _names(payload, "pip"), _names(payload, "npm"), _names(payload, "apt")
     job = functools.partial(install, ctx.home, ag, pip=pip, npm=npm, apt=apt,
@@ -80,7 +78,7 @@ def start_install(
     except RuntimeError:
         report = job()
         record(ctx, ag, report)
-        return Applied(final_note(report), restart_group=ag if report.installed else None)
+        return final_note(report), (ag if report.installed else None)
 
     def done(fut: asyncio.Future[Report]) -> None:
         _RUNNING.discard(fut)
@@ -102,11 +100,11 @@ def start_install(
     fut.add_done_callback(done)
     listing = ", ".join([*(f"pip:{p}" for p in pip), *(f"npm:{n}" for n in npm)])
     if not pip and not npm:
-        return Applied("Approved, but nothing can be installed: " + install_refusals(apt))
+        return "Approved, but nothing can be installed: " + install_refusals(apt), None
     note = f"Approved: installing {listing} (this can take a few minutes)."
     if apt:
         note += " " + install_refusals(apt)
-    return Applied(note + " You will be told what installed and what failed.")
+    return note + " You will be told what installed and what failed.", None
 
 
 def install_refusals(apt: list[str]) -> str:

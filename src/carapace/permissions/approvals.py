@@ -280,7 +280,8 @@ def apply_install_packages(ctx: Ctx, session: Session, payload: dict[str, Any], 
     told the result when it is known), else at once (the operator's CLI)."""
     from carapace.packages import jobs
 
-    return jobs.start_install(ctx, session, payload, notify_agent)
+    note, restart = jobs.start_install(ctx, session, payload, notify_agent)
+    return Applied(note, restart_group=restart)
 
 
 def apply_add_mcp_server(ctx: Ctx, session: Session, payload: dict[str, Any], by: str) -> Applied:

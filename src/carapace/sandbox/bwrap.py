@@ -269,7 +269,7 @@ def bwrap_argv(spec: SandboxSpec, agent_fds: Sequence[tuple[int, str]] = ()) -> 
     if spec.proxy_socket is not None:
         env[PROXY_SOCKET_ENV] = SANDBOX_PROXY_SOCKET
     if spec.packages_dir is not None and spec.packages_dir.is_dir():
-        from carapace.packages.install import sandbox_env
+        from carapace.sandbox.packages import sandbox_env
 
         env.update(sandbox_env(Path(os.path.abspath(spec.packages_dir)), env["PATH"]))
     env["CARAPACE_SANDBOX"] = "bwrap"
@@ -445,7 +445,7 @@ class BwrapBackend:
         if self.home is None:
             return None
         from carapace.config import Home
-        from carapace.packages.install import group_dir
+        from carapace.sandbox.packages import group_dir
 
         try:
             return group_dir(Home(self.home), agent_group_id)
