@@ -72,3 +72,21 @@ def test_unknown_server_name_is_not_forwarded(tmp_path: Path, web_url: str) -> N
     finally:
         hub.close()
         rig.close()
+
+
+def test_session_route_reads_http_servers_from_the_db(tmp_path: Path) -> None:
+    from carapace.db import groups
+    from carapace.db.central import open_central
+    from carapace.proxy.hostside import session_route
+    from carapace.proxy.keys import KeyStore
+    from carapace.sandbox.process import RunnerSpec
+
+    db = open_central(tmp_path / "v2.db")
+    g = groups.create_agent_group(db, "Main", "main")
+    groups.update_container_config(db, g.id, {"mcp_servers": {
+        "web": {"type": "http", "url": "https://mcp.example/mcp", "headers": {"T": "x"}},
+        "local": {"command": "srv"}}})  # fmt: skip
+    spec = RunnerSpec("sess-1", g.id, tmp_path / "s", tmp_path / "a")
+    route = session_route(db, KeyStore({}), spec)
+    assert dict(route.mcp) == {"web": ("https://mcp.example/mcp", (("T", "x"),))}
+    db.close()
