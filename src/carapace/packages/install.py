@@ -94,7 +94,7 @@ def install(
     if not pip and not npm:
         return report
     prefix = group_dir(home, agent_group_id)
-    prefix.mkdir(parents=True, exist_ok=True, mode=0o755)
+    prefix.mkdir(parents=True, exist_ok=True, mode=0o700)
     log = log_path(home, agent_group_id)
     exe = shutil.which(bwrap)
     with log.open("a", encoding="utf-8") as fh:
