@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import logging
 import re
 from typing import Any
 
@@ -11,6 +14,7 @@ from carapace.db import groups
 from carapace.errors import NotFoundError, ValidationError
 from carapace.jsonutil import loads_or
 
+logger = logging.getLogger(__name__)
 GROUP_ID = Opt("id", "The agent group's id or folder (may be given positionally).", required=True)
 PACKAGE_RE = re.compile(r"^[A-Za-z0-9@][A-Za-z0-9@._+/:=~^-]{0,127}$")
 _JSON_COLUMNS = ("skills", "mcp_servers", "packages_apt", "packages_npm", "additional_mounts")
@@ -128,14 +132,37 @@ def _add_package(ctx: AdminContext, args: dict[str, Any]) -> Any:
 
     ag, _cfg = _config(ctx, args)
     wanted = _packages(args)
-    report = install(ctx.home, ag, bwrap=ctx.settings.bwrap,
-                     **{k: [v] for k, v in wanted.items()})  # fmt: skip
+    job = functools.partial(install, ctx.home, ag, bwrap=ctx.settings.bwrap,
+                            **{k: [v] for k, v in wanted.items()})  # fmt: skip
+    try:  # on the host's event loop (an agent's approved cli_command): never block it
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        loop = None
+    if loop is not None:
+        fut = loop.run_in_executor(None, job)
+        fut.add_done_callback(lambda f: _installed(ctx, ag, f))
+        return {"installing": [f"{k}:{v}" for k, v in wanted.items()],
+                "note": "installation runs in the background; `groups config get` shows what "
+                        "installed, the package log says why anything failed"}  # fmt: skip
+    report = job()
     record(ctx, ag, report)
     if report.installed:
         ctx.restart_group(ag)
     cfg = groups.get_container_config(ctx.db, ag) or groups.ContainerConfig(ag)
     return {"installed": report.installed, "failed": [{"package": n, "reason": why}
             for n, why in report.failed], "config": config_dict(cfg)}  # fmt: skip
+
+
+def _installed(ctx: AdminContext, ag: str, fut: Any) -> None:
+    from carapace.packages.jobs import record
+
+    try:
+        report = fut.result()
+        record(ctx, ag, report)
+        if report.installed:
+            ctx.restart_group(ag)
+    except Exception:
+        logger.exception("background package installation for %s failed", ag)
 
 
 def _remove_package(ctx: AdminContext, args: dict[str, Any]) -> Any:
@@ -157,9 +184,18 @@ def _remove_package(ctx: AdminContext, args: dict[str, Any]) -> Any:
         if not isinstance(current, list) or name not in current:
             raise NotFoundError(f"agent group {ag} has no {kind} package {name!r}")
         changes[f"packages_{kind}"] = [p for p in current if p != name]
-    report = remove(ctx.home, ag, bwrap=ctx.settings.bwrap,
-                    **{k: [v] for k, v in wanted.items() if k != "apt"})  # fmt: skip
+    job = functools.partial(remove, ctx.home, ag, bwrap=ctx.settings.bwrap,
+                            **{k: [v] for k, v in wanted.items() if k != "apt"})  # fmt: skip
     cfg2 = groups.update_container_config(ctx.db, ag, changes, now=ctx.now())
+    try:  # on the host's event loop (an agent's approved cli_command): never block it
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        loop = None
+    if loop is not None:
+        fut = loop.run_in_executor(None, job)
+        fut.add_done_callback(lambda f: ctx.restart_group(ag) if not f.exception() else None)
+        return {"removing": [f"{k}:{v}" for k, v in wanted.items()], "config": config_dict(cfg2)}
+    report = job()
     if report.installed:
         ctx.restart_group(ag)
     return {"removed": report.installed, "failed": [{"package": n, "reason": why}
