@@ -62,3 +62,40 @@ def test_stdio_mcp_server_runs_inside_the_sandbox(tmp_path: Path) -> None:
     assert isinstance(handle, BwrapHandle)
     assert text.startswith("server says cwd=") and "sandbox=bwrap" in text, text
     assert f"cwd={agent_dir}" in text
+
+
+@needs_bwrap
+def test_http_mcp_server_reached_through_the_host_from_a_sandbox_without_network(
+    tmp_path: Path,
+) -> None:
+    from carapace.testing.mcp_server import serve_http
+
+    home = Home(tmp_path / "home")
+    init_home(home)
+    channel = Recorder()
+    host = Host(home, settings=Settings(runner_idle_exit_s=60.0), channels=[channel],
+                options=HostOptions(sockets=False))  # fmt: skip
+    [g] = groups.list_agent_groups(host.db)
+    script = [{"match": "add", "tool_calls": [{"name": "mcp__web__add",
+               "arguments": {"a": 40, "b": 2}}], "reply": "sum {tool_result}"}]  # fmt: skip
+    (home.groups_dir / g.folder / "mock-script.json").write_text(json.dumps(script))
+
+    async def go() -> str:
+        await host.start()
+        try:
+            await host.route(_event("add please"))
+            reply = await asyncio.wait_for(channel.got.get(), 60)
+            content = reply.content
+            doc = content if isinstance(content, dict) else json.loads(content)
+            return str(doc["text"])
+        finally:
+            await host.stop()
+            host.close()
+
+    with serve_http() as url:
+        # loopback: allowed only because the group says web_private (the host's rule)
+        groups.update_container_config(host.db, g.id, {
+            "provider": "mock", "settings": {"web_private": True},
+            "mcp_servers": {"web": {"type": "http", "url": url}}})  # fmt: skip
+        text = asyncio.run(go())
+    assert text == "sum 42", text
