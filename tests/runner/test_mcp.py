@@ -195,3 +195,12 @@ def test_sdk_providers_call_mcp_tools_with_images(
         last = requests[1]["messages"][-1]
         assert last["role"] == "user" and last["content"][1]["type"] == "image_url"
         assert last["content"][1]["image_url"]["url"].startswith("data:image/png;base64,")
+
+
+def test_prompt_section_says_state_and_instructions(hub: Callable[..., McpHub]) -> None:
+    h = hub({"t": {**STDIO, "instructions": "Prefer t for echoing."},
+             "gone": {"command": "/nonexistent/srv"}})  # fmt: skip
+    section = h.prompt_section()
+    assert "- t: running, tools mcp__t__*" in section
+    assert "Prefer t for echoing." in section and "Echo repeats; add adds." in section
+    assert "- gone: not running (command not found" in section

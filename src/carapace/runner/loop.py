@@ -289,6 +289,8 @@ class Runner:
             session_dir=self.paths.root,
             sandboxed=self.config.sandboxed,
         )
+        if self.mcp is not None:
+            system = f"{system}\n\n{self.mcp.prompt_section()}"
         try:
             with Keepalive(self.heartbeat):
                 result = self.agent.run_turn(system, prompt)

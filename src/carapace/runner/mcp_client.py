@@ -68,6 +68,7 @@ class ServerConfig:
     env: Mapping[str, str] = field(default_factory=dict)
     url: str | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
+    instructions: str = ""  # the entry's ``instructions`` (NanoClaw passes them to the agent)
 
     @property
     def kind(self) -> str:
@@ -98,7 +99,8 @@ def parse_servers(raw: object) -> tuple[list[ServerConfig], list[str]]:
             if not _str_map(headers):
                 problems.append(f"MCP server {name!r}: headers must be an object of strings")
                 continue
-            out.append(ServerConfig(name, url=url, headers=dict(headers)))
+            out.append(ServerConfig(name, url=url, headers=dict(headers),
+                                    instructions=_instructions(entry)))  # fmt: skip
         elif isinstance(command, str) and command:
             if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
                 problems.append(f"MCP server {name!r}: args must be a list of strings")
@@ -106,10 +108,16 @@ def parse_servers(raw: object) -> tuple[list[ServerConfig], list[str]]:
             if not _str_map(env):
                 problems.append(f"MCP server {name!r}: env must be an object of strings")
                 continue
-            out.append(ServerConfig(name, command=command, args=tuple(args), env=dict(env)))
+            out.append(ServerConfig(name, command=command, args=tuple(args), env=dict(env),
+                                    instructions=_instructions(entry)))  # fmt: skip
         else:
             problems.append(f"MCP server {name!r}: needs a command (stdio) or a url (HTTP)")
     return out, problems
+
+
+def _instructions(entry: dict[str, Any]) -> str:
+    value = entry.get("instructions")
+    return value[:4000] if isinstance(value, str) else ""
 
 
 def _str_map(value: object) -> bool:
@@ -130,6 +138,7 @@ class _Server:
     tried: threading.Event = field(default_factory=threading.Event)
     down: asyncio.Event | None = None
     sid: int | None = None
+    server_instructions: str = ""
 
 
 class McpHub:
@@ -225,6 +234,21 @@ class McpHub:
             if name in s.tools or name.startswith(f"{PREFIX}{safe_name(s.config.name)}__"):
                 return s
         return None
+
+    def prompt_section(self) -> str:
+        """The system prompt's part about the MCP servers: each one's state and instructions
+        (the entry's own, then what the server said at initialize)."""
+        self.wait_started()
+        lines = ["## MCP servers", ""]
+        for name, s in self._servers.items():
+            prefix = f"{PREFIX}{safe_name(name)}__"
+            state = (f"running, tools {prefix}*" if s.session is not None
+                     else f"not running ({s.error or 'not started'}); its tools return errors")  # fmt: skip
+            lines.append(f"- {name}: {state}")
+            for text in (s.config.instructions, s.server_instructions):
+                if text:
+                    lines += [f"  {line}" for line in text.strip().splitlines()[:60]]
+        return "\n".join(lines)
 
     def status(self) -> dict[str, str]:
         """``{server: "up (n tools)" | "down: <why>"}`` for logs and tests."""
@@ -330,7 +354,9 @@ class McpHub:
         async with contextlib.AsyncExitStack() as stack:
             read, write = await stack.enter_async_context(self._transport(server))
             session = await stack.enter_async_context(ClientSession(read, write))
-            await asyncio.wait_for(session.initialize(), self.start_timeout_s)
+            init = await asyncio.wait_for(session.initialize(), self.start_timeout_s)
+            text = getattr(init, "instructions", None)
+            server.server_instructions = text[:4000] if isinstance(text, str) else ""
             listed = await asyncio.wait_for(self._list_tools(session), self.start_timeout_s)
             server.tools, server.remote = _exposed(server.config.name, listed)
             server.session, server.error, server.retry_at = session, None, None

@@ -29,7 +29,7 @@ PNG_1X1 = base64.b64decode(
 
 
 def build(name: str = "testsrv") -> Any:
-    server = MCPServer(name, log_level="WARNING")
+    server = MCPServer(name, log_level="WARNING", instructions="Echo repeats; add adds.")
 
     @server.tool()
     def echo(text: str) -> str:
