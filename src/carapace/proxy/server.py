@@ -88,6 +88,8 @@ def upstreams_for(provider: str | None, base_url: str | None, keys: KeyStore) ->
     out = {p: keys.base_url(p) or DEFAULT_UPSTREAMS[p] for p in PROVIDERS}
     provider = (provider or "").lower()
     provider = PROVIDER_ALIASES.get(provider, provider)  # NanoClaw's "claude"
+    if provider == "claude-agent-sdk":  # Claude Code speaks the Anthropic API
+        provider = "anthropic"
     if provider in out and base_url:
         out[provider] = base_url
     return {p: url.rstrip("/") for p, url in out.items()}

@@ -137,6 +137,16 @@ class Agent:
         """Run one turn; raises ``ProviderError`` (or any provider failure) and
         ``TurnAbandoned``, leaving ``self.conversation`` untouched in both cases."""
         new: list[Message] = [{"role": "user", "content": prompt}]
+        whole_turn = getattr(self.provider, "run_agent_turn", None)
+        if whole_turn is not None:  # the provider runs the tool loop itself (claude_sdk.py)
+            if self.should_stop():
+                raise TurnAbandoned("shutdown before the provider call")
+            self.heartbeat()
+            text, session_id = whole_turn(system, prompt, self.toolbox, self.conversation)
+            reply: Message = {"role": "assistant", "content": text, "tool_calls": []}
+            if session_id:
+                reply["sdk_session_id"] = session_id
+            return TurnResult(text, [*new, reply], 1)
         specs = self.toolbox.specs()
         text = ""
         pieces: list[str] = []  # text of replies cut by max_tokens, continued
