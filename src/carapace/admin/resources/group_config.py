@@ -224,7 +224,9 @@ CONFIG_VERBS = (
         options=(
             GROUP_ID,
             Opt(
-                "provider", "Model provider: mock, anthropic (stored as NanoClaw's claude), openai."
+                "provider",
+                "Model provider: mock, anthropic (stored as NanoClaw's claude), openai, "
+                "claude-agent-sdk.",
             ),
             Opt("model", "Model name."),
             Opt("effort", "Reasoning effort."),
