@@ -17,6 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from carapace.cli import main
+from carapace.runner.config import PROVIDER_ALIASES
+from carapace.runner.providers import provider_names
 
 CARAPACE = [sys.executable, "-m", "carapace"]
 SETTINGS = settings(
@@ -116,7 +118,7 @@ def test_admin_huge_integers(home: Path, verb: list[str], number: int) -> None:
 @SETTINGS
 @given(
     name=st.text(min_size=1, max_size=30).filter(
-        lambda s: s.strip().lower() not in ("mock", "anthropic", "openai", "claude")
+        lambda s: s.strip().lower() not in {*provider_names(), *PROVIDER_ALIASES}
     ),
     verb=st.sampled_from(
         [
