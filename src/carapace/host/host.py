@@ -43,17 +43,23 @@ from carapace.host.pool import (
 )
 from carapace.host.router import Router, RouteResult
 from carapace.host.sessions import SessionManager
+from carapace.host.outbox_reader import OutboxRefused
 from carapace.host.sweep import (
+    ACK_BATCH,
+    ACK_FLUSH_S,
     SLA_CHECK_S,
     Claim,
     HostSeen,
     SweepContext,
     SweepReport,
+    apply_acks,
     container_state,
     decide_stuck_action,
     due_iso,
     earliest,
     heartbeat_at,
+    idle_since,
+    new_acks,
     reset_claims,
     scan_session,
 )
@@ -151,6 +157,14 @@ class Host:
         self._watcher: Any = None
         self._admin_server: Any = None
         self._hook = self._projection_hook
+        # pool.make_room's view of live runners: session → since when idle (None: busy),
+        # filled off the event loop (_refresh_idle); a session with work drops its entry
+        self._idle_cache: dict[str, datetime | None] = {}
+        self._idle_refresh = False  # a refresh task is on its way
+        # terminal acks read after runner commits, copied into messages_in in batches
+        self._ack_rowid: dict[str, int] = {}
+        self._acks_due: dict[str, dict[str, str]] = {}
+        self._ack_timers: dict[str, asyncio.TimerHandle] = {}
 
     def _default_backend(self) -> RunnerBackend:
         """``settings.runner_backend`` (auto: bwrap when usable), per agent group overrides;
@@ -190,6 +204,9 @@ class Host:
             self.sessions.mark_work(session_id, due_iso(h.not_before) or "")
             self._kick_sweep()
             return
+        self._idle_cache.pop(session_id, None)  # it has work now
+        if self.pool.is_running(session_id):
+            return  # its runner wakes on the commit itself (inotify); the sweep is not needed
         self.pool.wake(session_id)
         self._kick_sweep()
 
@@ -274,14 +291,18 @@ class Host:
             with contextlib.suppress(Exception):
                 await adapter.stop()
         await self.pool.stop_all("shutdown")  # also waits for spawns in flight
+        for sid in list(self._acks_due):
+            with contextlib.suppress(Exception):
+                await self._flush_acks(sid)
         if self.proxy is not None:
             await self.proxy.aclose()
         while self._tasks:  # drains, sweep timer, approvals pump; none can start now
             for task in list(self._tasks):
                 task.cancel()
-            for task in list(self._tasks):
-                with contextlib.suppress(BaseException):
-                    await task
+            # cancelled again until done: Python 3.11's wait_for can swallow a cancellation
+            # that races with its own wake-up (the sweep timer kicked at that moment)
+            done, _ = await asyncio.wait(list(self._tasks), timeout=0.5)
+            for task in done:
                 self._tasks.discard(task)
         self._stop_watcher()
         remove_projection_hook(self._hook)
@@ -292,6 +313,8 @@ class Host:
 
     def close(self) -> None:
         self._closed = True
+        with contextlib.suppress(sqlite3.Error):
+            self.sessions.release_all()
         if self.proxy is not None:
             self.proxy.close()
         self.delivery.outbox.close()
@@ -341,27 +364,83 @@ class Host:
         self._spawn(self._after_commit(session_id))
 
     async def _after_commit(self, session_id: str) -> None:
+        """A runner committed: deliver what is new, note its new acks (one cheap read of
+        what changed since the last one, off the loop); when work is queued for a runner
+        slot, see whether this runner has become idle."""
         await self._drain(session_id)
         session = self.sessions.get(session_id)
-        if session is not None:  # ack sync at once, off the loop (outbound.db is the agent's)
-            await self.delivery.outbox.call(scan_session, self.sessions.paths(session), self.now())
-            if self.pool.queued():
-                self.pool.make_room()  # this runner may just have become idle
+        if session is None:
+            return
+        paths = self.sessions.paths(session)
+        try:
+            top, acks = await self.delivery.outbox.call(
+                new_acks, paths.outbound, self._ack_rowid.get(session_id, -1)
+            )
+        except (OSError, OutboxRefused, TimeoutError):
+            top, acks = 0, {}
+        if top:
+            self._ack_rowid[session_id] = top
+        due = self._acks_due.setdefault(session_id, {})
+        due.update({m: st for m, st in acks.items() if st in ("completed", "failed")})
+        if len(due) >= ACK_BATCH or (due and not self.pool.is_running(session_id)):
+            await self._flush_acks(session_id)
+        elif due and session_id not in self._ack_timers:  # soon, together with the next few
+            self._ack_timers[session_id] = asyncio.get_running_loop().call_later(
+                ACK_FLUSH_S, lambda: self._spawn(self._flush_acks(session_id))
+            )
+        if self.pool.queued():
+            self._idle_cache.pop(session_id, None)
+            self._kick_idle_refresh()
+
+    async def _flush_acks(self, session_id: str) -> None:
+        """Copy the noted terminal acks into ``messages_in`` (one transaction, a worker
+        thread); the sweep's full ack sync catches anything a batch has not covered."""
+        timer = self._ack_timers.pop(session_id, None)
+        if timer is not None:
+            timer.cancel()
+        due = self._acks_due.pop(session_id, {})
+        session = self.sessions.get(session_id)
+        if due and session is not None:
+            task = await asyncio.to_thread(apply_acks, self.sessions.paths(session), due)
+            if task and not self._stopping:  # the sweep records the task's run
+                self.sessions.mark_work(session_id, due_iso(self.now()) or "")
+                self._kick_sweep()
 
     def _idle_since(self, session_id: str) -> datetime | None:
-        """For the pool: None while the session has due or claimed work, else since when its
-        runner has been idle (its last heartbeat, or its start; the host's clock bounds it)."""
-        session = self.sessions.get(session_id)
-        if session is None:
-            return self.now()
-        paths = self.sessions.paths(session)
-        scan = scan_session(paths, self.now())
-        if scan.due_now or scan.claims:
+        """For the pool (no file access: called on the event loop): None while the session
+        has due or claimed work or is not known yet (a refresh off the loop is started),
+        else since when its runner has been idle."""
+        if session_id not in self._idle_cache:
+            self._kick_idle_refresh()
             return None
-        started = self.pool.started_at(session_id) or self.now()
-        hb = heartbeat_at(paths)
-        last = max(started, hb) if hb is not None else started
-        return min(last, self.now())
+        return self._idle_cache[session_id]
+
+    def _kick_idle_refresh(self) -> None:
+        if not self._idle_refresh:
+            self._idle_refresh = True
+            self._spawn(self._refresh_idle())
+
+    async def _refresh_idle(self) -> None:
+        """Scan the live sessions make_room does not know about (worker thread), then let
+        the pool yield idle slots to queued work."""
+        await asyncio.sleep(0)
+        self._idle_refresh = False
+        todo = [sid for sid in self.pool.running if sid not in self._idle_cache]
+        for sid in todo:
+            session = self.sessions.get(sid)
+            if session is None:
+                continue
+            started = self.pool.started_at(sid) or self.now()
+            try:
+                since = await self.delivery.outbox.call(
+                    idle_since, self.sessions.paths(session), self.now(), started
+                )
+            except Exception:
+                logger.exception("idle check of session %s failed", sid)
+                continue
+            self._idle_cache[sid] = since
+        if self.pool.queued():
+            self.pool.make_room()
 
     # ---------------------------------------------------------------- runners
     def _prepare(self, session_id: str) -> RunnerSpec | None:
@@ -376,6 +455,7 @@ class Host:
         with contextlib.suppress(FileNotFoundError):
             paths.heartbeat.unlink()
         set_container_status(self.db, session.id, "running")
+        self.sessions.keep(session)  # persistent connections while the runner lives
         self.db.execute(
             "UPDATE sessions SET last_active=? WHERE id=?", (due_iso(self.now()), session.id)
         )
@@ -398,6 +478,13 @@ class Host:
 
     def _on_exit(self, session_id: str, exit: RunnerExit) -> None:
         self._host_seen.forget(session_id)
+        self._idle_cache.pop(session_id, None)
+        self._ack_rowid.pop(session_id, None)
+        if not self._closed:
+            with contextlib.suppress(sqlite3.Error):
+                self.sessions.release(session_id)
+        if self._acks_due.get(session_id) and not self._closed:
+            self._spawn(self._flush_acks(session_id))
         if self.proxy is not None:
             self.proxy.egress.session_ended(session_id)
         if self._closed:  # claims are reset by the next start's sweep
@@ -493,8 +580,9 @@ class Host:
             elif not scan.due_now and not scan.claims and self._idle(paths, started, now):
                 self._spawn(self.pool.stop(sid, "idle"))
         # the hook (task series: hand-over, catch-up) runs before the wake decision
-        with contextlib.closing(self.sessions_inbound(paths)) as inb:
-            ctx = SweepContext(session, paths, inb, now, self.settings.timezone)
+        with self.sessions.inbound(paths) as inb:
+            ctx = SweepContext(session, paths, inb, now, self.settings.timezone,
+                               self.sessions.other_max(sid, inb), scan.task_acks)  # fmt: skip
             hook_next = self.hooks.on_sweep_session(ctx)
         if hook_next is not None or scan.due_now:
             scan = await off(scan_session, paths, now)
@@ -527,7 +615,7 @@ class Host:
 
     async def _sweep_loop(self) -> None:
         assert self._sweep_event is not None
-        while True:
+        while not self._stopping:
             try:
                 await self.sweep_once()
             except Exception:

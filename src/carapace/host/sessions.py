@@ -17,7 +17,9 @@ import binascii
 import logging
 import os
 import sqlite3
-from datetime import datetime
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +41,7 @@ from carapace.db.sessions import (
     get_session,
     mark_session_work,
 )
-from carapace.host import groupfiles
-from carapace.host.outbox_reader import read_max_seq
+from carapace.host import groupfiles, outbox_reader
 from carapace.jsonutil import dumps, loads_or
 from carapace.timefmt import iso, new_id, sqlite_ts
 
@@ -65,6 +66,58 @@ class SessionManager:
     def __init__(self, home: Home, db: sqlite3.Connection) -> None:
         self.home = home
         self.db = db
+        # Live sessions (a runner runs): one persistent host connection to inbound.db, used
+        # on the event loop's thread only; closed when the runner ends (issue 19).
+        self._kept: dict[str, sqlite3.Connection] = {}
+        # The highest outbound seq the host has read per session (delivery notes it): the
+        # other side's maximum for a new inbound seq, without reading outbound.db inline.
+        self._out_max: dict[str, int] = {}
+        self.live_check_s = 30.0  # the host's SLA check of a live runner (sweep.SLA_CHECK_S)
+
+    # ------------------------------------------------------------ persistent connections
+    def keep(self, session: Session) -> None:
+        """The session's runner starts: keep its files' connections open until ``release``."""
+        paths = self.paths(session)
+        if session.id not in self._kept:
+            self._kept[session.id] = open_inbound(paths)
+        outbox_reader.keep(paths.outbound)
+
+    def release(self, session_id: str) -> None:
+        conn = self._kept.pop(session_id, None)
+        if conn is not None:
+            conn.close()
+        session = self.get(session_id)
+        if session is not None:
+            outbox_reader.release(self.paths(session).outbound)
+
+    def release_all(self) -> None:
+        for sid in list(self._kept):
+            self.release(sid)
+
+    def kept(self, session_id: str) -> sqlite3.Connection | None:
+        return self._kept.get(session_id)
+
+    def open_inbound(self, paths: SessionPaths) -> sqlite3.Connection:
+        """The kept connection of a live session, else a fresh one (give it back with
+        :meth:`done_with`, which closes only fresh ones)."""
+        conn = self._kept.get(paths.root.name)
+        return conn if conn is not None else open_inbound(paths)
+
+    def done_with(self, conn: sqlite3.Connection) -> None:
+        if conn not in self._kept.values():
+            conn.close()
+
+    @contextmanager
+    def inbound(self, paths: SessionPaths) -> Iterator[sqlite3.Connection]:
+        conn = self.open_inbound(paths)
+        try:
+            yield conn
+        finally:
+            self.done_with(conn)
+
+    def note_out_seq(self, session_id: str, seq: int) -> None:
+        if seq > self._out_max.get(session_id, 0):
+            self._out_max[session_id] = seq
 
     def paths(self, session: Session) -> SessionPaths:
         return SessionPaths.of(self.home.data_dir, session.agent_group_id, session.id)
@@ -111,20 +164,32 @@ class SessionManager:
         if "content" in row and isinstance(row["content"], str):
             row["content"] = self.extract_attachments(paths, str(row["id"]), row["content"], now)
         row.setdefault("series_id", row["id"])
-        conn = open_inbound(paths)
-        try:
+        with self.inbound(paths) as conn:
             if conn.execute("SELECT 1 FROM messages_in WHERE id=?", (row["id"],)).fetchone():
                 return None
-            other = read_max_seq(paths.outbound)
             try:
-                seq = insert_message_in(conn, row, other_max=other)
+                seq = insert_message_in(conn, row, other_max=self.other_max(session.id, conn))
             except sqlite3.IntegrityError:
                 return None
-        finally:
-            conn.close()
         self.db.execute("UPDATE sessions SET last_active=? WHERE id=?", (iso(now), session.id))
+        if due is None and session.id in self._kept:
+            due = iso(now + timedelta(seconds=self.live_check_s))  # its runner wakes on the
+            # commit (inotify); the sweep looks in at the next SLA check, not at once
         self.mark_work(session.id, due or iso(now))
         return seq
+
+    def other_max(self, session_id: str, inb: sqlite3.Connection) -> int:
+        """The outbound side's highest seq as far as the host knows, without touching
+        ``outbound.db``: what delivery last read, or the delivery cursor (every row at or
+        below it was read). Seqs stay unique by parity; cross-table order is approximate
+        only for rows the host has not read yet, as with any read made a moment earlier."""
+        known = self._out_max.get(session_id, 0)
+        try:
+            row = inb.execute("SELECT seq FROM carapace_delivery_cursor WHERE id=1").fetchone()
+        except sqlite3.OperationalError:  # no delivery yet: the table comes with the first
+            row = None
+        cursor = int(row[0]) if row is not None and isinstance(row[0], int) else 0
+        return max(known, cursor)
 
     def notify_agent(
         self, session: Session, text: str, *, now: datetime, prefix: str = "sys"
