@@ -34,6 +34,7 @@ from carapace.errors import CarapaceError, ConfigError
 from carapace.host import groupfiles, work_index
 from carapace.host.actions import SystemActions
 from carapace.host.delivery import Delivery
+from carapace.host.outbox_reader import OutboxRefused
 from carapace.host.pool import (
     RunnerBackend,
     RunnerExit,
@@ -43,7 +44,6 @@ from carapace.host.pool import (
 )
 from carapace.host.router import Router, RouteResult
 from carapace.host.sessions import SessionManager
-from carapace.host.outbox_reader import OutboxRefused
 from carapace.host.sweep import (
     ACK_BATCH,
     ACK_FLUSH_S,

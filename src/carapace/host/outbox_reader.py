@@ -43,10 +43,10 @@ import sqlite3
 import stat
 import threading
 import time
-from dataclasses import dataclass, field
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
