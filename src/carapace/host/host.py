@@ -27,8 +27,8 @@ from typing import IO, Any
 from carapace.bootstrap import open_home
 from carapace.channels.base import ChannelAdapter, ChannelCallbacks, InboundEvent
 from carapace.config import Home, Settings
-from carapace.db.destinations import add_projection_hook, remove_projection_hook
-from carapace.db.projection import project_group
+from carapace.db.destinations import add_projection_hook, projection, remove_projection_hook
+from carapace.db.projection import write_rows
 from carapace.db.sessions import set_container_status
 from carapace.errors import CarapaceError, ConfigError
 from carapace.host import groupfiles, work_index
@@ -72,6 +72,7 @@ from carapace.timefmt import Clock, SystemClock
 logger = logging.getLogger(__name__)
 
 SAFETY_TICK_S = 60.0
+INDEX_SLICE = 200  # work-index rows written per transaction at start
 SPAWN_BACKOFF_MAX_S = 300.0
 
 
@@ -157,6 +158,8 @@ class Host:
         self._watcher: Any = None
         self._admin_server: Any = None
         self._hook = self._projection_hook
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._projecting: set[asyncio.Task[Any]] = set()
         # pool.make_room's view of live runners: session → since when idle (None: busy),
         # filled off the event loop (_refresh_idle); a session with work drops its entry
         self._idle_cache: dict[str, datetime | None] = {}
@@ -181,7 +184,51 @@ class Host:
         return self.clock.now()
 
     def _projection_hook(self, db: sqlite3.Connection, agent_group_id: str) -> None:
-        project_group(db, self.home.data_dir, agent_group_id)
+        """A destination or wiring change (any thread, with that thread's connection): the
+        rows are computed here; the sessions of the group with a live runner get them off
+        the event loop, only where they differ. Others project on wake (``prepare_wake``)."""
+        rows = projection(db, agent_group_id)
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            self._project_live(agent_group_id, rows)
+        else:
+            loop.call_soon_threadsafe(self._project_live, agent_group_id, rows)
+
+    def _project_live(self, agent_group_id: str, rows: list[Any]) -> None:
+        if self._stopping:
+            return
+        live = []
+        for sid in [*self.pool.running, *self.pool.spawning()]:
+            session = self.sessions.get(sid)
+            if session is not None and session.agent_group_id == agent_group_id:
+                live.append(self.sessions.paths(session))
+        if live:
+            self._spawn(self._write_projection(live, rows))
+
+    async def _write_projection(self, live: list[Any], rows: list[Any]) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._projecting.add(task)
+        try:
+            for paths in live:
+                try:
+                    await asyncio.to_thread(write_rows, paths, rows)
+                except (OSError, sqlite3.Error):
+                    logger.exception("destinations projection failed for %s", paths.root.name)
+        finally:
+            if task is not None:
+                self._projecting.discard(task)
+
+    async def projection_idle(self) -> None:
+        """Wait until the projections started so far are written (benchmarks, tests)."""
+        while self._projecting:
+            await asyncio.gather(*list(self._projecting), return_exceptions=True)
 
     def _spawn(self, coro: Any) -> None:
         if self._stopping:
@@ -233,6 +280,7 @@ class Host:
         """Take the home's lock, reap orphans, start channels, watcher, sweep and sockets.
         ``background=False`` (tests): no timers or watchers; drive the passes by hand."""
         self._acquire_lock()
+        self._loop = asyncio.get_running_loop()
         if self.options.cleanup_orphans:
             n = await asyncio.to_thread(cleanup_orphans, self.home.sessions_dir)
             if n:
@@ -274,7 +322,11 @@ class Host:
         found = await asyncio.to_thread(
             work_index.scan_sessions, self.home.data_dir, refs, self.now()
         )
-        n = work_index.apply(self.db, found)
+        items = list(found.items())
+        for i in range(0, len(items), INDEX_SLICE):  # bounded transactions, the loop runs between
+            work_index.apply(self.db, dict(items[i : i + INDEX_SLICE]))
+            await asyncio.sleep(0)
+        n = len(found)
         if n:
             logger.info("work index: %d of %d session(s) have pending work", n, len(refs))
         return n

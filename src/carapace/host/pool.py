@@ -254,6 +254,9 @@ class RunnerPool:
         r = self.running.get(session_id)
         return None if r is None else r.started_at
 
+    def spawning(self) -> list[str]:
+        return list(self._spawning)
+
     def queued(self) -> list[str]:
         return list(self._queue)
 
