@@ -10,7 +10,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -18,7 +18,17 @@ from carapace.cli import clean_errors, home_option
 from carapace.config import Home
 from carapace.limits import mechanism as limits_mechanism
 
+if TYPE_CHECKING:
+    from carapace.host.admin_server import AdminDispatch
+
 logger = logging.getLogger(__name__)
+
+
+def admin_dispatch() -> AdminDispatch:
+    """The admin verbs for the host this command builds (the admin floor sits above it)."""
+    from carapace.admin.dispatch import dispatch
+
+    return dispatch
 
 
 def _quiet_embedded_logs() -> None:
@@ -48,7 +58,7 @@ def run(home: str | None) -> None:
 async def _run(home: Home) -> None:
     from carapace.host.client import build_host
 
-    host = build_host(home)
+    host = build_host(home, admin=admin_dispatch())
     from carapace.ops.runtime import start_metrics
 
     metrics = start_metrics(host)
@@ -120,7 +130,7 @@ async def _send(
 ) -> None:  # fmt: skip
     from carapace.host.client import connect_or_embed, stop_embedded
 
-    client, host = await connect_or_embed(home, "send")
+    client, host = await connect_or_embed(home, "send", admin=admin_dispatch())
     answered = acked = False
     try:
         eid = await client.say(text, user)
@@ -185,7 +195,7 @@ async def _chat(home: Home, user: str, timeout: float, quiet: float) -> bool:
     from carapace.host.client import connect_or_embed, stop_embedded
     from carapace.timefmt import new_id
 
-    client, host = await connect_or_embed(home, "chat")
+    client, host = await connect_or_embed(home, "chat", admin=admin_dispatch())
     interactive = sys.stdin.isatty()
     where = "embedded host" if host else "running host"
     if interactive:
