@@ -67,6 +67,14 @@ def write_routing(db: sqlite3.Connection, data_dir: Path, session: Session) -> b
     paths = SessionPaths.of(data_dir, session.agent_group_id, session.id)
     if not paths.inbound.exists():
         return False
+    write_routing_row(paths, routing_of(db, session))
+    return True
+
+
+def routing_of(
+    db: sqlite3.Connection, session: Session
+) -> tuple[str | None, str | None, str | None]:
+    """(channel type, platform id, thread id) of the session's chat (all None if none)."""
     channel_type = platform_id = None
     if session.messaging_group_id is not None:
         mg = db.execute(
@@ -75,15 +83,28 @@ def write_routing(db: sqlite3.Connection, data_dir: Path, session: Session) -> b
         ).fetchone()
         if mg is not None:
             channel_type, platform_id = mg["channel_type"], mg["platform_id"]
+    return channel_type, platform_id, session.thread_id
+
+
+def write_routing_row(
+    paths: SessionPaths, routing: tuple[str | None, str | None, str | None]
+) -> bool:
+    """Write ``session_routing`` row 1 unless it holds ``routing`` already (thread-safe)."""
+    channel_type, platform_id, thread_id = routing
     conn = open_inbound(paths)
     try:
+        row = conn.execute(
+            "SELECT channel_type, platform_id, thread_id FROM session_routing WHERE id=1"
+        ).fetchone()
+        if row is not None and tuple(row) == routing:
+            return False
         with transaction(conn):
             conn.execute(
                 "INSERT INTO session_routing (id, channel_type, platform_id, thread_id) "
                 "VALUES (1, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET "
                 "channel_type=excluded.channel_type, platform_id=excluded.platform_id, "
                 "thread_id=excluded.thread_id",
-                (channel_type, platform_id, session.thread_id),
+                (channel_type, platform_id, thread_id),
             )
     finally:
         conn.close()

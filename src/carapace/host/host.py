@@ -497,17 +497,21 @@ class Host:
             self.pool.make_room()
 
     # ---------------------------------------------------------------- runners
-    def _prepare(self, session_id: str) -> RunnerSpec | None:
+    async def _prepare(self, session_id: str) -> RunnerSpec | None:
+        """Before a spawn. Central-DB reads and writes stay on the event loop; the file work
+        (projections, container.json, CLAUDE.md, transcript adoption) runs in a worker
+        thread and writes only what changed."""
         if self._stopping:
             return None
         session = self.sessions.get(session_id)
         if session is None or (session.status or "active") != "active":
             return None
-        agent_dir = self.sessions.prepare_wake(session)
+        plan = self.sessions.wake_plan(session)
+        agent_dir = plan.agent_dir
         paths = self.sessions.paths(session)
-        adopt_legacy_transcript(agent_dir, paths.root, session.id)  # out of the shared folder
-        with contextlib.suppress(FileNotFoundError):
-            paths.heartbeat.unlink()
+        await asyncio.to_thread(self._wake_files, plan, session.id)
+        if self._stopping:
+            return None
         set_container_status(self.db, session.id, "running")
         self.sessions.keep(session)  # persistent connections while the runner lives
         self.db.execute(
@@ -529,6 +533,12 @@ class Host:
             provider = self.proxy.default_provider()
         return RunnerSpec(session.id, session.agent_group_id, paths.root, agent_dir, provider,
                           self.settings.runner_idle_exit_s, env)  # fmt: skip
+
+    def _wake_files(self, plan: Any, session_id: str) -> None:
+        self.sessions.write_wake_files(plan)
+        adopt_legacy_transcript(plan.agent_dir, plan.paths.root, session_id)  # out of the group
+        with contextlib.suppress(FileNotFoundError):
+            plan.paths.heartbeat.unlink()
 
     def _on_exit(self, session_id: str, exit: RunnerExit) -> None:
         self._host_seen.forget(session_id)

@@ -20,6 +20,7 @@ import os
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,8 @@ from carapace import safefs
 from carapace.config import Home
 from carapace.db import groups
 from carapace.db.connection import transaction
-from carapace.db.projection import write_destinations, write_routing
+from carapace.db.destinations import ProjectedDestination, projection
+from carapace.db.projection import routing_of, write_routing_row, write_rows
 from carapace.db.session import (
     SessionPaths,
     init_session_folder,
@@ -62,6 +64,17 @@ _TYPE_EXT = {"image": "jpg", "photo": "jpg", "sticker": "webp", "voice": "ogg", 
 def safe_name(name: str) -> bool:
     """NanoClaw's ``isSafeAttachmentName``: a plain basename."""
     return bool(name) and name not in (".", "..") and not any(c in name for c in "/\\\0")
+
+
+@dataclass(frozen=True)
+class WakePlan:
+    """What a spawn writes into the session and group folders (``prepare_wake``)."""
+
+    paths: SessionPaths
+    agent_dir: Path
+    destinations: list[ProjectedDestination]
+    routing: tuple[str | None, str | None, str | None]
+    container: dict[str, Any]
 
 
 class SessionManager:
@@ -294,13 +307,15 @@ class SessionManager:
     def prepare_wake(self, session: Session) -> Path:
         """Before each spawn: destinations + routing projections and ``container.json``.
         Returns the agent group folder."""
-        write_destinations(self.db, self.home.data_dir, session)
-        write_routing(self.db, self.home.data_dir, session)
+        plan = self.wake_plan(session)
+        self.write_wake_files(plan)
+        return plan.agent_dir
+
+    def wake_plan(self, session: Session) -> WakePlan:
+        """The central-DB half of :meth:`prepare_wake` (the caller's thread)."""
         group = groups.get_agent_group(self.db, session.agent_group_id)
         if group is None:
             raise LookupError(f"agent group {session.agent_group_id} is gone")
-        agent_dir = self.home.group_dir(group.folder)
-        agent_dir.mkdir(parents=True, exist_ok=True)
         cfg = groups.get_container_config(self.db, group.id) or groups.ContainerConfig(group.id)
         doc = cfg.to_json()
         doc.update({"groupName": group.name, "agentGroupId": group.id})
@@ -308,11 +323,24 @@ class SessionManager:
         if session.agent_provider:
             doc["provider"] = session.agent_provider
         doc = {k: v for k, v in doc.items() if v is not None}
-        # The group folder is the agent's: a fresh O_EXCL temp file renamed over the entry,
-        # so a planted ``container.json`` or temp-file link is replaced, never followed.
-        safefs.write_beneath(agent_dir, "container.json", dumps(doc).encode(), 0o600)
-        groupfiles.compose_group(self.home, agent_dir)  # NanoClaw's roles; composed CLAUDE.md
-        return agent_dir
+        return WakePlan(
+            self.paths(session), self.home.group_dir(group.folder),
+            projection(self.db, session.agent_group_id), routing_of(self.db, session), doc,
+        )  # fmt: skip
+
+    def write_wake_files(self, plan: WakePlan) -> None:
+        """The file half of :meth:`prepare_wake`: no central DB, so a worker thread may run
+        it. Writes only what differs from what is there."""
+        if plan.paths.inbound.exists():
+            write_rows(plan.paths, plan.destinations)
+            write_routing_row(plan.paths, plan.routing)
+        plan.agent_dir.mkdir(parents=True, exist_ok=True)
+        # The group folder is the agent's: unless it holds exactly this already, a fresh
+        # O_EXCL temp file is renamed over the entry, so a planted ``container.json`` or
+        # temp-file link is replaced, never followed.
+        safefs.write_beneath_if_changed(plan.agent_dir, "container.json",
+                                        dumps(plan.container).encode(), 0o600)  # fmt: skip
+        groupfiles.compose_group(self.home, plan.agent_dir)  # NanoClaw's roles; CLAUDE.md
 
     def extract_attachments(
         self, paths: SessionPaths, message_id: str, content: str, now: datetime
