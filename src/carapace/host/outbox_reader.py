@@ -163,6 +163,7 @@ class _Kept:
     schema: int | None = None  # the schema cookie last checked
     deadline: float = 0.0
     busy_ms: int = -1
+    retired: bool = False  # released while a read was in progress
 
     def drop(self) -> None:
         if self.conn is not None:
@@ -188,8 +189,13 @@ def release(path: Path) -> None:
     with _kept_guard:
         entry = _kept.pop(str(path), None)
     if entry is not None:
-        with entry.lock:
-            entry.drop()
+        if entry.lock.acquire(blocking=False):  # never wait on the event loop for a read
+            try:
+                entry.drop()
+            finally:
+                entry.lock.release()
+        else:
+            entry.retired = True  # the read in progress closes it when done
 
 
 def kept_count() -> int:
@@ -252,6 +258,9 @@ def _kept_checked(
             if isinstance(exc, sqlite3.DatabaseError):
                 raise OutboxRefused(f"outbound.db: {exc}") from None
             raise
+        finally:
+            if entry.retired:
+                entry.drop()
 
 
 @contextmanager

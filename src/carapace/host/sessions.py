@@ -84,6 +84,7 @@ class SessionManager:
         # Live sessions (a runner runs): one persistent host connection to inbound.db, used
         # on the event loop's thread only; closed when the runner ends (issue 19).
         self._kept: dict[str, sqlite3.Connection] = {}
+        self._uses: dict[int, int] = {}  # id(kept connection) -> users right now
         # The highest outbound seq the host has read per session (delivery notes it): the
         # other side's maximum for a new inbound seq, without reading outbound.db inline.
         self._out_max: dict[str, int] = {}
@@ -99,8 +100,11 @@ class SessionManager:
         outbox_reader.keep(paths.outbound)
 
     def release(self, session_id: str) -> None:
+        """The runner ended: close its kept connections (one still in use by a delivery pass
+        awaiting a read closes when that pass gives it back)."""
         conn = self._kept.pop(session_id, None)
-        if conn is not None:
+        if conn is not None and not self._uses.get(id(conn)):
+            self._uses.pop(id(conn), None)
             conn.close()
         session = self.get(session_id)
         if session is not None:
@@ -115,12 +119,21 @@ class SessionManager:
 
     def open_inbound(self, paths: SessionPaths) -> sqlite3.Connection:
         """The kept connection of a live session, else a fresh one (give it back with
-        :meth:`done_with`, which closes only fresh ones)."""
+        :meth:`done_with`, which closes fresh ones, and a kept one released meanwhile)."""
         conn = self._kept.get(paths.root.name)
-        return conn if conn is not None else open_inbound(paths)
+        if conn is None:
+            return open_inbound(paths)
+        self._uses[id(conn)] = self._uses.get(id(conn), 0) + 1
+        return conn
 
     def done_with(self, conn: sqlite3.Connection) -> None:
-        if conn not in self._kept.values():
+        left = self._uses.get(id(conn))
+        if left is None:  # a fresh connection
+            conn.close()
+            return
+        self._uses[id(conn)] = left - 1
+        if left <= 1 and conn not in self._kept.values():  # released while in use
+            self._uses.pop(id(conn), None)
             conn.close()
 
     @contextmanager
