@@ -363,6 +363,14 @@ def bench_all(as_json: bool, write_docs: bool, quick: bool) -> None:
     from carapace.bench import suite
 
     _quiet_embedded_logs()
+    failed = []
     for name in suite.NAMES:
-        _bench_out([suite.run(name, **(suite.QUICK.get(name, {}) if quick else {}))], as_json,
-                   write_docs)  # fmt: skip
+        try:
+            result = suite.run(name, **(suite.QUICK.get(name, {}) if quick else {}))
+        except Exception as exc:  # one benchmark failing does not lose the others' figures
+            click.echo(f"{name}: failed: {type(exc).__name__}: {exc}", err=True)
+            failed.append(name)
+            continue
+        _bench_out([result], as_json, write_docs)
+    if failed:
+        raise SystemExit(f"benchmarks failed: {', '.join(failed)}")

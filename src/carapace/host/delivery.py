@@ -229,6 +229,7 @@ class Delivery:
                     result.failed += 1
                 if contiguous:
                     new_cursor = row["seq"]
+                await asyncio.sleep(0)  # a long batch never holds the event loop (issue 19)
             if new_cursor == cursor:
                 result.more = False  # nothing moved: no busy loop over a blocked full batch
             else:
