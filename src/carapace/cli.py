@@ -36,6 +36,7 @@ LAZY_COMMANDS: dict[str, str] = {
     "backup": "carapace.commands.ops:backup",
     "restore": "carapace.commands.ops:restore",
     "status": "carapace.commands.ops:status",
+    "channels": "carapace.commands.channels:channels",
 }
 
 home_option = click.option(

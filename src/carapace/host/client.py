@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from carapace.bootstrap import init_home
-from carapace.channels.cli import CliChannel
+from carapace.channels.registry import build_adapters
 from carapace.config import Home
 from carapace.host.admin_server import AdminDispatch
 from carapace.host.host import Host, HostRunning
@@ -22,9 +22,11 @@ logger = logging.getLogger(__name__)
 
 
 def build_host(home: Home, *, admin: AdminDispatch | None = None) -> Host:
-    """The host ``carapace run`` starts: the CLI channel on ``data/cli.sock``; ``admin`` is
-    the admin verbs' dispatcher (the commands floor passes ``carapace.admin.dispatch``)."""
-    return Host(home, channels=[CliChannel(home.cli_socket)], admin=admin)
+    """The host ``carapace run`` starts: every configured channel adapter
+    (``carapace.channels.registry``; the CLI channel on ``data/cli.sock`` always); ``admin``
+    is the admin verbs' dispatcher (the commands floor passes ``carapace.admin.dispatch``)."""
+    settings = home.load_settings()
+    return Host(home, settings=settings, channels=build_adapters(home, settings), admin=admin)
 
 
 @dataclass

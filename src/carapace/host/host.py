@@ -25,7 +25,13 @@ from datetime import datetime, timedelta
 from typing import IO, TYPE_CHECKING, Any
 
 from carapace.bootstrap import open_home
-from carapace.channels.base import ChannelAdapter, ChannelCallbacks, InboundEvent
+from carapace.channels.base import (
+    ButtonClick,
+    ChannelAdapter,
+    ChannelCallbacks,
+    ClickAnswer,
+    InboundEvent,
+)
 from carapace.config import Home, Settings
 from carapace.db.destinations import add_projection_hook, projection, remove_projection_hook
 from carapace.db.projection import write_rows
@@ -148,6 +154,11 @@ class Host:
         )
         self.delivery = Delivery(self.db, self.sessions, self.adapters, self.actions, self.wake)
         self.router = Router(self.db, self.sessions, self.adapters, self.wake)
+        from carapace.host.typing import TypingKeeper
+
+        self.typing = TypingKeeper(self.adapters, self._heartbeat_of, self.now)
+        self._background = False
+        self._failed_channels: set[str] = set()
         self._health: dict[str, _SpawnHealth] = {}
         self._releasing: set[str] = set()  # sessions whose dead runner's claims are being reset
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -296,13 +307,25 @@ class Host:
         except (OSError, CarapaceError) as exc:
             logger.warning("shared memory not restored: %s", exc)
         add_projection_hook(self._hook)
-        callbacks = ChannelCallbacks(on_inbound=self._on_inbound, on_ready=self._on_channel_ready)
-        for adapter in self.adapters.values():
-            await adapter.start(callbacks)
+        callbacks = ChannelCallbacks(
+            on_inbound=self._on_inbound, on_ready=self._on_channel_ready,
+            on_action=self._on_action, on_status=self._on_channel_status,
+        )  # fmt: skip
+        for channel_type, adapter in list(self.adapters.items()):
+            try:
+                await adapter.start(callbacks)
+            except Exception as exc:  # one adapter's failure never stops the others
+                reason = str(exc) or type(exc).__name__
+                logger.error("channel %s did not start: %s", channel_type, reason)
+                self._on_channel_status(channel_type, "failed", reason)
+                del self.adapters[channel_type]  # deliveries there fail clearly ("no adapter")
+                continue
+            self._on_channel_status(channel_type, "running", None)
         self._started = True
         from carapace.permissions.approvals_host import install as install_approvals
 
         install_approvals(self, background=background)
+        self._background = background
         if background:
             if self.options.watch:
                 self._start_watcher()
@@ -341,9 +364,12 @@ class Host:
         self._stopped.set()
         if self._admin_server is not None:
             await self._admin_server.stop()
-        for adapter in self.adapters.values():
+        for channel_type, adapter in self.adapters.items():
             with contextlib.suppress(Exception):
                 await adapter.stop()
+            if channel_type not in self._failed_channels:  # a failure stays shown
+                self._on_channel_status(channel_type, "stopped", None)
+        await self.typing.stop_all()
         await self.pool.stop_all("shutdown")  # also waits for spawns in flight
         for sid in list(self._acks_due):
             with contextlib.suppress(Exception):
@@ -385,6 +411,24 @@ class Host:
     async def _on_inbound(self, event: InboundEvent) -> RouteResult:
         return await self.route(event)
 
+    async def _on_action(self, click: ButtonClick) -> ClickAnswer:
+        """A card's button was pressed: the single approvals entry point decides."""
+        from carapace.permissions.approvals import handle_action
+        from carapace.permissions.approvals_host import HostContext
+
+        out = handle_action(HostContext(self), click.question_id, click.value, click.user_id,
+                            click.channel_type, click.platform_id, click.thread_id)  # fmt: skip
+        return ClickAnswer(out.status, out.message, out.applied)
+
+    def _on_channel_status(self, channel_type: str, state: str, detail: str | None) -> None:
+        from carapace.channels.registry import record_state
+
+        if state == "failed":
+            if self._started:
+                logger.error("channel %s stopped working: %s", channel_type, detail)
+            self._failed_channels.add(channel_type)
+        record_state(self.home, channel_type, state, detail)
+
     def _on_channel_ready(self, channel_type: str) -> None:
         """A reader came back (e.g. a CLI client): retry every session with waiting rows."""
         if self._stopping:
@@ -393,11 +437,23 @@ class Host:
             self._spawn(self._drain(sid))
 
     async def route(self, event: InboundEvent) -> RouteResult:
-        return await self.router.route(event, now=self.now())
+        result = await self.router.route(event, now=self.now())
+        if self._background and not self._stopping:  # typing needs timers (host/typing.py)
+            for r in result.routed:
+                if r.trigger and r.seq is not None:
+                    self.typing.start(r.session_id, event.channel_type, event.platform_id,
+                                      event.thread_id)  # fmt: skip
+        return result
+
+    def _heartbeat_of(self, session_id: str) -> datetime | None:
+        session = self.sessions.get(session_id)
+        return heartbeat_at(self.sessions.paths(session)) if session is not None else None
 
     # ---------------------------------------------------------------- delivery
     async def _drain(self, session_id: str) -> int:
         r = await self.delivery.drain(session_id, self.now)
+        if r.delivered:
+            self.typing.stop(session_id)
         if r.next_retry is not None:
             self.sessions.mark_work(session_id, due_iso(r.next_retry) or "")
             self._kick_sweep()
@@ -542,6 +598,7 @@ class Host:
 
     def _on_exit(self, session_id: str, exit: RunnerExit) -> None:
         self._host_seen.forget(session_id)
+        self.typing.stop(session_id)
         self._idle_cache.pop(session_id, None)
         self._ack_rowid.pop(session_id, None)
         if not self._closed:
@@ -656,6 +713,8 @@ class Host:
             self.pool.wake(sid)
             report.woken.append(sid)
         r = await self.delivery.drain(sid, lambda: now)
+        if r.delivered:
+            self.typing.stop(sid)
         alive = self.pool.is_running(sid)
         nxt = earliest(
             scan.next_due, hook_next, r.next_retry,

@@ -1,9 +1,5 @@
-"""Provider keys: the host's environment, else ``<home>/secrets.env`` (owner-only).
-
-The file holds ``NAME=value`` lines (``#`` comments, blank lines and an optional ``export``
-prefix allowed; values may be quoted). It must be a regular file owned by the user running
-the host with no group or other permission bits (``chmod 600``); anything wider is refused
-with a ``ConfigError`` naming the file and its mode. It is opened without following links.
+"""Provider keys: the host's environment, else ``<home>/secrets.env`` (owner-only; its
+format, checks and ``write_secret`` are in ``carapace.secretsfile``).
 
 Keys never go into the DB, the runner's environment, logs or the sandbox: only the proxy
 holds them and adds them to requests on the way out.
@@ -12,55 +8,17 @@ holds them and adds them to requests on the way out.
 from __future__ import annotations
 
 import os
-import stat
 from collections.abc import Mapping
 from pathlib import Path
 
-from carapace.errors import ConfigError
+from carapace.secretsfile import SECRETS_FILE, read_secrets_file, write_secret
 
-SECRETS_FILE = "secrets.env"
 # provider -> (the variable holding its key, the variable holding a host-side base URL)
 KEY_VARS: dict[str, str] = {"anthropic": "ANTHROPIC_API_KEY", "openai": "OPENAI_API_KEY"}
 ALT_KEY_VARS: dict[str, str] = {"anthropic": "ANTHROPIC_AUTH_TOKEN"}
 BASE_URL_VARS: dict[str, str] = {"anthropic": "ANTHROPIC_BASE_URL", "openai": "OPENAI_BASE_URL"}
 SECRET_VARS = (*KEY_VARS.values(), *ALT_KEY_VARS.values())
-
-
-def read_secrets_file(path: Path) -> dict[str, str]:
-    """The variables of a secrets file ({} when it does not exist)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return {}
-    except OSError as exc:
-        raise ConfigError(f"cannot open secrets file {path}: {exc.strerror or exc}")
-    with os.fdopen(fd, "r", encoding="utf-8") as fh:
-        st = os.fstat(fh.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            raise ConfigError(f"secrets file {path} is not a regular file")
-        if st.st_mode & 0o077:
-            raise ConfigError(
-                f"secrets file {path} has mode {stat.S_IMODE(st.st_mode):04o}; "
-                f"it must be readable by its owner only (chmod 600 {path})"
-            )
-        if st.st_uid != os.geteuid():
-            raise ConfigError(f"secrets file {path} is not owned by the user running carapace")
-        text = fh.read()
-    out: dict[str, str] = {}
-    for number, raw in enumerate(text.splitlines(), 1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        line = line.removeprefix("export ").strip()
-        name, sep, value = line.partition("=")
-        name = name.strip()
-        if not sep or not name.replace("_", "").isalnum():
-            raise ConfigError(f"secrets file {path} line {number}: expected NAME=value")
-        value = value.strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-            value = value[1:-1]
-        out[name] = value
-    return out
+__all__ = ["SECRETS_FILE", "KeyStore", "read_secrets_file", "write_secret"]
 
 
 class KeyStore:
