@@ -43,8 +43,8 @@ def child(root: Path) -> int:
     a, b = _conn(root / "a.db"), _conn(root / "b.db")
     w = DirWatcher()
     w.add(root, names={"a.db", "a.db-journal"})
+    seen = _max(a)  # before "ready": the parent's first row comes after it
     print("ready", flush=True)
-    seen = _max(a)
     while True:
         w.wait(POLL_S)
         rows = a.execute("SELECT seq, body FROM m WHERE seq > ? ORDER BY seq", (seen,)).fetchall()
