@@ -47,7 +47,7 @@ fmt: $(STAMP)
 	$(BIN)/ruff check --fix src tests bench
 
 bench: $(STAMP)
-	$(BIN)/carapace bench roundtrip --home "$$(mktemp -d)" --write-docs
+	$(BIN)/carapace bench all --write-docs
 
 ## make mutation: sample one-line bugs in the core modules, report the share the tests catch
 MUTANTS ?= 20

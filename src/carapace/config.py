@@ -51,12 +51,35 @@ def check_home_path(root: Path) -> None:
         raise ConfigError(f"cannot use {root} as the home: permission denied (not readable)")
 
 
+RUNNER_BUDGET_MIB = 64  # memory set aside per runner: an idle one is ~28 MiB RSS (~16 PSS)
+RUNNER_CAP_MIN, RUNNER_CAP_MAX = 4, 128
+
+
+def default_max_runners(mem_total_kib: int | None = None) -> int:
+    """The default runner cap (issue 19): a quarter of the machine's memory divided by
+    ``RUNNER_BUDGET_MIB`` per runner, clamped to [4, 128]; 8 when the memory is unknown.
+    E.g. 8 GiB -> 32, 23 GiB -> 92. ``max_runners`` in carapace.toml overrides it."""
+    if mem_total_kib is None:
+        try:
+            with open("/proc/meminfo", encoding="ascii") as fh:
+                for line in fh:
+                    if line.startswith("MemTotal:"):
+                        mem_total_kib = int(line.split()[1])
+                        break
+        except (OSError, ValueError, IndexError):
+            pass
+    if not mem_total_kib:
+        return 8
+    cap = (mem_total_kib // 4) // (RUNNER_BUDGET_MIB * 1024)
+    return max(RUNNER_CAP_MIN, min(RUNNER_CAP_MAX, cap))
+
+
 @dataclass(frozen=True)
 class Settings:
     """Host settings from ``carapace.toml`` (every key optional)."""
 
     timezone: str = "UTC"
-    max_runners: int = 8
+    max_runners: int = field(default_factory=default_max_runners)  # memory-based default
     runner_backend: str = "auto"  # auto | bwrap | subprocess (docs/sandbox.md)
     bwrap: str = "bwrap"  # the bubblewrap executable
     runner_idle_exit_s: float = 300.0

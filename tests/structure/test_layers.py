@@ -25,7 +25,7 @@ FLOORS: list[set[str]] = [
     {"permissions"},
     {"proxy"},
     {"host"},
-    {"ops"},
+    {"ops", "bench"},
     {"admin"},
     {"migrate"},
     {"commands", "cli"},

@@ -298,27 +298,99 @@ def proxy_bench(n: int, as_json: bool, write_docs: bool) -> None:
     "--n",
     "n",
     type=click.IntRange(1, 100_000),
-    default=50,
+    default=200,
     show_default=True,
     help="Warm round trips.",
 )
+@click.option(
+    "--floor-n",
+    type=click.IntRange(1, 100_000),
+    default=200,
+    show_default=True,
+    help="Round trips of the two-process floor (measured before and after).",
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object.")
-@click.option("--write-docs", is_flag=True, help="Write docs/benchmarks.md.")
+@click.option("--write-docs", is_flag=True, help="Replace its line in docs/benchmarks.md.")
 @clean_errors
-def roundtrip(home: str | None, n: int, as_json: bool, write_docs: bool) -> None:
-    """Inbound event → delivered reply latency (mock provider, warm runner, cold start)."""
-    import tempfile
-
-    from carapace.host.bench import run_roundtrip
-    from carapace.host.bench import write_docs as write
+def roundtrip(home: str | None, n: int, floor_n: int, as_json: bool, write_docs: bool) -> None:
+    """Inbound event → delivered reply (mock provider, warm runner), with the two-process
+    floor (3 durable commits, 2 inotify wakes) measured in the same run and the ratio."""
+    from carapace.bench.host_benches import run_roundtrip
 
     _quiet_embedded_logs()
-    with tempfile.TemporaryDirectory(prefix="carapace-bench-") as tmp:
-        result = asyncio.run(run_roundtrip(Home.resolve(home or tmp), n))
+    _bench_out([run_roundtrip(n, floor_n)], as_json, write_docs)
+
+
+def _bench_out(results: list[Any], as_json: bool, write_docs: bool) -> None:
+    from carapace.bench.common import write_suite_rows
+
+    for r in results:
+        click.echo(json.dumps(r.as_json()) if as_json else r.text())
     if write_docs:
-        path = write(result)
-        click.echo(f"wrote {path}", err=True)
-    if as_json:
-        click.echo(json.dumps(result.as_json()))
-    else:
-        click.echo(result.summary())
+        click.echo(f"wrote {write_suite_rows(results)}", err=True)
+
+
+def _suite_command(name: str, doc: str, params: list[tuple[str, int | float, str]]) -> None:
+    def run(as_json: bool, write_docs: bool, **kw: Any) -> None:
+        from carapace.bench import suite
+
+        _quiet_embedded_logs()
+        _bench_out([suite.run(name, **kw)], as_json, write_docs)
+
+    run.__doc__ = doc
+    cmd: Any = clean_errors(run)
+    cmd = click.option(
+        "--write-docs", is_flag=True, help="Replace its line in docs/benchmarks.md."
+    )(cmd)
+    cmd = click.option("--json", "as_json", is_flag=True, help="One JSON object.")(cmd)
+    for opt, default, help_text in reversed(params):
+        kind: click.ParamType = (click.IntRange(1, 1_000_000) if isinstance(default, int)
+                                 else click.FloatRange(0.0, 86_400.0))  # fmt: skip
+        cmd = click.option(f"--{opt.replace('_', '-')}", opt, type=kind, default=default,
+                           show_default=True, help=help_text)(cmd)  # fmt: skip
+    bench.command(name)(cmd)
+
+
+_suite_command("ingest", "Router ingest, one chat (router only), and a live host with an agent "
+               "answering (msg/s).", [("n", 2000, "Messages, router only."),
+                                      ("n_live", 1000, "Messages, live host.")])  # fmt: skip
+_suite_command("burst", "Messages arriving at once to one chat (router only, msg/s).",
+               [("n", 2000, "Messages.")])  # fmt: skip
+_suite_command(
+    "concurrent",
+    "N chats × M messages with default settings: time until all are answered.",
+    [("chats", 100, "Chats."), ("per_chat", 10, "Messages per chat.")],
+)
+_suite_command("scale", "Many sessions with long histories: start, idle CPU, forced sweep, "
+               "drain, wiring change, longest event-loop stall.",
+               [("sessions", 1000, "Active sessions."), ("history", 1000, "Rows each way per "
+                "session."), ("idle_s", 20.0, "Idle window (s).")])  # fmt: skip
+_suite_command("delivery", "Waiting replies of one session delivered in one drain (rows/s).",
+               [("rows", 2000, "Rows.")])  # fmt: skip
+_suite_command("runner", "Runner cold start (p50), start-up breakdown, idle memory.",
+               [("n", 10, "Cold starts per backend.")])  # fmt: skip
+_suite_command("fsyncs", "fsync/fdatasync calls per warm round trip (perf stat, children "
+               "included).", [("n", 100, "Round trips.")])  # fmt: skip
+
+
+@bench.command("all")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per benchmark.")
+@click.option("--write-docs", is_flag=True, help="Replace their lines in docs/benchmarks.md.")
+@click.option("--quick", is_flag=True, help="Smaller sizes (100 sessions, fewer samples).")
+@clean_errors
+def bench_all(as_json: bool, write_docs: bool, quick: bool) -> None:
+    """Every benchmark of the suite, one after the other (the proxy bench not included)."""
+    from carapace.bench import suite
+
+    _quiet_embedded_logs()
+    failed = []
+    for name in suite.NAMES:
+        try:
+            result = suite.run(name, **(suite.QUICK.get(name, {}) if quick else {}))
+        except Exception as exc:  # one benchmark failing does not lose the others' figures
+            click.echo(f"{name}: failed: {type(exc).__name__}: {exc}", err=True)
+            failed.append(name)
+            continue
+        _bench_out([result], as_json, write_docs)
+    if failed:
+        raise SystemExit(f"benchmarks failed: {', '.join(failed)}")

@@ -27,7 +27,7 @@ from typing import Any
 
 from carapace.channels.base import ChannelAdapter, ChannelUnavailable, OutboundFile, OutboundMessage
 from carapace.db.connection import has_table
-from carapace.db.session import SessionPaths, open_inbound
+from carapace.db.session import SessionPaths
 from carapace.db.sessions import Session
 from carapace.errors import DeliveryError
 from carapace.host.a2a_guard import A2AGuard, A2AStopped, write_stop_note
@@ -101,7 +101,7 @@ class Delivery:
         self.outbox = OutboxReader()  # every outbound.db read: checked, bounded, off the loop
 
     def _open(self, paths: SessionPaths) -> sqlite3.Connection:
-        inb = open_inbound(paths)
+        inb = self.sessions.open_inbound(paths)  # a live session's kept connection
         if str(paths.root) not in self._ready:
             if not has_table(inb, "carapace_delivery_cursor"):
                 for stmt in HOST_TABLES.split(";"):
@@ -127,7 +127,7 @@ class Delivery:
             done = self._done(inb, ids)
             return len([i for i in ids if i not in done])
         finally:
-            inb.close()
+            self.sessions.done_with(inb)
 
     def _done(self, inb: sqlite3.Connection, ids: list[str]) -> set[str]:
         done: set[str] = set()
@@ -182,6 +182,8 @@ class Delivery:
                 self.outbox.refused(self.sessions, session, exc, now, self.wake)
                 return result
             self.outbox.accepted(session.id)
+            if rows:
+                self.sessions.note_out_seq(session.id, max(int(r["seq"] or 0) for r in rows))
             result.more = len(rows) >= MAX_ROWS  # a full batch: drain() reads on if it moved
             if not rows:
                 return result
@@ -227,6 +229,7 @@ class Delivery:
                     result.failed += 1
                 if contiguous:
                     new_cursor = row["seq"]
+                await asyncio.sleep(0)  # a long batch never holds the event loop (issue 19)
             if new_cursor == cursor:
                 result.more = False  # nothing moved: no busy loop over a blocked full batch
             else:
@@ -237,7 +240,7 @@ class Delivery:
                 )
             return result
         finally:
-            inb.close()
+            self.sessions.done_with(inb)
 
     def _wait_until(self, row: OutRow, st: sqlite3.Row | None, now: datetime) -> datetime | None:
         waits_for_reader = st is not None and str(st["last_error"] or "").startswith(

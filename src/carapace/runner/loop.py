@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import sqlite3
 import threading
 import time
 from datetime import datetime
@@ -107,7 +108,7 @@ class Runner:
         self.provider_error = provider_error
         self.clock: Clock = clock or SystemClock()
         self.inbound = Inbound(self.paths)
-        self.outbound = Outbound(self.paths)
+        self.outbound = Outbound(self.paths, inbound_max=self._inbound_max)
         self.watcher = watcher or DirWatcher(poll_interval=1.0)
         self._stop = threading.Event()
         self._busy = False
@@ -219,6 +220,13 @@ class Runner:
             self.mcp.close()
         self.watcher.close()
         self.outbound.close()
+        self.inbound.close()
+
+    def _inbound_max(self) -> int:
+        try:
+            return self.inbound.max_seq()
+        except sqlite3.Error:
+            return 0
 
     # --- one iteration --------------------------------------------------------------------
 
