@@ -344,7 +344,7 @@ def _suite_command(name: str, doc: str, params: list[tuple[str, int | float, str
     )(cmd)
     cmd = click.option("--json", "as_json", is_flag=True, help="One JSON object.")(cmd)
     for opt, default, help_text in reversed(params):
-        kind: click.ParamType = (click.IntRange(1, 1_000_000) if isinstance(default, int)
+        kind: click.IntRange | click.FloatRange = (click.IntRange(1, 1_000_000) if isinstance(default, int)
                                  else click.FloatRange(0.0, 86_400.0))  # fmt: skip
         cmd = click.option(f"--{opt.replace('_', '-')}", opt, type=kind, default=default,
                            show_default=True, help=help_text)(cmd)  # fmt: skip
