@@ -36,6 +36,7 @@ LAZY_COMMANDS: dict[str, str] = {
     "backup": "carapace.ops.commands:backup",
     "restore": "carapace.ops.commands:restore",
     "status": "carapace.ops.commands:status",
+    "web": "carapace.web.commands:web",
 }
 
 home_option = click.option(

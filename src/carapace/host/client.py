@@ -21,8 +21,14 @@ logger = logging.getLogger(__name__)
 
 
 def build_host(home: Home) -> Host:
-    """The host ``carapace run`` starts: the CLI channel on ``data/cli.sock``."""
-    return Host(home, channels=[CliChannel(home.cli_socket)])
+    """The host ``carapace run`` starts: the CLI channel on ``data/cli.sock``, and the web
+    chat and webhook channels when ``[web]`` enables them."""
+    from carapace.web.server import web_adapters
+
+    channels: list[Any] = [CliChannel(home.cli_socket)]
+    settings = home.load_settings()
+    channels += web_adapters(home, settings)
+    return Host(home, settings=settings, channels=channels)
 
 
 @dataclass

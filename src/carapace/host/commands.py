@@ -16,6 +16,7 @@ import click
 
 from carapace.cli import clean_errors, home_option
 from carapace.config import Home
+from carapace.errors import CarapaceError
 from carapace.limits import mechanism as limits_mechanism
 
 logger = logging.getLogger(__name__)
@@ -58,14 +59,24 @@ async def _run(home: Home) -> None:
         loop.add_signal_handler(sig, stop.set)
     await host.start()
     from carapace.ops.runtime import start_retention
+    from carapace.web.server import start_web
 
     start_retention(host)
+    try:
+        web = await start_web(host)
+    except CarapaceError as exc:  # the host serves its other channels; the reason is shown
+        web = None
+        click.echo(f"error: web server not started: {exc}", err=True)
     click.echo(f"carapace host running for {home.root} (cli socket {home.cli_socket})", err=True)
+    if web is not None:
+        click.echo(f"web server at {web.url} (sign in: carapace web login-link)", err=True)
     click.echo(f"runner backend: {host.backend_note}", err=True)
     click.echo(f"runner limits: {limits_mechanism()}", err=True)
     try:
         await stop.wait()
     finally:
+        if web is not None:
+            await web.stop()
         await host.stop()
         host.close()
         if metrics is not None:
