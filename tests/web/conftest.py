@@ -8,7 +8,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from web_rig import WebRig  # noqa: E402
+from web_rig import WebRig
 
 HOOKS = '[web.hooks.ci]\nagent = "main"\nmax_body_bytes = 2048\n'
 

@@ -83,7 +83,8 @@ def test_approve_a_card(rig: WebRig, page: Any) -> None:
         what="the decision")  # fmt: skip
     # the decided card is edited in place, live: its buttons are gone
     page.locator("#log li.msg", has_text="Run groups-list?").get_by_role(
-        "button", name="Approve").wait_for(state="detached")
+        "button", name="Approve"
+    ).wait_for(state="detached")
 
 
 def test_pause_a_task(rig: WebRig, page: Any) -> None:

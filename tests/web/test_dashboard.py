@@ -43,7 +43,10 @@ def test_tasks_create_pause_resume_cancel_are_the_admin_verbs(rig: WebRig) -> No
     tid = tasks[0]["id"]
     page = c.get("/tasks").text
     assert "Send the sales overview" in page and "Europe/Berlin" in page and "Pause" in page
-    assert c.post(f"/tasks/{tid}/pause", data={"csrf": csrf}, follow_redirects=False).status_code == 303
+    assert (
+        c.post(f"/tasks/{tid}/pause", data={"csrf": csrf}, follow_redirects=False).status_code
+        == 303
+    )
     assert _admin(rig, "tasks-get", {"id": tid})["data"]["status"] == "paused"  # type: ignore[index]
     assert "Resume" in c.get("/tasks").text
     c.post(f"/tasks/{tid}/resume", data={"csrf": csrf})
@@ -83,7 +86,9 @@ def test_a_session_page_shows_messages_delivery_and_cost(rig: WebRig) -> None:
     c = rig.client()
     csrf = rig.login(c)
     main = _main(rig)
-    c.post(f"/api/chat/{main}/send", json={"text": "what did it cost"}, headers={"x-csrf-token": csrf})
+    c.post(
+        f"/api/chat/{main}/send", json={"text": "what did it cost"}, headers={"x-csrf-token": csrf}
+    )
     wait_for(lambda: len(c.get(f"/api/history?chat=alice/{main}").json()["messages"]) >= 2,
              what="reply")  # fmt: skip
     sid = next(s.id for s in rig.on_loop(lambda: list_sessions(rig.host.db, agent_group_id=main))
@@ -110,3 +115,26 @@ def test_dropped_and_health_pages(rig: WebRig) -> None:
     health = c.get("/health").text
     assert "Runner backend" in health and "subprocess" in health
     assert "log" in c.get("/api/health").json()
+
+
+def test_agent_written_card_text_is_escaped(rig: WebRig) -> None:
+    """A card's title and question carry agent text: the dashboard shows it as text."""
+    from carapace.host.approvals import request_approval
+    from carapace.host.approvals_host import HostContext
+
+    c = rig.client()
+    csrf = rig.login(c)
+    main = _main(rig)
+    c.post(f"/api/chat/{main}/send", json={"text": "<img src=x onerror=alert(1)>"},
+           headers={"x-csrf-token": csrf})  # fmt: skip
+    sid = wait_for(lambda: next((s.id for s in rig.on_loop(
+        lambda: list_sessions(rig.host.db, agent_group_id=main)) if s.messaging_group_id), None))  # fmt: skip
+    payload = {"frame": {"id": "f", "command": "groups-list", "args": {}}, "question": "q"}
+    rig.on_loop(lambda: request_approval(HostContext(rig.host), sid, "cli_command", payload,
+                                         "<script>alert(1)</script>", "<b onclick=x>hi</b>"))  # fmt: skip
+    page = c.get("/approvals").text
+    assert "<script>alert(1)</script>" not in page and "&lt;script&gt;" in page
+    assert "<b onclick" not in page
+    sess = c.get(f"/sessions/{sid}").text
+    assert "<img src=x" not in sess and "&lt;img src=x" in sess
+    assert "script-src 'self'" in c.get("/approvals").headers["content-security-policy"]

@@ -47,7 +47,9 @@ def test_forged_or_missing_csrf_is_refused_and_changes_nothing(rig: WebRig) -> N
     assert r.status_code == 403
     r = c.post("/api/chat/main/send", json={"text": "hi"})
     assert r.status_code == 403
-    r = c.post("/tasks/create", data={"csrf": "nope", "group": "main", "prompt": "x", "cron": "0 9 * * *"})
+    r = c.post(
+        "/tasks/create", data={"csrf": "nope", "group": "main", "prompt": "x", "cron": "0 9 * * *"}
+    )
     assert r.status_code == 403
     r = c.post("/logout", data={"csrf": csrf[:-1] + "x"})
     assert r.status_code == 403

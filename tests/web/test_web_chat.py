@@ -30,9 +30,12 @@ def test_chat_reply_arrives_live_and_is_in_the_history(rig: WebRig) -> None:
     main = _main(rig)
     pid = f"alice/{main}"
     assert "Chat with" in c.get(f"/chat/{main}").text
-    with httpx.Client(base_url=rig.url, timeout=30) as live, live.stream(
-        "GET", f"/api/events?chat={pid}", headers={"cookie": f"carapace_session={_cookie(c)}"}
-    ) as stream:
+    with (
+        httpx.Client(base_url=rig.url, timeout=30) as live,
+        live.stream(
+            "GET", f"/api/events?chat={pid}", headers={"cookie": f"carapace_session={_cookie(c)}"}
+        ) as stream,
+    ):
         assert stream.status_code == 200
         r = c.post(f"/api/chat/{main}/send", json={"text": "hello agent"},
                    headers={"x-csrf-token": csrf})  # fmt: skip
@@ -68,10 +71,13 @@ def test_files_both_ways(rig: WebRig) -> None:
     got = c.get(f"/files/{fid}")
     assert got.content == b"col1,col2\n1,2\n"
     assert "attachment" in got.headers["content-disposition"]
+
     # the agent got it as an attachment in its inbox
     def landed() -> bool:
         s = [x for x in rig.on_loop(lambda: list_sessions(rig.host.db, agent_group_id=main))]
-        return any((rig.home.data_dir / "v2-sessions" / main / x.id / "inbox").glob("*/a.csv") for x in s)
+        return any(
+            (rig.home.data_dir / "v2-sessions" / main / x.id / "inbox").glob("*/a.csv") for x in s
+        )
 
     wait_for(landed, what="attachment in the session inbox")
     # outbound files: the adapter stores and serves them
@@ -128,8 +134,11 @@ def test_card_buttons_go_through_the_approvals_entry_point(rig: WebRig) -> None:
     r = c.post("/api/action", json={"card": aid, "index": 0, "chat": "alice"},
                headers={"x-csrf-token": csrf})  # fmt: skip
     assert r.json()["status"] == "approved", r.json()
+
     def edited() -> bool:
-        m = next(x for x in c.get("/api/history?chat=alice").json()["messages"] if x["id"] == msg["id"])
+        m = next(
+            x for x in c.get("/api/history?chat=alice").json()["messages"] if x["id"] == msg["id"]
+        )
         return "options" not in m["content"]
 
     wait_for(edited, what="the decided card loses its buttons")
@@ -141,6 +150,8 @@ def test_dashboard_approve_uses_the_same_entry_point(rig: WebRig) -> None:
     aid, _ = _approval_in_inbox(rig, c, csrf)
     page = c.get("/approvals")
     assert aid in page.text and "Approve" in page.text
-    r = c.post(f"/approvals/{aid}/decide", data={"csrf": csrf, "index": "1"}, follow_redirects=False)
+    r = c.post(
+        f"/approvals/{aid}/decide", data={"csrf": csrf, "index": "1"}, follow_redirects=False
+    )
     assert r.status_code == 303 and "done=" in r.headers["location"]
     assert aid not in c.get("/approvals").text

@@ -9,7 +9,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from web_rig import HOOK_SECRET, WebRig, wait_for
@@ -78,10 +78,10 @@ def test_replies_are_fetched_with_a_signed_get(rig: WebRig) -> None:
 
 
 class _Callback(BaseHTTPRequestHandler):
-    got: list[tuple[dict[str, str], bytes]] = []
+    got: ClassVar[list[tuple[dict[str, str], bytes]]] = []
     status = 200
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers["content-length"]))
         type(self).got.append(({k.lower(): v for k, v in self.headers.items()}, body))
         self.send_response(type(self).status)
@@ -99,9 +99,13 @@ def test_callback_gets_signed_replies_and_failures_raise(tmp_path: Path) -> None
     try:
         assert _post(rig, b'{"door": "open"}').status_code == 202
         headers, body = wait_for(lambda: _Callback.got and _Callback.got[0], what="callback")
-        assert headers["x-carapace-signature"] == sign(HOOK_SECRET, headers["x-carapace-timestamp"], body)
+        assert headers["x-carapace-signature"] == sign(
+            HOOK_SECRET, headers["x-carapace-timestamp"], body
+        )
         assert json.loads(body)["hook"] == "ci"
-        _Callback.status = 500  # a failure is a DeliveryError: the host retries, then tells the agent
+        _Callback.status = (
+            500  # a failure is a DeliveryError: the host retries, then tells the agent
+        )
         ch = rig.host.adapters["webhook"]
         with pytest.raises(DeliveryError):
             rig.call(ch.deliver("ci", None, OutboundMessage("chat", {"text": "x"}, (), "m1")))
@@ -119,9 +123,9 @@ def test_web_settings_are_checked(tmp_path: Path) -> None:
     cases = {
         '[web]\nenabled = true\nhost = "0.0.0.0"\n': "not a loopback address",
         '[web]\nenabled = "yes"\n': "must be true or false",
-        '[web]\nport = 70000\n': "port must be a whole number",
+        "[web]\nport = 70000\n": "port must be a whole number",
         '[web]\ntls_cert = "/x"\n': "given together",
-        '[web]\nbogus = 1\n': "unknown key 'bogus'",
+        "[web]\nbogus = 1\n": "unknown key 'bogus'",
         '[web.hooks."Bad Name"]\n': "hook name",
         '[web.hooks.ci]\ncallback_url = "ftp://x"\n': r"http\(s\) URL",
     }

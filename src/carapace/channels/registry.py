@@ -7,6 +7,8 @@ from __future__ import annotations
 #: channel type → the module holding its adapter (the test-only ``fake`` is not listed).
 ADAPTERS: dict[str, str] = {
     "cli": "carapace.channels.cli",
+    "web": "carapace.web.channel",
+    "webhook": "carapace.web.hooks",
 }
 
 

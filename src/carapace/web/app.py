@@ -9,9 +9,10 @@ that work too.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import datetime
 from importlib import resources
@@ -131,11 +132,11 @@ class WebApp:
         """Remember the host's loop (call on it)."""
         self.loop = asyncio.get_running_loop()
 
-    async def on_host(self, coro: Awaitable[T]) -> T:
+    async def on_host(self, coro: Coroutine[Any, Any, T]) -> T:
         loop = self.loop
         if loop is None or loop is asyncio.get_running_loop():
             return await coro
-        fut = asyncio.run_coroutine_threadsafe(coro, loop)  # type: ignore[arg-type]
+        fut: concurrent.futures.Future[T] = asyncio.run_coroutine_threadsafe(coro, loop)
         return await asyncio.wrap_future(fut)
 
     @property
@@ -265,7 +266,9 @@ class WebApp:
         token = req.form().get("token", "")
         if not auth.origin_ok(req.headers.get("origin"), req.headers.get("host")):
             return refusal(req, 403, "cross-site request refused")
-        opened = self.store.use_login_link(token, self.now(), self.ws.session_days) if token else None
+        opened = (
+            self.store.use_login_link(token, self.now(), self.ws.session_days) if token else None
+        )
         if opened is None:
             return html(page("Sign in", '<p class="error" role="alert">This sign-in link is not '
                              "valid any more.</p>"), 400)  # fmt: skip

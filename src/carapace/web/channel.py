@@ -166,7 +166,9 @@ class WebChannel:
             return int(message_id[4:])
         return None
 
-    async def edit(self, platform_id: str, thread_id: str | None, message_id: str, text: str) -> None:
+    async def edit(
+        self, platform_id: str, thread_id: str | None, message_id: str, text: str
+    ) -> None:
         mid = self._stored_id(message_id)
         msg = self._store().get_message(mid) if mid is not None else None
         if msg is None or msg.platform_id != platform_id:

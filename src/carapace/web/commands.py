@@ -21,11 +21,20 @@ def web() -> None:
 
 @web.command("login-link")
 @home_option
-@click.option("--user", "name", default="owner", show_default=True,
-              help="The web user's name; signs in as the users row web:NAME.")
-@click.option("--role", type=click.Choice(["owner", "admin", "none"]), default="none",
-              show_default=True,
-              help="Grant this global role to web:NAME first (none: keep its roles as they are).")
+@click.option(
+    "--user",
+    "name",
+    default="owner",
+    show_default=True,
+    help="The web user's name; signs in as the users row web:NAME.",
+)
+@click.option(
+    "--role",
+    type=click.Choice(["owner", "admin", "none"]),
+    default="none",
+    show_default=True,
+    help="Grant this global role to web:NAME first (none: keep its roles as they are).",
+)
 @clean_errors
 def login_link(home: str | None, name: str, role: str) -> None:  # fmt: skip
     """Print a one-time sign-in link (valid 15 minutes) for the web user web:NAME.
@@ -36,8 +45,10 @@ def login_link(home: str | None, name: str, role: str) -> None:  # fmt: skip
     """
     from carapace.bootstrap import init_home
     from carapace.web.auth import make_login_link
+    from carapace.web.channel import check_user_name
     from carapace.web.config import web_settings
 
+    check_user_name(name)
     h = Home.resolve(home)
     init_home(h)
     if not web_settings(h.load_settings(), h).enabled:
@@ -85,10 +96,20 @@ def write_secret(path: Path, key: str, value: str) -> None:
 
 
 @web.command("screenshots")
-@click.option("--out", "out", type=click.Path(file_okay=False), default="docs/screenshots",
-              show_default=True, help="Folder for the PNG files.")
-@click.option("--chromium", default="/usr/bin/chromium", show_default=True,
-              help="The Chromium executable (never downloaded).")
+@click.option(
+    "--out",
+    "out",
+    type=click.Path(file_okay=False),
+    default="docs/screenshots",
+    show_default=True,
+    help="Folder for the PNG files.",
+)
+@click.option(
+    "--chromium",
+    default="/usr/bin/chromium",
+    show_default=True,
+    help="The Chromium executable (never downloaded).",
+)
 @clean_errors
 def screenshots(out: str, chromium: str) -> None:
     """Screenshots of the main pages, taken in headless Chromium against a demo home."""

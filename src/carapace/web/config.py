@@ -144,7 +144,9 @@ def web_settings(settings: Settings, home: Home | None = None) -> WebSettings:
         raise ConfigError(f"{where} must be a table ([web])")
     unknown = sorted(set(raw) - _WEB_KEYS)
     if unknown:
-        raise ConfigError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(sorted(_WEB_KEYS))})")
+        raise ConfigError(
+            f"{where}: unknown key {unknown[0]!r} (known: {', '.join(sorted(_WEB_KEYS))})"
+        )
     host = _str(raw, "host", where) or "127.0.0.1"
     ws = WebSettings(
         enabled=_bool(raw, "enabled", where, False),
@@ -186,7 +188,9 @@ def _hooks(raw: Any, where: str) -> dict[str, HookSettings]:
             raise ConfigError(f"{w} must be a table")
         unknown = sorted(set(table) - _HOOK_KEYS)
         if unknown:
-            raise ConfigError(f"{w}: unknown key {unknown[0]!r} (known: {', '.join(sorted(_HOOK_KEYS))})")
+            raise ConfigError(
+                f"{w}: unknown key {unknown[0]!r} (known: {', '.join(sorted(_HOOK_KEYS))})"
+            )
         out[name] = HookSettings(
             name=name,
             agent=_str(table, "agent", w),

@@ -142,13 +142,15 @@ class WebhookChannel:
         return message.message_out_id or new_id("hook", self.clock.now())
 
     def replies(self, name: str, after: int, limit: int = 100) -> list[dict[str, Any]]:
-        return [m.to_json() for m in self._store().history(f"hook:{name}", after=after, limit=limit)]
+        return [
+            m.to_json() for m in self._store().history(f"hook:{name}", after=after, limit=limit)
+        ]
 
 
 def _post(url: str, data: bytes, headers: dict[str, str]) -> int:
     req = urllib.request.Request(url, data=data, headers=headers, method="POST")
     try:
-        with urllib.request.urlopen(req, timeout=CALLBACK_TIMEOUT_S) as resp:  # noqa: S310
+        with urllib.request.urlopen(req, timeout=CALLBACK_TIMEOUT_S) as resp:
             return int(resp.status)
     except urllib.error.HTTPError as exc:
         return int(exc.code)

@@ -102,5 +102,5 @@ def bar_chart(title: str, series: Sequence[tuple[str, float]], *, unit: str = ""
 
 def _num(v: float) -> str:
     if abs(v - round(v)) < 1e-9:
-        return f"{int(round(v)):,}"
+        return f"{round(v):,}"
     return f"{v:,.4f}" if abs(v) < 1 else f"{v:,.2f}"

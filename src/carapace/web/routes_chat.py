@@ -75,7 +75,11 @@ class ChatRoutes:
         return self.app.host.db
 
     def reachable(self, user: WebUser) -> list[groups.AgentGroup]:
-        return [g for g in groups.list_agent_groups(self.db) if can_access(self.db, user.id, g.id).allowed]
+        return [
+            g
+            for g in groups.list_agent_groups(self.db)
+            if can_access(self.db, user.id, g.id).allowed
+        ]
 
     def _group(self, user: WebUser, ag: str) -> groups.AgentGroup | None:
         g = groups.get_agent_group(self.db, ag) or groups.get_agent_group_by_folder(self.db, ag)
@@ -246,7 +250,7 @@ class ChatRoutes:
 
     async def _typing(self, pid: str) -> bool:
         """The agent is busy on this chat: its runner runs and the last word was the user's."""
-        name, _, ag = pid.partition("/")
+        _, _, ag = pid.partition("/")
         if not ag:
             return False
         mg = messaging.get_messaging_group_by_platform(self.db, "web", pid)
@@ -277,8 +281,10 @@ def _files(raw: Any, limit: int) -> list[tuple[str, bytes]] | str:
     out: list[tuple[str, bytes]] = []
     total = 0
     for f in raw:
-        if not isinstance(f, dict) or not isinstance(f.get("name"), str) or not isinstance(
-            f.get("data"), str
+        if (
+            not isinstance(f, dict)
+            or not isinstance(f.get("name"), str)
+            or not isinstance(f.get("data"), str)
         ):
             return "files: each needs a name and base64 data"
         try:

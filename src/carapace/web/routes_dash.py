@@ -126,7 +126,9 @@ class Dashboard:
                 esc(stats[1] or 0), esc(running), esc(stats[2] or "—"),
                 f'<a href="/chat/{esc(quote(g.id))}">chat</a>',
             ])  # fmt: skip
-        pending = self.db.execute("SELECT COUNT(*) FROM carapace_cards WHERE status='pending'").fetchone()[0]
+        pending = self.db.execute(
+            "SELECT COUNT(*) FROM carapace_cards WHERE status='pending'"
+        ).fetchone()[0]
         body = (
             f'<p class="stats"><span>{esc(len(pool.running))} runner(s) running</span> '
             f"<span>{esc(pool.queued())} session(s) queued</span> "
@@ -144,7 +146,9 @@ class Dashboard:
     async def sessions(self, req: Req, user: WebUser) -> Response:
         n = _page_no(req)
         group = req.query.get("group") or None
-        status = req.query.get("status") if req.query.get("status") in ("active", "closed") else None
+        status = (
+            req.query.get("status") if req.query.get("status") in ("active", "closed") else None
+        )
         where, args = [], []
         if group:
             where.append("s.agent_group_id=?")
@@ -205,7 +209,7 @@ class Dashboard:
             items.append(
                 f'<li class="card"><h2>{esc(d.get("title") or d["kind"])}</h2>'
                 f'<p class="muted">{esc(d["kind"])} · {esc(d.get("action"))} · code '
-                f'{esc(d.get("code"))} · expires {esc(d.get("expires_at") or "—")}</p>'
+                f"{esc(d.get('code'))} · expires {esc(d.get('expires_at') or '—')}</p>"
                 f'<p class="question">{esc(d.get("question"))}</p>'
                 f'<div class="buttons">{buttons or "(no options)"}</div></li>'
             )
@@ -233,7 +237,7 @@ class Dashboard:
                    or (o == "cancel" and t["status"] in ("pending", "paused"))]  # fmt: skip
             buttons = " ".join(post_button(f"/tasks/{quote(t['id'])}/{o}", o.capitalize(),
                                            user.csrf) for o in ops)  # fmt: skip
-            rows.append([esc(t["id"]), esc(self._gname(t["agent_group_id"])), esc(t["prompt"])[:300],
+            rows.append([esc(t["id"]), esc(self._gname(t["agent_group_id"])), esc(t["prompt"][:300]),
                          esc(t.get("recurrence") or "once"), esc(t.get("next_run") or "—"),
                          esc(t.get("timezone")), esc(t["status"]), buttons])  # fmt: skip
         gopts = "".join(f'<option value="{esc(g.folder)}">{esc(g.name)}</option>'
@@ -268,7 +272,9 @@ class Dashboard:
 
     async def task_create(self, req: Req, user: WebUser) -> Response:
         f = req.form()
-        args = {k: f[k].strip() for k in ("group", "prompt", "cron", "at", "tz") if f.get(k, "").strip()}
+        args = {
+            k: f[k].strip() for k in ("group", "prompt", "cron", "at", "tz") if f.get(k, "").strip()
+        }
         resp = await self.admin(user, "tasks-create", args)
         return self._after(resp, "task created")
 
@@ -286,17 +292,27 @@ class Dashboard:
                  esc(d.get("reason") or d.get("last_reason")), esc(d.get("count") or d.get("message_count")),
                  esc(d.get("last_seen") or d.get("updated_at"))]
                 for d in resp.get("data") or []]  # fmt: skip
-        body = table(["Channel", "Chat", "Sender", "Reason", "Count", "Last"], rows,
-                     caption="Chats whose messages were dropped", empty="No dropped senders.")
+        body = table(
+            ["Channel", "Chat", "Sender", "Reason", "Count", "Last"],
+            rows,
+            caption="Chats whose messages were dropped",
+            empty="No dropped senders.",
+        )
         return self.app.render("Dropped senders", body, user, "/dropped")
 
     async def usage(self, req: Req, user: WebUser) -> Response:
         since = req.query.get("since") or None
         args = {"by": "day"} | ({"since": since} if since else {})
         by_day = (await self.admin(user, "usage-report", args)).get("data") or []
-        by_group = (await self.admin(user, "usage-report", {**args, "by": "group"})).get("data") or []
-        by_model = (await self.admin(user, "usage-report", {**args, "by": "model"})).get("data") or []
-        detail = (await self.admin(user, "usage-report", {**args, "by": "day,group,model"})).get("data") or []
+        by_group = (await self.admin(user, "usage-report", {**args, "by": "group"})).get(
+            "data"
+        ) or []
+        by_model = (await self.admin(user, "usage-report", {**args, "by": "model"})).get(
+            "data"
+        ) or []
+        detail = (await self.admin(user, "usage-report", {**args, "by": "day,group,model"})).get(
+            "data"
+        ) or []
         charts = (
             bar_chart("Cost per day (USD)", [(r["period"], r["cost_usd"]) for r in by_day][-31:])
             + bar_chart("Cost per agent group (USD)", [(self._gname(r["group"]), r["cost_usd"]) for r in by_group])
@@ -306,8 +322,10 @@ class Dashboard:
                  esc(r["errors"]), esc(r["input_tokens"]), esc(r["output_tokens"]),
                  esc(f"{r['cost_usd']:.4f}") + (" *" if r.get("unpriced_calls") else "")]
                 for r in reversed(detail)]  # fmt: skip
-        form = (f'<form method="get" class="filters"><label>Since <input type="date" name="since" '
-                f'value="{esc(since or "")}"></label> <button type="submit">Show</button></form>')
+        form = (
+            f'<form method="get" class="filters"><label>Since <input type="date" name="since" '
+            f'value="{esc(since or "")}"></label> <button type="submit">Show</button></form>'
+        )
         body = (form + f'<div class="charts">{charts}</div>'
                 + table(["Day", "Agent group", "Model", "Calls", "Errors", "Input", "Output",
                          "Cost (USD)"], rows, caption="Usage per day, group and model",
@@ -333,7 +351,9 @@ class Dashboard:
             ["Queued", esc(h["queued"])], ["Channels", esc(", ".join(h["channels"]))],
             ["Errors logged since start", esc(h["errors_logged"])],
         ], caption="Host")  # fmt: skip
-        log = "".join(f'<li class="lv-{esc(x["level"].lower())}">{esc(x["line"])}</li>' for x in h["log"])
+        log = "".join(
+            f'<li class="lv-{esc(x["level"].lower())}">{esc(x["line"])}</li>' for x in h["log"]
+        )
         body = facts + (f'<h2>Last log lines</h2><ol id="log-lines" class="log" data-live="/api/health">'
                         f"{log}</ol>")  # fmt: skip
         return self.app.render("Health", body, user, "/health")

@@ -74,7 +74,9 @@ class HookRoutes:
         name = req.params["name"]
         hook = self.app.ws.hooks[name]
         sig = req.headers.get("x-carapace-signature", "")
-        if not self.app.store.remember_signature(f"{name}:{sig}", self.app.now(), hook.replay_window_s):
+        if not self.app.store.remember_signature(
+            f"{name}:{sig}", self.app.now(), hook.replay_window_s
+        ):
             return JSONResponse({"error": "replayed request"}, status_code=409)
         event_name = (req.headers.get("x-carapace-event") or "post")[:EVENT_MAX]
         text = req.body.decode("utf-8", errors="replace")
@@ -108,4 +110,6 @@ class HookRoutes:
         ch = self.channel()
         assert ch is not None
         after = req.query.get("after", "0")
-        return JSONResponse({"replies": ch.replies(req.params["name"], int(after) if after.isdigit() else 0)})
+        return JSONResponse(
+            {"replies": ch.replies(req.params["name"], int(after) if after.isdigit() else 0)}
+        )

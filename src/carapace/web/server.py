@@ -35,7 +35,9 @@ def ensure_hooks(db: sqlite3.Connection, ws: WebSettings, now: datetime) -> list
     for hook in ws.hooks.values():
         if hook.agent is None:
             continue
-        g = groups.get_agent_group_by_folder(db, hook.agent) or groups.get_agent_group(db, hook.agent)
+        g = groups.get_agent_group_by_folder(db, hook.agent) or groups.get_agent_group(
+            db, hook.agent
+        )
         if g is None:
             problems.append(f"[web.hooks.{hook.name}] agent {hook.agent!r}: no such agent group")
             continue

@@ -24,7 +24,9 @@ if TYPE_CHECKING:
 PAGE = 100
 
 
-def _inbound(paths: SessionPaths, page_no: int) -> tuple[list[dict[str, Any]], dict[str, str], bool]:
+def _inbound(
+    paths: SessionPaths, page_no: int
+) -> tuple[list[dict[str, Any]], dict[str, str], bool]:
     if not paths.inbound.exists():
         return [], {}, False
     conn = connect(paths.inbound, "session", readonly=True)
@@ -72,12 +74,12 @@ async def render(app: WebApp, session_id: str, page_no: int) -> str | None:
     merged: list[tuple[int, list[str]]] = []
     for r in ins:
         merged.append((int(r["seq"]), [esc(r["seq"]), "in", esc(r["kind"]), esc(r["timestamp"]),
-                                       esc(_text(r["content"]))[:2000],
+                                       esc(_text(r["content"])[:2000]),
                                        esc(f"{r['status']} (tries {r['tries']})")]))  # fmt: skip
     for o in outs:
         state = delivered.get(str(o["id"]), "not delivered yet")
         merged.append((int(o["seq"]), [esc(o["seq"]), "out", esc(o["kind"]), esc(o["timestamp"]),
-                                       esc(_text(o["content"]))[:2000], esc(state)]))  # fmt: skip
+                                       esc(_text(o["content"])[:2000]), esc(state)]))  # fmt: skip
     merged.sort(key=lambda x: x[0])
     cost = _cost(app, s.id)
     head = (f'<p class="stats"><span>Agent group {esc(s.agent_group_id)}</span> '

@@ -50,7 +50,7 @@ def take_screenshots(out: Path, chromium: str) -> list[Path]:
                     page.screenshot(path=str(target), full_page=False)
                     shots.append(target)
                 phone = browser.new_page(viewport={"width": 390, "height": 760})
-                phone.context.add_cookies(page.context.cookies())
+                phone.context.add_cookies(page.context.cookies())  # type: ignore[arg-type]
                 phone.goto(demo.url + f"/chat/{main}")
                 phone.wait_for_selector("#log li.msg.out")
                 phone.screenshot(path=str(out / "chat-phone.png"))
@@ -107,7 +107,10 @@ class _Demo:
         from carapace.timefmt import iso, utcnow
 
         host = self.host
-        main = groups.get_agent_group_by_folder(host.db, "main").id
+        g = groups.get_agent_group_by_folder(host.db, "main")
+        if g is None:
+            raise ConfigError("the demo home has no agent group 'main'")
+        main = g.id
         chat = host.adapters["web"]
         from carapace.web.routes_chat import ensure_chat
 
@@ -126,8 +129,10 @@ class _Demo:
         payload = {"frame": {"id": "demo", "command": "groups-list", "args": {}}, "question": "q"}
         request_approval(HostContext(host), sid, "cli_command", payload, "CLI: groups-list",
                          "Agent Main wants to run `carapace admin groups-list`.")  # fmt: skip
-        for prompt, rec in (("Send me the sales overview", "0 9 * * 1-5"),
-                            ("Water the plants reminder", "0 7 * * *")):
+        for prompt, rec in (
+            ("Send me the sales overview", "0 9 * * 1-5"),
+            ("Water the plants reminder", "0 7 * * *"),
+        ):
             create_task(host.db, host.home, main, prompt=prompt, at=None, recurrence=rec,
                         tz="Europe/Berlin", catch_up=None, script=None, now=host.now())  # fmt: skip
         now = utcnow()
@@ -140,7 +145,9 @@ class _Demo:
                      "anthropic" if model.startswith("claude") else "openai", model, tokens,
                      tokens // 4, 850.0),
                 )  # fmt: skip
-        record_dropped(host.db, "webhook", "unknown-sender", "no_agent_wired", sender_name="printer")
+        record_dropped(
+            host.db, "webhook", "unknown-sender", "no_agent_wired", sender_name="printer"
+        )
         return main, str(sid)
 
     def close(self) -> None:
@@ -158,4 +165,3 @@ class _Demo:
                 self.loop.call_soon_threadsafe(self.loop.stop)
                 self.thread.join(10)
         self.loop.close()
-
