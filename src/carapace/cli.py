@@ -37,6 +37,7 @@ LAZY_COMMANDS: dict[str, str] = {
     "restore": "carapace.ops.commands:restore",
     "status": "carapace.ops.commands:status",
     "web": "carapace.web.commands:web",
+    "channels": "carapace.channels.commands:channels",
 }
 
 home_option = click.option(

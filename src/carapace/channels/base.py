@@ -122,12 +122,46 @@ class OutboundMessage:
     in_reply_to: str | None = None
 
 
+@dataclass(frozen=True)
+class ButtonClick:
+    """A person pressed a card's button (``ncq:<questionId>:<index>``, spec §6.8).
+    ``user_id`` is the platform's raw id; the host namespaces it with ``channel_type``."""
+
+    channel_type: str
+    question_id: str
+    value: str
+    user_id: str
+    platform_id: str | None = None
+    thread_id: str | None = None
+
+
+@dataclass(frozen=True)
+class ClickAnswer:
+    """What the approvals engine made of a click: shown to the clicker (e.g. a toast)."""
+
+    status: str
+    message: str
+    applied: bool
+
+
+async def _no_action(click: ButtonClick) -> ClickAnswer:
+    return ClickAnswer("gone", "nobody handles buttons here", False)
+
+
 @dataclass
 class ChannelCallbacks:
-    """Given to ``start``: inbound events go to ``on_inbound`` (the router)."""
+    """Given to ``start``: inbound events go to ``on_inbound`` (the router; it returns once
+    the event's rows are committed, so an adapter may acknowledge the platform then),
+    button clicks to ``on_action`` (the single approvals entry point), and an adapter that
+    stops working on its own (e.g. its token was revoked) says so once with ``on_status``
+    (``channel_type``, ``state``, one-line ``detail``)."""
 
     on_inbound: Callable[[InboundEvent], Awaitable[Any]]
     on_ready: Callable[[str], None] = field(default=lambda channel_type: None)
+    on_action: Callable[[ButtonClick], Awaitable[ClickAnswer]] = field(default=_no_action)
+    on_status: Callable[[str, str, str | None], None] = field(
+        default=lambda channel_type, state, detail: None
+    )
 
 
 @runtime_checkable

@@ -31,6 +31,7 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,7 @@ from carapace.channels.base import (
     InboundMessage,
     OutboundMessage,
 )
+from carapace.config import Home, Settings
 from carapace.jsonutil import dumps
 from carapace.timefmt import iso, new_id
 from carapace.unixsock import start_private_server
@@ -187,3 +189,17 @@ class CliChannel:
         if not any(ok):
             raise ChannelUnavailable("every CLI client went away")
         return message.message_out_id
+
+
+# --- the registry's entry points (carapace.channels.registry) ------------------------------
+
+SECRET_KEYS: tuple[str, ...] = ()
+
+
+def from_home(home: Home, secrets: Mapping[str, str], settings: Settings) -> CliChannel:
+    """The CLI channel is always there: its socket is the home's ``data/cli.sock``."""
+    return CliChannel(home.cli_socket)
+
+
+async def verify(secrets: Mapping[str, str], *, base_url: str | None = None) -> str:
+    return "the local socket data/cli.sock (no credentials)"

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from carapace.bootstrap import init_home
-from carapace.channels.cli import CliChannel
+from carapace.channels.registry import build_adapters
 from carapace.config import Home
 from carapace.host.host import Host, HostRunning
 from carapace.jsonutil import dumps
@@ -21,14 +21,10 @@ logger = logging.getLogger(__name__)
 
 
 def build_host(home: Home) -> Host:
-    """The host ``carapace run`` starts: the CLI channel on ``data/cli.sock``, and the web
-    chat and webhook channels when ``[web]`` enables them."""
-    from carapace.web.server import web_adapters
-
-    channels: list[Any] = [CliChannel(home.cli_socket)]
+    """The host ``carapace run`` starts: every configured channel adapter
+    (``carapace.channels.registry``; the CLI channel on ``data/cli.sock`` always)."""
     settings = home.load_settings()
-    channels += web_adapters(home, settings)
-    return Host(home, settings=settings, channels=channels)
+    return Host(home, settings=settings, channels=build_adapters(home, settings))
 
 
 @dataclass

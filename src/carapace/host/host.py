@@ -25,7 +25,13 @@ from datetime import datetime, timedelta
 from typing import IO, Any
 
 from carapace.bootstrap import open_home
-from carapace.channels.base import ChannelAdapter, ChannelCallbacks, InboundEvent
+from carapace.channels.base import (
+    ButtonClick,
+    ChannelAdapter,
+    ChannelCallbacks,
+    ClickAnswer,
+    InboundEvent,
+)
 from carapace.config import Home, Settings
 from carapace.db.destinations import add_projection_hook, remove_projection_hook
 from carapace.db.projection import project_group
@@ -229,9 +235,20 @@ class Host:
         except (OSError, CarapaceError) as exc:
             logger.warning("shared memory not restored: %s", exc)
         add_projection_hook(self._hook)
-        callbacks = ChannelCallbacks(on_inbound=self._on_inbound, on_ready=self._on_channel_ready)
-        for adapter in self.adapters.values():
-            await adapter.start(callbacks)
+        callbacks = ChannelCallbacks(
+            on_inbound=self._on_inbound, on_ready=self._on_channel_ready,
+            on_action=self._on_action, on_status=self._on_channel_status,
+        )  # fmt: skip
+        for channel_type, adapter in list(self.adapters.items()):
+            try:
+                await adapter.start(callbacks)
+            except Exception as exc:  # one adapter's failure never stops the others
+                reason = str(exc) or type(exc).__name__
+                logger.error("channel %s did not start: %s", channel_type, reason)
+                self._on_channel_status(channel_type, "failed", reason)
+                del self.adapters[channel_type]  # deliveries there fail clearly ("no adapter")
+                continue
+            self._on_channel_status(channel_type, "running", None)
         self._started = True
         from carapace.host.approvals_host import install as install_approvals
 
@@ -270,9 +287,10 @@ class Host:
         self._stopped.set()
         if self._admin_server is not None:
             await self._admin_server.stop()
-        for adapter in self.adapters.values():
+        for channel_type, adapter in self.adapters.items():
             with contextlib.suppress(Exception):
                 await adapter.stop()
+            self._on_channel_status(channel_type, "stopped", None)
         await self.pool.stop_all("shutdown")  # also waits for spawns in flight
         if self.proxy is not None:
             await self.proxy.aclose()
@@ -307,6 +325,22 @@ class Host:
     # ---------------------------------------------------------------- inbound
     async def _on_inbound(self, event: InboundEvent) -> RouteResult:
         return await self.route(event)
+
+    async def _on_action(self, click: ButtonClick) -> ClickAnswer:
+        """A card's button was pressed: the single approvals entry point decides."""
+        from carapace.host.approvals import handle_action
+        from carapace.host.approvals_host import HostContext
+
+        out = handle_action(HostContext(self), click.question_id, click.value, click.user_id,
+                            click.channel_type, click.platform_id, click.thread_id)  # fmt: skip
+        return ClickAnswer(out.status, out.message, out.applied)
+
+    def _on_channel_status(self, channel_type: str, state: str, detail: str | None) -> None:
+        from carapace.channels.registry import record_state
+
+        if state == "failed" and self._started:
+            logger.error("channel %s stopped working: %s", channel_type, detail)
+        record_state(self.home, channel_type, state, detail)
 
     def _on_channel_ready(self, channel_type: str) -> None:
         """A reader came back (e.g. a CLI client): retry every session with waiting rows."""

@@ -182,6 +182,7 @@ def _checks(home: Home, conn: sqlite3.Connection, rep: DoctorReport) -> None:
     _roles(conn, rep)
     _secrets(home, rep)
     _modes(home, rep)
+    _channel_states(home, rep)
 
 
 def _ledger(conn: sqlite3.Connection, rep: DoctorReport) -> None:
@@ -318,6 +319,17 @@ def _secrets(home: Home, rep: DoctorReport) -> None:
         read_secrets_file(home.root / SECRETS_FILE)
     except CarapaceError as exc:
         rep.add("error", "secrets-file", str(home.root / SECRETS_FILE), str(exc))
+
+
+def _channel_states(home: Home, rep: DoctorReport) -> None:
+    """An adapter the host recorded as failed (e.g. a revoked bot token) is an error."""
+    from carapace.channels.registry import read_states
+
+    for channel_type, st in sorted(read_states(home).items()):
+        if st.get("state") == "failed":
+            rep.add("error", "channel-failed", f"channel {channel_type}",
+                    f"{st.get('detail') or 'failed'} (since {st.get('at')}); fix it and "
+                    f"`carapace channels add {channel_type}`, then restart the host")  # fmt: skip
 
 
 def _group_network(settings: dict[str, Any], subject: str, rep: DoctorReport) -> None:

@@ -11,6 +11,7 @@ holds them and adds them to requests on the way out.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 from collections.abc import Mapping
@@ -61,6 +62,47 @@ def read_secrets_file(path: Path) -> dict[str, str]:
             value = value[1:-1]
         out[name] = value
     return out
+
+
+def write_secret(path: Path, updates: Mapping[str, str | None]) -> None:
+    """Set (or, with None, remove) variables in a secrets file: mode 0600, replaced
+    atomically (a temporary file in the same folder, fsynced, renamed over it). Other lines,
+    comments included, are kept as they were. A value holding a newline is refused."""
+    for name, value in updates.items():
+        if not name or not name.replace("_", "").isalnum():
+            raise ConfigError(f"bad secret name {name!r}")
+        if value is not None and ("\n" in value or "\r" in value or "\0" in value):
+            raise ConfigError(f"the value of {name} holds a line break")
+    read_secrets_file(path)  # refuses a linked, foreign or world-readable file first
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        lines = []
+    pending = dict(updates)
+    out: list[str] = []
+    for raw in lines:
+        name = raw.strip().removeprefix("export ").partition("=")[0].strip()
+        if name in pending:
+            value = pending.pop(name)
+            if value is not None:
+                out.append(f"{name}={value}")
+            continue
+        out.append(raw)
+    out.extend(f"{n}={v}" for n, v in pending.items() if v is not None)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            os.fchmod(fh.fileno(), 0o600)
+            fh.write("".join(line + "\n" for line in out))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise ConfigError(f"cannot write secrets file {path}: {exc.strerror or exc}")
 
 
 class KeyStore:

@@ -1,0 +1,1 @@
+"""Contract drivers: one module per adapter, each exposing ``DRIVER`` (see ../contract.py)."""
