@@ -48,7 +48,9 @@ def run(home: str | None) -> None:
 
 async def _run(home: Home) -> None:
     from carapace.host.client import build_host
+    from carapace.web.config import web_settings
 
+    web_settings(home.load_settings(), home)  # a [web] mistake refuses the start, in one line
     host = build_host(home)
     from carapace.ops.runtime import start_metrics
 

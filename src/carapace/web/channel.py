@@ -17,12 +17,15 @@ import base64
 import contextlib
 import logging
 import re
+import sqlite3
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from carapace.channels.base import (
+    ButtonClick,
     ChannelCallbacks,
+    ClickAnswer,
     InboundEvent,
     InboundMessage,
     OutboundMessage,
@@ -30,7 +33,7 @@ from carapace.channels.base import (
 from carapace.config import Home, Settings
 from carapace.errors import DeliveryError, ValidationError
 from carapace.jsonutil import dumps
-from carapace.timefmt import Clock, SystemClock, iso, new_id
+from carapace.timefmt import Clock, SystemClock, new_id
 from carapace.web.store import StoredMessage, WebStore
 
 logger = logging.getLogger(__name__)
@@ -78,14 +81,34 @@ class WebChannel:
         self.store: WebStore | None = None
         self.callbacks: ChannelCallbacks | None = None
         self.subscribers: set[Subscriber] = set()
+        self._redeliver: asyncio.Task[None] | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------
     async def start(self, callbacks: ChannelCallbacks) -> None:
         self.callbacks = callbacks
         if self.store is None:
             self.store = WebStore.open(self.home)
+        pending = self.store.unrouted()
+        if pending:  # typed before a crash, never committed: offered to the router again
+            self._redeliver = asyncio.get_running_loop().create_task(self._offer_again(pending))
+
+    async def _offer_again(self, pending: list[tuple[StoredMessage, str]]) -> None:
+        for msg, eid in pending:
+            owner = owner_of(msg.platform_id)
+            if owner is None or "/" not in msg.platform_id or self.callbacks is None:
+                continue
+            text = msg.content.get("text", "") if isinstance(msg.content, dict) else ""
+            try:
+                await self._route(owner, msg, str(text), self._store().files_of(msg.id), eid)
+            except Exception:
+                logger.exception("web message %s not routed again", msg.id)
+                return
 
     async def stop(self) -> None:
+        if self._redeliver is not None and not self._redeliver.done():
+            self._redeliver.cancel()
+            with contextlib.suppress(BaseException):
+                await self._redeliver
         for sub in list(self.subscribers):
             self._push(sub, {"type": "bye"})
         self.subscribers.clear()
@@ -125,27 +148,46 @@ class WebChannel:
         self, name: str, agent_group_id: str, text: str, *,
         files: tuple[tuple[str, bytes], ...] = (), event_id: str | None = None,
     ) -> tuple[StoredMessage, Any]:  # fmt: skip
-        """A message typed in the page: stored in the history, then handed to the router
-        (which applies the access gate to ``web:<name>``). Returns (stored, route result)."""
+        """A message typed in the page: stored in the history (not yet routed), then handed
+        to the router (which applies the access gate to ``web:<name>``) and marked routed
+        once its rows committed; one the host died on is offered again at the next start.
+        Returns (stored, route result)."""
         if self.callbacks is None:
-            raise DeliveryError("the web channel is not started")
+            raise DeliveryError("the web chat channel is not started")
         pid = chat_platform_id(check_user_name(name), agent_group_id)
         eid = event_id or new_id("web", self.clock.now())
-        doc: dict[str, Any] = {"text": text, "sender": name, "senderId": f"web:{name}"}
-        if files:
-            doc["attachments"] = [
-                {"name": n, "type": "file", "data": base64.b64encode(d).decode()} for n, d in files
-            ]
         stored = self._store().add_message(
             pid, "in", "chat", {"text": text, "sender": name}, self.clock.now(), event_id=eid,
             files=files,
         )  # fmt: skip
         self.publish(pid, {"type": "message", "message": stored.to_json()})
-        event = InboundEvent(CHANNEL, pid, None,
-                             InboundMessage(eid, "chat", dumps(doc), iso(self.clock.now()),
+        return stored, await self._route(name, stored, text, list(files), eid)
+
+    async def _route(
+        self, name: str, stored: StoredMessage, text: str, files: list[tuple[str, bytes]],
+        eid: str,
+    ) -> Any:  # fmt: skip
+        assert self.callbacks is not None
+        doc: dict[str, Any] = {"text": text, "sender": name, "senderId": f"web:{name}"}
+        if files:
+            doc["attachments"] = [
+                {"name": n, "type": "file", "data": base64.b64encode(d).decode()} for n, d in files
+            ]
+        event = InboundEvent(CHANNEL, stored.platform_id, None,
+                             InboundMessage(eid, "chat", dumps(doc), stored.created_at,
                                             is_mention=None, is_group=False))  # fmt: skip
         result = await self.callbacks.on_inbound(event)
-        return stored, result
+        self._store().mark_routed(stored.id)
+        return result
+
+    async def click(self, name: str, platform_id: str, card_id: str, index: int) -> ClickAnswer:
+        """A card's button pressed in ``name``'s page: handed to the host's approvals entry
+        point (``on_action``), which decides whether ``web:<name>`` may answer."""
+        if self.callbacks is None:
+            raise DeliveryError("the web chat channel is not started")
+        return await self.callbacks.on_action(
+            ButtonClick(CHANNEL, card_id, str(index), f"web:{name}", platform_id, None)
+        )
 
     # -- outbound ---------------------------------------------------------------------------------
     async def deliver(
@@ -154,10 +196,14 @@ class WebChannel:
         if owner_of(platform_id) is None:
             raise DeliveryError(f"not a web chat address: {platform_id!r}", permanent=True)
         files = tuple((f.name, f.data) for f in message.files)
-        stored = self._store().add_message(
-            platform_id, "out", message.kind, message.content, self.clock.now(),
-            message_out_id=message.message_out_id, in_reply_to=message.in_reply_to, files=files,
-        )  # fmt: skip
+        try:
+            stored = self._store().add_message(
+                platform_id, "out", message.kind, message.content, self.clock.now(),
+                message_out_id=message.message_out_id, in_reply_to=message.in_reply_to,
+                files=files,
+            )  # fmt: skip
+        except sqlite3.Error as exc:  # not in the history: not delivered (retried)
+            raise DeliveryError(f"web chat history not written: {exc}")
         self.publish(platform_id, {"type": "message", "message": stored.to_json()})
         return f"web-{stored.id}"
 
@@ -173,10 +219,10 @@ class WebChannel:
         msg = self._store().get_message(mid) if mid is not None else None
         if msg is None or msg.platform_id != platform_id:
             raise DeliveryError(f"no web message {message_id!r} in {platform_id}", permanent=True)
-        content = dict(msg.content) if isinstance(msg.content, dict) else {}
-        content["text"] = text
-        content.pop("options", None)  # a decided card loses its buttons
-        content["edited"] = True
+        old = msg.content if isinstance(msg.content, dict) else {}
+        content: dict[str, Any] = {"text": text, "edited": True}  # a decided card: no buttons
+        if old.get("reactions"):
+            content["reactions"] = old["reactions"]
         self._store().update_content(msg.id, content)
         self.publish(platform_id, {"type": "edit", "id": msg.id, "content": content})
 

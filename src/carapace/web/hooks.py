@@ -159,11 +159,16 @@ def _post(url: str, data: bytes, headers: dict[str, str]) -> int:
 
 
 def from_home(home: Home, secrets: Mapping[str, str], settings: Settings) -> WebhookChannel | None:
-    """The webhook channel when the web server is enabled and has hooks (None otherwise)."""
+    """The webhook channel when the web server is enabled and has hooks (None otherwise).
+    Each hook's secret (``WEBHOOK_<NAME>_SECRET``) is read here from ``<home>/secrets.env``,
+    the host's environment overriding, since the names depend on the configured hooks."""
+    from carapace.channels.registry import load_secrets
+
     web = web_settings(settings, home)
     if not web.enabled or not web.hooks:
         return None
-    return WebhookChannel(home, web, secrets)
+    keys = tuple(h.secret_key for h in web.hooks.values())
+    return WebhookChannel(home, web, {**secrets, **load_secrets(home, keys)})
 
 
 async def verify(secrets: Mapping[str, str], *, base_url: str | None = None) -> str:

@@ -170,8 +170,11 @@ class ChatRoutes:
             return JSONResponse({"error": "expected {card, index, chat}"}, status_code=400)
         if owner_of(pid) != user.name:
             return JSONResponse({"error": "not your chat"}, status_code=403)
-        outcome = decide(self.app, card, str(index), user, pid)
-        return JSONResponse(outcome)
+        chat = self.app.chat
+        if chat is None:
+            return JSONResponse({"error": "the web chat channel is not running"}, status_code=503)
+        answer = await chat.click(user.name, pid, card, index)
+        return JSONResponse({"id": card, "status": answer.status, "message": answer.message})
 
     async def file(self, req: Req, user: WebUser) -> Response:
         found = self.app.store.file(int(req.params["id"]))

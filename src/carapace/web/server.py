@@ -144,17 +144,3 @@ async def start_web(host: Host) -> WebServer | None:
         server.app.close()
         raise ConfigError(f"web server cannot listen on {ws.host}:{ws.port}: {exc.strerror or exc}")
     return server
-
-
-def web_adapters(home: Any, settings: Any) -> list[Any]:
-    """The ``web`` and ``webhook`` channel adapters this home's settings ask for."""
-    from carapace.proxy.keys import SECRETS_FILE, read_secrets_file
-    from carapace.web import channel, hooks
-
-    secrets = read_secrets_file(home.root / SECRETS_FILE)
-    out: list[Any] = []
-    for mod in (channel, hooks):
-        adapter = mod.from_home(home, secrets, settings)
-        if adapter is not None:
-            out.append(adapter)
-    return out

@@ -33,7 +33,7 @@ CREATE TABLE IF NOT EXISTS browser_sessions (
 CREATE TABLE IF NOT EXISTS messages (
   id INTEGER PRIMARY KEY AUTOINCREMENT, platform_id TEXT NOT NULL, direction TEXT NOT NULL,
   kind TEXT NOT NULL, content TEXT NOT NULL, created_at TEXT NOT NULL,
-  message_out_id TEXT, in_reply_to TEXT, event_id TEXT);
+  message_out_id TEXT, in_reply_to TEXT, event_id TEXT, routed INTEGER);
 CREATE INDEX IF NOT EXISTS idx_web_messages_chat ON messages(platform_id, id);
 CREATE TABLE IF NOT EXISTS files (
   id INTEGER PRIMARY KEY AUTOINCREMENT, message_id INTEGER NOT NULL, name TEXT NOT NULL,
@@ -152,9 +152,9 @@ class WebStore:
         with transaction(self.db):
             cur = self.db.execute(
                 "INSERT INTO messages (platform_id, direction, kind, content, created_at, "
-                "message_out_id, in_reply_to, event_id) VALUES (?,?,?,?,?,?,?,?)",
+                "message_out_id, in_reply_to, event_id, routed) VALUES (?,?,?,?,?,?,?,?,?)",
                 (platform_id, direction, kind, dumps(content), iso(now), message_out_id,
-                 in_reply_to, event_id),
+                 in_reply_to, event_id, 0 if direction == "in" else None),
             )  # fmt: skip
             mid = int(cur.lastrowid or 0)
             stored: list[tuple[int, str]] = []
@@ -165,6 +165,22 @@ class WebStore:
                 stored.append((int(c.lastrowid or 0), name))
         return StoredMessage(mid, platform_id, direction, kind, content, iso(now),
                              message_out_id, in_reply_to, stored)  # fmt: skip
+
+    def mark_routed(self, mid: int) -> None:
+        self.db.execute("UPDATE messages SET routed=1 WHERE id=?", (mid,))
+
+    def unrouted(self, limit: int = 500) -> list[tuple[StoredMessage, str]]:
+        """Messages typed in a page whose routing never finished (the host died between
+        storing and committing), oldest first, with their event ids."""
+        rows = self.db.execute(
+            "SELECT * FROM messages WHERE direction='in' AND routed=0 ORDER BY id LIMIT ?",
+            (limit,),
+        ).fetchall()
+        return [(self._msg(r), str(r["event_id"] or "")) for r in rows]
+
+    def files_of(self, mid: int) -> list[tuple[str, bytes]]:
+        return [(str(r[0]), bytes(r[1])) for r in self.db.execute(
+            "SELECT name, data FROM files WHERE message_id=? ORDER BY id", (mid,))]  # fmt: skip
 
     def find_out(self, message_out_id: str) -> StoredMessage | None:
         row = self.db.execute(
