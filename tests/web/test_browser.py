@@ -110,5 +110,9 @@ def test_read_a_session(rig: WebRig, page: Any) -> None:
 def test_phone_width_has_no_sideways_scroll(rig: WebRig, page: Any) -> None:
     page.set_viewport_size({"width": 375, "height": 740})
     page.goto(f"{rig.url}/chat/{_main(rig)}")
-    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1")
+    page.wait_for_selector("section.chat[data-live='1']")
+    wide = page.evaluate("""() => [...document.querySelectorAll('body *')]
+        .filter(e => e.getBoundingClientRect().right > window.innerWidth + 1)
+        .map(e => e.tagName + '.' + e.className + ' ' + e.getBoundingClientRect().right)""")
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1"), wide
     page.set_viewport_size({"width": 1100, "height": 800})
