@@ -66,7 +66,7 @@ mutation: $(STAMP)
 	$(BIN)/python bench/mutation.py --n $(MUTANTS)
 
 docs: $(STAMP)
-	$(BIN)/python -m carapace.admin.reference > docs/cli-reference.md
+	$(BIN)/python -m carapace.commands.reference > docs/cli-reference.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

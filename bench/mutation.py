@@ -28,8 +28,8 @@ SRC = ROOT / "src" / "carapace"
 #: core module -> the tests that guard it
 CORE: dict[str, list[str]] = {
     "host/delivery.py": ["tests/host/test_delivery.py", "tests/host/test_invariant_guards.py"],
-    "host/access.py": ["tests/host/test_access.py", "tests/host/test_invariant_guards.py"],
-    "host/approvals.py": ["tests/host/test_approvals_flows.py", "tests/host/test_invariant_guards.py"],
+    "permissions/access.py": ["tests/host/test_access.py", "tests/host/test_invariant_guards.py"],
+    "permissions/approvals.py": ["tests/host/test_approvals_flows.py", "tests/host/test_invariant_guards.py"],
     "host/sweep.py": ["tests/host/test_sweep.py"],
     "host/router.py": ["tests/host/test_router.py"],
     "host/work_index.py": ["tests/migrate/test_v2_left_work.py"],

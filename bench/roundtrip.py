@@ -5,7 +5,7 @@ Usage: ``python bench/roundtrip.py [--json] [--n N] [--home DIR] [--write-docs]`
 
 from __future__ import annotations
 
-from carapace.host.commands import roundtrip
+from carapace.commands.host import roundtrip
 
 if __name__ == "__main__":
     roundtrip()

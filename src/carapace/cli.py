@@ -25,19 +25,19 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 # name -> "module:attribute" of a click.Command
 LAZY_COMMANDS: dict[str, str] = {
-    "run": "carapace.host.commands:run",
-    "chat": "carapace.host.commands:chat",
-    "send": "carapace.host.commands:send",
-    "bench": "carapace.host.commands:bench",
-    "admin": "carapace.admin.commands:admin",
-    "migrate-v1": "carapace.migrate.commands:migrate_v1",
-    "doctor": "carapace.migrate.commands:doctor",
-    "service": "carapace.ops.commands:service",
-    "backup": "carapace.ops.commands:backup",
-    "restore": "carapace.ops.commands:restore",
-    "status": "carapace.ops.commands:status",
-    "web": "carapace.web.commands:web",
-    "channels": "carapace.channels.commands:channels",
+    "run": "carapace.commands.host:run",
+    "chat": "carapace.commands.host:chat",
+    "send": "carapace.commands.host:send",
+    "bench": "carapace.commands.host:bench",
+    "admin": "carapace.commands.admin:admin",
+    "migrate-v1": "carapace.commands.migrate:migrate_v1",
+    "doctor": "carapace.commands.migrate:doctor",
+    "service": "carapace.commands.ops:service",
+    "backup": "carapace.commands.ops:backup",
+    "restore": "carapace.commands.ops:restore",
+    "status": "carapace.commands.ops:status",
+    "web": "carapace.commands.web:web",
+    "channels": "carapace.commands.channels:channels",
 }
 
 home_option = click.option(

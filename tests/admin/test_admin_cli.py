@@ -11,8 +11,8 @@ from admin_helpers import StandInHost
 from click.testing import CliRunner, Result
 
 from carapace.admin.client import parse_words
-from carapace.admin.commands import admin
 from carapace.bootstrap import init_home
+from carapace.commands.admin import admin
 from carapace.config import Home
 from carapace.db.central import open_central
 

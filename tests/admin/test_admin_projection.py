@@ -8,8 +8,8 @@ import sqlite3
 from admin_helpers import StandInHost, call
 from click.testing import CliRunner
 
-from carapace.admin.commands import admin
 from carapace.admin.direct import DirectContext
+from carapace.commands.admin import admin
 from carapace.config import Home
 from carapace.db import sessions
 from carapace.db.session import SessionPaths, init_session_folder

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from carapace.admin.reference import generate
 from carapace.admin.registry import resources
+from carapace.commands.reference import generate
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "cli-reference.md"
 

@@ -10,7 +10,7 @@ from admin_helpers import call, call_err, dump
 from carapace.admin.direct import DirectContext
 from carapace.admin.registry import commands, resource
 from carapace.db import approvals, dropped, sessions, users
-from carapace.host.approvals import request_approval
+from carapace.permissions.approvals import request_approval
 
 
 def test_registry_has_every_resource_and_a_tasks_slot() -> None:

@@ -49,8 +49,8 @@ from carapace.channels.base import (
     OutboundMessage,
 )
 from carapace.errors import DeliveryError
-from carapace.host.access import clicker_id, event_sender
 from carapace.jsonutil import loads_or
+from carapace.permissions.access import clicker_id, event_sender
 
 CAPS = frozenset(
     {"threads", "mention", "files_in", "files_out", "edit", "react", "buttons", "typing",

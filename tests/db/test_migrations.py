@@ -13,9 +13,9 @@ from carapace.db.migrations import (
     NANOCLAW_MIGRATION_NAMES,
     Migration,
     applied_names,
-    legacy_engage,
     migrate,
 )
+from carapace.db.migrations_nanoclaw import legacy_engage
 from carapace.errors import MigrationError
 
 SEED_ERA = MIGRATIONS[:7]  # 001–009: NanoClaw's early v2, as in the seed analysis

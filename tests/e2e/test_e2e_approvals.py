@@ -45,7 +45,7 @@ def test_held_sender_approved_by_code_reply_reaches_next_client(e2e: E2E) -> Non
 
 
 def test_reject_expiry_and_errors(e2e: E2E) -> None:
-    e2e.write_settings("approval_ttl_s = 3\n")
+    e2e.write_settings("approval_ttl_s = 8\n")
     e2e.start_host()
     pending = _hold_stranger(e2e)
     code, err, _ = e2e.admin("approvals", "approve", pending["id"], "--user", "cli:stranger")
@@ -65,7 +65,7 @@ def test_reject_expiry_and_errors(e2e: E2E) -> None:
     # expiry: another stranger's card expires after approval_ttl_s; its messages are dropped
     r = e2e.send("knock knock", "--as", "visitor", timeout=3)
     assert "held for approval" in r.stdout
-    wait_for(lambda: e2e.ok("approvals", "list") == [], timeout=12, what="expiry")
+    wait_for(lambda: e2e.ok("approvals", "list") == [], timeout=30, what="expiry")
     [(status,)] = rows(e2e.central, "SELECT status FROM carapace_cards WHERE kind='sender' "
                        "ORDER BY created_at DESC LIMIT 1")  # fmt: skip
     assert status == "expired"

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from host_rig import Rig
 
+from carapace.admin.dispatch import dispatch
 from carapace.channels.fake import FakeChannel
 from carapace.config import Home, Settings
 from carapace.host.host import Host, HostOptions
@@ -28,6 +29,7 @@ def rig(tmp_path: Any, clock: FakeClock) -> Iterator[Rig]:
         home, settings=Settings(max_tries=5, runner_idle_exit_s=0), clock=clock,
         channels=[channel, threaded], backend=backend,
         options=HostOptions(sockets=False, watch=False, cleanup_orphans=False),
+        admin=dispatch,
     )  # fmt: skip
     r = Rig(host, channel, threaded, backend, clock, loop)
     r.run(host.start(background=False))

@@ -8,7 +8,7 @@ import sqlite3
 from typing import Any
 
 from carapace.db import groups, messaging, users
-from carapace.host import access
+from carapace.permissions import access
 
 
 class DmAdapter:

@@ -11,9 +11,9 @@ from carapace.config import Settings
 from carapace.db import approvals as dba
 from carapace.db import destinations, groups, messaging, users
 from carapace.db.sessions import list_sessions
-from carapace.host import approvals, cards, questions
-from carapace.host.approvals_host import HostContext, tick
 from carapace.host.host import Host, HostOptions
+from carapace.permissions import approvals, cards, questions
+from carapace.permissions.approvals_host import HostContext, tick
 
 if TYPE_CHECKING:
     from host_rig import Rig  # tests/host/conftest.py

@@ -18,13 +18,8 @@ from carapace.config import Home, Settings
 from carapace.db import groups, messaging
 from carapace.db.sessions import list_sessions
 from carapace.host.host import Host, HostOptions
-from carapace.host.pool import (
-    FakeBackend,
-    RunnerBackend,
-    RunnerHandle,
-    RunnerSpec,
-    SubprocessBackend,
-)
+from carapace.host.pool import FakeBackend
+from carapace.sandbox.process import RunnerBackend, RunnerHandle, RunnerSpec, SubprocessBackend
 
 
 class Recording:

@@ -13,8 +13,8 @@ from carapace.config import Settings
 from carapace.db import approvals as dba
 from carapace.db import groups
 from carapace.db.destinations import add_destination
-from carapace.host import approvals
-from carapace.host.approvals_host import HostContext
+from carapace.permissions import approvals
+from carapace.permissions.approvals_host import HostContext
 
 if TYPE_CHECKING:
     from host_rig import Rig  # tests/host/conftest.py

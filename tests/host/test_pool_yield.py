@@ -13,7 +13,7 @@ from carapace.config import Home, Settings
 from carapace.db import groups, messaging
 from carapace.db.central import open_central
 from carapace.host.host import Host, HostOptions
-from carapace.host.pool import SubprocessBackend
+from carapace.sandbox.process import SubprocessBackend
 
 
 def _setup(home: Home, n: int) -> None:

@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any
 from carapace.channels.fake import make_event
 from carapace.config import Settings
 from carapace.db import approvals as dba
-from carapace.host import approvals, cards
-from carapace.host.approvals_host import HostContext, tick
+from carapace.permissions import approvals, cards
+from carapace.permissions.approvals_host import HostContext, tick
 
 if TYPE_CHECKING:
     from host_rig import Rig  # tests/host/conftest.py

@@ -12,7 +12,7 @@ from pathlib import Path
 from carapace.channels.fake import FakeChannel
 from carapace.config import Home, Settings
 from carapace.host.host import Host, HostOptions
-from carapace.host.pool import SubprocessBackend
+from carapace.sandbox.process import SubprocessBackend
 from carapace.testing.v1fixtures import make_nanoclaw_v2_home
 from carapace.timefmt import FakeClock, iso
 

@@ -15,7 +15,7 @@ from carapace.channels.fake import FakeChannel, make_event
 from carapace.config import Home, Settings
 from carapace.db.migrations import NANOCLAW_MIGRATION_NAMES
 from carapace.host.host import Host, HostOptions
-from carapace.host.pool import SubprocessBackend
+from carapace.sandbox.process import SubprocessBackend
 from carapace.testing.v1fixtures import make_nanoclaw_v2_home
 
 

@@ -6,6 +6,7 @@ import asyncio
 import threading
 from typing import Any
 
+from carapace.admin.dispatch import dispatch
 from carapace.channels.fake import FakeChannel
 from carapace.config import Home, Settings
 from carapace.db import groups, messaging
@@ -28,6 +29,7 @@ class LiveHost:
                 home, settings=settings or Settings(runner_idle_exit_s=0),
                 channels=[self.channel], backend=FakeBackend(),
                 options=HostOptions(sockets=False, watch=False, cleanup_orphans=False),
+                admin=dispatch,
             )  # fmt: skip
 
         self.host: Host = self.call(make())

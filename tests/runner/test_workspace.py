@@ -17,12 +17,8 @@ import pytest
 
 from carapace.runner.providers.base import ToolResult
 from carapace.runner.webfetch import html_to_text
-from carapace.runner.workspace import (
-    Workspace,
-    WorkspaceLimits,
-    WorkspacePolicy,
-    glob_to_regex,
-)
+from carapace.runner.workspace import Workspace, WorkspaceLimits, WorkspacePolicy
+from carapace.runner.workspace_files import glob_to_regex
 from carapace.runner.workspace_specs import BASH_DISABLED, WEB_DISABLED
 
 DB_CONTENT = b"SQLite format 3\x00 central db stand-in"

@@ -29,7 +29,6 @@ from carapace.db.session import (
     open_outbound,
 )
 from carapace.errors import ConfigError, ValidationError
-from carapace.host.pool import RunnerSpec
 from carapace.sandbox import (
     AllowedRoot,
     BwrapBackend,
@@ -45,6 +44,7 @@ from carapace.sandbox import (
     validate_mounts,
 )
 from carapace.sandbox import bwrap as bwrap_mod
+from carapace.sandbox.process import RunnerSpec
 
 REASON = bwrap_unusable_reason()
 needs_bwrap = pytest.mark.skipif(REASON is not None, reason=f"bubblewrap unusable: {REASON}")

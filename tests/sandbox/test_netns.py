@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from carapace.errors import ConfigError
-from carapace.host.pool import RunnerSpec
 from carapace.sandbox import bwrap_unusable_reason, netns
 from carapace.sandbox.bwrap import BwrapBackend, SandboxSpec, bwrap_argv
+from carapace.sandbox.process import RunnerSpec
 
 REASON = bwrap_unusable_reason() or (None if netns.slirp_path() else "slirp4netns missing")
 if REASON is not None and os.environ.get("CI") == "true":

@@ -18,12 +18,12 @@ from carapace.config import Home, Settings
 from carapace.db import groups
 from carapace.errors import ConfigError
 from carapace.host.host import Host, HostOptions
-from carapace.host.pool import RunnerSpec
 from carapace.jsonutil import dumps
 from carapace.migrate.doctor import diagnose
 from carapace.sandbox import BwrapHandle, bwrap_unusable_reason
 from carapace.sandbox import bwrap as bwrap_mod
 from carapace.sandbox.policy import SandboxBackend
+from carapace.sandbox.process import RunnerSpec
 from carapace.testing.recorder import Recorder
 from carapace.timefmt import iso, new_id
 

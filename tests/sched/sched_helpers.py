@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from carapace.admin.dispatch import dispatch
 from carapace.channels.fake import FakeChannel
 from carapace.config import Home, Settings
 from carapace.db.session import open_inbound, open_outbound
@@ -86,4 +87,5 @@ class TaskRig:
 def _host(home: Home, clock: FakeClock, settings: Settings) -> Host:
     return Host(home, settings=settings, clock=clock, channels=[FakeChannel("fake")],
                 backend=FakeBackend(),
-                options=HostOptions(sockets=False, watch=False, cleanup_orphans=False))  # fmt: skip
+                options=HostOptions(sockets=False, watch=False, cleanup_orphans=False),
+                admin=dispatch)  # fmt: skip

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from carapace.admin.dispatch import dispatch
 from carapace.bootstrap import CLI_CHANNEL, CLI_PLATFORM_ID, init_home
 from carapace.channels.base import InboundEvent, InboundMessage
 from carapace.config import Home, Settings
@@ -53,7 +54,7 @@ def turn(home: Home, text: str, timeout: float = 30) -> str:
         os.environ.pop(key, None)
     channel = Recorder()
     host = Host(home, settings=Settings(runner_idle_exit_s=60.0), channels=[channel],
-                options=HostOptions(sockets=False))  # fmt: skip
+                options=HostOptions(sockets=False), admin=dispatch)  # fmt: skip
 
     async def run() -> str:
         await host.start()

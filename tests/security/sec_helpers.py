@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from carapace.admin.dispatch import dispatch
 from carapace.bootstrap import CLI_CHANNEL, CLI_PLATFORM_ID, init_home
 from carapace.channels.base import InboundEvent, InboundMessage
 from carapace.config import Home, Settings
@@ -54,7 +55,7 @@ def make_home(tmp_path: Path) -> Home:
 
 def make_host(home: Home, channel: Recorder, *, sockets: bool = False) -> Host:
     host = Host(home, settings=Settings(runner_idle_exit_s=120.0), channels=[channel],
-                options=HostOptions(sockets=sockets))  # fmt: skip
+                options=HostOptions(sockets=sockets), admin=dispatch)  # fmt: skip
     assert host.backend_note.startswith("bwrap"), host.backend_note
     return host
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from carapace.admin.dispatch import dispatch
 from carapace.bootstrap import CLI_CHANNEL, CLI_PLATFORM_ID, init_home
 from carapace.channels.base import InboundEvent, InboundMessage, OutboundMessage
 from carapace.config import Home, Settings
@@ -65,7 +66,7 @@ class SecRig:
         self.host = Host(
             self.home, settings=Settings(runner_idle_exit_s=60.0, default_provider="mock"),
             channels=[self.channel], clock=clock,
-            options=HostOptions(sockets=False, runner_env=runner_env or {}),
+            options=HostOptions(sockets=False, runner_env=runner_env or {}), admin=dispatch,
         )  # fmt: skip
         [self.group] = groups.list_agent_groups(self.host.db)
         if settings:

@@ -15,8 +15,8 @@ from web_rig import WebRig, wait_for
 
 from carapace.db import groups
 from carapace.db.sessions import list_sessions
-from carapace.host.approvals import request_approval
-from carapace.host.approvals_host import HostContext
+from carapace.permissions.approvals import request_approval
+from carapace.permissions.approvals_host import HostContext
 
 _missing = chromium_missing()
 if _missing is not None:

@@ -119,8 +119,8 @@ def test_dropped_and_health_pages(rig: WebRig) -> None:
 
 def test_agent_written_card_text_is_escaped(rig: WebRig) -> None:
     """A card's title and question carry agent text: the dashboard shows it as text."""
-    from carapace.host.approvals import request_approval
-    from carapace.host.approvals_host import HostContext
+    from carapace.permissions.approvals import request_approval
+    from carapace.permissions.approvals_host import HostContext
 
     c = rig.client()
     csrf = rig.login(c)

@@ -13,6 +13,7 @@ from typing import Any
 
 from starlette.testclient import TestClient
 
+from carapace.admin.dispatch import dispatch
 from carapace.bootstrap import init_home
 from carapace.config import Home
 from carapace.host.client import build_host
@@ -52,7 +53,7 @@ class WebRig:
         assert self.web is not None
 
     async def _start(self) -> Host:
-        host = build_host(self.home)
+        host = build_host(self.home, admin=dispatch)
         await host.start()
         self.web: WebServer | None = await start_web(host)
         return host

@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Protocol
 
 from carapace.config import Home, Settings
+from carapace.permissions.cards import SessionWriter
 
 
 class AdminContext(Protocol):
@@ -19,6 +20,11 @@ class AdminContext(Protocol):
     db: sqlite3.Connection
     settings: Settings
     live: bool
+
+    @property
+    def sessions(self) -> SessionWriter:
+        """Writes into session folders (the host's ``SessionManager``)."""
+        ...
 
     def now(self) -> datetime:
         """The current time (the host's injectable clock)."""

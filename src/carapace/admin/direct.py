@@ -15,6 +15,7 @@ from carapace.config import Home, Settings
 from carapace.db.destinations import add_projection_hook, remove_projection_hook
 from carapace.db.projection import project_group
 from carapace.errors import ConfigError
+from carapace.host.sessions import SessionManager
 from carapace.timefmt import utcnow
 
 
@@ -27,6 +28,7 @@ class DirectContext:
         self.home = home
         self.db = db
         self.settings = settings
+        self.sessions = SessionManager(home, db)
         add_projection_hook(self._project)
 
     def _project(self, db: sqlite3.Connection, agent_group_id: str) -> None:

@@ -38,8 +38,11 @@ from carapace.admin.registry import (
     resources,
 )
 from carapace.db import groups
-from carapace.db.sessions import get_session
+from carapace.db.sessions import Session, get_session
 from carapace.errors import CarapaceError, NotFoundError, ValidationError
+from carapace.jsonutil import dumps
+from carapace.permissions.approvals import Applied, register_handler
+from carapace.permissions.cards import Ctx
 
 logger = logging.getLogger(__name__)
 
@@ -118,6 +121,17 @@ def run_approved_cli_command(ctx: AdminContext, payload: dict[str, Any]) -> dict
     if problem is not None or not isinstance(frame, dict):
         return fail("unknown", "invalid-args", problem or "bad payload")
     return dispatch(ctx, frame, HOST_CALLER)
+
+
+def apply_cli_command(ctx: Ctx, session: Session, payload: dict[str, Any], by: str) -> Applied:
+    """The approvals engine's handler for an approved ``cli_command`` (registered below)."""
+    command = str(payload.get("command") or "")
+    result = run_approved_cli_command(ctx, payload)  # type: ignore[arg-type]
+    return Applied(f"Your `carapace {command}` request was approved and executed.\n\n"
+                   f"{dumps(result)}")  # fmt: skip
+
+
+register_handler("cli_command", apply_cli_command)
 
 
 def _dispatch(
@@ -228,8 +242,8 @@ def _request_approval(
 ) -> None:
     """Hold an agent's command for an admin's decision: a ``pending_approvals`` row with its
     card (delivered to the approver, expiring), through the approvals engine."""
-    from carapace.host.approvals import request_approval
-    from carapace.host.card_text import AGENT_MARK, quote_agent
+    from carapace.permissions.approvals import request_approval
+    from carapace.permissions.card_text import AGENT_MARK, quote_agent
 
     sid = caller.get("sessionId")
     session = get_session(ctx.db, sid) if isinstance(sid, str) else None

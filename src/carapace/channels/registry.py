@@ -96,7 +96,7 @@ def load_secrets(
     home: Home, keys: tuple[str, ...], environ: Mapping[str, str] | None = None
 ) -> dict[str, str]:
     """The adapter's secrets: ``<home>/secrets.env``, the host environment overriding."""
-    from carapace.proxy.keys import SECRETS_FILE, read_secrets_file
+    from carapace.secretsfile import SECRETS_FILE, read_secrets_file
 
     env = os.environ if environ is None else environ
     values = read_secrets_file(home.root / SECRETS_FILE) if keys else {}

@@ -13,7 +13,7 @@ from datetime import datetime
 
 from carapace.db.central import from_row, from_rows
 from carapace.db.connection import transaction
-from carapace.db.migrations import normalize_name
+from carapace.db.migrations_nanoclaw import normalize_name
 from carapace.errors import ConflictError, NotFoundError, ValidationError
 from carapace.timefmt import iso
 

@@ -142,7 +142,7 @@ class SystemActions:
         self, session: Session, c: dict[str, Any], inb: sqlite3.Connection, now: datetime
     ) -> None:
         """The runner ran a task's pre-task script (runner.md §11.3): record its outcome."""
-        from carapace.sched.runs import record_script_result
+        from carapace.host.task_runs import record_script_result
 
         record_script_result(self.sessions.db, session, c, inb, now)
 

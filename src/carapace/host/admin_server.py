@@ -15,6 +15,7 @@ import os
 import socket
 import sqlite3
 import struct
+from collections.abc import Callable
 from concurrent.futures import Future
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from carapace.config import Home, Settings
 from carapace.db.connection import connect
 from carapace.db.sessions import list_sessions
+from carapace.host.sessions import SessionManager
 from carapace.jsonutil import dumps
 from carapace.timefmt import iso, new_id
 from carapace.unixsock import start_private_server
@@ -35,6 +37,10 @@ MAX_REQUEST_BYTES = 1024 * 1024
 LOOP_CALL_TIMEOUT_S = 30.0
 
 
+#: ``carapace.admin.dispatch.dispatch``'s shape, as the host calls it
+AdminDispatch = Callable[["HostAdminContext", dict[str, Any], dict[str, Any]], dict[str, Any]]
+
+
 class HostAdminContext:
     """``AdminContext`` for requests handled inside a running host (``live`` True)."""
 
@@ -46,6 +52,7 @@ class HostAdminContext:
         self.home: Home = host.home
         self.settings: Settings = host.settings
         self.db = db
+        self.sessions = SessionManager(host.home, db)
 
     def now(self) -> datetime:
         return self.host.now()
@@ -96,11 +103,10 @@ def _unknown(frame: dict[str, Any], message: str) -> dict[str, Any]:
 def dispatch_in_thread(
     host: Host, loop: asyncio.AbstractEventLoop, frame: dict[str, Any], caller: dict[str, Any]
 ) -> dict[str, Any]:
-    """Run the admin dispatcher (if installed) with a fresh DB connection."""
-    try:
-        from carapace.admin.dispatch import dispatch
-    except ImportError:
-        return _unknown(frame, "the admin dispatcher is not installed")
+    """Run the host's admin dispatcher with a fresh DB connection."""
+    dispatch = host.admin_dispatch
+    if dispatch is None:
+        return _unknown(frame, "this host was started without the admin commands")
     db = connect(host.home.central_db, "central", check_same_thread=False)
     try:
         ctx = HostAdminContext(host, loop, db)

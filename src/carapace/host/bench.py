@@ -21,6 +21,7 @@ from carapace.channels.base import ChannelCallbacks, InboundEvent, InboundMessag
 from carapace.config import Home, Settings
 from carapace.host.host import Host, HostOptions
 from carapace.jsonutil import dumps
+from carapace.stats import percentile
 from carapace.timefmt import iso, new_id
 
 NANOCLAW_MEDIAN_MS = 800.0
@@ -89,16 +90,6 @@ def _kept_sections(target: Path, produced: tuple[str, ...]) -> str:
     parts = old.split("\n## ")[1:]
     kept = [p for p in parts if not p.startswith(produced)]
     return "".join(f"## {p.rstrip()}\n\n" for p in kept)
-
-
-def percentile(values: list[float], q: float) -> float:
-    data = sorted(values)
-    if not data:
-        return 0.0
-    k = (len(data) - 1) * q
-    lo = int(k)
-    hi = min(lo + 1, len(data) - 1)
-    return data[lo] + (data[hi] - data[lo]) * (k - lo)
 
 
 async def _one(host: Host, channel: BenchChannel, text: str) -> float:

@@ -13,6 +13,7 @@ from typing import Any
 from carapace.bootstrap import init_home
 from carapace.channels.registry import build_adapters
 from carapace.config import Home
+from carapace.host.admin_server import AdminDispatch
 from carapace.host.host import Host, HostRunning
 from carapace.jsonutil import dumps
 from carapace.timefmt import new_id
@@ -20,11 +21,12 @@ from carapace.timefmt import new_id
 logger = logging.getLogger(__name__)
 
 
-def build_host(home: Home) -> Host:
+def build_host(home: Home, *, admin: AdminDispatch | None = None) -> Host:
     """The host ``carapace run`` starts: every configured channel adapter
-    (``carapace.channels.registry``; the CLI channel on ``data/cli.sock`` always)."""
+    (``carapace.channels.registry``; the CLI channel on ``data/cli.sock`` always); ``admin``
+    is the admin verbs' dispatcher (the commands floor passes ``carapace.admin.dispatch``)."""
     settings = home.load_settings()
-    return Host(home, settings=settings, channels=build_adapters(home, settings))
+    return Host(home, settings=settings, channels=build_adapters(home, settings), admin=admin)
 
 
 @dataclass
@@ -64,14 +66,16 @@ class CliClient:
             await self.writer.wait_closed()
 
 
-async def connect_or_embed(home: Home, mode: str) -> tuple[CliClient, Host | None]:
+async def connect_or_embed(
+    home: Home, mode: str, *, admin: AdminDispatch | None = None
+) -> tuple[CliClient, Host | None]:
     """Connect to the home's running host, or start an embedded one for our lifetime."""
     try:
         return await CliClient.connect(home, mode), None
     except OSError:
         pass
     init_home(home)
-    host = build_host(home)
+    host = build_host(home, admin=admin)
     try:
         await host.start()
     except HostRunning:

@@ -410,7 +410,7 @@ class Delivery:
                 and content.get("title")
                 and isinstance(content.get("options"), list)
             ):
-                from carapace.host.questions import record_question  # approvals engine
+                from carapace.permissions.questions import record_question  # approvals engine
 
                 content = record_question(
                     self.db, session.id, row["id"], content, channel_type=ct, platform_id=pid,
@@ -430,7 +430,7 @@ class Delivery:
         msg = OutboundMessage(row["kind"], content, tuple(files), row["id"], row["in_reply_to"])
         pm = await adapter.deliver(pid, tid, msg)
         if isinstance(content, dict) and content.get("replyCode"):
-            from carapace.host.questions import question_delivered
+            from carapace.permissions.questions import question_delivered
 
             question_delivered(self.db, str(content.get("questionId")), pm, now)
         clear_outbox(paths, row["id"])

@@ -22,7 +22,7 @@ import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from carapace.bootstrap import open_home
 from carapace.channels.base import (
@@ -40,13 +40,7 @@ from carapace.errors import CarapaceError, ConfigError
 from carapace.host import groupfiles, work_index
 from carapace.host.actions import SystemActions
 from carapace.host.delivery import Delivery
-from carapace.host.pool import (
-    RunnerBackend,
-    RunnerExit,
-    RunnerPool,
-    RunnerSpec,
-    cleanup_orphans,
-)
+from carapace.host.pool import RunnerPool, cleanup_orphans
 from carapace.host.router import Router, RouteResult
 from carapace.host.sessions import SessionManager
 from carapace.host.sweep import (
@@ -67,7 +61,11 @@ from carapace.limits import mechanism as limits_mechanism
 from carapace.perms import private_umask
 from carapace.proxy.hostside import HostProxy, budget_warning
 from carapace.runner.transcript import adopt_legacy_transcript
+from carapace.sandbox.process import RunnerBackend, RunnerExit, RunnerSpec
 from carapace.timefmt import Clock, SystemClock
+
+if TYPE_CHECKING:
+    from carapace.host.admin_server import AdminDispatch
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +79,7 @@ class HostRunning(ConfigError):
 
 @dataclass
 class HostHooks:
-    # Callable[[SweepContext], datetime | None]; None = the task series (sched/runs.py)
+    # Callable[[SweepContext], datetime | None]; None = the task series (host/task_runs.py)
     on_sweep_session: Any = None
 
 
@@ -111,8 +109,12 @@ class Host:
         backend: RunnerBackend | None = None,
         hooks: HostHooks | None = None,
         options: HostOptions | None = None,
+        admin: AdminDispatch | None = None,
     ) -> None:
         self.home = home
+        # the admin verbs' dispatcher (``carapace.admin.dispatch.dispatch``), given by whoever
+        # builds the host: the host floor does not import the admin floor above it
+        self.admin_dispatch = admin
         self.settings = settings or home.load_settings()
         self.clock: Clock = clock or SystemClock()
         self.options = options or HostOptions()
@@ -120,7 +122,7 @@ class Host:
         private_umask()  # session folders, DBs, transcripts, sockets: owner-only
         self.db, self.migrations = open_home(home)
         if self.hooks.on_sweep_session is None:
-            from carapace.sched.runs import SeriesSweep
+            from carapace.host.task_runs import SeriesSweep
 
             self.hooks.on_sweep_session = SeriesSweep(self.db)
         self.adapters: dict[str, ChannelAdapter] = {c.channel_type: c for c in channels}
@@ -250,7 +252,7 @@ class Host:
                 continue
             self._on_channel_status(channel_type, "running", None)
         self._started = True
-        from carapace.host.approvals_host import install as install_approvals
+        from carapace.permissions.approvals_host import install as install_approvals
 
         install_approvals(self, background=background)
         if background:
@@ -328,8 +330,8 @@ class Host:
 
     async def _on_action(self, click: ButtonClick) -> ClickAnswer:
         """A card's button was pressed: the single approvals entry point decides."""
-        from carapace.host.approvals import handle_action
-        from carapace.host.approvals_host import HostContext
+        from carapace.permissions.approvals import handle_action
+        from carapace.permissions.approvals_host import HostContext
 
         out = handle_action(HostContext(self), click.question_id, click.value, click.user_id,
                             click.channel_type, click.platform_id, click.thread_id)  # fmt: skip

@@ -30,9 +30,9 @@ from carapace.db.dropped import record_dropped
 from carapace.db.messaging import MessagingGroup, Wiring
 from carapace.db.sessions import find_session
 from carapace.errors import CarapaceError, ValidationError
-from carapace.host.access import sender_handle
 from carapace.host.sessions import SessionManager
 from carapace.jsonutil import loads_or
+from carapace.permissions.access import sender_handle
 from carapace.timefmt import iso, new_id
 
 logger = logging.getLogger(__name__)

@@ -26,10 +26,10 @@ from pathlib import Path
 from typing import Any
 
 from carapace.db.central import open_central
-from carapace.host.bench import percentile
 from carapace.proxy.keys import KeyStore
 from carapace.proxy.server import EgressProxy, SessionRoute
 from carapace.proxy.usage import UsageStore
+from carapace.stats import percentile
 from carapace.testing.fake_llm import FakeLLMServer, FakeReply
 
 BODY = json.dumps({"model": "claude-haiku-4-5", "max_tokens": 5,

@@ -16,11 +16,11 @@ from typing import Any
 
 from carapace.config import Home, Settings
 from carapace.db.groups import get_agent_group, get_container_config
-from carapace.host.pool import RunnerBackend, RunnerHandle, RunnerSpec
 from carapace.proxy.keys import KeyStore
 from carapace.proxy.prices import PriceTable
 from carapace.proxy.server import EgressProxy, SessionRoute, upstreams_for
 from carapace.proxy.usage import UsageStore
+from carapace.sandbox.process import RunnerBackend, RunnerHandle, RunnerSpec
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ async def budget_warning(
 ) -> None:
     """Send ``text`` to the first reachable of the group's admins/owners (logged always)."""
     from carapace.channels.base import OutboundMessage
-    from carapace.host.access import pick_approval_delivery, pick_approver
+    from carapace.permissions.access import pick_approval_delivery, pick_approver
 
     logger.warning("agent group %s: %s", agent_group_id, text)
     approvers = pick_approver(db, agent_group_id)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from carapace.errors import ValidationError
 from carapace.runner.providers.base import ToolSpec
 
 BASH_DISABLED = (
@@ -33,6 +34,14 @@ TOOL_DISABLED = (
     "The {name} tool is turned off for this agent group (the `tools` list in the group's "
     "settings); an operator can enable it with `carapace admin groups config update`."
 )
+
+
+class WorkspaceError(ValidationError):
+    """A tool call the workspace refuses; its message is shown to the agent."""
+
+
+class PathRefused(WorkspaceError):
+    """A path outside the roots, in a read-only root, protected, or malformed."""
 
 
 def bash_refusal(why_off: str, setting: str) -> str:

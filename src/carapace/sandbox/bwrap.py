@@ -63,7 +63,11 @@ import carapace
 from carapace import safefs
 from carapace.db.session import SessionPaths, ensure_journals
 from carapace.errors import ConfigError, ValidationError
-from carapace.host.pool import (
+from carapace.limits import Limits, runner_cgroup, scope_argv, systemd_scope_usable
+from carapace.runner.procs import descendants
+from carapace.sandbox import netns
+from carapace.sandbox.mounts import EXTRA_ROOT, Mount, check_not_forbidden
+from carapace.sandbox.process import (
     LOG_FILE,
     PROXY_SOCKET_ENV,
     SECRET_ENV,
@@ -74,10 +78,6 @@ from carapace.host.pool import (
     SubprocessBackend,
     child_setup,
 )
-from carapace.limits import Limits, runner_cgroup, scope_argv, systemd_scope_usable
-from carapace.runner.procs import descendants
-from carapace.sandbox import netns
-from carapace.sandbox.mounts import EXTRA_ROOT, Mount, check_not_forbidden
 
 logger = logging.getLogger(__name__)
 

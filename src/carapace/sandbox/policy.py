@@ -33,11 +33,11 @@ from typing import TYPE_CHECKING
 from carapace.config import Settings
 from carapace.db.groups import ContainerConfig
 from carapace.errors import ConfigError
-from carapace.host.pool import RunnerBackend, RunnerHandle, RunnerSpec, SubprocessBackend
 from carapace.jsonutil import loads_or
 from carapace.limits import limits_of
 from carapace.sandbox.bwrap import BwrapBackend, bwrap_unusable_reason, resolve_backend
 from carapace.sandbox.mounts import Mount, load_allowlist, validate_mounts
+from carapace.sandbox.process import RunnerBackend, RunnerHandle, RunnerSpec, SubprocessBackend
 
 logger = logging.getLogger(__name__)
 

@@ -25,6 +25,10 @@ As a separate process (for runners started as subprocesses)::
         --port-file FILE [--log FILE] [--port N] [--host H] [--require-key KEY]
 
 ``FakeLLMProcess`` wraps that command for tests.
+
+The script items live in ``llm_script``; each API's answers (replies, usage, streamed
+events, error bodies) in ``llm_anthropic`` and ``llm_openai``. This module is the server
+both share and re-exports the script's names.
 """
 
 from __future__ import annotations
@@ -38,162 +42,48 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, Literal, TypeAlias
+from typing import IO, Any, Literal
+
+from carapace.testing import llm_anthropic, llm_openai
+from carapace.testing.llm_script import (
+    FakeError,
+    FakeReply,
+    FakeToolCall,
+    Item,
+    RecordedRequest,
+    ScriptItem,
+    _prepare,
+    item_to_json,
+    load_script_file,
+    parse_item,
+)
+
+__all__ = [
+    "FLAVOURS",
+    "FakeError",
+    "FakeLLMProcess",
+    "FakeLLMServer",
+    "FakeReply",
+    "FakeToolCall",
+    "Flavour",
+    "Item",
+    "RecordedRequest",
+    "ScriptItem",
+    "item_to_json",
+    "load_script_file",
+    "parse_item",
+    "stream_events",
+]
 
 logger = logging.getLogger(__name__)
 
 Flavour = Literal["anthropic", "openai"]
 FLAVOURS: tuple[Flavour, ...] = ("anthropic", "openai")
-CREATED = 1_700_000_000  # fixed "created" timestamp in OpenAI responses
-
-
-@dataclass(frozen=True)
-class FakeToolCall:
-    name: str
-    arguments: dict[str, Any] = field(default_factory=dict)
-    id: str | None = None  # default: toolu_fake_<n> / call_fake_<n>
-    raw_arguments: str | None = None  # openai only: sent verbatim (e.g. malformed JSON)
-
-
-@dataclass(frozen=True)
-class FakeReply:
-    text: str = ""
-    tool_calls: tuple[FakeToolCall, ...] = ()
-    stop_reason: str | None = None  # default: tool_use/end_turn, or tool_calls/stop
-    input_tokens: int = 10
-    output_tokens: int = 5
-    delay_s: float = 0.0
-    cache_read_tokens: int = 0
-    cache_write_tokens: int = 0
-    event_delay_s: float = 0.0  # streaming only: pause between server-sent events
-
-
-@dataclass(frozen=True)
-class FakeError:
-    status: int
-    message: str = "fake error"
-    body: Any = None  # sent as JSON instead of the API's usual error object
-    headers: dict[str, str] = field(default_factory=dict)
-    delay_s: float = 0.0
-
-
-Item: TypeAlias = FakeReply | FakeError
-ScriptItem: TypeAlias = (
-    FakeReply | FakeError | str | dict[str, Any] | Callable[[dict[str, Any]], Any]
-)
-
-
-@dataclass(frozen=True)
-class RecordedRequest:
-    path: str
-    headers: dict[str, str]  # lower-case names
-    body: Any
-
-    @property
-    def api_key(self) -> str | None:
-        """The key the client sent (``x-api-key``, else the ``Authorization`` bearer)."""
-        if "x-api-key" in self.headers:
-            return self.headers["x-api-key"]
-        auth = self.headers.get("authorization")
-        return auth.removeprefix("Bearer ") if auth is not None else None
-
-
-def parse_item(data: Any) -> Item:
-    """A script item from its JSON form.
-
-    ``"text"`` → a text reply. ``{"text", "tool_calls": [{"name", "arguments", "id",
-    "raw_arguments"}], "stop_reason", "input_tokens", "output_tokens", "delay_s"}`` → a
-    reply (every field optional). ``{"status", "message", "body", "headers", "delay_s"}``
-    → an HTTP error (``status`` required).
-    """
-    if isinstance(data, FakeReply | FakeError):
-        return data
-    if isinstance(data, str):
-        return FakeReply(text=data)
-    if not isinstance(data, dict):
-        raise ValueError(f"script item must be a string or an object, got {data!r}")
-    if "status" in data:
-        return FakeError(
-            status=int(data["status"]),
-            message=str(data.get("message", "fake error")),
-            body=data.get("body"),
-            headers={str(k): str(v) for k, v in dict(data.get("headers") or {}).items()},
-            delay_s=float(data.get("delay_s", 0.0)),
-        )
-    unknown = set(data) - {
-        "text",
-        "tool_calls",
-        "stop_reason",
-        "input_tokens",
-        "output_tokens",
-        "delay_s",
-        "cache_read_tokens",
-        "cache_write_tokens",
-        "event_delay_s",
-    }
-    if unknown:
-        raise ValueError(f"unknown script item field(s): {', '.join(sorted(unknown))}")
-    calls = tuple(
-        FakeToolCall(
-            name=str(c["name"]),
-            arguments=dict(c.get("arguments") or {}),
-            id=c.get("id"),
-            raw_arguments=c.get("raw_arguments"),
-        )
-        for c in data.get("tool_calls") or ()
-    )
-    return FakeReply(
-        text=str(data.get("text", "")),
-        tool_calls=calls,
-        stop_reason=data.get("stop_reason"),
-        input_tokens=int(data.get("input_tokens", 10)),
-        output_tokens=int(data.get("output_tokens", 5)),
-        delay_s=float(data.get("delay_s", 0.0)),
-        cache_read_tokens=int(data.get("cache_read_tokens", 0)),
-        cache_write_tokens=int(data.get("cache_write_tokens", 0)),
-        event_delay_s=float(data.get("event_delay_s", 0.0)),
-    )
-
-
-def item_to_json(item: ScriptItem) -> Any:
-    """The JSON form of a script item (callables have none)."""
-    if callable(item):
-        raise ValueError("a callable script item cannot be sent to another process")
-    if isinstance(item, str | dict):
-        return item
-    if isinstance(item, FakeError):
-        return {
-            "status": item.status,
-            "message": item.message,
-            "body": item.body,
-            "headers": item.headers,
-            "delay_s": item.delay_s,
-        }
-    return {
-        "text": item.text,
-        "tool_calls": [
-            {"name": c.name, "arguments": c.arguments, "id": c.id, "raw_arguments": c.raw_arguments}
-            for c in item.tool_calls
-        ],
-        "stop_reason": item.stop_reason,
-        "input_tokens": item.input_tokens,
-        "output_tokens": item.output_tokens,
-        "delay_s": item.delay_s,
-        "cache_read_tokens": item.cache_read_tokens,
-        "cache_write_tokens": item.cache_write_tokens,
-        "event_delay_s": item.event_delay_s,
-    }
-
-
-def _prepare(item: ScriptItem) -> Item | Callable[[dict[str, Any]], Any]:
-    if isinstance(item, FakeReply | FakeError | str | dict):
-        return parse_item(item)
-    return item
 
 
 class FakeLLMServer:
@@ -347,171 +237,27 @@ class FakeLLMServer:
             return item.status, payload, item.headers
         model = str(body.get("model", "fake-model"))
         if api == "anthropic":
-            reply = self._anthropic_reply(item, model)
+            reply = llm_anthropic.reply(item, model, self._next_id)
         else:
-            reply = self._openai_reply(item, model)
+            reply = llm_openai.reply(item, model, self._next_id)
         if body.get("stream") is True:
             opts = body.get("stream_options")
             want = isinstance(opts, dict) and opts.get("include_usage") is True
             return 200, _Stream(stream_events(api, reply, want), item.event_delay_s), {}
         return 200, reply, {}
 
-    def _anthropic_reply(self, item: FakeReply, model: str) -> dict[str, Any]:
-        content: list[dict[str, Any]] = []
-        if item.text:
-            content.append({"type": "text", "text": item.text})
-        for call in item.tool_calls:
-            content.append(
-                {
-                    "type": "tool_use",
-                    "id": call.id or f"toolu_fake_{self._next_id()}",
-                    "name": call.name,
-                    "input": call.arguments,
-                }
-            )
-        stop = item.stop_reason or ("tool_use" if item.tool_calls else "end_turn")
-        return {
-            "id": f"msg_fake_{self._next_id()}",
-            "type": "message",
-            "role": "assistant",
-            "model": model,
-            "content": content,
-            "stop_reason": stop,
-            "stop_sequence": None,
-            "usage": _anthropic_usage(item),
-        }
-
-    def _openai_reply(self, item: FakeReply, model: str) -> dict[str, Any]:
-        message: dict[str, Any] = {"role": "assistant", "content": item.text or None}
-        if item.tool_calls:
-            message["tool_calls"] = [
-                {
-                    "id": call.id or f"call_fake_{self._next_id()}",
-                    "type": "function",
-                    "function": {
-                        "name": call.name,
-                        "arguments": call.raw_arguments
-                        if call.raw_arguments is not None
-                        else json.dumps(call.arguments),
-                    },
-                }
-                for call in item.tool_calls
-            ]
-        finish = item.stop_reason or ("tool_calls" if item.tool_calls else "stop")
-        return {
-            "id": f"chatcmpl-fake-{self._next_id()}",
-            "object": "chat.completion",
-            "created": CREATED,
-            "model": model,
-            "choices": [
-                {"index": 0, "message": message, "finish_reason": finish, "logprobs": None}
-            ],
-            "usage": _openai_usage(item),
-        }
-
-
-def _anthropic_usage(item: FakeReply) -> dict[str, Any]:
-    usage: dict[str, Any] = {"input_tokens": item.input_tokens, "output_tokens": item.output_tokens}
-    if item.cache_read_tokens or item.cache_write_tokens:
-        usage["cache_read_input_tokens"] = item.cache_read_tokens
-        usage["cache_creation_input_tokens"] = item.cache_write_tokens
-    return usage
-
-
-def _openai_usage(item: FakeReply) -> dict[str, Any]:
-    usage: dict[str, Any] = {
-        "prompt_tokens": item.input_tokens,
-        "completion_tokens": item.output_tokens,
-        "total_tokens": item.input_tokens + item.output_tokens,
-    }
-    if item.cache_read_tokens:
-        usage["prompt_tokens_details"] = {"cached_tokens": item.cache_read_tokens}
-    return usage
-
 
 def stream_events(api: Flavour, reply: dict[str, Any], want_usage: bool) -> list[str]:
     """A non-streamed reply (as ``_respond`` builds it) as server-sent events."""
     if api == "anthropic":
-        return _anthropic_events(reply)
-    return _openai_events(reply, want_usage)
-
-
-def _sse(event: str | None, data: Any) -> str:
-    head = f"event: {event}\n" if event else ""
-    return f"{head}data: {json.dumps(data)}\n\n"
-
-
-def _anthropic_events(reply: dict[str, Any]) -> list[str]:
-    usage = dict(reply["usage"])
-    start = {**reply, "content": [], "stop_reason": None,
-             "usage": {**usage, "output_tokens": 1}}  # fmt: skip
-    events = [_sse("message_start", {"type": "message_start", "message": start})]
-    for index, block in enumerate(reply["content"]):
-        first: dict[str, Any]
-        if block["type"] == "text":
-            first = {"type": "text", "text": ""}
-            text = block["text"]
-            deltas = [
-                {"type": "text_delta", "text": text[i : i + 8]} for i in range(0, len(text), 8)
-            ]
-        else:
-            first = {**block, "input": {}}
-            raw = json.dumps(block["input"])
-            deltas = [{"type": "input_json_delta", "partial_json": raw}]
-        events.append(_sse("content_block_start", {"type": "content_block_start",
-                                                   "index": index, "content_block": first}))  # fmt: skip
-        for delta in deltas:
-            events.append(_sse("content_block_delta", {"type": "content_block_delta",
-                                                       "index": index, "delta": delta}))  # fmt: skip
-        events.append(_sse("content_block_stop", {"type": "content_block_stop", "index": index}))
-    events.append(_sse("message_delta", {
-        "type": "message_delta",
-        "delta": {"stop_reason": reply["stop_reason"], "stop_sequence": None},
-        "usage": {"output_tokens": usage["output_tokens"]},
-    }))  # fmt: skip
-    events.append(_sse("message_stop", {"type": "message_stop"}))
-    return events
-
-
-def _openai_events(reply: dict[str, Any], want_usage: bool) -> list[str]:
-    base = {k: reply[k] for k in ("id", "created", "model")}
-    base["object"] = "chat.completion.chunk"
-    message = reply["choices"][0]["message"]
-
-    def chunk(delta: dict[str, Any], finish: str | None = None) -> str:
-        choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
-        return _sse(None, {**base, "choices": [choice]})
-
-    events = [chunk({"role": "assistant", "content": ""})]
-    text = message.get("content") or ""
-    for i in range(0, len(text), 8):
-        events.append(chunk({"content": text[i : i + 8]}))
-    for index, call in enumerate(message.get("tool_calls") or ()):
-        events.append(chunk({"tool_calls": [{"index": index, **call}]}))
-    events.append(chunk({}, reply["choices"][0]["finish_reason"]))
-    if want_usage:
-        events.append(_sse(None, {**base, "choices": [], "usage": reply["usage"]}))
-    events.append("data: [DONE]\n\n")
-    return events
-
-
-_ANTHROPIC_ERROR_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    403: "permission_error",
-    404: "not_found_error",
-    413: "request_too_large",
-    429: "rate_limit_error",
-    529: "overloaded_error",
-}
+        return llm_anthropic.events(reply)
+    return llm_openai.events(reply, want_usage)
 
 
 def _error_body(api: Flavour, status: int, message: str) -> dict[str, Any]:
     if api == "anthropic":
-        kind = _ANTHROPIC_ERROR_TYPES.get(status, "api_error")
-        return {"type": "error", "error": {"type": kind, "message": message}}
-    kind = {401: "invalid_request_error", 429: "rate_limit_exceeded"}.get(status, "server_error")
-    return {"error": {"message": message, "type": kind, "param": None, "code": None}}
+        return llm_anthropic.error_body(status, message)
+    return llm_openai.error_body(status, message)
 
 
 @dataclass(frozen=True)
@@ -594,18 +340,6 @@ def _make_handler(server: FakeLLMServer) -> type[BaseHTTPRequestHandler]:
 
 
 # -- as a separate process -----------------------------------------------------
-
-
-def load_script_file(path: str | os.PathLike[str]) -> tuple[list[Item], Item | None]:
-    """A script file: a JSON list of items, or ``{"responses": [...], "default": item}``."""
-    data = json.loads(Path(path).read_text(encoding="utf-8"))
-    if isinstance(data, dict):
-        items, default = data.get("responses", []), data.get("default")
-    else:
-        items, default = data, None
-    if not isinstance(items, list):
-        raise ValueError("script must be a JSON list of items or {'responses': [...]}")
-    return [parse_item(i) for i in items], parse_item(default) if default is not None else None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,7 +21,7 @@ from starlette.routing import Route
 from carapace.db import groups, messaging
 from carapace.db.sessions import find_session
 from carapace.errors import CarapaceError
-from carapace.host.access import can_access
+from carapace.permissions.access import can_access
 from carapace.web.channel import Subscriber, chat_platform_id, owner_of
 from carapace.web.html import esc
 
@@ -266,8 +266,8 @@ class ChatRoutes:
 
 def decide(app: WebApp, card_id: str, value: str, user: WebUser, pid: str | None) -> dict[str, str]:
     """A click of ``user`` on a card option, through the approvals entry point."""
-    from carapace.host.approvals import handle_action
-    from carapace.host.approvals_host import HostContext
+    from carapace.permissions.approvals import handle_action
+    from carapace.permissions.approvals_host import HostContext
 
     try:
         outcome = handle_action(HostContext(app.host), card_id, value, user.id, "web", pid, None)

@@ -20,7 +20,7 @@ from starlette.routing import Route
 
 from carapace.admin.dispatch import HOST_CALLER
 from carapace.db import groups
-from carapace.host.cards import get_card
+from carapace.permissions.cards import get_card
 from carapace.timefmt import new_id
 from carapace.web import session_view
 from carapace.web.html import bar_chart, esc, pager, post_button, table

@@ -91,19 +91,20 @@ class _Demo:
         return (link, *self.call(self._populate()))
 
     async def _start(self) -> None:
+        from carapace.admin.dispatch import dispatch
         from carapace.host.client import build_host
         from carapace.web.server import start_web
 
-        self.host = build_host(self.home)
+        self.host = build_host(self.home, admin=dispatch)
         await self.host.start()
         self.web = await start_web(self.host)
 
     async def _populate(self) -> tuple[str, str]:
         from carapace.db import groups
         from carapace.db.dropped import record_dropped
-        from carapace.host.approvals import request_approval
-        from carapace.host.approvals_host import HostContext
-        from carapace.sched.tasks import create_task
+        from carapace.permissions.approvals import request_approval
+        from carapace.permissions.approvals_host import HostContext
+        from carapace.host.tasks import create_task
         from carapace.timefmt import iso, utcnow
 
         host = self.host

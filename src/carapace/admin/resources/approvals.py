@@ -5,7 +5,7 @@ MCP servers, CLI commands), ``sender`` (unknown sender, ``pending_sender_approva
 ``channel`` (unknown chat, ``pending_channel_approvals``) and ``question``
 (``pending_questions``), with the card's expiry and its reply ``code``. Every verb takes
 an id or a reply code. ``approve``/``reject`` hand the decision to the approvals engine
-(``carapace.host.approvals.decide``) as a click of ``--user`` (default: the first owner);
+(``carapace.permissions.approvals.decide``) as a click of ``--user`` (default: the first owner);
 a decision the engine refused (not authorised, decided already, the session gone) is an
 error, never reported as done. With no host running the decision and its effects are
 recorded at once; what needs a channel (replaying a held message, editing the card) runs
@@ -22,9 +22,9 @@ from carapace.admin.registry import Opt, Resource, Verb
 from carapace.admin.resources.common import ID, LIMIT, row
 from carapace.db import approvals, users
 from carapace.errors import ConflictError, NotFoundError, ValidationError
-from carapace.host import approvals as engine
-from carapace.host import cards
 from carapace.jsonutil import loads_or
+from carapace.permissions import approvals as engine
+from carapace.permissions import cards
 
 KINDS = ("approval", "sender", "channel", "question")
 _ACTIONS = {"sender": "unknown_sender", "channel": "unknown_channel", "question": "ask_question"}

@@ -1,7 +1,7 @@
 """``tasks``: scheduled and recurring tasks of agent groups (a series per task).
 
 ``create`` puts the first occurrence into the session of the group's origin chat (see
-``carapace.sched.tasks``); the other verbs act on the whole series, by series id or by
+``carapace.host.tasks``); the other verbs act on the whole series, by series id or by
 the id of any of its occurrences. Times are shown in the task's own zone.
 """
 
@@ -13,7 +13,8 @@ from carapace.admin.context import AdminContext
 from carapace.admin.registry import Opt, Resource, Verb
 from carapace.admin.resources.common import ID, LIMIT, group_id
 from carapace.errors import NotFoundError, ValidationError
-from carapace.sched import series, tasks
+from carapace.host import tasks
+from carapace.sched import series
 from carapace.timefmt import iso
 
 GROUP = Opt("group", "The agent group (id or folder).", required=True)

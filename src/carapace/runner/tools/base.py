@@ -73,7 +73,7 @@ class ToolContext:
     def resolve_path(self, path: str) -> Path:
         """A file the agent names: relative to the group folder, confined to the workspace."""
         if self.workspace is not None:
-            from carapace.runner.workspace import WorkspaceError
+            from carapace.runner.workspace_specs import WorkspaceError
 
             try:
                 return Path(self.workspace.resolve(path))

@@ -25,10 +25,9 @@ from carapace.db import approvals as dba
 from carapace.db.connection import transaction
 from carapace.db.messaging import get_messaging_group_by_platform
 from carapace.db.sessions import get_session
-from carapace.host import access, cards
-from carapace.host.cards import Ctx, Outcome
-from carapace.host.sessions import SessionManager
 from carapace.jsonutil import dumps
+from carapace.permissions import access, cards
+from carapace.permissions.cards import Ctx, Outcome
 from carapace.timefmt import epoch_ms, iso
 
 logger = logging.getLogger(__name__)
@@ -129,7 +128,7 @@ def answer_question(
                           label=f"✅ {label}")  # fmt: skip
     if session is None:
         return Outcome(qid, "question", "gone", "The conversation that asked is gone.")
-    SessionManager(ctx.home, ctx.db).write_message(
+    ctx.sessions.write_message(
         session,
         {
             "id": f"qr-{qid}-{epoch_ms(now)}", "kind": "system", "timestamp": iso(now),

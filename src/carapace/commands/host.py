@@ -10,7 +10,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -19,7 +19,17 @@ from carapace.config import Home
 from carapace.errors import CarapaceError
 from carapace.limits import mechanism as limits_mechanism
 
+if TYPE_CHECKING:
+    from carapace.host.admin_server import AdminDispatch
+
 logger = logging.getLogger(__name__)
+
+
+def admin_dispatch() -> AdminDispatch:
+    """The admin verbs for the host this command builds (the admin floor sits above it)."""
+    from carapace.admin.dispatch import dispatch
+
+    return dispatch
 
 
 def _quiet_embedded_logs() -> None:
@@ -51,7 +61,7 @@ async def _run(home: Home) -> None:
     from carapace.web.config import web_settings
 
     web_settings(home.load_settings(), home)  # a [web] mistake refuses the start, in one line
-    host = build_host(home)
+    host = build_host(home, admin=admin_dispatch())
     from carapace.ops.runtime import start_metrics
 
     metrics = start_metrics(host)
@@ -133,7 +143,7 @@ async def _send(
 ) -> None:  # fmt: skip
     from carapace.host.client import connect_or_embed, stop_embedded
 
-    client, host = await connect_or_embed(home, "send")
+    client, host = await connect_or_embed(home, "send", admin=admin_dispatch())
     answered = acked = False
     try:
         eid = await client.say(text, user)
@@ -198,7 +208,7 @@ async def _chat(home: Home, user: str, timeout: float, quiet: float) -> bool:
     from carapace.host.client import connect_or_embed, stop_embedded
     from carapace.timefmt import new_id
 
-    client, host = await connect_or_embed(home, "chat")
+    client, host = await connect_or_embed(home, "chat", admin=admin_dispatch())
     interactive = sys.stdin.isatty()
     where = "embedded host" if host else "running host"
     if interactive:

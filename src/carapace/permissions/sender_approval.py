@@ -23,9 +23,9 @@ from carapace.db import approvals as dba
 from carapace.db import users
 from carapace.db.connection import transaction
 from carapace.db.messaging import MessagingGroup, get_messaging_group
-from carapace.host import access, cards
-from carapace.host.cards import Ctx, Outcome
 from carapace.jsonutil import dumps
+from carapace.permissions import access, cards
+from carapace.permissions.cards import Ctx, Outcome
 from carapace.timefmt import iso
 
 logger = logging.getLogger(__name__)

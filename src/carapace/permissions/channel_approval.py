@@ -29,11 +29,11 @@ from carapace.db import groups, messaging, users
 from carapace.db.connection import transaction
 from carapace.db.groups import AgentGroup
 from carapace.db.messaging import MessagingGroup
-from carapace.db.migrations import normalize_name
+from carapace.db.migrations_nanoclaw import normalize_name
 from carapace.errors import CarapaceError, ConflictError
-from carapace.host import access, cards
-from carapace.host.cards import Ctx, Outcome
 from carapace.jsonutil import dumps
+from carapace.permissions import access, cards
+from carapace.permissions.cards import Ctx, Outcome
 from carapace.timefmt import iso
 
 logger = logging.getLogger(__name__)

@@ -22,7 +22,8 @@ from carapace.config import Home, Settings
 from carapace.db import approvals as dba
 from carapace.db.messaging import MessagingGroup
 from carapace.db.sessions import Session, list_sessions
-from carapace.host import approvals, cards, channel_approval, questions, sender_approval
+from carapace.permissions import approvals, cards, channel_approval, questions, sender_approval
+from carapace.permissions.cards import SessionWriter
 
 if TYPE_CHECKING:
     from carapace.host.host import Host
@@ -42,6 +43,7 @@ class HostContext:
         self.home: Home = host.home
         self.settings: Settings = host.settings
         self.db: sqlite3.Connection = host.db
+        self.sessions: SessionWriter = host.sessions
 
     def now(self) -> datetime:
         return self.host.now()

@@ -22,8 +22,8 @@ from carapace.db.session import SessionPaths, open_inbound
 from carapace.db.sessions import Session, list_sessions
 from carapace.errors import NotFoundError, ValidationError
 from carapace.host.sessions import SessionManager
+from carapace.host.task_runs import history
 from carapace.sched import cron, series
-from carapace.sched.runs import history
 from carapace.timefmt import iso, new_id, parse_ts, sqlite_ts
 
 WAKE_WINDOW = timedelta(seconds=60)

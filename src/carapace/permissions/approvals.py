@@ -16,7 +16,7 @@ the sweep) expires every kind of card after ``settings.approval_ttl_s``.
 
 Deviations from NanoClaw: clicks on ``pending_approvals`` are authorised (§11.2 item 22);
 ``create_agent`` needs an approval; approvals expire; the decision and its effects are in
-the DB before anything is sent (``carapace.host.cards``).
+the DB before anything is sent (``carapace.permissions.cards``).
 """
 
 from __future__ import annotations
@@ -34,14 +34,20 @@ from carapace.db import approvals as dba
 from carapace.db import destinations, groups
 from carapace.db.connection import transaction
 from carapace.db.messaging import get_messaging_group
-from carapace.db.migrations import normalize_name
+from carapace.db.migrations_nanoclaw import normalize_name
 from carapace.db.session import init_session_folder
 from carapace.db.sessions import Session, get_session
 from carapace.errors import NotFoundError, ValidationError
-from carapace.host import access, card_text, cards, channel_approval, questions, sender_approval
-from carapace.host.cards import Ctx, Outcome
-from carapace.host.sessions import SessionManager
-from carapace.jsonutil import dumps, loads_or
+from carapace.jsonutil import loads_or
+from carapace.permissions import (
+    access,
+    card_text,
+    cards,
+    channel_approval,
+    questions,
+    sender_approval,
+)
+from carapace.permissions.cards import Ctx, Outcome
 from carapace.timefmt import iso, parse_ts
 
 logger = logging.getLogger(__name__)
@@ -76,7 +82,7 @@ def register_handler(action: str, handler: Handler) -> None:
 def notify_agent(ctx: Ctx, session: Session, text: str) -> None:
     """A system note to the agent (spec §2.10), then a wake. A session whose folder is gone
     gets a fresh one; a note that cannot be written is logged (the decision stands)."""
-    manager = SessionManager(ctx.home, ctx.db)
+    manager = ctx.sessions
     try:
         paths = manager.paths(session)
         if not paths.inbound.exists():
@@ -262,15 +268,6 @@ def apply_add_mcp_server(ctx: Ctx, session: Session, payload: dict[str, Any], by
                    "Verify it works before relying on it.", restart_group=ag)  # fmt: skip
 
 
-def apply_cli_command(ctx: Ctx, session: Session, payload: dict[str, Any], by: str) -> Applied:
-    from carapace.admin.dispatch import run_approved_cli_command  # the admin engineer's
-
-    command = str(payload.get("command") or "")
-    result = run_approved_cli_command(ctx, payload)  # type: ignore[arg-type]
-    return Applied(f"Your `carapace {command}` request was approved and executed.\n\n"
-                   f"{dumps(result)}")  # fmt: skip
-
-
 def _merge(existing: Any, new: Any) -> list[str]:
     out = [str(x) for x in existing] if isinstance(existing, list) else []
     for x in new if isinstance(new, list) else []:
@@ -282,7 +279,6 @@ def _merge(existing: Any, new: Any) -> list[str]:
 register_handler("create_agent", apply_create_agent)
 register_handler("install_packages", apply_install_packages)
 register_handler("add_mcp_server", apply_add_mcp_server)
-register_handler("cli_command", apply_cli_command)
 
 
 def decide_generic(ctx: Ctx, row: dba.PendingApproval, value: str, clicker: str) -> Outcome:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import secrets as pysecrets
 from pathlib import Path
 
@@ -73,26 +72,10 @@ def hook_secret(home: str | None, name: str) -> None:
         raise ConfigError(f"bad hook name {name!r}: 1-40 of a-z, 0-9, '-' and '_'")
     h = Home.resolve(home)
     value = pysecrets.token_urlsafe(32)
-    write_secret(h.root / "secrets.env", hook_secret_key(name), value)
+    from carapace.secretsfile import SECRETS_FILE, write_secret
+
+    write_secret(h.root / SECRETS_FILE, {hook_secret_key(name): value})
     click.echo(value)
-
-
-def write_secret(path: Path, key: str, value: str) -> None:
-    """Set ``key`` in a secrets file (0600, replaced atomically, other lines kept)."""
-    from carapace.proxy.keys import read_secrets_file
-
-    read_secrets_file(path)  # refuses a file with wrong mode/owner/type
-    lines: list[str] = []
-    if path.exists():
-        lines = [ln for ln in path.read_text(encoding="utf-8").splitlines()
-                 if ln.strip().removeprefix("export ").split("=", 1)[0].strip() != key]  # fmt: skip
-    lines.append(f"{key}={value}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write("\n".join(lines) + "\n")
-    os.replace(tmp, path)
 
 
 @web.command("screenshots")

@@ -27,9 +27,11 @@ from carapace.config import Home, Settings
 from carapace.db.approvals import normalize_options
 from carapace.db.central import from_row, from_rows
 from carapace.db.connection import transaction
-from carapace.host import access
-from carapace.host.card_text import bound_card_text
+from carapace.db.session import SessionPaths
+from carapace.db.sessions import Session
 from carapace.jsonutil import dumps, loads_or
+from carapace.permissions import access
+from carapace.permissions.card_text import bound_card_text
 from carapace.timefmt import iso, parse_ts
 
 logger = logging.getLogger(__name__)
@@ -42,12 +44,29 @@ MAX_EFFECT_TRIES = 6
 UNAVAILABLE_RETRY_S = 5.0
 
 
+class SessionWriter(Protocol):
+    """What the approval code writes into sessions (the host's ``SessionManager``)."""
+
+    def paths(self, session: Session) -> SessionPaths: ...
+
+    def notify_agent(
+        self, session: Session, text: str, *, now: datetime, prefix: str = "sys"
+    ) -> str: ...
+
+    def write_message(
+        self, session: Session, row: dict[str, Any], *, now: datetime, due: str | None = None
+    ) -> int | None: ...
+
+
 class Ctx(Protocol):
     """What the approval code needs from its caller (the host, or the admin's context)."""
 
     home: Home
     db: sqlite3.Connection
     settings: Settings
+
+    @property
+    def sessions(self) -> SessionWriter: ...
 
     def now(self) -> datetime: ...
 

@@ -1,0 +1,196 @@
+"""The runner process contract: what a backend is given (``RunnerSpec``), what it returns
+(``RunnerHandle``), the ``RunnerBackend`` protocol every sandbox implements, the runner's
+environment allowlist, and the plain ``subprocess`` backend (no sandbox; tests and
+``runner_backend = "subprocess"``). The pool (``carapace.host.pool``) only uses these."""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Protocol
+
+from carapace.limits import (
+    Limits,
+    join_cgroup,
+    remove_cgroup,
+    rlimit_preexec,
+    runner_cgroup,
+    scope_argv,
+    systemd_scope_usable,
+)
+
+logger = logging.getLogger(__name__)
+
+PID_FILE = ".runner.pid"
+LOG_FILE = ".runner.log"
+# The host variables a runner may get (docs/sandbox.md "Process boundary"); everything else
+# of the host's environment stays out. Providers' settings come from the backend's pass_env.
+BASE_ENV = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "PYTHONPATH")
+
+
+@dataclass(frozen=True)
+class RunnerSpec:
+    session_id: str
+    agent_group_id: str
+    session_dir: Path
+    agent_dir: Path
+    provider: str | None = None
+    idle_exit_s: float | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    limits: Limits = field(default_factory=Limits)  # the agent group's (carapace.limits)
+    proxy_socket: Path | None = None  # the host's egress proxy for this session (host path)
+
+
+# Provider keys: only the host's egress proxy holds them (carapace.proxy); no runner gets
+# them in its environment, sandboxed or not.
+SECRET_ENV = ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "OPENAI_API_KEY")
+PROXY_SOCKET_ENV = "CARAPACE_PROXY_SOCKET"
+
+
+class RunnerHandle(Protocol):
+    pid: int | None
+
+    async def wait(self) -> int: ...
+
+    def signal(self, sig: int) -> None: ...
+
+
+class RunnerBackend(Protocol):
+    name: str
+
+    async def start(self, spec: RunnerSpec) -> RunnerHandle: ...
+
+
+@dataclass(frozen=True)
+class RunnerExit:
+    returncode: int
+    reason: str | None  # None: the runner exited on its own (idle exit or crash)
+    count_try: bool
+    started_at: datetime
+
+
+def runner_env(spec: RunnerSpec, pass_env: Sequence[str]) -> dict[str, str]:
+    """A runner's whole environment: allow-listed host variables, then ``spec.env``."""
+    names = (*BASE_ENV, *pass_env)
+    env = {k: os.environ[k] for k in names if os.environ.get(k)}
+    env.update(spec.env)
+    return env
+
+
+def child_setup(limits: Limits, cgroup: Path | None = None) -> Callable[[], None]:
+    """``preexec_fn`` of a runner: die with the host, join its cgroup, the group's rlimits."""
+    apply_limits = rlimit_preexec(limits)
+
+    def setup() -> None:  # pragma: no cover - runs in the child
+        _pdeathsig()
+        join_cgroup(cgroup)
+        apply_limits()
+
+    return setup
+
+
+def _pdeathsig() -> None:  # pragma: no cover - runs in the child
+    """Runners die with the host (Linux): no orphan keeps working after a host crash."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+
+
+def proc_start_time(pid: int) -> str | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+class ProcHandle:
+    """The pool's handle on one runner process (its own process group)."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, cgroup: Path | None = None) -> None:
+        self.proc = proc
+        self.pid: int | None = proc.pid
+        self.cgroup = cgroup  # the runner's own pids cgroup, removed after its exit
+
+    async def wait(self) -> int:
+        code = await self.proc.wait()
+        if self.cgroup is not None:
+            remove_cgroup(self.cgroup)
+            self.cgroup = None
+        return code
+
+    def signal(self, sig: int) -> None:
+        if self.proc.returncode is not None:
+            return
+        try:
+            os.killpg(self.proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            self.proc.send_signal(sig)
+
+
+class SubprocessBackend:
+    """No isolation: ``python -m carapace.runner`` as a child process (development, tests)."""
+
+    name = "subprocess"
+
+    def __init__(
+        self,
+        module: str = "carapace.runner",
+        python: str | None = None,
+        pass_env: Sequence[str] | None = None,
+    ) -> None:
+        self.module = module
+        self.python = python or sys.executable
+        if pass_env is None:
+            from carapace.sandbox.bwrap import DEFAULT_PASS_ENV
+
+            pass_env = DEFAULT_PASS_ENV
+        self.pass_env = tuple(pass_env)
+
+    def argv(self, spec: RunnerSpec) -> list[str]:
+        argv = [self.python, "-m", self.module, "--session-dir", str(spec.session_dir),
+                "--agent-dir", str(spec.agent_dir)]  # fmt: skip
+        if spec.provider:
+            argv += ["--provider", spec.provider]
+        if spec.idle_exit_s is not None:
+            argv += ["--idle-exit", f"{spec.idle_exit_s:g}"]
+        return argv
+
+    async def start(self, spec: RunnerSpec) -> RunnerHandle:
+        env = {k: v for k, v in runner_env(spec, self.pass_env).items() if k not in SECRET_ENV}
+        env.pop(PROXY_SOCKET_ENV, None)
+        if spec.proxy_socket is not None:
+            env[PROXY_SOCKET_ENV] = str(spec.proxy_socket)
+        argv = self.argv(spec)
+        if systemd_scope_usable():
+            argv = [*scope_argv(spec.limits), *argv]
+        cgroup = runner_cgroup(spec.session_id, spec.limits)
+        log = open(spec.session_dir / LOG_FILE, "ab")  # noqa: SIM115 - handed to the child
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=log,
+                env=env,
+                cwd=str(spec.agent_dir),
+                start_new_session=True,
+                preexec_fn=child_setup(spec.limits, cgroup)
+                if sys.platform.startswith("linux")
+                else None,
+            )
+        finally:
+            log.close()
+        return ProcHandle(proc, cgroup)

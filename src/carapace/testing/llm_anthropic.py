@@ -1,0 +1,93 @@
+"""The fake Anthropic Messages API: replies, usage, server-sent events and error bodies
+as ``POST /v1/messages`` answers them (used by ``carapace.testing.fake_llm``)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from carapace.testing.llm_script import FakeReply
+from carapace.testing.sse import sse
+
+
+def reply(item: FakeReply, model: str, next_id: Callable[[], int]) -> dict[str, Any]:
+    content: list[dict[str, Any]] = []
+    if item.text:
+        content.append({"type": "text", "text": item.text})
+    for call in item.tool_calls:
+        content.append(
+            {
+                "type": "tool_use",
+                "id": call.id or f"toolu_fake_{next_id()}",
+                "name": call.name,
+                "input": call.arguments,
+            }
+        )
+    stop = item.stop_reason or ("tool_use" if item.tool_calls else "end_turn")
+    return {
+        "id": f"msg_fake_{next_id()}",
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": content,
+        "stop_reason": stop,
+        "stop_sequence": None,
+        "usage": usage(item),
+    }
+
+
+def usage(item: FakeReply) -> dict[str, Any]:
+    usage: dict[str, Any] = {"input_tokens": item.input_tokens, "output_tokens": item.output_tokens}
+    if item.cache_read_tokens or item.cache_write_tokens:
+        usage["cache_read_input_tokens"] = item.cache_read_tokens
+        usage["cache_creation_input_tokens"] = item.cache_write_tokens
+    return usage
+
+
+def events(reply: dict[str, Any]) -> list[str]:
+    usage = dict(reply["usage"])
+    start = {**reply, "content": [], "stop_reason": None,
+             "usage": {**usage, "output_tokens": 1}}  # fmt: skip
+    events = [sse("message_start", {"type": "message_start", "message": start})]
+    for index, block in enumerate(reply["content"]):
+        first: dict[str, Any]
+        if block["type"] == "text":
+            first = {"type": "text", "text": ""}
+            text = block["text"]
+            deltas = [
+                {"type": "text_delta", "text": text[i : i + 8]} for i in range(0, len(text), 8)
+            ]
+        else:
+            first = {**block, "input": {}}
+            raw = json.dumps(block["input"])
+            deltas = [{"type": "input_json_delta", "partial_json": raw}]
+        events.append(sse("content_block_start", {"type": "content_block_start",
+                                                   "index": index, "content_block": first}))  # fmt: skip
+        for delta in deltas:
+            events.append(sse("content_block_delta", {"type": "content_block_delta",
+                                                       "index": index, "delta": delta}))  # fmt: skip
+        events.append(sse("content_block_stop", {"type": "content_block_stop", "index": index}))
+    events.append(sse("message_delta", {
+        "type": "message_delta",
+        "delta": {"stop_reason": reply["stop_reason"], "stop_sequence": None},
+        "usage": {"output_tokens": usage["output_tokens"]},
+    }))  # fmt: skip
+    events.append(sse("message_stop", {"type": "message_stop"}))
+    return events
+
+
+ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    529: "overloaded_error",
+}
+
+
+def error_body(status: int, message: str) -> dict[str, Any]:
+    kind = ERROR_TYPES.get(status, "api_error")
+    return {"type": "error", "error": {"type": kind, "message": message}}

@@ -1,0 +1,78 @@
+"""The fake OpenAI Chat Completions API: replies, usage, server-sent events and error
+bodies as ``POST /v1/chat/completions`` answers them (used by ``carapace.testing.fake_llm``)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from carapace.testing.llm_script import FakeReply
+from carapace.testing.sse import sse
+
+CREATED = 1_700_000_000  # fixed "created" timestamp in OpenAI responses
+
+
+def reply(item: FakeReply, model: str, next_id: Callable[[], int]) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": item.text or None}
+    if item.tool_calls:
+        message["tool_calls"] = [
+            {
+                "id": call.id or f"call_fake_{next_id()}",
+                "type": "function",
+                "function": {
+                    "name": call.name,
+                    "arguments": call.raw_arguments
+                    if call.raw_arguments is not None
+                    else json.dumps(call.arguments),
+                },
+            }
+            for call in item.tool_calls
+        ]
+    finish = item.stop_reason or ("tool_calls" if item.tool_calls else "stop")
+    return {
+        "id": f"chatcmpl-fake-{next_id()}",
+        "object": "chat.completion",
+        "created": CREATED,
+        "model": model,
+        "choices": [{"index": 0, "message": message, "finish_reason": finish, "logprobs": None}],
+        "usage": usage(item),
+    }
+
+
+def usage(item: FakeReply) -> dict[str, Any]:
+    usage: dict[str, Any] = {
+        "prompt_tokens": item.input_tokens,
+        "completion_tokens": item.output_tokens,
+        "total_tokens": item.input_tokens + item.output_tokens,
+    }
+    if item.cache_read_tokens:
+        usage["prompt_tokens_details"] = {"cached_tokens": item.cache_read_tokens}
+    return usage
+
+
+def events(reply: dict[str, Any], want_usage: bool) -> list[str]:
+    base = {k: reply[k] for k in ("id", "created", "model")}
+    base["object"] = "chat.completion.chunk"
+    message = reply["choices"][0]["message"]
+
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> str:
+        choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
+        return sse(None, {**base, "choices": [choice]})
+
+    events = [chunk({"role": "assistant", "content": ""})]
+    text = message.get("content") or ""
+    for i in range(0, len(text), 8):
+        events.append(chunk({"content": text[i : i + 8]}))
+    for index, call in enumerate(message.get("tool_calls") or ()):
+        events.append(chunk({"tool_calls": [{"index": index, **call}]}))
+    events.append(chunk({}, reply["choices"][0]["finish_reason"]))
+    if want_usage:
+        events.append(sse(None, {**base, "choices": [], "usage": reply["usage"]}))
+    events.append("data: [DONE]\n\n")
+    return events
+
+
+def error_body(status: int, message: str) -> dict[str, Any]:
+    kind = {401: "invalid_request_error", 429: "rate_limit_exceeded"}.get(status, "server_error")
+    return {"error": {"message": message, "type": kind, "param": None, "code": None}}
