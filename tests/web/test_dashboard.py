@@ -138,3 +138,22 @@ def test_agent_written_card_text_is_escaped(rig: WebRig) -> None:
     sess = c.get(f"/sessions/{sid}").text
     assert "<img src=x" not in sess and "&lt;img src=x" in sess
     assert "script-src 'self'" in c.get("/approvals").headers["content-security-policy"]
+
+
+def test_find_a_day_s_sessions_and_a_task_s_history(rig: WebRig) -> None:
+    main = _main(rig)
+    day = utcnow() - timedelta(days=1)
+    rig.on_loop(lambda: create_session(rig.host.db, main, None, id="sess-yesterday", now=day))
+    rig.on_loop(lambda: create_session(rig.host.db, main, None, id="sess-old",
+                                       now=day - timedelta(days=9)))  # fmt: skip
+    c = rig.client()
+    csrf = rig.login(c)
+    page = c.get(f"/sessions?day={day.date().isoformat()}").text
+    assert "sess-yesterday" in page and "sess-old" not in page
+    assert c.get("/sessions?day=<script>").status_code == 200
+    c.post("/tasks/create", data={"csrf": csrf, "group": "main", "prompt": "Daily digest",
+                                  "cron": "0 8 * * *"})  # fmt: skip
+    tid = _admin(rig, "tasks-list", {})["data"][0]["id"]  # type: ignore[index]
+    detail = c.get(f"/tasks/{tid}").text
+    assert "Daily digest" in detail and "No runs yet" in detail
+    assert c.get("/tasks/no-such-task").status_code == 404

@@ -65,6 +65,7 @@ def routes(app: WebApp) -> list[Route]:
         Route("/approvals/{id}/decide", e(d.decide, **op), methods=["POST"]),
         Route("/tasks", e(d.tasks, **op), methods=["GET"]),
         Route("/tasks/create", e(d.task_create, **op), methods=["POST"]),
+        Route("/tasks/{id}", e(d.task, **op), methods=["GET"]),
         Route("/tasks/{id}/{op}", e(d.task_op, **op), methods=["POST"]),
         Route("/dropped", e(d.dropped, **op), methods=["GET"]),
         Route("/usage", e(d.usage, **op), methods=["GET"]),
@@ -76,6 +77,12 @@ def routes(app: WebApp) -> list[Route]:
 def _page_no(req: Req) -> int:
     raw = req.query.get("page", "1")
     return max(1, min(int(raw), 100_000)) if raw.isdigit() else 1
+
+
+def _day(raw: str) -> str:
+    """``YYYY-MM-DD`` or ''."""
+    ok = len(raw) == 10 and raw[4] == raw[7] == "-" and raw.replace("-", "").isdigit()
+    return raw if ok else ""
 
 
 class Dashboard:
@@ -149,7 +156,12 @@ class Dashboard:
         status = (
             req.query.get("status") if req.query.get("status") in ("active", "closed") else None
         )
+        day = _day(req.query.get("day", ""))
         where, args = [], []
+        if day:  # active that day: created on or before it, last active on or after it
+            where.append("substr(s.created_at, 1, 10) <= ? AND "
+                         "substr(COALESCE(s.last_active, s.created_at), 1, 10) >= ?")  # fmt: skip
+            args += [day, day]
         if group:
             where.append("s.agent_group_id=?")
             args.append(group)
@@ -180,10 +192,11 @@ class Dashboard:
                 f'<select name="status"><option value="">any</option><option'
                 f'{" selected" if status == "active" else ""}>active</option><option'
                 f'{" selected" if status == "closed" else ""}>closed</option></select></label> '
+                f'<label>Active on <input type="date" name="day" value="{esc(day)}"></label> '
                 '<button type="submit">Filter</button></form>')  # fmt: skip
         body = (form + table(["Session", "Agent", "Chat", "Status", "Runner", "Last activity",
                               "Next due"], rows, caption="Sessions, most recent first")
-                + pager("/sessions", {"group": group, "status": status}, n,
+                + pager("/sessions", {"group": group, "status": status, "day": day}, n,
                         len(found) > PAGE_SIZE))  # fmt: skip
         return self.app.render("Sessions", body, user, "/sessions")
 
@@ -237,7 +250,8 @@ class Dashboard:
                    or (o == "cancel" and t["status"] in ("pending", "paused"))]  # fmt: skip
             buttons = " ".join(post_button(f"/tasks/{quote(t['id'])}/{o}", o.capitalize(),
                                            user.csrf) for o in ops)  # fmt: skip
-            rows.append([esc(t["id"]), esc(self._gname(t["agent_group_id"])), esc(t["prompt"][:300]),
+            link = f'<a href="/tasks/{esc(quote(t["id"]))}">{esc(t["id"])}</a>'
+            rows.append([link, esc(self._gname(t["agent_group_id"])), esc(t["prompt"][:300]),
                          esc(t.get("recurrence") or "once"), esc(t.get("next_run") or "—"),
                          esc(t.get("timezone")), esc(t["status"]), buttons])  # fmt: skip
         gopts = "".join(f'<option value="{esc(g.folder)}">{esc(g.name)}</option>'
@@ -256,6 +270,22 @@ class Dashboard:
             ["Task", "Agent", "Prompt", "Repeats", "Next run (its zone)", "Zone", "Status", ""],
             rows, caption="Scheduled tasks")  # fmt: skip
         return self.app.render("Tasks", body, user, "/tasks")
+
+    async def task(self, req: Req, user: WebUser) -> Response:
+        resp = await self.admin(user, "tasks-get", {"id": req.params["id"]})
+        t = resp.get("data")
+        if not resp.get("ok") or not isinstance(t, dict):
+            from carapace.web.app import refusal
+
+            return refusal(req, 404, "no such task")
+        facts = table(["", ""], [[esc(k.replace("_", " ").capitalize()), esc(t.get(k))] for k in (
+            "prompt", "agent_group_id", "status", "recurrence", "timezone", "catch_up",
+            "next_run", "occurrences", "session_id")], caption="Task")  # fmt: skip
+        hist = table(["Scheduled for", "Ran at", "Outcome", "Detail"],
+                     [[esc(h.get("scheduled_for")), esc(h.get("run_at")), esc(h.get("outcome")),
+                       esc(h.get("detail"))] for h in reversed(t.get("history") or [])],
+                     caption="History (newest first)", empty="No runs yet.")  # fmt: skip
+        return self.app.render(f"Task {t['id']}", facts + hist, user, "/tasks")
 
     def _gname(self, ag: str) -> str:
         g = groups.get_agent_group(self.db, ag)

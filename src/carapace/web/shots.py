@@ -102,9 +102,9 @@ class _Demo:
     async def _populate(self) -> tuple[str, str]:
         from carapace.db import groups
         from carapace.db.dropped import record_dropped
+        from carapace.host.tasks import create_task
         from carapace.permissions.approvals import request_approval
         from carapace.permissions.approvals_host import HostContext
-        from carapace.host.tasks import create_task
         from carapace.timefmt import iso, utcnow
 
         host = self.host
