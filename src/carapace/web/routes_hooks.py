@@ -12,7 +12,6 @@ from starlette.routing import Route
 from carapace.channels.base import InboundEvent, InboundMessage
 from carapace.jsonutil import dumps, loads_or
 from carapace.timefmt import iso, new_id
-from carapace.web.config import MAX_MAX_BODY
 from carapace.web.hooks import SignatureError, WebhookChannel, check_signature
 
 if TYPE_CHECKING:
@@ -41,7 +40,9 @@ class HookRoutes:
         from carapace.web.app import BodyTooLarge
 
         hook = self.app.ws.hooks.get(str(request.path_params["name"]))
-        limit = hook.max_body_bytes if hook is not None else MAX_MAX_BODY
+        if hook is None:  # refused before reading a byte of the body
+            return JSONResponse({"error": "no such hook"}, status_code=404)
+        limit = hook.max_body_bytes
         try:
             return await self.app.read(request, limit)
         except BodyTooLarge:
