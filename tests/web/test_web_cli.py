@@ -66,3 +66,11 @@ def test_a_public_bind_without_tls_or_proxy_refuses_to_start(tmp_path: Path) -> 
     r = _run("run", "--home", str(home), timeout=30)
     assert r.returncode != 0
     assert "not a loopback address" in r.stderr and "behind_proxy" in r.stderr
+
+
+def test_doctor_reports_a_bad_web_section(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    _run("init", "--home", str(home))
+    (home / "carapace.toml").write_text('[web]\nenabled = true\nport = "http"\n')
+    r = _run("doctor", "--home", str(home))
+    assert "bad-config" in r.stdout + r.stderr and "web.port" in r.stdout + r.stderr
