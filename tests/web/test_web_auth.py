@@ -92,3 +92,14 @@ def test_static_files_and_unknown_paths(rig: WebRig) -> None:
     assert c.get("/static/..%2Fapp.py").status_code == 404
     assert c.get("/static/x.py").status_code == 404
     assert c.get("/healthz").json() == {"ok": True}
+
+
+def test_origin_check_accepts_this_server_and_the_public_url_only() -> None:
+    from carapace.web.auth import origin_ok
+
+    assert origin_ok(None, "127.0.0.1:8377")
+    assert origin_ok("http://127.0.0.1:8377", "127.0.0.1:8377")
+    assert not origin_ok("http://evil.example", "127.0.0.1:8377")
+    assert not origin_ok("null", "127.0.0.1:8377")
+    assert origin_ok("https://a.example.org", "127.0.0.1:8377", "https://a.example.org")
+    assert not origin_ok("https://b.example.org", "127.0.0.1:8377", "https://a.example.org")

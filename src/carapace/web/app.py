@@ -205,7 +205,9 @@ class WebApp:
                                      "host and open the link it prints.</p>"), 401)  # fmt: skip
                 return JSONResponse({"error": "not signed in"}, status_code=401)
             if req.method not in auth.SAFE_METHODS:
-                if not auth.origin_ok(req.headers.get("origin"), req.headers.get("host")):
+                if not auth.origin_ok(
+                    req.headers.get("origin"), req.headers.get("host"), self.ws.public_url
+                ):
                     return refusal(req, 403, "cross-site request refused")
                 given = req.headers.get("x-csrf-token") or req.form().get("csrf")
                 if not auth.csrf_ok(user.csrf, given):
@@ -264,7 +266,9 @@ class WebApp:
 
     async def _login(self, req: Req, _: WebUser | None) -> Response:
         token = req.form().get("token", "")
-        if not auth.origin_ok(req.headers.get("origin"), req.headers.get("host")):
+        if not auth.origin_ok(
+            req.headers.get("origin"), req.headers.get("host"), self.ws.public_url
+        ):
             return refusal(req, 403, "cross-site request refused")
         opened = (
             self.store.use_login_link(token, self.now(), self.ws.session_days) if token else None

@@ -71,13 +71,17 @@ def csrf_ok(expected: str, given: str | None) -> bool:
     return bool(given) and hmac.compare_digest(expected.encode(), str(given).encode())
 
 
-def origin_ok(origin: str | None, host_header: str | None) -> bool:
-    """A cross-site ``Origin`` is refused; a missing one is left to the CSRF token."""
+def origin_ok(origin: str | None, host_header: str | None, public_url: str | None = None) -> bool:
+    """A cross-site ``Origin`` is refused; a missing one is left to the CSRF token. The
+    request's own host counts as this server, and so does ``public_url``'s (a reverse proxy
+    may rewrite ``Host``)."""
     if not origin:
         return True
     if origin == "null":
         return False
     netloc = urlsplit(origin).netloc
+    if public_url and netloc == urlsplit(public_url).netloc:
+        return True
     return bool(host_header) and netloc == host_header
 
 

@@ -81,7 +81,7 @@ async def render(app: WebApp, session_id: str, page_no: int) -> str | None:
         merged.append((int(o["seq"]), [esc(o["seq"]), "out", esc(o["kind"]), esc(o["timestamp"]),
                                        esc(_text(o["content"])[:2000]), esc(state)]))  # fmt: skip
     merged.sort(key=lambda x: x[0])
-    cost = _cost(app, s.id)
+    cost = _cost(app, s.agent_group_id, s.id)
     head = (f'<p class="stats"><span>Agent group {esc(s.agent_group_id)}</span> '
             f"<span>Status {esc(s.status)}</span> <span>Runner "
             f'{"running" if host.pool.is_running(s.id) else esc(s.container_status or "stopped")}'
@@ -93,15 +93,15 @@ async def render(app: WebApp, session_id: str, page_no: int) -> str | None:
             + pager(f"/sessions/{session_id}", {}, page_no, more))  # fmt: skip
 
 
-def _cost(app: WebApp, session_id: str) -> str:
+def _cost(app: WebApp, agent_group_id: str, session_id: str) -> str:
     prices = PriceTable.from_settings(app.host.settings.extra)
     total, calls, unpriced, tokens = 0.0, 0, 0, 0
     with contextlib.suppress(Exception):
         for r in app.host.db.execute(
             "SELECT provider, COALESCE(model,''), COUNT(*), SUM(input_tokens), SUM(output_tokens),"
             " SUM(cache_read_tokens), SUM(cache_write_tokens) FROM carapace_usage "
-            "WHERE session_id=? GROUP BY provider, model",
-            (session_id,),
+            "WHERE agent_group_id=? AND session_id=? GROUP BY provider, model",
+            (agent_group_id, session_id),
         ):
             calls += r[2]
             tokens += (r[3] or 0) + (r[4] or 0)
