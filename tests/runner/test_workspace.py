@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
+from carapace.runner.html_text import html_to_text
 from carapace.runner.providers.base import ToolResult
-from carapace.runner.webfetch import html_to_text
 from carapace.runner.workspace import Workspace, WorkspaceLimits, WorkspacePolicy
 from carapace.runner.workspace_files import glob_to_regex
 from carapace.runner.workspace_specs import BASH_DISABLED, WEB_DISABLED
