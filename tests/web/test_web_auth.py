@@ -103,3 +103,18 @@ def test_origin_check_accepts_this_server_and_the_public_url_only() -> None:
     assert not origin_ok("null", "127.0.0.1:8377")
     assert origin_ok("https://a.example.org", "127.0.0.1:8377", "https://a.example.org")
     assert not origin_ok("https://b.example.org", "127.0.0.1:8377", "https://a.example.org")
+
+
+def test_a_member_may_chat_with_its_group_only(rig: WebRig) -> None:
+    from carapace.db import groups
+
+    main = rig.on_loop(lambda: groups.get_agent_group_by_folder(rig.host.db, "main")).id
+    c = rig.client()
+    csrf = rig.login(c, "mia", "none")
+    rig.on_loop(lambda: users.add_member(rig.host.db, "web:mia", main))
+    assert f"/chat/{main}" in c.get("/chat").text
+    r = c.post(f"/api/chat/{main}/send", json={"text": "hi"}, headers={"x-csrf-token": csrf})
+    assert r.status_code == 202 and r.json()["routed"]
+    rig.on_loop(lambda: users.remove_member(rig.host.db, "web:mia", main))
+    r = c.post(f"/api/chat/{main}/send", json={"text": "again"}, headers={"x-csrf-token": csrf})
+    assert r.status_code == 403

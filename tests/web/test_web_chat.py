@@ -155,3 +155,38 @@ def test_dashboard_approve_uses_the_same_entry_point(rig: WebRig) -> None:
     )
     assert r.status_code == 303 and "done=" in r.headers["location"]
     assert aid not in c.get("/approvals").text
+
+
+def test_typing_state_while_the_agent_works(rig: WebRig) -> None:
+    """ "Typing" is on while the chat's runner runs and the last word is the user's."""
+    c = rig.client()
+    csrf = rig.login(c)
+    main = _main(rig)
+    pid = f"alice/{main}"
+    c.post(f"/api/chat/{main}/send", json={"text": "first"}, headers={"x-csrf-token": csrf})
+    wait_for(lambda: len(c.get(f"/api/history?chat={pid}").json()["messages"]) == 2, what="reply")
+    sid = next(s.id for s in rig.on_loop(lambda: list_sessions(rig.host.db, agent_group_id=main))
+               if s.messaging_group_id)  # fmt: skip
+    assert rig.on_loop(lambda: rig.host.pool.is_running(sid))  # idle, not yet exited
+    chat = rig.host.adapters["web"]
+    from carapace.timefmt import utcnow
+
+    with (
+        httpx.Client(base_url=rig.url, timeout=30) as live,
+        live.stream(
+            "GET", f"/api/events?chat={pid}", headers={"cookie": f"carapace_session={_cookie(c)}"}
+        ) as stream,
+    ):
+        seen: list[dict[str, Any]] = []
+        for line in stream.iter_lines():
+            if not line.startswith("data: "):
+                continue
+            ev = json.loads(line[6:])
+            seen.append(ev)
+            if ev == {"type": "typing", "chat": pid, "on": False}:  # reply was last: off
+                rig.on_loop(
+                    lambda: chat.store.add_message(pid, "in", "chat", {"text": "more"}, utcnow())
+                )
+            if ev == {"type": "typing", "chat": pid, "on": True}:
+                break
+    assert {"type": "typing", "chat": pid, "on": True} in seen
