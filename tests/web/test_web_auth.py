@@ -118,3 +118,26 @@ def test_a_member_may_chat_with_its_group_only(rig: WebRig) -> None:
     rig.on_loop(lambda: users.remove_member(rig.host.db, "web:mia", main))
     r = c.post(f"/api/chat/{main}/send", json={"text": "again"}, headers={"x-csrf-token": csrf})
     assert r.status_code == 403
+
+
+def test_every_page_answers_a_signed_in_owner(rig: WebRig) -> None:
+    from carapace.db import groups
+
+    main = rig.on_loop(lambda: groups.get_agent_group_by_folder(rig.host.db, "main")).id
+    c = rig.client()
+    rig.login(c)
+    for path in ("/", "/chat", f"/chat/{main}", "/chat/main", "/inbox", "/sessions", "/approvals",
+                 "/tasks", "/dropped", "/usage", "/usage?since=2026-01-01", "/health",
+                 "/api/health", "/api/history?chat=alice", "/healthz"):  # fmt: skip
+        r = c.get(path)
+        assert r.status_code == 200, path
+        if "json" not in r.headers["content-type"]:
+            assert r.headers["x-frame-options"] == "DENY", path
+    for path in ("/chat/nope", "/sessions/nope", "/tasks/nope", "/files/999"):
+        assert c.get(path).status_code == 404, path
+    assert (
+        c.post(
+            "/api/action", json={"card": "x"}, headers={"x-csrf-token": rig.login(c)}
+        ).status_code
+        == 400
+    )
