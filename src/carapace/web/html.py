@@ -41,6 +41,14 @@ def page(title: str, body: str, *, user: str | None = None, csrf: str | None = N
     )
 
 
+def when(ts: str | None) -> str:
+    """A stored UTC timestamp as ``<time>``: readable text, the exact value in ``datetime``."""
+    if not ts:
+        return "—"
+    text = str(ts).replace("T", " ")[:16] + " UTC"
+    return f'<time datetime="{esc(ts)}">{esc(text)}</time>'
+
+
 def table(headers: Sequence[str], rows: Iterable[Sequence[str]], *, caption: str = "",
           empty: str = "Nothing here yet.") -> str:  # fmt: skip
     """``rows`` cells are HTML already (escape values with ``esc``)."""

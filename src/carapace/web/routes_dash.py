@@ -23,7 +23,7 @@ from carapace.db import groups
 from carapace.permissions.cards import get_card
 from carapace.timefmt import new_id
 from carapace.web import session_view
-from carapace.web.html import bar_chart, esc, pager, post_button, table
+from carapace.web.html import bar_chart, esc, pager, post_button, table, when
 
 if TYPE_CHECKING:
     from carapace.web.app import Req, WebApp, WebUser
@@ -130,7 +130,7 @@ class Dashboard:
             running = sum(1 for sid in pool.running if self._group_of(sid) == g.id)
             rows.append([
                 f'<a href="/sessions?group={esc(quote(g.id))}">{esc(g.name)}</a>', esc(g.folder),
-                esc(stats[1] or 0), esc(running), esc(stats[2] or "—"),
+                esc(stats[1] or 0), esc(running), when(stats[2]),
                 f'<a href="/chat/{esc(quote(g.id))}">chat</a>',
             ])  # fmt: skip
         pending = self.db.execute(
@@ -181,7 +181,7 @@ class Dashboard:
             f'<a href="/sessions/{esc(quote(r[0]))}">{esc(r[0])}</a>', esc(r[2] or r[1]),
             esc(f"{r[7]}/{r[9] or r[8]}" if r[7] else "—"), esc(r[3]),
             "running" if running.is_running(r[0]) else esc(r[4] or "stopped"),
-            esc(r[5] or r[6]), esc(r[10] or "—"),
+            when(r[5] or r[6]), when(r[10]),
         ] for r in found[:PAGE_SIZE]]  # fmt: skip
         opts = "".join(
             f'<option value="{esc(g.id)}"{" selected" if g.id == group else ""}>{esc(g.name)}</option>'
