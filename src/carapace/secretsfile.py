@@ -1,11 +1,11 @@
-"""The home's secrets file ``<home>/secrets.env`` (owner-only): read and write it.
+"""``<home>/secrets.env``: the secrets the host holds (provider keys, channel tokens).
 
-Provider keys (``proxy/keys.py``), channel tokens (``channels/registry.py``) and webhook
-secrets (``web/hooks.py``) live there, never in a database. ``NAME=value`` lines (``#``
-comments, blank lines and an optional ``export`` prefix allowed; values may be quoted). It
-must be a regular file owned by the user running the host with no group or other
-permission bits (``chmod 600``); anything wider is refused with a ``ConfigError`` naming the
-file and its mode. It is opened without following links.
+The file holds ``NAME=value`` lines (``#`` comments, blank lines and an optional ``export``
+prefix allowed; values may be quoted). It must be a regular file owned by the user running
+the host with no group or other permission bits (``chmod 600``); anything wider is refused
+with a ``ConfigError`` naming the file and its mode. It is opened without following links.
+``write_secret`` changes it atomically and keeps it 0600. Its values never go into the DB,
+a runner's environment, logs or the sandbox.
 """
 
 from __future__ import annotations

@@ -7,6 +7,10 @@ where the platform has one) and plays the human on the platform side. Tests hand
 adapter a ``Recorder`` as its ``ChannelCallbacks`` and ``OutboundMessage``s, then look at
 what the platform shows (``driver.sent``).
 
+One case (``test_a_conversation_through_a_real_host``) hands the adapter to a real, hand-
+driven ``Host`` instead: the message goes through the router into a session and the reply
+row is delivered and recorded.
+
 A case needing a capability the driver's ``caps`` lack is skipped, with the reason printed
 (``-ra``). A driver may leave out only what its platform truly lacks:
 
@@ -506,5 +510,76 @@ def test_unrouted_event_is_offered_again(driver_factory: Any, tmp_path: Path) ->
                              "the next message")  # fmt: skip
         unique = {e.message.id: _content(e)["text"] for e in h.rec.events}  # the router dedups
         assert list(unique.values()) == ["do not lose me", "next"]
+
+    run_case(driver_factory, tmp_path, case)
+
+
+def test_a_conversation_through_a_real_host(driver_factory: Any, tmp_path: Path) -> None:
+    """The adapter owned by a real ``Host`` (hand-driven, no runner): the person's message
+    becomes a session's inbound row through the router, and the agent's reply (an outbound
+    row, as a runner writes it) reaches the chat, recorded as delivered."""
+    from carapace.config import Home, Settings
+    from carapace.db import groups, messaging
+    from carapace.db.session import insert_message_out, open_inbound, open_outbound
+    from carapace.db.sessions import list_sessions
+    from carapace.host.host import Host, HostOptions
+    from carapace.host.pool import FakeBackend
+    from carapace.jsonutil import dumps
+    from carapace.timefmt import sqlite_ts
+
+    async def case(h: Harness) -> None:
+        await h.a.stop()  # the host takes its own adapter on the same platform
+        h.adapter = None
+        adapter = await h.driver.start(h.tmp_path)
+        host = Host(Home(h.tmp_path / "home"), settings=Settings(runner_idle_exit_s=0),
+                    channels=[adapter], backend=FakeBackend(),
+                    options=HostOptions(sockets=False, watch=False, cleanup_orphans=False))  # fmt: skip
+        await host.start(background=False)
+        try:
+            ag = groups.create_agent_group(host.db, "ag", "ag").id
+            mg = messaging.create_messaging_group(
+                host.db, h.driver.channel_type, h.driver.chat_id("dm"), name="dm",
+                unknown_sender_policy="public",
+            ).id  # fmt: skip
+            messaging.create_wiring(host.db, mg, ag, engage_mode="pattern", engage_pattern=".")
+            await h.driver.user_says("hello host", chat="dm", user="ann")
+
+            async def routed() -> bool:
+                return bool(list_sessions(host.db))
+
+            await until(routed, "a session")
+            [session] = list_sessions(host.db)
+            paths = host.sessions.paths(session)
+
+            async def stored() -> bool:
+                conn = open_inbound(paths)
+                try:
+                    return bool(conn.execute("SELECT 1 FROM messages_in WHERE content LIKE "
+                                             "'%hello host%'").fetchall())  # fmt: skip
+                finally:
+                    conn.close()
+
+            await until(stored, "the inbound row")
+            conn = open_outbound(paths)
+            try:
+                insert_message_out(conn, {
+                    "id": "msg-reply-1", "kind": "chat", "timestamp": sqlite_ts(host.now()),
+                    "channel_type": h.driver.channel_type, "platform_id": h.driver.chat_id("dm"),
+                    "content": dumps({"text": "hello person"}),
+                })  # fmt: skip
+            finally:
+                conn.close()
+            assert await host.deliver_once(session.id) == 1
+            items = await h.shown("dm", 1)
+            assert "hello person" in items[-1].text
+            conn = open_inbound(paths)
+            try:
+                [(status,)] = conn.execute("SELECT status FROM delivered").fetchall()
+            finally:
+                conn.close()
+            assert status == "delivered"
+        finally:
+            await host.stop()
+            host.close()
 
     run_case(driver_factory, tmp_path, case)

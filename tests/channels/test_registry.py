@@ -24,7 +24,7 @@ from carapace.errors import ConfigError
 from carapace.host.host import Host, HostOptions
 from carapace.host.pool import FakeBackend
 from carapace.migrate.doctor import diagnose
-from carapace.proxy.keys import read_secrets_file, write_secret
+from carapace.secretsfile import read_secrets_file, write_secret
 
 
 def test_write_secret_is_private_atomic_and_keeps_other_lines(tmp_path: Path) -> None:
@@ -162,7 +162,8 @@ def test_channels_cli_add_list_remove(tmp_path: Path, broken_adapter: types.Modu
     assert read_secrets_file(secrets) == {"BROKEN_TOKEN": "good"}
     assert os.stat(secrets).st_mode & 0o777 == 0o600
     r = CliRunner().invoke(main, ["channels", "list", "--home", home])
-    assert "broken" in r.output and "not configured" not in r.output.split("broken")[1]
+    [line] = [x for x in r.output.splitlines() if x.startswith("broken")]
+    assert "not configured" not in line and "configured" in line
     r = CliRunner().invoke(main, ["channels", "remove", "broken", "--home", home])
     assert r.exit_code == 0 and read_secrets_file(secrets) == {}
     r = CliRunner().invoke(main, ["channels", "add", "nope", "--home", home])
@@ -178,3 +179,16 @@ def test_build_host_starts_the_cli_channel_from_the_registry(tmp_path: Path) -> 
         assert isinstance(host.adapters["cli"], CliChannel)
     finally:
         host.close()
+
+
+def test_doctor_names_chats_whose_adapter_has_no_credentials(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from carapace.testing.v1fixtures import make_nanoclaw_v2_home
+
+    monkeypatch.delenv("TELEGRAM_BOT_TOKEN", raising=False)
+    v2 = make_nanoclaw_v2_home(tmp_path / "nc")
+    [f] = [f for f in diagnose(Home(v2.root)).findings if f.code == "channel-not-configured"]
+    assert f.level == "warning" and "carapace channels add telegram" in f.message
+    write_secret(v2.root / "secrets.env", {"TELEGRAM_BOT_TOKEN": "1:x"})
+    assert not [f for f in diagnose(Home(v2.root)).findings if f.code == "channel-not-configured"]

@@ -28,7 +28,8 @@ def channels() -> None:
 @channels.command("add")
 @home_option
 @click.option("--base-url", default=None, metavar="URL",
-              help="The platform API's base URL (a test server, a self-hosted Bot API).")  # fmt: skip
+              help="Check against this API base URL (a test server, a self-hosted Bot API); "
+                   "the host reads its own from [channels.TYPE] base_url.")  # fmt: skip
 @click.argument("channel_type")
 @clean_errors
 def channels_add(home: str | None, base_url: str | None, channel_type: str) -> None:
@@ -49,7 +50,7 @@ def channels_add(home: str | None, base_url: str | None, channel_type: str) -> N
     url = base_url or registry.base_url(h.load_settings(), channel_type)
     identity = asyncio.run(module.verify(values, base_url=url))
     if keys:
-        from carapace.proxy.keys import SECRETS_FILE, write_secret
+        from carapace.secretsfile import SECRETS_FILE, write_secret
 
         h.root.mkdir(parents=True, exist_ok=True)
         write_secret(h.root / SECRETS_FILE, dict(values))
@@ -64,7 +65,14 @@ def channels_add(home: str | None, base_url: str | None, channel_type: str) -> N
 @clean_errors
 def channels_list(home: str | None, as_json: bool) -> None:
     """Each adapter: configured or not, and the state the host last recorded."""
-    infos = registry.list_channels(Home.resolve(home))
+    from dataclasses import replace
+
+    from carapace.ops.backup import host_running
+
+    h = Home.resolve(home)
+    up = host_running(h)
+    infos = [i if up or i.state != "running" else replace(i, state="stopped", detail="no host running")
+             for i in registry.list_channels(h)]  # fmt: skip
     if as_json:
         click.echo(json.dumps([i.to_json() for i in infos], indent=2))
         return
@@ -80,7 +88,7 @@ def channels_list(home: str | None, as_json: bool) -> None:
 @clean_errors
 def channels_remove(home: str | None, channel_type: str) -> None:
     """Delete CHANNEL_TYPE's secrets from the home's secrets file."""
-    from carapace.proxy.keys import SECRETS_FILE, read_secrets_file, write_secret
+    from carapace.secretsfile import SECRETS_FILE, read_secrets_file, write_secret
 
     h = Home.resolve(home)
     keys = tuple(getattr(registry.adapter_module(channel_type), "SECRET_KEYS", ()))

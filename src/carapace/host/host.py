@@ -147,6 +147,11 @@ class Host:
         )
         self.delivery = Delivery(self.db, self.sessions, self.adapters, self.actions, self.wake)
         self.router = Router(self.db, self.sessions, self.adapters, self.wake)
+        from carapace.host.typing import TypingKeeper
+
+        self.typing = TypingKeeper(self.adapters, self._heartbeat_of, self.now)
+        self._background = False
+        self._failed_channels: set[str] = set()
         self._health: dict[str, _SpawnHealth] = {}
         self._releasing: set[str] = set()  # sessions whose dead runner's claims are being reset
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -255,6 +260,7 @@ class Host:
         from carapace.permissions.approvals_host import install as install_approvals
 
         install_approvals(self, background=background)
+        self._background = background
         if background:
             if self.options.watch:
                 self._start_watcher()
@@ -292,7 +298,9 @@ class Host:
         for channel_type, adapter in self.adapters.items():
             with contextlib.suppress(Exception):
                 await adapter.stop()
-            self._on_channel_status(channel_type, "stopped", None)
+            if channel_type not in self._failed_channels:  # a failure stays shown
+                self._on_channel_status(channel_type, "stopped", None)
+        await self.typing.stop_all()
         await self.pool.stop_all("shutdown")  # also waits for spawns in flight
         if self.proxy is not None:
             await self.proxy.aclose()
@@ -340,8 +348,10 @@ class Host:
     def _on_channel_status(self, channel_type: str, state: str, detail: str | None) -> None:
         from carapace.channels.registry import record_state
 
-        if state == "failed" and self._started:
-            logger.error("channel %s stopped working: %s", channel_type, detail)
+        if state == "failed":
+            if self._started:
+                logger.error("channel %s stopped working: %s", channel_type, detail)
+            self._failed_channels.add(channel_type)
         record_state(self.home, channel_type, state, detail)
 
     def _on_channel_ready(self, channel_type: str) -> None:
@@ -352,11 +362,23 @@ class Host:
             self._spawn(self._drain(sid))
 
     async def route(self, event: InboundEvent) -> RouteResult:
-        return await self.router.route(event, now=self.now())
+        result = await self.router.route(event, now=self.now())
+        if self._background and not self._stopping:  # typing needs timers (host/typing.py)
+            for r in result.routed:
+                if r.trigger and r.seq is not None:
+                    self.typing.start(r.session_id, event.channel_type, event.platform_id,
+                                      event.thread_id)  # fmt: skip
+        return result
+
+    def _heartbeat_of(self, session_id: str) -> datetime | None:
+        session = self.sessions.get(session_id)
+        return heartbeat_at(self.sessions.paths(session)) if session is not None else None
 
     # ---------------------------------------------------------------- delivery
     async def _drain(self, session_id: str) -> int:
         r = await self.delivery.drain(session_id, self.now)
+        if r.delivered:
+            self.typing.stop(session_id)
         if r.next_retry is not None:
             self.sessions.mark_work(session_id, due_iso(r.next_retry) or "")
             self._kick_sweep()
@@ -434,6 +456,7 @@ class Host:
 
     def _on_exit(self, session_id: str, exit: RunnerExit) -> None:
         self._host_seen.forget(session_id)
+        self.typing.stop(session_id)
         if self.proxy is not None:
             self.proxy.egress.session_ended(session_id)
         if self._closed:  # claims are reset by the next start's sweep
@@ -540,6 +563,8 @@ class Host:
             self.pool.wake(sid)
             report.woken.append(sid)
         r = await self.delivery.drain(sid, lambda: now)
+        if r.delivered:
+            self.typing.stop(sid)
         alive = self.pool.is_running(sid)
         nxt = earliest(
             scan.next_due, hook_next, r.next_retry,

@@ -182,7 +182,7 @@ def _checks(home: Home, conn: sqlite3.Connection, rep: DoctorReport) -> None:
     _roles(conn, rep)
     _secrets(home, rep)
     _modes(home, rep)
-    _channel_states(home, rep)
+    _channel_states(home, rep, conn)
 
 
 def _ledger(conn: sqlite3.Connection, rep: DoctorReport) -> None:
@@ -327,10 +327,22 @@ def _secrets(home: Home, rep: DoctorReport) -> None:
         rep.add("error", "secrets-file", str(home.root / SECRETS_FILE), str(exc))
 
 
-def _channel_states(home: Home, rep: DoctorReport) -> None:
-    """An adapter the host recorded as failed (e.g. a revoked bot token) is an error."""
-    from carapace.channels.registry import read_states
+def _channel_states(home: Home, rep: DoctorReport, conn: sqlite3.Connection) -> None:
+    """An adapter the host recorded as failed (e.g. a revoked bot token) is an error; chats
+    on a channel whose adapter has no credentials are a warning (e.g. a NanoClaw home's
+    Telegram chats before `channels add telegram`)."""
+    from carapace.channels.registry import list_channels, read_states
 
+    types = {str(r[0]) for r in conn.execute("SELECT DISTINCT channel_type FROM messaging_groups")}
+    try:
+        infos = list_channels(home)
+    except CarapaceError:
+        infos = []  # an unreadable secrets file is reported by _secrets
+    for info in infos:
+        if info.channel_type in types and not info.configured:
+            rep.add("warning", "channel-not-configured", f"channel {info.channel_type}",
+                    f"chats exist but {', '.join(info.missing)} is neither in secrets.env nor "
+                    f"in this environment; `carapace channels add {info.channel_type}`")  # fmt: skip
     for channel_type, st in sorted(read_states(home).items()):
         if st.get("state") == "failed":
             rep.add("error", "channel-failed", f"channel {channel_type}",

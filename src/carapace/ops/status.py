@@ -70,6 +70,12 @@ def collect(home: Home, *, now: datetime | None = None) -> dict[str, Any]:
         backend += " (bubblewrap " + ("found)" if shutil.which(settings.bwrap) else "missing)")
     info["backend"] = backend
     info["channels"] = {"cli": "listening" if up and home.cli_socket.exists() else "down"}
+    from carapace.channels.registry import read_states
+
+    for channel_type, st in sorted(read_states(home).items()):  # other adapters, as recorded
+        if channel_type != "cli" and st.get("state") not in (None, "not configured"):
+            state = str(st.get("state")) if up or st.get("state") == "failed" else "down"
+            info["channels"][channel_type] = state
     info["errors"] = last_errors(home)
     if not home.central_db.exists():
         info["note"] = "no central DB: run `carapace init`"

@@ -1,9 +1,5 @@
-"""Provider keys: the host's environment, else ``<home>/secrets.env`` (owner-only).
-
-The file holds ``NAME=value`` lines (``#`` comments, blank lines and an optional ``export``
-prefix allowed; values may be quoted). It must be a regular file owned by the user running
-the host with no group or other permission bits (``chmod 600``); anything wider is refused
-with a ``ConfigError`` naming the file and its mode. It is opened without following links.
+"""Provider keys: the host's environment, else ``<home>/secrets.env`` (owner-only; its
+format, checks and ``write_secret`` are in ``carapace.secretsfile``).
 
 Keys never go into the DB, the runner's environment, logs or the sandbox: only the proxy
 holds them and adds them to requests on the way out.
@@ -17,18 +13,12 @@ from pathlib import Path
 
 from carapace.secretsfile import SECRETS_FILE, read_secrets_file, write_secret
 
-__all__ = [
-    "SECRETS_FILE",
-    "KeyStore",
-    "read_secrets_file",
-    "write_secret",
-]  # the file's helpers: carapace.secretsfile
-
 # provider -> (the variable holding its key, the variable holding a host-side base URL)
 KEY_VARS: dict[str, str] = {"anthropic": "ANTHROPIC_API_KEY", "openai": "OPENAI_API_KEY"}
 ALT_KEY_VARS: dict[str, str] = {"anthropic": "ANTHROPIC_AUTH_TOKEN"}
 BASE_URL_VARS: dict[str, str] = {"anthropic": "ANTHROPIC_BASE_URL", "openai": "OPENAI_BASE_URL"}
 SECRET_VARS = (*KEY_VARS.values(), *ALT_KEY_VARS.values())
+__all__ = ["SECRETS_FILE", "KeyStore", "read_secrets_file", "write_secret"]
 
 
 class KeyStore:

@@ -239,7 +239,7 @@ class WebChannel:
         self.publish(platform_id, {"type": "edit", "id": msg.id, "content": content})
 
     async def set_typing(self, platform_id: str, thread_id: str | None) -> None:
-        self.publish(platform_id, {"type": "typing"})
+        self.publish(platform_id, {"type": "typing", "on": True})
 
 
 def from_home(home: Home, secrets: Mapping[str, str], settings: Settings) -> WebChannel | None:

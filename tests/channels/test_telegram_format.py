@@ -1,0 +1,45 @@
+"""Markdown → Telegram HTML and splitting, for any text: what is sent always parses at
+Telegram, fits its limit, and loses no word."""
+
+from __future__ import annotations
+
+import re
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from carapace.channels.telegram_format import split_text, to_html, utf16_len
+from carapace.testing.telegram_wire import parse_html
+
+MARKUP = st.sampled_from(["*", "**", "_", "__", "~~", "`", "```", "```py", "[", "]", "(",
+                          ")", "https://x.org/?a=1&b=2", "<", ">", "&", "&amp;", "<b>", "#",
+                          "\n", "\n\n", " ", ". ", "😀", "é", "a", "word"])  # fmt: skip
+TEXTS = st.lists(MARKUP, max_size=60).map("".join)
+
+
+@settings(max_examples=300, deadline=None)
+@given(TEXTS)
+def test_rendered_markdown_always_parses_and_keeps_the_words(text: str) -> None:
+    shown = parse_html(to_html(text))  # raises ParseError if Telegram would refuse it
+    for word in ("😀", "é"):  # (an ASCII word right after ``` is a code block's language)
+        assert shown.count(word) == text.count(word)
+
+
+def _ink(text: str) -> str:
+    """The text without whitespace and backticks (a cut may close and reopen a fence)."""
+    return re.sub(r"[\s`]", "", text)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(MARKUP.filter(lambda m: m != "```py"), min_size=1, max_size=400).map("".join),
+       st.integers(40, 300))  # fmt: skip
+def test_pieces_fit_and_lose_nothing(text: str, limit: int) -> None:
+    pieces = split_text(text, limit)
+    assert all(utf16_len(p) <= limit for p in pieces)
+    assert _ink("".join(pieces)) == _ink(text)
+    for p in pieces:
+        parse_html(to_html(p))
+
+
+def test_a_long_word_is_cut_hard_and_emoji_count_double() -> None:
+    assert [utf16_len(p) for p in split_text("😀" * 100, 50)] == [42, 42, 42, 42, 32]
