@@ -28,6 +28,7 @@ sandbox-tools:
 	@command -v bwrap >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && (apt-get update -qq && apt-get install -y -qq bubblewrap) >/dev/null 2>&1; } || \
 	  { if [ "$${CI:-}" = true ]; then echo "error: CI=true and bubblewrap cannot be installed" >&2; exit 1; fi; \
 	    echo "note: bubblewrap not installed; sandbox tests will be skipped"; }
+	@command -v npm >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && (apt-get update -qq && apt-get install -y -qq npm) >/dev/null 2>&1; } || echo "note: npm not installed; groups cannot get npm packages (and the npm install tests fail)"
 	@command -v slirp4netns >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && (apt-get update -qq && apt-get install -y -qq slirp4netns) >/dev/null 2>&1; } || echo "note: slirp4netns not installed; groups with network: true will not start"
 
 # Debian's chromium for the web browser tests (driven by Playwright with executable_path; no

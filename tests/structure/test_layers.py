@@ -21,6 +21,7 @@ FLOORS: list[set[str]] = [
     {"bootstrap", "channels", "sched", "testing"},
     {"runner"},
     {"sandbox"},
+    {"packages"},
     {"permissions"},
     {"proxy"},
     {"host"},

@@ -588,7 +588,9 @@ class Host:
 
     async def _sweep_loop(self) -> None:
         assert self._sweep_event is not None
-        while True:
+        # ``not self._stopping``: Python 3.11's ``wait_for`` can swallow a cancellation that
+        # lands as the event is set; the loop must still end when the host stops
+        while not self._stopping:
             try:
                 await self.sweep_once()
             except Exception:

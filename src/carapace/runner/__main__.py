@@ -15,7 +15,7 @@ from pathlib import Path
 from carapace.runner.config import RunnerConfig
 from carapace.runner.loop import Runner
 from carapace.runner.procs import harden_self
-from carapace.runner.setup import build_provider, build_workspace
+from carapace.runner.setup import build_mcp, build_provider, build_workspace
 
 logger = logging.getLogger("carapace.runner")
 
@@ -60,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     provider, error = build_provider(config)
     workspace = build_workspace(config)
-    runner = Runner(config, provider, provider_error=error, workspace=workspace)
+    mcp = build_mcp(config)
+    runner = Runner(config, provider, provider_error=error, workspace=workspace, mcp=mcp)
     runner.install_signal_handlers()
     try:
         return runner.run()

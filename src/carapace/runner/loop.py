@@ -99,6 +99,7 @@ class Runner:
         clock: Clock | None = None,
         workspace: Any = None,
         watcher: DirWatcher | None = None,
+        mcp: Any = None,
     ) -> None:
         self.config = config
         self.paths = config.paths
@@ -121,7 +122,8 @@ class Runner:
             should_stop=self._stop.is_set,
             workspace=workspace,
         )
-        self.toolbox = ToolBox(self.ctx, workspace)
+        self.mcp = mcp
+        self.toolbox = ToolBox(self.ctx, workspace, mcp)
         self.agent = Agent(
             provider or _FailingProvider(provider_error or "no provider"),
             self.toolbox,
@@ -213,6 +215,8 @@ class Runner:
         return 0
 
     def close(self) -> None:
+        if self.mcp is not None:
+            self.mcp.close()
         self.watcher.close()
         self.outbound.close()
 
@@ -285,6 +289,8 @@ class Runner:
             session_dir=self.paths.root,
             sandboxed=self.config.sandboxed,
         )
+        if self.mcp is not None:
+            system = f"{system}\n\n{self.mcp.prompt_section()}"
         try:
             with Keepalive(self.heartbeat):
                 result = self.agent.run_turn(system, prompt)

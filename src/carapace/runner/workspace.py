@@ -272,6 +272,8 @@ class Workspace:
             "TMPDIR": self.roots[2].path,
             "TERM": "dumb",
         }
+        if os.environ.get("NODE_PATH"):  # the group's npm packages (carapace.packages)
+            env["NODE_PATH"] = os.environ["NODE_PATH"]
         env.update(self.policy.env)
         return env
 

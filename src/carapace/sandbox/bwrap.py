@@ -120,6 +120,7 @@ class SandboxSpec:
     proxy_socket: Path | None = None  # host path; bound at SANDBOX_PROXY_SOCKET
     info_fd: int | None = None  # network: bwrap reports the sandbox pid here (netns.py)
     home: Path | None = None  # the carapace home: never mountable (``recheck_mount``)
+    packages_dir: Path | None = None  # the group's installed packages (carapace.packages), ro
 
 
 def recheck_mount(mount: Mount, home: Path | None) -> None:
@@ -254,6 +255,9 @@ def bwrap_argv(spec: SandboxSpec, agent_fds: Sequence[tuple[int, str]] = ()) -> 
         argv.append(str(mount.sandbox_path))
     if spec.proxy_socket is not None:  # the only way out: the host's egress proxy
         argv += ["--bind", str(spec.proxy_socket), SANDBOX_PROXY_SOCKET]
+    if spec.packages_dir is not None and spec.packages_dir.is_dir():
+        pdir = os.path.abspath(spec.packages_dir)
+        argv += ["--ro-bind", pdir, pdir]
     env = {"PATH": DEFAULT_PATH, "HOME": str(agent), "LANG": "C.UTF-8",
            "PYTHONDONTWRITEBYTECODE": "1", "CARAPACE_SANDBOX": "bwrap"}  # fmt: skip
     pkg_root = Path(carapace.__file__).parent.parent
@@ -264,6 +268,10 @@ def bwrap_argv(spec: SandboxSpec, agent_fds: Sequence[tuple[int, str]] = ()) -> 
         env.pop(name, None)
     if spec.proxy_socket is not None:
         env[PROXY_SOCKET_ENV] = SANDBOX_PROXY_SOCKET
+    if spec.packages_dir is not None and spec.packages_dir.is_dir():
+        from carapace.sandbox.packages import sandbox_env
+
+        env.update(sandbox_env(Path(os.path.abspath(spec.packages_dir)), env["PATH"]))
     env["CARAPACE_SANDBOX"] = "bwrap"
     argv.append("--clearenv")
     for key, value in sorted(env.items()):
@@ -430,7 +438,19 @@ class BwrapBackend:
             tmp_mb=spec.limits.tmp_mb,
             proxy_socket=spec.proxy_socket,
             home=self.home,
+            packages_dir=self._packages_dir(spec.agent_group_id),
         )
+
+    def _packages_dir(self, agent_group_id: str) -> Path | None:
+        if self.home is None:
+            return None
+        from carapace.config import Home
+        from carapace.sandbox.packages import group_dir
+
+        try:
+            return group_dir(Home(self.home), agent_group_id)
+        except ValidationError:
+            return None
 
     async def start(self, spec: RunnerSpec) -> RunnerHandle:
         sb = self.sandbox_spec(spec)
