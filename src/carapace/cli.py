@@ -46,6 +46,7 @@ LAZY_COMMANDS: dict[str, str] = {
     "backup": "carapace.commands.ops:backup",
     "restore": "carapace.commands.ops:restore",
     "status": "carapace.commands.ops:status",
+    "web": "carapace.commands.web:web",
     "channels": "carapace.commands.channels:channels",
 }
 

@@ -27,7 +27,7 @@ FLOORS: list[set[str]] = [
     {"host"},
     {"ops", "bench"},
     {"admin"},
-    {"migrate"},
+    {"migrate", "web"},
     {"commands", "cli"},
 ]  # fmt: skip
 

@@ -48,6 +48,8 @@ ADAPTERS: dict[str, str] = {
     "discord": "carapace.channels.discord",
     "slack": "carapace.channels.slack",
     "telegram": "carapace.channels.telegram",
+    "web": "carapace.web.channel",
+    "webhook": "carapace.web.hooks",
 }
 
 STATE_FILE = "channels.json"

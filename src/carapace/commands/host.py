@@ -16,6 +16,7 @@ import click
 
 from carapace.cli import clean_errors, home_option, seconds_option
 from carapace.config import Home
+from carapace.errors import CarapaceError
 from carapace.host.client import check_message, check_user, preflight
 from carapace.limits import mechanism as limits_mechanism
 
@@ -59,7 +60,9 @@ def run(home: str | None) -> None:
 
 async def _run(home: Home) -> None:
     from carapace.host.client import build_host
+    from carapace.web.config import web_settings
 
+    web_settings(home.load_settings(), home)  # a [web] mistake refuses the start, in one line
     host = build_host(home, admin=admin_dispatch())
     from carapace.ops.runtime import start_metrics
 
@@ -70,14 +73,24 @@ async def _run(home: Home) -> None:
         loop.add_signal_handler(sig, stop.set)
     await host.start()
     from carapace.ops.runtime import start_retention
+    from carapace.web.server import start_web
 
     start_retention(host)
+    try:
+        web = await start_web(host)
+    except CarapaceError as exc:  # the host serves its other channels; the reason is shown
+        web = None
+        click.echo(f"error: web server not started: {exc}", err=True)
     click.echo(f"carapace host running for {home.root} (cli socket {home.cli_socket})", err=True)
+    if web is not None:
+        click.echo(f"web server at {web.url} (sign in: carapace web login-link)", err=True)
     click.echo(f"runner backend: {host.backend_note}", err=True)
     click.echo(f"runner limits: {limits_mechanism()}", err=True)
     try:
         await stop.wait()
     finally:
+        if web is not None:
+            await web.stop()
         await host.stop()
         host.close()
         if metrics is not None:

@@ -290,6 +290,12 @@ def _sandbox_backend(home: Home, rep: DoctorReport) -> str:
         rep.add("error", "bad-config", str(home.config_file), str(exc))
         return "subprocess"
     try:
+        from carapace.web.config import web_settings
+
+        web_settings(settings, home)
+    except CarapaceError as exc:  # `carapace run` refuses to start with it
+        rep.add("error", "bad-config", str(home.config_file), str(exc))
+    try:
         name, _why = resolve_backend(settings.runner_backend, settings.bwrap)
     except CarapaceError as exc:  # the host will refuse to start
         rep.add("error", "runner-backend", str(home.config_file), str(exc))
