@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 HOME_DIR ?= $(CURDIR)/.carapace-home
 
-.PHONY: venv run test check lint fmt bench clean docs sandbox-tools mutation
+.PHONY: venv run test check lint fmt bench clean docs sandbox-tools browser-tools screenshots mutation
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,10 +28,23 @@ sandbox-tools:
 	@command -v bwrap >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && (apt-get update -qq && apt-get install -y -qq bubblewrap) >/dev/null 2>&1; } || \
 	  { if [ "$${CI:-}" = true ]; then echo "error: CI=true and bubblewrap cannot be installed" >&2; exit 1; fi; \
 	    echo "note: bubblewrap not installed; sandbox tests will be skipped"; }
+	@command -v npm >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && (apt-get update -qq && apt-get install -y -qq npm) >/dev/null 2>&1; } || echo "note: npm not installed; groups cannot get npm packages (and the npm install tests fail)"
 	@command -v slirp4netns >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && (apt-get update -qq && apt-get install -y -qq slirp4netns) >/dev/null 2>&1; } || echo "note: slirp4netns not installed; groups with network: true will not start"
 
+# Debian's chromium for the web browser tests (driven by Playwright with executable_path; no
+# browser is ever downloaded). Outside CI a missing chromium is a note (those tests skip);
+# under CI=true it fails the run.
+browser-tools:
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && (apt-get update -qq && apt-get install -y -qq chromium) >/dev/null 2>&1; } || \
+	  { if [ "$${CI:-}" = true ]; then echo "error: CI=true and chromium cannot be installed" >&2; exit 1; fi; \
+	    echo "note: chromium not installed; the browser tests will be skipped"; }
+
+## make screenshots: PNGs of the main web pages into docs/screenshots (headless chromium)
+screenshots: $(STAMP) browser-tools
+	$(BIN)/carapace web screenshots --out docs/screenshots
+
 ## make test: set up and run the whole suite
-test: $(STAMP) sandbox-tools
+test: $(STAMP) sandbox-tools browser-tools
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
@@ -46,7 +59,7 @@ fmt: $(STAMP)
 	$(BIN)/ruff check --fix src tests bench
 
 bench: $(STAMP)
-	$(BIN)/carapace bench roundtrip --home "$$(mktemp -d)" --write-docs
+	$(BIN)/carapace bench all --write-docs
 
 ## make mutation: sample one-line bugs in the core modules, report the share the tests catch
 MUTANTS ?= 20

@@ -20,6 +20,7 @@ from carapace.errors import ConfigError
         (b"timezone = 5\n", "timezone must be a string"),
         (b"runner_idle_exit_s = -1\n", "runner_idle_exit_s must be between"),
         (b'timezone = "\xff\xfe"\n', "cannot read"),
+        (b'timezone = "Mars/Olympus"\n', "timezone is not a known time zone"),
     ],
 )
 def test_bad_setting_is_one_clear_error(tmp_path: Path, toml: bytes, words: str) -> None:
@@ -35,3 +36,10 @@ def test_good_settings_load(tmp_path: Path) -> None:
     home.config_file.write_text('max_runners = 3\nrunner_idle_exit_s = 2.5\nlog_format = "json"\n')
     s = home.load_settings()
     assert (s.max_runners, s.runner_idle_exit_s, s.extra) == (3, 2.5, {"log_format": "json"})
+
+
+def test_runner_backends_known_to_config_are_the_sandbox_ones() -> None:
+    from carapace.config import RUNNER_BACKENDS
+    from carapace.sandbox.bwrap import BACKENDS
+
+    assert set(RUNNER_BACKENDS) == {"auto", *BACKENDS}

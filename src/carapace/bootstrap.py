@@ -84,6 +84,7 @@ def open_home(home: Home) -> tuple[sqlite3.Connection, list[str]]:
 
 
 def init_home(home: Home, *, now: datetime | None = None) -> InitReport:
+    home.load_settings()  # a bad carapace.toml is refused before anything is created
     conn, ran = open_home(home)
     report = InitReport(home.root, migrations=ran)
     try:

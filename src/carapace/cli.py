@@ -2,6 +2,11 @@
 
 Subcommands live next to the code they drive and are loaded lazily (``LAZY_COMMANDS``),
 so ``carapace --help`` stays fast and a module's imports are paid only when used.
+
+Every failure is one line on stderr and a non-zero exit: ``CarapaceError`` as
+``Error: <message> [<code>]``; anything unexpected is caught by ``LazyGroup.invoke`` (the one
+top-level guard) as ``Error: internal error: <type>: <message>``, with the traceback only
+when ``CARAPACE_DEBUG=1`` is set.
 """
 
 from __future__ import annotations
@@ -9,6 +14,8 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import math
+import os
 import sys
 from collections.abc import Callable
 from functools import wraps
@@ -23,6 +30,9 @@ from carapace.perms import private_umask
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+DEBUG_ENV = "CARAPACE_DEBUG"  # set to 1: unexpected errors show their traceback
+MAX_ERROR_CHARS = 500
+
 # name -> "module:attribute" of a click.Command
 LAZY_COMMANDS: dict[str, str] = {
     "run": "carapace.commands.host:run",
@@ -36,6 +46,7 @@ LAZY_COMMANDS: dict[str, str] = {
     "backup": "carapace.commands.ops:backup",
     "restore": "carapace.commands.ops:restore",
     "status": "carapace.commands.ops:status",
+    "web": "carapace.commands.web:web",
     "channels": "carapace.commands.channels:channels",
 }
 
@@ -58,12 +69,73 @@ def clean_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except CarapaceError as exc:
-            raise click.ClickException(f"{exc} [{exc.code}]")
+            raise click.ClickException(one_line(f"{exc} [{exc.code}]"))
 
     return wrapper  # type: ignore[return-value]
 
 
+def one_line(text: str, limit: int = MAX_ERROR_CHARS) -> str:
+    """``text`` as one printable line of at most ``limit`` characters."""
+    flat = " ".join(str(text).split())
+    flat = flat.encode("utf-8", "backslashreplace").decode("utf-8")
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+def debug_enabled() -> bool:
+    return os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def seconds_option(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    """Click callback: a finite, non-negative number of seconds (None passes through)."""
+    if value is None:
+        return value
+    if not math.isfinite(value) or value < 0 or value > 10 * 365 * 24 * 3600:
+        raise click.BadParameter(f"must be a number of seconds from 0 to 10 years, not {value:g}")
+    return value
+
+
+class OneLineUsageError(click.ClickException):
+    """A usage error as one line (click's own prints the usage and a help hint first)."""
+
+    exit_code = 2
+
+    @classmethod
+    def of(cls, exc: click.UsageError) -> OneLineUsageError:
+        where = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+        return cls(one_line(exc.format_message()) + where)
+
+
 class LazyGroup(click.Group):
+    def make_context(
+        self, info_name: str | None, args: list[str], parent: click.Context | None = None,
+        **extra: Any,
+    ) -> click.Context:  # fmt: skip
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.UsageError as exc:
+            raise OneLineUsageError.of(exc)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        """The one top-level guard: no traceback reaches the user (unless ``CARAPACE_DEBUG``)."""
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as exc:
+            raise OneLineUsageError.of(exc)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except CarapaceError as exc:
+            raise click.ClickException(one_line(f"{exc} [{exc.code}]"))
+        except BrokenPipeError:
+            raise  # the reader went away (``| head``): click ends quietly
+        except Exception as exc:
+            if debug_enabled():
+                raise
+            logging.getLogger("carapace").debug("unexpected error", exc_info=True)
+            raise click.ClickException(
+                one_line(f"internal error: {type(exc).__name__}: {exc}")
+                + f" (set {DEBUG_ENV}=1 for the traceback)"
+            )
+
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted({*super().list_commands(ctx), *LAZY_COMMANDS})
 
@@ -82,6 +154,13 @@ class LazyGroup(click.Group):
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
 def main(verbose: int) -> None:
     """carapace: a personal AI-assistant host."""
+    for stream in (sys.stdout, sys.stderr):  # text from anywhere prints, never crashes
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            try:
+                reconfigure(errors="backslashreplace")
+            except (ValueError, OSError):
+                pass
     private_umask()  # everything carapace creates is owner-only (0700 folders, 0600 files)
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(
@@ -96,8 +175,11 @@ def main(verbose: int) -> None:
 def init(home: str | None, as_json: bool) -> None:
     """Create the home, run migrations and (first time only) the default agent."""
     from carapace.bootstrap import init_home
+    from carapace.host.client import preflight
 
-    report = init_home(Home.resolve(home))
+    h = Home.resolve(home)
+    preflight(h)  # what the host would refuse in carapace.toml, refused now
+    report = init_home(h)
     if as_json:
         click.echo(
             json.dumps(

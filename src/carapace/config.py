@@ -16,10 +16,12 @@ The home is ``--home``, else ``$CARAPACE_HOME``, else the user data directory
 from __future__ import annotations
 
 import os
+import stat
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from carapace.errors import ConfigError
 
@@ -33,12 +35,51 @@ def default_home() -> Path:
     return base / "carapace"
 
 
+def check_home_path(root: Path) -> None:
+    """``ConfigError`` unless ``root`` is a usable folder or does not exist yet."""
+    try:
+        st = root.stat()
+    except FileNotFoundError:
+        return
+    except NotADirectoryError:
+        raise ConfigError(f"cannot use {root} as the home: a part of that path is not a directory")
+    except OSError as exc:
+        raise ConfigError(f"cannot use {root} as the home: {exc.strerror or exc}")
+    if not stat.S_ISDIR(st.st_mode):
+        raise ConfigError(f"cannot use {root} as the home: it is not a directory")
+    if not os.access(root, os.R_OK | os.X_OK):
+        raise ConfigError(f"cannot use {root} as the home: permission denied (not readable)")
+
+
+RUNNER_BUDGET_MIB = 64  # memory set aside per runner: an idle one is ~28 MiB RSS (~16 PSS)
+RUNNER_CAP_MIN, RUNNER_CAP_MAX = 4, 128
+
+
+def default_max_runners(mem_total_kib: int | None = None) -> int:
+    """The default runner cap (issue 19): a quarter of the machine's memory divided by
+    ``RUNNER_BUDGET_MIB`` per runner, clamped to [4, 128]; 8 when the memory is unknown.
+    E.g. 8 GiB -> 32, 23 GiB -> 92. ``max_runners`` in carapace.toml overrides it."""
+    if mem_total_kib is None:
+        try:
+            with open("/proc/meminfo", encoding="ascii") as fh:
+                for line in fh:
+                    if line.startswith("MemTotal:"):
+                        mem_total_kib = int(line.split()[1])
+                        break
+        except (OSError, ValueError, IndexError):
+            pass
+    if not mem_total_kib:
+        return 8
+    cap = (mem_total_kib // 4) // (RUNNER_BUDGET_MIB * 1024)
+    return max(RUNNER_CAP_MIN, min(RUNNER_CAP_MAX, cap))
+
+
 @dataclass(frozen=True)
 class Settings:
     """Host settings from ``carapace.toml`` (every key optional)."""
 
     timezone: str = "UTC"
-    max_runners: int = 8
+    max_runners: int = field(default_factory=default_max_runners)  # memory-based default
     runner_backend: str = "auto"  # auto | bwrap | subprocess (docs/sandbox.md)
     bwrap: str = "bwrap"  # the bubblewrap executable
     runner_idle_exit_s: float = 300.0
@@ -55,7 +96,16 @@ class Home:
 
     @classmethod
     def resolve(cls, home: str | os.PathLike[str] | None = None) -> Home:
-        return cls(Path(home).expanduser().absolute() if home else default_home())
+        """The home named by ``--home`` (else the default); ``ConfigError`` when that path
+        cannot be a home: a NUL in it, an existing non-folder, or a folder we cannot enter."""
+        if home is not None and "\0" in os.fspath(home):
+            raise ConfigError("the home path contains a NUL character")
+        try:
+            root = Path(home).expanduser().absolute() if home else default_home()
+        except (RuntimeError, ValueError, OSError) as exc:  # ~unknown-user, bad $HOME
+            raise ConfigError(f"cannot resolve the home {home!r}: {exc}")
+        check_home_path(root)
+        return cls(root)
 
     @property
     def data_dir(self) -> Path:
@@ -116,6 +166,7 @@ class Home:
 _INT_KEYS = {"max_runners": 1, "max_tries": 1}
 _SECONDS_KEYS = {"runner_idle_exit_s", "approval_ttl_s", "deny_ttl_s"}
 _STR_KEYS = {"timezone", "runner_backend", "bwrap", "default_provider"}
+RUNNER_BACKENDS = ("auto", "bwrap", "subprocess")  # sandbox.bwrap.BACKENDS and "auto"
 
 
 def _check_setting(path: Path, key: str, value: Any) -> None:
@@ -133,3 +184,11 @@ def _check_setting(path: Path, key: str, value: Any) -> None:
             raise ConfigError(f"{where} must be between 0 and 10 years in seconds, not {value}")
     elif key in _STR_KEYS and not isinstance(value, str):
         raise ConfigError(f"{where} must be a string, not {value!r}")
+    elif key == "runner_backend" and value.strip().lower() not in RUNNER_BACKENDS:
+        known = ", ".join(RUNNER_BACKENDS)
+        raise ConfigError(f"{where}: unknown runner backend {value[:64]!r} (known: {known})")
+    elif key == "timezone":
+        try:
+            ZoneInfo(value)
+        except (ValueError, OSError, ZoneInfoNotFoundError):
+            raise ConfigError(f"{where} is not a known time zone: {value[:64]!r}")

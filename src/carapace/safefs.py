@@ -260,6 +260,39 @@ def write_beneath(
             raise
 
 
+def write_beneath_if_changed(
+    root: int | str | os.PathLike[str],
+    rel: str | os.PathLike[str],
+    data: bytes,
+    mode: int = 0o600,
+) -> bool:
+    """:func:`write_beneath` unless ``root/rel`` already is a regular, singly linked file
+    (reached without a link) with exactly ``data`` and ``mode``. Returns True when it
+    wrote. Spares a rename (and an fsync) per runner start: a file bound into a sandbox
+    that is being set up at that moment must not be replaced under it (bubblewrap refuses
+    the bind: "Race condition binding dirfd")."""
+    try:
+        fd = open_beneath(root, rel, os.O_RDONLY | os.O_NONBLOCK)
+    except (OSError, UnsafePathError):
+        fd = -1
+    if fd >= 0:
+        try:
+            st = os.fstat(fd)
+            same = (
+                stat.S_ISREG(st.st_mode) and st.st_nlink == 1 and st.st_uid == os.geteuid()
+                and stat.S_IMODE(st.st_mode) == mode and st.st_size == len(data)
+                and os.read(fd, len(data) + 1) == data
+            )  # fmt: skip
+        except OSError:
+            same = False
+        finally:
+            os.close(fd)
+        if same:
+            return False
+    write_beneath(root, rel, data, mode)
+    return True
+
+
 def copy_beneath(
     src_root: int | str | os.PathLike[str],
     src_rel: str | os.PathLike[str],

@@ -81,7 +81,8 @@ def test_positional_ids_with_dashes(ctx: DirectContext, main_id: str) -> None:
     assert resolve("groups-config-get-main") == ("groups-config-get", "main")
     assert resolve("groups-config-get") == ("groups-config-get", None)
     assert call(ctx, f"groups-get-{main_id}")["folder"] == "main"
-    assert call(ctx, f"groups-config-add-package-{main_id}", apt="jq")["packages_apt"] == ["jq"]
+    out = call(ctx, f"groups-config-add-package-{main_id}", apt="jq")
+    assert out["failed"][0]["package"] == "apt:jq"
     assert call_err(ctx, f"groups-get-{main_id}", id=main_id)[0] == "invalid-args"
 
 

@@ -11,6 +11,7 @@ from carapace.admin.direct import DirectContext
 from carapace.admin.registry import commands, resource
 from carapace.db import approvals, dropped, sessions, users
 from carapace.permissions.approvals import request_approval
+from carapace.sandbox import bwrap_unusable_reason
 
 
 def test_registry_has_every_resource_and_a_tasks_slot() -> None:
@@ -100,17 +101,21 @@ def test_group_config_verbs(ctx: DirectContext) -> None:
     assert call(ctx, "groups-config-remove-mcp-server", id="main", name="fs")["mcp_servers"] == {}
     assert call_err(ctx, "groups-config-remove-mcp-server", id="main", name="fs")[0] == "not-found"
 
-    cfg = call(ctx, "groups-config-add-package", id="main", apt="ripgrep", npm="left-pad")
-    assert (cfg["packages_apt"], cfg["packages_npm"]) == (["ripgrep"], ["left-pad"])
-    assert call(ctx, "groups-config-add-package", id="main", apt="ripgrep")["packages_apt"] == [
-        "ripgrep"
-    ]
+    out = call(ctx, "groups-config-add-package", id="main", apt="ripgrep")
+    assert out["installed"] == [] and out["config"]["packages_apt"] == []
+    [failed] = out["failed"]
+    assert (
+        failed["package"] == "apt:ripgrep" and "does not install apt packages" in failed["reason"]
+    )
     assert (
         call_err(ctx, "groups-config-add-package", id="main", apt="x; rm -rf /")[0]
         == "invalid-args"
     )
+    assert call_err(ctx, "groups-config-add-package", id="main", pip="six==1.0")[0] == (
+        "invalid-args"
+    )
     assert call_err(ctx, "groups-config-add-package", id="main")[0] == "invalid-args"
-    assert call(ctx, "groups-config-remove-package", id="main", apt="ripgrep")["packages_apt"] == []
+    assert call_err(ctx, "groups-config-remove-package", id="main", apt="ripgrep")[0] == "not-found"
     assert call_err(ctx, "groups-config-remove-package", id="main", npm="nope")[0] == "not-found"
 
 
@@ -308,3 +313,12 @@ def test_every_list_verb_returns_json_rows(ctx: DirectContext, command: str) -> 
     assert isinstance(data, list)
     json.dumps(data)
     assert call(ctx, command, limit=1) == data[:1]
+
+
+@pytest.mark.skipif(bwrap_unusable_reason() is not None, reason="bubblewrap unusable")
+def test_add_and_remove_a_real_npm_package(ctx: DirectContext) -> None:
+    out = call(ctx, "groups-config-add-package", id="main", npm="is-number")
+    assert out["installed"] == ["npm:is-number"] and out["failed"] == []
+    assert out["config"]["packages_npm"] == ["is-number"]
+    gone = call(ctx, "groups-config-remove-package", id="main", npm="is-number")
+    assert gone["removed"] == ["removed npm:is-number"] and gone["config"]["packages_npm"] == []

@@ -19,7 +19,7 @@ from typing import Any
 CARAPACE = [sys.executable, "-m", "carapace"]
 
 
-def wait_for(cond: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> Any:
+def wait_for(cond: Callable[[], Any], timeout: float = 60.0, what: str = "condition") -> Any:
     deadline = time.monotonic() + timeout
     while True:
         value = cond()

@@ -45,6 +45,9 @@ def test_send_reply_and_session_rows(e2e: E2E) -> None:
     [d] = e2e.sessions()
     wait_for(lambda: rows(d / "outbound.db", "SELECT status FROM processing_ack") == [
         ("completed",)], what="ack completed")  # fmt: skip
+    # the host copies terminal acks into messages_in in batches, within ACK_FLUSH_S (issue 19)
+    wait_for(lambda: rows(d / "inbound.db", "SELECT status FROM messages_in") == [
+        ("completed",)], what="status synced")  # fmt: skip
     [(seq_in, status, trigger)] = rows(d / "inbound.db",
                                        "SELECT seq, status, trigger FROM messages_in")  # fmt: skip
     assert seq_in % 2 == 0 and status == "completed" and trigger == 1

@@ -3,8 +3,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import TYPE_CHECKING, Any
+
+import pytest
 
 from carapace.channels.fake import make_event
 from carapace.config import Settings
@@ -14,6 +17,7 @@ from carapace.db.sessions import list_sessions
 from carapace.host.host import Host, HostOptions
 from carapace.permissions import approvals, cards, questions
 from carapace.permissions.approvals_host import HostContext, tick
+from carapace.sandbox import bwrap_unusable_reason
 
 if TYPE_CHECKING:
     from host_rig import Rig  # tests/host/conftest.py
@@ -274,3 +278,74 @@ def test_list_pending_covers_every_kind(rig: Rig) -> None:
     found = approvals.list_pending(rig.db)
     assert [f["kind"] for f in found] == ["sender"] and found[0]["expires_at"]
     assert rig.host.settings.approval_ttl_s == questions.DEFAULT_TTL_S
+
+
+def test_approved_apt_package_is_refused_with_its_reason(rig: Rig) -> None:
+    ag, s = agent_session(rig)
+    ctx = HostContext(rig.host)
+    approvals.handle_system_action(ctx, s.id, {"action": "install_packages", "apt": ["jq"]})
+    [row] = dba.list_approvals(rig.db)
+    card = cards.get_card(rig.db, row.approval_id)
+    assert card is not None and "will NOT be installed" in card.question
+    out = approvals.decide(ctx, row.approval_id, True, "fake:owner")
+    note = json.loads(rig.inbound(s)[-1]["content"])["text"]
+    assert out["status"] == "approved"
+    assert "Not installed: apt:jq" in note and "does not install apt packages" in note
+    assert "Installed:" not in note
+    cfg = groups.get_container_config(rig.db, ag)
+    assert cfg is None or cfg.packages_apt == "[]"
+
+
+def test_add_mcp_server_checked_carded_and_applied(rig: Rig) -> None:
+    ag, s = agent_session(rig)
+    ctx = HostContext(rig.host)
+    for bad, why in (({"name": "a b", "command": "x"}, "name is required"),
+                     ({"name": "w", "url": "file:///etc"}, "url must be"),
+                     ({"name": "w", "command": "x", "args": [1]}, "must be strings")):  # fmt: skip
+        approvals.handle_system_action(ctx, s.id, {"action": "add_mcp_server", **bad})
+        assert why in json.loads(rig.inbound(s)[-1]["content"])["text"]
+    assert dba.list_approvals(rig.db) == []
+    approvals.handle_system_action(ctx, s.id, {"action": "add_mcp_server", "name": "web",
+                                               "url": "https://mcp.example/mcp"})  # fmt: skip
+    [row] = dba.list_approvals(rig.db)
+    card = cards.get_card(rig.db, row.approval_id)
+    assert card is not None and "https://mcp.example/mcp" in card.question
+
+    async def approve() -> None:  # the restart is scheduled on the host's loop
+        approvals.decide(ctx, row.approval_id, True, "fake:owner")
+
+    rig.run(approve())
+    note = json.loads(rig.inbound(s)[-1]["content"])["text"]
+    assert 'MCP server "web" added' in note and "next turn" in note
+    cfg = groups.get_container_config(rig.db, ag)
+    assert cfg is not None
+    assert json.loads(cfg.mcp_servers) == {
+        "web": {"type": "http", "url": "https://mcp.example/mcp"}
+    }
+
+
+@pytest.mark.skipif(bwrap_unusable_reason() is not None, reason="bubblewrap unusable")
+def test_approved_pip_package_installs_off_the_loop_then_the_agent_is_told(rig: Rig) -> None:
+    ag, s = agent_session(rig)
+    ctx = HostContext(rig.host)
+    approvals.handle_system_action(ctx, s.id, {"action": "install_packages", "pip": ["six"],
+                                               "apt": ["jq"]})  # fmt: skip
+    [row] = dba.list_approvals(rig.db)
+    card = cards.get_card(rig.db, row.approval_id)
+    assert card is not None and "pip (PyPI, into its own virtualenv)" in card.question
+
+    async def approve_and_wait() -> str:
+        approvals.decide(ctx, row.approval_id, True, "fake:owner")
+        first = json.loads(rig.inbound(s)[-1]["content"])["text"]
+        assert first.startswith("Approved: installing pip:six")
+        for _ in range(6000):  # the loop keeps running while pip works in a thread
+            last = json.loads(rig.inbound(s)[-1]["content"])["text"]
+            if last != first:
+                return str(last)
+            await asyncio.sleep(0.05)
+        raise AssertionError("no result note")
+
+    note = rig.run(approve_and_wait())
+    assert note.startswith("Installed: pip:six.") and "Not installed: apt:jq" in note
+    cfg = groups.get_container_config(rig.db, ag)
+    assert cfg is not None and cfg.settings_dict()["packages_pip"] == ["six"]

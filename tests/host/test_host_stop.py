@@ -87,3 +87,27 @@ def test_stop_right_after_routing_leaves_nothing_running(
     assert "closed database" not in caplog.text
     started = caplog.text.rfind("runner started")
     assert started < caplog.text.rindex("host stopped")  # no runner started after the stop
+
+
+def test_stop_ends_the_loops_even_when_a_wake_lands_with_the_cancel(tmp_path: Path) -> None:
+    """Python 3.11's ``wait_for`` can swallow a cancellation that lands as the awaited event
+    is set: the sweep loop and the card pump must end on ``stop()`` all the same."""
+
+    async def scenario() -> None:
+        host = Host(
+            Home(tmp_path / "home"), channels=[FakeChannel("fake")], backend=FakeBackend(),
+            options=HostOptions(sockets=False, watch=False, cleanup_orphans=False),
+        )  # fmt: skip
+        await host.start()
+        try:
+            for _ in range(20):  # both loops reach their wait
+                await asyncio.sleep(0)
+            from carapace.permissions import cards
+
+            host._kick_sweep()  # the events are set in the same turn as the cancellations
+            cards.kick()
+            await asyncio.wait_for(host.stop(), 10)
+        finally:
+            host.close()
+
+    asyncio.run(scenario())

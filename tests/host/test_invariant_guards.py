@@ -111,12 +111,13 @@ def test_approval_decided_after_expiry_does_not_apply(rig: Rig) -> None:
 
 
 def test_approval_just_before_expiry_applies(rig: Rig) -> None:
-    ag, _, aid = _request(rig, "install_packages")
+    _ag, s, aid = _request(rig, "install_packages")
     rig.clock.advance(Settings().approval_ttl_s - 1)
 
     async def decide() -> dict[str, str]:  # applying restarts the group's runner: in a loop
         return approvals.decide(HostContext(rig.host), aid, True, "fake:owner")
 
     assert rig.run(decide())["status"] == "approved"
-    cfg = groups.get_container_config(rig.db, ag)
-    assert cfg is not None and "curl" in cfg.packages_apt
+    # the handler ran: apt packages are refused per group, and the agent is told why
+    note = json.loads(rig.inbound(s)[-1]["content"])["text"]
+    assert "apt curl" in note and "does not install apt packages" in note

@@ -21,7 +21,7 @@ def test_round_trip_row_shape(rig: Rig) -> None:
     [row] = rig.inbound(s)
     assert row["seq"] == 2 and row["kind"] == "chat" and row["trigger"] == 1
     assert row["series_id"] == row["id"] and row["channel_type"] == "fake"
-    rig.run(__import__("asyncio").sleep(0))
+    rig.run(rig.host.pool.wake_and_wait(s.id))  # the spawn's file work runs in a thread
     assert [sp.session_id for sp in rig.backend.started] == [s.id]
     # the wake wrote the projections
     assert rig.inbound(s, "SELECT channel_type, platform_id FROM session_routing") == [

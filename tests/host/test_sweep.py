@@ -34,7 +34,7 @@ def _pending(rig: Rig) -> object:
     rig.wire(mg, ag)
     rig.run(rig.host.route(make_event("hi", id="m")))
     [s] = rig.sessions()
-    rig.run(__import__("asyncio").sleep(0))
+    rig.run(rig.host.pool.wake_and_wait(s.id))  # the spawn's file work runs in a thread
     return s
 
 
@@ -68,7 +68,7 @@ def test_crash_retry_budget(rig: Rig) -> None:
         rig.host._health.clear()
         report = rig.run(rig.host.sweep_once())
         assert s.id in report.woken
-        rig.run(__import__("asyncio").sleep(0))
+        rig.run(rig.host.pool.wake_and_wait(s.id))
         handle = rig.backend.handles[s.id]
     rig.ack(s, mid, "processing", sqlite_ts(rig.clock.now()))
     handle.exit(1)
@@ -113,6 +113,7 @@ def test_process_after_due_wakes_and_index(rig: Rig) -> None:
     rig.clock.advance(301)
     report = rig.run(rig.host.sweep_once())
     assert report.woken == [s.id]
+    rig.run(rig.host.pool.wake_and_wait(s.id))  # the spawn's file work runs in a thread
     # nothing pending and no runner: the session leaves the index
     rig.backend.handles[s.id].exit(0) if s.id in rig.backend.handles else None
     rig.settle()

@@ -106,3 +106,31 @@ def test_not_a_v1_install_is_one_clear_line(tmp_path: Path) -> None:
                                     str(tmp_path / "empty")])  # fmt: skip
     assert res.exit_code == 1
     assert "not a NanoClaw v1 install" in res.output
+
+
+def test_a_failure_half_way_leaves_the_home_as_it_was(tmp_path: Path) -> None:
+    """A v1 DB whose groups read fine but whose message pages are corrupted: the import
+    fails at the messages, after the groups went in; nothing of it may stay (issue 14)."""
+    tree = populated(tmp_path)
+    c = tree.db()
+    for i in range(3000):
+        add_message(c, "tg:42", f"bulk-{i}", "x" * 300)
+    c.close()
+    raw = bytearray(tree.db_path.read_bytes())
+    size = len(raw)
+    raw[size // 2 : size - 4096] = b"\x07" * (size - 4096 - size // 2)  # junk mid-table
+    tree.db_path.write_bytes(bytes(raw))
+    home = tmp_path / "home"
+    assert CliRunner().invoke(main, ["init", "--home", str(home)]).exit_code == 0
+    (home / "groups" / "main" / "notes.md").write_text("mine")
+    before = tree_hash(home)
+    res = CliRunner().invoke(main, ["migrate-v1", "--home", str(home), str(tree.root)])
+    assert res.exit_code == 1, res.output
+    assert res.exception is None or isinstance(res.exception, SystemExit)
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "the home was left as it was" in lines[0], res.output
+    assert tree_hash(home) == before
+    # the same import into a home that did not exist leaves no home behind
+    fresh = tmp_path / "fresh"
+    res = CliRunner().invoke(main, ["migrate-v1", "--home", str(fresh), str(tree.root)])
+    assert res.exit_code == 1 and not fresh.exists(), res.output

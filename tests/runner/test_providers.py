@@ -293,7 +293,9 @@ def test_anthropic_plain_text_turn() -> None:
     body = srv.requests[0]
     assert body["model"] == "claude-test"
     assert body["max_tokens"] == 100
-    assert body["system"] == "sys prompt"
+    assert body["system"] == [
+        {"type": "text", "text": "sys prompt", "cache_control": {"type": "ephemeral"}}
+    ]
     assert body["messages"] == [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]
     assert "tools" not in body
     assert srv.recorded[0].api_key == KEY
@@ -315,6 +317,7 @@ def test_anthropic_tool_use_round_trip() -> None:
             "name": "get_time",
             "description": TIME_TOOL.description,
             "input_schema": TIME_TOOL.input_schema,
+            "cache_control": {"type": "ephemeral"},
         }
     ]
     assert second["messages"] == [

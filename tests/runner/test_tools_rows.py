@@ -347,7 +347,7 @@ def test_create_agent(env: Env) -> None:
 
 def test_install_packages(env: Env) -> None:
     assert env.call("install_packages").content == (
-        "Error: At least one apt or npm package is required"
+        "Error: At least one apt, npm or pip package is required"
     )
     assert env.call("install_packages", apt=[f"p{i}" for i in range(21)]).content == (
         "Error: Maximum 20 packages per request"
@@ -369,7 +369,13 @@ def test_install_packages(env: Env) -> None:
 
 
 def test_add_mcp_server(env: Env) -> None:
-    assert env.call("add_mcp_server", name="x").content == ("Error: name and command are required")
+    assert env.call("add_mcp_server", name="x").content == (
+        "Error: name and a command or url are required"
+    )
+    env.call("add_mcp_server", name="web", url="https://example.org/mcp")
+    assert env.last()["content"] == {
+        "action": "add_mcp_server", "name": "web", "url": "https://example.org/mcp"
+    }  # fmt: skip
     res = env.call("add_mcp_server", name="fs", command="npx", args=["-y", "srv"])
     assert res.content == (
         "MCP server request submitted. You will be notified when admin approves or rejects."

@@ -21,12 +21,13 @@ FLOORS: list[set[str]] = [
     {"bootstrap", "channels", "sched", "testing"},
     {"runner"},
     {"sandbox"},
+    {"packages"},
     {"permissions"},
     {"proxy"},
     {"host"},
-    {"ops"},
+    {"ops", "bench"},
     {"admin"},
-    {"migrate"},
+    {"migrate", "web"},
     {"commands", "cli"},
 ]  # fmt: skip
 

@@ -52,6 +52,15 @@ _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
 
 
+MAX_INT = 2**63 - 1
+
+
+def _short(raw: Any) -> str:
+    """A bad value as shown in an error line: its repr, cut to 60 characters."""
+    text = repr(raw)
+    return text if len(text) <= 60 else text[:59] + "…"
+
+
 @dataclass(frozen=True)
 class Opt:
     """One option of a verb; ``name`` is snake_case, the CLI spells it ``--kebab-case``."""
@@ -90,18 +99,20 @@ class Opt:
                 return bool(raw)
             if isinstance(raw, str) and raw.lower() in _TRUE | _FALSE:
                 return raw.lower() in _TRUE
-            raise ValidationError(f"{self.flag} takes true or false (got {raw!r})")
+            raise ValidationError(f"{self.flag} takes true or false (got {_short(raw)})")
         if raw is True:
             raise ValidationError(f"{self.flag} needs a value")
         if self.type == "int":
             if isinstance(raw, bool):
-                raise ValidationError(f"{self.flag} takes an integer (got {raw!r})")
+                raise ValidationError(f"{self.flag} takes an integer (got {_short(raw)})")
             try:
                 number = raw if isinstance(raw, int) else int(str(raw).strip())
             except ValueError:
-                raise ValidationError(f"{self.flag} takes an integer (got {raw!r})")
+                raise ValidationError(f"{self.flag} takes an integer (got {_short(raw)})")
             if self.minimum is not None and number < self.minimum:
                 raise ValidationError(f"{self.flag} must be at least {self.minimum}")
+            if not -MAX_INT <= number <= MAX_INT:  # SQLite's integers are 64-bit
+                raise ValidationError(f"{self.flag} is out of range (at most {MAX_INT})")
             return number
         if self.type == "json":
             value = raw
@@ -115,11 +126,11 @@ class Opt:
                 raise ValidationError(f"{self.flag} must be a JSON {kind}")
             return value
         if isinstance(raw, bool) or not isinstance(raw, str | int | float):
-            raise ValidationError(f"{self.flag} takes a string (got {raw!r})")
+            raise ValidationError(f"{self.flag} takes a string (got {_short(raw)})")
         value = str(raw)
         if self.type == "enum" and value not in self.choices:
             raise ValidationError(
-                f"{self.flag} must be one of {', '.join(self.choices)} (got {value!r})"
+                f"{self.flag} must be one of {', '.join(self.choices)} (got {_short(value)})"
             )
         return value
 

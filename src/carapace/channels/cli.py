@@ -129,7 +129,11 @@ class CliChannel:
             while True:
                 try:
                     line = await reader.readline()
-                except (ValueError, ConnectionError):
+                except ValueError:  # over MAX_LINE: said, not silently dropped
+                    await self._send(client, {"type": "error", "error": "line over 1 MiB: "
+                                              "not accepted; connection closed"})  # fmt: skip
+                    break
+                except ConnectionError:
                     break
                 if not line:
                     break

@@ -45,7 +45,11 @@ logger = logging.getLogger(__name__)
 #: channel type → the module holding its adapter (the test-only ``fake`` is not listed).
 ADAPTERS: dict[str, str] = {
     "cli": "carapace.channels.cli",
+    "discord": "carapace.channels.discord",
+    "slack": "carapace.channels.slack",
     "telegram": "carapace.channels.telegram",
+    "web": "carapace.web.channel",
+    "webhook": "carapace.web.hooks",
 }
 
 STATE_FILE = "channels.json"

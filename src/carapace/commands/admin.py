@@ -9,6 +9,7 @@ Exit codes: 0 ok, 1 command error, 2 transport or usage error.
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -22,7 +23,7 @@ from carapace.admin.frames import AdminError
 from carapace.admin.helptext import global_help, resource_help
 from carapace.admin.registry import commands, resolve, resource
 from carapace.admin.render import human
-from carapace.cli import home_option
+from carapace.cli import debug_enabled, home_option, one_line
 from carapace.config import Home
 from carapace.errors import CarapaceError
 from carapace.timefmt import new_id
@@ -42,6 +43,14 @@ def run_admin(
     home: Home, words: list[str], as_json: bool, out: Echo = _out, err: Echo = _err
 ) -> int:
     """Run one admin command line; returns the exit code."""
+    for word in words:
+        try:
+            word.encode("utf-8")
+        except UnicodeEncodeError:
+            shown = word.encode("utf-8", "backslashreplace").decode()[:60]
+            return _show_error(
+                "invalid-args", f"argument {shown!r} is not valid UTF-8", as_json, out, err
+            )
     try:
         positionals, args = parse_words(words)
     except AdminError as exc:
@@ -94,6 +103,8 @@ def _direct(home: Home, frame: dict[str, Any], err: Echo) -> dict[str, Any] | No
             verb = commands()[resolved[0]][1]
             how = "applied" if verb.mutates else "read"
             err(f"no host running for {home.root}; {how} directly")
+        if not debug_enabled():  # the failure is one line below; no traceback on the terminal
+            logging.getLogger("carapace.admin.dispatch").setLevel(logging.CRITICAL)
         return dispatch(ctx, frame, HOST_CALLER)
 
 
@@ -106,7 +117,7 @@ def _show_error(code: str, message: str, as_json: bool, out: Echo, err: Echo) ->
     if as_json:
         out(json.dumps({"error": {"code": code, "message": message}}, ensure_ascii=False))
     else:
-        err(f"error ({code}): {message}")
+        err(f"error ({code}): {one_line(message)}")
     return 2 if code == "transport-error" else 1
 
 

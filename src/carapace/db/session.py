@@ -180,6 +180,8 @@ def upgrade_inbound(conn: sqlite3.Connection) -> None:
     ):
         return
     with transaction(conn):
+        # read again under the write lock: another connection may have upgraded meanwhile
+        cols = set(column_names(conn, "messages_in"))
         if "series_id" not in cols:
             conn.execute("ALTER TABLE messages_in ADD COLUMN series_id TEXT")
             conn.execute("UPDATE messages_in SET series_id = id")

@@ -37,7 +37,7 @@ from typing import Any
 
 from carapace.channels.base import ChannelAdapter, ChannelUnavailable, OutboundFile, OutboundMessage
 from carapace.db.connection import has_table, transaction
-from carapace.db.session import SessionPaths, open_inbound
+from carapace.db.session import SessionPaths
 from carapace.db.sessions import Session
 from carapace.errors import DeliveryError
 from carapace.host.a2a_guard import A2AGuard, A2AStopped, write_stop_note
@@ -98,10 +98,10 @@ class Delivery:
         self.outbox = OutboxReader()  # every outbound.db read: checked, bounded, off the loop
 
     def _open(self, paths: SessionPaths) -> sqlite3.Connection:
-        """The session's inbound.db with the host's delivery tables. Checked on every open
-        (one indexed read): a session folder deleted and made again gets them back, no
-        per-session cache goes stale."""
-        inb = open_inbound(paths)
+        """The session's inbound.db with the host's delivery tables (a live session's kept
+        connection; give it back with ``sessions.done_with``). Checked on every open (one
+        indexed read): a session folder deleted and made again gets them back."""
+        inb = self.sessions.open_inbound(paths)
         if not has_table(inb, "carapace_send_intent"):
             with transaction(inb):
                 for stmt in HOST_TABLES.split(";"):
@@ -126,7 +126,7 @@ class Delivery:
             done = self._done(inb, ids) | set(self._pending(session.id).outcomes)
             return len([i for i in ids if i not in done])
         finally:
-            inb.close()
+            self.sessions.done_with(inb)
 
     def _pending(self, session_id: str) -> Records:
         return self._records.setdefault(session_id, Records())
@@ -212,6 +212,8 @@ class Delivery:
                 self.outbox.refused(self.sessions, session, exc, now, self.wake)
                 return result
             self.outbox.accepted(session.id)
+            if rows:
+                self.sessions.note_out_seq(session.id, max(int(r["seq"] or 0) for r in rows))
             result.more = len(rows) >= MAX_ROWS  # a full batch: drain() reads on if it moved
             if not rows:
                 return result
@@ -276,6 +278,7 @@ class Delivery:
                     result.failed += 1
                 if contiguous:
                     new_cursor = row["seq"]
+                await asyncio.sleep(0)  # a long batch never holds the event loop (issue 19)
             if new_cursor == cursor:
                 result.more = False  # nothing moved: no busy loop over a blocked full batch
             else:
@@ -286,7 +289,7 @@ class Delivery:
                 result.more = False
             return result
         finally:
-            inb.close()
+            self.sessions.done_with(inb)
 
     @staticmethod
     def _state(rec: Records, states: dict[str, sqlite3.Row], rid: str) -> dict[str, Any] | None:

@@ -106,11 +106,12 @@ def compose_group(home: Home, agent_dir: Path) -> None:
         fd = _fragments_dir(agent_dir)
         if fd is not None:
             try:
-                safefs.write_beneath(fd, SHARED_FRAGMENT, shared.encode(), 0o600)
+                safefs.write_beneath_if_changed(fd, SHARED_FRAGMENT, shared.encode(), 0o600)
                 fragments.append(SHARED_FRAGMENT)
             finally:
                 os.close(fd)
-    safefs.write_beneath(agent_dir, "CLAUDE.md", composed_text(fragments).encode(), 0o600)
+    text = composed_text(fragments).encode()
+    safefs.write_beneath_if_changed(agent_dir, "CLAUDE.md", text, 0o600)
 
 
 def restore_global(home: Home) -> bool:

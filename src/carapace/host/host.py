@@ -33,27 +33,33 @@ from carapace.channels.base import (
     InboundEvent,
 )
 from carapace.config import Home, Settings
-from carapace.db.destinations import add_projection_hook, remove_projection_hook
-from carapace.db.projection import project_group
+from carapace.db.destinations import add_projection_hook, projection, remove_projection_hook
+from carapace.db.projection import write_rows
 from carapace.db.sessions import set_container_status
 from carapace.errors import CarapaceError, ConfigError
 from carapace.host import groupfiles, work_index
 from carapace.host.actions import SystemActions
 from carapace.host.delivery import Delivery
+from carapace.host.outbox_reader import OutboxRefused
 from carapace.host.pool import RunnerPool, cleanup_orphans
 from carapace.host.router import Router, RouteResult
 from carapace.host.sessions import SessionManager
 from carapace.host.sweep import (
+    ACK_BATCH,
+    ACK_FLUSH_S,
     SLA_CHECK_S,
     Claim,
     HostSeen,
     SweepContext,
     SweepReport,
+    apply_acks,
     container_state,
     decide_stuck_action,
     due_iso,
     earliest,
     heartbeat_at,
+    idle_since,
+    new_acks,
     reset_claims,
     scan_session,
 )
@@ -70,6 +76,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 SAFETY_TICK_S = 60.0
+INDEX_SLICE = 200  # work-index rows written per transaction at start
 SPAWN_BACKOFF_MAX_S = 300.0
 
 
@@ -164,6 +171,16 @@ class Host:
         self._watcher: Any = None
         self._admin_server: Any = None
         self._hook = self._projection_hook
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._projecting: set[asyncio.Task[Any]] = set()
+        # pool.make_room's view of live runners: session → since when idle (None: busy),
+        # filled off the event loop (_refresh_idle); a session with work drops its entry
+        self._idle_cache: dict[str, datetime | None] = {}
+        self._idle_refresh = False  # a refresh task is on its way
+        # terminal acks read after runner commits, copied into messages_in in batches
+        self._ack_rowid: dict[str, int] = {}
+        self._acks_due: dict[str, dict[str, str]] = {}
+        self._ack_timers: dict[str, asyncio.TimerHandle] = {}
 
     def _default_backend(self) -> RunnerBackend:
         """``settings.runner_backend`` (auto: bwrap when usable), per agent group overrides;
@@ -180,7 +197,51 @@ class Host:
         return self.clock.now()
 
     def _projection_hook(self, db: sqlite3.Connection, agent_group_id: str) -> None:
-        project_group(db, self.home.data_dir, agent_group_id)
+        """A destination or wiring change (any thread, with that thread's connection): the
+        rows are computed here; the sessions of the group with a live runner get them off
+        the event loop, only where they differ. Others project on wake (``prepare_wake``)."""
+        rows = projection(db, agent_group_id)
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            self._project_live(agent_group_id, rows)
+        else:
+            loop.call_soon_threadsafe(self._project_live, agent_group_id, rows)
+
+    def _project_live(self, agent_group_id: str, rows: list[Any]) -> None:
+        if self._stopping:
+            return
+        live = []
+        for sid in [*self.pool.running, *self.pool.spawning()]:
+            session = self.sessions.get(sid)
+            if session is not None and session.agent_group_id == agent_group_id:
+                live.append(self.sessions.paths(session))
+        if live:
+            self._spawn(self._write_projection(live, rows))
+
+    async def _write_projection(self, live: list[Any], rows: list[Any]) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._projecting.add(task)
+        try:
+            for paths in live:
+                try:
+                    await asyncio.to_thread(write_rows, paths, rows)
+                except (OSError, sqlite3.Error):
+                    logger.exception("destinations projection failed for %s", paths.root.name)
+        finally:
+            if task is not None:
+                self._projecting.discard(task)
+
+    async def projection_idle(self) -> None:
+        """Wait until the projections started so far are written (benchmarks, tests)."""
+        while self._projecting:
+            await asyncio.gather(*list(self._projecting), return_exceptions=True)
 
     def _spawn(self, coro: Any) -> None:
         if self._stopping:
@@ -203,6 +264,9 @@ class Host:
             self.sessions.mark_work(session_id, due_iso(h.not_before) or "")
             self._kick_sweep()
             return
+        self._idle_cache.pop(session_id, None)  # it has work now
+        if self.pool.is_running(session_id):
+            return  # its runner wakes on the commit itself (inotify); the sweep is not needed
         self.pool.wake(session_id)
         self._kick_sweep()
 
@@ -229,6 +293,7 @@ class Host:
         """Take the home's lock, reap orphans, start channels, watcher, sweep and sockets.
         ``background=False`` (tests): no timers or watchers; drive the passes by hand."""
         self._acquire_lock()
+        self._loop = asyncio.get_running_loop()
         if self.options.cleanup_orphans:
             n = await asyncio.to_thread(cleanup_orphans, self.home.sessions_dir)
             if n:
@@ -282,7 +347,11 @@ class Host:
         found = await asyncio.to_thread(
             work_index.scan_sessions, self.home.data_dir, refs, self.now()
         )
-        n = work_index.apply(self.db, found)
+        items = list(found.items())
+        for i in range(0, len(items), INDEX_SLICE):  # bounded transactions, the loop runs between
+            work_index.apply(self.db, dict(items[i : i + INDEX_SLICE]))
+            await asyncio.sleep(0)
+        n = len(found)
         if n:
             logger.info("work index: %d of %d session(s) have pending work", n, len(refs))
         return n
@@ -302,14 +371,18 @@ class Host:
                 self._on_channel_status(channel_type, "stopped", None)
         await self.typing.stop_all()
         await self.pool.stop_all("shutdown")  # also waits for spawns in flight
+        for sid in list(self._acks_due):
+            with contextlib.suppress(Exception):
+                await self._flush_acks(sid)
         if self.proxy is not None:
             await self.proxy.aclose()
         while self._tasks:  # drains, sweep timer, approvals pump; none can start now
             for task in list(self._tasks):
                 task.cancel()
-            for task in list(self._tasks):
-                with contextlib.suppress(BaseException):
-                    await task
+            # cancelled again until done: Python 3.11's wait_for can swallow a cancellation
+            # that races with its own wake-up (the sweep timer kicked at that moment)
+            done, _ = await asyncio.wait(list(self._tasks), timeout=0.5)
+            for task in done:
                 self._tasks.discard(task)
         self._stop_watcher()
         remove_projection_hook(self._hook)
@@ -320,6 +393,8 @@ class Host:
 
     def close(self) -> None:
         self._closed = True
+        with contextlib.suppress(sqlite3.Error):
+            self.sessions.release_all()
         if self.proxy is not None:
             self.proxy.close()
         self.delivery.outbox.close()
@@ -399,41 +474,102 @@ class Host:
         self._spawn(self._after_commit(session_id))
 
     async def _after_commit(self, session_id: str) -> None:
+        """A runner committed: deliver what is new, note its new acks (one cheap read of
+        what changed since the last one, off the loop); when work is queued for a runner
+        slot, see whether this runner has become idle."""
         await self._drain(session_id)
         session = self.sessions.get(session_id)
-        if session is not None:  # ack sync at once, off the loop (outbound.db is the agent's)
-            await self.delivery.outbox.call(scan_session, self.sessions.paths(session), self.now())
-            if self.pool.queued():
-                self.pool.make_room()  # this runner may just have become idle
+        if session is None:
+            return
+        paths = self.sessions.paths(session)
+        try:
+            top, acks = await self.delivery.outbox.call(
+                new_acks, paths.outbound, self._ack_rowid.get(session_id, -1)
+            )
+        except (OSError, OutboxRefused, TimeoutError):
+            top, acks = 0, {}
+        if top:
+            self._ack_rowid[session_id] = top
+        due = self._acks_due.setdefault(session_id, {})
+        due.update({m: st for m, st in acks.items() if st in ("completed", "failed")})
+        if len(due) >= ACK_BATCH or (due and not self.pool.is_running(session_id)):
+            await self._flush_acks(session_id)
+        elif due and session_id not in self._ack_timers:  # soon, together with the next few
+            self._ack_timers[session_id] = asyncio.get_running_loop().call_later(
+                ACK_FLUSH_S, lambda: self._spawn(self._flush_acks(session_id))
+            )
+        if self.pool.queued():
+            self._idle_cache.pop(session_id, None)
+            self._kick_idle_refresh()
+
+    async def _flush_acks(self, session_id: str) -> None:
+        """Copy the noted terminal acks into ``messages_in`` (one transaction, a worker
+        thread); the sweep's full ack sync catches anything a batch has not covered."""
+        timer = self._ack_timers.pop(session_id, None)
+        if timer is not None:
+            timer.cancel()
+        due = self._acks_due.pop(session_id, {})
+        session = self.sessions.get(session_id)
+        if due and session is not None:
+            task = await asyncio.to_thread(apply_acks, self.sessions.paths(session), due)
+            if task and not self._stopping:  # the sweep records the task's run
+                self.sessions.mark_work(session_id, due_iso(self.now()) or "")
+                self._kick_sweep()
 
     def _idle_since(self, session_id: str) -> datetime | None:
-        """For the pool: None while the session has due or claimed work, else since when its
-        runner has been idle (its last heartbeat, or its start; the host's clock bounds it)."""
-        session = self.sessions.get(session_id)
-        if session is None:
-            return self.now()
-        paths = self.sessions.paths(session)
-        scan = scan_session(paths, self.now())
-        if scan.due_now or scan.claims:
+        """For the pool (no file access: called on the event loop): None while the session
+        has due or claimed work or is not known yet (a refresh off the loop is started),
+        else since when its runner has been idle."""
+        if session_id not in self._idle_cache:
+            self._kick_idle_refresh()
             return None
-        started = self.pool.started_at(session_id) or self.now()
-        hb = heartbeat_at(paths)
-        last = max(started, hb) if hb is not None else started
-        return min(last, self.now())
+        return self._idle_cache[session_id]
+
+    def _kick_idle_refresh(self) -> None:
+        if not self._idle_refresh:
+            self._idle_refresh = True
+            self._spawn(self._refresh_idle())
+
+    async def _refresh_idle(self) -> None:
+        """Scan the live sessions make_room does not know about (worker thread), then let
+        the pool yield idle slots to queued work."""
+        await asyncio.sleep(0)
+        self._idle_refresh = False
+        todo = [sid for sid in self.pool.running if sid not in self._idle_cache]
+        for sid in todo:
+            session = self.sessions.get(sid)
+            if session is None:
+                continue
+            started = self.pool.started_at(sid) or self.now()
+            try:
+                since = await self.delivery.outbox.call(
+                    idle_since, self.sessions.paths(session), self.now(), started
+                )
+            except Exception:
+                logger.exception("idle check of session %s failed", sid)
+                continue
+            self._idle_cache[sid] = since
+        if self.pool.queued():
+            self.pool.make_room()
 
     # ---------------------------------------------------------------- runners
-    def _prepare(self, session_id: str) -> RunnerSpec | None:
+    async def _prepare(self, session_id: str) -> RunnerSpec | None:
+        """Before a spawn. Central-DB reads and writes stay on the event loop; the file work
+        (projections, container.json, CLAUDE.md, transcript adoption) runs in a worker
+        thread and writes only what changed."""
         if self._stopping:
             return None
         session = self.sessions.get(session_id)
         if session is None or (session.status or "active") != "active":
             return None
-        agent_dir = self.sessions.prepare_wake(session)
+        plan = self.sessions.wake_plan(session)
+        agent_dir = plan.agent_dir
         paths = self.sessions.paths(session)
-        adopt_legacy_transcript(agent_dir, paths.root, session.id)  # out of the shared folder
-        with contextlib.suppress(FileNotFoundError):
-            paths.heartbeat.unlink()
+        await asyncio.to_thread(self._wake_files, plan, session.id)
+        if self._stopping:
+            return None
         set_container_status(self.db, session.id, "running")
+        self.sessions.keep(session)  # persistent connections while the runner lives
         self.db.execute(
             "UPDATE sessions SET last_active=? WHERE id=?", (due_iso(self.now()), session.id)
         )
@@ -454,9 +590,22 @@ class Host:
         return RunnerSpec(session.id, session.agent_group_id, paths.root, agent_dir, provider,
                           self.settings.runner_idle_exit_s, env)  # fmt: skip
 
+    def _wake_files(self, plan: Any, session_id: str) -> None:
+        self.sessions.write_wake_files(plan)
+        adopt_legacy_transcript(plan.agent_dir, plan.paths.root, session_id)  # out of the group
+        with contextlib.suppress(FileNotFoundError):
+            plan.paths.heartbeat.unlink()
+
     def _on_exit(self, session_id: str, exit: RunnerExit) -> None:
         self._host_seen.forget(session_id)
         self.typing.stop(session_id)
+        self._idle_cache.pop(session_id, None)
+        self._ack_rowid.pop(session_id, None)
+        if not self._closed:
+            with contextlib.suppress(sqlite3.Error):
+                self.sessions.release(session_id)
+        if self._acks_due.get(session_id) and not self._closed:
+            self._spawn(self._flush_acks(session_id))
         if self.proxy is not None:
             self.proxy.egress.session_ended(session_id)
         if self._closed:  # claims are reset by the next start's sweep
@@ -552,8 +701,9 @@ class Host:
             elif not scan.due_now and not scan.claims and self._idle(paths, started, now):
                 self._spawn(self.pool.stop(sid, "idle"))
         # the hook (task series: hand-over, catch-up) runs before the wake decision
-        with contextlib.closing(self.sessions_inbound(paths)) as inb:
-            ctx = SweepContext(session, paths, inb, now, self.settings.timezone)
+        with self.sessions.inbound(paths) as inb:
+            ctx = SweepContext(session, paths, inb, now, self.settings.timezone,
+                               self.sessions.other_max(sid, inb), scan.task_acks)  # fmt: skip
             hook_next = self.hooks.on_sweep_session(ctx)
         if hook_next is not None or scan.due_now:
             scan = await off(scan_session, paths, now)
@@ -588,7 +738,9 @@ class Host:
 
     async def _sweep_loop(self) -> None:
         assert self._sweep_event is not None
-        while True:
+        # ``not self._stopping``: Python 3.11's ``wait_for`` can swallow a cancellation that
+        # lands as the event is set; the loop must still end when the host stops
+        while not self._stopping:
             try:
                 await self.sweep_once()
             except Exception:

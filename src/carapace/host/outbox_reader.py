@@ -17,9 +17,21 @@ through this module:
 * every read has a bound on work: a SQLite progress handler aborts it after a budget of
   wall time, queries carry a ``LIMIT``, and text fields are size-capped in SQL;
 * the host's async code runs these reads on a small thread pool with a timeout
-  (:class:`OutboxReader`), never on the event loop. The few synchronous call sites (the
-  highest ``seq`` when the host writes an inbound row, ack lookups of the task sweep hook)
-  use :data:`INLINE_BUDGET_S` (250 ms) on indexed lookups, which take well under 1 ms.
+  (:class:`OutboxReader`), never on the event loop. The one synchronous call site left (ack
+  lookups of the task sweep hook for rows the sweep's own off-loop read did not cover) uses
+  :data:`INLINE_BUDGET_S` (250 ms) on indexed lookups, which take well under 1 ms.
+
+Persistent connections (issue 19). While a session has a live runner the host keeps one
+read-only connection to its ``outbound.db`` (:func:`keep` / :func:`release`) instead of
+opening, pragma-setting and schema-checking the file on every read. The defences hold per
+read: the file is re-checked as a regular file reached without a link and compared (device,
+inode) with the one the connection has open, a replaced file gets a fresh connection and a
+full check; every read runs in its own transaction whose first step reads the schema cookie
+(``PRAGMA schema_version``) and runs :func:`check_schema` again whenever it differs from
+the value last checked (SQLite reloads its schema only when that cookie changes, so the
+schema it uses is always one that passed the check); the progress-handler budget is armed
+per read; any error closes the connection. Only worker-thread reads use it (a lock per
+file); writes and inline reads open their own.
 """
 
 from __future__ import annotations
@@ -29,10 +41,12 @@ import logging
 import os
 import sqlite3
 import stat
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -126,14 +140,127 @@ def check_schema(conn: sqlite3.Connection) -> None:
         raise OutboxRefused("outbound.db has no messages_out table")
 
 
-def _check_file(path: Path) -> None:
-    """A regular file reached without following a link (``FileNotFoundError`` if none)."""
+def _check_file(path: Path) -> tuple[int, int]:
+    """A regular file reached without following a link (``FileNotFoundError`` if none);
+    returns its (device, inode)."""
     fd = safefs.open_beneath(path.parent, path.name, os.O_RDONLY | os.O_NONBLOCK)
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
             raise OutboxRefused("outbound.db is not a regular file")
+        return st.st_dev, st.st_ino
     finally:
         os.close(fd)
+
+
+@dataclass
+class _Kept:
+    """One persistent read-only connection (see the module docstring)."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    conn: sqlite3.Connection | None = None
+    ident: tuple[int, int] | None = None
+    schema: int | None = None  # the schema cookie last checked
+    deadline: float = 0.0
+    busy_ms: int = -1
+    retired: bool = False  # released while a read was in progress
+
+    def drop(self) -> None:
+        if self.conn is not None:
+            try:
+                self.conn.close()
+            except sqlite3.Error:
+                pass
+        self.conn, self.ident, self.schema, self.busy_ms = None, None, None, -1
+
+
+_kept: dict[str, _Kept] = {}
+_kept_guard = threading.Lock()
+
+
+def keep(path: Path) -> None:
+    """Keep a persistent connection to ``path`` for worker-thread reads (a live session)."""
+    with _kept_guard:
+        _kept.setdefault(str(path), _Kept())
+
+
+def release(path: Path) -> None:
+    """Close and forget the persistent connection to ``path`` (the session's runner ended)."""
+    with _kept_guard:
+        entry = _kept.pop(str(path), None)
+    if entry is not None:
+        if entry.lock.acquire(blocking=False):  # never wait on the event loop for a read
+            try:
+                entry.drop()
+            finally:
+                entry.lock.release()
+        else:
+            entry.retired = True  # the read in progress closes it when done
+
+
+def kept_count() -> int:
+    return len(_kept)
+
+
+def _open_ro(path: Path, busy: int, check: Callable[[], int]) -> sqlite3.Connection:
+    uri = f"file:{quote(str(path))}?mode=ro&nofollow=1"
+    try:
+        conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=busy / 1000,
+                               check_same_thread=False)  # fmt: skip
+    except sqlite3.Error as exc:
+        raise OutboxRefused(f"outbound.db cannot be opened: {exc}") from None
+    conn.set_progress_handler(check, PROGRESS_OPS)
+    try:
+        conn.execute("PRAGMA trusted_schema = OFF")
+        conn.execute("PRAGMA mmap_size = 0")
+        conn.execute("PRAGMA query_only = ON")
+    except sqlite3.Error as exc:
+        conn.close()
+        raise OutboxRefused(f"outbound.db: {exc}") from None
+    return conn
+
+
+@contextmanager
+def _kept_checked(
+    entry: _Kept, path: Path, budget_s: float, busy: int
+) -> Iterator[sqlite3.Connection]:
+    with entry.lock:
+        try:
+            ident = _check_file(path)
+        except safefs.UnsafePathError as exc:
+            entry.drop()
+            raise OutboxRefused(f"outbound.db refused: {exc}") from None
+        except BaseException:
+            entry.drop()
+            raise
+        if entry.conn is None or entry.ident != ident:
+            entry.drop()
+            entry.conn = _open_ro(path, busy, lambda: int(time.monotonic() > entry.deadline))
+            entry.ident = ident
+        conn = entry.conn
+        entry.deadline = time.monotonic() + budget_s
+        try:
+            if entry.busy_ms != busy:
+                conn.execute(f"PRAGMA busy_timeout = {min(busy, BUSY_TIMEOUT_MS)}")
+                entry.busy_ms = busy
+            conn.execute("BEGIN")
+            cookie = conn.execute("PRAGMA schema_version").fetchone()[0]
+            if cookie != entry.schema:
+                entry.schema = None
+                check_schema(conn)
+                entry.schema = cookie
+            yield conn
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            entry.drop()  # whatever went wrong, the next read starts from a fresh check
+            if isinstance(exc, sqlite3.OperationalError) and "interrupted" in str(exc):
+                raise OutboxRefused(f"reading outbound.db took over {budget_s:g} s") from None
+            if isinstance(exc, sqlite3.DatabaseError):
+                raise OutboxRefused(f"outbound.db: {exc}") from None
+            raise
+        finally:
+            if entry.retired:
+                entry.drop()
 
 
 @contextmanager
@@ -147,6 +274,11 @@ def open_checked(
     reads made on the event loop pass 0: a runner holding its lock must not stall the host,
     and a locked file reads as refused, never waited for)."""
     busy = BUSY_WAIT_MS if busy_ms is None else busy_ms
+    entry = None if write or budget_s <= INLINE_BUDGET_S else _kept.get(str(path))
+    if entry is not None:
+        with _kept_checked(entry, path, budget_s, busy) as kept_conn:
+            yield kept_conn
+        return
     try:
         _check_file(path)
     except safefs.UnsafePathError as exc:

@@ -16,12 +16,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import inspect
 import logging
 import os
 import signal
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -53,7 +54,7 @@ class RunnerPool:
         backend: RunnerBackend,
         *,
         max_runners: int,
-        prepare: Callable[[str], RunnerSpec | None],
+        prepare: Callable[[str], RunnerSpec | Awaitable[RunnerSpec | None] | None],
         on_exit: Callable[[str, RunnerExit], None],
         on_started: Callable[[str], None] = lambda sid: None,
         now: Callable[[], datetime],
@@ -84,6 +85,9 @@ class RunnerPool:
         r = self.running.get(session_id)
         return None if r is None else r.started_at
 
+    def spawning(self) -> list[str]:
+        return list(self._spawning)
+
     def queued(self) -> list[str]:
         return list(self._queue)
 
@@ -109,7 +113,8 @@ class RunnerPool:
 
     async def _spawn(self, session_id: str) -> bool:
         try:
-            spec = self.prepare(session_id)
+            prepared = self.prepare(session_id)
+            spec = await prepared if inspect.isawaitable(prepared) else prepared
             if spec is None:
                 return False
             pidfile = spec.session_dir / PID_FILE

@@ -305,7 +305,7 @@ class Router:
                 return
         session, _ = self.sessions.resolve(w.agent_group_id, mg.id, event.thread_id, mode, now=now)
         mid = f"{event.message.id or new_id('msg', now)}:{w.agent_group_id}"
-        seq = self.sessions.write_message(
+        seq = await self.sessions.write_grouped(
             session,
             {
                 "id": mid, "kind": event.message.kind,

@@ -12,12 +12,16 @@ sweep visits only those rows (fixes §11.4 item 34).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import logging
 import os
 import sqlite3
-from datetime import datetime
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +29,8 @@ from carapace import safefs
 from carapace.config import Home
 from carapace.db import groups
 from carapace.db.connection import transaction
-from carapace.db.projection import write_destinations, write_routing
+from carapace.db.destinations import ProjectedDestination, projection
+from carapace.db.projection import routing_of, write_routing_row, write_rows
 from carapace.db.session import (
     SessionPaths,
     init_session_folder,
@@ -39,14 +44,14 @@ from carapace.db.sessions import (
     get_session,
     mark_session_work,
 )
-from carapace.host import groupfiles
-from carapace.host.outbox_reader import read_max_seq
+from carapace.host import groupfiles, outbox_reader
 from carapace.jsonutil import dumps, loads_or
 from carapace.timefmt import iso, new_id, sqlite_ts
 
 logger = logging.getLogger(__name__)
 
 MAX_ATTACHMENT_BYTES = 25 * 1024 * 1024
+GROUP_MAX = 256  # rows per group commit (bounds the work of one loop iteration)
 _MIME_EXT = {
     "image/jpeg": "jpg", "image/png": "png", "image/gif": "gif", "image/webp": "webp",
     "application/pdf": "pdf", "text/plain": "txt", "audio/ogg": "ogg", "audio/mpeg": "mp3",
@@ -61,10 +66,87 @@ def safe_name(name: str) -> bool:
     return bool(name) and name not in (".", "..") and not any(c in name for c in "/\\\0")
 
 
+@dataclass(frozen=True)
+class WakePlan:
+    """What a spawn writes into the session and group folders (``prepare_wake``)."""
+
+    paths: SessionPaths
+    agent_dir: Path
+    destinations: list[ProjectedDestination]
+    routing: tuple[str | None, str | None, str | None]
+    container: dict[str, Any]
+
+
 class SessionManager:
     def __init__(self, home: Home, db: sqlite3.Connection) -> None:
         self.home = home
         self.db = db
+        # Live sessions (a runner runs): one persistent host connection to inbound.db, used
+        # on the event loop's thread only; closed when the runner ends (issue 19).
+        self._kept: dict[str, sqlite3.Connection] = {}
+        self._uses: dict[int, int] = {}  # id(kept connection) -> users right now
+        # The highest outbound seq the host has read per session (delivery notes it): the
+        # other side's maximum for a new inbound seq, without reading outbound.db inline.
+        self._out_max: dict[str, int] = {}
+        self.live_check_s = 30.0  # the host's SLA check of a live runner (sweep.SLA_CHECK_S)
+        self._groups: dict[str, list[tuple[dict[str, Any], asyncio.Future[int | None]]]] = {}
+
+    # ------------------------------------------------------------ persistent connections
+    def keep(self, session: Session) -> None:
+        """The session's runner starts: keep its files' connections open until ``release``."""
+        paths = self.paths(session)
+        if session.id not in self._kept:
+            self._kept[session.id] = open_inbound(paths)
+        outbox_reader.keep(paths.outbound)
+
+    def release(self, session_id: str) -> None:
+        """The runner ended: close its kept connections (one still in use by a delivery pass
+        awaiting a read closes when that pass gives it back)."""
+        conn = self._kept.pop(session_id, None)
+        if conn is not None and not self._uses.get(id(conn)):
+            self._uses.pop(id(conn), None)
+            conn.close()
+        session = self.get(session_id)
+        if session is not None:
+            outbox_reader.release(self.paths(session).outbound)
+
+    def release_all(self) -> None:
+        for sid in list(self._kept):
+            self.release(sid)
+
+    def kept(self, session_id: str) -> sqlite3.Connection | None:
+        return self._kept.get(session_id)
+
+    def open_inbound(self, paths: SessionPaths) -> sqlite3.Connection:
+        """The kept connection of a live session, else a fresh one (give it back with
+        :meth:`done_with`, which closes fresh ones, and a kept one released meanwhile)."""
+        conn = self._kept.get(paths.root.name)
+        if conn is None:
+            return open_inbound(paths)
+        self._uses[id(conn)] = self._uses.get(id(conn), 0) + 1
+        return conn
+
+    def done_with(self, conn: sqlite3.Connection) -> None:
+        left = self._uses.get(id(conn))
+        if left is None:  # a fresh connection
+            conn.close()
+            return
+        self._uses[id(conn)] = left - 1
+        if left <= 1 and conn not in self._kept.values():  # released while in use
+            self._uses.pop(id(conn), None)
+            conn.close()
+
+    @contextmanager
+    def inbound(self, paths: SessionPaths) -> Iterator[sqlite3.Connection]:
+        conn = self.open_inbound(paths)
+        try:
+            yield conn
+        finally:
+            self.done_with(conn)
+
+    def note_out_seq(self, session_id: str, seq: int) -> None:
+        if seq > self._out_max.get(session_id, 0):
+            self._out_max[session_id] = seq
 
     def paths(self, session: Session) -> SessionPaths:
         return SessionPaths.of(self.home.data_dir, session.agent_group_id, session.id)
@@ -111,25 +193,92 @@ class SessionManager:
         if "content" in row and isinstance(row["content"], str):
             row["content"] = self.extract_attachments(paths, str(row["id"]), row["content"], now)
         row.setdefault("series_id", row["id"])
-        conn = open_inbound(paths)
-        try:
+        with self.inbound(paths) as conn:
             if conn.execute("SELECT 1 FROM messages_in WHERE id=?", (row["id"],)).fetchone():
                 return None
+            if due is None and session.id in self._kept:
+                due = iso(now + timedelta(seconds=self.live_check_s))  # its runner wakes on
+                # the commit (inotify); the sweep looks in at the next SLA check, not at once
             # indexed before it is stored: if the central write fails (a full disk) nothing
             # is stored and the sender is told; a stored row is never left out of the index
             self.mark_work(session.id, due or iso(now))
-            other = read_max_seq(paths.outbound)
             try:
-                seq = insert_message_in(conn, row, other_max=other)
+                seq = insert_message_in(conn, row, other_max=self.other_max(session.id, conn))
             except sqlite3.IntegrityError:
                 return None
-        finally:
-            conn.close()
         try:
             self.db.execute("UPDATE sessions SET last_active=? WHERE id=?", (iso(now), session.id))
         except sqlite3.OperationalError as exc:  # bookkeeping only: the message is stored
             logger.warning("last_active of session %s not updated: %s", session.id, exc)
         return seq
+
+    async def write_grouped(
+        self, session: Session, row: dict[str, Any], *, now: datetime
+    ) -> int | None:
+        """:meth:`write_message` with group commit (issue 19): rows for one session that
+        arrive while the event loop is busy (a burst, several adapters at once) share one
+        durable commit; a lone row is committed in the next loop iteration, with no wait
+        for company. Returns the seq once the row is durable (None: the id existed)."""
+        paths = self.paths(session)
+        row = dict(row)
+        if "content" in row and isinstance(row["content"], str):
+            row["content"] = self.extract_attachments(paths, str(row["id"]), row["content"], now)
+        row.setdefault("series_id", row["id"])
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[int | None] = loop.create_future()
+        group = self._groups.setdefault(session.id, [])
+        group.append((row, fut))
+        if len(group) == 1:
+            loop.call_soon(self._flush_group, session, now)
+        return await fut
+
+    def _flush_group(self, session: Session, now: datetime) -> None:
+        group = self._groups.pop(session.id, [])
+        batch, rest = group[:GROUP_MAX], group[GROUP_MAX:]
+        if rest:  # the next commit takes the rest (bounded work per loop iteration)
+            self._groups[session.id] = rest
+            asyncio.get_running_loop().call_soon(self._flush_group, session, now)
+        results: list[int | None] = []
+        try:
+            with self.inbound(self.paths(session)) as conn, transaction(conn):
+                other = self.other_max(session.id, conn)
+                for row, _fut in batch:
+                    if conn.execute(
+                        "SELECT 1 FROM messages_in WHERE id=?", (row["id"],)
+                    ).fetchone():
+                        results.append(None)
+                        continue
+                    try:
+                        results.append(insert_message_in(conn, row, other_max=other))
+                    except sqlite3.IntegrityError:
+                        results.append(None)
+        except Exception as exc:
+            for _row, fut in batch:
+                if not fut.done():
+                    fut.set_exception(exc)
+            return
+        if any(r is not None for r in results):
+            self.db.execute("UPDATE sessions SET last_active=? WHERE id=?", (iso(now), session.id))
+            due = None
+            if session.id in self._kept:
+                due = iso(now + timedelta(seconds=self.live_check_s))
+            self.mark_work(session.id, due or iso(now))
+        for (_row, fut), seq in zip(batch, results, strict=True):
+            if not fut.done():
+                fut.set_result(seq)
+
+    def other_max(self, session_id: str, inb: sqlite3.Connection) -> int:
+        """The outbound side's highest seq as far as the host knows, without touching
+        ``outbound.db``: what delivery last read, or the delivery cursor (every row at or
+        below it was read). Seqs stay unique by parity; cross-table order is approximate
+        only for rows the host has not read yet, as with any read made a moment earlier."""
+        known = self._out_max.get(session_id, 0)
+        try:
+            row = inb.execute("SELECT seq FROM carapace_delivery_cursor WHERE id=1").fetchone()
+        except sqlite3.OperationalError:  # no delivery yet: the table comes with the first
+            row = None
+        cursor = int(row[0]) if row is not None and isinstance(row[0], int) else 0
+        return max(known, cursor)
 
     def notify_agent(
         self, session: Session, text: str, *, now: datetime, prefix: str = "sys"
@@ -176,13 +325,15 @@ class SessionManager:
     def prepare_wake(self, session: Session) -> Path:
         """Before each spawn: destinations + routing projections and ``container.json``.
         Returns the agent group folder."""
-        write_destinations(self.db, self.home.data_dir, session)
-        write_routing(self.db, self.home.data_dir, session)
+        plan = self.wake_plan(session)
+        self.write_wake_files(plan)
+        return plan.agent_dir
+
+    def wake_plan(self, session: Session) -> WakePlan:
+        """The central-DB half of :meth:`prepare_wake` (the caller's thread)."""
         group = groups.get_agent_group(self.db, session.agent_group_id)
         if group is None:
             raise LookupError(f"agent group {session.agent_group_id} is gone")
-        agent_dir = self.home.group_dir(group.folder)
-        agent_dir.mkdir(parents=True, exist_ok=True)
         cfg = groups.get_container_config(self.db, group.id) or groups.ContainerConfig(group.id)
         doc = cfg.to_json()
         doc.update({"groupName": group.name, "agentGroupId": group.id})
@@ -190,11 +341,24 @@ class SessionManager:
         if session.agent_provider:
             doc["provider"] = session.agent_provider
         doc = {k: v for k, v in doc.items() if v is not None}
-        # The group folder is the agent's: a fresh O_EXCL temp file renamed over the entry,
-        # so a planted ``container.json`` or temp-file link is replaced, never followed.
-        safefs.write_beneath(agent_dir, "container.json", dumps(doc).encode(), 0o600)
-        groupfiles.compose_group(self.home, agent_dir)  # NanoClaw's roles; composed CLAUDE.md
-        return agent_dir
+        return WakePlan(
+            self.paths(session), self.home.group_dir(group.folder),
+            projection(self.db, session.agent_group_id), routing_of(self.db, session), doc,
+        )  # fmt: skip
+
+    def write_wake_files(self, plan: WakePlan) -> None:
+        """The file half of :meth:`prepare_wake`: no central DB, so a worker thread may run
+        it. Writes only what differs from what is there."""
+        if plan.paths.inbound.exists():
+            write_rows(plan.paths, plan.destinations)
+            write_routing_row(plan.paths, plan.routing)
+        plan.agent_dir.mkdir(parents=True, exist_ok=True)
+        # The group folder is the agent's: unless it holds exactly this already, a fresh
+        # O_EXCL temp file is renamed over the entry, so a planted ``container.json`` or
+        # temp-file link is replaced, never followed.
+        safefs.write_beneath_if_changed(plan.agent_dir, "container.json",
+                                        dumps(plan.container).encode(), 0o600)  # fmt: skip
+        groupfiles.compose_group(self.home, plan.agent_dir)  # NanoClaw's roles; CLAUDE.md
 
     def extract_attachments(
         self, paths: SessionPaths, message_id: str, content: str, now: datetime

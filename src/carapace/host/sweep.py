@@ -25,7 +25,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from carapace.db.connection import has_table
+from carapace.db.connection import has_table, transaction
 from carapace.db.session import (
     SessionPaths,
     heartbeat_mtime,
@@ -50,6 +50,8 @@ ABSOLUTE_CEILING_S = 30 * 60.0
 CLAIM_STUCK_S = 60.0
 BACKOFF_BASE_S = 5.0
 SLA_CHECK_S = 30.0
+ACK_BATCH = 64  # terminal acks noted after runner commits, copied into messages_in together
+ACK_FLUSH_S = 1.0  # … at most this long after the first of them
 
 StuckAction = Literal["ok", "kill-ceiling", "kill-claim"]
 
@@ -129,6 +131,11 @@ class SweepContext:
     inbound: sqlite3.Connection
     now: datetime
     timezone: str
+    # read off the event loop by the sweep, so the hook makes no outbound.db read of its
+    # own: the outbound side's highest seq as the host knows it, and the acks of the
+    # session's latest task rows (ids looked at, {id: (status, changed)})
+    other_max: int | None = None
+    task_acks: tuple[frozenset[str], dict[str, tuple[str, str | None]]] | None = None
 
 
 class SweepHooks(Protocol):
@@ -162,14 +169,69 @@ def ack_sync(inb: sqlite3.Connection, outbound: Path) -> dict[str, datetime | No
     claims: dict[str, datetime | None] = {}
     if not pending:
         return claims
+    done: dict[str, str] = {}
     for mid, (status, changed) in read_acks(outbound, pending).items():
         if status in ("completed", "failed"):
-            inb.execute(
-                "UPDATE messages_in SET status=? WHERE id=? AND status='pending'", (status, mid)
-            )
+            done[mid] = status
         elif status == "processing":
             claims[mid] = _ts(changed)
+    _apply(inb, done)
     return claims
+
+
+def _apply(inb: sqlite3.Connection, done: dict[str, str]) -> None:
+    """Terminal acks into ``messages_in``, one transaction (one durable commit)."""
+    if not done:
+        return
+    with transaction(inb):
+        inb.executemany(
+            "UPDATE messages_in SET status=? WHERE id=? AND status='pending'",
+            [(st, mid) for mid, st in done.items()],
+        )
+
+
+def new_acks(outbound: Path, after_rowid: int) -> tuple[int, dict[str, str]]:
+    """Acks written or rewritten since ``after_rowid`` (the runner's ``INSERT OR REPLACE``
+    gives a changed ack a new rowid): (highest rowid read, {message id: status}). One
+    indexed read; a rowid reused after a delete can be missed here, which the sweep's full
+    :func:`ack_sync` covers."""
+    with open_checked(outbound) as conn:
+        if not has_table(conn, "processing_ack"):
+            return after_rowid, {}
+        if after_rowid < 0:  # first read for this runner: only the latest few, not history
+            top = conn.execute("SELECT MAX(rowid) FROM processing_ack").fetchone()[0]
+            after_rowid = max(0, int(top or 0) - ACK_BATCH)
+        rows = conn.execute(
+            "SELECT rowid, substr(message_id, 1, 1024), substr(status, 1, 32) "
+            "FROM processing_ack WHERE rowid > ? ORDER BY rowid LIMIT ?",
+            (after_rowid, MAX_IDS),
+        ).fetchall()
+    top = max((int(r[0]) for r in rows), default=after_rowid)
+    return top, {str(r[1]): str(r[2]) for r in rows}
+
+
+def apply_acks(paths: SessionPaths, done: dict[str, str]) -> bool:
+    """:func:`_apply` on a connection of its own (for a worker thread). True when a task
+    row was among them (the sweep then records its run)."""
+    with contextlib.closing(open_inbound(paths)) as inb:
+        _apply(inb, done)
+        ids = list(done)[:MAX_IDS]
+        marks = ",".join("?" for _ in ids)
+        row = inb.execute(
+            f"SELECT 1 FROM messages_in WHERE kind='task' AND id IN ({marks}) LIMIT 1", ids
+        ).fetchone()
+        return row is not None
+
+
+def idle_since(paths: SessionPaths, now: datetime, started: datetime) -> datetime | None:
+    """None while the session has due or claimed work, else since when its runner has been
+    idle (its last heartbeat, or its start; ``now`` bounds it). Reads files: a worker thread."""
+    scan = scan_session(paths, now)
+    if scan.due_now or scan.claims:
+        return None
+    hb = heartbeat_at(paths)
+    last = max(started, hb) if hb is not None else started
+    return min(last, now)
 
 
 def reset_claims(
@@ -261,11 +323,15 @@ def tell_sender_failed(
     logger.info("message %s: its sender is told it failed (row %s)", mid, rid)
 
 
+TASK_ACKS = 500  # task rows (newest first) whose acks a scan prefetches for the hook
+
+
 @dataclass
 class SessionScan:
     due_now: bool
     next_due: datetime | None
     claims: dict[str, datetime | None]
+    task_acks: tuple[frozenset[str], dict[str, tuple[str, str | None]]] | None = None
 
 
 def scan_session(paths: SessionPaths, now: datetime) -> SessionScan:
@@ -287,7 +353,16 @@ def scan_session(paths: SessionPaths, now: datetime) -> SessionScan:
                 due_now = True
             elif next_due is None or after < next_due:
                 next_due = after
-        return SessionScan(due_now, next_due, claims)
+        tasks = [str(r[0]) for r in inb.execute(
+            "SELECT id FROM messages_in WHERE kind='task' ORDER BY seq DESC LIMIT ?",
+            (TASK_ACKS,))]  # fmt: skip
+        task_acks = None
+        if tasks:
+            try:
+                task_acks = (frozenset(tasks), read_acks(paths.outbound, tasks))
+            except (OSError, OutboxRefused):
+                task_acks = (frozenset(tasks), {})
+        return SessionScan(due_now, next_due, claims, task_acks)
     finally:
         inb.close()
 

@@ -100,12 +100,26 @@ def history(db: sqlite3.Connection, series_id: str, limit: int = 50) -> list[dic
     return [dict(r) for r in rows]
 
 
-def _acks(paths: SessionPaths, ids: list[str]) -> dict[str, tuple[str, str | None]]:
-    """Acks of ``ids`` through the defensive outbound reader (empty when refused)."""
+KnownAcks = tuple[frozenset[str], dict[str, tuple[str, str | None]]]
+
+
+def _acks(
+    paths: SessionPaths, ids: list[str], known: KnownAcks | None = None
+) -> dict[str, tuple[str, str | None]]:
+    """Acks of ``ids``: from what the sweep read off the event loop (``known``); only ids it
+    did not look at are read here, through the defensive outbound reader (empty when
+    refused)."""
+    found: dict[str, tuple[str, str | None]] = {}
+    if known is not None:
+        looked, acks = known
+        found = {i: acks[i] for i in ids if i in acks}
+        ids = [i for i in ids if i not in looked]
+    if not ids:
+        return found
     try:
-        return read_acks(paths.outbound, ids, budget_s=INLINE_BUDGET_S)
+        return {**found, **read_acks(paths.outbound, ids, budget_s=INLINE_BUDGET_S)}
     except (OSError, OutboxRefused):
-        return {}
+        return found
 
 
 def sync_outcomes(
@@ -114,6 +128,7 @@ def sync_outcomes(
     paths: SessionPaths,
     inb: sqlite3.Connection,
     now: datetime,
+    prefetched: KnownAcks | None = None,
 ) -> int:
     """Record ``ran``/``failed`` for finished task occurrences of the last few days."""
     since = now - HISTORY_WINDOW
@@ -137,7 +152,7 @@ def sync_outcomes(
             for x in db.execute(f"SELECT id FROM carapace_task_runs WHERE id IN ({marks})", chunk)
         )
     todo = [r for r in rows if r["id"] not in known]
-    acks = _acks(paths, [r["id"] for r in todo])
+    acks = _acks(paths, [r["id"] for r in todo], prefetched)
     n = 0
     for r in todo:
         ack = acks.get(r["id"])
@@ -171,8 +186,8 @@ def _recent_enough(row: sqlite3.Row, since: datetime) -> bool:
         return True
 
 
-def _claimed(paths: SessionPaths, mid: str) -> bool:
-    ack = _acks(paths, [mid]).get(mid)
+def _claimed(paths: SessionPaths, mid: str, known: KnownAcks | None = None) -> bool:
+    ack = _acks(paths, [mid], known).get(mid)
     return ack is not None
 
 
@@ -190,13 +205,15 @@ class SeriesSweep:
         soonest: datetime | None = None
         for head in due_heads(inb, now):
             try:
-                other = read_max_seq(ctx.paths.outbound)
+                other = ctx.other_max
+                if other is None:
+                    other = read_max_seq(ctx.paths.outbound)
                 result = advance_series(
                     inb,
                     head,
                     now=now,
                     default_tz=ctx.timezone,
-                    claimed=_claimed(ctx.paths, head["id"]),
+                    claimed=_claimed(ctx.paths, head["id"], ctx.task_acks),
                     other_max=other,
                     on_missed=lambda missed: record_missed(self.db, ctx.session, missed, now),
                 )
@@ -211,7 +228,7 @@ class SeriesSweep:
                 continue
             soonest = earliest(soonest, result.next_at)
         try:
-            sync_outcomes(self.db, ctx.session, ctx.paths, inb, now)
+            sync_outcomes(self.db, ctx.session, ctx.paths, inb, now, ctx.task_acks)
         except sqlite3.Error:
             logger.exception("session %s: task history not recorded", ctx.session.id)
         head_due = next_head_due(inb)

@@ -16,7 +16,6 @@ from typing import Any, Literal
 from carapace.config import Home
 from carapace.db.migrations import MIGRATIONS
 from carapace.errors import CarapaceError, ValidationError
-from carapace.host.outbox_reader import OutboxRefused, read_max_seq_checked
 from carapace.jsonutil import loads_or
 from carapace.migrate.mapping import KNOWN_CHANNELS
 from carapace.perms import wide_entries
@@ -86,12 +85,6 @@ def open_readonly(path: Path) -> sqlite3.Connection:
     return conn
 
 
-def _open_ro(path: Path) -> sqlite3.Connection:
-    conn = sqlite3.connect(f"file:{path.resolve().as_posix()}?mode=ro", uri=True)
-    conn.row_factory = sqlite3.Row
-    return conn
-
-
 def _has(conn: sqlite3.Connection, table: str) -> bool:
     q = "SELECT 1 FROM sqlite_master WHERE type='table' AND name=?"
     return conn.execute(q, (table,)).fetchone() is not None
@@ -101,6 +94,8 @@ def diagnose(home: Home) -> DoctorReport:
     rep = DoctorReport(str(home.root))
     if not home.central_db.exists():
         rep.add("error", "no-central-db", str(home.central_db), "missing; run `carapace init`")
+        return rep
+    if not _central_whole(home, rep):
         return rep
     try:
         conn = open_readonly(home.central_db)
@@ -120,6 +115,30 @@ def diagnose(home: Home) -> DoctorReport:
     ops_checks(home, rep)
     _nanoclaw_rewrites(home, rep)
     return rep
+
+
+def _central_whole(home: Home, rep: DoctorReport) -> bool:
+    """An empty or truncated ``v2.db`` is reported (and nothing else is read from it)."""
+    from carapace.host.db_check import header_problem
+
+    subject = str(home.central_db)
+    try:
+        size = home.central_db.stat().st_size
+        problem = header_problem(home.central_db)
+    except (OSError, CarapaceError) as exc:
+        rep.add("error", "central-db-unreadable", subject, str(exc))
+        return False
+    if size == 0:
+        rep.add("error", "central-db-empty", subject,
+                "0 bytes (truncated?): `carapace run` refuses it; restore it from a backup "
+                "(`carapace restore`), or move it away to start a new home")  # fmt: skip
+        return False
+    if problem is not None and not Path(f"{home.central_db}-wal").exists():
+        # (with a -wal a host runs: a checkpoint may be growing the file right now)
+        rep.add("error", "central-db-corrupt", subject,
+                f"{problem}; restore it from a backup (`carapace restore`)")  # fmt: skip
+        return False
+    return True
 
 
 MIN_FREE_BYTES = 16 * 1024 * 1024
@@ -261,13 +280,21 @@ def _groups(home: Home, conn: sqlite3.Connection, rep: DoctorReport) -> None:
 
 def _sandbox_backend(home: Home, rep: DoctorReport) -> str:
     """The host's runner backend as ``carapace run`` would resolve it (docs/sandbox.md)."""
+    from carapace.host.client import check_default_provider
     from carapace.sandbox.bwrap import resolve_backend
 
     try:
         settings = home.load_settings()
+        check_default_provider(settings.default_provider)
     except CarapaceError as exc:
         rep.add("error", "bad-config", str(home.config_file), str(exc))
         return "subprocess"
+    try:
+        from carapace.web.config import web_settings
+
+        web_settings(settings, home)
+    except CarapaceError as exc:  # `carapace run` refuses to start with it
+        rep.add("error", "bad-config", str(home.config_file), str(exc))
     try:
         name, _why = resolve_backend(settings.runner_backend, settings.bwrap)
     except CarapaceError as exc:  # the host will refuse to start
@@ -371,25 +398,41 @@ def _sessions(home: Home, conn: sqlite3.Connection, rep: DoctorReport) -> None:
             level: Level = "warning" if s["status"] == "active" else "info"
             rep.add(level, "no-session-folder", subject, f"{folder} is missing")
             continue
-        for name, table in (("inbound.db", "messages_in"), ("outbound.db", "messages_out")):
-            path = folder / name
-            if not path.exists():
-                rep.add("warning", "no-session-db", subject, f"{name} is missing")
-                continue
-            if name == "outbound.db":  # the agent's file: schema-checked, bounded work
-                try:
-                    read_max_seq_checked(path)
-                except (OSError, OutboxRefused) as exc:
-                    rep.add("error", "session-db-unreadable", subject, f"{name}: {exc}")
-                continue
-            try:
-                db = _open_ro(path)
-                try:
-                    db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()
-                finally:
-                    db.close()
-            except sqlite3.Error as exc:
-                rep.add("error", "session-db-unreadable", subject, f"{name}: {exc}")
+        for name in ("inbound.db", "outbound.db"):
+            _session_db(folder / name, subject, rep)
+
+
+def _session_db(path: Path, subject: str, rep: DoctorReport) -> None:
+    """A session DB that is missing, unreadable, truncated or corrupted is reported; the file
+    is not trusted (``host/db_check.py``: read-only, bounded, outbound.db schema-checked)."""
+    from carapace.host.db_check import Unchecked, failed_messages, session_db_problem
+
+    name = path.name
+    if not path.exists() and not path.is_symlink():
+        rep.add("warning", "no-session-db", subject, f"{name} is missing")
+        return
+    try:
+        problem = session_db_problem(path)
+    except Unchecked as exc:
+        rep.add("warning", "session-db-unchecked", subject, f"{name}: not checked: {exc}")
+        return
+    except OSError as exc:
+        rep.add("error", "session-db-unreadable", subject, f"{name}: {exc.strerror or exc}")
+        return
+    if problem is None:
+        failed = failed_messages(path) if name == "inbound.db" else 0
+        if failed:
+            rep.add("warning", "failed-messages", subject,
+                    f"{failed} message(s) ended failed (the runner gave up on them, or "
+                    "crashed on them max_tries times); they are not retried")  # fmt: skip
+        return
+    code = "session-db-corrupt" if _is_damage(problem) else "session-db-unreadable"
+    rep.add("error", code, subject, f"{name}: {problem}")
+
+
+def _is_damage(problem: str) -> bool:
+    words = ("truncated", "malformed", "integrity check", "corrupt")
+    return any(w in problem for w in words)
 
 
 MAX_MODE_FINDINGS = 20

@@ -24,7 +24,7 @@ from zoneinfo import ZoneInfo
 
 from carapace.bootstrap import open_home
 from carapace.config import Home
-from carapace.errors import CarapaceError, ConfigError
+from carapace.errors import CarapaceError, ConfigError, MigrationError
 from carapace.migrate.context import ImportContext
 from carapace.migrate.doctor import open_readonly
 from carapace.migrate.groups import import_groups, import_sessions
@@ -106,9 +106,30 @@ def migrate_v1(
             raise ConfigError(
                 f"a carapace host is running on {home.root}; stop it before importing"
             )
-        return _run(src, home, now, files_home=None)
+        home.load_settings()  # a bad carapace.toml is refused before anything is written
+        return _run_all_or_nothing(src, home, now)
     finally:
         src.close()
+
+
+def _run_all_or_nothing(src: V1Source, home: Home, now: datetime) -> Report:
+    """The import, or — when it fails half-way or imports nothing — no change at all."""
+    from carapace.migrate.rollback import Snapshot
+
+    with Snapshot(home) as snap:
+        try:
+            report = _run(src, home, now, files_home=None)
+        except CarapaceError as exc:
+            raise MigrationError(f"import failed; the home was left as it was: {exc}")
+        except (sqlite3.Error, OSError, ValueError, UnicodeError) as exc:
+            raise MigrationError(
+                f"import failed ({type(exc).__name__}: {exc}); the home was left as it was"
+            )
+        if report.fatal:
+            report.fatal += "; the home was left as it was"
+        else:
+            snap.keep()
+    return report
 
 
 def _run(src: V1Source, home: Home, now: datetime, *, files_home: Home | None) -> Report:

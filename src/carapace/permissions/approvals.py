@@ -59,6 +59,8 @@ OPTIONS: list[Any] = [
 EXPIRED_LABEL = "⌛ Expired (no response)"
 MAX_PACKAGES = 20
 APT_RE = re.compile(r"^[a-z0-9][a-z0-9._+-]*$")
+PIP_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+MCP_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,40}$")
 NPM_RE = re.compile(r"^(@[a-z0-9][a-z0-9._-]*/)?[a-z0-9][a-z0-9._-]*$")
 REPLY_RE = re.compile(r"\s*`?([A-Za-z0-9]{4,6})\s+([^`]+?)`?\s*")
 
@@ -169,31 +171,35 @@ def handle_system_action(ctx: Ctx, session_id: str, content: dict[str, Any]) -> 
                         f"{card_text.quote_agent(name, 80)} {card_text.AGENT_MARK}.")  # fmt: skip
             request_approval(ctx, session_id, action, payload, "Create Agent Request", question)
         elif action == "install_packages":
-            apt, npm = _packages(content)
-            payload = {"apt": apt, "npm": npm, "reason": str(content.get("reason") or "")}
-            listing = ", ".join(x for x in (f"apt: {card_text.quote_agent(' '.join(apt))}" if apt else "",
-                                            f"npm: {card_text.quote_agent(' '.join(npm))}" if npm else "") if x)  # fmt: skip
-            question = (f"Agent {card_text.quote_agent(who, 80)} is attempting to install a package "
-                        f"+ rebuild container {card_text.AGENT_MARK}:\n{listing}")  # fmt: skip
+            apt, npm, pip = _packages(content)
+            payload = {"apt": apt, "npm": npm, "pip": pip,
+                       "reason": str(content.get("reason") or "")}  # fmt: skip
+            listing = "\n".join(
+                f"{kind}: {card_text.quote_agent(' '.join(names))}"
+                for kind, names in (("pip (PyPI, into its own virtualenv)", pip),
+                                    ("npm (npm registry, into its own prefix)", npm))
+                if names
+            )  # fmt: skip
+            if apt:
+                listing += (f"\napt: {card_text.quote_agent(' '.join(apt))} — will NOT be "
+                            "installed (carapace does not install apt packages per group)")  # fmt: skip
+            question = (f"Agent {card_text.quote_agent(who, 80)} asks to install packages, for "
+                        f"its own sandbox only, running their install code in a sandbox with "
+                        f"network only to the registries {card_text.AGENT_MARK}:\n{listing}")  # fmt: skip
             if payload["reason"]:
                 question += f"\nReason: {card_text.quote_agent(payload['reason'])}"
             request_approval(ctx, session_id, action, payload, "Install Packages Request", question)
         else:
-            mcp_name, command = content.get("name"), content.get("command")
-            if (
-                not isinstance(mcp_name, str)
-                or not mcp_name
-                or not isinstance(command, str)
-                or not command
-            ):
-                raise ValidationError("add_mcp_server failed: name and command are required.")
-            args = content.get("args") if isinstance(content.get("args"), list) else []
-            env = content.get("env") if isinstance(content.get("env"), dict) else {}
-            payload = {"name": mcp_name, "command": command, "args": args, "env": env}
+            payload = _mcp_payload(content)
+            mcp_name = payload["name"]
+            what = (f"url {card_text.quote_agent(payload['url'])}" if "url" in payload else
+                    f"command {card_text.quote_agent(payload['command'])}, args "
+                    f"{card_text.quote_agent(payload['args'])}, env "
+                    f"{card_text.quote_agent(sorted(payload['env']))}")  # fmt: skip
             question = (
-                f"Agent {card_text.quote_agent(who, 80)} is attempting to add a new MCP server "
-                f"{card_text.AGENT_MARK}:\nname {card_text.quote_agent(mcp_name, 80)}, command "
-                f"{card_text.quote_agent(command)}, args {card_text.quote_agent(args)}"
+                f"Agent {card_text.quote_agent(who, 80)} asks to add an MCP server, started "
+                f"with its runner {card_text.AGENT_MARK}:\nname "
+                f"{card_text.quote_agent(mcp_name, 80)}, {what}"
             )
             request_approval(ctx, session_id, action, payload, "Add MCP Request", question)
     except ValidationError as exc:
@@ -201,15 +207,41 @@ def handle_system_action(ctx: Ctx, session_id: str, content: dict[str, Any]) -> 
     return True
 
 
-def _packages(content: dict[str, Any]) -> tuple[list[str], list[str]]:
+def _mcp_payload(content: dict[str, Any]) -> dict[str, Any]:
+    """A checked ``add_mcp_server`` request: a name and a stdio command or an http(s) URL."""
+    name, command, url = content.get("name"), content.get("command"), content.get("url")
+    if not isinstance(name, str) or not MCP_NAME_RE.match(name):
+        raise ValidationError("add_mcp_server failed: name is required (letters, digits, _ "
+                              "and -, at most 40 characters).")  # fmt: skip
+    if isinstance(url, str) and url:
+        if not url.startswith(("http://", "https://")) or any(c.isspace() for c in url):
+            raise ValidationError("add_mcp_server failed: url must be an http(s) URL.")
+        return {"name": name, "url": url}
+    if not isinstance(command, str) or not command:
+        raise ValidationError("add_mcp_server failed: name and command (or url) are required.")
+    raw_args, raw_env = content.get("args"), content.get("env")
+    args: list[Any] = raw_args if isinstance(raw_args, list) else []
+    env: dict[str, Any] = raw_env if isinstance(raw_env, dict) else {}
+    if not all(isinstance(a, str) for a in args) or not all(
+        isinstance(v, str) for v in env.values()
+    ):
+        raise ValidationError("add_mcp_server failed: args and env values must be strings.")
+    return {"name": name, "command": command, "args": args, "env": env}
+
+
+def _packages(content: dict[str, Any]) -> tuple[list[str], list[str], list[str]]:
     apt, npm = content.get("apt") or [], content.get("npm") or []
-    if not isinstance(apt, list) or not isinstance(npm, list):
-        raise ValidationError("install_packages failed: apt and npm must be lists.")
-    if not apt and not npm:
+    pip = content.get("pip") or []
+    if not isinstance(apt, list) or not isinstance(npm, list) or not isinstance(pip, list):
+        raise ValidationError("install_packages failed: apt, npm and pip must be lists.")
+    if not apt and not npm and not pip:
         raise ValidationError(
-            "install_packages failed: at least one apt or npm package is required."
+            "install_packages failed: at least one apt, npm or pip package is required."
         )
-    if len(apt) + len(npm) > MAX_PACKAGES:
+    for p in pip:
+        if not isinstance(p, str) or not PIP_RE.match(p):
+            raise ValidationError(f'install_packages failed: invalid pip package name "{p}".')
+    if len(apt) + len(npm) + len(pip) > MAX_PACKAGES:
         raise ValidationError(f"install_packages failed: at most {MAX_PACKAGES} packages.")
     for p in apt:
         if not isinstance(p, str) or not APT_RE.match(p):
@@ -217,7 +249,7 @@ def _packages(content: dict[str, Any]) -> tuple[list[str], list[str]]:
     for p in npm:
         if not isinstance(p, str) or not NPM_RE.match(p):
             raise ValidationError(f'install_packages failed: invalid npm package name "{p}".')
-    return [str(p) for p in apt], [str(p) for p in npm]
+    return [str(p) for p in apt], [str(p) for p in npm], [str(p) for p in pip]
 
 
 # --- handlers ---------------------------------------------------------------------------------
@@ -244,15 +276,12 @@ def apply_create_agent(ctx: Ctx, session: Session, payload: dict[str, Any], by: 
 
 
 def apply_install_packages(ctx: Ctx, session: Session, payload: dict[str, Any], by: str) -> Applied:
-    ag = session.agent_group_id
-    cfg = groups.get_container_config(ctx.db, ag) or groups.ContainerConfig(ag)
-    apt = _merge(loads_or(cfg.packages_apt, []), payload.get("apt"))
-    npm = _merge(loads_or(cfg.packages_npm, []), payload.get("npm"))
-    groups.update_container_config(ctx.db, ag, {"packages_apt": apt, "packages_npm": npm},
-                                   now=ctx.now())  # fmt: skip
-    names = ", ".join([*(payload.get("apt") or []), *(payload.get("npm") or [])])
-    return Applied(f"Packages installed ({names}) and your runner restarted with them. "
-                   "Verify they work before relying on them.", restart_group=ag)  # fmt: skip
+    """Install for real (carapace.packages): off the event loop when there is one (the agent is
+    told the result when it is known), else at once (the operator's CLI)."""
+    from carapace.packages import jobs
+
+    note, restart = jobs.start_install(ctx, session, payload, notify_agent)
+    return Applied(note, restart_group=restart)
 
 
 def apply_add_mcp_server(ctx: Ctx, session: Session, payload: dict[str, Any], by: str) -> Applied:
@@ -261,11 +290,15 @@ def apply_add_mcp_server(ctx: Ctx, session: Session, payload: dict[str, Any], by
     servers = loads_or(cfg.mcp_servers, {})
     servers = servers if isinstance(servers, dict) else {}
     name = str(payload["name"])
-    servers[name] = {"command": payload["command"], "args": payload.get("args") or [],
-                     "env": payload.get("env") or {}}  # fmt: skip
+    if payload.get("url"):
+        servers[name] = {"type": "http", "url": payload["url"]}
+    else:
+        servers[name] = {"command": payload["command"], "args": payload.get("args") or [],
+                         "env": payload.get("env") or {}}  # fmt: skip
     groups.update_container_config(ctx.db, ag, {"mcp_servers": servers}, now=ctx.now())
-    return Applied(f'MCP server "{name}" added and your runner restarted with it. '
-                   "Verify it works before relying on it.", restart_group=ag)  # fmt: skip
+    return Applied(f'MCP server "{name}" added: your runner restarts with it, and its tools '
+                   f"(mcp__{name}__…) are offered from your next turn. If it fails to start, "
+                   "calling them tells you why.", restart_group=ag)  # fmt: skip
 
 
 def _merge(existing: Any, new: Any) -> list[str]:

@@ -115,7 +115,7 @@ async def _pump_loop(host: Host) -> None:
     cards.KICKERS.append(kicker)
     last_expiry = 0.0
     try:
-        while True:
+        while not host._stopping:  # a cancellation swallowed by 3.11's wait_for still ends it
             event.clear()
             try:
                 if loop.time() - last_expiry >= EXPIRY_EVERY_S or cards.expiry_due(

@@ -3,6 +3,9 @@
 Delivery calls ``record_question`` before it posts an ``ask_question`` card written by a
 runner: the question row (idempotent under retries) and its card row (reply code, expiry)
 are recorded, and the content to post gains a text rendering for channels without buttons.
+A question whose id is another card's (say the agent's own pending approval, whose options
+a click would then be read against) is refused: a permanent delivery failure, told to the
+agent.
 An answer (a click, a text reply, or ``carapace admin approvals approve``) from an
 authorised person becomes the ``system`` row ``{type:'question_response', questionId,
 selectedOption, userId}`` in the session's ``inbound.db``, and the question is closed.
@@ -25,6 +28,7 @@ from carapace.db import approvals as dba
 from carapace.db.connection import transaction
 from carapace.db.messaging import get_messaging_group_by_platform
 from carapace.db.sessions import get_session
+from carapace.errors import DeliveryError
 from carapace.jsonutil import dumps
 from carapace.permissions import access, cards
 from carapace.permissions.cards import Ctx, Outcome
@@ -58,6 +62,11 @@ def record_question(
         logger.error("ask_question %s has no options list; not recorded", qid)
         return content
     session = get_session(db, session_id)
+    existing = cards.get_card(db, qid)
+    if existing is not None and (existing.kind != "question" or existing.session_id != session_id):
+        # an agent's question wearing another card's id (e.g. its own pending approval):
+        # a click on its buttons would be read against that card's options
+        raise DeliveryError(f"ask_question: the id {qid!r} belongs to another card", permanent=True)
     try:
         opts = dba.normalize_options(options)
     except Exception:

@@ -17,6 +17,7 @@ from typing import Any
 from carapace.config import Home, Settings
 from carapace.db.groups import get_agent_group, get_container_config
 from carapace.proxy.keys import KeyStore
+from carapace.proxy.mcp_route import mcp_upstreams
 from carapace.proxy.prices import PriceTable
 from carapace.proxy.server import EgressProxy, SessionRoute, upstreams_for
 from carapace.proxy.usage import UsageStore
@@ -39,6 +40,7 @@ def session_route(db: sqlite3.Connection, keys: KeyStore, spec: RunnerSpec) -> S
         upstreams=upstreams_for(provider, base_url, keys),
         web=settings.get("web", True) is not False,
         web_private=settings.get("web_private", False) is True,
+        mcp=mcp_upstreams(cfg.mcp_servers if cfg is not None else None),
     )
 
 

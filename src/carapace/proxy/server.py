@@ -9,6 +9,8 @@ Routes (the runner's SDK clients use ``http://carapace-proxy/<provider>`` as bas
   way and recorded; budgets are checked before each call; 429/529/5xx are retried.
 * ``/_carapace/web_fetch``: the host fetches a URL for the agent (``runner/webfetch``),
   with the group's ``web``/``web_private`` settings as the host reads them.
+* ``/_carapace/mcp/<name>``: the group's streamable-HTTP MCP server ``<name>``, at the URL
+  in the host's DB (``mcp_route``).
 
 Nothing a runner sends picks the upstream host: only the route's provider name.
 """
@@ -43,6 +45,7 @@ from carapace.proxy.http11 import (
     read_head,
 )
 from carapace.proxy.keys import KeyStore
+from carapace.proxy.mcp_route import MCP_PATH, McpUpstreams, forward_mcp
 from carapace.proxy.meter import Meter
 from carapace.proxy.prices import PriceTable
 from carapace.proxy.retry import RETRY_STATUSES, RetryPolicy, retry_after
@@ -75,6 +78,7 @@ class SessionRoute:
     upstreams: dict[str, str] = field(default_factory=dict)  # provider -> base URL
     web: bool = True
     web_private: bool = False
+    mcp: McpUpstreams = field(default_factory=dict)  # HTTP MCP servers: name -> (url, headers)
 
 
 def upstreams_for(provider: str | None, base_url: str | None, keys: KeyStore) -> dict[str, str]:
@@ -84,6 +88,8 @@ def upstreams_for(provider: str | None, base_url: str | None, keys: KeyStore) ->
     out = {p: keys.base_url(p) or DEFAULT_UPSTREAMS[p] for p in PROVIDERS}
     provider = (provider or "").lower()
     provider = PROVIDER_ALIASES.get(provider, provider)  # NanoClaw's "claude"
+    if provider == "claude-agent-sdk":  # Claude Code speaks the Anthropic API
+        provider = "anthropic"
     if provider in out and base_url:
         out[provider] = base_url
     return {p: url.rstrip("/") for p, url in out.items()}
@@ -230,6 +236,10 @@ class EgressProxy:
         path = target.split("?", 1)[0]
         if path == WEB_FETCH_PATH and method == "POST":
             await self._web_fetch(route, body, writer)
+            return
+        if path.startswith(MCP_PATH):
+            await forward_mcp(self.pool, route.mcp, route.web_private, route.session_id, method,
+                              target, head, body, writer)  # fmt: skip
             return
         provider, _, rest = target.lstrip("/").partition("/")
         if provider not in PROVIDERS:

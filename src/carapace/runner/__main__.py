@@ -12,10 +12,11 @@ import os
 import sys
 from pathlib import Path
 
+from carapace.runner import lifeline
 from carapace.runner.config import RunnerConfig
 from carapace.runner.loop import Runner
 from carapace.runner.procs import harden_self
-from carapace.runner.setup import build_provider, build_workspace
+from carapace.runner.setup import build_mcp, build_provider, build_workspace
 
 logger = logging.getLogger("carapace.runner")
 
@@ -42,6 +43,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    lifeline.watch()  # first: the orphan of a killed sandbox wrapper exits before any work
     harden_self()  # before anything: agent commands must never read this process
     args = parse_args(argv)
     os.umask(0o077)  # transcripts, outbox files, the agent's files: owner-only
@@ -60,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     provider, error = build_provider(config)
     workspace = build_workspace(config)
-    runner = Runner(config, provider, provider_error=error, workspace=workspace)
+    mcp = build_mcp(config)
+    runner = Runner(config, provider, provider_error=error, workspace=workspace, mcp=mcp)
     runner.install_signal_handlers()
     try:
         return runner.run()

@@ -40,6 +40,13 @@ logger = logging.getLogger(__name__)
 STATE_KEY = "conversation"
 MAX_STATE_CHARS = 500_000
 ROUNDS_NOTE = "(I stopped after {n} rounds of tool calls without finishing.)"
+MAX_CONTINUATIONS = 3
+CONTINUE_PROMPT = (
+    "(Your last reply was cut off by the output token limit. Continue exactly where it "
+    "stopped, without repeating anything.)"
+)
+CUT_NOTE = "(This reply is incomplete: the model hit its output token limit {n} times.)"
+CUT_CALLS_NOTE = "(tool calls cut off by the output token limit were not run)"
 
 
 @dataclass(frozen=True)
@@ -130,8 +137,20 @@ class Agent:
         """Run one turn; raises ``ProviderError`` (or any provider failure) and
         ``TurnAbandoned``, leaving ``self.conversation`` untouched in both cases."""
         new: list[Message] = [{"role": "user", "content": prompt}]
+        whole_turn = getattr(self.provider, "run_agent_turn", None)
+        if whole_turn is not None:  # the provider runs the tool loop itself (claude_sdk.py)
+            if self.should_stop():
+                raise TurnAbandoned("shutdown before the provider call")
+            self.heartbeat()
+            text, session_id = whole_turn(system, prompt, self.toolbox, self.conversation)
+            reply: Message = {"role": "assistant", "content": text, "tool_calls": []}
+            if session_id:
+                reply["sdk_session_id"] = session_id
+            return TurnResult(text, [*new, reply], 1)
         specs = self.toolbox.specs()
         text = ""
+        pieces: list[str] = []  # text of replies cut by max_tokens, continued
+        cuts = 0
         for round_no in range(1, self.max_tool_rounds + 1):
             if self.should_stop():
                 raise TurnAbandoned("shutdown before the provider call")
@@ -139,23 +158,38 @@ class Agent:
             self._fit(new)
             turn = self.provider.complete(system, self.conversation + new, specs)
             self.heartbeat()
+            if turn.stop_reason == "max_tokens":
+                # never delivered as if complete: continued, or said to be cut
+                cuts += 1
+                logger.warning("model reply cut by max_tokens (%d of %d continuations)",
+                               cuts, MAX_CONTINUATIONS)  # fmt: skip
+                cut_text = turn.text + (f"\n{CUT_CALLS_NOTE}" if turn.tool_calls else "")
+                new.append({"role": "assistant", "content": cut_text, "tool_calls": []})
+                pieces.append(turn.text)
+                if cuts > MAX_CONTINUATIONS:
+                    text = "".join(pieces) + "\n\n" + CUT_NOTE.format(n=cuts)
+                    return TurnResult(text.strip(), new, round_no)
+                new.append({"role": "user", "content": CONTINUE_PROMPT})
+                continue
             new.append(turn.as_message())
-            text = turn.text
+            text = "".join(pieces) + turn.text
+            pieces = []
             if not turn.tool_calls:
                 return TurnResult(text, new, round_no)
             for call in turn.tool_calls:
                 if self.should_stop():
                     raise TurnAbandoned("shutdown before a tool call")
                 result = self.toolbox.call(call.name, call.arguments)
-                new.append(
-                    {
-                        "role": "tool",
-                        "tool_call_id": call.id,
-                        "name": call.name,
-                        "content": result.content,
-                        "is_error": result.is_error,
-                    }
-                )
+                message: Message = {
+                    "role": "tool",
+                    "tool_call_id": call.id,
+                    "name": call.name,
+                    "content": result.content,
+                    "is_error": result.is_error,
+                }
+                if result.images:
+                    message["images"] = [dict(i) for i in result.images]
+                new.append(message)
         note = ROUNDS_NOTE.format(n=self.max_tool_rounds)
         logger.warning("turn stopped after %d tool rounds", self.max_tool_rounds)
         return TurnResult(f"{text}\n\n{note}".strip(), new, self.max_tool_rounds)

@@ -1,8 +1,12 @@
 """Reading ``inbound.db`` (read-only): pending rows, destinations, routing, lookups.
 
-Every read opens a fresh read-only connection and closes it (spec §4.1: a long-lived
-connection can keep an old snapshot on virtiofs/NFS; this also fixes W-7 for the
-destinations, routing and seq lookups NanoClaw read through its singleton).
+One read-only connection for the runner's life (issue 19), opened lazily, pragmas set once.
+It runs in autocommit mode, so every read is its own read transaction and sees every commit
+the host made before it (W-7: NanoClaw's singleton kept a stale view; here no transaction
+is ever left open). Spec §4.1's concern (a long-lived connection holding an old snapshot on
+virtiofs/NFS) is about a container and its host on two kernels; carapace's runner shares the
+host's kernel and page cache (bubblewrap or a plain subprocess), where SQLite's change
+counter check at each read transaction is exact. A read that fails reopens the file.
 
 The pending query fixes W-4/W-5: it returns *every* due pending row oldest first; the
 caller filters out rows it has acknowledged and only then applies the batch limit, so an
@@ -12,6 +16,7 @@ acknowledged-but-not-yet-synced row never hides an older one.
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -125,14 +130,26 @@ class Inbound:
 
     def __init__(self, paths: SessionPaths) -> None:
         self.paths = paths
+        self._conn: sqlite3.Connection | None = None
+        self._lock = threading.RLock()
 
     @contextmanager
     def _open(self) -> Iterator[sqlite3.Connection]:
-        conn = connect(self.paths.inbound, "session", readonly=True)
-        try:
-            yield conn
-        finally:
-            conn.close()
+        with self._lock:
+            if self._conn is None:
+                self._conn = connect(self.paths.inbound, "session", readonly=True,
+                                     check_same_thread=False)  # fmt: skip
+            try:
+                yield self._conn
+            except sqlite3.DatabaseError:
+                self.close()  # a replaced or damaged file: the next read opens it again
+                raise
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
 
     # --- the queue --------------------------------------------------------------------------
 

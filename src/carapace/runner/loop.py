@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import sqlite3
 import threading
 import time
 from datetime import datetime
@@ -99,6 +100,7 @@ class Runner:
         clock: Clock | None = None,
         workspace: Any = None,
         watcher: DirWatcher | None = None,
+        mcp: Any = None,
     ) -> None:
         self.config = config
         self.paths = config.paths
@@ -106,7 +108,7 @@ class Runner:
         self.provider_error = provider_error
         self.clock: Clock = clock or SystemClock()
         self.inbound = Inbound(self.paths)
-        self.outbound = Outbound(self.paths)
+        self.outbound = Outbound(self.paths, inbound_max=self._inbound_max)
         self.watcher = watcher or DirWatcher(poll_interval=1.0)
         self._stop = threading.Event()
         self._busy = False
@@ -121,7 +123,8 @@ class Runner:
             should_stop=self._stop.is_set,
             workspace=workspace,
         )
-        self.toolbox = ToolBox(self.ctx, workspace)
+        self.mcp = mcp
+        self.toolbox = ToolBox(self.ctx, workspace, mcp)
         self.agent = Agent(
             provider or _FailingProvider(provider_error or "no provider"),
             self.toolbox,
@@ -213,8 +216,17 @@ class Runner:
         return 0
 
     def close(self) -> None:
+        if self.mcp is not None:
+            self.mcp.close()
         self.watcher.close()
         self.outbound.close()
+        self.inbound.close()
+
+    def _inbound_max(self) -> int:
+        try:
+            return self.inbound.max_seq()
+        except sqlite3.Error:
+            return 0
 
     # --- one iteration --------------------------------------------------------------------
 
@@ -285,6 +297,8 @@ class Runner:
             session_dir=self.paths.root,
             sandboxed=self.config.sandboxed,
         )
+        if self.mcp is not None:
+            system = f"{system}\n\n{self.mcp.prompt_section()}"
         try:
             with Keepalive(self.heartbeat):
                 result = self.agent.run_turn(system, prompt)

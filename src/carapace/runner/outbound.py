@@ -2,7 +2,8 @@
 
 The runner is the only writer of this file (DESIGN §1). Every message insert allocates
 its odd seq inside ``BEGIN IMMEDIATE`` (fixes W-2), looking at ``inbound.db``'s highest
-seq through a fresh read-only connection (fixes the stale read of W-7).
+seq through the runner's read-only inbound connection, in a read transaction of its own
+(fixes the stale read of W-7).
 
 Ack life cycle (``processing_ack``)::
 
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
@@ -32,9 +33,12 @@ _CHUNK = 500
 class Outbound:
     """The runner's long-lived read-write connection to ``outbound.db``."""
 
-    def __init__(self, paths: SessionPaths) -> None:
+    def __init__(self, paths: SessionPaths, inbound_max: Callable[[], int] | None = None) -> None:
         self.paths = paths
         self.conn = open_outbound(paths)
+        # the host side's highest seq (the runner's persistent inbound connection); a fresh
+        # read-only connection per message when not given
+        self.inbound_max = inbound_max or (lambda: peek_max_seq(paths.inbound, "messages_in"))
 
     def close(self) -> None:
         self.conn.close()
@@ -75,8 +79,7 @@ class Outbound:
             "thread_id": thread_id,
             "content": dumps(content),
         }
-        other = peek_max_seq(self.paths.inbound, "messages_in")
-        return insert_message_out(self.conn, row, other_max=other)
+        return insert_message_out(self.conn, row, other_max=self.inbound_max())
 
     def seq_of(self, id: str) -> int | None:
         row = self.conn.execute("SELECT seq FROM messages_out WHERE id = ?", (id,)).fetchone()

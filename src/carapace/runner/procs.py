@@ -6,7 +6,8 @@
   ``CAP_SYS_PTRACE``, which nothing in the sandbox has); and ``PR_SET_CHILD_SUBREAPER`` so a
   command's orphans (``setsid``, double forks) stay the runner's descendants.
 * ``kill_descendants`` after every command: SIGKILL to every process below the runner, then
-  reap them; nothing a command started outlives it.
+  reap them; nothing a command started outlives it. The runner's MCP servers (each in its
+  own session, found by the stderr pipe only the runner holds) are spared.
 """
 
 from __future__ import annotations
@@ -22,6 +23,24 @@ logger = logging.getLogger(__name__)
 PR_SET_DUMPABLE = 4
 PR_SET_CHILD_SUBREAPER = 36
 _state = {"reaper": False}  # set by harden_self: this process is a runner
+_spared: set[int] = set()  # session ids of the runner's MCP servers (mcp_client)
+
+
+def spare_session(sid: int) -> None:
+    """``kill_descendants`` leaves the processes of session ``sid`` alone (an MCP server)."""
+    _spared.add(sid)
+
+
+def unspare_session(sid: int) -> None:
+    _spared.discard(sid)
+
+
+def _session_of(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return int(fh.read().rsplit(b")", 1)[1].split()[3])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _prctl(option: int, value: int) -> bool:
@@ -77,6 +96,8 @@ def kill_descendants(rounds: int = 5) -> int:
     killed = 0
     for _ in range(rounds):
         found = descendants(me)
+        if _spared:
+            found = [p for p in found if _session_of(p) not in _spared]
         if not found:
             break
         for pid in found:

@@ -21,6 +21,7 @@ key                         default                  meaning
                                                      private-network addresses
 ``max_tool_rounds``         25                       tool rounds per turn
 ``bash_timeout_s``          120                      default bash timeout
+``model_timeout_s``         120                      one model call's timeout (0 < s ≤ 3600)
 ==========================  =======================  ======================================
 
 ``bash``: ``sandboxed`` runs commands only when the runner itself is sandboxed — the
@@ -50,6 +51,7 @@ DEFAULT_MAX_TOKENS = 4096
 DEFAULT_CONTEXT_TOKENS = 100_000
 DEFAULT_MAX_TOOL_ROUNDS = 25
 DEFAULT_BASH_TIMEOUT_S = 120.0
+DEFAULT_MODEL_TIMEOUT_S = 120.0
 MIN_CONTEXT_CHARS = 200
 WORKSPACE_TOOL_NAMES = (
     "bash",
@@ -81,6 +83,7 @@ RUNNER_KEYS = (
     "web_private",
     "max_tool_rounds",
     "bash_timeout_s",
+    "model_timeout_s",
 )
 
 
@@ -95,6 +98,7 @@ class AgentSettings:
     web_private: bool = False
     max_tool_rounds: int = DEFAULT_MAX_TOOL_ROUNDS
     bash_timeout_s: float = DEFAULT_BASH_TIMEOUT_S
+    model_timeout_s: float = DEFAULT_MODEL_TIMEOUT_S
 
     @classmethod
     def parse(cls, settings: Mapping[str, Any] | None) -> AgentSettings:
@@ -169,6 +173,12 @@ def _parse(s: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
                 out[key] = s[key]
             else:
                 errors.append(f"{key} must be true or false, not {s[key]!r}")
+    if "model_timeout_s" in s:
+        t = s["model_timeout_s"]
+        if isinstance(t, int | float) and not isinstance(t, bool) and 0 < t <= 3600:
+            out["model_timeout_s"] = float(t)
+        else:
+            errors.append(f"model_timeout_s must be a number of seconds in (0, 3600], not {t!r}")
     if "bash_timeout_s" in s:
         t = s["bash_timeout_s"]
         if isinstance(t, int | float) and not isinstance(t, bool) and t > 0:

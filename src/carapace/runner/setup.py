@@ -17,10 +17,12 @@ from carapace.errors import CarapaceError
 from carapace.limits import limits_of
 from carapace.runner.config import RunnerConfig
 from carapace.runner.providers import ProviderConfig, create_provider
+from carapace.runner.providers._common import proxy_socket
 from carapace.runner.providers.base import Provider
 from carapace.runner.workspace_specs import bash_refusal
 
 if TYPE_CHECKING:
+    from carapace.runner.mcp_client import McpHub
     from carapace.runner.workspace import Workspace
 
 logger = logging.getLogger(__name__)
@@ -33,6 +35,7 @@ def provider_config(config: RunnerConfig) -> ProviderConfig:
         model=config.model,
         max_tokens=agent.max_tokens,
         base_url=agent.base_url,
+        timeout_s=agent.model_timeout_s,
         agent_dir=str(config.agent_dir),
     )
 
@@ -43,6 +46,31 @@ def build_provider(config: RunnerConfig) -> tuple[Provider | None, str | None]:
     except (CarapaceError, ImportError, ValueError) as exc:
         logger.error("cannot create provider %s: %s", config.provider, exc)
         return None, str(exc)
+
+
+def build_mcp(config: RunnerConfig) -> McpHub | None:
+    """The group's MCP servers (``container.json`` ``mcpServers``), started in the background;
+    None when there are none or the ``mcp`` package is missing (logged)."""
+    from carapace.runner.config import read_container_json
+
+    raw = read_container_json(config.agent_dir).get("mcpServers")
+    if not raw:
+        return None
+    try:
+        from carapace.runner.mcp_client import McpHub, parse_servers
+    except ImportError as exc:
+        logger.error("MCP servers configured but the mcp package is missing (%s): "
+                     "pip install 'carapace[mcp]'", exc)  # fmt: skip
+        return None
+    servers, problems = parse_servers(raw)
+    for problem in problems:
+        logger.error("%s: skipped", problem)
+    if not servers:
+        return None
+    hub = McpHub(servers, cwd=config.agent_dir, proxy_socket=proxy_socket(),
+                 call_timeout_s=float(limits_of(config.settings).tool_timeout_s))  # fmt: skip
+    hub.start()
+    return hub
 
 
 def build_workspace(config: RunnerConfig) -> Workspace | None:

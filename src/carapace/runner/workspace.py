@@ -32,7 +32,6 @@ from typing import Any, Literal
 from carapace import safefs
 from carapace.errors import ConfigError
 from carapace.limits import Limits, rlimit_preexec
-from carapace.runner import webfetch
 from carapace.runner import workspace_files as files
 from carapace.runner.providers.base import ToolResult, ToolSpec
 from carapace.runner.workspace_shell import run_shell
@@ -272,6 +271,8 @@ class Workspace:
             "TMPDIR": self.roots[2].path,
             "TERM": "dumb",
         }
+        if os.environ.get("NODE_PATH"):  # the group's npm packages (carapace.packages)
+            env["NODE_PATH"] = os.environ["NODE_PATH"]
         env.update(self.policy.env)
         return env
 
@@ -300,6 +301,8 @@ class Workspace:
     def _web_fetch(self, args: dict[str, Any]) -> ToolResult:
         limits = self.limits
         max_chars = min(int(args.get("max_chars", limits.web_chars)), limits.web_max_chars)
+        from carapace.runner import webfetch  # lazy: http.client & co. cost runner start time
+
         proxy = os.environ.get("CARAPACE_PROXY_SOCKET")
         if proxy:  # no network here: the host fetches, with its own policy
             return webfetch.fetch_via_host(

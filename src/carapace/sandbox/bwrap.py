@@ -64,6 +64,7 @@ from carapace import safefs
 from carapace.db.session import SessionPaths, ensure_journals
 from carapace.errors import ConfigError, ValidationError
 from carapace.limits import Limits, runner_cgroup, scope_argv, systemd_scope_usable
+from carapace.runner.lifeline import ENV as LIFELINE_ENV
 from carapace.runner.procs import descendants
 from carapace.sandbox import netns
 from carapace.sandbox.mounts import EXTRA_ROOT, Mount, check_not_forbidden
@@ -119,7 +120,9 @@ class SandboxSpec:
     tmp_mb: int = Limits.tmp_mb  # size of the sandbox's /tmp (tmpfs)
     proxy_socket: Path | None = None  # host path; bound at SANDBOX_PROXY_SOCKET
     info_fd: int | None = None  # network: bwrap reports the sandbox pid here (netns.py)
+    lifeline: tuple[int, int] | None = None  # (read, write) pipe: runner/lifeline.py
     home: Path | None = None  # the carapace home: never mountable (``recheck_mount``)
+    packages_dir: Path | None = None  # the group's installed packages (carapace.packages), ro
 
 
 def recheck_mount(mount: Mount, home: Path | None) -> None:
@@ -225,6 +228,8 @@ def bwrap_argv(spec: SandboxSpec, agent_fds: Sequence[tuple[int, str]] = ()) -> 
     argv = [spec.bwrap, "--unshare-all"]  # network: own namespace + slirp4netns (netns.py)
     if spec.info_fd is not None:
         argv += ["--info-fd", str(spec.info_fd)]
+    if spec.lifeline is not None:  # bwrap keeps its status fd open while it lives
+        argv += ["--json-status-fd", str(spec.lifeline[1])]
     # --as-pid-1: the runner is the namespace's init, so bwrap (whose memory holds this
     # command line) is not in the sandbox, and when the runner dies the kernel kills
     # everything left in the namespace.
@@ -254,6 +259,9 @@ def bwrap_argv(spec: SandboxSpec, agent_fds: Sequence[tuple[int, str]] = ()) -> 
         argv.append(str(mount.sandbox_path))
     if spec.proxy_socket is not None:  # the only way out: the host's egress proxy
         argv += ["--bind", str(spec.proxy_socket), SANDBOX_PROXY_SOCKET]
+    if spec.packages_dir is not None and spec.packages_dir.is_dir():
+        pdir = os.path.abspath(spec.packages_dir)
+        argv += ["--ro-bind", pdir, pdir]
     env = {"PATH": DEFAULT_PATH, "HOME": str(agent), "LANG": "C.UTF-8",
            "PYTHONDONTWRITEBYTECODE": "1", "CARAPACE_SANDBOX": "bwrap"}  # fmt: skip
     pkg_root = Path(carapace.__file__).parent.parent
@@ -264,7 +272,13 @@ def bwrap_argv(spec: SandboxSpec, agent_fds: Sequence[tuple[int, str]] = ()) -> 
         env.pop(name, None)
     if spec.proxy_socket is not None:
         env[PROXY_SOCKET_ENV] = SANDBOX_PROXY_SOCKET
+    if spec.packages_dir is not None and spec.packages_dir.is_dir():
+        from carapace.sandbox.packages import sandbox_env
+
+        env.update(sandbox_env(Path(os.path.abspath(spec.packages_dir)), env["PATH"]))
     env["CARAPACE_SANDBOX"] = "bwrap"
+    if spec.lifeline is not None:
+        env[LIFELINE_ENV] = f"{spec.lifeline[0]},{spec.lifeline[1]}"
     argv.append("--clearenv")
     for key, value in sorted(env.items()):
         argv += ["--setenv", key, value]
@@ -346,11 +360,23 @@ class BwrapHandle(ProcHandle):
     def __init__(self, proc: asyncio.subprocess.Process, cgroup: Path | None = None) -> None:
         super().__init__(proc, cgroup)
         self.helpers: list[asyncio.subprocess.Process] = []
+        # the lifeline's read end, held until bwrap exits: bwrap writes its exit status
+        # there after the runner (the other reader) is gone, and must not die of SIGPIPE
+        self.status_fd: int | None = None
 
     async def wait(self) -> int:
         try:
-            return await super().wait()  # also removes the runner's cgroup
+            code = await super().wait()  # also removes the runner's cgroup
+            # bwrap killed early can leave its child before exec, blocked for good, still
+            # in bwrap's process group (--new-session comes later): end it with the group.
+            # A runner it already started ends on its lifeline (runner/lifeline.py).
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            return code
         finally:
+            if self.status_fd is not None:
+                close_fds([(self.status_fd, "lifeline")])
+                self.status_fd = None
             for helper in self.helpers:
                 if helper.returncode is None:
                     with contextlib.suppress(ProcessLookupError):
@@ -430,7 +456,19 @@ class BwrapBackend:
             tmp_mb=spec.limits.tmp_mb,
             proxy_socket=spec.proxy_socket,
             home=self.home,
+            packages_dir=self._packages_dir(spec.agent_group_id),
         )
+
+    def _packages_dir(self, agent_group_id: str) -> Path | None:
+        if self.home is None:
+            return None
+        from carapace.config import Home
+        from carapace.sandbox.packages import group_dir
+
+        try:
+            return group_dir(Home(self.home), agent_group_id)
+        except ValidationError:
+            return None
 
     async def start(self, spec: RunnerSpec) -> RunnerHandle:
         sb = self.sandbox_spec(spec)
@@ -441,13 +479,20 @@ class BwrapBackend:
             sb = dataclasses.replace(sb, info_fd=info_w)
         agent_fds = open_agent_binds(Path(os.path.abspath(spec.agent_dir)))
         log = None
+        life: list[tuple[int, str]] = []
         try:
+            # The runner's lifeline (runner/lifeline.py): after the start only bwrap holds
+            # the write end, so a wrapper killed before --die-with-parent took hold ends it.
+            life_r, life_w = os.pipe()
+            life = [(life_r, "lifeline"), (life_w, "lifeline")]
+            sb = dataclasses.replace(sb, lifeline=(life_r, life_w))
             argv = bwrap_argv(sb, agent_fds)
             if systemd_scope_usable():
                 argv = [*scope_argv(spec.limits), *argv]
             cgroup = runner_cgroup(spec.session_id, spec.limits)
             log = open(spec.session_dir / LOG_FILE, "ab")  # noqa: SIM115 - handed to the child
             fds = [fd for fd, _ in agent_fds] + ([info_w] if info_w is not None else [])
+            fds += [life_r, life_w]
             proc = await asyncio.create_subprocess_exec(
                 *argv,
                 pass_fds=fds,
@@ -462,14 +507,17 @@ class BwrapBackend:
         except BaseException:
             if info_r is not None:
                 os.close(info_r)
+            close_fds(life[:1])
             raise
         finally:
             if log is not None:
                 log.close()
             close_fds(agent_fds)
+            close_fds(life[1:])  # the read end stays open here: see BwrapHandle.status_fd
             if info_w is not None:
                 os.close(info_w)
         handle = BwrapHandle(proc, cgroup)
+        handle.status_fd = life_r
         if info_r is not None:
             try:
                 handle.helpers.append(await netns.attach_slirp(info_r))

@@ -99,6 +99,7 @@ class FakeLLMServer:
         host: str = "127.0.0.1",
         port: int = 0,
         log_path: str | os.PathLike[str] | None = None,
+        check_structure: bool = True,
     ) -> None:
         if flavour not in FLAVOURS:
             raise ValueError(f"unknown flavour {flavour!r}; use one of {', '.join(FLAVOURS)}")
@@ -106,6 +107,9 @@ class FakeLLMServer:
         self._script = [_prepare(i) for i in script]
         self._default = _prepare(default) if default is not None else None
         self.require_key = require_key
+        # the APIs' message-structure rules (llm_*.check_messages): violations answer 400
+        self.check_structure = check_structure
+        self.structure_errors: list[str] = []
         self.recorded: list[RecordedRequest] = []
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -227,6 +231,11 @@ class FakeLLMServer:
             return 400, _error_body(api, 400, "request body must be a JSON object"), {}
         if not self._authorised(headers):
             return 401, _error_body(api, 401, "invalid x-api-key"), {}
+        checker = llm_anthropic.check_messages if api == "anthropic" else llm_openai.check_messages
+        problem = checker(body) if self.check_structure else None
+        if problem is not None:
+            self.structure_errors.append(problem)
+            return 400, _error_body(api, 400, problem), {}
         item = self._next(body)
         if item.delay_s > 0:
             self._stopping.wait(item.delay_s)

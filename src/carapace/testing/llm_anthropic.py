@@ -91,3 +91,44 @@ ERROR_TYPES = {
 def error_body(status: int, message: str) -> dict[str, Any]:
     kind = ERROR_TYPES.get(status, "api_error")
     return {"type": "error", "error": {"type": kind, "message": message}}
+
+
+def check_messages(body: dict[str, Any]) -> str | None:
+    """The Messages API's structure rules, as the real API enforces them: roles alternate
+    starting with ``user``; each ``tool_use`` is answered by a ``tool_result`` in the next
+    (user) message, results first; every ``tool_result`` answers a ``tool_use`` of the
+    message just before; no empty text blocks. Returns the violation, or None."""
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        return "messages: at least one message is required"
+    pending: set[str] = set()
+    for i, m in enumerate(messages):
+        role = m.get("role") if isinstance(m, dict) else None
+        want = "user" if i % 2 == 0 else "assistant"
+        if role != want:
+            return f"messages.{i}: roles must alternate starting with user (got {role!r})"
+        content = m.get("content")
+        blocks = [{"type": "text", "text": content}] if isinstance(content, str) else content
+        if not isinstance(blocks, list) or not blocks:
+            return f"messages.{i}: content must be a non-empty string or list"
+        results = [b.get("tool_use_id") for b in blocks if b.get("type") == "tool_result"]
+        if role == "user":
+            if set(results) != pending or len(results) != len(pending):
+                missing = sorted(pending - set(results))
+                extra = sorted(set(results) - pending)
+                return (f"messages.{i}: tool_use ids {missing} have no tool_result here, or "
+                        f"tool_result ids {extra} answer no tool_use of the previous message")  # fmt: skip
+            kinds = [b.get("type") for b in blocks]
+            if results and kinds[: len(results)] != ["tool_result"] * len(results):
+                return f"messages.{i}: tool_result blocks must come first"
+            pending = set()
+        else:
+            if results:
+                return f"messages.{i}: an assistant message cannot hold tool_result blocks"
+            pending = {str(b.get("id")) for b in blocks if b.get("type") == "tool_use"}
+        for b in blocks:
+            if b.get("type") == "text" and not b.get("text"):
+                return f"messages.{i}: text content blocks must be non-empty"
+    if pending:
+        return "messages: the last assistant message's tool_use blocks have no tool_result"
+    return None

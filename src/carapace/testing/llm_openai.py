@@ -76,3 +76,30 @@ def events(reply: dict[str, Any], want_usage: bool) -> list[str]:
 def error_body(status: int, message: str) -> dict[str, Any]:
     kind = {401: "invalid_request_error", 429: "rate_limit_exceeded"}.get(status, "server_error")
     return {"error": {"message": message, "type": kind, "param": None, "code": None}}
+
+
+def check_messages(body: dict[str, Any]) -> str | None:
+    """Chat Completions' structure rules: an assistant message with ``tool_calls`` must be
+    followed by one ``tool`` message per call id before anything else, and a ``tool`` message
+    must answer a pending call. Returns the violation, or None."""
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        return "messages: at least one message is required"
+    pending: set[str] = set()
+    for i, m in enumerate(messages):
+        role = m.get("role") if isinstance(m, dict) else None
+        if role == "tool":
+            call_id = m.get("tool_call_id")
+            if call_id not in pending:
+                return (f"messages.[{i}].tool_call_id: {call_id!r} does not answer a tool call "
+                        "of the preceding assistant message")  # fmt: skip
+            pending.discard(call_id)
+            continue
+        if pending:
+            return (f"messages.[{i}]: an assistant message with 'tool_calls' must be followed by "
+                    f"tool messages responding to each 'tool_call_id' (missing {sorted(pending)})")  # fmt: skip
+        if role == "assistant":
+            pending = {str(c.get("id")) for c in m.get("tool_calls") or []}
+        elif role not in ("system", "user", "developer"):
+            return f"messages.[{i}].role: unknown role {role!r}"
+    return None

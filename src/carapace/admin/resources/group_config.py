@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import logging
 import re
 from typing import Any
 
@@ -11,10 +14,25 @@ from carapace.db import groups
 from carapace.errors import NotFoundError, ValidationError
 from carapace.jsonutil import loads_or
 
+logger = logging.getLogger(__name__)
 GROUP_ID = Opt("id", "The agent group's id or folder (may be given positionally).", required=True)
 PACKAGE_RE = re.compile(r"^[A-Za-z0-9@][A-Za-z0-9@._+/:=~^-]{0,127}$")
 _JSON_COLUMNS = ("skills", "mcp_servers", "packages_apt", "packages_npm", "additional_mounts")
 _NULLABLE = ("provider", "model", "effort", "image_tag", "assistant_name")
+
+
+def check_provider(name: Any, flag: str = "--provider") -> None:
+    """``ValidationError`` unless ``name`` is a provider the runner has (or empty: clear)."""
+    from carapace.runner.config import PROVIDER_ALIASES
+    from carapace.runner.providers import provider_names
+
+    if name is None or (isinstance(name, str) and not name.strip()):
+        return
+    key = str(name).strip().lower()
+    known = provider_names()
+    if PROVIDER_ALIASES.get(key, key) not in known:
+        names = ", ".join([*known, *PROVIDER_ALIASES])
+        raise ValidationError(f"{flag}: unknown provider {str(name)[:64]!r} (known: {names})")
 
 
 def config_dict(cfg: groups.ContainerConfig) -> dict[str, Any]:
@@ -64,6 +82,8 @@ def _update(ctx: AdminContext, args: dict[str, Any]) -> Any:
     ag, cfg = _config(ctx, args)
     keys = (*_NULLABLE, "max_messages_per_prompt", "cli_scope", "settings")
     changes = {k: args[k] for k in keys if k in args}
+    if "provider" in changes:
+        check_provider(changes["provider"])
     if "settings" in changes:
         changes["settings"] = _merged_settings(cfg, changes["settings"])
     if not changes:
@@ -110,38 +130,99 @@ def _remove_mcp(ctx: AdminContext, args: dict[str, Any]) -> Any:
 
 
 def _packages(args: dict[str, Any]) -> dict[str, str]:
-    wanted: dict[str, str] = {k: args[k] for k in ("apt", "npm") if k in args}
+    from carapace.packages.install import check_names
+
+    wanted: dict[str, str] = {k: args[k] for k in ("apt", "npm", "pip") if k in args}
     if not wanted:
-        raise ValidationError("give --apt PACKAGE or --npm PACKAGE")
-    for kind, name in wanted.items():
-        if not PACKAGE_RE.match(name):
-            raise ValidationError(f"invalid {kind} package name {name!r}")
+        raise ValidationError("give --pip PACKAGE, --npm PACKAGE or --apt PACKAGE")
+    check_names([wanted["pip"]] if "pip" in wanted else [],
+                [wanted["npm"]] if "npm" in wanted else [],
+                [wanted["apt"]] if "apt" in wanted else [])  # fmt: skip
     return wanted
 
 
 def _add_package(ctx: AdminContext, args: dict[str, Any]) -> Any:
-    ag, cfg = _config(ctx, args)
-    changes: dict[str, Any] = {}
-    for kind, name in _packages(args).items():
-        current = loads_or(getattr(cfg, f"packages_{kind}"), [])
-        current = current if isinstance(current, list) else []
-        changes[f"packages_{kind}"] = current if name in current else [*current, name]
-    return config_dict(groups.update_container_config(ctx.db, ag, changes, now=ctx.now()))
+    """Install for real (carapace.packages), record what installed, restart the group."""
+    from carapace.packages.install import install
+    from carapace.packages.jobs import record
+
+    ag, _cfg = _config(ctx, args)
+    wanted = _packages(args)
+    job = functools.partial(install, ctx.home, ag, bwrap=ctx.settings.bwrap,
+                            **{k: [v] for k, v in wanted.items()})  # fmt: skip
+    try:  # on the host's event loop (an agent's approved cli_command): never block it
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        loop = None
+    if loop is not None:
+        fut = loop.run_in_executor(None, job)
+        fut.add_done_callback(lambda f: _installed(ctx, ag, f))
+        return {"installing": [f"{k}:{v}" for k, v in wanted.items()],
+                "note": "installation runs in the background; `groups config get` shows what "
+                        "installed, the package log says why anything failed"}  # fmt: skip
+    report = job()
+    record(ctx, ag, report)
+    if report.installed:
+        ctx.restart_group(ag)
+    cfg = groups.get_container_config(ctx.db, ag) or groups.ContainerConfig(ag)
+    return {"installed": report.installed, "failed": [{"package": n, "reason": why}
+            for n, why in report.failed], "config": config_dict(cfg)}  # fmt: skip
+
+
+def _installed(ctx: AdminContext, ag: str, fut: Any) -> None:
+    from carapace.packages.jobs import record
+
+    try:
+        report = fut.result()
+        record(ctx, ag, report)
+        if report.installed:
+            ctx.restart_group(ag)
+    except Exception:
+        logger.exception("background package installation for %s failed", ag)
 
 
 def _remove_package(ctx: AdminContext, args: dict[str, Any]) -> Any:
+    from carapace.packages.install import remove
+
     ag, cfg = _config(ctx, args)
+    wanted = _packages(args)
     changes: dict[str, Any] = {}
-    for kind, name in _packages(args).items():
+    for kind, name in wanted.items():
+        if kind == "pip":
+            settings = cfg.settings_dict()
+            current = settings.get("packages_pip")
+            current = current if isinstance(current, list) else []
+            if name not in current:
+                raise NotFoundError(f"agent group {ag} has no pip package {name!r}")
+            changes["settings"] = {**settings, "packages_pip": [p for p in current if p != name]}
+            continue
         current = loads_or(getattr(cfg, f"packages_{kind}"), [])
         if not isinstance(current, list) or name not in current:
             raise NotFoundError(f"agent group {ag} has no {kind} package {name!r}")
         changes[f"packages_{kind}"] = [p for p in current if p != name]
-    return config_dict(groups.update_container_config(ctx.db, ag, changes, now=ctx.now()))
+    job = functools.partial(remove, ctx.home, ag, bwrap=ctx.settings.bwrap,
+                            **{k: [v] for k, v in wanted.items() if k != "apt"})  # fmt: skip
+    cfg2 = groups.update_container_config(ctx.db, ag, changes, now=ctx.now())
+    try:  # on the host's event loop (an agent's approved cli_command): never block it
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        loop = None
+    if loop is not None:
+        fut = loop.run_in_executor(None, job)
+        fut.add_done_callback(lambda f: ctx.restart_group(ag) if not f.exception() else None)
+        return {"removing": [f"{k}:{v}" for k, v in wanted.items()], "config": config_dict(cfg2)}
+    report = job()
+    if report.installed:
+        ctx.restart_group(ag)
+    return {"removed": report.installed, "failed": [{"package": n, "reason": why}
+            for n, why in report.failed], "config": config_dict(cfg2)}  # fmt: skip
 
 
-APT = Opt("apt", "A Debian package name.")
-NPM = Opt("npm", "An npm package name.")
+APT = Opt(
+    "apt", "A Debian package name (recorded; not installed per group: refused with a reason)."
+)
+NPM = Opt("npm", "An npm package name (installed into the group's own npm prefix).")
+PIP = Opt("pip", "A PyPI package name (installed into the group's own virtualenv).")
 
 CONFIG_VERBS = (
     Verb(
@@ -159,7 +240,9 @@ CONFIG_VERBS = (
         options=(
             GROUP_ID,
             Opt(
-                "provider", "Model provider: mock, anthropic (stored as NanoClaw's claude), openai."
+                "provider",
+                "Model provider: mock, anthropic (stored as NanoClaw's claude), openai, "
+                "claude-agent-sdk.",
             ),
             Opt("model", "Model name."),
             Opt("effort", "Reasoning effort."),
@@ -185,7 +268,7 @@ CONFIG_VERBS = (
     Verb(
         "config add-mcp-server",
         _add_mcp,
-        "Add (or replace) an MCP server of the group.",
+        "Add (or replace) an MCP server of the group (started with its runners).",
         access="approval",
         options=(
             GROUP_ID,
@@ -206,15 +289,16 @@ CONFIG_VERBS = (
     Verb(
         "config add-package",
         _add_package,
-        "Add an apt and/or npm package to the group's runner image.",
+        "Install a pip or npm package for the group's sandbox only (sandboxed install, "
+        "registries-only network); says what installed and what failed.",
         access="approval",
-        options=(GROUP_ID, APT, NPM),
+        options=(GROUP_ID, PIP, NPM, APT),
     ),
     Verb(
         "config remove-package",
         _remove_package,
-        "Remove an apt and/or npm package from the group's runner image.",
+        "Uninstall a pip or npm package of the group (and drop it from the config).",
         access="approval",
-        options=(GROUP_ID, APT, NPM),
+        options=(GROUP_ID, PIP, NPM, APT),
     ),
 )

@@ -11,7 +11,7 @@ from typing import Any
 from carapace.admin.context import AdminContext
 from carapace.admin.registry import Opt, Resource, Verb
 from carapace.admin.resources.common import FORCE, LIMIT, need_change, row, rows
-from carapace.admin.resources.group_config import CONFIG_VERBS
+from carapace.admin.resources.group_config import CONFIG_VERBS, check_provider
 from carapace.bootstrap import ensure_group_folder
 from carapace.db import groups
 from carapace.db.destinations import notify_changed, projection
@@ -30,6 +30,7 @@ def _get(ctx: AdminContext, args: dict[str, Any]) -> Any:
 
 
 def _create(ctx: AdminContext, args: dict[str, Any]) -> Any:
+    check_provider(args.get("agent_provider"), "--agent-provider")
     g = groups.create_agent_group(
         ctx.db,
         args["name"],
@@ -49,6 +50,7 @@ def _create(ctx: AdminContext, args: dict[str, Any]) -> Any:
 def _update(ctx: AdminContext, args: dict[str, Any]) -> Any:
     g = groups.require_agent_group(ctx.db, args["id"])
     changes = need_change(args, ("name", "agent_provider"))
+    check_provider(changes.get("agent_provider"), "--agent-provider")
     out = groups.update_agent_group(ctx.db, g.id, **changes)
     if "name" in changes:
         # agents that address this group see its name in their destinations

@@ -1,6 +1,6 @@
 """Model providers behind one seam (see ``base``), with the built-ins registered.
 
-Registered names, in order: ``mock``, ``anthropic``, ``openai``. The SDK of a provider is
+Registered names, in order: ``mock``, ``anthropic``, ``openai``, ``claude-agent-sdk``. The SDK of a provider is
 imported only when that provider is created, so carapace runs without the SDKs; creating
 a provider whose SDK is missing raises ``ProviderError`` saying which extra to install.
 """
@@ -75,6 +75,18 @@ def _create_openai(config: ProviderConfig) -> Provider:
     return OpenAIProvider(config)
 
 
+def _create_claude_agent_sdk(config: ProviderConfig) -> Provider:
+    try:
+        from .claude_sdk import ClaudeAgentProvider
+    except ImportError as exc:
+        if (exc.name or "").split(".")[0] != "claude_agent_sdk":
+            raise
+        raise ProviderError("The claude-agent-sdk provider needs the Claude Agent SDK: "
+                            "pip install 'carapace[claude]'") from None  # fmt: skip
+    return ClaudeAgentProvider(config)
+
+
 register_provider("mock", _create_mock)
 register_provider("anthropic", _create_anthropic)
 register_provider("openai", _create_openai)
+register_provider("claude-agent-sdk", _create_claude_agent_sdk)

@@ -127,12 +127,14 @@ def text_of(content: object) -> str:
 
 def log_turn(logger: logging.Logger, model: str, turn: Turn) -> None:
     logger.debug(
-        "%s: stop=%s tool_calls=%d tokens in=%d out=%d",
+        "%s: stop=%s tool_calls=%d tokens in=%d out=%d cache read=%d write=%d",
         model,
         turn.stop_reason,
         len(turn.tool_calls),
         turn.input_tokens,
         turn.output_tokens,
+        turn.cache_read_tokens,
+        turn.cache_write_tokens,
     )
 
 

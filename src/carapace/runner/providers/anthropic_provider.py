@@ -1,5 +1,9 @@
 """The Anthropic provider: the Messages API with tool use, through the official SDK.
 
+The system prompt and the tool definitions are sent with ``cache_control`` (prompt caching);
+the reply's cache reads/writes are in ``Turn.cache_read_tokens``/``cache_write_tokens`` and
+the host's proxy records them per call (``carapace_usage``).
+
 Settings (``ProviderConfig``): ``model`` (default ``claude-sonnet-4-6``), ``max_tokens``,
 ``api_key`` (else env ``ANTHROPIC_API_KEY``), ``base_url`` (else env
 ``ANTHROPIC_BASE_URL``, else the SDK's default), ``timeout_s``, ``max_retries`` (the SDK's
@@ -44,6 +48,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "claude-sonnet-4-6"
 EMPTY_TEXT = "(empty)"  # the API rejects empty text blocks
+CACHE = {"type": "ephemeral"}
 
 
 class AnthropicProvider:
@@ -79,10 +84,14 @@ class AnthropicProvider:
 
     def complete(self, system: str, messages: list[Message], tools: list[ToolSpec]) -> Turn:
         kwargs: dict[str, Any] = {}
+        # prompt caching: the system prompt and the tool definitions (the stable prefix of
+        # every call of a conversation) are marked cacheable
         if system:
-            kwargs["system"] = system
+            kwargs["system"] = [{"type": "text", "text": system, "cache_control": CACHE}]
         if tools:
-            kwargs["tools"] = to_anthropic_tools(tools)
+            specs: list[Any] = to_anthropic_tools(tools)
+            specs[-1] = {**specs[-1], "cache_control": CACHE}
+            kwargs["tools"] = specs
         try:
             response = self.client.messages.create(
                 model=self.model,
@@ -143,7 +152,7 @@ def to_anthropic_messages(messages: list[Message]) -> list[MessageParam]:
             block = ToolResultBlockParam(
                 type="tool_result",
                 tool_use_id=str(message.get("tool_call_id", "")),
-                content=text_of(message.get("content")),
+                content=_result_content(message),
             )
             if message.get("is_error"):
                 block["is_error"] = True
@@ -169,6 +178,19 @@ def to_anthropic_messages(messages: list[Message]) -> list[MessageParam]:
     return out
 
 
+def _result_content(message: Message) -> Any:
+    """A tool result's text, with its images as image blocks when it has any."""
+    text = text_of(message.get("content"))
+    images = [i for i in message.get("images") or () if isinstance(i, dict)]
+    if not images:
+        return text
+    blocks: list[dict[str, Any]] = [{"type": "text", "text": text or EMPTY_TEXT}]
+    for image in images:
+        blocks.append({"type": "image", "source": {"type": "base64",
+                       "media_type": str(image.get("media_type")), "data": str(image.get("data"))}})  # fmt: skip
+    return blocks
+
+
 def parse_anthropic_message(response: AnthropicMessage) -> Turn:
     texts: list[str] = []
     calls: list[ToolCall] = []
@@ -185,6 +207,8 @@ def parse_anthropic_message(response: AnthropicMessage) -> Turn:
         stop_reason=str(response.stop_reason or ("tool_use" if calls else "end_turn")),
         input_tokens=usage.input_tokens or 0,
         output_tokens=usage.output_tokens or 0,
+        cache_read_tokens=getattr(usage, "cache_read_input_tokens", None) or 0,
+        cache_write_tokens=getattr(usage, "cache_creation_input_tokens", None) or 0,
     )
 
 

@@ -10,7 +10,8 @@ Message shapes (JSON-serialisable)::
     {"role": "user", "content": "text"}
     {"role": "assistant", "content": "text or empty",
      "tool_calls": [{"id": "...", "name": "...", "arguments": {...}}]}
-    {"role": "tool", "tool_call_id": "...", "name": "...", "content": "text", "is_error": false}
+    {"role": "tool", "tool_call_id": "...", "name": "...", "content": "text", "is_error": false,
+     "images": [{"media_type": "image/png", "data": "<base64>"}]}   # images: optional
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class ToolCall:
 class ToolResult:
     content: str
     is_error: bool = False
+    images: tuple[dict[str, str], ...] = ()  # {"media_type": "image/png", "data": base64}
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,8 @@ class Turn:
     stop_reason: str = "end_turn"
     input_tokens: int = 0
     output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
 
     def as_message(self) -> Message:
         return {

@@ -151,9 +151,13 @@ def to_openai_messages(system: str, messages: list[Message]) -> list[ChatComplet
     out: list[ChatCompletionMessageParam] = []
     if system:
         out.append({"role": "system", "content": system})
+    images: list[Any] = []  # tool results' images: a user message after the tool messages
     for message in messages:
         role = message.get("role")
         content = text_of(message.get("content"))
+        if role != "tool" and images:
+            out.append({"role": "user", "content": images})
+            images = []
         if role == "user":
             out.append({"role": "user", "content": content})
         elif role == "tool":
@@ -166,6 +170,13 @@ def to_openai_messages(system: str, messages: list[Message]) -> list[ChatComplet
                     "content": content,
                 }
             )
+            for image in message.get("images") or ():
+                if not images:
+                    images.append(
+                        {"type": "text", "text": "Images returned by the tool calls above:"}
+                    )
+                url = f"data:{image.get('media_type')};base64,{image.get('data')}"
+                images.append({"type": "image_url", "image_url": {"url": url}})
         elif role == "assistant":
             calls: list[ChatCompletionMessageFunctionToolCallParam] = [
                 {
@@ -187,6 +198,8 @@ def to_openai_messages(system: str, messages: list[Message]) -> list[ChatComplet
             out.append(assistant)
         else:
             raise ProviderError(f"Unsupported message role for openai: {role!r}")
+    if images:
+        out.append({"role": "user", "content": images})
     return out
 
 

@@ -25,6 +25,7 @@ from carapace.runner.tools.base import (
 )
 
 if TYPE_CHECKING:
+    from carapace.runner.mcp_client import McpHub
     from carapace.runner.workspace import Workspace
 
 logger = logging.getLogger(__name__)
@@ -51,15 +52,20 @@ __all__ = [
 
 
 class ToolBox:
-    def __init__(self, ctx: ToolContext, workspace: Workspace | None = None) -> None:
+    def __init__(
+        self, ctx: ToolContext, workspace: Workspace | None = None, mcp: McpHub | None = None
+    ) -> None:
         self.ctx = ctx
         self.workspace = workspace
+        self.mcp = mcp
         self._tools = {t.spec.name: t for t in MESSAGING_TOOLS if t.enabled(ctx.config)}
 
     def specs(self) -> list[ToolSpec]:
         specs = [t.spec for t in self._tools.values()]
         if self.workspace is not None:
             specs += [s for s in self.workspace.tools() if s.name not in self._tools]
+        if self.mcp is not None:
+            specs += self.mcp.specs()
         return specs
 
     def call(self, name: str, args: object) -> ToolResult:
@@ -83,6 +89,14 @@ class ToolBox:
 
     def _call(self, name: str, args: object) -> ToolResult:
         tool = self._tools.get(name)
+        if tool is None and self.mcp is not None and self.mcp.knows(name):
+            if not isinstance(args, dict):
+                return ToolResult(
+                    f"Error: invalid arguments for {name}: not an object", is_error=True
+                )
+            result = self.mcp.call(name, args)
+            logger.info("tool %s: %s", name, result.content[:200])
+            return result
         if tool is None:
             if self.workspace is not None and self.workspace.knows(name):
                 return self.workspace.call(name, args)  # a disabled tool explains itself

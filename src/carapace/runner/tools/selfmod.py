@@ -13,6 +13,7 @@ from carapace.timefmt import new_id
 
 MAX_PACKAGES = 20
 APT_RE = re.compile(r"^[a-z0-9][a-z0-9._+-]*$")
+PIP_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 NPM_RE = re.compile(r"^(@[a-z0-9][a-z0-9._-]*/)?[a-z0-9][a-z0-9._-]*$")
 
 
@@ -38,9 +39,10 @@ def _create_agent(ctx: ToolContext, args: dict[str, Any]) -> str:
 def _install_packages(ctx: ToolContext, args: dict[str, Any]) -> str:
     apt: list[str] = list(args.get("apt") or [])
     npm: list[str] = list(args.get("npm") or [])
-    if not apt and not npm:
-        raise ToolError("At least one apt or npm package is required")
-    if len(apt) + len(npm) > MAX_PACKAGES:
+    pip: list[str] = list(args.get("pip") or [])
+    if not apt and not npm and not pip:
+        raise ToolError("At least one apt, npm or pip package is required")
+    if len(apt) + len(npm) + len(pip) > MAX_PACKAGES:
         raise ToolError(f"Maximum {MAX_PACKAGES} packages per request")
     for p in apt:
         if not APT_RE.match(p):
@@ -53,36 +55,27 @@ def _install_packages(ctx: ToolContext, args: dict[str, Any]) -> str:
             raise ToolError(
                 f'Invalid npm package name: "{p}". No version specs or shell characters.'
             )
-    ctx.outbound.write(
-        id=new_id("msg"),
-        kind="system",
-        content={
-            "action": "install_packages",
-            "apt": apt,
-            "npm": npm,
-            "reason": args.get("reason") or "",
-        },
-        now=ctx.now(),
-    )
+    for p in pip:
+        if not PIP_RE.match(p):
+            raise ToolError(f'Invalid pip package name: "{p}". A bare name: no version specs.')
+    content: dict[str, Any] = {"action": "install_packages", "apt": apt, "npm": npm,
+                               "reason": args.get("reason") or ""}  # fmt: skip
+    if pip:
+        content["pip"] = pip
+    ctx.outbound.write(id=new_id("msg"), kind="system", content=content, now=ctx.now())
     return "Package install request submitted. You will be notified when admin approves or rejects."
 
 
 def _add_mcp_server(ctx: ToolContext, args: dict[str, Any]) -> str:
-    name, command = args.get("name"), args.get("command")
-    if not name or not command:
-        raise ToolError("name and command are required")
-    ctx.outbound.write(
-        id=new_id("msg"),
-        kind="system",
-        content={
-            "action": "add_mcp_server",
-            "name": name,
-            "command": command,
-            "args": args.get("args") or [],
-            "env": args.get("env") or {},
-        },
-        now=ctx.now(),
-    )
+    name, command, url = args.get("name"), args.get("command"), args.get("url")
+    if not name or not (command or url):
+        raise ToolError("name and a command or url are required")
+    content: dict[str, Any] = {"action": "add_mcp_server", "name": name}
+    if url and not command:
+        content["url"] = url
+    else:
+        content.update(command=command, args=args.get("args") or [], env=args.get("env") or {})
+    ctx.outbound.write(id=new_id("msg"), kind="system", content=content, now=ctx.now())
     return "MCP server request submitted. You will be notified when admin approves or rejects."
 
 
@@ -102,8 +95,11 @@ TOOLS = [
     Tool(
         tool(
             "install_packages",
-            "Request apt/npm packages for your environment (an admin must approve).",
+            "Request packages for your sandbox (an admin must approve): pip (PyPI) into your "
+            "own virtualenv, npm into your own prefix, both on your PATH from the turn after "
+            "they install. apt packages are not installed per group (the request says so).",
             {
+                "pip": {"type": "array", "items": {"type": "string"}},
                 "apt": {"type": "array", "items": {"type": "string"}},
                 "npm": {"type": "array", "items": {"type": "string"}},
                 "reason": {"type": "string"},
@@ -115,14 +111,17 @@ TOOLS = [
     Tool(
         tool(
             "add_mcp_server",
-            "Request an extra MCP server (an admin must approve).",
+            "Request an extra MCP server (an admin must approve): a stdio command (run inside "
+            "your sandbox) or a streamable-HTTP url. Its tools appear as "
+            "mcp__<name>__<tool> from the turn after approval.",
             {
                 "name": {"type": "string"},
                 "command": {"type": "string"},
                 "args": {"type": "array", "items": {"type": "string"}},
                 "env": {"type": "object"},
+                "url": {"type": "string", "description": "Instead of command: an http(s) URL."},
             },
-            ["name", "command"],
+            ["name"],
         ),
         _add_mcp_server,
     ),

@@ -1,0 +1,1 @@
+"""The benchmark suite behind ``carapace bench`` (docs/benchmarks.md)."""

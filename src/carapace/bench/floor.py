@@ -1,0 +1,105 @@
+"""The physical floor of a round trip on this machine, measured in the same run.
+
+Two processes and the least a round trip must do: the parent commits one row to ``a.db``
+(durable commit 1); the child, woken by inotify on its folder (wake 1), reads it, commits a
+claim (commit 2) and a reply (commit 3) to ``b.db``; the parent, woken by inotify (wake 2),
+reads the reply. Both files use the session files' settings (rollback journal in
+``PERSIST`` mode, ``synchronous=FULL``) over persistent connections. No routing, no
+delivery, no Python host: what is left is the disk and the kernel.
+
+``python -m carapace.bench.floor DIR`` is the child.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from carapace.bench.common import percentile
+from carapace.watch import DirWatcher
+
+SCHEMA = "CREATE TABLE IF NOT EXISTS m (seq INTEGER PRIMARY KEY, body TEXT NOT NULL)"
+TIMEOUT_S = 30.0
+POLL_S = 1.0  # both sides also look every second (a missed wake shows as a ~1 s outlier)
+
+
+def _conn(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(str(path), isolation_level=None, timeout=5.0)
+    conn.execute("PRAGMA journal_mode = PERSIST")
+    conn.execute("PRAGMA synchronous = FULL")
+    conn.execute(SCHEMA)
+    return conn
+
+
+def _max(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("SELECT COALESCE(MAX(seq), 0) FROM m").fetchone()[0])
+
+
+def child(root: Path) -> int:
+    a, b = _conn(root / "a.db"), _conn(root / "b.db")
+    w = DirWatcher()
+    w.add(root, names={"a.db", "a.db-journal"})
+    seen = _max(a)  # before "ready": the parent's first row comes after it
+    print("ready", flush=True)
+    while True:
+        w.wait(POLL_S)
+        rows = a.execute("SELECT seq, body FROM m WHERE seq > ? ORDER BY seq", (seen,)).fetchall()
+        for seq, body in rows:
+            if body == "stop":
+                return 0
+            seen = seq
+            b.execute("BEGIN IMMEDIATE")
+            b.execute("INSERT INTO m (seq, body) VALUES (?, 'claim')", (seq * 2,))
+            b.execute("COMMIT")
+            b.execute("BEGIN IMMEDIATE")
+            b.execute("INSERT INTO m (seq, body) VALUES (?, ?)", (seq * 2 + 1, "re:" + body))
+            b.execute("COMMIT")
+
+
+def measure_floor(root: Path, n: int) -> list[float]:
+    """``n`` round trips through the two-process floor, in ms."""
+    root.mkdir(parents=True, exist_ok=True)
+    a, b = _conn(root / "a.db"), _conn(root / "b.db")
+    w = DirWatcher()
+    w.add(root, names={"b.db", "b.db-journal"})
+    proc = subprocess.Popen([sys.executable, "-m", "carapace.bench.floor", str(root)],
+                            stdout=subprocess.PIPE, text=True)  # fmt: skip
+    samples: list[float] = []
+    try:
+        assert proc.stdout is not None
+        proc.stdout.readline()  # "ready"
+        for i in range(1, n + 2):
+            w.drain()
+            t0 = time.perf_counter()
+            a.execute("BEGIN IMMEDIATE")
+            a.execute("INSERT INTO m (seq, body) VALUES (?, ?)", (i, f"hello {i}"))
+            a.execute("COMMIT")
+            deadline = t0 + TIMEOUT_S
+            while b.execute("SELECT 1 FROM m WHERE seq=?", (i * 2 + 1,)).fetchone() is None:
+                if time.perf_counter() > deadline:
+                    raise TimeoutError("floor child did not answer")
+                w.wait(POLL_S)
+            if i > 1:  # the first one warms the caches
+                samples.append((time.perf_counter() - t0) * 1000.0)
+        a.execute("INSERT INTO m (seq, body) VALUES (?, 'stop')", (n + 10,))
+        proc.wait(TIMEOUT_S)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        w.close()
+        a.close()
+        b.close()
+    return samples
+
+
+def floor_summary(samples: list[float]) -> tuple[float, float]:
+    return statistics.median(samples), percentile(samples, 0.99)
+
+
+if __name__ == "__main__":
+    sys.exit(child(Path(sys.argv[1])))

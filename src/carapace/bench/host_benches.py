@@ -1,0 +1,415 @@
+"""Benchmarks that drive a real ``Host``: round trip, ingest, burst, concurrent chats,
+delivery. Runners are real ``python -m carapace.runner`` processes (mock provider, the
+machine's strongest sandbox) unless a benchmark says "router only" (a recording backend
+that starts nothing).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from carapace.bench.common import BenchResult, Goal, LoopProbe, percentile
+from carapace.bootstrap import CLI_CHANNEL, CLI_PLATFORM_ID, init_home
+from carapace.channels.base import ChannelCallbacks, InboundEvent, InboundMessage, OutboundMessage
+from carapace.config import Home, Settings
+from carapace.db import groups, messaging
+from carapace.host.host import Host, HostOptions
+from carapace.host.pool import FakeBackend
+from carapace.jsonutil import dumps
+from carapace.timefmt import iso, new_id
+
+TIMEOUT_S = 120.0
+NANOCLAW_ROUTE_MSG_S = 755.0  # writeSessionMessage, best of the same-sitting runs (issue 19)
+
+
+class SinkChannel:
+    """A channel that accepts every delivery and counts them per chat."""
+
+    channel_type = CLI_CHANNEL
+    supports_threads = False
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.per_chat: dict[str, int] = {}
+        self.changed = asyncio.Event()
+        self.waiting: asyncio.Future[float] | None = None
+
+    async def start(self, callbacks: ChannelCallbacks) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+    async def deliver(
+        self, platform_id: str, thread_id: str | None, message: OutboundMessage
+    ) -> str | None:
+        self.count += 1
+        self.per_chat[platform_id] = self.per_chat.get(platform_id, 0) + 1
+        self.changed.set()
+        if self.waiting is not None and not self.waiting.done():
+            self.waiting.set_result(time.perf_counter())
+        return message.message_out_id
+
+
+def event(text: str, chat: str = CLI_PLATFORM_ID) -> InboundEvent:
+    content = dumps({"text": text, "sender": "bench", "senderId": "cli:local"})
+    return InboundEvent(CLI_CHANNEL, chat, None,
+                        InboundMessage(new_id("cli"), "chat", content, iso()))  # fmt: skip
+
+
+def make_host(home: Home, channel: SinkChannel, *, runners: bool = True,
+              settings: Settings | None = None) -> Host:  # fmt: skip
+    init_home(home)
+    s = settings or Settings(runner_idle_exit_s=600.0)
+    return Host(home, settings=s, channels=[channel],
+                backend=None if runners else FakeBackend(),
+                options=HostOptions(sockets=False, cleanup_orphans=False))  # fmt: skip
+
+
+def add_chats(host: Host, n: int) -> list[str]:
+    """``n`` more public chats wired (pattern ".") to the main agent group."""
+    ag = groups.list_agent_groups(host.db)[0].id
+    chats = []
+    for i in range(n):
+        mg = messaging.create_messaging_group(host.db, CLI_CHANNEL, f"chat-{i}", name=f"c{i}",
+                                              unknown_sender_policy="public")  # fmt: skip
+        messaging.create_wiring(host.db, mg.id, ag, engage_mode="pattern", engage_pattern=".")
+        chats.append(mg.platform_id)
+    return chats
+
+
+def completed_acks(host: Host) -> int:
+    """How many inbound rows runners have completed, over every session (off the loop)."""
+    import sqlite3
+
+    total = 0
+    for sess in host.sessions.db.execute("SELECT id, agent_group_id FROM sessions"):
+        path = host.home.data_dir / "v2-sessions" / sess[1] / sess[0] / "outbound.db"
+        if not path.exists():
+            continue
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+        try:
+            total += conn.execute(
+                "SELECT COUNT(*) FROM processing_ack WHERE status='completed'"
+            ).fetchone()[0]
+        except sqlite3.Error:
+            pass
+        finally:
+            conn.close()
+    return total
+
+
+async def wait_for(
+    pred: Callable[[], bool], timeout: float = TIMEOUT_S, step: float = 0.01
+) -> None:
+    deadline = time.perf_counter() + timeout
+    while not pred():
+        if time.perf_counter() > deadline:
+            raise TimeoutError("benchmark timed out")
+        await asyncio.sleep(step)
+
+
+def _tmp_home() -> tempfile.TemporaryDirectory[str]:
+    return tempfile.TemporaryDirectory(prefix="carapace-bench-")
+
+
+# --------------------------------------------------------------------------- ingest / burst
+
+
+async def _route_only(home: Home, n: int, burst: bool) -> tuple[float, float]:
+    channel = SinkChannel()
+    host = make_host(home, channel, runners=False)
+    await host.start(background=False)
+    try:
+        await host.route(event("warm-up"))
+        probe = LoopProbe().start()
+        t0 = time.perf_counter()
+        if burst:
+            await asyncio.gather(*(host.route(event(f"m{i}")) for i in range(n)))
+        else:
+            for i in range(n):
+                await host.route(event(f"m{i}"))
+        dt = time.perf_counter() - t0
+        stall = await probe.stop()
+    finally:
+        await host.stop()
+        host.close()
+    return n / dt, stall
+
+
+async def _live_one_chat(home: Home, n: int) -> float:
+    channel = SinkChannel()
+    host = make_host(home, channel)
+    await host.start()
+    try:
+        channel.waiting = asyncio.get_running_loop().create_future()
+        await host.route(event("warm-up"))
+        await asyncio.wait_for(channel.waiting, TIMEOUT_S)  # the runner is up
+        base = await asyncio.to_thread(completed_acks, host)
+        t0 = time.perf_counter()
+        for i in range(n):
+            await host.route(event(f"m{i}"))
+
+        done = base
+
+        async def all_done() -> bool:
+            nonlocal done
+            done = await asyncio.to_thread(completed_acks, host)
+            return done >= base + n
+
+        deadline = t0 + TIMEOUT_S
+        while not await all_done():
+            if time.perf_counter() > deadline:
+                raise TimeoutError(f"{done - base} of {n} answered")
+            await asyncio.sleep(0.005)
+        return n / (time.perf_counter() - t0)
+    finally:
+        await host.stop()
+        host.close()
+
+
+def run_ingest(n: int = 2000, n_live: int = 1000) -> BenchResult:
+    with _tmp_home() as tmp:
+        rate, stall = asyncio.run(_route_only(Home.resolve(Path(tmp) / "a"), n, burst=False))
+        live = asyncio.run(_live_one_chat(Home.resolve(Path(tmp) / "b"), n_live))
+    return BenchResult(
+        "ingest",
+        f"router only (one chat, one message at a time): **{rate:.0f} msg/s**; live host with "
+        f"agent answering, one chat: **{live:.0f} msg/s** (routed until every row completed)",
+        f"{n} routed; {n_live} live",
+        {
+            "route_msg_s": round(rate, 1),
+            "live_msg_s": round(live, 1),
+            "longest_stall_ms": round(stall, 2),
+        },
+        [
+            Goal(
+                f"router ≥ 2× NanoClaw ({2 * NANOCLAW_ROUTE_MSG_S:.0f} msg/s)",
+                rate >= 2 * NANOCLAW_ROUTE_MSG_S,
+            ),
+            Goal("live ≥ 800 msg/s", live >= 800),
+        ],
+    ).finish()
+
+
+def run_burst(n: int = 2000) -> BenchResult:
+    with _tmp_home() as tmp:
+        rate, stall = asyncio.run(_route_only(Home.resolve(tmp), n, burst=True))
+    return BenchResult(
+        "burst",
+        f"{n} messages arriving at once to one chat (router only): **{rate:.0f} msg/s**, "
+        f"longest loop stall {stall:.1f} ms",
+        f"{n} messages",
+        {"burst_msg_s": round(rate, 1), "longest_stall_ms": round(stall, 2)},
+        [Goal("≥ 5,000 msg/s", rate >= 5000)],
+    ).finish()
+
+
+# --------------------------------------------------------------------------- concurrent
+
+
+async def _concurrent(home: Home, chats: int, per_chat: int) -> tuple[float, float, int]:
+    channel = SinkChannel()
+    init_home(home)
+    host = make_host(home, channel, settings=home.load_settings())  # defaults: the real cap
+    await host.start()
+    try:
+        ids = add_chats(host, chats)
+        probe = LoopProbe().start()
+        t0 = time.perf_counter()
+        for m in range(per_chat):
+            for c in ids:
+                await host.route(event(f"m{m}", c))
+                await asyncio.sleep(0)  # one adapter event at a time, as channels deliver
+        total = chats * per_chat
+
+        async def answered() -> int:
+            return await asyncio.to_thread(completed_acks, host)
+
+        deadline = t0 + 600.0
+        while (n := await answered()) < total:
+            if time.perf_counter() > deadline:
+                raise TimeoutError(f"{n} of {total} answered")
+            await asyncio.sleep(0.05)
+        await wait_for(lambda: all(channel.per_chat.get(c, 0) >= 1 for c in ids), 60.0)
+        dt = time.perf_counter() - t0
+        stall = await probe.stop()
+        return dt, stall, host.pool.max_runners
+    finally:
+        await host.stop()
+        host.close()
+
+
+def run_concurrent(chats: int = 100, per_chat: int = 10) -> BenchResult:
+    with _tmp_home() as tmp:
+        dt, stall, cap = asyncio.run(_concurrent(Home.resolve(tmp), chats, per_chat))
+    return BenchResult(
+        "concurrent",
+        f"{chats} chats × {per_chat} messages, default settings (runner cap {cap}): all "
+        f"answered in **{dt:.1f} s**; longest loop stall {stall:.1f} ms",
+        f"{chats * per_chat} messages, one run",
+        {"seconds": round(dt, 2), "runner_cap": cap, "longest_stall_ms": round(stall, 2)},
+        [Goal("all answered ≤ 30 s", dt <= 30.0)],
+    ).finish()
+
+
+# --------------------------------------------------------------------------- delivery
+
+
+async def _delivery(home: Home, rows: int) -> tuple[float, float]:
+    from carapace.db.connection import transaction
+    from carapace.db.session import insert_message_out, open_outbound
+
+    channel = SinkChannel()
+    host = make_host(home, channel, runners=False)
+    await host.start(background=False)
+    try:
+        await host.route(event("hello"))
+        sess = host.sessions.db.execute("SELECT id FROM sessions").fetchone()[0]
+        session = host.sessions.get(sess)
+        assert session is not None
+        paths = host.sessions.paths(session)
+        out = open_outbound(paths)
+        try:
+            with transaction(out):
+                for i in range(rows):
+                    insert_message_out(out, {
+                        "id": f"out-{i}", "timestamp": iso(), "kind": "chat",
+                        "platform_id": CLI_PLATFORM_ID, "channel_type": CLI_CHANNEL,
+                        "content": dumps({"text": f"reply {i}"}),
+                    })  # fmt: skip
+        finally:
+            out.close()
+        probe = LoopProbe().start()
+        t0 = time.perf_counter()
+        n = await host.deliver_once(sess)
+        dt = time.perf_counter() - t0
+        stall = await probe.stop()
+        assert n == rows, f"{n} of {rows} delivered"
+        return rows / dt, stall
+    finally:
+        await host.stop()
+        host.close()
+
+
+def run_delivery(rows: int = 2000) -> BenchResult:
+    with _tmp_home() as tmp:
+        rate, stall = asyncio.run(_delivery(Home.resolve(tmp), rows))
+    return BenchResult(
+        "delivery",
+        f"{rows} waiting replies of one session delivered in one drain: **{rate:.0f} rows/s** "
+        f"({1000 / rate:.2f} ms/row); longest loop stall {stall:.1f} ms",
+        f"{rows} rows",
+        {"rows_s": round(rate, 1), "longest_stall_ms": round(stall, 2)},
+        [Goal("no stall > 10 ms", stall <= 10.0)],
+    ).finish()
+
+
+# --------------------------------------------------------------------------- round trip
+
+
+async def _roundtrip(home: Home, n: int) -> dict[str, Any]:
+    channel = SinkChannel()
+    host = make_host(home, channel)
+    await host.start()
+
+    async def one(text: str) -> float:
+        channel.waiting = asyncio.get_running_loop().create_future()
+        t0 = time.perf_counter()
+        await host.route(event(text))
+        t1 = await asyncio.wait_for(channel.waiting, TIMEOUT_S)
+        return (t1 - t0) * 1000.0
+
+    try:
+        cold = await one("hello (cold)")
+        samples = [await one(f"hello {i}") for i in range(max(1, n))]
+    finally:
+        await host.stop()
+        host.close()
+    return {"cold": cold, "samples": samples, "backend": host.backend_note}
+
+
+def run_roundtrip(n: int = 200, floor_n: int = 200) -> BenchResult:
+    from carapace.bench.floor import measure_floor
+
+    with _tmp_home() as tmp:
+        floor = measure_floor(Path(tmp) / "floor", floor_n)
+        r = asyncio.run(_roundtrip(Home.resolve(Path(tmp) / "home"), n))
+        floor += measure_floor(Path(tmp) / "floor2", floor_n)  # before and after: same load
+    samples: list[float] = r["samples"]
+    p50, p99 = statistics.median(samples), percentile(samples, 0.99)
+    f50, f99 = statistics.median(floor), percentile(floor, 0.99)
+    return BenchResult(
+        "roundtrip",
+        f"warm p50 **{p50:.2f} ms**, p99 {p99:.2f} ms; floor (two processes, 3 durable commits, "
+        f"2 inotify wakes) p50 {f50:.2f} ms, p99 {f99:.2f} ms; ratio p50 **{p50 / f50:.2f}×**, "
+        f"p99 {p99 / f99:.2f}×; cold start {r['cold']:.0f} ms (one sample); {r['backend']}",
+        f"{len(samples)} warm round trips, {len(floor)} floor round trips",
+        {
+            "p50_ms": round(p50, 3),
+            "p99_ms": round(p99, 3),
+            "floor_p50_ms": round(f50, 3),
+            "floor_p99_ms": round(f99, 3),
+            "ratio_p50": round(p50 / f50, 2),
+            "ratio_p99": round(p99 / f99, 2),
+            "cold_start_ms": round(r["cold"], 1),
+            "backend": r["backend"],
+        },
+        [Goal("p50 ≤ 1.5× floor", p50 <= 1.5 * f50), Goal("p99 ≤ 3× floor", p99 <= 3 * f99)],
+    ).finish()
+
+
+def fsync_child(n: int) -> None:
+    """Run ``n`` warm round trips (the body of :func:`run_fsyncs`, under ``perf stat``)."""
+    with _tmp_home() as tmp:
+        asyncio.run(_roundtrip(Home.resolve(tmp), n))
+
+
+def _count_fsyncs(n: int) -> int | None:
+    import shutil
+    import subprocess
+    import sys
+
+    perf = shutil.which("perf")
+    if perf is None:
+        return None
+    with tempfile.NamedTemporaryFile("r", suffix=".perf") as out:
+        cmd = [perf, "stat", "-x,", "-o", out.name, "-e",
+               "syscalls:sys_enter_fsync,syscalls:sys_enter_fdatasync", "--",
+               sys.executable, "-c",
+               f"from carapace.bench.host_benches import fsync_child; fsync_child({n})"]  # fmt: skip
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
+        if proc.returncode != 0:
+            return None
+        total = 0
+        for line in out.read().splitlines():
+            parts = line.split(",")
+            if len(parts) > 2 and "sys_enter_f" in parts[2]:
+                if not parts[0].strip().isdigit():
+                    return None
+                total += int(parts[0])
+        return total
+
+
+def run_fsyncs(n: int = 100) -> BenchResult:
+    """fsync + fdatasync calls per warm round trip, counted by ``perf stat`` (syscall
+    tracepoints, children included) over a run of ``n`` and a run of 1, subtracted."""
+    few, many = _count_fsyncs(1), _count_fsyncs(n + 1)
+    if few is None or many is None:
+        return BenchResult("fsyncs", "not measured: `perf stat` with syscall tracepoints is "
+                           "not available to this user", "—").finish()  # fmt: skip
+    per = (many - few) / n
+    return BenchResult(
+        "fsyncs",
+        f"**{per:.1f} fsync/fdatasync calls per warm round trip** (host and runner together)",
+        f"{n} round trips (difference of two runs)",
+        {"fsyncs_per_roundtrip": round(per, 2)},
+        [Goal("≤ 15", per <= 15.0)],
+    ).finish()

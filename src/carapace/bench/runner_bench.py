@@ -1,0 +1,117 @@
+"""The runner benchmark: cold start (first message of a session → delivered reply, runner
+spawn included), where the start-up time goes (interpreter, imports, sandbox), and the
+memory of an idle runner.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from carapace.bench.common import BenchResult, Goal, percentile
+from carapace.bench.host_benches import TIMEOUT_S, SinkChannel, event, make_host
+from carapace.config import Home, Settings
+from carapace.runner.procs import descendants
+
+
+def rss_kib(pid: int) -> int:
+    """Resident memory of one process (``VmRSS``), 0 when gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def pss_kib(pid: int) -> int:
+    """Proportional set size (shared pages split between their users), 0 when unreadable."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+async def _cold_starts(home: Home, n: int, backend: str) -> dict[str, Any]:
+    channel = SinkChannel()
+    host = make_host(home, channel, settings=Settings(runner_idle_exit_s=600.0,
+                                                      runner_backend=backend))  # fmt: skip
+    await host.start()
+    samples: list[float] = []
+    rss: list[int] = []
+    pss: list[int] = []
+    try:
+        for i in range(n + 1):
+            channel.waiting = asyncio.get_running_loop().create_future()
+            t0 = time.perf_counter()
+            r = await host.route(event(f"hello {i}"))
+            t1 = await asyncio.wait_for(channel.waiting, TIMEOUT_S)
+            sid = r.routed[0].session_id
+            if i > 0:  # the first one warms the page cache
+                samples.append((t1 - t0) * 1000.0)
+            await asyncio.sleep(0.3)  # idle now
+            run = host.pool.running.get(sid)
+            if run is not None and run.handle.pid is not None:
+                tree = [run.handle.pid, *descendants(run.handle.pid)]
+                rss.append(sum(rss_kib(p) for p in tree))
+                pss.append(sum(pss_kib(p) for p in tree))
+            await host.pool.stop(sid, "bench")
+    finally:
+        await host.stop()
+        host.close()
+    return {"samples": samples, "rss": rss, "pss": pss, "note": host.backend_note}
+
+
+def _time_cmd(args: list[str], n: int) -> float:
+    out = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        subprocess.run(args, check=True, capture_output=True)
+        out.append((time.perf_counter() - t0) * 1000.0)
+    return statistics.median(out)
+
+
+def start_breakdown(n: int = 5) -> dict[str, float]:
+    """Median ms of: the bare interpreter; the interpreter importing the runner's modules."""
+    py = sys.executable
+    bare = _time_cmd([py, "-c", "pass"], n)
+    imports = _time_cmd([py, "-c", "import carapace.runner.__main__"], n)
+    return {"interpreter_ms": bare, "imports_ms": imports - bare}
+
+
+def run_runner(n: int = 10) -> BenchResult:
+    parts = start_breakdown()
+    with tempfile.TemporaryDirectory(prefix="carapace-bench-") as tmp:
+        auto = asyncio.run(_cold_starts(Home.resolve(Path(tmp) / "a"), n, "auto"))
+        plain = asyncio.run(_cold_starts(Home.resolve(Path(tmp) / "b"), n, "subprocess"))
+    p50 = statistics.median(auto["samples"])
+    p50_plain = statistics.median(plain["samples"])
+    rss = statistics.median(auto["rss"]) / 1024 if auto["rss"] else 0.0
+    pss = statistics.median(auto["pss"]) / 1024 if auto["pss"] else 0.0
+    return BenchResult(
+        "runner",
+        f"cold start (first message → delivered reply, spawn included) p50 **{p50:.0f} ms**, "
+        f"p90 {percentile(auto['samples'], 0.9):.0f} ms ({auto['note']}); without sandbox "
+        f"p50 {p50_plain:.0f} ms; of which interpreter {parts['interpreter_ms']:.0f} ms, "
+        f"runner imports {parts['imports_ms']:.0f} ms; idle runner memory (process tree) RSS "
+        f"**{rss:.1f} MiB**, PSS {pss:.1f} MiB",
+        f"{len(auto['samples'])} + {len(plain['samples'])} cold starts",
+        {
+            "cold_p50_ms": round(p50, 1),
+            "cold_p50_no_sandbox_ms": round(p50_plain, 1),
+            **{k: round(v, 1) for k, v in parts.items()},
+            "idle_rss_mib": round(rss, 1),
+            "idle_pss_mib": round(pss, 1),
+        },
+        [Goal("cold start ≤ 100 ms p50", p50 <= 100.0)],
+    ).finish()

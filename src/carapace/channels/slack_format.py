@@ -1,0 +1,186 @@
+"""Slack's side of the Slack adapter's text: Markdown → mrkdwn, splitting, Block Kit cards.
+
+Everything an agent writes is escaped (``&``, ``<``, ``>`` become entities), so agent text
+can never ping ``<!channel>``/``<!here>``/``<@U…>`` or forge a link; the only ``<…>`` in
+the output are the links this module builds from Markdown ``[text](http…)``.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+#: Slack truncates a message's text past 40,000 characters and advises 4,000: we split there.
+TEXT_LIMIT = 4_000
+SECTION_LIMIT = 3_000
+BUTTON_LIMIT = 75
+ACTION_ID_LIMIT = 255
+MAX_BUTTONS = 25
+
+_FENCE = re.compile(r"```[^\n]*\n?(.*?)```", re.S)
+_CODE = re.compile(r"`([^`\n]+)`")
+_LINK = re.compile(r"\[([^\]\n]+)\]\(((?:https?://|mailto:)[^\s)]+)\)")
+_BOLD = re.compile(r"\*\*(?=\S)(.+?)(?<=\S)\*\*|__(?=\S)(.+?)(?<=\S)__")
+_ITALIC = re.compile(r"(?<![\w*])\*(?=\S)([^*\n]+?)(?<=\S)\*(?![\w*])")
+_STRIKE = re.compile(r"~~(?=\S)(.+?)(?<=\S)~~")
+_HEADING = re.compile(r"^#{1,6}\s+(.*?)\s*#*\s*$")
+_BULLET = re.compile(r"^(\s*)[-*+]\s+")
+_QUOTE = re.compile(r"^\s*>\s?")
+_HOLD = "\x00{}\x00"
+
+
+def escape(text: str) -> str:
+    """Slack's three control characters as entities."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def to_mrkdwn(markdown: str) -> str:
+    """Markdown (as agents write it) → Slack mrkdwn, with everything else escaped."""
+    held: list[str] = []
+
+    def hold(s: str) -> str:
+        held.append(s)
+        return _HOLD.format(len(held) - 1)
+
+    text = markdown.replace("\x00", "")
+    text = _FENCE.sub(lambda m: hold("```" + escape(m.group(1).rstrip("\n")) + "```"), text)
+    out = [_line(line, hold) for line in text.split("\n")]
+    result = "\n".join(out)
+    for i in range(len(held) - 1, -1, -1):  # nested holds (a link inside bold) unwind in order
+        result = result.replace(_HOLD.format(i), held[i])
+    return result
+
+
+def _line(line: str, hold: Any) -> str:
+    prefix = ""
+    if _QUOTE.match(line) and not line.lstrip().startswith(_HOLD[0]):
+        line = _QUOTE.sub("", line, count=1)
+        prefix = ">"
+    heading = _HEADING.match(line)
+    if heading:
+        return prefix + "*" + _inline(heading.group(1), hold).replace("*", "") + "*"
+    bullet = _BULLET.match(line)
+    if bullet:
+        line = bullet.group(1) + "• " + line[bullet.end() :]
+    return prefix + _inline(line, hold)
+
+
+def _inline(text: str, hold: Any) -> str:
+    text = _CODE.sub(lambda m: hold("`" + escape(m.group(1)) + "`"), text)
+    text = _LINK.sub(
+        lambda m: hold("<" + escape(m.group(2)).replace("|", "%7C") + "|"
+                       + escape(m.group(1)).replace("|", "¦") + ">"),
+        text,
+    )  # fmt: skip
+    text = escape(text)
+    text = _BOLD.sub(lambda m: hold("*" + (m.group(1) or m.group(2)) + "*"), text)
+    text = _ITALIC.sub(lambda m: "_" + m.group(1) + "_", text)
+    return _STRIKE.sub(lambda m: "~" + m.group(1) + "~", text)
+
+
+def split(text: str, limit: int = TEXT_LIMIT) -> list[str]:
+    """NanoClaw's rule: cut at the last blank line, else newline, else space, else hard;
+    never inside an entity (``&amp;``) or a ``<link|text>``. Pieces are trimmed."""
+    chunks: list[str] = []
+    rest = text
+    while len(rest) > limit:
+        window = rest[:limit]
+        cut = -1
+        for sep in ("\n\n", "\n", " "):
+            at = window.rfind(sep)
+            if at > 0 and _safe_cut(rest, at):
+                cut = at
+                break
+        if cut <= 0:
+            cut = limit
+            while cut > 1 and not _safe_cut(rest, cut):
+                cut -= 1
+        piece = rest[:cut].strip()
+        if piece:
+            chunks.append(piece)
+        rest = rest[cut:].strip()
+    if rest.strip() or not chunks:
+        chunks.append(rest.strip())
+    return chunks
+
+
+def _safe_cut(text: str, at: int) -> bool:
+    head = text[:at]
+    amp = head.rfind("&")
+    if amp != -1 and ";" not in head[amp:] and at - amp <= 6:
+        return False
+    lt = head.rfind("<")
+    return not (lt != -1 and ">" not in head[lt:] and at - lt <= 2000)
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def question_blocks(content: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """An ``ask_question`` as a section and buttons ``ncq:<questionId>:<index>`` (value the
+    index). None when Slack could not show it (an id too long, no options): the text
+    fallback with its reply code is posted instead."""
+    qid = str(content.get("questionId") or "")
+    options = content.get("options")
+    if not qid or not isinstance(options, list) or not options:
+        return None
+    if len(f"ncq:{qid}:{len(options)}") > ACTION_ID_LIMIT or len(options) > MAX_BUTTONS:
+        return None
+    title = str(content.get("title") or "")
+    question = str(content.get("question") or "")
+    body = "\n".join(p for p in (f"*{escape(title)}*" if title else "", escape(question)) if p)
+    buttons = []
+    for i, opt in enumerate(options):
+        label = opt.get("label") if isinstance(opt, dict) else opt
+        buttons.append({"type": "button", "action_id": f"ncq:{qid}:{i}", "value": str(i),
+                        "text": {"type": "plain_text", "emoji": True,
+                                 "text": _clip(str(label or i + 1), BUTTON_LIMIT)}})  # fmt: skip
+    return [
+        {"type": "section", "text": {"type": "mrkdwn", "text": _clip(body or "❓", SECTION_LIMIT)}},
+        {"type": "actions", "elements": buttons},
+    ]
+
+
+def card_blocks(card: dict[str, Any]) -> list[dict[str, Any]]:
+    """NanoClaw's ``card``: title, description, children as sections; only http(s) URL
+    actions become (link) buttons."""
+    parts = []
+    if card.get("title"):
+        parts.append(f"*{escape(str(card['title']))}*")
+    if card.get("description"):
+        parts.append(to_mrkdwn(str(card["description"])))
+    for child in card.get("children") or []:
+        text = child.get("text") if isinstance(child, dict) else child
+        if isinstance(text, str) and text:
+            parts.append(to_mrkdwn(text))
+    blocks: list[dict[str, Any]] = []
+    for chunk in split("\n".join(parts), SECTION_LIMIT)[:40] if parts else []:
+        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": chunk}})
+    buttons = []
+    for i, action in enumerate(card.get("actions") or []):
+        if not isinstance(action, dict):
+            continue
+        url, label = action.get("url"), action.get("label")
+        if not isinstance(url, str) or not url.startswith(("https://", "http://")) or not label:
+            continue
+        button: dict[str, Any] = {"type": "button", "action_id": f"link:{i}", "url": url[:3000],
+                                  "text": {"type": "plain_text",
+                                           "text": _clip(str(label), BUTTON_LIMIT)}}  # fmt: skip
+        if action.get("style") in ("primary", "danger"):
+            button["style"] = action["style"]
+        buttons.append(button)
+    if buttons:
+        blocks.append({"type": "actions", "elements": buttons[:MAX_BUTTONS]})
+    return blocks
+
+
+def card_fallback(card: dict[str, Any], fallback: Any) -> str:
+    if isinstance(fallback, str) and fallback:
+        return fallback
+    lines = [str(card.get(k)) for k in ("title", "description") if card.get(k)]
+    for child in card.get("children") or []:
+        text = child.get("text") if isinstance(child, dict) else child
+        if isinstance(text, str):
+            lines.append(text)
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""Per-group packages (pip, npm) installed for real, in a sandbox (docs/sandbox.md)."""

@@ -1,0 +1,47 @@
+"""The bench suite's own plumbing: the docs table and the loop-lag probe (no timings)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+from carapace.bench.common import BenchResult, Goal, LoopProbe, write_suite_rows
+from carapace.bench.floor import measure_floor
+
+
+def _result(name: str, summary: str, user: str = "root") -> BenchResult:
+    r = BenchResult(name, summary, "3 samples", {"x": 1}, [Goal("x ≤ 2", True)])
+    r.user = user
+    return r.finish()
+
+
+def test_suite_rows_replace_their_own_line_and_keep_other_sections(tmp_path: Path) -> None:
+    doc = tmp_path / "benchmarks.md"
+    doc.write_text("# Benchmarks\n\nintro\n\n## Egress proxy\n\nproxy table\n", encoding="utf-8")
+    write_suite_rows([_result("roundtrip", "first"), _result("scale", "big")], doc)
+    write_suite_rows([_result("roundtrip", "second"), _result("roundtrip", "u", "user (b)")], doc)
+    text = doc.read_text(encoding="utf-8")
+    assert "## Egress proxy\n\nproxy table" in text and "intro" in text
+    assert "first" not in text and "second" in text and "big" in text
+    rows = [line for line in text.splitlines() if line.startswith("| `")]
+    assert [r.split("|")[1].strip() for r in rows] == ["`roundtrip`", "`roundtrip`", "`scale`"]
+    assert "x ≤ 2: met" in rows[0]
+
+
+def test_loop_probe_sees_a_blocked_loop() -> None:
+    async def main() -> tuple[float, float]:
+        probe = LoopProbe().start()
+        await asyncio.sleep(0.02)
+        quiet = await probe.stop()
+        probe.start()
+        time.sleep(0.05)  # the loop is blocked for the whole measurement
+        return quiet, await probe.stop()
+
+    quiet, blocked = asyncio.run(main())
+    assert blocked >= 45.0 and blocked > quiet  # 50 ms blocked, less the 1 ms interval
+
+
+def test_floor_round_trips_through_a_second_process(tmp_path: Path) -> None:
+    samples = measure_floor(tmp_path, 3)
+    assert len(samples) == 3 and all(s > 0 for s in samples)

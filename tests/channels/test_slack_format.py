@@ -1,0 +1,42 @@
+"""Markdown → Slack mrkdwn, splitting and Block Kit (pure functions)."""
+
+from __future__ import annotations
+
+from carapace.channels.slack_format import question_blocks, split, to_mrkdwn
+
+
+def test_markdown_to_mrkdwn() -> None:
+    cases = {
+        "**bold** and __also__": "*bold* and *also*",
+        "*it* and _it_": "_it_ and _it_",
+        "~~gone~~": "~gone~",
+        "# Title\n- one\n* two": "*Title*\n• one\n• two",
+        "> quoted <b>": ">quoted &lt;b&gt;",
+        "`a<b>&c` and ```\nx < y\n```": "`a&lt;b&gt;&amp;c` and ```x &lt; y```",
+        "[docs](https://x.test/a?b=1&c=2)": "<https://x.test/a?b=1&amp;c=2|docs>",
+        "[x](javascript:alert(1)) <!here>": "[x](javascript:alert(1)) &lt;!here&gt;",
+        "2 * 3 * 4 and snake_case_name": "2 * 3 * 4 and snake_case_name",
+        "**[bold link](https://x.test)**": "*<https://x.test|bold link>*",
+    }
+    for md, want in cases.items():
+        assert to_mrkdwn(md) == want, md
+
+
+def test_split_never_cuts_an_entity_or_a_link() -> None:
+    text = ("&amp;" * 30) + " " + "<https://x.test|" + "y" * 50 + ">"
+    for limit in range(7, 90, 3):
+        parts = split(text, limit) if limit > 70 else split("&amp;" * 30, limit)
+        for p in parts:
+            assert not p.endswith("&") and not p.endswith("&am") and not p.startswith("p;")
+    assert split("a\n\nb", 3) == ["a", "b"]
+    assert split("", 10) == [""]
+
+
+def test_question_blocks_limits() -> None:
+    opts = [{"label": "x" * 200}]
+    blocks = question_blocks({"questionId": "q", "title": "T", "question": "Q", "options": opts})
+    assert blocks is not None
+    [button] = blocks[1]["elements"]
+    assert len(button["text"]["text"]) == 75 and button["value"] == "0"
+    assert question_blocks({"questionId": "q", "options": ["a"] * 26}) is None
+    assert question_blocks({"questionId": "q" * 260, "options": ["a"]}) is None
