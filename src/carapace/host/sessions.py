@@ -85,6 +85,7 @@ class SessionManager:
         # on the event loop's thread only; closed when the runner ends (issue 19).
         self._kept: dict[str, sqlite3.Connection] = {}
         self._uses: dict[int, int] = {}  # id(kept connection) -> users right now
+        self._kept_ino: dict[str, int] = {}  # the inode each kept connection opened
         # The highest outbound seq the host has read per session (delivery notes it): the
         # other side's maximum for a new inbound seq, without reading outbound.db inline.
         self._out_max: dict[str, int] = {}
@@ -97,12 +98,14 @@ class SessionManager:
         paths = self.paths(session)
         if session.id not in self._kept:
             self._kept[session.id] = open_inbound(paths)
+            self._kept_ino[session.id] = _inode(paths.inbound)
         outbox_reader.keep(paths.outbound)
 
     def release(self, session_id: str) -> None:
         """The runner ended: close its kept connections (one still in use by a delivery pass
         awaiting a read closes when that pass gives it back)."""
         conn = self._kept.pop(session_id, None)
+        self._kept_ino.pop(session_id, None)
         if conn is not None and not self._uses.get(id(conn)):
             self._uses.pop(id(conn), None)
             conn.close()
@@ -121,6 +124,13 @@ class SessionManager:
         """The kept connection of a live session, else a fresh one (give it back with
         :meth:`done_with`, which closes fresh ones, and a kept one released meanwhile)."""
         conn = self._kept.get(paths.root.name)
+        if conn is not None and self._kept_ino.get(paths.root.name) != _inode(paths.inbound):
+            # the session folder was deleted (and maybe made again): the kept connection
+            # holds the deleted file; drop it, the fresh one below opens the current file
+            logger.warning("session %s: inbound.db replaced; its kept connection is dropped",
+                           paths.root.name)  # fmt: skip
+            self.release(paths.root.name)
+            conn = None
         if conn is None:
             return open_inbound(paths)
         self._uses[id(conn)] = self._uses.get(id(conn), 0) + 1
@@ -411,3 +421,10 @@ class SessionManager:
 
 def sqlite_due(when: datetime) -> str:
     return sqlite_ts(when)
+
+
+def _inode(path: Path) -> int:
+    try:
+        return os.stat(path).st_ino
+    except OSError:
+        return -1
