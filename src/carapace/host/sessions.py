@@ -250,6 +250,11 @@ class SessionManager:
             asyncio.get_running_loop().call_soon(self._flush_group, session, now)
         results: list[int | None] = []
         try:
+            # indexed before stored (a full central DB refuses the batch: the senders hear it)
+            due = None
+            if session.id in self._kept:
+                due = iso(now + timedelta(seconds=self.live_check_s))
+            self.mark_work(session.id, due or iso(now))
             with self.inbound(self.paths(session)) as conn, transaction(conn):
                 other = self.other_max(session.id, conn)
                 for row, _fut in batch:
@@ -268,11 +273,12 @@ class SessionManager:
                     fut.set_exception(exc)
             return
         if any(r is not None for r in results):
-            self.db.execute("UPDATE sessions SET last_active=? WHERE id=?", (iso(now), session.id))
-            due = None
-            if session.id in self._kept:
-                due = iso(now + timedelta(seconds=self.live_check_s))
-            self.mark_work(session.id, due or iso(now))
+            try:
+                self.db.execute(
+                    "UPDATE sessions SET last_active=? WHERE id=?", (iso(now), session.id)
+                )
+            except sqlite3.OperationalError as exc:  # bookkeeping only: the rows are stored
+                logger.warning("last_active of session %s not updated: %s", session.id, exc)
         for (_row, fut), seq in zip(batch, results, strict=True):
             if not fut.done():
                 fut.set_result(seq)
