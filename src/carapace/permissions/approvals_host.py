@@ -22,7 +22,14 @@ from carapace.config import Home, Settings
 from carapace.db import approvals as dba
 from carapace.db.messaging import MessagingGroup
 from carapace.db.sessions import Session, list_sessions
-from carapace.permissions import approvals, cards, channel_approval, questions, sender_approval
+from carapace.permissions import (
+    approvals,
+    cards,
+    channel_approval,
+    questions,
+    sender_approval,
+    system_actions,
+)
 from carapace.permissions.cards import SessionWriter
 
 if TYPE_CHECKING:
@@ -95,7 +102,7 @@ def install(host: Host, *, background: bool = True) -> None:
         async def handler(
             session: Session, content: dict[str, Any], inb: Any, now: datetime
         ) -> None:
-            approvals.handle_system_action(ctx, session.id, {**content, "action": name})
+            system_actions.handle_system_action(ctx, session.id, {**content, "action": name})
 
         return handler
 
