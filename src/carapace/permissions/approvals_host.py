@@ -24,6 +24,7 @@ from carapace.db.messaging import MessagingGroup
 from carapace.db.sessions import Session, list_sessions
 from carapace.permissions import (
     approvals,
+    card_effects,
     cards,
     channel_approval,
     questions,
@@ -74,7 +75,7 @@ async def tick(host: Host) -> int:
     approvals.expire_due(ctx)
     total = 0
     while True:
-        n = await cards.pump(ctx, host.adapters, host.route)
+        n = await card_effects.pump(ctx, host.adapters, host.route)
         total += n
         if n == 0:
             return total
@@ -132,7 +133,7 @@ async def _pump_loop(host: Host) -> None:
                     last_expiry = loop.time()
                 else:
                     approvals.adopt_orphans(HostContext(host))  # e.g. the admin's cli_command
-                await cards.pump(HostContext(host), host.adapters, host.route)
+                await card_effects.pump(HostContext(host), host.adapters, host.route)
             except Exception:
                 logger.exception("approval card pump failed")
             with contextlib.suppress(TimeoutError):
