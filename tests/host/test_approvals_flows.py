@@ -15,7 +15,7 @@ from carapace.db import approvals as dba
 from carapace.db import destinations, groups, messaging, users
 from carapace.db.sessions import list_sessions
 from carapace.host.host import Host, HostOptions
-from carapace.permissions import approvals, cards, questions
+from carapace.permissions import approvals, cards, questions, system_actions
 from carapace.permissions.approvals_host import HostContext, tick
 from carapace.sandbox import bwrap_unusable_reason
 
@@ -258,11 +258,11 @@ def test_create_agent_held_until_approved(rig: Rig) -> None:
 def test_install_packages_rejected_and_expired(rig: Rig) -> None:
     ag, s = agent_session(rig)
     ctx = HostContext(rig.host)
-    approvals.handle_system_action(ctx, s.id, {"action": "install_packages", "apt": ["curl"]})
+    system_actions.handle_system_action(ctx, s.id, {"action": "install_packages", "apt": ["curl"]})
     aid = dba.list_approvals(rig.db)[0].approval_id
     approvals.decide(ctx, aid, False, "fake:owner")
     assert "rejected" in json.loads(rig.inbound(s)[-1]["content"])["text"]
-    approvals.handle_system_action(ctx, s.id, {"action": "add_mcp_server", "name": "x",
+    system_actions.handle_system_action(ctx, s.id, {"action": "add_mcp_server", "name": "x",
                                                "command": "run-x"})  # fmt: skip
     rig.clock.advance(Settings().approval_ttl_s + 1)
     rig.run(tick(rig.host))
@@ -283,7 +283,7 @@ def test_list_pending_covers_every_kind(rig: Rig) -> None:
 def test_approved_apt_package_is_refused_with_its_reason(rig: Rig) -> None:
     ag, s = agent_session(rig)
     ctx = HostContext(rig.host)
-    approvals.handle_system_action(ctx, s.id, {"action": "install_packages", "apt": ["jq"]})
+    system_actions.handle_system_action(ctx, s.id, {"action": "install_packages", "apt": ["jq"]})
     [row] = dba.list_approvals(rig.db)
     card = cards.get_card(rig.db, row.approval_id)
     assert card is not None and "will NOT be installed" in card.question
@@ -302,10 +302,10 @@ def test_add_mcp_server_checked_carded_and_applied(rig: Rig) -> None:
     for bad, why in (({"name": "a b", "command": "x"}, "name is required"),
                      ({"name": "w", "url": "file:///etc"}, "url must be"),
                      ({"name": "w", "command": "x", "args": [1]}, "must be strings")):  # fmt: skip
-        approvals.handle_system_action(ctx, s.id, {"action": "add_mcp_server", **bad})
+        system_actions.handle_system_action(ctx, s.id, {"action": "add_mcp_server", **bad})
         assert why in json.loads(rig.inbound(s)[-1]["content"])["text"]
     assert dba.list_approvals(rig.db) == []
-    approvals.handle_system_action(ctx, s.id, {"action": "add_mcp_server", "name": "web",
+    system_actions.handle_system_action(ctx, s.id, {"action": "add_mcp_server", "name": "web",
                                                "url": "https://mcp.example/mcp"})  # fmt: skip
     [row] = dba.list_approvals(rig.db)
     card = cards.get_card(rig.db, row.approval_id)
@@ -328,7 +328,7 @@ def test_add_mcp_server_checked_carded_and_applied(rig: Rig) -> None:
 def test_approved_pip_package_installs_off_the_loop_then_the_agent_is_told(rig: Rig) -> None:
     ag, s = agent_session(rig)
     ctx = HostContext(rig.host)
-    approvals.handle_system_action(ctx, s.id, {"action": "install_packages", "pip": ["six"],
+    system_actions.handle_system_action(ctx, s.id, {"action": "install_packages", "pip": ["six"],
                                                "apt": ["jq"]})  # fmt: skip
     [row] = dba.list_approvals(rig.db)
     card = cards.get_card(rig.db, row.approval_id)

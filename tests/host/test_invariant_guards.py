@@ -13,7 +13,7 @@ from carapace.config import Settings
 from carapace.db import approvals as dba
 from carapace.db import groups
 from carapace.db.destinations import add_destination
-from carapace.permissions import approvals
+from carapace.permissions import approvals, system_actions
 from carapace.permissions.approvals_host import HostContext
 
 if TYPE_CHECKING:
@@ -80,7 +80,7 @@ def _request(rig: Rig, action: str) -> tuple[str, Any, str]:
         content: dict[str, Any] = {"action": action}
         content.update({"name": "Helper", "instructions": "x"} if action == "create_agent"
                        else {"apt": ["curl"]})  # fmt: skip
-        assert approvals.handle_system_action(ctx, s.id, content)
+        assert system_actions.handle_system_action(ctx, s.id, content)
         aid = dba.list_approvals(rig.db)[0].approval_id
     assert aid is not None
     return ag, s, aid

@@ -13,12 +13,14 @@ The host calls in; this package never imports the host (it gets what it needs th
 
 Modules: ``access`` (the rules), ``approvals`` (the engine), ``cards`` (card rows, effects
 and their delivery), ``card_text`` (quoting agent text inside cards), ``channel_approval`` /
-``sender_approval`` / ``questions`` (the three flows), ``approvals_host`` (plugging the
+``sender_approval`` / ``questions`` (the three flows), ``system_actions`` (what an agent
+may ask for: a new agent, packages, an MCP server), ``approvals_host`` (plugging the
 engine into a running host).
 """
 
 from __future__ import annotations
 
+from carapace.permissions import system_actions  # registers the agents' action handlers
 from carapace.permissions.access import can_access
 from carapace.permissions.approvals import decide, expire_due, handle_action, request_approval
 from carapace.permissions.cards import Ctx, card_content, render_text
@@ -32,4 +34,5 @@ __all__ = [
     "handle_action",
     "render_text",
     "request_approval",
+    "system_actions",
 ]

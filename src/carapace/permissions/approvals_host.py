@@ -22,7 +22,15 @@ from carapace.config import Home, Settings
 from carapace.db import approvals as dba
 from carapace.db.messaging import MessagingGroup
 from carapace.db.sessions import Session, list_sessions
-from carapace.permissions import approvals, cards, channel_approval, questions, sender_approval
+from carapace.permissions import (
+    approvals,
+    card_effects,
+    cards,
+    channel_approval,
+    questions,
+    sender_approval,
+    system_actions,
+)
 from carapace.permissions.cards import SessionWriter
 
 if TYPE_CHECKING:
@@ -67,7 +75,7 @@ async def tick(host: Host) -> int:
     approvals.expire_due(ctx)
     total = 0
     while True:
-        n = await cards.pump(ctx, host.adapters, host.route)
+        n = await card_effects.pump(ctx, host.adapters, host.route)
         total += n
         if n == 0:
             return total
@@ -95,7 +103,7 @@ def install(host: Host, *, background: bool = True) -> None:
         async def handler(
             session: Session, content: dict[str, Any], inb: Any, now: datetime
         ) -> None:
-            approvals.handle_system_action(ctx, session.id, {**content, "action": name})
+            system_actions.handle_system_action(ctx, session.id, {**content, "action": name})
 
         return handler
 
@@ -125,7 +133,7 @@ async def _pump_loop(host: Host) -> None:
                     last_expiry = loop.time()
                 else:
                     approvals.adopt_orphans(HostContext(host))  # e.g. the admin's cli_command
-                await cards.pump(HostContext(host), host.adapters, host.route)
+                await card_effects.pump(HostContext(host), host.adapters, host.route)
             except Exception:
                 logger.exception("approval card pump failed")
             with contextlib.suppress(TimeoutError):

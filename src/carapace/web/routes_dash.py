@@ -138,7 +138,7 @@ class Dashboard:
         ).fetchone()[0]
         body = (
             f'<p class="stats"><span>{esc(len(pool.running))} runner(s) running</span> '
-            f"<span>{esc(pool.queued())} session(s) queued</span> "
+            f"<span>{len(pool.queued())} session(s) queued</span> "
             f'<span><a href="/approvals">{esc(pending)} pending decision(s)</a></span></p>'
             + table(["Agent group", "Folder", "Active sessions", "Runners", "Last activity", ""],
                     rows, caption="Agent groups")
