@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import functools
 import logging
 import os
 import sqlite3
@@ -35,38 +34,23 @@ from carapace.channels.base import (
 from carapace.config import Home, Settings
 from carapace.db.destinations import add_projection_hook, projection, remove_projection_hook
 from carapace.db.projection import write_rows
-from carapace.db.sessions import set_container_status
 from carapace.errors import CarapaceError, ConfigError
-from carapace.host import groupfiles, work_index
+from carapace.host import groupfiles, host_runners, host_sweep, host_watch, work_index
 from carapace.host.actions import SystemActions
 from carapace.host.delivery import Delivery
-from carapace.host.outbox_reader import OutboxRefused
+from carapace.host.host_runners import SpawnHealth
 from carapace.host.pool import RunnerPool, cleanup_orphans
 from carapace.host.router import Router, RouteResult
 from carapace.host.sessions import SessionManager
 from carapace.host.sweep import (
-    ACK_BATCH,
-    ACK_FLUSH_S,
-    SLA_CHECK_S,
-    Claim,
     HostSeen,
-    SweepContext,
     SweepReport,
-    apply_acks,
-    container_state,
-    decide_stuck_action,
     due_iso,
-    earliest,
     heartbeat_at,
-    idle_since,
-    new_acks,
-    reset_claims,
-    scan_session,
 )
 from carapace.limits import mechanism as limits_mechanism
 from carapace.perms import private_umask
 from carapace.proxy.hostside import HostProxy, budget_warning
-from carapace.runner.transcript import adopt_legacy_transcript
 from carapace.sandbox.process import RunnerBackend, RunnerExit, RunnerSpec
 from carapace.timefmt import Clock, SystemClock
 
@@ -75,9 +59,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-SAFETY_TICK_S = 60.0
 INDEX_SLICE = 200  # work-index rows written per transaction at start
-SPAWN_BACKOFF_MAX_S = 300.0
 
 
 class HostRunning(ConfigError):
@@ -88,12 +70,6 @@ class HostRunning(ConfigError):
 class HostHooks:
     # Callable[[SweepContext], datetime | None]; None = the task series (host/task_runs.py)
     on_sweep_session: Any = None
-
-
-@dataclass
-class _SpawnHealth:
-    quick_exits: int = 0
-    not_before: datetime | None = None
 
 
 @dataclass
@@ -159,7 +135,7 @@ class Host:
         self.typing = TypingKeeper(self.adapters, self._heartbeat_of, self.now)
         self._background = False
         self._failed_channels: set[str] = set()
-        self._health: dict[str, _SpawnHealth] = {}
+        self._health: dict[str, SpawnHealth] = {}
         self._releasing: set[str] = set()  # sessions whose dead runner's claims are being reset
         self._tasks: set[asyncio.Task[Any]] = set()
         self._sweep_event: asyncio.Event | None = None
@@ -174,7 +150,7 @@ class Host:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._projecting: set[asyncio.Task[Any]] = set()
         # pool.make_room's view of live runners: session → since when idle (None: busy),
-        # filled off the event loop (_refresh_idle); a session with work drops its entry
+        # filled off the event loop (host_runners.refresh_idle); a session with work drops its entry
         self._idle_cache: dict[str, datetime | None] = {}
         self._idle_refresh = False  # a refresh task is on its way
         # terminal acks read after runner commits, copied into messages_in in batches
@@ -328,7 +304,7 @@ class Host:
         self._background = background
         if background:
             if self.options.watch:
-                self._start_watcher()
+                host_watch.start(self)
             self._sweep_event = asyncio.Event()
             self._spawn(self._sweep_loop())
             if self.options.sockets:
@@ -373,7 +349,7 @@ class Host:
         await self.pool.stop_all("shutdown")  # also waits for spawns in flight
         for sid in list(self._acks_due):
             with contextlib.suppress(Exception):
-                await self._flush_acks(sid)
+                await host_runners.flush_acks(self, sid)
         if self.proxy is not None:
             await self.proxy.aclose()
         while self._tasks:  # drains, sweep timer, approvals pump; none can start now
@@ -384,7 +360,7 @@ class Host:
             done, _ = await asyncio.wait(list(self._tasks), timeout=0.5)
             for task in done:
                 self._tasks.discard(task)
-        self._stop_watcher()
+        host_watch.stop(self)
         remove_projection_hook(self._hook)
         if self._lock_fh is not None:
             self._lock_fh.close()
@@ -471,50 +447,7 @@ class Host:
         return total
 
     def _on_outbound_change(self, session_id: str) -> None:
-        self._spawn(self._after_commit(session_id))
-
-    async def _after_commit(self, session_id: str) -> None:
-        """A runner committed: deliver what is new, note its new acks (one cheap read of
-        what changed since the last one, off the loop); when work is queued for a runner
-        slot, see whether this runner has become idle."""
-        await self._drain(session_id)
-        session = self.sessions.get(session_id)
-        if session is None:
-            return
-        paths = self.sessions.paths(session)
-        try:
-            top, acks = await self.delivery.outbox.call(
-                new_acks, paths.outbound, self._ack_rowid.get(session_id, -1)
-            )
-        except (OSError, OutboxRefused, TimeoutError):
-            top, acks = 0, {}
-        if top:
-            self._ack_rowid[session_id] = top
-        due = self._acks_due.setdefault(session_id, {})
-        due.update({m: st for m, st in acks.items() if st in ("completed", "failed")})
-        if len(due) >= ACK_BATCH or (due and not self.pool.is_running(session_id)):
-            await self._flush_acks(session_id)
-        elif due and session_id not in self._ack_timers:  # soon, together with the next few
-            self._ack_timers[session_id] = asyncio.get_running_loop().call_later(
-                ACK_FLUSH_S, lambda: self._spawn(self._flush_acks(session_id))
-            )
-        if self.pool.queued():
-            self._idle_cache.pop(session_id, None)
-            self._kick_idle_refresh()
-
-    async def _flush_acks(self, session_id: str) -> None:
-        """Copy the noted terminal acks into ``messages_in`` (one transaction, a worker
-        thread); the sweep's full ack sync catches anything a batch has not covered."""
-        timer = self._ack_timers.pop(session_id, None)
-        if timer is not None:
-            timer.cancel()
-        due = self._acks_due.pop(session_id, {})
-        session = self.sessions.get(session_id)
-        if due and session is not None:
-            task = await asyncio.to_thread(apply_acks, self.sessions.paths(session), due)
-            if task and not self._stopping:  # the sweep records the task's run
-                self.sessions.mark_work(session_id, due_iso(self.now()) or "")
-                self._kick_sweep()
+        self._spawn(host_runners.after_commit(self, session_id))
 
     def _idle_since(self, session_id: str) -> datetime | None:
         """For the pool (no file access: called on the event loop): None while the session
@@ -528,278 +461,32 @@ class Host:
     def _kick_idle_refresh(self) -> None:
         if not self._idle_refresh:
             self._idle_refresh = True
-            self._spawn(self._refresh_idle())
-
-    async def _refresh_idle(self) -> None:
-        """Scan the live sessions make_room does not know about (worker thread), then let
-        the pool yield idle slots to queued work."""
-        await asyncio.sleep(0)
-        self._idle_refresh = False
-        todo = [sid for sid in self.pool.running if sid not in self._idle_cache]
-        for sid in todo:
-            session = self.sessions.get(sid)
-            if session is None:
-                continue
-            started = self.pool.started_at(sid) or self.now()
-            try:
-                since = await self.delivery.outbox.call(
-                    idle_since, self.sessions.paths(session), self.now(), started
-                )
-            except Exception:
-                logger.exception("idle check of session %s failed", sid)
-                continue
-            self._idle_cache[sid] = since
-        if self.pool.queued():
-            self.pool.make_room()
+            self._spawn(host_runners.refresh_idle(self))
 
     # ---------------------------------------------------------------- runners
+    # (host_runners.py: preparing a spawn, and what a runner's exit leaves to do)
     async def _prepare(self, session_id: str) -> RunnerSpec | None:
-        """Before a spawn. Central-DB reads and writes stay on the event loop; the file work
-        (projections, container.json, CLAUDE.md, transcript adoption) runs in a worker
-        thread and writes only what changed."""
-        if self._stopping:
-            return None
-        session = self.sessions.get(session_id)
-        if session is None or (session.status or "active") != "active":
-            return None
-        plan = self.sessions.wake_plan(session)
-        agent_dir = plan.agent_dir
-        paths = self.sessions.paths(session)
-        await asyncio.to_thread(self._wake_files, plan, session.id)
-        if self._stopping:
-            return None
-        set_container_status(self.db, session.id, "running")
-        self.sessions.keep(session)  # persistent connections while the runner lives
-        self.db.execute(
-            "UPDATE sessions SET last_active=? WHERE id=?", (due_iso(self.now()), session.id)
-        )
-        if self._watcher is not None:
-            self._watch_session(paths.root)
-        self.sessions.mark_work(
-            session.id, due_iso(self.now() + timedelta(seconds=SLA_CHECK_S)) or ""
-        )
-        env = {"CARAPACE_TZ": self.settings.timezone, **self.options.runner_env}
-        cfg = self.db.execute(
-            "SELECT provider FROM container_configs WHERE agent_group_id=?",
-            (session.agent_group_id,),
-        ).fetchone()
-        provider = session.agent_provider or (cfg[0] if cfg and cfg[0] else None)
-        provider = provider or self.settings.default_provider
-        if provider is None and self.proxy is not None:
-            provider = self.proxy.default_provider()
-        return RunnerSpec(session.id, session.agent_group_id, paths.root, agent_dir, provider,
-                          self.settings.runner_idle_exit_s, env)  # fmt: skip
-
-    def _wake_files(self, plan: Any, session_id: str) -> None:
-        self.sessions.write_wake_files(plan)
-        adopt_legacy_transcript(plan.agent_dir, plan.paths.root, session_id)  # out of the group
-        with contextlib.suppress(FileNotFoundError):
-            plan.paths.heartbeat.unlink()
+        return await host_runners.prepare(self, session_id)
 
     def _on_exit(self, session_id: str, exit: RunnerExit) -> None:
-        self._host_seen.forget(session_id)
-        self.typing.stop(session_id)
-        self._idle_cache.pop(session_id, None)
-        self._ack_rowid.pop(session_id, None)
-        if not self._closed:
-            with contextlib.suppress(sqlite3.Error):
-                self.sessions.release(session_id)
-        if self._acks_due.get(session_id) and not self._closed:
-            self._spawn(self._flush_acks(session_id))
-        if self.proxy is not None:
-            self.proxy.egress.session_ended(session_id)
-        if self._closed:  # claims are reset by the next start's sweep
-            return
-        session = self.sessions.get(session_id)
-        if session is None:
-            return
-        now = self.now()
-        with contextlib.suppress(sqlite3.Error):
-            set_container_status(self.db, session_id, "stopped")
-        count = exit.count_try or (exit.reason is None and exit.returncode != 0)
-        h = self._health.setdefault(session_id, _SpawnHealth())
-        quick = (now - exit.started_at).total_seconds() < 5 and exit.returncode != 0
-        if quick and exit.reason is None:
-            h.quick_exits += 1
-            delay = min(SPAWN_BACKOFF_MAX_S, 2.0**h.quick_exits)
-            h.not_before = now + timedelta(seconds=delay)
-            logger.error("runner of session %s exited at once (code %s); next try in %.0f s",
-                         session_id, exit.returncode, delay)  # fmt: skip
-        elif exit.returncode == 0 or not quick:
-            self._health.pop(session_id, None)
-        if not self._started:
-            self._release(session_id, now, count)
-            return
-        self._releasing.add(session_id)
-        self._spawn(self._after_exit(session_id, now, count, h.not_before or now))
+        host_runners.on_exit(self, session_id, exit)
 
     def _release(self, session_id: str, now: datetime, count: bool) -> None:
-        """Reset the claims a dead runner held (writes its outbound.db: schema-checked)."""
-        session = self.sessions.get(session_id)
-        if session is None:
-            return
-        retried, failed = reset_claims(
-            self.sessions.paths(session), now, self.settings.max_tries, count_try=count
-        )
-        if retried or failed:
-            logger.warning("runner of session %s died holding %s; retried %s, failed %s",
-                           session_id, retried + failed, retried, failed)  # fmt: skip
-
-    async def _after_exit(self, session_id: str, now: datetime, count: bool, due: datetime) -> None:
-        try:
-            await self.delivery.outbox.call(self._release, session_id, now, count)
-        finally:
-            self._releasing.discard(session_id)
-        self.sessions.mark_work(session_id, due_iso(due) or "")
-        self._kick_sweep()
-        self._on_outbound_change(session_id)
+        host_runners.release(self, session_id, now, count)
 
     # ---------------------------------------------------------------- sweep
+    # (host_sweep.py: the per-session sweep pass and its loop)
     async def sweep_once(self, now: datetime | None = None) -> SweepReport:
-        when = now or self.now()
-        report = SweepReport()
-        for sid in self.sessions.due_work(when):
-            try:
-                await self.sweep_session(sid, when, report)
-            except Exception:
-                logger.exception("sweep of session %s failed", sid)
-                self.sessions.set_work(sid, due_iso(when + timedelta(seconds=SAFETY_TICK_S)))
-        return report
+        return await host_sweep.sweep_once(self, now)
 
     async def sweep_session(self, sid: str, now: datetime, report: SweepReport) -> None:
-        session = self.sessions.get(sid)
-        if session is None or (session.status or "active") != "active":
-            self.sessions.set_work(sid, None)
-            return
-        paths = self.sessions.paths(session)
-        if not paths.inbound.exists():
-            self.sessions.set_work(sid, None)
-            return
-        report.visited.append(sid)
-        running = self.pool.is_running(sid)
-        off = self.delivery.outbox.call  # outbound.db is read off the loop, bounded
-        scan = await off(scan_session, paths, now)
-        if not running and scan.claims and sid not in self._releasing:
-            retried, failed = await off(
-                functools.partial(reset_claims, count_try=True), paths, now,
-                self.settings.max_tries,
-            )  # fmt: skip
-            report.reset.extend(retried)
-            report.failed.extend(failed)
-            scan = await off(scan_session, paths, now)
-        started = self.pool.started_at(sid)
-        if running and started is not None:
-            seen = self._host_seen
-            live = [Claim(m, seen.clamp(sid, f"claim:{m}", t, now)) for m, t in scan.claims.items()
-                    if t is not None and t >= started - timedelta(seconds=1)]  # fmt: skip
-            beat = seen.clamp(sid, "heartbeat", heartbeat_at(paths), now)
-            action, mid = decide_stuck_action(now, beat, await off(container_state, paths), live)
-            if action != "ok":
-                logger.warning("session %s: %s (message %s); stopping its runner", sid, action, mid)
-                report.killed.append((sid, action))
-                self._spawn(self.pool.stop(sid, action, count_try=True))
-            elif not scan.due_now and not scan.claims and self._idle(paths, started, now):
-                self._spawn(self.pool.stop(sid, "idle"))
-        # the hook (task series: hand-over, catch-up) runs before the wake decision
-        with self.sessions.inbound(paths) as inb:
-            ctx = SweepContext(session, paths, inb, now, self.settings.timezone,
-                               self.sessions.other_max(sid, inb), scan.task_acks)  # fmt: skip
-            hook_next = self.hooks.on_sweep_session(ctx)
-        if hook_next is not None or scan.due_now:
-            scan = await off(scan_session, paths, now)
-        h = self._health.get(sid)
-        blocked = h is not None and h.not_before is not None and h.not_before > now
-        if scan.due_now and not running and not blocked:
-            self.pool.wake(sid)
-            report.woken.append(sid)
-        r = await self.delivery.drain(sid, lambda: now)
-        if r.delivered:
-            self.typing.stop(sid)
-        alive = self.pool.is_running(sid)
-        nxt = earliest(
-            scan.next_due, hook_next, r.next_retry,
-            now + timedelta(seconds=SLA_CHECK_S) if alive else None,
-            h.not_before if (blocked and h is not None and scan.due_now) else None,
-        )  # fmt: skip
-        self.sessions.set_work(sid, due_iso(nxt))
+        await host_sweep.sweep_session(self, sid, now, report)
 
     def sessions_inbound(self, paths: Any) -> sqlite3.Connection:
-        from carapace.db.session import open_inbound
-
-        return open_inbound(paths)
-
-    def _idle(self, paths: Any, started: datetime, now: datetime) -> bool:
-        limit = self.settings.runner_idle_exit_s
-        if not limit or limit <= 0:
-            return False
-        hb = heartbeat_at(paths)
-        last = max(started, hb) if hb is not None else started
-        return (now - last).total_seconds() > 2 * limit
+        return host_sweep.sessions_inbound(self, paths)
 
     async def _sweep_loop(self) -> None:
-        assert self._sweep_event is not None
-        # ``not self._stopping``: Python 3.11's ``wait_for`` can swallow a cancellation that
-        # lands as the event is set; the loop must still end when the host stops
-        while not self._stopping:
-            try:
-                await self.sweep_once()
-            except Exception:
-                logger.exception("sweep pass failed")
-            nxt = self.sessions.next_work_due()
-            delay = SAFETY_TICK_S
-            if nxt:
-                from carapace.timefmt import parse_ts
-
-                delay = max(0.0, min(delay, (parse_ts(nxt) - self.now()).total_seconds()))
-            self._sweep_event.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._sweep_event.wait(), delay + 0.005)
-
-    # ---------------------------------------------------------------- watching
-    def _start_watcher(self) -> None:
-        try:
-            from carapace.watch import DirWatcher
-        except ImportError:  # pragma: no cover
-            logger.warning("carapace.watch missing; delivery falls back to the sweep")
-            return
-        self._watcher = DirWatcher(poll_interval=0.25)
-        fd = self._watcher.fileno()
-        if fd is not None:
-            asyncio.get_running_loop().add_reader(fd, self._on_watch)
-        else:
-            self._spawn(self._poll_watch())
-
-    def _watch_session(self, root: Any) -> None:
-        try:
-            self._watcher.add(root, names={"outbound.db", "outbound.db-journal"})
-        except Exception:
-            logger.exception("cannot watch %s", root)
-
-    def _on_watch(self) -> None:
-        for path in self._watcher.drain():
-            sid = path.name if path.is_dir() else path.parent.name
-            if not path.exists() and path.name.startswith("sess-") and self.pool.is_running(sid):
-                # the session folder was deleted under its runner, which would go on writing
-                # into the deleted files: stop it; the next message starts one on a new folder
-                logger.warning("session folder of %s deleted: stopping its runner", sid)
-                self._spawn(self.pool.stop(sid, "session folder deleted"))
-                continue
-            self._on_outbound_change(sid)
-
-    async def _poll_watch(self) -> None:
-        while True:
-            await asyncio.sleep(0.25)
-            self._on_watch()
-
-    def _stop_watcher(self) -> None:
-        if self._watcher is None:
-            return
-        fd = self._watcher.fileno()
-        if fd is not None:
-            with contextlib.suppress(Exception):
-                asyncio.get_running_loop().remove_reader(fd)
-        self._watcher.close()
-        self._watcher = None
+        await host_sweep.sweep_loop(self)
 
     # ---------------------------------------------------------------- admin
     async def _admin_call(self, frame: dict[str, Any], caller: dict[str, Any]) -> dict[str, Any]:

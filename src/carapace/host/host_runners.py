@@ -1,0 +1,220 @@
+"""The host's side of a runner's life: what a spawn needs prepared (files in a worker
+thread, the session's connections kept, the provider chosen), and what an exit leaves to do
+(claims reset, a quick crash backed off, the session swept again); and what a live
+runner's commit sets off (new replies drained, acks copied in batches, idle slots yielded)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import sqlite3
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from carapace.db.sessions import set_container_status
+from carapace.host import host_watch
+from carapace.host.outbox_reader import OutboxRefused
+from carapace.host.sweep import (
+    ACK_BATCH,
+    ACK_FLUSH_S,
+    SLA_CHECK_S,
+    apply_acks,
+    due_iso,
+    idle_since,
+    new_acks,
+    reset_claims,
+)
+from carapace.runner.transcript import adopt_legacy_transcript
+from carapace.sandbox.process import RunnerExit, RunnerSpec
+
+if TYPE_CHECKING:
+    from carapace.host.host import Host
+
+logger = logging.getLogger("carapace.host.host")
+
+SPAWN_BACKOFF_MAX_S = 300.0
+
+
+@dataclass
+class SpawnHealth:
+    """Quick crashes of one session's runner, and when the next spawn may be tried."""
+
+    quick_exits: int = 0
+    not_before: datetime | None = None
+
+
+async def prepare(host: Host, session_id: str) -> RunnerSpec | None:
+    """Before a spawn. Central-DB reads and writes stay on the event loop; the file work
+    (projections, container.json, CLAUDE.md, transcript adoption) runs in a worker
+    thread and writes only what changed."""
+    if host._stopping:
+        return None
+    session = host.sessions.get(session_id)
+    if session is None or (session.status or "active") != "active":
+        return None
+    plan = host.sessions.wake_plan(session)
+    agent_dir = plan.agent_dir
+    paths = host.sessions.paths(session)
+    await asyncio.to_thread(functools.partial(wake_files, host), plan, session.id)
+    if host._stopping:
+        return None
+    set_container_status(host.db, session.id, "running")
+    host.sessions.keep(session)  # persistent connections while the runner lives
+    host.db.execute(
+        "UPDATE sessions SET last_active=? WHERE id=?", (due_iso(host.now()), session.id)
+    )
+    if host._watcher is not None:
+        host_watch.watch_session(host, paths.root)
+    host.sessions.mark_work(session.id, due_iso(host.now() + timedelta(seconds=SLA_CHECK_S)) or "")
+    env = {"CARAPACE_TZ": host.settings.timezone, **host.options.runner_env}
+    cfg = host.db.execute(
+        "SELECT provider FROM container_configs WHERE agent_group_id=?",
+        (session.agent_group_id,),
+    ).fetchone()
+    provider = session.agent_provider or (cfg[0] if cfg and cfg[0] else None)
+    provider = provider or host.settings.default_provider
+    if provider is None and host.proxy is not None:
+        provider = host.proxy.default_provider()
+    return RunnerSpec(session.id, session.agent_group_id, paths.root, agent_dir, provider,
+                      host.settings.runner_idle_exit_s, env)  # fmt: skip
+
+
+def wake_files(host: Host, plan: Any, session_id: str) -> None:
+    host.sessions.write_wake_files(plan)
+    adopt_legacy_transcript(plan.agent_dir, plan.paths.root, session_id)  # out of the group
+    with contextlib.suppress(FileNotFoundError):
+        plan.paths.heartbeat.unlink()
+
+
+def on_exit(host: Host, session_id: str, exit: RunnerExit) -> None:
+    host._host_seen.forget(session_id)
+    host.typing.stop(session_id)
+    host._idle_cache.pop(session_id, None)
+    host._ack_rowid.pop(session_id, None)
+    if not host._closed:
+        with contextlib.suppress(sqlite3.Error):
+            host.sessions.release(session_id)
+    if host._acks_due.get(session_id) and not host._closed:
+        host._spawn(flush_acks(host, session_id))
+    if host.proxy is not None:
+        host.proxy.egress.session_ended(session_id)
+    if host._closed:  # claims are reset by the next start's sweep
+        return
+    session = host.sessions.get(session_id)
+    if session is None:
+        return
+    now = host.now()
+    with contextlib.suppress(sqlite3.Error):
+        set_container_status(host.db, session_id, "stopped")
+    count = exit.count_try or (exit.reason is None and exit.returncode != 0)
+    h = host._health.setdefault(session_id, SpawnHealth())
+    quick = (now - exit.started_at).total_seconds() < 5 and exit.returncode != 0
+    if quick and exit.reason is None:
+        h.quick_exits += 1
+        delay = min(SPAWN_BACKOFF_MAX_S, 2.0**h.quick_exits)
+        h.not_before = now + timedelta(seconds=delay)
+        logger.error("runner of session %s exited at once (code %s); next try in %.0f s",
+                     session_id, exit.returncode, delay)  # fmt: skip
+    elif exit.returncode == 0 or not quick:
+        host._health.pop(session_id, None)
+    if not host._started:
+        release(host, session_id, now, count)
+        return
+    host._releasing.add(session_id)
+    host._spawn(after_exit(host, session_id, now, count, h.not_before or now))
+
+
+def release(host: Host, session_id: str, now: datetime, count: bool) -> None:
+    """Reset the claims a dead runner held (writes its outbound.db: schema-checked)."""
+    session = host.sessions.get(session_id)
+    if session is None:
+        return
+    retried, failed = reset_claims(
+        host.sessions.paths(session), now, host.settings.max_tries, count_try=count
+    )
+    if retried or failed:
+        logger.warning("runner of session %s died holding %s; retried %s, failed %s",
+                       session_id, retried + failed, retried, failed)  # fmt: skip
+
+
+async def after_exit(
+    host: Host, session_id: str, now: datetime, count: bool, due: datetime
+) -> None:
+    try:
+        await host.delivery.outbox.call(functools.partial(release, host), session_id, now, count)
+    finally:
+        host._releasing.discard(session_id)
+    host.sessions.mark_work(session_id, due_iso(due) or "")
+    host._kick_sweep()
+    host._on_outbound_change(session_id)
+
+
+async def after_commit(host: Host, session_id: str) -> None:
+    """A runner committed: deliver what is new, note its new acks (one cheap read of
+    what changed since the last one, off the loop); when work is queued for a runner
+    slot, see whether this runner has become idle."""
+    await host._drain(session_id)
+    session = host.sessions.get(session_id)
+    if session is None:
+        return
+    paths = host.sessions.paths(session)
+    try:
+        top, acks = await host.delivery.outbox.call(
+            new_acks, paths.outbound, host._ack_rowid.get(session_id, -1)
+        )
+    except (OSError, OutboxRefused, TimeoutError):
+        top, acks = 0, {}
+    if top:
+        host._ack_rowid[session_id] = top
+    due = host._acks_due.setdefault(session_id, {})
+    due.update({m: st for m, st in acks.items() if st in ("completed", "failed")})
+    if len(due) >= ACK_BATCH or (due and not host.pool.is_running(session_id)):
+        await flush_acks(host, session_id)
+    elif due and session_id not in host._ack_timers:  # soon, together with the next few
+        host._ack_timers[session_id] = asyncio.get_running_loop().call_later(
+            ACK_FLUSH_S, lambda: host._spawn(flush_acks(host, session_id))
+        )
+    if host.pool.queued():
+        host._idle_cache.pop(session_id, None)
+        host._kick_idle_refresh()
+
+
+async def flush_acks(host: Host, session_id: str) -> None:
+    """Copy the noted terminal acks into ``messages_in`` (one transaction, a worker
+    thread); the sweep's full ack sync catches anything a batch has not covered."""
+    timer = host._ack_timers.pop(session_id, None)
+    if timer is not None:
+        timer.cancel()
+    due = host._acks_due.pop(session_id, {})
+    session = host.sessions.get(session_id)
+    if due and session is not None:
+        task = await asyncio.to_thread(apply_acks, host.sessions.paths(session), due)
+        if task and not host._stopping:  # the sweep records the task's run
+            host.sessions.mark_work(session_id, due_iso(host.now()) or "")
+            host._kick_sweep()
+
+
+async def refresh_idle(host: Host) -> None:
+    """Scan the live sessions make_room does not know about (worker thread), then let
+    the pool yield idle slots to queued work."""
+    await asyncio.sleep(0)
+    host._idle_refresh = False
+    todo = [sid for sid in host.pool.running if sid not in host._idle_cache]
+    for sid in todo:
+        session = host.sessions.get(sid)
+        if session is None:
+            continue
+        started = host.pool.started_at(sid) or host.now()
+        try:
+            since = await host.delivery.outbox.call(
+                idle_since, host.sessions.paths(session), host.now(), started
+            )
+        except Exception:
+            logger.exception("idle check of session %s failed", sid)
+            continue
+        host._idle_cache[sid] = since
+    if host.pool.queued():
+        host.pool.make_room()

@@ -1,0 +1,142 @@
+"""The host's sweep pass: for each session with work due, reset a dead runner's claims,
+stop a stuck or idle runner, run the task-series hook, wake a runner for due messages,
+drain replies, and record when the session needs looking at next. ``sweep_loop`` runs a
+pass whenever work is due or the host kicks it (and at least every ``SAFETY_TICK_S``)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import sqlite3
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from carapace.host.sweep import (
+    SLA_CHECK_S,
+    Claim,
+    SweepContext,
+    SweepReport,
+    container_state,
+    decide_stuck_action,
+    due_iso,
+    earliest,
+    heartbeat_at,
+    reset_claims,
+    scan_session,
+)
+
+if TYPE_CHECKING:
+    from carapace.host.host import Host
+
+logger = logging.getLogger("carapace.host.host")
+
+SAFETY_TICK_S = 60.0
+
+
+async def sweep_once(host: Host, now: datetime | None = None) -> SweepReport:
+    when = now or host.now()
+    report = SweepReport()
+    for sid in host.sessions.due_work(when):
+        try:
+            await sweep_session(host, sid, when, report)
+        except Exception:
+            logger.exception("sweep of session %s failed", sid)
+            host.sessions.set_work(sid, due_iso(when + timedelta(seconds=SAFETY_TICK_S)))
+    return report
+
+
+async def sweep_session(host: Host, sid: str, now: datetime, report: SweepReport) -> None:
+    session = host.sessions.get(sid)
+    if session is None or (session.status or "active") != "active":
+        host.sessions.set_work(sid, None)
+        return
+    paths = host.sessions.paths(session)
+    if not paths.inbound.exists():
+        host.sessions.set_work(sid, None)
+        return
+    report.visited.append(sid)
+    running = host.pool.is_running(sid)
+    off = host.delivery.outbox.call  # outbound.db is read off the loop, bounded
+    scan = await off(scan_session, paths, now)
+    if not running and scan.claims and sid not in host._releasing:
+        retried, failed = await off(
+            functools.partial(reset_claims, count_try=True), paths, now,
+            host.settings.max_tries,
+        )  # fmt: skip
+        report.reset.extend(retried)
+        report.failed.extend(failed)
+        scan = await off(scan_session, paths, now)
+    started = host.pool.started_at(sid)
+    if running and started is not None:
+        seen = host._host_seen
+        live = [Claim(m, seen.clamp(sid, f"claim:{m}", t, now)) for m, t in scan.claims.items()
+                if t is not None and t >= started - timedelta(seconds=1)]  # fmt: skip
+        beat = seen.clamp(sid, "heartbeat", heartbeat_at(paths), now)
+        action, mid = decide_stuck_action(now, beat, await off(container_state, paths), live)
+        if action != "ok":
+            logger.warning("session %s: %s (message %s); stopping its runner", sid, action, mid)
+            report.killed.append((sid, action))
+            host._spawn(host.pool.stop(sid, action, count_try=True))
+        elif not scan.due_now and not scan.claims and idle(host, paths, started, now):
+            host._spawn(host.pool.stop(sid, "idle"))
+    # the hook (task series: hand-over, catch-up) runs before the wake decision
+    with host.sessions.inbound(paths) as inb:
+        ctx = SweepContext(session, paths, inb, now, host.settings.timezone,
+                           host.sessions.other_max(sid, inb), scan.task_acks)  # fmt: skip
+        hook_next = host.hooks.on_sweep_session(ctx)
+    if hook_next is not None or scan.due_now:
+        scan = await off(scan_session, paths, now)
+    h = host._health.get(sid)
+    blocked = h is not None and h.not_before is not None and h.not_before > now
+    if scan.due_now and not running and not blocked:
+        host.pool.wake(sid)
+        report.woken.append(sid)
+    r = await host.delivery.drain(sid, lambda: now)
+    if r.delivered:
+        host.typing.stop(sid)
+    alive = host.pool.is_running(sid)
+    nxt = earliest(
+        scan.next_due, hook_next, r.next_retry,
+        now + timedelta(seconds=SLA_CHECK_S) if alive else None,
+        h.not_before if (blocked and h is not None and scan.due_now) else None,
+    )  # fmt: skip
+    host.sessions.set_work(sid, due_iso(nxt))
+
+
+def sessions_inbound(host: Host, paths: Any) -> sqlite3.Connection:
+    from carapace.db.session import open_inbound
+
+    return open_inbound(paths)
+
+
+def idle(host: Host, paths: Any, started: datetime, now: datetime) -> bool:
+    limit = host.settings.runner_idle_exit_s
+    if not limit or limit <= 0:
+        return False
+    hb = heartbeat_at(paths)
+    last = max(started, hb) if hb is not None else started
+    return (now - last).total_seconds() > 2 * limit
+
+
+async def sweep_loop(host: Host) -> None:
+    assert host._sweep_event is not None
+    # ``not host._stopping``: Python 3.11's ``wait_for`` can swallow a cancellation that
+    # lands as the event is set; the loop must still end when the host stops
+    while not host._stopping:
+        try:
+            await sweep_once(
+                host,
+            )
+        except Exception:
+            logger.exception("sweep pass failed")
+        nxt = host.sessions.next_work_due()
+        delay = SAFETY_TICK_S
+        if nxt:
+            from carapace.timefmt import parse_ts
+
+            delay = max(0.0, min(delay, (parse_ts(nxt) - host.now()).total_seconds()))
+        host._sweep_event.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(host._sweep_event.wait(), delay + 0.005)
