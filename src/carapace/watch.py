@@ -143,8 +143,9 @@ class DirWatcher:
         path = Path(path)
         self._names[path] = frozenset(names) if names is not None else None
         if self._inotify is not None:
-            if path in self._by_path:
-                return
+            # always ask the kernel: for the same folder it returns the same watch, for a
+            # folder deleted and made again under the same path (whose IN_IGNORED may not
+            # have been drained yet) a new one, which replaces the stale mapping
             try:
                 wd = self._inotify.add_watch(path, WATCH_MASK | IN_DELETE_SELF | IN_MOVE_SELF)
             except OSError as exc:
@@ -153,6 +154,9 @@ class DirWatcher:
                 logger.warning("inotify watch failed (%s); falling back to polling", exc)
                 self._fall_back()
             else:
+                old = self._by_path.get(path)
+                if old is not None and old != wd:
+                    self._wds.pop(old, None)
                 self._wds[wd] = path
                 self._by_path[path] = wd
                 return
@@ -190,7 +194,8 @@ class DirWatcher:
                     continue
                 if mask & IN_IGNORED:  # the folder went away; a later add() re-watches it
                     self._wds.pop(wd, None)
-                    self._by_path.pop(path, None)
+                    if self._by_path.get(path) == wd:  # not a newer watch of a new folder
+                        self._by_path.pop(path, None)
                     changed.add(path)
                     continue
                 wanted = self._names.get(path)

@@ -191,8 +191,8 @@ def test_deleted_session_folder_answers_again_without_restart(e2e: E2E) -> None:
         shutil.rmtree(session, ignore_errors=True)
         if not session.exists():
             break
-    # within the sweep's 30 s check at the latest: the folder's watch can be lost in the
-    # re-creation race (a known gap: the reply then waits for the check, not for a restart)
+    # the re-made folder is watched again (tests/test_watch_recreate.py), so the reply comes
+    # on the runner's commit, not at the sweep's next check
     r = e2e.send("after", timeout=60)
     assert r.returncode == 0 and '"after"' in r.stdout, (r.stderr, e2e.host_log()[-2000:])
     assert e2e.stop_host() == 0

@@ -110,6 +110,7 @@ class Host:
             self.hooks.on_sweep_session = SeriesSweep(self.db)
         self.adapters: dict[str, ChannelAdapter] = {c.channel_type: c for c in channels}
         self.sessions = SessionManager(home, self.db)
+        self.sessions.on_folder_remade = self._on_folder_remade
         self.proxy: HostProxy | None = None
         try:
             self.backend: RunnerBackend = backend or self._default_backend()
@@ -249,6 +250,13 @@ class Host:
     def _kick_sweep(self) -> None:
         if self._sweep_event is not None:
             self._sweep_event.set()
+
+    def _on_folder_remade(self, session_id: str) -> None:
+        """A session folder was deleted under a live runner, which would go on reading and
+        writing the deleted files: stop it; its exit wakes the session on the new folder."""
+        if self.pool.is_running(session_id) and not self._stopping:
+            logger.warning("session folder of %s was deleted: stopping its runner", session_id)
+            self._spawn(self.pool.stop(session_id, "session folder deleted"))
 
     # ---------------------------------------------------------------- lifecycle
     def _acquire_lock(self) -> None:

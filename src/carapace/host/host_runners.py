@@ -191,7 +191,12 @@ async def flush_acks(host: Host, session_id: str) -> None:
     due = host._acks_due.pop(session_id, {})
     session = host.sessions.get(session_id)
     if due and session is not None:
-        task = await asyncio.to_thread(apply_acks, host.sessions.paths(session), due)
+        try:
+            task = await asyncio.to_thread(apply_acks, host.sessions.paths(session), due)
+        except (OSError, sqlite3.Error) as exc:  # e.g. the session folder was deleted
+            logger.warning("acks of session %s not copied now (the sweep will): %s",
+                           session_id, exc)  # fmt: skip
+            return
         if task and not host._stopping:  # the sweep records the task's run
             host.sessions.mark_work(session_id, due_iso(host.now()) or "")
             host._kick_sweep()

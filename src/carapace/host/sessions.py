@@ -18,7 +18,7 @@ import binascii
 import logging
 import os
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -91,6 +91,9 @@ class SessionManager:
         self._out_max: dict[str, int] = {}
         self.live_check_s = 30.0  # the host's SLA check of a live runner (sweep.SLA_CHECK_S)
         self._groups: dict[str, list[tuple[dict[str, Any], asyncio.Future[int | None]]]] = {}
+        # told when a session's folder turns out to have been deleted (and is made again):
+        # a runner of that session still works on the deleted files (the host stops it)
+        self.on_folder_remade: Callable[[str], None] | None = None
 
     # ------------------------------------------------------------ persistent connections
     def keep(self, session: Session) -> None:
@@ -113,6 +116,10 @@ class SessionManager:
         if session is not None:
             outbox_reader.release(self.paths(session).outbound)
 
+    def _folder_remade(self, session_id: str) -> None:
+        if self.on_folder_remade is not None:
+            self.on_folder_remade(session_id)
+
     def release_all(self) -> None:
         for sid in list(self._kept):
             self.release(sid)
@@ -130,6 +137,7 @@ class SessionManager:
             logger.warning("session %s: inbound.db replaced; its kept connection is dropped",
                            paths.root.name)  # fmt: skip
             self.release(paths.root.name)
+            self._folder_remade(paths.root.name)
             conn = None
         if conn is None:
             return open_inbound(paths)
@@ -190,6 +198,8 @@ class SessionManager:
                 created = True
         paths = self.paths(session)
         if created or not paths.inbound.exists():
+            if not created:
+                self._folder_remade(session.id)
             init_session_folder(paths)
             logger.info("session %s created for agent group %s", session.id, agent_group_id)
         return session, created
