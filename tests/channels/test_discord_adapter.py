@@ -364,3 +364,24 @@ def test_missing_message_content_intent_is_reported() -> None:
             await fake.stop()
 
     run(scenario())
+
+
+def test_a_retry_after_failing_part_way_posts_only_the_rest() -> None:
+    async def scenario() -> None:
+        async with discord_rig() as (fake, adapter, _rec):
+            ann = fake.person("ann")
+            dm = fake.dm(ann)
+            pid = f"discord:@me:{dm.id}"
+            long = "\n\n".join(f"paragraph {i} " + "word " * 60 for i in range(20))
+            msg = OutboundMessage("chat", {"text": long}, message_out_id="msg-long")
+            dm.posts_before_failing = 1  # the first piece is posted, the second refused
+            with pytest.raises(DeliveryError):
+                await adapter.deliver(pid, None, msg)
+            assert len(fake.bot_messages(dm)) == 1
+            dm.unreachable = False  # the host retries later
+            first = await adapter.deliver(pid, None, msg)
+            sent = fake.bot_messages(dm)
+            assert first == sent[0]["id"]
+            assert " ".join(m["content"] for m in sent).split() == long.split()  # each once
+
+    run(scenario())

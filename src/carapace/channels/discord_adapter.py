@@ -135,6 +135,7 @@ class DiscordChannel(DiscordOutbound):
         self.failure: str | None = None
         self._task: asyncio.Task[None] | None = None
         self._parents: dict[int, tuple[int, int]] = {}  # thread → (guild, parent channel)
+        self._partial: dict[str, list[str]] = {}  # message key → its pieces already posted
         self._order = asyncio.Lock()  # discord.py runs each event as a task: keep their order
 
     # ------------------------------------------------------------------ lifecycle

@@ -21,6 +21,7 @@ from carapace.channels.base import OutboundMessage
 from carapace.errors import CarapaceError, DeliveryError
 
 FILES_PER_MESSAGE = 10
+PARTIAL_MAX = 1000  # messages whose posted pieces are remembered for a retry
 BUTTONS_PER_ROW, MAX_ROWS, LABEL_CHARS = 5, 5, 80
 EMOJI = {
     "thumbsup": "👍", "+1": "👍", "thumbs_up": "👍", "thumbsdown": "👎", "-1": "👎",
@@ -35,6 +36,7 @@ class DiscordOutbound:
 
     client: discord.Client | None
     failure: str | None
+    _partial: dict[str, list[str]]  # message key → ids of its pieces already posted
 
     def _http(self) -> discord.http.HTTPClient:
         if self.client is None or self.client.is_closed() or self.failure:
@@ -95,17 +97,29 @@ class DiscordOutbound:
         chunks = fmt.split(fmt.to_discord(text)) if text.strip() else []
         if not chunks and not files:
             return None
-        first: str | None = None
         batches = [
             files[i : i + FILES_PER_MESSAGE] for i in range(0, len(files), FILES_PER_MESSAGE)
         ]
+        posts: list[tuple[dict[str, Any], list[tuple[str, bytes]]]] = []
         for i, chunk in enumerate(chunks or [""]):
             batch = batches.pop(0) if i == 0 and batches else []
-            sent = await self._post(channel, {"content": chunk} if chunk else {}, batch)
-            first = first or str(sent["id"])
-        for batch in batches:
-            sent = await self._post(channel, {}, batch)
-        return first
+            posts.append(({"content": chunk} if chunk else {}, batch))
+        posts += [({}, batch) for batch in batches]
+        # the pieces of this message already posted: a retry after a failure part-way posts
+        # only the rest (no piece twice while this process lives)
+        key = f"{platform_id}/{message.message_out_id}" if message.message_out_id else None
+        done = self._partial.pop(key, []) if key else []
+        try:
+            for payload, batch in posts[len(done) :]:
+                sent = await self._post(channel, payload, batch)
+                done.append(str(sent["id"]))
+        except DeliveryError:
+            if key and done:
+                self._partial[key] = done
+                while len(self._partial) > PARTIAL_MAX:
+                    del self._partial[next(iter(self._partial))]
+            raise
+        return done[0] if done else None
 
     async def _card(self, channel: int, content: dict[str, Any]) -> str | None:
         qid = str(content.get("questionId", ""))

@@ -76,6 +76,8 @@ class Channel:
     recipient: str | None = None  # the person of a DM
     messages: list[dict[str, Any]] = field(default_factory=list)
     unreachable: bool = False
+    # set: this many more bot posts succeed, then the channel answers 403 (a failure part-way)
+    posts_before_failing: int | None = None
 
     @property
     def is_thread(self) -> bool:

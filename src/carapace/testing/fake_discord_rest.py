@@ -110,6 +110,11 @@ async def _channel_route(fake: FakeDiscord, request: web.Request, channel: Chann
         msgs = msgs[: int(request.query.get("limit", "50"))]  # the oldest after, newest first
         return json_response(list(reversed(msgs)))
     if (m, route) == ("POST", "/channels/{id}/messages"):
+        if channel.posts_before_failing is not None:
+            if channel.posts_before_failing <= 0:
+                channel.unreachable, channel.posts_before_failing = True, None
+                return _error(403, 50001, "Missing Access")
+            channel.posts_before_failing -= 1
         body, files = await _body(request)
         err = _check_message(fake, body, files, creating=True)
         if err:
