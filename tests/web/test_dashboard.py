@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import re
 from datetime import timedelta
+from pathlib import Path
 
 from web_rig import WebRig, wait_for
 
 from carapace.admin.dispatch import HOST_CALLER
 from carapace.db import groups
 from carapace.db.dropped import record_dropped
+from carapace.db.session import SessionPaths
 from carapace.db.sessions import create_session, list_sessions
 from carapace.host.admin_server import dispatch_in_thread
 from carapace.timefmt import iso, utcnow
@@ -82,6 +84,7 @@ def test_sessions_page_stays_usable_with_1000_sessions(rig: WebRig) -> None:
     overview = c.get("/").text
     assert "Agent group" in overview and ">1000<" in overview.replace(" ", "")  # active sessions
     assert "0 runner(s) running" in overview and "0 session(s) queued" in overview
+    assert "<th" in first.text and ">Queue<" in first.text.replace(" ", "")
 
 
 def test_a_session_page_shows_messages_delivery_and_cost(rig: WebRig) -> None:
@@ -159,3 +162,24 @@ def test_find_a_day_s_sessions_and_a_task_s_history(rig: WebRig) -> None:
     detail = c.get(f"/tasks/{tid}").text
     assert "Daily digest" in detail and "No runs yet" in detail
     assert c.get("/tasks/no-such-task").status_code == 404
+
+
+def test_a_session_s_queue_is_its_pending_messages(tmp_path: Path) -> None:
+    from carapace.db.session import init_session_folder, open_inbound
+    from carapace.web.routes_dash import queue_lengths
+
+    data = tmp_path / "data"
+    paths = SessionPaths.of(data, "ag-1", "sess-q")
+    init_session_folder(paths)
+    conn = open_inbound(paths)
+    for i, status in enumerate(("pending", "pending", "completed")):
+        conn.execute("INSERT INTO messages_in (id, seq, kind, timestamp, status, content) "
+                     "VALUES (?, ?, 'chat', '2026-01-01T00:00:00Z', ?, '{}')",
+                     (f"m{i}", 2 * i + 2, status))  # fmt: skip
+    conn.commit()
+    conn.close()
+    bad = SessionPaths.of(data, "ag-1", "sess-bad")
+    bad.root.mkdir(parents=True)
+    bad.inbound.write_bytes(b"not a database at all" * 100)
+    got = queue_lengths(data, [("sess-q", "ag-1"), ("sess-none", "ag-1"), ("sess-bad", "ag-1")])
+    assert got == {"sess-q": 2, "sess-none": 0, "sess-bad": None}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 from collections import deque
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -20,6 +21,7 @@ from starlette.routing import Route
 
 from carapace.admin.dispatch import HOST_CALLER
 from carapace.db import groups
+from carapace.db.session import SessionPaths
 from carapace.permissions.cards import get_card
 from carapace.timefmt import new_id
 from carapace.web import session_view
@@ -177,11 +179,14 @@ class Dashboard:
                + " ORDER BY COALESCE(s.last_active, s.created_at) DESC, s.id LIMIT ? OFFSET ?")  # fmt: skip
         found = self.db.execute(sql, (*args, PAGE_SIZE + 1, (n - 1) * PAGE_SIZE)).fetchall()
         running = self.app.host.pool
+        queues = await asyncio.to_thread(
+            queue_lengths, self.app.host.home.data_dir, [(r[0], r[1]) for r in found[:PAGE_SIZE]]
+        )
         rows = [[
             f'<a href="/sessions/{esc(quote(r[0]))}">{esc(r[0])}</a>', esc(r[2] or r[1]),
             esc(f"{r[7]}/{r[9] or r[8]}" if r[7] else "—"), esc(r[3]),
             "running" if running.is_running(r[0]) else esc(r[4] or "stopped"),
-            when(r[5] or r[6]), when(r[10]),
+            when(r[5] or r[6]), esc("?" if queues[r[0]] is None else queues[r[0]]), when(r[10]),
         ] for r in found[:PAGE_SIZE]]  # fmt: skip
         opts = "".join(
             f'<option value="{esc(g.id)}"{" selected" if g.id == group else ""}>{esc(g.name)}</option>'
@@ -195,7 +200,7 @@ class Dashboard:
                 f'<label>Active on <input type="date" name="day" value="{esc(day)}"></label> '
                 '<button type="submit">Filter</button></form>')  # fmt: skip
         body = (form + table(["Session", "Agent", "Chat", "Status", "Runner", "Last activity",
-                              "Next due"], rows, caption="Sessions, most recent first")
+                              "Queue", "Next due"], rows, caption="Sessions, most recent first")
                 + pager("/sessions", {"group": group, "status": status, "day": day}, n,
                         len(found) > PAGE_SIZE))  # fmt: skip
         return self.app.render("Sessions", body, user, "/sessions")
@@ -390,3 +395,25 @@ class Dashboard:
 
     async def health_json(self, req: Req, user: WebUser) -> Response:
         return JSONResponse(self._health())
+
+
+def queue_lengths(data_dir: Any, sessions: list[tuple[str, str]]) -> dict[str, int | None]:
+    """Each session's queue: its ``messages_in`` rows still pending (waiting or being worked
+    on); 0 for a session without a folder. Read-only, a short busy timeout, in a worker
+    thread; None when the file cannot be read."""
+    out: dict[str, int | None] = {}
+    for sid, agent_group_id in sessions:
+        path = SessionPaths.of(data_dir, agent_group_id, sid).inbound
+        if not path.is_file():
+            out[sid] = 0
+            continue
+        try:
+            conn = sqlite3.connect(f"file:{quote(str(path))}?mode=ro", uri=True, timeout=0.1)
+            try:
+                row = conn.execute("SELECT COUNT(*) FROM messages_in WHERE status='pending'")
+                out[sid] = int(row.fetchone()[0])
+            finally:
+                conn.close()
+        except sqlite3.Error:
+            out[sid] = None
+    return out
