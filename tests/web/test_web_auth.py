@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from web_rig import WebRig
 
 from carapace.db import users
@@ -141,3 +143,23 @@ def test_every_page_answers_a_signed_in_owner(rig: WebRig) -> None:
         ).status_code
         == 400
     )
+
+
+def test_expired_links_and_browser_sessions_are_purged(tmp_path: Path) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from carapace.web.store import WebStore
+
+    store = WebStore(tmp_path / "web.db")
+    t0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+    old = store.create_login_link("web:ann", t0)
+    used = store.create_login_link("web:ann", t0)
+    assert store.use_login_link(used, t0, days=1) is not None  # a browser session for a day
+    later = t0 + timedelta(days=2)
+    fresh = store.create_login_link("web:bob", later)  # making a link purges what expired
+    counts = [store.db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
+              for t in ("login_links", "browser_sessions")]  # fmt: skip
+    assert counts == [1, 0]
+    assert store.peek_login_link(old, later) is None
+    assert store.peek_login_link(fresh, later) == "web:bob"
+    store.close()

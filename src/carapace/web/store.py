@@ -93,7 +93,16 @@ class WebStore:
         self.db.close()
 
     # -- login links and browser sessions -----------------------------------------------------
+    def purge_expired(self, now: datetime) -> int:
+        """Drop login links and browser sessions past their expiry (used links go with
+        them); called whenever a link is made or used. Returns the rows dropped."""
+        t = iso(now)
+        n = self.db.execute("DELETE FROM login_links WHERE expires_at <= ?", (t,)).rowcount
+        n += self.db.execute("DELETE FROM browser_sessions WHERE expires_at <= ?", (t,)).rowcount
+        return int(n)
+
     def create_login_link(self, user_id: str, now: datetime) -> str:
+        self.purge_expired(now)
         token = secrets.token_urlsafe(32)
         expires = now + timedelta(seconds=LOGIN_LINK_TTL_S)
         self.db.execute(
@@ -115,6 +124,7 @@ class WebStore:
     def use_login_link(self, token: str, now: datetime, days: float) -> tuple[str, str] | None:
         """Use the link up (once) and open a browser session: ``(session id, user id)``."""
         with transaction(self.db):
+            self.purge_expired(now)
             user_id = self.peek_login_link(token, now)
             if user_id is None:
                 return None
