@@ -115,8 +115,20 @@ def test_dropped_and_health_pages(rig: WebRig) -> None:
     rig.on_loop(lambda: record_dropped(rig.host.db, "fake", "chat-9", "no_agent_wired",
                                        sender_name="Stranger"))  # fmt: skip
     c = rig.client()
-    rig.login(c)
+    csrf = rig.login(c)
     assert "chat-9" in c.get("/dropped").text
+    # cleared from the page: the same operation as `carapace admin dropped-messages clear`
+    r = c.post("/dropped/clear", data={"csrf": "forged", "channel_type": "fake",
+                                        "platform_id": "chat-9"}, follow_redirects=False)  # fmt: skip
+    assert r.status_code == 403 and "chat-9" in c.get("/dropped").text
+    r = c.post("/dropped/clear", data={"csrf": csrf, "channel_type": "fake",
+                                        "platform_id": "chat-9"}, follow_redirects=False)  # fmt: skip
+    assert r.status_code == 303 and "done=" in r.headers["location"]
+    page = c.get("/dropped").text
+    assert "chat-9" not in page.replace("cleared fake:chat-9", "") and "No dropped senders" in page
+    r = c.post("/dropped/clear", data={"csrf": csrf, "channel_type": "fake",
+                                        "platform_id": "chat-9"}, follow_redirects=False)  # fmt: skip
+    assert "error=" in r.headers["location"]  # nothing left to clear: said, not a crash
     health = c.get("/health").text
     assert "Runner backend" in health and "subprocess" in health
     assert "log" in c.get("/api/health").json()

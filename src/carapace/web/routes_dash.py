@@ -70,6 +70,7 @@ def routes(app: WebApp) -> list[Route]:
         Route("/tasks/{id}", e(d.task, **op), methods=["GET"]),
         Route("/tasks/{id}/{op}", e(d.task_op, **op), methods=["POST"]),
         Route("/dropped", e(d.dropped, **op), methods=["GET"]),
+        Route("/dropped/clear", e(d.dropped_clear, **op), methods=["POST"]),
         Route("/usage", e(d.usage, **op), methods=["GET"]),
         Route("/health", e(d.health, **op), methods=["GET"]),
         Route("/api/health", e(d.health_json, **op), methods=["GET"]),
@@ -325,15 +326,30 @@ class Dashboard:
         resp = await self.admin(user, "dropped-messages-list", {})
         rows = [[esc(d.get("channel_type")), esc(d.get("platform_id")), esc(d.get("sender_name") or d.get("user_id")),
                  esc(d.get("reason") or d.get("last_reason")), esc(d.get("count") or d.get("message_count")),
-                 esc(d.get("last_seen") or d.get("updated_at"))]
+                 esc(d.get("last_seen") or d.get("updated_at")),
+                 post_button("/dropped/clear", "Clear", user.csrf,
+                             {"channel_type": str(d.get("channel_type") or ""),
+                              "platform_id": str(d.get("platform_id") or "")})]
                 for d in resp.get("data") or []]  # fmt: skip
-        body = table(
-            ["Channel", "Chat", "Sender", "Reason", "Count", "Last"],
+        body = self.flash(req) + table(
+            ["Channel", "Chat", "Sender", "Reason", "Count", "Last", ""],
             rows,
             caption="Chats whose messages were dropped",
             empty="No dropped senders.",
         )
         return self.app.render("Dropped senders", body, user, "/dropped")
+
+    async def dropped_clear(self, req: Req, user: WebUser) -> Response:
+        """``carapace admin dropped-messages clear``, as the signed-in operator."""
+        f = req.form()
+        args = {k: f.get(k, "") for k in ("channel_type", "platform_id")}
+        resp = await self.admin(user, "dropped-messages-clear", args)
+        if resp.get("ok"):
+            done = f"cleared {args['channel_type']}:{args['platform_id']}"
+            return RedirectResponse(f"/dropped?done={quote(done)}", status_code=303)
+        err = resp.get("error") or {}
+        return RedirectResponse(f"/dropped?error={quote(str(err.get('message') or err))}",
+                                status_code=303)  # fmt: skip
 
     async def usage(self, req: Req, user: WebUser) -> Response:
         since = req.query.get("since") or None
