@@ -1,10 +1,14 @@
-"""Owner-only Unix socket servers (the CLI channel's and the admin socket)."""
+"""Owner-only Unix socket servers (the CLI channel's and the admin socket), and a loopback
+TCP port relayed to a Unix socket (for clients that only speak TCP to a proxy socket)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import os
+import select
+import socket
+import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -24,3 +28,46 @@ async def start_private_server(
         os.umask(old)
     os.chmod(path, 0o600)
     return server
+
+
+def relay(a: socket.socket, b: socket.socket, idle_s: float = 300.0) -> None:
+    """Copy bytes both ways until either side closes (or ``idle_s`` without traffic), then
+    close both."""
+    try:
+        while True:
+            ready, _, _ = select.select([a, b], [], [], idle_s)
+            if not ready:
+                return
+            for s in ready:
+                data = s.recv(65536)
+                if not data:
+                    return
+                (b if s is a else a).sendall(data)
+    except OSError:
+        return
+    finally:
+        for s in (a, b):
+            with contextlib.suppress(OSError):
+                s.close()
+
+
+def forward_loopback(sock_path: str, *, idle_s: float = 300.0, name: str = "relay") -> int:
+    """A 127.0.0.1 port whose connections are relayed to the Unix socket ``sock_path`` (each
+    in a daemon thread, for the life of the process); returns the port."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+
+    def serve() -> None:
+        while True:
+            conn, _ = listener.accept()
+            up = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                up.connect(sock_path)
+            except OSError:
+                conn.close()
+                continue
+            threading.Thread(target=relay, args=(conn, up, idle_s), daemon=True).start()
+
+    threading.Thread(target=serve, name=name, daemon=True).start()
+    return int(listener.getsockname()[1])

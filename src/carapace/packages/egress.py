@@ -13,12 +13,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import select
 import socket
 import socketserver
 import threading
 from collections.abc import Callable
 from pathlib import Path
+
+from carapace.unixsock import relay
 
 logger = logging.getLogger(__name__)
 
@@ -84,25 +85,4 @@ class RegistryProxy:
         rest = head.split(b"\r\n\r\n", 1)[1]
         if rest:
             upstream.sendall(rest)
-        relay(client, upstream)
-
-
-def relay(a: socket.socket, b: socket.socket) -> None:
-    """Copy bytes both ways until either side closes (or ``IDLE_S`` without traffic)."""
-    try:
-        socks = [a, b]
-        while True:
-            ready, _, _ = select.select(socks, [], [], IDLE_S)
-            if not ready:
-                return
-            for s in ready:
-                data = s.recv(65536)
-                if not data:
-                    return
-                (b if s is a else a).sendall(data)
-    except OSError:
-        return
-    finally:
-        for s in (a, b):
-            with contextlib.suppress(OSError):
-                s.close()
+        relay(client, upstream, IDLE_S)

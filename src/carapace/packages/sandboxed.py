@@ -12,36 +12,14 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import threading
 from typing import Any
 
-from carapace.packages.egress import relay
+from carapace.unixsock import forward_loopback
 
 CA_FILE = "/etc/ssl/certs/ca-certificates.crt"
 STEP_TIMEOUT_S = 600
-
-
-def _forwarder(sock_path: str) -> int:
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(16)
-
-    def serve() -> None:
-        while True:
-            conn, _ = listener.accept()
-            up = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                up.connect(sock_path)
-            except OSError:
-                conn.close()
-                continue
-            threading.Thread(target=relay, args=(conn, up), daemon=True).start()
-
-    threading.Thread(target=serve, daemon=True).start()
-    return int(listener.getsockname()[1])
 
 
 def _run(argv: list[str], env: dict[str, str]) -> tuple[bool, str]:
@@ -60,7 +38,7 @@ def _run(argv: list[str], env: dict[str, str]) -> tuple[bool, str]:
 def main() -> int:
     plan: dict[str, Any] = json.load(sys.stdin)
     base = str(plan["dir"])
-    proxy = f"http://127.0.0.1:{_forwarder(str(plan['socket']))}"
+    proxy = f"http://127.0.0.1:{forward_loopback(str(plan['socket']))}"
     env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/tmp/home", "LANG": "C.UTF-8",
            "TMPDIR": "/tmp", "HTTPS_PROXY": proxy, "https_proxy": proxy,
            "NODE_EXTRA_CA_CERTS": CA_FILE, "PIP_NO_INPUT": "1",

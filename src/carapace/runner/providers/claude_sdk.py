@@ -28,16 +28,14 @@ provider fails with the reason (each message then gets "the model provider faile
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import socket
 import subprocess
-import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from carapace.errors import ProviderError
+from carapace.unixsock import forward_loopback
 
 from ._common import PLACEHOLDER_KEY, env, first_set, one_line, proxy_socket
 from .base import Message, ProviderConfig, ToolSpec, Turn
@@ -164,42 +162,5 @@ class ClaudeAgentProvider:
         """A loopback port relayed to the proxy's unix socket (started once)."""
         if self._relay_port is not None:
             return self._relay_port
-        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(16)
-
-        def serve() -> None:
-            while True:
-                conn, _ = listener.accept()
-                up = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                try:
-                    up.connect(sock_path)
-                except OSError:
-                    conn.close()
-                    continue
-                threading.Thread(target=_pipe, args=(conn, up), daemon=True).start()
-
-        threading.Thread(target=serve, name="claude-relay", daemon=True).start()
-        self._relay_port = int(listener.getsockname()[1])
+        self._relay_port = forward_loopback(sock_path, idle_s=600, name="claude-relay")
         return self._relay_port
-
-
-def _pipe(a: socket.socket, b: socket.socket) -> None:
-    import select
-
-    try:
-        while True:
-            ready, _, _ = select.select([a, b], [], [], 600)
-            if not ready:
-                return
-            for s in ready:
-                data = s.recv(65536)
-                if not data:
-                    return
-                (b if s is a else a).sendall(data)
-    except OSError:
-        return
-    finally:
-        for s in (a, b):
-            with contextlib.suppress(OSError):
-                s.close()
