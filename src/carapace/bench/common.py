@@ -23,16 +23,6 @@ from typing import Any
 SUITE_HEADER = "## Suite: one line per benchmark"
 
 
-def percentile(values: list[float], q: float) -> float:
-    data = sorted(values)
-    if not data:
-        return 0.0
-    k = (len(data) - 1) * q
-    lo = int(k)
-    hi = min(lo + 1, len(data) - 1)
-    return data[lo] + (data[hi] - data[lo]) * (k - lo)
-
-
 def load_note() -> str:
     try:
         return f"{os.getloadavg()[0]:.1f}"

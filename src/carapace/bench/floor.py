@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from carapace.bench.common import percentile
+from carapace.stats import percentile
 from carapace.watch import DirWatcher
 
 SCHEMA = "CREATE TABLE IF NOT EXISTS m (seq INTEGER PRIMARY KEY, body TEXT NOT NULL)"

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from carapace.bench.common import BenchResult, Goal, LoopProbe, percentile
+from carapace.bench.common import BenchResult, Goal, LoopProbe
 from carapace.bootstrap import CLI_CHANNEL, CLI_PLATFORM_ID, init_home
 from carapace.channels.base import ChannelCallbacks, InboundEvent, InboundMessage, OutboundMessage
 from carapace.config import Home, Settings
@@ -23,6 +23,7 @@ from carapace.db import groups, messaging
 from carapace.host.host import Host, HostOptions
 from carapace.host.pool import FakeBackend
 from carapace.jsonutil import dumps
+from carapace.stats import percentile
 from carapace.timefmt import iso, new_id
 
 TIMEOUT_S = 120.0

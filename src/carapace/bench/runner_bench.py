@@ -14,10 +14,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from carapace.bench.common import BenchResult, Goal, percentile
+from carapace.bench.common import BenchResult, Goal
 from carapace.bench.host_benches import TIMEOUT_S, SinkChannel, event, make_host
 from carapace.config import Home, Settings
 from carapace.runner.procs import descendants
+from carapace.stats import percentile
 
 
 def rss_kib(pid: int) -> int:
