@@ -71,6 +71,7 @@ class Tally:
     received: dict[str, int] = field(default_factory=dict)  # reply key → times received
     runner_kills: int = 0
     host_kills: int = 0
+    host_restarts: int = 0  # the host exited on its own and was started again
     resent: int = 0
     disk_full: str = "off"
 
@@ -92,6 +93,7 @@ class Tally:
             "p99_settle_s": round(p99, 3) if p99 is not None else None,
             "runner_kills": self.runner_kills,
             "host_kills": self.host_kills,
+            "host_restarts": self.host_restarts,
             "resent_unacked": self.resent,
             "disk_full": self.disk_full,
         }
@@ -136,6 +138,14 @@ class HostProc:
             self.proc = subprocess.Popen([*CARAPACE, "run", "--home", str(self.home)],
                                          stdout=subprocess.DEVNULL, stderr=log,
                                          preexec_fn=preexec)  # fmt: skip
+
+    def restart_if_dead(self) -> bool:
+        """What a service manager does (``Restart=on-failure``): a host that exited on its
+        own — e.g. it could not start while the disk was full — is started again."""
+        if self.proc is not None and self.proc.poll() is not None:
+            self.start()
+            return True
+        return False
 
     def kill(self) -> None:
         if self.proc is not None:
@@ -325,12 +335,16 @@ async def chaos(args: argparse.Namespace, root: Path) -> Tally:
                 await asyncio.sleep(rng.uniform(0.0, 0.5))
                 host.start()
             await asyncio.sleep(pace)
+            if host.restart_if_dead():
+                tally.host_restarts += 1
         if full_until:
             await asyncio.sleep(max(0.0, full_until - time.monotonic()))
             disk.end()
         deadline = time.monotonic() + args.settle
         while time.monotonic() < deadline and set(tally.sent_at) - set(tally.answered_at):
             await asyncio.sleep(0.25)
+            if host.restart_if_dead():
+                tally.host_restarts += 1
             unacked = [m for m in client.texts if m not in tally.acked]
             if unacked and client.connected.is_set() and rng.random() < 0.1:
                 for m in unacked:  # refused while the disk was full: the sender retries
