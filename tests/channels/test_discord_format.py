@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from carapace.channels import discord, discord_format as fmt
+from carapace.channels import discord
+from carapace.channels import discord_format as fmt
 from carapace.channels.base import OutboundMessage
 from carapace.errors import DeliveryError
 
