@@ -8,6 +8,7 @@ CarapaceError
 ├── ConflictError        the row exists already / other rows depend on it
 ├── MigrationError       a central-DB migration failed (rolled back whole)
 ├── DeliveryError        a channel could not send (retryable unless ``permanent``)
+├── StoreError           a session DB refused a row that is not a duplicate
 └── ProviderError        the model provider failed
 """
 
@@ -50,6 +51,14 @@ class DeliveryError(CarapaceError):
     def __init__(self, message: str, *, permanent: bool = False) -> None:
         super().__init__(message)
         self.permanent = permanent
+
+
+class StoreError(CarapaceError):
+    """A session's ``inbound.db`` refused a new row for a reason other than its id being
+    there already (a constraint or trigger that should not exist, a clashing seq): the row
+    is not stored and the sender must hear so, never read it as a harmless duplicate."""
+
+    code = "store"
 
 
 class ProviderError(CarapaceError):
