@@ -428,3 +428,17 @@ def bench_all(as_json: bool, write_docs: bool, quick: bool) -> None:
         _bench_out([result], as_json, write_docs)
     if failed:
         raise SystemExit(f"benchmarks failed: {', '.join(failed)}")
+
+
+@bench.command(
+    "chaos", context_settings={"ignore_unknown_options": True, "allow_extra_args": True,
+                               "help_option_names": []},
+)  # fmt: skip
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def bench_chaos(args: tuple[str, ...]) -> None:
+    """N messages over M chats through a real host with random SIGKILLs of runners and of
+    the host and an optional disk-full window; prints lost / duplicated / failed-with-notice
+    / p99 settle time; exit status 1 on any loss (options: carapace bench chaos --help)."""
+    from carapace.bench.chaos import main as chaos_main
+
+    raise SystemExit(chaos_main(list(args), prog="carapace bench chaos"))
