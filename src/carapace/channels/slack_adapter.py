@@ -37,6 +37,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_FILE_BYTES = 20 * 1024 * 1024
 SEEN_MAX = 2000
+METADATA_TYPE = "carapace_reply"
 _CHANNEL_RE = re.compile(r"^[CDG][A-Z0-9]{1,30}$")
 _TS_RE = re.compile(r"^\d{1,12}\.\d{1,9}$")
 _SIGNING_RE = re.compile(r"^[0-9a-f]{32}$")
@@ -97,9 +98,17 @@ async def verify_tokens(secrets: Mapping[str, str], *, base_url: str | None = No
     return f"@{who.get('user')} ({who.get('team')})"
 
 
+def _metadata(key: str | None, piece: int) -> dict[str, Any] | None:
+    """What each posted piece carries so a re-send after a crash can find it."""
+    if not key:
+        return None
+    return {"event_type": METADATA_TYPE, "event_payload": {"key": key, "piece": piece}}
+
+
 class SlackChannel(EventsMode):
     channel_type = CHANNEL
     supports_threads = True
+    dedupes_sends = True  # a re-send looks its pieces up by the key in their metadata
 
     def __init__(
         self,
@@ -399,6 +408,8 @@ class SlackChannel(EventsMode):
         # the rest: no piece twice while this process lives)
         key = f"{platform_id}/{message.message_out_id}" if message.message_out_id else None
         done = self._partial.pop(key, []) if key else []
+        if message.resend and message.key and not done:  # posted before a crash?
+            done = await self._posted_before(channel, thread_ts, message.key)
         pieces: list[dict[str, Any]] = []
         if blocks:
             fallback = fmt.split(fmt.escape(text), fmt.TEXT_LIMIT)[0] if text else " "
@@ -413,8 +424,9 @@ class SlackChannel(EventsMode):
                     await self._upload(channel, thread_ts, piece["files"])
                     done.append("")
                     continue
+                meta = _metadata(message.key, len(done))
                 r = await self._call("chat.postMessage", client.chat_postMessage(
-                    channel=channel, thread_ts=thread_ts, **piece))  # fmt: skip
+                    channel=channel, thread_ts=thread_ts, metadata=meta, **piece))  # fmt: skip
                 done.append(str(r.get("ts")))
         except DeliveryError:
             if key and done:
@@ -423,6 +435,39 @@ class SlackChannel(EventsMode):
                     del self._partial[next(iter(self._partial))]
             raise
         return next((ts for ts in done if ts), None)
+
+    async def _posted_before(self, channel: str, thread_ts: str | None, key: str) -> list[str]:
+        """The pieces of the row with ``key`` that Slack already shows (each carries the key
+        in its ``metadata``): the ts of each, in order, up to the first one missing. Looked
+        up in the conversation's (or thread's) latest messages; when Slack cannot be asked,
+        nothing is assumed posted (at least once)."""
+        client = self._client()
+        try:
+            if thread_ts:
+                r = await client.conversations_replies(channel=channel, ts=thread_ts, limit=200,
+                                                       include_all_metadata=True)  # fmt: skip
+            else:
+                r = await client.conversations_history(channel=channel, limit=100,
+                                                       include_all_metadata=True)  # fmt: skip
+        except (SlackApiError, SlackClientError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+            logger.warning(
+                "slack: cannot look up a reply sent before a crash (%s); sending it", exc
+            )
+            return []
+        found: dict[int, str] = {}
+        for m in r.get("messages") or []:
+            meta = m.get("metadata") if isinstance(m, dict) else None
+            if not isinstance(meta, dict) or meta.get("event_type") != METADATA_TYPE:
+                continue
+            payload = meta.get("event_payload")
+            if isinstance(payload, dict) and payload.get("key") == key:
+                piece = payload.get("piece")
+                if isinstance(piece, int):
+                    found[piece] = str(m.get("ts"))
+        done: list[str] = []
+        while len(done) in found:
+            done.append(found[len(done)])
+        return done
 
     async def _upload(self, channel: str, thread_ts: str | None,
                       files: tuple[OutboundFile, ...]) -> None:  # fmt: skip
