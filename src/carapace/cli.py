@@ -12,7 +12,6 @@ when ``CARAPACE_DEBUG=1`` is set.
 
 from __future__ import annotations
 
-import errno
 import importlib
 import json
 import logging
@@ -27,7 +26,7 @@ import click
 
 from carapace import __version__
 from carapace.config import Home
-from carapace.errors import CarapaceError
+from carapace.errors import CarapaceError, no_space
 from carapace.perms import private_umask
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -90,17 +89,9 @@ DISK_FULL_HINT = (
 
 def error_line(exc: CarapaceError) -> str:
     """A carapace error as its one line; one caused by a full disk says what to do."""
-    if disk_full(exc) or (exc.__cause__ is not None and disk_full(exc.__cause__)):
+    if no_space(exc):
         return one_line(f"the disk is full ({exc}){DISK_FULL_HINT}")
     return one_line(f"{exc} [{exc.code}]")
-
-
-def disk_full(exc: BaseException) -> bool:
-    """A write failed for want of space: SQLite's "database or disk is full", or ENOSPC,
-    EDQUOT or EFBIG (a file-size limit) from the OS."""
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-        return True
-    return "database or disk is full" in str(exc)
 
 
 def debug_enabled() -> bool:
@@ -150,7 +141,7 @@ class LazyGroup(click.Group):
         except BrokenPipeError:
             raise  # the reader went away (``| head``): click ends quietly
         except Exception as exc:
-            if disk_full(exc):  # e.g. the host cannot start: say what to do, not "internal"
+            if no_space(exc):  # e.g. the host cannot start: say what to do, not "internal"
                 raise click.ClickException(one_line(f"the disk is full ({exc}){DISK_FULL_HINT}"))
             if debug_enabled():
                 raise

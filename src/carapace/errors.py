@@ -14,6 +14,8 @@ CarapaceError
 
 from __future__ import annotations
 
+import errno
+
 
 class CarapaceError(Exception):
     """Root of every error carapace raises on purpose."""
@@ -63,3 +65,13 @@ class StoreError(CarapaceError):
 
 class ProviderError(CarapaceError):
     code = "provider"
+
+
+def no_space(exc: BaseException) -> bool:
+    """A write failed for want of space: SQLite's "database or disk is full", or ENOSPC,
+    EDQUOT or EFBIG (a file-size limit) from the OS; also a ``CarapaceError`` caused by one."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return True
+    if "database or disk is full" in str(exc):
+        return True
+    return isinstance(exc, CarapaceError) and exc.__cause__ is not None and no_space(exc.__cause__)
