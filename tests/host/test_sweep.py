@@ -169,3 +169,32 @@ def test_a_failing_sweep_backs_off_instead_of_spinning(
     failures = [r for r in lines if "sweep of session" in r.getMessage()]
     assert failures and all(r.exc_info is None and "no space left" in r.getMessage()
                             for r in failures)  # fmt: skip
+
+
+def test_a_work_mark_the_disk_refuses_is_kept_until_it_can_be_written(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A runner that exits while the disk is full leaves work (its claims to retry): the
+    mark the central DB refused is kept in memory, counted by the sweep, written later."""
+    import sqlite3
+
+    from carapace.host import sessions as sessions_mod
+
+    real = sessions_mod.mark_session_work
+
+    def full(*_a: Any, **_k: Any) -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    mgr = rig.host.sessions
+    now = rig.clock.now()
+    monkeypatch.setattr(sessions_mod, "mark_session_work", full)
+    mgr.mark_work("sess-x", "2000-01-01T00:00:00.000Z")
+    assert "sess-x" in mgr.due_work(now)  # the sweep sees it though the DB does not have it
+    assert mgr.next_work_due() == "2000-01-01T00:00:00.000Z"
+    monkeypatch.setattr(sessions_mod, "mark_session_work", real)
+    assert "sess-x" in mgr.due_work(now)  # written now
+    assert mgr._unmarked == {}
+    [(due,)] = rig.db.execute(
+        "SELECT next_due FROM carapace_session_work WHERE session_id='sess-x'"
+    ).fetchall()
+    assert due == "2000-01-01T00:00:00.000Z"

@@ -93,6 +93,8 @@ class SessionManager:
         # Live sessions (a runner runs): one persistent host connection to inbound.db, used
         # on the event loop's thread only; closed when the runner ends (issue 19).
         self._kept: dict[str, sqlite3.Connection] = {}
+        # work marks the central DB refused (a full disk): kept here, written when it can
+        self._unmarked: dict[str, str] = {}
         self._uses: dict[int, int] = {}  # id(kept connection) -> users right now
         self._kept_ino: dict[str, int] = {}  # the inode each kept connection opened
         # The highest outbound seq the host has read per session (delivery notes it): the
@@ -337,8 +339,26 @@ class SessionManager:
         return mid
 
     def mark_work(self, session_id: str, next_due: str) -> None:
-        """Put the session in the sweep's work index, due no later than ``next_due``."""
-        mark_session_work(self.db, session_id, next_due)
+        """Put the session in the sweep's work index, due no later than ``next_due``. When
+        the central DB cannot take it (a full disk) the mark is kept in memory, counted by
+        ``due_work`` and written at the next chance: a session's work is never forgotten."""
+        old = self._unmarked.get(session_id)
+        if old is not None and old < next_due:
+            next_due = old
+        try:
+            mark_session_work(self.db, session_id, next_due)
+        except sqlite3.OperationalError as exc:
+            if old is None:
+                logger.error("work mark of session %s kept in memory: %s", session_id, exc)
+            self._unmarked[session_id] = next_due
+            return
+        self._unmarked.pop(session_id, None)
+
+    def _flush_unmarked(self) -> None:
+        for sid, due in list(self._unmarked.items()):
+            self.mark_work(sid, due)
+            if sid in self._unmarked:
+                return  # still refused: the others would be too
 
     def set_work(self, session_id: str, next_due: str | None) -> None:
         if next_due is None:
@@ -351,15 +371,19 @@ class SessionManager:
             )
 
     def due_work(self, now: datetime) -> list[str]:
+        self._flush_unmarked()
         rows = self.db.execute(
             "SELECT session_id FROM carapace_session_work WHERE next_due <= ? ORDER BY next_due",
             (iso(now),),
         )
-        return [r[0] for r in rows]
+        out = [r[0] for r in rows]
+        cut = iso(now)
+        return out + [sid for sid, due in self._unmarked.items() if due <= cut and sid not in out]
 
     def next_work_due(self) -> str | None:
         row = self.db.execute("SELECT MIN(next_due) FROM carapace_session_work").fetchone()
-        return None if row is None else row[0]
+        dues = [d for d in (row[0] if row is not None else None, *self._unmarked.values()) if d]
+        return min(dues) if dues else None
 
     def prepare_wake(self, session: Session) -> Path:
         """Before each spawn: destinations + routing projections and ``container.json``.
