@@ -6,6 +6,7 @@ memory of an idle runner.
 from __future__ import annotations
 
 import asyncio
+import re
 import statistics
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from carapace.bench.common import BenchResult, Goal
 from carapace.bench.host_benches import TIMEOUT_S, SinkChannel, event, make_host
 from carapace.config import Home, Settings
 from carapace.runner.procs import descendants
+from carapace.sandbox.process import LOG_FILE
 from carapace.stats import percentile
 
 
@@ -43,6 +45,30 @@ def pss_kib(pid: int) -> int:
     return 0
 
 
+READY_RE = re.compile(
+    r"runner ready: imports ([\d.]+) ms, set-up ([\d.]+) ms, start ([\d.]+) ms "
+    r"\(main module at ([\d.]+)\)"
+)
+PHASES = ("to_main_ms", "imports_ms", "setup_ms", "start_ms", "turn_and_delivery_ms")
+
+
+def phases(log: Path, t0_wall: float, total_ms: float) -> dict[str, float] | None:
+    """Split one cold start with the runner's own start-up line (its last in ``log``):
+    route → the runner's main module (host prepare, spawn, sandbox, interpreter), its
+    imports, set-up, start (recover, resume), and the rest (first poll, turn, reply commit,
+    host wake-up, delivery)."""
+    try:
+        found = READY_RE.findall(log.read_text(errors="replace"))
+    except OSError:
+        return None
+    if not found:
+        return None
+    imports, setup, start, at = (float(x) for x in found[-1])
+    to_main = (at - t0_wall) * 1000.0
+    rest = total_ms - to_main - imports - setup - start
+    return dict(zip(PHASES, (to_main, imports, setup, start, rest), strict=True))
+
+
 async def _cold_starts(home: Home, n: int, backend: str) -> dict[str, Any]:
     channel = SinkChannel()
     host = make_host(home, channel, settings=Settings(runner_idle_exit_s=600.0,
@@ -51,15 +77,23 @@ async def _cold_starts(home: Home, n: int, backend: str) -> dict[str, Any]:
     samples: list[float] = []
     rss: list[int] = []
     pss: list[int] = []
+    split: list[dict[str, float]] = []
     try:
         for i in range(n + 1):
             channel.waiting = asyncio.get_running_loop().create_future()
+            t0_wall = time.time()
             t0 = time.perf_counter()
             r = await host.route(event(f"hello {i}"))
             t1 = await asyncio.wait_for(channel.waiting, TIMEOUT_S)
             sid = r.routed[0].session_id
             if i > 0:  # the first one warms the page cache
                 samples.append((t1 - t0) * 1000.0)
+                session = host.sessions.get(sid)
+                if session is not None:
+                    log = host.sessions.paths(session).root / LOG_FILE
+                    part = phases(log, t0_wall, samples[-1])
+                    if part is not None:
+                        split.append(part)
             await asyncio.sleep(0.3)  # idle now
             run = host.pool.running.get(sid)
             if run is not None and run.handle.pid is not None:
@@ -70,7 +104,9 @@ async def _cold_starts(home: Home, n: int, backend: str) -> dict[str, Any]:
     finally:
         await host.stop()
         host.close()
-    return {"samples": samples, "rss": rss, "pss": pss, "note": host.backend_note}
+    return {"samples": samples, "rss": rss, "pss": pss, "note": host.backend_note,
+            "phases": {k: statistics.median(p[k] for p in split) for k in PHASES}
+            if split else {}}  # fmt: skip
 
 
 def _time_cmd(args: list[str], n: int) -> float:

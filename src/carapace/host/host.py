@@ -154,6 +154,7 @@ class Host:
         # filled off the event loop (host_runners.refresh_idle); a session with work drops its entry
         self._idle_cache: dict[str, datetime | None] = {}
         self._idle_refresh = False  # a refresh task is on its way
+        self._last_commit: dict[str, datetime] = {}  # a live runner's last commit, host clock
         # terminal acks read after runner commits, copied into messages_in in batches
         self._ack_rowid: dict[str, int] = {}
         self._acks_due: dict[str, dict[str, str]] = {}

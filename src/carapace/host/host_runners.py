@@ -93,6 +93,7 @@ def on_exit(host: Host, session_id: str, exit: RunnerExit) -> None:
     host._host_seen.forget(session_id)
     host.typing.stop(session_id)
     host._idle_cache.pop(session_id, None)
+    host._last_commit.pop(session_id, None)
     host._ack_rowid.pop(session_id, None)
     if not host._closed:
         with contextlib.suppress(sqlite3.Error):
@@ -156,6 +157,8 @@ async def after_commit(host: Host, session_id: str) -> None:
     """A runner committed: deliver what is new, note its new acks (one cheap read of
     what changed since the last one, off the loop); when work is queued for a runner
     slot, see whether this runner has become idle."""
+    if host.pool.is_running(session_id):
+        host._last_commit[session_id] = host.now()
     await host._drain(session_id)
     session = host.sessions.get(session_id)
     if session is None:
@@ -220,6 +223,9 @@ async def refresh_idle(host: Host) -> None:
         except Exception:
             logger.exception("idle check of session %s failed", sid)
             continue
+        last = host._last_commit.get(sid)
+        if since is not None and last is not None:
+            since = max(since, last)  # a commit is activity, whatever the heartbeat says
         host._idle_cache[sid] = since
     if host.pool.queued():
         host.pool.make_room()

@@ -72,12 +72,14 @@ from carapace.sandbox.process import (
     LOG_FILE,
     PROXY_SOCKET_ENV,
     SECRET_ENV,
+    Child,
     ProcHandle,
     RunnerBackend,
     RunnerHandle,
     RunnerSpec,
     SubprocessBackend,
     child_setup,
+    start_child,
 )
 
 logger = logging.getLogger(__name__)
@@ -357,7 +359,7 @@ class BwrapHandle(ProcHandle):
     """The pool's handle on one sandbox (``pid`` is bwrap's own, in the host namespace);
     ``helpers`` (slirp4netns) are stopped when the sandbox ends."""
 
-    def __init__(self, proc: asyncio.subprocess.Process, cgroup: Path | None = None) -> None:
+    def __init__(self, proc: Child, cgroup: Path | None = None) -> None:
         super().__init__(proc, cgroup)
         self.helpers: list[asyncio.subprocess.Process] = []
         # the lifeline's read end, held until bwrap exits: bwrap writes its exit status
@@ -493,15 +495,12 @@ class BwrapBackend:
             log = open(spec.session_dir / LOG_FILE, "ab")  # noqa: SIM115 - handed to the child
             fds = [fd for fd, _ in agent_fds] + ([info_w] if info_w is not None else [])
             fds += [life_r, life_w]
-            proc = await asyncio.create_subprocess_exec(
-                *argv,
+            proc = await start_child(
+                argv,
                 pass_fds=fds,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.DEVNULL,
                 stderr=log,
                 env={"PATH": os.environ.get("PATH", DEFAULT_PATH)},
                 cwd=str(spec.agent_dir),
-                start_new_session=True,
                 preexec_fn=child_setup(spec.limits, cgroup),
             )
         except BaseException:

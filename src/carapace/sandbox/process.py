@@ -6,16 +6,20 @@ environment allowlist, and the plain ``subprocess`` backend (no sandbox; tests a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
+import functools
 import logging
 import os
 import signal
+import subprocess
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from carapace.limits import (
     Limits,
@@ -88,22 +92,112 @@ def runner_env(spec: RunnerSpec, pass_env: Sequence[str]) -> dict[str, str]:
 def child_setup(limits: Limits, cgroup: Path | None = None) -> Callable[[], None]:
     """``preexec_fn`` of a runner: die with the host, join its cgroup, the group's rlimits."""
     apply_limits = rlimit_preexec(limits)
+    prctl = _prctl()  # looked up here: no dlopen between fork and exec
 
     def setup() -> None:  # pragma: no cover - runs in the child
-        _pdeathsig()
+        _pdeathsig(prctl)
         join_cgroup(cgroup)
         apply_limits()
 
     return setup
 
 
-def _pdeathsig() -> None:  # pragma: no cover - runs in the child
-    """Runners die with the host (Linux): no orphan keeps working after a host crash."""
+@functools.cache
+def _prctl() -> Callable[..., int] | None:
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
-    except Exception:
-        pass
+        fn: Callable[..., int] = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    return fn
+
+
+def _pdeathsig(prctl: Callable[..., int] | None) -> None:  # pragma: no cover - in the child
+    """Runners die with the host (Linux): no orphan keeps working after a host crash."""
+    if prctl is not None:
+        with contextlib.suppress(Exception):
+            prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+
+
+class Child:
+    """A runner process started off the event loop (``start_child``); its exit is awaited
+    through a pidfd, so no thread waits per runner. Quacks like the part of
+    ``asyncio.subprocess.Process`` the handles use."""
+
+    def __init__(self, popen: subprocess.Popen[bytes]) -> None:
+        self.popen = popen
+        self.pid = popen.pid
+        self._exited: asyncio.Future[int] | None = None
+
+    @property
+    def returncode(self) -> int | None:
+        return self.popen.returncode
+
+    def send_signal(self, sig: int) -> None:
+        if self.popen.returncode is None:
+            self.popen.send_signal(sig)
+
+    async def wait(self) -> int:
+        if self._exited is None:
+            self._exited = asyncio.get_running_loop().create_future()
+            self._watch(self._exited)
+        return await asyncio.shield(self._exited)
+
+    def _watch(self, fut: asyncio.Future[int]) -> None:
+        loop = fut.get_loop()
+
+        def done(code: int) -> None:
+            if not fut.done():
+                fut.set_result(code)
+
+        try:
+            pidfd = os.pidfd_open(self.pid)
+        except (OSError, AttributeError):  # no pidfd (old kernel): one thread waits instead
+            threading.Thread(
+                target=lambda: loop.call_soon_threadsafe(done, self.popen.wait()),
+                name=f"wait-{self.pid}", daemon=True,
+            ).start()  # fmt: skip
+            return
+
+        def readable() -> None:
+            code = self.popen.poll()
+            if code is not None:
+                loop.remove_reader(pidfd)
+                os.close(pidfd)
+                done(code)
+
+        loop.add_reader(pidfd, readable)
+        readable()  # it may be gone already
+
+
+async def start_child(argv: Sequence[str], *, env: dict[str, str], cwd: str, stderr: Any,
+                      pass_fds: Sequence[int] = (),
+                      preexec_fn: Callable[[], None] | None = None) -> Child:  # fmt: skip
+    """Start a runner process (own session, stdin/stdout on /dev/null) in a worker thread:
+    the fork, the ``preexec_fn`` (a cgroup join can take tens of ms) and the exec never
+    stall the host's event loop. A start whose caller is cancelled is killed."""
+    def make() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr,
+            env=env, cwd=cwd, start_new_session=True, pass_fds=tuple(pass_fds),
+            preexec_fn=preexec_fn,
+        )  # fmt: skip
+
+    fut = asyncio.get_running_loop().run_in_executor(None, make)
+    try:
+        popen = await asyncio.shield(fut)
+    except asyncio.CancelledError:
+        fut.add_done_callback(_kill_started)
+        raise
+    return Child(popen)
+
+
+def _kill_started(fut: asyncio.Future[subprocess.Popen[bytes]]) -> None:
+    if fut.cancelled() or fut.exception() is not None:
+        return
+    popen = fut.result()
+    with contextlib.suppress(OSError):
+        os.killpg(popen.pid, signal.SIGKILL)
+    threading.Thread(target=popen.wait, daemon=True).start()
 
 
 def proc_start_time(pid: int) -> str | None:
@@ -117,7 +211,7 @@ def proc_start_time(pid: int) -> str | None:
 class ProcHandle:
     """The pool's handle on one runner process (its own process group)."""
 
-    def __init__(self, proc: asyncio.subprocess.Process, cgroup: Path | None = None) -> None:
+    def __init__(self, proc: Child, cgroup: Path | None = None) -> None:
         self.proc = proc
         self.pid: int | None = proc.pid
         self.cgroup = cgroup  # the runner's own pids cgroup, removed after its exit
@@ -179,14 +273,11 @@ class SubprocessBackend:
         cgroup = runner_cgroup(spec.session_id, spec.limits)
         log = open(spec.session_dir / LOG_FILE, "ab")  # noqa: SIM115 - handed to the child
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.DEVNULL,
+            proc = await start_child(
+                argv,
                 stderr=log,
                 env=env,
                 cwd=str(spec.agent_dir),
-                start_new_session=True,
                 preexec_fn=child_setup(spec.limits, cgroup)
                 if sys.platform.startswith("linux")
                 else None,
