@@ -175,6 +175,7 @@ async def start_child(argv: Sequence[str], *, env: dict[str, str], cwd: str, std
     """Start a runner process (own session, stdin/stdout on /dev/null) in a worker thread:
     the fork, the ``preexec_fn`` (a cgroup join can take tens of ms) and the exec never
     stall the host's event loop. A start whose caller is cancelled is killed."""
+
     def make() -> subprocess.Popen[bytes]:
         return subprocess.Popen(
             list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr,
