@@ -52,7 +52,12 @@ from carapace.host.sweep import (
 from carapace.limits import mechanism as limits_mechanism
 from carapace.perms import private_umask
 from carapace.proxy.hostside import HostProxy, budget_warning
-from carapace.sandbox.process import RunnerBackend, RunnerExit, RunnerSpec
+from carapace.sandbox.process import (
+    RunnerBackend,
+    RunnerExit,
+    RunnerSpec,
+    compile_runner_code,
+)
 from carapace.timefmt import Clock, SystemClock
 
 if TYPE_CHECKING:
@@ -290,6 +295,7 @@ class Host:
             "UPDATE sessions SET container_status='stopped' WHERE container_status != 'stopped'"
         )
         await self.rebuild_work_index()
+        self._spawn(asyncio.to_thread(compile_runner_code))  # runners import, never compile
         try:  # NanoClaw deletes groups/global at its first start: bring it back from a copy
             await asyncio.to_thread(groupfiles.restore_global, self.home)
         except (OSError, CarapaceError) as exc:

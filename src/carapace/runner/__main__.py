@@ -12,31 +12,6 @@ STARTED_AT = time.time()  # before the imports below: the start-up line splits t
 STARTED_MONO = time.perf_counter()
 
 
-def _lower_priority() -> None:
-    """Leave the CPU to the host first: under contention (a hundred runners starting at
-    once) the host's routing and delivery go on, and each runner then finds more of its
-    chat's messages to answer in one turn. Our own session's autogroup (the sandbox's
-    ``--new-session`` made one; the scheduler shares CPU between autogroups, so a
-    process's nice alone would not reach the host) and this process; both only lower."""
-    import os
-
-    nice = os.environ.get("CARAPACE_RUNNER_NICE", "10")
-    if not nice.isdigit() or not 0 < int(nice) < 20:
-        return
-    try:
-        with open("/proc/self/autogroup", "w") as fh:
-            fh.write(nice)
-    except OSError:
-        pass
-    try:
-        if os.getpriority(os.PRIO_PROCESS, 0) < int(nice):
-            os.setpriority(os.PRIO_PROCESS, 0, int(nice))
-    except OSError:
-        pass
-
-
-_lower_priority()
-
 import argparse  # noqa: E402
 import logging  # noqa: E402
 import os  # noqa: E402

@@ -1,0 +1,110 @@
+"""Runner processes start off the event loop (``start_child``) and runners import
+bytecode the host wrote (``compile_runner_code``). Real processes, real files."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from carapace.sandbox.process import compile_runner_code, start_child
+
+
+def test_a_child_started_off_the_loop_reports_its_exit_code(tmp_path: Path) -> None:
+    async def scenario() -> tuple[int, int]:
+        with open(tmp_path / "err", "ab") as err:
+            child = await start_child([sys.executable, "-c", "import sys; sys.exit(7)"],
+                                      env={}, cwd=str(tmp_path), stderr=err)  # fmt: skip
+        first = await asyncio.wait_for(child.wait(), 60)
+        again = await asyncio.wait_for(child.wait(), 60)  # a second wait gets the same code
+        return first, again
+
+    assert asyncio.run(scenario()) == (7, 7)
+
+
+def test_a_signalled_child_reports_the_signal(tmp_path: Path) -> None:
+    async def scenario() -> int:
+        with open(tmp_path / "err", "ab") as err:
+            child = await start_child([sys.executable, "-c", "import time; time.sleep(60)"],
+                                      env={}, cwd=str(tmp_path), stderr=err)  # fmt: skip
+        assert os.getpgid(child.pid) == child.pid  # its own process group (killpg works)
+        child.send_signal(signal.SIGTERM)
+        return await asyncio.wait_for(child.wait(), 60)
+
+    assert asyncio.run(scenario()) == -signal.SIGTERM
+
+
+def test_the_loop_keeps_running_while_a_slow_preexec_runs(tmp_path: Path) -> None:
+    """A cgroup join can take tens of ms between fork and exec: the loop goes on."""
+
+    def slow() -> None:  # pragma: no cover - runs in the child
+        time.sleep(0.5)
+
+    async def scenario() -> int:
+        ticks = 0
+
+        async def tick() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        ticker = asyncio.create_task(tick())
+        with open(tmp_path / "err", "ab") as err:
+            child = await start_child([sys.executable, "-c", "pass"], env={},
+                                      cwd=str(tmp_path), stderr=err, preexec_fn=slow)  # fmt: skip
+        seen = ticks
+        ticker.cancel()
+        await asyncio.wait_for(child.wait(), 60)
+        return seen
+
+    assert asyncio.run(scenario()) >= 5
+
+
+def test_a_start_whose_caller_is_cancelled_is_killed(tmp_path: Path) -> None:
+    pidfile = tmp_path / "pid"
+
+    def slow() -> None:  # pragma: no cover - runs in the child
+        time.sleep(0.3)
+
+    async def scenario() -> None:
+        with open(tmp_path / "err", "ab") as err:
+            task = asyncio.create_task(start_child(
+                [sys.executable, "-c",
+                 f"import os, time; open({str(pidfile)!r}, 'w').write(str(os.getpid())); "
+                 "time.sleep(60)"],
+                env={}, cwd=str(tmp_path), stderr=err, preexec_fn=slow))  # fmt: skip
+            await asyncio.sleep(0.05)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+
+    asyncio.run(scenario())
+    deadline = time.monotonic() + 60
+    gone = False
+    while time.monotonic() < deadline and not gone:
+        if pidfile.exists() and pidfile.read_text():
+            pid = int(pidfile.read_text())
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                gone = True
+        elif not pidfile.exists():
+            gone = True  # killed before it could write
+        time.sleep(0.05)
+    assert gone
+
+
+def test_bytecode_is_written_for_a_writable_package(tmp_path: Path) -> None:
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "mod.py").write_text("X = 1\n")
+    assert compile_runner_code(pkg)
+    tag = sys.implementation.cache_tag
+    assert (pkg / "__pycache__" / f"mod.{tag}.pyc").is_file()
