@@ -45,7 +45,11 @@ def test_runner_dies_with_a_wrapper_killed_early(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # as a normal user: no per-runner cgroup whose removal would kill what is left
-    monkeypatch.setattr(bwrap_mod, "runner_cgroup", lambda *_a, **_k: None)
+    from carapace.sandbox import process as process_mod
+    from carapace.sandbox import spare as spare_mod
+
+    monkeypatch.setattr(process_mod, "runner_cgroup", lambda *_a, **_k: None)
+    monkeypatch.setattr(spare_mod, "runner_cgroup", lambda *_a, **_k: None)
     data = tmp_path / "data"
     agent = tmp_path / "groups" / "main"
     agent.mkdir(parents=True)

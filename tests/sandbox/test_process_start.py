@@ -108,3 +108,75 @@ def test_bytecode_is_written_for_a_writable_package(tmp_path: Path) -> None:
     assert compile_runner_code(pkg)
     tag = sys.implementation.cache_tag
     assert (pkg / "__pycache__" / f"mod.{tag}.pyc").is_file()
+
+
+def test_a_spare_runs_exactly_what_it_is_given(tmp_path: Path) -> None:
+    """Through the spare: the command, its environment, folder, descriptors at the numbers
+    named, stderr to the log, the resource limits, its own session; the exit code comes
+    back through the same process (same pid as the spare)."""
+    import resource
+
+    from carapace.limits import Limits
+    from carapace.sandbox.process import spare_setup
+    from carapace.sandbox.spare import SpareStarter
+
+    starter = SpareStarter(sys.executable, setup=spare_setup)
+    starter.refill()
+    deadline = time.monotonic() + 60
+    while starter._ready is None:
+        assert time.monotonic() < deadline, "no spare made"
+        time.sleep(0.02)
+    spare_pid = starter._ready.popen.pid
+    r, w = os.pipe()
+    fd = 57
+    os.dup2(w, fd)
+    os.close(w)
+    out = tmp_path / "out"
+    code = (
+        "import os, resource, sys\n"
+        f"os.write({fd}, b'through the fd')\n"
+        "sys.stderr.write('to the log')\n"
+        f"open({str(out)!r}, 'w').write(repr((os.getcwd(), os.environ.get('ONLY'), "
+        "sorted(os.environ), resource.getrlimit(resource.RLIMIT_NPROC)[0], "
+        "os.getsid(0) == os.getpid())))\n"
+        "sys.exit(3)\n"
+    )
+
+    async def scenario() -> tuple[int, int]:
+        with open(tmp_path / "log", "ab") as log:
+            child, _cgroup = await start_runner(
+                [sys.executable, "-c", code], name="t", limits=Limits(processes=77),
+                env={"ONLY": "this"}, cwd=str(tmp_path), stderr=log, pass_fds=[fd],
+                spare=starter,
+            )  # fmt: skip
+        os.close(fd)
+        return child.pid, await asyncio.wait_for(child.wait(), 60)
+
+    from carapace.sandbox.process import start_runner
+
+    pid, rc = asyncio.run(scenario())
+    starter.close()
+    assert starter.used == 1 and pid == spare_pid
+    assert rc == 3
+    assert os.read(r, 100) == b"through the fd"
+    assert (tmp_path / "log").read_text() == "to the log"
+    cwd, only, names, nproc, leader = eval(out.read_text())
+    assert cwd == str(tmp_path) and only == "this" and leader
+    assert set(names) <= {"ONLY", "LC_CTYPE"}  # nothing of the host's environment
+    hard = resource.getrlimit(resource.RLIMIT_NPROC)[1]
+    assert nproc == (77 if hard == resource.RLIM_INFINITY else min(77, hard))
+
+
+def test_a_spare_whose_host_closes_it_exits(tmp_path: Path) -> None:
+    from carapace.sandbox.process import spare_setup
+    from carapace.sandbox.spare import SpareStarter
+
+    starter = SpareStarter(sys.executable, setup=spare_setup)
+    starter.refill()
+    deadline = time.monotonic() + 60
+    while starter._ready is None:
+        assert time.monotonic() < deadline, "no spare made"
+        time.sleep(0.02)
+    popen = starter._ready.popen
+    starter.close()
+    assert popen.wait(60) == 0

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import IO, Any, Protocol, cast
 
 from carapace.limits import (
     Limits,
@@ -30,6 +30,7 @@ from carapace.limits import (
     scope_argv,
     systemd_scope_usable,
 )
+from carapace.sandbox.spare import SpareStarter, fork_thread, launch
 
 logger = logging.getLogger(__name__)
 
@@ -204,19 +205,73 @@ async def start_child(argv: Sequence[str], *, env: dict[str, str], cwd: str, std
             preexec_fn=preexec_fn,
         )  # fmt: skip
 
-    fut = asyncio.get_running_loop().run_in_executor(None, make)
+    fut = asyncio.wrap_future(fork_thread.submit(make))
     try:
-        popen = await asyncio.shield(fut)
+        popen = cast("subprocess.Popen[bytes]", await asyncio.shield(fut))
     except asyncio.CancelledError:
         fut.add_done_callback(_kill_started)
         raise
     return Child(popen)
 
 
-def _kill_started(fut: asyncio.Future[subprocess.Popen[bytes]]) -> None:
+def spare_setup(cgroup: Path | None) -> Callable[[], None]:
+    """``preexec_fn`` of a spare (``carapace.sandbox.spare``): as ``child_setup`` but no
+    resource limits yet (the spare sets the runner's own before its exec)."""
+    prctl = _prctl()
+
+    def setup() -> None:  # pragma: no cover - runs in the child
+        _pdeathsig(prctl)
+        join_cgroup(cgroup)
+
+    return setup
+
+
+_spares: dict[str, SpareStarter] = {}
+
+
+def spare_starter(python: str) -> SpareStarter:
+    """The host process's spare for runners of ``python`` (one, shared by its backends)."""
+    starter = _spares.get(python)
+    if starter is None:
+        starter = _spares[python] = SpareStarter(python, setup=spare_setup)
+    return starter
+
+
+async def start_runner(argv: Sequence[str], *, name: str, limits: Limits, env: dict[str, str],
+                       cwd: str, stderr: IO[bytes], pass_fds: Sequence[int] = (),
+                       spare: SpareStarter | None = None) -> tuple[Child, Path | None]:  # fmt: skip
+    """Start one runner: through the ready spare when there is one, else (a fork of the
+    host, its own pids cgroup ``name``, the limits) off the event loop. Returns the child
+    and its cgroup (removed after its exit by the handle)."""
+    if spare is not None:
+        ready = spare.take(limits)
+        if ready is not None:
+            try:
+                popen = launch(ready, argv, env=env, cwd=cwd, stderr=stderr.fileno(),
+                               pass_fds=pass_fds, limits=limits)  # fmt: skip
+            except FileNotFoundError:
+                raise
+            except OSError as exc:
+                logger.info("spare runner process unusable (%s): ordinary start", exc)
+            else:
+                spare.used += 1
+                return Child(popen), ready.cgroup
+    cgroup = runner_cgroup(name, limits)
+    try:
+        child = await start_child(
+            argv, env=env, cwd=cwd, stderr=stderr, pass_fds=pass_fds,
+            preexec_fn=child_setup(limits, cgroup) if sys.platform.startswith("linux") else None,
+        )  # fmt: skip
+    except BaseException:
+        remove_cgroup(cgroup)
+        raise
+    return child, cgroup
+
+
+def _kill_started(fut: asyncio.Future[object]) -> None:
     if fut.cancelled() or fut.exception() is not None:
         return
-    popen = fut.result()
+    popen = cast("subprocess.Popen[bytes]", fut.result())
     with contextlib.suppress(OSError):
         os.killpg(popen.pid, signal.SIGKILL)
     threading.Thread(target=popen.wait, daemon=True).start()
@@ -266,6 +321,8 @@ class SubprocessBackend:
         module: str = "carapace.runner",
         python: str | None = None,
         pass_env: Sequence[str] | None = None,
+        *,
+        spare: bool = True,
     ) -> None:
         self.module = module
         self.python = python or sys.executable
@@ -274,6 +331,7 @@ class SubprocessBackend:
 
             pass_env = DEFAULT_PASS_ENV
         self.pass_env = tuple(pass_env)
+        self.spare: SpareStarter | None = spare_starter(self.python) if spare else None
 
     def argv(self, spec: RunnerSpec) -> list[str]:
         argv = [self.python, "-m", self.module, "--session-dir", str(spec.session_dir),
@@ -292,18 +350,12 @@ class SubprocessBackend:
         argv = self.argv(spec)
         if systemd_scope_usable():
             argv = [*scope_argv(spec.limits), *argv]
-        cgroup = runner_cgroup(spec.session_id, spec.limits)
         log = open(spec.session_dir / LOG_FILE, "ab")  # noqa: SIM115 - handed to the child
         try:
-            proc = await start_child(
-                argv,
-                stderr=log,
-                env=env,
-                cwd=str(spec.agent_dir),
-                preexec_fn=child_setup(spec.limits, cgroup)
-                if sys.platform.startswith("linux")
-                else None,
-            )
+            proc, cgroup = await start_runner(
+                argv, name=spec.session_id, limits=spec.limits, env=env,
+                cwd=str(spec.agent_dir), stderr=log, spare=self.spare,
+            )  # fmt: skip
         finally:
             log.close()
         return ProcHandle(proc, cgroup)
