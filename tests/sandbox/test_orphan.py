@@ -18,7 +18,6 @@ from carapace.db.session import SessionPaths, init_session_folder
 from carapace.host.pool import RunnerSpec
 from carapace.runner import lifeline
 from carapace.sandbox import BwrapBackend, bwrap_unusable_reason
-from carapace.sandbox import bwrap as bwrap_mod
 
 REASON = bwrap_unusable_reason()
 needs_bwrap = pytest.mark.skipif(REASON is not None, reason=f"bubblewrap unusable: {REASON}")
