@@ -117,7 +117,7 @@ async def _cold_starts(home: Home, n: int, backend: str, *, spare: bool = True,
         await host.stop()
         host.close()
     return {"samples": samples, "rss": rss, "pss": pss, "note": host.backend_note,
-            "spare_kib": spare_kib,
+            "spare_kib": spare_kib, "split": split,
             "phases": {k: statistics.median(p[k] for p in split) for k in PHASES}
             if split else {}}  # fmt: skip
 
@@ -165,15 +165,28 @@ def outbound_insert(rows: int = 2000, runs: int = 3) -> float:
     return statistics.median(rates)
 
 
+def _merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {"note": parts[0]["note"]}
+    for key in ("samples", "rss", "pss", "spare_kib", "split"):
+        out[key] = [x for p in parts for x in p[key]]
+    split = out["split"]
+    out["phases"] = {k: statistics.median(p[k] for p in split) for k in PHASES} if split else {}
+    return out
+
+
 NANOCLAW_OUTBOUND_ROWS_S = 1262.0  # spec/perf-anchors.md §3 (c), real writeMessageOut
 
 
 def run_runner(n: int = 10) -> BenchResult:
     parts = start_breakdown()
+    runs: dict[str, list[dict[str, Any]]] = {"auto": [], "cold": [], "plain": []}
     with tempfile.TemporaryDirectory(prefix="carapace-bench-") as tmp:
-        auto = asyncio.run(_cold_starts(Home.resolve(Path(tmp) / "a"), n, "auto"))
-        cold = asyncio.run(_cold_starts(Home.resolve(Path(tmp) / "c"), n, "auto", spare=False))
-        plain = asyncio.run(_cold_starts(Home.resolve(Path(tmp) / "b"), n, "subprocess"))
+        for half, k in enumerate((n // 2, n - n // 2)):  # interleaved: drift hits all alike
+            for name, backend, with_spare in (("cold", "auto", False), ("auto", "auto", True),
+                                         ("plain", "subprocess", True)):  # fmt: skip
+                home = Home.resolve(Path(tmp) / f"{name}{half}")
+                runs[name].append(asyncio.run(_cold_starts(home, k, backend, spare=with_spare)))
+    auto, cold, plain = (_merge(runs[k]) for k in ("auto", "cold", "plain"))
     insert = outbound_insert()
     p50 = statistics.median(auto["samples"])
     p50_cold = statistics.median(cold["samples"])
