@@ -36,41 +36,7 @@ logger = logging.getLogger(__name__)
 
 REFILL_DELAY_S = 1.0
 
-# Runs in the spare: the standard library only, nothing imported from carapace.
-HELPER = r"""
-import json, os, resource, socket, sys
-sock = socket.socket(fileno=int(sys.argv[1]))
-try:
-    msg, fds, _flags, _addr = socket.recv_fds(sock, 1 << 20, 256)
-except OSError:
-    os._exit(0)
-if not msg:
-    os._exit(0)
-req = json.loads(msg)
-for which, value in req["rlimits"]:
-    try:
-        hard = resource.getrlimit(which)[1]
-        if hard != resource.RLIM_INFINITY:
-            value = min(value, hard)
-        resource.setrlimit(which, (value, value))
-    except (ValueError, OSError):
-        pass
-targets = req["fds"]
-base = max([*targets, *fds, sock.fileno()]) + 1
-high = [os.dup2(fd, base + i, inheritable=False) for i, fd in enumerate(fds)]
-for fd in fds:
-    os.close(fd)
-sock.close()
-for fd, target in zip(high, targets):
-    os.dup2(fd, target, inheritable=True)
-    os.close(fd)
-try:
-    os.chdir(req["cwd"])
-    os.execve(req["exe"], req["argv"], req["env"])
-except OSError as exc:
-    os.write(2, f"carapace spare: cannot start {req['argv'][0]}: {exc}\n".encode())
-os._exit(127)
-"""
+HELPER = Path(__file__).with_name("spare_exec.py")  # what the spare runs (stdlib only)
 
 
 class ForkThread:
@@ -181,7 +147,7 @@ class SpareStarter:
         cgroup = runner_cgroup(f"spare-{os.getpid()}-{n}", Limits())
         try:
             popen = subprocess.Popen(
-                [self.python, "-I", "-S", "-c", HELPER, str(theirs.fileno())],
+                [self.python, "-I", "-S", str(HELPER), str(theirs.fileno())],
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL, env={}, cwd="/", start_new_session=True,
                 pass_fds=(theirs.fileno(),),
