@@ -138,29 +138,31 @@ def test_a_spare_runs_exactly_what_it_is_given(tmp_path: Path) -> None:
         "sys.stderr.write('to the log')\n"
         f"open({str(out)!r}, 'w').write(repr((os.getcwd(), os.environ.get('ONLY'), "
         "sorted(os.environ), resource.getrlimit(resource.RLIMIT_NPROC)[0], "
-        "os.getsid(0) == os.getpid())))\n"
+        "os.getsid(0) == os.getpid(), open('/proc/self/cgroup').read())))\n"
         "sys.exit(3)\n"
     )
 
-    async def scenario() -> tuple[int, int]:
+    async def scenario() -> tuple[int, int, Path | None]:
         with open(tmp_path / "log", "ab") as log:
-            child, _cgroup = await start_runner(
+            child, cgroup = await start_runner(
                 [sys.executable, "-c", code], name="t", limits=Limits(processes=77),
                 env={"ONLY": "this"}, cwd=str(tmp_path), stderr=log, pass_fds=[fd],
                 spare=starter,
             )  # fmt: skip
         os.close(fd)
-        return child.pid, await asyncio.wait_for(child.wait(), 60)
+        return child.pid, await asyncio.wait_for(child.wait(), 60), cgroup
 
     from carapace.sandbox.process import start_runner
 
-    pid, rc = asyncio.run(scenario())
+    pid, rc, cgroup = asyncio.run(scenario())
     starter.close()
     assert starter.used == 1 and pid == spare_pid
     assert rc == 3
     assert os.read(r, 100) == b"through the fd"
     assert (tmp_path / "log").read_text() == "to the log"
-    cwd, only, names, nproc, leader = eval(out.read_text())
+    cwd, only, names, nproc, leader, groups = eval(out.read_text())
+    if cgroup is not None:  # where the host can make pids cgroups (root here): inside it
+        assert f"/{cgroup.name}\n" in groups
     assert cwd == str(tmp_path) and only == "this" and leader
     assert set(names) <= {"ONLY", "LC_CTYPE"}  # nothing of the host's environment
     hard = resource.getrlimit(resource.RLIMIT_NPROC)[1]

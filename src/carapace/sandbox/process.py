@@ -215,13 +215,12 @@ async def start_child(argv: Sequence[str], *, env: dict[str, str], cwd: str, std
 
 
 def spare_setup(cgroup: Path | None) -> Callable[[], None]:
-    """``preexec_fn`` of a spare (``carapace.sandbox.spare``): as ``child_setup`` but no
-    resource limits yet (the spare sets the runner's own before its exec)."""
+    """``preexec_fn`` of a spare (``carapace.sandbox.spare``): the parent-death signal only;
+    the spare joins ``cgroup`` itself after its exec, and sets the runner's limits."""
     prctl = _prctl()
 
     def setup() -> None:  # pragma: no cover - runs in the child
         _pdeathsig(prctl)
-        join_cgroup(cgroup)
 
     return setup
 

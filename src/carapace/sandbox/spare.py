@@ -88,7 +88,7 @@ class SpareStarter:
     def __init__(self, python: str | None = None, *,
                  setup: Callable[[Path | None], Callable[[], None]] | None = None) -> None:  # fmt: skip
         self.python = python or sys.executable
-        self._setup = setup  # preexec_fn of the spare (parent-death signal, cgroup join)
+        self._setup = setup  # preexec_fn of the spare (the parent-death signal)
         self._lock = threading.Lock()
         self._ready: _Ready | None = None
         self._filling = False
@@ -147,7 +147,8 @@ class SpareStarter:
         cgroup = runner_cgroup(f"spare-{os.getpid()}-{n}", Limits())
         try:
             popen = subprocess.Popen(
-                [self.python, "-I", "-S", str(HELPER), str(theirs.fileno())],
+                [self.python, "-I", "-S", str(HELPER), str(theirs.fileno()),
+                 *([str(cgroup)] if cgroup is not None else [])],
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL, env={}, cwd="/", start_new_session=True,
                 pass_fds=(theirs.fileno(),),

@@ -1,6 +1,10 @@
-"""What a spare process runs (``carapace.sandbox.spare``): ``python -I -S spare_exec.py FD``.
+"""What a spare process runs (``carapace.sandbox.spare``):
+``python -I -S spare_exec.py FD [CGROUP]``.
 
-The standard library only (it runs without ``site`` and imports nothing of carapace). Waits
+The standard library only (it runs without ``site`` and imports nothing of carapace). First
+it joins the pids cgroup ``CGROUP`` (a folder) when one is named: here, after the exec, and
+not between fork and exec, where the slow join would keep copies of the host's descriptors
+(its home lock among them) open in the child. Then it waits
 for one request on the socket ``FD`` from the host; end of file (the host closed it or
 died) means exit. A request is JSON (``argv``, ``exe``, ``env``, ``cwd``, ``rlimits``,
 ``fds``: the number each passed descriptor must have) with the descriptors attached
@@ -49,5 +53,15 @@ def serve(sock: socket.socket) -> None:
     os._exit(127)
 
 
+def join(cgroup: str) -> None:
+    try:
+        with open(os.path.join(cgroup, "cgroup.procs"), "w") as fh:
+            fh.write("0\n")
+    except OSError:
+        os._exit(1)  # no spare rather than one outside its cgroup
+
+
 if __name__ == "__main__":
+    if len(sys.argv) > 2:
+        join(sys.argv[2])
     serve(socket.socket(fileno=int(sys.argv[1])))
