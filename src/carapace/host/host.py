@@ -35,7 +35,7 @@ from carapace.config import Home, Settings
 from carapace.db.destinations import add_projection_hook, projection, remove_projection_hook
 from carapace.db.projection import write_rows
 from carapace.db.session import SessionPaths
-from carapace.errors import CarapaceError, ConfigError
+from carapace.errors import CarapaceError, ConfigError, no_space
 from carapace.host import groupfiles, host_runners, host_sweep, host_watch, work_index
 from carapace.host.actions import SystemActions
 from carapace.host.delivery import Delivery
@@ -240,7 +240,12 @@ class Host:
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            logger.error("background task failed", exc_info=task.exception())
+            exc = task.exception()
+            assert exc is not None
+            if no_space(exc):  # one line: it recurs until there is room again
+                logger.error("background task failed (no space left): %s", exc)
+            else:
+                logger.error("background task failed", exc_info=exc)
 
     def wake(self, session_id: str) -> None:
         if self._stopping:  # the row is on disk: the next start's sweep picks it up
