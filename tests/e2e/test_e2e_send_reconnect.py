@@ -9,6 +9,7 @@ import signal
 import sqlite3
 import subprocess
 from pathlib import Path
+from typing import Any
 
 from e2e_helpers import CARAPACE, E2E, rows, wait_for
 
@@ -21,21 +22,28 @@ def _working(session: Path) -> bool:
         return False
 
 
-def test_send_reconnects_when_the_host_dies_before_the_reply(e2e: E2E) -> None:
-    # the turn runs a slow command first, so the host can be killed while it works
+def _send_a_slow_turn(e2e: E2E, command: str, reply: str, *args: str) -> tuple[Any, Path]:
+    """A host whose agent runs ``command`` before it answers; ``carapace send`` started
+    and the turn under way (so the host can be killed while it works)."""
     script = [{"match": "slow", "tool_calls": [{"name": "bash", "arguments": {
-        "command": "sleep 2; echo done"}}], "reply": "slow answer: {tool_result}"}]  # fmt: skip
+        "command": command}}], "reply": reply}]  # fmt: skip
     (e2e.home / "groups" / "main" / "mock-script.json").write_text(json.dumps(script))
     e2e.ok("groups", "config", "update", "main", "--settings", '{"bash": "allowed"}')
     e2e.start_host()
     send = subprocess.Popen(
-        [*CARAPACE, "send", "--home", str(e2e.home), "--timeout", "90", "--json",
-         "--reconnect-grace", "120", "slow please"],
+        [*CARAPACE, "send", "--home", str(e2e.home), *args, "--reconnect-grace", "120",
+         "slow please"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
+    [session] = wait_for(e2e.sessions, timeout=60, what="session")
+    wait_for(lambda: _working(session), timeout=60, what="the turn to start")
+    return send, session
+
+
+def test_send_reconnects_when_the_host_dies_before_the_reply(e2e: E2E) -> None:
+    send, session = _send_a_slow_turn(e2e, "sleep 2; echo done", "slow answer: {tool_result}",
+                                      "--timeout", "90", "--json")  # fmt: skip
     try:
-        [session] = wait_for(e2e.sessions, timeout=60, what="session")
-        wait_for(lambda: _working(session), timeout=60, what="the turn to start")
         e2e.kill_host(signal.SIGKILL)  # mid-turn: no reply was sent
         e2e.start_host()
         out, err = send.communicate(timeout=150)
@@ -55,19 +63,8 @@ def test_send_reconnects_when_the_host_dies_before_the_reply(e2e: E2E) -> None:
 def test_send_gives_up_clearly_when_no_host_comes_back(e2e: E2E) -> None:
     """With a short timeout and the host gone for good (and no embedding before the grace
     ends), send fails with one line, not a traceback."""
-    script = [{"match": "slow", "tool_calls": [{"name": "bash", "arguments": {
-        "command": "sleep 5"}}], "reply": "late"}]  # fmt: skip
-    (e2e.home / "groups" / "main" / "mock-script.json").write_text(json.dumps(script))
-    e2e.ok("groups", "config", "update", "main", "--settings", '{"bash": "allowed"}')
-    e2e.start_host()
-    send = subprocess.Popen(
-        [*CARAPACE, "send", "--home", str(e2e.home), "--timeout", "8",
-         "--reconnect-grace", "120", "slow please"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    send, _session = _send_a_slow_turn(e2e, "sleep 5", "late", "--timeout", "8")
     try:
-        [session] = wait_for(e2e.sessions, timeout=60, what="session")
-        wait_for(lambda: _working(session), timeout=60, what="the turn to start")
         e2e.kill_host(signal.SIGKILL)
         out, err = send.communicate(timeout=60)
     finally:

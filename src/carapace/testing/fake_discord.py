@@ -24,6 +24,7 @@ from typing import Any
 
 from aiohttp import web
 
+from carapace.testing.aioserve import serve_app
 from carapace.testing.fake_discord_gateway import Gateway
 
 API = "/api/v10"
@@ -139,13 +140,7 @@ class FakeDiscord:
         app.router.add_get("/gateway", self.gateway.handle)
         app.router.add_route("*", API + "/{tail:.*}", self._rest)
         app.router.add_get("/cdn/{key}/{name}", self._cdn)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", port)
-        await site.start()
-        server: Any = site._server
-        assert server is not None and server.sockets
-        self.port = int(server.sockets[0].getsockname()[1])
+        self._runner, self.port = await serve_app(app, port, access_log=None)
         return self
 
     async def stop(self) -> None:

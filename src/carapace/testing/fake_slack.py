@@ -52,6 +52,7 @@ from urllib.parse import urlencode
 
 from aiohttp import ClientError, ClientSession, WSMsgType, web
 
+from carapace.testing.aioserve import serve_app
 from carapace.testing.fake_slack_api import (
     Call,
     Channel,
@@ -88,13 +89,7 @@ class FakeSlack(SlackState):
         app.router.add_get("/ws", self._ws)
         app.router.add_post("/upload/{file_id}", self._upload)
         app.router.add_get("/files/{file_id}", self._download)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        server = site._server
-        assert server is not None
-        self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        self._runner, self.port = await serve_app(app)
         return self.api_url
 
     async def stop(self) -> None:

@@ -13,9 +13,9 @@ from aiohttp import web
 
 from carapace.channels.base import ChannelAdapter
 from carapace.channels.slack_adapter import SlackChannel
-from carapace.testing.fake_slack import FakeSlack
+from carapace.testing.aioserve import serve_app
 
-from .slack import GROUP, USERS, SlackDriver
+from .slack import SlackDriver
 
 
 class SlackEventsDriver(SlackDriver):
@@ -40,24 +40,14 @@ class SlackEventsDriver(SlackDriver):
 
         app = web.Application()
         app.router.add_post("/slack/events", post)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        server = site._server
-        assert server is not None
-        port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        self._runner, port = await serve_app(app)
         return f"http://127.0.0.1:{port}/slack/events"
 
     async def start(self, tmp_path: Path) -> ChannelAdapter:
-        if self.slack is None:
-            self.slack = FakeSlack()
-            await self.slack.start()
-            for name, uid in USERS.items():
-                self.slack.add_user(uid, name.title())
-            self.slack.add_channel(GROUP, "channel")
-            self.slack.use_events_api(await self._serve())
-        s = self.slack
+        fresh = self.slack is None
+        s = await self._world()
+        if fresh:
+            s.use_events_api(await self._serve())
         self.adapter = SlackChannel(s.bot_token, None, signing_secret=s.signing_secret,
                                     base_url=s.api_url)  # fmt: skip
         if s.unacked:  # what the last adapter did not take: Slack retries it
