@@ -9,6 +9,7 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -117,15 +118,8 @@ def test_a_spare_runs_exactly_what_it_is_given(tmp_path: Path) -> None:
     import resource
 
     from carapace.limits import Limits
-    from carapace.sandbox.process import spare_setup
-    from carapace.sandbox.spare import SpareStarter
 
-    starter = SpareStarter(sys.executable, setup=spare_setup)
-    starter.refill()
-    deadline = time.monotonic() + 60
-    while starter._ready is None:
-        assert time.monotonic() < deadline, "no spare made"
-        time.sleep(0.02)
+    starter = _ready_spare()
     spare_pid = starter._ready.popen.pid
     r, w = os.pipe()
     fd = 57
@@ -170,6 +164,14 @@ def test_a_spare_runs_exactly_what_it_is_given(tmp_path: Path) -> None:
 
 
 def test_a_spare_whose_host_closes_it_exits(tmp_path: Path) -> None:
+    starter = _ready_spare()
+    popen = starter._ready.popen
+    starter.close()
+    assert popen.wait(60) == 0
+
+
+def _ready_spare() -> Any:
+    """A spare starter whose spare is made (waited for, at most 60 s)."""
     from carapace.sandbox.process import spare_setup
     from carapace.sandbox.spare import SpareStarter
 
@@ -179,6 +181,4 @@ def test_a_spare_whose_host_closes_it_exits(tmp_path: Path) -> None:
     while starter._ready is None:
         assert time.monotonic() < deadline, "no spare made"
         time.sleep(0.02)
-    popen = starter._ready.popen
-    starter.close()
-    assert popen.wait(60) == 0
+    return starter
