@@ -90,6 +90,8 @@ def test_url_verification_and_forged_requests(slack_rig: tuple[WebRig, FakeSlack
     body = json.dumps({"type": "url_verification", "challenge": "c-123", "token": "x"}).encode()
     status, text = slack.call(fake.post_raw(body, _signed(fake, body)))
     assert status == 200 and "c-123" in text
+    status, text = slack.call(fake.post_raw(body, {"Content-Type": "application/json"}))
+    assert status == 401 and "c-123" not in text  # not even a challenge without a signature
     dm = fake.dm_of("U0ANN")
     _wire_dm(rig, dm)
     event = json.dumps({"type": "event_callback", "team_id": fake.team_id, "event_id": "Ev1",
