@@ -236,8 +236,8 @@ class SlowWatching(FakeChannel):
 
 
 @pytest.mark.parametrize("dedupes", [False, True])
-def test_one_unknown_fate_host_wide_unless_the_platform_dedupes(rig: Rig, dedupes: bool) -> None:
-    """A host kill while several sessions deliver re-sends at most one reply in all (issue
+def test_one_unknown_fate_per_channel_across_sessions_unless_it_dedupes(rig: Rig, dedupes: bool) -> None:
+    """A host kill while several sessions deliver re-sends at most one reply per channel (issue
     14): for a platform that cannot deduplicate by key, sends of all sessions take turns,
     each one's outcome committed before the next intent. One that deduplicates (Discord's
     nonce, the CLI's key) sends concurrently: a re-send there shows nothing twice."""
