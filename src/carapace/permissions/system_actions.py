@@ -9,6 +9,7 @@ import logging
 import re
 from typing import Any
 
+from carapace import pkgnames
 from carapace.db import destinations, groups
 from carapace.db.migrations_nanoclaw import normalize_name
 from carapace.db.sessions import Session, get_session
@@ -24,10 +25,7 @@ from carapace.permissions.approvals import (
 from carapace.permissions.cards import Ctx
 
 MAX_PACKAGES = 20
-APT_RE = re.compile(r"^[a-z0-9][a-z0-9._+-]*$")
-PIP_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 MCP_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,40}$")
-NPM_RE = re.compile(r"^(@[a-z0-9][a-z0-9._-]*/)?[a-z0-9][a-z0-9._-]*$")
 
 logger = logging.getLogger(__name__)
 
@@ -127,17 +125,13 @@ def _packages(content: dict[str, Any]) -> tuple[list[str], list[str], list[str]]
         raise ValidationError(
             "install_packages failed: at least one apt, npm or pip package is required."
         )
-    for p in pip:
-        if not isinstance(p, str) or not PIP_RE.match(p):
-            raise ValidationError(f'install_packages failed: invalid pip package name "{p}".')
     if len(apt) + len(npm) + len(pip) > MAX_PACKAGES:
         raise ValidationError(f"install_packages failed: at most {MAX_PACKAGES} packages.")
-    for p in apt:
-        if not isinstance(p, str) or not APT_RE.match(p):
-            raise ValidationError(f'install_packages failed: invalid apt package name "{p}".')
-    for p in npm:
-        if not isinstance(p, str) or not NPM_RE.match(p):
-            raise ValidationError(f'install_packages failed: invalid npm package name "{p}".')
+    for kind, names in (("apt", apt), ("npm", npm), ("pip", pip)):
+        for p in names:
+            why = pkgnames.problem(kind, p)
+            if why:
+                raise ValidationError(f"install_packages failed: {why}.")
     return [str(p) for p in apt], [str(p) for p in npm], [str(p) for p in pip]
 
 
