@@ -27,9 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import carapace
-from carapace import pkgnames
 from carapace.config import Home
 from carapace.errors import ValidationError
+from carapace.packagenames import valid_package
 from carapace.sandbox.packages import group_dir, sandbox_env
 from carapace.timefmt import iso, utcnow
 
@@ -69,9 +69,9 @@ def log_path(home: Home, agent_group_id: str) -> Path:
 def check_names(pip: list[str], npm: list[str], apt: list[str]) -> None:
     for kind, names in (("pip", pip), ("npm", npm), ("apt", apt)):
         for name in names:
-            why = pkgnames.problem(kind, name)
-            if why:
-                raise ValidationError(why)
+            if not valid_package(kind, name):
+                raise ValidationError(f'invalid {kind} package name "{name}" (a bare name: '
+                                      "no version, URL, path or option)")  # fmt: skip
 
 
 def install(

@@ -9,12 +9,12 @@ import logging
 import re
 from typing import Any
 
-from carapace import pkgnames
 from carapace.db import destinations, groups
 from carapace.db.migrations_nanoclaw import normalize_name
 from carapace.db.sessions import Session, get_session
 from carapace.errors import ValidationError
 from carapace.jsonutil import loads_or
+from carapace.packagenames import valid_package
 from carapace.permissions import card_text, channel_approval
 from carapace.permissions.approvals import (
     Applied,
@@ -125,13 +125,17 @@ def _packages(content: dict[str, Any]) -> tuple[list[str], list[str], list[str]]
         raise ValidationError(
             "install_packages failed: at least one apt, npm or pip package is required."
         )
+    for p in pip:
+        if not valid_package("pip", p):
+            raise ValidationError(f'install_packages failed: invalid pip package name "{p}".')
     if len(apt) + len(npm) + len(pip) > MAX_PACKAGES:
         raise ValidationError(f"install_packages failed: at most {MAX_PACKAGES} packages.")
-    for kind, names in (("apt", apt), ("npm", npm), ("pip", pip)):
-        for p in names:
-            why = pkgnames.problem(kind, p)
-            if why:
-                raise ValidationError(f"install_packages failed: {why}.")
+    for p in apt:
+        if not valid_package("apt", p):
+            raise ValidationError(f'install_packages failed: invalid apt package name "{p}".')
+    for p in npm:
+        if not valid_package("npm", p):
+            raise ValidationError(f'install_packages failed: invalid npm package name "{p}".')
     return [str(p) for p in apt], [str(p) for p in npm], [str(p) for p in pip]
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from carapace import pkgnames
+from carapace.packagenames import valid_package
 from carapace.runner.tools.base import Tool, ToolContext, ToolError, tool
 from carapace.timefmt import new_id
 
@@ -41,21 +41,18 @@ def _install_packages(ctx: ToolContext, args: dict[str, Any]) -> str:
         raise ToolError("At least one apt, npm or pip package is required")
     if len(apt) + len(npm) + len(pip) > MAX_PACKAGES:
         raise ToolError(f"Maximum {MAX_PACKAGES} packages per request")
-    # NanoClaw's wording for the agent; the rule itself is carapace.pkgnames (shared with the
-    # approval handler and the installer).
     for p in apt:
-        if not pkgnames.valid("apt", p):
+        if not valid_package("apt", p):
             raise ToolError(
-                f'Invalid apt package name: "{p}". Only lowercase letters, digits, and ._+- '
-                "allowed."
+                f'Invalid apt package name: "{p}". Only lowercase letters, digits, and ._+- allowed.'
             )
     for p in npm:
-        if not pkgnames.valid("npm", p):
+        if not valid_package("npm", p):
             raise ToolError(
                 f'Invalid npm package name: "{p}". No version specs or shell characters.'
             )
     for p in pip:
-        if not pkgnames.valid("pip", p):
+        if not valid_package("pip", p):
             raise ToolError(f'Invalid pip package name: "{p}". A bare name: no version specs.')
     content: dict[str, Any] = {"action": "install_packages", "apt": apt, "npm": npm,
                                "reason": args.get("reason") or ""}  # fmt: skip
