@@ -359,6 +359,9 @@ def test_install_packages(env: Env) -> None:
     assert env.call("install_packages", npm=["left-pad@1.0"]).content == (
         'Error: Invalid npm package name: "left-pad@1.0". No version specs or shell characters.'
     )
+    # the shared rule (carapace.packagenames): npm stops at 214 characters, apt at 100
+    assert env.call("install_packages", npm=["a" * 215]).is_error
+    assert env.call("install_packages", apt=["a" * 101]).is_error
     res = env.call("install_packages", apt=["ffmpeg"], npm=["@scope/pkg"], reason="video")
     assert res.content == (
         "Package install request submitted. You will be notified when admin approves or rejects."
