@@ -83,6 +83,7 @@ class Settings:
     runner_backend: str = "auto"  # auto | bwrap | subprocess (docs/sandbox.md)
     bwrap: str = "bwrap"  # the bubblewrap executable
     runner_idle_exit_s: float = 300.0
+    runner_spare: bool = True  # one pre-started process for the next runner (sandbox/spare.py)
     default_provider: str | None = None
     max_tries: int = 5
     approval_ttl_s: float = 7 * 24 * 3600.0
@@ -182,6 +183,8 @@ def _check_setting(path: Path, key: str, value: Any) -> None:
             raise ConfigError(f"{where} must be a number of seconds, not {value!r}")
         if not 0 <= value <= 10 * 365 * 24 * 3600:
             raise ConfigError(f"{where} must be between 0 and 10 years in seconds, not {value}")
+    elif key == "runner_spare" and not isinstance(value, bool):
+        raise ConfigError(f"{where} must be true or false, not {value!r}")
     elif key in _STR_KEYS and not isinstance(value, str):
         raise ConfigError(f"{where} must be a string, not {value!r}")
     elif key == "runner_backend" and value.strip().lower() not in RUNNER_BACKENDS:

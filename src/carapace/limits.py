@@ -92,15 +92,23 @@ def _set(which: int, value: int) -> None:
         pass
 
 
+def rlimit_values(limits: Limits, *, cpu: bool = False) -> list[tuple[int, int]]:
+    """``(resource, value)`` pairs of the limits (``cpu``: also CPU seconds)."""
+    values = [(resource.RLIMIT_AS, limits.memory_mb * MB),
+              (resource.RLIMIT_NPROC, limits.processes),
+              (resource.RLIMIT_FSIZE, limits.file_size_mb * MB)]  # fmt: skip
+    if cpu:
+        values.append((resource.RLIMIT_CPU, limits.cpu_s))
+    return values
+
+
 def rlimit_preexec(limits: Limits, *, cpu: bool = False) -> Callable[[], None]:
     """A ``preexec_fn`` setting the limits in the child (``cpu``: also CPU seconds)."""
+    values = rlimit_values(limits, cpu=cpu)
 
     def apply() -> None:  # pragma: no cover - runs in the child
-        _set(resource.RLIMIT_AS, limits.memory_mb * MB)
-        _set(resource.RLIMIT_NPROC, limits.processes)
-        _set(resource.RLIMIT_FSIZE, limits.file_size_mb * MB)
-        if cpu:
-            _set(resource.RLIMIT_CPU, limits.cpu_s)
+        for which, value in values:
+            _set(which, value)
 
     return apply
 

@@ -21,7 +21,6 @@ import contextlib
 import ctypes
 import errno
 import os
-import secrets
 import stat
 import sys
 from collections.abc import Iterator
@@ -241,7 +240,7 @@ def write_beneath(
     ``rel`` is replaced, never followed; a link among the parent folders is refused."""
     parts = _parts(rel)
     with _parent_fd(root, parts) as dirfd:
-        tmp = f".{parts[-1][:200]}.{secrets.token_hex(6)}.tmp"
+        tmp = f".{parts[-1][:200]}.{os.urandom(6).hex()}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                      mode, dir_fd=dirfd)  # fmt: skip
         try:

@@ -65,3 +65,40 @@ def test_idle_runners_yield_their_slots_to_queued_work(tmp_path: Path) -> None:
     spawns, texts = asyncio.run(scenario())
     assert spawns >= 3
     assert sum("third chat" in t for t in texts) == 1
+
+
+def test_a_runner_idle_for_a_moment_keeps_its_slot_until_the_minimum_idle() -> None:
+    """Between two messages of a busy chat a runner is idle for an instant: it is not
+    stopped at once (that costs a spawn a moment later, and under a full cap a cascade of
+    them), but once it has been idle ``yield_min_idle_s`` the queued session gets the slot."""
+    from datetime import UTC, datetime
+
+    from carapace.host.pool import FakeBackend, RunnerPool
+    from carapace.sandbox.process import RunnerSpec
+
+    backend = FakeBackend()
+    idle_from: dict[str, datetime] = {}
+
+    def spec(sid: str) -> RunnerSpec:
+        return RunnerSpec(sid, "ag", Path("/nonexistent") / sid, Path("/nonexistent"))
+
+    async def scenario() -> tuple[list[int], list[int], list[str]]:
+        pool = RunnerPool(backend, max_runners=1, prepare=spec, on_exit=lambda s, e: None,
+                          now=lambda: datetime.now(UTC), idle_since=idle_from.get,
+                          yield_min_idle_s=0.3)  # fmt: skip
+        assert await pool.wake_and_wait("a")
+        idle_from["a"] = datetime.now(UTC)  # idle from now on
+        pool.wake("b")  # cap full: queued, make_room looks at "a"
+        at_once = sorted(pool._yielding)  # asked to stop right away?
+        deadline = asyncio.get_running_loop().time() + 30
+        while "b" not in pool.running:
+            assert asyncio.get_running_loop().time() < deadline, "queued work never got a slot"
+            await asyncio.sleep(0.02)
+        later = list(backend.handles["a"].signals)
+        await pool.stop_all()
+        return at_once, later, [s.session_id for s in backend.started]
+
+    at_once, later, started = asyncio.run(scenario())
+    assert at_once == []  # idle for an instant only: kept for now
+    assert later  # then stopped for the queued session
+    assert started == ["a", "b"]

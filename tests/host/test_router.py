@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 import pytest
 from host_rig import Rig
 
@@ -208,3 +211,64 @@ def test_command_gate(rig: Rig) -> None:
     assert rig.channel.texts() == ["Permission denied: /clear requires admin access."]
     assert rig.run(rig.host.route(make_event("/clear", sender_id="boss"))).routed
     assert rig.run(rig.host.route(make_event("/other"))).routed
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_a_refused_insert_is_told_not_read_as_a_duplicate(rig: Rig, batched: bool) -> None:
+    """Issue 14 (e): a trigger planted in ``inbound.db`` (writable by an unsandboxed agent)
+    that refuses inserts used to read as "id exists already": the message was dropped and
+    nobody heard. Now the sender is told, in the chat, that it was not stored (and the route
+    returns normally: a channel retrying it would hold up every later message); the other
+    rows of a group commit are stored."""
+    import sqlite3
+
+    ag = rig.agent()
+    mg = rig.chat("chan-9", is_group=True)
+    rig.wire(mg, ag)
+    rig.run(rig.host.route(make_event("first", platform_id="chan-9", id="m0")))
+    [s] = rig.sessions()
+    paths = rig.host.sessions.paths(s)
+    rig.host.sessions.release_all()
+    with sqlite3.connect(paths.inbound) as conn:
+        conn.execute(
+            "CREATE TRIGGER hostile BEFORE INSERT ON messages_in WHEN NEW.id LIKE 'bad%' "
+            "BEGIN SELECT RAISE(ABORT, 'refused by a planted trigger'); END"
+        )
+    conn.close()
+    before = len(rig.channel.deliveries)
+
+    async def both() -> list[Any]:
+        return list(await asyncio.gather(
+            rig.host.route(make_event("bad one", platform_id="chan-9", id="bad1")),
+            rig.host.route(make_event("good one", platform_id="chan-9", id="good1")),
+        ))  # fmt: skip
+
+    if batched:
+        bad, good = rig.run(both())
+        assert [r.message_id for r in good.routed] == [f"good1:{ag}"]
+    else:
+        bad = rig.run(rig.host.route(make_event("bad one", platform_id="chan-9", id="bad1")))
+    assert bad.routed == [] and "refused by a planted trigger" in (bad.dropped_reason or "")
+    [notice] = rig.channel.deliveries[before:]
+    assert notice.platform_id == "chan-9" and "could not be stored" in notice.content["text"]
+    ids = [r["id"] for r in rig.inbound(s)]
+    assert f"bad1:{ag}" not in ids
+    assert (f"good1:{ag}" in ids) is batched
+
+
+def test_a_corrupt_session_db_is_told_and_does_not_hold_up_the_channel(rig: Rig) -> None:
+    """A session whose inbound.db is not a database any more: its message is refused with
+    a notice, and another chat's message right after is routed (a Telegram-style channel
+    retrying the refused update forever would have stopped every chat)."""
+    ag = rig.agent()
+    for chat in ("c-broken", "c-fine"):
+        rig.wire(rig.chat(chat), ag)
+    rig.run(rig.host.route(make_event("hi", platform_id="c-broken", id="m1")))
+    [s] = rig.sessions()
+    rig.host.sessions.release_all()
+    rig.host.sessions.paths(s).inbound.write_bytes(b"this is not a database" * 300)
+    res = rig.run(rig.host.route(make_event("again", platform_id="c-broken", id="m2")))
+    assert res.routed == [] and (res.dropped_reason or "").startswith("not stored:")
+    assert "could not be stored" in rig.channel.deliveries[-1].content["text"]
+    ok = rig.run(rig.host.route(make_event("other chat", platform_id="c-fine", id="m3")))
+    assert [r.message_id for r in ok.routed] == [f"m3:{ag}"]

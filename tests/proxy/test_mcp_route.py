@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -90,3 +91,65 @@ def test_session_route_reads_http_servers_from_the_db(tmp_path: Path) -> None:
     route = session_route(db, KeyStore({}), spec)
     assert dict(route.mcp) == {"web": ("https://mcp.example/mcp", (("T", "x"),))}
     db.close()
+
+
+def test_the_checked_address_is_the_one_connected_to() -> None:
+    """DNS rebinding: the name answers a public address to the check and a private one a
+    moment later. The route resolves once and connects to the address it checked, so the
+    private server never sees the request; a checked address that serves does."""
+    import asyncio
+    import socket
+
+    from carapace.proxy.http11 import Head
+    from carapace.proxy.mcp_route import forward_mcp
+    from carapace.proxy.upstream import UpstreamPool
+
+    async def scenario() -> None:
+        seen: list[bytes] = []
+
+        async def private_server(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            seen.append(await r.readuntil(b"\r\n\r\n"))
+            w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            await w.drain()
+            w.close()
+
+        server = await asyncio.start_server(private_server, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        url = f"http://localhost:{port}/mcp"  # the system resolves it to 127.0.0.1
+
+        def answers(first: str) -> Any:
+            def resolve(host: str, p: int, *_a: Any) -> list[tuple[Any, ...]]:
+                assert host == "localhost"
+                return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (first, p))]
+
+            return resolve
+
+        async def call(resolve: Any, non_public: Any) -> bytes:
+            got = bytearray()
+
+            async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+                await forward_mcp(UpstreamPool(connect_timeout_s=5), {"web": (url, ())}, False,
+                                  "sess", "POST", "/_carapace/mcp/web", Head("POST /x", []),
+                                  b"{}", w, resolve=resolve, non_public=non_public)  # fmt: skip
+                w.close()
+
+            front = await asyncio.start_server(handle, "127.0.0.1", 0)
+            r, w = await asyncio.open_connection(*front.sockets[0].getsockname()[:2])
+            got += await r.read()
+            w.close()
+            front.close()
+            return bytes(got)
+
+        # the check is told 127.0.0.2 (called public here); the private server is on .1
+        out = await call(answers("127.0.0.2"), lambda a: a == "127.0.0.1")
+        assert out.startswith(b"HTTP/1.1 502") and seen == []
+        # told the private address: refused before any connection
+        out = await call(answers("127.0.0.1"), lambda a: a == "127.0.0.1")
+        assert out.startswith(b"HTTP/1.1 403") and seen == []
+        # the checked address serves: the request goes there, named as in the URL
+        out = await call(answers("127.0.0.1"), lambda a: False)
+        assert out.startswith(b"HTTP/1.1 200") and len(seen) == 1
+        assert f"Host: localhost:{port}".encode() in seen[0]
+        server.close()
+
+    asyncio.run(scenario())

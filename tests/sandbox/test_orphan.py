@@ -18,7 +18,6 @@ from carapace.db.session import SessionPaths, init_session_folder
 from carapace.host.pool import RunnerSpec
 from carapace.runner import lifeline
 from carapace.sandbox import BwrapBackend, bwrap_unusable_reason
-from carapace.sandbox import bwrap as bwrap_mod
 
 REASON = bwrap_unusable_reason()
 needs_bwrap = pytest.mark.skipif(REASON is not None, reason=f"bubblewrap unusable: {REASON}")
@@ -45,7 +44,11 @@ def test_runner_dies_with_a_wrapper_killed_early(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # as a normal user: no per-runner cgroup whose removal would kill what is left
-    monkeypatch.setattr(bwrap_mod, "runner_cgroup", lambda *_a, **_k: None)
+    from carapace.sandbox import process as process_mod
+    from carapace.sandbox import spare as spare_mod
+
+    monkeypatch.setattr(process_mod, "runner_cgroup", lambda *_a, **_k: None)
+    monkeypatch.setattr(spare_mod, "runner_cgroup", lambda *_a, **_k: None)
     data = tmp_path / "data"
     agent = tmp_path / "groups" / "main"
     agent.mkdir(parents=True)

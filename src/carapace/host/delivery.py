@@ -22,11 +22,17 @@
   duplicate per crash, none where the platform deduplicates by key). An intent that
   cannot be written (full disk) means no send; an outcome that cannot be written is kept
   in memory, so the row is not sent twice while the host lives, and written later.
+* Across sessions, not only per session: sends to a channel whose adapter cannot
+  deduplicate by key (``dedupes_sends`` false: Telegram, webhooks, the tests' fake) take
+  turns across all sessions, and each one's outcome is committed before the next intent,
+  so a host kill leaves at most one row with an unknown fate per such channel. Adapters
+  that deduplicate (the CLI, Discord, Slack, the web chat) send concurrently.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import sqlite3
@@ -92,6 +98,10 @@ class Delivery:
         self.actions = actions
         self.wake = wake
         self._inflight: set[str] = set()
+        # per channel that cannot deduplicate by key: one send at a time across sessions,
+        # each one's outcome committed before the next intent, so a host kill re-sends at
+        # most one reply there (a lock per channel: a slow webhook never holds up Telegram)
+        self._unknown_fate: dict[str, asyncio.Lock] = {}
         self._again: set[str] = set()
         self._records: dict[str, Records] = {}  # per session: outcomes not yet committed
         self.a2a_guard = A2AGuard()  # hop and rate bounds of agent-to-agent messages
@@ -254,16 +264,21 @@ class Delivery:
                     if wait_until is not None:
                         result.next_retry = min(result.next_retry or wait_until, wait_until)
                     continue
-                if not self._commit(session_id, inb, row["id"], now):  # the intent, first
-                    retry = now + timedelta(seconds=RECORD_RETRY_S)
-                    result.next_retry = min(result.next_retry or retry, retry)
-                    result.more = False
-                    break
-                resend = row["id"] in intents
-                if resend:
-                    logger.warning("message %s (session %s) may have been sent before a crash: "
-                                   "sending it again with its key", row["id"], session.id)  # fmt: skip
-                outcome = await self._deliver_row(session, paths, row, inb, states, now, resend)
+                turn = self._turn_lock(row)
+                async with turn or contextlib.nullcontext():
+                    if not self._commit(session_id, inb, row["id"], now):  # the intent, first
+                        retry = now + timedelta(seconds=RECORD_RETRY_S)
+                        result.next_retry = min(result.next_retry or retry, retry)
+                        result.more = False
+                        break
+                    resend = row["id"] in intents
+                    if resend:
+                        logger.warning("message %s (session %s) may have been sent before a "
+                                       "crash: sending it again with its key", row["id"],
+                                       session.id)  # fmt: skip
+                    outcome = await self._deliver_row(session, paths, row, inb, states, now, resend)
+                    if turn is not None:  # its fate on disk before the channel's next send
+                        self._commit(session_id, inb, None, now)
                 if outcome is None:
                     contiguous = False
                     blocked.add(dest)
@@ -290,6 +305,17 @@ class Delivery:
             return result
         finally:
             self.sessions.done_with(inb)
+
+    def _turn_lock(self, row: OutRow) -> asyncio.Lock | None:
+        """The lock of the row's channel when its adapter cannot deduplicate sends by key
+        (sends there take turns across sessions); None otherwise."""
+        ct = row["channel_type"]
+        if row["kind"] == "system" or ct in (None, "", "agent"):
+            return None
+        adapter = self.adapters.get(ct)
+        if adapter is None or getattr(adapter, "dedupes_sends", False):
+            return None
+        return self._unknown_fate.setdefault(str(ct), asyncio.Lock())
 
     @staticmethod
     def _state(rec: Records, states: dict[str, sqlite3.Row], rid: str) -> dict[str, Any] | None:

@@ -34,7 +34,8 @@ from carapace.channels.base import (
 from carapace.config import Home, Settings
 from carapace.db.destinations import add_projection_hook, projection, remove_projection_hook
 from carapace.db.projection import write_rows
-from carapace.errors import CarapaceError, ConfigError
+from carapace.db.session import SessionPaths
+from carapace.errors import CarapaceError, ConfigError, no_space
 from carapace.host import groupfiles, host_runners, host_sweep, host_watch, work_index
 from carapace.host.actions import SystemActions
 from carapace.host.delivery import Delivery
@@ -51,7 +52,12 @@ from carapace.host.sweep import (
 from carapace.limits import mechanism as limits_mechanism
 from carapace.perms import private_umask
 from carapace.proxy.hostside import HostProxy, budget_warning
-from carapace.sandbox.process import RunnerBackend, RunnerExit, RunnerSpec
+from carapace.sandbox.process import (
+    RunnerBackend,
+    RunnerExit,
+    RunnerSpec,
+    compile_runner_code,
+)
 from carapace.timefmt import Clock, SystemClock
 
 if TYPE_CHECKING:
@@ -154,6 +160,9 @@ class Host:
         # filled off the event loop (host_runners.refresh_idle); a session with work drops its entry
         self._idle_cache: dict[str, datetime | None] = {}
         self._idle_refresh = False  # a refresh task is on its way
+        self._last_commit: dict[str, datetime] = {}  # a live runner's last commit, host clock
+        self._work_seen: dict[str, int] = {}  # bumped with each sign of work (stale scans)
+        self._runner_paths: dict[str, SessionPaths] = {}  # of the live runners (idle scans)
         # terminal acks read after runner commits, copied into messages_in in batches
         self._ack_rowid: dict[str, int] = {}
         self._acks_due: dict[str, dict[str, str]] = {}
@@ -231,7 +240,12 @@ class Host:
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            logger.error("background task failed", exc_info=task.exception())
+            exc = task.exception()
+            assert exc is not None
+            if no_space(exc):  # one line: it recurs until there is room again
+                logger.error("background task failed (no space left): %s", exc)
+            else:
+                logger.error("background task failed", exc_info=exc)
 
     def wake(self, session_id: str) -> None:
         if self._stopping:  # the row is on disk: the next start's sweep picks it up
@@ -241,7 +255,7 @@ class Host:
             self.sessions.mark_work(session_id, due_iso(h.not_before) or "")
             self._kick_sweep()
             return
-        self._idle_cache.pop(session_id, None)  # it has work now
+        host_runners.work_seen(self, session_id)  # it has work now
         if self.pool.is_running(session_id):
             return  # its runner wakes on the commit itself (inotify); the sweep is not needed
         self.pool.wake(session_id)
@@ -286,6 +300,7 @@ class Host:
             "UPDATE sessions SET container_status='stopped' WHERE container_status != 'stopped'"
         )
         await self.rebuild_work_index()
+        self._spawn(asyncio.to_thread(compile_runner_code))  # runners import, never compile
         try:  # NanoClaw deletes groups/global at its first start: bring it back from a copy
             await asyncio.to_thread(groupfiles.restore_global, self.home)
         except (OSError, CarapaceError) as exc:

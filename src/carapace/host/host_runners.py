@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from carapace.db.session import SessionPaths
 from carapace.db.sessions import set_container_status
 from carapace.host import host_watch
 from carapace.host.outbox_reader import OutboxRefused
@@ -63,6 +64,7 @@ async def prepare(host: Host, session_id: str) -> RunnerSpec | None:
         return None
     set_container_status(host.db, session.id, "running")
     host.sessions.keep(session)  # persistent connections while the runner lives
+    host._runner_paths[session.id] = paths
     host.db.execute(
         "UPDATE sessions SET last_active=? WHERE id=?", (due_iso(host.now()), session.id)
     )
@@ -93,6 +95,9 @@ def on_exit(host: Host, session_id: str, exit: RunnerExit) -> None:
     host._host_seen.forget(session_id)
     host.typing.stop(session_id)
     host._idle_cache.pop(session_id, None)
+    host._last_commit.pop(session_id, None)
+    host._work_seen.pop(session_id, None)
+    host._runner_paths.pop(session_id, None)
     host._ack_rowid.pop(session_id, None)
     if not host._closed:
         with contextlib.suppress(sqlite3.Error):
@@ -156,6 +161,8 @@ async def after_commit(host: Host, session_id: str) -> None:
     """A runner committed: deliver what is new, note its new acks (one cheap read of
     what changed since the last one, off the loop); when work is queued for a runner
     slot, see whether this runner has become idle."""
+    if host.pool.is_running(session_id):
+        host._last_commit[session_id] = host.now()
     await host._drain(session_id)
     session = host.sessions.get(session_id)
     if session is None:
@@ -178,7 +185,7 @@ async def after_commit(host: Host, session_id: str) -> None:
             ACK_FLUSH_S, lambda: host._spawn(flush_acks(host, session_id))
         )
     if host.pool.queued():
-        host._idle_cache.pop(session_id, None)
+        work_seen(host, session_id)
         host._kick_idle_refresh()
 
 
@@ -202,24 +209,58 @@ async def flush_acks(host: Host, session_id: str) -> None:
             host._kick_sweep()
 
 
-async def refresh_idle(host: Host) -> None:
-    """Scan the live sessions make_room does not know about (worker thread), then let
-    the pool yield idle slots to queued work."""
-    await asyncio.sleep(0)
-    host._idle_refresh = False
-    todo = [sid for sid in host.pool.running if sid not in host._idle_cache]
-    for sid in todo:
-        session = host.sessions.get(sid)
-        if session is None:
-            continue
-        started = host.pool.started_at(sid) or host.now()
+def work_seen(host: Host, session_id: str) -> None:
+    """The session has (or may have) new work: its idle state is unknown again, and a scan
+    begun before now must not store what it found."""
+    host._idle_cache.pop(session_id, None)
+    host._work_seen[session_id] = host._work_seen.get(session_id, 0) + 1
+
+
+IDLE_SCAN_CHUNK = 16  # sessions per worker call (each call is bounded by the reader's timeout)
+
+
+def idle_scan(todo: list[tuple[str, SessionPaths, datetime]], now: datetime
+              ) -> list[tuple[str, datetime | None, bool]]:  # fmt: skip
+    """``idle_since`` of several sessions in one worker call: (sid, since, ok)."""
+    out: list[tuple[str, datetime | None, bool]] = []
+    for sid, paths, started in todo:
         try:
-            since = await host.delivery.outbox.call(
-                idle_since, host.sessions.paths(session), host.now(), started
-            )
+            out.append((sid, idle_since(paths, now, started), True))
         except Exception:
             logger.exception("idle check of session %s failed", sid)
+            out.append((sid, None, False))
+    return out
+
+
+async def refresh_idle(host: Host) -> None:
+    """Scan the live sessions make_room does not know about (worker thread, a few per
+    call), then let the pool yield idle slots to queued work."""
+    await asyncio.sleep(0)
+    host._idle_refresh = False
+    if not host.pool.queued():
+        return  # nothing waits for a slot: nobody needs to know who is idle
+    now = host.now()
+    todo: list[tuple[str, SessionPaths, datetime]] = []
+    for sid in host.pool.running:
+        paths = host._runner_paths.get(sid)
+        if sid not in host._idle_cache and paths is not None:
+            todo.append((sid, paths, host.pool.started_at(sid) or now))
+    seen = {sid: host._work_seen.get(sid, 0) for sid, _p, _s in todo}
+    for i in range(0, len(todo), IDLE_SCAN_CHUNK):
+        try:
+            found = await host.delivery.outbox.call(idle_scan, todo[i : i + IDLE_SCAN_CHUNK], now)
+        except Exception:
+            logger.exception("idle check of %d sessions failed", len(todo[i : i + IDLE_SCAN_CHUNK]))
             continue
-        host._idle_cache[sid] = since
+        for sid, since, ok in found:
+            if host._work_seen.get(sid, 0) != seen[sid] or sid not in host.pool.running:
+                continue  # work came while it was scanned: asked again by the next pass
+            if not ok:  # counted as busy until its next sign of work (no retry loop)
+                host._idle_cache[sid] = None
+                continue
+            last = host._last_commit.get(sid)
+            if since is not None and last is not None:
+                since = max(since, last)  # a commit is activity, whatever the heartbeat says
+            host._idle_cache[sid] = since
     if host.pool.queued():
         host.pool.make_room()

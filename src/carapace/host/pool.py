@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+from carapace.errors import no_space
 from carapace.sandbox.process import (
     PID_FILE,
     RunnerBackend,
@@ -37,6 +38,12 @@ from carapace.sandbox.process import (
 )
 
 logger = logging.getLogger(__name__)
+
+# A runner yields its slot to queued work once it has been idle this long: a runner whose
+# chat is between two messages of a busy conversation keeps its slot (stopping it would
+# cost a spawn a moment later, and under a full cap every such stop starts a cascade of
+# them), while queued work still gets a slot within a second of a runner going idle.
+YIELD_MIN_IDLE_S = 0.5
 
 
 @dataclass
@@ -60,12 +67,15 @@ class RunnerPool:
         now: Callable[[], datetime],
         grace_s: float = 1.0,
         idle_since: Callable[[str], datetime | None] = lambda sid: None,
+        yield_min_idle_s: float = YIELD_MIN_IDLE_S,
     ) -> None:
         self.backend = backend
         # ``idle_since(sid)``: when the session's runner last had work, or None while it has
         # some. With the cap reached and work queued, the longest-idle runner yields its slot.
         self.idle_since = idle_since
         self._yielding: set[str] = set()
+        self.yield_min_idle_s = yield_min_idle_s
+        self._room_timer: asyncio.TimerHandle | None = None
         self.max_runners = max(1, max_runners)
         self.prepare = prepare
         self.on_exit = on_exit
@@ -134,8 +144,13 @@ class RunnerPool:
             )  # fmt: skip
             self.on_started(session_id)
             return True
-        except Exception:
-            logger.exception("runner spawn failed for session %s; the sweep will retry", session_id)
+        except Exception as exc:
+            if no_space(exc):  # one line: it recurs until there is room again
+                logger.error("runner spawn failed for session %s (no space left: %s); the "
+                             "sweep will retry", session_id, exc)  # fmt: skip
+            else:
+                logger.exception("runner spawn failed for session %s; the sweep will retry",
+                                 session_id)  # fmt: skip
             return False
         finally:
             self._spawning.pop(session_id, None)
@@ -161,10 +176,13 @@ class RunnerPool:
         """With work queued and the cap reached, stop idle runners (longest idle first), one
         per queued session not already covered by a runner on its way out. Returns how many
         were asked to stop. Call it when work is queued and when a runner may have become
-        idle; an idle runner never holds a slot that queued work is waiting for."""
+        idle; an idle runner never holds a slot that queued work is waiting for longer than
+        ``yield_min_idle_s`` (a runner idle for less is looked at again when it is due)."""
         want = len(self._queue) - len(self._yielding)
         if want <= 0 or self._closed:
             return 0
+        now = self.now()
+        fresh: list[float] = []  # seconds until a runner idle for less becomes a candidate
         idle: list[tuple[datetime, str]] = []
         for sid, run in self.running.items():
             if sid in self._yielding or run.stop_reason is not None:
@@ -174,16 +192,28 @@ class RunnerPool:
             except Exception:
                 logger.exception("idle check of session %s failed", sid)
                 continue
-            if since is not None:
+            if since is None:
+                continue
+            left = self.yield_min_idle_s - (now - since).total_seconds()
+            if left > 0:
+                fresh.append(left)
+            else:
                 idle.append((since, sid))
         idle.sort()
         loop = asyncio.get_running_loop()
+        if len(idle) < want and fresh and self._room_timer is None:
+            self._room_timer = loop.call_later(min(fresh) + 0.01, self._room_due)
         for _, sid in idle[:want]:
             logger.info("session %s: idle runner yields its slot to queued work", sid)
             self._yielding.add(sid)
             task = loop.create_task(self.stop(sid, "yield"), name=f"yield-{sid}")
             task.add_done_callback(functools.partial(self._yielded, sid))
         return min(want, len(idle))
+
+    def _room_due(self) -> None:
+        self._room_timer = None
+        if self._queue:
+            self.make_room()
 
     def _yielded(self, session_id: str, _task: asyncio.Task[bool]) -> None:
         self._yielding.discard(session_id)
@@ -220,6 +250,9 @@ class RunnerPool:
     async def stop_all(self, reason: str = "shutdown") -> None:
         self._closed = True
         self._queue.clear()
+        if self._room_timer is not None:
+            self._room_timer.cancel()
+            self._room_timer = None
         ids = {*self.running, *self._spawning}  # a spawn in flight is awaited, then stopped
         await asyncio.gather(*(self.stop(sid, reason) for sid in ids))
 

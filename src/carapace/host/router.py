@@ -29,7 +29,7 @@ from carapace.db import approvals, groups, messaging, users
 from carapace.db.dropped import record_dropped
 from carapace.db.messaging import MessagingGroup, Wiring
 from carapace.db.sessions import find_session
-from carapace.errors import CarapaceError, ValidationError
+from carapace.errors import CarapaceError, StoreError, ValidationError
 from carapace.host.sessions import SessionManager
 from carapace.jsonutil import loads_or
 from carapace.permissions.access import sender_handle
@@ -239,7 +239,7 @@ class Router:
                 await self._deliver(event, mg, w, user_id, doc, text, False, result, now)
         if first_refusal is not None:
             result.dropped_reason = first_refusal
-        elif not result.routed and result.denied is None:
+        elif not result.routed and result.denied is None and result.dropped_reason is None:
             result.dropped_reason = "no_agent_engaged"
         if result.dropped_reason and result.dropped_reason != "sender_scope":
             self._audit(event, result.dropped_reason, user_id, sender_name, mg, now)
@@ -305,16 +305,31 @@ class Router:
                 return
         session, _ = self.sessions.resolve(w.agent_group_id, mg.id, event.thread_id, mode, now=now)
         mid = f"{event.message.id or new_id('msg', now)}:{w.agent_group_id}"
-        seq = await self.sessions.write_grouped(
-            session,
-            {
-                "id": mid, "kind": event.message.kind,
-                "timestamp": event.message.timestamp or iso(now),
-                "platform_id": pid, "channel_type": ct, "thread_id": tid,
-                "content": event.message.content, "trigger": 1 if wake else 0,
-            },
-            now=now,
-        )  # fmt: skip
+        try:
+            seq = await self.sessions.write_grouped(
+                session,
+                {
+                    "id": mid, "kind": event.message.kind,
+                    "timestamp": event.message.timestamp or iso(now),
+                    "platform_id": pid, "channel_type": ct, "thread_id": tid,
+                    "content": event.message.content, "trigger": 1 if wake else 0,
+                },
+                now=now,
+            )  # fmt: skip
+        except (StoreError, sqlite3.DatabaseError) as exc:
+            if isinstance(exc, sqlite3.OperationalError):
+                raise  # a full disk, a lock: the channel retries (it is not acknowledged)
+            # this session's inbound.db refuses it for good (a planted trigger, a corrupt
+            # file): retrying would hold up every later message of the channel. The sender
+            # hears it; the message is dropped; doctor names the file.
+            why = " ".join(str(exc).split())[:300] or type(exc).__name__
+            reason = f"not stored: {why}"
+            logger.error("message %s for session %s %s", mid, session.id, reason)
+            result.dropped_reason = result.dropped_reason or reason
+            await self._tell(ct, pid, tid, f"Your message could not be stored for the agent "
+                             f"({why}), so it was not delivered. The host's operator "
+                             "should run `carapace doctor`.")  # fmt: skip
+            return
         result.routed.append(Routed(session.id, w.agent_group_id, mid, int(wake), seq))
         logger.info("routed %s to session %s (seq %s, trigger %d)", mid, session.id, seq, int(wake),
                     extra={"session_id": session.id, "agent_group_id": w.agent_group_id,
@@ -323,12 +338,15 @@ class Router:
             self.wake(session.id)
 
     async def _deny(self, ct: str, pid: str, tid: str | None, cmd: str) -> None:
+        await self._tell(ct, pid, tid, f"Permission denied: {cmd} requires admin access.")
+
+    async def _tell(self, ct: str, pid: str, tid: str | None, text: str) -> None:
+        """A notice straight to the chat (best effort: logged when it cannot be sent)."""
         adapter = self.adapters.get(ct)
-        text = f"Permission denied: {cmd} requires admin access."
         if adapter is None:
-            logger.warning("denial for %s not delivered: no adapter for %s", cmd, ct)
+            logger.warning("notice to %s:%s not delivered: no adapter (%s)", ct, pid, text)
             return
         try:
             await adapter.deliver(pid, tid, OutboundMessage("chat", {"text": text}))
         except CarapaceError as exc:
-            logger.warning("denial for %s not delivered: %s", cmd, exc)
+            logger.warning("notice to %s:%s not delivered: %s (%s)", ct, pid, exc, text)

@@ -44,6 +44,7 @@ from carapace.db.sessions import (
     get_session,
     mark_session_work,
 )
+from carapace.errors import StoreError
 from carapace.host import groupfiles, outbox_reader
 from carapace.jsonutil import dumps, loads_or
 from carapace.timefmt import iso, new_id, sqlite_ts
@@ -77,6 +78,14 @@ class WakePlan:
     container: dict[str, Any]
 
 
+def _refused(session_id: str, message_id: object, exc: sqlite3.IntegrityError) -> StoreError:
+    logger.error("session %s: inbound.db refused message %s: %s", session_id, message_id, exc)
+    return StoreError(
+        f"message not stored: session {session_id}'s inbound.db refused it ({exc}); "
+        "run `carapace doctor`"
+    )
+
+
 class SessionManager:
     def __init__(self, home: Home, db: sqlite3.Connection) -> None:
         self.home = home
@@ -84,6 +93,8 @@ class SessionManager:
         # Live sessions (a runner runs): one persistent host connection to inbound.db, used
         # on the event loop's thread only; closed when the runner ends (issue 19).
         self._kept: dict[str, sqlite3.Connection] = {}
+        # work marks the central DB refused (a full disk): kept here, written when it can
+        self._unmarked: dict[str, str] = {}
         self._uses: dict[int, int] = {}  # id(kept connection) -> users right now
         self._kept_ino: dict[str, int] = {}  # the inode each kept connection opened
         # The highest outbound seq the host has read per session (delivery notes it): the
@@ -224,8 +235,8 @@ class SessionManager:
             self.mark_work(session.id, due or iso(now))
             try:
                 seq = insert_message_in(conn, row, other_max=self.other_max(session.id, conn))
-            except sqlite3.IntegrityError:
-                return None
+            except sqlite3.IntegrityError as exc:  # the id was checked just above
+                raise _refused(session.id, row["id"], exc) from None
         try:
             self.db.execute("UPDATE sessions SET last_active=? WHERE id=?", (iso(now), session.id))
         except sqlite3.OperationalError as exc:  # bookkeeping only: the message is stored
@@ -258,7 +269,7 @@ class SessionManager:
         if rest:  # the next commit takes the rest (bounded work per loop iteration)
             self._groups[session.id] = rest
             asyncio.get_running_loop().call_soon(self._flush_group, session, now)
-        results: list[int | None] = []
+        results: list[int | BaseException | None] = []
         try:
             # indexed before stored (a full central DB refuses the batch: the senders hear it)
             due = None
@@ -273,16 +284,16 @@ class SessionManager:
                     ).fetchone():
                         results.append(None)
                         continue
-                    try:
+                    try:  # one statement: a refusal leaves the batch's other rows alone
                         results.append(insert_message_in(conn, row, other_max=other))
-                    except sqlite3.IntegrityError:
-                        results.append(None)
+                    except sqlite3.IntegrityError as exc:  # the id was checked just above
+                        results.append(_refused(session.id, row["id"], exc))
         except Exception as exc:
             for _row, fut in batch:
                 if not fut.done():
                     fut.set_exception(exc)
             return
-        if any(r is not None for r in results):
+        if any(isinstance(r, int) for r in results):
             try:
                 self.db.execute(
                     "UPDATE sessions SET last_active=? WHERE id=?", (iso(now), session.id)
@@ -290,7 +301,11 @@ class SessionManager:
             except sqlite3.OperationalError as exc:  # bookkeeping only: the rows are stored
                 logger.warning("last_active of session %s not updated: %s", session.id, exc)
         for (_row, fut), seq in zip(batch, results, strict=True):
-            if not fut.done():
+            if fut.done():
+                continue
+            if isinstance(seq, BaseException):
+                fut.set_exception(seq)
+            else:
                 fut.set_result(seq)
 
     def other_max(self, session_id: str, inb: sqlite3.Connection) -> int:
@@ -324,8 +339,26 @@ class SessionManager:
         return mid
 
     def mark_work(self, session_id: str, next_due: str) -> None:
-        """Put the session in the sweep's work index, due no later than ``next_due``."""
-        mark_session_work(self.db, session_id, next_due)
+        """Put the session in the sweep's work index, due no later than ``next_due``. When
+        the central DB cannot take it (a full disk) the mark is kept in memory, counted by
+        ``due_work`` and written at the next chance: a session's work is never forgotten."""
+        old = self._unmarked.get(session_id)
+        if old is not None and old < next_due:
+            next_due = old
+        try:
+            mark_session_work(self.db, session_id, next_due)
+        except sqlite3.OperationalError as exc:
+            if old is None:
+                logger.error("work mark of session %s kept in memory: %s", session_id, exc)
+            self._unmarked[session_id] = next_due
+            return
+        self._unmarked.pop(session_id, None)
+
+    def _flush_unmarked(self) -> None:
+        for sid, due in list(self._unmarked.items()):
+            self.mark_work(sid, due)
+            if sid in self._unmarked:
+                return  # still refused: the others would be too
 
     def set_work(self, session_id: str, next_due: str | None) -> None:
         if next_due is None:
@@ -338,15 +371,19 @@ class SessionManager:
             )
 
     def due_work(self, now: datetime) -> list[str]:
+        self._flush_unmarked()
         rows = self.db.execute(
             "SELECT session_id FROM carapace_session_work WHERE next_due <= ? ORDER BY next_due",
             (iso(now),),
         )
-        return [r[0] for r in rows]
+        out = [r[0] for r in rows]
+        cut = iso(now)
+        return out + [sid for sid, due in self._unmarked.items() if due <= cut and sid not in out]
 
     def next_work_due(self) -> str | None:
         row = self.db.execute("SELECT MIN(next_due) FROM carapace_session_work").fetchone()
-        return None if row is None else row[0]
+        dues = [d for d in (row[0] if row is not None else None, *self._unmarked.values()) if d]
+        return min(dues) if dues else None
 
     def prepare_wake(self, session: Session) -> Path:
         """Before each spawn: destinations + routing projections and ``container.json``.

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import shutil
 import subprocess
 import sys
@@ -30,15 +29,13 @@ from pathlib import Path
 import carapace
 from carapace.config import Home
 from carapace.errors import ValidationError
+from carapace.packagenames import valid_package
 from carapace.sandbox.packages import group_dir, sandbox_env
 from carapace.timefmt import iso, utcnow
 
 logger = logging.getLogger(__name__)
 __all__ = ["Report", "check_names", "group_dir", "install", "log_path", "remove", "sandbox_env"]
 
-PIP_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-NPM_RE = re.compile(r"^(@[a-z0-9][a-z0-9._-]*/)?[a-z0-9][a-z0-9._-]{0,99}$")
-APT_RE = re.compile(r"^[a-z0-9][a-z0-9._+-]*$")
 SANDBOX_SOCKET = "/run/carapace/registry.sock"
 INSTALL_TIMEOUT_S = 1800
 APT_REFUSAL = ("not installed: carapace does not install apt packages per group (a Debian "
@@ -70,9 +67,9 @@ def log_path(home: Home, agent_group_id: str) -> Path:
 
 
 def check_names(pip: list[str], npm: list[str], apt: list[str]) -> None:
-    for kind, names, rx in (("pip", pip, PIP_RE), ("npm", npm, NPM_RE), ("apt", apt, APT_RE)):
+    for kind, names in (("pip", pip), ("npm", npm), ("apt", apt)):
         for name in names:
-            if not isinstance(name, str) or not rx.match(name):
+            if not valid_package(kind, name):
                 raise ValidationError(f'invalid {kind} package name "{name}" (a bare name: '
                                       "no version, URL, path or option)")  # fmt: skip
 

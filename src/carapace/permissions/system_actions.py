@@ -14,6 +14,7 @@ from carapace.db.migrations_nanoclaw import normalize_name
 from carapace.db.sessions import Session, get_session
 from carapace.errors import ValidationError
 from carapace.jsonutil import loads_or
+from carapace.packagenames import valid_package
 from carapace.permissions import card_text, channel_approval
 from carapace.permissions.approvals import (
     Applied,
@@ -24,10 +25,7 @@ from carapace.permissions.approvals import (
 from carapace.permissions.cards import Ctx
 
 MAX_PACKAGES = 20
-APT_RE = re.compile(r"^[a-z0-9][a-z0-9._+-]*$")
-PIP_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 MCP_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,40}$")
-NPM_RE = re.compile(r"^(@[a-z0-9][a-z0-9._-]*/)?[a-z0-9][a-z0-9._-]*$")
 
 logger = logging.getLogger(__name__)
 
@@ -128,15 +126,15 @@ def _packages(content: dict[str, Any]) -> tuple[list[str], list[str], list[str]]
             "install_packages failed: at least one apt, npm or pip package is required."
         )
     for p in pip:
-        if not isinstance(p, str) or not PIP_RE.match(p):
+        if not valid_package("pip", p):
             raise ValidationError(f'install_packages failed: invalid pip package name "{p}".')
     if len(apt) + len(npm) + len(pip) > MAX_PACKAGES:
         raise ValidationError(f"install_packages failed: at most {MAX_PACKAGES} packages.")
     for p in apt:
-        if not isinstance(p, str) or not APT_RE.match(p):
+        if not valid_package("apt", p):
             raise ValidationError(f'install_packages failed: invalid apt package name "{p}".')
     for p in npm:
-        if not isinstance(p, str) or not NPM_RE.match(p):
+        if not valid_package("npm", p):
             raise ValidationError(f'install_packages failed: invalid npm package name "{p}".')
     return [str(p) for p in apt], [str(p) for p in npm], [str(p) for p in pip]
 

@@ -6,8 +6,9 @@ starts (``mcp_upstreams``): the runner names a server, never a URL. The server's
 ``headers`` are added here (the runner never needs them); the runner's own
 ``Authorization``/``Cookie`` headers are dropped. The group's ``web_private`` rule applies as
 for ``web_fetch``: a URL whose host resolves to a loopback, private or link-local address is
-refused unless ``web_private: true`` (the name is resolved for the check and again by the
-connection, so unlike ``web_fetch`` this route does not pin the checked address).
+refused unless ``web_private: true``. The name is resolved once, every address checked, and
+the connection made to a checked address (pinned, as ``web_fetch`` does): a name that
+answers differently a moment later cannot steer the request to a private address.
 Responses (JSON or an SSE stream) are relayed chunk by chunk.
 """
 
@@ -16,12 +17,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Mapping
+import socket
+from collections.abc import Callable, Mapping
 from urllib.parse import unquote, urlsplit
 
 from carapace.jsonutil import loads_or
 from carapace.proxy.http11 import HOP_BY_HOP, LAST_CHUNK, Head, Headers, chunk, encode_head
 from carapace.proxy.upstream import UpstreamPool
+from carapace.runner.webfetch import Resolver, is_non_public
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +63,9 @@ async def forward_mcp(
     head: Head,
     body: bytes,
     writer: asyncio.StreamWriter,
+    *,
+    resolve: Resolver = socket.getaddrinfo,
+    non_public: Callable[[str], bool] = is_non_public,
 ) -> None:
     name = unquote(target.split("?", 1)[0][len(MCP_PATH) :])
     entry = servers.get(name)
@@ -67,19 +73,28 @@ async def forward_mcp(
         await _send(writer, 404, f"no HTTP MCP server {name!r} in this group's config")
         return
     url, extra = entry
-    if not web_private:
-        from carapace.runner.webfetch import private_address
-
-        host = urlsplit(url).hostname or ""
-        addr = await asyncio.to_thread(private_address, host)
-        if addr is not None:
-            await _send(writer, 403, f"MCP server {name!r}: {host} resolves to a local or "
-                        f"private-network address ({addr}); allowed only with web_private: true")  # fmt: skip
+    pinned = ""
+    if not web_private:  # one lookup; every address checked; the connection goes to one
+        # of them, never to a second lookup's answer (no DNS-rebinding window)
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        try:
+            infos = await asyncio.to_thread(resolve, host, parts.port or 0, 0,
+                                            socket.SOCK_STREAM, socket.IPPROTO_TCP)  # fmt: skip
+        except (OSError, UnicodeError) as exc:
+            await _send(writer, 502, f"MCP server {name!r}: {host} does not resolve ({exc})")
             return
+        addrs = [str(info[4][0]) for info in infos]
+        bad = next((a for a in addrs if non_public(a)), None)
+        if bad is not None or not addrs:
+            await _send(writer, 403, f"MCP server {name!r}: {host} resolves to a local or "
+                        f"private-network address ({bad}); allowed only with web_private: true")  # fmt: skip
+            return
+        pinned = addrs[0]
     headers: Headers = [(k, v) for k, v in head.headers if k.lower() not in _DROP]
     headers += list(extra)
     try:
-        resp = await pool.request(method, url, headers, body)
+        resp = await pool.request(method, url, headers, body, connect_to=pinned)
     except (OSError, TimeoutError, Exception) as exc:
         logger.warning("session %s: MCP server %s unreachable: %s", session_id, name, exc)
         await _send(writer, 502, f"MCP server {name!r} unreachable: {type(exc).__name__}")

@@ -27,7 +27,7 @@ from carapace.proxy.http11 import (
     status_of,
 )
 
-_Key = tuple[str, str, int]
+_Key = tuple[str, str, int, str]  # scheme, host name, port, pinned address ("" = resolve)
 IDLE_PER_HOST = 8
 
 
@@ -63,11 +63,15 @@ class UpstreamPool:
         return self._ssl
 
     async def _open(self, key: _Key) -> _Conn:
-        scheme, host, port = key
+        scheme, host, port, pinned = key
         tls = self._context() if scheme == "https" else None
         reader, writer = await asyncio.wait_for(
             asyncio.open_connection(
-                host, port, ssl=tls, server_hostname=host if tls else None, limit=1 << 20
+                pinned or host,
+                port,
+                ssl=tls,
+                server_hostname=host if tls else None,
+                limit=1 << 20,
             ),
             self.connect_timeout_s,
         )
@@ -91,14 +95,16 @@ class UpstreamPool:
             conn.close()
 
     async def request(
-        self, method: str, url: str, headers: Headers, body: bytes
+        self, method: str, url: str, headers: Headers, body: bytes, *, connect_to: str = ""
     ) -> UpstreamResponse:
+        """``connect_to``: the address to connect to (already checked by the caller), instead
+        of resolving the URL's host again; TLS still checks the certificate for the name."""
         parts = urlsplit(url)
         scheme = parts.scheme.lower()
         if scheme not in ("http", "https") or not parts.hostname:
             raise HTTPError(f"bad upstream URL {url!r}")
         port = parts.port or (443 if scheme == "https" else 80)
-        key: _Key = (scheme, parts.hostname, port)
+        key: _Key = (scheme, parts.hostname, port, connect_to)
         host_header = parts.hostname if parts.port is None else f"{parts.hostname}:{port}"
         target = parts.path or "/"
         if parts.query:

@@ -6,17 +6,23 @@ stderr. Exit codes: 0 clean stop, 1 fatal error, 2 bad arguments.
 
 from __future__ import annotations
 
-import argparse
-import logging
-import os
-import sys
-from pathlib import Path
+import time
 
-from carapace.runner import lifeline
-from carapace.runner.config import RunnerConfig
-from carapace.runner.loop import Runner
-from carapace.runner.procs import harden_self
-from carapace.runner.setup import build_mcp, build_provider, build_workspace
+STARTED_AT = time.time()  # before the imports below: the start-up line splits the time
+STARTED_MONO = time.perf_counter()
+
+
+import argparse  # noqa: E402
+import logging  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from carapace.runner import lifeline  # noqa: E402
+from carapace.runner.config import RunnerConfig  # noqa: E402
+from carapace.runner.loop import Runner  # noqa: E402
+from carapace.runner.procs import harden_self  # noqa: E402
+from carapace.runner.setup import build_mcp, build_provider, build_workspace  # noqa: E402
 
 logger = logging.getLogger("carapace.runner")
 
@@ -43,6 +49,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    imported = time.perf_counter()
     lifeline.watch()  # first: the orphan of a killed sandbox wrapper exits before any work
     harden_self()  # before anything: agent commands must never read this process
     args = parse_args(argv)
@@ -65,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     mcp = build_mcp(config)
     runner = Runner(config, provider, provider_error=error, workspace=workspace, mcp=mcp)
     runner.install_signal_handlers()
+    runner.startup = (STARTED_AT, imported - STARTED_MONO, time.perf_counter() - imported)
     try:
         return runner.run()
     except Exception:

@@ -124,6 +124,9 @@ class Runner:
             workspace=workspace,
         )
         self.mcp = mcp
+        # (wall-clock start of the process's main module, its imports s, set-up s): set
+        # by __main__, logged once the runner is ready (``carapace bench runner`` reads it)
+        self.startup: tuple[float, float, float] | None = None
         self.toolbox = ToolBox(self.ctx, workspace, mcp)
         self.agent = Agent(
             provider or _FailingProvider(provider_error or "no provider"),
@@ -183,7 +186,13 @@ class Runner:
             self.config.session_id,
             getattr(self.provider, "name", None) or f"(failed: {self.provider_error})",
         )
+        t0 = time.perf_counter()
         self.start()
+        if self.startup is not None:
+            at, imports, setup = self.startup
+            logger.info("runner ready: imports %.1f ms, set-up %.1f ms, start %.1f ms "
+                        "(main module at %.6f)", imports * 1000, setup * 1000,
+                        (time.perf_counter() - t0) * 1000, at)  # fmt: skip
         last_work = time.monotonic()
         try:
             while not self._stop.is_set():

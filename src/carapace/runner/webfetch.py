@@ -67,7 +67,8 @@ class AddressRefused(OSError):
     """The host name resolved to an address the policy refuses."""
 
 
-def _non_public(address: str) -> bool:
+def is_non_public(address: str) -> bool:
+    """A loopback, private, link-local, multicast or otherwise non-global address."""
     addr = ipaddress.ip_address(address.split("%", 1)[0])
     if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
         addr = addr.ipv4_mapped
@@ -77,7 +78,7 @@ def _non_public(address: str) -> bool:
 def pinned_connector(
     allow_private: bool,
     resolve: Resolver = socket.getaddrinfo,
-    non_public: Callable[[str], bool] = _non_public,
+    non_public: Callable[[str], bool] = is_non_public,
 ) -> Callable[..., socket.socket]:
     """A ``socket.create_connection`` stand-in: one lookup, every address checked, then a
     connection to a checked address (never a second lookup)."""
@@ -230,7 +231,7 @@ def fetch(
     timeout_s: float,
     allow_private: bool = True,
     resolve: Resolver = socket.getaddrinfo,
-    non_public: Callable[[str], bool] = _non_public,
+    non_public: Callable[[str], bool] = is_non_public,
 ) -> ToolResult:
     """Fetch ``url`` and return its readable text; never raises for network trouble.
 

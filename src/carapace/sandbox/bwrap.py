@@ -63,7 +63,7 @@ import carapace
 from carapace import safefs
 from carapace.db.session import SessionPaths, ensure_journals
 from carapace.errors import ConfigError, ValidationError
-from carapace.limits import Limits, runner_cgroup, scope_argv, systemd_scope_usable
+from carapace.limits import Limits, scope_argv, systemd_scope_usable
 from carapace.runner.lifeline import ENV as LIFELINE_ENV
 from carapace.runner.procs import descendants
 from carapace.sandbox import netns
@@ -72,12 +72,13 @@ from carapace.sandbox.process import (
     LOG_FILE,
     PROXY_SOCKET_ENV,
     SECRET_ENV,
+    Child,
     ProcHandle,
     RunnerBackend,
     RunnerHandle,
     RunnerSpec,
     SubprocessBackend,
-    child_setup,
+    start_runner,
 )
 
 logger = logging.getLogger(__name__)
@@ -357,7 +358,7 @@ class BwrapHandle(ProcHandle):
     """The pool's handle on one sandbox (``pid`` is bwrap's own, in the host namespace);
     ``helpers`` (slirp4netns) are stopped when the sandbox ends."""
 
-    def __init__(self, proc: asyncio.subprocess.Process, cgroup: Path | None = None) -> None:
+    def __init__(self, proc: Child, cgroup: Path | None = None) -> None:
         super().__init__(proc, cgroup)
         self.helpers: list[asyncio.subprocess.Process] = []
         # the lifeline's read end, held until bwrap exits: bwrap writes its exit status
@@ -407,6 +408,7 @@ class BwrapBackend:
     * ``mounts_for``: the agent group's ``additional_mounts`` for a spec, already validated
       (``mounts.validate_mounts``); default none.
     * ``pass_env``: host variables copied in when set (``spec.env`` is always passed).
+    * ``spare``: start runners through a pre-started process (``carapace.sandbox.spare``).
     """
 
     name = "bwrap"
@@ -421,6 +423,7 @@ class BwrapBackend:
         python: str | None = None,
         module: str = "carapace.runner",
         bwrap: str = "bwrap",
+        spare: bool = True,
     ) -> None:
         self.home = home
         self.network = network
@@ -428,7 +431,8 @@ class BwrapBackend:
         self.pass_env = tuple(pass_env)
         self.python = python or sys.executable
         self.bwrap = bwrap
-        self._runner = SubprocessBackend(module=module, python=self.python, pass_env=())
+        self._runner = SubprocessBackend(module=module, python=self.python, pass_env=(),
+                                         spare=spare)  # fmt: skip
 
     def describe(self) -> str:
         net = self.network if isinstance(self.network, bool) else "per agent group"
@@ -489,20 +493,18 @@ class BwrapBackend:
             argv = bwrap_argv(sb, agent_fds)
             if systemd_scope_usable():
                 argv = [*scope_argv(spec.limits), *argv]
-            cgroup = runner_cgroup(spec.session_id, spec.limits)
             log = open(spec.session_dir / LOG_FILE, "ab")  # noqa: SIM115 - handed to the child
             fds = [fd for fd, _ in agent_fds] + ([info_w] if info_w is not None else [])
             fds += [life_r, life_w]
-            proc = await asyncio.create_subprocess_exec(
-                *argv,
+            proc, cgroup = await start_runner(
+                argv,
+                name=spec.session_id,
+                limits=spec.limits,
                 pass_fds=fds,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.DEVNULL,
                 stderr=log,
                 env={"PATH": os.environ.get("PATH", DEFAULT_PATH)},
                 cwd=str(spec.agent_dir),
-                start_new_session=True,
-                preexec_fn=child_setup(spec.limits, cgroup),
+                spare=self._runner.spare,
             )
         except BaseException:
             if info_r is not None:

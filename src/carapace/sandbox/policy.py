@@ -93,10 +93,10 @@ class SandboxBackend:
         self.default, self.why = resolve_backend(settings.runner_backend, settings.bwrap)
         self.name = self.default
         self.group_config = group_config
-        self.subprocess = SubprocessBackend(python=python)
+        self.subprocess = SubprocessBackend(python=python, spare=settings.runner_spare)
         self.bwrap = BwrapBackend(
             home, network=self._network, mounts_for=self._mounts, python=python,
-            bwrap=settings.bwrap,
+            bwrap=settings.bwrap, spare=settings.runner_spare,
         )  # fmt: skip
         self.used: dict[str, str] = {}  # session id -> backend of its last start
 

@@ -6,16 +6,20 @@ environment allowlist, and the plain ``subprocess`` backend (no sandbox; tests a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
+import functools
 import logging
 import os
 import signal
+import subprocess
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Protocol
+from typing import IO, Any, Protocol, cast
 
 from carapace.limits import (
     Limits,
@@ -26,6 +30,7 @@ from carapace.limits import (
     scope_argv,
     systemd_scope_usable,
 )
+from carapace.sandbox.spare import SpareStarter, fork_thread, launch
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +82,27 @@ class RunnerExit:
     started_at: datetime
 
 
+def compile_runner_code(package: Path | None = None) -> bool:
+    """Write the bytecode of carapace's modules next to them (``__pycache__``, where every
+    interpreter looks) when the package folder is writable, as in a source checkout (pip
+    writes it for an install). A sandboxed runner cannot write it (read-only mounts,
+    ``PYTHONDONTWRITEBYTECODE``) and would otherwise compile every module at every start
+    (about half its import time). Up-to-date files are only compared. True when it ran."""
+    import compileall
+
+    import carapace
+
+    pkg = package or Path(carapace.__file__).parent
+    if not os.access(pkg, os.W_OK):
+        return False
+    try:
+        compileall.compile_dir(str(pkg), quiet=2, workers=1)
+    except OSError as exc:
+        logger.info("runner bytecode not written: %s", exc)
+        return False
+    return True
+
+
 def runner_env(spec: RunnerSpec, pass_env: Sequence[str]) -> dict[str, str]:
     """A runner's whole environment: allow-listed host variables, then ``spec.env``."""
     names = (*BASE_ENV, *pass_env)
@@ -88,22 +114,166 @@ def runner_env(spec: RunnerSpec, pass_env: Sequence[str]) -> dict[str, str]:
 def child_setup(limits: Limits, cgroup: Path | None = None) -> Callable[[], None]:
     """``preexec_fn`` of a runner: die with the host, join its cgroup, the group's rlimits."""
     apply_limits = rlimit_preexec(limits)
+    prctl = _prctl()  # looked up here: no dlopen between fork and exec
 
     def setup() -> None:  # pragma: no cover - runs in the child
-        _pdeathsig()
+        _pdeathsig(prctl)
         join_cgroup(cgroup)
         apply_limits()
 
     return setup
 
 
-def _pdeathsig() -> None:  # pragma: no cover - runs in the child
-    """Runners die with the host (Linux): no orphan keeps working after a host crash."""
+@functools.cache
+def _prctl() -> Callable[..., int] | None:
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
-    except Exception:
-        pass
+        fn: Callable[..., int] = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    return fn
+
+
+def _pdeathsig(prctl: Callable[..., int] | None) -> None:  # pragma: no cover - in the child
+    """Runners die with the host (Linux): no orphan keeps working after a host crash."""
+    if prctl is not None:
+        with contextlib.suppress(Exception):
+            prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+
+
+class Child:
+    """A runner process started off the event loop (``start_child``); its exit is awaited
+    through a pidfd, so no thread waits per runner. Quacks like the part of
+    ``asyncio.subprocess.Process`` the handles use."""
+
+    def __init__(self, popen: subprocess.Popen[bytes]) -> None:
+        self.popen = popen
+        self.pid = popen.pid
+        self._exited: asyncio.Future[int] | None = None
+
+    @property
+    def returncode(self) -> int | None:
+        return self.popen.returncode
+
+    def send_signal(self, sig: int) -> None:
+        if self.popen.returncode is None:
+            self.popen.send_signal(sig)
+
+    async def wait(self) -> int:
+        if self._exited is None:
+            self._exited = asyncio.get_running_loop().create_future()
+            self._watch(self._exited)
+        return await asyncio.shield(self._exited)
+
+    def _watch(self, fut: asyncio.Future[int]) -> None:
+        loop = fut.get_loop()
+
+        def done(code: int) -> None:
+            if not fut.done():
+                fut.set_result(code)
+
+        try:
+            pidfd = os.pidfd_open(self.pid)
+        except (OSError, AttributeError):  # no pidfd (old kernel): one thread waits instead
+            threading.Thread(
+                target=lambda: loop.call_soon_threadsafe(done, self.popen.wait()),
+                name=f"wait-{self.pid}", daemon=True,
+            ).start()  # fmt: skip
+            return
+
+        def readable() -> None:
+            code = self.popen.poll()
+            if code is not None:
+                loop.remove_reader(pidfd)
+                os.close(pidfd)
+                done(code)
+
+        loop.add_reader(pidfd, readable)
+        readable()  # it may be gone already
+
+
+async def start_child(argv: Sequence[str], *, env: dict[str, str], cwd: str, stderr: Any,
+                      pass_fds: Sequence[int] = (),
+                      preexec_fn: Callable[[], None] | None = None) -> Child:  # fmt: skip
+    """Start a runner process (own session, stdin/stdout on /dev/null) in a worker thread:
+    the fork, the ``preexec_fn`` (a cgroup join can take tens of ms) and the exec never
+    stall the host's event loop. A start whose caller is cancelled is killed."""
+
+    def make() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr,
+            env=env, cwd=cwd, start_new_session=True, pass_fds=tuple(pass_fds),
+            preexec_fn=preexec_fn,
+        )  # fmt: skip
+
+    fut = asyncio.wrap_future(fork_thread.submit(make))
+    try:
+        popen = cast("subprocess.Popen[bytes]", await asyncio.shield(fut))
+    except asyncio.CancelledError:
+        fut.add_done_callback(_kill_started)
+        raise
+    return Child(popen)
+
+
+def spare_setup(cgroup: Path | None) -> Callable[[], None]:
+    """``preexec_fn`` of a spare (``carapace.sandbox.spare``): the parent-death signal only;
+    the spare joins ``cgroup`` itself after its exec, and sets the runner's limits."""
+    prctl = _prctl()
+
+    def setup() -> None:  # pragma: no cover - runs in the child
+        _pdeathsig(prctl)
+
+    return setup
+
+
+_spares: dict[str, SpareStarter] = {}
+
+
+def spare_starter(python: str) -> SpareStarter:
+    """The host process's spare for runners of ``python`` (one, shared by its backends)."""
+    starter = _spares.get(python)
+    if starter is None:
+        starter = _spares[python] = SpareStarter(python, setup=spare_setup)
+    return starter
+
+
+async def start_runner(argv: Sequence[str], *, name: str, limits: Limits, env: dict[str, str],
+                       cwd: str, stderr: IO[bytes], pass_fds: Sequence[int] = (),
+                       spare: SpareStarter | None = None) -> tuple[Child, Path | None]:  # fmt: skip
+    """Start one runner: through the ready spare when there is one, else (a fork of the
+    host, its own pids cgroup ``name``, the limits) off the event loop. Returns the child
+    and its cgroup (removed after its exit by the handle)."""
+    if spare is not None:
+        ready = spare.take(limits)
+        if ready is not None:
+            try:
+                popen = launch(ready, argv, env=env, cwd=cwd, stderr=stderr.fileno(),
+                               pass_fds=pass_fds, limits=limits)  # fmt: skip
+            except FileNotFoundError:
+                raise
+            except OSError as exc:
+                logger.info("spare runner process unusable (%s): ordinary start", exc)
+            else:
+                spare.used += 1
+                return Child(popen), ready.cgroup
+    cgroup = runner_cgroup(name, limits)
+    try:
+        child = await start_child(
+            argv, env=env, cwd=cwd, stderr=stderr, pass_fds=pass_fds,
+            preexec_fn=child_setup(limits, cgroup) if sys.platform.startswith("linux") else None,
+        )  # fmt: skip
+    except BaseException:
+        remove_cgroup(cgroup)
+        raise
+    return child, cgroup
+
+
+def _kill_started(fut: asyncio.Future[object]) -> None:
+    if fut.cancelled() or fut.exception() is not None:
+        return
+    popen = cast("subprocess.Popen[bytes]", fut.result())
+    with contextlib.suppress(OSError):
+        os.killpg(popen.pid, signal.SIGKILL)
+    threading.Thread(target=popen.wait, daemon=True).start()
 
 
 def proc_start_time(pid: int) -> str | None:
@@ -117,7 +287,7 @@ def proc_start_time(pid: int) -> str | None:
 class ProcHandle:
     """The pool's handle on one runner process (its own process group)."""
 
-    def __init__(self, proc: asyncio.subprocess.Process, cgroup: Path | None = None) -> None:
+    def __init__(self, proc: Child, cgroup: Path | None = None) -> None:
         self.proc = proc
         self.pid: int | None = proc.pid
         self.cgroup = cgroup  # the runner's own pids cgroup, removed after its exit
@@ -150,6 +320,8 @@ class SubprocessBackend:
         module: str = "carapace.runner",
         python: str | None = None,
         pass_env: Sequence[str] | None = None,
+        *,
+        spare: bool = True,
     ) -> None:
         self.module = module
         self.python = python or sys.executable
@@ -158,6 +330,7 @@ class SubprocessBackend:
 
             pass_env = DEFAULT_PASS_ENV
         self.pass_env = tuple(pass_env)
+        self.spare: SpareStarter | None = spare_starter(self.python) if spare else None
 
     def argv(self, spec: RunnerSpec) -> list[str]:
         argv = [self.python, "-m", self.module, "--session-dir", str(spec.session_dir),
@@ -176,21 +349,12 @@ class SubprocessBackend:
         argv = self.argv(spec)
         if systemd_scope_usable():
             argv = [*scope_argv(spec.limits), *argv]
-        cgroup = runner_cgroup(spec.session_id, spec.limits)
         log = open(spec.session_dir / LOG_FILE, "ab")  # noqa: SIM115 - handed to the child
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.DEVNULL,
-                stderr=log,
-                env=env,
-                cwd=str(spec.agent_dir),
-                start_new_session=True,
-                preexec_fn=child_setup(spec.limits, cgroup)
-                if sys.platform.startswith("linux")
-                else None,
-            )
+            proc, cgroup = await start_runner(
+                argv, name=spec.session_id, limits=spec.limits, env=env,
+                cwd=str(spec.agent_dir), stderr=log, spare=self.spare,
+            )  # fmt: skip
         finally:
             log.close()
         return ProcHandle(proc, cgroup)

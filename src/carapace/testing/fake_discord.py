@@ -24,11 +24,13 @@ from typing import Any
 
 from aiohttp import web
 
+from carapace.testing.aioserve import serve_app
 from carapace.testing.fake_discord_gateway import Gateway
 
 API = "/api/v10"
 MAX_CONTENT = 2000
 MAX_FILES = 10
+MAX_NONCE = 25  # characters of a message nonce
 MAX_UPLOAD = 10 * 1024 * 1024
 MAX_ROWS, MAX_BUTTONS, MAX_CUSTOM_ID, MAX_LABEL = 5, 5, 100, 80
 _ids = itertools.count(1_300_000_000_000_000_001)
@@ -114,6 +116,7 @@ class FakeDiscord:
         self.channels: dict[str, Channel] = {}
         self.reactions: list[tuple[str, str, str]] = []  # (channel, message, emoji)
         self.typing: list[str] = []
+        self.nonce_hits = 0  # posts answered with the message their nonce already made
         self.interaction_responses: list[dict[str, Any]] = []
         self.followups: list[dict[str, Any]] = []
         self.allowed_mentions: list[Any] = []  # of every message the bot posted
@@ -137,13 +140,7 @@ class FakeDiscord:
         app.router.add_get("/gateway", self.gateway.handle)
         app.router.add_route("*", API + "/{tail:.*}", self._rest)
         app.router.add_get("/cdn/{key}/{name}", self._cdn)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", port)
-        await site.start()
-        server: Any = site._server
-        assert server is not None and server.sockets
-        self.port = int(server.sockets[0].getsockname()[1])
+        self._runner, self.port = await serve_app(app, port, access_log=None)
         return self
 
     async def stop(self) -> None:

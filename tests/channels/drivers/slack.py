@@ -43,14 +43,18 @@ class SlackDriver:
         self.slack: FakeSlack | None = None
         self.threads: dict[tuple[str, str], str] = {}
 
-    async def start(self, tmp_path: Path) -> ChannelAdapter:
+    async def _world(self) -> FakeSlack:
+        """The fake Slack with the cases' people and group channel (made once)."""
         if self.slack is None:
             self.slack = FakeSlack()
             await self.slack.start()
             for name, uid in USERS.items():
                 self.slack.add_user(uid, name.title())
             self.slack.add_channel(GROUP, "channel")
-        s = self.slack
+        return self.slack
+
+    async def start(self, tmp_path: Path) -> ChannelAdapter:
+        s = await self._world()
         return SlackChannel(s.bot_token, s.app_token, base_url=s.api_url, ping_interval=0.5)
 
     async def stop(self) -> None:

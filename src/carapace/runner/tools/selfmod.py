@@ -5,16 +5,13 @@ Fire-and-forget ``kind='system'`` requests; the host checks permissions and asks
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
+from carapace.packagenames import valid_package
 from carapace.runner.tools.base import Tool, ToolContext, ToolError, tool
 from carapace.timefmt import new_id
 
 MAX_PACKAGES = 20
-APT_RE = re.compile(r"^[a-z0-9][a-z0-9._+-]*$")
-PIP_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-NPM_RE = re.compile(r"^(@[a-z0-9][a-z0-9._-]*/)?[a-z0-9][a-z0-9._-]*$")
 
 
 def _create_agent(ctx: ToolContext, args: dict[str, Any]) -> str:
@@ -45,18 +42,17 @@ def _install_packages(ctx: ToolContext, args: dict[str, Any]) -> str:
     if len(apt) + len(npm) + len(pip) > MAX_PACKAGES:
         raise ToolError(f"Maximum {MAX_PACKAGES} packages per request")
     for p in apt:
-        if not APT_RE.match(p):
+        if not valid_package("apt", p):
             raise ToolError(
-                f'Invalid apt package name: "{p}". Only lowercase letters, digits, and ._+- '
-                "allowed."
+                f'Invalid apt package name: "{p}". Only lowercase letters, digits, and ._+- allowed.'
             )
     for p in npm:
-        if not NPM_RE.match(p):
+        if not valid_package("npm", p):
             raise ToolError(
                 f'Invalid npm package name: "{p}". No version specs or shell characters.'
             )
     for p in pip:
-        if not PIP_RE.match(p):
+        if not valid_package("pip", p):
             raise ToolError(f'Invalid pip package name: "{p}". A bare name: no version specs.')
     content: dict[str, Any] = {"action": "install_packages", "apt": apt, "npm": npm,
                                "reason": args.get("reason") or ""}  # fmt: skip

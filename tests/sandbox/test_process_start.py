@@ -1,0 +1,184 @@
+"""Runner processes start off the event loop (``start_child``) and runners import
+bytecode the host wrote (``compile_runner_code``). Real processes, real files."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from carapace.sandbox.process import compile_runner_code, start_child
+
+
+def test_a_child_started_off_the_loop_reports_its_exit_code(tmp_path: Path) -> None:
+    async def scenario() -> tuple[int, int]:
+        with open(tmp_path / "err", "ab") as err:
+            child = await start_child([sys.executable, "-c", "import sys; sys.exit(7)"],
+                                      env={}, cwd=str(tmp_path), stderr=err)  # fmt: skip
+        first = await asyncio.wait_for(child.wait(), 60)
+        again = await asyncio.wait_for(child.wait(), 60)  # a second wait gets the same code
+        return first, again
+
+    assert asyncio.run(scenario()) == (7, 7)
+
+
+def test_a_signalled_child_reports_the_signal(tmp_path: Path) -> None:
+    async def scenario() -> int:
+        with open(tmp_path / "err", "ab") as err:
+            child = await start_child([sys.executable, "-c", "import time; time.sleep(60)"],
+                                      env={}, cwd=str(tmp_path), stderr=err)  # fmt: skip
+        assert os.getpgid(child.pid) == child.pid  # its own process group (killpg works)
+        child.send_signal(signal.SIGTERM)
+        return await asyncio.wait_for(child.wait(), 60)
+
+    assert asyncio.run(scenario()) == -signal.SIGTERM
+
+
+def test_the_loop_keeps_running_while_a_slow_preexec_runs(tmp_path: Path) -> None:
+    """A cgroup join can take tens of ms between fork and exec: the loop goes on."""
+
+    def slow() -> None:  # pragma: no cover - runs in the child
+        time.sleep(0.5)
+
+    async def scenario() -> int:
+        ticks = 0
+
+        async def tick() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        ticker = asyncio.create_task(tick())
+        with open(tmp_path / "err", "ab") as err:
+            child = await start_child([sys.executable, "-c", "pass"], env={},
+                                      cwd=str(tmp_path), stderr=err, preexec_fn=slow)  # fmt: skip
+        seen = ticks
+        ticker.cancel()
+        await asyncio.wait_for(child.wait(), 60)
+        return seen
+
+    assert asyncio.run(scenario()) >= 5
+
+
+def test_a_start_whose_caller_is_cancelled_is_killed(tmp_path: Path) -> None:
+    pidfile = tmp_path / "pid"
+
+    def slow() -> None:  # pragma: no cover - runs in the child
+        time.sleep(0.3)
+
+    async def scenario() -> None:
+        with open(tmp_path / "err", "ab") as err:
+            task = asyncio.create_task(start_child(
+                [sys.executable, "-c",
+                 f"import os, time; open({str(pidfile)!r}, 'w').write(str(os.getpid())); "
+                 "time.sleep(60)"],
+                env={}, cwd=str(tmp_path), stderr=err, preexec_fn=slow))  # fmt: skip
+            await asyncio.sleep(0.05)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+
+    asyncio.run(scenario())
+    deadline = time.monotonic() + 60
+    gone = False
+    while time.monotonic() < deadline and not gone:
+        if pidfile.exists() and pidfile.read_text():
+            pid = int(pidfile.read_text())
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                gone = True
+        elif not pidfile.exists():
+            gone = True  # killed before it could write
+        time.sleep(0.05)
+    assert gone
+
+
+def test_bytecode_is_written_for_a_writable_package(tmp_path: Path) -> None:
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "mod.py").write_text("X = 1\n")
+    assert compile_runner_code(pkg)
+    tag = sys.implementation.cache_tag
+    assert (pkg / "__pycache__" / f"mod.{tag}.pyc").is_file()
+
+
+def test_a_spare_runs_exactly_what_it_is_given(tmp_path: Path) -> None:
+    """Through the spare: the command, its environment, folder, descriptors at the numbers
+    named, stderr to the log, the resource limits, its own session; the exit code comes
+    back through the same process (same pid as the spare)."""
+    import resource
+
+    from carapace.limits import Limits
+
+    starter = _ready_spare()
+    spare_pid = starter._ready.popen.pid
+    r, w = os.pipe()
+    fd = 57
+    os.dup2(w, fd)
+    os.close(w)
+    out = tmp_path / "out"
+    code = (
+        "import os, resource, sys\n"
+        f"os.write({fd}, b'through the fd')\n"
+        "sys.stderr.write('to the log')\n"
+        f"open({str(out)!r}, 'w').write(repr((os.getcwd(), os.environ.get('ONLY'), "
+        "sorted(os.environ), resource.getrlimit(resource.RLIMIT_NPROC)[0], "
+        "os.getsid(0) == os.getpid(), open('/proc/self/cgroup').read())))\n"
+        "sys.exit(3)\n"
+    )
+
+    async def scenario() -> tuple[int, int, Path | None]:
+        with open(tmp_path / "log", "ab") as log:
+            child, cgroup = await start_runner(
+                [sys.executable, "-c", code], name="t", limits=Limits(processes=77),
+                env={"ONLY": "this"}, cwd=str(tmp_path), stderr=log, pass_fds=[fd],
+                spare=starter,
+            )  # fmt: skip
+        os.close(fd)
+        return child.pid, await asyncio.wait_for(child.wait(), 60), cgroup
+
+    from carapace.sandbox.process import start_runner
+
+    pid, rc, cgroup = asyncio.run(scenario())
+    starter.close()
+    assert starter.used == 1 and pid == spare_pid
+    assert rc == 3
+    assert os.read(r, 100) == b"through the fd"
+    assert (tmp_path / "log").read_text() == "to the log"
+    cwd, only, names, nproc, leader, groups = eval(out.read_text())
+    if cgroup is not None:  # where the host can make pids cgroups (root here): inside it
+        assert f"/{cgroup.name}\n" in groups
+    assert cwd == str(tmp_path) and only == "this" and leader
+    assert set(names) <= {"ONLY", "LC_CTYPE"}  # nothing of the host's environment
+    hard = resource.getrlimit(resource.RLIMIT_NPROC)[1]
+    assert nproc == (77 if hard == resource.RLIM_INFINITY else min(77, hard))
+
+
+def test_a_spare_whose_host_closes_it_exits(tmp_path: Path) -> None:
+    starter = _ready_spare()
+    popen = starter._ready.popen
+    starter.close()
+    assert popen.wait(60) == 0
+
+
+def _ready_spare() -> Any:
+    """A spare starter whose spare is made (waited for, at most 60 s)."""
+    from carapace.sandbox.process import spare_setup
+    from carapace.sandbox.spare import SpareStarter
+
+    starter = SpareStarter(sys.executable, setup=spare_setup)
+    starter.refill()
+    deadline = time.monotonic() + 60
+    while starter._ready is None:
+        assert time.monotonic() < deadline, "no spare made"
+        time.sleep(0.02)
+    return starter
