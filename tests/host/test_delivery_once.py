@@ -236,7 +236,9 @@ class SlowWatching(FakeChannel):
 
 
 @pytest.mark.parametrize("dedupes", [False, True])
-def test_one_unknown_fate_per_channel_across_sessions_unless_it_dedupes(rig: Rig, dedupes: bool) -> None:
+def test_one_unknown_fate_per_channel_across_sessions_unless_it_dedupes(
+    rig: Rig, dedupes: bool
+) -> None:
     """A host kill while several sessions deliver re-sends at most one reply per channel (issue
     14): for a platform that cannot deduplicate by key, sends of all sessions take turns,
     each one's outcome committed before the next intent. One that deduplicates (Discord's
