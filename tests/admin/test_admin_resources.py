@@ -73,7 +73,7 @@ def test_group_config_verbs(ctx: DirectContext) -> None:
         cli_scope="global",
     )
     assert (cfg["provider"], cfg["model"], cfg["max_messages_per_prompt"]) == (
-        "claude",  # NanoClaw's name for it
+        "anthropic",  # the Messages API loop: no NanoClaw name, stored as it is
         "claude",
         7,
     )

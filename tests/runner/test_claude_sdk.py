@@ -1,5 +1,7 @@
-"""The Claude Agent SDK provider: its bundled Claude Code CLI against the fake Anthropic
-server, calling carapace's tools through the in-process MCP server, resumed next turn."""
+"""The Claude Agent SDK provider (``claude``): its bundled Claude Code CLI against the fake
+Anthropic server — carapace's tools through the in-process MCP server, Claude Code's own
+tools under the workspace policy, the memory files read by Claude Code (once), the SDK
+session resumed by the next runner."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -37,10 +40,28 @@ def run_once(
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
 
 
-def test_claude_code_calls_carapace_tools_and_resumes(tmp_path: Path) -> None:
-    session = make_session(tmp_path, destinations=[channel_dest("family", "telegram", "chat-1")],
-                           routing=("telegram", "chat-1", None))  # fmt: skip
-    agent_dir = make_agent_dir(tmp_path, config={"provider": "claude-agent-sdk"})
+def session_at(tmp_path: Path) -> SessionPaths:
+    return make_session(tmp_path, destinations=[channel_dest("family", "telegram", "chat-1")],
+                        routing=("telegram", "chat-1", None))  # fmt: skip
+
+
+def tool_names(request: dict[str, Any]) -> set[str]:
+    return {t["name"] for t in request.get("tools", [])}
+
+
+def last_result(request: dict[str, Any]) -> str:
+    """The text of the tool_result that the request's last (user) message carries."""
+    [block] = [b for b in request["messages"][-1]["content"] if b.get("type") == "tool_result"]
+    content = block["content"]
+    if isinstance(content, list):
+        return "".join(str(c.get("text", "")) for c in content)
+    return str(content)
+
+
+@pytest.mark.parametrize("name", ["claude", "claude-agent-sdk"])
+def test_claude_code_calls_carapace_tools_and_resumes(tmp_path: Path, name: str) -> None:
+    session = session_at(tmp_path)
+    agent_dir = make_agent_dir(tmp_path, config={"provider": name})
     script = [
         FakeReply(tool_calls=(FakeToolCall("mcp__carapace__send_message", {"text": "on it"}),)),
         FakeReply(text="Paris."),
@@ -52,7 +73,7 @@ def test_claude_code_calls_carapace_tools_and_resumes(tmp_path: Path) -> None:
         first = run_once(session, agent_dir, **env)
         assert first.returncode == 0, first.stderr
         write_chat(session, "sure?", id="m2")
-        second = run_once(session, agent_dir, **env)
+        second = run_once(session, agent_dir, **env)  # a new runner process
         assert second.returncode == 0, second.stderr
         requests = list(srv.requests)
         assert srv.structure_errors == []
@@ -61,5 +82,93 @@ def test_claude_code_calls_carapace_tools_and_resumes(tmp_path: Path) -> None:
     # the second runner resumed the SDK session: the first exchange is in its request
     last = json.dumps(requests[-1]["messages"])
     assert "capital of France?" in last and "sure?" in last
-    assert {t["name"] for t in requests[0]["tools"]} >= {"mcp__carapace__send_message"}
-    assert not any(t["name"] in ("Bash", "Read", "Write") for t in requests[0]["tools"])
+    tools = tool_names(requests[0])
+    # Claude Code's own file tools (unsandboxed runner: bash "sandboxed" means no Bash),
+    # carapace's messaging tools and web_fetch; never carapace's copies of Claude's tools
+    assert {"Read", "Write", "Edit", "Glob", "Grep", "mcp__carapace__send_message",
+            "mcp__carapace__web_fetch"} <= tools  # fmt: skip
+    assert not tools & {"Bash", "WebFetch", "WebSearch", "Task", "mcp__carapace__read_file",
+                        "mcp__carapace__bash"}  # fmt: skip
+
+
+def test_claude_code_tools_follow_the_workspace_policy(tmp_path: Path) -> None:
+    """Claude Code's Read/Write/Glob get the workspace's rules, even against settings the
+    agent planted in ``.claude/`` (allow rules, a shell-command hook) — and the memory files
+    reach the model once, read by Claude Code."""
+    session = session_at(tmp_path)
+    agent_dir = make_agent_dir(tmp_path, config={"provider": "claude"},
+                               claude_md="PROJECTMARK-3 house rules\n")  # fmt: skip
+    (agent_dir / "CLAUDE.local.md").write_text("LOCALMARK-7 my memory\n", encoding="utf-8")
+    (agent_dir / "notes.txt").write_text("NOTESMARK-1\n", encoding="utf-8")
+    marker = tmp_path / "planted-hook-ran"
+    (agent_dir / ".claude").mkdir()
+    (agent_dir / ".claude" / "settings.json").write_text(json.dumps({
+        "permissions": {"allow": ["Read", "Write", "Bash", "Glob"]},
+        "hooks": {"PreToolUse": [{"matcher": "*", "hooks": [
+            {"type": "command", "command": f"touch {marker}"}]}]},
+    }), encoding="utf-8")  # fmt: skip
+    outside = tmp_path / "secret.txt"
+    outside.write_text("SECRETMARK-9\n", encoding="utf-8")
+    (agent_dir / "link").symlink_to(outside)
+    script = [
+        FakeReply(tool_calls=(FakeToolCall("Read", {"file_path": "notes.txt"}),)),
+        FakeReply(tool_calls=(FakeToolCall("Read", {"file_path": str(outside)}),)),
+        FakeReply(tool_calls=(FakeToolCall("Read", {"file_path": str(agent_dir / "link")}),)),
+        FakeReply(tool_calls=(FakeToolCall("Write", {
+            "file_path": str(agent_dir / ".claude" / "settings.local.json"), "content": "{}"}),)),
+        FakeReply(tool_calls=(FakeToolCall("Glob", {"pattern": "../../*"}),)),
+        FakeReply(tool_calls=(FakeToolCall("Grep", {"pattern": "SECRET", "path": str(tmp_path)}),)),
+        FakeReply(tool_calls=(FakeToolCall("Write", {
+            "file_path": str(agent_dir / "out.txt"), "content": "written"}),)),
+        FakeReply(text="done"),
+    ]  # fmt: skip
+    with FakeLLMServer(script) as srv:
+        write_chat(session, "go", id="m1")
+        run = run_once(session, agent_dir, ANTHROPIC_BASE_URL=srv.base_url,
+                       ANTHROPIC_API_KEY="test-key")  # fmt: skip
+        assert run.returncode == 0, run.stderr
+        requests = list(srv.requests)
+        assert srv.structure_errors == []
+    assert [r["content"]["text"] for r in read_outbound(session)] == ["done"]
+    results = [last_result(r) for r in requests[1:]]
+    assert "NOTESMARK-1" in results[0]
+    assert "outside the workspace" in results[1] and "SECRETMARK" not in results[1]
+    assert "outside the workspace" in results[2] and "SECRETMARK" not in results[2]
+    assert "project settings folder" in results[3]
+    assert "reaches outside" in results[4]
+    assert "outside the workspace" in results[5] and "SECRETMARK" not in results[5]
+    assert (agent_dir / "out.txt").read_text(encoding="utf-8") == "written"
+    assert not (agent_dir / ".claude" / "settings.local.json").exists()
+    assert not marker.exists()  # no settings file's shell hook runs
+    # CLAUDE.md and CLAUDE.local.md are read by Claude Code and sent once, not also folded
+    # into carapace's system prompt
+    first = json.dumps(requests[0])
+    assert first.count("LOCALMARK-7") == 1 and first.count("PROJECTMARK-3") == 1
+    system = json.dumps(requests[0].get("system"))
+    assert "LOCALMARK-7" not in system and "Group memory" not in system
+    assert "`Read`" in system and "`read_file`" not in system  # the tools by their names
+
+
+def test_settings_choose_claude_codes_tools_and_bash_never_sees_a_key(tmp_path: Path) -> None:
+    """``tools`` limits Claude Code's tools as it limits carapace's; with ``bash: allowed``
+    in an unsandboxed runner that holds a real key, Claude Code's Bash is refused (a
+    command could read the key)."""
+    session = session_at(tmp_path)
+    agent_dir = make_agent_dir(tmp_path, config={"provider": "claude", "settings": {
+        "tools": ["bash", "read_file"], "bash": "allowed", "web": False}})  # fmt: skip
+    marker = tmp_path / "bash-ran"
+    script = [
+        FakeReply(tool_calls=(FakeToolCall("Bash", {"command": f"touch {marker}"}),)),
+        FakeReply(text="ok"),
+    ]
+    with FakeLLMServer(script) as srv:
+        write_chat(session, "go", id="m1")
+        run = run_once(session, agent_dir, ANTHROPIC_BASE_URL=srv.base_url,
+                       ANTHROPIC_API_KEY="sk-ant-real-looking-key")  # fmt: skip
+        assert run.returncode == 0, run.stderr
+        requests = list(srv.requests)
+    tools = tool_names(requests[0])
+    assert {"Bash", "Read"} <= tools
+    assert not tools & {"Write", "Edit", "Glob", "Grep", "mcp__carapace__web_fetch"}
+    assert "real API key" in last_result(requests[1])
+    assert not marker.exists()

@@ -296,6 +296,8 @@ class Runner:
             settings=self.config.agent_settings if self.toolbox.workspace is not None else None,
             session_dir=self.paths.root,
             sandboxed=self.config.sandboxed,
+            memory=not getattr(self.agent.provider, "loads_memory_files", False),
+            tool_names=getattr(self.agent.provider, "prompt_tool_names", None),
         )
         if self.mcp is not None:
             system = f"{system}\n\n{self.mcp.prompt_section()}"
