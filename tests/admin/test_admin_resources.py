@@ -129,6 +129,18 @@ def test_groups_prompt_uses_composer_when_present(ctx: DirectContext) -> None:
         assert isinstance(call(ctx, "groups-prompt", id="main"), str)
 
 
+def test_groups_prompt_shows_what_the_groups_provider_gets(ctx: DirectContext) -> None:
+    """On ``claude`` Claude Code reads the memory files itself: the prompt leaves them out
+    and names Claude Code's tools; on ``anthropic`` the prompt holds them."""
+    (ctx.home.group_dir("main") / "CLAUDE.local.md").write_text("MEMORYMARK\n")
+    call(ctx, "groups-config-update", id="main", provider="anthropic")
+    text = call(ctx, "groups-prompt", id="main")
+    assert "MEMORYMARK" in text and "`read_file`" in text
+    call(ctx, "groups-config-update", id="main", provider="claude")
+    text = call(ctx, "groups-prompt", id="main")
+    assert "MEMORYMARK" not in text and "`Read`" in text and "`read_file`" not in text
+
+
 def test_messaging_groups_verbs(ctx: DirectContext) -> None:
     mg = call(ctx, "messaging-groups-create", channel_type="telegram", platform_id="42", name="Fam")
     assert mg["unknown_sender_policy"] == "strict" and mg["is_group"] == 0

@@ -172,3 +172,24 @@ def test_settings_choose_claude_codes_tools_and_bash_never_sees_a_key(tmp_path: 
     assert not tools & {"Write", "Edit", "Glob", "Grep", "mcp__carapace__web_fetch"}
     assert "real API key" in last_result(requests[1])
     assert not marker.exists()
+
+
+def test_without_the_sdk_every_message_says_why(tmp_path: Path) -> None:
+    """A ``claude`` group where the claude-agent-sdk package cannot be imported: the runner
+    starts, and the message is answered with the reason — no other provider serves it."""
+    stub = tmp_path / "stub"
+    (stub / "claude_agent_sdk").mkdir(parents=True)
+    (stub / "claude_agent_sdk" / "__init__.py").write_text(
+        "raise ImportError('not installed', name='claude_agent_sdk')\n", encoding="utf-8"
+    )
+    session = session_at(tmp_path)
+    agent_dir = make_agent_dir(tmp_path, config={"provider": "claude"})
+    with FakeLLMServer([FakeReply(text="served by someone else")]) as srv:
+        write_chat(session, "hello", id="m1")
+        run = run_once(session, agent_dir, ANTHROPIC_BASE_URL=srv.base_url,
+                       ANTHROPIC_API_KEY="test-key",
+                       PYTHONPATH=os.pathsep.join([str(stub), SRC]))  # fmt: skip
+        assert run.returncode == 0, run.stderr
+        assert list(srv.requests) == []
+    [reply] = [r["content"]["text"] for r in read_outbound(session)]
+    assert "model provider failed" in reply and "pip install 'carapace[claude]'" in reply

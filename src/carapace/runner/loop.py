@@ -41,6 +41,7 @@ from carapace.runner.batching import select_batch
 from carapace.runner.compaction import Compaction
 from carapace.runner.config import RunnerConfig
 from carapace.runner.formatter import format_messages, is_clear_command
+from carapace.runner.images import collect_images, describe
 from carapace.runner.inbound import Inbound, InRow
 from carapace.runner.outbound import Outbound
 from carapace.runner.prompt import compose_system_prompt
@@ -289,6 +290,12 @@ class Runner:
             _origin_lookup(dests),
             session_dir=self.paths.root,
         )
+        images = collect_images(rows, self.paths.root)
+        if images.skipped:
+            prompt = f"{prompt}\n\n{images.note()}"
+        if images.images and not self.config.agent_settings.images:  # a text-only model
+            prompt = f"{prompt}\n\n{describe(images.images, 'images are off for this group')}"
+            images.images = []
         system = compose_system_prompt(
             self.config.agent_dir,
             dests,
@@ -303,7 +310,7 @@ class Runner:
             system = f"{system}\n\n{self.mcp.prompt_section()}"
         try:
             with Keepalive(self.heartbeat):
-                result = self.agent.run_turn(system, prompt)
+                result = self.agent.run_turn(system, prompt, images.images)
         except TurnAbandoned as exc:
             logger.info("session %s: turn abandoned (%s); releasing %s", sid, exc, ids)
             self.outbound.release(ids)
