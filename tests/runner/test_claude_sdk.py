@@ -193,3 +193,22 @@ def test_without_the_sdk_every_message_says_why(tmp_path: Path) -> None:
         assert list(srv.requests) == []
     [reply] = [r["content"]["text"] for r in read_outbound(session)]
     assert "model provider failed" in reply and "pip install 'carapace[claude]'" in reply
+
+
+def test_a_lost_sdk_session_starts_a_new_one(tmp_path: Path) -> None:
+    """Claude Code's session files gone (folder wiped, group restored from a backup): the
+    next turn starts a new SDK session instead of failing every message."""
+    import shutil
+
+    session = session_at(tmp_path)
+    agent_dir = make_agent_dir(tmp_path, config={"provider": "claude"})
+    with FakeLLMServer([FakeReply(text="one"), FakeReply(text="two")]) as srv:
+        env = {"ANTHROPIC_BASE_URL": srv.base_url, "ANTHROPIC_API_KEY": "test-key"}
+        write_chat(session, "first", id="m1")
+        assert run_once(session, agent_dir, **env).returncode == 0
+        shutil.rmtree(agent_dir / ".claude-sdk")
+        write_chat(session, "second", id="m2")
+        run = run_once(session, agent_dir, **env)
+        assert run.returncode == 0, run.stderr
+        assert srv.structure_errors == []
+    assert [r["content"]["text"] for r in read_outbound(session)] == ["one", "two"]

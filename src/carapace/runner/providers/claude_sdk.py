@@ -23,7 +23,8 @@ Unlike the other providers (one model call per ``complete``), this one hands a t
   ``ANTHROPIC_API_KEY`` of the runner's environment (unsandboxed development);
 * its session: the SDK's session id is kept in the conversation (``sdk_session_id`` on the
   assistant message) and resumed on the next turn, also after a runner restart (Claude
-  Code's files live in ``<group folder>/.claude-sdk``, ``CLAUDE_CONFIG_DIR``);
+  Code's files live in ``<group folder>/.claude-sdk``, ``CLAUDE_CONFIG_DIR``); a session
+  whose files are gone is replaced by a new one (logged);
 * images a person sent with the batch, as image blocks of the turn's user message.
 
 The CLI runs as a child of the runner, so inside the runner's sandbox. It refuses
@@ -60,6 +61,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_MODEL = "claude-sonnet-4-6"
 SERVER = "carapace"
 SESSION_KEY = "sdk_session_id"
+LOST_SESSION = "No conversation found with session ID"  # Claude Code's words
 # Claude Code's command-line settings, above any settings file: no shell-command hooks from
 # any settings file run (carapace's in-process hooks are not settings hooks and still do)
 FLAG_SETTINGS = json.dumps({"disableAllHooks": True})
@@ -106,7 +108,15 @@ class ClaudeAgentProvider:
         resume = next((m.get(SESSION_KEY) for m in reversed(conversation)
                        if m.get("role") == "assistant" and m.get(SESSION_KEY)), None)  # fmt: skip
         resume = resume if isinstance(resume, str) else None
-        return anyio.run(self._turn, system, prompt, toolbox, resume, list(images))
+        try:
+            return anyio.run(self._turn, system, prompt, toolbox, resume, list(images))
+        except ProviderError as exc:
+            if resume is None or LOST_SESSION not in str(exc):
+                raise
+        # Claude Code's session files are gone (folder wiped, restored from a backup): a new
+        # SDK session, rather than failing every message from now on
+        logger.warning("Claude Code session %s not found; starting a new one", resume)
+        return anyio.run(self._turn, system, prompt, toolbox, None, list(images))
 
     async def _turn(
         self,
