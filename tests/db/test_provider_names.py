@@ -68,3 +68,26 @@ def test_claude_without_the_sdk_is_a_clear_error_never_another_provider(
     monkeypatch.delitem(sys.modules, "carapace.runner.providers.claude_sdk", raising=False)
     with pytest.raises(ProviderError, match=r"carapace\[claude\]"):
         create_provider(ProviderConfig(name="claude"))
+
+
+def test_host_start_names_groups_whose_provider_cannot_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from carapace.host.groupfiles import log_unavailable_providers
+
+    db = open_central(tmp_path / "v2.db")
+    ag = groups.create_agent_group(db, "Main", "main")
+    groups.update_container_config(db, ag.id, {"provider": "claude"})
+    other = groups.create_agent_group(db, "Other", "other")
+    groups.update_container_config(db, other.id, {"provider": "mock"})
+    assert log_unavailable_providers(db) == 0
+    real = importlib.util.find_spec
+
+    def no_sdk(name: str, *args: object) -> object:
+        return None if name == "claude_agent_sdk" else real(name, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(importlib.util, "find_spec", no_sdk)
+    with caplog.at_level("ERROR"):
+        assert log_unavailable_providers(db) == 1
+    assert "agent group main: provider claude cannot run here" in caplog.text
+    assert "carapace[claude]" in caplog.text
