@@ -212,3 +212,30 @@ def test_a_lost_sdk_session_starts_a_new_one(tmp_path: Path) -> None:
         assert run.returncode == 0, run.stderr
         assert srv.structure_errors == []
     assert [r["content"]["text"] for r in read_outbound(session)] == ["one", "two"]
+
+
+@pytest.mark.parametrize("cuts", [1, 20])
+def test_a_max_tokens_stop_is_continued_or_reported(tmp_path: Path, cuts: int) -> None:
+    """Claude Code continues a reply cut by the output limit (the group's ``max_tokens``);
+    the delivered text is the whole reply, not only its last piece — and when Claude Code
+    gives up, what it wrote is delivered marked incomplete, never as if complete."""
+    session = session_at(tmp_path)
+    agent_dir = make_agent_dir(tmp_path, config={"provider": "claude",
+                                                 "settings": {"max_tokens": 777}})  # fmt: skip
+    script: list[Any] = [FakeReply(text="part, ", stop_reason="max_tokens")] * cuts
+    script.append(FakeReply(text="the end."))
+    with FakeLLMServer(script) as srv:
+        write_chat(session, "a long one please", id="m1")
+        run = run_once(session, agent_dir, ANTHROPIC_BASE_URL=srv.base_url,
+                       ANTHROPIC_API_KEY="test-key")  # fmt: skip
+        assert run.returncode == 0, run.stderr
+        requests = list(srv.requests)
+        assert srv.structure_errors == []
+    assert requests[0]["max_tokens"] == 777
+    [text] = [r["content"]["text"] for r in read_outbound(session)]
+    if cuts == 1:
+        assert text == "part, the end."
+    else:
+        assert text.startswith("part, part, ") and "the end." not in text
+        assert text.endswith("(This reply is incomplete: the model hit its output token limit.)")
+        assert "API Error" not in text

@@ -25,7 +25,10 @@ Unlike the other providers (one model call per ``complete``), this one hands a t
   assistant message) and resumed on the next turn, also after a runner restart (Claude
   Code's files live in ``<group folder>/.claude-sdk``, ``CLAUDE_CONFIG_DIR``); a session
   whose files are gone is replaced by a new one (logged);
-* images a person sent with the batch, as image blocks of the turn's user message.
+* images a person sent with the batch, as image blocks of the turn's user message;
+* the group's ``max_tokens`` as Claude Code's output limit. Claude Code continues a reply cut
+  there by itself; the delivered text is every piece of it (its result holds only the
+  last), and a reply it gave up on is delivered marked incomplete.
 
 The CLI runs as a child of the runner, so inside the runner's sandbox. It refuses
 ``bypassPermissions`` as root, so the permission mode is ``default`` with carapace's own
@@ -62,6 +65,8 @@ DEFAULT_MODEL = "claude-sonnet-4-6"
 SERVER = "carapace"
 SESSION_KEY = "sdk_session_id"
 LOST_SESSION = "No conversation found with session ID"  # Claude Code's words
+CUT_NOTE = "(This reply is incomplete: the model hit its output token limit.)"
+OUTPUT_LIMIT = "output token maximum"  # in Claude Code's error when it stops continuing
 # Claude Code's command-line settings, above any settings file: no shell-command hooks from
 # any settings file run (carapace's in-process hooks are not settings hooks and still do)
 FLAG_SETTINGS = json.dumps({"disableAllHooks": True})
@@ -126,7 +131,14 @@ class ClaudeAgentProvider:
         resume: str | None,
         images: list[Mapping[str, str]],
     ) -> tuple[str, str | None]:
-        from claude_agent_sdk import ClaudeSDKError, ResultMessage, query
+        from claude_agent_sdk import (
+            AssistantMessage,
+            ClaudeSDKError,
+            ResultMessage,
+            TextBlock,
+            ToolUseBlock,
+            query,
+        )
 
         agent_dir = Path(self.config.agent_dir or os.getcwd())
         child_env = self._env(agent_dir)
@@ -134,13 +146,30 @@ class ClaudeAgentProvider:
         policy = ClaudeToolPolicy(toolbox.workspace, key_in_env=key_in_env)
         options = self._options(system, toolbox, policy, resume, agent_dir, child_env)
         text, session_id = "", None
+        # the text of the assistant messages since the last tool call: Claude Code continues
+        # a reply cut by max_tokens in a new message, and its result holds only the last one
+        tail: list[str] = []
         try:
             async for message in query(prompt=_prompt_stream(prompt, images), options=options):
                 session_id = getattr(message, "session_id", None) or session_id
+                if isinstance(message, AssistantMessage) and message.parent_tool_use_id is None:
+                    if any(isinstance(b, ToolUseBlock) for b in message.content):
+                        tail = []
+                    else:
+                        tail += [b.text for b in message.content if isinstance(b, TextBlock)]
                 if isinstance(message, ResultMessage):
+                    result = str(message.result or "")
+                    written = "".join(tail)
+                    if OUTPUT_LIMIT in result:  # Claude Code gave up continuing a cut reply
+                        written = written.removesuffix(result)
+                        if not written.strip():
+                            raise ProviderError(f"Claude Code: {one_line(result)}")
+                        return f"{written}\n\n{CUT_NOTE}".strip(), session_id
                     if message.is_error:
-                        raise ProviderError(f"Claude Code: {one_line(str(message.result))}")
-                    text = message.result or ""
+                        raise ProviderError(f"Claude Code: {one_line(result)}")
+                    text = _final_text(written, result)
+                    if message.stop_reason == "max_tokens":  # never delivered as complete
+                        text = f"{text}\n\n{CUT_NOTE}".strip()
         except ClaudeSDKError as exc:
             raise ProviderError(f"Claude Agent SDK: {one_line(str(exc))}") from None
         return text, session_id
@@ -235,6 +264,7 @@ class ClaudeAgentProvider:
             "DISABLE_TELEMETRY": "1",
             "DISABLE_AUTOUPDATER": "1",
             "API_TIMEOUT_MS": timeout_ms,
+            "CLAUDE_CODE_MAX_OUTPUT_TOKENS": str(self.config.max_tokens),  # settings.max_tokens
         }
         bash = self.config.extra.get("bash_timeout_s")
         if isinstance(bash, int | float):
@@ -263,6 +293,12 @@ class ClaudeAgentProvider:
             return self._relay_port
         self._relay_port = forward_loopback(sock_path, idle_s=600, name="claude-relay")
         return self._relay_port
+
+
+def _final_text(tail: str, result: str) -> str:
+    """The whole final reply: the pieces of a reply cut by max_tokens and continued (whose
+    last piece is Claude Code's ``result``), else the result."""
+    return tail if tail.endswith(result) and tail.strip() else result
 
 
 async def _prompt_stream(
