@@ -43,6 +43,7 @@ import json
 import logging
 import os
 import subprocess
+import warnings
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -60,6 +61,9 @@ if TYPE_CHECKING:
     from carapace.runner.tools import ToolBox
 
 logger = logging.getLogger(__name__)
+# The SDK warns that can_use_tool is not asked about the tools allowed by name: carapace's
+# own, which check their calls where they run (as for every provider). Expected, not news.
+warnings.filterwarnings("ignore", message="can_use_tool will not be invoked for")
 
 DEFAULT_MODEL = "claude-sonnet-4-6"
 SERVER = "carapace"
