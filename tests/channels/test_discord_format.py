@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from carapace.channels import discord
 from carapace.channels import discord_format as fmt
 from carapace.channels.base import OutboundMessage
 from carapace.errors import DeliveryError
@@ -102,8 +103,8 @@ def test_agent_written_ids_and_text_cannot_reach_other_routes_or_ping() -> None:
 
 
 def test_a_home_without_discord_py_still_lists_channels(tmp_path: Any) -> None:
-    """The registry imports ``carapace.channels.discord`` for every home: without the
-    ``discord`` extra it still loads, and a configured token fails with one clear line."""
+    """The registry imports ``carapace.channels.discord`` for every home: with discord.py
+    missing (a broken install) it still loads, and a configured token fails with one clear line."""
     code = (
         "import sys; sys.modules['discord'] = None\n"
         "from carapace.channels import discord, registry\n"
@@ -119,4 +120,4 @@ def test_a_home_without_discord_py_still_lists_channels(tmp_path: Any) -> None:
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.strip() == "discord.py is not installed (pip install 'carapace[discord]')"
+    assert r.stdout.strip() == discord.NOT_INSTALLED

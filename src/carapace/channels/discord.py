@@ -19,7 +19,9 @@ if TYPE_CHECKING:
 
 CHANNEL_TYPE = "discord"
 SECRET_KEYS = ("DISCORD_BOT_TOKEN",)
-NOT_INSTALLED = "discord.py is not installed (pip install 'carapace[discord]')"
+NOT_INSTALLED = (
+    "discord.py is missing from this install (it is a dependency of carapace: reinstall it)"
+)
 
 
 class DiscordError(CarapaceError):

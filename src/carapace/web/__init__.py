@@ -1,2 +1,2 @@
 """The web server: login, web chat (channel ``web``), dashboard, webhooks (channel
-``webhook``). Needs the ``web`` extra (starlette, uvicorn); see docs/architecture.md."""
+``webhook``). Built on starlette and uvicorn (core dependencies); see docs/architecture.md."""

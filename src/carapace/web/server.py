@@ -137,7 +137,9 @@ async def start_web(host: Host) -> WebServer | None:
     try:
         server = WebServer(host, ws)
     except ImportError as exc:
-        raise ConfigError(f"[web] needs the web extra (pip install 'carapace[web]'): {exc}")
+        raise ConfigError(
+            f"[web] cannot start: starlette or uvicorn is missing from this install ({exc}); reinstall carapace"
+        )
     try:
         await server.start()
     except OSError as exc:
