@@ -239,3 +239,29 @@ def test_a_max_tokens_stop_is_continued_or_reported(tmp_path: Path, cuts: int) -
         assert text.startswith("part, part, ") and "the end." not in text
         assert text.endswith("(This reply is incomplete: the model hit its output token limit.)")
         assert "API Error" not in text
+
+
+def test_a_planted_session_id_never_reaches_claude_codes_command_line(tmp_path: Path) -> None:
+    """``sdk_session_id`` lives in outbound.db, which sandboxed commands can write: one that
+    is not a plain id (an option, say) is dropped and the turn starts a new session."""
+    import sqlite3
+
+    session = session_at(tmp_path)
+    agent_dir = make_agent_dir(tmp_path, config={"provider": "claude"})
+    write_chat(session, "first", id="m1")
+    with FakeLLMServer([FakeReply(text="one"), FakeReply(text="two")]) as srv:
+        env = {"ANTHROPIC_BASE_URL": srv.base_url, "ANTHROPIC_API_KEY": "test-key"}
+        assert run_once(session, agent_dir, **env).returncode == 0
+        planted = [{"role": "user", "content": "first"},
+                   {"role": "assistant", "content": "one", "tool_calls": [],
+                    "sdk_session_id": "--dangerously-skip-permissions"}]  # fmt: skip
+        conn = sqlite3.connect(session.outbound)
+        with conn:
+            conn.execute("UPDATE session_state SET value=? WHERE key='conversation'",
+                         (json.dumps(planted),))  # fmt: skip
+        conn.close()
+        write_chat(session, "second", id="m2")
+        run = run_once(session, agent_dir, **env)
+        assert run.returncode == 0, run.stderr
+    assert [r["content"]["text"] for r in read_outbound(session)] == ["one", "two"]
+    assert "dangerously" not in run.stderr

@@ -42,6 +42,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import subprocess
 import warnings
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -68,6 +69,7 @@ warnings.filterwarnings("ignore", message="can_use_tool will not be invoked for"
 DEFAULT_MODEL = "claude-sonnet-4-6"
 SERVER = "carapace"
 SESSION_KEY = "sdk_session_id"
+SESSION_ID = re.compile(r"[0-9A-Za-z][0-9A-Za-z_-]{0,127}")
 LOST_SESSION = "No conversation found with session ID"  # Claude Code's words
 CUT_NOTE = "(This reply is incomplete: the model hit its output token limit.)"
 OUTPUT_LIMIT = "output token maximum"  # in Claude Code's error when it stops continuing
@@ -116,7 +118,9 @@ class ClaudeAgentProvider:
 
         resume = next((m.get(SESSION_KEY) for m in reversed(conversation)
                        if m.get("role") == "assistant" and m.get(SESSION_KEY)), None)  # fmt: skip
-        resume = resume if isinstance(resume, str) else None
+        # stored in outbound.db, which commands in the sandbox can write: only a plain id
+        # goes on Claude Code's command line
+        resume = resume if isinstance(resume, str) and SESSION_ID.fullmatch(resume) else None
         try:
             return anyio.run(self._turn, system, prompt, toolbox, resume, list(images))
         except ProviderError as exc:
