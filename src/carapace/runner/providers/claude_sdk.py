@@ -8,8 +8,9 @@ Unlike the other providers (one model call per ``complete``), this one hands a t
 * Claude Code's own ``Bash``, ``Read``, ``Write``, ``Edit``, ``Glob`` and ``Grep``, each when
   the group's settings enable its carapace counterpart, every call checked by carapace's
   workspace policy first (``claude_tools.py``: a ``PreToolUse`` hook and ``can_use_tool``);
-* carapace's other tools — the messaging tools, ``web_fetch`` and the group's MCP servers'
-  tools — as one in-process SDK MCP server ``carapace`` (``mcp__carapace__<tool>``);
+* carapace's messaging tools and ``web_fetch`` as the in-process SDK MCP server ``carapace``
+  (``mcp__carapace__<tool>``), and each of the group's MCP servers (run by carapace's
+  client) as an in-process server of its own name: NanoClaw's ``mcp__<server>__<tool>``;
 * the group folder as its working folder with the ``project`` and ``local`` setting
   sources, so Claude Code reads ``CLAUDE.md`` (the host's composed file and its imports) and
   ``CLAUDE.local.md`` itself, as it does in NanoClaw; carapace's system prompt then leaves
