@@ -91,3 +91,24 @@ def test_host_start_names_groups_whose_provider_cannot_run(
         assert log_unavailable_providers(db) == 1
     assert "agent group main: provider claude cannot run here" in caplog.text
     assert "carapace[claude]" in caplog.text
+
+
+def test_claude_without_its_bundled_cli_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("claude_agent_sdk", reason="the claude extra is not installed")
+    import importlib.machinery
+
+    fake = tmp_path / "claude_agent_sdk"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("")
+    real = importlib.util.find_spec
+
+    def elsewhere(name: str, *args: object) -> object:
+        if name == "claude_agent_sdk":
+            return importlib.machinery.ModuleSpec(name, None, origin=str(fake / "__init__.py"))
+        return real(name, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(importlib.util, "find_spec", elsewhere)
+    why = unavailable_reason("claude")
+    assert why is not None and "bundled Claude Code CLI is missing" in why

@@ -108,11 +108,21 @@ def unavailable_reason(name: str) -> str | None:
     key = name.strip().lower()
     key = PROVIDER_ALIASES.get(key, key)
     sdk = _SDKS.get(key)
-    if sdk is None or importlib.util.find_spec(sdk[0]) is not None:
+    if sdk is None:
         return None
-    if key == "claude":
-        return CLAUDE_SDK_MISSING
-    return f"The {key} provider needs the {sdk[0]} SDK: pip install 'carapace[{sdk[1]}]'"
+    spec = importlib.util.find_spec(sdk[0])
+    if spec is None:
+        if key == "claude":
+            return CLAUDE_SDK_MISSING
+        return f"The {key} provider needs the {sdk[0]} SDK: pip install 'carapace[{sdk[1]}]'"
+    if key == "claude" and spec.origin:  # the CLI it runs comes inside the package
+        import os
+
+        cli = os.path.join(os.path.dirname(spec.origin), "_bundled", "claude")
+        if not os.access(cli, os.X_OK):
+            return (f"The claude provider's bundled Claude Code CLI is missing or not "
+                    f"executable ({cli}): reinstall claude-agent-sdk")  # fmt: skip
+    return None
 
 
 register_provider("mock", _create_mock)
