@@ -120,12 +120,13 @@ def test_claude_code_tools_follow_the_workspace_policy(tmp_path: Path) -> None:
         FakeReply(tool_calls=(FakeToolCall("Grep", {"pattern": "SECRET", "path": str(tmp_path)}),)),
         FakeReply(tool_calls=(FakeToolCall("Write", {
             "file_path": str(agent_dir / "out.txt"), "content": "written"}),)),
+        FakeReply(tool_calls=(FakeToolCall("Read", {"file_path": "~/secret.txt"}),)),
         FakeReply(text="done"),
     ]  # fmt: skip
     with FakeLLMServer(script) as srv:
         write_chat(session, "go", id="m1")
         run = run_once(session, agent_dir, ANTHROPIC_BASE_URL=srv.base_url,
-                       ANTHROPIC_API_KEY="test-key")  # fmt: skip
+                       ANTHROPIC_API_KEY="test-key", HOME=str(tmp_path))  # fmt: skip
         assert run.returncode == 0, run.stderr
         requests = list(srv.requests)
         assert srv.structure_errors == []
@@ -137,6 +138,9 @@ def test_claude_code_tools_follow_the_workspace_policy(tmp_path: Path) -> None:
     assert "project settings folder" in results[3]
     assert "reaches outside" in results[4]
     assert "outside the workspace" in results[5] and "SECRETMARK" not in results[5]
+    # ~ is $HOME to Claude Code (it expands it before asking), the group folder to carapace
+    assert "SECRETMARK" not in results[7]
+    assert "outside the workspace" in results[7] or "starting with ~" in results[7]
     assert (agent_dir / "out.txt").read_text(encoding="utf-8") == "written"
     assert not (agent_dir / ".claude" / "settings.local.json").exists()
     assert not marker.exists()  # no settings file's shell hook runs

@@ -49,6 +49,10 @@ KEY_IN_ENV = (
     "Bash is refused: this runner has no host proxy, so Claude Code holds a real API key in "
     "its environment, which a command could read. Run the group in the bwrap sandbox."
 )
+# the workspace reads ~ as the group folder, Claude Code as its $HOME: never let them differ
+NO_TILDE = (
+    "Paths starting with ~ are refused: give a relative path (it starts in the group folder)."
+)
 NO_BACKGROUND = "Bash in the background is refused: a command must finish within its timeout."
 
 
@@ -84,10 +88,15 @@ class ClaudeToolPolicy:
                 return self._bash(tool_input)
             if name in ("Read", "Write", "Edit"):
                 path = _text(tool_input, "file_path")
+                if path.startswith("~"):
+                    return NO_TILDE
                 ws.resolve(path, write=name != "Read")  # writes: never into .claude/
                 return None
             # Glob, Grep: the folder searched (default: the working folder)
-            ws.resolve(_text(tool_input, "path") or ".")
+            folder = _text(tool_input, "path") or "."
+            if folder.startswith("~"):
+                return NO_TILDE
+            ws.resolve(folder)
             if name == "Glob":
                 return _glob_pattern(_text(tool_input, "pattern"))
             return None
