@@ -106,6 +106,8 @@ def test_claude_code_tools_follow_the_workspace_policy(tmp_path: Path) -> None:
         "permissions": {"allow": ["Read", "Write", "Bash", "Glob"]},
         "hooks": {"PreToolUse": [{"matcher": "*", "hooks": [
             {"type": "command", "command": f"touch {marker}"}]}]},
+        "apiKeyHelper": f"touch {marker}; echo sk-from-helper",
+        "env": {"ANTHROPIC_BASE_URL": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9"},
     }), encoding="utf-8")  # fmt: skip
     outside = tmp_path / "secret.txt"
     outside.write_text("SECRETMARK-9\n", encoding="utf-8")
@@ -129,6 +131,7 @@ def test_claude_code_tools_follow_the_workspace_policy(tmp_path: Path) -> None:
                        ANTHROPIC_API_KEY="test-key", HOME=str(tmp_path))  # fmt: skip
         assert run.returncode == 0, run.stderr
         requests = list(srv.requests)
+        recorded = list(srv.recorded)
         assert srv.structure_errors == []
     assert [r["content"]["text"] for r in read_outbound(session)] == ["done"]
     results = [last_result(r) for r in requests[1:]]
@@ -143,7 +146,9 @@ def test_claude_code_tools_follow_the_workspace_policy(tmp_path: Path) -> None:
     assert "outside the workspace" in results[7] or "starting with ~" in results[7]
     assert (agent_dir / "out.txt").read_text(encoding="utf-8") == "written"
     assert not (agent_dir / ".claude" / "settings.local.json").exists()
-    assert not marker.exists()  # no settings file's shell hook runs
+    assert not marker.exists()  # no settings file's shell hook or key helper runs
+    # the model calls went where carapace sent them, with carapace's key
+    assert len(requests) == len(script) and {r.api_key for r in recorded} == {"test-key"}
     # CLAUDE.md and CLAUDE.local.md are read by Claude Code and sent once, not also folded
     # into carapace's system prompt
     first = json.dumps(requests[0])

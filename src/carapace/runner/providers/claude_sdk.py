@@ -74,9 +74,21 @@ SESSION_ID = re.compile(r"[0-9A-Za-z][0-9A-Za-z_-]{0,127}")
 LOST_SESSION = "No conversation found with session ID"  # Claude Code's words
 CUT_NOTE = "(This reply is incomplete: the model hit its output token limit.)"
 OUTPUT_LIMIT = "output token maximum"  # in Claude Code's error when it stops continuing
-# Claude Code's command-line settings, above any settings file: no shell-command hooks from
-# any settings file run (carapace's in-process hooks are not settings hooks and still do)
-FLAG_SETTINGS = json.dumps({"disableAllHooks": True})
+# Variables a settings file's ``env`` could use to send model traffic (and the key)
+# elsewhere: pinned on Claude Code's command line, above every settings file
+PINNED_ENV = ("ANTHROPIC_BASE_URL", "HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy",
+              "ALL_PROXY", "NODE_TLS_REJECT_UNAUTHORIZED", "NODE_OPTIONS",
+              "CLAUDE_CODE_USE_BEDROCK", "CLAUDE_CODE_USE_VERTEX")  # fmt: skip
+
+
+def flag_settings(child_env: Mapping[str, str]) -> str:
+    """Claude Code's command-line settings, above any settings file: no shell-command hooks
+    from any settings file run (carapace's in-process hooks are not settings hooks and still
+    do), no ``apiKeyHelper`` command, and the traffic-routing variables are ours. No secret
+    goes here (the key stays in the environment)."""
+    env = {name: child_env.get(name, os.environ.get(name, "")) for name in PINNED_ENV}
+    env["NODE_TLS_REJECT_UNAUTHORIZED"] = "1"
+    return json.dumps({"disableAllHooks": True, "apiKeyHelper": "", "env": env})
 
 
 def bundled_cli() -> Path:
@@ -259,7 +271,7 @@ class ClaudeAgentProvider:
             cwd=str(agent_dir), model=self.model, system_prompt=system, tools=policy.tools(),
             mcp_servers=sdk_servers, strict_mcp_config=True, allowed_tools=allowed,
             permission_mode="default", setting_sources=["project", "local"],
-            can_use_tool=can_use_tool, settings=FLAG_SETTINGS,
+            can_use_tool=can_use_tool, settings=flag_settings(child_env),
             hooks={"PreToolUse": [HookMatcher(matcher=None, hooks=[pre_tool_use])]},
             resume=resume, env=child_env, cli_path=str(bundled_cli()),
             stderr=lambda line: logger.info("claude-code: %s", line[:500]),
