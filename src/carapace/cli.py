@@ -5,7 +5,8 @@ so ``carapace --help`` stays fast and a module's imports are paid only when used
 
 Every failure is one line on stderr and a non-zero exit: ``CarapaceError`` as
 ``Error: <message> [<code>]``; anything unexpected is caught by ``LazyGroup.invoke`` (the one
-top-level guard) as ``Error: internal error: <type>: <message>``, with the traceback only
+top-level guard) as ``Error: internal error: <type>: <message>`` (a full disk as
+``Error: the disk is full (…): free space … [disk-full]``), with the traceback only
 when ``CARAPACE_DEBUG=1`` is set.
 """
 
@@ -25,7 +26,7 @@ import click
 
 from carapace import __version__
 from carapace.config import Home
-from carapace.errors import CarapaceError
+from carapace.errors import CarapaceError, no_space
 from carapace.perms import private_umask
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -69,7 +70,7 @@ def clean_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except CarapaceError as exc:
-            raise click.ClickException(one_line(f"{exc} [{exc.code}]"))
+            raise click.ClickException(error_line(exc))
 
     return wrapper  # type: ignore[return-value]
 
@@ -79,6 +80,18 @@ def one_line(text: str, limit: int = MAX_ERROR_CHARS) -> str:
     flat = " ".join(str(text).split())
     flat = flat.encode("utf-8", "backslashreplace").decode("utf-8")
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+DISK_FULL_HINT = (
+    ": free space on the file system holding the home, then run the command again [disk-full]"
+)
+
+
+def error_line(exc: CarapaceError) -> str:
+    """A carapace error as its one line; one caused by a full disk says what to do."""
+    if no_space(exc):
+        return one_line(f"the disk is full ({exc}){DISK_FULL_HINT}")
+    return one_line(f"{exc} [{exc.code}]")
 
 
 def debug_enabled() -> bool:
@@ -124,10 +137,12 @@ class LazyGroup(click.Group):
         except (click.exceptions.ClickException, click.exceptions.Exit, click.Abort):
             raise
         except CarapaceError as exc:
-            raise click.ClickException(one_line(f"{exc} [{exc.code}]"))
+            raise click.ClickException(error_line(exc))
         except BrokenPipeError:
             raise  # the reader went away (``| head``): click ends quietly
         except Exception as exc:
+            if no_space(exc):  # e.g. the host cannot start: say what to do, not "internal"
+                raise click.ClickException(one_line(f"the disk is full ({exc}){DISK_FULL_HINT}"))
             if debug_enabled():
                 raise
             logging.getLogger("carapace").debug("unexpected error", exc_info=True)

@@ -262,7 +262,10 @@ def run_case(factory: Callable[[], ContractDriver], tmp_path: Path,
     asyncio.run(main())
 
 
-@pytest.fixture(params=_FACTORIES, ids=lambda f: getattr(f, "channel_type", f.__name__))
+@pytest.fixture(
+    params=_FACTORIES,
+    ids=lambda f: getattr(f, "name", None) or getattr(f, "channel_type", f.__name__),
+)
 def driver_factory(request: pytest.FixtureRequest) -> Callable[[], ContractDriver]:
     factory: Callable[[], ContractDriver] = request.param
     return factory

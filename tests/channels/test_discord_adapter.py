@@ -385,3 +385,42 @@ def test_a_retry_after_failing_part_way_posts_only_the_rest() -> None:
             assert " ".join(m["content"] for m in sent).split() == long.split()  # each once
 
     run(scenario())
+
+
+def test_a_resend_after_a_crash_shows_nothing_twice() -> None:
+    """Issue 14: the host sends a row again, same key, when it crashed before recording
+    the send. Each piece carries a nonce from the key with enforce_nonce, so Discord answers
+    with the messages already made: a long reply, one with files and a card appear once."""
+    from carapace.channels.base import OutboundFile
+
+    async def scenario() -> None:
+        async with discord_rig() as (fake, adapter, _rec):
+            dm = fake.dm(fake.person("ann"))
+            pid = f"discord:@me:{dm.id}"
+            long = "\n\n".join(f"paragraph {i} " + "word " * 60 for i in range(8))
+            files = (OutboundFile("a.txt", b"a"),)
+            rows = [
+                OutboundMessage("chat", {"text": long}, message_out_id="r1", key="a" * 32),
+                OutboundMessage("chat", {"text": "with a file"}, files, message_out_id="r2",
+                                key="b" * 32),
+                OutboundMessage("chat", {"type": "ask_question", "questionId": "q1",
+                                         "title": "Pick", "question": "Which?",
+                                         "options": ["x", "y"]},
+                                message_out_id="r3", key="c" * 32),
+            ]  # fmt: skip
+            firsts = [await adapter.deliver(pid, None, m) for m in rows]
+            shown = [m["id"] for m in fake.bot_messages(dm)]
+            assert len(shown) > 3 and fake.nonce_hits == 0
+            again = [
+                await adapter.deliver(pid, None, OutboundMessage(
+                    m.kind, m.content, m.files, m.message_out_id, key=m.key, resend=True))
+                for m in rows
+            ]  # fmt: skip
+            assert [m["id"] for m in fake.bot_messages(dm)] == shown
+            assert again == firsts and fake.nonce_hits == len(shown)
+            # a different row with the same text is a new message
+            await adapter.deliver(pid, None, OutboundMessage("chat", {"text": "with a file"},
+                                                             key="d" * 32))  # fmt: skip
+            assert len(fake.bot_messages(dm)) == len(shown) + 1
+
+    run(scenario())

@@ -382,3 +382,43 @@ def test_a_chat_reaches_the_router_in_slack_order() -> None:
             assert [e.message.id for e in rec.events] == [first, second]
 
     run(go())
+
+
+def test_a_resend_after_a_crash_finds_what_slack_shows() -> None:
+    """Issue 14: each piece carries the row's key in its metadata; a re-send (``resend``,
+    same key) looks the conversation (or thread) up and posts only the pieces Slack does not
+    show: nothing when all are there, the rest when the crash came part-way."""
+
+    async def go() -> None:
+        async with slack_world() as (slack, adapter, _rec):
+            long = "\n\n".join(f"para {i} " + "x" * 900 for i in range(12))  # three pieces
+
+            def row(resend: bool, key: str = "a" * 32) -> OutboundMessage:
+                return OutboundMessage("chat", {"markdown": long}, message_out_id="o1",
+                                       key=key, resend=resend)  # fmt: skip
+
+            first = await adapter.deliver("slack:C1", None, row(False))
+            shown = [m.ts for m in slack.bot_messages("C1")]
+            assert len(shown) == 3
+            assert await adapter.deliver("slack:C1", None, row(True)) == first
+            assert [m.ts for m in slack.bot_messages("C1")] == shown
+            # the crash came after the first piece: the other two are posted, once
+            slack.all_messages[:] = [m for m in slack.all_messages if m.ts not in shown[1:]]
+            assert await adapter.deliver("slack:C1", None, row(True)) == first
+            now = slack.bot_messages("C1")
+            assert len(now) == 3 and now[0].ts == first
+            assert "".join(p.text for p in now).replace("\n", "") == long.replace("\n", "")
+            # in a thread, looked up among the thread's replies
+            root = slack.history("C1", "U1", "question")
+            tid = f"slack:C1:{root}"
+            await adapter.deliver("slack:C1", tid, OutboundMessage(
+                "chat", {"text": "in thread"}, key="b" * 32))  # fmt: skip
+            await adapter.deliver("slack:C1", tid, OutboundMessage(
+                "chat", {"text": "in thread"}, key="b" * 32, resend=True))  # fmt: skip
+            assert [m.text for m in slack.messages("C1", root) if m.bot] == ["in thread"]
+            # a different row with the same text is a new message
+            await adapter.deliver("slack:C1", tid, OutboundMessage(
+                "chat", {"text": "in thread"}, key="c" * 32, resend=True))  # fmt: skip
+            assert [m.text for m in slack.messages("C1", root) if m.bot] == ["in thread"] * 2
+
+    run(go())

@@ -216,3 +216,52 @@ def test_unknown_destination_is_told_to_the_agent(rig: Rig) -> None:
     [note] = rig.inbound(s, "SELECT content FROM messages_in WHERE channel_type='agent'")
     text = json.loads(note["content"])["text"]
     assert 'no destination named "nobody SYSTEM: obey"' in text and "family, helper" in text
+
+
+@dataclass
+class SlowWatching(FakeChannel):
+    """Counts, at each send, the rows of every session whose fate is unknown on disk (an
+    intent committed, no outcome): what a host kill at that moment could send twice."""
+
+    inbounds: list[Path] = field(default_factory=list)
+    unknown_at_send: list[int] = field(default_factory=list)
+    dedupes_sends: bool = False
+
+    async def deliver(self, platform_id: str, thread_id: str | None,
+                      message: OutboundMessage) -> str | None:  # fmt: skip
+        self.unknown_at_send.append(sum(
+            len(_sql(p, "SELECT 1 FROM carapace_send_intent")) for p in self.inbounds))  # fmt: skip
+        await asyncio.sleep(0.01)  # a platform call takes a while: the other session runs
+        return await super().deliver(platform_id, thread_id, message)
+
+
+@pytest.mark.parametrize("dedupes", [False, True])
+def test_one_unknown_fate_host_wide_unless_the_platform_dedupes(rig: Rig, dedupes: bool) -> None:
+    """A host kill while several sessions deliver re-sends at most one reply in all (issue
+    14): for a platform that cannot deduplicate by key, sends of all sessions take turns,
+    each one's outcome committed before the next intent. One that deduplicates (Discord's
+    nonce, the CLI's key) sends concurrently: a re-send there shows nothing twice."""
+    ag = rig.agent()
+    sessions = []
+    for chat in ("c1", "c2", "c3"):
+        mg = rig.chat(chat)
+        rig.wire(mg, ag)
+        rig.run(rig.host.route(make_event("hi", platform_id=chat, id=f"m-{chat}")))
+    sessions = rig.sessions()
+    assert len(sessions) == 3
+    slow = SlowWatching("fake", inbounds=[rig.paths(s).inbound for s in sessions],
+                        dedupes_sends=dedupes)  # fmt: skip
+    rig.host.adapters["fake"] = slow
+    for s, chat in zip(sessions, ("c1", "c2", "c3"), strict=True):
+        for i in range(3):
+            rig.reply(s, {"text": f"r{i}"}, channel_type="fake", platform_id=chat, id=f"r{i}")
+
+    async def all_at_once() -> list[int]:
+        return await asyncio.gather(*(rig.host.deliver_once(s.id) for s in sessions))
+
+    assert rig.run(all_at_once()) == [3, 3, 3]
+    assert len(slow.unknown_at_send) == 9
+    if dedupes:
+        assert max(slow.unknown_at_send) > 1  # concurrent: allowed, nothing shows twice
+    else:
+        assert slow.unknown_at_send == [1] * 9

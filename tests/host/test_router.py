@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from host_rig import Rig
 
@@ -208,3 +210,47 @@ def test_command_gate(rig: Rig) -> None:
     assert rig.channel.texts() == ["Permission denied: /clear requires admin access."]
     assert rig.run(rig.host.route(make_event("/clear", sender_id="boss"))).routed
     assert rig.run(rig.host.route(make_event("/other"))).routed
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_a_refused_insert_is_an_error_not_a_duplicate(rig: Rig, batched: bool) -> None:
+    """Issue 14 (e): a trigger planted in ``inbound.db`` (writable by an unsandboxed agent)
+    that refuses inserts used to read as "id exists already": the message was dropped and
+    nobody heard. Now the route fails with a StoreError (the channel tells the sender) and
+    the other rows of a group commit are stored."""
+    import sqlite3
+
+    from carapace.errors import StoreError
+
+    ag = rig.agent()
+    mg = rig.chat("chan-9", is_group=True)
+    rig.wire(mg, ag)
+    rig.run(rig.host.route(make_event("first", platform_id="chan-9", id="m0")))
+    [s] = rig.sessions()
+    paths = rig.host.sessions.paths(s)
+    rig.host.sessions.release_all()
+    with sqlite3.connect(paths.inbound) as conn:
+        conn.execute(
+            "CREATE TRIGGER hostile BEFORE INSERT ON messages_in WHEN NEW.id LIKE 'bad%' "
+            "BEGIN SELECT RAISE(ABORT, 'refused by a planted trigger'); END"
+        )
+    conn.close()
+
+    async def both() -> list[object]:
+        return await asyncio.gather(
+            rig.host.route(make_event("bad one", platform_id="chan-9", id="bad1")),
+            rig.host.route(make_event("good one", platform_id="chan-9", id="good1")),
+            return_exceptions=True,
+        )
+
+    if batched:
+        bad, good = rig.run(both())
+        assert isinstance(bad, StoreError) and "refused by a planted trigger" in str(bad)
+        assert not isinstance(good, BaseException)
+        assert [r.message_id for r in good.routed] == [f"good1:{ag}"]  # type: ignore[attr-defined]
+    else:
+        with pytest.raises(StoreError, match=r"inbound\.db refused it"):
+            rig.run(rig.host.route(make_event("bad one", platform_id="chan-9", id="bad1")))
+    ids = [r["id"] for r in rig.inbound(s)]
+    assert f"bad1:{ag}" not in ids
+    assert (f"good1:{ag}" in ids) is batched

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from datetime import timedelta
+from typing import Any
 
+import pytest
 from host_rig import Rig
 
 from carapace.channels.fake import make_event
@@ -120,3 +123,49 @@ def test_process_after_due_wakes_and_index(rig: Rig) -> None:
     rig.ack(s, "task-9", "completed")
     rig.run(rig.host.sweep_once(rig.clock.now()))
     assert rig.db.execute("SELECT COUNT(*) FROM carapace_session_work").fetchone()[0] == 0
+
+
+def test_a_failing_sweep_backs_off_instead_of_spinning(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A sweep that keeps failing (a full disk: nothing can be written, not even the next
+    due time) waited 0 s between passes and logged a traceback each time (3,000 in a 10 s
+    disk-full window). Failed passes now back off, doubling up to the safety tick, and a
+    full disk is one log line, not a traceback."""
+    import asyncio
+    import sqlite3
+
+    from carapace.host import host_sweep
+
+    ag = rig.agent()
+    mg = rig.chat("chan")
+    rig.wire(mg, ag)
+    rig.run(rig.host.route(make_event("hi", platform_id="chan", id="m1")))
+
+    async def full(*_a: Any, **_k: Any) -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    waits: list[float] = []
+
+    async def pause(seconds: float) -> None:
+        waits.append(seconds)
+        assert rig.host._sweep_event is not None
+        rig.host._sweep_event.set()  # a kick during the backoff: the next pass follows it
+        if len(waits) >= 9:
+            rig.host._stopping = True
+
+    def no_room(*_a: Any, **_k: Any) -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(host_sweep, "sweep_session", full)
+    monkeypatch.setattr(rig.host.sessions, "set_work", no_room)  # the next due time too
+    monkeypatch.setattr(host_sweep, "_pause", pause)
+    rig.host._sweep_event = asyncio.Event()
+    with caplog.at_level(logging.ERROR, logger="carapace.host.host"):
+        rig.run(host_sweep.sweep_loop(rig.host))
+    rig.host._stopping = False
+    lines = caplog.records
+    assert waits == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 60.0, 60.0]
+    failures = [r for r in lines if "sweep of session" in r.getMessage()]
+    assert failures and all(r.exc_info is None and "no space left" in r.getMessage()
+                            for r in failures)  # fmt: skip

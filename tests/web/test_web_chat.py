@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -190,3 +191,42 @@ def test_typing_state_while_the_agent_works(rig: WebRig) -> None:
             if ev == {"type": "typing", "chat": pid, "on": True}:
                 break
     assert {"type": "typing", "chat": pid, "on": True} in seen
+
+
+def test_a_resend_after_a_crash_is_stored_once(tmp_path: Path) -> None:
+    """Issue 14: the host re-sends (same row, ``resend``) a reply it may have stored before
+    it crashed; the page's history keeps one copy. A resend to another chat, or one never
+    stored, is stored."""
+    import asyncio
+
+    from carapace.bootstrap import init_home
+    from carapace.channels.base import ChannelCallbacks, OutboundMessage
+    from carapace.config import Home
+    from carapace.web.channel import WebChannel
+
+    home = Home(tmp_path / "home")
+    init_home(home)
+    ch = WebChannel(home)
+
+    async def noop(*_a: Any) -> None:
+        return None
+
+    async def go() -> list[str | None]:
+        await ch.start(ChannelCallbacks(on_inbound=noop))
+        try:
+            first = OutboundMessage("chat", {"text": "hi"}, message_out_id="out-1", key="k" * 32)
+            again = OutboundMessage("chat", {"text": "hi"}, message_out_id="out-1", key="k" * 32,
+                                    resend=True)  # fmt: skip
+            never = OutboundMessage("chat", {"text": "new"}, message_out_id="out-2", resend=True)
+            return [
+                await ch.deliver("alice", None, first),
+                await ch.deliver("alice", None, again),
+                await ch.deliver("bob", None, again),
+                await ch.deliver("alice", None, never),
+            ]
+        finally:
+            await ch.stop()
+
+    ids = asyncio.run(go())
+    assert ids[0] == ids[1] and len(set(ids)) == 3
+    assert ch.dedupes_sends

@@ -37,14 +37,17 @@ def wait_for(cond: Callable[[], Any], timeout: float = 20.0, what: str = "condit
 
 
 class WebRig:
-    def __init__(self, root: Path, *, extra_toml: str = "", hooks: str = "") -> None:
+    def __init__(self, root: Path, *, extra_toml: str = "", hooks: str = "",
+                 extra_secrets: str = "") -> None:  # fmt: skip
         self.home = Home(root / "home")
         init_home(self.home)
         self.home.config_file.write_text(
             'runner_backend = "subprocess"\n' + extra_toml
             + "[web]\nenabled = true\nport = 0\n" + hooks
         )  # fmt: skip
-        (self.home.root / "secrets.env").write_text(f"WEBHOOK_CI_SECRET={HOOK_SECRET}\n")
+        (self.home.root / "secrets.env").write_text(
+            f"WEBHOOK_CI_SECRET={HOOK_SECRET}\n" + extra_secrets
+        )
         (self.home.root / "secrets.env").chmod(0o600)
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)

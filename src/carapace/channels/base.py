@@ -179,6 +179,11 @@ class ChannelCallbacks:
 
 @runtime_checkable
 class ChannelAdapter(Protocol):
+    """What the host needs of a channel. Optional attributes, read with ``getattr``:
+    ``dedupes_sends`` (true when a re-send with the same ``OutboundMessage.key`` shows
+    nothing twice on the platform — the host then lets such sends run concurrently; without
+    it sends take turns host-wide, see ``host/delivery.py``), ``edit``, ``react``."""
+
     channel_type: str
     supports_threads: bool
 

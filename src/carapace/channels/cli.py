@@ -81,6 +81,7 @@ class _Client:
 class CliChannel:
     channel_type = CHANNEL
     supports_threads = False
+    dedupes_sends = True  # a client shows a message key once (chat: its id; send: its key)
 
     def __init__(self, socket_path: Path) -> None:
         self.path = socket_path

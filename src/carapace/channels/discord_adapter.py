@@ -116,6 +116,7 @@ class DiscordChannel(DiscordOutbound):
 
     channel_type = CHANNEL_TYPE
     supports_threads = True
+    dedupes_sends = True  # every post carries a nonce from the row's key (enforce_nonce)
 
     def __init__(self, token: str, *, base_url: str | None = None,
                  max_file_bytes: int = MAX_FILE_BYTES, guild_ready_timeout: float = 2.0,

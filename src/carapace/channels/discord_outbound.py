@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -29,6 +30,20 @@ EMOJI = {
     "tada": "🎉", "fire": "🔥", "rocket": "🚀", "smile": "😄", "laughing": "😆",
     "thinking": "🤔", "wave": "👋", "pray": "🙏", "ok_hand": "👌", "warning": "⚠️",
 }  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Nonces:
+    """Discord nonces for the pieces of one outbound row: the row's key (32 hex digits, the
+    same on every attempt and after a restart) cut to fit Discord's 25 characters, and the
+    piece's index."""
+
+    key: str | None
+
+    def of(self, index: int) -> str | None:
+        if not self.key:
+            return None
+        return f"{self.key[:20]}-{index}"[:25]
 
 
 class DiscordOutbound:
@@ -60,15 +75,25 @@ class DiscordOutbound:
             raise DeliveryError(f"discord unreachable: {type(exc).__name__}: {exc}") from None
 
     async def _post(
-        self, channel: int, payload: dict[str, Any], files: Sequence[tuple[str, bytes]] = ()
+        self,
+        channel: int,
+        payload: dict[str, Any],
+        files: Sequence[tuple[str, bytes]] = (),
+        nonce: str | None = None,
     ) -> dict[str, Any]:
+        """One message. ``nonce`` (with ``enforce_nonce``): Discord answers a post whose
+        nonce it saw from the bot minutes before with the message that one made, so a
+        re-send after a host crash shows nothing twice."""
         http = self._http()
         payload.setdefault("allowed_mentions", {"parse": []})
+        if nonce is not None:
+            payload["nonce"], payload["enforce_nonce"] = nonce, True
         if files:
             params = handle_message_parameters(
                 content=payload.get("content") or None,
                 files=[discord.File(io.BytesIO(d), filename=n) for n, d in files],
                 allowed_mentions=discord.AllowedMentions.none(),
+                nonce=nonce,
             )
             result: dict[str, Any] = await self._call(http.send_message(channel, params=params))
             return result
@@ -87,10 +112,11 @@ class DiscordOutbound:
             message.content if isinstance(message.content, dict) else {"text": str(message.content)}
         )
         files = [(f.name, f.data) for f in message.files]
+        nonces = Nonces(message.key)
         if content.get("type") == "ask_question":
-            return await self._card(channel, content)
+            return await self._card(channel, content, nonces)
         if content.get("type") == "card":
-            return await self._display_card(channel, content)
+            return await self._display_card(channel, content, nonces)
         text = content.get("markdown") or content.get("text") or ""
         if not isinstance(text, str):
             text = str(text)
@@ -110,8 +136,10 @@ class DiscordOutbound:
         key = f"{platform_id}/{message.message_out_id}" if message.message_out_id else None
         done = self._partial.pop(key, []) if key else []
         try:
-            for payload, batch in posts[len(done) :]:
-                sent = await self._post(channel, payload, batch)
+            for i, (payload, batch) in enumerate(posts):
+                if i < len(done):
+                    continue
+                sent = await self._post(channel, payload, batch, nonces.of(i))
                 done.append(str(sent["id"]))
         except DeliveryError:
             if key and done:
@@ -121,7 +149,7 @@ class DiscordOutbound:
             raise
         return done[0] if done else None
 
-    async def _card(self, channel: int, content: dict[str, Any]) -> str | None:
+    async def _card(self, channel: int, content: dict[str, Any], nonces: Nonces) -> str | None:
         qid = str(content.get("questionId", ""))
         raw = content.get("options")
         options: list[Any] = raw if isinstance(raw, list) else []
@@ -131,7 +159,7 @@ class DiscordOutbound:
         custom = [f"ncq:{qid}:{i}" for i in range(len(options))]
         if len(options) > BUTTONS_PER_ROW * MAX_ROWS or any(len(c) > 100 for c in custom):
             text = str(content.get("text") or body)  # too many to show: the text form
-            return await self.deliver_text(channel, text)
+            return await self.deliver_text(channel, text, nonces)
         buttons = []
         for i, opt in enumerate(options):
             label = opt.get("label") if isinstance(opt, dict) else opt
@@ -144,21 +172,27 @@ class DiscordOutbound:
         rows = [{"type": 1, "components": buttons[i : i + BUTTONS_PER_ROW]}
                 for i in range(0, len(buttons), BUTTONS_PER_ROW)]  # fmt: skip
         chunks = fmt.split(body)
-        for chunk in chunks[:-1]:
-            await self._post(channel, {"content": chunk})
+        for i, chunk in enumerate(chunks[:-1]):
+            await self._post(channel, {"content": chunk}, nonce=nonces.of(i))
         sent = await self._post(
-            channel, {"content": chunks[-1] if chunks else title, "components": rows}
-        )
+            channel, {"content": chunks[-1] if chunks else title, "components": rows},
+            nonce=nonces.of(max(0, len(chunks) - 1)),
+        )  # fmt: skip
         return str(sent["id"])
 
-    async def deliver_text(self, channel: int, text: str) -> str | None:
+    async def deliver_text(
+        self, channel: int, text: str, nonces: Nonces | None = None
+    ) -> str | None:
         first: str | None = None
-        for chunk in fmt.split(fmt.to_discord(text)):
-            sent = await self._post(channel, {"content": chunk})
+        for i, chunk in enumerate(fmt.split(fmt.to_discord(text))):
+            sent = await self._post(channel, {"content": chunk},
+                                    nonce=nonces.of(i) if nonces else None)  # fmt: skip
             first = first or str(sent["id"])
         return first
 
-    async def _display_card(self, channel: int, content: dict[str, Any]) -> str | None:
+    async def _display_card(
+        self, channel: int, content: dict[str, Any], nonces: Nonces
+    ) -> str | None:
         raw = content.get("card")
         card: dict[str, Any] = raw if isinstance(raw, dict) else {}
         lines = [f"**{card['title']}**"] if card.get("title") else []
@@ -177,7 +211,7 @@ class DiscordOutbound:
                         "url": str(a["url"])} for a in links[: BUTTONS_PER_ROW * MAX_ROWS]]  # fmt: skip
             payload["components"] = [{"type": 1, "components": buttons[i : i + BUTTONS_PER_ROW]}
                                      for i in range(0, len(buttons), BUTTONS_PER_ROW)]  # fmt: skip
-        sent = await self._post(channel, payload)
+        sent = await self._post(channel, payload, nonce=nonces.of(0))
         return str(sent["id"])
 
     async def edit(

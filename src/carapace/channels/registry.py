@@ -7,7 +7,9 @@ only then: a chat on any other channel type is inert, and says so.
 Each adapter module exposes:
 
 * ``SECRET_KEYS: tuple[str, ...]`` — the names it needs in ``<home>/secrets.env`` (the host's
-  environment overrides the file, as for provider keys);
+  environment overrides the file, as for provider keys); an adapter with several ways to
+  connect also has ``MODES: dict[str, tuple[str, ...]]`` (mode → its names; ``SECRET_KEYS``
+  is the default mode's), chosen with ``carapace channels add TYPE --mode M``;
 * ``from_home(home, secrets, settings) -> ChannelAdapter | None`` — None when it is not
   configured (so not started);
 * ``async verify(secrets, *, base_url=None) -> str`` — checks the credentials against the
@@ -58,6 +60,22 @@ STATE_FILE = "channels.json"
 def available_channels() -> tuple[str, ...]:
     """Channel types carapace has an adapter for, sorted."""
     return tuple(sorted(ADAPTERS))
+
+
+def secret_keys(module: ModuleType, mode: str | None = None) -> tuple[str, ...]:
+    """The secrets ``mode`` needs (the default mode's when None); every mode's with
+    ``mode="*"`` (what the host loads, and ``channels remove`` deletes)."""
+    modes: dict[str, tuple[str, ...]] = dict(getattr(module, "MODES", {}))
+    default = tuple(getattr(module, "SECRET_KEYS", ()))
+    if mode is None:
+        return default
+    if mode == "*":
+        return tuple(dict.fromkeys([*default, *(k for keys in modes.values() for k in keys)]))
+    if mode not in modes:
+        name = getattr(module, "CHANNEL", module.__name__.rsplit(".", 1)[-1])
+        known = f"its modes: {', '.join(sorted(modes))}" if modes else "it has one mode"
+        raise ConfigError(f"{name} has no mode {mode!r} ({known})")
+    return modes[mode]
 
 
 def adapter_module(channel_type: str) -> ModuleType:
@@ -117,7 +135,7 @@ def build_adapters(
     for channel_type in available_channels():
         try:
             module = adapter_module(channel_type)
-            secrets = load_secrets(home, tuple(getattr(module, "SECRET_KEYS", ())), environ)
+            secrets = load_secrets(home, secret_keys(module, "*"), environ)
             adapter = module.from_home(home, secrets, settings)
         except Exception as exc:  # one adapter's trouble never stops the host
             reason = str(exc) if isinstance(exc, CarapaceError) else f"{type(exc).__name__}: {exc}"
@@ -185,9 +203,10 @@ def list_channels(home: Home, environ: Mapping[str, str] | None = None) -> list[
     out = []
     for channel_type in available_channels():
         module = adapter_module(channel_type)
-        keys = tuple(getattr(module, "SECRET_KEYS", ()))
-        have = load_secrets(home, keys, environ)
-        missing = tuple(k for k in keys if k not in have)
+        have = load_secrets(home, secret_keys(module, "*"), environ)
+        modes = [secret_keys(module), *getattr(module, "MODES", {}).values()]
+        complete = any(all(k in have for k in keys) for keys in modes)
+        missing = () if complete else tuple(k for k in secret_keys(module) if k not in have)
         st = states.get(channel_type, {})
         state = str(st.get("state") or "-")
         detail = st.get("detail") if isinstance(st.get("detail"), str) else None

@@ -21,6 +21,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from carapace.channels import slack_format as fmt
 from carapace.channels.base import ButtonClick, ChannelCallbacks, OutboundFile, OutboundMessage
 from carapace.channels.slack import SlackError
+from carapace.channels.slack_events import EventsMode, slack_error
 from carapace.channels.slack_inbound import (
     CHANNEL,
     Arrivals,
@@ -36,8 +37,10 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_FILE_BYTES = 20 * 1024 * 1024
 SEEN_MAX = 2000
+METADATA_TYPE = "carapace_reply"
 _CHANNEL_RE = re.compile(r"^[CDG][A-Z0-9]{1,30}$")
 _TS_RE = re.compile(r"^\d{1,12}\.\d{1,9}$")
+_SIGNING_RE = re.compile(r"^[0-9a-f]{32}$")
 #: Slack's answers that mean "the token is wrong": no retry helps until someone fixes it.
 AUTH_ERRORS = frozenset({"invalid_auth", "not_authed", "token_revoked", "token_expired",
                          "account_inactive", "not_allowed_token_type"})  # fmt: skip
@@ -61,46 +64,58 @@ def make_client(token: str, base_url: str | None = None) -> AsyncWebClient:
     return client
 
 
-def _error(exc: SlackApiError) -> str:
-    with contextlib.suppress(Exception):
-        return str(exc.response.get("error") or "unknown_error")
-    return "unknown_error"
-
-
 async def verify_tokens(secrets: Mapping[str, str], *, base_url: str | None = None) -> str:
     """Check both tokens against Slack: ``auth.test`` for the bot token,
     ``apps.connections.open`` for the app token (a method called with an
     app-level token); returns ``@<bot name> (<team>)``. Raises ``SlackError`` with one line."""
     bot, app = secrets.get("SLACK_BOT_TOKEN", ""), secrets.get("SLACK_APP_TOKEN", "")
+    signing = secrets.get("SLACK_SIGNING_SECRET")
     if not bot.startswith("xoxb-"):
         raise SlackError("SLACK_BOT_TOKEN must be a bot token (xoxb-…)")
-    if not app.startswith("xapp-"):
+    if signing is not None and not app:  # events mode: the secret is checked on use
+        if not _SIGNING_RE.match(signing):
+            raise SlackError("SLACK_SIGNING_SECRET must be the app's signing secret "
+                             "(32 hex digits, Basic Information → App Credentials)")  # fmt: skip
+    elif not app.startswith("xapp-"):
         raise SlackError("SLACK_APP_TOKEN must be an app-level token (xapp-…)")
     client = make_client(bot, base_url)
     try:
         who = await client.auth_test()
     except SlackApiError as exc:
-        raise SlackError(f"Slack rejected the bot token: {_error(exc)}")
+        raise SlackError(f"Slack rejected the bot token: {slack_error(exc)}")
     except (SlackClientError, aiohttp.ClientError, OSError, TimeoutError) as exc:
         raise SlackError(f"Slack is unreachable: {exc}")
+    if not app:
+        return (
+            f"@{who.get('user')} ({who.get('team')}); events over the web server at /slack/events"
+        )
     try:
         await client.apps_connections_open(app_token=app)
     except SlackApiError as exc:
-        raise SlackError(f"Slack rejected the app token: {_error(exc)}")
+        raise SlackError(f"Slack rejected the app token: {slack_error(exc)}")
     except (SlackClientError, aiohttp.ClientError, OSError, TimeoutError) as exc:
         raise SlackError(f"Slack is unreachable: {exc}")
     return f"@{who.get('user')} ({who.get('team')})"
 
 
-class SlackChannel:
+def _metadata(key: str | None, piece: int) -> dict[str, Any] | None:
+    """What each posted piece carries so a re-send after a crash can find it."""
+    if not key:
+        return None
+    return {"event_type": METADATA_TYPE, "event_payload": {"key": key, "piece": piece}}
+
+
+class SlackChannel(EventsMode):
     channel_type = CHANNEL
     supports_threads = True
+    dedupes_sends = True  # a re-send looks its pieces up by the key in their metadata
 
     def __init__(
         self,
         bot_token: str,
-        app_token: str,
+        app_token: str | None,
         *,
+        signing_secret: str | None = None,
         base_url: str | None = None,
         max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
         ping_interval: float = 10.0,
@@ -108,6 +123,11 @@ class SlackChannel:
     ) -> None:
         self.bot_token = bot_token
         self.app_token = app_token
+        self.signing_secret = signing_secret
+        self.mode = "socket" if app_token else "events"
+        if self.mode == "events" and not signing_secret:
+            raise SlackError("Slack needs an app token (Socket Mode) or a signing secret "
+                             "(Events API)")  # fmt: skip
         self.base_url = base_url
         self.max_file_bytes = max_file_bytes
         self.ping_interval = ping_interval
@@ -137,6 +157,14 @@ class SlackChannel:
         self.client = make_client(self.bot_token, self.base_url)
         self._http = aiohttp.ClientSession()
         self.app = self._build_app(self.client)
+        if self.mode == "events":
+            try:
+                await self._start_events()
+            except SlackError:
+                await self.stop()
+                raise
+            return
+        assert self.app_token is not None
         self.handler = AsyncSocketModeHandler(
             self.app, self.app_token, web_client=self.client, ping_interval=self.ping_interval
         )
@@ -158,12 +186,13 @@ class SlackChannel:
             who = await asyncio.wait_for(self.client.auth_test(), self.connect_timeout)
             self.bot_user_id = str(who.get("user_id") or "")
             opened = await asyncio.wait_for(
-                self.client.apps_connections_open(app_token=self.app_token), self.connect_timeout
+                self.client.apps_connections_open(app_token=self.app_token or ""),
+                self.connect_timeout,
             )
             self.handler.client.wss_uri = str(opened["url"])
             await asyncio.wait_for(self.handler.connect_async(), self.connect_timeout)  # type: ignore[no-untyped-call]
         except SlackApiError as exc:
-            err = _error(exc)
+            err = slack_error(exc)
             if err in AUTH_ERRORS:
                 self.status = f"failed: Slack rejected a token ({err})"
                 raise SlackError(f"Slack rejected a token ({err}); run `carapace channels "
@@ -211,8 +240,10 @@ class SlackChannel:
         self.callbacks = None
 
     def _build_app(self, client: AsyncWebClient) -> AsyncApp:
-        app = AsyncApp(client=client, process_before_response=True,
-                       request_verification_enabled=False, logger=logger)  # fmt: skip
+        events = self.mode == "events"
+        app = AsyncApp(client=client, process_before_response=True, logger=logger,
+                       signing_secret=self.signing_secret if events else None,
+                       request_verification_enabled=events)  # fmt: skip
 
         async def on_message(event: dict[str, Any], body: dict[str, Any]) -> None:
             event_id = body.get("event_id")
@@ -342,7 +373,7 @@ class SlackChannel:
         try:
             return await coro
         except SlackApiError as exc:
-            err = _error(exc)
+            err = slack_error(exc)
             if err == "ratelimited":
                 raise DeliveryError(f"slack {what}: still rate limited after retrying")
             if err in AUTH_ERRORS and self.callbacks is not None and self.status != "failed":
@@ -377,6 +408,8 @@ class SlackChannel:
         # the rest: no piece twice while this process lives)
         key = f"{platform_id}/{message.message_out_id}" if message.message_out_id else None
         done = self._partial.pop(key, []) if key else []
+        if message.resend and message.key and not done:  # posted before a crash?
+            done = await self._posted_before(channel, thread_ts, message.key)
         pieces: list[dict[str, Any]] = []
         if blocks:
             fallback = fmt.split(fmt.escape(text), fmt.TEXT_LIMIT)[0] if text else " "
@@ -391,8 +424,9 @@ class SlackChannel:
                     await self._upload(channel, thread_ts, piece["files"])
                     done.append("")
                     continue
+                meta = _metadata(message.key, len(done))
                 r = await self._call("chat.postMessage", client.chat_postMessage(
-                    channel=channel, thread_ts=thread_ts, **piece))  # fmt: skip
+                    channel=channel, thread_ts=thread_ts, metadata=meta, **piece))  # fmt: skip
                 done.append(str(r.get("ts")))
         except DeliveryError:
             if key and done:
@@ -401,6 +435,39 @@ class SlackChannel:
                     del self._partial[next(iter(self._partial))]
             raise
         return next((ts for ts in done if ts), None)
+
+    async def _posted_before(self, channel: str, thread_ts: str | None, key: str) -> list[str]:
+        """The pieces of the row with ``key`` that Slack already shows (each carries the key
+        in its ``metadata``): the ts of each, in order, up to the first one missing. Looked
+        up in the conversation's (or thread's) latest messages; when Slack cannot be asked,
+        nothing is assumed posted (at least once)."""
+        client = self._client()
+        try:
+            if thread_ts:
+                r = await client.conversations_replies(channel=channel, ts=thread_ts, limit=200,
+                                                       include_all_metadata=True)  # fmt: skip
+            else:
+                r = await client.conversations_history(channel=channel, limit=100,
+                                                       include_all_metadata=True)  # fmt: skip
+        except (SlackApiError, SlackClientError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+            logger.warning(
+                "slack: cannot look up a reply sent before a crash (%s); sending it", exc
+            )
+            return []
+        found: dict[int, str] = {}
+        for m in r.get("messages") or []:
+            meta = m.get("metadata") if isinstance(m, dict) else None
+            if not isinstance(meta, dict) or meta.get("event_type") != METADATA_TYPE:
+                continue
+            payload = meta.get("event_payload")
+            if isinstance(payload, dict) and payload.get("key") == key:
+                piece = payload.get("piece")
+                if isinstance(piece, int):
+                    found[piece] = str(m.get("ts"))
+        done: list[str] = []
+        while len(done) in found:
+            done.append(found[len(done)])
+        return done
 
     async def _upload(self, channel: str, thread_ts: str | None,
                       files: tuple[OutboundFile, ...]) -> None:  # fmt: skip

@@ -71,7 +71,8 @@ def split_text(text: str, limit: int = SPLIT_BUDGET) -> list[str]:
         piece, rest = rest[:cut], rest[cut:]
         reopen = ""
         if piece.count("```") % 2 == 1:  # a code block goes on: close it here, reopen there
-            lang = re.findall(r"```([A-Za-z0-9_+-]*)", piece)[-1]
+            last = list(re.finditer(r"```([A-Za-z0-9_+-]*)(\n)?", piece))[-1]
+            lang = last.group(1) if last.group(2) is not None else ""  # a whole-line name only
             piece = piece.rstrip("\n") + "\n```"
             reopen = f"```{lang}\n"
         piece = piece.strip("\n")

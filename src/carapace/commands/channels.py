@@ -30,16 +30,20 @@ def channels() -> None:
 @click.option("--base-url", default=None, metavar="URL",
               help="Check against this API base URL (a test server, a self-hosted Bot API); "
                    "the host reads its own from [channels.TYPE] base_url.")  # fmt: skip
+@click.option("--mode", default=None, metavar="MODE",
+              help="How the adapter connects, for adapters with several ways (slack: socket, "
+                   "the default, or events: Slack's Events API over the web server).")  # fmt: skip
 @click.argument("channel_type")
 @clean_errors
-def channels_add(home: str | None, base_url: str | None, channel_type: str) -> None:
+def channels_add(home: str | None, base_url: str | None, mode: str | None,
+                 channel_type: str) -> None:  # fmt: skip
     """Verify CHANNEL_TYPE's credentials with the platform and store them.
 
     Each secret (e.g. TELEGRAM_BOT_TOKEN) is taken from the environment when set there,
     else asked for without echo. Nothing is written unless the platform accepts them."""
     h = Home.resolve(home)
     module = registry.adapter_module(channel_type)
-    keys: tuple[str, ...] = tuple(getattr(module, "SECRET_KEYS", ()))
+    keys = registry.secret_keys(module, mode)
     values: dict[str, str] = {}
     for key in keys:
         value = os.environ.get(key) or click.prompt(key, hide_input=True, err=True)
@@ -53,7 +57,11 @@ def channels_add(home: str | None, base_url: str | None, channel_type: str) -> N
         from carapace.secretsfile import SECRETS_FILE, write_secret
 
         h.root.mkdir(parents=True, exist_ok=True)
-        write_secret(h.root / SECRETS_FILE, dict(values))
+        # another mode's secrets go: the adapter connects the way it was last added
+        other: dict[str, str | None] = {
+            k: None for k in registry.secret_keys(module, "*") if k not in keys
+        }
+        write_secret(h.root / SECRETS_FILE, {**other, **values})
     stored = f"; stored {', '.join(keys)} in {h.root / 'secrets.env'}" if keys else ""
     click.echo(f"{channel_type}: verified {identity}{stored}. "
                "A running host uses it after its next start.")  # fmt: skip
@@ -91,7 +99,7 @@ def channels_remove(home: str | None, channel_type: str) -> None:
     from carapace.secretsfile import SECRETS_FILE, read_secrets_file, write_secret
 
     h = Home.resolve(home)
-    keys = tuple(getattr(registry.adapter_module(channel_type), "SECRET_KEYS", ()))
+    keys = registry.secret_keys(registry.adapter_module(channel_type), "*")
     path = h.root / SECRETS_FILE
     present = [k for k in keys if k in read_secrets_file(path)]
     if not present:

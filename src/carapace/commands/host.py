@@ -17,8 +17,10 @@ import click
 from carapace.cli import clean_errors, home_option, seconds_option
 from carapace.config import Home
 from carapace.errors import CarapaceError
+from carapace.host.chat_client import RECONNECT_GRACE_S, held_note, owns
 from carapace.host.client import check_message, check_user, preflight
 from carapace.limits import mechanism as limits_mechanism
+from carapace.timefmt import new_id
 
 if TYPE_CHECKING:
     from carapace.host.admin_server import AdminDispatch
@@ -97,30 +99,19 @@ async def _run(home: Home) -> None:
             metrics.stop()
 
 
-def _owns(eid: str, msg: dict[str, Any]) -> bool:
-    """The message answers ``eid``: its ``in_reply_to`` or one of its ``answers`` (a reply to
-    a batch names every message in it)."""
-    answers = msg.get("answers")
-    ids = [msg.get("in_reply_to"), *(answers if isinstance(answers, list) else [])]
-    return any(isinstance(i, str) and (i == eid or i.startswith(eid + ":")) for i in ids)
-
-
-def _held_note(ids: list[Any]) -> str:
-    return (f"[held for approval ({', '.join(str(i) for i in ids)}): an admin must approve "
-            "this sender; the reply comes to the next client of this chat]")  # fmt: skip
-
-
 @click.command()
 @home_option
 @click.option("--as", "user", default="local", show_default=True, help="Sender handle (cli:USER).")
 @click.option("--timeout", type=float, default=60.0, show_default=True, callback=seconds_option,
               help="Seconds to wait.")  # fmt: skip
 @click.option("--quiet-period", type=float, default=0.4, hidden=True, callback=seconds_option)
+@click.option("--reconnect-grace", type=float, default=RECONNECT_GRACE_S, hidden=True,
+              callback=seconds_option)  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print the replies as JSON lines.")
 @click.argument("text")
 @clean_errors
-def send(home: str | None, user: str, timeout: float, quiet_period: float, as_json: bool,
-         text: str) -> None:  # fmt: skip
+def send(home: str | None, user: str, timeout: float, quiet_period: float,
+         reconnect_grace: float, as_json: bool, text: str) -> None:  # fmt: skip
     """Send one message to the agent, print its reply(ies) and exit.
 
     \b
@@ -128,7 +119,10 @@ def send(home: str | None, user: str, timeout: float, quiet_period: float, as_js
     approval and approved since) are printed too, marked "[earlier]". A message from an
     unknown sender on a request_approval chat is held: that is printed, exit status 0.
     Exit status 1: not routed, or no reply within --timeout. A message that is empty, not
-    UTF-8 or over 512 KiB is refused before anything is sent.
+    UTF-8 or over 512 KiB is refused before anything is sent. When the host goes away
+    before the reply (restarted, crashed), send reconnects (to the home's host when it is
+    back within 10 s, else to an embedded host) and says the message again with the same
+    id: it is stored once and its reply printed once.
     """
     check_message(text)
     check_user(user)
@@ -140,26 +134,35 @@ def send(home: str | None, user: str, timeout: float, quiet_period: float, as_js
         if as_json:
             click.echo(json.dumps(msg, ensure_ascii=False))
         elif msg.get("type") == "held":
-            click.echo(_held_note(msg.get("held") or []))
+            click.echo(held_note(msg.get("held") or []))
         else:
             mark = "" if msg.get("own") else "[earlier] "
             click.echo(mark + (msg.get("text") or json.dumps(msg.get("content"))))
 
-    asyncio.run(_send(h, user, text, timeout, quiet_period, show))
+    asyncio.run(_send(h, user, text, timeout, quiet_period, show, reconnect_grace))
 
 
 async def _send(
     home: Home, user: str, text: str, timeout: float, quiet: float,
-    show: Callable[[dict[str, Any]], None],
+    show: Callable[[dict[str, Any]], None], grace: float = RECONNECT_GRACE_S,
 ) -> None:  # fmt: skip
+    """Send once, print the replies. When the host goes away before the reply (a restart, a
+    crash), reconnect — to the home's host when it is back within ``grace`` seconds, else to
+    an embedded one — and say the message again with the same event id: the router stores
+    an id once, and saying it again makes this connection the reply's reader. A reply
+    re-sent after a host crash (same key) is shown once."""
+    from carapace.host.chat_client import reconnect
     from carapace.host.client import connect_or_embed, stop_embedded
 
-    client, host = await connect_or_embed(home, "send", admin=admin_dispatch())
+    admin = admin_dispatch()
+    client, host = await connect_or_embed(home, "send", admin=admin)
     answered = False
     seen: set[Any] = set()
+    eid = new_id("cli")
+    deadline = time.monotonic() + timeout
     try:
-        eid = await client.say(text, user)
-        deadline = time.monotonic() + timeout
+        with contextlib.suppress(OSError, ConnectionError):
+            await client.say(text, user, eid)
         while True:
             left = deadline - time.monotonic()
             if answered:
@@ -170,8 +173,20 @@ async def _send(
                 msg = await asyncio.wait_for(client.read(), left)
             except TimeoutError:
                 break
-            if msg is None:
-                raise click.ClickException("the host closed the connection")
+            except (OSError, ConnectionError):
+                msg = None
+            if msg is None:  # the host went away
+                await client.close()
+                try:
+                    client, host = await reconnect(home, "send", host, grace=grace,
+                                                   admin=admin, deadline=deadline)  # fmt: skip
+                except TimeoutError:
+                    raise click.ClickException(
+                        f"the host went away and did not come back within {timeout:g} s"
+                    ) from None
+                with contextlib.suppress(OSError, ConnectionError):
+                    await client.say(text, user, eid)  # same id: stored once
+                continue
             if msg.get("type") == "ack" and msg.get("id") == eid and msg.get("routed"):
                 pass
             elif msg.get("type") == "ack" and msg.get("id") == eid:
@@ -186,7 +201,7 @@ async def _send(
                 if key in seen:  # re-sent after a host crash: shown once
                     continue
                 seen.add(key)
-                own = _owns(eid, msg)
+                own = owns(eid, msg)
                 answered = answered or own
                 show({**msg, "own": own})
     finally:
@@ -413,3 +428,17 @@ def bench_all(as_json: bool, write_docs: bool, quick: bool) -> None:
         _bench_out([result], as_json, write_docs)
     if failed:
         raise SystemExit(f"benchmarks failed: {', '.join(failed)}")
+
+
+@bench.command(
+    "chaos", context_settings={"ignore_unknown_options": True, "allow_extra_args": True,
+                               "help_option_names": []},
+)  # fmt: skip
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def bench_chaos(args: tuple[str, ...]) -> None:
+    """N messages over M chats through a real host with random SIGKILLs of runners and of
+    the host and an optional disk-full window; prints lost / duplicated / failed-with-notice
+    / p99 settle time; exit status 1 on any loss (options: carapace bench chaos --help)."""
+    from carapace.bench.chaos import main as chaos_main
+
+    raise SystemExit(chaos_main(list(args), prog="carapace bench chaos"))

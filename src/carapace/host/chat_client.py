@@ -53,6 +53,37 @@ def held_note(ids: list[Any]) -> str:
             "this sender; the reply comes to the next client of this chat]")  # fmt: skip
 
 
+async def reconnect(
+    home: Home,
+    mode: str,
+    old_host: Host | None,
+    *,
+    grace: float,
+    admin: AdminDispatch | None = None,
+    deadline: float | None = None,
+) -> tuple[CliClient, Host | None]:
+    """A new connection after the host went away: to the home's own host when it is back
+    within ``grace`` seconds (a restart), else to an embedded host started here (a host we
+    embedded ourselves and that died is stopped first). Retries with backoff; past
+    ``deadline`` (``time.monotonic()``) a ``TimeoutError``."""
+    if old_host is not None:  # our own host died under us: start a new one
+        with contextlib.suppress(Exception):
+            await stop_embedded(old_host)
+    embed_after = time.monotonic() + grace
+    delay = 0.05
+    while True:
+        try:
+            if time.monotonic() < embed_after:
+                return await CliClient.connect(home, mode), None
+            return await connect_or_embed(home, mode, admin=admin)
+        except (OSError, CarapaceError) as exc:
+            logger.debug("reconnect: %s", exc)
+        if deadline is not None and time.monotonic() + delay > deadline:
+            raise TimeoutError("the host did not come back")
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, RETRY_MAX_S)
+
+
 class ChatSession:
     def __init__(
         self, home: Home, user: str, echo: Echo, *, reconnect_grace: float = RECONNECT_GRACE_S,
@@ -182,25 +213,9 @@ class ChatSession:
         if self.client is not None:
             await self.client.close()
             self.client = None
-        if self.host is not None:  # our own host died under us: start a new one
-            with contextlib.suppress(Exception):
-                await stop_embedded(self.host)
-            self.host = None
-        deadline = time.monotonic() + self.reconnect_grace
-        delay = 0.05
-        while True:
-            try:
-                if time.monotonic() < deadline:
-                    self.client = await CliClient.connect(self.home, "chat")
-                else:
-                    self.client, self.host = await connect_or_embed(
-                        self.home, "chat", admin=self.admin
-                    )
-                break
-            except (OSError, CarapaceError) as exc:
-                logger.debug("reconnect: %s", exc)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, RETRY_MAX_S)
+        self.client, self.host = await reconnect(
+            self.home, "chat", self.host, grace=self.reconnect_grace, admin=self.admin
+        )
         self._sent_on_this_connection = set()
         self.connected.set()
 

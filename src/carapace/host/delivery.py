@@ -22,11 +22,17 @@
   duplicate per crash, none where the platform deduplicates by key). An intent that
   cannot be written (full disk) means no send; an outcome that cannot be written is kept
   in memory, so the row is not sent twice while the host lives, and written later.
+* Host-wide, not only per session: sends to an adapter that cannot deduplicate by key
+  (``dedupes_sends`` false: Telegram, webhooks, the tests' fake) take turns across all
+  sessions, and each one's outcome is committed before the next intent, so a host kill
+  leaves at most one such row with an unknown fate. Adapters that deduplicate (the CLI
+  drops a key it has shown; see each adapter) send concurrently.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import sqlite3
@@ -92,6 +98,9 @@ class Delivery:
         self.actions = actions
         self.wake = wake
         self._inflight: set[str] = set()
+        # one send at a time host-wide to platforms that cannot deduplicate by key, each
+        # one's outcome committed before the next intent: a host kill re-sends at most one
+        self._unknown_fate = asyncio.Lock()
         self._again: set[str] = set()
         self._records: dict[str, Records] = {}  # per session: outcomes not yet committed
         self.a2a_guard = A2AGuard()  # hop and rate bounds of agent-to-agent messages
@@ -254,16 +263,21 @@ class Delivery:
                     if wait_until is not None:
                         result.next_retry = min(result.next_retry or wait_until, wait_until)
                     continue
-                if not self._commit(session_id, inb, row["id"], now):  # the intent, first
-                    retry = now + timedelta(seconds=RECORD_RETRY_S)
-                    result.next_retry = min(result.next_retry or retry, retry)
-                    result.more = False
-                    break
-                resend = row["id"] in intents
-                if resend:
-                    logger.warning("message %s (session %s) may have been sent before a crash: "
-                                   "sending it again with its key", row["id"], session.id)  # fmt: skip
-                outcome = await self._deliver_row(session, paths, row, inb, states, now, resend)
+                turn = self._unknown_fate if self._takes_turns(row) else contextlib.nullcontext()
+                async with turn:
+                    if not self._commit(session_id, inb, row["id"], now):  # the intent, first
+                        retry = now + timedelta(seconds=RECORD_RETRY_S)
+                        result.next_retry = min(result.next_retry or retry, retry)
+                        result.more = False
+                        break
+                    resend = row["id"] in intents
+                    if resend:
+                        logger.warning("message %s (session %s) may have been sent before a "
+                                       "crash: sending it again with its key", row["id"],
+                                       session.id)  # fmt: skip
+                    outcome = await self._deliver_row(session, paths, row, inb, states, now, resend)
+                    if turn is self._unknown_fate:  # its fate on disk before the next send
+                        self._commit(session_id, inb, None, now)
                 if outcome is None:
                     contiguous = False
                     blocked.add(dest)
@@ -290,6 +304,13 @@ class Delivery:
             return result
         finally:
             self.sessions.done_with(inb)
+
+    def _takes_turns(self, row: OutRow) -> bool:
+        """The row goes to a platform adapter that cannot deduplicate sends by key."""
+        if row["kind"] == "system" or row["channel_type"] in (None, "", "agent"):
+            return False
+        adapter = self.adapters.get(row["channel_type"])
+        return adapter is not None and not getattr(adapter, "dedupes_sends", False)
 
     @staticmethod
     def _state(rec: Records, states: dict[str, sqlite3.Row], rid: str) -> dict[str, Any] | None:

@@ -13,6 +13,7 @@ import sqlite3
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from carapace.errors import no_space
 from carapace.host.sweep import (
     SLA_CHECK_S,
     Claim,
@@ -33,6 +34,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger("carapace.host.host")
 
 SAFETY_TICK_S = 60.0
+_pause = asyncio.sleep  # (tests replace it to see the backoff without waiting)
+FAIL_BACKOFF_S = 0.5  # first wait after a failed pass; doubles per failed pass, ≤ the tick
 
 
 async def sweep_once(host: Host, now: datetime | None = None) -> SweepReport:
@@ -41,10 +44,23 @@ async def sweep_once(host: Host, now: datetime | None = None) -> SweepReport:
     for sid in host.sessions.due_work(when):
         try:
             await sweep_session(host, sid, when, report)
-        except Exception:
-            logger.exception("sweep of session %s failed", sid)
-            host.sessions.set_work(sid, due_iso(when + timedelta(seconds=SAFETY_TICK_S)))
+        except Exception as exc:
+            report.errors.append(sid)
+            log_failure(f"sweep of session {sid} failed", exc)
+            try:
+                host.sessions.set_work(sid, due_iso(when + timedelta(seconds=SAFETY_TICK_S)))
+            except sqlite3.Error as again:  # e.g. the disk is still full: the loop backs off
+                logger.debug("work index of %s not updated: %s", sid, again)
     return report
+
+
+def log_failure(what: str, exc: BaseException) -> None:
+    """A full disk is one line (it is said every pass until there is room); anything else
+    keeps its traceback."""
+    if no_space(exc):
+        logger.error("%s: %s (no space left; retried with backoff)", what, exc)
+    else:
+        logger.exception(what)
 
 
 async def sweep_session(host: Host, sid: str, now: datetime, report: SweepReport) -> None:
@@ -124,19 +140,29 @@ async def sweep_loop(host: Host) -> None:
     assert host._sweep_event is not None
     # ``not host._stopping``: Python 3.11's ``wait_for`` can swallow a cancellation that
     # lands as the event is set; the loop must still end when the host stops
+    failures = 0  # passes in a row that hit an error: they back off (a full disk must not
+    # make the sweep spin, retrying and logging as fast as it can)
     while not host._stopping:
         try:
-            await sweep_once(
-                host,
-            )
-        except Exception:
-            logger.exception("sweep pass failed")
-        nxt = host.sessions.next_work_due()
+            report = await sweep_once(host)
+            failures = failures + 1 if report.errors else 0
+        except Exception as exc:
+            failures += 1
+            log_failure("sweep pass failed", exc)
         delay = SAFETY_TICK_S
+        try:
+            nxt = host.sessions.next_work_due()
+        except sqlite3.Error:
+            nxt = None
         if nxt:
             from carapace.timefmt import parse_ts
 
             delay = max(0.0, min(delay, (parse_ts(nxt) - host.now()).total_seconds()))
         host._sweep_event.clear()
+        if failures:  # wait it out (a kick meanwhile takes effect after it): nothing can be
+            # written yet, and a pass that fails at once must not spin
+            backoff = min(SAFETY_TICK_S, FAIL_BACKOFF_S * 2 ** min(failures - 1, 8))
+            await _pause(backoff)
+            delay = max(0.0, delay - backoff)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(host._sweep_event.wait(), delay + 0.005)

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+from carapace.errors import no_space
 from carapace.sandbox.process import (
     PID_FILE,
     RunnerBackend,
@@ -134,8 +135,13 @@ class RunnerPool:
             )  # fmt: skip
             self.on_started(session_id)
             return True
-        except Exception:
-            logger.exception("runner spawn failed for session %s; the sweep will retry", session_id)
+        except Exception as exc:
+            if no_space(exc):  # one line: it recurs until there is room again
+                logger.error("runner spawn failed for session %s (no space left: %s); the "
+                             "sweep will retry", session_id, exc)  # fmt: skip
+            else:
+                logger.exception("runner spawn failed for session %s; the sweep will retry",
+                                 session_id)  # fmt: skip
             return False
         finally:
             self._spawning.pop(session_id, None)

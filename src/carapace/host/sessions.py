@@ -44,6 +44,7 @@ from carapace.db.sessions import (
     get_session,
     mark_session_work,
 )
+from carapace.errors import StoreError
 from carapace.host import groupfiles, outbox_reader
 from carapace.jsonutil import dumps, loads_or
 from carapace.timefmt import iso, new_id, sqlite_ts
@@ -75,6 +76,14 @@ class WakePlan:
     destinations: list[ProjectedDestination]
     routing: tuple[str | None, str | None, str | None]
     container: dict[str, Any]
+
+
+def _refused(session_id: str, message_id: object, exc: sqlite3.IntegrityError) -> StoreError:
+    logger.error("session %s: inbound.db refused message %s: %s", session_id, message_id, exc)
+    return StoreError(
+        f"message not stored: session {session_id}'s inbound.db refused it ({exc}); "
+        "run `carapace doctor`"
+    )
 
 
 class SessionManager:
@@ -224,8 +233,8 @@ class SessionManager:
             self.mark_work(session.id, due or iso(now))
             try:
                 seq = insert_message_in(conn, row, other_max=self.other_max(session.id, conn))
-            except sqlite3.IntegrityError:
-                return None
+            except sqlite3.IntegrityError as exc:  # the id was checked just above
+                raise _refused(session.id, row["id"], exc) from None
         try:
             self.db.execute("UPDATE sessions SET last_active=? WHERE id=?", (iso(now), session.id))
         except sqlite3.OperationalError as exc:  # bookkeeping only: the message is stored
@@ -258,7 +267,7 @@ class SessionManager:
         if rest:  # the next commit takes the rest (bounded work per loop iteration)
             self._groups[session.id] = rest
             asyncio.get_running_loop().call_soon(self._flush_group, session, now)
-        results: list[int | None] = []
+        results: list[int | BaseException | None] = []
         try:
             # indexed before stored (a full central DB refuses the batch: the senders hear it)
             due = None
@@ -273,16 +282,16 @@ class SessionManager:
                     ).fetchone():
                         results.append(None)
                         continue
-                    try:
+                    try:  # one statement: a refusal leaves the batch's other rows alone
                         results.append(insert_message_in(conn, row, other_max=other))
-                    except sqlite3.IntegrityError:
-                        results.append(None)
+                    except sqlite3.IntegrityError as exc:  # the id was checked just above
+                        results.append(_refused(session.id, row["id"], exc))
         except Exception as exc:
             for _row, fut in batch:
                 if not fut.done():
                     fut.set_exception(exc)
             return
-        if any(r is not None for r in results):
+        if any(isinstance(r, int) for r in results):
             try:
                 self.db.execute(
                     "UPDATE sessions SET last_active=? WHERE id=?", (iso(now), session.id)
@@ -290,7 +299,11 @@ class SessionManager:
             except sqlite3.OperationalError as exc:  # bookkeeping only: the rows are stored
                 logger.warning("last_active of session %s not updated: %s", session.id, exc)
         for (_row, fut), seq in zip(batch, results, strict=True):
-            if not fut.done():
+            if fut.done():
+                continue
+            if isinstance(seq, BaseException):
+                fut.set_exception(seq)
+            else:
                 fut.set_result(seq)
 
     def other_max(self, session_id: str, inb: sqlite3.Connection) -> int:

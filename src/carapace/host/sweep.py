@@ -151,6 +151,7 @@ class SweepReport:
     killed: list[tuple[str, str]] = field(default_factory=list)
     reset: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)  # sessions whose sweep raised
 
 
 def _ts(value: str | None) -> datetime | None:

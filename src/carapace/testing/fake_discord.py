@@ -29,6 +29,7 @@ from carapace.testing.fake_discord_gateway import Gateway
 API = "/api/v10"
 MAX_CONTENT = 2000
 MAX_FILES = 10
+MAX_NONCE = 25  # characters of a message nonce
 MAX_UPLOAD = 10 * 1024 * 1024
 MAX_ROWS, MAX_BUTTONS, MAX_CUSTOM_ID, MAX_LABEL = 5, 5, 100, 80
 _ids = itertools.count(1_300_000_000_000_000_001)
@@ -114,6 +115,7 @@ class FakeDiscord:
         self.channels: dict[str, Channel] = {}
         self.reactions: list[tuple[str, str, str]] = []  # (channel, message, emoji)
         self.typing: list[str] = []
+        self.nonce_hits = 0  # posts answered with the message their nonce already made
         self.interaction_responses: list[dict[str, Any]] = []
         self.followups: list[dict[str, Any]] = []
         self.allowed_mentions: list[Any] = []  # of every message the bot posted

@@ -12,6 +12,7 @@ from aiohttp import BodyPartReader, web
 from carapace.testing.fake_discord import (
     MAX_CONTENT,
     MAX_FILES,
+    MAX_NONCE,
     MAX_UPLOAD,
     Channel,
     _error,
@@ -119,7 +120,18 @@ async def _channel_route(fake: FakeDiscord, request: web.Request, channel: Chann
         err = _check_message(fake, body, files, creating=True)
         if err:
             return _error(400, 50035, f"Invalid Form Body: {err}")
-        return json_response(_store(fake, channel, body, files))
+        nonce = body.get("nonce")
+        if nonce is not None and body.get("enforce_nonce"):  # Discord: the same nonce from
+            # the same author again (within minutes) returns the message it created
+            seen = next((x for x in channel.messages if x.get("nonce") == str(nonce)
+                         and x["author"]["id"] == fake.bot.id), None)  # fmt: skip
+            if seen is not None:
+                fake.nonce_hits += 1
+                return json_response(seen)
+        made = _store(fake, channel, body, files)
+        if nonce is not None:
+            made["nonce"] = str(nonce)
+        return json_response(made)
     msg: dict[str, Any] | None = next(
         (x for x in channel.messages if len(parts) > 3 and x["id"] == parts[3]), None
     )
@@ -162,6 +174,9 @@ def _check_message(fake: FakeDiscord, body: dict[str, Any], files: list[tuple[st
         err = fake.check_components(body["components"])
         if err:
             return f"components: {err}"
+    nonce = body.get("nonce")
+    if nonce is not None and (not isinstance(nonce, (str, int)) or len(str(nonce)) > MAX_NONCE):
+        return f"nonce: Must be {MAX_NONCE} or fewer in length."
     if creating and not (content or files or body.get("embeds") or body.get("components")):
         return "Cannot send an empty message"
     return None

@@ -29,6 +29,12 @@ next connection, ``retry_attempt`` counted), then new ones. An ack is
 ``{"envelope_id": …}``. ``disconnect()`` sends Slack's ``{"type": "disconnect"}`` (the client
 opens a new connection); ``drop()`` closes the socket without a word.
 
+Events API (``use_events_api(url)``): each envelope's payload is POSTed to ``url`` as Slack
+does — JSON for events, a form with ``payload=`` for interactivity — signed with the signing
+secret (``X-Slack-Signature: v0=<hmac-sha256 of "v0:<ts>:<body>">``,
+``X-Slack-Request-Timestamp``); a 2xx answer is the ack; ``redeliver()`` sends the others
+again with ``X-Slack-Retry-Num``. ``post_raw`` sends anything (attack tests).
+
 Injection: ``rate_limit(method, retry_after, times)`` answers HTTP 429 with ``Retry-After``;
 ``fail(method, error, times, after)`` answers ``{"ok": false, "error": error}``; ``revoke()`` makes
 every token ``token_revoked``; ``archive(channel)``.
@@ -37,11 +43,14 @@ every token ``token_revoked``; ``archive(channel)``.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import json
 import time
 from typing import Any
+from urllib.parse import urlencode
 
-from aiohttp import WSMsgType, web
+from aiohttp import ClientError, ClientSession, WSMsgType, web
 
 from carapace.testing.fake_slack_api import (
     Call,
@@ -53,8 +62,19 @@ from carapace.testing.fake_slack_api import (
 __all__ = ["Call", "Channel", "FakeSlack", "FakeSlackThread", "Message"]
 
 
+SIGNING_SECRET = "8f742231b10e8888abcd9912ab85a5c1"
+
+
 class FakeSlack(SlackState):
-    """The fake Slack: the server on loopback, the Socket Mode side and the people in it."""
+    """The fake Slack: the server on loopback, the Socket Mode side (or the Events API's
+    signed POSTs, after ``use_events_api``) and the people in it."""
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.events_url: str | None = None
+        self.signing_secret = SIGNING_SECRET
+        self.http_statuses: list[int] = []  # of every Events API POST, in order
+        self._http: ClientSession | None = None
 
     @property
     def api_url(self) -> str:
@@ -78,6 +98,9 @@ class FakeSlack(SlackState):
         return self.api_url
 
     async def stop(self) -> None:
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
         for ws in list(self._sockets):
             await ws.close()
         if self._runner is not None:
@@ -237,6 +260,9 @@ class FakeSlack(SlackState):
 
     async def _send_envelope(self, envelope: dict[str, Any]) -> None:
         self.unacked[envelope["envelope_id"]] = envelope
+        if self.events_url is not None:
+            await self._post_envelope(envelope)
+            return
         for ws in list(self._sockets):
             try:
                 await ws.send_str(json.dumps(envelope))
@@ -254,6 +280,57 @@ class FakeSlack(SlackState):
         """Close every socket without a word (a network cut)."""
         for ws in list(self._sockets):
             await ws.close()
+
+    # ------------------------------------------------------------------ events API
+    def use_events_api(self, url: str, signing_secret: str = SIGNING_SECRET) -> None:
+        """Deliver envelopes as Slack's Events API does: signed POSTs to ``url`` (the app's
+        request URL) instead of the socket; a 2xx answer is the ack."""
+        self.events_url, self.signing_secret = url, signing_secret
+
+    def sign(self, body: bytes, timestamp: int | None = None,
+             secret: str | None = None) -> dict[str, str]:  # fmt: skip
+        ts = str(int(time.time()) if timestamp is None else timestamp)
+        base = b"v0:" + ts.encode() + b":" + body
+        mac = hmac.new((secret or self.signing_secret).encode(), base, hashlib.sha256)
+        return {"X-Slack-Request-Timestamp": ts, "X-Slack-Signature": f"v0={mac.hexdigest()}"}
+
+    def _request_body(self, envelope: dict[str, Any]) -> tuple[bytes, str]:
+        if envelope.get("type") == "interactive":  # interactivity: a form with payload=
+            body = urlencode({"payload": json.dumps(envelope["payload"])}).encode()
+            return body, "application/x-www-form-urlencoded"
+        return json.dumps(envelope["payload"]).encode(), "application/json"
+
+    async def post_raw(self, body: bytes, headers: dict[str, str]) -> tuple[int, str]:
+        """POST bytes to the request URL as they are (attack tests): (status, text)."""
+        assert self.events_url is not None
+        if self._http is None:
+            self._http = ClientSession()
+        async with self._http.post(self.events_url, data=body, headers=headers) as resp:
+            return resp.status, await resp.text()
+
+    async def _post_envelope(self, envelope: dict[str, Any]) -> None:
+        body, ctype = self._request_body(envelope)
+        headers = {"Content-Type": ctype, **self.sign(body)}
+        retry = int(envelope.get("retry_attempt", 0))
+        if retry:
+            headers["X-Slack-Retry-Num"] = str(retry)
+            headers["X-Slack-Retry-Reason"] = str(envelope.get("retry_reason") or "timeout")
+        try:
+            status, _text = await self.post_raw(body, headers)
+        except (TimeoutError, OSError, ClientError):
+            status = 0
+        self.http_statuses.append(status)
+        if 200 <= status < 300:
+            self.unacked.pop(envelope["envelope_id"], None)
+            self.acks.append(envelope["envelope_id"])
+        self._poke()
+
+    async def redeliver(self) -> None:
+        """Slack's retry of every request not answered 2xx (``X-Slack-Retry-Num``)."""
+        for envelope in list(self.unacked.values()):
+            envelope["retry_attempt"] = int(envelope.get("retry_attempt", 0)) + 1
+            envelope["retry_reason"] = "http_error"
+            await self._post_envelope(envelope)
 
     # ------------------------------------------------------------------ socket mode
     async def _ws(self, request: web.Request) -> web.StreamResponse:

@@ -35,6 +35,7 @@ class Message:
     files: list[dict[str, Any]] = field(default_factory=list)
     edited: bool = False
     bot: bool = False
+    metadata: dict[str, Any] | None = None  # chat.postMessage's ``metadata``
 
     def buttons(self) -> list[dict[str, Any]]:
         return [e for b in self.blocks if b.get("type") == "actions" for e in b.get("elements", [])]
@@ -258,11 +259,52 @@ class SlackState:
         thread_ts = p.get("thread_ts") or None
         if thread_ts and self.message(ch.id, str(thread_ts)) is None:
             raise _ApiError("thread_not_found")
+        meta = p.get("metadata")
+        if isinstance(meta, str):
+            try:
+                meta = json.loads(meta)
+            except ValueError:
+                raise _ApiError("invalid_metadata_format") from None
+        if meta is not None and not (isinstance(meta, dict) and isinstance(meta.get("event_type"), str)
+                                     and isinstance(meta.get("event_payload"), dict)):  # fmt: skip
+            raise _ApiError("invalid_metadata_format")
         msg = Message(ch.id, self._ts(), self.bot_user_id, text,
-                      str(thread_ts) if thread_ts else None, blocks, bot=True)  # fmt: skip
+                      str(thread_ts) if thread_ts else None, blocks, bot=True, metadata=meta)  # fmt: skip
         self.all_messages.append(msg)
         return {"channel": ch.id, "ts": msg.ts,
                 "message": {"text": text, "ts": msg.ts, "user": msg.user}}  # fmt: skip
+
+    def _listed(self, msgs: list[Message], p: dict[str, Any]) -> dict[str, Any]:
+        limit = min(max(int(p.get("limit") or 100), 1), 999)
+        meta = str(p.get("include_all_metadata")).lower() in ("true", "1")
+        out = []
+        for m in sorted(msgs, key=lambda m: m.ts, reverse=True)[:limit]:
+            item: dict[str, Any] = {"type": "message", "ts": m.ts, "user": m.user, "text": m.text}
+            if m.thread_ts:
+                item["thread_ts"] = m.thread_ts
+            if m.bot:
+                item["bot_id"] = self.bot_id
+            if meta and m.metadata is not None:
+                item["metadata"] = m.metadata
+            out.append(item)
+        return {"messages": out, "has_more": False}
+
+    def _m_conversations_history(self, p: dict[str, Any]) -> dict[str, Any]:
+        """Newest first; top-level messages only (replies are in ``conversations.replies``)."""
+        channel = str(p.get("channel") or "")
+        if channel not in self.channels:
+            raise _ApiError("channel_not_found")
+        msgs = [m for m in self.all_messages
+                if m.channel == channel and (m.thread_ts is None or m.thread_ts == m.ts)]  # fmt: skip
+        return self._listed(msgs, p)
+
+    def _m_conversations_replies(self, p: dict[str, Any]) -> dict[str, Any]:
+        channel, ts = str(p.get("channel") or ""), str(p.get("ts") or "")
+        if channel not in self.channels or self.message(channel, ts) is None:
+            raise _ApiError("thread_not_found")
+        msgs = [m for m in self.all_messages
+                if m.channel == channel and (m.ts == ts or m.thread_ts == ts)]  # fmt: skip
+        return self._listed(msgs, p)
 
     def _m_chat_update(self, p: dict[str, Any]) -> dict[str, Any]:
         channel = str(p.get("channel") or "")

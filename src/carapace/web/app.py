@@ -113,7 +113,7 @@ class WebApp:
         self.loop: asyncio.AbstractEventLoop | None = None
         self._store: WebStore | None = None
         self.closers: list[Callable[[], None]] = []
-        from carapace.web import routes_chat, routes_dash, routes_hooks
+        from carapace.web import routes_chat, routes_dash, routes_hooks, routes_slack
 
         routes: list[Route] = [
             Route("/static/{name}", self._static, methods=["GET"]),
@@ -125,6 +125,7 @@ class WebApp:
         routes += routes_chat.routes(self)
         routes += routes_dash.routes(self)
         routes += routes_hooks.routes(self)
+        routes += routes_slack.routes(self)
         self.asgi = Starlette(routes=routes)
 
     # -- the hop to the host's loop ------------------------------------------------------------

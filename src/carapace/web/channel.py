@@ -74,6 +74,7 @@ class Subscriber:
 class WebChannel:
     channel_type = CHANNEL
     supports_threads = False
+    dedupes_sends = True  # a re-send after a crash finds the row it stored (``deliver``)
 
     def __init__(self, home: Home, *, clock: Clock | None = None) -> None:
         self.home = home
@@ -196,6 +197,13 @@ class WebChannel:
         if owner_of(platform_id) is None:
             raise DeliveryError(f"not a web chat address: {platform_id!r}", permanent=True)
         files = tuple((f.name, f.data) for f in message.files)
+        if message.resend and message.message_out_id:  # the host crashed after the send?
+            try:
+                done = self._store().find_out(message.message_out_id, platform_id)
+            except sqlite3.Error as exc:
+                raise DeliveryError(f"web chat history not readable: {exc}") from None
+            if done is not None:  # stored before the crash: the page shows it already
+                return f"web-{done.id}"
         try:
             stored = self._store().add_message(
                 platform_id, "out", message.kind, message.content, self.clock.now(),

@@ -129,10 +129,24 @@ class WebServer:
         self.app.close()
 
 
+def _events_need_web(host: Host) -> None:
+    """Slack in events mode posts to this server: without it nothing would ever arrive, so
+    the channel is failed, loudly (``channels list``, ``doctor``)."""
+    if getattr(host.adapters.get("slack"), "mode", None) != "events":
+        return
+    from carapace.channels.registry import record_state
+
+    reason = ("events mode needs the web server: set [web] enabled = true and point Slack's "
+              "request URLs at https://<your host>/slack/events")  # fmt: skip
+    logger.error("slack: %s", reason)
+    record_state(host.home, "slack", "failed", reason)
+
+
 async def start_web(host: Host) -> WebServer | None:
     """The web server when ``[web] enabled = true`` (None otherwise)."""
     ws = web_settings(host.settings, host.home)
     if not ws.enabled:
+        _events_need_web(host)
         return None
     try:
         server = WebServer(host, ws)

@@ -192,10 +192,12 @@ class WebStore:
         return [(str(r[0]), bytes(r[1])) for r in self.db.execute(
             "SELECT name, data FROM files WHERE message_id=? ORDER BY id", (mid,))]  # fmt: skip
 
-    def find_out(self, message_out_id: str) -> StoredMessage | None:
+    def find_out(self, message_out_id: str, platform_id: str | None = None) -> StoredMessage | None:
+        """The first reply stored for ``message_out_id`` (in ``platform_id``'s chat)."""
         row = self.db.execute(
-            "SELECT * FROM messages WHERE message_out_id=? AND direction='out' ORDER BY id LIMIT 1",
-            (message_out_id,),
+            "SELECT * FROM messages WHERE message_out_id=? AND direction='out' "
+            "AND (? IS NULL OR platform_id=?) ORDER BY id LIMIT 1",
+            (message_out_id, platform_id, platform_id),
         ).fetchone()
         return self._msg(row) if row else None
 
