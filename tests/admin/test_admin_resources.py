@@ -73,7 +73,7 @@ def test_group_config_verbs(ctx: DirectContext) -> None:
         cli_scope="global",
     )
     assert (cfg["provider"], cfg["model"], cfg["max_messages_per_prompt"]) == (
-        "claude",  # NanoClaw's name for it
+        "anthropic",  # the Messages API loop: no NanoClaw name, stored as it is
         "claude",
         7,
     )
@@ -127,6 +127,18 @@ def test_groups_prompt_uses_composer_when_present(ctx: DirectContext) -> None:
         assert code == "handler-error" and "prompt composer" in msg
     else:
         assert isinstance(call(ctx, "groups-prompt", id="main"), str)
+
+
+def test_groups_prompt_shows_what_the_groups_provider_gets(ctx: DirectContext) -> None:
+    """On ``claude`` Claude Code reads the memory files itself: the prompt leaves them out
+    and names Claude Code's tools; on ``anthropic`` the prompt holds them."""
+    (ctx.home.group_dir("main") / "CLAUDE.local.md").write_text("MEMORYMARK\n")
+    call(ctx, "groups-config-update", id="main", provider="anthropic")
+    text = call(ctx, "groups-prompt", id="main")
+    assert "MEMORYMARK" in text and "`read_file`" in text
+    call(ctx, "groups-config-update", id="main", provider="claude")
+    text = call(ctx, "groups-prompt", id="main")
+    assert "MEMORYMARK" not in text and "`Read`" in text and "`read_file`" not in text
 
 
 def test_messaging_groups_verbs(ctx: DirectContext) -> None:

@@ -206,8 +206,8 @@ def test_container_config_update(central: sqlite3.Connection, world: dict[str, s
         world["ag"],
         {"provider": "anthropic", "packages_apt": ["jq"], "settings": {"bash": "off"}},
     )
-    # stored under NanoClaw's name, which NanoClaw's runner accepts (issue 18, item 3)
-    assert cfg.provider == "claude" and cfg.packages_apt == '["jq"]'
+    # anthropic (the Messages API loop) has no NanoClaw name: stored as it is (issue 17)
+    assert cfg.provider == "anthropic" and cfg.packages_apt == '["jq"]'
     assert cfg.to_json()["packages"] == {"apt": ["jq"], "npm": []}
     with pytest.raises(ValidationError):
         groups.update_container_config(central, world["ag"], {"cli_scope": "root"})
@@ -223,8 +223,9 @@ def test_dropped_audit_counts_per_chat(central: sqlite3.Connection) -> None:
     assert row.user_id == "telegram:1" and row.sender_name == "Bob"
 
 
-@pytest.mark.parametrize(("given", "stored"), [("anthropic", "claude"), ("Anthropic", "claude"),
-                                               ("claude", "claude"), ("mock", "mock"),
+@pytest.mark.parametrize(("given", "stored"), [("anthropic", "anthropic"), ("Anthropic", "anthropic"),
+                                               ("claude", "claude"), ("claude-agent-sdk", "claude"),
+                                               ("Claude-Agent-SDK", "claude"), ("mock", "mock"),
                                                ("openai", "openai")])  # fmt: skip
 def test_provider_names_are_stored_as_nanoclaw_names_them(
     central: sqlite3.Connection, world: dict[str, str], given: str, stored: str
@@ -235,5 +236,6 @@ def test_provider_names_are_stored_as_nanoclaw_names_them(
     assert cfg.provider == stored
     group = groups.update_agent_group(central, world["ag"], agent_provider=given)
     assert group.agent_provider == stored
-    # and carapace's runner still reads its own name back
-    assert PROVIDER_ALIASES.get(stored, stored) == given.lower().replace("claude", "anthropic")
+    # and carapace's runner reads the stored name as the provider that was asked for
+    wanted = given.lower()
+    assert PROVIDER_ALIASES.get(stored, stored) == PROVIDER_ALIASES.get(wanted, wanted)

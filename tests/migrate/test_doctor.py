@@ -155,3 +155,28 @@ def test_wrong_type_config_is_a_doctor_error(tmp_path: Path) -> None:
     res = CliRunner().invoke(main, ["doctor", "--home", str(home)])
     assert res.exit_code != 0, res.output
     assert "max_runners" in res.output
+
+
+def test_claude_provider_without_its_sdk_is_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A group on ``claude`` (NanoClaw's Claude Agent SDK provider) in a home without the
+    claude extra: doctor says so (the runner would fail each message; it never falls back
+    to another provider)."""
+    import importlib.util
+
+    home = tmp_path / "home"
+    assert CliRunner().invoke(main, ["init", "--home", str(home)]).exit_code == 0
+    conn = sqlite3.connect(home / "data" / "v2.db", isolation_level=None)
+    conn.execute("UPDATE container_configs SET provider='claude'")
+    conn.close()
+    assert "provider-unavailable" not in codes(home)  # installed here (the dev extra)
+    real = importlib.util.find_spec
+
+    def no_sdk(name: str, *args: object) -> object:
+        return None if name == "claude_agent_sdk" else real(name, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(importlib.util, "find_spec", no_sdk)
+    assert codes(home)["provider-unavailable"] == ["error"]
+    res = CliRunner().invoke(main, ["doctor", "--home", str(home)])
+    assert res.exit_code == 1 and "carapace[claude]" in res.output

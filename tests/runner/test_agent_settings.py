@@ -97,7 +97,7 @@ def test_runner_config_reads_container_json(tmp_path: Path) -> None:
         {"CARAPACE_SANDBOX": "bwrap"},
     )  # fmt: skip
     assert (cfg.provider, cfg.model, cfg.max_tool_rounds, cfg.sandboxed) == (
-        "anthropic",
+        "claude",  # NanoClaw's name: the Claude Agent SDK provider
         "m1",
         4,
         True,

@@ -197,6 +197,42 @@ def test_sdk_providers_call_mcp_tools_with_images(
         assert last["content"][1]["image_url"]["url"].startswith("data:image/png;base64,")
 
 
+def test_claude_code_calls_mcp_tools_by_their_nanoclaw_names(
+    session: SessionPaths, tmp_path: Path
+) -> None:
+    """The ``claude`` provider hands each MCP server to Claude Code as its own server, so the
+    model sees NanoClaw's ``mcp__<server>__<tool>``; text and image results come back."""
+    pytest.importorskip("claude_agent_sdk", reason="the claude extra is not installed")
+    with serve_http() as url:
+        servers = {"t": STDIO, "web": {"url": url}}
+        agent_dir = make_agent_dir(tmp_path, config={"provider": "claude", "mcpServers": servers})
+        script = [
+            FakeReply(tool_calls=(FakeToolCall("mcp__web__add", {"a": 1, "b": 2}),)),
+            FakeReply(tool_calls=(FakeToolCall("mcp__t__image", {}),)),
+            FakeReply(text="It is 3 and a picture."),
+        ]
+        with FakeLLMServer(script) as srv:
+            write_chat(session, "add and draw", id="m1")
+            result = run_once(session, agent_dir, ANTHROPIC_BASE_URL=srv.base_url,
+                              ANTHROPIC_API_KEY="test-key")  # fmt: skip
+            requests = list(srv.requests)
+            assert srv.structure_errors == []
+    assert result.returncode == 0, result.stderr
+    assert read_outbound(session)[-1]["content"]["text"] == "It is 3 and a picture."
+    tools = {t["name"] for t in requests[0]["tools"]}
+    assert {
+        "mcp__web__add",
+        "mcp__t__image",
+        "mcp__t__echo",
+        "mcp__carapace__send_message",
+    } <= tools
+    assert not any(t.startswith("mcp__carapace__mcp__") for t in tools)
+    assert "3" in json.dumps(requests[1]["messages"][-1])
+    [block] = requests[2]["messages"][-1]["content"][:1]
+    kinds = [c.get("type") for c in block["content"]]
+    assert block["type"] == "tool_result" and "image" in kinds
+
+
 def test_prompt_section_says_state_and_instructions(hub: Callable[..., McpHub]) -> None:
     h = hub({"t": {**STDIO, "instructions": "Prefer t for echoing."},
              "gone": {"command": "/nonexistent/srv"}})  # fmt: skip

@@ -178,6 +178,11 @@ def test_write_file_caps_and_read_only(home: Home) -> None:
         text = err(ws.call("write_file", {"path": str(home.session / name), "content": "x"}))
         assert "belongs to the runner" in text
     assert (home.session / "inbound.db").read_bytes() == b"inbound"
+    # Claude Code's project settings (hooks, permissions) are never written by tools
+    for rel in (".claude/settings.json", ".claude", "sub/../.claude/hooks.json"):
+        text = err(ws.call("write_file", {"path": rel, "content": "{}"}))
+        assert "project settings folder" in text
+    assert not (home.group / ".claude").exists()
 
 
 def test_write_through_a_symlink_inside_the_roots_writes_the_target(

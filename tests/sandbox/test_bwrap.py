@@ -495,3 +495,38 @@ def test_argv_layout_is_as_documented(layout: Layout) -> None:
     assert str(layout.other_group) not in joined
     net = bwrap_argv(sandbox(layout, "pass", network=True))
     assert "--share-net" not in net and "/etc/resolv.conf" in net  # slirp's DNS, not the host's
+
+
+@needs_bwrap
+def test_project_settings_folder_is_empty_and_read_only(layout: Layout, tmp_path: Path) -> None:
+    """``<group>/.claude`` (Claude Code's hooks, permissions, env) is an empty read-only
+    folder in the sandbox, whatever the agent left there; a link planted in its place is
+    removed by the host, never followed."""
+    planted = layout.agent_dir / ".claude"
+    planted.mkdir()
+    (planted / "settings.json").write_text('{"hooks": {}}')
+    spec = sandbox(
+        layout,
+        f"""
+        import json, os
+        d = {str(planted)!r}
+        try:
+            open(os.path.join(d, "settings.local.json"), "w")
+            wrote = True
+        except OSError:
+            wrote = False
+        print(json.dumps({{"entries": os.listdir(d), "wrote": wrote}}))
+    """,
+    )
+    assert run(spec) == {"entries": [], "wrote": False}
+    assert (planted / "settings.json").exists()  # the host's file is left alone
+    # a link in its place (to a folder the agent controls) is removed before the spawn
+    (planted / "settings.json").unlink()
+    planted.rmdir()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "settings.json").write_text("{}")
+    planted.symlink_to(elsewhere)
+    bwrap_mod.close_fds(bwrap_mod.open_agent_binds(layout.agent_dir))
+    assert planted.is_dir() and not planted.is_symlink() and list(planted.iterdir()) == []
+    assert (elsewhere / "settings.json").exists()

@@ -82,9 +82,10 @@ def validate_folder(folder: str) -> str:
     return folder
 
 
-# NanoClaw's names for providers, stored as NanoClaw stores them so that its runner can
-# serve a carapace home: carapace's ``anthropic`` is NanoClaw's ``claude``.
-STORED_PROVIDER_NAMES = {"anthropic": "claude"}
+# Providers are stored under NanoClaw's names where NanoClaw has one: the Claude Agent SDK
+# provider is NanoClaw's ``claude`` (also accepted as ``claude-agent-sdk``). ``anthropic``
+# (the Messages API loop) has no NanoClaw counterpart and is stored as it is.
+STORED_PROVIDER_NAMES = {"claude-agent-sdk": "claude"}
 
 
 def stored_provider(name: str | None) -> str | None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sqlite3
 from pathlib import Path
 
 from carapace import safefs
@@ -165,3 +166,23 @@ def nanoclaw_rewrites(home: Home) -> list[tuple[str, str]]:
             out.append((f"groups/{folder}/CLAUDE.md", "regenerated: operator text not yet moved "
                         "to CLAUDE.local.md would be lost (carapace moves it at next start)"))  # fmt: skip
     return out
+
+
+def log_unavailable_providers(db: sqlite3.Connection) -> int:
+    """At host start: an error line for each agent group whose provider cannot be created
+    here (its SDK is not installed). Such a group is never served by another provider: each
+    of its messages is answered with the reason (``carapace doctor``: provider-unavailable).
+    Returns how many were logged."""
+    from carapace.runner.providers import unavailable_reason
+
+    n = 0
+    rows = db.execute(
+        "SELECT g.folder, c.provider FROM agent_groups g "
+        "JOIN container_configs c ON c.agent_group_id = g.id ORDER BY g.folder"
+    ).fetchall()
+    for folder, provider in rows:
+        why = unavailable_reason(provider) if isinstance(provider, str) else None
+        if why is not None:
+            logger.error("agent group %s: provider %s cannot run here: %s", folder, provider, why)
+            n += 1
+    return n

@@ -305,6 +305,7 @@ class Host:
             await asyncio.to_thread(groupfiles.restore_global, self.home)
         except (OSError, CarapaceError) as exc:
             logger.warning("shared memory not restored: %s", exc)
+        groupfiles.log_unavailable_providers(self.db)  # never served by another provider
         add_projection_hook(self._hook)
         callbacks = ChannelCallbacks(
             on_inbound=self._on_inbound, on_ready=self._on_channel_ready,

@@ -270,12 +270,24 @@ def _groups(home: Home, conn: sqlite3.Connection, rep: DoctorReport) -> None:
             rep.add("error", "bad-settings", subject, "container_configs.settings is not an object")
             continue
         group_backend = _group_sandbox(home, row, settings, backend, subject, rep)
+        _group_provider(row, subject, rep)
         if settings.get("bash") == "allowed" and group_backend not in SANDBOXED_BACKENDS:
             rep.add(
                 "warning", "bash-unsandboxed", subject,
                 f"bash is allowed but the runner backend is {group_backend!r} (no sandbox): "
                 "the agent can run any command as you",
             )  # fmt: skip
+
+
+def _group_provider(row: sqlite3.Row, subject: str, rep: DoctorReport) -> None:
+    """A provider whose SDK is missing: every message of the group would fail (the runner
+    says why; it never substitutes another provider)."""
+    from carapace.runner.providers import unavailable_reason
+
+    name = row["provider"] if "provider" in row.keys() else None  # noqa: SIM118
+    why = unavailable_reason(name) if isinstance(name, str) else None
+    if why is not None:
+        rep.add("error", "provider-unavailable", subject, why)
 
 
 def _sandbox_backend(home: Home, rep: DoctorReport) -> str:

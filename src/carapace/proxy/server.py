@@ -87,8 +87,8 @@ def upstreams_for(provider: str | None, base_url: str | None, keys: KeyStore) ->
 
     out = {p: keys.base_url(p) or DEFAULT_UPSTREAMS[p] for p in PROVIDERS}
     provider = (provider or "").lower()
-    provider = PROVIDER_ALIASES.get(provider, provider)  # NanoClaw's "claude"
-    if provider == "claude-agent-sdk":  # Claude Code speaks the Anthropic API
+    provider = PROVIDER_ALIASES.get(provider, provider)
+    if provider == "claude":  # Claude Code (the Claude Agent SDK) speaks the Anthropic API
         provider = "anthropic"
     if provider in out and base_url:
         out[provider] = base_url

@@ -22,13 +22,14 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from carapace.jsonutil import dumps
 from carapace.runner.compaction import Compaction, compact, conversation_chars, is_summary
+from carapace.runner.images import Image, describe
 from carapace.runner.outbound import Outbound
 from carapace.runner.providers.base import Message, Provider
 from carapace.runner.tools import ToolBox, TurnAbandoned
@@ -133,16 +134,34 @@ class Agent:
         self.history_messages = history_messages
         self.on_compaction = on_compaction
 
-    def run_turn(self, system: str, prompt: str) -> TurnResult:
+    def run_turn(self, system: str, prompt: str, images: Sequence[Image] = ()) -> TurnResult:
         """Run one turn; raises ``ProviderError`` (or any provider failure) and
-        ``TurnAbandoned``, leaving ``self.conversation`` untouched in both cases."""
-        new: list[Message] = [{"role": "user", "content": prompt}]
+        ``TurnAbandoned``, leaving ``self.conversation`` untouched in both cases.
+
+        ``images`` (a person's, ``images.py``) go with the prompt to a provider whose model
+        takes images, else are described in its text; the returned messages keep the text
+        only (the bytes are not stored in the conversation)."""
+        user: Message = {"role": "user", "content": prompt}
+        takes_images = bool(getattr(self.provider, "takes_images", False))
+        if images and takes_images:
+            user["images"] = [i.block() for i in images]
+        elif images:
+            user["content"] = f"{prompt}\n\n{describe(images)}"
+        result = self._run_turn(system, user)
+        if "images" in user:
+            kept = {k: v for k, v in user.items() if k != "images"}
+            result = TurnResult(result.text, [kept, *result.messages[1:]], result.rounds)
+        return result
+
+    def _run_turn(self, system: str, user: Message) -> TurnResult:
+        new: list[Message] = [user]
         whole_turn = getattr(self.provider, "run_agent_turn", None)
         if whole_turn is not None:  # the provider runs the tool loop itself (claude_sdk.py)
             if self.should_stop():
                 raise TurnAbandoned("shutdown before the provider call")
             self.heartbeat()
-            text, session_id = whole_turn(system, prompt, self.toolbox, self.conversation)
+            text, session_id = whole_turn(system, user["content"], self.toolbox,
+                                          self.conversation, user.get("images") or ())  # fmt: skip
             reply: Message = {"role": "assistant", "content": text, "tool_calls": []}
             if session_id:
                 reply["sdk_session_id"] = session_id

@@ -78,8 +78,21 @@ class Compaction:
         }
 
 
+# what an image counts for against the context limit: about the 1,600 tokens a model
+# charges for a large image (≈4 chars a token), not the length of its base64
+IMAGE_CHARS = 6_400
+
+
+def message_chars(message: Message) -> int:
+    images = message.get("images")
+    if not images:
+        return len(dumps(message))
+    rest = {k: v for k, v in message.items() if k != "images"}
+    return len(dumps(rest)) + IMAGE_CHARS * (len(images) if isinstance(images, list) else 1)
+
+
 def conversation_chars(messages: list[Message]) -> int:
-    return len(dumps(messages))
+    return 2 + sum(message_chars(m) + 1 for m in messages) - (1 if messages else 0)
 
 
 def is_summary(message: Message) -> bool:
@@ -92,7 +105,7 @@ def split_point(messages: list[Message], keep_chars: int, keep_messages: int | N
     size = 2  # "[]"
     best = len(messages)
     for i in range(len(messages) - 1, -1, -1):
-        size += len(dumps(messages[i])) + 1
+        size += message_chars(messages[i]) + 1
         if size > keep_chars or (keep_messages is not None and len(messages) - i > keep_messages):
             break
         if messages[i].get("role") == "user" and not is_summary(messages[i]):

@@ -10,7 +10,8 @@ read ``ANTHROPIC_API_KEY``/``OPENAI_API_KEY`` and base URLs from the environment
 says whether the host started this runner in a sandbox (``CARAPACE_SANDBOX``).
 
 Provider choice: ``--provider`` (the host's per-session override, spec W-20), else
-``container.json`` ``provider`` (NanoClaw's ``claude`` means ``anthropic``), else the first
+``container.json`` ``provider`` (``claude`` is NanoClaw's Claude Agent SDK provider, also
+spelled ``claude-agent-sdk``; ``anthropic`` is the Messages API loop), else the first
 provider whose key is in the environment, else ``mock``.
 """
 
@@ -25,6 +26,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from carapace.db.session import SessionPaths
+from carapace.runner.providers.base import PROVIDER_ALIASES as PROVIDER_ALIASES
 from carapace.runner.settings import AgentSettings, is_sandboxed
 
 logger = logging.getLogger(__name__)
@@ -33,7 +35,6 @@ DEFAULT_MAX_MESSAGES = 10
 DEFAULT_MAX_TOOL_ROUNDS = 25
 DEFAULT_QUESTION_TIMEOUT_S = 300
 DEFAULT_HISTORY_MESSAGES = 200
-PROVIDER_ALIASES = {"claude": "anthropic"}
 
 
 def resolve_timezone(name: str | None) -> str:

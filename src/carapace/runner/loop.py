@@ -41,6 +41,7 @@ from carapace.runner.batching import select_batch
 from carapace.runner.compaction import Compaction
 from carapace.runner.config import RunnerConfig
 from carapace.runner.formatter import format_messages, is_clear_command
+from carapace.runner.images import collect_images, describe
 from carapace.runner.inbound import Inbound, InRow
 from carapace.runner.outbound import Outbound
 from carapace.runner.prompt import compose_system_prompt
@@ -298,6 +299,12 @@ class Runner:
             _origin_lookup(dests),
             session_dir=self.paths.root,
         )
+        images = collect_images(rows, self.paths.root)
+        if images.skipped:
+            prompt = f"{prompt}\n\n{images.note()}"
+        if images.images and not self.config.agent_settings.images:  # a text-only model
+            prompt = f"{prompt}\n\n{describe(images.images, 'images are off for this group')}"
+            images.images = []
         system = compose_system_prompt(
             self.config.agent_dir,
             dests,
@@ -305,12 +312,14 @@ class Runner:
             settings=self.config.agent_settings if self.toolbox.workspace is not None else None,
             session_dir=self.paths.root,
             sandboxed=self.config.sandboxed,
+            memory=not getattr(self.agent.provider, "loads_memory_files", False),
+            tool_names=getattr(self.agent.provider, "prompt_tool_names", None),
         )
         if self.mcp is not None:
             system = f"{system}\n\n{self.mcp.prompt_section()}"
         try:
             with Keepalive(self.heartbeat):
-                result = self.agent.run_turn(system, prompt)
+                result = self.agent.run_turn(system, prompt, images.images)
         except TurnAbandoned as exc:
             logger.info("session %s: turn abandoned (%s); releasing %s", sid, exc, ids)
             self.outbound.release(ids)

@@ -226,6 +226,12 @@ class McpHub:
             out.extend(s.tools.values())
         return out
 
+    def by_server(self) -> dict[str, list[ToolSpec]]:
+        """The tools grouped by server (its ``mcp__<server>__`` name part), for a provider
+        that hands each server to the model as its own (``claude``)."""
+        self.wait_started()
+        return {safe_name(name): list(s.tools.values()) for name, s in self._servers.items()}
+
     def knows(self, name: str) -> bool:
         return name.startswith(PREFIX) and self._owner(name) is not None
 

@@ -9,7 +9,8 @@
    heading naming the file. Lines that are only ``@path`` are Claude Code imports (how
    NanoClaw composes a group's ``CLAUDE.md``): the file is inlined when it lies inside the
    group or global folder, and dropped otherwise (NanoClaw's shared base, ``/app/CLAUDE.md``,
-   is replaced by the base instructions above);
+   is replaced by the base instructions above). Left out (``memory=False``) for a provider
+   that reads these files itself (``claude``: Claude Code, as in NanoClaw);
 4. ``## Your workspace``: the folders and the workspace tools the group's settings enable
    (when ``settings`` is given);
 5. ``## Sending messages`` with the destinations (spec §7.1 wording, adapted: a plain reply
@@ -169,8 +170,15 @@ def workspace_section(
     *,
     session_dir: Path | None = None,
     sandboxed: bool | None = None,
+    tool_names: Mapping[str, str] | None = None,
 ) -> str:
-    """What the workspace tools can reach and which of them this group has."""
+    """What the workspace tools can reach and which of them this group has; ``tool_names``
+    renames them for a provider that offers them under other names (``claude``)."""
+    names = tool_names or {}
+
+    def n(tool: str) -> str:
+        return names.get(tool, tool)
+
     lines = [
         "## Your workspace",
         "",
@@ -192,12 +200,12 @@ def workspace_section(
     tools = [t for t in ("read_file", "write_file", "edit_file", "list_files", "grep")
              if t in settings.tools]  # fmt: skip
     if tools:
-        lines.append("- File tools: " + ", ".join(f"`{t}`" for t in tools) + ".")
+        lines.append("- File tools: " + ", ".join(f"`{n(t)}`" for t in tools) + ".")
     if "web_fetch" in settings.tools:
         lines.append(
-            "- `web_fetch` fetches a web page as text."
+            f"- `{n('web_fetch')}` fetches a web page as text."
             if settings.web
-            else "- Web access (`web_fetch`) is disabled for this group."
+            else f"- Web access (`{n('web_fetch')}`) is disabled for this group."
         )
     if sandboxed is None:
         mode = settings.bash if "bash" in settings.tools else "off"
@@ -205,14 +213,14 @@ def workspace_section(
     else:
         on = settings.bash_mode(sandboxed)[0] != "off"
     if on is None:
-        lines.append("- `bash` runs shell commands when the runner is sandboxed.")
+        lines.append(f"- `{n('bash')}` runs shell commands when the runner is sandboxed.")
     elif on:
-        lines.append("- `bash` runs shell commands in the working folder (with a timeout).")
+        lines.append(f"- `{n('bash')}` runs shell commands in the working folder (with a timeout).")
     else:
-        lines.append("- Shell commands (`bash`) are disabled for this group.")
+        lines.append(f"- Shell commands (`{n('bash')}`) are disabled for this group.")
     lines.append(
-        "- Update `CLAUDE.local.md` (edit_file or write_file) when you learn something "
-        "worth remembering; it is part of these instructions at your next message."
+        f"- Update `CLAUDE.local.md` ({n('edit_file')} or {n('write_file')}) when you learn "
+        "something worth remembering; it is part of these instructions at your next message."
     )
     return "\n".join(lines)
 
@@ -225,19 +233,25 @@ def compose_system_prompt(
     settings: AgentSettings | Mapping[str, Any] | None = None,
     session_dir: Path | None = None,
     sandboxed: bool | None = None,
+    memory: bool = True,
+    tool_names: Mapping[str, str] | None = None,
 ) -> str:
-    """The whole system prompt for one agent group's runner (see the module docstring)."""
+    """The whole system prompt for one agent group's runner (see the module docstring).
+
+    ``memory=False`` leaves the memory files out, for a provider that loads them itself
+    (Claude Code reads ``CLAUDE.md`` and ``CLAUDE.local.md``): never included twice."""
     agent_dir = Path(agent_dir)
     workspace = ""
     if settings is not None:
         parsed = settings if isinstance(settings, AgentSettings) else AgentSettings.parse(settings)
         workspace = workspace_section(
-            agent_dir, parsed, session_dir=session_dir, sandboxed=sandboxed
-        )
+            agent_dir, parsed, session_dir=session_dir, sandboxed=sandboxed,
+            tool_names=tool_names,
+        )  # fmt: skip
     parts = [
         identity_section(assistant_name),
         BASE_INSTRUCTIONS,
-        *memory_sections(agent_dir),
+        *(memory_sections(agent_dir) if memory else ()),
         workspace,
         destinations_section(destinations),
     ]

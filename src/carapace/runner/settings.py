@@ -22,6 +22,8 @@ key                         default                  meaning
 ``max_tool_rounds``         25                       tool rounds per turn
 ``bash_timeout_s``          120                      default bash timeout
 ``model_timeout_s``         120                      one model call's timeout (0 < s ≤ 3600)
+``images``                  ``true``                 send images a person attached to models
+                                                     that take them (``false``: describe them)
 ==========================  =======================  ======================================
 
 ``bash``: ``sandboxed`` runs commands only when the runner itself is sandboxed — the
@@ -84,6 +86,7 @@ RUNNER_KEYS = (
     "max_tool_rounds",
     "bash_timeout_s",
     "model_timeout_s",
+    "images",
 )
 
 
@@ -99,6 +102,7 @@ class AgentSettings:
     max_tool_rounds: int = DEFAULT_MAX_TOOL_ROUNDS
     bash_timeout_s: float = DEFAULT_BASH_TIMEOUT_S
     model_timeout_s: float = DEFAULT_MODEL_TIMEOUT_S
+    images: bool = True
 
     @classmethod
     def parse(cls, settings: Mapping[str, Any] | None) -> AgentSettings:
@@ -167,7 +171,7 @@ def _parse(s: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
             errors.append(f"bash must be off, sandboxed, auto or allowed, not {value!r}")
         else:
             out["bash"] = mode
-    for key in ("web", "web_private"):
+    for key in ("web", "web_private", "images"):
         if key in s:
             if isinstance(s[key], bool):
                 out[key] = s[key]

@@ -30,6 +30,7 @@ logger = logging.getLogger(__name__)
 
 def provider_config(config: RunnerConfig) -> ProviderConfig:
     agent = config.agent_settings
+    process = limits_of(config.settings)
     return ProviderConfig(
         name=config.provider,
         model=config.model,
@@ -37,6 +38,11 @@ def provider_config(config: RunnerConfig) -> ProviderConfig:
         base_url=agent.base_url,
         timeout_s=agent.model_timeout_s,
         agent_dir=str(config.agent_dir),
+        # the claude provider's Bash gets the workspace bash's timeouts
+        extra={
+            "bash_timeout_s": min(agent.bash_timeout_s, process.tool_timeout_s),
+            "bash_max_timeout_s": float(process.tool_timeout_s),
+        },
     )
 
 

@@ -51,6 +51,9 @@ BashMode = Literal["off", "sandboxed", "allowed"]
 BASH_MODES: tuple[BashMode, ...] = ("off", "sandboxed", "allowed")
 # Runner-owned files at the top of the session folder; the file tools never write them.
 SESSION_PROTECTED = ("inbound.db", "outbound.db", ".heartbeat")
+# Claude Code's project settings in the group folder (hooks, permissions, env): never written
+# by tools, and an empty read-only folder in the bwrap sandbox (docs/sandbox.md)
+PROJECT_SETTINGS = ".claude"
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 
@@ -207,6 +210,12 @@ class Workspace:
             )
         if write and self._protected(real):
             raise PathRefused(f"{real} belongs to the runner and cannot be written by tools.")
+        settings = os.path.join(self.group, PROJECT_SETTINGS)
+        if write and (real == settings or real.startswith(settings + os.sep)):
+            raise PathRefused(
+                f"{real} is in Claude Code's project settings folder ({PROJECT_SETTINGS}/), "
+                "which tools never write (its hooks and permissions would bypass this policy)."
+            )
         return real
 
     def roots_text(self) -> str:

@@ -93,6 +93,7 @@ SYSTEM_ETC = (
 NETWORK_ETC = ("/etc/resolv.conf", "/etc/hosts", "/etc/nsswitch.conf", "/etc/gai.conf",
                "/etc/host.conf")  # fmt: skip
 AGENT_READ_ONLY = ("container.json", "CLAUDE.md", ".claude-fragments")
+PROJECT_SETTINGS = ".claude"  # Claude Code's project settings folder in the group folder
 SESSION_WRITABLE = ("outbound.db", "outbound.db-journal", ".heartbeat", "outbox", "conversations")
 SESSION_READ_ONLY = ("inbound.db", "inbound.db-journal")
 # Host environment variables the backend passes on by default: time zone and the like. No
@@ -187,6 +188,7 @@ def open_agent_binds(agent_dir: Path) -> list[tuple[int, str]]:
     except safefs.UnsafePathError as exc:
         raise ConfigError(f"agent folder refused: {exc}") from None
     try:
+        _real_settings_dir(root, agent_dir)
         for name in AGENT_READ_ONLY:
             want_dir = name == ".claude-fragments"
             flags = os.O_RDONLY | (os.O_DIRECTORY if want_dir else os.O_NONBLOCK)
@@ -210,6 +212,26 @@ def open_agent_binds(agent_dir: Path) -> list[tuple[int, str]]:
     finally:
         os.close(root)
     return out
+
+
+def _real_settings_dir(root: int, agent_dir: Path) -> None:
+    """Make ``<agent>/.claude`` a real folder (the sandbox mounts an empty read-only one
+    over it): a link or file there was planted by the agent and is removed, unfollowed."""
+    try:
+        try:
+            st = os.stat(PROJECT_SETTINGS, dir_fd=root, follow_symlinks=False)
+        except FileNotFoundError:
+            st = None
+        if st is not None and not stat.S_ISDIR(st.st_mode):
+            logger.warning("%s/%s is not a folder (planted by the agent): removed", agent_dir,
+                           PROJECT_SETTINGS)  # fmt: skip
+            os.unlink(PROJECT_SETTINGS, dir_fd=root)
+            st = None
+        if st is None:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(PROJECT_SETTINGS, 0o700, dir_fd=root)
+    except OSError as exc:  # bwrap then fails to mount over it and says so
+        logger.warning("%s/%s: %s", agent_dir, PROJECT_SETTINGS, exc)
 
 
 def close_fds(fds: Sequence[tuple[int, str]]) -> None:
@@ -247,6 +269,10 @@ def bwrap_argv(spec: SandboxSpec, agent_fds: Sequence[tuple[int, str]] = ()) -> 
     for name in SESSION_READ_ONLY:
         argv += ["--ro-bind", str(session / name), str(session / name)]
     argv += ["--bind", str(agent), str(agent)]
+    # Claude Code's project settings (hooks, permissions, env) as an empty read-only folder:
+    # nothing the agent wrote there can loosen the claude provider's tool policy
+    settings_dir = str(agent / PROJECT_SETTINGS)
+    argv += ["--tmpfs", settings_dir, "--remount-ro", settings_dir]
     for fd, name in agent_fds:
         # Bound from a descriptor the host opened without following links: bwrap never
         # resolves a path the agent could have planted (a link to the host's /tmp, /proc…).

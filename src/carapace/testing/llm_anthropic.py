@@ -3,6 +3,8 @@ as ``POST /v1/messages`` answers them (used by ``carapace.testing.fake_llm``).""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 from collections.abc import Callable
 from typing import Any
@@ -126,9 +128,69 @@ def check_messages(body: dict[str, Any]) -> str | None:
             if results:
                 return f"messages.{i}: an assistant message cannot hold tool_result blocks"
             pending = {str(b.get("id")) for b in blocks if b.get("type") == "tool_use"}
-        for b in blocks:
+        for j, b in enumerate(blocks):
             if b.get("type") == "text" and not b.get("text"):
                 return f"messages.{i}: text content blocks must be non-empty"
+            inner = b.get("content") if b.get("type") == "tool_result" else None
+            for k, block in enumerate([b, *(inner if isinstance(inner, list) else [])]):
+                if block.get("type") != "image":
+                    continue
+                if role != "user":
+                    return (
+                        f"messages.{i}.content.{j}: image blocks are only allowed in user messages"
+                    )
+                problem = check_image(block)
+                if problem:
+                    where = f"messages.{i}.content.{j}" + (f".content.{k - 1}" if k else "")
+                    return f"{where}: {problem}"
     if pending:
         return "messages: the last assistant message's tool_use blocks have no tool_result"
+    return None
+
+
+IMAGE_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")
+MAX_IMAGE_B64 = 5 * 1024 * 1024  # the API's cap per image
+
+
+def check_image(block: dict[str, Any]) -> str | None:
+    """An image block's shape as the API checks it: ``source`` base64 with a supported
+    ``media_type`` and decodable ``data`` (at most 5 MB) whose bytes are that type, or a
+    ``url`` source."""
+    source = block.get("source")
+    if not isinstance(source, dict):
+        return "image.source: Field required"
+    if source.get("type") == "url":
+        url = source.get("url")
+        return (
+            None
+            if isinstance(url, str) and url.startswith("https://")
+            else "image.source.url: invalid"
+        )
+    if source.get("type") != "base64":
+        return f"image.source.type: Input should be 'base64' or 'url' (got {source.get('type')!r})"
+    media_type, data = source.get("media_type"), source.get("data")
+    if media_type not in IMAGE_TYPES:
+        return f"image.source.media_type: Input should be one of {', '.join(IMAGE_TYPES)}"
+    if not isinstance(data, str) or not data:
+        return "image.source.data: Field required"
+    if len(data) > MAX_IMAGE_B64:
+        return "image.source.data: image exceeds 5 MB maximum"
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        return "image.source.data: invalid base64 data"
+    if sniff_image(raw[:16]) != media_type:
+        return f"image.source.data: the image is not {media_type}"
+    return None
+
+
+def sniff_image(head: bytes) -> str | None:
+    if head.startswith(b"\xff\xd8\xff"):
+        return "image/jpeg"
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "image/png"
+    if head[:6] in (b"GIF87a", b"GIF89a"):
+        return "image/gif"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "image/webp"
     return None

@@ -3,6 +3,8 @@ bodies as ``POST /v1/chat/completions`` answers them (used by ``carapace.testing
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 from collections.abc import Callable
 from typing import Any
@@ -102,4 +104,38 @@ def check_messages(body: dict[str, Any]) -> str | None:
             pending = {str(c.get("id")) for c in m.get("tool_calls") or []}
         elif role not in ("system", "user", "developer"):
             return f"messages.[{i}].role: unknown role {role!r}"
+        parts = m.get("content")
+        for j, part in enumerate(parts if isinstance(parts, list) else []):
+            if isinstance(part, dict) and part.get("type") == "image_url":
+                if role != "user":
+                    return f"messages.[{i}].content.[{j}]: image_url parts are only allowed in user messages"
+                problem = check_image_url(part)
+                if problem:
+                    return f"messages.[{i}].content.[{j}]: {problem}"
+    return None
+
+
+def check_image_url(part: dict[str, Any]) -> str | None:
+    """An ``image_url`` part: ``{"image_url": {"url": ...}}`` with an https URL or a
+    ``data:image/<png|jpeg|gif|webp>;base64,`` URL whose bytes are that type."""
+    from carapace.testing.llm_anthropic import IMAGE_TYPES, sniff_image
+
+    inner = part.get("image_url")
+    url = inner.get("url") if isinstance(inner, dict) else None
+    if not isinstance(url, str):
+        return "image_url.url: Field required"
+    if url.startswith("https://"):
+        return None
+    head, sep, data = url.partition(",")
+    media_type = head.removeprefix("data:").removesuffix(";base64")
+    if not sep or not head.startswith("data:") or not head.endswith(";base64"):
+        return "image_url.url: Invalid image URL: expected an https or base64 data URL"
+    if media_type not in IMAGE_TYPES:
+        return f"image_url.url: unsupported image type {media_type!r}"
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        return "image_url.url: invalid base64 data"
+    if sniff_image(raw[:16]) != media_type:
+        return f"image_url.url: the image is not {media_type}"
     return None

@@ -241,8 +241,8 @@ CONFIG_VERBS = (
             GROUP_ID,
             Opt(
                 "provider",
-                "Model provider: mock, anthropic (stored as NanoClaw's claude), openai, "
-                "claude-agent-sdk.",
+                "Model provider: mock, anthropic (the Messages API), openai, claude "
+                "(NanoClaw's: the Claude Agent SDK; also claude-agent-sdk).",
             ),
             Opt("model", "Model name."),
             Opt("effort", "Reasoning effort."),

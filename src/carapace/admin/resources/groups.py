@@ -102,13 +102,21 @@ def _prompt(ctx: AdminContext, args: dict[str, Any]) -> Any:
         from carapace.runner.prompt import compose_system_prompt
     except ImportError:
         raise CarapaceError("the prompt composer (carapace.runner.prompt) is not available")
+    from carapace.runner.providers import PROVIDER_ALIASES
+    from carapace.runner.providers.claude_tools import PROMPT_NAMES
+
     cfg = groups.get_container_config(ctx.db, g.id)
     name = (cfg.assistant_name if cfg else None) or g.name
+    provider = ((cfg.provider if cfg else None) or "").lower()
+    # the claude provider: Claude Code reads the memory files itself, its tools have its names
+    claude = PROVIDER_ALIASES.get(provider, provider) == "claude"
     text = compose_system_prompt(
         ctx.home.group_dir(g.folder),
         projection(ctx.db, g.id),
         name,
         settings=cfg.settings_dict() if cfg else {},
+        memory=not claude,
+        tool_names=PROMPT_NAMES if claude else None,
     )
     return str(text)
 

@@ -1,8 +1,11 @@
 """Model providers behind one seam (see ``base``), with the built-ins registered.
 
-Registered names, in order: ``mock``, ``anthropic``, ``openai``, ``claude-agent-sdk``. The SDK of a provider is
-imported only when that provider is created, so carapace runs without the SDKs; creating
-a provider whose SDK is missing raises ``ProviderError`` saying which extra to install.
+Registered names, in order: ``mock``, ``anthropic`` (the Messages API with carapace's tool
+loop), ``openai``, ``claude`` (NanoClaw's name: the Claude Agent SDK, Claude Code running the
+turn; ``claude-agent-sdk`` is accepted as an alias, ``PROVIDER_ALIASES``). The SDK of a
+provider is imported only when that provider is created, so carapace runs without the SDKs;
+creating a provider whose SDK is missing raises ``ProviderError`` saying which extra to
+install, and ``unavailable_reason`` says the same without creating one (``carapace doctor``).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from carapace.errors import ProviderError
 
 from ._common import ProviderAPIError
 from .base import (
+    PROVIDER_ALIASES,
     Message,
     Provider,
     ProviderConfig,
@@ -25,6 +29,7 @@ from .base import (
 )
 
 __all__ = [
+    "PROVIDER_ALIASES",
     "Message",
     "Provider",
     "ProviderAPIError",
@@ -37,7 +42,12 @@ __all__ = [
     "create_provider",
     "provider_names",
     "register_provider",
+    "unavailable_reason",
 ]
+
+# the package each provider's SDK is imported as, and the extra that installs it
+_SDKS = {"anthropic": ("anthropic", "anthropic"), "openai": ("openai", "openai"),
+         "claude": ("claude_agent_sdk", "claude")}  # fmt: skip
 
 
 def _missing_sdk(exc: ImportError, sdk: str) -> ProviderError | None:
@@ -75,18 +85,47 @@ def _create_openai(config: ProviderConfig) -> Provider:
     return OpenAIProvider(config)
 
 
-def _create_claude_agent_sdk(config: ProviderConfig) -> Provider:
+CLAUDE_SDK_MISSING = ("The claude provider (the Claude Agent SDK) needs the claude-agent-sdk "
+                      "package: pip install 'carapace[claude]' (or switch the group to "
+                      "the anthropic provider)")  # fmt: skip
+
+
+def _create_claude(config: ProviderConfig) -> Provider:
     try:
         from .claude_sdk import ClaudeAgentProvider
     except ImportError as exc:
         if (exc.name or "").split(".")[0] != "claude_agent_sdk":
             raise
-        raise ProviderError("The claude-agent-sdk provider needs the Claude Agent SDK: "
-                            "pip install 'carapace[claude]'") from None  # fmt: skip
+        raise ProviderError(CLAUDE_SDK_MISSING) from None
     return ClaudeAgentProvider(config)
+
+
+def unavailable_reason(name: str) -> str | None:
+    """Why provider ``name`` (any accepted spelling) cannot be created here, judged by
+    whether its SDK package is installed; None when it can (or the name is unknown)."""
+    import importlib.util
+
+    key = name.strip().lower()
+    key = PROVIDER_ALIASES.get(key, key)
+    sdk = _SDKS.get(key)
+    if sdk is None:
+        return None
+    spec = importlib.util.find_spec(sdk[0])
+    if spec is None:
+        if key == "claude":
+            return CLAUDE_SDK_MISSING
+        return f"The {key} provider needs the {sdk[0]} SDK: pip install 'carapace[{sdk[1]}]'"
+    if key == "claude" and spec.origin:  # the CLI it runs comes inside the package
+        import os
+
+        cli = os.path.join(os.path.dirname(spec.origin), "_bundled", "claude")
+        if not os.access(cli, os.X_OK):
+            return (f"The claude provider's bundled Claude Code CLI is missing or not "
+                    f"executable ({cli}): reinstall claude-agent-sdk")  # fmt: skip
+    return None
 
 
 register_provider("mock", _create_mock)
 register_provider("anthropic", _create_anthropic)
 register_provider("openai", _create_openai)
-register_provider("claude-agent-sdk", _create_claude_agent_sdk)
+register_provider("claude", _create_claude)

@@ -53,6 +53,7 @@ CACHE = {"type": "ephemeral"}
 
 class AnthropicProvider:
     name: str = "anthropic"
+    takes_images = True  # a person's images go as image blocks of the user message
 
     def __init__(self, config: ProviderConfig) -> None:
         self.config = config
@@ -147,7 +148,9 @@ def to_anthropic_messages(messages: list[Message]) -> list[MessageParam]:
         role = message.get("role")
         if role == "user":
             text = text_of(message.get("content")) or EMPTY_TEXT
-            _append(out, "user", [TextBlockParam(type="text", text=text)])
+            blocks: list[ContentBlockParam] = [TextBlockParam(type="text", text=text)]
+            blocks += [_image_block(i) for i in message.get("images") or () if isinstance(i, dict)]
+            _append(out, "user", blocks)
         elif role == "tool":
             block = ToolResultBlockParam(
                 type="tool_result",
@@ -158,7 +161,7 @@ def to_anthropic_messages(messages: list[Message]) -> list[MessageParam]:
                 block["is_error"] = True
             _append(out, "user", [block])
         elif role == "assistant":
-            blocks: list[ContentBlockParam] = []
+            blocks = []
             text = text_of(message.get("content"))
             if text:
                 blocks.append(TextBlockParam(type="text", text=text))
@@ -184,11 +187,14 @@ def _result_content(message: Message) -> Any:
     images = [i for i in message.get("images") or () if isinstance(i, dict)]
     if not images:
         return text
-    blocks: list[dict[str, Any]] = [{"type": "text", "text": text or EMPTY_TEXT}]
-    for image in images:
-        blocks.append({"type": "image", "source": {"type": "base64",
-                       "media_type": str(image.get("media_type")), "data": str(image.get("data"))}})  # fmt: skip
+    blocks: list[Any] = [{"type": "text", "text": text or EMPTY_TEXT}]
+    blocks += [_image_block(image) for image in images]
     return blocks
+
+
+def _image_block(image: dict[str, Any]) -> Any:
+    return {"type": "image", "source": {"type": "base64",
+            "media_type": str(image.get("media_type")), "data": str(image.get("data"))}}  # fmt: skip
 
 
 def parse_anthropic_message(response: AnthropicMessage) -> Turn:

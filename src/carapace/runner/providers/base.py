@@ -1,7 +1,7 @@
 """The provider seam: a model that takes a conversation and tools and returns one turn.
 
-carapace's providers are plain model APIs with a tool-use loop driven by the runner
-(unlike NanoClaw, whose provider is Claude Code). The conversation is kept in a
+Most of carapace's providers are plain model APIs with a tool-use loop driven by the runner;
+``claude`` (NanoClaw's provider: Claude Code through the Claude Agent SDK) runs whole turns. The conversation is kept in a
 provider-neutral form (``Message`` dicts below) so it can be persisted in
 ``session_state``/transcripts and resumed by any provider.
 
@@ -23,6 +23,10 @@ from typing import Any, Protocol
 from carapace.errors import ProviderError, ValidationError
 
 Message = dict[str, Any]
+
+# Other accepted spellings of registered provider names (lower case): ``claude-agent-sdk``
+# was the Claude Agent SDK provider's name before it took NanoClaw's ``claude``.
+PROVIDER_ALIASES = {"claude-agent-sdk": "claude"}
 
 
 @dataclass(frozen=True)
@@ -109,7 +113,7 @@ def provider_names() -> list[str]:
 
 
 def create_provider(config: ProviderConfig) -> Provider:
-    factory = _REGISTRY.get(config.name)
+    factory = _REGISTRY.get(PROVIDER_ALIASES.get(config.name, config.name))
     if factory is None:
         names = ", ".join(_REGISTRY) or "(none)"
         raise ProviderError(f"Unknown provider: {config.name}. Registered: {names}")

@@ -59,6 +59,7 @@ _FINISH_REASONS = {"stop": "end_turn", "tool_calls": "tool_use", "length": "max_
 
 class OpenAIProvider:
     name: str = "openai"
+    takes_images = True  # a person's images go as image_url parts (vision models)
 
     def __init__(self, config: ProviderConfig) -> None:
         self.config = config
@@ -159,7 +160,13 @@ def to_openai_messages(system: str, messages: list[Message]) -> list[ChatComplet
             out.append({"role": "user", "content": images})
             images = []
         if role == "user":
-            out.append({"role": "user", "content": content})
+            sent = [i for i in message.get("images") or () if isinstance(i, dict)]
+            if sent:  # a person's images: content parts after the text
+                parts: list[Any] = [{"type": "text", "text": content}]
+                parts += [{"type": "image_url", "image_url": {"url": _data_url(i)}} for i in sent]
+                out.append({"role": "user", "content": parts})
+            else:
+                out.append({"role": "user", "content": content})
         elif role == "tool":
             if message.get("is_error"):
                 content = f"Error: {content}"
@@ -175,8 +182,7 @@ def to_openai_messages(system: str, messages: list[Message]) -> list[ChatComplet
                     images.append(
                         {"type": "text", "text": "Images returned by the tool calls above:"}
                     )
-                url = f"data:{image.get('media_type')};base64,{image.get('data')}"
-                images.append({"type": "image_url", "image_url": {"url": url}})
+                images.append({"type": "image_url", "image_url": {"url": _data_url(image)}})
         elif role == "assistant":
             calls: list[ChatCompletionMessageFunctionToolCallParam] = [
                 {
@@ -240,3 +246,7 @@ def parse_arguments(raw: str | None) -> dict[str, Any]:
     except ValueError:
         return {"_raw": raw}
     return value if isinstance(value, dict) else {"_raw": raw}
+
+
+def _data_url(image: dict[str, Any]) -> str:
+    return f"data:{image.get('media_type')};base64,{image.get('data')}"
