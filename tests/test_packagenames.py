@@ -18,6 +18,7 @@ from carapace.packagenames import valid_package
     ("apt", "python3.11", True), ("apt", "has_underscore", True),  # NanoClaw allows "_"
     ("apt", "-o", False), ("apt", "jq=1.6", False), ("apt", "a" * 101, False),
     ("pip", 7, False), ("gem", "rails", False), ("pip", "", False),
+    ("pip", "foo-", False), ("pip", "foo.", False), ("pip", "x", True),  # PEP 508 ends
 ])  # fmt: skip
 def test_names(kind: str, name: object, ok: bool) -> None:
     assert valid_package(kind, name) is ok

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 
-PIP_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+PIP_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,98}[A-Za-z0-9])?$")  # PEP 508
 NPM_RE = re.compile(r"^(@[a-z0-9][a-z0-9._-]*/)?[a-z0-9][a-z0-9._-]*$")
 NPM_MAX = 214
 APT_RE = re.compile(r"^[a-z0-9][a-z0-9._+-]{0,99}$")  # NanoClaw's rule ("_" too)

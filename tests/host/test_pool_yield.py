@@ -102,3 +102,29 @@ def test_a_runner_idle_for_a_moment_keeps_its_slot_until_the_minimum_idle() -> N
     assert at_once == []  # idle for an instant only: kept for now
     assert later  # then stopped for the queued session
     assert started == ["a", "b"]
+
+
+def test_a_signal_that_walks_proc_is_sent_off_the_event_loop() -> None:
+    """bwrap's ``signal`` scans /proc for the sandbox's processes (~7 ms): the pool sends
+    it from a worker thread, so stopping runners never stalls the host's loop."""
+    import asyncio
+    import threading
+
+    from carapace.host.pool import _signal
+
+    class Scanning:
+        signal_blocks = True
+
+        def __init__(self) -> None:
+            self.threads: list[int] = []
+
+        def signal(self, sig: int) -> None:
+            self.threads.append(threading.get_ident())
+
+    async def go() -> tuple[list[int], int]:
+        h = Scanning()
+        await _signal(h, 15)  # type: ignore[arg-type]
+        return h.threads, threading.get_ident()
+
+    threads, loop_thread = asyncio.run(go())
+    assert len(threads) == 1 and threads[0] != loop_thread

@@ -410,6 +410,8 @@ class BwrapHandle(ProcHandle):
                         helper.kill()
                     await helper.wait()
 
+    signal_blocks = True  # it walks /proc (~7 ms): the pool calls it in a worker thread
+
     def signal(self, sig: int) -> None:
         if self.proc.returncode is not None:
             return
