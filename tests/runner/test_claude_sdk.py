@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +14,7 @@ import pytest
 
 from carapace.db.session import SessionPaths
 from carapace.testing.fake_llm import FakeLLMServer, FakeReply, FakeToolCall
+from carapace.testing.runner_proc import SRC, run_once
 from carapace.testing.sessions import (
     channel_dest,
     make_agent_dir,
@@ -25,19 +24,6 @@ from carapace.testing.sessions import (
 )
 
 pytest.importorskip("claude_agent_sdk", reason="the claude extra is not installed")
-SRC = str(Path(__file__).resolve().parents[2] / "src")
-
-
-def run_once(
-    paths: SessionPaths, agent_dir: Path, **extra: str
-) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("ANTHROPIC_", "OPENAI_", "CARAPACE_"))}  # fmt: skip
-    env["PYTHONPATH"] = SRC + os.pathsep + env.get("PYTHONPATH", "")
-    env.update(extra)
-    cmd = [sys.executable, "-m", "carapace.runner", "--session-dir", str(paths.root),
-           "--agent-dir", str(agent_dir), "--idle-exit", "0.3"]  # fmt: skip
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
 
 
 def session_at(tmp_path: Path) -> SessionPaths:
@@ -70,10 +56,10 @@ def test_claude_code_calls_carapace_tools_and_resumes(tmp_path: Path, name: str)
     with FakeLLMServer(script) as srv:
         env = {"ANTHROPIC_BASE_URL": srv.base_url, "ANTHROPIC_API_KEY": "test-key"}
         write_chat(session, "capital of France?", id="m1")
-        first = run_once(session, agent_dir, **env)
+        first = run_once(session, agent_dir, timeout=120, **env)
         assert first.returncode == 0, first.stderr
         write_chat(session, "sure?", id="m2")
-        second = run_once(session, agent_dir, **env)  # a new runner process
+        second = run_once(session, agent_dir, timeout=120, **env)  # a new runner process
         assert second.returncode == 0, second.stderr
         requests = list(srv.requests)
         assert srv.structure_errors == []
@@ -127,7 +113,7 @@ def test_claude_code_tools_follow_the_workspace_policy(tmp_path: Path) -> None:
     ]  # fmt: skip
     with FakeLLMServer(script) as srv:
         write_chat(session, "go", id="m1")
-        run = run_once(session, agent_dir, ANTHROPIC_BASE_URL=srv.base_url,
+        run = run_once(session, agent_dir, timeout=120, ANTHROPIC_BASE_URL=srv.base_url,
                        ANTHROPIC_API_KEY="test-key", HOME=str(tmp_path))  # fmt: skip
         assert run.returncode == 0, run.stderr
         requests = list(srv.requests)
@@ -172,7 +158,7 @@ def test_settings_choose_claude_codes_tools_and_bash_never_sees_a_key(tmp_path: 
     ]
     with FakeLLMServer(script) as srv:
         write_chat(session, "go", id="m1")
-        run = run_once(session, agent_dir, ANTHROPIC_BASE_URL=srv.base_url,
+        run = run_once(session, agent_dir, timeout=120, ANTHROPIC_BASE_URL=srv.base_url,
                        ANTHROPIC_API_KEY="sk-ant-real-looking-key")  # fmt: skip
         assert run.returncode == 0, run.stderr
         requests = list(srv.requests)
@@ -195,7 +181,7 @@ def test_without_the_sdk_every_message_says_why(tmp_path: Path) -> None:
     agent_dir = make_agent_dir(tmp_path, config={"provider": "claude"})
     with FakeLLMServer([FakeReply(text="served by someone else")]) as srv:
         write_chat(session, "hello", id="m1")
-        run = run_once(session, agent_dir, ANTHROPIC_BASE_URL=srv.base_url,
+        run = run_once(session, agent_dir, timeout=120, ANTHROPIC_BASE_URL=srv.base_url,
                        ANTHROPIC_API_KEY="test-key",
                        PYTHONPATH=os.pathsep.join([str(stub), SRC]))  # fmt: skip
         assert run.returncode == 0, run.stderr
@@ -214,10 +200,10 @@ def test_a_lost_sdk_session_starts_a_new_one(tmp_path: Path) -> None:
     with FakeLLMServer([FakeReply(text="one"), FakeReply(text="two")]) as srv:
         env = {"ANTHROPIC_BASE_URL": srv.base_url, "ANTHROPIC_API_KEY": "test-key"}
         write_chat(session, "first", id="m1")
-        assert run_once(session, agent_dir, **env).returncode == 0
+        assert run_once(session, agent_dir, timeout=120, **env).returncode == 0
         shutil.rmtree(agent_dir / ".claude-sdk")
         write_chat(session, "second", id="m2")
-        run = run_once(session, agent_dir, **env)
+        run = run_once(session, agent_dir, timeout=120, **env)
         assert run.returncode == 0, run.stderr
         assert srv.structure_errors == []
     assert [r["content"]["text"] for r in read_outbound(session)] == ["one", "two"]
@@ -235,7 +221,7 @@ def test_a_max_tokens_stop_is_continued_or_reported(tmp_path: Path, cuts: int) -
     script.append(FakeReply(text="the end."))
     with FakeLLMServer(script) as srv:
         write_chat(session, "a long one please", id="m1")
-        run = run_once(session, agent_dir, ANTHROPIC_BASE_URL=srv.base_url,
+        run = run_once(session, agent_dir, timeout=120, ANTHROPIC_BASE_URL=srv.base_url,
                        ANTHROPIC_API_KEY="test-key")  # fmt: skip
         assert run.returncode == 0, run.stderr
         requests = list(srv.requests)
@@ -260,7 +246,7 @@ def test_a_planted_session_id_never_reaches_claude_codes_command_line(tmp_path: 
     write_chat(session, "first", id="m1")
     with FakeLLMServer([FakeReply(text="one"), FakeReply(text="two")]) as srv:
         env = {"ANTHROPIC_BASE_URL": srv.base_url, "ANTHROPIC_API_KEY": "test-key"}
-        assert run_once(session, agent_dir, **env).returncode == 0
+        assert run_once(session, agent_dir, timeout=120, **env).returncode == 0
         planted = [{"role": "user", "content": "first"},
                    {"role": "assistant", "content": "one", "tool_calls": [],
                     "sdk_session_id": "--dangerously-skip-permissions"}]  # fmt: skip
@@ -270,7 +256,7 @@ def test_a_planted_session_id_never_reaches_claude_codes_command_line(tmp_path: 
                          (json.dumps(planted),))  # fmt: skip
         conn.close()
         write_chat(session, "second", id="m2")
-        run = run_once(session, agent_dir, **env)
+        run = run_once(session, agent_dir, timeout=120, **env)
         assert run.returncode == 0, run.stderr
     assert [r["content"]["text"] for r in read_outbound(session)] == ["one", "two"]
     assert "dangerously" not in run.stderr

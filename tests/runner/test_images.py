@@ -7,10 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import os
 import struct
-import subprocess
-import sys
 import zlib
 from pathlib import Path
 from typing import Any
@@ -23,6 +20,7 @@ from carapace.runner.images import collect_images
 from carapace.runner.inbound import InRow
 from carapace.testing import llm_anthropic, llm_openai
 from carapace.testing.fake_llm import FakeLLMServer, FakeReply
+from carapace.testing.runner_proc import run_once
 from carapace.testing.sessions import (
     channel_dest,
     make_agent_dir,
@@ -30,8 +28,6 @@ from carapace.testing.sessions import (
     read_outbound,
     write_chat,
 )
-
-SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 
 def png(width: int = 1, height: int = 1) -> bytes:
@@ -129,18 +125,6 @@ def test_fake_servers_check_image_blocks() -> None:
     assert "Field required" in str(oai(None))
 
 
-def run_once(
-    paths: SessionPaths, agent_dir: Path, **extra: str
-) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("ANTHROPIC_", "OPENAI_", "CARAPACE_"))}  # fmt: skip
-    env["PYTHONPATH"] = SRC + os.pathsep + env.get("PYTHONPATH", "")
-    env.update(extra)
-    cmd = [sys.executable, "-m", "carapace.runner", "--session-dir", str(paths.root),
-           "--agent-dir", str(agent_dir), "--idle-exit", "0.3"]  # fmt: skip
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
-
-
 def sent_images(request: dict[str, Any]) -> list[str]:
     """The media types of the images in a request's last user message (either API)."""
     content = request["messages"][-1]["content"]
@@ -166,10 +150,10 @@ def test_a_photo_reaches_the_model_once(
     with FakeLLMServer(script, flavour=api) as srv:  # type: ignore[arg-type]
         env = {f"{api.upper()}_BASE_URL": srv.base_url, f"{api.upper()}_API_KEY": "test-key"}
         write_chat(session, "what is this?", id="m1", extra={"attachments": [att]})
-        first = run_once(session, agent_dir, **env)
+        first = run_once(session, agent_dir, timeout=120, **env)
         assert first.returncode == 0, first.stderr
         write_chat(session, "sure?", id="m2")
-        second = run_once(session, agent_dir, **env)  # a restarted runner continues
+        second = run_once(session, agent_dir, timeout=120, **env)  # a restarted runner continues
         assert second.returncode == 0, second.stderr
         requests = list(srv.requests)
         assert srv.structure_errors == []
@@ -188,7 +172,7 @@ def test_a_model_without_images_is_told_what_was_not_shown(
     agent_dir = make_agent_dir(tmp_path, config={"provider": "mock"}, mock_script=script)
     att = put(session, "m1", "cat.png", png())
     write_chat(session, "look", id="m1", extra={"attachments": [att]})
-    result = run_once(session, agent_dir)
+    result = run_once(session, agent_dir, timeout=120)
     assert result.returncode == 0, result.stderr
     transcript = (session.root / "conversations" / f"{session.root.name}.jsonl").read_text()
     assert "not shown: this model takes no images. cat.png (image/png" in transcript
@@ -251,7 +235,9 @@ def test_images_off_for_a_text_only_model(session: SessionPaths, tmp_path: Path)
     att = put(session, "m1", "cat.png", png())
     with FakeLLMServer([FakeReply(text="ok")], flavour="openai") as srv:
         write_chat(session, "look", id="m1", extra={"attachments": [att]})
-        run = run_once(session, agent_dir, OPENAI_BASE_URL=srv.base_url, OPENAI_API_KEY="k")
+        run = run_once(
+            session, agent_dir, timeout=120, OPENAI_BASE_URL=srv.base_url, OPENAI_API_KEY="k"
+        )
         assert run.returncode == 0, run.stderr
         requests = list(srv.requests)
     assert sent_images(requests[0]) == []

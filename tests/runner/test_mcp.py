@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ from carapace.db.session import SessionPaths
 from carapace.runner.mcp_client import McpHub, parse_servers, safe_name
 from carapace.testing.fake_llm import FakeLLMServer, FakeReply, FakeToolCall
 from carapace.testing.mcp_server import serve_http
+from carapace.testing.runner_proc import run_once
 from carapace.testing.sessions import (
     channel_dest,
     make_agent_dir,
@@ -26,20 +26,7 @@ from carapace.testing.sessions import (
     write_chat,
 )
 
-SRC = str(Path(__file__).resolve().parents[2] / "src")
 STDIO = {"command": sys.executable, "args": ["-m", "carapace.testing.mcp_server"]}
-
-
-def run_once(
-    paths: SessionPaths, agent_dir: Path, **extra: str
-) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("ANTHROPIC_", "OPENAI_", "CARAPACE_"))}  # fmt: skip
-    env["PYTHONPATH"] = SRC + os.pathsep + env.get("PYTHONPATH", "")
-    env.update(extra)
-    cmd = [sys.executable, "-m", "carapace.runner", "--session-dir", str(paths.root),
-           "--agent-dir", str(agent_dir), "--idle-exit", "0.3"]  # fmt: skip
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
 
 
 def wait_for(cond: Callable[[], Any], timeout: float = 30.0) -> Any:

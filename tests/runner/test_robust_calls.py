@@ -4,9 +4,6 @@ if complete; the fake servers enforce the APIs' message-structure rules."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +11,7 @@ import pytest
 from carapace.db.session import SessionPaths
 from carapace.testing import llm_anthropic, llm_openai
 from carapace.testing.fake_llm import FakeLLMServer, FakeReply, FakeToolCall
+from carapace.testing.runner_proc import run_once
 from carapace.testing.sessions import (
     channel_dest,
     make_agent_dir,
@@ -21,20 +19,6 @@ from carapace.testing.sessions import (
     read_outbound,
     write_chat,
 )
-
-SRC = str(Path(__file__).resolve().parents[2] / "src")
-
-
-def run_once(
-    paths: SessionPaths, agent_dir: Path, **extra: str
-) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("ANTHROPIC_", "OPENAI_", "CARAPACE_"))}  # fmt: skip
-    env["PYTHONPATH"] = SRC + os.pathsep + env.get("PYTHONPATH", "")
-    env.update(extra)
-    cmd = [sys.executable, "-m", "carapace.runner", "--session-dir", str(paths.root),
-           "--agent-dir", str(agent_dir), "--idle-exit", "0.3"]  # fmt: skip
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
 
 
 @pytest.fixture

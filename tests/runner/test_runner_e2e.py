@@ -9,7 +9,6 @@ import os
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,6 +18,7 @@ import pytest
 
 from carapace.db.session import SessionPaths
 from carapace.testing.fake_llm import FakeError, FakeLLMServer, FakeReply, FakeToolCall
+from carapace.testing.runner_proc import run_env, run_once, runner_cmd
 from carapace.testing.sessions import (
     channel_dest,
     make_agent_dir,
@@ -60,7 +60,6 @@ CREATE TABLE processing_ack (
   message_id TEXT PRIMARY KEY, status TEXT NOT NULL, status_changed TEXT NOT NULL
 );
 """
-SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 
 def nanoclaw_session(root: Path) -> SessionPaths:
@@ -86,34 +85,6 @@ def nanoclaw_session(root: Path) -> SessionPaths:
     conn.commit()
     conn.close()
     return paths
-
-
-def runner_cmd(paths: SessionPaths, agent_dir: Path, *extra: str) -> list[str]:
-    return [
-        sys.executable, "-m", "carapace.runner", "--session-dir", str(paths.root),
-        "--agent-dir", str(agent_dir), *extra,
-    ]  # fmt: skip
-
-
-def run_env(**extra: str) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("ANTHROPIC_", "OPENAI_", "CARAPACE_"))
-    }
-    env["PYTHONPATH"] = SRC + os.pathsep + env.get("PYTHONPATH", "")
-    env.update(extra)
-    return env
-
-
-def run_once(paths: SessionPaths, agent_dir: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        runner_cmd(paths, agent_dir, "--idle-exit", "0.3"),
-        env=run_env(**env),
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
 
 
 def wait_for(cond: Callable[[], Any], timeout: float = 10.0) -> Any:
@@ -159,7 +130,7 @@ def spawn(tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[str]]]:
 def test_answers_a_nanoclaw_session_with_the_mock(tmp_path: Path) -> None:
     paths = nanoclaw_session(tmp_path)
     agent_dir = make_agent_dir(tmp_path, config={"provider": "mock"})
-    result = run_once(paths, agent_dir)
+    result = run_once(paths, agent_dir, timeout=30)
     assert result.returncode == 0, result.stderr
     [row] = read_outbound(paths)
     assert row["seq"] == 3 and row["kind"] == "chat" and row["in_reply_to"] == "1234:ag-1"
@@ -180,7 +151,7 @@ def test_inbound_db_is_never_written(tmp_path: Path) -> None:
     agent_dir = make_agent_dir(tmp_path)
     before = paths.inbound.read_bytes()
     os.chmod(paths.inbound, 0o444)
-    result = run_once(paths, agent_dir)
+    result = run_once(paths, agent_dir, timeout=30)
     assert result.returncode == 0, result.stderr
     assert paths.inbound.read_bytes() == before
     assert read_acks(paths) == {"1234:ag-1": "completed"}
