@@ -1,9 +1,10 @@
 """File-change notification for session folders: inotify through ctypes, or polling.
 
 DESIGN §3: each side wakes as soon as the other side commits. Session DBs use
-``journal_mode=PERSIST``: a commit writes the database file (``IN_MODIFY``) and then zeroes
-the header of ``<db>-journal`` (``IN_MODIFY``, the commit point), so a watch on the *folder*
-filtered to both names sees every commit (in ``DELETE`` mode the journal's removal is it).
+``journal_mode=TRUNCATE``: a commit writes the database file (``IN_MODIFY``) and then
+truncates ``<db>-journal`` to nothing (``IN_MODIFY``, the commit point), so a watch on the
+*folder* filtered to both names sees every commit (in ``DELETE`` mode the journal's removal
+is it).
 
 ``DirWatcher`` watches folders (or single files)::
 

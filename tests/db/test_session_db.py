@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from carapace.db.connection import connect
+from carapace.db.connection import connect, transaction
 from carapace.db.session import (
     SessionPaths,
     init_session_folder,
@@ -73,8 +73,10 @@ def test_layout_and_schemas(paths: SessionPaths, tmp_path: Path) -> None:
         db = connect(path, "session")
         for table, cols in expected.items():
             assert [r[1] for r in db.execute(f"PRAGMA table_info({table})")] == cols
-        # A rollback journal that is never deleted (docs/sandbox.md, DESIGN invariant 3).
-        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "persist"
+        # A rollback journal that is never deleted (docs/sandbox.md, DESIGN invariant 3),
+        # synced at NORMAL (docs/compat.md D8).
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "truncate"
+        assert db.execute("PRAGMA synchronous").fetchone()[0] == 1
         assert Path(f"{path}-journal").is_file()
         assert db.execute("PRAGMA busy_timeout").fetchone()[0] == 5000
 
@@ -224,3 +226,41 @@ def test_two_processes_writing_at_once_never_share_a_seq(paths: SessionPaths, si
     assert len(seqs) == len(set(seqs)) == 2 * n
     assert {s % 2 for s in seqs} == ({0} if side == "in" else {1})
     assert max_seq(db, table) == (2 * n * 2 if side == "in" else 2 * n * 2 - 1)
+
+
+def test_a_stored_message_survives_a_power_loss_other_commits_sync_less(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At ``synchronous=NORMAL`` a commit's last step (emptying the journal) is not synced;
+    a message insert syncs it (so a power loss cannot roll the message back), other commits
+    do not pay for it (docs/compat.md D8)."""
+    import os
+
+    paths = SessionPaths.of(tmp_path / "data", "ag-1", "sess-1")
+    init_session_folder(paths)
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def spy(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    conn = connect(paths.inbound, "session")
+    with transaction(conn):
+        conn.execute("INSERT INTO destinations VALUES ('home', NULL, 'channel', 'cli', 'x', NULL)")
+    assert synced == []
+    insert_message_in(conn, {"id": "m-1", "kind": "chat", "timestamp": "t", "content": "{}"})
+    assert synced == [f"{paths.inbound}-journal"]
+    assert paths.inbound_journal.stat().st_size == 0  # the commit point, now on disk
+    with transaction(conn):  # nested: the sync comes after the outer commit
+        insert_message_in(conn, {"id": "m-2", "kind": "chat", "timestamp": "t", "content": "{}"})
+        assert len(synced) == 1
+    assert len(synced) == 2
+    with pytest.raises(RuntimeError), transaction(conn):  # rolled back: nothing to sync
+        insert_message_in(conn, {"id": "m-3", "kind": "chat", "timestamp": "t", "content": "{}"})
+        raise RuntimeError("abandoned")
+    with transaction(conn):
+        conn.execute("DELETE FROM destinations")
+    assert len(synced) == 2
+    conn.close()

@@ -3,8 +3,8 @@
 Two processes and the least a round trip must do: the parent commits one row to ``a.db``
 (durable commit 1); the child, woken by inotify on its folder (wake 1), reads it, commits a
 claim (commit 2) and a reply (commit 3) to ``b.db``; the parent, woken by inotify (wake 2),
-reads the reply. Both files use the session files' settings (rollback journal in
-``PERSIST`` mode, ``synchronous=FULL``) over persistent connections. No routing, no
+reads the reply. Both files use the session files' settings (``db/connection.py``: a
+rollback journal in ``TRUNCATE`` mode, ``synchronous=NORMAL``) over persistent connections. No routing, no
 delivery, no Python host: what is left is the disk and the kernel.
 
 ``python -m carapace.bench.floor DIR`` is the child.
@@ -19,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+from carapace.db.connection import session_write_pragmas
 from carapace.stats import percentile
 from carapace.watch import DirWatcher
 
@@ -29,8 +30,7 @@ POLL_S = 1.0  # both sides also look every second (a missed wake shows as a ~1 s
 
 def _conn(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(str(path), isolation_level=None, timeout=5.0)
-    conn.execute("PRAGMA journal_mode = PERSIST")
-    conn.execute("PRAGMA synchronous = FULL")
+    session_write_pragmas(conn)
     conn.execute(SCHEMA)
     return conn
 

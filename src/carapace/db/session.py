@@ -143,7 +143,7 @@ class SessionPaths:
 def ensure_journals(paths: SessionPaths) -> None:
     """Create both ``-journal`` files if missing (never truncated: a hot journal stays hot).
 
-    Session DBs run in ``journal_mode=PERSIST``, so a journal, once there, is never deleted;
+    Session DBs run in ``journal_mode=TRUNCATE``, so a journal, once there, is never deleted;
     creating it up front lets a sandbox bind it (``inbound.db-journal`` read-only) before
     the first transaction. A NanoClaw process (``journal_mode=DELETE``) deletes them again;
     the host re-creates them before each spawn.
@@ -301,7 +301,7 @@ def insert_message_in(conn: sqlite3.Connection, row: dict[str, Any], *, other_ma
     }
     if values.get("series_id") is None and values.get("kind") == "task":
         values["series_id"] = values["id"]
-    with transaction(conn):
+    with transaction(conn, durable=True):
         seq = next_even(max(max_seq(conn, "messages_in"), other_max))
         names = ["seq", *(c for c in cols if c in values)]
         conn.execute(

@@ -251,6 +251,7 @@ class Delivery:
             }
             blocked: set[tuple[Any, ...]] = set()
             new_cursor, contiguous = cursor, True
+            written = cursor  # the cursor as last committed in this pass
             for row in rows:
                 if row["id"] in done:
                     if contiguous:
@@ -278,7 +279,11 @@ class Delivery:
                                        session.id)  # fmt: skip
                     outcome = await self._deliver_row(session, paths, row, inb, states, now, resend)
                     if turn is not None:  # its fate on disk before the channel's next send
-                        self._commit(session_id, inb, None, now)
+                        moves = outcome is not None and contiguous
+                        if moves:  # the cursor rides along (no commit of its own after)
+                            self._pending(session_id).cursor = row["seq"]
+                        if self._commit(session_id, inb, None, now) and moves:
+                            written = row["seq"]
                 if outcome is None:
                     contiguous = False
                     blocked.add(dest)
@@ -296,7 +301,7 @@ class Delivery:
                 await asyncio.sleep(0)  # a long batch never holds the event loop (issue 19)
             if new_cursor == cursor:
                 result.more = False  # nothing moved: no busy loop over a blocked full batch
-            else:
+            elif new_cursor != written:
                 self._pending(session_id).cursor = new_cursor
             if not self._commit(session_id, inb, None, now):
                 retry = now + timedelta(seconds=RECORD_RETRY_S)

@@ -53,7 +53,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
 
 from carapace import safefs
-from carapace.db.connection import BUSY_TIMEOUT_MS, SESSION_JOURNAL_MODE
+from carapace.db.connection import BUSY_TIMEOUT_MS, session_write_pragmas
 from carapace.errors import ValidationError
 
 if TYPE_CHECKING:
@@ -297,7 +297,7 @@ def open_checked(
         conn.execute("PRAGMA trusted_schema = OFF")
         conn.execute("PRAGMA mmap_size = 0")
         if write:
-            conn.execute(f"PRAGMA journal_mode = {SESSION_JOURNAL_MODE}")
+            session_write_pragmas(conn)
         else:
             conn.execute("PRAGMA query_only = ON")
         conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")

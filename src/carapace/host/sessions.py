@@ -276,7 +276,7 @@ class SessionManager:
             if session.id in self._kept:
                 due = iso(now + timedelta(seconds=self.live_check_s))
             self.mark_work(session.id, due or iso(now))
-            with self.inbound(self.paths(session)) as conn, transaction(conn):
+            with self.inbound(self.paths(session)) as conn, transaction(conn, durable=True):
                 other = self.other_max(session.id, conn)
                 for row, _fut in batch:
                     if conn.execute(

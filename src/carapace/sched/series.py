@@ -338,7 +338,7 @@ def advance_series(
         result.missed.append(Missed(series, oid, d, f"missed ({policy}): host down"))
     nxt = first_after(rec, tz, s0, now)
     result.next_at = nxt
-    with transaction(inb):
+    with transaction(inb, durable=True):
         if on_missed is not None and result.missed:
             on_missed(result.missed)
         if s0 in missed and head["status"] == "pending":
@@ -404,7 +404,7 @@ def live_rows(inb: sqlite3.Connection, task_id: str, statuses: tuple[str, ...]) 
 
 
 def _set(inb: sqlite3.Connection, rows: list[Any], sql_set: str) -> int:
-    with transaction(inb):
+    with transaction(inb, durable=True):
         for r in rows:
             inb.execute(f"UPDATE messages_in SET {sql_set} WHERE id=?", (r["id"],))
     return len(rows)
@@ -424,7 +424,7 @@ def resume_series(inb: sqlite3.Connection, task_id: str, *, now: datetime, defau
     """Pending again. A head whose time passed while paused moves to its next occurrence
     after ``now`` (occurrences during a pause are not run and not "missed")."""
     rows = live_rows(inb, task_id, ("paused",))
-    with transaction(inb):
+    with transaction(inb, durable=True):
         for r in rows:
             sets, args = "status='pending'", []
             rec = r["recurrence"]
@@ -449,7 +449,7 @@ def update_series(
     if not rows:
         return 0
     heads = [r for r in rows if r["recurrence"]] or [rows[-1]]
-    with transaction(inb):
+    with transaction(inb, durable=True):
         for r in rows:
             doc = loads_or(r["content"], {})
             doc = doc if isinstance(doc, dict) else {}
