@@ -109,6 +109,47 @@ def _shown(rig: Rig, t: list[float], s: Session, text: str = "Working") -> str:
     return "fake-pm-1"
 
 
+def _fresh_keeper(rig: Rig, t: list[float]) -> PreviewKeeper:
+    """The keeper a restarted host has: nothing in memory."""
+    host = rig.host
+    keeper = PreviewKeeper(host.db, host.sessions, host.adapters, host.settings.extra,
+                           is_running=lambda s: True, heartbeat_age=lambda s: 0.0,
+                           monotonic=lambda: t[0], open_inbound=host.delivery._open,
+                           now=host.now)  # fmt: skip
+    host.previews = host.delivery.previews = keeper
+    return keeper
+
+
+def test_after_a_host_restart_the_same_preview_goes_on(rig: Rig, t: list[float]) -> None:
+    s = _session(rig)
+    pm = _shown(rig, t, s, "Once upon")
+    [rec] = rig.inbound(s, "SELECT * FROM carapace_preview")
+    assert (rec["reply_id"], rec["platform_message_id"]) == (RID, pm)
+    _fresh_keeper(rig, t)
+    _write(rig, s, "Once upon a time")
+    _poll(rig, s)  # no second preview: the recorded one is edited
+    assert rig.channel.texts() == ["Once upon"]
+    assert rig.channel.edits == [("chan", None, pm, "Once upon a time")]
+    _fresh_keeper(rig, t)  # and again, before the reply is delivered
+    rig.reply(s, {"text": "Once upon a time."}, channel_type="fake", platform_id="chan", id=RID)
+    assert rig.run(rig.host.deliver_once(s.id)) == 1
+    assert rig.channel.texts() == ["Once upon"]
+    assert rig.channel.edits[-1] == ("chan", None, pm, "Once upon a time.")
+
+
+def test_a_recorded_preview_of_another_chat_is_not_edited(rig: Rig, t: list[float]) -> None:
+    s = _session(rig)
+    _shown(rig, t, s)
+    _fresh_keeper(rig, t)
+    other = rig.chat("other")
+    from carapace.db.destinations import add_destination
+
+    add_destination(rig.db, s.agent_group_id, "other", "channel", other, now=rig.clock.now())
+    rig.reply(s, {"text": "elsewhere"}, channel_type="fake", platform_id="other", id=RID)
+    assert rig.run(rig.host.deliver_once(s.id)) == 1
+    assert rig.channel.texts() == ["Working", "elsewhere"] and rig.channel.edits == []
+
+
 def test_a_long_reply_fills_the_preview_and_the_rest_follows(rig: Rig, t: list[float]) -> None:
     s = _session(rig)
     rig.channel.edit_chars = 40

@@ -48,7 +48,13 @@ from carapace.db.sessions import Session
 from carapace.errors import DeliveryError
 from carapace.host.a2a_guard import A2AGuard, A2AStopped, write_stop_note
 from carapace.host.actions import SystemActions, route_agent_message
-from carapace.host.delivery_log import HOST_TABLES, RECORD_RETRY_S, Records, delivery_key
+from carapace.host.delivery_log import (
+    HOST_TABLES,
+    NEWEST_HOST_TABLE,
+    RECORD_RETRY_S,
+    Records,
+    delivery_key,
+)
 from carapace.host.outbox_files import clear_outbox, read_outbox_files
 from carapace.host.outbox_reader import (
     MAX_CONTENT_BYTES,
@@ -114,7 +120,7 @@ class Delivery:
         connection; give it back with ``sessions.done_with``). Checked on every open (one
         indexed read): a session folder deleted and made again gets them back."""
         inb = self.sessions.open_inbound(paths)
-        if not has_table(inb, "carapace_send_intent"):
+        if not has_table(inb, NEWEST_HOST_TABLE):
             with transaction(inb):
                 for stmt in HOST_TABLES.split(";"):
                     if stmt.strip():
@@ -533,7 +539,7 @@ class Delivery:
         )  # fmt: skip
         pm = None
         if self.previews is not None and row["kind"] == "chat":
-            shown = await self.previews.take(session.id, str(row["id"]), (ct, pid, tid))
+            shown = await self.previews.take(session.id, str(row["id"]), (ct, pid, tid), inb)
             if shown is not None:
                 pm = await edit_into_preview(adapter, pid, tid, shown, msg)
         if pm is None:

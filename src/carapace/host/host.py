@@ -145,6 +145,7 @@ class Host:
         self.previews = PreviewKeeper(
             self.db, self.sessions, self.adapters, self.settings.extra,
             is_running=self.pool.is_running, heartbeat_age=self._heartbeat_age,
+            open_inbound=self.delivery._open, now=self.now,
         )  # fmt: skip
         self.delivery.previews = self.previews
         self._background = False

@@ -15,9 +15,13 @@ followed, regular file, at most ``MAX_FILE_BYTES``, never blocking on a FIFO), i
 thread; anything that is not the expected JSON shape is ignored; the chat must be the
 session's own or one its agent may send to (the delivery ACL), on a streaming channel;
 control characters are dropped and the text is cut to ``MAX_SHOWN_CHARS``. A preview is
-never shown longer than ``MAX_PREVIEW_S``. Nothing here is durable: after a host restart a
-preview message already posted is not known any more, and the reply comes as a new message
-(the preview stays as it was last edited; docs/architecture.md).
+never shown longer than ``MAX_PREVIEW_S``.
+
+A posted preview is recorded in the session's ``inbound.db`` (``carapace_preview``: reply
+id, chat, platform message id), so a host restarted mid-stream goes on editing the same
+message and delivery still edits the reply into it; and since an edit shown twice is shown
+once, a reply re-sent after a crash (``resend``) is never a second message either (the
+rest of a reply longer than one message is posted as any reply is).
 """
 
 from __future__ import annotations
@@ -31,14 +35,17 @@ import sqlite3
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
 from typing import Any
 
 from carapace import safefs
 from carapace.channels.base import OutboundMessage
+from carapace.db.connection import transaction
 from carapace.db.session import SessionPaths
 from carapace.errors import ConfigError
 from carapace.host.delivery_log import delivery_key
 from carapace.host.sessions import SessionManager
+from carapace.timefmt import iso, utcnow
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +59,7 @@ MAX_PREVIEW_S = 1800.0
 MAX_FILE_BYTES = 64 * 1024
 MAX_SHOWN_CHARS = 3000
 MAX_ID_CHARS = 128
+KEEP_RECORDS_S = 7 * 24 * 3600.0  # a recorded preview is forgotten after a week
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069]")
 
 Target = tuple[str, str, str | None]
@@ -145,6 +153,8 @@ class PreviewKeeper:
         is_running: Callable[[str], bool],
         heartbeat_age: Callable[[str], float | None],
         monotonic: Callable[[], float] = time.monotonic,
+        open_inbound: Callable[[SessionPaths], sqlite3.Connection] | None = None,
+        now: Callable[[], datetime] = utcnow,
     ) -> None:
         check_stream_settings(settings_extra)
         self.db = db
@@ -154,6 +164,8 @@ class PreviewKeeper:
         self.is_running = is_running
         self.heartbeat_age = heartbeat_age
         self.monotonic = monotonic
+        self.open_inbound = open_inbound  # the session's inbound.db with the host's tables
+        self.now = now
         self.shown: dict[str, _Shown] = {}
         self._taken: dict[str, str] = {}  # session → the last reply id delivery took
         self._takes: dict[str, int] = {}  # session → replies taken (the loop ends after one)
@@ -240,6 +252,9 @@ class PreviewKeeper:
             if preview.done:
                 return  # a finished turn is never shown as a preview
             state = _Shown(preview.reply_id, preview.target, now)
+            kept = self._recorded(session, preview.reply_id)
+            if kept is not None and kept[0] == preview.target:  # posted before a restart
+                state.pm, state.first_seen = kept[1], now - SHOW_AFTER_S
             self.shown[session_id] = state
         if state.target != preview.target or state.broken:
             return
@@ -276,6 +291,7 @@ class PreviewKeeper:
                 state.broken = True  # nothing to edit later
                 return
             state.pm, state.text, state.last_edit = str(pm), text, now
+            self._record(session_id, state)
             return
         if text != state.text and now - state.last_edit >= EDIT_INTERVAL_S:
             await self._edit(session_id, state, text, now)
@@ -313,22 +329,63 @@ class PreviewKeeper:
 
     # -- delivery's side --------------------------------------------------------------------
 
-    async def take(self, session_id: str, row_id: str, target: Target) -> str | None:
+    async def take(self, session_id: str, row_id: str, target: Target,
+                   inb: sqlite3.Connection | None = None) -> str | None:  # fmt: skip
         """Delivery is about to send row ``row_id`` to ``target``: the preview message to
         edit it into when the row is the shown turn's reply, else None. Either way a row
-        with the preview's id ends that preview (no later post or edit)."""
+        with the preview's id ends that preview (no later post or edit). ``inb`` (the
+        session's inbound.db): where a preview posted before a host restart is recorded."""
         state = self.shown.get(session_id)
         if state is None or state.reply_id != row_id:
-            if row_id.endswith("-reply"):
-                self._taken[session_id] = row_id  # its preview file is never shown now
-                self._takes[session_id] = self._takes.get(session_id, 0) + 1
-            return None
+            if not row_id.endswith("-reply"):
+                return None
+            self._taken[session_id] = row_id  # its preview file is never shown now
+            self._takes[session_id] = self._takes.get(session_id, 0) + 1
+            kept = _lookup(inb, row_id) if inb is not None else None
+            return kept[1] if kept is not None and kept[0] == target else None
         async with state.lock:  # a post or edit in flight finishes first
             if self.shown.get(session_id) is state:
                 del self.shown[session_id]
             self._taken[session_id] = row_id
             self._takes[session_id] = self._takes.get(session_id, 0) + 1
             return state.pm if state.target == target else None
+
+    def _record(self, session_id: str, state: _Shown) -> None:
+        """The posted preview, on disk (``carapace_preview`` in inbound.db), so that after a
+        host restart the reply is still edited into it (an edit shown twice is shown once)."""
+        session = self.sessions.get(session_id)
+        if self.open_inbound is None or session is None or state.pm is None:
+            return
+        ct, pid, tid = state.target
+        now = self.now()
+        try:
+            inb = self.open_inbound(self.sessions.paths(session))
+            try:
+                with transaction(inb):
+                    inb.execute("DELETE FROM carapace_preview WHERE created_at < ?",
+                                (iso(now - timedelta(seconds=KEEP_RECORDS_S)),))  # fmt: skip
+                    inb.execute(
+                        "INSERT OR REPLACE INTO carapace_preview (reply_id, channel_type, "
+                        "platform_id, thread_id, platform_message_id, created_at) "
+                        "VALUES (?, ?, ?, ?, ?, ?)",
+                        (state.reply_id, ct, pid, tid, state.pm, iso(now)),
+                    )
+            finally:
+                self.sessions.done_with(inb)
+        except sqlite3.Error as exc:  # only a restart's edit is lost: the reply comes anyway
+            logger.warning("preview of session %s not recorded: %s", session_id, exc)
+
+    def _recorded(self, session: Any, reply_id: str) -> tuple[Target, str] | None:
+        if self.open_inbound is None:
+            return None
+        try:
+            inb = self.open_inbound(self.sessions.paths(session))
+            try:
+                return _lookup(inb, reply_id)
+            finally:
+                self.sessions.done_with(inb)
+        except sqlite3.Error:
+            return None
 
     async def stop_all(self) -> None:
         tasks = list(self._tasks.values())
@@ -338,6 +395,18 @@ class PreviewKeeper:
         for t in tasks:
             with contextlib.suppress(BaseException):
                 await t
+
+
+def _lookup(inb: sqlite3.Connection, reply_id: str) -> tuple[Target, str] | None:
+    try:
+        row = inb.execute(
+            "SELECT channel_type, platform_id, thread_id, platform_message_id "
+            "FROM carapace_preview WHERE reply_id=?",
+            (reply_id,),
+        ).fetchone()
+    except sqlite3.Error:
+        return None
+    return ((row[0], row[1], row[2]), row[3]) if row is not None else None
 
 
 async def edit_into_preview(
