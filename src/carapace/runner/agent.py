@@ -163,8 +163,10 @@ class Agent:
             if self.should_stop():
                 raise TurnAbandoned("shutdown before the provider call")
             self.heartbeat()
+            streamed = {"on_text": self.on_text} if self.on_text is not None else {}
             text, session_id = whole_turn(system, user["content"], self.toolbox,
-                                          self.conversation, user.get("images") or ())  # fmt: skip
+                                          self.conversation, user.get("images") or (),
+                                          **streamed)  # fmt: skip
             reply: Message = {"role": "assistant", "content": text, "tool_calls": []}
             if session_id:
                 reply["sdk_session_id"] = session_id

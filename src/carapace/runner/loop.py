@@ -362,7 +362,10 @@ class Runner:
         channel the host shows previews on and the provider streams."""
         if not self.config.stream_channels:
             return None
-        if getattr(self.agent.provider, "complete_stream", None) is None:
+        provider = self.agent.provider
+        if getattr(provider, "complete_stream", None) is None and not getattr(
+            provider, "streams_turns", False
+        ):
             return None
         routing = reply_routing(batch, self.inbound)
         if routing.empty or routing.channel_type not in self.config.stream_channels:
