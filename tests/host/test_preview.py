@@ -329,3 +329,14 @@ def test_the_poll_loop_ends_with_the_turn(rig: Rig, t: list[float]) -> None:
         assert s.id not in keeper._tasks
 
     rig.run(go())
+
+
+def test_a_bad_stream_replies_setting_stops_the_host_with_one_line(tmp_path: Path) -> None:
+    from carapace.config import Home, Settings
+    from carapace.host.host import Host, HostOptions
+
+    bad = Settings(extra={"channels": {"telegram": {"stream_replies": 1}}})
+    with pytest.raises(ConfigError, match=r"\[channels.telegram\] stream_replies") as info:
+        Host(Home(tmp_path / "home"), settings=bad, channels=[],
+             options=HostOptions(sockets=False, watch=False, cleanup_orphans=False))  # fmt: skip
+    assert "\n" not in str(info.value)

@@ -119,6 +119,9 @@ class Host:
         self.sessions.on_folder_remade = self._on_folder_remade
         self.proxy: HostProxy | None = None
         try:
+            from carapace.host.preview import check_stream_settings
+
+            check_stream_settings(self.settings.extra)  # [channels.<type>] stream_replies
             self.backend: RunnerBackend = backend or self._default_backend()
             if self.options.egress_proxy:
                 self.proxy = HostProxy(home, self.db, self.settings, on_warning=self._warn)
