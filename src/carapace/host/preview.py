@@ -170,6 +170,7 @@ class PreviewKeeper:
         self._taken: dict[str, str] = {}  # session → the last reply id delivery took
         self._takes: dict[str, int] = {}  # session → replies taken (the loop ends after one)
         self._again: set[str] = set()  # sessions engaged again while their loop ran
+        self._refused: dict[str, str] = {}  # session → the reply id last refused (logged once)
         self._tasks: dict[str, asyncio.Task[None]] = {}
 
     # -- which channels ---------------------------------------------------------------------
@@ -243,8 +244,10 @@ class PreviewKeeper:
         if preview is None or preview.reply_id == self._taken.get(session_id):
             return
         if not self._allowed(session, preview.target):
-            logger.warning("preview of session %s for %s:%s refused: not its chat",
-                           session_id, preview.target[0], preview.target[1])  # fmt: skip
+            if self._refused.get(session_id) != preview.reply_id:  # one line per turn
+                self._refused[session_id] = preview.reply_id
+                logger.warning("preview of session %s for %s:%s refused: not its chat",
+                               session_id, preview.target[0], preview.target[1])  # fmt: skip
             return
         state = self.shown.get(session_id)
         now = self.monotonic()
