@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,6 +15,7 @@ import pytest
 from e2e_helpers import E2E, wait_for
 
 from carapace.sandbox import bwrap_unusable_reason
+from carapace.testing.fake_llm import FakeLLMServer, FakeReply
 from carapace.testing.fake_telegram import FakeTelegram
 
 REASON = bwrap_unusable_reason()
@@ -29,6 +31,10 @@ FINAL = "Once upon a time, there was a fox who wrote replies one word at a time.
 def tg() -> Iterator[FakeTelegram]:
     with FakeTelegram() as fake:
         yield fake
+
+
+def _texts(tg: FakeTelegram) -> list[str]:
+    return [m.text for m in tg.bot_messages(ANN)]
 
 
 def _setup(e2e: E2E, tg: FakeTelegram, extra: str = "") -> None:
@@ -62,7 +68,7 @@ def test_a_long_reply_is_shown_as_it_is_written(e2e: E2E, tg: FakeTelegram) -> N
     tg.user_message(tg.private_chat(ANN, "Ann"), tg.user(ANN, "Ann", "ann"), "tell me a story")
 
     def texts() -> list[str]:
-        return [m.text for m in tg.bot_messages(ANN)]
+        return _texts(tg)
 
     wait_for(lambda: texts() == ["Once upon a time,"], what="the preview message")
     _go(e2e, 2)
@@ -87,4 +93,35 @@ def test_stream_replies_false_sends_one_message(e2e: E2E, tg: FakeTelegram) -> N
     tg.user_message(tg.private_chat(ANN, "Ann"), tg.user(ANN, "Ann", "ann"), "tell me a story")
     wait_for(lambda: [m.text for m in tg.bot_messages(ANN)] == [FINAL], what="the reply")
     assert tg.called("editMessageText") == []
+    e2e.stop_host()
+
+
+KEY = "sk-ant-e2e-stream-key-000"
+STORY = "Once upon a time, there was a fox who streamed its reply through the host's proxy."
+
+
+def test_an_anthropic_reply_streams_through_the_proxy(e2e: E2E, tg: FakeTelegram) -> None:
+    """The real anthropic SDK in the sandboxed runner, streaming through the host's egress
+    proxy from the fake Anthropic server, which holds the stream half-way until the test
+    has seen the preview."""
+    _setup(e2e, tg)
+    with open(e2e.home / "secrets.env", "a") as f:
+        f.write(f"ANTHROPIC_API_KEY={KEY}\n")
+    hold = threading.Event()
+    # events: message_start, content_block_start, then 8 characters a delta
+    reply = FakeReply(text=STORY, hold=hold, hold_after=5)
+    try:
+        with FakeLLMServer([reply], require_key=KEY) as srv:
+            e2e.ok("groups", "config", "update", "--id", "main", "--provider", "anthropic",
+                   "--settings", json.dumps({"base_url": srv.base_url}))  # fmt: skip
+            e2e.start_host()
+            tg.user_message(tg.private_chat(ANN, "Ann"), tg.user(ANN, "Ann", "ann"), "a story")
+            wait_for(lambda: _texts(tg) == ["Once upon a time, there"], timeout=120,
+                     what="the preview of the half-written reply")  # fmt: skip
+            hold.set()
+            wait_for(lambda: _texts(tg) == [STORY], timeout=60, what="the whole reply")
+            assert srv.requests[0]["stream"] is True
+    finally:
+        hold.set()
+    assert len([p for p in tg.called("sendMessage") if str(p.get("chat_id")) == str(ANN)]) == 1
     e2e.stop_host()
