@@ -340,3 +340,26 @@ def test_a_bad_stream_replies_setting_stops_the_host_with_one_line(tmp_path: Pat
         Host(Home(tmp_path / "home"), settings=bad, channels=[],
              options=HostOptions(sockets=False, watch=False, cleanup_orphans=False))  # fmt: skip
     assert "\n" not in str(info.value)
+
+
+def test_two_agents_in_one_chat_share_its_edit_rate(rig: Rig, t: list[float]) -> None:
+    mg = rig.chat("chan")
+    rig.wire(mg, rig.agent("one"))
+    rig.wire(mg, rig.agent("two"))
+    rig.run(rig.host.route(make_event("hi", platform_id="chan", id="m1")))
+    a, b = rig.sessions()
+    for s, rid in ((a, "msg-ta-reply"), (b, "msg-tb-reply")):
+        _write(rig, s, f"{rid} starts", rid=rid)
+        _poll(rig, s)
+    t[0] += 1.1
+    for s in (a, b):
+        _poll(rig, s)
+    assert len(rig.channel.deliveries) == 2  # one preview each
+    t[0] += 1.1
+    for s, rid in ((a, "msg-ta-reply"), (b, "msg-tb-reply")):
+        _write(rig, s, f"{rid} goes on", rid=rid)
+        _poll(rig, s)
+    assert len(rig.channel.edits) == 1  # the chat had an edit this second already
+    t[0] += 1.1
+    _poll(rig, b)
+    assert len(rig.channel.edits) == 2

@@ -170,6 +170,7 @@ class PreviewKeeper:
         self._taken: dict[str, str] = {}  # session → the last reply id delivery took
         self._takes: dict[str, int] = {}  # session → replies taken (the loop ends after one)
         self._again: set[str] = set()  # sessions engaged again while their loop ran
+        self._chat_edit: dict[Target, float] = {}  # per chat: its last preview post or edit
         self._refused: dict[str, str] = {}  # session → the reply id last refused (logged once)
         self._tasks: dict[str, asyncio.Task[None]] = {}
 
@@ -294,9 +295,11 @@ class PreviewKeeper:
                 state.broken = True  # nothing to edit later
                 return
             state.pm, state.text, state.last_edit = str(pm), text, now
+            self._chat_edit[state.target] = now
             self._record(session_id, state)
             return
-        if text != state.text and now - state.last_edit >= EDIT_INTERVAL_S:
+        last = max(state.last_edit, self._chat_edit.get(state.target, float("-inf")))
+        if text != state.text and now - last >= EDIT_INTERVAL_S:  # once a second per chat
             await self._edit(session_id, state, text, now)
 
     async def _edit(self, session_id: str, state: _Shown, text: str, now: float) -> None:
@@ -309,6 +312,7 @@ class PreviewKeeper:
             state.broken = True
             return
         state.text, state.last_edit = text, now
+        self._chat_edit[state.target] = now
 
     def _allowed(self, session: Any, target: Target) -> bool:
         ct, pid, _tid = target
