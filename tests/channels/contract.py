@@ -53,6 +53,7 @@ from carapace.channels.base import (
     OutboundMessage,
 )
 from carapace.errors import DeliveryError
+from carapace.host.preview import edit_into_preview
 from carapace.jsonutil import loads_or
 from carapace.permissions.access import clicker_id, event_sender
 
@@ -397,6 +398,40 @@ def test_outbound_edit(driver_factory: Any, tmp_path: Path) -> None:
         await h.a.edit(h.driver.chat_id("dm"), None, pm, "second version")  # type: ignore[attr-defined]
         items = await h.shown("dm", 1)
         assert items[-1].text == "second version" and items[-1].edited
+
+    run_case(driver_factory, tmp_path, case)
+
+
+def test_streamed_reply_preview_becomes_the_reply(driver_factory: Any, tmp_path: Path) -> None:
+    """A reply shown as it is written (host/preview.py): a preview message edited a few
+    times, then the final text edited into it by delivery's ``edit_into_preview``; a text
+    longer than the adapter's ``edit_chars`` fills the preview and the rest follows, every
+    word shown once and the preview never cut."""
+
+    async def case(h: Harness) -> None:
+        h.need("edit")
+        if h.driver.channel_type != "fake":  # the tests' fake streams only when told to
+            assert getattr(h.a, "streams_replies", False), "an adapter that edits streams"
+        await h.say("hi", 1, chat="dm", user="ann")
+        chat = h.driver.chat_id("dm")
+        pm = await h.deliver("dm", {"text": "Once upon"})
+        assert pm is not None
+        for partial in ("Once upon a time", "Once upon a time there was"):
+            await h.a.edit(chat, None, pm, partial)  # type: ignore[attr-defined]
+        limit = int(getattr(h.a, "edit_chars", 2000))
+        paras: list[str] = []
+        while len("\n\n".join(paras)) < min(limit, 20_000) + 300:
+            paras.append(
+                f"Paragraph {len(paras)}. " + " ".join(f"w{len(paras)}x{j}." for j in range(40))
+            )
+        text = "\n\n".join(paras)
+        msg = OutboundMessage("chat", {"text": text}, message_out_id="msg-r")
+        assert await edit_into_preview(h.a, chat, None, pm, msg) == pm
+        expected = 2 if len(text) > limit else 1
+        items = await h.shown("dm", expected)
+        assert len(items) == expected
+        assert items[0].id == pm and items[0].edited
+        assert " ".join(i.text for i in items).split() == text.split()
 
     run_case(driver_factory, tmp_path, case)
 

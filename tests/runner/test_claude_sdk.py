@@ -260,3 +260,20 @@ def test_a_planted_session_id_never_reaches_claude_codes_command_line(tmp_path: 
         assert run.returncode == 0, run.stderr
     assert [r["content"]["text"] for r in read_outbound(session)] == ["one", "two"]
     assert "dangerously" not in run.stderr
+
+
+def test_claude_codes_partial_messages_are_published_as_the_preview(tmp_path: Path) -> None:
+    """With a streaming channel the provider asks for Claude Code's partial messages and the
+    runner publishes the reply as it comes (runner/preview.py); the reply row has its id."""
+    session = session_at(tmp_path)
+    agent_dir = make_agent_dir(tmp_path, config={"provider": "claude"})
+    reply = "A streamed answer from Claude Code, long enough for several text deltas."
+    with FakeLLMServer([FakeReply(text=reply)], default=FakeReply(text="ok")) as srv:
+        write_chat(session, "hello", id="m1")
+        run = run_once(session, agent_dir, timeout=120, ANTHROPIC_BASE_URL=srv.base_url,
+                       ANTHROPIC_API_KEY="test-key", CARAPACE_STREAM_CHANNELS="telegram")  # fmt: skip
+        assert run.returncode == 0, run.stderr
+    preview = json.loads((session.outbox / ".preview.json").read_text())
+    assert preview["done"] is True and preview["reply"] is True and preview["text"] == reply
+    [row] = read_outbound(session)
+    assert row["id"] == preview["reply_id"] and row["content"]["text"] == reply

@@ -117,6 +117,8 @@ class DiscordChannel(DiscordOutbound):
     channel_type = CHANNEL_TYPE
     supports_threads = True
     dedupes_sends = True  # every post carries a nonce from the row's key (enforce_nonce)
+    streams_replies = True  # a reply is shown as it is written, by edits (host/preview.py)
+    edit_chars = 1900  # what one edit shows in full (Discord: 2,000 characters)
 
     def __init__(self, token: str, *, base_url: str | None = None,
                  max_file_bytes: int = MAX_FILE_BYTES, guild_ready_timeout: float = 2.0,

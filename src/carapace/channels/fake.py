@@ -39,6 +39,8 @@ class FakeChannel:
     fail_next: int = 0
     fail_always: bool = False
     unavailable: bool = False
+    streams_replies: bool = False  # show replies as they are written (host/preview.py)
+    edit_chars: int = 2000
     deliveries: list[Delivery] = field(default_factory=list)
     edits: list[tuple[str, str | None, str, str]] = field(default_factory=list)
     reactions: list[tuple[str, str | None, str, str]] = field(default_factory=list)

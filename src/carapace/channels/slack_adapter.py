@@ -109,6 +109,8 @@ class SlackChannel(EventsMode):
     channel_type = CHANNEL
     supports_threads = True
     dedupes_sends = True  # a re-send looks its pieces up by the key in their metadata
+    streams_replies = True  # a reply is shown as it is written, by edits (host/preview.py)
+    edit_chars = 3500  # what one edit shows in full (the adapter splits at 4,000)
 
     def __init__(
         self,

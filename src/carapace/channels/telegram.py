@@ -107,6 +107,8 @@ class TokenRejected(ConfigError):
 class TelegramChannel:
     channel_type = CHANNEL
     supports_threads = True
+    streams_replies = True  # a reply is shown as it is written, by edits (host/preview.py)
+    edit_chars = 4000  # what one edit shows in full (Telegram: 4096 UTF-16 units)
 
     def __init__(self, config: TelegramConfig) -> None:
         self.config = config

@@ -48,7 +48,13 @@ from carapace.db.sessions import Session
 from carapace.errors import DeliveryError
 from carapace.host.a2a_guard import A2AGuard, A2AStopped, write_stop_note
 from carapace.host.actions import SystemActions, route_agent_message
-from carapace.host.delivery_log import HOST_TABLES, RECORD_RETRY_S, Records, delivery_key
+from carapace.host.delivery_log import (
+    HOST_TABLES,
+    NEWEST_HOST_TABLE,
+    RECORD_RETRY_S,
+    Records,
+    delivery_key,
+)
 from carapace.host.outbox_files import clear_outbox, read_outbox_files
 from carapace.host.outbox_reader import (
     MAX_CONTENT_BYTES,
@@ -59,6 +65,7 @@ from carapace.host.outbox_reader import (
     read_ids_after,
     read_rows,
 )
+from carapace.host.preview import edit_into_preview
 from carapace.host.sessions import SessionManager
 from carapace.jsonutil import loads_or
 from carapace.timefmt import iso, parse_ts, sqlite_ts
@@ -106,13 +113,14 @@ class Delivery:
         self._records: dict[str, Records] = {}  # per session: outcomes not yet committed
         self.a2a_guard = A2AGuard()  # hop and rate bounds of agent-to-agent messages
         self.outbox = OutboxReader()  # every outbound.db read: checked, bounded, off the loop
+        self.previews: Any = None  # host/preview.PreviewKeeper: replies shown as written
 
     def _open(self, paths: SessionPaths) -> sqlite3.Connection:
         """The session's inbound.db with the host's delivery tables (a live session's kept
         connection; give it back with ``sessions.done_with``). Checked on every open (one
         indexed read): a session folder deleted and made again gets them back."""
         inb = self.sessions.open_inbound(paths)
-        if not has_table(inb, "carapace_send_intent"):
+        if not has_table(inb, NEWEST_HOST_TABLE):
             with transaction(inb):
                 for stmt in HOST_TABLES.split(";"):
                     if stmt.strip():
@@ -534,7 +542,13 @@ class Delivery:
             row["kind"], content, tuple(files), row["id"], row["in_reply_to"],
             key=delivery_key(session.id, row["id"]), resend=resend, answers=answers,
         )  # fmt: skip
-        pm = await adapter.deliver(pid, tid, msg)
+        pm = None
+        if self.previews is not None and row["kind"] == "chat":
+            shown = await self.previews.take(session.id, str(row["id"]), (ct, pid, tid), inb)
+            if shown is not None:
+                pm = await edit_into_preview(adapter, pid, tid, shown, msg)
+        if pm is None:
+            pm = await adapter.deliver(pid, tid, msg)
         if note is not None:  # sent without them: the agent hears which and why
             self._tell_agent(session, note, now)
         if isinstance(content, dict) and content.get("replyCode"):

@@ -31,7 +31,16 @@ CREATE TABLE IF NOT EXISTS carapace_send_intent (
   message_out_id TEXT PRIMARY KEY,
   started_at     TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS carapace_preview (
+  reply_id            TEXT PRIMARY KEY,
+  channel_type        TEXT NOT NULL,
+  platform_id         TEXT NOT NULL,
+  thread_id           TEXT,
+  platform_message_id TEXT NOT NULL,
+  created_at          TEXT NOT NULL
+);
 """
+NEWEST_HOST_TABLE = "carapace_preview"  # present: every host table is
 RECORD_RETRY_S = 5.0  # a pass whose records could not be written (full disk) runs again
 
 

@@ -119,6 +119,9 @@ class Host:
         self.sessions.on_folder_remade = self._on_folder_remade
         self.proxy: HostProxy | None = None
         try:
+            from carapace.host.preview import check_stream_settings
+
+            check_stream_settings(self.settings.extra)  # [channels.<type>] stream_replies
             self.backend: RunnerBackend = backend or self._default_backend()
             if self.options.egress_proxy:
                 self.proxy = HostProxy(home, self.db, self.settings, on_warning=self._warn)
@@ -140,6 +143,14 @@ class Host:
         from carapace.host.typing import TypingKeeper
 
         self.typing = TypingKeeper(self.adapters, self._heartbeat_of, self.now)
+        from carapace.host.preview import PreviewKeeper
+
+        self.previews = PreviewKeeper(
+            self.db, self.sessions, self.adapters, self.settings.extra,
+            is_running=self.pool.is_running, heartbeat_age=self._heartbeat_age,
+            open_inbound=self.delivery._open, now=self.now,
+        )  # fmt: skip
+        self.delivery.previews = self.previews
         self._background = False
         self._failed_channels: set[str] = set()
         self._health: dict[str, SpawnHealth] = {}
@@ -370,6 +381,7 @@ class Host:
             if channel_type not in self._failed_channels:  # a failure stays shown
                 self._on_channel_status(channel_type, "stopped", None)
         await self.typing.stop_all()
+        await self.previews.stop_all()
         await self.pool.stop_all("shutdown")  # also waits for spawns in flight
         for sid in list(self._acks_due):
             with contextlib.suppress(Exception):
@@ -443,7 +455,12 @@ class Host:
                 if r.trigger and r.seq is not None:
                     self.typing.start(r.session_id, event.channel_type, event.platform_id,
                                       event.thread_id)  # fmt: skip
+                    self.previews.start(r.session_id, event.channel_type)
         return result
+
+    def _heartbeat_age(self, session_id: str) -> float | None:
+        beat = self._heartbeat_of(session_id)
+        return (self.now() - beat).total_seconds() if beat is not None else None
 
     def _heartbeat_of(self, session_id: str) -> datetime | None:
         session = self.sessions.get(session_id)

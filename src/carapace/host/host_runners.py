@@ -72,6 +72,11 @@ async def prepare(host: Host, session_id: str) -> RunnerSpec | None:
         host_watch.watch_session(host, paths.root)
     host.sessions.mark_work(session.id, due_iso(host.now() + timedelta(seconds=SLA_CHECK_S)) or "")
     env = {"CARAPACE_TZ": host.settings.timezone, **host.options.runner_env}
+    streams = host.previews.channels()
+    if streams:  # replies shown as they are written (host/preview.py)
+        env["CARAPACE_STREAM_CHANNELS"] = ",".join(streams)
+        if host._background:
+            host.previews.resume(session.id)
     cfg = host.db.execute(
         "SELECT provider FROM container_configs WHERE agent_group_id=?",
         (session.agent_group_id,),

@@ -133,6 +133,9 @@ class Agent:
         self.context_limit_chars = context_limit_chars
         self.history_messages = history_messages
         self.on_compaction = on_compaction
+        # set for a turn whose reply is shown as it is written (runner/preview.py): gets
+        # the round's text so far from a provider that streams (``complete_stream``)
+        self.on_text: Callable[[str], None] | None = None
 
     def run_turn(self, system: str, prompt: str, images: Sequence[Image] = ()) -> TurnResult:
         """Run one turn; raises ``ProviderError`` (or any provider failure) and
@@ -160,8 +163,10 @@ class Agent:
             if self.should_stop():
                 raise TurnAbandoned("shutdown before the provider call")
             self.heartbeat()
+            streamed = {"on_text": self.on_text} if self.on_text is not None else {}
             text, session_id = whole_turn(system, user["content"], self.toolbox,
-                                          self.conversation, user.get("images") or ())  # fmt: skip
+                                          self.conversation, user.get("images") or (),
+                                          **streamed)  # fmt: skip
             reply: Message = {"role": "assistant", "content": text, "tool_calls": []}
             if session_id:
                 reply["sdk_session_id"] = session_id
@@ -175,7 +180,7 @@ class Agent:
                 raise TurnAbandoned("shutdown before the provider call")
             self.heartbeat()
             self._fit(new)
-            turn = self.provider.complete(system, self.conversation + new, specs)
+            turn = self._complete(system, self.conversation + new, specs, "".join(pieces))
             self.heartbeat()
             if turn.stop_reason == "max_tokens":
                 # never delivered as if complete: continued, or said to be cut
@@ -212,6 +217,16 @@ class Agent:
         note = ROUNDS_NOTE.format(n=self.max_tool_rounds)
         logger.warning("turn stopped after %d tool rounds", self.max_tool_rounds)
         return TurnResult(f"{text}\n\n{note}".strip(), new, self.max_tool_rounds)
+
+    def _complete(self, system: str, messages: list[Message], specs: list[Any],
+                  before: str) -> Any:  # fmt: skip
+        """One provider call; streamed into ``on_text`` (after ``before``, the text of cut
+        replies being continued) when both sides can."""
+        on_text = self.on_text
+        stream = getattr(self.provider, "complete_stream", None)
+        if on_text is None or stream is None:
+            return self.provider.complete(system, messages, specs)
+        return stream(system, messages, specs, lambda text: on_text(before + text))
 
     def _fit(self, new: list[Message]) -> None:
         """Compact the stored conversation when it and the turn so far are over the limit."""

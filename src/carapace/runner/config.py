@@ -26,6 +26,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from carapace.db.session import SessionPaths
+from carapace.runner.preview import stream_channels
 from carapace.runner.providers.base import PROVIDER_ALIASES as PROVIDER_ALIASES
 from carapace.runner.settings import AgentSettings, is_sandboxed
 
@@ -86,6 +87,8 @@ class RunnerConfig:
     agent_settings: AgentSettings = field(default_factory=AgentSettings)  # parsed ``settings``
     sandboxed: bool = False  # CARAPACE_SANDBOX is set: the host started us in a sandbox
     cli_scope: str = "group"  # container.json ``cliScope``: disabled | group | global
+    # channel types the host shows replies on as they are written (runner/preview.py)
+    stream_channels: frozenset[str] = frozenset()
 
     @property
     def paths(self) -> SessionPaths:
@@ -129,6 +132,7 @@ class RunnerConfig:
             agent_settings=agent_settings,
             sandboxed=is_sandboxed(env),
             cli_scope=_str(data.get("cliScope")) or "group",
+            stream_channels=stream_channels(env),
         )
 
 

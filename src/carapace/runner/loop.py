@@ -44,6 +44,7 @@ from carapace.runner.formatter import format_messages, is_clear_command
 from carapace.runner.images import collect_images, describe
 from carapace.runner.inbound import Inbound, InRow
 from carapace.runner.outbound import Outbound
+from carapace.runner.preview import PreviewWriter
 from carapace.runner.prompt import compose_system_prompt
 from carapace.runner.providers._common import one_line
 from carapace.runner.providers.base import Provider
@@ -317,11 +318,15 @@ class Runner:
         )
         if self.mcp is not None:
             system = f"{system}\n\n{self.mcp.prompt_section()}"
+        preview = self._preview(batch)
+        self.agent.on_text = preview.update if preview is not None else None
         try:
             with Keepalive(self.heartbeat):
                 result = self.agent.run_turn(system, prompt, images.images)
         except TurnAbandoned as exc:
             logger.info("session %s: turn abandoned (%s); releasing %s", sid, exc, ids)
+            if preview is not None:
+                preview.abandon()
             self.outbound.release(ids)
             return
         except Exception as exc:
@@ -330,19 +335,42 @@ class Runner:
                 logger.error("session %s: provider failed on %s: %s", sid, ids, detail)
             else:
                 logger.exception("session %s: turn failed on %s", sid, ids)
-            self._fail(ids, batch, detail)
+            replied = self._fail(ids, batch, detail, preview.reply_id if preview else None)
+            if preview is not None:  # the error message replaces what was shown
+                preview.finish(reply=replied)
             return
+        finally:
+            self.agent.on_text = None
+        plain: list[str] = []
         with self.outbound.atomic():
             seqs = dispatch_final_text(
-                result.text, batch, self.inbound, self.outbound, self.clock.now
-            )
+                result.text, batch, self.inbound, self.outbound, self.clock.now,
+                reply_id=preview.reply_id if preview is not None else None, plain_ids=plain,
+            )  # fmt: skip
             self.outbound.complete(ids, now=self.clock.now())
             self.agent.accept(result)
             save_conversation(self.outbound, self.agent.conversation, self.config.history_messages)
+        if preview is not None:
+            preview.finish(reply=bool(plain))
         append_transcript(self.paths.root, sid, result.messages)
         logger.info(
             "session %s: completed %s in %d round(s); reply seqs %s", sid, ids, result.rounds, seqs
         )
+
+    def _preview(self, batch: Batch) -> PreviewWriter | None:
+        """A writer of the turn's reply as it is written, when the chat it answers is on a
+        channel the host shows previews on and the provider streams."""
+        if not self.config.stream_channels:
+            return None
+        provider = self.agent.provider
+        if getattr(provider, "complete_stream", None) is None and not getattr(
+            provider, "streams_turns", False
+        ):
+            return None
+        routing = reply_routing(batch, self.inbound)
+        if routing.empty or routing.channel_type not in self.config.stream_channels:
+            return None
+        return PreviewWriter(self.paths.outbox, batch.reply_id(), routing)
 
     def _task_scripts(self, rows: list[InRow], batch: Batch) -> tuple[list[InRow], list[InRow]]:
         """Pre-task scripts run exactly as bash does: same policy, env, limits (or not at all)."""
@@ -381,7 +409,9 @@ class Runner:
         append_transcript(self.paths.root, self.config.session_id, [{"type": "clear"}])
         logger.info("session %s: conversation cleared by %s", self.config.session_id, rows[0].id)
 
-    def _fail(self, ids: list[str], batch: Batch, detail: str) -> None:
+    def _fail(self, ids: list[str], batch: Batch, detail: str, reply_id: str | None = None) -> bool:
+        """The error told to the chat (with ``reply_id`` when a preview showed the turn) and
+        the claims failed; True when an error row was written."""
         routing = reply_routing(batch, self.inbound)
         with self.outbound.atomic():
             if not routing.empty:
@@ -392,8 +422,10 @@ class Runner:
                     in_reply_to=batch.in_reply_to,
                     now=self.clock.now(),
                     answers=batch.answers() if routing.same_chat(batch.origin) else None,
+                    id=reply_id,
                 )
             self.outbound.fail(ids, now=self.clock.now())
+        return not routing.empty
 
 
 def one_line_error(exc: BaseException) -> str:

@@ -87,8 +87,13 @@ def dispatch_final_text(
     inbound: Inbound,
     outbound: Outbound,
     now: Callable[[], datetime],
+    *,
+    reply_id: str | None = None,
+    plain_ids: list[str] | None = None,
 ) -> list[int]:
-    """Write the rows for the agent's final text; returns their seqs."""
+    """Write the rows for the agent's final text; returns their seqs. ``reply_id``: the id
+    of the plain reply row (a previewed turn's, ``Batch.reply_id``); the plain reply's id
+    is appended to ``plain_ids`` when one is written."""
     seqs: list[int] = []
     plain_parts: list[str] = []
     last = 0
@@ -145,6 +150,8 @@ def dispatch_final_text(
             answers = batch.answers() if routing.same_chat(batch.origin) else None
             seqs.append(
                 send_text(plain, routing, outbound, in_reply_to=batch.in_reply_to, now=now(),
-                          answers=answers)
+                          answers=answers, id=reply_id)
             )  # fmt: skip
+            if plain_ids is not None:
+                plain_ids.append(reply_id or "")
     return seqs

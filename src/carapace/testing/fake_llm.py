@@ -252,7 +252,8 @@ class FakeLLMServer:
         if body.get("stream") is True:
             opts = body.get("stream_options")
             want = isinstance(opts, dict) and opts.get("include_usage") is True
-            return 200, _Stream(stream_events(api, reply, want), item.event_delay_s), {}
+            events = stream_events(api, reply, want)
+            return 200, _Stream(events, item.event_delay_s, item.hold, item.hold_after), {}
         return 200, reply, {}
 
 
@@ -273,6 +274,8 @@ def _error_body(api: Flavour, status: int, message: str) -> dict[str, Any]:
 class _Stream:
     events: list[str]
     delay_s: float
+    hold: threading.Event | None = None
+    hold_after: int = 0
 
 
 class _HTTPServer(ThreadingHTTPServer):
@@ -336,6 +339,8 @@ def _make_handler(server: FakeLLMServer) -> type[BaseHTTPRequestHandler]:
             for n, event in enumerate(stream.events):
                 if n and stream.delay_s > 0:
                     server._stopping.wait(stream.delay_s)
+                if stream.hold is not None and n == stream.hold_after:
+                    stream.hold.wait(60)
                 data = event.encode()
                 self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
                 self.wfile.flush()

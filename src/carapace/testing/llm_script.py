@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,10 @@ class FakeReply:
     cache_read_tokens: int = 0
     cache_write_tokens: int = 0
     event_delay_s: float = 0.0  # streaming only: pause between server-sent events
+    # streaming, in process only: after ``hold_after`` events, wait until ``hold`` is set
+    # (at most 60 s), so a test sees a reply half-written without timing anything
+    hold: threading.Event | None = field(default=None, compare=False)
+    hold_after: int = 0
 
 
 @dataclass(frozen=True)

@@ -75,6 +75,8 @@ class WebChannel:
     channel_type = CHANNEL
     supports_threads = False
     dedupes_sends = True  # a re-send after a crash finds the row it stored (``deliver``)
+    streams_replies = True  # a reply is shown as it is written, by edits (host/preview.py)
+    edit_chars = 100_000
 
     def __init__(self, home: Home, *, clock: Clock | None = None) -> None:
         self.home = home

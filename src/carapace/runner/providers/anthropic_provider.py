@@ -14,6 +14,7 @@ credential-injecting proxy); with neither, creating the provider fails.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import anthropic
@@ -83,7 +84,9 @@ class AnthropicProvider:
             max_retries=config.max_retries,
         )
 
-    def complete(self, system: str, messages: list[Message], tools: list[ToolSpec]) -> Turn:
+    def _request(
+        self, system: str, messages: list[Message], tools: list[ToolSpec]
+    ) -> dict[str, Any]:
         kwargs: dict[str, Any] = {}
         # prompt caching: the system prompt and the tool definitions (the stable prefix of
         # every call of a conversation) are marked cacheable
@@ -93,14 +96,37 @@ class AnthropicProvider:
             specs: list[Any] = to_anthropic_tools(tools)
             specs[-1] = {**specs[-1], "cache_control": CACHE}
             kwargs["tools"] = specs
+        return {"model": self.model, "max_tokens": self.config.max_tokens,
+                "messages": to_anthropic_messages(messages), "timeout": self.config.timeout_s,
+                **kwargs}  # fmt: skip
+
+    def complete(self, system: str, messages: list[Message], tools: list[ToolSpec]) -> Turn:
         try:
-            response = self.client.messages.create(
-                model=self.model,
-                max_tokens=self.config.max_tokens,
-                messages=to_anthropic_messages(messages),
-                timeout=self.config.timeout_s,  # explicit: no SDK "use streaming" refusal
-                **kwargs,
-            )
+            # timeout explicit: no SDK "use streaming" refusal
+            response = self.client.messages.create(**self._request(system, messages, tools))
+        except anthropic.AnthropicError as exc:
+            raise self._error(exc) from None
+        turn = parse_anthropic_message(response)
+        log_turn(logger, self.model, turn)
+        return turn
+
+    def complete_stream(
+        self,
+        system: str,
+        messages: list[Message],
+        tools: list[ToolSpec],
+        on_text: Callable[[str], None],
+    ) -> Turn:
+        """``complete`` over a streamed response (``messages.stream``): ``on_text`` gets the
+        text written so far after each text delta; the turn is the same as ``complete``'s."""
+        try:
+            with self.client.messages.stream(**self._request(system, messages, tools)) as stream:
+                written = ""
+                for event in stream:
+                    if event.type == "text":
+                        written += event.text
+                        on_text(written)
+                response = stream.get_final_message()
         except anthropic.AnthropicError as exc:
             raise self._error(exc) from None
         turn = parse_anthropic_message(response)

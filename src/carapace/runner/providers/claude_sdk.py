@@ -46,7 +46,7 @@ import os
 import re
 import subprocess
 import warnings
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -100,6 +100,7 @@ class ClaudeAgentProvider:
     loads_memory_files = True  # Claude Code reads CLAUDE.md / CLAUDE.local.md itself
     prompt_tool_names = PROMPT_NAMES  # how the system prompt names the workspace tools
     takes_images = True
+    streams_turns = True  # run_agent_turn's on_text: Claude Code's partial messages
 
     def __init__(self, config: ProviderConfig) -> None:
         self.config = config
@@ -125,8 +126,11 @@ class ClaudeAgentProvider:
         toolbox: ToolBox,
         conversation: list[Message],
         images: Sequence[Mapping[str, str]] = (),
+        on_text: Callable[[str], None] | None = None,
     ) -> tuple[str, str | None]:
-        """Run one turn; returns the final text and the SDK session id to resume next."""
+        """Run one turn; returns the final text and the SDK session id to resume next.
+        ``on_text``: the reply's text so far, from Claude Code's partial messages (the
+        text after its last tool call, as the returned text is)."""
         import anyio
 
         resume = next((m.get(SESSION_KEY) for m in reversed(conversation)
@@ -135,14 +139,14 @@ class ClaudeAgentProvider:
         # goes on Claude Code's command line
         resume = resume if isinstance(resume, str) and SESSION_ID.fullmatch(resume) else None
         try:
-            return anyio.run(self._turn, system, prompt, toolbox, resume, list(images))
+            return anyio.run(self._turn, system, prompt, toolbox, resume, list(images), on_text)
         except ProviderError as exc:
             if resume is None or LOST_SESSION not in str(exc):
                 raise
         # Claude Code's session files are gone (folder wiped, restored from a backup): a new
         # SDK session, rather than failing every message from now on
         logger.warning("Claude Code session %s not found; starting a new one", resume)
-        return anyio.run(self._turn, system, prompt, toolbox, None, list(images))
+        return anyio.run(self._turn, system, prompt, toolbox, None, list(images), on_text)
 
     async def _turn(
         self,
@@ -151,6 +155,7 @@ class ClaudeAgentProvider:
         toolbox: ToolBox,
         resume: str | None,
         images: list[Mapping[str, str]],
+        on_text: Callable[[str], None] | None = None,
     ) -> tuple[str, str | None]:
         from claude_agent_sdk import (
             AssistantMessage,
@@ -160,12 +165,15 @@ class ClaudeAgentProvider:
             ToolUseBlock,
             query,
         )
+        from claude_agent_sdk.types import StreamEvent
 
         agent_dir = Path(self.config.agent_dir or os.getcwd())
         child_env = self._env(agent_dir)
         key_in_env = child_env.get("ANTHROPIC_API_KEY", PLACEHOLDER_KEY) != PLACEHOLDER_KEY
         policy = ClaudeToolPolicy(toolbox.workspace, key_in_env=key_in_env)
         options = self._options(system, toolbox, policy, resume, agent_dir, child_env)
+        options.include_partial_messages = on_text is not None
+        current = ""  # the text of the model message being streamed
         text, session_id = "", None
         # the text of the assistant messages since the last tool call: Claude Code continues
         # a reply cut by max_tokens in a new message, and its result holds only the last one
@@ -173,7 +181,12 @@ class ClaudeAgentProvider:
         try:
             async for message in query(prompt=_prompt_stream(prompt, images), options=options):
                 session_id = getattr(message, "session_id", None) or session_id
+                if isinstance(message, StreamEvent) and message.parent_tool_use_id is None:
+                    current = _streamed(message.event, current)
+                    if on_text is not None and current:
+                        on_text("".join(tail) + current)
                 if isinstance(message, AssistantMessage) and message.parent_tool_use_id is None:
+                    current = ""
                     if any(isinstance(b, ToolUseBlock) for b in message.content):
                         tail = []
                     else:
@@ -320,6 +333,21 @@ def _final_text(tail: str, result: str) -> str:
     """The whole final reply: the pieces of a reply cut by max_tokens and continued (whose
     last piece is Claude Code's ``result``), else the result."""
     return tail if tail.endswith(result) and tail.strip() else result
+
+
+def _streamed(event: dict[str, Any], current: str) -> str:
+    """The streamed message's text after one raw API event (a new message starts empty)."""
+    kind = event.get("type")
+    if kind == "message_start":
+        return ""
+    delta = event.get("delta")
+    if (
+        kind == "content_block_delta"
+        and isinstance(delta, dict)
+        and delta.get("type") == "text_delta"
+    ):
+        return current + str(delta.get("text") or "")
+    return current
 
 
 async def _prompt_stream(

@@ -33,6 +33,13 @@ A step is an object with any of ``reply`` (text), ``tool_calls`` (list of
 ``{"name": str, "arguments": object, "id": str (optional)}``) and ``error`` (text: the
 call raises ``ProviderError`` with it). ``error`` on the rule is a one-step shortcut.
 
+Streaming (a runner that shows replies as they are written, ``runner/preview.py``): a
+step's ``pieces`` (a list of strings, instead of ``reply``) is its reply written in those
+pieces; with ``pause_file`` (a plain file name) the mock waits, before piece ``n`` (from
+2), until ``<agent_dir>/<pause_file>.<n>`` exists (at most ``PAUSE_MAX_S``), so a test
+can see each piece arrive without timing anything. Without streaming, ``pieces`` is just
+the joined reply.
+
 Substitutions in ``reply`` and in string values of tool-call ``arguments``:
 ``{tool_result}`` is the content of the last ``tool`` message (empty when none) and
 ``{user_text}`` the last user text. Nothing else is interpreted; other braces are kept.
@@ -51,6 +58,7 @@ from __future__ import annotations
 import html
 import json
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,8 +76,10 @@ _MESSAGE_RE = re.compile(r"<message\b[^>]*>(.*?)</message>", re.DOTALL)
 _TASK_RE = re.compile(r"<task\b[^>]*>.*?Instructions:\n(.*?)</task>", re.DOTALL)
 _QUOTED_RE = re.compile(r"\s*<quoted_message\b[^>]*>.*?</quoted_message>\s*", re.DOTALL)
 _RULE_KEYS = frozenset({"match", "tool_calls", "reply", "steps", "error"})
-_STEP_KEYS = frozenset({"tool_calls", "reply", "error"})
+_STEP_KEYS = frozenset({"tool_calls", "reply", "error", "pieces", "pause_file"})
+PAUSE_MAX_S = 30.0
 _CALL_KEYS = frozenset({"name", "arguments", "id"})
+_PLAIN_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _SUBST_RE = re.compile(r"\{(?:tool_result|user_text)\}")
 _NEUTRAL = str.maketrans({"<": "\u2039", ">": "\u203a"})
 
@@ -88,6 +98,8 @@ class ScriptStep:
     reply: str = ""
     tool_calls: tuple[ScriptCall, ...] = ()
     error: str | None = None
+    pieces: tuple[str, ...] = ()
+    pause_file: str | None = None
 
 
 @dataclass(frozen=True)
@@ -103,20 +115,43 @@ class MockProvider:
         self.config = config or ProviderConfig()
 
     def complete(self, system: str, messages: list[Message], tools: list[ToolSpec]) -> Turn:
+        return self._turn(system, messages)[0]
+
+    def complete_stream(
+        self,
+        system: str,
+        messages: list[Message],
+        tools: list[ToolSpec],
+        on_text: Callable[[str], None],
+    ) -> Turn:
+        """``complete``, with a step's ``pieces`` handed to ``on_text`` one by one (a reply
+        without pieces is not streamed)."""
+        turn, step = self._turn(system, messages)
+        if step is None or not step.pieces:
+            return turn
+        written = ""
+        for n, piece in enumerate(step.pieces, start=1):
+            if n > 1 and step.pause_file and self.config.agent_dir:
+                _wait_for(Path(self.config.agent_dir) / f"{step.pause_file}.{n}")
+            written += piece
+            on_text(written)
+        return turn
+
+    def _turn(self, system: str, messages: list[Message]) -> tuple[Turn, ScriptStep | None]:
         from carapace.runner.compaction import COMPACTION_MARKER, mock_summary
 
         if system.startswith(COMPACTION_MARKER):  # a compaction summary, never scripted
-            return Turn(text=mock_summary(messages))
+            return Turn(text=mock_summary(messages)), None
         user_index = _last_user_index(messages)
         user_text = last_user_text(messages)
         rules = self._load_rules()
         rule = next((r for r in rules if r.match is None or r.match.search(user_text)), None)
         if rule is None:
-            return Turn(text=f'{DEFAULT_PREFIX}"{neutralise(user_text[:QUOTE_CHARS])}"')
+            return Turn(text=f'{DEFAULT_PREFIX}"{neutralise(user_text[:QUOTE_CHARS])}"'), None
         after = messages[user_index + 1 :] if user_index >= 0 else messages
         step_no = sum(1 for m in after if m.get("role") == "assistant")
         if step_no >= len(rule.steps):
-            return Turn(text="")
+            return Turn(text=""), None
         step = rule.steps[step_no]
         if step.error is not None:
             raise ProviderError(step.error)
@@ -135,7 +170,7 @@ class MockProvider:
             text=_substitute(step.reply, quoted),
             tool_calls=calls,
             stop_reason="tool_use" if calls else "end_turn",
-        )
+        ), step
 
     def _load_rules(self) -> list[ScriptRule]:
         if "script" in self.config.extra:
@@ -246,6 +281,16 @@ def _parse_step(step: object, where: str, fail: _Fail) -> ScriptStep:
     reply = step.get("reply", "")
     if not isinstance(reply, str):
         raise fail(f"{where}: reply must be a string")
+    pieces = step.get("pieces", [])
+    if not isinstance(pieces, list) or not all(isinstance(p, str) for p in pieces):
+        raise fail(f"{where}: pieces must be a list of strings")
+    if pieces and "reply" in step:
+        raise fail(f"{where}: use either reply or pieces, not both")
+    if pieces:
+        reply = "".join(pieces)
+    pause = step.get("pause_file")
+    if pause is not None and (not isinstance(pause, str) or not _PLAIN_RE.fullmatch(pause)):
+        raise fail(f"{where}: pause_file must be a plain file name")
     error = step.get("error")
     if error is not None and (not isinstance(error, str) or len(step) > 1):
         raise fail(f"{where}: error must be a string and stand alone")
@@ -268,7 +313,15 @@ def _parse_step(step: object, where: str, fail: _Fail) -> ScriptStep:
         if call_id is not None and not isinstance(call_id, str):
             raise fail(f"{cwhere}: id must be a string")
         calls.append(ScriptCall(name=name, arguments=arguments, id=call_id))
-    return ScriptStep(reply=reply, tool_calls=tuple(calls), error=error)
+    return ScriptStep(reply=reply, tool_calls=tuple(calls), error=error, pieces=tuple(pieces),
+                      pause_file=pause)  # fmt: skip
+
+
+def _wait_for(path: Path) -> None:
+    """Until ``path`` exists, at most ``PAUSE_MAX_S`` (a test's go-ahead; polled)."""
+    deadline = time.monotonic() + PAUSE_MAX_S
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
 
 
 def _last_user_index(messages: list[Message]) -> int:

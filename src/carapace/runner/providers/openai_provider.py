@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import openai
@@ -94,19 +95,77 @@ class OpenAIProvider:
             max_retries=config.max_retries,
         )
 
-    def complete(self, system: str, messages: list[Message], tools: list[ToolSpec]) -> Turn:
+    def _request(
+        self, system: str, messages: list[Message], tools: list[ToolSpec]
+    ) -> dict[str, Any]:
         kwargs: dict[str, Any] = {self.max_tokens_field: self.config.max_tokens}
         if tools:
             kwargs["tools"] = to_openai_tools(tools)
+        return {"model": self.model, "messages": to_openai_messages(system, messages), **kwargs}
+
+    def complete(self, system: str, messages: list[Message], tools: list[ToolSpec]) -> Turn:
         try:
-            response = self.client.chat.completions.create(
-                model=self.model,
-                messages=to_openai_messages(system, messages),
-                **kwargs,
-            )
+            response = self.client.chat.completions.create(**self._request(system, messages, tools))
         except openai.OpenAIError as exc:
             raise self._error(exc) from None
         turn = parse_openai_completion(response)
+        log_turn(logger, self.model, turn)
+        return turn
+
+    def complete_stream(
+        self,
+        system: str,
+        messages: list[Message],
+        tools: list[ToolSpec],
+        on_text: Callable[[str], None],
+    ) -> Turn:
+        """``complete`` over a streamed response (``stream=True``, usage asked for with
+        ``stream_options``): ``on_text`` gets the text written so far after each text
+        delta; tool calls are assembled from their deltas by index."""
+        text = ""
+        calls: dict[int, dict[str, str]] = {}
+        finish = ""
+        usage: Any = None
+        try:
+            chunks = self.client.chat.completions.create(
+                **self._request(system, messages, tools),
+                stream=True, stream_options={"include_usage": True},
+            )  # fmt: skip
+            for chunk in chunks:
+                if chunk.usage is not None:
+                    usage = chunk.usage
+                if not chunk.choices:
+                    continue
+                choice = chunk.choices[0]
+                delta = choice.delta
+                if delta.content:
+                    text += delta.content
+                    on_text(text)
+                for call in delta.tool_calls or ():
+                    acc = calls.setdefault(call.index, {"id": "", "name": "", "arguments": ""})
+                    acc["id"] = call.id or acc["id"]
+                    if call.function is not None:
+                        acc["name"] += call.function.name or ""
+                        acc["arguments"] += call.function.arguments or ""
+                if choice.finish_reason:
+                    finish = str(choice.finish_reason)
+        except openai.OpenAIError as exc:
+            raise self._error(exc) from None
+        tool_calls = tuple(
+            ToolCall(id=c["id"] or f"call-{i + 1}", name=c["name"],
+                     arguments=parse_arguments(c["arguments"]))
+            for i, c in (sorted(calls.items()))
+        )  # fmt: skip
+        stop_reason = _FINISH_REASONS.get(finish, finish) or (
+            "tool_use" if tool_calls else "end_turn"
+        )
+        turn = Turn(
+            text=text,
+            tool_calls=tool_calls,
+            stop_reason=stop_reason,
+            input_tokens=(usage.prompt_tokens or 0) if usage else 0,
+            output_tokens=(usage.completion_tokens or 0) if usage else 0,
+        )
         log_turn(logger, self.model, turn)
         return turn
 

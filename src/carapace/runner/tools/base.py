@@ -58,6 +58,14 @@ class Batch:
         digest = hashlib.sha256(self.in_reply_to.encode("utf-8", "replace")).hexdigest()[:20]
         return f"{prefix}-t{digest}-{self.sent}"
 
+    def reply_id(self) -> str:
+        """The id of the turn's plain reply row (and of its preview, ``runner/preview.py``):
+        the same on every try of the batch."""
+        if not self.in_reply_to:
+            return new_id("msg")
+        digest = hashlib.sha256(self.in_reply_to.encode("utf-8", "replace")).hexdigest()[:20]
+        return f"msg-t{digest}-reply"
+
     def answers(self) -> list[str]:
         """The inbound ids a reply to this batch answers (several senders may wait for it);
         empty for a batch of one (``in_reply_to`` says it all)."""
