@@ -272,3 +272,54 @@ def test_a_corrupt_session_db_is_told_and_does_not_hold_up_the_channel(rig: Rig)
     assert "could not be stored" in rig.channel.deliveries[-1].content["text"]
     ok = rig.run(rig.host.route(make_event("other chat", platform_id="c-fine", id="m3")))
     assert [r.message_id for r in ok.routed] == [f"m3:{ag}"]
+
+
+def test_a_burst_is_routed_a_bounded_number_at_a_time_and_in_full(rig: Rig) -> None:
+    """Thousands of events at once (a backlog, a flood) never run their routing steps all in
+    one event-loop pass: at most ROUTING_AT_ONCE are in flight; the rest wait, none is lost,
+    and (when nothing in routing waits) the order of arrival is the order of the seqs."""
+    from carapace.host.router import ROUTING_AT_ONCE
+
+    ag = rig.agent()
+    mg = rig.chat("chan")
+    rig.wire(mg, ag)
+    n = ROUTING_AT_ONCE * 3 + 5
+    inside, most = 0, 0
+
+    async def burst() -> None:
+        gate = asyncio.Event()
+
+        async def counting(event: Any) -> bool:
+            nonlocal inside, most
+            inside += 1
+            most = max(most, inside)
+            if inside >= ROUTING_AT_ONCE:
+                gate.set()
+            await gate.wait()
+            inside -= 1
+            return False
+
+        rig.host.router.on_intercept = counting
+        await asyncio.gather(
+            *(rig.host.route(make_event(f"m{i}", platform_id="chan", id=f"m{i}")) for i in range(n))
+        )
+
+    rig.run(burst())
+    assert most == ROUTING_AT_ONCE
+    [s] = rig.sessions()
+    rows = rig.inbound(s, "SELECT id FROM messages_in ORDER BY seq")
+    assert sorted(r["id"].split(":")[0] for r in rows) == sorted(f"m{i}" for i in range(n))
+
+    async def plain_burst() -> None:  # routing that does not wait keeps the arrival order
+        await asyncio.gather(
+            *(rig.host.route(make_event(f"p{i}", platform_id="chan", id=f"p{i}")) for i in range(n))
+        )
+
+    rig.host.router.on_intercept = _no_intercept
+    rig.run(plain_burst())
+    rows = rig.inbound(s, "SELECT id FROM messages_in WHERE id LIKE 'p%' ORDER BY seq")
+    assert [r["id"].split(":")[0] for r in rows] == [f"p{i}" for i in range(n)]
+
+
+async def _no_intercept(event: Any) -> bool:
+    return False

@@ -15,6 +15,7 @@ Deviations from NanoClaw (listed in docs/compat.md):
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import sqlite3
@@ -38,6 +39,7 @@ from carapace.timefmt import iso, new_id
 logger = logging.getLogger(__name__)
 
 PATTERN_TEXT_LIMIT = 4096
+ROUTING_AT_ONCE = 64  # events routed concurrently (bounds one event-loop pass, issue 19)
 FILTERED_COMMANDS = frozenset(
     {"/help", "/login", "/logout", "/doctor", "/config", "/remote-control"}
 )
@@ -152,6 +154,7 @@ class Router:
         self.on_channel_request: ChannelRequestHook = _noop_channel
         # approvals: card reply codes / new-agent names are answers, not messages
         self.on_intercept: InterceptHook = _noop_intercept
+        self._admit = asyncio.Semaphore(ROUTING_AT_ONCE)
 
     def engages(self, w: Wiring, text: str, event: InboundEvent, mg: MessagingGroup) -> bool:
         mode = w.mode
@@ -175,6 +178,14 @@ class Router:
         return False
 
     async def route(self, event: InboundEvent, *, now: datetime) -> RouteResult:
+        """Route one inbound event. At most ``ROUTING_AT_ONCE`` events are routed at a time:
+        a burst of thousands (a backlog after a reconnect, a webhook flood) would otherwise
+        run every one's first steps in a single pass of the event loop and hold it for
+        hundreds of ms; the rest wait their turn (in order) and still share group commits."""
+        async with self._admit:
+            return await self._route(event, now=now)
+
+    async def _route(self, event: InboundEvent, *, now: datetime) -> RouteResult:
         result = RouteResult()
         adapter = self.adapters.get(event.channel_type)
         if adapter is not None and not adapter.supports_threads and event.thread_id is not None:
