@@ -82,6 +82,24 @@ def find_by_target(
     return from_row(Destination, row)
 
 
+def channel_refusal(
+    db: sqlite3.Connection, agent_group_id: str, own_chat_id: str | None,
+    channel_type: str, platform_id: str,
+) -> str | None:  # fmt: skip
+    """Why a session of ``agent_group_id`` (its own chat: ``own_chat_id``) may not send to
+    the chat ``channel_type``/``platform_id``; None when it may: its own chat, or one its
+    agent group has as a channel destination (the central table, never the session's view)."""
+    mg = db.execute(
+        "SELECT id FROM messaging_groups WHERE channel_type=? AND platform_id=?",
+        (channel_type, platform_id),
+    ).fetchone()
+    if mg is None:
+        return f"unknown messaging group {channel_type}:{platform_id}"
+    if own_chat_id == mg[0] or find_by_target(db, agent_group_id, "channel", mg[0]) is not None:
+        return None
+    return f"unauthorized channel destination {channel_type}:{platform_id}"
+
+
 def free_name(db: sqlite3.Connection, agent_group_id: str, wanted: str) -> str:
     base = normalize_name(wanted)
     name, n = base, 1

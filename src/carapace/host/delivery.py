@@ -43,6 +43,7 @@ from typing import Any
 
 from carapace.channels.base import ChannelAdapter, ChannelUnavailable, OutboundFile, OutboundMessage
 from carapace.db.connection import has_table, transaction
+from carapace.db.destinations import channel_refusal
 from carapace.db.session import SessionPaths
 from carapace.db.sessions import Session
 from carapace.errors import DeliveryError
@@ -482,19 +483,11 @@ class Delivery:
             return None
         if not ct or not pid:
             raise DeliveryError("outbound row without channel_type/platform_id", permanent=True)
-        mg = self.db.execute(
-            "SELECT id FROM messaging_groups WHERE channel_type=? AND platform_id=?", (ct, pid)
-        ).fetchone()
-        if mg is None:
-            raise DeliveryError(f"unknown messaging group {ct}:{pid}", permanent=True)
-        if session.messaging_group_id != mg[0]:
-            allowed = self.db.execute(
-                "SELECT 1 FROM agent_destinations WHERE agent_group_id=? AND "
-                "target_type='channel' AND target_id=?",
-                (session.agent_group_id, mg[0]),
-            ).fetchone()
-            if allowed is None:
-                raise DeliveryError(f"unauthorized channel destination {ct}:{pid}", permanent=True)
+        refusal = channel_refusal(
+            self.db, session.agent_group_id, session.messaging_group_id, ct, pid
+        )
+        if refusal is not None:
+            raise DeliveryError(refusal, permanent=True)
         adapter = self.adapters.get(ct)
         if adapter is None:
             raise DeliveryError(f"no channel adapter for {ct!r}")

@@ -41,6 +41,7 @@ from typing import Any
 from carapace import safefs
 from carapace.channels.base import OutboundMessage
 from carapace.db.connection import transaction
+from carapace.db.destinations import channel_refusal
 from carapace.db.session import SessionPaths
 from carapace.errors import ConfigError
 from carapace.host.delivery_log import delivery_key
@@ -315,23 +316,14 @@ class PreviewKeeper:
         self._chat_edit[state.target] = now
 
     def _allowed(self, session: Any, target: Target) -> bool:
+        """A chat the session may send to (delivery's check), on a streaming channel."""
         ct, pid, _tid = target
-        if not self.streams(ct):
-            return False
-        mg = self.db.execute(
-            "SELECT id FROM messaging_groups WHERE channel_type=? AND platform_id=?", (ct, pid)
-        ).fetchone()
-        if mg is None:
-            return False
-        if session.messaging_group_id == mg[0]:
-            return True
         return (
-            self.db.execute(
-                "SELECT 1 FROM agent_destinations WHERE agent_group_id=? AND "
-                "target_type='channel' AND target_id=?",
-                (session.agent_group_id, mg[0]),
-            ).fetchone()
-            is not None
+            self.streams(ct)
+            and channel_refusal(
+                self.db, session.agent_group_id, session.messaging_group_id, ct, pid
+            )
+            is None
         )
 
     # -- delivery's side --------------------------------------------------------------------
