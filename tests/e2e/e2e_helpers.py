@@ -128,3 +128,15 @@ class E2E:
     def write_settings(self, text: str) -> None:
         with open(self.home / "carapace.toml", "a") as f:
             f.write(text)
+
+    def owner_dm(self, channel_type: str, user: str, name: str) -> str:
+        """What a person does for their own DM: the user (``<channel>:<id>``), made owner,
+        the DM chat (strict) wired to ``main`` answering everything. Returns the chat's id."""
+        self.ok("users", "create", "--id", user, "--kind", channel_type, "--display-name", name)
+        self.ok("roles", "grant", "--user", user, "--role", "owner")
+        dm = self.ok("messaging-groups", "create", "--channel-type", channel_type,
+                     "--platform-id", user, "--name", name,
+                     "--unknown-sender-policy", "strict")["id"]  # fmt: skip
+        self.ok("wirings", "create", "--messaging-group-id", dm, "--agent-group-id", "main",
+                "--engage-mode", "pattern", "--engage-pattern", ".")  # fmt: skip
+        return str(dm)

@@ -46,13 +46,7 @@ def _setup(e2e: E2E, tg: FakeTelegram, extra: str = "") -> None:
     assert r.returncode == 0, r.stderr
     e2e.write_settings('runner_backend = "bwrap"\n\n[channels.telegram]\n'
                        f'base_url = "{tg.root_url}"\npoll_timeout_s = 1\n{extra}')  # fmt: skip
-    e2e.ok("users", "create", "--id", f"telegram:{ANN}", "--kind", "telegram",
-           "--display-name", "Ann")  # fmt: skip
-    e2e.ok("roles", "grant", "--user", f"telegram:{ANN}", "--role", "owner")
-    dm = e2e.ok("messaging-groups", "create", "--channel-type", "telegram", "--platform-id",
-                f"telegram:{ANN}", "--name", "Ann", "--unknown-sender-policy", "strict")["id"]  # fmt: skip
-    e2e.ok("wirings", "create", "--messaging-group-id", dm, "--agent-group-id", "main",
-           "--engage-mode", "pattern", "--engage-pattern", ".")  # fmt: skip
+    e2e.owner_dm("telegram", f"telegram:{ANN}", "Ann")
     rules: list[dict[str, Any]] = [{"match": "story", "steps": [
         {"pieces": PIECES, "pause_file": "go"}]}]  # fmt: skip
     (e2e.home / "groups" / "main" / "mock-script.json").write_text(json.dumps(rules))

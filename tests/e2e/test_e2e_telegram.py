@@ -46,13 +46,7 @@ def configure(e2e: E2E, tg: FakeTelegram) -> None:
 
 
 def setup_chats(e2e: E2E) -> tuple[str, str]:
-    e2e.ok("users", "create", "--id", f"telegram:{ANN}", "--kind", "telegram",
-           "--display-name", "Ann")  # fmt: skip
-    e2e.ok("roles", "grant", "--user", f"telegram:{ANN}", "--role", "owner")
-    dm = e2e.ok("messaging-groups", "create", "--channel-type", "telegram", "--platform-id",
-                f"telegram:{ANN}", "--name", "Ann", "--unknown-sender-policy", "strict")["id"]  # fmt: skip
-    e2e.ok("wirings", "create", "--messaging-group-id", dm, "--agent-group-id", "main",
-           "--engage-mode", "pattern", "--engage-pattern", ".")  # fmt: skip
+    dm = e2e.owner_dm("telegram", f"telegram:{ANN}", "Ann")
     grp = e2e.ok("messaging-groups", "create", "--channel-type", "telegram", "--platform-id",
                  f"telegram:{GROUP}", "--name", "Team", "--is-group",
                  "--unknown-sender-policy", "public")["id"]  # fmt: skip
