@@ -15,6 +15,15 @@ is it).
     w.fileno()                   # for select()/asyncio add_reader; None when polling
     w.close()
 
+Mid-commit wakes (issue 19). A commit is many writes: the journal first, then the database
+pages, then the journal's truncation. Each raises ``IN_MODIFY``, so a reader woken by the
+first one reads *during* the commit, meets the writer's lock and sleeps in SQLite's busy
+handler (1, 2, 5 ms…), and its shared lock in turn makes the writer's next commit wait. With
+``settle=True`` a folder's events are reported only once every watched ``*-journal`` is
+empty or absent (one ``lstat`` each): the commit point, whose truncation (or, in ``DELETE``
+mode, removal) raises the event that is then reported. A transaction left open, or a hot
+journal, delays the wake until it ends; callers poll anyway.
+
 A notification only says "look now": callers re-read the database and must also poll
 now and then (a notification can be coalesced, or missed while a folder is re-created).
 Where inotify is unavailable (not Linux, or out of watches) the same API polls: it compares
@@ -120,6 +129,7 @@ class DirWatcher:
     def __init__(self, *, poll_interval: float = 1.0, use_inotify: bool = True) -> None:
         self.poll_interval = poll_interval
         self._names: dict[Path, frozenset[str] | None] = {}
+        self._journals: dict[Path, tuple[str, ...]] = {}  # settle=True: journals to check
         self._wds: dict[int, Path] = {}
         self._by_path: dict[Path, int] = {}
         self._snapshots: dict[Path, dict[str, tuple[int, int, int]]] = {}
@@ -136,13 +146,20 @@ class DirWatcher:
     def uses_inotify(self) -> bool:
         return self._inotify is not None
 
-    def add(self, path: Path, names: Iterable[str] | None = None) -> None:
+    def add(self, path: Path, names: Iterable[str] | None = None, *, settle: bool = False) -> None:
         """Watch ``path`` (a folder, or a file); ``names`` limits a folder watch to those files.
+        ``settle``: report the folder only while each ``*-journal`` among ``names`` is empty or
+        absent (between commits, see the module note).
 
         Re-adding a path replaces its name filter.
         """
         path = Path(path)
         self._names[path] = frozenset(names) if names is not None else None
+        journals = tuple(sorted(n for n in names or () if n.endswith("-journal")))
+        if settle and journals:
+            self._journals[path] = journals
+        else:
+            self._journals.pop(path, None)
         if self._inotify is not None:
             # always ask the kernel: for the same folder it returns the same watch, for a
             # folder deleted and made again under the same path (whose IN_IGNORED may not
@@ -166,6 +183,7 @@ class DirWatcher:
     def remove(self, path: Path) -> None:
         path = Path(path)
         self._names.pop(path, None)
+        self._journals.pop(path, None)
         self._snapshots.pop(path, None)
         self._pending.discard(path)
         wd = self._by_path.pop(path, None)
@@ -185,6 +203,7 @@ class DirWatcher:
         """The watched paths that had events since the last call; never blocks."""
         changed = set(self._pending)
         self._pending.clear()
+        unsettled: set[Path] = set()
         if self._inotify is not None:
             for wd, mask, name in self._inotify.read():
                 if mask & IN_Q_OVERFLOW:
@@ -201,10 +220,29 @@ class DirWatcher:
                     continue
                 wanted = self._names.get(path)
                 if wanted is None or not name or name in wanted:
-                    changed.add(path)
+                    if name and path in self._journals:
+                        unsettled.add(path)
+                    else:
+                        changed.add(path)
         else:
-            changed.update(self._poll_changes())
+            unsettled = self._poll_changes()
+        for path in unsettled - changed:
+            if self._settled(path):
+                changed.add(path)
         return changed
+
+    def _settled(self, path: Path) -> bool:
+        """No transaction in progress in ``path``'s watched databases: each journal is
+        empty or absent (``lstat``: a link is not followed, and counts as not settled)."""
+        for name in self._journals.get(path, ()):
+            try:
+                if os.stat(os.path.join(path, name), follow_symlinks=False).st_size > 0:
+                    return False
+            except FileNotFoundError:
+                continue
+            except OSError:
+                return True  # cannot tell: report, the reader copes
+        return True
 
     def wait(self, timeout: float) -> set[Path]:
         """Block until some watched path changes or ``timeout`` seconds pass."""

@@ -96,3 +96,54 @@ def test_two_dirs_and_remove(watcher: DirWatcher, tmp_path: Path) -> None:
 def test_missing_dir_raises(tmp_path: Path) -> None:
     with DirWatcher() as w, pytest.raises(FileNotFoundError):
         w.add(tmp_path / "nope")
+
+
+def _wait_for(watcher: DirWatcher, timeout: float = 30.0) -> set[Path]:
+    deadline = time.monotonic() + timeout
+    seen: set[Path] = set()
+    while not seen and time.monotonic() < deadline:
+        seen = watcher.wait(0.06)
+    return seen
+
+
+def test_settle_reports_a_commit_not_the_writes_before_it(
+    watcher: DirWatcher, tmp_path: Path
+) -> None:
+    """Issue 19: a reader woken by a commit's first write read while the writer held its
+    lock and slept in SQLite's busy handler. With ``settle`` the folder is reported only
+    once the journal is empty again: after the commit, never during it."""
+    from carapace.db.connection import session_write_pragmas
+
+    conn = sqlite3.connect(tmp_path / "inbound.db", isolation_level=None)
+    session_write_pragmas(conn)
+    conn.execute("CREATE TABLE m (x)")
+    watcher.add(tmp_path, names={"inbound.db", "inbound.db-journal"}, settle=True)
+    _wait_for(watcher, 0.3)  # whatever the set-up raised
+    conn.execute("BEGIN IMMEDIATE")
+    for _ in range(50):  # enough pages that the journal and the file are written
+        conn.execute("INSERT INTO m VALUES (zeroblob(20000))")
+    assert (tmp_path / "inbound.db-journal").stat().st_size > 0  # a commit in progress
+    assert watcher.wait(0.3) == set()  # its writes are not reported
+    conn.execute("COMMIT")
+    assert (tmp_path / "inbound.db-journal").stat().st_size == 0
+    assert _wait_for(watcher) == {tmp_path}  # the commit point is
+    conn.close()
+
+
+def test_without_settle_every_write_is_reported(watcher: DirWatcher, tmp_path: Path) -> None:
+    watcher.add(tmp_path, names={"x.db", "x.db-journal"})
+    (tmp_path / "x.db-journal").write_bytes(b"journal in progress")
+    assert _wait_for(watcher) == {tmp_path}
+
+
+def test_settle_does_not_follow_a_linked_journal(watcher: DirWatcher, tmp_path: Path) -> None:
+    folder = tmp_path / "s"
+    folder.mkdir()
+    watcher.add(folder, names={"x.db", "x.db-journal"}, settle=True)
+    (tmp_path / "elsewhere").write_bytes(b"")
+    (folder / "x.db-journal").symlink_to(tmp_path / "elsewhere")  # an empty target
+    (folder / "x.db").write_bytes(b"data")
+    assert watcher.wait(0.3) == set()  # a link is not followed: never "settled"
+    (folder / "x.db-journal").unlink()
+    (folder / "x.db").write_bytes(b"more")
+    assert _wait_for(watcher) == {folder}

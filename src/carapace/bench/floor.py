@@ -42,7 +42,7 @@ def _max(conn: sqlite3.Connection) -> int:
 def child(root: Path) -> int:
     a, b = _conn(root / "a.db"), _conn(root / "b.db")
     w = DirWatcher()
-    w.add(root, names={"a.db", "a.db-journal"})
+    w.add(root, names={"a.db", "a.db-journal"}, settle=True)
     seen = _max(a)  # before "ready": the parent's first row comes after it
     print("ready", flush=True)
     while True:
@@ -65,7 +65,7 @@ def measure_floor(root: Path, n: int) -> list[float]:
     root.mkdir(parents=True, exist_ok=True)
     a, b = _conn(root / "a.db"), _conn(root / "b.db")
     w = DirWatcher()
-    w.add(root, names={"b.db", "b.db-journal"})
+    w.add(root, names={"b.db", "b.db-journal"}, settle=True)
     proc = subprocess.Popen([sys.executable, "-m", "carapace.bench.floor", str(root)],
                             stdout=subprocess.PIPE, text=True)  # fmt: skip
     samples: list[float] = []

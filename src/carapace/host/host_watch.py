@@ -32,7 +32,7 @@ def start(host: Host) -> None:
 
 def watch_session(host: Host, root: Any) -> None:
     try:
-        host._watcher.add(root, names={"outbound.db", "outbound.db-journal"})
+        host._watcher.add(root, names={"outbound.db", "outbound.db-journal"}, settle=True)
     except Exception:
         logger.exception("cannot watch %s", root)
 

@@ -179,7 +179,7 @@ class Runner:
         if self.agent.conversation:
             logger.info("resuming conversation (%d messages)", len(self.agent.conversation))
         self.heartbeat()
-        self.watcher.add(self.paths.root, names=INBOUND_NAMES)
+        self.watcher.add(self.paths.root, names=INBOUND_NAMES, settle=True)
 
     def run(self) -> int:
         """The main loop; returns the exit code."""
