@@ -1,11 +1,13 @@
-"""Delivery at least once, visibly once (issue 14): the send intent is committed before the
-adapter is called, a crash between send and record re-sends once with the same key, a
-write that fails after the send (full disk) never causes another send."""
+"""Delivery at least once, visibly once (issue 14): the send intent is on disk (the host's
+intent log, issue 19) before the adapter is called, a crash between send and record
+re-sends once with the same key, a write that fails after the send (full disk) never causes
+another send."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import sqlite3
 from dataclasses import dataclass, field
@@ -21,6 +23,7 @@ from carapace.config import Home, Settings
 from carapace.db.sessions import Session
 from carapace.host.host import Host, HostOptions
 from carapace.host.pool import FakeBackend
+from carapace.host.send_intents import FILE_NAME, read_open
 from carapace.timefmt import FakeClock
 
 
@@ -41,26 +44,29 @@ def _sql(path: Path, sql: str) -> list[tuple[Any, ...]]:
         conn.close()
 
 
+def _intent_log(host: Host) -> Path:
+    return host.home.data_dir / FILE_NAME
+
+
 @dataclass
 class Watching(FakeChannel):
-    """Looks at inbound.db (its own connection) at the moment it is asked to send."""
+    """Reads the intent log from disk at the moment it is asked to send."""
 
-    inbound: Path | None = None
+    log: Path | None = None
     intents_seen: list[list[str]] = field(default_factory=list)
     messages: list[OutboundMessage] = field(default_factory=list)
 
     async def deliver(self, platform_id: str, thread_id: str | None,
                       message: OutboundMessage) -> str | None:  # fmt: skip
-        assert self.inbound is not None
-        self.intents_seen.append([r[0] for r in _sql(
-            self.inbound, "SELECT message_out_id FROM carapace_send_intent")])  # fmt: skip
+        assert self.log is not None
+        self.intents_seen.append([row for _sid, row in read_open(self.log)])
         self.messages.append(message)
         return await super().deliver(platform_id, thread_id, message)
 
 
-def test_intent_committed_before_the_adapter_and_cleared_with_the_outcome(rig: Rig) -> None:
+def test_intent_on_disk_before_the_adapter_and_cleared_with_the_outcome(rig: Rig) -> None:
     s = _session(rig)
-    watching = Watching("fake", inbound=rig.paths(s).inbound)
+    watching = Watching("fake", log=_intent_log(rig.host))
     rig.host.adapters["fake"] = watching
     a = rig.reply(s, {"text": "one"}, channel_type="fake", platform_id="chan", id="ra")
     b = rig.reply(s, {"text": "two"}, channel_type="fake", platform_id="chan", id="rb")
@@ -68,7 +74,7 @@ def test_intent_committed_before_the_adapter_and_cleared_with_the_outcome(rig: R
     # each send had its own intent on disk, and only its own (the previous outcome was
     # committed with it): at most one row of a session has an unknown fate
     assert watching.intents_seen == [[a], [b]]
-    assert _sql(rig.paths(s).inbound, "SELECT * FROM carapace_send_intent") == []
+    assert read_open(_intent_log(rig.host)) == {}
     assert {d["message_out_id"] for d in rig.delivered(s)} == {a, b}
     keys = [m.key for m in watching.messages]
     assert all(k and len(k) == 32 for k in keys) and keys[0] != keys[1]
@@ -120,7 +126,7 @@ def test_crash_between_send_and_record_resends_that_row_once_with_its_key(
         host._lock_fh.close()
     loop.close()
 
-    second = Watching("fake", inbound=rig.paths(s).inbound)
+    second = Watching("fake", log=_intent_log(host))
     host2, loop2 = make(second)
     try:
         loop2.run_until_complete(host2.deliver_once(s.id))
@@ -131,6 +137,7 @@ def test_crash_between_send_and_record_resends_that_row_once_with_its_key(
         assert second.messages[0].key == first.sent[1].key
         loop2.run_until_complete(host2.deliver_once(s.id))
         assert len(second.messages) == 2
+        assert read_open(_intent_log(host2)) == {}
     finally:
         loop2.run_until_complete(host2.stop())
         host2.close()
@@ -154,30 +161,51 @@ def test_full_disk_after_the_send_sends_once(rig: Rig) -> None:
     rig.run(rig.host.deliver_once(s.id))
     assert rig.channel.texts() == ["once"]
     assert [d["message_out_id"] for d in rig.delivered(s)] == [r]
-    assert _sql(inbound, "SELECT * FROM carapace_send_intent") == []
+    assert read_open(_intent_log(rig.host)) == {}
 
 
 def test_full_disk_before_the_send_sends_nothing_then_once(rig: Rig) -> None:
     s = _session(rig)
-    inbound = rig.paths(s).inbound
     rig.run(rig.host.deliver_once(s.id))
-    _sql(inbound, "CREATE TRIGGER full BEFORE INSERT ON carapace_send_intent "
-                  "BEGIN SELECT RAISE(FAIL, 'database or disk is full'); END")  # fmt: skip
-    rig.reply(s, {"text": "later"}, channel_type="fake", platform_id="chan")
-    for _ in range(3):
-        rig.run(rig.host.deliver_once(s.id))
-    assert rig.channel.deliveries == []  # no send that could not be recorded first
-    _sql(inbound, "DROP TRIGGER full")
+    intents = rig.host.delivery.intents
+    intents.record(s.id, "warm-up")  # the log is open
+    intents.done(s.id, ["warm-up"])
+    assert intents._fd is not None
+    kept = os.dup(intents._fd)
+    full = os.open("/dev/full", os.O_WRONLY)
+    os.dup2(full, intents._fd)  # the disk fills: every write of the log fails (ENOSPC)
+    try:
+        rig.reply(s, {"text": "later"}, channel_type="fake", platform_id="chan")
+        for _ in range(3):
+            rig.run(rig.host.deliver_once(s.id))
+        assert rig.channel.deliveries == []  # no send that could not be recorded first
+    finally:
+        os.dup2(kept, intents._fd)
+        os.close(kept)
+        os.close(full)
     rig.run(rig.host.deliver_once(s.id))
     rig.run(rig.host.deliver_once(s.id))
     assert rig.channel.texts() == ["later"]
+
+
+def test_intents_of_an_older_version_are_still_honoured(rig: Rig) -> None:
+    """``carapace_send_intent`` rows committed by a version before the intent log."""
+    s = _session(rig)
+    rig.run(rig.host.deliver_once(s.id))  # the host tables exist
+    r = rig.reply(s, {"text": "maybe sent"}, channel_type="fake", platform_id="chan")
+    _sql(rig.paths(s).inbound, f"INSERT INTO carapace_send_intent VALUES ('{r}', 'then')")
+    watching = Watching("fake", log=_intent_log(rig.host))
+    rig.host.adapters["fake"] = watching
+    rig.run(rig.host.deliver_once(s.id))
+    assert [(m.message_out_id, m.resend) for m in watching.messages] == [(r, True)]
+    assert _sql(rig.paths(s).inbound, "SELECT * FROM carapace_send_intent") == []
 
 
 def test_batch_reply_names_every_message_it_answers(rig: Rig) -> None:
     s = _session(rig)
     rig.reply(s, {"text": "to all", "answers": ["m1:x", "m2:x", 7, "m3:x"]},
               channel_type="fake", platform_id="chan", in_reply_to="m1:x", id="batch")  # fmt: skip
-    watching = Watching("fake", inbound=rig.paths(s).inbound)
+    watching = Watching("fake", log=_intent_log(rig.host))
     rig.host.adapters["fake"] = watching
     rig.run(rig.host.deliver_once(s.id))
     [m] = watching.messages
@@ -221,16 +249,16 @@ def test_unknown_destination_is_told_to_the_agent(rig: Rig) -> None:
 @dataclass
 class SlowWatching(FakeChannel):
     """Counts, at each send, the rows of every session whose fate is unknown on disk (an
-    intent committed, no outcome): what a host kill at that moment could send twice."""
+    intent in the log, no outcome): what a host kill at that moment could send twice."""
 
-    inbounds: list[Path] = field(default_factory=list)
+    log: Path | None = None
     unknown_at_send: list[int] = field(default_factory=list)
     dedupes_sends: bool = False
 
     async def deliver(self, platform_id: str, thread_id: str | None,
                       message: OutboundMessage) -> str | None:  # fmt: skip
-        self.unknown_at_send.append(sum(
-            len(_sql(p, "SELECT 1 FROM carapace_send_intent")) for p in self.inbounds))  # fmt: skip
+        assert self.log is not None
+        self.unknown_at_send.append(len(read_open(self.log)))
         await asyncio.sleep(0.01)  # a platform call takes a while: the other session runs
         return await super().deliver(platform_id, thread_id, message)
 
@@ -251,8 +279,7 @@ def test_one_unknown_fate_per_channel_across_sessions_unless_it_dedupes(
         rig.run(rig.host.route(make_event("hi", platform_id=chat, id=f"m-{chat}")))
     sessions = rig.sessions()
     assert len(sessions) == 3
-    slow = SlowWatching("fake", inbounds=[rig.paths(s).inbound for s in sessions],
-                        dedupes_sends=dedupes)  # fmt: skip
+    slow = SlowWatching("fake", log=_intent_log(rig.host), dedupes_sends=dedupes)
     rig.host.adapters["fake"] = slow
     for s, chat in zip(sessions, ("c1", "c2", "c3"), strict=True):
         for i in range(3):

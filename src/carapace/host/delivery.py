@@ -14,14 +14,16 @@
 * Rows after a waiting row for the same address wait too (per-address order).
 * A final failure is told to the agent as a system note and wakes it.
 * At-least-once with idempotent sends (issue 14): before a row goes to an adapter the host
-  commits its *send intent* (``carapace_send_intent``); the outcome (``delivered`` row,
-  attempt, cursor) is committed afterwards. The outcomes of a pass ride in the next row's
-  intent transaction and the pass's final one (cursor included), so a session has at most
-  one row whose fate is unknown at any moment. After a crash, a row with an intent and no
-  outcome is sent again with ``resend=True`` and the same ``key`` (one possible visible
-  duplicate per crash, none where the platform deduplicates by key). An intent that
-  cannot be written (full disk) means no send; an outcome that cannot be written is kept
-  in memory, so the row is not sent twice while the host lives, and written later.
+  records its *send intent* (a line in the host's intent log, ``host/send_intents.py``:
+  no commit on the reply's path, issue 19); the outcome (``delivered`` row, attempt,
+  cursor) is committed afterwards. Outcomes not yet committed are committed before the
+  next row's intent is recorded, and the pass's final commit carries the cursor, so a
+  session has at most one row whose fate is unknown at any moment. After a crash, a row
+  with an intent and no outcome is sent again with ``resend=True`` and the same ``key``
+  (one possible visible duplicate per crash, none where the platform deduplicates by key).
+  An intent that cannot be written (full disk) means no send; an outcome that cannot be
+  written is kept in memory, so the row is not sent twice while the host lives, and
+  written later.
 * Across sessions, not only per session: sends to a channel whose adapter cannot
   deduplicate by key (``dedupes_sends`` false: Telegram, webhooks, the tests' fake) take
   turns across all sessions, and each one's outcome is committed before the next intent,
@@ -67,6 +69,7 @@ from carapace.host.outbox_reader import (
     read_rows,
 )
 from carapace.host.preview import edit_into_preview
+from carapace.host.send_intents import SendIntents
 from carapace.host.sessions import SessionManager
 from carapace.jsonutil import loads_or
 from carapace.timefmt import iso, parse_ts, sqlite_ts
@@ -99,8 +102,10 @@ class Delivery:
         adapters: dict[str, ChannelAdapter],
         actions: SystemActions,
         wake: Callable[[str], None],
+        intents: SendIntents,
     ) -> None:
         self.db = db
+        self.intents = intents
         self.sessions = sessions
         self.adapters = adapters
         self.actions = actions
@@ -166,25 +171,28 @@ class Delivery:
 
     def _commit(self, session_id: str, inb: sqlite3.Connection, intent: str | None,
                 now: datetime) -> bool:  # fmt: skip
-        """One transaction: the session's uncommitted outcomes, then (optionally) the send
-        intent of the next row. False when it could not be written (nothing changed)."""
+        """The session's uncommitted outcomes (one transaction, only when there are some),
+        then (optionally) the send intent of the next row. False when either could not be
+        written (then no send)."""
         rec = self._pending(session_id)
-        if not rec and intent is None:
-            return True
-        try:
-            with transaction(inb):
-                rec.write(inb)
-                if intent is not None:
-                    inb.execute(
-                        "INSERT OR REPLACE INTO carapace_send_intent (message_out_id, started_at) "
-                        "VALUES (?, ?)",
-                        (intent, iso(now)),
-                    )
-        except sqlite3.Error as exc:
-            logger.warning("delivery records of session %s not written (kept, retried): %s",
-                           session_id, exc)  # fmt: skip
-            return False
-        self._records.pop(session_id, None)
+        if rec:
+            finished = [*rec.outcomes, *rec.attempts]
+            try:
+                with transaction(inb):
+                    rec.write(inb)
+            except sqlite3.Error as exc:
+                logger.warning("delivery records of session %s not written (kept, retried): %s",
+                               session_id, exc)  # fmt: skip
+                return False
+            self._records.pop(session_id, None)
+            self.intents.done(session_id, finished)
+        if intent is not None:
+            try:
+                self.intents.record(session_id, intent)
+            except OSError as exc:
+                logger.warning("send intent of %s (session %s) not written: not sent now: %s",
+                               intent, session_id, exc)  # fmt: skip
+                return False
         return True
 
     async def drain(self, session_id: str, now: Callable[[], datetime]) -> DrainResult:
@@ -250,7 +258,7 @@ class Delivery:
                     f"SELECT * FROM carapace_delivery WHERE message_out_id IN ({marks})", ids
                 )
             }
-            intents = {
+            intents = {  # what a version before the intent log committed (issue 14)
                 r[0]
                 for r in inb.execute(
                     f"SELECT message_out_id FROM carapace_send_intent WHERE message_out_id IN "
@@ -276,12 +284,13 @@ class Delivery:
                     continue
                 turn = self._turn_lock(row)
                 async with turn or contextlib.nullcontext():
+                    # an intent from before (a crash), looked up before this send's own
+                    resend = row["id"] in intents or self.intents.maybe_sent(session_id, row["id"])
                     if not self._commit(session_id, inb, row["id"], now):  # the intent, first
                         retry = now + timedelta(seconds=RECORD_RETRY_S)
                         result.next_retry = min(result.next_retry or retry, retry)
                         result.more = False
                         break
-                    resend = row["id"] in intents
                     if resend:
                         logger.warning("message %s (session %s) may have been sent before a "
                                        "crash: sending it again with its key", row["id"],

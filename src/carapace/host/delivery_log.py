@@ -2,8 +2,9 @@
 
 * ``carapace_delivery`` — attempts of a row not yet sent (backoff, "no reader" marks);
 * ``carapace_delivery_cursor`` — every row at or below ``seq`` is done;
-* ``carapace_send_intent`` — rows handed to an adapter whose outcome is not recorded yet:
-  after a crash, exactly these may have been sent (and are sent again, flagged).
+* ``carapace_send_intent`` — rows handed to an adapter whose outcome was not recorded, as
+  versions before the host's intent log (``send_intents.py``, issue 19) committed them:
+  still read, and cleared with the outcome; no longer written.
 
 :class:`Records` holds what one session's pass has not committed yet; it is written inside
 the next transaction (the next row's intent, or the pass's last one with the cursor).

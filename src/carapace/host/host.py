@@ -42,6 +42,8 @@ from carapace.host.delivery import Delivery
 from carapace.host.host_runners import SpawnHealth
 from carapace.host.pool import RunnerPool, cleanup_orphans
 from carapace.host.router import Router, RouteResult
+from carapace.host.send_intents import FILE_NAME as INTENTS_FILE
+from carapace.host.send_intents import SendIntents
 from carapace.host.sessions import SessionManager
 from carapace.host.sweep import (
     HostSeen,
@@ -138,7 +140,14 @@ class Host:
         self.actions = SystemActions(
             self.sessions, self.wake, admin=self._admin_call, timezone=self.settings.timezone
         )
-        self.delivery = Delivery(self.db, self.sessions, self.adapters, self.actions, self.wake)
+        self.delivery = Delivery(
+            self.db,
+            self.sessions,
+            self.adapters,
+            self.actions,
+            self.wake,
+            SendIntents(self.home.data_dir / INTENTS_FILE),
+        )
         self.router = Router(self.db, self.sessions, self.adapters, self.wake)
         from carapace.host.typing import TypingKeeper
 
@@ -410,6 +419,7 @@ class Host:
         if self.proxy is not None:
             self.proxy.close()
         self.delivery.outbox.close()
+        self.delivery.intents.close()
         self.db.close()
 
     async def _warn(self, agent_group_id: str, text: str) -> None:
