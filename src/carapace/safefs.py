@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import functools
 import os
 import stat
 import sys
@@ -101,6 +102,12 @@ class _OpenHow(ctypes.Structure):
 _openat2_state: list[bool] = []  # [] unknown, [True] works, [False] unavailable
 
 
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    """The C library, loaded once (a ``CDLL`` per open cost a ``dlopen`` each time)."""
+    return ctypes.CDLL(None, use_errno=True)
+
+
 def _openat2(dirfd: int, path: str, flags: int, mode: int) -> int | None:
     """``openat2`` confined and link-free, or ``None`` where the kernel lacks it."""
     if _openat2_state == [False]:
@@ -109,7 +116,7 @@ def _openat2(dirfd: int, path: str, flags: int, mode: int) -> int | None:
     if nr is None or not sys.platform.startswith("linux"):
         _openat2_state[:] = [False]
         return None
-    libc = ctypes.CDLL(None, use_errno=True)
+    libc = _libc()
     if not flags & os.O_CREAT:
         mode = 0  # openat2 refuses a mode without O_CREAT
     how = _OpenHow(flags, mode, RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS)

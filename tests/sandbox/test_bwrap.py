@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 import pytest
 
@@ -375,6 +376,38 @@ def test_backend_start_runs_module_in_sandbox(layout: Layout, tmp_path: Path) ->
     # json.tool rejects the runner's options: proof it ran, and its stderr is in the log.
     assert asyncio.run(scenario()) != 0
     assert "usage" in (layout.session.root / ".runner.log").read_text()
+
+
+def test_backend_start_does_its_file_work_off_the_loop_and_leaks_nothing_on_failure(
+    layout: Layout, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A start's file work (the agent folder's binds, the session files, the log) runs in
+    a worker thread, so many starts at once never stall the host's loop; when it fails,
+    every descriptor it opened is closed again."""
+    import threading
+
+    seen: list[int] = []
+    real = bwrap_mod.bwrap_argv
+
+    def failing_argv(*args: Any, **kw: Any) -> list[str]:
+        seen.append(threading.get_ident())
+        real(*args, **kw)  # opens nothing itself; the binds are already open here
+        raise OSError("refused for the test")
+
+    monkeypatch.setattr(bwrap_mod, "bwrap_argv", failing_argv)
+    spec = RunnerSpec("sess-1", "ag-1", layout.session.root, layout.agent_dir, provider="mock",
+                      idle_exit_s=1)  # fmt: skip
+    backend = BwrapBackend(layout.home, network=False, pass_env=())
+
+    async def scenario() -> int:
+        with pytest.raises(OSError, match="refused for the test"):
+            await backend.start(spec)
+        return threading.get_ident()
+
+    before = sorted(os.listdir("/proc/self/fd"))
+    loop_thread = asyncio.run(scenario())
+    assert len(seen) == 1 and seen[0] != loop_thread
+    assert sorted(os.listdir("/proc/self/fd")) == before
 
 
 @needs_bwrap

@@ -4,6 +4,10 @@
   later slot in by implementing ``start``). The pool never looks inside a handle beyond
   ``pid``, ``wait`` and ``signal``.
 * A cap (``max_runners``) with a FIFO queue; spawning is awaited, never done inline.
+* Start admission (``max_starting``): at most that many runners are being started (prepared
+  and launched) at once; the rest of the sessions holding a slot wait in FIFO order, so a
+  burst of wakes (a restart with many sessions due, a busy minute over many chats) does
+  not put every spawn's file work, fork and sandbox set-up on the machine at once.
 * Each session dir gets ``.runner.pid`` (``<pid> <start time>``) so orphans left by a
   crashed host are reaped at the next start (spec §5.10, §7.8 item 3).
 * ``stop`` sends SIGTERM to the runner's process group, then SIGKILL after the grace.
@@ -46,6 +50,47 @@ logger = logging.getLogger(__name__)
 YIELD_MIN_IDLE_S = 0.5
 
 
+def default_max_starting() -> int:
+    """Runners started at once by default: one per CPU, plus one."""
+    return (os.cpu_count() or 1) + 1
+
+
+class _FifoGate:
+    """At most ``limit`` holders at once; waiters are let in strictly in arrival order."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = max(1, limit)
+        self.inside = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    async def acquire(self) -> None:
+        if self.inside < self.limit and not self._waiters:
+            self.inside += 1
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        try:
+            await fut  # ``release`` counted us in
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self.release()  # let in just as it was cancelled: pass the place on
+            else:
+                self._waiters.remove(fut)
+            raise
+
+    def release(self) -> None:
+        self.inside -= 1
+        while self._waiters and self.inside < self.limit:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                self.inside += 1
+                fut.set_result(None)
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
+
+
 @dataclass
 class _Running:
     handle: RunnerHandle
@@ -68,6 +113,7 @@ class RunnerPool:
         grace_s: float = 1.0,
         idle_since: Callable[[str], datetime | None] = lambda sid: None,
         yield_min_idle_s: float = YIELD_MIN_IDLE_S,
+        max_starting: int | None = None,
     ) -> None:
         self.backend = backend
         # ``idle_since(sid)``: when the session's runner last had work, or None while it has
@@ -77,6 +123,10 @@ class RunnerPool:
         self.yield_min_idle_s = yield_min_idle_s
         self._room_timer: asyncio.TimerHandle | None = None
         self.max_runners = max(1, max_runners)
+        # sessions holding a slot whose runner is being prepared or launched: at most
+        # ``max_starting`` at once, the others wait (FIFO) without holding up the loop
+        self._start_gate = _FifoGate(max_starting or default_max_starting())
+        self._unwanted: set[str] = set()  # stopped while waiting to start: not started
         self.prepare = prepare
         self.on_exit = on_exit
         self.on_started = on_started
@@ -97,6 +147,10 @@ class RunnerPool:
 
     def spawning(self) -> list[str]:
         return list(self._spawning)
+
+    def starting(self) -> int:
+        """How many runners are being prepared or launched right now."""
+        return self._start_gate.inside
 
     def queued(self) -> list[str]:
         return list(self._queue)
@@ -123,6 +177,15 @@ class RunnerPool:
 
     async def _spawn(self, session_id: str) -> bool:
         try:
+            await self._start_gate.acquire()
+        except asyncio.CancelledError:
+            self._unwanted.discard(session_id)
+            self._spawning.pop(session_id, None)
+            raise
+        started = False
+        try:
+            if self._closed or session_id in self._unwanted:
+                return False
             prepared = self.prepare(session_id)
             spec = await prepared if inspect.isawaitable(prepared) else prepared
             if spec is None:
@@ -143,6 +206,7 @@ class RunnerPool:
                 session_id, self.backend.name, handle.pid,
             )  # fmt: skip
             self.on_started(session_id)
+            started = True
             return True
         except Exception as exc:
             if no_space(exc):  # one line: it recurs until there is room again
@@ -153,7 +217,11 @@ class RunnerPool:
                                  session_id)  # fmt: skip
             return False
         finally:
+            self._start_gate.release()
+            self._unwanted.discard(session_id)
             self._spawning.pop(session_id, None)
+            if not started:  # the slot is free again: queued work may take it
+                self._next_from_queue()
 
     async def _watch(self, session_id: str, run: _Running, pidfile: Path) -> None:
         code = await run.handle.wait()
@@ -230,6 +298,7 @@ class RunnerPool:
             self._queue.remove(session_id)
         spawning = self._spawning.get(session_id)
         if spawning is not None:
+            self._unwanted.add(session_id)  # still waiting to start: it is not started
             await spawning
         run = self.running.get(session_id)
         if run is None:

@@ -314,7 +314,8 @@ class Router:
                 result.denied = cmd
                 await self._deny(ct, pid, tid, cmd)
                 return
-        session, _ = self.sessions.resolve(w.agent_group_id, mg.id, event.thread_id, mode, now=now)
+        session, _ = await self.sessions.resolve_async(w.agent_group_id, mg.id, event.thread_id,
+                                                       mode, now=now)  # fmt: skip
         mid = f"{event.message.id or new_id('msg', now)}:{w.agent_group_id}"
         try:
             seq = await self.sessions.write_grouped(

@@ -102,6 +102,7 @@ class SessionManager:
         self._out_max: dict[str, int] = {}
         self.live_check_s = 30.0  # the host's SLA check of a live runner (sweep.SLA_CHECK_S)
         self._groups: dict[str, list[tuple[dict[str, Any], asyncio.Future[int | None]]]] = {}
+        self._making: dict[str, asyncio.Event] = {}  # session folders being made off the loop
         # told when a session's folder turns out to have been deleted (and is made again):
         # a runner of that session still works on the deleted files (the host stops it)
         self.on_folder_remade: Callable[[str], None] | None = None
@@ -193,6 +194,51 @@ class SessionManager:
         now: datetime,
     ) -> tuple[Session, bool]:
         """The active session for this key, created (folder and DBs too) when missing."""
+        session, created, make = self._resolve_row(
+            agent_group_id, messaging_group_id, thread_id, mode, now=now
+        )
+        if make or session.id in self._making:  # idempotent: waits for a maker's lock
+            init_session_folder(self.paths(session))
+        return session, created
+
+    async def resolve_async(
+        self,
+        agent_group_id: str,
+        messaging_group_id: str | None,
+        thread_id: str | None,
+        mode: str,
+        *,
+        now: datetime,
+    ) -> tuple[Session, bool]:
+        """:meth:`resolve` for the event loop: a new session's folder and DBs (schemas,
+        several commits) are made in a worker thread; a second caller for the same session
+        meanwhile waits for them instead of writing into a half-made folder."""
+        session, created, make = self._resolve_row(
+            agent_group_id, messaging_group_id, thread_id, mode, now=now
+        )
+        making = self._making.get(session.id)
+        if making is not None:
+            await making.wait()
+        elif make:
+            making = self._making[session.id] = asyncio.Event()
+            try:
+                await asyncio.to_thread(init_session_folder, self.paths(session))
+            finally:
+                del self._making[session.id]
+                making.set()
+        return session, created
+
+    def _resolve_row(
+        self,
+        agent_group_id: str,
+        messaging_group_id: str | None,
+        thread_id: str | None,
+        mode: str,
+        *,
+        now: datetime,
+    ) -> tuple[Session, bool, bool]:
+        """The session row (created when missing), whether it was, and whether its folder
+        must be made."""
         if mode == "agent-shared":
             mg_key, thread_key = None, None
         elif mode == "per-thread":
@@ -208,12 +254,12 @@ class SessionManager:
                 session = create_session(self.db, agent_group_id, mg_key, thread_key, now=now)
                 created = True
         paths = self.paths(session)
-        if created or not paths.inbound.exists():
+        make = created or (session.id not in self._making and not paths.inbound.exists())
+        if make:
             if not created:
                 self._folder_remade(session.id)
-            init_session_folder(paths)
             logger.info("session %s created for agent group %s", session.id, agent_group_id)
-        return session, created
+        return session, created, make
 
     def write_message(
         self, session: Session, row: dict[str, Any], *, now: datetime, due: str | None = None

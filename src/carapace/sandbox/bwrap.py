@@ -57,7 +57,7 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING
 
 import carapace
 from carapace import safefs
@@ -149,6 +149,11 @@ def _inside(path: Path, roots: Sequence[Path]) -> bool:
 
 def python_paths(python: str = sys.executable) -> list[Path]:
     """Folders the interpreter and carapace live in, outer ones only, host-real paths."""
+    return list(_python_paths(python))
+
+
+@functools.cache
+def _python_paths(python: str) -> tuple[Path, ...]:  # the same for every start: once
     candidates = [Path(sys.base_prefix), Path(sys.prefix), Path(carapace.__file__).parent.parent]
     exe = Path(python)
     candidates += [exe.parent, Path(os.path.realpath(exe)).parent]
@@ -157,7 +162,7 @@ def python_paths(python: str = sys.executable) -> list[Path]:
     for path in sorted(set(candidates), key=lambda p: len(p.parts)):
         if not _inside(path, out) and not _inside(path, [Path(d) for d in SYSTEM_DIRS]):
             out.append(path)
-    return out
+    return tuple(out)
 
 
 def _system_args(network: bool) -> list[str]:
@@ -503,59 +508,93 @@ class BwrapBackend:
             return None
 
     async def start(self, spec: RunnerSpec) -> RunnerHandle:
-        sb = self.sandbox_spec(spec)
-        info_r = info_w = None
+        sb = self.sandbox_spec(spec)  # group settings (central DB): on the event loop
         if sb.network:
             netns.require_slirp()
-            info_r, info_w = os.pipe()
-            sb = dataclasses.replace(sb, info_fd=info_w)
-        agent_fds = open_agent_binds(Path(os.path.abspath(spec.agent_dir)))
-        log = None
-        life: list[tuple[int, str]] = []
+        # the file work of a start (the agent folder's binds, the session files bwrap
+        # binds, the log) runs in a worker thread: many starts at once never stall the loop
+        st = await asyncio.to_thread(_open_for_start, sb, spec, systemd_scope_usable())
         try:
-            # The runner's lifeline (runner/lifeline.py): after the start only bwrap holds
-            # the write end, so a wrapper killed before --die-with-parent took hold ends it.
-            life_r, life_w = os.pipe()
-            life = [(life_r, "lifeline"), (life_w, "lifeline")]
-            sb = dataclasses.replace(sb, lifeline=(life_r, life_w))
-            argv = bwrap_argv(sb, agent_fds)
-            if systemd_scope_usable():
-                argv = [*scope_argv(spec.limits), *argv]
-            log = open(spec.session_dir / LOG_FILE, "ab")  # noqa: SIM115 - handed to the child
-            fds = [fd for fd, _ in agent_fds] + ([info_w] if info_w is not None else [])
-            fds += [life_r, life_w]
             proc, cgroup = await start_runner(
-                argv,
+                st.argv,
                 name=spec.session_id,
                 limits=spec.limits,
-                pass_fds=fds,
-                stderr=log,
+                pass_fds=st.fds,
+                stderr=st.log,
                 env={"PATH": os.environ.get("PATH", DEFAULT_PATH)},
                 cwd=str(spec.agent_dir),
                 spare=self._runner.spare,
             )
         except BaseException:
-            if info_r is not None:
-                os.close(info_r)
-            close_fds(life[:1])
+            if st.info_r is not None:
+                os.close(st.info_r)
+            os.close(st.life_r)
             raise
         finally:
-            if log is not None:
-                log.close()
-            close_fds(agent_fds)
-            close_fds(life[1:])  # the read end stays open here: see BwrapHandle.status_fd
-            if info_w is not None:
-                os.close(info_w)
+            st.close_parent_copies()
         handle = BwrapHandle(proc, cgroup)
-        handle.status_fd = life_r
-        if info_r is not None:
+        handle.status_fd = st.life_r
+        if st.info_r is not None:
             try:
-                handle.helpers.append(await netns.attach_slirp(info_r))
+                handle.helpers.append(await netns.attach_slirp(st.info_r))
             except Exception:
                 handle.signal(signal.SIGKILL)
                 raise
         logger.debug("session %s: sandboxed runner pid %d", spec.session_id, proc.pid)
         return handle
+
+
+@dataclass
+class _Opened:
+    """What a start hands bwrap: its command line, the descriptors it inherits, the log."""
+
+    argv: list[str]
+    fds: list[int]
+    log: IO[bytes]
+    agent_fds: list[tuple[int, str]]
+    life_r: int  # kept here after the start: see BwrapHandle.status_fd
+    life_w: int
+    info_r: int | None
+    info_w: int | None
+
+    def close_parent_copies(self) -> None:
+        """After the start only the child holds these."""
+        self.log.close()
+        close_fds(self.agent_fds)
+        os.close(self.life_w)
+        if self.info_w is not None:
+            os.close(self.info_w)
+
+
+def _open_for_start(sb: SandboxSpec, spec: RunnerSpec, scope: bool) -> _Opened:
+    """The blocking part of a start (a worker thread): pipes, the agent folder's binds,
+    the bwrap command line (creates the session files it binds), the log. On failure
+    everything opened here is closed again."""
+    opened: list[int] = []
+    agent_fds: list[tuple[int, str]] = []
+    try:
+        info_r = info_w = None
+        if sb.network:
+            info_r, info_w = os.pipe()
+            opened += [info_r, info_w]
+            sb = dataclasses.replace(sb, info_fd=info_w)
+        # The runner's lifeline (runner/lifeline.py): after the start only bwrap holds
+        # the write end, so a wrapper killed before --die-with-parent took hold ends it.
+        life_r, life_w = os.pipe()
+        opened += [life_r, life_w]
+        sb = dataclasses.replace(sb, lifeline=(life_r, life_w))
+        agent_fds = open_agent_binds(Path(os.path.abspath(spec.agent_dir)))
+        argv = bwrap_argv(sb, agent_fds)
+        if scope:
+            argv = [*scope_argv(spec.limits), *argv]
+        log = open(spec.session_dir / LOG_FILE, "ab")  # noqa: SIM115 - handed to the child
+    except BaseException:
+        close_fds(agent_fds)
+        for fd in opened:
+            os.close(fd)
+        raise
+    fds = [fd for fd, _ in agent_fds] + ([info_w] if info_w is not None else [])
+    return _Opened(argv, [*fds, life_r, life_w], log, agent_fds, life_r, life_w, info_r, info_w)
 
 
 if TYPE_CHECKING:  # BwrapBackend satisfies the pool's seam
