@@ -55,42 +55,6 @@ def default_max_starting() -> int:
     return (os.cpu_count() or 1) + 1
 
 
-class _FifoGate:
-    """At most ``limit`` holders at once; waiters are let in strictly in arrival order."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = max(1, limit)
-        self.inside = 0
-        self._waiters: deque[asyncio.Future[None]] = deque()
-
-    async def acquire(self) -> None:
-        if self.inside < self.limit and not self._waiters:
-            self.inside += 1
-            return
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(fut)
-        try:
-            await fut  # ``release`` counted us in
-        except asyncio.CancelledError:
-            if fut.done() and not fut.cancelled():
-                self.release()  # let in just as it was cancelled: pass the place on
-            else:
-                self._waiters.remove(fut)
-            raise
-
-    def release(self) -> None:
-        self.inside -= 1
-        while self._waiters and self.inside < self.limit:
-            fut = self._waiters.popleft()
-            if not fut.done():
-                self.inside += 1
-                fut.set_result(None)
-
-    @property
-    def waiting(self) -> int:
-        return len(self._waiters)
-
-
 @dataclass
 class _Running:
     handle: RunnerHandle
@@ -125,7 +89,9 @@ class RunnerPool:
         self.max_runners = max(1, max_runners)
         # sessions holding a slot whose runner is being prepared or launched: at most
         # ``max_starting`` at once, the others wait (FIFO) without holding up the loop
-        self._start_gate = _FifoGate(max_starting or default_max_starting())
+        # (asyncio.Semaphore lets waiters in in arrival order, as the router's admission)
+        self._start_gate = asyncio.Semaphore(max(1, max_starting or default_max_starting()))
+        self._starting = 0
         self._unwanted: set[str] = set()  # stopped while waiting to start: not started
         self.prepare = prepare
         self.on_exit = on_exit
@@ -150,7 +116,7 @@ class RunnerPool:
 
     def starting(self) -> int:
         """How many runners are being prepared or launched right now."""
-        return self._start_gate.inside
+        return self._starting
 
     def queued(self) -> list[str]:
         return list(self._queue)
@@ -183,6 +149,7 @@ class RunnerPool:
             self._spawning.pop(session_id, None)
             raise
         started = False
+        self._starting += 1
         try:
             if self._closed or session_id in self._unwanted:
                 return False
@@ -217,6 +184,7 @@ class RunnerPool:
                                  session_id)  # fmt: skip
             return False
         finally:
+            self._starting -= 1
             self._start_gate.release()
             self._unwanted.discard(session_id)
             self._spawning.pop(session_id, None)

@@ -158,9 +158,6 @@ class SendIntents:
         except OSError as exc:
             logger.warning("send intents: outcome line not written (%s)", exc)
 
-    def open_count(self) -> int:
-        return len(self._ensure())
-
     def _close_fd(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
