@@ -582,8 +582,8 @@ def test_a_conversation_through_a_real_host(driver_factory: Any, tmp_path: Path)
             messaging.create_wiring(host.db, mg, ag, engage_mode="pattern", engage_pattern=".")
             await h.driver.user_says("hello host", chat="dm", user="ann")
 
-            async def routed() -> bool:
-                return bool(list_sessions(host.db))
+            async def routed() -> bool:  # the row, and the folder made after it
+                return any(host.sessions.ready(s) for s in list_sessions(host.db))
 
             await until(routed, "a session")
             [session] = list_sessions(host.db)

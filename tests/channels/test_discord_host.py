@@ -52,7 +52,7 @@ def test_agent_edits_and_reactions_reach_discord_by_the_ids_it_sees(tmp_path: Pa
             messaging.create_wiring(host.db, mg.id, ag.id, engage_mode="pattern",
                                     engage_pattern=".")  # fmt: skip
             said = await fake.user_says(dm, ann, "thumbs up this please")
-            while not list_sessions(host.db):
+            while not any(host.sessions.ready(s) for s in list_sessions(host.db)):
                 await asyncio.sleep(0.01)
             [session] = list_sessions(host.db)
             paths = host.sessions.paths(session)
@@ -93,8 +93,8 @@ def test_refused_reply_is_told_to_the_agent(tmp_path: Path) -> None:
             messaging.create_wiring(host.db, mg.id, ag.id, engage_mode="mention")
             await fake.user_says(general, fake.person("ann"), "help me", mention=True)
 
-            def routed() -> bool:
-                return bool(list_sessions(host.db))
+            def routed() -> bool:  # the row, and the folder made after it
+                return any(host.sessions.ready(s) for s in list_sessions(host.db))
 
             while not routed():
                 await asyncio.sleep(0.01)
@@ -221,7 +221,7 @@ def test_an_agents_question_cannot_wear_a_pending_approvals_id(tmp_path: Path) -
             messaging.create_wiring(host.db, mg.id, ag.id, engage_mode="pattern",
                                     engage_pattern=".")  # fmt: skip
             await fake.user_says(dm, ann, "hi")
-            while not list_sessions(host.db):
+            while not any(host.sessions.ready(s) for s in list_sessions(host.db)):
                 await asyncio.sleep(0.01)
             [session] = list_sessions(host.db)
             aid = request_approval(HostContext(host), session.id, "install_packages",

@@ -17,6 +17,7 @@ from carapace.config import Home
 from carapace.db import groups, messaging
 from carapace.db.central import open_central
 from carapace.db.session import SessionPaths
+from carapace.db.sessions import list_sessions
 from carapace.host import sessions as sessions_mod
 from carapace.host.sessions import SessionManager
 
@@ -31,10 +32,13 @@ def test_new_session_folder_is_made_off_the_loop_once_for_concurrent_routes(
     mg = messaging.create_messaging_group(db, "fake", "chat-1", name="chat-1").id
     mgr = SessionManager(home, db)
     made: list[int] = []
+    seen_ready: list[bool] = []
     real = sessions_mod.init_session_folder
 
     def recording(paths: SessionPaths) -> None:
         made.append(threading.get_ident())
+        # the row is visible already, but the session is not ready until its folder is
+        seen_ready.extend(mgr.ready(s) for s in list_sessions(db))
         real(paths)
 
     monkeypatch.setattr(sessions_mod, "init_session_folder", recording)
@@ -54,6 +58,7 @@ def test_new_session_folder_is_made_off_the_loop_once_for_concurrent_routes(
         assert len(made) == 1 and made[0] != loop_thread  # once, in a worker thread
         session = mgr.get(ids.pop())
         assert session is not None
+        assert seen_ready == [False] and mgr.ready(session)
         inbound = sqlite3.connect(mgr.paths(session).inbound)
         try:  # the folder was complete before any caller went on
             assert inbound.execute("SELECT COUNT(*) FROM messages_in").fetchone() == (0,)

@@ -181,6 +181,11 @@ class SessionManager:
     def paths(self, session: Session) -> SessionPaths:
         return SessionPaths.of(self.home.data_dir, session.agent_group_id, session.id)
 
+    def ready(self, session: Session) -> bool:
+        """Whether the session's folder and DBs are made. A new session's row is visible a
+        moment before them: :meth:`resolve_async` makes them in a worker thread."""
+        return session.id not in self._making and self.paths(session).outbound.exists()
+
     def get(self, session_id: str) -> Session | None:
         return get_session(self.db, session_id)
 
