@@ -28,7 +28,13 @@ from pathlib import Path
 from typing import Any
 
 from carapace.jsonutil import dumps
-from carapace.runner.compaction import Compaction, compact, conversation_chars, is_summary
+from carapace.runner.compaction import (
+    Compaction,
+    Encoded,
+    compact,
+    conversation_chars,
+    is_summary,
+)
 from carapace.runner.images import Image, describe
 from carapace.runner.outbound import Outbound
 from carapace.runner.providers.base import Message, Provider
@@ -95,17 +101,28 @@ def resume_conversation(
     return bound_conversation(rebuilt, max_messages)
 
 
-def bound_conversation(messages: list[Message], max_messages: int) -> list[Message]:
+def bound_conversation(
+    messages: list[Message], max_messages: int, encoded: Encoded | None = None
+) -> list[Message]:
     """The newest messages, at most ``max_messages`` and ``MAX_STATE_CHARS``, starting at a
-    user message (never with a dangling tool result)."""
+    user message (never with a dangling tool result). ``encoded``: the messages' kept JSON
+    (the agent's), so only new messages are encoded."""
+    enc = encoded or Encoded()
     out = messages[-max_messages:] if max_messages > 0 else []
-    while out and (out[0].get("role") != "user" or len(dumps(out)) > MAX_STATE_CHARS):
-        out = out[1:]
-        while out and out[0].get("role") != "user":
-            out = out[1:]
+    start, size = 0, enc.json_len(out)  # len(dumps(out[start:]))
+
+    def drop() -> int:
+        return size - len(enc.json(out[start])) - 1 if len(out) - start > 1 else 2
+
+    while start < len(out) and (out[start].get("role") != "user" or size > MAX_STATE_CHARS):
+        size, start = drop(), start + 1
+        while start < len(out) and out[start].get("role") != "user":
+            size, start = drop(), start + 1
+    out = out[start:]
     if messages and out and is_summary(messages[0]) and out[0] is not messages[0]:
         with_summary = [messages[0], *out]
-        if len(with_summary) <= max_messages and len(dumps(with_summary)) <= MAX_STATE_CHARS:
+        with_size = size + len(enc.json(messages[0])) + 1
+        if len(with_summary) <= max_messages and with_size <= MAX_STATE_CHARS:
             out = with_summary  # the compaction summary outlives the messages it precedes
     return out
 
@@ -133,6 +150,8 @@ class Agent:
         self.context_limit_chars = context_limit_chars
         self.history_messages = history_messages
         self.on_compaction = on_compaction
+        # the conversation's messages as JSON and sizes, reused across turns (issue 19)
+        self.encoded = Encoded()
         # set for a turn whose reply is shown as it is written (runner/preview.py): gets
         # the round's text so far from a provider that streams (``complete_stream``)
         self.on_text: Callable[[str], None] | None = None
@@ -237,7 +256,8 @@ class Agent:
             len(self.conversation) + len(new) > self.history_messages
         )
         pending = conversation_chars(new)
-        if not too_many and conversation_chars(self.conversation) + pending <= limit:
+        self.encoded.sync(self.conversation)
+        if not too_many and self.encoded.chars(self.conversation) + pending <= limit:
             return
         result = compact(
             self.provider,
@@ -260,9 +280,20 @@ class Agent:
         self.conversation = []
 
 
-def save_conversation(outbound: Outbound, conversation: list[Message], max_messages: int) -> None:
-    bounded = bound_conversation(conversation, max_messages)
-    outbound.set_state(STATE_KEY, dumps(bounded))
+def save_conversation(
+    outbound: Outbound,
+    conversation: list[Message],
+    max_messages: int,
+    encoded: Encoded | None = None,
+) -> None:
+    """Store the bounded conversation as one JSON value, in the caller's transaction (so
+    it commits with the turn's replies and acks, or not at all). ``encoded`` (the agent's):
+    only messages new since the last save are encoded; the rest is joined from kept JSON."""
+    enc = encoded or Encoded()
+    if encoded is not None:
+        encoded.sync(conversation)
+    bounded = bound_conversation(conversation, max_messages, enc)
+    outbound.set_state(STATE_KEY, enc.dumps(bounded))
 
 
 def append_transcript(

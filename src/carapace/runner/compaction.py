@@ -95,6 +95,48 @@ def conversation_chars(messages: list[Message]) -> int:
     return 2 + sum(message_chars(m) + 1 for m in messages) - (1 if messages else 0)
 
 
+class Encoded:
+    """The compact JSON and the :func:`message_chars` of each message of a conversation,
+    kept across turns (issue 19): a turn appends its messages and a bound or a compaction
+    drops old ones, so only new messages are encoded, not the whole history every turn.
+
+    Entries are keyed by the message object (identity, the object held so its id is never
+    reused); a message is never changed in place once it is in a conversation (the agent
+    only appends messages or replaces the list). :meth:`sync` forgets the messages that
+    left the conversation. Every figure equals the full recomputation (``dumps``,
+    :func:`conversation_chars`)."""
+
+    def __init__(self) -> None:
+        self._entries: dict[int, tuple[Message, str, int]] = {}
+
+    def _entry(self, message: Message) -> tuple[Message, str, int]:
+        hit = self._entries.get(id(message))
+        if hit is not None and hit[0] is message:
+            return hit
+        entry = (message, dumps(message), message_chars(message))
+        self._entries[id(message)] = entry
+        return entry
+
+    def sync(self, messages: list[Message]) -> None:
+        """Keep entries for exactly ``messages`` (encoding the new ones)."""
+        self._entries = {id(m): self._entry(m) for m in messages}
+
+    def json(self, message: Message) -> str:
+        return self._entry(message)[1]
+
+    def json_len(self, messages: list[Message]) -> int:
+        """``len(dumps(messages))``."""
+        return 2 + sum(len(self._entry(m)[1]) + 1 for m in messages) - (1 if messages else 0)
+
+    def dumps(self, messages: list[Message]) -> str:
+        """``dumps(messages)``, from the messages' kept JSON."""
+        return "[" + ",".join(self._entry(m)[1] for m in messages) + "]"
+
+    def chars(self, messages: list[Message]) -> int:
+        """:func:`conversation_chars` of ``messages``."""
+        return 2 + sum(self._entry(m)[2] + 1 for m in messages) - (1 if messages else 0)
+
+
 def is_summary(message: Message) -> bool:
     return message.get("role") == "user" and bool(message.get("compaction"))
 

@@ -349,7 +349,8 @@ class Runner:
             )  # fmt: skip
             self.outbound.complete(ids, now=self.clock.now())
             self.agent.accept(result)
-            save_conversation(self.outbound, self.agent.conversation, self.config.history_messages)
+            save_conversation(self.outbound, self.agent.conversation,
+                              self.config.history_messages, self.agent.encoded)  # fmt: skip
         if preview is not None:
             preview.finish(reply=bool(plain))
         append_transcript(self.paths.root, sid, result.messages)

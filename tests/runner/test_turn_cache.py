@@ -1,0 +1,94 @@
+"""What the warm path keeps between turns (issue 19): each message's JSON and size, the
+memory files, one keepalive thread, and retried reads of a busy ``inbound.db``. Whatever
+is kept must equal what a full recomputation gives."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import carapace.runner.agent as agent_module
+from carapace.jsonutil import dumps
+from carapace.runner.agent import bound_conversation
+from carapace.runner.compaction import Encoded, conversation_chars, is_summary
+from carapace.runner.providers.base import Message
+
+
+def _reference_bound(messages: list[Message], max_messages: int) -> list[Message]:
+    """bound_conversation as it was before the cache: ``dumps`` of the whole list per step."""
+    out = messages[-max_messages:] if max_messages > 0 else []
+    while out and (out[0].get("role") != "user" or len(dumps(out)) > agent_module.MAX_STATE_CHARS):
+        out = out[1:]
+        while out and out[0].get("role") != "user":
+            out = out[1:]
+    if messages and out and is_summary(messages[0]) and out[0] is not messages[0]:
+        with_summary = [messages[0], *out]
+        if (
+            len(with_summary) <= max_messages
+            and len(dumps(with_summary)) <= agent_module.MAX_STATE_CHARS
+        ):
+            out = with_summary
+    return out
+
+
+def _turn(n: int, size: int = 50) -> list[Message]:
+    return [
+        {"role": "user", "content": f"question {n} ü " + "q" * size},
+        {"role": "assistant", "content": "", "tool_calls": [
+            {"id": f"c{n}", "name": "read_file", "arguments": {"path": "ä", "n": 1.5}}]},
+        {"role": "tool", "tool_call_id": f"c{n}", "name": "read_file", "content": "r" * n,
+         "is_error": False, "images": [{"media_type": "image/png", "data": "QUJD" * n}]},
+        {"role": "assistant", "content": f"answer {n} \u2028 \"x\"", "tool_calls": []},
+    ]  # fmt: skip
+
+
+def test_encoded_figures_equal_the_full_recomputation() -> None:
+    enc = Encoded()
+    conversation: list[Message] = []
+    for n in range(1, 30):
+        conversation = conversation + _turn(n)
+        if n % 7 == 0:  # a compaction: a new first message, the tail kept (same objects)
+            summary: Message = {"role": "user", "content": f"summary {n}", "compaction": True}
+            conversation = [summary, *conversation[-8:]]
+        enc.sync(conversation)
+        for part in (conversation, conversation[3:], conversation[:1], []):
+            assert enc.dumps(part) == dumps(part)
+            assert enc.json_len(part) == len(dumps(part))
+            assert enc.chars(part) == conversation_chars(part)
+    assert len(enc._entries) == len(conversation)  # messages that left are forgotten
+
+
+def test_a_new_message_object_is_encoded_anew() -> None:
+    enc = Encoded()
+    first: Message = {"role": "user", "content": "a"}
+    enc.sync([first])
+    second: Message = {"role": "user", "content": "a much longer message"}
+    enc.sync([second])
+    assert enc.dumps([second]) == dumps([second])
+
+
+def test_bound_conversation_with_kept_json_equals_the_reference() -> None:
+    conversation: list[Message] = [{"role": "user", "content": "s", "compaction": True}]
+    for n in range(1, 60):
+        conversation += _turn(n, size=300)
+    conversation.append({"role": "tool", "tool_call_id": "x", "name": "t", "content": "late"})
+    enc = Encoded()
+    enc.sync(conversation)
+    for max_messages in (0, 1, 2, 3, 5, 17, 40, 200, 1000):
+        got = bound_conversation(conversation, max_messages, enc)
+        assert got == _reference_bound(conversation, max_messages)
+        assert bound_conversation(conversation, max_messages) == got
+
+
+def test_bound_conversation_over_the_state_limit(monkeypatch: Any) -> None:
+    monkeypatch.setattr(agent_module, "MAX_STATE_CHARS", 2_000)
+    conversation: list[Message] = [{"role": "user", "content": "s", "compaction": True}]
+    for n in range(1, 30):
+        conversation += _turn(n, size=200)
+    enc = Encoded()
+    for max_messages in (4, 9, 50, 200):
+        got = bound_conversation(conversation, max_messages, enc)
+        want = _reference_bound(conversation, max_messages)
+        assert got == want
+        assert len(dumps(got)) <= 2_000
+        assert json.loads(enc.dumps(got)) == got
