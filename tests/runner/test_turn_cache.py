@@ -5,13 +5,22 @@ is kept must equal what a full recomputation gives."""
 from __future__ import annotations
 
 import json
+import sqlite3
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
+import pytest
+
 import carapace.runner.agent as agent_module
+import carapace.runner.inbound as inbound_module
+from carapace.db.session import SessionPaths
 from carapace.jsonutil import dumps
 from carapace.runner.agent import bound_conversation
 from carapace.runner.compaction import Encoded, conversation_chars, is_summary
+from carapace.runner.inbound import Inbound
 from carapace.runner.providers.base import Message
+from carapace.testing.sessions import make_session, write_chat
 
 
 def _reference_bound(messages: list[Message], max_messages: int) -> list[Message]:
@@ -92,3 +101,55 @@ def test_bound_conversation_over_the_state_limit(monkeypatch: Any) -> None:
         assert got == want
         assert len(dumps(got)) <= 2_000
         assert json.loads(enc.dumps(got)) == got
+
+
+# --- a busy inbound.db -----------------------------------------------------------------------
+
+
+def _locked_inbound(paths: SessionPaths) -> sqlite3.Connection:
+    """A writer holding ``inbound.db``'s exclusive lock (a host commit in progress)."""
+    writer = sqlite3.connect(str(paths.inbound), isolation_level=None)
+    writer.execute("BEGIN EXCLUSIVE")
+    return writer
+
+
+def test_a_read_that_finds_the_host_committing_is_retried(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    paths = make_session(tmp_path)
+    write_chat(paths, "hello")
+    reader = Inbound(paths)
+    assert reader.max_seq() > 0  # the connection is open before the lock is taken
+    writer = _locked_inbound(paths)
+    sleeps: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        if len(sleeps) == 3:
+            writer.execute("COMMIT")  # the host's commit ends
+
+    monkeypatch.setattr(inbound_module, "_sleep", sleep)
+    rows = reader.pending(datetime.now(UTC))
+    assert [r.data["text"] for r in rows] == ["hello"]
+    assert sleeps == [inbound_module.BUSY_RETRY_S] * 3  # short steps, not SQLite's 1, 2, 5 ms
+    assert reader._conn is not None  # kept open: busy is not a damaged file
+    reader.close()
+    writer.close()
+
+
+def test_a_busy_read_fails_after_the_busy_timeout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    paths = make_session(tmp_path)
+    reader = Inbound(paths)
+    reader.max_seq()
+    writer = _locked_inbound(paths)
+    monkeypatch.setattr(inbound_module, "BUSY_TIMEOUT_S", 0.0)
+    monkeypatch.setattr(inbound_module, "_sleep", lambda s: None)
+    with pytest.raises(sqlite3.OperationalError) as err:
+        reader.destinations()
+    assert inbound_module.is_busy(err.value)
+    writer.execute("ROLLBACK")
+    assert reader.destinations() == []
+    reader.close()
+    writer.close()

@@ -11,25 +11,77 @@ counter check at each read transaction is exact. A read that fails reopens the f
 The pending query fixes W-4/W-5: it returns *every* due pending row oldest first; the
 caller filters out rows it has acknowledged and only then applies the batch limit, so an
 acknowledged-but-not-yet-synced row never hides an older one.
+
+A read that meets the host's commit in progress (``SQLITE_BUSY``: the rollback journal
+keeps readers out while the database file is written) is retried here every
+``BUSY_RETRY_S``, up to the usual busy timeout, instead of in SQLite's busy handler, whose
+first sleeps are 1, 2 and 5 ms: a session-DB commit lasts about a millisecond, and the row
+the runner waits for is usually the one being committed (issue 19).
 """
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cached_property
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from carapace.db.connection import column_names, connect, has_table
+from carapace.db.connection import BUSY_TIMEOUT_MS, column_names, connect, has_table
 from carapace.db.session import SessionPaths
 from carapace.jsonutil import loads_or
 from carapace.timefmt import parse_ts, sqlite_ts
 
 PENDING_SCAN_LIMIT = 1000
+BUSY_RETRY_S = 0.0003  # between tries of a read that found the host committing
+BUSY_TIMEOUT_S = BUSY_TIMEOUT_MS / 1000  # then the read fails, as SQLite's handler would
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+
+def is_busy(exc: BaseException) -> bool:
+    """A lock held by the other side (``SQLITE_BUSY``), not a damaged or missing file."""
+    if not isinstance(exc, sqlite3.OperationalError):
+        return False
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return bool(code & 0xFF == sqlite3.SQLITE_BUSY)
+    return "database is locked" in str(exc)
+
+
+def _sleep(seconds: float) -> None:
+    time.sleep(seconds)
+
+
+def _retried(
+    read: Callable[Concatenate[Inbound, _P], _T],
+) -> Callable[Concatenate[Inbound, _P], _T]:
+    """Run a read again, every ``BUSY_RETRY_S``, while the file is busy (for at most
+    ``BUSY_TIMEOUT_S``; then the busy error is raised). Reads only: running one twice is
+    harmless."""
+
+    @functools.wraps(read)
+    def wrapper(self: Inbound, /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        deadline: float | None = None
+        while True:
+            try:
+                return read(self, *args, **kwargs)
+            except sqlite3.OperationalError as exc:
+                if not is_busy(exc):
+                    raise
+                now = time.monotonic()
+                deadline = deadline if deadline is not None else now + BUSY_TIMEOUT_S
+                if now >= deadline:
+                    raise
+            _sleep(BUSY_RETRY_S)
+
+    return wrapper
 
 
 @dataclass(frozen=True)
@@ -137,12 +189,15 @@ class Inbound:
     def _open(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
             if self._conn is None:
-                self._conn = connect(self.paths.inbound, "session", readonly=True,
-                                     check_same_thread=False)  # fmt: skip
+                conn = connect(self.paths.inbound, "session", readonly=True,
+                               check_same_thread=False)  # fmt: skip
+                conn.execute("PRAGMA busy_timeout = 0")  # busy reads are retried (_retried)
+                self._conn = conn
             try:
                 yield self._conn
-            except sqlite3.DatabaseError:
-                self.close()  # a replaced or damaged file: the next read opens it again
+            except sqlite3.DatabaseError as exc:
+                if not is_busy(exc):
+                    self.close()  # a replaced or damaged file: the next read opens it again
                 raise
 
     def close(self) -> None:
@@ -153,6 +208,7 @@ class Inbound:
 
     # --- the queue --------------------------------------------------------------------------
 
+    @_retried
     def pending(self, now: datetime) -> list[InRow]:
         """Every pending row that is due at ``now``, in seq order (oldest first)."""
         with self._open() as conn:
@@ -164,6 +220,7 @@ class Inbound:
             ).fetchall()
         return [InRow.from_row(r) for r in rows]
 
+    @_retried
     def next_due(self, now: datetime) -> datetime | None:
         """The earliest ``process_after`` of a pending row that is not due yet."""
         with self._open() as conn:
@@ -180,6 +237,7 @@ class Inbound:
                 continue
         return min(times) if times else None
 
+    @_retried
     def question_response(self, question_id: str) -> InRow | None:
         """The pending ``question_response`` row for ``question_id`` (parsed, not LIKE-matched)."""
         with self._open() as conn:
@@ -197,6 +255,7 @@ class Inbound:
 
     # --- destinations and routing ------------------------------------------------------------
 
+    @_retried
     def destinations(self) -> list[Destination]:
         with self._open() as conn:
             if not has_table(conn, "destinations"):
@@ -214,6 +273,7 @@ class Inbound:
             for r in rows
         ]
 
+    @_retried
     def session_routing(self) -> Routing:
         with self._open() as conn:
             if not has_table(conn, "session_routing"):
@@ -225,6 +285,7 @@ class Inbound:
             return Routing()
         return Routing(row["channel_type"], row["platform_id"], row["thread_id"])
 
+    @_retried
     def latest_from(self, channel_type: str, platform_id: str) -> InRow | None:
         """The newest row (any status or kind) from that channel or agent (spec §5.4)."""
         with self._open() as conn:
@@ -235,11 +296,13 @@ class Inbound:
             ).fetchone()
         return InRow.from_row(row) if row is not None else None
 
+    @_retried
     def by_seq(self, seq: int) -> InRow | None:
         with self._open() as conn:
             row = conn.execute("SELECT * FROM messages_in WHERE seq = ?", (seq,)).fetchone()
         return InRow.from_row(row) if row is not None else None
 
+    @_retried
     def by_id(self, message_id: str) -> InRow | None:
         with self._open() as conn:
             row = conn.execute("SELECT * FROM messages_in WHERE id = ?", (message_id,)).fetchone()
@@ -259,6 +322,7 @@ class Inbound:
         row = self.by_id(trigger_id) if trigger_id else None
         return row is not None and is_host_note(row, self.agent_group_id)
 
+    @_retried
     def delivered_platform_id(self, message_out_id: str) -> str | None:
         with self._open() as conn:
             if not has_table(conn, "delivered"):
@@ -272,6 +336,7 @@ class Inbound:
             ).fetchone()
         return row[0] if row is not None and row[0] else None
 
+    @_retried
     def is_delivered(self, message_out_id: str) -> bool:
         with self._open() as conn:
             if not has_table(conn, "delivered"):
@@ -281,6 +346,7 @@ class Inbound:
             ).fetchone()
         return row is not None
 
+    @_retried
     def tasks(self, status: str | None) -> list[sqlite3.Row]:
         """One row per task series (the newest occurrence), oldest due first (spec §8.9)."""
         where = "status = ?" if status else "status IN ('pending', 'paused')"
@@ -293,6 +359,7 @@ class Inbound:
                 params,
             ).fetchall()
 
+    @_retried
     def task_exists(self, task_id: str) -> bool:
         with self._open() as conn:
             row = conn.execute(
@@ -302,6 +369,7 @@ class Inbound:
             ).fetchone()
         return row is not None
 
+    @_retried
     def max_seq(self) -> int:
         with self._open() as conn:
             return int(conn.execute("SELECT COALESCE(MAX(seq), 0) FROM messages_in").fetchone()[0])
