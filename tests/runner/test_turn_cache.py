@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -18,9 +19,13 @@ from carapace.db.session import SessionPaths
 from carapace.jsonutil import dumps
 from carapace.runner.agent import bound_conversation
 from carapace.runner.compaction import Encoded, conversation_chars, is_summary
+from carapace.runner.config import RunnerConfig
 from carapace.runner.inbound import Inbound
+from carapace.runner.loop import Keepalive, Runner
+from carapace.runner.providers import ProviderConfig, create_provider
 from carapace.runner.providers.base import Message
-from carapace.testing.sessions import make_session, write_chat
+from carapace.testing.sessions import make_agent_dir, make_session, read_outbound, write_chat
+from carapace.watch import DirWatcher
 
 
 def _reference_bound(messages: list[Message], max_messages: int) -> list[Message]:
@@ -153,3 +158,49 @@ def test_a_busy_read_fails_after_the_busy_timeout(
     assert reader.destinations() == []
     reader.close()
     writer.close()
+
+
+# --- one keepalive thread ------------------------------------------------------------------
+
+
+def test_keepalive_reuses_one_thread_across_turns() -> None:
+    touched = threading.Event()
+    keepalive = Keepalive(touched.set, interval=0.001)
+    assert keepalive._thread is None  # nothing started before the first turn
+    with keepalive:
+        assert touched.wait(30)
+    thread = keepalive._thread
+    assert thread is not None and thread.is_alive()  # parked, not joined, between turns
+    touched.clear()
+    with keepalive:
+        assert touched.wait(30)  # the next turn is kept alive by the same thread
+    assert keepalive._thread is thread
+    keepalive.close()
+    assert not thread.is_alive()
+    with keepalive:  # a closed keepalive starts nothing
+        pass
+    assert keepalive._thread is thread
+
+
+def test_keepalive_closes_without_a_turn() -> None:
+    keepalive = Keepalive(lambda: None)
+    keepalive.close()
+    assert keepalive._thread is None
+
+
+def test_the_runner_turns_share_one_keepalive_thread(tmp_path: Path) -> None:
+    paths = make_session(tmp_path, routing=("telegram", "chat-1", None))
+    agent_dir = make_agent_dir(tmp_path)
+    cfg = RunnerConfig.load(paths.root, agent_dir, provider="mock", environ={"CARAPACE_TZ": "UTC"})
+    runner = Runner(cfg, create_provider(ProviderConfig(agent_dir=str(agent_dir))),
+                    watcher=DirWatcher(use_inotify=False))  # fmt: skip
+    runner.start()
+    write_chat(paths, "one")
+    assert runner.step()
+    thread = runner.keepalive._thread
+    write_chat(paths, "two")
+    assert runner.step()
+    assert thread is not None and runner.keepalive._thread is thread
+    assert len(read_outbound(paths)) == 2
+    runner.close()
+    assert not thread.is_alive()

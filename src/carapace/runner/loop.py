@@ -67,27 +67,63 @@ class _Stop(Exception):
 
 
 class Keepalive:
-    """Touches ``.heartbeat`` every few seconds while a turn runs (typing indicator, stuck rule)."""
+    """Touches ``.heartbeat`` every few seconds while a turn runs (typing indicator, stuck rule).
+
+    One thread for the runner's life, started at the first turn and parked between turns
+    (issue 19: not a thread started and joined per turn); ``with keepalive:`` marks a turn,
+    ``close()`` ends the thread. A touch already under way when a turn ends may finish after
+    it (a touch too many is harmless)."""
 
     def __init__(self, touch: Any, interval: float = KEEPALIVE_S) -> None:
         self.touch = touch
         self.interval = interval
-        self._stop = threading.Event()
+        self._cond = threading.Condition()
+        self._turn = 0  # counts turns; the thread's clock restarts with each
+        self._active = False
+        self._closed = False
         self._thread: threading.Thread | None = None
 
     def __enter__(self) -> Keepalive:
-        self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
-        self._thread.start()
+        with self._cond:
+            self._turn += 1
+            self._active = True
+            if self._thread is None and not self._closed:
+                self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
+                self._thread.start()
+            self._cond.notify()
         return self
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.touch()
-
     def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
+        with self._cond:
+            self._active = False
+            self._cond.notify()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+            thread = self._thread
+        if thread is not None:
+            thread.join()
+
+    def _run(self) -> None:
+        with self._cond:
+            while not self._closed:
+                if not self._active:
+                    self._cond.wait()
+                    continue
+                turn, due = self._turn, time.monotonic() + self.interval
+                while self._active and self._turn == turn and not self._closed:
+                    left = due - time.monotonic()
+                    if left > 0:
+                        self._cond.wait(left)
+                        continue
+                    self._cond.release()
+                    try:
+                        self.touch()
+                    finally:
+                        self._cond.acquire()
+                    due = time.monotonic() + self.interval
 
 
 class Runner:
@@ -126,6 +162,7 @@ class Runner:
             workspace=workspace,
         )
         self.mcp = mcp
+        self.keepalive = Keepalive(self.heartbeat)
         # (wall-clock start of the process's main module, its imports s, set-up s): set
         # by __main__, logged once the runner is ready (``carapace bench runner`` reads it)
         self.startup: tuple[float, float, float] | None = None
@@ -227,6 +264,7 @@ class Runner:
         return 0
 
     def close(self) -> None:
+        self.keepalive.close()
         if self.mcp is not None:
             self.mcp.close()
         self.watcher.close()
@@ -321,7 +359,7 @@ class Runner:
         preview = self._preview(batch)
         self.agent.on_text = preview.update if preview is not None else None
         try:
-            with Keepalive(self.heartbeat):
+            with self.keepalive:
                 result = self.agent.run_turn(system, prompt, images.images)
         except TurnAbandoned as exc:
             logger.info("session %s: turn abandoned (%s); releasing %s", sid, exc, ids)
