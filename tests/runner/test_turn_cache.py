@@ -5,8 +5,10 @@ is kept must equal what a full recomputation gives."""
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,7 @@ import pytest
 
 import carapace.runner.agent as agent_module
 import carapace.runner.inbound as inbound_module
+from carapace import safefs
 from carapace.db.session import SessionPaths
 from carapace.jsonutil import dumps
 from carapace.runner.agent import bound_conversation
@@ -22,6 +25,7 @@ from carapace.runner.compaction import Encoded, conversation_chars, is_summary
 from carapace.runner.config import RunnerConfig
 from carapace.runner.inbound import Inbound
 from carapace.runner.loop import Keepalive, Runner
+from carapace.runner.prompt import FileCache, compose_system_prompt
 from carapace.runner.providers import ProviderConfig, create_provider
 from carapace.runner.providers.base import Message
 from carapace.testing.sessions import make_agent_dir, make_session, read_outbound, write_chat
@@ -204,3 +208,93 @@ def test_the_runner_turns_share_one_keepalive_thread(tmp_path: Path) -> None:
     assert len(read_outbound(paths)) == 2
     runner.close()
     assert not thread.is_alive()
+
+
+# --- memory files read again only when they change ------------------------------------------
+
+
+class _Reads:
+    """Counts the reads of files through ``safefs`` (what the cache saves)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.names: list[str] = []
+        real = safefs.read_beneath
+
+        def read_beneath(root: Any, rel: Any, max_bytes: int, *, truncate: bool = False) -> bytes:
+            self.names.append(str(rel))
+            return real(root, rel, max_bytes, truncate=truncate)
+
+        monkeypatch.setattr(safefs, "read_beneath", read_beneath)
+
+
+def _later() -> int:
+    return time.time_ns() + 60 * 10**9  # every file is older than the racy window
+
+
+def _prompt(agent_dir: Path, files: FileCache) -> str:
+    return compose_system_prompt(agent_dir, [], "Andy", files=files)
+
+
+def test_a_kept_memory_file_is_read_again_when_it_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    agent_dir = make_agent_dir(tmp_path)
+    memory = agent_dir / "CLAUDE.local.md"
+    memory.write_text("remember the milk")
+    files = FileCache(clock_ns=_later)
+    reads = _Reads(monkeypatch)
+    assert "remember the milk" in _prompt(agent_dir, files)
+    assert reads.names.count("CLAUDE.local.md") == 1
+    assert "remember the milk" in _prompt(agent_dir, files)
+    assert reads.names.count("CLAUDE.local.md") == 1  # unchanged: kept
+    memory.write_text("remember the eggs, and the bread")  # another size
+    assert "remember the eggs, and the bread" in _prompt(agent_dir, files)
+    st = memory.stat()
+    memory.write_text("remember the ham, and the bread!")  # the same size, written in place
+    os.utime(memory, ns=(st.st_atime_ns, st.st_mtime_ns + 1))
+    assert "remember the ham, and the bread!" in _prompt(agent_dir, files)
+    memory.unlink()
+    assert "remember the" not in _prompt(agent_dir, files)
+    assert "Group memory" not in _prompt(agent_dir, files)
+
+
+def test_a_memory_file_just_written_is_not_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    agent_dir = make_agent_dir(tmp_path)
+    (agent_dir / "CLAUDE.local.md").write_text("fresh")
+    files = FileCache(clock_ns=time.time_ns)  # the file's times are this very moment
+    reads = _Reads(monkeypatch)
+    _prompt(agent_dir, files)
+    _prompt(agent_dir, files)
+    assert reads.names.count("CLAUDE.local.md") == 2
+
+
+def test_a_symlinked_memory_file_is_not_followed(tmp_path: Path) -> None:
+    agent_dir = make_agent_dir(tmp_path)
+    secret = tmp_path / "secret.txt"
+    secret.write_text("the host's secret")
+    memory = agent_dir / "CLAUDE.local.md"
+    memory.write_text("harmless")
+    files = FileCache(clock_ns=_later)
+    assert "harmless" in _prompt(agent_dir, files)
+    memory.unlink()
+    memory.symlink_to(secret)  # the agent swaps the kept file for a link
+    assert "secret" not in _prompt(agent_dir, files)
+    assert "harmless" not in _prompt(agent_dir, files)
+    hard = agent_dir / "CLAUDE.md"
+    hard.symlink_to(secret)
+    assert "secret" not in _prompt(agent_dir, FileCache(clock_ns=_later))
+
+
+def test_the_memory_cache_gives_what_a_fresh_read_gives(tmp_path: Path) -> None:
+    agent_dir = make_agent_dir(tmp_path)
+    (agent_dir / "CLAUDE.md").write_text("# rules\n@notes/extra.md\n")
+    (agent_dir / "notes").mkdir()
+    (agent_dir / "notes" / "extra.md").write_text("imported text")
+    (agent_dir / "CLAUDE.local.md").write_text("memory")
+    files = FileCache(clock_ns=_later)
+    for _ in range(2):
+        cached = _prompt(agent_dir, files)
+        assert cached == compose_system_prompt(agent_dir, [], "Andy")
+        assert "imported text" in cached

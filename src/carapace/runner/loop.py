@@ -45,7 +45,7 @@ from carapace.runner.images import collect_images, describe
 from carapace.runner.inbound import Inbound, InRow
 from carapace.runner.outbound import Outbound
 from carapace.runner.preview import PreviewWriter
-from carapace.runner.prompt import compose_system_prompt
+from carapace.runner.prompt import FileCache, compose_system_prompt
 from carapace.runner.providers._common import one_line
 from carapace.runner.providers.base import Provider
 from carapace.runner.reply import dispatch_final_text, reply_routing, send_text
@@ -163,6 +163,7 @@ class Runner:
         )
         self.mcp = mcp
         self.keepalive = Keepalive(self.heartbeat)
+        self.memory_files = FileCache()  # the memory files, read again only when changed
         # (wall-clock start of the process's main module, its imports s, set-up s): set
         # by __main__, logged once the runner is ready (``carapace bench runner`` reads it)
         self.startup: tuple[float, float, float] | None = None
@@ -353,6 +354,7 @@ class Runner:
             sandboxed=self.config.sandboxed,
             memory=not getattr(self.agent.provider, "loads_memory_files", False),
             tool_names=getattr(self.agent.provider, "prompt_tool_names", None),
+            files=self.memory_files,
         )
         if self.mcp is not None:
             system = f"{system}\n\n{self.mcp.prompt_section()}"

@@ -17,7 +17,8 @@
    goes back to where the message came from, so ``<message to="…">`` is needed only for
    other destinations).
 
-The runner rebuilds it for every batch, so destination changes show up at once (W-8).
+The runner rebuilds it for every batch, so destination changes show up at once (W-8); the
+memory files' text is kept between batches while the files are unchanged (``FileCache``).
 The admin CLI (``carapace admin groups prompt``) shows the same text.
 """
 
@@ -25,7 +26,9 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping, Sequence
+import stat
+import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -104,7 +107,7 @@ def destinations_section(destinations: Sequence[NamedDestination]) -> str:
     )
 
 
-def _read(path: str, roots: Sequence[str]) -> str:
+def _read(path: str, roots: Sequence[str], files: FileCache | None = None) -> str:
     """The text of ``path`` if it lies inside one of ``roots``, read without following any
     link on the way (``safefs``): the group folder is the agent's, and the host composes
     this prompt too (``admin groups prompt``). A link, a FIFO or a missing file reads as ""."""
@@ -112,19 +115,93 @@ def _read(path: str, roots: Sequence[str]) -> str:
         if not _inside(path, [root]) or path == root:
             continue
         rel = os.path.relpath(path, root)
-        try:
-            data = safefs.read_beneath(root, rel, MAX_FILE_CHARS * 4, truncate=True)
-        except (OSError, safefs.UnsafePathError):
-            return ""
-        return data.decode("utf-8", errors="replace")[:MAX_FILE_CHARS].strip()
+        return files.read(root, rel) if files is not None else _read_beneath(root, rel)
     return ""
+
+
+def _read_beneath(root: str, rel: str) -> str:
+    try:
+        data = safefs.read_beneath(root, rel, MAX_FILE_CHARS * 4, truncate=True)
+    except (OSError, safefs.UnsafePathError):
+        return ""
+    return data.decode("utf-8", errors="replace")[:MAX_FILE_CHARS].strip()
+
+
+# A file modified this recently is not kept: file times are taken from a coarse clock, so
+# a second write of the same size within the same tick would leave the same stat (git's
+# "racily clean" rule).
+RACY_NS = 1_000_000_000
+
+
+class FileCache:
+    """The memory files a runner read before (issue 19: not read again every turn).
+
+    A file's text is reused while ``lstat`` shows the same regular file (device, inode,
+    size, modification and change time). Only a name directly in a folder that was resolved
+    once is kept, so the ``lstat`` follows no link; anything else (a link, a FIFO, a missing
+    file, a path with folders) is read through ``safefs`` every time, as without the cache.
+    The folders' real paths are resolved once (they are the host's choice)."""
+
+    def __init__(self, clock_ns: Callable[[], int] = time.time_ns) -> None:
+        self.clock_ns = clock_ns
+        self._files: dict[str, tuple[tuple[int, ...], str]] = {}
+        self._real: dict[str, str] = {}
+
+    def realpath(self, path: str | Path) -> str:
+        key = os.fspath(path)
+        real = self._real.get(key)
+        if real is None:
+            real = self._real[key] = os.path.realpath(key)
+        return real
+
+    def read(self, root: str, rel: str) -> str:
+        if os.sep in rel or rel in (os.curdir, os.pardir):
+            return _read_beneath(root, rel)
+        path = os.path.join(root, rel)
+        try:
+            before = _identity(path)
+        except FileNotFoundError:
+            self._files.pop(path, None)
+            return ""  # what reading it would give
+        if before is None:
+            self._files.pop(path, None)
+            return _read_beneath(root, rel)
+        hit = self._files.get(path)
+        if hit is not None and hit[0] == before:
+            return hit[1]
+        text = _read_beneath(root, rel)
+        try:
+            after = _identity(path)
+        except FileNotFoundError:
+            after = None
+        if after == before and self.clock_ns() - before[4] > RACY_NS:
+            self._files[path] = (before, text)
+        else:
+            self._files.pop(path, None)
+        return text
+
+
+def _identity(path: str) -> tuple[int, ...] | None:
+    """What identifies a regular file's content (``lstat``: a link is never followed); None
+    for anything else. Raises ``FileNotFoundError`` for a missing file."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        raise
+    except OSError:
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def _inside(real: str, roots: Sequence[str]) -> bool:
     return any(real == r or real.startswith(r.rstrip("/") + "/") for r in roots)
 
 
-def expand_imports(text: str, base: str, roots: Sequence[str], depth: int = 0) -> str:
+def expand_imports(
+    text: str, base: str, roots: Sequence[str], depth: int = 0, files: FileCache | None = None
+) -> str:
     """Inline ``@path`` lines (Claude Code imports) whose target lies inside ``roots``."""
     out: list[str] = []
     for line in text.splitlines():
@@ -135,30 +212,32 @@ def expand_imports(text: str, base: str, roots: Sequence[str], depth: int = 0) -
         if depth >= MAX_IMPORT_DEPTH or m.group(1).startswith("~"):
             continue
         target = os.path.normpath(os.path.join(base, m.group(1)))
-        inner = _read(target, roots)
+        inner = _read(target, roots, files)
         if inner:
-            out.append(expand_imports(inner, os.path.dirname(target), roots, depth + 1))
+            out.append(expand_imports(inner, os.path.dirname(target), roots, depth + 1, files))
     return "\n".join(out).strip()
 
 
-def memory_sections(agent_dir: Path) -> list[str]:
+def memory_sections(agent_dir: Path, files: FileCache | None = None) -> list[str]:
+    """The memory files' sections; ``files``: the runner's cache of them (see FileCache)."""
     global_dir = agent_dir.parent / "global"
     # The folders themselves are the host's choice (resolved once); nothing inside them is
     # followed.
-    agent_root, global_root = os.path.realpath(agent_dir), os.path.realpath(global_dir)
+    real = files.realpath if files is not None else os.path.realpath
+    agent_root, global_root = real(agent_dir), real(global_dir)
     roots = [agent_root, global_root]
-    files = (
+    memory_files = (
         ("Group instructions (CLAUDE.md)", agent_root, "CLAUDE.md"),
         ("Group memory (CLAUDE.local.md)", agent_root, "CLAUDE.local.md"),
         ("Shared memory (global/CLAUDE.md, read-only)", global_root, "CLAUDE.md"),
     )
     out: list[str] = []
-    for title, root, name in files:
+    for title, root, name in memory_files:
         path = os.path.join(root, name)
-        raw = _read(path, [root])
+        raw = _read(path, [root], files)
         if name == "CLAUDE.md" and raw.startswith(COMPOSED_MARKER):
             continue  # the host's composed file: its sources are read directly
-        text = expand_imports(raw, root, roots)
+        text = expand_imports(raw, root, roots, files=files)
         if text:
             out.append(f"## {title}\n\n{text}")
     return out
@@ -235,11 +314,13 @@ def compose_system_prompt(
     sandboxed: bool | None = None,
     memory: bool = True,
     tool_names: Mapping[str, str] | None = None,
+    files: FileCache | None = None,
 ) -> str:
     """The whole system prompt for one agent group's runner (see the module docstring).
 
     ``memory=False`` leaves the memory files out, for a provider that loads them itself
-    (Claude Code reads ``CLAUDE.md`` and ``CLAUDE.local.md``): never included twice."""
+    (Claude Code reads ``CLAUDE.md`` and ``CLAUDE.local.md``): never included twice.
+    ``files``: the runner's cache of the memory files (:class:`FileCache`)."""
     agent_dir = Path(agent_dir)
     workspace = ""
     if settings is not None:
@@ -251,7 +332,7 @@ def compose_system_prompt(
     parts = [
         identity_section(assistant_name),
         BASE_INSTRUCTIONS,
-        *(memory_sections(agent_dir) if memory else ()),
+        *(memory_sections(agent_dir, files) if memory else ()),
         workspace,
         destinations_section(destinations),
     ]
