@@ -126,7 +126,23 @@ def test_lazy_upgrade_of_old_inbound_file(tmp_path: Path) -> None:
     assert d["status"] == "delivered" and d["platform_message_id"] is None
     idx = [r[1] for r in db.execute("PRAGMA index_list(messages_in)")]
     assert "idx_messages_in_series" in idx
+    assert "idx_messages_in_pending" in idx  # added to an old file too
     assert insert_message_in(db, chat(5)) == 4
+
+
+def test_pending_reads_use_the_pending_index(tmp_path: Path) -> None:
+    """The runner's poll reads only pending rows, not the session's whole history."""
+    p = SessionPaths.of(tmp_path, "ag", "s")
+    p.root.mkdir(parents=True)
+    db = open_inbound(p)
+    for query in (
+        "SELECT * FROM messages_in WHERE status = 'pending' AND (process_after IS NULL OR "
+        "datetime(process_after) <= datetime(?)) ORDER BY seq ASC LIMIT 1000",
+        "SELECT process_after FROM messages_in WHERE status = 'pending' AND "
+        "process_after IS NOT NULL AND datetime(process_after) > datetime(?)",
+    ):
+        plan = " ".join(str(r[-1]) for r in db.execute(f"EXPLAIN QUERY PLAN {query}", ("x",)))
+        assert "idx_messages_in_pending" in plan, plan
 
 
 def test_lazy_upgrade_of_old_outbound_file(tmp_path: Path) -> None:

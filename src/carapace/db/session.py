@@ -42,6 +42,7 @@ CREATE TABLE IF NOT EXISTS messages_in (
   on_wake           INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS idx_messages_in_series ON messages_in(series_id);
+CREATE INDEX IF NOT EXISTS idx_messages_in_pending ON messages_in(seq) WHERE status = 'pending';
 CREATE TABLE IF NOT EXISTS delivered (
   message_out_id      TEXT PRIMARY KEY,
   platform_message_id TEXT,
@@ -175,8 +176,10 @@ def init_session_folder(paths: SessionPaths) -> None:
 def upgrade_inbound(conn: sqlite3.Connection) -> None:
     """Lazy column upgrades for old ``inbound.db`` files (spec §2.6)."""
     cols = set(column_names(conn, "messages_in"))
-    if {"series_id", "trigger", "source_session_id", "on_wake"} <= cols and "status" in set(
-        column_names(conn, "delivered")
+    if (
+        {"series_id", "trigger", "source_session_id", "on_wake"} <= cols
+        and "status" in set(column_names(conn, "delivered"))
+        and _has_index(conn, "idx_messages_in_pending")
     ):
         return
     with transaction(conn):
@@ -201,6 +204,20 @@ def upgrade_inbound(conn: sqlite3.Connection) -> None:
             conn.execute(
                 "ALTER TABLE delivered ADD COLUMN status TEXT NOT NULL DEFAULT 'delivered'"
             )
+        conn.execute(PENDING_INDEX)
+
+
+# The pending rows in seq order: the runner's every poll and the host's ack sync read only
+# these, so their cost does not grow with the session's history (issue 19).
+PENDING_INDEX = (
+    "CREATE INDEX IF NOT EXISTS idx_messages_in_pending ON messages_in(seq) "
+    "WHERE status = 'pending'"
+)
+
+
+def _has_index(conn: sqlite3.Connection, name: str) -> bool:
+    row = conn.execute("SELECT 1 FROM sqlite_master WHERE type='index' AND name=?", (name,))
+    return row.fetchone() is not None
 
 
 def upgrade_outbound(conn: sqlite3.Connection) -> None:
