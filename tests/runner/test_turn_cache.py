@@ -18,6 +18,7 @@ import pytest
 import carapace.runner.agent as agent_module
 import carapace.runner.inbound as inbound_module
 from carapace import safefs
+from carapace.db.connection import is_busy
 from carapace.db.session import SessionPaths
 from carapace.jsonutil import dumps
 from carapace.runner.agent import bound_conversation
@@ -157,7 +158,7 @@ def test_a_busy_read_fails_after_the_busy_timeout(
     monkeypatch.setattr(inbound_module, "_sleep", lambda s: None)
     with pytest.raises(sqlite3.OperationalError) as err:
         reader.destinations()
-    assert inbound_module.is_busy(err.value)
+    assert is_busy(err.value)
     writer.execute("ROLLBACK")
     assert reader.destinations() == []
     reader.close()
@@ -298,3 +299,13 @@ def test_the_memory_cache_gives_what_a_fresh_read_gives(tmp_path: Path) -> None:
         cached = _prompt(agent_dir, files)
         assert cached == compose_system_prompt(agent_dir, [], "Andy")
         assert "imported text" in cached
+
+
+def test_only_a_lock_counts_as_busy(tmp_path: Path) -> None:
+    conn = sqlite3.connect(str(tmp_path / "x.db"))
+    with pytest.raises(sqlite3.OperationalError) as err:
+        conn.execute("SELECT * FROM missing")
+    assert not is_busy(err.value)
+    assert not is_busy(ValueError("database is locked"))
+    assert is_busy(sqlite3.OperationalError("database is locked"))  # no error code: the text
+    conn.close()

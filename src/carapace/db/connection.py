@@ -137,6 +137,18 @@ def sync_journal(conn: sqlite3.Connection) -> None:
         os.close(fd)
 
 
+def is_busy(exc: BaseException) -> bool:
+    """A lock held by the other side (``SQLITE_BUSY``, "database is locked"), not a damaged
+    or missing file: worth trying again shortly (the runner's inbound reads retry every
+    0.3 ms rather than in SQLite's busy handler, whose first sleeps are 1, 2 and 5 ms)."""
+    if not isinstance(exc, sqlite3.OperationalError):
+        return False
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return bool(code & 0xFF == sqlite3.SQLITE_BUSY)
+    return "database is locked" in str(exc)
+
+
 def has_table(conn: sqlite3.Connection, name: str) -> bool:
     row = conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (name,))
     return row.fetchone() is not None

@@ -32,7 +32,7 @@ from datetime import datetime
 from functools import cached_property
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from carapace.db.connection import BUSY_TIMEOUT_MS, column_names, connect, has_table
+from carapace.db.connection import BUSY_TIMEOUT_MS, column_names, connect, has_table, is_busy
 from carapace.db.session import SessionPaths
 from carapace.jsonutil import loads_or
 from carapace.timefmt import parse_ts, sqlite_ts
@@ -43,16 +43,6 @@ BUSY_TIMEOUT_S = BUSY_TIMEOUT_MS / 1000  # then the read fails, as SQLite's hand
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
-
-
-def is_busy(exc: BaseException) -> bool:
-    """A lock held by the other side (``SQLITE_BUSY``), not a damaged or missing file."""
-    if not isinstance(exc, sqlite3.OperationalError):
-        return False
-    code = getattr(exc, "sqlite_errorcode", None)
-    if code is not None:
-        return bool(code & 0xFF == sqlite3.SQLITE_BUSY)
-    return "database is locked" in str(exc)
 
 
 def _sleep(seconds: float) -> None:
