@@ -130,6 +130,23 @@ def test_lazy_upgrade_of_old_inbound_file(tmp_path: Path) -> None:
     assert insert_message_in(db, chat(5)) == 4
 
 
+def test_the_pending_index_is_added_to_a_file_that_lacks_only_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import carapace.db.session as session_db
+
+    p = SessionPaths.of(tmp_path, "ag", "s")
+    p.root.mkdir(parents=True)
+    db = open_inbound(p)
+    db.execute("DROP INDEX idx_messages_in_pending")
+    db.close()
+    monkeypatch.setattr(session_db, "_checked_inbound", set())  # another host process
+    db = open_inbound(p)
+    idx = [r[1] for r in db.execute("PRAGMA index_list(messages_in)")]
+    assert "idx_messages_in_pending" in idx
+    db.close()
+
+
 def test_pending_reads_use_the_pending_index(tmp_path: Path) -> None:
     """The runner's poll reads only pending rows, not the session's whole history."""
     p = SessionPaths.of(tmp_path, "ag", "s")
