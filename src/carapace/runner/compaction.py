@@ -117,24 +117,31 @@ class Encoded:
         self._entries[id(message)] = entry
         return entry
 
+    def _all(self, messages: list[Message]) -> list[tuple[Message, str, int]]:
+        entries, out = self._entries, []
+        for m in messages:
+            hit = entries.get(id(m))
+            out.append(hit if hit is not None and hit[0] is m else self._entry(m))
+        return out
+
     def sync(self, messages: list[Message]) -> None:
         """Keep entries for exactly ``messages`` (encoding the new ones)."""
-        self._entries = {id(m): self._entry(m) for m in messages}
+        self._entries = {id(e[0]): e for e in self._all(messages)}
 
     def json(self, message: Message) -> str:
         return self._entry(message)[1]
 
     def json_len(self, messages: list[Message]) -> int:
         """``len(dumps(messages))``."""
-        return 2 + sum(len(self._entry(m)[1]) + 1 for m in messages) - (1 if messages else 0)
+        return 1 + sum(len(e[1]) + 1 for e in self._all(messages)) + (0 if messages else 1)
 
     def dumps(self, messages: list[Message]) -> str:
         """``dumps(messages)``, from the messages' kept JSON."""
-        return "[" + ",".join(self._entry(m)[1] for m in messages) + "]"
+        return "[" + ",".join([e[1] for e in self._all(messages)]) + "]"
 
     def chars(self, messages: list[Message]) -> int:
         """:func:`conversation_chars` of ``messages``."""
-        return 2 + sum(self._entry(m)[2] + 1 for m in messages) - (1 if messages else 0)
+        return 1 + sum(e[2] + 1 for e in self._all(messages)) + (0 if messages else 1)
 
 
 def is_summary(message: Message) -> bool:
