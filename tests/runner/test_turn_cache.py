@@ -19,7 +19,7 @@ import carapace.runner.agent as agent_module
 import carapace.runner.inbound as inbound_module
 from carapace import safefs
 from carapace.db.connection import is_busy
-from carapace.db.session import SessionPaths
+from carapace.db.session import SessionPaths, touch_heartbeat
 from carapace.jsonutil import dumps
 from carapace.runner.agent import bound_conversation
 from carapace.runner.compaction import Encoded, conversation_chars, is_summary
@@ -309,3 +309,13 @@ def test_only_a_lock_counts_as_busy(tmp_path: Path) -> None:
     assert not is_busy(ValueError("database is locked"))
     assert is_busy(sqlite3.OperationalError("database is locked"))  # no error code: the text
     conn.close()
+
+
+def test_the_heartbeat_is_made_when_missing_and_bumped_when_present(tmp_path: Path) -> None:
+    paths = make_session(tmp_path)
+    paths.heartbeat.unlink(missing_ok=True)
+    touch_heartbeat(paths)
+    assert paths.heartbeat.is_file()
+    os.utime(paths.heartbeat, (1_000_000, 1_000_000))
+    touch_heartbeat(paths)
+    assert paths.heartbeat.stat().st_mtime > 1_000_000

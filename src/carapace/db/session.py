@@ -347,8 +347,11 @@ def insert_message_out(conn: sqlite3.Connection, row: dict[str, Any], *, other_m
 
 
 def touch_heartbeat(paths: SessionPaths) -> None:
-    paths.heartbeat.touch(exist_ok=True)
-    os.utime(paths.heartbeat)
+    """Set ``.heartbeat``'s time to now (one ``utime``; made when missing)."""
+    try:
+        os.utime(paths.heartbeat)
+    except FileNotFoundError:
+        paths.heartbeat.touch(exist_ok=True)
 
 
 def heartbeat_mtime(paths: SessionPaths) -> float:
