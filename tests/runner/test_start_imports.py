@@ -35,6 +35,7 @@ NOT_AT_START = (
     "carapace.host",
     "carapace.sandbox",
     "carapace.config",
+    "carapace.packagenames",  # install_packages checks names with it when called
     "argparse",  # the host's command line is read without it (its help formatter: shutil)
     "shutil",
     "subprocess",  # commands and task scripts import it when they run
