@@ -11,9 +11,13 @@ which modules were loaded.
 
 from __future__ import annotations
 
+import stat
 import subprocess
 from pathlib import Path
 
+import pytest
+
+from carapace.runner.setup import private_tmp_dir
 from carapace.testing.runner_proc import run_env, runner_cmd
 from carapace.testing.sessions import make_agent_dir, make_session, read_outbound, write_chat
 
@@ -84,3 +88,16 @@ def test_imported_modules_reads_importtime_lines() -> None:
         "2026-12-05 INFO [runner x] runner ready | not an import line\n"
     )
     assert imported_modules(text) == {"_io", "carapace.runner.inbound"}
+
+
+def test_private_tmp_dir_is_a_new_owner_only_folder_in_tmpdir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "missing"))  # unusable: the next one
+    monkeypatch.setenv("TEMP", str(tmp_path))
+    first = private_tmp_dir("carapace-runner-s1-")
+    second = private_tmp_dir("carapace-runner-s1-")
+    assert first != second
+    for made in (first, second):
+        assert made.parent == tmp_path and made.name.startswith("carapace-runner-s1-")
+        assert made.is_dir() and stat.S_IMODE(made.stat().st_mode) == 0o700
