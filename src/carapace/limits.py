@@ -27,8 +27,6 @@ import functools
 import logging
 import os
 import resource
-import shutil
-import subprocess
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -116,6 +114,9 @@ def rlimit_preexec(limits: Limits, *, cpu: bool = False) -> Callable[[], None]:
 @functools.cache
 def systemd_scope_usable() -> bool:
     """Whether ``systemd-run --user --scope`` can start a process here (probed once)."""
+    import shutil  # here: the runner imports this module, and never needs these
+    import subprocess
+
     exe = shutil.which("systemd-run")
     if exe is None:
         return False

@@ -33,7 +33,6 @@ the ``stat`` of the folder's files every ``poll_interval`` seconds, and ``fileno
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import logging
 import os
@@ -74,8 +73,11 @@ class _Inotify:
     def __init__(self) -> None:
         if not sys.platform.startswith("linux"):
             raise OSError(errno.ENOSYS, "inotify needs Linux")
-        libname = ctypes.util.find_library("c") or "libc.so.6"
-        libc = ctypes.CDLL(libname, use_errno=True)
+        # the C library this process already has (no ``ctypes.util.find_library``: it runs
+        # ``ldconfig`` and imports subprocess and tempfile, at every runner's start)
+        libc = ctypes.CDLL(None, use_errno=True)
+        if not hasattr(libc, "inotify_init1"):
+            libc = ctypes.CDLL("libc.so.6", use_errno=True)
         self._add = libc.inotify_add_watch
         self._add.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
         self._add.restype = ctypes.c_int

@@ -23,7 +23,6 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from carapace.db.session import SessionPaths
 from carapace.runner.preview import stream_channels
@@ -40,8 +39,10 @@ DEFAULT_HISTORY_MESSAGES = 200
 
 def resolve_timezone(name: str | None) -> str:
     """``name`` if it is a valid IANA zone, else ``UTC`` (spec §6.9)."""
-    if not name or name in ("localtime", "posixrules"):
+    if not name or name in ("localtime", "posixrules", "UTC"):
         return "UTC"
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError  # here: not at start for UTC
+
     try:
         ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError, OSError):

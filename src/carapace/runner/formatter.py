@@ -27,10 +27,9 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from carapace.runner.inbound import InRow
 
@@ -52,11 +51,21 @@ def escape_xml(value: object) -> str:
     )
 
 
-def _zone(tz: str) -> ZoneInfo:
+def _zone(tz: str) -> tzinfo:
+    """The zone ``tz``, UTC when it is not one. UTC itself without ``zoneinfo``: a runner
+    whose groups keep UTC never imports it (issue 19: runner start)."""
+    if tz == "UTC":
+        return UTC
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
     try:
         return ZoneInfo(tz)
     except (ZoneInfoNotFoundError, ValueError, OSError):
-        return ZoneInfo("UTC")
+        return UTC
+
+
+def _is_zone(tz: str) -> bool:
+    return tz == "UTC" or _zone(tz) is not UTC
 
 
 def parse_timestamp(text: str) -> datetime:
@@ -186,7 +195,7 @@ def format_task(row: InRow, tz: str, origin: OriginLookup) -> str:
     lines += ["Instructions:", str(data.get("prompt") or "")]
     own = data.get("timezone")
     zone_attr = ""
-    if isinstance(own, str) and own != tz and _zone(own).key == own:
+    if isinstance(own, str) and own != tz and _is_zone(own):
         tz, zone_attr = own, f' timezone="{escape_xml(own)}"'  # the task's own zone
     time_attr = escape_xml(format_local_time(row.timestamp, tz))
     return (

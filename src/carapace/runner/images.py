@@ -16,7 +16,6 @@ the stored conversation keeps the text (which names each file's path), not the b
 
 from __future__ import annotations
 
-import base64
 import logging
 import os
 import stat
@@ -127,6 +126,8 @@ def _one(att: dict[str, Any], session_dir: Path, out: Collected) -> None:
     if len(data) > MAX_IMAGE_BYTES or sniff(data[:16]) != media_type:
         out.skipped.append(f"{name}: changed while being read")
         return
+    import base64  # not at the runner's start: most turns carry no image
+
     out.images.append(Image(name, media_type, base64.b64encode(data).decode("ascii"), len(data)))
 
 

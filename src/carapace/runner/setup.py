@@ -9,7 +9,7 @@ be built means the agent gets only the messaging tools.
 from __future__ import annotations
 
 import logging
-import tempfile
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -79,6 +79,27 @@ def build_mcp(config: RunnerConfig) -> McpHub | None:
     return hub
 
 
+def private_tmp_dir(prefix: str) -> Path:
+    """``tempfile.mkdtemp(prefix=prefix)`` without importing ``tempfile`` at the runner's
+    start (issue 19): a new owner-only folder in ``$TMPDIR`` (or ``$TEMP``, ``$TMP``,
+    ``/tmp``, tempfile's own order); ``tempfile`` itself when none of those takes it."""
+    for base in (*(os.environ.get(k) for k in ("TMPDIR", "TEMP", "TMP")), "/tmp"):
+        if not base:
+            continue
+        for _ in range(8):
+            path = os.path.abspath(os.path.join(base, prefix + os.urandom(6).hex()))
+            try:
+                os.mkdir(path, 0o700)
+            except FileExistsError:
+                continue
+            except OSError:
+                break
+            return Path(path)
+    import tempfile
+
+    return Path(tempfile.mkdtemp(prefix=prefix))
+
+
 def build_workspace(config: RunnerConfig) -> Workspace | None:
     try:
         from carapace.runner.workspace import Workspace, WorkspaceLimits, WorkspacePolicy
@@ -93,7 +114,7 @@ def build_workspace(config: RunnerConfig) -> Workspace | None:
         process=process,
     )
     global_dir = config.agent_dir.parent / "global"
-    tmp = Path(tempfile.mkdtemp(prefix=f"carapace-runner-{config.session_id}-"))
+    tmp = private_tmp_dir(f"carapace-runner-{config.session_id}-")
     try:
         return Workspace(
             WorkspacePolicy(

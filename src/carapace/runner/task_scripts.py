@@ -31,9 +31,6 @@ import dataclasses
 import json
 import logging
 import os
-import signal
-import subprocess
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -93,6 +90,10 @@ def run_script(
     environment (minimal when None: never the runner's own)."""
     started = time.monotonic()
     env = dict(env) if env is not None else {"PATH": MINIMAL_PATH, "LANG": "C.UTF-8"}
+    import signal  # here, not at the runner's start: most turns run no script
+    import subprocess
+    import tempfile
+
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         try:
             proc = subprocess.Popen(

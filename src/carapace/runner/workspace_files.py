@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import re
 import stat
-import tempfile
 from collections.abc import Callable, Iterator
 from typing import IO, TYPE_CHECKING, Any
 
@@ -129,6 +128,8 @@ def _atomic_write(ws: Workspace, real: str, data: bytes) -> None:
         if stat.S_ISDIR(st.st_mode):
             raise WorkspaceError(f"{ws.display(real)} is a directory.")
         mode = stat.S_IMODE(st.st_mode)
+    import tempfile  # not at the runner's start
+
     fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{os.path.basename(real)}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:

@@ -10,9 +10,7 @@ every process left below the runner (``setsid`` children, double forks) is kille
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import subprocess
 import threading
 from collections.abc import Callable, Mapping
 from typing import IO
@@ -31,6 +29,9 @@ def run_shell(
     preexec: Callable[[], None] | None = None,
 ) -> ToolResult:
     """Run ``command`` with ``bash -c`` (``sh`` if bash is missing); never waits past timeout."""
+    import shutil  # not at the runner's start: most turns run no command
+    import subprocess
+
     shell = shutil.which("bash", path=env.get("PATH")) or "/bin/sh"
     proc = subprocess.Popen(
         [shell, "-c", command],

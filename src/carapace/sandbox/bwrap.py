@@ -294,8 +294,11 @@ def bwrap_argv(spec: SandboxSpec, agent_fds: Sequence[tuple[int, str]] = ()) -> 
     if spec.packages_dir is not None and spec.packages_dir.is_dir():
         pdir = os.path.abspath(spec.packages_dir)
         argv += ["--ro-bind", pdir, pdir]
+    # PYTHONNOUSERSITE: HOME is the group folder, so a user site-packages (and its .pth
+    # files, which run code) under it would be the agent's
     env = {"PATH": DEFAULT_PATH, "HOME": str(agent), "LANG": "C.UTF-8",
-           "PYTHONDONTWRITEBYTECODE": "1", "CARAPACE_SANDBOX": "bwrap"}  # fmt: skip
+           "PYTHONDONTWRITEBYTECODE": "1", "PYTHONNOUSERSITE": "1",
+           "CARAPACE_SANDBOX": "bwrap"}  # fmt: skip
     pkg_root = Path(carapace.__file__).parent.parent
     if not _inside(pkg_root, [Path(sys.prefix), Path(sys.base_prefix)]):
         env["PYTHONPATH"] = str(pkg_root)

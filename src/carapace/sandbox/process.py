@@ -104,10 +104,18 @@ def compile_runner_code(package: Path | None = None) -> bool:
 
 
 def runner_env(spec: RunnerSpec, pass_env: Sequence[str]) -> dict[str, str]:
-    """A runner's whole environment: allow-listed host variables, then ``spec.env``."""
+    """A runner's whole environment: allow-listed host variables, then ``spec.env``.
+    ``PYTHONPATH`` keeps only absolute folders: an empty or relative entry would be the
+    runner's working folder, the agent's group folder (see ``SubprocessBackend.argv``)."""
     names = (*BASE_ENV, *pass_env)
     env = {k: os.environ[k] for k in names if os.environ.get(k)}
     env.update(spec.env)
+    if "PYTHONPATH" in env:
+        kept = [p for p in env["PYTHONPATH"].split(os.pathsep) if os.path.isabs(p)]
+        if kept:
+            env["PYTHONPATH"] = os.pathsep.join(kept)
+        else:
+            del env["PYTHONPATH"]
     return env
 
 
@@ -333,7 +341,10 @@ class SubprocessBackend:
         self.spare: SpareStarter | None = spare_starter(self.python) if spare else None
 
     def argv(self, spec: RunnerSpec) -> list[str]:
-        argv = [self.python, "-m", self.module, "--session-dir", str(spec.session_dir),
+        # -P: the runner's working folder (the agent's group folder) is not put first on
+        # sys.path, where a module the agent wrote there (json.py, dataclasses.py …) would
+        # run inside the runner at its next start, before it hardens itself
+        argv = [self.python, "-P", "-m", self.module, "--session-dir", str(spec.session_dir),
                 "--agent-dir", str(spec.agent_dir)]  # fmt: skip
         if spec.provider:
             argv += ["--provider", spec.provider]

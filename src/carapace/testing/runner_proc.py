@@ -24,7 +24,7 @@ def run_env(**extra: str) -> dict[str, str]:
     this carapace first on ``PYTHONPATH``; ``extra`` last (it may replace any of that)."""
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("ANTHROPIC_", "OPENAI_", "CARAPACE_"))}  # fmt: skip
-    env["PYTHONPATH"] = SRC + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (SRC, env.get("PYTHONPATH", "")) if p)
     env.update(extra)
     return env
 

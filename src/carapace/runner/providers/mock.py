@@ -55,7 +55,6 @@ through the script: it gets a deterministic summary (``compaction.mock_summary``
 
 from __future__ import annotations
 
-import html
 import json
 import re
 import time
@@ -206,9 +205,18 @@ def last_user_text(messages: list[Message]) -> str:
     bodies = _MESSAGE_RE.findall(text)
     if not bodies:
         tasks = _TASK_RE.findall(text)
-        return html.unescape(tasks[-1].strip()) if tasks else text
+        return _unescape(tasks[-1].strip()) if tasks else text
     body = _QUOTED_RE.sub("", bodies[-1], count=1)
-    return html.unescape(body)
+    return _unescape(body)
+
+
+def _unescape(text: str) -> str:
+    """``html.unescape``, importing ``html`` only for text with an entity (runner start)."""
+    if "&" not in text:
+        return text
+    import html
+
+    return html.unescape(text)
 
 
 def neutralise(text: str) -> str:

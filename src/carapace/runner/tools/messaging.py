@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -130,6 +129,8 @@ def _send_file(ctx: ToolContext, args: dict[str, Any]) -> str:
         os.unlink(target)  # a partial copy of a try whose runner died (unlink: no link followed)
     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "wb") as out, Path(source).open("rb") as src:
+        import shutil  # not at the runner's start
+
         shutil.copyfileobj(src, out)
     seq = ctx.outbound.write(
         id=msg_id,

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from carapace.packagenames import valid_package
 from carapace.runner.tools.base import Tool, ToolContext, ToolError, tool
 from carapace.timefmt import new_id
 
@@ -41,6 +40,8 @@ def _install_packages(ctx: ToolContext, args: dict[str, Any]) -> str:
         raise ToolError("At least one apt, npm or pip package is required")
     if len(apt) + len(npm) + len(pip) > MAX_PACKAGES:
         raise ToolError(f"Maximum {MAX_PACKAGES} packages per request")
+    from carapace.packagenames import valid_package  # its patterns: not at the runner's start
+
     for p in apt:
         if not valid_package("apt", p):
             raise ToolError(
