@@ -169,22 +169,31 @@ class Delivery:
             )
         return done
 
-    def _commit(self, session_id: str, inb: sqlite3.Connection, intent: str | None,
-                now: datetime) -> bool:  # fmt: skip
-        """The session's uncommitted outcomes (one transaction, only when there are some),
-        then (optionally) the send intent of the next row. False when either could not be
-        written (then no send)."""
+    async def _commit(self, session_id: str, paths: SessionPaths, intent: str | None,
+                      now: datetime) -> bool:  # fmt: skip
+        """The session's uncommitted outcomes (one transaction, only when there are some,
+        on the session's writer thread: off the event loop, issue 19), then (optionally)
+        the send intent of the next row. False when either could not be written (then no
+        send). Awaited: the outcomes are on disk before the intent is recorded."""
         rec = self._pending(session_id)
         if rec:
             finished = [*rec.outcomes, *rec.attempts]
+            # a snapshot: the thread writes it while the loop runs on (a session's drains
+            # are serial, so nothing is added to its records meanwhile)
+            snap = Records(dict(rec.outcomes), dict(rec.attempts), rec.cursor)
+
+            def write(conn: sqlite3.Connection) -> None:
+                with transaction(conn):
+                    snap.write(conn)
+
             try:
-                with transaction(inb):
-                    rec.write(inb)
-            except sqlite3.Error as exc:
+                await self.sessions.writers.call(session_id, paths, write)
+            except (sqlite3.Error, OSError) as exc:
                 logger.warning("delivery records of session %s not written (kept, retried): %s",
                                session_id, exc)  # fmt: skip
                 return False
-            self._records.pop(session_id, None)
+            if self._records.get(session_id) is rec:
+                self._records.pop(session_id, None)
             self.intents.done(session_id, finished)
         if intent is not None:
             try:
@@ -286,7 +295,9 @@ class Delivery:
                 async with turn or contextlib.nullcontext():
                     # an intent from before (a crash), looked up before this send's own
                     resend = row["id"] in intents or self.intents.maybe_sent(session_id, row["id"])
-                    if not self._commit(session_id, inb, row["id"], now):  # the intent, first
+                    if not await self._commit(
+                        session_id, paths, row["id"], now
+                    ):  # the intent, first
                         retry = now + timedelta(seconds=RECORD_RETRY_S)
                         result.next_retry = min(result.next_retry or retry, retry)
                         result.more = False
@@ -300,7 +311,7 @@ class Delivery:
                         moves = outcome is not None and contiguous
                         if moves:  # the cursor rides along (no commit of its own after)
                             self._pending(session_id).cursor = row["seq"]
-                        if self._commit(session_id, inb, None, now) and moves:
+                        if await self._commit(session_id, paths, None, now) and moves:
                             written = row["seq"]
                 if outcome is None:
                     contiguous = False
@@ -321,7 +332,7 @@ class Delivery:
                 result.more = False  # nothing moved: no busy loop over a blocked full batch
             elif new_cursor != written:
                 self._pending(session_id).cursor = new_cursor
-            if not self._commit(session_id, inb, None, now):
+            if not await self._commit(session_id, paths, None, now):
                 retry = now + timedelta(seconds=RECORD_RETRY_S)
                 result.next_retry = min(result.next_retry or retry, retry)
                 result.more = False

@@ -405,6 +405,7 @@ class Host:
             done, _ = await asyncio.wait(list(self._tasks), timeout=0.5)
             for task in done:
                 self._tasks.discard(task)
+        await self.sessions.drain_writes()  # every write submitted is on disk (issue 19)
         host_watch.stop(self)
         remove_projection_hook(self._hook)
         if self._lock_fh is not None:
@@ -416,6 +417,7 @@ class Host:
         self._closed = True
         with contextlib.suppress(sqlite3.Error):
             self.sessions.release_all()
+        self.sessions.writers.close()  # runs what is queued, then ends the threads
         if self.proxy is not None:
             self.proxy.close()
         self.delivery.outbox.close()
