@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import sqlite3
@@ -156,18 +157,7 @@ class Delivery:
         return self._records.setdefault(session_id, Records())
 
     def _done(self, inb: sqlite3.Connection, ids: list[str]) -> set[str]:
-        done: set[str] = set()
-        for i in range(0, len(ids), 500):
-            chunk = ids[i : i + 500]
-            marks = ",".join("?" for _ in chunk)
-            done.update(
-                r[0]
-                for r in inb.execute(
-                    f"SELECT message_out_id FROM delivered WHERE message_out_id IN ({marks})",
-                    chunk,
-                )
-            )
-        return done
+        return _delivered(inb, ids)
 
     async def _commit(self, session_id: str, paths: SessionPaths, intent: str | None,
                       now: datetime) -> bool:  # fmt: skip
@@ -232,14 +222,17 @@ class Delivery:
         if not paths.outbound.exists() or not paths.inbound.exists():
             return result
         try:
-            inb = self._open(paths)
+            # the reads of inbound.db run on the session's writer thread, after its pending
+            # writes: the event loop never waits on a lock held by a commit (issue 19)
+            cursor = await self.sessions.writers.call(session_id, paths, _tables_and_cursor)
+            inb = self.sessions.open_inbound(paths)  # a live session's kept one: no I/O
+        except FileNotFoundError:
+            return result
         except sqlite3.Error as exc:
             logger.warning("delivery of session %s waits: %s", session_id, exc)
             result.next_retry = now + timedelta(seconds=RECORD_RETRY_S)
             return result
         try:
-            cur = inb.execute("SELECT seq FROM carapace_delivery_cursor WHERE id=1").fetchone()
-            cursor = int(cur[0]) if cur else 0
             try:
                 rows = await self.outbox.call(read_rows, paths.outbound, cursor)
             except FileNotFoundError:
@@ -259,22 +252,16 @@ class Delivery:
             if rec.inode and rec.inode != inode:  # records of a deleted, re-made folder
                 rec = self._records[session_id] = Records()
             rec.inode = inode
-            done = self._done(inb, ids) | set(rec.outcomes)
-            marks = ",".join("?" for _ in rows)
-            states = {
-                r["message_out_id"]: r
-                for r in inb.execute(
-                    f"SELECT * FROM carapace_delivery WHERE message_out_id IN ({marks})", ids
+            try:
+                known, states, intents = await self.sessions.writers.call(
+                    session_id, paths, functools.partial(_known, ids=ids)
                 )
-            }
-            intents = {  # what a version before the intent log committed (issue 14)
-                r[0]
-                for r in inb.execute(
-                    f"SELECT message_out_id FROM carapace_send_intent WHERE message_out_id IN "
-                    f"({marks})",
-                    ids,
-                )
-            }
+            except (OSError, sqlite3.Error) as exc:
+                logger.warning("delivery of session %s waits: %s", session_id, exc)
+                result.next_retry = now + timedelta(seconds=RECORD_RETRY_S)
+                result.more = False
+                return result
+            done = known | set(rec.outcomes)
             blocked: set[tuple[Any, ...]] = set()
             new_cursor, contiguous = cursor, True
             written = cursor  # the cursor as last committed in this pass
@@ -352,7 +339,7 @@ class Delivery:
         return self._unknown_fate.setdefault(str(ct), asyncio.Lock())
 
     @staticmethod
-    def _state(rec: Records, states: dict[str, sqlite3.Row], rid: str) -> dict[str, Any] | None:
+    def _state(rec: Records, states: dict[str, dict[str, Any]], rid: str) -> dict[str, Any] | None:
         """The row's attempt state: committed, with what this host has not written yet."""
         st = states.get(rid)
         out: dict[str, Any] | None = dict(st) if st is not None else None
@@ -385,7 +372,7 @@ class Delivery:
         paths: SessionPaths,
         row: OutRow,
         inb: sqlite3.Connection,
-        states: dict[str, sqlite3.Row],
+        states: dict[str, dict[str, Any]],
         now: datetime,
         resend: bool = False,
     ) -> str | None:
@@ -570,6 +557,54 @@ class Delivery:
             question_delivered(self.db, str(content.get("questionId")), pm, now)
         clear_outbox(paths, row["id"])
         return pm
+
+
+def _delivered(inb: sqlite3.Connection, ids: list[str]) -> set[str]:
+    done: set[str] = set()
+    for i in range(0, len(ids), 500):
+        chunk = ids[i : i + 500]
+        marks = ",".join("?" for _ in chunk)
+        done.update(
+            r[0]
+            for r in inb.execute(
+                f"SELECT message_out_id FROM delivered WHERE message_out_id IN ({marks})", chunk
+            )
+        )
+    return done
+
+
+def _tables_and_cursor(inb: sqlite3.Connection) -> int:
+    """The host's delivery tables (made when missing: a session folder made again) and the
+    delivery cursor. On the session's writer thread."""
+    if not has_table(inb, NEWEST_HOST_TABLE):
+        with transaction(inb):
+            for stmt in HOST_TABLES.split(";"):
+                if stmt.strip():
+                    inb.execute(stmt)
+    cur = inb.execute("SELECT seq FROM carapace_delivery_cursor WHERE id=1").fetchone()
+    return int(cur[0]) if cur else 0
+
+
+def _known(
+    inb: sqlite3.Connection, ids: list[str]
+) -> tuple[set[str], dict[str, dict[str, Any]], set[str]]:
+    """What inbound.db knows of these outbound rows: done, attempt states, and the send
+    intents an older version committed (issue 14). On the session's writer thread."""
+    marks = ",".join("?" for _ in ids)
+    states = {
+        r["message_out_id"]: dict(r)
+        for r in inb.execute(
+            f"SELECT * FROM carapace_delivery WHERE message_out_id IN ({marks})", ids
+        )
+    }
+    intents = {
+        r[0]
+        for r in inb.execute(
+            f"SELECT message_out_id FROM carapace_send_intent WHERE message_out_id IN ({marks})",
+            ids,
+        )
+    }
+    return _delivered(inb, ids), states, intents
 
 
 def _answers(value: object) -> tuple[str, ...]:
