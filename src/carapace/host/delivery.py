@@ -225,6 +225,7 @@ class Delivery:
             # the reads of inbound.db run on the session's writer thread, after its pending
             # writes: the event loop never waits on a lock held by a commit (issue 19)
             cursor = await self.sessions.writers.call(session_id, paths, _tables_and_cursor)
+            self.sessions.note_out_seq(session_id, cursor)  # other_max needs no read then
             inb = self.sessions.open_inbound(paths)  # a live session's kept one: no I/O
         except FileNotFoundError:
             return result

@@ -182,7 +182,7 @@ class SessionManager:
             self.done_with(conn)
 
     def note_out_seq(self, session_id: str, seq: int) -> None:
-        if seq > self._out_max.get(session_id, 0):
+        if seq > self._out_max.get(session_id, -1):
             self._out_max[session_id] = seq
 
     def paths(self, session: Session) -> SessionPaths:
@@ -354,14 +354,14 @@ class SessionManager:
         rows = [r for r, fut in batch if not fut.done()]
         if not rows:
             return
-        known = self._out_max.get(session.id, 0)
+        known = self._out_max.get(session.id)
         sid = session.id
 
         def insert(conn: sqlite3.Connection) -> list[int | BaseException | None]:
             """On the writer thread: one durable transaction for the batch."""
             out: list[int | BaseException | None] = []
             with transaction(conn, durable=True):
-                other = max(known, _cursor(conn))
+                other = known if known is not None else _cursor(conn)
                 for row in rows:
                     if conn.execute(
                         "SELECT 1 FROM messages_in WHERE id=?", (row["id"],)
@@ -412,7 +412,10 @@ class SessionManager:
         ``outbound.db``: what delivery last read, or the delivery cursor (every row at or
         below it was read). Seqs stay unique by parity; cross-table order is approximate
         only for rows the host has not read yet, as with any read made a moment earlier."""
-        return max(self._out_max.get(session_id, 0), _cursor(inb))
+        known = self._out_max.get(session_id)
+        if known is not None:  # every cursor delivery wrote or read is noted: known >= it
+            return known
+        return _cursor(inb)  # nothing delivered since the host started: one read
 
     def notify_agent(
         self, session: Session, text: str, *, now: datetime, prefix: str = "sys"
