@@ -257,14 +257,20 @@ class SessionManager:
             mg_key, thread_key = messaging_group_id, thread_id
         else:
             mg_key, thread_key = messaging_group_id, None
-        with transaction(self.db):
-            found = find_session(self.db, agent_group_id, mg_key, thread_key)
-            if found is not None:
-                created = False
-                session = found
-            else:
-                session = create_session(self.db, agent_group_id, mg_key, thread_key, now=now)
-                created = True
+        # a read first: the session exists for nearly every message, and a write
+        # transaction on the central DB per message cost more than the lookup itself
+        found = find_session(self.db, agent_group_id, mg_key, thread_key)
+        created = False
+        if found is not None:
+            session = found
+        else:
+            with transaction(self.db):  # find-or-create, atomic against another creator
+                found = find_session(self.db, agent_group_id, mg_key, thread_key)
+                if found is not None:
+                    session = found
+                else:
+                    session = create_session(self.db, agent_group_id, mg_key, thread_key, now=now)
+                    created = True
         paths = self.paths(session)
         make = created or (session.id not in self._making and not paths.inbound.exists())
         if make:
