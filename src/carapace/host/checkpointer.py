@@ -11,6 +11,7 @@ of its own: a ``PASSIVE`` checkpoint never blocks the loop's readers or writers.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import sqlite3
@@ -40,6 +41,17 @@ class Checkpointer:
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="carapace-checkpoint", daemon=True)
         self._thread.start()
+
+    async def start_async(self) -> None:
+        """:meth:`start` for the event loop: the thread is started from a worker (starting a
+        thread waits for it to run: milliseconds on a busy machine)."""
+        if self._thread is not None:
+            return
+        self.loop_conn.execute("PRAGMA wal_autocheckpoint = 0")
+        self._stop.clear()
+        thread = threading.Thread(target=self._run, name="carapace-checkpoint", daemon=True)
+        self._thread = thread
+        await asyncio.to_thread(thread.start)
 
     def _run(self) -> None:
         conn: sqlite3.Connection | None = None

@@ -351,7 +351,7 @@ class Host:
         if background:
             # WAL checkpoints (a copy and an fsync) off the loop's central-DB commits
             self._checkpointer = Checkpointer(self.home.central_db, self.db)
-            self._checkpointer.start()
+            await self._checkpointer.start_async()
             if self.options.watch:
                 host_watch.start(self)
             self._sweep_event = asyncio.Event()
@@ -361,8 +361,9 @@ class Host:
 
                 self._admin_server = AdminServer(self)
                 await self._admin_server.start()
+        mechanism = await asyncio.to_thread(limits_mechanism)  # may run systemctl: not on the loop
         logger.info("host started for %s; runner backend: %s; runner limits: %s",
-                    self.home.root, self.backend_note, limits_mechanism())  # fmt: skip
+                    self.home.root, self.backend_note, mechanism)  # fmt: skip
 
     async def rebuild_work_index(self) -> int:
         """Index every session whose files hold work (``host/work_index.py``): what NanoClaw
