@@ -118,6 +118,9 @@ class Delivery:
         self._unknown_fate: dict[str, asyncio.Lock] = {}
         self._again: set[str] = set()
         self._records: dict[str, Records] = {}  # per session: outcomes not yet committed
+        # per session: (inode of inbound.db, delivery cursor) as last read or committed by
+        # this host, the only writer of the cursor; a re-made file (new inode) is read again
+        self._cursors: dict[str, tuple[int, int]] = {}
         self.a2a_guard = A2AGuard()  # hop and rate bounds of agent-to-agent messages
         self.outbox = OutboxReader()  # every outbound.db read: checked, bounded, off the loop
         self.previews: Any = None  # host/preview.PreviewKeeper: replies shown as written
@@ -184,6 +187,11 @@ class Delivery:
                 return False
             if self._records.get(session_id) is rec:
                 self._records.pop(session_id, None)
+            held = self._cursors.get(session_id)
+            if snap.cursor is not None and held is not None and held[0] == rec.inode:
+                self._cursors[session_id] = (held[0], snap.cursor)
+            elif snap.cursor is not None:
+                self._cursors.pop(session_id, None)  # read again at the next pass
             self.intents.done(session_id, finished)
         if intent is not None:
             try:
@@ -224,7 +232,13 @@ class Delivery:
         try:
             # the reads of inbound.db run on the session's writer thread, after its pending
             # writes: the event loop never waits on a lock held by a commit (issue 19)
-            cursor = await self.sessions.writers.call(session_id, paths, _tables_and_cursor)
+            ino = os.stat(paths.inbound).st_ino
+            known_cursor = self._cursors.get(session_id)
+            if known_cursor is not None and known_cursor[0] == ino:
+                cursor = known_cursor[1]  # this host writes the cursor: no read needed
+            else:
+                cursor = await self.sessions.writers.call(session_id, paths, _tables_and_cursor)
+                self._cursors[session_id] = (ino, cursor)
             self.sessions.note_out_seq(session_id, cursor)  # other_max needs no read then
             inb = self.sessions.open_inbound(paths)  # a live session's kept one: no I/O
         except FileNotFoundError:
