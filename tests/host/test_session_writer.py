@@ -5,6 +5,7 @@ caller with nothing stored, and a stop drains what was submitted."""
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from host_rig import Rig
 
 from carapace.bootstrap import init_home, open_home
 from carapace.config import Home
@@ -232,3 +234,41 @@ def test_close_runs_queued_jobs_before_ending_the_threads(env: Env) -> None:
     gate.set()
     closer.join()
     assert ran == ["held", "queued-1", "queued-2"]
+
+
+def test_delivery_keeps_its_cursor_and_reads_a_remade_file_again(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Delivery writes the cursor itself, so it reads it from inbound.db once per file (one
+    writer-thread hop less per pass); a file made again (a new inode) is read again, and
+    its cursor starts over."""
+    import shutil
+
+    from carapace.channels.fake import make_event
+    from carapace.host import delivery as delivery_mod
+
+    reads: list[str] = []
+    real = delivery_mod._tables_and_cursor
+
+    def counted(conn: sqlite3.Connection) -> int:
+        reads.append("cursor")
+        return real(conn)
+
+    monkeypatch.setattr(delivery_mod, "_tables_and_cursor", counted)
+    ag = rig.agent()
+    rig.wire(rig.chat("chan"), ag)
+    rig.run(rig.host.route(make_event("hi", platform_id="chan", id="m1")))
+    [s] = rig.sessions()
+    rig.reply(s, {"text": "one"}, channel_type="fake", platform_id="chan")
+    assert rig.run(rig.host.deliver_once(s.id)) == 1
+    rig.reply(s, {"text": "two"}, channel_type="fake", platform_id="chan")
+    assert rig.run(rig.host.deliver_once(s.id)) == 1
+    assert reads == ["cursor"] and rig.channel.texts() == ["one", "two"]
+    paths = rig.host.sessions.paths(s)
+    rig.host.sessions.release_all()
+    tmp = paths.inbound.with_name("copy.db")
+    shutil.copyfile(paths.inbound, tmp)
+    os.replace(tmp, paths.inbound)  # the same content in a new file: a new inode
+    rig.reply(s, {"text": "three"}, channel_type="fake", platform_id="chan")
+    assert rig.run(rig.host.deliver_once(s.id)) == 1
+    assert reads == ["cursor", "cursor"] and rig.channel.texts() == ["one", "two", "three"]
