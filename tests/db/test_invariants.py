@@ -239,3 +239,37 @@ def test_provider_names_are_stored_as_nanoclaw_names_them(
     # and carapace's runner reads the stored name as the provider that was asked for
     wanted = given.lower()
     assert PROVIDER_ALIASES.get(stored, stored) == PROVIDER_ALIASES.get(wanted, wanted)
+
+
+def test_upsert_user_writes_only_what_changes(
+    central: sqlite3.Connection, world: dict[str, str]
+) -> None:
+    """The router calls ``upsert_user`` for every message (issue 19): an unchanged sender
+    costs no write; a new display name is still stored, and no name keeps the old one."""
+    before = central.total_changes
+    assert users.upsert_user(central, "telegram:1", "telegram", "Ann").display_name == "Ann"
+    assert users.upsert_user(central, "telegram:1", "telegram", None).display_name == "Ann"
+    assert central.total_changes == before
+    assert users.upsert_user(central, "telegram:1", "telegram", "Anna").display_name == "Anna"
+    assert central.total_changes == before + 1
+    assert users.get_user(central, "telegram:1").display_name == "Anna"  # type: ignore[union-attr]
+
+
+def test_projection_skips_dangling_targets_in_name_order(
+    central: sqlite3.Connection, world: dict[str, str]
+) -> None:
+    """The destination projection (one query since issue 19): channels with their chat's
+    name, agents with theirs, in local-name order; a target that is gone is left out."""
+    central.execute("PRAGMA foreign_keys=OFF")
+    for name, kind, target in (("zeta", "channel", world["mg"]), ("alpha", "agent", world["other"]),
+                               ("gone", "channel", "mg-missing"), ("lost", "agent", "ag-missing")):  # fmt: skip
+        central.execute(
+            "INSERT INTO agent_destinations (agent_group_id, local_name, target_type, target_id, "
+            "created_at) VALUES (?, ?, ?, ?, '2026-01-01')",
+            (world["ag"], name, kind, target),
+        )
+    got = destinations.projection(central, world["ag"])
+    assert [(d.name, d.display_name, d.type) for d in got] == [
+        ("alpha", "Other", "agent"), ("zeta", "Family", "channel"),
+    ]  # fmt: skip
+    assert got[1].platform_id == "42" and got[0].agent_group_id == world["other"]

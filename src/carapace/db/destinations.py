@@ -200,31 +200,39 @@ class ProjectedDestination:
 
 
 def projection(db: sqlite3.Connection, agent_group_id: str) -> list[ProjectedDestination]:
-    """What a session of this group may address (dangling targets skipped; spec §4.5)."""
+    """What a session of this group may address (dangling targets skipped; spec §4.5).
+    One query (a group wired to many chats used to cost one query per destination, on the
+    event loop at every runner start; issue 19)."""
     out: list[ProjectedDestination] = []
-    for d in list_destinations(db, agent_group_id):
-        if d.target_type == "channel":
-            mg = db.execute(
-                "SELECT name, channel_type, platform_id FROM messaging_groups WHERE id=?",
-                (d.target_id,),
-            ).fetchone()
-            if mg is None:
+    rows = db.execute(
+        "SELECT d.local_name, d.target_type, d.target_id, mg.id AS mg_id, mg.name AS mg_name, "
+        "mg.channel_type, mg.platform_id, ag.id AS ag_id, ag.name AS ag_name "
+        "FROM agent_destinations d "
+        "LEFT JOIN messaging_groups mg ON d.target_type='channel' AND mg.id=d.target_id "
+        "LEFT JOIN agent_groups ag ON d.target_type!='channel' AND ag.id=d.target_id "
+        "WHERE d.agent_group_id=? ORDER BY d.local_name",
+        (agent_group_id,),
+    ).fetchall()
+    for r in rows:
+        if r["target_type"] == "channel":
+            if r["mg_id"] is None:
                 continue
             out.append(
                 ProjectedDestination(
-                    d.local_name,
-                    mg["name"] or d.local_name,
+                    r["local_name"],
+                    r["mg_name"] or r["local_name"],
                     "channel",
-                    mg["channel_type"],
-                    mg["platform_id"],
+                    r["channel_type"],
+                    r["platform_id"],
                     None,
                 )
             )
         else:
-            ag = db.execute("SELECT name FROM agent_groups WHERE id=?", (d.target_id,)).fetchone()
-            if ag is None:
+            if r["ag_id"] is None:
                 continue
             out.append(
-                ProjectedDestination(d.local_name, ag["name"], "agent", None, None, d.target_id)
+                ProjectedDestination(
+                    r["local_name"], r["ag_name"], "agent", None, None, r["target_id"]
+                )
             )
     return out

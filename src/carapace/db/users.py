@@ -69,6 +69,9 @@ def upsert_user(
     """Create the user or refresh a changed display name."""
     if ":" not in id:
         raise ValidationError(f"user id {id!r} must be namespaced as '<channel>:<handle>'")
+    known = get_user(db, id)
+    if known is not None and (display_name is None or display_name == known.display_name):
+        return known  # nothing changes: no write (the router calls this per message)
     with transaction(db):
         db.execute(
             "INSERT INTO users (id, kind, display_name, created_at) VALUES (?, ?, ?, ?) "

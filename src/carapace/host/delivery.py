@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import sqlite3
@@ -117,6 +118,9 @@ class Delivery:
         self._unknown_fate: dict[str, asyncio.Lock] = {}
         self._again: set[str] = set()
         self._records: dict[str, Records] = {}  # per session: outcomes not yet committed
+        # per session: (inode of inbound.db, delivery cursor) as last read or committed by
+        # this host, the only writer of the cursor; a re-made file (new inode) is read again
+        self._cursors: dict[str, tuple[int, int]] = {}
         self.a2a_guard = A2AGuard()  # hop and rate bounds of agent-to-agent messages
         self.outbox = OutboxReader()  # every outbound.db read: checked, bounded, off the loop
         self.previews: Any = None  # host/preview.PreviewKeeper: replies shown as written
@@ -156,35 +160,38 @@ class Delivery:
         return self._records.setdefault(session_id, Records())
 
     def _done(self, inb: sqlite3.Connection, ids: list[str]) -> set[str]:
-        done: set[str] = set()
-        for i in range(0, len(ids), 500):
-            chunk = ids[i : i + 500]
-            marks = ",".join("?" for _ in chunk)
-            done.update(
-                r[0]
-                for r in inb.execute(
-                    f"SELECT message_out_id FROM delivered WHERE message_out_id IN ({marks})",
-                    chunk,
-                )
-            )
-        return done
+        return _delivered(inb, ids)
 
-    def _commit(self, session_id: str, inb: sqlite3.Connection, intent: str | None,
-                now: datetime) -> bool:  # fmt: skip
-        """The session's uncommitted outcomes (one transaction, only when there are some),
-        then (optionally) the send intent of the next row. False when either could not be
-        written (then no send)."""
+    async def _commit(self, session_id: str, paths: SessionPaths, intent: str | None,
+                      now: datetime) -> bool:  # fmt: skip
+        """The session's uncommitted outcomes (one transaction, only when there are some,
+        on the session's writer thread: off the event loop, issue 19), then (optionally)
+        the send intent of the next row. False when either could not be written (then no
+        send). Awaited: the outcomes are on disk before the intent is recorded."""
         rec = self._pending(session_id)
         if rec:
             finished = [*rec.outcomes, *rec.attempts]
+            # a snapshot: the thread writes it while the loop runs on (a session's drains
+            # are serial, so nothing is added to its records meanwhile)
+            snap = Records(dict(rec.outcomes), dict(rec.attempts), rec.cursor)
+
+            def write(conn: sqlite3.Connection) -> None:
+                with transaction(conn):
+                    snap.write(conn)
+
             try:
-                with transaction(inb):
-                    rec.write(inb)
-            except sqlite3.Error as exc:
+                await self.sessions.writers.call(session_id, paths, write)
+            except (sqlite3.Error, OSError) as exc:
                 logger.warning("delivery records of session %s not written (kept, retried): %s",
                                session_id, exc)  # fmt: skip
                 return False
-            self._records.pop(session_id, None)
+            if self._records.get(session_id) is rec:
+                self._records.pop(session_id, None)
+            held = self._cursors.get(session_id)
+            if snap.cursor is not None and held is not None and held[0] == rec.inode:
+                self._cursors[session_id] = (held[0], snap.cursor)
+            elif snap.cursor is not None:
+                self._cursors.pop(session_id, None)  # read again at the next pass
             self.intents.done(session_id, finished)
         if intent is not None:
             try:
@@ -223,14 +230,24 @@ class Delivery:
         if not paths.outbound.exists() or not paths.inbound.exists():
             return result
         try:
-            inb = self._open(paths)
+            # the reads of inbound.db run on the session's writer thread, after its pending
+            # writes: the event loop never waits on a lock held by a commit (issue 19)
+            ino = os.stat(paths.inbound).st_ino
+            known_cursor = self._cursors.get(session_id)
+            if known_cursor is not None and known_cursor[0] == ino:
+                cursor = known_cursor[1]  # this host writes the cursor: no read needed
+            else:
+                cursor = await self.sessions.writers.call(session_id, paths, _tables_and_cursor)
+                self._cursors[session_id] = (ino, cursor)
+            self.sessions.note_out_seq(session_id, cursor)  # other_max needs no read then
+            inb = self.sessions.open_inbound(paths)  # a live session's kept one: no I/O
+        except FileNotFoundError:
+            return result
         except sqlite3.Error as exc:
             logger.warning("delivery of session %s waits: %s", session_id, exc)
             result.next_retry = now + timedelta(seconds=RECORD_RETRY_S)
             return result
         try:
-            cur = inb.execute("SELECT seq FROM carapace_delivery_cursor WHERE id=1").fetchone()
-            cursor = int(cur[0]) if cur else 0
             try:
                 rows = await self.outbox.call(read_rows, paths.outbound, cursor)
             except FileNotFoundError:
@@ -250,22 +267,16 @@ class Delivery:
             if rec.inode and rec.inode != inode:  # records of a deleted, re-made folder
                 rec = self._records[session_id] = Records()
             rec.inode = inode
-            done = self._done(inb, ids) | set(rec.outcomes)
-            marks = ",".join("?" for _ in rows)
-            states = {
-                r["message_out_id"]: r
-                for r in inb.execute(
-                    f"SELECT * FROM carapace_delivery WHERE message_out_id IN ({marks})", ids
+            try:
+                known, states, intents = await self.sessions.writers.call(
+                    session_id, paths, functools.partial(_known, ids=ids)
                 )
-            }
-            intents = {  # what a version before the intent log committed (issue 14)
-                r[0]
-                for r in inb.execute(
-                    f"SELECT message_out_id FROM carapace_send_intent WHERE message_out_id IN "
-                    f"({marks})",
-                    ids,
-                )
-            }
+            except (OSError, sqlite3.Error) as exc:
+                logger.warning("delivery of session %s waits: %s", session_id, exc)
+                result.next_retry = now + timedelta(seconds=RECORD_RETRY_S)
+                result.more = False
+                return result
+            done = known | set(rec.outcomes)
             blocked: set[tuple[Any, ...]] = set()
             new_cursor, contiguous = cursor, True
             written = cursor  # the cursor as last committed in this pass
@@ -286,7 +297,9 @@ class Delivery:
                 async with turn or contextlib.nullcontext():
                     # an intent from before (a crash), looked up before this send's own
                     resend = row["id"] in intents or self.intents.maybe_sent(session_id, row["id"])
-                    if not self._commit(session_id, inb, row["id"], now):  # the intent, first
+                    if not await self._commit(
+                        session_id, paths, row["id"], now
+                    ):  # the intent, first
                         retry = now + timedelta(seconds=RECORD_RETRY_S)
                         result.next_retry = min(result.next_retry or retry, retry)
                         result.more = False
@@ -300,7 +313,7 @@ class Delivery:
                         moves = outcome is not None and contiguous
                         if moves:  # the cursor rides along (no commit of its own after)
                             self._pending(session_id).cursor = row["seq"]
-                        if self._commit(session_id, inb, None, now) and moves:
+                        if await self._commit(session_id, paths, None, now) and moves:
                             written = row["seq"]
                 if outcome is None:
                     contiguous = False
@@ -321,7 +334,7 @@ class Delivery:
                 result.more = False  # nothing moved: no busy loop over a blocked full batch
             elif new_cursor != written:
                 self._pending(session_id).cursor = new_cursor
-            if not self._commit(session_id, inb, None, now):
+            if not await self._commit(session_id, paths, None, now):
                 retry = now + timedelta(seconds=RECORD_RETRY_S)
                 result.next_retry = min(result.next_retry or retry, retry)
                 result.more = False
@@ -341,7 +354,7 @@ class Delivery:
         return self._unknown_fate.setdefault(str(ct), asyncio.Lock())
 
     @staticmethod
-    def _state(rec: Records, states: dict[str, sqlite3.Row], rid: str) -> dict[str, Any] | None:
+    def _state(rec: Records, states: dict[str, dict[str, Any]], rid: str) -> dict[str, Any] | None:
         """The row's attempt state: committed, with what this host has not written yet."""
         st = states.get(rid)
         out: dict[str, Any] | None = dict(st) if st is not None else None
@@ -374,7 +387,7 @@ class Delivery:
         paths: SessionPaths,
         row: OutRow,
         inb: sqlite3.Connection,
-        states: dict[str, sqlite3.Row],
+        states: dict[str, dict[str, Any]],
         now: datetime,
         resend: bool = False,
     ) -> str | None:
@@ -559,6 +572,54 @@ class Delivery:
             question_delivered(self.db, str(content.get("questionId")), pm, now)
         clear_outbox(paths, row["id"])
         return pm
+
+
+def _delivered(inb: sqlite3.Connection, ids: list[str]) -> set[str]:
+    done: set[str] = set()
+    for i in range(0, len(ids), 500):
+        chunk = ids[i : i + 500]
+        marks = ",".join("?" for _ in chunk)
+        done.update(
+            r[0]
+            for r in inb.execute(
+                f"SELECT message_out_id FROM delivered WHERE message_out_id IN ({marks})", chunk
+            )
+        )
+    return done
+
+
+def _tables_and_cursor(inb: sqlite3.Connection) -> int:
+    """The host's delivery tables (made when missing: a session folder made again) and the
+    delivery cursor. On the session's writer thread."""
+    if not has_table(inb, NEWEST_HOST_TABLE):
+        with transaction(inb):
+            for stmt in HOST_TABLES.split(";"):
+                if stmt.strip():
+                    inb.execute(stmt)
+    cur = inb.execute("SELECT seq FROM carapace_delivery_cursor WHERE id=1").fetchone()
+    return int(cur[0]) if cur else 0
+
+
+def _known(
+    inb: sqlite3.Connection, ids: list[str]
+) -> tuple[set[str], dict[str, dict[str, Any]], set[str]]:
+    """What inbound.db knows of these outbound rows: done, attempt states, and the send
+    intents an older version committed (issue 14). On the session's writer thread."""
+    marks = ",".join("?" for _ in ids)
+    states = {
+        r["message_out_id"]: dict(r)
+        for r in inb.execute(
+            f"SELECT * FROM carapace_delivery WHERE message_out_id IN ({marks})", ids
+        )
+    }
+    intents = {
+        r[0]
+        for r in inb.execute(
+            f"SELECT message_out_id FROM carapace_send_intent WHERE message_out_id IN ({marks})",
+            ids,
+        )
+    }
+    return _delivered(inb, ids), states, intents
 
 
 def _answers(value: object) -> tuple[str, ...]:

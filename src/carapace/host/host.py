@@ -38,6 +38,7 @@ from carapace.db.session import SessionPaths
 from carapace.errors import CarapaceError, ConfigError, no_space
 from carapace.host import groupfiles, host_runners, host_sweep, host_watch, work_index
 from carapace.host.actions import SystemActions
+from carapace.host.checkpointer import Checkpointer
 from carapace.host.delivery import Delivery
 from carapace.host.host_runners import SpawnHealth
 from carapace.host.pool import RunnerPool, cleanup_orphans
@@ -119,6 +120,7 @@ class Host:
         self.adapters: dict[str, ChannelAdapter] = {c.channel_type: c for c in channels}
         self.sessions = SessionManager(home, self.db)
         self.sessions.on_folder_remade = self._on_folder_remade
+        self._checkpointer: Checkpointer | None = None
         self.proxy: HostProxy | None = None
         try:
             from carapace.host.preview import check_stream_settings
@@ -347,6 +349,9 @@ class Host:
         install_approvals(self, background=background)
         self._background = background
         if background:
+            # WAL checkpoints (a copy and an fsync) off the loop's central-DB commits
+            self._checkpointer = Checkpointer(self.home.central_db, self.db)
+            await self._checkpointer.start_async()
             if self.options.watch:
                 host_watch.start(self)
             self._sweep_event = asyncio.Event()
@@ -356,8 +361,9 @@ class Host:
 
                 self._admin_server = AdminServer(self)
                 await self._admin_server.start()
+        mechanism = await asyncio.to_thread(limits_mechanism)  # may run systemctl: not on the loop
         logger.info("host started for %s; runner backend: %s; runner limits: %s",
-                    self.home.root, self.backend_note, limits_mechanism())  # fmt: skip
+                    self.home.root, self.backend_note, mechanism)  # fmt: skip
 
     async def rebuild_work_index(self) -> int:
         """Index every session whose files hold work (``host/work_index.py``): what NanoClaw
@@ -405,6 +411,10 @@ class Host:
             done, _ = await asyncio.wait(list(self._tasks), timeout=0.5)
             for task in done:
                 self._tasks.discard(task)
+        await self.sessions.drain_writes()  # every write submitted is on disk (issue 19)
+        if self._checkpointer is not None:
+            await asyncio.to_thread(self._checkpointer.stop)
+            self._checkpointer = None
         host_watch.stop(self)
         remove_projection_hook(self._hook)
         if self._lock_fh is not None:
@@ -416,6 +426,10 @@ class Host:
         self._closed = True
         with contextlib.suppress(sqlite3.Error):
             self.sessions.release_all()
+        self.sessions.writers.close()  # runs what is queued, then ends the threads
+        if self._checkpointer is not None:
+            self._checkpointer.stop()
+            self._checkpointer = None
         if self.proxy is not None:
             self.proxy.close()
         self.delivery.outbox.close()

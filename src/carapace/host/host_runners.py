@@ -22,7 +22,7 @@ from carapace.host.sweep import (
     ACK_BATCH,
     ACK_FLUSH_S,
     SLA_CHECK_S,
-    apply_acks,
+    apply_acks_on,
     due_iso,
     idle_since,
     new_acks,
@@ -204,7 +204,9 @@ async def flush_acks(host: Host, session_id: str) -> None:
     session = host.sessions.get(session_id)
     if due and session is not None:
         try:
-            task = await asyncio.to_thread(apply_acks, host.sessions.paths(session), due)
+            task = await host.sessions.writers.call(  # after the session's other writes
+                session_id, host.sessions.paths(session), functools.partial(apply_acks_on, done=due)
+            )
         except (OSError, sqlite3.Error) as exc:  # e.g. the session folder was deleted
             logger.warning("acks of session %s not copied now (the sweep will): %s",
                            session_id, exc)  # fmt: skip

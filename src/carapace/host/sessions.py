@@ -46,13 +46,14 @@ from carapace.db.sessions import (
 )
 from carapace.errors import StoreError
 from carapace.host import groupfiles, outbox_reader
+from carapace.host.session_writer import SessionWriters
 from carapace.jsonutil import dumps, loads_or
 from carapace.timefmt import iso, new_id, sqlite_ts
 
 logger = logging.getLogger(__name__)
 
 MAX_ATTACHMENT_BYTES = 25 * 1024 * 1024
-GROUP_MAX = 256  # rows per group commit (bounds the work of one loop iteration)
+GROUP_MAX = 256  # rows per group commit (bounds one commit of the writer thread)
 _MIME_EXT = {
     "image/jpeg": "jpg", "image/png": "png", "image/gif": "gif", "image/webp": "webp",
     "application/pdf": "pdf", "text/plain": "txt", "audio/ogg": "ogg", "audio/mpeg": "mp3",
@@ -102,6 +103,11 @@ class SessionManager:
         self._out_max: dict[str, int] = {}
         self.live_check_s = 30.0  # the host's SLA check of a live runner (sweep.SLA_CHECK_S)
         self._groups: dict[str, list[tuple[dict[str, Any], asyncio.Future[int | None]]]] = {}
+        self._flushing: set[str] = set()  # sessions whose group commit is in flight
+        self._flush_tasks: set[asyncio.Task[None]] = set()
+        # grouped inbound writes and delivery's outcome commits run here, off the event
+        # loop, in submission order per session (host/session_writer.py, issue 19)
+        self.writers = SessionWriters()
         self._making: dict[str, asyncio.Event] = {}  # session folders being made off the loop
         # told when a session's folder turns out to have been deleted (and is made again):
         # a runner of that session still works on the deleted files (the host stops it)
@@ -121,6 +127,7 @@ class SessionManager:
         awaiting a read closes when that pass gives it back)."""
         conn = self._kept.pop(session_id, None)
         self._kept_ino.pop(session_id, None)
+        self.writers.forget(session_id)
         if conn is not None and not self._uses.get(id(conn)):
             self._uses.pop(id(conn), None)
             conn.close()
@@ -175,7 +182,7 @@ class SessionManager:
             self.done_with(conn)
 
     def note_out_seq(self, session_id: str, seq: int) -> None:
-        if seq > self._out_max.get(session_id, 0):
+        if seq > self._out_max.get(session_id, -1):
             self._out_max[session_id] = seq
 
     def paths(self, session: Session) -> SessionPaths:
@@ -250,14 +257,20 @@ class SessionManager:
             mg_key, thread_key = messaging_group_id, thread_id
         else:
             mg_key, thread_key = messaging_group_id, None
-        with transaction(self.db):
-            found = find_session(self.db, agent_group_id, mg_key, thread_key)
-            if found is not None:
-                created = False
-                session = found
-            else:
-                session = create_session(self.db, agent_group_id, mg_key, thread_key, now=now)
-                created = True
+        # a read first: the session exists for nearly every message, and a write
+        # transaction on the central DB per message cost more than the lookup itself
+        found = find_session(self.db, agent_group_id, mg_key, thread_key)
+        created = False
+        if found is not None:
+            session = found
+        else:
+            with transaction(self.db):  # find-or-create, atomic against another creator
+                found = find_session(self.db, agent_group_id, mg_key, thread_key)
+                if found is not None:
+                    session = found
+                else:
+                    session = create_session(self.db, agent_group_id, mg_key, thread_key, now=now)
+                    created = True
         paths = self.paths(session)
         make = created or (session.id not in self._making and not paths.inbound.exists())
         if make:
@@ -297,10 +310,11 @@ class SessionManager:
     async def write_grouped(
         self, session: Session, row: dict[str, Any], *, now: datetime
     ) -> int | None:
-        """:meth:`write_message` with group commit (issue 19): rows for one session that
-        arrive while the event loop is busy (a burst, several adapters at once) share one
-        durable commit; a lone row is committed in the next loop iteration, with no wait
-        for company. Returns the seq once the row is durable (None: the id existed)."""
+        """:meth:`write_message` with group commit (issue 19), committed by the session's
+        writer thread: rows for one session that arrive while a commit is in flight (or in
+        the same pass of the event loop) share the next durable commit; a lone row goes at
+        once, with no wait for company. Returns the seq once the row is durable (None: the
+        id existed); a failed commit (a full disk) raises here and nothing is stored."""
         paths = self.paths(session)
         row = dict(row)
         if "content" in row and isinstance(row["content"], str):
@@ -308,42 +322,80 @@ class SessionManager:
         row.setdefault("series_id", row["id"])
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[int | None] = loop.create_future()
-        group = self._groups.setdefault(session.id, [])
-        group.append((row, fut))
-        if len(group) == 1:
-            loop.call_soon(self._flush_group, session, now)
+        self._groups.setdefault(session.id, []).append((row, fut))
+        if session.id not in self._flushing:
+            self._flushing.add(session.id)
+            task = loop.create_task(self._flush_groups(session, now))
+            self._flush_tasks.add(task)
+            task.add_done_callback(self._flush_tasks.discard)
         return await fut
 
-    def _flush_group(self, session: Session, now: datetime) -> None:
-        group = self._groups.pop(session.id, [])
-        batch, rest = group[:GROUP_MAX], group[GROUP_MAX:]
-        if rest:  # the next commit takes the rest (bounded work per loop iteration)
-            self._groups[session.id] = rest
-            asyncio.get_running_loop().call_soon(self._flush_group, session, now)
-        results: list[int | BaseException | None] = []
+    async def drain_writes(self) -> None:
+        """Wait until every grouped write and writer job submitted so far is on disk (the
+        host's stop: nothing a sender was about to hear of is left behind)."""
+        while self._flush_tasks:
+            await asyncio.gather(*list(self._flush_tasks), return_exceptions=True)
+        await self.writers.drain()
+
+    async def _flush_groups(self, session: Session, now: datetime) -> None:
+        """One commit after another while rows wait (each takes what came meanwhile)."""
+        try:
+            while group := self._groups.pop(session.id, None):
+                batch, rest = group[:GROUP_MAX], group[GROUP_MAX:]
+                if rest:
+                    self._groups[session.id] = rest
+                await self._flush_group(session, batch, now)
+        finally:
+            self._flushing.discard(session.id)
+            for _row, fut in self._groups.pop(session.id, []):  # cancelled: none is stored
+                if not fut.done():
+                    fut.cancel()
+
+    async def _flush_group(
+        self,
+        session: Session,
+        batch: list[tuple[dict[str, Any], asyncio.Future[int | None]]],
+        now: datetime,
+    ) -> None:
+        rows = [r for r, fut in batch if not fut.done()]
+        if not rows:
+            return
+        known = self._out_max.get(session.id)
+        sid = session.id
+
+        def insert(conn: sqlite3.Connection) -> list[int | BaseException | None]:
+            """On the writer thread: one durable transaction for the batch."""
+            out: list[int | BaseException | None] = []
+            with transaction(conn, durable=True):
+                other = known if known is not None else _cursor(conn)
+                for row in rows:
+                    if conn.execute(
+                        "SELECT 1 FROM messages_in WHERE id=?", (row["id"],)
+                    ).fetchone():
+                        out.append(None)
+                        continue
+                    try:  # one statement: a refusal leaves the batch's other rows alone
+                        out.append(insert_message_in(conn, row, other_max=other))
+                    except sqlite3.IntegrityError as exc:  # the id was checked just above
+                        out.append(_refused(sid, row["id"], exc))
+            return out
+
         try:
             # indexed before stored (a full central DB refuses the batch: the senders hear it)
             due = None
             if session.id in self._kept:
                 due = iso(now + timedelta(seconds=self.live_check_s))
             self.mark_work(session.id, due or iso(now))
-            with self.inbound(self.paths(session)) as conn, transaction(conn, durable=True):
-                other = self.other_max(session.id, conn)
-                for row, _fut in batch:
-                    if conn.execute(
-                        "SELECT 1 FROM messages_in WHERE id=?", (row["id"],)
-                    ).fetchone():
-                        results.append(None)
-                        continue
-                    try:  # one statement: a refusal leaves the batch's other rows alone
-                        results.append(insert_message_in(conn, row, other_max=other))
-                    except sqlite3.IntegrityError as exc:  # the id was checked just above
-                        results.append(_refused(session.id, row["id"], exc))
+            results = await self.writers.call(session.id, self.paths(session), insert)
         except Exception as exc:
             for _row, fut in batch:
                 if not fut.done():
                     fut.set_exception(exc)
             return
+        except BaseException:  # cancelled: the senders are not told it is stored
+            for _row, fut in batch:
+                fut.cancel()
+            raise
         if any(isinstance(r, int) for r in results):
             try:
                 self.db.execute(
@@ -351,9 +403,11 @@ class SessionManager:
                 )
             except sqlite3.OperationalError as exc:  # bookkeeping only: the rows are stored
                 logger.warning("last_active of session %s not updated: %s", session.id, exc)
-        for (_row, fut), seq in zip(batch, results, strict=True):
-            if fut.done():
+        pending = iter(results)
+        for _row, fut in batch:
+            if fut.done():  # cancelled before the batch was taken: not in ``rows``
                 continue
+            seq = next(pending)
             if isinstance(seq, BaseException):
                 fut.set_exception(seq)
             else:
@@ -364,13 +418,10 @@ class SessionManager:
         ``outbound.db``: what delivery last read, or the delivery cursor (every row at or
         below it was read). Seqs stay unique by parity; cross-table order is approximate
         only for rows the host has not read yet, as with any read made a moment earlier."""
-        known = self._out_max.get(session_id, 0)
-        try:
-            row = inb.execute("SELECT seq FROM carapace_delivery_cursor WHERE id=1").fetchone()
-        except sqlite3.OperationalError:  # no delivery yet: the table comes with the first
-            row = None
-        cursor = int(row[0]) if row is not None and isinstance(row[0], int) else 0
-        return max(known, cursor)
+        known = self._out_max.get(session_id)
+        if known is not None:  # every cursor delivery wrote or read is noted: known >= it
+            return known
+        return _cursor(inb)  # nothing delivered since the host started: one read
 
     def notify_agent(
         self, session: Session, text: str, *, now: datetime, prefix: str = "sys"
@@ -525,6 +576,15 @@ class SessionManager:
 
 def sqlite_due(when: datetime) -> str:
     return sqlite_ts(when)
+
+
+def _cursor(inb: sqlite3.Connection) -> int:
+    """The delivery cursor of a session's inbound.db (0 before the first delivery)."""
+    try:
+        row = inb.execute("SELECT seq FROM carapace_delivery_cursor WHERE id=1").fetchone()
+    except sqlite3.OperationalError:  # no delivery yet: the table comes with the first
+        row = None
+    return int(row[0]) if row is not None and isinstance(row[0], int) else 0
 
 
 def _inode(path: Path) -> int:

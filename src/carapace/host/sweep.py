@@ -215,13 +215,18 @@ def apply_acks(paths: SessionPaths, done: dict[str, str]) -> bool:
     """:func:`_apply` on a connection of its own (for a worker thread). True when a task
     row was among them (the sweep then records its run)."""
     with contextlib.closing(open_inbound(paths)) as inb:
-        _apply(inb, done)
-        ids = list(done)[:MAX_IDS]
-        marks = ",".join("?" for _ in ids)
-        row = inb.execute(
-            f"SELECT 1 FROM messages_in WHERE kind='task' AND id IN ({marks}) LIMIT 1", ids
-        ).fetchone()
-        return row is not None
+        return apply_acks_on(inb, done)
+
+
+def apply_acks_on(inb: sqlite3.Connection, done: dict[str, str]) -> bool:
+    """:func:`apply_acks` on a given connection (the session's writer thread)."""
+    _apply(inb, done)
+    ids = list(done)[:MAX_IDS]
+    marks = ",".join("?" for _ in ids)
+    row = inb.execute(
+        f"SELECT 1 FROM messages_in WHERE kind='task' AND id IN ({marks}) LIMIT 1", ids
+    ).fetchone()
+    return row is not None
 
 
 def idle_since(paths: SessionPaths, now: datetime, started: datetime) -> datetime | None:

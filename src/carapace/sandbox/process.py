@@ -303,8 +303,9 @@ class ProcHandle:
     async def wait(self) -> int:
         code = await self.proc.wait()
         if self.cgroup is not None:
-            remove_cgroup(self.cgroup)
-            self.cgroup = None
+            cgroup, self.cgroup = self.cgroup, None
+            # cgroupfs reads and an rmdir can take tens of ms under load: not on the loop
+            await asyncio.to_thread(remove_cgroup, cgroup)
         return code
 
     def signal(self, sig: int) -> None:

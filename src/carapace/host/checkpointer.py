@@ -1,0 +1,85 @@
+"""Central-DB checkpoints off the event loop (issue 19).
+
+The host writes the central DB (WAL) on its event loop: work marks, ``last_active``, wake
+plans. SQLite checkpoints a WAL automatically in the commit that takes it past 1,000 pages,
+and a checkpoint copies pages into the database and fsyncs it: several ms on an idle disk,
+tens on a loaded one, inside one of those commits on the loop (``carapace bench scale``'s
+sweep showed a 7-13 ms stall in a one-row ``UPDATE``). A running host turns that off on
+its loop connection and checkpoints from a thread of its own instead, with a connection
+of its own: a ``PASSIVE`` checkpoint never blocks the loop's readers or writers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sqlite3
+import threading
+from pathlib import Path
+
+from carapace.db.connection import connect
+
+logger = logging.getLogger(__name__)
+
+INTERVAL_S = 1.0  # a checkpoint with nothing to copy costs a few µs
+AUTOCHECKPOINT_PAGES = 1000  # SQLite's default, given back to the loop connection on stop
+
+
+class Checkpointer:
+    def __init__(self, path: Path, loop_conn: sqlite3.Connection) -> None:
+        self.path = path
+        self.loop_conn = loop_conn
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Take over the loop connection's checkpoints (runs until :meth:`stop`)."""
+        if self._thread is not None:
+            return
+        self.loop_conn.execute("PRAGMA wal_autocheckpoint = 0")
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="carapace-checkpoint", daemon=True)
+        self._thread.start()
+
+    async def start_async(self) -> None:
+        """:meth:`start` for the event loop: the thread is started from a worker (starting a
+        thread waits for it to run: milliseconds on a busy machine)."""
+        if self._thread is not None:
+            return
+        self.loop_conn.execute("PRAGMA wal_autocheckpoint = 0")
+        self._stop.clear()
+        thread = threading.Thread(target=self._run, name="carapace-checkpoint", daemon=True)
+        self._thread = thread
+        await asyncio.to_thread(thread.start)
+
+    def _run(self) -> None:
+        conn: sqlite3.Connection | None = None
+        try:
+            conn = connect(self.path, "central")
+            while not self._stop.wait(INTERVAL_S):
+                self.checkpoint(conn)
+            self.checkpoint(conn)
+        except sqlite3.Error as exc:  # the loop connection checkpoints again from stop()
+            logger.warning("central DB checkpoints in the background stopped: %s", exc)
+        finally:
+            if conn is not None:
+                conn.close()
+
+    @staticmethod
+    def checkpoint(conn: sqlite3.Connection) -> None:
+        try:
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        except sqlite3.OperationalError as exc:  # busy, a full disk: the next one retries
+            logger.debug("central DB checkpoint: %s", exc)
+
+    def stop(self) -> None:
+        """End the thread (after one last checkpoint) and give the loop connection its
+        automatic checkpoints back."""
+        if self._thread is None:
+            return
+        self._stop.set()
+        self._thread.join()
+        self._thread = None
+        with contextlib.suppress(sqlite3.Error):
+            self.loop_conn.execute(f"PRAGMA wal_autocheckpoint = {AUTOCHECKPOINT_PAGES}")

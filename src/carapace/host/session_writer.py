@@ -1,0 +1,169 @@
+"""Session-DB writes off the event loop (issue 19): a few writer threads, one per session.
+
+A durable commit to a session's ``inbound.db`` costs a millisecond or more (fsyncs), and
+when many runners commit at once their reactions used to run in one pass of the event
+loop: 100 chats stalled it for ~200 ms. Here the host's grouped inbound writes (router)
+and delivery's outcome commits run in a small pool of threads:
+
+* Every session is served by one thread (``hash(session id) % threads``), jobs run in the
+  order they were submitted, so one session's writes keep their order.
+* Each thread has its own connection per session (SQLite connections stay on the thread
+  that opened them); at most :data:`CONNS_PER_THREAD` are kept open (least recently used
+  closed first), a session's is closed by :meth:`SessionWriters.forget` (its runner ended)
+  and reopened when the file was replaced (a session folder deleted and made again).
+* The event loop awaits a future; it is resolved only after the job returned, so a
+  durable commit is durable before its caller (and the sender) hears of it, and an error
+  (a full disk) reaches the caller, who acknowledges nothing.
+* :meth:`SessionWriters.drain` waits for every job submitted before it; the host calls it
+  on stop, and :meth:`SessionWriters.close` then ends the threads.
+
+Callers batch: one job carries a whole group of rows (a thread hop per message would cost
+more than it saves).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import queue
+import sqlite3
+import threading
+import zlib
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from carapace.db.session import SessionPaths, open_inbound
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+THREADS = 2  # writer threads (commits mostly wait on the disk; the GIL is released there)
+CONNS_PER_THREAD = 64  # session connections a thread keeps open (LRU)
+
+_Job = tuple[str, SessionPaths | None, Callable[[sqlite3.Connection], Any] | None,
+             asyncio.AbstractEventLoop | None, asyncio.Future[Any] | None]  # fmt: skip
+
+
+class WritersClosed(RuntimeError):
+    """A write submitted after :meth:`SessionWriters.close`."""
+
+
+def _resolve(fut: asyncio.Future[Any], ok: bool, value: Any) -> None:
+    if fut.done():  # the caller was cancelled meanwhile
+        return
+    if ok:
+        fut.set_result(value)
+    else:
+        fut.set_exception(value)
+
+
+class _Worker:
+    def __init__(self, name: str) -> None:
+        self.jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self.conns: OrderedDict[str, tuple[sqlite3.Connection, int]] = OrderedDict()
+        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self.thread.start()
+
+    def _conn(self, session_id: str, paths: SessionPaths) -> sqlite3.Connection:
+        ino = os.stat(paths.inbound).st_ino  # FileNotFoundError: the caller hears it
+        held = self.conns.get(session_id)
+        if held is not None:
+            if held[1] == ino:
+                self.conns.move_to_end(session_id)
+                return held[0]
+            self._drop(session_id)  # the folder was made again: the old file is gone
+        conn = open_inbound(paths)
+        self.conns[session_id] = (conn, ino)
+        while len(self.conns) > CONNS_PER_THREAD:
+            self._drop(next(iter(self.conns)))
+        return conn
+
+    def _drop(self, session_id: str) -> None:
+        held = self.conns.pop(session_id, None)
+        if held is not None:
+            with contextlib.suppress(sqlite3.Error):
+                held[0].close()
+
+    def _run(self) -> None:
+        while True:
+            job = self.jobs.get()
+            if job is None:
+                break
+            session_id, paths, fn, loop, fut = job
+            if fn is None or paths is None:  # forget
+                self._drop(session_id)
+                ok, value = True, None
+            else:
+                try:
+                    conn = self._conn(session_id, paths)
+                    ok, value = True, fn(conn)
+                except BaseException as exc:  # handed to the caller, raised there
+                    ok, value = False, exc
+                    if isinstance(exc, sqlite3.Error):  # a connection in doubt: open anew
+                        self._drop(session_id)
+            if loop is not None and fut is not None:
+                with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+                    loop.call_soon_threadsafe(_resolve, fut, ok, value)
+        for sid in list(self.conns):
+            self._drop(sid)
+
+
+class SessionWriters:
+    """The writer threads of one host (started at first use)."""
+
+    def __init__(self, threads: int = THREADS) -> None:
+        self.threads = max(1, threads)
+        self._workers: list[_Worker] = []
+        self._closed = False
+        self._lock = threading.Lock()
+
+    def _worker(self, session_id: str) -> _Worker:
+        if self._closed:
+            raise WritersClosed("session writers are closed")
+        if not self._workers:
+            with self._lock:
+                if not self._workers:
+                    self._workers = [_Worker(f"carapace-writer-{i}") for i in range(self.threads)]
+        return self._workers[zlib.crc32(session_id.encode()) % len(self._workers)]
+
+    async def call(
+        self, session_id: str, paths: SessionPaths, fn: Callable[[sqlite3.Connection], T]
+    ) -> T:
+        """Run ``fn(connection to the session's inbound.db)`` on the session's thread, after
+        every job submitted for it before; its result, or its exception raised here."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[T] = loop.create_future()
+        self._worker(session_id).jobs.put((session_id, paths, fn, loop, fut))
+        return await fut
+
+    def forget(self, session_id: str) -> None:
+        """Close the session's connection (after its pending jobs)."""
+        if self._workers and not self._closed:
+            self._worker(session_id).jobs.put((session_id, None, None, None, None))
+
+    async def drain(self) -> None:
+        """Wait until every job submitted so far has run."""
+        if not self._workers or self._closed:
+            return
+        loop = asyncio.get_running_loop()
+        futs: list[asyncio.Future[Any]] = []
+        for w in self._workers:
+            fut: asyncio.Future[Any] = loop.create_future()
+            w.jobs.put(("", None, None, loop, fut))
+            futs.append(fut)
+        await asyncio.gather(*futs)
+
+    def close(self) -> None:
+        """End the threads once their queued jobs have run (they are all written), closing
+        their connections."""
+        if self._closed:
+            return
+        self._closed = True
+        for w in self._workers:
+            w.jobs.put(None)
+        for w in self._workers:
+            w.thread.join()

@@ -1,0 +1,35 @@
+"""Issue 19: a running host checkpoints the central DB's WAL from a thread of its own, not
+inside a commit on its event loop."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from carapace.db.connection import connect
+from carapace.host import checkpointer
+from carapace.host.checkpointer import AUTOCHECKPOINT_PAGES, Checkpointer
+
+
+def test_checkpoints_move_off_the_loop_connection_and_come_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(checkpointer, "INTERVAL_S", 3600.0)  # only stop()'s checkpoint
+    path = tmp_path / "v2.db"
+    loop_conn = connect(path, "central")
+    try:
+        loop_conn.execute("CREATE TABLE t (x TEXT)")
+        cp = Checkpointer(path, loop_conn)
+        cp.start()
+        assert loop_conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+        for _ in range(50):  # commits on the "loop": the WAL grows, none checkpoints there
+            loop_conn.execute("INSERT INTO t VALUES (?)", ("x" * 4000,))
+        assert path.stat().st_size < 50 * 4000  # all of it still in the WAL
+        cp.stop()  # a last checkpoint, then the loop connection checkpoints by itself again
+        assert loop_conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == AUTOCHECKPOINT_PAGES
+        assert path.stat().st_size > 50 * 4000  # the thread copied it into the database
+        assert loop_conn.execute("SELECT COUNT(*) FROM t").fetchone()[0] == 50
+        cp.stop()  # idempotent
+    finally:
+        loop_conn.close()

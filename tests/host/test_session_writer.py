@@ -1,0 +1,274 @@
+"""Issue 19: session-DB commits run on writer threads, off the event loop. One session's
+writes keep their order across the thread hop, a failed commit (a full disk) reaches every
+caller with nothing stored, and a stop drains what was submitted."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from host_rig import Rig
+
+from carapace.bootstrap import init_home, open_home
+from carapace.config import Home
+from carapace.db import groups
+from carapace.db.session import init_session_folder
+from carapace.db.sessions import Session, create_session
+from carapace.host import sessions as sessions_mod
+from carapace.host.session_writer import SessionWriters, WritersClosed
+from carapace.host.sessions import SessionManager
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+@dataclass
+class Env:
+    mgr: SessionManager
+    session: Session
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Iterator[Env]:
+    home = Home(tmp_path / "home")
+    init_home(home)
+    db, _ = open_home(home)
+    mgr = SessionManager(home, db)
+    ag = groups.list_agent_groups(db)[0].id
+    session = create_session(db, ag, None, "t")
+    init_session_folder(mgr.paths(session))
+    try:
+        yield Env(mgr, session)
+    finally:
+        mgr.writers.close()
+        db.close()
+
+
+def _row(mid: str) -> dict[str, Any]:
+    return {"id": mid, "kind": "chat", "timestamp": "2026-01-01T00:00:00Z",
+            "platform_id": "p", "channel_type": "cli", "content": '{"text": "x"}'}  # fmt: skip
+
+
+def _stored(env: Env) -> list[tuple[str, int]]:
+    """``(id, seq)`` of messages_in, read with a fresh connection (what is on disk)."""
+    conn = sqlite3.connect(env.mgr.paths(env.session).inbound)
+    try:
+        return [(r[0], r[1]) for r in conn.execute("SELECT id, seq FROM messages_in ORDER BY seq")]
+    finally:
+        conn.close()
+
+
+def _hold(writers: SessionWriters, sid: str, env: Env) -> tuple[threading.Event, Any]:
+    """Block the session's writer thread until the event is set (rows pile up meanwhile)."""
+    gate, entered = threading.Event(), threading.Event()
+
+    def wait(conn: sqlite3.Connection) -> str:
+        entered.set()
+        gate.wait()
+        return threading.current_thread().name
+
+    task = asyncio.ensure_future(writers.call(sid, env.mgr.paths(env.session), wait))
+    return gate, (task, entered)
+
+
+def test_one_sessions_writes_keep_their_order_across_the_thread(env: Env) -> None:
+    """Rows written while earlier commits are in flight land in several commits; the seqs
+    follow the order the callers wrote in, and the commits ran on a writer thread."""
+    mgr, s = env.mgr, env.session
+
+    async def go() -> tuple[list[int | None], str]:
+        gate, (held, entered) = _hold(mgr.writers, s.id, env)
+        await asyncio.to_thread(entered.wait)
+        first = [asyncio.ensure_future(mgr.write_grouped(s, _row(f"a{i}"), now=NOW))
+                 for i in range(5)]  # fmt: skip
+        await asyncio.sleep(0)  # the first group is taken (queued behind the held job)
+        second = [asyncio.ensure_future(mgr.write_grouped(s, _row(f"b{i}"), now=NOW))
+                  for i in range(5)]  # fmt: skip
+        gate.set()
+        seqs = await asyncio.gather(*first, *second)
+        return list(seqs), await held
+
+    seqs, thread_name = asyncio.run(go())
+    assert thread_name.startswith("carapace-writer-")
+    assert thread_name != threading.current_thread().name
+    assert all(isinstance(q, int) for q in seqs)
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+    assert [mid for mid, _ in _stored(env)] == [f"a{i}" for i in range(5)] + [
+        f"b{i}" for i in range(5)
+    ]
+
+
+def test_jobs_of_one_session_run_in_submission_order(env: Env) -> None:
+    """Jobs of one session (router groups, delivery outcomes) run one after another in the
+    order submitted, whatever thread serves other sessions."""
+    writers = SessionWriters(threads=3)
+    seen: list[int] = []
+
+    def job(i: int) -> Any:
+        def run(conn: sqlite3.Connection) -> int:
+            seen.append(i)
+            return i
+
+        return run
+
+    async def go() -> list[int]:
+        paths = env.mgr.paths(env.session)
+        return list(await asyncio.gather(*(writers.call(env.session.id, paths, job(i))
+                                           for i in range(50))))  # fmt: skip
+
+    try:
+        assert asyncio.run(go()) == list(range(50))
+        assert seen == list(range(50))
+    finally:
+        writers.close()
+
+
+def test_a_failed_commit_reaches_every_caller_and_stores_nothing(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk mid-batch: the whole group commit rolls back; every caller of that
+    group gets the error (none hears "stored", so nothing is acknowledged to a sender), and
+    the next write, once the disk has room again, goes through."""
+    mgr, s = env.mgr, env.session
+    real = sessions_mod.insert_message_in
+    calls = 0
+
+    def full_on_second(conn: sqlite3.Connection, row: dict[str, Any], **kw: Any) -> int:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise sqlite3.OperationalError("database or disk is full")
+        return real(conn, row, **kw)
+
+    monkeypatch.setattr(sessions_mod, "insert_message_in", full_on_second)
+
+    async def go() -> list[Any]:
+        return list(await asyncio.gather(*(mgr.write_grouped(s, _row(f"m{i}"), now=NOW)
+                                           for i in range(3)), return_exceptions=True))  # fmt: skip
+
+    results = asyncio.run(go())
+    assert calls == 2  # one batch: the first row was inserted, then rolled back
+    assert all(isinstance(r, sqlite3.OperationalError) for r in results), results
+    assert _stored(env) == []
+    monkeypatch.setattr(sessions_mod, "insert_message_in", real)
+    assert isinstance(asyncio.run(mgr.write_grouped(s, _row("later"), now=NOW)), int)
+    assert [mid for mid, _ in _stored(env)] == ["later"]
+
+
+def test_a_failed_commit_fails_the_route_so_the_channel_does_not_acknowledge(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The router re-raises an operational error (the channel retries; it acknowledges only
+    a route that returned). Here: the error crosses the thread back to the caller."""
+
+    def full(conn: sqlite3.Connection, row: dict[str, Any], **kw: Any) -> int:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(sessions_mod, "insert_message_in", full)
+    with pytest.raises(sqlite3.OperationalError, match="disk is full"):
+        asyncio.run(env.mgr.write_grouped(env.session, _row("x"), now=NOW))
+    assert _stored(env) == []
+
+
+def test_stop_drains_pending_writes(env: Env) -> None:
+    """Writes submitted before a stop are on disk when ``drain_writes`` returns, even those
+    still waiting behind a commit in flight; ``close`` then ends the threads, and a write
+    after that is refused (not silently dropped)."""
+    mgr, s = env.mgr, env.session
+
+    async def go() -> list[asyncio.Future[int | None]]:
+        gate, (held, entered) = _hold(mgr.writers, s.id, env)
+        await asyncio.to_thread(entered.wait)
+        pending = [asyncio.ensure_future(mgr.write_grouped(s, _row(f"m{i}"), now=NOW))
+                   for i in range(4)]  # fmt: skip
+        await asyncio.sleep(0)
+        assert _stored(env) == []  # all still waiting behind the held job
+        draining = asyncio.ensure_future(mgr.drain_writes())
+        await asyncio.sleep(0)
+        assert not draining.done()
+        gate.set()
+        await draining
+        assert [mid for mid, _ in _stored(env)] == [f"m{i}" for i in range(4)]
+        await held
+        return pending
+
+    pending = asyncio.run(go())
+    assert all(isinstance(f.result(), int) for f in pending)
+    mgr.writers.close()
+    with pytest.raises(WritersClosed):
+        asyncio.run(mgr.write_grouped(s, _row("late"), now=NOW))
+    assert "late" not in [mid for mid, _ in _stored(env)]
+
+
+def test_close_runs_queued_jobs_before_ending_the_threads(env: Env) -> None:
+    """``close`` (the host's last step) runs what is queued before the threads end."""
+    writers = SessionWriters(threads=1)
+    gate = threading.Event()
+    ran: list[str] = []
+    paths = env.mgr.paths(env.session)
+
+    async def submit() -> None:
+        loop = asyncio.get_running_loop()
+        submitted = []
+        for name in ("held", "queued-1", "queued-2"):
+
+            def job(conn: sqlite3.Connection, name: str = name) -> None:
+                if name == "held":
+                    gate.wait()
+                ran.append(name)
+
+            submitted.append(asyncio.ensure_future(writers.call(env.session.id, paths, job)))
+        await asyncio.sleep(0)  # submitted; nobody awaits them
+        assert loop.is_running() and not any(f.done() for f in submitted)
+
+    asyncio.run(submit())
+    closer = threading.Thread(target=writers.close)
+    closer.start()
+    gate.set()
+    closer.join()
+    assert ran == ["held", "queued-1", "queued-2"]
+
+
+def test_delivery_keeps_its_cursor_and_reads_a_remade_file_again(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Delivery writes the cursor itself, so it reads it from inbound.db once per file (one
+    writer-thread hop less per pass); a file made again (a new inode) is read again, and
+    its cursor starts over."""
+    import shutil
+
+    from carapace.channels.fake import make_event
+    from carapace.host import delivery as delivery_mod
+
+    reads: list[str] = []
+    real = delivery_mod._tables_and_cursor
+
+    def counted(conn: sqlite3.Connection) -> int:
+        reads.append("cursor")
+        return real(conn)
+
+    monkeypatch.setattr(delivery_mod, "_tables_and_cursor", counted)
+    ag = rig.agent()
+    rig.wire(rig.chat("chan"), ag)
+    rig.run(rig.host.route(make_event("hi", platform_id="chan", id="m1")))
+    [s] = rig.sessions()
+    rig.reply(s, {"text": "one"}, channel_type="fake", platform_id="chan")
+    assert rig.run(rig.host.deliver_once(s.id)) == 1
+    rig.reply(s, {"text": "two"}, channel_type="fake", platform_id="chan")
+    assert rig.run(rig.host.deliver_once(s.id)) == 1
+    assert reads == ["cursor"] and rig.channel.texts() == ["one", "two"]
+    paths = rig.host.sessions.paths(s)
+    rig.host.sessions.release_all()
+    tmp = paths.inbound.with_name("copy.db")
+    shutil.copyfile(paths.inbound, tmp)
+    os.replace(tmp, paths.inbound)  # the same content in a new file: a new inode
+    rig.reply(s, {"text": "three"}, channel_type="fake", platform_id="chan")
+    assert rig.run(rig.host.deliver_once(s.id)) == 1
+    assert reads == ["cursor", "cursor"] and rig.channel.texts() == ["one", "two", "three"]
