@@ -224,6 +224,27 @@ def test_deleted_session_folder_gets_its_replies_without_restart(rig: Rig) -> No
     assert rig.channel.texts() == ["one", "two"]
 
 
+def test_deleted_folder_with_a_reused_inode_number_still_gets_its_replies(rig: Rig) -> None:
+    """A freed inode number can come back for the new inbound.db: delivery must not trust
+    its kept cursor (of the old file), nor expect the old file's host tables (CI saw a
+    session wedged on "no such table: carapace_delivery")."""
+    s = _session(rig)
+    rig.reply(s, {"text": "one"}, channel_type="fake", platform_id="chan")
+    rig.reply(s, {"text": "one more"}, channel_type="fake", platform_id="chan")
+    assert rig.run(rig.host.deliver_once(s.id)) == 2
+    old = os.stat(rig.paths(s).inbound).st_ino
+    rig.host.delivery._cursors[s.id] = (old, 2)  # kept per file, as after a pass reads it
+    shutil.rmtree(rig.paths(s).root)
+    rig.run(rig.host.route(make_event("again", platform_id="chan", id="m2")))
+    assert s.id not in rig.host.delivery._cursors  # the re-made folder: forgotten
+    # as if the new file had the old one's inode number: the kept cursor names it
+    inode = os.stat(rig.paths(s).inbound).st_ino
+    rig.host.delivery._cursors[s.id] = (inode, 0)
+    rig.reply(s, {"text": "two"}, channel_type="fake", platform_id="chan")
+    assert rig.run(rig.host.deliver_once(s.id)) == 1  # the new file has no host tables yet
+    assert rig.channel.texts() == ["one", "one more", "two"]
+
+
 def test_outbox_file_missing_and_no_text_is_failed_and_told(rig: Rig) -> None:
     s = _session(rig)
     r = rig.reply(s, {"text": "", "files": ["gone.pdf"]}, channel_type="fake",

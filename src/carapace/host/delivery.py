@@ -130,12 +130,15 @@ class Delivery:
         connection; give it back with ``sessions.done_with``). Checked on every open (one
         indexed read): a session folder deleted and made again gets them back."""
         inb = self.sessions.open_inbound(paths)
-        if not has_table(inb, NEWEST_HOST_TABLE):
-            with transaction(inb):
-                for stmt in HOST_TABLES.split(";"):
-                    if stmt.strip():
-                        inb.execute(stmt)
+        _host_tables(inb)
         return inb
+
+    def folder_remade(self, session_id: str) -> None:
+        """The session's folder was deleted and made again: what this host kept of the old
+        files (the cursor; a writer thread's connection) is dropped, whatever inode number
+        the new file got (a freed one can come back)."""
+        self._cursors.pop(session_id, None)
+        self.sessions.writers.forget(session_id)
 
     def pending_count(self, session: Session) -> int:
         """Outbound rows above the cursor that are not done (cheap: cursor + index)."""
@@ -176,6 +179,7 @@ class Delivery:
             snap = Records(dict(rec.outcomes), dict(rec.attempts), rec.cursor)
 
             def write(conn: sqlite3.Connection) -> None:
+                _host_tables(conn)
                 with transaction(conn):
                     snap.write(conn)
 
@@ -588,14 +592,20 @@ def _delivered(inb: sqlite3.Connection, ids: list[str]) -> set[str]:
     return done
 
 
-def _tables_and_cursor(inb: sqlite3.Connection) -> int:
-    """The host's delivery tables (made when missing: a session folder made again) and the
-    delivery cursor. On the session's writer thread."""
+def _host_tables(inb: sqlite3.Connection) -> None:
+    """The host's delivery tables, made when missing (a session folder made again); one
+    indexed read when they are there."""
     if not has_table(inb, NEWEST_HOST_TABLE):
         with transaction(inb):
             for stmt in HOST_TABLES.split(";"):
                 if stmt.strip():
                     inb.execute(stmt)
+
+
+def _tables_and_cursor(inb: sqlite3.Connection) -> int:
+    """The host's delivery tables (made when missing: a session folder made again) and the
+    delivery cursor. On the session's writer thread."""
+    _host_tables(inb)
     cur = inb.execute("SELECT seq FROM carapace_delivery_cursor WHERE id=1").fetchone()
     return int(cur[0]) if cur else 0
 
@@ -605,6 +615,7 @@ def _known(
 ) -> tuple[set[str], dict[str, dict[str, Any]], set[str]]:
     """What inbound.db knows of these outbound rows: done, attempt states, and the send
     intents an older version committed (issue 14). On the session's writer thread."""
+    _host_tables(inb)  # a folder made again since the cursor was read has none yet
     marks = ",".join("?" for _ in ids)
     states = {
         r["message_out_id"]: dict(r)
