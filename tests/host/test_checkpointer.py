@@ -3,6 +3,7 @@ inside a commit on its event loop."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -31,5 +32,28 @@ def test_checkpoints_move_off_the_loop_connection_and_come_back(
         assert path.stat().st_size > 50 * 4000  # the thread copied it into the database
         assert loop_conn.execute("SELECT COUNT(*) FROM t").fetchone()[0] == 50
         cp.stop()  # idempotent
+    finally:
+        loop_conn.close()
+
+
+def test_stop_from_the_event_loop_gives_the_loop_connection_its_checkpoints_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The host stops it from its loop: the join waits in a worker, but the pragma must be
+    set on the loop connection's own thread (a worker's call would be refused and lost)."""
+    monkeypatch.setattr(checkpointer, "INTERVAL_S", 3600.0)
+    path = tmp_path / "v2.db"
+    loop_conn = connect(path, "central")
+
+    async def scenario() -> int:
+        cp = Checkpointer(path, loop_conn)
+        await cp.start_async()
+        assert loop_conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+        await cp.stop_async()
+        await cp.stop_async()  # idempotent
+        return int(loop_conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0])
+
+    try:
+        assert asyncio.run(scenario()) == AUTOCHECKPOINT_PAGES
     finally:
         loop_conn.close()

@@ -33,25 +33,25 @@ class Checkpointer:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def start(self) -> None:
-        """Take over the loop connection's checkpoints (runs until :meth:`stop`)."""
+    def _take_over(self) -> threading.Thread | None:
+        """The loop connection stops checkpointing; the thread that will (None: running)."""
         if self._thread is not None:
-            return
+            return None
         self.loop_conn.execute("PRAGMA wal_autocheckpoint = 0")
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="carapace-checkpoint", daemon=True)
-        self._thread.start()
+        return self._thread
+
+    def start(self) -> None:
+        """Take over the loop connection's checkpoints (runs until :meth:`stop`)."""
+        if (thread := self._take_over()) is not None:
+            thread.start()
 
     async def start_async(self) -> None:
         """:meth:`start` for the event loop: the thread is started from a worker (starting a
         thread waits for it to run: milliseconds on a busy machine)."""
-        if self._thread is not None:
-            return
-        self.loop_conn.execute("PRAGMA wal_autocheckpoint = 0")
-        self._stop.clear()
-        thread = threading.Thread(target=self._run, name="carapace-checkpoint", daemon=True)
-        self._thread = thread
-        await asyncio.to_thread(thread.start)
+        if (thread := self._take_over()) is not None:
+            await asyncio.to_thread(thread.start)
 
     def _run(self) -> None:
         conn: sqlite3.Connection | None = None
@@ -75,11 +75,23 @@ class Checkpointer:
 
     def stop(self) -> None:
         """End the thread (after one last checkpoint) and give the loop connection its
-        automatic checkpoints back."""
+        automatic checkpoints back. On the loop connection's thread."""
         if self._thread is None:
             return
         self._stop.set()
         self._thread.join()
+        self._hand_back()
+
+    async def stop_async(self) -> None:
+        """:meth:`stop` for the event loop: the last checkpoint is waited for in a worker,
+        the loop connection (usable on its own thread only) is set back here."""
+        if self._thread is None:
+            return
+        self._stop.set()
+        await asyncio.to_thread(self._thread.join)
+        self._hand_back()
+
+    def _hand_back(self) -> None:
         self._thread = None
         with contextlib.suppress(sqlite3.Error):
             self.loop_conn.execute(f"PRAGMA wal_autocheckpoint = {AUTOCHECKPOINT_PAGES}")

@@ -415,7 +415,7 @@ class Host:
                 self._tasks.discard(task)
         await self.sessions.drain_writes()  # every write submitted is on disk (issue 19)
         if self._checkpointer is not None:
-            await asyncio.to_thread(self._checkpointer.stop)
+            await self._checkpointer.stop_async()
             self._checkpointer = None
         host_watch.stop(self)
         remove_projection_hook(self._hook)
