@@ -272,3 +272,47 @@ def test_delivery_keeps_its_cursor_and_reads_a_remade_file_again(
     rig.reply(s, {"text": "three"}, channel_type="fake", platform_id="chan")
     assert rig.run(rig.host.deliver_once(s.id)) == 1
     assert reads == ["cursor", "cursor"] and rig.channel.texts() == ["one", "two", "three"]
+
+
+def test_a_folder_made_again_is_a_new_file_whatever_its_inode_number(env: Env) -> None:
+    """The writers tell files apart by (inode number, generation): the host's making the
+    folder again is a new generation, so a freed inode number that comes back for the new
+    inbound.db never gets the old file's connection, and a job meant for the old file (a
+    delivery pass's cursor) fails and writes nothing into the new one."""
+    import shutil
+
+    from carapace.host.session_writer import FolderReplaced
+
+    writers, s = env.mgr.writers, env.session
+    paths = env.mgr.paths(s)
+
+    def conn_of(conn: sqlite3.Connection) -> sqlite3.Connection:
+        return conn
+
+    def mark(conn: sqlite3.Connection) -> None:
+        conn.execute("CREATE TABLE IF NOT EXISTS marks (v TEXT)")
+
+    def tables(conn: sqlite3.Connection) -> list[str]:
+        return [r[0] for r in conn.execute("SELECT name FROM sqlite_master")]
+
+    async def go() -> None:
+        old_key = writers.key(s.id, paths)
+        first = await writers.call(s.id, paths, conn_of, expect=old_key)
+        # the same file, the same inode number: only the generation moved (as when the
+        # new file gets the old one's number back)
+        writers.replaced(s.id)
+        assert writers.key(s.id, paths) == (old_key[0], old_key[1] + 1)
+        with pytest.raises(FolderReplaced):
+            await writers.call(s.id, paths, mark, expect=old_key)
+        assert "marks" not in await writers.call(s.id, paths, tables)  # nothing written
+        assert await writers.call(s.id, paths, conn_of) is not first  # opened anew
+        # a real deletion: the old file's connection (which sees "marks") is not used for
+        # the new folder's file
+        await writers.call(s.id, paths, mark)
+        shutil.rmtree(paths.root)
+        writers.replaced(s.id)
+        init_session_folder(paths)
+        now_tables = await writers.call(s.id, paths, tables)
+        assert "marks" not in now_tables and "messages_in" in now_tables
+
+    asyncio.run(go())

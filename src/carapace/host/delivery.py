@@ -37,7 +37,6 @@ import asyncio
 import contextlib
 import functools
 import logging
-import os
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -71,6 +70,7 @@ from carapace.host.outbox_reader import (
 )
 from carapace.host.preview import edit_into_preview
 from carapace.host.send_intents import SendIntents
+from carapace.host.session_writer import FolderReplaced, Key
 from carapace.host.sessions import SessionManager
 from carapace.jsonutil import loads_or
 from carapace.timefmt import iso, parse_ts, sqlite_ts
@@ -118,9 +118,10 @@ class Delivery:
         self._unknown_fate: dict[str, asyncio.Lock] = {}
         self._again: set[str] = set()
         self._records: dict[str, Records] = {}  # per session: outcomes not yet committed
-        # per session: (inode of inbound.db, delivery cursor) as last read or committed by
-        # this host, the only writer of the cursor; a re-made file (new inode) is read again
-        self._cursors: dict[str, tuple[int, int]] = {}
+        # per session: (key of inbound.db, delivery cursor) as last read or committed by
+        # this host, the only writer of the cursor; a re-made file (a new key: another
+        # generation of the folder, session_writer.Key) is read again
+        self._cursors: dict[str, tuple[Key, int]] = {}
         self.a2a_guard = A2AGuard()  # hop and rate bounds of agent-to-agent messages
         self.outbox = OutboxReader()  # every outbound.db read: checked, bounded, off the loop
         self.previews: Any = None  # host/preview.PreviewKeeper: replies shown as written
@@ -136,9 +137,8 @@ class Delivery:
     def folder_remade(self, session_id: str) -> None:
         """The session's folder was deleted and made again: what this host kept of the old
         files (the cursor; a writer thread's connection) is dropped, whatever inode number
-        the new file got (a freed one can come back)."""
+        the new file got (a freed one can come back: the writers' generation tells)."""
         self._cursors.pop(session_id, None)
-        self.sessions.writers.forget(session_id)
 
     def pending_count(self, session: Session) -> int:
         """Outbound rows above the cursor that are not done (cheap: cursor + index)."""
@@ -183,8 +183,19 @@ class Delivery:
                 with transaction(conn):
                     snap.write(conn)
 
-            try:
-                await self.sessions.writers.call(session_id, paths, write)
+            try:  # only into the file they are about (not a folder made again since)
+                await self.sessions.writers.call(session_id, paths, write, expect=rec.key)
+            except FolderReplaced:
+                # the outcomes of rows of a deleted outbound.db: nothing to keep them for;
+                # the drain reads the new files at once
+                logger.info("delivery records of session %s dropped: its folder was made "
+                            "again", session_id)  # fmt: skip
+                if self._records.get(session_id) is rec:
+                    self._records.pop(session_id, None)
+                self._cursors.pop(session_id, None)
+                self.intents.done(session_id, finished)
+                self._again.add(session_id)
+                return False
             except (sqlite3.Error, OSError) as exc:
                 logger.warning("delivery records of session %s not written (kept, retried): %s",
                                session_id, exc)  # fmt: skip
@@ -192,7 +203,7 @@ class Delivery:
             if self._records.get(session_id) is rec:
                 self._records.pop(session_id, None)
             held = self._cursors.get(session_id)
-            if snap.cursor is not None and held is not None and held[0] == rec.inode:
+            if snap.cursor is not None and held is not None and held[0] == rec.key:
                 self._cursors[session_id] = (held[0], snap.cursor)
             elif snap.cursor is not None:
                 self._cursors.pop(session_id, None)  # read again at the next pass
@@ -236,15 +247,20 @@ class Delivery:
         try:
             # the reads of inbound.db run on the session's writer thread, after its pending
             # writes: the event loop never waits on a lock held by a commit (issue 19)
-            ino = os.stat(paths.inbound).st_ino
+            key = self.sessions.writers.key(session_id, paths)
             known_cursor = self._cursors.get(session_id)
-            if known_cursor is not None and known_cursor[0] == ino:
+            if known_cursor is not None and known_cursor[0] == key:
                 cursor = known_cursor[1]  # this host writes the cursor: no read needed
             else:
-                cursor = await self.sessions.writers.call(session_id, paths, _tables_and_cursor)
-                self._cursors[session_id] = (ino, cursor)
+                cursor = await self.sessions.writers.call(
+                    session_id, paths, _tables_and_cursor, expect=key
+                )
+                self._cursors[session_id] = (key, cursor)
             self.sessions.note_out_seq(session_id, cursor)  # other_max needs no read then
             inb = self.sessions.open_inbound(paths)  # a live session's kept one: no I/O
+        except FolderReplaced:  # made again since the stat above: read the new files
+            self._again.add(session_id)
+            return result
         except FileNotFoundError:
             return result
         except sqlite3.Error as exc:
@@ -260,6 +276,11 @@ class Delivery:
                 self.outbox.refused(self.sessions, session, exc, now, self.wake)
                 return result
             self.outbox.accepted(session.id)
+            if rows and _key_now(self.sessions, session_id, paths) != key:
+                # the folder was made again while the rows were read: they may be the new
+                # outbound.db's, read above the old file's cursor; read again from the start
+                self._again.add(session_id)
+                return result
             if rows:
                 self.sessions.note_out_seq(session.id, max(int(r["seq"] or 0) for r in rows))
             result.more = len(rows) >= MAX_ROWS  # a full batch: drain() reads on if it moved
@@ -267,14 +288,16 @@ class Delivery:
                 return result
             ids = [r["id"] for r in rows]
             rec = self._pending(session_id)
-            inode = os.stat(paths.inbound).st_ino
-            if rec.inode and rec.inode != inode:  # records of a deleted, re-made folder
+            if rec.key is not None and rec.key != key:  # records of a deleted, re-made folder
                 rec = self._records[session_id] = Records()
-            rec.inode = inode
+            rec.key = key  # the file whose cursor this pass read
             try:
                 known, states, intents = await self.sessions.writers.call(
-                    session_id, paths, functools.partial(_known, ids=ids)
+                    session_id, paths, functools.partial(_known, ids=ids), expect=key
                 )
+            except FolderReplaced:
+                self._again.add(session_id)
+                return result
             except (OSError, sqlite3.Error) as exc:
                 logger.warning("delivery of session %s waits: %s", session_id, exc)
                 result.next_retry = now + timedelta(seconds=RECORD_RETRY_S)
@@ -600,6 +623,13 @@ def _host_tables(inb: sqlite3.Connection) -> None:
             for stmt in HOST_TABLES.split(";"):
                 if stmt.strip():
                     inb.execute(stmt)
+
+
+def _key_now(sessions: SessionManager, session_id: str, paths: SessionPaths) -> Key | None:
+    try:
+        return sessions.writers.key(session_id, paths)
+    except OSError:
+        return None
 
 
 def _tables_and_cursor(inb: sqlite3.Connection) -> int:

@@ -59,7 +59,8 @@ class Records:
     outcomes: dict[str, tuple[str, str | None, str]] = field(default_factory=dict)
     attempts: dict[str, tuple[int, str, str, str]] = field(default_factory=dict)
     cursor: int | None = None
-    inode: int = 0  # of the inbound.db they belong to (a re-made session folder: dropped)
+    # the inbound.db they belong to (session_writer.Key; a re-made session folder: dropped)
+    key: tuple[int, int] | None = None
 
     def __bool__(self) -> bool:
         return bool(self.outcomes or self.attempts or self.cursor is not None)

@@ -11,6 +11,12 @@ and delivery's outcome commits run in a small pool of threads:
   that opened them); at most :data:`CONNS_PER_THREAD` are kept open (least recently used
   closed first), a session's is closed by :meth:`SessionWriters.forget` (its runner ended)
   and reopened when the file was replaced (a session folder deleted and made again).
+* A file's identity is its *key*: (inode number, generation). The generation counts the
+  times the host made the session's folder again (:meth:`SessionWriters.replaced`); the
+  inode number alone is not enough, a freed one comes back for the new file. A job may
+  name the key it was meant for (``expect``): run on another file it raises
+  :class:`FolderReplaced` and touches nothing (a delivery pass that read the old file
+  never writes its cursor into the new one).
 * The event loop awaits a future; it is resolved only after the job returned, so a
   durable commit is durable before its caller (and the sender) hears of it, and an error
   (a full disk) reaches the caller, who acknowledges nothing.
@@ -44,12 +50,19 @@ T = TypeVar("T")
 THREADS = 2  # writer threads (commits mostly wait on the disk; the GIL is released there)
 CONNS_PER_THREAD = 64  # session connections a thread keeps open (LRU)
 
+Key = tuple[int, int]  # (inode number of inbound.db, generation of the session folder)
+
 _Job = tuple[str, SessionPaths | None, Callable[[sqlite3.Connection], Any] | None,
-             asyncio.AbstractEventLoop | None, asyncio.Future[Any] | None]  # fmt: skip
+             asyncio.AbstractEventLoop | None, asyncio.Future[Any] | None,
+             Key | None]  # fmt: skip
 
 
 class WritersClosed(RuntimeError):
     """A write submitted after :meth:`SessionWriters.close`."""
+
+
+class FolderReplaced(FileNotFoundError):
+    """The job's file is gone: the session folder was deleted (and maybe made again)."""
 
 
 def _resolve(fut: asyncio.Future[Any], ok: bool, value: Any) -> None:
@@ -62,22 +75,26 @@ def _resolve(fut: asyncio.Future[Any], ok: bool, value: Any) -> None:
 
 
 class _Worker:
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, generations: dict[str, int]) -> None:
         self.jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
-        self.conns: OrderedDict[str, tuple[sqlite3.Connection, int]] = OrderedDict()
+        self.conns: OrderedDict[str, tuple[sqlite3.Connection, Key]] = OrderedDict()
+        self.generations = generations  # SessionWriters': written on the loop, read here
         self.thread = threading.Thread(target=self._run, name=name, daemon=True)
         self.thread.start()
 
-    def _conn(self, session_id: str, paths: SessionPaths) -> sqlite3.Connection:
-        ino = os.stat(paths.inbound).st_ino  # FileNotFoundError: the caller hears it
+    def _conn(self, session_id: str, paths: SessionPaths, expect: Key | None) -> sqlite3.Connection:
+        # FileNotFoundError: the caller hears it
+        key = (os.stat(paths.inbound).st_ino, self.generations.get(session_id, 0))
+        if expect is not None and key != expect:
+            raise FolderReplaced(f"inbound.db of session {session_id} was replaced")
         held = self.conns.get(session_id)
         if held is not None:
-            if held[1] == ino:
+            if held[1] == key:
                 self.conns.move_to_end(session_id)
                 return held[0]
             self._drop(session_id)  # the folder was made again: the old file is gone
         conn = open_inbound(paths)
-        self.conns[session_id] = (conn, ino)
+        self.conns[session_id] = (conn, key)
         while len(self.conns) > CONNS_PER_THREAD:
             self._drop(next(iter(self.conns)))
         return conn
@@ -93,13 +110,13 @@ class _Worker:
             job = self.jobs.get()
             if job is None:
                 break
-            session_id, paths, fn, loop, fut = job
+            session_id, paths, fn, loop, fut, expect = job
             if fn is None or paths is None:  # forget
                 self._drop(session_id)
                 ok, value = True, None
             else:
                 try:
-                    conn = self._conn(session_id, paths)
+                    conn = self._conn(session_id, paths, expect)
                     ok, value = True, fn(conn)
                 except BaseException as exc:  # handed to the caller, raised there
                     ok, value = False, exc
@@ -120,6 +137,7 @@ class SessionWriters:
         self._workers: list[_Worker] = []
         self._closed = False
         self._lock = threading.Lock()
+        self._generations: dict[str, int] = {}
 
     def _worker(self, session_id: str) -> _Worker:
         if self._closed:
@@ -127,23 +145,46 @@ class SessionWriters:
         if not self._workers:
             with self._lock:
                 if not self._workers:
-                    self._workers = [_Worker(f"carapace-writer-{i}") for i in range(self.threads)]
+                    self._workers = [
+                        _Worker(f"carapace-writer-{i}", self._generations)
+                        for i in range(self.threads)
+                    ]
         return self._workers[zlib.crc32(session_id.encode()) % len(self._workers)]
 
+    def key(self, session_id: str, paths: SessionPaths) -> Key:
+        """The identity of the session's current inbound.db (OSError when it is missing)."""
+        return os.stat(paths.inbound).st_ino, self._generations.get(session_id, 0)
+
+    def generation(self, session_id: str) -> int:
+        return self._generations.get(session_id, 0)
+
+    def replaced(self, session_id: str) -> None:
+        """The session's folder is made again: jobs that expect the old file's key fail
+        with :class:`FolderReplaced`, and the old file's connection is closed. Called on
+        the event loop, before the new folder is made."""
+        self._generations[session_id] = self._generations.get(session_id, 0) + 1
+        self.forget(session_id)
+
     async def call(
-        self, session_id: str, paths: SessionPaths, fn: Callable[[sqlite3.Connection], T]
+        self,
+        session_id: str,
+        paths: SessionPaths,
+        fn: Callable[[sqlite3.Connection], T],
+        *,
+        expect: Key | None = None,
     ) -> T:
         """Run ``fn(connection to the session's inbound.db)`` on the session's thread, after
-        every job submitted for it before; its result, or its exception raised here."""
+        every job submitted for it before; its result, or its exception raised here. With
+        ``expect`` (a :meth:`key`), only on that very file (else :class:`FolderReplaced`)."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[T] = loop.create_future()
-        self._worker(session_id).jobs.put((session_id, paths, fn, loop, fut))
+        self._worker(session_id).jobs.put((session_id, paths, fn, loop, fut, expect))
         return await fut
 
     def forget(self, session_id: str) -> None:
         """Close the session's connection (after its pending jobs)."""
         if self._workers and not self._closed:
-            self._worker(session_id).jobs.put((session_id, None, None, None, None))
+            self._worker(session_id).jobs.put((session_id, None, None, None, None, None))
 
     async def drain(self) -> None:
         """Wait until every job submitted so far has run."""
@@ -153,7 +194,7 @@ class SessionWriters:
         futs: list[asyncio.Future[Any]] = []
         for w in self._workers:
             fut: asyncio.Future[Any] = loop.create_future()
-            w.jobs.put(("", None, None, loop, fut))
+            w.jobs.put(("", None, None, loop, fut, None))
             futs.append(fut)
         await asyncio.gather(*futs)
 

@@ -46,7 +46,7 @@ from carapace.db.sessions import (
 )
 from carapace.errors import StoreError
 from carapace.host import groupfiles, outbox_reader
-from carapace.host.session_writer import SessionWriters
+from carapace.host.session_writer import Key, SessionWriters
 from carapace.jsonutil import dumps, loads_or
 from carapace.timefmt import iso, new_id, sqlite_ts
 
@@ -97,7 +97,7 @@ class SessionManager:
         # work marks the central DB refused (a full disk): kept here, written when it can
         self._unmarked: dict[str, str] = {}
         self._uses: dict[int, int] = {}  # id(kept connection) -> users right now
-        self._kept_ino: dict[str, int] = {}  # the inode each kept connection opened
+        self._kept_key: dict[str, Key] = {}  # the file each kept connection opened
         # The highest outbound seq the host has read per session (delivery notes it): the
         # other side's maximum for a new inbound seq, without reading outbound.db inline.
         self._out_max: dict[str, int] = {}
@@ -119,14 +119,14 @@ class SessionManager:
         paths = self.paths(session)
         if session.id not in self._kept:
             self._kept[session.id] = open_inbound(paths)
-            self._kept_ino[session.id] = _inode(paths.inbound)
+            self._kept_key[session.id] = _key(self.writers, session.id, paths)
         outbox_reader.keep(paths.outbound)
 
     def release(self, session_id: str) -> None:
         """The runner ended: close its kept connections (one still in use by a delivery pass
         awaiting a read closes when that pass gives it back)."""
         conn = self._kept.pop(session_id, None)
-        self._kept_ino.pop(session_id, None)
+        self._kept_key.pop(session_id, None)
         self.writers.forget(session_id)
         if conn is not None and not self._uses.get(id(conn)):
             self._uses.pop(id(conn), None)
@@ -136,6 +136,9 @@ class SessionManager:
             outbox_reader.release(self.paths(session).outbound)
 
     def _folder_remade(self, session_id: str) -> None:
+        # a new generation: what was kept of the old files is not taken for the new ones,
+        # whatever inode number the new inbound.db gets (a freed one can come back)
+        self.writers.replaced(session_id)
         if self.on_folder_remade is not None:
             self.on_folder_remade(session_id)
 
@@ -149,14 +152,17 @@ class SessionManager:
     def open_inbound(self, paths: SessionPaths) -> sqlite3.Connection:
         """The kept connection of a live session, else a fresh one (give it back with
         :meth:`done_with`, which closes fresh ones, and a kept one released meanwhile)."""
-        conn = self._kept.get(paths.root.name)
-        if conn is not None and self._kept_ino.get(paths.root.name) != _inode(paths.inbound):
+        sid = paths.root.name
+        conn = self._kept.get(sid)
+        kept_key = self._kept_key.get(sid)
+        if conn is not None and kept_key != (key := _key(self.writers, sid, paths)):
             # the session folder was deleted (and maybe made again): the kept connection
             # holds the deleted file; drop it, the fresh one below opens the current file
             logger.warning("session %s: inbound.db replaced; its kept connection is dropped",
-                           paths.root.name)  # fmt: skip
-            self.release(paths.root.name)
-            self._folder_remade(paths.root.name)
+                           sid)  # fmt: skip
+            self.release(sid)
+            if kept_key is None or kept_key[1] == key[1]:  # not made again by this host
+                self._folder_remade(sid)
             conn = None
         if conn is None:
             return open_inbound(paths)
@@ -587,8 +593,9 @@ def _cursor(inb: sqlite3.Connection) -> int:
     return int(row[0]) if row is not None and isinstance(row[0], int) else 0
 
 
-def _inode(path: Path) -> int:
+def _key(writers: SessionWriters, session_id: str, paths: SessionPaths) -> Key:
+    """The file's identity (a missing file: inode -1, never a kept connection's)."""
     try:
-        return os.stat(path).st_ino
+        return writers.key(session_id, paths)
     except OSError:
-        return -1
+        return -1, writers.generation(session_id)
