@@ -321,5 +321,46 @@ def test_a_burst_is_routed_a_bounded_number_at_a_time_and_in_full(rig: Rig) -> N
     assert [r["id"].split(":")[0] for r in rows] == [f"p{i}" for i in range(n)]
 
 
+def test_a_burst_leaves_the_loop_between_routing_slices(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Routing work started in one pass of the event loop is bounded by time: a route
+    queued behind a used slice waits for the next pass (a timer, a socket, a delivery runs
+    in between), and the arrival order is still the order of the seqs. With a slice of 0
+    every route after a pass's first waits for a pass of its own."""
+    from carapace.host import router as router_mod
+
+    monkeypatch.setattr(router_mod, "ROUTE_SLICE_S", 0.0)
+    ag = rig.agent()
+    rig.wire(rig.chat("chan"), ag)
+    rig.run(rig.host.route(make_event("first", platform_id="chan", id="m0")))  # the session
+    n = 6
+    passes = 0
+    started: list[tuple[str, int]] = []
+
+    async def noting(event: Any) -> bool:
+        started.append((event.message.id, passes))
+        return False
+
+    async def burst() -> None:
+        nonlocal passes
+        done = asyncio.ensure_future(asyncio.gather(
+            *(rig.host.route(make_event(f"b{i}", platform_id="chan", id=f"b{i}")) for i in range(n))
+        ))  # fmt: skip
+        while not done.done():  # one step per pass of the loop
+            passes += 1
+            await asyncio.sleep(0)
+        await done
+
+    rig.host.router.on_intercept = noting
+    rig.run(burst())
+    assert [mid for mid, _ in started] == [f"b{i}" for i in range(n)]
+    at = [p for _, p in started]
+    assert len(set(at)) == n, at  # each in a pass of its own
+    [s] = rig.sessions()
+    rows = rig.inbound(s, "SELECT id FROM messages_in WHERE id LIKE 'b%' ORDER BY seq")
+    assert [r["id"].split(":")[0] for r in rows] == [f"b{i}" for i in range(n)]
+
+
 async def _no_intercept(event: Any) -> bool:
     return False

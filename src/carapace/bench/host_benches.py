@@ -23,6 +23,7 @@ from carapace.db import groups, messaging
 from carapace.host.host import Host, HostOptions
 from carapace.host.pool import FakeBackend
 from carapace.jsonutil import dumps
+from carapace.ops.runtime import freeze_heap
 from carapace.stats import percentile
 from carapace.timefmt import iso, new_id
 
@@ -176,19 +177,28 @@ def _tmp_home() -> tempfile.TemporaryDirectory[str]:
 # --------------------------------------------------------------------------- ingest / burst
 
 
+BURST_PAGE = 100  # events a channel hands over in one pass (a Telegram getUpdates page)
+
+
 async def _route_only(home: Home, n: int, burst: bool) -> tuple[float, float]:
     channel = SinkChannel()
     host = make_host(home, channel, runners=False)
     await host.start(background=False)
+    freeze_heap()  # as `carapace run` does once the host is up
     try:
         await host.route(event("warm-up"))
+        events = [event(f"m{i}") for i in range(n)]  # the sender's work, before the clock
         probe = LoopProbe().start()
         t0 = time.perf_counter()
-        if burst:
-            await asyncio.gather(*(host.route(event(f"m{i}")) for i in range(n)))
+        if burst:  # handed over a page per pass of the loop, as a channel reads them
+            routes: list[asyncio.Future[Any]] = []
+            for i in range(0, n, BURST_PAGE):
+                routes += [asyncio.ensure_future(host.route(e)) for e in events[i : i + BURST_PAGE]]
+                await asyncio.sleep(0)
+            await asyncio.gather(*routes)
         else:
-            for i in range(n):
-                await host.route(event(f"m{i}"))
+            for e in events:
+                await host.route(e)
         dt = time.perf_counter() - t0
         stall = await probe.stop()
     finally:
@@ -201,6 +211,7 @@ async def _live_one_chat(home: Home, n: int) -> float:
     channel = SinkChannel()
     host = make_host(home, channel)
     await host.start()
+    freeze_heap()  # as `carapace run` does once the host is up
     try:
         channel.waiting = asyncio.get_running_loop().create_future()
         await host.route(event("warm-up"))
@@ -257,11 +268,12 @@ def run_burst(n: int = 2000) -> BenchResult:
         rate, stall = asyncio.run(_route_only(Home.resolve(tmp), n, burst=True))
     return BenchResult(
         "burst",
-        f"{n} messages arriving at once to one chat (router only): **{rate:.0f} msg/s**, "
-        f"longest loop stall {stall:.1f} ms",
+        f"{n} messages arriving at once to one chat (router only; handed over "
+        f"{BURST_PAGE} per pass of the event loop, as a channel reads a page of updates): "
+        f"**{rate:.0f} msg/s**, longest loop stall **{stall:.1f} ms**",
         f"{n} messages",
         {"burst_msg_s": round(rate, 1), "longest_stall_ms": round(stall, 2)},
-        [Goal("≥ 5,000 msg/s", rate >= 5000)],
+        [Goal("≥ 5,000 msg/s", rate >= 5000), Goal("longest loop stall ≤ 10 ms", stall <= 10)],
     ).finish()
 
 
@@ -273,6 +285,7 @@ async def _concurrent(home: Home, chats: int, per_chat: int) -> tuple[float, flo
     init_home(home)
     host = make_host(home, channel, settings=home.load_settings())  # defaults: the real cap
     await host.start()
+    freeze_heap()  # as `carapace run` does once the host is up
     try:
         ids = add_chats(host, chats)
         probe = LoopProbe().start()
@@ -323,6 +336,7 @@ async def _delivery(home: Home, rows: int) -> tuple[float, float]:
     channel = SinkChannel()
     host = make_host(home, channel, runners=False)
     await host.start(background=False)
+    freeze_heap()  # as `carapace run` does once the host is up
     try:
         await host.route(event("hello"))
         sess = host.sessions.db.execute("SELECT id FROM sessions").fetchone()[0]
@@ -372,6 +386,7 @@ async def _roundtrip(home: Home, n: int) -> dict[str, Any]:
     channel = SinkChannel()
     host = make_host(home, channel)
     await host.start()
+    freeze_heap()  # as `carapace run` does once the host is up
 
     async def one(text: str) -> float:
         channel.waiting = asyncio.get_running_loop().create_future()

@@ -19,6 +19,7 @@ from typing import Any
 from carapace.bench.common import BenchResult, Goal
 from carapace.bench.host_benches import TIMEOUT_S, SinkChannel, event, make_host
 from carapace.config import Home, Settings
+from carapace.ops.runtime import freeze_heap
 from carapace.runner.procs import descendants
 from carapace.sandbox.process import LOG_FILE, _spares
 from carapace.sandbox.spare import REFILL_DELAY_S
@@ -81,6 +82,7 @@ async def _cold_starts(home: Home, n: int, backend: str, *, spare: bool = True,
                                                       runner_backend=backend,
                                                       runner_spare=spare))  # fmt: skip
     await host.start()
+    freeze_heap()  # as `carapace run` does once the host is up
     spare_kib: list[int] = []
     samples: list[float] = []
     rss: list[int] = []

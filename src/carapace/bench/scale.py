@@ -26,6 +26,7 @@ from carapace.db.connection import connect, transaction
 from carapace.db.session import SessionPaths, init_session_folder
 from carapace.db.sessions import create_session
 from carapace.jsonutil import dumps
+from carapace.ops.runtime import freeze_heap
 from carapace.timefmt import iso, sqlite_ts, utcnow
 
 LIVE_RUNNERS = 8
@@ -100,6 +101,7 @@ async def _measure(home: Home, ids: list[str], idle_s: float) -> dict[str, Any]:
     host = make_host(home, channel, runners=False)  # opens the home; the loop serves nothing yet
     probe = LoopProbe().start()
     await host.start()
+    freeze_heap()  # as `carapace run` does once the host is up
     figures["start_s"] = time.perf_counter() - t0
     figures["start_stall_ms"] = await probe.stop()
     try:

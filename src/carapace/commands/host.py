@@ -83,6 +83,9 @@ async def _run(home: Home) -> None:
     except CarapaceError as exc:  # the host serves its other channels; the reason is shown
         web = None
         click.echo(f"error: web server not started: {exc}", err=True)
+    from carapace.ops.runtime import freeze_heap
+
+    freeze_heap()  # the host is up: its long-lived objects leave the collector's walks
     click.echo(f"carapace host running for {home.root} (cli socket {home.cli_socket})", err=True)
     if web is not None:
         click.echo(f"web server at {web.url} (sign in: carapace web login-link)", err=True)

@@ -47,12 +47,17 @@ def _refuse_damaged(p: Path) -> None:
         )
 
 
+_FIELD_NAMES: dict[type, frozenset[str]] = {}  # per row dataclass (fields() is slow)
+
+
 def from_row(cls: type[T], row: sqlite3.Row | None) -> T | None:
     """Build a row dataclass from a ``sqlite3.Row``, ignoring columns it does not declare."""
     if row is None:
         return None
-    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    keys = row.keys()
+    names = _FIELD_NAMES.get(cls)
+    if names is None:
+        names = _FIELD_NAMES[cls] = frozenset(f.name for f in dataclasses.fields(cls))  # type: ignore[arg-type]
+    keys = row.keys()  # (a Row iterates over its values)
     return cls(**{k: row[k] for k in keys if k in names})
 
 

@@ -14,6 +14,7 @@ across both tables (NanoClaw's host ignored ``messages_out``, spec §11.1 item 1
 
 from __future__ import annotations
 
+import functools
 import os
 import sqlite3
 from dataclasses import dataclass
@@ -107,35 +108,35 @@ class SessionPaths:
     def of(cls, data_dir: Path, agent_group_id: str, session_id: str) -> SessionPaths:
         return cls(data_dir / "v2-sessions" / agent_group_id / session_id)
 
-    @property
+    @functools.cached_property  # paths are asked for on every routed message
     def inbound(self) -> Path:
         return self.root / "inbound.db"
 
-    @property
+    @functools.cached_property
     def outbound(self) -> Path:
         return self.root / "outbound.db"
 
-    @property
+    @functools.cached_property
     def inbound_journal(self) -> Path:
         return self.root / "inbound.db-journal"
 
-    @property
+    @functools.cached_property
     def outbound_journal(self) -> Path:
         return self.root / "outbound.db-journal"
 
-    @property
+    @functools.cached_property
     def heartbeat(self) -> Path:
         return self.root / ".heartbeat"
 
-    @property
+    @functools.cached_property
     def inbox(self) -> Path:
         return self.root / "inbox"
 
-    @property
+    @functools.cached_property
     def outbox(self) -> Path:
         return self.root / "outbox"
 
-    @property
+    @functools.cached_property
     def transcripts(self) -> Path:
         """Per-session transcripts (``conversations/<session>.jsonl``; runner-written)."""
         return self.root / "conversations"

@@ -19,6 +19,7 @@ import asyncio
 import logging
 import re
 import sqlite3
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -40,6 +41,9 @@ logger = logging.getLogger(__name__)
 
 PATTERN_TEXT_LIMIT = 4096
 ROUTING_AT_ONCE = 64  # events routed concurrently (bounds one event-loop pass, issue 19)
+# routing work started in one pass of the event loop: a route that would start after the
+# slice is used waits for the next pass, so timers, sockets and deliveries run between
+ROUTE_SLICE_S = 0.004
 FILTERED_COMMANDS = frozenset(
     {"/help", "/login", "/logout", "/doctor", "/config", "/remote-control"}
 )
@@ -155,6 +159,7 @@ class Router:
         # approvals: card reply codes / new-agent names are answers, not messages
         self.on_intercept: InterceptHook = _noop_intercept
         self._admit = asyncio.Semaphore(ROUTING_AT_ONCE)
+        self._slice_end: float | None = None  # when this loop pass's routing slice ends
 
     def engages(self, w: Wiring, text: str, event: InboundEvent, mg: MessagingGroup) -> bool:
         mode = w.mode
@@ -183,7 +188,26 @@ class Router:
         run every one's first steps in a single pass of the event loop and hold it for
         hundreds of ms; the rest wait their turn (in order) and still share group commits."""
         async with self._admit:
+            await self._turn()
             return await self._route(event, now=now)
+
+    async def _turn(self) -> None:
+        """Wait, if need be, for a pass of the event loop whose routing slice is not used up
+        (``ROUTE_SLICE_S``). The first route of a pass opens its slice and schedules its
+        end for the next pass; routes queued behind a used slice yield (in order: the
+        ready queue is first in, first out) and go on in the next pass."""
+        while True:
+            t = time.perf_counter()
+            if self._slice_end is None:
+                self._slice_end = t + ROUTE_SLICE_S
+                asyncio.get_running_loop().call_soon(self._next_pass)
+                return
+            if t < self._slice_end:
+                return
+            await asyncio.sleep(0)
+
+    def _next_pass(self) -> None:
+        self._slice_end = None
 
     async def _route(self, event: InboundEvent, *, now: datetime) -> RouteResult:
         result = RouteResult()

@@ -54,6 +54,7 @@ logger = logging.getLogger(__name__)
 
 MAX_ATTACHMENT_BYTES = 25 * 1024 * 1024
 GROUP_MAX = 256  # rows per group commit (bounds one commit of the writer thread)
+PATHS_KEPT = 4096  # SessionPaths objects kept (a cache: cleared when full)
 _MIME_EXT = {
     "image/jpeg": "jpg", "image/png": "png", "image/gif": "gif", "image/webp": "webp",
     "application/pdf": "pdf", "text/plain": "txt", "audio/ogg": "ogg", "audio/mpeg": "mp3",
@@ -101,6 +102,7 @@ class SessionManager:
         # The highest outbound seq the host has read per session (delivery notes it): the
         # other side's maximum for a new inbound seq, without reading outbound.db inline.
         self._out_max: dict[str, int] = {}
+        self._paths: dict[tuple[str, str], SessionPaths] = {}
         self.live_check_s = 30.0  # the host's SLA check of a live runner (sweep.SLA_CHECK_S)
         self._groups: dict[str, list[tuple[dict[str, Any], asyncio.Future[int | None]]]] = {}
         self._flushing: set[str] = set()  # sessions whose group commit is in flight
@@ -192,7 +194,15 @@ class SessionManager:
             self._out_max[session_id] = seq
 
     def paths(self, session: Session) -> SessionPaths:
-        return SessionPaths.of(self.home.data_dir, session.agent_group_id, session.id)
+        # asked for several times per routed message: one immutable object per session
+        # (the path joins cost ~20 µs); a few thousand kept at most
+        key = (session.agent_group_id, session.id)
+        paths = self._paths.get(key)
+        if paths is None:
+            if len(self._paths) >= PATHS_KEPT:
+                self._paths.clear()
+            paths = self._paths[key] = SessionPaths.of(self.home.data_dir, *key)
+        return paths
 
     def ready(self, session: Session) -> bool:
         """Whether the session's folder and DBs are made. A new session's row is visible a
