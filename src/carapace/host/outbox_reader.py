@@ -37,6 +37,7 @@ file); writes and inline reads open their own.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import sqlite3
@@ -53,7 +54,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
 
 from carapace import safefs
-from carapace.db.connection import BUSY_TIMEOUT_MS, session_write_pragmas
+from carapace.db.connection import BUSY_TIMEOUT_MS, is_busy, session_write_pragmas
 from carapace.errors import ValidationError
 
 if TYPE_CHECKING:
@@ -70,6 +71,7 @@ INLINE_BUDGET_S = 0.25  # the few indexed lookups still made on the event loop (
 # so legit ones take microseconds; generous so a loaded machine never reads "refused")
 CALL_TIMEOUT_S = 5.0  # an awaited read gives up after this (the budget fires first)
 BUSY_WAIT_MS = 1000  # a runner's write lock is waited for at most this long
+BUSY_RETRY_S = 0.0003  # between tries of a kept connection's read that met a runner commit
 MAX_ROWS = 500  # outbound rows per delivery read
 MAX_IDS = 500
 MAX_CONTENT_BYTES = 4 * 1024 * 1024
@@ -162,7 +164,6 @@ class _Kept:
     ident: tuple[int, int] | None = None
     schema: int | None = None  # the schema cookie last checked
     deadline: float = 0.0
-    busy_ms: int = -1
     retired: bool = False  # released while a read was in progress
 
     def drop(self) -> None:
@@ -171,7 +172,7 @@ class _Kept:
                 self.conn.close()
             except sqlite3.Error:
                 pass
-        self.conn, self.ident, self.schema, self.busy_ms = None, None, None, -1
+        self.conn, self.ident, self.schema = None, None, None
 
 
 _kept: dict[str, _Kept] = {}
@@ -220,6 +221,25 @@ def _open_ro(path: Path, busy: int, check: Callable[[], int]) -> sqlite3.Connect
     return conn
 
 
+def _begin(conn: sqlite3.Connection, busy_ms: int) -> int:
+    """BEGIN and the transaction's first read (the schema cookie), which takes the shared
+    lock: while the runner commits, tried again every ``BUSY_RETRY_S`` for up to
+    ``busy_ms``, not in SQLite's busy handler, whose first sleeps are 1, 2 and 5 ms (a
+    reader woken by the runner's claim commit met its reply commit ~1.5 times a round
+    trip). Once the shared lock is held, the transaction's later reads cannot be busy."""
+    deadline = time.monotonic() + min(busy_ms, BUSY_TIMEOUT_MS) / 1000
+    while True:
+        conn.execute("BEGIN")
+        try:
+            return int(conn.execute("PRAGMA schema_version").fetchone()[0])
+        except sqlite3.OperationalError as exc:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            if not is_busy(exc) or time.monotonic() >= deadline:
+                raise
+        time.sleep(BUSY_RETRY_S)
+
+
 @contextmanager
 def _kept_checked(
     entry: _Kept, path: Path, budget_s: float, busy: int
@@ -235,16 +255,13 @@ def _kept_checked(
             raise
         if entry.conn is None or entry.ident != ident:
             entry.drop()
-            entry.conn = _open_ro(path, busy, lambda: int(time.monotonic() > entry.deadline))
+            # no busy handler: _begin retries a busy start itself (every BUSY_RETRY_S)
+            entry.conn = _open_ro(path, 0, lambda: int(time.monotonic() > entry.deadline))
             entry.ident = ident
         conn = entry.conn
         entry.deadline = time.monotonic() + budget_s
         try:
-            if entry.busy_ms != busy:
-                conn.execute(f"PRAGMA busy_timeout = {min(busy, BUSY_TIMEOUT_MS)}")
-                entry.busy_ms = busy
-            conn.execute("BEGIN")
-            cookie = conn.execute("PRAGMA schema_version").fetchone()[0]
+            cookie = _begin(conn, busy)
             if cookie != entry.schema:
                 entry.schema = None
                 check_schema(conn)

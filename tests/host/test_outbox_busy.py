@@ -1,0 +1,94 @@
+"""Issue 19: the host's kept ``outbound.db`` connection meets the runner's commits (a
+reader woken by the claim commit reads while the reply commits). It waits for the lock by
+trying again every ``BUSY_RETRY_S``, not in SQLite's busy handler (first sleeps 1, 2 and
+5 ms), still for at most ``BUSY_WAIT_MS``; then the read is refused, as before."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from carapace.db.session import SessionPaths, init_session_folder
+from carapace.host import outbox_reader
+from carapace.host.outbox_reader import OutboxRefused, keep, read_rows, release
+
+ROW = "INSERT INTO messages_out (id, seq, timestamp, kind, content) VALUES ('{}', {}, 't', 'chat', '{{}}')"
+
+
+@pytest.fixture
+def kept(tmp_path: Path) -> Iterator[Path]:
+    paths = SessionPaths(tmp_path / "sess")
+    init_session_folder(paths)
+    keep(paths.outbound)
+    try:
+        yield paths.outbound
+    finally:
+        release(paths.outbound)
+
+
+def _runner(path: Path) -> sqlite3.Connection:
+    return sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+
+
+def test_a_read_meeting_a_runner_commit_is_retried_until_the_commit_ends(
+    kept: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert read_rows(kept, 0) == []  # the kept connection is open
+    conn = outbox_reader._kept[str(kept)].conn
+    assert conn is not None
+    assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == 0  # no busy handler
+    tries: list[float] = []
+    real_sleep = outbox_reader.time.sleep
+
+    def counted(seconds: float) -> None:
+        tries.append(seconds)
+        if len(tries) == 3:  # the runner's commit ends while the host waits
+            runner.execute("COMMIT")
+        real_sleep(seconds)
+
+    monkeypatch.setattr(outbox_reader.time, "sleep", counted)
+    runner = _runner(kept)
+    try:
+        runner.execute("BEGIN EXCLUSIVE")  # a commit in progress: readers are locked out
+        runner.execute(ROW.format("r1", 1))
+        rows = read_rows(kept, 0)
+    finally:
+        runner.close()
+    assert [r["id"] for r in rows] == ["r1"]  # waited for, then read: nothing refused
+    assert tries == [outbox_reader.BUSY_RETRY_S] * 3
+    assert outbox_reader._kept[str(kept)].conn is conn  # the same connection
+
+
+def test_a_lock_held_past_the_wait_is_refused_and_nothing_is_kept_in_doubt(
+    kept: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(outbox_reader, "BUSY_WAIT_MS", 20)
+    runner = _runner(kept)
+    try:
+        runner.execute("BEGIN EXCLUSIVE")
+        with pytest.raises(OutboxRefused, match="locked"):
+            read_rows(kept, 0)
+        runner.execute(ROW.format("r1", 1))
+        runner.execute("COMMIT")
+    finally:
+        runner.close()
+    assert [r["id"] for r in read_rows(kept, 0)] == ["r1"]
+
+
+def test_a_runner_commit_ending_in_another_thread_is_met_by_the_retries(kept: Path) -> None:
+    """As in a live session: the runner is another process; its commit ends on its own."""
+    runner = _runner(kept)
+    runner.execute("BEGIN EXCLUSIVE")
+    runner.execute(ROW.format("r1", 1))
+    done = threading.Timer(0.03, lambda: runner.execute("COMMIT"))
+    done.start()
+    try:
+        rows = read_rows(kept, 0)
+    finally:
+        done.join()
+        runner.close()
+    assert [r["id"] for r in rows] == ["r1"]
