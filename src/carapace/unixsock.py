@@ -15,19 +15,41 @@ from pathlib import Path
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 
+def bind_private(sock: socket.socket, path: Path) -> None:
+    """Bind the Unix socket ``sock`` at ``path`` with mode 0600 (a stale socket file
+    unlinked first), without touching the process's umask. The umask is process-wide: a
+    temporary ``umask(0o177)`` around a bind (as before) gave a folder made meanwhile by
+    another thread mode 0600, so a session folder made during a runner's start could not be
+    entered by its runner, which failed at every start. Linux gives the bound file the mode
+    of the socket's own inode, set here first with ``fchmod``."""
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    os.fchmod(sock.fileno(), 0o600)
+    sock.bind(str(path))
+    os.chmod(path, 0o600)  # where fchmod of a socket does not carry over (not Linux)
+
+
+def private_unix_socket(path: Path) -> socket.socket:
+    """A stream socket bound owner-only at ``path`` (:func:`bind_private`), not listening."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        bind_private(sock, path)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 async def start_private_server(
     handler: Handler, path: Path, *, limit: int
 ) -> asyncio.AbstractServer:
     """Serve ``handler`` on ``path`` with mode 0600, a stale socket file unlinked first."""
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()
-    old = os.umask(0o177)
+    sock = private_unix_socket(path)
     try:
-        server = await asyncio.start_unix_server(handler, path=str(path), limit=limit)
-    finally:
-        os.umask(old)
-    os.chmod(path, 0o600)
-    return server
+        return await asyncio.start_unix_server(handler, sock=sock, limit=limit)
+    except BaseException:
+        sock.close()
+        raise
 
 
 def relay(a: socket.socket, b: socket.socket, idle_s: float = 300.0) -> None:

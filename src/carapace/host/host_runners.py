@@ -9,9 +9,12 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
 import sqlite3
+import stat
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from carapace.db.session import SessionPaths
@@ -90,10 +93,31 @@ async def prepare(host: Host, session_id: str) -> RunnerSpec | None:
 
 
 def wake_files(host: Host, plan: Any, session_id: str) -> None:
+    heal_folder_mode(plan.paths.root)
     host.sessions.write_wake_files(plan)
     adopt_legacy_transcript(plan.agent_dir, plan.paths.root, session_id)  # out of the group
     with contextlib.suppress(FileNotFoundError):
         plan.paths.heartbeat.unlink()
+
+
+def heal_folder_mode(root: Path) -> None:
+    """A session folder the runner cannot enter (mode 0600: made by an older version while
+    another thread had the process umask at 0o177) is made 0700 again before a spawn, with
+    a warning; its runner failed at every start before. The link is not followed."""
+    try:
+        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError:
+        return  # missing (made again by the caller's caller) or not a folder: not ours here
+    try:
+        mode = stat.S_IMODE(os.fstat(fd).st_mode)
+        if mode & 0o700 != 0o700:
+            os.fchmod(fd, (mode | 0o700) & 0o700)
+            logger.warning("session folder %s had mode %o (its runner could not enter it): "
+                           "made 0700", root, mode)  # fmt: skip
+    except OSError as exc:
+        logger.warning("session folder %s: mode not checked: %s", root, exc)
+    finally:
+        os.close(fd)
 
 
 def on_exit(host: Host, session_id: str, exit: RunnerExit) -> None:

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import socket
 import socketserver
 import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from carapace.unixsock import relay
+from carapace.unixsock import bind_private, relay
 
 logger = logging.getLogger(__name__)
 
@@ -43,13 +42,13 @@ class RegistryProxy:
         class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
             daemon_threads = True
 
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-        old = os.umask(0o177)
-        try:
-            self.server = Server(str(path), Handler)
-        finally:
-            os.umask(old)
+        self.server = Server(str(path), Handler, bind_and_activate=False)
+        try:  # owner-only, never a process-wide umask change (unixsock.bind_private)
+            bind_private(self.server.socket, path)
+            self.server.server_activate()
+        except BaseException:
+            self.server.server_close()
+            raise
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 

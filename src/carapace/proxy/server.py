@@ -53,6 +53,7 @@ from carapace.proxy.upstream import UpstreamPool, UpstreamResponse
 from carapace.proxy.usage import UsageRecord, UsageStore
 from carapace.runner.providers.base import PROVIDER_ALIASES  # not lazily: ~8 ms on the loop
 from carapace.timefmt import iso, utcnow
+from carapace.unixsock import private_unix_socket
 
 logger = logging.getLogger(__name__)
 
@@ -154,13 +155,7 @@ class EgressProxy:
         the event loop's next turn."""
         self._drop(route.session_id)
         path = self.socket_dir() / f"s{len(self._servers)}-{os.urandom(6).hex()}.sock"
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old = os.umask(0o177)
-        try:
-            sock.bind(str(path))
-        finally:
-            os.umask(old)
-        os.chmod(path, 0o600)
+        sock = private_unix_socket(path)  # never a process-wide umask change
         sock.listen(64)
 
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

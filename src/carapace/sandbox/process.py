@@ -24,6 +24,7 @@ from typing import IO, Any, Protocol, cast
 from carapace.limits import (
     Limits,
     join_cgroup,
+    lower_priority,
     remove_cgroup,
     rlimit_preexec,
     runner_cgroup,
@@ -120,13 +121,15 @@ def runner_env(spec: RunnerSpec, pass_env: Sequence[str]) -> dict[str, str]:
 
 
 def child_setup(limits: Limits, cgroup: Path | None = None) -> Callable[[], None]:
-    """``preexec_fn`` of a runner: die with the host, join its cgroup, the group's rlimits."""
+    """``preexec_fn`` of a runner: die with the host, join its cgroup, a lower CPU priority
+    than the host's (``limits.lower_priority``), the group's rlimits."""
     apply_limits = rlimit_preexec(limits)
     prctl = _prctl()  # looked up here: no dlopen between fork and exec
 
     def setup() -> None:  # pragma: no cover - runs in the child
         _pdeathsig(prctl)
         join_cgroup(cgroup)
+        lower_priority()
         apply_limits()
 
     return setup
@@ -222,17 +225,6 @@ async def start_child(argv: Sequence[str], *, env: dict[str, str], cwd: str, std
     return Child(popen)
 
 
-def spare_setup(cgroup: Path | None) -> Callable[[], None]:
-    """``preexec_fn`` of a spare (``carapace.sandbox.spare``): the parent-death signal only;
-    the spare joins ``cgroup`` itself after its exec, and sets the runner's limits."""
-    prctl = _prctl()
-
-    def setup() -> None:  # pragma: no cover - runs in the child
-        _pdeathsig(prctl)
-
-    return setup
-
-
 _spares: dict[str, SpareStarter] = {}
 
 
@@ -240,18 +232,24 @@ def spare_starter(python: str) -> SpareStarter:
     """The host process's spare for runners of ``python`` (one, shared by its backends)."""
     starter = _spares.get(python)
     if starter is None:
-        starter = _spares[python] = SpareStarter(python, setup=spare_setup)
+        starter = _spares[python] = SpareStarter(python)
     return starter
 
 
 async def start_runner(argv: Sequence[str], *, name: str, limits: Limits, env: dict[str, str],
                        cwd: str, stderr: IO[bytes], pass_fds: Sequence[int] = (),
                        spare: SpareStarter | None = None) -> tuple[Child, Path | None]:  # fmt: skip
-    """Start one runner: through the ready spare when there is one, else (a fork of the
-    host, its own pids cgroup ``name``, the limits) off the event loop. Returns the child
-    and its cgroup (removed after its exit by the handle)."""
+    """Start one runner: through a spare (the ready one, else one made for this start),
+    else (a spare cannot be made, or ``spare`` is None: a fork of the host, its own pids
+    cgroup ``name``, the limits) off the event loop. Returns the child and its cgroup
+    (removed after its exit by the handle)."""
     if spare is not None:
         ready = spare.take(limits)
+        if ready is None:  # none ready: one made for this start (a vfork of the host)
+            try:
+                ready = await spare.make_now(limits)
+            except Exception as exc:
+                logger.info("no spare runner process (%s): ordinary start", exc)
         if ready is not None:
             try:
                 popen = launch(ready, argv, env=env, cwd=cwd, stderr=stderr.fileno(),

@@ -9,13 +9,17 @@ then waits on a socket. A start hands it the command line, the environment, the 
 folder, the resource limits and the descriptors the runner must inherit (``SCM_RIGHTS``);
 it applies the limits, puts the descriptors at the numbers the command line names, and
 execs. Its pid, session, cgroup and parent stay those of the runner, so the handles work
-unchanged. One spare at most, refilled in a thread after each use; none while nothing has
-been started (the first start of a host takes the ordinary path). The spare runs nothing
+unchanged. One spare at most is kept ready, refilled in a thread after each use; a start
+that finds none makes one at once and hands it the request (``make_now``): the host is
+never forked with code to run between fork and exec, so its fork is a ``vfork`` (a full
+fork copied the host's page tables with the GIL held, 3 ms typical and 20-50 ms under
+load, a stall of the event loop per start: ``bench concurrent``). The spare runs nothing
 it was not given by the host, and exits when the host closes its socket or dies.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -29,8 +33,9 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
-from carapace.limits import Limits, rlimit_values, runner_cgroup
+from carapace.limits import RUNNER_NICE, Limits, rlimit_values, runner_cgroup
 
 logger = logging.getLogger(__name__)
 
@@ -85,10 +90,8 @@ class _Ready:
 class SpareStarter:
     """At most one ready spare (see the module doc); ``take`` never waits for one."""
 
-    def __init__(self, python: str | None = None, *,
-                 setup: Callable[[Path | None], Callable[[], None]] | None = None) -> None:  # fmt: skip
+    def __init__(self, python: str | None = None) -> None:
         self.python = python or sys.executable
-        self._setup = setup  # preexec_fn of the spare (the parent-death signal)
         self._lock = threading.Lock()
         self._ready: _Ready | None = None
         self._filling = False
@@ -111,6 +114,22 @@ class SpareStarter:
             except OSError:
                 _discard(ready)
                 return None
+        return ready
+
+    async def make_now(self, limits: Limits) -> _Ready:
+        """A spare made for this start (none was ready), on the fork thread; its cgroup set
+        to ``limits``. Raises when it cannot be made (then the ordinary start)."""
+        with self._lock:
+            self._count += 1
+            n = self._count
+        made = await asyncio.wrap_future(fork_thread.submit(lambda: self._make(n)))
+        ready = cast(_Ready, made)
+        if ready.cgroup is not None:
+            try:
+                (ready.cgroup / "pids.max").write_text(f"{limits.processes}\n")
+            except OSError:
+                await asyncio.to_thread(_discard, ready)
+                raise
         return ready
 
     def refill(self, delay: float = 0.0) -> None:
@@ -146,13 +165,16 @@ class SpareStarter:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         cgroup = runner_cgroup(f"spare-{os.getpid()}-{n}", Limits())
         try:
+            # no preexec_fn and no setsid here: the fork is a vfork, no copy of the host's
+            # page tables with the GIL held, and the child runs (and execs) in the host's
+            # scheduling group; the spare asks for its parent-death signal and makes its
+            # session itself (spare_exec.py)
             popen = subprocess.Popen(
-                [self.python, "-I", "-S", str(HELPER), str(theirs.fileno()),
-                 *([str(cgroup)] if cgroup is not None else [])],
+                [self.python, "-I", "-S", str(HELPER), str(theirs.fileno()), str(os.getpid()),
+                 str(RUNNER_NICE), *([str(cgroup)] if cgroup is not None else [])],
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL, env={}, cwd="/", start_new_session=True,
-                pass_fds=(theirs.fileno(),),
-                preexec_fn=self._setup(cgroup) if self._setup is not None else None,
+                stderr=subprocess.DEVNULL, env={}, cwd="/",
+                pass_fds=(theirs.fileno(),),  # its own session: made by the spare (setsid)
             )  # fmt: skip
         except BaseException:
             ours.close()

@@ -1,10 +1,20 @@
 """What a spare process runs (``carapace.sandbox.spare``):
-``python -I -S spare_exec.py FD [CGROUP]``.
+``python -I -S spare_exec.py FD HOST_PID NICE [CGROUP]``.
 
 The standard library only (it runs without ``site`` and imports nothing of carapace). First
-it joins the pids cgroup ``CGROUP`` (a folder) when one is named: here, after the exec, and
-not between fork and exec, where the slow join would keep copies of the host's descriptors
-(its home lock among them) open in the child. Then it waits
+it asks for the parent-death signal (it dies with the host: the thread that started it is
+the host's long-lived fork thread) and exits if the host ``HOST_PID`` is gone already; the
+host starts it without any code between fork and exec, so the host's fork is a ``vfork``
+(a fork of the host copied its page tables with the GIL held: 3 ms typical, 20-50 ms under
+load, a stall of the host's event loop per runner start). It makes its own session only
+then (``setsid``: a new scheduling group where the kernel groups sessions, so until its
+exec the child shares the host's group and is scheduled as promptly as the host; the
+vforking thread holds the GIL until the child's exec), and lowers its priority to the
+runner's (``NICE``, as ``carapace.limits.lower_priority``: its start-up already yields to
+the host). Then it joins the pids cgroup
+``CGROUP`` (a folder) when one is named: here, after the exec, and not between fork and
+exec, where the slow join would keep copies of the host's descriptors (its home lock among
+them) open in the child. Then it waits
 for one request on the socket ``FD`` from the host; end of file (the host closed it or
 died) means exit. A request is JSON (``argv``, ``exe``, ``env``, ``cwd``, ``rlimits``,
 ``fds``: the number each passed descriptor must have) with the descriptors attached
@@ -53,6 +63,25 @@ def serve(sock: socket.socket) -> None:
     os._exit(127)
 
 
+def nice(value: int) -> None:
+    if value <= 0:
+        return
+    try:
+        os.nice(value)
+    except OSError:
+        pass
+    try:
+        fd = os.open("/proc/self/autogroup", os.O_WRONLY)
+    except OSError:
+        return
+    try:
+        os.write(fd, b"%d\n" % value)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def join(cgroup: str) -> None:
     try:
         with open(os.path.join(cgroup, "cgroup.procs"), "w") as fh:
@@ -61,7 +90,21 @@ def join(cgroup: str) -> None:
         os._exit(1)  # no spare rather than one outside its cgroup
 
 
+def die_with(host_pid: int) -> None:
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, 9, 0, 0, 0)  # PR_SET_PDEATHSIG, SIGKILL
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != host_pid:  # the host died before the signal was asked for
+        os._exit(0)
+
+
 if __name__ == "__main__":
-    if len(sys.argv) > 2:
-        join(sys.argv[2])
+    die_with(int(sys.argv[2]))
+    os.setsid()
+    nice(int(sys.argv[3]))
+    if len(sys.argv) > 4:
+        join(sys.argv[4])
     serve(socket.socket(fileno=int(sys.argv[1])))
