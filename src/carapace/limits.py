@@ -90,33 +90,6 @@ def _set(which: int, value: int) -> None:
         pass
 
 
-RUNNER_NICE = 10  # runners yield the CPU to the host (see lower_priority)
-
-
-def lower_priority(nice: int = RUNNER_NICE) -> None:  # pragma: no cover - in the child
-    """In a new runner (its own session, before its exec): a lower CPU priority than the
-    host's. Where the kernel groups each session (``sched_autogroup``, the default of most
-    distributions) a process's nice value only ranks it within its group and every runner
-    is a group of its own, as heavy as the host's: with 100 runners starting on 2 cores the
-    host got ~1 % of the CPU and its event loop stalled for ~90 ms (``bench concurrent``).
-    So the group's nice (``/proc/self/autogroup``) is raised too. Raising is allowed to
-    anyone; nothing fails when either cannot be set."""
-    try:
-        os.nice(nice)
-    except OSError:
-        pass
-    try:
-        fd = os.open("/proc/self/autogroup", os.O_WRONLY)
-    except OSError:
-        return
-    try:
-        os.write(fd, b"%d\n" % nice)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def rlimit_values(limits: Limits, *, cpu: bool = False) -> list[tuple[int, int]]:
     """``(resource, value)`` pairs of the limits (``cpu``: also CPU seconds)."""
     values = [(resource.RLIMIT_AS, limits.memory_mb * MB),

@@ -24,7 +24,6 @@ from typing import IO, Any, Protocol, cast
 from carapace.limits import (
     Limits,
     join_cgroup,
-    lower_priority,
     remove_cgroup,
     rlimit_preexec,
     runner_cgroup,
@@ -121,15 +120,13 @@ def runner_env(spec: RunnerSpec, pass_env: Sequence[str]) -> dict[str, str]:
 
 
 def child_setup(limits: Limits, cgroup: Path | None = None) -> Callable[[], None]:
-    """``preexec_fn`` of a runner: die with the host, join its cgroup, a lower CPU priority
-    than the host's (``limits.lower_priority``), the group's rlimits."""
+    """``preexec_fn`` of a runner: die with the host, join its cgroup, the group's rlimits."""
     apply_limits = rlimit_preexec(limits)
     prctl = _prctl()  # looked up here: no dlopen between fork and exec
 
     def setup() -> None:  # pragma: no cover - runs in the child
         _pdeathsig(prctl)
         join_cgroup(cgroup)
-        lower_priority()
         apply_limits()
 
     return setup

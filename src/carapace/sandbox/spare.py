@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
 
-from carapace.limits import RUNNER_NICE, Limits, rlimit_values, runner_cgroup
+from carapace.limits import Limits, rlimit_values, runner_cgroup
 
 logger = logging.getLogger(__name__)
 
@@ -171,7 +171,7 @@ class SpareStarter:
             # session itself (spare_exec.py)
             popen = subprocess.Popen(
                 [self.python, "-I", "-S", str(HELPER), str(theirs.fileno()), str(os.getpid()),
-                 str(RUNNER_NICE), *([str(cgroup)] if cgroup is not None else [])],
+                 *([str(cgroup)] if cgroup is not None else [])],
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL, env={}, cwd="/",
                 pass_fds=(theirs.fileno(),),  # its own session: made by the spare (setsid)

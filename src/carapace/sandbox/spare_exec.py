@@ -1,5 +1,5 @@
 """What a spare process runs (``carapace.sandbox.spare``):
-``python -I -S spare_exec.py FD HOST_PID NICE [CGROUP]``.
+``python -I -S spare_exec.py FD HOST_PID [CGROUP]``.
 
 The standard library only (it runs without ``site`` and imports nothing of carapace). First
 it asks for the parent-death signal (it dies with the host: the thread that started it is
@@ -9,9 +9,7 @@ host starts it without any code between fork and exec, so the host's fork is a `
 load, a stall of the host's event loop per runner start). It makes its own session only
 then (``setsid``: a new scheduling group where the kernel groups sessions, so until its
 exec the child shares the host's group and is scheduled as promptly as the host; the
-vforking thread holds the GIL until the child's exec), and lowers its priority to the
-runner's (``NICE``, as ``carapace.limits.lower_priority``: its start-up already yields to
-the host). Then it joins the pids cgroup
+vforking thread holds the GIL until the child's exec). Then it joins the pids cgroup
 ``CGROUP`` (a folder) when one is named: here, after the exec, and not between fork and
 exec, where the slow join would keep copies of the host's descriptors (its home lock among
 them) open in the child. Then it waits
@@ -63,25 +61,6 @@ def serve(sock: socket.socket) -> None:
     os._exit(127)
 
 
-def nice(value: int) -> None:
-    if value <= 0:
-        return
-    try:
-        os.nice(value)
-    except OSError:
-        pass
-    try:
-        fd = os.open("/proc/self/autogroup", os.O_WRONLY)
-    except OSError:
-        return
-    try:
-        os.write(fd, b"%d\n" % value)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def join(cgroup: str) -> None:
     try:
         with open(os.path.join(cgroup, "cgroup.procs"), "w") as fh:
@@ -104,7 +83,6 @@ def die_with(host_pid: int) -> None:
 if __name__ == "__main__":
     die_with(int(sys.argv[2]))
     os.setsid()
-    nice(int(sys.argv[3]))
-    if len(sys.argv) > 4:
-        join(sys.argv[4])
+    if len(sys.argv) > 3:
+        join(sys.argv[3])
     serve(socket.socket(fileno=int(sys.argv[1])))
