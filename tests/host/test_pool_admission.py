@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
+
 from carapace.host.pool import FakeBackend, FakeHandle, RunnerPool
 from carapace.sandbox.process import RunnerHandle, RunnerSpec
 
@@ -73,6 +75,8 @@ def test_at_most_k_runners_start_at_once_in_fifo_order_and_none_is_lost() -> Non
         for sid in ["s1", "s0", "s2", "s4", "s3", "s5", "s6", "s7", "s8", "s9"]:
             backend.release(sid)
             await _settle()
+            pool.runner_ready(sid)  # its first commit: it is up
+            await _settle()
             counts.append(len(backend.inflight))
         assert sorted(pool.running) == sorted(ids)
         assert pool.spawning() == []
@@ -132,3 +136,49 @@ def test_a_failed_spawn_hands_its_slot_to_queued_work_at_once() -> None:
         return running
 
     assert asyncio.run(scenario()) == ["next"]
+
+
+def test_a_launched_runner_keeps_its_place_until_it_is_up() -> None:
+    """A runner's start-up (imports) is CPU work: a launched runner keeps its place in the
+    start gate until its first commit (``runner_ready``) or its exit; then the next session
+    in line starts."""
+    backend = FakeBackend()
+
+    async def scenario() -> list[list[str]]:
+        pool = _pool(backend, max_runners=10, max_starting=1)
+        seen = []
+        for sid in ("a", "b", "c"):
+            pool.wake(sid)
+        await _settle()
+        seen.append(sorted(pool.running))  # "a" launched, not up: the others wait
+        assert pool.settling() == 1
+        pool.runner_ready("a")  # its first commit
+        await _settle()
+        seen.append(sorted(pool.running))
+        backend.handles["b"].exit(1)  # "b" dies before it is up: its place is free too
+        await _settle()
+        seen.append(sorted(pool.running))
+        await pool.stop_all()
+        return seen
+
+    assert asyncio.run(scenario()) == [["a"], ["a", "b"], ["a", "c"]]
+
+
+def test_a_runner_that_never_commits_frees_its_place_after_settle_s(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from carapace.host import pool as pool_mod
+
+    monkeypatch.setattr(pool_mod, "SETTLE_S", 0.0)  # the bound itself, not its length
+    backend = FakeBackend()
+
+    async def scenario() -> list[str]:
+        pool = _pool(backend, max_runners=10, max_starting=1)
+        pool.wake("quiet")
+        pool.wake("next")
+        await _settle()
+        running = sorted(pool.running)
+        await pool.stop_all()
+        return running
+
+    assert asyncio.run(scenario()) == ["next", "quiet"]

@@ -514,6 +514,7 @@ class Host:
         return total
 
     def _on_outbound_change(self, session_id: str) -> None:
+        self.pool.runner_ready(session_id)  # it committed: it is up (its start-gate place)
         self._spawn(host_runners.after_commit(self, session_id))
 
     def _idle_since(self, session_id: str) -> datetime | None:

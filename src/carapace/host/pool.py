@@ -7,7 +7,11 @@
 * Start admission (``max_starting``): at most that many runners are being started (prepared
   and launched) at once; the rest of the sessions holding a slot wait in FIFO order, so a
   burst of wakes (a restart with many sessions due, a busy minute over many chats) does
-  not put every spawn's file work, fork and sandbox set-up on the machine at once.
+  not put every spawn's file work, fork and sandbox set-up on the machine at once. A
+  launched runner keeps its place until it is up (its first commit: ``runner_ready``; at
+  most ``SETTLE_S``): a runner's start-up is ~60 ms of CPU (imports), and 100 of them at
+  once left the host's event loop ~1/100 of the CPU (``sched_autogroup`` weighs each
+  runner's session as much as the whole host), stalling every chat for ~90 ms.
 * Each session dir gets ``.runner.pid`` (``<pid> <start time>``) so orphans left by a
   crashed host are reaped at the next start (spec §5.10, §7.8 item 3).
 * ``stop`` sends SIGTERM to the runner's process group, then SIGKILL after the grace.
@@ -50,9 +54,15 @@ logger = logging.getLogger(__name__)
 YIELD_MIN_IDLE_S = 0.5
 
 
+SETTLE_S = 1.0  # a launched runner counts as starting until its first commit, at most this
+
+
 def default_max_starting() -> int:
-    """Runners started at once by default: one per CPU, plus one."""
-    return (os.cpu_count() or 1) + 1
+    """Runners starting at once by default (launched and not up yet): one per CPU. A
+    start-up is CPU work; more at once only takes the CPU from the host (`bench
+    concurrent`, 2 CPUs: 3 at once 24-40 ms loop stalls, 2 at once 19-20 ms and the 100
+    chats answered sooner, 12.5 s against 13.4-13.9 s)."""
+    return os.cpu_count() or 1
 
 
 @dataclass
@@ -92,6 +102,8 @@ class RunnerPool:
         # (asyncio.Semaphore lets waiters in in arrival order, as the router's admission)
         self._start_gate = asyncio.Semaphore(max(1, max_starting or default_max_starting()))
         self._starting = 0
+        # launched runners not up yet (they keep their place in the gate): when it is freed
+        self._settling: dict[str, asyncio.TimerHandle] = {}
         self._unwanted: set[str] = set()  # stopped while waiting to start: not started
         self.prepare = prepare
         self.on_exit = on_exit
@@ -117,6 +129,17 @@ class RunnerPool:
     def starting(self) -> int:
         """How many runners are being prepared or launched right now."""
         return self._starting
+
+    def runner_ready(self, session_id: str) -> None:
+        """The session's runner is up (it committed): its place in the start gate is free."""
+        timer = self._settling.pop(session_id, None)
+        if timer is not None:
+            timer.cancel()
+            self._start_gate.release()
+
+    def settling(self) -> int:
+        """Launched runners not up yet (their place in the start gate still taken)."""
+        return len(self._settling)
 
     def queued(self) -> list[str]:
         return list(self._queue)
@@ -174,6 +197,10 @@ class RunnerPool:
             )  # fmt: skip
             self.on_started(session_id)
             started = True
+            # its place in the gate is kept until it is up (runner_ready) or SETTLE_S
+            self._settling[session_id] = asyncio.get_running_loop().call_later(
+                SETTLE_S, self.runner_ready, session_id
+            )
             return True
         except Exception as exc:
             if no_space(exc):  # one line: it recurs until there is room again
@@ -185,7 +212,8 @@ class RunnerPool:
             return False
         finally:
             self._starting -= 1
-            self._start_gate.release()
+            if session_id not in self._settling:
+                self._start_gate.release()
             self._unwanted.discard(session_id)
             self._spawning.pop(session_id, None)
             if not started:  # the slot is free again: queued work may take it
@@ -193,6 +221,7 @@ class RunnerPool:
 
     async def _watch(self, session_id: str, run: _Running, pidfile: Path) -> None:
         code = await run.handle.wait()
+        self.runner_ready(session_id)  # an exit before its first commit frees its place too
         self.running.pop(session_id, None)
         with contextlib.suppress(OSError):
             pidfile.unlink()
