@@ -60,7 +60,7 @@ SETTLE_S = 1.0  # a launched runner counts as starting until its first commit, a
 def default_max_starting() -> int:
     """Runners starting at once by default (launched and not up yet): one per CPU. A
     start-up is CPU work; more at once only takes the CPU from the host (`bench
-    concurrent`, 2 CPUs: 3 at once 24-40 ms loop stalls, 2 at once 19-20 ms and the 100
+    concurrent`, 2 CPUs: 3 at once 24-40 ms loop stalls, 2 at once 17-32 ms and the 100
     chats answered sooner, 12.5 s against 13.4-13.9 s)."""
     return os.cpu_count() or 1
 
