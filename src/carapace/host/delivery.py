@@ -71,7 +71,7 @@ from carapace.host.outbox_reader import (
 from carapace.host.preview import edit_into_preview
 from carapace.host.send_intents import SendIntents
 from carapace.host.session_writer import FolderReplaced, Key
-from carapace.host.sessions import SessionManager
+from carapace.host.sessions import SessionManager, delivery_cursor
 from carapace.jsonutil import loads_or
 from carapace.timefmt import iso, parse_ts, sqlite_ts
 
@@ -133,12 +133,6 @@ class Delivery:
         inb = self.sessions.open_inbound(paths)
         _host_tables(inb)
         return inb
-
-    def folder_remade(self, session_id: str) -> None:
-        """The session's folder was deleted and made again: what this host kept of the old
-        files (the cursor; a writer thread's connection) is dropped, whatever inode number
-        the new file got (a freed one can come back: the writers' generation tells)."""
-        self._cursors.pop(session_id, None)
 
     def pending_count(self, session: Session) -> int:
         """Outbound rows above the cursor that are not done (cheap: cursor + index)."""
@@ -276,7 +270,7 @@ class Delivery:
                 self.outbox.refused(self.sessions, session, exc, now, self.wake)
                 return result
             self.outbox.accepted(session.id)
-            if rows and _key_now(self.sessions, session_id, paths) != key:
+            if rows and self.sessions.writers.current_key(session_id, paths) != key:
                 # the folder was made again while the rows were read: they may be the new
                 # outbound.db's, read above the old file's cursor; read again from the start
                 self._again.add(session_id)
@@ -625,19 +619,11 @@ def _host_tables(inb: sqlite3.Connection) -> None:
                     inb.execute(stmt)
 
 
-def _key_now(sessions: SessionManager, session_id: str, paths: SessionPaths) -> Key | None:
-    try:
-        return sessions.writers.key(session_id, paths)
-    except OSError:
-        return None
-
-
 def _tables_and_cursor(inb: sqlite3.Connection) -> int:
     """The host's delivery tables (made when missing: a session folder made again) and the
     delivery cursor. On the session's writer thread."""
     _host_tables(inb)
-    cur = inb.execute("SELECT seq FROM carapace_delivery_cursor WHERE id=1").fetchone()
-    return int(cur[0]) if cur else 0
+    return delivery_cursor(inb)
 
 
 def _known(

@@ -290,8 +290,8 @@ class Host:
     def _on_folder_remade(self, session_id: str) -> None:
         """A session folder was deleted under a live runner, which would go on reading and
         writing the deleted files: stop it; its exit wakes the session on the new folder.
-        Delivery forgets what it kept of the old files."""
-        self.delivery.folder_remade(session_id)
+        (What the host kept of the old files is keyed by the folder's generation, which
+        ``SessionWriters.replaced`` moved: it is never taken for the new files'.)"""
         if self.pool.is_running(session_id) and not self._stopping:
             logger.warning("session folder of %s was deleted: stopping its runner", session_id)
             self._spawn(self.pool.stop(session_id, "session folder deleted"))

@@ -155,6 +155,13 @@ class SessionWriters:
         """The identity of the session's current inbound.db (OSError when it is missing)."""
         return os.stat(paths.inbound).st_ino, self._generations.get(session_id, 0)
 
+    def current_key(self, session_id: str, paths: SessionPaths) -> Key | None:
+        """:meth:`key`, or None when the file is missing."""
+        try:
+            return self.key(session_id, paths)
+        except OSError:
+            return None
+
     def generation(self, session_id: str) -> int:
         return self._generations.get(session_id, 0)
 

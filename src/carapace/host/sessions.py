@@ -98,7 +98,7 @@ class SessionManager:
         # work marks the central DB refused (a full disk): kept here, written when it can
         self._unmarked: dict[str, str] = {}
         self._uses: dict[int, int] = {}  # id(kept connection) -> users right now
-        self._kept_key: dict[str, Key] = {}  # the file each kept connection opened
+        self._kept_key: dict[str, Key | None] = {}  # the file each kept connection opened
         # The highest outbound seq the host has read per session (delivery notes it): the
         # other side's maximum for a new inbound seq, without reading outbound.db inline.
         self._out_max: dict[str, int] = {}
@@ -121,7 +121,7 @@ class SessionManager:
         paths = self.paths(session)
         if session.id not in self._kept:
             self._kept[session.id] = open_inbound(paths)
-            self._kept_key[session.id] = _key(self.writers, session.id, paths)
+            self._kept_key[session.id] = self.writers.current_key(session.id, paths)
         outbox_reader.keep(paths.outbound)
 
     def release(self, session_id: str) -> None:
@@ -157,13 +157,14 @@ class SessionManager:
         sid = paths.root.name
         conn = self._kept.get(sid)
         kept_key = self._kept_key.get(sid)
-        if conn is not None and kept_key != (key := _key(self.writers, sid, paths)):
+        if conn is not None and kept_key != self.writers.current_key(sid, paths):
             # the session folder was deleted (and maybe made again): the kept connection
             # holds the deleted file; drop it, the fresh one below opens the current file
             logger.warning("session %s: inbound.db replaced; its kept connection is dropped",
                            sid)  # fmt: skip
             self.release(sid)
-            if kept_key is None or kept_key[1] == key[1]:  # not made again by this host
+            if kept_key is None or kept_key[1] == self.writers.generation(sid):
+                # not made again by this host (that moved the generation and said so)
                 self._folder_remade(sid)
             conn = None
         if conn is None:
@@ -383,7 +384,7 @@ class SessionManager:
             """On the writer thread: one durable transaction for the batch."""
             out: list[int | BaseException | None] = []
             with transaction(conn, durable=True):
-                other = known if known is not None else _cursor(conn)
+                other = known if known is not None else delivery_cursor(conn)
                 for row in rows:
                     if conn.execute(
                         "SELECT 1 FROM messages_in WHERE id=?", (row["id"],)
@@ -437,7 +438,7 @@ class SessionManager:
         known = self._out_max.get(session_id)
         if known is not None:  # every cursor delivery wrote or read is noted: known >= it
             return known
-        return _cursor(inb)  # nothing delivered since the host started: one read
+        return delivery_cursor(inb)  # nothing delivered since the host started: one read
 
     def notify_agent(
         self, session: Session, text: str, *, now: datetime, prefix: str = "sys"
@@ -594,18 +595,10 @@ def sqlite_due(when: datetime) -> str:
     return sqlite_ts(when)
 
 
-def _cursor(inb: sqlite3.Connection) -> int:
+def delivery_cursor(inb: sqlite3.Connection) -> int:
     """The delivery cursor of a session's inbound.db (0 before the first delivery)."""
     try:
         row = inb.execute("SELECT seq FROM carapace_delivery_cursor WHERE id=1").fetchone()
     except sqlite3.OperationalError:  # no delivery yet: the table comes with the first
         row = None
     return int(row[0]) if row is not None and isinstance(row[0], int) else 0
-
-
-def _key(writers: SessionWriters, session_id: str, paths: SessionPaths) -> Key:
-    """The file's identity (a missing file: inode -1, never a kept connection's)."""
-    try:
-        return writers.key(session_id, paths)
-    except OSError:
-        return -1, writers.generation(session_id)

@@ -122,15 +122,8 @@ class SpareStarter:
         with self._lock:
             self._count += 1
             n = self._count
-        made = await asyncio.wrap_future(fork_thread.submit(lambda: self._make(n)))
-        ready = cast(_Ready, made)
-        if ready.cgroup is not None:
-            try:
-                (ready.cgroup / "pids.max").write_text(f"{limits.processes}\n")
-            except OSError:
-                await asyncio.to_thread(_discard, ready)
-                raise
-        return ready
+        made = await asyncio.wrap_future(fork_thread.submit(lambda: self._make(n, limits)))
+        return cast(_Ready, made)
 
     def refill(self, delay: float = 0.0) -> None:
         """Make a spare if there is none (after ``delay`` s: not beside the start that
@@ -161,9 +154,9 @@ class SpareStarter:
         if ready is not None:
             _discard(ready)
 
-    def _make(self, n: int) -> _Ready:
+    def _make(self, n: int, limits: Limits | None = None) -> _Ready:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        cgroup = runner_cgroup(f"spare-{os.getpid()}-{n}", Limits())
+        cgroup = runner_cgroup(f"spare-{os.getpid()}-{n}", limits or Limits())
         try:
             # no preexec_fn and no setsid here: the fork is a vfork, no copy of the host's
             # page tables with the GIL held, and the child runs (and execs) in the host's
