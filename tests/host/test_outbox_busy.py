@@ -59,7 +59,8 @@ def test_a_read_meeting_a_runner_commit_is_retried_until_the_commit_ends(
     finally:
         runner.close()
     assert [r["id"] for r in rows] == ["r1"]  # waited for, then read: nothing refused
-    assert tries == [outbox_reader.BUSY_RETRY_S] * 3
+    first = outbox_reader.BUSY_RETRY_S
+    assert tries == [first, 2 * first, 4 * first]  # short waits first, doubling
     assert outbox_reader._kept[str(kept)].conn is conn  # the same connection
 
 
@@ -92,3 +93,29 @@ def test_a_runner_commit_ending_in_another_thread_is_met_by_the_retries(kept: Pa
         done.join()
         runner.close()
     assert [r["id"] for r in rows] == ["r1"]
+
+
+def test_a_lock_the_agent_holds_on_purpose_costs_few_tries(
+    kept: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The agent owns outbound.db and may hold its lock for good: the host's read waits
+    with doubling sleeps (capped), so the whole wait is a few dozen tries, not one every
+    0.3 ms (thousands a second of BEGIN, a failed read and ROLLBACK)."""
+    monkeypatch.setattr(outbox_reader, "BUSY_WAIT_MS", 300)
+    tries: list[float] = []
+    real_sleep = outbox_reader.time.sleep
+
+    def counted(seconds: float) -> None:
+        tries.append(seconds)
+        real_sleep(seconds)
+
+    monkeypatch.setattr(outbox_reader.time, "sleep", counted)
+    agent = _runner(kept)
+    try:
+        agent.execute("BEGIN EXCLUSIVE")
+        with pytest.raises(OutboxRefused, match="locked"):
+            read_rows(kept, 0)
+    finally:
+        agent.close()
+    assert max(tries) == outbox_reader.BUSY_RETRY_MAX_S
+    assert len(tries) < 60  # 300 ms at 0.3 ms a try would be ~1,000

@@ -72,6 +72,7 @@ INLINE_BUDGET_S = 0.25  # the few indexed lookups still made on the event loop (
 CALL_TIMEOUT_S = 5.0  # an awaited read gives up after this (the budget fires first)
 BUSY_WAIT_MS = 1000  # a runner's write lock is waited for at most this long
 BUSY_RETRY_S = 0.0003  # between tries of a kept connection's read that met a runner commit
+BUSY_RETRY_MAX_S = 0.01  # the wait doubles up to this (a lock held on purpose)
 MAX_ROWS = 500  # outbound rows per delivery read
 MAX_IDS = 500
 MAX_CONTENT_BYTES = 4 * 1024 * 1024
@@ -226,8 +227,11 @@ def _begin(conn: sqlite3.Connection, busy_ms: int) -> int:
     lock: while the runner commits, tried again every ``BUSY_RETRY_S`` for up to
     ``busy_ms``, not in SQLite's busy handler, whose first sleeps are 1, 2 and 5 ms (a
     reader woken by the runner's claim commit met its reply commit ~1.5 times a round
-    trip). Once the shared lock is held, the transaction's later reads cannot be busy."""
+    trip). The wait doubles from try to try up to ``BUSY_RETRY_MAX_S``: a lock the agent
+    holds on purpose costs the host a few dozen tries a second, not thousands. Once the
+    shared lock is held, the transaction's later reads cannot be busy."""
     deadline = time.monotonic() + min(busy_ms, BUSY_TIMEOUT_MS) / 1000
+    wait = BUSY_RETRY_S
     while True:
         conn.execute("BEGIN")
         try:
@@ -237,7 +241,8 @@ def _begin(conn: sqlite3.Connection, busy_ms: int) -> int:
                 conn.execute("ROLLBACK")
             if not is_busy(exc) or time.monotonic() >= deadline:
                 raise
-        time.sleep(BUSY_RETRY_S)
+        time.sleep(wait)
+        wait = min(wait * 2, BUSY_RETRY_MAX_S)
 
 
 @contextmanager
