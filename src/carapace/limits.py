@@ -28,8 +28,9 @@ import logging
 import os
 import resource
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
 from pathlib import Path
+
+from carapace.record import fields, record
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ MB = 1024 * 1024
 MAX_TOOL_TIMEOUT_S = 3600.0  # no group can declare more: the stuck check trusts no larger value
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Limits:
     memory_mb: int = 2048
     processes: int = 512
@@ -56,7 +57,7 @@ def parse_limits(settings: Mapping[str, object] | None) -> tuple[Limits, list[st
         return Limits(), [f"limits must be an object, not {raw!r}"]
     values: dict[str, object] = {}
     errors: list[str] = []
-    known = {f.name: f.type for f in fields(Limits)}
+    known = set(fields(Limits))
     for key, value in raw.items():
         if key not in known:
             errors.append(f"unknown limit {key!r}")

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from carapace import record
 from carapace.runner.html_text import html_to_text
 from carapace.runner.providers.base import ToolResult
 from carapace.runner.workspace import Workspace, WorkspaceLimits, WorkspacePolicy
@@ -42,7 +43,7 @@ class Home:
             read_only_roots=(self.global_dir,),
             web_private=True,  # the test servers listen on loopback
         )
-        return Workspace(dataclasses.replace(policy, **overrides))
+        return Workspace(record.replace(policy, **overrides))
 
 
 @pytest.fixture

@@ -17,11 +17,11 @@ from __future__ import annotations
 import functools
 import os
 import sqlite3
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from carapace.db.connection import column_names, connect, has_table, run_statements, transaction
+from carapace.record import record
 
 INBOUND_SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages_in (
@@ -98,7 +98,7 @@ CREATE TABLE IF NOT EXISTS container_state (
 """
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class SessionPaths:
     """Where one session's files live."""
 

@@ -23,11 +23,11 @@ import json
 import logging
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from carapace.jsonutil import dumps
+from carapace.record import record
 from carapace.runner.compaction import (
     Compaction,
     Encoded,
@@ -56,7 +56,7 @@ CUT_NOTE = "(This reply is incomplete: the model hit its output token limit {n} 
 CUT_CALLS_NOTE = "(tool calls cut off by the output token limit were not run)"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class TurnResult:
     text: str
     messages: list[Message]  # the turn's new messages, user prompt first

@@ -19,14 +19,14 @@ Input: every due pending row in seq order and the ids this runner has already ac
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 
+from carapace.record import field, record
 from carapace.runner.inbound import InRow
 
 LATE_SYSTEM_TYPES = ("question_response", "cli_response")
 
 
-@dataclass
+@record
 class Selection:
     batch: list[InRow] = field(default_factory=list)
     late: list[InRow] = field(default_factory=list)  # ack completed, not shown

@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
 from typing import Any
 
 from carapace.jsonutil import dumps
+from carapace.record import record
 from carapace.runner.providers.base import Message, Provider
 
 logger = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ FALLBACK_CHARS = 4000
 MIN_SUMMARY_CHARS = 200
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Compaction:
     conversation: list[Message]  # the summary message, then the kept messages
     summary: str

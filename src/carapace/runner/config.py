@@ -20,11 +20,11 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from carapace.db.session import SessionPaths
+from carapace.record import field, record
 from carapace.runner.preview import stream_channels
 from carapace.runner.providers.base import PROVIDER_ALIASES as PROVIDER_ALIASES
 from carapace.runner.settings import AgentSettings, is_sandboxed
@@ -71,7 +71,7 @@ def default_provider(environ: dict[str, str] | os._Environ[str]) -> str:
     return "mock"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class RunnerConfig:
     session_dir: Path
     agent_dir: Path

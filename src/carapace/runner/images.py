@@ -20,11 +20,11 @@ import logging
 import os
 import stat
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from carapace import safefs
+from carapace.record import field, record
 from carapace.runner.inbound import InRow
 
 logger = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ _SIGNATURES = (
 MEDIA_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Image:
     name: str
     media_type: str
@@ -54,7 +54,7 @@ class Image:
         return {"media_type": self.media_type, "data": self.data}
 
 
-@dataclass
+@record
 class Collected:
     images: list[Image] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # "name: why"

@@ -27,7 +27,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import datetime
 from functools import cached_property
 from typing import Any, Concatenate, ParamSpec, TypeVar
@@ -35,6 +34,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 from carapace.db.connection import BUSY_TIMEOUT_MS, column_names, connect, has_table, is_busy
 from carapace.db.session import SessionPaths
 from carapace.jsonutil import loads_or
+from carapace.record import record
 from carapace.timefmt import parse_ts, sqlite_ts
 
 PENDING_SCAN_LIMIT = 1000
@@ -74,7 +74,7 @@ def _retried(
     return wrapper
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class InRow:
     id: str
     seq: int | None
@@ -135,7 +135,7 @@ def is_host_note(row: InRow, agent_group_id: str) -> bool:
     return "system" in (row.data.get("senderId"), row.data.get("sender"))
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Routing:
     channel_type: str | None = None
     platform_id: str | None = None
@@ -152,7 +152,7 @@ class Routing:
         )
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Destination:
     name: str
     display_name: str | None

@@ -40,8 +40,9 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any, Literal
+
+from carapace.record import record
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +91,7 @@ RUNNER_KEYS = (
 )
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class AgentSettings:
     max_tokens: int = DEFAULT_MAX_TOKENS
     base_url: str | None = None

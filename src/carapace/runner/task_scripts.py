@@ -27,18 +27,17 @@ completed by the caller, so a recurring series moves on.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import IO, Any, Protocol
 
 from carapace.jsonutil import dumps
+from carapace.record import record, replace
 from carapace.runner import procs
 from carapace.runner.inbound import InRow
 from carapace.timefmt import new_id
@@ -61,7 +60,7 @@ class _Writer(Protocol):
     ) -> int: ...
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ScriptResult:
     wake: bool
     data: Any = None
@@ -209,5 +208,5 @@ def apply_pre_task_scripts(
             continue
         data = dict(row.data)
         data["scriptOutput"] = result.data
-        keep.append(dataclasses.replace(row, content=dumps(data)))
+        keep.append(replace(row, content=dumps(data)))
     return keep, skipped

@@ -24,7 +24,6 @@ import logging
 import os
 import stat
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal
@@ -32,6 +31,7 @@ from typing import Any, Literal
 from carapace import safefs
 from carapace.errors import ConfigError
 from carapace.limits import Limits, rlimit_preexec
+from carapace.record import field, record
 from carapace.runner import workspace_files as files
 from carapace.runner.providers.base import ToolResult, ToolSpec
 from carapace.runner.workspace_shell import run_shell
@@ -57,7 +57,7 @@ PROJECT_SETTINGS = ".claude"
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class WorkspaceLimits:
     bash_timeout_s: float = 120.0
     bash_max_timeout_s: float = 600.0
@@ -77,7 +77,7 @@ class WorkspaceLimits:
     web_max_chars: int = 100_000
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class WorkspacePolicy:
     """What one agent group's runner may touch; built by the runner from the group config."""
 
@@ -94,7 +94,7 @@ class WorkspacePolicy:
     bash_refusal: str = BASH_DISABLED  # what a bash call gets while bash is off
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Root:
     path: str  # a realpath
     writable: bool

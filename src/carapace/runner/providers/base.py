@@ -17,10 +17,10 @@ Message shapes (JSON-serialisable)::
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from carapace.errors import ProviderError, ValidationError
+from carapace.record import field, record
 
 Message = dict[str, Any]
 
@@ -29,7 +29,7 @@ Message = dict[str, Any]
 PROVIDER_ALIASES = {"claude-agent-sdk": "claude"}
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ToolSpec:
     """A tool offered to the model: JSON-schema input, shared by every provider."""
 
@@ -38,21 +38,21 @@ class ToolSpec:
     input_schema: dict[str, Any]
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ToolCall:
     id: str
     name: str
     arguments: dict[str, Any]
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ToolResult:
     content: str
     is_error: bool = False
     images: tuple[dict[str, str], ...] = ()  # {"media_type": "image/png", "data": base64}
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Turn:
     """One assistant turn: final text and/or tool calls."""
 
@@ -74,7 +74,7 @@ class Turn:
         }
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ProviderConfig:
     """What a provider needs; filled from the agent group's config and the environment."""
 

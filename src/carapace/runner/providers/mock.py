@@ -59,11 +59,11 @@ import json
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from carapace.errors import ProviderError
+from carapace.record import record
 
 from .base import Message, ProviderConfig, ToolCall, ToolSpec, Turn
 
@@ -85,14 +85,14 @@ _NEUTRAL = str.maketrans({"<": "\u2039", ">": "\u203a"})
 _Fail = Callable[[str], ProviderError]
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ScriptCall:
     name: str
     arguments: dict[str, Any]
     id: str | None = None
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ScriptStep:
     reply: str = ""
     tool_calls: tuple[ScriptCall, ...] = ()
@@ -101,7 +101,7 @@ class ScriptStep:
     pause_file: str | None = None
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ScriptRule:
     match: re.Pattern[str] | None
     steps: tuple[ScriptStep, ...]

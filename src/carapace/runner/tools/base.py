@@ -12,11 +12,11 @@ import functools
 import importlib
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from carapace.record import field, record
 from carapace.runner.config import RunnerConfig
 from carapace.runner.inbound import Destination, Inbound, Routing
 from carapace.runner.outbound import Outbound
@@ -57,7 +57,7 @@ class TurnAbandoned(Exception):
 MAX_ANSWERS = 100  # batch ids a reply names in ``content["answers"]``
 
 
-@dataclass
+@record
 class Batch:
     """The conversation a turn answers: the triggering row's id and routing.
 
@@ -92,7 +92,7 @@ class Batch:
         return list(self.ids[:MAX_ANSWERS]) if len(self.ids) > 1 else []
 
 
-@dataclass
+@record
 class ToolContext:
     config: RunnerConfig
     inbound: Inbound
@@ -140,7 +140,7 @@ class ToolContext:
 Handler = Callable[[ToolContext, dict[str, Any]], str]
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Tool:
     spec: ToolSpec
     handler: Handler
