@@ -363,7 +363,7 @@ def test_backend_start_runs_module_in_sandbox(layout: Layout, tmp_path: Path) ->
     backend = BwrapBackend(layout.home, network=False, module="json.tool", pass_env=())
     assert backend.name == "bwrap" and "network: False" in backend.describe()
     sspec = backend.sandbox_spec(spec)
-    assert list(sspec.runner_argv[1:]) == ["-P", "-m", "json.tool", "--session-dir",
+    assert list(sspec.runner_argv[1:]) == ["-P", "-S", "-m", "json.tool", "--session-dir",
         str(layout.session.root), "--agent-dir", str(layout.agent_dir), "--provider", "mock",
         "--idle-exit", "1"]  # fmt: skip
     assert sspec.global_dir == layout.global_dir and sspec.env == {"CARAPACE_TZ": "UTC"}

@@ -79,6 +79,7 @@ from carapace.sandbox.process import (
     RunnerSpec,
     SubprocessBackend,
     start_runner,
+    with_runner_path,
 )
 
 logger = logging.getLogger(__name__)
@@ -303,6 +304,7 @@ def bwrap_argv(spec: SandboxSpec, agent_fds: Sequence[tuple[int, str]] = ()) -> 
     if not _inside(pkg_root, [Path(sys.prefix), Path(sys.base_prefix)]):
         env["PYTHONPATH"] = str(pkg_root)
     env.update(spec.env)
+    with_runner_path(env, spec.python)  # the runner starts with -S (no site)
     for name in (*SECRET_ENV, PROXY_SOCKET_ENV):
         env.pop(name, None)
     if spec.proxy_socket is not None:

@@ -103,6 +103,35 @@ def compile_runner_code(package: Path | None = None) -> bool:
     return True
 
 
+@functools.cache
+def runner_sys_path(python: str) -> tuple[str, ...] | None:
+    """What a runner started with ``-S`` (no ``site``) puts on ``sys.path`` through
+    ``PYTHONPATH``: carapace's own folder first (the host's code, installed or not), then
+    the host interpreter's site-packages. ``site`` cost ~4 ms of every runner start (the
+    venv's ``.pth`` files; code in them ran in the runner too). None for another
+    interpreter than the host's: its own ``site`` finds its packages."""
+    if os.path.realpath(python) != os.path.realpath(sys.executable) or sys.flags.no_site:
+        return None
+    import site
+
+    import carapace
+
+    out: list[str] = []
+    for folder in (str(Path(carapace.__file__).parent.parent), *site.getsitepackages()):
+        if os.path.isabs(folder) and os.path.isdir(folder) and folder not in out:
+            out.append(folder)
+    return tuple(out)
+
+
+def with_runner_path(env: dict[str, str], python: str) -> dict[str, str]:
+    """``env`` with :func:`runner_sys_path` after its own ``PYTHONPATH`` entries."""
+    extra = runner_sys_path(python)
+    if extra:
+        given = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+        env["PYTHONPATH"] = os.pathsep.join([*given, *(p for p in extra if p not in given)])
+    return env
+
+
 def runner_env(spec: RunnerSpec, pass_env: Sequence[str]) -> dict[str, str]:
     """A runner's whole environment: allow-listed host variables, then ``spec.env``.
     ``PYTHONPATH`` keeps only absolute folders: an empty or relative entry would be the
@@ -340,7 +369,9 @@ class SubprocessBackend:
         # -P: the runner's working folder (the agent's group folder) is not put first on
         # sys.path, where a module the agent wrote there (json.py, dataclasses.py …) would
         # run inside the runner at its next start, before it hardens itself
-        argv = [self.python, "-P", "-m", self.module, "--session-dir", str(spec.session_dir),
+        # -S: no ``site``; the packages come from PYTHONPATH (runner_sys_path)
+        flags = ["-P", "-S"] if runner_sys_path(self.python) is not None else ["-P"]
+        argv = [self.python, *flags, "-m", self.module, "--session-dir", str(spec.session_dir),
                 "--agent-dir", str(spec.agent_dir)]  # fmt: skip
         if spec.provider:
             argv += ["--provider", spec.provider]
@@ -350,6 +381,7 @@ class SubprocessBackend:
 
     async def start(self, spec: RunnerSpec) -> RunnerHandle:
         env = {k: v for k, v in runner_env(spec, self.pass_env).items() if k not in SECRET_ENV}
+        with_runner_path(env, self.python)
         env.pop(PROXY_SOCKET_ENV, None)
         if spec.proxy_socket is not None:
             env[PROXY_SOCKET_ENV] = str(spec.proxy_socket)
