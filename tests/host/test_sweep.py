@@ -198,3 +198,99 @@ def test_a_work_mark_the_disk_refuses_is_kept_until_it_can_be_written(
         "SELECT next_due FROM carapace_session_work WHERE session_id='sess-x'"
     ).fetchall()
     assert due == "2000-01-01T00:00:00.000Z"
+
+
+def _work_writes(rig: Rig) -> list[str]:
+    seen: list[str] = []
+    rig.db.set_trace_callback(
+        lambda sql: seen.append(sql) if "carapace_session_work" in sql and "SELECT" not in sql
+        else None
+    )  # fmt: skip
+    return seen
+
+
+def _index(rig: Rig, sid: str) -> str | None:
+    row = rig.db.execute(
+        "SELECT next_due FROM carapace_session_work WHERE session_id=?", (sid,)
+    ).fetchone()
+    return None if row is None else str(row[0])
+
+
+def test_a_work_mark_is_written_only_when_it_moves_the_session_earlier(rig: Rig) -> None:
+    """Issue 19: a routed message marked its session in the work index with a central
+    write each time. A mark no earlier than one the index is known to hold is skipped;
+    set_work (the sweep moving a due later, or dropping it) is the only way a due gets
+    later, and after it the next mark is written again."""
+    mgr = rig.host.sessions
+    writes = _work_writes(rig)
+    mgr.mark_work("sess-m", "2030-01-01T00:00:05.000Z")
+    mgr.mark_work("sess-m", "2030-01-01T00:00:06.000Z")  # later: the index holds 05
+    mgr.mark_work("sess-m", "2030-01-01T00:00:05.000Z")  # the same
+    assert len(writes) == 1 and _index(rig, "sess-m") == "2030-01-01T00:00:05.000Z"
+    mgr.mark_work("sess-m", "2030-01-01T00:00:04.000Z")  # earlier: written
+    assert len(writes) == 2 and _index(rig, "sess-m") == "2030-01-01T00:00:04.000Z"
+    mgr.set_work("sess-m", "2030-01-01T00:10:00.000Z")  # the sweep moves it later
+    mgr.mark_work("sess-m", "2030-01-01T00:00:07.000Z")  # earlier than the index now
+    assert _index(rig, "sess-m") == "2030-01-01T00:00:07.000Z"
+    mgr.set_work("sess-m", None)  # dropped: any mark is written
+    mgr.mark_work("sess-m", "2030-01-01T00:20:00.000Z")
+    assert _index(rig, "sess-m") == "2030-01-01T00:20:00.000Z"
+    rig.db.set_trace_callback(None)
+
+
+def test_a_work_mark_inside_a_rolled_back_transaction_is_not_trusted(rig: Rig) -> None:
+    from carapace.db.connection import transaction
+
+    mgr = rig.host.sessions
+    with pytest.raises(RuntimeError), transaction(rig.db):
+        mgr.mark_work("sess-r", "2030-01-01T00:00:05.000Z")
+        raise RuntimeError("rolled back")
+    assert _index(rig, "sess-r") is None
+    mgr.mark_work("sess-r", "2030-01-01T00:00:09.000Z")  # not skipped: the first never held
+    assert _index(rig, "sess-r") == "2030-01-01T00:00:09.000Z"
+
+
+def test_routed_messages_write_the_work_index_and_last_active_once_a_second(rig: Rig) -> None:
+    """Ten messages within a second: at most one work mark and one last_active write (the
+    first message's); a message a second and a half later writes last_active again. Every
+    message is stored, and its session is in the work index."""
+    from carapace.timefmt import iso
+
+    rig.wire(rig.chat(), rig.agent())
+    writes: list[str] = []
+    touched: list[str] = []
+
+    def trace(sql: str) -> None:
+        if "carapace_session_work" in sql and "SELECT" not in sql:
+            writes.append(sql)
+        if "SET last_active" in sql:
+            touched.append(sql)
+
+    rig.db.set_trace_callback(trace)
+    sids = set()
+    for i in range(10):
+        r = rig.run(rig.host.route(make_event(f"m{i}", id=f"m{i}")))
+        sids |= {x.session_id for x in r.routed}
+    [sid] = sids
+    rig.run(rig.host.sessions.drain_writes())
+    first = iso(rig.clock.now())
+    spawn_touch = sum("last_active" in w for w in touched)  # the runner's start writes it too
+    assert len(writes) <= 2 and spawn_touch <= 2, (writes, touched)
+    routed_touches = len(touched)
+    rig.clock.advance(1.5)
+    rig.run(rig.host.route(make_event("later", id="later")))
+    rig.run(rig.host.sessions.drain_writes())
+    rig.db.set_trace_callback(None)
+    assert len(touched) >= routed_touches + 1
+    [(last,)] = rig.db.execute("SELECT last_active FROM sessions WHERE id=?", (sid,)).fetchall()
+    assert last > first
+    assert _index(rig, sid) is not None
+    paths = rig.host.sessions.paths(rig.host.sessions.get(sid))
+    import sqlite3
+
+    conn = sqlite3.connect(paths.inbound)
+    try:
+        ids = {r[0].split(":")[0] for r in conn.execute("SELECT id FROM messages_in")}
+    finally:
+        conn.close()
+    assert {f"m{i}" for i in range(10)} | {"later"} <= ids

@@ -55,6 +55,8 @@ logger = logging.getLogger(__name__)
 MAX_ATTACHMENT_BYTES = 25 * 1024 * 1024
 GROUP_MAX = 256  # rows per group commit (bounds one commit of the writer thread)
 PATHS_KEPT = 4096  # SessionPaths objects kept (a cache: cleared when full)
+LAST_ACTIVE_EVERY_S = 1.0  # a session's last_active is written at most this often
+LAST_ACTIVE_EVERY = timedelta(seconds=LAST_ACTIVE_EVERY_S)
 _MIME_EXT = {
     "image/jpeg": "jpg", "image/png": "png", "image/gif": "gif", "image/webp": "webp",
     "application/pdf": "pdf", "text/plain": "txt", "audio/ogg": "ogg", "audio/mpeg": "mp3",
@@ -97,6 +99,12 @@ class SessionManager:
         self._kept: dict[str, sqlite3.Connection] = {}
         # work marks the central DB refused (a full disk): kept here, written when it can
         self._unmarked: dict[str, str] = {}
+        # per session, a due the work index is known to hold the session by (its next_due
+        # is at or before it): a mark no earlier is not written again. Only set_work moves
+        # a next_due later or drops it, and it updates this (issue 19: one central write
+        # per routed message fewer)
+        self._marked: dict[str, str] = {}
+        self._touched: dict[str, datetime] = {}  # when last_active was last written
         self._uses: dict[int, int] = {}  # id(kept connection) -> users right now
         self._kept_key: dict[str, Key | None] = {}  # the file each kept connection opened
         # The highest outbound seq the host has read per session (delivery notes it): the
@@ -318,10 +326,7 @@ class SessionManager:
                 seq = insert_message_in(conn, row, other_max=self.other_max(session.id, conn))
             except sqlite3.IntegrityError as exc:  # the id was checked just above
                 raise _refused(session.id, row["id"], exc) from None
-        try:
-            self.db.execute("UPDATE sessions SET last_active=? WHERE id=?", (iso(now), session.id))
-        except sqlite3.OperationalError as exc:  # bookkeeping only: the message is stored
-            logger.warning("last_active of session %s not updated: %s", session.id, exc)
+        self.touch(session.id, now)
         return seq
 
     async def write_grouped(
@@ -414,12 +419,7 @@ class SessionManager:
                 fut.cancel()
             raise
         if any(isinstance(r, int) for r in results):
-            try:
-                self.db.execute(
-                    "UPDATE sessions SET last_active=? WHERE id=?", (iso(now), session.id)
-                )
-            except sqlite3.OperationalError as exc:  # bookkeeping only: the rows are stored
-                logger.warning("last_active of session %s not updated: %s", session.id, exc)
+            self.touch(session.id, now)
         pending = iter(results)
         for _row, fut in batch:
             if fut.done():  # cancelled before the batch was taken: not in ``rows``
@@ -464,6 +464,9 @@ class SessionManager:
         old = self._unmarked.get(session_id)
         if old is not None and old < next_due:
             next_due = old
+        held = self._marked.get(session_id)
+        if old is None and held is not None and held <= next_due:
+            return  # the index holds the session due no later already
         try:
             mark_session_work(self.db, session_id, next_due)
         except sqlite3.OperationalError as exc:
@@ -472,6 +475,24 @@ class SessionManager:
             self._unmarked[session_id] = next_due
             return
         self._unmarked.pop(session_id, None)
+        if self.db.in_transaction:  # a rollback could still undo it: not known to hold
+            self._marked.pop(session_id, None)
+        else:
+            self._marked[session_id] = min(next_due, held) if held is not None else next_due
+
+    def touch(self, session_id: str, now: datetime) -> None:
+        """``last_active`` of the session: written at most once per
+        :data:`LAST_ACTIVE_EVERY_S` (NanoClaw wrote it per message; it orders the
+        dashboard and ages sessions out after days, so a second late is the same)."""
+        last = self._touched.get(session_id)
+        if last is not None and timedelta(0) <= now - last < LAST_ACTIVE_EVERY:
+            return
+        try:
+            self.db.execute("UPDATE sessions SET last_active=? WHERE id=?", (iso(now), session_id))
+        except sqlite3.OperationalError as exc:  # bookkeeping only: the rows are stored
+            logger.warning("last_active of session %s not updated: %s", session_id, exc)
+            return
+        self._touched[session_id] = now
 
     def _flush_unmarked(self) -> None:
         for sid, due in list(self._unmarked.items()):
@@ -480,6 +501,12 @@ class SessionManager:
                 return  # still refused: the others would be too
 
     def set_work(self, session_id: str, next_due: str | None) -> None:
+        self._marked.pop(session_id, None)  # until the write below is known to hold
+        self._set_work(session_id, next_due)
+        if next_due is not None and not self.db.in_transaction:
+            self._marked[session_id] = next_due
+
+    def _set_work(self, session_id: str, next_due: str | None) -> None:
         if next_due is None:
             self.db.execute("DELETE FROM carapace_session_work WHERE session_id=?", (session_id,))
         else:
