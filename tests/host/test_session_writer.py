@@ -316,3 +316,99 @@ def test_a_folder_made_again_is_a_new_file_whatever_its_inode_number(env: Env) -
         assert "marks" not in now_tables and "messages_in" in now_tables
 
     asyncio.run(go())
+
+
+def _note(conn: sqlite3.Connection, text: str) -> None:
+    conn.execute("INSERT INTO t_note (text) VALUES (?)", (text,))
+
+
+def _notes(env: Env) -> list[str]:
+    conn = sqlite3.connect(env.mgr.paths(env.session).inbound)
+    try:
+        conn.execute("CREATE TABLE IF NOT EXISTS t_note (text TEXT UNIQUE)")
+        return [r[0] for r in conn.execute("SELECT text FROM t_note ORDER BY rowid")]
+    finally:
+        conn.close()
+
+
+def test_jobs_queued_together_share_one_commit_and_answer_after_it(env: Env) -> None:
+    """Jobs of one session that wait together (a route's rows, delivery outcomes, ack
+    copies) run in one transaction: each caller hears its result only once the commit is
+    on disk (a fresh connection sees every job's write then), and a job that raises has
+    only its own writes undone."""
+    from carapace.db.connection import transaction
+
+    mgr, s = env.mgr, env.session
+    paths = mgr.paths(s)
+    _notes(env)  # the table
+    inside: list[bool] = []
+
+    def writer(text: str) -> Any:
+        def run(conn: sqlite3.Connection) -> list[str]:
+            inside.append(conn.in_transaction)  # in the batch's transaction already
+            with transaction(conn):
+                _note(conn, text)
+            return _notes(env)  # another connection: not committed yet
+
+        return run
+
+    def failing(conn: sqlite3.Connection) -> None:
+        with transaction(conn):
+            _note(conn, "undone")
+        raise ValueError("the job's own error")
+
+    async def go() -> list[Any]:
+        gate, (held, entered) = _hold(mgr.writers, s.id, env)
+        await asyncio.to_thread(entered.wait)
+        calls = [asyncio.ensure_future(mgr.writers.call(s.id, paths, writer("one"))),
+                 asyncio.ensure_future(mgr.writers.call(s.id, paths, failing)),
+                 asyncio.ensure_future(mgr.writers.call(s.id, paths, writer("two")))]  # fmt: skip
+        await asyncio.sleep(0.05)  # all three queued behind the held job
+        gate.set()
+        await held
+        return list(await asyncio.gather(*calls, return_exceptions=True))
+
+    seen_one, err, seen_two = asyncio.run(go())
+    assert inside == [True, True]
+    assert seen_one == [] and seen_two == []  # nothing was visible before the commit
+    assert isinstance(err, ValueError)
+    assert _notes(env) == ["one", "two"]
+
+
+def test_a_sqlite_error_in_a_batch_runs_its_jobs_one_by_one(env: Env) -> None:
+    """A job whose statement SQLite refuses (here a duplicate) inside a shared batch: the
+    batch is rolled back and its jobs run again one by one, so the others are stored once
+    and only that caller hears the error."""
+    mgr, s = env.mgr, env.session
+    paths = mgr.paths(s)
+    _notes(env)  # the table
+    runs: list[str] = []
+
+    def job(text: str) -> Any:
+        def run(conn: sqlite3.Connection) -> str:
+            runs.append(text)
+            from carapace.db.connection import transaction
+
+            with transaction(conn):
+                _note(conn, text)
+            return text
+
+        return run
+
+    async def go() -> list[Any]:
+        await mgr.writers.call(s.id, paths, job("dup"))  # stored before
+        gate, (held, entered) = _hold(mgr.writers, s.id, env)
+        await asyncio.to_thread(entered.wait)
+        calls = [asyncio.ensure_future(mgr.writers.call(s.id, paths, job(t)))
+                 for t in ("a", "dup", "b")]  # fmt: skip
+        await asyncio.sleep(0.05)
+        gate.set()
+        await held
+        return list(await asyncio.gather(*calls, return_exceptions=True))
+
+    a, dup, b = asyncio.run(go())
+    assert (a, b) == ("a", "b")
+    assert isinstance(dup, sqlite3.IntegrityError)
+    assert _notes(env) == ["dup", "a", "b"]
+    # the batch got as far as the duplicate, then each job ran alone
+    assert runs == ["dup", "a", "dup", "a", "dup", "b"]

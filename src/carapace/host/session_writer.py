@@ -24,12 +24,17 @@ and delivery's outcome commits run in a small pool of threads:
   on stop, and :meth:`SessionWriters.close` then ends the threads.
 
 Callers batch: one job carries a whole group of rows (a thread hop per message would cost
-more than it saves).
+more than it saves). The thread batches too: jobs of one session found waiting together
+(a route's rows, delivery outcomes, ack copies) run in one transaction with one commit,
+each in a savepoint of its own; callers hear their results after that commit. When SQLite
+itself fails inside such a batch, it is rolled back and its jobs run one by one, each
+caller hearing its own outcome.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import os
@@ -41,6 +46,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from carapace.db.connection import transaction
 from carapace.db.session import SessionPaths, open_inbound
 
 logger = logging.getLogger(__name__)
@@ -49,6 +55,7 @@ T = TypeVar("T")
 
 THREADS = 2  # writer threads (commits mostly wait on the disk; the GIL is released there)
 CONNS_PER_THREAD = 64  # session connections a thread keeps open (LRU)
+BATCH_MAX = 64  # jobs of one session that share a commit
 
 Key = tuple[int, int]  # (inode number of inbound.db, generation of the session folder)
 
@@ -106,27 +113,88 @@ class _Worker:
                 held[0].close()
 
     def _run(self) -> None:
+        held: collections.deque[_Job | None] = collections.deque()  # taken, not yet run
         while True:
-            job = self.jobs.get()
+            job = held.popleft() if held else self.jobs.get()
             if job is None:
                 break
-            session_id, paths, fn, loop, fut, expect = job
-            if fn is None or paths is None:  # forget
-                self._drop(session_id)
-                ok, value = True, None
-            else:
-                try:
-                    conn = self._conn(session_id, paths, expect)
-                    ok, value = True, fn(conn)
-                except BaseException as exc:  # handed to the caller, raised there
-                    ok, value = False, exc
-                    if isinstance(exc, sqlite3.Error):  # a connection in doubt: open anew
-                        self._drop(session_id)
-            if loop is not None and fut is not None:
-                with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
-                    loop.call_soon_threadsafe(_resolve, fut, ok, value)
+            batch = [job]
+            if job[2] is not None and job[1] is not None:  # a write job: gather its company
+                while len(batch) < BATCH_MAX:
+                    try:
+                        nxt = self.jobs.get_nowait()
+                    except queue.Empty:
+                        break
+                    if nxt is not None and nxt[0] == job[0] and nxt[2] is not None:
+                        batch.append(nxt)
+                    else:  # another session's job (or the end): after this batch, in order
+                        held.append(nxt)
+                        break
+            if len(batch) == 1 or not self._run_batch(batch):
+                for one in batch:
+                    self._run_one(one)
         for sid in list(self.conns):
             self._drop(sid)
+
+    def _run_one(self, job: _Job) -> None:
+        session_id, paths, fn, loop, fut, expect = job
+        if fn is None or paths is None:  # forget
+            self._drop(session_id)
+            ok, value = True, None
+        else:
+            try:
+                conn = self._conn(session_id, paths, expect)
+                ok, value = True, fn(conn)
+            except BaseException as exc:  # handed to the caller, raised there
+                ok, value = False, exc
+                if isinstance(exc, sqlite3.Error):  # a connection in doubt: open anew
+                    self._drop(session_id)
+        _answer(loop, fut, ok, value)
+
+    def _run_batch(self, batch: list[_Job]) -> bool:
+        """Several jobs of one session queued together: one transaction, one commit (the
+        router's rows, delivery outcomes and ack copies share a durable commit instead of
+        one each). Each job runs in a savepoint, so one that raises leaves the others'
+        writes alone; the callers hear of their results only after the commit. False
+        (nothing written, nobody answered) when SQLite itself failed: the caller runs the
+        jobs one by one, each hearing its own outcome as before."""
+        session_id, paths = batch[0][0], batch[0][1]
+        assert paths is not None
+        results: list[tuple[bool, Any]] = []
+        try:
+            conn = self._conn(session_id, paths, None)
+            key = self.conns[session_id][1]
+            with transaction(conn):
+                for _sid, _paths, fn, _loop, _fut, expect in batch:
+                    assert fn is not None
+                    if expect is not None and expect != key:
+                        results.append((False, FolderReplaced(
+                            f"inbound.db of session {session_id} was replaced")))  # fmt: skip
+                        continue
+                    try:
+                        with transaction(conn):  # a savepoint: this job's writes alone
+                            value = fn(conn)
+                    except sqlite3.Error:
+                        raise
+                    except BaseException as exc:  # the job's own error: its savepoint undone
+                        results.append((False, exc))
+                    else:
+                        results.append((True, value))
+        except (sqlite3.Error, OSError):
+            self._drop(session_id)  # a connection in doubt; the jobs run one by one
+            return False
+        for (_sid, _paths, _fn, loop, fut, _expect), (ok, value) in zip(
+            batch, results, strict=True
+        ):
+            _answer(loop, fut, ok, value)
+        return True
+
+
+def _answer(loop: asyncio.AbstractEventLoop | None, fut: asyncio.Future[Any] | None,
+            ok: bool, value: Any) -> None:  # fmt: skip
+    if loop is not None and fut is not None:
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+            loop.call_soon_threadsafe(_resolve, fut, ok, value)
 
 
 class SessionWriters:
