@@ -16,6 +16,7 @@ Deviations from NanoClaw (listed in docs/compat.md):
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import re
 import sqlite3
@@ -190,6 +191,7 @@ class Router:
         hundreds of ms; the rest wait their turn (in order) and still share group commits."""
         async with self._admit:
             await self._turn()
+            self.sessions.memo.check()  # another connection's commit drops what it holds
             return await self._route(event, now=now)
 
     async def _turn(self) -> None:
@@ -219,9 +221,10 @@ class Router:
         if await self.on_intercept(event):
             return result
         mention = event.message.is_mention is True
-        mg = messaging.get_messaging_group_by_platform(
-            self.db, event.channel_type, event.platform_id
-        )
+        memo = self.sessions.memo
+        mg = memo.get(("mg", event.channel_type, event.platform_id),
+                      lambda: messaging.get_messaging_group_by_platform(
+                          self.db, event.channel_type, event.platform_id))  # fmt: skip
         if mg is None:
             if not mention:
                 return result
@@ -231,7 +234,9 @@ class Router:
                 now=now,
             )  # fmt: skip
             logger.info("messaging group %s auto-created on mention", mg.id)
-        wirings = messaging.wirings_for_chat(self.db, mg.id)
+        mg_id = mg.id
+        wirings = memo.get(("wirings", mg_id),
+                           lambda: tuple(messaging.wirings_for_chat(self.db, mg_id)))  # fmt: skip
         doc = content_doc(event.message.content)
         handle, display = sender_handle(doc)
         sender_name = doc.get("sender") if isinstance(doc.get("sender"), str) else None
@@ -245,21 +250,23 @@ class Router:
         user_id: str | None = None
         if handle:
             user_id = users.user_id_for(event.channel_type, handle) if ":" not in handle else handle
-            try:
-                users.upsert_user(self.db, user_id, event.channel_type, display, now=now)
-            except CarapaceError:
-                user_id = None
+            uid = user_id
+            known = memo.get(("user", uid), lambda: users.get_user(self.db, uid))
+            if known is None or (display is not None and display != known.display_name):
+                try:
+                    users.upsert_user(self.db, user_id, event.channel_type, display, now=now)
+                except CarapaceError:
+                    user_id = None
         text = doc.get("text") if isinstance(doc.get("text"), str) else ""
         assert isinstance(text, str)
         first_refusal: str | None = None
         for w in wirings:
-            if groups.get_agent_group(self.db, w.agent_group_id) is None:
+            ag = w.agent_group_id
+            if memo.get(("ag", ag), functools.partial(groups.get_agent_group, self.db, ag)) is None:
                 continue
             engages = self.engages(w, text, event, mg)
-            access_ok = mg.unknown_sender_policy == "public" or can_access(
-                self.db, user_id, w.agent_group_id
-            )
-            scope_ok = w.scope == "all" or can_access(self.db, user_id, w.agent_group_id)
+            access_ok = mg.unknown_sender_policy == "public" or self._access(user_id, ag)
+            scope_ok = w.scope == "all" or self._access(user_id, ag)
             if engages and access_ok and scope_ok:
                 await self._deliver(event, mg, w, user_id, doc, text, True, result, now)
             elif engages and not access_ok:
@@ -280,6 +287,10 @@ class Router:
         if result.dropped_reason and result.dropped_reason != "sender_scope":
             self._audit(event, result.dropped_reason, user_id, sender_name, mg, now)
         return result
+
+    def _access(self, user_id: str | None, agent_group_id: str) -> bool:
+        return bool(self.sessions.memo.get(("access", user_id, agent_group_id),
+                                           lambda: can_access(self.db, user_id, agent_group_id)))  # fmt: skip
 
     def _audit(
         self, event: InboundEvent, reason: str, user_id: str | None, sender_name: str | None,

@@ -30,6 +30,7 @@ from carapace.config import Home
 from carapace.db import groups
 from carapace.db.connection import transaction
 from carapace.db.destinations import ProjectedDestination, projection
+from carapace.db.memo import ReadMemo
 from carapace.db.projection import routing_of, write_routing_row, write_rows
 from carapace.db.session import (
     SessionPaths,
@@ -94,6 +95,8 @@ class SessionManager:
     def __init__(self, home: Home, db: sqlite3.Connection) -> None:
         self.home = home
         self.db = db
+        # central reads of routing, kept while the central DB is unchanged (db/memo.py)
+        self.memo = ReadMemo(db)
         # Live sessions (a runner runs): one persistent host connection to inbound.db, used
         # on the event loop's thread only; closed when the runner ends (issue 19).
         self._kept: dict[str, sqlite3.Connection] = {}
@@ -284,7 +287,8 @@ class SessionManager:
             mg_key, thread_key = messaging_group_id, None
         # a read first: the session exists for nearly every message, and a write
         # transaction on the central DB per message cost more than the lookup itself
-        found = find_session(self.db, agent_group_id, mg_key, thread_key)
+        found = self.memo.get(("session", agent_group_id, mg_key, thread_key),
+                              lambda: find_session(self.db, agent_group_id, mg_key, thread_key))  # fmt: skip
         created = False
         if found is not None:
             session = found

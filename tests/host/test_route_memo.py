@@ -1,0 +1,143 @@
+"""Routing keeps its central reads while the central DB is unchanged (issue 19), and never
+answers from them after a change: a wiring removed or a member revoked, by another process
+(the CLI, the web UI) or by the host itself, holds from the very next message."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from host_rig import Rig
+
+from carapace.channels.fake import make_event
+from carapace.db import messaging, users
+from carapace.db.connection import connect
+from carapace.db.memo import ReadMemo
+
+
+@contextmanager
+def other_process_db(rig: Rig) -> Iterator[sqlite3.Connection]:
+    """A second connection to v2.db, as ``carapace`` commands and the web UI open it."""
+    conn = connect(rig.host.home.central_db)
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def _routed(rig: Rig, text: str, **kw: object) -> list[str]:
+    r = rig.run(rig.host.route(make_event(text, id=text, **kw)))  # type: ignore[arg-type]
+    return [x.agent_group_id for x in r.routed]
+
+
+def _warm(rig: Rig, *texts: str, **kw: object) -> None:
+    """Route a few messages back to back: the later ones are answered from the memo."""
+    for text in texts:
+        _routed(rig, text, **kw)
+
+
+def _reads(rig: Rig) -> list[str]:
+    seen: list[str] = []
+    rig.db.set_trace_callback(seen.append)
+    return seen  # every statement of the host's central connection
+
+
+def test_repeated_messages_of_a_chat_are_routed_from_the_memo(rig: Rig) -> None:
+    """Five more messages of a chat: its chat, wiring, user, agent group and session rows
+    are read again only after the host itself wrote (its runner's start here), not per
+    message; each routed message costs one ``PRAGMA data_version``."""
+    ag = rig.agent()
+    rig.wire(rig.chat(), ag)
+    assert _routed(rig, "m0") == [ag]  # the session is made; reads fill the memo
+    seen = _reads(rig)
+    for i in range(1, 6):
+        assert _routed(rig, f"m{i}") == [ag]
+    rig.db.set_trace_callback(None)
+    checks = sum(s == "PRAGMA data_version" for s in seen)
+    chat_reads = sum(s.startswith("SELECT * FROM messaging_groups WHERE") for s in seen)
+    wiring_reads = sum("FROM messaging_group_agents WHERE" in s for s in seen)
+    assert checks == 5
+    assert chat_reads <= 2 and wiring_reads <= 2, "\n".join(seen)  # 5 without the memo
+
+
+def test_a_wiring_removed_by_another_process_holds_from_the_next_message(rig: Rig) -> None:
+    ag = rig.agent()
+    mg = rig.chat()
+    rig.wire(mg, ag)
+    assert _routed(rig, "before") == [ag]
+    _warm(rig, "before-2", "before-3")
+    with other_process_db(rig) as other:
+        [w] = messaging.wirings_for_chat(other, mg)
+        messaging.delete_wiring(other, w.id)
+    assert _routed(rig, "after") == []
+
+
+def test_a_member_revoked_by_another_process_is_refused_from_the_next_message(rig: Rig) -> None:
+    ag = rig.agent()
+    mg = rig.chat(policy="strict")
+    rig.wire(mg, ag)
+    rig.user("fake:alice", member_of=ag)
+    assert _routed(rig, "hi", sender_id="alice") == [ag]
+    _warm(rig, "hi-2", "hi-2b", sender_id="alice")
+    with other_process_db(rig) as other:
+        assert users.remove_member(other, "fake:alice", ag)
+    assert _routed(rig, "hi-3", sender_id="alice") == []
+
+
+def test_a_change_through_the_hosts_own_connection_is_seen_at_once(rig: Rig) -> None:
+    ag = rig.agent()
+    mg = rig.chat()
+    rig.wire(mg, ag)
+    assert _routed(rig, "a") == [ag]
+    _warm(rig, "b", "b2")
+    [w] = messaging.wirings_for_chat(rig.db, mg)
+    messaging.delete_wiring(rig.db, w.id)  # the host's own connection (admin API, approvals)
+    assert _routed(rig, "c") == []
+
+
+def test_the_memo_trusts_nothing_before_a_check_or_inside_a_write(tmp_path: object) -> None:
+    db = sqlite3.connect(":memory:", isolation_level=None)
+    db.execute("CREATE TABLE t (v INTEGER)")
+    db.execute("INSERT INTO t VALUES (1)")
+    memo = ReadMemo(db)
+
+    def read() -> int:
+        return int(db.execute("SELECT v FROM t").fetchone()[0])
+
+    db.execute("UPDATE t SET v=2")
+    assert memo.get("v", read) == 2  # never checked: read through
+    memo.check()
+    assert memo.get("v", read) == 2
+    db.execute("UPDATE t SET v=3")  # this connection wrote: the value is dropped
+    assert memo.get("v", read) == 3
+    db.execute("BEGIN")
+    db.execute("UPDATE t SET v=4")
+    assert memo.get("v", read) == 4  # inside a transaction: read through
+    db.execute("ROLLBACK")
+    assert memo.get("v", read) == 3
+    assert memo.hits == 0 or memo.get("v", read) == 3
+
+
+def test_a_commit_by_another_connection_drops_the_memo_at_the_next_check(tmp_path: Path) -> None:
+    path = tmp_path / "c.db"
+    mine, other = connect(path), connect(path)
+    try:
+        mine.execute("CREATE TABLE t (v INTEGER)")
+        mine.execute("INSERT INTO t VALUES (1)")
+        memo = ReadMemo(mine)
+
+        def read() -> int:
+            return int(mine.execute("SELECT v FROM t").fetchone()[0])
+
+        memo.check()
+        assert memo.get("v", read) == 1
+        memo.check()
+        assert memo.get("v", read) == 1 and memo.hits == 1  # unchanged: from the memo
+        other.execute("UPDATE t SET v=5")  # another process's commit
+        memo.check()
+        assert memo.get("v", read) == 5
+    finally:
+        mine.close()
+        other.close()
