@@ -57,3 +57,48 @@ def test_stop_from_the_event_loop_gives_the_loop_connection_its_checkpoints_back
         assert asyncio.run(scenario()) == AUTOCHECKPOINT_PAGES
     finally:
         loop_conn.close()
+
+
+def test_a_failing_checkpoint_thread_keeps_trying_instead_of_ending(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The loop connection has no automatic checkpoints while the thread runs: a thread
+    ended by an error (the file could not be opened) left the WAL to grow for the host's
+    whole life. It opens the file again, after pauses that double, and checkpoints."""
+    import sqlite3
+    import threading
+
+    monkeypatch.setattr(checkpointer, "INTERVAL_S", 0.001)
+    monkeypatch.setattr(checkpointer, "RETRY_MAX_S", 0.004)
+    path = tmp_path / "v2.db"
+    loop_conn = connect(path, "central")
+    tries: list[int] = []
+    checkpointed = threading.Event()
+    real_connect, real_checkpoint = checkpointer.connect, Checkpointer.checkpoint
+
+    def flaky_connect(p: Path, kind: str) -> sqlite3.Connection:
+        tries.append(1)
+        if len(tries) <= 3:
+            raise sqlite3.OperationalError("unable to open database file")
+        return real_connect(p, kind)
+
+    def noting(conn: sqlite3.Connection) -> None:
+        real_checkpoint(conn)
+        checkpointed.set()
+
+    monkeypatch.setattr(checkpointer, "connect", flaky_connect)
+    monkeypatch.setattr(Checkpointer, "checkpoint", staticmethod(noting))
+    try:
+        loop_conn.execute("CREATE TABLE t (x TEXT)")
+        for _ in range(20):
+            loop_conn.execute("INSERT INTO t VALUES (?)", ("x" * 4000,))
+        cp = Checkpointer(path, loop_conn)
+        cp.start()
+        assert checkpointed.wait(10)  # after three failed opens
+        assert len(tries) == 4
+        assert cp._thread is not None and cp._thread.is_alive()
+        assert path.stat().st_size > 20 * 4000  # the WAL was copied into the database
+        cp.stop()
+        assert loop_conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == AUTOCHECKPOINT_PAGES
+    finally:
+        loop_conn.close()

@@ -23,6 +23,7 @@ from carapace.db.connection import connect
 logger = logging.getLogger(__name__)
 
 INTERVAL_S = 1.0  # a checkpoint with nothing to copy costs a few µs
+RETRY_MAX_S = 30.0  # longest pause after a failed checkpoint before the next try
 AUTOCHECKPOINT_PAGES = 1000  # SQLite's default, given back to the loop connection on stop
 
 
@@ -54,14 +55,33 @@ class Checkpointer:
             await asyncio.to_thread(thread.start)
 
     def _run(self) -> None:
+        """Checkpoint every :data:`INTERVAL_S` until stopped. An error (the file could not
+        be opened, a corrupt page) does not end the thread: the loop connection has no
+        automatic checkpoints while it runs, so the WAL would grow without bound; the
+        connection is opened again after a pause that doubles up to :data:`RETRY_MAX_S`."""
         conn: sqlite3.Connection | None = None
+        pause = INTERVAL_S
         try:
-            conn = connect(self.path, "central")
-            while not self._stop.wait(INTERVAL_S):
+            while True:
+                try:
+                    if conn is None:
+                        conn = connect(self.path, "central")
+                    self.checkpoint(conn)
+                    pause = INTERVAL_S
+                except sqlite3.Error as exc:
+                    logger.warning("central DB checkpoint failed (tried again in %g s): %s",
+                                   pause, exc)  # fmt: skip
+                    if conn is not None:
+                        with contextlib.suppress(sqlite3.Error):
+                            conn.close()
+                        conn = None
+                    pause = min(pause * 2, RETRY_MAX_S)
+                if self._stop.wait(pause):
+                    break
+            if conn is not None:
                 self.checkpoint(conn)
-            self.checkpoint(conn)
-        except sqlite3.Error as exc:  # the loop connection checkpoints again from stop()
-            logger.warning("central DB checkpoints in the background stopped: %s", exc)
+        except sqlite3.Error as exc:  # the last one: the loop connection checkpoints again
+            logger.warning("central DB: the last background checkpoint failed: %s", exc)
         finally:
             if conn is not None:
                 conn.close()
