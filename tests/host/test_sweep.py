@@ -294,3 +294,35 @@ def test_routed_messages_write_the_work_index_and_last_active_once_a_second(rig:
     finally:
         conn.close()
     assert {f"m{i}" for i in range(10)} | {"later"} <= ids
+
+
+def test_the_series_hook_runs_only_for_sessions_with_tasks(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sweep opened an ``inbound.db`` connection on the event loop for every session it
+    visited, for the task-series hook. A session with no task and no recurring row skips
+    it; one with a task still gets it (its run is recorded, its series handed over)."""
+    from carapace.host.task_runs import SeriesSweep
+    from carapace.timefmt import iso
+
+    calls: list[str] = []
+    real = SeriesSweep.on_sweep_session
+
+    def noting(self: SeriesSweep, ctx: Any) -> Any:
+        calls.append(ctx.session.id)
+        return real(self, ctx)
+
+    monkeypatch.setattr(SeriesSweep, "on_sweep_session", noting)
+    s = _pending(rig)
+    rig.backend.handles[s.id].exit(0)
+    rig.settle()
+    rig.host.sessions.set_work(s.id, iso(rig.clock.now()))
+    report = rig.run(rig.host.sweep_once())
+    assert s.id in report.visited and calls == []
+    rig.reply(s, {"action": "schedule_task", "taskId": "task-7", "prompt": "p",
+                  "processAfter": (rig.clock.now() + timedelta(minutes=5)).isoformat()},
+              kind="system")  # fmt: skip
+    rig.run(rig.host.deliver_once(s.id))
+    rig.host.sessions.set_work(s.id, iso(rig.clock.now()))
+    report = rig.run(rig.host.sweep_once())
+    assert s.id in report.visited and calls == [s.id]

@@ -338,6 +338,7 @@ class SessionScan:
     next_due: datetime | None
     claims: dict[str, datetime | None]
     task_acks: tuple[frozenset[str], dict[str, tuple[str, str | None]]] | None = None
+    series: bool = True  # any task or recurring row: the series hook has work to look at
 
 
 def scan_session(paths: SessionPaths, now: datetime) -> SessionScan:
@@ -368,7 +369,14 @@ def scan_session(paths: SessionPaths, now: datetime) -> SessionScan:
                 task_acks = (frozenset(tasks), read_acks(paths.outbound, tasks))
             except (OSError, OutboxRefused):
                 task_acks = (frozenset(tasks), {})
-        return SessionScan(due_now, next_due, claims, task_acks)
+        series = (
+            task_acks is not None
+            or inb.execute(
+                "SELECT 1 FROM messages_in WHERE recurrence IS NOT NULL AND recurrence != '' LIMIT 1"
+            ).fetchone()
+            is not None
+        )
+        return SessionScan(due_now, next_due, claims, task_acks, series)
     finally:
         inb.close()
 

@@ -276,11 +276,12 @@ def handle_action(
     return outcome
 
 
-def match_text_reply(ctx: Ctx, event: InboundEvent) -> bool:
+def match_text_reply(ctx: Ctx, event: InboundEvent, *, naming: bool = True) -> bool:
     """The router's interceptor: True when the message answered a card (or named a new
-    agent) and must not be routed. Only a reply in the chat where the card was shown."""
+    agent) and must not be routed. Only a reply in the chat where the card was shown.
+    ``naming`` False: no registration waits for a name (the name lookup is skipped)."""
     clicker, _ = access.event_sender(event.channel_type, event.message.content)
-    if channel_approval.consume_name_reply(ctx, event, clicker):
+    if naming and channel_approval.consume_name_reply(ctx, event, clicker):
         cards.kick()
         return True
     doc = loads_or(event.message.content, None)

@@ -92,7 +92,11 @@ def install(host: Host, *, background: bool = True) -> None:
         channel_approval.request_channel_approval(ctx, mg, event)
 
     async def intercept(event: InboundEvent) -> bool:
-        return approvals.match_text_reply(ctx, event)
+        # kept while the central DB is unchanged (db/memo.py; checked once per route)
+        naming = host.sessions.memo.get(
+            ("awaiting_name",), lambda: channel_approval.any_awaiting_name(ctx.db)
+        )
+        return approvals.match_text_reply(ctx, event, naming=naming)
 
     host.router.on_sender_approval = on_sender
     host.router.on_channel_request = on_channel

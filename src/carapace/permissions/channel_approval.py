@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 from datetime import datetime
 from typing import Any
 
@@ -240,6 +241,17 @@ def create_named_group(
     if instructions:
         (path / "CLAUDE.local.md").write_text(instructions + "\n", encoding="utf-8")
     return group
+
+
+def any_awaiting_name(db: sqlite3.Connection) -> bool:
+    """Whether any registration waits for its approver to name the new agent (the router
+    skips :func:`consume_name_reply` for every message while none does)."""
+    return (
+        db.execute(
+            "SELECT 1 FROM carapace_channel_registrations WHERE stage='awaiting_name' LIMIT 1"
+        ).fetchone()
+        is not None
+    )
 
 
 def consume_name_reply(ctx: Ctx, event: InboundEvent, clicker: str | None) -> bool:
