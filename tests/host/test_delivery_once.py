@@ -321,3 +321,32 @@ def test_one_unknown_fate_per_channel_across_sessions_unless_it_dedupes(
         assert max(slow.unknown_at_send) > 1  # concurrent: allowed, nothing shows twice
     else:
         assert slow.unknown_at_send == [1] * 9
+
+
+def test_a_pass_with_nothing_to_send_opens_no_inbound_connection_on_the_loop(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A session without a runner has no kept ``inbound.db`` connection: a delivery pass
+    (every sweep visit makes one) opened a fresh one on the event loop before it knew
+    whether anything was waiting (ms under load). It opens one only for rows to send."""
+    ag = rig.agent()
+    rig.wire(rig.chat(), ag)
+    rig.run(rig.host.route(make_event("hi", id="m1")))
+    [s] = rig.sessions()
+    rig.run(rig.host.pool.wake_and_wait(s.id))
+    rig.backend.handles[s.id].exit(0)
+    rig.settle()
+    opened: list[str] = []
+    real = rig.host.sessions.open_inbound
+
+    def counting(paths: Any) -> sqlite3.Connection:
+        opened.append(str(paths.root))
+        return real(paths)
+
+    monkeypatch.setattr(rig.host.sessions, "open_inbound", counting)
+    rig.run(rig.host.deliver_once(s.id))
+    assert opened == []
+    out = rig.reply(s, {"text": "hello"}, channel_type="fake", platform_id="chat-1")
+    assert rig.run(rig.host.deliver_once(s.id)) == 1
+    assert len(opened) == 1
+    assert {d["message_out_id"] for d in rig.delivered(s)} == {out}

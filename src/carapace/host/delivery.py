@@ -251,7 +251,6 @@ class Delivery:
                 )
                 self._cursors[session_id] = (key, cursor)
             self.sessions.note_out_seq(session_id, cursor)  # other_max needs no read then
-            inb = self.sessions.open_inbound(paths)  # a live session's kept one: no I/O
         except FolderReplaced:  # made again since the stat above: read the new files
             self._again.add(session_id)
             return result
@@ -261,6 +260,7 @@ class Delivery:
             logger.warning("delivery of session %s waits: %s", session_id, exc)
             result.next_retry = now + timedelta(seconds=RECORD_RETRY_S)
             return result
+        inb: sqlite3.Connection | None = None
         try:
             try:
                 rows = await self.outbox.call(read_rows, paths.outbound, cursor)
@@ -279,6 +279,16 @@ class Delivery:
                 self.sessions.note_out_seq(session.id, max(int(r["seq"] or 0) for r in rows))
             result.more = len(rows) >= MAX_ROWS  # a full batch: drain() reads on if it moved
             if not rows:
+                return result
+            try:  # only now: a session without a runner has no kept one, and opening a
+                # connection on the event loop for a pass with nothing to send cost ms
+                inb = self.sessions.open_inbound(paths)  # a live session's kept one: no I/O
+            except FileNotFoundError:
+                return result
+            except sqlite3.Error as exc:
+                logger.warning("delivery of session %s waits: %s", session_id, exc)
+                result.next_retry = now + timedelta(seconds=RECORD_RETRY_S)
+                result.more = False
                 return result
             ids = [r["id"] for r in rows]
             rec = self._pending(session_id)
@@ -361,7 +371,8 @@ class Delivery:
                 result.more = False
             return result
         finally:
-            self.sessions.done_with(inb)
+            if inb is not None:
+                self.sessions.done_with(inb)
 
     def _turn_lock(self, row: OutRow) -> asyncio.Lock | None:
         """The lock of the row's channel when its adapter cannot deduplicate sends by key
