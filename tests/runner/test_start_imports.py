@@ -103,3 +103,49 @@ def test_private_tmp_dir_is_a_new_owner_only_folder_in_tmpdir(
     for made in (first, second):
         assert made.parent == tmp_path and made.name.startswith("carapace-runner-s1-")
         assert made.is_dir() and stat.S_IMODE(made.stat().st_mode) == 0o700
+
+
+def test_an_unsandboxed_runner_removes_its_temp_folder_when_it_ends(tmp_path: Path) -> None:
+    """The runner's own temp folder (its commands' ``TMPDIR``) was left in the host's
+    ``/tmp`` after every unsandboxed runner, with whatever the agent's commands put there.
+    It goes with the runner; a link planted in it is not followed."""
+    paths = make_session(tmp_path)
+    agent_dir = make_agent_dir(tmp_path, config={"provider": "mock"})
+    write_chat(paths, "hello")
+    tmp_root = tmp_path / "tmp"
+    tmp_root.mkdir()
+    outside = tmp_path / "keep"
+    outside.mkdir()
+    (outside / "file").write_text("not the runner's")
+    env = run_env()
+    env["TMPDIR"] = str(tmp_root)
+    proc = subprocess.Popen(runner_cmd(paths, agent_dir, "--idle-exit", "2"), env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        [reply] = read_outbound_when(paths)
+        assert reply["content"]["text"].startswith("Mock reply")
+        [made] = list(tmp_root.iterdir())  # the runner's folder, while it runs
+        (made / "scratch").write_text("agent output")
+        (made / "d" / "e").mkdir(parents=True)
+        (made / "d" / "e" / "f").write_text("deeper")
+        (made / "d" / "to-file").symlink_to(outside / "file")
+        (made / "link").symlink_to(outside)
+        assert proc.wait(timeout=60) == 0, proc.stderr.read() if proc.stderr else ""
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert list(tmp_root.iterdir()) == []
+    assert (outside / "file").read_text() == "not the runner's"
+
+
+def read_outbound_when(paths: object, timeout: float = 30.0) -> list[dict[str, object]]:
+    """The outbound rows once there is one (the runner answers, then idles)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        rows = read_outbound(paths)  # type: ignore[arg-type]
+        if rows:
+            return rows
+        time.sleep(0.02)
+    raise AssertionError("no reply")

@@ -137,6 +137,30 @@ def main(argv: list[str] | None = None) -> int:
     except Exception:
         logger.exception("fatal error in session %s", config.session_id)
         return 1
+    finally:
+        if workspace is not None:
+            remove_tmp_dir(workspace.policy.tmp_dir)
+
+
+def remove_tmp_dir(path: Path) -> None:
+    """The runner's own temp folder goes with it: unsandboxed it is a folder in the host's
+    ``/tmp`` (one was left behind per runner start, with whatever the agent's commands put
+    there); in bwrap the sandbox's ``/tmp`` is a tmpfs that goes anyway. Removed through
+    directory descriptors (``os.fwalk``): a link inside is removed, never followed."""
+    try:
+        for _top, dirs, files, fd in os.fwalk(path, topdown=False, follow_symlinks=False):
+            for name in files:
+                os.unlink(name, dir_fd=fd)
+            for name in dirs:
+                try:
+                    os.rmdir(name, dir_fd=fd)
+                except NotADirectoryError:  # a link to a folder: the link itself
+                    os.unlink(name, dir_fd=fd)
+        os.rmdir(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        logger.warning("temp folder %s not removed: %s", path, exc)
 
 
 if __name__ == "__main__":
