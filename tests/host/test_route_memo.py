@@ -141,3 +141,19 @@ def test_a_commit_by_another_connection_drops_the_memo_at_the_next_check(tmp_pat
     finally:
         mine.close()
         other.close()
+
+
+def test_session_lookups_outside_routing_never_use_the_memo(rig: Rig) -> None:
+    """Only the router checks the memo right before it uses it; another caller of the
+    session lookup (an agent's message to another agent) reads the database."""
+    ag = rig.agent()
+    mg = rig.chat()
+    rig.wire(mg, ag)
+    [w] = messaging.wirings_for_chat(rig.db, mg)
+    rig.run(rig.host.route(make_event("a", id="a")))
+    rig.settle()  # the host's own writes after a message (its runner's start) are over
+    [routed] = rig.run(rig.host.route(make_event("b", id="b"))).routed  # the memo holds it
+    with other_process_db(rig) as other:
+        other.execute("UPDATE sessions SET status='closed' WHERE id=?", (routed.session_id,))
+    session, created = rig.host.sessions.resolve(ag, mg, None, w.sessions, now=rig.clock.now())
+    assert created and session.id != routed.session_id

@@ -252,9 +252,10 @@ class SessionManager:
     ) -> tuple[Session, bool]:
         """:meth:`resolve` for the event loop: a new session's folder and DBs (schemas,
         several commits) are made in a worker thread; a second caller for the same session
-        meanwhile waits for them instead of writing into a half-made folder."""
+        meanwhile waits for them instead of writing into a half-made folder. The router's:
+        the lookup may come from :attr:`memo`, which the router has just checked."""
         session, created, make = self._resolve_row(
-            agent_group_id, messaging_group_id, thread_id, mode, now=now
+            agent_group_id, messaging_group_id, thread_id, mode, now=now, memo=True
         )
         making = self._making.get(session.id)
         if making is not None:
@@ -276,19 +277,25 @@ class SessionManager:
         mode: str,
         *,
         now: datetime,
+        memo: bool = False,
     ) -> tuple[Session, bool, bool]:
         """The session row (created when missing), whether it was, and whether its folder
-        must be made."""
+        must be made. ``memo``: the lookup may come from :attr:`memo` (a caller that has
+        just checked it)."""
         if mode == "agent-shared":
             mg_key, thread_key = None, None
         elif mode == "per-thread":
             mg_key, thread_key = messaging_group_id, thread_id
         else:
             mg_key, thread_key = messaging_group_id, None
+
         # a read first: the session exists for nearly every message, and a write
         # transaction on the central DB per message cost more than the lookup itself
-        found = self.memo.get(("session", agent_group_id, mg_key, thread_key),
-                              lambda: find_session(self.db, agent_group_id, mg_key, thread_key))  # fmt: skip
+        def lookup() -> Session | None:
+            return find_session(self.db, agent_group_id, mg_key, thread_key)
+
+        found = (self.memo.get(("session", agent_group_id, mg_key, thread_key), lookup)
+                 if memo else lookup())  # fmt: skip
         created = False
         if found is not None:
             session = found
