@@ -44,17 +44,14 @@ class ReadMemo:
 
     def get(self, key: Hashable, load: Callable[[], T]) -> T:
         """The value for ``key``, read with ``load()`` unless the memo holds it still
-        (call :meth:`check` first, once per operation)."""
-        if self._version is None:  # never checked: nothing is known to be current
+        (call :meth:`check` first, once per operation). Never checked, or inside a
+        transaction of this connection (a write under way): read through, keep nothing."""
+        if self._version is None or self.db.in_transaction:
             self.misses += 1
             return load()
-        if self.db.total_changes != self._changes or self.db.in_transaction:
-            # this connection wrote (or is writing): nothing read before is trusted
+        if self.db.total_changes != self._changes:  # this connection wrote since
             self._values.clear()
             self._changes = self.db.total_changes
-            if self.db.in_transaction:  # a write under way: read through, keep nothing
-                self.misses += 1
-                return load()
         try:
             value: T = self._values[key]
         except KeyError:
@@ -68,6 +65,3 @@ class ReadMemo:
             self._values.clear()
         self._values[key] = value
         return value
-
-    def clear(self) -> None:
-        self._values.clear()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import sqlite3
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TypeGuard
 
 from carapace.db.central import from_row, from_rows
 from carapace.db.connection import transaction
@@ -58,6 +59,12 @@ def user_id_for(channel_type: str, handle: str) -> str:
     return handle if handle.startswith(f"{channel_type}:") else f"{channel_type}:{handle}"
 
 
+def is_current(known: User | None, display_name: str | None) -> TypeGuard[User]:
+    """Whether :func:`upsert_user` would write nothing for this row (it exists, and the
+    display name given is none or the same)."""
+    return known is not None and (display_name is None or display_name == known.display_name)
+
+
 def upsert_user(
     db: sqlite3.Connection,
     id: str,
@@ -70,7 +77,7 @@ def upsert_user(
     if ":" not in id:
         raise ValidationError(f"user id {id!r} must be namespaced as '<channel>:<handle>'")
     known = get_user(db, id)
-    if known is not None and (display_name is None or display_name == known.display_name):
+    if is_current(known, display_name):
         return known  # nothing changes: no write (the router calls this per message)
     with transaction(db):
         db.execute(

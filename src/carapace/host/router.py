@@ -252,7 +252,7 @@ class Router:
             user_id = users.user_id_for(event.channel_type, handle) if ":" not in handle else handle
             uid = user_id
             known = memo.get(("user", uid), lambda: users.get_user(self.db, uid))
-            if known is None or (display is not None and display != known.display_name):
+            if not users.is_current(known, display):
                 try:
                     users.upsert_user(self.db, user_id, event.channel_type, display, now=now)
                 except CarapaceError:

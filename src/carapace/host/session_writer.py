@@ -71,6 +71,9 @@ class WritersClosed(RuntimeError):
 class FolderReplaced(FileNotFoundError):
     """The job's file is gone: the session folder was deleted (and maybe made again)."""
 
+    def __init__(self, session_id: str) -> None:
+        super().__init__(f"inbound.db of session {session_id} was replaced")
+
 
 def _resolve(fut: asyncio.Future[Any], ok: bool, value: Any) -> None:
     if fut.done():  # the caller was cancelled meanwhile
@@ -93,7 +96,7 @@ class _Worker:
         # FileNotFoundError: the caller hears it
         key = (os.stat(paths.inbound).st_ino, self.generations.get(session_id, 0))
         if expect is not None and key != expect:
-            raise FolderReplaced(f"inbound.db of session {session_id} was replaced")
+            raise FolderReplaced(session_id)
         held = self.conns.get(session_id)
         if held is not None:
             if held[1] == key:
@@ -168,8 +171,7 @@ class _Worker:
                 for _sid, _paths, fn, _loop, _fut, expect in batch:
                     assert fn is not None
                     if expect is not None and expect != key:
-                        results.append((False, FolderReplaced(
-                            f"inbound.db of session {session_id} was replaced")))  # fmt: skip
+                        results.append((False, FolderReplaced(session_id)))
                         continue
                     try:
                         with transaction(conn):  # a savepoint: this job's writes alone

@@ -513,11 +513,6 @@ class SessionManager:
 
     def set_work(self, session_id: str, next_due: str | None) -> None:
         self._marked.pop(session_id, None)  # until the write below is known to hold
-        self._set_work(session_id, next_due)
-        if next_due is not None and not self.db.in_transaction:
-            self._marked[session_id] = next_due
-
-    def _set_work(self, session_id: str, next_due: str | None) -> None:
         if next_due is None:
             self.db.execute("DELETE FROM carapace_session_work WHERE session_id=?", (session_id,))
         else:
@@ -526,6 +521,8 @@ class SessionManager:
                 "ON CONFLICT(session_id) DO UPDATE SET next_due=excluded.next_due",
                 (session_id, next_due),
             )
+            if not self.db.in_transaction:  # a rollback could still undo it otherwise
+                self._marked[session_id] = next_due
 
     def due_work(self, now: datetime) -> list[str]:
         self._flush_unmarked()
