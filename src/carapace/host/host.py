@@ -6,7 +6,7 @@ and the sweep together (DESIGN §2). Also the Python API for tests (DESIGN §6):
     await host.route(event); await host.deliver_once(); await host.sweep_once(now)
 
 Hooks for other modules: ``host.hooks.on_sweep_session(ctx)`` (recurrence, called once per
-swept session), ``host.router.on_sender_approval`` / ``on_channel_request`` (approvals),
+swept session that has a task or a recurring row), ``host.router.on_sender_approval`` / ``on_channel_request`` (approvals),
 ``host.actions.register(action, handler)`` (system actions).
 """
 
@@ -77,7 +77,8 @@ class HostRunning(ConfigError):
 
 @dataclass
 class HostHooks:
-    # Callable[[SweepContext], datetime | None]; None = the task series (host/task_runs.py)
+    # Callable[[SweepContext], datetime | None], called for a swept session with a task or
+    # a recurring row; None = the task series (host/task_runs.py)
     on_sweep_session: Any = None
 
 

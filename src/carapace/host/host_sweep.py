@@ -27,7 +27,6 @@ from carapace.host.sweep import (
     reset_claims,
     scan_session,
 )
-from carapace.host.task_runs import SeriesSweep
 
 if TYPE_CHECKING:
     from carapace.host.host import Host
@@ -98,11 +97,11 @@ async def sweep_session(host: Host, sid: str, now: datetime, report: SweepReport
             host._spawn(host.pool.stop(sid, action, count_try=True))
         elif not scan.due_now and not scan.claims and idle(host, paths, started, now):
             host._spawn(host.pool.stop(sid, "idle"))
-    # the hook (task series: hand-over, catch-up) runs before the wake decision; the
-    # host's own hook only for a session with tasks or recurring rows (it opened an
-    # inbound.db connection on the loop for every swept session: a few ms each under load)
+    # the hook (task series: hand-over, catch-up) runs before the wake decision, only for a
+    # session with a task or a recurring row (it opened an inbound.db connection on the
+    # loop for every swept session: a few ms each under load)
     hook_next = None
-    if scan.series or not isinstance(host.hooks.on_sweep_session, SeriesSweep):
+    if scan.series:
         with host.sessions.inbound(paths) as inb:
             ctx = SweepContext(session, paths, inb, now, host.settings.timezone,
                                host.sessions.other_max(sid, inb), scan.task_acks)  # fmt: skip

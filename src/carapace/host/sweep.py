@@ -140,7 +140,8 @@ class SweepContext:
 
 class SweepHooks(Protocol):
     def on_sweep_session(self, ctx: SweepContext) -> datetime | None:
-        """Called once per swept session (recurrence). Returns when it next needs the session."""
+        """Called once per swept session that has a task or a recurring row (the others
+        have nothing for it). Returns when it next needs the session."""
         ...
 
 
