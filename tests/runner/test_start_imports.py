@@ -55,8 +55,12 @@ NOT_AT_START = (
 
 
 def imported_modules(stderr: str) -> set[str]:
+    """The modules ``-X importtime`` lists until the runner starts to exit (its idle-exit
+    line: what it imports to clean up is not part of its start)."""
     out = set()
     for line in stderr.splitlines():
+        if "s: exiting" in line and "import time:" not in line:
+            break
         if line.startswith("import time:") and "|" in line:
             name = line.rsplit("|", 1)[1].strip()
             if name != "imported package":
@@ -88,6 +92,8 @@ def test_imported_modules_reads_importtime_lines() -> None:
         "import time:       150 |        150 |   _io\n"
         "import time:      3362 |       3593 |     carapace.runner.inbound\n"
         "2026-12-05 INFO [runner x] runner ready | not an import line\n"
+        "2026-12-05 INFO [runner carapace.runner.loop] idle for 0.3s: exiting\n"
+        "import time:       900 |        900 |   shutil\n"
     )
     assert imported_modules(text) == {"_io", "carapace.runner.inbound"}
 

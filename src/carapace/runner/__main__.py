@@ -145,18 +145,12 @@ def main(argv: list[str] | None = None) -> int:
 def remove_tmp_dir(path: Path) -> None:
     """The runner's own temp folder goes with it: unsandboxed it is a folder in the host's
     ``/tmp`` (one was left behind per runner start, with whatever the agent's commands put
-    there); in bwrap the sandbox's ``/tmp`` is a tmpfs that goes anyway. Removed through
-    directory descriptors (``os.fwalk``): a link inside is removed, never followed."""
+    there); in bwrap the sandbox's ``/tmp`` is a tmpfs that goes anyway. ``rmtree`` works
+    through directory descriptors here: a link inside is removed, never followed."""
+    import shutil  # at the end only: not one of the start's imports
+
     try:
-        for _top, dirs, files, fd in os.fwalk(path, topdown=False, follow_symlinks=False):
-            for name in files:
-                os.unlink(name, dir_fd=fd)
-            for name in dirs:
-                try:
-                    os.rmdir(name, dir_fd=fd)
-                except NotADirectoryError:  # a link to a folder: the link itself
-                    os.unlink(name, dir_fd=fd)
-        os.rmdir(path)
+        shutil.rmtree(path)
     except FileNotFoundError:
         pass
     except OSError as exc:
