@@ -324,6 +324,8 @@ class Host:
         self.db.execute(
             "UPDATE sessions SET container_status='stopped' WHERE container_status != 'stopped'"
         )
+        if self.proxy is not None:  # its socket folder, and the removal of ended hosts' ones
+            await asyncio.to_thread(self.proxy.egress.socket_dir)
         await self.rebuild_work_index()
         self._spawn(asyncio.to_thread(compile_runner_code))  # runners import, never compile
         try:  # NanoClaw deletes groups/global at its first start: bring it back from a copy

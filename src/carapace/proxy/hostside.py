@@ -123,4 +123,5 @@ class HostProxy:
         self.usage.close()
 
     def close(self) -> None:
+        self.egress.release_dir()
         self.usage.close()

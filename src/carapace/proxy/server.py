@@ -24,7 +24,6 @@ import logging
 import os
 import socket
 import sqlite3
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -49,6 +48,7 @@ from carapace.proxy.mcp_route import MCP_PATH, McpUpstreams, forward_mcp
 from carapace.proxy.meter import Meter
 from carapace.proxy.prices import PriceTable
 from carapace.proxy.retry import RETRY_STATUSES, RetryPolicy, retry_after
+from carapace.proxy.sockdir import SocketDir
 from carapace.proxy.upstream import UpstreamPool, UpstreamResponse
 from carapace.proxy.usage import UsageRecord, UsageStore
 from carapace.runner.providers.base import PROVIDER_ALIASES  # not lazily: ~8 ms on the loop
@@ -130,6 +130,7 @@ class EgressProxy:
         self.on_warning = on_warning
         self.pool = UpstreamPool()
         self._dir = socket_dir
+        self._sockdir: SocketDir | None = None
         self._servers: dict[
             str, tuple[asyncio.Task[asyncio.AbstractServer], socket.socket, Path]
         ] = {}
@@ -140,10 +141,8 @@ class EgressProxy:
     # -- sockets ------------------------------------------------------------------------
     def socket_dir(self) -> Path:
         if self._dir is None:
-            base = os.environ.get("XDG_RUNTIME_DIR")
-            if not base or not os.path.isdir(base) or len(base) > 40:
-                base = None
-            self._dir = Path(tempfile.mkdtemp(prefix="carapace-proxy-", dir=base))
+            self._sockdir = SocketDir.create()  # also removes folders of ended hosts
+            self._dir = self._sockdir.path
         self._dir.mkdir(mode=0o700, exist_ok=True)
         os.chmod(self._dir, 0o700)
         return self._dir
@@ -189,7 +188,14 @@ class EgressProxy:
         for sid in list(self._servers):
             self._drop(sid)
         self.pool.close()
-        if self._dir is not None:
+        self.release_dir()
+
+    def release_dir(self) -> None:
+        """Remove the socket folder (a host closed without ``close()`` leaves it to the
+        next host's sweep)."""
+        if self._sockdir is not None:
+            self._sockdir.close()
+        elif self._dir is not None:
             with contextlib.suppress(OSError):
                 self._dir.rmdir()
 
