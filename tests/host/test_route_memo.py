@@ -4,6 +4,7 @@ answers from them after a change: a wiring removed or a member revoked, by anoth
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -60,6 +61,32 @@ def test_repeated_messages_of_a_chat_are_routed_from_the_memo(rig: Rig) -> None:
     wiring_reads = sum("FROM messaging_group_agents WHERE" in s for s in seen)
     assert checks == 5
     assert chat_reads <= 2 and wiring_reads <= 2, "\n".join(seen)  # 5 without the memo
+
+
+def test_a_burst_checks_the_memo_once_per_routing_slice(rig: Rig) -> None:
+    """Forty messages routed at once: one ``data_version`` read per routing slice (a pass
+    of the event loop), not per message; a wiring removed by another process between two
+    bursts holds for the whole second burst."""
+    ag = rig.agent()
+    mg = rig.chat()
+    rig.wire(mg, ag)
+    _warm(rig, "w0", "w1")
+
+    async def burst(tag: str) -> list[list[str]]:
+        results = await asyncio.gather(
+            *(rig.host.route(make_event(f"{tag}{i}", id=f"{tag}{i}")) for i in range(40))
+        )
+        return [[x.agent_group_id for x in r.routed] for r in results]
+
+    seen = _reads(rig)
+    assert rig.run(burst("a")) == [[ag]] * 40
+    rig.db.set_trace_callback(None)
+    checks = sum(s == "PRAGMA data_version" for s in seen)
+    assert 1 <= checks < 10, checks  # a handful of slices, not 40
+    with other_process_db(rig) as other:
+        [w] = messaging.wirings_for_chat(other, mg)
+        messaging.delete_wiring(other, w.id)
+    assert rig.run(burst("b")) == [[]] * 40
 
 
 def test_a_wiring_removed_by_another_process_holds_from_the_next_message(rig: Rig) -> None:

@@ -6,6 +6,8 @@ half-made folder."""
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
 import sqlite3
 import threading
 from datetime import UTC, datetime
@@ -68,4 +70,62 @@ def test_new_session_folder_is_made_off_the_loop_once_for_concurrent_routes(
         again, created = mgr.resolve(ag, mg, None, "shared", now=now)
         assert (again.id, created) == (session.id, False) and len(made) == 1
     finally:
+        db.close()
+
+
+def test_routing_does_not_stat_a_known_session_file_and_a_deleted_folder_is_made_again_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The router trusts a session file it has seen (a stat per message on the loop was
+    ~5 % of a burst's loop time); when the folder was deleted meanwhile, the write finds
+    the file gone, the folder is made again once, and every row of the burst is stored in
+    the new file."""
+    home = Home(tmp_path / "home")
+    home.root.mkdir(parents=True)
+    db = open_central(home.central_db)
+    ag = groups.create_agent_group(db, "agent", "agent").id
+    mg = messaging.create_messaging_group(db, "fake", "chat-1", name="chat-1").id
+    mgr = SessionManager(home, db)
+    now = datetime.now(UTC)
+    loop_stats: list[str] = []
+    real_stat = os.stat
+
+    def watching_stat(path: object, *args: object, **kwargs: object) -> os.stat_result:
+        if threading.current_thread() is threading.main_thread() and str(path).endswith(
+            "inbound.db"
+        ):
+            loop_stats.append(str(path))
+        return real_stat(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    async def route(i: int) -> int | None:
+        session, _ = await mgr.resolve_async(ag, mg, None, "shared", now=now)
+        return await mgr.write_grouped(session, {"id": f"m{i}", "kind": "chat",
+                                                 "timestamp": "2026-01-01T00:00:00Z",
+                                                 "content": "{}"}, now=now)  # fmt: skip
+
+    async def scenario() -> tuple[Path, int]:
+        await route(0)  # a new session: its folder is made
+        session, _ = await mgr.resolve_async(ag, mg, None, "shared", now=now)
+        gen = mgr.writers.generation(session.id)
+        monkeypatch.setattr(os, "stat", watching_stat)
+        await asyncio.gather(*(route(i) for i in range(1, 4)))
+        assert loop_stats == []  # known file: no stat on the loop
+        monkeypatch.setattr(os, "stat", real_stat)
+        shutil.rmtree(mgr.paths(session).root)
+        seqs = await asyncio.gather(*(route(i) for i in range(4, 9)))
+        assert all(isinstance(q, int) for q in seqs)  # all stored, none refused
+        assert mgr.writers.generation(session.id) == gen + 1  # made again once
+        await mgr.drain_writes()
+        return mgr.paths(session).inbound, gen
+
+    try:
+        inbound_path, _ = asyncio.run(scenario())
+        inbound = sqlite3.connect(inbound_path)
+        try:
+            ids = [r[0] for r in inbound.execute("SELECT id FROM messages_in ORDER BY seq")]
+        finally:
+            inbound.close()
+        assert ids == [f"m{i}" for i in range(4, 9)]
+    finally:
+        mgr.writers.close()
         db.close()

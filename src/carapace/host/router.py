@@ -191,19 +191,25 @@ class Router:
         hundreds of ms; the rest wait their turn (in order) and still share group commits."""
         async with self._admit:
             await self._turn()
-            self.sessions.memo.check()  # another connection's commit drops what it holds
             return await self._route(event, now=now)
 
     async def _turn(self) -> None:
         """Wait, if need be, for a pass of the event loop whose routing slice is not used up
         (``ROUTE_SLICE_S``). The first route of a pass opens its slice and schedules its
         end for the next pass; routes queued behind a used slice yield (in order: the
-        ready queue is first in, first out) and go on in the next pass."""
+        ready queue is first in, first out) and go on in the next pass.
+
+        Opening a slice checks the central-DB memo: another connection's commit (a wiring
+        removed, access revoked) drops what it holds. Routes that start in one slice (at
+        most ``ROUTE_SLICE_S`` of one pass) see the database as at its start, as if they
+        had arrived a moment earlier; a burst makes one ``data_version`` read per slice
+        instead of one per message."""
         while True:
             t = time.perf_counter()
             if self._slice_end is None:
                 self._slice_end = t + ROUTE_SLICE_S
                 asyncio.get_running_loop().call_soon(self._next_pass)
+                self.sessions.memo.check()
                 return
             if t < self._slice_end:
                 return

@@ -122,6 +122,9 @@ class SessionManager:
         # loop, in submission order per session (host/session_writer.py, issue 19)
         self.writers = SessionWriters()
         self._making: dict[str, asyncio.Event] = {}  # session folders being made off the loop
+        # sessions whose inbound.db this host has seen: the router does not stat it per
+        # message; a write that finds it gone makes the folder again (write_grouped)
+        self._present: set[str] = set()
         # told when a session's folder turns out to have been deleted (and is made again):
         # a runner of that session still works on the deleted files (the host stops it)
         self.on_folder_remade: Callable[[str], None] | None = None
@@ -149,6 +152,7 @@ class SessionManager:
             outbox_reader.release(self.paths(session).outbound)
 
     def _folder_remade(self, session_id: str) -> None:
+        self._present.discard(session_id)
         # a new generation: what was kept of the old files is not taken for the new ones,
         # whatever inode number the new inbound.db gets (a freed one can come back)
         self.writers.replaced(session_id)
@@ -257,6 +261,11 @@ class SessionManager:
         session, created, make = self._resolve_row(
             agent_group_id, messaging_group_id, thread_id, mode, now=now, memo=True
         )
+        await self._make_folder(session, make)
+        return session, created
+
+    async def _make_folder(self, session: Session, make: bool) -> None:
+        """Make the session's folder off the loop (``make``), or wait for a maker."""
         making = self._making.get(session.id)
         if making is not None:
             await making.wait()
@@ -267,7 +276,7 @@ class SessionManager:
             finally:
                 del self._making[session.id]
                 making.set()
-        return session, created
+        self._present.add(session.id)
 
     def _resolve_row(
         self,
@@ -308,7 +317,12 @@ class SessionManager:
                     session = create_session(self.db, agent_group_id, mg_key, thread_key, now=now)
                     created = True
         paths = self.paths(session)
-        make = created or (session.id not in self._making and not paths.inbound.exists())
+        # the router (memo) trusts a file it has seen: a stat per message on the loop was
+        # ~5 % of a burst's loop time; a write that finds the file gone makes it again
+        seen = memo and session.id in self._present
+        make = created or (
+            session.id not in self._making and not seen and not paths.inbound.exists()
+        )
         if make:
             if not created:
                 self._folder_remade(session.id)
@@ -347,7 +361,23 @@ class SessionManager:
         writer thread: rows for one session that arrive while a commit is in flight (or in
         the same pass of the event loop) share the next durable commit; a lone row goes at
         once, with no wait for company. Returns the seq once the row is durable (None: the
-        id existed); a failed commit (a full disk) raises here and nothing is stored."""
+        id existed); a failed commit (a full disk) raises here and nothing is stored.
+
+        A session folder deleted since the host last saw it (the router does not look per
+        message) is made again, once, and the row written into the new file."""
+        try:
+            return await self._write_grouped(session, row, now=now)
+        except FileNotFoundError:
+            if not self.paths(session).inbound.exists():  # else made again meanwhile
+                logger.warning("session %s: its folder was deleted; made again", session.id)
+                if session.id not in self._making:
+                    self._folder_remade(session.id)
+                await self._make_folder(session, True)
+            return await self._write_grouped(session, row, now=now)  # once more, at most
+
+    async def _write_grouped(
+        self, session: Session, row: dict[str, Any], *, now: datetime
+    ) -> int | None:
         paths = self.paths(session)
         row = dict(row)
         if "content" in row and isinstance(row["content"], str):
@@ -581,6 +611,8 @@ class SessionManager:
         self, paths: SessionPaths, message_id: str, content: str, now: datetime
     ) -> str:
         """Decode base64 ``data`` of attachments into ``inbox/<message id>/`` (spec §3.8)."""
+        if "attachments" not in content and "\\" not in content:
+            return content  # no such key, even escaped: not decoded (every routed message)
         doc = loads_or(content, None)
         if not isinstance(doc, dict) or not isinstance(doc.get("attachments"), list):
             return content

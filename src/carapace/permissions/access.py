@@ -197,7 +197,11 @@ def sender_handle(doc: dict[str, Any]) -> tuple[str | None, str | None]:
 
 def event_sender(channel_type: str, content: str) -> tuple[str | None, str | None]:
     """``(user id, display name)`` of an inbound message, as the router resolves them."""
-    doc = loads_or(content, None)
+    return doc_sender(channel_type, loads_or(content, None))
+
+
+def doc_sender(channel_type: str, doc: object) -> tuple[str | None, str | None]:
+    """:func:`event_sender` of a message content already decoded."""
     if not isinstance(doc, dict):
         return None, None
     handle, name = sender_handle(doc)

@@ -280,11 +280,11 @@ def match_text_reply(ctx: Ctx, event: InboundEvent, *, naming: bool = True) -> b
     """The router's interceptor: True when the message answered a card (or named a new
     agent) and must not be routed. Only a reply in the chat where the card was shown.
     ``naming`` False: no registration waits for a name (the name lookup is skipped)."""
-    clicker, _ = access.event_sender(event.channel_type, event.message.content)
+    doc = loads_or(event.message.content, None)  # once: this runs for every message
+    clicker, _ = access.doc_sender(event.channel_type, doc)
     if naming and channel_approval.consume_name_reply(ctx, event, clicker):
         cards.kick()
         return True
-    doc = loads_or(event.message.content, None)
     text = doc.get("text") if isinstance(doc, dict) else event.message.content
     m = REPLY_RE.fullmatch(text) if isinstance(text, str) else None
     if m is None:
