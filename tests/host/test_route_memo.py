@@ -39,6 +39,12 @@ def _warm(rig: Rig, *texts: str, **kw: object) -> None:
         _routed(rig, text, **kw)
 
 
+def _unwire(db: sqlite3.Connection, mg: str) -> None:
+    """Remove the chat's one wiring through ``db``."""
+    [w] = messaging.wirings_for_chat(db, mg)
+    messaging.delete_wiring(db, w.id)
+
+
 def _reads(rig: Rig) -> list[str]:
     seen: list[str] = []
     rig.db.set_trace_callback(seen.append)
@@ -84,8 +90,7 @@ def test_a_burst_checks_the_memo_once_per_routing_slice(rig: Rig) -> None:
     checks = sum(s == "PRAGMA data_version" for s in seen)
     assert 1 <= checks < 10, checks  # a handful of slices, not 40
     with other_process_db(rig) as other:
-        [w] = messaging.wirings_for_chat(other, mg)
-        messaging.delete_wiring(other, w.id)
+        _unwire(other, mg)
     assert rig.run(burst("b")) == [[]] * 40
 
 
@@ -96,8 +101,7 @@ def test_a_wiring_removed_by_another_process_holds_from_the_next_message(rig: Ri
     assert _routed(rig, "before") == [ag]
     _warm(rig, "before-2", "before-3")
     with other_process_db(rig) as other:
-        [w] = messaging.wirings_for_chat(other, mg)
-        messaging.delete_wiring(other, w.id)
+        _unwire(other, mg)
     assert _routed(rig, "after") == []
 
 
@@ -119,8 +123,7 @@ def test_a_change_through_the_hosts_own_connection_is_seen_at_once(rig: Rig) -> 
     rig.wire(mg, ag)
     assert _routed(rig, "a") == [ag]
     _warm(rig, "b", "b2")
-    [w] = messaging.wirings_for_chat(rig.db, mg)
-    messaging.delete_wiring(rig.db, w.id)  # the host's own connection (admin API, approvals)
+    _unwire(rig.db, mg)  # the host's own connection (admin API, approvals)
     assert _routed(rig, "c") == []
 
 

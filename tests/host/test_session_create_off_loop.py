@@ -24,15 +24,20 @@ from carapace.host import sessions as sessions_mod
 from carapace.host.sessions import SessionManager
 
 
-def test_new_session_folder_is_made_off_the_loop_once_for_concurrent_routes(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _manager(tmp_path: Path) -> tuple[sqlite3.Connection, SessionManager, str, str]:
+    """A home with one agent group and one chat: (central DB, manager, group, chat)."""
     home = Home(tmp_path / "home")
     home.root.mkdir(parents=True)
     db = open_central(home.central_db)
     ag = groups.create_agent_group(db, "agent", "agent").id
     mg = messaging.create_messaging_group(db, "fake", "chat-1", name="chat-1").id
-    mgr = SessionManager(home, db)
+    return db, SessionManager(home, db), ag, mg
+
+
+def test_new_session_folder_is_made_off_the_loop_once_for_concurrent_routes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db, mgr, ag, mg = _manager(tmp_path)
     made: list[int] = []
     seen_ready: list[bool] = []
     real = sessions_mod.init_session_folder
@@ -80,12 +85,7 @@ def test_routing_does_not_stat_a_known_session_file_and_a_deleted_folder_is_made
     ~5 % of a burst's loop time); when the folder was deleted meanwhile, the write finds
     the file gone, the folder is made again once, and every row of the burst is stored in
     the new file."""
-    home = Home(tmp_path / "home")
-    home.root.mkdir(parents=True)
-    db = open_central(home.central_db)
-    ag = groups.create_agent_group(db, "agent", "agent").id
-    mg = messaging.create_messaging_group(db, "fake", "chat-1", name="chat-1").id
-    mgr = SessionManager(home, db)
+    db, mgr, ag, mg = _manager(tmp_path)
     now = datetime.now(UTC)
     loop_stats: list[str] = []
     real_stat = os.stat
