@@ -121,6 +121,11 @@ class Home:
         return self.data_dir / "v2.db"
 
     @property
+    def ingest_journal(self) -> Path:
+        """Routed messages acknowledged, not yet in their sessions' files (host/ingest.py)."""
+        return self.data_dir / "ingest.db"
+
+    @property
     def sessions_dir(self) -> Path:
         return self.data_dir / "v2-sessions"
 

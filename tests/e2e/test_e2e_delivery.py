@@ -164,22 +164,33 @@ def _sql(db: Path, sql: str) -> None:
         conn.close()
 
 
-def test_message_not_stored_gets_a_clear_error_then_goes_through(e2e: E2E) -> None:
+def test_a_message_the_session_cannot_store_yet_is_kept_and_goes_through_later(
+    e2e: E2E,
+) -> None:
+    """The session's inbound.db fails with an OperationalError, as on a full disk. The
+    message was acknowledged once durable in the host's ingest journal, so it is not lost:
+    the sender hears once that it is kept, and it reaches the agent when the file can be
+    written again (at the next try, or at once when the chat's next message comes)."""
     e2e.start_host()
     assert e2e.send("first").returncode == 0
     [session] = e2e.sessions()
-    # storing the next message fails with an OperationalError, as on a full disk (a
-    # RAISE() in a trigger would be a constraint error, which is read as "already there")
+    # (a RAISE() in a trigger would be a constraint error: a refusal for good)
     _sql(
         session / "inbound.db",
         "CREATE TRIGGER full BEFORE INSERT ON messages_in BEGIN SELECT disk_is_full(); END",
     )
     r = e2e.send("second", timeout=10)
-    assert r.returncode == 1 and "Traceback" not in r.stderr
-    assert "not stored, send it again later" in r.stderr and "disk_is_full" in r.stderr
+    assert r.returncode == 1 and "Traceback" not in r.stderr and "no reply" in r.stderr
+    assert "Your message is kept" in r.stdout and "disk_is_full" in r.stdout, r.stdout
+    assert not rows(session / "inbound.db", "SELECT id FROM messages_in WHERE content LIKE "
+                    "'%second%'")  # fmt: skip
     _sql(session / "inbound.db", "DROP TRIGGER full")
     r = e2e.send("third")
     assert r.returncode == 0 and '"third"' in r.stdout, r.stderr
+    texts = [row[0] for row in rows(session / "inbound.db",
+                                    "SELECT content FROM messages_in ORDER BY seq")]  # fmt: skip
+    kept = [t for t in texts if '"text":"second"' in t or '"text":"third"' in t]
+    assert len(kept) == 2 and '"second"' in kept[0] and '"third"' in kept[1], texts
     assert e2e.stop_host() == 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import pytest
@@ -360,6 +361,34 @@ def test_a_burst_leaves_the_loop_between_routing_slices(
     [s] = rig.sessions()
     rows = rig.inbound(s, "SELECT id FROM messages_in WHERE id LIKE 'b%' ORDER BY seq")
     assert [r["id"].split(":")[0] for r in rows] == [f"b{i}" for i in range(n)]
+
+
+def test_a_route_cancelled_while_it_waits_for_its_turn_does_not_hold_up_later_ones(
+    rig: Rig,
+) -> None:
+    """Routes go past their turn in the order they were admitted. One cancelled while it
+    waits (its channel stopped) gives up its place: the routes behind it go on."""
+    ag = rig.agent()
+    rig.wire(rig.chat("chan"), ag)
+    router = rig.host.router
+
+    async def scenario() -> list[str]:
+        router._slice_end = 0.0  # this pass's slice is used up: every route waits
+        first = asyncio.ensure_future(rig.host.route(make_event("a", platform_id="chan", id="a")))
+        later = asyncio.ensure_future(rig.host.route(make_event("b", platform_id="chan", id="b")))
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert not first.done() and not later.done()
+        first.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await first
+        router._slice_end = None  # the next pass
+        result = await asyncio.wait_for(later, 10)
+        return [r.message_id.split(":")[0] for r in result.routed]
+
+    assert rig.run(scenario()) == ["b"]
+    [s] = rig.sessions()
+    assert [r["id"].split(":")[0] for r in rig.inbound(s, "SELECT id FROM messages_in")] == ["b"]
 
 
 async def _no_intercept(event: Any) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import sqlite3
@@ -88,6 +89,44 @@ def test_backup_while_messages_flow_then_restore_finds_every_message(
     db, _ = open_home(fresh)
     assert db.execute("SELECT COUNT(*) FROM sessions").fetchone()[0] == len(chats)
     db.close()
+
+
+def test_a_message_acknowledged_but_not_yet_written_is_in_the_backup(
+    live_host: LiveHost, tmp_path: Path
+) -> None:
+    """A message the host acknowledged (durable in its ingest journal) while its session's
+    writer was busy: the backup copies the journal before the session files, so the
+    restored home has it, and the first host started there writes it into the session."""
+    import threading
+
+    live_host.wire_chat("chat-j")
+    _route(live_host, "first", "chat-j", "j-0")
+    host = live_host.host
+    [sid] = [r[0] for r in host.db.execute("SELECT id FROM sessions")]
+    gate = threading.Event()
+    held: list[Any] = []
+
+    async def hold() -> None:
+        session = host.sessions.get(sid)
+        assert session is not None
+        held.append(asyncio.ensure_future(host.sessions.writers.call(
+            sid, host.sessions.paths(session), lambda _c: gate.wait(30))))  # fmt: skip
+
+    live_host.call(hold())
+    live_host.call(host.route(make_event("second", platform_id="chat-j", id="j-1"),
+                              settle=False))  # fmt: skip
+    try:
+        backup(live_host.home, tmp_path / "bk")
+    finally:
+        gate.set()
+    fresh = Home(tmp_path / "fresh")
+    restore(tmp_path / "bk", fresh)
+    assert _messages(fresh) == {"j-0"}  # the copy of the session was taken before it
+    restored = LiveHost(fresh)
+    try:
+        assert _messages(fresh) == {"j-0", "j-1"}  # written at start, from the journal
+    finally:
+        restored.close()
 
 
 def test_restore_refuses_live_or_nonempty_home_and_bad_checksums(

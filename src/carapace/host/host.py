@@ -41,6 +41,8 @@ from carapace.host.actions import SystemActions
 from carapace.host.checkpointer import Checkpointer
 from carapace.host.delivery import Delivery
 from carapace.host.host_runners import SpawnHealth
+from carapace.host.ingest import Ingest
+from carapace.host.ingest_journal import IngestJournal
 from carapace.host.pool import RunnerPool, cleanup_orphans
 from carapace.host.router import Router, RouteResult
 from carapace.host.send_intents import FILE_NAME as INTENTS_FILE
@@ -120,6 +122,8 @@ class Host:
             self.hooks.on_sweep_session = SeriesSweep(self.db)
         self.adapters: dict[str, ChannelAdapter] = {c.channel_type: c for c in channels}
         self.sessions = SessionManager(home, self.db)
+        # a routed message is acknowledged once journaled here (host/ingest.py, issue 19)
+        self.sessions.ingest = Ingest(self.sessions, IngestJournal(home.ingest_journal))
         self.sessions.on_folder_remade = self._on_folder_remade
         self._checkpointer: Checkpointer | None = None
         self.proxy: HostProxy | None = None
@@ -327,6 +331,10 @@ class Host:
         if self.proxy is not None:  # its socket folder, and the removal of ended hosts' ones
             await asyncio.to_thread(self.proxy.egress.socket_dir)
         await self.rebuild_work_index()
+        # messages acknowledged but not yet in their sessions' files when the last host
+        # died: written now, before any channel or runner starts
+        assert self.sessions.ingest is not None
+        await self.sessions.ingest.replay(self.now())
         self._spawn(asyncio.to_thread(compile_runner_code))  # runners import, never compile
         try:  # NanoClaw deletes groups/global at its first start: bring it back from a copy
             await asyncio.to_thread(groupfiles.restore_global, self.home)
@@ -416,6 +424,8 @@ class Host:
             done, _ = await asyncio.wait(list(self._tasks), timeout=0.5)
             for task in done:
                 self._tasks.discard(task)
+        assert self.sessions.ingest is not None  # journaled rows written, or kept for the
+        await self.sessions.ingest.stop()  # next start when their files fail now
         await self.sessions.drain_writes()  # every write submitted is on disk (issue 19)
         if self._checkpointer is not None:
             await self._checkpointer.stop_async()
@@ -432,6 +442,8 @@ class Host:
         with contextlib.suppress(sqlite3.Error):
             self.sessions.release_all()
         self.sessions.writers.close()  # runs what is queued, then ends the threads
+        if self.sessions.ingest is not None:
+            self.sessions.ingest.journal.close()
         if self._checkpointer is not None:
             self._checkpointer.stop()
             self._checkpointer = None
@@ -450,7 +462,7 @@ class Host:
 
     # ---------------------------------------------------------------- inbound
     async def _on_inbound(self, event: InboundEvent) -> RouteResult:
-        return await self.route(event)
+        return await self.route(event, settle=False)
 
     async def _on_action(self, click: ButtonClick) -> ClickAnswer:
         """A card's button was pressed: the single approvals entry point decides."""
@@ -477,11 +489,17 @@ class Host:
         for sid in self.sessions.due_work(self.now() + timedelta(days=3650)):
             self._spawn(self._drain(sid))
 
-    async def route(self, event: InboundEvent) -> RouteResult:
+    async def route(self, event: InboundEvent, *, settle: bool = True) -> RouteResult:
+        """Route one event; returns once its rows are durable. A channel's events
+        (``settle=False``) are acknowledged once journaled and written into their sessions'
+        files right after; by default this also waits until they are there (and any
+        refusal is in the result)."""
         result = await self.router.route(event, now=self.now())
+        if settle and result.routed:
+            await self.sessions.settle([r.session_id for r in result.routed])
         if self._background and not self._stopping:  # typing needs timers (host/typing.py)
             for r in result.routed:
-                if r.trigger and r.seq is not None:
+                if r.trigger:
                     self.typing.start(r.session_id, event.channel_type, event.platform_id,
                                       event.thread_id)  # fmt: skip
                     self.previews.start(r.session_id, event.channel_type)

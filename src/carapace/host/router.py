@@ -32,7 +32,7 @@ from carapace.db import approvals, groups, messaging, users
 from carapace.db.dropped import record_dropped
 from carapace.db.messaging import MessagingGroup, Wiring
 from carapace.db.sessions import find_session
-from carapace.errors import CarapaceError, StoreError, ValidationError
+from carapace.errors import CarapaceError, ValidationError
 from carapace.host.sessions import SessionManager
 from carapace.jsonutil import loads_or
 from carapace.permissions.access import sender_handle
@@ -58,7 +58,6 @@ class Routed:
     agent_group_id: str
     message_id: str
     trigger: int
-    seq: int | None  # None: the row existed already (a redelivered event)
 
 
 @dataclass
@@ -161,6 +160,9 @@ class Router:
         # approvals: card reply codes / new-agent names are answers, not messages
         self.on_intercept: InterceptHook = _noop_intercept
         self._admit = asyncio.Semaphore(ROUTING_AT_ONCE)
+        self._tickets = 0  # routes admitted so far
+        self._turns = 0  # routes that went past their turn (in admission order)
+        self._abandoned: set[int] = set()  # tickets of routes cancelled before their turn
         self._slice_end: float | None = None  # when this loop pass's routing slice ends
 
     def engages(self, w: Wiring, text: str, event: InboundEvent, mg: MessagingGroup) -> bool:
@@ -190,10 +192,12 @@ class Router:
         run every one's first steps in a single pass of the event loop and hold it for
         hundreds of ms; the rest wait their turn (in order) and still share group commits."""
         async with self._admit:
-            await self._turn()
+            ticket = self._tickets
+            self._tickets += 1
+            await self._turn(ticket)
             return await self._route(event, now=now)
 
-    async def _turn(self) -> None:
+    async def _turn(self, ticket: int) -> None:
         """Wait, if need be, for a pass of the event loop whose routing slice is not used up
         (``ROUTE_SLICE_S``). The first route of a pass opens its slice and schedules its
         end for the next pass; routes queued behind a used slice yield (in order: the
@@ -203,17 +207,30 @@ class Router:
         removed, access revoked) drops what it holds. Routes that start in one slice (at
         most ``ROUTE_SLICE_S`` of one pass) see the database as at its start, as if they
         had arrived a moment earlier; a burst makes one ``data_version`` read per slice
-        instead of one per message."""
+        instead of one per message.
+
+        Routes go on in the order they were admitted (``ticket``): one that yielded behind
+        a used slice is not overtaken by one that came later."""
         while True:
-            t = time.perf_counter()
-            if self._slice_end is None:
-                self._slice_end = t + ROUTE_SLICE_S
-                asyncio.get_running_loop().call_soon(self._next_pass)
-                self.sessions.memo.check()
-                return
-            if t < self._slice_end:
-                return
-            await asyncio.sleep(0)
+            while self._turns in self._abandoned:  # cancelled while waiting for its turn
+                self._abandoned.discard(self._turns)
+                self._turns += 1
+            if ticket == self._turns:
+                t = time.perf_counter()
+                if self._slice_end is None:
+                    self._turns += 1
+                    self._slice_end = t + ROUTE_SLICE_S
+                    asyncio.get_running_loop().call_soon(self._next_pass)
+                    self.sessions.memo.check()
+                    return
+                if t < self._slice_end:
+                    self._turns += 1
+                    return
+            try:
+                await asyncio.sleep(0)
+            except asyncio.CancelledError:
+                self._abandoned.add(ticket)
+                raise
 
     def _next_pass(self) -> None:
         self._slice_end = None
@@ -359,23 +376,20 @@ class Router:
         session, _ = await self.sessions.resolve_async(w.agent_group_id, mg.id, event.thread_id,
                                                        mode, now=now)  # fmt: skip
         mid = f"{event.message.id or new_id('msg', now)}:{w.agent_group_id}"
-        try:
-            seq = await self.sessions.write_grouped(
-                session,
-                {
-                    "id": mid, "kind": event.message.kind,
-                    "timestamp": event.message.timestamp or iso(now),
-                    "platform_id": pid, "channel_type": ct, "thread_id": tid,
-                    "content": event.message.content, "trigger": 1 if wake else 0,
-                },
-                now=now,
-            )  # fmt: skip
-        except (StoreError, sqlite3.DatabaseError) as exc:
-            if isinstance(exc, sqlite3.OperationalError):
-                raise  # a full disk, a lock: the channel retries (it is not acknowledged)
+        refused = False
+
+        async def outcome(seq: int | None, exc: BaseException | None) -> None:
+            nonlocal refused
+            if exc is None:
+                if wake and seq is not None:  # None: the id was there (a redelivered event)
+                    self.wake(session.id)
+                return
             # this session's inbound.db refuses it for good (a planted trigger, a corrupt
-            # file): retrying would hold up every later message of the channel. The sender
+            # file): retrying would hold up every later message of the chat. The sender
             # hears it; the message is dropped; doctor names the file.
+            refused = True
+            result.routed[:] = [r for r in result.routed if r.message_id != mid or
+                                r.session_id != session.id]  # fmt: skip
             why = " ".join(str(exc).split())[:300] or type(exc).__name__
             reason = f"not stored: {why}"
             logger.error("message %s for session %s %s", mid, session.id, reason)
@@ -383,13 +397,31 @@ class Router:
             await self._tell(ct, pid, tid, f"Your message could not be stored for the agent "
                              f"({why}), so it was not delivered. The host's operator "
                              "should run `carapace doctor`.")  # fmt: skip
+
+        async def delayed(exc: BaseException) -> None:  # kept in the journal meanwhile
+            why = " ".join(str(exc).split())[:300] or type(exc).__name__
+            await self._tell(ct, pid, tid, f"Your message is kept but cannot reach the agent "
+                             f"yet ({why}); it will as soon as the host can store it. No "
+                             "need to send it again.")  # fmt: skip
+
+        # returns once the row is durable (journaled); a full disk raises: the channel
+        # retries (it is not acknowledged)
+        await self.sessions.accept(
+            session,
+            {
+                "id": mid, "kind": event.message.kind,
+                "timestamp": event.message.timestamp or iso(now),
+                "platform_id": pid, "channel_type": ct, "thread_id": tid,
+                "content": event.message.content, "trigger": 1 if wake else 0,
+            },
+            now=now, outcome=outcome, delayed=delayed,
+        )  # fmt: skip
+        if refused:  # known at once (a manager without a journal)
             return
-        result.routed.append(Routed(session.id, w.agent_group_id, mid, int(wake), seq))
-        logger.info("routed %s to session %s (seq %s, trigger %d)", mid, session.id, seq, int(wake),
+        result.routed.append(Routed(session.id, w.agent_group_id, mid, int(wake)))
+        logger.info("routed %s to session %s (trigger %d)", mid, session.id, int(wake),
                     extra={"session_id": session.id, "agent_group_id": w.agent_group_id,
                            "message_id": mid, "chat_id": pid, "channel_type": ct})  # fmt: skip
-        if wake and seq is not None:
-            self.wake(session.id)
 
     async def _deny(self, ct: str, pid: str, tid: str | None, cmd: str) -> None:
         await self._tell(ct, pid, tid, f"Permission denied: {cmd} requires admin access.")

@@ -18,12 +18,12 @@ import binascii
 import logging
 import os
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from carapace import safefs
 from carapace.config import Home
@@ -47,11 +47,14 @@ from carapace.db.sessions import (
 )
 from carapace.errors import StoreError
 from carapace.host import groupfiles, outbox_reader
+from carapace.host.ingest import Delayed, Ingest, Outcome
 from carapace.host.session_writer import Key, SessionWriters
 from carapace.jsonutil import dumps, loads_or
 from carapace.timefmt import iso, new_id, sqlite_ts
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 MAX_ATTACHMENT_BYTES = 25 * 1024 * 1024
 GROUP_MAX = 256  # rows per group commit (bounds one commit of the writer thread)
@@ -128,6 +131,9 @@ class SessionManager:
         # told when a session's folder turns out to have been deleted (and is made again):
         # a runner of that session still works on the deleted files (the host stops it)
         self.on_folder_remade: Callable[[str], None] | None = None
+        # the host's ingest journal: a routed row is acknowledged once journaled (None: a
+        # bare manager writes it before it returns)
+        self.ingest: Ingest | None = None
 
     # ------------------------------------------------------------ persistent connections
     def keep(self, session: Session) -> None:
@@ -354,6 +360,35 @@ class SessionManager:
         self.touch(session.id, now)
         return seq
 
+    async def accept(
+        self, session: Session, row: dict[str, Any], *, now: datetime,
+        outcome: Outcome | None = None, delayed: Delayed | None = None,
+    ) -> None:  # fmt: skip
+        """The router's write: returns once the row is durable, then reports its outcome
+        through ``outcome`` (the seq; None when the id existed; or the error that refused
+        it for good). With the host's ingest journal (host/ingest.py) it returns once the
+        row is journaled and the outcome follows; without one (a bare manager) the row is
+        written here and the outcome heard before the return. A passing failure (a full
+        disk) is raised: the sender is not acknowledged."""
+        if self.ingest is not None:
+            await self.ingest.accept(session, row, now=now, outcome=outcome, delayed=delayed)
+            return
+        try:
+            seq = await self.write_grouped(session, row, now=now)
+        except sqlite3.OperationalError:
+            raise
+        except (StoreError, sqlite3.DatabaseError) as exc:
+            if outcome is not None:
+                await outcome(None, exc)
+            return
+        if outcome is not None:
+            await outcome(seq, None)
+
+    async def settle(self, session_ids: list[str] | None = None) -> None:
+        """Wait until the rows accepted so far (of these sessions) are in their files."""
+        if self.ingest is not None:
+            await self.ingest.settle(session_ids)
+
     async def write_grouped(
         self, session: Session, row: dict[str, Any], *, now: datetime
     ) -> int | None:
@@ -361,28 +396,42 @@ class SessionManager:
         writer thread: rows for one session that arrive while a commit is in flight (or in
         the same pass of the event loop) share the next durable commit; a lone row goes at
         once, with no wait for company. Returns the seq once the row is durable (None: the
-        id existed); a failed commit (a full disk) raises here and nothing is stored.
+        id existed); a failed commit (a full disk) raises here and nothing is stored."""
+        row = self.prepare_row(session, row, now)
+        return await self._in_folder(session, lambda: self._write_grouped(session, row, now=now))
 
-        A session folder deleted since the host last saw it (the router does not look per
-        message) is made again, once, and the row written into the new file."""
+    async def write_batch(
+        self, session: Session, rows: list[dict[str, Any]], now: datetime
+    ) -> list[int | BaseException | None]:
+        """:meth:`write_rows` of prepared rows (the ingest pump's batch)."""
+        return await self._in_folder(session, lambda: self.write_rows(session, rows, now))
+
+    async def _in_folder(self, session: Session, write: Callable[[], Awaitable[T]]) -> T:
+        """Run ``write``; a session folder deleted since the host last saw it (the router
+        does not look per message) is made again, once, and ``write`` run again."""
         try:
-            return await self._write_grouped(session, row, now=now)
+            return await write()
         except FileNotFoundError:
             if not self.paths(session).inbound.exists():  # else made again meanwhile
                 logger.warning("session %s: its folder was deleted; made again", session.id)
                 if session.id not in self._making:
                     self._folder_remade(session.id)
                 await self._make_folder(session, True)
-            return await self._write_grouped(session, row, now=now)  # once more, at most
+            return await write()  # once more, at most
+
+    def prepare_row(self, session: Session, row: dict[str, Any], now: datetime) -> dict[str, Any]:
+        """A copy of ``row`` as it is stored: attachments' data written into the session's
+        ``inbox/`` (their content refers to the files), ``series_id`` defaulted."""
+        row = dict(row)
+        if "content" in row and isinstance(row["content"], str):
+            paths = self.paths(session)
+            row["content"] = self.extract_attachments(paths, str(row["id"]), row["content"], now)
+        row.setdefault("series_id", row["id"])
+        return row
 
     async def _write_grouped(
         self, session: Session, row: dict[str, Any], *, now: datetime
     ) -> int | None:
-        paths = self.paths(session)
-        row = dict(row)
-        if "content" in row and isinstance(row["content"], str):
-            row["content"] = self.extract_attachments(paths, str(row["id"]), row["content"], now)
-        row.setdefault("series_id", row["id"])
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[int | None] = loop.create_future()
         self._groups.setdefault(session.id, []).append((row, fut))
@@ -395,7 +444,11 @@ class SessionManager:
 
     async def drain_writes(self) -> None:
         """Wait until every grouped write and writer job submitted so far is on disk (the
-        host's stop: nothing a sender was about to hear of is left behind)."""
+        host's stop: nothing a sender was about to hear of is left behind; journaled rows
+        are written, or, when their file fails, left for the next start)."""
+        if self.ingest is not None:
+            await self.ingest.settle()
+            await self.ingest.journal.drain()
         while self._flush_tasks:
             await asyncio.gather(*list(self._flush_tasks), return_exceptions=True)
         await self.writers.drain()
@@ -423,6 +476,33 @@ class SessionManager:
         rows = [r for r, fut in batch if not fut.done()]
         if not rows:
             return
+        try:
+            results = await self.write_rows(session, rows, now)
+        except Exception as exc:
+            for _row, fut in batch:
+                if not fut.done():
+                    fut.set_exception(exc)
+            return
+        except BaseException:  # cancelled: the senders are not told it is stored
+            for _row, fut in batch:
+                fut.cancel()
+            raise
+        pending = iter(results)
+        for _row, fut in batch:
+            if fut.done():  # cancelled before the batch was taken: not in ``rows``
+                continue
+            seq = next(pending)
+            if isinstance(seq, BaseException):
+                fut.set_exception(seq)
+            else:
+                fut.set_result(seq)
+
+    async def write_rows(
+        self, session: Session, rows: list[dict[str, Any]], now: datetime
+    ) -> list[int | BaseException | None]:
+        """Insert prepared ``messages_in`` rows in one durable commit on the session's
+        writer thread. Per row: its seq, None (the id was there) or the refusal of that row
+        alone; an error of the whole commit (a full disk, a missing file) is raised."""
         known = self._out_max.get(session.id)
         sid = session.id
 
@@ -443,33 +523,15 @@ class SessionManager:
                         out.append(_refused(sid, row["id"], exc))
             return out
 
-        try:
-            # indexed before stored (a full central DB refuses the batch: the senders hear it)
-            due = None
-            if session.id in self._kept:
-                due = iso(now + timedelta(seconds=self.live_check_s))
-            self.mark_work(session.id, due or iso(now))
-            results = await self.writers.call(session.id, self.paths(session), insert)
-        except Exception as exc:
-            for _row, fut in batch:
-                if not fut.done():
-                    fut.set_exception(exc)
-            return
-        except BaseException:  # cancelled: the senders are not told it is stored
-            for _row, fut in batch:
-                fut.cancel()
-            raise
+        # indexed before stored (a full central DB refuses the batch: the senders hear it)
+        due = None
+        if session.id in self._kept:
+            due = iso(now + timedelta(seconds=self.live_check_s))
+        self.mark_work(session.id, due or iso(now))
+        results = await self.writers.call(session.id, self.paths(session), insert)
         if any(isinstance(r, int) for r in results):
             self.touch(session.id, now)
-        pending = iter(results)
-        for _row, fut in batch:
-            if fut.done():  # cancelled before the batch was taken: not in ``rows``
-                continue
-            seq = next(pending)
-            if isinstance(seq, BaseException):
-                fut.set_exception(seq)
-            else:
-                fut.set_result(seq)
+        return results
 
     def other_max(self, session_id: str, inb: sqlite3.Connection) -> int:
         """The outbound side's highest seq as far as the host knows, without touching

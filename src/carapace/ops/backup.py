@@ -101,6 +101,14 @@ def backup(home: Home, dest: Path, *, on_step: Callable[[str], None] | None = No
         rep.files += 1
         rep.bytes += size
 
+    # The ingest journal first (host/ingest_journal.py): a message acknowledged before this
+    # copy is in it, or was written into its session's file before it left the journal,
+    # and the session files are copied after. The central DB next: a journaled row's
+    # session existed before the row did.
+    journal = home.ingest_journal
+    if os.path.lexists(journal):
+        _snapshot(journal, dest / "data" / journal.name)
+        add(f"data/{journal.name}", "sqlite")
     central = dest / "data" / "v2.db"
     _snapshot(home.central_db, central)
     add("data/v2.db", "sqlite")

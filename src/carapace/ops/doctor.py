@@ -16,6 +16,33 @@ def _mib(n: int) -> str:
     return f"{n / (1024 * 1024):.1f} MiB"
 
 
+def journal_check(home: Home, rep: DoctorReport) -> None:
+    """Messages acknowledged but not yet in their sessions' files (host/ingest_journal.py):
+    while no host runs, the next start writes them; said so they are not taken for lost."""
+    import sqlite3
+
+    from carapace.ops.backup import host_running
+
+    path = home.ingest_journal
+    if not path.is_file() or path.is_symlink() or host_running(home):
+        return
+    try:
+        conn = sqlite3.connect(f"file:{path.resolve().as_posix()}?mode=ro", uri=True, timeout=5)
+        try:
+            n = int(conn.execute("SELECT COUNT(*) FROM pending").fetchone()[0])
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        rep.add("error", "ingest-journal", str(path), f"cannot be read ({exc}): messages "
+                "acknowledged before the last host stopped may be in it")  # fmt: skip
+        return
+    if n:
+        rep.add("warning", "ingest-journal", str(path),
+                f"{n} acknowledged message(s) not yet in their sessions' files (the last "
+                "host stopped before writing them); the next `carapace run` writes them "
+                "before it starts its channels")  # fmt: skip
+
+
 def ops_checks(home: Home, rep: DoctorReport) -> None:
     from carapace.ops import service
     from carapace.ops.retention import sizes
@@ -31,6 +58,7 @@ def ops_checks(home: Home, rep: DoctorReport) -> None:
         rep.add("warning", "env-file-readable", str(env),
                 f"mode {stat.S_IMODE(st.st_mode):o}: others can read the service's "
                 "environment (keys); chmod 600 it")  # fmt: skip
+    journal_check(home, rep)
     s = sizes(home)
     rep.add("info", "sizes", str(home.root),
             ", ".join(f"{k.replace('_', ' ')} {_mib(v)}" for k, v in s.items())

@@ -172,8 +172,8 @@ class HostMetrics:
         drain = host.delivery.drain
         deliver_row = getattr(host.delivery, "_deliver_row", None)
 
-        async def timed_route(event: Any) -> Any:
-            res = await route(event)
+        async def timed_route(event: Any, **kw: Any) -> Any:
+            res = await route(event, **kw)
             self.note_routed(event.channel_type, [r.message_id for r in res.routed])
             return res
 

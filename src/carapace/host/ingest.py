@@ -1,0 +1,220 @@
+"""Routed rows: acknowledged once in the ingest journal, then written into ``inbound.db``.
+
+:class:`Ingest` is the router's way in (``SessionManager.accept``). A row is appended to
+the journal (host/ingest_journal.py); once that commit is durable the sender may hear
+"stored". Each session then has one pump task that writes its journaled rows, in the order
+they were acknowledged, into the session's ``inbound.db`` (``SessionManager.write_batch``:
+the rows waiting together share one durable commit on the session's writer thread) and
+removes them from the journal after that commit. The router hears each row's outcome
+through its callback: the seq (a wake for a runner), None (the id was there already: a
+redelivered event), or the error that refused the row for good (the sender is told).
+
+* A lone row is written at once. When rows came while a commit ran (a stream), the pump
+  waits until :data:`LINGER_S` after that commit began, so the rows of the next 10 ms
+  share one commit (four syncs) instead of one commit each: the journal takes the stream's
+  durability, the session's file only its visibility to the runner.
+* A row the session's file refuses for good (an integrity error, a corrupt file) is
+  removed from the journal and reported; retrying it would hold up the session's later
+  rows.
+* A passing failure (a full disk, a lock held too long) keeps the row in the journal and
+  at the head of the session's queue: the pump tries again after a back-off (0.5 s,
+  doubling to 30 s) or as soon as another row of the session comes, with the rows that
+  came meanwhile behind it (a commit that fails fails for all its rows, so they keep their
+  order). The first row held back tells its sender once (the router's ``delayed``: the
+  message is kept, no need to send it again). At the host's stop a pump that waits stops;
+  its rows are written at the next start, before any channel or runner
+  (:meth:`Ingest.replay`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sqlite3
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from carapace.db.sessions import Session
+from carapace.errors import StoreError
+from carapace.host.ingest_journal import IngestJournal
+
+if TYPE_CHECKING:
+    from carapace.host.sessions import SessionManager
+
+logger = logging.getLogger(__name__)
+
+RETRY_FIRST_S = 0.5
+BATCH_MAX = 256  # rows of one session in one commit
+LINGER_S = 0.010  # under a stream, a session's rows are written at most this often
+RETRY_MAX_S = 30.0
+
+# the outcome of one row: (seq or None for a duplicate, None) or (None, the refusal)
+Outcome = Callable[[int | None, BaseException | None], Awaitable[None]]
+# told once when a passing failure holds the row back (the sender may hear it is kept)
+Delayed = Callable[[BaseException], Awaitable[None]]
+
+
+@dataclass(eq=False)
+class _Queued:
+    n: int  # the journal's row number
+    row: dict[str, Any]
+    now: datetime
+    outcome: Outcome | None
+    delayed: Delayed | None = None
+
+
+class Ingest:
+    def __init__(self, sessions: SessionManager, journal: IngestJournal) -> None:
+        self.sessions = sessions
+        self.journal = journal
+        self.retry_first_s = RETRY_FIRST_S
+        self.linger_s = LINGER_S
+        self._queues: dict[str, list[_Queued]] = {}
+        self._pumps: dict[str, asyncio.Task[None]] = {}
+        self._stopping = False
+        # per session whose pump waits out a failure: set by a new row or the stop
+        self._kicks: dict[str, asyncio.Event] = {}
+
+    async def accept(
+        self, session: Session, row: dict[str, Any], *, now: datetime,
+        outcome: Outcome | None = None, delayed: Delayed | None = None,
+    ) -> None:  # fmt: skip
+        """Return once ``row`` is durable in the journal (an error: not stored, the
+        sender is not acknowledged); it is written into the session's file after."""
+        row = self.sessions.prepare_row(session, row, now)
+        n = await self.journal.append(session.id, row)
+        self._enqueue(session, _Queued(n, row, now, outcome, delayed))
+
+    def _enqueue(self, session: Session, item: _Queued) -> None:
+        self._queues.setdefault(session.id, []).append(item)
+        kick = self._kicks.get(session.id)
+        if kick is not None:  # its pump waits out a failure: a new row is a new try
+            kick.set()
+        if session.id not in self._pumps and not self._stopping:
+            self._pumps[session.id] = asyncio.get_running_loop().create_task(
+                self._pump(session), name=f"ingest-{session.id}"
+            )
+
+    async def settle(self, session_ids: list[str] | None = None) -> None:
+        """Wait until the rows accepted so far (of these sessions) are written, or wait in
+        the journal for a passing failure to end."""
+        while True:
+            pumps = [
+                t for sid, t in self._pumps.items() if session_ids is None or sid in session_ids
+            ]
+            if not pumps:
+                return
+            await asyncio.gather(*pumps, return_exceptions=True)
+
+    async def stop(self) -> None:
+        """The host stops: write what is queued; a pump waiting out a failure ends (its
+        rows stay journaled for the next start); then the journal's removals are committed."""
+        self._stopping = True
+        for kick in self._kicks.values():
+            kick.set()
+        await self.settle()
+        with contextlib.suppress(Exception):
+            await self.journal.drain()
+
+    async def replay(self, now: datetime) -> int:
+        """At start: write every journaled row into its session's file (the host died
+        before it was). Returns how many rows the journal held."""
+        self._stopping = False  # (a host started again after a stop)
+        self._queues.clear()  # the journal holds every row not written
+        rows = await asyncio.to_thread(self.journal.pending)
+        gone: list[int] = []
+        for n, sid, row in rows:
+            session = self.sessions.get(sid)
+            if session is None:
+                logger.error("journaled message %s: session %s no longer exists; dropped",
+                             row.get("id"), sid)  # fmt: skip
+                gone.append(n)
+                continue
+            self._enqueue(session, _Queued(n, row, now, None))
+        self.journal.remove(gone)
+        if rows:
+            logger.warning("%d journaled message(s) written after a restart", len(rows) - len(gone))
+        await self.settle()
+        return len(rows)
+
+    async def _pump(self, session: Session) -> None:
+        sid = session.id
+        delay = self.retry_first_s
+        told = False  # the sender heard of this failure (once per failure, not per try)
+        try:
+            while queued := self._queues.get(sid):
+                if (kick := self._kicks.get(sid)) is not None:
+                    kick.clear()  # a row that comes from now on wakes a back-off at once
+                batch = queued[:BATCH_MAX]
+                started = time.monotonic()
+                try:
+                    results: list[Any] = await self.sessions.write_batch(
+                        session, [q.row for q in batch], batch[-1].now
+                    )
+                except Exception as exc:  # the whole commit failed: every row hears it
+                    results = [exc] * len(batch)
+                done = [not _passing(res) for res in results]
+                kept = [q for q, d in zip(batch, done, strict=True) if not d]
+                queued[: len(batch)] = kept  # rows queued meanwhile stay behind them
+                self.journal.remove(q.n for q, d in zip(batch, done, strict=True) if d)
+                for q, res, d in zip(batch, results, done, strict=True):
+                    if d:
+                        await self._tell(q, res)
+                if kept:
+                    failed = next(r for r in results if _passing(r))
+                    if self._stopping:
+                        logger.warning("session %s: %d message(s) stay journaled for the next "
+                                       "start (%s)", sid, len(queued), failed)  # fmt: skip
+                        return
+                    logger.warning("session %s: writing %d message(s) failed (%s); again in "
+                                   "%.1f s or at its next message", sid, len(kept), failed,
+                                   delay)  # fmt: skip
+                    if not told and kept[0].delayed is not None:
+                        told = True
+                        with contextlib.suppress(Exception):
+                            await kept[0].delayed(failed)
+                    kick = self._kicks.setdefault(sid, asyncio.Event())
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(kick.wait(), delay)
+                    delay = min(delay * 2, RETRY_MAX_S)
+                else:
+                    delay, told = self.retry_first_s, False
+                    # rows came during the commit (a stream): the ones that follow within
+                    # the linger share the next commit; a lone row never waits
+                    left = self.linger_s - (time.monotonic() - started)
+                    if queued and left > 0:
+                        await asyncio.sleep(left)
+        finally:
+            self._kicks.pop(sid, None)
+            self._pumps.pop(sid, None)
+            if not self._queues.get(sid):
+                self._queues.pop(sid, None)
+
+    async def _tell(self, q: _Queued, res: int | BaseException | None) -> None:
+        if isinstance(res, BaseException):
+            logger.error("message %s not stored: %s", q.row.get("id"), res)
+        if q.outcome is None:
+            return
+        try:
+            if isinstance(res, BaseException):
+                await q.outcome(None, res)
+            else:
+                await q.outcome(res, None)
+        except Exception:  # the router's reaction failed; the row is written either way
+            logger.exception("outcome of message %s", q.row.get("id"))
+
+
+# the file refuses the row for good: retrying would hold up the session's later rows
+Refusal = (StoreError, sqlite3.IntegrityError, sqlite3.DatabaseError)
+
+
+def _passing(res: object) -> bool:
+    """A failure worth another try (a full disk, a lock held too long, the writers closed
+    at a stop), as opposed to a seq, a duplicate (None) or a refusal for good."""
+    if isinstance(res, sqlite3.OperationalError):
+        return True
+    return isinstance(res, BaseException) and not isinstance(res, Refusal)

@@ -1,0 +1,216 @@
+"""The ingest journal (issue 19): a routed message is durable once it is a row here.
+
+A durable commit of a session's ``inbound.db`` costs four fsyncs (a rollback journal,
+docs/compat.md D8), about 1 ms on this project's machines; a channel that hands the router
+one event at a time and waits for each was bound by it (~700 msg/s). The journal is one
+host-private SQLite file, ``data/ingest.db``, in WAL mode with ``synchronous=FULL``: a
+commit appends to the ``-wal`` and syncs it once (~0.3 ms).
+
+* The router acknowledges a message once its row is committed here (:meth:`append`; rows
+  that wait together share one commit).
+* The session manager then writes the row into the session's ``inbound.db`` on the
+  session's writer thread, in one durable commit with the rows that wait with it, and only
+  after that commit is durable removes it here (:meth:`remove`, a commit without a sync: a
+  removal lost to a power cut only means the row is written again, and skipped, at start).
+* A crash in between loses nothing: at start, before any channel or runner, the host
+  writes every row still here into its session's ``inbound.db`` (a row whose id is there
+  already is skipped) and removes it (``SessionManager.replay_journal``).
+
+The file is in the host's data folder, never in a session folder: no agent can reach it.
+After a clean stop it holds no rows (the host applies every one before it stops).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import queue
+import sqlite3
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+BATCH_MAX = 256  # appends that share one commit
+
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS pending ("
+    " n INTEGER PRIMARY KEY,"  # the order rows were acknowledged in
+    " session_id TEXT NOT NULL,"
+    " row TEXT NOT NULL)"  # the messages_in row, as JSON, ready to insert
+)
+
+# a job: ("add", session id, row JSON, loop, future) | ("del", n list) | ("sync", loop, fut)
+_Job = tuple[Any, ...]
+
+
+class JournalClosed(RuntimeError):
+    """An append after :meth:`IngestJournal.close`."""
+
+
+def open_journal(path: Path) -> sqlite3.Connection:
+    """Open (or create, mode 0600) the journal file; never through a link."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    os.close(fd)
+    conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA busy_timeout = 5000")
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = FULL")
+    conn.execute(_SCHEMA)
+    return conn
+
+
+class IngestJournal:
+    """``data/ingest.db`` and the one thread that writes it (started at first use)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._conn: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
+        self._closed = False
+
+    # ------------------------------------------------------------------ at start
+    def pending(self) -> list[tuple[int, str, dict[str, Any]]]:
+        """Every row not yet removed, oldest first (blocking: call it off the loop). A row
+        that does not decode is logged and removed (nothing could write it)."""
+        conn = self._connection()
+        out: list[tuple[int, str, dict[str, Any]]] = []
+        bad: list[int] = []
+        with self._lock:
+            rows = conn.execute("SELECT n, session_id, row FROM pending ORDER BY n").fetchall()
+        for n, sid, text in rows:
+            try:
+                row = json.loads(text)
+            except ValueError:
+                row = None
+            if not isinstance(row, dict) or not isinstance(row.get("id"), str):
+                logger.error("ingest journal row %d does not decode; removed", n)
+                bad.append(n)
+                continue
+            out.append((int(n), str(sid), row))
+        if bad:
+            self.remove(bad)
+        return out
+
+    # ------------------------------------------------------------------ on the loop
+    async def append(self, session_id: str, row: dict[str, Any]) -> int:
+        """Commit ``row`` for ``session_id``; returns its number once the commit is durable.
+        An error (a full disk) is raised here: the message is not acknowledged."""
+        text = json.dumps(row, separators=(",", ":"), ensure_ascii=False)
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[int] = loop.create_future()
+        self._put(("add", session_id, text, loop, fut))
+        return await fut
+
+    def remove(self, ns: Iterable[int]) -> None:
+        """Forget rows written durably into their sessions' files (queued; no sync)."""
+        ns = list(ns)
+        if ns and not self._closed:
+            self._put(("del", ns))
+
+    async def drain(self) -> None:
+        """Wait until every job submitted so far has run."""
+        if self._thread is None or self._closed:
+            return
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        self._jobs.put(("sync", loop, fut))
+        await fut
+
+    def close(self) -> None:
+        """Run what is queued, then end the thread and close the file."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._thread is not None:
+            self._jobs.put(None)
+            self._thread.join()
+        if self._conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.close()
+            self._conn = None
+
+    def _put(self, job: _Job) -> None:
+        if self._closed:
+            raise JournalClosed("the ingest journal is closed")
+        if self._thread is None:
+            with self._lock:
+                if self._thread is None:
+                    self._connection()
+                    self._thread = threading.Thread(
+                        target=self._run, name="carapace-ingest", daemon=True
+                    )
+                    self._thread.start()
+        self._jobs.put(job)
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            self._conn = open_journal(self.path)
+        return self._conn
+
+    # ------------------------------------------------------------------ the thread
+    def _run(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            batch = [job]
+            while len(batch) < BATCH_MAX:
+                try:
+                    nxt = self._jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    self._jobs.put(None)  # the end, after this batch
+                    break
+                batch.append(nxt)
+            self._run_batch(batch)
+
+    def _run_batch(self, batch: list[_Job]) -> None:
+        adds = [j for j in batch if j[0] == "add"]
+        dels = [n for j in batch if j[0] == "del" for n in j[1]]
+        answers: list[tuple[Any, Any, bool, Any]] = []
+        conn = self._connection()
+        try:
+            with self._lock:
+                # removals alone need no sync; with appends the commit syncs them all
+                conn.execute(f"PRAGMA synchronous = {'FULL' if adds else 'NORMAL'}")
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    if dels:
+                        conn.executemany("DELETE FROM pending WHERE n=?", [(n,) for n in dels])
+                    for _kind, sid, text, loop, fut in adds:
+                        cur = conn.execute(
+                            "INSERT INTO pending (session_id, row) VALUES (?, ?)", (sid, text)
+                        )
+                        answers.append((loop, fut, True, cur.lastrowid))
+                    conn.execute("COMMIT")
+                except BaseException:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+                    raise
+        except Exception as exc:  # nothing committed: every sender hears it
+            logger.error("ingest journal: commit failed: %s", exc)
+            answers = [(loop, fut, False, exc) for _k, _s, _t, loop, fut in adds]
+        for j in batch:
+            if j[0] == "sync":
+                answers.append((j[1], j[2], True, None))
+        for loop, fut, ok, value in answers:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+                loop.call_soon_threadsafe(_resolve, fut, ok, value)
+
+
+def _resolve(fut: asyncio.Future[Any], ok: bool, value: Any) -> None:
+    if fut.done():
+        return
+    if ok:
+        fut.set_result(value)
+    else:
+        fut.set_exception(value)

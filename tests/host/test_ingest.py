@@ -1,0 +1,336 @@
+"""The ingest journal (issue 19): a routed message is acknowledged once it is durable in
+``data/ingest.db``, written into its session's ``inbound.db`` right after, and removed from
+the journal only then. A crash in between loses nothing: the next start writes it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sqlite3
+import stat
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from host_rig import Rig
+
+from carapace.channels.fake import make_event
+from carapace.config import Home
+from carapace.db.sessions import Session
+from carapace.host.ingest_journal import IngestJournal, JournalClosed
+from carapace.migrate.doctor import DoctorReport
+from carapace.ops.doctor import journal_check
+from carapace.testing.ingest import journal_rows
+
+SRC = Path(__file__).resolve().parents[2] / "src"
+
+
+def inbound_ids(rig: Rig, s: Session) -> list[str]:
+    return [
+        r["id"].split(":")[0] for r in rig.inbound(s, "SELECT id FROM messages_in ORDER BY seq")
+    ]
+
+
+def _hold_writer(rig: Rig, s: Session) -> threading.Event:
+    """Hold the session's writer thread (a job that waits) until the event is set."""
+    gate = threading.Event()
+    paths = rig.host.sessions.paths(s)
+    rig.loop.create_task(rig.host.sessions.writers.call(s.id, paths, lambda _c: gate.wait(30)))
+    return gate
+
+
+def _chat_session(rig: Rig, chat: str = "chan") -> Session:
+    ag = rig.agent()
+    rig.wire(rig.chat(chat), ag)
+    rig.run(rig.host.route(make_event("first", platform_id=chat, id="m0")))
+    [s] = rig.sessions()
+    return s
+
+
+def test_a_channel_message_is_acknowledged_once_journaled_and_written_right_after(
+    rig: Rig,
+) -> None:
+    """A channel's event (``settle=False``, the path every adapter takes) returns while the
+    session's writer is still busy: the row is in the journal, not yet in inbound.db. Once
+    the writer is free the row is written and leaves the journal."""
+    s = _chat_session(rig)
+    assert journal_rows(rig.host.home) == []  # "first" was written and removed
+    gate = _hold_writer(rig, s)
+    res = rig.run(rig.host.route(make_event("second", platform_id="chan", id="m1"), settle=False))
+    assert [r.message_id.split(":")[0] for r in res.routed] == ["m1"]
+    assert [mid.split(":")[0] for _sid, mid in journal_rows(rig.host.home)] == ["m1"]
+    assert inbound_ids(rig, s) == ["m0"]
+    gate.set()
+    rig.run(rig.host.sessions.settle())
+    rig.run(rig.host.sessions.ingest.journal.drain())  # type: ignore[union-attr]
+    assert inbound_ids(rig, s) == ["m0", "m1"]
+    assert journal_rows(rig.host.home) == []
+
+
+def test_the_journal_file_is_private_and_never_opened_through_a_link(tmp_path: Path) -> None:
+    path = tmp_path / "ingest.db"
+    journal = IngestJournal(path)
+
+    async def two() -> list[int]:
+        return [await journal.append("s1", {"id": "a"}), await journal.append("s1", {"id": "b"})]
+
+    ns = asyncio.run(two())
+    assert ns[0] < ns[1]
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert [(n, sid, row["id"]) for n, sid, row in journal.pending()] == [
+        (ns[0], "s1", "a"), (ns[1], "s1", "b")
+    ]  # fmt: skip
+    journal.remove([ns[0]])
+    asyncio.run(journal.drain())
+    assert [row["id"] for _n, _s, row in journal.pending()] == ["b"]
+    journal.close()
+    with pytest.raises(JournalClosed):
+        asyncio.run(journal.append("s1", {"id": "c"}))
+
+    target = tmp_path / "elsewhere.db"
+    target.write_bytes(b"")
+    link = tmp_path / "link" / "ingest.db"
+    link.parent.mkdir()
+    link.symlink_to(target)
+    with pytest.raises(OSError):
+        IngestJournal(link).pending()
+    assert target.read_bytes() == b""  # nothing written through the link
+
+
+def test_a_journaled_row_that_does_not_decode_is_dropped_with_an_error(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    journal = IngestJournal(tmp_path / "ingest.db")
+    asyncio.run(journal.append("s1", {"id": "good"}))
+    conn = sqlite3.connect(tmp_path / "ingest.db")
+    conn.execute("INSERT INTO pending (session_id, row) VALUES ('s1', 'not json')")
+    conn.execute("INSERT INTO pending (session_id, row) VALUES ('s1', '[1, 2]')")
+    conn.commit()
+    conn.close()
+    with caplog.at_level(logging.ERROR):
+        assert [row["id"] for _n, _s, row in journal.pending()] == ["good"]
+    assert sum("does not decode" in r.message for r in caplog.records) == 2
+    asyncio.run(journal.drain())
+    assert len(journal.pending()) == 1
+    journal.close()
+
+
+def test_a_passing_failure_keeps_the_rows_journaled_and_in_order_until_it_ends(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk on the session's file: the sender was acknowledged (the row is in the
+    journal); the pump tries again, and the rows acknowledged meanwhile follow in order."""
+    s = _chat_session(rig)
+    mgr = rig.host.sessions
+    assert mgr.ingest is not None
+    mgr.ingest.retry_first_s = 0.0
+    real = mgr.write_batch
+    attempts = 0
+    broken = True
+
+    async def flaky(*a: Any, **kw: Any) -> Any:
+        nonlocal attempts
+        if broken:
+            attempts += 1
+            raise sqlite3.OperationalError("database or disk is full")
+        return await real(*a, **kw)
+
+    monkeypatch.setattr(mgr, "write_batch", flaky)
+
+    async def three() -> None:
+        nonlocal broken
+        for i in (1, 2, 3):
+            await rig.host.route(make_event(f"m{i}", platform_id="chan", id=f"m{i}"), settle=False)
+        while attempts < 5:  # the pump keeps trying
+            await asyncio.sleep(0)
+        assert [m.split(":")[0] for _s, m in journal_rows(rig.host.home)] == ["m1", "m2", "m3"]
+        broken = False
+        await mgr.settle()
+        await mgr.ingest.journal.drain()  # type: ignore[union-attr]
+
+    rig.run(three())
+    assert inbound_ids(rig, s) == ["m0", "m1", "m2", "m3"]
+    assert journal_rows(rig.host.home) == []
+
+
+def test_the_chats_next_message_is_a_new_try_and_the_sender_hears_once_it_is_kept(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While a session's file fails, its pump waits (a long back-off here); a new message
+    of the session wakes it for a try at once. The first sender held back is told once
+    that the message is kept; further tries of the same failure say nothing more."""
+    s = _chat_session(rig)
+    mgr = rig.host.sessions
+    assert mgr.ingest is not None
+    mgr.ingest.retry_first_s = 3600.0
+    real = mgr.write_batch
+    attempts = 0
+    broken = True
+
+    async def flaky(*a: Any, **kw: Any) -> Any:
+        nonlocal attempts
+        if broken:
+            attempts += 1
+            raise sqlite3.OperationalError("database or disk is full")
+        return await real(*a, **kw)
+
+    monkeypatch.setattr(mgr, "write_batch", flaky)
+    before = len(rig.channel.deliveries)
+
+    async def scenario() -> None:
+        nonlocal broken
+        await rig.host.route(make_event("m1", platform_id="chan", id="m1"), settle=False)
+        while attempts < 1:
+            await asyncio.sleep(0)
+        await rig.host.route(make_event("m2", platform_id="chan", id="m2"), settle=False)
+        while attempts < 2:  # a try at once, not in an hour
+            await asyncio.sleep(0)
+        broken = False
+        await rig.host.route(make_event("m3", platform_id="chan", id="m3"), settle=False)
+        await asyncio.wait_for(mgr.settle(), 30)
+
+    rig.run(scenario())
+    assert inbound_ids(rig, s) == ["m0", "m1", "m2", "m3"]
+    notices = [d.content["text"] for d in rig.channel.deliveries[before:]]
+    assert len(notices) == 1 and "Your message is kept" in notices[0], notices
+    assert "disk is full" in notices[0]
+
+
+def test_rows_refused_for_good_leave_the_journal_and_the_sender_hears_it(rig: Rig) -> None:
+    """A planted trigger refuses one row: it is not retried (it would hold up the chat),
+    it leaves the journal, the sender is told, and the next row is written."""
+    s = _chat_session(rig)
+    paths = rig.host.sessions.paths(s)
+    rig.host.sessions.release_all()
+    rig.run(rig.host.sessions.writers.drain())
+    with sqlite3.connect(paths.inbound) as conn:
+        conn.execute(
+            "CREATE TRIGGER hostile BEFORE INSERT ON messages_in WHEN NEW.id LIKE 'bad%' "
+            "BEGIN SELECT RAISE(ABORT, 'refused by a planted trigger'); END"
+        )
+    conn.close()
+    rig.host.sessions.writers.forget(s.id)
+    before = len(rig.channel.deliveries)
+
+    async def two() -> None:
+        await rig.host.route(make_event("no", platform_id="chan", id="bad1"), settle=False)
+        await rig.host.route(make_event("yes", platform_id="chan", id="ok1"), settle=False)
+        await rig.host.sessions.settle()
+        await rig.host.sessions.ingest.journal.drain()  # type: ignore[union-attr]
+
+    rig.run(two())
+    assert inbound_ids(rig, s) == ["m0", "ok1"]
+    assert journal_rows(rig.host.home) == []
+    [notice] = rig.channel.deliveries[before:]
+    assert "could not be stored" in notice.content["text"]
+
+
+def test_a_stop_during_a_failure_keeps_the_rows_for_the_next_start(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The host stops while a session's file keeps failing: the stop does not wait out the
+    back-off, the rows stay journaled, and the next host on the home writes them at start."""
+    s = _chat_session(rig)
+    mgr = rig.host.sessions
+    assert mgr.ingest is not None
+    mgr.ingest.retry_first_s = 3600.0  # a stop must not wait for this
+
+    async def failing(*_a: Any, **_kw: Any) -> Any:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(mgr, "write_batch", failing)
+    rig.run(rig.host.route(make_event("kept", platform_id="chan", id="k1"), settle=False))
+    rig.run(asyncio.wait_for(rig.host.stop(), 30))
+    assert [mid.split(":")[0] for _sid, mid in journal_rows(rig.host.home)] == ["k1"]
+    monkeypatch.undo()
+    rig.run(rig.host.start(background=False))  # the same home, started again
+    assert inbound_ids(rig, s) == ["m0", "k1"]
+    rig.run(rig.host.sessions.ingest.journal.drain())  # type: ignore[union-attr]
+    assert journal_rows(rig.host.home) == []
+
+
+def test_a_journaled_row_of_a_session_that_is_gone_is_dropped_at_start(
+    rig: Rig, caplog: pytest.LogCaptureFixture
+) -> None:
+    journal = rig.host.sessions.ingest.journal  # type: ignore[union-attr]
+    rig.run(journal.append("sess-nonexistent", {"id": "orphan:x", "kind": "chat"}))
+    rig.run(rig.host.stop())
+    with caplog.at_level(logging.ERROR):
+        rig.run(rig.host.start(background=False))
+    assert any("no longer exists" in r.message for r in caplog.records)
+    rig.run(journal.drain())
+    assert journal_rows(rig.host.home) == []
+
+
+CHILD = textwrap.dedent(
+    """
+    import asyncio, os, signal, sys, threading
+    from pathlib import Path
+    from carapace.bench.host_benches import SinkChannel, event, make_host
+    from carapace.config import Home
+
+    async def main():
+        host = make_host(Home.resolve(Path(sys.argv[1])), SinkChannel(), runners=False)
+        await host.start(background=False)
+        first = await host.route(event("before"))  # the session and its files exist
+        session = host.sessions.get(first.routed[0].session_id)
+        gate = threading.Event()  # the session's writer never gets to the next row
+        asyncio.ensure_future(host.sessions.writers.call(
+            session.id, host.sessions.paths(session), lambda _c: gate.wait()))
+        await asyncio.sleep(0)
+        acked = await host.route(event("acknowledged, then the host died"), settle=False)
+        print(session.id, acked.routed[0].message_id, flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    asyncio.run(main())
+    """
+)
+
+
+def test_a_message_acknowledged_before_a_crash_is_written_at_the_next_start(
+    tmp_path: Path,
+) -> None:
+    """A real host process is SIGKILLed after it acknowledged a message that its session's
+    writer had not written yet. The next host on the home finds it in the journal and
+    writes it into the session's inbound.db before anything else runs."""
+    from carapace.bench.host_benches import SinkChannel, make_host
+
+    home_dir = tmp_path / "home"
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    proc = subprocess.run([sys.executable, "-c", CHILD, str(home_dir)], env=env,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == -9, proc.stderr
+    sid, mid = proc.stdout.split()
+    home = Home.resolve(home_dir)
+    assert journal_rows(home) == [(sid, mid)]
+    host = make_host(home, SinkChannel(), runners=False)
+
+    async def restart() -> list[str]:
+        await host.start(background=False)
+        try:
+            session = host.sessions.get(sid)
+            assert session is not None
+            with sqlite3.connect(host.sessions.paths(session).inbound) as conn:
+                ids = [r[0] for r in conn.execute("SELECT id FROM messages_in ORDER BY seq")]
+            conn.close()
+            await host.sessions.ingest.journal.drain()  # type: ignore[union-attr]
+            return ids
+        finally:
+            await host.stop()
+            host.close()
+
+    report = DoctorReport(str(home.root))
+    journal_check(home, report)  # no host runs: doctor says the message is waiting
+    [finding] = report.findings
+    assert finding.code == "ingest-journal" and finding.message.startswith("1 acknowledged")
+    ids = asyncio.run(restart())
+    assert ids[-1] == mid and len(ids) == 2
+    assert journal_rows(home) == []
+    report = DoctorReport(str(home.root))
+    journal_check(home, report)
+    assert report.findings == []
