@@ -59,6 +59,7 @@ def test_a_channel_message_is_acknowledged_once_journaled_and_written_right_afte
     session's writer is still busy: the row is in the journal, not yet in inbound.db. Once
     the writer is free the row is written and leaves the journal."""
     s = _chat_session(rig)
+    rig.run(rig.host.sessions.ingest.journal.drain())  # type: ignore[union-attr]
     assert journal_rows(rig.host.home) == []  # "first" was written and removed
     gate = _hold_writer(rig, s)
     res = rig.run(rig.host.route(make_event("second", platform_id="chan", id="m1"), settle=False))
@@ -88,7 +89,9 @@ def test_the_journal_file_is_private_and_never_opened_through_a_link(tmp_path: P
     journal.remove([ns[0]])
     asyncio.run(journal.drain())
     assert [row["id"] for _n, _s, row in journal.pending()] == ["b"]
+    journal.remove([ns[1]])  # committed by the close (removals wait for company)
     journal.close()
+    assert IngestJournal(path).pending() == []
     with pytest.raises(JournalClosed):
         asyncio.run(journal.append("s1", {"id": "c"}))
 

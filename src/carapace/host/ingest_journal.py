@@ -37,6 +37,8 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 BATCH_MAX = 256  # appends that share one commit
+IDLE_COMMIT_S = 0.5  # removals wait this long for an append to ride on, then go alone
+DELS_MAX = 4096  # removals that go alone at once
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS pending ("
@@ -75,6 +77,7 @@ class IngestJournal:
         self._conn: sqlite3.Connection | None = None
         self._lock = threading.Lock()
         self._closed = False
+        self._synced = True  # the connection's synchronous mode is FULL (open_journal)
 
     # ------------------------------------------------------------------ at start
     def pending(self) -> list[tuple[int, str, dict[str, Any]]]:
@@ -110,13 +113,14 @@ class IngestJournal:
         return await fut
 
     def remove(self, ns: Iterable[int]) -> None:
-        """Forget rows written durably into their sessions' files (queued; no sync)."""
+        """Forget rows written durably into their sessions' files (queued; committed with
+        the next append, or alone, without a sync, once the journal is idle for a moment)."""
         ns = list(ns)
         if ns and not self._closed:
             self._put(("del", ns))
 
     async def drain(self) -> None:
-        """Wait until every job submitted so far has run."""
+        """Wait until every job submitted so far has run (removals committed)."""
         if self._thread is None or self._closed:
             return
         loop = asyncio.get_running_loop()
@@ -157,9 +161,15 @@ class IngestJournal:
 
     # ------------------------------------------------------------------ the thread
     def _run(self) -> None:
+        dels: list[int] = []  # removals not yet committed (they ride on the next commit)
         while True:
-            job = self._jobs.get()
+            try:
+                job = self._jobs.get(timeout=IDLE_COMMIT_S if dels else None)
+            except queue.Empty:  # idle: commit the removals on their own
+                self._run_batch([], dels)
+                continue
             if job is None:
+                self._run_batch([], dels)
                 return
             batch = [job]
             while len(batch) < BATCH_MAX:
@@ -171,34 +181,43 @@ class IngestJournal:
                     self._jobs.put(None)  # the end, after this batch
                     break
                 batch.append(nxt)
-            self._run_batch(batch)
+            dels += [n for j in batch if j[0] == "del" for n in j[1]]
+            adds = [j for j in batch if j[0] == "add"]
+            if adds or any(j[0] == "sync" for j in batch) or len(dels) >= DELS_MAX:
+                self._run_batch(batch, dels)
 
-    def _run_batch(self, batch: list[_Job]) -> None:
+    def _run_batch(self, batch: list[_Job], dels: list[int]) -> None:
+        """One commit: the batch's appends (synced) with every removal waiting (a removal
+        alone is committed without a sync), then the answers. ``dels`` is emptied once
+        committed; kept for the next commit when this one fails."""
         adds = [j for j in batch if j[0] == "add"]
-        dels = [n for j in batch if j[0] == "del" for n in j[1]]
         answers: list[tuple[Any, Any, bool, Any]] = []
-        conn = self._connection()
-        try:
-            with self._lock:
-                # removals alone need no sync; with appends the commit syncs them all
-                conn.execute(f"PRAGMA synchronous = {'FULL' if adds else 'NORMAL'}")
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    if dels:
-                        conn.executemany("DELETE FROM pending WHERE n=?", [(n,) for n in dels])
-                    for _kind, sid, text, loop, fut in adds:
-                        cur = conn.execute(
-                            "INSERT INTO pending (session_id, row) VALUES (?, ?)", (sid, text)
-                        )
-                        answers.append((loop, fut, True, cur.lastrowid))
-                    conn.execute("COMMIT")
-                except BaseException:
-                    with contextlib.suppress(sqlite3.Error):
-                        conn.execute("ROLLBACK")
-                    raise
-        except Exception as exc:  # nothing committed: every sender hears it
-            logger.error("ingest journal: commit failed: %s", exc)
-            answers = [(loop, fut, False, exc) for _k, _s, _t, loop, fut in adds]
+        if adds or dels:
+            conn = self._connection()
+            try:
+                with self._lock:
+                    synced = bool(adds)
+                    if synced != self._synced:  # (a pragma costs: set only when it changes)
+                        conn.execute(f"PRAGMA synchronous = {'FULL' if synced else 'NORMAL'}")
+                        self._synced = synced
+                    conn.execute("BEGIN IMMEDIATE")
+                    try:
+                        if dels:
+                            conn.executemany("DELETE FROM pending WHERE n=?", [(n,) for n in dels])
+                        for _kind, sid, text, loop, fut in adds:
+                            cur = conn.execute(
+                                "INSERT INTO pending (session_id, row) VALUES (?, ?)", (sid, text)
+                            )
+                            answers.append((loop, fut, True, cur.lastrowid))
+                        conn.execute("COMMIT")
+                    except BaseException:
+                        with contextlib.suppress(sqlite3.Error):
+                            conn.execute("ROLLBACK")
+                        raise
+                dels.clear()
+            except Exception as exc:  # nothing committed: every sender hears it
+                logger.error("ingest journal: commit failed: %s", exc)
+                answers = [(loop, fut, False, exc) for _k, _s, _t, loop, fut in adds]
         for j in batch:
             if j[0] == "sync":
                 answers.append((j[1], j[2], True, None))
