@@ -250,6 +250,11 @@ def test_a_stop_during_a_failure_keeps_the_rows_for_the_next_start(
     rig.run(rig.host.route(make_event("kept", platform_id="chan", id="k1"), settle=False))
     rig.run(asyncio.wait_for(rig.host.stop(), 30))
     assert [mid.split(":")[0] for _sid, mid in journal_rows(rig.host.home)] == ["k1"]
+    # started while the file still fails: the host comes up all the same, the row waits
+    rig.run(asyncio.wait_for(rig.host.start(background=False), 30))
+    assert [mid.split(":")[0] for _sid, mid in journal_rows(rig.host.home)] == ["k1"]
+    assert inbound_ids(rig, s) == ["m0"]
+    rig.run(asyncio.wait_for(rig.host.stop(), 30))
     monkeypatch.undo()
     rig.run(rig.host.start(background=False))  # the same home, started again
     assert inbound_ids(rig, s) == ["m0", "k1"]

@@ -78,6 +78,7 @@ class Ingest:
         self._stopping = False
         # per session whose pump waits out a failure: set by a new row or the stop
         self._kicks: dict[str, asyncio.Event] = {}
+        self._tried: dict[str, asyncio.Event] = {}  # set after a pump's next try (replay)
 
     async def accept(
         self, session: Session, row: dict[str, Any], *, now: datetime,
@@ -138,7 +139,15 @@ class Ingest:
         self.journal.remove(gone)
         if rows:
             logger.warning("%d journaled message(s) written after a restart", len(rows) - len(gone))
-        await self.settle()
+        # each session's pump has tried once (written, or waiting out a failure in the
+        # background: a full disk must not keep the host from starting)
+        tried = {sid: asyncio.Event() for sid in self._pumps}
+        self._tried.update(tried)
+        try:
+            await asyncio.gather(*(e.wait() for e in tried.values()))
+        finally:
+            for sid in tried:
+                self._tried.pop(sid, None)
         return len(rows)
 
     async def _pump(self, session: Session) -> None:
@@ -157,6 +166,8 @@ class Ingest:
                     )
                 except Exception as exc:  # the whole commit failed: every row hears it
                     results = [exc] * len(batch)
+                if (tried := self._tried.get(sid)) is not None:
+                    tried.set()
                 done = [not _passing(res) for res in results]
                 kept = [q for q, d in zip(batch, done, strict=True) if not d]
                 queued[: len(batch)] = kept  # rows queued meanwhile stay behind them
@@ -189,6 +200,8 @@ class Ingest:
                     if queued and left > 0:
                         await asyncio.sleep(left)
         finally:
+            if (tried := self._tried.get(sid)) is not None:
+                tried.set()  # (ended without a try: cancelled)
             self._kicks.pop(sid, None)
             self._pumps.pop(sid, None)
             if not self._queues.get(sid):
