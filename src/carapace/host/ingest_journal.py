@@ -204,11 +204,14 @@ class IngestJournal:
                     try:
                         if dels:
                             conn.executemany("DELETE FROM pending WHERE n=?", [(n,) for n in dels])
-                        for _kind, sid, text, loop, fut in adds:
-                            cur = conn.execute(
-                                "INSERT INTO pending (session_id, row) VALUES (?, ?)", (sid, text)
+                        if adds:  # numbered here: one call for the batch
+                            top = conn.execute("SELECT COALESCE(MAX(n), 0) FROM pending")
+                            base = int(top.fetchone()[0]) + 1
+                            conn.executemany(
+                                "INSERT INTO pending (n, session_id, row) VALUES (?, ?, ?)",
+                                [(base + i, j[1], j[2]) for i, j in enumerate(adds)],
                             )
-                            answers.append((loop, fut, True, cur.lastrowid))
+                            answers += [(j[3], j[4], True, base + i) for i, j in enumerate(adds)]
                         conn.execute("COMMIT")
                     except BaseException:
                         with contextlib.suppress(sqlite3.Error):
