@@ -20,3 +20,23 @@ def test_short_chaos_run_loses_nothing(capsys: pytest.CaptureFixture[str]) -> No
     assert rep["duplicated"] <= rep["host_kills"], rep
     assert rep["host_kills"] == 1 and rep["messages"] == 30
     assert code == 0
+
+
+def test_a_home_given_by_hand_is_never_filled_by_the_disk_full_window(
+    tmp_path: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With ``--home`` the home is not on the harness's tmpfs, so the window must not write
+    a filler next to it (as root that filled the machine's disk): no tmpfs is mounted and
+    the window is the host's file-size limit."""
+    from pathlib import Path
+
+    def no_mount(path: Path) -> bool:
+        raise AssertionError(f"tmpfs mounted at {path} for a home given by hand")
+
+    monkeypatch.setattr(chaos, "try_mount_tmpfs", no_mount)
+    root = Path(str(tmp_path))
+    args = chaos.parse_args(["--disk-full", "5", "--home", str(root / "mine")])
+    assert chaos.home_and_mount(args, root) == (root / "mine", False)
+    monkeypatch.setattr(chaos, "try_mount_tmpfs", lambda path: True)
+    args = chaos.parse_args(["--disk-full", "5"])
+    assert chaos.home_and_mount(args, root) == (root / "fs" / "home", True)

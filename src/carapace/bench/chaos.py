@@ -280,6 +280,17 @@ class DiskFull:
                                  (resource.RLIM_INFINITY, resource.RLIM_INFINITY))  # fmt: skip
 
 
+def home_and_mount(args: argparse.Namespace, root: Path) -> tuple[Path, bool]:
+    """The home, and whether it lives on a tmpfs mounted for the disk-full window. A home
+    given with ``--home`` is never on that tmpfs: its window is the file-size limit, so
+    the filler never fills the file system that holds it (as root it once filled the
+    machine's disk)."""
+    if args.home:
+        return Path(args.home), False
+    mounted = bool(args.disk_full) and try_mount_tmpfs(root / "fs")
+    return (root / "fs" if mounted else root) / "home", mounted
+
+
 def try_mount_tmpfs(path: Path) -> bool:
     if os.geteuid() != 0:
         return False
@@ -292,12 +303,9 @@ def try_mount_tmpfs(path: Path) -> bool:
 async def chaos(args: argparse.Namespace, root: Path) -> Tally:
     rng = random.Random(args.seed)
     tally = Tally()
-    mounted = False
+    home, mounted = home_and_mount(args, root)
     if args.disk_full:
-        mounted = try_mount_tmpfs(root / "fs")
         tally.disk_full = "tmpfs" if mounted else "file-size limit (prlimit RLIMIT_FSIZE)"
-    base = root / "fs" if mounted else root
-    home = Path(args.home) if args.home else base / "home"
     try:
         setup_home(home, args.chats, args.backend)
         host = HostProc(home, root / "host.log", fsize_trick=bool(args.disk_full) and not mounted)
@@ -368,7 +376,7 @@ async def chaos(args: argparse.Namespace, root: Path) -> Tally:
             subprocess.run(["umount", "-l", str(root / "fs")], capture_output=True)
 
 
-def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argparse.Namespace:
     assert __doc__ is not None
     p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     p.add_argument("--n", type=int, default=200, help="messages")
@@ -382,7 +390,11 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--home", default=None, help="use this (new) home instead of a temp one")
     p.add_argument("--json", action="store_true")
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    args = parse_args(argv, prog)
     with tempfile.TemporaryDirectory(prefix="carapace-chaos-") as tmp:
         tally = asyncio.run(chaos(args, Path(tmp)))
         log = (Path(tmp) / "host.log").read_text(errors="replace")
