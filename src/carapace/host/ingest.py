@@ -18,7 +18,7 @@ redelivered event), or the error that refused the row for good (the sender is to
   rows.
 * A passing failure (a full disk, a lock held too long) keeps the row in the journal and
   at the head of the session's queue: the pump tries again after a back-off (0.5 s,
-  doubling to 30 s) or as soon as another row of the session comes, with the rows that
+  doubling to 5 s) or as soon as another row of the session comes, with the rows that
   came meanwhile behind it (a commit that fails fails for all its rows, so they keep their
   order). The first row held back tells its sender once (the router's ``delayed``: the
   message is kept, no need to send it again). At the host's stop a pump that waits stops;
@@ -50,7 +50,7 @@ logger = logging.getLogger(__name__)
 RETRY_FIRST_S = 0.5
 BATCH_MAX = 256  # rows of one session in one commit
 LINGER_S = 0.010  # under a stream, a session's rows are written at most this often
-RETRY_MAX_S = 30.0
+RETRY_MAX_S = 5.0
 
 # the outcome of one row: (seq or None for a duplicate, None) or (None, the refusal)
 Outcome = Callable[[int | None, BaseException | None], Awaitable[None]]
@@ -181,18 +181,22 @@ class Ingest:
                         logger.warning("session %s: %d message(s) stay journaled for the next "
                                        "start (%s)", sid, len(queued), failed)  # fmt: skip
                         return
-                    logger.warning("session %s: writing %d message(s) failed (%s); again in "
-                                   "%.1f s or at its next message", sid, len(kept), failed,
-                                   delay)  # fmt: skip
-                    if not told and kept[0].delayed is not None:
+                    # once per failure (a full disk also fails the log's own writes)
+                    log = logger.debug if told else logger.warning
+                    log("session %s: writing %d message(s) failed (%s); again in %.1f s or "
+                        "at its next message", sid, len(kept), failed, delay)  # fmt: skip
+                    if not told:
                         told = True
-                        with contextlib.suppress(Exception):
-                            await kept[0].delayed(failed)
+                        if kept[0].delayed is not None:
+                            with contextlib.suppress(Exception):
+                                await kept[0].delayed(failed)
                     kick = self._kicks.setdefault(sid, asyncio.Event())
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(kick.wait(), delay)
                     delay = min(delay * 2, RETRY_MAX_S)
                 else:
+                    if told:
+                        logger.warning("session %s: messages written again", sid)
                     delay, told = self.retry_first_s, False
                     # rows came during the commit (a stream): the ones that follow within
                     # the linger share the next commit; a lone row never waits

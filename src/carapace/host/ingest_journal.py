@@ -78,6 +78,7 @@ class IngestJournal:
         self._lock = threading.Lock()
         self._closed = False
         self._synced = True  # the connection's synchronous mode is FULL (open_journal)
+        self._failing: str | None = None  # the error of the last commit, while they fail
 
     # ------------------------------------------------------------------ at start
     def pending(self) -> list[tuple[int, str, dict[str, Any]]]:
@@ -218,8 +219,13 @@ class IngestJournal:
                             conn.execute("ROLLBACK")
                         raise
                 dels.clear()
+                if self._failing:
+                    self._failing = None
+                    logger.warning("ingest journal: commits work again")
             except Exception as exc:  # nothing committed: every sender hears it
-                logger.error("ingest journal: commit failed: %s", exc)
+                if str(exc) != self._failing:  # once per failure, not per commit (a full
+                    self._failing = str(exc)  # disk also fails the log's own writes)
+                    logger.error("ingest journal: commit failed: %s", exc)
                 answers = [(loop, fut, False, exc) for _k, _s, _t, loop, fut in adds]
         for j in batch:
             if j[0] == "sync":
