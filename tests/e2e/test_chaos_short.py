@@ -40,3 +40,35 @@ def test_a_home_given_by_hand_is_never_filled_by_the_disk_full_window(
     monkeypatch.setattr(chaos, "try_mount_tmpfs", lambda path: True)
     args = chaos.parse_args(["--disk-full", "5"])
     assert chaos.home_and_mount(args, root) == (root / "fs" / "home", True)
+
+
+def test_host_notices_without_a_row_id_are_not_counted_as_re_sent_rows() -> None:
+    """The host's own notices (e.g. "your message is kept", one per session and failure)
+    carry no outbound row id: several of them are not a reply row received twice. A row
+    that does come twice (the same key) is."""
+    from pathlib import Path
+
+    tally = chaos.Tally()
+    client = chaos.Client(Path("unused"), tally)
+    for _ in range(3):
+        client.handle({"type": "message", "id": None, "key": None, "text": "Your message is kept"})
+    for _ in range(2):
+        client.handle({"type": "message", "id": "out-1", "key": "k-1", "text": "hi"})
+    rep = tally.report()
+    assert rep["duplicate_rows"] == 1 and rep["duplicated"] == 1, rep
+
+
+def test_the_logs_own_write_failures_are_counted_apart_from_the_hosts_tracebacks() -> None:
+    log = "\n".join([
+        "2026-12-06 03:40:39,931 ERROR carapace.channels.cli: not accepted: disk is full",
+        "--- Logging error ---",
+        "Traceback (most recent call last):",
+        "OSError: [Errno 28] No space left on device",
+        "",
+        "Traceback (most recent call last):",
+        "OSError: [Errno 28] No space left on device",
+        "2026-12-06 03:40:41,000 ERROR carapace.host.sweep: sweep failed",
+        "Traceback (most recent call last):",
+        "RuntimeError: boom",
+    ])  # fmt: skip
+    assert chaos.count_tracebacks(log) == (1, 1)

@@ -237,7 +237,8 @@ class Client:
         if msg.get("type") != "message":
             return
         key = str(msg.get("key") or msg.get("id"))
-        t.received[key] = t.received.get(key, 0) + 1
+        if msg.get("key") or msg.get("id"):  # a reply row (a host notice has no row id:
+            t.received[key] = t.received.get(key, 0) + 1  # several are not a re-send)
         raw = msg.get("answers")
         answers: list[Any] = raw if isinstance(raw, list) else []
         ids = {_base_id(i) for i in [msg.get("in_reply_to"), *answers] if isinstance(i, str)}
@@ -376,6 +377,26 @@ async def chaos(args: argparse.Namespace, root: Path) -> Tally:
             subprocess.run(["umount", "-l", str(root / "fs")], capture_output=True)
 
 
+_RECORD = re.compile(r"^\d{4}-\d\d-\d\d ")  # a log record's first line
+
+
+def count_tracebacks(log: str) -> tuple[int, int]:
+    """(tracebacks of the host's own, failures of the log to write itself). On a full
+    disk every log record fails to be written and Python's ``logging`` prints a
+    "--- Logging error ---" block with tracebacks of its own: those are counted apart."""
+    own = failures = 0
+    in_failure = False
+    for line in log.splitlines():
+        if line.startswith("--- Logging error ---"):
+            failures += 1
+            in_failure = True
+        elif _RECORD.match(line):
+            in_failure = False
+        elif line.startswith("Traceback") and not in_failure:
+            own += 1
+    return own, failures
+
+
 def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argparse.Namespace:
     assert __doc__ is not None
     p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
@@ -401,7 +422,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         if os.environ.get("CHAOS_KEEP_LOG"):
             shutil.copy(Path(tmp) / "host.log", os.environ["CHAOS_KEEP_LOG"])
     rep = tally.report()
-    rep["host_log_tracebacks"] = log.count("Traceback")  # logging itself fails on a full disk
+    rep["host_log_tracebacks"], rep["log_write_failures"] = count_tracebacks(log)
     if args.json:
         print(json.dumps(rep))
     else:
