@@ -14,7 +14,7 @@ import pytest
 from carapace.config import Home
 from carapace.db import groups
 from carapace.db.central import open_central
-from carapace.host import sessions as sessions_mod
+from carapace.host import attachments_in as attachments_mod
 from carapace.host.sessions import SessionManager
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
@@ -64,13 +64,13 @@ def test_a_message_without_attachments_is_not_decoded(
     mgr: SessionManager, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     decoded: list[str] = []
-    real = sessions_mod.loads_or
+    real = attachments_mod.loads_or
 
     def counting(text: str, default: object) -> object:
         decoded.append(text)
         return real(text, default)
 
-    monkeypatch.setattr(sessions_mod, "loads_or", counting)
+    monkeypatch.setattr(attachments_mod, "loads_or", counting)
     plain = json.dumps({"text": "just words", "sender": "ann"})
     assert _extract(mgr, plain) is plain
     assert decoded == []
