@@ -275,6 +275,32 @@ def test_a_journaled_row_of_a_session_that_is_gone_is_dropped_at_start(
     assert journal_rows(rig.host.home) == []
 
 
+def test_an_unreadable_journal_is_set_aside_and_the_host_starts(
+    rig: Rig, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A journal that is not a database any more (a damaged disk) must not keep the host
+    down: it is moved aside, named in an error, and a new one takes its place."""
+    s = _chat_session(rig)
+    rig.run(rig.host.stop())
+    rig.host.sessions.ingest.journal.close()  # type: ignore[union-attr]
+    path = rig.host.home.ingest_journal
+    for suffix in ("-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    path.write_bytes(b"this is not a database" * 400)
+    journal = IngestJournal(path)
+    rig.host.sessions.ingest.journal = journal  # type: ignore[union-attr]
+    with caplog.at_level(logging.ERROR):
+        rig.run(asyncio.wait_for(rig.host.start(background=False), 30))
+    assert any("cannot be read" in r.message for r in caplog.records)
+    aside = Path(f"{path}.unreadable-1")
+    assert aside.read_bytes().startswith(b"this is not a database")
+    rig.run(rig.host.route(make_event("after", platform_id="chan", id="m9")))
+    assert inbound_ids(rig, s) == ["m0", "m9"]
+    report = DoctorReport(str(rig.host.home.root))
+    journal_check(rig.host.home, report)
+    assert [f.code for f in report.findings] == ["ingest-journal-set-aside"]
+
+
 CHILD = textwrap.dedent(
     """
     import asyncio, os, signal, sys, threading

@@ -126,7 +126,14 @@ class Ingest:
         before it was). Returns how many rows the journal held."""
         self._stopping = False  # (a host started again after a stop)
         self._queues.clear()  # the journal holds every row not written
-        rows = await asyncio.to_thread(self.journal.pending)
+        try:
+            rows = await asyncio.to_thread(self.journal.pending)
+        except sqlite3.DatabaseError as exc:  # not a journal any more: set aside, not fatal
+            aside = await asyncio.to_thread(self.journal.set_aside)
+            logger.error("ingest journal %s cannot be read (%s): moved to %s; messages "
+                         "acknowledged but not yet written before the last stop are in it",
+                         self.journal.path, exc, aside)  # fmt: skip
+            rows = []
         gone: list[int] = []
         for n, sid, row in rows:
             session = self.sessions.get(sid)

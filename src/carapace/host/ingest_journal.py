@@ -103,6 +103,23 @@ class IngestJournal:
             self.remove(bad)
         return out
 
+    def set_aside(self) -> Path:
+        """Move an unreadable journal (and its ``-wal``/``-shm``) out of the way, to
+        ``ingest.db.unreadable-<n>``, so the host starts with a new one; returns the new
+        name. Only before the journal's thread has started (at start)."""
+        if self._conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.close()
+            self._conn = None
+        n = 1
+        while os.path.lexists(f"{self.path}.unreadable-{n}"):
+            n += 1
+        target = Path(f"{self.path}.unreadable-{n}")
+        for suffix in ("", "-wal", "-shm"):
+            if os.path.lexists(f"{self.path}{suffix}"):
+                os.replace(f"{self.path}{suffix}", f"{target}{suffix}")
+        return target
+
     # ------------------------------------------------------------------ on the loop
     async def append(self, session_id: str, row: dict[str, Any]) -> int:
         """Commit ``row`` for ``session_id``; returns its number once the commit is durable.
