@@ -189,3 +189,20 @@ def test_the_proxy_uses_a_locked_folder_and_removes_it_on_close(
 
     folder = asyncio.run(run())
     assert not folder.exists()
+
+
+def test_a_proxy_used_again_after_its_folder_was_released_makes_a_new_locked_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A host stopped and started again (the same object): its second folder has its lock
+    and goes at the second stop; nothing is left in the base (an empty folder without a
+    lock was, for every such restart)."""
+    monkeypatch.setattr(sockdir, "socket_base", lambda: tmp_path)
+    proxy = EgressProxy(KeyStore({}))
+    first = proxy.socket_dir()
+    proxy.release_dir()
+    assert not first.exists()
+    second = proxy.socket_dir()
+    assert (second / LOCK).is_file()
+    proxy.release_dir()
+    assert list(tmp_path.iterdir()) == []

@@ -129,7 +129,7 @@ class EgressProxy:
         self.now = now
         self.on_warning = on_warning
         self.pool = UpstreamPool()
-        self._dir = socket_dir
+        self._dir = self._given_dir = socket_dir
         self._sockdir: SocketDir | None = None
         self._servers: dict[
             str, tuple[asyncio.Task[asyncio.AbstractServer], socket.socket, Path]
@@ -198,6 +198,9 @@ class EgressProxy:
         elif self._dir is not None:
             with contextlib.suppress(OSError):
                 self._dir.rmdir()
+        # forgotten: a host started again makes a new locked folder (it once made the old
+        # one again, empty and without its lock, and left it behind at its next stop)
+        self._dir, self._sockdir = self._given_dir, None
 
     # -- connections ----------------------------------------------------------------------
     async def _serve(
