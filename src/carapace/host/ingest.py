@@ -79,6 +79,8 @@ class Ingest:
         # per session whose pump waits out a failure: set by a new row or the stop
         self._kicks: dict[str, asyncio.Event] = {}
         self._tried: dict[str, asyncio.Event] = {}  # set after a pump's next try (replay)
+        self._changed: asyncio.Event | None = None  # set when a pump begins a back-off
+        self._failing: set[str] = set()  # sessions whose pump waits out a failure now
 
     async def accept(
         self, session: Session, row: dict[str, Any], *, now: datetime,
@@ -95,21 +97,32 @@ class Ingest:
         kick = self._kicks.get(session.id)
         if kick is not None:  # its pump waits out a failure: a new row is a new try
             kick.set()
+            self._failing.discard(session.id)
         if session.id not in self._pumps and not self._stopping:
             self._pumps[session.id] = asyncio.get_running_loop().create_task(
                 self._pump(session), name=f"ingest-{session.id}"
             )
 
-    async def settle(self, session_ids: list[str] | None = None) -> None:
-        """Wait until the rows accepted so far (of these sessions) are written, or wait in
-        the journal for a passing failure to end."""
+    async def settle(
+        self, session_ids: list[str] | None = None, *, through_failures: bool = True
+    ) -> None:
+        """Wait until the rows accepted so far (of these sessions) are written. A session
+        whose file fails (its pump waits out a back-off; its rows stay journaled) is not
+        waited for, unless ``through_failures=False``: then only its success ends the wait."""
         while True:
             pumps = [
-                t for sid, t in self._pumps.items() if session_ids is None or sid in session_ids
-            ]
+                t for sid, t in self._pumps.items()
+                if (session_ids is None or sid in session_ids)
+                and not (through_failures and sid in self._failing)
+            ]  # fmt: skip
             if not pumps:
                 return
-            await asyncio.gather(*pumps, return_exceptions=True)
+            changed = self._changed = asyncio.Event()  # a pump began to wait out a failure
+            waiter = asyncio.ensure_future(changed.wait())
+            try:
+                await asyncio.wait([*pumps, waiter], return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                waiter.cancel()
 
     async def stop(self) -> None:
         """The host stops: write what is queued; a pump waiting out a failure ends (its
@@ -117,7 +130,7 @@ class Ingest:
         self._stopping = True
         for kick in self._kicks.values():
             kick.set()
-        await self.settle()
+        await self.settle(through_failures=False)  # (each kicked pump ends at its next try)
         with contextlib.suppress(Exception):
             await self.journal.drain()
 
@@ -163,6 +176,7 @@ class Ingest:
         told = False  # the sender heard of this failure (once per failure, not per try)
         try:
             while queued := self._queues.get(sid):
+                self._failing.discard(sid)  # trying (again)
                 if (kick := self._kicks.get(sid)) is not None:
                     kick.clear()  # a row that comes from now on wakes a back-off at once
                 batch = queued[:BATCH_MAX]
@@ -198,6 +212,9 @@ class Ingest:
                             with contextlib.suppress(Exception):
                                 await kept[0].delayed(failed)
                     kick = self._kicks.setdefault(sid, asyncio.Event())
+                    self._failing.add(sid)
+                    if self._changed is not None:
+                        self._changed.set()
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(kick.wait(), delay)
                     delay = min(delay * 2, RETRY_MAX_S)
@@ -211,6 +228,7 @@ class Ingest:
                     if queued and left > 0:
                         await asyncio.sleep(left)
         finally:
+            self._failing.discard(sid)
             if (tried := self._tried.get(sid)) is not None:
                 tried.set()  # (ended without a try: cancelled)
             self._kicks.pop(sid, None)

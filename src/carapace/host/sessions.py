@@ -369,10 +369,13 @@ class SessionManager:
         if outcome is not None:
             await outcome(seq, None)
 
-    async def settle(self, session_ids: list[str] | None = None) -> None:
-        """Wait until the rows accepted so far (of these sessions) are in their files."""
+    async def settle(
+        self, session_ids: list[str] | None = None, *, through_failures: bool = True
+    ) -> None:
+        """Wait until the rows accepted so far (of these sessions) are in their files, or
+        (``through_failures``) kept in the journal while their file fails."""
         if self.ingest is not None:
-            await self.ingest.settle(session_ids)
+            await self.ingest.settle(session_ids, through_failures=through_failures)
 
     async def write_grouped(
         self, session: Session, row: dict[str, Any], *, now: datetime
@@ -432,7 +435,7 @@ class SessionManager:
         host's stop: nothing a sender was about to hear of is left behind; journaled rows
         are written, or, when their file fails, left for the next start)."""
         if self.ingest is not None:
-            await self.ingest.settle()
+            await self.ingest.settle(through_failures=False)
             await self.ingest.journal.drain()
         while self._flush_tasks:
             await asyncio.gather(*list(self._flush_tasks), return_exceptions=True)
