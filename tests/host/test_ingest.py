@@ -52,6 +52,25 @@ def _chat_session(rig: Rig, chat: str = "chan") -> Session:
     return s
 
 
+class FailingFile:
+    """The session's file fails (a full disk) while ``broken``; ``attempts`` counts tries."""
+
+    def __init__(self, rig: Rig, monkeypatch: pytest.MonkeyPatch, retry_s: float) -> None:
+        mgr = rig.host.sessions
+        assert mgr.ingest is not None
+        mgr.ingest.retry_first_s = retry_s
+        self.broken, self.attempts = True, 0
+        real = mgr.write_batch
+
+        async def flaky(*a: Any, **kw: Any) -> Any:
+            if self.broken:
+                self.attempts += 1
+                raise sqlite3.OperationalError("database or disk is full")
+            return await real(*a, **kw)
+
+        monkeypatch.setattr(mgr, "write_batch", flaky)
+
+
 def test_a_channel_message_is_acknowledged_once_journaled_and_written_right_after(
     rig: Rig,
 ) -> None:
@@ -130,29 +149,15 @@ def test_a_passing_failure_keeps_the_rows_journaled_and_in_order_until_it_ends(
     journal); the pump tries again, and the rows acknowledged meanwhile follow in order."""
     s = _chat_session(rig)
     mgr = rig.host.sessions
-    assert mgr.ingest is not None
-    mgr.ingest.retry_first_s = 0.0
-    real = mgr.write_batch
-    attempts = 0
-    broken = True
-
-    async def flaky(*a: Any, **kw: Any) -> Any:
-        nonlocal attempts
-        if broken:
-            attempts += 1
-            raise sqlite3.OperationalError("database or disk is full")
-        return await real(*a, **kw)
-
-    monkeypatch.setattr(mgr, "write_batch", flaky)
+    failing = FailingFile(rig, monkeypatch, retry_s=0.0)
 
     async def three() -> None:
-        nonlocal broken
         for i in (1, 2, 3):
             await rig.host.route(make_event(f"m{i}", platform_id="chan", id=f"m{i}"), settle=False)
-        while attempts < 5:  # the pump keeps trying
+        while failing.attempts < 5:  # the pump keeps trying
             await asyncio.sleep(0)
         assert [m.split(":")[0] for _s, m in journal_rows(rig.host.home)] == ["m1", "m2", "m3"]
-        broken = False
+        failing.broken = False
         await mgr.settle(through_failures=False)
         await mgr.ingest.journal.drain()  # type: ignore[union-attr]
 
@@ -168,26 +173,35 @@ def test_a_route_that_waits_for_its_rows_does_not_wait_out_a_failing_file(
     while the file fails: the row is durable in the journal, the route returns (a webhook
     answers 202), and the row is written when the file works again."""
     s = _chat_session(rig)
-    mgr = rig.host.sessions
-    assert mgr.ingest is not None
-    mgr.ingest.retry_first_s = 3600.0
-    real = mgr.write_batch
-    broken = True
-
-    async def flaky(*a: Any, **kw: Any) -> Any:
-        if broken:
-            raise sqlite3.OperationalError("database or disk is full")
-        return await real(*a, **kw)
-
-    monkeypatch.setattr(mgr, "write_batch", flaky)
+    failing = FailingFile(rig, monkeypatch, retry_s=3600.0)
     res = rig.run(asyncio.wait_for(
         rig.host.route(make_event("w1", platform_id="chan", id="w1")), 30))  # fmt: skip
     assert [r.message_id.split(":")[0] for r in res.routed] == ["w1"]
     assert [m.split(":")[0] for _s, m in journal_rows(rig.host.home)] == ["w1"]
     assert inbound_ids(rig, s) == ["m0"]
-    broken = False
+    failing.broken = False
     rig.run(rig.host.route(make_event("w2", platform_id="chan", id="w2")))  # a new try
     assert inbound_ids(rig, s) == ["m0", "w1", "w2"]
+
+
+def test_routes_waiting_together_all_return_when_the_file_fails(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Several ``Host.route`` calls (two webhook requests) wait for the same failing file:
+    each returns, not only the last one to start waiting."""
+    s = _chat_session(rig)
+    FailingFile(rig, monkeypatch, retry_s=3600.0)
+
+    async def two() -> list[Any]:
+        return list(
+            await asyncio.gather(
+                *(rig.host.route(make_event(m, platform_id="chan", id=m)) for m in ("x1", "x2"))
+            )
+        )
+
+    results = rig.run(asyncio.wait_for(two(), 30))
+    assert [r.routed[0].message_id.split(":")[0] for r in results] == ["x1", "x2"]
+    assert inbound_ids(rig, s) == ["m0"]
 
 
 def test_the_chats_next_message_is_a_new_try_and_the_sender_hears_once_it_is_kept(
@@ -198,31 +212,17 @@ def test_the_chats_next_message_is_a_new_try_and_the_sender_hears_once_it_is_kep
     that the message is kept; further tries of the same failure say nothing more."""
     s = _chat_session(rig)
     mgr = rig.host.sessions
-    assert mgr.ingest is not None
-    mgr.ingest.retry_first_s = 3600.0
-    real = mgr.write_batch
-    attempts = 0
-    broken = True
-
-    async def flaky(*a: Any, **kw: Any) -> Any:
-        nonlocal attempts
-        if broken:
-            attempts += 1
-            raise sqlite3.OperationalError("database or disk is full")
-        return await real(*a, **kw)
-
-    monkeypatch.setattr(mgr, "write_batch", flaky)
+    failing = FailingFile(rig, monkeypatch, retry_s=3600.0)
     before = len(rig.channel.deliveries)
 
     async def scenario() -> None:
-        nonlocal broken
         await rig.host.route(make_event("m1", platform_id="chan", id="m1"), settle=False)
-        while attempts < 1:
+        while failing.attempts < 1:
             await asyncio.sleep(0)
         await rig.host.route(make_event("m2", platform_id="chan", id="m2"), settle=False)
-        while attempts < 2:  # a try at once, not in an hour
+        while failing.attempts < 2:  # a try at once, not in an hour
             await asyncio.sleep(0)
-        broken = False
+        failing.broken = False
         await rig.host.route(make_event("m3", platform_id="chan", id="m3"), settle=False)
         await asyncio.wait_for(mgr.settle(through_failures=False), 30)
 

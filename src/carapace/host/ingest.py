@@ -117,7 +117,9 @@ class Ingest:
             ]  # fmt: skip
             if not pumps:
                 return
-            changed = self._changed = asyncio.Event()  # a pump began to wait out a failure
+            if self._changed is None:  # shared by every waiter: set once, then replaced
+                self._changed = asyncio.Event()
+            changed = self._changed  # set when a pump begins to wait out a failure
             waiter = asyncio.ensure_future(changed.wait())
             try:
                 await asyncio.wait([*pumps, waiter], return_when=asyncio.FIRST_COMPLETED)
@@ -213,8 +215,9 @@ class Ingest:
                                 await kept[0].delayed(failed)
                     kick = self._kicks.setdefault(sid, asyncio.Event())
                     self._failing.add(sid)
-                    if self._changed is not None:
-                        self._changed.set()
+                    changed, self._changed = self._changed, None
+                    if changed is not None:
+                        changed.set()
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(kick.wait(), delay)
                     delay = min(delay * 2, RETRY_MAX_S)
