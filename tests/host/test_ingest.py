@@ -92,6 +92,72 @@ def test_a_channel_message_is_acknowledged_once_journaled_and_written_right_afte
     assert journal_rows(rig.host.home) == []
 
 
+def _failing_journal(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every journal commit fails from now on (a full disk under ``data/``)."""
+    journal = rig.host.sessions.ingest.journal  # type: ignore[union-attr]
+
+    def submit(_sid: str, _row: dict[str, Any]) -> asyncio.Future[int]:
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        fut.set_exception(sqlite3.OperationalError("database or disk is full (journal)"))
+        return fut
+
+    monkeypatch.setattr(journal, "submit", submit)
+
+
+def test_an_idle_chats_message_reaches_its_file_without_waiting_for_the_journal(
+    rig: Rig,
+) -> None:
+    """The round trip's path: a message for a session with nothing queued is written into
+    its ``inbound.db`` beside its journal commit, not after it. With the journal's commit
+    held, the row still reaches the file and the sender is acknowledged (the file's commit
+    is durable); the journal's row, committed later, is removed after it."""
+    s = _chat_session(rig)
+    journal = rig.host.sessions.ingest.journal  # type: ignore[union-attr]
+    rig.run(journal.drain())
+    journal._lock.acquire()  # the journal's commit waits for this
+    try:
+        res = rig.run(asyncio.wait_for(rig.host.route(
+            make_event("quick", platform_id="chan", id="q1"), settle=False), 30))  # fmt: skip
+        assert [r.message_id.split(":")[0] for r in res.routed] == ["q1"]
+        assert inbound_ids(rig, s) == ["m0", "q1"]
+    finally:
+        journal._lock.release()
+    rig.run(journal.drain())
+    rig.run(journal.drain())  # (the removal is queued once the append has its number)
+    assert journal_rows(rig.host.home) == []
+
+
+def test_a_row_its_file_took_is_acknowledged_though_the_journal_failed(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s = _chat_session(rig)
+    _failing_journal(rig, monkeypatch)
+    res = rig.run(rig.host.route(make_event("m1", platform_id="chan", id="m1"), settle=False))
+    assert [r.message_id.split(":")[0] for r in res.routed] == ["m1"]
+    assert inbound_ids(rig, s) == ["m0", "m1"]
+
+
+def test_a_row_in_neither_the_journal_nor_its_file_is_refused_and_never_written_later(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both commits fail (the disk is full): the route raises, so the channel does not
+    acknowledge the message and its platform sends it again; the host does not keep a copy
+    that would be written later (a second copy once the platform re-sends it), nor tell the
+    sender it is kept."""
+    s = _chat_session(rig)
+    failing = FailingFile(rig, monkeypatch, retry_s=3600.0)
+    _failing_journal(rig, monkeypatch)
+    before = len(rig.channel.deliveries)
+    with pytest.raises(sqlite3.OperationalError, match="journal"):
+        rig.run(asyncio.wait_for(rig.host.route(
+            make_event("lost", platform_id="chan", id="x1"), settle=False), 30))  # fmt: skip
+    assert failing.attempts == 1
+    monkeypatch.undo()  # the disk has room again
+    rig.run(rig.host.route(make_event("next", platform_id="chan", id="x2")))
+    assert inbound_ids(rig, s) == ["m0", "x2"]
+    assert rig.channel.deliveries[before:] == []
+
+
 def test_the_journal_file_is_private_and_never_opened_through_a_link(tmp_path: Path) -> None:
     path = tmp_path / "ingest.db"
     journal = IngestJournal(path)

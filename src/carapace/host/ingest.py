@@ -1,4 +1,5 @@
-"""Routed rows: acknowledged once in the ingest journal, then written into ``inbound.db``.
+"""Routed rows: acknowledged once in the ingest journal (or the session's file, if first),
+written into ``inbound.db``.
 
 :class:`Ingest` is the router's way in (``SessionManager.accept``). A row is appended to
 the journal (host/ingest_journal.py); once that commit is durable the sender may hear
@@ -9,6 +10,12 @@ removes them from the journal after that commit. The router hears each row's out
 through its callback: the seq (a wake for a runner), None (the id was there already: a
 redelivered event), or the error that refused the row for good (the sender is told).
 
+* A row for an idle session (no pump: nothing queued) is handed to a new pump at once,
+  its journal commit running beside the file's: the runner sees it without waiting for
+  the journal, and :meth:`Ingest.accept` returns when either commit is durable. The
+  journal's row is removed once it has its number. A row that neither took (both failed)
+  is dropped from the queue, and its sender hears the error (not acknowledged: the
+  platform sends it again), so no copy is written later.
 * A lone row is written at once. When rows came while a commit ran (a stream), the pump
   waits until :data:`LINGER_S` after that commit began, so the rows of the next 10 ms
   share one commit (four syncs) instead of one commit each: the journal takes the stream's
@@ -30,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import sqlite3
 import time
@@ -60,11 +68,14 @@ Delayed = Callable[[BaseException], Awaitable[None]]
 
 @dataclass(eq=False)
 class _Queued:
-    n: int  # the journal's row number
+    n: int | None  # the journal's row number (None: its journal commit still runs)
     row: dict[str, Any]
     now: datetime
     outcome: Outcome | None
     delayed: Delayed | None = None
+    journaling: asyncio.Future[int] | None = None  # the journal commit beside the write
+    fate: asyncio.Future[None] | None = None  # set when the row leaves the queue
+    done: bool = False  # written (or refused for good): leaves the journal once numbered
 
 
 class Ingest:
@@ -89,8 +100,31 @@ class Ingest:
         """Return once ``row`` is durable in the journal (an error: not stored, the
         sender is not acknowledged); it is written into the session's file after."""
         row = self.sessions.prepare_row(session, row, now)
-        n = await self.journal.append(session.id, row)
-        self._enqueue(session, _Queued(n, row, now, outcome, delayed))
+        journaled = self.journal.submit(session.id, row)
+        if session.id in self._pumps or self._stopping:
+            # a stream (or a failure): the rows reach the file after their journal commit,
+            # in its order, the ones that wait together sharing one commit each way
+            n = await journaled
+            self._enqueue(session, _Queued(n, row, now, outcome, delayed))
+            return
+        # an idle session: the file's commit runs beside the journal's, so the runner sees
+        # the row without waiting for the journal; the sender is acknowledged by whichever
+        # commit is durable first
+        fate: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        q = _Queued(None, row, now, outcome, delayed, journaling=journaled, fate=fate)
+        journaled.add_done_callback(functools.partial(self._journaled, q))
+        self._enqueue(session, q)
+        either: list[asyncio.Future[Any]] = [journaled, fate]
+        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+        if fate.done() or journaled.exception() is not None:
+            await fate  # in the file; or in neither: the journal's error is raised
+
+    def _journaled(self, q: _Queued, fut: asyncio.Future[int]) -> None:
+        if fut.cancelled() or fut.exception() is not None:
+            return  # the pump decides: the row is in the file, or its sender hears it is not
+        q.n = fut.result()
+        if q.done:  # written before its journal commit ended
+            self.journal.remove([q.n])
 
     def _enqueue(self, session: Session, item: _Queued) -> None:
         self._queues.setdefault(session.id, []).append(item)
@@ -192,12 +226,28 @@ class Ingest:
                 if (tried := self._tried.get(sid)) is not None:
                     tried.set()
                 done = [not _passing(res) for res in results]
-                kept = [q for q, d in zip(batch, done, strict=True) if not d]
+                # a row held back must be in the journal: wait for the journal commits that
+                # ran beside this one; a row the journal refused too is in neither (its
+                # sender hears so: not acknowledged)
+                running = [q.journaling for q, d in zip(batch, done, strict=True)
+                           if not d and q.n is None and q.journaling is not None]  # fmt: skip
+                if running:
+                    await asyncio.wait(running)
+                unstored = [q for q, d in zip(batch, done, strict=True)
+                            if not d and q.n is None and not _numbered(q)]  # fmt: skip
+                kept = [q for q, d in zip(batch, done, strict=True) if not d and q.n is not None]
                 queued[: len(batch)] = kept  # rows queued meanwhile stay behind them
-                self.journal.remove(q.n for q, d in zip(batch, done, strict=True) if d)
+                written = [q for q, d in zip(batch, done, strict=True) if d]
+                for q in written:
+                    q.done = True
+                self.journal.remove(q.n for q in written if q.n is not None)
                 for q, res, d in zip(batch, results, done, strict=True):
                     if d:
                         await self._tell(q, res)
+                        _settle(q, None)
+                for q in unstored:
+                    assert q.journaling is not None
+                    _settle(q, q.journaling.exception())
                 if kept:
                     failed = next(r for r in results if _passing(r))
                     if self._stopping:
@@ -236,6 +286,9 @@ class Ingest:
                 tried.set()  # (ended without a try: cancelled)
             self._kicks.pop(sid, None)
             self._pumps.pop(sid, None)
+            for q in self._queues.get(sid, ()):  # (cancelled): a sender still waiting hears
+                if q.journaling is not None and q.fate is not None and not q.fate.done():
+                    q.journaling.add_done_callback(functools.partial(_unwritten, q))
             if not self._queues.get(sid):
                 self._queues.pop(sid, None)
 
@@ -255,6 +308,32 @@ class Ingest:
 
 # the file refuses the row for good: retrying would hold up the session's later rows
 Refusal = (StoreError, sqlite3.IntegrityError, sqlite3.DatabaseError)
+
+
+def _numbered(q: _Queued) -> bool:
+    """Whether the journal commit that ran beside the row's write holds it (its number
+    taken now: the callback may not have run yet)."""
+    fut = q.journaling
+    if fut is None or not fut.done() or fut.cancelled() or fut.exception() is not None:
+        return False
+    q.n = fut.result()
+    return True
+
+
+def _unwritten(q: _Queued, fut: asyncio.Future[int]) -> None:
+    """The pump ended before writing ``q``: its sender, waiting for whichever commit is
+    durable first, hears the journal's error if that one failed too."""
+    if not fut.cancelled() and fut.exception() is not None:
+        _settle(q, fut.exception())
+
+
+def _settle(q: _Queued, exc: BaseException | None) -> None:
+    if q.fate is None or q.fate.done():
+        return
+    if exc is None:
+        q.fate.set_result(None)
+    else:
+        q.fate.set_exception(exc)
 
 
 def _passing(res: object) -> bool:

@@ -124,11 +124,16 @@ class IngestJournal:
     async def append(self, session_id: str, row: dict[str, Any]) -> int:
         """Commit ``row`` for ``session_id``; returns its number once the commit is durable.
         An error (a full disk) is raised here: the message is not acknowledged."""
+        return await self.submit(session_id, row)
+
+    def submit(self, session_id: str, row: dict[str, Any]) -> asyncio.Future[int]:
+        """:meth:`append`, queued now (in call order); the future holds its number once
+        the commit is durable, or the error."""
         text = json.dumps(row, separators=(",", ":"), ensure_ascii=False)
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[int] = loop.create_future()
         self._put(("add", session_id, text, loop, fut))
-        return await fut
+        return fut
 
     def remove(self, ns: Iterable[int]) -> None:
         """Forget rows written durably into their sessions' files (queued; committed with
