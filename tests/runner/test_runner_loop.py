@@ -17,6 +17,7 @@ from carapace.runner.loop import Runner
 from carapace.runner.providers import ProviderConfig, create_provider
 from carapace.runner.providers.base import Message, ToolSpec, Turn
 from carapace.runner.setup import build_workspace
+from carapace.runner.tools import TurnAbandoned
 from carapace.testing.sessions import (
     agent_dest,
     channel_dest,
@@ -106,6 +107,44 @@ def test_one_message_one_reply(h: Harness) -> None:
     assert out["in_reply_to"] == "m1" and out["kind"] == "chat"
     assert read_acks(h.paths) == {"m1": "completed"}
     assert not r.step()
+
+
+def test_finished_rows_the_host_has_not_marked_yet_are_not_read_again(
+    h: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The host copies acks into ``inbound.db`` in batches (64, or after a second), so a
+    finished row stays ``pending`` there meanwhile. The runner looks up its ack once; from
+    then on a poll neither decodes it nor asks ``outbound.db`` about it again. A row whose
+    turn was abandoned (its claim released, not finished) is taken again."""
+    write_chat(h.paths, "one", id="m1")
+    write_chat(h.paths, "two", id="m2", platform_id="other-chat")  # a batch of its own
+    r = h.runner(provider=Recorder())
+    looked_up: list[list[str]] = []
+    real = r.outbound.acked
+
+    def acked(ids: Any) -> dict[str, str]:
+        ids = list(ids)
+        looked_up.append(ids)
+        return real(ids)
+
+    monkeypatch.setattr(r.outbound, "acked", acked)
+    assert r.step() and r.step()
+    assert read_acks(h.paths) == {"m1": "completed", "m2": "completed"}
+    assert not r.step()  # both still pending in inbound.db: found finished once more
+    assert not r.step()
+    assert looked_up[-1] == []  # ... and not again
+    write_chat(h.paths, "three", id="m3")
+    rec = r.agent.provider
+    assert isinstance(rec, Recorder)
+    rec.error = TurnAbandoned()  # the turn is abandoned: its claim released, not finished
+    looked_up.clear()
+    assert r.step()
+    assert looked_up == [["m3"]]
+    assert "m3" not in read_acks(h.paths)
+    rec.error = None
+    assert r.step()  # taken again
+    assert looked_up == [["m3"], ["m3"]]
+    assert read_acks(h.paths)["m3"] == "completed"
 
 
 def test_two_messages_one_batch_one_reply(h: Harness) -> None:

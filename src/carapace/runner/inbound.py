@@ -25,7 +25,7 @@ import functools
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Container, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from functools import cached_property
@@ -199,8 +199,10 @@ class Inbound:
     # --- the queue --------------------------------------------------------------------------
 
     @_retried
-    def pending(self, now: datetime) -> list[InRow]:
-        """Every pending row that is due at ``now``, in seq order (oldest first)."""
+    def pending(self, now: datetime, skip: Container[str] = ()) -> list[InRow]:
+        """Every pending row that is due at ``now``, in seq order (oldest first), but those
+        whose id is in ``skip`` (rows the runner knows it has finished: the host copies
+        their acks into this file in batches, so until then they are still pending here)."""
         with self._open() as conn:
             rows = conn.execute(
                 "SELECT * FROM messages_in WHERE status = 'pending' AND "
@@ -208,7 +210,7 @@ class Inbound:
                 "ORDER BY seq ASC LIMIT ?",
                 (sqlite_ts(now), PENDING_SCAN_LIMIT),
             ).fetchall()
-        return [InRow.from_row(r) for r in rows]
+        return [InRow.from_row(r) for r in rows if r["id"] not in skip]
 
     @_retried
     def next_due(self, now: datetime) -> datetime | None:

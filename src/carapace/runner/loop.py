@@ -60,6 +60,8 @@ KEEPALIVE_S = 4.0
 INBOUND_NAMES = ("inbound.db", "inbound.db-journal")
 CLEARED_TEXT = "Session cleared."
 ERROR_TEXT = "Sorry — the model provider failed: {detail}"
+TERMINAL_ACKS = ("completed", "failed")
+FINISHED_MAX = 4096  # finished ids remembered at most (the host copies acks every 64 or 1 s)
 
 
 class _Stop(Exception):
@@ -151,6 +153,10 @@ class Runner:
         self._stop = threading.Event()
         self._busy = False
         self._on_wake_visible: set[str] | None = None
+        # ids with a terminal ack ("completed"/"failed": never taken again), still pending
+        # in inbound.db until the host copies the acks there (in batches): not decoded nor
+        # looked up again at every poll (a cache: cleared past FINISHED_MAX)
+        self._finished: set[str] = set()
         self.ctx = ToolContext(
             config=config,
             inbound=self.inbound,
@@ -283,11 +289,15 @@ class Runner:
     def step(self, now: datetime | None = None) -> bool:
         """Poll once and process at most one batch; True if anything was done."""
         now = now or self.clock.now()
-        rows = self.inbound.pending(now)
+        if len(self._finished) > FINISHED_MAX:
+            self._finished.clear()
+        rows = self.inbound.pending(now, skip=self._finished)
         first_poll = self._on_wake_visible is None
         if first_poll:
             self._on_wake_visible = {r.id for r in rows if r.on_wake}
-        acked = set(self.outbound.acked(r.id for r in rows))
+        acks = self.outbound.acked(r.id for r in rows)
+        self._finished.update(i for i, st in acks.items() if st in TERMINAL_ACKS)
+        acked = set(acks)
         sel = select_batch(
             rows,
             acked,
