@@ -178,7 +178,7 @@ def test_a_work_mark_the_disk_refuses_is_kept_until_it_can_be_written(
     mark the central DB refused is kept in memory, counted by the sweep, written later."""
     import sqlite3
 
-    from carapace.host import sessions as sessions_mod
+    from carapace.host import work_index as sessions_mod
 
     real = sessions_mod.mark_session_work
 
@@ -193,7 +193,7 @@ def test_a_work_mark_the_disk_refuses_is_kept_until_it_can_be_written(
     assert mgr.next_work_due() == "2000-01-01T00:00:00.000Z"
     monkeypatch.setattr(sessions_mod, "mark_session_work", real)
     assert "sess-x" in mgr.due_work(now)  # written now
-    assert mgr._unmarked == {}
+    assert mgr.work._unmarked == {}
     [(due,)] = rig.db.execute(
         "SELECT next_due FROM carapace_session_work WHERE session_id='sess-x'"
     ).fetchall()

@@ -15,7 +15,7 @@ import stat
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from carapace.db.session import SessionPaths
 from carapace.db.sessions import set_container_status
@@ -31,6 +31,7 @@ from carapace.host.sweep import (
     new_acks,
     reset_claims,
 )
+from carapace.host.wake_files import WakePlan, wake_plan, write_wake_files
 from carapace.runner.transcript import adopt_legacy_transcript
 from carapace.sandbox.process import RunnerExit, RunnerSpec
 
@@ -59,7 +60,7 @@ async def prepare(host: Host, session_id: str) -> RunnerSpec | None:
     session = host.sessions.get(session_id)
     if session is None or (session.status or "active") != "active":
         return None
-    plan = host.sessions.wake_plan(session)
+    plan = wake_plan(host.db, host.home, host.sessions.paths(session), session)
     agent_dir = plan.agent_dir
     paths = host.sessions.paths(session)
     await asyncio.to_thread(functools.partial(wake_files, host), plan, session.id)
@@ -92,9 +93,9 @@ async def prepare(host: Host, session_id: str) -> RunnerSpec | None:
                       host.settings.runner_idle_exit_s, env)  # fmt: skip
 
 
-def wake_files(host: Host, plan: Any, session_id: str) -> None:
+def wake_files(host: Host, plan: WakePlan, session_id: str) -> None:
     heal_folder_mode(plan.paths.root)
-    host.sessions.write_wake_files(plan)
+    write_wake_files(host.home, plan)
     adopt_legacy_transcript(plan.agent_dir, plan.paths.root, session_id)  # out of the group
     with contextlib.suppress(FileNotFoundError):
         plan.paths.heartbeat.unlink()

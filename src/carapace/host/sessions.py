@@ -7,7 +7,8 @@ and never merge into a chat's ``shared``/``per-thread`` session (fixes §11.1 it
 
 The work index ``carapace_session_work`` (central, migration ``carapace-session-work``)
 lists the sessions that may have due or in-flight work with the time they are next due; the
-sweep visits only those rows (fixes §11.4 item 34).
+sweep visits only those rows (fixes §11.4 item 34). Its writes are ``WorkMarks``
+(host/work_index.py); the files a wake writes are host/wake_files.py's.
 """
 
 from __future__ import annotations
@@ -17,18 +18,13 @@ import logging
 import sqlite3
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
-from carapace import safefs
 from carapace.config import Home
-from carapace.db import groups
 from carapace.db.connection import transaction
-from carapace.db.destinations import ProjectedDestination, projection
 from carapace.db.memo import ReadMemo
-from carapace.db.projection import routing_of, write_routing_row, write_rows
 from carapace.db.session import (
     SessionPaths,
     init_session_folder,
@@ -40,13 +36,14 @@ from carapace.db.sessions import (
     create_session,
     find_session,
     get_session,
-    mark_session_work,
 )
 from carapace.errors import StoreError
-from carapace.host import groupfiles, outbox_reader
+from carapace.host import outbox_reader
 from carapace.host.attachments_in import extract_attachments
 from carapace.host.ingest import Delayed, Ingest, Outcome
 from carapace.host.session_writer import Key, SessionWriters
+from carapace.host.wake_files import wake_plan, write_wake_files
+from carapace.host.work_index import WorkMarks
 from carapace.jsonutil import dumps
 from carapace.timefmt import iso, new_id, sqlite_ts
 
@@ -58,17 +55,6 @@ GROUP_MAX = 256  # rows per group commit (bounds one commit of the writer thread
 PATHS_KEPT = 4096  # SessionPaths objects kept (a cache: cleared when full)
 LAST_ACTIVE_EVERY_S = 1.0  # a session's last_active is written at most this often
 LAST_ACTIVE_EVERY = timedelta(seconds=LAST_ACTIVE_EVERY_S)
-
-
-@dataclass(frozen=True)
-class WakePlan:
-    """What a spawn writes into the session and group folders (``prepare_wake``)."""
-
-    paths: SessionPaths
-    agent_dir: Path
-    destinations: list[ProjectedDestination]
-    routing: tuple[str | None, str | None, str | None]
-    container: dict[str, Any]
 
 
 def _refused(session_id: str, message_id: object, exc: sqlite3.IntegrityError) -> StoreError:
@@ -88,13 +74,7 @@ class SessionManager:
         # Live sessions (a runner runs): one persistent host connection to inbound.db, used
         # on the event loop's thread only; closed when the runner ends (issue 19).
         self._kept: dict[str, sqlite3.Connection] = {}
-        # work marks the central DB refused (a full disk): kept here, written when it can
-        self._unmarked: dict[str, str] = {}
-        # per session, a due the work index is known to hold the session by (its next_due
-        # is at or before it): a mark no earlier is not written again. Only set_work moves
-        # a next_due later or drops it, and it updates this (issue 19: one central write
-        # per routed message fewer)
-        self._marked: dict[str, str] = {}
+        self.work = WorkMarks(db)  # the sweep's work index (host/work_index.py)
         self._touched: dict[str, datetime] = {}  # when last_active was last written
         self._uses: dict[int, int] = {}  # id(kept connection) -> users right now
         self._kept_key: dict[str, Key | None] = {}  # the file each kept connection opened
@@ -549,27 +529,8 @@ class SessionManager:
         return mid
 
     def mark_work(self, session_id: str, next_due: str) -> None:
-        """Put the session in the sweep's work index, due no later than ``next_due``. When
-        the central DB cannot take it (a full disk) the mark is kept in memory, counted by
-        ``due_work`` and written at the next chance: a session's work is never forgotten."""
-        old = self._unmarked.get(session_id)
-        if old is not None and old < next_due:
-            next_due = old
-        held = self._marked.get(session_id)
-        if old is None and held is not None and held <= next_due:
-            return  # the index holds the session due no later already
-        try:
-            mark_session_work(self.db, session_id, next_due)
-        except sqlite3.OperationalError as exc:
-            if old is None:
-                logger.error("work mark of session %s kept in memory: %s", session_id, exc)
-            self._unmarked[session_id] = next_due
-            return
-        self._unmarked.pop(session_id, None)
-        if self.db.in_transaction:  # a rollback could still undo it: not known to hold
-            self._marked.pop(session_id, None)
-        else:
-            self._marked[session_id] = min(next_due, held) if held is not None else next_due
+        """:meth:`WorkMarks.mark`: the session is due no later than ``next_due``."""
+        self.work.mark(session_id, next_due)
 
     def touch(self, session_id: str, now: datetime) -> None:
         """``last_active`` of the session: written at most once per
@@ -585,77 +546,21 @@ class SessionManager:
             return
         self._touched[session_id] = now
 
-    def _flush_unmarked(self) -> None:
-        for sid, due in list(self._unmarked.items()):
-            self.mark_work(sid, due)
-            if sid in self._unmarked:
-                return  # still refused: the others would be too
-
     def set_work(self, session_id: str, next_due: str | None) -> None:
-        self._marked.pop(session_id, None)  # until the write below is known to hold
-        if next_due is None:
-            self.db.execute("DELETE FROM carapace_session_work WHERE session_id=?", (session_id,))
-        else:
-            self.db.execute(
-                "INSERT INTO carapace_session_work (session_id, next_due) VALUES (?, ?) "
-                "ON CONFLICT(session_id) DO UPDATE SET next_due=excluded.next_due",
-                (session_id, next_due),
-            )
-            if not self.db.in_transaction:  # a rollback could still undo it otherwise
-                self._marked[session_id] = next_due
+        self.work.set(session_id, next_due)
 
     def due_work(self, now: datetime) -> list[str]:
-        self._flush_unmarked()
-        rows = self.db.execute(
-            "SELECT session_id FROM carapace_session_work WHERE next_due <= ? ORDER BY next_due",
-            (iso(now),),
-        )
-        out = [r[0] for r in rows]
-        cut = iso(now)
-        return out + [sid for sid, due in self._unmarked.items() if due <= cut and sid not in out]
+        return self.work.due(now)
 
     def next_work_due(self) -> str | None:
-        row = self.db.execute("SELECT MIN(next_due) FROM carapace_session_work").fetchone()
-        dues = [d for d in (row[0] if row is not None else None, *self._unmarked.values()) if d]
-        return min(dues) if dues else None
+        return self.work.next_due()
 
     def prepare_wake(self, session: Session) -> Path:
-        """Before each spawn: destinations + routing projections and ``container.json``.
-        Returns the agent group folder."""
-        plan = self.wake_plan(session)
-        self.write_wake_files(plan)
+        """Before a spawn, in one go (host/wake_files.py): the session's projections and
+        the group folder's files. Returns the agent group folder."""
+        plan = wake_plan(self.db, self.home, self.paths(session), session)
+        write_wake_files(self.home, plan)
         return plan.agent_dir
-
-    def wake_plan(self, session: Session) -> WakePlan:
-        """The central-DB half of :meth:`prepare_wake` (the caller's thread)."""
-        group = groups.get_agent_group(self.db, session.agent_group_id)
-        if group is None:
-            raise LookupError(f"agent group {session.agent_group_id} is gone")
-        cfg = groups.get_container_config(self.db, group.id) or groups.ContainerConfig(group.id)
-        doc = cfg.to_json()
-        doc.update({"groupName": group.name, "agentGroupId": group.id})
-        doc["assistantName"] = doc.get("assistantName") or group.name
-        if session.agent_provider:
-            doc["provider"] = session.agent_provider
-        doc = {k: v for k, v in doc.items() if v is not None}
-        return WakePlan(
-            self.paths(session), self.home.group_dir(group.folder),
-            projection(self.db, session.agent_group_id), routing_of(self.db, session), doc,
-        )  # fmt: skip
-
-    def write_wake_files(self, plan: WakePlan) -> None:
-        """The file half of :meth:`prepare_wake`: no central DB, so a worker thread may run
-        it. Writes only what differs from what is there."""
-        if plan.paths.inbound.exists():
-            write_rows(plan.paths, plan.destinations)
-            write_routing_row(plan.paths, plan.routing)
-        plan.agent_dir.mkdir(parents=True, exist_ok=True)
-        # The group folder is the agent's: unless it holds exactly this already, a fresh
-        # O_EXCL temp file is renamed over the entry, so a planted ``container.json`` or
-        # temp-file link is replaced, never followed.
-        safefs.write_beneath_if_changed(plan.agent_dir, "container.json",
-                                        dumps(plan.container).encode(), 0o600)  # fmt: skip
-        groupfiles.compose_group(self.home, plan.agent_dir)  # NanoClaw's roles; CLAUDE.md
 
     def extract_attachments(
         self, paths: SessionPaths, message_id: str, content: str, now: datetime

@@ -106,3 +106,76 @@ def apply(db: sqlite3.Connection, found: dict[str, datetime]) -> int:
         for sid, due in found.items():
             mark_session_work(db, sid, iso(due))
     return len(found)
+
+
+class WorkMarks:
+    """The host's writes to the work index, on the central DB connection it is given.
+
+    A mark the central DB refuses (a full disk) is kept in memory, counted by :meth:`due`
+    and written at the next chance: a session's work is never forgotten. Per session, a due
+    the index is known to hold the session by (its ``next_due`` at or before it) is
+    remembered, so a mark no earlier is not written again; only :meth:`set` moves a
+    ``next_due`` later or drops it, and it updates that (issue 19: one central write per
+    routed message fewer)."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+        self._unmarked: dict[str, str] = {}  # marks the central DB refused
+        self._marked: dict[str, str] = {}  # a due the index holds each session by
+
+    def mark(self, session_id: str, next_due: str) -> None:
+        """Put the session in the index, due no later than ``next_due``."""
+        old = self._unmarked.get(session_id)
+        if old is not None and old < next_due:
+            next_due = old
+        held = self._marked.get(session_id)
+        if old is None and held is not None and held <= next_due:
+            return  # the index holds the session due no later already
+        try:
+            mark_session_work(self.db, session_id, next_due)
+        except sqlite3.OperationalError as exc:
+            if old is None:
+                logger.error("work mark of session %s kept in memory: %s", session_id, exc)
+            self._unmarked[session_id] = next_due
+            return
+        self._unmarked.pop(session_id, None)
+        if self.db.in_transaction:  # a rollback could still undo it: not known to hold
+            self._marked.pop(session_id, None)
+        else:
+            self._marked[session_id] = min(next_due, held) if held is not None else next_due
+
+    def set(self, session_id: str, next_due: str | None) -> None:
+        """The session's ``next_due`` as given (later, or None: out of the index)."""
+        self._marked.pop(session_id, None)  # until the write below is known to hold
+        if next_due is None:
+            self.db.execute("DELETE FROM carapace_session_work WHERE session_id=?", (session_id,))
+        else:
+            self.db.execute(
+                "INSERT INTO carapace_session_work (session_id, next_due) VALUES (?, ?) "
+                "ON CONFLICT(session_id) DO UPDATE SET next_due=excluded.next_due",
+                (session_id, next_due),
+            )
+            if not self.db.in_transaction:  # a rollback could still undo it otherwise
+                self._marked[session_id] = next_due
+
+    def due(self, now: datetime) -> list[str]:
+        """The sessions due at ``now``, earliest first (the refused marks last)."""
+        self._flush()
+        rows = self.db.execute(
+            "SELECT session_id FROM carapace_session_work WHERE next_due <= ? ORDER BY next_due",
+            (iso(now),),
+        )
+        out = [r[0] for r in rows]
+        cut = iso(now)
+        return out + [sid for sid, due in self._unmarked.items() if due <= cut and sid not in out]
+
+    def next_due(self) -> str | None:
+        row = self.db.execute("SELECT MIN(next_due) FROM carapace_session_work").fetchone()
+        dues = [d for d in (row[0] if row is not None else None, *self._unmarked.values()) if d]
+        return min(dues) if dues else None
+
+    def _flush(self) -> None:
+        for sid, due in list(self._unmarked.items()):
+            self.mark(sid, due)
+            if sid in self._unmarked:
+                return  # still refused: the others would be too
