@@ -12,6 +12,7 @@ import sqlite3
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -84,7 +85,9 @@ def test_routing_does_not_stat_a_known_session_file_and_a_deleted_folder_is_made
     """The router trusts a session file it has seen (a stat per message on the loop was
     ~5 % of a burst's loop time); when the folder was deleted meanwhile, the write finds
     the file gone, the folder is made again once, and every row of the burst is stored in
-    the new file."""
+    the new file, in order. (Each writer used to make the folder and write again on its
+    own: with the making slow, five folders were made, and the rows' order followed who
+    came back first, failing this test now and then under load.)"""
     db, mgr, ag, mg = _manager(tmp_path)
     now = datetime.now(UTC)
     loop_stats: list[str] = []
@@ -111,6 +114,14 @@ def test_routing_does_not_stat_a_known_session_file_and_a_deleted_folder_is_made
         await asyncio.gather(*(route(i) for i in range(1, 4)))
         assert loop_stats == []  # known file: no stat on the loop
         monkeypatch.setattr(os, "stat", real_stat)
+        real_make = mgr._make_folder
+
+        async def slow_make(*a: Any, **kw: Any) -> None:  # the others' turns come first
+            for _ in range(20):
+                await asyncio.sleep(0)
+            await real_make(*a, **kw)
+
+        monkeypatch.setattr(mgr, "_make_folder", slow_make)
         shutil.rmtree(mgr.paths(session).root)
         seqs = await asyncio.gather(*(route(i) for i in range(4, 9)))
         assert all(isinstance(q, int) for q in seqs)  # all stored, none refused

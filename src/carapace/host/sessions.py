@@ -366,7 +366,7 @@ class SessionManager:
         once, with no wait for company. Returns the seq once the row is durable (None: the
         id existed); a failed commit (a full disk) raises here and nothing is stored."""
         row = self.prepare_row(session, row, now)
-        return await self._in_folder(session, lambda: self._write_grouped(session, row, now=now))
+        return await self._write_grouped(session, row, now=now)
 
     async def write_batch(
         self, session: Session, rows: list[dict[str, Any]], now: datetime
@@ -444,8 +444,8 @@ class SessionManager:
         rows = [r for r, fut in batch if not fut.done()]
         if not rows:
             return
-        try:
-            results = await self.write_rows(session, rows, now)
+        try:  # (a folder made again: the whole group once more, in its order)
+            results = await self._in_folder(session, lambda: self.write_rows(session, rows, now))
         except Exception as exc:
             for _row, fut in batch:
                 if not fut.done():
