@@ -248,13 +248,13 @@ def test_delivery_keeps_its_cursor_and_reads_a_remade_file_again(
     from carapace.host import delivery as delivery_mod
 
     reads: list[str] = []
-    real = delivery_mod._tables_and_cursor
+    real = delivery_mod.tables_and_cursor
 
     def counted(conn: sqlite3.Connection) -> int:
         reads.append("cursor")
         return real(conn)
 
-    monkeypatch.setattr(delivery_mod, "_tables_and_cursor", counted)
+    monkeypatch.setattr(delivery_mod, "tables_and_cursor", counted)
     ag = rig.agent()
     rig.wire(rig.chat("chan"), ag)
     rig.run(rig.host.route(make_event("hi", platform_id="chan", id="m1")))

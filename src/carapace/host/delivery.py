@@ -43,24 +43,23 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from carapace.channels.base import ChannelAdapter, ChannelUnavailable, OutboundFile, OutboundMessage
-from carapace.db.connection import has_table, transaction
-from carapace.db.destinations import channel_refusal
+from carapace.channels.base import ChannelAdapter, ChannelUnavailable
+from carapace.db.connection import transaction
 from carapace.db.session import SessionPaths
 from carapace.db.sessions import Session
 from carapace.errors import DeliveryError
 from carapace.host.a2a_guard import A2AGuard, A2AStopped, write_stop_note
-from carapace.host.actions import SystemActions, route_agent_message
+from carapace.host.actions import SystemActions
 from carapace.host.delivery_log import (
-    HOST_TABLES,
-    NEWEST_HOST_TABLE,
     RECORD_RETRY_S,
     Records,
-    delivery_key,
+    delivered_of,
+    host_tables,
+    known_of,
+    tables_and_cursor,
 )
-from carapace.host.outbox_files import clear_outbox, read_outbox_files
+from carapace.host.dispatch import send_row
 from carapace.host.outbox_reader import (
-    MAX_CONTENT_BYTES,
     MAX_ROWS,
     OutboxReader,
     OutboxRefused,
@@ -68,11 +67,9 @@ from carapace.host.outbox_reader import (
     read_ids_after,
     read_rows,
 )
-from carapace.host.preview import edit_into_preview
 from carapace.host.send_intents import SendIntents
 from carapace.host.session_writer import FolderReplaced, Key
-from carapace.host.sessions import SessionManager, delivery_cursor
-from carapace.jsonutil import loads_or
+from carapace.host.sessions import SessionManager
 from carapace.timefmt import iso, parse_ts, sqlite_ts
 
 logger = logging.getLogger(__name__)
@@ -131,7 +128,7 @@ class Delivery:
         connection; give it back with ``sessions.done_with``). Checked on every open (one
         indexed read): a session folder deleted and made again gets them back."""
         inb = self.sessions.open_inbound(paths)
-        _host_tables(inb)
+        host_tables(inb)
         return inb
 
     def pending_count(self, session: Session) -> int:
@@ -157,7 +154,7 @@ class Delivery:
         return self._records.setdefault(session_id, Records())
 
     def _done(self, inb: sqlite3.Connection, ids: list[str]) -> set[str]:
-        return _delivered(inb, ids)
+        return delivered_of(inb, ids)
 
     async def _commit(self, session_id: str, paths: SessionPaths, intent: str | None,
                       now: datetime) -> bool:  # fmt: skip
@@ -173,7 +170,7 @@ class Delivery:
             snap = Records(dict(rec.outcomes), dict(rec.attempts), rec.cursor)
 
             def write(conn: sqlite3.Connection) -> None:
-                _host_tables(conn)
+                host_tables(conn)
                 with transaction(conn):
                     snap.write(conn)
 
@@ -247,7 +244,7 @@ class Delivery:
                 cursor = known_cursor[1]  # this host writes the cursor: no read needed
             else:
                 cursor = await self.sessions.writers.call(
-                    session_id, paths, _tables_and_cursor, expect=key
+                    session_id, paths, tables_and_cursor, expect=key
                 )
                 self._cursors[session_id] = (key, cursor)
             self.sessions.note_out_seq(session_id, cursor)  # other_max needs no read then
@@ -297,7 +294,7 @@ class Delivery:
             rec.key = key  # the file whose cursor this pass read
             try:
                 known, states, intents = await self.sessions.writers.call(
-                    session_id, paths, functools.partial(_known, ids=ids), expect=key
+                    session_id, paths, functools.partial(known_of, ids=ids), expect=key
                 )
             except FolderReplaced:
                 self._again.add(session_id)
@@ -427,7 +424,7 @@ class Delivery:
         rid = row["id"]
         st = self._state(self._pending(session.id), states, rid)
         try:
-            pm = await self.dispatch(session, paths, row, inb, now, resend=resend)
+            pm = await send_row(self, session, paths, row, inb, now, resend=resend)
         except ChannelUnavailable as exc:
             first = parse_ts(st["first_seen"]) if st else now
             if (now - first).total_seconds() >= UNAVAILABLE_TTL_S:
@@ -493,13 +490,13 @@ class Delivery:
         )  # fmt: skip
         if row["kind"] == "system":
             where = "the host (system action)"
-        self._tell_agent(
+        self.tell_agent(
             session, f"Your message (seq {row['seq']}) to {where} could not be delivered: {err}",
             now,
         )  # fmt: skip
         return "failed"
 
-    def _tell_agent(self, session: Session, text: str, now: datetime) -> None:
+    def tell_agent(self, session: Session, text: str, now: datetime) -> None:
         try:
             self.sessions.notify_agent(session, text, now=now)
         except (sqlite3.Error, OSError) as exc:  # e.g. a full disk: the log keeps it
@@ -507,164 +504,6 @@ class Delivery:
                          session.id, exc, text)  # fmt: skip
             return
         self.wake(session.id)
-
-    async def dispatch(
-        self,
-        session: Session,
-        paths: SessionPaths,
-        row: OutRow,
-        inb: sqlite3.Connection,
-        now: datetime,
-        *,
-        resend: bool = False,
-    ) -> str | None:
-        """Spec §4.3: one outbound row. Returns the platform message id (or None)."""
-        if row["content"] is None:
-            raise DeliveryError(f"outbound content over {MAX_CONTENT_BYTES} bytes", permanent=True)
-        content = loads_or(row["content"], None)
-        if content is None:
-            raise DeliveryError("outbound content is not JSON", permanent=True)
-        if row["kind"] == "system":
-            if not isinstance(content, dict):
-                raise DeliveryError("system row content is not an object", permanent=True)
-            await self.actions.handle(session, content, inb, now)
-            return None
-        ct, pid, tid = row["channel_type"], row["platform_id"], row["thread_id"]
-        if ct == "agent":
-            await route_agent_message(
-                self.db, self.sessions, session, row, inb, self.wake, now, self.a2a_guard
-            )
-            return None
-        if not ct or not pid:
-            raise DeliveryError("outbound row without channel_type/platform_id", permanent=True)
-        refusal = channel_refusal(
-            self.db, session.agent_group_id, session.messaging_group_id, ct, pid
-        )
-        if refusal is not None:
-            raise DeliveryError(refusal, permanent=True)
-        adapter = self.adapters.get(ct)
-        if adapter is None:
-            raise DeliveryError(f"no channel adapter for {ct!r}")
-        if isinstance(content, dict):
-            op = content.get("operation")
-            if op == "edit" and hasattr(adapter, "edit"):
-                text = content.get("text") or content.get("markdown") or ""
-                await adapter.edit(pid, tid, str(content.get("messageId")), str(text))
-                return None
-            if op == "reaction" and hasattr(adapter, "react"):
-                await adapter.react(
-                    pid, tid, str(content.get("messageId")), str(content.get("emoji"))
-                )
-                return None
-            if (
-                content.get("type") == "ask_question"
-                and content.get("questionId")
-                and content.get("title")
-                and isinstance(content.get("options"), list)
-            ):
-                from carapace.permissions.questions import record_question  # approvals engine
-
-                content = record_question(
-                    self.db, session.id, row["id"], content, channel_type=ct, platform_id=pid,
-                    thread_id=tid, now=now,
-                )  # fmt: skip
-        answers: tuple[str, ...] = ()
-        if isinstance(content, dict) and "answers" in content:
-            content = dict(content)
-            answers = _answers(content.pop("answers"))
-        files: list[OutboundFile] = []
-        note: str | None = None
-        if (
-            isinstance(content, dict)
-            and isinstance(content.get("files"), list)
-            and content["files"]
-        ):
-            read = read_outbox_files(paths, row["id"], content["files"])
-            files = read.files
-            note = read.note(f"(seq {row['seq']})")
-            text = content.get("text") or content.get("markdown")
-            if not files and not (isinstance(text, str) and text.strip()):
-                raise DeliveryError(f"nothing left to send: {note}", permanent=True)
-        msg = OutboundMessage(
-            row["kind"], content, tuple(files), row["id"], row["in_reply_to"],
-            key=delivery_key(session.id, row["id"]), resend=resend, answers=answers,
-        )  # fmt: skip
-        pm = None
-        if self.previews is not None and row["kind"] == "chat":
-            shown = await self.previews.take(session.id, str(row["id"]), (ct, pid, tid), inb)
-            if shown is not None:
-                pm = await edit_into_preview(adapter, pid, tid, shown, msg)
-        if pm is None:
-            pm = await adapter.deliver(pid, tid, msg)
-        if note is not None:  # sent without them: the agent hears which and why
-            self._tell_agent(session, note, now)
-        if isinstance(content, dict) and content.get("replyCode"):
-            from carapace.permissions.questions import question_delivered
-
-            question_delivered(self.db, str(content.get("questionId")), pm, now)
-        clear_outbox(paths, row["id"])
-        return pm
-
-
-def _delivered(inb: sqlite3.Connection, ids: list[str]) -> set[str]:
-    done: set[str] = set()
-    for i in range(0, len(ids), 500):
-        chunk = ids[i : i + 500]
-        marks = ",".join("?" for _ in chunk)
-        done.update(
-            r[0]
-            for r in inb.execute(
-                f"SELECT message_out_id FROM delivered WHERE message_out_id IN ({marks})", chunk
-            )
-        )
-    return done
-
-
-def _host_tables(inb: sqlite3.Connection) -> None:
-    """The host's delivery tables, made when missing (a session folder made again); one
-    indexed read when they are there."""
-    if not has_table(inb, NEWEST_HOST_TABLE):
-        with transaction(inb):
-            for stmt in HOST_TABLES.split(";"):
-                if stmt.strip():
-                    inb.execute(stmt)
-
-
-def _tables_and_cursor(inb: sqlite3.Connection) -> int:
-    """The host's delivery tables (made when missing: a session folder made again) and the
-    delivery cursor. On the session's writer thread."""
-    _host_tables(inb)
-    return delivery_cursor(inb)
-
-
-def _known(
-    inb: sqlite3.Connection, ids: list[str]
-) -> tuple[set[str], dict[str, dict[str, Any]], set[str]]:
-    """What inbound.db knows of these outbound rows: done, attempt states, and the send
-    intents an older version committed (issue 14). On the session's writer thread."""
-    _host_tables(inb)  # a folder made again since the cursor was read has none yet
-    marks = ",".join("?" for _ in ids)
-    states = {
-        r["message_out_id"]: dict(r)
-        for r in inb.execute(
-            f"SELECT * FROM carapace_delivery WHERE message_out_id IN ({marks})", ids
-        )
-    }
-    intents = {
-        r[0]
-        for r in inb.execute(
-            f"SELECT message_out_id FROM carapace_send_intent WHERE message_out_id IN ({marks})",
-            ids,
-        )
-    }
-    return _delivered(inb, ids), states, intents
-
-
-def _answers(value: object) -> tuple[str, ...]:
-    """``content["answers"]`` (agent-written): at most 100 bounded strings, else nothing."""
-    if not isinstance(value, list):
-        return ()
-    return tuple(v for v in value[:100] if isinstance(v, str) and 0 < len(v) <= 1024)
 
 
 async def gather_drains(delivery: Delivery, ids: list[str], now: Callable[[], datetime]) -> int:

@@ -15,6 +15,9 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 from dataclasses import dataclass, field
+from typing import Any
+
+from carapace.db.connection import has_table, transaction
 
 HOST_TABLES = """
 CREATE TABLE IF NOT EXISTS carapace_delivery (
@@ -89,3 +92,66 @@ class Records:
                 "ON CONFLICT(id) DO UPDATE SET seq=excluded.seq",
                 (self.cursor,),
             )
+
+
+def delivered_of(inb: sqlite3.Connection, ids: list[str]) -> set[str]:
+    done: set[str] = set()
+    for i in range(0, len(ids), 500):
+        chunk = ids[i : i + 500]
+        marks = ",".join("?" for _ in chunk)
+        done.update(
+            r[0]
+            for r in inb.execute(
+                f"SELECT message_out_id FROM delivered WHERE message_out_id IN ({marks})", chunk
+            )
+        )
+    return done
+
+
+def host_tables(inb: sqlite3.Connection) -> None:
+    """The host's delivery tables, made when missing (a session folder made again); one
+    indexed read when they are there."""
+    if not has_table(inb, NEWEST_HOST_TABLE):
+        with transaction(inb):
+            for stmt in HOST_TABLES.split(";"):
+                if stmt.strip():
+                    inb.execute(stmt)
+
+
+def tables_and_cursor(inb: sqlite3.Connection) -> int:
+    """The host's delivery tables (made when missing: a session folder made again) and the
+    delivery cursor. On the session's writer thread."""
+    host_tables(inb)
+    return delivery_cursor(inb)
+
+
+def known_of(
+    inb: sqlite3.Connection, ids: list[str]
+) -> tuple[set[str], dict[str, dict[str, Any]], set[str]]:
+    """What inbound.db knows of these outbound rows: done, attempt states, and the send
+    intents an older version committed (issue 14). On the session's writer thread."""
+    host_tables(inb)  # a folder made again since the cursor was read has none yet
+    marks = ",".join("?" for _ in ids)
+    states = {
+        r["message_out_id"]: dict(r)
+        for r in inb.execute(
+            f"SELECT * FROM carapace_delivery WHERE message_out_id IN ({marks})", ids
+        )
+    }
+    intents = {
+        r[0]
+        for r in inb.execute(
+            f"SELECT message_out_id FROM carapace_send_intent WHERE message_out_id IN ({marks})",
+            ids,
+        )
+    }
+    return delivered_of(inb, ids), states, intents
+
+
+def delivery_cursor(inb: sqlite3.Connection) -> int:
+    """The delivery cursor of a session's inbound.db (0 before the first delivery)."""
+    try:
+        row = inb.execute("SELECT seq FROM carapace_delivery_cursor WHERE id=1").fetchone()
+    except sqlite3.OperationalError:  # no delivery yet: the table comes with the first
+        row = None
+    return int(row[0]) if row is not None and isinstance(row[0], int) else 0

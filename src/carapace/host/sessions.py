@@ -40,6 +40,7 @@ from carapace.db.sessions import (
 from carapace.errors import StoreError
 from carapace.host import outbox_reader
 from carapace.host.attachments_in import extract_attachments
+from carapace.host.delivery_log import delivery_cursor
 from carapace.host.ingest import Delayed, Ingest, Outcome
 from carapace.host.session_writer import Key, SessionWriters
 from carapace.host.wake_files import wake_plan, write_wake_files
@@ -571,12 +572,3 @@ class SessionManager:
 
 def sqlite_due(when: datetime) -> str:
     return sqlite_ts(when)
-
-
-def delivery_cursor(inb: sqlite3.Connection) -> int:
-    """The delivery cursor of a session's inbound.db (0 before the first delivery)."""
-    try:
-        row = inb.execute("SELECT seq FROM carapace_delivery_cursor WHERE id=1").fetchone()
-    except sqlite3.OperationalError:  # no delivery yet: the table comes with the first
-        row = None
-    return int(row[0]) if row is not None and isinstance(row[0], int) else 0
