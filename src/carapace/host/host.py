@@ -32,11 +32,17 @@ from carapace.channels.base import (
     InboundEvent,
 )
 from carapace.config import Home, Settings
-from carapace.db.destinations import add_projection_hook, projection, remove_projection_hook
-from carapace.db.projection import write_rows
+from carapace.db.destinations import add_projection_hook, remove_projection_hook
 from carapace.db.session import SessionPaths
 from carapace.errors import CarapaceError, ConfigError, no_space
-from carapace.host import groupfiles, host_runners, host_sweep, host_watch, work_index
+from carapace.host import (
+    groupfiles,
+    host_projection,
+    host_runners,
+    host_sweep,
+    host_watch,
+    work_index,
+)
 from carapace.host.actions import SystemActions
 from carapace.host.checkpointer import Checkpointer
 from carapace.host.delivery import Delivery
@@ -210,46 +216,9 @@ class Host:
         return self.clock.now()
 
     def _projection_hook(self, db: sqlite3.Connection, agent_group_id: str) -> None:
-        """A destination or wiring change (any thread, with that thread's connection): the
-        rows are computed here; the sessions of the group with a live runner get them off
-        the event loop, only where they differ. Others project on wake (``prepare_wake``)."""
-        rows = projection(db, agent_group_id)
-        loop = self._loop
-        if loop is None or loop.is_closed():
-            return
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is loop:
-            self._project_live(agent_group_id, rows)
-        else:
-            loop.call_soon_threadsafe(self._project_live, agent_group_id, rows)
-
-    def _project_live(self, agent_group_id: str, rows: list[Any]) -> None:
-        if self._stopping:
-            return
-        live = []
-        for sid in [*self.pool.running, *self.pool.spawning()]:
-            session = self.sessions.get(sid)
-            if session is not None and session.agent_group_id == agent_group_id:
-                live.append(self.sessions.paths(session))
-        if live:
-            self._spawn(self._write_projection(live, rows))
-
-    async def _write_projection(self, live: list[Any], rows: list[Any]) -> None:
-        task = asyncio.current_task()
-        if task is not None:
-            self._projecting.add(task)
-        try:
-            for paths in live:
-                try:
-                    await asyncio.to_thread(write_rows, paths, rows)
-                except (OSError, sqlite3.Error):
-                    logger.exception("destinations projection failed for %s", paths.root.name)
-        finally:
-            if task is not None:
-                self._projecting.discard(task)
+        """A destination or wiring change: projected into the group's live sessions
+        (host/host_projection.py); the others project on wake."""
+        host_projection.on_change(self, db, agent_group_id)
 
     async def projection_idle(self) -> None:
         """Wait until the projections started so far are written (benchmarks, tests)."""
