@@ -127,6 +127,51 @@ def test_an_idle_chats_message_reaches_its_file_without_waiting_for_the_journal(
     assert journal_rows(rig.host.home) == []
 
 
+def test_a_row_that_finds_the_queue_empty_still_waits_behind_rows_being_journaled(
+    rig: Rig,
+) -> None:
+    """Arrival order survives the two paths: B came while the session's pump was busy, so
+    it joins the queue after its journal commit; C comes once the pump is done but while
+    B's journal commit still runs. C must not go to the file first."""
+    s = _chat_session(rig)
+    ingest = rig.host.sessions.ingest
+    assert ingest is not None
+    journal = ingest.journal
+    rig.run(journal.drain())
+
+    def route(mid: str) -> Any:
+        return rig.host.route(make_event(mid, platform_id="chan", id=mid), settle=False)
+
+    async def until(cond: Any) -> None:
+        for _ in range(100_000):
+            if cond():
+                return
+            await asyncio.sleep(0)
+        raise AssertionError("condition not reached")
+
+    async def scenario() -> None:
+        gate = _hold_writer(rig, s)  # A's write waits: its pump is busy
+        journal._lock.acquire()  # every journal commit waits
+        try:
+            a = asyncio.ensure_future(route("A"))
+            await until(lambda: s.id in ingest._pumps)
+            b = asyncio.ensure_future(route("B"))  # the pump is busy: B waits for its journal
+            await until(lambda: ingest._journaling.get(s.id))
+            gate.set()
+            await asyncio.wait_for(a, 30)  # A is in the file; the pump has nothing more
+            await until(lambda: s.id not in ingest._pumps)
+            c = asyncio.ensure_future(route("C"))
+            for _ in range(200):  # (time for C to be written, were it allowed to)
+                await asyncio.sleep(0)
+        finally:
+            journal._lock.release()
+        await asyncio.wait_for(asyncio.gather(b, c), 30)
+        await rig.host.sessions.settle()
+
+    rig.run(scenario())
+    assert inbound_ids(rig, s) == ["m0", "A", "B", "C"]
+
+
 def test_a_row_its_file_took_is_acknowledged_though_the_journal_failed(
     rig: Rig, monkeypatch: pytest.MonkeyPatch
 ) -> None:

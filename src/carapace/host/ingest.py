@@ -10,7 +10,9 @@ removes them from the journal after that commit. The router hears each row's out
 through its callback: the seq (a wake for a runner), None (the id was there already: a
 redelivered event), or the error that refused the row for good (the sender is told).
 
-* A row for an idle session (no pump: nothing queued) is handed to a new pump at once,
+* A row for an idle session (no pump: nothing queued, and no earlier row of it still
+  waiting for its journal commit, whose place in the queue it would take) is handed to a
+  new pump at once,
   its journal commit running beside the file's: the runner sees it without waiting for
   the journal, and :meth:`Ingest.accept` returns when either commit is durable. The
   journal's row is removed once it has its number. A row that neither took (both failed)
@@ -92,6 +94,9 @@ class Ingest:
         self._tried: dict[str, asyncio.Event] = {}  # set after a pump's next try (replay)
         self._changed: asyncio.Event | None = None  # set when a pump begins a back-off
         self._failing: set[str] = set()  # sessions whose pump waits out a failure now
+        # per session, accepts waiting for their journal commit before they join the queue:
+        # a row that comes meanwhile joins behind them (the queue keeps arrival order)
+        self._journaling: dict[str, int] = {}
 
     async def accept(
         self, session: Session, row: dict[str, Any], *, now: datetime,
@@ -100,11 +105,19 @@ class Ingest:
         """Return once ``row`` is durable in the journal (an error: not stored, the
         sender is not acknowledged); it is written into the session's file after."""
         row = self.sessions.prepare_row(session, row, now)
-        journaled = self.journal.submit(session.id, row)
-        if session.id in self._pumps or self._stopping:
+        sid = session.id
+        journaled = self.journal.submit(sid, row)
+        if sid in self._pumps or self._journaling.get(sid) or self._stopping:
             # a stream (or a failure): the rows reach the file after their journal commit,
             # in its order, the ones that wait together sharing one commit each way
-            n = await journaled
+            self._journaling[sid] = self._journaling.get(sid, 0) + 1
+            try:
+                n = await journaled
+            finally:
+                if (left := self._journaling[sid] - 1) > 0:
+                    self._journaling[sid] = left
+                else:
+                    del self._journaling[sid]
             self._enqueue(session, _Queued(n, row, now, outcome, delayed))
             return
         # an idle session: the file's commit runs beside the journal's, so the runner sees
