@@ -12,9 +12,9 @@ redelivered event), or the error that refused the row for good (the sender is to
 
 * A row for an idle session (no pump: nothing queued, and no earlier row of it still
   waiting for its journal commit, whose place in the queue it would take) is handed to a
-  new pump at once,
-  its journal commit running beside the file's: the runner sees it without waiting for
-  the journal, and :meth:`Ingest.accept` returns when either commit is durable. The
+  new pump at once, its journal commit running beside the file's: the runner sees it
+  without waiting for the journal, and :meth:`Ingest.accept` returns when either commit
+  is durable. The
   journal's row is removed once it has its number. A row that neither took (both failed)
   is dropped from the queue, and its sender hears the error (not acknowledged: the
   platform sends it again), so no copy is written later.
