@@ -402,6 +402,26 @@ def test_a_stop_during_a_failure_keeps_the_rows_for_the_next_start(
     assert journal_rows(rig.host.home) == []
 
 
+def test_a_journaled_row_already_in_its_file_is_not_written_twice_at_start(
+    rig: Rig, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The host died after a row's file commit and before its journal row was removed (with
+    a lone message's two commits side by side, either may end first): the next start finds
+    the row in the file, writes nothing, wakes nobody for it, and empties the journal."""
+    s = _chat_session(rig)
+    journal = rig.host.sessions.ingest.journal  # type: ignore[union-attr]
+    [stored] = rig.inbound(s, "SELECT * FROM messages_in")
+    rig.run(journal.append(s.id, dict(stored)))  # as left by a host killed in between
+    rig.run(rig.host.stop())
+    assert [mid for _sid, mid in journal_rows(rig.host.home)] == [stored["id"]]
+    with caplog.at_level(logging.WARNING):
+        rig.run(rig.host.start(background=False))
+    assert inbound_ids(rig, s) == ["m0"]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]  # not "refused"
+    rig.run(journal.drain())
+    assert journal_rows(rig.host.home) == []
+
+
 def test_a_journaled_row_of_a_session_that_is_gone_is_dropped_at_start(
     rig: Rig, caplog: pytest.LogCaptureFixture
 ) -> None:
