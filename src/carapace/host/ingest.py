@@ -14,10 +14,9 @@ redelivered event), or the error that refused the row for good (the sender is to
   waiting for its journal commit, whose place in the queue it would take) is handed to a
   new pump at once, its journal commit running beside the file's: the runner sees it
   without waiting for the journal, and :meth:`Ingest.accept` returns when either commit
-  is durable. The
-  journal's row is removed once it has its number. A row that neither took (both failed)
-  is dropped from the queue, and its sender hears the error (not acknowledged: the
-  platform sends it again), so no copy is written later.
+  is durable. The journal's row is removed once it has its number. A row that neither
+  took (both failed) is dropped from the queue, and its sender hears the error (not
+  acknowledged: the platform sends it again), so no copy is written later.
 * A lone row is written at once. When rows came while a commit ran (a stream), the pump
   waits until :data:`LINGER_S` after that commit began, so the rows of the next 10 ms
   share one commit (four syncs) instead of one commit each: the journal takes the stream's
@@ -102,8 +101,10 @@ class Ingest:
         self, session: Session, row: dict[str, Any], *, now: datetime,
         outcome: Outcome | None = None, delayed: Delayed | None = None,
     ) -> None:  # fmt: skip
-        """Return once ``row`` is durable in the journal (an error: not stored, the
-        sender is not acknowledged); it is written into the session's file after."""
+        """Return once ``row`` is durable in the journal or, for a lone row written beside
+        its journal commit, in the session's file, whichever is first (an error: stored in
+        neither, the sender is not acknowledged). Its outcome in the file is reported
+        through ``outcome``."""
         row = self.sessions.prepare_row(session, row, now)
         sid = session.id
         journaled = self.journal.submit(sid, row)
