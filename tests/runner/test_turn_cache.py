@@ -77,6 +77,28 @@ def test_encoded_figures_equal_the_full_recomputation() -> None:
     assert len(enc._entries) == len(conversation)  # messages that left are forgotten
 
 
+def test_encoded_figures_follow_a_conversation_grown_in_place_or_changed() -> None:
+    """A conversation that only grew since the last sync is synced from its new messages
+    and its chars are kept; appended in place, or with one message replaced by another of
+    the same length, the figures are still the full recomputation's."""
+    enc = Encoded()
+    conversation: list[Message] = []
+    for n in range(1, 12):
+        conversation.extend(_turn(n))  # the same list object, grown
+        enc.sync(conversation)
+        assert enc.chars(conversation) == conversation_chars(conversation)
+        assert enc.json_len(conversation) == len(dumps(conversation))
+        conversation.append({"role": "user", "content": "not synced yet"})
+        assert enc.chars(conversation) == conversation_chars(conversation)
+        conversation.pop()
+    swapped = list(conversation)
+    swapped[5] = {"role": "user", "content": "another message, another size"}
+    assert enc.chars(swapped) == conversation_chars(swapped)
+    enc.sync(swapped)
+    assert enc.chars(swapped) == conversation_chars(swapped)
+    assert len(enc._entries) == len(swapped)  # the replaced message is forgotten
+
+
 def test_a_new_message_object_is_encoded_anew() -> None:
     enc = Encoded()
     first: Message = {"role": "user", "content": "a"}

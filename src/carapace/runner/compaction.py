@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import operator
 from typing import Any
 
 from carapace.jsonutil import dumps
@@ -108,6 +109,11 @@ class Encoded:
 
     def __init__(self) -> None:
         self._entries: dict[int, tuple[Message, str, int]] = {}
+        # the list last synced (its message objects, in order) and the sum of their
+        # ``message_chars + 1``: a conversation that only grew since is synced from its
+        # new messages, and its chars are known without a pass over it
+        self._synced: list[Message] = []
+        self._synced_chars = 0
 
     def _entry(self, message: Message) -> tuple[Message, str, int]:
         hit = self._entries.get(id(message))
@@ -126,7 +132,13 @@ class Encoded:
 
     def sync(self, messages: list[Message]) -> None:
         """Keep entries for exactly ``messages`` (encoding the new ones)."""
-        self._entries = {id(e[0]): e for e in self._all(messages)}
+        if self._synced and _starts_with(messages, self._synced):  # it only grew
+            self._synced_chars += sum(e[2] + 1 for e in self._all(messages[len(self._synced) :]))
+        else:
+            entries = self._all(messages)
+            self._entries = {id(e[0]): e for e in entries}
+            self._synced_chars = sum(e[2] + 1 for e in entries)
+        self._synced = list(messages)
 
     def json(self, message: Message) -> str:
         return self._entry(message)[1]
@@ -141,7 +153,16 @@ class Encoded:
 
     def chars(self, messages: list[Message]) -> int:
         """:func:`conversation_chars` of ``messages``."""
-        return 1 + sum(e[2] + 1 for e in self._all(messages)) + (0 if messages else 1)
+        if len(messages) == len(self._synced) and _starts_with(messages, self._synced):
+            total = self._synced_chars  # the list last synced: known
+        else:
+            total = sum(e[2] + 1 for e in self._all(messages))
+        return 1 + total + (0 if messages else 1)
+
+
+def _starts_with(messages: list[Message], head: list[Message]) -> bool:
+    """Whether ``messages`` begins with the very objects of ``head`` (identity, in C)."""
+    return len(messages) >= len(head) and all(map(operator.is_, messages, head))
 
 
 def is_summary(message: Message) -> bool:
