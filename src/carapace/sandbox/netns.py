@@ -24,6 +24,7 @@ from carapace.errors import ConfigError
 
 SLIRP = "slirp4netns"
 RESOLV_CONF = "nameserver 10.0.2.3\n"
+USERNS_WAIT_S = 1.0  # for the sandbox's uid map before slirp4netns joins it
 _resolv: Path | None = None
 
 
@@ -67,9 +68,33 @@ def _read_child_pid(fd: int) -> int:
             return int(info["child-pid"])
 
 
+async def userns_ready(pid: int, timeout: float = USERNS_WAIT_S) -> bool:
+    """Wait until the user namespace of ``pid`` has its uid map (at most ``timeout``).
+
+    bwrap reports the sandbox's pid before an unprivileged child has written its own uid
+    map, and a ``slirp4netns`` that joins the namespace before then cannot enter its
+    network namespace (``setns(CLONE_NEWNET): Operation not permitted``: 2 starts in 80
+    as a normal user here, a sandbox without network). False when the map did not come
+    (or the process is gone)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    path = f"/proc/{pid}/uid_map"
+    while True:
+        try:
+            with open(path, encoding="ascii") as fh:
+                if fh.read().strip():
+                    return True
+        except OSError:  # ended meanwhile
+            return False
+        if loop.time() >= deadline:
+            return False
+        await asyncio.sleep(0.001)
+
+
 async def attach_slirp(info_fd: int) -> asyncio.subprocess.Process:
     """Wait for bwrap's info on ``info_fd`` (read end), then connect the sandbox."""
     pid = await asyncio.to_thread(_read_child_pid, info_fd)
+    await userns_ready(pid)  # (not ready within the bound: slirp4netns tries all the same)
     return await asyncio.create_subprocess_exec(
         require_slirp(), "--configure", "--mtu=65520", "--disable-host-loopback",
         "--userns-path", f"/proc/{pid}/ns/user", str(pid), "tap0",
