@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -22,9 +23,14 @@ from pathlib import Path
 
 from carapace.errors import ConfigError
 
+logger = logging.getLogger(__name__)
+
 SLIRP = "slirp4netns"
 RESOLV_CONF = "nameserver 10.0.2.3\n"
 USERNS_WAIT_S = 1.0  # for the sandbox's uid map before slirp4netns joins it
+SLIRP_TRIES = 4  # slirp4netns started at most this often for one sandbox
+SLIRP_RETRY_S = 0.02  # before the next try: 20, 40, 60 ms
+SLIRP_READY_S = 10.0  # for one to report the network configured
 _resolv: Path | None = None
 
 
@@ -92,12 +98,51 @@ async def userns_ready(pid: int, timeout: float = USERNS_WAIT_S) -> bool:
 
 
 async def attach_slirp(info_fd: int) -> asyncio.subprocess.Process:
-    """Wait for bwrap's info on ``info_fd`` (read end), then connect the sandbox."""
+    """Wait for bwrap's info on ``info_fd`` (read end), then connect the sandbox: its
+    ``slirp4netns`` once it reports the network configured (``--ready-fd``). One that
+    fails is started again (``SLIRP_TRIES`` in all): as a normal user, joining the
+    sandbox's namespaces right after its start failed now and then (``setns(CLONE_NEWNET):
+    Operation not permitted``, 4 starts in 60 here). When every try fails the error is
+    logged with slirp's own words, and the sandbox runs without network."""
     pid = await asyncio.to_thread(_read_child_pid, info_fd)
-    await userns_ready(pid)  # (not ready within the bound: slirp4netns tries all the same)
-    return await asyncio.create_subprocess_exec(
-        require_slirp(), "--configure", "--mtu=65520", "--disable-host-loopback",
-        "--userns-path", f"/proc/{pid}/ns/user", str(pid), "tap0",
-        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
+    await userns_ready(pid)
+    why = ""
+    for attempt in range(SLIRP_TRIES):
+        proc, why = await _start_slirp(pid)
+        if not why or not os.path.exists(f"/proc/{pid}"):
+            return proc  # connected (or the sandbox has ended: nothing to connect)
+        await asyncio.sleep(SLIRP_RETRY_S * (attempt + 1))
+    logger.error("sandbox %d has no network: slirp4netns failed %d times: %s",
+                 pid, SLIRP_TRIES, why)  # fmt: skip
+    return proc
+
+
+async def _start_slirp(pid: int) -> tuple[asyncio.subprocess.Process, str]:
+    """One ``slirp4netns`` for the sandbox ``pid``; ("", the process) once it is ready, else
+    the process (ended) and why."""
+    ready_r, ready_w = os.pipe()
+    with tempfile.TemporaryFile() as err:  # its few lines, read only when it fails
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                require_slirp(), "--configure", "--mtu=65520", "--disable-host-loopback",
+                "--ready-fd", str(ready_w), "--userns-path", f"/proc/{pid}/ns/user", str(pid),
+                "tap0", stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+                stderr=err, start_new_session=True, pass_fds=(ready_w,),
+            )  # fmt: skip
+        finally:
+            os.close(ready_w)
+        try:
+            got = await asyncio.wait_for(asyncio.to_thread(os.read, ready_r, 1), SLIRP_READY_S)
+        except TimeoutError:
+            got = b""
+        finally:
+            os.close(ready_r)
+        if got:
+            return proc, ""
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+        await proc.wait()
+        err.seek(0)
+        text = " ".join(err.read(2000).decode("utf-8", "replace").split())
+        return proc, text or f"exit {proc.returncode}"
