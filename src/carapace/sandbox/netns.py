@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -28,6 +29,7 @@ logger = logging.getLogger(__name__)
 SLIRP = "slirp4netns"
 RESOLV_CONF = "nameserver 10.0.2.3\n"
 USERNS_WAIT_S = 1.0  # for the sandbox's uid map before slirp4netns joins it
+NS_GET_USERNS = 0xB701  # ioctl_ns(2): the owning user namespace of a namespace
 SLIRP_TRIES = 4  # slirp4netns started at most this often for one sandbox
 SLIRP_RETRY_S = 0.02  # before the next try: 20, 40, 60 ms
 SLIRP_READY_S = 10.0  # for one to report the network configured
@@ -117,20 +119,42 @@ async def attach_slirp(info_fd: int) -> asyncio.subprocess.Process:
     return proc
 
 
+def _netns_owner(pid: int) -> int:
+    """An fd of the user namespace that owns the network namespace of ``pid``. Not
+    ``/proc/<pid>/ns/user``: an unprivileged bwrap with ``--dev`` maps root first (to mount
+    devpts), then moves the sandbox into a second, nested user namespace, and one that
+    joins that one cannot enter the network namespace its parent owns."""
+    net = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return int(fcntl.ioctl(net, NS_GET_USERNS))
+    finally:
+        os.close(net)
+
+
 async def _start_slirp(pid: int) -> tuple[asyncio.subprocess.Process, str]:
     """One ``slirp4netns`` for the sandbox ``pid``; ("", the process) once it is ready, else
     the process (ended) and why."""
+    try:
+        userns = _netns_owner(pid)
+    except OSError as exc:  # the sandbox has ended
+        userns, userns_path = -1, f"/proc/{pid}/ns/user"
+        logger.debug("owner of sandbox %d's network namespace: %s", pid, exc)
+    else:
+        userns_path = f"/proc/self/fd/{userns}"  # (the same number in slirp4netns)
     ready_r, ready_w = os.pipe()
     with tempfile.TemporaryFile() as err:  # its few lines, read only when it fails
         try:
             proc = await asyncio.create_subprocess_exec(
                 require_slirp(), "--configure", "--mtu=65520", "--disable-host-loopback",
-                "--ready-fd", str(ready_w), "--userns-path", f"/proc/{pid}/ns/user", str(pid),
-                "tap0", stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-                stderr=err, start_new_session=True, pass_fds=(ready_w,),
+                "--ready-fd", str(ready_w), "--userns-path", userns_path, str(pid), "tap0",
+                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+                stderr=err, start_new_session=True,
+                pass_fds=(ready_w, userns) if userns >= 0 else (ready_w,),
             )  # fmt: skip
         finally:
             os.close(ready_w)
+            if userns >= 0:
+                os.close(userns)
         try:
             got = await asyncio.wait_for(asyncio.to_thread(os.read, ready_r, 1), SLIRP_READY_S)
         except TimeoutError:
