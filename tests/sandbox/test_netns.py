@@ -115,6 +115,36 @@ def test_slirp_joins_the_sandbox_only_once_its_uid_map_is_written() -> None:
     assert asyncio.run(netns.userns_ready(proc.pid, timeout=10)) is False  # gone: no wait
 
 
+def test_slirp_is_given_the_user_namespace_that_owns_the_network_namespace() -> None:
+    """An unprivileged bwrap with ``--dev`` nests a second user namespace after making the
+    network one; slirp4netns given the sandbox's own (nested) namespace could not enter the
+    network namespace (setns: EPERM, ~5 % of starts as a normal user). Here a process in a
+    network namespace with a user namespace nested after it, as bwrap leaves it: slirp is
+    pointed at the owner, not at the process's own."""
+    proc = subprocess.Popen(
+        ["unshare", "--user", "--map-root-user", "--net", "unshare", "--user", "sleep", "60"]
+    )
+    try:
+        for _ in range(10_000):  # until both namespaces are made and sleep runs
+            with contextlib.suppress(OSError):
+                if Path(f"/proc/{proc.pid}/comm").read_text().strip() == "sleep":
+                    break
+            time.sleep(0.001)
+        else:
+            raise AssertionError("unshare did not start sleep")
+        own = os.stat(f"/proc/{proc.pid}/ns/user").st_ino
+        fd = netns._netns_owner(proc.pid)
+        try:
+            owner = os.fstat(fd).st_ino
+        finally:
+            os.close(fd)
+        assert owner != own  # the nested namespace does not own the network namespace
+        assert owner != os.stat("/proc/self/ns/user").st_ino  # nor does ours
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def test_network_true_without_slirp_does_not_start(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
