@@ -91,30 +91,6 @@ def test_network_true_has_no_host_loopback(tmp_path: Path) -> None:
     assert out["abstract"] != "connected"
 
 
-@needs_net
-def test_slirp_joins_the_sandbox_only_once_its_uid_map_is_written() -> None:
-    """bwrap reports the sandbox's pid before an unprivileged child has written its uid
-    map; slirp4netns joining before then could not enter the network namespace (2 starts
-    in 80 as a normal user: a sandbox without network). The attach waits for the map."""
-    ours = os.readlink("/proc/self/ns/user")
-    proc = subprocess.Popen(["unshare", "--user", "sleep", "60"])
-    try:
-        for _ in range(10_000):  # until it is in its own (map-less) user namespace
-            with contextlib.suppress(OSError):
-                if os.readlink(f"/proc/{proc.pid}/ns/user") != ours:
-                    break
-            time.sleep(0.001)
-        else:
-            raise AssertionError("unshare did not make a user namespace")
-        assert asyncio.run(netns.userns_ready(proc.pid, timeout=0.05)) is False  # no map yet
-        Path(f"/proc/{proc.pid}/uid_map").write_text(f"0 {os.getuid()} 1\n")
-        assert asyncio.run(netns.userns_ready(proc.pid, timeout=10)) is True
-    finally:
-        proc.kill()
-        proc.wait()
-    assert asyncio.run(netns.userns_ready(proc.pid, timeout=10)) is False  # gone: no wait
-
-
 def test_slirp_is_given_the_user_namespace_that_owns_the_network_namespace() -> None:
     """An unprivileged bwrap with ``--dev`` nests a second user namespace after making the
     network one; slirp4netns given the sandbox's own (nested) namespace could not enter the
