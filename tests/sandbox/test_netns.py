@@ -91,6 +91,7 @@ def test_network_true_has_no_host_loopback(tmp_path: Path) -> None:
     assert out["abstract"] != "connected"
 
 
+@needs_net
 def test_slirp_is_given_the_user_namespace_that_owns_the_network_namespace() -> None:
     """An unprivileged bwrap with ``--dev`` nests a second user namespace after making the
     network one; slirp4netns given the sandbox's own (nested) namespace could not enter the

@@ -29,9 +29,7 @@ logger = logging.getLogger(__name__)
 SLIRP = "slirp4netns"
 RESOLV_CONF = "nameserver 10.0.2.3\n"
 NS_GET_USERNS = 0xB701  # ioctl_ns(2): the owning user namespace of a namespace
-SLIRP_TRIES = 4  # slirp4netns started at most this often for one sandbox
-SLIRP_RETRY_S = 0.02  # before the next try: 20, 40, 60 ms
-SLIRP_READY_S = 10.0  # for one to report the network configured
+SLIRP_READY_S = 10.0  # for slirp4netns to report the network configured
 _resolv: Path | None = None
 
 
@@ -79,19 +77,13 @@ async def attach_slirp(info_fd: int) -> asyncio.subprocess.Process:
     """Wait for bwrap's info on ``info_fd`` (read end), then connect the sandbox: its
     ``slirp4netns`` joins the user namespace that owns the sandbox's network namespace
     (:func:`_netns_owner`) and is waited for until it reports the network configured
-    (``--ready-fd``). One that fails anyway is started again (``SLIRP_TRIES`` in all);
-    when every try fails the error is logged with slirp's own words, and the sandbox runs
+    (``--ready-fd``). One that fails is logged with its own words, and the sandbox runs
     without network (before, slirp's errors went nowhere: as a normal user ~5 % of network
     sandboxes had no network, silently)."""
     pid = await asyncio.to_thread(_read_child_pid, info_fd)
-    why = ""
-    for attempt in range(SLIRP_TRIES):
-        proc, why = await _start_slirp(pid)
-        if not why or not os.path.exists(f"/proc/{pid}"):
-            return proc  # connected (or the sandbox has ended: nothing to connect)
-        await asyncio.sleep(SLIRP_RETRY_S * (attempt + 1))
-    logger.error("sandbox %d has no network: slirp4netns failed %d times: %s",
-                 pid, SLIRP_TRIES, why)  # fmt: skip
+    proc, why = await _start_slirp(pid)
+    if why and os.path.exists(f"/proc/{pid}"):  # (a sandbox that has ended needs none)
+        logger.error("sandbox %d has no network: slirp4netns failed: %s", pid, why)
     return proc
 
 
