@@ -247,8 +247,10 @@ class Ingest:
                            if not d and q.n is None and q.journaling is not None]  # fmt: skip
                 if running:
                     await asyncio.wait(running)
-                unstored = [q for q, d in zip(batch, done, strict=True)
-                            if not d and q.n is None and not _numbered(q)]  # fmt: skip
+                    for q, d in zip(batch, done, strict=True):
+                        if not d and q.n is None:
+                            _take_number(q)  # (its callback may not have run yet)
+                unstored = [q for q, d in zip(batch, done, strict=True) if not d and q.n is None]
                 kept = [q for q, d in zip(batch, done, strict=True) if not d and q.n is not None]
                 queued[: len(batch)] = kept  # rows queued meanwhile stay behind them
                 written = [q for q, d in zip(batch, done, strict=True) if d]
@@ -324,14 +326,11 @@ class Ingest:
 Refusal = (StoreError, sqlite3.IntegrityError, sqlite3.DatabaseError)
 
 
-def _numbered(q: _Queued) -> bool:
-    """Whether the journal commit that ran beside the row's write holds it (its number
-    taken now: the callback may not have run yet)."""
+def _take_number(q: _Queued) -> None:
+    """``q.n`` from the journal commit that ran beside the row's write, when it holds it."""
     fut = q.journaling
-    if fut is None or not fut.done() or fut.cancelled() or fut.exception() is not None:
-        return False
-    q.n = fut.result()
-    return True
+    if fut is not None and fut.done() and not fut.cancelled() and fut.exception() is None:
+        q.n = fut.result()
 
 
 def _unwritten(q: _Queued, fut: asyncio.Future[int]) -> None:
