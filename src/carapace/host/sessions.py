@@ -46,7 +46,7 @@ from carapace.host.session_writer import Key, SessionWriters
 from carapace.host.wake_files import wake_plan, write_wake_files
 from carapace.host.work_index import WorkMarks
 from carapace.jsonutil import dumps
-from carapace.timefmt import iso, new_id, sqlite_ts
+from carapace.timefmt import iso, new_id
 
 logger = logging.getLogger(__name__)
 
@@ -568,7 +568,3 @@ class SessionManager:
     ) -> str:
         """Decode base64 ``data`` of attachments into ``inbox/<message id>/`` (spec §3.8)."""
         return extract_attachments(paths.inbox, message_id, content, now)
-
-
-def sqlite_due(when: datetime) -> str:
-    return sqlite_ts(when)
