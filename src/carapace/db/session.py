@@ -253,11 +253,13 @@ def open_inbound(paths: SessionPaths, *, readonly: bool = False) -> sqlite3.Conn
     return conn
 
 
-def open_outbound(paths: SessionPaths, *, readonly: bool = False) -> sqlite3.Connection:
-    """The runner opens read-write; the host opens read-only."""
+def open_outbound(paths: SessionPaths, *, readonly: bool = False,
+                  shared: bool = False) -> sqlite3.Connection:  # fmt: skip
+    """The runner opens read-write; the host opens read-only. ``shared``: usable from any
+    thread (the caller serializes its use)."""
     if readonly:
         return connect(paths.outbound, "session", readonly=True)
-    conn = connect(paths.outbound, "session")
+    conn = connect(paths.outbound, "session", check_same_thread=not shared)
     conn.execute("PRAGMA foreign_keys = ON")
     if not has_table(conn, "messages_out"):
         with transaction(conn):

@@ -11,6 +11,9 @@ Ack life cycle (``processing_ack``)::
                                    --fail------> failed
                                    --release---> (absent)    abandoned turn (SIGTERM)
     processing --recover (runner start)--> (absent)           a dead runner's claims
+
+A claim is committed only once its turn has run ``CLAIM_DELAY_S`` (runner/claims.py): a
+turn that ends sooner goes from (absent) to its end in one commit.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from typing import Any
 from carapace.db.connection import transaction
 from carapace.db.session import SessionPaths, insert_message_out, open_outbound, peek_max_seq
 from carapace.jsonutil import dumps
+from carapace.runner.claims import CLAIM_DELAY_S, DeferredClaims
 from carapace.timefmt import iso, sqlite_ts, utcnow
 
 _CHUNK = 500
@@ -33,21 +37,40 @@ _CHUNK = 500
 class Outbound:
     """The runner's long-lived read-write connection to ``outbound.db``."""
 
-    def __init__(self, paths: SessionPaths, inbound_max: Callable[[], int] | None = None) -> None:
+    def __init__(self, paths: SessionPaths, inbound_max: Callable[[], int] | None = None,
+                 claim_delay_s: float = CLAIM_DELAY_S) -> None:  # fmt: skip
         self.paths = paths
         self.conn = open_outbound(paths)
         # the host side's highest seq (the runner's persistent inbound connection); a fresh
         # read-only connection per message when not given
         self.inbound_max = inbound_max or (lambda: peek_max_seq(paths.inbound, "messages_in"))
+        # claims not committed yet (0: each claim is committed at once)
+        self.claims = DeferredClaims(lambda: open_outbound(paths, shared=True), claim_delay_s)
+        self._ended: list[str] = []  # acked in the open transaction: dropped once it commits
 
     def close(self) -> None:
+        """Commit the claims still pending (the runner ends in a turn), then close."""
+        self.claims.close()
         self.conn.close()
 
     @contextmanager
     def atomic(self) -> Iterator[sqlite3.Connection]:
         """Group several writes (reply + acks + state) into one transaction."""
-        with transaction(self.conn) as conn:
-            yield conn
+        try:
+            with transaction(self.conn) as conn:
+                yield conn
+        except BaseException:
+            if not self.conn.in_transaction:
+                self._ended.clear()  # rolled back: those claims stay pending
+            raise
+        self._committed()
+
+    def _committed(self) -> None:
+        """After a write: once no transaction is open, the turns acked in it are over and
+        their pending claims are never to be written."""
+        if self._ended and not self.conn.in_transaction:
+            ended, self._ended = self._ended, []
+            self.claims.drop(ended)
 
     # --- messages --------------------------------------------------------------------------
 
@@ -69,6 +92,7 @@ class Outbound:
         that row's seq."""
         if once and (seq := self.seq_of(id)) is not None:
             return seq
+        claims = [] if self.conn.in_transaction else self.claims.items()
         row = {
             "id": id,
             "in_reply_to": in_reply_to,
@@ -79,7 +103,13 @@ class Outbound:
             "thread_id": thread_id,
             "content": dumps(content),
         }
-        return insert_message_out(self.conn, row, other_max=self.inbound_max())
+        if not claims:
+            return insert_message_out(self.conn, row, other_max=self.inbound_max())
+        with transaction(self.conn):  # the turn's first output carries its claim
+            self.claims.write(self.conn, claims)
+            seq = insert_message_out(self.conn, row, other_max=self.inbound_max())
+        self.claims.drop(i for i, _ in claims)
+        return seq
 
     def seq_of(self, id: str) -> int | None:
         row = self.conn.execute("SELECT seq FROM messages_out WHERE id = ?", (id,)).fetchone()
@@ -111,9 +141,11 @@ class Outbound:
     # --- acks ------------------------------------------------------------------------------
 
     def acked(self, ids: Iterable[str]) -> dict[str, str]:
-        """``{message_id: status}`` for those of ``ids`` that have an ack row."""
+        """``{message_id: status}`` for those of ``ids`` that have an ack row, or a claim
+        not committed yet (``processing``)."""
         id_list = list(ids)
         out: dict[str, str] = {}
+        claimed = self.claims.pending()
         for i in range(0, len(id_list), _CHUNK):
             chunk = id_list[i : i + _CHUNK]
             marks = ",".join("?" for _ in chunk)
@@ -122,6 +154,9 @@ class Outbound:
                 chunk,
             ):
                 out[r[0]] = r[1]
+        for mid in id_list:
+            if mid in claimed and mid not in out:
+                out[mid] = "processing"
         return out
 
     def _set_ack(self, ids: Iterable[str], status: str, now: datetime | None) -> None:
@@ -135,9 +170,17 @@ class Outbound:
                 "VALUES (?, ?, ?)",
                 [(i, status, ts) for i in id_list],
             )
+            if status != "processing":
+                self._ended += id_list
+        self._committed()
 
     def claim(self, ids: Iterable[str], now: datetime | None = None) -> None:
-        self._set_ack(ids, "processing", now)
+        """Claim a batch for a turn: committed once the turn has run ``claim_delay_s``
+        (runner/claims.py), at once when that is 0."""
+        if self.claims.delay <= 0:
+            self._set_ack(ids, "processing", now)
+        else:
+            self.claims.add(ids, sqlite_ts(now or utcnow()))
 
     def complete(self, ids: Iterable[str], now: datetime | None = None) -> None:
         self._set_ack(ids, "completed", now)
@@ -148,6 +191,7 @@ class Outbound:
     def release(self, ids: Iterable[str]) -> None:
         """Drop our own ``processing`` claims so the next runner takes the rows again."""
         id_list = list(ids)
+        self.claims.drop(id_list)  # (waits for a commit of them under way: deleted below)
         with transaction(self.conn):
             for i in range(0, len(id_list), _CHUNK):
                 chunk = id_list[i : i + _CHUNK]
@@ -187,7 +231,9 @@ class Outbound:
 
     def set_tool(self, name: str | None, timeout_ms: int | None = None) -> None:
         now = iso(utcnow())
+        claims = [] if self.conn.in_transaction else self.claims.items()
         with transaction(self.conn):
+            self.claims.write(self.conn, claims)  # (a tool of the turn starts: its claim too)
             self.conn.execute(
                 "INSERT INTO container_state (id, current_tool, tool_declared_timeout_ms, "
                 "tool_started_at, updated_at) VALUES (1, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE "
@@ -196,3 +242,4 @@ class Outbound:
                 "tool_started_at = excluded.tool_started_at, updated_at = excluded.updated_at",
                 (name, timeout_ms, now if name else None, now),
             )
+        self.claims.drop(i for i, _ in claims)
