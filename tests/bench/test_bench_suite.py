@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import threading
 import time
 from pathlib import Path
 
@@ -30,16 +32,19 @@ def test_suite_rows_replace_their_own_line_and_keep_other_sections(tmp_path: Pat
 
 
 def test_loop_probe_sees_a_blocked_loop() -> None:
-    async def main() -> tuple[float, float]:
+    async def main() -> tuple[float, float, float | None]:
         probe = LoopProbe().start()
         await asyncio.sleep(0.02)
         quiet = await probe.stop()
         probe.start()
         time.sleep(0.05)  # the loop is blocked for the whole measurement
-        return quiet, await probe.stop()
+        return quiet, await probe.stop(), probe.longest_unqueued_ms
 
-    quiet, blocked = asyncio.run(main())
+    quiet, blocked, unqueued = asyncio.run(main())
     assert blocked >= 45.0 and blocked > quiet  # 50 ms blocked, less the 1 ms interval
+    # a loop blocked in a call (not waiting for a CPU) keeps all of it in the split
+    if os.path.exists(f"/proc/self/task/{threading.get_native_id()}/schedstat"):
+        assert unqueued is not None and unqueued >= 45.0
 
 
 def test_floor_round_trips_through_a_second_process(tmp_path: Path) -> None:

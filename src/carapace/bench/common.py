@@ -14,6 +14,7 @@ import os
 import platform
 import sqlite3
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -116,24 +117,44 @@ class BenchResult:
 
 class LoopProbe:
     """Measures event-loop stalls: a task asks to wake every ``interval`` and records how
-    late each wake-up came. ``longest_ms`` is the longest stall seen while it ran."""
+    late each wake-up came. ``longest_ms`` is the longest stall seen while it ran.
+
+    Where the kernel reports it (``/proc/self/task/<tid>/schedstat``), each stall is also
+    split: ``longest_unqueued_ms`` is the longest stall less the time the loop's thread sat
+    in the CPU run queue meanwhile (runnable, no core free: the machine was busy, not the
+    loop). What is left is the loop's own work, or a wait for the GIL or for I/O."""
 
     def __init__(self, interval: float = 0.001) -> None:
         self.interval = interval
         self.lags: list[float] = []
+        self.unqueued: list[float] = []
         self._task: asyncio.Task[None] | None = None
         self._since: float | None = None  # when the pending sleep began
+        self._queued_since: float | None = None
+        self._queue: _RunQueue | None = None
 
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self.interval)
-            since = self._since if self._since is not None else time.perf_counter()
-            self.lags.append(max(0.0, time.perf_counter() - since - self.interval))
-            self._since = time.perf_counter()
+            self._record()
+
+    def _record(self) -> None:
+        now = time.perf_counter()
+        since = self._since if self._since is not None else now
+        lag = max(0.0, now - since - self.interval)
+        self.lags.append(lag)
+        queued = self._queue.seconds() if self._queue is not None else None
+        if queued is not None and self._queued_since is not None:
+            self.unqueued.append(max(0.0, lag - (queued - self._queued_since)))
+        self._queued_since = queued
+        self._since = time.perf_counter()
 
     def start(self) -> LoopProbe:
         self.lags = []
+        self.unqueued = []
         self._since = time.perf_counter()
+        self._queue = _RunQueue()  # (the loop's thread: start is called on the loop)
+        self._queued_since = self._queue.seconds()
         self._task = asyncio.get_running_loop().create_task(self._run())
         return self
 
@@ -141,8 +162,11 @@ class LoopProbe:
         """Stop probing; a wake-up still pending counts with its lateness so far (a loop
         blocked for the whole measurement is one stall of that length, not none)."""
         if self._since is not None:
-            self.lags.append(max(0.0, time.perf_counter() - self._since - self.interval))
+            self._record()
             self._since = None
+        if self._queue is not None:
+            self._queue.close()
+            self._queue = None
         if self._task is not None:
             self._task.cancel()
             try:
@@ -155,6 +179,38 @@ class LoopProbe:
     @property
     def longest_ms(self) -> float:
         return max(self.lags, default=0.0) * 1000.0
+
+    @property
+    def longest_unqueued_ms(self) -> float | None:
+        """The longest stall less its time in the run queue (None: not reported here)."""
+        if not self.unqueued:
+            return None
+        return max(self.unqueued) * 1000.0
+
+
+class _RunQueue:
+    """The calling thread's time in the CPU run queue (its ``schedstat``, kept open)."""
+
+    def __init__(self) -> None:
+        try:
+            self.fd: int | None = os.open(
+                f"/proc/self/task/{threading.get_native_id()}/schedstat", os.O_RDONLY
+            )
+        except OSError:
+            self.fd = None
+
+    def seconds(self) -> float | None:
+        if self.fd is None:
+            return None
+        try:
+            return int(os.pread(self.fd, 128, 0).split()[1]) / 1e9
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
 
 
 def write_suite_rows(results: list[BenchResult], path: Path | None = None) -> Path:

@@ -284,7 +284,9 @@ def run_burst(n: int = 2000) -> BenchResult:
 # --------------------------------------------------------------------------- concurrent
 
 
-async def _concurrent(home: Home, chats: int, per_chat: int) -> tuple[float, float, int]:
+async def _concurrent(
+    home: Home, chats: int, per_chat: int
+) -> tuple[float, float, float | None, int]:
     channel = SinkChannel()
     init_home(home)
     host = make_host(home, channel, settings=home.load_settings())  # defaults: the real cap
@@ -311,7 +313,7 @@ async def _concurrent(home: Home, chats: int, per_chat: int) -> tuple[float, flo
         await wait_for(lambda: all(channel.per_chat.get(c, 0) >= 1 for c in ids), 60.0)
         dt = time.perf_counter() - t0
         stall = await probe.stop()
-        return dt, stall, host.pool.max_runners
+        return dt, stall, probe.longest_unqueued_ms, host.pool.max_runners
     finally:
         await host.stop()
         host.close()
@@ -319,13 +321,22 @@ async def _concurrent(home: Home, chats: int, per_chat: int) -> tuple[float, flo
 
 def run_concurrent(chats: int = 100, per_chat: int = 10) -> BenchResult:
     with _tmp_home() as tmp:
-        dt, stall, cap = asyncio.run(_concurrent(Home.resolve(tmp), chats, per_chat))
+        dt, stall, unqueued, cap = asyncio.run(_concurrent(Home.resolve(tmp), chats, per_chat))
+    split = (
+        f" (less the loop thread's wait in the CPU run queue: {unqueued:.1f} ms at most)"
+        if unqueued is not None else ""
+    )  # fmt: skip
     return BenchResult(
         "concurrent",
         f"{chats} chats × {per_chat} messages, default settings (runner cap {cap}): all "
-        f"answered in **{dt:.1f} s**; longest loop stall {stall:.1f} ms",
+        f"answered in **{dt:.1f} s**; longest loop stall {stall:.1f} ms{split}",
         f"{chats * per_chat} messages, one run",
-        {"seconds": round(dt, 2), "runner_cap": cap, "longest_stall_ms": round(stall, 2)},
+        {
+            "seconds": round(dt, 2),
+            "runner_cap": cap,
+            "longest_stall_ms": round(stall, 2),
+            "longest_stall_unqueued_ms": None if unqueued is None else round(unqueued, 2),
+        },
         [Goal("all answered ≤ 30 s", dt <= 30.0)],
     ).finish()
 
