@@ -8,12 +8,18 @@
 How they apply:
 
 * the host starts each runner with ``setrlimit`` (``preexec``): address space
-  (``memory_mb``, per process), processes (``processes``: Linux counts them per user, and
-  not at all for root), file size (``file_size_mb``); under ``systemd-run --user --scope``
+  (``memory_mb``, per process) and file size (``file_size_mb``); under ``systemd-run --user --scope``
   when that works here, ``MemoryMax``/``TasksMax`` bound the runner's whole tree instead;
   else, where the host can make cgroup v1 ``pids`` cgroups (root in a container), each
   runner's tree is bounded by its own ``pids.max`` (``mechanism`` says which applies; the
   host's start-up line names it);
+* processes (``processes``): the runner sets ``RLIMIT_NPROC`` on itself, and only inside
+  a user namespace of its own (bwrap's), where Linux counts the tasks of that namespace:
+  the limit then bounds the sandbox. Set before the sandbox is made (as it was until
+  2026-12-06), it bounded every task of the user instead, threads included, and a
+  desktop session's are often more than 512: no sandbox could even be made ("Creating new
+  namespace failed: Resource temporarily unavailable"). Outside a namespace of its own
+  (the ``subprocess`` backend) it is not set; root is not bounded by it at all;
 * the bwrap sandbox's ``/tmp`` is a tmpfs of ``tmp_mb``;
 * the runner applies them again to every command it starts (bash, pre-task scripts), with
   ``cpu_s`` of CPU time each, and caps every command's wall clock at ``tool_timeout_s``
@@ -92,13 +98,36 @@ def _set(which: int, value: int) -> None:
 
 
 def rlimit_values(limits: Limits, *, cpu: bool = False) -> list[tuple[int, int]]:
-    """``(resource, value)`` pairs of the limits (``cpu``: also CPU seconds)."""
+    """``(resource, value)`` pairs of the limits (``cpu``: also CPU seconds). Never
+    ``RLIMIT_NPROC``: see :func:`limit_own_processes`."""
     values = [(resource.RLIMIT_AS, limits.memory_mb * MB),
-              (resource.RLIMIT_NPROC, limits.processes),
               (resource.RLIMIT_FSIZE, limits.file_size_mb * MB)]  # fmt: skip
     if cpu:
         values.append((resource.RLIMIT_CPU, limits.cpu_s))
     return values
+
+
+IDENTITY_MAP = ["0", "0", "4294967295"]  # /proc/self/uid_map of the initial user namespace
+
+
+def in_own_user_namespace(uid_map: str = "/proc/self/uid_map") -> bool:
+    """Whether this process runs in a user namespace other than the initial one."""
+    try:
+        with open(uid_map) as fh:
+            return fh.read().split() != IDENTITY_MAP
+    except OSError:
+        return False
+
+
+def limit_own_processes(limits: Limits, *, uid_map: str = "/proc/self/uid_map") -> bool:
+    """``RLIMIT_NPROC`` = ``limits.processes`` on this process (its children inherit it),
+    only inside a user namespace of its own: there Linux counts the namespace's tasks. In
+    the initial one it would count every task of the user (a desktop's threads too), so
+    the limit is left to the cgroups there. True when set."""
+    if not in_own_user_namespace(uid_map):
+        return False
+    _set(resource.RLIMIT_NPROC, limits.processes)
+    return True
 
 
 def rlimit_preexec(limits: Limits, *, cpu: bool = False) -> Callable[[], None]:
@@ -208,4 +237,4 @@ def mechanism() -> str:
         return "cgroups v2 (systemd-run --user --scope) + setrlimit"
     if pids_cgroup_root() is not None:
         return "setrlimit + cgroup v1 pids (pids.max per runner; memory per process)"
-    return "setrlimit (no user systemd: limits are per process; processes per user)"
+    return "setrlimit (no user systemd: limits are per process; processes per sandbox)"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import resource
 import signal
 import socket
 import sqlite3
@@ -30,6 +31,7 @@ from carapace.db.session import (
     open_outbound,
 )
 from carapace.errors import ConfigError, ValidationError
+from carapace.limits import Limits
 from carapace.sandbox import (
     AllowedRoot,
     BwrapBackend,
@@ -438,6 +440,80 @@ def test_real_runner_replies_inside_sandbox(layout: Layout) -> None:
     out.close()
     assert ("chat", "msg-1", "cli:me") in rows, log
     assert acks == [("msg-1", "completed")], log
+
+
+def _max_processes(pid: int) -> int | None:
+    """The soft ``Max processes`` of ``pid`` (None: unlimited)."""
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+        if line.startswith("Max processes"):
+            soft = line.split()[2]
+            return None if soft == "unlimited" else int(soft)
+    raise AssertionError("no Max processes line")
+
+
+@needs_bwrap
+def test_processes_are_bounded_in_the_sandbox_never_for_the_whole_user(layout: Layout) -> None:
+    """``RLIMIT_NPROC`` counts the tasks of a user namespace. The host set it before bwrap
+    made the sandbox's namespace (until 2026-12-06), where it counted every task of the user,
+    a desktop session's threads too: past 512 of them, as a normal user, no sandbox could
+    even be made. Now the launcher keeps the host's limit and the runner bounds itself,
+    inside its own user namespace."""
+    conn = open_inbound(layout.session)
+    insert_message_in(conn, {
+        "id": "msg-1", "kind": "chat", "timestamp": datetime.now(UTC).isoformat(),
+        "platform_id": "cli:me", "channel_type": "cli",
+        "content": '{"text":"hello","sender":"me","senderId":"cli:me"}',
+    })  # fmt: skip
+    conn.close()
+    (layout.agent_dir / "container.json").write_text(
+        json.dumps({"settings": {"limits": {"processes": 77}}})
+    )
+    spec = RunnerSpec("sess-1", "ag-1", layout.session.root, layout.agent_dir, provider="mock",
+                      idle_exit_s=1, env={"CARAPACE_TZ": "UTC"},
+                      limits=Limits(processes=77))  # fmt: skip
+    backend = BwrapBackend(layout.home, network=False, pass_env=())
+
+    async def scenario() -> tuple[int | None, int]:
+        handle = await backend.start(spec)
+        assert handle.pid is not None
+        deadline = time.monotonic() + 60  # the limits are set just before bwrap's exec
+        while b"bwrap" not in Path(f"/proc/{handle.pid}/cmdline").read_bytes().split(b"\0")[0]:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.001)
+        launcher = _max_processes(handle.pid)
+        return launcher, await asyncio.wait_for(handle.wait(), 120)
+
+    launcher, code = asyncio.run(scenario())
+    log = (layout.session.root / ".runner.log").read_text()
+    assert code == 0, log
+    own = resource.getrlimit(resource.RLIMIT_NPROC)[0]
+    assert launcher == (None if own == resource.RLIM_INFINITY else own)
+    assert "processes bounded at 77 in this sandbox" in log
+
+
+def test_the_process_limit_is_set_only_in_a_user_namespace_of_its_own(tmp_path: Path) -> None:
+    """In the initial user namespace (``subprocess`` backend) it would count the user's
+    every task: not set there. Run in a child: it lowers the limit of the process."""
+    initial = tmp_path / "initial"
+    initial.write_text("         0          0 4294967295\n")
+    own = tmp_path / "own"
+    own.write_text("      1000       1000          1\n")
+    code = (
+        "import resource, sys\n"
+        "from carapace.limits import Limits, limit_own_processes\n"
+        "before = resource.getrlimit(resource.RLIMIT_NPROC)[0]\n"
+        "set_ = limit_own_processes(Limits(processes=77), uid_map=sys.argv[1])\n"
+        "print(set_, resource.getrlimit(resource.RLIMIT_NPROC)[0] == before, "
+        "resource.getrlimit(resource.RLIMIT_NPROC)[0])\n"
+    )
+    outs = [
+        subprocess.run(
+            [sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True
+        ).stdout.split()
+        for path in (initial, own)
+    ]
+    assert outs[0][:2] == ["False", "True"]
+    assert outs[1][0] == "True" and outs[1][2] == "77"
 
 
 # --- choosing a backend ------------------------------------------------------------------

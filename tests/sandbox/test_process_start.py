@@ -132,6 +132,7 @@ def test_a_spare_runs_exactly_what_it_is_given(tmp_path: Path) -> None:
         "sys.stderr.write('to the log')\n"
         f"open({str(out)!r}, 'w').write(repr((os.getcwd(), os.environ.get('ONLY'), "
         "sorted(os.environ), resource.getrlimit(resource.RLIMIT_NPROC)[0], "
+        "resource.getrlimit(resource.RLIMIT_FSIZE)[0], "
         "os.getsid(0) == os.getpid(), open('/proc/self/cgroup').read())))\n"
         "sys.exit(3)\n"
     )
@@ -139,7 +140,7 @@ def test_a_spare_runs_exactly_what_it_is_given(tmp_path: Path) -> None:
     async def scenario() -> tuple[int, int, Path | None]:
         with open(tmp_path / "log", "ab") as log:
             child, cgroup = await start_runner(
-                [sys.executable, "-c", code], name="t", limits=Limits(processes=77),
+                [sys.executable, "-c", code], name="t", limits=Limits(processes=77, file_size_mb=77),
                 env={"ONLY": "this"}, cwd=str(tmp_path), stderr=log, pass_fds=[fd],
                 spare=starter,
             )  # fmt: skip
@@ -154,13 +155,16 @@ def test_a_spare_runs_exactly_what_it_is_given(tmp_path: Path) -> None:
     assert rc == 3
     assert os.read(r, 100) == b"through the fd"
     assert (tmp_path / "log").read_text() == "to the log"
-    cwd, only, names, nproc, leader, groups = eval(out.read_text())
+    cwd, only, names, nproc, fsize, leader, groups = eval(out.read_text())
     if cgroup is not None:  # where the host can make pids cgroups (root here): inside it
         assert f"/{cgroup.name}\n" in groups
     assert cwd == str(tmp_path) and only == "this" and leader
     assert set(names) <= {"ONLY", "LC_CTYPE"}  # nothing of the host's environment
-    hard = resource.getrlimit(resource.RLIMIT_NPROC)[1]
-    assert nproc == (77 if hard == resource.RLIM_INFINITY else min(77, hard))
+    hard = resource.getrlimit(resource.RLIMIT_FSIZE)[1]
+    assert fsize == (77 << 20 if hard == resource.RLIM_INFINITY else min(77 << 20, hard))
+    # never RLIMIT_NPROC at the launch: it would count every task of the user, not the
+    # sandbox's (the runner sets it on itself inside its user namespace, limits.py)
+    assert nproc == resource.getrlimit(resource.RLIMIT_NPROC)[0]
 
 
 def test_a_spare_whose_host_closes_it_exits(tmp_path: Path) -> None:

@@ -25,6 +25,7 @@ import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 from types import SimpleNamespace  # noqa: E402
 
+from carapace.limits import limit_own_processes, limits_of  # noqa: E402
 from carapace.runner import lifeline  # noqa: E402
 from carapace.runner.config import RunnerConfig  # noqa: E402
 from carapace.runner.loop import Runner  # noqa: E402
@@ -123,6 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     config = RunnerConfig.load(
         session_dir, agent_dir, provider=args.provider, idle_exit_s=args.idle_exit
     )
+    limits = limits_of(config.settings)
+    if limit_own_processes(limits):  # (in a user namespace of its own only: bwrap's)
+        logger.info("processes bounded at %d in this sandbox", limits.processes)
     provider, error = build_provider(config)
     workspace = build_workspace(config)
     mcp = build_mcp(config)
