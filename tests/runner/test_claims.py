@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -167,3 +169,26 @@ def test_a_claim_at_delay_zero_is_committed_at_once(paths: SessionPaths) -> None
         assert o.claims.pending() == set()
     finally:
         o.close()
+
+
+def test_a_runner_without_threads_still_answers_and_claims(
+    tmp_path: Path, paths: SessionPaths, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A task limit reached (Linux counts threads): the claim is committed at once and the
+    heartbeat is still touched; the turn runs and the runner closes cleanly."""
+    write_chat(paths, "hello", id="m1")
+    seer = Seer(paths)
+    r = runner(tmp_path, paths, seer, LONG)
+
+    def refuse(self: threading.Thread) -> None:
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(threading.Thread, "start", refuse)
+    os.utime(paths.root / ".heartbeat", ns=(0, 0))
+    try:
+        assert r.step()
+        assert seer.seen == [{"m1": "processing"}]  # committed at once, no thread to wait
+        assert read_acks(paths) == {"m1": "completed"}
+        assert (paths.root / ".heartbeat").stat().st_mtime_ns > 0  # touched in the turn
+    finally:
+        r.close()  # no thread to join: closes all the same

@@ -62,6 +62,7 @@ class DeferredClaims:
         self._due: float | None = None  # monotonic deadline of the oldest pending claim
         self._conn: sqlite3.Connection | None = None
         self._thread: threading.Thread | None = None
+        self._threadless = False  # a thread could not be started: claims go at once
         self._closed = False
 
     def add(self, ids: Iterable[str], when: str) -> None:
@@ -72,9 +73,17 @@ class DeferredClaims:
                 self._pending.setdefault(i, when)
             if self._due is None and self._pending:
                 self._due = time.monotonic() + self.delay
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="claims", daemon=True)
-                self._thread.start()
+            if self._thread is None and not self._threadless:
+                thread = threading.Thread(target=self._run, name="claims", daemon=True)
+                try:
+                    thread.start()
+                except RuntimeError as exc:  # no thread to be had (a task limit reached)
+                    self._threadless = True
+                    logger.warning("claims are committed at once: no thread for them (%s)", exc)
+                else:
+                    self._thread = thread
+            if self._threadless:
+                self._commit_locked()  # nothing would commit them when due
             self._cond.notify()
 
     def drop(self, ids: Iterable[str]) -> None:

@@ -84,15 +84,25 @@ class Keepalive:
         self._active = False
         self._closed = False
         self._thread: threading.Thread | None = None
+        self._threadless = False  # a thread could not be started
 
     def __enter__(self) -> Keepalive:
         with self._cond:
             self._turn += 1
             self._active = True
-            if self._thread is None and not self._closed:
-                self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
-                self._thread.start()
+            if self._thread is None and not self._closed and not self._threadless:
+                thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
+                try:
+                    thread.start()
+                except RuntimeError as exc:  # no thread to be had (a task limit reached)
+                    self._threadless = True
+                    logger.warning("no heartbeat thread (%s): touched at each turn's start "
+                                   "only", exc)  # fmt: skip
+                else:
+                    self._thread = thread
             self._cond.notify()
+        if self._threadless:
+            self.touch()
         return self
 
     def __exit__(self, *exc: object) -> None:
