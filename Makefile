@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 HOME_DIR ?= $(CURDIR)/.carapace-home
 
-.PHONY: venv run test check lint fmt bench clean docs sandbox-tools browser-tools screenshots mutation
+.PHONY: venv run test test-user-subset check lint fmt bench clean docs sandbox-tools browser-tools screenshots mutation
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,9 +44,16 @@ browser-tools:
 screenshots: $(STAMP) browser-tools
 	$(BIN)/carapace web screenshots --out docs/screenshots
 
-## make test: set up and run the whole suite
+## make test: set up and run the whole suite (as root under CI=true, then the normal-user pass)
 test: $(STAMP) sandbox-tools browser-tools
 	$(BIN)/python -m pytest
+	$(BIN)/python -m carapace.testing.as_user --repo "$(CURDIR)"
+
+# the tests whose outcome depends on who runs them; `make test` runs them again as an
+# unprivileged user when it runs as root under CI=true (carapace/testing/as_user.py)
+USER_TESTS ?= tests/sandbox tests/proxy tests/runner/test_runner_e2e.py tests/test_bad_input.py
+test-user-subset: $(STAMP)
+	$(BIN)/python -m pytest -p no:cacheprovider $(USER_TESTS)
 
 lint: $(STAMP)
 	$(BIN)/ruff format --check src tests bench

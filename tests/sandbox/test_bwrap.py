@@ -491,6 +491,52 @@ def test_processes_are_bounded_in_the_sandbox_never_for_the_whole_user(layout: L
     assert "processes bounded at 77 in this sandbox" in log
 
 
+@needs_bwrap
+@pytest.mark.skipif(os.geteuid() == 0, reason="root is exempt from RLIMIT_NPROC (the normal-user "
+                    "pass of make test, under CI=true, runs this)")  # fmt: skip
+def test_a_user_with_many_tasks_of_their_own_still_gets_a_sandbox(layout: Layout) -> None:
+    """A desktop session has hundreds of threads. With the process limit set before bwrap
+    made its namespace they all counted against it, and past 512 no sandbox could be made
+    ("Creating new namespace failed: Resource temporarily unavailable")."""
+    helper = subprocess.Popen(
+        [sys.executable, "-c", "import sys, threading\n"
+         "ev = threading.Event()\n"
+         "for _ in range(600):\n"
+         "    threading.Thread(target=ev.wait, daemon=True).start()\n"
+         "print('ready', flush=True)\n"
+         "sys.stdin.read()\n"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert helper.stdout is not None and helper.stdout.readline().strip() == "ready"
+        conn = open_inbound(layout.session)
+        insert_message_in(conn, {
+            "id": "msg-1", "kind": "chat", "timestamp": datetime.now(UTC).isoformat(),
+            "platform_id": "cli:me", "channel_type": "cli",
+            "content": '{"text":"hello","sender":"me","senderId":"cli:me"}',
+        })  # fmt: skip
+        conn.close()
+        spec = RunnerSpec("sess-1", "ag-1", layout.session.root, layout.agent_dir,
+                          provider="mock", idle_exit_s=1, env={"CARAPACE_TZ": "UTC"})  # fmt: skip
+        backend = BwrapBackend(layout.home, network=False, pass_env=())
+
+        async def scenario() -> int:
+            handle = await backend.start(spec)
+            return await asyncio.wait_for(handle.wait(), 120)
+
+        code = asyncio.run(scenario())
+    finally:
+        assert helper.stdin is not None
+        helper.stdin.close()
+        helper.wait(30)
+    log = (layout.session.root / ".runner.log").read_text()
+    assert code == 0, log
+    out = open_outbound(layout.session, readonly=True)
+    acks = [tuple(r) for r in out.execute("SELECT message_id, status FROM processing_ack")]
+    out.close()
+    assert acks == [("msg-1", "completed")], log
+
+
 def test_the_process_limit_is_set_only_in_a_user_namespace_of_its_own(tmp_path: Path) -> None:
     """In the initial user namespace (``subprocess`` backend) it would count the user's
     every task: not set there. Run in a child: it lowers the limit of the process."""
