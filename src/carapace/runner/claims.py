@@ -10,12 +10,14 @@ warm round trip, and a pass of the host that finds nothing to do) bought nothing
 So a claim waits here, in memory, and is committed
 
 * by a thread of its own once it is :data:`CLAIM_DELAY_S` old (a turn still running: a
-  provider's answer takes longer than that), or
+  provider's answer takes longer than that);
+* with the turn's first other write (a message it sends, a tool it starts: the host never
+  sees a turn's output without its claim; ``Outbound.write``, ``Outbound.set_tool``);
 * at :meth:`DeferredClaims.close` (the runner ends with a turn under way: an exception
-  out of it takes this path, so a message that makes the runner fail still costs a try),
+  out of it takes this path, so a message that makes the runner fail still costs a try);
+* at once when no thread can be started (a task limit reached);
 
-with the turn's first other write (a message it sends, a tool it starts: the host never
-sees a turn's output without its claim), and never when the turn ends first: its ``completed``/``failed`` acks, once committed, or
+and never when the turn ends first: its ``completed``/``failed`` acks, once committed, or
 its release drop it (:meth:`DeferredClaims.drop`). The thread writes with ``INSERT OR
 IGNORE``, so a claim committed while the turn's end commits never replaces that end's ack.
 
