@@ -25,7 +25,8 @@ from carapace.runner.agent import bound_conversation
 from carapace.runner.compaction import Encoded, conversation_chars, is_summary
 from carapace.runner.config import RunnerConfig
 from carapace.runner.inbound import Inbound
-from carapace.runner.loop import Keepalive, Runner
+from carapace.runner.keepalive import Keepalive
+from carapace.runner.loop import Runner
 from carapace.runner.prompt import FileCache, compose_system_prompt
 from carapace.runner.providers import ProviderConfig, create_provider
 from carapace.runner.providers.base import Message
