@@ -234,6 +234,30 @@ def test_process_after_compared_as_datetimes(h: Harness) -> None:
     assert set(read_acks(h.paths)) == {"due", "iso", "sql"}
 
 
+def test_pending_with_ids_to_skip_reads_the_same_rows(h: Harness) -> None:
+    """With finished ids to skip, the ids are read first and only the rest whole: the same
+    rows, in seq order, with the same due filter, as the one-step read."""
+    from carapace.runner.inbound import Inbound
+
+    now = datetime.now(UTC)
+    for name in ("m5", "m4", "m3", "m2", "m1"):  # seq order is not the ids' order
+        write_chat(h.paths, name, id=name)
+    write_message(h.paths, kind="task", id="later", content={"prompt": "x"},
+                  process_after=iso(now + timedelta(hours=1)))  # fmt: skip
+    write_message(h.paths, kind="task", id="due", content={"prompt": "y"},
+                  process_after=iso(now - timedelta(minutes=1)))  # fmt: skip
+    inbound = Inbound(h.paths)
+    try:
+        every = inbound.pending(now)
+        assert [r.id for r in every] == ["m5", "m4", "m3", "m2", "m1", "due"]
+        some = inbound.pending(now, skip={"m2", "m4", "due", "not-there"})
+        assert some == [r for r in every if r.id in ("m5", "m3", "m1")]
+        assert inbound.pending(now, skip={r.id for r in every}) == []
+        assert not inbound._conn.in_transaction  # type: ignore[union-attr]
+    finally:
+        inbound.close()
+
+
 def test_on_wake_only_on_first_poll(h: Harness) -> None:
     rec = Recorder()
     r = h.runner(provider=rec)

@@ -25,7 +25,7 @@ import functools
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Container, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from functools import cached_property
@@ -199,18 +199,34 @@ class Inbound:
     # --- the queue --------------------------------------------------------------------------
 
     @_retried
-    def pending(self, now: datetime, skip: Container[str] = ()) -> list[InRow]:
+    def pending(self, now: datetime, skip: Collection[str] = ()) -> list[InRow]:
         """Every pending row that is due at ``now``, in seq order (oldest first), but those
         whose id is in ``skip`` (rows the runner knows it has finished: the host copies
-        their acks into this file in batches, so until then they are still pending here)."""
+        their acks into this file in batches, so until then they are still pending here).
+
+        With ids to skip, the ids come first and only the other rows are read whole, in
+        the same read transaction: up to 64 finished rows wait for the host's copy, and
+        reading them whole at every poll cost ~0.1-0.3 ms (issue 19)."""
+        due = (
+            "FROM messages_in WHERE status = 'pending' AND "
+            "(process_after IS NULL OR datetime(process_after) <= datetime(?)) "
+            "ORDER BY seq ASC LIMIT ?"
+        )
+        args = (sqlite_ts(now), PENDING_SCAN_LIMIT)
         with self._open() as conn:
-            rows = conn.execute(
-                "SELECT * FROM messages_in WHERE status = 'pending' AND "
-                "(process_after IS NULL OR datetime(process_after) <= datetime(?)) "
-                "ORDER BY seq ASC LIMIT ?",
-                (sqlite_ts(now), PENDING_SCAN_LIMIT),
-            ).fetchall()
-        return [InRow.from_row(r) for r in rows if r["id"] not in skip]
+            if not skip:
+                return [InRow.from_row(r) for r in conn.execute(f"SELECT * {due}", args)]
+            conn.execute("BEGIN")
+            try:
+                ids = [i for (i,) in conn.execute(f"SELECT id {due}", args) if i not in skip]
+                rows = [] if not ids else conn.execute(
+                    f"SELECT * FROM messages_in WHERE id IN ({','.join('?' * len(ids))}) "
+                    "ORDER BY seq ASC", ids,
+                ).fetchall()  # fmt: skip
+            finally:
+                if conn.in_transaction:
+                    conn.execute("COMMIT")
+        return [InRow.from_row(r) for r in rows]
 
     @_retried
     def next_due(self, now: datetime) -> datetime | None:
