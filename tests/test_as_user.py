@@ -39,3 +39,20 @@ def test_as_root_in_ci_a_missing_python_fails_the_run(
     monkeypatch.setattr(as_user, "usable_python", lambda env: None)
     assert as_user.main(["--repo", str(tmp_path)]) == 1
     assert "no Python 3.11 that user carapace-ci can run" in capsys.readouterr().err
+
+
+def test_only_the_registries_settings_reach_the_users_install(tmp_path: Path) -> None:
+    """Root's environment may hold keys: only ``PIP_*``, proxies and certificates pass."""
+    env = as_user.passed_env({
+        "PIP_INDEX_URL": "https://mirror/simple", "HTTPS_PROXY": "http://proxy:3128",
+        "SSL_CERT_FILE": "/etc/ssl/certs/ca.pem", "ANTHROPIC_API_KEY": "sk-secret",
+        "TELEGRAM_BOT_TOKEN": "123:abc", "HOME": "/root", "PYTHONPATH": "/root/x",
+    })  # fmt: skip
+    assert env == {"PIP_INDEX_URL": "https://mirror/simple", "HTTPS_PROXY": "http://proxy:3128",
+                   "SSL_CERT_FILE": "/etc/ssl/certs/ca.pem"}  # fmt: skip
+    home, user_home = tmp_path / "root", tmp_path / "user"
+    (home / ".config" / "pip").mkdir(parents=True)
+    (home / ".config" / "pip" / "pip.conf").write_text("[global]\nfind-links = /opt/wheels\n")
+    as_user.copy_pip_config(home, user_home)
+    assert (user_home / ".config" / "pip" / "pip.conf").read_text().endswith("/opt/wheels\n")
+    assert not (user_home / ".pip").exists()

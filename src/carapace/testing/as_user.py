@@ -41,9 +41,14 @@ def ensure_user() -> None:
              "--home-dir", str(WORK / "home"), "--shell", "/usr/sbin/nologin", USER])  # fmt: skip
 
 
-def as_user(argv: list[str], env: dict[str, str]) -> list[str]:
-    return ["runuser", "-u", USER, "--", "env", "-i", *(f"{k}={v}" for k, v in env.items()),
-            *argv]  # fmt: skip
+def as_user(
+    argv: list[str], env: dict[str, str], **kw: object
+) -> subprocess.CompletedProcess[bytes]:
+    """Run ``argv`` as the user with exactly ``env`` (given as the environment, never on a
+    command line other users can read; ``runuser`` sets HOME and the like from the
+    account, and ``env`` sets HOME back)."""
+    cmd = ["runuser", "-u", USER, "--", "env", f"HOME={env['HOME']}", *argv]
+    return subprocess.run(cmd, env=env, cwd="/", check=False, **kw)  # type: ignore[call-overload, no-any-return]
 
 
 def usable_python(env: dict[str, str]) -> str | None:
@@ -53,7 +58,7 @@ def usable_python(env: dict[str, str]) -> str | None:
         path = shutil.which(name)
         if path is None:
             continue
-        res = subprocess.run(as_user([path, "-c", check], env), capture_output=True, cwd="/")
+        res = as_user([path, "-c", check], env, capture_output=True)
         if res.returncode == 0:
             return path
     return None
@@ -66,6 +71,26 @@ def install_python() -> None:
     quiet = {"stdout": subprocess.DEVNULL}
     run(["apt-get", "update", "-qq"], **quiet)
     run(["apt-get", "install", "-y", "-qq", "python3.11", "python3.11-venv"], **quiet)
+
+
+PASSED = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "NO_PROXY", "no_proxy", "HTTP_PROXY",
+          "http_proxy", "HTTPS_PROXY", "https_proxy")  # fmt: skip
+PIP_CONFIGS = (".config/pip/pip.conf", ".pip/pip.conf")
+
+
+def passed_env(environ: dict[str, str] | os._Environ[str]) -> dict[str, str]:
+    """What reaches the user's install from root's environment: the package registries'
+    settings (``PIP_*``), proxies and certificates, nothing else."""
+    return {k: v for k, v in environ.items() if k.startswith("PIP_") or k in PASSED}
+
+
+def copy_pip_config(home: Path, user_home: Path) -> None:
+    """Root's own pip configuration (registries, mirrors), into the user's home: the
+    user's install reaches the same package registries as the root pass."""
+    for rel in PIP_CONFIGS:
+        if (home / rel).is_file():
+            (user_home / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(home / rel, user_home / rel)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -85,9 +110,10 @@ def main(argv: list[str] | None = None) -> int:
     src = WORK / "src"
     run(["git", "-c", f"safe.directory={args.repo.resolve()}", "clone", "-q",
          str(args.repo.resolve()), str(src)])  # fmt: skip
-    run(["chown", "-R", f"{USER}:", str(WORK)])
     env = {"HOME": str(WORK / "home"), "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-           "LANG": "C.UTF-8", "CI": "true"}  # fmt: skip
+           "LANG": "C.UTF-8", "CI": "true", **passed_env(os.environ)}  # fmt: skip
+    copy_pip_config(Path.home(), WORK / "home")
+    run(["chown", "-R", f"{USER}:", str(WORK)])
     python = usable_python(env)
     if python is None:
         install_python()
@@ -97,10 +123,8 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)  # fmt: skip
         return 1
     print(f"normal-user pass: user {USER}, {python}, {src}", flush=True)
-    res = subprocess.run(
-        as_user(["make", "-C", str(src), "--no-print-directory", "test-user-subset",
-                 f"PYTHON={python}"], env), cwd="/"
-    )  # fmt: skip
+    res = as_user(["make", "-C", str(src), "--no-print-directory", "test-user-subset",
+                   f"PYTHON={python}"], env)  # fmt: skip
     if res.returncode == 0:
         shutil.rmtree(WORK, ignore_errors=True)
     return res.returncode
