@@ -1,5 +1,6 @@
-"""The runner's heartbeat while a turn runs (``.heartbeat``: the host's typing indicator and
-stuck rule read it)."""
+"""The runner's one helper thread while a turn runs: the heartbeat (``.heartbeat``: the
+host's typing indicator and stuck rule read it) and the turn's claim once it is due
+(runner/claims.py)."""
 
 from __future__ import annotations
 
@@ -8,22 +9,29 @@ import threading
 import time
 from typing import Any
 
+from carapace.runner.claims import DeferredClaims
+
 logger = logging.getLogger(__name__)
 
 KEEPALIVE_S = 4.0
 
 
 class Keepalive:
-    """Touches ``.heartbeat`` every few seconds while a turn runs (typing indicator, stuck rule).
+    """Touches ``.heartbeat`` every few seconds while a turn runs (typing indicator, stuck
+    rule), and commits the turn's ``claims`` when they are due.
 
     One thread for the runner's life, started at the first turn and parked between turns
-    (issue 19: not a thread started and joined per turn); ``with keepalive:`` marks a turn,
-    ``close()`` ends the thread. A touch already under way when a turn ends may finish after
-    it (a touch too many is harmless)."""
+    (issue 19: not a thread started and joined per turn); ``with keepalive:`` marks a turn
+    (the claims are taken before it), ``close()`` ends the thread. A touch already under way
+    when a turn ends may finish after it (a touch too many is harmless). When no thread can
+    be started (a task limit reached), each turn's start touches the heartbeat and commits
+    the claims at once: nothing would when they are due."""
 
-    def __init__(self, touch: Any, interval: float = KEEPALIVE_S) -> None:
+    def __init__(self, touch: Any, interval: float = KEEPALIVE_S,
+                 claims: DeferredClaims | None = None) -> None:  # fmt: skip
         self.touch = touch
         self.interval = interval
+        self.claims = claims
         self._cond = threading.Condition()
         self._turn = 0  # counts turns; the thread's clock restarts with each
         self._active = False
@@ -36,18 +44,20 @@ class Keepalive:
             self._turn += 1
             self._active = True
             if self._thread is None and not self._closed and not self._threadless:
-                thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
+                thread = threading.Thread(target=self._run, name="keepalive", daemon=True)
                 try:
                     thread.start()
                 except RuntimeError as exc:  # no thread to be had (a task limit reached)
                     self._threadless = True
-                    logger.warning("no heartbeat thread (%s): touched at each turn's start "
-                                   "only", exc)  # fmt: skip
+                    logger.warning("no keepalive thread (%s): the heartbeat is touched and "
+                                   "claims committed at each turn's start", exc)  # fmt: skip
                 else:
                     self._thread = thread
             self._cond.notify()
         if self._threadless:
             self.touch()
+            if self.claims is not None:
+                self.claims.commit()
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -64,20 +74,27 @@ class Keepalive:
             thread.join()
 
     def _run(self) -> None:
+        claims = self.claims
         with self._cond:
             while not self._closed:
                 if not self._active:
                     self._cond.wait()
                     continue
-                turn, due = self._turn, time.monotonic() + self.interval
+                turn, touch_at = self._turn, time.monotonic() + self.interval
                 while self._active and self._turn == turn and not self._closed:
-                    left = due - time.monotonic()
+                    claim_at = claims.due if claims is not None else None
+                    now = time.monotonic()
+                    left = min(touch_at, claim_at if claim_at is not None else touch_at) - now
                     if left > 0:
                         self._cond.wait(left)
                         continue
-                    self._cond.release()
+                    self._cond.release()  # (the work runs without the turn's lock)
                     try:
-                        self.touch()
+                        if claims is not None and claim_at is not None and claim_at <= now:
+                            claims.commit()
+                        if touch_at <= now:
+                            self.touch()
                     finally:
                         self._cond.acquire()
-                    due = time.monotonic() + self.interval
+                    if touch_at <= now:
+                        touch_at = time.monotonic() + self.interval

@@ -108,7 +108,7 @@ class Runner:
             workspace=workspace,
         )
         self.mcp = mcp
-        self.keepalive = Keepalive(self.heartbeat)
+        self.keepalive = Keepalive(self.heartbeat, claims=self.outbound.claims)
         self.memory_files = FileCache()  # the memory files, read again only when changed
         # (wall-clock start of the process's main module, its imports s, set-up s): set
         # by __main__, logged once the runner is ready (``carapace bench runner`` reads it)
@@ -257,9 +257,15 @@ class Runner:
         return True
 
     def process(self, rows: list[InRow], trigger: InRow) -> None:
+        """Claim the batch, then run it under the keepalive (which also commits the claim
+        once the turn has lasted, runner/claims.py)."""
         ids = [r.id for r in rows]
-        sid = self.config.session_id
         self.outbound.claim(ids, now=self.clock.now())
+        with self.keepalive:
+            self._run_batch(rows, trigger, ids)
+
+    def _run_batch(self, rows: list[InRow], trigger: InRow, ids: list[str]) -> None:
+        sid = self.config.session_id
         batch = Batch(in_reply_to=trigger.id, origin=trigger.routing, ids=tuple(ids))
         if batch.origin.empty:
             batch.origin = self.inbound.session_routing()
@@ -311,8 +317,7 @@ class Runner:
         preview = self._preview(batch)
         self.agent.on_text = preview.update if preview is not None else None
         try:
-            with self.keepalive:
-                result = self.agent.run_turn(system, prompt, images.images)
+            result = self.agent.run_turn(system, prompt, images.images)
         except TurnAbandoned as exc:
             logger.info("session %s: turn abandoned (%s); releasing %s", sid, exc, ids)
             if preview is not None:
