@@ -100,8 +100,8 @@ def _netns_owner(pid: int) -> int:
 
 
 async def _start_slirp(pid: int) -> tuple[asyncio.subprocess.Process, str]:
-    """One ``slirp4netns`` for the sandbox ``pid``; ("", the process) once it is ready, else
-    the process (ended) and why."""
+    """One ``slirp4netns`` for the sandbox ``pid``: (the process, "") once it is ready,
+    else (the process, ended; why)."""
     try:
         userns = _netns_owner(pid)
     except OSError as exc:  # the sandbox has ended
@@ -123,17 +123,18 @@ async def _start_slirp(pid: int) -> tuple[asyncio.subprocess.Process, str]:
             os.close(ready_w)
             if userns >= 0:
                 os.close(userns)
+        reading = asyncio.ensure_future(asyncio.to_thread(os.read, ready_r, 1))
         try:
-            got = await asyncio.wait_for(asyncio.to_thread(os.read, ready_r, 1), SLIRP_READY_S)
+            got = await asyncio.wait_for(asyncio.shield(reading), SLIRP_READY_S)
         except TimeoutError:
             got = b""
-        finally:
-            os.close(ready_r)
+        if not got and proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()  # (its end of the pipe closes: the read still waiting ends)
+        await reading  # never close the pipe under a read still waiting on it
+        os.close(ready_r)
         if got:
             return proc, ""
-        if proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
         await proc.wait()
         err.seek(0)
         text = " ".join(err.read(2000).decode("utf-8", "replace").split())
