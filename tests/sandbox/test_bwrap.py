@@ -412,15 +412,20 @@ def test_backend_start_does_its_file_work_off_the_loop_and_leaks_nothing_on_fail
     assert sorted(os.listdir("/proc/self/fd")) == before
 
 
-@needs_bwrap
-def test_real_runner_replies_inside_sandbox(layout: Layout) -> None:
-    conn = open_inbound(layout.session)
+def write_hello(lay: Layout) -> None:
+    """One chat message, ``msg-1``, for the session's runner to answer."""
+    conn = open_inbound(lay.session)
     insert_message_in(conn, {
         "id": "msg-1", "kind": "chat", "timestamp": datetime.now(UTC).isoformat(),
         "platform_id": "cli:me", "channel_type": "cli",
         "content": '{"text":"hello","sender":"me","senderId":"cli:me"}',
     })  # fmt: skip
     conn.close()
+
+
+@needs_bwrap
+def test_real_runner_replies_inside_sandbox(layout: Layout) -> None:
+    write_hello(layout)
     spec = RunnerSpec("sess-1", "ag-1", layout.session.root, layout.agent_dir, provider="mock",
                       idle_exit_s=1, env={"CARAPACE_TZ": "UTC"})  # fmt: skip
     backend = BwrapBackend(layout.home, network=False, pass_env=())
@@ -458,13 +463,7 @@ def test_processes_are_bounded_in_the_sandbox_never_for_the_whole_user(layout: L
     a desktop session's threads too: past 512 of them, as a normal user, no sandbox could
     even be made. Now the launcher keeps the host's limit and the runner bounds itself,
     inside its own user namespace."""
-    conn = open_inbound(layout.session)
-    insert_message_in(conn, {
-        "id": "msg-1", "kind": "chat", "timestamp": datetime.now(UTC).isoformat(),
-        "platform_id": "cli:me", "channel_type": "cli",
-        "content": '{"text":"hello","sender":"me","senderId":"cli:me"}',
-    })  # fmt: skip
-    conn.close()
+    write_hello(layout)
     (layout.agent_dir / "container.json").write_text(
         json.dumps({"settings": {"limits": {"processes": 77}}})
     )
@@ -509,13 +508,7 @@ def test_a_user_with_many_tasks_of_their_own_still_gets_a_sandbox(layout: Layout
     )  # fmt: skip
     try:
         assert helper.stdout is not None and helper.stdout.readline().strip() == "ready"
-        conn = open_inbound(layout.session)
-        insert_message_in(conn, {
-            "id": "msg-1", "kind": "chat", "timestamp": datetime.now(UTC).isoformat(),
-            "platform_id": "cli:me", "channel_type": "cli",
-            "content": '{"text":"hello","sender":"me","senderId":"cli:me"}',
-        })  # fmt: skip
-        conn.close()
+        write_hello(layout)
         spec = RunnerSpec("sess-1", "ag-1", layout.session.root, layout.agent_dir,
                           provider="mock", idle_exit_s=1, env={"CARAPACE_TZ": "UTC"})  # fmt: skip
         backend = BwrapBackend(layout.home, network=False, pass_env=())
