@@ -19,10 +19,12 @@ Mid-commit wakes (issue 19). A commit is many writes: the journal first, then th
 pages, then the journal's truncation. Each raises ``IN_MODIFY``, so a reader woken by the
 first one reads *during* the commit, meets the writer's lock and sleeps in SQLite's busy
 handler (1, 2, 5 ms…), and its shared lock in turn makes the writer's next commit wait. With
-``settle=True`` a folder's events are reported only once every watched ``*-journal`` is
-empty or absent (one ``lstat`` each): the commit point, whose truncation (or, in ``DELETE``
-mode, removal) raises the event that is then reported. A transaction left open, or a hot
-journal, delays the wake until it ends; callers poll anyway.
+``settle=True`` the kernel is asked only for the events that end a commit (``COMMIT_MASK``:
+SQLite closes the journal once its lock is dropped, ``IN_CLOSE_WRITE``, or in ``DELETE``
+mode removes it), so the writes of a commit, and of the folder's other files, wake no one;
+and a folder's events are reported only once every watched ``*-journal`` is empty or absent
+(one ``lstat`` each). A transaction left open, or a hot journal, delays the wake until it
+ends; callers poll anyway.
 
 A notification only says "look now": callers re-read the database and must also poll
 now and then (a notification can be coalesced, or missed while a folder is re-created).
@@ -63,6 +65,13 @@ IN_CLOEXEC = 0o2000000
 # journal every time it opens it, so a *read* raised an event, the reader re-read, and the
 # two sides woke each other forever (a CPU core spent while any runner lived).
 WATCH_MASK = IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE | IN_MODIFY | IN_DELETE
+# ``settle=True`` watches ask only for the events that can end a commit: SQLite closes a
+# rollback journal once the transaction's lock is dropped (IN_CLOSE_WRITE, after the
+# truncation in TRUNCATE mode) or removes it (IN_DELETE, DELETE mode); IN_MOVED_TO is a file
+# put in place whole. No IN_MODIFY: a commit is a dozen writes (three per journaled page),
+# each a wake of the reader for nothing, and the other files of the folder (the other side's
+# database, a log) raise them too.
+COMMIT_MASK = IN_CLOSE_WRITE | IN_MOVED_TO | IN_DELETE
 _EVENT = struct.Struct("iIII")
 _READ_SIZE = 64 * 1024
 
@@ -167,7 +176,8 @@ class DirWatcher:
             # folder deleted and made again under the same path (whose IN_IGNORED may not
             # have been drained yet) a new one, which replaces the stale mapping
             try:
-                wd = self._inotify.add_watch(path, WATCH_MASK | IN_DELETE_SELF | IN_MOVE_SELF)
+                mask = COMMIT_MASK if path in self._journals else WATCH_MASK
+                wd = self._inotify.add_watch(path, mask | IN_DELETE_SELF | IN_MOVE_SELF)
             except OSError as exc:
                 if exc.errno == errno.ENOENT:
                     raise FileNotFoundError(errno.ENOENT, "no such folder", str(path)) from None

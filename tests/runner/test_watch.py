@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from carapace.watch import DirWatcher
+from carapace.watch import IN_CLOSE_WRITE, DirWatcher
 
 
 @pytest.fixture(params=[True, False], ids=["inotify", "polling"])
@@ -147,3 +147,68 @@ def test_settle_does_not_follow_a_linked_journal(watcher: DirWatcher, tmp_path: 
     (folder / "x.db-journal").unlink()
     (folder / "x.db").write_bytes(b"more")
     assert _wait_for(watcher) == {folder}
+
+
+def _readable(fd: int) -> bool:
+    import select
+
+    return bool(select.select([fd], [], [], 0.05)[0])
+
+
+def test_a_settle_watch_wakes_once_per_commit_not_for_its_writes(tmp_path: Path) -> None:
+    """Issue 19: a commit is a dozen writes (three per journaled page), and the folder holds
+    the other side's database and a log, written all the time. A ``settle`` watch asks the
+    kernel only for the end of a commit (the journal closed or removed), so none of those
+    writes wakes the reader; a commit made by another process (as a runner's is) does, once."""
+    import subprocess
+    import sys
+
+    from carapace.db.connection import session_write_pragmas
+
+    conn = sqlite3.connect(tmp_path / "outbound.db", isolation_level=None)
+    session_write_pragmas(conn)
+    conn.execute("CREATE TABLE m (x)")
+    conn.close()
+    with DirWatcher() as w:
+        w.add(tmp_path, names={"outbound.db", "outbound.db-journal"}, settle=True)
+        fd = w.fileno()
+        assert fd is not None
+        w.drain()
+        with (
+            open(tmp_path / ".runner.log", "a") as log,
+            open(tmp_path / "inbound.db", "ab") as other,
+        ):
+            for _ in range(20):  # a log line, the other side's file: written, never closed
+                log.write("line\n")
+                log.flush()
+                other.write(b"x" * 4096)
+                other.flush()
+            assert not _readable(fd)  # not one wake
+        w.drain()  # (their closing, at the end of the block, is a close: an event)
+        code = (
+            "import sqlite3, sys\n"
+            "from carapace.db.connection import session_write_pragmas\n"
+            "c = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+            "session_write_pragmas(c)\n"
+            "for line in sys.stdin:\n"  # one commit per line, on a kept connection
+            "    c.execute('BEGIN IMMEDIATE')\n"
+            "    for _ in range(30): c.execute('INSERT INTO m VALUES (zeroblob(5000))')\n"
+            "    c.execute('COMMIT')\n"
+            "    print('committed', flush=True)\n"
+        )
+        proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "outbound.db")],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
+        assert proc.stdin is not None and proc.stdout is not None
+        try:
+            proc.stdin.write("1\n")
+            proc.stdin.flush()
+            assert proc.stdout.readline().strip() == "committed"
+            assert w._inotify is not None
+            raw = [(name, mask) for _, mask, name in w._inotify.read()]
+            assert raw == [("outbound.db-journal", IN_CLOSE_WRITE)]  # the end, nothing else
+            proc.stdin.write("2\n")
+            proc.stdin.flush()
+            assert proc.stdout.readline().strip() == "committed"
+            assert _wait_for(w) == {tmp_path}
+        finally:
+            proc.communicate("", timeout=20)
