@@ -38,7 +38,7 @@ import contextlib
 import functools
 import logging
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -88,6 +88,18 @@ class DrainResult:
     more: bool = False
 
 
+@dataclass
+class RideAlong:
+    """Another write of the host's to a session's ``inbound.db`` that shares the commit of
+    delivery's outcomes instead of making one of its own (issue 19): ``apply`` runs in
+    that transaction (the writer thread), then ``done`` hears its result, or ``undo`` is
+    called when the commit did not happen (what it carried is to be written later)."""
+
+    apply: Callable[[sqlite3.Connection], Any]
+    done: Callable[[Any], None]
+    undo: Callable[[], None]
+
+
 def backoff_s(attempts: int) -> float:
     return float(2 ** max(0, attempts - 1))
 
@@ -122,6 +134,9 @@ class Delivery:
         self.a2a_guard = A2AGuard()  # hop and rate bounds of agent-to-agent messages
         self.outbox = OutboxReader()  # every outbound.db read: checked, bounded, off the loop
         self.previews: Any = None  # host/preview.PreviewKeeper: replies shown as written
+        # the host's other writes to a session's file that may share an outcomes commit
+        # (its runner's acks, copied into messages_in): see RideAlong
+        self.ride_along: Callable[[str], Awaitable[RideAlong | None]] | None = None
 
     def _open(self, paths: SessionPaths) -> sqlite3.Connection:
         """The session's inbound.db with the host's delivery tables (a live session's kept
@@ -165,18 +180,22 @@ class Delivery:
         rec = self._pending(session_id)
         if rec:
             finished = [*rec.outcomes, *rec.attempts]
+            extra = await self.ride_along(session_id) if self.ride_along is not None else None
             # a snapshot: the thread writes it while the loop runs on (a session's drains
             # are serial, so nothing is added to its records meanwhile)
             snap = Records(dict(rec.outcomes), dict(rec.attempts), rec.cursor)
 
-            def write(conn: sqlite3.Connection) -> None:
+            def write(conn: sqlite3.Connection) -> Any:
                 host_tables(conn)
                 with transaction(conn):
                     snap.write(conn)
+                    return extra.apply(conn) if extra is not None else None
 
             try:  # only into the file they are about (not a folder made again since)
-                await self.sessions.writers.call(session_id, paths, write, expect=rec.key)
+                carried = await self.sessions.writers.call(session_id, paths, write, expect=rec.key)
             except FolderReplaced:
+                if extra is not None:
+                    extra.undo()
                 # the outcomes of rows of a deleted outbound.db: nothing to keep them for;
                 # the drain reads the new files at once
                 logger.info("delivery records of session %s dropped: its folder was made "
@@ -188,9 +207,17 @@ class Delivery:
                 self._again.add(session_id)
                 return False
             except (sqlite3.Error, OSError) as exc:
+                if extra is not None:
+                    extra.undo()
                 logger.warning("delivery records of session %s not written (kept, retried): %s",
                                session_id, exc)  # fmt: skip
                 return False
+            except BaseException:  # cancelled (the host stops): written later, or again
+                if extra is not None:
+                    extra.undo()
+                raise
+            if extra is not None:
+                extra.done(carried)
             if self._records.get(session_id) is rec:
                 self._records.pop(session_id, None)
             held = self._cursors.get(session_id)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import functools
 import logging
 import os
 import sqlite3
@@ -161,6 +162,7 @@ class Host:
             self.wake,
             SendIntents(self.home.data_dir / INTENTS_FILE),
         )
+        self.delivery.ride_along = functools.partial(host_runners.acks_ride_along, self)
         self.router = Router(self.db, self.sessions, self.adapters, self.wake)
         from carapace.host.typing import TypingKeeper
 
@@ -200,6 +202,7 @@ class Host:
         self._ack_rowid: dict[str, int] = {}
         self._acks_due: dict[str, dict[str, str]] = {}
         self._ack_timers: dict[str, asyncio.TimerHandle] = {}
+        self._noting: dict[str, asyncio.Future[None]] = {}  # acks being read (after_commit)
 
     def _default_backend(self) -> RunnerBackend:
         """``settings.runner_backend`` (auto: bwrap when usable), per agent group overrides;

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from carapace.db.session import SessionPaths
 from carapace.db.sessions import set_container_status
 from carapace.host import host_watch
+from carapace.host.delivery import RideAlong
 from carapace.host.outbox_reader import OutboxRefused
 from carapace.host.sweep import (
     ACK_BATCH,
@@ -193,7 +194,29 @@ async def after_commit(host: Host, session_id: str) -> None:
     slot, see whether this runner has become idle."""
     if host.pool.is_running(session_id):
         host._last_commit[session_id] = host.now()
-    await host._drain(session_id)
+    # the new acks are read beside the drain (another reader thread), so they are usually
+    # noted before its outcomes commit, which then carries them (acks_ride_along): the
+    # reply's ack is copied with the reply's delivery, no commit of its own
+    noting = host._noting[session_id] = asyncio.ensure_future(note_new_acks(host, session_id))
+    try:
+        await host._drain(session_id)
+    finally:
+        await noting
+        if host._noting.get(session_id) is noting:
+            del host._noting[session_id]
+    due = host._acks_due.get(session_id)
+    if due and (len(due) >= ACK_BATCH or not host.pool.is_running(session_id)):
+        await flush_acks(host, session_id)
+    elif due:  # noted after the drain's commit: with the next one (acks_ride_along), or soon
+        arm_ack_timer(host, session_id)
+    if host.pool.queued():
+        work_seen(host, session_id)
+        host._kick_idle_refresh()
+
+
+async def note_new_acks(host: Host, session_id: str) -> None:
+    """Note the session's terminal acks committed since the last look (one cheap read of
+    what changed, off the loop), to be copied into ``messages_in``."""
     session = host.sessions.get(session_id)
     if session is None:
         return
@@ -203,20 +226,51 @@ async def after_commit(host: Host, session_id: str) -> None:
             new_acks, paths.outbound, host._ack_rowid.get(session_id, -1)
         )
     except (OSError, OutboxRefused, TimeoutError):
-        top, acks = 0, {}
+        return
     if top:
         host._ack_rowid[session_id] = top
-    due = host._acks_due.setdefault(session_id, {})
-    due.update({m: st for m, st in acks.items() if st in ("completed", "failed")})
-    if len(due) >= ACK_BATCH or (due and not host.pool.is_running(session_id)):
-        await flush_acks(host, session_id)
-    elif due and session_id not in host._ack_timers:  # soon, together with the next few
+    done = {m: st for m, st in acks.items() if st in ("completed", "failed")}
+    if done:
+        host._acks_due.setdefault(session_id, {}).update(done)
+
+
+def arm_ack_timer(host: Host, session_id: str) -> None:
+    if session_id not in host._ack_timers:
         host._ack_timers[session_id] = asyncio.get_running_loop().call_later(
             ACK_FLUSH_S, lambda: host._spawn(flush_acks(host, session_id))
         )
-    if host.pool.queued():
-        work_seen(host, session_id)
-        host._kick_idle_refresh()
+
+
+async def acks_ride_along(host: Host, session_id: str) -> RideAlong | None:
+    """The session's noted acks, copied into ``messages_in`` in the commit of delivery's
+    outcomes instead of a commit of their own (issue 19: one more commit per reply, and a
+    wake of the runner); a read of new acks under way (after_commit's, begun beside the
+    drain, a fast read) is waited for, so a reply's ack goes with the reply's outcome.
+    When that commit does not happen they are noted again, for the next one or their
+    timer."""
+    noting = host._noting.get(session_id)
+    if noting is not None and not noting.done():
+        await asyncio.shield(noting)  # (a cancelled commit leaves the read to its owner)
+    due = host._acks_due.pop(session_id, None)
+    if not due:
+        return None
+    timer = host._ack_timers.pop(session_id, None)
+    if timer is not None:
+        timer.cancel()
+
+    def done(task: object) -> None:
+        if task and not host._stopping:  # the sweep records the task's run
+            host.sessions.mark_work(session_id, due_iso(host.now()) or "")
+            host._kick_sweep()
+
+    def undo() -> None:
+        noted = host._acks_due.setdefault(session_id, {})
+        for message_id, status in due.items():
+            noted.setdefault(message_id, status)
+        if not host._stopping:
+            arm_ack_timer(host, session_id)
+
+    return RideAlong(functools.partial(apply_acks_on, done=due), done, undo)
 
 
 async def flush_acks(host: Host, session_id: str) -> None:

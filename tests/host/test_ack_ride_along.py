@@ -1,0 +1,108 @@
+"""Issue 19: a runner's acks are copied into ``messages_in`` in the commit of the next
+reply's delivery records, not in a commit of their own (that one came every 64 replies,
+and a round trip waited behind it)."""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+import pytest
+from host_rig import Rig
+
+from carapace.channels.fake import make_event
+from carapace.db.sessions import Session
+from carapace.host import delivery_log, host_runners
+
+
+def _status(rig: Rig, s: Session) -> dict[str, str]:
+    return {r["id"]: r["status"] for r in rig.inbound(s, "SELECT id, status FROM messages_in")}
+
+
+def _turn(rig: Rig, s: Session | None, text: str, mid: str) -> tuple[Session, str]:
+    """A message routed, and what a runner writes for it: a reply and a completed ack."""
+    rig.run(rig.host.route(make_event(text, platform_id="chan", id=mid)))
+    s = s or rig.sessions()[0]
+    [row] = [r for r in rig.inbound(s) if r["id"].startswith(mid)]
+    rig.reply(s, {"text": f"re {text}"}, channel_type="fake", platform_id="chan",
+              in_reply_to=row["id"])  # fmt: skip
+    rig.ack(s, row["id"], "completed")
+    return s, row["id"]
+
+
+@pytest.fixture
+def counted(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """No flush timer fires in the test; each commit of acks of their own is counted."""
+    monkeypatch.setattr(host_runners, "ACK_FLUSH_S", 3600.0)
+    calls: list[int] = []
+    flush = host_runners.flush_acks
+
+    async def counting(host: Any, session_id: str) -> None:
+        calls.append(1)
+        await flush(host, session_id)
+
+    monkeypatch.setattr(host_runners, "flush_acks", counting)
+    return calls
+
+
+def _wire(rig: Rig) -> None:
+    ag = rig.agent()
+    rig.wire(rig.chat("chan"), ag)
+
+
+def test_noted_acks_ride_along_with_the_delivery_records(rig: Rig, counted: list[int]) -> None:
+    _wire(rig)
+    s, m1 = _turn(rig, None, "one", "m1")
+    assert rig.host.pool.is_running(s.id)  # (a live runner: acks are batched)
+    rig.run(host_runners.note_new_acks(rig.host, s.id))
+    assert rig.host._acks_due[s.id] == {m1: "completed"}
+    assert _status(rig, s)[m1] == "pending"
+    assert rig.run(rig.host.deliver_once(s.id)) == 1
+    assert rig.channel.texts() == ["re one"]
+    assert _status(rig, s)[m1] == "completed"  # in the commit of the reply's delivery
+    assert {d["status"] for d in rig.delivered(s)} == {"delivered"}
+    assert not rig.host._acks_due.get(s.id) and s.id not in rig.host._ack_timers
+    assert counted == []  # no commit of acks alone
+
+
+def test_a_reply_and_its_ack_take_one_commit(rig: Rig, counted: list[int]) -> None:
+    """A runner's commit (reply + ack): the host reads the ack beside the delivery (its
+    read is done long before the reply is sent), so the ack is copied with the reply's
+    delivery records."""
+    _wire(rig)
+    s, m1 = _turn(rig, None, "one", "m1")
+    rig.run(host_runners.after_commit(rig.host, s.id))
+    assert _status(rig, s)[m1] == "completed"
+    _, m2 = _turn(rig, s, "two", "m2")
+    rig.run(host_runners.after_commit(rig.host, s.id))
+    assert rig.channel.texts() == ["re one", "re two"]
+    assert _status(rig, s)[m2] == "completed"
+    assert not rig.host._acks_due.get(s.id) and s.id not in rig.host._ack_timers
+    assert counted == []
+
+
+def test_acks_whose_commit_failed_are_noted_again_and_copied_later(
+    rig: Rig, counted: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _wire(rig)
+    s, m1 = _turn(rig, None, "one", "m1")
+    rig.run(host_runners.note_new_acks(rig.host, s.id))
+    real = delivery_log.Records.write
+    failing = [True]
+
+    def write(self: Any, conn: sqlite3.Connection) -> None:
+        if failing[0]:
+            raise sqlite3.OperationalError("disk I/O error")
+        real(self, conn)
+
+    monkeypatch.setattr(delivery_log.Records, "write", write)
+    rig.run(rig.host.deliver_once(s.id))  # the reply is sent, its records not written
+    assert rig.channel.texts() == ["re one"]
+    assert _status(rig, s)[m1] == "pending"
+    assert rig.host._acks_due[s.id] == {m1: "completed"}  # noted again
+    assert s.id in rig.host._ack_timers  # and their timer armed
+    failing[0] = False
+    rig.run(rig.host.deliver_once(s.id))  # the records are written again: the acks with them
+    assert _status(rig, s)[m1] == "completed"
+    assert rig.channel.texts() == ["re one"]  # (sent once)
+    assert counted == []
