@@ -140,3 +140,43 @@ def test_routing_does_not_stat_a_known_session_file_and_a_deleted_folder_is_made
     finally:
         mgr.writers.close()
         db.close()
+
+
+def test_a_new_sessions_row_is_synced_before_its_first_message_is_taken(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The central DB commits at ``synchronous=NORMAL`` (a WAL synced at checkpoints). A
+    new session's row is synced (its WAL fsynced, in the worker that makes the folder)
+    before the router takes the message: a power loss just after could otherwise roll the
+    row back and leave the acknowledged message in a folder no session names."""
+    db, mgr, ag, mg = _manager(tmp_path)
+    wal = f"{mgr.central_path}-wal"
+    synced: list[tuple[int, int]] = []  # (thread, sessions visible to another reader)
+    real = os.fsync
+
+    def recording(fd: int) -> None:
+        if os.readlink(f"/proc/self/fd/{fd}") == wal:
+            other = sqlite3.connect(f"file:{mgr.central_path}?mode=ro", uri=True)
+            try:
+                rows = other.execute("SELECT COUNT(*) FROM sessions").fetchone()[0]
+            finally:
+                other.close()
+            synced.append((threading.get_ident(), rows))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", recording)
+    now = datetime.now(UTC)
+
+    async def route_twice() -> int:
+        await mgr.resolve_async(ag, mg, None, "shared", now=now)
+        first = len(synced)
+        await mgr.resolve_async(ag, mg, None, "shared", now=now)  # the session exists now
+        assert len(synced) == first  # no sync per message
+        return threading.get_ident()
+
+    loop_thread = asyncio.run(route_twice())
+    assert len(synced) == 1
+    thread, rows = synced[0]
+    assert rows == 1  # the row was committed before the sync, which made it durable
+    assert thread != loop_thread  # off the event loop
+    db.close()

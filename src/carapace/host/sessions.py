@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from carapace.config import Home
-from carapace.db.connection import transaction
+from carapace.db.connection import sync_wal, transaction
 from carapace.db.memo import ReadMemo
 from carapace.db.session import (
     SessionPaths,
@@ -72,6 +72,8 @@ class SessionManager:
         self.db = db
         # central reads of routing, kept while the central DB is unchanged (db/memo.py)
         self.memo = ReadMemo(db)
+        listed = db.execute("PRAGMA database_list").fetchone()
+        self.central_path: str | None = listed[2] if listed and listed[2] else None
         # Live sessions (a runner runs): one persistent host connection to inbound.db, used
         # on the event loop's thread only; closed when the runner ends (issue 19).
         self._kept: dict[str, sqlite3.Connection] = {}
@@ -214,7 +216,7 @@ class SessionManager:
             agent_group_id, messaging_group_id, thread_id, mode, now=now
         )
         if make or session.id in self._making:  # idempotent: waits for a maker's lock
-            init_session_folder(self.paths(session))
+            self._make_durably(self.paths(session))
         return session, created
 
     async def resolve_async(
@@ -237,18 +239,27 @@ class SessionManager:
         return session, created
 
     async def _make_folder(self, session: Session, make: bool) -> None:
-        """Make the session's folder off the loop (``make``), or wait for a maker."""
+        """Make the session's folder off the loop (``make``), or wait for a maker. The
+        central DB's WAL is synced there too: the new session's row (committed on the loop
+        at ``synchronous=NORMAL``) then survives a power loss before the first message is
+        acknowledged; rolled back, it left that message in a folder no session names (the
+        journal's replay dropped it, the chat's next message made a new session)."""
         making = self._making.get(session.id)
         if making is not None:
             await making.wait()
         elif make:
             making = self._making[session.id] = asyncio.Event()
             try:
-                await asyncio.to_thread(init_session_folder, self.paths(session))
+                await asyncio.to_thread(self._make_durably, self.paths(session))
             finally:
                 del self._making[session.id]
                 making.set()
         self._present.add(session.id)
+
+    def _make_durably(self, paths: SessionPaths) -> None:
+        init_session_folder(paths)
+        if self.central_path is not None:
+            sync_wal(self.central_path)
 
     def _resolve_row(
         self,
