@@ -406,8 +406,9 @@ _suite_command("delivery", "Waiting replies of one session delivered in one drai
                [("rows", 2000, "Rows.")])  # fmt: skip
 _suite_command("runner", "Runner cold start (p50), start-up breakdown, idle memory.",
                [("n", 10, "Cold starts per backend.")])  # fmt: skip
-_suite_command("fsyncs", "fsync/fdatasync calls per warm round trip (perf stat, children "
-               "included).", [("n", 100, "Round trips.")])  # fmt: skip
+_suite_command("fsyncs", "fsync/fdatasync calls per warm round trip, back to back and 1.2 s "
+               "apart (perf stat, children included).",
+               [("n", 100, "Round trips back to back.")])  # fmt: skip
 
 
 @bench.command("all")
