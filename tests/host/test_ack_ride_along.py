@@ -106,3 +106,27 @@ def test_acks_whose_commit_failed_are_noted_again_and_copied_later(
     assert _status(rig, s)[m1] == "completed"
     assert rig.channel.texts() == ["re one"]  # (sent once)
     assert counted == []
+
+
+def test_a_failing_read_of_acks_never_keeps_the_records_from_their_commit(
+    rig: Rig, counted: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The acks' read runs beside the delivery, and the records' commit waits for it: a
+    read that fails (slowly) is after_commit's to report, the records are committed."""
+    import time
+
+    _wire(rig)
+    s, _m1 = _turn(rig, None, "one", "m1")
+
+    def broken(*_args: Any) -> Any:
+        deadline = time.monotonic() + 10
+        while not rig.channel.deliveries and time.monotonic() < deadline:
+            time.sleep(0.001)  # (a reader thread) until the reply is sent,
+        time.sleep(0.05)  # and a moment more: the records are waiting for this read
+        raise RuntimeError("a reader gone wrong")
+
+    monkeypatch.setattr(host_runners, "new_acks", broken)
+    with pytest.raises(RuntimeError, match="gone wrong"):
+        rig.run(host_runners.after_commit(rig.host, s.id))
+    assert rig.channel.texts() == ["re one"]
+    assert {d["status"] for d in rig.delivered(s)} == {"delivered"}  # committed

@@ -250,7 +250,10 @@ async def acks_ride_along(host: Host, session_id: str) -> RideAlong | None:
     timer."""
     noting = host._noting.get(session_id)
     if noting is not None and not noting.done():
-        await asyncio.shield(noting)  # (a cancelled commit leaves the read to its owner)
+        # (shielded: a cancelled commit leaves the read to its owner; its failure is its
+        # owner's to report, never a reason to keep delivery's records from their commit)
+        with contextlib.suppress(Exception):
+            await asyncio.shield(noting)
     due = host._acks_due.pop(session_id, None)
     if not due:
         return None
