@@ -90,6 +90,7 @@ def test_streamable_http_server(hub: Callable[..., McpHub]) -> None:
     with serve_http() as url:
         h = hub({"web": {"url": url}})
         assert h.call("mcp__web__add", {"a": 2, "b": 40}).content == "42"
+        h.close()  # before the server: it waits for its open streams to end (10 s)
 
 
 def test_crashing_server_is_a_tool_error_then_restarted(hub: Callable[..., McpHub]) -> None:
