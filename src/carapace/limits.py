@@ -32,7 +32,9 @@ import contextlib
 import functools
 import logging
 import os
+import re
 import resource
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -203,7 +205,9 @@ def runner_cgroup(name: str, limits: Limits) -> Path | None:
     base = pids_cgroup_root()
     if base is None:
         return None
-    path = base / f"carapace-{name}"
+    # the host's pid in the name: two hosts on one machine (two homes, a copy of one) may
+    # hold the same session id, and removing a cgroup kills what is left in it
+    path = base / f"carapace-{os.getpid()}-{name}"
     try:
         path.mkdir(exist_ok=True)
         (path / "pids.max").write_text(f"{limits.processes}\n")
@@ -213,22 +217,74 @@ def runner_cgroup(name: str, limits: Limits) -> Path | None:
     return path
 
 
+_OWNED = re.compile(r"carapace-(?:spare-)?(\d+)-")  # and the spares' names before pids came first
+
+
+def sweep_cgroups() -> int:
+    """Remove the empty runner cgroups of hosts that are gone (a host killed, or one whose
+    spare outlived it, leaves its cgroups behind): those whose name holds the pid of a
+    process that no longer exists. Returns how many were removed; a live host's are never
+    touched, and a cgroup with tasks in it cannot be removed."""
+    base = pids_cgroup_root()
+    if base is None:
+        return 0
+    removed = 0
+    try:
+        names = os.listdir(base)
+    except OSError:
+        return 0
+    for name in names:
+        m = _OWNED.match(name)
+        if m is None or _alive(int(m.group(1))):
+            continue
+        with contextlib.suppress(OSError):
+            (base / name).rmdir()
+            removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process: alive
+        return True
+    return True
+
+
 def join_cgroup(path: Path | None) -> None:  # pragma: no cover - runs in the child
     if path is not None:
         with contextlib.suppress(OSError), open(path / "cgroup.procs", "w") as fh:
             fh.write("0\n")
 
 
-def remove_cgroup(path: Path | None) -> None:
-    """Remove a runner's cgroup once its tree is gone (kills what is left first)."""
+def remove_cgroup(path: Path | None, wait_s: float = 2.0) -> None:
+    """Remove a runner's cgroup once its tree is gone: what is left is killed first, and
+    the removal waits (up to ``wait_s``, polling) for those tasks to leave it, since a
+    cgroup with tasks cannot be removed. Blocks: call it from a worker thread."""
     if path is None:
         return
-    with contextlib.suppress(OSError):
-        for pid in (path / "cgroup.procs").read_text().split():
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            pids = (path / "cgroup.procs").read_text().split()
+        except OSError:
+            pids = []
+        for pid in pids:
             with contextlib.suppress(OSError):
                 os.kill(int(pid), 9)
-    with contextlib.suppress(OSError):
+        if not pids or time.monotonic() >= deadline:
+            break
+        time.sleep(0.005)
+    try:
         path.rmdir()
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        logger.warning("runner cgroup %s not removed: %s", path, exc)
 
 
 def mechanism() -> str:

@@ -62,6 +62,7 @@ from carapace.host.sweep import (
     heartbeat_at,
 )
 from carapace.limits import mechanism as limits_mechanism
+from carapace.limits import sweep_cgroups
 from carapace.perms import private_umask
 from carapace.proxy.hostside import HostProxy, budget_warning
 from carapace.sandbox.process import (
@@ -297,6 +298,9 @@ class Host:
             n = await asyncio.to_thread(cleanup_orphans, self.home.sessions_dir)
             if n:
                 logger.warning("stopped %d orphan runner(s)", n)
+            n = await asyncio.to_thread(sweep_cgroups)
+            if n:
+                logger.info("removed %d runner cgroup(s) left by hosts that are gone", n)
         self.db.execute(
             "UPDATE sessions SET container_status='stopped' WHERE container_status != 'stopped'"
         )

@@ -6,6 +6,7 @@ environment allowlist, and the plain ``subprocess`` backend (no sandbox; tests a
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import ctypes
 import functools
@@ -258,8 +259,17 @@ def spare_starter(python: str) -> SpareStarter:
     """The host process's spare for runners of ``python`` (one, shared by its backends)."""
     starter = _spares.get(python)
     if starter is None:
+        if not _spares:
+            atexit.register(close_spares)
         starter = _spares[python] = SpareStarter(python)
     return starter
+
+
+def close_spares() -> None:
+    """End the ready spares and remove their cgroups (at the host process's exit; what a
+    killed host leaves, the next host's start removes: ``limits.sweep_cgroups``)."""
+    for starter in list(_spares.values()):
+        starter.close()
 
 
 async def start_runner(argv: Sequence[str], *, name: str, limits: Limits, env: dict[str, str],

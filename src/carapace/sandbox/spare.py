@@ -156,7 +156,7 @@ class SpareStarter:
 
     def _make(self, n: int, limits: Limits | None = None) -> _Ready:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        cgroup = runner_cgroup(f"spare-{os.getpid()}-{n}", limits or Limits())
+        cgroup = runner_cgroup(f"spare-{n}", limits or Limits())
         try:
             # no preexec_fn and no setsid here: the fork is a vfork, no copy of the host's
             # page tables with the GIL held, and the child runs (and execs) in the host's
