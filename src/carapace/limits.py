@@ -235,7 +235,7 @@ def sweep_cgroups() -> int:
         return 0
     for name in names:
         m = _OWNED.match(name)
-        if m is None or _alive(int(m.group(1))):
+        if m is None or pid_alive(int(m.group(1))):
             continue
         with contextlib.suppress(OSError):
             (base / name).rmdir()
@@ -243,7 +243,8 @@ def sweep_cgroups() -> int:
     return removed
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists (this process's own pid included)."""
     if pid == os.getpid():
         return True
     try:

@@ -70,6 +70,7 @@ from carapace.sandbox.process import (
     RunnerExit,
     RunnerSpec,
     compile_runner_code,
+    sweep_tmp_dirs,
 )
 from carapace.timefmt import Clock, SystemClock
 
@@ -299,8 +300,10 @@ class Host:
             if n:
                 logger.warning("stopped %d orphan runner(s)", n)
             n = await asyncio.to_thread(sweep_cgroups)
-            if n:
-                logger.info("removed %d runner cgroup(s) left by hosts that are gone", n)
+            n_tmp = await asyncio.to_thread(sweep_tmp_dirs)
+            if n or n_tmp:
+                logger.info("removed %d runner cgroup(s) and %d runner temp folder(s) left by "
+                            "hosts that are gone", n, n_tmp)  # fmt: skip
         self.db.execute(
             "UPDATE sessions SET container_status='stopped' WHERE container_status != 'stopped'"
         )

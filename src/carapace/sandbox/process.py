@@ -12,9 +12,13 @@ import ctypes
 import functools
 import logging
 import os
+import re
+import shutil
 import signal
+import stat
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -25,6 +29,7 @@ from typing import IO, Any, Protocol, cast
 from carapace.limits import (
     Limits,
     join_cgroup,
+    pid_alive,
     remove_cgroup,
     rlimit_preexec,
     runner_cgroup,
@@ -326,13 +331,63 @@ def proc_start_time(pid: int) -> str | None:
     return stat.rsplit(")", 1)[1].split()[19]
 
 
+TMP_PREFIX = "carapace-tmp-"  # + the host's pid + "-": an unsandboxed runner's TMPDIR
+_TMP_OWNED = re.compile(re.escape(TMP_PREFIX) + r"(\d+)-")
+
+
+def runner_tmp_dir() -> Path:
+    """A new owner-only folder in the host's temp folder for one unsandboxed runner (its
+    ``TMPDIR``: the runner's own temp folder and its agent's commands' files go there),
+    named for the host process and removed after the runner's exit, killed or not. (In
+    bwrap the sandbox's ``/tmp`` is a tmpfs of its own.)"""
+    return Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{os.getpid()}-"))
+
+
+def remove_tmp_dir(path: Path) -> None:
+    """``rmtree`` through directory descriptors: a link inside is removed, never followed."""
+    try:
+        shutil.rmtree(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        logger.warning("runner temp folder %s not removed: %s", path, exc)
+
+
+def sweep_tmp_dirs(base: str | None = None) -> int:
+    """Remove the runner temp folders of host processes that are gone (a host killed while
+    its unsandboxed runners ran): this user's own folders only, never through a link.
+    Returns how many were removed."""
+    base = base or tempfile.gettempdir()
+    removed = 0
+    try:
+        names = os.listdir(base)
+    except OSError:
+        return 0
+    for name in names:
+        m = _TMP_OWNED.match(name)
+        if m is None or pid_alive(int(m.group(1))):
+            continue
+        path = Path(base, name)
+        try:
+            st = path.lstat()
+        except OSError:
+            continue
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+            continue  # a link, a file, or another user's: not ours to remove
+        remove_tmp_dir(path)
+        removed += not path.exists()
+    return removed
+
+
 class ProcHandle:
     """The pool's handle on one runner process (its own process group)."""
 
-    def __init__(self, proc: Child, cgroup: Path | None = None) -> None:
+    def __init__(self, proc: Child, cgroup: Path | None = None,
+                 tmp_dir: Path | None = None) -> None:  # fmt: skip
         self.proc = proc
         self.pid: int | None = proc.pid
         self.cgroup = cgroup  # the runner's own pids cgroup, removed after its exit
+        self.tmp_dir = tmp_dir  # an unsandboxed runner's TMPDIR, removed after its exit
 
     async def wait(self) -> int:
         code = await self.proc.wait()
@@ -340,6 +395,9 @@ class ProcHandle:
             cgroup, self.cgroup = self.cgroup, None
             # cgroupfs reads and an rmdir can take tens of ms under load: not on the loop
             await asyncio.to_thread(remove_cgroup, cgroup)
+        if self.tmp_dir is not None:
+            tmp, self.tmp_dir = self.tmp_dir, None
+            await asyncio.to_thread(remove_tmp_dir, tmp)
         return code
 
     def signal(self, sig: int) -> None:
@@ -398,12 +456,15 @@ class SubprocessBackend:
         argv = self.argv(spec)
         if systemd_scope_usable():
             argv = [*scope_argv(spec.limits), *argv]
-        log = open(spec.session_dir / LOG_FILE, "ab")  # noqa: SIM115 - handed to the child
+        tmp = runner_tmp_dir()
+        env["TMPDIR"] = str(tmp)
         try:
-            proc, cgroup = await start_runner(
-                argv, name=spec.session_id, limits=spec.limits, env=env,
-                cwd=str(spec.agent_dir), stderr=log, spare=self.spare,
-            )  # fmt: skip
-        finally:
-            log.close()
-        return ProcHandle(proc, cgroup)
+            with open(spec.session_dir / LOG_FILE, "ab") as log:  # handed to the child
+                proc, cgroup = await start_runner(
+                    argv, name=spec.session_id, limits=spec.limits, env=env,
+                    cwd=str(spec.agent_dir), stderr=log, spare=self.spare,
+                )  # fmt: skip
+        except BaseException:
+            remove_tmp_dir(tmp)
+            raise
+        return ProcHandle(proc, cgroup, tmp)
