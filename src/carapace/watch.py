@@ -34,6 +34,7 @@ the ``stat`` of the folder's files every ``poll_interval`` seconds, and ``fileno
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import logging
@@ -146,6 +147,7 @@ class DirWatcher:
         self._snapshots: dict[Path, dict[str, tuple[int, int, int]]] = {}
         self._pending: set[Path] = set()
         self._next_poll = 0.0
+        self._wake_fd: int | None = None  # readable: ``wait`` returns (interrupt_on)
         self._inotify: _Inotify | None = None
         if use_inotify:
             try:
@@ -256,8 +258,14 @@ class DirWatcher:
                 return True  # cannot tell: report, the reader copes
         return True
 
+    def interrupt_on(self, fd: int | None) -> None:
+        """``fd`` (non-blocking, e.g. ``signal.set_wakeup_fd``'s pipe): when it is readable
+        ``wait`` empties it and returns at once, changes or not."""
+        self._wake_fd = fd
+
     def wait(self, timeout: float) -> set[Path]:
-        """Block until some watched path changes or ``timeout`` seconds pass."""
+        """Block until some watched path changes, ``timeout`` seconds pass or the
+        :meth:`interrupt_on` descriptor is written to."""
         deadline = time.monotonic() + max(0.0, timeout)
         changed = self.drain()
         while not changed:
@@ -265,15 +273,23 @@ class DirWatcher:
             if remaining <= 0:
                 return changed
             fd = self.fileno()
-            if fd is not None:
+            fds = [f for f in (fd, self._wake_fd) if f is not None]
+            step = remaining if fd is not None else min(self.poll_interval, remaining)
+            if fds:
                 try:
-                    ready, _, _ = select.select([fd], [], [], remaining)
+                    ready, _, _ = select.select(fds, [], [], step)
                 except InterruptedError:
                     ready = []
-                if not ready:
-                    return self.drain()
             else:
-                time.sleep(min(self.poll_interval, remaining))
+                time.sleep(step)
+                ready = []
+            if self._wake_fd is not None and self._wake_fd in ready:
+                with contextlib.suppress(OSError):
+                    while os.read(self._wake_fd, 512):
+                        pass
+                return self.drain()
+            if fd is not None and not ready:
+                return self.drain()
             changed = self.drain()
         return changed
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 import time
@@ -44,6 +45,26 @@ def test_write_wakes_wait(watcher: DirWatcher, tmp_path: Path) -> None:
     start = time.monotonic()
     assert watcher.wait(60.0) == {tmp_path}
     assert time.monotonic() - start < 30.0  # woken by the write, not by the 60 s timeout
+
+
+def test_a_write_to_the_interrupt_fd_ends_a_wait(tmp_path: Path) -> None:
+    """The runner's SIGTERM: the C-level handler writes to the wake-up pipe, and the wait for
+    inbound rows returns at once (a retried select would sleep on to its timeout). Both
+    kinds of watcher; the pipe is emptied, so the next wait waits again."""
+    for use_inotify in (True, False):
+        r, w = os.pipe2(os.O_NONBLOCK)
+        with DirWatcher(poll_interval=30.0, use_inotify=use_inotify) as watcher:
+            watcher.add(tmp_path)
+            watcher.interrupt_on(r)
+            os.write(w, b"\x0f" * 3)
+            start = time.monotonic()
+            assert watcher.wait(60.0) == set()
+            assert time.monotonic() - start < 30.0  # not the poll interval, not the timeout
+            with pytest.raises(BlockingIOError):
+                os.read(r, 1)  # emptied
+            assert watcher.wait(0.05) == set()
+        os.close(r)
+        os.close(w)
 
 
 def test_drain_is_non_blocking_and_resets(watcher: DirWatcher, tmp_path: Path) -> None:

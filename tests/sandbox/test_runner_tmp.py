@@ -115,3 +115,15 @@ def test_a_hosts_start_removes_what_a_gone_host_left(tmp_path: Path, tmp_base: P
     finally:
         host.close()
     assert not gone.exists()
+
+
+def test_the_network_sandboxes_resolv_conf_goes_with_its_host_process(tmp_base: Path) -> None:
+    """One folder per host process (once left behind by every host that ran a network
+    sandbox); named as a runner's temp folder, so a killed host's is swept too."""
+    code = "from carapace.sandbox.netns import resolv_conf\nprint(resolv_conf(), flush=True)\n"
+    env = {**os.environ, "TMPDIR": str(tmp_base)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=60, check=True).stdout.strip()  # fmt: skip
+    folder = Path(out).parent
+    assert folder.parent == tmp_base and folder.name.startswith(TMP_PREFIX)
+    assert not folder.exists()

@@ -25,6 +25,7 @@ after the final transaction).
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sqlite3
 import threading
@@ -64,10 +65,6 @@ TERMINAL_ACKS = ("completed", "failed")
 FINISHED_MAX = 4096  # finished ids remembered at most (the host copies acks every 64 or 1 s)
 
 
-class _Stop(Exception):
-    pass
-
-
 class Runner:
     """Serves one session until idle-exit, SIGTERM or ``stop()``."""
 
@@ -91,7 +88,7 @@ class Runner:
         self.outbound = Outbound(self.paths, inbound_max=self._inbound_max)
         self.watcher = watcher or DirWatcher(poll_interval=1.0)
         self._stop = threading.Event()
-        self._busy = False
+        self._signalled = 0  # the SIGTERM/SIGINT received (the handler sets only this)
         self._on_wake_visible: set[str] | None = None
         # ids with a terminal ack ("completed"/"failed": never taken again), still pending
         # in inbound.db until the host copies the acks there (in batches): not decoded nor
@@ -104,7 +101,7 @@ class Runner:
             now=self.clock.now,
             heartbeat=self.heartbeat,
             wait=self._wait_inbound,
-            should_stop=self._stop.is_set,
+            should_stop=self.stopping,
             workspace=workspace,
         )
         self.mcp = mcp
@@ -119,7 +116,7 @@ class Runner:
             self.toolbox,
             max_tool_rounds=config.max_tool_rounds,
             heartbeat=self.heartbeat,
-            should_stop=self._stop.is_set,
+            should_stop=self.stopping,
             context_limit_chars=config.agent_settings.context_limit_chars,
             history_messages=config.history_messages,
             on_compaction=self._on_compaction,
@@ -136,13 +133,20 @@ class Runner:
     def stop(self) -> None:
         self._stop.set()
 
+    def stopping(self) -> bool:
+        return self._signalled != 0 or self._stop.is_set()
+
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
-        logger.info("signal %d: stopping", signum)
-        self._stop.set()
-        if not self._busy:
-            raise _Stop()
+        # runs in the main thread between any two bytecodes, maybe inside a write to
+        # stderr (logging there again raised, and the signal was lost: the runner served
+        # on) or inside a lock: it only notes the signal. The wait for inbound rows returns
+        # at once: the C-level handler writes to the wake-up pipe the watcher selects on.
+        self._signalled = signum
 
     def install_signal_handlers(self) -> None:
+        r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+        self.watcher.interrupt_on(r)
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
 
@@ -181,13 +185,9 @@ class Runner:
                         (time.perf_counter() - t0) * 1000, at)  # fmt: skip
         last_work = time.monotonic()
         try:
-            while not self._stop.is_set():
-                self._busy = True
-                try:
-                    worked = self.step()
-                finally:
-                    self._busy = False
-                if self._stop.is_set():
+            while not self.stopping():
+                worked = self.step()
+                if self.stopping():
                     break
                 if worked:
                     last_work = time.monotonic()
@@ -203,10 +203,10 @@ class Runner:
                 if due is not None:
                     timeout = min(timeout, max(0.01, (due - self.clock.now()).total_seconds()))
                 self.watcher.wait(timeout)
-        except _Stop:
-            pass
         finally:
             self.close()
+        if self._signalled:
+            logger.info("signal %d: stopped", self._signalled)
         logger.info("runner stopped: session %s", self.config.session_id)
         return 0
 

@@ -13,6 +13,7 @@ alternative, bwrap's ``--share-net``, would expose the host's loopback); ``docto
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import fcntl
 import json
@@ -23,6 +24,7 @@ import tempfile
 from pathlib import Path
 
 from carapace.errors import ConfigError
+from carapace.sandbox.process import TMP_PREFIX
 
 logger = logging.getLogger(__name__)
 
@@ -48,10 +50,13 @@ def require_slirp() -> str:
 
 
 def resolv_conf() -> Path:
-    """A host-owned resolv.conf naming slirp's DNS (bound read-only into the sandbox)."""
+    """A host-owned resolv.conf naming slirp's DNS (bound read-only into the sandbox), in
+    a temp folder of the host process's (named as a runner's ``TMPDIR``: removed at the
+    process's exit, or by the next host's start when the process was killed)."""
     global _resolv
     if _resolv is None or not _resolv.exists():
-        folder = Path(tempfile.mkdtemp(prefix="carapace-net-"))
+        folder = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{os.getpid()}-net-"))
+        atexit.register(shutil.rmtree, folder, True)
         path = folder / "resolv.conf"
         path.write_text(RESOLV_CONF, encoding="utf-8")
         _resolv = path
