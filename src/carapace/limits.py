@@ -229,18 +229,22 @@ def sweep_cgroups() -> int:
     if base is None:
         return 0
     removed = 0
-    try:
-        names = os.listdir(base)
-    except OSError:
-        return 0
-    for name in names:
-        m = _OWNED.match(name)
-        if m is None or pid_alive(int(m.group(1))):
-            continue
+    for name in left_by_gone_hosts(base, _OWNED):
         with contextlib.suppress(OSError):
             (base / name).rmdir()
             removed += 1
     return removed
+
+
+def left_by_gone_hosts(base: str | Path, pattern: re.Pattern[str]) -> list[str]:
+    """The names in the folder ``base`` that ``pattern`` matches with, as its group 1, the
+    pid of a process that no longer exists (none when ``base`` cannot be listed)."""
+    try:
+        names = os.listdir(base)
+    except OSError:
+        return []
+    return [name for name in names
+            if (m := pattern.match(name)) is not None and not pid_alive(int(m.group(1)))]  # fmt: skip
 
 
 def pid_alive(pid: int) -> bool:

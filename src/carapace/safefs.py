@@ -347,3 +347,18 @@ def mkdirs_beneath(root: int | str | os.PathLike[str], rel: str | os.PathLike[st
             current = nxt
     finally:
         os.close(current)
+
+
+def remove_tree(path: str | os.PathLike[str], what: str) -> None:
+    """Remove the folder ``path`` and all in it (``shutil.rmtree``, which works through
+    directory descriptors here: a link inside is removed, never followed). Gone already is
+    fine; another failure is a warning naming ``what``."""
+    import logging
+    import shutil  # here: the runner imports this module at its start, and this at its end
+
+    try:
+        shutil.rmtree(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        logging.getLogger(__name__).warning("%s %s not removed: %s", what, path, exc)

@@ -1,11 +1,10 @@
 """Per-runner ``pids`` cgroups (cgroup v1, where the host can make them: root in a container)
 belong to the host process that made them: two hosts on one machine never share one, and
-what a host that is gone left behind is removed by the next host's start. Real cgroups,
-real processes."""
+what a host that is gone left behind is removed by the next host's start (that start:
+tests/sandbox/test_runner_tmp.py). Real cgroups, real processes."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import subprocess
 import sys
@@ -14,10 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from carapace.channels.fake import FakeChannel
-from carapace.config import Home, Settings
-from carapace.host.host import Host, HostOptions
-from carapace.host.pool import FakeBackend
 from carapace.limits import Limits, pids_cgroup_root, remove_cgroup, runner_cgroup, sweep_cgroups
 
 BASE = pids_cgroup_root()
@@ -113,24 +108,6 @@ def test_a_gone_hosts_cgroups_are_swept_and_a_live_hosts_kept(made: list[Path]) 
     finally:
         live.kill()
         live.wait()
-
-
-def test_a_hosts_start_sweeps_what_a_gone_host_left(tmp_path: Path, made: list[Path]) -> None:
-    gone, left = _other_host("sess-gone-host", stay=False)
-    gone.wait(30)
-    made.append(left)
-    host = Host(Home(tmp_path / "home"), settings=Settings(), channels=[FakeChannel("fake")],
-                backend=FakeBackend(), options=HostOptions(sockets=False, watch=False))  # fmt: skip
-
-    async def scenario() -> None:
-        await host.start(background=False)
-        await host.stop()
-
-    try:
-        asyncio.run(scenario())
-    finally:
-        host.close()
-    assert not left.exists()
 
 
 def test_the_ready_spare_and_its_cgroup_end_with_the_host_process(tmp_path: Path) -> None:

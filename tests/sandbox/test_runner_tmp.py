@@ -21,6 +21,7 @@ from carapace.config import Home, Settings
 from carapace.db.session import SessionPaths, init_session_folder
 from carapace.host.host import Host, HostOptions
 from carapace.host.pool import FakeBackend, RunnerSpec
+from carapace.limits import pids_cgroup_root
 from carapace.sandbox.process import TMP_PREFIX, SubprocessBackend, sweep_tmp_dirs
 
 
@@ -101,8 +102,15 @@ def test_the_sweep_removes_a_gone_hosts_folders_only(tmp_path: Path, tmp_base: P
 
 
 def test_a_hosts_start_removes_what_a_gone_host_left(tmp_path: Path, tmp_base: Path) -> None:
-    gone = tmp_base / f"{TMP_PREFIX}{_dead_pid()}-z9"
+    """Its temp folders, and (where the host makes per-runner cgroups: root here) its
+    runners' cgroups."""
+    dead = _dead_pid()
+    gone = tmp_base / f"{TMP_PREFIX}{dead}-z9"
     gone.mkdir()
+    base = pids_cgroup_root()
+    cgroup = base / f"carapace-{dead}-sess-gone-host" if base is not None else None
+    if cgroup is not None:
+        cgroup.mkdir()
     host = Host(Home(tmp_path / "home"), settings=Settings(), channels=[FakeChannel("fake")],
                 backend=FakeBackend(), options=HostOptions(sockets=False, watch=False))  # fmt: skip
 
@@ -114,6 +122,9 @@ def test_a_hosts_start_removes_what_a_gone_host_left(tmp_path: Path, tmp_base: P
         asyncio.run(scenario())
     finally:
         host.close()
+        if cgroup is not None and cgroup.exists():
+            cgroup.rmdir()
+            raise AssertionError("the gone host's cgroup was left")
     assert not gone.exists()
 
 

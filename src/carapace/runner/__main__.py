@@ -31,6 +31,7 @@ from carapace.runner.config import RunnerConfig  # noqa: E402
 from carapace.runner.loop import Runner  # noqa: E402
 from carapace.runner.procs import harden_self  # noqa: E402
 from carapace.runner.setup import build_mcp, build_provider, build_workspace  # noqa: E402
+from carapace.safefs import remove_tree  # noqa: E402
 
 logger = logging.getLogger("carapace.runner")
 
@@ -143,22 +144,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         if workspace is not None:
-            remove_tmp_dir(workspace.policy.tmp_dir)
-
-
-def remove_tmp_dir(path: Path) -> None:
-    """The runner's own temp folder goes with it: unsandboxed it is a folder in the host's
-    ``/tmp`` (one was left behind per runner start, with whatever the agent's commands put
-    there); in bwrap the sandbox's ``/tmp`` is a tmpfs that goes anyway. ``rmtree`` works
-    through directory descriptors here: a link inside is removed, never followed."""
-    import shutil  # at the end only: not one of the start's imports
-
-    try:
-        shutil.rmtree(path)
-    except FileNotFoundError:
-        pass
-    except OSError as exc:
-        logger.warning("temp folder %s not removed: %s", path, exc)
+            # the runner's own temp folder goes with it: unsandboxed, a folder in the TMPDIR
+            # the host made for it (removed by the host too, after a kill); in bwrap the
+            # sandbox's /tmp is a tmpfs that goes anyway
+            remove_tree(workspace.policy.tmp_dir, "temp folder")
 
 
 if __name__ == "__main__":

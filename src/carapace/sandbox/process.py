@@ -13,7 +13,6 @@ import functools
 import logging
 import os
 import re
-import shutil
 import signal
 import stat
 import subprocess
@@ -29,13 +28,14 @@ from typing import IO, Any, Protocol, cast
 from carapace.limits import (
     Limits,
     join_cgroup,
-    pid_alive,
+    left_by_gone_hosts,
     remove_cgroup,
     rlimit_preexec,
     runner_cgroup,
     scope_argv,
     systemd_scope_usable,
 )
+from carapace.safefs import remove_tree
 from carapace.sandbox.spare import SpareStarter, fork_thread, launch
 
 logger = logging.getLogger(__name__)
@@ -343,30 +343,13 @@ def runner_tmp_dir() -> Path:
     return Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{os.getpid()}-"))
 
 
-def remove_tmp_dir(path: Path) -> None:
-    """``rmtree`` through directory descriptors: a link inside is removed, never followed."""
-    try:
-        shutil.rmtree(path)
-    except FileNotFoundError:
-        pass
-    except OSError as exc:
-        logger.warning("runner temp folder %s not removed: %s", path, exc)
-
-
 def sweep_tmp_dirs(base: str | None = None) -> int:
     """Remove the runner temp folders of host processes that are gone (a host killed while
     its unsandboxed runners ran): this user's own folders only, never through a link.
     Returns how many were removed."""
     base = base or tempfile.gettempdir()
     removed = 0
-    try:
-        names = os.listdir(base)
-    except OSError:
-        return 0
-    for name in names:
-        m = _TMP_OWNED.match(name)
-        if m is None or pid_alive(int(m.group(1))):
-            continue
+    for name in left_by_gone_hosts(base, _TMP_OWNED):
         path = Path(base, name)
         try:
             st = path.lstat()
@@ -374,7 +357,7 @@ def sweep_tmp_dirs(base: str | None = None) -> int:
             continue
         if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
             continue  # a link, a file, or another user's: not ours to remove
-        remove_tmp_dir(path)
+        remove_tree(path, "runner temp folder")
         removed += not path.exists()
     return removed
 
@@ -397,7 +380,7 @@ class ProcHandle:
             await asyncio.to_thread(remove_cgroup, cgroup)
         if self.tmp_dir is not None:
             tmp, self.tmp_dir = self.tmp_dir, None
-            await asyncio.to_thread(remove_tmp_dir, tmp)
+            await asyncio.to_thread(remove_tree, tmp, "runner temp folder")
         return code
 
     def signal(self, sig: int) -> None:
@@ -465,6 +448,6 @@ class SubprocessBackend:
                     cwd=str(spec.agent_dir), stderr=log, spare=self.spare,
                 )  # fmt: skip
         except BaseException:
-            remove_tmp_dir(tmp)
+            remove_tree(tmp, "runner temp folder")
             raise
         return ProcHandle(proc, cgroup, tmp)
