@@ -160,7 +160,8 @@ class Delivery:
                 return 0
             if not ids:
                 return 0
-            done = self._done(inb, ids) | set(self._pending(session.id).outcomes)
+            rec = self._records.get(session.id)
+            done = self._done(inb, ids) | (set(rec.outcomes) if rec is not None else set())
             return len([i for i in ids if i not in done])
         finally:
             self.sessions.done_with(inb)
@@ -177,7 +178,7 @@ class Delivery:
         on the session's writer thread: off the event loop, issue 19), then (optionally)
         the send intent of the next row. False when either could not be written (then no
         send). Awaited: the outcomes are on disk before the intent is recorded."""
-        rec = self._pending(session_id)
+        rec = self._records.get(session_id)  # (none made here: nothing kept per session)
         if rec:
             finished = [*rec.outcomes, *rec.attempts]
             extra = await self.ride_along(session_id) if self.ride_along is not None else None

@@ -128,7 +128,9 @@ def on_exit(host: Host, session_id: str, exit: RunnerExit) -> None:
     host._idle_cache.pop(session_id, None)
     host._last_commit.pop(session_id, None)
     host._work_seen.pop(session_id, None)
-    host._runner_paths.pop(session_id, None)
+    paths = host._runner_paths.pop(session_id, None)
+    if paths is not None:
+        host_watch.unwatch_session(host, paths.root)
     host._ack_rowid.pop(session_id, None)
     if not host._closed:
         with contextlib.suppress(sqlite3.Error):

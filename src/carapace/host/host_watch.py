@@ -1,6 +1,7 @@
-"""Watching session folders: one inotify watch per live session's folder wakes the host
-when its runner commits to ``outbound.db`` (a poll every 0.25 s where inotify is missing);
-a session folder deleted under a live runner stops that runner."""
+"""Watching session folders: one inotify watch per live session's folder (from its runner's
+start to its exit) wakes the host when its runner commits to ``outbound.db`` (a poll every
+0.25 s where inotify is missing); a session folder deleted under a live runner stops that
+runner."""
 
 from __future__ import annotations
 
@@ -35,6 +36,16 @@ def watch_session(host: Host, root: Any) -> None:
         host._watcher.add(root, names={"outbound.db", "outbound.db-journal"}, settle=True)
     except Exception:
         logger.exception("cannot watch %s", root)
+
+
+def unwatch_session(host: Host, root: Any) -> None:
+    """The session's runner ended: its folder is watched no more (the host's last look at
+    it is ``after_exit``'s drain). Kept, the watches of every session that ever ran added
+    up: a kernel watch each (``fs.inotify.max_user_watches``, 8192 on older kernels and
+    shared with the user's other programs) and, where inotify is missing, a ``stat`` per
+    0.25 s poll each."""
+    if host._watcher is not None:
+        host._watcher.remove(root)
 
 
 def on_watch(host: Host) -> None:
