@@ -69,7 +69,6 @@ from carapace.runner.procs import descendants
 from carapace.sandbox import netns
 from carapace.sandbox.mounts import EXTRA_ROOT, Mount, check_not_forbidden
 from carapace.sandbox.process import (
-    LOG_FILE,
     PROXY_SOCKET_ENV,
     SECRET_ENV,
     Child,
@@ -78,6 +77,7 @@ from carapace.sandbox.process import (
     RunnerHandle,
     RunnerSpec,
     SubprocessBackend,
+    open_runner_log,
     start_runner,
     with_runner_path,
 )
@@ -592,7 +592,7 @@ def _open_for_start(sb: SandboxSpec, spec: RunnerSpec, scope: bool) -> _Opened:
         argv = bwrap_argv(sb, agent_fds)
         if scope:
             argv = [*scope_argv(spec.limits), *argv]
-        log = open(spec.session_dir / LOG_FILE, "ab")  # noqa: SIM115 - handed to the child
+        log = open_runner_log(spec.session_dir)  # handed to the child
     except BaseException:
         close_fds(agent_fds)
         for fd in opened:

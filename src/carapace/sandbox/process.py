@@ -42,6 +42,7 @@ logger = logging.getLogger(__name__)
 
 PID_FILE = ".runner.pid"
 LOG_FILE = ".runner.log"
+LOG_ROTATE_BYTES = 4 * 1024 * 1024  # past this at a start, the log is kept as LOG_FILE.1
 # The host variables a runner may get (docs/sandbox.md "Process boundary"); everything else
 # of the host's environment stays out. Providers' settings come from the backend's pass_env.
 BASE_ENV = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "PYTHONPATH")
@@ -331,6 +332,28 @@ def proc_start_time(pid: int) -> str | None:
     return stat.rsplit(")", 1)[1].split()[19]
 
 
+def open_runner_log(session_dir: Path) -> IO[bytes]:
+    """The runner's log (its stderr), opened by the host for appending, never through a link.
+    Past :data:`LOG_ROTATE_BYTES` it is renamed ``.runner.log.1`` (replacing the one
+    before) and a new one is started: a session's logs stay under ~8 MiB where they grew
+    by ~300 bytes a message for as long as the session lived (until ``file_size_mb``
+    stopped every write). Blocking: from a worker thread."""
+    path = Path(session_dir) / LOG_FILE
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(path, flags, 0o600)
+    try:
+        if os.fstat(fd).st_size > LOG_ROTATE_BYTES:
+            os.replace(path, path.with_name(LOG_FILE + ".1"))  # a rename: no link followed
+            os.close(fd)
+            fd = -1
+            fd = os.open(path, flags, 0o600)
+        return os.fdopen(fd, "ab")
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+        raise
+
+
 TMP_PREFIX = "carapace-tmp-"  # + the host's pid + "-": an unsandboxed runner's TMPDIR
 _TMP_OWNED = re.compile(re.escape(TMP_PREFIX) + r"(\d+)-")
 
@@ -442,7 +465,8 @@ class SubprocessBackend:
         tmp = runner_tmp_dir()
         env["TMPDIR"] = str(tmp)
         try:
-            with open(spec.session_dir / LOG_FILE, "ab") as log:  # handed to the child
+            log = await asyncio.to_thread(open_runner_log, spec.session_dir)
+            with log:  # handed to the child
                 proc, cgroup = await start_runner(
                     argv, name=spec.session_id, limits=spec.limits, env=env,
                     cwd=str(spec.agent_dir), stderr=log, spare=self.spare,
