@@ -57,7 +57,8 @@ test: $(STAMP) sandbox-tools browser-tools
 
 # the tests whose outcome depends on who runs them; `make test` runs them again as an
 # unprivileged user when it runs as root under CI=true (carapace/testing/as_user.py)
-USER_TESTS ?= tests/sandbox tests/proxy tests/runner/test_runner_e2e.py tests/test_bad_input.py
+USER_TESTS ?= tests/sandbox tests/proxy tests/runner/test_runner_e2e.py tests/runner/test_runner_signals.py \
+              tests/test_bad_input.py
 test-user-subset: $(STAMP)
 	$(BIN)/python -m pytest -p no:cacheprovider $(PYTEST_JOBS) $(USER_TESTS)
 

@@ -1,4 +1,5 @@
-"""The bench suite's own plumbing: the docs table and the loop-lag probe (no timings)."""
+"""The bench suite's own plumbing: the docs table, the loop-lag probe, the soak's leak check
+(no timings)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import os
 import threading
 import time
 from pathlib import Path
+
+import pytest
 
 from carapace.bench.common import BenchResult, Goal, LoopProbe, write_suite_rows
 from carapace.bench.floor import measure_floor
@@ -50,3 +53,23 @@ def test_loop_probe_sees_a_blocked_loop() -> None:
 def test_floor_round_trips_through_a_second_process(tmp_path: Path) -> None:
     samples = measure_floor(tmp_path, 3)
     assert len(samples) == 3 and all(s > 0 for s in samples)
+
+
+@pytest.mark.parametrize("leak", [False, True], ids=["as-is", "watches-kept"])
+def test_the_soak_sees_what_a_host_keeps_per_session(
+    leak: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Real host, real runners, 6 sessions in 3 batches; with the watch of an ended runner's
+    folder kept (the bug the first soak found) its goal is not met."""
+    from carapace.bench.soak import run_soak
+    from carapace.host import host_watch
+
+    if leak:
+        monkeypatch.setattr(host_watch, "unwatch_session", lambda host, root: None)
+    result = run_soak(sessions=6, batch=2)
+    rows = result.figures["rows"]
+    assert [r["served"] for r in rows] == [2, 4, 6]
+    assert all(r["live"] == 0 for r in rows)
+    watched = {g.text: g.met for g in result.goals}["no folder watched without a live runner"]
+    assert watched is (not leak)
+    assert result.figures["watched_max"] == (6 if leak else 0)

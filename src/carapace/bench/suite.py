@@ -6,7 +6,8 @@ from typing import Any
 
 from carapace.bench.common import BenchResult
 
-NAMES = ("roundtrip", "fsyncs", "ingest", "burst", "concurrent", "scale", "delivery", "runner")
+NAMES = ("roundtrip", "fsyncs", "ingest", "burst", "concurrent", "scale", "delivery", "runner",
+         "soak")  # fmt: skip
 QUICK: dict[str, dict[str, Any]] = {
     "roundtrip": {"n": 50, "floor_n": 50},
     "fsyncs": {"n": 20},
@@ -16,6 +17,7 @@ QUICK: dict[str, dict[str, Any]] = {
     "scale": {"sessions": 100, "history": 100, "idle_s": 3.0},
     "delivery": {"rows": 200},
     "runner": {"n": 3},
+    "soak": {"sessions": 300},
 }
 
 
@@ -52,4 +54,8 @@ def run(name: str, **kw: Any) -> BenchResult:
         from carapace.bench.runner_bench import run_runner
 
         return run_runner(**kw)
+    if name == "soak":
+        from carapace.bench.soak import run_soak
+
+        return run_soak(**kw)
     raise ValueError(f"unknown benchmark {name!r}")

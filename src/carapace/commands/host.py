@@ -406,6 +406,10 @@ _suite_command("delivery", "Waiting replies of one session delivered in one drai
                [("rows", 2000, "Rows.")])  # fmt: skip
 _suite_command("runner", "Runner cold start (p50), start-up breakdown, idle memory.",
                [("n", 10, "Cold starts per backend.")])  # fmt: skip
+_suite_command("soak", "What a long-running host keeps per session served: RSS, fds, threads "
+               "and watches over many sessions whose runners end.",
+               [("sessions", 1000, "Sessions served (one chat each)."),
+                ("batch", 25, "New sessions at a time.")])  # fmt: skip
 _suite_command("fsyncs", "fsync/fdatasync calls per warm round trip, back to back and 1.2 s "
                "apart (perf stat, children included).",
                [("n", 100, "Round trips back to back.")])  # fmt: skip
