@@ -3,9 +3,12 @@ environment (no provider or carapace variables of the caller's), run once to idl
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from carapace.db.session import SessionPaths
@@ -19,12 +22,28 @@ def runner_cmd(paths: SessionPaths, agent_dir: Path, *extra: str) -> list[str]:
             "--agent-dir", str(agent_dir), *extra]  # fmt: skip
 
 
+_tmp: str | None = None
+
+
+def runners_tmp() -> str:
+    """One temp folder per test process for the runners it starts itself (their
+    ``TMPDIR``), removed at its exit and, named as a host's, swept by the next host's start
+    when the process was killed: the runners a test kills leave nothing in ``/tmp``."""
+    global _tmp
+    if _tmp is None:  # named as sandbox.process.runner_tmp_dir names a host's (a floor above)
+        _tmp = tempfile.mkdtemp(prefix=f"carapace-tmp-{os.getpid()}-")
+        atexit.register(shutil.rmtree, _tmp, True)
+    return _tmp
+
+
 def run_env(**extra: str) -> dict[str, str]:
     """The caller's environment without ``ANTHROPIC_*``/``OPENAI_*``/``CARAPACE_*``, with
-    this carapace first on ``PYTHONPATH``; ``extra`` last (it may replace any of that)."""
+    this carapace first on ``PYTHONPATH`` and :func:`runners_tmp` as ``TMPDIR``; ``extra``
+    last (it may replace any of that)."""
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("ANTHROPIC_", "OPENAI_", "CARAPACE_"))}  # fmt: skip
     env["PYTHONPATH"] = os.pathsep.join(p for p in (SRC, env.get("PYTHONPATH", "")) if p)
+    env["TMPDIR"] = runners_tmp()
     env.update(extra)
     return env
 
