@@ -4,6 +4,7 @@ and a round trip waited behind it)."""
 
 from __future__ import annotations
 
+import shutil
 import sqlite3
 from typing import Any
 
@@ -130,3 +131,23 @@ def test_a_failing_read_of_acks_never_keeps_the_records_from_their_commit(
         rig.run(host_runners.after_commit(rig.host, s.id))
     assert rig.channel.texts() == ["re one"]
     assert {d["status"] for d in rig.delivered(s)} == {"delivered"}  # committed
+
+
+def test_a_folder_made_again_has_its_acks_read_from_its_start(rig: Rig, counted: list[int]) -> None:
+    """The host reads a session's acks past the highest rowid it has read. A folder deleted
+    and made again has a new ``outbound.db`` whose rowids start again at 1: the old mark
+    kept its acks unread (``messages_in`` pending) until the sweep's full ack sync."""
+    _wire(rig)
+    s: Session | None = None
+    for i in range(6):
+        s, _ = _turn(rig, s, f"n{i}", f"m{i}")
+        rig.run(host_runners.after_commit(rig.host, s.id))
+    assert s is not None
+    rig.run(rig.host.pool.stop(s.id, "test"))  # its runner ends; the last drain reads on
+    rig.settle()
+    assert rig.host._ack_rowid.get(s.id, 0) >= 6
+    shutil.rmtree(rig.paths(s).root)  # the folder deleted (by hand, by a backup restore)
+    _, again = _turn(rig, s, "again", "m9")  # made again by the router; a new runner
+    rig.run(host_runners.after_commit(rig.host, s.id))
+    assert rig.channel.texts()[-1] == "re again"
+    assert _status(rig, s)[again] == "completed"

@@ -270,7 +270,9 @@ class Host:
         """A session folder was deleted under a live runner, which would go on reading and
         writing the deleted files: stop it; its exit wakes the session on the new folder.
         (What the host kept of the old files is keyed by the folder's generation, which
-        ``SessionWriters.replaced`` moved: it is never taken for the new files'.)"""
+        ``SessionWriters.replaced`` moved: it is never taken for the new files'.) The
+        new ``outbound.db``'s acks are read from its first row: its rowids start again."""
+        self._ack_rowid.pop(session_id, None)
         if self.pool.is_running(session_id) and not self._stopping:
             logger.warning("session folder of %s was deleted: stopping its runner", session_id)
             self._spawn(self.pool.stop(session_id, "session folder deleted"))
