@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 
 from carapace.errors import ConfigError
-from carapace.sandbox.process import TMP_PREFIX
+from carapace.sandbox.process import host_tmp_dir
 
 logger = logging.getLogger(__name__)
 
@@ -51,11 +51,11 @@ def require_slirp() -> str:
 
 def resolv_conf() -> Path:
     """A host-owned resolv.conf naming slirp's DNS (bound read-only into the sandbox), in
-    a temp folder of the host process's (named as a runner's ``TMPDIR``: removed at the
+    a temp folder of the host process's (``process.host_tmp_dir``: removed at the
     process's exit, or by the next host's start when the process was killed)."""
     global _resolv
     if _resolv is None or not _resolv.exists():
-        folder = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{os.getpid()}-net-"))
+        folder = host_tmp_dir("net-")
         atexit.register(shutil.rmtree, folder, True)
         path = folder / "resolv.conf"
         path.write_text(RESOLV_CONF, encoding="utf-8")

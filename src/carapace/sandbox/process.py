@@ -358,12 +358,14 @@ TMP_PREFIX = "carapace-tmp-"  # + the host's pid + "-": an unsandboxed runner's 
 _TMP_OWNED = re.compile(re.escape(TMP_PREFIX) + r"(\d+)-")
 
 
-def runner_tmp_dir() -> Path:
-    """A new owner-only folder in the host's temp folder for one unsandboxed runner (its
-    ``TMPDIR``: the runner's own temp folder and its agent's commands' files go there),
-    named for the host process and removed after the runner's exit, killed or not. (In
-    bwrap the sandbox's ``/tmp`` is a tmpfs of its own.)"""
-    return Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{os.getpid()}-"))
+def host_tmp_dir(tag: str = "") -> Path:
+    """A new owner-only folder in the host's temp folder, named for the host process
+    (``carapace-tmp-<pid>-<tag>…``): its maker removes it, and the next host's start
+    (:func:`sweep_tmp_dirs`) when this process was killed first. An unsandboxed runner's
+    ``TMPDIR`` (its own temp folder and its agent's commands' files; removed after its
+    exit, killed or not: in bwrap the sandbox's ``/tmp`` is a tmpfs of its own) and the
+    network sandboxes' ``resolv.conf`` folder."""
+    return Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{os.getpid()}-{tag}"))
 
 
 def sweep_tmp_dirs(base: str | None = None) -> int:
@@ -462,7 +464,7 @@ class SubprocessBackend:
         argv = self.argv(spec)
         if systemd_scope_usable():
             argv = [*scope_argv(spec.limits), *argv]
-        tmp = runner_tmp_dir()
+        tmp = host_tmp_dir()
         env["TMPDIR"] = str(tmp)
         try:
             log = await asyncio.to_thread(open_runner_log, spec.session_dir)

@@ -30,7 +30,7 @@ def runners_tmp() -> str:
     ``TMPDIR``), removed at its exit and, named as a host's, swept by the next host's start
     when the process was killed: the runners a test kills leave nothing in ``/tmp``."""
     global _tmp
-    if _tmp is None:  # named as sandbox.process.runner_tmp_dir names a host's (a floor above)
+    if _tmp is None:  # named as sandbox.process.host_tmp_dir names them (a floor above)
         _tmp = tempfile.mkdtemp(prefix=f"carapace-tmp-{os.getpid()}-")
         atexit.register(shutil.rmtree, _tmp, True)
     return _tmp
