@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import os
 from pathlib import Path
 
 import pytest
@@ -68,3 +69,16 @@ def test_a_runner_start_rotates_its_sessions_long_log(tmp_path: Path, small: int
     assert (paths.root / f"{LOG_FILE}.1").read_bytes() == old
     text = (paths.root / LOG_FILE).read_text()
     assert "runner starting: session sess-log" in text and "an old line" not in text
+
+
+def test_a_fifo_planted_as_the_log_is_refused_at_once(tmp_path: Path, small: int) -> None:
+    """Where an agent can write its session folder (no sandbox), a FIFO in the log's place
+    must not hold the host's start thread forever (an open for writing waits for a reader),
+    nor a folder or a device take the runner's output."""
+    os.mkfifo(tmp_path / LOG_FILE)
+    with pytest.raises(OSError):
+        open_runner_log(tmp_path)
+    other = tmp_path / "other"
+    (other / LOG_FILE).mkdir(parents=True)
+    with pytest.raises(OSError):
+        open_runner_log(other)

@@ -9,6 +9,7 @@ import asyncio
 import atexit
 import contextlib
 import ctypes
+import errno
 import functools
 import logging
 import os
@@ -333,25 +334,36 @@ def proc_start_time(pid: int) -> str | None:
 
 
 def open_runner_log(session_dir: Path) -> IO[bytes]:
-    """The runner's log (its stderr), opened by the host for appending, never through a link.
-    Past :data:`LOG_ROTATE_BYTES` it is renamed ``.runner.log.1`` (replacing the one
-    before) and a new one is started: a session's logs stay under ~8 MiB where they grew
-    by ~300 bytes a message for as long as the session lived (until ``file_size_mb``
-    stopped every write). Blocking: from a worker thread."""
+    """The runner's log (its stderr), opened by the host for appending, never through a
+    link, and only as a regular file (a FIFO in its place fails at once, where an open for
+    writing would wait for a reader). Past :data:`LOG_ROTATE_BYTES` it is renamed
+    ``.runner.log.1`` (replacing the one before) and a new one is started: a session's logs
+    stay under ~8 MiB where they grew by ~300 bytes a message for as long as the session
+    lived (until ``file_size_mb`` stopped every write). Blocking: from a worker thread."""
     path = Path(session_dir) / LOG_FILE
-    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
-    fd = os.open(path, flags, 0o600)
+    fd, size = _open_log(path)
     try:
-        if os.fstat(fd).st_size > LOG_ROTATE_BYTES:
+        if size > LOG_ROTATE_BYTES:
             os.replace(path, path.with_name(LOG_FILE + ".1"))  # a rename: no link followed
             os.close(fd)
             fd = -1
-            fd = os.open(path, flags, 0o600)
+            fd, _ = _open_log(path)
+        os.set_blocking(fd, True)
         return os.fdopen(fd, "ab")
     except BaseException:
         if fd >= 0:
             os.close(fd)
         raise
+
+
+def _open_log(path: Path) -> tuple[int, int]:
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+    fd = os.open(path, flags, 0o600)
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, f"{path} is not a regular file")
+    return fd, st.st_size
 
 
 TMP_PREFIX = "carapace-tmp-"  # + the host's pid + "-": an unsandboxed runner's TMPDIR
