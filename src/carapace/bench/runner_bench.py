@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import statistics
 import subprocess
@@ -19,6 +20,7 @@ from typing import Any
 from carapace.bench.common import BenchResult, Goal
 from carapace.bench.host_benches import TIMEOUT_S, SinkChannel, event, make_host
 from carapace.config import Home, Settings
+from carapace.db import groups
 from carapace.ops.runtime import freeze_heap
 from carapace.runner.procs import descendants
 from carapace.sandbox.process import LOG_FILE, _spares
@@ -74,13 +76,20 @@ def phases(log: Path, t0_wall: float, total_ms: float) -> dict[str, float] | Non
 
 
 async def _cold_starts(home: Home, n: int, backend: str, *, spare: bool = True,
-                       settle_s: float = SETTLE_S) -> dict[str, Any]:  # fmt: skip
+                       settle_s: float = SETTLE_S, provider: str | None = None,
+                       base_url: str | None = None) -> dict[str, Any]:  # fmt: skip
     """``n`` cold starts, each on a quiet host (``settle_s`` after the last runner stopped,
-    time for the spare process to be made again)."""
+    time for the spare process to be made again). ``provider``: the main group's model
+    provider (its SDK, through the host's credential proxy to ``base_url``), else mock."""
     channel = SinkChannel()
     host = make_host(home, channel, settings=Settings(runner_idle_exit_s=600.0,
                                                       runner_backend=backend,
                                                       runner_spare=spare))  # fmt: skip
+    if provider is not None:
+        [group] = groups.list_agent_groups(host.db)
+        groups.update_container_config(
+            host.db, group.id, {"provider": provider, "settings": {"base_url": base_url}}
+        )
     await host.start()
     freeze_heap()  # as `carapace run` does once the host is up
     spare_kib: list[int] = []
@@ -179,6 +188,34 @@ def outbound_insert(rows: int = 2000, runs: int = 3) -> tuple[float, float]:
     return statistics.median(rates), statistics.median(floor)
 
 
+BENCH_KEYS = {"ANTHROPIC_API_KEY": "sk-ant-bench", "OPENAI_API_KEY": "sk-bench"}
+
+
+def sdk_starts(tmp: str, n: int = 4) -> dict[str, dict[str, Any]]:
+    """Cold starts and idle memory of runners with the real provider SDKs (``anthropic``,
+    ``openai``), as users run them: through the host's credential proxy to a fake API on
+    loopback (carapace.testing.fake_llm) that answers every request with a short text."""
+    from carapace.testing.fake_llm import FakeLLMServer
+
+    saved = {k: os.environ.get(k) for k in BENCH_KEYS}
+    os.environ.update(BENCH_KEYS)  # the host's keys (its environment), never the runner's
+    out: dict[str, dict[str, Any]] = {}
+    try:
+        with FakeLLMServer(default="hello from the fake API") as srv:
+            for provider, url in (("anthropic", srv.anthropic_base_url),
+                                  ("openai", srv.openai_base_url)):  # fmt: skip
+                home = Home.resolve(Path(tmp) / f"sdk-{provider}")
+                out[provider] = asyncio.run(_cold_starts(home, n, "auto", provider=provider,
+                                                         base_url=url))  # fmt: skip
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return out
+
+
 def _merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {"note": parts[0]["note"]}
     for key in ("samples", "rss", "pss", "spare_kib", "split"):
@@ -200,6 +237,7 @@ def run_runner(n: int = 10) -> BenchResult:
                                          ("plain", "subprocess", True)):  # fmt: skip
                 home = Home.resolve(Path(tmp) / f"{name}{half}")
                 runs[name].append(asyncio.run(_cold_starts(home, k, backend, spare=with_spare)))
+        sdk = sdk_starts(tmp, max(1, min(4, n // 2)))
     auto, cold, plain = (_merge(runs[k]) for k in ("auto", "cold", "plain"))
     insert, insert_floor = outbound_insert()
     p50 = statistics.median(auto["samples"])
@@ -209,6 +247,16 @@ def run_runner(n: int = 10) -> BenchResult:
     pss = statistics.median(auto["pss"]) / 1024 if auto["pss"] else 0.0
     spare = statistics.median(auto["spare_kib"]) / 1024 if auto["spare_kib"] else 0.0
     ph = auto["phases"]
+    sdk_fig = {p: {"p50": statistics.median(r["samples"]),
+                   "setup": r["phases"].get("setup_ms", 0.0),
+                   "rss": statistics.median(r["rss"]) / 1024 if r["rss"] else 0.0,
+                   "pss": statistics.median(r["pss"]) / 1024 if r["pss"] else 0.0}
+               for p, r in sdk.items()}  # fmt: skip
+    sdk_text = "; ".join(
+        f"{p} p50 **{f['p50']:.0f} ms** (its set-up, the SDK's import included, "
+        f"{f['setup']:.0f} ms), idle RSS **{f['rss']:.1f} MiB**, PSS {f['pss']:.1f} MiB"
+        for p, f in sdk_fig.items()
+    )
     split = (
         f"route → runner main {ph['to_main_ms']:.0f} ms (host prepare, start, sandbox, "
         f"interpreter), imports {ph['imports_ms']:.0f} ms, set-up {ph['setup_ms']:.0f} ms, "
@@ -225,9 +273,12 @@ def run_runner(n: int = 10) -> BenchResult:
         f"alone {parts['imports_ms']:.0f} ms; idle runner memory (process tree) RSS "
         f"**{rss:.1f} MiB**, PSS {pss:.1f} MiB; the spare {spare:.1f} MiB RSS; outbound "
         f"insert **{insert:.0f} rows/s** (NanoClaw {NANOCLAW_OUTBOUND_ROWS_S:.0f} in its own sitting; "
-        f"this disk's floor now, a bare INSERT + commit: {insert_floor:.0f})",
+        f"this disk's floor now, a bare INSERT + commit: {insert_floor:.0f}). With a real "
+        f"provider's SDK (the figures above use the mock provider; here through the credential "
+        f"proxy to a fake API on loopback, bwrap, spare ready): {sdk_text}",
         f"{len(auto['samples'])} + {len(cold['samples'])} + {len(plain['samples'])} cold "
-        f"starts, {SETTLE_S:.1f} s apart; 3 × 2,000 inserts",
+        f"starts, {SETTLE_S:.1f} s apart; 3 × 2,000 inserts; "
+        + ", ".join(f"{len(r['samples'])} with {p}" for p, r in sdk.items()),
         {
             "cold_p50_ms": round(p50, 1),
             "cold_p50_no_spare_ms": round(p50_cold, 1),
@@ -239,6 +290,16 @@ def run_runner(n: int = 10) -> BenchResult:
             "spare_rss_mib": round(spare, 1),
             "outbound_insert_rows_s": round(insert),
             "outbound_insert_floor_rows_s": round(insert_floor),
+            **{
+                f"{p}_{k}": round(v, 1)
+                for p, f in sdk_fig.items()
+                for k, v in (
+                    ("cold_p50_ms", f["p50"]),
+                    ("setup_ms", f["setup"]),
+                    ("idle_rss_mib", f["rss"]),
+                    ("idle_pss_mib", f["pss"]),
+                )
+            },
         },
         [
             Goal("cold start ≤ 100 ms p50", p50 <= 100.0),

@@ -10,6 +10,10 @@ install, and ``unavailable_reason`` says the same without creating one (``carapa
 
 from __future__ import annotations
 
+import importlib
+import sys
+from types import ModuleType
+
 from carapace.errors import ProviderError
 
 from ._common import ProviderAPIError
@@ -50,6 +54,37 @@ _SDKS = {"anthropic": ("anthropic", "anthropic"), "openai": ("openai", "openai")
          "claude": ("claude_agent_sdk", "claude")}  # fmt: skip
 
 
+# Packages an SDK only offers (a transport the runner never uses: it speaks httpx to the
+# host's credential proxy), kept out of a provider's import (issue 19): the anthropic and
+# openai SDKs import aiohttp whenever it is installed (carapace's host needs it), ~250 ms of
+# the anthropic SDK's ~1.7 s import in every runner start and ~100 of openai's ~650.
+UNUSED_BY_SDKS = ("aiohttp",)
+
+
+def import_lean(name: str) -> ModuleType:
+    """Import the module ``name`` (a provider and its SDK) with ``UNUSED_BY_SDKS`` not
+    importable (``None`` in ``sys.modules``: an optional import of them fails, and the SDK
+    goes without). Should the SDK need one of them after all (an ``ImportError`` naming
+    it), what that attempt imported is dropped and the import runs again with them
+    importable. Afterwards they are importable."""
+    blocked = [m for m in UNUSED_BY_SDKS if m not in sys.modules]
+    before = set(sys.modules)
+    for m in blocked:
+        sys.modules[m] = None  # type: ignore[assignment]
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        if (exc.name or "").split(".")[0] not in blocked:
+            raise
+        for m in set(sys.modules) - before:  # half-made modules: imported afresh below
+            del sys.modules[m]
+    finally:
+        for m in blocked:
+            if sys.modules.get(m, 0) is None:
+                del sys.modules[m]
+    return importlib.import_module(name)
+
+
 def _missing_sdk(exc: ImportError, sdk: str) -> ProviderError | None:
     root = (exc.name or "").split(".")[0]
     if root != sdk:
@@ -65,7 +100,7 @@ def _create_mock(config: ProviderConfig) -> Provider:
 
 def _create_anthropic(config: ProviderConfig) -> Provider:
     try:
-        from .anthropic_provider import AnthropicProvider
+        AnthropicProvider: ProviderFactory = import_lean(f"{__name__}.anthropic_provider").AnthropicProvider
     except ImportError as exc:
         error = _missing_sdk(exc, "anthropic")
         if error is None:
@@ -76,7 +111,7 @@ def _create_anthropic(config: ProviderConfig) -> Provider:
 
 def _create_openai(config: ProviderConfig) -> Provider:
     try:
-        from .openai_provider import OpenAIProvider
+        OpenAIProvider: ProviderFactory = import_lean(f"{__name__}.openai_provider").OpenAIProvider
     except ImportError as exc:
         error = _missing_sdk(exc, "openai")
         if error is None:
@@ -92,7 +127,7 @@ CLAUDE_SDK_MISSING = ("The claude provider (the Claude Agent SDK) needs the clau
 
 def _create_claude(config: ProviderConfig) -> Provider:
     try:
-        from .claude_sdk import ClaudeAgentProvider
+        ClaudeAgentProvider: ProviderFactory = import_lean(f"{__name__}.claude_sdk").ClaudeAgentProvider
     except ImportError as exc:
         if (exc.name or "").split(".")[0] != "claude_agent_sdk":
             raise
