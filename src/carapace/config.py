@@ -51,14 +51,18 @@ def check_home_path(root: Path) -> None:
         raise ConfigError(f"cannot use {root} as the home: permission denied (not readable)")
 
 
-RUNNER_BUDGET_MIB = 64  # memory set aside per runner: an idle one is ~28 MiB RSS (~16 PSS)
+# memory set aside per runner: an idle one with the anthropic SDK is ~88 MiB RSS (~80 PSS),
+# with openai's ~59 (~51), with the mock provider ~18 (~13); a turn needs room besides
+# (`carapace bench runner`). 64 until 2026-12-06, sized on the mock runner: on a 4 GiB
+# machine 32 anthropic runners took ~2.6 GiB.
+RUNNER_BUDGET_MIB = 128
 RUNNER_CAP_MIN, RUNNER_CAP_MAX = 4, 128
 
 
 def default_max_runners(mem_total_kib: int | None = None) -> int:
     """The default runner cap (issue 19): half the machine's memory divided by
     ``RUNNER_BUDGET_MIB`` per runner, clamped to [4, 128]; 8 when the memory is unknown.
-    E.g. 4 GiB -> 32, 8 GiB -> 64, 16 GiB and more -> 128. ``max_runners`` in
+    E.g. 4 GiB -> 16, 8 GiB -> 32, 16 GiB -> 64, 32 GiB and more -> 128. ``max_runners`` in
     carapace.toml overrides it. Not lowered to follow the CPU count: an idle runner costs
     no CPU, and a cap below the number of busy chats makes idle runners yield and restart
     in turn (measured: 100 chats × 10 messages on 2 CPUs took 112-116 s with a cap of 16
