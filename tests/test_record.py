@@ -160,3 +160,43 @@ def test_cached_property_works_on_a_frozen_record_and_records_pickle() -> None:
     p = Paths("/s")
     assert p.inbound == "/s/inbound.db" and p.inbound is p.inbound
     assert pickle.loads(pickle.dumps(Point(1, 2))) == Point(1, 2)
+
+
+def test_init_is_compiled_at_the_first_instance_and_kept() -> None:
+    """The compiled ``__init__`` is made when the class is first called (a runner start
+    defines many records it never makes), then it is the class's own; a wrong call fails
+    as a dataclass's does, the first time as every time."""
+
+    @record
+    class Late:
+        a: int
+        b: str = "x"
+
+    first = Late.__init__
+    assert "compile" in first.__code__.co_names  # not compiled yet
+    with pytest.raises(TypeError):
+        Late()  # type: ignore[call-arg]
+    assert Late(1).b == "x"
+    made = Late.__init__
+    assert made is not first and "compile" not in made.__code__.co_names
+    assert Late(2, b="y") == Late(2, "y")
+    assert Late.__init__ is made
+    assert made.__qualname__ == first.__qualname__ == f"{Late.__qualname__}.__init__"
+
+    class Plain(Late):  # a subclass that is no record inherits the compiled one
+        pass
+
+    assert Plain(3).a == 3
+
+
+def test_a_plain_subclass_making_the_first_instance_compiles_for_the_record() -> None:
+    @record(frozen=True)
+    class Base:
+        a: int
+
+    class Child(Base):
+        pass
+
+    assert Child(1).a == 1
+    assert "compile" not in Base.__init__.__code__.co_names
+    assert Base(2) == Base(2) and hash(Base(2)) == hash(Base(2))
