@@ -25,9 +25,12 @@ Instances keep a ``__dict__`` (``functools.cached_property`` works on frozen rec
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeVar, dataclass_transform, overload
 
-T = TypeVar("T")
+TYPE_CHECKING = False  # typing is read by type checkers only (runner start, issue 19)
+if TYPE_CHECKING:
+    from typing import Any, TypeVar, dataclass_transform, overload
+
+    T = TypeVar("T")
 
 _MUTABLE = (list, dict, set)
 
@@ -180,15 +183,24 @@ def _build(cls: type, frozen: bool) -> type:
     return cls
 
 
-@overload
-def record(cls: type[T], /) -> type[T]: ...
-@overload
-def record(*, frozen: bool = False) -> Callable[[type[T]], type[T]]: ...
+if TYPE_CHECKING:  # the two forms, and a dataclass's fields, for type checkers
+
+    @overload
+    def record(cls: type[T], /) -> type[T]: ...
+    @overload
+    def record(*, frozen: bool = False) -> Callable[[type[T]], type[T]]: ...
+    @dataclass_transform(field_specifiers=(field,))
+    def record(cls: type[T] | None = None, /, *, frozen: bool = False) -> Any:
+        """``@record`` or ``@record(frozen=True)`` on a class with annotated fields."""
+        return _record(cls, frozen)
+else:
+
+    def record(cls=None, /, *, frozen=False):
+        """``@record`` or ``@record(frozen=True)`` on a class with annotated fields."""
+        return _record(cls, frozen)
 
 
-@dataclass_transform(field_specifiers=(field,))
-def record(cls: type[T] | None = None, /, *, frozen: bool = False) -> Any:
-    """``@record`` or ``@record(frozen=True)`` on a class with annotated fields."""
+def _record(cls: type | None, frozen: bool) -> Any:
     if cls is None:
         return lambda c: _build(c, frozen)
     return _build(cls, frozen)

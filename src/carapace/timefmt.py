@@ -13,7 +13,13 @@ from __future__ import annotations
 import os
 import time
 from datetime import UTC, datetime
-from typing import Protocol
+
+TYPE_CHECKING = False  # typing is read by type checkers only (runner start, issue 19)
+if TYPE_CHECKING:
+    from typing import Protocol
+else:
+    Protocol = object  # a protocol is read by type checkers only
+
 
 _B36 = "0123456789abcdefghijklmnopqrstuvwxyz"
 

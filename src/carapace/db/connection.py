@@ -20,13 +20,16 @@ import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Literal
+
+TYPE_CHECKING = False  # typing is read by type checkers only (runner start, issue 19)
+if TYPE_CHECKING:
+    from typing import Literal
+
+    DbKind = Literal["central", "session"]
 
 BUSY_TIMEOUT_MS = 5000
 SESSION_JOURNAL_MODE = "TRUNCATE"
 SESSION_SYNCHRONOUS = "NORMAL"
-
-DbKind = Literal["central", "session"]
 
 
 def connect(

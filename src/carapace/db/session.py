@@ -18,10 +18,14 @@ import functools
 import os
 import sqlite3
 from pathlib import Path
-from typing import Any
 
 from carapace.db.connection import column_names, connect, has_table, run_statements, transaction
 from carapace.record import record
+
+TYPE_CHECKING = False  # typing is read by type checkers only (runner start, issue 19)
+if TYPE_CHECKING:
+    from typing import Any
+
 
 INBOUND_SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages_in (

@@ -24,7 +24,6 @@ import logging
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 from carapace.jsonutil import dumps
 from carapace.record import record
@@ -41,6 +40,11 @@ from carapace.runner.providers.base import Message, Provider
 from carapace.runner.tools import ToolBox, TurnAbandoned
 from carapace.runner.transcript import rebuild_conversation, transcript_path
 from carapace.timefmt import iso, utcnow
+
+TYPE_CHECKING = False  # typing is read by type checkers only (runner start, issue 19)
+if TYPE_CHECKING:
+    from typing import Any
+
 
 logger = logging.getLogger(__name__)
 

@@ -22,11 +22,15 @@ from __future__ import annotations
 import json
 import logging
 import operator
-from typing import Any
 
 from carapace.jsonutil import dumps
 from carapace.record import record
 from carapace.runner.providers.base import Message, Provider
+
+TYPE_CHECKING = False  # typing is read by type checkers only (runner start, issue 19)
+if TYPE_CHECKING:
+    from typing import Any
+
 
 logger = logging.getLogger(__name__)
 

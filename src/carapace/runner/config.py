@@ -21,13 +21,17 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any
 
 from carapace.db.session import SessionPaths
 from carapace.record import field, record
 from carapace.runner.preview import stream_channels
 from carapace.runner.providers.base import PROVIDER_ALIASES as PROVIDER_ALIASES
 from carapace.runner.settings import AgentSettings, is_sandboxed
+
+TYPE_CHECKING = False  # typing is read by type checkers only (runner start, issue 19)
+if TYPE_CHECKING:
+    from typing import Any
+
 
 logger = logging.getLogger(__name__)
 

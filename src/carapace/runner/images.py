@@ -21,11 +21,15 @@ import os
 import stat
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from carapace import safefs
 from carapace.record import field, record
 from carapace.runner.inbound import InRow
+
+TYPE_CHECKING = False  # typing is read by type checkers only (runner start, issue 19)
+if TYPE_CHECKING:
+    from typing import Any
+
 
 logger = logging.getLogger(__name__)
 

@@ -29,7 +29,6 @@ from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from functools import cached_property
-from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from carapace.db.connection import BUSY_TIMEOUT_MS, column_names, connect, has_table, is_busy
 from carapace.db.session import SessionPaths
@@ -37,12 +36,16 @@ from carapace.jsonutil import loads_or
 from carapace.record import record
 from carapace.timefmt import parse_ts, sqlite_ts
 
+TYPE_CHECKING = False  # typing is read by type checkers only (runner start, issue 19)
+if TYPE_CHECKING:
+    from typing import Any, Concatenate, ParamSpec, TypeVar
+
+    _P = ParamSpec("_P")
+    _T = TypeVar("_T")
+
 PENDING_SCAN_LIMIT = 1000
 BUSY_RETRY_S = 0.0003  # between tries of a read that found the host committing
 BUSY_TIMEOUT_S = BUSY_TIMEOUT_MS / 1000  # then the read fails, as SQLite's handler would
-
-_P = ParamSpec("_P")
-_T = TypeVar("_T")
 
 
 def _sleep(seconds: float) -> None:

@@ -7,9 +7,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any
 
 from carapace.runner.claims import DeferredClaims
+
+TYPE_CHECKING = False  # typing is read by type checkers only (runner start, issue 19)
+if TYPE_CHECKING:
+    from typing import Any
+
 
 logger = logging.getLogger(__name__)
 

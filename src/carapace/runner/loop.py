@@ -32,7 +32,6 @@ import threading
 import time
 from datetime import datetime
 from types import FrameType
-from typing import Any
 
 from carapace.db.session import touch_heartbeat
 from carapace.errors import CarapaceError
@@ -55,6 +54,11 @@ from carapace.runner.task_scripts import SCRIPT_TIMEOUT_S, apply_pre_task_script
 from carapace.runner.tools import Batch, ToolBox, ToolContext, TurnAbandoned
 from carapace.timefmt import Clock, SystemClock
 from carapace.watch import DirWatcher
+
+TYPE_CHECKING = False  # typing is read by type checkers only (runner start, issue 19)
+if TYPE_CHECKING:
+    from typing import Any
+
 
 logger = logging.getLogger(__name__)
 

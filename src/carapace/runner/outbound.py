@@ -23,13 +23,17 @@ import sqlite3
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Any
 
 from carapace.db.connection import transaction
 from carapace.db.session import SessionPaths, insert_message_out, open_outbound, peek_max_seq
 from carapace.jsonutil import dumps
 from carapace.runner.claims import CLAIM_DELAY_S, DeferredClaims
 from carapace.timefmt import iso, sqlite_ts, utcnow
+
+TYPE_CHECKING = False  # typing is read by type checkers only (runner start, issue 19)
+if TYPE_CHECKING:
+    from typing import Any
+
 
 _CHUNK = 500
 

@@ -30,10 +30,21 @@ import stat
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol
 
 from carapace import safefs
 from carapace.runner.settings import AgentSettings
+
+TYPE_CHECKING = False  # typing is read by type checkers only (runner start, issue 19)
+if TYPE_CHECKING:
+    from typing import Any, Protocol
+
+    class NamedDestination(Protocol):
+        @property
+        def name(self) -> str: ...
+
+        @property
+        def display_name(self) -> str | None: ...
+
 
 MAX_FILE_CHARS = 100_000
 # First line of a host-composed CLAUDE.md (``carapace.host.groupfiles``; kept here so the
@@ -56,14 +67,6 @@ through chat apps; each incoming message is shown as XML (`<message>`, `<task>`,
   shows the path.
 - Use the scheduling tools for reminders and recurring work, `ask_user_question` when you
   need a decision, and `send_file` to send a file."""
-
-
-class NamedDestination(Protocol):
-    @property
-    def name(self) -> str: ...
-
-    @property
-    def display_name(self) -> str | None: ...
 
 
 def _label(dest: NamedDestination) -> str:

@@ -40,9 +40,15 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
-from typing import Any, Literal
 
 from carapace.record import record
+
+TYPE_CHECKING = False  # typing is read by type checkers only (runner start, issue 19)
+if TYPE_CHECKING:
+    from typing import Any, Literal
+
+    BashSetting = Literal["off", "sandboxed", "allowed"]
+
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +71,6 @@ WORKSPACE_TOOL_NAMES = (
     "grep",
     "web_fetch",
 )
-BashSetting = Literal["off", "sandboxed", "allowed"]
 BASH_VALUES: dict[object, BashSetting] = {
     "off": "off",
     False: "off",

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from carapace.errors import CarapaceError
 from carapace.limits import limits_of
@@ -21,6 +20,7 @@ from carapace.runner.providers._common import proxy_socket
 from carapace.runner.providers.base import Provider
 from carapace.runner.workspace_specs import bash_refusal
 
+TYPE_CHECKING = False  # typing is read by type checkers only (runner start, issue 19)
 if TYPE_CHECKING:
     from carapace.runner.mcp_client import McpHub
     from carapace.runner.workspace import Workspace

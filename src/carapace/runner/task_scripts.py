@@ -34,13 +34,22 @@ import time
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Any, Protocol
 
 from carapace.jsonutil import dumps
 from carapace.record import record, replace
 from carapace.runner import procs
 from carapace.runner.inbound import InRow
 from carapace.timefmt import new_id
+
+TYPE_CHECKING = False  # typing is read by type checkers only (runner start, issue 19)
+if TYPE_CHECKING:
+    from typing import IO, Any, Protocol
+
+    class _Writer(Protocol):
+        def write(
+            self, *, id: str, kind: str, content: dict[str, Any], now: datetime | None = None
+        ) -> int: ...
+
 
 logger = logging.getLogger(__name__)
 
@@ -52,12 +61,6 @@ REPORT_CAP = 4000
 SCRIPT_REFUSED = (
     "not run: pre-task scripts obey the bash setting, and bash is off for this agent group"
 )
-
-
-class _Writer(Protocol):
-    def write(
-        self, *, id: str, kind: str, content: dict[str, Any], now: datetime | None = None
-    ) -> int: ...
 
 
 @record(frozen=True)

@@ -26,7 +26,6 @@ import stat
 from collections.abc import Callable, Mapping
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal
 
 from carapace import safefs
 from carapace.errors import ConfigError
@@ -45,9 +44,15 @@ from carapace.runner.workspace_specs import (
     validate_args,
 )
 
+TYPE_CHECKING = False  # typing is read by type checkers only (runner start, issue 19)
+if TYPE_CHECKING:
+    from typing import Any, Literal
+
+    BashMode = Literal["off", "sandboxed", "allowed"]
+
+
 logger = logging.getLogger(__name__)
 
-BashMode = Literal["off", "sandboxed", "allowed"]
 BASH_MODES: tuple[BashMode, ...] = ("off", "sandboxed", "allowed")
 # Runner-owned files at the top of the session folder; the file tools never write them.
 SESSION_PROTECTED = ("inbound.db", "outbound.db", ".heartbeat")
@@ -104,7 +109,7 @@ class Root:
         return real == self.path or real.startswith(self.path.rstrip("/") + "/")
 
 
-Handler = Callable[[dict[str, Any]], ToolResult]
+Handler = Callable[[dict[str, "Any"]], ToolResult]
 
 
 class Workspace:

@@ -9,12 +9,14 @@ import os
 import re
 import stat
 from collections.abc import Callable, Iterator
-from typing import IO, TYPE_CHECKING, Any
 
 from carapace.runner.providers.base import ToolResult
 from carapace.runner.workspace_specs import PathRefused, WorkspaceError
 
+TYPE_CHECKING = False  # typing is read by type checkers only (runner start, issue 19)
 if TYPE_CHECKING:
+    from typing import IO, Any
+
     from carapace.runner.workspace import Workspace
 
 

@@ -13,10 +13,13 @@ import os
 import signal
 import threading
 from collections.abc import Callable, Mapping
-from typing import IO
 
 from carapace.runner.procs import kill_descendants
 from carapace.runner.providers.base import ToolResult
+
+TYPE_CHECKING = False  # typing is read by type checkers only (runner start, issue 19)
+if TYPE_CHECKING:
+    from typing import IO
 
 
 def run_shell(

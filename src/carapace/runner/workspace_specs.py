@@ -7,10 +7,14 @@ The specs are what the model sees: descriptions state the limits the tools enfor
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
 
 from carapace.errors import ValidationError
 from carapace.runner.providers.base import ToolSpec
+
+TYPE_CHECKING = False  # typing is read by type checkers only (runner start, issue 19)
+if TYPE_CHECKING:
+    from typing import Any
+
 
 BASH_DISABLED = (
     "Shell access is disabled for this agent group, so the bash tool cannot run. An "

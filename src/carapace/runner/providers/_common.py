@@ -6,7 +6,6 @@ import importlib
 import logging
 import os
 import re
-from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from carapace.errors import ProviderError
@@ -15,6 +14,11 @@ from .base import Turn
 
 # A stand-in key for endpoints that need none (Ollama, vLLM) or get one injected on the
 # way (the host's credential proxy): the SDKs refuse to build a client without a key.
+TYPE_CHECKING = False  # typing is read by type checkers only (runner start, issue 19)
+if TYPE_CHECKING:
+    from typing import Any
+
+
 PLACEHOLDER_KEY = "not-needed"
 
 _MAX_DETAIL = 300

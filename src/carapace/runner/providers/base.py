@@ -17,12 +17,18 @@ Message shapes (JSON-serialisable)::
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol
 
 from carapace.errors import ProviderError, ValidationError
 from carapace.record import field, record
 
-Message = dict[str, Any]
+TYPE_CHECKING = False  # typing is read by type checkers only (runner start, issue 19)
+if TYPE_CHECKING:
+    from typing import Any, Protocol
+else:
+    Protocol = object  # a protocol is read by type checkers only
+
+
+Message = dict[str, "Any"]
 
 # Other accepted spellings of registered provider names (lower case): ``claude-agent-sdk``
 # was the Claude Agent SDK provider's name before it took NanoClaw's ``claude``.

@@ -60,12 +60,16 @@ import re
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from carapace.errors import ProviderError
 from carapace.record import record
 
 from .base import Message, ProviderConfig, ToolCall, ToolSpec, Turn
+
+TYPE_CHECKING = False  # typing is read by type checkers only (runner start, issue 19)
+if TYPE_CHECKING:
+    from typing import Any
+
 
 SCRIPT_FILE = "mock-script.json"
 QUOTE_CHARS = 200

@@ -11,7 +11,6 @@ never raises, except ``TurnAbandoned`` on shutdown.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
 
 from carapace.runner.providers.base import ToolResult, ToolSpec
 from carapace.runner.tools import admin, interactive, messaging, scheduling, selfmod
@@ -24,6 +23,7 @@ from carapace.runner.tools.base import (
     validate_args,
 )
 
+TYPE_CHECKING = False  # typing is read by type checkers only (runner start, issue 19)
 if TYPE_CHECKING:
     from carapace.runner.mcp_client import McpHub
     from carapace.runner.workspace import Workspace

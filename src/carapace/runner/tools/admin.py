@@ -20,13 +20,17 @@ Deviations from NanoClaw (docs/compat.md):
 from __future__ import annotations
 
 import time
-from typing import Any
 
 from carapace.jsonutil import dumps
 from carapace.runner.config import RunnerConfig
 from carapace.runner.inbound import InRow
 from carapace.runner.tools.base import Tool, ToolContext, ToolError, TurnAbandoned, tool
 from carapace.timefmt import new_id
+
+TYPE_CHECKING = False  # typing is read by type checkers only (runner start, issue 19)
+if TYPE_CHECKING:
+    from typing import Any
+
 
 DEFAULT_TIMEOUT_S = 30.0
 WAIT_SLICE_S = 0.5

@@ -14,7 +14,6 @@ import os
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from carapace.record import field, record
 from carapace.runner.config import RunnerConfig
@@ -23,7 +22,10 @@ from carapace.runner.outbound import Outbound
 from carapace.runner.providers.base import ToolSpec
 from carapace.timefmt import new_id
 
+TYPE_CHECKING = False  # typing is read by type checkers only (runner start, issue 19)
 if TYPE_CHECKING:
+    from typing import Any
+
     from carapace.runner.workspace import Workspace
 
 
@@ -137,7 +139,7 @@ class ToolContext:
         return Path(real)
 
 
-Handler = Callable[[ToolContext, dict[str, Any]], str]
+Handler = Callable[[ToolContext, dict[str, "Any"]], str]
 
 
 @record(frozen=True)

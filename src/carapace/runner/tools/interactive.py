@@ -14,9 +14,13 @@ Deviations from NanoClaw (docs/compat.md):
 from __future__ import annotations
 
 import time
-from typing import Any
 
 from carapace.runner.tools.base import Tool, ToolContext, ToolError, TurnAbandoned, tool
+
+TYPE_CHECKING = False  # typing is read by type checkers only (runner start, issue 19)
+if TYPE_CHECKING:
+    from typing import Any
+
 
 DEFAULT_TIMEOUT_S = 300
 WAIT_SLICE_S = 1.0

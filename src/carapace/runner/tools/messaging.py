@@ -18,10 +18,14 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
-from typing import Any
 
 from carapace.runner.inbound import Routing
 from carapace.runner.tools.base import Tool, ToolContext, ToolError, tool
+
+TYPE_CHECKING = False  # typing is read by type checkers only (runner start, issue 19)
+if TYPE_CHECKING:
+    from typing import Any
+
 
 MAX_FILENAME = 255
 

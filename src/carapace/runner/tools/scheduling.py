@@ -16,13 +16,17 @@ Deviations from NanoClaw (docs/compat.md), fixing W-13:
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Any
 
 from carapace.errors import ValidationError
 from carapace.jsonutil import loads_or
 from carapace.runner.formatter import format_time, parse_timestamp, parse_zoned_to_utc
 from carapace.runner.tools.base import Tool, ToolContext, ToolError, tool
 from carapace.timefmt import iso, new_id
+
+TYPE_CHECKING = False  # typing is read by type checkers only (runner start, issue 19)
+if TYPE_CHECKING:
+    from typing import Any
+
 
 PAST_TOLERANCE_S = 300
 PROMPT_PREVIEW = 80

@@ -5,10 +5,13 @@ Fire-and-forget ``kind='system'`` requests; the host checks permissions and asks
 
 from __future__ import annotations
 
-from typing import Any
-
 from carapace.runner.tools.base import Tool, ToolContext, ToolError, tool
 from carapace.timefmt import new_id
+
+TYPE_CHECKING = False  # typing is read by type checkers only (runner start, issue 19)
+if TYPE_CHECKING:
+    from typing import Any
+
 
 MAX_PACKAGES = 20
 
