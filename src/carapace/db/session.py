@@ -239,6 +239,7 @@ def upgrade_outbound(conn: sqlite3.Connection) -> None:
 # on every open is pure overhead (NanoClaw spec §11.4 item 40). A replaced file has a new
 # inode and is checked again.
 _checked_inbound: set[tuple[str, int]] = set()
+CHECKED_KEPT = 4096
 
 
 def open_inbound(paths: SessionPaths, *, readonly: bool = False) -> sqlite3.Connection:
@@ -253,6 +254,8 @@ def open_inbound(paths: SessionPaths, *, readonly: bool = False) -> sqlite3.Conn
         with transaction(conn):
             run_statements(conn, INBOUND_SCHEMA)
     upgrade_inbound(conn)
+    if len(_checked_inbound) >= CHECKED_KEPT:  # a cache: checked again when needed
+        _checked_inbound.clear()
     _checked_inbound.add(key)
     return conn
 

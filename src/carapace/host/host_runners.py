@@ -22,6 +22,7 @@ from carapace.db.sessions import set_container_status
 from carapace.host import host_watch
 from carapace.host.delivery import RideAlong
 from carapace.host.outbox_reader import OutboxRefused
+from carapace.host.sessions import keep_bounded
 from carapace.host.sweep import (
     ACK_BATCH,
     ACK_FLUSH_S,
@@ -230,6 +231,9 @@ async def note_new_acks(host: Host, session_id: str) -> None:
     except (OSError, OutboxRefused, TimeoutError):
         return
     if top:
+        if session_id not in host._ack_rowid:
+            keep_bounded(host._ack_rowid)  # (a runner's exit drops its mark; its last drain
+            # after that sets it again)
         host._ack_rowid[session_id] = top
     done = {m: st for m, st in acks.items() if st in ("completed", "failed")}
     if done:

@@ -56,6 +56,17 @@ GROUP_MAX = 256  # rows per group commit (bounds one commit of the writer thread
 PATHS_KEPT = 4096  # SessionPaths objects kept (a cache: cleared when full)
 LAST_ACTIVE_EVERY_S = 1.0  # a session's last_active is written at most this often
 LAST_ACTIVE_EVERY = timedelta(seconds=LAST_ACTIVE_EVERY_S)
+# Per-session facts the host keeps only to save work (last_active written, the outbound
+# seq last read, an inbound.db seen): caches, cleared when one holds this many sessions,
+# so a host that serves new sessions for months does not grow by them (bench soak)
+FACTS_KEPT = 4096
+
+
+def keep_bounded(cache: dict[str, Any] | set[str]) -> None:
+    """Make room in a per-session cache about to take one more entry (cleared when it
+    holds ``FACTS_KEPT``: every entry is a saving, never a fact only it holds)."""
+    if len(cache) >= FACTS_KEPT:
+        cache.clear()
 
 
 def _refused(session_id: str, message_id: object, exc: sqlite3.IntegrityError) -> StoreError:
@@ -181,6 +192,8 @@ class SessionManager:
 
     def note_out_seq(self, session_id: str, seq: int) -> None:
         if seq > self._out_max.get(session_id, -1):
+            if session_id not in self._out_max:
+                keep_bounded(self._out_max)
             self._out_max[session_id] = seq
 
     def paths(self, session: Session) -> SessionPaths:
@@ -254,7 +267,9 @@ class SessionManager:
             finally:
                 del self._making[session.id]
                 making.set()
-        self._present.add(session.id)
+        if session.id not in self._present:
+            keep_bounded(self._present)
+            self._present.add(session.id)
 
     def _make_durably(self, paths: SessionPaths) -> None:
         init_session_folder(paths)
@@ -556,6 +571,8 @@ class SessionManager:
         except sqlite3.OperationalError as exc:  # bookkeeping only: the rows are stored
             logger.warning("last_active of session %s not updated: %s", session_id, exc)
             return
+        if last is None:
+            keep_bounded(self._touched)
         self._touched[session_id] = now
 
     def set_work(self, session_id: str, next_due: str | None) -> None:
