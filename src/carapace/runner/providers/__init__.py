@@ -100,7 +100,9 @@ def _create_mock(config: ProviderConfig) -> Provider:
 
 def _create_anthropic(config: ProviderConfig) -> Provider:
     try:
-        AnthropicProvider: ProviderFactory = import_lean(f"{__name__}.anthropic_provider").AnthropicProvider
+        AnthropicProvider: ProviderFactory = import_lean(
+            f"{__name__}.anthropic_provider"
+        ).AnthropicProvider
     except ImportError as exc:
         error = _missing_sdk(exc, "anthropic")
         if error is None:
@@ -127,7 +129,9 @@ CLAUDE_SDK_MISSING = ("The claude provider (the Claude Agent SDK) needs the clau
 
 def _create_claude(config: ProviderConfig) -> Provider:
     try:
-        ClaudeAgentProvider: ProviderFactory = import_lean(f"{__name__}.claude_sdk").ClaudeAgentProvider
+        ClaudeAgentProvider: ProviderFactory = import_lean(
+            f"{__name__}.claude_sdk"
+        ).ClaudeAgentProvider
     except ImportError as exc:
         if (exc.name or "").split(".")[0] != "claude_agent_sdk":
             raise
