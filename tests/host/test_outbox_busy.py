@@ -5,8 +5,10 @@ trying again every ``BUSY_RETRY_S``, not in SQLite's busy handler (first sleeps 
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -119,3 +121,35 @@ def test_a_lock_the_agent_holds_on_purpose_costs_few_tries(
         agent.close()
     assert max(tries) == outbox_reader.BUSY_RETRY_MAX_S
     assert len(tries) < 60  # 300 ms at 0.3 ms a try would be ~1,000
+
+
+def test_a_read_that_outlasts_its_timeout_raises_and_leaves_the_loop_free() -> None:
+    """A read held up past ``timeout_s`` (an agent's file under a lock it keeps, a crafted
+    query plan) ends the host's wait with ``TimeoutError``; the event loop ran meanwhile."""
+    from carapace.host.outbox_reader import OutboxReader
+
+    release = threading.Event()
+    reader = OutboxReader(workers=1, timeout_s=0.05)
+
+    async def main() -> int:
+        ticks = 0
+
+        async def tick() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.005)
+                ticks += 1
+
+        ticker = asyncio.get_running_loop().create_task(tick())
+        t0 = time.perf_counter()
+        with pytest.raises(TimeoutError):
+            await reader.call(release.wait, 5.0)
+        assert time.perf_counter() - t0 < 1.0
+        ticker.cancel()
+        return ticks
+
+    try:
+        assert asyncio.run(main()) >= 3
+    finally:
+        release.set()
+        reader.close()

@@ -445,7 +445,8 @@ class OutboxReader:
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
-        return await asyncio.wait_for(loop.run_in_executor(self._pool, fn, *args), self.timeout_s)
+        async with asyncio.timeout(self.timeout_s):  # (wait_for ran one more task: ~50 µs)
+            return await loop.run_in_executor(self._pool, fn, *args)
 
     def first_refusal(self, key: str, why: str) -> bool:
         """True the first time ``why`` is reported for ``key`` (a session id)."""
