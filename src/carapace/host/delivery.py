@@ -66,10 +66,11 @@ from carapace.host.outbox_reader import (
     OutRow,
     read_ids_after,
     read_rows,
+    read_rows_and_top,
 )
 from carapace.host.send_intents import SendIntents
 from carapace.host.session_writer import FolderReplaced, Key
-from carapace.host.sessions import SessionManager
+from carapace.host.sessions import SessionManager, keep_bounded
 from carapace.timefmt import iso, parse_ts, sqlite_ts
 
 logger = logging.getLogger(__name__)
@@ -131,6 +132,13 @@ class Delivery:
         # this host, the only writer of the cursor; a re-made file (a new key: another
         # generation of the folder, session_writer.Key) is read again
         self._cursors: dict[str, tuple[Key, int]] = {}
+        # per session: (key of inbound.db, a seq above which no host process has read a
+        # row of its outbound.db): no delivery record can name such a row, so a pass whose
+        # rows are all above it needs no look into inbound.db (one thread hop less per
+        # reply, issue 19). Set from the file's highest seq at this host's first look (an
+        # earlier process, gone before this one started, read nothing written since), then
+        # raised past every row this host reads.
+        self._unread_above: dict[str, tuple[Key, int]] = {}
         self.a2a_guard = A2AGuard()  # hop and rate bounds of agent-to-agent messages
         self.outbox = OutboxReader()  # every outbound.db read: checked, bounded, off the loop
         self.previews: Any = None  # host/preview.PreviewKeeper: replies shown as written
@@ -204,6 +212,7 @@ class Delivery:
                 if self._records.get(session_id) is rec:
                     self._records.pop(session_id, None)
                 self._cursors.pop(session_id, None)
+                self._unread_above.pop(session_id, None)
                 self.intents.done(session_id, finished)
                 self._again.add(session_id)
                 return False
@@ -287,8 +296,15 @@ class Delivery:
             return result
         inb: sqlite3.Connection | None = None
         try:
+            mark = self._unread_above.get(session_id)
+            first_look = mark is None or mark[0] != key
             try:
-                rows = await self.outbox.call(read_rows, paths.outbound, cursor)
+                if first_look:  # the file's highest seq too: see _unread_above
+                    rows, highest = await self.outbox.call(
+                        read_rows_and_top, paths.outbound, cursor
+                    )
+                else:
+                    rows, highest = await self.outbox.call(read_rows, paths.outbound, cursor), 0
             except FileNotFoundError:
                 return result
             except OutboxRefused as exc:
@@ -305,6 +321,7 @@ class Delivery:
             result.more = len(rows) >= MAX_ROWS  # a full batch: drain() reads on if it moved
             if not rows:
                 return result
+            unread = self._unread_rows(session_id, key, rows, highest if first_look else None)
             try:  # only now: a session without a runner has no kept one, and opening a
                 # connection on the event loop for a pass with nothing to send cost ms
                 inb = self.sessions.open_inbound(paths)  # a live session's kept one: no I/O
@@ -320,10 +337,14 @@ class Delivery:
             if rec.key is not None and rec.key != key:  # records of a deleted, re-made folder
                 rec = self._records[session_id] = Records()
             rec.key = key  # the file whose cursor this pass read
+            known: set[str] = set()
+            states: dict[str, dict[str, Any]] = {}
+            intents: set[str] = set()
             try:
-                known, states, intents = await self.sessions.writers.call(
-                    session_id, paths, functools.partial(known_of, ids=ids), expect=key
-                )
+                if not unread:  # (rows never read by a host: no record names them)
+                    known, states, intents = await self.sessions.writers.call(
+                        session_id, paths, functools.partial(known_of, ids=ids), expect=key
+                    )
             except FolderReplaced:
                 self._again.add(session_id)
                 return result
@@ -398,6 +419,25 @@ class Delivery:
         finally:
             if inb is not None:
                 self.sessions.done_with(inb)
+
+    def _unread_rows(self, session_id: str, key: Key, rows: list[OutRow],
+                     first_top: int | None) -> bool:  # fmt: skip
+        """Whether no host process has read any of ``rows`` before this pass (then
+        inbound.db holds no record of them); notes them as read either way. ``first_top``:
+        the file's highest seq, read with the rows at this host's first look at the file
+        (whatever was there may have been read by an earlier host: none is unread then)."""
+        top = max(int(r["seq"] or 0) for r in rows)
+        mark = self._unread_above.get(session_id)
+        if first_top is not None:
+            if session_id not in self._unread_above:
+                keep_bounded(self._unread_above)
+            self._unread_above[session_id] = (key, max(first_top, top))
+            return False
+        if mark is None or mark[0] != key:  # dropped meanwhile: a first look next pass
+            self._unread_above.pop(session_id, None)
+            return False
+        self._unread_above[session_id] = (key, max(mark[1], top))
+        return min(int(r["seq"] or 0) for r in rows) > mark[1]
 
     def _turn_lock(self, row: OutRow) -> asyncio.Lock | None:
         """The lock of the row's channel when its adapter cannot deduplicate sends by key

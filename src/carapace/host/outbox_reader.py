@@ -355,13 +355,26 @@ FROM messages_out WHERE seq > ? ORDER BY seq LIMIT ?
 """
 
 
-def read_rows(path: Path, after_seq: int, limit: int = MAX_ROWS) -> list[OutRow]:
-    """``messages_out`` rows above ``after_seq`` in seq order (at most ``limit``); a row
-    whose content is over ``MAX_CONTENT_BYTES`` comes with ``content`` None."""
+def read_rows(path: Path, after_seq: int, limit: int | None = None) -> list[OutRow]:
+    """``messages_out`` rows above ``after_seq`` in seq order (at most ``limit``, default
+    ``MAX_ROWS``); a row whose content is over ``MAX_CONTENT_BYTES`` comes with ``content``
+    None."""
     with open_checked(path) as conn:
-        cur = conn.execute(_ROW_SQL, (after_seq, limit))
-        names = [d[0] for d in cur.description]
-        return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+        return _rows(conn, after_seq, MAX_ROWS if limit is None else limit)
+
+
+def read_rows_and_top(path: Path, after_seq: int) -> tuple[list[OutRow], int]:
+    """:func:`read_rows`, and then the file's highest seq (at least the rows' highest)."""
+    with open_checked(path) as conn:
+        rows = _rows(conn, after_seq, MAX_ROWS)
+        top = conn.execute("SELECT MAX(seq) FROM messages_out").fetchone()[0]
+    return rows, top if isinstance(top, int) else 0
+
+
+def _rows(conn: sqlite3.Connection, after_seq: int, limit: int) -> list[OutRow]:
+    cur = conn.execute(_ROW_SQL, (after_seq, limit))
+    names = [d[0] for d in cur.description]
+    return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
 
 
 def read_ids_after(path: Path, after_seq: int, limit: int = MAX_ROWS) -> list[str]:
