@@ -79,3 +79,25 @@ def test_the_soak_sees_what_a_host_keeps_per_session(
     watched = {g.text: g.met for g in result.goals}["no folder watched without a live runner"]
     assert watched is (not leak)
     assert result.figures["watched_max"] == (6 if leak else 0)
+
+
+def test_sdk_cold_starts_answer_through_the_real_sdks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``bench runner``'s SDK series: each runner answers through its provider's SDK and
+    the credential proxy (the fake API's text comes back); a runner that answered any
+    other way (the mock provider, an error) stops the bench instead of being reported."""
+    from carapace.bench import runner_bench
+
+    out = runner_bench.sdk_starts(str(tmp_path / "a"), 1)
+    for provider in ("anthropic", "openai"):
+        got = out[provider]
+        assert got["replies"] == [runner_bench.SDK_REPLY] * 2, got["replies"]
+        assert len(got["samples"]) == 1 and got["rss"] and got["rss"][0] > 0
+
+    async def mock_starts(*args: object, **kw: object) -> dict[str, object]:
+        return {"replies": ['Mock reply (no model configured ...): "hello 0"']}
+
+    monkeypatch.setattr(runner_bench, "_cold_starts", mock_starts)  # a mock runner's answer
+    with pytest.raises(RuntimeError, match="did not answer through the fake API: 'Mock reply"):
+        runner_bench.sdk_starts(str(tmp_path / "b"), 1)

@@ -39,6 +39,7 @@ class SinkChannel:
 
     def __init__(self) -> None:
         self.count = 0
+        self.last_text: object = None  # the text of the last delivery
         self.per_chat: dict[str, int] = {}
         self.changed = asyncio.Event()
         self.waiting: asyncio.Future[float] | None = None
@@ -53,6 +54,8 @@ class SinkChannel:
         self, platform_id: str, thread_id: str | None, message: OutboundMessage
     ) -> str | None:
         self.count += 1
+        content = message.content
+        self.last_text = content.get("text") if isinstance(content, dict) else content
         self.per_chat[platform_id] = self.per_chat.get(platform_id, 0) + 1
         self.changed.set()
         if self.waiting is not None and not self.waiting.done():

@@ -97,6 +97,7 @@ async def _cold_starts(home: Home, n: int, backend: str, *, spare: bool = True,
     rss: list[int] = []
     pss: list[int] = []
     split: list[dict[str, float]] = []
+    replies: list[object] = []
     try:
         for i in range(n + 1):
             channel.waiting = asyncio.get_running_loop().create_future()
@@ -104,6 +105,7 @@ async def _cold_starts(home: Home, n: int, backend: str, *, spare: bool = True,
             t0 = time.perf_counter()
             r = await host.route(event(f"hello {i}"))
             t1 = await asyncio.wait_for(channel.waiting, TIMEOUT_S)
+            replies.append(channel.last_text)
             sid = r.routed[0].session_id
             if i > 0:  # the first one warms the page cache
                 samples.append((t1 - t0) * 1000.0)
@@ -129,6 +131,7 @@ async def _cold_starts(home: Home, n: int, backend: str, *, spare: bool = True,
         await host.stop()
         host.close()
     return {"samples": samples, "rss": rss, "pss": pss, "note": host.backend_note,
+            "replies": replies,
             "spare_kib": spare_kib, "split": split,
             "phases": {k: statistics.median(p[k] for p in split) for k in PHASES}
             if split else {}}  # fmt: skip
@@ -188,6 +191,7 @@ def outbound_insert(rows: int = 2000, runs: int = 3) -> tuple[float, float]:
     return statistics.median(rates), statistics.median(floor)
 
 
+SDK_REPLY = "hello from the fake API"
 BENCH_KEYS = {"ANTHROPIC_API_KEY": "sk-ant-bench", "OPENAI_API_KEY": "sk-bench"}
 
 
@@ -201,12 +205,16 @@ def sdk_starts(tmp: str, n: int = 4) -> dict[str, dict[str, Any]]:
     os.environ.update(BENCH_KEYS)  # the host's keys (its environment), never the runner's
     out: dict[str, dict[str, Any]] = {}
     try:
-        with FakeLLMServer(default="hello from the fake API") as srv:
+        with FakeLLMServer(default=SDK_REPLY) as srv:
             for provider, url in (("anthropic", srv.anthropic_base_url),
                                   ("openai", srv.openai_base_url)):  # fmt: skip
                 home = Home.resolve(Path(tmp) / f"sdk-{provider}")
                 out[provider] = asyncio.run(_cold_starts(home, n, "auto", provider=provider,
                                                          base_url=url))  # fmt: skip
+                wrong = [r for r in out[provider]["replies"] if r != SDK_REPLY]
+                if wrong:  # never a mock (or failed) start reported as the SDK's
+                    raise RuntimeError(f"the {provider} runners did not answer through the "
+                                       f"fake API: {wrong[0]!r}")  # fmt: skip
     finally:
         for k, v in saved.items():
             if v is None:
