@@ -9,7 +9,7 @@ from typing import Any
 from carapace.admin.dispatch import dispatch
 from carapace.channels.fake import FakeChannel
 from carapace.config import Home, Settings
-from carapace.db import groups, messaging
+from carapace.db import groups, messaging, sessions
 from carapace.host.host import Host, HostOptions
 from carapace.host.pool import FakeBackend
 
@@ -55,6 +55,17 @@ class LiveHost:
             messaging.create_wiring(db, mg, agid, engage_mode="pattern", engage_pattern=".")
 
         self.sync(go)
+
+    def runners_started(self) -> None:
+        """Every session's runner start is over (its group folder made, a legacy transcript
+        adopted), so a test may plant files there: the start runs a moment after the route
+        that wakes it, and under load after the test's next line."""
+
+        async def go() -> None:
+            for s in sessions.list_sessions(self.host.db):
+                await self.host.pool.wake_and_wait(s.id)
+
+        self.call(go())
 
     def close(self) -> None:
         self.call(self.host.stop())

@@ -48,6 +48,7 @@ def test_backup_while_messages_flow_then_restore_finds_every_message(
     for i, c in enumerate(chats):
         _route(live_host, f"before {i}", c, f"before-{i}")
         sent.append(f"before-{i}")
+    live_host.runners_started()  # before files are planted in the group folder
     group = live_host.home.group_dir("ag")
     (group / "notes.md").write_text("remember the milk")
     (group / "sub").mkdir()

@@ -26,10 +26,7 @@ def _setup(live: LiveHost) -> tuple[str, SessionPaths, list[str]]:
     for mid in ("m1", "m2", "m3"):
         live.call(live.host.route(make_event(mid, platform_id="c1", id=mid)))
     [s] = live.sync(list_sessions, live.host.db)
-    # its runner's start (the group folder made, a legacy transcript adopted) is over before
-    # the test plants files there: under load it ran after the test's mkdir (once a
-    # FileNotFoundError in the parallel suite)
-    live.call(live.host.pool.wake_and_wait(s.id))
+    live.runners_started()  # before files are planted in the group folder
     paths = SessionPaths.of(live.home.data_dir, s.agent_group_id, s.id)
     inb = sqlite3.connect(paths.inbound)
     ids = [r[0] for r in inb.execute("SELECT id FROM messages_in ORDER BY seq")]
