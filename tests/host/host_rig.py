@@ -6,7 +6,7 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any
 
-from carapace.channels.fake import FakeChannel
+from carapace.channels.fake import FakeChannel, make_event
 from carapace.db import groups, messaging, users
 from carapace.db.session import SessionPaths, insert_message_out, open_outbound
 from carapace.db.sessions import Session, list_sessions
@@ -75,6 +75,15 @@ class Rig:
 
     def sessions(self) -> list[Session]:
         return list_sessions(self.db)
+
+    def one_chat_session(self, platform_id: str = "chan") -> Session:
+        """An agent group wired to one chat, and the session its first message made."""
+        ag = self.agent()
+        mg = self.chat(platform_id)
+        self.wire(mg, ag)
+        self.run(self.host.route(make_event("hi", platform_id=platform_id, id="m1")))
+        [s] = self.sessions()
+        return s
 
     def paths(self, s: Session) -> SessionPaths:
         return self.host.sessions.paths(s)

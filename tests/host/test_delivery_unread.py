@@ -10,18 +10,7 @@ from typing import Any
 import pytest
 from host_rig import Rig
 
-from carapace.channels.fake import make_event
-from carapace.db.sessions import Session
 from carapace.host import delivery, outbox_reader
-
-
-def _session(rig: Rig) -> Session:
-    ag = rig.agent()
-    mg = rig.chat("chan")
-    rig.wire(mg, ag)
-    rig.run(rig.host.route(make_event("hi", platform_id="chan", id="m1")))
-    [s] = rig.sessions()
-    return s
 
 
 @pytest.fixture
@@ -45,7 +34,7 @@ def _sent(rig: Rig) -> list[str]:
 def test_a_reply_no_host_read_before_is_sent_without_a_look(
     rig: Rig, looks: list[list[str]]
 ) -> None:
-    s = _session(rig)
+    s = rig.one_chat_session()
     rig.reply(s, {"text": "one"}, channel_type="fake", platform_id="chan", id="r1")
     assert rig.run(rig.host.deliver_once(s.id)) == 1
     assert looks == [["r1"]]  # this host's first look at the file: it may have been read
@@ -67,7 +56,7 @@ def test_rows_an_earlier_host_may_have_read_are_looked_up_past_this_hosts_first_
     looked up (the mark is the file's highest seq at the first look, not the first batch)."""
     monkeypatch.setattr(outbox_reader, "MAX_ROWS", 2)
     monkeypatch.setattr(delivery, "MAX_ROWS", 2)
-    s = _session(rig)
+    s = rig.one_chat_session()
     for rid in ("r1", "r2", "r3", "r4"):
         rig.reply(s, {"text": rid}, channel_type="fake", platform_id="chan", id=rid)
     conn = sqlite3.connect(rig.paths(s).inbound)
@@ -95,7 +84,7 @@ def test_a_row_read_before_is_looked_up_again_beside_a_new_one(
     """A reply whose send failed waits out its back-off (committed in inbound.db); the next
     new reply comes in the same batch, which is looked up: the waiting one keeps its
     back-off and the new one its place behind it."""
-    s = _session(rig)
+    s = rig.one_chat_session()
     rig.reply(s, {"text": "first"}, channel_type="fake", platform_id="chan", id="r1")
     rig.run(rig.host.deliver_once(s.id))
     rig.channel.fail_next = 1

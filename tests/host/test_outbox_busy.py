@@ -16,7 +16,8 @@ import pytest
 
 from carapace.db.session import SessionPaths, init_session_folder
 from carapace.host import outbox_reader
-from carapace.host.outbox_reader import OutboxRefused, keep, read_rows, release
+from carapace.host.outbox_reader import OutboxReader, OutboxRefused, keep, read_rows, release
+from carapace.testing.loop_ticks import LoopTicks
 
 ROW = "INSERT INTO messages_out (id, seq, timestamp, kind, content) VALUES ('{}', {}, 't', 'chat', '{{}}')"
 
@@ -126,27 +127,16 @@ def test_a_lock_the_agent_holds_on_purpose_costs_few_tries(
 def test_a_read_that_outlasts_its_timeout_raises_and_leaves_the_loop_free() -> None:
     """A read held up past ``timeout_s`` (an agent's file under a lock it keeps, a crafted
     query plan) ends the host's wait with ``TimeoutError``; the event loop ran meanwhile."""
-    from carapace.host.outbox_reader import OutboxReader
-
     release = threading.Event()
     reader = OutboxReader(workers=1, timeout_s=0.05)
 
     async def main() -> int:
-        ticks = 0
-
-        async def tick() -> None:
-            nonlocal ticks
-            while True:
-                await asyncio.sleep(0.005)
-                ticks += 1
-
-        ticker = asyncio.get_running_loop().create_task(tick())
-        t0 = time.perf_counter()
-        with pytest.raises(TimeoutError):
-            await reader.call(release.wait, 5.0)
-        assert time.perf_counter() - t0 < 1.0
-        ticker.cancel()
-        return ticks
+        async with LoopTicks(0.005) as ticks:
+            t0 = time.perf_counter()
+            with pytest.raises(TimeoutError):
+                await reader.call(release.wait, 5.0)
+            assert time.perf_counter() - t0 < 1.0
+        return ticks.count
 
     try:
         assert asyncio.run(main()) >= 3

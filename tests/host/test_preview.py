@@ -30,15 +30,6 @@ def t(rig: Rig) -> list[float]:
     return now
 
 
-def _session(rig: Rig, platform: str = "chan") -> Session:
-    ag = rig.agent()
-    mg = rig.chat(platform)
-    rig.wire(mg, ag)
-    rig.run(rig.host.route(make_event("hi", platform_id=platform, id="m1")))
-    [s] = rig.sessions()
-    return s
-
-
 def _write(rig: Rig, s: Session, text: str, *, done: bool = False, reply: bool = False,
            rid: str = RID, platform: str = "chan", raw: bytes | None = None) -> None:  # fmt: skip
     path = rig.paths(s).outbox / ".preview.json"
@@ -55,7 +46,7 @@ def _poll(rig: Rig, s: Session) -> None:
 
 
 def test_one_preview_edited_then_the_reply_edited_in(rig: Rig, t: list[float]) -> None:
-    s = _session(rig)
+    s = rig.one_chat_session()
     _write(rig, s, "Once upon")
     _poll(rig, s)
     assert rig.channel.deliveries == []  # a quick reply never shows a preview
@@ -90,7 +81,7 @@ def test_one_preview_edited_then_the_reply_edited_in(rig: Rig, t: list[float]) -
 def test_a_reply_delivered_before_the_preview_was_seen_is_never_previewed(
     rig: Rig, t: list[float]
 ) -> None:
-    s = _session(rig)
+    s = rig.one_chat_session()
     rig.reply(s, {"text": "quick"}, channel_type="fake", platform_id="chan", id=RID)
     assert rig.run(rig.host.deliver_once(s.id)) == 1
     _write(rig, s, "quick")  # the runner's last write, read late
@@ -121,7 +112,7 @@ def _fresh_keeper(rig: Rig, t: list[float]) -> PreviewKeeper:
 
 
 def test_after_a_host_restart_the_same_preview_goes_on(rig: Rig, t: list[float]) -> None:
-    s = _session(rig)
+    s = rig.one_chat_session()
     pm = _shown(rig, t, s, "Once upon")
     [rec] = rig.inbound(s, "SELECT * FROM carapace_preview")
     assert (rec["reply_id"], rec["platform_message_id"]) == (RID, pm)
@@ -138,7 +129,7 @@ def test_after_a_host_restart_the_same_preview_goes_on(rig: Rig, t: list[float])
 
 
 def test_a_recorded_preview_of_another_chat_is_not_edited(rig: Rig, t: list[float]) -> None:
-    s = _session(rig)
+    s = rig.one_chat_session()
     _shown(rig, t, s)
     _fresh_keeper(rig, t)
     other = rig.chat("other")
@@ -151,7 +142,7 @@ def test_a_recorded_preview_of_another_chat_is_not_edited(rig: Rig, t: list[floa
 
 
 def test_a_long_reply_fills_the_preview_and_the_rest_follows(rig: Rig, t: list[float]) -> None:
-    s = _session(rig)
+    s = rig.one_chat_session()
     rig.channel.edit_chars = 40
     pm = _shown(rig, t, s)
     words = [f"word{i}" for i in range(30)]
@@ -165,7 +156,7 @@ def test_a_long_reply_fills_the_preview_and_the_rest_follows(rig: Rig, t: list[f
 
 
 def test_a_failed_edit_posts_the_reply(rig: Rig, t: list[float]) -> None:
-    s = _session(rig)
+    s = rig.one_chat_session()
     _shown(rig, t, s)
     rig.reply(s, {"text": "the answer"}, channel_type="fake", platform_id="chan", id=RID)
     rig.channel.fail_next = 1  # the edit fails; the post goes through
@@ -175,7 +166,7 @@ def test_a_failed_edit_posts_the_reply(rig: Rig, t: list[float]) -> None:
 
 
 def test_a_reply_with_files_is_posted_not_edited(rig: Rig, t: list[float]) -> None:
-    s = _session(rig)
+    s = rig.one_chat_session()
     _shown(rig, t, s)
     folder = rig.paths(s).outbox / RID
     folder.mkdir()
@@ -187,7 +178,7 @@ def test_a_reply_with_files_is_posted_not_edited(rig: Rig, t: list[float]) -> No
 
 
 def test_a_turn_without_a_reply_leaves_its_last_text(rig: Rig, t: list[float]) -> None:
-    s = _session(rig)
+    s = rig.one_chat_session()
     pm = _shown(rig, t, s, "Let me check")
     _write(rig, s, "Let me check the calendar.", done=True, reply=False)
     _poll(rig, s)
@@ -196,7 +187,7 @@ def test_a_turn_without_a_reply_leaves_its_last_text(rig: Rig, t: list[float]) -
 
 
 def test_a_finished_turn_is_never_posted(rig: Rig, t: list[float]) -> None:
-    s = _session(rig)
+    s = rig.one_chat_session()
     _write(rig, s, "All done.", done=True, reply=True)
     for _ in range(3):
         t[0] += 1.1
@@ -205,7 +196,7 @@ def test_a_finished_turn_is_never_posted(rig: Rig, t: list[float]) -> None:
 
 
 def test_a_preview_that_never_ends_stops_being_edited(rig: Rig, t: list[float]) -> None:
-    s = _session(rig)
+    s = rig.one_chat_session()
     _shown(rig, t, s, "tick")
     t[0] += pv.MAX_PREVIEW_S + 1
     _write(rig, s, "tock")
@@ -245,7 +236,7 @@ def _hostile(rig: Rig, s: Session, tmp_path: Path, kind: str) -> None:
 def test_hostile_preview_files_show_nothing(
     rig: Rig, t: list[float], tmp_path: Path, kind: str
 ) -> None:
-    s = _session(rig)
+    s = rig.one_chat_session()
     _hostile(rig, s, tmp_path, kind)
     for _ in range(3):
         t[0] += 1.1
@@ -254,7 +245,7 @@ def test_hostile_preview_files_show_nothing(
 
 
 def test_control_characters_are_dropped(rig: Rig, t: list[float]) -> None:
-    s = _session(rig)
+    s = rig.one_chat_session()
     _write(rig, s, "safe\x1b[31m\u202etext\x00 here\nnext line")
     _poll(rig, s)
     t[0] += 1.1
@@ -263,7 +254,7 @@ def test_control_characters_are_dropped(rig: Rig, t: list[float]) -> None:
 
 
 def test_no_preview_where_the_channel_does_not_stream(rig: Rig, t: list[float]) -> None:
-    s = _session(rig)
+    s = rig.one_chat_session()
     rig.channel.streams_replies = False
     assert rig.host.previews.channels() == []
     rig.host.previews.start(s.id, "fake")  # no task for a channel that does not stream
@@ -292,7 +283,7 @@ def test_stream_replies_setting(rig: Rig) -> None:
 
 
 def test_the_runner_is_told_which_channels_stream(rig: Rig) -> None:
-    s = _session(rig)
+    s = rig.one_chat_session()
     from carapace.host.host_runners import prepare
 
     spec: Any = rig.run(prepare(rig.host, s.id))
@@ -312,7 +303,7 @@ def test_split_for_edit() -> None:
 
 
 def test_the_poll_loop_ends_with_the_turn(rig: Rig, t: list[float]) -> None:
-    s = _session(rig)
+    s = rig.one_chat_session()
     keeper = rig.host.previews
     keeper.is_running = lambda sid: False
 

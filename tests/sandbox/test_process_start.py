@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from carapace.sandbox.process import compile_runner_code, start_child
+from carapace.testing.loop_ticks import LoopTicks
 
 
 def test_a_child_started_off_the_loop_reports_its_exit_code(tmp_path: Path) -> None:
@@ -47,20 +48,11 @@ def test_the_loop_keeps_running_while_a_slow_preexec_runs(tmp_path: Path) -> Non
         time.sleep(0.5)
 
     async def scenario() -> int:
-        ticks = 0
-
-        async def tick() -> None:
-            nonlocal ticks
-            while True:
-                await asyncio.sleep(0.01)
-                ticks += 1
-
-        ticker = asyncio.create_task(tick())
-        with open(tmp_path / "err", "ab") as err:
-            child = await start_child([sys.executable, "-c", "pass"], env={},
-                                      cwd=str(tmp_path), stderr=err, preexec_fn=slow)  # fmt: skip
-        seen = ticks
-        ticker.cancel()
+        async with LoopTicks(0.01) as ticks:
+            with open(tmp_path / "err", "ab") as err:
+                child = await start_child([sys.executable, "-c", "pass"], env={},
+                                          cwd=str(tmp_path), stderr=err, preexec_fn=slow)  # fmt: skip
+            seen = ticks.count
         await asyncio.wait_for(child.wait(), 60)
         return seen
 
