@@ -34,16 +34,19 @@ def test_the_hosts_per_session_caches_stay_bounded_and_routing_goes_on(
                     assert r.routed, r
                     sid = r.routed[0].session_id
                     host.sessions.note_out_seq(sid, 1)
+                    await host.deliver_once(sid)
                     mgr = host.sessions
                     for name in ("_touched", "_present", "_out_max"):
                         sizes[name] = max(sizes.get(name, 0), len(getattr(mgr, name)))
+                    for name in ("_cursors",):
+                        sizes[name] = max(sizes.get(name, 0), len(getattr(host.delivery, name)))
             return sizes
         finally:
             await host.stop()
             host.close()
 
     sizes = asyncio.run(main())
-    assert sizes == {"_touched": 3, "_present": 3, "_out_max": 3}
+    assert sizes == {"_touched": 3, "_present": 3, "_out_max": 3, "_cursors": 3}
     # every message of both rounds is in its session's inbound.db
     counts = []
     for folder in sorted((tmp_path / "home" / "data" / "v2-sessions").glob("*/*")):

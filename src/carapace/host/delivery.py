@@ -283,6 +283,8 @@ class Delivery:
                 cursor = await self.sessions.writers.call(
                     session_id, paths, tables_and_cursor, expect=key
                 )
+                if session_id not in self._cursors:
+                    keep_bounded(self._cursors)  # a cache: the cursor is read again
                 self._cursors[session_id] = (key, cursor)
             self.sessions.note_out_seq(session_id, cursor)  # other_max needs no read then
         except FolderReplaced:  # made again since the stat above: read the new files
