@@ -21,6 +21,7 @@ import contextlib
 import ctypes
 import errno
 import functools
+import logging
 import os
 import stat
 import sys
@@ -37,8 +38,11 @@ __all__ = [
     "open_root",
     "plain_name",
     "read_beneath",
+    "remove_tree",
     "write_beneath",
 ]
+
+logger = logging.getLogger(__name__)
 
 RESOLVE_NO_MAGICLINKS = 0x02
 RESOLVE_NO_SYMLINKS = 0x04
@@ -353,7 +357,6 @@ def remove_tree(path: str | os.PathLike[str], what: str) -> None:
     """Remove the folder ``path`` and all in it (``shutil.rmtree``, which works through
     directory descriptors here: a link inside is removed, never followed). Gone already is
     fine; another failure is a warning naming ``what``."""
-    import logging
     import shutil  # here: the runner imports this module at its start, and this at its end
 
     try:
@@ -361,4 +364,4 @@ def remove_tree(path: str | os.PathLike[str], what: str) -> None:
     except FileNotFoundError:
         pass
     except OSError as exc:
-        logging.getLogger(__name__).warning("%s %s not removed: %s", what, path, exc)
+        logger.warning("%s %s not removed: %s", what, path, exc)

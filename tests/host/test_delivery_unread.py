@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from host_rig import Rig
 
+from carapace.channels.base import OutboundMessage
 from carapace.host import delivery, outbox_reader
 
 
@@ -101,3 +102,40 @@ def test_a_row_read_before_is_looked_up_again_beside_a_new_one(
     rig.clock.advance(60)
     rig.run(rig.host.deliver_once(s.id))
     assert _sent(rig) == ["first", "waits", "third"]
+
+
+def test_an_agent_that_rewrites_a_delivered_row_higher_gets_only_what_a_new_row_gets(
+    rig: Rig, looks: list[list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hostile case: the agent moves a reply the host delivered above everything the
+    host has read (same id, a higher seq: what a fresh row is). The host skips the look, so it goes
+    again, as any new row the agent writes would; but with the same idempotency key (an
+    adapter that dedupes drops it), one ``delivered`` record, the cursor past it, and the
+    next fresh reply delivered as usual."""
+    sent: list[OutboundMessage] = []
+    real = rig.channel.deliver
+
+    async def keeping(pid: str, tid: str | None, msg: OutboundMessage) -> str | None:
+        sent.append(msg)
+        return await real(pid, tid, msg)
+
+    monkeypatch.setattr(rig.channel, "deliver", keeping)
+    s = rig.one_chat_session()
+    rig.reply(s, {"text": "once"}, channel_type="fake", platform_id="chan", id="r1")
+    rig.run(rig.host.deliver_once(s.id))
+    out = sqlite3.connect(rig.paths(s).outbound)
+    try:
+        with out:  # the delivered row moved above everything the host has read
+            out.execute("UPDATE messages_out SET seq = seq + 100 WHERE id = 'r1'")
+    finally:
+        out.close()
+    rig.run(rig.host.deliver_once(s.id))
+    assert [m.message_out_id for m in sent] == ["r1", "r1"]
+    assert sent[0].key == sent[1].key
+    assert [d["message_out_id"] for d in rig.delivered(s)] == ["r1"]
+    top = rig.run(rig.host.delivery.outbox.call(outbox_reader.read_max_seq, rig.paths(s).outbound))
+    cursor = rig.inbound(s, "SELECT seq FROM carapace_delivery_cursor")[0]["seq"]
+    assert cursor == top
+    rig.reply(s, {"text": "next"}, channel_type="fake", platform_id="chan", id="r2")
+    rig.run(rig.host.deliver_once(s.id))
+    assert _sent(rig) == ["once", "once", "next"]

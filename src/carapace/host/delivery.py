@@ -299,14 +299,14 @@ class Delivery:
         inb: sqlite3.Connection | None = None
         try:
             mark = self._unread_above.get(session_id)
-            first_look = mark is None or mark[0] != key
+            first_top: int | None = None  # the file's highest seq, at this host's first look
             try:
-                if first_look:  # the file's highest seq too: see _unread_above
-                    rows, highest = await self.outbox.call(
+                if mark is None or mark[0] != key:  # (see _unread_above)
+                    rows, first_top = await self.outbox.call(
                         read_rows_and_top, paths.outbound, cursor
                     )
                 else:
-                    rows, highest = await self.outbox.call(read_rows, paths.outbound, cursor), 0
+                    rows = await self.outbox.call(read_rows, paths.outbound, cursor)
             except FileNotFoundError:
                 return result
             except OutboxRefused as exc:
@@ -323,7 +323,7 @@ class Delivery:
             result.more = len(rows) >= MAX_ROWS  # a full batch: drain() reads on if it moved
             if not rows:
                 return result
-            unread = self._unread_rows(session_id, key, rows, highest if first_look else None)
+            unread = self._unread_rows(session_id, key, rows, first_top)
             try:  # only now: a session without a runner has no kept one, and opening a
                 # connection on the event loop for a pass with nothing to send cost ms
                 inb = self.sessions.open_inbound(paths)  # a live session's kept one: no I/O

@@ -231,9 +231,8 @@ async def note_new_acks(host: Host, session_id: str) -> None:
     except (OSError, OutboxRefused, TimeoutError):
         return
     if top:
-        if session_id not in host._ack_rowid:
-            keep_bounded(host._ack_rowid)  # (a runner's exit drops its mark; its last drain
-            # after that sets it again)
+        if session_id not in host._ack_rowid:  # (set again by the drain after a runner's
+            keep_bounded(host._ack_rowid)  # exit, which dropped it: so bounded here)
         host._ack_rowid[session_id] = top
     done = {m: st for m, st in acks.items() if st in ("completed", "failed")}
     if done:
