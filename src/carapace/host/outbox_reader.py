@@ -367,8 +367,7 @@ def read_rows_and_top(path: Path, after_seq: int) -> tuple[list[OutRow], int]:
     """:func:`read_rows`, and then the file's highest seq (at least the rows' highest)."""
     with open_checked(path) as conn:
         rows = _rows(conn, after_seq, MAX_ROWS)
-        top = conn.execute("SELECT MAX(seq) FROM messages_out").fetchone()[0]
-    return rows, top if isinstance(top, int) else 0
+        return rows, _max_seq(conn)
 
 
 def _rows(conn: sqlite3.Connection, after_seq: int, limit: int) -> list[OutRow]:
@@ -428,8 +427,7 @@ def read_max_seq(path: Path, *, budget_s: float = INLINE_BUDGET_S) -> int:
     """The highest ``messages_out`` seq (0 when missing or refused): an indexed lookup."""
     try:
         with open_checked(path, budget_s=budget_s, busy_ms=_busy_for(budget_s)) as conn:
-            value = conn.execute("SELECT MAX(seq) FROM messages_out").fetchone()[0]
-            return int(value) if isinstance(value, int) else 0
+            return _max_seq(conn)
     except (OSError, OutboxRefused):
         return 0  # seqs stay unique by parity; only cross-table order is approximate
 
@@ -442,8 +440,12 @@ def _busy_for(budget_s: float) -> int:
 def read_max_seq_checked(path: Path, *, budget_s: float = READ_BUDGET_S) -> int:
     """Like :func:`read_max_seq` but raising ``OutboxRefused``/``OSError`` (for doctor)."""
     with open_checked(path, budget_s=budget_s) as conn:
-        value = conn.execute("SELECT MAX(seq) FROM messages_out").fetchone()[0]
-        return int(value) if isinstance(value, int) else 0
+        return _max_seq(conn)
+
+
+def _max_seq(conn: sqlite3.Connection) -> int:
+    value = conn.execute("SELECT MAX(seq) FROM messages_out").fetchone()[0]
+    return int(value) if isinstance(value, int) else 0
 
 
 class OutboxReader:
