@@ -26,6 +26,7 @@ from carapace.testing.sessions import (
     read_acks,
     read_outbound,
     read_state,
+    set_destinations,
     write_chat,
     write_message,
 )
@@ -465,3 +466,75 @@ def test_batch_reply_names_every_message_of_the_batch(h: Harness) -> None:
     h.runner(provider=Recorder("both")).step()
     [out] = h.out()
     assert out["in_reply_to"] == "m1" and out["content"]["answers"] == ["m1", "m2"]
+
+
+# --- what a turn reads of inbound.db (issue 19) -----------------------------------------------
+
+
+class Tracing(Recorder):
+    """A Recorder that marks its call in the runner's statement trace (and may act then)."""
+
+    def __init__(self, trace: list[str], reply: str, during: Any = None) -> None:
+        super().__init__(reply)
+        self.trace = trace
+        self.during = during
+
+    def complete(self, system: str, messages: list[Message], tools: list[ToolSpec]) -> Turn:
+        self.trace.append("-- model call --")
+        if self.during is not None:
+            self.during()
+        return super().complete(system, messages, tools)
+
+
+def _traced(r: Runner) -> list[str]:
+    r.inbound.max_seq()  # the connection is open
+    assert r.inbound._conn is not None
+    trace: list[str] = []
+    r.inbound._conn.set_trace_callback(trace.append)
+    return trace
+
+
+def test_a_turn_reads_inbound_once_before_its_model_call(h: Harness) -> None:
+    """The rows, the destinations and the session's routing are read in one read
+    transaction (each read of a file the host commits to may wait out a commit), and a
+    plain reply reads no destinations after the model call."""
+    write_chat(h.paths, "hi", id="m1")
+    r = h.runner(provider=Recorder("first"))
+    assert r.step()  # (the first turn also finds the tables: looked up once per file)
+    write_chat(h.paths, "again", id="m2")
+    trace = _traced(r)
+    r.agent.provider = provider = Tracing(trace, "hello back")
+    assert r.step()
+    before = trace[: trace.index("-- model call --")]
+    after = trace[trace.index("-- model call --") + 1 :]
+    assert [s.split()[0] for s in before] == ["BEGIN", "SELECT", "SELECT", "SELECT", "COMMIT"]
+    assert "messages_in" in before[1]
+    assert "FROM destinations" in before[2] and "session_routing" in before[3]
+    assert not [s for s in after if "destinations" in s]
+    assert [o["content"]["text"] for o in h.out()] == ["first", "hello back"]
+    assert "- `family`" in provider.systems[0]  # the prompt has the polled list
+
+
+def test_an_idle_poll_reads_only_the_queue(h: Harness) -> None:
+    r = h.runner(provider=Recorder())
+    trace = _traced(r)
+    assert not r.step()
+    assert not [s for s in trace if "destinations" in s or "session_routing" in s]
+
+
+def test_a_destination_added_during_the_turn_is_found_by_its_block(h: Harness) -> None:
+    """A reply's ``<message to>`` blocks are resolved against the destinations as they are
+    when it is written: one made during the turn (an agent created by a tool call, projected
+    by the host meanwhile) is found."""
+    write_chat(h.paths, "make a helper and greet it", id="m1")
+    added = [*DESTS, channel_dest("newcomer", "telegram", "chat-9")]
+    provider = Recorder('<message to="newcomer">welcome</message>')
+    r = h.runner(provider=provider)
+    trace = _traced(r)
+    r.agent.provider = Tracing(
+        trace, provider.reply, during=lambda: set_destinations(h.paths, added)
+    )
+    assert r.step()
+    outs = [o for o in h.out() if o["kind"] == "chat"]
+    assert [(o["platform_id"], o["content"]["text"]) for o in outs] == [("chat-9", "welcome")]
+    assert not [o for o in h.out() if o["kind"] == "system"]  # not an unknown destination

@@ -71,10 +71,15 @@ def test_encoded_figures_equal_the_full_recomputation() -> None:
             summary: Message = {"role": "user", "content": f"summary {n}", "compaction": True}
             conversation = [summary, *conversation[-8:]]
         enc.sync(conversation)
-        for part in (conversation, conversation[3:], conversation[:1], []):
+        for part in (conversation, list(conversation), conversation[3:], conversation[:1], []):
             assert enc.dumps(part) == dumps(part)
             assert enc.json_len(part) == len(dumps(part))
             assert enc.chars(part) == conversation_chars(part)
+        other = Encoded()  # a list longer than the one synced: not its kept figures
+        other.sync(conversation)
+        grown = [*conversation, {"role": "user", "content": "not synced"}]
+        assert other.dumps(grown) == dumps(grown)
+        assert other.json_len(grown) == len(dumps(grown))
     assert len(enc._entries) == len(conversation)  # messages that left are forgotten
 
 
@@ -186,6 +191,34 @@ def test_a_busy_read_fails_after_the_busy_timeout(
     assert reader.destinations() == []
     reader.close()
     writer.close()
+
+
+def test_a_table_found_once_is_not_looked_up_again_but_a_missing_one_is(tmp_path: Path) -> None:
+    """The host adds tables and never drops one: a table seen is not looked up again; a
+    table missing (an older file) is looked for at every read until it is there."""
+    paths = make_session(tmp_path)
+    with sqlite3.connect(str(paths.inbound)) as host:
+        host.execute("DROP TABLE destinations")
+    reader = Inbound(paths)
+    reader.max_seq()
+    assert reader._conn is not None
+    trace: list[str] = []
+    reader._conn.set_trace_callback(trace.append)
+    assert reader.destinations() == []
+    assert reader.destinations() == []
+    assert len([s for s in trace if "sqlite_master" in s]) == 2
+    with sqlite3.connect(str(paths.inbound)) as host:
+        host.execute(
+            "CREATE TABLE destinations (name TEXT PRIMARY KEY, display_name TEXT, "
+            "type TEXT, channel_type TEXT, platform_id TEXT, agent_group_id TEXT)"
+        )
+        host.execute("INSERT INTO destinations VALUES ('family', NULL, 'channel', 'telegram', "
+                     "'chat-1', NULL)")  # fmt: skip
+    trace.clear()
+    assert [d.name for d in reader.destinations()] == ["family"]
+    assert [d.name for d in reader.destinations()] == ["family"]
+    assert len([s for s in trace if "sqlite_master" in s]) == 1
+    reader.close()
 
 
 # --- one keepalive thread ------------------------------------------------------------------

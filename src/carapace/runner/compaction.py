@@ -113,11 +113,14 @@ class Encoded:
 
     def __init__(self) -> None:
         self._entries: dict[int, tuple[Message, str, int]] = {}
-        # the list last synced (its message objects, in order) and the sum of their
-        # ``message_chars + 1``: a conversation that only grew since is synced from its
-        # new messages, and its chars are known without a pass over it
+        # the list last synced (its message objects, in order), their JSON in that order,
+        # and the sums of their ``message_chars + 1`` and JSON lengths + 1: a conversation
+        # that only grew since is synced from its new messages, and its figures and JSON
+        # are had without a pass over it in Python
         self._synced: list[Message] = []
+        self._synced_json: list[str] = []
         self._synced_chars = 0
+        self._synced_len = 0
 
     def _entry(self, message: Message) -> tuple[Message, str, int]:
         hit = self._entries.get(id(message))
@@ -137,27 +140,42 @@ class Encoded:
     def sync(self, messages: list[Message]) -> None:
         """Keep entries for exactly ``messages`` (encoding the new ones)."""
         if self._synced and _starts_with(messages, self._synced):  # it only grew
-            self._synced_chars += sum(e[2] + 1 for e in self._all(messages[len(self._synced) :]))
+            new = self._all(messages[len(self._synced) :])
+            self._synced_json += [e[1] for e in new]
         else:
-            entries = self._all(messages)
-            self._entries = {id(e[0]): e for e in entries}
-            self._synced_chars = sum(e[2] + 1 for e in entries)
+            new = self._all(messages)
+            self._entries = {id(e[0]): e for e in new}
+            self._synced_json = [e[1] for e in new]
+            self._synced_chars = self._synced_len = 0
+        self._synced_chars += sum(e[2] + 1 for e in new)
+        self._synced_len += sum(len(e[1]) + 1 for e in new)
         self._synced = list(messages)
+
+    def _is_synced(self, messages: list[Message]) -> bool:
+        """Whether ``messages`` holds exactly the messages last synced (identity, in C)."""
+        return len(messages) == len(self._synced) and _starts_with(messages, self._synced)
 
     def json(self, message: Message) -> str:
         return self._entry(message)[1]
 
     def json_len(self, messages: list[Message]) -> int:
         """``len(dumps(messages))``."""
-        return 1 + sum(len(e[1]) + 1 for e in self._all(messages)) + (0 if messages else 1)
+        if self._is_synced(messages):
+            total = self._synced_len
+        else:
+            total = sum(len(e[1]) + 1 for e in self._all(messages))
+        return 1 + total + (0 if messages else 1)
 
     def dumps(self, messages: list[Message]) -> str:
         """``dumps(messages)``, from the messages' kept JSON."""
-        return "[" + ",".join([e[1] for e in self._all(messages)]) + "]"
+        kept = (
+            self._synced_json if self._is_synced(messages) else [e[1] for e in self._all(messages)]
+        )
+        return "[" + ",".join(kept) + "]"
 
     def chars(self, messages: list[Message]) -> int:
         """:func:`conversation_chars` of ``messages``."""
-        if len(messages) == len(self._synced) and _starts_with(messages, self._synced):
+        if self._is_synced(messages):
             total = self._synced_chars  # the list last synced: known
         else:
             total = sum(e[2] + 1 for e in self._all(messages))

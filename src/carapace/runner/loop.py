@@ -42,7 +42,7 @@ from carapace.runner.compaction import Compaction
 from carapace.runner.config import RunnerConfig
 from carapace.runner.formatter import format_messages, is_clear_command
 from carapace.runner.images import collect_images, describe
-from carapace.runner.inbound import Inbound, InRow
+from carapace.runner.inbound import Inbound, InRow, Poll
 from carapace.runner.keepalive import Keepalive
 from carapace.runner.outbound import Outbound
 from carapace.runner.preview import PreviewWriter
@@ -235,7 +235,8 @@ class Runner:
         now = now or self.clock.now()
         if len(self._finished) > FINISHED_MAX:
             self._finished.clear()
-        rows = self.inbound.pending(now, skip=self._finished)
+        poll = self.inbound.poll(now, skip=self._finished)
+        rows = poll.rows
         first_poll = self._on_wake_visible is None
         if first_poll:
             self._on_wake_visible = {r.id for r in rows if r.on_wake}
@@ -257,22 +258,28 @@ class Runner:
             self.outbound.complete([r.id for r in done], now=now)
         if not sel.batch or sel.trigger is None:
             return bool(done)
-        self.process(sel.batch, sel.trigger)
+        self.process(sel.batch, sel.trigger, poll)
         return True
 
-    def process(self, rows: list[InRow], trigger: InRow) -> None:
+    def process(self, rows: list[InRow], trigger: InRow, poll: Poll | None = None) -> None:
         """Claim the batch, then run it under the keepalive (which also commits the claim
-        once the turn has lasted, runner/claims.py)."""
+        once the turn has lasted, runner/claims.py). ``poll``: the read the rows came from
+        (its destinations and routing serve the turn; read now when absent)."""
         ids = [r.id for r in rows]
         self.outbound.claim(ids, now=self.clock.now())
         with self.keepalive:
-            self._run_batch(rows, trigger, ids)
+            self._run_batch(rows, trigger, ids, poll)
 
-    def _run_batch(self, rows: list[InRow], trigger: InRow, ids: list[str]) -> None:
+    def _run_batch(self, rows: list[InRow], trigger: InRow, ids: list[str],
+                   poll: Poll | None = None) -> None:  # fmt: skip
         sid = self.config.session_id
         batch = Batch(in_reply_to=trigger.id, origin=trigger.routing, ids=tuple(ids))
         if batch.origin.empty:
-            batch.origin = self.inbound.session_routing()
+            batch.origin = (
+                poll.routing
+                if poll is not None and poll.routing is not None
+                else self.inbound.session_routing()
+            )
         self.ctx.batch = batch
         clears = [r for r in rows if is_clear_command(r)]
         if clears:
@@ -292,7 +299,11 @@ class Runner:
         logger.info(
             "session %s: processing %d message(s) %s (kinds: %s)", sid, len(ids), ids, kinds
         )
-        dests = self.inbound.destinations()
+        dests = (  # as the turn starts (the reply's blocks are resolved when written)
+            poll.destinations
+            if poll is not None and poll.destinations is not None
+            else self.inbound.destinations()
+        )
         prompt = format_messages(
             rows,
             self.config.timezone,

@@ -236,8 +236,8 @@ def memory_sections(agent_dir: Path, files: FileCache | None = None) -> list[str
     )
     out: list[str] = []
     for title, root, name in memory_files:
-        path = os.path.join(root, name)
-        raw = _read(path, [root], files)
+        # (a name directly in the folder: what _read would make of join(root, name))
+        raw = files.read(root, name) if files is not None else _read_beneath(root, name)
         if name == "CLAUDE.md" and raw.startswith(COMPOSED_MARKER):
             continue  # the host's composed file: its sources are read directly
         text = expand_imports(raw, root, roots, files=files)

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from datetime import datetime
 
 from carapace.runner.formatter import strip_internal_tags
-from carapace.runner.inbound import Inbound, Routing
+from carapace.runner.inbound import Destination, Inbound, Routing
 from carapace.runner.outbound import Outbound
 from carapace.runner.tools.base import Batch
 from carapace.timefmt import new_id
@@ -97,8 +97,10 @@ def dispatch_final_text(
     seqs: list[int] = []
     plain_parts: list[str] = []
     last = 0
-    dests = {d.name: d for d in inbound.destinations()}
+    dests: dict[str, Destination] | None = None  # read at the first block (most have none)
     for match in MESSAGE_BLOCK_RE.finditer(text):
+        if dests is None:
+            dests = {d.name: d for d in inbound.destinations()}
         plain_parts.append(text[last : match.start()])
         last = match.end()
         name, body = match.group(1), strip_internal_tags(match.group(2))
