@@ -467,11 +467,17 @@ CHILD = textwrap.dedent(
     from pathlib import Path
     from carapace.bench.host_benches import SinkChannel, event, make_host
     from carapace.config import Home
+    from carapace.testing.ingest import journal_rows
 
     async def main():
         host = make_host(Home.resolve(Path(sys.argv[1])), SinkChannel(), runners=False)
         await host.start(background=False)
         first = await host.route(event("before"))  # the session and its files exist
+        for _ in range(1000):  # and its journal row removed (the removal is submitted when
+            await host.sessions.ingest.journal.drain()  # its journal commit ends, which may
+            if not journal_rows(host.home):  # be after the route returned)
+                break
+            await asyncio.sleep(0.01)
         session = host.sessions.get(first.routed[0].session_id)
         gate = threading.Event()  # the session's writer never gets to the next row
         asyncio.ensure_future(host.sessions.writers.call(

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sqlite3
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -495,9 +497,9 @@ def _traced(r: Runner) -> list[str]:
 
 
 def test_a_turn_reads_inbound_once_before_its_model_call(h: Harness) -> None:
-    """The rows, the destinations and the session's routing are read in one read
-    transaction (each read of a file the host commits to may wait out a commit), and a
-    plain reply reads no destinations after the model call."""
+    """The rows, the destinations, the session's routing and the highest seq are read in
+    one read transaction (each read of a file the host commits to may wait out a commit),
+    and a plain reply reads nothing of inbound.db after the model call."""
     write_chat(h.paths, "hi", id="m1")
     r = h.runner(provider=Recorder("first"))
     assert r.step()  # (the first turn also finds the tables: looked up once per file)
@@ -507,10 +509,11 @@ def test_a_turn_reads_inbound_once_before_its_model_call(h: Harness) -> None:
     assert r.step()
     before = trace[: trace.index("-- model call --")]
     after = trace[trace.index("-- model call --") + 1 :]
-    assert [s.split()[0] for s in before] == ["BEGIN", "SELECT", "SELECT", "SELECT", "COMMIT"]
+    assert [s.split()[0] for s in before] == ["BEGIN", *["SELECT"] * 4, "COMMIT"]
     assert "messages_in" in before[1]
     assert "FROM destinations" in before[2] and "session_routing" in before[3]
-    assert not [s for s in after if "destinations" in s]
+    assert "MAX(seq)" in before[4]  # the inbound side of the reply's seq (compat.md D4)
+    assert after == []  # writing the reply reads nothing of the host's file
     assert [o["content"]["text"] for o in h.out()] == ["first", "hello back"]
     assert "- `family`" in provider.systems[0]  # the prompt has the polled list
 
@@ -538,3 +541,23 @@ def test_a_destination_added_during_the_turn_is_found_by_its_block(h: Harness) -
     outs = [o for o in h.out() if o["kind"] == "chat"]
     assert [(o["platform_id"], o["content"]["text"]) for o in outs] == [("chat-9", "welcome")]
     assert not [o for o in h.out() if o["kind"] == "system"]  # not an unknown destination
+
+
+def test_a_reply_seq_follows_the_rows_the_turn_saw(h: Harness) -> None:
+    """The inbound side of a reply's seq is the highest seq the turn's poll saw (compat.md
+    D4): above every row it answers, odd, unique; a row the host stores during the turn
+    is not waited for."""
+    write_chat(h.paths, "first", id="m1")
+    write_chat(h.paths, "second", id="m2")
+    r = h.runner(provider=Recorder())
+    trace = _traced(r)
+    r.agent.provider = Tracing(trace, "answer", during=lambda: write_chat(h.paths, "late", id="m3"))
+    assert r.step()
+    with contextlib.closing(sqlite3.connect(str(h.paths.inbound))) as conn:
+        seqs = dict(conn.execute("SELECT id, seq FROM messages_in").fetchall())
+    [out] = h.out()
+    assert out["seq"] % 2 == 1 and out["seq"] > max(seqs["m1"], seqs["m2"])
+    assert out["seq"] not in seqs.values()
+    assert out["seq"] < seqs["m3"]  # stored while the turn ran: after it in seq order
+    assert r.step()  # the late row is the next turn's; its reply's seq is above it
+    assert h.out()[-1]["seq"] > seqs["m3"]

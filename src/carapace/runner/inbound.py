@@ -213,6 +213,7 @@ class Inbound:
         # tables seen in this connection's file: the host adds tables, never drops one, so
         # a table once present is not looked up again (a replaced file: a new connection)
         self._tables: set[str] = set()
+        self._top: int | None = None  # messages_in's highest seq at the last look
 
     @contextmanager
     def _open(self) -> Iterator[sqlite3.Connection]:
@@ -274,6 +275,7 @@ class Inbound:
             if not rows:
                 return Poll([])
             dests, routing = self._destinations(conn), self._session_routing(conn)
+            self._top = self._max_seq(conn)
         return Poll([InRow.from_row(r) for r in rows], dests, routing)
 
     def _pending(self, conn: sqlite3.Connection, now: datetime,
@@ -446,4 +448,16 @@ class Inbound:
     @_retried
     def max_seq(self) -> int:
         with self._open() as conn:
-            return int(conn.execute("SELECT COALESCE(MAX(seq), 0) FROM messages_in").fetchone()[0])
+            self._top = self._max_seq(conn)
+            return self._top
+
+    def known_max(self) -> int:
+        """``messages_in``'s highest seq as of this reader's last look at it (the poll that
+        found the turn's rows), read now only when it never looked: what the runner's seq
+        allocation takes for the inbound side (compat.md D4), with no read of the host's
+        file inside the runner's write transaction, where it met the host's commits."""
+        return self._top if self._top is not None else self.max_seq()
+
+    @staticmethod
+    def _max_seq(conn: sqlite3.Connection) -> int:
+        return int(conn.execute("SELECT COALESCE(MAX(seq), 0) FROM messages_in").fetchone()[0])

@@ -224,7 +224,7 @@ class Runner:
 
     def _inbound_max(self) -> int:
         try:
-            return self.inbound.max_seq()
+            return self.inbound.known_max()
         except sqlite3.Error:
             return 0
 
