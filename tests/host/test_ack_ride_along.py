@@ -109,28 +109,72 @@ def test_acks_whose_commit_failed_are_noted_again_and_copied_later(
     assert counted == []
 
 
-def test_a_failing_read_of_acks_never_keeps_the_records_from_their_commit(
+def test_the_acks_are_read_in_the_deliverys_own_read(rig: Rig, counted: list[int]) -> None:
+    """after_commit's read of the runner's new acks runs in delivery's read of outbound.db
+    (one transaction, one thread hop: a second reader beside it held the reply back
+    ~0.5 ms), not in a read of its own."""
+    _wire(rig)
+    s, m1 = _turn(rig, None, "one", "m1")
+    calls: list[str] = []
+    real_call = rig.host.delivery.outbox.call
+
+    async def call(fn: Any, *args: Any) -> Any:
+        calls.append(getattr(fn, "func", fn).__name__)
+        return await real_call(fn, *args)
+
+    rig.host.delivery.outbox.call = call  # type: ignore[method-assign]
+    rig.run(host_runners.after_commit(rig.host, s.id))
+    assert calls == ["read_pass"]
+    assert rig.channel.texts() == ["re one"]
+    assert _status(rig, s)[m1] == "completed"  # the ack went with the reply's records
+    assert counted == []
+
+
+def test_a_failing_read_of_acks_never_keeps_the_reply_or_its_records(
     rig: Rig, counted: list[int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The acks' read runs beside the delivery, and the records' commit waits for it: a
-    read that fails (slowly) is after_commit's to report, the records are committed."""
+    """The acks' read fails inside delivery's read: the reply is sent and its records are
+    committed all the same; the acks are then read on their own, and a failure there
+    (slow, after the send) is after_commit's to report."""
     import time
 
     _wire(rig)
     s, _m1 = _turn(rig, None, "one", "m1")
 
+    def failing_on(*_args: Any, **_kw: Any) -> Any:
+        raise sqlite3.OperationalError("interrupted")
+
     def broken(*_args: Any) -> Any:
         deadline = time.monotonic() + 10
         while not rig.channel.deliveries and time.monotonic() < deadline:
             time.sleep(0.001)  # (a reader thread) until the reply is sent,
-        time.sleep(0.05)  # and a moment more: the records are waiting for this read
+        time.sleep(0.05)  # and a moment more
         raise RuntimeError("a reader gone wrong")
 
+    monkeypatch.setattr(host_runners, "new_acks_on", failing_on)
     monkeypatch.setattr(host_runners, "new_acks", broken)
     with pytest.raises(RuntimeError, match="gone wrong"):
         rig.run(host_runners.after_commit(rig.host, s.id))
     assert rig.channel.texts() == ["re one"]
     assert {d["status"] for d in rig.delivered(s)} == {"delivered"}  # committed
+    assert not rig.host.delivery.take_along(s.id)  # nothing left pending
+
+
+def test_a_drain_under_way_leaves_the_acks_to_a_read_of_their_own(
+    rig: Rig, counted: list[int]
+) -> None:
+    """A commit while the session's drain runs: that drain takes the new pass over and
+    after_commit returns at once; the acks are read on their own, not lost."""
+    _wire(rig)
+    s, m1 = _turn(rig, None, "one", "m1")
+    rig.host.delivery._inflight.add(s.id)  # a drain under way (it will read again)
+    try:
+        rig.run(host_runners.after_commit(rig.host, s.id))
+    finally:
+        rig.host.delivery._inflight.discard(s.id)
+    assert rig.channel.texts() == []  # (the drain under way sends)
+    assert rig.host._acks_due[s.id] == {m1: "completed"}  # noted by a read of their own
+    assert not rig.host.delivery.take_along(s.id)
 
 
 def test_a_folder_made_again_has_its_acks_read_from_its_start(rig: Rig, counted: list[int]) -> None:

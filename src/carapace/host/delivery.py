@@ -65,8 +65,7 @@ from carapace.host.outbox_reader import (
     OutboxRefused,
     OutRow,
     read_ids_after,
-    read_rows,
-    read_rows_and_top,
+    read_pass,
 )
 from carapace.host.send_intents import SendIntents
 from carapace.host.session_writer import FolderReplaced, Key
@@ -99,6 +98,9 @@ class RideAlong:
     apply: Callable[[sqlite3.Connection], Any]
     done: Callable[[Any], None]
     undo: Callable[[], None]
+
+
+_Along = tuple[Callable[[sqlite3.Connection], Any], Callable[[Any], None]]  # (read, heard)
 
 
 def backoff_s(attempts: int) -> float:
@@ -145,6 +147,22 @@ class Delivery:
         # the host's other writes to a session's file that may share an outcomes commit
         # (its runner's acks, copied into messages_in): see RideAlong
         self.ride_along: Callable[[str], Awaitable[RideAlong | None]] | None = None
+        # per session: another read of its outbound.db to make with the next pass's read
+        # (the runner's new acks after its commit), and who hears the result: see read_along
+        self._along: dict[str, _Along] = {}
+
+    def read_along(self, session_id: str, read: Callable[[sqlite3.Connection], Any],
+                   heard: Callable[[Any], None]) -> None:  # fmt: skip
+        """Have the session's next pass run ``read`` on outbound.db in its own read's
+        transaction (one thread hop and one lock of the file for both, issue 19: a second
+        reader beside the pass's held its read back ~0.5 ms) and give ``heard`` the result
+        before anything is sent. :meth:`take_along` says whether it is still to be done
+        (the pass did not read: it was folded into one under way, or found nothing to read)."""
+        self._along[session_id] = (read, heard)
+
+    def take_along(self, session_id: str) -> bool:
+        """Withdraw the session's pending :meth:`read_along`; True when it was not done."""
+        return self._along.pop(session_id, None) is not None
 
     def _open(self, paths: SessionPaths) -> sqlite3.Connection:
         """The session's inbound.db with the host's delivery tables (a live session's kept
@@ -299,20 +317,30 @@ class Delivery:
         inb: sqlite3.Connection | None = None
         try:
             mark = self._unread_above.get(session_id)
-            first_top: int | None = None  # the file's highest seq, at this host's first look
+            first = mark is None or mark[0] != key  # this host's first look (_unread_above)
+            along = self._along.pop(session_id, None)
             try:
-                if mark is None or mark[0] != key:  # (see _unread_above)
-                    rows, first_top = await self.outbox.call(
-                        read_rows_and_top, paths.outbound, cursor
-                    )
-                else:
-                    rows = await self.outbox.call(read_rows, paths.outbound, cursor)
-            except FileNotFoundError:
-                return result
-            except OutboxRefused as exc:
-                self.outbox.refused(self.sessions, session, exc, now, self.wake)
-                return result
+                rows, first_top, also = await self.outbox.call(functools.partial(
+                    read_pass, paths.outbound, cursor, top=first,
+                    also=along[0] if along is not None else None,
+                ))  # fmt: skip
+            except BaseException as exc:
+                if along is not None:  # not read: its owner reads it (take_along)
+                    self._along.setdefault(session_id, along)
+                if isinstance(exc, OutboxRefused):
+                    self.outbox.refused(self.sessions, session, exc, now, self.wake)
+                    return result
+                if isinstance(exc, FileNotFoundError):
+                    return result
+                raise
             self.outbox.accepted(session.id)
+            if along is not None:
+                if isinstance(also, sqlite3.Error):  # its owner reads it again (take_along)
+                    logger.info("session %s: the read along with delivery's failed: %s",
+                                session_id, also)  # fmt: skip
+                    self._along.setdefault(session_id, along)
+                else:
+                    along[1](also)
             if rows and self.sessions.writers.current_key(session_id, paths) != key:
                 # the folder was made again while the rows were read: they may be the new
                 # outbound.db's, read above the old file's cursor; read again from the start

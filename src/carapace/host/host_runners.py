@@ -31,6 +31,7 @@ from carapace.host.sweep import (
     due_iso,
     idle_since,
     new_acks,
+    new_acks_on,
     reset_claims,
 )
 from carapace.host.wake_files import WakePlan, wake_plan, write_wake_files
@@ -197,16 +198,25 @@ async def after_commit(host: Host, session_id: str) -> None:
     slot, see whether this runner has become idle."""
     if host.pool.is_running(session_id):
         host._last_commit[session_id] = host.now()
-    # the new acks are read beside the drain (another reader thread), so they are usually
-    # noted before its outcomes commit, which then carries them (acks_ride_along): the
-    # reply's ack is copied with the reply's delivery, no commit of its own
-    noting = host._noting[session_id] = asyncio.ensure_future(note_new_acks(host, session_id))
+    # the new acks are read in the drain's own read of outbound.db (one transaction, one
+    # thread hop), so they are noted before its outcomes commit, which then carries them
+    # (acks_ride_along): the reply's ack is copied with the reply's delivery, no commit of
+    # its own. A drain that made no read (one under way took it over, or there was nothing
+    # to read) leaves them to a read of their own.
+    rowid = host._ack_rowid.get(session_id, -1)
+    host.delivery.read_along(session_id, functools.partial(new_acks_on, after_rowid=rowid),
+                             functools.partial(noted_acks, host, session_id))  # fmt: skip
     try:
         await host._drain(session_id)
     finally:
-        await noting
-        if host._noting.get(session_id) is noting:
-            del host._noting[session_id]
+        left = host.delivery.take_along(session_id)
+    if left:
+        noting = host._noting[session_id] = asyncio.ensure_future(note_new_acks(host, session_id))
+        try:
+            await noting
+        finally:
+            if host._noting.get(session_id) is noting:
+                del host._noting[session_id]
     due = host._acks_due.get(session_id)
     if due and (len(due) >= ACK_BATCH or not host.pool.is_running(session_id)):
         await flush_acks(host, session_id)
@@ -225,11 +235,17 @@ async def note_new_acks(host: Host, session_id: str) -> None:
         return
     paths = host.sessions.paths(session)
     try:
-        top, acks = await host.delivery.outbox.call(
+        found = await host.delivery.outbox.call(
             new_acks, paths.outbound, host._ack_rowid.get(session_id, -1)
         )
     except (OSError, OutboxRefused, TimeoutError):
         return
+    noted_acks(host, session_id, found)
+
+
+def noted_acks(host: Host, session_id: str, found: tuple[int, dict[str, str]]) -> None:
+    """What :func:`new_acks` found: the rowid read up to, and the terminal acks to copy."""
+    top, acks = found
     if top:
         if session_id not in host._ack_rowid:  # (set again by the drain after a runner's
             keep_bounded(host._ack_rowid)  # exit, which dropped it: so bounded here)

@@ -363,11 +363,24 @@ def read_rows(path: Path, after_seq: int, limit: int | None = None) -> list[OutR
         return _rows(conn, after_seq, MAX_ROWS if limit is None else limit)
 
 
-def read_rows_and_top(path: Path, after_seq: int) -> tuple[list[OutRow], int]:
-    """:func:`read_rows`, and then the file's highest seq (at least the rows' highest)."""
+def read_pass(
+    path: Path, after_seq: int, *, top: bool = False,
+    also: Callable[[sqlite3.Connection], T] | None = None,
+) -> tuple[list[OutRow], int | None, T | sqlite3.Error | None]:  # fmt: skip
+    """A delivery pass's read: :func:`read_rows`; with ``top``, then the file's highest seq
+    (at least the rows' highest); with ``also``, then ``also(conn)`` (another reader's
+    indexed read of the same file, e.g. the runner's new acks) in the same checked
+    transaction: one thread hop and one lock of the file for both (issue 19). A SQLite
+    error in ``also`` is returned as its result: it is that reader's, the rows stand."""
     with open_checked(path) as conn:
         rows = _rows(conn, after_seq, MAX_ROWS)
-        return rows, _max_seq(conn)
+        high = _max_seq(conn) if top else None
+        if also is None:
+            return rows, high, None
+        try:
+            return rows, high, also(conn)
+        except sqlite3.Error as exc:
+            return rows, high, exc
 
 
 def _rows(conn: sqlite3.Connection, after_seq: int, limit: int) -> list[OutRow]:

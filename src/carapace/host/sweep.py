@@ -198,16 +198,21 @@ def new_acks(outbound: Path, after_rowid: int) -> tuple[int, dict[str, str]]:
     indexed read; a rowid reused after a delete can be missed here, which the sweep's full
     :func:`ack_sync` covers."""
     with open_checked(outbound) as conn:
-        if not has_table(conn, "processing_ack"):
-            return after_rowid, {}
-        if after_rowid < 0:  # first read for this runner: only the latest few, not history
-            top = conn.execute("SELECT MAX(rowid) FROM processing_ack").fetchone()[0]
-            after_rowid = max(0, int(top or 0) - ACK_BATCH)
-        rows = conn.execute(
-            "SELECT rowid, substr(message_id, 1, 1024), substr(status, 1, 32) "
-            "FROM processing_ack WHERE rowid > ? ORDER BY rowid LIMIT ?",
-            (after_rowid, MAX_IDS),
-        ).fetchall()
+        return new_acks_on(conn, after_rowid)
+
+
+def new_acks_on(conn: sqlite3.Connection, after_rowid: int) -> tuple[int, dict[str, str]]:
+    """:func:`new_acks` on a checked connection (``outbox_reader.read_pass``'s ``also``)."""
+    if not has_table(conn, "processing_ack"):
+        return after_rowid, {}
+    if after_rowid < 0:  # first read for this runner: only the latest few, not history
+        top = conn.execute("SELECT MAX(rowid) FROM processing_ack").fetchone()[0]
+        after_rowid = max(0, int(top or 0) - ACK_BATCH)
+    rows = conn.execute(
+        "SELECT rowid, substr(message_id, 1, 1024), substr(status, 1, 32) "
+        "FROM processing_ack WHERE rowid > ? ORDER BY rowid LIMIT ?",
+        (after_rowid, MAX_IDS),
+    ).fetchall()
     top = max((int(r[0]) for r in rows), default=after_rowid)
     return top, {str(r[1]): str(r[2]) for r in rows}
 
