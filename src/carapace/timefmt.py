@@ -66,13 +66,14 @@ def to_utc(when: datetime) -> datetime:
 
 def iso(when: datetime | None = None) -> str:
     """``Date.toISOString()`` format: millisecond precision, ``Z``."""
-    w = to_utc(when or utcnow())
-    return w.strftime("%Y-%m-%dT%H:%M:%S.") + f"{w.microsecond // 1000:03d}Z"
+    # (isoformat, not strftime: a third of the time, and a year below 1000 keeps its four
+    # digits as toISOString's; an aware UTC time ends in "+00:00")
+    return to_utc(when or utcnow()).isoformat(timespec="milliseconds")[:-6] + "Z"
 
 
 def sqlite_ts(when: datetime | None = None) -> str:
     """SQLite ``datetime('now')`` format: ``YYYY-MM-DD HH:MM:SS`` in UTC."""
-    return to_utc(when or utcnow()).strftime("%Y-%m-%d %H:%M:%S")
+    return to_utc(when or utcnow()).isoformat(" ", "seconds")[:-6]
 
 
 def parse_ts(text: str) -> datetime:
