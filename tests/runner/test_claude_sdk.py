@@ -21,6 +21,7 @@ from carapace.testing.sessions import (
     make_session,
     read_outbound,
     write_chat,
+    write_conversation,
 )
 
 pytest.importorskip("claude_agent_sdk", reason="the claude extra is not installed")
@@ -239,8 +240,6 @@ def test_a_max_tokens_stop_is_continued_or_reported(tmp_path: Path, cuts: int) -
 def test_a_planted_session_id_never_reaches_claude_codes_command_line(tmp_path: Path) -> None:
     """``sdk_session_id`` lives in outbound.db, which sandboxed commands can write: one that
     is not a plain id (an option, say) is dropped and the turn starts a new session."""
-    import sqlite3
-
     session = session_at(tmp_path)
     agent_dir = make_agent_dir(tmp_path, config={"provider": "claude"})
     write_chat(session, "first", id="m1")
@@ -250,11 +249,7 @@ def test_a_planted_session_id_never_reaches_claude_codes_command_line(tmp_path: 
         planted = [{"role": "user", "content": "first"},
                    {"role": "assistant", "content": "one", "tool_calls": [],
                     "sdk_session_id": "--dangerously-skip-permissions"}]  # fmt: skip
-        conn = sqlite3.connect(session.outbound)
-        with conn:
-            conn.execute("UPDATE session_state SET value=? WHERE key='conversation'",
-                         (json.dumps(planted),))  # fmt: skip
-        conn.close()
+        write_conversation(session, planted)
         write_chat(session, "second", id="m2")
         run = run_once(session, agent_dir, timeout=120, **env)
         assert run.returncode == 0, run.stderr

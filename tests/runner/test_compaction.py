@@ -28,8 +28,8 @@ from carapace.testing.sessions import (
     make_agent_dir,
     make_session,
     read_acks,
+    read_conversation,
     read_outbound,
-    read_state,
     write_chat,
 )
 from carapace.watch import DirWatcher
@@ -149,7 +149,7 @@ def test_runner_compacts_without_sending_anything_twice(tmp_path: Path) -> None:
         assert set(read_acks(runner.paths).values()) == {"completed"}
         for sent in provider.sent:
             assert conversation_chars(sent) <= 900 + 400  # the limit, plus the new message
-        state = json.loads(read_state(runner.paths, "conversation") or "[]")
+        state = read_conversation(runner.paths) or []
         assert is_summary(state[0]) and "summary" in state[0]["content"]
     finally:
         runner.close()
@@ -166,7 +166,7 @@ def test_resume_from_transcript_when_the_state_is_gone(tmp_path: Path) -> None:
     write_chat(runner.paths, "remember KIWI", id="m1")
     assert runner.step()
     sid, sdir = runner.config.session_id, runner.paths.root
-    runner.outbound.conn.execute("DELETE FROM session_state WHERE key='conversation'")
+    runner.outbound.conn.execute("DELETE FROM session_state WHERE key LIKE 'conversation%'")
     runner.close()
     out = Outbound(runner.paths)
     try:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import sqlite3
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -26,8 +25,8 @@ from carapace.testing.sessions import (
     make_agent_dir,
     make_session,
     read_acks,
+    read_conversation,
     read_outbound,
-    read_state,
     set_destinations,
     write_chat,
     write_message,
@@ -316,12 +315,12 @@ def test_clear_command(h: Harness) -> None:
     write_chat(h.paths, "remember x", id="m1")
     r = h.runner(provider=rec)
     r.step()
-    assert json.loads(read_state(h.paths, "conversation") or "[]")
+    assert read_conversation(h.paths)
     write_chat(h.paths, "/clear", id="m2")
     r.step()
     assert h.out()[-1]["content"] == {"text": "Session cleared."}
     assert h.out()[-1]["in_reply_to"] == "m2"
-    assert read_state(h.paths, "conversation") == "[]"
+    assert read_conversation(h.paths) == []  # saved as empty (not rebuilt at a restart)
     assert len(rec.calls) == 1 and read_acks(h.paths)["m2"] == "completed"
     write_chat(h.paths, "/clearance", id="m3")
     r.step()

@@ -146,6 +146,17 @@ class SessionPaths:
         return self.root / "conversations"
 
 
+# The runner's saved conversation in outbound.db's session_state (runner/conversation_store.py)
+CONVERSATION_KEY = "conversation"  # an older runner's: the whole list as one JSON value
+CONVERSATION_PREFIX = "conversation/"  # the marker (its value: the save count), then the rows
+CONVERSATION_END = "conversation0"  # the first key after the rows' range ("0" follows "/")
+
+
+def conversation_key(pos: int) -> str:
+    """The key of the message at ``pos`` (twelve digits: key order is message order)."""
+    return f"{CONVERSATION_PREFIX}{pos:012d}"
+
+
 def ensure_journals(paths: SessionPaths) -> None:
     """Create both ``-journal`` files if missing (never truncated: a hot journal stays hot).
 

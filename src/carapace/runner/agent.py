@@ -6,8 +6,8 @@ the tool calls it asks for, append the results, and repeat until a turn has no t
 and tool call.
 
 The conversation is provider-neutral (``providers/base.py``) and persisted in
-``session_state`` under ``conversation`` (JSON, bounded to the last ``history_messages``
-messages, cut at a user message), so a restarted runner resumes it; the full transcript is
+``session_state``, one row per message (``conversation_store.py``; bounded to the last
+``history_messages`` messages, cut at a user message), so a restarted runner resumes it; the full transcript is
 appended to ``<session_dir>/conversations/<session_id>.jsonl`` (per session: never in the
 group folder that other sessions' agents can read). A turn's messages are only
 kept when the turn succeeded; a failed or abandoned turn leaves the conversation as it was.
@@ -19,12 +19,12 @@ rebuilds the conversation from the transcript when the state is missing (``trans
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from carapace.db.connection import transaction
 from carapace.jsonutil import dumps
 from carapace.record import record
 from carapace.runner.compaction import (
@@ -34,6 +34,7 @@ from carapace.runner.compaction import (
     conversation_chars,
     is_summary,
 )
+from carapace.runner.conversation_store import ConversationStore
 from carapace.runner.images import Image, describe
 from carapace.runner.outbound import Outbound
 from carapace.runner.providers.base import Message, Provider
@@ -48,7 +49,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-STATE_KEY = "conversation"
 MAX_STATE_CHARS = 500_000
 ROUNDS_NOTE = "(I stopped after {n} rounds of tool calls without finishing.)"
 MAX_CONTINUATIONS = 3
@@ -67,23 +67,8 @@ class TurnResult:
     rounds: int
 
 
-def load_conversation(outbound: Outbound) -> list[Message]:
-    return _stored_conversation(outbound) or []
-
-
-def _stored_conversation(outbound: Outbound) -> list[Message] | None:
-    """The conversation in ``session_state``; None when there is none or it is unreadable."""
-    raw = outbound.get_state(STATE_KEY)
-    if raw is None:
-        return None
-    try:
-        value = json.loads(raw)
-    except ValueError:
-        logger.warning("stored conversation is not JSON")
-        return None
-    if not isinstance(value, list):
-        return None
-    return [m for m in value if isinstance(m, dict) and m.get("role")]
+def load_conversation(outbound: Outbound, store: ConversationStore | None = None) -> list[Message]:
+    return (store or ConversationStore()).load(outbound.conn) or []
 
 
 def resume_conversation(
@@ -92,10 +77,12 @@ def resume_conversation(
     session_id: str,
     max_messages: int,
     agent_dir: Path | None = None,
+    store: ConversationStore | None = None,
 ) -> list[Message]:
     """The conversation to continue after a restart: ``session_state``, else the transcript
-    (a legacy one in ``agent_dir`` when the session has none)."""
-    stored = _stored_conversation(outbound)
+    (a legacy one in ``agent_dir`` when the session has none). ``store``: the runner's,
+    which then knows what is stored (its next save writes only what changed)."""
+    stored = (store or ConversationStore()).load(outbound.conn)
     if stored is not None:
         return stored
     rebuilt = rebuild_conversation(session_dir, session_id, agent_dir)
@@ -289,15 +276,18 @@ def save_conversation(
     conversation: list[Message],
     max_messages: int,
     encoded: Encoded | None = None,
+    store: ConversationStore | None = None,
 ) -> None:
-    """Store the bounded conversation as one JSON value, in the caller's transaction (so
-    it commits with the turn's replies and acks, or not at all). ``encoded`` (the agent's):
-    only messages new since the last save are encoded; the rest is joined from kept JSON."""
+    """Store the bounded conversation, in the caller's transaction (so it commits with the
+    turn's replies and acks, or not at all). ``encoded`` (the agent's): only messages new
+    since the last save are encoded. ``store`` (the runner's): only the messages new since
+    its last save are written and the cut ones deleted (``conversation_store.py``)."""
     enc = encoded or Encoded()
     if encoded is not None:
         encoded.sync(conversation)
     bounded = bound_conversation(conversation, max_messages, enc)
-    outbound.set_state(STATE_KEY, enc.dumps(bounded))
+    with transaction(outbound.conn):
+        (store or ConversationStore()).save(outbound.conn, bounded, enc)
 
 
 def append_transcript(

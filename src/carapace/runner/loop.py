@@ -40,6 +40,7 @@ from carapace.runner.agent import Agent, append_transcript, resume_conversation,
 from carapace.runner.batching import select_batch
 from carapace.runner.compaction import Compaction
 from carapace.runner.config import RunnerConfig
+from carapace.runner.conversation_store import ConversationStore
 from carapace.runner.formatter import format_messages, is_clear_command
 from carapace.runner.images import collect_images, describe
 from carapace.runner.inbound import Inbound, InRow, Poll
@@ -90,6 +91,7 @@ class Runner:
         self.clock: Clock = clock or SystemClock()
         self.inbound = Inbound(self.paths)
         self.outbound = Outbound(self.paths, inbound_max=self._inbound_max)
+        self.conversation_store = ConversationStore()  # what is saved (rows per message)
         self.watcher = watcher or DirWatcher(poll_interval=1.0)
         self._stop = threading.Event()
         self._signalled = 0  # the SIGTERM/SIGINT received (the handler sets only this)
@@ -167,6 +169,7 @@ class Runner:
             self.config.session_id,
             self.config.history_messages,
             self.config.agent_dir,
+            store=self.conversation_store,
         )
         if self.agent.conversation:
             logger.info("resuming conversation (%d messages)", len(self.agent.conversation))
@@ -360,7 +363,8 @@ class Runner:
             self.outbound.complete(ids, now=self.clock.now())
             self.agent.accept(result)
             save_conversation(self.outbound, self.agent.conversation,
-                              self.config.history_messages, self.agent.encoded)  # fmt: skip
+                              self.config.history_messages, self.agent.encoded,
+                              self.conversation_store)  # fmt: skip
         if preview is not None:
             preview.finish(reply=bool(plain))
         append_transcript(self.paths.root, sid, result.messages)
@@ -410,7 +414,8 @@ class Runner:
     def _clear(self, rows: list[InRow], batch: Batch) -> None:
         with self.outbound.atomic():
             self.agent.clear()
-            save_conversation(self.outbound, [], self.config.history_messages)
+            save_conversation(self.outbound, [], self.config.history_messages,
+                              store=self.conversation_store)  # fmt: skip
             for row in rows:
                 routing = row.routing if not row.routing.empty else batch.origin
                 send_text(

@@ -23,7 +23,11 @@ from typing import Any
 
 from carapace.db.connection import connect, transaction
 from carapace.db.session import (
+    CONVERSATION_END,
+    CONVERSATION_KEY,
+    CONVERSATION_PREFIX,
     SessionPaths,
+    conversation_key,
     init_session_folder,
     insert_message_in,
     open_inbound,
@@ -259,6 +263,45 @@ def read_acks(paths: SessionPaths) -> dict[str, str]:
     conn = connect(paths.outbound, "session", readonly=True)
     try:
         return {r[0]: r[1] for r in conn.execute("SELECT message_id, status FROM processing_ack")}
+    finally:
+        conn.close()
+
+
+def read_conversation(paths: SessionPaths) -> list[dict[str, Any]] | None:
+    """The runner's saved conversation (``runner/conversation_store.py``): its rows, or an
+    older runner's single value; None when there is none."""
+    conn = connect(paths.outbound, "session", readonly=True)
+    try:
+        rows = conn.execute(
+            "SELECT key, value FROM session_state WHERE key >= ? AND key < ? ORDER BY key",
+            (CONVERSATION_PREFIX, CONVERSATION_END),
+        ).fetchall()
+        legacy = conn.execute(
+            "SELECT value FROM session_state WHERE key = ?", (CONVERSATION_KEY,)
+        ).fetchone()
+    finally:
+        conn.close()
+    if rows and rows[0][0] == CONVERSATION_PREFIX:
+        return [json.loads(value) for _key, value in rows[1:]]
+    return json.loads(legacy[0]) if legacy is not None else None
+
+
+def write_conversation(paths: SessionPaths, messages: list[dict[str, Any]]) -> None:
+    """Replace the saved conversation with ``messages`` as another writer would (a command
+    the agent ran): rows and a marker whose count no runner wrote."""
+    conn = connect(paths.outbound, "session")
+    try:
+        with transaction(conn):
+            conn.execute(
+                "DELETE FROM session_state WHERE key = ? OR (key >= ? AND key < ?)",
+                (CONVERSATION_KEY, CONVERSATION_PREFIX, CONVERSATION_END),
+            )
+            rows = [(CONVERSATION_PREFIX, "-1")]
+            rows += [(conversation_key(i), dumps(m)) for i, m in enumerate(messages)]
+            conn.executemany(
+                "INSERT INTO session_state (key, value, updated_at) VALUES (?, ?, ?)",
+                [(k, v, iso(utcnow())) for k, v in rows],
+            )
     finally:
         conn.close()
 
