@@ -304,12 +304,3 @@ def write_conversation(paths: SessionPaths, messages: list[dict[str, Any]]) -> N
             )
     finally:
         conn.close()
-
-
-def read_state(paths: SessionPaths, key: str) -> str | None:
-    conn = connect(paths.outbound, "session", readonly=True)
-    try:
-        row = conn.execute("SELECT value FROM session_state WHERE key = ?", (key,)).fetchone()
-    finally:
-        conn.close()
-    return row[0] if row is not None else None
