@@ -179,3 +179,41 @@ def test_an_unreadable_row_is_left_out_and_the_next_save_rewrites(
     written = saver.save()
     assert written[0].startswith("DELETE")
     assert read_conversation(paths) == [*_turn(2), *_turn(3)]
+
+
+def test_a_summary_that_outlives_the_cut_messages_is_kept_in_place(
+    paths: SessionPaths, saver: Saver
+) -> None:
+    """After a compaction the summary stays first while the bound cuts the turns after it:
+    a turn then writes its own messages and deletes the cut ones, the summary's row stays."""
+    summary: Message = {"role": "user", "content": "summary", "compaction": True}
+    saver.max = 7
+    saver.conversation = [summary]
+    saver.save()
+    for n in range(1, 4):
+        saver.turn(n)  # 7 messages
+    written = saver.turn(4)  # 9 over the bound of 7: turn 1 is cut, the summary is not
+    assert len([s for s in written if s.startswith("INSERT")]) == 3
+    assert len([s for s in written if s.startswith("DELETE")]) == 2
+    assert read_conversation(paths) == saver.saved() == [summary, *_turn(2), *_turn(3), *_turn(4)]
+    for n in range(5, 9):
+        saver.turn(n)
+        assert read_conversation(paths) == saver.saved()
+
+
+def test_every_shape_of_save_reads_back_as_saved(paths: SessionPaths, saver: Saver) -> None:
+    """A sequence of turns, cuts, compactions, a /clear and a message list rebuilt from
+    copies: whatever path a save takes, what is read back is what was saved."""
+    for n in range(1, 40):
+        if n % 9 == 0:  # a compaction: a new first message
+            saver.conversation = [{"role": "user", "content": f"summary {n}", "compaction": True},
+                                  *saver.conversation[-4:]]  # fmt: skip
+        elif n % 13 == 0:  # /clear
+            saver.conversation = []
+        elif n % 11 == 0:  # the same messages, new objects (a reload)
+            saver.conversation = [dict(m) for m in saver.conversation]
+        saver.turn(n)
+        assert read_conversation(paths) == saver.saved()
+    restarted = Saver(paths)
+    assert restarted.conversation == saver.saved()
+    restarted.out.close()
