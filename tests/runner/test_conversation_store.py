@@ -217,3 +217,18 @@ def test_every_shape_of_save_reads_back_as_saved(paths: SessionPaths, saver: Sav
     restarted = Saver(paths)
     assert restarted.conversation == saver.saved()
     restarted.out.close()
+
+
+def test_a_list_that_lost_its_newest_messages_reads_back_as_saved(
+    paths: SessionPaths, saver: Saver
+) -> None:
+    """Not a shape a turn makes, but a save must not keep a stored message the list no
+    longer has, wherever it is."""
+    for n in range(1, 4):
+        saver.turn(n)
+    saver.conversation = saver.conversation[1:-2]  # the oldest and the newest two gone
+    saver.save()
+    assert read_conversation(paths) == saver.saved()
+    saver.conversation = saver.conversation[:-1]
+    saver.save()
+    assert read_conversation(paths) == saver.saved()

@@ -159,7 +159,9 @@ class ConversationStore:
         if cut is None:
             return None
         tail = len(msgs) - cut
-        if not all(map(operator.is_, messages[head : head + tail], msgs[cut:])):
+        if len(messages) < head + tail or not all(
+            map(operator.is_, messages[head : head + tail], msgs[cut:])
+        ):  # (every stored message from the cut on, the newest too)
             return None
         nxt = rows[-1][0] + 1
         added = [(nxt + i, m) for i, m in enumerate(messages[head + tail :])]
