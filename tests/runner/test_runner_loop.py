@@ -250,11 +250,11 @@ def test_pending_with_ids_to_skip_reads_the_same_rows(h: Harness) -> None:
                   process_after=iso(now - timedelta(minutes=1)))  # fmt: skip
     inbound = Inbound(h.paths)
     try:
-        every = inbound.pending(now)
+        every = inbound.poll(now).rows
         assert [r.id for r in every] == ["m5", "m4", "m3", "m2", "m1", "due"]
-        some = inbound.pending(now, skip={"m2", "m4", "due", "not-there"})
+        some = inbound.poll(now, skip={"m2", "m4", "due", "not-there"}).rows
         assert some == [r for r in every if r.id in ("m5", "m3", "m1")]
-        assert inbound.pending(now, skip={r.id for r in every}) == []
+        assert inbound.poll(now, skip={r.id for r in every}).rows == []
         assert not inbound._conn.in_transaction  # type: ignore[union-attr]
     finally:
         inbound.close()

@@ -318,29 +318,25 @@ class Delivery:
         try:
             mark = self._unread_above.get(session_id)
             first = mark is None or mark[0] != key  # this host's first look (_unread_above)
-            along = self._along.pop(session_id, None)
+            along = self._along.get(session_id)  # taken only once done (else its owner's)
             try:
                 rows, first_top, also = await self.outbox.call(functools.partial(
                     read_pass, paths.outbound, cursor, top=first,
                     also=along[0] if along is not None else None,
                 ))  # fmt: skip
-            except BaseException as exc:
-                if along is not None:  # not read: its owner reads it (take_along)
-                    self._along.setdefault(session_id, along)
-                if isinstance(exc, OutboxRefused):
-                    self.outbox.refused(self.sessions, session, exc, now, self.wake)
-                    return result
-                if isinstance(exc, FileNotFoundError):
-                    return result
-                raise
+            except FileNotFoundError:
+                return result
+            except OutboxRefused as exc:
+                self.outbox.refused(self.sessions, session, exc, now, self.wake)
+                return result
             self.outbox.accepted(session.id)
-            if along is not None:
-                if isinstance(also, sqlite3.Error):  # its owner reads it again (take_along)
-                    logger.info("session %s: the read along with delivery's failed: %s",
-                                session_id, also)  # fmt: skip
-                    self._along.setdefault(session_id, along)
-                else:
-                    along[1](also)
+            if along is not None and isinstance(also, sqlite3.Error):  # its owner reads again
+                logger.info("session %s: the read along with delivery's failed: %s",
+                            session_id, also)  # fmt: skip
+            elif along is not None:
+                if self._along.get(session_id) is along:
+                    del self._along[session_id]
+                along[1](also)
             if rows and self.sessions.writers.current_key(session_id, paths) != key:
                 # the folder was made again while the rows were read: they may be the new
                 # outbound.db's, read above the old file's cursor; read again from the start

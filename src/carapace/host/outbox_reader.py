@@ -355,12 +355,11 @@ FROM messages_out WHERE seq > ? ORDER BY seq LIMIT ?
 """
 
 
-def read_rows(path: Path, after_seq: int, limit: int | None = None) -> list[OutRow]:
-    """``messages_out`` rows above ``after_seq`` in seq order (at most ``limit``, default
-    ``MAX_ROWS``); a row whose content is over ``MAX_CONTENT_BYTES`` comes with ``content``
-    None."""
+def read_rows(path: Path, after_seq: int, limit: int = MAX_ROWS) -> list[OutRow]:
+    """``messages_out`` rows above ``after_seq`` in seq order (at most ``limit``); a row
+    whose content is over ``MAX_CONTENT_BYTES`` comes with ``content`` None."""
     with open_checked(path) as conn:
-        return _rows(conn, after_seq, MAX_ROWS if limit is None else limit)
+        return _rows(conn, after_seq, limit)
 
 
 def read_pass(

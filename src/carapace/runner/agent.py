@@ -7,8 +7,8 @@ and tool call.
 
 The conversation is provider-neutral (``providers/base.py``) and persisted in
 ``session_state``, one row per message (``conversation_store.py``; bounded to the last
-``history_messages`` messages, cut at a user message), so a restarted runner resumes it; the full transcript is
-appended to ``<session_dir>/conversations/<session_id>.jsonl`` (per session: never in the
+``history_messages`` messages, cut at a user message), so a restarted runner resumes it;
+the full transcript is appended to ``<session_dir>/conversations/<session_id>.jsonl`` (per session: never in the
 group folder that other sessions' agents can read). A turn's messages are only
 kept when the turn succeeded; a failed or abandoned turn leaves the conversation as it was.
 
@@ -65,10 +65,6 @@ class TurnResult:
     text: str
     messages: list[Message]  # the turn's new messages, user prompt first
     rounds: int
-
-
-def load_conversation(outbound: Outbound, store: ConversationStore | None = None) -> list[Message]:
-    return (store or ConversationStore()).load(outbound.conn) or []
 
 
 def resume_conversation(

@@ -113,12 +113,10 @@ class Encoded:
 
     def __init__(self) -> None:
         self._entries: dict[int, tuple[Message, str, int]] = {}
-        # the list last synced (its message objects, in order), their JSON in that order,
-        # and the sums of their ``message_chars + 1`` and JSON lengths + 1: a conversation
-        # that only grew since is synced from its new messages, and its figures and JSON
-        # are had without a pass over it in Python
+        # the list last synced (its message objects, in order) and the sums of their
+        # ``message_chars + 1`` and JSON lengths + 1: a conversation that only grew since is
+        # synced from its new messages, and its figures are had without a pass over it
         self._synced: list[Message] = []
-        self._synced_json: list[str] = []
         self._synced_chars = 0
         self._synced_len = 0
 
@@ -141,11 +139,9 @@ class Encoded:
         """Keep entries for exactly ``messages`` (encoding the new ones)."""
         if self._synced and _starts_with(messages, self._synced):  # it only grew
             new = self._all(messages[len(self._synced) :])
-            self._synced_json += [e[1] for e in new]
         else:
             new = self._all(messages)
             self._entries = {id(e[0]): e for e in new}
-            self._synced_json = [e[1] for e in new]
             self._synced_chars = self._synced_len = 0
         self._synced_chars += sum(e[2] + 1 for e in new)
         self._synced_len += sum(len(e[1]) + 1 for e in new)
@@ -165,13 +161,6 @@ class Encoded:
         else:
             total = sum(len(e[1]) + 1 for e in self._all(messages))
         return 1 + total + (0 if messages else 1)
-
-    def dumps(self, messages: list[Message]) -> str:
-        """``dumps(messages)``, from the messages' kept JSON."""
-        kept = (
-            self._synced_json if self._is_synced(messages) else [e[1] for e in self._all(messages)]
-        )
-        return "[" + ",".join(kept) + "]"
 
     def chars(self, messages: list[Message]) -> int:
         """:func:`conversation_chars` of ``messages``."""

@@ -248,28 +248,18 @@ class Inbound:
     # --- the queue --------------------------------------------------------------------------
 
     @_retried
-    def pending(self, now: datetime, skip: Collection[str] = ()) -> list[InRow]:
+    def poll(self, now: datetime, skip: Collection[str] = ()) -> Poll:
         """Every pending row that is due at ``now``, in seq order (oldest first), but those
         whose id is in ``skip`` (rows the runner knows it has finished: the host copies
-        their acks into this file in batches, so until then they are still pending here).
+        their acks into this file in batches, so until then they are still pending here);
+        and, when there are any, the session's destinations, routing and highest seq.
 
-        With ids to skip, the ids come first and only the other rows are read whole, in
-        the same read transaction: up to 64 finished rows wait for the host's copy, and
-        reading them whole at every poll cost ~0.1-0.3 ms (issue 19)."""
-        with self._open() as conn:
-            if not skip:
-                return [InRow.from_row(r) for r in conn.execute(f"SELECT * {_DUE}", _due(now))]
-            with _reading(conn):
-                rows = self._pending(conn, now, skip)
-        return [InRow.from_row(r) for r in rows]
-
-    @_retried
-    def poll(self, now: datetime, skip: Collection[str] = ()) -> Poll:
-        """:meth:`pending`'s rows and, when there are any, the session's destinations and
-        routing, all in one read transaction: what a turn reads of this file before its
-        model call, in one lock of the file instead of three. Each read of a file the host
-        commits to may meet a commit and wait it out (issue 19: a turn's second and third
-        reads met the host's next commit about every other turn)."""
+        All in one read transaction: what a turn reads of this file before its model call,
+        in one lock of the file instead of three. Each read of a file the host commits to
+        may meet a commit and wait it out (issue 19: a turn's second and third reads met
+        the host's next commit about every other turn). With ids to skip, the ids come
+        first and only the other rows are read whole: up to 64 finished rows wait for the
+        host's copy, and reading them whole at every poll cost ~0.1-0.3 ms."""
         with self._open() as conn, _reading(conn):
             rows = self._pending(conn, now, skip)
             if not rows:
