@@ -28,6 +28,9 @@ SRC = ROOT / "src" / "carapace"
 #: core module -> the tests that guard it
 CORE: dict[str, list[str]] = {
     "host/delivery.py": ["tests/host/test_delivery.py", "tests/host/test_invariant_guards.py"],
+    "host/dispatch.py": ["tests/host/test_delivery.py", "tests/host/test_delivery_once.py",
+                         "tests/host/test_preview.py", "tests/host/test_invariant_guards.py"],
+    "host/delivery_log.py": ["tests/host/test_delivery.py", "tests/host/test_delivery_once.py"],
     "permissions/access.py": ["tests/host/test_access.py", "tests/host/test_invariant_guards.py"],
     "permissions/approvals.py": ["tests/host/test_approvals_flows.py", "tests/host/test_invariant_guards.py"],
     "host/sweep.py": ["tests/host/test_sweep.py"],

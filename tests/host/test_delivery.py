@@ -93,6 +93,38 @@ def test_no_reader_never_marked_delivered(rig: Rig) -> None:
     assert [d["status"] for d in rig.delivered(s)] == ["delivered"]
 
 
+def test_a_row_waiting_for_a_reader_goes_at_the_next_pass(rig: Rig) -> None:
+    """A row with no reader waits without counting an attempt, and is tried at every pass,
+    not only after ``UNAVAILABLE_RETRY_S``: a reader that is back gets it at once."""
+    _, _, s = _session(rig)
+    rig.channel.unavailable = True
+    r = rig.reply(s, {"text": "x"}, channel_type="fake", platform_id="chan")
+    rig.run(rig.host.deliver_once(s.id))
+    assert rig.delivered(s) == [] and rig.channel.calls == 1
+    [state] = rig.inbound(s, "SELECT attempts, last_error FROM carapace_delivery")
+    assert state["attempts"] == 0 and state["last_error"].startswith("no reader: ")
+    rig.channel.unavailable = False
+    rig.clock.advance(1)  # far less than UNAVAILABLE_RETRY_S
+    rig.run(rig.host.deliver_once(s.id))
+    assert {d["message_out_id"]: d["status"] for d in rig.delivered(s)} == {r: "delivered"}
+    assert rig.channel.texts() == ["x"]
+
+
+def test_a_row_with_no_reader_for_a_day_fails_and_the_agent_hears_it(rig: Rig) -> None:
+    _, _, s = _session(rig)
+    rig.channel.unavailable = True
+    r = rig.reply(s, {"text": "x"}, channel_type="fake", platform_id="chan")
+    rig.run(rig.host.deliver_once(s.id))
+    rig.clock.advance(24 * 3600 - 60)
+    rig.run(rig.host.deliver_once(s.id))
+    assert rig.delivered(s) == []  # not yet a day
+    rig.clock.advance(120)
+    rig.run(rig.host.deliver_once(s.id))
+    assert {d["message_out_id"]: d["status"] for d in rig.delivered(s)} == {r: "failed"}
+    notes = rig.inbound(s, "SELECT content FROM messages_in WHERE channel_type='agent'")
+    assert len(notes) == 1 and "no reader for 86400 s" in notes[0]["content"]
+
+
 def test_operations_and_files(rig: Rig) -> None:
     _, _, s = _session(rig)
     rig.reply(

@@ -43,12 +43,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from carapace.channels.base import ChannelAdapter, ChannelUnavailable
+from carapace.channels.base import ChannelAdapter
 from carapace.db.connection import transaction
 from carapace.db.session import SessionPaths
 from carapace.db.sessions import Session
-from carapace.errors import DeliveryError
-from carapace.host.a2a_guard import A2AGuard, A2AStopped, write_stop_note
+from carapace.host.a2a_guard import A2AGuard
 from carapace.host.actions import SystemActions
 from carapace.host.delivery_log import (
     RECORD_RETRY_S,
@@ -57,8 +56,9 @@ from carapace.host.delivery_log import (
     host_tables,
     known_of,
     tables_and_cursor,
+    wait_until,
 )
-from carapace.host.dispatch import send_row
+from carapace.host.dispatch import deliver_row
 from carapace.host.outbox_reader import (
     MAX_ROWS,
     OutboxReader,
@@ -70,14 +70,9 @@ from carapace.host.outbox_reader import (
 from carapace.host.send_intents import SendIntents
 from carapace.host.session_writer import FolderReplaced, Key
 from carapace.host.sessions import SessionManager, keep_bounded
-from carapace.timefmt import iso, parse_ts, sqlite_ts
+from carapace.timefmt import parse_ts
 
 logger = logging.getLogger(__name__)
-
-MAX_DELIVERY_ATTEMPTS = 3
-UNAVAILABLE_RETRY_S = 30.0
-UNAVAILABLE_TTL_S = 24 * 3600.0
-UNAVAILABLE_MARK = "no reader: "
 
 
 @dataclass
@@ -101,10 +96,6 @@ class RideAlong:
 
 
 _Along = tuple[Callable[[sqlite3.Connection], Any], Callable[[Any], None]]  # (read, heard)
-
-
-def backoff_s(attempts: int) -> float:
-    return float(2 ** max(0, attempts - 1))
 
 
 class Delivery:
@@ -150,6 +141,9 @@ class Delivery:
         # per session: another read of its outbound.db to make with the next pass's read
         # (the runner's new acks after its commit), and who hears the result: see read_along
         self._along: dict[str, _Along] = {}
+        # hears each row tried: "delivered", "failed", or None (waits for a retry); must
+        # not raise (ops/metrics.py counts them)
+        self.on_outcome: Callable[[OutRow, str | None], None] | None = None
 
     def read_along(self, session_id: str, read: Callable[[sqlite3.Connection], Any],
                    heard: Callable[[Any], None]) -> None:  # fmt: skip
@@ -192,7 +186,8 @@ class Delivery:
         finally:
             self.sessions.done_with(inb)
 
-    def _pending(self, session_id: str) -> Records:
+    def records(self, session_id: str) -> Records:
+        """The session's outcomes and attempts not yet committed."""
         return self._records.setdefault(session_id, Records())
 
     def _done(self, inb: sqlite3.Connection, ids: list[str]) -> set[str]:
@@ -290,9 +285,34 @@ class Delivery:
         paths = self.sessions.paths(session)
         if not paths.outbound.exists() or not paths.inbound.exists():
             return result
+        at = await self._cursor(session_id, paths, now, result)
+        if at is None:
+            return result
+        key, cursor = at
+        read = await self._read(session, paths, key, cursor, now, result)
+        if read is None:
+            return result
+        rows, unread = read
+        try:  # only now: a session without a runner has no kept one, and opening a
+            # connection on the event loop for a pass with nothing to send cost ms
+            inb = self.sessions.open_inbound(paths)  # a live session's kept one: no I/O
+        except FileNotFoundError:
+            return result
+        except sqlite3.Error as exc:
+            _waits(session_id, exc, now, result)
+            return result
         try:
-            # the reads of inbound.db run on the session's writer thread, after its pending
-            # writes: the event loop never waits on a lock held by a commit (issue 19)
+            await self._send_pass(session, paths, key, cursor, rows, unread, inb, now, result)
+        finally:
+            self.sessions.done_with(inb)
+        return result
+
+    async def _cursor(self, session_id: str, paths: SessionPaths, now: datetime,
+                      result: DrainResult) -> tuple[Key, int] | None:  # fmt: skip
+        """The file's key and its delivery cursor (as this host last wrote it, else read on
+        the session's writer thread, after its pending writes: the event loop never waits
+        on a lock held by a commit, issue 19); None: no pass now (``result`` says when)."""
+        try:
             key = self.sessions.writers.key(session_id, paths)
             known_cursor = self._cursors.get(session_id)
             if known_cursor is not None and known_cursor[0] == key:
@@ -307,144 +327,136 @@ class Delivery:
             self.sessions.note_out_seq(session_id, cursor)  # other_max needs no read then
         except FolderReplaced:  # made again since the stat above: read the new files
             self._again.add(session_id)
-            return result
+            return None
         except FileNotFoundError:
-            return result
+            return None
         except sqlite3.Error as exc:
-            logger.warning("delivery of session %s waits: %s", session_id, exc)
-            result.next_retry = now + timedelta(seconds=RECORD_RETRY_S)
-            return result
-        inb: sqlite3.Connection | None = None
+            _waits(session_id, exc, now, result)
+            return None
+        return key, cursor
+
+    async def _read(self, session: Session, paths: SessionPaths, key: Key, cursor: int,
+                    now: datetime, result: DrainResult,
+                    ) -> tuple[list[OutRow], bool] | None:  # fmt: skip
+        """The outbound rows above ``cursor`` (checked, bounded, off the loop), with the
+        read asked for along (:meth:`read_along`), and whether no host read them before
+        (:meth:`_unread_rows`); None: nothing to send now."""
+        session_id = session.id
+        mark = self._unread_above.get(session_id)
+        first = mark is None or mark[0] != key  # this host's first look (_unread_above)
+        along = self._along.get(session_id)  # taken only once done (else its owner's)
         try:
-            mark = self._unread_above.get(session_id)
-            first = mark is None or mark[0] != key  # this host's first look (_unread_above)
-            along = self._along.get(session_id)  # taken only once done (else its owner's)
-            try:
-                rows, first_top, also = await self.outbox.call(functools.partial(
-                    read_pass, paths.outbound, cursor, top=first,
-                    also=along[0] if along is not None else None,
-                ))  # fmt: skip
-            except FileNotFoundError:
-                return result
-            except OutboxRefused as exc:
-                self.outbox.refused(self.sessions, session, exc, now, self.wake)
-                return result
-            self.outbox.accepted(session.id)
-            if along is not None and isinstance(also, sqlite3.Error):  # its owner reads again
-                logger.info("session %s: the read along with delivery's failed: %s",
-                            session_id, also)  # fmt: skip
-            elif along is not None:
-                if self._along.get(session_id) is along:
-                    del self._along[session_id]
-                along[1](also)
-            if rows and self.sessions.writers.current_key(session_id, paths) != key:
-                # the folder was made again while the rows were read: they may be the new
-                # outbound.db's, read above the old file's cursor; read again from the start
-                self._again.add(session_id)
-                return result
-            if rows:
-                self.sessions.note_out_seq(session.id, max(int(r["seq"] or 0) for r in rows))
-            result.more = len(rows) >= MAX_ROWS  # a full batch: drain() reads on if it moved
-            if not rows:
-                return result
-            unread = self._unread_rows(session_id, key, rows, first_top)
-            try:  # only now: a session without a runner has no kept one, and opening a
-                # connection on the event loop for a pass with nothing to send cost ms
-                inb = self.sessions.open_inbound(paths)  # a live session's kept one: no I/O
-            except FileNotFoundError:
-                return result
-            except sqlite3.Error as exc:
-                logger.warning("delivery of session %s waits: %s", session_id, exc)
-                result.next_retry = now + timedelta(seconds=RECORD_RETRY_S)
-                result.more = False
-                return result
-            ids = [r["id"] for r in rows]
-            rec = self._pending(session_id)
-            if rec.key is not None and rec.key != key:  # records of a deleted, re-made folder
-                rec = self._records[session_id] = Records()
-            rec.key = key  # the file whose cursor this pass read
-            known: set[str] = set()
-            states: dict[str, dict[str, Any]] = {}
-            intents: set[str] = set()
-            try:
-                if not unread:  # (rows never read by a host: no record names them)
-                    known, states, intents = await self.sessions.writers.call(
-                        session_id, paths, functools.partial(known_of, ids=ids), expect=key
-                    )
-            except FolderReplaced:
-                self._again.add(session_id)
-                return result
-            except (OSError, sqlite3.Error) as exc:
-                logger.warning("delivery of session %s waits: %s", session_id, exc)
-                result.next_retry = now + timedelta(seconds=RECORD_RETRY_S)
-                result.more = False
-                return result
-            done = known | set(rec.outcomes)
-            blocked: set[tuple[Any, ...]] = set()
-            new_cursor, contiguous = cursor, True
-            written = cursor  # the cursor as last committed in this pass
-            for row in rows:
-                if row["id"] in done:
-                    if contiguous:
-                        new_cursor = row["seq"]
-                    continue
-                dest = (row["channel_type"], row["platform_id"], row["thread_id"])
-                wait_until = self._wait_until(row, self._state(rec, states, row["id"]), now)
-                if wait_until is not None or dest in blocked:
-                    contiguous = False
-                    blocked.add(dest)
-                    if wait_until is not None:
-                        result.next_retry = min(result.next_retry or wait_until, wait_until)
-                    continue
-                turn = self._turn_lock(row)
-                async with turn or contextlib.nullcontext():
-                    # an intent from before (a crash), looked up before this send's own
-                    resend = row["id"] in intents or self.intents.maybe_sent(session_id, row["id"])
-                    if not await self._commit(
-                        session_id, paths, row["id"], now
-                    ):  # the intent, first
-                        retry = now + timedelta(seconds=RECORD_RETRY_S)
-                        result.next_retry = min(result.next_retry or retry, retry)
-                        result.more = False
-                        break
-                    if resend:
-                        logger.warning("message %s (session %s) may have been sent before a "
-                                       "crash: sending it again with its key", row["id"],
-                                       session.id)  # fmt: skip
-                    outcome = await self._deliver_row(session, paths, row, inb, states, now, resend)
-                    if turn is not None:  # its fate on disk before the channel's next send
-                        moves = outcome is not None and contiguous
-                        if moves:  # the cursor rides along (no commit of its own after)
-                            self._pending(session_id).cursor = row["seq"]
-                        if await self._commit(session_id, paths, None, now) and moves:
-                            written = row["seq"]
-                if outcome is None:
-                    contiguous = False
-                    blocked.add(dest)
-                    nxt = self._pending(session_id).attempts.get(row["id"])
-                    if nxt is not None:
-                        when = parse_ts(nxt[1])
-                        result.next_retry = min(result.next_retry or when, when)
-                    continue
-                if outcome == "delivered":
-                    result.delivered += 1
-                else:
-                    result.failed += 1
+            rows, first_top, also = await self.outbox.call(functools.partial(
+                read_pass, paths.outbound, cursor, top=first,
+                also=along[0] if along is not None else None,
+            ))  # fmt: skip
+        except FileNotFoundError:
+            return None
+        except OutboxRefused as exc:
+            self.outbox.refused(self.sessions, session, exc, now, self.wake)
+            return None
+        self.outbox.accepted(session_id)
+        if along is not None and isinstance(also, sqlite3.Error):  # its owner reads again
+            logger.info("session %s: the read along with delivery's failed: %s",
+                        session_id, also)  # fmt: skip
+        elif along is not None:
+            if self._along.get(session_id) is along:
+                del self._along[session_id]
+            along[1](also)
+        if rows and self.sessions.writers.current_key(session_id, paths) != key:
+            # the folder was made again while the rows were read: they may be the new
+            # outbound.db's, read above the old file's cursor; read again from the start
+            self._again.add(session_id)
+            return None
+        if not rows:
+            return None
+        self.sessions.note_out_seq(session_id, max(int(r["seq"] or 0) for r in rows))
+        result.more = len(rows) >= MAX_ROWS  # a full batch: drain() reads on if it moved
+        return rows, self._unread_rows(session_id, key, rows, first_top)
+
+    async def _send_pass(self, session: Session, paths: SessionPaths, key: Key, cursor: int,
+                         rows: list[OutRow], unread: bool, inb: sqlite3.Connection,
+                         now: datetime, result: DrainResult) -> None:  # fmt: skip
+        """Send ``rows`` in order (per address: a row that waits holds up the later rows to
+        its address), then commit the outcomes and the cursor."""
+        session_id = session.id
+        ids = [r["id"] for r in rows]
+        rec = self.records(session_id)
+        if rec.key is not None and rec.key != key:  # records of a deleted, re-made folder
+            rec = self._records[session_id] = Records()
+        rec.key = key  # the file whose cursor this pass read
+        known: set[str] = set()
+        states: dict[str, dict[str, Any]] = {}
+        intents: set[str] = set()
+        try:
+            if not unread:  # (rows never read by a host: no record names them)
+                known, states, intents = await self.sessions.writers.call(
+                    session_id, paths, functools.partial(known_of, ids=ids), expect=key
+                )
+        except FolderReplaced:
+            self._again.add(session_id)
+            return
+        except (OSError, sqlite3.Error) as exc:
+            _waits(session_id, exc, now, result)
+            return
+        done = known | set(rec.outcomes)
+        blocked: set[tuple[Any, ...]] = set()
+        new_cursor, contiguous = cursor, True
+        written = cursor  # the cursor as last committed in this pass
+        for row in rows:
+            if row["id"] in done:
                 if contiguous:
                     new_cursor = row["seq"]
-                await asyncio.sleep(0)  # a long batch never holds the event loop (issue 19)
-            if new_cursor == cursor:
-                result.more = False  # nothing moved: no busy loop over a blocked full batch
-            elif new_cursor != written:
-                self._pending(session_id).cursor = new_cursor
-            if not await self._commit(session_id, paths, None, now):
-                retry = now + timedelta(seconds=RECORD_RETRY_S)
-                result.next_retry = min(result.next_retry or retry, retry)
-                result.more = False
-            return result
-        finally:
-            if inb is not None:
-                self.sessions.done_with(inb)
+                continue
+            dest = (row["channel_type"], row["platform_id"], row["thread_id"])
+            wait = wait_until(row, rec.state(states, row["id"]), now)
+            if wait is not None or dest in blocked:
+                contiguous = False
+                blocked.add(dest)
+                if wait is not None:
+                    result.next_retry = min(result.next_retry or wait, wait)
+                continue
+            turn = self._turn_lock(row)
+            async with turn or contextlib.nullcontext():
+                # an intent from before (a crash), looked up before this send's own
+                resend = row["id"] in intents or self.intents.maybe_sent(session_id, row["id"])
+                if not await self._commit(session_id, paths, row["id"], now):  # the intent
+                    _retry_soon(now, result)
+                    break
+                if resend:
+                    logger.warning("message %s (session %s) may have been sent before a "
+                                   "crash: sending it again with its key", row["id"],
+                                   session_id)  # fmt: skip
+                outcome = await deliver_row(self, session, paths, row, inb, states, now, resend)
+                if self.on_outcome is not None:
+                    self.on_outcome(row, outcome)
+                if turn is not None:  # its fate on disk before the channel's next send
+                    moves = outcome is not None and contiguous
+                    if moves:  # the cursor rides along (no commit of its own after)
+                        self.records(session_id).cursor = row["seq"]
+                    if await self._commit(session_id, paths, None, now) and moves:
+                        written = row["seq"]
+            if outcome is None:
+                contiguous = False
+                blocked.add(dest)
+                nxt = self.records(session_id).attempts.get(row["id"])
+                if nxt is not None:
+                    when = parse_ts(nxt[1])
+                    result.next_retry = min(result.next_retry or when, when)
+                continue
+            if outcome == "delivered":
+                result.delivered += 1
+            else:
+                result.failed += 1
+            if contiguous:
+                new_cursor = row["seq"]
+            await asyncio.sleep(0)  # a long batch never holds the event loop (issue 19)
+        if new_cursor == cursor:
+            result.more = False  # nothing moved: no busy loop over a blocked full batch
+        elif new_cursor != written:
+            self.records(session_id).cursor = new_cursor
+        if not await self._commit(session_id, paths, None, now):
+            _retry_soon(now, result)
 
     def _unread_rows(self, session_id: str, key: Key, rows: list[OutRow],
                      first_top: int | None) -> bool:  # fmt: skip
@@ -476,120 +488,6 @@ class Delivery:
             return None
         return self._unknown_fate.setdefault(str(ct), asyncio.Lock())
 
-    @staticmethod
-    def _state(rec: Records, states: dict[str, dict[str, Any]], rid: str) -> dict[str, Any] | None:
-        """The row's attempt state: committed, with what this host has not written yet."""
-        st = states.get(rid)
-        out: dict[str, Any] | None = dict(st) if st is not None else None
-        mem = rec.attempts.get(rid)
-        if mem is not None:
-            inc, nxt, first, err = mem
-            base = out or {"attempts": 0, "first_seen": first}
-            out = {**base, "attempts": int(base["attempts"] or 0) + inc, "next_attempt": nxt,
-                   "last_error": err}  # fmt: skip
-        return out
-
-    def _wait_until(self, row: OutRow, st: dict[str, Any] | None, now: datetime) -> datetime | None:
-        waits_for_reader = st is not None and str(st["last_error"] or "").startswith(
-            UNAVAILABLE_MARK
-        )
-        nxt = st["next_attempt"] if st is not None and not waits_for_reader else None
-        for value in (row["deliver_after"], nxt):
-            if value:
-                try:
-                    when = parse_ts(value)
-                except ValueError:
-                    continue
-                if when > now:
-                    return when
-        return None
-
-    async def _deliver_row(
-        self,
-        session: Session,
-        paths: SessionPaths,
-        row: OutRow,
-        inb: sqlite3.Connection,
-        states: dict[str, dict[str, Any]],
-        now: datetime,
-        resend: bool = False,
-    ) -> str | None:
-        """'delivered' / 'failed', or None when it waits for a retry."""
-        rid = row["id"]
-        st = self._state(self._pending(session.id), states, rid)
-        try:
-            pm = await send_row(self, session, paths, row, inb, now, resend=resend)
-        except ChannelUnavailable as exc:
-            first = parse_ts(st["first_seen"]) if st else now
-            if (now - first).total_seconds() >= UNAVAILABLE_TTL_S:
-                return self._fail(session, row, inb, f"no reader for {UNAVAILABLE_TTL_S:g} s", now)
-            self._record_attempt(
-                session.id, rid, 0, now + timedelta(seconds=UNAVAILABLE_RETRY_S),
-                UNAVAILABLE_MARK + str(exc), now, st,
-            )  # fmt: skip
-            logger.info("message %s of session %s waits for a reader: %s", rid, session.id, exc)
-            return None
-        except Exception as exc:
-            permanent = isinstance(exc, DeliveryError) and exc.permanent
-            attempts = (int(st["attempts"] or 0) if st else 0) + 1
-            if isinstance(exc, A2AStopped):
-                return self._fail(session, row, inb, str(exc), now, stopped=exc)
-            if permanent or attempts >= MAX_DELIVERY_ATTEMPTS:
-                return self._fail(session, row, inb, str(exc) or type(exc).__name__, now)
-            self._record_attempt(session.id, rid, 1, now + timedelta(seconds=backoff_s(attempts)),
-                                 str(exc), now, st)  # fmt: skip
-            logger.warning("delivery of %s (session %s) failed, attempt %d: %s",
-                           rid, session.id, attempts, exc)  # fmt: skip
-            return None
-        self._pending(session.id).outcomes[rid] = ("delivered", pm, sqlite_ts(now))
-        logger.info("delivered %s (session %s, seq %s) to %s:%s", rid, session.id, row["seq"],
-                    row["channel_type"], row["platform_id"],
-                    extra={"session_id": session.id, "agent_group_id": session.agent_group_id,
-                           "message_id": rid, "chat_id": row["platform_id"],
-                           "channel_type": row["channel_type"]})  # fmt: skip
-        return "delivered"
-
-    def _record_attempt(
-        self, session_id: str, rid: str, inc: int, nxt: datetime, err: str, now: datetime,
-        st: dict[str, Any] | None,
-    ) -> None:  # fmt: skip
-        rec = self._pending(session_id)
-        prev = rec.attempts.get(rid)
-        total = inc + (prev[0] if prev else 0)
-        first = prev[2] if prev else (str(st["first_seen"]) if st else iso(now))
-        rec.attempts[rid] = (total, iso(nxt), first, err[:500])
-
-    def _fail(
-        self,
-        session: Session,
-        row: OutRow,
-        inb: sqlite3.Connection,
-        err: str,
-        now: datetime,
-        *,
-        stopped: A2AStopped | None = None,
-    ) -> str:
-        rid = row["id"]
-        self._pending(session.id).outcomes[rid] = ("failed", None, sqlite_ts(now))
-        logger.error("delivery of %s (session %s) failed for good: %s", rid, session.id, err,
-                     extra={"session_id": session.id, "agent_group_id": session.agent_group_id,
-                            "message_id": rid, "chat_id": row["platform_id"]})  # fmt: skip
-        if stopped is not None:  # the loop guard: one note, carrying the hop count
-            if stopped.notify:
-                write_stop_note(self.sessions, session, row["seq"], stopped, now)
-                self.wake(session.id)
-            return "failed"
-        where = "another agent" if row["channel_type"] == "agent" else (
-            f"{row['channel_type']}:{row['platform_id']}" if row["channel_type"] else "(no address)"
-        )  # fmt: skip
-        if row["kind"] == "system":
-            where = "the host (system action)"
-        self.tell_agent(
-            session, f"Your message (seq {row['seq']}) to {where} could not be delivered: {err}",
-            now,
-        )  # fmt: skip
-        return "failed"
-
     def tell_agent(self, session: Session, text: str, now: datetime) -> None:
         try:
             self.sessions.notify_agent(session, text, now=now)
@@ -598,6 +496,18 @@ class Delivery:
                          session.id, exc, text)  # fmt: skip
             return
         self.wake(session.id)
+
+
+def _waits(session_id: str, exc: BaseException, now: datetime, result: DrainResult) -> None:
+    """A pass that cannot read or write the session's inbound.db now: tried again soon."""
+    logger.warning("delivery of session %s waits: %s", session_id, exc)
+    _retry_soon(now, result)
+
+
+def _retry_soon(now: datetime, result: DrainResult) -> None:
+    retry = now + timedelta(seconds=RECORD_RETRY_S)
+    result.next_retry = min(result.next_retry or retry, retry)
+    result.more = False
 
 
 async def gather_drains(delivery: Delivery, ids: list[str], now: Callable[[], datetime]) -> int:

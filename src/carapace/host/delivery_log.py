@@ -15,9 +15,11 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from carapace.db.connection import has_table, transaction
+from carapace.timefmt import iso, parse_ts
 
 HOST_TABLES = """
 CREATE TABLE IF NOT EXISTS carapace_delivery (
@@ -46,6 +48,14 @@ CREATE TABLE IF NOT EXISTS carapace_preview (
 """
 NEWEST_HOST_TABLE = "carapace_preview"  # present: every host table is
 RECORD_RETRY_S = 5.0  # a pass whose records could not be written (full disk) runs again
+MAX_DELIVERY_ATTEMPTS = 3
+UNAVAILABLE_RETRY_S = 30.0
+UNAVAILABLE_TTL_S = 24 * 3600.0
+UNAVAILABLE_MARK = "no reader: "  # an attempt's error while the channel has no reader
+
+
+def backoff_s(attempts: int) -> float:
+    return float(2 ** max(0, attempts - 1))
 
 
 def delivery_key(session_id: str, row_id: str) -> str:
@@ -67,6 +77,28 @@ class Records:
 
     def __bool__(self) -> bool:
         return bool(self.outcomes or self.attempts or self.cursor is not None)
+
+    def state(self, states: dict[str, dict[str, Any]], rid: str) -> dict[str, Any] | None:
+        """Row ``rid``'s attempt state: as committed (``states``, from :func:`known_of`),
+        with the attempts recorded here and not yet written."""
+        st = states.get(rid)
+        out: dict[str, Any] | None = dict(st) if st is not None else None
+        mem = self.attempts.get(rid)
+        if mem is not None:
+            inc, nxt, first, err = mem
+            base = out or {"attempts": 0, "first_seen": first}
+            out = {**base, "attempts": int(base["attempts"] or 0) + inc, "next_attempt": nxt,
+                   "last_error": err}  # fmt: skip
+        return out
+
+    def record_attempt(self, rid: str, inc: int, nxt: datetime, err: str, now: datetime,
+                       st: dict[str, Any] | None) -> None:  # fmt: skip
+        """An attempt of row ``rid`` (``inc`` counted: 0 for a wait for a reader), tried
+        again at ``nxt``; ``st`` its state before (:meth:`state`)."""
+        prev = self.attempts.get(rid)
+        total = inc + (prev[0] if prev else 0)
+        first = prev[2] if prev else (str(st["first_seen"]) if st else iso(now))
+        self.attempts[rid] = (total, iso(nxt), first, err[:500])
 
     def write(self, inb: sqlite3.Connection) -> None:
         """Inside the caller's transaction."""
@@ -92,6 +124,22 @@ class Records:
                 "ON CONFLICT(id) DO UPDATE SET seq=excluded.seq",
                 (self.cursor,),
             )
+
+
+def wait_until(row: Any, st: dict[str, Any] | None, now: datetime) -> datetime | None:
+    """When an outbound row may be tried (its ``deliver_after``, its attempt's backoff; a
+    row waiting for a reader is tried at every pass); None: now."""
+    waits_for_reader = st is not None and str(st["last_error"] or "").startswith(UNAVAILABLE_MARK)
+    nxt = st["next_attempt"] if st is not None and not waits_for_reader else None
+    for value in (row["deliver_after"], nxt):
+        if value:
+            try:
+                when = parse_ts(value)
+            except ValueError:
+                continue
+            if when > now:
+                return when
+    return None
 
 
 def delivered_of(inb: sqlite3.Connection, ids: list[str]) -> set[str]:

@@ -1,28 +1,110 @@
 """Where one outbound row goes (spec §4.3): a system action, another agent's session, or a
 channel adapter (an edit, a reaction, a question with buttons, files from the outbox, a
 reply shown as it was written). Delivery (host/delivery.py) decides *when* a row is sent
-and records the outcome; :func:`send_row` is the send itself."""
+and commits the outcomes; :func:`deliver_row` sends one row (:func:`send_row`) and notes
+its outcome: delivered, failed for good (the agent is told), or an attempt to retry."""
 
 from __future__ import annotations
 
+import logging
 import sqlite3
-from datetime import datetime
-from typing import TYPE_CHECKING
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
 
-from carapace.channels.base import OutboundFile, OutboundMessage
+from carapace.channels.base import ChannelUnavailable, OutboundFile, OutboundMessage
 from carapace.db.destinations import channel_refusal
 from carapace.db.session import SessionPaths
 from carapace.db.sessions import Session
 from carapace.errors import DeliveryError
+from carapace.host.a2a_guard import A2AStopped, write_stop_note
 from carapace.host.actions import route_agent_message
-from carapace.host.delivery_log import delivery_key
+from carapace.host.delivery_log import (
+    MAX_DELIVERY_ATTEMPTS,
+    UNAVAILABLE_MARK,
+    UNAVAILABLE_RETRY_S,
+    UNAVAILABLE_TTL_S,
+    backoff_s,
+    delivery_key,
+)
 from carapace.host.outbox_files import clear_outbox, read_outbox_files
 from carapace.host.outbox_reader import MAX_CONTENT_BYTES, OutRow
 from carapace.host.preview import edit_into_preview
 from carapace.jsonutil import loads_or
+from carapace.timefmt import parse_ts, sqlite_ts
 
 if TYPE_CHECKING:
     from carapace.host.delivery import Delivery
+
+logger = logging.getLogger(__name__)
+
+
+async def deliver_row(
+    d: Delivery,
+    session: Session,
+    paths: SessionPaths,
+    row: OutRow,
+    inb: sqlite3.Connection,
+    states: dict[str, dict[str, Any]],
+    now: datetime,
+    resend: bool = False,
+) -> str | None:
+    """Send one row; 'delivered' / 'failed' (noted in ``d.records``, committed by the
+    pass), or None when it waits for a retry (its attempt noted)."""
+    rid = row["id"]
+    rec = d.records(session.id)
+    st = rec.state(states, rid)
+    try:
+        pm = await send_row(d, session, paths, row, inb, now, resend=resend)
+    except ChannelUnavailable as exc:
+        first = parse_ts(st["first_seen"]) if st else now
+        if (now - first).total_seconds() >= UNAVAILABLE_TTL_S:
+            return _fail(d, session, row, f"no reader for {UNAVAILABLE_TTL_S:g} s", now)
+        rec.record_attempt(rid, 0, now + timedelta(seconds=UNAVAILABLE_RETRY_S),
+                           UNAVAILABLE_MARK + str(exc), now, st)  # fmt: skip
+        logger.info("message %s of session %s waits for a reader: %s", rid, session.id, exc)
+        return None
+    except Exception as exc:
+        permanent = isinstance(exc, DeliveryError) and exc.permanent
+        attempts = (int(st["attempts"] or 0) if st else 0) + 1
+        if isinstance(exc, A2AStopped):
+            return _fail(d, session, row, str(exc), now, stopped=exc)
+        if permanent or attempts >= MAX_DELIVERY_ATTEMPTS:
+            return _fail(d, session, row, str(exc) or type(exc).__name__, now)
+        rec.record_attempt(rid, 1, now + timedelta(seconds=backoff_s(attempts)), str(exc), now, st)
+        logger.warning("delivery of %s (session %s) failed, attempt %d: %s",
+                       rid, session.id, attempts, exc)  # fmt: skip
+        return None
+    rec.outcomes[rid] = ("delivered", pm, sqlite_ts(now))
+    logger.info("delivered %s (session %s, seq %s) to %s:%s", rid, session.id, row["seq"],
+                row["channel_type"], row["platform_id"],
+                extra={"session_id": session.id, "agent_group_id": session.agent_group_id,
+                       "message_id": rid, "chat_id": row["platform_id"],
+                       "channel_type": row["channel_type"]})  # fmt: skip
+    return "delivered"
+
+
+def _fail(d: Delivery, session: Session, row: OutRow, err: str, now: datetime, *,
+          stopped: A2AStopped | None = None) -> str:  # fmt: skip
+    """The row failed for good: noted, and the agent told (the loop guard: one note)."""
+    rid = row["id"]
+    d.records(session.id).outcomes[rid] = ("failed", None, sqlite_ts(now))
+    logger.error("delivery of %s (session %s) failed for good: %s", rid, session.id, err,
+                 extra={"session_id": session.id, "agent_group_id": session.agent_group_id,
+                        "message_id": rid, "chat_id": row["platform_id"]})  # fmt: skip
+    if stopped is not None:  # the loop guard: one note, carrying the hop count
+        if stopped.notify:
+            write_stop_note(d.sessions, session, row["seq"], stopped, now)
+            d.wake(session.id)
+        return "failed"
+    where = "another agent" if row["channel_type"] == "agent" else (
+        f"{row['channel_type']}:{row['platform_id']}" if row["channel_type"] else "(no address)"
+    )  # fmt: skip
+    if row["kind"] == "system":
+        where = "the host (system action)"
+    d.tell_agent(
+        session, f"Your message (seq {row['seq']}) to {where} could not be delivered: {err}", now
+    )
+    return "failed"
 
 
 async def send_row(

@@ -2,8 +2,8 @@
 
 ``[metrics] port = 9464`` in carapace.toml turns the endpoint on (``127.0.0.1`` only; there
 is no web server yet, so it always has its own port). ``HostMetrics.install(host)`` wraps
-the host's ``route``, ``sweep_once`` and the delivery's ``drain``/``_deliver_row`` to count
-and time them, and starts an event-loop stall probe. Gauges that describe state (runners,
+the host's ``route``, ``sweep_once`` and the delivery's ``drain`` to count and time them,
+hears each row's outcome (``Delivery.on_outcome``), and starts an event-loop stall probe. Gauges that describe state (runners,
 approvals, model usage) are read at scrape time: the pool from the host's objects, the
 database through a read-only connection of the scraping thread. Model calls and tokens
 come from the ``carapace_usage`` table when it exists; without it they are not exported.
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import sqlite3
 import time
 from collections import OrderedDict
@@ -30,7 +29,6 @@ from carapace.ops import section, setting_int
 if TYPE_CHECKING:
     from carapace.host.host import Host
 
-logger = logging.getLogger(__name__)
 
 LATENCY_BUCKETS = (0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600)
 DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -170,7 +168,6 @@ class HostMetrics:
         self.db_path = host.home.central_db.resolve().as_posix()
         route, sweep_once = host.route, host.sweep_once
         drain = host.delivery.drain
-        deliver_row = getattr(host.delivery, "_deliver_row", None)
 
         async def timed_route(event: Any, **kw: Any) -> Any:
             res = await route(event, **kw)
@@ -191,20 +188,14 @@ class HostMetrics:
             finally:
                 self.drain.observe(time.perf_counter() - t)
 
-        async def counted_row(session: Any, paths: Any, row: Any, *a: Any, **kw: Any) -> Any:
-            assert deliver_row is not None
-            status = await deliver_row(session, paths, row, *a, **kw)
+        def counted_row(row: Any, status: str | None) -> None:
             with contextlib.suppress(Exception):
                 self.note_delivery(row["channel_type"], status, row["in_reply_to"])
-            return status
 
         host.route = timed_route  # type: ignore[method-assign]
         host.sweep_once = timed_sweep  # type: ignore[method-assign]
         host.delivery.drain = timed_drain  # type: ignore[method-assign]
-        if deliver_row is not None:
-            host.delivery._deliver_row = counted_row  # type: ignore[method-assign]
-        else:  # pragma: no cover - the delivery code changed shape
-            logger.warning("delivery counts unavailable: Delivery._deliver_row is gone")
+        host.delivery.on_outcome = counted_row
 
     async def _probe_loop(self) -> None:
         loop = asyncio.get_running_loop()
