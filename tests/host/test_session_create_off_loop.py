@@ -22,6 +22,8 @@ from carapace.db.central import open_central
 from carapace.db.session import SessionPaths
 from carapace.db.sessions import list_sessions
 from carapace.host import sessions as sessions_mod
+from carapace.host.ingest import Ingest
+from carapace.host.ingest_journal import IngestJournal
 from carapace.host.sessions import SessionManager
 
 
@@ -100,11 +102,23 @@ def test_routing_does_not_stat_a_known_session_file_and_a_deleted_folder_is_made
             loop_stats.append(str(path))
         return real_stat(path, *args, **kwargs)  # type: ignore[arg-type]
 
+    # the router's way in, as in the host: journaled, then written by the session's pump
+    journal = IngestJournal(tmp_path / "ingest.db")
+    mgr.ingest = Ingest(mgr, journal)
+
     async def route(i: int) -> int | None:
         session, _ = await mgr.resolve_async(ag, mg, None, "shared", now=now)
-        return await mgr.write_grouped(session, {"id": f"m{i}", "kind": "chat",
-                                                 "timestamp": "2026-01-01T00:00:00Z",
-                                                 "content": "{}"}, now=now)  # fmt: skip
+        heard: list[int | None] = []
+
+        async def outcome(seq: int | None, exc: BaseException | None) -> None:
+            assert exc is None, exc
+            heard.append(seq)
+
+        await mgr.accept(session, {"id": f"m{i}", "kind": "chat",
+                                   "timestamp": "2026-01-01T00:00:00Z", "content": "{}"},
+                         now=now, outcome=outcome)  # fmt: skip
+        await mgr.settle([session.id], through_failures=False)
+        return heard[0]
 
     async def scenario() -> tuple[Path, int]:
         await route(0)  # a new session: its folder is made
@@ -138,6 +152,7 @@ def test_routing_does_not_stat_a_known_session_file_and_a_deleted_folder_is_made
             inbound.close()
         assert ids == [f"m{i}" for i in range(4, 9)]
     finally:
+        journal.close()
         mgr.writers.close()
         db.close()
 

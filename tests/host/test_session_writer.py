@@ -56,6 +56,13 @@ def _row(mid: str) -> dict[str, Any]:
             "platform_id": "p", "channel_type": "cli", "content": '{"text": "x"}'}  # fmt: skip
 
 
+async def _write(mgr: SessionManager, s: Session, row: dict[str, Any]) -> int | None:
+    """One row through the ingest pump's write (``write_batch``): its seq."""
+    [res] = await mgr.write_batch(s, [mgr.prepare_row(s, row, NOW)], NOW)
+    assert not isinstance(res, BaseException), res
+    return res
+
+
 def _stored(env: Env) -> list[tuple[str, int]]:
     """``(id, seq)`` of messages_in, read with a fresh connection (what is on disk)."""
     conn = sqlite3.connect(env.mgr.paths(env.session).inbound)
@@ -79,17 +86,17 @@ def _hold(writers: SessionWriters, sid: str, env: Env) -> tuple[threading.Event,
 
 
 def test_one_sessions_writes_keep_their_order_across_the_thread(env: Env) -> None:
-    """Rows written while earlier commits are in flight land in several commits; the seqs
+    """Rows written while earlier commits are in flight land in later commits; the seqs
     follow the order the callers wrote in, and the commits ran on a writer thread."""
     mgr, s = env.mgr, env.session
 
     async def go() -> tuple[list[int | None], str]:
         gate, (held, entered) = _hold(mgr.writers, s.id, env)
         await asyncio.to_thread(entered.wait)
-        first = [asyncio.ensure_future(mgr.write_grouped(s, _row(f"a{i}"), now=NOW))
+        first = [asyncio.ensure_future(_write(mgr, s, _row(f"a{i}")))
                  for i in range(5)]  # fmt: skip
         await asyncio.sleep(0)  # the first group is taken (queued behind the held job)
-        second = [asyncio.ensure_future(mgr.write_grouped(s, _row(f"b{i}"), now=NOW))
+        second = [asyncio.ensure_future(_write(mgr, s, _row(f"b{i}")))
                   for i in range(5)]  # fmt: skip
         gate.set()
         seqs = await asyncio.gather(*first, *second)
@@ -133,9 +140,9 @@ def test_jobs_of_one_session_run_in_submission_order(env: Env) -> None:
 def test_a_failed_commit_reaches_every_caller_and_stores_nothing(
     env: Env, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A full disk mid-batch: the whole group commit rolls back; every caller of that
-    group gets the error (none hears "stored", so nothing is acknowledged to a sender), and
-    the next write, once the disk has room again, goes through."""
+    """A full disk mid-batch: the whole commit rolls back and the error reaches the caller
+    (the ingest pump: every row of the batch stays journaled, none is reported stored),
+    and the next write, once the disk has room again, goes through."""
     mgr, s = env.mgr, env.session
     real = sessions_mod.insert_message_in
     calls = 0
@@ -149,16 +156,13 @@ def test_a_failed_commit_reaches_every_caller_and_stores_nothing(
 
     monkeypatch.setattr(sessions_mod, "insert_message_in", full_on_second)
 
-    async def go() -> list[Any]:
-        return list(await asyncio.gather(*(mgr.write_grouped(s, _row(f"m{i}"), now=NOW)
-                                           for i in range(3)), return_exceptions=True))  # fmt: skip
-
-    results = asyncio.run(go())
+    rows = [mgr.prepare_row(s, _row(f"m{i}"), NOW) for i in range(3)]
+    with pytest.raises(sqlite3.OperationalError, match="disk is full"):
+        asyncio.run(mgr.write_batch(s, rows, NOW))  # one commit: every row's caller hears it
     assert calls == 2  # one batch: the first row was inserted, then rolled back
-    assert all(isinstance(r, sqlite3.OperationalError) for r in results), results
     assert _stored(env) == []
     monkeypatch.setattr(sessions_mod, "insert_message_in", real)
-    assert isinstance(asyncio.run(mgr.write_grouped(s, _row("later"), now=NOW)), int)
+    assert isinstance(asyncio.run(_write(mgr, s, _row("later"))), int)
     assert [mid for mid, _ in _stored(env)] == ["later"]
 
 
@@ -173,7 +177,7 @@ def test_a_failed_commit_fails_the_route_so_the_channel_does_not_acknowledge(
 
     monkeypatch.setattr(sessions_mod, "insert_message_in", full)
     with pytest.raises(sqlite3.OperationalError, match="disk is full"):
-        asyncio.run(env.mgr.write_grouped(env.session, _row("x"), now=NOW))
+        asyncio.run(_write(env.mgr, env.session, _row("x")))
     assert _stored(env) == []
 
 
@@ -186,7 +190,7 @@ def test_stop_drains_pending_writes(env: Env) -> None:
     async def go() -> list[asyncio.Future[int | None]]:
         gate, (held, entered) = _hold(mgr.writers, s.id, env)
         await asyncio.to_thread(entered.wait)
-        pending = [asyncio.ensure_future(mgr.write_grouped(s, _row(f"m{i}"), now=NOW))
+        pending = [asyncio.ensure_future(_write(mgr, s, _row(f"m{i}")))
                    for i in range(4)]  # fmt: skip
         await asyncio.sleep(0)
         assert _stored(env) == []  # all still waiting behind the held job
@@ -203,7 +207,7 @@ def test_stop_drains_pending_writes(env: Env) -> None:
     assert all(isinstance(f.result(), int) for f in pending)
     mgr.writers.close()
     with pytest.raises(WritersClosed):
-        asyncio.run(mgr.write_grouped(s, _row("late"), now=NOW))
+        asyncio.run(_write(mgr, s, _row("late")))
     assert "late" not in [mid for mid, _ in _stored(env)]
 
 

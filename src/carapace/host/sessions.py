@@ -52,7 +52,6 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-GROUP_MAX = 256  # rows per group commit (bounds one commit of the writer thread)
 PATHS_KEPT = 4096  # SessionPaths objects kept (a cache: cleared when full)
 LAST_ACTIVE_EVERY_S = 1.0  # a session's last_active is written at most this often
 LAST_ACTIVE_EVERY = timedelta(seconds=LAST_ACTIVE_EVERY_S)
@@ -97,15 +96,12 @@ class SessionManager:
         self._out_max: dict[str, int] = {}
         self._paths: dict[tuple[str, str], SessionPaths] = {}
         self.live_check_s = 30.0  # the host's SLA check of a live runner (sweep.SLA_CHECK_S)
-        self._groups: dict[str, list[tuple[dict[str, Any], asyncio.Future[int | None]]]] = {}
-        self._flushing: set[str] = set()  # sessions whose group commit is in flight
-        self._flush_tasks: set[asyncio.Task[None]] = set()
-        # grouped inbound writes and delivery's outcome commits run here, off the event
+        # inbound writes and delivery's outcome commits run here, off the event
         # loop, in submission order per session (host/session_writer.py, issue 19)
         self.writers = SessionWriters()
         self._making: dict[str, asyncio.Event] = {}  # session folders being made off the loop
         # sessions whose inbound.db this host has seen: the router does not stat it per
-        # message; a write that finds it gone makes the folder again (write_grouped)
+        # message; a write that finds it gone makes the folder again (_in_folder)
         self._present: set[str] = set()
         # told when a session's folder turns out to have been deleted (and is made again):
         # a runner of that session still works on the deleted files (the host stops it)
@@ -359,22 +355,19 @@ class SessionManager:
         """The router's write: returns once the row is durable, then reports its outcome
         through ``outcome`` (the seq; None when the id existed; or the error that refused
         it for good). With the host's ingest journal (host/ingest.py) it returns once the
-        row is journaled and the outcome follows; without one (a bare manager) the row is
-        written here and the outcome heard before the return. A passing failure (a full
-        disk) is raised: the sender is not acknowledged."""
+        row is journaled and the outcome follows; without one (a bare manager: no host) the
+        row is written here, in a durable commit of its own, and the outcome heard before
+        the return. A passing failure (a full disk) is raised: the sender is not
+        acknowledged."""
         if self.ingest is not None:
             await self.ingest.accept(session, row, now=now, outcome=outcome, delayed=delayed)
             return
-        try:
-            seq = await self.write_grouped(session, row, now=now)
-        except sqlite3.OperationalError:
-            raise
-        except (StoreError, sqlite3.DatabaseError) as exc:
-            if outcome is not None:
-                await outcome(None, exc)
-            return
+        [res] = await self.write_batch(session, [self.prepare_row(session, row, now)], now)
         if outcome is not None:
-            await outcome(seq, None)
+            if isinstance(res, BaseException):
+                await outcome(None, res)
+            else:
+                await outcome(res, None)
 
     async def settle(
         self, session_ids: list[str] | None = None, *, through_failures: bool = True
@@ -383,17 +376,6 @@ class SessionManager:
         (``through_failures``) kept in the journal while their file fails."""
         if self.ingest is not None:
             await self.ingest.settle(session_ids, through_failures=through_failures)
-
-    async def write_grouped(
-        self, session: Session, row: dict[str, Any], *, now: datetime
-    ) -> int | None:
-        """:meth:`write_message` with group commit (issue 19), committed by the session's
-        writer thread: rows for one session that arrive while a commit is in flight (or in
-        the same pass of the event loop) share the next durable commit; a lone row goes at
-        once, with no wait for company. Returns the seq once the row is durable (None: the
-        id existed); a failed commit (a full disk) raises here and nothing is stored."""
-        row = self.prepare_row(session, row, now)
-        return await self._write_grouped(session, row, now=now)
 
     async def write_batch(
         self, session: Session, rows: list[dict[str, Any]], now: datetime
@@ -424,73 +406,14 @@ class SessionManager:
         row.setdefault("series_id", row["id"])
         return row
 
-    async def _write_grouped(
-        self, session: Session, row: dict[str, Any], *, now: datetime
-    ) -> int | None:
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[int | None] = loop.create_future()
-        self._groups.setdefault(session.id, []).append((row, fut))
-        if session.id not in self._flushing:
-            self._flushing.add(session.id)
-            task = loop.create_task(self._flush_groups(session, now))
-            self._flush_tasks.add(task)
-            task.add_done_callback(self._flush_tasks.discard)
-        return await fut
-
     async def drain_writes(self) -> None:
-        """Wait until every grouped write and writer job submitted so far is on disk (the
-        host's stop: nothing a sender was about to hear of is left behind; journaled rows
-        are written, or, when their file fails, left for the next start)."""
+        """Wait until every row accepted and every writer job submitted so far is on disk
+        (the host's stop: nothing a sender was about to hear of is left behind; journaled
+        rows are written, or, when their file fails, left for the next start)."""
         if self.ingest is not None:
             await self.ingest.settle(through_failures=False)
             await self.ingest.journal.drain()
-        while self._flush_tasks:
-            await asyncio.gather(*list(self._flush_tasks), return_exceptions=True)
         await self.writers.drain()
-
-    async def _flush_groups(self, session: Session, now: datetime) -> None:
-        """One commit after another while rows wait (each takes what came meanwhile)."""
-        try:
-            while group := self._groups.pop(session.id, None):
-                batch, rest = group[:GROUP_MAX], group[GROUP_MAX:]
-                if rest:
-                    self._groups[session.id] = rest
-                await self._flush_group(session, batch, now)
-        finally:
-            self._flushing.discard(session.id)
-            for _row, fut in self._groups.pop(session.id, []):  # cancelled: none is stored
-                if not fut.done():
-                    fut.cancel()
-
-    async def _flush_group(
-        self,
-        session: Session,
-        batch: list[tuple[dict[str, Any], asyncio.Future[int | None]]],
-        now: datetime,
-    ) -> None:
-        rows = [r for r, fut in batch if not fut.done()]
-        if not rows:
-            return
-        try:  # (a folder made again: the whole group once more, in its order)
-            results = await self._in_folder(session, lambda: self.write_rows(session, rows, now))
-        except Exception as exc:
-            for _row, fut in batch:
-                if not fut.done():
-                    fut.set_exception(exc)
-            return
-        except BaseException:  # cancelled: the senders are not told it is stored
-            for _row, fut in batch:
-                fut.cancel()
-            raise
-        pending = iter(results)
-        for _row, fut in batch:
-            if fut.done():  # cancelled before the batch was taken: not in ``rows``
-                continue
-            seq = next(pending)
-            if isinstance(seq, BaseException):
-                fut.set_exception(seq)
-            else:
-                fut.set_result(seq)
 
     async def write_rows(
         self, session: Session, rows: list[dict[str, Any]], now: datetime
