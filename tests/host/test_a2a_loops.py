@@ -16,6 +16,7 @@ from carapace.channels.fake import make_event
 from carapace.db.destinations import add_destination
 from carapace.db.sessions import Session
 from carapace.host.a2a_guard import A2A_MAX_HOPS, A2A_RATE_LIMIT, A2AGuard
+from carapace.host.wake_files import wake_plan, write_wake_files
 from carapace.jsonutil import dumps
 from carapace.runner.config import RunnerConfig
 from carapace.runner.loop import Runner
@@ -66,7 +67,9 @@ def pump(rig: Rig, runners: dict[str, Runner], rounds: int = 200) -> int:
                 continue
             r = runners.get(s.id)
             if r is None:
-                agent_dir = rig.host.sessions.prepare_wake(s)
+                plan = wake_plan(rig.db, rig.host.home, paths, s)  # as a spawn does
+                write_wake_files(rig.host.home, plan)
+                agent_dir = plan.agent_dir
                 cfg = RunnerConfig.load(
                     paths.root, agent_dir, provider="mock", environ={"CARAPACE_TZ": "UTC"}
                 )

@@ -30,6 +30,11 @@ from carapace.testing.ingest import journal_rows
 SRC = Path(__file__).resolve().parents[2] / "src"
 
 
+async def _append(journal: IngestJournal, session_id: str, row: dict[str, Any]) -> int:
+    """A row journaled as the router does it, once its commit is durable."""
+    return await journal.submit(session_id, row)
+
+
 def inbound_ids(rig: Rig, s: Session) -> list[str]:
     return [
         r["id"].split(":")[0] for r in rig.inbound(s, "SELECT id FROM messages_in ORDER BY seq")
@@ -208,7 +213,7 @@ def test_the_journal_file_is_private_and_never_opened_through_a_link(tmp_path: P
     journal = IngestJournal(path)
 
     async def two() -> list[int]:
-        return [await journal.append("s1", {"id": "a"}), await journal.append("s1", {"id": "b"})]
+        return [await journal.submit("s1", {"id": "a"}), await journal.submit("s1", {"id": "b"})]
 
     ns = asyncio.run(two())
     assert ns[0] < ns[1]
@@ -223,7 +228,7 @@ def test_the_journal_file_is_private_and_never_opened_through_a_link(tmp_path: P
     journal.close()
     assert IngestJournal(path).pending() == []
     with pytest.raises(JournalClosed):
-        asyncio.run(journal.append("s1", {"id": "c"}))
+        asyncio.run(_append(journal, "s1", {"id": "c"}))
 
     target = tmp_path / "elsewhere.db"
     target.write_bytes(b"")
@@ -239,7 +244,7 @@ def test_a_journaled_row_that_does_not_decode_is_dropped_with_an_error(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     journal = IngestJournal(tmp_path / "ingest.db")
-    asyncio.run(journal.append("s1", {"id": "good"}))
+    asyncio.run(_append(journal, "s1", {"id": "good"}))
     conn = sqlite3.connect(tmp_path / "ingest.db")
     conn.execute("INSERT INTO pending (session_id, row) VALUES ('s1', 'not json')")
     conn.execute("INSERT INTO pending (session_id, row) VALUES ('s1', '[1, 2]')")
@@ -411,7 +416,7 @@ def test_a_journaled_row_already_in_its_file_is_not_written_twice_at_start(
     s = _chat_session(rig)
     journal = rig.host.sessions.ingest.journal  # type: ignore[union-attr]
     [stored] = rig.inbound(s, "SELECT * FROM messages_in")
-    rig.run(journal.append(s.id, dict(stored)))  # as left by a host killed in between
+    rig.run(_append(journal, s.id, dict(stored)))  # as left by a host killed in between
     rig.run(rig.host.stop())
     assert [mid for _sid, mid in journal_rows(rig.host.home)] == [stored["id"]]
     with caplog.at_level(logging.WARNING):
@@ -426,7 +431,7 @@ def test_a_journaled_row_of_a_session_that_is_gone_is_dropped_at_start(
     rig: Rig, caplog: pytest.LogCaptureFixture
 ) -> None:
     journal = rig.host.sessions.ingest.journal  # type: ignore[union-attr]
-    rig.run(journal.append("sess-nonexistent", {"id": "orphan:x", "kind": "chat"}))
+    rig.run(_append(journal, "sess-nonexistent", {"id": "orphan:x", "kind": "chat"}))
     rig.run(rig.host.stop())
     with caplog.at_level(logging.ERROR):
         rig.run(rig.host.start(background=False))

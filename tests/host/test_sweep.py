@@ -158,7 +158,7 @@ def test_a_failing_sweep_backs_off_instead_of_spinning(
         raise sqlite3.OperationalError("database or disk is full")
 
     monkeypatch.setattr(host_sweep, "sweep_session", full)
-    monkeypatch.setattr(rig.host.sessions, "set_work", no_room)  # the next due time too
+    monkeypatch.setattr(rig.host.sessions.work, "set", no_room)  # the next due time too
     monkeypatch.setattr(host_sweep, "_pause", pause)
     rig.host._sweep_event = asyncio.Event()
     with caplog.at_level(logging.ERROR, logger="carapace.host.host"):
@@ -188,11 +188,11 @@ def test_a_work_mark_the_disk_refuses_is_kept_until_it_can_be_written(
     mgr = rig.host.sessions
     now = rig.clock.now()
     monkeypatch.setattr(sessions_mod, "mark_session_work", full)
-    mgr.mark_work("sess-x", "2000-01-01T00:00:00.000Z")
-    assert "sess-x" in mgr.due_work(now)  # the sweep sees it though the DB does not have it
-    assert mgr.next_work_due() == "2000-01-01T00:00:00.000Z"
+    mgr.work.mark("sess-x", "2000-01-01T00:00:00.000Z")
+    assert "sess-x" in mgr.work.due(now)  # the sweep sees it though the DB does not have it
+    assert mgr.work.next_due() == "2000-01-01T00:00:00.000Z"
     monkeypatch.setattr(sessions_mod, "mark_session_work", real)
-    assert "sess-x" in mgr.due_work(now)  # written now
+    assert "sess-x" in mgr.work.due(now)  # written now
     assert mgr.work._unmarked == {}
     [(due,)] = rig.db.execute(
         "SELECT next_due FROM carapace_session_work WHERE session_id='sess-x'"
@@ -219,21 +219,21 @@ def _index(rig: Rig, sid: str) -> str | None:
 def test_a_work_mark_is_written_only_when_it_moves_the_session_earlier(rig: Rig) -> None:
     """Issue 19: a routed message marked its session in the work index with a central
     write each time. A mark no earlier than one the index is known to hold is skipped;
-    set_work (the sweep moving a due later, or dropping it) is the only way a due gets
+    WorkMarks.set (the sweep moving a due later, or dropping it) is the only way a due gets
     later, and after it the next mark is written again."""
     mgr = rig.host.sessions
     writes = _work_writes(rig)
-    mgr.mark_work("sess-m", "2030-01-01T00:00:05.000Z")
-    mgr.mark_work("sess-m", "2030-01-01T00:00:06.000Z")  # later: the index holds 05
-    mgr.mark_work("sess-m", "2030-01-01T00:00:05.000Z")  # the same
+    mgr.work.mark("sess-m", "2030-01-01T00:00:05.000Z")
+    mgr.work.mark("sess-m", "2030-01-01T00:00:06.000Z")  # later: the index holds 05
+    mgr.work.mark("sess-m", "2030-01-01T00:00:05.000Z")  # the same
     assert len(writes) == 1 and _index(rig, "sess-m") == "2030-01-01T00:00:05.000Z"
-    mgr.mark_work("sess-m", "2030-01-01T00:00:04.000Z")  # earlier: written
+    mgr.work.mark("sess-m", "2030-01-01T00:00:04.000Z")  # earlier: written
     assert len(writes) == 2 and _index(rig, "sess-m") == "2030-01-01T00:00:04.000Z"
-    mgr.set_work("sess-m", "2030-01-01T00:10:00.000Z")  # the sweep moves it later
-    mgr.mark_work("sess-m", "2030-01-01T00:00:07.000Z")  # earlier than the index now
+    mgr.work.set("sess-m", "2030-01-01T00:10:00.000Z")  # the sweep moves it later
+    mgr.work.mark("sess-m", "2030-01-01T00:00:07.000Z")  # earlier than the index now
     assert _index(rig, "sess-m") == "2030-01-01T00:00:07.000Z"
-    mgr.set_work("sess-m", None)  # dropped: any mark is written
-    mgr.mark_work("sess-m", "2030-01-01T00:20:00.000Z")
+    mgr.work.set("sess-m", None)  # dropped: any mark is written
+    mgr.work.mark("sess-m", "2030-01-01T00:20:00.000Z")
     assert _index(rig, "sess-m") == "2030-01-01T00:20:00.000Z"
     rig.db.set_trace_callback(None)
 
@@ -243,10 +243,10 @@ def test_a_work_mark_inside_a_rolled_back_transaction_is_not_trusted(rig: Rig) -
 
     mgr = rig.host.sessions
     with pytest.raises(RuntimeError), transaction(rig.db):
-        mgr.mark_work("sess-r", "2030-01-01T00:00:05.000Z")
+        mgr.work.mark("sess-r", "2030-01-01T00:00:05.000Z")
         raise RuntimeError("rolled back")
     assert _index(rig, "sess-r") is None
-    mgr.mark_work("sess-r", "2030-01-01T00:00:09.000Z")  # not skipped: the first never held
+    mgr.work.mark("sess-r", "2030-01-01T00:00:09.000Z")  # not skipped: the first never held
     assert _index(rig, "sess-r") == "2030-01-01T00:00:09.000Z"
 
 
@@ -316,13 +316,13 @@ def test_the_series_hook_runs_only_for_sessions_with_tasks(
     s = _pending(rig)
     rig.backend.handles[s.id].exit(0)
     rig.settle()
-    rig.host.sessions.set_work(s.id, iso(rig.clock.now()))
+    rig.host.sessions.work.set(s.id, iso(rig.clock.now()))
     report = rig.run(rig.host.sweep_once())
     assert s.id in report.visited and calls == []
     rig.reply(s, {"action": "schedule_task", "taskId": "task-7", "prompt": "p",
                   "processAfter": (rig.clock.now() + timedelta(minutes=5)).isoformat()},
               kind="system")  # fmt: skip
     rig.run(rig.host.deliver_once(s.id))
-    rig.host.sessions.set_work(s.id, iso(rig.clock.now()))
+    rig.host.sessions.work.set(s.id, iso(rig.clock.now()))
     report = rig.run(rig.host.sweep_once())
     assert s.id in report.visited and calls == [s.id]

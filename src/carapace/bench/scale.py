@@ -116,7 +116,7 @@ async def _measure(home: Home, ids: list[str], idle_s: float) -> dict[str, Any]:
         now = host.now()
         with transaction(host.db):
             for sid in ids:
-                host.sessions.set_work(sid, iso(now))
+                host.sessions.work.set(sid, iso(now))
         probe.start()
         t0 = time.perf_counter()
         await host.sweep_once(now)

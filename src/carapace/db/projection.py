@@ -3,7 +3,7 @@
 ``project_group`` is what the direct admin context's projection hook calls (no host
 running): it brings the ``destinations`` table of every active session of the agent group up
 to date. A running host projects a change only into the sessions whose runner is alive,
-off its event loop, and the others project on wake (``prepare_wake``; issue 19). Either
+off its event loop, and the others project on wake (host/wake_files.py; issue 19). Either
 way a session whose rows are already right gets no write.
 """
 

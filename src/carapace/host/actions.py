@@ -132,7 +132,7 @@ class SystemActions:
     ) -> None:
         task_id = str(c.get("taskId") or "")
         if series.resume_series(inb, task_id, now=now, default_tz=self.timezone):
-            self.sessions.mark_work(session.id, iso(now))
+            self.sessions.work.mark(session.id, iso(now))
         else:
             self._no_match(session, "resume_task", c, now)
 
@@ -148,7 +148,7 @@ class SystemActions:
         if not series.update_series(inb, task_id, fields, now=now):
             self._no_match(session, "update_task", c, now)
             return
-        self.sessions.mark_work(session.id, iso(now))
+        self.sessions.work.mark(session.id, iso(now))
 
     async def task_script_result(
         self, session: Session, c: dict[str, Any], inb: sqlite3.Connection, now: datetime

@@ -253,7 +253,7 @@ class Host:
             return
         h = self._health.get(session_id)
         if h is not None and h.not_before is not None and h.not_before > self.now():
-            self.sessions.mark_work(session_id, due_iso(h.not_before) or "")
+            self.sessions.work.mark(session_id, due_iso(h.not_before) or "")
             self._kick_sweep()
             return
         host_runners.work_seen(self, session_id)  # it has work now
@@ -467,7 +467,7 @@ class Host:
         """A reader came back (e.g. a CLI client): retry every session with waiting rows."""
         if self._stopping:
             return
-        for sid in self.sessions.due_work(self.now() + timedelta(days=3650)):
+        for sid in self.sessions.work.due(self.now() + timedelta(days=3650)):
             self._spawn(self._drain(sid))
 
     async def route(self, event: InboundEvent, *, settle: bool = True) -> RouteResult:
@@ -500,7 +500,7 @@ class Host:
         if r.delivered:
             self.typing.stop(session_id)
         if r.next_retry is not None:
-            self.sessions.mark_work(session_id, due_iso(r.next_retry) or "")
+            self.sessions.work.mark(session_id, due_iso(r.next_retry) or "")
             self._kick_sweep()
         return r.delivered
 
@@ -508,7 +508,7 @@ class Host:
         """One delivery pass over one session, or every session with work or a runner."""
         if session_id is not None:
             return await self._drain(session_id)
-        ids = set(self.sessions.due_work(self.now() + timedelta(days=3650)))
+        ids = set(self.sessions.work.due(self.now() + timedelta(days=3650)))
         ids.update(self.pool.running)
         total = 0
         for sid in sorted(ids):

@@ -77,7 +77,7 @@ async def prepare(host: Host, session_id: str) -> RunnerSpec | None:
     )
     if host._watcher is not None:
         host_watch.watch_session(host, paths.root)
-    host.sessions.mark_work(session.id, due_iso(host.now() + timedelta(seconds=SLA_CHECK_S)) or "")
+    host.sessions.work.mark(session.id, due_iso(host.now() + timedelta(seconds=SLA_CHECK_S)) or "")
     env = {"CARAPACE_TZ": host.settings.timezone, **host.options.runner_env}
     streams = host.previews.channels()
     if streams:  # replies shown as they are written (host/preview.py)
@@ -187,7 +187,7 @@ async def after_exit(
         await host.delivery.outbox.call(functools.partial(release, host), session_id, now, count)
     finally:
         host._releasing.discard(session_id)
-    host.sessions.mark_work(session_id, due_iso(due) or "")
+    host.sessions.work.mark(session_id, due_iso(due) or "")
     host._kick_sweep()
     host._on_outbound_change(session_id)
 
@@ -284,7 +284,7 @@ async def acks_ride_along(host: Host, session_id: str) -> RideAlong | None:
 
     def done(task: object) -> None:
         if task and not host._stopping:  # the sweep records the task's run
-            host.sessions.mark_work(session_id, due_iso(host.now()) or "")
+            host.sessions.work.mark(session_id, due_iso(host.now()) or "")
             host._kick_sweep()
 
     def undo() -> None:
@@ -315,7 +315,7 @@ async def flush_acks(host: Host, session_id: str) -> None:
                            session_id, exc)  # fmt: skip
             return
         if task and not host._stopping:  # the sweep records the task's run
-            host.sessions.mark_work(session_id, due_iso(host.now()) or "")
+            host.sessions.work.mark(session_id, due_iso(host.now()) or "")
             host._kick_sweep()
 
 

@@ -41,14 +41,14 @@ FAIL_BACKOFF_S = 0.5  # first wait after a failed pass; doubles per failed pass,
 async def sweep_once(host: Host, now: datetime | None = None) -> SweepReport:
     when = now or host.now()
     report = SweepReport()
-    for sid in host.sessions.due_work(when):
+    for sid in host.sessions.work.due(when):
         try:
             await sweep_session(host, sid, when, report)
         except Exception as exc:
             report.errors.append(sid)
             log_failure(f"sweep of session {sid} failed", exc)
             try:
-                host.sessions.set_work(sid, due_iso(when + timedelta(seconds=SAFETY_TICK_S)))
+                host.sessions.work.set(sid, due_iso(when + timedelta(seconds=SAFETY_TICK_S)))
             except sqlite3.Error as again:  # e.g. the disk is still full: the loop backs off
                 logger.debug("work index of %s not updated: %s", sid, again)
     return report
@@ -66,11 +66,11 @@ def log_failure(what: str, exc: BaseException) -> None:
 async def sweep_session(host: Host, sid: str, now: datetime, report: SweepReport) -> None:
     session = host.sessions.get(sid)
     if session is None or (session.status or "active") != "active":
-        host.sessions.set_work(sid, None)
+        host.sessions.work.set(sid, None)
         return
     paths = host.sessions.paths(session)
     if not paths.inbound.exists():
-        host.sessions.set_work(sid, None)
+        host.sessions.work.set(sid, None)
         return
     report.visited.append(sid)
     running = host.pool.is_running(sid)
@@ -122,7 +122,7 @@ async def sweep_session(host: Host, sid: str, now: datetime, report: SweepReport
         now + timedelta(seconds=SLA_CHECK_S) if alive else None,
         h.not_before if (blocked and h is not None and scan.due_now) else None,
     )  # fmt: skip
-    host.sessions.set_work(sid, due_iso(nxt))
+    host.sessions.work.set(sid, due_iso(nxt))
 
 
 def sessions_inbound(host: Host, paths: Any) -> sqlite3.Connection:
@@ -155,7 +155,7 @@ async def sweep_loop(host: Host) -> None:
             log_failure("sweep pass failed", exc)
         delay = SAFETY_TICK_S
         try:
-            nxt = host.sessions.next_work_due()
+            nxt = host.sessions.work.next_due()
         except sqlite3.Error:
             nxt = None
         if nxt:

@@ -6,7 +6,7 @@ one event at a time and waits for each was bound by it (~700 msg/s). The journal
 host-private SQLite file, ``data/ingest.db``, in WAL mode with ``synchronous=FULL``: a
 commit appends to the ``-wal`` and syncs it once (~0.3 ms).
 
-* The router acknowledges a message once its row is committed here (:meth:`append`; rows
+* The router acknowledges a message once its row is committed here (:meth:`submit`; rows
   that wait together share one commit).
 * The session manager then writes the row into the session's ``inbound.db`` on the
   session's writer thread, in one durable commit with the rows that wait with it, and only
@@ -52,7 +52,7 @@ _Job = tuple[Any, ...]
 
 
 class JournalClosed(RuntimeError):
-    """An append after :meth:`IngestJournal.close`."""
+    """A submit after :meth:`IngestJournal.close`."""
 
 
 def open_journal(path: Path) -> sqlite3.Connection:
@@ -121,14 +121,10 @@ class IngestJournal:
         return target
 
     # ------------------------------------------------------------------ on the loop
-    async def append(self, session_id: str, row: dict[str, Any]) -> int:
-        """Commit ``row`` for ``session_id``; returns its number once the commit is durable.
-        An error (a full disk) is raised here: the message is not acknowledged."""
-        return await self.submit(session_id, row)
-
     def submit(self, session_id: str, row: dict[str, Any]) -> asyncio.Future[int]:
-        """:meth:`append`, queued now (in call order); the future holds its number once
-        the commit is durable, or the error."""
+        """Commit ``row`` for ``session_id``, queued now (in call order); the future holds
+        its number once the commit is durable, or the error (a full disk: the message is
+        not acknowledged)."""
         text = json.dumps(row, separators=(",", ":"), ensure_ascii=False)
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[int] = loop.create_future()

@@ -19,7 +19,6 @@ import sqlite3
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any, TypeVar
 
 from carapace.config import Home
@@ -43,7 +42,6 @@ from carapace.host.attachments_in import extract_attachments
 from carapace.host.delivery_log import delivery_cursor
 from carapace.host.ingest import Delayed, Ingest, Outcome
 from carapace.host.session_writer import Key, SessionWriters
-from carapace.host.wake_files import wake_plan, write_wake_files
 from carapace.host.work_index import WorkMarks
 from carapace.jsonutil import dumps
 from carapace.timefmt import iso, new_id
@@ -340,7 +338,7 @@ class SessionManager:
                 # the commit (inotify); the sweep looks in at the next SLA check, not at once
             # indexed before it is stored: if the central write fails (a full disk) nothing
             # is stored and the sender is told; a stored row is never left out of the index
-            self.mark_work(session.id, due or iso(now))
+            self.work.mark(session.id, due or iso(now))
             try:
                 seq = insert_message_in(conn, row, other_max=self.other_max(session.id, conn))
             except sqlite3.IntegrityError as exc:  # the id was checked just above
@@ -445,7 +443,7 @@ class SessionManager:
         due = None
         if session.id in self._kept:
             due = iso(now + timedelta(seconds=self.live_check_s))
-        self.mark_work(session.id, due or iso(now))
+        self.work.mark(session.id, due or iso(now))
         results = await self.writers.call(session.id, self.paths(session), insert)
         if any(isinstance(r, int) for r in results):
             self.touch(session.id, now)
@@ -478,10 +476,6 @@ class SessionManager:
         )  # fmt: skip
         return mid
 
-    def mark_work(self, session_id: str, next_due: str) -> None:
-        """:meth:`WorkMarks.mark`: the session is due no later than ``next_due``."""
-        self.work.mark(session_id, next_due)
-
     def touch(self, session_id: str, now: datetime) -> None:
         """``last_active`` of the session: written at most once per
         :data:`LAST_ACTIVE_EVERY_S` (NanoClaw wrote it per message; it orders the
@@ -497,22 +491,6 @@ class SessionManager:
         if last is None:
             keep_bounded(self._touched)
         self._touched[session_id] = now
-
-    def set_work(self, session_id: str, next_due: str | None) -> None:
-        self.work.set(session_id, next_due)
-
-    def due_work(self, now: datetime) -> list[str]:
-        return self.work.due(now)
-
-    def next_work_due(self) -> str | None:
-        return self.work.next_due()
-
-    def prepare_wake(self, session: Session) -> Path:
-        """Before a spawn, in one go (host/wake_files.py): the session's projections and
-        the group folder's files. Returns the agent group folder."""
-        plan = wake_plan(self.db, self.home, self.paths(session), session)
-        write_wake_files(self.home, plan)
-        return plan.agent_dir
 
     def extract_attachments(
         self, paths: SessionPaths, message_id: str, content: str, now: datetime

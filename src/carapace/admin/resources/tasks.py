@@ -119,9 +119,9 @@ def _update(ctx: AdminContext, args: dict[str, Any]) -> Any:
 
 
 def _refresh(ctx: AdminContext, session_id: str) -> None:
-    from carapace.host.sessions import SessionManager
+    from carapace.host.work_index import WorkMarks
 
-    SessionManager(ctx.home, ctx.db).mark_work(session_id, iso(ctx.now()))
+    WorkMarks(ctx.db).mark(session_id, iso(ctx.now()))
     if ctx.live:
         ctx.wake_session(session_id)
 
