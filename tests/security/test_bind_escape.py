@@ -21,7 +21,7 @@ from carapace.config import Home, Settings
 from carapace.host.host import Host, HostOptions
 from carapace.jsonutil import dumps
 from carapace.sandbox import bwrap_unusable_reason
-from carapace.sandbox.bwrap import open_agent_binds
+from carapace.sandbox.agent_binds import open_agent_binds
 from carapace.testing.recorder import Recorder
 from carapace.timefmt import iso, new_id
 

@@ -51,7 +51,6 @@ import logging
 import os
 import shutil
 import signal
-import stat
 import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -60,13 +59,13 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
 import carapace
-from carapace import safefs
 from carapace.db.session import SessionPaths, ensure_journals
 from carapace.errors import ConfigError, ValidationError
 from carapace.limits import Limits, scope_argv, systemd_scope_usable
 from carapace.runner.lifeline import ENV as LIFELINE_ENV
 from carapace.runner.procs import descendants
 from carapace.sandbox import netns
+from carapace.sandbox.agent_binds import PROJECT_SETTINGS, close_fds, open_agent_binds
 from carapace.sandbox.mounts import EXTRA_ROOT, Mount, check_not_forbidden
 from carapace.sandbox.process import (
     PROXY_SOCKET_ENV,
@@ -93,8 +92,6 @@ SYSTEM_ETC = (
 )  # fmt: skip
 NETWORK_ETC = ("/etc/resolv.conf", "/etc/hosts", "/etc/nsswitch.conf", "/etc/gai.conf",
                "/etc/host.conf")  # fmt: skip
-AGENT_READ_ONLY = ("container.json", "CLAUDE.md", ".claude-fragments")
-PROJECT_SETTINGS = ".claude"  # Claude Code's project settings folder in the group folder
 SESSION_WRITABLE = ("outbound.db", "outbound.db-journal", ".heartbeat", "outbox", "conversations")
 SESSION_READ_ONLY = ("inbound.db", "inbound.db-journal")
 # Host environment variables the backend passes on by default: time zone and the like. No
@@ -179,71 +176,6 @@ def _system_args(network: bool) -> list[str]:
         else:
             args += ["--ro-bind-try", p, p]
     return args
-
-
-def open_agent_binds(agent_dir: Path) -> list[tuple[int, str]]:
-    """``(fd, name)`` for each host-owned entry of the agent folder that the sandbox sees
-    read-only (``AGENT_READ_ONLY``), opened with ``O_NOFOLLOW`` and confined (``safefs``).
-
-    A missing entry is skipped; a link or anything but a regular file (a folder for
-    ``.claude-fragments``) is refused with a warning and not bound: the agent planted it.
-    The caller passes the descriptors to bwrap and closes them after the spawn."""
-    out: list[tuple[int, str]] = []
-    try:
-        root = safefs.open_root(agent_dir)
-    except safefs.UnsafePathError as exc:
-        raise ConfigError(f"agent folder refused: {exc}") from None
-    try:
-        _real_settings_dir(root, agent_dir)
-        for name in AGENT_READ_ONLY:
-            want_dir = name == ".claude-fragments"
-            flags = os.O_RDONLY | (os.O_DIRECTORY if want_dir else os.O_NONBLOCK)
-            try:
-                fd = safefs.open_beneath(root, name, flags)
-            except FileNotFoundError:
-                continue
-            except (safefs.UnsafePathError, OSError) as exc:
-                logger.warning("%s/%s not bound into the sandbox: %s", agent_dir, name, exc)
-                continue
-            mode = os.fstat(fd).st_mode
-            if not (stat.S_ISDIR(mode) if want_dir else stat.S_ISREG(mode)):
-                os.close(fd)
-                logger.warning("%s/%s not bound into the sandbox: wrong file type", agent_dir,
-                               name)  # fmt: skip
-                continue
-            out.append((fd, name))
-    except BaseException:
-        close_fds(out)
-        raise
-    finally:
-        os.close(root)
-    return out
-
-
-def _real_settings_dir(root: int, agent_dir: Path) -> None:
-    """Make ``<agent>/.claude`` a real folder (the sandbox mounts an empty read-only one
-    over it): a link or file there was planted by the agent and is removed, unfollowed."""
-    try:
-        try:
-            st = os.stat(PROJECT_SETTINGS, dir_fd=root, follow_symlinks=False)
-        except FileNotFoundError:
-            st = None
-        if st is not None and not stat.S_ISDIR(st.st_mode):
-            logger.warning("%s/%s is not a folder (planted by the agent): removed", agent_dir,
-                           PROJECT_SETTINGS)  # fmt: skip
-            os.unlink(PROJECT_SETTINGS, dir_fd=root)
-            st = None
-        if st is None:
-            with contextlib.suppress(FileExistsError):
-                os.mkdir(PROJECT_SETTINGS, 0o700, dir_fd=root)
-    except OSError as exc:  # bwrap then fails to mount over it and says so
-        logger.warning("%s/%s: %s", agent_dir, PROJECT_SETTINGS, exc)
-
-
-def close_fds(fds: Sequence[tuple[int, str]]) -> None:
-    for fd, _ in fds:
-        with contextlib.suppress(OSError):
-            os.close(fd)
 
 
 def bwrap_argv(spec: SandboxSpec, agent_fds: Sequence[tuple[int, str]] = ()) -> list[str]:
