@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from carapace.proxy.mcp_route import mcp_upstreams
-from carapace.runner.mcp_client import McpHub, parse_servers
+from carapace.runner.mcp_client import McpHub
+from carapace.runner.mcp_config import parse_servers
 from carapace.testing.mcp_server import serve_http
 
 from .proxy_rig import ProxyRig

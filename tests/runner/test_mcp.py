@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 
 from carapace.db.session import SessionPaths
-from carapace.runner.mcp_client import McpHub, parse_servers, safe_name
+from carapace.runner.mcp_client import McpHub
+from carapace.runner.mcp_config import parse_servers, safe_name
 from carapace.testing.fake_llm import FakeLLMServer, FakeReply, FakeToolCall
 from carapace.testing.mcp_server import serve_http
 from carapace.testing.runner_proc import run_once

@@ -63,7 +63,8 @@ def build_mcp(config: RunnerConfig) -> McpHub | None:
     if not raw:
         return None
     try:
-        from carapace.runner.mcp_client import McpHub, parse_servers
+        from carapace.runner.mcp_client import McpHub
+        from carapace.runner.mcp_config import parse_servers
     except ImportError as exc:
         logger.error("MCP servers configured but the mcp package is missing (%s): "
                      "pip install 'carapace[mcp]'", exc)  # fmt: skip
