@@ -51,16 +51,17 @@ async def deliver_row(
     """Send one row; 'delivered' / 'failed' (noted in ``d.records``, committed by the
     pass), or None when it waits for a retry (its attempt noted)."""
     rid = row["id"]
-    rec = d.records(session.id)
-    st = rec.state(states, rid)
+    st = d.records(session.id).state(states, rid)
     try:
         pm = await send_row(d, session, paths, row, inb, now, resend=resend)
     except ChannelUnavailable as exc:
         first = parse_ts(st["first_seen"]) if st else now
         if (now - first).total_seconds() >= UNAVAILABLE_TTL_S:
             return _fail(d, session, row, f"no reader for {UNAVAILABLE_TTL_S:g} s", now)
-        rec.record_attempt(rid, 0, now + timedelta(seconds=UNAVAILABLE_RETRY_S),
-                           UNAVAILABLE_MARK + str(exc), now, st)  # fmt: skip
+        d.records(session.id).record_attempt(  # (looked up after the send's awaits)
+            rid, 0, now + timedelta(seconds=UNAVAILABLE_RETRY_S), UNAVAILABLE_MARK + str(exc),
+            now, st,
+        )  # fmt: skip
         logger.info("message %s of session %s waits for a reader: %s", rid, session.id, exc)
         return None
     except Exception as exc:
@@ -70,11 +71,13 @@ async def deliver_row(
             return _fail(d, session, row, str(exc), now, stopped=exc)
         if permanent or attempts >= MAX_DELIVERY_ATTEMPTS:
             return _fail(d, session, row, str(exc) or type(exc).__name__, now)
-        rec.record_attempt(rid, 1, now + timedelta(seconds=backoff_s(attempts)), str(exc), now, st)
+        d.records(session.id).record_attempt(
+            rid, 1, now + timedelta(seconds=backoff_s(attempts)), str(exc), now, st
+        )
         logger.warning("delivery of %s (session %s) failed, attempt %d: %s",
                        rid, session.id, attempts, exc)  # fmt: skip
         return None
-    rec.outcomes[rid] = ("delivered", pm, sqlite_ts(now))
+    d.records(session.id).outcomes[rid] = ("delivered", pm, sqlite_ts(now))
     logger.info("delivered %s (session %s, seq %s) to %s:%s", rid, session.id, row["seq"],
                 row["channel_type"], row["platform_id"],
                 extra={"session_id": session.id, "agent_group_id": session.agent_group_id,
