@@ -416,3 +416,39 @@ def test_a_sqlite_error_in_a_batch_runs_its_jobs_one_by_one(env: Env) -> None:
     assert _notes(env) == ["dup", "a", "b"]
     # the batch got as far as the duplicate, then each job ran alone
     assert runs == ["dup", "a", "dup", "a", "dup", "b"]
+
+
+def test_a_bare_managers_accept_hears_a_refusal_and_raises_a_passing_failure(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without a host's journal the row is written in ``accept`` itself: its seq (None for
+    an id already there) or a refusal for good is heard through ``outcome``; a passing
+    failure (a full disk) is raised, so the sender is not acknowledged."""
+    mgr, s = env.mgr, env.session
+    heard: list[tuple[int | None, BaseException | None]] = []
+
+    async def outcome(seq: int | None, exc: BaseException | None) -> None:
+        heard.append((seq, exc))
+
+    def accept(mid: str) -> None:
+        asyncio.run(mgr.accept(s, _row(mid), now=NOW, outcome=outcome))
+
+    accept("a")
+    accept("a")  # redelivered
+    assert isinstance(heard[0][0], int) and heard[0][1] is None and heard[1] == (None, None)
+
+    def corrupt(conn: sqlite3.Connection, row: dict[str, Any], **kw: Any) -> int:
+        raise sqlite3.DatabaseError("database disk image is malformed")
+
+    monkeypatch.setattr(sessions_mod, "insert_message_in", corrupt)
+    accept("b")
+    assert heard[2][0] is None and isinstance(heard[2][1], sqlite3.DatabaseError)
+
+    def full(conn: sqlite3.Connection, row: dict[str, Any], **kw: Any) -> int:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(sessions_mod, "insert_message_in", full)
+    with pytest.raises(sqlite3.OperationalError, match="disk is full"):
+        accept("c")
+    assert len(heard) == 3
+    assert [mid for mid, _ in _stored(env)] == ["a"]

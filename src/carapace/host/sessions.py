@@ -360,7 +360,13 @@ class SessionManager:
         if self.ingest is not None:
             await self.ingest.accept(session, row, now=now, outcome=outcome, delayed=delayed)
             return
-        [res] = await self.write_batch(session, [self.prepare_row(session, row, now)], now)
+        res: int | BaseException | None
+        try:
+            [res] = await self.write_batch(session, [self.prepare_row(session, row, now)], now)
+        except sqlite3.OperationalError:  # passing (a full disk): not acknowledged
+            raise
+        except (StoreError, sqlite3.DatabaseError) as exc:  # the file refuses it for good
+            res = exc
         if outcome is not None:
             if isinstance(res, BaseException):
                 await outcome(None, res)
