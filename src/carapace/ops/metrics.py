@@ -3,10 +3,11 @@
 ``[metrics] port = 9464`` in carapace.toml turns the endpoint on (``127.0.0.1`` only; there
 is no web server yet, so it always has its own port). ``HostMetrics.install(host)`` wraps
 the host's ``route``, ``sweep_once`` and the delivery's ``drain`` to count and time them,
-hears each row's outcome (``Delivery.on_outcome``), and starts an event-loop stall probe. Gauges that describe state (runners,
-approvals, model usage) are read at scrape time: the pool from the host's objects, the
-database through a read-only connection of the scraping thread. Model calls and tokens
-come from the ``carapace_usage`` table when it exists; without it they are not exported.
+hears each row's outcome (``Delivery.on_outcome``), and starts an event-loop stall probe.
+Gauges that describe state (runners, approvals, model usage) are read at scrape time: the
+pool from the host's objects, the database through a read-only connection of the scraping
+thread. Model calls and tokens come from the ``carapace_usage`` table when it exists;
+without it they are not exported.
 """
 
 from __future__ import annotations
