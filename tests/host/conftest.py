@@ -32,6 +32,10 @@ def rig(tmp_path: Any, clock: FakeClock) -> Iterator[Rig]:
         admin=dispatch,
     )  # fmt: skip
     r = Rig(host, channel, threaded, backend, clock, loop)
+    assert host.sessions.ingest is not None
+    # a row is lone when its session is idle, whatever the time since its last row (the
+    # stream rule by time, LONE_GAP_S, has tests of its own): no path chosen by test speed
+    host.sessions.ingest.lone_gap_s = 0.0
     r.run(host.start(background=False))
     yield r
     r.run(host.stop())

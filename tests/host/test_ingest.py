@@ -13,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -109,17 +110,24 @@ def _failing_journal(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(journal, "submit", submit)
 
 
-def test_an_idle_chats_message_reaches_its_file_without_waiting_for_the_journal(
+def _start_journal(rig: Rig, journal: IngestJournal) -> None:
+    """Have the journal's thread running and idle (a removal of no row starts it)."""
+    journal.remove([-1])
+    rig.run(journal.drain())
+
+
+def test_an_idle_chats_message_is_written_into_its_file_without_the_journal(
     rig: Rig,
 ) -> None:
     """The round trip's path: a message for a session with nothing queued is written into
-    its ``inbound.db`` beside its journal commit, not after it. With the journal's commit
-    held, the row still reaches the file and the sender is acknowledged (the file's commit
-    is durable); the journal's row, committed later, is removed after it."""
+    its ``inbound.db`` at once and acknowledged when that commit is durable; the journal
+    is not used at all (no row to write, sync and remove). With every journal commit
+    held, the row still reaches the file and the sender is acknowledged."""
     s = _chat_session(rig)
     journal = rig.host.sessions.ingest.journal  # type: ignore[union-attr]
-    rig.run(journal.drain())
-    journal._lock.acquire()  # the journal's commit waits for this
+    _start_journal(rig, journal)
+    submitted = _count_submits(journal)
+    journal._lock.acquire()  # a journal commit would wait for this
     try:
         res = rig.run(asyncio.wait_for(rig.host.route(
             make_event("quick", platform_id="chan", id="q1"), settle=False), 30))  # fmt: skip
@@ -128,8 +136,77 @@ def test_an_idle_chats_message_reaches_its_file_without_waiting_for_the_journal(
     finally:
         journal._lock.release()
     rig.run(journal.drain())
-    rig.run(journal.drain())  # (the removal is queued once the append has its number)
+    assert submitted == [] and journal_rows(rig.host.home) == []
+
+
+def _count_submits(journal: IngestJournal) -> list[str]:
+    """The message ids journaled from now on, in order."""
+    submitted: list[str] = []
+    real = journal.submit
+
+    def counting(sid: str, row: dict[str, Any]) -> asyncio.Future[int]:
+        submitted.append(str(row["id"]).split(":")[0])
+        return real(sid, row)
+
+    journal.submit = counting  # type: ignore[method-assign]
+    return submitted
+
+
+def test_a_lone_row_whose_file_is_slow_is_journaled_and_acknowledged_from_there(
+    rig: Rig,
+) -> None:
+    """A lone row's file commit that takes longer than ``lone_wait_s`` (a lock held, a busy
+    disk): the row is journaled as well and the sender acknowledged once that commit is
+    durable, so one slow session file never holds a channel's events back. Written later,
+    it leaves the journal."""
+    s = _chat_session(rig)
+    ingest = rig.host.sessions.ingest
+    assert ingest is not None
+    ingest.lone_wait_s = 0.0
+    gate = _hold_writer(rig, s)
+    try:
+        res = rig.run(asyncio.wait_for(rig.host.route(
+            make_event("slow", platform_id="chan", id="w1"), settle=False), 30))  # fmt: skip
+        assert [r.message_id.split(":")[0] for r in res.routed] == ["w1"]
+        assert [mid.split(":")[0] for _sid, mid in journal_rows(rig.host.home)] == ["w1"]
+        assert inbound_ids(rig, s) == ["m0"]
+    finally:
+        gate.set()
+    rig.run(rig.host.sessions.settle())
+    rig.run(ingest.journal.drain())
+    rig.run(ingest.journal.drain())  # (the removal is queued once the append has its number)
+    assert inbound_ids(rig, s) == ["m0", "w1"]
     assert journal_rows(rig.host.home) == []
+
+
+def test_rows_close_together_are_a_stream_and_go_through_the_journal(rig: Rig) -> None:
+    """``lone_gap_s``: a row that comes within it of its session's last row is part of a
+    stream (a channel handing over events one at a time): acknowledged once journaled,
+    written with the rows around it, not one durable file commit per row. A row after a
+    quiet spell is lone again."""
+    s = _chat_session(rig)
+    ingest = rig.host.sessions.ingest
+    assert ingest is not None
+    ingest.lone_gap_s = 0.005
+    now = [time.monotonic() + 60.0]  # (after the first message's time, whatever it was)
+    ingest.monotonic = lambda: now[0]
+    journal = ingest.journal
+    _start_journal(rig, journal)
+    submitted = _count_submits(journal)
+
+    def route(mid: str) -> None:
+        rig.run(rig.host.route(make_event(mid, platform_id="chan", id=mid), settle=False))
+        rig.run(rig.host.sessions.settle())
+
+    route("a")  # quiet before: lone
+    now[0] += 0.001
+    route("b")  # 1 ms later: a stream
+    now[0] += 0.001
+    route("c")
+    now[0] += 1.0
+    route("d")  # after a quiet second: lone
+    assert submitted == ["b", "c"]
+    assert inbound_ids(rig, s) == ["m0", "a", "b", "c", "d"]
 
 
 def test_a_row_that_finds_the_queue_empty_still_waits_behind_rows_being_journaled(
@@ -142,7 +219,7 @@ def test_a_row_that_finds_the_queue_empty_still_waits_behind_rows_being_journale
     ingest = rig.host.sessions.ingest
     assert ingest is not None
     journal = ingest.journal
-    rig.run(journal.drain())
+    _start_journal(rig, journal)
 
     def route(mid: str) -> Any:
         return rig.host.route(make_event(mid, platform_id="chan", id=mid), settle=False)

@@ -1,26 +1,32 @@
-"""Routed rows: acknowledged once in the ingest journal (or the session's file, if first),
-written into ``inbound.db``.
+"""Routed rows: acknowledged once durable in the ingest journal (a stream) or in the
+session's file (a lone row), written into ``inbound.db``.
 
-:class:`Ingest` is the router's way in (``SessionManager.accept``). A row is appended to
-the journal (host/ingest_journal.py); once that commit is durable the sender may hear
-"stored". Each session then has one pump task that writes its journaled rows, in the order
+:class:`Ingest` is the router's way in (``SessionManager.accept``). A row of a stream is
+appended to the journal (host/ingest_journal.py); once that commit is durable the sender
+may hear "stored". Each session then has one pump task that writes its rows, in the order
 they were acknowledged, into the session's ``inbound.db`` (``SessionManager.write_batch``:
 the rows waiting together share one durable commit on the session's writer thread) and
 removes them from the journal after that commit. The router hears each row's outcome
 through its callback: the seq (a wake for a runner), None (the id was there already: a
 redelivered event), or the error that refused the row for good (the sender is told).
 
-* A row for an idle session (no pump: nothing queued, and no earlier row of it still
-  waiting for its journal commit, whose place in the queue it would take) is handed to a
-  new pump at once, its journal commit running beside the file's: the runner sees it
-  without waiting for the journal, and :meth:`Ingest.accept` returns when either commit
-  is durable. The journal's row is removed once it has its number. A row that neither
-  took (both failed) is dropped from the queue, and its sender hears the error (not
-  acknowledged: the platform sends it again), so no copy is written later.
-* A lone row is written at once. When rows came while a commit ran (a stream), the pump
-  waits until :data:`LINGER_S` after that commit began, so the rows of the next 10 ms
-  share one commit (four syncs) instead of one commit each: the journal takes the stream's
-  durability, the session's file only its visibility to the runner.
+* A lone row (its session idle: no pump, nothing queued, no earlier row of it still
+  waiting for its journal commit, whose place in the queue it would take; and no row of
+  it for :data:`LONE_GAP_S`) is handed to a new pump at once and not journaled: one
+  durable commit of the session's file, and :meth:`Ingest.accept` returns once it is
+  durable. That is the common case (a message, then a reply): no journal row to write,
+  sync and remove beside the commit the runner waits for (issue 19). Should that commit
+  fail in passing, or take longer than :data:`LONE_WAIT_S` (a lock held, a busy disk),
+  the row is journaled then, and the sender acknowledged by whichever commit is durable
+  first; a row that neither took (both failed) is dropped from the queue, and its sender
+  hears the error (not acknowledged: the platform sends it again), so no copy is written
+  later.
+* Rows that come within :data:`LONE_GAP_S` of each other are a stream (a channel handing
+  over events one at a time, each acknowledged before the next): one durable file commit
+  per row would bound it, so they are journaled. When rows came while a commit ran, the
+  pump waits until :data:`LINGER_S` after that commit began, so the rows of the next 10 ms
+  share one commit (four syncs) instead of one commit each: the journal takes the
+  stream's durability, the session's file only its visibility to the runner.
 * A row the session's file refuses for good (an integrity error, a corrupt file) is
   removed from the journal and reported; retrying it would hold up the session's later
   rows.
@@ -49,7 +55,7 @@ from typing import TYPE_CHECKING, Any
 
 from carapace.db.sessions import Session
 from carapace.errors import StoreError
-from carapace.host.ingest_journal import IngestJournal
+from carapace.host.ingest_journal import IngestJournal, JournalClosed
 
 if TYPE_CHECKING:
     from carapace.host.sessions import SessionManager
@@ -60,6 +66,9 @@ RETRY_FIRST_S = 0.5
 BATCH_MAX = 256  # rows of one session in one commit
 LINGER_S = 0.010  # under a stream, a session's rows are written at most this often
 RETRY_MAX_S = 5.0
+LONE_GAP_S = 0.005  # a row is lone when its session had none for this long (else: a stream)
+LONE_WAIT_S = 0.020  # a lone row's file commit longer than this: it is journaled as well
+RECENT_KEPT = 4096  # sessions whose last row time is kept (cleared when full)
 
 # the outcome of one row: (seq or None for a duplicate, None) or (None, the refusal)
 Outcome = Callable[[int | None, BaseException | None], Awaitable[None]]
@@ -74,7 +83,7 @@ class _Queued:
     now: datetime
     outcome: Outcome | None
     delayed: Delayed | None = None
-    journaling: asyncio.Future[int] | None = None  # the journal commit beside the write
+    journaling: asyncio.Future[int] | None = None  # its journal commit (None: not journaled)
     fate: asyncio.Future[None] | None = None  # set when the row leaves the queue
     done: bool = False  # written (or refused for good): leaves the journal once numbered
 
@@ -85,6 +94,10 @@ class Ingest:
         self.journal = journal
         self.retry_first_s = RETRY_FIRST_S
         self.linger_s = LINGER_S
+        self.lone_gap_s = LONE_GAP_S
+        self.lone_wait_s = LONE_WAIT_S
+        self._recent: dict[str, float] = {}  # per session: when its last row came (monotonic)
+        self.monotonic = time.monotonic  # (tests set the time)
         self._queues: dict[str, list[_Queued]] = {}
         self._pumps: dict[str, asyncio.Task[None]] = {}
         self._stopping = False
@@ -101,16 +114,23 @@ class Ingest:
         self, session: Session, row: dict[str, Any], *, now: datetime,
         outcome: Outcome | None = None, delayed: Delayed | None = None,
     ) -> None:  # fmt: skip
-        """Return once ``row`` is durable in the journal or, for a lone row written beside
-        its journal commit, in the session's file, whichever is first (an error: stored in
-        neither, the sender is not acknowledged). Its outcome in the file is reported
+        """Return once ``row`` is durable: in the journal (a stream), or in the session's
+        file (a lone row; in the journal instead if that is first, when the file's commit
+        fails in passing or takes longer than ``lone_wait_s``). An error: stored in
+        neither, the sender is not acknowledged. Its outcome in the file is reported
         through ``outcome``."""
         row = self.sessions.prepare_row(session, row, now)
         sid = session.id
-        journaled = self.journal.submit(sid, row)
-        if sid in self._pumps or self._journaling.get(sid) or self._stopping:
+        came = self.monotonic()
+        last = self._recent.get(sid)
+        if last is None and len(self._recent) >= RECENT_KEPT:
+            self._recent.clear()
+        self._recent[sid] = came
+        if (sid in self._pumps or self._journaling.get(sid) or self._stopping
+                or (last is not None and came - last < self.lone_gap_s)):  # fmt: skip
             # a stream (or a failure): the rows reach the file after their journal commit,
             # in its order, the ones that wait together sharing one commit each way
+            journaled = self.journal.submit(sid, row)
             self._journaling[sid] = self._journaling.get(sid, 0) + 1
             try:
                 n = await journaled
@@ -121,17 +141,31 @@ class Ingest:
                     del self._journaling[sid]
             self._enqueue(session, _Queued(n, row, now, outcome, delayed))
             return
-        # an idle session: the file's commit runs beside the journal's, so the runner sees
-        # the row without waiting for the journal; the sender is acknowledged by whichever
-        # commit is durable first
+        # a lone row (the common case: one message, then a reply): written into the file at
+        # once, one durable commit and no journal row to write and remove; the runner sees
+        # it as soon as that commit ends
         fate: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        q = _Queued(None, row, now, outcome, delayed, journaling=journaled, fate=fate)
-        journaled.add_done_callback(functools.partial(self._journaled, q))
+        q = _Queued(None, row, now, outcome, delayed, fate=fate)
         self._enqueue(session, q)
-        either: list[asyncio.Future[Any]] = [journaled, fate]
-        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
-        if fate.done() or journaled.exception() is not None:
-            await fate  # in the file; or in neither: the journal's error is raised
+        await asyncio.wait([fate], timeout=self.lone_wait_s)
+        if not fate.done():  # a slow file (a lock held, a busy disk): journaled as well,
+            journaled = self._journal_late(sid, q)  # acknowledged by whichever is first
+            either: list[asyncio.Future[Any]] = [journaled, fate]
+            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+            if not fate.done() and journaled.exception() is None:
+                return
+        await fate  # in the file; or in neither: the error is raised
+
+    def _journal_late(self, sid: str, q: _Queued) -> asyncio.Future[int]:
+        """Journal a lone row after all (its write is slow, or failed in passing); once."""
+        if q.journaling is None:
+            try:
+                q.journaling = self.journal.submit(sid, q.row)
+            except JournalClosed as exc:  # (the host stops): the sender hears it
+                q.journaling = asyncio.get_running_loop().create_future()
+                q.journaling.set_exception(exc)
+            q.journaling.add_done_callback(functools.partial(self._journaled, q))
+        return q.journaling
 
     def _journaled(self, q: _Queued, fut: asyncio.Future[int]) -> None:
         if fut.cancelled() or fut.exception() is not None:
@@ -240,9 +274,12 @@ class Ingest:
                 if (tried := self._tried.get(sid)) is not None:
                     tried.set()
                 done = [not _passing(res) for res in results]
-                # a row held back must be in the journal: wait for the journal commits that
-                # ran beside this one; a row the journal refused too is in neither (its
-                # sender hears so: not acknowledged)
+                # a row held back must be in the journal: a lone row is journaled now, and
+                # the journal commits that ran beside this one are waited for; a row the
+                # journal refused too is in neither (its sender hears so: not acknowledged)
+                for q, d in zip(batch, done, strict=True):
+                    if not d and q.n is None:
+                        self._journal_late(sid, q)
                 running = [q.journaling for q, d in zip(batch, done, strict=True)
                            if not d and q.n is None and q.journaling is not None]  # fmt: skip
                 if running:
@@ -303,8 +340,12 @@ class Ingest:
             self._kicks.pop(sid, None)
             self._pumps.pop(sid, None)
             for q in self._queues.get(sid, ()):  # (cancelled): a sender still waiting hears
-                if q.journaling is not None and q.fate is not None and not q.fate.done():
+                if q.fate is None or q.fate.done():
+                    continue
+                if q.journaling is not None:
                     q.journaling.add_done_callback(functools.partial(_unwritten, q))
+                else:  # a lone row never journaled: stored nowhere
+                    _settle(q, JournalClosed("the host stopped before the message was stored"))
             if not self._queues.get(sid):
                 self._queues.pop(sid, None)
 

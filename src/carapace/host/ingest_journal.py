@@ -1,4 +1,5 @@
-"""The ingest journal (issue 19): a routed message is durable once it is a row here.
+"""The ingest journal (issue 19): a routed message of a stream is durable once it is a row
+here (a lone message goes straight into its session's file: host/ingest.py).
 
 A durable commit of a session's ``inbound.db`` costs four fsyncs (a rollback journal,
 docs/compat.md D8), about 1 ms on this project's machines; a channel that hands the router
@@ -14,7 +15,7 @@ commit appends to the ``-wal`` and syncs it once (~0.3 ms).
   removal lost to a power cut only means the row is written again, and skipped, at start).
 * A crash in between loses nothing: at start, before any channel or runner, the host
   writes every row still here into its session's ``inbound.db`` (a row whose id is there
-  already is skipped) and removes it (``SessionManager.replay_journal``).
+  already is skipped) and removes it (``Ingest.replay``).
 
 The file is in the host's data folder, never in a session folder: no agent can reach it.
 After a clean stop it holds no rows (the host applies every one before it stops).
