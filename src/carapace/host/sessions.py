@@ -352,11 +352,11 @@ class SessionManager:
     ) -> None:  # fmt: skip
         """The router's write: returns once the row is durable, then reports its outcome
         through ``outcome`` (the seq; None when the id existed; or the error that refused
-        it for good). With the host's ingest journal (host/ingest.py) it returns once the
-        row is journaled and the outcome follows; without one (a bare manager: no host) the
-        row is written here, in a durable commit of its own, and the outcome heard before
-        the return. A passing failure (a full disk) is raised: the sender is not
-        acknowledged."""
+        it for good). With the host's ingest (host/ingest.py) it returns once the row is
+        durable (a lone row in its file, a stream's in the journal) and the outcome
+        follows; without one (a bare manager: no host) the row is written here, in a
+        durable commit of its own, and the outcome heard before the return. A passing
+        failure (a full disk) is raised: the sender is not acknowledged."""
         if self.ingest is not None:
             await self.ingest.accept(session, row, now=now, outcome=outcome, delayed=delayed)
             return
