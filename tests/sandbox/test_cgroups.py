@@ -101,7 +101,9 @@ def test_a_gone_hosts_cgroups_are_swept_and_a_live_hosts_kept(made: list[Path]) 
     unrelated.mkdir()
     made.append(unrelated)
     try:
-        assert sweep_cgroups() >= 2
+        # (the count is not checked: cgroups are the machine's, and a host another test
+        # process starts meanwhile sweeps them too, with this same function)
+        sweep_cgroups()
         assert not left.exists() and not older.exists()
         assert kept.is_dir() and ours.is_dir() and unrelated.is_dir()
         assert live.poll() is None
