@@ -33,7 +33,7 @@ from functools import cached_property
 from carapace.db.connection import BUSY_TIMEOUT_MS, column_names, connect, has_table, is_busy
 from carapace.db.session import SessionPaths
 from carapace.jsonutil import loads_or
-from carapace.record import record
+from carapace.record import field, record
 from carapace.timefmt import parse_ts, sqlite_ts
 
 TYPE_CHECKING = False  # typing is read by type checkers only (runner start, issue 19)
@@ -172,12 +172,12 @@ class Destination:
 
 @record(frozen=True)
 class Poll:
-    """What :meth:`Inbound.poll` read: the due rows, and with them (None when there are no
+    """What :meth:`Inbound.poll` read: the due rows, and with them (only when there are
     rows) the session's destinations and routing as of the same moment."""
 
     rows: list[InRow]
-    destinations: list[Destination] | None = None
-    routing: Routing | None = None
+    destinations: list[Destination] = field(default_factory=list)
+    routing: Routing = Routing()
 
 
 _DUE = (

@@ -264,25 +264,21 @@ class Runner:
         self.process(sel.batch, sel.trigger, poll)
         return True
 
-    def process(self, rows: list[InRow], trigger: InRow, poll: Poll | None = None) -> None:
+    def process(self, rows: list[InRow], trigger: InRow, poll: Poll) -> None:
         """Claim the batch, then run it under the keepalive (which also commits the claim
         once the turn has lasted, runner/claims.py). ``poll``: the read the rows came from
-        (its destinations and routing serve the turn; read now when absent)."""
+        (its destinations and routing serve the turn)."""
         ids = [r.id for r in rows]
         self.outbound.claim(ids, now=self.clock.now())
         with self.keepalive:
             self._run_batch(rows, trigger, ids, poll)
 
     def _run_batch(self, rows: list[InRow], trigger: InRow, ids: list[str],
-                   poll: Poll | None = None) -> None:  # fmt: skip
+                   poll: Poll) -> None:  # fmt: skip
         sid = self.config.session_id
         batch = Batch(in_reply_to=trigger.id, origin=trigger.routing, ids=tuple(ids))
         if batch.origin.empty:
-            batch.origin = (
-                poll.routing
-                if poll is not None and poll.routing is not None
-                else self.inbound.session_routing()
-            )
+            batch.origin = poll.routing
         self.ctx.batch = batch
         clears = [r for r in rows if is_clear_command(r)]
         if clears:
@@ -302,11 +298,7 @@ class Runner:
         logger.info(
             "session %s: processing %d message(s) %s (kinds: %s)", sid, len(ids), ids, kinds
         )
-        dests = (  # as the turn starts (the reply's blocks are resolved when written)
-            poll.destinations
-            if poll is not None and poll.destinations is not None
-            else self.inbound.destinations()
-        )
+        dests = poll.destinations  # as the turn starts (a reply's blocks: when written)
         prompt = format_messages(
             rows,
             self.config.timezone,
