@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import logging
-import operator
 import sqlite3
 from datetime import datetime
 
@@ -31,7 +30,7 @@ from carapace.db.session import (
     CONVERSATION_PREFIX,
     conversation_key,
 )
-from carapace.runner.compaction import Encoded, is_summary
+from carapace.runner.compaction import Encoded
 from carapace.timefmt import iso, utcnow
 
 TYPE_CHECKING = False  # typing is read by type checkers only (runner start, issue 19)
@@ -140,34 +139,6 @@ class ConversationStore:
     def _plan(self, messages: list[Message]) -> tuple[list[_Row], list[_Row], list[int]] | None:
         """(rows, added, removed positions) when ``messages`` is some of the stored ones, in
         their order, then new ones; None otherwise (a new first message: a compaction)."""
-        assert self._rows is not None
-        return self._cut_and_grown(messages) or self._general(messages)
-
-    def _cut_and_grown(
-        self, messages: list[Message]
-    ) -> tuple[list[_Row], list[_Row], list[int]] | None:
-        """The usual turn, compared in C: the stored messages less some oldest ones (but a
-        first summary, which outlives them), then new ones. None: another shape."""
-        rows = self._rows
-        assert rows is not None
-        msgs = [m for _, m in rows]
-        head = 1 if messages and msgs and messages[0] is msgs[0] and is_summary(msgs[0]) else 0
-        if len(messages) <= head or len(msgs) <= head:
-            return None
-        first = messages[head]
-        cut = next((i for i in range(head, len(msgs)) if msgs[i] is first), None)
-        if cut is None:
-            return None
-        tail = len(msgs) - cut
-        if len(messages) < head + tail or not all(
-            map(operator.is_, messages[head : head + tail], msgs[cut:])
-        ):  # (every stored message from the cut on, the newest too)
-            return None
-        nxt = rows[-1][0] + 1
-        added = [(nxt + i, m) for i, m in enumerate(messages[head + tail :])]
-        return rows[:head] + rows[cut:] + added, added, [p for p, _ in rows[head:cut]]
-
-    def _general(self, messages: list[Message]) -> tuple[list[_Row], list[_Row], list[int]] | None:
         rows = self._rows
         assert rows is not None
         stored = {id(m): (p, m) for p, m in rows}
