@@ -265,8 +265,8 @@ def arm_ack_timer(host: Host, session_id: str) -> None:
 async def acks_ride_along(host: Host, session_id: str) -> RideAlong | None:
     """The session's noted acks, copied into ``messages_in`` in the commit of delivery's
     outcomes instead of a commit of their own (issue 19: one more commit per reply, and a
-    wake of the runner); a read of new acks under way (after_commit's, begun beside the
-    drain, a fast read) is waited for, so a reply's ack goes with the reply's outcome.
+    wake of the runner); a read of new acks under way (after_commit's own, when its drain
+    made no read to carry it) is waited for, so a reply's ack goes with the reply's outcome.
     When that commit does not happen they are noted again, for the next one or their
     timer."""
     noting = host._noting.get(session_id)
