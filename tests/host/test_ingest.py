@@ -179,6 +179,29 @@ def test_a_lone_row_whose_file_is_slow_is_journaled_and_acknowledged_from_there(
     assert journal_rows(rig.host.home) == []
 
 
+def test_an_agent_holding_a_read_lock_on_inbound_db_does_not_hold_back_the_ack(
+    rig: Rig,
+) -> None:
+    """A hostile runner keeps a read transaction open on its ``inbound.db`` (it may read
+    that file), so the host's commit waits for the lock. The sender is acknowledged from
+    the journal after ``lone_wait_s`` anyway (a channel's other chats are not held up),
+    and the row reaches the file once the lock is let go."""
+    s = _chat_session(rig)
+    agent = sqlite3.connect(str(rig.host.sessions.paths(s).inbound))
+    agent.execute("BEGIN")
+    agent.execute("SELECT COUNT(*) FROM messages_in").fetchone()  # a shared lock, kept
+    try:
+        res = rig.run(asyncio.wait_for(rig.host.route(
+            make_event("held", platform_id="chan", id="h1"), settle=False), 3))  # fmt: skip
+        assert [r.message_id.split(":")[0] for r in res.routed] == ["h1"]
+        assert [mid.split(":")[0] for _sid, mid in journal_rows(rig.host.home)] == ["h1"]
+    finally:
+        agent.rollback()
+        agent.close()
+    rig.run(rig.host.sessions.settle(through_failures=False))
+    assert inbound_ids(rig, s) == ["m0", "h1"]
+
+
 def test_rows_close_together_are_a_stream_and_go_through_the_journal(rig: Rig) -> None:
     """``lone_gap_s``: a row that comes within it of its session's last row is part of a
     stream (a channel handing over events one at a time): acknowledged once journaled,
