@@ -36,6 +36,9 @@ def rig(tmp_path: Any, clock: FakeClock) -> Iterator[Rig]:
     # a row is lone when its session is idle, whatever the time since its last row (the
     # stream rule by time, LONE_GAP_S, has tests of its own): no path chosen by test speed
     host.sessions.ingest.lone_gap_s = 0.0
+    # nor journaled because a loaded machine made its file's commit slow (the tests of that
+    # fallback set their own wait)
+    host.sessions.ingest.lone_wait_s = 60.0
     r.run(host.start(background=False))
     yield r
     r.run(host.stop())

@@ -85,6 +85,7 @@ class _Queued:
     delayed: Delayed | None = None
     journaling: asyncio.Future[int] | None = None  # its journal commit (None: not journaled)
     fate: asyncio.Future[None] | None = None  # set when the row leaves the queue
+    late: asyncio.Future[None] | None = None  # a lone row's: set once it is journaled after all
     done: bool = False  # written (or refused for good): leaves the journal once numbered
 
 
@@ -144,10 +145,13 @@ class Ingest:
         # a lone row (the common case: one message, then a reply): written into the file at
         # once, one durable commit and no journal row to write and remove; the runner sees
         # it as soon as that commit ends
-        fate: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        q = _Queued(None, row, now, outcome, delayed, fate=fate)
+        loop = asyncio.get_running_loop()
+        fate: asyncio.Future[None] = loop.create_future()
+        late: asyncio.Future[None] = loop.create_future()
+        q = _Queued(None, row, now, outcome, delayed, fate=fate, late=late)
         self._enqueue(session, q)
-        await asyncio.wait([fate], timeout=self.lone_wait_s)
+        waits: list[asyncio.Future[None]] = [fate, late]  # (late: its write failed in passing)
+        await asyncio.wait(waits, timeout=self.lone_wait_s, return_when=asyncio.FIRST_COMPLETED)
         if not fate.done():  # a slow file (a lock held, a busy disk): journaled as well,
             journaled = self._journal_late(sid, q)  # acknowledged by whichever is first
             either: list[asyncio.Future[Any]] = [journaled, fate]
@@ -165,6 +169,8 @@ class Ingest:
                 q.journaling = asyncio.get_running_loop().create_future()
                 q.journaling.set_exception(exc)
             q.journaling.add_done_callback(functools.partial(self._journaled, q))
+            if q.late is not None and not q.late.done():
+                q.late.set_result(None)
         return q.journaling
 
     def _journaled(self, q: _Queued, fut: asyncio.Future[int]) -> None:
