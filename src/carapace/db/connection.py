@@ -14,6 +14,7 @@ atomic goes through ``transaction()`` (``BEGIN IMMEDIATE``; savepoints when nest
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import sqlite3
@@ -113,7 +114,16 @@ def transaction(conn: sqlite3.Connection, *, durable: bool = False) -> Iterator[
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
-    conn.execute("COMMIT")
+    try:
+        conn.execute("COMMIT")
+    except BaseException:
+        # a commit that cannot finish (a reader's lock: SQLITE_BUSY leaves the transaction
+        # open, holding the PENDING lock that keeps every new reader out) is undone now
+        _durable_wanted.discard(id(conn))
+        if conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+        raise
     if durable or id(conn) in _durable_wanted:
         _durable_wanted.discard(id(conn))
         sync_journal(conn)
