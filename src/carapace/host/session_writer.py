@@ -231,7 +231,7 @@ class _Worker:
         while jobs:
             batch: list[tuple[int, _Job]] = []
             while jobs and len(batch) < BATCH_MAX:
-                n, job = jobs[0]
+                job = jobs[0][1]
                 if job[2] is None:  # a forget: its turn
                     if batch:
                         break
