@@ -88,6 +88,11 @@ class Rig:
     def paths(self, s: Session) -> SessionPaths:
         return self.host.sessions.paths(s)
 
+    def stored(self) -> None:
+        """Wait until the rows the host stored on its own (notes to agents, answers) are
+        in their files: they are journaled, then written by the sessions' pumps."""
+        self.run(self.host.sessions.settle())
+
     def inbound(self, s: Session, sql: str = "SELECT * FROM messages_in ORDER BY seq") -> list[Any]:
         from carapace.db.session import open_inbound
 

@@ -266,6 +266,7 @@ def test_install_packages_rejected_and_expired(rig: Rig) -> None:
                                                "command": "run-x"})  # fmt: skip
     rig.clock.advance(Settings().approval_ttl_s + 1)
     rig.run(tick(rig.host))
+    rig.stored()
     assert dba.list_approvals(rig.db) == []
     assert "expired" in json.loads(rig.inbound(s)[-1]["content"])["text"]
     cfg = groups.get_container_config(rig.db, ag)
@@ -315,6 +316,7 @@ def test_add_mcp_server_checked_carded_and_applied(rig: Rig) -> None:
         approvals.decide(ctx, row.approval_id, True, "fake:owner")
 
     rig.run(approve())
+    rig.stored()
     note = json.loads(rig.inbound(s)[-1]["content"])["text"]
     assert 'MCP server "web" added' in note and "next turn" in note
     cfg = groups.get_container_config(rig.db, ag)
@@ -336,9 +338,11 @@ def test_approved_pip_package_installs_off_the_loop_then_the_agent_is_told(rig: 
 
     async def approve_and_wait() -> str:
         approvals.decide(ctx, row.approval_id, True, "fake:owner")
+        await rig.host.sessions.settle()
         first = json.loads(rig.inbound(s)[-1]["content"])["text"]
         assert first.startswith("Approved: installing pip:six")
         for _ in range(6000):  # the loop keeps running while pip works in a thread
+            await rig.host.sessions.settle()
             last = json.loads(rig.inbound(s)[-1]["content"])["text"]
             if last != first:
                 return str(last)

@@ -204,6 +204,7 @@ def _act(trig: TaskRig, action: str, task_id: str, **extra: object) -> None:
     try:
         content = {"action": action, "taskId": task_id, **extra}
         trig.run(trig.host.actions.handle(trig.session, content, conn, trig.clock.now()))
+        trig.run(trig.host.sessions.settle())  # its note to the agent, if any, is written
     finally:
         conn.close()
 

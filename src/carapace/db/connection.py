@@ -29,6 +29,20 @@ if TYPE_CHECKING:
     DbKind = Literal["central", "session"]
 
 BUSY_TIMEOUT_MS = 5000
+# The host's commits to a session's inbound.db wait at most this for a reader's lock. The
+# agent may read that file, so it can keep a read transaction open for as long as it likes;
+# a commit waiting for it holds the PENDING lock, which keeps every other reader out (the
+# host's event loop, delivery, the sweep). Runner reads take well under it; a commit that
+# gives up is rolled back and its caller tries again later (host/session_writer.py).
+COMMIT_WAIT_MS = 10
+
+
+class _CommitWaitConnection(sqlite3.Connection):
+    """A connection whose commits wait at most ``commit_wait_ms`` for a reader's lock."""
+
+    commit_wait_ms: int = COMMIT_WAIT_MS
+
+
 SESSION_JOURNAL_MODE = "TRUNCATE"
 SESSION_SYNCHRONOUS = "NORMAL"
 
@@ -39,8 +53,11 @@ def connect(
     *,
     readonly: bool = False,
     check_same_thread: bool = True,
+    commit_wait_ms: int | None = None,
 ) -> sqlite3.Connection:
-    """Open a connection with the pragmas of its kind (DESIGN §1 invariant 3)."""
+    """Open a connection with the pragmas of its kind (DESIGN §1 invariant 3).
+    ``commit_wait_ms``: its commits wait at most this long for another's lock (the busy
+    timeout stays :data:`BUSY_TIMEOUT_MS` for everything else)."""
     p = Path(path)
     if readonly:
         uri = f"file:{p.resolve().as_posix()}?mode=ro"
@@ -57,7 +74,10 @@ def connect(
             isolation_level=None,
             timeout=BUSY_TIMEOUT_MS / 1000,
             check_same_thread=check_same_thread,
+            factory=sqlite3.Connection if commit_wait_ms is None else _CommitWaitConnection,
         )
+        if commit_wait_ms is not None:
+            conn.commit_wait_ms = commit_wait_ms  # type: ignore[attr-defined]
     conn.row_factory = sqlite3.Row
     conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
     if kind == "central":
@@ -114,19 +134,36 @@ def transaction(conn: sqlite3.Connection, *, durable: bool = False) -> Iterator[
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
+    _commit(conn)
+    if durable or id(conn) in _durable_wanted:
+        _durable_wanted.discard(id(conn))
+        sync_journal(conn)
+
+
+def _commit(conn: sqlite3.Connection) -> None:
+    """COMMIT, waiting at most the connection's ``commit_wait_ms`` for a lock when it has
+    one. A commit that cannot finish (a reader's lock: SQLITE_BUSY leaves the transaction
+    open, holding the PENDING lock that keeps every new reader out) is undone at once."""
+    wait = getattr(conn, "commit_wait_ms", None)
+    before = None
+    if wait is not None:
+        before = int(conn.execute("PRAGMA busy_timeout").fetchone()[0])
+        if before > wait:
+            conn.execute(f"PRAGMA busy_timeout = {int(wait)}")
+        else:
+            before = None
     try:
         conn.execute("COMMIT")
     except BaseException:
-        # a commit that cannot finish (a reader's lock: SQLITE_BUSY leaves the transaction
-        # open, holding the PENDING lock that keeps every new reader out) is undone now
         _durable_wanted.discard(id(conn))
         if conn.in_transaction:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
         raise
-    if durable or id(conn) in _durable_wanted:
-        _durable_wanted.discard(id(conn))
-        sync_journal(conn)
+    finally:
+        if before is not None:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute(f"PRAGMA busy_timeout = {before}")
 
 
 def sync_journal(conn: sqlite3.Connection) -> None:

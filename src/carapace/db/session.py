@@ -19,7 +19,14 @@ import os
 import sqlite3
 from pathlib import Path
 
-from carapace.db.connection import column_names, connect, has_table, run_statements, transaction
+from carapace.db.connection import (
+    COMMIT_WAIT_MS,
+    column_names,
+    connect,
+    has_table,
+    run_statements,
+    transaction,
+)
 from carapace.record import record
 
 TYPE_CHECKING = False  # typing is read by type checkers only (runner start, issue 19)
@@ -257,7 +264,7 @@ def open_inbound(paths: SessionPaths, *, readonly: bool = False) -> sqlite3.Conn
     """The host opens read-write (and upgrades, once per file); the runner opens read-only."""
     if readonly:
         return connect(paths.inbound, "session", readonly=True)
-    conn = connect(paths.inbound, "session")
+    conn = connect(paths.inbound, "session", commit_wait_ms=COMMIT_WAIT_MS)
     key = (str(paths.inbound), paths.inbound.stat().st_ino)
     if key in _checked_inbound:
         return conn

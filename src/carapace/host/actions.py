@@ -12,7 +12,7 @@ import logging
 import sqlite3
 from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from carapace.db import groups
 from carapace.db.session import SessionPaths, open_inbound
@@ -27,6 +27,8 @@ from carapace.sched import series
 from carapace.timefmt import epoch_ms, iso, parse_ts, sqlite_ts
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 ActionHandler = Callable[[Session, dict[str, Any], sqlite3.Connection, datetime], Awaitable[None]]
 AdminCall = Callable[[dict[str, Any], dict[str, Any]], Awaitable[dict[str, Any]]]
@@ -108,6 +110,12 @@ class SystemActions:
                    f'destination named "{name}". Known destinations: '
                    f"{', '.join(names) or '(none)'}.", now)  # fmt: skip
 
+    async def _on_file(self, session: Session, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """``fn`` on the session's ``inbound.db``, on its writer thread: the agent may keep
+        that file locked, and the event loop never waits for it (the writer sets the job
+        aside and serves other sessions meanwhile)."""
+        return await self.sessions.writers.call(session.id, self.sessions.paths(session), fn)
+
     def _note(self, session: Session, text: str, now: datetime) -> None:
         self.sessions.notify_agent(session, text, now=now)
         self.wake(session.id)
@@ -118,20 +126,25 @@ class SystemActions:
     async def cancel_task(
         self, session: Session, c: dict[str, Any], inb: sqlite3.Connection, now: datetime
     ) -> None:
-        if not series.cancel_series(inb, str(c.get("taskId") or ""), now=now):
+        task_id = str(c.get("taskId") or "")
+        if not await self._on_file(session, lambda f: series.cancel_series(f, task_id, now=now)):
             self._no_match(session, "cancel_task", c, now)
 
     async def pause_task(
         self, session: Session, c: dict[str, Any], inb: sqlite3.Connection, now: datetime
     ) -> None:
-        if not series.pause_series(inb, str(c.get("taskId") or ""), now=now):
+        task_id = str(c.get("taskId") or "")
+        if not await self._on_file(session, lambda f: series.pause_series(f, task_id, now=now)):
             self._no_match(session, "pause_task", c, now)
 
     async def resume_task(
         self, session: Session, c: dict[str, Any], inb: sqlite3.Connection, now: datetime
     ) -> None:
         task_id = str(c.get("taskId") or "")
-        if series.resume_series(inb, task_id, now=now, default_tz=self.timezone):
+        tz = self.timezone
+        if await self._on_file(
+            session, lambda f: series.resume_series(f, task_id, now=now, default_tz=tz)
+        ):
             self.sessions.work.mark(session.id, iso(now))
         else:
             self._no_match(session, "resume_task", c, now)
@@ -145,7 +158,9 @@ class SystemActions:
         except ValidationError as exc:
             self._note(session, f"update_task {task_id}: {exc}", now)
             return
-        if not series.update_series(inb, task_id, fields, now=now):
+        if not await self._on_file(
+            session, lambda f: series.update_series(f, task_id, fields, now=now)
+        ):
             self._no_match(session, "update_task", c, now)
             return
         self.sessions.work.mark(session.id, iso(now))

@@ -64,7 +64,6 @@ from carapace.host.outbox_reader import (
     OutboxReader,
     OutboxRefused,
     OutRow,
-    read_ids_after,
     read_pass,
 )
 from carapace.host.send_intents import SendIntents
@@ -165,26 +164,6 @@ class Delivery:
         inb = self.sessions.open_inbound(paths)
         host_tables(inb)
         return inb
-
-    def pending_count(self, session: Session) -> int:
-        """Outbound rows above the cursor that are not done (cheap: cursor + index)."""
-        paths = self.sessions.paths(session)
-        if not paths.outbound.exists():
-            return 0
-        inb = self._open(paths)
-        try:
-            cur = inb.execute("SELECT seq FROM carapace_delivery_cursor WHERE id=1").fetchone()
-            try:
-                ids = read_ids_after(paths.outbound, cur[0] if cur else 0)
-            except (OSError, OutboxRefused):
-                return 0
-            if not ids:
-                return 0
-            rec = self._records.get(session.id)
-            done = self._done(inb, ids) | (set(rec.outcomes) if rec is not None else set())
-            return len([i for i in ids if i not in done])
-        finally:
-            self.sessions.done_with(inb)
 
     def records(self, session_id: str) -> Records:
         """The session's outcomes and attempts not yet committed."""

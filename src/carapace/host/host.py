@@ -474,10 +474,11 @@ class Host:
         """Route one event; returns once its rows are durable. A channel's events
         (``settle=False``) are acknowledged once journaled and written into their sessions'
         files right after; by default this also waits until they are there (and any
-        refusal is in the result)."""
+        refusal is in the result), with the rows the host stored on its way (an answer to
+        a question, a note to an agent)."""
         result = await self.router.route(event, now=self.now())
-        if settle and result.routed:
-            await self.sessions.settle([r.session_id for r in result.routed])
+        if settle:
+            await self.sessions.settle([r.session_id for r in result.routed], posted=True)
         if self._background and not self._stopping:  # typing needs timers (host/typing.py)
             for r in result.routed:
                 if r.trigger:
@@ -505,14 +506,18 @@ class Host:
         return r.delivered
 
     async def deliver_once(self, session_id: str | None = None) -> int:
-        """One delivery pass over one session, or every session with work or a runner."""
+        """One delivery pass over one session, or every session with work or a runner
+        (a driver's step: the rows the pass stored, notes to agents and their messages
+        to each other, are in their files when it returns)."""
         if session_id is not None:
-            return await self._drain(session_id)
-        ids = set(self.sessions.work.due(self.now() + timedelta(days=3650)))
-        ids.update(self.pool.running)
-        total = 0
-        for sid in sorted(ids):
-            total += await self._drain(sid)
+            total = await self._drain(session_id)
+        else:
+            ids = set(self.sessions.work.due(self.now() + timedelta(days=3650)))
+            ids.update(self.pool.running)
+            total = 0
+            for sid in sorted(ids):
+                total += await self._drain(sid)
+        await self.sessions.settle()
         return total
 
     def _on_outbound_change(self, session_id: str) -> None:

@@ -101,7 +101,8 @@ async def sweep_session(host: Host, sid: str, now: datetime, report: SweepReport
     # session with a task or a recurring row (it opened an inbound.db connection on the
     # loop for every swept session: a few ms each under load)
     hook_next = None
-    if scan.series:
+    if scan.series:  # (a commit of it that meets the agent's lock gives up at once: the
+        # series is looked at again at the hook's next retry; db/connection.COMMIT_WAIT_MS)
         with host.sessions.inbound(paths) as inb:
             ctx = SweepContext(session, paths, inb, now, host.settings.timezone,
                                host.sessions.other_max(sid, inb), scan.task_acks)  # fmt: skip

@@ -110,6 +110,8 @@ class Ingest:
         # per session, accepts waiting for their journal commit before they join the queue:
         # a row that comes meanwhile joins behind them (the queue keeps arrival order)
         self._journaling: dict[str, int] = {}
+        self._posting: set[asyncio.Future[int]] = set()  # posted rows' journal commits
+        self._posted: set[str] = set()  # sessions posted to (for settle(posted=True))
 
     async def accept(
         self, session: Session, row: dict[str, Any], *, now: datetime,
@@ -160,6 +162,47 @@ class Ingest:
                 return
         await fate  # in the file; or in neither: the error is raised
 
+    def post(self, session: Session, row: dict[str, Any], *, now: datetime,
+             due: str | None = None) -> None:  # fmt: skip
+        """Store a row the host writes itself (a note to the agent, another agent's
+        message, a task, an answer): journaled at once, then written into the session's
+        file by its pump, as a stream's rows are. It never waits, so it may be called on
+        the event loop: the file's agent may keep it locked for as long as it likes (a
+        commit waiting there stalled every chat). Durable once the journal's commit ends,
+        a fraction of a millisecond later. Written directly off the event loop, and once
+        the host's stop began."""
+        row = self.sessions.prepare_row(session, row, now)
+        sid = session.id
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:  # not on the event loop (a thread, a synchronous test)
+            self.sessions.write_prepared(session, row, now=now, due=due)
+            return
+        if self._stopping:
+            self.sessions.write_prepared(session, row, now=now, due=due)
+            return
+        journaled = self.journal.submit(sid, row)
+        self._journaling[sid] = self._journaling.get(sid, 0) + 1
+        self._posting.add(journaled)
+        if len(self._posted) >= RECENT_KEPT:
+            self._posted.clear()
+        self._posted.add(sid)
+
+        def enqueue(fut: asyncio.Future[int]) -> None:
+            self._posting.discard(fut)
+            if (left := self._journaling.get(sid, 1) - 1) > 0:
+                self._journaling[sid] = left
+            else:
+                self._journaling.pop(sid, None)
+            exc = None if fut.cancelled() else fut.exception()
+            if fut.cancelled() or exc is not None:
+                logger.error("message %s for session %s not stored: %s", row.get("id"), sid,
+                             exc or "cancelled")  # fmt: skip
+                return
+            self._enqueue(session, _Queued(fut.result(), row, now, None))
+
+        journaled.add_done_callback(enqueue)
+
     def _journal_late(self, sid: str, q: _Queued) -> asyncio.Future[int]:
         """Journal a lone row after all (its write is slow, or failed in passing); once."""
         if q.journaling is None:
@@ -192,15 +235,25 @@ class Ingest:
             )
 
     async def settle(
-        self, session_ids: list[str] | None = None, *, through_failures: bool = True
-    ) -> None:
-        """Wait until the rows accepted so far (of these sessions) are written. A session
+        self, session_ids: list[str] | None = None, *, through_failures: bool = True,
+        posted: bool = False,
+    ) -> None:  # fmt: skip
+        """Wait until the rows accepted so far (of these sessions; ``posted``: and of every
+        session the host posted rows to since its last such wait) are written. A session
         whose file fails (its pump waits out a back-off; its rows stay journaled) is not
         waited for, unless ``through_failures=False``: then only its success ends the wait."""
+        wanted = None if session_ids is None else set(session_ids)
         while True:
+            if self._posting:  # posted rows join their queues once journaled
+                await asyncio.wait(list(self._posting))
+                await asyncio.sleep(0)  # (their callbacks have run)
+                continue
+            if posted and wanted is not None:
+                wanted |= self._posted
+                self._posted.clear()
             pumps = [
                 t for sid, t in self._pumps.items()
-                if (session_ids is None or sid in session_ids)
+                if (wanted is None or sid in wanted)
                 and not (through_failures and sid in self._failing)
             ]  # fmt: skip
             if not pumps:

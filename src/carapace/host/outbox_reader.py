@@ -388,13 +388,6 @@ def _rows(conn: sqlite3.Connection, after_seq: int, limit: int) -> list[OutRow]:
     return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
 
 
-def read_ids_after(path: Path, after_seq: int, limit: int = MAX_ROWS) -> list[str]:
-    with open_checked(path) as conn:
-        return [str(r[0]) for r in conn.execute(
-            "SELECT id FROM messages_out WHERE seq > ? ORDER BY seq LIMIT ?",
-            (after_seq, limit))]  # fmt: skip
-
-
 def _has(conn: sqlite3.Connection, table: str) -> bool:
     row = conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (table,))
     return row.fetchone() is not None

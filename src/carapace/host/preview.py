@@ -44,7 +44,7 @@ from carapace.db.connection import transaction
 from carapace.db.destinations import channel_refusal
 from carapace.db.session import SessionPaths
 from carapace.errors import ConfigError
-from carapace.host.delivery_log import delivery_key
+from carapace.host.delivery_log import delivery_key, host_tables
 from carapace.host.sessions import SessionManager
 from carapace.timefmt import iso, utcnow
 
@@ -297,7 +297,7 @@ class PreviewKeeper:
                 return
             state.pm, state.text, state.last_edit = str(pm), text, now
             self._chat_edit[state.target] = now
-            self._record(session_id, state)
+            await self._record(session_id, state)
             return
         last = max(state.last_edit, self._chat_edit.get(state.target, float("-inf")))
         if text != state.text and now - last >= EDIT_INTERVAL_S:  # once a second per chat
@@ -349,29 +349,33 @@ class PreviewKeeper:
             self._takes[session_id] = self._takes.get(session_id, 0) + 1
             return state.pm if state.target == target else None
 
-    def _record(self, session_id: str, state: _Shown) -> None:
+    async def _record(self, session_id: str, state: _Shown) -> None:
         """The posted preview, on disk (``carapace_preview`` in inbound.db), so that after a
-        host restart the reply is still edited into it (an edit shown twice is shown once)."""
+        host restart the reply is still edited into it (an edit shown twice is shown once).
+        Written on the session's writer thread: its agent may keep the file locked, and
+        the event loop never waits for that."""
         session = self.sessions.get(session_id)
         if self.open_inbound is None or session is None or state.pm is None:
             return
         ct, pid, tid = state.target
         now = self.now()
+        reply_id, pm = state.reply_id, state.pm
+
+        def write(inb: sqlite3.Connection) -> None:
+            host_tables(inb)
+            with transaction(inb):
+                inb.execute("DELETE FROM carapace_preview WHERE created_at < ?",
+                            (iso(now - timedelta(seconds=KEEP_RECORDS_S)),))  # fmt: skip
+                inb.execute(
+                    "INSERT OR REPLACE INTO carapace_preview (reply_id, channel_type, "
+                    "platform_id, thread_id, platform_message_id, created_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (reply_id, ct, pid, tid, pm, iso(now)),
+                )
+
         try:
-            inb = self.open_inbound(self.sessions.paths(session))
-            try:
-                with transaction(inb):
-                    inb.execute("DELETE FROM carapace_preview WHERE created_at < ?",
-                                (iso(now - timedelta(seconds=KEEP_RECORDS_S)),))  # fmt: skip
-                    inb.execute(
-                        "INSERT OR REPLACE INTO carapace_preview (reply_id, channel_type, "
-                        "platform_id, thread_id, platform_message_id, created_at) "
-                        "VALUES (?, ?, ?, ?, ?, ?)",
-                        (state.reply_id, ct, pid, tid, state.pm, iso(now)),
-                    )
-            finally:
-                self.sessions.done_with(inb)
-        except sqlite3.Error as exc:  # only a restart's edit is lost: the reply comes anyway
+            await self.sessions.writers.call(session_id, self.sessions.paths(session), write)
+        except (sqlite3.Error, OSError) as exc:  # only a restart's edit is lost
             logger.warning("preview of session %s not recorded: %s", session_id, exc)
 
     def _recorded(self, session: Any, reply_id: str) -> tuple[Target, str] | None:

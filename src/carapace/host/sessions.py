@@ -323,13 +323,23 @@ class SessionManager:
 
     def write_message(
         self, session: Session, row: dict[str, Any], *, now: datetime, due: str | None = None
+    ) -> None:
+        """Store one ``messages_in`` row (even seq; skipped when its id is there already).
+        With the host's ingest the row is journaled and then written by the session's pump
+        (:meth:`Ingest.post`): nothing here waits for the session's file, which its agent
+        may keep locked for as long as it likes; without one (a bare manager: no host
+        running) it is written here, at once."""
+        if self.ingest is not None:
+            self.ingest.post(session, row, now=now, due=due)
+            return
+        self.write_prepared(session, self.prepare_row(session, row, now), now=now, due=due)
+
+    def write_prepared(
+        self, session: Session, row: dict[str, Any], *, now: datetime, due: str | None = None
     ) -> int | None:
-        """Insert one ``messages_in`` row (even seq); None when the id exists already."""
+        """Insert one prepared row now, in a commit of its own (a bare manager; a row
+        posted once the host's stop began); None when the id exists already."""
         paths = self.paths(session)
-        row = dict(row)
-        if "content" in row and isinstance(row["content"], str):
-            row["content"] = self.extract_attachments(paths, str(row["id"]), row["content"], now)
-        row.setdefault("series_id", row["id"])
         with self.inbound(paths) as conn:
             if conn.execute("SELECT 1 FROM messages_in WHERE id=?", (row["id"],)).fetchone():
                 return None
@@ -374,12 +384,15 @@ class SessionManager:
                 await outcome(res, None)
 
     async def settle(
-        self, session_ids: list[str] | None = None, *, through_failures: bool = True
-    ) -> None:
-        """Wait until the rows accepted so far (of these sessions) are in their files, or
-        (``through_failures``) kept in the journal while their file fails."""
+        self, session_ids: list[str] | None = None, *, through_failures: bool = True,
+        posted: bool = False,
+    ) -> None:  # fmt: skip
+        """Wait until the rows accepted so far (of these sessions; ``posted``: and of the
+        sessions the host posted rows to) are in their files, or (``through_failures``)
+        kept in the journal while their file fails."""
         if self.ingest is not None:
-            await self.ingest.settle(session_ids, through_failures=through_failures)
+            await self.ingest.settle(session_ids, through_failures=through_failures,
+                                     posted=posted)  # fmt: skip
 
     async def write_batch(
         self, session: Session, rows: list[dict[str, Any]], now: datetime

@@ -1,0 +1,135 @@
+"""An agent keeping its ``inbound.db`` locked must not stall the host's event loop (the
+agent is hostile). The agent may read that file, so it can hold a read transaction open
+for as long as it likes; no commit to the file can finish meanwhile. Nothing the host does
+on its event loop may wait for that: the notes it writes to the agent, the agent's own
+task actions, a message routed to it, another chat's message, a delivery pass and a
+sweep all go on while the lock is held, and everything reaches the file once it goes.
+(``test_outbound_lock.py`` is the same attack on ``outbound.db``.)"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from datetime import timedelta
+
+from host_rig import Rig
+
+from carapace.channels.fake import make_event
+from carapace.db.sessions import Session
+from carapace.host.ingest import LONE_WAIT_S
+from carapace.jsonutil import dumps
+from carapace.timefmt import iso, sqlite_ts
+
+
+def _texts(rig: Rig, s: Session) -> list[str]:
+    return [r["content"] for r in rig.inbound(s, "SELECT content FROM messages_in ORDER BY seq")]
+
+
+def _ids(rig: Rig, s: Session) -> list[str]:
+    return [r["id"].split(":")[0] for r in rig.inbound(s)]
+
+
+def test_a_read_lock_kept_on_inbound_db_never_stalls_the_loop(rig: Rig) -> None:
+    s = rig.one_chat_session("chan")  # its runner is live: the host keeps a connection
+    assert rig.host.pool.is_running(s.id)
+    sched = {"action": "schedule_task", "taskId": "task-1", "prompt": "digest", "script": None,
+             "processAfter": "2030-03-01T13:00:00.000Z", "recurrence": "0 9 * * *",
+             "platformId": "chan", "channelType": "fake", "threadId": None}  # fmt: skip
+    rig.reply(s, sched, kind="system")
+    rig.run(rig.host.deliver_once(s.id))
+    other_ag = rig.agent("other")
+    rig.wire(rig.chat("other"), other_ag)
+    rig.run(rig.host.route(make_event("hello", platform_id="other", id="o1")))
+    [s2] = [x for x in rig.sessions() if x.id != s.id]
+    rig.host.sessions.ingest.lone_wait_s = LONE_WAIT_S  # type: ignore[union-attr]
+    # what the agent wrote before it took the lock: a task action, and a message to a
+    # destination it does not have (the host answers with a note)
+    rig.reply(s, {"action": "pause_task", "taskId": "task-1"}, kind="system")
+    rig.reply(s, {"action": "unknown_destination", "to": "nowhere", "known": []}, kind="system")
+
+    agent = sqlite3.connect(str(rig.paths(s).inbound), isolation_level=None)
+    agent.execute("BEGIN")
+    agent.execute("SELECT COUNT(*) FROM messages_in").fetchone()  # a shared lock, kept
+
+    async def passes() -> float:
+        gaps: list[float] = []
+        stop = asyncio.Event()
+
+        async def ticker() -> None:
+            last = time.perf_counter()
+            while not stop.is_set():
+                await asyncio.sleep(0.005)
+                now = time.perf_counter()
+                gaps.append(now - last)
+                last = now
+
+        tick = asyncio.ensure_future(ticker())
+        await asyncio.sleep(0.01)
+        # the lock goes after a while; a loop that waited in SQLite never gets there
+        asyncio.get_running_loop().call_later(0.5, agent.execute, "ROLLBACK")
+        rig.host.sessions.notify_agent(s, "a note from the host", now=rig.clock.now())
+        await rig.host.route(make_event("held", platform_id="chan", id="h1"), settle=False)
+        await rig.host.route(make_event("meanwhile", platform_id="other", id="o2"),
+                             settle=False)  # fmt: skip
+        await rig.host.deliver_once(s.id)  # the task action and the note, on the lock
+        rig.clock.advance(1)
+        await rig.host.sweep_once()
+        stop.set()
+        await tick
+        return max(gaps)
+
+    try:
+        stall = rig.run(passes())
+    finally:
+        if agent.in_transaction:
+            agent.execute("ROLLBACK")
+        agent.close()
+    assert stall < 0.4, f"the event loop stalled {stall:.2f} s on the agent's lock"
+    rig.run(rig.host.sessions.settle(through_failures=False))
+    rig.run(rig.host.sessions.writers.drain())
+    ids = _ids(rig, s)
+    assert "h1" in ids and "task-1" in ids
+    texts = "\n".join(_texts(rig, s))
+    assert "a note from the host" in texts
+    assert 'no destination named \\"nowhere\\"' in texts
+    assert rig.inbound(s, "SELECT status FROM messages_in WHERE id='task-1'") == [
+        {"status": "paused"}
+    ]
+    assert {"o1", "o2"} <= set(_ids(rig, s2))
+
+
+def test_the_task_sweep_never_waits_for_the_agents_lock(rig: Rig) -> None:
+    """The sweep's task hook hands a due series over to its next occurrence with a write
+    on the event loop; under the agent's lock that write gives up at once (the sweep looks
+    again later) instead of waiting, and the series moves on once the lock is gone."""
+    s = rig.one_chat_session("chan")
+    now = rig.clock.now()
+    rig.host.sessions.write_message(s, {
+        "id": "task-1", "kind": "task", "timestamp": sqlite_ts(now),
+        "process_after": iso(now - timedelta(minutes=1)), "recurrence": "* * * * *",
+        "series_id": "task-1", "platform_id": "chan", "channel_type": "fake",
+        "content": dumps({"prompt": "p", "script": None}),
+    }, now=now, due=iso(now))  # fmt: skip
+    rig.ack(s, "task-1", "completed")  # the runner ran it: the series is due to move on
+    agent = sqlite3.connect(str(rig.paths(s).inbound), isolation_level=None)
+    agent.execute("BEGIN")
+    agent.execute("SELECT COUNT(*) FROM messages_in").fetchone()
+
+    async def sweep() -> float:
+        started = time.perf_counter()
+        rig.clock.advance(1)
+        await rig.host.sweep_once()
+        return time.perf_counter() - started
+
+    try:
+        took = rig.run(sweep())
+        assert _ids(rig, s).count("task-1") == 1 and len(
+            [i for i in _ids(rig, s) if i.startswith("task-1@")]) == 0  # fmt: skip
+    finally:
+        agent.execute("ROLLBACK")
+        agent.close()
+    assert took < 1.0, f"the sweep waited {took:.2f} s on the agent's lock"
+    rig.clock.advance(120)
+    rig.run(rig.host.sweep_once())
+    assert [i for i in _ids(rig, s) if i.startswith("task-1@")]
