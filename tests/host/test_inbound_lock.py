@@ -80,14 +80,14 @@ def test_a_read_lock_kept_on_inbound_db_never_stalls_the_loop(rig: Rig) -> None:
         return max(gaps)
 
     try:
-        stall = rig.run(passes())
+        stall = rig.run(asyncio.wait_for(passes(), 30))
     finally:
         if agent.in_transaction:
             agent.execute("ROLLBACK")
         agent.close()
     assert stall < 0.4, f"the event loop stalled {stall:.2f} s on the agent's lock"
-    rig.run(rig.host.sessions.settle(through_failures=False))
-    rig.run(rig.host.sessions.writers.drain())
+    rig.run(asyncio.wait_for(rig.host.sessions.settle(through_failures=False), 30))
+    rig.run(asyncio.wait_for(rig.host.sessions.writers.drain(), 30))
     ids = _ids(rig, s)
     assert "h1" in ids and "task-1" in ids
     texts = "\n".join(_texts(rig, s))
@@ -123,7 +123,7 @@ def test_the_task_sweep_never_waits_for_the_agents_lock(rig: Rig) -> None:
         return time.perf_counter() - started
 
     try:
-        took = rig.run(sweep())
+        took = rig.run(asyncio.wait_for(sweep(), 30))
         assert _ids(rig, s).count("task-1") == 1 and len(
             [i for i in _ids(rig, s) if i.startswith("task-1@")]) == 0  # fmt: skip
     finally:

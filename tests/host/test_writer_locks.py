@@ -25,6 +25,11 @@ from carapace.host.session_writer import SessionWriters
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
 
+def _run(coro: Any) -> Any:
+    """Run a test's steps, bounded: a job nobody answers fails the test, never hangs it."""
+    return asyncio.run(asyncio.wait_for(coro, 30))
+
+
 def _paths(tmp_path: Path, name: str) -> SessionPaths:
     paths = SessionPaths(tmp_path / name)
     init_session_folder(paths)
@@ -93,7 +98,7 @@ def test_a_locked_session_file_does_not_hold_up_another_sessions_writes(env: Any
         agent.let_go()
         assert isinstance(await held, int)
 
-    asyncio.run(go())
+    _run(go())
     assert _ids(a) == ["a1"] and _ids(b) == ["b1"]
 
 
@@ -106,9 +111,10 @@ def test_a_set_aside_session_keeps_its_order_and_holds_no_lock(env: Any) -> None
     async def go() -> list[int]:
         first = asyncio.ensure_future(writers.call("a", a, _insert("a1")))
         await asyncio.sleep(0)
-        second = asyncio.ensure_future(writers.call("a", a, _insert("a2")))
-        await asyncio.sleep(0)
         await writers.call("b", b, _insert("b1"))  # A was tried and set aside before this
+        second = asyncio.ensure_future(writers.call("a", a, _insert("a2")))  # comes after
+        await asyncio.sleep(0)
+        await writers.call("b", b, _insert("b2"))
         assert not first.done() and not second.done()
         # (a commit that waits holds PENDING throughout; a try again holds it for a moment)
         reader = sqlite3.connect(a.inbound, timeout=0.05, isolation_level=None)
@@ -121,8 +127,8 @@ def test_a_set_aside_session_keeps_its_order_and_holds_no_lock(env: Any) -> None
         agent.let_go()
         return [await first, await second]
 
-    seqs = asyncio.run(go())
-    assert seqs == sorted(seqs) and _ids(a) == ["a1", "a2"]
+    seqs = _run(go())
+    assert seqs == sorted(seqs) and _ids(a) == ["a1", "a2"] and _ids(b) == ["b1", "b2"]
 
 
 def test_a_lock_held_past_the_deadline_fails_the_jobs_as_busy(env: Any) -> None:
@@ -136,11 +142,11 @@ def test_a_lock_held_past_the_deadline_fails_the_jobs_as_busy(env: Any) -> None:
         jobs = [writers.call("a", a, _insert(f"a{i}")) for i in range(3)]
         return list(await asyncio.gather(*jobs, return_exceptions=True))
 
-    results = asyncio.run(go())
+    results = _run(go())
     assert all(isinstance(r, sqlite3.OperationalError) and is_busy(r) for r in results), results
     assert _ids(a) == []
     agent.let_go()
-    assert isinstance(asyncio.run(writers.call("a", a, _insert("later"))), int)
+    assert isinstance(_run(writers.call("a", a, _insert("later"))), int)
     assert _ids(a) == ["later"]
 
 
@@ -159,7 +165,7 @@ def test_drain_waits_for_a_set_aside_job(env: Any) -> None:
         await draining
         assert held.done() and isinstance(held.result(), int)
 
-    asyncio.run(go())
+    _run(go())
     assert _ids(a) == ["a1"]
 
 
@@ -179,7 +185,7 @@ def test_close_does_not_wait_for_a_lock_that_is_never_let_go(env: Any) -> None:
         await asyncio.to_thread(closer.join, 30)
         results.append(closer.is_alive())
 
-    asyncio.run(go())
+    _run(go())
     [[res], alive] = results
     assert isinstance(res, sqlite3.OperationalError) and is_busy(res)
     assert alive is False
