@@ -9,6 +9,8 @@ sweep all go on while the lock is held, and everything reaches the file once it 
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import sqlite3
 import time
 from datetime import timedelta
@@ -133,3 +135,60 @@ def test_the_task_sweep_never_waits_for_the_agents_lock(rig: Rig) -> None:
     rig.clock.advance(120)
     rig.run(rig.host.sweep_once())
     assert [i for i in _ids(rig, s) if i.startswith("task-1@")]
+
+
+def test_a_preview_is_recorded_without_waiting_for_the_agents_lock(rig: Rig) -> None:
+    """A reply shown as it is written is recorded in ``inbound.db`` once its preview is
+    posted (a restarted host edits the reply into it). Under the agent's lock the record
+    waits on the session's writer thread, not on the event loop, and is written once the
+    lock goes."""
+    rig.channel.streams_replies = True
+    clock = [1000.0]
+    rig.host.previews.monotonic = lambda: clock[0]
+    s = rig.one_chat_session("chan")
+    preview = rig.paths(s).outbox / ".preview.json"
+
+    def write(text: str) -> None:
+        tmp = preview.with_name("x.tmp")
+        tmp.write_text(json.dumps({"v": 1, "reply_id": "r1", "channel_type": "fake",
+                                   "platform_id": "chan", "thread_id": None, "text": text,
+                                   "done": False, "reply": False}))  # fmt: skip
+        os.replace(tmp, preview)
+
+    write("Once upon")
+    rig.run(rig.host.previews.poll(s.id))
+    clock[0] += 1.1
+    write("Once upon a time")
+    agent = sqlite3.connect(str(rig.paths(s).inbound), isolation_level=None)
+    agent.execute("BEGIN")
+    agent.execute("SELECT COUNT(*) FROM messages_in").fetchone()
+
+    async def poll() -> float:
+        gaps: list[float] = []
+        stop = asyncio.Event()
+
+        async def ticker() -> None:
+            last = time.perf_counter()
+            while not stop.is_set():
+                await asyncio.sleep(0.005)
+                now = time.perf_counter()
+                gaps.append(now - last)
+                last = now
+
+        tick = asyncio.ensure_future(ticker())
+        await asyncio.sleep(0.01)
+        asyncio.get_running_loop().call_later(0.5, agent.execute, "ROLLBACK")
+        await rig.host.previews.poll(s.id)  # posts the preview, then records it
+        stop.set()
+        await tick
+        return max(gaps)
+
+    try:
+        stall = rig.run(asyncio.wait_for(poll(), 30))
+    finally:
+        if agent.in_transaction:
+            agent.execute("ROLLBACK")
+        agent.close()
+    assert rig.channel.texts() == ["Once upon a time"]
+    assert stall < 0.4, f"the event loop stalled {stall:.2f} s on the agent's lock"
+    assert rig.inbound(s, "SELECT reply_id FROM carapace_preview") == [{"reply_id": "r1"}]
