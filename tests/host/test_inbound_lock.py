@@ -18,6 +18,7 @@ from datetime import timedelta
 from host_rig import Rig
 
 from carapace.channels.fake import make_event
+from carapace.db.destinations import add_destination
 from carapace.db.sessions import Session
 from carapace.host.ingest import LONE_WAIT_S
 from carapace.jsonutil import dumps
@@ -192,3 +193,33 @@ def test_a_preview_is_recorded_without_waiting_for_the_agents_lock(rig: Rig) -> 
     assert rig.channel.texts() == ["Once upon a time"]
     assert stall < 0.4, f"the event loop stalled {stall:.2f} s on the agent's lock"
     assert rig.inbound(s, "SELECT reply_id FROM carapace_preview") == [{"reply_id": "r1"}]
+
+
+def test_a_destination_projected_into_a_locked_live_session_arrives_once_the_lock_goes(
+    rig: Rig,
+) -> None:
+    """A destination added while the session's runner is alive is written into its
+    ``inbound.db`` (the agent's view). Under the agent's lock the write waits on the
+    session's writer thread and is written once the lock goes (within the 5 s a lock was
+    always allowed), rather than failing for good after the commit's short wait."""
+    s = rig.one_chat_session("chan")
+    assert rig.host.pool.is_running(s.id)
+    helper = rig.agent("helper")
+    agent = sqlite3.connect(str(rig.paths(s).inbound), isolation_level=None)
+    agent.execute("BEGIN")
+    agent.execute("SELECT COUNT(*) FROM messages_in").fetchone()
+
+    async def change() -> None:
+        asyncio.get_running_loop().call_later(0.3, agent.execute, "ROLLBACK")
+        add_destination(rig.db, s.agent_group_id, "helper", "agent", helper)  # the hook
+        await asyncio.sleep(0)
+        await rig.host.projection_idle()
+
+    try:
+        rig.run(asyncio.wait_for(change(), 30))
+    finally:
+        if agent.in_transaction:
+            agent.execute("ROLLBACK")
+        agent.close()
+    names = [r["name"] for r in rig.inbound(s, "SELECT name FROM destinations")]
+    assert "helper" in names

@@ -35,31 +35,36 @@ def write_rows(paths: SessionPaths, rows: list[ProjectedDestination]) -> bool:
     """Write ``rows`` as the session's ``destinations`` only when they differ from what is
     there (no commit otherwise: issue 19). True when it wrote. Thread-safe (its own
     connection)."""
+    conn = open_inbound(paths)
+    try:
+        return write_rows_on(conn, rows)
+    finally:
+        conn.close()
+
+
+def write_rows_on(conn: sqlite3.Connection, rows: list[ProjectedDestination]) -> bool:
+    """:func:`write_rows` on an open ``inbound.db`` connection."""
     want = sorted(
         (r.name, r.display_name, r.type, r.channel_type, r.platform_id, r.agent_group_id)
         for r in rows
     )
-    conn = open_inbound(paths)
-    try:
-        have = sorted(
-            tuple(r)
-            for r in conn.execute(
-                "SELECT name, display_name, type, channel_type, platform_id, agent_group_id "
-                "FROM destinations"
-            )
+    have = sorted(
+        tuple(r)
+        for r in conn.execute(
+            "SELECT name, display_name, type, channel_type, platform_id, agent_group_id "
+            "FROM destinations"
         )
-        if have == want:
-            return False
-        with transaction(conn):
-            conn.execute("DELETE FROM destinations")
-            conn.executemany(
-                "INSERT INTO destinations (name, display_name, type, channel_type, platform_id, "
-                "agent_group_id) VALUES (?, ?, ?, ?, ?, ?)",
-                want,
-            )
-        return True
-    finally:
-        conn.close()
+    )
+    if have == want:
+        return False
+    with transaction(conn):
+        conn.execute("DELETE FROM destinations")
+        conn.executemany(
+            "INSERT INTO destinations (name, display_name, type, channel_type, platform_id, "
+            "agent_group_id) VALUES (?, ?, ?, ?, ?, ?)",
+            want,
+        )
+    return True
 
 
 def write_routing(db: sqlite3.Connection, data_dir: Path, session: Session) -> bool:
