@@ -41,6 +41,7 @@ class _CommitWaitConnection(sqlite3.Connection):
     """A connection whose commits wait at most ``commit_wait_ms`` for a reader's lock."""
 
     commit_wait_ms: int = COMMIT_WAIT_MS
+    busy_ms: int = BUSY_TIMEOUT_MS  # its busy timeout, as set by :func:`set_busy`
 
 
 SESSION_JOURNAL_MODE = "TRUNCATE"
@@ -140,18 +141,22 @@ def transaction(conn: sqlite3.Connection, *, durable: bool = False) -> Iterator[
         sync_journal(conn)
 
 
+def set_busy(conn: sqlite3.Connection, ms: int) -> None:
+    """Set the connection's busy timeout (and note it, for :func:`_commit`)."""
+    conn.execute(f"PRAGMA busy_timeout = {int(ms)}")
+    if isinstance(conn, _CommitWaitConnection):
+        conn.busy_ms = int(ms)
+
+
 def _commit(conn: sqlite3.Connection) -> None:
     """COMMIT, waiting at most the connection's ``commit_wait_ms`` for a lock when it has
     one. A commit that cannot finish (a reader's lock: SQLITE_BUSY leaves the transaction
     open, holding the PENDING lock that keeps every new reader out) is undone at once."""
     wait = getattr(conn, "commit_wait_ms", None)
     before = None
-    if wait is not None:
-        before = int(conn.execute("PRAGMA busy_timeout").fetchone()[0])
-        if before > wait:
-            conn.execute(f"PRAGMA busy_timeout = {int(wait)}")
-        else:
-            before = None
+    if wait is not None and (busy := getattr(conn, "busy_ms", BUSY_TIMEOUT_MS)) > wait:
+        conn.execute(f"PRAGMA busy_timeout = {int(wait)}")  # (no query per commit: the
+        before = busy  # usual case, a writer thread's connection, waits less already)
     try:
         conn.execute("COMMIT")
     except BaseException:

@@ -48,7 +48,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from carapace.db.connection import BUSY_TIMEOUT_MS, is_busy, transaction
+from carapace.db.connection import BUSY_TIMEOUT_MS, is_busy, set_busy, transaction
 from carapace.db.session import SessionPaths, open_inbound
 
 logger = logging.getLogger(__name__)
@@ -128,7 +128,7 @@ class _Worker:
                 return held[0]
             self._drop(session_id)  # the folder was made again: the old file is gone
         conn = open_inbound(paths)
-        conn.execute(f"PRAGMA busy_timeout = {WRITER_BUSY_MS}")  # longer: set aside
+        set_busy(conn, WRITER_BUSY_MS)  # longer: set aside
         self.conns[session_id] = (conn, key)
         while len(self.conns) > CONNS_PER_THREAD:
             self._drop(next(iter(self.conns)))
@@ -266,7 +266,7 @@ class _Worker:
             return self._attempt(batch)
         conn = held[0]
         try:
-            conn.execute("PRAGMA busy_timeout = 0")
+            set_busy(conn, 0)
         except sqlite3.Error:
             self._drop(session_id)
             return self._attempt(batch)
@@ -275,7 +275,7 @@ class _Worker:
         finally:
             if self.conns.get(session_id, (None,))[0] is conn:
                 with contextlib.suppress(sqlite3.Error):
-                    conn.execute(f"PRAGMA busy_timeout = {WRITER_BUSY_MS}")
+                    set_busy(conn, WRITER_BUSY_MS)
 
     def _fail_all(self, session_id: str, aside: _Aside) -> None:
         """The lock outlasted the deadline: every job set aside hears it (as a commit that
