@@ -156,7 +156,9 @@ def start_breakdown(n: int = 5) -> dict[str, float]:
 
 def outbound_insert(rows: int = 2000, runs: int = 3) -> tuple[float, float]:
     """The runner's reply insert (``Outbound.write``: one ``BEGIN IMMEDIATE`` transaction
-    per row, seq allocated against the inbound side, as NanoClaw's ``writeMessageOut``),
+    per row, seq allocated against the inbound side, as NanoClaw's ``writeMessageOut``;
+    the inbound side's highest seq as the runner takes it, from its last poll, compat.md
+    D4, not read from ``inbound.db`` per row as NanoClaw does),
     rows per second, and the disk's floor for it in the same sitting (a bare one-row
     INSERT + commit with the same pragmas); medians of ``runs``, alternating."""
     from carapace.db.connection import connect
@@ -172,7 +174,8 @@ def outbound_insert(rows: int = 2000, runs: int = 3) -> tuple[float, float]:
             paths = SessionPaths(Path(tmp))
             init_session_folder(paths)
             inbound = Inbound(paths)
-            out = Outbound(paths, inbound_max=inbound.max_seq)
+            inbound.max_seq()  # the runner's first poll
+            out = Outbound(paths, inbound_max=inbound.known_max)
             t0 = time.perf_counter()
             for i in range(rows):
                 out.write(id=f"bench-{i}", kind="chat", content=content,
