@@ -143,3 +143,38 @@ def test_a_read_that_outlasts_its_timeout_raises_and_leaves_the_loop_free() -> N
     finally:
         release.set()
         reader.close()
+
+
+def test_an_agent_keeping_its_outbound_db_locked_holds_up_no_other_sessions_read(
+    tmp_path: Path,
+) -> None:
+    """The host's outbound.db reads share a few worker threads. A read meeting a lock the
+    agent keeps must not hold a worker while it waits: it gives the worker back between its
+    tries, so another session's read (here: on the only worker) goes through meanwhile;
+    the held read still gets its rows once the lock goes, within the wait it always had."""
+    a, b = SessionPaths(tmp_path / "a"), SessionPaths(tmp_path / "b")
+    for p in (a, b):
+        init_session_folder(p)
+        keep(p.outbound)
+    _runner(b.outbound).execute(ROW.format("b1", 1))
+    agent = _runner(a.outbound)
+    agent.execute("BEGIN EXCLUSIVE")
+    agent.execute(ROW.format("a1", 1))
+    reader = OutboxReader(workers=1)
+
+    async def main() -> tuple[list[str], list[str]]:
+        held = asyncio.ensure_future(reader.call(read_rows, a.outbound, 0))
+        await asyncio.sleep(0.05)  # its first tries met the lock
+        other = [r["id"] for r in await reader.call(read_rows, b.outbound, 0)]
+        assert not held.done()  # still waiting for the lock, off the worker
+        agent.execute("COMMIT")
+        return other, [r["id"] for r in await held]
+
+    try:
+        other, mine = asyncio.run(asyncio.wait_for(main(), 30))
+    finally:
+        agent.close()
+        reader.close()
+        for p in (a, b):
+            release(p.outbound)
+    assert other == ["b1"] and mine == ["a1"]

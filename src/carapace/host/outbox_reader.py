@@ -71,6 +71,12 @@ INLINE_BUDGET_S = 0.25  # the few indexed lookups still made on the event loop (
 # so legit ones take microseconds; generous so a loaded machine never reads "refused")
 CALL_TIMEOUT_S = 5.0  # an awaited read gives up after this (the budget fires first)
 BUSY_WAIT_MS = 1000  # a runner's write lock is waited for at most this long
+# A read on the reader pool waits this long for the lock in its thread, then gives the
+# worker back and tries again after a pause (OutboxReader.call), up to BUSY_WAIT_MS in all:
+# an agent keeping its outbound.db locked would otherwise hold a worker that every
+# session's delivery shares (a runner's commit takes ~1 ms; its end wakes delivery anyway).
+BUSY_TRY_MS = 20
+BUSY_PAUSE_S = 0.005  # between a pool read's tries, doubling up to BUSY_RETRY_MAX_S * 5
 BUSY_RETRY_S = 0.0003  # between tries of a kept connection's read that met a runner commit
 BUSY_RETRY_MAX_S = 0.01  # the wait doubles up to this (a lock held on purpose)
 MAX_ROWS = 500  # outbound rows per delivery read
@@ -115,6 +121,19 @@ class OutboxRefused(ValidationError):
     """An ``outbound.db`` the host will not read (wrong schema, a link, too much work)."""
 
     code = "outbox-refused"
+
+
+class OutboxBusy(OutboxRefused):
+    """The runner's (or its agent's) lock on ``outbound.db`` outlasted this try's wait."""
+
+
+# set in the reader pool's threads: their reads wait only BUSY_TRY_MS per try in the
+# thread; OutboxReader.call tries again with the worker given back (see BUSY_TRY_MS)
+_pool_thread = threading.local()
+
+
+def _in_pool() -> None:
+    _pool_thread.on = True
 
 
 def check_schema(conn: sqlite3.Connection) -> None:
@@ -275,6 +294,8 @@ def _kept_checked(
             conn.execute("COMMIT")
         except BaseException as exc:
             entry.drop()  # whatever went wrong, the next read starts from a fresh check
+            if is_busy(exc):
+                raise OutboxBusy(f"outbound.db: {exc}") from None
             if isinstance(exc, sqlite3.OperationalError) and "interrupted" in str(exc):
                 raise OutboxRefused(f"reading outbound.db took over {budget_s:g} s") from None
             if isinstance(exc, sqlite3.DatabaseError):
@@ -295,7 +316,10 @@ def open_checked(
     ``busy_ms``: how long to wait for the runner's write lock (default ``BUSY_WAIT_MS``; the
     reads made on the event loop pass 0: a runner holding its lock must not stall the host,
     and a locked file reads as refused, never waited for)."""
-    busy = BUSY_WAIT_MS if busy_ms is None else busy_ms
+    if busy_ms is None:
+        busy = BUSY_TRY_MS if getattr(_pool_thread, "on", False) else BUSY_WAIT_MS
+    else:
+        busy = busy_ms
     entry = None if write or budget_s <= INLINE_BUDGET_S else _kept.get(str(path))
     if entry is not None:
         with _kept_checked(entry, path, budget_s, busy) as kept_conn:
@@ -329,6 +353,8 @@ def open_checked(
     except sqlite3.OperationalError as exc:
         if "interrupted" in str(exc):
             raise OutboxRefused(f"reading outbound.db took over {budget_s:g} s") from None
+        if is_busy(exc):
+            raise OutboxBusy(f"outbound.db: {exc}") from None
         raise OutboxRefused(f"outbound.db: {exc}") from None
     except sqlite3.DatabaseError as exc:
         raise OutboxRefused(f"outbound.db: {exc}") from None
@@ -459,14 +485,28 @@ class OutboxReader:
     A refusal is logged once per session and file state (not on every read)."""
 
     def __init__(self, workers: int = 4, timeout_s: float = CALL_TIMEOUT_S) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="outbox")
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="outbox",
+                                        initializer=_in_pool)  # fmt: skip
         self.timeout_s = timeout_s
         self._told: dict[str, str] = {}
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` on the pool. A read that met a lock (:class:`OutboxBusy`, after
+        ``BUSY_TRY_MS`` in its thread) is tried again after a pause with the worker given
+        back, for up to ``BUSY_WAIT_MS`` in all: one agent keeping its file locked holds
+        up no other session's reads."""
         loop = asyncio.get_running_loop()
         async with asyncio.timeout(self.timeout_s):  # (wait_for ran one more task: ~50 µs)
-            return await loop.run_in_executor(self._pool, fn, *args)
+            deadline = loop.time() + BUSY_WAIT_MS / 1000
+            pause = BUSY_PAUSE_S
+            while True:
+                try:
+                    return await loop.run_in_executor(self._pool, fn, *args)
+                except OutboxBusy:
+                    if loop.time() + pause > deadline:
+                        raise
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, BUSY_RETRY_MAX_S * 5)
 
     def first_refusal(self, key: str, why: str) -> bool:
         """True the first time ``why`` is reported for ``key`` (a session id)."""
