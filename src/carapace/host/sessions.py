@@ -52,6 +52,11 @@ T = TypeVar("T")
 
 PATHS_KEPT = 4096  # SessionPaths objects kept (a cache: cleared when full)
 LAST_ACTIVE_EVERY_S = 1.0  # a session's last_active is written at most this often
+# Notes the host writes to one session in a minute (every undeliverable row the agent
+# writes gets one: an agent writing thousands must not get thousands); more are counted,
+# and the next note after the minute says how many were not written.
+NOTES_PER_MINUTE = 60
+NOTE_WINDOW = timedelta(minutes=1)
 LAST_ACTIVE_EVERY = timedelta(seconds=LAST_ACTIVE_EVERY_S)
 # Per-session facts the host keeps only to save work (last_active written, the outbound
 # seq last read, an inbound.db seen): caches, cleared when one holds this many sessions,
@@ -87,6 +92,8 @@ class SessionManager:
         self._kept: dict[str, sqlite3.Connection] = {}
         self.work = WorkMarks(db)  # the sweep's work index (host/work_index.py)
         self._touched: dict[str, datetime] = {}  # when last_active was last written
+        # per session: [start of its note minute, notes written in it, notes not written]
+        self._note_window: dict[str, list[Any]] = {}
         self._uses: dict[int, int] = {}  # id(kept connection) -> users right now
         self._kept_key: dict[str, Key | None] = {}  # the file each kept connection opened
         # The highest outbound seq the host has read per session (delivery notes it): the
@@ -480,8 +487,31 @@ class SessionManager:
 
     def notify_agent(
         self, session: Session, text: str, *, now: datetime, prefix: str = "sys"
-    ) -> str:
-        """A host/system note to the agent (spec §2.10): kind chat, channel agent, trigger 1."""
+    ) -> str | None:
+        """A host/system note to the agent (spec §2.10): kind chat, channel agent, trigger 1.
+        At most :data:`NOTES_PER_MINUTE` a minute per session: past that it is counted, not
+        written (None), and the first note of a later minute says how many were not."""
+        window = self._note_window.get(session.id)
+        if window is None or not timedelta(0) <= now - window[0] < NOTE_WINDOW:
+            left_out = window[2] if window is not None else 0
+            if window is None:
+                keep_bounded(self._note_window)
+            window = self._note_window[session.id] = [now, 0, 0]
+            if left_out:
+                window[1] += 1
+                self._note(session, f"{left_out} notes to you were not written in the minute "
+                            f"before (more than {NOTES_PER_MINUTE} a minute).", now, prefix)  # fmt: skip
+        if window[1] >= NOTES_PER_MINUTE:
+            if not window[2]:
+                logger.warning("session %s: more than %d notes to its agent this minute; the "
+                               "rest are counted, not written (first left out: %s)",
+                               session.id, NOTES_PER_MINUTE, text[:300])  # fmt: skip
+            window[2] += 1
+            return None
+        window[1] += 1
+        return self._note(session, text, now, prefix)
+
+    def _note(self, session: Session, text: str, now: datetime, prefix: str) -> str:
         mid = new_id(prefix, now)
         self.write_message(
             session,

@@ -50,11 +50,11 @@ class SessionWriter(Protocol):
 
     def notify_agent(
         self, session: Session, text: str, *, now: datetime, prefix: str = "sys"
-    ) -> str: ...
+    ) -> str | None: ...
 
     def write_message(
         self, session: Session, row: dict[str, Any], *, now: datetime, due: str | None = None
-    ) -> int | None: ...
+    ) -> None: ...
 
 
 class Ctx(Protocol):
