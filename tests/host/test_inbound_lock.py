@@ -13,6 +13,8 @@ import json
 import os
 import sqlite3
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 
 from host_rig import Rig
@@ -22,6 +24,7 @@ from carapace.db.destinations import add_destination
 from carapace.db.sessions import Session
 from carapace.host.ingest import LONE_WAIT_S
 from carapace.jsonutil import dumps
+from carapace.testing.loop_ticks import LongestGap
 from carapace.timefmt import iso, sqlite_ts
 
 
@@ -31,6 +34,25 @@ def _texts(rig: Rig, s: Session) -> list[str]:
 
 def _ids(rig: Rig, s: Session) -> list[str]:
     return [r["id"].split(":")[0] for r in rig.inbound(s)]
+
+
+@contextmanager
+def _agents_lock(rig: Rig, s: Session) -> Iterator[Callable[[], None]]:
+    """What a hostile agent may do with the file it can read: a read transaction (a
+    shared lock) kept open until the block ends, or the ``let_go`` it yields is called."""
+    conn = sqlite3.connect(str(rig.paths(s).inbound), isolation_level=None)
+    conn.execute("BEGIN")
+    conn.execute("SELECT COUNT(*) FROM messages_in").fetchone()
+
+    def let_go() -> None:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+
+    try:
+        yield let_go
+    finally:
+        let_go()
+        conn.close()
 
 
 def test_a_read_lock_kept_on_inbound_db_never_stalls_the_loop(rig: Rig) -> None:
@@ -51,43 +73,21 @@ def test_a_read_lock_kept_on_inbound_db_never_stalls_the_loop(rig: Rig) -> None:
     rig.reply(s, {"action": "pause_task", "taskId": "task-1"}, kind="system")
     rig.reply(s, {"action": "unknown_destination", "to": "nowhere", "known": []}, kind="system")
 
-    agent = sqlite3.connect(str(rig.paths(s).inbound), isolation_level=None)
-    agent.execute("BEGIN")
-    agent.execute("SELECT COUNT(*) FROM messages_in").fetchone()  # a shared lock, kept
+    async def passes(let_go: Callable[[], None]) -> float:
+        async with LongestGap() as gap:
+            # the lock goes after a while; a loop that waited in SQLite never gets there
+            asyncio.get_running_loop().call_later(0.5, let_go)
+            rig.host.sessions.notify_agent(s, "a note from the host", now=rig.clock.now())
+            await rig.host.route(make_event("held", platform_id="chan", id="h1"), settle=False)
+            await rig.host.route(make_event("meanwhile", platform_id="other", id="o2"),
+                                 settle=False)  # fmt: skip
+            await rig.host.deliver_once(s.id)  # the task action and the note, on the lock
+            rig.clock.advance(1)
+            await rig.host.sweep_once()
+        return gap.longest
 
-    async def passes() -> float:
-        gaps: list[float] = []
-        stop = asyncio.Event()
-
-        async def ticker() -> None:
-            last = time.perf_counter()
-            while not stop.is_set():
-                await asyncio.sleep(0.005)
-                now = time.perf_counter()
-                gaps.append(now - last)
-                last = now
-
-        tick = asyncio.ensure_future(ticker())
-        await asyncio.sleep(0.01)
-        # the lock goes after a while; a loop that waited in SQLite never gets there
-        asyncio.get_running_loop().call_later(0.5, agent.execute, "ROLLBACK")
-        rig.host.sessions.notify_agent(s, "a note from the host", now=rig.clock.now())
-        await rig.host.route(make_event("held", platform_id="chan", id="h1"), settle=False)
-        await rig.host.route(make_event("meanwhile", platform_id="other", id="o2"),
-                             settle=False)  # fmt: skip
-        await rig.host.deliver_once(s.id)  # the task action and the note, on the lock
-        rig.clock.advance(1)
-        await rig.host.sweep_once()
-        stop.set()
-        await tick
-        return max(gaps)
-
-    try:
-        stall = rig.run(asyncio.wait_for(passes(), 30))
-    finally:
-        if agent.in_transaction:
-            agent.execute("ROLLBACK")
-        agent.close()
+    with _agents_lock(rig, s) as let_go:
+        stall = rig.run(asyncio.wait_for(passes(let_go), 30))
     assert stall < 0.4, f"the event loop stalled {stall:.2f} s on the agent's lock"
     rig.run(asyncio.wait_for(rig.host.sessions.settle(through_failures=False), 30))
     rig.run(asyncio.wait_for(rig.host.sessions.writers.drain(), 30))
@@ -99,6 +99,9 @@ def test_a_read_lock_kept_on_inbound_db_never_stalls_the_loop(rig: Rig) -> None:
     assert rig.inbound(s, "SELECT status FROM messages_in WHERE id='task-1'") == [
         {"status": "paused"}
     ]
+    # the action waited for the lock (on the writer thread): no attempt of it failed
+    errors = rig.inbound(s, "SELECT last_error FROM carapace_delivery WHERE last_error IS NOT NULL")
+    assert not [e for e in errors if "locked" in str(e["last_error"])], errors
     assert {"o1", "o2"} <= set(_ids(rig, s2))
 
 
@@ -115,9 +118,6 @@ def test_the_task_sweep_never_waits_for_the_agents_lock(rig: Rig) -> None:
         "content": dumps({"prompt": "p", "script": None}),
     }, now=now, due=iso(now))  # fmt: skip
     rig.ack(s, "task-1", "completed")  # the runner ran it: the series is due to move on
-    agent = sqlite3.connect(str(rig.paths(s).inbound), isolation_level=None)
-    agent.execute("BEGIN")
-    agent.execute("SELECT COUNT(*) FROM messages_in").fetchone()
 
     async def sweep() -> float:
         started = time.perf_counter()
@@ -125,13 +125,10 @@ def test_the_task_sweep_never_waits_for_the_agents_lock(rig: Rig) -> None:
         await rig.host.sweep_once()
         return time.perf_counter() - started
 
-    try:
+    with _agents_lock(rig, s):
         took = rig.run(asyncio.wait_for(sweep(), 30))
         assert _ids(rig, s).count("task-1") == 1 and len(
             [i for i in _ids(rig, s) if i.startswith("task-1@")]) == 0  # fmt: skip
-    finally:
-        agent.execute("ROLLBACK")
-        agent.close()
     assert took < 1.0, f"the sweep waited {took:.2f} s on the agent's lock"
     rig.clock.advance(120)
     rig.run(rig.host.sweep_once())
@@ -160,36 +157,15 @@ def test_a_preview_is_recorded_without_waiting_for_the_agents_lock(rig: Rig) -> 
     rig.run(rig.host.previews.poll(s.id))
     clock[0] += 1.1
     write("Once upon a time")
-    agent = sqlite3.connect(str(rig.paths(s).inbound), isolation_level=None)
-    agent.execute("BEGIN")
-    agent.execute("SELECT COUNT(*) FROM messages_in").fetchone()
 
-    async def poll() -> float:
-        gaps: list[float] = []
-        stop = asyncio.Event()
+    async def poll(let_go: Callable[[], None]) -> float:
+        async with LongestGap() as gap:
+            asyncio.get_running_loop().call_later(0.5, let_go)
+            await rig.host.previews.poll(s.id)  # posts the preview, then records it
+        return gap.longest
 
-        async def ticker() -> None:
-            last = time.perf_counter()
-            while not stop.is_set():
-                await asyncio.sleep(0.005)
-                now = time.perf_counter()
-                gaps.append(now - last)
-                last = now
-
-        tick = asyncio.ensure_future(ticker())
-        await asyncio.sleep(0.01)
-        asyncio.get_running_loop().call_later(0.5, agent.execute, "ROLLBACK")
-        await rig.host.previews.poll(s.id)  # posts the preview, then records it
-        stop.set()
-        await tick
-        return max(gaps)
-
-    try:
-        stall = rig.run(asyncio.wait_for(poll(), 30))
-    finally:
-        if agent.in_transaction:
-            agent.execute("ROLLBACK")
-        agent.close()
+    with _agents_lock(rig, s) as let_go:
+        stall = rig.run(asyncio.wait_for(poll(let_go), 30))
     assert rig.channel.texts() == ["Once upon a time"]
     assert stall < 0.4, f"the event loop stalled {stall:.2f} s on the agent's lock"
     assert rig.inbound(s, "SELECT reply_id FROM carapace_preview") == [{"reply_id": "r1"}]
@@ -205,21 +181,14 @@ def test_a_destination_projected_into_a_locked_live_session_arrives_once_the_loc
     s = rig.one_chat_session("chan")
     assert rig.host.pool.is_running(s.id)
     helper = rig.agent("helper")
-    agent = sqlite3.connect(str(rig.paths(s).inbound), isolation_level=None)
-    agent.execute("BEGIN")
-    agent.execute("SELECT COUNT(*) FROM messages_in").fetchone()
 
-    async def change() -> None:
-        asyncio.get_running_loop().call_later(0.3, agent.execute, "ROLLBACK")
+    async def change(let_go: Callable[[], None]) -> None:
+        asyncio.get_running_loop().call_later(0.3, let_go)
         add_destination(rig.db, s.agent_group_id, "helper", "agent", helper)  # the hook
         await asyncio.sleep(0)
         await rig.host.projection_idle()
 
-    try:
-        rig.run(asyncio.wait_for(change(), 30))
-    finally:
-        if agent.in_transaction:
-            agent.execute("ROLLBACK")
-        agent.close()
+    with _agents_lock(rig, s) as let_go:
+        rig.run(asyncio.wait_for(change(let_go), 30))
     names = [r["name"] for r in rig.inbound(s, "SELECT name FROM destinations")]
     assert "helper" in names

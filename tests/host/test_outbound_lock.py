@@ -5,15 +5,14 @@ for that lock; the host carries on and reads the file again later."""
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
-import time
 
 import pytest
 from host_rig import Rig
 
 from carapace.channels.fake import make_event
 from carapace.host.outbox_reader import OutboxRefused, read_acks, read_max_seq
+from carapace.testing.loop_ticks import LongestGap
 
 
 def test_a_held_write_lock_never_stalls_the_loop(rig: Rig) -> None:
@@ -28,26 +27,12 @@ def test_a_held_write_lock_never_stalls_the_loop(rig: Rig) -> None:
     hostile.execute("BEGIN EXCLUSIVE")  # what a hostile bash can hold for a whole tool call
 
     async def passes() -> float:
-        """Route a message in and sweep, while a ticker measures the longest loop stall."""
-        gaps: list[float] = []
-        stop = asyncio.Event()
-
-        async def ticker() -> None:
-            last = time.perf_counter()
-            while not stop.is_set():
-                await asyncio.sleep(0.005)
-                now = time.perf_counter()
-                gaps.append(now - last)
-                last = now
-
-        tick = asyncio.ensure_future(ticker())
-        await asyncio.sleep(0.01)
-        await rig.host.route(make_event("second", id="m2"))  # the insert peeks max seq
-        rig.clock.advance(1)
-        await rig.host.sweep_once()  # the task hook's ack lookups; delivery off the loop
-        stop.set()
-        await tick
-        return max(gaps)
+        """Route a message in and sweep, measuring the longest loop stall."""
+        async with LongestGap() as gap:
+            await rig.host.route(make_event("second", id="m2"))  # the insert peeks max seq
+            rig.clock.advance(1)
+            await rig.host.sweep_once()  # the task hook's ack lookups; delivery off the loop
+        return gap.longest
 
     try:
         assert read_max_seq(out) == 0  # refused at once, not waited for

@@ -36,3 +36,30 @@ class LoopTicks:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+
+
+class LongestGap(LoopTicks):
+    """The longest time between two wake-ups of a task that asks to wake every
+    ``interval`` seconds, from entering the ``async with`` block to leaving it: how long
+    the event loop was held by a call that did not give it back.
+
+    ::
+
+        async with LongestGap() as gap:
+            await something_that_must_not_block_the_loop()
+        assert gap.longest < 0.4
+    """
+
+    def __init__(self, interval: float = 0.005) -> None:
+        super().__init__(interval)
+        self.longest = 0.0
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        last = loop.time()
+        while True:
+            await asyncio.sleep(self.interval)
+            now = loop.time()
+            self.longest = max(self.longest, now - last)
+            last = now
+            self.count += 1
