@@ -73,6 +73,19 @@ async def sweep_session(host: Host, sid: str, now: datetime, report: SweepReport
         host.sessions.work.set(sid, None)
         return
     report.visited.append(sid)
+    work = host.sessions.work
+    work.watch(sid)  # rows written while it looks ask for their own due (work_index.py)
+    try:
+        nxt = await _look(host, sid, session, paths, now, report)
+    finally:
+        asked = work.unwatch(sid)
+    due = due_iso(nxt)
+    work.set(sid, min(due, asked) if due is not None and asked is not None else due or asked)
+
+
+async def _look(host: Host, sid: str, session: Any, paths: Any, now: datetime,
+                report: SweepReport) -> datetime | None:  # fmt: skip
+    """One session's sweep; its next due time."""
     running = host.pool.is_running(sid)
     off = host.delivery.outbox.call  # outbound.db is read off the loop, bounded
     scan = await off(scan_session, paths, now)
@@ -118,12 +131,11 @@ async def sweep_session(host: Host, sid: str, now: datetime, report: SweepReport
     if r.delivered:
         host.typing.stop(sid)
     alive = host.pool.is_running(sid)
-    nxt = earliest(
+    return earliest(
         scan.next_due, hook_next, r.next_retry,
         now + timedelta(seconds=SLA_CHECK_S) if alive else None,
         h.not_before if (blocked and h is not None and scan.due_now) else None,
     )  # fmt: skip
-    host.sessions.work.set(sid, due_iso(nxt))
 
 
 def sessions_inbound(host: Host, paths: Any) -> sqlite3.Connection:

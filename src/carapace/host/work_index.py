@@ -23,6 +23,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from carapace.db.connection import connect, has_table, transaction
 from carapace.db.session import SessionPaths, peek_max_seq
@@ -122,9 +123,31 @@ class WorkMarks:
         self.db = db
         self._unmarked: dict[str, str] = {}  # marks the central DB refused
         self._marked: dict[str, str] = {}  # a due the index holds each session by
+        # sessions the sweep is looking at: [sweeps looking, earliest due asked meanwhile]
+        self._watched: dict[str, list[Any]] = {}
+
+    def watch(self, session_id: str) -> None:
+        """The sweep begins to look at the session: the marks asked for from now on are
+        kept for :meth:`unwatch` (a row written while the sweep reads the files off the
+        event loop is not in what it read; its next due must not drop that row's)."""
+        w = self._watched.setdefault(session_id, [0, None])
+        w[0] += 1
+
+    def unwatch(self, session_id: str) -> str | None:
+        """The sweep is done with the session: the earliest due marked since ``watch``."""
+        w = self._watched.get(session_id)
+        if w is None:
+            return None
+        w[0] -= 1
+        if w[0] <= 0:
+            del self._watched[session_id]
+        return w[1]  # type: ignore[no-any-return]
 
     def mark(self, session_id: str, next_due: str) -> None:
         """Put the session in the index, due no later than ``next_due``."""
+        w = self._watched.get(session_id)
+        if w is not None and (w[1] is None or next_due < w[1]):
+            w[1] = next_due
         old = self._unmarked.get(session_id)
         if old is not None and old < next_due:
             next_due = old
