@@ -645,3 +645,28 @@ def test_a_message_acknowledged_before_a_crash_is_written_at_the_next_start(
     report = DoctorReport(str(home.root))
     journal_check(home, report)
     assert report.findings == []
+
+
+def test_a_note_whose_journal_commit_fails_is_written_directly(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A row the host posts (a note to the agent) is journaled first; when that commit
+    fails (a full disk for the host's data), it is written into the session's file at
+    once instead of being lost."""
+    s = _chat_session(rig)
+    journal = rig.host.sessions.ingest.journal  # type: ignore[union-attr]
+
+    def failing(_sid: str, _row: Any) -> asyncio.Future[int]:
+        fut: asyncio.Future[int] = rig.loop.create_future()
+        fut.set_exception(sqlite3.OperationalError("database or disk is full"))
+        return fut
+
+    monkeypatch.setattr(journal, "submit", failing)
+
+    async def post() -> None:
+        rig.host.sessions.notify_agent(s, "told all the same", now=rig.clock.now())
+        await rig.host.sessions.settle()
+
+    rig.run(post())
+    texts = [r["content"] for r in rig.inbound(s, "SELECT content FROM messages_in")]
+    assert any("told all the same" in t for t in texts)

@@ -169,8 +169,9 @@ class Ingest:
         file by its pump, as a stream's rows are. It never waits, so it may be called on
         the event loop: the file's agent may keep it locked for as long as it likes (a
         commit waiting there stalled every chat). Durable once the journal's commit ends,
-        a fraction of a millisecond later. Written directly off the event loop, and once
-        the host's stop began."""
+        a fraction of a millisecond later; the pump indexes the session's work when it
+        writes the row (``due`` applies to a direct write). Written directly off the event
+        loop, once the host's stop began, or when the journal fails."""
         row = self.sessions.prepare_row(session, row, now)
         sid = session.id
         try:
@@ -181,7 +182,11 @@ class Ingest:
         if self._stopping:
             self.sessions.write_prepared(session, row, now=now, due=due)
             return
-        journaled = self.journal.submit(sid, row)
+        try:
+            journaled = self.journal.submit(sid, row)
+        except JournalClosed:
+            self.sessions.write_prepared(session, row, now=now, due=due)
+            return
         self._journaling[sid] = self._journaling.get(sid, 0) + 1
         self._posting.add(journaled)
         if len(self._posted) >= RECENT_KEPT:
@@ -195,9 +200,12 @@ class Ingest:
             else:
                 self._journaling.pop(sid, None)
             exc = None if fut.cancelled() else fut.exception()
-            if fut.cancelled() or exc is not None:
-                logger.error("message %s for session %s not stored: %s", row.get("id"), sid,
-                             exc or "cancelled")  # fmt: skip
+            if fut.cancelled() or exc is not None:  # the journal failed (a full disk)
+                try:
+                    self.sessions.write_prepared(session, row, now=now, due=due)
+                except (sqlite3.Error, OSError, StoreError) as again:
+                    logger.error("message %s for session %s not stored: %s; %s",
+                                 row.get("id"), sid, exc or "cancelled", again)  # fmt: skip
                 return
             self._enqueue(session, _Queued(fut.result(), row, now, None))
 
