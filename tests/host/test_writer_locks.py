@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -56,21 +58,33 @@ def _ids(paths: SessionPaths) -> list[str]:
         conn.close()
 
 
+HOLD = """
+import sqlite3, sys
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("BEGIN")
+conn.execute("SELECT COUNT(*) FROM messages_in").fetchone()
+print("held", flush=True)
+sys.stdin.read()  # until the test lets go
+"""
+
+
 class Agent:
-    """The agent's side of the file: a read transaction kept open (a shared lock)."""
+    """The agent's side of the file, in a process of its own (as a runner's would be): a
+    read transaction kept open (a shared lock) until :meth:`let_go`."""
 
     def __init__(self, paths: SessionPaths) -> None:
-        self.conn = sqlite3.connect(paths.inbound, isolation_level=None, check_same_thread=False)
-        self.conn.execute("BEGIN")
-        self.conn.execute("SELECT COUNT(*) FROM messages_in").fetchone()
+        self.proc = subprocess.Popen([sys.executable, "-c", HOLD, str(paths.inbound)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE)  # fmt: skip
+        assert self.proc.stdout is not None and self.proc.stdout.readline() == b"held\n"
 
     def let_go(self) -> None:
-        if self.conn.in_transaction:
-            self.conn.execute("ROLLBACK")
+        if self.proc.poll() is None:
+            assert self.proc.stdin is not None
+            self.proc.stdin.close()
+            self.proc.wait(30)
 
     def close(self) -> None:
         self.let_go()
-        self.conn.close()
 
 
 @pytest.fixture
