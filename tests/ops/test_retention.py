@@ -180,3 +180,53 @@ def test_running_host_retention_pass_spares_busy_sessions(tmp_path: Path) -> Non
         assert live.sync(start_retention, live.host) is False
     finally:
         live.close()
+
+
+def test_a_session_its_agent_keeps_locked_is_skipped_and_the_rest_compacted(
+    tmp_path: Path,
+) -> None:
+    """The agent may keep a read transaction open on its ``inbound.db`` for as long as it
+    likes. A retention pass neither waits for it (its commit would hold PENDING, keeping
+    the host's own readers out, for 5 s) nor gives up on the other sessions: the locked
+    one is skipped with the reason, and compacted at a later pass."""
+    from carapace.bootstrap import init_home, open_home
+    from carapace.config import Home
+    from carapace.db import groups
+    from carapace.db.session import init_session_folder, insert_message_in
+    from carapace.db.sessions import create_session
+
+    home = Home(tmp_path / "home")
+    init_home(home)
+    db, _ = open_home(home)
+    ag = groups.list_agent_groups(db)[0].id
+    old = sqlite_ts(datetime.now(UTC) - timedelta(days=400))
+    made = []
+    for name in ("locked", "free"):
+        s = create_session(db, ag, None, name)
+        paths = SessionPaths.of(home.data_dir, ag, s.id)
+        init_session_folder(paths)
+        conn = sqlite3.connect(paths.inbound, isolation_level=None)
+        for i in range(3):
+            insert_message_in(conn, {"id": f"{name}-{i}", "kind": "chat", "timestamp": old,
+                                     "status": "completed", "series_id": f"{name}-{i}",
+                                     "content": "{}"})  # fmt: skip
+        conn.close()
+        made.append((s.id, paths))
+    (locked_id, locked), (free_id, free) = made
+    agent = sqlite3.connect(locked.inbound, isolation_level=None)
+    agent.execute("BEGIN")
+    agent.execute("SELECT COUNT(*) FROM messages_in").fetchone()
+    try:
+        done = {c.session_id: c for c in compact_home(
+            home, db, RetentionPolicy(days=30, policy="prune"), running=set())}  # fmt: skip
+    finally:
+        agent.execute("ROLLBACK")
+        agent.close()
+    assert done[free_id].inbound == 2  # all but the newest row
+    assert done[locked_id].inbound == 0
+    assert any("locked" in why for why in done[locked_id].skipped)
+    assert len(_ids(locked.inbound, "SELECT id FROM messages_in")) == 3
+    again = {c.session_id: c for c in compact_home(
+        home, db, RetentionPolicy(days=30, policy="prune"), running=set())}  # fmt: skip
+    assert again[locked_id].inbound == 2
+    db.close()

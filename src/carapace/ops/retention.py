@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import logging
 import os
 import sqlite3
 import stat
@@ -31,11 +32,13 @@ from pathlib import Path
 from typing import Any
 
 from carapace.config import Home, Settings
-from carapace.db.connection import connect, transaction
+from carapace.db.connection import COMMIT_WAIT_MS, connect, is_busy, transaction
 from carapace.db.session import SessionPaths
 from carapace.errors import ConfigError
 from carapace.ops import section
 from carapace.timefmt import sqlite_ts
+
+logger = logging.getLogger(__name__)
 
 POLICIES = ("archive", "prune", "off")
 FINAL = ("completed", "failed")
@@ -101,7 +104,9 @@ def compact_session(home: Home, agent_group_id: str, session_id: str, folder: st
     if not paths.inbound.is_file() or paths.inbound.is_symlink():
         rep.skipped.append("no inbound.db")
         return rep
-    inb = connect(paths.inbound, "session")
+    # a commit waits at most COMMIT_WAIT_MS for a reader (the agent may keep the file
+    # locked): the session is skipped this pass, not waited for (compact_home)
+    inb = connect(paths.inbound, "session", commit_wait_ms=COMMIT_WAIT_MS)
     try:
         with transaction(inb):
             rows = [dict(r) for r in inb.execute(
@@ -243,10 +248,19 @@ def compact_home(home: Home, db: sqlite3.Connection, policy: RetentionPolicy, *,
                 "SELECT message_out_id FROM pending_questions WHERE session_id=?", (r[0],))
         )  # fmt: skip
         live = r[0] in running if running is not None else r[2] == "running"
-        out.append(compact_session(
-            home, str(r[1]), str(r[0]), r[4], policy=policy, now=when, runner_running=live,
-            last_active=r[3], pending_out=pending,
-        ))  # fmt: skip
+        try:
+            out.append(compact_session(
+                home, str(r[1]), str(r[0]), r[4], policy=policy, now=when,
+                runner_running=live, last_active=r[3], pending_out=pending,
+            ))  # fmt: skip
+        except sqlite3.OperationalError as exc:
+            if not is_busy(exc):
+                raise
+            logger.warning("retention: session %s skipped, its inbound.db is locked (%s); "
+                           "tried again at the next pass", r[0], exc)  # fmt: skip
+            skipped = SessionCompaction(str(r[0]))
+            skipped.skipped.append("inbound.db locked by a reader: tried again next pass")
+            out.append(skipped)
     return out
 
 
