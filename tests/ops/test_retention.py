@@ -212,7 +212,7 @@ def test_a_session_its_agent_keeps_locked_is_skipped_and_the_rest_compacted(
                                      "content": "{}"})  # fmt: skip
         conn.close()
         made.append((s.id, paths))
-    (locked_id, locked), (free_id, free) = made
+    (locked_id, locked), (free_id, _free) = made
     agent = sqlite3.connect(locked.inbound, isolation_level=None)
     agent.execute("BEGIN")
     agent.execute("SELECT COUNT(*) FROM messages_in").fetchone()
