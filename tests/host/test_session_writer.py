@@ -255,8 +255,9 @@ def test_delivery_keeps_its_cursor_and_reads_a_remade_file_again(
     real = delivery_mod.tables_and_cursor
 
     def counted(conn: sqlite3.Connection) -> int:
-        reads.append("cursor")
-        return real(conn)
+        cursor = real(conn)  # (a try that met a commit's lock is set aside and run again:
+        reads.append("cursor")  # only a read that ended counts)
+        return cursor
 
     monkeypatch.setattr(delivery_mod, "tables_and_cursor", counted)
     ag = rig.agent()
