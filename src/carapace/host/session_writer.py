@@ -22,6 +22,13 @@ and delivery's outcome commits run in a small pool of threads:
   (a full disk) reaches the caller, who acknowledges nothing.
 * :meth:`SessionWriters.drain` waits for every job submitted before it; the host calls it
   on stop, and :meth:`SessionWriters.close` then ends the threads.
+* A job that meets a lock for longer than :data:`WRITER_BUSY_MS` (the session's agent may
+  keep a read transaction open on the file for as long as it likes) is rolled back and
+  *set aside* with the session's later jobs behind it, in order; the thread serves other
+  sessions and tries them again, from the start, without waiting in SQLite's busy handler
+  (a commit waiting there holds PENDING, which keeps the file's other readers out). So a
+  job's function may run more than once: it works in the transaction that is rolled back.
+  Past ``busy_deadline_s`` (5 s, the old busy timeout) the jobs set aside fail as busy.
 
 Callers batch: one job carries a whole group of rows (a thread hop per message would cost
 more than it saves). The thread batches too: jobs of one session found waiting together
