@@ -77,8 +77,8 @@ def connect(
             check_same_thread=check_same_thread,
             factory=sqlite3.Connection if commit_wait_ms is None else _CommitWaitConnection,
         )
-        if commit_wait_ms is not None:
-            conn.commit_wait_ms = commit_wait_ms  # type: ignore[attr-defined]
+        if isinstance(conn, _CommitWaitConnection):
+            conn.commit_wait_ms = int(commit_wait_ms or 0)
     conn.row_factory = sqlite3.Row
     conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
     if kind == "central":
@@ -152,11 +152,10 @@ def _commit(conn: sqlite3.Connection) -> None:
     """COMMIT, waiting at most the connection's ``commit_wait_ms`` for a lock when it has
     one. A commit that cannot finish (a reader's lock: SQLITE_BUSY leaves the transaction
     open, holding the PENDING lock that keeps every new reader out) is undone at once."""
-    wait = getattr(conn, "commit_wait_ms", None)
     before = None
-    if wait is not None and (busy := getattr(conn, "busy_ms", BUSY_TIMEOUT_MS)) > wait:
-        conn.execute(f"PRAGMA busy_timeout = {int(wait)}")  # (no query per commit: the
-        before = busy  # usual case, a writer thread's connection, waits less already)
+    if isinstance(conn, _CommitWaitConnection) and conn.busy_ms > conn.commit_wait_ms:
+        conn.execute(f"PRAGMA busy_timeout = {conn.commit_wait_ms}")  # (no query per
+        before = conn.busy_ms  # commit: a writer thread's connection waits less already)
     try:
         conn.execute("COMMIT")
     except BaseException:

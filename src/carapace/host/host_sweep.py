@@ -79,8 +79,9 @@ async def sweep_session(host: Host, sid: str, now: datetime, report: SweepReport
         nxt = await _look(host, sid, session, paths, now, report)
     finally:
         asked = work.unwatch(sid)
-    due = due_iso(nxt)
-    work.set(sid, min(due, asked) if due is not None and asked is not None else due or asked)
+    work.set(sid, due_iso(nxt))
+    if asked is not None:  # (written only when earlier than what the sweep set)
+        work.mark(sid, asked)
 
 
 async def _look(host: Host, sid: str, session: Any, paths: Any, now: datetime,

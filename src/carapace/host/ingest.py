@@ -174,17 +174,14 @@ class Ingest:
         loop, once the host's stop began, or when the journal fails."""
         row = self.sessions.prepare_row(session, row, now)
         sid = session.id
+        journaled = None
         try:
-            asyncio.get_running_loop()
-        except RuntimeError:  # not on the event loop (a thread, a synchronous test)
-            self.sessions.write_prepared(session, row, now=now, due=due)
-            return
-        if self._stopping:
-            self.sessions.write_prepared(session, row, now=now, due=due)
-            return
-        try:
-            journaled = self.journal.submit(sid, row)
-        except JournalClosed:
+            asyncio.get_running_loop()  # (none: a thread, a synchronous test)
+            if not self._stopping:
+                journaled = self.journal.submit(sid, row)
+        except (RuntimeError, JournalClosed):
+            pass
+        if journaled is None:
             self.sessions.write_prepared(session, row, now=now, due=due)
             return
         self._journaling[sid] = self._journaling.get(sid, 0) + 1

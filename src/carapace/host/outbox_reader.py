@@ -76,7 +76,8 @@ BUSY_WAIT_MS = 1000  # a runner's write lock is waited for at most this long
 # an agent keeping its outbound.db locked would otherwise hold a worker that every
 # session's delivery shares (a runner's commit takes ~1 ms; its end wakes delivery anyway).
 BUSY_TRY_MS = 20
-BUSY_PAUSE_S = 0.005  # between a pool read's tries, doubling up to BUSY_RETRY_MAX_S * 5
+BUSY_PAUSE_S = 0.005  # between a pool read's tries, doubling up to
+BUSY_PAUSE_MAX_S = 0.05
 BUSY_RETRY_S = 0.0003  # between tries of a kept connection's read that met a runner commit
 BUSY_RETRY_MAX_S = 0.01  # the wait doubles up to this (a lock held on purpose)
 MAX_ROWS = 500  # outbound rows per delivery read
@@ -506,7 +507,7 @@ class OutboxReader:
                     if loop.time() + pause > deadline:
                         raise
                 await asyncio.sleep(pause)
-                pause = min(pause * 2, BUSY_RETRY_MAX_S * 5)
+                pause = min(pause * 2, BUSY_PAUSE_MAX_S)
 
     def first_refusal(self, key: str, why: str) -> bool:
         """True the first time ``why`` is reported for ``key`` (a session id)."""

@@ -116,7 +116,6 @@ class _Worker:
         self.jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self.conns: OrderedDict[str, tuple[sqlite3.Connection, Key]] = OrderedDict()
         self.owner = owner  # its generations (written on the loop, read here), deadline
-        self.generations = owner._generations
         self.taken = 0  # jobs taken off the queue so far (their numbers)
         self.aside: dict[str, _Aside] = {}
         self.drains: list[tuple[int, asyncio.AbstractEventLoop, asyncio.Future[Any]]] = []
@@ -125,7 +124,7 @@ class _Worker:
 
     def _conn(self, session_id: str, paths: SessionPaths, expect: Key | None) -> sqlite3.Connection:
         # FileNotFoundError: the caller hears it
-        key = (os.stat(paths.inbound).st_ino, self.generations.get(session_id, 0))
+        key = self.owner.key(session_id, paths)
         if expect is not None and key != expect:
             raise FolderReplaced(session_id)
         held = self.conns.get(session_id)

@@ -345,7 +345,8 @@ class SessionManager:
         self, session: Session, row: dict[str, Any], *, now: datetime, due: str | None = None
     ) -> int | None:
         """Insert one prepared row now, in a commit of its own (a bare manager; a row
-        posted once the host's stop began); None when the id exists already."""
+        :meth:`Ingest.post` cannot journal: off the event loop, at the host's stop, the
+        journal failing); None when the id exists already."""
         paths = self.paths(session)
         with self.inbound(paths) as conn:
             if conn.execute("SELECT 1 FROM messages_in WHERE id=?", (row["id"],)).fetchone():
