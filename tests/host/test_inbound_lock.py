@@ -192,3 +192,77 @@ def test_a_destination_projected_into_a_locked_live_session_arrives_once_the_loc
         rig.run(asyncio.wait_for(change(let_go), 30))
     names = [r["name"] for r in rig.inbound(s, "SELECT name FROM destinations")]
     assert "helper" in names
+
+
+def _runner_up(rig: Rig, s: Session) -> None:
+    async def up() -> None:
+        while s.id not in rig.host.pool.running:  # (its start is under way)
+            await asyncio.sleep(0.002)
+
+    rig.run(asyncio.wait_for(up(), 5))
+
+
+def _end_runner(rig: Rig, s: Session) -> None:
+    _runner_up(rig, s)
+    rig.host.pool.running[s.id].handle.exit(0)  # type: ignore[attr-defined]
+
+
+def test_a_row_posted_under_the_lock_wakes_its_session_when_it_lands(rig: Rig) -> None:
+    """A note to the agent is posted (journaled, written by the session's pump) and its
+    session woken at once, as every caller does. When the row reaches the file only later
+    (the agent held its lock) and the runner ended meanwhile, nothing had the session look
+    again: the sweep after the exit found no row, and the note waited for the sweep's next
+    safety tick (a minute). Its landing wakes the session."""
+    s = rig.one_chat_session("chan")
+    _runner_up(rig, s)  # (an agent holds locks only while its runner lives)
+    starts = len(rig.backend.started)
+
+    async def note() -> None:  # on the event loop, as the host's callers are
+        rig.host.sessions.notify_agent(s, "a note from the host", now=rig.clock.now())
+        rig.host.wake(s.id)  # its runner is live: nothing more to do
+
+    with _agents_lock(rig, s) as let_go:
+        rig.run(note())
+        _end_runner(rig, s)  # the runner ends before the note is in the file
+
+        async def gone() -> None:
+            while rig.host.pool.is_running(s.id):
+                await asyncio.sleep(0.002)
+
+        rig.run(asyncio.wait_for(gone(), 5))
+        let_go()
+    rig.run(rig.host.sessions.ingest.settle(through_failures=False))  # type: ignore[union-attr]
+    rig.settle()
+    assert any("a note from the host" in t for t in _texts(rig, s))
+
+    async def started() -> None:
+        while len(rig.backend.started) == starts:
+            await asyncio.sleep(0.005)
+
+    rig.run(asyncio.wait_for(started(), 5))
+    assert rig.backend.started[-1].session_id == s.id
+
+
+def test_a_posted_row_not_to_act_on_wakes_no_runner(rig: Rig) -> None:
+    """The wake on landing is for rows a runner acts on: an answer kept as context
+    (``trigger`` 0) or a task due later starts none (the sweep indexes the task's time)."""
+    s = rig.one_chat_session("chan")
+    _end_runner(rig, s)
+    rig.settle()
+    starts = len(rig.backend.started)
+    now = rig.clock.now()
+    later = iso(now + timedelta(hours=1))
+
+    async def post() -> None:  # on the event loop: journaled, then written by the pump
+        rig.host.sessions.write_message(s, {"id": "ctx-1", "kind": "system",
+                                            "timestamp": iso(now), "trigger": 0,
+                                            "content": "{}"}, now=now)  # fmt: skip
+        rig.host.sessions.write_message(s, {"id": "task-9", "kind": "task",
+                                            "timestamp": iso(now), "process_after": later,
+                                            "content": "{}"}, now=now, due=later)  # fmt: skip
+
+    rig.run(post())
+    rig.stored()  # (a wake on landing is synchronous: the pool would be spawning now)
+    assert not rig.host.pool.is_running(s.id)
+    assert len(rig.backend.started) == starts
+    assert {"ctx-1", "task-9"} <= set(_ids(rig, s))

@@ -88,7 +88,10 @@ def test_a_burst_checks_the_memo_once_per_routing_slice(rig: Rig) -> None:
     assert rig.run(burst("a")) == [[ag]] * 40
     rig.db.set_trace_callback(None)
     checks = sum(s == "PRAGMA data_version" for s in seen)
-    assert 1 <= checks < 10, checks  # a handful of slices, not 40
+    # a handful of slices, not 40: how many passes of the loop the routing steps take
+    # moves with the machine's load (their commits end in passes of their own; 11 seen
+    # under a full suite on 2 CPUs), so the bound is half the messages
+    assert 1 <= checks < 20, checks
     with other_process_db(rig) as other:
         _unwire(other, mg)
     assert rig.run(burst("b")) == [[]] * 40

@@ -133,6 +133,7 @@ class Host:
         self.sessions = SessionManager(home, self.db)
         # a routed message is acknowledged once journaled here (host/ingest.py, issue 19)
         self.sessions.ingest = Ingest(self.sessions, IngestJournal(home.ingest_journal))
+        self.sessions.ingest.on_landed = self._posted_landed
         self.sessions.on_folder_remade = self._on_folder_remade
         self._checkpointer: Checkpointer | None = None
         self.proxy: HostProxy | None = None
@@ -261,6 +262,15 @@ class Host:
             return  # its runner wakes on the commit itself (inotify); the sweep is not needed
         self.pool.wake(session_id)
         self._kick_sweep()
+
+    def _posted_landed(self, session_id: str, acts: bool) -> None:
+        """A row the host posted is in its session's file: the wake its caller gave came
+        before it was (a runner that ended meanwhile had nothing to look for), so the
+        session is woken again; a row no runner acts on now has the sweep index it."""
+        if acts:
+            self.wake(session_id)
+        else:
+            self._kick_sweep()
 
     def _kick_sweep(self) -> None:
         if self._sweep_event is not None:

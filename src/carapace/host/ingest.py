@@ -56,6 +56,7 @@ from typing import TYPE_CHECKING, Any
 from carapace.db.sessions import Session
 from carapace.errors import StoreError
 from carapace.host.ingest_journal import IngestJournal, JournalClosed
+from carapace.timefmt import iso
 
 if TYPE_CHECKING:
     from carapace.host.sessions import SessionManager
@@ -112,6 +113,9 @@ class Ingest:
         self._journaling: dict[str, int] = {}
         self._posting: set[asyncio.Future[int]] = set()  # posted rows' journal commits
         self._posted: set[str] = set()  # sessions posted to (for settle(posted=True))
+        # told when a posted row is in its file: (session id, whether a runner acts on it
+        # now); the host wakes the session or has the sweep index its time
+        self.on_landed: Callable[[str, bool], None] | None = None
 
     async def accept(
         self, session: Session, row: dict[str, Any], *, now: datetime,
@@ -170,8 +174,10 @@ class Ingest:
         the event loop: the file's agent may keep it locked for as long as it likes (a
         commit waiting there stalled every chat). Durable once the journal's commit ends,
         a fraction of a millisecond later; the pump indexes the session's work when it
-        writes the row (``due`` applies to a direct write). Written directly off the event
-        loop, once the host's stop began, or when the journal fails."""
+        writes the row (``due`` applies to a direct write), and :attr:`on_landed` is told
+        (the caller's wake came before the row was there: a runner that ended meanwhile
+        would not look again). Written directly off the event loop, once the host's stop
+        began, or when the journal fails."""
         row = self.sessions.prepare_row(session, row, now)
         sid = session.id
         journaled = None
@@ -189,6 +195,11 @@ class Ingest:
         if len(self._posted) >= RECENT_KEPT:
             self._posted.clear()
         self._posted.add(sid)
+        acts = bool(row.get("trigger", 1)) and (due is None or due <= iso(now))
+
+        async def landed(seq: int | None, exc: BaseException | None) -> None:
+            if seq is not None and self.on_landed is not None:
+                self.on_landed(sid, acts)
 
         def enqueue(fut: asyncio.Future[int]) -> None:
             self._posting.discard(fut)
@@ -204,7 +215,7 @@ class Ingest:
                     logger.error("message %s for session %s not stored: %s; %s",
                                  row.get("id"), sid, exc or "cancelled", again)  # fmt: skip
                 return
-            self._enqueue(session, _Queued(fut.result(), row, now, None))
+            self._enqueue(session, _Queued(fut.result(), row, now, landed))
 
         journaled.add_done_callback(enqueue)
 
