@@ -230,3 +230,53 @@ def test_a_session_its_agent_keeps_locked_is_skipped_and_the_rest_compacted(
         home, db, RetentionPolicy(days=30, policy="prune"), running=set())}  # fmt: skip
     assert again[locked_id].inbound == 2
     db.close()
+
+
+def _archived_ids(home_root: Path, table: str) -> list[str]:
+    out: list[str] = []
+    for f in sorted(home_root.glob(f"archive/*/*/*-{table}.jsonl.gz")):
+        with gzip.open(f, "rt", encoding="utf-8") as fh:
+            out += [json.loads(line)["id"] for line in fh if line.strip()]
+    return out
+
+
+def test_rows_archived_by_a_pass_whose_commit_failed_are_archived_once(tmp_path: Path) -> None:
+    """The archive is written before the delete commits (a crash between them keeps the
+    rows twice, never none). A commit the agent's lock makes fail (the session skipped,
+    its rows kept) took back what the pass had archived: the next pass archives them
+    again, so each row is in the archive once."""
+    from carapace.bootstrap import init_home, open_home
+    from carapace.config import Home
+    from carapace.db import groups
+    from carapace.db.session import init_session_folder, insert_message_in
+    from carapace.db.sessions import create_session
+
+    home = Home(tmp_path / "home")
+    init_home(home)
+    db, _ = open_home(home)
+    ag = groups.list_agent_groups(db)[0].id
+    old = sqlite_ts(datetime.now(UTC) - timedelta(days=400))
+    s = create_session(db, ag, None, "locked")
+    paths = SessionPaths.of(home.data_dir, ag, s.id)
+    init_session_folder(paths)
+    conn = sqlite3.connect(paths.inbound, isolation_level=None)
+    for i in range(4):
+        insert_message_in(conn, {"id": f"m{i}", "kind": "chat", "timestamp": old,
+                                 "status": "completed", "series_id": f"m{i}",
+                                 "content": "{}"})  # fmt: skip
+    conn.close()
+    policy = RetentionPolicy(days=30, policy="archive")
+    agent = sqlite3.connect(paths.inbound, isolation_level=None)
+    agent.execute("BEGIN")
+    agent.execute("SELECT COUNT(*) FROM messages_in").fetchone()
+    try:
+        [done] = compact_home(home, db, policy, running=set())
+    finally:
+        agent.execute("ROLLBACK")
+        agent.close()
+    assert done.inbound == 0 and any("locked" in why for why in done.skipped)
+    assert _archived_ids(home.root, "messages_in") == []  # taken back with the commit
+    [again] = compact_home(home, db, policy, running=set())
+    assert again.inbound == 3
+    assert sorted(_archived_ids(home.root, "messages_in")) == ["m0", "m1", "m2"]
+    db.close()

@@ -20,12 +20,14 @@ folder is agent-written: transcripts are reached through descriptors opened ``O_
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import logging
 import os
 import sqlite3
 import stat
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -75,15 +77,69 @@ class SessionCompaction:
         return dict(self.__dict__)
 
 
-def _archive(home: Home, ag: str, sid: str, table: str, rows: list[dict[str, Any]],
-             now: datetime) -> None:  # fmt: skip
-    if not rows:
-        return
-    d = home.root / "archive" / ag / sid
-    d.mkdir(mode=0o700, parents=True, exist_ok=True)
-    with gzip.open(d / f"{now:%Y%m%d}-{table}.jsonl.gz", "at", encoding="utf-8") as fh:
-        for r in rows:
-            fh.write(json.dumps(r, ensure_ascii=False, default=str) + "\n")
+class _Archive:
+    """The archive files a compaction appends to, each append made durable before the
+    delete that follows it commits (a crash between them keeps the rows twice, never
+    none), and taken back when that commit fails (an agent's lock: the rows stay in the
+    session's file and the next pass archives them again, once)."""
+
+    def __init__(self, home: Home, ag: str, sid: str, now: datetime) -> None:
+        self.dir = home.root / "archive" / ag / sid
+        self.now = now
+        self._sizes: list[tuple[Path, int | None]] = []  # (file, its size before: None new)
+
+    def add(self, table: str, rows: list[dict[str, Any]]) -> None:
+        if not rows:
+            return
+        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path = self.dir / f"{self.now:%Y%m%d}-{table}.jsonl.gz"
+        try:
+            before: int | None = os.stat(path).st_size
+        except FileNotFoundError:
+            before = None
+        self._sizes.append((path, before))
+        with open(path, "ab") as raw:  # a gzip member of its own per append
+            with gzip.GzipFile(fileobj=raw, mode="ab") as gz:
+                for r in rows:
+                    gz.write((json.dumps(r, ensure_ascii=False, default=str) + "\n").encode())
+            raw.flush()
+            os.fsync(raw.fileno())
+        if before is None:
+            _sync_dir(self.dir)
+
+    def undo(self) -> None:
+        for path, before in reversed(self._sizes):
+            try:
+                if before is None:
+                    path.unlink()
+                else:
+                    os.truncate(path, before)
+            except OSError as exc:  # the rows stay archived twice: said, not fatal
+                logger.warning("retention: could not take back %s (%s)", path, exc)
+        self._sizes.clear()
+
+    def done(self) -> None:
+        self._sizes.clear()
+
+
+def _sync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def _archiving(home: Home, ag: str, sid: str, now: datetime) -> Iterator[_Archive]:
+    """An :class:`_Archive` whose appends are taken back when the block (its commit) fails."""
+    archive = _Archive(home, ag, sid, now)
+    try:
+        yield archive
+    except BaseException:
+        archive.undo()
+        raise
+    archive.done()
 
 
 def _safe_outbound(conn: sqlite3.Connection) -> bool:
@@ -108,7 +164,7 @@ def compact_session(home: Home, agent_group_id: str, session_id: str, folder: st
     # locked): the session is skipped this pass, not waited for (compact_home)
     inb = connect(paths.inbound, "session", commit_wait_ms=COMMIT_WAIT_MS)
     try:
-        with transaction(inb):
+        with _archiving(home, agent_group_id, session_id, now) as archive, transaction(inb):
             rows = [dict(r) for r in inb.execute(
                 "SELECT * FROM messages_in m WHERE status IN ('completed', 'failed') "
                 "AND recurrence IS NULL AND timestamp < ? "
@@ -117,7 +173,7 @@ def compact_session(home: Home, agent_group_id: str, session_id: str, folder: st
                 (cutoff,),
             )]  # fmt: skip
             if keep:
-                _archive(home, agent_group_id, session_id, "messages_in", rows, now)
+                archive.add("messages_in", rows)
             inb.executemany("DELETE FROM messages_in WHERE id=?", [(r["id"],) for r in rows])
             rep.inbound = len(rows)
         remaining_in = {r[0] for r in inb.execute("SELECT id FROM messages_in")}
@@ -129,12 +185,13 @@ def compact_session(home: Home, agent_group_id: str, session_id: str, folder: st
         if not runner_running:
             out_ids = _outbound_ids(paths)
             if out_ids is not None:
-                with transaction(inb):
+                with _archiving(home, agent_group_id, session_id, now) as archive, \
+                        transaction(inb):
                     rows = [dict(r) for r in inb.execute(
                         "SELECT * FROM delivered WHERE delivered_at < ?", (cutoff,)
                     ) if r["message_out_id"] not in out_ids]  # fmt: skip
                     if keep:
-                        _archive(home, agent_group_id, session_id, "delivered", rows, now)
+                        archive.add("delivered", rows)
                     inb.executemany("DELETE FROM delivered WHERE message_out_id=?",
                                     [(r["message_out_id"],) for r in rows])  # fmt: skip
                     rep.delivered = len(rows)
@@ -168,7 +225,7 @@ def _compact_outbound(home: Home, ag: str, sid: str, paths: SessionPaths,
         if not _safe_outbound(out):
             rep.skipped.append("outbound.db has triggers or views: left alone")
             return
-        with transaction(out):
+        with _archiving(home, ag, sid, now) as archive, transaction(out):
             acks = [dict(r) for r in out.execute(
                 "SELECT * FROM processing_ack WHERE status IN ('completed', 'failed') "
                 "AND status_changed < ?", (cutoff,)
@@ -179,8 +236,8 @@ def _compact_outbound(home: Home, ag: str, sid: str, paths: SessionPaths,
                 "AND seq < ?", (cutoff, top if top is not None else 0)
             ) if r["id"] in delivered and r["id"] not in pending_out]  # fmt: skip
             if keep:
-                _archive(home, ag, sid, "processing_ack", acks, now)
-                _archive(home, ag, sid, "messages_out", msgs, now)
+                archive.add("processing_ack", acks)
+                archive.add("messages_out", msgs)
             out.executemany("DELETE FROM processing_ack WHERE message_id=?",
                             [(a["message_id"],) for a in acks])  # fmt: skip
             out.executemany("DELETE FROM messages_out WHERE id=?", [(m["id"],) for m in msgs])
@@ -218,9 +275,12 @@ def _transcript(home: Home, folder: str, ag: str, sid: str, now: datetime,
                 if keep:
                     d = home.root / "archive" / ag / sid
                     d.mkdir(mode=0o700, parents=True, exist_ok=True)
-                    with gzip.open(d / f"{now:%Y%m%d}-transcript.jsonl.gz", "ab") as gz:
-                        while chunk := fh.read(1 << 20):
-                            gz.write(chunk)
+                    with open(d / f"{now:%Y%m%d}-transcript.jsonl.gz", "ab") as raw:
+                        with gzip.GzipFile(fileobj=raw, mode="ab") as gz:
+                            while chunk := fh.read(1 << 20):
+                                gz.write(chunk)
+                        raw.flush()
+                        os.fsync(raw.fileno())  # durable before the transcript goes
             os.unlink(name, dir_fd=cfd)
             return True
         finally:
