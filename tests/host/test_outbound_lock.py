@@ -47,3 +47,25 @@ def test_a_held_write_lock_never_stalls_the_loop(rig: Rig) -> None:
     assert read_max_seq(out) >= 1
     ids = [r["id"] for sess in rig.sessions() for r in rig.inbound(sess)]
     assert any(i.startswith("m1") for i in ids) and any(i.startswith("m2") for i in ids)
+
+
+def test_a_lock_held_past_the_read_wait_is_told_as_a_lock_and_the_reply_goes_after(
+    rig: Rig,
+) -> None:
+    """A lock that outlasts the read's wait is not a bad file: the note to the agent says
+    it stayed locked (not that its schema is wrong), and the reply goes once it is gone."""
+    s = rig.one_chat_session("chan")
+    rig.reply(s, {"text": "answer"}, channel_type="fake", platform_id="chan")
+    hostile = sqlite3.connect(str(rig.paths(s).outbound), isolation_level=None)
+    hostile.execute("BEGIN EXCLUSIVE")
+    try:
+        assert rig.run(rig.host.deliver_once(s.id)) == 0
+    finally:
+        hostile.execute("ROLLBACK")
+        hostile.close()
+    rig.stored()
+    notes = [r["content"] for r in rig.inbound(s) if "outbound.db" in r["content"]]
+    assert len(notes) == 1
+    assert "stayed locked" in notes[0] and "schema" not in notes[0]
+    assert rig.run(rig.host.deliver_once(s.id)) == 1
+    assert rig.channel.texts() == ["answer"]

@@ -525,14 +525,18 @@ class OutboxReader:
         why = str(exc)
         if not self.first_refusal(session.id, why):
             return
-        logger.error("session %s: outbound.db refused, nothing from it is read: %s",
-                     session.id, why)  # fmt: skip
-        sessions.notify_agent(
-            session,
-            f"The host refused your outbound.db ({why}). Nothing you send is delivered until "
-            "it has exactly the runner's schema again.",
-            now=now,
-        )
+        if isinstance(exc, OutboxBusy):  # a lock held too long: nothing wrong with the file
+            logger.warning("session %s: outbound.db stayed locked, not read this time: %s",
+                           session.id, why)  # fmt: skip
+            note = (f"The host could not read your outbound.db: it stayed locked for over "
+                    f"{BUSY_WAIT_MS / 1000:g} s ({why}). What you wrote is delivered once the "
+                    "lock goes; do not keep a transaction open on that file.")  # fmt: skip
+        else:
+            logger.error("session %s: outbound.db refused, nothing from it is read: %s",
+                         session.id, why)  # fmt: skip
+            note = (f"The host refused your outbound.db ({why}). Nothing you send is "
+                    "delivered until it has exactly the runner's schema again.")
+        sessions.notify_agent(session, note, now=now)
         wake(session.id)
 
     def close(self) -> None:
