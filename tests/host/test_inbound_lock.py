@@ -22,7 +22,7 @@ from host_rig import Rig
 from carapace.channels.fake import make_event
 from carapace.db.destinations import add_destination
 from carapace.db.sessions import Session
-from carapace.host.ingest import LONE_WAIT_S
+from carapace.host.ingest import BATCH_MAX, LONE_WAIT_S
 from carapace.jsonutil import dumps
 from carapace.testing.loop_ticks import LongestGap
 from carapace.timefmt import iso, sqlite_ts
@@ -266,3 +266,33 @@ def test_a_posted_row_not_to_act_on_wakes_no_runner(rig: Rig) -> None:
     assert not rig.host.pool.is_running(s.id)
     assert len(rig.backend.started) == starts
     assert {"ctx-1", "task-9"} <= set(_ids(rig, s))
+
+
+def test_rows_queued_for_a_locked_session_wait_in_the_journal_not_in_memory(rig: Rig) -> None:
+    """While the agent keeps its file locked, every row routed to it waits, acknowledged
+    from the journal. Past ``queued_in_memory`` a row waits there only (the host's memory
+    is not the agent's to fill); the pump reads them back in batches once the lock goes,
+    and every row reaches the file once, in order."""
+    s = rig.one_chat_session("chan")
+    _runner_up(rig, s)
+    ingest = rig.host.sessions.ingest
+    assert ingest is not None
+    ingest.lone_wait_s = LONE_WAIT_S
+    ingest.queued_in_memory = 8
+    n = 600
+
+    async def flood() -> tuple[int, int]:
+        for i in range(n):
+            await rig.host.route(make_event(f"f{i}", platform_id="chan", id=f"f{i}"),
+                                 settle=False)  # fmt: skip
+        queue = ingest._queues[s.id]
+        return len(queue), sum(q.row is not None for q in queue)
+
+    with _agents_lock(rig, s):
+        queued, held = rig.run(asyncio.wait_for(flood(), 60))
+    assert queued >= n - 1  # (the first may be in the writer's hands)
+    assert held <= ingest.queued_in_memory + BATCH_MAX, held  # (a try's batch is read back)
+    rig.run(asyncio.wait_for(ingest.settle(through_failures=False), 60))
+    ids = [i for i in _ids(rig, s) if i.startswith("f")]
+    assert ids == [f"f{i}" for i in range(n)]
+    assert not ingest._queues.get(s.id)

@@ -513,6 +513,52 @@ def test_a_stop_during_a_failure_keeps_the_rows_for_the_next_start(
     assert journal_rows(rig.host.home) == []
 
 
+def test_a_long_queue_waits_in_the_journal_and_is_read_back_in_order(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Rows past ``queued_in_memory`` wait in the journal only (as at a start that finds
+    many journaled): the pump reads them back a batch at a time and writes them in their
+    order. A row the journal no longer gives back cannot be written: it is logged and
+    skipped, and the rows after it still go."""
+    s = _chat_session(rig)
+    mgr = rig.host.sessions
+    ingest = mgr.ingest
+    assert ingest is not None
+    ingest.retry_first_s = 3600.0
+
+    async def failing(*_a: Any, **_kw: Any) -> Any:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(mgr, "write_batch", failing)
+    for i in range(30):
+        rig.run(rig.host.route(make_event(f"k{i}", platform_id="chan", id=f"k{i}"),
+                               settle=False))  # fmt: skip
+    rig.run(asyncio.wait_for(rig.host.stop(), 30))
+    monkeypatch.undo()
+    ingest.queued_in_memory = 4
+    journal = ingest.journal
+    numbers = {mid.split(":")[0]: n for n, _sid, row in journal.pending()
+               for mid in [row["id"]]}  # fmt: skip
+    real_rows = journal.rows
+    asked: list[list[int]] = []
+
+    def rows(ns: list[int]) -> dict[int, dict[str, Any]]:
+        asked.append(list(ns))
+        return {n: r for n, r in real_rows(ns).items() if n != numbers["k20"]}
+
+    monkeypatch.setattr(journal, "rows", rows)
+    with caplog.at_level(logging.ERROR):
+        rig.run(rig.host.start(background=False))
+        rig.run(asyncio.wait_for(ingest.settle(through_failures=False), 30))
+    assert inbound_ids(rig, s) == ["m0"] + [f"k{i}" for i in range(30) if i != 20]
+    assert sorted(n for part in asked for n in part) == sorted(
+        n for mid, n in numbers.items() if mid not in {f"k{i}" for i in range(4)}
+    )
+    assert any("could not be read back" in r.message for r in caplog.records)
+    rig.run(journal.drain())
+    assert journal_rows(rig.host.home) == []
+
+
 def test_a_journaled_row_already_in_its_file_is_not_written_twice_at_start(
     rig: Rig, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -51,7 +51,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from carapace.db.sessions import Session
 from carapace.errors import StoreError
@@ -70,6 +70,10 @@ RETRY_MAX_S = 5.0
 LONE_GAP_S = 0.005  # a row is lone when its session had none for this long (else: a stream)
 LONE_WAIT_S = 0.020  # a lone row's file commit longer than this: it is journaled as well
 RECENT_KEPT = 4096  # sessions whose last row time is kept (cleared when full)
+# rows of one session held in memory while they wait; the rest of a longer queue (a file
+# its agent keeps locked, a full disk) wait in the journal only and are read back, a batch
+# (BATCH_MAX) at a time, when the pump gets to them: at most this + BATCH_MAX in memory
+QUEUED_IN_MEMORY = 1024
 
 # the outcome of one row: (seq or None for a duplicate, None) or (None, the refusal)
 Outcome = Callable[[int | None, BaseException | None], Awaitable[None]]
@@ -80,7 +84,7 @@ Delayed = Callable[[BaseException], Awaitable[None]]
 @dataclass(eq=False)
 class _Queued:
     n: int | None  # the journal's row number (None: its journal commit still runs)
-    row: dict[str, Any]
+    row: dict[str, Any] | None  # None: left in the journal (a long queue), read back later
     now: datetime
     outcome: Outcome | None
     delayed: Delayed | None = None
@@ -98,6 +102,7 @@ class Ingest:
         self.linger_s = LINGER_S
         self.lone_gap_s = LONE_GAP_S
         self.lone_wait_s = LONE_WAIT_S
+        self.queued_in_memory = QUEUED_IN_MEMORY
         self._recent: dict[str, float] = {}  # per session: when its last row came (monotonic)
         self.monotonic = time.monotonic  # (tests set the time)
         self._queues: dict[str, list[_Queued]] = {}
@@ -223,6 +228,7 @@ class Ingest:
         """Journal a lone row after all (its write is slow, or failed in passing); once."""
         if q.journaling is None:
             try:
+                assert q.row is not None  # (a lone row: never left in the journal)
                 q.journaling = self.journal.submit(sid, q.row)
             except JournalClosed as exc:  # (the host stops): the sender hears it
                 q.journaling = asyncio.get_running_loop().create_future()
@@ -240,7 +246,10 @@ class Ingest:
             self.journal.remove([q.n])
 
     def _enqueue(self, session: Session, item: _Queued) -> None:
-        self._queues.setdefault(session.id, []).append(item)
+        queue = self._queues.setdefault(session.id, [])
+        queue.append(item)
+        if len(queue) > self.queued_in_memory and item.n is not None:
+            item.row = None  # in the journal: read back when its turn comes
         kick = self._kicks.get(session.id)
         if kick is not None:  # its pump waits out a failure: a new row is a new try
             kick.set()
@@ -340,12 +349,23 @@ class Ingest:
                     kick.clear()  # a row that comes from now on wakes a back-off at once
                 batch = queued[:BATCH_MAX]
                 started = time.monotonic()
+                results: list[Any]
                 try:
-                    results: list[Any] = await self.sessions.write_batch(
-                        session, [q.row for q in batch], batch[-1].now
-                    )
-                except Exception as exc:  # the whole commit failed: every row hears it
-                    results = [exc] * len(batch)
+                    if any(q.row is None for q in batch):
+                        batch = await self._read_back(sid, queued, batch)
+                        if not batch:
+                            continue
+                except Exception as exc:  # a journal that cannot be read now: a passing
+                    results = [OSError(f"reading the journal back: {exc}")] * len(batch)
+                else:
+                    try:
+                        results = await self.sessions.write_batch(
+                            session,
+                            [q.row for q in batch if q.row is not None],
+                            batch[-1].now,
+                        )  # (every row of the batch was read back above)
+                    except Exception as exc:  # the whole commit failed: every row hears it
+                        results = [exc] * len(batch)
                 if (tried := self._tried.get(sid)) is not None:
                     tried.set()
                 done = [not _passing(res) for res in results]
@@ -377,7 +397,7 @@ class Ingest:
                     assert q.journaling is not None
                     _settle(q, q.journaling.exception())
                 if kept:
-                    failed = next(r for r in results if _passing(r))
+                    failed = cast(BaseException, next(r for r in results if _passing(r)))
                     if self._stopping:
                         logger.warning("session %s: %d message(s) stay journaled for the next "
                                        "start (%s)", sid, len(queued), failed)  # fmt: skip
@@ -424,9 +444,32 @@ class Ingest:
             if not self._queues.get(sid):
                 self._queues.pop(sid, None)
 
+    async def _read_back(self, sid: str, queued: list[_Queued], batch: list[_Queued]
+                         ) -> list[_Queued]:  # fmt: skip
+        """The rows of ``batch`` left in the journal, read back (off the loop). One the
+        journal no longer holds (removed by hand, a row that does not decode) cannot be
+        written: it leaves the queue, logged."""
+        wanted = [q.n for q in batch if q.row is None and q.n is not None]
+        found = await asyncio.to_thread(self.journal.rows, wanted)
+        lost = []
+        for q in batch:
+            if q.row is None:
+                q.row = found.get(q.n) if q.n is not None else None
+                if q.row is None:
+                    lost.append(q)
+        if lost:
+            logger.error("session %s: %d journaled message(s) could not be read back from "
+                         "the journal (numbers %s); not written", sid, len(lost),
+                         [q.n for q in lost][:20])  # fmt: skip
+            for q in lost:
+                queued.remove(q)
+                q.done = True
+            self.journal.remove(q.n for q in lost if q.n is not None)
+        return [q for q in batch if q.row is not None]
+
     async def _tell(self, q: _Queued, res: int | BaseException | None) -> None:
         if isinstance(res, BaseException):
-            logger.error("message %s not stored: %s", q.row.get("id"), res)
+            logger.error("message %s not stored: %s", (q.row or {}).get("id"), res)
         if q.outcome is None:
             return
         try:
@@ -435,7 +478,7 @@ class Ingest:
             else:
                 await q.outcome(res, None)
         except Exception:  # the router's reaction failed; the row is written either way
-            logger.exception("outcome of message %s", q.row.get("id"))
+            logger.exception("outcome of message %s", (q.row or {}).get("id"))
 
 
 # the file refuses the row for good: retrying would hold up the session's later rows

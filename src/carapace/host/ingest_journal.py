@@ -104,6 +104,25 @@ class IngestJournal:
             self.remove(bad)
         return out
 
+    def rows(self, ns: list[int]) -> dict[int, dict[str, Any]]:
+        """The rows numbered ``ns`` still journaled (blocking: call it off the loop): the
+        ingest keeps a long queue's rows here rather than in memory (``Ingest``). A row
+        that does not decode is left out (nothing could write it)."""
+        conn = self._connection()
+        out: dict[int, dict[str, Any]] = {}
+        with self._lock:
+            for i in range(0, len(ns), 500):  # (SQLite's bound on parameters)
+                part = ns[i : i + 500]
+                marks = ",".join("?" * len(part))
+                for n, text in conn.execute(
+                    f"SELECT n, row FROM pending WHERE n IN ({marks})", part
+                ).fetchall():
+                    with contextlib.suppress(ValueError):
+                        row = json.loads(text)
+                        if isinstance(row, dict):
+                            out[int(n)] = row
+        return out
+
     def set_aside(self) -> Path:
         """Move an unreadable journal (and its ``-wal``/``-shm``) out of the way, to
         ``ingest.db.unreadable-<n>``, so the host starts with a new one; returns the new

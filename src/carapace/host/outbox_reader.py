@@ -534,8 +534,10 @@ class OutboxReader:
         else:
             logger.error("session %s: outbound.db refused, nothing from it is read: %s",
                          session.id, why)  # fmt: skip
-            note = (f"The host refused your outbound.db ({why}). Nothing you send is "
-                    "delivered until it has exactly the runner's schema again.")
+            note = (
+                f"The host refused your outbound.db ({why}). Nothing you send is "
+                "delivered until it has exactly the runner's schema again."
+            )
         sessions.notify_agent(session, note, now=now)
         wake(session.id)
 

@@ -185,8 +185,7 @@ def compact_session(home: Home, agent_group_id: str, session_id: str, folder: st
         if not runner_running:
             out_ids = _outbound_ids(paths)
             if out_ids is not None:
-                with _archiving(home, agent_group_id, session_id, now) as archive, \
-                        transaction(inb):
+                with _archiving(home, agent_group_id, session_id, now) as archive, transaction(inb):
                     rows = [dict(r) for r in inb.execute(
                         "SELECT * FROM delivered WHERE delivered_at < ?", (cutoff,)
                     ) if r["message_out_id"] not in out_ids]  # fmt: skip
