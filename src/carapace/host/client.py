@@ -15,7 +15,8 @@ from carapace.channels.registry import build_adapters
 from carapace.config import Home, Settings
 from carapace.errors import ConfigError, ValidationError
 from carapace.host.admin_server import AdminDispatch
-from carapace.host.host import Host, HostRunning
+from carapace.host.host import Host
+from carapace.host.host_lifecycle import HostRunning
 from carapace.jsonutil import dumps
 from carapace.timefmt import new_id
 

@@ -13,11 +13,8 @@ swept session that has a task or a recurring row), ``host.router.on_sender_appro
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import fcntl
 import functools
 import logging
-import os
 import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -28,21 +25,17 @@ from carapace.bootstrap import open_home
 from carapace.channels.base import (
     ButtonClick,
     ChannelAdapter,
-    ChannelCallbacks,
     ClickAnswer,
     InboundEvent,
 )
 from carapace.config import Home, Settings
-from carapace.db.destinations import add_projection_hook, remove_projection_hook
 from carapace.db.session import SessionPaths
-from carapace.errors import CarapaceError, ConfigError, no_space
+from carapace.errors import ConfigError, no_space
 from carapace.host import (
-    groupfiles,
+    host_lifecycle,
     host_projection,
     host_runners,
     host_sweep,
-    host_watch,
-    work_index,
 )
 from carapace.host.actions import SystemActions
 from carapace.host.checkpointer import Checkpointer
@@ -50,7 +43,7 @@ from carapace.host.delivery import Delivery
 from carapace.host.host_runners import SpawnHealth
 from carapace.host.ingest import Ingest
 from carapace.host.ingest_journal import IngestJournal
-from carapace.host.pool import RunnerPool, cleanup_orphans
+from carapace.host.pool import RunnerPool
 from carapace.host.router import Router, RouteResult
 from carapace.host.send_intents import FILE_NAME as INTENTS_FILE
 from carapace.host.send_intents import SendIntents
@@ -61,16 +54,12 @@ from carapace.host.sweep import (
     due_iso,
     heartbeat_at,
 )
-from carapace.limits import mechanism as limits_mechanism
-from carapace.limits import sweep_cgroups
 from carapace.perms import private_umask
 from carapace.proxy.hostside import HostProxy, budget_warning
 from carapace.sandbox.process import (
     RunnerBackend,
     RunnerExit,
     RunnerSpec,
-    compile_runner_code,
-    sweep_tmp_dirs,
 )
 from carapace.timefmt import Clock, SystemClock
 
@@ -78,12 +67,6 @@ if TYPE_CHECKING:
     from carapace.host.admin_server import AdminDispatch
 
 logger = logging.getLogger(__name__)
-
-INDEX_SLICE = 200  # work-index rows written per transaction at start
-
-
-class HostRunning(ConfigError):
-    code = "host-running"
 
 
 @dataclass
@@ -288,161 +271,20 @@ class Host:
             self._spawn(self.pool.stop(session_id, "session folder deleted"))
 
     # ---------------------------------------------------------------- lifecycle
-    def _acquire_lock(self) -> None:
-        self.home.data_dir.mkdir(parents=True, exist_ok=True)
-        fh = open(self.home.pid_file, "a+")  # noqa: SIM115 - held for the host's lifetime
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            fh.close()
-            raise HostRunning(f"a host is already running for {self.home.root}")
-        fh.seek(0)
-        fh.truncate()
-        fh.write(f"{os.getpid()}\n")
-        fh.flush()
-        self._lock_fh = fh
-
     async def start(self, *, background: bool = True) -> None:
         """Take the home's lock, reap orphans, start channels, watcher, sweep and sockets.
         ``background=False`` (tests): no timers or watchers; drive the passes by hand."""
-        self._acquire_lock()
-        self._loop = asyncio.get_running_loop()
-        if self.options.cleanup_orphans:
-            n = await asyncio.to_thread(cleanup_orphans, self.home.sessions_dir)
-            if n:
-                logger.warning("stopped %d orphan runner(s)", n)
-            n = await asyncio.to_thread(sweep_cgroups)
-            n_tmp = await asyncio.to_thread(sweep_tmp_dirs)
-            if n or n_tmp:
-                logger.info("removed %d runner cgroup(s) and %d runner temp folder(s) left by "
-                            "hosts that are gone", n, n_tmp)  # fmt: skip
-        self.db.execute(
-            "UPDATE sessions SET container_status='stopped' WHERE container_status != 'stopped'"
-        )
-        if self.proxy is not None:  # its socket folder, and the removal of ended hosts' ones
-            await asyncio.to_thread(self.proxy.egress.socket_dir)
-        await self.rebuild_work_index()
-        # messages acknowledged but not yet in their sessions' files when the last host
-        # died: written now, before any channel or runner starts
-        assert self.sessions.ingest is not None
-        await self.sessions.ingest.replay(self.now())
-        self._spawn(asyncio.to_thread(compile_runner_code))  # runners import, never compile
-        try:  # NanoClaw deletes groups/global at its first start: bring it back from a copy
-            await asyncio.to_thread(groupfiles.restore_global, self.home)
-        except (OSError, CarapaceError) as exc:
-            logger.warning("shared memory not restored: %s", exc)
-        groupfiles.log_unavailable_providers(self.db)  # never served by another provider
-        add_projection_hook(self._hook)
-        callbacks = ChannelCallbacks(
-            on_inbound=self._on_inbound, on_ready=self._on_channel_ready,
-            on_action=self._on_action, on_status=self._on_channel_status,
-        )  # fmt: skip
-        for channel_type, adapter in list(self.adapters.items()):
-            try:
-                await adapter.start(callbacks)
-            except Exception as exc:  # one adapter's failure never stops the others
-                reason = str(exc) or type(exc).__name__
-                logger.error("channel %s did not start: %s", channel_type, reason)
-                self._on_channel_status(channel_type, "failed", reason)
-                del self.adapters[channel_type]  # deliveries there fail clearly ("no adapter")
-                continue
-            self._on_channel_status(channel_type, "running", None)
-        self._started = True
-        from carapace.permissions.approvals_host import install as install_approvals
-
-        install_approvals(self, background=background)
-        self._background = background
-        if background:
-            # WAL checkpoints (a copy and an fsync) off the loop's central-DB commits
-            self._checkpointer = Checkpointer(self.home.central_db, self.db)
-            await self._checkpointer.start_async()
-            if self.options.watch:
-                host_watch.start(self)
-            self._sweep_event = asyncio.Event()
-            self._spawn(self._sweep_loop())
-            if self.options.sockets:
-                from carapace.host.admin_server import AdminServer
-
-                self._admin_server = AdminServer(self)
-                await self._admin_server.start()
-        mechanism = await asyncio.to_thread(limits_mechanism)  # may run systemctl: not on the loop
-        logger.info("host started for %s; runner backend: %s; runner limits: %s",
-                    self.home.root, self.backend_note, mechanism)  # fmt: skip
+        await host_lifecycle.start(self, background)
 
     async def rebuild_work_index(self) -> int:
-        """Index every session whose files hold work (``host/work_index.py``): what NanoClaw
-        or an older carapace left behind runs without waiting for a new message. The file
-        reads run in a worker thread."""
-        refs = work_index.active_sessions(self.db)
-        found = await asyncio.to_thread(
-            work_index.scan_sessions, self.home.data_dir, refs, self.now()
-        )
-        items = list(found.items())
-        for i in range(0, len(items), INDEX_SLICE):  # bounded transactions, the loop runs between
-            work_index.apply(self.db, dict(items[i : i + INDEX_SLICE]))
-            await asyncio.sleep(0)
-        n = len(found)
-        if n:
-            logger.info("work index: %d of %d session(s) have pending work", n, len(refs))
-        return n
+        """Index every session whose files hold work (``host/work_index.py``)."""
+        return await host_lifecycle.rebuild_work_index(self)
 
     async def stop(self) -> None:
-        if not self._started:
-            return
-        self._stopping = True
-        self._started = False
-        self._stopped.set()
-        if self._admin_server is not None:
-            await self._admin_server.stop()
-        for channel_type, adapter in self.adapters.items():
-            with contextlib.suppress(Exception):
-                await adapter.stop()
-            if channel_type not in self._failed_channels:  # a failure stays shown
-                self._on_channel_status(channel_type, "stopped", None)
-        await self.typing.stop_all()
-        await self.previews.stop_all()
-        await self.pool.stop_all("shutdown")  # also waits for spawns in flight
-        for sid in list(self._acks_due):
-            with contextlib.suppress(Exception):
-                await host_runners.flush_acks(self, sid)
-        if self.proxy is not None:
-            await self.proxy.aclose()
-        while self._tasks:  # drains, sweep timer, approvals pump; none can start now
-            for task in list(self._tasks):
-                task.cancel()
-            # cancelled again until done: Python 3.11's wait_for can swallow a cancellation
-            # that races with its own wake-up (the sweep timer kicked at that moment)
-            done, _ = await asyncio.wait(list(self._tasks), timeout=0.5)
-            for task in done:
-                self._tasks.discard(task)
-        assert self.sessions.ingest is not None  # journaled rows written, or kept for the
-        await self.sessions.ingest.stop()  # next start when their files fail now
-        await self.sessions.drain_writes()  # every write submitted is on disk (issue 19)
-        if self._checkpointer is not None:
-            await self._checkpointer.stop_async()
-            self._checkpointer = None
-        host_watch.stop(self)
-        remove_projection_hook(self._hook)
-        if self._lock_fh is not None:
-            self._lock_fh.close()
-            self._lock_fh = None
-        logger.info("host stopped")
+        await host_lifecycle.stop(self)
 
     def close(self) -> None:
-        self._closed = True
-        with contextlib.suppress(sqlite3.Error):
-            self.sessions.release_all()
-        self.sessions.writers.close()  # runs what is queued, then ends the threads
-        if self.sessions.ingest is not None:
-            self.sessions.ingest.journal.close()
-        if self._checkpointer is not None:
-            self._checkpointer.stop()
-            self._checkpointer = None
-        if self.proxy is not None:
-            self.proxy.close()
-        self.delivery.outbox.close()
-        self.delivery.intents.close()
-        self.db.close()
+        host_lifecycle.close(self)
 
     async def _warn(self, agent_group_id: str, text: str) -> None:
         """A budget warning to the group's owner/admins (carapace.proxy)."""
