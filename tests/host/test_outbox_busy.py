@@ -16,7 +16,8 @@ import pytest
 
 from carapace.db.session import SessionPaths, init_session_folder
 from carapace.host import outbox_reader
-from carapace.host.outbox_reader import OutboxReader, OutboxRefused, keep, read_rows, release
+from carapace.host.outbox_pool import OutboxReader
+from carapace.host.outbox_reader import OutboxRefused, keep, read_rows, release
 from carapace.testing.loop_ticks import LoopTicks
 
 ROW = "INSERT INTO messages_out (id, seq, timestamp, kind, content) VALUES ('{}', {}, 't', 'chat', '{{}}')"

@@ -59,9 +59,9 @@ from carapace.host.delivery_log import (
     wait_until,
 )
 from carapace.host.dispatch import deliver_row
+from carapace.host.outbox_pool import OutboxReader
 from carapace.host.outbox_reader import (
     MAX_ROWS,
-    OutboxReader,
     OutboxRefused,
     OutRow,
     read_pass,

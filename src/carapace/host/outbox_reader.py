@@ -17,7 +17,7 @@ through this module:
 * every read has a bound on work: a SQLite progress handler aborts it after a budget of
   wall time, queries carry a ``LIMIT``, and text fields are size-capped in SQL;
 * the host's async code runs these reads on a small thread pool with a timeout
-  (:class:`OutboxReader`), never on the event loop. The one synchronous call site left (ack
+  (``host/outbox_pool.py``), never on the event loop. The one synchronous call site left (ack
   lookups of the task sweep hook for rows the sweep's own off-loop read did not cover) uses
   :data:`INLINE_BUDGET_S` (250 ms) on indexed lookups, which take well under 1 ms.
 
@@ -36,7 +36,6 @@ file); writes and inline reads open their own.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
@@ -45,10 +44,8 @@ import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
@@ -58,8 +55,7 @@ from carapace.db.connection import BUSY_TIMEOUT_MS, is_busy, session_write_pragm
 from carapace.errors import ValidationError
 
 if TYPE_CHECKING:
-    from carapace.db.sessions import Session
-    from carapace.host.sessions import SessionManager
+    pass
 
 logger = logging.getLogger(__name__)
 
@@ -69,15 +65,12 @@ OutRow = dict[str, Any]  # one messages_out row as read_rows returns it
 READ_BUDGET_S = 0.5  # wall time one worker read may take before SQLite aborts it
 INLINE_BUDGET_S = 0.25  # the few indexed lookups still made on the event loop (schema-checked,
 # so legit ones take microseconds; generous so a loaded machine never reads "refused")
-CALL_TIMEOUT_S = 5.0  # an awaited read gives up after this (the budget fires first)
 BUSY_WAIT_MS = 1000  # a runner's write lock is waited for at most this long
 # A read on the reader pool waits this long for the lock in its thread, then gives the
-# worker back and tries again after a pause (OutboxReader.call), up to BUSY_WAIT_MS in all:
+# worker back and tries again after a pause (``outbox_pool``), up to BUSY_WAIT_MS in all:
 # an agent keeping its outbound.db locked would otherwise hold a worker that every
 # session's delivery shares (a runner's commit takes ~1 ms; its end wakes delivery anyway).
 BUSY_TRY_MS = 20
-BUSY_PAUSE_S = 0.005  # between a pool read's tries, doubling up to
-BUSY_PAUSE_MAX_S = 0.05
 BUSY_RETRY_S = 0.0003  # between tries of a kept connection's read that met a runner commit
 BUSY_RETRY_MAX_S = 0.01  # the wait doubles up to this (a lock held on purpose)
 MAX_ROWS = 500  # outbound rows per delivery read
@@ -129,11 +122,12 @@ class OutboxBusy(OutboxRefused):
 
 
 # set in the reader pool's threads: their reads wait only BUSY_TRY_MS per try in the
-# thread; OutboxReader.call tries again with the worker given back (see BUSY_TRY_MS)
+# thread; outbox_pool.OutboxReader.call tries again with the worker given back
 _pool_thread = threading.local()
 
 
-def _in_pool() -> None:
+def in_pool() -> None:
+    """The reader pool's thread initializer (``host/outbox_pool.py``)."""
     _pool_thread.on = True
 
 
@@ -478,68 +472,3 @@ def read_max_seq_checked(path: Path, *, budget_s: float = READ_BUDGET_S) -> int:
 def _max_seq(conn: sqlite3.Connection) -> int:
     value = conn.execute("SELECT MAX(seq) FROM messages_out").fetchone()[0]
     return int(value) if isinstance(value, int) else 0
-
-
-class OutboxReader:
-    """Runs outbound.db reads on a small thread pool, off the event loop, with a timeout.
-
-    A refusal is logged once per session and file state (not on every read)."""
-
-    def __init__(self, workers: int = 4, timeout_s: float = CALL_TIMEOUT_S) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="outbox",
-                                        initializer=_in_pool)  # fmt: skip
-        self.timeout_s = timeout_s
-        self._told: dict[str, str] = {}
-
-    async def call(self, fn: Callable[..., T], *args: Any) -> T:
-        """``fn(*args)`` on the pool. A read that met a lock (:class:`OutboxBusy`, after
-        ``BUSY_TRY_MS`` in its thread) is tried again after a pause with the worker given
-        back, for up to ``BUSY_WAIT_MS`` in all: one agent keeping its file locked holds
-        up no other session's reads."""
-        loop = asyncio.get_running_loop()
-        async with asyncio.timeout(self.timeout_s):  # (wait_for ran one more task: ~50 µs)
-            deadline = loop.time() + BUSY_WAIT_MS / 1000
-            pause = BUSY_PAUSE_S
-            while True:
-                try:
-                    return await loop.run_in_executor(self._pool, fn, *args)
-                except OutboxBusy:
-                    if loop.time() + pause > deadline:
-                        raise
-                await asyncio.sleep(pause)
-                pause = min(pause * 2, BUSY_PAUSE_MAX_S)
-
-    def first_refusal(self, key: str, why: str) -> bool:
-        """True the first time ``why`` is reported for ``key`` (a session id)."""
-        if self._told.get(key) == why:
-            return False
-        self._told[key] = why
-        return True
-
-    def accepted(self, key: str) -> None:
-        self._told.pop(key, None)
-
-    def refused(self, sessions: SessionManager, session: Session, exc: OutboxRefused,
-                now: datetime, wake: Callable[[str], None]) -> None:  # fmt: skip
-        """Log the refusal and tell the agent, once per session and reason."""
-        why = str(exc)
-        if not self.first_refusal(session.id, why):
-            return
-        if isinstance(exc, OutboxBusy):  # a lock held too long: nothing wrong with the file
-            logger.warning("session %s: outbound.db stayed locked, not read this time: %s",
-                           session.id, why)  # fmt: skip
-            note = (f"The host could not read your outbound.db: it stayed locked for over "
-                    f"{BUSY_WAIT_MS / 1000:g} s ({why}). What you wrote is delivered once the "
-                    "lock goes; do not keep a transaction open on that file.")  # fmt: skip
-        else:
-            logger.error("session %s: outbound.db refused, nothing from it is read: %s",
-                         session.id, why)  # fmt: skip
-            note = (
-                f"The host refused your outbound.db ({why}). Nothing you send is "
-                "delivered until it has exactly the runner's schema again."
-            )
-        sessions.notify_agent(session, note, now=now)
-        wake(session.id)
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
