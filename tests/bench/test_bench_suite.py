@@ -103,3 +103,31 @@ def test_sdk_cold_starts_answer_through_the_real_sdks(
     monkeypatch.setattr(runner_bench, "_cold_starts", mock_starts)  # a mock runner's answer
     with pytest.raises(RuntimeError, match="did not answer through the fake API: 'Mock reply"):
         runner_bench.sdk_starts(str(tmp_path / "b"), 1)
+
+
+def test_the_nanoclaw_reference_writes_as_nanoclaw_does(tmp_path: Path) -> None:
+    """``bench/nanoclaw_ref.py`` (the same-run baseline of the ingest and outbound-insert
+    goals) writes what NanoClaw's functions write: even inbound seqs from 2, pending
+    rows, ``last_active`` updated; odd outbound seqs above the inbound side's highest."""
+    import sqlite3
+
+    from carapace.bench import nanoclaw_ref
+
+    assert nanoclaw_ref.write_session_message(20, folder=tmp_path) > 0
+    inb = sqlite3.connect(tmp_path / "session" / "inbound.db")
+    rows = inb.execute("SELECT seq, status, series_id = id FROM messages_in ORDER BY seq")
+    assert rows.fetchall() == [(2 * i, "pending", 1) for i in range(1, 21)]
+    inb.close()
+    central = sqlite3.connect(tmp_path / "v2.db")
+    assert central.execute("SELECT last_active FROM sessions").fetchone()[0]
+    central.close()
+    assert nanoclaw_ref.write_message_out(5, folder=tmp_path) > 0
+    out = sqlite3.connect(tmp_path / "session" / "outbound.db")
+    assert [r[0] for r in out.execute("SELECT seq FROM messages_out ORDER BY seq")] == [
+        41,
+        43,
+        45,
+        47,
+        49,
+    ]
+    out.close()
