@@ -204,3 +204,31 @@ def test_close_does_not_wait_for_a_lock_that_is_never_let_go(env: Any) -> None:
     assert isinstance(res, sqlite3.OperationalError) and is_busy(res)
     assert alive is False
     assert _ids(a) == []
+
+
+def test_tries_again_wait_in_no_busy_handler(env: Any) -> None:
+    """The first try of a job waits ``WRITER_BUSY_MS`` for the lock; the tries again of a
+    set-aside session wait not at all (a commit waiting in SQLite's busy handler holds
+    PENDING, which keeps the file's readers out, the host's own included), and the
+    connection waits as before once the lock is gone."""
+    from carapace.host.session_writer import WRITER_BUSY_MS
+
+    writers, a, _b, agent = env
+    waits: list[int] = []
+
+    def insert(conn: sqlite3.Connection) -> int:
+        waits.append(conn.busy_ms)  # type: ignore[attr-defined]
+        return int(_insert(f"a{len(waits)}")(conn))
+
+    async def go() -> int:
+        held = asyncio.ensure_future(writers.call("a", a, insert))
+        while len(waits) < 4:  # tried, set aside, tried again
+            await asyncio.sleep(0.002)
+        agent.let_go()
+        await held
+        return int(await writers.call("a", a, lambda conn: conn.busy_ms))  # type: ignore[attr-defined]
+
+    after = _run(go())
+    assert waits[0] == WRITER_BUSY_MS
+    assert set(waits[1:]) == {0}, waits
+    assert after == WRITER_BUSY_MS
