@@ -1,8 +1,9 @@
 """NanoClaw's way of writing its session files, on this disk, in the same run (issue 19).
 
 The goals compare carapace with NanoClaw "in the same sitting": the disk here moves by
-2-3x within a day (spec/perf-anchors.md §4 measured 6,673 WAL commits/s; the same loop
-gives 2,800-3,400 on other days), so a NanoClaw figure from another sitting says little.
+2-3x between sittings (spec/perf-anchors.md §4 measured 6,673 WAL commits/s; the same
+loop gave 2,850-3,350 on 2026-12-07), so a NanoClaw figure from another sitting says
+little.
 NanoClaw itself (TypeScript, better-sqlite3 and Bun) cannot be run here, so this module
 does what its two hot writes do, statement for statement, as the specs describe them, in
 Python's ``sqlite3`` on the same files and disk:
