@@ -9,6 +9,7 @@ import os
 import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from click.testing import CliRunner
 from ops_rig import LiveHost
@@ -182,13 +183,11 @@ def test_running_host_retention_pass_spares_busy_sessions(tmp_path: Path) -> Non
         live.close()
 
 
-def test_a_session_its_agent_keeps_locked_is_skipped_and_the_rest_compacted(
-    tmp_path: Path,
-) -> None:
-    """The agent may keep a read transaction open on its ``inbound.db`` for as long as it
-    likes. A retention pass neither waits for it (its commit would hold PENDING, keeping
-    the host's own readers out, for 5 s) nor gives up on the other sessions: the locked
-    one is skipped with the reason, and compacted at a later pass."""
+def _old_done_sessions(
+    tmp_path: Path, rows: dict[str, list[str]]
+) -> tuple[Any, Any, dict[str, tuple[str, SessionPaths]]]:
+    """A home whose sessions (by name) hold the given rows, completed 400 days ago: the
+    home, its central DB and, per name, the session id and paths."""
     from carapace.bootstrap import init_home, open_home
     from carapace.config import Home
     from carapace.db import groups
@@ -200,19 +199,32 @@ def test_a_session_its_agent_keeps_locked_is_skipped_and_the_rest_compacted(
     db, _ = open_home(home)
     ag = groups.list_agent_groups(db)[0].id
     old = sqlite_ts(datetime.now(UTC) - timedelta(days=400))
-    made = []
-    for name in ("locked", "free"):
+    made = {}
+    for name, ids in rows.items():
         s = create_session(db, ag, None, name)
         paths = SessionPaths.of(home.data_dir, ag, s.id)
         init_session_folder(paths)
         conn = sqlite3.connect(paths.inbound, isolation_level=None)
-        for i in range(3):
-            insert_message_in(conn, {"id": f"{name}-{i}", "kind": "chat", "timestamp": old,
-                                     "status": "completed", "series_id": f"{name}-{i}",
+        for mid in ids:
+            insert_message_in(conn, {"id": mid, "kind": "chat", "timestamp": old,
+                                     "status": "completed", "series_id": mid,
                                      "content": "{}"})  # fmt: skip
         conn.close()
-        made.append((s.id, paths))
-    (locked_id, locked), (free_id, _free) = made
+        made[name] = (s.id, paths)
+    return home, db, made
+
+
+def test_a_session_its_agent_keeps_locked_is_skipped_and_the_rest_compacted(
+    tmp_path: Path,
+) -> None:
+    """The agent may keep a read transaction open on its ``inbound.db`` for as long as it
+    likes. A retention pass neither waits for it (its commit would hold PENDING, keeping
+    the host's own readers out, for 5 s) nor gives up on the other sessions: the locked
+    one is skipped with the reason, and compacted at a later pass."""
+    home, db, made = _old_done_sessions(
+        tmp_path, {name: [f"{name}-{i}" for i in range(3)] for name in ("locked", "free")}
+    )
+    (locked_id, locked), (free_id, _free) = made["locked"], made["free"]
     agent = sqlite3.connect(locked.inbound, isolation_level=None)
     agent.execute("BEGIN")
     agent.execute("SELECT COUNT(*) FROM messages_in").fetchone()
@@ -245,26 +257,8 @@ def test_rows_archived_by_a_pass_whose_commit_failed_are_archived_once(tmp_path:
     rows twice, never none). A commit the agent's lock makes fail (the session skipped,
     its rows kept) took back what the pass had archived: the next pass archives them
     again, so each row is in the archive once."""
-    from carapace.bootstrap import init_home, open_home
-    from carapace.config import Home
-    from carapace.db import groups
-    from carapace.db.session import init_session_folder, insert_message_in
-    from carapace.db.sessions import create_session
-
-    home = Home(tmp_path / "home")
-    init_home(home)
-    db, _ = open_home(home)
-    ag = groups.list_agent_groups(db)[0].id
-    old = sqlite_ts(datetime.now(UTC) - timedelta(days=400))
-    s = create_session(db, ag, None, "locked")
-    paths = SessionPaths.of(home.data_dir, ag, s.id)
-    init_session_folder(paths)
-    conn = sqlite3.connect(paths.inbound, isolation_level=None)
-    for i in range(4):
-        insert_message_in(conn, {"id": f"m{i}", "kind": "chat", "timestamp": old,
-                                 "status": "completed", "series_id": f"m{i}",
-                                 "content": "{}"})  # fmt: skip
-    conn.close()
+    home, db, made = _old_done_sessions(tmp_path, {"locked": [f"m{i}" for i in range(4)]})
+    _sid, paths = made["locked"]
     policy = RetentionPolicy(days=30, policy="archive")
     agent = sqlite3.connect(paths.inbound, isolation_level=None)
     agent.execute("BEGIN")
