@@ -193,3 +193,39 @@ def test_retries_exhausted_one_clear_error(rig: ProxyRig, server: FakeLLMServer)
     with pytest.raises(openai.RateLimitError, match="after 1 try"):
         rig.openai().chat.completions.create(model="m", messages=[{"role": "user", "content": "x"}])
     assert rig.sleeps == []
+
+
+@pytest.mark.parametrize("provider", ["anthropic", "openai"])
+def test_the_runners_proxy_client_reads_no_ca_bundle(
+    rig: ProxyRig, server: FakeLLMServer, monkeypatch: pytest.MonkeyPatch, provider: str
+) -> None:
+    """A runner reaches the proxy in plain HTTP over the host's socket: TLS never runs in
+    its client, so loading the CA bundle (~30-60 ms of a cold start) is not done, and the
+    client's TLS context, never used, trusts nothing (it would fail closed)."""
+    import ssl
+
+    from carapace.runner.providers._common import PROXY_SOCKET_ENV, proxy_client
+
+    def no_bundle(*_a: object, **_kw: object) -> None:
+        raise AssertionError("a CA bundle was loaded")
+
+    monkeypatch.setattr(ssl.SSLContext, "load_verify_locations", no_bundle)
+    monkeypatch.setattr(ssl.SSLContext, "load_default_certs", no_bundle)
+    monkeypatch.setenv(PROXY_SOCKET_ENV, str(rig.socket))
+    sdk = anthropic if provider == "anthropic" else openai
+    made = proxy_client(provider, sdk, 30.0)
+    assert made is not None
+    base_url, http_client = made
+    server.add(FakeReply(text="over the socket"))
+    if provider == "anthropic":
+        a = anthropic.Anthropic(api_key="x", base_url=base_url, http_client=http_client,
+                                max_retries=0)  # fmt: skip
+        reply = a.messages.create(model="claude-haiku-4-5", max_tokens=20,
+                                  messages=[{"role": "user", "content": "x"}])  # fmt: skip
+        assert reply.content[0].text == "over the socket"
+    else:
+        o = openai.OpenAI(api_key="x", base_url=base_url, http_client=http_client, max_retries=0)
+        done = o.chat.completions.create(model="gpt-4o-mini",
+                                         messages=[{"role": "user", "content": "x"}])  # fmt: skip
+        assert done.choices[0].message.content == "over the socket"
+    assert [r.api_key for r in server.recorded] == [ANT_KEY if provider == "anthropic" else OAI_KEY]

@@ -49,6 +49,7 @@ NOT_AT_START = (
     "html",
     "base64",  # images
     "hashlib",  # OpenSSL: the ids use CPython's own SHA-256
+    "ssl",  # OpenSSL too: only a provider's client (which its SDK loads anyway) takes it
     "dataclasses",  # ~0.8 ms per class and inspect/ast/dis: the runner's classes are records
     "inspect",
     "typing",  # ~6 ms: the runner's modules import its names for type checkers only

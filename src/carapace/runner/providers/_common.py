@@ -61,7 +61,13 @@ def proxy_client(provider: str, sdk: Any, timeout_s: float) -> tuple[str, Any] |
     client_cls = sdk.DefaultHttpxClient
     roots = [c.__module__.split(".")[0] for c in client_cls.__mro__]
     root = next(r for r in roots if r.startswith("httpx"))
-    transport = importlib.import_module(root).HTTPTransport(uds=sock)
+    # plain HTTP over the host's socket (PROXY_BASE is http://): TLS never runs in this
+    # client, so the CA bundle is not loaded (30-60 ms of a cold start, issue 19); the TLS
+    # context it is given trusts nothing, so it would fail closed if ever asked to verify
+    import ssl  # (here: the SDK has loaded it already; a mock runner never does)
+
+    nothing_trusted = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    transport = importlib.import_module(root).HTTPTransport(uds=sock, verify=nothing_trusted)
     return f"{PROXY_BASE}/{provider}", client_cls(transport=transport, timeout=timeout_s)
 
 
