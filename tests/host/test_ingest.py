@@ -23,7 +23,7 @@ from host_rig import Rig
 from carapace.channels.fake import make_event
 from carapace.config import Home
 from carapace.db.sessions import Session
-from carapace.host.ingest import LONE_WAIT_S
+from carapace.host.ingest import BATCH_MAX, LONE_WAIT_S
 from carapace.host.ingest_journal import IngestJournal, JournalClosed
 from carapace.migrate.doctor import DoctorReport
 from carapace.ops.doctor import journal_check
@@ -513,13 +513,14 @@ def test_a_stop_during_a_failure_keeps_the_rows_for_the_next_start(
     assert journal_rows(rig.host.home) == []
 
 
-def test_a_long_queue_waits_in_the_journal_and_is_read_back_in_order(
+def test_a_start_reads_the_journal_back_a_batch_at_a_time_in_order(
     rig: Rig, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Rows past ``queued_in_memory`` wait in the journal only (as at a start that finds
-    many journaled): the pump reads them back a batch at a time and writes them in their
-    order. A row the journal no longer gives back cannot be written: it is logged and
-    skipped, and the rows after it still go."""
+    """The host died with rows journaled and not yet written (here: its file failing). The
+    next start queues them by number only, never loading the journal whole (it may have
+    grown long while a session's file was locked); each pump reads its rows back a batch
+    at a time and writes them in their order. A row the journal no longer gives back
+    cannot be written: it is logged and skipped, and the rows after it still go."""
     s = _chat_session(rig)
     mgr = rig.host.sessions
     ingest = mgr.ingest
@@ -530,15 +531,14 @@ def test_a_long_queue_waits_in_the_journal_and_is_read_back_in_order(
         raise sqlite3.OperationalError("database or disk is full")
 
     monkeypatch.setattr(mgr, "write_batch", failing)
-    for i in range(30):
+    n = BATCH_MAX + 44
+    for i in range(n):
         rig.run(rig.host.route(make_event(f"k{i}", platform_id="chan", id=f"k{i}"),
                                settle=False))  # fmt: skip
     rig.run(asyncio.wait_for(rig.host.stop(), 30))
     monkeypatch.undo()
-    ingest.queued_in_memory = 4
     journal = ingest.journal
-    numbers = {mid.split(":")[0]: n for n, _sid, row in journal.pending()
-               for mid in [row["id"]]}  # fmt: skip
+    numbers = {row["id"].split(":")[0]: n for n, _sid, row in journal.pending()}
     real_rows = journal.rows
     asked: list[list[int]] = []
 
@@ -546,14 +546,17 @@ def test_a_long_queue_waits_in_the_journal_and_is_read_back_in_order(
         asked.append(list(ns))
         return {n: r for n, r in real_rows(ns).items() if n != numbers["k20"]}
 
+    def whole() -> None:
+        raise AssertionError("the start loaded the whole journal")
+
     monkeypatch.setattr(journal, "rows", rows)
+    monkeypatch.setattr(journal, "pending", whole)
     with caplog.at_level(logging.ERROR):
         rig.run(rig.host.start(background=False))
         rig.run(asyncio.wait_for(ingest.settle(through_failures=False), 30))
-    assert inbound_ids(rig, s) == ["m0"] + [f"k{i}" for i in range(30) if i != 20]
-    assert sorted(n for part in asked for n in part) == sorted(
-        n for mid, n in numbers.items() if mid not in {f"k{i}" for i in range(4)}
-    )
+    assert inbound_ids(rig, s) == ["m0"] + [f"k{i}" for i in range(n) if i != 20]
+    assert [len(part) for part in asked] == [BATCH_MAX, n - BATCH_MAX]
+    assert sorted(x for part in asked for x in part) == sorted(numbers.values())
     assert any("could not be read back" in r.message for r in caplog.records)
     rig.run(journal.drain())
     assert journal_rows(rig.host.home) == []

@@ -304,11 +304,13 @@ class Ingest:
 
     async def replay(self, now: datetime) -> int:
         """At start: write every journaled row into its session's file (the host died
-        before it was). Returns how many rows the journal held."""
+        before it was). Returns how many rows the journal held. The rows are queued by
+        number only; each pump reads its own back a batch at a time (a journal that grew
+        long is never loaded whole)."""
         self._stopping = False  # (a host started again after a stop)
         self._queues.clear()  # the journal holds every row not written
         try:
-            rows = await asyncio.to_thread(self.journal.pending)
+            rows = await asyncio.to_thread(self.journal.pending_index)
         except sqlite3.DatabaseError as exc:  # not a journal any more: set aside, not fatal
             aside = await asyncio.to_thread(self.journal.set_aside)
             logger.error("ingest journal %s cannot be read (%s): moved to %s; messages "
@@ -316,14 +318,17 @@ class Ingest:
                          self.journal.path, exc, aside)  # fmt: skip
             rows = []
         gone: list[int] = []
-        for n, sid, row in rows:
-            session = self.sessions.get(sid)
+        sessions: dict[str, Session | None] = {}
+        for n, sid in rows:
+            if sid not in sessions:
+                sessions[sid] = self.sessions.get(sid)
+            session = sessions[sid]
             if session is None:
-                logger.error("journaled message %s: session %s no longer exists; dropped",
-                             row.get("id"), sid)  # fmt: skip
+                logger.error("journaled message number %d: session %s no longer exists; "
+                             "dropped", n, sid)  # fmt: skip
                 gone.append(n)
                 continue
-            self._enqueue(session, _Queued(n, row, now, None))
+            self._enqueue(session, _Queued(n, None, now, None))
         self.journal.remove(gone)
         if rows:
             logger.warning("%d journaled message(s) written after a restart", len(rows) - len(gone))

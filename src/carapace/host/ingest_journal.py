@@ -104,6 +104,16 @@ class IngestJournal:
             self.remove(bad)
         return out
 
+    def pending_index(self) -> list[tuple[int, str]]:
+        """``(number, session id)`` of every row not yet removed, oldest first, without
+        the rows themselves (blocking: call it off the loop): the start queues them and
+        the pumps read them back a batch at a time (:meth:`rows`), so a journal that grew
+        long (a session's file locked for hours) is not loaded whole into memory."""
+        conn = self._connection()
+        with self._lock:
+            got = conn.execute("SELECT n, session_id FROM pending ORDER BY n").fetchall()
+        return [(int(n), str(sid)) for n, sid in got]
+
     def rows(self, ns: list[int]) -> dict[int, dict[str, Any]]:
         """The rows numbered ``ns`` still journaled (blocking: call it off the loop): the
         ingest keeps a long queue's rows here rather than in memory (``Ingest``). A row
@@ -119,7 +129,7 @@ class IngestJournal:
                 ).fetchall():
                     with contextlib.suppress(ValueError):
                         row = json.loads(text)
-                        if isinstance(row, dict):
+                        if isinstance(row, dict) and isinstance(row.get("id"), str):
                             out[int(n)] = row
         return out
 
