@@ -3,9 +3,11 @@ keys added by the host, bodies streamed, usage recorded exactly, budgets, retrie
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import anthropic
 import openai
@@ -229,3 +231,33 @@ def test_the_runners_proxy_client_reads_no_ca_bundle(
                                          messages=[{"role": "user", "content": "x"}])  # fmt: skip
         assert done.choices[0].message.content == "over the socket"
     assert [r.api_key for r in server.recorded] == [ANT_KEY if provider == "anthropic" else OAI_KEY]
+
+
+def test_close_ends_the_connections_still_open(rig: ProxyRig) -> None:
+    """A runner's SDK keeps its connection to the proxy open between calls. The proxy's
+    close ends those connections' handlers too: none is left pending on a loop that is
+    about to close (Python then warns "Task was destroyed but it is pending")."""
+    import socket
+
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    client.connect(str(rig.socket))
+
+    async def serving() -> list[asyncio.Task[Any]]:
+        for _ in range(500):
+            found = [t for t in asyncio.all_tasks()
+                     if getattr(t.get_coro(), "__name__", "") == "handle" and not t.done()]  # fmt: skip
+            if found:
+                return found
+            await asyncio.sleep(0.002)
+        raise AssertionError("the connection was never served")
+
+    try:
+        handlers = rig.call(serving())
+
+        async def close() -> bool:
+            await rig.proxy.close()
+            return all(t.done() for t in handlers)
+
+        assert rig.call(close())
+    finally:
+        client.close()

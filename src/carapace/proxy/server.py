@@ -136,6 +136,7 @@ class EgressProxy:
         ] = {}
         self._warned: set[tuple[str, str, str]] = set()
         self._tasks: set[asyncio.Future[None]] = set()
+        self._conns: set[asyncio.Task[Any]] = set()  # connection handlers (ended at close)
         self.calls = 0
 
     # -- sockets ------------------------------------------------------------------------
@@ -158,7 +159,14 @@ class EgressProxy:
         sock.listen(64)
 
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            await self._serve(route, reader, writer)
+            me = asyncio.current_task()
+            if me is not None:
+                self._conns.add(me)
+            try:
+                await self._serve(route, reader, writer)
+            finally:
+                if me is not None:
+                    self._conns.discard(me)
 
         task = asyncio.get_running_loop().create_task(
             asyncio.start_unix_server(handle, sock=sock, limit=1 << 20)
@@ -185,8 +193,15 @@ class EgressProxy:
         self._drop(session_id)
 
     async def close(self) -> None:
+        """Stop listening, end the connections still open (a runner's SDK keeps one open
+        between calls; a handler left waiting on it outlives the loop), then the pool."""
         for sid in list(self._servers):
             self._drop(sid)
+        conns = [t for t in self._conns if not t.done()]
+        for task in conns:
+            task.cancel()
+        if conns:
+            await asyncio.gather(*conns, return_exceptions=True)
         self.pool.close()
         self.release_dir()
 
