@@ -131,3 +131,19 @@ def test_the_nanoclaw_reference_writes_as_nanoclaw_does(tmp_path: Path) -> None:
         49,
     ]
     out.close()
+
+
+def test_the_round_trip_says_where_its_time_goes(tmp_path: Path) -> None:
+    """``bench roundtrip`` splits each warm round trip at the two moments the host sees:
+    its message durable in the session's file, and the runner's reply committed. The
+    three parts are positive and each is a part of a round trip."""
+    import asyncio
+
+    from carapace.bench.host_benches import _roundtrip
+    from carapace.config import Home
+
+    r = asyncio.run(_roundtrip(Home.resolve(tmp_path / "h"), 5))
+    assert r["split_n"] >= 3  # (a round trip whose marks fell out of order is left out)
+    stored, runner, delivery = r["split"]
+    assert stored > 0 and runner > 0 and delivery > 0
+    assert max(stored, runner, delivery) <= max(r["samples"]) + 1e-6

@@ -7,11 +7,12 @@ that starts nothing).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -405,30 +406,66 @@ def run_delivery(rows: int = 2000) -> BenchResult:
 # --------------------------------------------------------------------------- round trip
 
 
+@contextlib.contextmanager
+def _marked(marks: dict[str, float]) -> Iterator[None]:
+    """Note the first time, per round trip, the host hears its message is durable in the
+    session's file (``Host.wake``, once the router's commit and the journal's sync end:
+    the runner was woken by the commit already) and sees the runner's commit
+    (``Host._on_outbound_change``). Patched on the class before the host is made (its
+    router keeps the bound ``wake``)."""
+    wake, changed = Host.wake, Host._on_outbound_change
+
+    def on_wake(self: Host, session_id: str) -> None:
+        marks.setdefault("stored", time.perf_counter())
+        wake(self, session_id)
+
+    def on_change(self: Host, session_id: str) -> None:
+        marks.setdefault("answered", time.perf_counter())
+        changed(self, session_id)
+
+    Host.wake, Host._on_outbound_change = on_wake, on_change  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        Host.wake, Host._on_outbound_change = wake, changed  # type: ignore[method-assign]
+
+
 async def _roundtrip(home: Home, n: int, gap_s: float = 0.0) -> dict[str, Any]:
     channel = SinkChannel()
-    host = make_host(home, channel)
+    marks: dict[str, float] = {}
+    with _marked(marks):
+        host = make_host(home, channel)
     await host.start()
     freeze_heap()  # as `carapace run` does once the host is up
+    split: list[tuple[float, float, float]] = []  # (to stored, runner, delivery) ms
 
     async def one(text: str) -> float:
         channel.waiting = asyncio.get_running_loop().create_future()
+        marks.clear()
         t0 = time.perf_counter()
         await host.route(event(text))
         t1 = await asyncio.wait_for(channel.waiting, TIMEOUT_S)
+        stored, answered = marks.get("stored"), marks.get("answered")
+        if stored is not None and answered is not None and t0 <= stored <= answered <= t1:
+            split.append(((stored - t0) * 1000, (answered - stored) * 1000,
+                          (t1 - answered) * 1000))  # fmt: skip
         return (t1 - t0) * 1000.0
 
     try:
-        cold = await one("hello (cold)")
-        samples: list[float] = []
-        for i in range(max(1, n)):
-            if gap_s and samples:
-                await asyncio.sleep(gap_s)  # a chat's pace: the host's timers fire between
-            samples.append(await one(f"hello {i}"))
+        with _marked(marks):
+            cold = await one("hello (cold)")
+            split.clear()
+            samples: list[float] = []
+            for i in range(max(1, n)):
+                if gap_s and samples:
+                    await asyncio.sleep(gap_s)  # a chat's pace: the host's timers fire
+                samples.append(await one(f"hello {i}"))
     finally:
         await host.stop()
         host.close()
-    return {"cold": cold, "samples": samples, "backend": host.backend_note}
+    parts = [statistics.median(p) for p in zip(*split, strict=True)] if split else []
+    return {"cold": cold, "samples": samples, "backend": host.backend_note, "split": parts,
+            "split_n": len(split)}  # fmt: skip
 
 
 def run_roundtrip(n: int = 200, floor_n: int = 200) -> BenchResult:
@@ -441,11 +478,21 @@ def run_roundtrip(n: int = 200, floor_n: int = 200) -> BenchResult:
     samples: list[float] = r["samples"]
     p50, p99 = statistics.median(samples), percentile(samples, 0.99)
     f50, f99 = statistics.median(floor), percentile(floor, 0.99)
+    split = r["split"]
+    split_text = (
+        f"where the p50 goes (medians of {r['split_n']}): routed until durable and "
+        f"acknowledged {split[0]:.2f} ms (the runner is woken by the commit itself, before "
+        f"the acknowledgement's last sync), then until the host saw the runner's reply "
+        f"{split[1]:.2f} ms, delivery {split[2]:.2f} ms; "
+        if split
+        else ""
+    )
     return BenchResult(
         "roundtrip",
         f"warm p50 **{p50:.2f} ms**, p99 {p99:.2f} ms; floor (two processes, 3 durable commits, "
         f"2 inotify wakes) p50 {f50:.2f} ms, p99 {f99:.2f} ms; ratio p50 **{p50 / f50:.2f}×**, "
-        f"p99 {p99 / f99:.2f}×; cold start {r['cold']:.0f} ms (one sample); {r['backend']}",
+        f"p99 {p99 / f99:.2f}×; {split_text}cold start {r['cold']:.0f} ms (one sample); "
+        f"{r['backend']}",
         f"{len(samples)} warm round trips, {len(floor)} floor round trips",
         {
             "p50_ms": round(p50, 3),
@@ -455,6 +502,15 @@ def run_roundtrip(n: int = 200, floor_n: int = 200) -> BenchResult:
             "ratio_p50": round(p50 / f50, 2),
             "ratio_p99": round(p99 / f99, 2),
             "cold_start_ms": round(r["cold"], 1),
+            **(
+                {
+                    "split_stored_ms": round(split[0], 3),
+                    "split_runner_ms": round(split[1], 3),
+                    "split_delivery_ms": round(split[2], 3),
+                }
+                if split
+                else {}
+            ),
             "backend": r["backend"],
         },
         [Goal("p50 ≤ 1.5× floor", p50 <= 1.5 * f50), Goal("p99 ≤ 3× floor", p99 <= 3 * f99)],
