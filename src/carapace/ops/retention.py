@@ -27,7 +27,7 @@ import logging
 import os
 import sqlite3
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -89,19 +89,24 @@ class _Archive:
         self._sizes: list[tuple[Path, int | None]] = []  # (file, its size before: None new)
 
     def add(self, table: str, rows: list[dict[str, Any]]) -> None:
-        if not rows:
-            return
+        if rows:
+            self.append(table, ((json.dumps(r, ensure_ascii=False, default=str) + "\n").encode()
+                                for r in rows))  # fmt: skip
+
+    def append(self, name: str, chunks: Iterable[bytes]) -> None:
+        """``chunks`` as a gzip member of its own at the end of today's ``name`` file,
+        synced to disk."""
         self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        path = self.dir / f"{self.now:%Y%m%d}-{table}.jsonl.gz"
+        path = self.dir / f"{self.now:%Y%m%d}-{name}.jsonl.gz"
         try:
             before: int | None = os.stat(path).st_size
         except FileNotFoundError:
             before = None
         self._sizes.append((path, before))
-        with open(path, "ab") as raw:  # a gzip member of its own per append
+        with open(path, "ab") as raw:
             with gzip.GzipFile(fileobj=raw, mode="ab") as gz:
-                for r in rows:
-                    gz.write((json.dumps(r, ensure_ascii=False, default=str) + "\n").encode())
+                for chunk in chunks:
+                    gz.write(chunk)
             raw.flush()
             os.fsync(raw.fileno())
         if before is None:
@@ -271,16 +276,12 @@ def _transcript(home: Home, folder: str, ag: str, sid: str, now: datetime,
                 age = now.timestamp() - st.st_mtime
                 if not stat.S_ISREG(st.st_mode) or age < policy.days * 86400:
                     return False
-                if keep:
-                    d = home.root / "archive" / ag / sid
-                    d.mkdir(mode=0o700, parents=True, exist_ok=True)
-                    with open(d / f"{now:%Y%m%d}-transcript.jsonl.gz", "ab") as raw:
-                        with gzip.GzipFile(fileobj=raw, mode="ab") as gz:
-                            while chunk := fh.read(1 << 20):
-                                gz.write(chunk)
-                        raw.flush()
-                        os.fsync(raw.fileno())  # durable before the transcript goes
-            os.unlink(name, dir_fd=cfd)
+                if not keep:
+                    os.unlink(name, dir_fd=cfd)
+                    return True
+                with _archiving(home, ag, sid, now) as archive:  # (taken back if the
+                    archive.append("transcript", iter(lambda: fh.read(1 << 20), b""))
+                    os.unlink(name, dir_fd=cfd)  # transcript cannot be removed)
             return True
         finally:
             os.close(cfd)
