@@ -83,26 +83,17 @@ class IngestJournal:
 
     # ------------------------------------------------------------------ at start
     def pending(self) -> list[tuple[int, str, dict[str, Any]]]:
-        """Every row not yet removed, oldest first (blocking: call it off the loop). A row
-        that does not decode is logged and removed (nothing could write it)."""
-        conn = self._connection()
-        out: list[tuple[int, str, dict[str, Any]]] = []
-        bad: list[int] = []
-        with self._lock:
-            rows = conn.execute("SELECT n, session_id, row FROM pending ORDER BY n").fetchall()
-        for n, sid, text in rows:
-            try:
-                row = json.loads(text)
-            except ValueError:
-                row = None
-            if not isinstance(row, dict) or not isinstance(row.get("id"), str):
-                logger.error("ingest journal row %d does not decode; removed", n)
-                bad.append(n)
-                continue
-            out.append((int(n), str(sid), row))
+        """Every row not yet removed, oldest first, whole (blocking: call it off the loop;
+        the start reads :meth:`pending_index` instead). A row that does not decode is
+        logged and removed (nothing could write it)."""
+        index = self.pending_index()
+        found = self.rows([n for n, _sid in index])
+        bad = [n for n, _sid in index if n not in found]
+        for n in bad:
+            logger.error("ingest journal row %d does not decode; removed", n)
         if bad:
             self.remove(bad)
-        return out
+        return [(n, sid, found[n]) for n, sid in index if n in found]
 
     def pending_index(self) -> list[tuple[int, str]]:
         """``(number, session id)`` of every row not yet removed, oldest first, without

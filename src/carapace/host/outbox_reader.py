@@ -47,15 +47,12 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 from carapace import safefs
 from carapace.db.connection import BUSY_TIMEOUT_MS, is_busy, session_write_pragmas
 from carapace.errors import ValidationError
-
-if TYPE_CHECKING:
-    pass
 
 logger = logging.getLogger(__name__)
 
