@@ -69,13 +69,18 @@ def test_noted_acks_ride_along_with_the_delivery_records(rig: Rig, counted: list
 def test_a_reply_and_its_ack_take_one_commit(rig: Rig, counted: list[int]) -> None:
     """A runner's commit (reply + ack): the host reads the ack beside the delivery (its
     read is done long before the reply is sent), so the ack is copied with the reply's
-    delivery records."""
+    delivery records; both are held until the chat's next message, whose commit carries
+    them (host/delivery_hold.py), or their flush."""
     _wire(rig)
     s, m1 = _turn(rig, None, "one", "m1")
     rig.run(host_runners.after_commit(rig.host, s.id))
+    assert rig.host.delivery.hold.held(s.id)
+    assert _status(rig, s)[m1] == "pending" and rig.delivered(s) == []
+    _, m2 = _turn(rig, s, "two", "m2")  # its row's commit carries them
     assert _status(rig, s)[m1] == "completed"
-    _, m2 = _turn(rig, s, "two", "m2")
+    assert {d["status"] for d in rig.delivered(s)} == {"delivered"}
     rig.run(host_runners.after_commit(rig.host, s.id))
+    rig.run(rig.host.delivery.hold.flush_all())
     assert rig.channel.texts() == ["re one", "re two"]
     assert _status(rig, s)[m2] == "completed"
     assert not rig.host._acks_due.get(s.id) and s.id not in rig.host._ack_timers
@@ -124,6 +129,7 @@ def test_the_acks_are_read_in_the_deliverys_own_read(rig: Rig, counted: list[int
 
     rig.host.delivery.outbox.call = call  # type: ignore[method-assign]
     rig.run(host_runners.after_commit(rig.host, s.id))
+    rig.run(rig.host.delivery.hold.flush_all())
     assert calls == ["read_pass"]
     assert rig.channel.texts() == ["re one"]
     assert _status(rig, s)[m1] == "completed"  # the ack went with the reply's records
@@ -156,6 +162,7 @@ def test_a_failing_read_of_acks_never_keeps_the_reply_or_its_records(
     with pytest.raises(RuntimeError, match="gone wrong"):
         rig.run(host_runners.after_commit(rig.host, s.id))
     assert rig.channel.texts() == ["re one"]
+    assert rig.run(rig.host.delivery.hold.flush_all())  # (held a moment: delivery_hold.py)
     assert {d["status"] for d in rig.delivered(s)} == {"delivered"}  # committed
     assert not rig.host.delivery.take_along(s.id)  # nothing left pending
 
@@ -193,5 +200,6 @@ def test_a_folder_made_again_has_its_acks_read_from_its_start(rig: Rig, counted:
     shutil.rmtree(rig.paths(s).root)  # the folder deleted (by hand, by a backup restore)
     _, again = _turn(rig, s, "again", "m9")  # made again by the router; a new runner
     rig.run(host_runners.after_commit(rig.host, s.id))
+    rig.run(rig.host.delivery.hold.flush_all())
     assert rig.channel.texts()[-1] == "re again"
     assert _status(rig, s)[again] == "completed"

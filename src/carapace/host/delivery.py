@@ -17,8 +17,10 @@
   records its *send intent* (a line in the host's intent log, ``host/send_intents.py``:
   no commit on the reply's path, issue 19); the outcome (``delivered`` row, attempt,
   cursor) is committed afterwards. Outcomes not yet committed are committed before the
-  next row's intent is recorded, and the pass's final commit carries the cursor, so a
-  session has at most one row whose fate is unknown at any moment. After a crash, a row
+  next row's intent is recorded; a pass ends by holding the last ones, with the cursor,
+  for the session's next write of rows to carry (or alone, ``HOLD_S`` later:
+  ``host/delivery_hold.py``), so a session has at most one row whose fate is unknown at
+  any moment. After a crash, a row
   with an intent and no outcome is sent again with ``resend=True`` and the same ``key``
   (one possible visible duplicate per crash, none where the platform deduplicates by key).
   An intent that cannot be written (full disk) means no send; an outcome that cannot be
@@ -26,8 +28,9 @@
   written later.
 * Across sessions, not only per session: sends to a channel whose adapter cannot
   deduplicate by key (``dedupes_sends`` false: Telegram, webhooks, the tests' fake) take
-  turns across all sessions, and each one's outcome is committed before the next intent,
-  so a host kill leaves at most one row with an unknown fate per such channel. Adapters
+  turns across all sessions, and each one's outcome is committed before the channel's
+  next intent (by whichever session sends next: ``OutcomeHold.before_send``), so a host
+  kill leaves at most one row with an unknown fate per such channel. Adapters
   that deduplicate (the CLI, Discord, Slack, the web chat) send concurrently.
 """
 
@@ -49,9 +52,11 @@ from carapace.db.session import SessionPaths
 from carapace.db.sessions import Session
 from carapace.host.a2a_guard import A2AGuard
 from carapace.host.actions import SystemActions
+from carapace.host.delivery_hold import OutcomeHold
 from carapace.host.delivery_log import (
     RECORD_RETRY_S,
     Records,
+    RideAlong,
     delivered_of,
     host_tables,
     known_of,
@@ -80,18 +85,6 @@ class DrainResult:
     failed: int = 0
     next_retry: datetime | None = None
     more: bool = False
-
-
-@dataclass
-class RideAlong:
-    """Another write of the host's to a session's ``inbound.db`` that shares the commit of
-    delivery's outcomes instead of making one of its own (issue 19): ``apply`` runs in
-    that transaction (the writer thread), then ``done`` hears its result, or ``undo`` is
-    called when the commit did not happen (what it carried is to be written later)."""
-
-    apply: Callable[[sqlite3.Connection], Any]
-    done: Callable[[Any], None]
-    undo: Callable[[], None]
 
 
 _Along = tuple[Callable[[sqlite3.Connection], Any], Callable[[Any], None]]  # (read, heard)
@@ -137,12 +130,14 @@ class Delivery:
         # the host's other writes to a session's file that may share an outcomes commit
         # (its runner's acks, copied into messages_in): see RideAlong
         self.ride_along: Callable[[str], Awaitable[RideAlong | None]] | None = None
+        self.ride_along_now: Callable[[str], RideAlong | None] | None = None  # (no wait)
         # per session: another read of its outbound.db to make with the next pass's read
         # (the runner's new acks after its commit), and who hears the result: see read_along
         self._along: dict[str, _Along] = {}
         # hears each row tried: "delivered", "failed", or None (waits for a retry); must
         # not raise (ops/metrics.py counts them)
         self.on_outcome: Callable[[OutRow, str | None], None] | None = None
+        self.hold = OutcomeHold(self)  # a pass's outcomes wait for a write to carry them
 
     def read_along(self, session_id: str, read: Callable[[sqlite3.Connection], Any],
                    heard: Callable[[Any], None]) -> None:  # fmt: skip
@@ -172,62 +167,16 @@ class Delivery:
     def _done(self, inb: sqlite3.Connection, ids: list[str]) -> set[str]:
         return delivered_of(inb, ids)
 
-    async def _commit(self, session_id: str, paths: SessionPaths, intent: str | None,
-                      now: datetime) -> bool:  # fmt: skip
+    async def _commit(self, session_id: str, paths: SessionPaths, intent: str | None) -> bool:
         """The session's uncommitted outcomes (one transaction, only when there are some,
         on the session's writer thread: off the event loop, issue 19), then (optionally)
         the send intent of the next row. False when either could not be written (then no
-        send). Awaited: the outcomes are on disk before the intent is recorded."""
-        rec = self._records.get(session_id)  # (none made here: nothing kept per session)
-        if rec:
-            finished = [*rec.outcomes, *rec.attempts]
-            extra = await self.ride_along(session_id) if self.ride_along is not None else None
-            # a snapshot: the thread writes it while the loop runs on (a session's drains
-            # are serial, so nothing is added to its records meanwhile)
-            snap = Records(dict(rec.outcomes), dict(rec.attempts), rec.cursor)
-
-            def write(conn: sqlite3.Connection) -> Any:
-                host_tables(conn)
-                with transaction(conn):
-                    snap.write(conn)
-                    return extra.apply(conn) if extra is not None else None
-
-            try:  # only into the file they are about (not a folder made again since)
-                carried = await self.sessions.writers.call(session_id, paths, write, expect=rec.key)
-            except FolderReplaced:
-                if extra is not None:
-                    extra.undo()
-                # the outcomes of rows of a deleted outbound.db: nothing to keep them for;
-                # the drain reads the new files at once
-                logger.info("delivery records of session %s dropped: its folder was made "
-                            "again", session_id)  # fmt: skip
-                if self._records.get(session_id) is rec:
-                    self._records.pop(session_id, None)
-                self._cursors.pop(session_id, None)
-                self._unread_above.pop(session_id, None)
-                self.intents.done(session_id, finished)
-                self._again.add(session_id)
+        send). Awaited: the outcomes are on disk before the intent is recorded; one commit
+        of a session's records at a time (a held one's timer, another session's turn on
+        the channel, a write carrying them: ``host/delivery_hold.py``)."""
+        async with self.hold.turn(session_id):
+            if not await self._write_records(session_id, paths):
                 return False
-            except (sqlite3.Error, OSError) as exc:
-                if extra is not None:
-                    extra.undo()
-                logger.warning("delivery records of session %s not written (kept, retried): %s",
-                               session_id, exc)  # fmt: skip
-                return False
-            except BaseException:  # cancelled (the host stops): written later, or again
-                if extra is not None:
-                    extra.undo()
-                raise
-            if extra is not None:
-                extra.done(carried)
-            if self._records.get(session_id) is rec:
-                self._records.pop(session_id, None)
-            held = self._cursors.get(session_id)
-            if snap.cursor is not None and held is not None and held[0] == rec.key:
-                self._cursors[session_id] = (held[0], snap.cursor)
-            elif snap.cursor is not None:
-                self._cursors.pop(session_id, None)  # read again at the next pass
-            self.intents.done(session_id, finished)
         if intent is not None:
             try:
                 self.intents.record(session_id, intent)
@@ -236,6 +185,76 @@ class Delivery:
                                intent, session_id, exc)  # fmt: skip
                 return False
         return True
+
+    async def _write_records(self, session_id: str, paths: SessionPaths) -> bool:
+        rec = self._records.get(session_id)  # (none made here: nothing kept per session)
+        if not rec:
+            return True
+        extra = await self.ride_along(session_id) if self.ride_along is not None else None
+        # taken out: what a pass records while the thread writes this goes in the next one
+        snap = rec.take()
+        finished = [*snap.outcomes, *snap.attempts]
+
+        def write(conn: sqlite3.Connection) -> Any:
+            host_tables(conn)
+            with transaction(conn):
+                snap.write(conn)
+                return extra.apply(conn) if extra is not None else None
+
+        try:  # only into the file they are about (not a folder made again since)
+            carried = await self.sessions.writers.call(session_id, paths, write, expect=snap.key)
+        except FolderReplaced:
+            if extra is not None:
+                extra.undo()
+            # the outcomes of rows of a deleted outbound.db: nothing to keep them for;
+            # the drain reads the new files at once
+            logger.info("delivery records of session %s dropped: its folder was made "
+                        "again", session_id)  # fmt: skip
+            left = self._records.get(session_id)
+            if left is not None and left.key == snap.key:
+                del self._records[session_id]
+            self._cursors.pop(session_id, None)
+            self._unread_above.pop(session_id, None)
+            self.intents.done(session_id, finished)
+            self._again.add(session_id)
+            return False
+        except (sqlite3.Error, OSError) as exc:
+            if extra is not None:
+                extra.undo()
+            self.records(session_id).restore(snap)
+            logger.warning("delivery records of session %s not written (kept, retried): %s",
+                           session_id, exc)  # fmt: skip
+            return False
+        except BaseException:  # cancelled (the host stops): written later, or again
+            if extra is not None:
+                extra.undo()
+            self.records(session_id).restore(snap)
+            raise
+        if extra is not None:
+            extra.done(carried)
+        self.committed(session_id, snap)
+        return True
+
+    def _move_cursor(self, session_id: str, key: Key, seq: int) -> None:
+        """Every row at or below ``seq`` is done: the cursor to commit with the records, and
+        the one the next pass reads above (held records are done too: read again, their
+        rows would be looked up in a file that does not have them yet)."""
+        self.records(session_id).cursor = seq
+        held = self._cursors.get(session_id)
+        if held is not None and held[0] == key:
+            self._cursors[session_id] = (key, seq)
+
+    def committed(self, session_id: str, snap: Records) -> None:
+        """``snap`` (taken from the session's records) is on disk."""
+        left = self._records.get(session_id)
+        if left is not None and not left and session_id not in self._inflight:
+            del self._records[session_id]
+        held = self._cursors.get(session_id)
+        if snap.cursor is not None and held is not None and held[0] == snap.key:
+            self._cursors[session_id] = (held[0], max(held[1], snap.cursor))  # (held: ahead)
+        elif snap.cursor is not None:
+            self._cursors.pop(session_id, None)  # read again at the next pass
+        self.intents.done(session_id, [*snap.outcomes, *snap.attempts])
 
     async def drain(self, session_id: str, now: Callable[[], datetime]) -> DrainResult:
         """Deliver what is due for one session; concurrent calls coalesce (no double send)."""
@@ -381,7 +400,6 @@ class Delivery:
         done = known | set(rec.outcomes)
         blocked: set[tuple[Any, ...]] = set()
         new_cursor, contiguous = cursor, True
-        written = cursor  # the cursor as last committed in this pass
         for row in rows:
             if row["id"] in done:
                 if contiguous:
@@ -399,7 +417,12 @@ class Delivery:
             async with turn or contextlib.nullcontext():
                 # an intent from before (a crash), looked up before this send's own
                 resend = row["id"] in intents or self.intents.maybe_sent(session_id, row["id"])
-                if not await self._commit(session_id, paths, row["id"], now):  # the intent
+                if turn is not None and not await self.hold.before_send(
+                    str(row["channel_type"]), session_id
+                ):  # the channel's last send (another session's) has its fate on disk first
+                    _retry_soon(now, result)
+                    break
+                if not await self._commit(session_id, paths, row["id"]):  # the intent
                     _retry_soon(now, result)
                     break
                 if resend:
@@ -410,11 +433,9 @@ class Delivery:
                 if self.on_outcome is not None:
                     self.on_outcome(row, outcome)
                 if turn is not None:  # its fate on disk before the channel's next send
-                    moves = outcome is not None and contiguous
-                    if moves:  # the cursor rides along (no commit of its own after)
-                        self.records(session_id).cursor = row["seq"]
-                    if await self._commit(session_id, paths, None, now) and moves:
-                        written = row["seq"]
+                    if outcome is not None and contiguous:  # the cursor rides along
+                        self._move_cursor(session_id, key, row["seq"])
+                    self.hold.sent(str(row["channel_type"]), session_id)
             if outcome is None:
                 contiguous = False
                 blocked.add(dest)
@@ -432,10 +453,11 @@ class Delivery:
             await asyncio.sleep(0)  # a long batch never holds the event loop (issue 19)
         if new_cursor == cursor:
             result.more = False  # nothing moved: no busy loop over a blocked full batch
-        elif new_cursor != written:
-            self.records(session_id).cursor = new_cursor
-        if not await self._commit(session_id, paths, None, now):
-            _retry_soon(now, result)
+        else:
+            self._move_cursor(session_id, key, new_cursor)
+        # committed by the session's next write (a message for the agent: one commit for
+        # both), before its next send, or alone in a moment (host/delivery_hold.py)
+        self.hold.hold(session_id, paths)
 
     def _unread_rows(self, session_id: str, key: Key, rows: list[OutRow],
                      first_top: int | None) -> bool:  # fmt: skip

@@ -6,14 +6,16 @@
   versions before the host's intent log (``send_intents.py``, issue 19) committed them:
   still read, and cleared with the outcome; no longer written.
 
-:class:`Records` holds what one session's pass has not committed yet; it is written inside
-the next transaction (the next row's intent, or the pass's last one with the cursor).
+:class:`Records` holds what one session's passes have not committed yet; it is written
+inside the next transaction: before the next row's intent, or when the records are held
+at a pass's end (``host/delivery_hold.py``), by the session's next write, or alone.
 """
 
 from __future__ import annotations
 
 import hashlib
 import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -52,6 +54,20 @@ MAX_DELIVERY_ATTEMPTS = 3
 UNAVAILABLE_RETRY_S = 30.0
 UNAVAILABLE_TTL_S = 24 * 3600.0
 UNAVAILABLE_MARK = "no reader: "  # an attempt's error while the channel has no reader
+
+
+@dataclass
+class RideAlong:
+    """Another write of the host's to a session's ``inbound.db`` that shares a commit
+    instead of making one of its own (issue 19): the runner's acks riding with delivery's
+    outcomes, or delivery's held outcomes with the session's next rows
+    (``host/delivery_hold.py``). ``apply`` runs in that transaction (the writer thread),
+    then ``done`` hears its result, or ``undo`` is called when the commit did not happen
+    (what it carried is to be written later)."""
+
+    apply: Callable[[sqlite3.Connection], Any]
+    done: Callable[[Any], None]
+    undo: Callable[[], None]
 
 
 def backoff_s(attempts: int) -> float:
@@ -99,6 +115,28 @@ class Records:
         total = inc + (prev[0] if prev else 0)
         first = prev[2] if prev else (str(st["first_seen"]) if st else iso(now))
         self.attempts[rid] = (total, iso(nxt), first, err[:500])
+
+    def take(self) -> Records:
+        """What is held now, as a record of its own; this one is left empty (same file):
+        what a pass records while that is being written is not mixed up with it."""
+        snap = Records(self.outcomes, self.attempts, self.cursor, self.key)
+        self.outcomes, self.attempts, self.cursor = {}, {}, None
+        return snap
+
+    def restore(self, snap: Records) -> None:
+        """Put back what :meth:`take` gave when its commit did not happen (records made
+        since are newer: they win; attempts add up)."""
+        if snap.key is not None and self.key is not None and snap.key != self.key:
+            return  # of a file made again since: nothing to write them to
+        self.key = self.key or snap.key
+        for rid, outcome in snap.outcomes.items():
+            self.outcomes.setdefault(rid, outcome)
+        for rid, (inc, nxt, first, err) in snap.attempts.items():
+            now = self.attempts.get(rid)
+            self.attempts[rid] = (inc, nxt, first, err) if now is None else (
+                now[0] + inc, now[1], first, now[3])  # fmt: skip
+        if snap.cursor is not None:
+            self.cursor = max(self.cursor or 0, snap.cursor)
 
     def write(self, inb: sqlite3.Connection) -> None:
         """Inside the caller's transaction."""

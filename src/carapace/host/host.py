@@ -149,6 +149,8 @@ class Host:
             SendIntents(self.home.data_dir / INTENTS_FILE),
         )
         self.delivery.ride_along = functools.partial(host_runners.acks_ride_along, self)
+        self.delivery.ride_along_now = functools.partial(host_runners.acks_ride_along_now, self)
+        self.sessions.carry = self.delivery.hold.carry
         self.router = Router(self.db, self.sessions, self.adapters, self.wake)
         from carapace.host.typing import TypingKeeper
 
@@ -369,6 +371,7 @@ class Host:
             total = 0
             for sid in sorted(ids):
                 total += await self._drain(sid)
+        await self.delivery.hold.flush_all()  # the outcomes too (host/delivery_hold.py)
         await self.sessions.settle()
         return total
 

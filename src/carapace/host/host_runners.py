@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from carapace.db.session import SessionPaths
 from carapace.db.sessions import set_container_status
 from carapace.host import host_watch
-from carapace.host.delivery import RideAlong
+from carapace.host.delivery_log import RideAlong
 from carapace.host.outbox_reader import OutboxRefused
 from carapace.host.sessions import keep_bounded
 from carapace.host.sweep import (
@@ -275,6 +275,16 @@ async def acks_ride_along(host: Host, session_id: str) -> RideAlong | None:
         # owner's to report, never a reason to keep delivery's records from their commit)
         with contextlib.suppress(Exception):
             await asyncio.shield(noting)
+    return acks_ride_along_now(host, session_id)
+
+
+def acks_ride_along_now(host: Host, session_id: str) -> RideAlong | None:
+    """:func:`acks_ride_along` for a commit that cannot wait (a write carrying delivery's
+    held outcomes, host/delivery_hold.py): None while a read of new acks is under way (they
+    go with the next commit, or their timer)."""
+    noting = host._noting.get(session_id)
+    if noting is not None and not noting.done():
+        return None
     due = host._acks_due.pop(session_id, None)
     if not due:
         return None

@@ -39,7 +39,7 @@ from carapace.db.sessions import (
 from carapace.errors import StoreError
 from carapace.host import outbox_reader
 from carapace.host.attachments_in import extract_attachments
-from carapace.host.delivery_log import delivery_cursor
+from carapace.host.delivery_log import RideAlong, delivery_cursor
 from carapace.host.ingest import Delayed, Ingest, Outcome
 from carapace.host.session_writer import Key, SessionWriters
 from carapace.host.work_index import WorkMarks
@@ -114,6 +114,9 @@ class SessionManager:
         # the host's ingest journal: a routed row is acknowledged once journaled (None: a
         # bare manager writes it before it returns)
         self.ingest: Ingest | None = None
+        # delivery's held outcomes of a session, to ride with its next rows' commit (one
+        # commit for both: host/delivery_hold.py); None: none
+        self.carry: Callable[[str], RideAlong | None] | None = None
 
     # ------------------------------------------------------------ persistent connections
     def keep(self, session: Session) -> None:
@@ -448,6 +451,7 @@ class SessionManager:
         alone; an error of the whole commit (a full disk, a missing file) is raised."""
         known = self._out_max.get(session.id)
         sid = session.id
+        carried: list[Any] = [None]  # what the ride along's apply answered (its last run)
 
         def insert(conn: sqlite3.Connection) -> list[int | BaseException | None]:
             """On the writer thread: one durable transaction for the batch."""
@@ -464,6 +468,8 @@ class SessionManager:
                         out.append(insert_message_in(conn, row, other_max=other))
                     except sqlite3.IntegrityError as exc:  # the id was checked just above
                         out.append(_refused(sid, row["id"], exc))
+                if along is not None:
+                    carried[0] = along.apply(conn)
             return out
 
         # indexed before stored (a full central DB refuses the batch: the senders hear it)
@@ -471,7 +477,15 @@ class SessionManager:
         if session.id in self._kept:
             due = iso(now + timedelta(seconds=self.live_check_s))
         self.work.mark(session.id, due or iso(now))
-        results = await self.writers.call(session.id, self.paths(session), insert)
+        along = self.carry(sid) if self.carry is not None else None
+        try:
+            results = await self.writers.call(session.id, self.paths(session), insert)
+        except BaseException:
+            if along is not None:
+                along.undo()
+            raise
+        if along is not None:
+            along.done(carried[0])
         if any(isinstance(r, int) for r in results):
             self.touch(session.id, now)
         return results

@@ -1,0 +1,200 @@
+"""A delivery pass's outcomes wait a moment for the session's next write to carry them
+(issue 19).
+
+A pass ends by committing what it did (the ``delivered`` rows, attempts, the cursor) to
+the session's ``inbound.db``: a commit of its own, ~1.5 ms of fsyncs, and a wake of the
+runner, which watches that file. When the chat's next message came meanwhile (a client
+that sends as soon as it hears the reply, a busy group, a note from the host) its insert
+waited behind that commit on the session's writer thread, on the path to the agent. Now
+the pass *holds* its records instead (:meth:`OutcomeHold.hold`), and they are committed by
+whichever comes first:
+
+* the session's next write of rows into ``inbound.db`` (``SessionManager.write_rows``), in
+  its own transaction (:meth:`OutcomeHold.carry`): one commit for both;
+* the session's next send: its intent waits for them, as it always did
+  (``Delivery._commit``);
+* on a channel whose sends take turns across sessions (no deduplication by key), that
+  channel's next send by any session (:meth:`OutcomeHold.before_send`): as before, a host
+  kill leaves at most one row with an unknown fate per such channel, and per session;
+* :data:`HOLD_S` later, alone;
+* the host's stop, and ``Host.deliver_once`` (:meth:`OutcomeHold.flush_all`).
+
+What a held record stands for was sent; until it is committed its row's intent is open in
+the host's intent log, so a host killed meanwhile re-sends the row once, flagged and with
+its key, exactly as a kill between a send and its commit did before (that window was the
+commit's length; it is now at most :data:`HOLD_S`). A write carrying records that fails
+(or whose records fail: a savepoint of their own, so the write itself never fails for
+them) gives them back, held again; a session's records are committed by one writer at a
+time (:meth:`OutcomeHold.turn`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sqlite3
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+from carapace.db.connection import transaction
+from carapace.db.session import SessionPaths
+from carapace.host.delivery_log import RECORD_RETRY_S, RideAlong, host_tables
+
+if TYPE_CHECKING:
+    from carapace.host.delivery import Delivery
+
+logger = logging.getLogger(__name__)
+
+HOLD_S = 0.02  # held outcomes not carried by a write within this are committed alone
+
+
+class OutcomeHold:
+    def __init__(self, delivery: Delivery) -> None:
+        self.delivery = delivery
+        self.hold_s = HOLD_S
+        self._held: dict[str, tuple[SessionPaths, asyncio.TimerHandle]] = {}
+        # per session: a commit of its records under way (its own, or carried by a write)
+        self._busy: dict[str, asyncio.Future[None]] = {}
+        # per channel whose sends take turns: the session that sent there last (its
+        # outcome may be held)
+        self._fate: dict[str, str] = {}
+        self._tasks: set[asyncio.Task[bool]] = set()
+
+    @contextlib.asynccontextmanager
+    async def turn(self, session_id: str) -> AsyncIterator[None]:
+        """One commit of the session's records at a time (a carried one included)."""
+        while (busy := self._busy.get(session_id)) is not None:
+            await asyncio.shield(busy)
+        mine = asyncio.get_running_loop().create_future()
+        self._busy[session_id] = mine
+        try:
+            yield
+        finally:
+            self._release(session_id, mine)
+
+    def _release(self, session_id: str, mine: asyncio.Future[None]) -> None:
+        if self._busy.get(session_id) is mine:
+            del self._busy[session_id]
+        if not mine.done():
+            mine.set_result(None)
+
+    def hold(self, session_id: str, paths: SessionPaths, delay: float | None = None) -> None:
+        """The session's records wait (if it has any, and they are not held already)."""
+        if not self.delivery._records.get(session_id) or session_id in self._held:
+            return
+        handle = asyncio.get_running_loop().call_later(
+            self.hold_s if delay is None else delay, self._due, session_id
+        )
+        self._held[session_id] = (paths, handle)
+
+    def held(self, session_id: str) -> bool:
+        return session_id in self._held
+
+    def _due(self, session_id: str) -> None:
+        task = asyncio.ensure_future(self.flush(session_id))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def flush(self, session_id: str) -> bool:
+        """Commit the session's held records now (after a commit of them under way); False
+        when they could not be written (kept, and tried again later)."""
+        held = self._held.pop(session_id, None)
+        if held is not None:
+            held[1].cancel()
+            paths = held[0]
+        else:
+            session = self.delivery.sessions.get(session_id)
+            if session is None:
+                return True
+            paths = self.delivery.sessions.paths(session)
+        if await self.delivery._commit(session_id, paths, None):
+            return True
+        if self.delivery._records.get(session_id):
+            if paths.inbound.exists():
+                self.hold(session_id, paths, RECORD_RETRY_S)
+            else:  # the session's folder is gone: nothing to write them to
+                logger.info("delivery records of session %s dropped: its folder is gone",
+                            session_id)  # fmt: skip
+                self.delivery._records.pop(session_id, None)
+        return False
+
+    async def flush_all(self) -> bool:
+        """Every held record committed (the host's stop; a driver's step)."""
+        if self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        ok = True
+        for session_id in list(self._held):
+            ok = await self.flush(session_id) and ok
+        return ok
+
+    # ------------------------------------------------------------------ turn channels
+    async def before_send(self, channel: str, session_id: str) -> bool:
+        """Before a send on a channel whose sends take turns: the last one there, by
+        another session, has its outcome on disk (False: it could not be written; no send)."""
+        other = self._fate.get(channel)
+        if other is None or other == session_id:
+            return True
+        if not await self.flush(other):
+            return False
+        if self._fate.get(channel) == other:
+            del self._fate[channel]
+        return True
+
+    def sent(self, channel: str, session_id: str) -> None:
+        self._fate[channel] = session_id
+
+    # ------------------------------------------------------------------ carried by a write
+    def carry(self, session_id: str) -> RideAlong | None:
+        """The session's held records, to be written in the transaction of a write of its
+        own to the session's ``inbound.db`` (on the event loop, as that write is handed to
+        the writer thread); None when there are none, or a pass or commit of them is
+        under way (they are left to it)."""
+        d = self.delivery
+        rec = d._records.get(session_id)
+        if (session_id not in self._held or not rec or session_id in self._busy
+                or session_id in d._inflight):  # fmt: skip
+            return None
+        paths, handle = self._held.pop(session_id)
+        handle.cancel()
+        snap = rec.take()
+        extra = d.ride_along_now(session_id) if d.ride_along_now is not None else None
+        mine: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._busy[session_id] = mine
+        writers = d.sessions.writers
+
+        def apply(conn: sqlite3.Connection) -> tuple[Any] | None:
+            """On the writer thread, inside the write's transaction: (what the acks' write
+            answered,), or None when nothing was written."""
+            if snap.key is not None and writers.current_key(session_id, paths) != snap.key:
+                return None  # not the file they are about: the flush sorts it out
+            try:
+                with transaction(conn):  # a savepoint: a failure here leaves the write alone
+                    host_tables(conn)
+                    snap.write(conn)
+                    return (extra.apply(conn) if extra is not None else None,)
+            except sqlite3.Error as exc:
+                logger.warning("delivery records of session %s not carried: %s",
+                               session_id, exc)  # fmt: skip
+                return None
+
+        def done(applied: Any) -> None:
+            if isinstance(applied, tuple):
+                d.committed(session_id, snap)
+                if extra is not None:
+                    extra.done(applied[0])
+            else:
+                back()
+            self._release(session_id, mine)
+
+        def back() -> None:
+            if extra is not None:
+                extra.undo()
+            d.records(session_id).restore(snap)
+            self.hold(session_id, paths)
+
+        def undo() -> None:
+            back()
+            self._release(session_id, mine)
+
+        return RideAlong(apply, done, undo)
