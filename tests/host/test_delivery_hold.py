@@ -246,3 +246,24 @@ def test_taken_records_restore_under_newer_ones() -> None:
     other = Records(key=(2, 0))
     other.restore(snap)  # of another file: nothing to write them to
     assert not other
+
+
+def test_an_edit_naming_a_reply_by_its_row_id_reaches_the_platforms_message(rig: Rig) -> None:
+    """The runner names its reply by the platform id in ``delivered``, or by the reply's
+    row id when that row is not there yet (held a moment, or being written): both reach
+    the message the platform knows; another id is passed on as it is."""
+    s = rig.one_chat_session()
+    rig.reply(s, {"text": "draft"}, channel_type="fake", platform_id="chan", id="r1")
+    rig.run(rig.host.delivery.drain(s.id, rig.host.now))
+    assert rig.host.delivery.hold.held(s.id) and rig.delivered(s) == []
+    rig.reply(s, {"operation": "edit", "messageId": "r1", "text": "final"},
+              channel_type="fake", platform_id="chan", id="r2")  # fmt: skip
+    rig.reply(s, {"operation": "reaction", "messageId": "r1", "emoji": "👍"},
+              channel_type="fake", platform_id="chan", id="r3")  # fmt: skip
+    rig.reply(s, {"operation": "edit", "messageId": "pm-elsewhere", "text": "x"},
+              channel_type="fake", platform_id="chan", id="r4")  # fmt: skip
+    rig.run(rig.host.deliver_once(s.id))
+    [pm] = [d["platform_message_id"] for d in rig.delivered(s) if d["message_out_id"] == "r1"]
+    assert pm and pm != "r1"
+    assert [e[2] for e in rig.channel.edits] == [pm, "pm-elsewhere"]
+    assert [r[2] for r in rig.channel.reactions] == [pm]

@@ -78,6 +78,8 @@ from carapace.timefmt import parse_ts
 
 logger = logging.getLogger(__name__)
 
+SENT_KEPT = 4096  # rows whose platform message id is kept for an edit naming the row
+
 
 @dataclass
 class DrainResult:
@@ -138,6 +140,8 @@ class Delivery:
         # not raise (ops/metrics.py counts them)
         self.on_outcome: Callable[[OutRow, str | None], None] | None = None
         self.hold = OutcomeHold(self)  # a pass's outcomes wait for a write to carry them
+        # (session id, outbound row id) → the platform's message id, for the last rows sent
+        self._sent: dict[tuple[str, str], str] = {}
 
     def read_along(self, session_id: str, read: Callable[[sqlite3.Connection], Any],
                    heard: Callable[[Any], None]) -> None:  # fmt: skip
@@ -159,6 +163,20 @@ class Delivery:
         inb = self.sessions.open_inbound(paths)
         host_tables(inb)
         return inb
+
+    def note_sent(self, session_id: str, row_id: str, platform_message_id: str) -> None:
+        if len(self._sent) >= SENT_KEPT:
+            del self._sent[next(iter(self._sent))]
+        self._sent[(session_id, row_id)] = platform_message_id
+
+    def sent_as(self, session_id: str, message_id: object) -> str:
+        """The platform's id of the message an edit or a reaction names. A runner names its
+        own reply by the platform id in ``delivered`` when it finds one there, else by the
+        reply's row id: a reply sent a moment ago has its ``delivered`` row still held
+        (host/delivery_hold.py) or being written. Such a row id of this session's is the
+        message this host sent as ``platform_message_id``; anything else is passed on."""
+        mid = str(message_id)
+        return self._sent.get((session_id, mid), mid)
 
     def records(self, session_id: str) -> Records:
         """The session's outcomes and attempts not yet committed."""

@@ -78,6 +78,8 @@ async def deliver_row(
                        rid, session.id, attempts, exc)  # fmt: skip
         return None
     d.records(session.id).outcomes[rid] = ("delivered", pm, sqlite_ts(now))
+    if pm:
+        d.note_sent(session.id, rid, pm)
     logger.info("delivered %s (session %s, seq %s) to %s:%s", rid, session.id, row["seq"],
                 row["channel_type"], row["platform_id"],
                 extra={"session_id": session.id, "agent_group_id": session.agent_group_id,
@@ -148,10 +150,11 @@ async def send_row(
         op = content.get("operation")
         if op == "edit" and hasattr(adapter, "edit"):
             text = content.get("text") or content.get("markdown") or ""
-            await adapter.edit(pid, tid, str(content.get("messageId")), str(text))
+            await adapter.edit(pid, tid, d.sent_as(session.id, content.get("messageId")), str(text))
             return None
         if op == "reaction" and hasattr(adapter, "react"):
-            await adapter.react(pid, tid, str(content.get("messageId")), str(content.get("emoji")))
+            await adapter.react(pid, tid, d.sent_as(session.id, content.get("messageId")),
+                                str(content.get("emoji")))  # fmt: skip
             return None
         if (
             content.get("type") == "ask_question"
