@@ -47,7 +47,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from carapace.channels.base import ChannelAdapter
-from carapace.db.connection import transaction
 from carapace.db.session import SessionPaths
 from carapace.db.sessions import Session
 from carapace.host.a2a_guard import A2AGuard
@@ -193,7 +192,7 @@ class Delivery:
         of a session's records at a time (a held one's timer, another session's turn on
         the channel, a write carrying them: ``host/delivery_hold.py``)."""
         async with self.hold.turn(session_id):
-            if not await self._write_records(session_id, paths):
+            if not await self.hold.write(session_id, paths):
                 return False
         if intent is not None:
             try:
@@ -204,55 +203,6 @@ class Delivery:
                 return False
         return True
 
-    async def _write_records(self, session_id: str, paths: SessionPaths) -> bool:
-        rec = self._records.get(session_id)  # (none made here: nothing kept per session)
-        if not rec:
-            return True
-        extra = await self.ride_along(session_id) if self.ride_along is not None else None
-        # taken out: what a pass records while the thread writes this goes in the next one
-        snap = rec.take()
-        finished = [*snap.outcomes, *snap.attempts]
-
-        def write(conn: sqlite3.Connection) -> Any:
-            host_tables(conn)
-            with transaction(conn):
-                snap.write(conn)
-                return extra.apply(conn) if extra is not None else None
-
-        try:  # only into the file they are about (not a folder made again since)
-            carried = await self.sessions.writers.call(session_id, paths, write, expect=snap.key)
-        except FolderReplaced:
-            if extra is not None:
-                extra.undo()
-            # the outcomes of rows of a deleted outbound.db: nothing to keep them for;
-            # the drain reads the new files at once
-            logger.info("delivery records of session %s dropped: its folder was made "
-                        "again", session_id)  # fmt: skip
-            left = self._records.get(session_id)
-            if left is not None and left.key == snap.key:
-                del self._records[session_id]
-            self._cursors.pop(session_id, None)
-            self._unread_above.pop(session_id, None)
-            self.intents.done(session_id, finished)
-            self._again.add(session_id)
-            return False
-        except (sqlite3.Error, OSError) as exc:
-            if extra is not None:
-                extra.undo()
-            self.records(session_id).restore(snap)
-            logger.warning("delivery records of session %s not written (kept, retried): %s",
-                           session_id, exc)  # fmt: skip
-            return False
-        except BaseException:  # cancelled (the host stops): written later, or again
-            if extra is not None:
-                extra.undo()
-            self.records(session_id).restore(snap)
-            raise
-        if extra is not None:
-            extra.done(carried)
-        self.committed(session_id, snap)
-        return True
-
     def _move_cursor(self, session_id: str, key: Key, seq: int) -> None:
         """Every row at or below ``seq`` is done: the cursor to commit with the records, and
         the one the next pass reads above (held records are done too: read again, their
@@ -261,18 +211,6 @@ class Delivery:
         held = self._cursors.get(session_id)
         if held is not None and held[0] == key:
             self._cursors[session_id] = (key, seq)
-
-    def committed(self, session_id: str, snap: Records) -> None:
-        """``snap`` (taken from the session's records) is on disk."""
-        left = self._records.get(session_id)
-        if left is not None and not left and session_id not in self._inflight:
-            del self._records[session_id]
-        held = self._cursors.get(session_id)
-        if snap.cursor is not None and held is not None and held[0] == snap.key:
-            self._cursors[session_id] = (held[0], max(held[1], snap.cursor))  # (held: ahead)
-        elif snap.cursor is not None:
-            self._cursors.pop(session_id, None)  # read again at the next pass
-        self.intents.done(session_id, [*snap.outcomes, *snap.attempts])
 
     async def drain(self, session_id: str, now: Callable[[], datetime]) -> DrainResult:
         """Deliver what is due for one session; concurrent calls coalesce (no double send)."""

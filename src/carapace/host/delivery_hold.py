@@ -1,5 +1,5 @@
 """A delivery pass's outcomes wait a moment for the session's next write to carry them
-(issue 19).
+(issue 19); every commit of a session's delivery records goes through here.
 
 A pass ends by committing what it did (the ``delivered`` rows, attempts, the cursor) to
 the session's ``inbound.db``: a commit of its own, ~1.5 ms of fsyncs, and a wake of the
@@ -39,7 +39,8 @@ from typing import TYPE_CHECKING, Any
 
 from carapace.db.connection import transaction
 from carapace.db.session import SessionPaths
-from carapace.host.delivery_log import RECORD_RETRY_S, RideAlong, host_tables
+from carapace.host.delivery_log import RECORD_RETRY_S, Records, RideAlong, host_tables
+from carapace.host.session_writer import FolderReplaced
 
 if TYPE_CHECKING:
     from carapace.host.delivery import Delivery
@@ -128,6 +129,71 @@ class OutcomeHold:
             ok = await self.flush(session_id) and ok
         return ok
 
+    async def write(self, session_id: str, paths: SessionPaths) -> bool:
+        """Commit the session's records now (the caller holds its :meth:`turn`); False when
+        they could not be written (kept, or dropped with a folder made again)."""
+        d = self.delivery
+        rec = d._records.get(session_id)  # (none made here: nothing kept per session)
+        if not rec:
+            return True
+        extra = await d.ride_along(session_id) if d.ride_along is not None else None
+        # taken out: what a pass records while the thread writes this goes in the next one
+        snap = rec.take()
+        finished = [*snap.outcomes, *snap.attempts]
+
+        def write(conn: sqlite3.Connection) -> Any:
+            host_tables(conn)
+            with transaction(conn):
+                snap.write(conn)
+                return extra.apply(conn) if extra is not None else None
+
+        try:  # only into the file they are about (not a folder made again since)
+            carried = await d.sessions.writers.call(session_id, paths, write, expect=snap.key)
+        except FolderReplaced:
+            if extra is not None:
+                extra.undo()
+            # the outcomes of rows of a deleted outbound.db: nothing to keep them for;
+            # the drain reads the new files at once
+            logger.info("delivery records of session %s dropped: its folder was made "
+                        "again", session_id)  # fmt: skip
+            left = d._records.get(session_id)
+            if left is not None and left.key == snap.key:
+                del d._records[session_id]
+            d._cursors.pop(session_id, None)
+            d._unread_above.pop(session_id, None)
+            d.intents.done(session_id, finished)
+            d._again.add(session_id)
+            return False
+        except (sqlite3.Error, OSError) as exc:
+            if extra is not None:
+                extra.undo()
+            d.records(session_id).restore(snap)
+            logger.warning("delivery records of session %s not written (kept, retried): %s",
+                           session_id, exc)  # fmt: skip
+            return False
+        except BaseException:  # cancelled (the host stops): written later, or again
+            if extra is not None:
+                extra.undo()
+            d.records(session_id).restore(snap)
+            raise
+        if extra is not None:
+            extra.done(carried)
+        self.committed(session_id, snap)
+        return True
+
+    def committed(self, session_id: str, snap: Records) -> None:
+        """``snap`` (taken from the session's records) is on disk."""
+        d = self.delivery
+        left = d._records.get(session_id)
+        if left is not None and not left and session_id not in d._inflight:
+            del d._records[session_id]
+        held = d._cursors.get(session_id)
+        if snap.cursor is not None and held is not None and held[0] == snap.key:
+            d._cursors[session_id] = (held[0], max(held[1], snap.cursor))  # (held: ahead)
+        elif snap.cursor is not None:
+            d._cursors.pop(session_id, None)  # read again at the next pass
+        d.intents.done(session_id, [*snap.outcomes, *snap.attempts])
+
     # ------------------------------------------------------------------ turn channels
     async def before_send(self, channel: str, session_id: str) -> bool:
         """Before a send on a channel whose sends take turns: the last one there, by
@@ -180,7 +246,7 @@ class OutcomeHold:
 
         def done(applied: Any) -> None:
             if isinstance(applied, tuple):
-                d.committed(session_id, snap)
+                self.committed(session_id, snap)
                 if extra is not None:
                     extra.done(applied[0])
             else:
