@@ -162,6 +162,21 @@ def test_stop_commits_held_records(rig: Rig) -> None:
     assert _status(rig, s)[m1] == "completed"
 
 
+def test_stop_commits_records_a_cancelled_pass_never_held(rig: Rig) -> None:
+    """A pass cancelled by the stop between a send and its end leaves its records unheld:
+    the stop commits them too (else the reply would be re-sent at the next start)."""
+    s = rig.one_chat_session()
+    rig.reply(s, {"text": "r1"}, channel_type="fake", platform_id="chan", id="r1")
+    real_hold = rig.host.delivery.hold.hold
+    rig.host.delivery.hold.hold = lambda *a, **k: None  # type: ignore[method-assign]
+    rig.run(rig.host.delivery.drain(s.id, rig.host.now))  # sent; its end never came
+    rig.host.delivery.hold.hold = real_hold  # type: ignore[method-assign]
+    assert not rig.host.delivery.hold.held(s.id) and rig.delivered(s) == []
+    rig.run(rig.host.stop())
+    assert [d["message_out_id"] for d in rig.delivered(s)] == ["r1"]
+    assert read_open(_intent_log(rig.host)) == {}
+
+
 def test_a_kill_while_a_reply_is_held_resends_it_once_flagged(
     tmp_path: Path, clock: FakeClock
 ) -> None:

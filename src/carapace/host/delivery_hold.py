@@ -123,12 +123,17 @@ class OutcomeHold:
                 self.delivery._records.pop(session_id, None)
         return False
 
-    async def flush_all(self) -> bool:
-        """Every held record committed (the host's stop; a driver's step)."""
+    async def flush_all(self, *, everything: bool = False) -> bool:
+        """Every held record committed (a driver's step); ``everything``: every record kept
+        at all, held or not (the host's stop: a pass cancelled on its way leaves records
+        that were never held)."""
         if self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
         ok = True
-        for session_id in list(self._held):
+        todo = list(self._held)
+        if everything:
+            todo += [sid for sid, rec in self.delivery._records.items() if rec and sid not in todo]
+        for session_id in todo:
             ok = await self.flush(session_id) and ok
         return ok
 

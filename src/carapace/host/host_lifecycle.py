@@ -164,7 +164,7 @@ async def stop(host: Host) -> None:
         done, _ = await asyncio.wait(list(host._tasks), timeout=0.5)
         for task in done:
             host._tasks.discard(task)
-    await host.delivery.hold.flush_all()  # delivery's held outcomes (no pass runs now)
+    await host.delivery.hold.flush_all(everything=True)  # delivery's records (no pass runs now)
     assert host.sessions.ingest is not None  # journaled rows written, or kept for the
     await host.sessions.ingest.stop()  # next start when their files fail now
     await host.sessions.drain_writes()  # every write submitted is on disk (issue 19)
