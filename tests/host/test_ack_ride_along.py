@@ -46,6 +46,20 @@ def counted(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return calls
 
 
+def records_writes_fail(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Writes of delivery records fail (a disk I/O error) while the flag returned is set."""
+    real = delivery_log.Records.write
+    failing = [True]
+
+    def write(self: Any, conn: sqlite3.Connection) -> None:
+        if failing[0]:
+            raise sqlite3.OperationalError("disk I/O error")
+        real(self, conn)
+
+    monkeypatch.setattr(delivery_log.Records, "write", write)
+    return failing
+
+
 def _wire(rig: Rig) -> None:
     ag = rig.agent()
     rig.wire(rig.chat("chan"), ag)
@@ -93,15 +107,7 @@ def test_acks_whose_commit_failed_are_noted_again_and_copied_later(
     _wire(rig)
     s, m1 = _turn(rig, None, "one", "m1")
     rig.run(host_runners.note_new_acks(rig.host, s.id))
-    real = delivery_log.Records.write
-    failing = [True]
-
-    def write(self: Any, conn: sqlite3.Connection) -> None:
-        if failing[0]:
-            raise sqlite3.OperationalError("disk I/O error")
-        real(self, conn)
-
-    monkeypatch.setattr(delivery_log.Records, "write", write)
+    failing = records_writes_fail(monkeypatch)
     rig.run(rig.host.deliver_once(s.id))  # the reply is sent, its records not written
     assert rig.channel.texts() == ["re one"]
     assert _status(rig, s)[m1] == "pending"

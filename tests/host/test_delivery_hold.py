@@ -11,15 +11,15 @@ from typing import Any
 
 import pytest
 from host_rig import Rig
-from test_delivery_once import CrashAfterSend, Watching, _intent_log
+from test_ack_ride_along import records_writes_fail
+from test_delivery_once import CrashAfterSend, Watching, _intent_log, killed, started_host
 
 from carapace.channels.fake import FakeChannel, make_event
-from carapace.config import Home, Settings
+from carapace.config import Home
 from carapace.db import connection
 from carapace.db.sessions import Session
-from carapace.host import delivery_log, host_runners
+from carapace.host import host_runners
 from carapace.host.delivery_log import Records
-from carapace.host.host import Host, HostOptions
 from carapace.host.pool import FakeBackend
 from carapace.host.send_intents import read_open
 from carapace.timefmt import FakeClock
@@ -106,15 +106,7 @@ def test_records_that_fail_in_a_carry_are_given_back_and_the_message_stored(
 ) -> None:
     _wired(rig)
     s, _m1 = _answered(rig, None, "one", "m1")
-    real = delivery_log.Records.write
-    failing = [True]
-
-    def write(self: Records, conn: sqlite3.Connection) -> None:
-        if failing[0]:
-            raise sqlite3.OperationalError("disk I/O error")
-        real(self, conn)
-
-    monkeypatch.setattr(delivery_log.Records, "write", write)
+    failing = records_writes_fail(monkeypatch)
     rig.run(rig.host.route(make_event("two", platform_id="chan", id="m2")))
     assert any(r["id"].startswith("m2") for r in rig.inbound(s))  # stored all the same
     assert rig.delivered(s) == []
@@ -181,17 +173,8 @@ def test_a_kill_while_a_reply_is_held_resends_it_once_flagged(
     tmp_path: Path, clock: FakeClock
 ) -> None:
     home = Home(tmp_path / "home")
-
-    def make(channel: FakeChannel) -> tuple[Host, asyncio.AbstractEventLoop]:
-        loop = asyncio.new_event_loop()
-        host = Host(home, settings=Settings(runner_idle_exit_s=0), clock=clock,
-                    channels=[channel], backend=FakeBackend(),
-                    options=HostOptions(sockets=False, watch=False, cleanup_orphans=False))  # fmt: skip
-        loop.run_until_complete(host.start(background=False))
-        return host, loop
-
     first = CrashAfterSend("fake")
-    host, loop = make(first)
+    host, loop = started_host(home, clock, first)
     rig = Rig(host, first, first, FakeBackend(), clock, loop)
     s = rig.one_chat_session()
     rig.reply(s, {"text": "r1"}, channel_type="fake", platform_id="chan", id="r1")
@@ -199,13 +182,10 @@ def test_a_kill_while_a_reply_is_held_resends_it_once_flagged(
     assert [m.message_out_id for m in first.sent] == ["r1"]
     assert host.delivery.hold.held(s.id)
     host.delivery.hold._held[s.id][1].cancel()  # the process dies before the timer
-    host.close()  # no stop(): the process is gone, its lock with it
-    if host._lock_fh is not None:
-        host._lock_fh.close()
-    loop.close()
+    killed(host, loop)
 
     second = Watching("fake", log=_intent_log(host))
-    host2, loop2 = make(second)
+    host2, loop2 = started_host(home, clock, second)
     try:
         loop2.run_until_complete(host2.deliver_once(s.id))
         assert [(m.message_out_id, m.resend) for m in second.messages] == [("r1", True)]

@@ -89,21 +89,31 @@ class CrashAfterSend(FakeChannel):
         return pm
 
 
+def started_host(home: Home, clock: FakeClock,
+                 channel: FakeChannel) -> tuple[Host, asyncio.AbstractEventLoop]:  # fmt: skip
+    """A host on ``home`` with one channel, started on a loop of its own (a process)."""
+    loop = asyncio.new_event_loop()
+    host = Host(home, settings=Settings(runner_idle_exit_s=0), clock=clock,
+                channels=[channel], backend=FakeBackend(),
+                options=HostOptions(sockets=False, watch=False, cleanup_orphans=False))  # fmt: skip
+    loop.run_until_complete(host.start(background=False))
+    return host, loop
+
+
+def killed(host: Host, loop: asyncio.AbstractEventLoop) -> None:
+    """The host's process is gone: no stop(), its lock goes with it."""
+    host.close()
+    if host._lock_fh is not None:
+        host._lock_fh.close()
+    loop.close()
+
+
 def test_crash_between_send_and_record_resends_that_row_once_with_its_key(
     tmp_path: Path, clock: FakeClock
 ) -> None:
     home = Home(tmp_path / "home")
-
-    def make(channel: FakeChannel) -> tuple[Host, asyncio.AbstractEventLoop]:
-        loop = asyncio.new_event_loop()
-        host = Host(home, settings=Settings(runner_idle_exit_s=0), clock=clock,
-                    channels=[channel], backend=FakeBackend(),
-                    options=HostOptions(sockets=False, watch=False, cleanup_orphans=False))  # fmt: skip
-        loop.run_until_complete(host.start(background=False))
-        return host, loop
-
     first = CrashAfterSend("fake", crash_on="r2")
-    host, loop = make(first)
+    host, loop = started_host(home, clock, first)
     rig = Rig(host, first, first, FakeBackend(), clock, loop)
     s = rig.one_chat_session()
     for rid in ("r1", "r2", "r3"):
@@ -111,13 +121,10 @@ def test_crash_between_send_and_record_resends_that_row_once_with_its_key(
     with pytest.raises(_Crash):
         loop.run_until_complete(host.deliver_once(s.id))
     assert [d.message_out_id for d in first.deliveries] == ["r1", "r2"]
-    host.close()  # no stop(): the process is gone, its lock with it
-    if host._lock_fh is not None:
-        host._lock_fh.close()
-    loop.close()
+    killed(host, loop)
 
     second = Watching("fake", log=_intent_log(host))
-    host2, loop2 = make(second)
+    host2, loop2 = started_host(home, clock, second)
     try:
         loop2.run_until_complete(host2.deliver_once(s.id))
         # r1 was recorded with r2's intent: not sent again; r2's fate was unknown: sent
