@@ -99,6 +99,7 @@ async def _measure(home: Home, ids: list[str], idle_s: float) -> dict[str, Any]:
     channel = SinkChannel()
     t0 = time.perf_counter()
     host = make_host(home, channel, runners=False)  # opens the home; the loop serves nothing yet
+    freeze_heap()  # as `carapace run` does before the host starts (and again once it is up)
     probe = LoopProbe().start()
     await host.start()
     freeze_heap()  # as `carapace run` does once the host is up
