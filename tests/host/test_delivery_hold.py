@@ -262,3 +262,30 @@ def test_an_edit_naming_a_reply_by_its_row_id_reaches_the_platforms_message(rig:
     assert pm and pm != "r1"
     assert [e[2] for e in rig.channel.edits] == [pm, "pm-elsewhere"]
     assert [r[2] for r in rig.channel.reactions] == [pm]
+
+
+def test_a_timer_flush_that_fails_unexpectedly_is_logged_and_its_records_kept(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    _wired(rig)
+    s, _m1 = _answered(rig, None, "one", "m1")
+    hold = rig.host.delivery.hold
+    real = rig.host.delivery.sessions.writers.call
+
+    async def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("writer gone wrong")
+
+    monkeypatch.setattr(rig.host.delivery.sessions.writers, "call", broken)
+    hold._held[s.id][1].cancel()
+
+    async def the_timer() -> None:
+        hold._due(s.id)  # what its moment runs
+        await asyncio.gather(*hold._tasks, return_exceptions=True)
+        await asyncio.sleep(0)  # (the done callbacks)
+
+    rig.run(the_timer())
+    assert "not committed: RuntimeError('writer gone wrong')" in caplog.text
+    assert rig.delivered(s) == [] and rig.host.delivery._records[s.id]  # kept
+    monkeypatch.setattr(rig.host.delivery.sessions.writers, "call", real)
+    rig.run(rig.host.stop())
+    assert [d["message_out_id"] for d in rig.delivered(s)] == ["re-m1"]

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import sqlite3
 from collections.abc import AsyncIterator
@@ -98,7 +99,13 @@ class OutcomeHold:
     def _due(self, session_id: str) -> None:
         task = asyncio.ensure_future(self.flush(session_id))
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(functools.partial(self._flushed, session_id))
+
+    def _flushed(self, session_id: str, task: asyncio.Task[bool]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            logger.error("delivery records of session %s not committed: %r (kept in memory, "
+                         "written at the next pass or the stop)", session_id, exc)  # fmt: skip
 
     async def flush(self, session_id: str) -> bool:
         """Commit the session's held records now (after a commit of them under way); False
