@@ -289,3 +289,46 @@ def test_a_timer_flush_that_fails_unexpectedly_is_logged_and_its_records_kept(
     monkeypatch.setattr(rig.host.delivery.sessions.writers, "call", real)
     rig.run(rig.host.stop())
     assert [d["message_out_id"] for d in rig.delivered(s)] == ["re-m1"]
+
+
+@pytest.mark.parametrize("coming", [True, False])
+def test_records_wait_long_only_while_rows_are_on_their_way(rig: Rig, coming: bool) -> None:
+    """While rows of the session are on their way into its file they will carry the
+    records: held ``HOLD_S``. Otherwise only ``HOLD_BRIEF_S`` (a message sent as soon as the
+    reply came is routed within it): a host kill's window stays close to a commit's."""
+    s = rig.one_chat_session()
+    hold = rig.host.delivery.hold
+    hold.hold_s, hold.brief_s = 600.0, 300.0  # (recognisable; nothing fires in the test)
+    ingest = rig.host.sessions.ingest
+    assert ingest is not None
+    ingest.writing = lambda sid: coming  # type: ignore[method-assign]
+    rig.reply(s, {"text": "r1"}, channel_type="fake", platform_id="chan", id="r1")
+
+    async def pass_() -> float:
+        await rig.host.delivery.drain(s.id, rig.host.now)
+        return hold._held[s.id][1].when() - asyncio.get_running_loop().time()
+
+    left = rig.run(pass_())
+    assert (590 < left <= 600) if coming else (290 < left <= 300)
+    assert rig.run(hold.flush_all())
+    assert [d["message_out_id"] for d in rig.delivered(s)] == ["r1"]
+
+
+def test_ingest_says_when_rows_of_a_session_are_on_their_way(rig: Rig) -> None:
+    s = rig.one_chat_session()
+    ingest = rig.host.sessions.ingest
+    assert ingest is not None
+    assert not ingest.writing(s.id)  # (the first message is in its file)
+
+    async def route_and_look() -> bool:
+        task = asyncio.ensure_future(rig.host.route(make_event("two", platform_id="chan")))
+        for _ in range(50):  # until its row is handed to the session's pump
+            await asyncio.sleep(0)
+            if ingest.writing(s.id):
+                break
+        seen = ingest.writing(s.id)
+        await task
+        return seen
+
+    assert rig.run(route_and_look())
+    assert not ingest.writing(s.id)

@@ -16,16 +16,18 @@ whichever comes first:
 * on a channel whose sends take turns across sessions (no deduplication by key), that
   channel's next send by any session (:meth:`OutcomeHold.before_send`): as before, a host
   kill leaves at most one row with an unknown fate per such channel, and per session;
-* :data:`HOLD_S` later, alone;
+* alone, :data:`HOLD_S` later while rows of the session are on their way into its file
+  (they carry them), else :data:`HOLD_BRIEF_S` later (``Ingest.writing``);
 * the host's stop, and ``Host.deliver_once`` (:meth:`OutcomeHold.flush_all`).
 
 What a held record stands for was sent; until it is committed its row's intent is open in
 the host's intent log, so a host killed meanwhile re-sends the row once, flagged and with
 its key, exactly as a kill between a send and its commit did before (that window was the
-commit's length; it is now at most :data:`HOLD_S`). A write carrying records that fails
-(or whose records fail: a savepoint of their own, so the write itself never fails for
-them) gives them back, held again; a session's records are committed by one writer at a
-time (:meth:`OutcomeHold.turn`).
+commit's length; it is now that and :data:`HOLD_BRIEF_S` more, or :data:`HOLD_S` when the
+session's next rows were already on their way). A write carrying records that fails (or
+whose records fail: a savepoint of their own, so the write itself never fails for them)
+gives them back, held again; a session's records are committed by one writer at a time
+(:meth:`OutcomeHold.turn`).
 """
 
 from __future__ import annotations
@@ -48,16 +50,20 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# held outcomes not carried by a write within this are committed alone: a client that sends
-# its next message as soon as it has the reply does so within ~1 ms; longer would only widen
-# the window in which a host kill re-sends the reply (a chaos run at 20 ms re-sent one)
+# held outcomes not carried by a write within this are committed alone: while rows of the
+# session are on their way into its file, HOLD_S (they carry them within ~1 ms); else only
+# HOLD_BRIEF_S: a message sent as soon as the reply came reaches the session's writer ~0.3 ms
+# later, and each ms more widens the window in which a host kill re-sends the reply (chaos
+# runs as a normal user re-sent one in 2 of 3 runs with 5 and 20 ms for every reply)
 HOLD_S = 0.005
+HOLD_BRIEF_S = 0.001
 
 
 class OutcomeHold:
     def __init__(self, delivery: Delivery) -> None:
         self.delivery = delivery
         self.hold_s = HOLD_S
+        self.brief_s = HOLD_BRIEF_S
         self._held: dict[str, tuple[SessionPaths, asyncio.TimerHandle]] = {}
         # per session: a commit of its records under way (its own, or carried by a write)
         self._busy: dict[str, asyncio.Future[None]] = {}
@@ -85,12 +91,17 @@ class OutcomeHold:
             mine.set_result(None)
 
     def hold(self, session_id: str, paths: SessionPaths, delay: float | None = None) -> None:
-        """The session's records wait (if it has any, and they are not held already)."""
+        """The session's records wait (if it has any, and they are not held already):
+        :data:`HOLD_S` while rows of the session are on their way into its file (they will
+        carry them), else only :data:`HOLD_BRIEF_S` (a message sent as soon as the reply
+        came is routed within it; a longer wait would only widen a host kill's window)."""
         if not self.delivery._records.get(session_id) or session_id in self._held:
             return
-        handle = asyncio.get_running_loop().call_later(
-            self.hold_s if delay is None else delay, self._due, session_id
-        )
+        if delay is None:
+            ingest = self.delivery.sessions.ingest
+            coming = ingest is not None and ingest.writing(session_id)
+            delay = self.hold_s if coming else self.brief_s
+        handle = asyncio.get_running_loop().call_later(delay, self._due, session_id)
         self._held[session_id] = (paths, handle)
 
     def held(self, session_id: str) -> bool:

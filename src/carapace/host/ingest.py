@@ -122,6 +122,12 @@ class Ingest:
         # now); the host wakes the session or has the sweep index its time
         self.on_landed: Callable[[str, bool], None] | None = None
 
+    def writing(self, session_id: str) -> bool:
+        """Whether rows of the session are on their way into its file now (a pump runs,
+        rows wait in its queue or for their journal commit)."""
+        return (session_id in self._pumps or bool(self._queues.get(session_id))
+                or bool(self._journaling.get(session_id)))  # fmt: skip
+
     async def accept(
         self, session: Session, row: dict[str, Any], *, now: datetime,
         outcome: Outcome | None = None, delayed: Delayed | None = None,
