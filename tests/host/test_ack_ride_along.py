@@ -20,13 +20,14 @@ def _status(rig: Rig, s: Session) -> dict[str, str]:
     return {r["id"]: r["status"] for r in rig.inbound(s, "SELECT id, status FROM messages_in")}
 
 
-def _turn(rig: Rig, s: Session | None, text: str, mid: str) -> tuple[Session, str]:
+def _turn(rig: Rig, s: Session | None, text: str, mid: str,
+          reply_id: str | None = None) -> tuple[Session, str]:  # fmt: skip
     """A message routed, and what a runner writes for it: a reply and a completed ack."""
     rig.run(rig.host.route(make_event(text, platform_id="chan", id=mid)))
     s = s or rig.sessions()[0]
     [row] = [r for r in rig.inbound(s) if r["id"].startswith(mid)]
     rig.reply(s, {"text": f"re {text}"}, channel_type="fake", platform_id="chan",
-              in_reply_to=row["id"])  # fmt: skip
+              in_reply_to=row["id"], id=reply_id)  # fmt: skip
     rig.ack(s, row["id"], "completed")
     return s, row["id"]
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from host_rig import Rig
-from test_ack_ride_along import records_writes_fail
+from test_ack_ride_along import _status, _turn, _wire, records_writes_fail
 from test_delivery_once import CrashAfterSend, Watching, _intent_log, killed, started_host
 
 from carapace.channels.fake import FakeChannel, make_event
@@ -26,20 +26,11 @@ from carapace.timefmt import FakeClock
 
 
 def _answered(rig: Rig, s: Session | None, text: str, mid: str) -> tuple[Session, str]:
-    """A message routed, answered by "the runner" (a reply and its ack) and delivered:
-    the reply's records are held."""
-    rig.run(rig.host.route(make_event(text, platform_id="chan", id=mid)))
-    s = s or rig.sessions()[0]
-    [row] = [r for r in rig.inbound(s) if r["id"].startswith(mid)]
-    rig.reply(s, {"text": f"re {text}"}, channel_type="fake", platform_id="chan",
-              in_reply_to=row["id"], id=f"re-{mid}")  # fmt: skip
-    rig.ack(s, row["id"], "completed")
+    """A message routed, answered by "the runner" (a reply ``re-<mid>`` and its ack) and
+    delivered: the reply's records are held."""
+    s, row_id = _turn(rig, s, text, mid, reply_id=f"re-{mid}")
     rig.run(host_runners.after_commit(rig.host, s.id))
-    return s, row["id"]
-
-
-def _status(rig: Rig, s: Session) -> dict[str, str]:
-    return {r["id"]: r["status"] for r in rig.inbound(s, "SELECT id, status FROM messages_in")}
+    return s, row_id
 
 
 def _cursor(rig: Rig, s: Session) -> int | None:
@@ -61,14 +52,10 @@ def commits(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return made
 
 
-def _wired(rig: Rig) -> None:
-    rig.wire(rig.chat("chan"), rig.agent())
-
-
 def test_a_held_reply_record_rides_with_the_next_message_in_one_commit(
     rig: Rig, commits: list[str]
 ) -> None:
-    _wired(rig)
+    _wire(rig)
     s, m1 = _answered(rig, None, "one", "m1")
     assert rig.channel.texts() == ["re one"]
     assert rig.host.delivery.hold.held(s.id)
@@ -85,7 +72,7 @@ def test_a_held_reply_record_rides_with_the_next_message_in_one_commit(
 
 
 def test_held_records_are_committed_alone_when_no_write_comes(rig: Rig) -> None:
-    _wired(rig)
+    _wire(rig)
     rig.host.delivery.hold.hold_s = 0.0
     s, m1 = _answered(rig, None, "one", "m1")
 
@@ -104,7 +91,7 @@ def test_held_records_are_committed_alone_when_no_write_comes(rig: Rig) -> None:
 def test_records_that_fail_in_a_carry_are_given_back_and_the_message_stored(
     rig: Rig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _wired(rig)
+    _wire(rig)
     s, _m1 = _answered(rig, None, "one", "m1")
     failing = records_writes_fail(monkeypatch)
     rig.run(rig.host.route(make_event("two", platform_id="chan", id="m2")))
@@ -122,7 +109,7 @@ def test_a_message_whose_commit_fails_gives_the_records_back(
 ) -> None:
     """The write carrying them fails as a whole (a full disk): the sender hears it, and the
     reply's records are held again, never lost."""
-    _wired(rig)
+    _wire(rig)
     s, _m1 = _answered(rig, None, "one", "m1")
     real = connection._commit
 
@@ -146,7 +133,7 @@ def test_a_message_whose_commit_fails_gives_the_records_back(
 
 
 def test_stop_commits_held_records(rig: Rig) -> None:
-    _wired(rig)
+    _wire(rig)
     s, m1 = _answered(rig, None, "one", "m1")
     assert rig.host.delivery.hold.held(s.id)
     rig.run(rig.host.stop())
@@ -267,7 +254,7 @@ def test_an_edit_naming_a_reply_by_its_row_id_reaches_the_platforms_message(rig:
 def test_a_timer_flush_that_fails_unexpectedly_is_logged_and_its_records_kept(
     rig: Rig, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    _wired(rig)
+    _wire(rig)
     s, _m1 = _answered(rig, None, "one", "m1")
     hold = rig.host.delivery.hold
     real = rig.host.delivery.sessions.writers.call
@@ -332,3 +319,21 @@ def test_ingest_says_when_rows_of_a_session_are_on_their_way(rig: Rig) -> None:
 
     assert rig.run(route_and_look())
     assert not ingest.writing(s.id)
+
+
+def test_an_edit_naming_another_sessions_row_id_is_not_mapped(rig: Rig) -> None:
+    """The row-id mapping is per session: an agent that names a row id of another chat's
+    reply (row ids are agent-chosen and may be guessed) gets that id passed on as it is,
+    never the platform's id of a message in a chat it does not own."""
+    ag = rig.agent()
+    for chat in ("c1", "c2"):
+        rig.wire(rig.chat(chat), ag)
+        rig.run(rig.host.route(make_event("hi", platform_id=chat, id=f"m-{chat}")))
+    a, b = sorted(rig.sessions(), key=lambda x: x.messaging_group_id or "")
+    rig.reply(a, {"text": "secret"}, channel_type="fake", platform_id="c1", id="victim")
+    rig.run(rig.host.deliver_once(a.id))
+    rig.reply(b, {"operation": "edit", "messageId": "victim", "text": "defaced"},
+              channel_type="fake", platform_id="c2", id="attack")  # fmt: skip
+    rig.run(rig.host.deliver_once(b.id))
+    [pm] = [d["platform_message_id"] for d in rig.delivered(a)]
+    assert [e[2] for e in rig.channel.edits] == ["victim"] and pm != "victim"

@@ -148,9 +148,9 @@ class OutcomeHold:
         if self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
         ok = True
-        todo = list(self._held)
+        todo = dict.fromkeys(self._held)
         if everything:
-            todo += [sid for sid, rec in self.delivery._records.items() if rec and sid not in todo]
+            todo.update((sid, None) for sid, rec in self.delivery._records.items() if rec)
         for session_id in todo:
             ok = await self.flush(session_id) and ok
         return ok
