@@ -238,6 +238,49 @@ def test_rows_close_together_are_a_stream_and_go_through_the_journal(rig: Rig) -
     assert inbound_ids(rig, s) == ["m0", "a", "b", "c", "d"]
 
 
+def test_the_next_message_of_a_conversation_is_lone_however_soon_it_comes(rig: Rig) -> None:
+    """A conversation is not a stream: a client that sends its next message as soon as the
+    reply to its last one is out (a script, a bot, another agent's channel) has it written
+    as a lone row, one durable commit and no journal, even 1 ms after its last row. A row
+    whose session's last row is still unanswered (a reply to an older row does not count)
+    is part of a stream, as before."""
+    s = _chat_session(rig)
+    ingest = rig.host.sessions.ingest
+    assert ingest is not None
+    ingest.lone_gap_s = 0.005
+    now = [time.monotonic() + 60.0]
+    ingest.monotonic = lambda: now[0]
+    journal = ingest.journal
+    _start_journal(rig, journal)
+    submitted = _count_submits(journal)
+
+    def route(mid: str) -> str:
+        rig.run(rig.host.route(make_event(mid, platform_id="chan", id=mid), settle=False))
+        rig.run(rig.host.sessions.settle())
+        [row] = rig.inbound(s, f"SELECT id FROM messages_in WHERE id LIKE '{mid}%'")
+        return str(row["id"])
+
+    def answer(row_id: str, **content: Any) -> None:
+        rig.reply(s, {"text": "ok", **content}, channel_type="fake", platform_id="chan",
+                  in_reply_to=row_id)  # fmt: skip
+        assert rig.run(rig.host.deliver_once(s.id)) == 1
+
+    a = route("a")  # quiet before: lone
+    answer(a)
+    now[0] += 0.001
+    b = route("b")  # 1 ms after a, whose answer is out: lone
+    now[0] += 0.001
+    route("c")  # 1 ms after b, which is not answered: a stream
+    answer(b)  # an answer to b, not to the last row
+    now[0] += 0.001
+    d = route("d")  # still a stream
+    answer("x", answers=[d])  # a batch's reply names every row it answers
+    now[0] += 0.001
+    route("e")  # lone
+    assert submitted == ["c", "d"]
+    assert inbound_ids(rig, s) == ["m0", "a", "b", "c", "d", "e"]
+
+
 def test_a_row_that_finds_the_queue_empty_still_waits_behind_rows_being_journaled(
     rig: Rig,
 ) -> None:

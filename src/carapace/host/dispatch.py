@@ -192,6 +192,7 @@ async def send_row(
             pm = await edit_into_preview(adapter, pid, tid, shown, msg)
     if pm is None:
         pm = await adapter.deliver(pid, tid, msg)
+    d.sessions.answered(session.id, row["in_reply_to"], answers)
     if note is not None:  # sent without them: the agent hears which and why
         d.tell_agent(session, note, now)
     if isinstance(content, dict) and content.get("replyCode"):

@@ -12,7 +12,9 @@ redelivered event), or the error that refused the row for good (the sender is to
 
 * A lone row (its session idle: no pump, nothing queued, no earlier row of it still
   waiting for its journal commit, whose place in the queue it would take; and no row of
-  it for :data:`LONE_GAP_S`) is handed to a new pump at once and not journaled: one
+  it for :data:`LONE_GAP_S`, or a reply to its last row sent since: a conversation, where
+  the next message comes after the answer to the last, however quickly, not a stream)
+  is handed to a new pump at once and not journaled: one
   durable commit of the session's file, and :meth:`Ingest.accept` returns once it is
   durable. That is the common case (a message, then a reply): no journal row to write,
   sync and remove beside the commit the runner waits for (issue 19). Should that commit
@@ -48,7 +50,7 @@ import functools
 import logging
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, cast
@@ -104,6 +106,8 @@ class Ingest:
         self.lone_wait_s = LONE_WAIT_S
         self.queued_in_memory = QUEUED_IN_MEMORY
         self._recent: dict[str, float] = {}  # per session: when its last row came (monotonic)
+        self._last_id: dict[str, str] = {}  # per session: the id of its last row (as _recent)
+        self._answered: set[str] = set()  # sessions whose last row a reply answered since
         self.monotonic = time.monotonic  # (tests set the time)
         self._queues: dict[str, list[_Queued]] = {}
         self._pumps: dict[str, asyncio.Task[None]] = {}
@@ -128,6 +132,14 @@ class Ingest:
         return (session_id in self._pumps or bool(self._queues.get(session_id))
                 or bool(self._journaling.get(session_id)))  # fmt: skip
 
+    def answered(self, session_id: str, ids: Iterable[object]) -> None:
+        """A reply answering the rows ``ids`` of the session was sent: when its last row is
+        one of them, the session's next row is a new turn of a conversation, written as a
+        lone row however soon it comes (a stream's rows come before their answers)."""
+        last = self._last_id.get(session_id)
+        if last is not None and last in ids:
+            self._answered.add(session_id)
+
     async def accept(
         self, session: Session, row: dict[str, Any], *, now: datetime,
         outcome: Outcome | None = None, delayed: Delayed | None = None,
@@ -143,9 +155,14 @@ class Ingest:
         last = self._recent.get(sid)
         if last is None and len(self._recent) >= RECENT_KEPT:
             self._recent.clear()
+            self._last_id.clear()
+            self._answered.clear()
         self._recent[sid] = came
+        answered = sid in self._answered  # the last row's reply went out: not a stream
+        self._answered.discard(sid)
+        self._last_id[sid] = str(row.get("id"))
         if (sid in self._pumps or self._journaling.get(sid) or self._stopping
-                or (last is not None and came - last < self.lone_gap_s)):  # fmt: skip
+                or (last is not None and came - last < self.lone_gap_s and not answered)):  # fmt: skip
             # a stream (or a failure): the rows reach the file after their journal commit,
             # in its order, the ones that wait together sharing one commit each way
             journaled = self.journal.submit(sid, row)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -423,6 +423,12 @@ class SessionManager:
                     self._folder_remade(session.id)
                 await self._make_folder(session, True)
             return await write()  # once more, at most
+
+    def answered(self, session_id: str, in_reply_to: object, answers: Iterable[object]) -> None:
+        """A reply of the session went out to its chat, answering ``in_reply_to`` and the
+        rows ``answers`` (the ingest tells a conversation's next message from a stream)."""
+        if self.ingest is not None:
+            self.ingest.answered(session_id, (in_reply_to, *answers))
 
     def prepare_row(self, session: Session, row: dict[str, Any], now: datetime) -> dict[str, Any]:
         """A copy of ``row`` as it is stored: attachments' data written into the session's
