@@ -15,7 +15,7 @@ from carapace.db.session import CONVERSATION_KEY, SessionPaths
 from carapace.jsonutil import dumps
 from carapace.runner.agent import bound_conversation, save_conversation
 from carapace.runner.compaction import Encoded
-from carapace.runner.conversation_store import ConversationStore
+from carapace.runner.conversation_store import CUT_LOOKED_AT, ConversationStore
 from carapace.runner.outbound import Outbound
 from carapace.runner.providers.base import Message
 from carapace.testing.sessions import make_session, read_conversation, write_conversation
@@ -232,3 +232,33 @@ def test_a_list_that_lost_its_newest_messages_reads_back_as_saved(
     saver.conversation = saver.conversation[:-1]
     saver.save()
     assert read_conversation(paths) == saver.saved()
+
+
+def test_the_usual_turns_plan_is_made_without_a_pass_over_the_history_and_is_the_same(
+    ) -> None:  # fmt: skip
+    """A turn's save finds what the bound cut and what is new at the two ends of the list
+    (``_plan_tail``), not with a pass in Python over every message; whenever it answers,
+    it answers as the general plan does, and it leaves to that plan every list it is not
+    sure of (fewer messages, a stored message again, a new first message)."""
+    rows = [(p, {"role": "user", "content": str(p)}) for p in range(200)]
+    ids = {id(m) for _p, m in rows}
+    msgs = [m for _p, m in rows]
+    new = [{"role": "user", "content": "new"}, {"role": "assistant", "content": "a"}]
+    cases = {
+        "grew": (msgs + new, True),
+        "cut and grew": (msgs[2:] + new, True),
+        "cut only": (msgs[4:], True),
+        "same": (list(msgs), True),
+        "lost its newest": (msgs[1:-2], False),
+        "a stored message again": (msgs + [new[0], msgs[5]], False),
+        "new first message": ([{"role": "user", "content": "summary"}, *msgs[3:]], False),
+        "cut past the look": (msgs[CUT_LOOKED_AT + 1 :] + new, False),
+        "reordered": (msgs[:10] + msgs[11:] + [msgs[10]], False),
+    }
+    for name, (messages, fast) in cases.items():
+        tail = ConversationStore._plan_tail(rows, ids, messages)
+        general = ConversationStore._plan_any(rows, messages)
+        assert (tail is not None) == fast, name
+        if tail is not None:
+            assert tail == general, name
+            assert tail[3] == {id(m) for m in messages}, name
