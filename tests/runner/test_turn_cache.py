@@ -362,6 +362,86 @@ def test_the_memory_cache_gives_what_a_fresh_read_gives(tmp_path: Path) -> None:
         assert "imported text" in cached
 
 
+def _composes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts the prompts composed (not taken from the cache) from now on."""
+    import carapace.runner.prompt as prompt_module
+
+    count = [0]
+    real = prompt_module._compose
+
+    def counting(*a: Any, **kw: Any) -> str:
+        count[0] += 1
+        return real(*a, **kw)
+
+    monkeypatch.setattr(prompt_module, "_compose", counting)
+    return count
+
+
+def test_the_last_prompt_is_kept_while_nothing_it_was_made_of_changed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A turn's prompt is composed again only when an argument or a file it read changed
+    (issue 19: ~0.1 ms a turn, more with a long CLAUDE.md): what it gives is always what
+    composing gives."""
+    from carapace.runner.inbound import Destination
+    from carapace.runner.settings import AgentSettings
+
+    agent_dir = make_agent_dir(tmp_path)
+    (agent_dir / "CLAUDE.local.md").write_text("remember the milk")
+    settings = AgentSettings.parse({})
+    dests = [Destination("family", None, "channel", "telegram", "chat-1", None)]
+    files = FileCache(clock_ns=_later)
+    composed = _composes(monkeypatch)
+
+    def prompt(**kw: Any) -> str:
+        args: dict[str, Any] = {"settings": settings, "session_dir": tmp_path / "s", **kw}
+        d = args.pop("dests", dests)
+        name = args.pop("name", "Andy")
+        got = compose_system_prompt(agent_dir, d, name, files=files, **args)
+        n = composed[0]
+        assert got == compose_system_prompt(agent_dir, d, name, **args)  # (no cache)
+        composed[0] = n  # (that one is not counted)
+        return got
+
+    first = prompt()
+    assert prompt() == first and composed[0] == 1
+    other = [*dests, Destination("work", "Work", "channel", "slack", "C1", None)]
+    assert "`work` (Work)" in prompt(dests=other) and composed[0] == 2
+    assert "You are Bob" in prompt(dests=other, name="Bob") and composed[0] == 3
+    prompt(dests=other, name="Bob", sandboxed=True)
+    assert composed[0] == 4
+    (agent_dir / "CLAUDE.local.md").write_text("remember the eggs")
+    assert "remember the eggs" in prompt(dests=other, name="Bob", sandboxed=True)
+    global_dir = agent_dir.parent / "global"
+    global_dir.mkdir()  # the workspace section names the shared folder now
+    assert str(global_dir) in prompt(dests=other, name="Bob", sandboxed=True)
+    (global_dir / "CLAUDE.md").write_text("shared rule")  # a file that was missing
+    assert "shared rule" in prompt(dests=other, name="Bob", sandboxed=True)
+    n = composed[0]
+    prompt(dests=other, name="Bob", sandboxed=True)
+    assert composed[0] == n
+
+
+def test_a_prompt_with_a_file_the_cache_does_not_keep_is_composed_every_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An import (a path with folders) is read through ``safefs`` every time, and so the
+    prompt that inlines it is never kept: an imported file's change is seen at once."""
+    agent_dir = make_agent_dir(tmp_path)
+    (agent_dir / "CLAUDE.md").write_text("# rules\n@notes/extra.md\n")
+    (agent_dir / "notes").mkdir()
+    extra = agent_dir / "notes" / "extra.md"
+    extra.write_text("imported text")
+    files = FileCache(clock_ns=_later)
+    composed = _composes(monkeypatch)
+    assert "imported text" in _prompt(agent_dir, files)
+    st = extra.stat()
+    extra.write_text("imported TEXT")  # same size, same times: only a read tells
+    os.utime(extra, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert "imported TEXT" in _prompt(agent_dir, files)
+    assert composed[0] == 2
+
+
 def test_only_a_lock_counts_as_busy(tmp_path: Path) -> None:
     conn = sqlite3.connect(str(tmp_path / "x.db"))
     with pytest.raises(sqlite3.OperationalError) as err:

@@ -20,8 +20,8 @@ alone.
 from __future__ import annotations
 
 import json
-import operator
 import logging
+import operator
 import sqlite3
 from datetime import datetime
 
@@ -164,8 +164,12 @@ class ConversationStore:
             return None
         kept = rows[cut:]
         new = messages[len(kept) :]
-        if len(messages) < len(kept) or len(new) > CUT_LOOKED_AT or not all(
-            map(operator.is_, messages, [m for _p, m in kept])  # (identity, in C)
+        if (
+            len(messages) < len(kept)
+            or len(new) > CUT_LOOKED_AT
+            or not all(
+                map(operator.is_, messages, [m for _p, m in kept])  # (identity, in C)
+            )
         ):
             return None
         if any(id(m) in ids for m in new):

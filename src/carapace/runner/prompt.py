@@ -17,8 +17,10 @@
    goes back to where the message came from, so ``<message to="…">`` is needed only for
    other destinations).
 
-The runner rebuilds it for every batch, so destination changes show up at once (W-8); the
-memory files' text is kept between batches while the files are unchanged (``FileCache``).
+The runner composes it for every batch, so destination changes show up at once (W-8); the
+memory files' text is kept between batches while the files are unchanged, and so is the
+whole prompt while nothing it was made of changed: the arguments, and each file read
+(``FileCache``: one ``lstat`` a file instead of composing again, issue 19).
 The admin CLI (``carapace admin groups prompt``) shows the same text.
 """
 
@@ -149,6 +151,41 @@ class FileCache:
         self.clock_ns = clock_ns
         self._files: dict[str, tuple[tuple[int, ...], str]] = {}
         self._real: dict[str, str] = {}
+        # while a prompt is composed: (path, identity or None for a missing file) of each
+        # file read; None: one was read that the cache does not keep (no prompt kept)
+        self._reads: list[tuple[str, tuple[int, ...] | None]] | None = None
+        # the last prompt: (its arguments, the files it read, its text)
+        self._prompt: tuple[tuple[Any, ...], list[tuple[str, tuple[int, ...] | None]], str] | None
+        self._prompt = None
+
+    def prompt(self, key: tuple[Any, ...], compose: Callable[[], str]) -> str:
+        """``compose()``, or the text it gave last time for the same ``key`` while every file
+        it read is still the one it read (``lstat``); kept only when each of those files
+        was one the cache keeps (a name directly in a folder, a regular file, not racily
+        new) or missing."""
+        last = self._prompt
+        if (
+            last is not None
+            and last[0] == key
+            and all(_identity_or_none(path) == ident for path, ident in last[1])
+        ):
+            return last[2]
+        self._prompt = None
+        self._reads = []
+        try:
+            text = compose()
+        finally:
+            reads, self._reads = self._reads, None
+        if reads is not None:
+            self._prompt = (key, reads, text)
+        return text
+
+    def _note(self, path: str, ident: tuple[int, ...] | None) -> None:
+        if self._reads is not None:
+            self._reads.append((path, ident))
+
+    def _untracked(self) -> None:
+        self._reads = None  # (while recording: this prompt is not kept)
 
     def realpath(self, path: str | Path) -> str:
         key = os.fspath(path)
@@ -159,18 +196,22 @@ class FileCache:
 
     def read(self, root: str, rel: str) -> str:
         if os.sep in rel or rel in (os.curdir, os.pardir):
+            self._untracked()
             return _read_beneath(root, rel)
         path = os.path.join(root, rel)
         try:
             before = _identity(path)
         except FileNotFoundError:
             self._files.pop(path, None)
+            self._note(path, None)
             return ""  # what reading it would give
         if before is None:
             self._files.pop(path, None)
+            self._untracked()
             return _read_beneath(root, rel)
         hit = self._files.get(path)
         if hit is not None and hit[0] == before:
+            self._note(path, before)
             return hit[1]
         text = _read_beneath(root, rel)
         try:
@@ -179,8 +220,10 @@ class FileCache:
             after = None
         if after == before and self.clock_ns() - before[4] > RACY_NS:
             self._files[path] = (before, text)
+            self._note(path, before)
         else:
             self._files.pop(path, None)
+            self._untracked()
         return text
 
 
@@ -196,6 +239,15 @@ def _identity(path: str) -> tuple[int, ...] | None:
     if not stat.S_ISREG(st.st_mode):
         return None
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _identity_or_none(path: str) -> tuple[int, ...] | None:
+    """:func:`_identity`, None for a missing file; anything but a regular file gives a
+    value no kept read has (so a prompt that read the file is composed again)."""
+    try:
+        return _identity(path) or (-1,)
+    except FileNotFoundError:
+        return None
 
 
 def _inside(real: str, roots: Sequence[str]) -> bool:
@@ -323,7 +375,34 @@ def compose_system_prompt(
 
     ``memory=False`` leaves the memory files out, for a provider that loads them itself
     (Claude Code reads ``CLAUDE.md`` and ``CLAUDE.local.md``): never included twice.
-    ``files``: the runner's cache of the memory files (:class:`FileCache`)."""
+    ``files``: the runner's cache of the memory files (:class:`FileCache`), which keeps
+    the last prompt while nothing it was made of changed."""
+    if files is None:
+        return _compose(agent_dir, destinations, assistant_name, settings=settings,
+                        session_dir=session_dir, sandboxed=sandboxed, memory=memory,
+                        tool_names=tool_names, files=None)  # fmt: skip
+    key = (agent_dir, tuple(destinations), assistant_name, settings, session_dir, sandboxed,
+           memory, None if tool_names is None else tuple(tool_names.items()),
+           settings is not None and os.path.isdir(os.path.join(os.path.dirname(
+               os.fspath(agent_dir)), "global")))  # fmt: skip
+    return files.prompt(key, lambda: _compose(
+        agent_dir, destinations, assistant_name, settings=settings, session_dir=session_dir,
+        sandboxed=sandboxed, memory=memory, tool_names=tool_names, files=files,
+    ))  # fmt: skip
+
+
+def _compose(
+    agent_dir: Path,
+    destinations: Sequence[NamedDestination],
+    assistant_name: str,
+    *,
+    settings: AgentSettings | Mapping[str, Any] | None,
+    session_dir: Path | None,
+    sandboxed: bool | None,
+    memory: bool,
+    tool_names: Mapping[str, str] | None,
+    files: FileCache | None,
+) -> str:
     agent_dir = Path(agent_dir)
     workspace = ""
     if settings is not None:
