@@ -250,7 +250,7 @@ def test_the_usual_turns_plan_is_made_without_a_pass_over_the_history_and_is_the
         "cut only": (msgs[4:], True),
         "same": (list(msgs), True),
         "lost its newest": (msgs[1:-2], False),
-        "a stored message again": (msgs + [new[0], msgs[5]], False),
+        "a stored message again": ([*msgs, new[0], msgs[5]], False),
         "new first message": ([{"role": "user", "content": "summary"}, *msgs[3:]], False),
         "cut past the look": (msgs[CUT_LOOKED_AT + 1 :] + new, False),
         "reordered": (msgs[:10] + msgs[11:] + [msgs[10]], False),
