@@ -26,6 +26,15 @@ and a folder's events are reported only once every watched ``*-journal`` is empt
 (one ``lstat`` each). A transaction left open, or a hot journal, delays the wake until it
 ends; callers poll anyway.
 
+Each side's own commits wake no one (issue 19). The host and a runner share a folder: a
+folder watch hears every journal of it closed, the other side's (the change looked for)
+and the watcher's own side's (a wake for nothing, one per commit on each side). So where
+a watched journal exists as a regular file, it is watched itself (``IN_CLOSE_WRITE``, the
+link not followed) and the folder's watch drops ``IN_CLOSE_WRITE``. A journal deleted,
+moved, replaced or made a link (``DELETE`` mode, a NanoClaw runner, an agent) puts that
+folder back on the folder watch with ``COMMIT_MASK``, and the change is reported: a wake
+can come late or for nothing, never go missing.
+
 A notification only says "look now": callers re-read the database and must also poll
 now and then (a notification can be coalesced, or missed while a folder is re-created).
 Where inotify is unavailable (not Linux, or out of watches) the same API polls: it compares
@@ -40,6 +49,7 @@ import errno
 import logging
 import os
 import select
+import stat
 import struct
 import sys
 import time
@@ -58,6 +68,8 @@ IN_DELETE_SELF = 0x00000400
 IN_MOVE_SELF = 0x00000800
 IN_Q_OVERFLOW = 0x00004000
 IN_IGNORED = 0x00008000
+IN_MOVED_FROM = 0x00000040
+IN_DONT_FOLLOW = 0x02000000
 IN_NONBLOCK = 0o4000
 IN_CLOEXEC = 0o2000000
 
@@ -73,6 +85,11 @@ WATCH_MASK = IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE | IN_MODIFY | IN_DELETE
 # each a wake of the reader for nothing, and the other files of the folder (the other side's
 # database, a log) raise them too.
 COMMIT_MASK = IN_CLOSE_WRITE | IN_MOVED_TO | IN_DELETE
+# the folder's watch while its journals are watched as files: a file put in place or
+# removed; a journal's own name among them puts the folder back on COMMIT_MASK
+FOLDER_MASK = IN_MOVED_TO | IN_MOVED_FROM | IN_DELETE
+# a journal's own watch: closed after a write (a commit's end), or gone from its name
+JOURNAL_MASK = IN_CLOSE_WRITE | IN_DELETE_SELF | IN_MOVE_SELF | IN_DONT_FOLLOW
 _EVENT = struct.Struct("iIII")
 _READ_SIZE = 64 * 1024
 
@@ -144,6 +161,8 @@ class DirWatcher:
         self._journals: dict[Path, tuple[str, ...]] = {}  # settle=True: journals to check
         self._wds: dict[int, Path] = {}
         self._by_path: dict[Path, int] = {}
+        self._journal_wds: dict[int, Path] = {}  # a journal's own watch -> its folder
+        self._journal_wds_of: dict[Path, list[int]] = {}  # folder -> its journals' watches
         self._snapshots: dict[Path, dict[str, tuple[int, int, int]]] = {}
         self._pending: set[Path] = set()
         self._next_poll = 0.0
@@ -177,6 +196,7 @@ class DirWatcher:
             # always ask the kernel: for the same folder it returns the same watch, for a
             # folder deleted and made again under the same path (whose IN_IGNORED may not
             # have been drained yet) a new one, which replaces the stale mapping
+            self._unwatch_journals(path)
             try:
                 mask = COMMIT_MASK if path in self._journals else WATCH_MASK
                 wd = self._inotify.add_watch(path, mask | IN_DELETE_SELF | IN_MOVE_SELF)
@@ -191,8 +211,47 @@ class DirWatcher:
                     self._wds.pop(old, None)
                 self._wds[wd] = path
                 self._by_path[path] = wd
+                if path in self._journals:
+                    self._watch_journals(path)
                 return
         self._snapshots[path] = self._snapshot(path)
+
+    def _watch_journals(self, path: Path) -> None:
+        """Watch ``path``'s journals as files and narrow its folder watch to FOLDER_MASK;
+        when one is not a regular file now (or cannot be watched) the folder keeps
+        COMMIT_MASK. Called once its folder watch is set."""
+        assert self._inotify is not None
+        wds: list[int] = []
+        try:
+            for name in self._journals[path]:
+                journal = path / name
+                if not stat.S_ISREG(os.lstat(journal).st_mode):
+                    raise OSError(errno.EINVAL, "not a regular file", str(journal))
+                wd = self._inotify.add_watch(journal, JOURNAL_MASK)
+                wds.append(wd)
+                self._journal_wds[wd] = path
+            self._inotify.add_watch(path, FOLDER_MASK | IN_DELETE_SELF | IN_MOVE_SELF)
+        except OSError:  # (the folder's watch has COMMIT_MASK still)
+            for wd in wds:
+                self._journal_wds.pop(wd, None)
+                with contextlib.suppress(OSError):
+                    self._inotify.rm_watch(wd)
+            return
+        self._journal_wds_of[path] = wds
+
+    def _unwatch_journals(self, path: Path, *, refold: bool = False) -> None:
+        """Drop ``path``'s journal watches; ``refold``: its folder watch takes COMMIT_MASK
+        again (a journal left its name: every commit's end is heard from the folder)."""
+        wds = self._journal_wds_of.pop(path, None)
+        if wds is None or self._inotify is None:
+            return
+        for wd in wds:
+            self._journal_wds.pop(wd, None)
+            with contextlib.suppress(OSError):  # (gone already: IN_IGNORED follows)
+                self._inotify.rm_watch(wd)
+        if refold:
+            with contextlib.suppress(OSError):  # (the folder is gone: IN_IGNORED follows)
+                self._inotify.add_watch(path, COMMIT_MASK | IN_DELETE_SELF | IN_MOVE_SELF)
 
     def remove(self, path: Path) -> None:
         path = Path(path)
@@ -200,6 +259,7 @@ class DirWatcher:
         self._journals.pop(path, None)
         self._snapshots.pop(path, None)
         self._pending.discard(path)
+        self._unwatch_journals(path)
         wd = self._by_path.pop(path, None)
         if wd is not None:
             self._wds.pop(wd, None)
@@ -223,9 +283,24 @@ class DirWatcher:
                 if mask & IN_Q_OVERFLOW:
                     changed.update(self._names)  # events were lost: everything may have changed
                     continue
+                folder = self._journal_wds.get(wd)
+                if folder is not None:  # a journal's own watch
+                    if mask & (IN_IGNORED | IN_DELETE_SELF | IN_MOVE_SELF):
+                        self._unwatch_journals(folder, refold=True)
+                        changed.add(folder)
+                    else:
+                        unsettled.add(folder)
+                    continue
                 path = self._wds.get(wd)
                 if path is None:
                     continue
+                if (
+                    mask & (IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO)
+                    and name
+                    and path in self._journal_wds_of
+                    and name in self._journals[path]
+                ):
+                    self._unwatch_journals(path, refold=True)  # a journal left its name
                 if mask & IN_IGNORED:  # the folder went away; a later add() re-watches it
                     self._wds.pop(wd, None)
                     if self._by_path.get(path) == wd:  # not a newer watch of a new folder
@@ -299,6 +374,8 @@ class DirWatcher:
             self._inotify = None
         self._wds.clear()
         self._by_path.clear()
+        self._journal_wds.clear()
+        self._journal_wds_of.clear()
 
     def __enter__(self) -> DirWatcher:
         return self
@@ -314,6 +391,8 @@ class DirWatcher:
             self._inotify = None
         self._wds.clear()
         self._by_path.clear()
+        self._journal_wds.clear()
+        self._journal_wds_of.clear()
         for p in self._names:
             self._snapshots[p] = self._snapshot(p)
 

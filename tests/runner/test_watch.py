@@ -205,7 +205,7 @@ def test_a_settle_watch_wakes_once_per_commit_not_for_its_writes(tmp_path: Path)
                 other.write(b"x" * 4096)
                 other.flush()
             assert not _readable(fd)  # not one wake
-        w.drain()  # (their closing, at the end of the block, is a close: an event)
+        assert not _readable(fd)  # nor their closing: only the journal's own watch hears one
         code = (
             "import sqlite3, sys\n"
             "from carapace.db.connection import session_write_pragmas\n"
@@ -225,11 +225,80 @@ def test_a_settle_watch_wakes_once_per_commit_not_for_its_writes(tmp_path: Path)
             proc.stdin.flush()
             assert proc.stdout.readline().strip() == "committed"
             assert w._inotify is not None
-            raw = [(name, mask) for _, mask, name in w._inotify.read()]
-            assert raw == [("outbound.db-journal", IN_CLOSE_WRITE)]  # the end, nothing else
+            raw = [(wd, name, mask) for wd, mask, name in w._inotify.read()]
+            # the end, nothing else: the journal's own watch, closed after its writes
+            assert [(n, m) for _, n, m in raw] == [("", IN_CLOSE_WRITE)]
+            assert w._journal_wds.get(raw[0][0]) == tmp_path
             proc.stdin.write("2\n")
             proc.stdin.flush()
             assert proc.stdout.readline().strip() == "committed"
             assert _wait_for(w) == {tmp_path}
         finally:
             proc.communicate("", timeout=20)
+
+
+def _db(path: Path, mode: str = "TRUNCATE") -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute(f"PRAGMA journal_mode = {mode}")
+    conn.execute("CREATE TABLE IF NOT EXISTS m (x)")
+    return conn
+
+
+def _commit(conn: sqlite3.Connection) -> None:
+    conn.execute("BEGIN IMMEDIATE")
+    conn.execute("INSERT INTO m VALUES (1)")
+    conn.execute("COMMIT")
+
+
+def test_a_sides_own_commits_in_the_shared_folder_wake_no_one(tmp_path: Path) -> None:
+    """Issue 19: the host and a runner share a folder, each watching the other's database.
+    The journal being watched itself, a commit to the watcher's own database (its journal
+    closed) wakes nothing; one to the watched database wakes the watcher, once."""
+    mine, theirs = _db(tmp_path / "inbound.db"), _db(tmp_path / "outbound.db")
+    with DirWatcher() as w:
+        w.add(tmp_path, names={"outbound.db", "outbound.db-journal"}, settle=True)
+        fd = w.fileno()
+        assert fd is not None and w._journal_wds_of.get(tmp_path)
+        for _ in range(5):
+            _commit(mine)
+        assert not _readable(fd)
+        _commit(theirs)
+        assert _wait_for(w) == {tmp_path}
+        assert w.drain() == set()
+    mine.close()
+    theirs.close()
+
+
+@pytest.mark.parametrize("how", ["delete mode", "replaced", "moved away", "a link"])
+def test_a_journal_that_leaves_its_name_puts_the_folder_back_on_its_own_watch(
+    tmp_path: Path, how: str
+) -> None:
+    """The journal's own watch follows its file; once that file is not the journal any
+    more (another side in DELETE mode removes it after each commit, the file is replaced
+    or moved, a link stands in its place) the folder is watched for every commit's end
+    again, and each commit is still heard: a wake is never lost."""
+    theirs = _db(tmp_path / "outbound.db")
+    journal = tmp_path / "outbound.db-journal"
+    with DirWatcher() as w:
+        if how == "a link":
+            journal.unlink()
+            (tmp_path / "elsewhere").write_bytes(b"")
+            journal.symlink_to(tmp_path / "elsewhere")
+        w.add(tmp_path, names={"outbound.db", "outbound.db-journal"}, settle=True)
+        assert bool(w._journal_wds_of.get(tmp_path)) == (how != "a link")
+        if how == "delete mode":
+            theirs.execute("PRAGMA journal_mode = DELETE")  # (removes the journal)
+        elif how == "replaced":
+            (tmp_path / "new").write_bytes(b"")
+            os.replace(tmp_path / "new", journal)
+        elif how == "moved away":
+            os.replace(journal, tmp_path / "old-journal")
+        else:
+            journal.unlink()
+        assert _wait_for(w) == {tmp_path}  # (the change to the folder is reported)
+        assert not w._journal_wds_of.get(tmp_path)
+        for _ in range(3):
+            w.drain()
+            _commit(theirs)
+            assert _wait_for(w) == {tmp_path}
+    theirs.close()
