@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import pytest
 from host_rig import Rig
 
 from carapace.channels.fake import make_event
@@ -154,7 +155,7 @@ def test_operations_and_files(rig: Rig) -> None:
     kinds = [d.content.get("type") for d in rig.channel.deliveries]
     assert kinds == ["card", "ask_question", None]
     assert rig.channel.deliveries[-1].files == [("result.txt", b"ok")]
-    assert not (out / "f1").exists()
+    assert not (out / "f1").exists()  # sent: its folder of files is cleared
     q = rig.db.execute("SELECT * FROM pending_questions").fetchall()
     assert len(q) == 1 and q[0]["session_id"] == s.id
 
@@ -214,3 +215,26 @@ def test_agent_to_agent_with_return_path(rig: Rig) -> None:
     rig.reply(s1, {"text": "x"}, channel_type="agent", platform_id=c)
     rig.run(rig.host.deliver_once(s1.id))
     assert rig.delivered(s1)[-1]["status"] == "failed"
+
+
+def test_a_reply_that_names_no_files_opens_no_outbox_folder(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 19: clearing ``outbox/<row id>/`` is two link-free opens and a removal; a row
+    that named no files has no folder of files to clear, so a plain reply costs none of
+    it. A row that names files has its folder cleared once sent (above)."""
+    import carapace.host.dispatch as dispatch
+
+    _, _, s = _session(rig)
+    cleared: list[object] = []
+    real = dispatch.clear_outbox
+    monkeypatch.setattr(
+        dispatch, "clear_outbox", lambda p, rid: (cleared.append(rid), real(p, rid))
+    )
+    rig.reply(s, {"text": "plain"}, channel_type="fake", platform_id="chan", id="p1")
+    (rig.paths(s).outbox / "f2").mkdir(parents=True)
+    (rig.paths(s).outbox / "f2" / "a.txt").write_bytes(b"a")
+    rig.reply(s, {"text": "one", "files": ["a.txt"]}, channel_type="fake", platform_id="chan",
+              id="f2")  # fmt: skip
+    assert rig.run(rig.host.deliver_once(s.id)) == 2
+    assert cleared == ["f2"] and not (rig.paths(s).outbox / "f2").exists()

@@ -174,7 +174,10 @@ async def send_row(
         answers = answers_of(content.pop("answers"))
     files: list[OutboundFile] = []
     note: str | None = None
-    if isinstance(content, dict) and isinstance(content.get("files"), list) and content["files"]:
+    named_files = (
+        isinstance(content, dict) and isinstance(content.get("files"), list) and content["files"]
+    )
+    if named_files:
         read = read_outbox_files(paths, row["id"], content["files"])
         files = read.files
         note = read.note(f"(seq {row['seq']})")
@@ -199,7 +202,8 @@ async def send_row(
         from carapace.permissions.questions import question_delivered
 
         question_delivered(d.db, str(content.get("questionId")), pm, now)
-    clear_outbox(paths, row["id"])
+    if named_files:  # (a row that named none has no folder of files to clear: issue 19,
+        clear_outbox(paths, row["id"])  # two link-free opens and a removal per reply)
     return pm
 
 
