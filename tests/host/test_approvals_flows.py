@@ -174,6 +174,34 @@ def test_text_reply_code_on_a_chat_without_buttons(rig: Rig) -> None:
     assert users.is_member(rig.db, "fake:stranger", ag)
 
 
+def test_a_text_reply_sees_a_card_changed_by_another_process_since_the_last_message(
+    rig: Rig,
+) -> None:
+    """The router keeps card lookups while the central DB is unchanged (issue 19: nearly
+    every message starts with a word the reply pattern takes for a code). A card answered
+    elsewhere (the web UI, the CLI) since the last lookup is seen at the next message."""
+    from carapace.db.connection import connect
+
+    setup_sender(rig)
+    rig.run(rig.host.route(stranger()))
+    rig.run(tick(rig.host))
+    [card] = cards_sent(rig)
+    code = card["replyCode"]
+    rig.user("fake:someone")
+    intruder = make_event(f"{code} allow", platform_id="owner", sender_id="someone")
+    assert rig.run(rig.host.route(intruder)).routed == []  # looked up: pending, refused
+    [row] = [c for c in cards.pending_cards(rig.db) if c.code == code]
+    other = connect(rig.host.home.central_db)  # another process answers it
+    try:
+        cards.update_card(other, row.card_id, status="denied")
+    finally:
+        other.close()
+    reply = make_event(f"{code} allow", platform_id="owner", sender_id="owner")
+    assert rig.run(rig.host.route(reply)).routed == []
+    rig.run(tick(rig.host))
+    assert texts_to(rig, "owner")[-1] == f"{code}: this request is denied already."
+
+
 def test_unknown_channel_connect_and_reject(rig: Rig) -> None:
     ag = rig.agent("andy")
     rig.user("fake:owner", role="owner")

@@ -21,6 +21,7 @@ the DB before anything is sent (``carapace.permissions.cards``).
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import sqlite3
@@ -276,24 +277,33 @@ def handle_action(
     return outcome
 
 
-def match_text_reply(ctx: Ctx, event: InboundEvent, *, naming: bool = True) -> bool:
+def match_text_reply(
+    ctx: Ctx, event: InboundEvent, *, naming: bool = True,
+    card_by_code: Callable[[str], cards.Card | None] | None = None,
+) -> bool:  # fmt: skip
     """The router's interceptor: True when the message answered a card (or named a new
     agent) and must not be routed. Only a reply in the chat where the card was shown.
-    ``naming`` False: no registration waits for a name (the name lookup is skipped)."""
+    ``naming`` False: no registration waits for a name (the name lookup is skipped).
+    ``card_by_code``: the card lookup (the host's keeps cards while the DB is unchanged:
+    most messages start with a word the reply pattern takes for a code)."""
     doc = loads_or(event.message.content, None)  # once: this runs for every message
-    clicker, _ = access.doc_sender(event.channel_type, doc)
-    if naming and channel_approval.consume_name_reply(ctx, event, clicker):
-        cards.kick()
-        return True
+    clicker: str | None = None
+    if naming:
+        clicker, _ = access.doc_sender(event.channel_type, doc)
+        if channel_approval.consume_name_reply(ctx, event, clicker):
+            cards.kick()
+            return True
     text = doc.get("text") if isinstance(doc, dict) else event.message.content
     m = REPLY_RE.fullmatch(text) if isinstance(text, str) else None
     if m is None:
         return False
-    card = cards.get_by_code(ctx.db, m.group(1))
+    card = (card_by_code or functools.partial(cards.get_by_code, ctx.db))(m.group(1))
     if card is None or (card.channel_type, card.platform_id) != (
         event.channel_type, event.platform_id
     ):  # fmt: skip
         return False
+    if not naming:
+        clicker, _ = access.doc_sender(event.channel_type, doc)
     now = ctx.now()
 
     def tell(msg: str) -> None:

@@ -93,10 +93,14 @@ def install(host: Host, *, background: bool = True) -> None:
 
     async def intercept(event: InboundEvent) -> bool:
         # kept while the central DB is unchanged (db/memo.py; checked once per route)
-        naming = host.sessions.memo.get(
-            ("awaiting_name",), lambda: channel_approval.any_awaiting_name(ctx.db)
-        )
-        return approvals.match_text_reply(ctx, event, naming=naming)
+        memo = host.sessions.memo
+        naming = memo.get(("awaiting_name",), lambda: channel_approval.any_awaiting_name(ctx.db))
+
+        def card_by_code(code: str) -> cards.Card | None:
+            code = code.upper()
+            return memo.get(("card", code), lambda: cards.get_by_code(ctx.db, code))
+
+        return approvals.match_text_reply(ctx, event, naming=naming, card_by_code=card_by_code)
 
     host.router.on_sender_approval = on_sender
     host.router.on_channel_request = on_channel
