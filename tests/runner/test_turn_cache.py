@@ -5,6 +5,7 @@ is kept must equal what a full recomputation gives."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import sqlite3
 import threading
@@ -246,6 +247,63 @@ def test_keepalive_reuses_one_thread_across_turns() -> None:
     with keepalive:  # a closed keepalive starts nothing
         pass
     assert keepalive._thread is thread
+
+
+class _Claims:
+    """Stands in for the runner's deferred claims: a due time, and the commits made."""
+
+    def __init__(self) -> None:
+        self.due: float | None = None
+        self.commits = 0
+
+    def take(self, delay: float) -> None:
+        self.due = time.monotonic() + delay
+
+    def commit(self) -> None:
+        self.commits += 1
+        self.due = None
+
+
+def _until(check: Any, timeout: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.001)
+    return True
+
+
+def test_back_to_back_short_turns_do_not_wake_the_keepalive_thread_each(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue 19: a turn's start wakes the thread only when it would not look in time by
+    itself, and a turn's end never does; a turn that lasts still has its claim committed
+    once due and the heartbeat touched, a turn after a quiet spell (the thread parked)
+    too."""
+    claims = _Claims()
+    touched = threading.Event()
+    keepalive = Keepalive(touched.set, interval=0.3, claims=claims)  # type: ignore[arg-type]
+    wakes = [0]
+    real = keepalive._cond.notify
+
+    def notify(n: int = 1) -> None:
+        wakes[0] += 1
+        real(n)
+
+    monkeypatch.setattr(keepalive._cond, "notify", notify)
+    for _ in range(20):  # twenty turns of 2 ms, back to back (a local model's)
+        claims.take(5.0)
+        with keepalive:
+            time.sleep(0.002)
+        claims.due = None  # (the turn's acks dropped the claim)
+    assert wakes[0] <= 5 and claims.commits == 0  # (was two a turn: forty)
+    assert _until(lambda: keepalive._looks_at == math.inf)  # looked at its time: parked
+    before = wakes[0]
+    claims.take(0.05)
+    with keepalive:  # a turn that lasts: the parked thread is woken for its claim
+        assert wakes[0] == before + 1
+        assert _until(lambda: claims.commits == 1) and touched.wait(30)
+    keepalive.close()
 
 
 def test_keepalive_closes_without_a_turn() -> None:
