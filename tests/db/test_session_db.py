@@ -297,3 +297,57 @@ def test_a_stored_message_survives_a_power_loss_other_commits_sync_less(
         conn.execute("DELETE FROM destinations")
     assert len(synced) == 2
     conn.close()
+
+
+def test_an_insert_if_new_skips_a_known_id_and_refuses_any_other_conflict(
+    paths: SessionPaths,
+) -> None:
+    """The host's write of routed rows (issue 19: one statement a row, not a lookup, a
+    savepoint and an insert): a known id is skipped (False, nothing written); any other
+    conflict (here a seq taken) raises, not ignored, and leaves the transaction's other
+    writes alone."""
+    from carapace.db.session import insert_message_in_if_new
+
+    conn = open_inbound(paths)
+    with transaction(conn):
+        assert insert_message_in_if_new(conn, chat(1), 2)
+        assert not insert_message_in_if_new(conn, chat(1), 4)  # the id is there
+        with pytest.raises(sqlite3.IntegrityError):
+            insert_message_in_if_new(conn, chat(2), 2)  # the seq is taken
+        assert insert_message_in_if_new(conn, chat(3), 4)
+    rows = conn.execute("SELECT id, seq FROM messages_in ORDER BY seq").fetchall()
+    assert [tuple(r) for r in rows] == [(chat(1)["id"], 2), (chat(3)["id"], 4)]
+    conn.close()
+
+
+def test_nested_transactions_undo_only_their_own_writes(paths: SessionPaths) -> None:
+    """Savepoints share one name at every level (issue 19: statements prepared once): a
+    failure undoes its own level only, whatever the depth, and the outer commit keeps the
+    rest."""
+    conn = open_inbound(paths)
+    statements: list[str] = []
+    conn.set_trace_callback(statements.append)
+    with transaction(conn):
+        conn.execute("INSERT INTO destinations VALUES ('a', NULL, 'channel', 'cli', 'x', NULL)")
+        with transaction(conn):
+            conn.execute("INSERT INTO destinations VALUES ('b', NULL, 'channel', 'cli', 'x', NULL)")
+            with pytest.raises(RuntimeError), transaction(conn):
+                conn.execute(
+                    "INSERT INTO destinations VALUES ('c', NULL, 'channel', 'cli', 'x', NULL)"
+                )
+                raise RuntimeError("undo c")
+            with transaction(conn):
+                conn.execute(
+                    "INSERT INTO destinations VALUES ('d', NULL, 'channel', 'cli', 'x', NULL)"
+                )
+        with pytest.raises(RuntimeError), transaction(conn):
+            conn.execute("INSERT INTO destinations VALUES ('e', NULL, 'channel', 'cli', 'x', NULL)")
+            with transaction(conn):
+                conn.execute(
+                    "INSERT INTO destinations VALUES ('f', NULL, 'channel', 'cli', 'x', NULL)"
+                )
+            raise RuntimeError("undo e and f")
+    names = [r[0] for r in conn.execute("SELECT name FROM destinations ORDER BY name")]
+    assert names == ["a", "b", "d"]
+    assert {s for s in statements if "SAVEPOINT" in s} == {"SAVEPOINT carapace_sp"}
+    conn.close()

@@ -144,24 +144,24 @@ def test_a_failed_commit_reaches_every_caller_and_stores_nothing(
     (the ingest pump: every row of the batch stays journaled, none is reported stored),
     and the next write, once the disk has room again, goes through."""
     mgr, s = env.mgr, env.session
-    real = sessions_mod.insert_message_in
+    real = sessions_mod.insert_message_in_if_new
     calls = 0
 
-    def full_on_second(conn: sqlite3.Connection, row: dict[str, Any], **kw: Any) -> int:
+    def full_on_second(conn: sqlite3.Connection, row: dict[str, Any], seq: int) -> bool:
         nonlocal calls
         calls += 1
         if calls == 2:
             raise sqlite3.OperationalError("database or disk is full")
-        return real(conn, row, **kw)
+        return real(conn, row, seq)
 
-    monkeypatch.setattr(sessions_mod, "insert_message_in", full_on_second)
+    monkeypatch.setattr(sessions_mod, "insert_message_in_if_new", full_on_second)
 
     rows = [mgr.prepare_row(s, _row(f"m{i}"), NOW) for i in range(3)]
     with pytest.raises(sqlite3.OperationalError, match="disk is full"):
         asyncio.run(mgr.write_batch(s, rows, NOW))  # one commit: every row's caller hears it
     assert calls == 2  # one batch: the first row was inserted, then rolled back
     assert _stored(env) == []
-    monkeypatch.setattr(sessions_mod, "insert_message_in", real)
+    monkeypatch.setattr(sessions_mod, "insert_message_in_if_new", real)
     assert isinstance(asyncio.run(_write(mgr, s, _row("later"))), int)
     assert [mid for mid, _ in _stored(env)] == ["later"]
 
@@ -172,10 +172,10 @@ def test_a_failed_commit_fails_the_route_so_the_channel_does_not_acknowledge(
     """The router re-raises an operational error (the channel retries; it acknowledges only
     a route that returned). Here: the error crosses the thread back to the caller."""
 
-    def full(conn: sqlite3.Connection, row: dict[str, Any], **kw: Any) -> int:
+    def full(conn: sqlite3.Connection, row: dict[str, Any], seq: int) -> bool:
         raise sqlite3.OperationalError("database or disk is full")
 
-    monkeypatch.setattr(sessions_mod, "insert_message_in", full)
+    monkeypatch.setattr(sessions_mod, "insert_message_in_if_new", full)
     with pytest.raises(sqlite3.OperationalError, match="disk is full"):
         asyncio.run(_write(env.mgr, env.session, _row("x")))
     assert _stored(env) == []
@@ -438,17 +438,17 @@ def test_a_bare_managers_accept_hears_a_refusal_and_raises_a_passing_failure(
     accept("a")  # redelivered
     assert isinstance(heard[0][0], int) and heard[0][1] is None and heard[1] == (None, None)
 
-    def corrupt(conn: sqlite3.Connection, row: dict[str, Any], **kw: Any) -> int:
+    def corrupt(conn: sqlite3.Connection, row: dict[str, Any], seq: int) -> bool:
         raise sqlite3.DatabaseError("database disk image is malformed")
 
-    monkeypatch.setattr(sessions_mod, "insert_message_in", corrupt)
+    monkeypatch.setattr(sessions_mod, "insert_message_in_if_new", corrupt)
     accept("b")
     assert heard[2][0] is None and isinstance(heard[2][1], sqlite3.DatabaseError)
 
-    def full(conn: sqlite3.Connection, row: dict[str, Any], **kw: Any) -> int:
+    def full(conn: sqlite3.Connection, row: dict[str, Any], seq: int) -> bool:
         raise sqlite3.OperationalError("database or disk is full")
 
-    monkeypatch.setattr(sessions_mod, "insert_message_in", full)
+    monkeypatch.setattr(sessions_mod, "insert_message_in_if_new", full)
     with pytest.raises(sqlite3.OperationalError, match="disk is full"):
         accept("c")
     assert len(heard) == 3

@@ -15,7 +15,6 @@ atomic goes through ``transaction()`` (``BEGIN IMMEDIATE``; savepoints when nest
 from __future__ import annotations
 
 import contextlib
-import itertools
 import os
 import sqlite3
 from collections.abc import Iterator
@@ -101,7 +100,6 @@ def session_write_pragmas(conn: sqlite3.Connection) -> None:
     conn.execute(f"PRAGMA synchronous = {SESSION_SYNCHRONOUS}")
 
 
-_savepoints = itertools.count(1)
 # connections (by id, only while their transaction is open) whose savepoint asked for a
 # durable commit (sqlite3.Connection takes no weak references)
 _durable_wanted: set[int] = set()
@@ -117,15 +115,17 @@ def transaction(conn: sqlite3.Connection, *, durable: bool = False) -> Iterator[
     if conn.in_transaction:
         if durable:
             _durable_wanted.add(id(conn))
-        name = f"sp{next(_savepoints)}"
-        conn.execute(f"SAVEPOINT {name}")
+        # one name for every level (each RELEASE and ROLLBACK TO names the innermost
+        # savepoint of that name, and these nest as the calls do): the same three
+        # statements every time, prepared once per connection, not per call (issue 19)
+        conn.execute("SAVEPOINT carapace_sp")
         try:
             yield conn
         except BaseException:
-            conn.execute(f"ROLLBACK TO {name}")
-            conn.execute(f"RELEASE {name}")
+            conn.execute("ROLLBACK TO carapace_sp")
+            conn.execute("RELEASE carapace_sp")
             raise
-        conn.execute(f"RELEASE {name}")
+        conn.execute("RELEASE carapace_sp")
         return
     conn.execute("BEGIN IMMEDIATE")
     try:
@@ -178,11 +178,16 @@ def sync_journal(conn: sqlite3.Connection) -> None:
     next open rolls the commit back (the file stays consistent). One fsync of the emptied
     journal makes the commit as durable as ``FULL`` does, at 4 syncs instead of 5. A no-op
     for a memory DB, or when no journal file exists (another journal mode)."""
-    row = conn.execute("PRAGMA database_list").fetchone()
-    if not row or not row[2]:
-        return
+    journal = getattr(conn, "journal_path", None)
+    if journal is None:
+        row = conn.execute("PRAGMA database_list").fetchone()
+        if not row or not row[2]:
+            return
+        journal = f"{row[2]}-journal"
+        with contextlib.suppress(AttributeError):  # (kept where the connection takes it)
+            conn.journal_path = journal  # type: ignore[attr-defined]
     try:
-        fd = os.open(f"{row[2]}-journal", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(journal, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except FileNotFoundError:
         return
     try:

@@ -326,35 +326,56 @@ def next_odd(current_max: int) -> int:
     return current_max + 1 if current_max % 2 == 0 else current_max + 2
 
 
+_IN_COLS = (
+    "id", "kind", "timestamp", "status", "process_after", "recurrence", "series_id",
+    "tries", "trigger", "platform_id", "channel_type", "thread_id", "content",
+    "source_session_id", "on_wake",
+)  # fmt: skip
+
+
+def _in_values(row: dict[str, Any]) -> tuple[list[str], list[Any]]:
+    """The columns and values a ``messages_in`` insert of ``row`` writes (seq first)."""
+    values = {
+        "status": "pending",
+        "tries": 0,
+        "trigger": 1,
+        "on_wake": 0,
+        **{k: row.get(k) for k in _IN_COLS if k in row},
+    }
+    if values.get("series_id") is None and values.get("kind") == "task":
+        values["series_id"] = values["id"]
+    names = [c for c in _IN_COLS if c in values]
+    return ["seq", *names], [values[c] for c in names]
+
+
 def insert_message_in(conn: sqlite3.Connection, row: dict[str, Any], *, other_max: int = 0) -> int:
     """Insert one ``messages_in`` row with a freshly allocated even seq; returns the seq.
 
     Runs in its own ``BEGIN IMMEDIATE`` (or a savepoint of the caller's transaction).
     ``other_max`` is the outbound side's highest seq, to keep seqs growing across tables.
     """
-    cols = [
-        "id", "kind", "timestamp", "status", "process_after", "recurrence", "series_id",
-        "tries", "trigger", "platform_id", "channel_type", "thread_id", "content",
-        "source_session_id", "on_wake",
-    ]  # fmt: skip
-    values = {
-        "status": "pending",
-        "tries": 0,
-        "trigger": 1,
-        "on_wake": 0,
-        **{k: row.get(k) for k in cols if k in row},
-    }
-    if values.get("series_id") is None and values.get("kind") == "task":
-        values["series_id"] = values["id"]
+    names, values = _in_values(row)
     with transaction(conn, durable=True):
         seq = next_even(max(max_seq(conn, "messages_in"), other_max))
-        names = ["seq", *(c for c in cols if c in values)]
         conn.execute(
             f"INSERT INTO messages_in ({', '.join(names)}) VALUES "
             f"({', '.join('?' for _ in names)})",
-            [seq, *(values[c] for c in names[1:])],
+            [seq, *values],
         )
     return seq
+
+
+def insert_message_in_if_new(conn: sqlite3.Connection, row: dict[str, Any], seq: int) -> bool:
+    """Insert ``row`` as ``messages_in`` row ``seq`` unless a row with its id is there
+    (False); one statement, in the caller's transaction (a refusal of another kind, a
+    constraint or a full disk, raises and leaves the transaction's other writes alone)."""
+    names, values = _in_values(row)
+    cur = conn.execute(
+        f"INSERT INTO messages_in ({', '.join(names)}) VALUES "
+        f"({', '.join('?' for _ in names)}) ON CONFLICT(id) DO NOTHING",
+        [seq, *values],
+    )
+    return cur.rowcount == 1
 
 
 def insert_message_out(conn: sqlite3.Connection, row: dict[str, Any], *, other_max: int = 0) -> int:

@@ -13,6 +13,7 @@ at a pass's end (``host/delivery_hold.py``), by the session's next write, or alo
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import sqlite3
 from collections.abc import Callable
@@ -153,15 +154,29 @@ class Records:
             [(rid, inc, nxt, first, err) for rid, (inc, nxt, first, err) in self.attempts.items()],
         )
         done = [*self.outcomes, *self.attempts]
-        inb.executemany(
-            "DELETE FROM carapace_send_intent WHERE message_out_id=?", [(r,) for r in done]
-        )
+        if done and not _no_legacy_intents(inb):
+            inb.executemany(
+                "DELETE FROM carapace_send_intent WHERE message_out_id=?", [(r,) for r in done]
+            )
         if self.cursor is not None:
             inb.execute(
                 "INSERT INTO carapace_delivery_cursor (id, seq) VALUES (1, ?) "
                 "ON CONFLICT(id) DO UPDATE SET seq=excluded.seq",
                 (self.cursor,),
             )
+
+
+def _no_legacy_intents(inb: sqlite3.Connection) -> bool:
+    """Whether ``carapace_send_intent`` (written by versions before issue 19's send-intent
+    file, nothing writes it now) is empty: once seen so, the connection keeps it (where it
+    takes the note) and a pass's records skip the delete of their rows there."""
+    if getattr(inb, "no_legacy_intents", False):
+        return True
+    if inb.execute("SELECT 1 FROM carapace_send_intent LIMIT 1").fetchone() is not None:
+        return False
+    with contextlib.suppress(AttributeError):
+        inb.no_legacy_intents = True  # type: ignore[attr-defined]
+    return True
 
 
 def wait_until(row: Any, st: dict[str, Any] | None, now: datetime) -> datetime | None:
@@ -196,12 +211,19 @@ def delivered_of(inb: sqlite3.Connection, ids: list[str]) -> set[str]:
 
 def host_tables(inb: sqlite3.Connection) -> None:
     """The host's delivery tables, made when missing (a session folder made again); one
-    indexed read when they are there."""
+    indexed read when they are there, once per connection where it keeps what it saw (a
+    file made again gets a connection of its own)."""
+    if getattr(inb, "host_tables_there", False):
+        return
     if not has_table(inb, NEWEST_HOST_TABLE):
         with transaction(inb):
             for stmt in HOST_TABLES.split(";"):
                 if stmt.strip():
                     inb.execute(stmt)
+        if inb.in_transaction:  # made in a transaction still open: it may be undone yet
+            return
+    with contextlib.suppress(AttributeError):
+        inb.host_tables_there = True  # type: ignore[attr-defined]
 
 
 def tables_and_cursor(inb: sqlite3.Connection) -> int:

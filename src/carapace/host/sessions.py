@@ -28,6 +28,9 @@ from carapace.db.session import (
     SessionPaths,
     init_session_folder,
     insert_message_in,
+    insert_message_in_if_new,
+    max_seq,
+    next_even,
     open_inbound,
 )
 from carapace.db.sessions import (
@@ -464,16 +467,17 @@ class SessionManager:
             out: list[int | BaseException | None] = []
             with transaction(conn, durable=True):
                 other = known if known is not None else delivery_cursor(conn)
+                top = max(max_seq(conn, "messages_in"), other)
                 for row in rows:
-                    if conn.execute(
-                        "SELECT 1 FROM messages_in WHERE id=?", (row["id"],)
-                    ).fetchone():
-                        out.append(None)
-                        continue
+                    seq = next_even(top)
                     try:  # one statement: a refusal leaves the batch's other rows alone
-                        out.append(insert_message_in(conn, row, other_max=other))
-                    except sqlite3.IntegrityError as exc:  # the id was checked just above
+                        new = insert_message_in_if_new(conn, row, seq)
+                    except sqlite3.IntegrityError as exc:  # (a row with its id is skipped)
                         out.append(_refused(sid, row["id"], exc))
+                        continue
+                    out.append(seq if new else None)  # None: the id was there
+                    if new:
+                        top = seq
                 if along is not None:
                     carried[0] = along.apply(conn)
             return out
