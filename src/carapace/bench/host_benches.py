@@ -197,11 +197,24 @@ async def _route_only(home: Home, n: int, burst: bool) -> tuple[float, float]:
         t0 = time.perf_counter()
         if burst:  # handed over a page per pass of the loop, as a channel reads them
             routes: list[asyncio.Future[Any]] = []
+            left = [n]
+            all_done = asyncio.get_running_loop().create_future()
+
+            def one_done(_: asyncio.Future[Any]) -> None:
+                left[0] -= 1
+                if not left[0] and not all_done.done():
+                    all_done.set_result(None)
+
             for i in range(0, n, BURST_PAGE):
-                routes += [asyncio.ensure_future(host.route(e, settle=False))
-                           for e in events[i : i + BURST_PAGE]]  # fmt: skip
+                for e in events[i : i + BURST_PAGE]:
+                    routes.append(asyncio.ensure_future(host.route(e, settle=False)))
+                    routes[-1].add_done_callback(one_done)
                 await asyncio.sleep(0)
-            await asyncio.gather(*routes)
+            # (not one gather of every route: its set-up, a pass over them all at once, was
+            # the sender's stall of the loop, not the host's: ~5-8 ms at 2,000)
+            await all_done
+            for r in routes:
+                r.result()  # (a route that failed fails the run)
         else:
             for e in events:  # each acknowledged once durable (journaled), as a channel's
                 await host.route(e, settle=False)
