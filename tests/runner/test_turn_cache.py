@@ -518,3 +518,45 @@ def test_the_heartbeat_is_made_when_missing_and_bumped_when_present(tmp_path: Pa
     os.utime(paths.heartbeat, (1_000_000, 1_000_000))
     touch_heartbeat(paths)
     assert paths.heartbeat.stat().st_mtime > 1_000_000
+
+
+def test_a_turns_transcript_lines_reuse_its_kept_json_and_are_what_dumps_gives(
+    tmp_path: Path,
+) -> None:
+    """Issue 19: a turn's messages were encoded for its save already; their transcript
+    lines are that JSON with the time put first, exactly ``dumps({"ts": …, **message})``.
+    A message not kept, or one with extra fields, is encoded as before; a transcript
+    folder removed under the runner is made again at the next append."""
+    import shutil
+
+    from carapace.runner.agent import append_transcript
+    from carapace.runner.transcript import rebuild_conversation, transcript_path
+
+    messages: list[Message] = [
+        {"role": "user", "content": "héllo ü \u2028 \u0085 \"quoted\""},
+        {"role": "assistant", "content": "", "tool_calls": [
+            {"id": "c1", "name": "read_file", "arguments": {"path": "ä", "n": 1.5}}]},
+        {"role": "tool", "tool_call_id": "c1", "name": "read_file", "content": "x",
+         "is_error": False},
+    ]  # fmt: skip
+    enc = Encoded()
+    enc.sync(messages[:2])  # the third is not kept: encoded on the spot
+    sdir = tmp_path / "session"
+    sdir.mkdir()
+    append_transcript(sdir, "s1", messages, encoded=enc)
+    append_transcript(sdir, "s1", messages)
+    append_transcript(sdir, "s1", messages[:1], extra={"kind": "x"}, encoded=enc)
+    path = transcript_path(sdir, "s1")
+    lines = path.read_text(encoding="utf-8").split("\n")[:-1]
+    assert len(lines) == 7
+    for got, want in zip(lines[:3], lines[3:6], strict=True):
+        assert json.loads(got) == json.loads(want)
+        assert got.split(",", 1)[1] == want.split(",", 1)[1]  # (same bytes past the time)
+        assert next(iter(json.loads(got))) == "ts"
+    assert json.loads(lines[6])["kind"] == "x"
+    shutil.rmtree(path.parent)  # removed under the runner
+    append_transcript(sdir, "s1", messages[:1], encoded=enc)  # (logged, not raised)
+    append_transcript(sdir, "s1", messages, encoded=enc)
+    assert path.read_text(encoding="utf-8").count("\n") == 3
+    # read back whole: a line is cut at "\n" only, not at the U+2028 in the person's text
+    assert rebuild_conversation(sdir, "s1") == messages

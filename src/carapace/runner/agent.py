@@ -286,21 +286,38 @@ def save_conversation(
         (store or ConversationStore()).save(outbound.conn, bounded, enc)
 
 
+_TRANSCRIPT_DIRS: set[Path] = set()  # transcript folders this process made or found
+
+
 def append_transcript(
     session_dir: Path,
     session_id: str,
     messages: list[Message],
     extra: dict[str, Any] | None = None,
+    encoded: Encoded | None = None,
 ) -> None:
-    """Append messages to ``<session_dir>/conversations/<session_id>.jsonl`` (best effort)."""
+    """Append messages to ``<session_dir>/conversations/<session_id>.jsonl`` (best effort).
+    ``encoded``: the agent's kept JSON of its messages (a turn's were encoded for its save
+    already: the line is that JSON with the time put first, not a second ``dumps``)."""
     try:
         path = transcript_path(session_dir, session_id)
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if path.parent not in _TRANSCRIPT_DIRS:  # (a folder removed meanwhile: the open
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # says so, and
+            _TRANSCRIPT_DIRS.add(path.parent)  # the next turn makes it again)
         ts = iso(utcnow())
+        lines = []
+        for m in messages:
+            kept = encoded.known(m) if encoded is not None and not extra else None
+            if kept is not None and len(kept) > 2 and "ts" not in m:
+                lines.append(f'{{"ts":{dumps(ts)},{kept[1:]}\n')  # = dumps({"ts": ts, **m})
+            else:
+                lines.append(dumps({"ts": ts, **(extra or {}), **m}) + "\n")
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
                      0o600)  # fmt: skip
         with os.fdopen(fd, "a", encoding="utf-8") as f:
-            for m in messages:
-                f.write(dumps({"ts": ts, **(extra or {}), **m}) + "\n")
+            f.write("".join(lines))
+    except FileNotFoundError as exc:
+        _TRANSCRIPT_DIRS.discard(transcript_path(session_dir, session_id).parent)
+        logger.warning("could not append to the transcript: %s", exc)
     except OSError as exc:
         logger.warning("could not append to the transcript: %s", exc)

@@ -154,6 +154,11 @@ class Encoded:
     def json(self, message: Message) -> str:
         return self._entry(message)[1]
 
+    def known(self, message: Message) -> str | None:
+        """The JSON of ``message`` when it is kept (encoded already), else None."""
+        hit = self._entries.get(id(message))
+        return hit[1] if hit is not None and hit[0] is message else None
+
     def json_len(self, messages: list[Message]) -> int:
         """``len(dumps(messages))``."""
         if self._is_synced(messages):

@@ -361,7 +361,7 @@ class Runner:
                               self.conversation_store)  # fmt: skip
         if preview is not None:
             preview.finish(reply=bool(plain))
-        append_transcript(self.paths.root, sid, result.messages)
+        append_transcript(self.paths.root, sid, result.messages, encoded=self.agent.encoded)
         logger.info(
             "session %s: completed %s (kinds: %s) in %d round(s); reply seqs %s",
             sid, ids, kinds, result.rounds, seqs,

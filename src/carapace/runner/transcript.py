@@ -57,7 +57,9 @@ def rebuild_conversation(
         if path.stat().st_size > MAX_TRANSCRIPT_BYTES:
             logger.warning("transcript %s is too large to replay", path)
             return None
-        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+        # lines end at "\n" only: ``splitlines`` also cuts at U+2028, U+0085 and others,
+        # which the JSON of a message carries as they are (a person's text, an agent's)
+        lines = path.read_text(encoding="utf-8", errors="replace").split("\n")
     except OSError:
         return None
     conversation: list[Message] = []
