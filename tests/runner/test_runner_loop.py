@@ -149,6 +149,41 @@ def test_finished_rows_the_host_has_not_marked_yet_are_not_read_again(
     assert read_acks(h.paths)["m3"] == "completed"
 
 
+def test_a_finished_row_the_host_has_marked_is_no_longer_skipped_by_id(h: Harness) -> None:
+    """Once the host has copied a finished row's ack (the row is not pending in
+    ``inbound.db`` any more), the runner stops carrying its id: with nothing left to skip
+    a poll reads the due rows whole in one query, not their ids and then the rows."""
+
+    def host_copies(*ids: str) -> None:
+        conn = sqlite3.connect(h.paths.inbound)
+        conn.executemany("UPDATE messages_in SET status='completed' WHERE id=?",
+                         [(i,) for i in ids])  # fmt: skip
+        conn.commit()
+        conn.close()
+
+    r = h.runner(provider=Recorder())
+    write_chat(h.paths, "one", id="m1")
+    assert r.step()
+    write_chat(h.paths, "two", id="m2")
+    assert r.step()  # the poll found m1 finished, still pending: skipped by id from now on
+    assert r._finished == {"m1"}
+    host_copies("m1")
+    write_chat(h.paths, "three", id="m3")
+    assert r.step()  # m1 is not pending any more: forgotten (m2 found finished)
+    assert r._finished == {"m2"}
+    host_copies("m2", "m3")
+    write_chat(h.paths, "four", id="m4")
+    assert r.step()  # m2 forgotten: nothing left to skip
+    assert r._finished == set()
+    write_chat(h.paths, "five", id="m5")
+    assert r.inbound._conn is not None
+    statements: list[str] = []
+    r.inbound._conn.set_trace_callback(statements.append)
+    assert r.step()
+    reads = [s for s in statements if "FROM messages_in WHERE status" in s]
+    assert reads and all(s.startswith("SELECT *") for s in reads), reads  # one query
+
+
 def test_two_messages_one_batch_one_reply(h: Harness) -> None:
     rec = Recorder()
     write_chat(h.paths, "a", id="m1")

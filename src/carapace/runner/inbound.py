@@ -178,6 +178,9 @@ class Poll:
     rows: list[InRow]
     destinations: list[Destination] = field(default_factory=list)
     routing: Routing = Routing()
+    # every due pending id, skipped ones too, when the read saw them all (not cut by the
+    # scan's limit): a finished id not among them was copied by the host (runner/loop.py)
+    pending: frozenset[str] | None = None
 
 
 _DUE = (
@@ -261,24 +264,29 @@ class Inbound:
         first and only the other rows are read whole: up to 64 finished rows wait for the
         host's copy, and reading them whole at every poll cost ~0.1-0.3 ms."""
         with self._open() as conn, _reading(conn):
-            rows = self._pending(conn, now, skip)
+            rows, pending = self._pending(conn, now, skip)
             if not rows:
-                return Poll([])
+                return Poll([], pending=pending)
             dests, routing = self._destinations(conn), self._session_routing(conn)
             self._top = self._max_seq(conn)
-        return Poll([InRow.from_row(r) for r in rows], dests, routing)
+        return Poll([InRow.from_row(r) for r in rows], dests, routing, pending)
 
-    def _pending(self, conn: sqlite3.Connection, now: datetime,
-                 skip: Collection[str]) -> list[sqlite3.Row]:  # fmt: skip
+    def _pending(self, conn: sqlite3.Connection, now: datetime, skip: Collection[str],
+                 ) -> tuple[list[sqlite3.Row], frozenset[str] | None]:  # fmt: skip
+        """The due rows not in ``skip``, and every due id when the scan saw them all."""
+        due = _due(now)
         if not skip:
-            return conn.execute(f"SELECT * {_DUE}", _due(now)).fetchall()
-        ids = [i for (i,) in conn.execute(f"SELECT id {_DUE}", _due(now)) if i not in skip]
+            rows = conn.execute(f"SELECT * {_DUE}", due).fetchall()
+            return rows, frozenset(r["id"] for r in rows) if len(rows) < due[1] else None
+        every = [i for (i,) in conn.execute(f"SELECT id {_DUE}", due)]
+        pending = frozenset(every) if len(every) < due[1] else None
+        ids = [i for i in every if i not in skip]
         if not ids:
-            return []
+            return [], pending
         return conn.execute(
             f"SELECT * FROM messages_in WHERE id IN ({','.join('?' * len(ids))}) "
             "ORDER BY seq ASC", ids,
-        ).fetchall()  # fmt: skip
+        ).fetchall(), pending  # fmt: skip
 
     @_retried
     def next_due(self, now: datetime) -> datetime | None:

@@ -239,6 +239,10 @@ class Runner:
         if len(self._finished) > FINISHED_MAX:
             self._finished.clear()
         poll = self.inbound.poll(now, skip=self._finished)
+        if poll.pending is not None and self._finished:
+            # a finished id no longer pending was copied by the host: not skipped any more
+            # (the next poll reads the due rows whole in one query, not ids then rows)
+            self._finished.intersection_update(poll.pending)
         rows = poll.rows
         first_poll = self._on_wake_visible is None
         if first_poll:
