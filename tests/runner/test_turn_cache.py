@@ -550,8 +550,8 @@ def test_a_turns_transcript_lines_reuse_its_kept_json_and_are_what_dumps_gives(
     lines = path.read_text(encoding="utf-8").split("\n")[:-1]
     assert len(lines) == 7
     for got, want in zip(lines[:3], lines[3:6], strict=True):
-        assert json.loads(got) == json.loads(want)
-        assert got.split(",", 1)[1] == want.split(",", 1)[1]  # (same bytes past the time)
+        assert {**json.loads(got), "ts": 0} == {**json.loads(want), "ts": 0}  # (the times may
+        assert got.split(",", 1)[1] == want.split(",", 1)[1]  # differ) the same bytes past it
         assert next(iter(json.loads(got))) == "ts"
     assert json.loads(lines[6])["kind"] == "x"
     shutil.rmtree(path.parent)  # removed under the runner
