@@ -244,6 +244,39 @@ def test_mock_script_file_in_agent_dir(tmp_path: Path) -> None:
     assert provider.complete("", [{"role": "user", "content": "x"}], []).text == "edited"
 
 
+def test_the_mock_script_is_read_again_only_when_the_file_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 19: the script's rules are kept while ``stat`` shows the same file (a file
+    written within the last second is read every time: its time may not tell a rewrite)."""
+    import time
+
+    script = tmp_path / "mock-script.json"
+    script.write_text(json.dumps([{"reply": "one"}]))
+    reads: list[Path] = []
+    real = Path.read_text
+
+    def read_text(self: Path, *a: Any, **kw: Any) -> str:
+        reads.append(self)
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(Path, "read_text", read_text)
+    provider = create_provider(ProviderConfig(name="mock", agent_dir=str(tmp_path)))
+    assert isinstance(provider, MockProvider)
+    later = [60 * 10**9]  # the clock, this far past the file's times: settled
+    provider.clock_ns = lambda: time.time_ns() + later[0]
+    ask = [{"role": "user", "content": "x"}]
+    assert [provider.complete("", ask, []).text for _ in range(3)] == ["one"] * 3
+    assert reads == [script]
+    later[0] = 0  # now: a file just written is read every time
+    script.write_text(json.dumps([{"reply": "two"}]))
+    assert [provider.complete("", ask, []).text for _ in range(2)] == ["two"] * 2
+    assert len(reads) == 3
+    later[0] = 60 * 10**9
+    script.write_text(json.dumps([{"reply": "six"}]))  # (same size: its times tell)
+    assert provider.complete("", ask, []).text == "six"
+
+
 @pytest.mark.parametrize(
     ("content", "reason"),
     [

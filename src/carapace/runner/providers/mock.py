@@ -56,6 +56,7 @@ through the script: it gets a deterministic summary (``compaction.mock_summary``
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 from collections.abc import Callable
@@ -116,6 +117,10 @@ class MockProvider:
 
     def __init__(self, config: ProviderConfig | None = None) -> None:
         self.config = config or ProviderConfig()
+        # the script file's rules while ``stat`` shows the same file (issue 19: read and
+        # parsed at every turn before); a file changed within the last second is not kept
+        self._kept: tuple[tuple[int, ...], list[ScriptRule]] | None = None
+        self.clock_ns: Callable[[], int] = time.time_ns
 
     def complete(self, system: str, messages: list[Message], tools: list[ToolSpec]) -> Turn:
         return self._turn(system, messages)[0]
@@ -182,6 +187,10 @@ class MockProvider:
             return []
         path = Path(self.config.agent_dir) / SCRIPT_FILE
         try:
+            st = os.stat(path)
+            ident = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+            if self._kept is not None and self._kept[0] == ident:
+                return self._kept[1]
             raw = path.read_text(encoding="utf-8")
         except FileNotFoundError:
             return []
@@ -191,7 +200,10 @@ class MockProvider:
             data = json.loads(raw)
         except json.JSONDecodeError as exc:
             raise ProviderError(f"Invalid mock script {path}: not JSON ({exc})")
-        return parse_script(data, source=str(path))
+        rules = parse_script(data, source=str(path))
+        settled = self.clock_ns() - max(st.st_mtime_ns, st.st_ctime_ns) > 1_000_000_000
+        self._kept = (ident, rules) if settled else None
+        return rules
 
 
 def last_user_text(messages: list[Message]) -> str:
