@@ -53,6 +53,31 @@ def test_acl(rig: Rig) -> None:
     assert {d["message_out_id"]: d["status"] for d in rig.delivered(s)}[r3] == "delivered"
 
 
+def test_a_destination_removed_by_another_process_is_refused_at_the_next_pass(
+    rig: Rig,
+) -> None:
+    """A pass's central reads (the session, a chat's refusal) come from the memo checked at
+    the pass's start (issue 19): a destination taken away by the CLI or the web UI, another
+    process, holds from the next pass on, as a fresh read would."""
+    from carapace.db.connection import connect
+    from carapace.db.destinations import remove_destination
+
+    ag, _, s = _session(rig)
+    other = rig.chat("other")
+    add_destination(rig.db, ag, "x", "channel", other)
+    r1 = rig.reply(s, {"text": "one"}, channel_type="fake", platform_id="other")
+    rig.run(rig.host.deliver_once(s.id))  # read and kept in the memo: allowed
+    conn = connect(rig.host.home.central_db)
+    try:
+        remove_destination(conn, ag, "x")
+    finally:
+        conn.close()
+    r2 = rig.reply(s, {"text": "two"}, channel_type="fake", platform_id="other")
+    rig.run(rig.host.deliver_once(s.id))
+    st = {d["message_out_id"]: d["status"] for d in rig.delivered(s)}
+    assert st == {r1: "delivered", r2: "failed"}
+
+
 def test_retry_then_failed_and_flaky(rig: Rig) -> None:
     _, _, s = _session(rig)
     rig.channel.fail_always = True

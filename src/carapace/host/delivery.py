@@ -233,7 +233,7 @@ class Delivery:
 
     async def _drain(self, session_id: str, now: datetime) -> DrainResult:
         result = DrainResult()
-        session = self.sessions.get(session_id)
+        session = self.sessions.current(session_id)  # (from the memo, checked now)
         if session is None:
             return result
         paths = self.sessions.paths(session)

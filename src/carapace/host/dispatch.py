@@ -140,7 +140,12 @@ async def send_row(
         return None
     if not ct or not pid:
         raise DeliveryError("outbound row without channel_type/platform_id", permanent=True)
-    refusal = channel_refusal(d.db, session.agent_group_id, session.messaging_group_id, ct, pid)
+    # (kept in the memo the pass checked at its start: exact, db/memo.py)
+    refusal = d.sessions.memo.get(
+        ("refusal", session.agent_group_id, session.messaging_group_id, ct, pid),
+        lambda: channel_refusal(d.db, session.agent_group_id, session.messaging_group_id,
+                                ct, pid),
+    )  # fmt: skip
     if refusal is not None:
         raise DeliveryError(refusal, permanent=True)
     adapter = d.adapters.get(ct)

@@ -222,6 +222,13 @@ class SessionManager:
     def get(self, session_id: str) -> Session | None:
         return get_session(self.db, session_id)
 
+    def current(self, session_id: str) -> Session | None:
+        """:meth:`get`, answered from the memo while the central DB is unchanged (checked
+        now: the memo is exact, db/memo.py); for an operation that goes on with central
+        reads the memo may answer too (a delivery pass: its refusal checks)."""
+        self.memo.check()
+        return self.memo.get(("session-row", session_id), lambda: get_session(self.db, session_id))
+
     def resolve(
         self,
         agent_group_id: str,
