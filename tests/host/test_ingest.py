@@ -14,6 +14,7 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -208,25 +209,34 @@ def test_an_agent_holding_a_read_lock_on_inbound_db_does_not_hold_back_the_ack(
     assert inbound_ids(rig, s) == ["m0", "h1"]
 
 
-def test_rows_close_together_are_a_stream_and_go_through_the_journal(rig: Rig) -> None:
-    """``lone_gap_s``: a row that comes within it of its session's last row is part of a
-    stream (a channel handing over events one at a time): acknowledged once journaled,
-    written with the rows around it, not one durable file commit per row. A row after a
-    quiet spell is lone again."""
+def _paced(rig: Rig) -> tuple[Session, list[float], list[str], Callable[[str], str]]:
+    """A chat's session with the stream rule on (``lone_gap_s`` 5 ms) and the ingest's clock
+    in the test's hands (``now``); the message ids journaled from now on; and a route of
+    one message, settled, that gives its row's id in ``inbound.db``."""
     s = _chat_session(rig)
     ingest = rig.host.sessions.ingest
     assert ingest is not None
     ingest.lone_gap_s = 0.005
     now = [time.monotonic() + 60.0]  # (after the first message's time, whatever it was)
     ingest.monotonic = lambda: now[0]
-    journal = ingest.journal
-    _start_journal(rig, journal)
-    submitted = _count_submits(journal)
+    _start_journal(rig, ingest.journal)
+    submitted = _count_submits(ingest.journal)
 
-    def route(mid: str) -> None:
+    def route(mid: str) -> str:
         rig.run(rig.host.route(make_event(mid, platform_id="chan", id=mid), settle=False))
         rig.run(rig.host.sessions.settle())
+        [row] = rig.inbound(s, f"SELECT id FROM messages_in WHERE id LIKE '{mid}%'")
+        return str(row["id"])
 
+    return s, now, submitted, route
+
+
+def test_rows_close_together_are_a_stream_and_go_through_the_journal(rig: Rig) -> None:
+    """``lone_gap_s``: a row that comes within it of its session's last row is part of a
+    stream (a channel handing over events one at a time): acknowledged once journaled,
+    written with the rows around it, not one durable file commit per row. A row after a
+    quiet spell is lone again."""
+    s, now, submitted, route = _paced(rig)
     route("a")  # quiet before: lone
     now[0] += 0.001
     route("b")  # 1 ms later: a stream
@@ -244,21 +254,7 @@ def test_the_next_message_of_a_conversation_is_lone_however_soon_it_comes(rig: R
     as a lone row, one durable commit and no journal, even 1 ms after its last row. A row
     whose session's last row is still unanswered (a reply to an older row does not count)
     is part of a stream, as before."""
-    s = _chat_session(rig)
-    ingest = rig.host.sessions.ingest
-    assert ingest is not None
-    ingest.lone_gap_s = 0.005
-    now = [time.monotonic() + 60.0]
-    ingest.monotonic = lambda: now[0]
-    journal = ingest.journal
-    _start_journal(rig, journal)
-    submitted = _count_submits(journal)
-
-    def route(mid: str) -> str:
-        rig.run(rig.host.route(make_event(mid, platform_id="chan", id=mid), settle=False))
-        rig.run(rig.host.sessions.settle())
-        [row] = rig.inbound(s, f"SELECT id FROM messages_in WHERE id LIKE '{mid}%'")
-        return str(row["id"])
+    s, now, submitted, route = _paced(rig)
 
     def answer(row_id: str, **content: Any) -> None:
         rig.reply(s, {"text": "ok", **content}, channel_type="fake", platform_id="chan",
