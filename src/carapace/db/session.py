@@ -333,6 +333,17 @@ _IN_COLS = (
 )  # fmt: skip
 
 
+def _insert_in(conn: sqlite3.Connection, row: dict[str, Any], seq: int,
+               tail: str = "") -> sqlite3.Cursor:  # fmt: skip
+    """``INSERT INTO messages_in`` of ``row`` as row ``seq`` (``tail``: a conflict clause)."""
+    names, values = _in_values(row)
+    return conn.execute(
+        f"INSERT INTO messages_in ({', '.join(names)}) VALUES "
+        f"({', '.join('?' for _ in names)}){tail}",
+        [seq, *values],
+    )
+
+
 def _in_values(row: dict[str, Any]) -> tuple[list[str], list[Any]]:
     """The columns and values a ``messages_in`` insert of ``row`` writes (seq first)."""
     values = {
@@ -354,14 +365,9 @@ def insert_message_in(conn: sqlite3.Connection, row: dict[str, Any], *, other_ma
     Runs in its own ``BEGIN IMMEDIATE`` (or a savepoint of the caller's transaction).
     ``other_max`` is the outbound side's highest seq, to keep seqs growing across tables.
     """
-    names, values = _in_values(row)
     with transaction(conn, durable=True):
         seq = next_even(max(max_seq(conn, "messages_in"), other_max))
-        conn.execute(
-            f"INSERT INTO messages_in ({', '.join(names)}) VALUES "
-            f"({', '.join('?' for _ in names)})",
-            [seq, *values],
-        )
+        _insert_in(conn, row, seq)
     return seq
 
 
@@ -369,13 +375,7 @@ def insert_message_in_if_new(conn: sqlite3.Connection, row: dict[str, Any], seq:
     """Insert ``row`` as ``messages_in`` row ``seq`` unless a row with its id is there
     (False); one statement, in the caller's transaction (a refusal of another kind, a
     constraint or a full disk, raises and leaves the transaction's other writes alone)."""
-    names, values = _in_values(row)
-    cur = conn.execute(
-        f"INSERT INTO messages_in ({', '.join(names)}) VALUES "
-        f"({', '.join('?' for _ in names)}) ON CONFLICT(id) DO NOTHING",
-        [seq, *values],
-    )
-    return cur.rowcount == 1
+    return _insert_in(conn, row, seq, " ON CONFLICT(id) DO NOTHING").rowcount == 1
 
 
 def insert_message_out(conn: sqlite3.Connection, row: dict[str, Any], *, other_max: int = 0) -> int:

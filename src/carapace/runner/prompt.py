@@ -200,7 +200,7 @@ class FileCache:
             return _read_beneath(root, rel)
         path = os.path.join(root, rel)
         try:
-            before = _identity(path)
+            before = file_identity(path)
         except FileNotFoundError:
             self._files.pop(path, None)
             self._note(path, None)
@@ -215,10 +215,10 @@ class FileCache:
             return hit[1]
         text = _read_beneath(root, rel)
         try:
-            after = _identity(path)
+            after = file_identity(path)
         except FileNotFoundError:
             after = None
-        if after == before and self.clock_ns() - before[4] > RACY_NS:
+        if after == before and settled(before, self.clock_ns()):
             self._files[path] = (before, text)
             self._note(path, before)
         else:
@@ -227,7 +227,7 @@ class FileCache:
         return text
 
 
-def _identity(path: str) -> tuple[int, ...] | None:
+def file_identity(path: str) -> tuple[int, ...] | None:
     """What identifies a regular file's content (``lstat``: a link is never followed); None
     for anything else. Raises ``FileNotFoundError`` for a missing file."""
     try:
@@ -241,11 +241,17 @@ def _identity(path: str) -> tuple[int, ...] | None:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
+def settled(identity: tuple[int, ...], now_ns: int) -> bool:
+    """Whether a file of this :func:`file_identity` may be kept by its identity: changed
+    more than :data:`RACY_NS` before ``now_ns`` (a rewrite after that changes its times)."""
+    return now_ns - identity[4] > RACY_NS
+
+
 def _identity_or_none(path: str) -> tuple[int, ...] | None:
-    """:func:`_identity`, None for a missing file; anything but a regular file gives a
+    """:func:`file_identity`, None for a missing file; anything but a regular file gives a
     value no kept read has (so a prompt that read the file is composed again)."""
     try:
-        return _identity(path) or (-1,)
+        return file_identity(path) or (-1,)
     except FileNotFoundError:
         return None
 

@@ -56,7 +56,6 @@ through the script: it gets a deterministic summary (``compaction.mock_summary``
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
 from collections.abc import Callable
@@ -65,6 +64,7 @@ from pathlib import Path
 from carapace.errors import ProviderError
 from carapace.record import record
 
+from ..prompt import file_identity, settled
 from .base import Message, ProviderConfig, ToolCall, ToolSpec, Turn
 
 TYPE_CHECKING = False  # typing is read by type checkers only (runner start, issue 19)
@@ -117,8 +117,8 @@ class MockProvider:
 
     def __init__(self, config: ProviderConfig | None = None) -> None:
         self.config = config or ProviderConfig()
-        # the script file's rules while ``stat`` shows the same file (issue 19: read and
-        # parsed at every turn before); a file changed within the last second is not kept
+        # the script file's rules while ``lstat`` shows the same regular file (issue 19: read
+        # and parsed at every turn before); a file changed within the last second is not kept
         self._kept: tuple[tuple[int, ...], list[ScriptRule]] | None = None
         self.clock_ns: Callable[[], int] = time.time_ns
 
@@ -187,9 +187,8 @@ class MockProvider:
             return []
         path = Path(self.config.agent_dir) / SCRIPT_FILE
         try:
-            st = os.stat(path)
-            ident = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-            if self._kept is not None and self._kept[0] == ident:
+            ident = file_identity(str(path))  # (None: not a regular file, never kept)
+            if ident is not None and self._kept is not None and self._kept[0] == ident:
                 return self._kept[1]
             raw = path.read_text(encoding="utf-8")
         except FileNotFoundError:
@@ -201,8 +200,10 @@ class MockProvider:
         except json.JSONDecodeError as exc:
             raise ProviderError(f"Invalid mock script {path}: not JSON ({exc})")
         rules = parse_script(data, source=str(path))
-        settled = self.clock_ns() - max(st.st_mtime_ns, st.st_ctime_ns) > 1_000_000_000
-        self._kept = (ident, rules) if settled else None
+        # kept by the file's identity once its times tell a rewrite (prompt.FileCache's rule)
+        self._kept = (
+            (ident, rules) if ident is not None and settled(ident, self.clock_ns()) else None
+        )
         return rules
 
 
