@@ -277,6 +277,26 @@ def test_the_next_message_of_a_conversation_is_lone_however_soon_it_comes(rig: R
     assert inbound_ids(rig, s) == ["m0", "a", "b", "c", "d", "e"]
 
 
+def test_another_sessions_agent_naming_a_rows_id_does_not_change_how_it_is_written(
+    rig: Rig,
+) -> None:
+    """An agent's reply names the rows it answers (``in_reply_to``, ``answers``): words of
+    the agent's, heard for its own session only. Another session's agent naming this
+    session's last row in its own reply leaves this session's next row a stream's."""
+    s, now, submitted, route = _paced(rig)
+    ag2 = rig.agent("ag2")
+    rig.wire(rig.chat("other"), ag2)
+    rig.run(rig.host.route(make_event("hi", platform_id="other", id="o0")))
+    [other] = [x for x in rig.sessions() if x.id != s.id]
+    a = route("a")
+    rig.reply(other, {"text": "not yours", "answers": [a]}, channel_type="fake",
+              platform_id="other", in_reply_to=a)  # fmt: skip
+    assert rig.run(rig.host.deliver_once(other.id)) == 1
+    now[0] += 0.001
+    route("b")  # 1 ms after a, which its own agent has not answered: a stream
+    assert submitted == ["b"]
+
+
 def test_a_row_that_finds_the_queue_empty_still_waits_behind_rows_being_journaled(
     rig: Rig,
 ) -> None:
