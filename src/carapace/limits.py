@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import logging
 import os
 import re
 import resource
@@ -38,9 +37,10 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from carapace.log import get_logger
 from carapace.record import fields, record
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 MB = 1024 * 1024
 MAX_TOOL_TIMEOUT_S = 3600.0  # no group can declare more: the stuck check trusts no larger value

@@ -21,13 +21,13 @@ import contextlib
 import ctypes
 import errno
 import functools
-import logging
 import os
 import stat
 import sys
 from collections.abc import Iterator
 
 from carapace.errors import ValidationError
+from carapace.log import get_logger
 
 __all__ = [
     "UnsafePathError",
@@ -42,7 +42,7 @@ __all__ = [
     "write_beneath",
 ]
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 RESOLVE_NO_MAGICLINKS = 0x02
 RESOLVE_NO_SYMLINKS = 0x04

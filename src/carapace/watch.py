@@ -46,7 +46,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
-import logging
 import os
 import select
 import stat
@@ -56,7 +55,9 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-logger = logging.getLogger(__name__)
+from carapace.log import get_logger
+
+logger = get_logger(__name__)
 
 IN_MODIFY = 0x00000002
 IN_ATTRIB = 0x00000004

@@ -16,7 +16,7 @@ ROOT = Path(carapace.__file__).parent
 #: lowest first. A new top-level package or module must be placed here, on purpose.
 FLOORS: list[set[str]] = [
     {"errors", "jsonutil", "timefmt", "config", "perms", "safefs", "unixsock", "limits",
-     "watch", "stats", "secretsfile", "packagenames", "record"},
+     "watch", "stats", "secretsfile", "packagenames", "record", "log"},
     {"db"},
     {"bootstrap", "channels", "sched", "testing"},
     {"runner"},

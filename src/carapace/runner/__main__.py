@@ -19,12 +19,12 @@ if _GC_HELD:
     gc.disable()
 
 
-import logging  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 from types import SimpleNamespace  # noqa: E402
 
+from carapace import log  # noqa: E402
 from carapace.limits import limit_own_processes, limits_of  # noqa: E402
 from carapace.runner import lifeline  # noqa: E402
 from carapace.runner.config import RunnerConfig  # noqa: E402
@@ -33,7 +33,7 @@ from carapace.runner.procs import harden_self  # noqa: E402
 from carapace.runner.setup import build_mcp, build_provider, build_workspace  # noqa: E402
 from carapace.safefs import remove_tree  # noqa: E402
 
-logger = logging.getLogger("carapace.runner")
+logger = log.get_logger("carapace.runner")
 
 # option → (attribute, type) of the command line the host writes (``--name value`` pairs)
 _OPTIONS: dict[str, tuple[str, type[Path] | type[float] | type[str]]] = {
@@ -112,10 +112,10 @@ def main(argv: list[str] | None = None) -> int:
     harden_self()  # before anything: agent commands must never read this process
     args = parse_args(argv)
     os.umask(0o077)  # transcripts, outbox files, the agent's files: owner-only
-    logging.basicConfig(
-        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+    log.basic_config(
+        level=log.level_of(str(args.log_level)),
         stream=sys.stderr,
-        format="%(asctime)s %(levelname)s [runner %(name)s] %(message)s",
+        fmt="%(asctime)s %(levelname)s [runner %(name)s] %(message)s",
     )
     session_dir: Path = args.session_dir.resolve()
     agent_dir: Path = args.agent_dir.resolve()
@@ -131,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     provider, error = build_provider(config)
     workspace = build_workspace(config)
     mcp = build_mcp(config)
+    log.sync()  # a provider's SDK loaded `logging`: its lines take the runner's format
     runner = Runner(config, provider, provider_error=error, workspace=workspace, mcp=mcp)
     runner.install_signal_handlers()
     runner.startup = (STARTED_AT, imported - STARTED_MONO, time.perf_counter() - imported)

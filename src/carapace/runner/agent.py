@@ -19,13 +19,13 @@ rebuilds the conversation from the transcript when the state is missing (``trans
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from carapace.db.connection import transaction
 from carapace.jsonutil import dumps
+from carapace.log import get_logger
 from carapace.record import record
 from carapace.runner.compaction import (
     Compaction,
@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 MAX_STATE_CHARS = 500_000
 ROUNDS_NOTE = "(I stopped after {n} rounds of tool calls without finishing.)"

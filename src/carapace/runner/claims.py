@@ -28,15 +28,15 @@ taking a batch leaves no claim, so that try is not counted (docs/compat.md).
 from __future__ import annotations
 
 import contextlib
-import logging
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable
 
 from carapace.db.connection import transaction
+from carapace.log import get_logger
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 CLAIM_DELAY_S = 0.05
 RETRY_S = 1.0  # after a failed commit (a full disk): the claim stays and is tried again

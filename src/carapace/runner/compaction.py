@@ -20,10 +20,10 @@ each compaction in the transcript (``{"type": "compaction", …}``).
 from __future__ import annotations
 
 import json
-import logging
 import operator
 
 from carapace.jsonutil import dumps
+from carapace.log import get_logger
 from carapace.record import record
 from carapace.runner.providers.base import Message, Provider
 
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 COMPACTION_MARKER = "[carapace:compaction]"
 SUMMARY_SYSTEM = f"""{COMPACTION_MARKER}

@@ -18,11 +18,11 @@ provider whose key is in the environment, else ``mock``.
 from __future__ import annotations
 
 import json
-import logging
 import os
 from pathlib import Path
 
 from carapace.db.session import SessionPaths
+from carapace.log import get_logger
 from carapace.record import field, record
 from carapace.runner.preview import stream_channels
 from carapace.runner.providers.base import PROVIDER_ALIASES as PROVIDER_ALIASES
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 DEFAULT_MAX_MESSAGES = 10
 DEFAULT_MAX_TOOL_ROUNDS = 25

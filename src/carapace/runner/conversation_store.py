@@ -20,7 +20,6 @@ alone.
 from __future__ import annotations
 
 import json
-import logging
 import operator
 import sqlite3
 from datetime import datetime
@@ -31,6 +30,7 @@ from carapace.db.session import (
     CONVERSATION_PREFIX,
     conversation_key,
 )
+from carapace.log import get_logger
 from carapace.runner.compaction import Encoded
 from carapace.timefmt import iso, utcnow
 
@@ -38,7 +38,7 @@ TYPE_CHECKING = False  # typing is read by type checkers only (runner start, iss
 if TYPE_CHECKING:
     from carapace.runner.providers.base import Message
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 _RANGE = "key >= ? AND key < ?"
 CUT_LOOKED_AT = 32  # messages a save looks for, in Python, at the start (cut) and end (new)

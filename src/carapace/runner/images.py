@@ -16,13 +16,13 @@ the stored conversation keeps the text (which names each file's path), not the b
 
 from __future__ import annotations
 
-import logging
 import os
 import stat
 from collections.abc import Sequence
 from pathlib import Path
 
 from carapace import safefs
+from carapace.log import get_logger
 from carapace.record import field, record
 from carapace.runner.inbound import InRow
 
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 # base64 of 3.75 MB is 5 MB, the Anthropic API's cap per image (OpenAI's is larger)
 MAX_IMAGE_BYTES = 3_750_000

@@ -4,11 +4,11 @@ host's typing indicator and stuck rule read it) and the turn's claim once it is 
 
 from __future__ import annotations
 
-import logging
 import math
 import threading
 import time
 
+from carapace.log import get_logger
 from carapace.runner.claims import DeferredClaims
 
 TYPE_CHECKING = False  # typing is read by type checkers only (runner start, issue 19)
@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 KEEPALIVE_S = 4.0
 

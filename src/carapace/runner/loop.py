@@ -24,7 +24,6 @@ after the final transaction).
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import sqlite3
@@ -36,6 +35,7 @@ from types import FrameType
 from carapace.db.session import touch_heartbeat
 from carapace.errors import CarapaceError
 from carapace.limits import limits_of, rlimit_preexec
+from carapace.log import get_logger
 from carapace.runner.agent import Agent, append_transcript, resume_conversation, save_conversation
 from carapace.runner.batching import select_batch
 from carapace.runner.compaction import Compaction
@@ -61,7 +61,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 INBOUND_NAMES = ("inbound.db", "inbound.db-journal")
 CLEARED_TEXT = "Session cleared."

@@ -30,7 +30,6 @@ import base64
 import binascii
 import contextlib
 import json
-import logging
 import os
 import threading
 import time
@@ -40,11 +39,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from carapace.log import get_logger
 from carapace.runner.mcp_config import ServerConfig, safe_name
 from carapace.runner.procs import spare_session, unspare_session
 from carapace.runner.providers.base import ToolResult, ToolSpec
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 PREFIX = "mcp__"
 MCP_ROUTE = "/_carapace/mcp/"

@@ -27,7 +27,6 @@ written by a timer, so the last piece before a pause is never lost.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import threading
 import time
@@ -35,9 +34,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from carapace.jsonutil import dumps
+from carapace.log import get_logger
 from carapace.runner.inbound import Routing
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 PREVIEW_NAME = ".preview.json"
 MIN_INTERVAL_S = 0.25

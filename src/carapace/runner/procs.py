@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import logging
 import os
 import signal
 
-logger = logging.getLogger(__name__)
+from carapace.log import get_logger
+
+logger = get_logger(__name__)
 
 PR_SET_DUMPABLE = 4
 PR_SET_CHILD_SUBREAPER = 36

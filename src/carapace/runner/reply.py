@@ -19,18 +19,18 @@
 
 from __future__ import annotations
 
-import logging
 import re
 from collections.abc import Callable
 from datetime import datetime
 
+from carapace.log import get_logger
 from carapace.runner.formatter import strip_internal_tags
 from carapace.runner.inbound import Destination, Inbound, Routing
 from carapace.runner.outbound import Outbound
 from carapace.runner.tools.base import Batch
 from carapace.timefmt import new_id
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 MESSAGE_BLOCK_RE = re.compile(r'<message\s+to="([^"]+)"\s*>([\s\S]*?)</message>')
 

@@ -37,10 +37,10 @@ the admin CLI. Other keys (e.g. ``runner_backend``) belong to the host and are i
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Mapping
 
+from carapace.log import get_logger
 from carapace.record import record
 
 TYPE_CHECKING = False  # typing is read by type checkers only (runner start, issue 19)
@@ -50,7 +50,7 @@ if TYPE_CHECKING:
     BashSetting = Literal["off", "sandboxed", "allowed"]
 
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 SANDBOX_ENV = "CARAPACE_SANDBOX"
 # Values meaning "no sandbox"; the host's subprocess backend sets ``none`` explicitly.

@@ -8,12 +8,12 @@ be built means the agent gets only the messaging tools.
 
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 
 from carapace.errors import CarapaceError
 from carapace.limits import limits_of
+from carapace.log import get_logger
 from carapace.runner.config import RunnerConfig
 from carapace.runner.providers import ProviderConfig, create_provider
 from carapace.runner.providers._common import proxy_socket
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from carapace.runner.mcp_client import McpHub
     from carapace.runner.workspace import Workspace
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 
 def provider_config(config: RunnerConfig) -> ProviderConfig:

@@ -28,7 +28,6 @@ completed by the caller, so a recurring series moves on.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -36,6 +35,7 @@ from datetime import datetime
 from pathlib import Path
 
 from carapace.jsonutil import dumps
+from carapace.log import get_logger
 from carapace.record import record, replace
 from carapace.runner import procs
 from carapace.runner.inbound import InRow
@@ -51,7 +51,7 @@ if TYPE_CHECKING:
         ) -> int: ...
 
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 MINIMAL_PATH = "/usr/local/bin:/usr/bin:/bin"
 

@@ -20,14 +20,14 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 from pathlib import Path
 
 from carapace import safefs
+from carapace.log import get_logger
 from carapace.runner.providers.base import Message
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 MESSAGE_KEYS = ("role", "content", "tool_calls", "tool_call_id", "name", "is_error", "compaction")
 MAX_TRANSCRIPT_BYTES = 64 * 1024 * 1024

@@ -20,7 +20,6 @@ the spec and turns every failure into an error ``ToolResult`` — it never raise
 
 from __future__ import annotations
 
-import logging
 import os
 import stat
 from collections.abc import Callable, Mapping
@@ -30,6 +29,7 @@ from pathlib import Path
 from carapace import safefs
 from carapace.errors import ConfigError
 from carapace.limits import Limits, rlimit_preexec
+from carapace.log import get_logger
 from carapace.record import field, record
 from carapace.runner import workspace_files as files
 from carapace.runner.providers.base import ToolResult, ToolSpec
@@ -51,7 +51,7 @@ if TYPE_CHECKING:
     BashMode = Literal["off", "sandboxed", "allowed"]
 
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 BASH_MODES: tuple[BashMode, ...] = ("off", "sandboxed", "allowed")
 # Runner-owned files at the top of the session folder; the file tools never write them.

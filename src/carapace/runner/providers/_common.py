@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib
-import logging
 import os
 import re
 from urllib.parse import urlsplit, urlunsplit
@@ -17,6 +16,8 @@ from .base import Turn
 TYPE_CHECKING = False  # typing is read by type checkers only (runner start, issue 19)
 if TYPE_CHECKING:
     from typing import Any
+
+    from carapace.log import Logger
 
 
 PLACEHOLDER_KEY = "not-needed"
@@ -135,7 +136,7 @@ def text_of(content: object) -> str:
     return content if isinstance(content, str) else str(content)
 
 
-def log_turn(logger: logging.Logger, model: str, turn: Turn) -> None:
+def log_turn(logger: Logger, model: str, turn: Turn) -> None:
     logger.debug(
         "%s: stop=%s tool_calls=%d tokens in=%d out=%d cache read=%d write=%d",
         model,

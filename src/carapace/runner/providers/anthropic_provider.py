@@ -13,7 +13,6 @@ credential-injecting proxy); with neither, creating the provider fails.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -29,6 +28,7 @@ from anthropic.types import (
 from anthropic.types import Message as AnthropicMessage
 
 from carapace.errors import ProviderError
+from carapace.log import get_logger
 
 from ._common import (
     PLACEHOLDER_KEY,
@@ -45,7 +45,7 @@ from ._common import (
 )
 from .base import Message, ProviderConfig, ToolCall, ToolSpec, Turn
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 DEFAULT_MODEL = "claude-sonnet-4-6"
 EMPTY_TEXT = "(empty)"  # the API rejects empty text blocks

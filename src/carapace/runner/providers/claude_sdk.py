@@ -41,7 +41,6 @@ gets "the model provider failed: …").
 from __future__ import annotations
 
 import json
-import logging
 import os
 import re
 import subprocess
@@ -53,6 +52,7 @@ from typing import TYPE_CHECKING, Any
 import claude_agent_sdk
 
 from carapace.errors import ProviderError
+from carapace.log import get_logger
 from carapace.unixsock import forward_loopback
 
 from ._common import PLACEHOLDER_KEY, env, first_set, one_line, proxy_socket
@@ -62,7 +62,7 @@ from .claude_tools import PROMPT_NAMES, REPLACED, ClaudeToolPolicy
 if TYPE_CHECKING:
     from carapace.runner.tools import ToolBox
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 # The SDK warns that can_use_tool is not asked about the tools allowed by name: carapace's
 # own, which check their calls where they run (as for every provider). Expected, not news.
 warnings.filterwarnings("ignore", message="can_use_tool will not be invoked for")

@@ -22,7 +22,6 @@ Finish reasons map to the neutral (Anthropic) vocabulary: ``stop`` → ``end_tur
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -36,6 +35,7 @@ from openai.types.chat import (
 )
 
 from carapace.errors import ProviderError
+from carapace.log import get_logger
 
 from ._common import (
     PLACEHOLDER_KEY,
@@ -52,7 +52,7 @@ from ._common import (
 )
 from .base import Message, ProviderConfig, ToolCall, ToolSpec, Turn
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 DEFAULT_MODEL = "gpt-4o-mini"
 _FINISH_REASONS = {"stop": "end_turn", "tool_calls": "tool_use", "length": "max_tokens"}

@@ -10,8 +10,7 @@ never raises, except ``TurnAbandoned`` on shutdown.
 
 from __future__ import annotations
 
-import logging
-
+from carapace.log import get_logger
 from carapace.runner.providers.base import ToolResult, ToolSpec
 from carapace.runner.tools import admin, interactive, messaging, scheduling, selfmod
 from carapace.runner.tools.base import (
@@ -28,7 +27,7 @@ if TYPE_CHECKING:
     from carapace.runner.mcp_client import McpHub
     from carapace.runner.workspace import Workspace
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 MESSAGING_TOOLS: tuple[Tool, ...] = (
     *messaging.TOOLS,
