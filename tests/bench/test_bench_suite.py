@@ -147,3 +147,35 @@ def test_the_round_trip_says_where_its_time_goes(tmp_path: Path) -> None:
     stored, runner, delivery = r["split"]
     assert stored > 0 and runner > 0 and delivery > 0
     assert max(stored, runner, delivery) <= max(r["samples"]) + 1e-6
+
+
+def test_every_quick_size_is_an_option_of_its_command() -> None:
+    from carapace.bench import suite
+    from carapace.commands.host import bench
+
+    assert set(suite.QUICK) == set(suite.NAMES)
+    for name in suite.NAMES:
+        params = {p.name for p in bench.commands[name].params}
+        assert set(suite.QUICK[name]) <= params, name
+        assert {"as_json", "write_docs"} <= params, name
+    with pytest.raises(ValueError, match="no benchmark"):
+        suite.command("nonsense")
+
+
+def test_bench_all_runs_each_benchmark_in_an_interpreter_of_its_own(tmp_path: Path) -> None:
+    # `bench all` runs this command line per benchmark: a fresh process, so what one
+    # benchmark measures of its process (the soak's RSS) holds nothing of the one before
+    import json
+    import subprocess
+    import sys
+
+    from carapace.bench import suite
+
+    argv = suite.command("burst", quick=True, as_json=True)
+    assert argv[:5] == [sys.executable, "-m", "carapace", "bench", "burst"]
+    assert argv[5:] == ["--n", "500", "--json"]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["bench"] == "burst" and result["samples"].startswith("500 messages")
+    assert not (tmp_path / "docs").exists()  # no --write-docs: nothing written

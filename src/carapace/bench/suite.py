@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from carapace.bench.common import BenchResult
@@ -19,6 +20,20 @@ QUICK: dict[str, dict[str, Any]] = {
     "runner": {"n": 3},
     "soak": {"sessions": 300},
 }
+
+
+def command(
+    name: str, *, quick: bool = False, as_json: bool = False, write_docs: bool = False
+) -> list[str]:
+    """The command line that runs benchmark ``name`` in an interpreter of its own (``carapace
+    bench all`` runs each so: what one measures of its process, the soak's RSS, the
+    runner's memory, does not carry what the ones before it left there)."""
+    if name not in NAMES:
+        raise ValueError(f"no benchmark {name!r}")
+    argv = [sys.executable, "-m", "carapace", "bench", name]
+    for key, value in (QUICK.get(name, {}) if quick else {}).items():
+        argv += [f"--{key.replace('_', '-')}", str(value)]
+    return argv + (["--json"] if as_json else []) + (["--write-docs"] if write_docs else [])
 
 
 def run(name: str, **kw: Any) -> BenchResult:

@@ -425,19 +425,19 @@ _suite_command("fsyncs", "fsync/fdatasync calls per warm round trip, back to bac
 @click.option("--quick", is_flag=True, help="Smaller sizes (100 sessions, fewer samples).")
 @clean_errors
 def bench_all(as_json: bool, write_docs: bool, quick: bool) -> None:
-    """Every benchmark of the suite, one after the other (the proxy bench not included)."""
+    """Every benchmark of the suite, one after the other, each in an interpreter of its own
+    (the proxy bench not included)."""
+    import subprocess
+
     from carapace.bench import suite
 
-    _quiet_embedded_logs()
     failed = []
     for name in suite.NAMES:
-        try:
-            result = suite.run(name, **(suite.QUICK.get(name, {}) if quick else {}))
-        except Exception as exc:  # one benchmark failing does not lose the others' figures
-            click.echo(f"{name}: failed: {type(exc).__name__}: {exc}", err=True)
+        argv = suite.command(name, quick=quick, as_json=as_json, write_docs=write_docs)
+        # one benchmark failing does not lose the others' figures
+        if subprocess.run(argv, check=False).returncode != 0:
+            click.echo(f"{name}: failed (exit status above)", err=True)
             failed.append(name)
-            continue
-        _bench_out([result], as_json, write_docs)
     if failed:
         raise SystemExit(f"benchmarks failed: {', '.join(failed)}")
 
