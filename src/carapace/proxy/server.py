@@ -137,6 +137,7 @@ class EgressProxy:
         self._warned: set[tuple[str, str, str]] = set()
         self._tasks: set[asyncio.Future[None]] = set()
         self._conns: set[asyncio.Task[Any]] = set()  # connection handlers (ended at close)
+        self._closing = False  # close() is cancelling them
         self.calls = 0
 
     # -- sockets ------------------------------------------------------------------------
@@ -164,6 +165,13 @@ class EgressProxy:
                 self._conns.add(me)
             try:
                 await self._serve(route, reader, writer)
+            except asyncio.CancelledError:
+                if not self._closing:
+                    raise
+                # ended by close(): the handler returns. A cancelled handler task is read
+                # with task.exception() by Python 3.11's stream server, which raises and is
+                # logged as an error with a traceback at every host stop.
+                writer.close()
             finally:
                 if me is not None:
                     self._conns.discard(me)
@@ -198,10 +206,14 @@ class EgressProxy:
         for sid in list(self._servers):
             self._drop(sid)
         conns = [t for t in self._conns if not t.done()]
-        for task in conns:
-            task.cancel()
-        if conns:
-            await asyncio.gather(*conns, return_exceptions=True)
+        self._closing = True
+        try:
+            for task in conns:
+                task.cancel()
+            if conns:
+                await asyncio.gather(*conns, return_exceptions=True)
+        finally:
+            self._closing = False
         self.pool.close()
         self.release_dir()
 
