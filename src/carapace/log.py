@@ -1,7 +1,7 @@
 """Loggers for the runner's import graph that do not import :mod:`logging`.
 
 ``logging`` and what it loads (``traceback``, ``linecache``, ``tokenize``, ``textwrap``,
-``string``, ``weakref``) were ~5.5 ms of every runner's start (issue 19, runner start), for
+``string``, ``weakref``) were ~5 ms of every runner's start (issue 19, runner start), for
 a few lines a runner writes. A :class:`Logger` here writes through ``logging`` whenever
 ``logging`` is loaded in the process (the host, the tests, a runner once a provider's SDK or
 anything else has loaded it): same records, handlers, levels and ``caplog``. Until then it
@@ -40,7 +40,7 @@ _lock = threading.Lock()
 
 
 class _Config:
-    """What :func:`basic_config` was given (None: never called)."""
+    """What :func:`basic_config` was given (``given``; before, ``logging``'s defaults)."""
 
     level: int = WARNING
     stream: IO[str] | None = None  # None: sys.stderr at each write (as logging's last resort)

@@ -53,7 +53,7 @@ NOT_AT_START = (
     "dataclasses",  # ~0.8 ms per class and inspect/ast/dis: the runner's classes are records
     "inspect",
     "typing",  # ~6 ms: the runner's modules import its names for type checkers only
-    "logging",  # ~5.5 ms with traceback, linecache, tokenize, textwrap: carapace.log writes
+    "logging",  # ~5 ms with traceback, linecache, tokenize, textwrap: carapace.log writes
     "traceback",  # the runner's lines itself until something else loads logging
 )
 

@@ -166,12 +166,11 @@ class EgressProxy:
             try:
                 await self._serve(route, reader, writer)
             except asyncio.CancelledError:
+                # ended by close() (_serve closed the writer): the handler returns. A
+                # cancelled handler task is read with task.exception() by Python 3.11's
+                # stream server, which raises and is logged as an error with a traceback.
                 if not self._closing:
                     raise
-                # ended by close(): the handler returns. A cancelled handler task is read
-                # with task.exception() by Python 3.11's stream server, which raises and is
-                # logged as an error with a traceback at every host stop.
-                writer.close()
             finally:
                 if me is not None:
                     self._conns.discard(me)
