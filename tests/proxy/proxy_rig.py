@@ -34,6 +34,7 @@ class ProxyRig:
         self.sleeps: list[float] = []
         self.warnings: list[tuple[str, str]] = []
         self.now = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+        self.clients: list[Any] = []  # the SDK clients made, closed by close()
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
@@ -62,29 +63,41 @@ class ProxyRig:
 
     def anthropic(self) -> anthropic.Anthropic:
         transport = _httpx(anthropic).HTTPTransport(uds=str(self.socket))
-        return anthropic.Anthropic(
+        client = anthropic.Anthropic(
             api_key=PLACEHOLDER_KEY, base_url=f"{PROXY_BASE}/anthropic", max_retries=0,
             http_client=anthropic.DefaultHttpxClient(transport=transport),
         )  # fmt: skip
+        self.clients.append(client)
+        return client
 
     def openai(self) -> openai.OpenAI:
         transport = _httpx(openai).HTTPTransport(uds=str(self.socket))
-        return openai.OpenAI(
+        client = openai.OpenAI(
             api_key=PLACEHOLDER_KEY, base_url=f"{PROXY_BASE}/openai", max_retries=0,
             http_client=openai.DefaultHttpxClient(transport=transport),
         )  # fmt: skip
+        self.clients.append(client)
+        return client
 
     def rows(self) -> list[sqlite3.Row]:
         self.usage.flush()
         return self.db.execute("SELECT * FROM carapace_usage ORDER BY id").fetchall()
 
     def close(self) -> None:
+        """Everything the rig opened, closed: the SDKs' connections, the proxy, its loop (a
+        loop left to the garbage collector closes its descriptors whenever it is collected,
+        in the middle of a later test)."""
+        for client in self.clients:
+            client.close()
+
         async def stop() -> None:
             await self.proxy.close()
 
         self.call(stop())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
+        assert not self.thread.is_alive(), "the proxy's loop did not stop"
+        self.loop.close()
         self.usage.close()
         self.db.close()
 

@@ -219,6 +219,7 @@ def test_the_runners_proxy_client_reads_no_ca_bundle(
     assert made is not None
     base_url, http_client = made
     server.add(FakeReply(text="over the socket"))
+    rig.clients.append(http_client)  # closed with the rig
     if provider == "anthropic":
         a = anthropic.Anthropic(api_key="x", base_url=base_url, http_client=http_client,
                                 max_retries=0)  # fmt: skip

@@ -107,6 +107,7 @@ def test_a_spare_runs_exactly_what_it_is_given(tmp_path: Path) -> None:
     """Through the spare: the command, its environment, folder, descriptors at the numbers
     named, stderr to the log, the resource limits, its own session; the exit code comes
     back through the same process (same pid as the spare)."""
+    import fcntl
     import resource
 
     from carapace.limits import Limits
@@ -114,8 +115,10 @@ def test_a_spare_runs_exactly_what_it_is_given(tmp_path: Path) -> None:
     starter = _ready_spare()
     spare_pid = starter._ready.popen.pid
     r, w = os.pipe()
-    fd = 57
-    os.dup2(w, fd)
+    # a high number the kernel gives out (never os.dup2 onto a fixed one: in a process with
+    # other threads that number may be a socket another thread is about to close, which
+    # then closes this descriptor; CI saw EBADF so)
+    fd = fcntl.fcntl(w, fcntl.F_DUPFD_CLOEXEC, 57)
     os.close(w)
     out = tmp_path / "out"
     code = (
@@ -166,6 +169,23 @@ def test_a_spare_whose_host_closes_it_exits(tmp_path: Path) -> None:
     assert popen.wait(60) == 0
 
 
+def test_a_closed_starter_makes_no_more_spares() -> None:
+    """close() ends refills too: one asked for after it, or one already due (a start's
+    refill waits a second), makes no process: none is left running for nobody."""
+    from carapace.sandbox.spare import SpareStarter, fork_thread
+
+    starter = SpareStarter(sys.executable)
+    made: list[int] = []
+    real = starter._make
+    starter._make = lambda n, limits=None: made.append(n) or real(n, limits)  # type: ignore[method-assign]
+    starter.close()
+    starter.refill()  # asked for after the close (no delay: on the fork thread at once)
+    assert fork_thread.submit(lambda: True).result(60)  # the fork thread ran what was before
+    starter._filling = True
+    starter._fill(7)  # one that was already due when the close came
+    assert made == [] and starter._ready is None and not starter._filling
+
+
 def _ready_spare() -> Any:
     """A spare starter whose spare is made (waited for, at most 60 s)."""
     from carapace.sandbox.spare import SpareStarter
@@ -206,7 +226,7 @@ def test_a_runner_started_through_a_spare_dies_with_its_host(tmp_path: Path) -> 
         assert time.monotonic() < deadline, "the runner never started"
         time.sleep(0.01)
     host.kill()
-    host.wait()
+    host.communicate()  # (waits, and closes the pipes)
     deadline = time.monotonic() + 60
     while _alive(pid):
         if time.monotonic() > deadline:

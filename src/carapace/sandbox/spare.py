@@ -95,6 +95,7 @@ class SpareStarter:
         self._lock = threading.Lock()
         self._ready: _Ready | None = None
         self._filling = False
+        self._closed = False  # close() ends refills too: none made after it
         self._count = 0
         self.used = 0  # starts that went through a spare
 
@@ -129,7 +130,7 @@ class SpareStarter:
         """Make a spare if there is none (after ``delay`` s: not beside the start that
         just used one, which it would slow down)."""
         with self._lock:
-            if self._filling or self._ready is not None:
+            if self._filling or self._ready is not None or self._closed:
                 return
             self._filling = True
             self._count += 1
@@ -142,6 +143,10 @@ class SpareStarter:
         timer.start()
 
     def _fill(self, n: int) -> None:
+        with self._lock:
+            if self._closed:  # closed while the refill waited
+                self._filling = False
+                return
         ready = None
         try:
             ready = self._make(n)
@@ -149,7 +154,7 @@ class SpareStarter:
             logger.info("no spare runner process: %s", exc)
         with self._lock:
             self._filling = False
-            if ready is not None and self._ready is None:
+            if ready is not None and self._ready is None and not self._closed:
                 self._ready, ready = ready, None
         if ready is not None:
             _discard(ready)
@@ -179,7 +184,9 @@ class SpareStarter:
         return _Ready(popen, ours, cgroup)
 
     def close(self) -> None:
+        """End the ready spare; a refill under way or due later makes none."""
         with self._lock:
+            self._closed = True
             ready, self._ready = self._ready, None
         if ready is not None:
             _discard(ready)
