@@ -179,3 +179,60 @@ def test_an_agent_keeping_its_outbound_db_locked_holds_up_no_other_sessions_read
         for p in (a, b):
             release(p.outbound)
     assert other == ["b1"] and mine == ["a1"]
+
+
+def test_the_readers_grow_to_their_number_and_no_further_and_close_cancels_the_rest() -> None:
+    """The reader threads start as reads need them (never more than ``workers``): with two,
+    three reads that block take two threads and the third waits for one; each runs as a
+    pool thread (a busy file is tried again off the worker); the results and errors come
+    back to their callers; ``close`` cancels what no thread took."""
+    gate = threading.Event()
+    running: list[str] = []
+    reader = OutboxReader(workers=2)
+
+    def held(name: str) -> tuple[str, bool, str]:
+        running.append(name)
+        gate.wait(30)
+        return (
+            name,
+            getattr(outbox_reader._pool_thread, "on", False),
+            threading.current_thread().name,
+        )
+
+    def fails() -> None:
+        raise OutboxRefused("no")
+
+    async def main() -> None:
+        calls = [asyncio.ensure_future(reader.call(held, n)) for n in ("a", "b", "c")]
+        for _ in range(3000):
+            if len(running) == 2:
+                break
+            await asyncio.sleep(0.001)
+        await asyncio.sleep(0.02)
+        assert sorted(running) == ["a", "b"]  # two threads, the third read waits
+        gate.set()
+        got = await asyncio.gather(*calls)
+        assert [g[0] for g in got] == ["a", "b", "c"] and all(g[1] for g in got)
+        assert {g[2] for g in got} <= {"outbox-1", "outbox-2"}
+        with pytest.raises(OutboxRefused, match="no"):
+            await reader.call(fails)
+        gate.clear()
+        running.clear()
+        busy = [asyncio.ensure_future(reader.call(held, n)) for n in ("d", "e", "f")]
+        for _ in range(3000):
+            if len(running) == 2:
+                break
+            await asyncio.sleep(0.001)
+        reader.close()  # "f" was taken by no thread: cancelled
+        gate.set()
+        done = await asyncio.gather(*busy, return_exceptions=True)
+        assert [d[0] for d in done[:2] if isinstance(d, tuple)] == ["d", "e"]
+        assert isinstance(done[2], asyncio.CancelledError)
+        with pytest.raises(RuntimeError, match="closed"):
+            await reader.call(held, "g")
+
+    try:
+        asyncio.run(asyncio.wait_for(main(), 60))
+    finally:
+        gate.set()
+        reader.close()
