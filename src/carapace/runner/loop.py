@@ -51,7 +51,7 @@ from carapace.runner.prompt import FileCache, compose_system_prompt
 from carapace.runner.providers._common import one_line
 from carapace.runner.providers.base import Provider
 from carapace.runner.reply import dispatch_final_text, reply_routing, send_text
-from carapace.runner.task_scripts import SCRIPT_TIMEOUT_S, apply_pre_task_scripts
+from carapace.runner.task_scripts import SCRIPT_TIMEOUT_S, apply_pre_task_scripts, has_script
 from carapace.runner.tools import Batch, ToolBox, ToolContext, TurnAbandoned
 from carapace.timefmt import Clock, SystemClock
 from carapace.watch import DirWatcher
@@ -388,6 +388,8 @@ class Runner:
 
     def _task_scripts(self, rows: list[InRow], batch: Batch) -> tuple[list[InRow], list[InRow]]:
         """Pre-task scripts run exactly as bash does: same policy, env, limits (or not at all)."""
+        if not any(has_script(r) for r in rows):
+            return rows, []  # (the policy, environment and limits are made only for one)
         ws = self.toolbox.workspace
         mode, _why = self.config.agent_settings.bash_mode(self.config.sandboxed)
         allowed = ws is not None and mode != "off" and ws.policy.bash != "off"

@@ -144,6 +144,11 @@ def run_script(
     return result(True, text or None)
 
 
+def has_script(row: InRow) -> bool:
+    """Whether ``row`` is a task with a pre-task script to run."""
+    return _script_of(row) is not None
+
+
 def _script_of(row: InRow) -> str | None:
     if row.kind != "task":
         return None
