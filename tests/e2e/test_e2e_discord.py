@@ -44,6 +44,7 @@ class ThreadedFake:
         self.call(self.fake.stop())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
+        self.loop.close()  # (left to the collector, it closes its descriptors mid-test)
 
 
 @pytest.fixture
