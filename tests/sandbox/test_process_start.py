@@ -59,38 +59,49 @@ def test_the_loop_keeps_running_while_a_slow_preexec_runs(tmp_path: Path) -> Non
     assert asyncio.run(scenario()) >= 5
 
 
-def test_a_start_whose_caller_is_cancelled_is_killed(tmp_path: Path) -> None:
-    pidfile = tmp_path / "pid"
+def test_a_start_whose_caller_is_cancelled_is_killed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The caller gives up while the fork is still under way (a slow ``preexec_fn``): the
+    process, once made, is killed, and not left to run for nobody."""
+    from carapace.sandbox import process
+    from carapace.sandbox.spare import fork_thread
+
+    killed: list[int] = []
+    real_kill = process._kill_started
+
+    def kill(fut: Any) -> None:
+        if not fut.cancelled() and fut.exception() is None:
+            killed.append(fut.result().pid)
+        real_kill(fut)
+
+    monkeypatch.setattr(process, "_kill_started", kill)
 
     def slow() -> None:  # pragma: no cover - runs in the child
         time.sleep(0.3)
 
-    async def scenario() -> None:
+    async def scenario() -> int:
         with open(tmp_path / "err", "ab") as err:
             task = asyncio.create_task(start_child(
-                [sys.executable, "-c",
-                 f"import os, time; open({str(pidfile)!r}, 'w').write(str(os.getpid())); "
-                 "time.sleep(60)"],
+                [sys.executable, "-c", "import time; time.sleep(60)"],
                 env={}, cwd=str(tmp_path), stderr=err, preexec_fn=slow))  # fmt: skip
             await asyncio.sleep(0.05)
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
+        # the loop runs on: the fork ends (its thread runs jobs in order), the kill follows
+        await asyncio.wrap_future(fork_thread.submit(lambda: None))
+        deadline = time.monotonic() + 30
+        while not killed:
+            assert time.monotonic() < deadline, "the started process was never killed"
+            await asyncio.sleep(0.01)
+        pid = killed[0]
+        while _alive(pid):
+            assert time.monotonic() < deadline, f"process {pid} outlived its kill"
+            await asyncio.sleep(0.01)
+        return pid
 
-    asyncio.run(scenario())
-    deadline = time.monotonic() + 60
-    gone = False
-    while time.monotonic() < deadline and not gone:
-        if pidfile.exists() and pidfile.read_text():
-            pid = int(pidfile.read_text())
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                gone = True
-        elif not pidfile.exists():
-            gone = True  # killed before it could write
-        time.sleep(0.05)
-    assert gone
+    assert asyncio.run(scenario()) > 0
 
 
 def test_bytecode_is_written_for_a_writable_package(tmp_path: Path) -> None:
