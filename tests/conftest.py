@@ -13,6 +13,10 @@ from carapace.config import Home
 from carapace.db.central import open_central
 from carapace.timefmt import FakeClock
 
+# every event loop a test file makes is closed by the end of that file (else the file's last
+# teardown fails): carapace/testing/loop_guard.py
+pytest_plugins = ["carapace.testing.loop_guard"]
+
 
 @pytest.fixture
 def central(tmp_path: Path) -> Iterator[sqlite3.Connection]:

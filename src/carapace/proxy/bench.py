@@ -208,6 +208,8 @@ def _run(tmp: Path, n: int, clients: int) -> ProxyBenchResult:
         run(proxy.close())
         loop.call_soon_threadsafe(loop.stop)
         thread.join(5)
+        if not thread.is_alive():
+            loop.close()
         usage.close()
         db.close()
     return ProxyBenchResult(
