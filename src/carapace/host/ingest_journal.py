@@ -35,6 +35,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from carapace.host.thread_answer import answer
+
 logger = logging.getLogger(__name__)
 
 BATCH_MAX = 256  # appends that share one commit
@@ -270,14 +272,4 @@ class IngestJournal:
             if j[0] == "sync":
                 answers.append((j[1], j[2], True, None))
         for loop, fut, ok, value in answers:
-            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
-                loop.call_soon_threadsafe(_resolve, fut, ok, value)
-
-
-def _resolve(fut: asyncio.Future[Any], ok: bool, value: Any) -> None:
-    if fut.done():
-        return
-    if ok:
-        fut.set_result(value)
-    else:
-        fut.set_exception(value)
+            answer(loop, fut, ok, value)

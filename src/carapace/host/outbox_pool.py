@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from carapace.host.outbox_reader import BUSY_WAIT_MS, OutboxBusy, OutboxRefused, in_pool
+from carapace.host.thread_answer import answer
 
 if TYPE_CHECKING:
     from carapace.db.sessions import Session
@@ -75,8 +76,7 @@ class _Workers:
             except BaseException as exc:  # the caller's: raised where it awaits
                 ok, value = False, exc
             del job, fn, args  # (nothing of the job is kept while the thread waits)
-            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
-                loop.call_soon_threadsafe(_resolve, fut, ok, value)
+            answer(loop, fut, ok, value)
             del loop, fut, value
             with self._lock:
                 self._idle += 1
@@ -96,15 +96,6 @@ class _Workers:
                     job[2].call_soon_threadsafe(job[3].cancel)
         for _ in range(started):
             self._jobs.put(None)
-
-
-def _resolve(fut: asyncio.Future[Any], ok: bool, value: Any) -> None:
-    if fut.done():  # its caller gave up (a timeout, a cancel)
-        return
-    if ok:
-        fut.set_result(value)
-    else:
-        fut.set_exception(value)
 
 
 class OutboxReader:

@@ -57,6 +57,7 @@ from typing import Any, TypeVar
 
 from carapace.db.connection import BUSY_TIMEOUT_MS, is_busy, set_busy, transaction
 from carapace.db.session import SessionPaths, open_inbound
+from carapace.host.thread_answer import answer
 
 logger = logging.getLogger(__name__)
 
@@ -88,15 +89,6 @@ class FolderReplaced(FileNotFoundError):
 
     def __init__(self, session_id: str) -> None:
         super().__init__(f"inbound.db of session {session_id} was replaced")
-
-
-def _resolve(fut: asyncio.Future[Any], ok: bool, value: Any) -> None:
-    if fut.done():  # the caller was cancelled meanwhile
-        return
-    if ok:
-        fut.set_result(value)
-    else:
-        fut.set_exception(value)
 
 
 @dataclass(eq=False)
@@ -291,7 +283,7 @@ class _Worker:
             if job[2] is None:
                 self._run_one(job)
             else:
-                _answer(job[3], job[4], False, aside.error)
+                answer(job[3], job[4], False, aside.error)
         logger.warning("session %s: inbound.db stayed locked by a reader for %.1f s; %d "
                        "write(s) failed as busy", session_id, time.monotonic() - aside.since,
                        len(aside.jobs))  # fmt: skip
@@ -301,7 +293,7 @@ class _Worker:
         keep = []
         for n, loop, fut in self.drains:
             if low is None or n < low:
-                _answer(loop, fut, True, None)
+                answer(loop, fut, True, None)
             else:
                 keep.append((n, loop, fut))
         self.drains = keep
@@ -324,7 +316,7 @@ class _Worker:
                 ok, value = False, exc
                 if isinstance(exc, sqlite3.Error):  # a connection in doubt: open anew
                     self._drop(session_id)
-        _answer(loop, fut, ok, value)
+        answer(loop, fut, ok, value)
         return None
 
     def _undo(self, session_id: str) -> None:
@@ -375,15 +367,8 @@ class _Worker:
         for (_sid, _paths, _fn, loop, fut, _expect), (ok, value) in zip(
             batch, results, strict=True
         ):
-            _answer(loop, fut, ok, value)
+            answer(loop, fut, ok, value)
         return True
-
-
-def _answer(loop: asyncio.AbstractEventLoop | None, fut: asyncio.Future[Any] | None,
-            ok: bool, value: Any) -> None:  # fmt: skip
-    if loop is not None and fut is not None:
-        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
-            loop.call_soon_threadsafe(_resolve, fut, ok, value)
 
 
 class SessionWriters:
