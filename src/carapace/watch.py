@@ -429,3 +429,79 @@ class DirWatcher:
                 changed.add(path)
             self._snapshots[path] = snap
         return changed
+
+
+# what can change a folder's file: written, made, removed, renamed in or out, its mode or
+# times set; and the folder itself removed or renamed
+_FOLDER_CHANGE_MASK = (IN_MODIFY | IN_CLOSE_WRITE | IN_ATTRIB | IN_CREATE | IN_DELETE
+                       | IN_MOVED_FROM | IN_MOVED_TO | IN_DELETE_SELF | IN_MOVE_SELF)  # fmt: skip
+IN_ONLYDIR = 0x01000000
+
+
+class FolderWatch:
+    """Which files of some folders changed since the last look, never blocking (a cache's
+    invalidation: ``runner/prompt.py``'s memory files).
+
+    :meth:`watch` a folder *before* reading a file in it; :meth:`changed` then names every
+    path written, made, removed or renamed in a watched folder since its last call, or is
+    None when anything may have changed (events were lost, a folder was removed or renamed:
+    its watch is gone, :meth:`watch` adds it again). Where inotify is unavailable
+    :meth:`watch` says False and the caller keeps its own checks."""
+
+    def __init__(self) -> None:
+        self._inotify: _Inotify | None = None
+        self._failed = False
+        self._wds: dict[int, str] = {}  # watch -> folder
+        self._folders: dict[str, int] = {}
+
+    def watch(self, folder: str) -> bool:
+        """Whether ``folder`` is watched (added now when it was not)."""
+        if folder in self._folders:
+            return True
+        if self._failed:
+            return False
+        try:
+            if self._inotify is None:
+                self._inotify = _Inotify()
+            wd = self._inotify.add_watch(Path(folder), _FOLDER_CHANGE_MASK | IN_ONLYDIR
+                                         | IN_DONT_FOLLOW)  # fmt: skip
+        except (OSError, AttributeError) as exc:
+            if getattr(exc, "errno", None) not in (errno.ENOENT, errno.ENOTDIR, errno.EACCES):
+                self._failed = True  # no inotify here, or out of watches: not again
+            return False
+        self._wds[wd] = folder
+        self._folders[folder] = wd
+        return True
+
+    def changed(self) -> set[str] | None:
+        if self._inotify is None:
+            return set()
+        out: set[str] = set()
+        lost = False
+        for wd, mask, name in self._inotify.read():
+            if mask & IN_Q_OVERFLOW:
+                lost = True
+                continue
+            folder = self._wds.get(wd)
+            if folder is None:
+                continue
+            if mask & (IN_IGNORED | IN_DELETE_SELF | IN_MOVE_SELF):
+                lost = True
+                self._wds.pop(wd, None)
+                if self._folders.get(folder) == wd:
+                    del self._folders[folder]
+                if not mask & IN_IGNORED:
+                    with contextlib.suppress(OSError):
+                        self._inotify.rm_watch(wd)
+                continue
+            if name:
+                out.add(os.path.join(folder, name))
+        return None if lost else out
+
+    def close(self) -> None:
+        if self._inotify is not None:
+            self._inotify.close()
+            self._inotify = None
+        self._wds.clear()
+        self._folders.clear()
+        self._failed = True

@@ -390,6 +390,140 @@ def test_a_memory_file_just_written_is_not_kept(
     assert reads.names.count("CLAUDE.local.md") == 2
 
 
+_TICK = time.time_ns()
+
+
+def _coarse_times(monkeypatch: pytest.MonkeyPatch) -> None:
+    """File identities whose times are one clock tick, :data:`_TICK`, and the cache's clock
+    stopped there: every file is racily new and every rewrite of the same size leaves the
+    same ``lstat`` (the case a watch must catch, since ``lstat`` cannot)."""
+    import carapace.runner.prompt as prompt_module
+
+    real = prompt_module.file_identity
+
+    def coarse(path: str) -> tuple[int, ...] | None:
+        ident = real(path)
+        return None if ident is None else (*ident[:3], _TICK, _TICK, ident[5])
+
+    monkeypatch.setattr(prompt_module, "file_identity", coarse)
+
+
+def _tick() -> int:
+    return _TICK
+
+
+def test_a_watched_memory_file_just_written_is_kept_and_its_rewrite_seen(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With its folder watched, a file written this very moment is kept (a runner started
+    just after the host wrote its CLAUDE.md composed its prompt at every turn of its first
+    second), and a rewrite that leaves the same ``lstat`` is still seen at the next turn."""
+    agent_dir = make_agent_dir(tmp_path)
+    memory = agent_dir / "CLAUDE.local.md"
+    memory.write_text("remember the milk")
+    _coarse_times(monkeypatch)
+    files = FileCache(clock_ns=_tick, watch=True)  # every file is racily new
+    reads = _Reads(monkeypatch)
+    composed = _composes(monkeypatch)
+    try:
+        assert "remember the milk" in _prompt(agent_dir, files)
+        assert "remember the milk" in _prompt(agent_dir, files)
+        assert reads.names.count("CLAUDE.local.md") == 1 and composed[0] == 1  # kept
+        memory.write_text("remember the eggs")  # the same size: the same coarse lstat
+        assert "remember the eggs" in _prompt(agent_dir, files)
+        assert reads.names.count("CLAUDE.local.md") == 2
+        tmp = agent_dir / "new.md"
+        tmp.write_text("remember the fish")
+        tmp.replace(memory)  # put in place whole (an editor's save)
+        assert "remember the fish" in _prompt(agent_dir, files)
+        memory.unlink()
+        assert "remember the" not in _prompt(agent_dir, files)
+        (agent_dir / "unrelated.txt").write_text("x")  # another file: the prompt is kept
+        n = composed[0]
+        _prompt(agent_dir, files)
+        assert composed[0] == n
+    finally:
+        files.close()
+    n = reads.names.count("CLAUDE.local.md")
+    unwatched = FileCache(clock_ns=_tick)  # without a watch: never kept while racy
+    memory.write_text("remember the milk")
+    _prompt(agent_dir, unwatched)
+    _prompt(agent_dir, unwatched)
+    assert reads.names.count("CLAUDE.local.md") == n + 2
+
+
+def test_a_watched_memory_file_with_another_link_is_not_kept_while_racy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write through another name of the file tells that name's folder, not the watched
+    one: a file with two links is kept by its ``lstat`` only (never while racily new)."""
+    agent_dir = make_agent_dir(tmp_path)
+    memory = agent_dir / "CLAUDE.local.md"
+    memory.write_text("remember the milk")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    os.link(memory, elsewhere / "alias.md")
+    _coarse_times(monkeypatch)
+    files = FileCache(clock_ns=_tick, watch=True)
+    try:
+        assert "remember the milk" in _prompt(agent_dir, files)
+        (elsewhere / "alias.md").write_text("remember the eggs")
+        assert "remember the eggs" in _prompt(agent_dir, files)
+    finally:
+        files.close()
+
+
+def test_a_watched_folder_removed_and_made_again_is_read_anew(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    agent_dir = make_agent_dir(tmp_path)
+    global_dir = agent_dir.parent / "global"
+    global_dir.mkdir()
+    (global_dir / "CLAUDE.md").write_text("shared rule one")
+    _coarse_times(monkeypatch)
+    files = FileCache(clock_ns=_tick, watch=True)
+    try:
+        assert "shared rule one" in _prompt(agent_dir, files)
+        shutil.rmtree(global_dir)
+        global_dir.mkdir()  # (a new folder: the old watch is gone with the old one)
+        (global_dir / "CLAUDE.md").write_text("shared rule two")
+        assert "shared rule two" in _prompt(agent_dir, files)
+        (global_dir / "CLAUDE.md").write_text("shared rule 333")  # watched again
+        assert "shared rule 333" in _prompt(agent_dir, files)
+    finally:
+        files.close()
+
+
+def test_a_folder_watch_names_what_changed_and_says_when_it_lost_track(tmp_path: Path) -> None:
+    from carapace.watch import FolderWatch
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    w = FolderWatch()
+    try:
+        assert not w.watch(str(tmp_path / "missing"))
+        assert w.watch(str(a)) and w.watch(str(b)) and w.watch(str(a))
+        assert w.changed() == set()
+        (a / "x").write_text("1")
+        (b / "y").write_text("2")
+        os.rename(b / "y", b / "z")
+        assert w.changed() == {str(a / "x"), str(b / "y"), str(b / "z")}
+        assert w.changed() == set()
+        b.rename(tmp_path / "c")
+        assert w.changed() is None  # a folder gone from its path: anything may have changed
+        assert w.changed() == set()
+        b.mkdir()
+        assert w.watch(str(b))  # watched again, as it is now
+        (b / "q").write_text("3")
+        assert w.changed() == {str(b / "q")}
+    finally:
+        w.close()
+    assert not w.watch(str(a))  # closed: no more watches
+
+
 def test_a_symlinked_memory_file_is_not_followed(tmp_path: Path) -> None:
     agent_dir = make_agent_dir(tmp_path)
     secret = tmp_path / "secret.txt"

@@ -112,7 +112,8 @@ class Runner:
         )
         self.mcp = mcp
         self.keepalive = Keepalive(self.heartbeat, claims=self.outbound.claims)
-        self.memory_files = FileCache()  # the memory files, read again only when changed
+        # the memory files, read again only when changed (their folders watched)
+        self.memory_files = FileCache(watch=True)
         # (wall-clock start of the process's main module, its imports s, set-up s): set
         # by __main__, logged once the runner is ready (``carapace bench runner`` reads it)
         self.startup: tuple[float, float, float] | None = None
@@ -222,6 +223,7 @@ class Runner:
         if self.mcp is not None:
             self.mcp.close()
         self.watcher.close()
+        self.memory_files.close()
         self.outbound.close()
         self.inbound.close()
 

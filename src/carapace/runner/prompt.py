@@ -35,6 +35,7 @@ from pathlib import Path
 
 from carapace import safefs
 from carapace.runner.settings import AgentSettings
+from carapace.watch import FolderWatch
 
 TYPE_CHECKING = False  # typing is read by type checkers only (runner start, issue 19)
 if TYPE_CHECKING:
@@ -145,10 +146,20 @@ class FileCache:
     size, modification and change time). Only a name directly in a folder that was resolved
     once is kept, so the ``lstat`` follows no link; anything else (a link, a FIFO, a missing
     file, a path with folders) is read through ``safefs`` every time, as without the cache.
-    The folders' real paths are resolved once (they are the host's choice)."""
+    The folders' real paths are resolved once (they are the host's choice).
 
-    def __init__(self, clock_ns: Callable[[], int] = time.time_ns) -> None:
+    A file changed within :data:`RACY_NS` is not kept by its ``lstat`` alone (a rewrite in
+    the same clock tick can leave the same one). With ``watch=True`` the folders read from
+    are also watched (inotify, :class:`FolderWatch`, added before the file is looked at):
+    such a file is kept as well, when it has one link (a write through another name would
+    tell another folder), since any later write, rename or removal in that folder drops
+    it, and a prompt made with it, at the next :meth:`prompt`. A runner started moments
+    after the host wrote its ``CLAUDE.md`` composed its prompt again at every turn of its
+    first second (~0.1-0.2 ms each). Where inotify cannot watch, the rule is as without."""
+
+    def __init__(self, clock_ns: Callable[[], int] = time.time_ns, *, watch: bool = False) -> None:
         self.clock_ns = clock_ns
+        self._watch = FolderWatch() if watch else None
         self._files: dict[str, tuple[tuple[int, ...], str]] = {}
         self._real: dict[str, str] = {}
         # while a prompt is composed: (path, identity or None for a missing file) of each
@@ -163,6 +174,8 @@ class FileCache:
         it read is still the one it read (``lstat``); kept only when each of those files
         was one the cache keeps (a name directly in a folder, a regular file, not racily
         new) or missing."""
+        if self._watch is not None:
+            self._forget(self._watch.changed())
         last = self._prompt
         if (
             last is not None
@@ -179,6 +192,23 @@ class FileCache:
         if reads is not None:
             self._prompt = (key, reads, text)
         return text
+
+    def _forget(self, changed: set[str] | None) -> None:
+        """Drop what the watch says changed (None: anything may have)."""
+        if changed is None:
+            self._files.clear()
+            self._prompt = None
+            return
+        if not changed:
+            return
+        for path in changed:
+            self._files.pop(path, None)
+        if self._prompt is not None and any(p in changed for p, _ in self._prompt[1]):
+            self._prompt = None
+
+    def close(self) -> None:
+        if self._watch is not None:
+            self._watch.close()
 
     def _note(self, path: str, ident: tuple[int, ...] | None) -> None:
         if self._reads is not None:
@@ -199,6 +229,7 @@ class FileCache:
             self._untracked()
             return _read_beneath(root, rel)
         path = os.path.join(root, rel)
+        watched = self._watch is not None and self._watch.watch(root)  # (before the lstat)
         try:
             before = file_identity(path)
         except FileNotFoundError:
@@ -218,7 +249,8 @@ class FileCache:
             after = file_identity(path)
         except FileNotFoundError:
             after = None
-        if after == before and settled(before, self.clock_ns()):
+        if after == before and (settled(before, self.clock_ns())
+                                or (watched and before[_NLINK] == 1)):  # fmt: skip
             self._files[path] = (before, text)
             self._note(path, before)
         else:
@@ -227,9 +259,13 @@ class FileCache:
         return text
 
 
+_NLINK = 5  # where the link count is in a file_identity
+
+
 def file_identity(path: str) -> tuple[int, ...] | None:
-    """What identifies a regular file's content (``lstat``: a link is never followed); None
-    for anything else. Raises ``FileNotFoundError`` for a missing file."""
+    """What identifies a regular file's content (``lstat``: a link is never followed): its
+    device, inode, size, modification and change times, link count; None for anything
+    else. Raises ``FileNotFoundError`` for a missing file."""
     try:
         st = os.lstat(path)
     except FileNotFoundError:
@@ -238,7 +274,7 @@ def file_identity(path: str) -> tuple[int, ...] | None:
         return None
     if not stat.S_ISREG(st.st_mode):
         return None
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_nlink)
 
 
 def settled(identity: tuple[int, ...], now_ns: int) -> bool:
