@@ -91,3 +91,35 @@ def test_a_link_put_in_place_of_the_file_is_refused(kept: Path, tmp_path: Path) 
     kept.symlink_to(target)
     with pytest.raises(OutboxRefused):
         read_rows(kept, 0)
+
+
+def _exclusive_from_another_process(path: Path) -> bool:
+    """Whether another process (the runner) could take the file's write lock now."""
+    import subprocess
+    import sys
+
+    code = ("import sqlite3, sys\n"
+            "c = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=0)\n"
+            "try:\n    c.execute('BEGIN EXCLUSIVE')\nexcept sqlite3.OperationalError:\n"
+            "    print('locked')\nelse:\n    c.execute('ROLLBACK')\n    print('taken')\n")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True,
+                         text=True, check=True, timeout=30)  # fmt: skip
+    return out.stdout.strip() == "taken"
+
+
+def test_checking_the_file_never_drops_a_read_lock_held_by_another_connection(
+    kept: Path,
+) -> None:
+    """POSIX locks belong to the process: closing *any* descriptor of the file drops every
+    lock the process holds on it. A read's check of the file (a regular file reached
+    without a link) must not open it for reading: a read on another thread would lose its
+    shared lock mid-transaction, and the runner could commit under it (a torn read)."""
+    from carapace.host.outbox_reader import INLINE_BUDGET_S, open_checked, read_acks
+
+    with open_checked(kept) as conn:  # the kept connection, in its read transaction
+        assert conn.execute("SELECT count(*) FROM messages_out").fetchone()[0] == 1
+        assert not _exclusive_from_another_process(kept)
+        outbox_reader._check_file(kept)  # what every read does first
+        read_acks(kept, ["a"], budget_s=INLINE_BUDGET_S)  # an inline read: its own connection
+        assert not _exclusive_from_another_process(kept)  # still locked by the kept read
+    assert _exclusive_from_another_process(kept)

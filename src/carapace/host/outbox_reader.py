@@ -156,8 +156,13 @@ def check_schema(conn: sqlite3.Connection) -> None:
 
 def _check_file(path: Path) -> tuple[int, int]:
     """A regular file reached without following a link (``FileNotFoundError`` if none);
-    returns its (device, inode)."""
-    fd = safefs.open_beneath(path.parent, path.name, os.O_RDONLY | os.O_NONBLOCK)
+    returns its (device, inode).
+
+    Looked at through an ``O_PATH`` descriptor, never opened: POSIX locks belong to the
+    process, and closing a descriptor *opened* on the file would drop every lock this
+    process holds on it, so a read in progress on another thread lost its shared lock and
+    the runner could commit under it (a torn read). Closing an ``O_PATH`` one drops none."""
+    fd = safefs.open_beneath(path.parent, path.name, os.O_PATH)
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
