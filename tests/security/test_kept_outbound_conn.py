@@ -123,3 +123,20 @@ def test_checking_the_file_never_drops_a_read_lock_held_by_another_connection(
         read_acks(kept, ["a"], budget_s=INLINE_BUDGET_S)  # an inline read: its own connection
         assert not _exclusive_from_another_process(kept)  # still locked by the kept read
     assert _exclusive_from_another_process(kept)
+
+
+def test_a_link_put_in_place_of_the_session_folder_is_refused(kept: Path, tmp_path: Path) -> None:
+    """The file is looked at by ``lstat`` (never opened): its folder must be a real folder
+    too, or a link there would lead every read to a file of the link's choosing."""
+    import shutil
+
+    assert [r["id"] for r in read_rows(kept, 0)] == ["a"]
+    folder = kept.parent
+    elsewhere = tmp_path / "elsewhere"
+    shutil.copytree(folder, elsewhere)
+    shutil.rmtree(folder)
+    folder.symlink_to(elsewhere, target_is_directory=True)
+    with pytest.raises(OutboxRefused, match="not a folder"):
+        read_rows(kept, 0)
+    with pytest.raises(OutboxRefused, match="not a folder"):
+        outbox_reader.read_acks(kept, ["a"], budget_s=outbox_reader.INLINE_BUDGET_S)
