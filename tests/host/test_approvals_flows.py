@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -381,3 +383,82 @@ def test_approved_pip_package_installs_off_the_loop_then_the_agent_is_told(rig: 
     assert note.startswith("Installed: pip:six.") and "Not installed: apt:jq" in note
     cfg = groups.get_container_config(rig.db, ag)
     assert cfg is not None and cfg.settings_dict()["packages_pip"] == ["six"]
+
+
+def test_the_card_pump_looks_only_when_something_changed(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The background card pump's second-by-second look (expiry, cards for rows written
+    without one, due effects: six queries) ran every second on an idle host, most of its
+    idle CPU. It looks now when kicked, when the central DB changed (another connection's
+    commit: the admin CLI's process; or this host's own writes), and when a pending card's
+    expiry comes; a quiet tick is one ``PRAGMA``."""
+    import sqlite3
+    import time
+
+    from carapace.permissions import approvals_host
+
+    monkeypatch.setattr(approvals_host, "PUMP_POLL_S", 0.002)  # ticks, not a schedule
+    looks: list[int] = []
+    real = approvals_host.card_effects.pump
+
+    async def counting(*a: Any, **kw: Any) -> int:
+        looks.append(1)
+        return await real(*a, **kw)
+
+    monkeypatch.setattr(approvals_host.card_effects, "pump", counting)
+    host = rig.host
+    db_path = str(host.home.central_db)
+
+    async def until(what: str, cond: Any) -> None:
+        deadline = time.monotonic() + 10
+        while not cond():
+            assert time.monotonic() < deadline, what
+            await asyncio.sleep(0.002)
+
+    async def ticks(n: int) -> None:  # at least n quiet ticks of the pump (each one PRAGMA)
+        calls = [0]
+        real_state = approvals_host._db_state
+
+        def state(db: Any) -> Any:
+            calls[0] += 1
+            return real_state(db)
+
+        monkeypatch.setattr(approvals_host, "_db_state", state)
+        await until(f"{n} ticks", lambda: calls[0] >= n)
+        monkeypatch.setattr(approvals_host, "_db_state", real_state)
+
+    async def scenario() -> None:
+        task = asyncio.ensure_future(approvals_host._pump_loop(host))
+        try:
+            await until("the first look", lambda: len(looks) == 1)
+            await ticks(20)
+            assert len(looks) == 1  # nothing changed: no look
+            other = sqlite3.connect(db_path, isolation_level=None)
+            try:  # another process's commit (any): looked at
+                other.execute("CREATE TABLE IF NOT EXISTS t_other (x)")
+                other.execute("INSERT INTO t_other VALUES (1)")
+            finally:
+                other.close()
+            await until("a look after another connection's commit", lambda: len(looks) == 2)
+            await ticks(10)
+            assert len(looks) == 2
+            cards.kick()
+            await until("a look when kicked", lambda: len(looks) == 3)
+            now = host.now()
+            cards.create_card(host.db, "appr-x", "approval", title="t", question="q",
+                              options=[], now=now, expires_at=now + timedelta(minutes=5),
+                              deliver=False)  # fmt: skip
+            await until("a look after the host's own write", lambda: len(looks) == 4)
+            await ticks(10)
+            assert len(looks) == 4
+            rig.clock.advance(6 * 60)  # the card's expiry comes: no write, still a look
+            await until("a look when the expiry is due", lambda: len(looks) == 5)
+            row = host.db.execute("SELECT status FROM carapace_cards WHERE card_id='appr-x'")
+            assert row.fetchone()[0] == "expired"
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    rig.run(scenario())
