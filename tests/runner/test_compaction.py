@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from carapace.errors import ProviderError
 from carapace.runner.agent import append_transcript, resume_conversation
 from carapace.runner.compaction import (
@@ -84,6 +86,35 @@ def test_compact_with_the_mock_is_deterministic() -> None:
     # Compacting again folds the old summary into the new one.
     c = compact(mock, a.conversation + exchange(4), limit_chars=1600)
     assert c is not None and "earlier summary" in c.summary
+
+
+def test_compact_with_the_agents_kept_sizes_equals_the_full_recomputation(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With the agent's ``Encoded`` (its messages' sizes kept across turns) a compaction
+    encodes only what it has not seen (the summary), and its figures and cut are what the
+    full recomputation gives."""
+    import carapace.runner.compaction as compaction_module
+    from carapace.runner.compaction import Encoded
+
+    conv = exchange(1, tool=True) + exchange(2) + exchange(3) + exchange(4, tool=True)
+    plain = compact(MockProvider(), conv, limit_chars=1600)
+    enc = Encoded()
+    enc.sync(conv)
+    calls = [0]
+    real = compaction_module.message_chars
+
+    def counting(m: Message) -> int:
+        calls[0] += 1
+        return real(m)
+
+    monkeypatch.setattr(compaction_module, "message_chars", counting)
+    kept = compact(MockProvider(), conv, limit_chars=1600, encoded=enc)
+    assert calls[0] == 1  # the summary message only: the conversation's sizes were kept
+    assert plain is not None and kept is not None
+    assert kept == plain
+    assert kept.before_chars == conversation_chars(conv)
+    assert kept.after_chars == conversation_chars(kept.conversation)
 
 
 def test_compaction_survives_a_failing_summary() -> None:

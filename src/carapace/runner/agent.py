@@ -252,6 +252,7 @@ class Agent:
             limit_chars=limit,
             pending_chars=pending,
             keep_messages=self.history_messages // 2 if self.history_messages else None,
+            encoded=self.encoded,
         )
         self.heartbeat()
         if result is None:
