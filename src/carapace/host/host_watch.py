@@ -9,6 +9,8 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
+import stat
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -50,8 +52,12 @@ def unwatch_session(host: Host, root: Any) -> None:
 
 def on_watch(host: Host) -> None:
     for path in host._watcher.drain():
-        sid = path.name if path.is_dir() else path.parent.name
-        if not path.exists() and path.name.startswith("sess-") and host.pool.is_running(sid):
+        try:  # (one stat: every runner commit comes here)
+            mode: int | None = os.stat(path).st_mode
+        except OSError:
+            mode = None
+        sid = path.name if mode is not None and stat.S_ISDIR(mode) else path.parent.name
+        if mode is None and path.name.startswith("sess-") and host.pool.is_running(sid):
             # the session folder was deleted under its runner, which would go on writing
             # into the deleted files: stop it; the next message starts one on a new folder
             logger.warning("session folder of %s deleted: stopping its runner", sid)
