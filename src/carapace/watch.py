@@ -71,6 +71,8 @@ IN_Q_OVERFLOW = 0x00004000
 IN_IGNORED = 0x00008000
 IN_MOVED_FROM = 0x00000040
 IN_DONT_FOLLOW = 0x02000000
+IN_ONLYDIR = 0x01000000
+IN_MASK_CREATE = 0x10000000  # (Linux 4.18: EEXIST rather than replace another watch's mask)
 IN_NONBLOCK = 0o4000
 IN_CLOEXEC = 0o2000000
 
@@ -91,6 +93,10 @@ COMMIT_MASK = IN_CLOSE_WRITE | IN_MOVED_TO | IN_DELETE
 FOLDER_MASK = IN_MOVED_TO | IN_MOVED_FROM | IN_DELETE
 # a journal's own watch: closed after a write (a commit's end), or gone from its name
 JOURNAL_MASK = IN_CLOSE_WRITE | IN_DELETE_SELF | IN_MOVE_SELF | IN_DONT_FOLLOW
+# what can change a folder's file (FolderWatch): written, made, removed, renamed in or out,
+# its mode or times set; and the folder itself removed or renamed
+_FOLDER_CHANGE_MASK = (IN_MODIFY | IN_CLOSE_WRITE | IN_ATTRIB | IN_CREATE | IN_DELETE
+                       | IN_MOVED_FROM | IN_MOVED_TO | IN_DELETE_SELF | IN_MOVE_SELF)  # fmt: skip
 _EVENT = struct.Struct("iIII")
 _READ_SIZE = 64 * 1024
 
@@ -168,6 +174,12 @@ class DirWatcher:
         self._pending: set[Path] = set()
         self._next_poll = 0.0
         self._wake_fd: int | None = None  # readable: ``wait`` returns (interrupt_on)
+        # folders watched for :class:`FolderWatch` (on this same inotify instance): their
+        # events are kept apart and never reported as changes of the watched paths
+        self._folder_wds: dict[int, str] = {}
+        self._folder_by: dict[str, int] = {}
+        self._folder_changes: set[str] = set()
+        self._folder_lost = False
         self._inotify: _Inotify | None = None
         if use_inotify:
             try:
@@ -283,6 +295,11 @@ class DirWatcher:
             for wd, mask, name in self._inotify.read():
                 if mask & IN_Q_OVERFLOW:
                     changed.update(self._names)  # events were lost: everything may have changed
+                    self._folder_lost = True
+                    continue
+                watched = self._folder_wds.get(wd)
+                if watched is not None:  # a FolderWatch's folder: kept apart
+                    self._folder_event(wd, watched, mask, name)
                     continue
                 folder = self._journal_wds.get(wd)
                 if folder is not None:  # a journal's own watch
@@ -334,6 +351,54 @@ class DirWatcher:
                 return True  # cannot tell: report, the reader copes
         return True
 
+    # --- folders watched for FolderWatch (the same inotify instance) ----------------------
+
+    def watch_folder(self, folder: str) -> bool:
+        """Watch ``folder``'s files for :meth:`folder_changes` (see :class:`FolderWatch`);
+        False when it cannot be (no inotify, a missing folder, a folder watched already
+        for changes of its own)."""
+        if folder in self._folder_by:
+            return True
+        if self._inotify is None:
+            return False
+        try:
+            wd = self._inotify.add_watch(Path(folder), _FOLDER_CHANGE_MASK | IN_ONLYDIR
+                                         | IN_DONT_FOLLOW | IN_MASK_CREATE)  # fmt: skip
+        except OSError:
+            return False  # (EEXIST: the folder is watched for a change of its own)
+        self._folder_wds[wd] = folder
+        self._folder_by[folder] = wd
+        return True
+
+    def folder_changes(self) -> set[str] | None:
+        """The paths written, made, removed or renamed in the :meth:`watch_folder` folders
+        since the last call; None when anything may have changed (events lost, a folder
+        gone: it is watched again when asked). The events of the watched paths read on
+        the way are kept for the next :meth:`drain` or :meth:`wait`."""
+        if self._inotify is not None:
+            self._pending.update(self.drain())
+        out, lost = self._folder_changes, self._folder_lost
+        self._folder_changes, self._folder_lost = set(), False
+        return None if lost else out
+
+    def unwatch_folders(self) -> None:
+        if self._inotify is not None:
+            for wd in self._folder_wds:
+                self._inotify.rm_watch(wd)
+        self._folder_wds.clear()
+        self._folder_by.clear()
+
+    def _folder_event(self, wd: int, folder: str, mask: int, name: str) -> None:
+        if mask & (IN_IGNORED | IN_DELETE_SELF | IN_MOVE_SELF):
+            self._folder_lost = True
+            self._folder_wds.pop(wd, None)
+            if self._folder_by.get(folder) == wd:
+                del self._folder_by[folder]
+            if not mask & IN_IGNORED and self._inotify is not None:
+                self._inotify.rm_watch(wd)
+        elif name:
+            self._folder_changes.add(os.path.join(folder, name))
+
     def interrupt_on(self, fd: int | None) -> None:
         """``fd`` (non-blocking, e.g. ``signal.set_wakeup_fd``'s pipe): when it is readable
         ``wait`` empties it and returns at once, changes or not."""
@@ -377,6 +442,8 @@ class DirWatcher:
         self._by_path.clear()
         self._journal_wds.clear()
         self._journal_wds_of.clear()
+        self._folder_wds.clear()
+        self._folder_by.clear()
 
     def __enter__(self) -> DirWatcher:
         return self
@@ -390,6 +457,10 @@ class DirWatcher:
         if self._inotify is not None:
             self._inotify.close()
             self._inotify = None
+        if self._folder_wds:
+            self._folder_lost = True  # (FolderWatch falls back to its callers' checks)
+        self._folder_wds.clear()
+        self._folder_by.clear()
         self._wds.clear()
         self._by_path.clear()
         self._journal_wds.clear()
@@ -431,13 +502,6 @@ class DirWatcher:
         return changed
 
 
-# what can change a folder's file: written, made, removed, renamed in or out, its mode or
-# times set; and the folder itself removed or renamed
-_FOLDER_CHANGE_MASK = (IN_MODIFY | IN_CLOSE_WRITE | IN_ATTRIB | IN_CREATE | IN_DELETE
-                       | IN_MOVED_FROM | IN_MOVED_TO | IN_DELETE_SELF | IN_MOVE_SELF)  # fmt: skip
-IN_ONLYDIR = 0x01000000
-
-
 class FolderWatch:
     """Which files of some folders changed since the last look, never blocking (a cache's
     invalidation: ``runner/prompt.py``'s memory files).
@@ -446,62 +510,37 @@ class FolderWatch:
     path written, made, removed or renamed in a watched folder since its last call, or is
     None when anything may have changed (events were lost, a folder was removed or renamed:
     its watch is gone, :meth:`watch` adds it again). Where inotify is unavailable
-    :meth:`watch` says False and the caller keeps its own checks."""
+    :meth:`watch` says False and the caller keeps its own checks.
 
-    def __init__(self) -> None:
-        self._inotify: _Inotify | None = None
-        self._failed = False
-        self._wds: dict[int, str] = {}  # watch -> folder
-        self._folders: dict[str, int] = {}
+    The watches live on ``shared``'s inotify instance (the runner's :class:`DirWatcher`),
+    else on one of its own: a process's second instance counts against the user's
+    ``fs.inotify.max_user_instances`` (128 by default, shared by every runner of the user),
+    and a runner taking two left a later runner's watcher without one (polling) past ~63."""
+
+    def __init__(self, shared: DirWatcher | None = None) -> None:
+        self._shared = shared
+        self._own: DirWatcher | None = None
+        self._closed = False
 
     def watch(self, folder: str) -> bool:
         """Whether ``folder`` is watched (added now when it was not)."""
-        if folder in self._folders:
-            return True
-        if self._failed:
+        if self._closed:
             return False
-        try:
-            if self._inotify is None:
-                self._inotify = _Inotify()
-            wd = self._inotify.add_watch(Path(folder), _FOLDER_CHANGE_MASK | IN_ONLYDIR
-                                         | IN_DONT_FOLLOW)  # fmt: skip
-        except (OSError, AttributeError) as exc:
-            if getattr(exc, "errno", None) not in (errno.ENOENT, errno.ENOTDIR, errno.EACCES):
-                self._failed = True  # no inotify here, or out of watches: not again
-            return False
-        self._wds[wd] = folder
-        self._folders[folder] = wd
-        return True
+        watcher = self._shared
+        if watcher is None:
+            if self._own is None:
+                self._own = DirWatcher()
+            watcher = self._own
+        return watcher.watch_folder(folder)
 
     def changed(self) -> set[str] | None:
-        if self._inotify is None:
-            return set()
-        out: set[str] = set()
-        lost = False
-        for wd, mask, name in self._inotify.read():
-            if mask & IN_Q_OVERFLOW:
-                lost = True
-                continue
-            folder = self._wds.get(wd)
-            if folder is None:
-                continue
-            if mask & (IN_IGNORED | IN_DELETE_SELF | IN_MOVE_SELF):
-                lost = True
-                self._wds.pop(wd, None)
-                if self._folders.get(folder) == wd:
-                    del self._folders[folder]
-                if not mask & IN_IGNORED:
-                    with contextlib.suppress(OSError):
-                        self._inotify.rm_watch(wd)
-                continue
-            if name:
-                out.add(os.path.join(folder, name))
-        return None if lost else out
+        watcher = self._shared if self._shared is not None else self._own
+        return set() if watcher is None or self._closed else watcher.folder_changes()
 
     def close(self) -> None:
-        if self._inotify is not None:
-            self._inotify.close()
-            self._inotify = None
-        self._wds.clear()
-        self._folders.clear()
-        self._failed = True
+        self._closed = True
+        if self._own is not None:
+            self._own.close()
+            self._own = None
+        elif self._shared is not None:
+            self._shared.unwatch_folders()

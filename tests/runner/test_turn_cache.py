@@ -694,3 +694,66 @@ def test_a_turns_transcript_lines_reuse_its_kept_json_and_are_what_dumps_gives(
     assert path.read_text(encoding="utf-8").count("\n") == 3
     # read back whole: a line is cut at "\n" only, not at the U+2028 in the person's text
     assert rebuild_conversation(sdir, "s1") == messages
+
+
+def _inotify_instances() -> int:
+    return sum(
+        1 for fd in os.listdir("/proc/self/fd")
+        if os.path.exists(f"/proc/self/fd/{fd}")
+        and "inotify" in os.readlink(f"/proc/self/fd/{fd}")
+    )  # fmt: skip
+
+
+def test_a_folder_watch_on_the_runners_watcher_shares_its_inotify_and_its_events(
+    tmp_path: Path,
+) -> None:
+    """The memory folders are watched on the runner's own inotify instance: a second one
+    per runner counts against the user's ``max_user_instances`` (128 by default, for every
+    runner of the user together). The watcher's own changes are never lost to the folder
+    watch's look, nor the folder watch's events reported as the watcher's."""
+    from carapace.watch import FolderWatch
+
+    session, memory = tmp_path / "session", tmp_path / "memory"
+    session.mkdir()
+    memory.mkdir()
+    watcher = DirWatcher()
+    try:
+        watcher.add(session, names={"inbound.db"})
+        before = _inotify_instances()
+        fw = FolderWatch(watcher)
+        assert fw.watch(str(memory)) and not fw.watch(str(tmp_path / "missing"))
+        assert _inotify_instances() == before  # no instance of its own
+        assert fw.changed() == set() and watcher.drain() == set()
+        (memory / "CLAUDE.local.md").write_text("x")
+        assert watcher.drain() == set()  # a memory file is no change of the session
+        (session / "inbound.db").write_text("y")
+        (memory / "CLAUDE.md").write_text("z")
+        assert fw.changed() == {str(memory / "CLAUDE.local.md"), str(memory / "CLAUDE.md")}
+        assert watcher.drain() == {session}  # read on the way by the look above, kept
+        assert watcher.wait(0) == set()
+        fw.close()
+        (memory / "CLAUDE.md").write_text("zz")
+        assert not fw.watch(str(memory)) and fw.changed() == set()
+        (session / "inbound.db").write_text("yy")
+        assert watcher.wait(5.0) == {session}  # the watcher itself goes on
+    finally:
+        watcher.close()
+
+
+def test_a_runner_keeps_one_inotify_instance(tmp_path: Path) -> None:
+    paths = make_session(tmp_path, routing=("telegram", "chat-1", None))
+    agent_dir = make_agent_dir(tmp_path)
+    (agent_dir / "CLAUDE.local.md").write_text("remember the milk")
+    cfg = RunnerConfig.load(paths.root, agent_dir, provider="mock", environ={"CARAPACE_TZ": "UTC"})
+    before = _inotify_instances()
+    runner = Runner(cfg, create_provider(ProviderConfig(agent_dir=str(agent_dir))))
+    try:
+        runner.start()
+        write_chat(paths, "one")
+        assert runner.step()
+        assert runner.memory_files._watch is not None
+        assert runner.memory_files._watch.watch(str(agent_dir.resolve()))  # watched
+        assert _inotify_instances() == before + 1  # the watcher's, shared
+    finally:
+        runner.close()
+    assert _inotify_instances() == before

@@ -54,7 +54,7 @@ from carapace.runner.reply import dispatch_final_text, reply_routing, send_text
 from carapace.runner.task_scripts import SCRIPT_TIMEOUT_S, apply_pre_task_scripts, has_script
 from carapace.runner.tools import Batch, ToolBox, ToolContext, TurnAbandoned
 from carapace.timefmt import Clock, SystemClock
-from carapace.watch import DirWatcher
+from carapace.watch import DirWatcher, FolderWatch
 
 TYPE_CHECKING = False  # typing is read by type checkers only (runner start, issue 19)
 if TYPE_CHECKING:
@@ -113,7 +113,7 @@ class Runner:
         self.mcp = mcp
         self.keepalive = Keepalive(self.heartbeat, claims=self.outbound.claims)
         # the memory files, read again only when changed (their folders watched)
-        self.memory_files = FileCache(watch=True)
+        self.memory_files = FileCache(watch=FolderWatch(self.watcher))  # (its inotify)
         # (wall-clock start of the process's main module, its imports s, set-up s): set
         # by __main__, logged once the runner is ready (``carapace bench runner`` reads it)
         self.startup: tuple[float, float, float] | None = None
