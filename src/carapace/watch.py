@@ -93,10 +93,13 @@ COMMIT_MASK = IN_CLOSE_WRITE | IN_MOVED_TO | IN_DELETE
 FOLDER_MASK = IN_MOVED_TO | IN_MOVED_FROM | IN_DELETE
 # a journal's own watch: closed after a write (a commit's end), or gone from its name
 JOURNAL_MASK = IN_CLOSE_WRITE | IN_DELETE_SELF | IN_MOVE_SELF | IN_DONT_FOLLOW
-# what can change a folder's file (FolderWatch): written, made, removed, renamed in or out,
-# its mode or times set; and the folder itself removed or renamed
-_FOLDER_CHANGE_MASK = (IN_MODIFY | IN_CLOSE_WRITE | IN_ATTRIB | IN_CREATE | IN_DELETE
-                       | IN_MOVED_FROM | IN_MOVED_TO | IN_DELETE_SELF | IN_MOVE_SELF)  # fmt: skip
+# what can change a folder's file (FolderWatch): closed after a write, made, removed,
+# renamed in or out, its mode or times set; and the folder itself removed or renamed. No
+# IN_MODIFY: the watches share the runner's instance, and a process of the agent writing
+# a log into its folder would wake the runner's wait at every write (a write ends with the
+# close; the cache's ``lstat`` check sees a change of size or time anyway)
+_FOLDER_CHANGE_MASK = (IN_CLOSE_WRITE | IN_ATTRIB | IN_CREATE | IN_DELETE | IN_MOVED_FROM
+                       | IN_MOVED_TO | IN_DELETE_SELF | IN_MOVE_SELF)  # fmt: skip
 _EVENT = struct.Struct("iIII")
 _READ_SIZE = 64 * 1024
 

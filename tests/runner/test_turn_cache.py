@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import select
 import sqlite3
 import threading
 import time
@@ -731,6 +732,14 @@ def test_a_folder_watch_on_the_runners_watcher_shares_its_inotify_and_its_events
         assert fw.changed() == {str(memory / "CLAUDE.local.md"), str(memory / "CLAUDE.md")}
         assert watcher.drain() == {session}  # read on the way by the look above, kept
         assert watcher.wait(0) == set()
+        with open(memory / "agent.log", "w") as log:  # an agent's process writing a log
+            assert fw.changed() == {str(memory / "agent.log")}  # (made)
+            for i in range(20):
+                log.write(f"line {i}\n")
+                log.flush()
+            ready, _, _ = select.select([watcher.fileno()], [], [], 0)
+            assert not ready  # no wake of the runner's wait per write (only at the close)
+        assert fw.changed() == {str(memory / "agent.log")}
         fw.close()
         (memory / "CLAUDE.md").write_text("zz")
         assert not fw.watch(str(memory)) and fw.changed() == set()
