@@ -381,7 +381,7 @@ def test_backend_start_runs_module_in_sandbox(layout: Layout, tmp_path: Path) ->
 
 
 def test_backend_start_does_its_file_work_off_the_loop_and_leaks_nothing_on_failure(
-    layout: Layout, monkeypatch: pytest.MonkeyPatch
+    layout: Layout, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """A start's file work (the agent folder's binds, the session files, the log) runs in
     a worker thread, so many starts at once never stall the host's loop; when it fails,
@@ -406,13 +406,23 @@ def test_backend_start_does_its_file_work_off_the_loop_and_leaks_nothing_on_fail
             await backend.start(spec)
         return threading.get_ident()
 
-    import gc
+    def ours() -> list[str]:
+        """The descriptors open on this test's files (the start's own work: the agent
+        folder's binds, the session files, the log), not another test's loop or pipe."""
+        out = []
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                target = os.readlink(f"/proc/self/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith(str(tmp_path)):
+                out.append(target)
+        return sorted(out)
 
-    gc.collect()  # (an earlier test's garbage closing its descriptors mid-way is not a leak)
-    before = sorted(os.listdir("/proc/self/fd"))
+    before = ours()
     loop_thread = asyncio.run(scenario())
     assert len(seen) == 1 and seen[0] != loop_thread
-    assert sorted(os.listdir("/proc/self/fd")) == before
+    assert ours() == before == []
 
 
 def write_hello(lay: Layout) -> None:
