@@ -174,8 +174,7 @@ def open_beneath(
     parts = _parts(rel)
     own = not isinstance(root, int)
     dirfd = open_root(root) if not isinstance(root, int) else root
-    # (openat2 takes no O_NOCTTY with O_PATH, a descriptor that opens nothing)
-    flags |= os.O_CLOEXEC | (0 if flags & os.O_PATH else os.O_NOCTTY)
+    flags |= os.O_CLOEXEC | os.O_NOCTTY
     try:
         try:
             fd = _openat2(dirfd, "/".join(parts), flags, mode)
