@@ -510,40 +510,28 @@ class FolderWatch:
     invalidation: ``runner/prompt.py``'s memory files).
 
     :meth:`watch` a folder *before* reading a file in it; :meth:`changed` then names every
-    path written, made, removed or renamed in a watched folder since its last call, or is
-    None when anything may have changed (events were lost, a folder was removed or renamed:
-    its watch is gone, :meth:`watch` adds it again). Where inotify is unavailable
-    :meth:`watch` says False and the caller keeps its own checks.
+    path closed after a write, made, removed or renamed in a watched folder since its last
+    call, or is None when anything may have changed (events were lost, a folder was
+    removed or renamed: its watch is gone, :meth:`watch` adds it again). Where inotify is
+    unavailable :meth:`watch` says False and the caller keeps its own checks.
 
-    The watches live on ``shared``'s inotify instance (the runner's :class:`DirWatcher`),
-    else on one of its own: a process's second instance counts against the user's
-    ``fs.inotify.max_user_instances`` (128 by default, shared by every runner of the user),
-    and a runner taking two left a later runner's watcher without one (polling) past ~63."""
+    The watches live on ``watcher``'s inotify instance (the runner's :class:`DirWatcher`):
+    a process's second instance counts against the user's ``fs.inotify.max_user_instances``
+    (128 by default, shared by every runner of the user), and a runner taking two left a
+    later runner's watcher without one (polling) past ~63."""
 
-    def __init__(self, shared: DirWatcher | None = None) -> None:
-        self._shared = shared
-        self._own: DirWatcher | None = None
+    def __init__(self, watcher: DirWatcher) -> None:
+        self._watcher = watcher
         self._closed = False
 
     def watch(self, folder: str) -> bool:
         """Whether ``folder`` is watched (added now when it was not)."""
-        if self._closed:
-            return False
-        watcher = self._shared
-        if watcher is None:
-            if self._own is None:
-                self._own = DirWatcher()
-            watcher = self._own
-        return watcher.watch_folder(folder)
+        return not self._closed and self._watcher.watch_folder(folder)
 
     def changed(self) -> set[str] | None:
-        watcher = self._shared if self._shared is not None else self._own
-        return set() if watcher is None or self._closed else watcher.folder_changes()
+        return set() if self._closed else self._watcher.folder_changes()
 
     def close(self) -> None:
+        """No more watches (the watcher itself goes on)."""
         self._closed = True
-        if self._own is not None:
-            self._own.close()
-            self._own = None
-        elif self._shared is not None:
-            self._shared.unwatch_folders()
+        self._watcher.unwatch_folders()

@@ -4,6 +4,7 @@ is kept must equal what a full recomputation gives."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -11,6 +12,7 @@ import select
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -413,6 +415,20 @@ def _tick() -> int:
     return _TICK
 
 
+@contextlib.contextmanager
+def _watched_cache(clock_ns: Any) -> Iterator[FileCache]:
+    """A cache whose folders are watched on a watcher of its own (a runner's, in a runner)."""
+    from carapace.watch import FolderWatch
+
+    watcher = DirWatcher()
+    files = FileCache(clock_ns=clock_ns, watch=FolderWatch(watcher))
+    try:
+        yield files
+    finally:
+        files.close()
+        watcher.close()
+
+
 def test_a_watched_memory_file_just_written_is_kept_and_its_rewrite_seen(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -423,10 +439,9 @@ def test_a_watched_memory_file_just_written_is_kept_and_its_rewrite_seen(
     memory = agent_dir / "CLAUDE.local.md"
     memory.write_text("remember the milk")
     _coarse_times(monkeypatch)
-    files = FileCache(clock_ns=_tick, watch=True)  # every file is racily new
     reads = _Reads(monkeypatch)
     composed = _composes(monkeypatch)
-    try:
+    with _watched_cache(_tick) as files:  # every file is racily new
         assert "remember the milk" in _prompt(agent_dir, files)
         assert "remember the milk" in _prompt(agent_dir, files)
         assert reads.names.count("CLAUDE.local.md") == 1 and composed[0] == 1  # kept
@@ -443,8 +458,6 @@ def test_a_watched_memory_file_just_written_is_kept_and_its_rewrite_seen(
         n = composed[0]
         _prompt(agent_dir, files)
         assert composed[0] == n
-    finally:
-        files.close()
     n = reads.names.count("CLAUDE.local.md")
     unwatched = FileCache(clock_ns=_tick)  # without a watch: never kept while racy
     memory.write_text("remember the milk")
@@ -465,13 +478,10 @@ def test_a_watched_memory_file_with_another_link_is_not_kept_while_racy(
     elsewhere.mkdir()
     os.link(memory, elsewhere / "alias.md")
     _coarse_times(monkeypatch)
-    files = FileCache(clock_ns=_tick, watch=True)
-    try:
+    with _watched_cache(_tick) as files:
         assert "remember the milk" in _prompt(agent_dir, files)
         (elsewhere / "alias.md").write_text("remember the eggs")
         assert "remember the eggs" in _prompt(agent_dir, files)
-    finally:
-        files.close()
 
 
 def test_a_watched_folder_removed_and_made_again_is_read_anew(
@@ -484,8 +494,7 @@ def test_a_watched_folder_removed_and_made_again_is_read_anew(
     global_dir.mkdir()
     (global_dir / "CLAUDE.md").write_text("shared rule one")
     _coarse_times(monkeypatch)
-    files = FileCache(clock_ns=_tick, watch=True)
-    try:
+    with _watched_cache(_tick) as files:
         assert "shared rule one" in _prompt(agent_dir, files)
         shutil.rmtree(global_dir)
         global_dir.mkdir()  # (a new folder: the old watch is gone with the old one)
@@ -493,8 +502,6 @@ def test_a_watched_folder_removed_and_made_again_is_read_anew(
         assert "shared rule two" in _prompt(agent_dir, files)
         (global_dir / "CLAUDE.md").write_text("shared rule 333")  # watched again
         assert "shared rule 333" in _prompt(agent_dir, files)
-    finally:
-        files.close()
 
 
 def test_a_folder_watch_names_what_changed_and_says_when_it_lost_track(tmp_path: Path) -> None:
@@ -503,7 +510,8 @@ def test_a_folder_watch_names_what_changed_and_says_when_it_lost_track(tmp_path:
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir()
     b.mkdir()
-    w = FolderWatch()
+    watcher = DirWatcher()
+    w = FolderWatch(watcher)
     try:
         assert not w.watch(str(tmp_path / "missing"))
         assert w.watch(str(a)) and w.watch(str(b)) and w.watch(str(a))
@@ -523,6 +531,7 @@ def test_a_folder_watch_names_what_changed_and_says_when_it_lost_track(tmp_path:
     finally:
         w.close()
     assert not w.watch(str(a))  # closed: no more watches
+    watcher.close()
 
 
 def test_a_symlinked_memory_file_is_not_followed(tmp_path: Path) -> None:

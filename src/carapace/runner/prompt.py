@@ -35,11 +35,12 @@ from pathlib import Path
 
 from carapace import safefs
 from carapace.runner.settings import AgentSettings
-from carapace.watch import FolderWatch
 
 TYPE_CHECKING = False  # typing is read by type checkers only (runner start, issue 19)
 if TYPE_CHECKING:
     from typing import Any, Protocol
+
+    from carapace.watch import FolderWatch
 
     class NamedDestination(Protocol):
         @property
@@ -149,21 +150,19 @@ class FileCache:
     The folders' real paths are resolved once (they are the host's choice).
 
     A file changed within :data:`RACY_NS` is not kept by its ``lstat`` alone (a rewrite in
-    the same clock tick can leave the same one). With ``watch`` (True, or a
-    :class:`FolderWatch` on the runner's own watcher) the folders read from are also
-    watched (inotify, added before the file is looked at): such a file is kept as well,
-    when it has one link (a write through another name would tell another folder), since
-    any later write, rename or removal in that folder drops it, and a prompt made with it,
-    at the next :meth:`prompt`. A runner started moments
+    the same clock tick can leave the same one). With ``watch`` (a :class:`FolderWatch` on
+    the runner's own watcher) the folders read from are also watched (inotify, added
+    before the file is looked at): such a file is kept as well, when it has one link (a
+    write through another name would tell another folder), since any later write (at its
+    close), rename or removal in that folder drops it, and a prompt made with it, at the
+    next :meth:`prompt`. A runner started moments
     after the host wrote its ``CLAUDE.md`` composed its prompt again at every turn of its
     first second (~0.1-0.2 ms each). Where inotify cannot watch, the rule is as without."""
 
     def __init__(self, clock_ns: Callable[[], int] = time.time_ns, *,
-                 watch: bool | FolderWatch = False) -> None:  # fmt: skip
+                 watch: FolderWatch | None = None) -> None:  # fmt: skip
         self.clock_ns = clock_ns
-        self._watch = (
-            watch if isinstance(watch, FolderWatch) else (FolderWatch() if watch else None)
-        )
+        self._watch = watch
         self._files: dict[str, tuple[tuple[int, ...], str]] = {}
         self._real: dict[str, str] = {}
         # while a prompt is composed: (path, identity or None for a missing file) of each
