@@ -25,11 +25,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import logging
 import os
 import queue
 import sqlite3
+import stat
 import threading
 from collections.abc import Iterable
 from pathlib import Path
@@ -59,9 +61,16 @@ class JournalClosed(RuntimeError):
 
 
 def open_journal(path: Path) -> sqlite3.Connection:
-    """Open (or create, mode 0600) the journal file; never through a link."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    os.close(fd)
+    """Open (or create, mode 0600) the journal file; never through a link.
+
+    An existing file is looked at (``lstat``), never opened by hand: closing a descriptor
+    of a file drops every POSIX lock this process holds on it, SQLite's own included
+    (tests/security/test_raw_db_opens.py)."""
+    try:
+        os.mknod(path, stat.S_IFREG | 0o600)  # made, not opened; never through a link
+    except FileExistsError:
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            raise OSError(errno.ELOOP, "not a regular file (a link?)", str(path)) from None
     conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA busy_timeout = 5000")
     conn.execute("PRAGMA journal_mode = WAL")
@@ -79,6 +88,7 @@ class IngestJournal:
         self._thread: threading.Thread | None = None
         self._conn: sqlite3.Connection | None = None
         self._lock = threading.Lock()
+        self._opening = threading.Lock()
         self._closed = False
         self._synced = True  # the connection's synchronous mode is FULL (open_journal)
         self._failing: str | None = None  # the error of the last commit, while they fail
@@ -198,7 +208,9 @@ class IngestJournal:
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
-            self._conn = open_journal(self.path)
+            with self._opening:  # (the start's reads and the thread may both come first)
+                if self._conn is None:
+                    self._conn = open_journal(self.path)
         return self._conn
 
     # ------------------------------------------------------------------ the thread
