@@ -104,6 +104,46 @@ def test_a_start_whose_caller_is_cancelled_is_killed(
     assert asyncio.run(scenario()) > 0
 
 
+def test_a_start_cancelled_as_its_loop_closes_is_killed_all_the_same(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As above, but the loop is closed before the fork ends (a host stopping while a
+    runner starts): the kill does not wait on that loop, which will never run again."""
+    from carapace.sandbox import process
+    from carapace.sandbox.spare import fork_thread
+
+    killed: list[int] = []
+    real_kill = process._kill_started
+
+    def kill(fut: Any) -> None:
+        if not fut.cancelled() and fut.exception() is None:
+            killed.append(fut.result().pid)
+        real_kill(fut)
+
+    monkeypatch.setattr(process, "_kill_started", kill)
+
+    def slow() -> None:  # pragma: no cover - runs in the child
+        time.sleep(0.3)
+
+    async def scenario() -> None:
+        with open(tmp_path / "err", "ab") as err:
+            task = asyncio.create_task(start_child(
+                [sys.executable, "-c", "import time; time.sleep(60)"],
+                env={}, cwd=str(tmp_path), stderr=err, preexec_fn=slow))  # fmt: skip
+            await asyncio.sleep(0.05)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+
+    asyncio.run(scenario())  # the loop is closed here; the fork is still under way
+    fork_thread.submit(lambda: None).result(30)  # the fork has ended (jobs run in order)
+    assert len(killed) == 1, "the started process was never killed"
+    deadline = time.monotonic() + 30
+    while _alive(killed[0]):
+        assert time.monotonic() < deadline, f"process {killed[0]} outlived its kill"
+        time.sleep(0.01)
+
+
 def test_bytecode_is_written_for_a_writable_package(tmp_path: Path) -> None:
     pkg = tmp_path / "pkg"
     pkg.mkdir()

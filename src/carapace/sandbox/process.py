@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import concurrent.futures
 import contextlib
 import ctypes
 import errno
@@ -250,11 +251,13 @@ async def start_child(argv: Sequence[str], *, env: dict[str, str], cwd: str, std
             preexec_fn=preexec_fn,
         )  # fmt: skip
 
-    fut = asyncio.wrap_future(fork_thread.submit(make))
+    made = fork_thread.submit(make)
     try:
-        popen = cast("subprocess.Popen[bytes]", await asyncio.shield(fut))
+        popen = cast("subprocess.Popen[bytes]", await asyncio.shield(asyncio.wrap_future(made)))
     except asyncio.CancelledError:
-        fut.add_done_callback(_kill_started)
+        # on the thread's own future: it runs in that thread once the fork ends, even when
+        # this loop is closed by then (a host stopping); the loop's copy would never run
+        made.add_done_callback(_kill_started)
         raise
     return Child(popen)
 
@@ -316,7 +319,7 @@ async def start_runner(argv: Sequence[str], *, name: str, limits: Limits, env: d
     return child, cgroup
 
 
-def _kill_started(fut: asyncio.Future[object]) -> None:
+def _kill_started(fut: concurrent.futures.Future[object]) -> None:
     if fut.cancelled() or fut.exception() is not None:
         return
     popen = cast("subprocess.Popen[bytes]", fut.result())
