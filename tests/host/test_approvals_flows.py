@@ -462,3 +462,100 @@ def test_the_card_pump_looks_only_when_something_changed(
                 await task
 
     rig.run(scenario())
+
+
+def test_with_a_checkpointer_the_card_pump_sleeps_until_told(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A running host's checkpointer thread looks at the central DB every second anyway;
+    it tells the pump when another connection (the loop's, another process's) committed,
+    so a quiet host's loop is never woken by the pump between due times (it was every
+    second). A commit of another process, the host's own write, a kick and a card's expiry
+    coming are each looked at."""
+    import sqlite3
+    import time
+
+    from carapace.host import checkpointer
+    from carapace.permissions import approvals_host
+
+    monkeypatch.setattr(checkpointer, "INTERVAL_S", 0.002)  # the checkpointer's ticks
+    monkeypatch.setattr(approvals_host, "PUMP_POLL_S", 0.002)  # (the shortest pump wait)
+    looks: list[int] = []
+    wakes = [0]
+    real_pump, real_state = approvals_host.card_effects.pump, approvals_host._db_state
+
+    async def counting(*a: Any, **kw: Any) -> int:
+        looks.append(1)
+        return await real_pump(*a, **kw)
+
+    def state(db: Any) -> Any:
+        wakes[0] += 1
+        return real_state(db)
+
+    monkeypatch.setattr(approvals_host.card_effects, "pump", counting)
+    monkeypatch.setattr(approvals_host, "_db_state", state)
+    host = rig.host
+    cp = checkpointer.Checkpointer(host.home.central_db, host.db, on_change=cards.kick)
+    cycles = [0]
+    real_checkpoint = cp.checkpoint
+
+    def checkpoint(conn: Any) -> None:
+        cycles[0] += 1
+        real_checkpoint(conn)
+
+    cp.checkpoint = checkpoint  # type: ignore[method-assign]
+
+    async def until(what: str, cond: Any) -> None:
+        deadline = time.monotonic() + 10
+        while not cond():
+            assert time.monotonic() < deadline, what
+            await asyncio.sleep(0.002)
+
+    async def quiet(n: int) -> None:  # n of the checkpointer's looks: no wake of the pump
+        before, start = wakes[0], cycles[0]
+        await until(f"{n} checkpoints", lambda: cycles[0] >= start + n)
+        assert wakes[0] == before
+
+    async def looked(what: str, before: int) -> None:  # a look, then quiet again
+        await until(what, lambda: len(looks) > before)
+        await quiet(20)
+
+    async def scenario() -> None:
+        task = asyncio.ensure_future(approvals_host._pump_loop(host))
+        try:
+            await until("the first look", lambda: len(looks) >= 1)
+            host._checkpointer = cp
+            cp.start()
+            await looked("the checkpointer's first look told", 1)
+            assert approvals_host._pump_wait(host, 0.0, None) == approvals_host.EXPIRY_EVERY_S
+            await quiet(40)
+            n = len(looks)
+            other = sqlite3.connect(str(host.home.central_db), isolation_level=None)
+            try:  # another process's commit (any): looked at
+                other.execute("CREATE TABLE IF NOT EXISTS t_other (x)")
+                other.execute("INSERT INTO t_other VALUES (1)")
+            finally:
+                other.close()
+            await looked("a look after another connection's commit", n)
+            n = len(looks)
+            cards.kick()
+            await looked("a look when kicked", n)
+            n = len(looks)
+            now = host.now()
+            cards.create_card(host.db, "appr-y", "approval", title="t", question="q",
+                              options=[], now=now, expires_at=now + timedelta(seconds=0.05),
+                              deliver=False)  # fmt: skip
+            await until("a look after the host's own write", lambda: len(looks) > n)
+            n = len(looks)
+            rig.clock.advance(60)  # the card's expiry comes: no write, still a look
+            await until("a look when the expiry is due", lambda: len(looks) > n)
+            row = host.db.execute("SELECT status FROM carapace_cards WHERE card_id='appr-y'")
+            assert row.fetchone()[0] == "expired"
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await cp.stop_async()
+            host._checkpointer = None
+
+    rig.run(scenario())

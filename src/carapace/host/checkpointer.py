@@ -7,6 +7,11 @@ tens on a loaded one, inside one of those commits on the loop (``carapace bench 
 sweep showed a 7-13 ms stall in a one-row ``UPDATE``). A running host turns that off on
 its loop connection and checkpoints from a thread of its own instead, with a connection
 of its own: a ``PASSIVE`` checkpoint never blocks the loop's readers or writers.
+
+Its thread also tells of changes (``on_change``): after each checkpoint it reads its
+connection's ``data_version``, which moves when any other connection (the loop's, another
+process's) committed, and calls ``on_change`` from the thread when it moved. The card pump
+is woken so (``permissions/approvals_host.py``) instead of looking every second itself.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import contextlib
 import logging
 import sqlite3
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from carapace.db.connection import connect
@@ -28,9 +34,14 @@ AUTOCHECKPOINT_PAGES = 1000  # SQLite's default, given back to the loop connecti
 
 
 class Checkpointer:
-    def __init__(self, path: Path, loop_conn: sqlite3.Connection) -> None:
+    def __init__(self, path: Path, loop_conn: sqlite3.Connection,
+                 on_change: Callable[[], None] | None = None) -> None:  # fmt: skip
         self.path = path
         self.loop_conn = loop_conn
+        self.on_change = on_change  # called from the thread (see the module docstring)
+        # its last look succeeded: a change would be told within INTERVAL_S (a failing
+        # checkpointer waits up to RETRY_MAX_S between tries: its listener looks itself)
+        self.telling = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -61,14 +72,19 @@ class Checkpointer:
         connection is opened again after a pause that doubles up to :data:`RETRY_MAX_S`."""
         conn: sqlite3.Connection | None = None
         pause = INTERVAL_S
+        version: int | None = None  # the connection's data_version at the last look
         try:
             while True:
                 try:
                     if conn is None:
                         conn = connect(self.path, "central")
+                        version = None
                     self.checkpoint(conn)
                     pause = INTERVAL_S
+                    self.telling = self.on_change is not None  # (before it tells)
+                    version = self._tell_change(conn, version)
                 except sqlite3.Error as exc:
+                    self.telling = False
                     logger.warning("central DB checkpoint failed (tried again in %g s): %s",
                                    pause, exc)  # fmt: skip
                     if conn is not None:
@@ -83,8 +99,22 @@ class Checkpointer:
         except sqlite3.Error as exc:  # the last one: the loop connection checkpoints again
             logger.warning("central DB: the last background checkpoint failed: %s", exc)
         finally:
+            self.telling = False
             if conn is not None:
                 conn.close()
+
+    def _tell_change(self, conn: sqlite3.Connection, version: int | None) -> int | None:
+        """Call ``on_change`` when another connection committed since ``version`` (the
+        first look after an open tells, too: a change may have come meanwhile)."""
+        if self.on_change is None:
+            return None
+        now = int(conn.execute("PRAGMA data_version").fetchone()[0])
+        if now != version:
+            try:
+                self.on_change()
+            except Exception:  # (the thread must go on checkpointing)
+                logger.exception("central DB change: its listener failed")
+        return now
 
     @staticmethod
     def checkpoint(conn: sqlite3.Connection) -> None:

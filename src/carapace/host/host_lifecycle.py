@@ -103,7 +103,10 @@ async def start(host: Host, background: bool) -> None:
     host._background = background
     if background:
         # WAL checkpoints (a copy and an fsync) off the loop's central-DB commits
-        host._checkpointer = Checkpointer(host.home.central_db, host.db)
+        from carapace.permissions.cards import kick as kick_cards
+
+        # and its thread tells the card pump of the central DB's changes (no poll of its own)
+        host._checkpointer = Checkpointer(host.home.central_db, host.db, on_change=kick_cards)
         await host._checkpointer.start_async()
         if host.options.watch:
             host_watch.start(host)

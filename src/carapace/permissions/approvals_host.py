@@ -31,7 +31,7 @@ from carapace.permissions import (
     system_actions,
 )
 from carapace.permissions.cards import SessionWriter
-from carapace.timefmt import iso
+from carapace.timefmt import iso, parse_ts
 
 if TYPE_CHECKING:
     from carapace.host.host import Host
@@ -125,8 +125,16 @@ async def _pump_loop(host: Host) -> None:
     """Card expiry, cards for rows written without one, due card effects: looked at when
     kicked (new effects), when the central DB changed (another connection's commit, or
     this host's own writes), when the next card expiry or effect is due, and at least
-    every :data:`EXPIRY_EVERY_S`. A second with none of these costs one ``PRAGMA`` (the
-    three full looks every second were most of an idle host's CPU: ~0.35 ms a second)."""
+    every :data:`EXPIRY_EVERY_S` (the three full looks every second were most of an idle
+    host's CPU: ~0.35 ms a second).
+
+    A change is told by the host's checkpointer (``host/checkpointer.py``: its thread
+    looks at the file every second anyway, and kicks the pump when another connection,
+    the loop's included, committed), so a quiet host's loop is not woken by the pump
+    between due times at all (it was every second, for one ``PRAGMA``: most of an idle
+    host's remaining wake-ups). Without a checkpointer that tells (before it starts, while
+    its checkpoints fail, a host driven by hand) the pump looks for a change every
+    :data:`PUMP_POLL_S`."""
     loop = asyncio.get_running_loop()
     waiter: list[asyncio.Future[None] | None] = [None]
     kicked = [True]
@@ -169,7 +177,7 @@ async def _pump_loop(host: Host) -> None:
                 logger.exception("approval card pump failed")
                 seen = None
             fut = waiter[0] = loop.create_future()
-            timer = loop.call_later(PUMP_POLL_S, wake)
+            timer = loop.call_later(_pump_wait(host, loop.time() - last_full, next_due), wake)
             if kicked[0]:
                 wake()
             try:
@@ -179,6 +187,21 @@ async def _pump_loop(host: Host) -> None:
                 waiter[0] = None
     finally:
         cards.KICKERS.remove(kicker)
+
+
+def _pump_wait(host: Host, since_full: float, next_due: str | None) -> float:
+    """Seconds until the pump looks again by itself: :data:`PUMP_POLL_S` without a
+    checkpointer telling it of changes; else until the next card expiry or effect is due
+    or :data:`EXPIRY_EVERY_S` after the last full look, never sooner than PUMP_POLL_S."""
+    if host._checkpointer is None or not host._checkpointer.telling:
+        return PUMP_POLL_S
+    wait = EXPIRY_EVERY_S - since_full
+    if next_due is not None:
+        try:
+            wait = min(wait, (parse_ts(next_due) - host.now()).total_seconds())
+        except ValueError:
+            wait = PUMP_POLL_S
+    return max(PUMP_POLL_S, wait)
 
 
 def _db_state(db: sqlite3.Connection) -> tuple[int, int]:
