@@ -8,6 +8,7 @@ import os
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -147,6 +148,44 @@ def test_the_round_trip_says_where_its_time_goes(tmp_path: Path) -> None:
     stored, runner, delivery = r["split"]
     assert stored > 0 and runner > 0 and delivery > 0
     assert max(stored, runner, delivery) <= max(r["samples"]) + 1e-6
+
+
+def test_the_floor_is_measured_in_blocks_between_the_runs_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The floor's processes stay up through ``bench roundtrip`` and its trips are made in
+    blocks between blocks of the run's own (one before each, one after the last), so the
+    machine's drift meets both; the counts asked for are the counts made."""
+    from carapace.bench import host_benches
+    from carapace.bench.floor import Floor
+    from carapace.config import Home
+
+    order: list[str] = []
+
+    class Recording(Floor):
+        def trips(self, n: int) -> list[float]:
+            order.append(f"floor {n}")
+            return super().trips(n)
+
+    real = host_benches.SinkChannel.deliver
+
+    async def deliver(self: Any, *a: Any, **kw: Any) -> Any:
+        order.append("ours")
+        return await real(self, *a, **kw)
+
+    monkeypatch.setattr(host_benches.SinkChannel, "deliver", deliver)
+    floor = Recording(tmp_path / "floor")
+    order.clear()  # (its warming trip)
+    try:
+        r = asyncio.run(host_benches._roundtrip(Home.resolve(tmp_path / "h"), 6, floor=floor,
+                                                floor_n=14))  # fmt: skip
+    finally:
+        floor.close()
+    assert len(r["samples"]) == 6 and len(r["floor"]) == 14
+    # the cold trip (not counted), then floor, ours, floor, ..., ours, floor: 7 and 6 blocks
+    assert order[0] == "ours" and order[2::2] == ["ours"] * 6
+    assert [w.split()[0] for w in order[1::2]] == ["floor"] * 7
+    assert sum(int(w.split()[1]) for w in order[1::2]) == 14
 
 
 def test_every_quick_size_is_an_option_of_its_command() -> None:

@@ -60,19 +60,34 @@ def child(root: Path) -> int:
             b.execute("COMMIT")
 
 
-def measure_floor(root: Path, n: int) -> list[float]:
-    """``n`` round trips through the two-process floor, in ms."""
-    root.mkdir(parents=True, exist_ok=True)
-    a, b = _conn(root / "a.db"), _conn(root / "b.db")
-    w = DirWatcher()
-    w.add(root, names={"b.db", "b.db-journal"}, settle=True)
-    proc = subprocess.Popen([sys.executable, "-m", "carapace.bench.floor", str(root)],
-                            stdout=subprocess.PIPE, text=True)  # fmt: skip
-    samples: list[float] = []
-    try:
-        assert proc.stdout is not None
-        proc.stdout.readline()  # "ready"
-        for i in range(1, n + 2):
+class Floor:
+    """The floor's two processes, kept up between measurements (``carapace bench
+    roundtrip`` measures it in blocks between its own, so that both meet the same moments
+    of the machine). The first round trip warms the caches and is not counted."""
+
+    def __init__(self, root: Path) -> None:
+        root.mkdir(parents=True, exist_ok=True)
+        self._a, self._b = _conn(root / "a.db"), _conn(root / "b.db")
+        self._w = DirWatcher()
+        self._w.add(root, names={"b.db", "b.db-journal"}, settle=True)
+        self._proc = subprocess.Popen([sys.executable, "-m", "carapace.bench.floor", str(root)],
+                                      stdout=subprocess.PIPE, text=True)  # fmt: skip
+        self._i = 0
+        try:
+            assert self._proc.stdout is not None
+            self._proc.stdout.readline()  # "ready"
+            self.trips(0)
+        except BaseException:
+            self.close()
+            raise
+
+    def trips(self, n: int) -> list[float]:
+        """``n`` more round trips, in ms (and the warming one, first time)."""
+        a, b, w = self._a, self._b, self._w
+        samples: list[float] = []
+        for _ in range(n + (1 if self._i == 0 else 0)):
+            self._i += 1
+            i = self._i
             w.drain()
             t0 = time.perf_counter()
             a.execute("BEGIN IMMEDIATE")
@@ -85,16 +100,29 @@ def measure_floor(root: Path, n: int) -> list[float]:
                 w.wait(POLL_S)
             if i > 1:  # the first one warms the caches
                 samples.append((time.perf_counter() - t0) * 1000.0)
-        a.execute("INSERT INTO m (seq, body) VALUES (?, 'stop')", (n + 10,))
-        proc.wait(TIMEOUT_S)
+        return samples
+
+    def close(self) -> None:
+        try:
+            if self._proc.poll() is None:
+                self._a.execute("INSERT INTO m (seq, body) VALUES (?, 'stop')", (self._i + 10,))
+                self._proc.wait(TIMEOUT_S)
+        finally:
+            if self._proc.poll() is None:
+                self._proc.kill()
+                self._proc.wait()
+            self._w.close()
+            self._a.close()
+            self._b.close()
+
+
+def measure_floor(root: Path, n: int) -> list[float]:
+    """``n`` round trips through the two-process floor, in ms."""
+    floor = Floor(root)
+    try:
+        return floor.trips(n)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        w.close()
-        a.close()
-        b.close()
-    return samples
+        floor.close()
 
 
 def floor_summary(samples: list[float]) -> tuple[float, float]:

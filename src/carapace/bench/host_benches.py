@@ -14,7 +14,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from carapace.bench import nanoclaw_ref
 from carapace.bench.common import BenchResult, Goal, LoopProbe
@@ -28,6 +28,9 @@ from carapace.jsonutil import dumps
 from carapace.ops.runtime import freeze_heap
 from carapace.stats import percentile
 from carapace.timefmt import iso, new_id
+
+if TYPE_CHECKING:
+    from carapace.bench.floor import Floor
 
 TIMEOUT_S = 120.0
 NANOCLAW_ROUTE_MSG_S = 755.0  # NanoClaw's own writeSessionMessage in issue 19's sitting
@@ -443,7 +446,15 @@ def _marked(marks: dict[str, float]) -> Iterator[None]:
         Host.wake, Host._on_outbound_change = wake, changed  # type: ignore[method-assign]
 
 
-async def _roundtrip(home: Home, n: int, gap_s: float = 0.0) -> dict[str, Any]:
+ROUNDTRIP_BLOCKS = 10  # the run's trips in blocks, a block of the floor's before each
+
+
+async def _roundtrip(home: Home, n: int, gap_s: float = 0.0, floor: Floor | None = None,
+                     floor_n: int = 0) -> dict[str, Any]:  # fmt: skip
+    """``n`` warm round trips (and the cold one); with ``floor``, ``floor_n`` of the
+    floor's, measured in blocks between blocks of ours (a block of the floor's first and
+    last): the machine's speed drifts from one minute to the next (±30 %), and a floor
+    measured only before and after a run was as often at another moment of it as not."""
     channel = SinkChannel()
     marks: dict[str, float] = {}
     with _marked(marks):
@@ -465,30 +476,46 @@ async def _roundtrip(home: Home, n: int, gap_s: float = 0.0) -> dict[str, Any]:
                           (t1 - answered) * 1000))  # fmt: skip
         return (t1 - t0) * 1000.0
 
+    n = max(1, n)
+    blocks = min(ROUNDTRIP_BLOCKS, n) if floor is not None else 1
+    floor_samples: list[float] = []
+
+    def floor_block(k: int) -> None:  # (blocking: the host is idle meanwhile)
+        if floor is not None:
+            want = round(floor_n * (k + 1) / (blocks + 1)) - round(floor_n * k / (blocks + 1))
+            floor_samples.extend(floor.trips(want))
+
     try:
         with _marked(marks):
             cold = await one("hello (cold)")
             split.clear()
             samples: list[float] = []
-            for i in range(max(1, n)):
-                if gap_s and samples:
-                    await asyncio.sleep(gap_s)  # a chat's pace: the host's timers fire
-                samples.append(await one(f"hello {i}"))
+            for b in range(blocks):
+                floor_block(b)
+                for i in range(n * b // blocks, n * (b + 1) // blocks):
+                    if gap_s and samples:
+                        await asyncio.sleep(gap_s)  # a chat's pace: the host's timers fire
+                    samples.append(await one(f"hello {i}"))
+            floor_block(blocks)
     finally:
         await host.stop()
         host.close()
     parts = [statistics.median(p) for p in zip(*split, strict=True)] if split else []
     return {"cold": cold, "samples": samples, "backend": host.backend_note, "split": parts,
-            "split_n": len(split)}  # fmt: skip
+            "split_n": len(split), "floor": floor_samples}  # fmt: skip
 
 
 def run_roundtrip(n: int = 200, floor_n: int = 200) -> BenchResult:
-    from carapace.bench.floor import measure_floor
+    from carapace.bench.floor import Floor
 
     with _tmp_home() as tmp:
-        floor = measure_floor(Path(tmp) / "floor", floor_n)
-        r = asyncio.run(_roundtrip(Home.resolve(Path(tmp) / "home"), n))
-        floor += measure_floor(Path(tmp) / "floor2", floor_n)  # before and after: same load
+        kept = Floor(Path(tmp) / "floor")
+        try:
+            r = asyncio.run(_roundtrip(Home.resolve(Path(tmp) / "home"), n, floor=kept,
+                                       floor_n=2 * floor_n))  # fmt: skip
+        finally:
+            kept.close()
+    floor: list[float] = r["floor"]
     samples: list[float] = r["samples"]
     p50, p99 = statistics.median(samples), percentile(samples, 0.99)
     f50, f99 = statistics.median(floor), percentile(floor, 0.99)

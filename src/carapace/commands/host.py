@@ -348,7 +348,8 @@ def proxy_bench(n: int, as_json: bool, write_docs: bool) -> None:
     type=click.IntRange(1, 100_000),
     default=200,
     show_default=True,
-    help="Round trips of the two-process floor (measured before and after).",
+    help="Half the two-process floor's round trips (it makes twice this many, in "
+    "blocks between the run's own).",
 )
 @click.option("--json", "as_json", is_flag=True, help="One JSON object.")
 @click.option("--write-docs", is_flag=True, help="Replace its line in docs/benchmarks.md.")
