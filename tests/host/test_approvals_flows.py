@@ -385,6 +385,16 @@ def test_approved_pip_package_installs_off_the_loop_then_the_agent_is_told(rig: 
     assert cfg is not None and cfg.settings_dict()["packages_pip"] == ["six"]
 
 
+async def _until(what: str, cond: Any) -> None:
+    """Wait until ``cond()`` (an event, not a schedule: at most 10 s)."""
+    import time
+
+    deadline = time.monotonic() + 10
+    while not cond():
+        assert time.monotonic() < deadline, what
+        await asyncio.sleep(0.002)
+
+
 def test_the_card_pump_looks_only_when_something_changed(
     rig: Rig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -394,7 +404,6 @@ def test_the_card_pump_looks_only_when_something_changed(
     commit: the admin CLI's process; or this host's own writes), and when a pending card's
     expiry comes; a quiet tick is one ``PRAGMA``."""
     import sqlite3
-    import time
 
     from carapace.permissions import approvals_host
 
@@ -410,12 +419,6 @@ def test_the_card_pump_looks_only_when_something_changed(
     host = rig.host
     db_path = str(host.home.central_db)
 
-    async def until(what: str, cond: Any) -> None:
-        deadline = time.monotonic() + 10
-        while not cond():
-            assert time.monotonic() < deadline, what
-            await asyncio.sleep(0.002)
-
     async def ticks(n: int) -> None:  # at least n quiet ticks of the pump (each one PRAGMA)
         calls = [0]
         real_state = approvals_host._db_state
@@ -425,13 +428,13 @@ def test_the_card_pump_looks_only_when_something_changed(
             return real_state(db)
 
         monkeypatch.setattr(approvals_host, "_db_state", state)
-        await until(f"{n} ticks", lambda: calls[0] >= n)
+        await _until(f"{n} ticks", lambda: calls[0] >= n)
         monkeypatch.setattr(approvals_host, "_db_state", real_state)
 
     async def scenario() -> None:
         task = asyncio.ensure_future(approvals_host._pump_loop(host))
         try:
-            await until("the first look", lambda: len(looks) == 1)
+            await _until("the first look", lambda: len(looks) == 1)
             await ticks(20)
             assert len(looks) == 1  # nothing changed: no look
             other = sqlite3.connect(db_path, isolation_level=None)
@@ -440,20 +443,20 @@ def test_the_card_pump_looks_only_when_something_changed(
                 other.execute("INSERT INTO t_other VALUES (1)")
             finally:
                 other.close()
-            await until("a look after another connection's commit", lambda: len(looks) == 2)
+            await _until("a look after another connection's commit", lambda: len(looks) == 2)
             await ticks(10)
             assert len(looks) == 2
             cards.kick()
-            await until("a look when kicked", lambda: len(looks) == 3)
+            await _until("a look when kicked", lambda: len(looks) == 3)
             now = host.now()
             cards.create_card(host.db, "appr-x", "approval", title="t", question="q",
                               options=[], now=now, expires_at=now + timedelta(minutes=5),
                               deliver=False)  # fmt: skip
-            await until("a look after the host's own write", lambda: len(looks) == 4)
+            await _until("a look after the host's own write", lambda: len(looks) == 4)
             await ticks(10)
             assert len(looks) == 4
             rig.clock.advance(6 * 60)  # the card's expiry comes: no write, still a look
-            await until("a look when the expiry is due", lambda: len(looks) == 5)
+            await _until("a look when the expiry is due", lambda: len(looks) == 5)
             row = host.db.execute("SELECT status FROM carapace_cards WHERE card_id='appr-x'")
             assert row.fetchone()[0] == "expired"
         finally:
@@ -473,7 +476,6 @@ def test_with_a_checkpointer_the_card_pump_sleeps_until_told(
     second). A commit of another process, the host's own write, a kick and a card's expiry
     coming are each looked at."""
     import sqlite3
-    import time
 
     from carapace.host import checkpointer
     from carapace.permissions import approvals_host
@@ -505,25 +507,19 @@ def test_with_a_checkpointer_the_card_pump_sleeps_until_told(
 
     cp.checkpoint = checkpoint  # type: ignore[method-assign]
 
-    async def until(what: str, cond: Any) -> None:
-        deadline = time.monotonic() + 10
-        while not cond():
-            assert time.monotonic() < deadline, what
-            await asyncio.sleep(0.002)
-
     async def quiet(n: int) -> None:  # n of the checkpointer's looks: no wake of the pump
         before, start = wakes[0], cycles[0]
-        await until(f"{n} checkpoints", lambda: cycles[0] >= start + n)
+        await _until(f"{n} checkpoints", lambda: cycles[0] >= start + n)
         assert wakes[0] == before
 
     async def looked(what: str, before: int) -> None:  # a look, then quiet again
-        await until(what, lambda: len(looks) > before)
+        await _until(what, lambda: len(looks) > before)
         await quiet(20)
 
     async def scenario() -> None:
         task = asyncio.ensure_future(approvals_host._pump_loop(host))
         try:
-            await until("the first look", lambda: len(looks) >= 1)
+            await _until("the first look", lambda: len(looks) >= 1)
             host._checkpointer = cp
             cp.start()
             await looked("the checkpointer's first look told", 1)
@@ -545,10 +541,10 @@ def test_with_a_checkpointer_the_card_pump_sleeps_until_told(
             cards.create_card(host.db, "appr-y", "approval", title="t", question="q",
                               options=[], now=now, expires_at=now + timedelta(seconds=0.05),
                               deliver=False)  # fmt: skip
-            await until("a look after the host's own write", lambda: len(looks) > n)
+            await _until("a look after the host's own write", lambda: len(looks) > n)
             n = len(looks)
             rig.clock.advance(60)  # the card's expiry comes: no write, still a look
-            await until("a look when the expiry is due", lambda: len(looks) > n)
+            await _until("a look when the expiry is due", lambda: len(looks) > n)
             row = host.db.execute("SELECT status FROM carapace_cards WHERE card_id='appr-y'")
             assert row.fetchone()[0] == "expired"
         finally:

@@ -59,36 +59,47 @@ def test_the_loop_keeps_running_while_a_slow_preexec_runs(tmp_path: Path) -> Non
     assert asyncio.run(scenario()) >= 5
 
 
-def test_a_start_whose_caller_is_cancelled_is_killed(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The caller gives up while the fork is still under way (a slow ``preexec_fn``): the
-    process, once made, is killed, and not left to run for nobody."""
+@pytest.fixture
+def killed(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The pids of started processes killed because their start was cancelled."""
     from carapace.sandbox import process
-    from carapace.sandbox.spare import fork_thread
 
-    killed: list[int] = []
+    pids: list[int] = []
     real_kill = process._kill_started
 
     def kill(fut: Any) -> None:
         if not fut.cancelled() and fut.exception() is None:
-            killed.append(fut.result().pid)
+            pids.append(fut.result().pid)
         real_kill(fut)
 
     monkeypatch.setattr(process, "_kill_started", kill)
+    return pids
 
-    def slow() -> None:  # pragma: no cover - runs in the child
-        time.sleep(0.3)
+
+def _slow() -> None:  # pragma: no cover - runs in the child
+    time.sleep(0.3)
+
+
+async def _start_then_cancel(tmp_path: Path) -> None:
+    """A runner's start whose caller gives up while the fork is still under way (a slow
+    ``preexec_fn``)."""
+    with open(tmp_path / "err", "ab") as err:
+        task = asyncio.create_task(start_child(
+            [sys.executable, "-c", "import time; time.sleep(60)"],
+            env={}, cwd=str(tmp_path), stderr=err, preexec_fn=_slow))  # fmt: skip
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
+def test_a_start_whose_caller_is_cancelled_is_killed(tmp_path: Path, killed: list[int]) -> None:
+    """The caller gives up while the fork is still under way: the process, once made, is
+    killed, and not left to run for nobody."""
+    from carapace.sandbox.spare import fork_thread
 
     async def scenario() -> int:
-        with open(tmp_path / "err", "ab") as err:
-            task = asyncio.create_task(start_child(
-                [sys.executable, "-c", "import time; time.sleep(60)"],
-                env={}, cwd=str(tmp_path), stderr=err, preexec_fn=slow))  # fmt: skip
-            await asyncio.sleep(0.05)
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
+        await _start_then_cancel(tmp_path)
         # the loop runs on: the fork ends (its thread runs jobs in order), the kill follows
         await asyncio.wrap_future(fork_thread.submit(lambda: None))
         deadline = time.monotonic() + 30
@@ -105,37 +116,13 @@ def test_a_start_whose_caller_is_cancelled_is_killed(
 
 
 def test_a_start_cancelled_as_its_loop_closes_is_killed_all_the_same(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, killed: list[int]
 ) -> None:
     """As above, but the loop is closed before the fork ends (a host stopping while a
     runner starts): the kill does not wait on that loop, which will never run again."""
-    from carapace.sandbox import process
     from carapace.sandbox.spare import fork_thread
 
-    killed: list[int] = []
-    real_kill = process._kill_started
-
-    def kill(fut: Any) -> None:
-        if not fut.cancelled() and fut.exception() is None:
-            killed.append(fut.result().pid)
-        real_kill(fut)
-
-    monkeypatch.setattr(process, "_kill_started", kill)
-
-    def slow() -> None:  # pragma: no cover - runs in the child
-        time.sleep(0.3)
-
-    async def scenario() -> None:
-        with open(tmp_path / "err", "ab") as err:
-            task = asyncio.create_task(start_child(
-                [sys.executable, "-c", "import time; time.sleep(60)"],
-                env={}, cwd=str(tmp_path), stderr=err, preexec_fn=slow))  # fmt: skip
-            await asyncio.sleep(0.05)
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
-
-    asyncio.run(scenario())  # the loop is closed here; the fork is still under way
+    asyncio.run(_start_then_cancel(tmp_path))  # the loop is closed; the fork goes on
     fork_thread.submit(lambda: None).result(30)  # the fork has ended (jobs run in order)
     assert len(killed) == 1, "the started process was never killed"
     deadline = time.monotonic() + 30
