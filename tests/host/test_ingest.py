@@ -778,3 +778,32 @@ def test_a_note_whose_journal_commit_fails_is_written_directly(
     rig.run(post())
     texts = [r["content"] for r in rig.inbound(s, "SELECT content FROM messages_in")]
     assert any("told all the same" in t for t in texts)
+
+
+def test_the_journal_file_is_made_where_mknod_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The journal's file is made with ``mknod`` (never opened by hand: closing a descriptor
+    would drop this process's locks on it); a file system that refuses ``mknod`` gets it
+    from an exclusive open instead, mode 0600, and a link in its place is still refused."""
+    import errno
+
+    from carapace.host.ingest_journal import open_journal
+
+    def refused(*a: Any, **kw: Any) -> None:
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "mknod", refused)
+    conn = open_journal(tmp_path / "ingest.db")
+    try:
+        assert conn.execute("SELECT COUNT(*) FROM pending").fetchone()[0] == 0
+    finally:
+        conn.close()
+    assert stat.S_IMODE(os.stat(tmp_path / "ingest.db").st_mode) == 0o600
+    conn = open_journal(tmp_path / "ingest.db")  # there already: opened as it is
+    conn.close()
+    target = tmp_path / "elsewhere.db"
+    (tmp_path / "link.db").symlink_to(target)
+    with pytest.raises(OSError):
+        open_journal(tmp_path / "link.db")
+    assert not target.exists()  # nothing made through the link

@@ -71,6 +71,14 @@ def open_journal(path: Path) -> sqlite3.Connection:
     except FileExistsError:
         if not stat.S_ISREG(os.lstat(path).st_mode):
             raise OSError(errno.ELOOP, "not a regular file (a link?)", str(path)) from None
+    except OSError as exc:  # a file system without mknod: made by an exclusive open
+        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS):
+            raise
+        with contextlib.suppress(FileExistsError):  # (lstat-checked by the next open)
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                             | os.O_CLOEXEC, 0o600))  # fmt: skip
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            raise OSError(errno.ELOOP, "not a regular file (a link?)", str(path)) from None
     conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA busy_timeout = 5000")
     conn.execute("PRAGMA journal_mode = WAL")
