@@ -78,7 +78,8 @@ fmt: $(STAMP)
 	$(BIN)/ruff format src tests bench
 	$(BIN)/ruff check --fix src tests bench
 
-bench: $(STAMP)
+bench: $(STAMP) sandbox-tools
+	@command -v strace >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && (apt-get update -qq && apt-get install -y -qq strace) >/dev/null 2>&1; } || echo "note: strace not installed: bench fsyncs counts only where perf's syscall tracepoints can be read (root)"
 	$(BIN)/carapace bench all --write-docs
 
 ## make mutation: sample one-line bugs in the core modules, report the share the tests catch

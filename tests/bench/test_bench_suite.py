@@ -218,3 +218,49 @@ def test_bench_all_runs_each_benchmark_in_an_interpreter_of_its_own(tmp_path: Pa
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["bench"] == "burst" and result["samples"].startswith("500 messages")
     assert not (tmp_path / "docs").exists()  # no --write-docs: nothing written
+
+
+STRACE_SUMMARY = """\
+% time     seconds  usecs/call     calls    errors syscall
+------ ----------- ----------- --------- --------- ----------------
+ 88.51    0.008239          72       113           fdatasync
+ 10.00    0.000900          60        15         2 fsync
+  1.49    0.000170          10        17           openat
+------ ----------- ----------- --------- --------- ----------------
+100.00    0.009309          72       145         2 total
+"""
+
+
+def test_fsyncs_are_read_from_a_strace_summary() -> None:
+    """A normal user may not read ``perf``'s syscall tracepoints; ``bench fsyncs`` then
+    counts with ``strace -f -c``: fsync and fdatasync rows only (failed calls included,
+    the errors column is optional), not the total, not other calls."""
+    from carapace.bench.host_benches import strace_fsyncs
+
+    assert strace_fsyncs(STRACE_SUMMARY) == 128
+    assert strace_fsyncs(STRACE_SUMMARY.replace("fsync\n", "fstat\n")) == 113
+    header = "\n".join(STRACE_SUMMARY.splitlines()[:2])
+    assert strace_fsyncs(header) == 0  # a summary without a sync
+    assert strace_fsyncs("strace: exec: No such file or directory\n") is None
+
+
+def test_fsyncs_are_counted_with_strace_where_perf_cannot(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``perf`` missing (or refused, as for a normal user): the run is counted by ``strace
+    -f``, the runner's own syncs included (its process is a child of the host's)."""
+    import shutil
+
+    from carapace.bench import host_benches
+
+    if shutil.which("strace") is None:
+        pytest.skip("strace not installed")
+    real_which = shutil.which
+    monkeypatch.setattr(shutil, "which", lambda name: None if name == "perf" else real_which(name))
+    one, six = host_benches._count_fsyncs(1), host_benches._count_fsyncs(6)
+    assert one is not None and six is not None
+    assert one[1] == six[1] == "strace -f"
+    # per round trip (2026-12-07, seen per process): the host's four (a lone message's
+    # durable commit and its journal's sync) and the runner's three (its turn's commit);
+    # without the runner's it would be four
+    assert (six[0] - one[0]) / 5 >= 5

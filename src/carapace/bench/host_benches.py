@@ -567,47 +567,78 @@ def fsync_child(n: int, gap_s: float = 0.0) -> None:
         asyncio.run(_roundtrip(Home.resolve(tmp), n, gap_s))
 
 
-def _count_fsyncs(n: int, gap_s: float = 0.0) -> int | None:
+def _count_fsyncs(n: int, gap_s: float = 0.0) -> tuple[int, str] | None:
+    """fsync + fdatasync calls of a run of ``n`` round trips (its children included), and
+    what counted them: ``perf stat``'s syscall tracepoints where this user may read them
+    (root), else ``strace -f -c`` (ptrace of the run's own processes: a normal user, the
+    runners in their sandboxes included); None when neither can."""
     import shutil
     import subprocess
     import sys
 
+    child = [sys.executable, "-c",
+             f"from carapace.bench.host_benches import fsync_child; fsync_child({n}, {gap_s})"]  # fmt: skip
     perf = shutil.which("perf")
-    if perf is None:
+    if perf is not None:
+        with tempfile.NamedTemporaryFile("r", suffix=".perf") as out:
+            cmd = [perf, "stat", "-x,", "-o", out.name, "-e",
+                   "syscalls:sys_enter_fsync,syscalls:sys_enter_fdatasync", "--", *child]  # fmt: skip
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
+            counted = _perf_fsyncs(out.read()) if proc.returncode == 0 else None
+        if counted is not None:
+            return counted, "perf stat"
+    strace = shutil.which("strace")
+    if strace is None:
         return None
-    with tempfile.NamedTemporaryFile("r", suffix=".perf") as out:
-        cmd = [perf, "stat", "-x,", "-o", out.name, "-e",
-               "syscalls:sys_enter_fsync,syscalls:sys_enter_fdatasync", "--",
-               sys.executable, "-c",
-               f"from carapace.bench.host_benches import fsync_child; fsync_child({n}, {gap_s})"]  # fmt: skip
+    with tempfile.NamedTemporaryFile("r", suffix=".strace") as out:
+        cmd = [strace, "-f", "-c", "-e", "trace=fsync,fdatasync", "-o", out.name, "--", *child]
         proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
-        if proc.returncode != 0:
-            return None
-        total = 0
-        for line in out.read().splitlines():
-            parts = line.split(",")
-            if len(parts) > 2 and "sys_enter_f" in parts[2]:
-                if not parts[0].strip().isdigit():
-                    return None
-                total += int(parts[0])
-        return total
+        counted = strace_fsyncs(out.read()) if proc.returncode == 0 else None
+    return (counted, "strace -f") if counted is not None else None  # fmt: skip
+
+
+def _perf_fsyncs(text: str) -> int | None:
+    total, seen = 0, False
+    for line in text.splitlines():
+        parts = line.split(",")
+        if len(parts) > 2 and "sys_enter_f" in parts[2]:
+            if not parts[0].strip().isdigit():
+                return None  # "<not supported>", "<not counted>": not this user's to read
+            total += int(parts[0])
+            seen = True
+    return total if seen else None
+
+
+def strace_fsyncs(text: str) -> int | None:
+    """The fsync + fdatasync calls in a ``strace -c`` summary (0 when it lists none of
+    them; None when it is no summary)."""
+    total, table = 0, False
+    for line in text.splitlines():
+        words = line.split()
+        if words[:2] == ["%", "time"]:
+            table = True
+        elif table and len(words) >= 5 and words[-1] in ("fsync", "fdatasync"):
+            total += int(words[3])
+    return total if table else None
 
 
 def run_fsyncs(n: int = 100, spaced: int = 8) -> BenchResult:
     """fsync + fdatasync calls per warm round trip, counted by ``perf stat`` (syscall
-    tracepoints, children included) over a run of ``n`` and a run of 1, subtracted; and
+    tracepoints, children included; ``strace -f`` where this user may not read them) over
+    a run of ``n`` and a run of 1, subtracted; and
     the same for ``spaced`` round trips :data:`SPACED_GAP_S` apart (a chat's pace, where
     every write the host batches by time is made)."""
-    few, many = _count_fsyncs(1), _count_fsyncs(n + 1)
-    slow = _count_fsyncs(spaced + 1, SPACED_GAP_S)
-    if few is None or many is None or slow is None:
-        return BenchResult("fsyncs", "not measured: `perf stat` with syscall tracepoints is "
-                           "not available to this user", "—").finish()  # fmt: skip
+    runs = _count_fsyncs(1), _count_fsyncs(n + 1), _count_fsyncs(spaced + 1, SPACED_GAP_S)
+    if any(r is None for r in runs):
+        return BenchResult("fsyncs", "not measured: neither `perf stat` with syscall "
+                           "tracepoints nor `strace` is available to this user",
+                           "—").finish()  # fmt: skip
+    (few, how), (many, _), (slow, _) = (r for r in runs if r is not None)
     per, per_spaced = (many - few) / n, (slow - few) / spaced
     return BenchResult(
         "fsyncs",
         f"**{per:.1f} fsync/fdatasync calls per warm round trip** (host and runner together); "
-        f"{per_spaced:.1f} per round trip {SPACED_GAP_S:g} s apart",
+        f"{per_spaced:.1f} per round trip {SPACED_GAP_S:g} s apart; counted by {how}",
         f"{n} round trips back to back, {spaced} spaced (differences of runs)",
         {
             "fsyncs_per_roundtrip": round(per, 2),
