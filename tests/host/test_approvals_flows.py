@@ -483,18 +483,26 @@ def test_with_a_checkpointer_the_card_pump_sleeps_until_told(
     monkeypatch.setattr(checkpointer, "INTERVAL_S", 0.002)  # the checkpointer's ticks
     monkeypatch.setattr(approvals_host, "PUMP_POLL_S", 0.002)  # (the shortest pump wait)
     looks: list[int] = []
-    wakes = [0]
-    real_pump, real_state = approvals_host.card_effects.pump, approvals_host._db_state
+    parks = [0]  # the pump's waits: one per pass of its loop (a wake starts the next)
+    parked = [False]  # between a pass's wait and the next pass's first look at the file
+    real_pump, real_wait = approvals_host.card_effects.pump, approvals_host._pump_wait
+    real_state = approvals_host._db_state
 
     async def counting(*a: Any, **kw: Any) -> int:
         looks.append(1)
         return await real_pump(*a, **kw)
 
+    def waiting(*a: Any) -> float:
+        parks[0] += 1
+        parked[0] = True
+        return real_wait(*a)
+
     def state(db: Any) -> Any:
-        wakes[0] += 1
+        parked[0] = False
         return real_state(db)
 
     monkeypatch.setattr(approvals_host.card_effects, "pump", counting)
+    monkeypatch.setattr(approvals_host, "_pump_wait", waiting)
     monkeypatch.setattr(approvals_host, "_db_state", state)
     host = rig.host
     cp = checkpointer.Checkpointer(host.home.central_db, host.db, on_change=cards.kick)
@@ -507,10 +515,23 @@ def test_with_a_checkpointer_the_card_pump_sleeps_until_told(
 
     cp.checkpoint = checkpoint  # type: ignore[method-assign]
 
+    async def settled() -> None:  # parked, and still so 3 checkpoints later (a look under
+        import time  # way ends first, and a kick that came during it is served)
+
+        deadline = time.monotonic() + 10
+        while True:
+            assert time.monotonic() < deadline, "the pump never stays parked"
+            await _until("the pump parked", lambda: parked[0])
+            seen, at = parks[0], cycles[0]
+            await _until("3 checkpoints", lambda at=at: cycles[0] >= at + 3)
+            if parked[0] and parks[0] == seen:
+                return
+
     async def quiet(n: int) -> None:  # n of the checkpointer's looks: no wake of the pump
-        before, start = wakes[0], cycles[0]
+        await settled()
+        before, start = parks[0], cycles[0]
         await _until(f"{n} checkpoints", lambda: cycles[0] >= start + n)
-        assert wakes[0] == before
+        assert parks[0] == before
 
     async def looked(what: str, before: int) -> None:  # a look, then quiet again
         await _until(what, lambda: len(looks) > before)
@@ -523,13 +544,13 @@ def test_with_a_checkpointer_the_card_pump_sleeps_until_told(
             host._checkpointer = cp
             cp.start()
             await looked("the checkpointer's first look told", 1)
-            assert approvals_host._pump_wait(host, 0.0, None) == approvals_host.EXPIRY_EVERY_S
+            assert real_wait(host, 0.0, None) == approvals_host.EXPIRY_EVERY_S
             await quiet(40)
             n = len(looks)
             other = sqlite3.connect(str(host.home.central_db), isolation_level=None)
-            try:  # another process's commit (any): looked at
-                other.execute("CREATE TABLE IF NOT EXISTS t_other (x)")
-                other.execute("INSERT INTO t_other VALUES (1)")
+            try:  # another process's commit (any, one): looked at
+                other.executescript("BEGIN; CREATE TABLE IF NOT EXISTS t_other (x); "
+                                    "INSERT INTO t_other VALUES (1); COMMIT;")  # fmt: skip
             finally:
                 other.close()
             await looked("a look after another connection's commit", n)
