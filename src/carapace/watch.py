@@ -438,15 +438,22 @@ class DirWatcher:
         return changed
 
     def close(self) -> None:
+        self._drop_inotify()
+
+    def _drop_inotify(self) -> None:
+        """Close the inotify instance and forget every watch on it (a FolderWatch's
+        folders are then told lost: its callers fall back to their own checks)."""
         if self._inotify is not None:
             self._inotify.close()
             self._inotify = None
+        if self._folder_wds:
+            self._folder_lost = True
+        self._folder_wds.clear()
+        self._folder_by.clear()
         self._wds.clear()
         self._by_path.clear()
         self._journal_wds.clear()
         self._journal_wds_of.clear()
-        self._folder_wds.clear()
-        self._folder_by.clear()
 
     def __enter__(self) -> DirWatcher:
         return self
@@ -457,17 +464,7 @@ class DirWatcher:
     # --- polling ---------------------------------------------------------------------------
 
     def _fall_back(self) -> None:
-        if self._inotify is not None:
-            self._inotify.close()
-            self._inotify = None
-        if self._folder_wds:
-            self._folder_lost = True  # (FolderWatch falls back to its callers' checks)
-        self._folder_wds.clear()
-        self._folder_by.clear()
-        self._wds.clear()
-        self._by_path.clear()
-        self._journal_wds.clear()
-        self._journal_wds_of.clear()
+        self._drop_inotify()
         for p in self._names:
             self._snapshots[p] = self._snapshot(p)
 

@@ -76,31 +76,29 @@ class Floor:
         try:
             assert self._proc.stdout is not None
             self._proc.stdout.readline()  # "ready"
-            self.trips(0)
+            self._trip()  # the first one warms the caches
         except BaseException:
             self.close()
             raise
 
     def trips(self, n: int) -> list[float]:
-        """``n`` more round trips, in ms (and the warming one, first time)."""
-        a, b, w = self._a, self._b, self._w
-        samples: list[float] = []
-        for _ in range(n + (1 if self._i == 0 else 0)):
-            self._i += 1
-            i = self._i
-            w.drain()
-            t0 = time.perf_counter()
-            a.execute("BEGIN IMMEDIATE")
-            a.execute("INSERT INTO m (seq, body) VALUES (?, ?)", (i, f"hello {i}"))
-            a.execute("COMMIT")
-            deadline = t0 + TIMEOUT_S
-            while b.execute("SELECT 1 FROM m WHERE seq=?", (i * 2 + 1,)).fetchone() is None:
-                if time.perf_counter() > deadline:
-                    raise TimeoutError("floor child did not answer")
-                w.wait(POLL_S)
-            if i > 1:  # the first one warms the caches
-                samples.append((time.perf_counter() - t0) * 1000.0)
-        return samples
+        """``n`` more round trips, in ms."""
+        return [self._trip() for _ in range(n)]
+
+    def _trip(self) -> float:
+        self._i += 1
+        i, a, b, w = self._i, self._a, self._b, self._w
+        w.drain()
+        t0 = time.perf_counter()
+        a.execute("BEGIN IMMEDIATE")
+        a.execute("INSERT INTO m (seq, body) VALUES (?, ?)", (i, f"hello {i}"))
+        a.execute("COMMIT")
+        deadline = t0 + TIMEOUT_S
+        while b.execute("SELECT 1 FROM m WHERE seq=?", (i * 2 + 1,)).fetchone() is None:
+            if time.perf_counter() > deadline:
+                raise TimeoutError("floor child did not answer")
+            w.wait(POLL_S)
+        return (time.perf_counter() - t0) * 1000.0
 
     def close(self) -> None:
         try:

@@ -69,16 +69,15 @@ def open_journal(path: Path) -> sqlite3.Connection:
     try:
         os.mknod(path, stat.S_IFREG | 0o600)  # made, not opened; never through a link
     except FileExistsError:
-        if not stat.S_ISREG(os.lstat(path).st_mode):
-            raise OSError(errno.ELOOP, "not a regular file (a link?)", str(path)) from None
+        pass
     except OSError as exc:  # a file system without mknod: made by an exclusive open
         if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS):
             raise
-        with contextlib.suppress(FileExistsError):  # (lstat-checked by the next open)
+        with contextlib.suppress(FileExistsError):  # (a new file: no connection has it)
             os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
                              | os.O_CLOEXEC, 0o600))  # fmt: skip
-        if not stat.S_ISREG(os.lstat(path).st_mode):
-            raise OSError(errno.ELOOP, "not a regular file (a link?)", str(path)) from None
+    if not stat.S_ISREG(os.lstat(path).st_mode):  # (O_EXCL and mknod never follow a link)
+        raise OSError(errno.ELOOP, "not a regular file (a link?)", str(path))
     conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA busy_timeout = 5000")
     conn.execute("PRAGMA journal_mode = WAL")
