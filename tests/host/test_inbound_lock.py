@@ -135,6 +135,35 @@ def test_the_task_sweep_never_waits_for_the_agents_lock(rig: Rig) -> None:
     assert [i for i in _ids(rig, s) if i.startswith("task-1@")]
 
 
+def test_one_agents_lock_never_holds_up_the_sweep_of_the_other_sessions(rig: Rig) -> None:
+    """The sweep looks at the due sessions one after the other. A session whose delivery
+    pass is held up (here its agent's lock: the pass's first write waits on the session's
+    writer thread until the busy deadline) is waited for only briefly; the pass goes on by
+    itself and the sweep goes on to the next session, whose reply goes out in the same
+    pass. One hostile agent per pass cost every other session 5 s before."""
+    ag = rig.agent()
+    for chat in ("chan-a", "chan-b"):
+        rig.wire(rig.chat(chat), ag)
+        rig.run(rig.host.route(make_event("hi", platform_id=chat, id=f"m-{chat}")))
+    by_chat = {s.messaging_group_id: s for s in rig.sessions()}
+    a, b = sorted(by_chat.values(), key=lambda s: rig.inbound(s)[0]["platform_id"])
+    rig.reply(b, {"text": "answer"}, channel_type="fake", platform_id="chan-b")
+    now = rig.clock.now()
+    for s in (a, b):
+        rig.host.sessions.work.mark(s.id, iso(now))
+
+    async def sweep() -> float:
+        started = time.perf_counter()
+        await rig.host.sweep_once(now)
+        return time.perf_counter() - started
+
+    with _agents_lock(rig, a):
+        took = rig.run(asyncio.wait_for(sweep(), 30))
+        assert [d.platform_id for d in rig.channel.deliveries] == ["chan-b"]  # went out
+        rig.settle()  # (a's pass, still waiting on its lock, is the host's to finish)
+    assert took < 1.0, f"the sweep waited {took:.2f} s on one agent's lock"
+
+
 def test_a_preview_is_recorded_without_waiting_for_the_agents_lock(rig: Rig) -> None:
     """A reply shown as it is written is recorded in ``inbound.db`` once its preview is
     posted (a restarted host edits the reply into it). Under the agent's lock the record

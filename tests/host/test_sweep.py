@@ -54,6 +54,36 @@ def test_ack_sync_keeps_failed(rig: Rig) -> None:
     assert st == {"m": "completed", "m2": "failed", "m3": "pending"}
 
 
+def test_a_look_at_a_session_never_writes_its_inbound_file(rig: Rig) -> None:
+    """The sweep's scan and the idle check run on worker threads beside the session's
+    writer thread, which owns the only write connection to ``inbound.db``. A scan that
+    copied acks there itself met that writer's lock under load ("database is locked"): the
+    idle check failed, and its session counted as busy, so an idle runner kept its slot
+    from queued work. A look only reads; the acks it finds are copied by the writer."""
+    import sqlite3
+
+    from carapace.host.host_runners import idle_scan
+    from carapace.host.sweep import scan_session
+
+    s = _pending(rig)
+    mid = f"m:{s.agent_group_id}"
+    rig.ack(s, mid, "completed")
+    paths, now = rig.paths(s), rig.clock.now()
+    other = sqlite3.connect(str(paths.inbound), isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")  # another writer is in a transaction
+        scan = scan_session(paths, now)
+        [(sid, since, ok)] = idle_scan([(s.id, paths, now - timedelta(seconds=5))], now)
+        other.execute("ROLLBACK")
+    finally:
+        other.close()
+    assert (scan.due_now, scan.claims, scan.done) == (False, {}, {mid: "completed"})
+    assert (sid, ok) == (s.id, True) and since is not None  # idle: its slot may be yielded
+    assert [r["status"] for r in rig.inbound(s)] == ["pending"]  # the look wrote nothing
+    rig.run(rig.host.sweep_once())  # the sweep has the writer copy what it found
+    assert [r["status"] for r in rig.inbound(s)] == ["completed"]
+
+
 def test_crash_retry_budget(rig: Rig) -> None:
     s = _pending(rig)
     mid = f"m:{s.agent_group_id}"

@@ -220,7 +220,10 @@ class Host:
         if self._stopping:
             coro.close()
             return
-        task = asyncio.get_running_loop().create_task(coro)
+        self._keep(asyncio.get_running_loop().create_task(coro))
+
+    def _keep(self, task: asyncio.Task[Any]) -> None:
+        """A task of the host's own: waited for or cancelled by its stop, its failure logged."""
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
 

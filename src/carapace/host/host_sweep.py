@@ -10,15 +10,21 @@ import contextlib
 import functools
 import logging
 import sqlite3
+import time
+from collections.abc import Awaitable
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from carapace.errors import no_space
+from carapace.host.delivery import DrainResult
+from carapace.host.delivery_log import RECORD_RETRY_S
 from carapace.host.sweep import (
     SLA_CHECK_S,
     Claim,
+    SessionScan,
     SweepContext,
     SweepReport,
+    apply_acks_on,
     container_state,
     decide_stuck_action,
     due_iso,
@@ -34,8 +40,14 @@ if TYPE_CHECKING:
 logger = logging.getLogger("carapace.host.host")
 
 SAFETY_TICK_S = 60.0
+T = TypeVar("T")
 _pause = asyncio.sleep  # (tests replace it to see the backoff without waiting)
 FAIL_BACKOFF_S = 0.5  # first wait after a failed pass; doubles per failed pass, ≤ the tick
+# how long one session's look waits for its writes and delivery pass before the sweep goes
+# on without them (they go on by themselves)
+LOOK_WAIT_S = 0.25
+LOOK_WAIT_MIN_S = 0.05  # … and each of them at least this long
+_clock = time.monotonic
 
 
 async def sweep_once(host: Host, now: datetime | None = None) -> SweepReport:
@@ -84,12 +96,53 @@ async def sweep_session(host: Host, sid: str, now: datetime, report: SweepReport
         work.mark(sid, asked)
 
 
+async def _scan(host: Host, sid: str, paths: Any, now: datetime, until: float) -> SessionScan:
+    """``scan_session`` off the loop (it only reads); the finished rows it found are
+    copied into ``inbound.db`` by the session's writer thread, waited for until ``until``
+    (the look's :func:`_bounded` budget)."""
+    scan = await host.delivery.outbox.call(scan_session, paths, now)
+    if scan.done:  # (counted as finished by this look whether copied now or later)
+        copy = host.sessions.writers.call(
+            sid, paths, functools.partial(apply_acks_on, done=scan.done)
+        )
+        await _bounded(host, copy, until, f"acks of session {sid} not copied now "
+                                          "(its next sweep will)")  # fmt: skip
+    return scan
+
+
+async def _bounded(host: Host, aw: Awaitable[T], until: float, failed: str) -> T | None:
+    """``aw``'s result if it ends before ``until`` (the loop's clock), else None: it goes
+    on by itself, the host's (its stop waits for it). A session's look waits
+    :data:`LOOK_WAIT_S` at most for its writes and delivery: one held up (the agent keeps
+    a lock on its ``inbound.db``, a slow channel) never holds up the other sessions. A
+    file or database error is logged as ``failed`` (None)."""
+    task = asyncio.ensure_future(_logged(aw, failed))
+    try:
+        done, _ = await asyncio.wait({task}, timeout=max(LOOK_WAIT_MIN_S, until - _clock()))
+    except asyncio.CancelledError:  # (the host stops)
+        task.cancel()
+        raise
+    if task in done:
+        return task.result()
+    host._keep(task)
+    return None
+
+
+async def _logged(aw: Awaitable[T], failed: str) -> T | None:
+    try:
+        return await aw
+    except (OSError, sqlite3.Error) as exc:
+        logger.warning("%s: %s", failed, exc)
+        return None
+
+
 async def _look(host: Host, sid: str, session: Any, paths: Any, now: datetime,
                 report: SweepReport) -> datetime | None:  # fmt: skip
     """One session's sweep; its next due time."""
     running = host.pool.is_running(sid)
     off = host.delivery.outbox.call  # outbound.db is read off the loop, bounded
-    scan = await off(scan_session, paths, now)
+    until = _clock() + LOOK_WAIT_S
+    scan = await _scan(host, sid, paths, now, until)
     if not running and scan.claims and sid not in host._releasing:
         retried, failed = await off(
             functools.partial(reset_claims, count_try=True), paths, now,
@@ -97,7 +150,7 @@ async def _look(host: Host, sid: str, session: Any, paths: Any, now: datetime,
         )  # fmt: skip
         report.reset.extend(retried)
         report.failed.extend(failed)
-        scan = await off(scan_session, paths, now)
+        scan = await _scan(host, sid, paths, now, until)
     started = host.pool.started_at(sid)
     if running and started is not None:
         seen = host._host_seen
@@ -119,16 +172,20 @@ async def _look(host: Host, sid: str, session: Any, paths: Any, now: datetime,
         # series is looked at again at the hook's next retry; db/connection.COMMIT_WAIT_MS)
         with host.sessions.inbound(paths) as inb:
             ctx = SweepContext(session, paths, inb, now, host.settings.timezone,
-                               host.sessions.other_max(sid, inb), scan.task_acks)  # fmt: skip
+                               host.sessions.other_max(sid, inb), scan.task_acks,
+                               scan.done)  # fmt: skip
             hook_next = host.hooks.on_sweep_session(ctx)
     if hook_next is not None or scan.due_now:
-        scan = await off(scan_session, paths, now)
+        scan = await _scan(host, sid, paths, now, until)
     h = host._health.get(sid)
     blocked = h is not None and h.not_before is not None and h.not_before > now
     if scan.due_now and not running and not blocked:
         host.pool.wake(sid)
         report.woken.append(sid)
-    r = await host.delivery.drain(sid, lambda: now)
+    r = await _bounded(host, host.delivery.drain(sid, lambda: now), until,
+                       f"delivery of session {sid}")  # fmt: skip
+    if r is None:  # still under way, or failed: looked at again soon
+        r = DrainResult(next_retry=now + timedelta(seconds=RECORD_RETRY_S))
     if r.delivered:
         host.typing.stop(sid)
     alive = host.pool.is_running(sid)

@@ -136,6 +136,9 @@ class SweepContext:
     # session's latest task rows (ids looked at, {id: (status, changed)})
     other_max: int | None = None
     task_acks: tuple[frozenset[str], dict[str, tuple[str, str | None]]] | None = None
+    # rows still pending in ``inbound`` that the runner has finished ({id: "completed" or
+    # "failed"}, from its acks): copied into the file by the session's writer, maybe later
+    done: dict[str, str] = field(default_factory=dict)
 
 
 class SweepHooks(Protocol):
@@ -164,21 +167,23 @@ def _ts(value: str | None) -> datetime | None:
         return None
 
 
-def ack_sync(inb: sqlite3.Connection, outbound: Path) -> dict[str, datetime | None]:
-    """Copy terminal acks of *pending* rows into ``messages_in``; return open claims.
-    ``outbound.db`` is read through the defensive reader (``OutboxRefused`` if refused)."""
+def ack_state(inb: sqlite3.Connection, outbound: Path
+              ) -> tuple[dict[str, str], dict[str, datetime | None]]:  # fmt: skip
+    """The acks of the *pending* rows: (terminal ones to copy into ``messages_in``: {id:
+    status}, open claims: {id: when}). Reads only: the copy is the session writer's
+    (:func:`apply_acks_on`). ``outbound.db`` is read through the defensive reader
+    (``OutboxRefused`` if refused)."""
     pending = [r[0] for r in inb.execute("SELECT id FROM messages_in WHERE status='pending'")]
+    done: dict[str, str] = {}
     claims: dict[str, datetime | None] = {}
     if not pending:
-        return claims
-    done: dict[str, str] = {}
+        return done, claims
     for mid, (status, changed) in read_acks(outbound, pending).items():
         if status in ("completed", "failed"):
             done[mid] = status
         elif status == "processing":
             claims[mid] = _ts(changed)
-    _apply(inb, done)
-    return claims
+    return done, claims
 
 
 def _apply(inb: sqlite3.Connection, done: dict[str, str]) -> None:
@@ -196,7 +201,7 @@ def new_acks(outbound: Path, after_rowid: int) -> tuple[int, dict[str, str]]:
     """Acks written or rewritten since ``after_rowid`` (the runner's ``INSERT OR REPLACE``
     gives a changed ack a new rowid): (highest rowid read, {message id: status}). One
     indexed read; a rowid reused after a delete can be missed here, which the sweep's full
-    :func:`ack_sync` covers."""
+    look (:func:`ack_state`) covers."""
     with open_checked(outbound) as conn:
         return new_acks_on(conn, after_rowid)
 
@@ -217,15 +222,9 @@ def new_acks_on(conn: sqlite3.Connection, after_rowid: int) -> tuple[int, dict[s
     return top, {str(r[1]): str(r[2]) for r in rows}
 
 
-def apply_acks(paths: SessionPaths, done: dict[str, str]) -> bool:
-    """:func:`_apply` on a connection of its own (for a worker thread). True when a task
-    row was among them (the sweep then records its run)."""
-    with contextlib.closing(open_inbound(paths)) as inb:
-        return apply_acks_on(inb, done)
-
-
 def apply_acks_on(inb: sqlite3.Connection, done: dict[str, str]) -> bool:
-    """:func:`apply_acks` on a given connection (the session's writer thread)."""
+    """:func:`_apply` on the session writer's connection. True when a task row was among
+    them (the sweep then records its run)."""
     _apply(inb, done)
     ids = list(done)[:MAX_IDS]
     marks = ",".join("?" for _ in ids)
@@ -345,23 +344,33 @@ class SessionScan:
     claims: dict[str, datetime | None]
     task_acks: tuple[frozenset[str], dict[str, tuple[str, str | None]]] | None = None
     series: bool = True  # any task or recurring row: the series hook has work to look at
+    # pending rows the runner has finished (ids: "completed"/"failed"), not yet copied
+    done: dict[str, str] = field(default_factory=dict)
 
 
 def scan_session(paths: SessionPaths, now: datetime) -> SessionScan:
-    """Ack sync + the due computation for one session (opens and closes its DBs)."""
-    inb = open_inbound(paths)
+    """The acks and the due computation for one session (opens and closes its DBs). Only
+    reads: the session's writer thread holds the one write connection to ``inbound.db``
+    (a second one met its lock under load), so the finished rows found are in ``done``,
+    counted as finished here, for the caller to have them copied."""
+    inb = open_inbound(paths, readonly=True)
     try:
+        if not has_table(inb, "messages_in"):  # (made by the host's first write)
+            return SessionScan(False, None, {}, series=False)
+        done: dict[str, str] = {}
         claims: dict[str, datetime | None] = {}
         try:
-            claims = ack_sync(inb, paths.outbound)
+            done, claims = ack_state(inb, paths.outbound)
         except (OSError, OutboxRefused):
             pass  # missing, or refused (logged and told by delivery)
         due_now, next_due = False, None
         for r in inb.execute(
-            "SELECT process_after FROM messages_in WHERE status='pending' AND trigger=1 "
+            "SELECT id, process_after FROM messages_in WHERE status='pending' AND trigger=1 "
             "AND kind != 'system'"
         ):
-            after = _ts(r[0])
+            if r[0] in done:
+                continue
+            after = _ts(r[1])
             if after is None or after <= now:
                 due_now = True
             elif next_due is None or after < next_due:
@@ -382,7 +391,7 @@ def scan_session(paths: SessionPaths, now: datetime) -> SessionScan:
             ).fetchone()
             is not None
         )
-        return SessionScan(due_now, next_due, claims, task_acks, series)
+        return SessionScan(due_now, next_due, claims, task_acks, series, done)
     finally:
         inb.close()
 

@@ -129,16 +129,20 @@ def sync_outcomes(
     inb: sqlite3.Connection,
     now: datetime,
     prefetched: KnownAcks | None = None,
+    done: dict[str, str] | None = None,
 ) -> int:
-    """Record ``ran``/``failed`` for finished task occurrences of the last few days."""
+    """Record ``ran``/``failed`` for finished task occurrences of the last few days
+    (``done``: rows still pending in ``inb`` that the runner's acks say are finished)."""
     since = now - HISTORY_WINDOW
+    finished = ("completed", "failed")
     rows = [
         r
         for r in inb.execute(
             "SELECT id, series_id, status, process_after, timestamp FROM messages_in "
-            "WHERE kind='task' AND status IN ('completed', 'failed')"
+            "WHERE kind='task' AND status IN ('completed', 'failed', 'pending')"
         )
-        if _recent_enough(r, since)
+        if (r["status"] in finished or (done is not None and r["id"] in done))
+        and _recent_enough(r, since)
     ]
     if not rows:
         return 0
@@ -228,7 +232,7 @@ class SeriesSweep:
                 continue
             soonest = earliest(soonest, result.next_at)
         try:
-            sync_outcomes(self.db, ctx.session, ctx.paths, inb, now, ctx.task_acks)
+            sync_outcomes(self.db, ctx.session, ctx.paths, inb, now, ctx.task_acks, ctx.done)
         except sqlite3.Error:
             logger.exception("session %s: task history not recorded", ctx.session.id)
         head_due = next_head_due(inb)
