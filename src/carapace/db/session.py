@@ -196,6 +196,12 @@ def init_session_folder(paths: SessionPaths) -> None:
             conn.close()
 
 
+def trigger_clause(conn: sqlite3.Connection) -> str:
+    """``AND trigger = 1`` for a read-only look at pending rows, or nothing in a file the
+    host has not upgraded yet (before ``trigger`` every row was one)."""
+    return "AND trigger = 1 " if "trigger" in column_names(conn, "messages_in") else ""
+
+
 def upgrade_inbound(conn: sqlite3.Connection) -> None:
     """Lazy column upgrades for old ``inbound.db`` files (spec §2.6)."""
     cols = set(column_names(conn, "messages_in"))

@@ -31,6 +31,7 @@ from carapace.db.session import (
     heartbeat_mtime,
     insert_message_out,
     open_inbound,
+    trigger_clause,
 )
 from carapace.db.sessions import Session
 from carapace.host.outbox_reader import (
@@ -365,8 +366,8 @@ def scan_session(paths: SessionPaths, now: datetime) -> SessionScan:
             pass  # missing, or refused (logged and told by delivery)
         due_now, next_due = False, None
         for r in inb.execute(
-            "SELECT id, process_after FROM messages_in WHERE status='pending' AND trigger=1 "
-            "AND kind != 'system'"
+            "SELECT id, process_after FROM messages_in WHERE status='pending' "
+            f"{trigger_clause(inb)}AND kind != 'system'"
         ):
             if r[0] in done:
                 continue

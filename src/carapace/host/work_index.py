@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from carapace.db.connection import connect, has_table, transaction
-from carapace.db.session import SessionPaths, peek_max_seq
+from carapace.db.session import SessionPaths, peek_max_seq, trigger_clause
 from carapace.db.sessions import mark_session_work
 from carapace.timefmt import iso, parse_ts
 
@@ -52,11 +52,9 @@ def _inbound_due(paths: SessionPaths, now: datetime) -> tuple[datetime | None, i
     try:
         due: datetime | None = None
         if has_table(conn, "messages_in"):
-            cols = {r[1] for r in conn.execute("PRAGMA table_info(messages_in)")}
-            trigger = "AND trigger = 1 " if "trigger" in cols else ""  # older files: all are
             for (after,) in conn.execute(
                 "SELECT process_after FROM messages_in WHERE status = 'pending' "
-                f"{trigger}AND kind != 'system'"
+                f"{trigger_clause(conn)}AND kind != 'system'"
             ):
                 when = _parse(after) or now
                 due = when if due is None or when < due else due
