@@ -132,5 +132,14 @@ class Rig:
         finally:
             conn.close()
 
+    def acks(self, s: Session) -> dict[str, str]:
+        conn = open_outbound(self.paths(s))
+        try:
+            return {
+                r[0]: r[1] for r in conn.execute("SELECT message_id, status FROM processing_ack")
+            }
+        finally:
+            conn.close()
+
     def delivered(self, s: Session) -> list[dict[str, Any]]:
         return self.inbound(s, "SELECT * FROM delivered ORDER BY delivered_at")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -82,6 +83,40 @@ def test_a_look_at_a_session_never_writes_its_inbound_file(rig: Rig) -> None:
     assert [r["status"] for r in rig.inbound(s)] == ["pending"]  # the look wrote nothing
     rig.run(rig.host.sweep_once())  # the sweep has the writer copy what it found
     assert [r["status"] for r in rig.inbound(s)] == ["completed"]
+
+
+def test_a_claim_reset_meeting_a_lock_changes_nothing_and_is_tried_again(rig: Rig) -> None:
+    """A dead runner's claims are reset on an outbox reader thread with a connection of
+    its own, beside the session's writer and readers. Meeting a reader's lock, each row's
+    try was an autocommit that waited out the 5 s busy timeout, holding one of the few
+    outbox threads every delivery reads with. Now the reset is one transaction whose commit
+    gives up at once: under a lock it changes nothing, and the claims stay for the next
+    look, which counts the try once."""
+    import sqlite3
+
+    from carapace.host.sweep import reset_claims
+
+    s = _pending(rig)
+    mid = f"m:{s.agent_group_id}"
+    rig.run(rig.host.pool.stop(s.id, "test"))
+    rig.settle()
+    rig.ack(s, mid, "processing", sqlite_ts(rig.clock.now() - timedelta(minutes=5)))
+    paths, now = rig.paths(s), rig.clock.now()
+    reader = sqlite3.connect(str(paths.inbound), isolation_level=None)
+    try:
+        reader.execute("BEGIN")
+        reader.execute("SELECT COUNT(*) FROM messages_in").fetchone()  # a shared lock
+        started = time.perf_counter()
+        assert reset_claims(paths, now, 5, count_try=True) == ([], [])
+        took = time.perf_counter() - started
+        reader.execute("ROLLBACK")
+    finally:
+        reader.close()
+    assert took < 1.0, f"the reset waited {took:.2f} s on the lock"  # (an outbox thread)
+    assert [r["tries"] for r in rig.inbound(s)] == [0]
+    assert rig.acks(s) == {mid: "processing"}  # kept for the next look
+    assert reset_claims(paths, now, 5, count_try=True) == ([mid], [])
+    assert [r["tries"] for r in rig.inbound(s)] == [1] and rig.acks(s) == {}
 
 
 def test_crash_retry_budget(rig: Rig) -> None:

@@ -25,7 +25,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from carapace.db.connection import has_table, transaction
+from carapace.db.connection import has_table, is_busy, transaction
 from carapace.db.session import (
     SessionPaths,
     heartbeat_mtime,
@@ -257,7 +257,14 @@ def reset_claims(
             open_checked(paths.outbound, write=True) as out,
             contextlib.closing(open_inbound(paths)) as inb,
         ):
-            return _reset(out, inb, now, max_tries, count_try)
+            try:
+                return _reset(out, inb, now, max_tries, count_try)
+            except sqlite3.Error as exc:
+                if not is_busy(exc):
+                    raise
+                logger.info("claims of session %s not reset now (inbound.db in use): at its "
+                            "next look", paths.root.name)  # fmt: skip
+                return [], []
     except FileNotFoundError:
         return [], []
     except (OSError, OutboxRefused) as exc:
@@ -269,41 +276,48 @@ def _reset(
     out: sqlite3.Connection, inb: sqlite3.Connection, now: datetime, max_tries: int,
     count_try: bool,
 ) -> tuple[list[str], list[str]]:  # fmt: skip
-    retried: list[str] = []
-    failed: list[str] = []
+    """The tries counted in one ``inbound.db`` transaction (its commit gives up at once
+    under a reader's lock: nothing changed, the claims kept for the next look), then the
+    senders of failed messages told and the claims deleted."""
     if not has_table(out, "processing_ack"):
         return [], []
     ids = [str(r[0]) for r in out.execute(
         "SELECT message_id FROM processing_ack WHERE status='processing' LIMIT ?",
         (MAX_IDS,))]  # fmt: skip
-    for mid in ids if count_try else []:
-        row = inb.execute(
-            "SELECT tries, process_after, channel_type, platform_id, thread_id FROM messages_in "
-            "WHERE id=? AND status='pending'",
-            (mid,),
-        ).fetchone()
-        if row is None:
-            continue
-        after = _ts(row[1])
-        if after is not None and after > now:
-            continue
-        tries = int(row[0] or 0)
-        if tries >= max_tries:
-            inb.execute("UPDATE messages_in SET status='failed' WHERE id=?", (mid,))
-            failed.append(mid)
-            logger.error("message %s failed after %d tries", mid, tries)
-            tell_sender_failed(out, inb, mid, (row[2], row[3], row[4]), tries, now)
-        else:
-            due = now + timedelta(seconds=retry_backoff_s(tries))
-            inb.execute(
-                "UPDATE messages_in SET tries=tries+1, process_after=? WHERE id=?",
-                (sqlite_ts(due), mid),
-            )
-            retried.append(mid)
-            logger.warning("message %s retried in %.0f s (try %d)", mid,
-                           retry_backoff_s(tries), tries + 1)  # fmt: skip
+    retried: list[tuple[str, int]] = []
+    failed: list[tuple[str, int, tuple[Any, Any, Any]]] = []
+    if count_try and ids:
+        with transaction(inb):
+            for mid in ids:
+                row = inb.execute(
+                    "SELECT tries, process_after, channel_type, platform_id, thread_id "
+                    "FROM messages_in WHERE id=? AND status='pending'",
+                    (mid,),
+                ).fetchone()
+                if row is None:
+                    continue
+                after = _ts(row[1])
+                if after is not None and after > now:
+                    continue
+                tries = int(row[0] or 0)
+                if tries >= max_tries:
+                    inb.execute("UPDATE messages_in SET status='failed' WHERE id=?", (mid,))
+                    failed.append((mid, tries, (row[2], row[3], row[4])))
+                else:
+                    due = now + timedelta(seconds=retry_backoff_s(tries))
+                    inb.execute(
+                        "UPDATE messages_in SET tries=tries+1, process_after=? WHERE id=?",
+                        (sqlite_ts(due), mid),
+                    )
+                    retried.append((mid, tries))
+    for mid, tries, routing in failed:
+        logger.error("message %s failed after %d tries", mid, tries)
+        tell_sender_failed(out, inb, mid, routing, tries, now)
+    for mid, tries in retried:
+        logger.warning("message %s retried in %.0f s (try %d)", mid, retry_backoff_s(tries),
+                       tries + 1)  # fmt: skip
     out.execute("DELETE FROM processing_ack WHERE status='processing'")
-    return retried, failed
+    return [m for m, _ in retried], [m for m, _, _ in failed]
 
 
 FAILED_TEXT = (
