@@ -10,7 +10,6 @@ import contextlib
 import functools
 import logging
 import sqlite3
-import time
 from collections.abc import Awaitable
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -47,7 +46,6 @@ FAIL_BACKOFF_S = 0.5  # first wait after a failed pass; doubles per failed pass,
 # on without them (they go on by themselves)
 LOOK_WAIT_S = 0.25
 LOOK_WAIT_MIN_S = 0.05  # … and each of them at least this long
-_clock = time.monotonic
 
 
 async def sweep_once(host: Host, now: datetime | None = None) -> SweepReport:
@@ -96,15 +94,16 @@ async def sweep_session(host: Host, sid: str, now: datetime, report: SweepReport
         work.mark(sid, asked)
 
 
-async def _scan(host: Host, sid: str, paths: Any, now: datetime, until: float) -> SessionScan:
-    """``scan_session`` off the loop (it only reads); the finished rows it found are
-    copied into ``inbound.db`` by the session's writer thread, waited for until ``until``
-    (the look's :func:`_bounded` budget)."""
+async def _scan(host: Host, sid: str, paths: Any, now: datetime, until: float,
+                handed: set[str]) -> SessionScan:  # fmt: skip
+    """``scan_session`` off the loop (it only reads); the finished rows it found that this
+    look has not ``handed`` to the session's writer yet are copied into ``inbound.db`` by
+    it, waited for until ``until`` (the look's :func:`_bounded` budget)."""
     scan = await host.delivery.outbox.call(scan_session, paths, now)
-    if scan.done:  # (counted as finished by this look whether copied now or later)
-        copy = host.sessions.writers.call(
-            sid, paths, functools.partial(apply_acks_on, done=scan.done)
-        )
+    new = {mid: st for mid, st in scan.done.items() if mid not in handed}
+    if new:  # (counted as finished by this look whether copied now or later)
+        handed.update(new)
+        copy = host.sessions.writers.call(sid, paths, functools.partial(apply_acks_on, done=new))
         await _bounded(host, copy, until, f"acks of session {sid} not copied now "
                                           "(its next sweep will)")  # fmt: skip
     return scan
@@ -117,8 +116,9 @@ async def _bounded(host: Host, aw: Awaitable[T], until: float, failed: str) -> T
     a lock on its ``inbound.db``, a slow channel) never holds up the other sessions. A
     file or database error is logged as ``failed`` (None)."""
     task = asyncio.ensure_future(_logged(aw, failed))
+    left = until - asyncio.get_running_loop().time()
     try:
-        done, _ = await asyncio.wait({task}, timeout=max(LOOK_WAIT_MIN_S, until - _clock()))
+        done, _ = await asyncio.wait({task}, timeout=max(LOOK_WAIT_MIN_S, left))
     except asyncio.CancelledError:  # (the host stops)
         task.cancel()
         raise
@@ -141,8 +141,9 @@ async def _look(host: Host, sid: str, session: Any, paths: Any, now: datetime,
     """One session's sweep; its next due time."""
     running = host.pool.is_running(sid)
     off = host.delivery.outbox.call  # outbound.db is read off the loop, bounded
-    until = _clock() + LOOK_WAIT_S
-    scan = await _scan(host, sid, paths, now, until)
+    until = asyncio.get_running_loop().time() + LOOK_WAIT_S
+    handed: set[str] = set()  # finished rows this look had the writer copy
+    scan = await _scan(host, sid, paths, now, until, handed)
     if not running and scan.claims and sid not in host._releasing:
         retried, failed = await off(
             functools.partial(reset_claims, count_try=True), paths, now,
@@ -150,7 +151,7 @@ async def _look(host: Host, sid: str, session: Any, paths: Any, now: datetime,
         )  # fmt: skip
         report.reset.extend(retried)
         report.failed.extend(failed)
-        scan = await _scan(host, sid, paths, now, until)
+        scan = await _scan(host, sid, paths, now, until, handed)
     started = host.pool.started_at(sid)
     if running and started is not None:
         seen = host._host_seen
@@ -176,7 +177,7 @@ async def _look(host: Host, sid: str, session: Any, paths: Any, now: datetime,
                                scan.done)  # fmt: skip
             hook_next = host.hooks.on_sweep_session(ctx)
     if hook_next is not None or scan.due_now:
-        scan = await _scan(host, sid, paths, now, until)
+        scan = await _scan(host, sid, paths, now, until, handed)
     h = host._health.get(sid)
     blocked = h is not None and h.not_before is not None and h.not_before > now
     if scan.due_now and not running and not blocked:

@@ -187,17 +187,6 @@ def ack_state(inb: sqlite3.Connection, outbound: Path
     return done, claims
 
 
-def _apply(inb: sqlite3.Connection, done: dict[str, str]) -> None:
-    """Terminal acks into ``messages_in``, one transaction (one durable commit)."""
-    if not done:
-        return
-    with transaction(inb):
-        inb.executemany(
-            "UPDATE messages_in SET status=? WHERE id=? AND status='pending'",
-            [(st, mid) for mid, st in done.items()],
-        )
-
-
 def new_acks(outbound: Path, after_rowid: int) -> tuple[int, dict[str, str]]:
     """Acks written or rewritten since ``after_rowid`` (the runner's ``INSERT OR REPLACE``
     gives a changed ack a new rowid): (highest rowid read, {message id: status}). One
@@ -224,9 +213,15 @@ def new_acks_on(conn: sqlite3.Connection, after_rowid: int) -> tuple[int, dict[s
 
 
 def apply_acks_on(inb: sqlite3.Connection, done: dict[str, str]) -> bool:
-    """:func:`_apply` on the session writer's connection. True when a task row was among
-    them (the sweep then records its run)."""
-    _apply(inb, done)
+    """Terminal acks into ``messages_in`` in one transaction, on the session writer's
+    connection. True when a task row was among them (the sweep then records its run)."""
+    if not done:
+        return False
+    with transaction(inb):
+        inb.executemany(
+            "UPDATE messages_in SET status=? WHERE id=? AND status='pending'",
+            [(st, mid) for mid, st in done.items()],
+        )
     ids = list(done)[:MAX_IDS]
     marks = ",".join("?" for _ in ids)
     row = inb.execute(

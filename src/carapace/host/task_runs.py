@@ -134,15 +134,14 @@ def sync_outcomes(
     """Record ``ran``/``failed`` for finished task occurrences of the last few days
     (``done``: rows still pending in ``inb`` that the runner's acks say are finished)."""
     since = now - HISTORY_WINDOW
-    finished = ("completed", "failed")
+    also = ", 'pending'" if done else ""  # (then only those of the pending rows)
     rows = [
         r
         for r in inb.execute(
             "SELECT id, series_id, status, process_after, timestamp FROM messages_in "
-            "WHERE kind='task' AND status IN ('completed', 'failed', 'pending')"
+            f"WHERE kind='task' AND status IN ('completed', 'failed'{also})"
         )
-        if (r["status"] in finished or (done is not None and r["id"] in done))
-        and _recent_enough(r, since)
+        if (r["status"] != "pending" or (done and r["id"] in done)) and _recent_enough(r, since)
     ]
     if not rows:
         return 0
