@@ -126,24 +126,49 @@ def test_lazy_upgrade_of_old_inbound_file(tmp_path: Path) -> None:
     assert d["status"] == "delivered" and d["platform_message_id"] is None
     idx = [r[1] for r in db.execute("PRAGMA index_list(messages_in)")]
     assert "idx_messages_in_series" in idx
-    assert "idx_messages_in_pending" in idx  # added to an old file too
+    want = {"idx_messages_in_pending", "idx_messages_in_recurring", "idx_messages_in_task"}
+    assert want <= set(idx)  # added to an old file too
     assert insert_message_in(db, chat(5)) == 4
 
 
-def test_the_pending_index_is_added_to_a_file_that_lacks_only_it(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    "name", ["idx_messages_in_pending", "idx_messages_in_recurring", "idx_messages_in_task"]
+)
+def test_a_partial_index_is_added_to_a_file_that_lacks_only_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
 ) -> None:
     import carapace.db.session as session_db
 
     p = SessionPaths.of(tmp_path, "ag", "s")
     p.root.mkdir(parents=True)
     db = open_inbound(p)
-    db.execute("DROP INDEX idx_messages_in_pending")
+    db.execute(f"DROP INDEX {name}")
     db.close()
     monkeypatch.setattr(session_db, "_checked_inbound", set())  # another host process
     db = open_inbound(p)
     idx = [r[1] for r in db.execute("PRAGMA index_list(messages_in)")]
-    assert "idx_messages_in_pending" in idx
+    assert name in idx
+    db.close()
+
+
+def test_the_series_reads_use_their_partial_indexes(tmp_path: Path) -> None:
+    """The sweep's task hook looks at the series heads and the task rows only: a session
+    with years of chat (or of a minutely task's finished occurrences) costs it no more."""
+    from carapace.host.sweep import SERIES_PRESENT, TASK_ROWS_SINCE
+    from carapace.sched.series import DUE_HEADS_SQL, NEXT_HEAD_SQL
+
+    p = SessionPaths.of(tmp_path, "ag", "s")
+    p.root.mkdir(parents=True)
+    db = open_inbound(p)
+    for query, index in (
+        (DUE_HEADS_SQL, "idx_messages_in_recurring"),
+        (NEXT_HEAD_SQL, "idx_messages_in_recurring"),
+        (SERIES_PRESENT, "idx_messages_in_recurring"),
+        (TASK_ROWS_SINCE, "idx_messages_in_task"),
+    ):
+        params = ("x",) * query.count("?")
+        plan = " ".join(str(r[-1]) for r in db.execute(f"EXPLAIN QUERY PLAN {query}", params))
+        assert index in plan, (query, plan)
     db.close()
 
 

@@ -9,6 +9,8 @@ import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
+
 from carapace.channels.fake import FakeChannel
 from carapace.config import Home, Settings
 from carapace.host.host import Host, HostOptions
@@ -126,3 +128,51 @@ def test_rebuild_leaves_idle_sessions_out(tmp_path: Path) -> None:
 
     # out-1 is above a cursor that does not exist yet: visited once to find it delivered.
     assert asyncio.run(scenario()) == 1
+
+
+def test_a_nanoclaw_file_gets_the_host_indexes_at_start_off_the_event_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Building an index reads the whole table (~20 ms per 100,000 rows): done by the
+    start's worker thread, never by the event loop's first open of the file."""
+    import threading
+
+    import carapace.db.session as session_db
+
+    v2 = make_nanoclaw_v2_home(tmp_path / "nanoclaw")
+    _leave_work(v2.root, v2.session_dir, v2.agent_group_id, v2.messaging_group_id)
+    built: list[int] = []
+    real = session_db.upgrade_inbound
+
+    def noting(conn: sqlite3.Connection) -> None:
+        have = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+        if not have >= session_db.HOST_INDEXES.keys():
+            built.append(threading.get_ident())
+        real(conn)
+
+    monkeypatch.setattr(session_db, "upgrade_inbound", noting)
+    monkeypatch.setattr(session_db, "_checked_inbound", set())
+    home = Home(v2.root)
+
+    async def scenario() -> int:
+        host = Host(home, settings=Settings(), channels=[FakeChannel("telegram")],
+                    backend=SubprocessBackend(), clock=FakeClock(NOW),
+                    options=HostOptions(sockets=False, watch=False))  # fmt: skip
+        await host.start(background=False)
+        try:
+            await host.sweep_once(NOW)
+            return threading.get_ident()
+        finally:
+            await host.stop()
+            host.close()
+
+    loop_thread = asyncio.run(scenario())
+    assert built and loop_thread not in built
+    for inbound in (
+        v2.session_dir / "inbound.db",
+        v2.session_dir.parent / TASK_ONLY / "inbound.db",
+    ):
+        conn = sqlite3.connect(str(inbound))
+        have = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+        conn.close()
+        assert have >= session_db.HOST_INDEXES.keys(), (inbound, have)

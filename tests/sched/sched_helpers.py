@@ -67,9 +67,13 @@ class TaskRig:
         return done
 
     def sweep(self, now: datetime | None = None) -> Any:
+        """A sweep pass, and the writes it started (a look waits a bounded time for them:
+        on a loaded machine one can still be under way when the pass returns)."""
         if now is not None:
             self.clock.set(now)
-        return self.run(self.host.sweep_once(self.clock.now()))
+        report = self.run(self.host.sweep_once(self.clock.now()))
+        self.run(self.host.sessions.drain_writes())
+        return report
 
     def history(self, series_id: str) -> list[dict[str, Any]]:
         return [dict(r) for r in self.host.db.execute(

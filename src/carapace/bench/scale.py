@@ -2,10 +2,13 @@
 
 Built directly on disk (sessions × history rows of ``messages_in`` completed,
 ``messages_out`` delivered, their acks and ``delivered`` rows, the delivery cursor at the
-top), then one host (no runners: a recording backend) is timed for: start (work-index
-rebuild included), idle CPU, a forced sweep of every session, a drain of every session, a
-wiring change of the agent group that owns every session (with a few live runners), and
-the longest event-loop stall of each, measured by a loop-lag probe.
+top; in :data:`SERIES_SESSIONS` of them also a minutely task that has run
+:data:`SERIES_ROWS` times, recorded in the task history, its next run an hour away), then
+one host (no runners: a recording backend) is timed for: start (work-index rebuild
+included), idle CPU, a forced sweep of every session (the first look at each task history
+since the start), a second forced sweep of the sessions with a task, a drain of every session, a wiring change of the agent group
+that owns every session (with a few live runners), and the longest event-loop stall of
+each, measured by a loop-lag probe.
 """
 
 from __future__ import annotations
@@ -34,10 +37,13 @@ LIVE_RUNNERS = 8
 # 60 s, host_sweep.SAFETY_TICK_S), the idle host's largest periodic work; a 20 s window
 # (until 2026-12-07) held none, and its figure moved with whatever else woke (0.045-0.124 %)
 IDLE_S = 61.0
+SERIES_SESSIONS = 100  # sessions with a minutely task …
+SERIES_ROWS = 3000  # … that has run this many times (two days and two hours)
 
 
-def build_home(home: Home, sessions: int, history: int) -> list[str]:
-    """``sessions`` active sessions of the main group, ``history`` rows each way, all done."""
+def build_home(home: Home, sessions: int, history: int, series: int = 0) -> list[str]:
+    """``sessions`` active sessions of the main group, ``history`` rows each way, all done;
+    the first ``series`` of them with a minutely task (:func:`_add_series`)."""
     init_home(home)
     db, _ = open_home(home)
     ids: list[str] = []
@@ -85,6 +91,8 @@ def build_home(home: Home, sessions: int, history: int) -> list[str]:
                     )
                     inb.execute("INSERT INTO carapace_delivery_cursor VALUES (1, ?)",
                                 (2 * history - 1,))  # fmt: skip
+                if i < series:
+                    _add_series(db, inb, out, ag, s.id, 2 * history + 2)
             finally:
                 inb.close()
                 out.close()
@@ -93,12 +101,49 @@ def build_home(home: Home, sessions: int, history: int) -> list[str]:
     return ids
 
 
+def _add_series(db: Any, inb: Any, out: Any, ag: str, sid: str, seq: int) -> None:
+    """A minutely task that has run :data:`SERIES_ROWS` times up to a minute ago (each run
+    acknowledged by the runner and in the task history); its next run is an hour away (a
+    run due during the idle window would be work, not idle)."""
+    now = utcnow().replace(second=0, microsecond=0)
+    body = dumps({"prompt": "check the feed", "script": None})
+    times = [now - timedelta(minutes=SERIES_ROWS - k) for k in range(SERIES_ROWS)]
+    ids = [f"task-{sid}@{k}" for k in range(SERIES_ROWS)]
+    with transaction(inb):
+        inb.executemany(
+            "INSERT INTO messages_in (id, seq, kind, timestamp, status, process_after, "
+            "platform_id, channel_type, content, series_id) VALUES (?, ?, 'task', ?, "
+            "'completed', ?, ?, ?, ?, ?)",
+            [(mid, seq + 2 * k, sqlite_ts(t), iso(t), CLI_PLATFORM_ID, CLI_CHANNEL, body,
+              f"task-{sid}") for k, (mid, t) in enumerate(zip(ids, times, strict=True))],
+        )  # fmt: skip
+        inb.execute(
+            "INSERT INTO messages_in (id, seq, kind, timestamp, status, process_after, "
+            "recurrence, platform_id, channel_type, content, series_id) VALUES (?, ?, 'task', "
+            "?, 'pending', ?, '* * * * *', ?, ?, ?, ?)",
+            (f"task-{sid}@head", seq + 2 * SERIES_ROWS, sqlite_ts(now), iso(now + timedelta(hours=1)),
+             CLI_PLATFORM_ID, CLI_CHANNEL, body, f"task-{sid}"),
+        )  # fmt: skip
+    with transaction(out):
+        out.executemany(
+            "INSERT INTO processing_ack (message_id, status, status_changed) "
+            "VALUES (?, 'completed', ?)", [(m, sqlite_ts(t)) for m, t in zip(ids, times, strict=True)],
+        )  # fmt: skip
+    with transaction(db):
+        db.executemany(
+            "INSERT INTO carapace_task_runs (id, series_id, agent_group_id, session_id, "
+            "scheduled_for, run_at, outcome, created_at) VALUES (?, ?, ?, ?, ?, ?, 'ran', ?)",
+            [(m, f"task-{sid}", ag, sid, iso(t), iso(t), iso(t))
+             for m, t in zip(ids, times, strict=True)],
+        )  # fmt: skip
+
+
 def _cpu() -> float:
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
 
 
-async def _measure(home: Home, ids: list[str], idle_s: float) -> dict[str, Any]:
+async def _measure(home: Home, ids: list[str], idle_s: float, series: int) -> dict[str, Any]:
     figures: dict[str, Any] = {}
     channel = SinkChannel()
     t0 = time.perf_counter()
@@ -127,6 +172,17 @@ async def _measure(home: Home, ids: list[str], idle_s: float) -> dict[str, Any]:
         await host.sweep_once(now)
         figures["sweep_s"] = time.perf_counter() - t0
         figures["sweep_stall_ms"] = await probe.stop()
+
+        if series:  # a look again at the sessions with a task: only what is new is read
+            now = host.now()
+            with transaction(host.db):
+                for sid in ids[:series]:
+                    host.sessions.work.set(sid, iso(now))
+            probe.start()
+            t0 = time.perf_counter()
+            await host.sweep_once(now)
+            figures["series_sweep_s"] = time.perf_counter() - t0
+            figures["series_stall_ms"] = await probe.stop()
 
         probe.start()
         t0 = time.perf_counter()
@@ -157,20 +213,28 @@ async def _measure(home: Home, ids: list[str], idle_s: float) -> dict[str, Any]:
     return figures
 
 
-def run_scale(sessions: int = 1000, history: int = 1000, idle_s: float = IDLE_S) -> BenchResult:
+def run_scale(sessions: int = 1000, history: int = 1000, idle_s: float = IDLE_S,
+              series: int = SERIES_SESSIONS) -> BenchResult:  # fmt: skip
+    series = min(series, sessions)
     with tempfile.TemporaryDirectory(prefix="carapace-bench-") as tmp:
         home = Home.resolve(tmp)
         t0 = time.perf_counter()
-        ids = build_home(home, sessions, history)
+        ids = build_home(home, sessions, history, series)
         build_s = time.perf_counter() - t0
-        f = asyncio.run(_measure(home, ids, idle_s))
+        f = asyncio.run(_measure(home, ids, idle_s, series))
     stalls = {k: v for k, v in f.items() if k.endswith("_stall_ms")}
     worst = max(stalls.values())
     which = max(stalls, key=lambda k: stalls[k]).removesuffix("_stall_ms")
     summary = (
-        f"{sessions} sessions × {history} rows each way: start {f['start_s']:.2f} s; idle CPU "
-        f"**{f['idle_cpu_pct']:.3f} %** of a core; forced sweep of all {f['sweep_s']:.2f} s; "
-        f"drain of all {f['drain_s']:.2f} s; wiring change {f['wiring_settled_s']:.2f} s "
+        f"{sessions} sessions × {history} rows each way, {series} of them with a minutely task "
+        f"run {SERIES_ROWS} times: start {f['start_s']:.2f} s; idle CPU "
+        f"**{f['idle_cpu_pct']:.3f} %** of a core; forced sweep of all {f['sweep_s']:.2f} s"
+        + (
+            f" (then of the {series} with a task again {f['series_sweep_s']:.2f} s)"
+            if series
+            else ""
+        )
+        + f"; drain of all {f['drain_s']:.2f} s; wiring change {f['wiring_settled_s']:.2f} s "
         f"until projected ({LIVE_RUNNERS} live runners); **longest loop stall "
         f"{worst:.1f} ms** ({which}); stalls ms: "
         + ", ".join(f"{k.removesuffix('_stall_ms')} {v:.1f}" for k, v in stalls.items())

@@ -407,7 +407,9 @@ _suite_command("scale", "Many sessions with long histories: start, idle CPU, for
                "drain, wiring change, longest event-loop stall.",
                [("sessions", 1000, "Active sessions."), ("history", 1000, "Rows each way per "
                 "session."), ("idle_s", 61.0, "Idle window (s): from 1 s after the start, "
-                "so that 61 s holds the sweep's 60 s safety pass.")])  # fmt: skip
+                "so that 61 s holds the sweep's 60 s safety pass."),
+                ("series", 100, "Sessions with a minutely task that has run 3,000 times "
+                 "(swept twice).")])  # fmt: skip
 _suite_command("delivery", "Waiting replies of one session delivered in one drain (rows/s).",
                [("rows", 2000, "Rows.")])  # fmt: skip
 _suite_command("runner", "Runner cold start (p50), start-up breakdown, idle memory.",

@@ -55,6 +55,9 @@ CREATE TABLE IF NOT EXISTS messages_in (
 );
 CREATE INDEX IF NOT EXISTS idx_messages_in_series ON messages_in(series_id);
 CREATE INDEX IF NOT EXISTS idx_messages_in_pending ON messages_in(seq) WHERE status = 'pending';
+CREATE INDEX IF NOT EXISTS idx_messages_in_recurring ON messages_in(seq)
+  WHERE recurrence IS NOT NULL AND recurrence != '';
+CREATE INDEX IF NOT EXISTS idx_messages_in_task ON messages_in(seq) WHERE kind = 'task';
 CREATE TABLE IF NOT EXISTS delivered (
   message_out_id      TEXT PRIMARY KEY,
   platform_message_id TEXT,
@@ -208,7 +211,7 @@ def upgrade_inbound(conn: sqlite3.Connection) -> None:
     if (
         {"series_id", "trigger", "source_session_id", "on_wake"} <= cols
         and "status" in set(column_names(conn, "delivered"))
-        and _has_index(conn, "idx_messages_in_pending")
+        and all(_has_index(conn, name) for name in HOST_INDEXES)
     ):
         return
     with transaction(conn):
@@ -233,15 +236,23 @@ def upgrade_inbound(conn: sqlite3.Connection) -> None:
             conn.execute(
                 "ALTER TABLE delivered ADD COLUMN status TEXT NOT NULL DEFAULT 'delivered'"
             )
-        conn.execute(PENDING_INDEX)
+        for statement in HOST_INDEXES.values():
+            conn.execute(statement)
 
 
-# The pending rows in seq order: the runner's every poll and the host's ack sync read only
-# these, so their cost does not grow with the session's history (issue 19).
-PENDING_INDEX = (
-    "CREATE INDEX IF NOT EXISTS idx_messages_in_pending ON messages_in(seq) "
-    "WHERE status = 'pending'"
-)
+# Partial indexes (issue 19), each holding only the rows it names, so that what reads
+# them does not grow with the session's history: the pending rows in seq order (the
+# runner's every poll, the host's ack sync); the rows that carry a recurrence (the series
+# heads: the sweep's task hook); the task rows (the hook's look at finished occurrences).
+# A chat row's insert touches none but the first.
+HOST_INDEXES = {
+    "idx_messages_in_pending": "CREATE INDEX IF NOT EXISTS idx_messages_in_pending "
+    "ON messages_in(seq) WHERE status = 'pending'",
+    "idx_messages_in_recurring": "CREATE INDEX IF NOT EXISTS idx_messages_in_recurring "
+    "ON messages_in(seq) WHERE recurrence IS NOT NULL AND recurrence != ''",
+    "idx_messages_in_task": "CREATE INDEX IF NOT EXISTS idx_messages_in_task "
+    "ON messages_in(seq) WHERE kind = 'task'",
+}
 
 
 def _has_index(conn: sqlite3.Connection, name: str) -> bool:

@@ -111,7 +111,7 @@ class Host:
         if self.hooks.on_sweep_session is None:
             from carapace.host.task_runs import SeriesSweep
 
-            self.hooks.on_sweep_session = SeriesSweep(self.db)
+            self.hooks.on_sweep_session = SeriesSweep(self.db, home.central_db)
         self.adapters: dict[str, ChannelAdapter] = {c.channel_type: c for c in channels}
         self.sessions = SessionManager(home, self.db)
         # a routed message is acknowledged once journaled here (host/ingest.py, issue 19)

@@ -187,6 +187,9 @@ def close(host: Host) -> None:
     with contextlib.suppress(sqlite3.Error):
         host.sessions.release_all()
     host.sessions.writers.close()  # runs what is queued, then ends the threads
+    close_hook = getattr(host.hooks.on_sweep_session, "close", None)
+    if close_hook is not None:  # (the series hook's connections of those threads)
+        close_hook()
     if host.sessions.ingest is not None:
         host.sessions.ingest.journal.close()
     if host._checkpointer is not None:

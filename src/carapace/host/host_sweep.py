@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from carapace.errors import no_space
 from carapace.host.delivery import DrainResult
-from carapace.host.delivery_log import RECORD_RETRY_S
+from carapace.host.delivery_log import RECORD_RETRY_S, delivery_cursor
 from carapace.host.sweep import (
     SLA_CHECK_S,
     Claim,
@@ -99,7 +99,9 @@ async def _scan(host: Host, sid: str, paths: Any, now: datetime, until: float,
     """``scan_session`` off the loop (it only reads); the finished rows it found that this
     look has not ``handed`` to the session's writer yet are copied into ``inbound.db`` by
     it, waited for until ``until`` (the look's :func:`_bounded` budget)."""
-    scan = await host.delivery.outbox.call(scan_session, paths, now)
+    look_from = getattr(host.hooks.on_sweep_session, "look_from", None)
+    look = look_from(sid) if look_from is not None else None
+    scan = await host.delivery.outbox.call(scan_session, paths, now, look)
     new = {mid: st for mid, st in scan.done.items() if mid not in handed}
     if new:  # (counted as finished by this look whether copied now or later)
         handed.update(new)
@@ -165,17 +167,9 @@ async def _look(host: Host, sid: str, session: Any, paths: Any, now: datetime,
             host._spawn(host.pool.stop(sid, action, count_try=True))
         elif not scan.due_now and not scan.claims and idle(host, paths, started, now):
             host._spawn(host.pool.stop(sid, "idle"))
-    # the hook (task series: hand-over, catch-up) runs before the wake decision, only for a
-    # session with a task or a recurring row (it opened an inbound.db connection on the
-    # loop for every swept session: a few ms each under load)
-    hook_next = None
-    if scan.series:  # (a commit of it that meets the agent's lock gives up at once: the
-        # series is looked at again at the hook's next retry; db/connection.COMMIT_WAIT_MS)
-        with host.sessions.inbound(paths) as inb:
-            ctx = SweepContext(session, paths, inb, now, host.settings.timezone,
-                               host.sessions.other_max(sid, inb), scan.task_acks,
-                               scan.done)  # fmt: skip
-            hook_next = host.hooks.on_sweep_session(ctx)
+    # the hook (task series: hand-over, catch-up, history) runs before the wake decision,
+    # only for a session with a task or a recurring row
+    hook_next = await _series(host, sid, session, paths, now, scan, until) if scan.series else None
     if hook_next is not None or scan.due_now:
         scan = await _scan(host, sid, paths, now, until, handed)
     h = host._health.get(sid)
@@ -195,6 +189,25 @@ async def _look(host: Host, sid: str, session: Any, paths: Any, now: datetime,
         now + timedelta(seconds=SLA_CHECK_S) if alive else None,
         h.not_before if (blocked and h is not None and scan.due_now) else None,
     )  # fmt: skip
+
+
+async def _series(host: Host, sid: str, session: Any, paths: Any, now: datetime,
+                  scan: SessionScan, until: float) -> datetime | None:  # fmt: skip
+    """The series hook on the session's writer thread, never on the loop: it may hand a
+    series over (a durable commit of ``inbound.db``) and record history. Waited for until
+    ``until``; one still under way (the agent keeps its file locked) goes on by itself and
+    the session is looked at again soon."""
+    hook = host.hooks.on_sweep_session
+    known = host.sessions.known_out_max(sid)
+    tz = host.settings.timezone
+
+    def job(inb: sqlite3.Connection) -> tuple[datetime | None]:
+        other = known if known is not None else delivery_cursor(inb)
+        return (hook(SweepContext(session, paths, inb, now, tz, other, scan.tasks, scan.done)),)
+
+    r = await _bounded(host, host.sessions.writers.call(sid, paths, job), until,
+                       f"task series of session {sid}")  # fmt: skip
+    return r[0] if r is not None else now + timedelta(seconds=RECORD_RETRY_S)
 
 
 def sessions_inbound(host: Host, paths: Any) -> sqlite3.Connection:

@@ -465,7 +465,7 @@ class SessionManager:
         """Insert prepared ``messages_in`` rows in one durable commit on the session's
         writer thread. Per row: its seq, None (the id was there) or the refusal of that row
         alone; an error of the whole commit (a full disk, a missing file) is raised."""
-        known = self._out_max.get(session.id)
+        known = self.known_out_max(session.id)
         sid = session.id
         carried: list[Any] = [None]  # what the ride along's apply answered (its last run)
 
@@ -506,6 +506,11 @@ class SessionManager:
         if any(isinstance(r, int) for r in results):
             self.touch(session.id, now)
         return results
+
+    def known_out_max(self, session_id: str) -> int | None:
+        """The outbound side's highest seq this host has noted (read on the loop, for a
+        job on the writer thread; None: :func:`delivery_cursor` there)."""
+        return self._out_max.get(session_id)
 
     def other_max(self, session_id: str, inb: sqlite3.Connection) -> int:
         """The outbound side's highest seq as far as the host knows, without touching

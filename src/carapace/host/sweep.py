@@ -23,9 +23,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, NamedTuple, Protocol
 
-from carapace.db.connection import has_table, is_busy, transaction
+from carapace.db.connection import column_names, has_table, is_busy, transaction
 from carapace.db.session import (
     SessionPaths,
     heartbeat_mtime,
@@ -132,21 +132,65 @@ class SweepContext:
     inbound: sqlite3.Connection
     now: datetime
     timezone: str
-    # read off the event loop by the sweep, so the hook makes no outbound.db read of its
-    # own: the outbound side's highest seq as the host knows it, and the acks of the
-    # session's latest task rows (ids looked at, {id: (status, changed)})
+    # read by the sweep off the session's writer thread (where the hook runs), so the hook
+    # makes no outbound.db read of its own: the outbound side's highest seq as the host
+    # knows it, and the task rows it has not settled yet with their acks
     other_max: int | None = None
-    task_acks: tuple[frozenset[str], dict[str, tuple[str, str | None]]] | None = None
+    tasks: TaskRows | None = None
     # rows still pending in ``inbound`` that the runner has finished ({id: "completed" or
     # "failed"}, from its acks): copied into the file by the session's writer, maybe later
     done: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def task_acks(self) -> tuple[frozenset[str], dict[str, tuple[str, str | None]]] | None:
+        """(ids whose acks were looked at, {id: (status, changed)}), None when none were."""
+        t = self.tasks
+        return (t.looked, t.acks) if t is not None and t.acks_read else None
 
 
 class SweepHooks(Protocol):
     def on_sweep_session(self, ctx: SweepContext) -> datetime | None:
         """Called once per swept session that has a task or a recurring row (the others
-        have nothing for it). Returns when it next needs the session."""
+        have nothing for it), on the session's writer thread, ``ctx.inbound`` its
+        connection (never on the event loop: what it does may take a durable commit).
+        Returns when it next needs the session."""
         ...
+
+
+@dataclass(frozen=True)
+class TaskLook:
+    """Where a hook's last look at a session's task rows ended: every task row of the file
+    ``file`` (device, inode) up to seq ``upto`` is settled but those in ``open``. The next
+    scan reads only what is newer and the open rows: what a look costs does not grow with
+    the session's history (a minutely task makes 1,440 rows a day)."""
+
+    file: tuple[int, int]
+    upto: int
+    open: frozenset[str] = frozenset()
+
+
+class TaskRow(NamedTuple):  # (a tuple: the first look after a start reads thousands)
+    id: str
+    seq: int
+    series_id: str | None
+    status: str
+    process_after: str | None
+    timestamp: str | None
+
+
+@dataclass
+class TaskRows:
+    """The task rows a scan found for the hook: those after its :class:`TaskLook` (all, the
+    first time) and its open ones, from the last :data:`TASK_HISTORY_WINDOW` only, with
+    the acks of them and of every row that carries a recurrence (``looked``: the ids whose
+    acks were read; ``acks_read``: False when ``outbound.db`` could not be read)."""
+
+    file: tuple[int, int]
+    upto: int
+    rows: list[TaskRow]
+    looked: frozenset[str]
+    acks: dict[str, tuple[str, str | None]]
+    acks_read: bool
 
 
 @dataclass
@@ -344,7 +388,30 @@ def tell_sender_failed(
     logger.info("message %s: its sender is told it failed (row %s)", mid, rid)
 
 
-TASK_ACKS = 500  # task rows (newest first) whose acks a scan prefetches for the hook
+TASK_HISTORY_WINDOW = timedelta(days=3)  # finished occurrences recorded at most this late
+# (each reads the rows it names through a partial index: db/session.py HOST_INDEXES)
+SERIES_PRESENT = (
+    "SELECT 1 FROM messages_in WHERE recurrence IS NOT NULL AND recurrence != '' LIMIT 1"
+)
+RECURRING_IDS = "SELECT id FROM messages_in WHERE recurrence IS NOT NULL AND recurrence != ''"
+TASK_MAX_SEQ = "SELECT MAX(seq) FROM messages_in WHERE kind = 'task'"
+_RECENT = (  # (a time SQLite cannot read is kept: the hook reads it again)
+    "(datetime(COALESCE(process_after, timestamp)) IS NULL "
+    "OR datetime(COALESCE(process_after, timestamp)) >= datetime(?))"
+)
+_TASK_COLUMNS = "id, seq, series_id, status, process_after, timestamp"
+TASK_ROWS_SINCE = (
+    f"SELECT {_TASK_COLUMNS} FROM messages_in WHERE kind = 'task' AND seq > ? AND seq <= ? "
+    f"AND {_RECENT} ORDER BY seq"
+)
+
+
+def _task_columns(inb: sqlite3.Connection) -> str:
+    """:data:`_TASK_COLUMNS` of the file (one NanoClaw made before ``series_id`` and not yet
+    upgraded by the host: each row was its own series)."""
+    if "series_id" in column_names(inb, "messages_in"):
+        return _TASK_COLUMNS
+    return _TASK_COLUMNS.replace("series_id", "id AS series_id")
 
 
 @dataclass
@@ -352,17 +419,22 @@ class SessionScan:
     due_now: bool
     next_due: datetime | None
     claims: dict[str, datetime | None]
-    task_acks: tuple[frozenset[str], dict[str, tuple[str, str | None]]] | None = None
+    tasks: TaskRows | None = None
     series: bool = True  # any task or recurring row: the series hook has work to look at
     # pending rows the runner has finished (ids: "completed"/"failed"), not yet copied
     done: dict[str, str] = field(default_factory=dict)
 
 
-def scan_session(paths: SessionPaths, now: datetime) -> SessionScan:
+def scan_session(paths: SessionPaths, now: datetime, look: TaskLook | None = None) -> SessionScan:
     """The acks and the due computation for one session (opens and closes its DBs). Only
     reads: the session's writer thread holds the one write connection to ``inbound.db``
     (a second one met its lock under load), so the finished rows found are in ``done``,
-    counted as finished here, for the caller to have them copied."""
+    counted as finished here, for the caller to have them copied. ``look``: where the
+    series hook's last look ended (:func:`task_rows`)."""
+    try:
+        st = paths.inbound.stat()
+    except OSError:
+        return SessionScan(False, None, {}, series=False)
     inb = open_inbound(paths, readonly=True)
     try:
         if not has_table(inb, "messages_in"):  # (made by the host's first write)
@@ -385,25 +457,47 @@ def scan_session(paths: SessionPaths, now: datetime) -> SessionScan:
                 due_now = True
             elif next_due is None or after < next_due:
                 next_due = after
-        tasks = [str(r[0]) for r in inb.execute(
-            "SELECT id FROM messages_in WHERE kind='task' ORDER BY seq DESC LIMIT ?",
-            (TASK_ACKS,))]  # fmt: skip
-        task_acks = None
-        if tasks:
-            try:
-                task_acks = (frozenset(tasks), read_acks(paths.outbound, tasks))
-            except (OSError, OutboxRefused):
-                task_acks = (frozenset(tasks), {})
-        series = (
-            task_acks is not None
-            or inb.execute(
-                "SELECT 1 FROM messages_in WHERE recurrence IS NOT NULL AND recurrence != '' LIMIT 1"
-            ).fetchone()
-            is not None
-        )
-        return SessionScan(due_now, next_due, claims, task_acks, series, done)
+        upto = inb.execute(TASK_MAX_SEQ).fetchone()[0]
+        series = upto is not None or inb.execute(SERIES_PRESENT).fetchone() is not None
+        tasks = None
+        if series:
+            tasks = task_rows(inb, paths.outbound, (st.st_dev, st.st_ino), int(upto or 0),
+                              now, look)  # fmt: skip
+        return SessionScan(due_now, next_due, claims, tasks, series, done)
     finally:
         inb.close()
+
+
+def task_rows(inb: sqlite3.Connection, outbound: Path, file: tuple[int, int], upto: int,
+              now: datetime, look: TaskLook | None) -> TaskRows:  # fmt: skip
+    """The task rows the hook has not settled (see :class:`TaskRows`), read up to ``upto``
+    (the highest task seq, read first: seqs only grow, so a row written meanwhile is
+    after it and read next time)."""
+    since = sqlite_ts(now - TASK_HISTORY_WINDOW)
+    start: int = -1
+    open_ids: frozenset[str] = frozenset()
+    if look is not None and look.file == file and look.upto <= upto:
+        start, open_ids = look.upto, look.open  # (else: another file, or one made anew)
+    cols = _task_columns(inb)
+    cur = inb.cursor()
+    cur.row_factory = None  # (plain tuples)
+    rows = list(map(TaskRow._make, cur.execute(TASK_ROWS_SINCE.replace(_TASK_COLUMNS, cols),
+                                               (start, upto, since))))  # fmt: skip
+    ids = list(open_ids)
+    for i in range(0, len(ids), MAX_IDS):
+        chunk = ids[i : i + MAX_IDS]
+        marks = ",".join("?" for _ in chunk)
+        sql = (f"SELECT {cols} FROM messages_in WHERE id IN ({marks}) AND seq <= ? "
+               f"AND kind = 'task' AND {_RECENT}")  # fmt: skip
+        rows.extend(map(TaskRow._make, cur.execute(sql, (*chunk, start, since))))
+    looked = [r.id for r in rows]
+    looked += [str(r[0]) for r in inb.execute(RECURRING_IDS)]
+    looked = list(dict.fromkeys(looked))
+    try:
+        acks, read = read_acks(outbound, looked), True
+    except (OSError, OutboxRefused):
+        acks, read = {}, False
+    return TaskRows(file, upto, rows, frozenset(looked), acks, read)
 
 
 def container_state(paths: SessionPaths) -> dict[str, Any] | None:

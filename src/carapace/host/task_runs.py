@@ -12,22 +12,29 @@ re-run adds nothing), and copies the outcome of finished occurrences into the hi
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
+import threading
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
-from carapace.db.session import SessionPaths
+from carapace.db.connection import connect, is_busy, transaction
 from carapace.db.sessions import Session
-from carapace.host.outbox_reader import INLINE_BUDGET_S, OutboxRefused, read_acks, read_max_seq
-from carapace.host.sweep import SweepContext, earliest
+from carapace.host.sweep import (
+    SweepContext,
+    TaskLook,
+    TaskRow,
+    TaskRows,
+    earliest,
+)
 from carapace.jsonutil import dumps
 from carapace.sched.series import Missed, advance_series, due_heads, next_head_due
 from carapace.timefmt import iso, parse_ts
 
 logger = logging.getLogger(__name__)
 
-HISTORY_WINDOW = timedelta(days=3)
 RETRY_BAD_HEAD = timedelta(seconds=60)
 SCRIPT_DETAIL_MAX = 2000
 Outcome = str  # 'ran' | 'missed' | 'failed' | 'skipped'
@@ -100,53 +107,30 @@ def history(db: sqlite3.Connection, series_id: str, limit: int = 50) -> list[dic
     return [dict(r) for r in rows]
 
 
-KnownAcks = tuple[frozenset[str], dict[str, tuple[str, str | None]]]
-
-
-def _acks(
-    paths: SessionPaths, ids: list[str], known: KnownAcks | None = None
-) -> dict[str, tuple[str, str | None]]:
-    """Acks of ``ids``: from what the sweep read off the event loop (``known``); only ids it
-    did not look at are read here, through the defensive outbound reader (empty when
-    refused)."""
-    found: dict[str, tuple[str, str | None]] = {}
-    if known is not None:
-        looked, acks = known
-        found = {i: acks[i] for i in ids if i in acks}
-        ids = [i for i in ids if i not in looked]
-    if not ids:
-        return found
-    try:
-        return {**found, **read_acks(paths.outbound, ids, budget_s=INLINE_BUDGET_S)}
-    except (OSError, OutboxRefused):
-        return found
-
-
 def sync_outcomes(
     db: sqlite3.Connection,
     session: Session,
-    paths: SessionPaths,
-    inb: sqlite3.Connection,
+    tasks: TaskRows,
     now: datetime,
-    prefetched: KnownAcks | None = None,
     done: dict[str, str] | None = None,
-) -> int:
-    """Record ``ran``/``failed`` for finished task occurrences of the last few days
-    (``done``: rows still pending in ``inb`` that the runner's acks say are finished)."""
-    since = now - HISTORY_WINDOW
-    also = ", 'pending'" if done else ""  # (then only those of the pending rows)
-    rows = [
-        r
-        for r in inb.execute(
-            "SELECT id, series_id, status, process_after, timestamp FROM messages_in "
-            f"WHERE kind='task' AND status IN ('completed', 'failed'{also})"
-        )
-        if (r["status"] != "pending" or (done and r["id"] in done)) and _recent_enough(r, since)
-    ]
-    if not rows:
-        return 0
+) -> tuple[int, frozenset[str]]:
+    """Record ``ran``/``failed`` for the finished occurrences among ``tasks`` (the rows of
+    the last :data:`TASK_HISTORY_WINDOW` the sweep's scan found since the last look; ``done``: rows still pending in the file that
+    the runner's acks say are finished). Returns (rows recorded, ids not settled yet: still
+    to run, under way, or their outcome not known)."""
+    done = done or {}
+    open_ids: set[str] = set()
+    finished: list[tuple[TaskRow, str, tuple[str, str | None] | None]] = []
+    for r in tasks.rows:
+        status = done.get(r.id) if r.status == "pending" else r.status
+        ack = tasks.acks.get(r.id)
+        if status not in ("completed", "failed") or (ack is not None and ack[0] == "processing"):
+            open_ids.add(r.id)
+        elif ack is not None or status == "failed":
+            finished.append((r, status, ack))
+        # (completed with no ack: cancelled, or missed and recorded as such already)
     known: set[str] = set()
-    ids = [r["id"] for r in rows]
+    ids = [r.id for r, _s, _a in finished]
     for i in range(0, len(ids), 500):
         chunk = ids[i : i + 500]
         marks = ",".join("?" for _ in chunk)
@@ -154,90 +138,124 @@ def sync_outcomes(
             x[0]
             for x in db.execute(f"SELECT id FROM carapace_task_runs WHERE id IN ({marks})", chunk)
         )
-    todo = [r for r in rows if r["id"] not in known]
-    acks = _acks(paths, [r["id"] for r in todo], prefetched)
-    n = 0
-    for r in todo:
-        ack = acks.get(r["id"])
-        if ack is None and r["status"] != "failed":
-            continue  # completed without a run: cancelled, or missed (recorded already)
-        outcome = "failed" if (ack and ack[0] == "failed") or r["status"] == "failed" else "ran"
-        if ack is not None and ack[0] == "processing":
-            continue
-        run_at = iso(parse_ts(ack[1])) if ack and ack[1] else iso(now)
-        record_run(
-            db,
-            run_id=r["id"],
-            series_id=r["series_id"] or r["id"],
-            outcome=outcome,
-            now=now,
-            agent_group_id=session.agent_group_id,
-            session_id=session.id,
-            scheduled_for=r["process_after"],
-            run_at=run_at,
-            detail=None if ack else "try limit reached",
-        )
-        n += 1
-    return n
+    todo = [f for f in finished if f[0].id not in known]
+    for i in range(0, len(todo), RECORD_SLICE):
+        with transaction(db):  # (a short write lock: the event loop writes this DB too)
+            for r, status, ack in todo[i : i + RECORD_SLICE]:
+                outcome = "failed" if (ack and ack[0] == "failed") or status == "failed" else "ran"
+                record_run(
+                    db,
+                    run_id=r.id,
+                    series_id=r.series_id or r.id,
+                    outcome=outcome,
+                    now=now,
+                    agent_group_id=session.agent_group_id,
+                    session_id=session.id,
+                    scheduled_for=r.process_after,
+                    run_at=iso(parse_ts(ack[1])) if ack and ack[1] else iso(now),
+                    detail=None if ack else "try limit reached",
+                )
+    return len(todo), frozenset(open_ids)
 
 
-def _recent_enough(row: sqlite3.Row, since: datetime) -> bool:
-    value = row["process_after"] or row["timestamp"]
-    try:
-        return value is None or parse_ts(str(value)) >= since
-    except ValueError:
-        return True
-
-
-def _claimed(paths: SessionPaths, mid: str, known: KnownAcks | None = None) -> bool:
-    ack = _acks(paths, [mid], known).get(mid)
-    return ack is not None
+RECORD_SLICE = 100  # history rows per central transaction
+LOOKS_KEPT = 4096  # sessions whose last look a hook keeps (the others are read whole again)
+UNSEEN_HEAD_RETRY = timedelta(seconds=1)
 
 
 class SeriesSweep:
-    """The host's ``on_sweep_session`` hook (keeps a reference to the central DB)."""
+    """The host's ``on_sweep_session`` hook. It runs on the session writers' threads: the
+    central DB is reached there through a connection of each thread's own (``central_db``;
+    the history it writes is small, idempotent inserts, no sync: WAL), on the thread that
+    made it (tests, tools) through ``db``."""
 
-    def __init__(self, db: sqlite3.Connection) -> None:
+    def __init__(self, db: sqlite3.Connection, central_db: Path | None = None) -> None:
         self.db = db
+        self._home_thread = threading.get_ident()
+        self._central_db = central_db
+        self._lock = threading.Lock()
+        self._conns: dict[int, sqlite3.Connection] = {}
+        self._looks: dict[str, TaskLook] = {}
 
     def __call__(self, ctx: SweepContext) -> datetime | None:
         return self.on_sweep_session(ctx)
 
+    def central(self) -> sqlite3.Connection:
+        """The central DB on the calling thread."""
+        ident = threading.get_ident()
+        if ident == self._home_thread:
+            return self.db
+        if self._central_db is None:
+            raise RuntimeError("SeriesSweep: no central DB path for another thread")
+        with self._lock:
+            conn = self._conns.get(ident)
+            if conn is None:
+                conn = self._conns[ident] = connect(self._central_db, "central",
+                                                    check_same_thread=False)  # fmt: skip
+            return conn
+
+    def look_from(self, session_id: str) -> TaskLook | None:
+        """Where this hook's last look at the session's task rows ended (for the scan)."""
+        with self._lock:
+            return self._looks.get(session_id)
+
+    def close(self) -> None:
+        """Close the other threads' connections (after those threads ended)."""
+        with self._lock:
+            conns, self._conns = list(self._conns.values()), {}
+        for conn in conns:
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
+
     def on_sweep_session(self, ctx: SweepContext) -> datetime | None:
         inb, now = ctx.inbound, ctx.now
+        db = self.central()
         soonest: datetime | None = None
+        known = ctx.task_acks
         for head in due_heads(inb, now):
+            hid = str(head["id"])
+            if known is None or hid not in known[0]:  # written after the scan (or its acks
+                soonest = earliest(soonest, now + UNSEEN_HEAD_RETRY)  # unread): next look
+                continue
             try:
-                other = ctx.other_max
-                if other is None:
-                    other = read_max_seq(ctx.paths.outbound)
                 result = advance_series(
                     inb,
                     head,
                     now=now,
                     default_tz=ctx.timezone,
-                    claimed=_claimed(ctx.paths, head["id"], ctx.task_acks),
-                    other_max=other,
-                    on_missed=lambda missed: record_missed(self.db, ctx.session, missed, now),
+                    claimed=hid in known[1],
+                    other_max=ctx.other_max or 0,
+                    on_missed=lambda missed: record_missed(db, ctx.session, missed, now),
                 )
             except Exception as exc:
+                if is_busy(exc):  # the agent's lock: the writer tries the whole job again
+                    raise
                 logger.warning(
                     "session %s: cannot advance series of %s (%r): %s",
                     ctx.session.id,
-                    head["id"],
+                    hid,
                     head["recurrence"],
                     exc,
                 )
                 continue
             soonest = earliest(soonest, result.next_at)
-        try:
-            sync_outcomes(self.db, ctx.session, ctx.paths, inb, now, ctx.task_acks, ctx.done)
-        except sqlite3.Error:
-            logger.exception("session %s: task history not recorded", ctx.session.id)
+        if ctx.tasks is not None and ctx.tasks.acks_read:
+            try:
+                _n, open_ids = sync_outcomes(db, ctx.session, ctx.tasks, now, ctx.done)
+            except sqlite3.Error:
+                logger.exception("session %s: task history not recorded", ctx.session.id)
+            else:
+                self._settled(ctx.session.id, TaskLook(ctx.tasks.file, ctx.tasks.upto, open_ids))
         head_due = next_head_due(inb)
         if head_due is not None and head_due <= now:  # a head that could not advance
             head_due = now + RETRY_BAD_HEAD
         return earliest(soonest, head_due)
+
+    def _settled(self, session_id: str, look: TaskLook) -> None:
+        with self._lock:
+            if session_id not in self._looks and len(self._looks) >= LOOKS_KEPT:
+                self._looks.pop(next(iter(self._looks)))
+            self._looks[session_id] = look
 
 
 def record_script_result(

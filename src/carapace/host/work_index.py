@@ -12,7 +12,10 @@ start the host asks each active session's files what is there:
   may wait for delivery; that session is due now.
 
 The file reads run in a worker thread (``scan_sessions``); only the final index writes touch
-the central DB, in one transaction. Sessions found with nothing to do are left alone.
+the central DB, in one transaction. Sessions found with nothing to do are left alone. A file
+that lacks one of the host's indexes (made by NanoClaw or an older carapace) gets them there
+too, once: building one reads the whole table (~20 ms per 100,000 rows), which the event
+loop's first open of the file would otherwise do.
 """
 
 from __future__ import annotations
@@ -26,7 +29,13 @@ from pathlib import Path
 from typing import Any
 
 from carapace.db.connection import connect, has_table, transaction
-from carapace.db.session import SessionPaths, peek_max_seq, trigger_clause
+from carapace.db.session import (
+    HOST_INDEXES,
+    SessionPaths,
+    open_inbound,
+    peek_max_seq,
+    trigger_clause,
+)
 from carapace.db.sessions import mark_session_work
 from carapace.timefmt import iso, parse_ts
 
@@ -46,12 +55,17 @@ def active_sessions(db: sqlite3.Connection) -> list[SessionRef]:
     return [SessionRef(r[0], r[1]) for r in rows]
 
 
-def _inbound_due(paths: SessionPaths, now: datetime) -> tuple[datetime | None, int]:
-    """(earliest due time of a pending trigger row, delivery cursor) from ``inbound.db``."""
+def _inbound_due(paths: SessionPaths, now: datetime) -> tuple[datetime | None, int, bool]:
+    """(earliest due time of a pending trigger row, delivery cursor, whether a host index
+    is missing) from ``inbound.db``."""
     conn = connect(paths.inbound, "session", readonly=True)
     try:
         due: datetime | None = None
+        upgrade = False
         if has_table(conn, "messages_in"):
+            have = {r[0] for r in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type='index' AND tbl_name='messages_in'")}  # fmt: skip
+            upgrade = not have >= HOST_INDEXES.keys()
             for (after,) in conn.execute(
                 "SELECT process_after FROM messages_in WHERE status = 'pending' "
                 f"{trigger_clause(conn)}AND kind != 'system'"
@@ -62,7 +76,7 @@ def _inbound_due(paths: SessionPaths, now: datetime) -> tuple[datetime | None, i
         if has_table(conn, "carapace_delivery_cursor"):
             row = conn.execute("SELECT seq FROM carapace_delivery_cursor WHERE id=1").fetchone()
             cursor = int(row[0]) if row and row[0] is not None else 0
-        return due, cursor
+        return due, cursor, upgrade
     finally:
         conn.close()
 
@@ -87,7 +101,9 @@ def scan_sessions(
         if not paths.inbound.exists():
             continue
         try:
-            due, cursor = _inbound_due(paths, now)
+            due, cursor, upgrade = _inbound_due(paths, now)
+            if upgrade:
+                _upgrade(paths, ref.session_id)
             if peek_max_seq(paths.outbound, "messages_out") > cursor:
                 due = now
         except sqlite3.Error as exc:
@@ -97,6 +113,15 @@ def scan_sessions(
         if due is not None:
             found[ref.session_id] = due
     return found
+
+
+def _upgrade(paths: SessionPaths, session_id: str) -> None:
+    """Add the host's missing indexes (and note the file checked); a failure is left to the
+    host's first open of the file."""
+    try:
+        open_inbound(paths).close()
+    except (OSError, sqlite3.Error) as exc:
+        logger.info("session %s: inbound.db not upgraded at start (%s)", session_id, exc)
 
 
 def apply(db: sqlite3.Connection, found: dict[str, datetime]) -> int:

@@ -362,12 +362,20 @@ def advance_series(
     return result
 
 
+# (both read the rows that carry a recurrence through their partial index, db/session.py)
+DUE_HEADS_SQL = (
+    "SELECT * FROM messages_in WHERE recurrence IS NOT NULL AND recurrence != '' "
+    "AND status IN ('pending', 'completed', 'failed') ORDER BY seq"
+)
+NEXT_HEAD_SQL = (
+    "SELECT MIN(process_after) FROM messages_in WHERE recurrence IS NOT NULL "
+    "AND recurrence != '' AND status='pending'"
+)
+
+
 def due_heads(inb: sqlite3.Connection, now: datetime) -> list[sqlite3.Row]:
     """Rows still carrying a recurrence whose time has come (pending) or that ended."""
-    rows = inb.execute(
-        "SELECT * FROM messages_in WHERE recurrence IS NOT NULL AND recurrence != '' "
-        "AND status IN ('pending', 'completed', 'failed') ORDER BY seq"
-    ).fetchall()
+    rows = inb.execute(DUE_HEADS_SQL).fetchall()
     out = []
     for r in rows:
         try:
@@ -380,10 +388,7 @@ def due_heads(inb: sqlite3.Connection, now: datetime) -> list[sqlite3.Row]:
 
 
 def next_head_due(inb: sqlite3.Connection) -> datetime | None:
-    row = inb.execute(
-        "SELECT MIN(process_after) FROM messages_in WHERE recurrence IS NOT NULL "
-        "AND recurrence != '' AND status='pending'"
-    ).fetchone()
+    row = inb.execute(NEXT_HEAD_SQL).fetchone()
     try:
         return parse_ts(row[0]) if row and row[0] else None
     except ValueError:
