@@ -7,6 +7,7 @@ nothing twice. Unknown actions fail (NanoClaw marked them delivered, §11.3 item
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import sqlite3
@@ -261,16 +262,17 @@ async def route_agent_message(
         s = get_session(db, candidate)
         if s is not None and s.agent_group_id == target and (s.status or "active") == "active":
             target_session = s
-    if target_session is None:
-        target_session, _ = sessions.resolve(target, None, None, "agent-shared", now=now)
+    if target_session is None:  # (a new one's folder and DBs are made off the loop)
+        target_session, _ = await sessions.resolve_async(target, None, None, "agent-shared",
+                                                         now=now, memo=False)  # fmt: skip
     mid = a2a_id(row["id"], now if not row["timestamp"] else parse_ts(row["timestamp"]))
     content = loads_or(row["content"], {})
     content = content if isinstance(content, dict) else {"text": str(content)}
     content[HOPS_FIELD] = hops  # the host's count; an agent's own value is overwritten
     files = content.get("files")
     if isinstance(files, list) and files:
-        atts, read = copy_to_inbox(sessions.paths(session), row["id"], files,
-                                   sessions.paths(target_session), mid)  # fmt: skip
+        atts, read = await asyncio.to_thread(copy_to_inbox, sessions.paths(session), row["id"],
+                                             files, sessions.paths(target_session), mid)  # fmt: skip
         content.setdefault("attachments", []).extend(atts)
         if (note := read.note(f"(seq {row['seq']}) to another agent")) is not None:
             sessions.notify_agent(session, note, now=now)

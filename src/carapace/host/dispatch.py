@@ -6,6 +6,7 @@ its outcome: delivered, failed for good (the agent is told), or an attempt to re
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sqlite3
 from datetime import datetime, timedelta
@@ -182,8 +183,8 @@ async def send_row(
     named_files = (
         isinstance(content, dict) and isinstance(content.get("files"), list) and content["files"]
     )
-    if named_files:
-        read = read_outbox_files(paths, row["id"], content["files"])
+    if named_files:  # (up to 50 MB the agent wrote: read in a worker thread, not on the loop)
+        read = await asyncio.to_thread(read_outbox_files, paths, row["id"], content["files"])
         files = read.files
         note = read.note(f"(seq {row['seq']})")
         text = content.get("text") or content.get("markdown")
@@ -208,7 +209,8 @@ async def send_row(
 
         question_delivered(d.db, str(content.get("questionId")), pm, now)
     if named_files:  # (a row that named none has no folder of files to clear: issue 19,
-        clear_outbox(paths, row["id"])  # two link-free opens and a removal per reply)
+        # two link-free opens and a removal per reply)
+        await asyncio.to_thread(clear_outbox, paths, row["id"])
     return pm
 
 

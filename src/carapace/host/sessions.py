@@ -254,13 +254,15 @@ class SessionManager:
         mode: str,
         *,
         now: datetime,
+        memo: bool = True,
     ) -> tuple[Session, bool]:
         """:meth:`resolve` for the event loop: a new session's folder and DBs (schemas,
         several commits) are made in a worker thread; a second caller for the same session
-        meanwhile waits for them instead of writing into a half-made folder. The router's:
-        the lookup may come from :attr:`memo`, which the router has just checked."""
+        meanwhile waits for them instead of writing into a half-made folder. ``memo``
+        (the router's): the lookup may come from :attr:`memo`, which the router has just
+        checked."""
         session, created, make = self._resolve_row(
-            agent_group_id, messaging_group_id, thread_id, mode, now=now, memo=True
+            agent_group_id, messaging_group_id, thread_id, mode, now=now, memo=memo
         )
         await self._make_folder(session, make)
         return session, created
