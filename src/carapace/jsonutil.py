@@ -14,10 +14,10 @@ def dumps(value: Any) -> str:
 
 
 def loads_or(text: str | None, default: Any) -> Any:
-    """Parse JSON, returning ``default`` for NULL or malformed text."""
+    """Parse JSON, returning ``default`` for NULL or malformed text (nested too deep too)."""
     if text is None:
         return default
     try:
         return json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         return default

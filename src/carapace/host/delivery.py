@@ -65,6 +65,8 @@ from carapace.host.delivery_log import (
 from carapace.host.dispatch import deliver_row
 from carapace.host.outbox_pool import OutboxReader
 from carapace.host.outbox_reader import (
+    MAX_CONTENT_BYTES,
+    MAX_READ_CONTENT,
     MAX_ROWS,
     OutboxRefused,
     OutRow,
@@ -325,7 +327,9 @@ class Delivery:
         if not rows:
             return None
         self.sessions.note_out_seq(session_id, max(int(r["seq"] or 0) for r in rows))
-        result.more = len(rows) >= MAX_ROWS  # a full batch: drain() reads on if it moved
+        result.more = len(rows) >= MAX_ROWS or (  # a full batch: drain() reads on if it moved
+            sum(len(r["content"] or "") for r in rows) + MAX_CONTENT_BYTES > MAX_READ_CONTENT
+        )
         return rows, self._unread_rows(session_id, key, rows, first_top)
 
     async def _send_pass(self, session: Session, paths: SessionPaths, key: Key, cursor: int,

@@ -28,7 +28,7 @@ from carapace.host.delivery_log import (
     delivery_key,
 )
 from carapace.host.outbox_files import clear_outbox, read_outbox_files
-from carapace.host.outbox_reader import MAX_CONTENT_BYTES, OutRow
+from carapace.host.outbox_reader import CONTENT_REFUSED, OutRow
 from carapace.host.preview import edit_into_preview
 from carapace.jsonutil import loads_or
 from carapace.timefmt import parse_ts, sqlite_ts
@@ -126,7 +126,8 @@ async def send_row(
     """Spec §4.3: one outbound row to where it goes (a system action, another agent, a
     channel). Returns the platform message id (or None); raises ``DeliveryError``."""
     if row["content"] is None:
-        raise DeliveryError(f"outbound content over {MAX_CONTENT_BYTES} bytes", permanent=True)
+        why = CONTENT_REFUSED.get(row.get("content_refused") or "size", CONTENT_REFUSED["size"])
+        raise DeliveryError(why, permanent=True)
     content = loads_or(row["content"], None)
     if content is None:
         raise DeliveryError("outbound content is not JSON", permanent=True)

@@ -73,6 +73,17 @@ BUSY_RETRY_MAX_S = 0.01  # the wait doubles up to this (a lock held on purpose)
 MAX_ROWS = 500  # outbound rows per delivery read
 MAX_IDS = 500
 MAX_CONTENT_BYTES = 4 * 1024 * 1024
+# What the host's JSON parse of a row's content may cost on the event loop, where it is
+# sent: content up to CHEAP_CONTENT_BYTES parses in ~2 ms whatever it holds; larger content
+# may hold at most MAX_CONTENT_COMMAS commas (each JSON value past a container's first
+# needs one: 4 MiB of prose parses in ~6 ms, 4 MiB of `[0,0,…]` took 135 ms). Counted by
+# SQLite in the reader's thread (it gives the GIL up), only for larger content.
+CHEAP_CONTENT_BYTES = 64 * 1024
+MAX_CONTENT_COMMAS = 65_536
+# The content one delivery read returns at most (characters; at least its first row):
+# 500 rows of 4 MiB each would have been 2 GiB in the host's memory. The rest is read by
+# the pass that follows.
+MAX_READ_CONTENT = 16 * 1024 * 1024
 MAX_FIELD_BYTES = 1024  # id, addresses, timestamps
 PROGRESS_OPS = 1000  # SQLite VM instructions between two budget checks
 
@@ -376,14 +387,27 @@ SELECT substr(id, 1, {MAX_FIELD_BYTES}) AS id, seq,
        substr(channel_type, 1, 64) AS channel_type,
        substr(thread_id, 1, {MAX_FIELD_BYTES}) AS thread_id,
        CASE WHEN length(CAST(content AS BLOB)) > {MAX_CONTENT_BYTES} THEN NULL
-            ELSE CAST(content AS TEXT) END AS content
+            ELSE CAST(content AS TEXT) END AS content,
+       CASE WHEN length(CAST(content AS BLOB)) > {MAX_CONTENT_BYTES} THEN 'size'
+            WHEN length(CAST(content AS BLOB)) > {CHEAP_CONTENT_BYTES}
+                 AND length(CAST(content AS TEXT))
+                     - length(replace(CAST(content AS TEXT), ',', '')) > {MAX_CONTENT_COMMAS}
+            THEN 'commas' END AS content_refused
 FROM messages_out WHERE seq > ? ORDER BY seq LIMIT ?
 """
+# why a row's content is None: 'size' or 'commas' (the row itself is sent as refused)
+CONTENT_REFUSED = {
+    "size": f"outbound content over {MAX_CONTENT_BYTES} bytes",
+    "commas": f"outbound content over {CHEAP_CONTENT_BYTES} bytes with more than "
+    f"{MAX_CONTENT_COMMAS} commas (send large data as a file)",
+}
 
 
 def read_rows(path: Path, after_seq: int, limit: int = MAX_ROWS) -> list[OutRow]:
-    """``messages_out`` rows above ``after_seq`` in seq order (at most ``limit``); a row
-    whose content is over ``MAX_CONTENT_BYTES`` comes with ``content`` None."""
+    """``messages_out`` rows above ``after_seq`` in seq order (at most ``limit``, and no more
+    than :data:`MAX_READ_CONTENT` of content past the first); a row whose content is
+    refused (:data:`CONTENT_REFUSED`) comes with ``content`` None and the reason's key in
+    ``content_refused``."""
     with open_checked(path) as conn:
         return _rows(conn, after_seq, limit)
 
@@ -411,7 +435,17 @@ def read_pass(
 def _rows(conn: sqlite3.Connection, after_seq: int, limit: int) -> list[OutRow]:
     cur = conn.execute(_ROW_SQL, (after_seq, limit))
     names = [d[0] for d in cur.description]
-    return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+    rows: list[OutRow] = []
+    size = 0
+    for r in cur:
+        row = dict(zip(names, r, strict=True))
+        if row["content_refused"] is not None:
+            row["content"] = None
+        size += len(row["content"] or "")
+        if rows and size > MAX_READ_CONTENT:
+            break  # (the next read starts after the last row returned)
+        rows.append(row)
+    return rows
 
 
 def _has(conn: sqlite3.Connection, table: str) -> bool:
