@@ -121,3 +121,12 @@ def test_a_home_without_discord_py_still_lists_channels(tmp_path: Any) -> None:
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == discord.NOT_INSTALLED
+
+
+def test_a_fence_with_a_long_opening_line_ends() -> None:
+    """An open fence's opening line is repeated at the head of every chunk: one longer
+    than the budget left no room for the text, and the split never ended."""
+    text = "```" + "q" * 300 + "\n" + "code line\n" * 400
+    chunks = fmt.split(text, 200)
+    assert chunks and all(len(c) <= 200 for c in chunks)
+    assert sum(c.count("code line") for c in chunks) == 400

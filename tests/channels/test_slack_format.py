@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from carapace.channels.slack_format import question_blocks, split, to_mrkdwn
 
 
@@ -40,3 +42,28 @@ def test_question_blocks_limits() -> None:
     assert len(button["text"]["text"]) == 75 and button["value"] == "0"
     assert question_blocks({"questionId": "q", "options": ["a"] * 26}) is None
     assert question_blocks({"questionId": "q" * 260, "options": ["a"]}) is None
+
+
+def test_a_long_reply_is_formatted_and_split_in_linear_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A ``replace`` of the whole text per held span and a copy of the whole rest per
+    piece: 4 MiB took minutes. Now each piece looks at ``limit`` characters at most."""
+    import carapace.channels.slack_format as sf
+
+    looked = [0]
+    real = sf._safe_cut
+
+    def counting(t: str, at: int) -> bool:
+        looked[0] += len(t)
+        return real(t, at)
+
+    monkeypatch.setattr(sf, "_safe_cut", counting)
+    text = "See **[the docs](https://x.org)** and `a<b` & *more*, then words. " * 15_000
+    out = sf.to_mrkdwn(text)
+    assert out.count("*<https://x.org|the docs>*") == 15_000
+    assert out.count("`a&lt;b`") == 15_000 and "\x00" not in out
+    pieces = sf.split(out)
+    assert "\n".join(pieces).split() == out.split()
+    assert all(len(p) <= sf.TEXT_LIMIT for p in pieces)
+    assert looked[0] <= 2 * len(out), looked[0]

@@ -416,3 +416,34 @@ def test_a_mention_after_an_emoji_is_found_by_utf16_offsets(tg: FakeTelegram) ->
         assert (await rec.event(1)).message.is_mention is True
 
     run(tg, case)
+
+
+def test_a_long_reply_is_split_off_the_event_loop(
+    tg: FakeTelegram, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Splitting a reply of megabytes takes milliseconds to seconds: a long one is split in
+    a worker thread (a short one on the loop, no thread hop)."""
+    import threading
+
+    import carapace.channels.telegram as telegram
+
+    threads: list[tuple[int, int]] = []
+    real = telegram.split_text
+
+    def noting(t: str, *a: Any) -> list[str]:
+        threads.append((len(t), threading.get_ident()))
+        return real(t, *a)
+
+    monkeypatch.setattr(telegram, "split_text", noting)
+    long = "A sentence of the report. " * 2000  # 52,000 characters: 13 messages
+    loop_thread: list[int] = []
+
+    async def case(a: TelegramChannel, rec: Recorder) -> None:
+        loop_thread.append(threading.get_ident())
+        await a.deliver(f"telegram:{ANN}", None, text("short"))
+        await a.deliver(f"telegram:{ANN}", None, text(long))
+
+    run(tg, case)
+    sent = [m.text for m in tg.bot_messages(ANN)]
+    assert sent[0] == "short" and " ".join(sent[1:]).split() == long.split()
+    assert [(n, t == loop_thread[0]) for n, t in threads] == [(5, True), (len(long), False)]

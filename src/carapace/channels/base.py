@@ -11,9 +11,10 @@ An adapter turns a chat platform into inbound events (through the callbacks it i
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from carapace.errors import DeliveryError
 
@@ -194,3 +195,17 @@ class ChannelAdapter(Protocol):
     async def deliver(
         self, platform_id: str, thread_id: str | None, message: OutboundMessage
     ) -> str | None: ...
+
+
+_T = TypeVar("_T")
+LONG_TEXT = 16 * 1024  # characters: formatting and splitting more may take milliseconds
+
+
+async def off_loop_if_long(text: str, fn: Callable[[str], _T]) -> _T:
+    """``fn(text)`` (a channel's formatting and splitting of a reply), in a worker thread
+    when ``text`` is long: an agent's reply may hold megabytes (4 MiB: 0.3-0.4 s to format
+    and split for Slack or Discord), which on the event loop would hold up every chat; a
+    short one stays on the loop (a thread hop costs a round trip ~0.1 ms)."""
+    if len(text) <= LONG_TEXT:
+        return fn(text)
+    return await asyncio.to_thread(fn, text)

@@ -132,28 +132,34 @@ def to_discord(markdown: str) -> str:
 def split(text: str, limit: int = MAX_CHARS) -> list[str]:
     """NanoClaw's rule — cut at the last blank line, else line break, else space, else
     hard — with code fences kept whole: a chunk that ends inside a fence closes it and the
-    next one reopens it with the same language."""
+    next one reopens it with the same language. Each chunk looks at most ``limit``
+    characters past where the last one ended (linear in the text: it was quadratic)."""
     chunks: list[str] = []
-    rest = text.strip()
+    text = text.strip()
+    pos, n = 0, len(text)
     reopen = ""
-    while rest:
-        rest = reopen + rest
-        if len(rest) <= limit:
-            chunks.append(rest)
+    while pos < n:
+        if len(reopen) + n - pos <= limit:
+            chunks.append(reopen + text[pos:])
             break
+        window = reopen + text[pos : pos + limit]
         room = limit - 4  # space to close a fence we cut through ("\n```")
         cut = -1
         for sep in ("\n\n", "\n", " "):
-            cut = rest.rfind(sep, 0, room)
+            cut = window.rfind(sep, 0, room)
             if cut > len(reopen):
                 break
         if cut <= len(reopen):
             cut = room
-        head, rest = rest[:cut].rstrip(), rest[cut:].strip()
+        head = window[:cut].rstrip()
+        pos += max(1, cut - len(reopen))
+        while pos < n and text[pos].isspace():
+            pos += 1
         opening = _open_fence(head)
         if opening is not None:
             head += "\n```"
-            reopen = opening + "\n"
+            reopen = opening[:64] + "\n"  # (a longer opening line is cut: it was
+            # repeated at the head of every chunk, and the chunks never got through the text)
         else:
             reopen = ""
         chunks.append(head)

@@ -18,7 +18,7 @@ import discord
 from discord.http import Route, handle_message_parameters
 
 from carapace.channels import discord_format as fmt
-from carapace.channels.base import OutboundMessage
+from carapace.channels.base import OutboundMessage, off_loop_if_long
 from carapace.errors import CarapaceError, DeliveryError
 
 FILES_PER_MESSAGE = 10
@@ -120,7 +120,7 @@ class DiscordOutbound:
         text = content.get("markdown") or content.get("text") or ""
         if not isinstance(text, str):
             text = str(text)
-        chunks = fmt.split(fmt.to_discord(text)) if text.strip() else []
+        chunks = await off_loop_if_long(text, _chunks) if text.strip() else []
         if not chunks and not files:
             return None
         batches = [
@@ -184,7 +184,7 @@ class DiscordOutbound:
         self, channel: int, text: str, nonces: Nonces | None = None
     ) -> str | None:
         first: str | None = None
-        for i, chunk in enumerate(fmt.split(fmt.to_discord(text))):
+        for i, chunk in enumerate(await off_loop_if_long(text, _chunks)):
             sent = await self._post(channel, {"content": chunk},
                                     nonce=nonces.of(i) if nonces else None)  # fmt: skip
             first = first or str(sent["id"])
@@ -223,7 +223,7 @@ class DiscordOutbound:
             mid = fmt.platform_message_id(message_id)
         except fmt.BadDiscordId as exc:
             raise DeliveryError(str(exc), permanent=True) from None
-        body = fmt.split(fmt.to_discord(text)) or ["​"]
+        body = await off_loop_if_long(text, _chunks) or ["​"]
         content = body[0] if len(body) == 1 else body[0][: fmt.MAX_CHARS - 1] + "…"
         route = Route("PATCH", "/channels/{channel_id}/messages/{message_id}",
                       channel_id=channel, message_id=mid)  # fmt: skip
@@ -252,3 +252,7 @@ class DiscordOutbound:
             raise DeliveryError(f"not a Discord user id: {handle!r}", permanent=True)
         data = await self._call(self._http().start_private_message(int(user)))
         return fmt.channel_id(None, str(data["id"]))
+
+
+def _chunks(text: str) -> list[str]:
+    return fmt.split(fmt.to_discord(text))

@@ -19,7 +19,13 @@ from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetry
 from slack_sdk.web.async_client import AsyncWebClient
 
 from carapace.channels import slack_format as fmt
-from carapace.channels.base import ButtonClick, ChannelCallbacks, OutboundFile, OutboundMessage
+from carapace.channels.base import (
+    ButtonClick,
+    ChannelCallbacks,
+    OutboundFile,
+    OutboundMessage,
+    off_loop_if_long,
+)
 from carapace.channels.slack import SlackError
 from carapace.channels.slack_events import EventsMode, slack_error
 from carapace.channels.slack_inbound import (
@@ -417,7 +423,8 @@ class SlackChannel(EventsMode):
             fallback = fmt.split(fmt.escape(text), fmt.TEXT_LIMIT)[0] if text else " "
             pieces.append({"text": fallback, "blocks": blocks})
         elif text.strip():
-            pieces += [{"text": c, "unfurl_links": False} for c in fmt.split(fmt.to_mrkdwn(text))]
+            chunks = await off_loop_if_long(text, _chunks)
+            pieces += [{"text": c, "unfurl_links": False} for c in chunks]
         if message.files:
             pieces.append({"files": message.files})
         try:
@@ -481,7 +488,7 @@ class SlackChannel(EventsMode):
                    text: str) -> None:  # fmt: skip
         channel = self._channel(platform_id)
         ts = self._message_ts(message_id)
-        body = fmt.split(fmt.to_mrkdwn(text))[0] if text.strip() else " "
+        body = (await off_loop_if_long(text, _chunks))[0] if text.strip() else " "
         await self._call("chat.update", self._client().chat_update(
             channel=channel, ts=ts, text=body, blocks=[]))  # fmt: skip
 
@@ -505,3 +512,7 @@ class SlackChannel(EventsMode):
         if not isinstance(channel, str) or not _CHANNEL_RE.match(channel):
             raise DeliveryError("slack conversations.open: no channel id")
         return platform_id(channel)
+
+
+def _chunks(text: str) -> list[str]:
+    return fmt.split(fmt.to_mrkdwn(text))

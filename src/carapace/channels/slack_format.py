@@ -45,10 +45,22 @@ def to_mrkdwn(markdown: str) -> str:
     text = markdown.replace("\x00", "")
     text = _FENCE.sub(lambda m: hold("```" + escape(m.group(1).rstrip("\n")) + "```"), text)
     out = [_line(line, hold) for line in text.split("\n")]
-    result = "\n".join(out)
-    for i in range(len(held) - 1, -1, -1):  # nested holds (a link inside bold) unwind in order
-        result = result.replace(_HOLD.format(i), held[i])
-    return result
+    return _unhold("\n".join(out), held)
+
+
+_HELD = re.compile("\x00([0-9]+)\x00")
+
+
+def _unhold(text: str, held: list[str]) -> str:
+    """Each hold marker replaced by what it holds, markers inside that too (a link inside
+    bold): one pass over the text (a ``replace`` of the whole text per hold was quadratic,
+    minutes for a long reply)."""
+
+    def sub(m: re.Match[str]) -> str:
+        i = int(m.group(1))
+        return _HELD.sub(sub, held[i]) if i < len(held) else m.group(0)
+
+    return _HELD.sub(sub, text)
 
 
 def _line(line: str, hold: Any) -> str:
@@ -80,27 +92,34 @@ def _inline(text: str, hold: Any) -> str:
 
 def split(text: str, limit: int = TEXT_LIMIT) -> list[str]:
     """NanoClaw's rule: cut at the last blank line, else newline, else space, else hard;
-    never inside an entity (``&amp;``) or a ``<link|text>``. Pieces are trimmed."""
+    never inside an entity (``&amp;``) or a ``<link|text>``. Pieces are trimmed. Each
+    piece looks at most ``limit`` characters past where the last one ended (linear in
+    the text: it was quadratic, 0.6 s for 4 MiB on the event loop)."""
     chunks: list[str] = []
-    rest = text
-    while len(rest) > limit:
-        window = rest[:limit]
+    pos, end = 0, len(text)
+    while end - pos > limit:
+        window = text[pos : pos + limit]
         cut = -1
         for sep in ("\n\n", "\n", " "):
             at = window.rfind(sep)
-            if at > 0 and _safe_cut(rest, at):
+            if at > 0 and _safe_cut(window, at):
                 cut = at
                 break
         if cut <= 0:
             cut = limit
-            while cut > 1 and not _safe_cut(rest, cut):
+            while cut > 1 and not _safe_cut(window, cut):
                 cut -= 1
-        piece = rest[:cut].strip()
+        piece = window[:cut].strip()
         if piece:
             chunks.append(piece)
-        rest = rest[cut:].strip()
-    if rest.strip() or not chunks:
-        chunks.append(rest.strip())
+        pos += cut
+        if pos == cut:  # (the rest is trimmed from here on, its end too)
+            end = len(text.rstrip())
+        while pos < end and text[pos].isspace():
+            pos += 1
+    rest = text[pos:end].strip()
+    if rest or not chunks:
+        chunks.append(rest)
     return chunks
 
 

@@ -42,7 +42,7 @@ from telegram.error import (
 from telegram.request import HTTPXRequest
 
 from carapace.channels import telegram_inbound as inbound
-from carapace.channels.base import ButtonClick, ChannelCallbacks, OutboundMessage
+from carapace.channels.base import ButtonClick, ChannelCallbacks, OutboundMessage, off_loop_if_long
 from carapace.channels.telegram_format import split_text, to_html
 from carapace.config import Home, Settings
 from carapace.errors import ConfigError, DeliveryError
@@ -308,7 +308,7 @@ class TelegramChannel:
             text = t if isinstance(t, str) else None
         key = message.message_out_id or ""
         done = self._sent.setdefault(key, []) if key else []
-        pieces = split_text(text) if text else []
+        pieces = await off_loop_if_long(text, split_text) if text else []
         for piece in pieces[len(done) :]:
             sent = await self._send_text(chat, thread, piece)
             done.append(f"{chat}:{sent.message_id}")
@@ -378,7 +378,7 @@ class TelegramChannel:
                    text: str) -> None:  # fmt: skip
         chat, _ = _address(platform_id, thread_id)
         mid = _message(message_id)
-        piece = split_text(text)[0] if text else "…"
+        piece = (await off_loop_if_long(text, split_text))[0] if text else "…"
 
         async def fancy() -> Any:
             return await self.bot.edit_message_text(to_html(piece), chat, mid,

@@ -58,27 +58,34 @@ def _cut(window: str) -> int:
 
 def split_text(text: str, limit: int = SPLIT_BUDGET) -> list[str]:
     """Pieces of ``text``, each within ``limit`` UTF-16 units, cut on boundaries; joining
-    them with whitespace gives back every word of ``text``."""
+    them with whitespace gives back every word of ``text``. Each piece looks at most
+    ``limit`` characters past where the last one ended (a reply of megabytes is split in
+    linear time: it was quadratic, 4.5 s for 4 MiB on the event loop)."""
     pieces: list[str] = []
-    rest = text
+    pos, n = 0, len(text)
     reopen = ""
-    while rest:
-        rest = reopen + rest
-        if utf16_len(rest) <= limit:
-            pieces.append(rest)
-            break
-        cut = _cut(rest[: _fit(rest, limit - 8)])  # room to close a code fence
-        piece, rest = rest[:cut], rest[cut:]
+    while pos < n:
+        if len(reopen) + n - pos <= limit:  # (a character is at least one UTF-16 unit)
+            rest = reopen + text[pos:]
+            if utf16_len(rest) <= limit:
+                pieces.append(rest)
+                break
+        window = (reopen + text[pos : pos + limit])[: limit - 8]  # room to close a fence
+        cut = _cut(window[: _fit(window, limit - 8)])
+        piece = window[:cut]
+        pos += max(1, cut - len(reopen))  # (a cut is past the reopened fence line: a
+        # window holds at least limit / 2 characters, a cut is past its first quarter)
         reopen = ""
         if piece.count("```") % 2 == 1:  # a code block goes on: close it here, reopen there
             last = list(re.finditer(r"```([A-Za-z0-9_+-]*)(\n)?", piece))[-1]
             lang = last.group(1) if last.group(2) is not None else ""  # a whole-line name only
             piece = piece.rstrip("\n") + "\n```"
-            reopen = f"```{lang}\n"
+            reopen = f"```{lang[:32]}\n"
         piece = piece.strip("\n")
         if piece.strip():
             pieces.append(piece)
-        rest = rest.lstrip("\n")
+        while pos < n and text[pos] == "\n":
+            pos += 1
     return [p for p in pieces if p.strip()] or ([text] if text else [])
 
 
