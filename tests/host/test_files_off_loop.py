@@ -37,17 +37,22 @@ def _threads(monkeypatch: pytest.MonkeyPatch, module: Any, *names: str) -> list[
     return calls
 
 
+def _chatting(rig: Rig, agent: str, row: str, name: str, data: bytes) -> Any:
+    """The agent's session with one chat, and a file in the outbox folder of row ``row``."""
+    mg = rig.chat("chan")
+    rig.wire(mg, agent)
+    rig.run(rig.host.route(make_event("hi", platform_id="chan", id="m1")))
+    [s] = rig.sessions()
+    folder = rig.paths(s).outbox / row
+    folder.mkdir(parents=True)
+    (folder / name).write_bytes(data)
+    return s
+
+
 def test_a_replys_files_are_read_off_the_event_loop(
     rig: Rig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    ag = rig.agent()
-    mg = rig.chat("chan")
-    rig.wire(mg, ag)
-    rig.run(rig.host.route(make_event("hi", platform_id="chan", id="m1")))
-    [s] = rig.sessions()
-    folder = rig.paths(s).outbox / "r1"
-    folder.mkdir(parents=True)
-    (folder / "big.bin").write_bytes(b"x" * (2 << 20))
+    s = _chatting(rig, rig.agent(), "r1", "big.bin", b"x" * (2 << 20))
     calls = _threads(monkeypatch, safefs, "read_beneath")
     rig.reply(s, {"text": "here", "files": ["big.bin"]}, channel_type="fake",
               platform_id="chan", id="r1")  # fmt: skip
@@ -62,13 +67,7 @@ def test_an_agent_message_with_files_to_a_new_session_is_made_off_the_event_loop
 ) -> None:
     a, b = rig.agent("alpha"), rig.agent("beta")
     add_destination(rig.db, a, "beta", "agent", b)
-    mg = rig.chat("chan")
-    rig.wire(mg, a)
-    rig.run(rig.host.route(make_event("hi", platform_id="chan", id="m1")))
-    [s] = rig.sessions()
-    folder = rig.paths(s).outbox / "to-beta"
-    folder.mkdir(parents=True)
-    (folder / "data.bin").write_bytes(b"y" * (2 << 20))
+    s = _chatting(rig, a, "to-beta", "data.bin", b"y" * (2 << 20))
     calls = _threads(monkeypatch, safefs, "read_beneath", "write_beneath")
     made = _threads(monkeypatch, sessions_module, "init_session_folder")
     rig.reply(s, {"text": "for you", "files": ["data.bin"]}, channel_type="agent",

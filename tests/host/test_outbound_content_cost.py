@@ -10,6 +10,7 @@ the channel had failed.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -32,6 +33,21 @@ def _session(rig: Rig) -> Session:
     return s
 
 
+def _spy(monkeypatch: pytest.MonkeyPatch, module: Any, name: str,
+         keep: Callable[[tuple[Any, ...], Any], Any]) -> list[Any]:  # fmt: skip
+    """``keep(arguments, result)`` of each call of ``module.<name>`` from now on."""
+    seen: list[Any] = []
+    real = getattr(module, name)
+
+    def spying(*a: Any, **k: Any) -> Any:
+        out = real(*a, **k)
+        seen.append(keep(a, out))
+        return out
+
+    monkeypatch.setattr(module, name, spying)
+    return seen
+
+
 def _notes(rig: Rig, s: Session) -> list[str]:
     rows = rig.inbound(s, "SELECT content FROM messages_in WHERE channel_type='agent'")
     return [r["content"] for r in rows]
@@ -41,14 +57,7 @@ def test_content_dear_to_parse_is_refused_unparsed(
     rig: Rig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     s = _session(rig)
-    parsed: list[Any] = []
-    real = dispatch.loads_or
-
-    def noting(text: Any, default: Any) -> Any:
-        parsed.append(text)
-        return real(text, default)
-
-    monkeypatch.setattr(dispatch, "loads_or", noting)
+    parsed = _spy(monkeypatch, dispatch, "loads_or", lambda args, _out: args[0])
     crafted = '{"text":"a","n":[' + ",".join(["0"] * (MAX_CONTENT_COMMAS + 10)) + "]}"
     assert len(crafted) > CHEAP_CONTENT_BYTES
     rid = rig.reply(s, crafted, channel_type="fake", platform_id="chan")
@@ -76,15 +85,8 @@ def test_a_delivery_read_holds_a_bounded_amount_of_content(
     rig: Rig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     s = _session(rig)
-    reads: list[int] = []
-    real = delivery.read_pass
-
-    def noting(*a: Any, **k: Any) -> Any:
-        out = real(*a, **k)
-        reads.append(sum(len(r["content"] or "") for r in out[0]))
-        return out
-
-    monkeypatch.setattr(delivery, "read_pass", noting)
+    reads = _spy(monkeypatch, delivery, "read_pass",
+                 lambda _args, out: sum(len(r["content"] or "") for r in out[0]))  # fmt: skip
     big = "z" * (3 << 20)  # 3 MiB each: all ten are 30 MiB
     ids = [rig.reply(s, dumps({"text": f"{i}{big}"}), channel_type="fake", platform_id="chan")
            for i in range(10)]  # fmt: skip

@@ -107,6 +107,12 @@ def test_start_indexes_what_nanoclaw_left_and_the_sweep_runs_it(tmp_path: Path) 
     asyncio.run(scenario())
 
 
+def _bare_host(home: Home) -> Host:
+    return Host(home, settings=Settings(), channels=[FakeChannel("telegram")],
+                backend=SubprocessBackend(), clock=FakeClock(NOW),
+                options=HostOptions(sockets=False, watch=False))  # fmt: skip
+
+
 def test_rebuild_leaves_idle_sessions_out(tmp_path: Path) -> None:
     v2 = make_nanoclaw_v2_home(tmp_path / "nanoclaw")
     conn = sqlite3.connect(str(v2.session_dir / "inbound.db"), isolation_level=None)
@@ -116,9 +122,7 @@ def test_rebuild_leaves_idle_sessions_out(tmp_path: Path) -> None:
     home = Home(v2.root)
 
     async def scenario() -> int:
-        host = Host(home, settings=Settings(), channels=[FakeChannel("telegram")],
-                    backend=SubprocessBackend(), clock=FakeClock(NOW),
-                    options=HostOptions(sockets=False, watch=False))  # fmt: skip
+        host = _bare_host(home)
         await host.start(background=False)
         try:
             return await host.rebuild_work_index()
@@ -155,9 +159,7 @@ def test_a_nanoclaw_file_gets_the_host_indexes_at_start_off_the_event_loop(
     home = Home(v2.root)
 
     async def scenario() -> int:
-        host = Host(home, settings=Settings(), channels=[FakeChannel("telegram")],
-                    backend=SubprocessBackend(), clock=FakeClock(NOW),
-                    options=HostOptions(sockets=False, watch=False))  # fmt: skip
+        host = _bare_host(home)
         await host.start(background=False)
         try:
             await host.sweep_once(NOW)
