@@ -130,3 +130,15 @@ def test_a_fence_with_a_long_opening_line_ends() -> None:
     chunks = fmt.split(text, 200)
     assert chunks and all(len(c) <= 200 for c in chunks)
     assert sum(c.count("code line") for c in chunks) == 400
+
+
+@pytest.mark.parametrize("unit", ["__a ", "![", "![a](x", "``a`", "`a``b```c````d"])
+def test_a_crafted_line_formats_in_linear_time(unit: str) -> None:
+    """Underline and image patterns scanned to the end of the line from every place they
+    could start, and a code span backed up through runs of backticks: 16 KB of ``__a ``
+    took 1 s, this line (192 KB) would take minutes; it is one pass now (a test that ends
+    is the check: the suite's timeout is 120 s)."""
+    line = unit * (192 * 1024 // len(unit))
+    out = fmt.to_discord(line)
+    assert len(out) >= len(line) // 2
+    assert all(len(c) <= fmt.MAX_CHARS for c in fmt.split(out))

@@ -76,3 +76,12 @@ def test_a_fence_with_a_long_language_name_ends(monkeypatch: pytest.MonkeyPatch)
     assert all(utf16_len(p) <= SPLIT_BUDGET for p in pieces)
     small = split_text("```" + "y" * 300 + "\n" + "z " * 500, 100)
     assert small and all(utf16_len(p) <= 100 for p in small)
+
+
+def test_brackets_are_not_scanned_to_the_end_from_each_one() -> None:
+    """A piece of 4,000 ``[`` took 119 ms to render (each one scanned the rest for a ``]``):
+    a link's text and address hold no bracket now. Links still render."""
+    assert to_html("[" * 4000) == "[" * 4000
+    assert to_html("see [the docs](https://x.org/a?b=1)") == (
+        'see <a href="https://x.org/a?b=1">the docs</a>'
+    )

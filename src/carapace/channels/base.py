@@ -209,3 +209,24 @@ async def off_loop_if_long(text: str, fn: Callable[[str], _T]) -> _T:
     if len(text) <= LONG_TEXT:
         return fn(text)
     return await asyncio.to_thread(fn, text)
+
+
+FORMAT_SLICE = 8 * 1024  # characters of one line a channel's inline formatting takes at once
+
+
+def line_slices(line: str, size: int = FORMAT_SLICE) -> list[str]:
+    """``line`` in slices of at most about ``size`` characters, cut after a space where one
+    is near: a regular expression runs in C holding the GIL, so one over a line of
+    megabytes held up the event loop from any thread (markup across a cut is left as
+    written: only a line longer than ``size`` has one)."""
+    if len(line) <= size:
+        return [line]
+    out: list[str] = []
+    pos = 0
+    while len(line) - pos > size:
+        cut = line.rfind(" ", pos + size // 2, pos + size)
+        cut = cut + 1 if cut != -1 else pos + size
+        out.append(line[pos:cut])
+        pos = cut
+    out.append(line[pos:])
+    return out

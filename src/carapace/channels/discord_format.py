@@ -17,12 +17,15 @@ from __future__ import annotations
 
 import re
 
+from carapace.channels.base import line_slices
 from carapace.errors import ValidationError
 
 MAX_CHARS = 2000
 PREFIX = "discord"
 _FENCE = re.compile(r"^(\s*)(```|~~~)")
-_INLINE_CODE = re.compile(r"(`+)(.+?)\1", re.S)
+# a code span: a run of one to three backticks, closed by a run of the same length (a run
+# of any length, backing up through it, made a line of backticks cubic: minutes)
+_INLINE_CODE = re.compile(r"(?<!`)(`{1,3})(?!`)(.+?)(?<!`)\1(?!`)", re.S)
 
 
 class BadDiscordId(ValidationError):
@@ -78,9 +81,11 @@ def _map_prose(line: str) -> str:
 def _map_plain(text: str) -> str:
     text = text.replace("||", "\\|\\|")
     text = re.sub(
-        r"!\[([^\]]*)\]\(([^)\s]+)\)", lambda m: f"[{m.group(1) or 'image'}]({m.group(2)})", text
+        r"!\[([^\[\]]*)\]\(([^)\s\[\]]+)\)",
+        lambda m: f"[{m.group(1) or 'image'}]({m.group(2)})",
+        text,
     )
-    text = re.sub(r"(?<![\\_])__(?=\S)(.+?)(?<=\S)__(?!_)", r"**\1**", text)
+    text = re.sub(r"(?<![\\_])__(?=\S)((?:[^_]|_(?!_))+?)(?<=\S)__(?!_)", r"**\1**", text)
     return text
 
 
@@ -123,7 +128,7 @@ def to_discord(markdown: str) -> str:
             continue
         if line.startswith("-# "):
             line = "\\" + line
-        out.append(_map_prose(line))
+        out.append("".join(_map_prose(part) for part in line_slices(line)))
     flush_table()
     return "\n".join(out)
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from carapace.channels.base import line_slices
+
 #: Slack truncates a message's text past 40,000 characters and advises 4,000: we split there.
 TEXT_LIMIT = 4_000
 SECTION_LIMIT = 3_000
@@ -17,16 +19,21 @@ BUTTON_LIMIT = 75
 ACTION_ID_LIMIT = 255
 MAX_BUTTONS = 25
 
-_FENCE = re.compile(r"```[^\n]*\n?(.*?)```", re.S)
+_FENCE = re.compile(r"```[^\n`]*+\n?(.*?)```", re.S)
 _CODE = re.compile(r"`([^`\n]+)`")
-_LINK = re.compile(r"\[([^\]\n]+)\]\(((?:https?://|mailto:)[^\s)]+)\)")
-_BOLD = re.compile(r"\*\*(?=\S)(.+?)(?<=\S)\*\*|__(?=\S)(.+?)(?<=\S)__")
+_LINK = re.compile(r"\[([^\[\]\n]+)\]\(((?:https?://|mailto:)[^\s)\[\]]+)\)")
+_BOLD = re.compile(
+    r"\*\*(?=\S)((?:[^*]|\*(?!\*))+?)(?<=\S)\*\*|__(?=\S)((?:[^_]|_(?!_))+?)(?<=\S)__"
+)
 _ITALIC = re.compile(r"(?<![\w*])\*(?=\S)([^*\n]+?)(?<=\S)\*(?![\w*])")
-_STRIKE = re.compile(r"~~(?=\S)(.+?)(?<=\S)~~")
+_STRIKE = re.compile(r"~~(?=\S)((?:[^~]|~(?!~))+?)(?<=\S)~~")
 _HEADING = re.compile(r"^#{1,6}\s+(.*?)\s*#*\s*$")
 _BULLET = re.compile(r"^(\s*)[-*+]\s+")
 _QUOTE = re.compile(r"^\s*>\s?")
 _HOLD = "\x00{}\x00"
+# (Each pattern's scan stops at the next place it could start — a link's text and address
+# hold no bracket, bold no "**" — or cannot back up: an agent's line of megabytes of
+# "**a " or "[" made them quadratic, minutes of CPU for one reply.)
 
 
 def escape(text: str) -> str:
@@ -44,7 +51,7 @@ def to_mrkdwn(markdown: str) -> str:
 
     text = markdown.replace("\x00", "")
     text = _FENCE.sub(lambda m: hold("```" + escape(m.group(1).rstrip("\n")) + "```"), text)
-    out = [_line(line, hold) for line in text.split("\n")]
+    out = [_line(line, hold) for line in text.split("\n")]  # (a long line: sliced, _line)
     return _unhold("\n".join(out), held)
 
 
@@ -64,6 +71,9 @@ def _unhold(text: str, held: list[str]) -> str:
 
 
 def _line(line: str, hold: Any) -> str:
+    parts = line_slices(line)
+    if len(parts) > 1:
+        return _line(parts[0], hold) + "".join(_inline(p, hold) for p in parts[1:])
     prefix = ""
     if _QUOTE.match(line) and not line.lstrip().startswith(_HOLD[0]):
         line = _QUOTE.sub("", line, count=1)

@@ -91,7 +91,7 @@ def split_text(text: str, limit: int = SPLIT_BUDGET) -> list[str]:
 
 _INLINE = re.compile(
     r"(?P<code>`[^`\n]+`)"
-    r"|\[(?P<ltext>[^\]\n]+)\]\((?P<url>(?:https?|tg|mailto):[^)\s]+)\)"
+    r"|\[(?P<ltext>[^\[\]\n]+)\]\((?P<url>(?:https?|tg|mailto):[^)\s\[\]]+)\)"
     r"|\*\*(?P<b1>[^\n]+?)\*\*|__(?P<b2>[^\n]+?)__"
     r"|~~(?P<s>[^\n]+?)~~"
     r"|(?<![\w*])\*(?P<i1>[^*\s](?:[^*\n]*[^*\s])?)\*(?![\w*])"
