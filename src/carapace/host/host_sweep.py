@@ -101,7 +101,7 @@ async def _scan(host: Host, sid: str, paths: Any, now: datetime, until: float,
     it, waited for until ``until`` (the look's :func:`_bounded` budget)."""
     look_from = getattr(host.hooks.on_sweep_session, "look_from", None)
     look = look_from(sid) if look_from is not None else None
-    scan = await host.delivery.outbox.call(scan_session, paths, now, look)
+    scan = await host.delivery.outbox.call(scan_session, paths, now, look, host.home.central_db)
     new = {mid: st for mid, st in scan.done.items() if mid not in handed}
     if new:  # (counted as finished by this look whether copied now or later)
         handed.update(new)
