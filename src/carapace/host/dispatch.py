@@ -126,8 +126,7 @@ async def send_row(
     """Spec §4.3: one outbound row to where it goes (a system action, another agent, a
     channel). Returns the platform message id (or None); raises ``DeliveryError``."""
     if row["content"] is None:
-        why = CONTENT_REFUSED.get(row.get("content_refused") or "size", CONTENT_REFUSED["size"])
-        raise DeliveryError(why, permanent=True)
+        raise DeliveryError(CONTENT_REFUSED[row.get("content_refused") or "size"], permanent=True)
     content = loads_or(row["content"], None)
     if content is None:
         raise DeliveryError("outbound content is not JSON", permanent=True)

@@ -400,10 +400,16 @@ _RECENT = (  # (a time SQLite cannot read is kept: the hook reads it again)
     "OR datetime(COALESCE(process_after, timestamp)) >= datetime(?))"
 )
 _TASK_COLUMNS = "id, seq, series_id, status, process_after, timestamp"
-TASK_ROWS_SINCE = (
-    f"SELECT {_TASK_COLUMNS} FROM messages_in WHERE kind = 'task' AND seq > ? AND seq <= ? "
-    f"AND {_RECENT} ORDER BY seq"
-)
+
+
+def _rows_since(cols: str = _TASK_COLUMNS, also: str = "") -> str:
+    """The task rows in (?, ?] of seq, of the window from ?: ``cols``, ``also`` a further
+    condition."""
+    return (f"SELECT {cols} FROM messages_in WHERE kind = 'task' AND seq > ? AND seq <= ? "
+            f"AND {_RECENT}{also} ORDER BY seq")  # fmt: skip
+
+
+TASK_ROWS_SINCE = _rows_since()
 
 
 _UNRECORDED = "id NOT IN (SELECT id FROM central.carapace_task_runs)"
@@ -503,10 +509,8 @@ def task_rows(inb: sqlite3.Connection, outbound: Path, file: tuple[int, int], up
     cols = _task_columns(inb)
     cur = inb.cursor()
     cur.row_factory = None  # (plain tuples)
-    sql = TASK_ROWS_SINCE.replace(_TASK_COLUMNS, cols)
     attached = start < 0 and central is not None and _attach_central(inb, central)
-    if attached:
-        sql = sql.replace(" ORDER BY seq", f" AND {_UNRECORDED} ORDER BY seq")
+    sql = _rows_since(cols, f" AND {_UNRECORDED}" if attached else "")
     try:
         rows = list(map(TaskRow._make, cur.execute(sql, (start, upto, since))))
     finally:

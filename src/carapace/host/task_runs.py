@@ -22,6 +22,7 @@ from typing import Any
 
 from carapace.db.connection import connect, is_busy, transaction
 from carapace.db.sessions import Session
+from carapace.host.sessions import keep_bounded
 from carapace.host.sweep import (
     SweepContext,
     TaskLook,
@@ -159,7 +160,6 @@ def sync_outcomes(
 
 
 RECORD_SLICE = 100  # history rows per central transaction
-LOOKS_KEPT = 4096  # sessions whose last look a hook keeps (the others are read whole again)
 UNSEEN_HEAD_RETRY = timedelta(seconds=1)
 
 
@@ -252,9 +252,9 @@ class SeriesSweep:
         return earliest(soonest, head_due)
 
     def _settled(self, session_id: str, look: TaskLook) -> None:
-        with self._lock:
-            if session_id not in self._looks and len(self._looks) >= LOOKS_KEPT:
-                self._looks.pop(next(iter(self._looks)))
+        with self._lock:  # (a look dropped costs its session one first look again)
+            if session_id not in self._looks:
+                keep_bounded(self._looks)
             self._looks[session_id] = look
 
 
