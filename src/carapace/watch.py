@@ -1,10 +1,10 @@
 """File-change notification for session folders: inotify through ctypes, or polling.
 
 DESIGN §3: each side wakes as soon as the other side commits. Session DBs use
-``journal_mode=TRUNCATE``: a commit writes the database file (``IN_MODIFY``) and then
-truncates ``<db>-journal`` to nothing (``IN_MODIFY``, the commit point), so a watch on the
-*folder* filtered to both names sees every commit (in ``DELETE`` mode the journal's removal
-is it).
+``journal_mode=PERSIST``: a commit writes the database file (``IN_MODIFY``) and then zeroes
+the header of ``<db>-journal`` (``IN_MODIFY``, the commit point), so a watch on the
+*folder* filtered to both names sees every commit (in ``TRUNCATE`` mode the journal's
+truncation is it, in ``DELETE`` mode its removal).
 
 ``DirWatcher`` watches folders (or single files)::
 
@@ -16,14 +16,15 @@ is it).
     w.close()
 
 Mid-commit wakes (issue 19). A commit is many writes: the journal first, then the database
-pages, then the journal's truncation. Each raises ``IN_MODIFY``, so a reader woken by the
+pages, then the journal's zeroed header. Each raises ``IN_MODIFY``, so a reader woken by the
 first one reads *during* the commit, meets the writer's lock and sleeps in SQLite's busy
 handler (1, 2, 5 ms…), and its shared lock in turn makes the writer's next commit wait. With
 ``settle=True`` the kernel is asked only for the events that end a commit (``COMMIT_MASK``:
 SQLite closes the journal once its lock is dropped, ``IN_CLOSE_WRITE``, or in ``DELETE``
 mode removes it), so the writes of a commit, and of the folder's other files, wake no one;
-and a folder's events are reported only once every watched ``*-journal`` is empty or absent
-(one ``lstat`` each). A transaction left open, or a hot journal, delays the wake until it
+and a folder's events are reported only once every watched ``*-journal`` is absent, empty or
+its header zeroed (one ``lstat`` each, and a one-byte read of a journal that is not empty:
+:func:`journal_idle`). A transaction left open, or a hot journal, delays the wake until it
 ends; callers poll anyway.
 
 Each side's own commits wake no one (issue 19). The host and a runner share a folder: a
@@ -82,12 +83,13 @@ IN_CLOEXEC = 0o2000000
 # two sides woke each other forever (a CPU core spent while any runner lived).
 WATCH_MASK = IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE | IN_MODIFY | IN_DELETE
 # ``settle=True`` watches ask only for the events that can end a commit: SQLite closes a
-# rollback journal once the transaction's lock is dropped (IN_CLOSE_WRITE, after the
-# truncation in TRUNCATE mode) or removes it (IN_DELETE, DELETE mode); IN_MOVED_TO is a file
-# put in place whole. No IN_MODIFY: a commit is a dozen writes (three per journaled page),
-# each a wake of the reader for nothing, and the other files of the folder (the other side's
-# database, a log) raise them too.
+# rollback journal once the transaction's lock is dropped (IN_CLOSE_WRITE, after its zeroed
+# header in PERSIST mode, its truncation in TRUNCATE mode) or removes it (IN_DELETE, DELETE
+# mode); IN_MOVED_TO is a file put in place whole. No IN_MODIFY: a commit is a dozen writes
+# (three per journaled page), each a wake of the reader for nothing, and the other files of
+# the folder (the other side's database, a log) raise them too.
 COMMIT_MASK = IN_CLOSE_WRITE | IN_MOVED_TO | IN_DELETE
+JOURNAL_HEADER_BYTES = 28  # what a PERSIST commit zeroes (SQLite's pager.c, zeroJournalHdr)
 # the folder's watch while its journals are watched as files: a file put in place or
 # removed; a journal's own name among them puts the folder back on COMMIT_MASK
 FOLDER_MASK = IN_MOVED_TO | IN_MOVED_FROM | IN_DELETE
@@ -160,6 +162,26 @@ class _Inotify:
 
     def close(self) -> None:
         os.close(self.fd)
+
+
+def journal_idle(path: str) -> bool:
+    """No transaction in progress by the rollback journal at ``path``: it is empty (a
+    ``TRUNCATE`` commit's end) or its 28-byte header is all zeros (a ``PERSIST`` commit's
+    end: SQLite zeroes it). A transaction writes the header as it starts journaling (the
+    page size in it is never zero; the magic number follows at the journal's sync). A
+    link, or any other kind of file, is never followed or read and counts as busy;
+    ``FileNotFoundError`` when there is none. Opened without blocking (a FIFO put in its
+    place between the ``lstat`` and the open fails the read: ``OSError``)."""
+    st = os.lstat(path)
+    if st.st_size == 0:
+        return True
+    if not stat.S_ISREG(st.st_mode):
+        return False
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        return not any(os.pread(fd, JOURNAL_HEADER_BYTES, 0))
+    finally:
+        os.close(fd)
 
 
 class DirWatcher:
@@ -343,10 +365,10 @@ class DirWatcher:
 
     def _settled(self, path: Path) -> bool:
         """No transaction in progress in ``path``'s watched databases: each journal is
-        empty or absent (``lstat``: a link is not followed, and counts as not settled)."""
+        absent, empty or its header zeroed (:func:`journal_idle`)."""
         for name in self._journals.get(path, ()):
             try:
-                if os.stat(os.path.join(path, name), follow_symlinks=False).st_size > 0:
+                if not journal_idle(os.path.join(path, name)):
                     return False
             except FileNotFoundError:
                 continue

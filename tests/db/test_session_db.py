@@ -25,6 +25,7 @@ from carapace.db.session import (
     peek_max_seq,
 )
 from carapace.timefmt import iso, sqlite_ts
+from carapace.watch import journal_idle
 
 INBOUND_COLUMNS = {
     "messages_in": [
@@ -75,7 +76,7 @@ def test_layout_and_schemas(paths: SessionPaths, tmp_path: Path) -> None:
             assert [r[1] for r in db.execute(f"PRAGMA table_info({table})")] == cols
         # A rollback journal that is never deleted (docs/sandbox.md, DESIGN invariant 3),
         # synced at NORMAL (docs/compat.md D8).
-        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "truncate"
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "persist"
         assert db.execute("PRAGMA synchronous").fetchone()[0] == 1
         assert Path(f"{path}-journal").is_file()
         assert db.execute("PRAGMA busy_timeout").fetchone()[0] == 5000
@@ -286,12 +287,15 @@ def test_two_processes_writing_at_once_never_share_a_seq(paths: SessionPaths, si
     assert max_seq(db, table) == (2 * n * 2 if side == "in" else 2 * n * 2 - 1)
 
 
-def test_a_stored_message_survives_a_power_loss_other_commits_sync_less(
+def test_every_commit_ends_durable_and_a_mode_that_did_not_switch_is_synced_by_hand(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """At ``synchronous=NORMAL`` a commit's last step (emptying the journal) is not synced;
-    a message insert syncs it (so a power loss cannot roll the message back), other commits
-    do not pay for it (docs/compat.md D8)."""
+    """In ``journal_mode=PERSIST`` at ``synchronous=NORMAL`` a commit's last step, zeroing
+    the journal's header, is synced by SQLite itself: a stored message survives a power
+    loss with no fsync of carapace's, and the journal is never truncated (docs/compat.md
+    D8). A connection whose mode is another falls back: in ``TRUNCATE`` a message insert
+    syncs the emptied journal, in ``DELETE`` the folder (the journal's removal); other
+    commits sync nothing more."""
     import os
 
     paths = SessionPaths.of(tmp_path / "data", "ag-1", "sess-1")
@@ -305,22 +309,30 @@ def test_a_stored_message_survives_a_power_loss_other_commits_sync_less(
 
     monkeypatch.setattr(os, "fsync", spy)
     conn = connect(paths.inbound, "session")
+    insert_message_in(conn, {"id": "m-1", "kind": "chat", "timestamp": "t", "content": "{}"})
+    assert synced == []
+    assert paths.inbound_journal.stat().st_size > 0  # kept, never truncated
+    assert journal_idle(str(paths.inbound_journal))  # its header zeroed: the commit point
+    assert [r[0] for r in conn.execute("SELECT id FROM messages_in")] == ["m-1"]
+
+    conn.execute("PRAGMA journal_mode = TRUNCATE")
     with transaction(conn):
         conn.execute("INSERT INTO destinations VALUES ('home', NULL, 'channel', 'cli', 'x', NULL)")
     assert synced == []
-    insert_message_in(conn, {"id": "m-1", "kind": "chat", "timestamp": "t", "content": "{}"})
-    assert synced == [f"{paths.inbound}-journal"]
-    assert paths.inbound_journal.stat().st_size == 0  # the commit point, now on disk
     with transaction(conn):  # nested: the sync comes after the outer commit
         insert_message_in(conn, {"id": "m-2", "kind": "chat", "timestamp": "t", "content": "{}"})
-        assert len(synced) == 1
-    assert len(synced) == 2
+        assert synced == []
+    assert synced == [f"{paths.inbound}-journal"]
+    assert paths.inbound_journal.stat().st_size == 0
     with pytest.raises(RuntimeError), transaction(conn):  # rolled back: nothing to sync
         insert_message_in(conn, {"id": "m-3", "kind": "chat", "timestamp": "t", "content": "{}"})
         raise RuntimeError("abandoned")
-    with transaction(conn):
-        conn.execute("DELETE FROM destinations")
-    assert len(synced) == 2
+    assert len(synced) == 1
+
+    conn.execute("PRAGMA journal_mode = DELETE")
+    insert_message_in(conn, {"id": "m-4", "kind": "chat", "timestamp": "t", "content": "{}"})
+    assert synced == [f"{paths.inbound}-journal", str(paths.root)]
+    assert not paths.inbound_journal.exists()
     conn.close()
 
 

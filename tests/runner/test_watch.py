@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from carapace.watch import IN_CLOSE_WRITE, DirWatcher
+from carapace.watch import IN_CLOSE_WRITE, DirWatcher, journal_idle
 
 
 @pytest.fixture(params=[True, False], ids=["inotify", "polling"])
@@ -143,12 +143,45 @@ def test_settle_reports_a_commit_not_the_writes_before_it(
     conn.execute("BEGIN IMMEDIATE")
     for _ in range(50):  # enough pages that the journal and the file are written
         conn.execute("INSERT INTO m VALUES (zeroblob(20000))")
-    assert (tmp_path / "inbound.db-journal").stat().st_size > 0  # a commit in progress
+    assert not journal_idle(str(tmp_path / "inbound.db-journal"))  # a commit in progress
     assert watcher.wait(0.3) == set()  # its writes are not reported
     conn.execute("COMMIT")
-    assert (tmp_path / "inbound.db-journal").stat().st_size == 0
+    assert journal_idle(str(tmp_path / "inbound.db-journal"))
     assert _wait_for(watcher) == {tmp_path}  # the commit point is
     conn.close()
+
+
+def test_a_journal_is_idle_only_once_its_header_is_zeroed(tmp_path: Path) -> None:
+    """``PERSIST`` keeps the journal's bytes: a transaction is told from the header (28
+    bytes zeroed at each commit's end, SQLite's ``zeroJournalHdr``). In the journaling
+    phase the magic number is still zero but the page size is written: busy. A link or a
+    FIFO in the journal's place is never followed nor blocks."""
+    conn = sqlite3.connect(tmp_path / "x.db", isolation_level=None)
+    conn.execute("PRAGMA journal_mode = PERSIST")
+    conn.execute("CREATE TABLE m (x)")
+    journal = tmp_path / "x.db-journal"
+    assert journal.stat().st_size > 0 and journal_idle(str(journal))
+    conn.execute("BEGIN IMMEDIATE")
+    conn.execute("INSERT INTO m VALUES (zeroblob(5000))")  # journaled, not yet synced
+    header = journal.read_bytes()[:28]
+    assert header[:8] == bytes(8) and any(header)  # the magic not there yet
+    assert not journal_idle(str(journal))
+    conn.execute("COMMIT")
+    assert journal_idle(str(journal))
+    conn.close()
+    assert journal_idle(str(_write(tmp_path / "empty", b"")))
+    assert not journal_idle(str(_write(tmp_path / "crash", bytes(12) + b"\x01" + bytes(40))))
+    (tmp_path / "link").symlink_to(journal)
+    assert not journal_idle(str(tmp_path / "link"))  # (its target is idle: not followed)
+    os.mkfifo(tmp_path / "fifo")
+    assert journal_idle(str(tmp_path / "fifo"))  # empty: reported, the reader copes
+    with pytest.raises(FileNotFoundError):
+        journal_idle(str(tmp_path / "none"))
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
 
 
 def test_without_settle_every_write_is_reported(watcher: DirWatcher, tmp_path: Path) -> None:

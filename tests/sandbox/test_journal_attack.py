@@ -28,6 +28,7 @@ from carapace.db.session import (
     open_inbound,
 )
 from carapace.sandbox import SandboxSpec, bwrap_argv, bwrap_unusable_reason
+from carapace.watch import journal_idle
 
 REASON = bwrap_unusable_reason()
 needs_bwrap = pytest.mark.skipif(REASON is not None, reason=f"bubblewrap unusable: {REASON}")
@@ -150,7 +151,7 @@ def test_sandboxed_runner_cannot_plant_a_hot_journal_or_wal(tmp_path: Path) -> N
     assert _destinations(paths) == ["home"]
     conn = open_inbound(paths)
     assert [r[0] for r in conn.execute("SELECT id FROM messages_in")] == ["in-1"]
-    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "truncate"
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "persist"
     conn.close()
     out_conn = connect(paths.outbound, "session", readonly=True)
     assert out_conn.execute("SELECT value FROM session_state").fetchone()[0] == "v"
@@ -158,9 +159,9 @@ def test_sandboxed_runner_cannot_plant_a_hot_journal_or_wal(tmp_path: Path) -> N
 
 
 @needs_bwrap
-def test_runner_watch_sees_truncate_commits_inside_the_sandbox(tmp_path: Path) -> None:
+def test_runner_watch_sees_persist_commits_inside_the_sandbox(tmp_path: Path) -> None:
     """The runner's own watcher (folder watch, ``INBOUND_NAMES``) wakes on a host commit in
-    ``journal_mode=TRUNCATE`` (no journal deletion: IN_MODIFY on the bound files),
+    ``journal_mode=PERSIST`` (no journal deletion: the bound journal closed after a write),
     and its read-only connection sees the row at once."""
     paths = _session(tmp_path / "home")
     agent = tmp_path / "home" / "groups" / "main"
@@ -204,12 +205,13 @@ def test_runner_watch_sees_truncate_commits_inside_the_sandbox(tmp_path: Path) -
     assert json.loads(stdout.strip().splitlines()[-1]) == {
         "inotify": True, "woke": True, "before": 1, "after": 2,
     }  # fmt: skip
-    assert paths.inbound_journal.is_file()  # TRUNCATE: never deleted
-    assert paths.inbound_journal.stat().st_size == 0  # emptied by the commit
+    assert paths.inbound_journal.is_file()  # PERSIST: never deleted
+    assert paths.inbound_journal.stat().st_size > 0  # never truncated either
+    assert journal_idle(str(paths.inbound_journal))  # its header zeroed by the commit
 
 
-def test_nanoclaw_folder_switches_to_truncate_on_first_host_open(tmp_path: Path) -> None:
-    """A NanoClaw session folder (DELETE mode, no journal file) becomes TRUNCATE when the host
+def test_nanoclaw_folder_switches_to_persist_on_first_host_open(tmp_path: Path) -> None:
+    """A NanoClaw session folder (DELETE mode, no journal file) becomes PERSIST when the host
     first opens it read-write; NanoClaw reading it back still works (docs/compat.md)."""
     paths = SessionPaths.of(tmp_path / "data", "ag-1", "sess-1")
     paths.root.mkdir(parents=True)
@@ -221,7 +223,7 @@ def test_nanoclaw_folder_switches_to_truncate_on_first_host_open(tmp_path: Path)
     assert not paths.inbound_journal.exists()
     conn = open_inbound(paths)
     conn.execute("INSERT INTO destinations VALUES ('home', NULL, 'channel', 'cli', 'x', NULL)")
-    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "truncate"
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "persist"
     conn.close()
     assert paths.inbound_journal.is_file()
     nc = sqlite3.connect(paths.inbound, isolation_level=None)

@@ -4,8 +4,9 @@ Two processes and the least a round trip must do: the parent commits one row to 
 (durable commit 1); the child, woken by inotify on its folder (wake 1), reads it, commits a
 claim (commit 2) and a reply (commit 3) to ``b.db``; the parent, woken by inotify (wake 2),
 reads the reply. Both files use the session files' settings (``db/connection.py``: a
-rollback journal in ``TRUNCATE`` mode, ``synchronous=NORMAL``) over persistent connections. No routing, no
-delivery, no Python host: what is left is the disk and the kernel.
+rollback journal in ``PERSIST`` mode, ``synchronous=NORMAL``: each commit durable) over
+persistent connections. No routing, no delivery, no Python host: what is left is the disk
+and the kernel.
 
 ``python -m carapace.bench.floor DIR`` is the child.
 """

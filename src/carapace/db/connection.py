@@ -2,12 +2,13 @@
 
 Central DB (``data/v2.db``): WAL, ``foreign_keys=ON``, busy timeout. Session DBs
 (``inbound.db``/``outbound.db``): a rollback journal (WAL does not survive container mounts)
-in ``journal_mode=TRUNCATE``: the ``-journal`` file is created once and never deleted (a
-commit truncates it), so a sandbox can bind it read-only and the agent cannot plant a hot
-journal (docs/sandbox.md); ``synchronous=NORMAL`` (3 fsyncs a commit instead of FULL's 5; a
-power loss can roll back the last commit, never corrupt the file - the central DB's WAL +
-NORMAL trade, docs/compat.md D8); busy timeout; opened read-only by the side that does not
-own the file.
+in ``journal_mode=PERSIST``: the ``-journal`` file is created once and never deleted (a
+commit zeroes its header), so a sandbox can bind it read-only and the agent cannot plant a
+hot journal (docs/sandbox.md); ``synchronous=NORMAL``, at which a ``PERSIST`` commit syncs
+the journal, the folder, the database and the zeroed header: every commit survives a power
+loss, with no truncation of the journal (a file-system metadata change) and no sync of one
+(docs/compat.md D8); busy timeout; opened read-only by the side that does not own the
+file.
 Connections run in autocommit mode (``isolation_level=None``); every write that must be
 atomic goes through ``transaction()`` (``BEGIN IMMEDIATE``; savepoints when nested).
 """
@@ -43,8 +44,12 @@ class _CommitWaitConnection(sqlite3.Connection):
     busy_ms: int = BUSY_TIMEOUT_MS  # its busy timeout, as set by :func:`set_busy`
 
 
-SESSION_JOURNAL_MODE = "TRUNCATE"
+SESSION_JOURNAL_MODE = "PERSIST"
 SESSION_SYNCHRONOUS = "NORMAL"
+# a journal kept larger than this after a commit (a big transaction's) is cut back to it
+# (not synced: past the header, its bytes are never read again); commits of a few dozen
+# pages fit, so a session's two files keep at most twice this beside them
+SESSION_JOURNAL_LIMIT = 256 * 1024
 
 
 def connect(
@@ -97,6 +102,7 @@ def session_write_pragmas(conn: sqlite3.Connection) -> None:
     """The journal and sync settings of a read-write session-DB connection (per connection:
     nothing is stored in the file, so NanoClaw's ``DELETE`` opens still work)."""
     conn.execute(f"PRAGMA journal_mode = {SESSION_JOURNAL_MODE}")
+    conn.execute(f"PRAGMA journal_size_limit = {SESSION_JOURNAL_LIMIT}")
     conn.execute(f"PRAGMA synchronous = {SESSION_SYNCHRONOUS}")
 
 
@@ -171,23 +177,23 @@ def _commit(conn: sqlite3.Connection) -> None:
 
 
 def sync_journal(conn: sqlite3.Connection) -> None:
-    """Make the last commit of a session DB survive a power loss: fsync its ``-journal``.
+    """Make the last commit of a session DB survive a power loss.
 
-    At ``synchronous=NORMAL`` a commit syncs the journal and the database but not the
-    journal's truncation, the commit point; a power loss can leave the journal "hot" and the
-    next open rolls the commit back (the file stays consistent). One fsync of the emptied
-    journal makes the commit as durable as ``FULL`` does, at 4 syncs instead of 5. A no-op
-    for a memory DB, or when no journal file exists (another journal mode)."""
-    journal = getattr(conn, "journal_path", None)
-    if journal is None:
-        row = conn.execute("PRAGMA database_list").fetchone()
-        if not row or not row[2]:
-            return
-        journal = f"{row[2]}-journal"
-        with contextlib.suppress(AttributeError):  # (kept where the connection takes it)
-            conn.journal_path = journal  # type: ignore[attr-defined]
+    In ``journal_mode=PERSIST`` (the session files' mode) it already does: the commit
+    point, the journal's zeroed header, is synced by the commit itself. In ``TRUNCATE``
+    or ``DELETE`` mode (a connection whose mode did not switch) ``synchronous=NORMAL``
+    leaves the commit point (the emptied or removed journal) unsynced, and a power loss
+    can roll the commit back: the journal (or its folder) is fsynced here. A no-op for a
+    memory DB."""
+    mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+    if mode not in ("truncate", "delete"):  # persist: synced; wal, memory: not a session file
+        return
+    row = conn.execute("PRAGMA database_list").fetchone()
+    if not row or not row[2]:
+        return
+    target = f"{row[2]}-journal" if mode == "truncate" else os.path.dirname(row[2])
     try:
-        fd = os.open(journal, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(target, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except FileNotFoundError:
         return
     try:

@@ -20,7 +20,7 @@ The session folder itself is read-only so the runner cannot create, replace or r
 entry in it: no planted ``inbound.db-journal`` (a "hot journal" the host would roll back
 into ``inbound.db``) and no planted ``inbound.db-wal`` (SQLite opens a database in WAL mode
 whenever that file exists, and a checkpoint would copy its pages into ``inbound.db``). Both
-session DBs use ``journal_mode=TRUNCATE`` so the journals are created once and never deleted;
+session DBs use ``journal_mode=PERSIST`` so the journals are created once and never deleted;
 the backend creates any missing one (and ``.heartbeat``, mtime 0 = "no beat yet") on the
 host side before each start. The runner gets ``CARAPACE_SANDBOX=bwrap``.
 
