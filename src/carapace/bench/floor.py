@@ -3,10 +3,11 @@
 Two processes and the least a round trip must do: the parent commits one row to ``a.db``
 (durable commit 1); the child, woken by inotify on its folder (wake 1), reads it, commits a
 claim (commit 2) and a reply (commit 3) to ``b.db``; the parent, woken by inotify (wake 2),
-reads the reply. Both files use the session files' settings (``db/connection.py``: a
-rollback journal in ``PERSIST`` mode, ``synchronous=NORMAL``: each commit durable) over
-persistent connections. No routing, no delivery, no Python host: what is left is the disk
-and the kernel.
+reads the reply. Each file has the settings of the session file whose part it plays
+(``db/connection.py``, ``synchronous=NORMAL``): ``a.db`` the host's ``inbound.db``
+(``PERSIST``), ``b.db`` the runner's ``outbound.db`` (``TRUNCATE``), over persistent
+connections. No routing, no delivery, no Python host: what is left is the disk and the
+kernel.
 
 ``python -m carapace.bench.floor DIR`` is the child.
 """
@@ -20,18 +21,23 @@ import sys
 import time
 from pathlib import Path
 
-from carapace.db.connection import session_write_pragmas
+from carapace.db.connection import (
+    INBOUND_JOURNAL_MODE,
+    OUTBOUND_JOURNAL_MODE,
+    session_write_pragmas,
+)
 from carapace.stats import percentile
 from carapace.watch import DirWatcher
 
 SCHEMA = "CREATE TABLE IF NOT EXISTS m (seq INTEGER PRIMARY KEY, body TEXT NOT NULL)"
 TIMEOUT_S = 30.0
 POLL_S = 1.0  # both sides also look every second (a missed wake shows as a ~1 s outlier)
+MODES = {"a.db": INBOUND_JOURNAL_MODE, "b.db": OUTBOUND_JOURNAL_MODE}  # the host's, the runner's
 
 
 def _conn(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(str(path), isolation_level=None, timeout=5.0)
-    session_write_pragmas(conn)
+    session_write_pragmas(conn, MODES[path.name])
     conn.execute(SCHEMA)
     return conn
 

@@ -2,13 +2,13 @@
 
 Central DB (``data/v2.db``): WAL, ``foreign_keys=ON``, busy timeout. Session DBs
 (``inbound.db``/``outbound.db``): a rollback journal (WAL does not survive container mounts)
-in ``journal_mode=PERSIST``: the ``-journal`` file is created once and never deleted (a
-commit zeroes its header), so a sandbox can bind it read-only and the agent cannot plant a
-hot journal (docs/sandbox.md); ``synchronous=NORMAL``, at which a ``PERSIST`` commit syncs
-the journal, the folder, the database and the zeroed header: every commit survives a power
-loss, with no truncation of the journal (a file-system metadata change) and no sync of one
-(docs/compat.md D8); busy timeout; opened read-only by the side that does not own the
-file.
+whose ``-journal`` file is created once and never deleted, so a sandbox can bind it
+read-only and the agent cannot plant a hot journal (docs/sandbox.md); ``synchronous=NORMAL``.
+The host's ``inbound.db`` in ``journal_mode=PERSIST`` (a commit zeroes the journal's header
+and syncs it: every commit survives a power loss, with no truncation, a file-system metadata
+change); the runner's ``outbound.db`` in ``TRUNCATE`` (3 syncs a commit, a power loss can
+roll back the last one) (docs/compat.md D8); busy timeout; opened read-only by the side that
+does not own the file.
 Connections run in autocommit mode (``isolation_level=None``); every write that must be
 atomic goes through ``transaction()`` (``BEGIN IMMEDIATE``; savepoints when nested).
 """
@@ -44,7 +44,14 @@ class _CommitWaitConnection(sqlite3.Connection):
     busy_ms: int = BUSY_TIMEOUT_MS  # its busy timeout, as set by :func:`set_busy`
 
 
-SESSION_JOURNAL_MODE = "PERSIST"
+# The host's file (inbound.db): every commit durable, the messages acknowledged to their
+# senders and the delivery records alike, by SQLite's own sync of the zeroed header (4
+# syncs, no truncation). The runner's (outbound.db): 3 syncs, the commit point (the
+# truncation) not synced, so a power loss can roll back a reply, which the agent then writes
+# again (never lost; a reply repeated at worst); it keeps a chat-paced round trip within 15
+# fsyncs (docs/compat.md D8).
+INBOUND_JOURNAL_MODE = "PERSIST"
+OUTBOUND_JOURNAL_MODE = "TRUNCATE"
 SESSION_SYNCHRONOUS = "NORMAL"
 # a journal kept larger than this after a commit (a big transaction's) is cut back to it
 # (not synced: past the header, its bytes are never read again); commits of a few dozen
@@ -92,16 +99,22 @@ def connect(
         conn.execute("PRAGMA foreign_keys = ON")
     else:
         if not readonly:
-            session_write_pragmas(conn)
+            session_write_pragmas(conn, session_journal_mode(p))
         else:
             conn.execute("PRAGMA mmap_size = 0")
     return conn
 
 
-def session_write_pragmas(conn: sqlite3.Connection) -> None:
+def session_journal_mode(path: str | Path) -> str:
+    """The journal mode of the session DB at ``path``: the runner's ``outbound.db`` or the
+    host's ``inbound.db`` (any other name: the host's)."""
+    return OUTBOUND_JOURNAL_MODE if Path(path).name == "outbound.db" else INBOUND_JOURNAL_MODE
+
+
+def session_write_pragmas(conn: sqlite3.Connection, mode: str = INBOUND_JOURNAL_MODE) -> None:
     """The journal and sync settings of a read-write session-DB connection (per connection:
     nothing is stored in the file, so NanoClaw's ``DELETE`` opens still work)."""
-    conn.execute(f"PRAGMA journal_mode = {SESSION_JOURNAL_MODE}")
+    conn.execute(f"PRAGMA journal_mode = {mode}")
     conn.execute(f"PRAGMA journal_size_limit = {SESSION_JOURNAL_LIMIT}")
     conn.execute(f"PRAGMA synchronous = {SESSION_SYNCHRONOUS}")
 

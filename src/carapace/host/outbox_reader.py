@@ -51,7 +51,12 @@ from typing import Any, TypeVar
 from urllib.parse import quote
 
 from carapace import safefs
-from carapace.db.connection import BUSY_TIMEOUT_MS, is_busy, session_write_pragmas
+from carapace.db.connection import (
+    BUSY_TIMEOUT_MS,
+    OUTBOUND_JOURNAL_MODE,
+    is_busy,
+    session_write_pragmas,
+)
 from carapace.errors import ValidationError
 
 logger = logging.getLogger(__name__)
@@ -354,7 +359,7 @@ def open_checked(
         conn.execute("PRAGMA trusted_schema = OFF")
         conn.execute("PRAGMA mmap_size = 0")
         if write:
-            session_write_pragmas(conn)
+            session_write_pragmas(conn, OUTBOUND_JOURNAL_MODE)
         else:
             conn.execute("PRAGMA query_only = ON")
         conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
