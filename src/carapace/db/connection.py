@@ -53,10 +53,10 @@ class _CommitWaitConnection(sqlite3.Connection):
 INBOUND_JOURNAL_MODE = "PERSIST"
 OUTBOUND_JOURNAL_MODE = "TRUNCATE"
 SESSION_SYNCHRONOUS = "NORMAL"
-# a journal kept larger than this after a commit (a big transaction's) is cut back to it
-# (not synced: past the header, its bytes are never read again); commits of a few dozen
-# pages fit, so a session's two files keep at most twice this beside them
-SESSION_JOURNAL_LIMIT = 256 * 1024
+# a PERSIST journal larger than this after a commit (a big transaction's) is cut back to
+# it (not synced: past the zeroed header, its bytes are never read again); a round trip's
+# commits (~10 pages, ~40 KiB) fit, and 1,000 sessions keep at most 64 MiB of journals
+SESSION_JOURNAL_LIMIT = 64 * 1024
 
 
 def connect(

@@ -60,6 +60,9 @@ def _inbound_due(paths: SessionPaths, now: datetime) -> tuple[datetime | None, i
     is missing) from ``inbound.db``."""
     conn = connect(paths.inbound, "session", readonly=True)
     try:
+        # one read transaction for the six reads: each one of its own looked for a hot
+        # journal, and a journal that is not empty (PERSIST) is opened to be looked at
+        conn.execute("BEGIN")
         due: datetime | None = None
         upgrade = False
         if has_table(conn, "messages_in"):
@@ -78,7 +81,7 @@ def _inbound_due(paths: SessionPaths, now: datetime) -> tuple[datetime | None, i
             cursor = int(row[0]) if row and row[0] is not None else 0
         return due, cursor, upgrade
     finally:
-        conn.close()
+        conn.close()  # (ends the read transaction)
 
 
 def _parse(value: object) -> datetime | None:
