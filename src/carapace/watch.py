@@ -1,10 +1,11 @@
 """File-change notification for session folders: inotify through ctypes, or polling.
 
-DESIGN §3: each side wakes as soon as the other side commits. Session DBs use
-``journal_mode=PERSIST``: a commit writes the database file (``IN_MODIFY``) and then zeroes
-the header of ``<db>-journal`` (``IN_MODIFY``, the commit point), so a watch on the
-*folder* filtered to both names sees every commit (in ``TRUNCATE`` mode the journal's
-truncation is it, in ``DELETE`` mode its removal).
+DESIGN §3: each side wakes as soon as the other side commits. The host's ``inbound.db``
+uses ``journal_mode=PERSIST``: a commit writes the database file (``IN_MODIFY``) and then
+zeroes the header of ``<db>-journal`` (``IN_MODIFY``, the commit point), so a watch on the
+*folder* filtered to both names sees every commit; the runner's ``outbound.db`` uses
+``TRUNCATE`` (the journal's truncation is the commit point; in ``DELETE`` mode, a NanoClaw
+process's, its removal).
 
 ``DirWatcher`` watches folders (or single files)::
 
@@ -23,8 +24,8 @@ handler (1, 2, 5 ms…), and its shared lock in turn makes the writer's next com
 SQLite closes the journal once its lock is dropped, ``IN_CLOSE_WRITE``, or in ``DELETE``
 mode removes it), so the writes of a commit, and of the folder's other files, wake no one;
 and a folder's events are reported only once every watched ``*-journal`` is absent, empty or
-its header zeroed (one ``lstat`` each, and a one-byte read of a journal that is not empty:
-:func:`journal_idle`). A transaction left open, or a hot journal, delays the wake until it
+its header zeroed (one ``lstat`` each, and a read of the 28-byte header of a journal that
+is not empty: :func:`journal_idle`). A transaction left open, or a hot journal, delays the wake until it
 ends; callers poll anyway.
 
 Each side's own commits wake no one (issue 19). The host and a runner share a folder: a

@@ -173,6 +173,9 @@ def test_a_journal_is_idle_only_once_its_header_is_zeroed(tmp_path: Path) -> Non
     assert not journal_idle(str(_write(tmp_path / "crash", bytes(12) + b"\x01" + bytes(40))))
     (tmp_path / "link").symlink_to(journal)
     assert not journal_idle(str(tmp_path / "link"))  # (its target is idle: not followed)
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "folder" / "f").write_bytes(b"x")
+    assert not journal_idle(str(tmp_path / "folder"))  # not a file: never read
     os.mkfifo(tmp_path / "fifo")
     assert journal_idle(str(tmp_path / "fifo"))  # empty: reported, the reader copes
     with pytest.raises(FileNotFoundError):

@@ -192,7 +192,7 @@ def _commit(conn: sqlite3.Connection) -> None:
 def sync_journal(conn: sqlite3.Connection) -> None:
     """Make the last commit of a session DB survive a power loss.
 
-    In ``journal_mode=PERSIST`` (the session files' mode) it already does: the commit
+    In ``journal_mode=PERSIST`` (``inbound.db``'s mode) it already does: the commit
     point, the journal's zeroed header, is synced by the commit itself. In ``TRUNCATE``
     or ``DELETE`` mode (a connection whose mode did not switch) ``synchronous=NORMAL``
     leaves the commit point (the emptied or removed journal) unsynced, and a power loss

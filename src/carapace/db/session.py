@@ -170,7 +170,8 @@ def conversation_key(pos: int) -> str:
 def ensure_journals(paths: SessionPaths) -> None:
     """Create both ``-journal`` files if missing (never truncated: a hot journal stays hot).
 
-    Session DBs run in ``journal_mode=PERSIST``, so a journal, once there, is never deleted;
+    Session DBs run in ``journal_mode=PERSIST`` (``inbound.db``) and ``TRUNCATE``
+    (``outbound.db``), so a journal, once there, is never deleted;
     creating it up front lets a sandbox bind it (``inbound.db-journal`` read-only) before
     the first transaction. A NanoClaw process (``journal_mode=DELETE``) deletes them again;
     the host re-creates them before each spawn.

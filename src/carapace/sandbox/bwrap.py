@@ -19,8 +19,9 @@ What the sandboxed runner sees (everything else of the host is absent)::
 The session folder itself is read-only so the runner cannot create, replace or remove any
 entry in it: no planted ``inbound.db-journal`` (a "hot journal" the host would roll back
 into ``inbound.db``) and no planted ``inbound.db-wal`` (SQLite opens a database in WAL mode
-whenever that file exists, and a checkpoint would copy its pages into ``inbound.db``). Both
-session DBs use ``journal_mode=PERSIST`` so the journals are created once and never deleted;
+whenever that file exists, and a checkpoint would copy its pages into ``inbound.db``). The
+session DBs use ``journal_mode=PERSIST`` (``inbound.db``) and ``TRUNCATE`` (``outbound.db``),
+so the journals are created once and never deleted;
 the backend creates any missing one (and ``.heartbeat``, mtime 0 = "no beat yet") on the
 host side before each start. The runner gets ``CARAPACE_SANDBOX=bwrap``.
 
